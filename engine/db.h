@@ -1,0 +1,58 @@
+/* db.h - asynchronous PostgreSQL pool (libpq) on a worker's event loop. */
+#ifndef SLUICE_DB_H
+#define SLUICE_DB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+
+enum db_status {
+    DB_OK = 0,
+    DB_CLIENT_ERROR, /* the statement failed because of its input (SQLSTATE class 22 or 23): 400/409 */
+    DB_ERROR,        /* the statement failed otherwise: 502 */
+    DB_UNAVAILABLE,  /* no connection, connection lost, deadline passed, queue full: 503 */
+};
+
+struct db_result {
+    enum db_status status;
+    const char *value; /* first column of the first row as text, NULL if no row or SQL NULL;
+                          borrowed, valid during the callback only */
+    size_t value_len;
+    long nrows;        /* rows returned */
+    long affected;     /* PQcmdTuples, or -1 */
+    const char *sqlstate; /* "23505" ... or "" */
+    const char *detail;   /* short human message, never NULL */
+};
+
+typedef void db_cb(void *arg, const struct db_result *res);
+
+struct db_pool;
+
+/*
+ * Creates a pool of up to `size` connections to `conninfo` on `base`;
+ * connections are opened lazily and reopened after failures (with backoff).
+ * Every statement has `deadline_ms` from submission to answer (also set as
+ * statement_timeout); past it the query is answered DB_UNAVAILABLE and its
+ * connection is dropped. At most `max_queue` statements wait for a free
+ * connection. Returns NULL with a message in err on a bad conninfo.
+ */
+struct db_pool *db_pool_new(struct event_base *base, const char *conninfo, unsigned size,
+                            uint64_t deadline_ms, unsigned max_queue, char *err, size_t errlen);
+
+/* Frees the pool; every pending callback is answered DB_UNAVAILABLE first. */
+void db_pool_free(struct db_pool *p);
+
+/*
+ * Runs `sql` with text parameters (NULL for SQL NULL), copied before this
+ * returns. `cb` is called exactly once, always from the event loop (never
+ * before db_query returns). Returns 0, or -1 when the pool is shutting down
+ * (cb is not called then).
+ */
+int db_query(struct db_pool *p, const char *sql, int nparams, const char *const *params,
+             db_cb *cb, void *arg);
+
+/* Statements waiting or running, for status output. */
+unsigned db_pool_pending(const struct db_pool *p);
+
+#endif

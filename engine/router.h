@@ -1,0 +1,59 @@
+/* router.h - compiled route table: method + path pattern + pinned query -> endpoint. */
+#ifndef SLUICE_ROUTER_H
+#define SLUICE_ROUTER_H
+
+#include <stddef.h>
+
+#define ROUTER_MAX_PARAMS 16
+
+enum router_result {
+    ROUTER_FOUND = 0,
+    ROUTER_NOT_FOUND,          /* no route has this path: 404 */
+    ROUTER_METHOD_NOT_ALLOWED, /* a route has the path, not the method: 405 */
+};
+
+struct router_param {
+    const char *name;  /* borrowed from the router: "id", or "*" for a wildcard */
+    const char *value; /* points into the matched path, still percent-encoded */
+    size_t len;
+};
+
+struct router_match {
+    void *data; /* the route's data pointer */
+    size_t nparams;
+    struct router_param params[ROUTER_MAX_PARAMS];
+    unsigned allow; /* on ROUTER_METHOD_NOT_ALLOWED: bit (1u << method index) per allowed method */
+};
+
+struct router;
+
+/* Returns a new, empty router (aborts when out of memory). */
+struct router *router_new(void);
+void router_free(struct router *r);
+
+/*
+ * Adds a route. `method` is "GET", "POST", ... (GET also answers HEAD);
+ * `pattern` is a path with literal segments, "{name}" segments and a final
+ * "*", optionally followed by "?k=v&k2=v2" pinned query parameters that must
+ * be present with exactly these (decoded) values. `data` is borrowed.
+ * Returns 0, or -1 with a message in err (bad pattern, duplicate route,
+ * duplicate parameter name, too many parameters).
+ */
+int router_add(struct router *r, const char *method, const char *pattern, void *data, char *err,
+               size_t errlen);
+
+/*
+ * Matches a request. `path` and `query` are raw (still percent-encoded);
+ * literal segments are compared after decoding. Among the routes that match,
+ * the most specific wins: literal before {param} before *, segment by
+ * segment from the left, then the route with more pinned query parameters.
+ */
+enum router_result router_match(const struct router *r, const char *method, size_t mlen,
+                                const char *path, size_t plen, const char *query, size_t qlen,
+                                struct router_match *m);
+
+/* Method names in `allow` bit order, for building an Allow header. */
+extern const char *const router_methods[];
+extern const size_t router_nmethods;
+
+#endif

@@ -1,0 +1,138 @@
+/* store.h - the store contract: rate limits, cache entries and tag generations. */
+#ifndef SLUICE_STORE_H
+#define SLUICE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "limiter.h"
+
+/* One limit to check for a request. */
+struct store_limit {
+    const struct limiter_rule *rule; /* borrowed */
+    const char *key;                 /* borrowed, keylen bytes */
+    size_t keylen;
+    uint32_t cost;
+};
+
+/* A cached response. Immutable once filled; shared by reference count. */
+struct store_entry {
+    uint32_t refs;         /* atomic; use store_entry_ref/release */
+    uint16_t status;       /* HTTP status to replay */
+    uint64_t stored_ms;    /* wall clock at fill, for Age */
+    uint64_t expires_ms;   /* wall clock at which it stops being fresh */
+    char *content_type;    /* owned, NUL-terminated */
+    char *body;            /* owned */
+    size_t body_len;
+};
+
+enum store_cache_state {
+    STORE_MISS = 0,
+    STORE_HIT,
+    STORE_STALE,   /* expired or tag-invalidated, but still held (issue: stale serving) */
+    STORE_FILLING, /* another caller holds the fill lease */
+};
+
+/* Input and output of store_admit_and_lookup(). The caller owns every array. */
+struct store_admit {
+    /* in */
+    const struct store_limit *limits;
+    size_t nlimits;
+    const char *cache_key; /* NULL: no cache lookup */
+    size_t cache_keylen;
+    const char *const *tags; /* tags the entry would carry; their generations are the lease */
+    const size_t *taglens;
+    size_t ntags;
+
+    /* out */
+    struct limiter_result *results; /* nlimits slots, filled */
+    bool allowed;                   /* every limit admitted; only then did counters move */
+    enum store_cache_state state;   /* only looked up when allowed */
+    struct store_entry *entry;      /* new reference on HIT/STALE, else NULL */
+    uint64_t *tag_gens;             /* ntags slots: generations seen, passed back to fill */
+    uint64_t now_ms;                /* the store's clock at the decision */
+};
+
+/* Completion: status 0, or -1 when the store failed (then only `arg` is meaningful). */
+typedef void store_done_fn(void *arg, int status);
+
+struct store;
+
+struct store_ops {
+    const char *name;
+    void (*admit_and_lookup)(struct store *s, struct store_admit *a, store_done_fn *done,
+                             void *arg);
+    void (*fill)(struct store *s, const char *key, size_t keylen, struct store_entry *entry,
+                 uint64_t ttl_ms, const char *const *tags, const size_t *taglens,
+                 const uint64_t *tag_gens, size_t ntags, store_done_fn *done, void *arg);
+    void (*invalidate)(struct store *s, const char *const *tags, const size_t *taglens,
+                       size_t ntags, store_done_fn *done, void *arg);
+    void (*destroy)(struct store *s);
+};
+
+/* A worker's handle on a store. */
+struct store {
+    const struct store_ops *ops;
+};
+
+/*
+ * Checks every limit, and only if all admit, records them; then, when a
+ * cache key is given, looks the entry up and reads the tags' generations.
+ * `done` may be called before this returns (memory store) or later from the
+ * event loop (Redis store), exactly once.
+ */
+static inline void
+store_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done, void *arg)
+{
+    s->ops->admit_and_lookup(s, a, done, arg);
+}
+
+/*
+ * Stores `entry` (a new reference is taken; the caller keeps its own) under
+ * key for ttl_ms with these tags. Status -1 (refused) when any tag's
+ * generation is no longer the one in tag_gens: an invalidation happened
+ * after the lookup, so the entry may already be stale.
+ */
+static inline void
+store_fill(struct store *s, const char *key, size_t keylen, struct store_entry *entry,
+           uint64_t ttl_ms, const char *const *tags, const size_t *taglens,
+           const uint64_t *tag_gens, size_t ntags, store_done_fn *done, void *arg)
+{
+    s->ops->fill(s, key, keylen, entry, ttl_ms, tags, taglens, tag_gens, ntags, done, arg);
+}
+
+/* Bumps each tag's generation: every entry filled under an older one is gone. */
+static inline void
+store_invalidate(struct store *s, const char *const *tags, const size_t *taglens, size_t ntags,
+                 store_done_fn *done, void *arg)
+{
+    s->ops->invalidate(s, tags, taglens, ntags, done, arg);
+}
+
+/* Returns a new entry with refs 1 taking ownership of body and content_type (malloc'd). */
+struct store_entry *store_entry_new(uint16_t status, char *content_type, char *body,
+                                    size_t body_len);
+void store_entry_ref(struct store_entry *e);
+void store_entry_release(struct store_entry *e);
+
+/* Wall clock in ms. */
+uint64_t store_now_ms(void);
+
+/*
+ * The embedded store: one shared table for the whole process, safe across
+ * threads. `max_bytes` bounds the cached bodies (least recently used go
+ * first). store_memory_new() creates the shared table; each worker gets a
+ * handle from store_memory_handle(). Handles are freed with ops->destroy,
+ * the table with store_memory_free() after every handle.
+ */
+struct store_memory;
+struct store_memory *store_memory_new(size_t max_bytes);
+void store_memory_free(struct store_memory *m);
+struct store *store_memory_handle(struct store_memory *m);
+
+/* For tests and metrics: counts of live cache entries, limit states, tags, and cached bytes. */
+void store_memory_stats(struct store_memory *m, size_t *entries, size_t *limits, size_t *tags,
+                        size_t *bytes);
+
+#endif

@@ -1,0 +1,68 @@
+/* template.h - key templates such as "crm:contacts:{user}", compiled once, expanded per request. */
+#ifndef SLUICE_TEMPLATE_H
+#define SLUICE_TEMPLATE_H
+
+#include <stddef.h>
+
+enum template_var {
+    TV_USER = 0,
+    TV_TENANT,
+    TV_TIER,
+    TV_IP,
+    TV_METHOD,
+    TV_ROUTE,
+    TV_PATH,   /* {path.NAME} */
+    TV_QUERY,  /* {query.NAME} */
+    TV_HEADER, /* {header.NAME} */
+    TV_BODY,   /* {body.NAME} */
+    TV_ROW,    /* {row.COLUMN}, on_change only */
+    TV_COUNT
+};
+
+#define TV_BIT(v) (1u << (v))
+#define TV_ALL_REQUEST (TV_BIT(TV_ROW) - 1u) /* every variable but {row.*} */
+
+struct template;
+
+/*
+ * Value lookup for expansion. Sets *val and *len and returns 1 when the
+ * variable has a value, returns 0 when it has none (anonymous caller, absent
+ * header or field). `name` is the part after the dot ("id" in {path.id}), or
+ * NULL for variables without one.
+ */
+typedef int (*template_lookup_fn)(void *ctx, enum template_var var, const char *name,
+                                  size_t namelen, const char **val, size_t *len);
+
+/*
+ * Compiles `src`. Variables outside `allowed` (a mask of TV_BIT()s) are
+ * errors, as are unknown names, an unclosed or empty "{}", a stray "}" and a
+ * dotted variable without a name. Returns a new template, or NULL with a
+ * message in err.
+ */
+struct template *template_compile(const char *src, unsigned allowed, char *err, size_t errlen);
+void template_free(struct template *t);
+
+/* The source text, borrowed. */
+const char *template_source(const struct template *t);
+
+/* Mask of TV_BIT()s of the variables used. */
+unsigned template_uses(const struct template *t);
+
+/*
+ * Returns 1 when the template is exactly one variable and nothing else
+ * ("{body.name}"), setting *var and *name (borrowed, NUL-terminated, NULL
+ * for variables without a name); 0 otherwise.
+ */
+int template_single_var(const struct template *t, enum template_var *var, const char **name);
+
+/*
+ * Expands into out[0..cap) and NUL-terminates. Variable values are escaped so
+ * that distinct value tuples can never expand to the same text: '%', ':',
+ * '{', '}', bytes below 0x21 and 0x7f and above are written as %XX; an
+ * absent value is written as "%-", which no present value can produce.
+ * Returns the length written, or -1 when it does not fit.
+ */
+long template_expand(const struct template *t, template_lookup_fn lookup, void *ctx, char *out,
+                     size_t cap);
+
+#endif

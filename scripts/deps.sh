@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the Debian packages sluice needs to build, test and benchmark.
+# Usage: scripts/deps.sh [build|test|bench]   (each level includes the ones before)
+set -euo pipefail
+level=${1:-build}
+
+build_pkgs=(build-essential cmake pkg-config clang clang-format
+            libevent-dev libhiredis-dev libpq-dev libjansson-dev liblua5.4-dev lua5.4
+            postgresql postgresql-common curl)
+test_pkgs=(libcmocka-dev lua-busted redis-server python3 libclang-rt-14-dev faketime)
+bench_pkgs=(wrk nginx varnish lua-nginx-redis libnginx-mod-http-lua)
+
+pkgs=("${build_pkgs[@]}")
+case "$level" in
+build) ;;
+test) pkgs+=("${test_pkgs[@]}") ;;
+bench) pkgs+=("${test_pkgs[@]}" "${bench_pkgs[@]}") ;;
+*) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing packages: ${missing[*]} (run as root, or install them)" >&2
+        exit 1
+    fi
+    echo "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
