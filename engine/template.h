@@ -26,20 +26,28 @@ struct template;
 
 /*
  * Value lookup for expansion. Sets *val and *len and returns 1 when the
- * variable has a value, returns 0 when it has none (anonymous caller, absent
- * header or field). `name` is the part after the dot ("id" in {path.id}), or
- * NULL for variables without one.
+ * variable has a value (possibly empty), returns 0 when it has none
+ * (anonymous caller, absent header or field). `name` is the part after the
+ * dot ("id" in {path.id}; lowercased for {header.*}), NUL-terminated, or NULL
+ * with namelen 0 for variables without one.
  */
 typedef int (*template_lookup_fn)(void *ctx, enum template_var var, const char *name,
                                   size_t namelen, const char **val, size_t *len);
 
 /*
  * Compiles `src`. Variables outside `allowed` (a mask of TV_BIT()s) are
- * errors, as are unknown names, an unclosed or empty "{}", a stray "}" and a
- * dotted variable without a name. Returns a new template, or NULL with a
- * message in err.
+ * errors, as are unknown names, an unclosed or empty "{}", a stray "}" (there
+ * are no literal braces), a dotted variable without a name, a name outside
+ * [A-Za-z0-9_-], a name on a variable that takes none ("{user.x}"), and two
+ * variables with no ':' (or other byte that escaping never writes: space,
+ * control, non-ASCII) between them ("{user}{tenant}", "{user}-{tenant}"),
+ * which would make expansion ambiguous. {header.NAME} names are stored
+ * lowercased; other names keep their case. Returns a new template owned by
+ * the caller (free with template_free), or NULL with a message in err.
  */
 struct template *template_compile(const char *src, unsigned allowed, char *err, size_t errlen);
+
+/* Frees a template; NULL is a no-op. */
 void template_free(struct template *t);
 
 /* The source text, borrowed. */
@@ -58,9 +66,14 @@ int template_single_var(const struct template *t, enum template_var *var, const 
 /*
  * Expands into out[0..cap) and NUL-terminates. Variable values are escaped so
  * that distinct value tuples can never expand to the same text: '%', ':',
- * '{', '}', bytes below 0x21 and 0x7f and above are written as %XX; an
+ * '{', '}', bytes below 0x21 and 0x7f and above are written as %XX
+ * (uppercase hex), every other byte as itself; an
  * absent value is written as "%-", which no present value can produce.
- * Returns the length written, or -1 when it does not fit.
+ * Literal text is copied as is. `lookup` is called once per variable, in
+ * order; values it returns are only read during the call. Returns the length
+ * written (without the NUL), or -1 when it does not fit in cap bytes
+ * including the NUL, in which case out is "" (when cap > 0). Allocates
+ * nothing.
  */
 long template_expand(const struct template *t, template_lookup_fn lookup, void *ctx, char *out,
                      size_t cap);
