@@ -34,18 +34,29 @@ struct db_pool;
  * connections are opened lazily and reopened after failures (with backoff).
  * Every statement has `deadline_ms` from submission to answer (also set as
  * statement_timeout); past it the query is answered DB_UNAVAILABLE and its
- * connection is dropped. At most `max_queue` statements wait for a free
- * connection. Returns NULL with a message in err on a bad conninfo.
+ * connection is dropped; 0 means no deadline. At most `max_queue` statements
+ * wait for a free connection. While every connection slot is backing off after
+ * failed connect attempts, statements are answered DB_UNAVAILABLE at once.
+ * Returns a new pool, or NULL with a message in err on a bad conninfo or a
+ * size or max_queue of 0. The pool belongs to the thread running `base`.
+ * Host names are resolved by libpq synchronously when connecting; use IP
+ * addresses (hostaddr) or a socket directory to keep the loop from blocking.
  */
 struct db_pool *db_pool_new(struct event_base *base, const char *conninfo, unsigned size,
                             uint64_t deadline_ms, unsigned max_queue, char *err, size_t errlen);
 
-/* Frees the pool; every pending callback is answered DB_UNAVAILABLE first. */
+/*
+ * Frees the pool; every pending callback is answered DB_UNAVAILABLE first
+ * (db_query from those callbacks returns -1). May be called from a callback;
+ * the pool is then freed once the callbacks due in that pass have run.
+ */
 void db_pool_free(struct db_pool *p);
 
 /*
- * Runs `sql` with text parameters (NULL for SQL NULL), copied before this
- * returns. `cb` is called exactly once, always from the event loop (never
+ * Runs `sql` with text parameters (NULL for SQL NULL); the SQL text and the
+ * parameters are copied before this returns. Each distinct SQL text is
+ * prepared once per connection (the first 256 per pool; later ones run
+ * unprepared). `cb` is called exactly once, always from the event loop (never
  * before db_query returns). Returns 0, or -1 when the pool is shutting down
  * (cb is not called then).
  */
@@ -54,5 +65,8 @@ int db_query(struct db_pool *p, const char *sql, int nparams, const char *const 
 
 /* Statements waiting or running, for status output. */
 unsigned db_pool_pending(const struct db_pool *p);
+
+/* Connections currently established (idle or running a statement). */
+unsigned db_pool_connections(const struct db_pool *p);
 
 #endif

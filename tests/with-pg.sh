@@ -5,4 +5,4 @@ set -euo pipefail
 if [ -n "${PGHOST:-}" ] && pg_isready -q; then
     exec "$@"
 fi
-exec pg_virtualenv -o 'max_connections=200' "$@"
+exec pg_virtualenv -t -o 'max_connections=200' "$@"

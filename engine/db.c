@@ -1,0 +1,1023 @@
+/* db.c - asynchronous libpq connection pool driven by one worker's libevent event_base. */
+#include "db.h"
+
+#include <assert.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <libpq-fe.h>
+
+#define CONNECT_TIMEOUT_MS 2000 /* when the conninfo sets no connect_timeout */
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 2000
+#define MAX_STMTS 256 /* distinct SQL texts prepared per pool; later ones run unnamed */
+#define STMT_SLOTS (2 * MAX_STMTS)
+#define MAX_PARAMS 65535 /* protocol limit */
+
+enum conn_state {
+    C_DOWN,       /* no connection; may connect when there is work */
+    C_BACKOFF,    /* the last connect attempt failed; timer pending */
+    C_CONNECTING, /* PQconnectPoll in progress */
+    C_READY,      /* connected and idle */
+    C_BUSY,       /* running c->q */
+};
+
+enum query_state { Q_QUEUED, Q_RUNNING, Q_DONE };
+
+struct query {
+    TAILQ_ENTRY(query) link; /* in pool->queue or pool->done */
+    struct db_pool *pool;
+    struct conn *conn; /* while Q_RUNNING */
+    struct event deadline;
+    db_cb *cb;
+    void *arg;
+    const char *sql; /* the pool's statement table or this block */
+    int stmt;        /* statement id, -1 when run unnamed */
+    int nparams;
+    const char **params; /* this block */
+    enum query_state state;
+    /* answer, once Q_DONE */
+    enum db_status status;
+    PGresult *res;      /* owned; value, counts and sqlstate come from it */
+    const char *detail; /* static, inside res, or detail_owned */
+    char *detail_owned;
+};
+
+struct conn {
+    struct db_pool *pool;
+    PGconn *pg;
+    enum conn_state state;
+    evutil_socket_t fd; /* rd and wr are assigned to it when >= 0 */
+    struct event rd, wr, timer;
+    int writing;                       /* wr is added: PQflush has output left */
+    unsigned backoff_ms;               /* wait after the next failed attempt / 2 */
+    struct query *q;                   /* running statement */
+    int preparing;                     /* q's PQsendPrepare is in flight */
+    int stale;                         /* close once idle: prepared statements broke */
+    PGresult *res;                     /* result kept for q so far */
+    uint64_t prepared[MAX_STMTS / 64]; /* statement ids prepared here */
+};
+
+struct stmt {
+    char *sql; /* owned; NULL for a free slot */
+    size_t len;
+    uint64_t hash;
+    int id;
+};
+
+struct db_pool {
+    struct event_base *base;
+    char **keywords, **values; /* libpq connection parameters, NULL-terminated */
+    struct conn *conns;
+    unsigned size;
+    unsigned max_queue;
+    const struct timeval *deadline; /* NULL: no deadline */
+    struct timeval deadline_tv;
+    struct timeval connect_tv;
+    TAILQ_HEAD(, query) queue; /* waiting for a connection */
+    TAILQ_HEAD(, query) done;  /* answered, callback not yet called */
+    unsigned nqueued;
+    unsigned npending; /* db_query accepted, callback not yet called */
+    struct event kick; /* answers `done` from the event loop */
+    struct stmt stmts[STMT_SLOTS];
+    unsigned nstmts;
+    char last_err[256]; /* last connect failure */
+    int closing;
+    int in_flush;
+    int free_requested;
+};
+
+static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
+
+static void
+oom(void)
+{
+    fprintf(stderr, "sluice: out of memory in db\n");
+    abort();
+}
+
+static char *
+xstrdup(const char *s)
+{
+    char *d = strdup(s);
+    if (d == NULL)
+        oom();
+    return d;
+}
+
+/* First line of a libpq message, without the "ERROR:  " style prefix; owned. */
+static char *
+first_line(const char *msg)
+{
+    static const char *const prefixes[] = {"ERROR:  ", "FATAL:  ", "PANIC:  "};
+    size_t n;
+    char *out;
+
+    if (msg == NULL || *msg == '\0')
+        msg = "unknown error";
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
+        size_t plen = strlen(prefixes[i]);
+        if (strncmp(msg, prefixes[i], plen) == 0) {
+            msg += plen;
+            break;
+        }
+    }
+    n = strcspn(msg, "\n");
+    out = malloc(n + 1);
+    if (out == NULL)
+        oom();
+    memcpy(out, msg, n);
+    out[n] = '\0';
+    return out;
+}
+
+static struct timeval
+ms_to_tv(uint64_t ms)
+{
+    struct timeval tv;
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+    return tv;
+}
+
+static void
+ignore_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
+/* ---- statement names ---- */
+
+static uint64_t
+fnv1a(const char *s, size_t len)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/*
+ * Statement id for `sql`, registering it on first sight; -1 when the table is
+ * full. Keyed by the text, not the caller's pointer, which may be reused for
+ * other text. *copy is set to the pool's copy of the text.
+ */
+static int
+stmt_id(struct db_pool *p, const char *sql, size_t len, const char **copy)
+{
+    uint64_t h = fnv1a(sql, len);
+    size_t i = (size_t)h & (STMT_SLOTS - 1);
+
+    for (;;) {
+        struct stmt *s = &p->stmts[i];
+        if (s->sql == NULL) {
+            if (p->nstmts >= MAX_STMTS)
+                return -1;
+            s->sql = xstrdup(sql);
+            s->len = len;
+            s->hash = h;
+            s->id = (int)p->nstmts++;
+            *copy = s->sql;
+            return s->id;
+        }
+        if (s->hash == h && s->len == len && memcmp(s->sql, sql, len) == 0) {
+            *copy = s->sql;
+            return s->id;
+        }
+        i = (i + 1) & (STMT_SLOTS - 1);
+    }
+}
+
+static void
+stmt_name(char *buf, size_t len, int id)
+{
+    snprintf(buf, len, "sluice_%d", id);
+}
+
+static int
+is_prepared(const struct conn *c, int id)
+{
+    return (c->prepared[id / 64] >> (id % 64)) & 1;
+}
+
+static void
+set_prepared(struct conn *c, int id, int on)
+{
+    uint64_t bit = (uint64_t)1 << (id % 64);
+    if (on)
+        c->prepared[id / 64] |= bit;
+    else
+        c->prepared[id / 64] &= ~bit;
+}
+
+/* ---- answers ---- */
+
+/* Moves q to the answered list with a status and a static or owned detail. */
+static void
+query_fail(struct query *q, enum db_status status, const char *detail, char *owned)
+{
+    struct db_pool *p = q->pool;
+
+    assert(q->state != Q_DONE);
+    evtimer_del(&q->deadline);
+    q->state = Q_DONE;
+    q->conn = NULL;
+    q->status = status;
+    q->detail = owned ? owned : detail;
+    q->detail_owned = owned;
+    TAILQ_INSERT_TAIL(&p->done, q, link);
+}
+
+static int
+sqlstate_class(const char *st, const char *cls)
+{
+    return st != NULL && st[0] == cls[0] && st[1] == cls[1];
+}
+
+/* Moves q to the answered list with result `res` (owned). */
+static void
+query_result(struct query *q, PGresult *res, int conn_bad)
+{
+    const char *st;
+
+    switch (PQresultStatus(res)) {
+    case PGRES_TUPLES_OK:
+    case PGRES_COMMAND_OK:
+        query_fail(q, DB_OK, PQcmdStatus(res), NULL);
+        break;
+    case PGRES_FATAL_ERROR:
+        st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (sqlstate_class(st, "22") || sqlstate_class(st, "23"))
+            q->status = DB_CLIENT_ERROR;
+        else if (sqlstate_class(st, "08") || sqlstate_class(st, "53") || sqlstate_class(st, "57") ||
+                 ((st == NULL || *st == '\0') && conn_bad))
+            q->status = DB_UNAVAILABLE;
+        else
+            q->status = DB_ERROR;
+        if (PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) != NULL)
+            query_fail(q, q->status, PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY), NULL);
+        else
+            query_fail(q, q->status, NULL, first_line(PQresultErrorMessage(res)));
+        break;
+    case PGRES_EMPTY_QUERY:
+        query_fail(q, DB_ERROR, "empty query", NULL);
+        break;
+    default:
+        query_fail(q, DB_ERROR, "unsupported result from server", NULL);
+        break;
+    }
+    q->res = res;
+}
+
+/* Calls q's callback and frees q. */
+static void
+answer(struct query *q)
+{
+    struct db_result r;
+    PGresult *res = q->res;
+
+    memset(&r, 0, sizeof r);
+    r.status = q->status;
+    r.affected = -1;
+    r.sqlstate = "";
+    r.detail = q->detail ? q->detail : "";
+    if (res != NULL) {
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (st != NULL)
+            r.sqlstate = st;
+        if (q->status == DB_OK) {
+            const char *tuples = PQcmdTuples(res);
+            r.nrows = PQntuples(res);
+            if (r.nrows > 0 && PQnfields(res) > 0 && !PQgetisnull(res, 0, 0)) {
+                r.value = PQgetvalue(res, 0, 0);
+                r.value_len = (size_t)PQgetlength(res, 0, 0);
+            }
+            if (tuples != NULL && *tuples != '\0')
+                r.affected = atol(tuples);
+        }
+    }
+    q->pool->npending--;
+    q->cb(q->arg, &r);
+    PQclear(res);
+    free(q->detail_owned);
+    free(q);
+}
+
+static void pool_destroy(struct db_pool *p);
+
+/*
+ * Calls the callbacks of answered statements. Callbacks may call db_query and
+ * db_pool_free; a free requested meanwhile happens once the list is empty, so
+ * callers must not touch the pool after this returns.
+ */
+static void
+flush_answers(struct db_pool *p)
+{
+    struct query *q;
+
+    p->in_flush++;
+    while ((q = TAILQ_FIRST(&p->done)) != NULL) {
+        TAILQ_REMOVE(&p->done, q, link);
+        answer(q);
+    }
+    p->in_flush--;
+    if (p->in_flush == 0 && p->free_requested)
+        pool_destroy(p);
+}
+
+/* ---- connections ---- */
+
+static unsigned
+count_conns(const struct db_pool *p, unsigned mask)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < p->size; i++)
+        if (mask & (1u << p->conns[i].state))
+            n++;
+    return n;
+}
+
+static struct conn *
+find_conn(struct db_pool *p, enum conn_state state)
+{
+    for (unsigned i = 0; i < p->size; i++)
+        if (p->conns[i].state == state)
+            return &p->conns[i];
+    return NULL;
+}
+
+#define MASK(s) (1u << (s))
+
+static void
+conn_unwatch(struct conn *c)
+{
+    if (c->fd >= 0) {
+        event_del(&c->rd);
+        event_del(&c->wr);
+        c->fd = -1;
+    }
+    c->writing = 0;
+}
+
+/* Points rd and wr at the connection's current socket (it changes between hosts). */
+static int
+conn_watch(struct conn *c)
+{
+    evutil_socket_t fd = PQsocket(c->pg);
+
+    conn_unwatch(c);
+    if (fd < 0)
+        return -1;
+    event_assign(&c->rd, c->pool->base, fd, EV_READ | EV_PERSIST, conn_io_cb, c);
+    event_assign(&c->wr, c->pool->base, fd, EV_WRITE | EV_PERSIST, conn_io_cb, c);
+    c->fd = fd;
+    return 0;
+}
+
+/* Closes the connection, if any, and stops its events; the state is left to the caller. */
+static void
+conn_close(struct conn *c)
+{
+    conn_unwatch(c);
+    evtimer_del(&c->timer);
+    PQclear(c->res);
+    c->res = NULL;
+    PQfinish(c->pg);
+    c->pg = NULL;
+    c->preparing = 0;
+    c->stale = 0;
+}
+
+static void
+fail_queue(struct db_pool *p, const char *detail)
+{
+    struct query *q;
+
+    while ((q = TAILQ_FIRST(&p->queue)) != NULL) {
+        TAILQ_REMOVE(&p->queue, q, link);
+        p->nqueued--;
+        query_fail(q, DB_UNAVAILABLE, NULL, xstrdup(detail));
+    }
+}
+
+/*
+ * A connect attempt failed: back off. When nothing else can serve the queue,
+ * the server is taken to be unreachable and waiting statements are failed now
+ * rather than at their deadline.
+ */
+static void
+connect_failed(struct conn *c, const char *msg)
+{
+    struct db_pool *p = c->pool;
+    char *line = first_line(msg);
+    struct timeval tv;
+
+    snprintf(p->last_err, sizeof p->last_err, "database unavailable: %s", line);
+    free(line);
+    conn_close(c);
+    c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (c->backoff_ms > BACKOFF_MAX_MS)
+        c->backoff_ms = BACKOFF_MAX_MS;
+    c->state = C_BACKOFF;
+    tv = ms_to_tv(c->backoff_ms);
+    evtimer_add(&c->timer, &tv);
+    if (count_conns(p, MASK(C_READY) | MASK(C_BUSY) | MASK(C_CONNECTING)) == 0)
+        fail_queue(p, p->last_err);
+}
+
+/* An established connection broke: its statement is answered, the slot may reconnect. */
+static void
+conn_lost(struct conn *c, const char *msg)
+{
+    struct query *q = c->q;
+    char *line = first_line(msg);
+
+    c->q = NULL;
+    conn_close(c);
+    c->state = C_DOWN;
+    if (q != NULL)
+        query_fail(q, DB_UNAVAILABLE, NULL, line);
+    else
+        free(line);
+}
+
+static void
+connect_wait(struct conn *c, PostgresPollingStatusType st)
+{
+    if (conn_watch(c) < 0) {
+        connect_failed(c, "connection has no socket");
+        return;
+    }
+    event_add(st == PGRES_POLLING_READING ? &c->rd : &c->wr, NULL);
+}
+
+static void
+conn_connected(struct conn *c)
+{
+    if (PQsetnonblocking(c->pg, 1) != 0 || conn_watch(c) < 0) {
+        connect_failed(c, PQerrorMessage(c->pg));
+        return;
+    }
+    evtimer_del(&c->timer);
+    event_add(&c->rd, NULL);
+    memset(c->prepared, 0, sizeof c->prepared);
+    c->backoff_ms = 0;
+    c->state = C_READY;
+}
+
+static void
+conn_start(struct conn *c)
+{
+    struct db_pool *p = c->pool;
+
+    assert(c->state == C_DOWN && c->pg == NULL);
+    c->pg =
+        PQconnectStartParams((const char *const *)p->keywords, (const char *const *)p->values, 0);
+    if (c->pg == NULL)
+        oom();
+    if (PQstatus(c->pg) == CONNECTION_BAD) {
+        connect_failed(c, PQerrorMessage(c->pg));
+        return;
+    }
+    PQsetNoticeProcessor(c->pg, ignore_notice, NULL);
+    c->state = C_CONNECTING;
+    evtimer_add(&c->timer, &p->connect_tv);
+    /* Before the first PQconnectPoll, libpq wants the socket writable. */
+    connect_wait(c, PGRES_POLLING_WRITING);
+}
+
+static void
+connect_poll(struct conn *c)
+{
+    switch (PQconnectPoll(c->pg)) {
+    case PGRES_POLLING_READING:
+        connect_wait(c, PGRES_POLLING_READING);
+        break;
+    case PGRES_POLLING_WRITING:
+        connect_wait(c, PGRES_POLLING_WRITING);
+        break;
+    case PGRES_POLLING_OK:
+        conn_connected(c);
+        break;
+    default:
+        connect_failed(c, PQerrorMessage(c->pg));
+        break;
+    }
+}
+
+static void
+conn_flush(struct conn *c)
+{
+    int r = PQflush(c->pg);
+
+    if (r == 0 && c->writing) {
+        event_del(&c->wr);
+        c->writing = 0;
+    } else if (r == 1 && !c->writing) {
+        event_add(&c->wr, NULL);
+        c->writing = 1;
+    } else if (r < 0) {
+        conn_lost(c, PQerrorMessage(c->pg));
+    }
+}
+
+/* After a PQsend* call: flush, or answer the statement if it could not be sent. */
+static void
+conn_sent(struct conn *c, int ok)
+{
+    struct query *q = c->q;
+
+    if (ok) {
+        conn_flush(c);
+    } else if (PQstatus(c->pg) == CONNECTION_OK) {
+        /* Refused before anything was sent (e.g. too many parameters). */
+        c->q = NULL;
+        c->preparing = 0;
+        c->state = C_READY;
+        query_fail(q, DB_ERROR, NULL, first_line(PQerrorMessage(c->pg)));
+    } else {
+        conn_lost(c, PQerrorMessage(c->pg));
+    }
+}
+
+static void
+conn_send(struct conn *c)
+{
+    struct query *q = c->q;
+    char name[32];
+    int ok;
+
+    if (q->stmt < 0) {
+        c->preparing = 0;
+        ok = PQsendQueryParams(c->pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
+    } else if (!is_prepared(c, q->stmt)) {
+        c->preparing = 1;
+        stmt_name(name, sizeof name, q->stmt);
+        ok = PQsendPrepare(c->pg, name, q->sql, 0, NULL);
+    } else {
+        c->preparing = 0;
+        stmt_name(name, sizeof name, q->stmt);
+        ok = PQsendQueryPrepared(c->pg, name, q->nparams, q->params, NULL, NULL, 0);
+    }
+    conn_sent(c, ok);
+}
+
+static void
+conn_run(struct conn *c, struct query *q)
+{
+    assert(c->state == C_READY && c->q == NULL && c->res == NULL);
+    c->q = q;
+    c->state = C_BUSY;
+    q->conn = c;
+    q->state = Q_RUNNING;
+    conn_send(c);
+}
+
+/* Keeps the result that answers the statement: the first error, else the last. */
+static void
+conn_keep(struct conn *c, PGresult *r)
+{
+    if (c->res != NULL && PQresultStatus(c->res) == PGRES_FATAL_ERROR) {
+        PQclear(r);
+        return;
+    }
+    PQclear(c->res);
+    c->res = r;
+}
+
+/* PQgetResult returned NULL: the command in flight is over. */
+static void
+conn_command_done(struct conn *c)
+{
+    struct query *q = c->q;
+    PGresult *res = c->res;
+    int bad = PQstatus(c->pg) == CONNECTION_BAD;
+    const char *st;
+
+    c->res = NULL;
+    if (c->preparing && res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
+        PQclear(res);
+        res = NULL;
+        set_prepared(c, q->stmt, 1);
+        if (!bad) {
+            conn_send(c);
+            return;
+        }
+    }
+    /*
+     * A prepared statement the server lost (26000: DISCARD ALL, a pooler) or
+     * can no longer run (0A000: its result type changed after ALTER TABLE)
+     * stays broken on this connection: replace the connection.
+     */
+    st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (!c->preparing && q->stmt >= 0 && st != NULL &&
+        (strcmp(st, "26000") == 0 || strcmp(st, "0A000") == 0))
+        c->stale = 1;
+    c->q = NULL;
+    c->preparing = 0;
+    c->state = C_READY;
+    if (res == NULL)
+        query_fail(q, bad ? DB_UNAVAILABLE : DB_ERROR, NULL,
+                   first_line(bad ? PQerrorMessage(c->pg) : "no result from server"));
+    else
+        query_result(q, res, bad);
+}
+
+static void
+conn_read(struct conn *c)
+{
+    int ok = PQconsumeInput(c->pg);
+    PGnotify *n;
+
+    if (ok && c->writing) {
+        conn_flush(c);
+        if (c->pg == NULL)
+            return;
+    }
+    while (c->state == C_BUSY && !PQisBusy(c->pg)) {
+        PGresult *r = PQgetResult(c->pg);
+        if (r == NULL) {
+            conn_command_done(c);
+            continue;
+        }
+        switch (PQresultStatus(r)) {
+        case PGRES_COPY_IN:
+        case PGRES_COPY_OUT:
+        case PGRES_COPY_BOTH: {
+            /* The connection is stuck in COPY mode: answer, then drop it. */
+            struct query *q = c->q;
+            c->q = NULL;
+            PQclear(r);
+            conn_close(c);
+            c->state = C_DOWN;
+            query_fail(q, DB_ERROR, "COPY is not supported", NULL);
+            return;
+        }
+        default:
+            conn_keep(c, r);
+            break;
+        }
+    }
+    if (c->pg == NULL)
+        return;
+    while ((n = PQnotifies(c->pg)) != NULL)
+        PQfreemem(n);
+    if (!ok || PQstatus(c->pg) == CONNECTION_BAD) {
+        conn_lost(c, PQerrorMessage(c->pg));
+    } else if (c->stale && c->state == C_READY) {
+        conn_close(c);
+        c->state = C_DOWN;
+    }
+}
+
+/* ---- scheduling ---- */
+
+/* Starts queued statements on idle connections and opens connections for the rest. */
+static void
+pump(struct db_pool *p)
+{
+    struct query *q;
+    struct conn *c;
+
+    if (p->closing)
+        return;
+    while ((q = TAILQ_FIRST(&p->queue)) != NULL && (c = find_conn(p, C_READY)) != NULL) {
+        TAILQ_REMOVE(&p->queue, q, link);
+        p->nqueued--;
+        conn_run(c, q);
+    }
+    while (p->nqueued > count_conns(p, MASK(C_CONNECTING)) && (c = find_conn(p, C_DOWN)) != NULL)
+        conn_start(c);
+}
+
+/* End of every event callback: schedule, then answer. The pool may be gone after. */
+static void
+settle(struct db_pool *p)
+{
+    pump(p);
+    flush_answers(p);
+}
+
+static void
+conn_io_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    struct db_pool *p = c->pool;
+
+    (void)fd;
+    if (c->state == C_CONNECTING) {
+        connect_poll(c);
+    } else if (c->pg != NULL) {
+        if (what & EV_WRITE)
+            conn_flush(c);
+        if ((what & EV_READ) && c->pg != NULL)
+            conn_read(c);
+    }
+    settle(p);
+}
+
+static void
+conn_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    struct db_pool *p = c->pool;
+
+    (void)fd;
+    (void)what;
+    if (c->state == C_CONNECTING)
+        connect_failed(c, "timeout expired while connecting");
+    else if (c->state == C_BACKOFF)
+        c->state = C_DOWN;
+    settle(p);
+}
+
+static void
+deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct query *q = arg;
+    struct db_pool *p = q->pool;
+    struct conn *c = q->conn;
+
+    (void)fd;
+    (void)what;
+    if (q->state == Q_QUEUED) {
+        TAILQ_REMOVE(&p->queue, q, link);
+        p->nqueued--;
+    } else if (q->state == Q_RUNNING) {
+        /* No PQcancel (it blocks): drop the connection; statement_timeout stops the server. */
+        c->q = NULL;
+        conn_close(c);
+        c->state = C_DOWN;
+    }
+    query_fail(q, DB_UNAVAILABLE, "statement deadline exceeded", NULL);
+    settle(p);
+}
+
+static void
+kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    settle(arg);
+}
+
+/* ---- construction ---- */
+
+static void
+free_strv(char **v)
+{
+    if (v == NULL)
+        return;
+    for (size_t i = 0; v[i] != NULL; i++)
+        free(v[i]);
+    free(v);
+}
+
+/*
+ * Turns conninfo into keyword/value arrays, with statement_timeout appended to
+ * any options already given (in conninfo or PGOPTIONS).
+ */
+static int
+build_params(struct db_pool *p, const char *conninfo, uint64_t deadline_ms, char *err,
+             size_t errlen)
+{
+    char *msg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &msg);
+    const char *options = NULL, *timeout = NULL;
+    int has_appname = 0;
+    size_t n = 0, k = 0;
+    char buf[1024];
+
+    if (opts == NULL) {
+        char *line = msg ? first_line(msg) : NULL;
+        snprintf(err, errlen, "bad conninfo: %s", line ? line : "out of memory");
+        free(line);
+        PQfreemem(msg);
+        return -1;
+    }
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+        n++;
+    p->keywords = calloc(n + 3, sizeof *p->keywords);
+    p->values = calloc(n + 3, sizeof *p->values);
+    if (p->keywords == NULL || p->values == NULL)
+        oom();
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        if (o->val == NULL)
+            continue;
+        if (strcmp(o->keyword, "options") == 0) {
+            options = o->val;
+            continue;
+        }
+        if (strcmp(o->keyword, "connect_timeout") == 0)
+            timeout = o->val;
+        if (strcmp(o->keyword, "fallback_application_name") == 0)
+            has_appname = 1;
+        p->keywords[k] = xstrdup(o->keyword);
+        p->values[k++] = xstrdup(o->val);
+    }
+    if (options == NULL)
+        options = getenv("PGOPTIONS");
+    if (deadline_ms > 0) {
+        unsigned long long ms = deadline_ms > INT_MAX ? INT_MAX : deadline_ms;
+        snprintf(buf, sizeof buf, "%s%s-c statement_timeout=%llu", options ? options : "",
+                 options && *options ? " " : "", ms);
+        options = buf;
+    }
+    if (options != NULL) {
+        p->keywords[k] = xstrdup("options");
+        p->values[k++] = xstrdup(options);
+    }
+    if (!has_appname) {
+        p->keywords[k] = xstrdup("fallback_application_name");
+        p->values[k++] = xstrdup("sluice");
+    }
+    if (timeout == NULL)
+        timeout = getenv("PGCONNECT_TIMEOUT");
+    p->connect_tv = ms_to_tv(CONNECT_TIMEOUT_MS);
+    if (timeout != NULL && atoi(timeout) > 0)
+        p->connect_tv = ms_to_tv((uint64_t)atoi(timeout) * 1000);
+    PQconninfoFree(opts);
+    return 0;
+}
+
+struct db_pool *
+db_pool_new(struct event_base *base, const char *conninfo, unsigned size, uint64_t deadline_ms,
+            unsigned max_queue, char *err, size_t errlen)
+{
+    struct db_pool *p;
+
+    if (size == 0 || max_queue == 0) {
+        snprintf(err, errlen, "db pool needs size and max_queue of at least 1");
+        return NULL;
+    }
+    p = calloc(1, sizeof *p);
+    if (p == NULL)
+        oom();
+    p->base = base;
+    p->size = size;
+    p->max_queue = max_queue;
+    TAILQ_INIT(&p->queue);
+    TAILQ_INIT(&p->done);
+    if (build_params(p, conninfo ? conninfo : "", deadline_ms, err, errlen) < 0) {
+        free(p);
+        return NULL;
+    }
+    if (deadline_ms > 0) {
+        p->deadline_tv = ms_to_tv(deadline_ms);
+        /* All statements share one duration: an O(1) timeout queue instead of the heap. */
+        p->deadline = event_base_init_common_timeout(base, &p->deadline_tv);
+        if (p->deadline == NULL)
+            p->deadline = &p->deadline_tv;
+    }
+    p->conns = calloc(size, sizeof *p->conns);
+    if (p->conns == NULL)
+        oom();
+    for (unsigned i = 0; i < size; i++) {
+        struct conn *c = &p->conns[i];
+        c->pool = p;
+        c->fd = -1;
+        c->state = C_DOWN;
+        evtimer_assign(&c->timer, base, conn_timer_cb, c);
+    }
+    event_assign(&p->kick, base, -1, 0, kick_cb, p);
+    return p;
+}
+
+static void
+pool_destroy(struct db_pool *p)
+{
+    assert(TAILQ_EMPTY(&p->queue) && TAILQ_EMPTY(&p->done) && p->npending == 0);
+    for (unsigned i = 0; i < p->size; i++)
+        conn_close(&p->conns[i]);
+    event_del(&p->kick);
+    for (unsigned i = 0; i < STMT_SLOTS; i++)
+        free(p->stmts[i].sql);
+    free_strv(p->keywords);
+    free_strv(p->values);
+    free(p->conns);
+    free(p);
+}
+
+void
+db_pool_free(struct db_pool *p)
+{
+    struct query *q;
+
+    if (p == NULL || p->closing)
+        return;
+    p->closing = 1;
+    for (unsigned i = 0; i < p->size; i++) {
+        struct conn *c = &p->conns[i];
+        q = c->q;
+        c->q = NULL;
+        conn_close(c);
+        c->state = C_DOWN;
+        if (q != NULL)
+            query_fail(q, DB_UNAVAILABLE, "database pool closed", NULL);
+    }
+    while ((q = TAILQ_FIRST(&p->queue)) != NULL) {
+        TAILQ_REMOVE(&p->queue, q, link);
+        p->nqueued--;
+        query_fail(q, DB_UNAVAILABLE, "database pool closed", NULL);
+    }
+    p->free_requested = 1;
+    if (p->in_flush)
+        return; /* the flush in progress answers the rest and frees the pool */
+    flush_answers(p);
+}
+
+int
+db_query(struct db_pool *p, const char *sql, int nparams, const char *const *params, db_cb *cb,
+         void *arg)
+{
+    size_t sqllen, need, off;
+    const char *sqlcopy = NULL;
+    struct query *q;
+    char *block;
+    int id;
+
+    assert(p != NULL && sql != NULL && cb != NULL);
+    assert(nparams >= 0 && (nparams == 0 || params != NULL));
+    if (p->closing)
+        return -1;
+
+    sqllen = strlen(sql);
+    id = stmt_id(p, sql, sqllen, &sqlcopy);
+    need = sizeof *q + (size_t)nparams * sizeof(char *);
+    for (int i = 0; i < nparams; i++)
+        if (params[i] != NULL)
+            need += strlen(params[i]) + 1;
+    if (id < 0)
+        need += sqllen + 1;
+
+    /* One block: the query, its parameter pointers, the parameter texts, the SQL if unnamed. */
+    q = malloc(need);
+    if (q == NULL)
+        oom();
+    memset(q, 0, sizeof *q);
+    q->pool = p;
+    q->cb = cb;
+    q->arg = arg;
+    q->stmt = id;
+    q->nparams = nparams;
+    q->params = (const char **)(q + 1);
+    block = (char *)(q->params + nparams);
+    off = 0;
+    for (int i = 0; i < nparams; i++) {
+        if (params[i] == NULL) {
+            q->params[i] = NULL;
+            continue;
+        }
+        size_t len = strlen(params[i]) + 1;
+        memcpy(block + off, params[i], len);
+        q->params[i] = block + off;
+        off += len;
+    }
+    if (id < 0) {
+        memcpy(block + off, sql, sqllen + 1);
+        sqlcopy = block + off;
+    }
+    q->sql = sqlcopy;
+    evtimer_assign(&q->deadline, p->base, deadline_cb, q);
+    p->npending++;
+
+    if (nparams > MAX_PARAMS) {
+        query_fail(q, DB_ERROR, "too many parameters", NULL);
+    } else if (count_conns(p, MASK(C_BACKOFF)) == p->size) {
+        /* Every connect attempt failed lately: fail fast until a backoff ends. */
+        query_fail(q, DB_UNAVAILABLE, NULL, xstrdup(p->last_err));
+    } else if (p->nqueued >= p->max_queue) {
+        query_fail(q, DB_UNAVAILABLE, "too many queued statements", NULL);
+    } else {
+        q->state = Q_QUEUED;
+        TAILQ_INSERT_TAIL(&p->queue, q, link);
+        p->nqueued++;
+        if (p->deadline != NULL)
+            evtimer_add(&q->deadline, p->deadline);
+        pump(p);
+    }
+    /* Answers are never given before db_query returns. */
+    if (!TAILQ_EMPTY(&p->done))
+        event_active(&p->kick, EV_TIMEOUT, 1);
+    return 0;
+}
+
+unsigned
+db_pool_pending(const struct db_pool *p)
+{
+    return p->npending;
+}
+
+unsigned
+db_pool_connections(const struct db_pool *p)
+{
+    return count_conns(p, MASK(C_READY) | MASK(C_BUSY));
+}
