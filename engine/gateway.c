@@ -1,0 +1,948 @@
+/* gateway.c - the request path: route, identify, limit + lookup, origin, fill, invalidate. */
+#define _GNU_SOURCE
+#include "gateway.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db.h"
+#include "identity.h"
+#include "policy.h"
+#include "router.h"
+#include "store.h"
+#include "template.h"
+#include "util.h"
+
+#define MAX_LIMITS 8
+#define MAX_TAGS 16
+#define MAX_ARGS 32
+#define MAX_USER_LEN 256
+#define KEYS_BYTES 4096
+#define VALS_BYTES 4096
+#define HDRS_BYTES 1536
+
+#define QUOTA_TYPE "https://iana.org/assignments/http-problem-types#quota-exceeded"
+
+struct gateway {
+    struct gateway_config cfg;
+    pthread_mutex_t lock; /* guards policy */
+    struct policy *policy;
+    uint64_t generation; /* atomic: policy->generation, read without the lock */
+    struct store_memory *mem;
+    struct template *tier_key_user, *tier_key_ip; /* "tier:u:{user}", "tier:ip:{ip}" */
+};
+
+struct gw_worker {
+    struct gateway *g;
+    struct worker *w;
+    struct policy *policy; /* this worker's reference to the current snapshot */
+    uint64_t generation;
+    struct store *store;
+    struct db_pool *db;
+    struct tier_cache *tiers;
+};
+
+struct gw_req {
+    struct gw_worker *wk;
+    struct server_request *sr;
+    struct policy *policy; /* reference held for the request's life */
+    const struct policy_endpoint *ep;
+    struct router_match m;
+    const char *user, *tenant;
+    size_t user_len, tenant_len;
+    const struct policy_tier *tier;
+    json_t *body;
+    int value_overflow; /* a decoded value did not fit: the request is refused */
+
+    struct store_limit limits[MAX_LIMITS];
+    struct limiter_result results[MAX_LIMITS];
+    const char *tags[MAX_TAGS];
+    size_t taglens[MAX_TAGS];
+    uint64_t tag_gens[MAX_TAGS];
+    struct store_admit admit;
+    struct store_entry *entry; /* the fill in progress */
+
+    char hdrs[HDRS_BYTES];
+    size_t hdrs_len;
+    size_t keys_used, vals_used;
+    char keys[KEYS_BYTES]; /* expanded limit keys, cache key, tags */
+    char vals[VALS_BYTES]; /* decoded path/query values, rendered body fields */
+};
+
+/* ---- policy snapshots --------------------------------------------------------------------- */
+
+struct gateway *
+gateway_new(const struct gateway_config *cfg, struct policy *policy)
+{
+    struct gateway *g = xcalloc(1, sizeof(*g));
+    g->cfg = *cfg;
+    pthread_mutex_init(&g->lock, NULL);
+    policy_ref(policy);
+    g->policy = policy;
+    g->generation = policy->generation;
+    g->mem = store_memory_new(cfg->cache_bytes);
+    char err[128];
+    g->tier_key_user = template_compile("tier:u:{user}", TV_BIT(TV_USER), err, sizeof(err));
+    g->tier_key_ip = template_compile("tier:ip:{ip}", TV_BIT(TV_IP), err, sizeof(err));
+    return g;
+}
+
+void
+gateway_free(struct gateway *g)
+{
+    if (!g)
+        return;
+    policy_release(g->policy);
+    store_memory_free(g->mem);
+    template_free(g->tier_key_user);
+    template_free(g->tier_key_ip);
+    pthread_mutex_destroy(&g->lock);
+    free(g);
+}
+
+void
+gateway_set_policy(struct gateway *g, struct policy *policy)
+{
+    policy_ref(policy);
+    pthread_mutex_lock(&g->lock);
+    struct policy *old = g->policy;
+    g->policy = policy;
+    __atomic_store_n(&g->generation, policy->generation, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&g->lock);
+    policy_release(old);
+}
+
+/* The worker's current snapshot, refreshed when a new generation was published. */
+static struct policy *
+worker_policy(struct gw_worker *wk)
+{
+    struct gateway *g = wk->g;
+    if (__atomic_load_n(&g->generation, __ATOMIC_ACQUIRE) != wk->generation) {
+        pthread_mutex_lock(&g->lock);
+        struct policy *p = g->policy;
+        policy_ref(p);
+        pthread_mutex_unlock(&g->lock);
+        policy_release(wk->policy);
+        wk->policy = p;
+        wk->generation = p->generation;
+    }
+    return wk->policy;
+}
+
+/* ---- per-request helpers ------------------------------------------------------------------ */
+
+static void
+req_free(struct gw_req *rq)
+{
+    if (rq->entry)
+        store_entry_release(rq->entry);
+    if (rq->body)
+        json_decref(rq->body);
+    policy_release(rq->policy);
+    free(rq);
+}
+
+static void add_header(struct gw_req *rq, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+add_header(struct gw_req *rq, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(rq->hdrs + rq->hdrs_len, sizeof(rq->hdrs) - rq->hdrs_len, fmt, ap);
+    va_end(ap);
+    if (n > 0 && (size_t)n < sizeof(rq->hdrs) - rq->hdrs_len)
+        rq->hdrs_len += (size_t)n;
+}
+
+static void
+fail(struct gw_req *rq, int status, const char *detail)
+{
+    server_respond_problem(rq->sr, status, NULL, NULL, detail, rq->hdrs_len ? rq->hdrs : NULL);
+    req_free(rq);
+}
+
+/* Copies len bytes into the request's value scratch; NULL (and refusal) when full. */
+static char *
+vals_put(struct gw_req *rq, const char *s, size_t len)
+{
+    if (rq->vals_used + len + 1 > sizeof(rq->vals)) {
+        rq->value_overflow = 1;
+        return NULL;
+    }
+    char *p = rq->vals + rq->vals_used;
+    memcpy(p, s, len);
+    p[len] = '\0';
+    rq->vals_used += len + 1;
+    return p;
+}
+
+/* Decodes a percent-encoded value into the scratch. Returns 1, or 0 when it cannot. */
+static int
+decoded_value(struct gw_req *rq, const char *raw, size_t rawlen, int plus, const char **val,
+              size_t *len)
+{
+    if (rq->vals_used + rawlen + 1 > sizeof(rq->vals)) {
+        rq->value_overflow = 1;
+        return 0;
+    }
+    char *out = rq->vals + rq->vals_used;
+    size_t outlen;
+    if (http_pct_decode(raw, rawlen, out, &outlen, plus) != 0)
+        return 0;
+    out[outlen] = '\0';
+    rq->vals_used += outlen + 1;
+    *val = out;
+    *len = outlen;
+    return 1;
+}
+
+/* Renders a JSON body field as text: strings as they are, other scalars in JSON form. */
+static int
+body_value(struct gw_req *rq, const char *name, size_t namelen, const char **val, size_t *len)
+{
+    if (!rq->body || !json_is_object(rq->body))
+        return 0;
+    char key[128];
+    if (namelen >= sizeof(key))
+        return 0;
+    memcpy(key, name, namelen);
+    key[namelen] = '\0';
+    json_t *v = json_object_get(rq->body, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_string(v)) {
+        *val = json_string_value(v);
+        *len = json_string_length(v);
+        return 1;
+    }
+    char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!text)
+        return 0;
+    const char *p = vals_put(rq, text, strlen(text));
+    free(text);
+    if (!p)
+        return 0;
+    *val = p;
+    *len = strlen(p);
+    return 1;
+}
+
+static int
+lookup(void *ctx, enum template_var var, const char *name, size_t namelen, const char **val,
+       size_t *len)
+{
+    struct gw_req *rq = ctx;
+    const struct http_request *h = &rq->sr->http;
+    switch (var) {
+    case TV_USER:
+        *val = rq->user;
+        *len = rq->user_len;
+        return rq->user != NULL;
+    case TV_TENANT:
+        *val = rq->tenant;
+        *len = rq->tenant_len;
+        return rq->tenant != NULL;
+    case TV_TIER:
+        if (!rq->tier)
+            return 0;
+        *val = rq->tier->name;
+        *len = strlen(rq->tier->name);
+        return 1;
+    case TV_IP:
+        *val = rq->sr->ip;
+        *len = strlen(rq->sr->ip);
+        return 1;
+    case TV_METHOD:
+        *val = h->method_str.p;
+        *len = h->method_str.len;
+        return 1;
+    case TV_ROUTE:
+        *val = rq->ep->name;
+        *len = strlen(rq->ep->name);
+        return 1;
+    case TV_PATH:
+        for (size_t i = 0; i < rq->m.nparams; i++) {
+            const struct router_param *pp = &rq->m.params[i];
+            if (strlen(pp->name) == namelen && memcmp(pp->name, name, namelen) == 0)
+                return decoded_value(rq, pp->value, pp->len, 0, val, len);
+        }
+        return 0;
+    case TV_QUERY: {
+        struct http_str raw;
+        if (!http_query_find(h->query.p, h->query.len, name, namelen, &raw))
+            return 0;
+        return decoded_value(rq, raw.p, raw.len, 1, val, len);
+    }
+    case TV_HEADER: {
+        char hn[128];
+        if (namelen >= sizeof(hn))
+            return 0;
+        memcpy(hn, name, namelen);
+        hn[namelen] = '\0';
+        const struct http_str *v = http_header_get(h, hn);
+        if (!v)
+            return 0;
+        *val = v->p;
+        *len = v->len;
+        return 1;
+    }
+    case TV_BODY:
+        return body_value(rq, name, namelen, val, len);
+    default:
+        return 0;
+    }
+}
+
+/* Expands a template into the key arena. Returns the key, or NULL when it does not fit. */
+static const char *
+expand(struct gw_req *rq, const struct template *t, size_t *len)
+{
+    long n =
+        template_expand(t, lookup, rq, rq->keys + rq->keys_used, sizeof(rq->keys) - rq->keys_used);
+    if (n < 0 || rq->value_overflow)
+        return NULL;
+    const char *k = rq->keys + rq->keys_used;
+    rq->keys_used += (size_t)n + 1;
+    *len = (size_t)n;
+    return k;
+}
+
+/* The tier counter of the caller: one per user, or per address for anonymous callers. */
+static const char *
+caller_key(struct gw_req *rq, size_t *len)
+{
+    struct gateway *g = rq->wk->g;
+    return expand(rq, rq->user ? g->tier_key_user : g->tier_key_ip, len);
+}
+
+/* ---- rate-limit headers ------------------------------------------------------------------- */
+
+static const char *
+limit_name(const struct gw_req *rq, size_t i)
+{
+    const struct policy_limit *l = &rq->ep->limits[i];
+    return l->is_tier ? rq->tier->name : l->name;
+}
+
+static const char *
+limit_field(const struct gw_req *rq, size_t i)
+{
+    const struct policy_limit *l = &rq->ep->limits[i];
+    return l->is_tier ? rq->tier->policy_field : l->policy_field;
+}
+
+static uint64_t
+ceil_sec(uint64_t ms)
+{
+    return (ms + 999) / 1000;
+}
+
+/*
+ * X-RateLimit-* describe the limit closest to refusing (the refusing one with
+ * the longest wait when denied); RateLimit-Policy and RateLimit (IETF draft-11)
+ * list every limit of the request.
+ */
+static void
+add_limit_headers(struct gw_req *rq)
+{
+    size_t n = rq->ep->nlimits;
+    if (n == 0)
+        return;
+    size_t pick = 0;
+    for (size_t i = 1; i < n; i++) {
+        const struct limiter_result *a = &rq->results[pick], *b = &rq->results[i];
+        if (!rq->admit.allowed) {
+            if (!b->allowed && (a->allowed || b->retry_after_ms > a->retry_after_ms))
+                pick = i;
+        } else if (b->remaining < a->remaining) {
+            pick = i;
+        }
+    }
+    const struct limiter_result *r = &rq->results[pick];
+    add_header(rq,
+               "X-RateLimit-Limit: %" PRIu64 "\r\nX-RateLimit-Remaining: %" PRIu64
+               "\r\nX-RateLimit-Reset: %" PRIu64 "\r\n",
+               r->limit, r->remaining, ceil_sec(r->reset_ms));
+    add_header(rq, "RateLimit-Policy: ");
+    for (size_t i = 0; i < n; i++)
+        add_header(rq, "%s%s", i ? ", " : "", limit_field(rq, i));
+    add_header(rq, "\r\nRateLimit: ");
+    for (size_t i = 0; i < n; i++)
+        add_header(rq, "%s\"%s\";r=%" PRIu64 ";t=%" PRIu64, i ? ", " : "", limit_name(rq, i),
+                   rq->results[i].remaining, ceil_sec(rq->results[i].reset_ms));
+    add_header(rq, "\r\n");
+}
+
+static void
+reply_denied(struct gw_req *rq)
+{
+    uint64_t retry = 0;
+    json_t *violated = json_array();
+    for (size_t i = 0; i < rq->ep->nlimits; i++) {
+        if (rq->results[i].allowed)
+            continue;
+        json_array_append_new(violated, json_string(limit_name(rq, i)));
+        if (rq->results[i].retry_after_ms > retry)
+            retry = rq->results[i].retry_after_ms;
+    }
+    add_header(rq, "Retry-After: %" PRIu64 "\r\n", ceil_sec(retry) ? ceil_sec(retry) : 1);
+    json_t *o =
+        json_pack("{s:s, s:s, s:i, s:s, s:o}", "type", QUOTA_TYPE, "title",
+                  "Request cannot be satisfied as assigned quota has been exceeded", "status", 429,
+                  "detail", "rate limit exceeded; retry later", "violated-policies", violated);
+    char *body = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    struct server_response resp = {
+        .status = 429,
+        .content_type = "application/problem+json",
+        .headers = rq->hdrs,
+        .headers_len = rq->hdrs_len,
+        .body = body,
+        .body_len = strlen(body),
+    };
+    server_respond(rq->sr, &resp);
+    free(body);
+    req_free(rq);
+}
+
+/* ---- replies from the cache and the origin ------------------------------------------------ */
+
+static void
+release_entry(const void *body, size_t len, void *arg)
+{
+    store_entry_release(arg);
+}
+
+/* Replies with a cached or just-filled entry; the reply holds its own reference. */
+static void
+reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uint64_t now_ms)
+{
+    uint64_t age = now_ms > e->stored_ms ? (now_ms - e->stored_ms) / 1000 : 0;
+    add_header(rq, "X-Cache: %s\r\nAge: %" PRIu64 "\r\n", xcache, age);
+    store_entry_ref(e);
+    struct server_response resp = {
+        .status = e->status,
+        .content_type = e->content_type,
+        .headers = rq->hdrs,
+        .headers_len = rq->hdrs_len,
+        .body = e->body,
+        .body_len = e->body_len,
+        .release = release_entry,
+        .body_arg = e,
+    };
+    server_respond(rq->sr, &resp);
+    req_free(rq);
+}
+
+static void
+reply_body(struct gw_req *rq, int status, const char *body, size_t len)
+{
+    struct server_response resp = {
+        .status = status,
+        .content_type = rq->ep->content_type,
+        .headers = rq->hdrs,
+        .headers_len = rq->hdrs_len,
+        .body = body,
+        .body_len = len,
+    };
+    server_respond(rq->sr, &resp);
+    req_free(rq);
+}
+
+static void
+fill_done(void *arg, int status)
+{
+    (void)arg;
+    (void)status; /* refused fills are expected after a concurrent invalidation */
+}
+
+/* A fresh origin answer for a cached endpoint: store it, then reply. */
+static void
+fill_and_reply(struct gw_req *rq, int status, char *body, size_t len)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    struct store_entry *e = store_entry_new((uint16_t)status, xstrdup(ep->content_type), body, len);
+    uint64_t now = store_now_ms();
+    e->stored_ms = now;
+    e->expires_ms = now + ep->ttl_ms;
+    store_fill(rq->wk->store, rq->admit.cache_key, rq->admit.cache_keylen, e, ep->ttl_ms, rq->tags,
+               rq->taglens, rq->tag_gens, rq->admit.ntags, fill_done, NULL);
+    reply_entry(rq, e, "MISS", now);
+    store_entry_release(e);
+}
+
+static void
+invalidate_done(void *arg, int status)
+{
+    (void)arg;
+    if (status != 0)
+        fprintf(stderr, "sluice: invalidation failed\n");
+}
+
+/* After a successful write: bump the generations of the endpoint's invalidate tags. */
+static int
+invalidate_tags(struct gw_req *rq)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    if (ep->ninvalidate == 0)
+        return 0;
+    const char *tags[MAX_TAGS];
+    size_t lens[MAX_TAGS];
+    size_t n = 0;
+    for (size_t i = 0; i < ep->ninvalidate && n < MAX_TAGS; i++) {
+        tags[n] = expand(rq, ep->invalidate[i], &lens[n]);
+        if (!tags[n])
+            return -1;
+        n++;
+    }
+    store_invalidate(rq->wk->store, tags, lens, n, invalidate_done, NULL);
+    return 0;
+}
+
+static int
+sqlstate_status(const char *sqlstate)
+{
+    return sqlstate && strncmp(sqlstate, "23", 2) == 0 ? 409 : 400;
+}
+
+static void
+on_db(void *arg, const struct db_result *res)
+{
+    struct gw_req *rq = arg;
+    const struct policy_endpoint *ep = rq->ep;
+    char detail[256];
+    switch (res->status) {
+    case DB_OK:
+        break;
+    case DB_CLIENT_ERROR:
+        snprintf(detail, sizeof(detail), "the database refused the input: %s", res->detail);
+        fail(rq, sqlstate_status(res->sqlstate), detail);
+        return;
+    case DB_ERROR:
+        snprintf(detail, sizeof(detail), "the database failed the statement: %s", res->detail);
+        fail(rq, 502, detail);
+        return;
+    case DB_UNAVAILABLE:
+    default:
+        snprintf(detail, sizeof(detail), "the database is unavailable: %s", res->detail);
+        fail(rq, 503, detail);
+        return;
+    }
+
+    char *body;
+    size_t len;
+    if (!ep->returns_rows) {
+        body = xasprintf("{\"affected\":%ld}", res->affected < 0 ? 0 : res->affected);
+        len = strlen(body);
+    } else if (res->value) {
+        body = xstrndup(res->value, res->value_len);
+        len = res->value_len;
+    } else if (ep->one) {
+        fail(rq, 404, "no such record");
+        return;
+    } else {
+        body = xstrdup("[]");
+        len = 2;
+    }
+
+    if (ep->is_write) {
+        if (invalidate_tags(rq) != 0) {
+            free(body);
+            fail(rq, 500, "an invalidation key was too long");
+            return;
+        }
+        reply_body(rq, ep->method == HTTP_POST ? 201 : 200, body, len);
+        free(body);
+        return;
+    }
+    if (ep->cached && rq->admit.cache_key) {
+        fill_and_reply(rq, 200, body, len);
+        return;
+    }
+    reply_body(rq, 200, body, len);
+    free(body);
+}
+
+/* Builds the statement's parameters and sends it. */
+static void
+run_sql(struct gw_req *rq)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    const char *params[MAX_ARGS];
+    size_t n = ep->nargs < MAX_ARGS ? ep->nargs : MAX_ARGS;
+    for (size_t i = 0; i < n; i++) {
+        enum template_var var;
+        const char *name;
+        const char *val;
+        size_t len;
+        if (template_single_var(ep->args[i], &var, &name)) {
+            /* A lone variable is passed as it is: no escaping, absent is NULL. */
+            if (var == TV_BODY && (!rq->body || !json_object_get(rq->body, name))) {
+                char detail[192];
+                snprintf(detail, sizeof(detail), "missing field '%s' in the JSON body", name);
+                fail(rq, 400, detail);
+                return;
+            }
+            if (lookup(rq, var, name, name ? strlen(name) : 0, &val, &len))
+                params[i] = (val >= rq->vals && val < rq->vals + sizeof(rq->vals))
+                                ? val
+                                : vals_put(rq, val, len);
+            else
+                params[i] = NULL;
+        } else {
+            params[i] = expand(rq, ep->args[i], &len);
+        }
+        if (rq->value_overflow) {
+            fail(rq, 400, "request values too long");
+            return;
+        }
+    }
+    if (!rq->wk->db) {
+        fail(rq, 503, "no database is configured");
+        return;
+    }
+    if (db_query(rq->wk->db, ep->sql, (int)n, params, on_db, rq) != 0)
+        fail(rq, 503, "the database pool is shutting down");
+}
+
+static void
+to_origin(struct gw_req *rq)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    switch (ep->source) {
+    case SOURCE_SQL:
+        run_sql(rq);
+        return;
+    case SOURCE_STATIC:
+        if (ep->is_write && invalidate_tags(rq) != 0) {
+            fail(rq, 500, "an invalidation key was too long");
+            return;
+        }
+        if (ep->cached && rq->admit.cache_key) {
+            fill_and_reply(rq, ep->static_status, xstrndup(ep->static_body, ep->static_len),
+                           ep->static_len);
+            return;
+        }
+        reply_body(rq, ep->static_status, ep->static_body, ep->static_len);
+        return;
+    case SOURCE_UPSTREAM:
+    default:
+        fail(rq, 501, "upstream endpoints are not served yet");
+        return;
+    }
+}
+
+static void
+on_admitted(void *arg, int status)
+{
+    struct gw_req *rq = arg;
+    if (status != 0) {
+        fail(rq, 503, "the store is unavailable");
+        return;
+    }
+    add_limit_headers(rq);
+    if (!rq->admit.allowed) {
+        reply_denied(rq);
+        return;
+    }
+    if (rq->admit.state == STORE_HIT && rq->admit.entry) {
+        struct store_entry *e = rq->admit.entry;
+        rq->admit.entry = NULL;
+        rq->entry = e; /* released with the request */
+        reply_entry(rq, e, "HIT", rq->admit.now_ms);
+        return;
+    }
+    if (rq->admit.entry) {
+        store_entry_release(rq->admit.entry);
+        rq->admit.entry = NULL;
+    }
+    to_origin(rq);
+}
+
+/* ---- identity, limits and the lookup ------------------------------------------------------ */
+
+/* With the caller known: expand the limit keys, cache key and tags, then ask the store. */
+static void
+admit(struct gw_req *rq)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    struct store_admit *a = &rq->admit;
+    size_t nl = 0;
+    for (size_t i = 0; i < ep->nlimits && nl < MAX_LIMITS; i++) {
+        const struct policy_limit *l = &ep->limits[i];
+        struct store_limit *sl = &rq->limits[nl];
+        if (l->is_tier) {
+            sl->rule = &rq->tier->rule;
+            sl->key = caller_key(rq, &sl->keylen);
+        } else {
+            sl->rule = &l->rule;
+            sl->key = expand(rq, l->key, &sl->keylen);
+        }
+        if (!sl->key) {
+            fail(rq, 400, "request values too long for a limit key");
+            return;
+        }
+        sl->cost = l->cost;
+        nl++;
+    }
+    a->limits = rq->limits;
+    a->nlimits = nl;
+    a->results = rq->results;
+    a->tags = rq->tags;
+    a->taglens = rq->taglens;
+    a->tag_gens = rq->tag_gens;
+    if (ep->cached && (rq->sr->http.method == HTTP_GET || rq->sr->http.method == HTTP_HEAD)) {
+        a->cache_key = expand(rq, ep->cache_key, &a->cache_keylen);
+        if (!a->cache_key) {
+            fail(rq, 400, "request values too long for a cache key");
+            return;
+        }
+        size_t nt = 0;
+        for (size_t i = 0; i < ep->ntags && nt < MAX_TAGS; i++) {
+            rq->tags[nt] = expand(rq, ep->tags[i], &rq->taglens[nt]);
+            if (!rq->tags[nt]) {
+                fail(rq, 400, "request values too long for a cache tag");
+                return;
+            }
+            nt++;
+        }
+        a->ntags = nt;
+    }
+    store_admit_and_lookup(rq->wk->store, a, on_admitted, rq);
+}
+
+static void
+set_tier(struct gw_req *rq, const char *name, size_t len)
+{
+    const struct policy *p = rq->policy;
+    rq->tier = len ? policy_tier_find(p, name, len) : NULL;
+    if (!rq->tier && p->identity.default_tier >= 0)
+        rq->tier = &p->tiers[p->identity.default_tier];
+}
+
+static void
+on_tier(void *arg, const struct db_result *res)
+{
+    struct gw_req *rq = arg;
+    const struct policy_identity *id = &rq->policy->identity;
+    if (res->status == DB_OK) {
+        const char *t = res->value ? res->value : "";
+        size_t tl = res->value ? res->value_len : 0;
+        tier_cache_put(rq->wk->tiers, rq->user, rq->user_len, t, tl,
+                       store_now_ms() + id->tier_ttl_ms);
+        set_tier(rq, t, tl);
+    } else {
+        /* The lookup failed: serve under the default tier, and do not remember it. */
+        fprintf(stderr, "sluice: tier lookup failed: %s\n", res->detail);
+        set_tier(rq, NULL, 0);
+    }
+    admit(rq);
+}
+
+static int
+needs_tier(const struct policy_endpoint *ep)
+{
+    for (size_t i = 0; i < ep->nlimits; i++)
+        if (ep->limits[i].is_tier)
+            return 1;
+    return 0;
+}
+
+/* Finds the caller's tier: header, cache, or an asynchronous SQL lookup. */
+static void
+identify_tier(struct gw_req *rq)
+{
+    const struct policy_identity *id = &rq->policy->identity;
+    if (!rq->user || !needs_tier(rq->ep)) {
+        set_tier(rq, NULL, 0);
+        admit(rq);
+        return;
+    }
+    if (id->tier_header) {
+        const struct http_str *v = http_header_get(&rq->sr->http, id->tier_header);
+        set_tier(rq, v ? v->p : NULL, v ? v->len : 0);
+        admit(rq);
+        return;
+    }
+    if (!id->tier_sql) {
+        set_tier(rq, NULL, 0);
+        admit(rq);
+        return;
+    }
+    const char *t;
+    size_t tl;
+    if (tier_cache_get(rq->wk->tiers, rq->user, rq->user_len, store_now_ms(), &t, &tl)) {
+        set_tier(rq, t, tl);
+        admit(rq);
+        return;
+    }
+    const char *params[MAX_ARGS];
+    size_t n = id->ntier_args < MAX_ARGS ? id->ntier_args : MAX_ARGS;
+    for (size_t i = 0; i < n; i++) {
+        enum template_var var;
+        const char *name, *val;
+        size_t len;
+        if (template_single_var(id->tier_args[i], &var, &name) &&
+            lookup(rq, var, name, name ? strlen(name) : 0, &val, &len))
+            params[i] = vals_put(rq, val, len);
+        else
+            params[i] = NULL;
+    }
+    if (!rq->wk->db || db_query(rq->wk->db, id->tier_sql, (int)n, params, on_tier, rq) != 0) {
+        set_tier(rq, NULL, 0);
+        admit(rq);
+    }
+}
+
+static int
+uses_body(const struct policy_endpoint *ep)
+{
+    for (size_t i = 0; i < ep->nargs; i++)
+        if (template_uses(ep->args[i]) & TV_BIT(TV_BODY))
+            return 1;
+    for (size_t i = 0; i < ep->ninvalidate; i++)
+        if (template_uses(ep->invalidate[i]) & TV_BIT(TV_BODY))
+            return 1;
+    return 0;
+}
+
+/* Reads a trusted identity header; -1 when it is unusable. */
+static int
+identity_header(struct gw_req *rq, const char *name, const char **val, size_t *len)
+{
+    *val = NULL;
+    *len = 0;
+    if (!name)
+        return 0;
+    const struct http_str *v = http_header_get(&rq->sr->http, name);
+    if (!v || v->len == 0)
+        return 0;
+    if (v->len > MAX_USER_LEN)
+        return -1;
+    *val = v->p;
+    *len = v->len;
+    return 0;
+}
+
+static void
+handle(struct server_request *sr, void *state)
+{
+    struct gw_worker *wk = state;
+    struct policy *p = worker_policy(wk);
+    const struct http_request *h = &sr->http;
+
+    struct router_match m;
+    enum router_result r = router_match(p->router, h->method_str.p, h->method_str.len, h->path.p,
+                                        h->path.len, h->query.p, h->query.len, &m);
+    if (r == ROUTER_NOT_FOUND) {
+        server_respond_problem(sr, 404, NULL, NULL, "no endpoint matches this path", NULL);
+        return;
+    }
+    if (r == ROUTER_METHOD_NOT_ALLOWED) {
+        char allow[160] = "Allow: ";
+        size_t len = strlen(allow);
+        int first = 1;
+        for (size_t i = 0; i < router_nmethods; i++) {
+            if (!(m.allow & (1u << i)))
+                continue;
+            len += (size_t)snprintf(allow + len, sizeof(allow) - len, "%s%s", first ? "" : ", ",
+                                    router_methods[i]);
+            first = 0;
+        }
+        snprintf(allow + len, sizeof(allow) - len, "\r\n");
+        server_respond_problem(sr, 405, NULL, NULL, "this endpoint does not take this method",
+                               allow);
+        return;
+    }
+
+    struct gw_req *rq = xmalloc(sizeof(*rq));
+    rq->wk = wk;
+    rq->sr = sr;
+    policy_ref(p);
+    rq->policy = p;
+    rq->ep = m.data;
+    rq->m = m;
+    rq->tier = NULL;
+    rq->body = NULL;
+    rq->entry = NULL;
+    rq->value_overflow = 0;
+    rq->hdrs_len = rq->keys_used = rq->vals_used = 0;
+    memset(&rq->admit, 0, sizeof(rq->admit));
+
+    if (identity_header(rq, p->identity.user_header, &rq->user, &rq->user_len) != 0 ||
+        identity_header(rq, p->identity.tenant_header, &rq->tenant, &rq->tenant_len) != 0) {
+        fail(rq, 400, "identity header too long");
+        return;
+    }
+    if (sr->body_len > 0 && uses_body(rq->ep)) {
+        json_error_t jerr;
+        rq->body = json_loadb(sr->body, sr->body_len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!rq->body) {
+            char detail[300];
+            snprintf(detail, sizeof(detail), "malformed JSON body: %s (line %d, column %d)",
+                     jerr.text, jerr.line, jerr.column);
+            fail(rq, 400, detail);
+            return;
+        }
+        if (!json_is_object(rq->body)) {
+            fail(rq, 400, "the JSON body must be an object");
+            return;
+        }
+    } else if (uses_body(rq->ep)) {
+        fail(rq, 400, "this endpoint needs a JSON object body");
+        return;
+    }
+    identify_tier(rq);
+}
+
+/* ---- workers ------------------------------------------------------------------------------ */
+
+static void *
+worker_init(struct worker *w, void *ctx)
+{
+    struct gateway *g = ctx;
+    struct gw_worker *wk = xcalloc(1, sizeof(*wk));
+    wk->g = g;
+    wk->w = w;
+    wk->store = store_memory_handle(g->mem);
+    wk->tiers = tier_cache_new(100000);
+    char err[256];
+    wk->db = db_pool_new(worker_base(w), g->cfg.database_url ? g->cfg.database_url : "",
+                         g->cfg.db_pool_size, g->cfg.db_deadline_ms, 1024, err, sizeof(err));
+    if (!wk->db)
+        fprintf(stderr, "sluice: worker %u: database: %s\n", worker_index(w), err);
+    worker_policy(wk);
+    return wk;
+}
+
+static void
+worker_fini(void *state)
+{
+    struct gw_worker *wk = state;
+    if (!wk)
+        return;
+    if (wk->db)
+        db_pool_free(wk->db);
+    tier_cache_free(wk->tiers);
+    wk->store->ops->destroy(wk->store);
+    policy_release(wk->policy);
+    free(wk);
+}
+
+struct server_app
+gateway_app(struct gateway *g)
+{
+    struct server_app app = {
+        .worker_init = worker_init,
+        .worker_fini = worker_fini,
+        .handle = handle,
+        .ctx = g,
+    };
+    return app;
+}

@@ -1,0 +1,691 @@
+/* policy.c - a policy directory compiled into an immutable, refcounted snapshot. */
+#define _GNU_SOURCE
+#include "policy.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "embedded.h"
+#include "http_parse.h"
+#include "router.h"
+#include "template.h"
+#include "util.h"
+
+/* ---- reading the directory --------------------------------------------------------------- */
+
+struct src_file {
+    char *path;
+    char *tenant; /* NULL for the main set */
+    char *text;
+    size_t len;
+};
+
+static int
+cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Appends dir's *.lua files (sorted) to *files. Returns 0, or -1 with a message. */
+static int
+list_lua(const char *dir, int tenants, struct src_file **files, size_t *nfiles, struct sbuf *errs)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (tenants && errno == ENOENT)
+            return 0;
+        sbuf_printf(errs, "%s: cannot open policy directory: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t len = strlen(de->d_name);
+        if (len < 5 || strcmp(de->d_name + len - 4, ".lua") != 0 || de->d_name[0] == '.')
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            names = xrealloc(names, cap * sizeof(*names));
+        }
+        names[n++] = xstrdup(de->d_name);
+    }
+    closedir(d);
+    qsort(names, n, sizeof(*names), cmp_str);
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        char *path = xasprintf("%s/%s", dir, names[i]);
+        FILE *f = fopen(path, "rb");
+        if (!f) {
+            sbuf_printf(errs, "%s: cannot read: %s\n", path, strerror(errno));
+            free(path);
+            rc = -1;
+            continue;
+        }
+        struct sbuf text = {0};
+        char buf[8192];
+        size_t r;
+        while ((r = fread(buf, 1, sizeof(buf), f)) > 0)
+            sbuf_add(&text, buf, r);
+        if (!text.p)
+            sbuf_add(&text, "", 0);
+        fclose(f);
+        *files = xrealloc(*files, (*nfiles + 1) * sizeof(**files));
+        struct src_file *sf = &(*files)[(*nfiles)++];
+        sf->path = path;
+        sf->tenant = tenants ? xstrndup(names[i], strlen(names[i]) - 4) : NULL;
+        sf->text = text.p;
+        sf->len = text.len;
+    }
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return rc;
+}
+
+/* ---- the loader's Lua state -------------------------------------------------------------- */
+
+static int
+msghandler(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg)
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+/* Registers the embedded lua/sluice modules in package.preload. */
+static int
+preload_embedded(lua_State *L, struct sbuf *errs)
+{
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "preload");
+    for (const struct embedded_file *e = embedded_lua; e->module; e++) {
+        if (strncmp(e->module, "sluice.", 7) != 0)
+            continue;
+        char chunk[256];
+        snprintf(chunk, sizeof(chunk), "@%s", e->path);
+        if (luaL_loadbufferx(L, e->source, e->len, chunk, "t") != LUA_OK) {
+            sbuf_printf(errs, "%s\n", lua_tostring(L, -1));
+            lua_pop(L, 3);
+            return -1;
+        }
+        lua_setfield(L, -2, e->module);
+    }
+    lua_pop(L, 2);
+    return 0;
+}
+
+static lua_State *
+loader_state(void)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        fprintf(stderr, "sluice: out of memory (Lua state)\n");
+        abort();
+    }
+    static const luaL_Reg libs[] = {
+        {LUA_GNAME, luaopen_base},
+        {LUA_LOADLIBNAME, luaopen_package},
+        {LUA_STRLIBNAME, luaopen_string},
+        {LUA_TABLIBNAME, luaopen_table},
+        {LUA_MATHLIBNAME, luaopen_math},
+        {LUA_UTF8LIBNAME, luaopen_utf8},
+        {LUA_DBLIBNAME, luaopen_debug},
+        {LUA_COLIBNAME, luaopen_coroutine},
+        {NULL, NULL},
+    };
+    for (const luaL_Reg *l = libs; l->func; l++) {
+        luaL_requiref(L, l->name, l->func, 1);
+        lua_pop(L, 1);
+    }
+    /* Only the embedded modules may be required: no file system search path. */
+    lua_getglobal(L, "package");
+    lua_pushliteral(L, "");
+    lua_setfield(L, -2, "path");
+    lua_pushliteral(L, "");
+    lua_setfield(L, -2, "cpath");
+    lua_pop(L, 1);
+    return L;
+}
+
+/* ---- reading the normalized set ---------------------------------------------------------- */
+
+struct compile {
+    lua_State *L;
+    struct policy *p;
+    struct sbuf *errs;
+    const char *file; /* of the declaration being compiled */
+    int line;
+};
+
+static void cerr(struct compile *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+cerr(struct compile *c, const char *fmt, ...)
+{
+    va_list ap;
+    char msg[512];
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    sbuf_printf(c->errs, "%s:%d: %s\n", c->file ? c->file : "?", c->line, msg);
+}
+
+/* Field helpers: the table is at the top of the stack. */
+static char *
+field_str(lua_State *L, const char *name)
+{
+    lua_getfield(L, -1, name);
+    char *s = NULL;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        size_t len;
+        const char *v = lua_tolstring(L, -1, &len);
+        s = xstrndup(v, len);
+    }
+    lua_pop(L, 1);
+    return s;
+}
+
+static int64_t
+field_int(lua_State *L, const char *name, int64_t dflt)
+{
+    lua_getfield(L, -1, name);
+    int64_t v = dflt;
+    if (lua_isinteger(L, -1))
+        v = lua_tointeger(L, -1);
+    else if (lua_type(L, -1) == LUA_TNUMBER)
+        v = (int64_t)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static bool
+field_bool(lua_State *L, const char *name)
+{
+    lua_getfield(L, -1, name);
+    bool v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static void
+set_location(struct compile *c)
+{
+    lua_getfield(c->L, -1, "file");
+    c->file = lua_tostring(c->L, -1); /* kept alive by the set table */
+    lua_pop(c->L, 1);
+    c->line = (int)field_int(c->L, "line", 0);
+}
+
+static struct template *
+compile_template(struct compile *c, const char *src, unsigned allowed, const char *what)
+{
+    char err[256];
+    struct template *t = template_compile(src, allowed, err, sizeof(err));
+    if (!t)
+        cerr(c, "%s \"%s\": %s", what, src, err);
+    return t;
+}
+
+/* Compiles the array of template strings in field `name` of the table at the top. */
+static struct template **
+field_templates(struct compile *c, const char *name, unsigned allowed, size_t *n)
+{
+    lua_State *L = c->L;
+    struct template **out = NULL;
+    *n = 0;
+    lua_getfield(L, -1, name);
+    if (lua_istable(L, -1)) {
+        size_t len = lua_rawlen(L, -1);
+        out = xcalloc(len ? len : 1, sizeof(*out));
+        for (size_t i = 1; i <= len; i++) {
+            lua_rawgeti(L, -1, (lua_Integer)i);
+            const char *s = lua_tostring(L, -1);
+            struct template *t = s ? compile_template(c, s, allowed, name) : NULL;
+            if (t)
+                out[(*n)++] = t;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return out;
+}
+
+static char *
+policy_field(const char *name, const struct limiter_rule *r)
+{
+    return xasprintf("\"%s\";q=%llu;w=%llu", name, (unsigned long long)r->limit,
+                     (unsigned long long)((r->window_ms + 999) / 1000));
+}
+
+static void
+compile_tiers(struct compile *c)
+{
+    lua_State *L = c->L;
+    lua_getfield(L, -1, "tiers");
+    size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    c->p->tiers = xcalloc(n ? n : 1, sizeof(struct policy_tier));
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        set_location(c);
+        struct policy_tier *t = &c->p->tiers[c->p->ntiers++];
+        t->name = field_str(L, "name");
+        char *algo = field_str(L, "algorithm");
+        if (algo && limiter_algo_parse(algo, &t->rule.algo) != 0)
+            cerr(c, "unknown algorithm '%s'", algo);
+        free(algo);
+        t->rule.limit = (uint64_t)field_int(L, "limit", 1);
+        t->rule.window_ms = (uint64_t)field_int(L, "window_ms", 1000);
+        t->rule.burst = (uint64_t)field_int(L, "burst", 0);
+        t->policy_field = policy_field(t->name ? t->name : "", &t->rule);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+static void
+compile_identity(struct compile *c)
+{
+    lua_State *L = c->L;
+    struct policy_identity *id = &c->p->identity;
+    id->default_tier = c->p->ntiers ? 0 : -1;
+    lua_getfield(L, -1, "identity");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    set_location(c);
+    lua_getfield(L, -1, "user");
+    if (lua_istable(L, -1))
+        id->user_header = field_str(L, "header");
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "tenant");
+    if (lua_istable(L, -1))
+        id->tenant_header = field_str(L, "header");
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "tier");
+    if (lua_istable(L, -1)) {
+        id->tier_header = field_str(L, "header");
+        id->tier_sql = field_str(L, "sql");
+        id->tier_args = field_templates(
+            c, "args", TV_BIT(TV_USER) | TV_BIT(TV_TENANT) | TV_BIT(TV_HEADER) | TV_BIT(TV_IP),
+            &id->ntier_args);
+    }
+    lua_pop(L, 1);
+    id->tier_ttl_ms = (uint64_t)field_int(L, "tier_ttl_ms", 60000);
+    char *dt = field_str(L, "default_tier");
+    if (dt) {
+        id->default_tier = -1;
+        for (size_t i = 0; i < c->p->ntiers; i++)
+            if (strcmp(c->p->tiers[i].name, dt) == 0)
+                id->default_tier = (int)i;
+        if (id->default_tier < 0)
+            cerr(c, "default_tier '%s' is not a declared tier", dt);
+        free(dt);
+    }
+    lua_pop(L, 1);
+}
+
+/* Wraps a statement so that PostgreSQL returns the rows as one JSON text value. */
+static char *
+wrap_sql(const char *sql, bool is_write, bool one, bool *returns_rows)
+{
+    size_t len = strlen(sql);
+    while (len > 0 && (sql[len - 1] == ';' || sql[len - 1] == ' ' || sql[len - 1] == '\n' ||
+                       sql[len - 1] == '\t' || sql[len - 1] == '\r'))
+        len--;
+    const char *agg = one ? "row_to_json(t)::text" : "coalesce(json_agg(t), '[]'::json)::text";
+    const char *lim = one ? " LIMIT 1" : "";
+    *returns_rows = true;
+    if (!is_write)
+        return xasprintf("SELECT %s FROM (%.*s) t%s", agg, (int)len, sql, lim);
+    /* A write returns rows only with RETURNING; otherwise it answers the affected count. */
+    const char *r = strcasestr(sql, "returning");
+    if (!r || r >= sql + len) {
+        *returns_rows = false;
+        return xstrndup(sql, len);
+    }
+    return xasprintf("WITH t AS (%.*s) SELECT %s FROM t%s", (int)len, sql, agg, lim);
+}
+
+static int
+method_code(const char *m)
+{
+    static const struct {
+        const char *name;
+        int code;
+    } methods[] = {{"GET", HTTP_GET},        {"HEAD", HTTP_HEAD},   {"POST", HTTP_POST},
+                   {"PUT", HTTP_PUT},        {"PATCH", HTTP_PATCH}, {"DELETE", HTTP_DELETE},
+                   {"OPTIONS", HTTP_OPTIONS}};
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
+        if (strcmp(m, methods[i].name) == 0)
+            return methods[i].code;
+    return HTTP_OTHER;
+}
+
+static void
+compile_limits(struct compile *c, struct policy_endpoint *e)
+{
+    lua_State *L = c->L;
+    lua_getfield(L, -1, "limits");
+    size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    e->limits = xcalloc(n ? n : 1, sizeof(*e->limits));
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        struct policy_limit *l = &e->limits[e->nlimits++];
+        l->cost = (uint32_t)field_int(L, "cost", 1);
+        if (field_bool(L, "tier")) {
+            l->is_tier = true;
+            if (c->p->ntiers == 0)
+                cerr(c, "limit \"tier\" needs at least one tier declared");
+        } else {
+            l->name = field_str(L, "name");
+            if (!l->name)
+                l->name = xasprintf("limit%zu", i);
+            char *algo = field_str(L, "algorithm");
+            if (algo && limiter_algo_parse(algo, &l->rule.algo) != 0)
+                cerr(c, "unknown algorithm '%s'", algo);
+            free(algo);
+            l->rule.limit = (uint64_t)field_int(L, "limit", 1);
+            l->rule.window_ms = (uint64_t)field_int(L, "window_ms", 1000);
+            l->rule.burst = (uint64_t)field_int(L, "burst", 0);
+            char *fail = field_str(L, "fail");
+            l->fail_closed = fail && strcmp(fail, "closed") == 0;
+            free(fail);
+            char *key = field_str(L, "key");
+            if (key)
+                l->key = compile_template(c, key, TV_ALL_REQUEST, "limit key");
+            else
+                cerr(c, "limit '%s' has no key", l->name);
+            free(key);
+            l->policy_field = policy_field(l->name, &l->rule);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+static void
+compile_endpoint(struct compile *c, struct policy_endpoint *e)
+{
+    lua_State *L = c->L;
+    set_location(c);
+    e->file = xstrdup(c->file ? c->file : "?");
+    e->line = c->line;
+    e->name = field_str(L, "name");
+    char *method = field_str(L, "method");
+    char *path = field_str(L, "path");
+    e->method = method ? method_code(method) : HTTP_OTHER;
+    e->is_write = e->method == HTTP_POST || e->method == HTTP_PUT || e->method == HTTP_PATCH ||
+                  e->method == HTTP_DELETE;
+
+    /* The route pattern: path plus pinned query parameters. */
+    struct sbuf pattern = {0};
+    sbuf_adds(&pattern, path ? path : "/");
+    lua_getfield(L, -1, "pins");
+    size_t npins = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    for (size_t i = 1; i <= npins; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        char *pn = field_str(L, "name"), *pv = field_str(L, "value");
+        sbuf_printf(&pattern, "%c%s=%s", i == 1 ? '?' : '&', pn ? pn : "", pv ? pv : "");
+        free(pn);
+        free(pv);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    char err[256];
+    if (router_add(c->p->router, method ? method : "GET", pattern.p, e, err, sizeof(err)) != 0)
+        cerr(c, "endpoint \"%s\": %s", e->name ? e->name : "?", err);
+    sbuf_free(&pattern);
+    free(method);
+    free(path);
+
+    char *source = field_str(L, "source");
+    if (source && strcmp(source, "sql") == 0) {
+        e->source = SOURCE_SQL;
+        e->one = field_bool(L, "one");
+        char *sql = field_str(L, "sql");
+        e->sql = wrap_sql(sql ? sql : "", e->is_write, e->one, &e->returns_rows);
+        free(sql);
+        e->args = field_templates(c, "args", TV_ALL_REQUEST, &e->nargs);
+    } else if (source && strcmp(source, "upstream") == 0) {
+        e->source = SOURCE_UPSTREAM;
+        e->upstream = field_str(L, "upstream");
+    } else {
+        e->source = SOURCE_STATIC;
+        e->static_body = field_str(L, "body");
+        if (!e->static_body)
+            e->static_body = xstrdup("");
+        e->static_len = strlen(e->static_body);
+        e->static_status = (int)field_int(L, "status", 200);
+    }
+    free(source);
+    e->content_type = field_str(L, "content_type");
+    if (!e->content_type)
+        e->content_type = xstrdup("application/json");
+
+    lua_getfield(L, -1, "cache");
+    if (lua_istable(L, -1)) {
+        e->cached = true;
+        e->shared = field_bool(L, "shared");
+        e->ttl_ms = (uint64_t)field_int(L, "ttl_ms", 0);
+        char *key = field_str(L, "key");
+        if (key)
+            e->cache_key = compile_template(c, key, TV_ALL_REQUEST, "cache key");
+        else
+            cerr(c, "endpoint \"%s\": cache has no key", e->name ? e->name : "?");
+        free(key);
+        e->tags = field_templates(c, "tags", TV_ALL_REQUEST, &e->ntags);
+    }
+    lua_pop(L, 1);
+    compile_limits(c, e);
+    e->invalidate = field_templates(c, "invalidate", TV_ALL_REQUEST, &e->ninvalidate);
+}
+
+static void
+compile_set(struct compile *c)
+{
+    lua_State *L = c->L;
+    struct policy *p = c->p;
+
+    lua_getfield(L, -1, "files");
+    size_t nf = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    lua_pop(L, 1);
+    (void)nf;
+
+    compile_tiers(c);
+    compile_identity(c);
+    lua_getfield(L, -1, "endpoints");
+    size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    p->endpoints = xcalloc(n ? n : 1, sizeof(*p->endpoints));
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        compile_endpoint(c, &p->endpoints[p->nendpoints++]);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* FNV-1a 64, as a content fingerprint for status output. */
+static void
+hash_hex(const char *s, size_t len, char out[17])
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    snprintf(out, 17, "%016llx", (unsigned long long)h);
+}
+
+struct policy *
+policy_load(const char *dir, uint64_t generation, char **errors)
+{
+    struct sbuf errs = {0};
+    struct src_file *files = NULL;
+    size_t nfiles = 0;
+    struct policy *p = NULL;
+    lua_State *L = NULL;
+
+    if (list_lua(dir, 0, &files, &nfiles, &errs) != 0)
+        goto out;
+    char *tdir = xasprintf("%s/tenants", dir);
+    int trc = list_lua(tdir, 1, &files, &nfiles, &errs);
+    free(tdir);
+    if (trc != 0)
+        goto out;
+    if (nfiles == 0) {
+        sbuf_printf(&errs, "%s: no *.lua policy files\n", dir);
+        goto out;
+    }
+
+    L = loader_state();
+    if (preload_embedded(L, &errs) != 0)
+        goto out;
+    lua_pushcfunction(L, msghandler);
+    int mh = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "sluice.dsl");
+    if (lua_pcall(L, 1, 1, mh) != LUA_OK) {
+        sbuf_printf(&errs, "internal error loading the DSL: %s\n", lua_tostring(L, -1));
+        goto out;
+    }
+    lua_getfield(L, -1, "load");
+    lua_createtable(L, (int)nfiles, 0);
+    for (size_t i = 0; i < nfiles; i++) {
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, files[i].path);
+        lua_setfield(L, -2, "path");
+        lua_pushlstring(L, files[i].text, files[i].len);
+        lua_setfield(L, -2, "source");
+        if (files[i].tenant) {
+            lua_pushstring(L, files[i].tenant);
+            lua_setfield(L, -2, "tenant");
+        }
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    if (lua_pcall(L, 1, 2, mh) != LUA_OK) {
+        sbuf_printf(&errs, "internal error in the DSL: %s\n", lua_tostring(L, -1));
+        goto out;
+    }
+    if (lua_isnil(L, -2)) {
+        size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+        for (size_t i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, (lua_Integer)i);
+            sbuf_printf(&errs, "%s\n", lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        if (n == 0)
+            sbuf_printf(&errs, "%s: the policy set was rejected\n", dir);
+        goto out;
+    }
+    lua_pop(L, 1); /* the nil errors */
+
+    p = xcalloc(1, sizeof(*p));
+    p->refs = 1;
+    p->generation = generation;
+    p->router = router_new();
+    p->files = xcalloc(nfiles, sizeof(*p->files));
+    p->nfiles = nfiles;
+    for (size_t i = 0; i < nfiles; i++) {
+        p->files[i].path = xstrdup(files[i].path);
+        hash_hex(files[i].text, files[i].len, p->files[i].hash);
+    }
+    struct compile c = {.L = L, .p = p, .errs = &errs};
+    compile_set(&c);
+    if (errs.len) {
+        policy_release(p);
+        p = NULL;
+    }
+
+out:
+    if (L)
+        lua_close(L);
+    for (size_t i = 0; i < nfiles; i++) {
+        free(files[i].path);
+        free(files[i].tenant);
+        free(files[i].text);
+    }
+    free(files);
+    *errors = errs.p;
+    if (p && *errors) {
+        free(*errors);
+        *errors = NULL;
+    }
+    return p;
+}
+
+void
+policy_ref(struct policy *p)
+{
+    __atomic_add_fetch(&p->refs, 1, __ATOMIC_RELAXED);
+}
+
+static void
+free_templates(struct template **t, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        template_free(t[i]);
+    free(t);
+}
+
+void
+policy_release(struct policy *p)
+{
+    if (!p || __atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    for (size_t i = 0; i < p->nendpoints; i++) {
+        struct policy_endpoint *e = &p->endpoints[i];
+        free(e->name);
+        free(e->file);
+        free(e->sql);
+        free_templates(e->args, e->nargs);
+        free(e->upstream);
+        free(e->static_body);
+        free(e->content_type);
+        template_free(e->cache_key);
+        free_templates(e->tags, e->ntags);
+        for (size_t j = 0; j < e->nlimits; j++) {
+            free(e->limits[j].name);
+            template_free(e->limits[j].key);
+            free(e->limits[j].policy_field);
+        }
+        free(e->limits);
+        free_templates(e->invalidate, e->ninvalidate);
+    }
+    free(p->endpoints);
+    for (size_t i = 0; i < p->ntiers; i++) {
+        free(p->tiers[i].name);
+        free(p->tiers[i].policy_field);
+    }
+    free(p->tiers);
+    free(p->identity.user_header);
+    free(p->identity.tenant_header);
+    free(p->identity.tier_header);
+    free(p->identity.tier_sql);
+    free_templates(p->identity.tier_args, p->identity.ntier_args);
+    for (size_t i = 0; i < p->nfiles; i++)
+        free(p->files[i].path);
+    free(p->files);
+    if (p->router)
+        router_free(p->router);
+    free(p);
+}
+
+const struct policy_tier *
+policy_tier_find(const struct policy *p, const char *name, size_t len)
+{
+    for (size_t i = 0; i < p->ntiers; i++)
+        if (strlen(p->tiers[i].name) == len && memcmp(p->tiers[i].name, name, len) == 0)
+            return &p->tiers[i];
+    return NULL;
+}

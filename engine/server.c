@@ -1,0 +1,811 @@
+/* server.c - HTTP/1.1 server on libevent: workers, connections, request lifecycle, limits. */
+#define _GNU_SOURCE
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util.h"
+
+#define IN_BUF_INITIAL 8192
+#define ACCEPT_BATCH 64
+
+enum conn_state {
+    CONN_READ,     /* reading a request head or body */
+    CONN_HANDLING, /* the application has the request */
+};
+
+enum timer_mode { TIMER_NONE, TIMER_IDLE, TIMER_REQUEST };
+
+struct conn {
+    struct worker *w;
+    int fd;
+    enum conn_state state;
+    enum timer_mode timer_mode;
+    struct event *ev_read, *ev_write, *ev_timer;
+    char *in; /* received bytes; the current request starts at in_off */
+    size_t in_len, in_cap, in_off;
+    struct evbuffer *out;
+    /* body of the current request */
+    struct http_chunked chunk;
+    size_t chunk_raw; /* raw chunked bytes consumed after the head */
+    char *body;       /* decoded chunked body */
+    size_t body_len, body_cap;
+    int sent_continue;
+    int closing;     /* close once the output is written */
+    size_t consumed; /* bytes of the current request (head + raw body) */
+    int in_process;  /* inside conn_process(): responses do not flush by themselves */
+    struct server_request req;
+    char ip[INET6_ADDRSTRLEN];
+    struct conn *prev, *next;
+};
+
+struct worker {
+    struct server *s;
+    unsigned index;
+    pthread_t thread;
+    struct event_base *base;
+    int listen_fd;
+    struct event *ev_listen, *ev_stop;
+    void *app_state;
+    struct conn *conns; /* list of open connections */
+    unsigned nconns;
+    int draining;
+    time_t date_sec;
+    char date[64];
+    size_t date_len;
+};
+
+struct server {
+    struct server_config cfg;
+    struct server_app app;
+    struct worker *workers;
+    unsigned nworkers;
+    atomic_uint nconns;
+    atomic_int stopping;
+    pthread_t main_thread;
+    int port;
+};
+
+static void conn_process(struct conn *c);
+static void conn_flush(struct conn *c);
+
+const char *
+http_reason(int status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
+    }
+}
+
+struct event_base *
+worker_base(struct worker *w)
+{
+    return w->base;
+}
+
+unsigned
+worker_index(const struct worker *w)
+{
+    return w->index;
+}
+
+const char *
+worker_date_header(struct worker *w, size_t *len)
+{
+    struct timeval tv;
+    event_base_gettimeofday_cached(w->base, &tv);
+    if (tv.tv_sec != w->date_sec) {
+        struct tm tm;
+        gmtime_r(&tv.tv_sec, &tm);
+        w->date_len =
+            strftime(w->date, sizeof(w->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+        w->date_sec = tv.tv_sec;
+    }
+    *len = w->date_len;
+    return w->date;
+}
+
+/* ---- connections ---------------------------------------------------------------------- */
+
+static void
+conn_close(struct conn *c)
+{
+    struct worker *w = c->w;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->nconns--;
+    atomic_fetch_sub(&w->s->nconns, 1);
+    event_free(c->ev_read);
+    event_free(c->ev_write);
+    event_free(c->ev_timer);
+    evbuffer_free(c->out); /* runs the release callbacks of borrowed bodies */
+    close(c->fd);
+    free(c->in);
+    free(c->body);
+    free(c);
+    if (w->draining && w->nconns == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+static void
+conn_set_timer(struct conn *c, enum timer_mode mode)
+{
+    if (c->timer_mode == mode)
+        return;
+    c->timer_mode = mode;
+    if (mode == TIMER_NONE) {
+        evtimer_del(c->ev_timer);
+        return;
+    }
+    uint64_t ms =
+        mode == TIMER_IDLE ? c->w->s->cfg.idle_timeout_ms : c->w->s->cfg.header_timeout_ms;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(c->ev_timer, &tv);
+}
+
+/* Writes what it can; closes the connection when closing and everything is out. */
+static void
+conn_flush(struct conn *c)
+{
+    while (evbuffer_get_length(c->out) > 0) {
+        int n = evbuffer_write(c->out, c->fd);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                break;
+            conn_close(c); /* peer gone: what it did not read is dropped */
+            return;
+        }
+        if (n == 0)
+            break;
+    }
+    if (evbuffer_get_length(c->out) > 0) {
+        event_add(c->ev_write, NULL);
+        return;
+    }
+    event_del(c->ev_write);
+    if (c->closing && c->state != CONN_HANDLING) {
+        shutdown(c->fd, SHUT_WR);
+        conn_close(c);
+    }
+}
+
+static void
+on_write(evutil_socket_t fd, short what, void *arg)
+{
+    conn_flush(arg);
+}
+
+static void
+on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    enum timer_mode mode = c->timer_mode;
+    c->timer_mode = TIMER_NONE;
+    if (c->state == CONN_HANDLING)
+        return; /* the application's own deadlines apply */
+    if (mode == TIMER_REQUEST && c->in_len > c->in_off) {
+        /* A request started and did not complete in time. */
+        c->state = CONN_HANDLING;
+        c->req.worker = c->w;
+        server_respond_problem(&c->req, 408, NULL, "Request Timeout",
+                               "the request was not received in time", NULL);
+        return;
+    }
+    conn_close(c);
+}
+
+static void
+on_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    const struct server_config *cfg = &c->w->s->cfg;
+
+    if (c->in_off > 0 && c->in_off == c->in_len) {
+        c->in_off = c->in_len = 0;
+    }
+    if (c->in_cap - c->in_len < 2048) {
+        if (c->in_off > 0) {
+            memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+            c->in_len -= c->in_off;
+            c->in_off = 0;
+        }
+        if (c->in_cap - c->in_len < 2048) {
+            size_t limit = cfg->max_header_bytes + cfg->max_body_bytes + 4096;
+            size_t ncap = c->in_cap * 2;
+            if (ncap > limit)
+                ncap = limit;
+            if (ncap > c->in_cap) {
+                c->in = xrealloc(c->in, ncap);
+                c->in_cap = ncap;
+            }
+        }
+    }
+    if (c->in_cap == c->in_len) {
+        /* Cannot happen while limits are enforced in conn_process(): be safe. */
+        conn_close(c);
+        return;
+    }
+    ssize_t n = read(c->fd, c->in + c->in_len, c->in_cap - c->in_len);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        conn_close(c);
+        return;
+    }
+    if (n == 0) {
+        /* Peer closed. Whatever was half-received is dropped. */
+        conn_close(c);
+        return;
+    }
+    c->in_len += (size_t)n;
+    conn_process(c);
+}
+
+/* Answers an error found while reading a request, then closes. */
+static void
+conn_fail(struct conn *c, int status, const char *detail)
+{
+    c->state = CONN_HANDLING;
+    c->closing = 1;
+    c->req.worker = c->w;
+    event_del(c->ev_read);
+    server_respond_problem(&c->req, status, NULL, http_reason(status), detail, NULL);
+}
+
+static int
+parse_status_to_http(int r, const char **detail)
+{
+    switch (r) {
+    case HTTP_PARSE_TOO_MANY:
+        *detail = "too many header fields";
+        return 431;
+    case HTTP_PARSE_VERSION:
+        *detail = "only HTTP/1.0 and HTTP/1.1 are served";
+        return 505;
+    case HTTP_PARSE_BAD_LENGTH:
+        *detail = "invalid or conflicting Content-Length";
+        return 400;
+    case HTTP_PARSE_BAD_ENCODING:
+        *detail = "unsupported Transfer-Encoding";
+        return 501;
+    default:
+        *detail = "malformed request";
+        return 400;
+    }
+}
+
+/* Parses and dispatches as many complete requests as the buffer holds. */
+static void
+conn_process(struct conn *c)
+{
+    const struct server_config *cfg = &c->w->s->cfg;
+
+    c->in_process = 1;
+    while (c->state == CONN_READ && !c->closing) {
+        const char *p = c->in + c->in_off;
+        size_t avail = c->in_len - c->in_off;
+        if (avail == 0) {
+            conn_set_timer(c, c->w->draining ? TIMER_REQUEST : TIMER_IDLE);
+            if (c->w->draining)
+                c->closing = 1;
+            break;
+        }
+        conn_set_timer(c, TIMER_REQUEST);
+        struct http_request *h = &c->req.http;
+        int r = http_parse_request(p, avail, h);
+        if (r == HTTP_PARSE_INCOMPLETE) {
+            if (avail > cfg->max_header_bytes)
+                conn_fail(c, 431, "request header section too large");
+            break;
+        }
+        if (r < 0) {
+            const char *detail;
+            int status = parse_status_to_http(r, &detail);
+            conn_fail(c, status, detail);
+            break;
+        }
+        size_t head = (size_t)r;
+        if (head > cfg->max_header_bytes) {
+            conn_fail(c, 431, "request header section too large");
+            break;
+        }
+        const char *body = NULL;
+        size_t body_len = 0;
+        if (h->chunked) {
+            if (c->body == NULL) {
+                c->body_cap = 4096;
+                c->body = xmalloc(c->body_cap);
+            }
+            const char *raw = p + head + c->chunk_raw;
+            size_t rawlen = avail - head - c->chunk_raw;
+            if (c->body_cap - c->body_len < rawlen) {
+                size_t ncap = c->body_len + rawlen;
+                if (ncap > cfg->max_body_bytes + 4096)
+                    ncap = cfg->max_body_bytes + 4096;
+                if (ncap > c->body_cap) {
+                    c->body = xrealloc(c->body, ncap);
+                    c->body_cap = ncap;
+                }
+                if (c->body_cap - c->body_len < rawlen)
+                    rawlen = c->body_cap - c->body_len;
+            }
+            size_t used = 0, produced = 0;
+            int d = http_chunked_decode(&c->chunk, raw, rawlen, &used, c->body + c->body_len,
+                                        &produced);
+            c->chunk_raw += used;
+            c->body_len += produced;
+            if (d < 0) {
+                conn_fail(c, 400, "malformed chunked body");
+                break;
+            }
+            if (c->body_len > cfg->max_body_bytes) {
+                conn_fail(c, 413, "request body too large");
+                break;
+            }
+            if (d == 0) {
+                if (h->expect_continue && !c->sent_continue) {
+                    evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+                    c->sent_continue = 1;
+                }
+                break;
+            }
+            body = c->body;
+            body_len = c->body_len;
+            c->consumed = head + c->chunk_raw;
+        } else if (h->content_length > 0) {
+            if ((uint64_t)h->content_length > cfg->max_body_bytes) {
+                conn_fail(c, 413, "request body too large");
+                break;
+            }
+            size_t cl = (size_t)h->content_length;
+            if (avail - head < cl) {
+                if (h->expect_continue && !c->sent_continue) {
+                    evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+                    c->sent_continue = 1;
+                }
+                break;
+            }
+            body = p + head;
+            body_len = cl;
+            c->consumed = head + cl;
+        } else {
+            c->consumed = head;
+        }
+
+        /* A complete request: hand it to the application. */
+        c->state = CONN_HANDLING;
+        conn_set_timer(c, TIMER_NONE);
+        if (!h->keep_alive || c->w->draining)
+            c->closing = 1;
+        c->req.body = body;
+        c->req.body_len = body_len;
+        c->req.ip = c->ip;
+        c->req.worker = c->w;
+        c->req.app = NULL;
+        c->w->s->app.handle(&c->req, c->w->app_state);
+        /* If it answered synchronously, the state is CONN_READ again and the loop goes on. */
+    }
+    c->in_process = 0;
+    if (c->state == CONN_HANDLING)
+        event_del(c->ev_read); /* no reading until the response: keeps buffer pointers valid */
+    else if (!c->closing)
+        event_add(c->ev_read, NULL);
+    conn_flush(c);
+}
+
+static struct conn *
+req_conn(struct server_request *req)
+{
+    return (struct conn *)((char *)req - offsetof(struct conn, req));
+}
+
+void
+server_respond(struct server_request *req, const struct server_response *resp)
+{
+    struct conn *c = req_conn(req);
+    struct worker *w = c->w;
+    if (c->state != CONN_HANDLING) {
+        /* A second answer to one request is a bug in the caller. */
+        fprintf(stderr, "sluice: internal error: response to a finished request\n");
+        abort();
+    }
+    if (resp->close || w->draining)
+        c->closing = 1;
+
+    size_t datelen;
+    const char *date = worker_date_header(w, &datelen);
+    const char *reason = http_reason(resp->status);
+    size_t ctlen = resp->content_type ? strlen(resp->content_type) : 0;
+    size_t cap = 96 + strlen(reason) + datelen + ctlen + resp->headers_len;
+    char stackbuf[2048];
+    char *buf = cap <= sizeof(stackbuf) ? stackbuf : xmalloc(cap);
+    int minor = c->req.http.minor_version;
+    size_t len =
+        (size_t)snprintf(buf, cap, "HTTP/1.%d %d %s\r\n", minor == 0 ? 0 : 1, resp->status, reason);
+    memcpy(buf + len, date, datelen);
+    len += datelen;
+    if (resp->content_type) {
+        memcpy(buf + len, "Content-Type: ", 14);
+        len += 14;
+        memcpy(buf + len, resp->content_type, ctlen);
+        len += ctlen;
+        buf[len++] = '\r';
+        buf[len++] = '\n';
+    }
+    if (resp->status >= 200 && resp->status != 204 && resp->status != 304)
+        len += (size_t)snprintf(buf + len, cap - len, "Content-Length: %zu\r\n", resp->body_len);
+    if (resp->headers_len) {
+        memcpy(buf + len, resp->headers, resp->headers_len);
+        len += resp->headers_len;
+    }
+    if (c->closing)
+        len += (size_t)snprintf(buf + len, cap - len, "Connection: close\r\n\r\n");
+    else if (minor == 0)
+        len += (size_t)snprintf(buf + len, cap - len, "Connection: keep-alive\r\n\r\n");
+    else {
+        buf[len++] = '\r';
+        buf[len++] = '\n';
+    }
+    evbuffer_add(c->out, buf, len);
+    if (buf != stackbuf)
+        free(buf);
+
+    int send_body = c->req.http.method != HTTP_HEAD && resp->body_len > 0;
+    if (resp->release) {
+        if (send_body)
+            evbuffer_add_reference(c->out, resp->body, resp->body_len, resp->release,
+                                   resp->body_arg);
+        else
+            resp->release(resp->body, resp->body_len, resp->body_arg);
+    } else if (send_body) {
+        evbuffer_add(c->out, resp->body, resp->body_len);
+    }
+
+    /* The request is over: drop its bytes and go back to reading. */
+    c->in_off += c->consumed;
+    c->consumed = 0;
+    c->body_len = 0;
+    c->chunk_raw = 0;
+    memset(&c->chunk, 0, sizeof(c->chunk));
+    c->sent_continue = 0;
+    c->state = CONN_READ;
+    if (c->in_process)
+        return; /* conn_process() goes on with pipelined requests and flushes */
+    if (c->closing) {
+        conn_flush(c);
+        return;
+    }
+    event_add(c->ev_read, NULL);
+    conn_process(c);
+}
+
+void
+server_respond_problem(struct server_request *req, int status, const char *type, const char *title,
+                       const char *detail, const char *extra_headers)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "type", json_string(type ? type : "about:blank"));
+    json_object_set_new(o, "title", json_string(title ? title : http_reason(status)));
+    json_object_set_new(o, "status", json_integer(status));
+    if (detail)
+        json_object_set_new(o, "detail", json_string(detail));
+    char *body = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    struct server_response resp = {
+        .status = status,
+        .content_type = "application/problem+json",
+        .headers = extra_headers,
+        .headers_len = extra_headers ? strlen(extra_headers) : 0,
+        .body = body,
+        .body_len = strlen(body),
+        .close = status == 400 || status == 408 || status == 413 || status == 431 ||
+                 status == 501 || status == 505,
+    };
+    server_respond(req, &resp);
+    free(body);
+}
+
+/* ---- accepting --------------------------------------------------------------------------- */
+
+static void
+conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss)
+{
+    struct conn *c = xcalloc(1, sizeof(*c));
+    c->w = w;
+    c->fd = fd;
+    c->in_cap = IN_BUF_INITIAL;
+    c->in = xmalloc(c->in_cap);
+    c->out = evbuffer_new();
+    if (!c->out) {
+        fprintf(stderr, "sluice: out of memory (evbuffer)\n");
+        abort();
+    }
+    if (ss->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, c->ip, sizeof(c->ip));
+    else if (ss->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, c->ip, sizeof(c->ip));
+    else
+        strcpy(c->ip, "unknown");
+    c->ev_read = event_new(w->base, fd, EV_READ | EV_PERSIST, on_read, c);
+    c->ev_write = event_new(w->base, fd, EV_WRITE | EV_PERSIST, on_write, c);
+    c->ev_timer = evtimer_new(w->base, on_timer, c);
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    event_add(c->ev_read, NULL);
+    conn_set_timer(c, TIMER_IDLE);
+}
+
+static void
+on_accept(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct server *s = w->s;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int cfd = accept4(fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE)
+                fprintf(stderr, "sluice: accept: %s\n", strerror(errno));
+            return;
+        }
+        if (atomic_fetch_add(&s->nconns, 1) >= s->cfg.max_connections) {
+            atomic_fetch_sub(&s->nconns, 1);
+            close(cfd); /* over the connection limit */
+            continue;
+        }
+        int one = 1;
+        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        conn_new(w, cfd, &ss);
+    }
+}
+
+/* Stop accepting; close idle connections; the others close after their current request. */
+static void
+on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    if (w->draining)
+        return;
+    w->draining = 1;
+    if (w->ev_listen) {
+        event_free(w->ev_listen);
+        w->ev_listen = NULL;
+    }
+    struct conn *c = w->conns;
+    while (c) {
+        struct conn *next = c->next;
+        /* Idle connections go now (or once their output is written); a connection with a
+         * request in progress answers it with "Connection: close". */
+        if (c->state == CONN_READ && c->in_len == c->in_off) {
+            if (evbuffer_get_length(c->out) == 0)
+                conn_close(c);
+            else
+                c->closing = 1;
+        }
+        c = next;
+    }
+    if (w->nconns == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+static void *
+worker_main(void *arg)
+{
+    struct worker *w = arg;
+    w->app_state = w->s->app.worker_init ? w->s->app.worker_init(w, w->s->app.ctx) : NULL;
+    if (w->s->app.worker_init && !w->app_state) {
+        fprintf(stderr, "sluice: worker %u failed to start\n", w->index);
+        server_stop(w->s);
+        return NULL;
+    }
+    event_base_dispatch(w->base);
+    /* The application answers what it still holds, then connections left are closed. */
+    if (w->s->app.worker_fini)
+        w->s->app.worker_fini(w->app_state);
+    while (w->conns)
+        conn_close(w->conns);
+    return NULL;
+}
+
+static int
+listen_socket(const char *addr, int port, char *err, size_t errlen, int *bound_port)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    memset(&ss, 0, sizeof(ss));
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, addr, &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        sl = sizeof(*sin);
+    } else if (inet_pton(AF_INET6, addr, &sin6->sin6_addr) == 1) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)port);
+        sl = sizeof(*sin6);
+    } else {
+        snprintf(err, errlen, "bad listen address '%s' (use an IP address)", addr);
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 1024) < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", addr, port, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+        *bound_port = ntohs(ss.ss_family == AF_INET ? sin->sin_port : sin6->sin6_port);
+    return fd;
+}
+
+struct server *
+server_new(const struct server_config *cfg, const struct server_app *app, char *err, size_t errlen)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, (void (*)(void))evthread_use_pthreads);
+
+    struct server *s = xcalloc(1, sizeof(*s));
+    s->cfg = *cfg;
+    s->app = *app;
+    s->nworkers = cfg->workers ? cfg->workers : 1;
+    s->workers = xcalloc(s->nworkers, sizeof(*s->workers));
+    int port = cfg->listen_port;
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        w->s = s;
+        w->index = i;
+        w->listen_fd = listen_socket(cfg->listen_addr, port, err, errlen, &port);
+        if (w->listen_fd < 0)
+            goto fail;
+        w->base = event_base_new();
+        if (!w->base) {
+            snprintf(err, errlen, "cannot create an event base");
+            goto fail;
+        }
+        w->ev_listen = event_new(w->base, w->listen_fd, EV_READ | EV_PERSIST, on_accept, w);
+        w->ev_stop = event_new(w->base, -1, 0, on_stop, w);
+        event_add(w->ev_listen, NULL);
+    }
+    s->port = port;
+    return s;
+fail:
+    server_free(s);
+    return NULL;
+}
+
+int
+server_port(const struct server *s)
+{
+    return s->port;
+}
+
+int
+server_run(struct server *s, char *err, size_t errlen)
+{
+    s->main_thread = pthread_self();
+    unsigned started = 0;
+    for (; started < s->nworkers; started++) {
+        if (pthread_create(&s->workers[started].thread, NULL, worker_main, &s->workers[started])) {
+            snprintf(err, errlen, "cannot start worker threads");
+            server_stop(s);
+            break;
+        }
+    }
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(s->workers[i].thread, NULL);
+    return started == s->nworkers ? 0 : -1;
+}
+
+void
+server_stop(struct server *s)
+{
+    if (atomic_exchange(&s->stopping, 1))
+        return;
+    for (unsigned i = 0; i < s->nworkers; i++)
+        if (s->workers[i].ev_stop)
+            event_active(s->workers[i].ev_stop, EV_TIMEOUT, 0);
+}
+
+void
+server_free(struct server *s)
+{
+    if (!s)
+        return;
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        if (w->ev_listen)
+            event_free(w->ev_listen);
+        if (w->ev_stop)
+            event_free(w->ev_stop);
+        if (w->base)
+            event_base_free(w->base);
+        if (w->listen_fd > 0)
+            close(w->listen_fd);
+    }
+    free(s->workers);
+    free(s);
+}

@@ -1,0 +1,94 @@
+/* server.h - HTTP/1.1 server: worker threads, connections, request lifecycle, limits. */
+#ifndef SLUICE_SERVER_H
+#define SLUICE_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "http_parse.h"
+
+struct event_base;
+struct server;
+struct worker;
+
+struct server_config {
+    const char *listen_addr; /* "127.0.0.1" */
+    int listen_port;
+    unsigned workers;           /* >= 1 */
+    size_t max_header_bytes;    /* request line + headers; larger: 431 */
+    size_t max_body_bytes;      /* larger: 413 */
+    unsigned max_connections;   /* per process; beyond it new connections are closed */
+    uint64_t header_timeout_ms; /* from a request's first byte to its complete head and body */
+    uint64_t idle_timeout_ms;   /* keep-alive connection with no request */
+};
+
+/* A request handed to the application; valid until server_respond(). */
+struct server_request {
+    struct http_request http; /* strings point into the connection's buffer */
+    const char *body;         /* de-chunked body, body_len bytes (not NUL-terminated) */
+    size_t body_len;
+    const char *ip; /* peer address, NUL-terminated */
+    struct worker *worker;
+    void *app; /* the application's per-request state, set by it */
+};
+
+/* One response. Strings are copied by server_respond() unless said otherwise. */
+struct server_response {
+    int status;
+    const char *content_type; /* NULL: no Content-Type */
+    const char *headers;      /* extra "Name: value\r\n" lines, or NULL */
+    size_t headers_len;
+    const char *body;
+    size_t body_len;
+    /* When set, body is borrowed: release(body, body_len, body_arg) is called once it has
+     * been written or dropped (the signature of libevent's evbuffer_ref_cleanup_cb). */
+    void (*release)(const void *body, size_t body_len, void *body_arg);
+    void *body_arg;
+    int close; /* close the connection after this response */
+};
+
+/*
+ * The application: called on the worker's thread for every complete request.
+ * It must end in exactly one server_respond() for that request, now or later
+ * from the same worker's event loop.
+ */
+struct server_app {
+    void *(*worker_init)(struct worker *w, void *app_ctx); /* per-worker state, or NULL to fail */
+    void (*worker_fini)(void *worker_state);
+    void (*handle)(struct server_request *req, void *worker_state);
+    void *ctx;
+};
+
+/* Returns a new server with listeners bound, or NULL with a message in err. */
+struct server *server_new(const struct server_config *cfg, const struct server_app *app, char *err,
+                          size_t errlen);
+
+/* The port listened on (the one the system chose when the configuration said 0). */
+int server_port(const struct server *s);
+
+/*
+ * Runs the workers until server_stop(); returns 0 after every in-flight
+ * request has been answered and every worker has exited, -1 on failure.
+ */
+int server_run(struct server *s, char *err, size_t errlen);
+
+/* Asks every worker to stop accepting, finish in-flight requests and exit. Safe from any thread. */
+void server_stop(struct server *s);
+void server_free(struct server *s);
+
+/* Sends the response and ends the request. */
+void server_respond(struct server_request *req, const struct server_response *resp);
+
+/* Convenience: an application/problem+json error with this status, title and detail. */
+void server_respond_problem(struct server_request *req, int status, const char *type,
+                            const char *title, const char *detail, const char *extra_headers);
+
+/* The worker's event base, index and cached "Date: ...\r\n" header line. */
+struct event_base *worker_base(struct worker *w);
+unsigned worker_index(const struct worker *w);
+const char *worker_date_header(struct worker *w, size_t *len);
+
+/* The reason phrase for a status code. */
+const char *http_reason(int status);
+
+#endif

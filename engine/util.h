@@ -1,0 +1,28 @@
+/* util.h - allocation that aborts on exhaustion, small string helpers. */
+#ifndef SLUICE_UTIL_H
+#define SLUICE_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+/* Allocators that abort with a message when memory is exhausted; never return NULL. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* printf into a new string (owned by the caller). */
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A growable byte string; zero-initialised is empty. */
+struct sbuf {
+    char *p;
+    size_t len, cap;
+};
+void sbuf_add(struct sbuf *b, const void *data, size_t len);
+void sbuf_adds(struct sbuf *b, const char *s);
+void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sbuf_free(struct sbuf *b);
+
+#endif

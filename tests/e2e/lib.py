@@ -1,0 +1,202 @@
+"""Helpers for the end-to-end tests: a real sluice binary, real PostgreSQL, real HTTP."""
+
+import fcntl
+import http.client
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import uuid
+
+ROOT = os.environ.get("SLUICE_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+BIN = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "build", "sluice"))
+CRM = os.path.join(ROOT, "examples", "crm")
+TEMPLATE_DB = "sluice_crm_template"
+
+
+def psql(sql, db="postgres", check=True):
+    """Runs SQL with psql against the test cluster; returns stdout (tuples only, unaligned)."""
+    r = subprocess.run(["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
+                       capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError("psql failed: %s" % r.stderr)
+    return r.stdout.strip()
+
+
+def _ensure_template():
+    """Creates the seeded CRM template database once per cluster (safe across processes)."""
+    lock_path = os.path.join(tempfile.gettempdir(), "sluice-e2e-%s-%s.lock" % (
+        os.environ.get("PGHOST", "local").replace("/", "_"), os.environ.get("PGPORT", "5432")))
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if psql("SELECT 1 FROM pg_database WHERE datname = '%s'" % TEMPLATE_DB) == "1":
+            return
+        tmp = TEMPLATE_DB + "_build"
+        psql("DROP DATABASE IF EXISTS %s" % tmp)
+        psql("CREATE DATABASE %s" % tmp)
+        for f in ("schema.sql", "seed.sql"):
+            r = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", tmp, "-f",
+                                os.path.join(CRM, f)], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError("loading %s failed: %s" % (f, r.stderr))
+        psql("ALTER DATABASE %s RENAME TO %s" % (tmp, TEMPLATE_DB))
+
+
+def crm_database():
+    """Returns the name of a new database holding the seeded CRM example."""
+    _ensure_template()
+    name = "t_" + uuid.uuid4().hex[:12]
+    psql("CREATE DATABASE %s TEMPLATE %s" % (name, TEMPLATE_DB))
+    return name
+
+
+class Sluice:
+    """A running `sluice serve` on a free loopback port."""
+
+    def __init__(self, policy_dir, database=None, args=(), env=None):
+        self.policy_dir = policy_dir
+        e = dict(os.environ)
+        if database:
+            e["DATABASE_URL"] = "dbname=%s" % database
+        if env:
+            e.update(env)
+        self.log = tempfile.NamedTemporaryFile(prefix="sluice-e2e-", suffix=".log", delete=False)
+        cmd = [BIN, "serve", "--listen", "127.0.0.1:0", "--workers", "2"] + list(args) + [policy_dir]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=e)
+        self.port = None
+        deadline = time.time() + 20
+        line = b""
+        while time.time() < deadline:
+            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if r:
+                line = self.proc.stdout.readline()
+                if line.startswith(b"listening on"):
+                    self.port = int(line.strip().rsplit(b":", 1)[1])
+                    break
+                if not line:
+                    break
+            if self.proc.poll() is not None:
+                break
+        if self.port is None:
+            self.proc.kill()
+            raise RuntimeError("sluice did not start: %s" % self.read_log())
+
+    def read_log(self):
+        with open(self.log.name, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def request(self, method, path, headers=None, body=None, timeout=10):
+        """One request on a new connection; returns (status, headers dict lowercased, body bytes)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            if isinstance(body, (dict, list)):
+                body = json.dumps(body)
+                headers = dict(headers or {})
+                headers.setdefault("Content-Type", "application/json")
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        finally:
+            conn.close()
+
+    def get(self, path, user=None, headers=None):
+        h = dict(headers or {})
+        if user is not None:
+            h["X-User-Id"] = str(user)
+        return self.request("GET", path, h)
+
+    def raw(self, data, timeout=5):
+        """Sends raw bytes and returns everything the server answers until it closes or goes quiet."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        try:
+            s.sendall(data)
+            out = b""
+            end = time.time() + timeout
+            while time.time() < end:
+                try:
+                    chunk = s.recv(65536)
+                except socket.timeout:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+                if b"\r\n\r\n" in out and _complete(out):
+                    # wait briefly for the close
+                    s.settimeout(0.5)
+            return out
+        finally:
+            s.close()
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def close(self):
+        rc = self.stop()
+        log = self.read_log()
+        os.unlink(self.log.name)
+        return rc, log
+
+
+def _complete(resp):
+    head, _, body = resp.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":", 1)[1])
+    return True
+
+
+def status_of(raw):
+    """The status code of the first response in raw bytes, or None."""
+    if not raw.startswith(b"HTTP/1."):
+        return None
+    return int(raw.split(b" ", 2)[1])
+
+
+def copy_policies(src):
+    """A private copy of a policy directory (tests edit it)."""
+    d = tempfile.mkdtemp(prefix="sluice-pol-")
+    shutil.rmtree(d)
+    shutil.copytree(src, d)
+    return d
+
+
+class SluiceTestCase(unittest.TestCase):
+    """Checks that the server stopped cleanly (exit 0, no sanitizer report) after each class."""
+
+    @classmethod
+    def start(cls, *a, **kw):
+        if "servers" not in cls.__dict__:
+            cls.servers = []
+        s = Sluice(*a, **kw)
+        cls.servers.append(s)
+        return s
+
+    @classmethod
+    def tearDownClass(cls):
+        problems = []
+        for s in cls.__dict__.get("servers", []):
+            rc, log = s.close()
+            if rc != 0 or "ERROR: AddressSanitizer" in log or "runtime error:" in log or \
+                    "LeakSanitizer" in log:
+                problems.append("sluice exited %s:\n%s" % (rc, log[-4000:]))
+        cls.servers = []
+        if problems:
+            raise AssertionError("\n".join(problems))
+
+
+def main():
+    unittest.main(verbosity=2)
