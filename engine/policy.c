@@ -343,7 +343,7 @@ wrap_sql(const char *sql, bool is_write, bool one, bool *returns_rows)
     while (len > 0 && (sql[len - 1] == ';' || sql[len - 1] == ' ' || sql[len - 1] == '\n' ||
                        sql[len - 1] == '\t' || sql[len - 1] == '\r'))
         len--;
-    const char *agg = one ? "row_to_json(t)::text" : "coalesce(json_agg(t), '[]'::json)::text";
+    const char *agg = one ? "row_to_json(t)::text" : "coalesce(array_to_json(array_agg(t)), '[]'::json)::text";
     const char *lim = one ? " LIMIT 1" : "";
     *returns_rows = true;
     if (!is_write)

@@ -147,6 +147,8 @@ class Sluice:
     def close(self):
         rc = self.stop()
         log = self.read_log()
+        self.proc.stdout.close()
+        self.log.close()
         os.unlink(self.log.name)
         return rc, log
 
