@@ -24,6 +24,7 @@ cmake --build build-bench -j"$(nproc)" --target sluice >/dev/null
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 pids=()
 cleanup() {
+    [ -s "$work/nginx-error.log" ] && { echo "nginx error log:"; tail -n 5 "$work/nginx-error.log"; } >&2
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
     sleep 0.5
@@ -42,6 +43,7 @@ port_nginx=$(free_port)
 # --- nginx: proxy_cache + limit_req in front of a static origin --------------------------
 mkdir -p "$work/cache"
 cat >"$work/nginx.conf" <<EOF
+user root;
 worker_processes 1;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;

@@ -18,12 +18,12 @@ struct store_limit {
 
 /* A cached response. Immutable once filled; shared by reference count. */
 struct store_entry {
-    uint32_t refs;         /* atomic; use store_entry_ref/release */
-    uint16_t status;       /* HTTP status to replay */
-    uint64_t stored_ms;    /* wall clock at fill, for Age */
-    uint64_t expires_ms;   /* wall clock at which it stops being fresh */
-    char *content_type;    /* owned, NUL-terminated */
-    char *body;            /* owned */
+    uint32_t refs;       /* atomic; use store_entry_ref/release */
+    uint16_t status;     /* HTTP status to replay */
+    uint64_t stored_ms;  /* store clock at fill, for Age; set by store_fill() */
+    uint64_t expires_ms; /* store clock at which it stops being fresh; set by store_fill() */
+    char *content_type;  /* owned, NUL-terminated */
+    char *body;          /* owned */
     size_t body_len;
 };
 
@@ -79,8 +79,13 @@ struct store {
 /*
  * Checks every limit, and only if all admit, records them; then, when a
  * cache key is given, looks the entry up and reads the tags' generations.
+ * A limit is one counter per (key, algorithm, limit, window, burst): two
+ * rules that share a key string count separately; the same one named twice
+ * in a request counts both costs. An entry is a HIT while it is unexpired
+ * and every tag it was filled under still has the generation it had then.
  * `done` may be called before this returns (memory store) or later from the
- * event loop (Redis store), exactly once.
+ * event loop (Redis store), exactly once; `a` and its arrays must stay
+ * valid until then. The memory store reports HIT or MISS only.
  */
 static inline void
 store_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done, void *arg)
@@ -90,9 +95,14 @@ store_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *do
 
 /*
  * Stores `entry` (a new reference is taken; the caller keeps its own) under
- * key for ttl_ms with these tags. Status -1 (refused) when any tag's
+ * key for ttl_ms with these tags, replacing what was there, and stamps its
+ * stored_ms and expires_ms from the store's clock (so fill an entry once,
+ * before sharing it). tag_gens are the ones admit_and_lookup() returned for
+ * the same tags. Status -1 (refused, nothing stored) when any tag's
  * generation is no longer the one in tag_gens: an invalidation happened
- * after the lookup, so the entry may already be stale.
+ * after the lookup, so the entry may already be stale. Status 0 also when
+ * the entry was not kept: ttl_ms 0, or larger than the whole byte budget
+ * (the old entry under key is dropped then).
  */
 static inline void
 store_fill(struct store *s, const char *key, size_t keylen, struct store_entry *entry,
@@ -113,23 +123,34 @@ store_invalidate(struct store *s, const char *const *tags, const size_t *taglens
 /* Returns a new entry with refs 1 taking ownership of body and content_type (malloc'd). */
 struct store_entry *store_entry_new(uint16_t status, char *content_type, char *body,
                                     size_t body_len);
+/* Takes one more reference; thread-safe. */
 void store_entry_ref(struct store_entry *e);
+/* Drops one reference; the last frees the entry, body and content type. NULL is a no-op. */
 void store_entry_release(struct store_entry *e);
 
-/* Wall clock in ms. */
+/* Wall clock (CLOCK_REALTIME) in ms since the epoch. */
 uint64_t store_now_ms(void);
 
 /*
  * The embedded store: one shared table for the whole process, safe across
- * threads. `max_bytes` bounds the cached bodies (least recently used go
- * first). store_memory_new() creates the shared table; each worker gets a
- * handle from store_memory_handle(). Handles are freed with ops->destroy,
- * the table with store_memory_free() after every handle.
+ * threads. `max_bytes` bounds body_len + key length summed over the cached
+ * entries (least recently used go first; 0 caches nothing). Expired limits,
+ * entries and tags are dropped as the table is used. store_memory_new()
+ * creates the shared table; each worker gets a handle from
+ * store_memory_handle(), used by one thread at a time. Handles are freed
+ * with ops->destroy, the table with store_memory_free() after every handle.
  */
 struct store_memory;
 struct store_memory *store_memory_new(size_t max_bytes);
 void store_memory_free(struct store_memory *m);
 struct store *store_memory_handle(struct store_memory *m);
+
+/*
+ * For tests: the table's clock becomes now(ctx), in ms, instead of
+ * store_now_ms(). Set it before any handle is used; it is called with
+ * shard locks held, from any thread.
+ */
+void store_memory_set_clock(struct store_memory *m, uint64_t (*now)(void *ctx), void *ctx);
 
 /* For tests and metrics: counts of live cache entries, limit states, tags, and cached bytes. */
 void store_memory_stats(struct store_memory *m, size_t *entries, size_t *limits, size_t *tags,

@@ -1,0 +1,784 @@
+/* store_conformance.h - the store.h contract as a cmocka suite, run against any struct store. */
+#ifndef SLUICE_STORE_CONFORMANCE_H
+#define SLUICE_STORE_CONFORMANCE_H
+
+/*
+ * Include once, after <cmocka.h>, in a test program that supplies a
+ * harness and calls store_conformance_run(). Every test gets a fresh,
+ * empty store from the harness and goes through `struct store *` only, so
+ * the suite runs unchanged against the memory store (synchronous, test
+ * clock) and the Redis store (asynchronous, real clock).
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store.h"
+
+struct store_harness {
+    const char *name; /* the cmocka group name */
+    /* Returns a new, empty store. */
+    struct store *(*open)(void *ctx);
+    /* Frees a store from open(). */
+    void (*close)(void *ctx, struct store *s);
+    /* Runs the event loop until *done is true; a synchronous store's harness does nothing. */
+    void (*run_until_done)(void *ctx, const bool *done);
+    /* Lets `ms` pass on the store's clock: a test clock moves, a real store sleeps. */
+    void (*advance)(void *ctx, uint64_t ms);
+    void *ctx;
+};
+
+struct conf {
+    const struct store_harness *h;
+    struct store *s;
+};
+
+/* One store operation in flight: `done` must run exactly once. */
+struct conf_op {
+    bool done;
+    int calls;
+    int status;
+};
+
+static void
+conf_done(void *arg, int status)
+{
+    struct conf_op *op = arg;
+
+    op->calls++;
+    op->done = true;
+    op->status = status;
+}
+
+static int
+conf_wait(struct conf *c, struct conf_op *op)
+{
+    c->h->run_until_done(c->h->ctx, &op->done);
+    assert_true(op->done);
+    assert_int_equal(op->calls, 1);
+    return op->status;
+}
+
+static int
+conf_setup(void **state)
+{
+    const struct store_harness *h = *state;
+    struct conf *c = calloc(1, sizeof(*c));
+
+    if (!c)
+        return -1;
+    c->h = h;
+    c->s = h->open(h->ctx);
+    *state = c;
+    return c->s ? 0 : -1;
+}
+
+static int
+conf_teardown(void **state)
+{
+    struct conf *c = *state;
+
+    if (c->s)
+        c->h->close(c->h->ctx, c->s);
+    free(c);
+    return 0;
+}
+
+/* ---- requests ----------------------------------------------------------- */
+
+#define CONF_MAX 4
+
+/* One admit_and_lookup: limits, an optional cache key, tags (strings or explicit lengths). */
+struct conf_req {
+    struct store_limit limits[CONF_MAX];
+    struct limiter_rule rules[CONF_MAX];
+    size_t nlimits;
+    const char *key;
+    size_t keylen;
+    const char *tags[CONF_MAX];
+    size_t taglens[CONF_MAX];
+    size_t ntags;
+    struct limiter_result results[CONF_MAX];
+    uint64_t gens[CONF_MAX];
+    struct store_admit a;
+};
+
+static struct limiter_rule
+conf_rule(enum limiter_algo algo, uint64_t limit, uint64_t window_ms)
+{
+    return (struct limiter_rule){.algo = algo, .limit = limit, .window_ms = window_ms};
+}
+
+static void
+conf_add_limit(struct conf_req *r, struct limiter_rule rule, const char *key, size_t keylen,
+               uint32_t cost)
+{
+    assert_true(r->nlimits < CONF_MAX);
+    r->rules[r->nlimits] = rule;
+    r->limits[r->nlimits] = (struct store_limit){.key = key, .keylen = keylen, .cost = cost};
+    r->nlimits++;
+}
+
+static void
+conf_add_tag(struct conf_req *r, const char *tag, size_t len)
+{
+    assert_true(r->ntags < CONF_MAX);
+    r->tags[r->ntags] = tag;
+    r->taglens[r->ntags] = len;
+    r->ntags++;
+}
+
+/* Runs the request; the caller releases r->a.entry. */
+static void
+conf_admit(struct conf *c, struct conf_req *r)
+{
+    struct conf_op op = {0};
+
+    for (size_t i = 0; i < r->nlimits; i++)
+        r->limits[i].rule = &r->rules[i];
+    memset(r->results, 0xa5, sizeof(r->results));
+    memset(&r->a, 0, sizeof(r->a));
+    r->a.limits = r->limits;
+    r->a.nlimits = r->nlimits;
+    r->a.cache_key = r->key;
+    r->a.cache_keylen = r->keylen;
+    r->a.tags = r->tags;
+    r->a.taglens = r->taglens;
+    r->a.ntags = r->ntags;
+    r->a.results = r->results;
+    r->a.tag_gens = r->gens;
+    r->a.entry = (struct store_entry *)(uintptr_t)1; /* must be overwritten */
+    store_admit_and_lookup(c->s, &r->a, conf_done, &op);
+    assert_int_equal(conf_wait(c, &op), 0);
+    assert_true(r->a.now_ms > 0);
+    if (r->a.state == STORE_HIT || r->a.state == STORE_STALE)
+        assert_non_null(r->a.entry);
+    else
+        assert_null(r->a.entry);
+    if (!r->a.allowed) {
+        assert_int_equal(r->a.state, STORE_MISS);
+    }
+}
+
+/* One limit, no cache: the result. */
+static struct limiter_result
+conf_limit(struct conf *c, struct limiter_rule rule, const char *key, uint32_t cost)
+{
+    struct conf_req r = {0};
+
+    conf_add_limit(&r, rule, key, strlen(key), cost);
+    conf_admit(c, &r);
+    assert_int_equal(r.a.allowed, r.results[0].allowed);
+    return r.results[0];
+}
+
+/* A lookup of `key` naming up to CONF_MAX NUL-terminated tags (NULL-terminated list). */
+static void
+conf_lookup(struct conf *c, struct conf_req *r, const char *key, const char *const *tags)
+{
+    memset(r, 0, sizeof(*r));
+    r->key = key;
+    r->keylen = strlen(key);
+    for (; tags && *tags; tags++)
+        conf_add_tag(r, *tags, strlen(*tags));
+    conf_admit(c, r);
+    assert_true(r->a.allowed);
+}
+
+static struct store_entry *
+conf_entry(uint16_t status, const char *ctype, const void *body, size_t len)
+{
+    char *b = malloc(len ? len : 1);
+    char *ct = strdup(ctype);
+
+    assert_non_null(b);
+    assert_non_null(ct);
+    memcpy(b, body, len);
+    return store_entry_new(status, ct, b, len);
+}
+
+/* Fills the key the request looked up, with its tags and the generations it read. */
+static int
+conf_fill_req(struct conf *c, const struct conf_req *r, struct store_entry *e, uint64_t ttl_ms)
+{
+    struct conf_op op = {0};
+
+    store_fill(c->s, r->key, r->keylen, e, ttl_ms, r->tags, r->taglens, r->gens, r->ntags,
+               conf_done, &op);
+    return conf_wait(c, &op);
+}
+
+/* Looks `key` up under `tags` and fills a text body there; returns the fill status. */
+static int
+conf_put(struct conf *c, const char *key, const char *const *tags, const char *body,
+         uint64_t ttl_ms)
+{
+    struct conf_req r;
+    struct store_entry *e = conf_entry(200, "text/plain", body, strlen(body));
+
+    conf_lookup(c, &r, key, tags);
+    store_entry_release(r.a.entry);
+    int status = conf_fill_req(c, &r, e, ttl_ms);
+    store_entry_release(e);
+    return status;
+}
+
+/* Looks `key` up under `tags`: the body on a hit (compared to `want`), or a miss. */
+static bool
+conf_hit(struct conf *c, const char *key, const char *const *tags, const char *want)
+{
+    struct conf_req r;
+
+    conf_lookup(c, &r, key, tags);
+    if (r.a.state != STORE_HIT)
+        return false;
+    if (want) {
+        assert_int_equal(r.a.entry->body_len, strlen(want));
+        assert_memory_equal(r.a.entry->body, want, strlen(want));
+    }
+    store_entry_release(r.a.entry);
+    return true;
+}
+
+static void
+conf_invalidate(struct conf *c, const char *const *tags, const size_t *lens, size_t n)
+{
+    struct conf_op op = {0};
+
+    store_invalidate(c->s, tags, lens, n, conf_done, &op);
+    assert_int_equal(conf_wait(c, &op), 0);
+}
+
+static void
+conf_invalidate1(struct conf *c, const char *tag)
+{
+    size_t len = strlen(tag);
+
+    conf_invalidate(c, &tag, &len, 1);
+}
+
+#define HOUR 3600000
+
+/* ---- limits ------------------------------------------------------------- */
+
+static void
+conf_limit_counts(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule rule = conf_rule(LIMITER_SLIDING_WINDOW, 3, HOUR);
+    struct limiter_result res;
+
+    for (uint64_t i = 0; i < 3; i++) {
+        res = conf_limit(c, rule, "u:1", 1);
+        assert_true(res.allowed);
+        assert_int_equal(res.limit, 3);
+        assert_int_equal(res.remaining, 2 - i);
+        assert_int_equal(res.retry_after_ms, 0);
+        assert_true(res.reset_ms > 0 && res.reset_ms <= HOUR);
+    }
+    for (int i = 0; i < 3; i++) {
+        res = conf_limit(c, rule, "u:1", 1);
+        assert_false(res.allowed);
+        assert_int_equal(res.remaining, 0);
+        assert_true(res.retry_after_ms > 0 && res.retry_after_ms <= 2 * HOUR);
+    }
+}
+
+static void
+conf_limit_algorithms(void **state)
+{
+    struct conf *c = *state;
+    static const enum limiter_algo algos[] = {LIMITER_SLIDING_WINDOW, LIMITER_SLIDING_LOG,
+                                              LIMITER_TOKEN_BUCKET, LIMITER_FIXED_WINDOW};
+
+    for (size_t i = 0; i < 4; i++) {
+        struct limiter_rule rule = conf_rule(algos[i], 2, HOUR);
+        char key[32];
+        snprintf(key, sizeof(key), "algo:%zu", i);
+        assert_int_equal(conf_limit(c, rule, key, 1).remaining, 1);
+        assert_int_equal(conf_limit(c, rule, key, 1).remaining, 0);
+        struct limiter_result res = conf_limit(c, rule, key, 1);
+        assert_false(res.allowed);
+        assert_true(res.retry_after_ms > 0);
+    }
+    /* A token bucket's burst is its capacity. */
+    struct limiter_rule tb = conf_rule(LIMITER_TOKEN_BUCKET, 2, HOUR);
+    tb.burst = 4;
+    for (int i = 0; i < 4; i++)
+        assert_true(conf_limit(c, tb, "burst", 1).allowed);
+    assert_false(conf_limit(c, tb, "burst", 1).allowed);
+}
+
+static void
+conf_limit_cost(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule rule = conf_rule(LIMITER_FIXED_WINDOW, 5, HOUR);
+    struct limiter_result res;
+
+    res = conf_limit(c, rule, "cost", 3);
+    assert_true(res.allowed);
+    assert_int_equal(res.remaining, 2);
+    res = conf_limit(c, rule, "cost", 3);
+    assert_false(res.allowed);
+    assert_int_equal(res.remaining, 2);
+    res = conf_limit(c, rule, "cost", 2);
+    assert_true(res.allowed);
+    assert_int_equal(res.remaining, 0);
+}
+
+static void
+conf_limit_cost_over_limit(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule rule = conf_rule(LIMITER_SLIDING_WINDOW, 5, HOUR);
+    struct limiter_result res;
+
+    res = conf_limit(c, rule, "big", 6);
+    assert_false(res.allowed);
+    assert_int_equal(res.retry_after_ms, HOUR);
+    res = conf_limit(c, rule, "big", 5); /* the denial counted nothing */
+    assert_true(res.allowed);
+    assert_int_equal(res.remaining, 0);
+}
+
+static void
+conf_limit_all_or_nothing(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule wide = conf_rule(LIMITER_SLIDING_WINDOW, 5, HOUR);
+    struct limiter_rule narrow = conf_rule(LIMITER_SLIDING_LOG, 1, HOUR);
+
+    for (int order = 0; order < 2; order++) {
+        const char *wk = order ? "wide:b" : "wide:a", *nk = order ? "narrow:b" : "narrow:a";
+        size_t wi = order ? 1 : 0, ni = order ? 0 : 1;
+        for (int round = 0; round < 3; round++) {
+            struct conf_req r = {0};
+            if (order) {
+                conf_add_limit(&r, narrow, nk, strlen(nk), 1);
+                conf_add_limit(&r, wide, wk, strlen(wk), 1);
+            } else {
+                conf_add_limit(&r, wide, wk, strlen(wk), 1);
+                conf_add_limit(&r, narrow, nk, strlen(nk), 1);
+            }
+            conf_admit(c, &r);
+            assert_int_equal(r.a.allowed, round == 0);
+            assert_true(r.results[wi].allowed);
+            assert_int_equal(r.results[wi].remaining, round == 0 ? 4 : 3);
+            assert_int_equal(r.results[ni].allowed, round == 0);
+            assert_int_equal(r.results[ni].remaining, 0);
+        }
+        /* The wide limit moved once, not three times. */
+        struct limiter_result res = conf_limit(c, wide, wk, 1);
+        assert_true(res.allowed);
+        assert_int_equal(res.remaining, 3);
+    }
+}
+
+static void
+conf_limit_keys_isolated(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule one = conf_rule(LIMITER_FIXED_WINDOW, 1, HOUR);
+
+    assert_true(conf_limit(c, one, "u:1", 1).allowed);
+    assert_false(conf_limit(c, one, "u:1", 1).allowed);
+    assert_true(conf_limit(c, one, "u:2", 1).allowed);
+    assert_true(conf_limit(c, one, "u:10", 1).allowed);
+    assert_true(conf_limit(c, one, "u:", 1).allowed);
+    assert_true(conf_limit(c, one, "", 1).allowed);
+    assert_false(conf_limit(c, one, "", 1).allowed);
+    /* The same key under other rules is another counter. */
+    assert_true(conf_limit(c, conf_rule(LIMITER_SLIDING_WINDOW, 1, HOUR), "u:1", 1).allowed);
+    assert_true(conf_limit(c, conf_rule(LIMITER_FIXED_WINDOW, 2, HOUR), "u:1", 1).allowed);
+    assert_true(conf_limit(c, conf_rule(LIMITER_FIXED_WINDOW, 1, 2 * HOUR), "u:1", 1).allowed);
+    assert_false(conf_limit(c, one, "u:1", 1).allowed);
+}
+
+static void
+conf_limit_window_passes(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule rule = conf_rule(LIMITER_FIXED_WINDOW, 1, 200);
+    struct limiter_result res;
+
+    assert_true(conf_limit(c, rule, "short", 1).allowed);
+    res = conf_limit(c, rule, "short", 1);
+    assert_false(res.allowed);
+    assert_true(res.retry_after_ms > 0 && res.retry_after_ms <= 200);
+    c->h->advance(c->h->ctx, 450);
+    assert_true(conf_limit(c, rule, "short", 1).allowed);
+}
+
+/* ---- cache -------------------------------------------------------------- */
+
+static void
+conf_cache_miss_fill_hit(void **state)
+{
+    struct conf *c = *state;
+    static const char body[] = "{\"id\":1}\0tail\xff";
+    struct conf_req r;
+
+    conf_lookup(c, &r, "crm:contacts:42", (const char *[]){"crm:42", NULL});
+    assert_int_equal(r.a.state, STORE_MISS);
+    struct store_entry *e = conf_entry(203, "application/json", body, sizeof(body) - 1);
+    assert_int_equal(conf_fill_req(c, &r, e, 60000), 0);
+    assert_true(e->expires_ms - e->stored_ms == 60000);
+    store_entry_release(e);
+
+    conf_lookup(c, &r, "crm:contacts:42", (const char *[]){"crm:42", NULL});
+    assert_int_equal(r.a.state, STORE_HIT);
+    struct store_entry *got = r.a.entry;
+    assert_int_equal(got->status, 203);
+    assert_string_equal(got->content_type, "application/json");
+    assert_int_equal(got->body_len, sizeof(body) - 1);
+    assert_memory_equal(got->body, body, sizeof(body) - 1);
+    assert_true(got->stored_ms <= r.a.now_ms);
+    assert_true(got->expires_ms > r.a.now_ms);
+    store_entry_release(got);
+}
+
+static void
+conf_cache_large_body(void **state)
+{
+    struct conf *c = *state;
+    size_t len = 256 * 1024;
+    char *body = malloc(len);
+    struct conf_req r;
+
+    assert_non_null(body);
+    for (size_t i = 0; i < len; i++)
+        body[i] = (char)(i * 7 + (i >> 8));
+    conf_lookup(c, &r, "big", NULL);
+    struct store_entry *e = conf_entry(200, "application/octet-stream", body, len);
+    assert_int_equal(conf_fill_req(c, &r, e, 60000), 0);
+    store_entry_release(e);
+    conf_lookup(c, &r, "big", NULL);
+    assert_int_equal(r.a.state, STORE_HIT);
+    assert_int_equal(r.a.entry->body_len, len);
+    assert_memory_equal(r.a.entry->body, body, len);
+    store_entry_release(r.a.entry);
+    free(body);
+}
+
+static void
+conf_cache_no_key(void **state)
+{
+    struct conf *c = *state;
+    struct conf_req r = {0};
+
+    assert_int_equal(conf_put(c, "k", NULL, "v", 60000), 0);
+    conf_add_limit(&r, conf_rule(LIMITER_FIXED_WINDOW, 2, HOUR), "nokey", 5, 1);
+    conf_admit(c, &r);
+    assert_true(r.a.allowed);
+    assert_int_equal(r.a.state, STORE_MISS);
+    assert_int_equal(r.results[0].remaining, 1);
+}
+
+static void
+conf_cache_denied_skips_lookup(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule one = conf_rule(LIMITER_FIXED_WINDOW, 1, HOUR);
+
+    assert_int_equal(conf_put(c, "page", NULL, "cached", 60000), 0);
+    for (int i = 0; i < 2; i++) {
+        struct conf_req r = {0};
+        conf_add_limit(&r, one, "caller", 6, 1);
+        r.key = "page";
+        r.keylen = 4;
+        conf_admit(c, &r);
+        assert_int_equal(r.a.allowed, i == 0);
+        assert_int_equal(r.a.state, i == 0 ? STORE_HIT : STORE_MISS);
+        store_entry_release(r.a.entry);
+    }
+}
+
+static void
+conf_cache_replace(void **state)
+{
+    struct conf *c = *state;
+
+    assert_int_equal(conf_put(c, "k", NULL, "one", 60000), 0);
+    assert_true(conf_hit(c, "k", NULL, "one"));
+    assert_int_equal(conf_put(c, "k", NULL, "two", 60000), 0);
+    assert_true(conf_hit(c, "k", NULL, "two"));
+}
+
+static void
+conf_cache_ttl(void **state)
+{
+    struct conf *c = *state;
+
+    assert_int_equal(conf_put(c, "short", NULL, "s", 300), 0);
+    assert_int_equal(conf_put(c, "long", NULL, "l", 60000), 0);
+    assert_true(conf_hit(c, "short", NULL, "s"));
+    c->h->advance(c->h->ctx, 100);
+    assert_true(conf_hit(c, "short", NULL, "s"));
+    c->h->advance(c->h->ctx, 400);
+    assert_false(conf_hit(c, "short", NULL, NULL));
+    assert_true(conf_hit(c, "long", NULL, "l"));
+}
+
+static void
+conf_cache_keys_isolated(void **state)
+{
+    struct conf *c = *state;
+    struct conf_req r;
+
+    assert_int_equal(conf_put(c, "k1", NULL, "a", 60000), 0);
+    assert_false(conf_hit(c, "k2", NULL, NULL));
+    assert_false(conf_hit(c, "k", NULL, NULL));
+    assert_false(conf_hit(c, "k10", NULL, NULL));
+    assert_false(conf_hit(c, "K1", NULL, NULL));
+    assert_int_equal(conf_put(c, "k2", NULL, "b", 60000), 0);
+    assert_true(conf_hit(c, "k1", NULL, "a"));
+    assert_true(conf_hit(c, "k2", NULL, "b"));
+    /* "k1" followed by a NUL byte is another key. */
+    memset(&r, 0, sizeof(r));
+    r.key = "k1\0";
+    r.keylen = 3;
+    conf_admit(c, &r);
+    assert_int_equal(r.a.state, STORE_MISS);
+    /* The empty key is a key. */
+    assert_false(conf_hit(c, "", NULL, NULL));
+    assert_int_equal(conf_put(c, "", NULL, "empty", 60000), 0);
+    assert_true(conf_hit(c, "", NULL, "empty"));
+}
+
+static void
+conf_cache_odd_bytes(void **state)
+{
+    struct conf *c = *state;
+    static const char key[] = "sl:{u\0\xff}:*?[a]\r\n \"%\\x00";
+    static const char tag[] = "t\0{x}\n*";
+    static const char lkey[] = "lim\0\xfe{}*";
+    struct conf_req r = {0};
+
+    conf_add_limit(&r, conf_rule(LIMITER_FIXED_WINDOW, 1, HOUR), lkey, sizeof(lkey) - 1, 1);
+    r.key = key;
+    r.keylen = sizeof(key) - 1;
+    conf_add_tag(&r, tag, sizeof(tag) - 1);
+    conf_admit(c, &r);
+    assert_true(r.a.allowed);
+    assert_int_equal(r.a.state, STORE_MISS);
+    struct store_entry *e = conf_entry(200, "text/plain", "odd", 3);
+    assert_int_equal(conf_fill_req(c, &r, e, 60000), 0);
+    store_entry_release(e);
+
+    /* The bytes up to the NUL are another limit key. */
+    assert_true(conf_limit(c, conf_rule(LIMITER_FIXED_WINDOW, 1, HOUR), "lim", 1).allowed);
+
+    struct conf_req q = {0};
+    q.key = key;
+    q.keylen = sizeof(key) - 1;
+    conf_add_tag(&q, tag, sizeof(tag) - 1);
+    conf_admit(c, &q);
+    assert_int_equal(q.a.state, STORE_HIT);
+    assert_memory_equal(q.a.entry->body, "odd", 3);
+    store_entry_release(q.a.entry);
+
+    struct conf_req l = {0};
+    conf_add_limit(&l, conf_rule(LIMITER_FIXED_WINDOW, 1, HOUR), lkey, sizeof(lkey) - 1, 1);
+    conf_admit(c, &l);
+    assert_false(l.a.allowed);
+
+    /* A key cut at its NUL does not find the entry; the tag cut at its NUL is another tag. */
+    assert_false(conf_hit(c, "sl:{u", NULL, NULL));
+    conf_invalidate1(c, "t");
+    conf_admit(c, &q);
+    assert_int_equal(q.a.state, STORE_HIT);
+    store_entry_release(q.a.entry);
+    const char *tags[] = {tag};
+    size_t lens[] = {sizeof(tag) - 1};
+    conf_invalidate(c, tags, lens, 1);
+    conf_admit(c, &q);
+    assert_int_equal(q.a.state, STORE_MISS);
+}
+
+/* ---- tags --------------------------------------------------------------- */
+
+static void
+conf_tags_invalidate(void **state)
+{
+    struct conf *c = *state;
+    const char *tags[] = {"crm:42", NULL};
+    struct conf_req r;
+
+    assert_int_equal(conf_put(c, "crm:contacts:42", tags, "v1", 60000), 0);
+    assert_true(conf_hit(c, "crm:contacts:42", tags, "v1"));
+    conf_invalidate1(c, "crm:42");
+    assert_false(conf_hit(c, "crm:contacts:42", tags, NULL));
+    assert_false(conf_hit(c, "crm:contacts:42", tags, NULL));
+    /* A new lookup's generations fill again. */
+    assert_int_equal(conf_put(c, "crm:contacts:42", tags, "v2", 60000), 0);
+    assert_true(conf_hit(c, "crm:contacts:42", tags, "v2"));
+    /* Invalidating twice in a row, and a tag nobody used, are fine. */
+    conf_invalidate1(c, "crm:42");
+    conf_invalidate1(c, "crm:42");
+    conf_invalidate1(c, "never:used");
+    assert_false(conf_hit(c, "crm:contacts:42", tags, NULL));
+    conf_lookup(c, &r, "crm:contacts:42", tags);
+    assert_int_equal(r.a.state, STORE_MISS);
+}
+
+static void
+conf_tags_generations(void **state)
+{
+    struct conf *c = *state;
+    const char *tags[] = {"a", "b", NULL};
+    struct conf_req r1, r2;
+
+    conf_lookup(c, &r1, "k", tags);
+    conf_lookup(c, &r2, "k", tags);
+    assert_memory_equal(r1.gens, r2.gens, 2 * sizeof(uint64_t));
+    conf_invalidate1(c, "b");
+    conf_lookup(c, &r2, "k", tags);
+    assert_true(r1.gens[0] == r2.gens[0]);
+    assert_true(r1.gens[1] != r2.gens[1]);
+    /* Made-up generations do not fill. */
+    r2.gens[0] ^= 0x5a5a;
+    struct store_entry *e = conf_entry(200, "text/plain", "x", 1);
+    assert_int_equal(conf_fill_req(c, &r2, e, 60000), -1);
+    store_entry_release(e);
+    assert_false(conf_hit(c, "k", tags, NULL));
+}
+
+static void
+conf_tags_set_after_invalidate(void **state)
+{
+    struct conf *c = *state;
+    const char *tags[] = {"crm:7", NULL};
+    struct conf_req r;
+
+    /* The tag exists: an entry was filled under it before. */
+    assert_int_equal(conf_put(c, "crm:list:7", tags, "old", 60000), 0);
+    conf_lookup(c, &r, "crm:contacts:7", tags);
+    assert_int_equal(r.a.state, STORE_MISS);
+    conf_invalidate1(c, "crm:7"); /* a write lands while the origin answers */
+    struct store_entry *e = conf_entry(200, "text/plain", "stale", 5);
+    assert_int_equal(conf_fill_req(c, &r, e, 60000), -1);
+    store_entry_release(e);
+    assert_false(conf_hit(c, "crm:contacts:7", tags, NULL));
+    assert_false(conf_hit(c, "crm:list:7", tags, NULL));
+
+    /* The tag was never seen before the lookup. */
+    const char *fresh[] = {"dash:9", NULL};
+    conf_lookup(c, &r, "dash:9", fresh);
+    conf_invalidate1(c, "dash:9");
+    e = conf_entry(200, "text/plain", "stale", 5);
+    assert_int_equal(conf_fill_req(c, &r, e, 60000), -1);
+    store_entry_release(e);
+    assert_false(conf_hit(c, "dash:9", fresh, NULL));
+
+    /* An invalidation before the lookup does not refuse the fill. */
+    assert_int_equal(conf_put(c, "dash:9", fresh, "fresh", 60000), 0);
+    assert_true(conf_hit(c, "dash:9", fresh, "fresh"));
+}
+
+static void
+conf_tags_several_entries(void **state)
+{
+    struct conf *c = *state;
+    const char *ta[] = {"A", NULL}, *tab[] = {"A", "B", NULL}, *tb[] = {"B", NULL};
+
+    assert_int_equal(conf_put(c, "e1", ta, "1", 60000), 0);
+    assert_int_equal(conf_put(c, "e2", tab, "2", 60000), 0);
+    assert_int_equal(conf_put(c, "e3", tb, "3", 60000), 0);
+    assert_int_equal(conf_put(c, "e4", NULL, "4", 60000), 0);
+    assert_true(conf_hit(c, "e1", ta, "1"));
+    assert_true(conf_hit(c, "e2", tab, "2"));
+
+    conf_invalidate1(c, "A");
+    assert_false(conf_hit(c, "e1", ta, NULL));
+    assert_false(conf_hit(c, "e2", tab, NULL));
+    assert_true(conf_hit(c, "e3", tb, "3"));
+    assert_true(conf_hit(c, "e4", NULL, "4"));
+
+    conf_invalidate1(c, "B");
+    assert_false(conf_hit(c, "e3", tb, NULL));
+    assert_true(conf_hit(c, "e4", NULL, "4"));
+
+    /* Several tags in one call. */
+    assert_int_equal(conf_put(c, "e1", ta, "1", 60000), 0);
+    assert_int_equal(conf_put(c, "e3", tb, "3", 60000), 0);
+    const char *both[] = {"B", "A"};
+    size_t lens[] = {1, 1};
+    conf_invalidate(c, both, lens, 2);
+    assert_false(conf_hit(c, "e1", ta, NULL));
+    assert_false(conf_hit(c, "e3", tb, NULL));
+}
+
+static void
+conf_tags_unrelated(void **state)
+{
+    struct conf *c = *state;
+    const char *tags[] = {"crm:1", NULL};
+    struct conf_req r;
+
+    assert_int_equal(conf_put(c, "crm:a:1", tags, "a", 60000), 0);
+    conf_lookup(c, &r, "crm:b:1", tags);
+    conf_invalidate1(c, "crm:2");
+    conf_invalidate1(c, "crm:1:x");
+    conf_invalidate1(c, "crm:");
+    assert_true(conf_hit(c, "crm:a:1", tags, "a"));
+    struct store_entry *e = conf_entry(200, "text/plain", "b", 1);
+    assert_int_equal(conf_fill_req(c, &r, e, 60000), 0);
+    store_entry_release(e);
+    assert_true(conf_hit(c, "crm:b:1", tags, "b"));
+}
+
+static void
+conf_tags_entry_carries_other_tags(void **state)
+{
+    struct conf *c = *state;
+    const char *fill_tags[] = {"x:1", "x:2", "x:3", NULL};
+    const char *look_tags[] = {"y", NULL};
+
+    /* The entry's own tags decide, whatever tags a later lookup names. */
+    assert_int_equal(conf_put(c, "shared", fill_tags, "v", 60000), 0);
+    assert_true(conf_hit(c, "shared", look_tags, "v"));
+    assert_true(conf_hit(c, "shared", NULL, "v"));
+    conf_invalidate1(c, "x:3");
+    assert_false(conf_hit(c, "shared", look_tags, NULL));
+}
+
+/* ---- the suite ---------------------------------------------------------- */
+
+/* Runs every conformance test against the harness's stores; returns the number of failures. */
+static int
+store_conformance_run(const struct store_harness *h)
+{
+    void *hs = (void *)h;
+#define CONF_TEST(f) cmocka_unit_test_prestate_setup_teardown(f, conf_setup, conf_teardown, hs)
+    const struct CMUnitTest tests[] = {
+        CONF_TEST(conf_limit_counts),
+        CONF_TEST(conf_limit_algorithms),
+        CONF_TEST(conf_limit_cost),
+        CONF_TEST(conf_limit_cost_over_limit),
+        CONF_TEST(conf_limit_all_or_nothing),
+        CONF_TEST(conf_limit_keys_isolated),
+        CONF_TEST(conf_limit_window_passes),
+        CONF_TEST(conf_cache_miss_fill_hit),
+        CONF_TEST(conf_cache_large_body),
+        CONF_TEST(conf_cache_no_key),
+        CONF_TEST(conf_cache_denied_skips_lookup),
+        CONF_TEST(conf_cache_replace),
+        CONF_TEST(conf_cache_ttl),
+        CONF_TEST(conf_cache_keys_isolated),
+        CONF_TEST(conf_cache_odd_bytes),
+        CONF_TEST(conf_tags_invalidate),
+        CONF_TEST(conf_tags_generations),
+        CONF_TEST(conf_tags_set_after_invalidate),
+        CONF_TEST(conf_tags_several_entries),
+        CONF_TEST(conf_tags_unrelated),
+        CONF_TEST(conf_tags_entry_carries_other_tags),
+    };
+#undef CONF_TEST
+    return cmocka_run_group_tests_name(h->name, tests, NULL, NULL);
+}
+
+#endif
