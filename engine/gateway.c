@@ -2,7 +2,6 @@
 #define _GNU_SOURCE
 #include "gateway.h"
 
-#include <inttypes.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -146,18 +145,33 @@ req_free(struct gw_req *rq)
     free(rq);
 }
 
-static void add_header(struct gw_req *rq, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+/* Appends to the response's extra headers (truncated at HDRS_BYTES, which the limits on
+ * names and counts keep out of reach). */
+static void
+hdr_add(struct gw_req *rq, const char *s, size_t len)
+{
+    if (len > sizeof(rq->hdrs) - rq->hdrs_len)
+        len = sizeof(rq->hdrs) - rq->hdrs_len;
+    memcpy(rq->hdrs + rq->hdrs_len, s, len);
+    rq->hdrs_len += len;
+}
 
 static void
-add_header(struct gw_req *rq, const char *fmt, ...)
+hdr_str(struct gw_req *rq, const char *s)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(rq->hdrs + rq->hdrs_len, sizeof(rq->hdrs) - rq->hdrs_len, fmt, ap);
-    va_end(ap);
-    if (n > 0 && (size_t)n < sizeof(rq->hdrs) - rq->hdrs_len)
-        rq->hdrs_len += (size_t)n;
+    hdr_add(rq, s, strlen(s));
+}
+
+static void
+hdr_u64(struct gw_req *rq, uint64_t v)
+{
+    char buf[20];
+    size_t i = sizeof(buf);
+    do {
+        buf[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    hdr_add(rq, buf + i, sizeof(buf) - i);
 }
 
 static void
@@ -365,18 +379,28 @@ add_limit_headers(struct gw_req *rq)
         }
     }
     const struct limiter_result *r = &rq->results[pick];
-    add_header(rq,
-               "X-RateLimit-Limit: %" PRIu64 "\r\nX-RateLimit-Remaining: %" PRIu64
-               "\r\nX-RateLimit-Reset: %" PRIu64 "\r\n",
-               r->limit, r->remaining, ceil_sec(r->reset_ms));
-    add_header(rq, "RateLimit-Policy: ");
-    for (size_t i = 0; i < n; i++)
-        add_header(rq, "%s%s", i ? ", " : "", limit_field(rq, i));
-    add_header(rq, "\r\nRateLimit: ");
-    for (size_t i = 0; i < n; i++)
-        add_header(rq, "%s\"%s\";r=%" PRIu64 ";t=%" PRIu64, i ? ", " : "", limit_name(rq, i),
-                   rq->results[i].remaining, ceil_sec(rq->results[i].reset_ms));
-    add_header(rq, "\r\n");
+    hdr_str(rq, "X-RateLimit-Limit: ");
+    hdr_u64(rq, r->limit);
+    hdr_str(rq, "\r\nX-RateLimit-Remaining: ");
+    hdr_u64(rq, r->remaining);
+    hdr_str(rq, "\r\nX-RateLimit-Reset: ");
+    hdr_u64(rq, ceil_sec(r->reset_ms));
+    hdr_str(rq, "\r\nRateLimit-Policy: ");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            hdr_str(rq, ", ");
+        hdr_str(rq, limit_field(rq, i));
+    }
+    hdr_str(rq, "\r\nRateLimit: ");
+    for (size_t i = 0; i < n; i++) {
+        hdr_str(rq, i ? ", \"" : "\"");
+        hdr_str(rq, limit_name(rq, i));
+        hdr_str(rq, "\";r=");
+        hdr_u64(rq, rq->results[i].remaining);
+        hdr_str(rq, ";t=");
+        hdr_u64(rq, ceil_sec(rq->results[i].reset_ms));
+    }
+    hdr_str(rq, "\r\n");
 }
 
 static void
@@ -391,7 +415,9 @@ reply_denied(struct gw_req *rq)
         if (rq->results[i].retry_after_ms > retry)
             retry = rq->results[i].retry_after_ms;
     }
-    add_header(rq, "Retry-After: %" PRIu64 "\r\n", ceil_sec(retry) ? ceil_sec(retry) : 1);
+    hdr_str(rq, "Retry-After: ");
+    hdr_u64(rq, ceil_sec(retry) ? ceil_sec(retry) : 1);
+    hdr_str(rq, "\r\n");
     json_t *o =
         json_pack("{s:s, s:s, s:i, s:s, s:o}", "type", QUOTA_TYPE, "title",
                   "Request cannot be satisfied as assigned quota has been exceeded", "status", 429,
@@ -424,7 +450,11 @@ static void
 reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uint64_t now_ms)
 {
     uint64_t age = now_ms > e->stored_ms ? (now_ms - e->stored_ms) / 1000 : 0;
-    add_header(rq, "X-Cache: %s\r\nAge: %" PRIu64 "\r\n", xcache, age);
+    hdr_str(rq, "X-Cache: ");
+    hdr_str(rq, xcache);
+    hdr_str(rq, "\r\nAge: ");
+    hdr_u64(rq, age);
+    hdr_str(rq, "\r\n");
     store_entry_ref(e);
     struct server_response resp = {
         .status = e->status,

@@ -464,6 +464,26 @@ conn_process(struct conn *c)
     conn_flush(c);
 }
 
+static char *
+put(char *o, const char *s, size_t n)
+{
+    if (n)
+        memcpy(o, s, n);
+    return o + n;
+}
+
+static char *
+put_u64(char *o, uint64_t v)
+{
+    char tmp[20];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return put(o, tmp + i, sizeof(tmp) - i);
+}
+
 static struct conn *
 req_conn(struct server_request *req)
 {
@@ -491,32 +511,30 @@ server_respond(struct server_request *req, const struct server_response *resp)
     char stackbuf[2048];
     char *buf = cap <= sizeof(stackbuf) ? stackbuf : xmalloc(cap);
     int minor = c->req.http.minor_version;
-    size_t len =
-        (size_t)snprintf(buf, cap, "HTTP/1.%d %d %s\r\n", minor == 0 ? 0 : 1, resp->status, reason);
-    memcpy(buf + len, date, datelen);
-    len += datelen;
+    char *o = buf;
+    o = put(o, minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ", 9);
+    o = put_u64(o, (uint64_t)resp->status);
+    *o++ = ' ';
+    o = put(o, reason, strlen(reason));
+    o = put(o, "\r\n", 2);
+    o = put(o, date, datelen);
     if (resp->content_type) {
-        memcpy(buf + len, "Content-Type: ", 14);
-        len += 14;
-        memcpy(buf + len, resp->content_type, ctlen);
-        len += ctlen;
-        buf[len++] = '\r';
-        buf[len++] = '\n';
+        o = put(o, "Content-Type: ", 14);
+        o = put(o, resp->content_type, ctlen);
+        o = put(o, "\r\n", 2);
     }
-    if (resp->status >= 200 && resp->status != 204 && resp->status != 304)
-        len += (size_t)snprintf(buf + len, cap - len, "Content-Length: %zu\r\n", resp->body_len);
-    if (resp->headers_len) {
-        memcpy(buf + len, resp->headers, resp->headers_len);
-        len += resp->headers_len;
+    if (resp->status >= 200 && resp->status != 204 && resp->status != 304) {
+        o = put(o, "Content-Length: ", 16);
+        o = put_u64(o, resp->body_len);
+        o = put(o, "\r\n", 2);
     }
+    o = put(o, resp->headers, resp->headers_len);
     if (c->closing)
-        len += (size_t)snprintf(buf + len, cap - len, "Connection: close\r\n\r\n");
+        o = put(o, "Connection: close\r\n", 19);
     else if (minor == 0)
-        len += (size_t)snprintf(buf + len, cap - len, "Connection: keep-alive\r\n\r\n");
-    else {
-        buf[len++] = '\r';
-        buf[len++] = '\n';
-    }
+        o = put(o, "Connection: keep-alive\r\n", 24);
+    o = put(o, "\r\n", 2);
+    size_t len = (size_t)(o - buf);
     evbuffer_add(c->out, buf, len);
     if (buf != stackbuf)
         free(buf);
