@@ -47,9 +47,10 @@ struct conn {
     char *body;       /* decoded chunked body */
     size_t body_len, body_cap;
     int sent_continue;
-    int closing;     /* close once the output is written */
-    size_t consumed; /* bytes of the current request (head + raw body) */
-    int in_process;  /* inside conn_process(): responses do not flush by themselves */
+    int closing;         /* close once the output is written */
+    size_t consumed;     /* bytes of the current request (head + raw body) */
+    int in_process;      /* inside conn_process(): responses do not flush by themselves */
+    size_t head_scanned; /* bytes of an incomplete head already given to the parser */
     struct server_request req;
     char ip[INET6_ADDRSTRLEN];
     struct conn *prev, *next;
@@ -363,10 +364,19 @@ conn_process(struct conn *c)
         }
         conn_set_timer(c, TIMER_REQUEST);
         struct http_request *h = &c->req.http;
+        /* The parser starts over on every call: while the head is incomplete, call it again
+         * only once a new line has arrived, so a client trickling bytes costs linear time. */
+        if (c->head_scanned > 0 && !memchr(p + c->head_scanned, '\n', avail - c->head_scanned)) {
+            if (avail > cfg->max_header_bytes)
+                conn_fail(c, 431, "request header section too large");
+            c->head_scanned = avail;
+            break;
+        }
         int r = http_parse_request(p, avail, h);
         if (r == HTTP_PARSE_INCOMPLETE) {
             if (avail > cfg->max_header_bytes)
                 conn_fail(c, 431, "request header section too large");
+            c->head_scanned = avail;
             break;
         }
         if (r < 0) {
@@ -376,6 +386,7 @@ conn_process(struct conn *c)
             break;
         }
         size_t head = (size_t)r;
+        c->head_scanned = 0; /* complete: body bytes must not gate the next parse */
         if (head > cfg->max_header_bytes) {
             conn_fail(c, 431, "request header section too large");
             break;
@@ -553,6 +564,7 @@ server_respond(struct server_request *req, const struct server_response *resp)
     /* The request is over: drop its bytes and go back to reading. */
     c->in_off += c->consumed;
     c->consumed = 0;
+    c->head_scanned = 0;
     c->body_len = 0;
     c->chunk_raw = 0;
     memset(&c->chunk, 0, sizeof(c->chunk));
