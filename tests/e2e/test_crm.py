@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -160,6 +161,27 @@ class CacheAndData(SluiceTestCase):
         resp = self.s.raw(raw)
         self.assertEqual(status_of(resp), 201, resp)
         self.assertIn(b"Chunky", resp)
+
+    def test_request_trickled_in_small_pieces(self):
+        body = json.dumps({"name": "Slow", "email": "s@example.com", "company": "S"}).encode()
+        raw = (b"POST /api/crm/contacts HTTP/1.1\r\nHost: x\r\nX-User-Id: 3\r\n"
+               b"Content-Type: application/json\r\nConnection: close\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body)) + body
+        sock = socket.create_connection(("127.0.0.1", self.s.port), timeout=10)
+        try:
+            for i in range(0, len(raw), 7):
+                sock.sendall(raw[i:i + 7])
+                time.sleep(0.005)
+            resp = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                resp += chunk
+        finally:
+            sock.close()
+        self.assertEqual(status_of(resp), 201, resp)
+        self.assertIn(b'"Slow"', resp)
 
     def test_pipelined_requests_answered_in_order(self):
         raw = b"".join(b"GET /api/crm?type=%s HTTP/1.1\r\nHost: x\r\nX-User-Id: 3\r\n\r\n" % t
