@@ -1,0 +1,1057 @@
+-- sluice.validate: checks the declarations of a policy set and builds the
+-- normalized set the engine compiles.
+--
+-- A declaration is { kind = "endpoint", name = "GET /x", fields = {...},
+-- file = path, fidx = index of the file, line = N }. Every problem is
+-- reported as "file:line: what: field: message" with the line of the
+-- declaration; checking goes on after a problem, so one run lists them all.
+local duration = require "sluice.duration"
+local template = require "sluice.template"
+local sqltext = require "sluice.sql"
+local suggest = require "sluice.suggest"
+
+local M = {}
+
+M.METHODS = { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" }
+M.ALGORITHMS = { "sliding_window", "sliding_log", "token_bucket", "fixed_window" }
+M.DEFAULT_ALGORITHM = "sliding_window"
+M.DEFAULT_TIER_TTL_MS = 60000
+M.DEFAULT_UPSTREAM_TIMEOUT_MS = 5000
+M.MAX_PARAMS = 16
+
+local function set_of(list)
+  local s = {}
+  for _, v in ipairs(list) do
+    s[v] = true
+  end
+  return s
+end
+
+local METHOD_SET = set_of(M.METHODS)
+local ALGORITHM_SET = set_of(M.ALGORITHMS)
+local CACHEABLE = { GET = true, HEAD = true }
+
+-- Values made by header "X" and sql("...") in a policy file carry this key.
+M.MARK = setmetatable({}, { __name = "sluice.marker" })
+
+local function quote(s)
+  return '"' .. tostring(s) .. '"'
+end
+
+-- How a value is named in "expected X, got Y".
+local function describe(v)
+  if type(v) == "table" and v[M.MARK] == "header" then
+    return "header " .. quote(v.name)
+  elseif type(v) == "table" and v[M.MARK] == "sql" then
+    return "sql(...)"
+  elseif type(v) == "string" then
+    return "string " .. string.format("%q", v)
+  elseif type(v) == "number" or type(v) == "boolean" then
+    return type(v) .. " " .. tostring(v)
+  end
+  return type(v)
+end
+M.describe = describe
+
+local function is_marker(v, kind)
+  return type(v) == "table" and v[M.MARK] ~= nil and (kind == nil or v[M.MARK] == kind)
+end
+
+local function is_plain_table(v)
+  return type(v) == "table" and v[M.MARK] == nil
+end
+
+-- Returns true when t's keys are exactly 1..#t.
+local function is_list(t)
+  local n = 0
+  for _ in pairs(t) do
+    n = n + 1
+  end
+  return n == #t
+end
+
+local function has_list_part(t)
+  return t[1] ~= nil
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys, function(a, b)
+    if type(a) ~= type(b) then return type(a) < type(b) end
+    if type(a) == "string" or type(a) == "number" then return a < b end
+    return tostring(a) < tostring(b)
+  end)
+  return keys
+end
+
+---------------------------------------------------------------------------
+-- Reporting
+
+local Report = {}
+Report.__index = Report
+
+-- Returns a collector of errors; `add` keeps them, `list` returns them in
+-- file order, then line order, then the order they were found.
+function M.report()
+  return setmetatable({ items = {} }, Report)
+end
+
+function Report:add(fidx, file, line, text)
+  self.items[#self.items + 1] = {
+    fidx = fidx or 0, line = line or 0, seq = #self.items, text = file .. ":" .. (line or 1) .. ": " .. text,
+  }
+end
+
+-- A message already in "path:line: text" form (Lua syntax and runtime errors).
+function Report:raw(fidx, line, text)
+  self.items[#self.items + 1] = { fidx = fidx or 0, line = line or 0, seq = #self.items, text = text }
+end
+
+function Report:count()
+  return #self.items
+end
+
+function Report:list()
+  local items = {}
+  for i, e in ipairs(self.items) do
+    items[i] = e
+  end
+  table.sort(items, function(a, b)
+    if a.fidx ~= b.fidx then return a.fidx < b.fidx end
+    if a.line ~= b.line then return a.line < b.line end
+    return a.seq < b.seq
+  end)
+  local out = {}
+  for i, e in ipairs(items) do
+    out[i] = e.text
+  end
+  return out
+end
+
+---------------------------------------------------------------------------
+-- Checking one declaration
+
+local Check = {}
+Check.__index = Check
+
+local function checker(report, decl, what)
+  return setmetatable({ report = report, decl = decl, what = what, failed = false }, Check)
+end
+
+function Check:err(field, msg)
+  local text = self.what .. ": " .. (field and (field .. ": ") or "") .. msg
+  self.report:add(self.decl.fidx, self.decl.file, self.decl.line, text)
+  self.failed = true
+end
+
+function Check:missing(field, example)
+  local text = self.what .. ": " .. field .. " is required" .. (example and (" (" .. example .. ")") or "")
+  self.report:add(self.decl.fidx, self.decl.file, self.decl.line, text)
+  self.failed = true
+end
+
+-- Reports every key of t outside `allowed` (an array of names).
+function Check:only(t, allowed, prefix)
+  local ok = set_of(allowed)
+  for _, k in ipairs(sorted_keys(t)) do
+    if type(k) ~= "string" then
+      self:err(prefix, "unexpected list item " .. describe(t[k]) .. " (fields are written name = value)")
+    elseif not ok[k] then
+      self:err(prefix, "unknown field '" .. k .. "'" .. suggest.hint(k, allowed))
+    end
+  end
+end
+
+-- Expects a plain table (not a list, not header/sql) at field; returns it or nil.
+function Check:record(v, field, example)
+  if not is_plain_table(v) then
+    self:err(field, "expected a table " .. example .. ", got " .. describe(v))
+    return nil
+  end
+  return v
+end
+
+function Check:string(v, field, required, example)
+  if v == nil then
+    if required then self:missing(field, example) end
+    return nil
+  end
+  if type(v) ~= "string" then
+    self:err(field, "expected a string, got " .. describe(v))
+    return nil
+  end
+  return v
+end
+
+function Check:boolean(v, field, default)
+  if v == nil then return default end
+  if type(v) ~= "boolean" then
+    self:err(field, "expected true or false, got " .. describe(v))
+    return default
+  end
+  return v
+end
+
+function Check:positive_int(v, field, required, example)
+  if v == nil then
+    if required then self:missing(field, example) end
+    return nil
+  end
+  local i = math.type(v) and math.tointeger(v)
+  if not i or i < 1 then
+    self:err(field, "expected a positive whole number, got " .. describe(v))
+    return nil
+  end
+  return i
+end
+
+function Check:duration(v, field, required, allow_zero, example)
+  if v == nil then
+    if required then self:missing(field, example) end
+    return nil
+  end
+  local ms, err = duration.parse(v, allow_zero)
+  if not ms then
+    self:err(field, err)
+    return nil
+  end
+  return ms
+end
+
+-- Checks one template; returns its source and its variables, or nil.
+function Check:template(v, field, opts)
+  if type(v) ~= "string" then
+    self:err(field, "expected a template string such as \"crm:{user}\", got " .. describe(v))
+    return nil
+  end
+  local vars, err = template.check(v, opts)
+  if not vars then
+    self:err(field .. " " .. quote(v), err)
+    return nil
+  end
+  return v, vars
+end
+
+-- Checks a list of templates; returns the list of sources (possibly
+-- partial) and all their variables.
+function Check:template_list(v, field, opts, example)
+  local out, vars = {}, {}
+  if v == nil then return out, vars end
+  if not is_plain_table(v) or not is_list(v) then
+    self:err(field, "expected a list of templates, as in " .. example .. ", got " .. describe(v))
+    return out, vars
+  end
+  for i, item in ipairs(v) do
+    local src, vs = self:template(item, field .. "[" .. i .. "]", opts)
+    if src then
+      out[#out + 1] = src
+      for _, x in ipairs(vs) do
+        vars[#vars + 1] = x
+      end
+    end
+  end
+  return out, vars
+end
+
+---------------------------------------------------------------------------
+-- Names and routes
+
+local NAME_PATTERN = "^[%w_%-]+$"
+
+local function check_name(c, name, what)
+  if not name:match(NAME_PATTERN) then
+    c:err(nil, what .. " name " .. quote(name) .. " may use only letters, digits, '_' and '-'")
+    return false
+  end
+  return true
+end
+
+local function bad_route_char(s)
+  for i = 1, #s do
+    local b = s:byte(i)
+    if b <= 0x20 or b >= 0x7f or b == 35 --[[ # ]] then
+      return b
+    end
+  end
+  return nil
+end
+
+-- Parses "GET /api/users/{id}?type=x". Returns { method, path, pins, params
+-- (list), param_set, shape }, or nil and a message.
+function M.parse_route(name)
+  local method, target = name:match("^%s*(%S+)%s+(%S+)%s*$")
+  if not method then
+    return nil, 'expected "METHOD /path", as in "GET /api/users/{id}"'
+  end
+  if not METHOD_SET[method] then
+    if METHOD_SET[method:upper()] then
+      return nil, "unknown method " .. quote(method) .. " (methods are upper case: " .. method:upper() .. ")"
+    end
+    return nil, "unknown method " .. quote(method) .. " (use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS)"
+  end
+  local path, query = target:match("^([^?]*)%?(.*)$")
+  path = path or target
+  if path:sub(1, 1) ~= "/" then
+    return nil, "path " .. quote(path) .. ' must start with "/"'
+  end
+  local bad = bad_route_char(target)
+  if bad then
+    return nil, string.format("bad character 0x%02x in %s", bad, quote(target))
+  end
+  local params, param_set, shape = {}, {}, {}
+  local segs = {}
+  for seg in (path:sub(2) .. "/"):gmatch("([^/]*)/") do
+    segs[#segs + 1] = seg
+  end
+  for i, seg in ipairs(segs) do
+    local last = i == #segs
+    if seg == "" and not last then
+      return nil, "path " .. quote(path) .. " has an empty segment (\"//\"); only a trailing '/' may be empty"
+    elseif seg == "*" then
+      if not last then
+        return nil, "path " .. quote(path) .. ": '*' must be the last segment"
+      end
+      shape[#shape + 1] = "*"
+    elseif seg:sub(1, 1) == "{" then
+      local p = seg:match("^{(.*)}$")
+      if not p then
+        return nil, "path " .. quote(path) .. ": parameter " .. quote(seg) .. " must be a whole segment \"{name}\""
+      end
+      if p == "" then
+        return nil, "path " .. quote(path) .. ': empty parameter name "{}"'
+      end
+      if not p:match(NAME_PATTERN) then
+        return nil, "path " .. quote(path) .. ": bad parameter name " .. quote(seg)
+          .. ": names use letters, digits, '_' and '-'"
+      end
+      if param_set[p] then
+        return nil, "path " .. quote(path) .. ": parameter {" .. p .. "} appears twice"
+      end
+      params[#params + 1] = p
+      param_set[p] = true
+      shape[#shape + 1] = "{}"
+    else
+      if seg:find("[{}*]") then
+        return nil, "path " .. quote(path) .. ": segment " .. quote(seg)
+          .. " mixes text with '{', '}' or '*' (parameters are whole segments \"{name}\","
+          .. " '*' a whole last segment)"
+      end
+      if seg:gsub("%%%x%x", ""):find("%", 1, true) then
+        return nil, "path " .. quote(path) .. ": bad percent-encoding in segment " .. quote(seg)
+      end
+      shape[#shape + 1] = seg
+    end
+  end
+  if #params > M.MAX_PARAMS then
+    return nil, "path " .. quote(path) .. " has more than " .. M.MAX_PARAMS .. " parameters"
+  end
+  local pins = {}
+  if query then
+    if query == "" then
+      return nil, "empty query after '?' in " .. quote(target)
+    end
+    local seen = {}
+    for item in (query .. "&"):gmatch("([^&]*)&") do
+      local k, v = item:match("^([^=]*)=(.*)$")
+      if item == "" then
+        return nil, "empty parameter in pinned query " .. quote(query)
+      elseif not k then
+        return nil, "pinned query parameter " .. quote(item) .. " needs a value (name=value)"
+      elseif k == "" then
+        return nil, "pinned query parameter " .. quote(item) .. " has no name"
+      elseif v:find("=", 1, true) or (k .. v):find("[{}]") then
+        return nil, "pinned query parameter " .. quote(item) .. " may not hold '=', '{' or '}'"
+      elseif seen[k] then
+        return nil, "pinned query parameter " .. quote(k) .. " given twice"
+      end
+      seen[k] = true
+      pins[#pins + 1] = { name = k, value = v }
+    end
+  end
+  return {
+    method = method,
+    path = path,
+    target = target,
+    pins = pins,
+    params = params,
+    param_set = param_set,
+    shape = table.concat(shape, "/"),
+  }
+end
+
+local function pin_map(pins)
+  local m = {}
+  for _, p in ipairs(pins) do
+    m[p.name] = p.value
+  end
+  return m
+end
+
+local function same_pins(a, b)
+  if #a ~= #b then return false end
+  local m = pin_map(a)
+  for _, p in ipairs(b) do
+    if m[p.name] ~= p.value then return false end
+  end
+  return true
+end
+
+-- True when one query string could satisfy both pin sets.
+local function pins_compatible(a, b)
+  local m = pin_map(a)
+  for _, p in ipairs(b) do
+    if m[p.name] ~= nil and m[p.name] ~= p.value then return false end
+  end
+  return true
+end
+
+---------------------------------------------------------------------------
+-- SQL statements and their arguments
+
+-- Checks sql text and its args (a list of templates). Returns the args as
+-- strings and the variables they use.
+local function check_sql(c, sql, args, fsql, fargs, topts)
+  local out, vars = {}, {}
+  if args ~= nil and (not is_plain_table(args) or not is_list(args)) then
+    c:err(fargs, "expected a list, as in { \"{user}\", \"{path.id}\" }, got " .. describe(args))
+    args = nil
+  end
+  args = args or {}
+  for i, a in ipairs(args) do
+    local f = fargs .. "[" .. i .. "]"
+    if math.type(a) == "integer" then
+      a = tostring(a)
+    end
+    local src, vs = c:template(a, f, topts)
+    out[i] = src or (type(a) == "string" and a) or describe(a)
+    for _, v in ipairs(vs or {}) do
+      vars[#vars + 1] = v
+    end
+  end
+  if sql == nil then
+    return out, vars
+  end
+  if sql:match("^%s*$") then
+    c:err(fsql, "is empty")
+    return out, vars
+  end
+  local scan, err = sqltext.scan(sql)
+  if not scan then
+    c:err(fsql, err)
+    return out, vars
+  end
+  if scan.statements > 1 then
+    c:err(fsql, "holds more than one statement; write one statement per endpoint")
+  end
+  if scan.max > #args then
+    if #args == 0 then
+      c:err(fsql, "uses $" .. scan.max .. " but there are no " .. fargs
+        .. " (add " .. fargs .. " = { \"{user}\", ... }, one template per $n)")
+    else
+      c:err(fsql, "uses $" .. scan.max .. " but " .. fargs .. " has " .. #args
+        .. (#args == 1 and " value" or " values"))
+    end
+  end
+  for i = 1, #args do
+    if not scan.used[i] then
+      c:err(fargs .. "[" .. i .. "]", quote(out[i]) .. " is not used: the SQL has no $" .. i)
+    end
+  end
+  return out, vars
+end
+
+---------------------------------------------------------------------------
+-- Tiers
+
+local TIER_FIELDS = { "limit", "window", "algorithm", "burst" }
+
+-- Checks algorithm and burst of a limit-like table; returns both.
+local function check_algorithm(c, t, prefix)
+  local algorithm = M.DEFAULT_ALGORITHM
+  if t.algorithm ~= nil then
+    local a = c:string(t.algorithm, prefix .. "algorithm")
+    if a and not ALGORITHM_SET[a] then
+      c:err(prefix .. "algorithm", "unknown algorithm " .. quote(a)
+        .. suggest.hint(a, M.ALGORITHMS) .. " (use sliding_window, sliding_log, token_bucket or fixed_window)")
+    elseif a then
+      algorithm = a
+    end
+  end
+  local burst
+  if t.burst ~= nil then
+    burst = c:positive_int(t.burst, prefix .. "burst")
+    if algorithm ~= "token_bucket" then
+      c:err(prefix .. "burst", "only applies to algorithm = \"token_bucket\"")
+      burst = nil
+    end
+  end
+  return algorithm, burst
+end
+
+local function tier_decl(c, decl, f)
+  c:only(f, TIER_FIELDS)
+  local limit = c:positive_int(f.limit, "limit", true, "requests per window, e.g. limit = 100")
+  local window = c:duration(f.window, "window", true, false, 'e.g. window = "1h"')
+  local algorithm, burst = check_algorithm(c, f, "")
+  return {
+    name = decl.name, limit = limit, window_ms = window, algorithm = algorithm, burst = burst,
+    file = decl.file, line = decl.line,
+  }
+end
+
+---------------------------------------------------------------------------
+-- Upstreams
+
+local UPSTREAM_FIELDS = { "url", "timeout" }
+
+local function upstream_decl(c, decl, f)
+  c:only(f, UPSTREAM_FIELDS)
+  local url = c:string(f.url, "url", true, 'e.g. url = "http://127.0.0.1:3000"')
+  if url then
+    if url:match("^https://") then
+      c:err("url", "https upstreams are not supported; use http:// to a local or trusted network address")
+    elseif not url:match("^http://[^/?#%s]+[^%s#]*$") then
+      c:err("url", "expected http://HOST[:PORT][/PREFIX], got " .. quote(url))
+    elseif url:find("?", 1, true) then
+      c:err("url", "may not hold a query string")
+    end
+  end
+  local timeout = c:duration(f.timeout, "timeout", false, false)
+  return {
+    name = decl.name, url = url, timeout_ms = timeout or M.DEFAULT_UPSTREAM_TIMEOUT_MS,
+    file = decl.file, line = decl.line,
+  }
+end
+
+---------------------------------------------------------------------------
+-- Identity
+
+local IDENTITY_FIELDS = { "user", "tenant", "tier", "tier_ttl", "default_tier" }
+local TIER_ARG_VARS = { user = true, tenant = true, ip = true, header = true }
+
+local function header_source(c, v, field)
+  if v == nil then return nil end
+  if not is_marker(v, "header") then
+    local hint = type(v) == "string" and (" (write " .. field .. " = header " .. quote(v) .. ")") or ""
+    c:err(field, "expected header \"NAME\", got " .. describe(v) .. hint)
+    return nil
+  end
+  if type(v.name) ~= "string" or not v.name:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
+    c:err(field, "header name must be a string of token characters, as in header \"X-User-Id\", got "
+      .. describe(v.name))
+    return nil
+  end
+  return { header = v.name }
+end
+
+local function identity_decl(c, decl, f)
+  c:only(f, IDENTITY_FIELDS)
+  local id = { file = decl.file, line = decl.line }
+  id.user = header_source(c, f.user, "user")
+  id.tenant = header_source(c, f.tenant, "tenant")
+  if f.user == nil and f.tenant == nil then
+    c:err(nil, 'declares neither user nor tenant (e.g. user = header "X-User-Id")')
+  end
+  local tier = f.tier
+  if tier ~= nil then
+    if is_marker(tier, "header") then
+      id.tier = header_source(c, tier, "tier")
+    elseif is_marker(tier, "sql") then
+      local allowed = {}
+      for k in pairs(TIER_ARG_VARS) do
+        allowed[k] = true
+      end
+      if f.user == nil then allowed.user = nil end
+      if f.tenant == nil then allowed.tenant = nil end
+      local topts = {
+        allowed = allowed,
+        refuse = function(kind)
+          if kind == "user" or kind == "tenant" then
+            return "needs " .. kind .. " = header \"...\" in this identity block"
+          end
+          return "is not available here (the tier lookup may use {user}, {tenant}, {ip} and {header.NAME})"
+        end,
+      }
+      local q = c:string(tier.sql, "tier.sql", true)
+      local args = check_sql(c, q, tier.args, "tier.sql", "tier.args", topts)
+      id.tier = { sql = q, args = args }
+    else
+      c:err("tier", "expected sql(\"SELECT plan FROM users WHERE id = $1\", \"{user}\") or header \"X-Plan\", got "
+        .. describe(tier))
+    end
+  end
+  id.tier_ttl_ms = M.DEFAULT_TIER_TTL_MS
+  if f.tier_ttl ~= nil then
+    if not is_marker(tier, "sql") then
+      c:err("tier_ttl", "only applies when the tier is looked up with sql(...)")
+    end
+    id.tier_ttl_ms = c:duration(f.tier_ttl, "tier_ttl", false, true) or M.DEFAULT_TIER_TTL_MS
+  end
+  id.default_tier = c:string(f.default_tier, "default_tier")
+  return id
+end
+
+---------------------------------------------------------------------------
+-- Endpoints
+
+local ENDPOINT_FIELDS = {
+  "sql", "args", "one", "upstream", "body", "status", "content_type", "cache", "limit", "invalidate",
+}
+local CACHE_FIELDS = { "ttl", "key", "tags", "shared" }
+local LIMIT_FIELDS = { "limit", "window", "algorithm", "burst", "cost", "fail", "key", "name" }
+
+local function var_text_set(vars)
+  local s = {}
+  for _, v in ipairs(vars) do
+    s[v.text] = true
+  end
+  return s
+end
+
+-- The template options for request templates of an endpoint.
+local function request_opts(env, route)
+  local allowed = {}
+  for k in pairs(template.REQUEST) do
+    allowed[k] = true
+  end
+  if env.known then
+    if not (env.identity and env.identity.user) then allowed.user = nil end
+    if not (env.identity and env.identity.tenant) then allowed.tenant = nil end
+  end
+  return {
+    allowed = allowed,
+    params = route.param_set,
+    method = route.method,
+    refuse = function(kind)
+      if kind == "row" then
+        return "is only available in on_change"
+      elseif kind == "user" then
+        return "needs an identity block that declares a user (identity { user = header \"X-User-Id\" })"
+      elseif kind == "tenant" then
+        return "needs an identity block that declares a tenant (identity { tenant = header \"X-Tenant-Id\" })"
+      end
+      return nil
+    end,
+  }
+end
+
+-- The per-caller part of default keys: {tenant} and/or {user} when the
+-- identity block declares them, {ip} when there is none.
+local function caller_parts(env)
+  local id = env.identity
+  local parts = {}
+  if id and id.tenant then parts[#parts + 1] = "{tenant}" end
+  if id and id.user then parts[#parts + 1] = "{user}" end
+  if #parts == 0 and not id then parts[1] = "{ip}" end
+  return parts
+end
+
+local function default_cache_key(route, arg_vars, shared, env)
+  local parts = { "{method}", "{route}" }
+  local seen = { ["{method}"] = true, ["{route}"] = true }
+  local function add(text)
+    if not seen[text] then
+      seen[text] = true
+      parts[#parts + 1] = text
+    end
+  end
+  for _, p in ipairs(route.params) do
+    add("{path." .. p .. "}")
+  end
+  for _, v in ipairs(arg_vars) do
+    add(v.text)
+  end
+  if not shared then
+    local id = env.identity
+    if id and id.tenant then add("{tenant}") end
+    if id and id.user then add("{user}") end
+  end
+  return table.concat(parts, ":")
+end
+
+local function check_limit_table(c, t, prefix, index, topts, env)
+  c:only(t, LIMIT_FIELDS, prefix ~= "" and prefix or nil)
+  local p = prefix ~= "" and (prefix .. ".") or ""
+  local l = {}
+  l.limit = c:positive_int(t.limit, p .. "limit", true, "requests per window, e.g. limit = 10")
+  l.window_ms = c:duration(t.window, p .. "window", true, false, 'e.g. window = "1m"')
+  l.algorithm, l.burst = check_algorithm(c, t, p)
+  l.cost = 1
+  if t.cost ~= nil then
+    l.cost = c:positive_int(t.cost, p .. "cost") or 1
+  end
+  l.fail = "open"
+  if t.fail ~= nil then
+    local f = c:string(t.fail, p .. "fail")
+    if f == "open" or f == "closed" then
+      l.fail = f
+    elseif f then
+      c:err(p .. "fail", "expected \"open\" or \"closed\", got " .. quote(f))
+    end
+  end
+  if t.key ~= nil then
+    l.key = c:template(t.key, p .. "key", topts)
+  else
+    l.key = "{route}:" .. table.concat(caller_parts(env), ":")
+  end
+  if t.name ~= nil then
+    local n = c:string(t.name, p .. "name")
+    if n and not n:match(NAME_PATTERN) then
+      c:err(p .. "name", quote(n) .. " may use only letters, digits, '_' and '-'")
+    end
+    l.name = n
+  end
+  if not l.name and l.key then
+    local prefix_text = l.key:match("^([^:{]*)")
+    if prefix_text ~= "" and prefix_text:match(NAME_PATTERN) then
+      l.name = prefix_text
+    end
+  end
+  l.name = l.name or ("limit" .. index)
+  return l
+end
+
+-- limit = "tier" | { limit = 10, window = "1m", ... } | { "tier", {...}, ... }
+local function check_limits(c, v, topts, env)
+  local out = {}
+  if v == nil then return out end
+  local example = '"tier", { limit = 10, window = "1m" } or a list of these'
+  local function one(item, prefix, index)
+    if item == "tier" then
+      return { tier = true }
+    elseif type(item) == "string" then
+      c:err(prefix, "expected \"tier\" (the caller's tier) or a table { limit = 10, window = \"1m\" }, got "
+        .. quote(item))
+    elseif is_plain_table(item) and not has_list_part(item) then
+      return check_limit_table(c, item, prefix, index, topts, env)
+    else
+      c:err(prefix, "expected " .. example .. ", got " .. describe(item))
+    end
+    return nil
+  end
+  if is_plain_table(v) and has_list_part(v) then
+    if not is_list(v) then
+      c:err("limit", "mixes a list with fields; write a list of \"tier\" and tables, or one table")
+      return out
+    end
+    local tier_seen = false
+    for i, item in ipairs(v) do
+      local l = one(item, "limit[" .. i .. "]", i)
+      if l and l.tier then
+        if tier_seen then c:err("limit[" .. i .. "]", "\"tier\" is listed twice") end
+        tier_seen = true
+      end
+      out[#out + 1] = l
+    end
+  elseif is_plain_table(v) and next(v) == nil then
+    c:err("limit", "is an empty table; leave limit out for no limit")
+  else
+    out[#out + 1] = one(v, "limit", 1)
+  end
+  local names = {}
+  for i, l in ipairs(out) do
+    if not l.tier and l.name then
+      if names[l.name] then
+        c:err("limit[" .. i .. "]", "name " .. quote(l.name) .. " is used by limit[" .. names[l.name]
+          .. "] too; give each limit its own name (name = \"...\")")
+      end
+      names[l.name] = names[l.name] or i
+    end
+  end
+  return out
+end
+
+local function endpoint_decl(c, decl, f, env)
+  local route, err = M.parse_route(decl.name)
+  if not route then
+    c:err(nil, err)
+    return nil
+  end
+  c:only(f, ENDPOINT_FIELDS)
+  local e = {
+    name = route.method .. " " .. route.target,
+    method = route.method,
+    path = route.path,
+    pins = route.pins,
+    file = decl.file,
+    line = decl.line,
+  }
+  c.what = "endpoint " .. quote(e.name)
+  local topts = request_opts(env, route)
+
+  -- The source: exactly one of sql, upstream and body.
+  local sources = {}
+  for _, k in ipairs({ "sql", "upstream", "body" }) do
+    if f[k] ~= nil then sources[#sources + 1] = k end
+  end
+  if #sources == 0 then
+    c:err(nil, "needs a source: sql = \"SELECT ...\", upstream = \"NAME\" or body = \"...\" (a fixed answer)")
+  elseif #sources > 1 then
+    c:err(nil, "has more than one source (" .. table.concat(sources, " and ") .. "); keep one")
+  end
+  local source = #sources == 1 and sources[1] or nil
+  local arg_vars = {}
+  if source ~= "sql" then
+    if f.args ~= nil then c:err("args", "only goes with sql = \"...\"") end
+    if f.one ~= nil then c:err("one", "only goes with sql = \"...\"") end
+  end
+  if source ~= "body" then
+    if f.status ~= nil then c:err("status", "only goes with a fixed body = \"...\"") end
+    if f.content_type ~= nil then c:err("content_type", "only goes with a fixed body = \"...\"") end
+  end
+  if source == "sql" then
+    e.source = "sql"
+    e.sql = c:string(f.sql, "sql")
+    e.args, arg_vars = check_sql(c, e.sql, f.args, "sql", "args", topts)
+    e.one = c:boolean(f.one, "one", false)
+  elseif source == "upstream" then
+    e.source = "upstream"
+    e.upstream = c:string(f.upstream, "upstream")
+  elseif source == "body" then
+    e.source = "static"
+    e.body = c:string(f.body, "body")
+    e.status = 200
+    if f.status ~= nil then
+      local s = math.type(f.status) and math.tointeger(f.status)
+      if not s or s < 100 or s > 599 then
+        c:err("status", "expected an HTTP status from 100 to 599, got " .. describe(f.status))
+      else
+        e.status = s
+      end
+    end
+    e.content_type = "application/json"
+    if f.content_type ~= nil then
+      local ct = c:string(f.content_type, "content_type")
+      if ct and not ct:match("^[%w!#$&^_.+%-]+/[%w!#$&^_.+%-]+") then
+        c:err("content_type", "expected a media type such as \"text/plain\", got " .. quote(ct))
+      elseif ct then
+        e.content_type = ct
+      end
+    end
+  end
+
+  -- Cache.
+  if f.cache ~= nil then
+    local cache = c:record(f.cache, "cache", '{ ttl = "5m", key = "...", tags = { ... } }')
+    if cache then
+      if not CACHEABLE[route.method] then
+        c:err("cache", "only GET and HEAD endpoints can be cached (a " .. route.method .. " answer is never reused)")
+      end
+      c:only(cache, CACHE_FIELDS, "cache")
+      local out = {}
+      out.ttl_ms = c:duration(cache.ttl, "cache.ttl", true, false, 'e.g. ttl = "5m"')
+      out.shared = c:boolean(cache.shared, "cache.shared", false)
+      local key_vars
+      if cache.key ~= nil then
+        out.key, key_vars = c:template(cache.key, "cache.key", topts)
+      else
+        out.key = default_cache_key(route, arg_vars, out.shared, env)
+        key_vars = template.parse(out.key)
+      end
+      out.tags = c:template_list(cache.tags, "cache.tags", topts, '{ "crm:{user}" }')
+      if out.key and key_vars then
+        local in_key = var_text_set(key_vars)
+        if env.known and env.identity and not out.shared
+          and not in_key["{user}"] and not in_key["{tenant}"] then
+          c:err(nil, "cache key " .. quote(out.key)
+            .. " is shared between callers; add {user} or {tenant}, or say shared = true")
+        end
+        local reported = {}
+        for _, v in ipairs(arg_vars) do
+          if not in_key[v.text] and not reported[v.text] and v.var ~= "method" and v.var ~= "route" then
+            reported[v.text] = true
+            c:err(nil, "cache key " .. quote(out.key) .. " leaves out " .. v.text
+              .. ", which args use; requests that differ only in it would share one cached answer")
+          end
+        end
+      end
+      e.cache = out
+    end
+  end
+
+  e.limits = check_limits(c, f.limit, topts, env)
+  e.invalidate = c:template_list(f.invalidate, "invalidate", topts, '{ "crm:{user}", "dash:{user}" }')
+  return e, route
+end
+
+---------------------------------------------------------------------------
+-- on_change
+
+local ON_CHANGE_FIELDS = { "invalidate" }
+
+local function on_change_decl(c, decl, f)
+  c:only(f, ON_CHANGE_FIELDS)
+  local out = { table = decl.name, file = decl.file, line = decl.line }
+  local topts = {
+    allowed = { row = true },
+    refuse = function()
+      return "is not available in on_change, which runs for a changed row, not a request (use {row.COLUMN})"
+    end,
+  }
+  if f.invalidate == nil then
+    c:missing("invalidate", 'e.g. invalidate = { "crm:{row.owner_id}" }')
+  end
+  out.invalidate = c:template_list(f.invalidate, "invalidate", topts, '{ "crm:{row.owner_id}" }')
+  if f.invalidate ~= nil and is_plain_table(f.invalidate) and #f.invalidate == 0 then
+    c:err("invalidate", "is empty")
+  end
+  return out
+end
+
+---------------------------------------------------------------------------
+-- The whole set
+
+local WHAT = {
+  tier = function(d) return "tier " .. quote(d.name) end,
+  upstream = function(d) return "upstream " .. quote(d.name) end,
+  endpoint = function(d) return "endpoint " .. quote(d.name) end,
+  on_change = function(d) return "on_change " .. quote(d.name) end,
+  identity = function() return "identity" end,
+}
+M.WHAT = WHAT
+
+local function where(d)
+  return d.file .. ":" .. d.line
+end
+
+-- Builds the normalized set from `decls` (in file order, then declaration
+-- order) into `report`. `complete` is false when some file did not run to
+-- its end: then the checks that need the whole set (names that refer to
+-- other declarations, the identity block) are left out, since the
+-- declaration they look for may be in the file that failed.
+function M.build(files, decls, report, complete)
+  local set = { files = {}, tiers = {}, identity = nil, upstreams = {}, endpoints = {}, on_change = {} }
+  for i, f in ipairs(files) do
+    if type(f) == "table" then
+      set.files[i] = { path = f.path, tenant = f.tenant }
+    end
+  end
+  local by_kind = { tier = {}, upstream = {}, identity = {}, endpoint = {}, on_change = {} }
+  for _, d in ipairs(decls) do
+    if d.fields then
+      local list = by_kind[d.kind]
+      list[#list + 1] = d
+    end
+  end
+
+  local tiers = {}
+  for _, d in ipairs(by_kind.tier) do
+    local c = checker(report, d, WHAT.tier(d))
+    if check_name(c, d.name, "tier") then
+      if tiers[d.name] then
+        c:err(nil, "is already declared at " .. where(tiers[d.name]))
+      else
+        tiers[d.name] = d
+      end
+    end
+    set.tiers[#set.tiers + 1] = tier_decl(c, d, d.fields)
+  end
+
+  local upstreams = {}
+  for _, d in ipairs(by_kind.upstream) do
+    local c = checker(report, d, WHAT.upstream(d))
+    if check_name(c, d.name, "upstream") then
+      if upstreams[d.name] then
+        c:err(nil, "is already declared at " .. where(upstreams[d.name]))
+      else
+        upstreams[d.name] = d
+      end
+    end
+    set.upstreams[#set.upstreams + 1] = upstream_decl(c, d, d.fields)
+  end
+
+  for i, d in ipairs(by_kind.identity) do
+    local c = checker(report, d, "identity")
+    if i > 1 then
+      c:err(nil, "is already declared at " .. where(by_kind.identity[1]) .. "; a policy set has one identity block")
+    else
+      set.identity = identity_decl(c, d, d.fields)
+      local dt = set.identity.default_tier
+      if dt and complete and not tiers[dt] then
+        c:err("default_tier", quote(dt) .. " is not a declared tier" .. suggest.hint(dt, (function()
+          local names = {}
+          for _, t in ipairs(set.tiers) do
+            names[#names + 1] = t.name
+          end
+          return names
+        end)(), '"', '"'))
+      end
+      if not dt and set.tiers[1] then
+        set.identity.default_tier = set.tiers[1].name
+      end
+    end
+  end
+
+  local env = { known = complete, identity = set.identity }
+  local routes = {}
+  local limit_keys = {}
+  for _, d in ipairs(by_kind.endpoint) do
+    local c = checker(report, d, WHAT.endpoint(d))
+    local e, route = endpoint_decl(c, d, d.fields, env)
+    if e then
+      for _, other in ipairs(routes) do
+        local o = other.route
+        if o.method == route.method and o.shape == route.shape then
+          if same_pins(o.pins, route.pins) then
+            c:err(nil, "is already declared at " .. where(other.decl))
+            break
+          elseif #o.pins == #route.pins and pins_compatible(o.pins, route.pins) then
+            c:err(nil, "is ambiguous with " .. quote(other.name) .. " (" .. where(other.decl)
+              .. "): one request can match both; pin the same query parameters on both")
+            break
+          end
+        end
+      end
+      routes[#routes + 1] = { route = route, decl = d, name = e.name }
+      if complete then
+        if e.upstream and not upstreams[e.upstream] then
+          local names = {}
+          for _, u in ipairs(set.upstreams) do
+            names[#names + 1] = u.name
+          end
+          c:err("upstream", quote(e.upstream) .. " is not a declared upstream" .. suggest.hint(e.upstream, names, '"', '"')
+            .. (#names == 0 and ' (declare it: upstream "' .. e.upstream .. '" { url = "http://127.0.0.1:3000" })' or ""))
+        end
+        for i, l in ipairs(e.limits) do
+          local field = #e.limits > 1 and ("limit[" .. i .. "]") or "limit"
+          if l.tier and #set.tiers == 0 then
+            c:err(field, "\"tier\" needs at least one tier declared (tier \"free\" { limit = 100, window = \"1h\" })")
+          elseif not l.tier and l.name and tiers[l.name] then
+            c:err(field, "name " .. quote(l.name)
+              .. " is also a tier's name; RateLimit headers could not tell them apart")
+          end
+          if not l.tier and l.key and l.limit and l.window_ms then
+            local prev = limit_keys[l.key]
+            if prev and (prev.l.limit ~= l.limit or prev.l.window_ms ~= l.window_ms
+                or prev.l.algorithm ~= l.algorithm or prev.l.burst ~= l.burst) then
+              c:err(field, "key " .. quote(l.key) .. " is also used by " .. quote(prev.name) .. " ("
+                .. where(prev.decl) .. ") with another limit, window or algorithm; one counter cannot follow two rules")
+            elseif not prev then
+              limit_keys[l.key] = { l = l, name = e.name, decl = d }
+            end
+          end
+        end
+      end
+      set.endpoints[#set.endpoints + 1] = e
+    end
+  end
+
+  local tables = {}
+  for _, d in ipairs(by_kind.on_change) do
+    local c = checker(report, d, WHAT.on_change(d))
+    if not d.name:match("^[%a_][%w_]*$") and not d.name:match("^[%a_][%w_]*%.[%a_][%w_]*$") then
+      c:err(nil, "table name " .. quote(d.name) .. " is not an identifier (letters, digits and '_', optionally schema.table)")
+    elseif tables[d.name] then
+      c:err(nil, "is already declared at " .. where(tables[d.name]) .. "; list every tag in one invalidate")
+    else
+      tables[d.name] = d
+    end
+    set.on_change[#set.on_change + 1] = on_change_decl(c, d, d.fields)
+  end
+  return set
+end
+
+return M

@@ -1,0 +1,51 @@
+-- 20-endpoints.lua - what each route does. Replace the examples with yours.
+--
+-- An endpoint is "METHOD /path", where a path segment is literal text, a
+-- parameter "{id}" (read as {path.id}) or a final "*"; "?type=x" pins a
+-- query parameter to a value. Its answer comes from exactly one source:
+--   sql = "..."        a PostgreSQL statement; the rows come back as JSON.
+--                      $1, $2, ... are filled from args = { ... }, templates
+--                      such as "{user}", "{path.id}", "{query.page}" or
+--                      "{body.name}" (a field of the JSON body), always as
+--                      text: cast in SQL where needed ($1::bigint).
+--                      one = true answers the first row as an object.
+--   upstream = "app"   forwarded to an upstream declared with
+--                      upstream "app" { url = "http://127.0.0.1:3000" }
+--   body = "..."       a fixed answer (status = 200, content_type =
+--                      "application/json" unless given)
+-- and it may say:
+--   cache = { ttl = "5m", key = "...", tags = { ... } }   (GET and HEAD only)
+--       key names the cached answer; it must hold {user} or {tenant} (or
+--       say shared = true) so callers never see each other's data. Without
+--       a key, sluice builds one from the method, the route, the path
+--       parameters, the SQL arguments and the caller.
+--   limit = "tier"  or  { limit = 10, window = "1m", key = "..." }  or a list
+--       of both: every limit must admit a request. A limit's key (default:
+--       the route and the caller) says what is counted; its name in
+--       RateLimit headers defaults to the key's text before the first ':'.
+--       Also: algorithm, burst, cost = N (a request counts N), fail =
+--       "closed" (answer 503 rather than admit when the store is down).
+--   invalidate = { "tag:{user}", ... }   after a successful write, drop every
+--       cached answer carrying one of these tags.
+--
+-- Examples, for a table notes (id bigserial, owner_id bigint, body text):
+--
+--   endpoint "GET /api/notes" {
+--     sql   = "SELECT id, body FROM notes WHERE owner_id = $1::bigint ORDER BY id DESC LIMIT 50",
+--     args  = { "{user}" },
+--     cache = { ttl = "5m", key = "notes:{user}", tags = { "notes:{user}" } },
+--     limit = "tier",
+--   }
+--
+--   endpoint "POST /api/notes" {
+--     sql  = "INSERT INTO notes (owner_id, body) VALUES ($1::bigint, $2) RETURNING *",
+--     args = { "{user}", "{body.body}" },
+--     one  = true,
+--     invalidate = { "notes:{user}" },
+--     limit = "tier",
+--   }
+
+-- A liveness check for load balancers: a fixed answer, neither cached nor limited.
+endpoint "GET /healthz" {
+  body = '{"status":"ok"}',
+}
