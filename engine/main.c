@@ -9,9 +9,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/thread.h>
+
+#include "admin.h"
 #include "duration.h"
 #include "gateway.h"
 #include "policy.h"
+#include "reload.h"
 #include "router.h"
 #include "server.h"
 #include "util.h"
@@ -33,6 +37,8 @@ static const char usage_serve[] =
     "\n"
     "options:\n"
     "  --listen ADDR:PORT        address to serve on (default 127.0.0.1:8080)\n"
+    "  --admin ADDR:PORT|off     admin listener: /status, /reload (default 127.0.0.1:8081)\n"
+    "  --no-watch                do not reload when files in POLICY_DIR change\n"
     "  --workers N               worker threads (default: number of cores)\n"
     "  --max-connections N       open connections before new ones are refused (default 10000)\n"
     "  --max-header-bytes N      request line and headers, else 431 (default 16384)\n"
@@ -45,8 +51,12 @@ static const char usage_serve[] =
     "\n"
     "environment:\n"
     "  DATABASE_URL              libpq connection string or URI (default: PG* variables)\n"
+    "  SLUICE_ADMIN_TOKEN        bearer token the admin listener requires (needed when the\n"
+    "                            admin address is not a loopback address)\n"
     "\n"
-    "SIGTERM and SIGINT finish the requests in flight and exit 0; SIGHUP reloads the policy.\n";
+    "SIGTERM and SIGINT finish the requests in flight and exit 0. The policy is reloaded\n"
+    "when its files change, on SIGHUP and on POST /reload to the admin listener; a set\n"
+    "that fails to load changes nothing.\n";
 
 static const char usage_check[] =
     "usage: sluice check POLICY_DIR\n"
@@ -94,30 +104,12 @@ cmd_check(int argc, char **argv)
 }
 
 struct serve_ctx {
-    struct server *server;
+    struct server *server, *admin;
     struct gateway *gw;
+    struct reloader *reloader;
     const char *dir;
-    uint64_t generation;
     sigset_t set;
 };
-
-static void
-reload(struct serve_ctx *sc)
-{
-    char *errors = NULL;
-    struct policy *p = policy_load(sc->dir, sc->generation + 1, &errors);
-    if (!p) {
-        fprintf(stderr, "sluice: reload of %s failed; still serving generation %llu:\n%s", sc->dir,
-                (unsigned long long)sc->generation, errors ? errors : "");
-        free(errors);
-        return;
-    }
-    sc->generation++;
-    fprintf(stderr, "sluice: reloaded %s: generation %llu, %zu endpoints\n", sc->dir,
-            (unsigned long long)sc->generation, p->nendpoints);
-    gateway_set_policy(sc->gw, p);
-    policy_release(p);
-}
 
 static void *
 signal_thread(void *arg)
@@ -128,11 +120,13 @@ signal_thread(void *arg)
         if (sigwait(&sc->set, &sig) != 0)
             continue;
         if (sig == SIGHUP) {
-            reload(sc);
+            reloader_reload(sc->reloader, "signal", NULL);
             continue;
         }
         fprintf(stderr, "sluice: %s: finishing requests in flight\n", strsignal(sig));
         server_stop(sc->server);
+        if (sc->admin)
+            server_stop(sc->admin);
         return NULL;
     }
 }
@@ -162,11 +156,45 @@ parse_dur(const char *opt, const char *s, uint64_t *ms)
     return 0;
 }
 
+/* Parses ADDR:PORT ([v6]:PORT too) into addr (cap bytes) and *port. Returns 0 or -1. */
+static int
+parse_hostport(const char *opt, const char *s, char *addr, size_t cap, int *port)
+{
+    unsigned long long v;
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s || (size_t)(colon - s) >= cap ||
+        parse_count(opt, colon + 1, 65535, &v) != 0) {
+        fprintf(stderr, "sluice serve: %s: expected ADDR:PORT, got '%s'\n", opt, s);
+        return -1;
+    }
+    memcpy(addr, s, (size_t)(colon - s));
+    addr[colon - s] = '\0';
+    size_t n = strlen(addr);
+    if (n >= 2 && addr[0] == '[' && addr[n - 1] == ']') {
+        memmove(addr, addr + 1, n - 2);
+        addr[n - 2] = '\0';
+    }
+    *port = (int)v;
+    return 0;
+}
+
+static void *
+admin_thread(void *arg)
+{
+    struct server *admin = arg;
+    char err[256];
+    if (server_run(admin, err, sizeof(err)) != 0)
+        fprintf(stderr, "sluice: admin listener: %s\n", err);
+    return NULL;
+}
+
 static int
 cmd_serve(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"listen", required_argument, NULL, 'l'},
+        {"admin", required_argument, NULL, 'a'},
+        {"no-watch", no_argument, NULL, 'W'},
         {"workers", required_argument, NULL, 'w'},
         {"max-connections", required_argument, NULL, 'c'},
         {"max-header-bytes", required_argument, NULL, 'H'},
@@ -196,29 +224,30 @@ cmd_serve(int argc, char **argv)
         .db_deadline_ms = 5000,
         .cache_bytes = 256u << 20,
     };
-    static char addr[256];
+    static char addr[256], admin_addr[256] = "127.0.0.1";
+    int admin_on = 1, admin_port = 8081, watch = 1;
     unsigned long long v;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'l': {
-            const char *colon = strrchr(optarg, ':');
-            if (!colon || colon == optarg || (size_t)(colon - optarg) >= sizeof(addr) ||
-                parse_count("--listen", colon + 1, 65535, &v) != 0) {
-                fprintf(stderr, "sluice serve: --listen: expected ADDR:PORT, got '%s'\n", optarg);
+        case 'l':
+            if (parse_hostport("--listen", optarg, addr, sizeof(addr), &cfg.listen_port) != 0)
                 return 2;
-            }
-            memcpy(addr, optarg, (size_t)(colon - optarg));
-            addr[colon - optarg] = '\0';
-            if (addr[0] == '[' && addr[strlen(addr) - 1] == ']') {
-                memmove(addr, addr + 1, strlen(addr) - 2);
-                addr[strlen(addr) - 2] = '\0';
-            }
             cfg.listen_addr = addr;
-            cfg.listen_port = (int)v;
             break;
-        }
+        case 'a':
+            if (strcmp(optarg, "off") == 0) {
+                admin_on = 0;
+                break;
+            }
+            if (parse_hostport("--admin", optarg, admin_addr, sizeof(admin_addr), &admin_port) != 0)
+                return 2;
+            admin_on = 1;
+            break;
+        case 'W':
+            watch = 0;
+            break;
         case 'w':
             if (parse_count("--workers", optarg, 256, &v) != 0 || v == 0)
                 return 2;
@@ -273,10 +302,18 @@ cmd_serve(int argc, char **argv)
         fputs(usage_serve, stderr);
         return 2;
     }
-    struct serve_ctx sc = {.dir = argv[optind], .generation = 1};
+    struct serve_ctx sc = {.dir = argv[optind]};
+    const char *token = getenv("SLUICE_ADMIN_TOKEN");
+    if (admin_on && !admin_addr_is_loopback(admin_addr) && !(token && token[0])) {
+        fprintf(stderr,
+                "sluice serve: --admin %s is not a loopback address: set "
+                "SLUICE_ADMIN_TOKEN to protect it\n",
+                admin_addr);
+        return 2;
+    }
 
     char *errors = NULL;
-    struct policy *p = policy_load(sc.dir, sc.generation, &errors);
+    struct policy *p = policy_load(sc.dir, 1, &errors);
     if (!p) {
         fprintf(stderr, "sluice serve: the policy in %s is invalid:\n%s", sc.dir,
                 errors ? errors : "");
@@ -292,31 +329,63 @@ cmd_serve(int argc, char **argv)
     sigaddset(&sc.set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sc.set, NULL);
 
+    evthread_use_pthreads();
     sc.gw = gateway_new(&gcfg, p);
+    sc.reloader = reloader_new(sc.dir, sc.gw, p);
     struct server_app app = gateway_app(sc.gw);
     char err[256];
     sc.server = server_new(&cfg, &app, err, sizeof(err));
+    struct admin_config acfg = {.reloader = sc.reloader, .token = token};
+    if (sc.server && admin_on) {
+        struct server_config admin_cfg = cfg;
+        admin_cfg.listen_addr = admin_addr;
+        admin_cfg.listen_port = admin_port;
+        admin_cfg.workers = 1;
+        admin_cfg.max_connections = 64;
+        struct server_app aapp = admin_app(&acfg);
+        sc.admin = server_new(&admin_cfg, &aapp, err, sizeof(err));
+        if (!sc.admin) {
+            server_free(sc.server);
+            sc.server = NULL;
+        }
+    }
+    if (sc.server && watch && reloader_watch(sc.reloader, 100, err, sizeof(err)) != 0) {
+        server_free(sc.admin);
+        server_free(sc.server);
+        sc.server = NULL;
+    }
     if (!sc.server) {
         fprintf(stderr, "sluice serve: %s\n", err);
+        reloader_free(sc.reloader);
         gateway_free(sc.gw);
         policy_release(p);
         return 1;
     }
     fprintf(stderr, "sluice %s: %zu endpoints from %s, %u workers, memory store\n", SLUICE_VERSION,
             p->nendpoints, sc.dir, cfg.workers);
+    if (sc.admin)
+        printf("admin on http://%s:%d\n", admin_addr, server_port(sc.admin));
     printf("listening on http://%s:%d\n", cfg.listen_addr, server_port(sc.server));
     fflush(stdout);
     policy_release(p);
 
-    pthread_t st;
+    pthread_t st, at;
     pthread_create(&st, NULL, signal_thread, &sc);
+    if (sc.admin)
+        pthread_create(&at, NULL, admin_thread, sc.admin);
     int rc = server_run(sc.server, err, sizeof(err));
     if (rc != 0)
         fprintf(stderr, "sluice serve: %s\n", err);
     /* Wake the signal thread if the server ended on its own. */
     pthread_kill(st, SIGTERM);
     pthread_join(st, NULL);
+    if (sc.admin) {
+        server_stop(sc.admin);
+        pthread_join(at, NULL);
+        server_free(sc.admin);
+    }
     server_free(sc.server);
+    reloader_free(sc.reloader);
     gateway_free(sc.gw);
     fprintf(stderr, "sluice: stopped\n");
     return rc == 0 ? 0 : 1;

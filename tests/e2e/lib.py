@@ -4,12 +4,12 @@ import fcntl
 import http.client
 import json
 import os
-import select
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 import uuid
@@ -67,22 +67,23 @@ class Sluice:
         if env:
             e.update(env)
         self.log = tempfile.NamedTemporaryFile(prefix="sluice-e2e-", suffix=".log", delete=False)
-        cmd = [BIN, "serve", "--listen", "127.0.0.1:0", "--workers", "2"] + list(args) + [policy_dir]
+        cmd = [BIN, "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--workers", "2"]
+        cmd += list(args) + [policy_dir]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, env=e)
         self.port = None
-        deadline = time.time() + 20
-        line = b""
-        while time.time() < deadline:
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if r:
-                line = self.proc.stdout.readline()
-                if line.startswith(b"listening on"):
+        self.admin_port = None
+        # Read the start lines; a watchdog ends a start that hangs.
+        watchdog = threading.Timer(20, self.proc.kill)
+        watchdog.start()
+        try:
+            for line in self.proc.stdout:
+                if line.startswith(b"admin on"):
+                    self.admin_port = int(line.strip().rsplit(b":", 1)[1])
+                elif line.startswith(b"listening on"):
                     self.port = int(line.strip().rsplit(b":", 1)[1])
                     break
-                if not line:
-                    break
-            if self.proc.poll() is not None:
-                break
+        finally:
+            watchdog.cancel()
         if self.port is None:
             self.proc.kill()
             raise RuntimeError("sluice did not start: %s" % self.read_log())
@@ -91,9 +92,13 @@ class Sluice:
         with open(self.log.name, "rb") as f:
             return f.read().decode(errors="replace")
 
-    def request(self, method, path, headers=None, body=None, timeout=10):
+    def admin(self, method, path, headers=None, body=None, timeout=10):
+        """A request to the admin listener."""
+        return self.request(method, path, headers, body, timeout, port=self.admin_port)
+
+    def request(self, method, path, headers=None, body=None, timeout=10, port=None):
         """One request on a new connection; returns (status, headers dict lowercased, body bytes)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=timeout)
         try:
             if isinstance(body, (dict, list)):
                 body = json.dumps(body)

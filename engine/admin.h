@@ -1,0 +1,20 @@
+/* admin.h - the admin listener: status, reload (and later metrics, explain, invalidate). */
+#ifndef SLUICE_ADMIN_H
+#define SLUICE_ADMIN_H
+
+#include "server.h"
+
+struct reloader;
+
+struct admin_config {
+    struct reloader *reloader; /* borrowed */
+    const char *token;         /* bearer token required when set */
+};
+
+/* The server_app answering admin requests. `cfg` must outlive the server. */
+struct server_app admin_app(const struct admin_config *cfg);
+
+/* Returns 1 when `addr` is a loopback address (127.0.0.0/8 or ::1). */
+int admin_addr_is_loopback(const char *addr);
+
+#endif

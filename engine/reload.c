@@ -1,0 +1,251 @@
+/* reload.c - policy generations: reloading a directory, watching it, and reporting status. */
+#define _GNU_SOURCE
+#include "reload.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gateway.h"
+#include "policy.h"
+#include "util.h"
+
+#define WATCH_MASK                                                                                 \
+    (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_DELETE_SELF |       \
+     IN_ATTRIB)
+
+struct reloader {
+    char *dir;
+    struct gateway *g;
+    pthread_mutex_t lock; /* serializes reloads and guards everything below */
+    struct policy *current;
+    uint64_t reloads, failures;
+    time_t last_time;
+    char *last_trigger;
+    int last_ok;
+    char *last_error; /* of the last failed reload; kept until a reload succeeds */
+
+    /* watcher */
+    int ifd, wd_dir, wd_tenants;
+    struct event_base *base;
+    struct event *ev_inotify, *ev_debounce, *ev_stop;
+    struct timeval debounce;
+    pthread_t thread;
+    int watching;
+};
+
+struct reloader *
+reloader_new(const char *dir, struct gateway *g, struct policy *initial)
+{
+    struct reloader *r = xcalloc(1, sizeof(*r));
+    r->dir = xstrdup(dir);
+    r->g = g;
+    pthread_mutex_init(&r->lock, NULL);
+    policy_ref(initial);
+    r->current = initial;
+    r->last_time = time(NULL);
+    r->last_trigger = xstrdup("start");
+    r->last_ok = 1;
+    r->ifd = r->wd_dir = r->wd_tenants = -1;
+    return r;
+}
+
+int
+reloader_reload(struct reloader *r, const char *trigger, char **errors)
+{
+    pthread_mutex_lock(&r->lock);
+    char *errs = NULL;
+    uint64_t gen = r->current->generation + 1;
+    struct policy *p = policy_load(r->dir, gen, &errs);
+    r->last_time = time(NULL);
+    free(r->last_trigger);
+    r->last_trigger = xstrdup(trigger);
+    r->reloads++;
+    int rc = 0;
+    if (p) {
+        gateway_set_policy(r->g, p);
+        policy_release(r->current);
+        r->current = p;
+        r->last_ok = 1;
+        free(r->last_error);
+        r->last_error = NULL;
+        fprintf(stderr, "sluice: reloaded %s (%s): generation %llu, %zu endpoints\n", r->dir,
+                trigger, (unsigned long long)gen, p->nendpoints);
+    } else {
+        r->failures++;
+        r->last_ok = 0;
+        free(r->last_error);
+        r->last_error = xstrdup(errs ? errs : "policy rejected\n");
+        fprintf(stderr, "sluice: reload of %s (%s) failed; still serving generation %llu:\n%s",
+                r->dir, trigger, (unsigned long long)r->current->generation, r->last_error);
+        rc = -1;
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (errors)
+        *errors = errs;
+    else
+        free(errs);
+    return rc;
+}
+
+struct policy *
+reloader_current(struct reloader *r)
+{
+    pthread_mutex_lock(&r->lock);
+    struct policy *p = r->current;
+    policy_ref(p);
+    pthread_mutex_unlock(&r->lock);
+    return p;
+}
+
+char *
+reloader_status_json(struct reloader *r)
+{
+    pthread_mutex_lock(&r->lock);
+    const struct policy *p = r->current;
+    json_t *files = json_array();
+    for (size_t i = 0; i < p->nfiles; i++)
+        json_array_append_new(
+            files, json_pack("{s:s, s:s}", "path", p->files[i].path, "hash", p->files[i].hash));
+    char when[32];
+    struct tm tm;
+    gmtime_r(&r->last_time, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    json_t *last = json_pack("{s:s, s:s, s:s}", "time", when, "trigger", r->last_trigger, "result",
+                             r->last_ok ? "ok" : "error");
+    json_object_set_new(last, "error", r->last_error ? json_string(r->last_error) : json_null());
+    json_t *o = json_pack("{s:s, s:I, s:I, s:o, s:I, s:I, s:o}", "directory", r->dir, "generation",
+                          (json_int_t)p->generation, "endpoints", (json_int_t)p->nendpoints,
+                          "files", files, "reloads", (json_int_t)r->reloads, "reload_failures",
+                          (json_int_t)r->failures, "last_reload", last);
+    pthread_mutex_unlock(&r->lock);
+    char *s = json_dumps(o, JSON_INDENT(2));
+    json_decref(o);
+    return s;
+}
+
+/* ---- watching ---------------------------------------------------------------------------- */
+
+static void
+watch_tenants(struct reloader *r)
+{
+    if (r->wd_tenants >= 0)
+        return;
+    char *t = xasprintf("%s/tenants", r->dir);
+    r->wd_tenants = inotify_add_watch(r->ifd, t, WATCH_MASK);
+    free(t);
+}
+
+static void
+on_debounce(evutil_socket_t fd, short what, void *arg)
+{
+    struct reloader *r = arg;
+    reloader_reload(r, "inotify", NULL);
+}
+
+static void
+on_inotify(evutil_socket_t fd, short what, void *arg)
+{
+    struct reloader *r = arg;
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    int relevant = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n <= 0)
+            break;
+        for (char *p = buf; p < buf + n;) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+            p += sizeof(*ev) + ev->len;
+            if (ev->wd == r->wd_tenants && (ev->mask & (IN_DELETE_SELF | IN_IGNORED)))
+                r->wd_tenants = -1;
+            if (ev->wd == r->wd_dir && ev->len && strcmp(ev->name, "tenants") == 0)
+                watch_tenants(r);
+            /* Editors write temporary files: only *.lua names (or the tenants dir) matter. */
+            size_t len = ev->len ? strlen(ev->name) : 0;
+            if ((len > 4 && strcmp(ev->name + len - 4, ".lua") == 0) ||
+                (ev->len && strcmp(ev->name, "tenants") == 0) || (ev->mask & IN_DELETE_SELF))
+                relevant = 1;
+        }
+    }
+    if (relevant)
+        evtimer_add(r->ev_debounce, &r->debounce); /* restarts the debounce window */
+}
+
+static void
+on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    struct reloader *r = arg;
+    event_base_loopexit(r->base, NULL);
+}
+
+static void *
+watch_main(void *arg)
+{
+    struct reloader *r = arg;
+    event_base_dispatch(r->base);
+    return NULL;
+}
+
+int
+reloader_watch(struct reloader *r, uint64_t debounce_ms, char *err, size_t errlen)
+{
+    r->ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (r->ifd < 0) {
+        snprintf(err, errlen, "inotify: %s", strerror(errno));
+        return -1;
+    }
+    r->wd_dir = inotify_add_watch(r->ifd, r->dir, WATCH_MASK);
+    if (r->wd_dir < 0) {
+        snprintf(err, errlen, "cannot watch %s: %s", r->dir, strerror(errno));
+        close(r->ifd);
+        r->ifd = -1;
+        return -1;
+    }
+    watch_tenants(r);
+    r->debounce.tv_sec = (time_t)(debounce_ms / 1000);
+    r->debounce.tv_usec = (suseconds_t)(debounce_ms % 1000) * 1000;
+    r->base = event_base_new();
+    r->ev_inotify = event_new(r->base, r->ifd, EV_READ | EV_PERSIST, on_inotify, r);
+    r->ev_debounce = evtimer_new(r->base, on_debounce, r);
+    r->ev_stop = event_new(r->base, -1, 0, on_stop, r);
+    event_add(r->ev_inotify, NULL);
+    if (pthread_create(&r->thread, NULL, watch_main, r) != 0) {
+        snprintf(err, errlen, "cannot start the watcher thread");
+        return -1;
+    }
+    r->watching = 1;
+    return 0;
+}
+
+void
+reloader_free(struct reloader *r)
+{
+    if (!r)
+        return;
+    if (r->watching) {
+        event_active(r->ev_stop, EV_TIMEOUT, 0);
+        pthread_join(r->thread, NULL);
+    }
+    if (r->base) {
+        event_free(r->ev_inotify);
+        event_free(r->ev_debounce);
+        event_free(r->ev_stop);
+        event_base_free(r->base);
+    }
+    if (r->ifd >= 0)
+        close(r->ifd);
+    policy_release(r->current);
+    free(r->dir);
+    free(r->last_trigger);
+    free(r->last_error);
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+}
