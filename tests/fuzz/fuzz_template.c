@@ -1,10 +1,19 @@
 /* fuzz_template.c - libFuzzer target: compiles input as a key template and expands it. */
-#include <assert.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "template.h"
+
+/* Checked in every build type (assert() vanishes under NDEBUG). */
+#define CHECK(c)                                                                                   \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                  \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
 
 /*
  * Input: template text, then optionally a NUL byte and value bytes. Values are
@@ -23,8 +32,8 @@ lookup(void *vctx, enum template_var var, const char *name, size_t namelen, cons
     struct values *v = vctx;
     size_t n;
 
-    assert((unsigned)var < TV_COUNT);
-    assert(name == NULL ? namelen == 0 : strlen(name) == namelen && namelen > 0);
+    CHECK((unsigned)var < TV_COUNT);
+    CHECK(name == NULL ? namelen == 0 : strlen(name) == namelen && namelen > 0);
     if (v->len == 0)
         return 0;
     n = v->p[v->pos % v->len];
@@ -56,19 +65,19 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     src[tlen] = '\0';
     t = template_compile(src, TV_ALL_REQUEST | TV_BIT(TV_ROW), err, sizeof(err));
     if (t == NULL) {
-        assert(strlen(err) < sizeof(err));
+        CHECK(strlen(err) < sizeof(err));
         free(src);
         return 0;
     }
-    assert(strcmp(template_source(t), src) == 0);
+    CHECK(strcmp(template_source(t), src) == 0);
 
     /* Each variable takes at least 3 source bytes and expands to at most 3 * 255 bytes. */
     size_t bound = tlen + 1 + (tlen / 3 + 1) * (3 * 255 + 2);
     char *big = malloc(bound);
     struct values v = {nul ? nul + 1 : NULL, nul ? size - tlen - 1 : 0, 0};
     long full = template_expand(t, lookup, &v, big, bound);
-    assert(full >= 0);
-    assert((size_t)full < bound && big[full] == '\0' && strlen(big) == (size_t)full);
+    CHECK(full >= 0);
+    CHECK((size_t)full < bound && big[full] == '\0' && strlen(big) == (size_t)full);
 
     /* Expand again into buffers of exact sizes around the needed one: ASan sees any overflow. */
     size_t caps[] = {0,
@@ -90,11 +99,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         v.pos = 0;
         long n = template_expand(t, lookup, &v, out, cap);
         if (cap > (size_t)full) {
-            assert(n == full);
-            assert(memcmp(out, big, (size_t)full + 1) == 0);
+            CHECK(n == full);
+            CHECK(memcmp(out, big, (size_t)full + 1) == 0);
         } else {
-            assert(n == -1);
-            assert(cap == 0 || out[0] == '\0');
+            CHECK(n == -1);
+            CHECK(cap == 0 || out[0] == '\0');
         }
         free(out);
     }
@@ -103,8 +112,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     enum template_var var;
     const char *name;
     if (template_single_var(t, &var, &name)) {
-        assert(template_uses(t) == TV_BIT(var));
-        assert(src[0] == '{' && src[tlen - 1] == '}');
+        CHECK(template_uses(t) == TV_BIT(var));
+        CHECK(src[0] == '{' && src[tlen - 1] == '}');
     }
     template_free(t);
     free(src);
