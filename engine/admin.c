@@ -1,4 +1,4 @@
-/* admin.c - the admin listener: status, reload (and later metrics, explain, invalidate). */
+/* admin.c - the admin listener: status, reload, explain. */
 #define _GNU_SOURCE
 #include "admin.h"
 
@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gateway.h"
+#include "policy.h"
 #include "reload.h"
 #include "util.h"
 
@@ -63,6 +65,72 @@ authorized(const struct admin_config *cfg, const struct http_request *h)
     return diff == 0;
 }
 
+#define EXPLAIN_MAX_HEADERS 32
+
+/*
+ * GET /explain?request=GET%20/api/x&header=X-User-Id:%2042&tier=pro&ip=10.0.0.1&body=...
+ * explains against the snapshot now serving.
+ */
+static void
+admin_explain(const struct admin_config *cfg, struct server_request *req)
+{
+    const struct http_str *q = &req->http.query;
+    char *buf = xmalloc(q->len + 1); /* decoded values, NUL-separated */
+    size_t used = 0;
+    const char *line = NULL, *body = NULL, *ip = "127.0.0.1", *tier = NULL;
+    const char *headers[EXPLAIN_MAX_HEADERS];
+    size_t nheaders = 0;
+    const char *detail = NULL;
+    for (size_t i = 0; i < q->len && !detail;) {
+        size_t end = i;
+        while (end < q->len && q->p[end] != '&')
+            end++;
+        const char *eq = memchr(q->p + i, '=', end - i);
+        if (eq) {
+            size_t klen = (size_t)(eq - (q->p + i)), vlen;
+            char *v = buf + used;
+            if (http_pct_decode(eq + 1, (size_t)(q->p + end - eq - 1), v, &vlen, 1) != 0) {
+                detail = "bad percent-encoding in the query";
+                break;
+            }
+            v[vlen] = '\0';
+            used += vlen + 1;
+            if (klen == 7 && memcmp(q->p + i, "request", 7) == 0)
+                line = v;
+            else if (klen == 6 && memcmp(q->p + i, "header", 6) == 0) {
+                if (nheaders == EXPLAIN_MAX_HEADERS)
+                    detail = "too many headers";
+                else
+                    headers[nheaders++] = v;
+            } else if (klen == 4 && memcmp(q->p + i, "body", 4) == 0)
+                body = v;
+            else if (klen == 2 && memcmp(q->p + i, "ip", 2) == 0)
+                ip = v;
+            else if (klen == 4 && memcmp(q->p + i, "tier", 4) == 0)
+                tier = v;
+        }
+        i = end + 1;
+    }
+    if (!detail && !line)
+        detail = "give the request as ?request=GET%20/path (and header=Name:%20value, ...)";
+    if (detail) {
+        server_respond_problem(req, 400, NULL, NULL, detail, NULL);
+        free(buf);
+        return;
+    }
+    struct policy *p = reloader_current(cfg->reloader);
+    char err[256];
+    char *json =
+        gateway_explain_request(p, line, headers, nheaders, body, ip, tier, err, sizeof(err));
+    policy_release(p);
+    free(buf);
+    if (!json) {
+        server_respond_problem(req, 400, NULL, NULL, err, NULL);
+        return;
+    }
+    reply_json(req, 200, json);
+}
+
 static void
 admin_handle(struct server_request *req, void *state)
 {
@@ -108,8 +176,16 @@ admin_handle(struct server_request *req, void *state)
         reply_json(req, 200, reloader_status_json(cfg->reloader));
         return;
     }
-    server_respond_problem(req, 404, NULL, NULL, "admin endpoints: GET /status, POST /reload",
-                           NULL);
+    if (path_is(h, "/explain")) {
+        if (h->method != HTTP_GET && h->method != HTTP_HEAD) {
+            server_respond_problem(req, 405, NULL, NULL, "use GET", "Allow: GET, HEAD\r\n");
+            return;
+        }
+        admin_explain(cfg, req);
+        return;
+    }
+    server_respond_problem(req, 404, NULL, NULL,
+                           "admin endpoints: GET /status, POST /reload, GET /explain", NULL);
 }
 
 struct server_app

@@ -1,4 +1,4 @@
-/* admin.h - the admin listener: status, reload (and later metrics, explain, invalidate). */
+/* admin.h - the admin listener: status, reload, explain. */
 #ifndef SLUICE_ADMIN_H
 #define SLUICE_ADMIN_H
 

@@ -24,6 +24,18 @@ void gateway_free(struct gateway *g);
 /* Publishes a new policy snapshot (a reference is taken); requests in flight keep theirs. */
 void gateway_set_policy(struct gateway *g, struct policy *policy);
 
+/*
+ * Describes as JSON (a new string) what `policy` does with a request given as
+ * a request line ("GET /api/crm?type=contacts"), header lines ("Name: value"),
+ * an optional body and the caller's address: the endpoint (file and line),
+ * the caller, each limit with its expanded key, the cache key and tags, the
+ * invalidations, the generation. Runs no SQL: a tier that would be looked up
+ * is `tier` when given, else the default. Returns NULL with a message in err.
+ */
+char *gateway_explain_request(struct policy *policy, const char *line, const char *const *headers,
+                              size_t nheaders, const char *body, const char *ip, const char *tier,
+                              char *err, size_t errlen);
+
 /* The server_app that runs the gateway on each worker. */
 struct server_app gateway_app(struct gateway *g);
 

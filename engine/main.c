@@ -28,6 +28,8 @@ static const char usage_main[] =
     "commands:\n"
     "  serve POLICY_DIR   serve the endpoints of a policy directory\n"
     "  check POLICY_DIR   validate a policy directory (file:line errors, exit 1)\n"
+    "  explain POLICY_DIR 'GET /path?query' [-H 'Name: value']...\n"
+    "                     show which endpoint, limits, keys and tags a request gets\n"
     "  version            print the version\n"
     "\n"
     "Run 'sluice COMMAND --help' for a command's options.\n";
@@ -64,6 +66,85 @@ static const char usage_check[] =
     "Loads and validates every policy file as 'sluice serve' would. Prints nothing and\n"
     "exits 0 when the set is valid; prints one 'file:line: message' line per problem\n"
     "and exits 1 otherwise.\n";
+
+static const char usage_explain[] =
+    "usage: sluice explain [OPTIONS] POLICY_DIR 'METHOD /path?query'\n"
+    "\n"
+    "Prints as JSON what the policy does with the request: the endpoint matched\n"
+    "(file and line), the caller, each limit (algorithm, window, key), the cache key\n"
+    "and tags, what a write invalidates, and the policy generation. Runs no SQL.\n"
+    "\n"
+    "options:\n"
+    "  -H, --header 'Name: value'   a request header (repeatable), e.g. -H 'X-User-Id: 42'\n"
+    "  -d, --data BODY              a JSON request body (for {body.NAME} templates)\n"
+    "  --ip ADDR                    the caller's address (default 127.0.0.1)\n"
+    "  --tier NAME                  the tier an SQL lookup would find (default: the\n"
+    "                               policy's default tier)\n";
+
+static int
+cmd_explain(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"header", required_argument, NULL, 'H'}, {"data", required_argument, NULL, 'd'},
+        {"ip", required_argument, NULL, 'i'},     {"tier", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    char **headers = xcalloc((size_t)argc, sizeof(*headers));
+    size_t nheaders = 0;
+    const char *body = NULL, *ip = "127.0.0.1", *tier = NULL;
+    int c, rc = 2;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "H:d:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'H':
+            headers[nheaders++] = optarg;
+            break;
+        case 'd':
+            body = optarg;
+            break;
+        case 'i':
+            ip = optarg;
+            break;
+        case 't':
+            tier = optarg;
+            break;
+        case 'h':
+            fputs(usage_explain, stdout);
+            rc = 0;
+            goto out;
+        default:
+            fputs(usage_explain, stderr);
+            goto out;
+        }
+    }
+    if (optind != argc - 2) {
+        fputs(usage_explain, stderr);
+        goto out;
+    }
+    char *errors = NULL;
+    struct policy *p = policy_load(argv[optind], 1, &errors);
+    if (!p) {
+        fputs(errors ? errors : "policy rejected\n", stdout);
+        free(errors);
+        rc = 1;
+        goto out;
+    }
+    char err[256];
+    char *json = gateway_explain_request(p, argv[optind + 1], (const char *const *)headers,
+                                         nheaders, body, ip, tier, err, sizeof(err));
+    policy_release(p);
+    if (!json) {
+        fprintf(stderr, "sluice explain: %s\n", err);
+        rc = 2;
+        goto out;
+    }
+    printf("%s\n", json);
+    free(json);
+    rc = 0;
+out:
+    free(headers);
+    return rc;
+}
 
 static int
 cmd_version(void)
@@ -407,6 +488,8 @@ main(int argc, char **argv)
         return cmd_version();
     if (strcmp(cmd, "check") == 0)
         return cmd_check(argc - 1, argv + 1);
+    if (strcmp(cmd, "explain") == 0)
+        return cmd_explain(argc - 1, argv + 1);
     if (strcmp(cmd, "serve") == 0)
         return cmd_serve(argc - 1, argv + 1);
     fprintf(stderr, "sluice: unknown command '%s'\n\n%s", cmd, usage_main);

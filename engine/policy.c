@@ -594,6 +594,9 @@ policy_load(const char *dir, uint64_t generation, char **errors)
     p->refs = 1;
     p->generation = generation;
     p->router = router_new();
+    char terr[128];
+    p->tier_key_user = template_compile("tier:u:{user}", TV_BIT(TV_USER), terr, sizeof(terr));
+    p->tier_key_ip = template_compile("tier:ip:{ip}", TV_BIT(TV_IP), terr, sizeof(terr));
     p->files = xcalloc(nfiles, sizeof(*p->files));
     p->nfiles = nfiles;
     for (size_t i = 0; i < nfiles; i++) {
@@ -678,6 +681,8 @@ policy_release(struct policy *p)
     free(p->files);
     if (p->router)
         router_free(p->router);
+    template_free(p->tier_key_user);
+    template_free(p->tier_key_ip);
     free(p);
 }
 

@@ -95,6 +95,8 @@ struct policy {
     struct policy_endpoint *endpoints;
     size_t nendpoints;
     struct router *router; /* data: struct policy_endpoint * */
+    /* The tier counter of a caller: "tier:u:{user}", or "tier:ip:{ip}" when anonymous. */
+    struct template *tier_key_user, *tier_key_ip;
 };
 
 /*
