@@ -50,6 +50,12 @@ error_log $work/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
+    # nginx at its best for this load: long keep-alive, sendfile for cached bodies.
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    sendfile on;
+    tcp_nodelay on;
+    open_file_cache max=1000 inactive=60s;
     proxy_cache_path $work/cache levels=1:2 keys_zone=bench:10m max_size=100m inactive=60m use_temp_path=off;
     limit_req_zone \$http_x_user_id zone=peruser:10m rate=1000000r/s;
     server {

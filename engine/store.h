@@ -14,6 +14,8 @@ struct store_limit {
     const char *key;                 /* borrowed, keylen bytes */
     size_t keylen;
     uint32_t cost;
+    bool fail_closed; /* when the store is unavailable: refuse the request instead of
+                         checking this limit in-process (store_failover) */
 };
 
 /* A cached response. Immutable once filled; shared by reference count. */
@@ -52,10 +54,29 @@ struct store_admit {
     struct store_entry *entry;      /* new reference on HIT/STALE, else NULL */
     uint64_t *tag_gens;             /* ntags slots: generations seen, passed back to fill */
     uint64_t now_ms;                /* the store's clock at the decision */
+    bool bypassed;       /* the shared store was unavailable: limits were checked in-process,
+                            the cache was not consulted, and the answer must not be filled */
+    bool refused_closed; /* the shared store was unavailable and a fail-closed limit could
+                            not be checked: the request must fail (503); allowed is false */
 };
 
-/* Completion: status 0, or -1 when the store failed (then only `arg` is meaningful). */
+/*
+ * Completion: status 0, or -1 when the store failed or refused (then only
+ * `arg` is meaningful), or STORE_UNAVAILABLE when the store did not answer
+ * (deadline passed, connection lost): the outcome of the operation is
+ * unknown, and it is never sent again.
+ */
 typedef void store_done_fn(void *arg, int status);
+#define STORE_UNAVAILABLE (-2)
+
+/* A store's state for status output. */
+struct store_health {
+    bool degraded;       /* the shared store is not being used: answers come without it */
+    const char *state;   /* "ok", "degraded", "probing" (static string) */
+    uint64_t failures;   /* operations of the shared store that failed, since start */
+    uint64_t fallbacks;  /* requests answered by the in-process fallback, since start */
+    uint64_t transitions; /* times the store became degraded, since start */
+};
 
 struct store;
 
@@ -69,6 +90,7 @@ struct store_ops {
     void (*invalidate)(struct store *s, const char *const *tags, const size_t *taglens,
                        size_t ntags, store_done_fn *done, void *arg);
     void (*destroy)(struct store *s);
+    void (*health)(struct store *s, struct store_health *h); /* NULL: always "ok" */
 };
 
 /* A worker's handle on a store. */
@@ -120,6 +142,15 @@ store_invalidate(struct store *s, const char *const *tags, const size_t *taglens
     s->ops->invalidate(s, tags, taglens, ntags, done, arg);
 }
 
+/* Fills *h with the store's health; a store without a health report is "ok". */
+static inline void
+store_health(struct store *s, struct store_health *h)
+{
+    *h = (struct store_health){.state = "ok"};
+    if (s->ops->health)
+        s->ops->health(s, h);
+}
+
 /* Returns a new entry with refs 1 taking ownership of body and content_type (malloc'd). */
 struct store_entry *store_entry_new(uint16_t status, char *content_type, char *body,
                                     size_t body_len);
@@ -155,5 +186,63 @@ void store_memory_set_clock(struct store_memory *m, uint64_t (*now)(void *ctx), 
 /* For tests and metrics: counts of live cache entries, limit states, tags, and cached bytes. */
 void store_memory_stats(struct store_memory *m, size_t *entries, size_t *limits, size_t *tags,
                         size_t *bytes);
+
+/*
+ * The Redis store: hiredis on one worker's event base, the same results as the
+ * memory store (docs/architecture.md, "Redis store"). One handle per worker,
+ * used by that worker's thread only. Connections are made in the background
+ * and rebuilt after a failure; while one is down, operations fail at once
+ * with STORE_UNAVAILABLE.
+ */
+struct event_base;
+struct store_redis_config {
+    const char *url;        /* redis://[[user]:password@]host[:port][/db] */
+    const char *limits_url; /* NULL or "": limits live with the cache; else a separate
+                               Redis for limits (admit_and_lookup then makes two calls) */
+    uint64_t deadline_ms;   /* per command; 0: 50 */
+    uint64_t tag_lease_ms;  /* least TTL of a tag key; 0: 600000 (10 minutes) */
+};
+
+/* Returns 0 when url is a usable Redis URL, else -1 with a message in err. */
+int store_redis_check_url(const char *url, char *err, size_t errlen);
+
+/*
+ * Returns a new Redis store on `base` (borrowed; it must outlive the store),
+ * or NULL with a message in err when a URL is invalid. Freed with
+ * ops->destroy, which completes every pending operation with an error.
+ */
+struct store *store_redis_new(struct event_base *base, const struct store_redis_config *cfg,
+                              char *err, size_t errlen);
+
+/* Counters of a Redis store, since it was created. */
+struct store_redis_stats {
+    uint64_t commands;  /* commands sent (a NOSCRIPT resend counts again) */
+    uint64_t noscript;  /* NOSCRIPT replies answered by SCRIPT LOAD and a resend */
+    uint64_t deadlines; /* connections dropped because a command passed its deadline */
+    uint64_t connects;  /* connections established */
+    uint64_t failed;    /* operations completed with an error */
+};
+/* Fills *st; `s` must come from store_redis_new(). */
+void store_redis_stats(struct store *s, struct store_redis_stats *st);
+
+/*
+ * A store that uses `primary` (the Redis store) while it answers and
+ * `fallback` (a memory store handle) while it does not: the cache is bypassed
+ * (a->bypassed, no fills), limits are checked by the fallback (fail open: N
+ * instances admit at most N x limit), and a request with a fail-closed limit
+ * is refused (a->refused_closed). A circuit breaker stops calling the primary
+ * for cooldown_ms after `failures` consecutive failures, then lets one request
+ * probe it; its success closes the breaker. Transitions are logged to stderr
+ * under `name`. Invalidations that could not reach the primary are kept
+ * (a bounded number) and sent again once it answers. Takes ownership of both
+ * stores; ops->destroy frees them.
+ */
+struct store_failover_config {
+    unsigned failures;    /* consecutive failures that open the breaker; 0: 3 */
+    uint64_t cooldown_ms; /* 0: 1000 */
+    const char *name;     /* for log lines, e.g. "worker 0"; copied */
+};
+struct store *store_failover_new(struct store *primary, struct store *fallback,
+                                 const struct store_failover_config *cfg);
 
 #endif
