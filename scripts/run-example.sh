@@ -6,13 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh build
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc)"
+cmake --build build -j"$(nproc)" --target sluice >/dev/null
 build/sluice check examples/crm/policies
 
 listen=${SLUICE_LISTEN:-127.0.0.1:8080}
 exec tests/with-pg.sh bash -c '
     set -e
     echo "loading examples/crm/schema.sql and seed.sql ..."
+    export PGOPTIONS="-c client_min_messages=warning"
     psql -q -v ON_ERROR_STOP=1 -f examples/crm/schema.sql >/dev/null
     psql -q -v ON_ERROR_STOP=1 -f examples/crm/seed.sql >/dev/null
     url="http://'"$listen"'"

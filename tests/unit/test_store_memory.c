@@ -378,7 +378,7 @@ test_many_limits_and_tags(void **state)
 
     for (int i = 0; i < NL; i++) {
         snprintf(lkeys[i], sizeof(lkeys[i]), "l%d", i);
-        limits[i] = (struct store_limit){&rule, lkeys[i], strlen(lkeys[i]), 1};
+        limits[i] = (struct store_limit){&rule, lkeys[i], strlen(lkeys[i]), 1, false};
     }
     for (int i = 0; i < NT; i++) {
         snprintf(tkeys[i], sizeof(tkeys[i]), "t%d", i);
@@ -465,7 +465,8 @@ hammer_limit(void *arg)
 
     snprintf(okey, sizeof(okey), "thread:%d", hm->id);
     for (int i = 0; i < hm->tries; i++) {
-        struct store_limit limits[2] = {{&hm->rule, "hot", 3, 1}, {&own, okey, strlen(okey), 1}};
+        struct store_limit limits[2] = {{&hm->rule, "hot", 3, 1, false},
+                                        {&own, okey, strlen(okey), 1, false}};
         struct limiter_result res[2];
         struct store_admit a = {.limits = limits, .nlimits = 2, .results = res};
         int done = 0;
