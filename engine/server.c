@@ -24,6 +24,8 @@
 
 #define IN_BUF_INITIAL 8192
 #define ACCEPT_BATCH 64
+#define OUT_HIGH_WATER (1u << 20) /* stop reading a connection whose peer does not read */
+#define OUT_LOW_WATER (64u << 10)
 
 enum conn_state {
     CONN_READ,     /* reading a request head or body */
@@ -50,6 +52,7 @@ struct conn {
     int closing;         /* close once the output is written */
     size_t consumed;     /* bytes of the current request (head + raw body) */
     int in_process;      /* inside conn_process(): responses do not flush by themselves */
+    int paused;          /* not reading: too much output is waiting for the peer */
     size_t head_scanned; /* bytes of an incomplete head already given to the parser */
     struct server_request req;
     char ip[INET6_ADDRSTRLEN];
@@ -84,7 +87,7 @@ struct server {
 };
 
 static void conn_process(struct conn *c);
-static void conn_flush(struct conn *c);
+static int conn_flush(struct conn *c);
 
 const char *
 http_reason(int status)
@@ -215,8 +218,11 @@ conn_set_timer(struct conn *c, enum timer_mode mode)
     evtimer_add(c->ev_timer, &tv);
 }
 
-/* Writes what it can; closes the connection when closing and everything is out. */
-static void
+/*
+ * Writes what it can; closes the connection when closing and everything is out.
+ * Returns -1 when the connection was closed (and freed), else 0.
+ */
+static int
 conn_flush(struct conn *c)
 {
     while (evbuffer_get_length(c->out) > 0) {
@@ -225,26 +231,38 @@ conn_flush(struct conn *c)
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 break;
             conn_close(c); /* peer gone: what it did not read is dropped */
-            return;
+            return -1;
         }
         if (n == 0)
             break;
     }
     if (evbuffer_get_length(c->out) > 0) {
         event_add(c->ev_write, NULL);
-        return;
+        /* A peer that stops reading is given the idle timeout, not forever. */
+        if (c->state != CONN_HANDLING)
+            conn_set_timer(c, TIMER_IDLE);
+        return 0;
     }
     event_del(c->ev_write);
     if (c->closing && c->state != CONN_HANDLING) {
         shutdown(c->fd, SHUT_WR);
         conn_close(c);
+        return -1;
     }
+    return 0;
 }
 
 static void
 on_write(evutil_socket_t fd, short what, void *arg)
 {
-    conn_flush(arg);
+    struct conn *c = arg;
+    if (conn_flush(c) != 0)
+        return;
+    if (c->paused && evbuffer_get_length(c->out) < OUT_LOW_WATER) {
+        c->paused = 0;
+        event_add(c->ev_read, NULL);
+        conn_process(c);
+    }
 }
 
 static void
@@ -353,7 +371,7 @@ conn_process(struct conn *c)
     const struct server_config *cfg = &c->w->s->cfg;
 
     c->in_process = 1;
-    while (c->state == CONN_READ && !c->closing) {
+    while (c->state == CONN_READ && !c->closing && evbuffer_get_length(c->out) < OUT_HIGH_WATER) {
         const char *p = c->in + c->in_off;
         size_t avail = c->in_len - c->in_off;
         if (avail == 0) {
@@ -470,9 +488,14 @@ conn_process(struct conn *c)
     c->in_process = 0;
     if (c->state == CONN_HANDLING)
         event_del(c->ev_read); /* no reading until the response: keeps buffer pointers valid */
-    else if (!c->closing)
+    else if (!c->closing && !c->paused)
         event_add(c->ev_read, NULL);
-    conn_flush(c);
+    if (conn_flush(c) != 0)
+        return;
+    if (c->state == CONN_READ && !c->closing && evbuffer_get_length(c->out) >= OUT_HIGH_WATER) {
+        c->paused = 1;
+        event_del(c->ev_read);
+    }
 }
 
 static char *
@@ -576,7 +599,8 @@ server_respond(struct server_request *req, const struct server_response *resp)
         conn_flush(c);
         return;
     }
-    event_add(c->ev_read, NULL);
+    if (!c->paused)
+        event_add(c->ev_read, NULL);
     conn_process(c);
 }
 

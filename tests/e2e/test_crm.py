@@ -183,6 +183,30 @@ class CacheAndData(SluiceTestCase):
         self.assertEqual(status_of(resp), 201, resp)
         self.assertIn(b'"Slow"', resp)
 
+    def test_many_pipelined_requests_from_a_slow_reader_are_all_answered(self):
+        # Megabytes of answers to a peer that reads late: the server stops reading while its
+        # output is above a high-water mark, then goes on; every answer arrives, in order.
+        n = 2000
+        self.s.get("/api/crm?type=interactions", user=ENTERPRISE)
+        one = b"GET /api/crm?type=interactions HTTP/1.1\r\nHost: x\r\nX-User-Id: 4\r\n\r\n"
+        sock = socket.create_connection(("127.0.0.1", self.s.port), timeout=20)
+        try:
+            sender = threading.Thread(target=sock.sendall, args=(one * n + b"GET /nope HTTP/1.1\r\n"
+                                                                  b"Host: x\r\nConnection: close\r\n\r\n",))
+            sender.start()
+            time.sleep(1.0)  # let the server fill its side first
+            resp = b""
+            while True:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                resp += chunk
+            sender.join()
+        finally:
+            sock.close()
+        self.assertEqual(resp.count(b"HTTP/1.1 200 OK\r\n"), n)
+        self.assertTrue(resp.rstrip().endswith(b"no endpoint matches this path\"}"), resp[-200:])
+
     def test_pipelined_requests_answered_in_order(self):
         raw = b"".join(b"GET /api/crm?type=%s HTTP/1.1\r\nHost: x\r\nX-User-Id: 3\r\n\r\n" % t
                        for t in (b"contacts", b"projects", b"deals"))
