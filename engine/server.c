@@ -26,10 +26,13 @@
 #define ACCEPT_BATCH 64
 #define OUT_HIGH_WATER (1u << 20) /* stop reading a connection whose peer does not read */
 #define OUT_LOW_WATER (64u << 10)
+#define LINGER_MS 2000
+#define LINGER_MAX_BYTES (256u << 10)
 
 enum conn_state {
     CONN_READ,     /* reading a request head or body */
     CONN_HANDLING, /* the application has the request */
+    CONN_LINGER,   /* answered and half-closed: draining the peer's input until it closes */
 };
 
 enum timer_mode { TIMER_NONE, TIMER_IDLE, TIMER_REQUEST };
@@ -218,6 +221,51 @@ conn_set_timer(struct conn *c, enum timer_mode mode)
     evtimer_add(c->ev_timer, &tv);
 }
 
+static void
+on_linger_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    char buf[4096];
+    if (what & EV_TIMEOUT) {
+        conn_close(c);
+        return;
+    }
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n > 0) {
+            /* Bounded: a peer that keeps sending is cut off. */
+            c->in_len += (size_t)n;
+            if (c->in_len > LINGER_MAX_BYTES)
+                break;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        break; /* EOF or error: the peer has everything */
+    }
+    conn_close(c);
+}
+
+/*
+ * Ends a connection whose last response is written: half-closes, then reads
+ * and drops what the peer still sends until it closes (at most LINGER_MS), so
+ * that unread input cannot make the kernel reset the connection and destroy
+ * the response before the peer has read it.
+ */
+static void
+conn_linger(struct conn *c)
+{
+    shutdown(c->fd, SHUT_WR);
+    event_free(c->ev_read);
+    c->ev_read = event_new(c->w->base, c->fd, EV_READ | EV_PERSIST, on_linger_read, c);
+    evtimer_del(c->ev_timer);
+    c->timer_mode = TIMER_NONE;
+    struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
+    event_add(c->ev_read, &tv);
+    c->state = CONN_LINGER;
+    c->in_len = c->in_off = 0; /* counts the bytes drained */
+}
+
 /*
  * Writes what it can; closes the connection when closing and everything is out.
  * Returns -1 when the connection was closed (and freed), else 0.
@@ -245,8 +293,7 @@ conn_flush(struct conn *c)
     }
     event_del(c->ev_write);
     if (c->closing && c->state != CONN_HANDLING) {
-        shutdown(c->fd, SHUT_WR);
-        conn_close(c);
+        conn_linger(c);
         return -1;
     }
     return 0;
@@ -706,7 +753,8 @@ on_stop(evutil_socket_t fd, short what, void *arg)
     while (c) {
         struct conn *next = c->next;
         /* Idle connections go now (or once their output is written); a connection with a
-         * request in progress answers it with "Connection: close". */
+         * request in progress answers it with "Connection: close"; a lingering one ends
+         * when its peer closes (or LINGER_MS). */
         if (c->state == CONN_READ && c->in_len == c->in_off) {
             if (evbuffer_get_length(c->out) == 0)
                 conn_close(c);

@@ -110,7 +110,8 @@ class CacheAndData(SluiceTestCase):
         st, h, b = self.s.request("POST", "/api/crm/contacts", {"X-User-Id": str(PRO)},
                                   {"email": "x@example.com"})
         self.assertEqual(st, 400, b)
-        self.assertIn("name", json.loads(b)["detail"])
+        self.assertEqual(h["content-type"], "application/problem+json", (h, b))
+        self.assertIn("name", json.loads(b)["detail"], (h, b))
 
     def test_unknown_route_is_404_problem(self):
         st, h, b = self.s.get("/api/nothing-here", user=PRO)
