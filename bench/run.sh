@@ -147,3 +147,134 @@ echo
 awk -v s="$best_s" -v n="$best_n" 'BEGIN {
     printf "best of each: sluice %.0f req/s, nginx %.0f req/s: ratio sluice/nginx = %.2f\n", s, n, s / n
 }'
+
+# === Redis store ==========================================================================
+# sluice with REDIS_URL (the limit check and the cache lookup in one EVALSHA per request)
+# against nginx + lua-nginx-module doing a Redis-backed sliding-window check
+# (lua-resty-redis, Debian's lua-nginx-redis) in front of proxy_cache, on the same body.
+# Each server on CPU $SERVER_CPU (sluice: one worker); redis-server shares CPU $CLIENT_CPU
+# with wrk. REDIS=0 skips this part.
+if [ "${REDIS:-1}" != 0 ]; then
+    port_redis=$(free_port)
+    taskset -c "$CLIENT_CPU" redis-server --port "$port_redis" --bind 127.0.0.1 --save '' \
+        --appendonly no --loglevel warning >/dev/null 2>&1 &
+    pids+=("$!")
+    for _ in $(seq 50); do
+        redis-cli -p "$port_redis" ping >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+
+    # --- nginx + lua: sliding window (two counters, the weighted estimate) in Redis -------
+    port_nginx_lua=$(free_port)
+    mkdir -p "$work/cache-lua"
+    cat >"$work/limit.lua" <<'EOF'
+local key, limit, w = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local start = now - now % w
+local cur = tonumber(redis.call('GET', key .. ':' .. start) or '0')
+local prev = tonumber(redis.call('GET', key .. ':' .. (start - w)) or '0')
+if math.floor(prev * (w - (now - start)) / w) + cur + 1 > limit then
+  return 0
+end
+redis.call('INCR', key .. ':' .. start)
+redis.call('PEXPIRE', key .. ':' .. start, 2 * w)
+return 1
+EOF
+    cat >"$work/nginx-lua.conf" <<EOF
+user root;
+worker_processes 1;
+pid $work/nginx-lua.pid;
+error_log $work/nginx-lua-error.log warn;
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    sendfile on;
+    tcp_nodelay on;
+    open_file_cache max=1000 inactive=60s;
+    lua_package_path "/usr/share/lua/5.1/?.lua;;";
+    init_by_lua_block {
+        local f = io.open("$work/limit.lua")
+        LIMIT_SRC = f:read("*a")
+        f:close()
+        LIMIT_SHA = ngx.encode_base16 and ngx.encode_base16(ngx.sha1_bin(LIMIT_SRC))
+            or (ngx.sha1_bin(LIMIT_SRC):gsub(".", function(c) return string.format("%02x", c:byte()) end))
+    }
+    proxy_cache_path $work/cache-lua levels=1:2 keys_zone=benchlua:10m max_size=100m inactive=60m use_temp_path=off;
+    server {
+        listen 127.0.0.1:$port_nginx_lua;
+        location / {
+            access_by_lua_block {
+                local redis = require "nginx.redis"
+                local red = redis:new()
+                red:set_timeout(50)
+                local ok, err = red:connect("127.0.0.1", $port_redis)
+                if not ok then return ngx.exit(503) end
+                local key = "rl:{" .. (ngx.var.http_x_user_id or ngx.var.remote_addr) .. "}"
+                local res, err = red:evalsha(LIMIT_SHA, 1, key, 1000000000, 3600000)
+                if not res and err and err:find("NOSCRIPT", 1, true) then
+                    res, err = red:eval(LIMIT_SRC, 1, key, 1000000000, 3600000)
+                end
+                red:set_keepalive(10000, 100)
+                if not res then return ngx.exit(503) end
+                if res == 0 then return ngx.exit(429) end
+            }
+            proxy_cache benchlua;
+            proxy_cache_valid 200 5m;
+            proxy_cache_key \$uri\$http_x_user_id;
+            proxy_pass http://127.0.0.1:$port_origin;
+        }
+    }
+}
+EOF
+    taskset -c "$SERVER_CPU" nginx -c "$work/nginx-lua.conf"
+    sleep 0.5
+    pids+=("$(cat "$work/nginx-lua.pid")")
+    nginx_lua_pid=$(pgrep -P "$(cat "$work/nginx-lua.pid")" | head -n 1)
+
+    # --- sluice with the Redis store: the same policy (tier limit + cache) --------------------
+    port_sluice_redis=$(free_port)
+    REDIS_URL="redis://127.0.0.1:$port_redis" taskset -c "$SERVER_CPU" build-bench/sluice serve \
+        --workers 1 --admin off --listen "127.0.0.1:$port_sluice_redis" "$work/policies" \
+        >"$work/sluice-redis.out" 2>"$work/sluice-redis.err" &
+    sluice_redis_pid=$!
+    pids+=("$sluice_redis_pid")
+    for _ in $(seq 50); do
+        grep -q listening "$work/sluice-redis.out" 2>/dev/null && break
+        sleep 0.1
+    done
+    grep -q 'redis store' "$work/sluice-redis.err" || { echo "bench: sluice is not on Redis" >&2; exit 1; }
+
+    a=$(curl -fsS -H 'X-User-Id: 42' "http://127.0.0.1:$port_nginx_lua/api/bench")
+    b=$(curl -fsS -H 'X-User-Id: 42' "http://127.0.0.1:$port_sluice_redis/api/bench")
+    [ "$a" = "$b" ] && [ ${#a} -eq 1024 ] || { echo "bench: bodies differ (redis part)" >&2; exit 1; }
+    curl -fsS -o /dev/null -H 'X-User-Id: 42' "http://127.0.0.1:$port_nginx_lua/api/bench"
+    curl -fsS -D "$work/hr" -o /dev/null -H 'X-User-Id: 42' "http://127.0.0.1:$port_sluice_redis/api/bench"
+    grep -qi '^X-Cache: HIT' "$work/hr" || { echo "bench: sluice (redis) did not hit" >&2; exit 1; }
+    [ -n "$(redis-cli -p "$port_redis" --scan --pattern 'rl:*' | head -n 1)" ] ||
+        { echo "bench: nginx did not count in Redis" >&2; exit 1; }
+    [ -n "$(redis-cli -p "$port_redis" --scan --pattern 'sl:*' | head -n 1)" ] ||
+        { echo "bench: sluice did not count in Redis" >&2; exit 1; }
+
+    echo
+    printf '%-34s %5s %12s %9s %12s\n' peer round req/s p50 cpu-us/req
+    best_sr=0
+    best_nl=0
+    for r in $(seq "$ROUNDS"); do
+        read -r rps p50 us < <(run nginx-lua "$nginx_lua_pid" "http://127.0.0.1:$port_nginx_lua/api/bench")
+        printf '%-34s %5s %12s %9s %12s\n' "nginx+lua redis limit + proxy_cache" "$r" "$rps" "$p50" "$us"
+        best_nl=$(awk -v a="$best_nl" -v b="$rps" 'BEGIN {print (b > a) ? b : a}')
+        read -r rps p50 us < <(run sluice-redis "$sluice_redis_pid" "http://127.0.0.1:$port_sluice_redis/api/bench")
+        printf '%-34s %5s %12s %9s %12s\n' "sluice redis store (tier + cache)" "$r" "$rps" "$p50" "$us"
+        best_sr=$(awk -v a="$best_sr" -v b="$rps" 'BEGIN {print (b > a) ? b : a}')
+    done
+    grep -q degraded "$work/sluice-redis.err" && echo "bench: sluice fell back from Redis during the run" >&2
+    echo
+    awk -v s="$best_sr" -v n="$best_nl" 'BEGIN {
+        printf "redis, best of each: sluice %.0f req/s, nginx+lua %.0f req/s: ratio sluice/nginx+lua = %.2f\n", s, n, s / n
+    }'
+fi

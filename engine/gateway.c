@@ -14,6 +14,7 @@
 #include "router.h"
 #include "store.h"
 #include "template.h"
+#include "tenant.h"
 #include "util.h"
 
 #define MAX_LIMITS 8
@@ -42,6 +43,7 @@ struct gw_worker {
     struct store *store;
     struct db_pool *db;
     struct tier_cache *tiers;
+    struct tenant_runtime *tenants; /* Lua states of tenant hooks, for this worker's generation */
 };
 
 struct gw_req {
@@ -53,6 +55,11 @@ struct gw_req {
     const char *user, *tenant;
     size_t user_len, tenant_len;
     const struct policy_tier *tier;
+    const struct tenant *tn; /* the caller's tenant file, or NULL */
+    int hooked;              /* dec holds what the tenant's hooks decided */
+    struct tenant_decision dec;
+    struct limiter_rule hook_rules[TENANT_MAX_LIMITS]; /* limits a hook changed */
+    char hook_fields[TENANT_MAX_LIMITS][96];           /* and their RateLimit-Policy items */
     json_t *body;
     int value_overflow; /* a decoded value did not fit: the request is refused */
 
@@ -122,6 +129,7 @@ worker_policy(struct gw_worker *wk)
         policy_release(wk->policy);
         wk->policy = p;
         wk->generation = p->generation;
+        tenant_runtime_reset(wk->tenants, p->generation);
     }
     return wk->policy;
 }
@@ -341,6 +349,8 @@ static const char *
 limit_field(const struct gw_req *rq, size_t i)
 {
     const struct policy_limit *l = &rq->ep->limits[i];
+    if (rq->hooked && i < TENANT_MAX_LIMITS && rq->dec.limit[i])
+        return rq->hook_fields[i]; /* a tenant hook changed this limit for this request */
     return l->is_tier ? rq->tier->policy_field : l->policy_field;
 }
 
@@ -494,6 +504,12 @@ fill_and_reply(struct gw_req *rq, int status, char *body, size_t len)
     uint64_t now = store_now_ms();
     e->stored_ms = now;
     e->expires_ms = now + ep->ttl_ms;
+    if (rq->admit.bypassed) {
+        /* The shared store is unavailable: the cache was not consulted and is not filled. */
+        reply_entry(rq, e, "BYPASS", now);
+        store_entry_release(e);
+        return;
+    }
     store_fill(rq->wk->store, rq->admit.cache_key, rq->admit.cache_keylen, e, ep->ttl_ms, rq->tags,
                rq->taglens, rq->tag_gens, rq->admit.ntags, fill_done, NULL);
     reply_entry(rq, e, "MISS", now);
@@ -669,6 +685,11 @@ on_admitted(void *arg, int status)
         fail(rq, 503, "the store is unavailable");
         return;
     }
+    if (rq->admit.refused_closed) {
+        fail(rq, 503,
+             "the rate-limit store is unavailable and a limit of this endpoint fails closed");
+        return;
+    }
     add_limit_headers(rq);
     if (!rq->admit.allowed) {
         reply_denied(rq);
@@ -690,10 +711,54 @@ on_admitted(void *arg, int status)
 
 /* ---- identity, limits and the lookup ------------------------------------------------------ */
 
+/* Runs the hooks of the caller's tenant. Returns 0, or -1 when a hook denied (answered). */
+static int
+run_tenant_hooks(struct gw_req *rq)
+{
+    struct tenant_call call = {
+        .http = &rq->sr->http,
+        .user = rq->user,
+        .user_len = rq->user_len,
+        .tenant = rq->tenant,
+        .tenant_len = rq->tenant_len,
+        .ip = rq->sr->ip,
+        .ep = rq->ep,
+        .tier = rq->tier,
+    };
+    tenant_hooks_run(rq->wk->tenants, rq->policy, rq->tn, &call, &rq->dec);
+    rq->hooked = 1;
+    if (rq->dec.deny_status) {
+        fail(rq, rq->dec.deny_status, rq->dec.deny_message);
+        return -1;
+    }
+    return 0;
+}
+
+/* Applies the hooks' cost and limit changes to the nl limits of the request. */
+static void
+apply_decision(struct gw_req *rq, size_t nl)
+{
+    for (size_t i = 0; i < nl; i++) {
+        struct store_limit *sl = &rq->limits[i];
+        if (i < TENANT_MAX_LIMITS && rq->dec.limit[i]) {
+            rq->hook_rules[i] = *sl->rule;
+            rq->hook_rules[i].limit = rq->dec.limit[i];
+            sl->rule = &rq->hook_rules[i];
+            snprintf(rq->hook_fields[i], sizeof(rq->hook_fields[i]), "\"%s\";q=%llu;w=%llu",
+                     limit_name(rq, i), (unsigned long long)rq->dec.limit[i],
+                     (unsigned long long)ceil_sec(sl->rule->window_ms));
+        }
+        if (rq->dec.cost)
+            sl->cost = rq->dec.cost;
+    }
+}
+
 /* With the caller known: expand the limit keys, cache key and tags, then ask the store. */
 static void
 admit(struct gw_req *rq)
 {
+    if (rq->tn && rq->tn->nhooks && run_tenant_hooks(rq) != 0)
+        return;
     const struct policy_endpoint *ep = rq->ep;
     struct store_admit *a = &rq->admit;
     size_t nl = 0;
@@ -707,6 +772,7 @@ admit(struct gw_req *rq)
             sl->rule = &l->rule;
             sl->key = expand(rq, l->key, &sl->keylen);
         }
+        sl->fail_closed = l->fail_closed;
         if (!sl->key) {
             fail(rq, 400, "request values too long for a limit key");
             return;
@@ -714,6 +780,8 @@ admit(struct gw_req *rq)
         sl->cost = l->cost;
         nl++;
     }
+    if (rq->hooked)
+        apply_decision(rq, nl);
     a->limits = rq->limits;
     a->nlimits = nl;
     a->results = rq->results;
@@ -747,6 +815,8 @@ set_tier(struct gw_req *rq, const char *name, size_t len)
     rq->tier = len ? policy_tier_find(p, name, len) : NULL;
     if (!rq->tier && p->identity.default_tier >= 0)
         rq->tier = &p->tiers[p->identity.default_tier];
+    if (rq->tn)
+        rq->tier = tenant_tier(rq->tn, p, rq->tier);
 }
 
 static void
@@ -781,6 +851,10 @@ needs_tier(const struct policy_endpoint *ep)
 static void
 identify_tier(struct gw_req *rq)
 {
+    /* A caller whose tenant has a tenant file gets the tenant's view of the endpoint. */
+    rq->tn = tenant_find(rq->policy, rq->tenant, rq->tenant_len);
+    if (rq->tn)
+        rq->ep = tenant_endpoint(rq->tn, rq->ep);
     const struct policy_identity *id = &rq->policy->identity;
     if (!rq->user || !needs_tier(rq->ep)) {
         set_tier(rq, NULL, 0);
@@ -892,6 +966,8 @@ handle(struct server_request *sr, void *state)
     rq->ep = m.data;
     rq->m = m;
     rq->tier = NULL;
+    rq->tn = NULL;
+    rq->hooked = 0;
     rq->body = NULL;
     rq->entry = NULL;
     rq->value_overflow = 0;
@@ -933,9 +1009,28 @@ worker_init(struct worker *w, void *ctx)
     struct gw_worker *wk = xcalloc(1, sizeof(*wk));
     wk->g = g;
     wk->w = w;
-    wk->store = store_memory_handle(g->mem);
-    wk->tiers = tier_cache_new(100000);
     char err[256];
+    wk->store = NULL;
+    if (g->cfg.redis_url && g->cfg.redis_url[0]) {
+        /* Redis, with the shared memory store as the fallback while it is unavailable. */
+        struct store_redis_config rc = {.url = g->cfg.redis_url,
+                                        .limits_url = g->cfg.redis_limits_url,
+                                        .deadline_ms = g->cfg.redis_deadline_ms};
+        struct store *r = store_redis_new(worker_base(w), &rc, err, sizeof(err));
+        if (r) {
+            char name[32];
+            snprintf(name, sizeof(name), "worker %u", worker_index(w));
+            struct store_failover_config fc = {.name = name};
+            wk->store = store_failover_new(r, store_memory_handle(g->mem), &fc);
+        } else {
+            fprintf(stderr, "sluice: worker %u: redis: %s; using the memory store\n",
+                    worker_index(w), err);
+        }
+    }
+    if (!wk->store)
+        wk->store = store_memory_handle(g->mem);
+    wk->tiers = tier_cache_new(100000);
+    wk->tenants = tenant_runtime_new();
     wk->db = db_pool_new(worker_base(w), g->cfg.database_url ? g->cfg.database_url : "",
                          g->cfg.db_pool_size, g->cfg.db_deadline_ms, 1024, err, sizeof(err));
     if (!wk->db)
@@ -953,6 +1048,7 @@ worker_fini(void *state)
     if (wk->db)
         db_pool_free(wk->db);
     tier_cache_free(wk->tiers);
+    tenant_runtime_free(wk->tenants);
     wk->store->ops->destroy(wk->store);
     policy_release(wk->policy);
     free(wk);

@@ -11,10 +11,14 @@ struct policy;
 struct gateway;
 
 struct gateway_config {
-    const char *database_url; /* libpq conninfo; NULL or "": from the PG* environment */
-    unsigned db_pool_size;    /* connections per worker */
-    uint64_t db_deadline_ms;  /* per statement */
-    size_t cache_bytes;       /* memory store budget */
+    const char *database_url;     /* libpq conninfo; NULL or "": from the PG* environment */
+    unsigned db_pool_size;        /* connections per worker */
+    uint64_t db_deadline_ms;      /* per statement */
+    size_t cache_bytes;           /* memory store budget */
+    const char *redis_url;        /* NULL or "": the memory store; else each worker uses Redis,
+                                     falling back to the memory store while it is unavailable */
+    const char *redis_limits_url; /* NULL or "": limits in redis_url's Redis; else their own */
+    uint64_t redis_deadline_ms;   /* per Redis command; 0: 50 */
 };
 
 /* Returns a new gateway serving `policy` (a reference is taken). */

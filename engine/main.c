@@ -18,6 +18,7 @@
 #include "reload.h"
 #include "router.h"
 #include "server.h"
+#include "store.h"
 #include "util.h"
 
 static const char usage_main[] =
@@ -50,9 +51,14 @@ static const char usage_serve[] =
     "  --db-pool N               PostgreSQL connections per worker (default 4)\n"
     "  --db-deadline DUR         per statement, else 503 (default 5s)\n"
     "  --cache-bytes N           memory store budget for cached bodies (default 268435456)\n"
+    "  --redis-deadline DUR      per Redis command, else the request goes on without Redis\n"
+    "                            (cache bypassed, limits in-process) (default 50ms)\n"
     "\n"
     "environment:\n"
     "  DATABASE_URL              libpq connection string or URI (default: PG* variables)\n"
+    "  REDIS_URL                 redis://[[user]:password@]host[:port][/db]: cache and limits\n"
+    "                            shared through Redis (default: the in-process memory store)\n"
+    "  REDIS_LIMITS_URL          a separate Redis for the limits (default: REDIS_URL's)\n"
     "  SLUICE_ADMIN_TOKEN        bearer token the admin listener requires (needed when the\n"
     "                            admin address is not a loopback address)\n"
     "\n"
@@ -64,8 +70,8 @@ static const char usage_check[] =
     "usage: sluice check POLICY_DIR\n"
     "\n"
     "Loads and validates every policy file as 'sluice serve' would. Prints nothing and\n"
-    "exits 0 when the set is valid; prints one 'file:line: message' line per problem\n"
-    "and exits 1 otherwise.\n";
+    "exits 0 when the set and every tenant file (tenants/*.lua) are valid; prints one\n"
+    "'file:line: message' line per problem and exits 1 otherwise.\n";
 
 static const char usage_explain[] =
     "usage: sluice explain [OPTIONS] POLICY_DIR 'METHOD /path?query'\n"
@@ -122,7 +128,7 @@ cmd_explain(int argc, char **argv)
         goto out;
     }
     char *errors = NULL;
-    struct policy *p = policy_load(argv[optind], 1, &errors);
+    struct policy *p = policy_load(argv[optind], 1, NULL, &errors);
     if (!p) {
         fputs(errors ? errors : "policy rejected\n", stdout);
         free(errors);
@@ -174,14 +180,18 @@ cmd_check(int argc, char **argv)
         return 2;
     }
     char *errors = NULL;
-    struct policy *p = policy_load(argv[1], 1, &errors);
+    struct policy *p = policy_load(argv[1], 1, NULL, &errors);
     if (!p) {
         fputs(errors ? errors : "policy rejected\n", stdout);
         free(errors);
         return 1;
     }
+    /* A broken tenant file does not stop a server, but it fails the check. */
+    int rc = p->tenant_errors ? 1 : 0;
+    if (p->tenant_errors)
+        fputs(p->tenant_errors, stdout);
     policy_release(p);
-    return 0;
+    return rc;
 }
 
 struct serve_ctx {
@@ -285,6 +295,7 @@ cmd_serve(int argc, char **argv)
         {"db-pool", required_argument, NULL, 'p'},
         {"db-deadline", required_argument, NULL, 'd'},
         {"cache-bytes", required_argument, NULL, 'm'},
+        {"redis-deadline", required_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -304,6 +315,9 @@ cmd_serve(int argc, char **argv)
         .db_pool_size = 4,
         .db_deadline_ms = 5000,
         .cache_bytes = 256u << 20,
+        .redis_url = getenv("REDIS_URL"),
+        .redis_limits_url = getenv("REDIS_LIMITS_URL"),
+        .redis_deadline_ms = 50,
     };
     static char addr[256], admin_addr[256] = "127.0.0.1";
     int admin_on = 1, admin_port = 8081, watch = 1;
@@ -371,6 +385,14 @@ cmd_serve(int argc, char **argv)
                 return 2;
             gcfg.cache_bytes = (size_t)v;
             break;
+        case 'R':
+            if (parse_dur("--redis-deadline", optarg, &gcfg.redis_deadline_ms) != 0)
+                return 2;
+            if (gcfg.redis_deadline_ms == 0) {
+                fprintf(stderr, "sluice serve: --redis-deadline: must be more than 0\n");
+                return 2;
+            }
+            break;
         case 'h':
             fputs(usage_serve, stdout);
             return 0;
@@ -384,6 +406,20 @@ cmd_serve(int argc, char **argv)
         return 2;
     }
     struct serve_ctx sc = {.dir = argv[optind]};
+    const char *redis_urls[2] = {gcfg.redis_url, gcfg.redis_limits_url};
+    for (int i = 0; i < 2; i++) {
+        char rerr[256];
+        if (redis_urls[i] && redis_urls[i][0] &&
+            store_redis_check_url(redis_urls[i], rerr, sizeof(rerr)) != 0) {
+            fprintf(stderr, "sluice serve: %s: %s\n", i ? "REDIS_LIMITS_URL" : "REDIS_URL", rerr);
+            return 2;
+        }
+    }
+    if (gcfg.redis_limits_url && gcfg.redis_limits_url[0] &&
+        !(gcfg.redis_url && gcfg.redis_url[0])) {
+        fprintf(stderr, "sluice serve: REDIS_LIMITS_URL is set but REDIS_URL is not\n");
+        return 2;
+    }
     const char *token = getenv("SLUICE_ADMIN_TOKEN");
     if (admin_on && !admin_addr_is_loopback(admin_addr) && !(token && token[0])) {
         fprintf(stderr,
@@ -394,13 +430,18 @@ cmd_serve(int argc, char **argv)
     }
 
     char *errors = NULL;
-    struct policy *p = policy_load(sc.dir, 1, &errors);
+    struct policy *p = policy_load(sc.dir, 1, NULL, &errors);
     if (!p) {
         fprintf(stderr, "sluice serve: the policy in %s is invalid:\n%s", sc.dir,
                 errors ? errors : "");
         free(errors);
         return 1;
     }
+    if (p->tenant_errors)
+        fprintf(stderr,
+                "sluice serve: these tenant files did not load; their tenants get no "
+                "overrides:\n%s",
+                p->tenant_errors);
 
     /* Signals go to the signal thread only: block them before any thread starts. */
     signal(SIGPIPE, SIG_IGN);
@@ -442,8 +483,9 @@ cmd_serve(int argc, char **argv)
         policy_release(p);
         return 1;
     }
-    fprintf(stderr, "sluice %s: %zu endpoints from %s, %u workers, memory store\n", SLUICE_VERSION,
-            p->nendpoints, sc.dir, cfg.workers);
+    fprintf(stderr, "sluice %s: %zu endpoints from %s, %u workers, %s store\n", SLUICE_VERSION,
+            p->nendpoints, sc.dir, cfg.workers,
+            gcfg.redis_url && gcfg.redis_url[0] ? "redis" : "memory");
     if (sc.admin)
         printf("admin on http://%s:%d\n", admin_addr, server_port(sc.admin));
     printf("listening on http://%s:%d\n", cfg.listen_addr, server_port(sc.server));

@@ -16,6 +16,7 @@
 #include "http_parse.h"
 #include "router.h"
 #include "template.h"
+#include "tenant.h"
 #include "util.h"
 
 /* ---- reading the directory --------------------------------------------------------------- */
@@ -124,14 +125,53 @@ preload_embedded(lua_State *L, struct sbuf *errs)
     return 0;
 }
 
+/* Bytes the loader's state may hold: tenant files run in it too, and must not be able to
+ * exhaust the process while they load. Past it, Lua raises a memory error in the file that
+ * allocates, which fails that file. */
+#define LOADER_MEMORY ((size_t)256 << 20)
+
+struct loader_mem {
+    size_t used, cap;
+};
+
+static void *
+loader_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct loader_mem *m = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        m->used -= old;
+        return NULL;
+    }
+    if (nsize > old && nsize - old > m->cap - m->used)
+        return NULL;
+    void *n = realloc(ptr, nsize);
+    if (!n)
+        return nsize <= old ? ptr : NULL;
+    m->used = m->used - old + nsize;
+    return n;
+}
+
+static int
+loader_panic(lua_State *L)
+{
+    fprintf(stderr, "sluice: policy loader: %s\n", lua_tostring(L, -1));
+    abort();
+}
+
+/* A new loader state; lua_close() it, then free its allocator's state (lua_getallocf). */
 static lua_State *
 loader_state(void)
 {
-    lua_State *L = luaL_newstate();
+    struct loader_mem *mem = xcalloc(1, sizeof(*mem));
+    mem->cap = LOADER_MEMORY;
+    lua_State *L = lua_newstate(loader_alloc, mem);
     if (!L) {
         fprintf(stderr, "sluice: out of memory (Lua state)\n");
         abort();
     }
+    lua_atpanic(L, loader_panic);
     static const luaL_Reg libs[] = {
         {LUA_GNAME, luaopen_base},
         {LUA_LOADLIBNAME, luaopen_package},
@@ -528,7 +568,7 @@ hash_hex(const char *s, size_t len, char out[17])
 }
 
 struct policy *
-policy_load(const char *dir, uint64_t generation, char **errors)
+policy_load(const char *dir, uint64_t generation, const struct policy *prev, char **errors)
 {
     struct sbuf errs = {0};
     struct src_file *files = NULL;
@@ -573,7 +613,8 @@ policy_load(const char *dir, uint64_t generation, char **errors)
         }
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
-    if (lua_pcall(L, 1, 2, mh) != LUA_OK) {
+    tenant_push_load_options(L, prev);
+    if (lua_pcall(L, 2, 2, mh) != LUA_OK) {
         sbuf_printf(&errs, "internal error in the DSL: %s\n", lua_tostring(L, -1));
         goto out;
     }
@@ -605,14 +646,20 @@ policy_load(const char *dir, uint64_t generation, char **errors)
     }
     struct compile c = {.L = L, .p = p, .errs = &errs};
     compile_set(&c);
+    if (!errs.len)
+        tenant_compile(L, p);
     if (errs.len) {
         policy_release(p);
         p = NULL;
     }
 
 out:
-    if (L)
+    if (L) {
+        void *mem;
+        lua_getallocf(L, &mem);
         lua_close(L);
+        free(mem);
+    }
     for (size_t i = 0; i < nfiles; i++) {
         free(files[i].path);
         free(files[i].tenant);
@@ -657,12 +704,7 @@ policy_release(struct policy *p)
         free(e->content_type);
         template_free(e->cache_key);
         free_templates(e->tags, e->ntags);
-        for (size_t j = 0; j < e->nlimits; j++) {
-            free(e->limits[j].name);
-            template_free(e->limits[j].key);
-            free(e->limits[j].policy_field);
-        }
-        free(e->limits);
+        policy_limits_free(e->limits, e->nlimits);
         free_templates(e->invalidate, e->ninvalidate);
     }
     free(p->endpoints);
@@ -683,6 +725,8 @@ policy_release(struct policy *p)
         router_free(p->router);
     template_free(p->tier_key_user);
     template_free(p->tier_key_ip);
+    tenant_free_all(p->tenants, p->ntenants);
+    free(p->tenant_errors);
     free(p);
 }
 
@@ -693,4 +737,25 @@ policy_tier_find(const struct policy *p, const char *name, size_t len)
         if (strlen(p->tiers[i].name) == len && memcmp(p->tiers[i].name, name, len) == 0)
             return &p->tiers[i];
     return NULL;
+}
+
+int
+policy_compile_limits(lua_State *L, struct policy *p, struct policy_endpoint *e, const char *file,
+                      int line, struct sbuf *errs)
+{
+    struct compile c = {.L = L, .p = p, .errs = errs, .file = file, .line = line};
+    size_t before = errs->len;
+    compile_limits(&c, e);
+    return errs->len == before ? 0 : -1;
+}
+
+void
+policy_limits_free(struct policy_limit *limits, size_t n)
+{
+    for (size_t j = 0; j < n; j++) {
+        free(limits[j].name);
+        template_free(limits[j].key);
+        free(limits[j].policy_field);
+    }
+    free(limits);
 }

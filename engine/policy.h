@@ -10,6 +10,9 @@
 
 struct template;
 struct router;
+struct tenant;
+struct sbuf;
+typedef struct lua_State lua_State;
 
 struct policy_tier {
     char *name;
@@ -97,20 +100,39 @@ struct policy {
     struct router *router; /* data: struct policy_endpoint * */
     /* The tier counter of a caller: "tier:u:{user}", or "tier:ip:{ip}" when anonymous. */
     struct template *tier_key_user, *tier_key_ip;
+    /* tenants/NAME.lua that loaded (or their last good version), sorted by name (tenant.h). */
+    struct tenant *tenants;
+    size_t ntenants;
+    char *tenant_errors; /* "file:line: message" lines of the tenant files that failed, or NULL */
 };
 
 /*
  * Loads every *.lua of `dir` (in name order, then tenants/ *.lua) through the
  * Lua DSL and compiles the result. Returns a new snapshot with one reference,
  * or NULL with every problem as "file:line: message" lines in *errors (a new
- * string the caller frees).
+ * string the caller frees). A tenant file that fails does not fail the load:
+ * its messages go to p->tenant_errors, and the tenant keeps the version it
+ * has in `prev` (the snapshot serving now; NULL: none) if that version still
+ * loads against the new main set, else it has no overrides.
  */
-struct policy *policy_load(const char *dir, uint64_t generation, char **errors);
+struct policy *policy_load(const char *dir, uint64_t generation, const struct policy *prev,
+                           char **errors);
 
 void policy_ref(struct policy *p);
 void policy_release(struct policy *p);
 
 /* Returns the tier named `name` (len bytes), or NULL. */
 const struct policy_tier *policy_tier_find(const struct policy *p, const char *name, size_t len);
+
+/*
+ * Compiles the "limits" list of the normalized table at the top of L into
+ * e->limits (new, owned by e's owner). Returns 0, or -1 with
+ * "file:line: message" lines added to errs.
+ */
+int policy_compile_limits(lua_State *L, struct policy *p, struct policy_endpoint *e,
+                          const char *file, int line, struct sbuf *errs);
+
+/* Frees n limits and the array. */
+void policy_limits_free(struct policy_limit *limits, size_t n);
 
 #endif

@@ -64,7 +64,7 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
     pthread_mutex_lock(&r->lock);
     char *errs = NULL;
     uint64_t gen = r->current->generation + 1;
-    struct policy *p = policy_load(r->dir, gen, &errs);
+    struct policy *p = policy_load(r->dir, gen, r->current, &errs);
     r->last_time = time(NULL);
     free(r->last_trigger);
     r->last_trigger = xstrdup(trigger);
@@ -79,6 +79,11 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
         r->last_error = NULL;
         fprintf(stderr, "sluice: reloaded %s (%s): generation %llu, %zu endpoints\n", r->dir,
                 trigger, (unsigned long long)gen, p->nendpoints);
+        if (p->tenant_errors)
+            fprintf(stderr,
+                    "sluice: tenant files that did not load (each tenant keeps its last "
+                    "good version, if any):\n%s",
+                    p->tenant_errors);
     } else {
         r->failures++;
         r->last_ok = 0;

@@ -71,10 +71,10 @@ typedef void store_done_fn(void *arg, int status);
 
 /* A store's state for status output. */
 struct store_health {
-    bool degraded;       /* the shared store is not being used: answers come without it */
-    const char *state;   /* "ok", "degraded", "probing" (static string) */
-    uint64_t failures;   /* operations of the shared store that failed, since start */
-    uint64_t fallbacks;  /* requests answered by the in-process fallback, since start */
+    bool degraded;        /* the shared store is not being used: answers come without it */
+    const char *state;    /* "ok", "degraded", "probing" (static string) */
+    uint64_t failures;    /* operations of the shared store that failed, since start */
+    uint64_t fallbacks;   /* requests answered by the in-process fallback, since start */
     uint64_t transitions; /* times the store became degraded, since start */
 };
 

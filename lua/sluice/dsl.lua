@@ -16,8 +16,12 @@
 -- Files declare, they do not act: the declarations are collected, then
 -- checked together (sluice.validate), so the order of declarations across
 -- files does not matter, and one run reports every problem of every file.
+--
+-- tenants/NAME.lua files hold per-tenant overrides and hooks; each is
+-- checked on its own (sluice.tenant).
 local sandbox = require "sluice.sandbox"
 local validate = require "sluice.validate"
+local tenant = require "sluice.tenant"
 
 local M = {}
 
@@ -29,6 +33,7 @@ local EXAMPLES = {
   upstream = 'upstream "app" { url = "http://127.0.0.1:3000" }',
   endpoint = 'endpoint "GET /api/things" { sql = "SELECT ..." }',
   on_change = 'on_change "contacts" { invalidate = { "crm:{row.owner_id}" } }',
+  hook = 'hook "name" { when = function(req) ... end, adjust = function(req, decision) ... end }',
 }
 
 -- The values header "..." and sql(...) return to a policy: read-only views,
@@ -67,9 +72,9 @@ local function is_table_arg(v)
   return type(v) == "table" and not markers[v]
 end
 
--- The DSL functions of one file. `ctx` holds path, chunkname, fidx, the
--- shared list of declarations and the report.
-local function file_functions(ctx)
+-- The helpers that record the declarations of one file. `ctx` holds path,
+-- chunkname, fidx, the shared list of declarations and the report.
+local function declarer(ctx)
   local function here()
     return sandbox.line(ctx.chunkname, nil, 1) or 1
   end
@@ -115,6 +120,14 @@ local function file_functions(ctx)
     end
   end
 
+  return { here = here, err = err, declare = declare, named = named }
+end
+
+-- The DSL functions of one file of the main set.
+local function file_functions(ctx)
+  local d = declarer(ctx)
+  local here, err, declare, named = d.here, d.err, d.declare, d.named
+
   local function identity(f)
     local line = here()
     if not is_table_arg(f) then
@@ -151,20 +164,101 @@ local function file_functions(ctx)
   }
 end
 
+-- The DSL functions of a tenant file: tier, endpoint and hook; the names
+-- only the main set may use are reported.
+local function tenant_functions(ctx)
+  local d = declarer(ctx)
+  local function refuse(kind, curried)
+    return function(...)
+      d.err(d.here(), kind .. " cannot be used in a tenant file, which holds tier, endpoint and hook"
+        .. " declarations; put it in the main policy files")
+      if curried and select("#", ...) < 2 then
+        return function() end
+      end
+    end
+  end
+  return {
+    tier = d.named("tier"),
+    endpoint = d.named("endpoint"),
+    hook = d.named("hook"),
+    identity = refuse("identity"),
+    upstream = refuse("upstream", true),
+    on_change = refuse("on_change", true),
+    header = refuse("header"),
+    sql = refuse("sql"),
+  }
+end
+
 -- The line number in a "path:LINE: message" produced for `path`.
 local function line_of(msg, path)
   return tonumber(msg:sub(#path + 2):match("^(%d+):")) or 0
 end
 
+-- Runs the declarations of one file of the main set into ctx.decls.
+-- Returns false when the file did not run to its end.
+local function run_main_file(i, path, source, decls, report, opts)
+  local ctx = {
+    path = path, chunkname = "@" .. path, fidx = i, decls = decls, mine = {}, report = report,
+  }
+  local env = sandbox.env(file_functions(ctx))
+  local ok, msg = sandbox.run(path, source, env, opts.budget)
+  if not ok then
+    report:raw(i, line_of(msg, path), msg)
+    return false
+  end
+  for _, d in ipairs(ctx.mine) do
+    if d.fields == nil then
+      report:add(i, path, d.line, validate.WHAT[d.kind](d) .. ": expected { ... } after the name, as in "
+        .. EXAMPLES[d.kind])
+    end
+  end
+  return true
+end
+
+-- Loads one tenant file against `main` (nil: the main set did not load).
+-- Returns the normalized tenant, or nil and its messages.
+local function load_tenant(name, path, source, main, opts)
+  local report = validate.report()
+  local ctx = { path = path, chunkname = "@" .. path, fidx = 1, decls = {}, mine = {}, report = report }
+  local env = sandbox.env(tenant_functions(ctx))
+  local ok, msg = sandbox.run(path, source, env, opts.tenant_budget or tenant.BUDGET)
+  if not ok then
+    report:raw(1, line_of(msg, path), msg)
+  else
+    for _, d in ipairs(ctx.mine) do
+      if d.fields == nil then
+        report:add(1, path, d.line, validate.WHAT[d.kind](d) .. ": expected { ... } after the name, as in "
+          .. EXAMPLES[d.kind])
+      end
+    end
+  end
+  local t = tenant.build(name, path, source, ctx.decls, main, report)
+  if report:count() > 0 then
+    return nil, report:list()
+  end
+  return t
+end
+
 --[[
 Loads a policy set. `files` is an array, in name order, of
   { path = "policies/10-tiers.lua", source = "<text>", tenant = nil | "NAME" }.
-Returns the normalized set and nil, or nil and an array of messages
-"path:line: message", sorted by file and line. A set with any error is
-rejected whole. `opts.budget` overrides the instruction budget of each file.
+A file with a tenant is a tenant file (tenants/NAME.lua, see sluice.tenant).
 
-Tenant files (tenant ~= nil) are not supported yet: each one is reported as
-an error, so that a tenants/ directory is never silently ignored.
+Returns the normalized set and nil, or nil and an array of messages
+"path:line: message". The main set (the files without a tenant) is
+accepted or rejected whole; its messages come sorted by file and line,
+followed by those of each tenant file.
+
+A tenant file is checked on its own against the main set: when it fails,
+the set still loads, with the tenant's messages in
+set.tenant_errors[NAME] = { "path:line: message", ... }, and the tenant
+left out of set.tenants, unless opts.last_good[NAME] = { path, source }
+holds the last version of that file that loaded: then that version is
+checked again and, if it still loads, it is the tenant's entry, marked
+last_good = true.
+
+opts.budget overrides the instruction budget of each main file,
+opts.tenant_budget that of each tenant file (sluice.tenant.BUDGET).
 ]]
 function M.load(files, opts)
   opts = opts or {}
@@ -174,6 +268,7 @@ function M.load(files, opts)
   local report = validate.report()
   local decls = {}
   local complete = true
+  local main_files, tenant_files = {}, {}
   for i, file in ipairs(files) do
     if type(file) ~= "table" then
       file = {}
@@ -183,32 +278,98 @@ function M.load(files, opts)
       report:raw(i, 0, tostring(path) .. ":1: policy file entry needs a path and a source string")
       complete = false
     elseif file.tenant ~= nil then
-      report:add(i, path, 1, "tenant files are not supported yet (this file would hold the rules of tenant "
-        .. string.format("%q", tostring(file.tenant)) .. "); move its rules into the main policy files")
+      tenant_files[#tenant_files + 1] = file
     else
-      local ctx = {
-        path = path, chunkname = "@" .. path, fidx = i, decls = decls, mine = {}, report = report,
-      }
-      local env = sandbox.env(file_functions(ctx))
-      local ok, msg = sandbox.run(path, source, env, opts.budget)
-      if not ok then
-        report:raw(i, line_of(msg, path), msg)
+      main_files[#main_files + 1] = file
+      if not run_main_file(i, path, source, decls, report, opts) then
         complete = false
+      end
+    end
+  end
+  local set = validate.build(main_files, decls, report, complete)
+  local main_ok = report:count() == 0
+  set.tenants, set.tenant_errors = {}, {}
+  local last_good = type(opts.last_good) == "table" and opts.last_good or {}
+  local order = {}
+  for _, file in ipairs(tenant_files) do
+    local name = file.tenant
+    if type(name) ~= "string" then
+      name = tostring(name)
+    end
+    if set.tenant_errors[name] or order[name] then
+      set.tenant_errors[name] = set.tenant_errors[name] or {}
+      table.insert(set.tenant_errors[name], file.path .. ":1: tenant " .. string.format("%q", name)
+        .. " already has a file")
+    else
+      order[#order + 1] = name
+      order[name] = true
+      local t, errs = load_tenant(name, file.path, file.source, main_ok and set or nil, opts)
+      if t then
+        set.tenants[#set.tenants + 1] = t
       else
-        for _, d in ipairs(ctx.mine) do
-          if d.fields == nil then
-            report:add(i, path, d.line, validate.WHAT[d.kind](d) .. ": expected { ... } after the name, as in "
-              .. EXAMPLES[d.kind])
+        set.tenant_errors[name] = errs
+        local prev = last_good[name]
+        if main_ok and type(prev) == "table" and type(prev.path) == "string" and type(prev.source) == "string" then
+          local pt, perrs = load_tenant(name, prev.path, prev.source, set, opts)
+          if pt then
+            pt.last_good = true
+            set.tenants[#set.tenants + 1] = pt
+          else
+            table.insert(errs, file.path .. ":1: the last version of tenant " .. string.format("%q", name)
+              .. " that loaded does not load against this policy set either (" .. perrs[1]
+              .. "); the tenant has no overrides")
           end
         end
       end
     end
   end
-  local set = validate.build(files, decls, report, complete)
-  if report:count() > 0 then
-    return nil, report:list()
+  if not main_ok then
+    local list = report:list()
+    for _, name in ipairs(order) do
+      for _, e in ipairs(set.tenant_errors[name] or {}) do
+        list[#list + 1] = e
+      end
+    end
+    return nil, list
   end
   return set, nil
+end
+
+--[[
+Runs a tenant file the way the engine does to collect its hooks: every
+declaration but hook does nothing. Returns
+  { { name = "...", when = function | nil, adjust = function }, ... }
+in declaration order, or nil and a message. For specs and tools: in the
+engine, hooks run in a sandbox of their own (engine/lua_sandbox.c), with an
+instruction budget per call and a memory cap.
+]]
+function M.tenant_hooks(path, source)
+  local hooks = {}
+  local function decl(...)
+    if select("#", ...) >= 2 then return end
+    return function() end
+  end
+  local function hook(name, ...)
+    local function take(f)
+      if type(f) == "table" then
+        hooks[#hooks + 1] = { name = name, when = f.when, adjust = f.adjust }
+      end
+    end
+    if select("#", ...) >= 1 then
+      take((...))
+      return
+    end
+    return take
+  end
+  local env = sandbox.env({
+    tier = decl, endpoint = decl, identity = decl, upstream = decl, on_change = decl,
+    header = function() end, sql = function() end, hook = hook,
+  })
+  local ok, msg = sandbox.run(path, source, env, tenant.BUDGET)
+  if not ok then
+    return nil, msg
+  end
+  return hooks
 end
 
 local function shell_quote(s)

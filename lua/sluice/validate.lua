@@ -910,6 +910,7 @@ local WHAT = {
   endpoint = function(d) return "endpoint " .. quote(d.name) end,
   on_change = function(d) return "on_change " .. quote(d.name) end,
   identity = function() return "identity" end,
+  hook = function(d) return "hook " .. quote(d.name) end,
 }
 M.WHAT = WHAT
 
@@ -1053,5 +1054,22 @@ function M.build(files, decls, report, complete)
   end
   return set
 end
+
+---------------------------------------------------------------------------
+-- What sluice.tenant checks tenant files with
+
+M.quote = quote
+M.is_plain_table = is_plain_table
+M.sorted_keys = sorted_keys
+M.set_of = set_of
+M.checker = checker
+M.check_algorithm = check_algorithm
+M.check_limits = check_limits
+M.request_opts = request_opts
+M.same_pins = same_pins
+M.NAME_PATTERN = NAME_PATTERN
+M.TIER_FIELDS = TIER_FIELDS
+M.ENDPOINT_FIELDS = ENDPOINT_FIELDS
+M.CACHE_FIELDS = CACHE_FIELDS
 
 return M

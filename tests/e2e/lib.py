@@ -20,6 +20,17 @@ CRM = os.path.join(ROOT, "examples", "crm")
 TEMPLATE_DB = "sluice_crm_template"
 
 
+def _sanitized(path):
+    try:
+        with open(path, "rb") as f:
+            return b"__asan_init" in f.read()
+    except OSError:
+        return False
+
+
+SANITIZED = _sanitized(BIN)  # built with -DSANITIZE=address,...
+
+
 def psql(sql, db="postgres", check=True):
     """Runs SQL with psql against the test cluster; returns stdout (tuples only, unaligned)."""
     r = subprocess.run(["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],

@@ -736,14 +736,18 @@ endpoint "GET /x?kind=b" { body = "y" }
       })
     end)
 
-    it("tenant files as not supported yet", function()
-      assert.are.same({
-        'p/tenants/acme.lua:1: tenant files are not supported yet (this file would hold the rules of tenant "acme");'
-          .. ' move its rules into the main policy files',
-      }, errors_of(dsl.load({
+    it("a tenant file's errors as the tenant's, without rejecting the set", function()
+      local set = must_load(dsl.load({
         { path = "p/10-tiers.lua", source = 'tier "free" { limit = 1, window = "1h" }' },
         { path = "p/tenants/acme.lua", source = 'tier "free" { limit = 5, window = "1h" }', tenant = "acme" },
-      })))
+      }))
+      assert.are.same({}, set.tenants)
+      assert.are.same({
+        acme = {
+          'p/tenants/acme.lua:1: a tenant file needs an identity block in the main policy set that declares'
+            .. ' tenant = header "X-Tenant-Id"',
+        },
+      }, set.tenant_errors)
     end)
 
     it("the errors of every file, in file and line order", function()

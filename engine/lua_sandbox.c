@@ -1,0 +1,393 @@
+/* lua_sandbox.c - a Lua state for untrusted code: capped memory, instruction budget, no I/O. */
+#include "lua_sandbox.h"
+
+#include <lauxlib.h>
+#include <limits.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+#define REG_BASICS "sluice.sandbox.basics"
+#define REG_LIBS "sluice.sandbox.libs"
+
+struct lua_sandbox {
+    lua_State *L;
+    size_t used, cap;
+    uint32_t budget;
+    int tripped; /* the budget of the current call is spent */
+};
+
+/* ---- memory ------------------------------------------------------------------------------ */
+
+/* The lua_Alloc of a sandbox: NULL (a Lua memory error) past the cap; shrinking never fails. */
+static void *
+sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct lua_sandbox *sb = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        sb->used -= old;
+        return NULL;
+    }
+    if (nsize > old && nsize - old > sb->cap - sb->used)
+        return NULL;
+    void *p = realloc(ptr, nsize);
+    if (!p) {
+        if (nsize <= old)
+            return ptr; /* keep the larger block: Lua assumes a shrink succeeds */
+        return NULL;
+    }
+    sb->used = sb->used - old + nsize;
+    return p;
+}
+
+/* ---- the budget -------------------------------------------------------------------------- */
+
+static struct lua_sandbox *
+sandbox_of(lua_State *L)
+{
+    return *(struct lua_sandbox **)lua_getextraspace(L);
+}
+
+struct lua_sandbox *
+lua_sandbox_of(lua_State *L)
+{
+    return sandbox_of(L);
+}
+
+/*
+ * The count hook: the budget is spent. From now on it fires on every
+ * instruction, so an error caught by the code's own pcall is raised again at
+ * the next instruction, until the call returns to lua_sandbox_call().
+ */
+static void
+count_hook(lua_State *L, lua_Debug *ar)
+{
+    struct lua_sandbox *sb = sandbox_of(L);
+    (void)ar;
+    if (!sb->tripped) {
+        sb->tripped = 1;
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+    }
+    lua_Debug d;
+    if (lua_getstack(L, 0, &d) && lua_getinfo(L, "Sl", &d) && d.currentline > 0)
+        lua_pushfstring(L, "%s:%d: instruction budget exceeded", d.short_src, d.currentline);
+    else
+        lua_pushliteral(L, "instruction budget exceeded");
+    lua_error(L);
+}
+
+/* The message handler: the message (never running a __tostring) and a traceback. */
+static int
+msghandler(lua_State *L)
+{
+    const char *msg = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1) : NULL;
+    if (!msg)
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+static void
+copy_message(lua_State *L, int idx, char *err, size_t errlen)
+{
+    if (!errlen)
+        return;
+    const char *m = lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : NULL;
+    snprintf(err, errlen, "%s", m ? m : "(no error message)");
+}
+
+static enum sandbox_status
+status_of(struct lua_sandbox *sb, int rc)
+{
+    if (rc == LUA_OK)
+        return SANDBOX_OK;
+    if (sb->tripped)
+        return SANDBOX_BUDGET;
+    if (rc == LUA_ERRMEM)
+        return SANDBOX_MEMORY;
+    return SANDBOX_ERROR;
+}
+
+enum sandbox_status
+lua_sandbox_call(lua_State *L, int nargs, int nresults, char *err, size_t errlen)
+{
+    struct lua_sandbox *sb = sandbox_of(L);
+    int fn = lua_gettop(L) - nargs;
+    lua_pushcfunction(L, msghandler);
+    lua_insert(L, fn);
+    sb->tripped = 0;
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, (int)sb->budget);
+    int rc = lua_pcall(L, nargs, nresults, fn);
+    lua_sethook(L, NULL, 0, 0);
+    enum sandbox_status st = status_of(sb, rc);
+    sb->tripped = 0;
+    if (st != SANDBOX_OK) {
+        copy_message(L, -1, err, errlen);
+        lua_pop(L, 2); /* the message and the handler */
+        if (st == SANDBOX_MEMORY)
+            lua_gc(L, LUA_GCCOLLECT);
+        return st;
+    }
+    lua_remove(L, fn);
+    return SANDBOX_OK;
+}
+
+enum sandbox_status
+lua_sandbox_protect(struct lua_sandbox *sb, lua_CFunction fn, void *ud, char *err, size_t errlen)
+{
+    lua_State *L = sb->L;
+    int top = lua_gettop(L);
+    /* Three slots: the handler, fn and ud fit in the stack Lua always keeps free. */
+    lua_pushcfunction(L, msghandler);
+    lua_pushcfunction(L, fn);
+    lua_pushlightuserdata(L, ud);
+    int rc = lua_pcall(L, 1, 0, top + 1);
+    sb->tripped = 0;
+    lua_sethook(L, NULL, 0, 0);
+    enum sandbox_status st = rc == LUA_OK       ? SANDBOX_OK
+                             : rc == LUA_ERRMEM ? SANDBOX_MEMORY
+                                                : SANDBOX_ERROR;
+    if (st != SANDBOX_OK)
+        copy_message(L, -1, err, errlen);
+    lua_settop(L, top);
+    if (st == SANDBOX_MEMORY)
+        lua_gc(L, LUA_GCCOLLECT);
+    return st;
+}
+
+/* ---- read-only views --------------------------------------------------------------------- */
+
+static int
+ro_newindex(lua_State *L)
+{
+    const char *name = lua_tostring(L, lua_upvalueindex(2));
+    const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : luaL_typename(L, 2);
+    return luaL_error(L, "%s is read-only (cannot set %s.%s)", name, name, key);
+}
+
+/* The iterator of pairs() over a view: next() on the table behind it (upvalue 1). */
+static int
+ro_next(lua_State *L)
+{
+    lua_settop(L, 2);
+    if (lua_next(L, lua_upvalueindex(1)))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+static int
+ro_pairs(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushcclosure(L, ro_next, 1);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+static int
+ro_len(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)lua_rawlen(L, lua_upvalueindex(1)));
+    return 1;
+}
+
+void
+lua_sandbox_push_readonly(lua_State *L, int idx, const char *name)
+{
+    idx = lua_absindex(L, idx);
+    lua_createtable(L, 0, 0); /* the view */
+    lua_createtable(L, 0, 5); /* its metatable */
+    lua_pushvalue(L, idx);
+    lua_setfield(L, -2, "__index");
+    lua_pushvalue(L, idx);
+    lua_pushstring(L, name);
+    lua_pushcclosure(L, ro_newindex, 2);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushvalue(L, idx);
+    lua_pushcclosure(L, ro_pairs, 1);
+    lua_setfield(L, -2, "__pairs");
+    lua_pushvalue(L, idx);
+    lua_pushcclosure(L, ro_len, 1);
+    lua_setfield(L, -2, "__len");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+}
+
+/* ---- environments ------------------------------------------------------------------------ */
+
+static int
+unknown_name(lua_State *L)
+{
+    const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : luaL_typename(L, 2);
+    return luaL_error(L, "unknown name '%s'", key);
+}
+
+/* Copies every field of the table at the top into the table at dst, and pops it. */
+static void
+copy_fields(lua_State *L, int dst)
+{
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, dst);
+    }
+    lua_pop(L, 1);
+}
+
+void
+lua_sandbox_push_env(lua_State *L)
+{
+    lua_createtable(L, 0, 16);
+    int env = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_BASICS);
+    copy_fields(L, env);
+    lua_getfield(L, LUA_REGISTRYINDEX, REG_LIBS);
+    copy_fields(L, env);
+    lua_createtable(L, 0, 2);
+    lua_pushcfunction(L, unknown_name);
+    lua_setfield(L, -2, "__index");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, env);
+}
+
+enum sandbox_status
+lua_sandbox_load(lua_State *L, const char *src, size_t len, const char *chunkname, int env_idx,
+                 char *err, size_t errlen)
+{
+    env_idx = lua_absindex(L, env_idx);
+    int rc = luaL_loadbufferx(L, src, len, chunkname, "t");
+    if (rc != LUA_OK) {
+        copy_message(L, -1, err, errlen);
+        lua_pop(L, 1);
+        return rc == LUA_ERRMEM ? SANDBOX_MEMORY : SANDBOX_ERROR;
+    }
+    lua_pushvalue(L, env_idx);
+    if (!lua_setupvalue(L, -2, 1))
+        lua_pop(L, 1);
+    return SANDBOX_OK;
+}
+
+/* ---- opening a state --------------------------------------------------------------------- */
+
+/* What sandboxed code may call from the base library. */
+static const char *const basics[] = {
+    "assert", "error", "ipairs", "next", "pairs", "pcall", "select", "tonumber", "tostring", "type",
+};
+
+/* Globals removed from the state itself, so no path leads to them. */
+static const char *const removed[] = {
+    "load", "loadstring", "dofile", "loadfile", "require", "collectgarbage", "rawset",
+};
+
+static const char *const shared_libs[] = {LUA_STRLIBNAME, LUA_TABLIBNAME, LUA_MATHLIBNAME,
+                                          LUA_UTF8LIBNAME};
+
+static int
+setup(lua_State *L)
+{
+    static const luaL_Reg libs[] = {
+        {LUA_GNAME, luaopen_base},       {LUA_STRLIBNAME, luaopen_string},
+        {LUA_TABLIBNAME, luaopen_table}, {LUA_MATHLIBNAME, luaopen_math},
+        {LUA_UTF8LIBNAME, luaopen_utf8}, {NULL, NULL},
+    };
+    for (const luaL_Reg *l = libs; l->func; l++) {
+        luaL_requiref(L, l->name, l->func, 1);
+        lua_pop(L, 1);
+    }
+    for (size_t i = 0; i < sizeof(removed) / sizeof(removed[0]); i++) {
+        lua_pushnil(L);
+        lua_setglobal(L, removed[i]);
+    }
+    /* string.dump makes bytecode; the string metatable's __index is this table too. */
+    lua_getglobal(L, LUA_STRLIBNAME);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 1);
+    lua_pushliteral(L, "");
+    if (lua_getmetatable(L, -1)) {
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+
+    lua_createtable(L, 0, 4);
+    for (size_t i = 0; i < sizeof(shared_libs) / sizeof(shared_libs[0]); i++) {
+        lua_getglobal(L, shared_libs[i]);
+        lua_sandbox_push_readonly(L, -1, shared_libs[i]);
+        lua_setfield(L, -3, shared_libs[i]);
+        lua_pop(L, 1);
+    }
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_LIBS);
+
+    lua_createtable(L, 0, 12);
+    for (size_t i = 0; i < sizeof(basics) / sizeof(basics[0]); i++) {
+        lua_getglobal(L, basics[i]);
+        lua_setfield(L, -2, basics[i]);
+    }
+    lua_getglobal(L, LUA_TABLIBNAME);
+    lua_getfield(L, -1, "unpack");
+    lua_setfield(L, -3, "unpack");
+    lua_pop(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, REG_BASICS);
+    return 0;
+}
+
+struct lua_sandbox *
+lua_sandbox_new(size_t mem_cap, uint32_t budget)
+{
+    struct lua_sandbox *sb = xcalloc(1, sizeof(*sb));
+    sb->cap = mem_cap;
+    lua_sandbox_set_budget(sb, budget);
+    sb->L = lua_newstate(sb_alloc, sb);
+    if (!sb->L) {
+        free(sb);
+        return NULL;
+    }
+    *(struct lua_sandbox **)lua_getextraspace(sb->L) = sb;
+    lua_State *L = sb->L;
+    lua_pushcfunction(L, setup);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        lua_sandbox_free(sb);
+        return NULL;
+    }
+    return sb;
+}
+
+void
+lua_sandbox_free(struct lua_sandbox *sb)
+{
+    if (!sb)
+        return;
+    if (sb->L)
+        lua_close(sb->L);
+    free(sb);
+}
+
+lua_State *
+lua_sandbox_state(struct lua_sandbox *sb)
+{
+    return sb->L;
+}
+
+void
+lua_sandbox_set_budget(struct lua_sandbox *sb, uint32_t budget)
+{
+    sb->budget = budget == 0 ? 1 : budget > INT_MAX ? INT_MAX : budget;
+}
+
+size_t
+lua_sandbox_memory(const struct lua_sandbox *sb)
+{
+    return sb->used;
+}

@@ -1,0 +1,415 @@
+/* store_failover.c - a shared store with an in-process fallback and a circuit breaker. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store.h"
+#include "util.h"
+
+/*
+ * While the primary (Redis) answers, every operation goes to it. When an
+ * operation fails (no answer within its deadline, connection down, an error
+ * reply), the request is answered without it:
+ *
+ *   - the cache is bypassed: no lookup, and a->bypassed tells the gateway
+ *     not to fill (X-Cache: BYPASS);
+ *   - the limits are checked by the fallback, the in-process memory store,
+ *     so each instance counts alone: N instances admit at most N x limit
+ *     (fail open);
+ *   - a request with a fail-closed limit is refused (a->refused_closed; 503).
+ *
+ * Breaker. After `failures` consecutive failures it opens: the primary is
+ * not called for cooldown_ms, so requests do not wait for a dead server's
+ * deadline. Then the next request probes it (the others keep falling back
+ * meanwhile); a success closes the breaker, a failure opens it again. A
+ * success of any operation resets the count. Opening logs "degraded",
+ * closing "recovered", one line each.
+ *
+ * Fills are dropped while the breaker is not closed. Invalidations that do
+ * not reach the primary are kept (at most MAX_REPLAY tags; beyond that the
+ * oldest are dropped, and counted) and sent again when it answers: bumping
+ * a generation twice is harmless, unlike counting a request twice.
+ */
+
+#define MAX_REPLAY 4096
+
+enum breaker { BR_CLOSED, BR_OPEN, BR_PROBING };
+
+struct failover {
+    struct store base;
+    struct store *primary, *fallback;
+    unsigned threshold;
+    uint64_t cooldown_ms;
+    char *name;
+    enum breaker state;
+    unsigned fails; /* consecutive */
+    uint64_t open_until;
+    bool closing;
+    struct store_health h;
+    /* invalidations to send again: a ring of owned strings */
+    char **replay;
+    size_t *replay_len;
+    size_t replay_head, replay_n;
+    uint64_t replay_dropped;
+    bool replaying;
+};
+
+static const char *
+state_name(enum breaker b)
+{
+    return b == BR_CLOSED ? "ok" : b == BR_OPEN ? "degraded" : "probing";
+}
+
+static void replay_flush(struct failover *f);
+
+static void
+on_success(struct failover *f)
+{
+    f->fails = 0;
+    if (f->state != BR_CLOSED) {
+        f->state = BR_CLOSED;
+        fprintf(stderr, "sluice: %s: redis store recovered: cache and shared limits in use again\n",
+                f->name);
+    }
+    if (f->replay_n && !f->replaying && !f->closing)
+        replay_flush(f);
+}
+
+static void
+on_failure(struct failover *f)
+{
+    f->h.failures++;
+    f->fails++;
+    if (f->state == BR_PROBING || (f->state == BR_CLOSED && f->fails >= f->threshold)) {
+        if (f->state == BR_CLOSED) {
+            f->h.transitions++;
+            fprintf(stderr,
+                    "sluice: %s: redis store degraded after %u failures: cache bypassed, limits "
+                    "checked in-process (fail open), fail-closed limits refused; retrying in "
+                    "%llu ms\n",
+                    f->name, f->fails, (unsigned long long)f->cooldown_ms);
+        }
+        f->state = BR_OPEN;
+        f->open_until = store_now_ms() + f->cooldown_ms;
+    }
+}
+
+/* Whether this operation may use the primary; a request that may becomes the probe. */
+static bool
+use_primary(struct failover *f, bool may_probe)
+{
+    if (f->closing)
+        return false;
+    if (f->state == BR_CLOSED)
+        return true;
+    if (f->state == BR_OPEN && may_probe && store_now_ms() >= f->open_until) {
+        f->state = BR_PROBING;
+        return true;
+    }
+    return false;
+}
+
+/* ---- admit_and_lookup --------------------------------------------------------------------- */
+
+struct admit_op {
+    struct failover *f;
+    struct store_admit *a;
+    struct store_admit local; /* the fallback's view: limits only */
+    store_done_fn *done;
+    void *arg;
+};
+
+static void
+on_fallback(void *arg, int status)
+{
+    struct admit_op *op = arg;
+    struct store_admit *a = op->a;
+
+    a->allowed = op->local.allowed;
+    a->now_ms = op->local.now_ms;
+    a->state = STORE_MISS;
+    a->entry = NULL;
+    a->bypassed = true;
+    store_done_fn *done = op->done;
+    void *darg = op->arg;
+    free(op);
+    done(darg, status);
+}
+
+static void
+fallback(struct admit_op *op)
+{
+    struct failover *f = op->f;
+    struct store_admit *a = op->a;
+
+    f->h.fallbacks++;
+    a->entry = NULL;
+    a->state = STORE_MISS;
+    for (size_t i = 0; i < a->ntags; i++)
+        a->tag_gens[i] = 0;
+    for (size_t i = 0; i < a->nlimits; i++) {
+        if (a->limits[i].fail_closed) {
+            for (size_t j = 0; j < a->nlimits; j++)
+                a->results[j] = (struct limiter_result){.limit = a->limits[j].rule->limit};
+            a->allowed = false;
+            a->refused_closed = true;
+            a->bypassed = true;
+            a->now_ms = store_now_ms();
+            store_done_fn *done = op->done;
+            void *darg = op->arg;
+            free(op);
+            done(darg, 0);
+            return;
+        }
+    }
+    op->local = (struct store_admit){
+        .limits = a->limits,
+        .nlimits = a->nlimits,
+        .results = a->results,
+    };
+    store_admit_and_lookup(f->fallback, &op->local, on_fallback, op);
+}
+
+static void
+on_primary_admit(void *arg, int status)
+{
+    struct admit_op *op = arg;
+
+    if (status == 0) {
+        on_success(op->f);
+        store_done_fn *done = op->done;
+        void *darg = op->arg;
+        free(op);
+        done(darg, 0);
+        return;
+    }
+    on_failure(op->f);
+    fallback(op);
+}
+
+static void
+fo_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done, void *arg)
+{
+    struct failover *f = (struct failover *)s;
+    struct admit_op *op = xmalloc(sizeof(*op));
+
+    *op = (struct admit_op){.f = f, .a = a, .done = done, .arg = arg};
+    a->bypassed = a->refused_closed = false;
+    if (use_primary(f, true))
+        store_admit_and_lookup(f->primary, a, on_primary_admit, op);
+    else
+        fallback(op);
+}
+
+/* ---- fill and invalidate ------------------------------------------------------------------ */
+
+struct pass_op {
+    struct failover *f;
+    store_done_fn *done;
+    void *arg;
+    const char *const *tags; /* invalidate: kept for a replay on failure (borrowed until done) */
+    const size_t *taglens;
+    size_t ntags;
+};
+
+static void
+on_primary_fill(void *arg, int status)
+{
+    struct pass_op *op = arg;
+
+    /* -1 is a refusal (a tag moved) or an error reply: the store answered. */
+    if (status == STORE_UNAVAILABLE)
+        on_failure(op->f);
+    else
+        on_success(op->f);
+    store_done_fn *done = op->done;
+    void *darg = op->arg;
+    free(op);
+    done(darg, status);
+}
+
+static void
+fo_fill(struct store *s, const char *key, size_t keylen, struct store_entry *entry, uint64_t ttl_ms,
+        const char *const *tags, const size_t *taglens, const uint64_t *tag_gens, size_t ntags,
+        store_done_fn *done, void *arg)
+{
+    struct failover *f = (struct failover *)s;
+
+    if (!use_primary(f, false)) {
+        done(arg, STORE_UNAVAILABLE);
+        return;
+    }
+    struct pass_op *op = xmalloc(sizeof(*op));
+    *op = (struct pass_op){.f = f, .done = done, .arg = arg};
+    store_fill(f->primary, key, keylen, entry, ttl_ms, tags, taglens, tag_gens, ntags,
+               on_primary_fill, op);
+}
+
+static void
+replay_add(struct failover *f, const char *tag, size_t len)
+{
+    if (f->replay_n == MAX_REPLAY) {
+        size_t i = f->replay_head;
+        free(f->replay[i]);
+        f->replay[i] = NULL;
+        f->replay_head = (i + 1) % MAX_REPLAY;
+        f->replay_n--;
+        f->replay_dropped++;
+        if (f->replay_dropped == 1)
+            fprintf(stderr,
+                    "sluice: %s: more than %d invalidations wait for the redis store; the "
+                    "oldest are dropped\n",
+                    f->name, MAX_REPLAY);
+    }
+    size_t i = (f->replay_head + f->replay_n) % MAX_REPLAY;
+    f->replay[i] = xmalloc(len ? len : 1);
+    memcpy(f->replay[i], tag, len);
+    f->replay_len[i] = len;
+    f->replay_n++;
+}
+
+static void
+on_primary_invalidate(void *arg, int status)
+{
+    struct pass_op *op = arg;
+    struct failover *f = op->f;
+
+    if (status == 0) {
+        on_success(f);
+    } else {
+        on_failure(f);
+        for (size_t i = 0; i < op->ntags; i++)
+            replay_add(f, op->tags[i], op->taglens[i]);
+    }
+    store_done_fn *done = op->done;
+    void *darg = op->arg;
+    free(op);
+    done(darg, status);
+}
+
+static void
+fo_invalidate(struct store *s, const char *const *tags, const size_t *taglens, size_t ntags,
+              store_done_fn *done, void *arg)
+{
+    struct failover *f = (struct failover *)s;
+
+    if (ntags == 0) {
+        done(arg, 0);
+        return;
+    }
+    if (!use_primary(f, false)) {
+        for (size_t i = 0; i < ntags; i++)
+            replay_add(f, tags[i], taglens[i]);
+        done(arg, STORE_UNAVAILABLE);
+        return;
+    }
+    struct pass_op *op = xmalloc(sizeof(*op));
+    *op = (struct pass_op){
+        .f = f, .done = done, .arg = arg, .tags = tags, .taglens = taglens, .ntags = ntags};
+    store_invalidate(f->primary, tags, taglens, ntags, on_primary_invalidate, op);
+}
+
+/* A batch of kept invalidations in flight; its strings are owned here. */
+struct replay_op {
+    struct failover *f;
+    char **tags;
+    size_t *lens;
+    size_t n;
+};
+
+static void
+on_replay(void *arg, int status)
+{
+    struct replay_op *op = arg;
+    struct failover *f = op->f;
+
+    f->replaying = false;
+    if (status != 0 && !f->closing) {
+        for (size_t i = 0; i < op->n; i++)
+            replay_add(f, op->tags[i], op->lens[i]);
+        on_failure(f);
+    }
+    for (size_t i = 0; i < op->n; i++)
+        free(op->tags[i]);
+    free(op->tags);
+    free(op->lens);
+    free(op);
+    if (status == 0 && !f->closing)
+        on_success(f);
+}
+
+static void
+replay_flush(struct failover *f)
+{
+    struct replay_op *op = xmalloc(sizeof(*op));
+    size_t n = f->replay_n;
+
+    op->f = f;
+    op->n = n;
+    op->tags = xmalloc(n * sizeof(*op->tags));
+    op->lens = xmalloc(n * sizeof(*op->lens));
+    for (size_t i = 0; i < n; i++) {
+        size_t j = (f->replay_head + i) % MAX_REPLAY;
+        op->tags[i] = f->replay[j];
+        op->lens[i] = f->replay_len[j];
+        f->replay[j] = NULL;
+    }
+    f->replay_head = 0;
+    f->replay_n = 0;
+    f->replaying = true;
+    store_invalidate(f->primary, (const char *const *)op->tags, op->lens, n, on_replay, op);
+}
+
+/* ---- the store ---------------------------------------------------------------------------- */
+
+static void
+fo_destroy(struct store *s)
+{
+    struct failover *f = (struct failover *)s;
+
+    f->closing = true;
+    f->primary->ops->destroy(f->primary); /* completes what is pending, here */
+    f->fallback->ops->destroy(f->fallback);
+    for (size_t i = 0; i < f->replay_n; i++)
+        free(f->replay[(f->replay_head + i) % MAX_REPLAY]);
+    free(f->replay);
+    free(f->replay_len);
+    free(f->name);
+    free(f);
+}
+
+static void
+fo_health(struct store *s, struct store_health *h)
+{
+    struct failover *f = (struct failover *)s;
+
+    *h = f->h;
+    h->degraded = f->state != BR_CLOSED;
+    h->state = state_name(f->state);
+}
+
+static const struct store_ops failover_ops = {
+    .name = "failover",
+    .admit_and_lookup = fo_admit_and_lookup,
+    .fill = fo_fill,
+    .invalidate = fo_invalidate,
+    .destroy = fo_destroy,
+    .health = fo_health,
+};
+
+struct store *
+store_failover_new(struct store *primary, struct store *fallback,
+                   const struct store_failover_config *cfg)
+{
+    struct failover *f = xcalloc(1, sizeof(*f));
+
+    f->base.ops = &failover_ops;
+    f->primary = primary;
+    f->fallback = fallback;
+    f->threshold = cfg && cfg->failures ? cfg->failures : 3;
+    f->cooldown_ms = cfg && cfg->cooldown_ms ? cfg->cooldown_ms : 1000;
+    f->name = xstrdup(cfg && cfg->name ? cfg->name : "store");
+    f->replay = xcalloc(MAX_REPLAY, sizeof(*f->replay));
+    f->replay_len = xcalloc(MAX_REPLAY, sizeof(*f->replay_len));
+    return &f->base;
+}

@@ -1,0 +1,908 @@
+/* test_store_redis.c - the store conformance suite on the Redis store, its own tests, and failover.
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+
+#include "store.h"
+#include "store_conformance.h"
+
+/*
+ * A redis-server of its own on a free loopback port, started here and
+ * stopped at the end (and killed with this process if it dies first).
+ */
+struct redis_server {
+    int port;
+    pid_t pid;
+    char url[64];
+    struct event_base *base;
+};
+
+static struct redis_server R;
+
+static uint64_t
+now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int
+free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0)
+        return -1;
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static redisContext *
+sync_connect(void)
+{
+    struct timeval tv = {1, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", R.port, tv);
+
+    if (c && c->err) {
+        redisFree(c);
+        return NULL;
+    }
+    if (c)
+        redisSetTimeout(c, tv);
+    return c;
+}
+
+/* Runs one command on a fresh synchronous connection; returns the reply (caller frees) or NULL. */
+static redisReply *
+cmd(const char *fmt, ...)
+{
+    redisContext *c = sync_connect();
+    va_list ap;
+
+    if (!c)
+        return NULL;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    redisFree(c);
+    return r;
+}
+
+static int
+server_start(void)
+{
+    char port[16];
+
+    snprintf(port, sizeof(port), "%d", R.port);
+    R.pid = fork();
+    if (R.pid < 0)
+        return -1;
+    if (R.pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(null, 1);
+        dup2(null, 2);
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--loglevel", "warning", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 200; i++) {
+        redisReply *r = cmd("PING");
+        if (r) {
+            freeReplyObject(r);
+            return 0;
+        }
+        usleep(25000);
+    }
+    return -1;
+}
+
+static void
+server_kill(int sig)
+{
+    if (R.pid > 0) {
+        kill(R.pid, SIGCONT);
+        kill(R.pid, sig);
+        waitpid(R.pid, NULL, 0);
+        R.pid = 0;
+    }
+}
+
+/* ---- the event loop ----------------------------------------------------------------------- */
+
+static void
+tick(evutil_socket_t fd, short what, void *arg)
+{
+}
+
+/* Runs the loop until *done or timeout_ms; returns whether *done. */
+static bool
+loop_until(const bool *done, uint64_t timeout_ms)
+{
+    struct event *t = event_new(R.base, -1, EV_PERSIST, tick, NULL);
+    struct timeval tv = {0, 5000};
+    uint64_t end = now_ms() + timeout_ms;
+
+    event_add(t, &tv);
+    while (!*done && now_ms() < end)
+        event_base_loop(R.base, EVLOOP_ONCE);
+    event_free(t);
+    return *done;
+}
+
+/* Runs the loop for ms milliseconds. */
+static void
+loop_for(uint64_t ms)
+{
+    bool never = false;
+
+    loop_until(&never, ms);
+}
+
+/* ---- the conformance harness -------------------------------------------------------------- */
+
+static uint64_t conf_deadline_ms = 1000;
+
+static struct store *
+redis_open_cfg(uint64_t deadline_ms)
+{
+    struct store_redis_config cfg = {.url = R.url, .deadline_ms = deadline_ms};
+    char err[256];
+    struct store *s = store_redis_new(R.base, &cfg, err, sizeof(err));
+
+    if (!s)
+        fprintf(stderr, "store_redis_new: %s\n", err);
+    return s;
+}
+
+static struct store *
+redis_open(void *ctx)
+{
+    redisReply *r = cmd("FLUSHALL");
+
+    if (!r)
+        return NULL;
+    freeReplyObject(r);
+    return redis_open_cfg(conf_deadline_ms);
+}
+
+/* Every key the store wrote has a TTL: SCAN + PTTL. Returns the number of keys seen. */
+static size_t
+check_ttls(void)
+{
+    redisContext *c = sync_connect();
+    char cursor[32] = "0";
+    size_t seen = 0;
+
+    assert_non_null(c);
+    for (int rounds = 0; rounds < 100000; rounds++) {
+        redisReply *r = redisCommand(c, "SCAN %s COUNT 1000", cursor);
+        assert_non_null(r);
+        assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+        snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
+        for (size_t i = 0; i < r->element[1]->elements; i++) {
+            redisReply *k = r->element[1]->element[i];
+            redisReply *t = redisCommand(c, "PTTL %b", k->str, k->len);
+            assert_non_null(t);
+            if (t->integer == -1)
+                fail_msg("key without a TTL: %.*s", (int)k->len, k->str);
+            assert_true(memcmp(k->str, "sl:{", 4) == 0);
+            freeReplyObject(t);
+            seen++;
+        }
+        freeReplyObject(r);
+        if (strcmp(cursor, "0") == 0)
+            break;
+    }
+    redisFree(c);
+    return seen;
+}
+
+static void
+redis_close(void *ctx, struct store *s)
+{
+    s->ops->destroy(s);
+    check_ttls();
+}
+
+static void
+redis_run_until_done(void *ctx, const bool *done)
+{
+    loop_until(done, 10000);
+}
+
+static void
+redis_advance(void *ctx, uint64_t ms)
+{
+    loop_for(ms);
+}
+
+static const struct store_harness redis_harness = {
+    .name = "store_redis_conformance",
+    .open = redis_open,
+    .close = redis_close,
+    .run_until_done = redis_run_until_done,
+    .advance = redis_advance,
+};
+
+/* ---- helpers for the tests below ---------------------------------------------------------- */
+
+struct op {
+    bool done;
+    int calls;
+    int status;
+    uint64_t at_ms;
+};
+
+static void
+op_done(void *arg, int status)
+{
+    struct op *o = arg;
+
+    o->calls++;
+    o->done = true;
+    o->status = status;
+    o->at_ms = now_ms();
+}
+
+/* One admit of a fixed-window limit of `limit` per hour on key; returns status, fills *res. */
+static int
+admit1(struct store *s, const char *key, uint64_t limit, bool fail_closed,
+       struct limiter_result *res, struct store_admit *out)
+{
+    struct limiter_rule rule = {.algo = LIMITER_FIXED_WINDOW, .limit = limit, .window_ms = HOUR};
+    struct store_limit l = {
+        .rule = &rule, .key = key, .keylen = strlen(key), .cost = 1, .fail_closed = fail_closed};
+    struct store_admit a = {.limits = &l, .nlimits = 1, .results = res};
+    struct op o = {0};
+
+    store_admit_and_lookup(s, &a, op_done, &o);
+    assert_true(loop_until(&o.done, 10000));
+    loop_for(1);
+    assert_int_equal(o.calls, 1);
+    if (out)
+        *out = a;
+    return o.status;
+}
+
+static struct store *
+open_fresh(uint64_t deadline_ms)
+{
+    redisReply *r = cmd("FLUSHALL");
+
+    assert_non_null(r);
+    freeReplyObject(r);
+    struct store *s = redis_open_cfg(deadline_ms);
+    assert_non_null(s);
+    return s;
+}
+
+/* ---- Redis-only tests --------------------------------------------------------------------- */
+
+static void
+test_noscript_retried(void **state)
+{
+    struct store *s = open_fresh(1000);
+    struct limiter_result res;
+    struct store_redis_stats st;
+
+    assert_int_equal(admit1(s, "ns", 2, false, &res, NULL), 0);
+    assert_int_equal(res.remaining, 1);
+    redisReply *r = cmd("SCRIPT FLUSH");
+    assert_non_null(r);
+    freeReplyObject(r);
+    assert_int_equal(admit1(s, "ns", 2, false, &res, NULL), 0);
+    assert_true(res.allowed);
+    assert_int_equal(res.remaining, 0); /* counted once, not twice */
+    store_redis_stats(s, &st);
+    assert_true(st.noscript >= 1);
+    assert_int_equal(admit1(s, "ns", 2, false, &res, NULL), 0);
+    assert_false(res.allowed);
+
+    /* A flush under a pipeline of requests: each is answered once, none counted twice. */
+    r = cmd("SCRIPT FLUSH");
+    freeReplyObject(r);
+    enum { N = 50 };
+    struct limiter_rule rule = {.algo = LIMITER_SLIDING_LOG, .limit = N, .window_ms = HOUR};
+    struct store_limit l = {.rule = &rule, .key = "pipe", .keylen = 4, .cost = 1};
+    struct limiter_result rs[N];
+    struct store_admit a[N];
+    struct op o[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = (struct store_admit){.limits = &l, .nlimits = 1, .results = &rs[i]};
+        o[i] = (struct op){0};
+        store_admit_and_lookup(s, &a[i], op_done, &o[i]);
+    }
+    assert_true(loop_until(&o[N - 1].done, 10000));
+    bool seen[N] = {0};
+    for (int i = 0; i < N; i++) {
+        assert_true(loop_until(&o[i].done, 10000));
+        assert_int_equal(o[i].calls, 1);
+        assert_int_equal(o[i].status, 0);
+        assert_true(rs[i].remaining < N);
+        assert_false(seen[rs[i].remaining]);
+        seen[rs[i].remaining] = true;
+    }
+    assert_int_equal(admit1(s, "x", 1, false, &res, NULL), 0);
+    r = cmd("ZCARD %s", "sl:{pipe}:l:1:50:3600000:0:pipe");
+    assert_non_null(r);
+    assert_int_equal(r->integer, N + 1); /* N entries and the last-commit marker */
+    freeReplyObject(r);
+    s->ops->destroy(s);
+    check_ttls();
+}
+
+static int
+cont_server(void **state)
+{
+    if (R.pid > 0)
+        kill(R.pid, SIGCONT);
+    return 0;
+}
+
+static void
+test_deadline_once(void **state)
+{
+    const uint64_t D = 50;
+    struct store *s = open_fresh(D);
+    struct limiter_result res;
+    enum { N = 8 };
+    struct limiter_result rs[N];
+    struct store_admit a[N];
+    struct op o[N];
+    struct limiter_rule rule = {.algo = LIMITER_SLIDING_WINDOW, .limit = 100, .window_ms = HOUR};
+    struct store_limit l = {.rule = &rule, .key = "d", .keylen = 1, .cost = 1};
+    struct store_redis_stats st;
+
+    assert_int_equal(admit1(s, "warm", 10, false, &res, NULL), 0);
+    kill(R.pid, SIGSTOP);
+    uint64_t t0 = now_ms();
+    for (int i = 0; i < N; i++) {
+        a[i] = (struct store_admit){.limits = &l, .nlimits = 1, .results = &rs[i]};
+        o[i] = (struct op){0};
+        store_admit_and_lookup(s, &a[i], op_done, &o[i]);
+    }
+    for (int i = 0; i < N; i++)
+        assert_true(loop_until(&o[i].done, 2000));
+    loop_for(200); /* nothing completes twice later */
+    for (int i = 0; i < N; i++) {
+        uint64_t took = o[i].at_ms - t0;
+        if (i == 0)
+            print_message("deadline %llu ms: answered after %llu ms\n", (unsigned long long)D,
+                          (unsigned long long)took);
+        assert_int_equal(o[i].calls, 1);
+        assert_int_equal(o[i].status, STORE_UNAVAILABLE);
+        assert_true(took >= D - 1);
+        assert_true(took <= D + 15);
+    }
+    store_redis_stats(s, &st);
+    assert_true(st.deadlines >= 1); /* and once per reconnection while stopped */
+    /* While stopped, every command ends at its deadline too, after a reconnection. */
+    struct op late = {0};
+    a[0] = (struct store_admit){.limits = &l, .nlimits = 1, .results = &rs[0]};
+    uint64_t t1 = now_ms();
+    store_admit_and_lookup(s, &a[0], op_done, &late);
+    assert_true(loop_until(&late.done, 2000));
+    assert_int_equal(late.status, STORE_UNAVAILABLE);
+    assert_true(late.at_ms - t1 <= D + 15);
+
+    kill(R.pid, SIGCONT);
+    bool ok = false;
+    for (int i = 0; i < 100 && !ok; i++) {
+        ok = admit1(s, "after", 100, false, &res, NULL) == 0;
+        if (!ok)
+            loop_for(20);
+    }
+    assert_true(ok);
+    s->ops->destroy(s);
+}
+
+static void
+test_reconnect_after_restart(void **state)
+{
+    struct store *s = open_fresh(200);
+    struct limiter_result res;
+    struct store_redis_stats st;
+
+    assert_int_equal(admit1(s, "r", 10, false, &res, NULL), 0);
+    server_kill(SIGKILL);
+    int status = admit1(s, "r", 10, false, &res, NULL);
+    assert_int_equal(status, STORE_UNAVAILABLE);
+    assert_int_equal(admit1(s, "r", 10, false, &res, NULL), STORE_UNAVAILABLE);
+    assert_int_equal(server_start(), 0);
+    bool ok = false;
+    for (int i = 0; i < 200 && !ok; i++) {
+        ok = admit1(s, "r", 10, false, &res, NULL) == 0;
+        if (!ok)
+            loop_for(20);
+    }
+    assert_true(ok);
+    assert_int_equal(res.remaining, 9); /* a new server: counting starts again */
+    store_redis_stats(s, &st);
+    assert_true(st.connects >= 2);
+    s->ops->destroy(s);
+}
+
+static void
+test_bad_urls(void **state)
+{
+    char err[256];
+    static const char *const good[] = {"redis://127.0.0.1:6379/0", "redis://localhost",
+                                       "redis://:secret@10.0.0.1:7000/3",
+                                       "redis://user:p%40ss@host:1/", "redis://[::1]:6380"};
+    static const char *const bad[] = {
+        "http://x",    "redis://",       "redis://h:0",     "redis://h:99999", "redis://h:12x",
+        "redis://h/x", "redis://h?db=1", "redis://:p%zz@h", "redis://[::1",    "127.0.0.1:6379"};
+
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        assert_int_equal(store_redis_check_url(good[i], err, sizeof(err)), 0);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(store_redis_check_url(bad[i], err, sizeof(err)), -1);
+        assert_true(strlen(err) > 0);
+    }
+}
+
+static void
+test_db_and_password(void **state)
+{
+    /* A password the server requires, and a database other than 0. */
+    redisReply *r = cmd("CONFIG SET requirepass %s", "s3cret");
+    assert_non_null(r);
+    freeReplyObject(r);
+    char url[128];
+    snprintf(url, sizeof(url), "redis://:s3cret@127.0.0.1:%d/5", R.port);
+    struct store_redis_config cfg = {.url = url, .deadline_ms = 1000};
+    char err[128];
+    struct store *s = store_redis_new(R.base, &cfg, err, sizeof(err));
+    struct limiter_result res;
+
+    assert_non_null(s);
+    assert_int_equal(admit1(s, "pw", 3, false, &res, NULL), 0);
+    assert_int_equal(res.remaining, 2);
+    s->ops->destroy(s);
+    redisContext *c = sync_connect();
+    r = redisCommand(c, "AUTH s3cret");
+    freeReplyObject(r);
+    r = redisCommand(c, "SELECT 5");
+    freeReplyObject(r);
+    r = redisCommand(c, "DBSIZE");
+    assert_int_equal(r->integer, 1);
+    freeReplyObject(r);
+    r = redisCommand(c, "FLUSHALL");
+    freeReplyObject(r);
+    r = redisCommand(c, "CONFIG SET requirepass %s", "");
+    freeReplyObject(r);
+    redisFree(c);
+}
+
+static void
+test_separate_limits_redis(void **state)
+{
+    /* Limits and cache in two databases of the server stand for two servers. */
+    char url[64], lurl[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d/1", R.port);
+    snprintf(lurl, sizeof(lurl), "redis://127.0.0.1:%d/2", R.port);
+    struct store_redis_config cfg = {.url = url, .limits_url = lurl, .deadline_ms = 1000};
+    char err[128];
+    struct store *s = store_redis_new(R.base, &cfg, err, sizeof(err));
+    struct store_harness h = redis_harness;
+    struct conf c = {.h = &h, .s = s};
+    const char *tags[] = {"T:1", NULL};
+    struct conf_req q;
+
+    assert_non_null(s);
+    redisReply *r = cmd("FLUSHALL");
+    freeReplyObject(r);
+    assert_int_equal(conf_put(&c, "page:1", tags, "body", 60000), 0);
+    for (int i = 0; i < 3; i++) {
+        memset(&q, 0, sizeof(q));
+        conf_add_limit(&q, conf_rule(LIMITER_SLIDING_LOG, 2, HOUR), "u:1", 3, 1);
+        q.key = "page:1";
+        q.keylen = 6;
+        conf_add_tag(&q, "T:1", 3);
+        conf_admit(&c, &q);
+        assert_int_equal(q.a.allowed, i < 2);
+        assert_int_equal(q.a.state, i < 2 ? STORE_HIT : STORE_MISS);
+        store_entry_release(q.a.entry);
+    }
+    conf_invalidate1(&c, "T:1");
+    assert_false(conf_hit(&c, "page:1", tags, NULL));
+    s->ops->destroy(s);
+    redisContext *sc = sync_connect();
+    r = redisCommand(sc, "SELECT 2");
+    freeReplyObject(r);
+    r = redisCommand(sc, "KEYS *");
+    assert_int_equal(r->elements, 1); /* the limit, alone */
+    assert_non_null(strstr(r->element[0]->str, ":l:"));
+    freeReplyObject(r);
+    redisFree(sc);
+    check_ttls();
+}
+
+static uint64_t
+xorshift(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+/*
+ * Set-after-invalidate: requests look up, read the origin (its version),
+ * then fill, interleaved at random with invalidations of their tags (each
+ * a write that bumps the version). Any hit must show the current version.
+ */
+static void
+test_set_after_invalidate_random(void **state)
+{
+    struct store *s = open_fresh(1000);
+    struct store_harness h = redis_harness;
+    struct conf c = {.h = &h, .s = s};
+    uint64_t seed = 0x2545f4914f6cdd1dull;
+    enum { NREQ = 4, ROUNDS = 300 };
+    int hits = 0, refused = 0, stored = 0;
+
+    for (int round = 0; round < ROUNDS; round++) {
+        struct conf_req req[NREQ];
+        int step[NREQ] = {0}; /* 0 lookup, 1 origin read, 2 fill, 3 done */
+        unsigned version_read[NREQ] = {0};
+        static unsigned version; /* the origin's data, bumped by every write */
+        const char *tags[] = {"crm:7", "dash:7", NULL};
+        const char *one[] = {"crm:7", NULL};
+        int left = NREQ;
+
+        while (left > 0) {
+            uint64_t r = xorshift(&seed);
+            if (r % 5 == 0) {
+                /* A write: every entry carries crm:7; some writes name dash:7 too. */
+                const char *both[] = {"dash:7", "crm:7"};
+                size_t lens[] = {6, 5};
+                version++;
+                if ((r >> 8) % 2)
+                    conf_invalidate(&c, both, lens, 2);
+                else
+                    conf_invalidate1(&c, "crm:7");
+                continue;
+            }
+            int i = (int)((r >> 16) % NREQ);
+            switch (step[i]) {
+            case 0:
+                conf_lookup(&c, &req[i], "crm:contacts:7", (r >> 24) % 2 ? tags : one);
+                if (req[i].a.state == STORE_HIT) {
+                    unsigned v = 0;
+                    sscanf(req[i].a.entry->body, "v%u", &v);
+                    assert_int_equal(v, version);
+                    store_entry_release(req[i].a.entry);
+                    hits++;
+                    step[i] = 3;
+                    left--;
+                } else {
+                    step[i] = 1;
+                }
+                break;
+            case 1:
+                version_read[i] = version;
+                step[i] = 2;
+                break;
+            case 2: {
+                char body[32];
+                snprintf(body, sizeof(body), "v%u", version_read[i]);
+                struct store_entry *e = conf_entry(200, "text/plain", body, strlen(body) + 1);
+                int st = conf_fill_req(&c, &req[i], e, 1 + (r >> 32) % 60000);
+                store_entry_release(e);
+                if (st == 0)
+                    stored++;
+                else
+                    refused++;
+                step[i] = 3;
+                left--;
+                break;
+            }
+            default:
+                break;
+            }
+        }
+        /* After the round, a hit is the latest version. */
+        struct conf_req q;
+        conf_lookup(&c, &q, "crm:contacts:7", one);
+        if (q.a.state == STORE_HIT) {
+            unsigned v = 0;
+            sscanf(q.a.entry->body, "v%u", &v);
+            assert_int_equal(v, version);
+            store_entry_release(q.a.entry);
+        }
+    }
+    print_message("set-after-invalidate: %d hits, %d fills stored, %d refused\n", hits, stored,
+                  refused);
+    assert_true(refused > 0 && stored > 0 && hits > 0);
+    s->ops->destroy(s);
+    check_ttls();
+}
+
+static void
+test_pipelined_batch(void **state)
+{
+    /* Many requests issued at once leave in few writes and all complete. */
+    struct store *s = open_fresh(1000);
+    enum { N = 500 };
+    static struct limiter_result rs[N];
+    static struct store_admit a[N];
+    static struct op o[N];
+    struct limiter_rule rule = {.algo = LIMITER_TOKEN_BUCKET, .limit = 300, .window_ms = HOUR};
+    struct store_limit l = {.rule = &rule, .key = "burst", .keylen = 5, .cost = 1};
+    int admitted = 0;
+
+    for (int i = 0; i < N; i++) {
+        a[i] = (struct store_admit){.limits = &l, .nlimits = 1, .results = &rs[i]};
+        o[i] = (struct op){0};
+        store_admit_and_lookup(s, &a[i], op_done, &o[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_true(loop_until(&o[i].done, 10000));
+        assert_int_equal(o[i].status, 0);
+        admitted += a[i].allowed;
+    }
+    assert_int_equal(admitted, 300);
+    s->ops->destroy(s);
+}
+
+/* ---- failover ----------------------------------------------------------------------------- */
+
+/* A primary that answers with `status` and counts its calls. */
+struct fake {
+    struct store base;
+    int status;
+    int admits, fills, invalidates;
+    size_t tags_invalidated;
+};
+
+static void
+fake_admit(struct store *s, struct store_admit *a, store_done_fn *done, void *arg)
+{
+    struct fake *f = (struct fake *)s;
+
+    f->admits++;
+    if (f->status == 0) {
+        a->allowed = true;
+        a->now_ms = 1;
+        a->state = STORE_MISS;
+        a->entry = NULL;
+        for (size_t i = 0; i < a->nlimits; i++)
+            a->results[i] = (struct limiter_result){.allowed = true, .limit = 1000};
+    }
+    done(arg, f->status);
+}
+
+static void
+fake_fill(struct store *s, const char *key, size_t keylen, struct store_entry *entry,
+          uint64_t ttl_ms, const char *const *tags, const size_t *taglens, const uint64_t *tag_gens,
+          size_t ntags, store_done_fn *done, void *arg)
+{
+    ((struct fake *)s)->fills++;
+    done(arg, ((struct fake *)s)->status);
+}
+
+static void
+fake_invalidate(struct store *s, const char *const *tags, const size_t *taglens, size_t ntags,
+                store_done_fn *done, void *arg)
+{
+    struct fake *f = (struct fake *)s;
+
+    f->invalidates++;
+    if (f->status == 0)
+        f->tags_invalidated += ntags;
+    done(arg, f->status);
+}
+
+static void
+fake_destroy(struct store *s)
+{
+}
+
+static const struct store_ops fake_ops = {
+    .name = "fake",
+    .admit_and_lookup = fake_admit,
+    .fill = fake_fill,
+    .invalidate = fake_invalidate,
+    .destroy = fake_destroy,
+};
+
+static void
+test_failover_breaker(void **state)
+{
+    struct fake fk = {.base = {.ops = &fake_ops}, .status = STORE_UNAVAILABLE};
+    struct store_memory *m = store_memory_new(1 << 20);
+    struct store_failover_config cfg = {.failures = 3, .cooldown_ms = 100, .name = "test"};
+    struct store *s = store_failover_new(&fk.base, store_memory_handle(m), &cfg);
+    struct limiter_result res;
+    struct store_admit a;
+    struct store_health h;
+
+    store_health(s, &h);
+    assert_false(h.degraded);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(admit1(s, "fo", 100, false, &res, &a), 0);
+        assert_true(a.bypassed);
+        assert_true(a.allowed);
+        assert_int_equal(fk.admits, i + 1);
+    }
+    store_health(s, &h);
+    assert_true(h.degraded);
+    assert_string_equal(h.state, "degraded");
+    assert_int_equal(h.transitions, 1);
+    /* Open: the primary is not called. */
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(admit1(s, "fo", 100, false, &res, &a), 0);
+    assert_int_equal(fk.admits, 3);
+    assert_int_equal(res.remaining, 100 - 8); /* counted in-process */
+    /* Fills are dropped, invalidations kept. */
+    const char *tag = "crm:1";
+    size_t taglen = 5;
+    struct op o = {0};
+    store_invalidate(s, &tag, &taglen, 1, op_done, &o);
+    assert_true(o.done);
+    assert_int_equal(fk.invalidates, 0);
+    /* After the cooldown one request probes; it fails: open again. */
+    loop_for(120);
+    assert_int_equal(admit1(s, "fo", 100, false, &res, &a), 0);
+    assert_int_equal(fk.admits, 4);
+    assert_true(a.bypassed);
+    assert_int_equal(admit1(s, "fo", 100, false, &res, &a), 0);
+    assert_int_equal(fk.admits, 4);
+    /* The primary is back: the next probe closes the breaker; the kept invalidation is sent. */
+    fk.status = 0;
+    loop_for(120);
+    assert_int_equal(admit1(s, "fo", 100, false, &res, &a), 0);
+    assert_int_equal(fk.admits, 5);
+    assert_false(a.bypassed);
+    assert_int_equal(fk.tags_invalidated, 1);
+    store_health(s, &h);
+    assert_false(h.degraded);
+    assert_int_equal(admit1(s, "fo", 100, false, &res, &a), 0);
+    assert_int_equal(fk.admits, 6);
+    /* A single failure does not open it. */
+    fk.status = -1;
+    assert_int_equal(admit1(s, "fo", 100, false, &res, &a), 0);
+    assert_true(a.bypassed);
+    fk.status = 0;
+    assert_int_equal(admit1(s, "fo", 100, false, &res, &a), 0);
+    assert_false(a.bypassed);
+    assert_int_equal(fk.admits, 8);
+    s->ops->destroy(s);
+    store_memory_free(m);
+}
+
+static void
+test_failover_limits_in_process(void **state)
+{
+    /* A Redis nobody listens on: limits fall back to the memory store, cache bypassed. */
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", free_port());
+    struct store_redis_config rc = {.url = url, .deadline_ms = 50};
+    char err[128];
+    struct store *r = store_redis_new(R.base, &rc, err, sizeof(err));
+    struct store_memory *m = store_memory_new(1 << 20);
+    struct store_failover_config cfg = {.failures = 2, .cooldown_ms = 50, .name = "test"};
+    struct store *s = store_failover_new(r, store_memory_handle(m), &cfg);
+    struct limiter_result res;
+    struct store_admit a;
+
+    assert_non_null(r);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(admit1(s, "down", 3, false, &res, &a), 0);
+        assert_true(a.bypassed);
+        assert_false(a.refused_closed);
+        assert_int_equal(a.allowed, i < 3);
+    }
+    /* A fail-closed limit cannot be checked: refused. */
+    assert_int_equal(admit1(s, "strict", 3, true, &res, &a), 0);
+    assert_true(a.refused_closed);
+    assert_false(a.allowed);
+    /* A cached lookup is bypassed, and the fill is not attempted. */
+    struct store_harness hh = redis_harness;
+    struct conf c = {.h = &hh, .s = s};
+    struct conf_req q;
+    conf_lookup(&c, &q, "page", (const char *[]){"t", NULL});
+    assert_true(q.a.bypassed);
+    assert_int_equal(q.a.state, STORE_MISS);
+    s->ops->destroy(s);
+    store_memory_free(m);
+}
+
+static void
+test_failover_recovers(void **state)
+{
+    struct store *r = open_fresh(50);
+    struct store_memory *m = store_memory_new(1 << 20);
+    struct store_failover_config cfg = {.failures = 2, .cooldown_ms = 50, .name = "test"};
+    struct store *s = store_failover_new(r, store_memory_handle(m), &cfg);
+    struct limiter_result res;
+    struct store_admit a;
+    struct store_health h;
+
+    assert_int_equal(admit1(s, "rec", 100, false, &res, &a), 0);
+    assert_false(a.bypassed);
+    server_kill(SIGKILL);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(admit1(s, "rec", 100, false, &res, &a), 0);
+        assert_true(a.bypassed);
+    }
+    store_health(s, &h);
+    assert_true(h.degraded);
+    assert_int_equal(server_start(), 0);
+    bool back = false;
+    for (int i = 0; i < 200 && !back; i++) {
+        assert_int_equal(admit1(s, "rec", 100, false, &res, &a), 0);
+        back = !a.bypassed;
+        if (!back)
+            loop_for(20);
+    }
+    assert_true(back);
+    store_health(s, &h);
+    assert_false(h.degraded);
+    s->ops->destroy(s);
+    store_memory_free(m);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bad_urls),
+        cmocka_unit_test(test_noscript_retried),
+        cmocka_unit_test_teardown(test_deadline_once, cont_server),
+        cmocka_unit_test(test_pipelined_batch),
+        cmocka_unit_test(test_set_after_invalidate_random),
+        cmocka_unit_test(test_db_and_password),
+        cmocka_unit_test(test_separate_limits_redis),
+        cmocka_unit_test(test_reconnect_after_restart),
+        cmocka_unit_test(test_failover_breaker),
+        cmocka_unit_test(test_failover_limits_in_process),
+        cmocka_unit_test(test_failover_recovers),
+    };
+    int failed;
+
+    signal(SIGPIPE, SIG_IGN);
+    if (system("command -v redis-server >/dev/null 2>&1") != 0) {
+        fprintf(stderr, "test_store_redis: redis-server is not installed (scripts/deps.sh test)\n");
+        return 77;
+    }
+    R.port = free_port();
+    snprintf(R.url, sizeof(R.url), "redis://127.0.0.1:%d", R.port);
+    R.base = event_base_new();
+    if (R.port <= 0 || server_start() != 0) {
+        fprintf(stderr, "test_store_redis: cannot start redis-server\n");
+        server_kill(SIGKILL);
+        return 1;
+    }
+    failed = store_conformance_run(&redis_harness);
+    failed += cmocka_run_group_tests_name("store_redis", tests, NULL, NULL);
+    server_kill(SIGTERM);
+    event_base_free(R.base);
+    return failed;
+}
