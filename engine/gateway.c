@@ -1129,6 +1129,7 @@ explain(struct policy *p, struct server_request *sr, const char *tier, char *err
     const struct policy_endpoint *ep = rq->ep;
     const struct policy_identity *id = &p->identity;
     char *out = NULL;
+    const struct policy_tier *main_tier = NULL;
     if (identity_header(rq, id->user_header, &rq->user, &rq->user_len) != 0 ||
         identity_header(rq, id->tenant_header, &rq->tenant, &rq->tenant_len) != 0) {
         snprintf(err, errlen, "identity header too long");
@@ -1138,6 +1139,11 @@ explain(struct policy *p, struct server_request *sr, const char *tier, char *err
         json_error_t jerr;
         rq->body = json_loadb(sr->body, sr->body_len, 0, &jerr);
     }
+    /* The caller's tenant file, as the request path applies it. */
+    rq->tn = tenant_find(p, rq->tenant, rq->tenant_len);
+    if (rq->tn)
+        rq->ep = tenant_endpoint(rq->tn, rq->ep);
+    ep = rq->ep;
 
     /* The tier: from the header, as given, or the default (explain runs no SQL). */
     const char *tier_from;
@@ -1155,6 +1161,8 @@ explain(struct policy *p, struct server_request *sr, const char *tier, char *err
                                    : "default";
     }
 
+    /* A tenant's tier override carries its main tier's name. */
+    main_tier = rq->tier ? policy_tier_find(p, rq->tier->name, strlen(rq->tier->name)) : NULL;
     json_t *caller = json_object();
     json_object_set_new(caller, "user",
                         rq->user ? json_stringn(rq->user, rq->user_len) : json_null());
@@ -1164,6 +1172,21 @@ explain(struct policy *p, struct server_request *sr, const char *tier, char *err
     json_object_set_new(caller, "tier", rq->tier ? json_string(rq->tier->name) : json_null());
     json_object_set_new(caller, "tier_from", json_string(tier_from));
     json_object_set_new(o, "caller", caller);
+
+    if (rq->tn) {
+        const struct tenant *tn = rq->tn;
+        json_t *hooks = json_array();
+        for (size_t i = 0; i < tn->nhooks; i++)
+            json_array_append_new(hooks, json_string(tn->hooks[i].name));
+        json_t *t = json_pack("{s:s, s:s, s:b, s:b, s:b, s:o, s:s}", "name", tn->name, "file",
+                              tn->file, "last_good_version", tn->last_good, "tier_override",
+                              rq->tier && rq->tier != main_tier, "endpoint_override",
+                              ep != (const struct policy_endpoint *)m.data, "hooks", hooks, "note",
+                              "hooks are not run by explain");
+        json_object_set_new(o, "tenant", t);
+    } else {
+        json_object_set_new(o, "tenant", json_null());
+    }
 
     json_t *e = json_pack("{s:s, s:s, s:i, s:s}", "name", ep->name, "file", ep->file, "line",
                           ep->line, "source", source_names[ep->source]);

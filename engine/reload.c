@@ -16,6 +16,7 @@
 
 #include "gateway.h"
 #include "policy.h"
+#include "tenant.h"
 #include "util.h"
 
 #define WATCH_MASK                                                                                 \
@@ -127,10 +128,27 @@ reloader_status_json(struct reloader *r)
     json_t *last = json_pack("{s:s, s:s, s:s}", "time", when, "trigger", r->last_trigger, "result",
                              r->last_ok ? "ok" : "error");
     json_object_set_new(last, "error", r->last_error ? json_string(r->last_error) : json_null());
+    json_t *tenants = json_array();
+    for (size_t i = 0; i < p->ntenants; i++)
+        json_array_append_new(tenants, json_pack("{s:s, s:s, s:b, s:i}", "name", p->tenants[i].name,
+                                                 "file", p->tenants[i].file, "last_good_version",
+                                                 p->tenants[i].last_good, "hooks",
+                                                 (int)p->tenants[i].nhooks));
+    json_t *terr = json_array();
+    for (const char *l = p->tenant_errors; l && *l;) {
+        const char *nl = strchr(l, '\n');
+        size_t len = nl ? (size_t)(nl - l) : strlen(l);
+        if (len)
+            json_array_append_new(terr, json_stringn(l, len));
+        l += len + (nl ? 1 : 0);
+    }
     json_t *o = json_pack("{s:s, s:I, s:I, s:o, s:I, s:I, s:o}", "directory", r->dir, "generation",
                           (json_int_t)p->generation, "endpoints", (json_int_t)p->nendpoints,
                           "files", files, "reloads", (json_int_t)r->reloads, "reload_failures",
                           (json_int_t)r->failures, "last_reload", last);
+    json_object_set_new(o, "tenants", tenants);
+    json_object_set_new(o, "tenant_errors", terr);
+    json_object_set_new(o, "hook_stats", tenant_stats_json());
     pthread_mutex_unlock(&r->lock);
     char *s = json_dumps(o, JSON_INDENT(2));
     json_decref(o);

@@ -74,6 +74,8 @@ class Reload(SluiceTestCase):
         self.assertEqual(st["generation"], 1)
         self.assertEqual([os.path.basename(f["path"]) for f in st["files"]], ["00-main.lua"])
         self.assertEqual(len(st["files"][0]["hash"]), 16)
+        self.assertEqual(st["tenants"], [])
+        self.assertEqual(st["tenant_errors"], [])
         self.assertEqual(st["last_reload"]["result"], "ok")
 
     def test_file_change_is_picked_up_by_inotify(self):
@@ -249,6 +251,21 @@ class ExplainCli(SluiceTestCase):
         self.assertEqual(sorted(e["invalidate"]), ["crm:7", "dash:7"])
         r = subprocess.run([lib.BIN, "explain", d, "GET /nowhere"], capture_output=True, text=True)
         self.assertEqual(json.loads(r.stdout)["status"], 404)
+
+    def test_explain_shows_the_tenant_overrides_applied(self):
+        d = os.path.join(lib.CRM, "policies")
+        r = subprocess.run([lib.BIN, "explain", d, "GET /api/crm?type=contacts", "-H",
+                            "X-User-Id: 5", "-H", "X-Tenant-Id: acme"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        e = json.loads(r.stdout)
+        self.assertEqual(e["tenant"]["name"], "acme")
+        self.assertTrue(e["tenant"]["tier_override"])
+        self.assertGreater(len(e["tenant"]["hooks"]), 0)
+        plain = json.loads(subprocess.run([lib.BIN, "explain", d, "GET /api/crm?type=contacts",
+                                           "-H", "X-User-Id: 5"], capture_output=True,
+                                          text=True).stdout)
+        self.assertIsNone(plain["tenant"])
+        self.assertNotEqual(e["limits"][0]["limit"], plain["limits"][0]["limit"])
 
 
 if __name__ == "__main__":
