@@ -7,7 +7,7 @@ level=${1:-build}
 build_pkgs=(build-essential cmake pkg-config clang clang-format
             libevent-dev libhiredis-dev libpq-dev libjansson-dev liblua5.4-dev lua5.4
             postgresql postgresql-common curl)
-test_pkgs=(libcmocka-dev lua-busted redis-server python3 libclang-rt-14-dev faketime)
+test_pkgs=(libcmocka-dev lua-busted lua-dkjson redis-server python3 libclang-rt-14-dev faketime)
 bench_pkgs=(wrk nginx varnish lua-nginx-redis libnginx-mod-http-lua)
 
 pkgs=("${build_pkgs[@]}")
