@@ -70,6 +70,11 @@ struct gw_req {
     uint64_t tag_gens[MAX_TAGS];
     struct store_admit admit;
     struct store_entry *entry; /* the fill in progress */
+    char *write_body;          /* a write's answer, held until its invalidation lands */
+    const char *inv_tags[MAX_TAGS];
+    size_t inv_lens[MAX_TAGS];
+    size_t write_len;
+    int write_status;
 
     char hdrs[HDRS_BYTES];
     size_t hdrs_len;
@@ -143,19 +148,22 @@ req_free(struct gw_req *rq)
         store_entry_release(rq->entry);
     if (rq->body)
         json_decref(rq->body);
+    free(rq->write_body);
     policy_release(rq->policy);
     free(rq);
 }
 
-/* Appends to the response's extra headers (truncated at HDRS_BYTES, which the limits on
- * names and counts keep out of reach). */
+/* Appends to the response's extra headers, kept NUL-terminated (truncated at HDRS_BYTES, which
+ * the limits on names and counts keep out of reach). */
 static void
 hdr_add(struct gw_req *rq, const char *s, size_t len)
 {
-    if (len > sizeof(rq->hdrs) - rq->hdrs_len)
-        len = sizeof(rq->hdrs) - rq->hdrs_len;
+    size_t room = sizeof(rq->hdrs) - 1 - rq->hdrs_len;
+    if (len > room)
+        len = room;
     memcpy(rq->hdrs + rq->hdrs_len, s, len);
     rq->hdrs_len += len;
+    rq->hdrs[rq->hdrs_len] = '\0';
 }
 
 static void
@@ -516,32 +524,51 @@ fill_and_reply(struct gw_req *rq, int status, char *body, size_t len)
     store_entry_release(e);
 }
 
+/* The invalidation of a write landed (or failed): now the write is answered. */
 static void
-invalidate_done(void *arg, int status)
+on_invalidated(void *arg, int status)
 {
-    (void)arg;
+    struct gw_req *rq = arg;
     if (status != 0)
-        fprintf(stderr, "sluice: invalidation failed\n");
+        fprintf(stderr, "sluice: invalidation after %s failed; entries may stay until their TTL\n",
+                rq->ep->name);
+    char *body = rq->write_body;
+    rq->write_body = NULL;
+    reply_body(rq, rq->write_status, body, rq->write_len);
+    free(body);
 }
 
-/* After a successful write: bump the generations of the endpoint's invalidate tags. */
-static int
-invalidate_tags(struct gw_req *rq)
+/*
+ * After a successful write: bumps the generations of the endpoint's
+ * invalidate tags, and answers (body is taken) only once the store has
+ * acknowledged, so that the caller's next read, on any instance, sees the
+ * write.
+ */
+static void
+invalidate_then_reply(struct gw_req *rq, int status, char *body, size_t len)
 {
     const struct policy_endpoint *ep = rq->ep;
-    if (ep->ninvalidate == 0)
-        return 0;
-    const char *tags[MAX_TAGS];
-    size_t lens[MAX_TAGS];
+    const char **tags = rq->inv_tags; /* the store may hold them until it is done */
+    size_t *lens = rq->inv_lens;
     size_t n = 0;
     for (size_t i = 0; i < ep->ninvalidate && n < MAX_TAGS; i++) {
         tags[n] = expand(rq, ep->invalidate[i], &lens[n]);
-        if (!tags[n])
-            return -1;
+        if (!tags[n]) {
+            free(body);
+            fail(rq, 500, "an invalidation key was too long");
+            return;
+        }
         n++;
     }
-    store_invalidate(rq->wk->store, tags, lens, n, invalidate_done, NULL);
-    return 0;
+    if (n == 0) {
+        reply_body(rq, status, body, len);
+        free(body);
+        return;
+    }
+    rq->write_body = body;
+    rq->write_len = len;
+    rq->write_status = status;
+    store_invalidate(rq->wk->store, tags, lens, n, on_invalidated, rq);
 }
 
 static int
@@ -591,13 +618,7 @@ on_db(void *arg, const struct db_result *res)
     }
 
     if (ep->is_write) {
-        if (invalidate_tags(rq) != 0) {
-            free(body);
-            fail(rq, 500, "an invalidation key was too long");
-            return;
-        }
-        reply_body(rq, ep->method == HTTP_POST ? 201 : 200, body, len);
-        free(body);
+        invalidate_then_reply(rq, ep->method == HTTP_POST ? 201 : 200, body, len);
         return;
     }
     if (ep->cached && rq->admit.cache_key) {
@@ -659,8 +680,9 @@ to_origin(struct gw_req *rq)
         run_sql(rq);
         return;
     case SOURCE_STATIC:
-        if (ep->is_write && invalidate_tags(rq) != 0) {
-            fail(rq, 500, "an invalidation key was too long");
+        if (ep->is_write) {
+            invalidate_then_reply(rq, ep->static_status, xstrndup(ep->static_body, ep->static_len),
+                                  ep->static_len);
             return;
         }
         if (ep->cached && rq->admit.cache_key) {
@@ -970,6 +992,7 @@ handle(struct server_request *sr, void *state)
     rq->hooked = 0;
     rq->body = NULL;
     rq->entry = NULL;
+    rq->write_body = NULL;
     rq->value_overflow = 0;
     rq->hdrs_len = rq->keys_used = rq->vals_used = 0;
     memset(&rq->admit, 0, sizeof(rq->admit));

@@ -56,6 +56,7 @@ struct conn {
     size_t consumed;     /* bytes of the current request (head + raw body) */
     int in_process;      /* inside conn_process(): responses do not flush by themselves */
     int paused;          /* not reading: too much output is waiting for the peer */
+    int dead;            /* closed while the application held its request: freed on answer */
     size_t head_scanned; /* bytes of an incomplete head already given to the parser */
     struct server_request req;
     char ip[INET6_ADDRSTRLEN];
@@ -182,7 +183,7 @@ worker_date_header(struct worker *w, size_t *len)
 /* ---- connections ---------------------------------------------------------------------- */
 
 static void
-conn_close(struct conn *c)
+conn_free(struct conn *c)
 {
     struct worker *w = c->w;
     if (c->prev)
@@ -197,12 +198,33 @@ conn_close(struct conn *c)
     event_free(c->ev_write);
     event_free(c->ev_timer);
     evbuffer_free(c->out); /* runs the release callbacks of borrowed bodies */
-    close(c->fd);
+    if (c->fd >= 0)
+        close(c->fd);
     free(c->in);
     free(c->body);
     free(c);
     if (w->draining && w->nconns == 0)
         event_base_loopexit(w->base, NULL);
+}
+
+/*
+ * Closes a connection. One whose request the application still holds stops
+ * all I/O now but stays allocated (its request points into it) until the
+ * application answers; server_respond() then frees it.
+ */
+static void
+conn_close(struct conn *c)
+{
+    if (c->state != CONN_HANDLING) {
+        conn_free(c);
+        return;
+    }
+    c->dead = 1;
+    event_del(c->ev_read);
+    event_del(c->ev_write);
+    evtimer_del(c->ev_timer);
+    close(c->fd);
+    c->fd = -1;
 }
 
 static void
@@ -337,6 +359,11 @@ on_read(evutil_socket_t fd, short what, void *arg)
     struct conn *c = arg;
     const struct server_config *cfg = &c->w->s->cfg;
 
+    if (c->state == CONN_HANDLING) {
+        /* No reading until the response: the request points into the buffer. */
+        event_del(c->ev_read);
+        return;
+    }
     if (c->in_off > 0 && c->in_off == c->in_len) {
         c->in_off = c->in_len = 0;
     }
@@ -533,9 +560,10 @@ conn_process(struct conn *c)
         /* If it answered synchronously, the state is CONN_READ again and the loop goes on. */
     }
     c->in_process = 0;
-    if (c->state == CONN_HANDLING)
-        event_del(c->ev_read); /* no reading until the response: keeps buffer pointers valid */
-    else if (!c->closing && !c->paused)
+    /* While the application has a request the read event stays armed: disarming and arming
+     * it around every answer would cost two epoll_ctl calls. If the peer sends meanwhile,
+     * on_read disarms it until the response. */
+    if (c->state != CONN_HANDLING && !c->closing && !c->paused)
         event_add(c->ev_read, NULL);
     if (conn_flush(c) != 0)
         return;
@@ -580,6 +608,14 @@ server_respond(struct server_request *req, const struct server_response *resp)
         /* A second answer to one request is a bug in the caller. */
         fprintf(stderr, "sluice: internal error: response to a finished request\n");
         abort();
+    }
+    if (c->dead) {
+        /* The peer is gone: nothing to send; the connection ends here. */
+        if (resp->release)
+            resp->release(resp->body, resp->body_len, resp->body_arg);
+        c->state = CONN_READ;
+        conn_free(c);
+        return;
     }
     if (resp->close || w->draining)
         c->closing = 1;

@@ -111,7 +111,19 @@ class CacheAndData(SluiceTestCase):
                                   {"email": "x@example.com"})
         self.assertEqual(st, 400, b)
         self.assertEqual(h["content-type"], "application/problem+json", (h, b))
+        self.assertTrue(b.startswith(b"{"), (h, b))
         self.assertIn("name", json.loads(b)["detail"], (h, b))
+
+    def test_error_answers_carry_no_header_of_an_earlier_request(self):
+        # Per-request memory is reused: an error answer must hold its own headers only.
+        for _ in range(50):
+            self.s.get("/api/crm?type=projects", user=PRO)
+            st, h, b = self.s.request("POST", "/api/crm/contacts", {"X-User-Id": str(PRO)},
+                                      {"email": "x@example.com"})
+            self.assertEqual(st, 400)
+            self.assertNotIn("x-cache", h)
+            self.assertNotIn("age", h)
+            self.assertEqual(json.loads(b)["status"], 400)
 
     def test_unknown_route_is_404_problem(self):
         st, h, b = self.s.get("/api/nothing-here", user=PRO)
