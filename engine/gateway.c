@@ -176,12 +176,7 @@ static void
 hdr_u64(struct gw_req *rq, uint64_t v)
 {
     char buf[20];
-    size_t i = sizeof(buf);
-    do {
-        buf[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    hdr_add(rq, buf + i, sizeof(buf) - i);
+    hdr_add(rq, buf, util_u64(buf, v));
 }
 
 static void

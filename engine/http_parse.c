@@ -630,3 +630,9 @@ http_query_find(const char *query, size_t qlen, const char *name, size_t namelen
     }
     return 0;
 }
+
+int
+http_hex_digit(unsigned char c)
+{
+    return hexval(c);
+}

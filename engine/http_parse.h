@@ -121,6 +121,9 @@ int http_chunked_decode(struct http_chunked *d, const char *in, size_t inlen, si
  */
 int http_pct_decode(const char *in, size_t len, char *out, size_t *outlen, int plus_as_space);
 
+/* Returns the value of a hex digit (either case), or -1. */
+int http_hex_digit(unsigned char c);
+
 /*
  * Finds the first query parameter `name` in a raw query string (a=1&b=2). Keys
  * are compared byte for byte, still encoded. Sets *val to the still-encoded

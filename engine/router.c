@@ -1,5 +1,7 @@
 /* router.c - compiled route table: method + path pattern + pinned query -> endpoint. */
 #include "router.h"
+#include "http_parse.h"
+#include "util.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -63,50 +65,6 @@ enum { M_GET = 0, M_HEAD = 1 };
 const char *const router_methods[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
 const size_t router_nmethods = sizeof(router_methods) / sizeof(router_methods[0]);
 
-static void *
-xrealloc(void *p, size_t n)
-{
-    p = realloc(p, n ? n : 1);
-    if (p == NULL) {
-        fprintf(stderr, "sluice: out of memory\n");
-        abort();
-    }
-    return p;
-}
-
-static char *
-xstrndup(const char *s, size_t n)
-{
-    char *p = xrealloc(NULL, n + 1);
-    memcpy(p, s, n);
-    p[n] = '\0';
-    return p;
-}
-
-static void
-seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
-static int
-hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /*
  * Returns 1 when raw[0..rawlen), percent-decoded ('+' as space when
  * plus_as_space), equals lit[0..litlen); 0 otherwise, including on a bad
@@ -123,8 +81,8 @@ pct_equal(const char *raw, size_t rawlen, const char *lit, size_t litlen, int pl
         unsigned char c = (unsigned char)raw[i];
         if (c == '%') {
             int hi, lo;
-            if (rawlen - i < 3 || (hi = hexval((unsigned char)raw[i + 1])) < 0 ||
-                (lo = hexval((unsigned char)raw[i + 2])) < 0)
+            if (rawlen - i < 3 || (hi = http_hex_digit((unsigned char)raw[i + 1])) < 0 ||
+                (lo = http_hex_digit((unsigned char)raw[i + 2])) < 0)
                 return 0;
             c = (unsigned char)(hi << 4 | lo);
             i += 3;
@@ -148,27 +106,12 @@ pct_equal(const char *raw, size_t rawlen, const char *lit, size_t litlen, int pl
 static char *
 pct_decode_dup(const char *in, size_t len, int plus_as_space, size_t *outlen)
 {
-    char *out = xrealloc(NULL, len + 1);
-    size_t o = 0;
-
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)in[i];
-        if (c == '%') {
-            int hi, lo;
-            if (len - i < 3 || (hi = hexval((unsigned char)in[i + 1])) < 0 ||
-                (lo = hexval((unsigned char)in[i + 2])) < 0 || (hi | lo) == 0) {
-                free(out);
-                return NULL;
-            }
-            c = (unsigned char)(hi << 4 | lo);
-            i += 2;
-        } else if (c == '+' && plus_as_space) {
-            c = ' ';
-        }
-        out[o++] = (char)c;
+    char *out = xmalloc(len + 1);
+    if (http_pct_decode(in, len, out, outlen, plus_as_space) != 0) {
+        free(out);
+        return NULL;
     }
-    out[o] = '\0';
-    *outlen = o;
+    out[*outlen] = '\0';
     return out;
 }
 
@@ -247,18 +190,18 @@ parse_path(struct route *rt, const char *path, size_t len, char *err, size_t err
         slen = (size_t)(q - p);
         for (size_t i = 0; i < slen; i++) {
             if (bad_pattern_char((unsigned char)p[i])) {
-                seterr(err, errlen, "bad character 0x%02x in segment \"%.*s\"", (unsigned char)p[i],
-                       (int)slen, p);
+                util_seterr(err, errlen, "bad character 0x%02x in segment \"%.*s\"",
+                            (unsigned char)p[i], (int)slen, p);
                 return -1;
             }
         }
 
         if (slen == 0 && !last) {
-            seterr(err, errlen, "empty segment (\"//\"): only a trailing '/' may be empty");
+            util_seterr(err, errlen, "empty segment (\"//\"): only a trailing '/' may be empty");
             return -1;
         } else if (slen == 1 && p[0] == '*') {
             if (!last) {
-                seterr(err, errlen, "'*' must be the last segment");
+                util_seterr(err, errlen, "'*' must be the last segment");
                 return -1;
             }
             seg.kind = SEG_WILDCARD;
@@ -267,26 +210,27 @@ parse_path(struct route *rt, const char *path, size_t len, char *err, size_t err
             rt->wildcard = 1;
         } else if (slen > 0 && p[0] == '{') {
             if (p[slen - 1] != '}') {
-                seterr(err, errlen, "parameter \"%.*s\" must be a whole segment \"{name}\"",
-                       (int)slen, p);
+                util_seterr(err, errlen, "parameter \"%.*s\" must be a whole segment \"{name}\"",
+                            (int)slen, p);
                 return -1;
             }
             if (slen == 2) {
-                seterr(err, errlen, "empty parameter name \"{}\"");
+                util_seterr(err, errlen, "empty parameter name \"{}\"");
                 return -1;
             }
             for (size_t i = 1; i + 1 < slen; i++) {
                 if (!is_name_char((unsigned char)p[i])) {
-                    seterr(err, errlen,
-                           "bad parameter name \"%.*s\": names use letters, digits, '_' and '-'",
-                           (int)slen, p);
+                    util_seterr(
+                        err, errlen,
+                        "bad parameter name \"%.*s\": names use letters, digits, '_' and '-'",
+                        (int)slen, p);
                     return -1;
                 }
             }
             for (size_t s = 0; s < rt->nsegs; s++) {
                 if (rt->segs[s].kind == SEG_PARAM && rt->segs[s].len == slen - 2 &&
                     memcmp(rt->segs[s].text, p + 1, slen - 2) == 0) {
-                    seterr(err, errlen, "duplicate parameter \"%.*s\"", (int)slen, p);
+                    util_seterr(err, errlen, "duplicate parameter \"%.*s\"", (int)slen, p);
                     return -1;
                 }
             }
@@ -296,23 +240,24 @@ parse_path(struct route *rt, const char *path, size_t len, char *err, size_t err
         } else {
             for (size_t i = 0; i < slen; i++) {
                 if (p[i] == '{' || p[i] == '}' || p[i] == '*') {
-                    seterr(err, errlen,
-                           "'%c' in segment \"%.*s\": parameters are whole segments \"{name}\", "
-                           "'*' a whole last segment (write %%7B, %%7D, %%2A for the bytes)",
-                           p[i], (int)slen, p);
+                    util_seterr(
+                        err, errlen,
+                        "'%c' in segment \"%.*s\": parameters are whole segments \"{name}\", "
+                        "'*' a whole last segment (write %%7B, %%7D, %%2A for the bytes)",
+                        p[i], (int)slen, p);
                     return -1;
                 }
             }
             seg.text = pct_decode_dup(p, slen, 0, &seg.len);
             if (seg.text == NULL) {
-                seterr(err, errlen, "bad percent-encoding in segment \"%.*s\"", (int)slen, p);
+                util_seterr(err, errlen, "bad percent-encoding in segment \"%.*s\"", (int)slen, p);
                 return -1;
             }
         }
 
         if (seg.kind != SEG_LITERAL && ++rt->nparams > ROUTER_MAX_PARAMS) {
             free(seg.text);
-            seterr(err, errlen, "too many parameters (at most %d)", ROUTER_MAX_PARAMS);
+            util_seterr(err, errlen, "too many parameters (at most %d)", ROUTER_MAX_PARAMS);
             return -1;
         }
         if (rt->nsegs == cap) {
@@ -344,13 +289,13 @@ parse_pins(struct route *rt, const char *q, size_t len, char *err, size_t errlen
     const char *p = q, *end = q + len;
 
     if (len == 0) {
-        seterr(err, errlen, "empty query after '?'");
+        util_seterr(err, errlen, "empty query after '?'");
         return -1;
     }
     for (size_t i = 0; i < len; i++) {
         if (bad_pattern_char((unsigned char)q[i])) {
-            seterr(err, errlen, "bad character 0x%02x in pinned query \"%.*s\"",
-                   (unsigned char)q[i], (int)len, q);
+            util_seterr(err, errlen, "bad character 0x%02x in pinned query \"%.*s\"",
+                        (unsigned char)q[i], (int)len, q);
             return -1;
         }
     }
@@ -361,16 +306,17 @@ parse_pins(struct route *rt, const char *q, size_t len, char *err, size_t errlen
         struct pin pin;
 
         if (e == p) {
-            seterr(err, errlen, "empty parameter in pinned query \"%.*s\"", (int)len, q);
+            util_seterr(err, errlen, "empty parameter in pinned query \"%.*s\"", (int)len, q);
             return -1;
         }
         if (eq == NULL) {
-            seterr(err, errlen, "pinned query parameter \"%.*s\" needs a value (name=value)",
-                   (int)(e - p), p);
+            util_seterr(err, errlen, "pinned query parameter \"%.*s\" needs a value (name=value)",
+                        (int)(e - p), p);
             return -1;
         }
         if (eq == p) {
-            seterr(err, errlen, "pinned query parameter \"%.*s\" has no name", (int)(e - p), p);
+            util_seterr(err, errlen, "pinned query parameter \"%.*s\" has no name", (int)(e - p),
+                        p);
             return -1;
         }
         pin.name = pct_decode_dup(p, (size_t)(eq - p), 1, &pin.nlen);
@@ -378,13 +324,13 @@ parse_pins(struct route *rt, const char *q, size_t len, char *err, size_t errlen
         if (pin.name == NULL || pin.value == NULL) {
             free(pin.name);
             free(pin.value);
-            seterr(err, errlen, "bad percent-encoding in pinned query parameter \"%.*s\"",
-                   (int)(e - p), p);
+            util_seterr(err, errlen, "bad percent-encoding in pinned query parameter \"%.*s\"",
+                        (int)(e - p), p);
             return -1;
         }
         for (size_t i = 0; i < rt->npins; i++) {
             if (rt->pins[i].nlen == pin.nlen && memcmp(rt->pins[i].name, pin.name, pin.nlen) == 0) {
-                seterr(err, errlen, "pinned query parameter \"%s\" given twice", pin.name);
+                util_seterr(err, errlen, "pinned query parameter \"%s\" given twice", pin.name);
                 free(pin.name);
                 free(pin.value);
                 return -1;
@@ -457,13 +403,13 @@ router_add(struct router *r, const char *method, const char *pattern, void *data
     memset(&rt, 0, sizeof(rt));
     rt.method = method_index(method, strlen(method));
     if (rt.method < 0) {
-        seterr(err, errlen,
-               "unknown method \"%s\" (use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS)",
-               method);
+        util_seterr(err, errlen,
+                    "unknown method \"%s\" (use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS)",
+                    method);
         return -1;
     }
     if (pattern[0] != '/') {
-        seterr(err, errlen, "pattern \"%s\" must start with '/'", pattern);
+        util_seterr(err, errlen, "pattern \"%s\" must start with '/'", pattern);
         return -1;
     }
     qmark = strchr(pattern, '?');
@@ -478,15 +424,15 @@ router_add(struct router *r, const char *method, const char *pattern, void *data
         if (o->method != rt.method || !same_shape(o, &rt))
             continue;
         if (same_pins(o, &rt)) {
-            seterr(err, errlen, "duplicate route \"%s %s\": same as \"%s\"", method, pattern,
-                   o->pattern);
+            util_seterr(err, errlen, "duplicate route \"%s %s\": same as \"%s\"", method, pattern,
+                        o->pattern);
             goto fail;
         }
         if (o->npins == rt.npins && pins_compatible(o, &rt)) {
-            seterr(err, errlen,
-                   "route \"%s %s\" is ambiguous with \"%s\": one request can match both; "
-                   "pin the same parameters on both",
-                   method, pattern, o->pattern);
+            util_seterr(err, errlen,
+                        "route \"%s %s\" is ambiguous with \"%s\": one request can match both; "
+                        "pin the same parameters on both",
+                        method, pattern, o->pattern);
             goto fail;
         }
     }

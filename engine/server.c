@@ -584,13 +584,7 @@ put(char *o, const char *s, size_t n)
 static char *
 put_u64(char *o, uint64_t v)
 {
-    char tmp[20];
-    size_t i = sizeof(tmp);
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    return put(o, tmp + i, sizeof(tmp) - i);
+    return o + util_u64(o, v);
 }
 
 static struct conn *

@@ -1,5 +1,6 @@
 /* template.c - key templates: compiled once into segments, expanded per request with escaping. */
 #include "template.h"
+#include "util.h"
 
 #include <assert.h>
 #include <limits.h>
@@ -65,29 +66,6 @@ static const struct {
     {"body", TV_BODY, 1}, {"row", TV_ROW, 1},
 };
 
-static void *
-xrealloc(void *p, size_t n)
-{
-    p = realloc(p, n ? n : 1);
-    if (p == NULL) {
-        fprintf(stderr, "sluice: out of memory\n");
-        abort();
-    }
-    return p;
-}
-
-static void
-seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static int
 is_delimiter(unsigned char c)
 {
@@ -147,7 +125,8 @@ template_compile(const char *src, unsigned allowed, char *err, size_t errlen)
 
     while (i < n) {
         if (src[i] == '}') {
-            seterr(err, errlen, "stray '}' at offset %zu (templates have no literal braces)", i);
+            util_seterr(err, errlen, "stray '}' at offset %zu (templates have no literal braces)",
+                        i);
             goto fail;
         }
         if (src[i] != '{') {
@@ -159,13 +138,13 @@ template_compile(const char *src, unsigned allowed, char *err, size_t errlen)
         while (j < n && src[j] != '}' && src[j] != '{')
             j++;
         if (j == n || src[j] == '{') {
-            seterr(err, errlen, "unclosed '{' at offset %zu", open);
+            util_seterr(err, errlen, "unclosed '{' at offset %zu", open);
             goto fail;
         }
         const char *body = src + open + 1;
         size_t blen = j - open - 1;
         if (blen == 0) {
-            seterr(err, errlen, "empty '{}' at offset %zu", open);
+            util_seterr(err, errlen, "empty '{}' at offset %zu", open);
             goto fail;
         }
 
@@ -176,38 +155,42 @@ template_compile(const char *src, unsigned allowed, char *err, size_t errlen)
             if (strlen(vars[k].name) == klen && memcmp(vars[k].name, body, klen) == 0)
                 break;
         if (k == sizeof(vars) / sizeof(vars[0])) {
-            seterr(err, errlen, "unknown variable {%.*s} at offset %zu", (int)blen, body, open);
+            util_seterr(err, errlen, "unknown variable {%.*s} at offset %zu", (int)blen, body,
+                        open);
             goto fail;
         }
         const char *name = dot ? dot + 1 : NULL;
         size_t nlen = dot ? blen - klen - 1 : 0;
         if (vars[k].dotted && nlen == 0) {
-            seterr(err, errlen, "{%.*s} at offset %zu needs a name, as in {%s.NAME}", (int)blen,
-                   body, open, vars[k].name);
+            util_seterr(err, errlen, "{%.*s} at offset %zu needs a name, as in {%s.NAME}",
+                        (int)blen, body, open, vars[k].name);
             goto fail;
         }
         if (!vars[k].dotted && dot) {
-            seterr(err, errlen, "{%.*s} at offset %zu: {%s} takes no name", (int)blen, body, open,
-                   vars[k].name);
+            util_seterr(err, errlen, "{%.*s} at offset %zu: {%s} takes no name", (int)blen, body,
+                        open, vars[k].name);
             goto fail;
         }
         for (size_t c = 0; c < nlen; c++) {
             if (!is_name_char((unsigned char)name[c])) {
-                seterr(err, errlen,
-                       "bad name in {%.*s} at offset %zu: names use letters, digits, '_' and '-'",
-                       (int)blen, body, open);
+                util_seterr(
+                    err, errlen,
+                    "bad name in {%.*s} at offset %zu: names use letters, digits, '_' and '-'",
+                    (int)blen, body, open);
                 goto fail;
             }
         }
         if (!(allowed & TV_BIT(vars[k].var))) {
-            seterr(err, errlen, "{%.*s} at offset %zu is not allowed here", (int)blen, body, open);
+            util_seterr(err, errlen, "{%.*s} at offset %zu is not allowed here", (int)blen, body,
+                        open);
             goto fail;
         }
         if (prev != NULL && !has_delimiter(src + lit, open - lit)) {
-            seterr(err, errlen,
-                   "{%.*s} at offset %zu follows {%.*s} without a ':' between them, so different "
-                   "values could expand to the same text",
-                   (int)blen, body, open, (int)prevlen, prev);
+            util_seterr(
+                err, errlen,
+                "{%.*s} at offset %zu follows {%.*s} without a ':' between them, so different "
+                "values could expand to the same text",
+                (int)blen, body, open, (int)prevlen, prev);
             goto fail;
         }
 

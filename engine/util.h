@@ -4,6 +4,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Allocators that abort with a message when memory is exhausted; never return NULL. */
 void *xmalloc(size_t n);
@@ -11,6 +12,13 @@ void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
+
+/* Formats into err[0..errlen) when err is not NULL (the house error convention). */
+void util_seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Writes v in decimal to out (room for 20 bytes), not terminated; returns the length. */
+size_t util_u64(char *out, uint64_t v);
 
 /* printf into a new string (owned by the caller). */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
