@@ -5,6 +5,7 @@
 #
 #   bench/run.sh                 # 3 rounds of 8 s at 50 connections
 #   ROUNDS=5 DURATION=10 CONNECTIONS=100 bench/run.sh
+#   CALLERS=1000 bench/run.sh    # the Redis part with requests spread over 1000 callers
 #
 # Prints req/s, p50 latency and server CPU time per request for each peer, and
 # the ratio sluice / nginx of the best round of each.
@@ -16,6 +17,8 @@ DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-50}
 SERVER_CPU=${SERVER_CPU:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
+CALLERS=${CALLERS:-1}
+wrk_caller=(-H 'X-User-Id: 42') # who the requests come from: one caller, or a rotation
 
 scripts/deps.sh bench
 cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -116,7 +119,7 @@ run() {
     local pid=$2 url=$3 t0 t1 out rps p50 reqs
     t0=$(cpu_ticks "$pid")
     out=$(taskset -c "$CLIENT_CPU" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
-        -H 'X-User-Id: 42' "$url")
+        "${wrk_caller[@]}" "$url")
     t1=$(cpu_ticks "$pid")
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
@@ -153,7 +156,9 @@ awk -v s="$best_s" -v n="$best_n" 'BEGIN {
 # against nginx + lua-nginx-module doing a Redis-backed sliding-window check
 # (lua-resty-redis, Debian's lua-nginx-redis) in front of proxy_cache, on the same body.
 # Each server on CPU $SERVER_CPU (sluice: one worker); redis-server shares CPU $CLIENT_CPU
-# with wrk. REDIS=0 skips this part.
+# with wrk. REDIS=0 skips this part. With CALLERS=N (N > 1) its requests come from N callers
+# in turn (X-User-Id 0..N-1), so that concurrent requests rarely share a caller: sluice
+# then decides nearly every request in a call of its own (no batching).
 if [ "${REDIS:-1}" != 0 ]; then
     port_redis=$(free_port)
     taskset -c "$CLIENT_CPU" redis-server --port "$port_redis" --bind 127.0.0.1 --save '' \
@@ -260,7 +265,19 @@ EOF
     [ -n "$(redis-cli -p "$port_redis" --scan --pattern 'sl:*' | head -n 1)" ] ||
         { echo "bench: sluice did not count in Redis" >&2; exit 1; }
 
+    if [ "$CALLERS" -gt 1 ]; then
+        cat >"$work/callers.lua" <<EOF
+local n = math.random($CALLERS)
+request = function()
+  n = (n + 1) % $CALLERS
+  return wrk.format("GET", nil, {["X-User-Id"] = tostring(n)})
+end
+EOF
+        wrk_caller=(-s "$work/callers.lua")
+    fi
+
     echo
+    echo "redis part: requests from $CALLERS caller(s)"
     printf '%-34s %5s %12s %9s %12s\n' peer round req/s p50 cpu-us/req
     best_sr=0
     best_nl=0

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "gateway.h"
 
+#include <event2/event.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -24,6 +25,10 @@
 #define KEYS_BYTES 4096
 #define VALS_BYTES 4096
 #define HDRS_BYTES 1536
+#define FILL_LEASE_MS 500   /* a miss holds its key's fill lease this long at most */
+#define FILL_WAIT_MS 1000   /* a request waits this long at most for another's fill */
+#define FILL_POLL_MS 10     /* its first look again; then doubling up to */
+#define FILL_POLL_MAX_MS 50 /* this */
 
 #define QUOTA_TYPE "https://iana.org/assignments/http-problem-types#quota-exceeded"
 
@@ -70,6 +75,8 @@ struct gw_req {
     uint64_t tag_gens[MAX_TAGS];
     struct store_admit admit;
     struct store_entry *entry; /* the fill in progress */
+    struct event *fill_timer;  /* waiting for another caller's fill: the next look */
+    uint64_t fill_waited_ms;   /* how long it has waited for that fill */
     char *write_body;          /* a write's answer, held until its invalidation lands */
     const char *inv_tags[MAX_TAGS];
     size_t inv_lens[MAX_TAGS];
@@ -694,6 +701,57 @@ to_origin(struct gw_req *rq)
     }
 }
 
+static void on_looked_up(void *arg, int status);
+
+static void
+on_fill_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_req *rq = arg;
+    rq->admit.nlimits = 0; /* a lookup only: the request's limits were counted once */
+    store_admit_and_lookup(rq->wk->store, &rq->admit, on_looked_up, rq);
+}
+
+/*
+ * Serves an admitted request from its lookup: a hit from the cache, a miss from the origin.
+ * While another caller holds the key's fill lease (STORE_FILLING), the request looks again
+ * after FILL_POLL_MS, then at doubling intervals, for FILL_WAIT_MS at most: the fill that
+ * lands is a hit; a miss (the lease was released or ran out, and this request took it) or
+ * the end of the wait goes to the origin.
+ */
+static void
+on_looked_up(void *arg, int status)
+{
+    struct gw_req *rq = arg;
+    if (status == 0 && rq->admit.state == STORE_FILLING && rq->fill_waited_ms < FILL_WAIT_MS) {
+        if (!rq->fill_timer)
+            rq->fill_timer = evtimer_new(worker_base(rq->wk->w), on_fill_timer, rq);
+        uint64_t ms = rq->fill_waited_ms ? rq->fill_waited_ms : FILL_POLL_MS;
+        if (ms > FILL_POLL_MAX_MS)
+            ms = FILL_POLL_MAX_MS;
+        struct timeval tv = {0, (suseconds_t)(ms * 1000)};
+        if (rq->fill_timer && evtimer_add(rq->fill_timer, &tv) == 0) {
+            rq->fill_waited_ms += ms;
+            return;
+        }
+    }
+    if (rq->fill_timer) {
+        event_free(rq->fill_timer);
+        rq->fill_timer = NULL;
+    }
+    if (status == 0 && rq->admit.state == STORE_HIT && rq->admit.entry) {
+        struct store_entry *e = rq->admit.entry;
+        rq->admit.entry = NULL;
+        rq->entry = e; /* released with the request */
+        reply_entry(rq, e, "HIT", rq->admit.now_ms);
+        return;
+    }
+    if (rq->admit.entry) {
+        store_entry_release(rq->admit.entry);
+        rq->admit.entry = NULL;
+    }
+    to_origin(rq);
+}
+
 static void
 on_admitted(void *arg, int status)
 {
@@ -712,18 +770,9 @@ on_admitted(void *arg, int status)
         reply_denied(rq);
         return;
     }
-    if (rq->admit.state == STORE_HIT && rq->admit.entry) {
-        struct store_entry *e = rq->admit.entry;
-        rq->admit.entry = NULL;
-        rq->entry = e; /* released with the request */
-        reply_entry(rq, e, "HIT", rq->admit.now_ms);
-        return;
-    }
-    if (rq->admit.entry) {
-        store_entry_release(rq->admit.entry);
-        rq->admit.entry = NULL;
-    }
-    to_origin(rq);
+    rq->fill_timer = NULL;
+    rq->fill_waited_ms = 0;
+    on_looked_up(rq, 0);
 }
 
 /* ---- identity, limits and the lookup ------------------------------------------------------ */
@@ -821,6 +870,7 @@ admit(struct gw_req *rq)
             nt++;
         }
         a->ntags = nt;
+        a->lease_ms = FILL_LEASE_MS;
     }
     store_admit_and_lookup(rq->wk->store, a, on_admitted, rq);
 }

@@ -46,11 +46,14 @@ struct store_admit {
     const char *const *tags; /* tags the entry would carry; their generations are the lease */
     const size_t *taglens;
     size_t ntags;
+    uint64_t lease_ms; /* 0, or on a miss take the fill lease of cache_key for this long:
+                          a miss then means "you fill", and while the lease is held other
+                          lookups asking for it get STORE_FILLING; store_fill() releases it */
 
     /* out */
     struct limiter_result *results; /* nlimits slots, filled */
     bool allowed;                   /* every limit admitted; only then did counters move */
-    enum store_cache_state state;   /* only looked up when allowed */
+    enum store_cache_state state;   /* only looked up when allowed; FILLING only with lease_ms */
     struct store_entry *entry;      /* new reference on HIT/STALE, else NULL */
     uint64_t *tag_gens;             /* ntags slots: generations seen, passed back to fill */
     uint64_t now_ms;                /* the store's clock at the decision */
@@ -105,9 +108,18 @@ struct store {
  * rules that share a key string count separately; the same one named twice
  * in a request counts both costs. An entry is a HIT while it is unexpired
  * and every tag it was filled under still has the generation it had then.
+ * With nlimits 0 it is a lookup only, which counts nothing.
+ *
+ * Fill lease (single flight): with lease_ms, a miss takes the key's lease
+ * when nobody holds it (MISS: the caller is expected to fill) and reports
+ * STORE_FILLING when another caller holds it, across every handle of the
+ * store (threads, or instances sharing Redis). The lease ends at the next
+ * store_fill() of the key, stored or refused, or after lease_ms. It is a
+ * hint: a fill is accepted whoever holds the lease.
+ *
  * `done` may be called before this returns (memory store) or later from the
  * event loop (Redis store), exactly once; `a` and its arrays must stay
- * valid until then. The memory store reports HIT or MISS only.
+ * valid until then. STORE_STALE is not reported by either store yet.
  */
 static inline void
 store_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done, void *arg)
@@ -117,7 +129,8 @@ store_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *do
 
 /*
  * Stores `entry` (a new reference is taken; the caller keeps its own) under
- * key for ttl_ms with these tags, replacing what was there, and stamps its
+ * key for ttl_ms with these tags, replacing what was there, releases the
+ * key's fill lease, and stamps its
  * stored_ms and expires_ms from the store's clock (so fill an entry once,
  * before sharing it). tag_gens are the ones admit_and_lookup() returned for
  * the same tags. Status -1 (refused, nothing stored) when any tag's
@@ -201,6 +214,7 @@ struct store_redis_config {
                                Redis for limits (admit_and_lookup then makes two calls) */
     uint64_t deadline_ms;   /* per command; 0: 50 */
     uint64_t tag_lease_ms;  /* least TTL of a tag key; 0: 600000 (10 minutes) */
+    size_t near_bytes;      /* budget of the handle's local copies of responses; 0: 16 MiB */
 };
 
 /* Returns 0 when url is a usable Redis URL, else -1 with a message in err. */
@@ -216,11 +230,13 @@ struct store *store_redis_new(struct event_base *base, const struct store_redis_
 
 /* Counters of a Redis store, since it was created. */
 struct store_redis_stats {
-    uint64_t commands;  /* commands sent (a NOSCRIPT resend counts again) */
-    uint64_t noscript;  /* NOSCRIPT replies answered by SCRIPT LOAD and a resend */
-    uint64_t deadlines; /* connections dropped because a command passed its deadline */
-    uint64_t connects;  /* connections established */
-    uint64_t failed;    /* operations completed with an error */
+    uint64_t commands;   /* commands sent (a NOSCRIPT resend counts again) */
+    uint64_t noscript;   /* NOSCRIPT replies answered by SCRIPT LOAD and a resend */
+    uint64_t deadlines;  /* connections dropped because a command passed its deadline */
+    uint64_t connects;   /* connections established */
+    uint64_t failed;     /* operations completed with an error */
+    uint64_t local_hits; /* hits answered with the handle's local copy of the response */
+    uint64_t refetches;  /* hits whose response was read after the lookup (not the local copy) */
 };
 /* Fills *st; `s` must come from store_redis_new(). */
 void store_redis_stats(struct store *s, struct store_redis_stats *st);

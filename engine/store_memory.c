@@ -10,7 +10,7 @@
 
 /*
  * Layout. The table is split into NSHARDS shards, each a chained hash table
- * behind its own mutex. A record is one of three kinds:
+ * behind its own mutex. A record is one of four kinds:
  *
  *   limit  key + rule identity (algorithm, limit, window, burst) -> limiter state.
  *          Two rules naming the same key string are two records.
@@ -18,6 +18,8 @@
  *          was filled under with the generation each had at the lookup.
  *   tag    tag -> generation, and an expiry: the latest expiry of any entry
  *          filled under it, so a tag outlives every entry that depends on it.
+ *   lease  cache key -> nothing but an expiry: a caller is filling the key
+ *          (fill lease). It lives in the entry's shard, under the entry's hash.
  *
  * Every record has an expiry. Expired records are dropped when a lookup
  * walks past them, and by an incremental sweep: every insert pays for
@@ -69,7 +71,7 @@
 #define STACK_LIMITS 8     /* limits of a request handled without allocating */
 #define STACK_TAGS 16      /* tags likewise */
 
-enum rec_kind { REC_LIMIT = 1, REC_ENTRY, REC_TAG };
+enum rec_kind { REC_LIMIT = 1, REC_ENTRY, REC_TAG, REC_LEASE };
 
 struct rec {
     struct rec *next; /* bucket chain */
@@ -334,6 +336,8 @@ rec_free(struct store_memory *m, struct shard *sh, struct rec *r)
         sh->ntags--;
         break;
     }
+    case REC_LEASE:
+        break;
     }
     sh->count--;
     free(r);
@@ -612,6 +616,43 @@ limit_rec_new(const struct limit_slot *ls, const char *key, size_t keylen)
     return l;
 }
 
+/*
+ * After a miss on key (hash eh, its shard locked): takes the fill lease for lease_ms and
+ * returns true, or returns false when another caller holds it.
+ */
+static bool
+lease_take(struct store_memory *m, uint64_t eh, const char *key, size_t keylen, uint64_t now,
+           uint64_t lease_ms)
+{
+    struct shard *sh = shard_at(m, eh);
+
+    if (shard_find(m, sh, eh, REC_LEASE, key, keylen, NULL, now))
+        return false;
+    struct rec *r = xmalloc(sizeof(*r) + keylen);
+    char *k = (char *)(r + 1);
+    memcpy(k, key, keylen);
+    *r = (struct rec){.hash = eh,
+                      .expires_ms = sat_add(now, lease_ms),
+                      .key = k,
+                      .keylen = keylen,
+                      .kind = REC_LEASE};
+    shard_insert(sh, r);
+    return true;
+}
+
+/* Releases key's fill lease, if any (its shard locked). */
+static void
+lease_release(struct store_memory *m, uint64_t eh, const char *key, size_t keylen, uint64_t now)
+{
+    struct shard *sh = shard_at(m, eh);
+    struct rec *r = shard_find(m, sh, eh, REC_LEASE, key, keylen, NULL, now);
+
+    if (r) {
+        rec_unlink(sh, r);
+        rec_free(m, sh, r);
+    }
+}
+
 static void
 mem_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done, void *arg)
 {
@@ -624,6 +665,7 @@ mem_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done
     uint64_t *th = a->ntags <= STACK_TAGS ? th_buf : xmalloc(a->ntags * sizeof(*th));
     uint64_t mask = 0, eh = 0, wider = 0, now;
     enum lookup found = LOOKUP_MISS;
+    bool filling = false;
 
     for (size_t i = 0; i < a->nlimits; i++) {
         const struct store_limit *l = &a->limits[i];
@@ -696,6 +738,8 @@ mem_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done
         if (a->cache_key)
             found =
                 entry_lookup(m, mask, eh, a->cache_key, a->cache_keylen, now, &wider, &a->entry);
+        if (found == LOOKUP_MISS && a->cache_key && a->lease_ms)
+            filling = !lease_take(m, eh, a->cache_key, a->cache_keylen, now, a->lease_ms);
     } else {
         for (size_t i = 0; i < a->ntags; i++)
             a->tag_gens[i] = 0;
@@ -711,9 +755,11 @@ mem_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done
         for (size_t i = 0; i < a->ntags; i++)
             a->tag_gens[i] = tag_gen(m, th[i], a->tags[i], a->taglens[i], now, NULL);
         found = entry_lookup(m, mask2, eh, a->cache_key, a->cache_keylen, now, &wider, &a->entry);
+        if (found == LOOKUP_MISS && a->lease_ms)
+            filling = !lease_take(m, eh, a->cache_key, a->cache_keylen, now, a->lease_ms);
         unlock_shards(m, mask2, now);
     }
-    a->state = found == LOOKUP_HIT ? STORE_HIT : STORE_MISS;
+    a->state = found == LOOKUP_HIT ? STORE_HIT : filling ? STORE_FILLING : STORE_MISS;
 
     if (ls != slots_buf)
         free(ls);
@@ -769,6 +815,7 @@ mem_fill(struct store *s, const char *key, size_t keylen, struct store_entry *en
     }
     lock_shards(m, mask);
     now = clock_now(m);
+    lease_release(m, eh, key, keylen, now);
 
     for (size_t i = 0; i < ntags; i++) {
         if (tag_gen(m, th[i], tags[i], taglens[i], now, NULL) != tag_gens[i]) {

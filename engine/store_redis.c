@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include <event2/event.h>
@@ -23,21 +24,25 @@
  * separate Redis). Every operation is one EVALSHA of a script of lua/redis/
  * (embedded in the binary, loaded with SCRIPT LOAD on every new connection):
  *
- *   admit_and_lookup  admit.lua: every limit, the entry, the tags' generations
+ *   admit_and_lookup  admit.lua: every limit, the entry, the tags' generations,
+ *                     the fill lease; then a GET of the stored response, in the
+ *                     same write, unless the handle has a local copy of it
  *   fill              fill.lua: refused when a tag moved since the lookup
  *   invalidate        invalidate.lua: bumps each tag's generation
  *
  * Commands of concurrent requests are appended to hiredis's output buffer
- * and leave together when the worker's loop next finds the socket writable,
- * so they are pipelined; replies come back in order.
+ * and leave in one write once the worker's loop has run every callback of
+ * the iteration, so they are pipelined; replies come back in order.
  *
  * Keys. "sl:{TAG}:l:ALGO:LIMIT:WINDOW:BURST:KEY" (a limit), "sl:{TAG}:e:KEY"
- * (an entry), "sl:{TAG}:t:TAG" (a tag), KEY being the bytes the gateway gave.
- * TAG, the Redis Cluster hash tag, is the part of KEY after its last ':'
- * (template escaping keeps ':' out of values, so that is the last variable's
- * value: the user in "tier:u:{user}", "crm:contacts:{user}", "crm:{user}"),
- * or a hash of it when it is empty, longer than 40 bytes or holds a brace.
- * All keys of a caller whose templates end in the caller's id share one slot.
+ * (an entry: its fill token and tags), "sl:{TAG}:b:KEY" (the stored
+ * response), "sl:{TAG}:f:KEY" (the fill lease), "sl:{TAG}:t:TAG" (a tag),
+ * KEY being the bytes the gateway gave. TAG, the Redis Cluster hash tag, is
+ * the part of KEY after its last ':' (template escaping keeps ':' out of
+ * values, so that is the last variable's value: the user in "tier:u:{user}",
+ * "crm:contacts:{user}", "crm:{user}"), or a hash of it when it is empty,
+ * longer than 40 bytes or holds a brace. All keys of a caller whose
+ * templates end in the caller's id share one slot.
  *
  * Deadlines. hiredis 0.14 has no timeouts: each connection keeps its pending
  * commands in send order with their deadlines and one timer for the earliest.
@@ -47,7 +52,9 @@
  * none is ever sent again (its outcome is unknown). The connection is made
  * again after a backoff (10 ms doubling to 1 s); meanwhile operations fail at
  * once. The only command sent twice is one answered NOSCRIPT, which means
- * that the script did not run: SCRIPT LOAD is sent before it again.
+ * that the script did not run: SCRIPT LOAD is sent before it again. (A GET
+ * of a stored response that then arrives before its lookup's reply is still
+ * used only if it carries the token the lookup found fresh.)
  */
 
 #define DEFAULT_DEADLINE_MS 50
@@ -56,6 +63,10 @@
 #define BACKOFF_MAX_US 1000000
 #define MAX_HASH_TAG 40
 #define EXACT_LIMIT (1ull << 53) /* the scripts' doubles hold integers exactly below this */
+#define TOKEN_LEN 8              /* bytes of a fill token */
+#define DEFAULT_NEAR_BYTES (16u << 20)
+#define MAX_BATCH 64   /* requests decided by one admit.lua call at most */
+#define BATCH_SLOTS 64 /* hash chains of a turn's open batches */
 
 enum { SCRIPT_ADMIT, SCRIPT_FILL, SCRIPT_INVALIDATE, NSCRIPTS };
 
@@ -102,9 +113,22 @@ mono_us(void)
 
 /* ---- libevent adapter: every libevent call of this file is in this section ---------------- */
 
+/*
+ * hiredis asks for write interest whenever a command is appended and drops
+ * it once its buffer is written: with a plain adapter that is an epoll_ctl
+ * pair per loop iteration. Here a command appended while the connection is
+ * up activates a user event instead (no syscall); it runs after the other
+ * callbacks of the iteration, so every command they produced leaves in one
+ * write. Only when the socket cannot take everything (or while connecting)
+ * is the real write event armed.
+ */
 struct evio {
     redisAsyncContext *ac;
-    struct event *rev, *wev;
+    struct event *rev, *wev, *flush;
+    bool wev_on;   /* wev is armed */
+    bool flush_on; /* flush is active */
+    bool flushing; /* inside a flush: write interest now means "socket full" */
+    bool dead;     /* hiredis let go of it during a flush; freed when the flush returns */
 };
 
 static void
@@ -117,6 +141,19 @@ static void
 ev_on_write(evutil_socket_t fd, short what, void *arg)
 {
     redisAsyncHandleWrite(((struct evio *)arg)->ac);
+}
+
+static void
+ev_on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    struct evio *e = arg;
+
+    e->flush_on = false;
+    e->flushing = true;
+    redisAsyncHandleWrite(e->ac); /* may free the context, and call ev_cleanup */
+    e->flushing = false;
+    if (e->dead)
+        free(e);
 }
 
 static void
@@ -134,13 +171,28 @@ ev_del_read(void *p)
 static void
 ev_add_write(void *p)
 {
-    event_add(((struct evio *)p)->wev, NULL);
+    struct evio *e = p;
+
+    if (e->wev_on || e->flush_on)
+        return;
+    if (e->flushing || !(e->ac->c.flags & REDIS_CONNECTED)) {
+        e->wev_on = true;
+        event_add(e->wev, NULL);
+        return;
+    }
+    e->flush_on = true;
+    event_active(e->flush, EV_WRITE, 1);
 }
 
 static void
 ev_del_write(void *p)
 {
-    event_del(((struct evio *)p)->wev);
+    struct evio *e = p;
+
+    if (e->wev_on) {
+        e->wev_on = false;
+        event_del(e->wev);
+    }
 }
 
 static void
@@ -150,19 +202,24 @@ ev_cleanup(void *p)
 
     event_free(e->rev);
     event_free(e->wev);
-    free(e);
+    event_free(e->flush);
+    if (e->flushing)
+        e->dead = true;
+    else
+        free(e);
 }
 
-/* Lets base drive ac's socket; writes wait for the loop, so commands queued meanwhile batch. */
+/* Lets base drive ac's socket. */
 static void
 ev_attach(redisAsyncContext *ac, struct event_base *base)
 {
-    struct evio *e = xmalloc(sizeof(*e));
+    struct evio *e = xcalloc(1, sizeof(*e));
 
     e->ac = ac;
     e->rev = event_new(base, ac->c.fd, EV_READ | EV_PERSIST, ev_on_read, e);
     e->wev = event_new(base, ac->c.fd, EV_WRITE | EV_PERSIST, ev_on_write, e);
-    if (!e->rev || !e->wev) {
+    e->flush = event_new(base, -1, 0, ev_on_flush, e);
+    if (!e->rev || !e->wev || !e->flush) {
         fprintf(stderr, "sluice: out of memory (redis events)\n");
         abort();
     }
@@ -173,7 +230,7 @@ ev_attach(redisAsyncContext *ac, struct event_base *base)
     ac->ev.delWrite = ev_del_write;
     ac->ev.cleanup = ev_cleanup;
     ev_add_read(e);
-    ev_add_write(e); /* completes the non-blocking connect */
+    ev_add_write(e); /* not connected yet: the real event completes the non-blocking connect */
 }
 
 struct timer {
@@ -225,6 +282,53 @@ timer_pending(const struct timer *t)
 
 static void
 timer_free(struct timer *t)
+{
+    if (t->ev)
+        event_free(t->ev);
+    t->ev = NULL;
+}
+
+/* A callback run once, late in the loop's current turn (after the callbacks already due). */
+struct turn {
+    struct event *ev;
+    bool on;
+    void (*fn)(void *arg);
+    void *arg;
+};
+
+static void
+turn_fire(evutil_socket_t fd, short what, void *arg)
+{
+    struct turn *t = arg;
+
+    t->on = false;
+    t->fn(t->arg);
+}
+
+static void
+turn_init(struct turn *t, struct event_base *base, void (*fn)(void *), void *arg)
+{
+    t->fn = fn;
+    t->arg = arg;
+    t->on = false;
+    t->ev = event_new(base, -1, 0, turn_fire, t);
+    if (!t->ev) {
+        fprintf(stderr, "sluice: out of memory (redis turn)\n");
+        abort();
+    }
+}
+
+static void
+turn_activate(struct turn *t)
+{
+    if (!t->on) {
+        t->on = true;
+        event_active(t->ev, EV_WRITE, 1);
+    }
+}
+
+static void
+turn_free(struct turn *t)
 {
     if (t->ev)
         event_free(t->ev);
@@ -408,6 +512,29 @@ struct rconn {
     uint64_t last_error_log_us;
 };
 
+#define NEAR_MIN_BUCKETS 64
+
+struct near_entry {
+    struct near_entry *hnext;       /* bucket chain */
+    struct near_entry *prev, *next; /* recency list, most recent first */
+    uint64_t hash;
+    unsigned char token[TOKEN_LEN];
+    struct store_entry *entry; /* one reference */
+    size_t charge;
+    size_t keylen;
+    char key[];
+};
+
+struct near {
+    struct near_entry **buckets;
+    size_t mask;
+    size_t count;
+    struct near_entry *head, *tail;
+    size_t bytes, max_bytes;
+};
+
+struct batch;
+
 struct store_redis {
     struct store base;
     struct event_base *evbase;
@@ -416,6 +543,12 @@ struct store_redis {
     bool closing;
     uint64_t deadline_us;
     uint64_t tag_lease_ms;
+    uint64_t token_state;            /* the fill tokens' random stream */
+    struct near near;                /* local copies of responses */
+    struct turn turn_ev;             /* runs once the loop's turn has run its other callbacks */
+    struct batch *turn, *turn_tail;  /* the admits of this turn, by batch */
+    struct batch *open[BATCH_SLOTS]; /* the batches still open, by hash of their tag */
+    struct sbuf scratch;             /* for building keys */
     struct store_redis_stats stats;
 };
 
@@ -685,6 +818,11 @@ resp_evalsha(struct sbuf *b, int script, size_t nkeys, size_t nargs)
 }
 
 static void
+on_ignored(void *arg, redisReply *r)
+{
+}
+
+static void
 on_setup_reply(void *arg, redisReply *r)
 {
     struct rconn *c = arg;
@@ -823,10 +961,37 @@ fnv1a(const char *p, size_t n)
     return h;
 }
 
-/* Appends "sl:{TAG}:KIND:" to b, TAG chosen from raw as the header comment says. */
+/* Makes room for `more` bytes in b at once, so that building a command reallocates rarely. */
 static void
-key_prefix(struct sbuf *b, char kind, const char *raw, size_t len)
+buf_reserve(struct sbuf *b, size_t more)
 {
+    if (b->cap - b->len > more)
+        return;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap - b->len <= more)
+        cap *= 2;
+    b->p = xrealloc(b->p, cap);
+    b->cap = cap;
+}
+
+static void
+put_u64(struct sbuf *b, uint64_t v)
+{
+    char buf[20];
+    size_t i = sizeof(buf);
+
+    do {
+        buf[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    sbuf_add(b, buf + i, sizeof(buf) - i);
+}
+
+/* The hash tag of a key: TAG as the header comment says, in out (at least 18 bytes). */
+static size_t
+hash_tag(const char *raw, size_t len, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
     const char *seg = raw;
     size_t n = len;
     const char *colon = len ? memrchr(raw, ':', len) : NULL;
@@ -835,17 +1000,28 @@ key_prefix(struct sbuf *b, char kind, const char *raw, size_t len)
         seg = colon + 1;
         n = len - (size_t)(seg - raw);
     }
-    sbuf_add(b, "sl:{", 4);
     if (n >= 1 && n <= MAX_HASH_TAG && !memchr(seg, '{', n) && !memchr(seg, '}', n)) {
-        sbuf_add(b, seg, n);
-    } else {
-        char hex[18];
-        snprintf(hex, sizeof(hex), "#%016llx", (unsigned long long)fnv1a(seg, n));
-        sbuf_add(b, hex, 17);
+        memcpy(out, seg, n);
+        return n;
     }
-    char tail[3] = {'}', ':', kind};
-    sbuf_add(b, tail, 3);
-    sbuf_add(b, ":", 1);
+    uint64_t v = fnv1a(seg, n);
+    out[0] = '#';
+    for (int i = 16; i >= 1; i--, v >>= 4)
+        out[i] = hex[v & 15];
+    return 17;
+}
+
+/* Appends "sl:{TAG}:KIND:" to b. */
+static void
+key_prefix(struct sbuf *b, char kind, const char *raw, size_t len)
+{
+    char tag[MAX_HASH_TAG + 1];
+    size_t n = hash_tag(raw, len, tag);
+
+    sbuf_add(b, "sl:{", 4);
+    sbuf_add(b, tag, n);
+    char tail[4] = {'}', ':', kind, ':'};
+    sbuf_add(b, tail, 4);
 }
 
 /* The rule as it decides behaviour: what makes two limits one counter (as in the memory store). */
@@ -859,26 +1035,30 @@ rule_identity(const struct limiter_rule *r)
     return id;
 }
 
+/* Appends the key of a limit, "sl:{TAG}:l:ALGO:LIMIT:WINDOW:BURST:KEY". */
 static void
 limit_key(struct sbuf *b, const struct limiter_rule *id, const char *raw, size_t len)
 {
     key_prefix(b, 'l', raw, len);
-    sbuf_printf(b, "%d:%llu:%llu:%llu:", (int)id->algo, (unsigned long long)id->limit,
-                (unsigned long long)id->window_ms, (unsigned long long)id->burst);
+    put_u64(b, (uint64_t)id->algo);
+    sbuf_add(b, ":", 1);
+    put_u64(b, id->limit);
+    sbuf_add(b, ":", 1);
+    put_u64(b, id->window_ms);
+    sbuf_add(b, ":", 1);
+    put_u64(b, id->burst);
+    sbuf_add(b, ":", 1);
     sbuf_add(b, raw, len);
 }
 
+/*
+ * Appends the key of one part of a cache entry or of a tag: 'e' the entry (its fill token
+ * and tags), 'b' the stored response, 'f' the fill lease, 't' a tag's generation.
+ */
 static void
-entry_key(struct sbuf *b, const char *raw, size_t len)
+cache_key(struct sbuf *b, char kind, const char *raw, size_t len)
 {
-    key_prefix(b, 'e', raw, len);
-    sbuf_add(b, raw, len);
-}
-
-static void
-tag_key(struct sbuf *b, const char *raw, size_t len)
-{
-    key_prefix(b, 't', raw, len);
+    key_prefix(b, kind, raw, len);
     sbuf_add(b, raw, len);
 }
 
@@ -890,6 +1070,19 @@ rule_exact(const struct limiter_rule *id)
     unsigned __int128 bw = (unsigned __int128)id->burst * id->window_ms;
 
     return 2 * (lw + id->window_ms + id->limit) < EXACT_LIMIT && 2 * bw < EXACT_LIMIT;
+}
+
+/* Appends one argument whose bytes are a key of `kind` (see cache_key and limit_key). */
+static void
+resp_key(struct sbuf *b, struct sbuf *scratch, char kind, const struct limiter_rule *id,
+         const char *raw, size_t len)
+{
+    scratch->len = 0;
+    if (kind == 'l')
+        limit_key(scratch, id, raw, len);
+    else
+        cache_key(scratch, kind, raw, len);
+    resp_arg(b, scratch->p, scratch->len);
 }
 
 /* ---- replies ------------------------------------------------------------------------------ */
@@ -904,13 +1097,13 @@ reply_u64(const redisReply *r, uint64_t *out)
         return 0;
     }
     if (r->type == REDIS_REPLY_STRING && r->len > 0 && r->len < 21) {
-        char buf[24], *end;
-        memcpy(buf, r->str, r->len);
-        buf[r->len] = '\0';
-        errno = 0;
-        unsigned long long v = strtoull(buf, &end, 10);
-        if (errno || *end || buf[0] == '-')
-            return -1;
+        uint64_t v = 0;
+        for (size_t i = 0; i < r->len; i++) {
+            unsigned d = (unsigned char)r->str[i] - '0';
+            if (d > 9 || v > (UINT64_MAX - d) / 10)
+                return -1;
+            v = v * 10 + d;
+        }
         *out = v;
         return 0;
     }
@@ -931,6 +1124,19 @@ wr_u32(struct sbuf *b, uint32_t v)
     sbuf_add(b, p, 4);
 }
 
+/* Appends v as a little-endian IEEE double, the scripts' struct.unpack('<d'). */
+static void
+wr_f64(struct sbuf *b, double v)
+{
+    uint64_t bits;
+    unsigned char p[8];
+
+    memcpy(&bits, &v, sizeof(bits));
+    for (int i = 0; i < 8; i++, bits >>= 8)
+        p[i] = (unsigned char)bits;
+    sbuf_add(b, p, 8);
+}
+
 static uint64_t
 rd_f64_ms(const unsigned char *p)
 {
@@ -944,35 +1150,175 @@ rd_f64_ms(const unsigned char *p)
 }
 
 /*
- * The stored value: [u32 n][n bytes of tags][u16 status][f64 stored_ms][f64 expires_ms]
- * [u32 content type length][content type][body]. Returns a new entry, or NULL when malformed.
+ * The stored response: [body][content type][u32 content type length][u16 status]
+ * [f64 stored_ms][f64 expires_ms][8-byte fill token], the body first so that it is used in
+ * place. Returns a new entry that owns v (a malloc'd buffer of len bytes), or NULL, v
+ * untouched, when the value is malformed.
  */
+#define TRAILER_LEN (4 + 2 + 8 + 8 + TOKEN_LEN)
+
 static struct store_entry *
-entry_decode(const char *v, size_t len)
+entry_from_value(char *v, size_t len)
 {
     const unsigned char *p = (const unsigned char *)v;
-    size_t pos;
 
-    if (len < 4)
+    if (len < TRAILER_LEN)
         return NULL;
-    pos = 4 + (size_t)rd_u32(p);
-    if (pos > len || len - pos < 2 + 16 + 4)
+    size_t t = len - TRAILER_LEN;
+    size_t ctlen = rd_u32(p + t);
+    if (ctlen > t)
         return NULL;
-    uint16_t status = (uint16_t)(p[pos] | p[pos + 1] << 8);
-    uint64_t stored = rd_f64_ms(p + pos + 2), expires = rd_f64_ms(p + pos + 10);
-    size_t ctlen = rd_u32(p + pos + 18);
-    pos += 22;
-    if (ctlen > len - pos)
-        return NULL;
-    char *ct = xstrndup(v + pos, ctlen);
-    pos += ctlen;
-    size_t blen = len - pos;
-    char *body = xmalloc(blen ? blen : 1);
-    memcpy(body, v + pos, blen);
-    struct store_entry *e = store_entry_new(status, ct, body, blen);
+    uint16_t status = (uint16_t)(p[t + 4] | p[t + 5] << 8);
+    uint64_t stored = rd_f64_ms(p + t + 6), expires = rd_f64_ms(p + t + 14);
+    size_t blen = t - ctlen;
+    struct store_entry *e = store_entry_new(status, xstrndup(v + blen, ctlen), v, blen);
     e->stored_ms = stored;
     e->expires_ms = expires;
     return e;
+}
+
+/* ---- local copies ------------------------------------------------------------------------- */
+
+/*
+ * Each handle keeps copies of the responses it read or stored lately, under
+ * their cache key with the fill token they were stored with, within a byte
+ * budget (least recently used go first). A lookup that finds a copy names
+ * no GET: when the script reports the entry fresh with the copy's token, the
+ * copy is that very response (a token is drawn at random for every fill).
+ * Any other token costs a GET after the script (a second round trip), a miss
+ * drops the copy. Every hit is still decided in Redis, with the limits.
+ */
+static struct near_entry **
+near_slot(struct near *n, uint64_t hash, const char *key, size_t keylen)
+{
+    struct near_entry **pp = &n->buckets[hash & n->mask];
+
+    while (*pp && !((*pp)->hash == hash && (*pp)->keylen == keylen &&
+                    memcmp((*pp)->key, key, keylen) == 0))
+        pp = &(*pp)->hnext;
+    return pp;
+}
+
+static void
+near_unlist(struct near *n, struct near_entry *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        n->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        n->tail = e->prev;
+}
+
+static void
+near_push(struct near *n, struct near_entry *e)
+{
+    e->prev = NULL;
+    e->next = n->head;
+    if (n->head)
+        n->head->prev = e;
+    else
+        n->tail = e;
+    n->head = e;
+}
+
+/* Unlinks the copy at *pp and frees it. */
+static void
+near_remove(struct near *n, struct near_entry **pp)
+{
+    struct near_entry *e = *pp;
+
+    *pp = e->hnext;
+    near_unlist(n, e);
+    n->bytes -= e->charge;
+    n->count--;
+    store_entry_release(e->entry);
+    free(e);
+}
+
+/* The copy of key, made the most recent, or NULL. */
+static struct near_entry *
+near_find(struct near *n, const char *key, size_t keylen)
+{
+    if (!n->buckets)
+        return NULL;
+    struct near_entry *e = *near_slot(n, fnv1a(key, keylen), key, keylen);
+    if (e && n->head != e) {
+        near_unlist(n, e);
+        near_push(n, e);
+    }
+    return e;
+}
+
+static void
+near_drop(struct near *n, const char *key, size_t keylen)
+{
+    if (!n->buckets)
+        return;
+    struct near_entry **pp = near_slot(n, fnv1a(key, keylen), key, keylen);
+    if (*pp)
+        near_remove(n, pp);
+}
+
+/* Keeps a reference to entry as the copy of key stored with token (replacing any other). */
+static void
+near_put(struct near *n, const char *key, size_t keylen, const unsigned char *token,
+         struct store_entry *entry)
+{
+    size_t charge = sizeof(struct near_entry) + keylen + entry->body_len + 64;
+    uint64_t hash = fnv1a(key, keylen);
+
+    if (charge > n->max_bytes / 4) {
+        near_drop(n, key, keylen);
+        return;
+    }
+    if (!n->buckets) {
+        n->buckets = xcalloc(NEAR_MIN_BUCKETS, sizeof(*n->buckets));
+        n->mask = NEAR_MIN_BUCKETS - 1;
+    }
+    struct near_entry **pp = near_slot(n, hash, key, keylen);
+    if (*pp)
+        near_remove(n, pp);
+    while (n->bytes + charge > n->max_bytes && n->tail)
+        near_remove(n, near_slot(n, n->tail->hash, n->tail->key, n->tail->keylen));
+    if (n->count >= n->mask + 1) {
+        size_t nb = (n->mask + 1) * 2;
+        struct near_entry **b = xcalloc(nb, sizeof(*b));
+        for (size_t i = 0; i <= n->mask; i++) {
+            for (struct near_entry *e = n->buckets[i], *next; e; e = next) {
+                next = e->hnext;
+                e->hnext = b[e->hash & (nb - 1)];
+                b[e->hash & (nb - 1)] = e;
+            }
+        }
+        free(n->buckets);
+        n->buckets = b;
+        n->mask = nb - 1;
+    }
+    struct near_entry *e = xmalloc(sizeof(*e) + keylen);
+    e->hash = hash;
+    memcpy(e->token, token, TOKEN_LEN);
+    store_entry_ref(entry);
+    e->entry = entry;
+    e->charge = charge;
+    e->keylen = keylen;
+    memcpy(e->key, key, keylen);
+    e->hnext = n->buckets[hash & n->mask];
+    n->buckets[hash & n->mask] = e;
+    near_push(n, e);
+    n->bytes += charge;
+    n->count++;
+}
+
+static void
+near_free(struct near *n)
+{
+    while (n->tail)
+        near_remove(n, near_slot(n, n->tail->hash, n->tail->key, n->tail->keylen));
+    free(n->buckets);
+    n->buckets = NULL;
 }
 
 /* ---- admit_and_lookup --------------------------------------------------------------------- */
@@ -982,7 +1328,7 @@ struct admit_op {
     struct store_admit *a;
     store_done_fn *done;
     void *arg;
-    int pending; /* replies awaited */
+    int pending; /* replies awaited, and one for the sender while it sends */
     int status;
     size_t nu;                   /* distinct limits sent */
     size_t *map;                 /* a->nlimits: the distinct limit each one counts in */
@@ -990,15 +1336,56 @@ struct admit_op {
     uint64_t *costs;             /* nu */
     struct limiter_result *ures; /* nu */
     bool allowed;
+    bool lease;     /* the lookup asked for the fill lease */
+    bool fresh;     /* the script found the entry fresh: token holds its fill token */
+    bool filling;   /* another caller holds the fill lease */
+    bool looked_up; /* the lookup's reply arrived */
+    bool near;      /* a local copy was found: no GET was sent with the lookup */
+    bool refetched; /* the GET was sent after the lookup */
     uint64_t now_ms;
-    struct store_entry *entry;
+    unsigned char token[TOKEN_LEN];
+    char *value; /* the stored response read after the script (owned), or NULL */
+    size_t value_len;
 };
+
+static void admit_value_command(struct store_redis *s, struct admit_op *op);
+static void admit_part_done(struct admit_op *op);
+
+/* The entry found fresh: the response read with it, or the local copy, when it carries the
+ * same fill token. NULL when there is none (yet). */
+static struct store_entry *
+admit_entry(struct admit_op *op)
+{
+    struct store_admit *a = op->a;
+    struct store_entry *e;
+
+    if (op->value) {
+        if (op->value_len < TRAILER_LEN ||
+            memcmp(op->value + op->value_len - TOKEN_LEN, op->token, TOKEN_LEN) != 0)
+            return NULL;
+        e = entry_from_value(op->value, op->value_len);
+        if (e) {
+            op->value = NULL;
+            near_put(&op->s->near, a->cache_key, a->cache_keylen, op->token, e);
+        }
+        return e;
+    }
+    struct near_entry *ne = near_find(&op->s->near, a->cache_key, a->cache_keylen);
+    if (!ne || memcmp(ne->token, op->token, TOKEN_LEN) != 0)
+        return NULL;
+    store_entry_ref(ne->entry);
+    op->s->stats.local_hits++;
+    return ne->entry;
+}
 
 static void
 admit_finish(struct admit_op *op)
 {
     struct store_admit *a = op->a;
+    struct store_entry *entry = NULL;
 
+    a->entry = NULL;
+    a->state = STORE_MISS;
     if (op->status == 0) {
         a->allowed = op->allowed;
         a->now_ms = op->now_ms;
@@ -1007,41 +1394,89 @@ admit_finish(struct admit_op *op)
             a->results[i].limit = a->limits[i].rule->limit;
         }
         if (!a->allowed) {
-            store_entry_release(op->entry);
-            op->entry = NULL;
             for (size_t i = 0; i < a->ntags; i++)
                 a->tag_gens[i] = 0;
+            if (op->s->split && op->lease && op->looked_up && !op->fresh && !op->filling) {
+                /* The lookup ran beside a denied check and took the lease: give it back. */
+                struct sbuf b = {0}, k = {0};
+                resp_argc(&b, 2);
+                resp_str(&b, "DEL");
+                resp_key(&b, &k, 'f', NULL, a->cache_key, a->cache_keylen);
+                sbuf_free(&k);
+                conn_send(&op->s->cache, -1, &b, on_ignored, NULL);
+            }
+        } else if (op->fresh) {
+            entry = admit_entry(op);
+            if (entry) {
+                a->entry = entry;
+                a->state = STORE_HIT;
+            } else if (op->near && !op->refetched) {
+                /* Another response than the local copy: read it now (a second round trip). */
+                op->refetched = true;
+                op->s->stats.refetches++;
+                op->pending = 2; /* the GET, and this sender */
+                admit_value_command(op->s, op);
+                admit_part_done(op);
+                return;
+            }
+        } else if (a->cache_key) {
+            near_drop(&op->s->near, a->cache_key, a->cache_keylen);
+            if (op->filling)
+                a->state = STORE_FILLING;
         }
-        a->entry = op->entry;
-        a->state = op->entry ? STORE_HIT : STORE_MISS;
     } else {
-        store_entry_release(op->entry);
-        a->entry = NULL;
-        a->state = STORE_MISS;
         op->s->stats.failed++;
     }
     store_done_fn *done = op->done;
     void *arg = op->arg;
     int status = op->status;
-    free(op->map);
+    free(op->value);
     free(op);
     done(arg, status);
 }
 
-/* Reads one admit.lua reply carrying `nl` limits and `nt` tags. Returns 0 or -1. */
+/* One reply awaited less; the last one completes the operation. */
+static void
+admit_part_done(struct admit_op *op)
+{
+    if (--op->pending == 0)
+        admit_finish(op);
+}
+
+/* The stored response, read right after the lookup; used only if the lookup found it fresh. */
+static void
+on_admit_value(void *arg, redisReply *r)
+{
+    struct admit_op *op = arg;
+
+    if (r && r->type == REDIS_REPLY_STRING && r->str) {
+        /* hiredis 0.14 mallocs a string reply's buffer and frees it with free(): take it. */
+        op->value = r->str;
+        op->value_len = r->len;
+        r->str = NULL;
+        r->len = 0;
+    }
+    admit_part_done(op);
+}
+
+/* Reads one request's part of an admit.lua reply at *pos: its limits (when with_limits) and
+ * its lookup (when with_cache). Returns 0 or -1. */
 static int
-admit_parse(struct admit_op *op, const redisReply *r, size_t nl, size_t nt)
+admit_parse(struct admit_op *op, const redisReply *r, size_t *pos, uint64_t now, bool with_limits,
+            bool with_cache)
 {
     struct store_admit *a = op->a;
-    uint64_t now, allowed, v[4];
+    size_t nl = with_limits ? op->nu : 0;
+    bool look = with_cache && a->cache_key;
+    size_t nt = look ? a->ntags : 0;
+    size_t p = *pos;
+    uint64_t allowed, v[4];
 
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 + 4 * nl + nt)
-        return -1;
-    if (reply_u64(r->element[0], &now) != 0 || reply_u64(r->element[1], &allowed) != 0)
+    if (reply_u64(r->element[p++], &allowed) != 0)
         return -1;
     for (size_t i = 0; i < nl; i++) {
         for (int k = 0; k < 4; k++)
-            if (reply_u64(r->element[2 + 4 * i + (size_t)k], &v[k]) != 0)
+            if (reply_u64(r->element[p++], &v[k]) != 0)
                 return -1;
         op->ures[i] = (struct limiter_result){.allowed = v[0] != 0,
                                               .limit = op->ids[i].limit,
@@ -1049,16 +1484,22 @@ admit_parse(struct admit_op *op, const redisReply *r, size_t nl, size_t nt)
                                               .reset_ms = v[2],
                                               .retry_after_ms = v[3]};
     }
-    for (size_t i = 0; i < nt; i++)
-        if (reply_u64(r->element[2 + 4 * nl + i], &a->tag_gens[i]) != 0)
+    if (look) {
+        for (size_t i = 0; i < nt; i++)
+            if (reply_u64(r->element[p++], &a->tag_gens[i]) != 0)
+                return -1;
+        const redisReply *e = r->element[p++];
+        if (e->type == REDIS_REPLY_STRING) {
+            if (e->len < TOKEN_LEN)
+                return -1;
+            memcpy(op->token, e->str, TOKEN_LEN);
+            op->fresh = true;
+        } else if (e->type == REDIS_REPLY_INTEGER) {
+            op->filling = true;
+        } else if (e->type != REDIS_REPLY_NIL) {
             return -1;
-    const redisReply *e = r->element[2 + 4 * nl + nt];
-    if (e->type == REDIS_REPLY_STRING) {
-        op->entry = entry_decode(e->str, e->len);
-        if (!op->entry)
-            return -1;
-    } else if (e->type != REDIS_REPLY_NIL) {
-        return -1;
+        }
+        op->looked_up = true;
     }
     if (nl > 0) {
         op->allowed = allowed != 0;
@@ -1066,6 +1507,7 @@ admit_parse(struct admit_op *op, const redisReply *r, size_t nl, size_t nt)
     } else if (op->now_ms == 0) {
         op->now_ms = now;
     }
+    *pos = p;
     return 0;
 }
 
@@ -1075,86 +1517,307 @@ reply_status(const redisReply *r)
     return r ? -1 : STORE_UNAVAILABLE;
 }
 
+/*
+ * A batch: admits of one turn of the worker's loop whose keys share one hash tag, decided
+ * by one EVALSHA (admit.lua runs them one after the other). An admit whose keys are under
+ * several tags, and every admit when limits live in their own Redis, is a batch of one.
+ */
+
+struct batch {
+    struct batch *next;  /* the turn's batches, in order */
+    struct batch *chain; /* the open batches of one hash chain */
+    struct rconn *conn;
+    bool with_limits, with_cache;
+    size_t n;
+    size_t taglen; /* 0: not joinable */
+    char tag[MAX_HASH_TAG + 1];
+    struct admit_op *ops[MAX_BATCH];
+};
+
 static void
-on_admit_both(void *arg, redisReply *r)
+on_batch(void *arg, redisReply *r)
 {
-    struct admit_op *op = arg;
+    struct batch *bt = arg;
+    size_t pos = 1, want = 1;
+    uint64_t now = 0;
 
-    if (!r || admit_parse(op, r, op->nu, op->a->cache_key ? op->a->ntags : 0) != 0)
-        op->status = reply_status(r);
-    admit_finish(op);
-}
-
-static void
-on_admit_limits(void *arg, redisReply *r)
-{
-    struct admit_op *op = arg;
-
-    if (!r || admit_parse(op, r, op->nu, 0) != 0) {
-        if (op->status != STORE_UNAVAILABLE)
+    for (size_t i = 0; i < bt->n; i++) {
+        const struct admit_op *op = bt->ops[i];
+        bool look = bt->with_cache && op->a->cache_key;
+        want += 1 + 4 * (bt->with_limits ? op->nu : 0) + (look ? op->a->ntags + 1 : 0);
+    }
+    bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == want &&
+              reply_u64(r->element[0], &now) == 0;
+    for (size_t i = 0; i < bt->n; i++) {
+        struct admit_op *op = bt->ops[i];
+        if (ok && admit_parse(op, r, &pos, now, bt->with_limits, bt->with_cache) != 0)
+            ok = false;
+        if (!ok && op->status != STORE_UNAVAILABLE)
             op->status = reply_status(r);
+        admit_part_done(op);
     }
-    if (--op->pending == 0)
-        admit_finish(op);
+    free(bt);
+}
+
+/* The keys of one command, each once: their bytes in `bytes`, found again by hash. */
+struct keyset {
+    struct sbuf bytes;
+    size_t *off, *len; /* per key */
+    uint32_t *slot;    /* open addressing: key index + 1, 0 empty */
+    size_t n, cap, mask;
+};
+
+static void
+keyset_init(struct keyset *ks, size_t max)
+{
+    size_t slots = 16;
+
+    while (slots < 2 * max)
+        slots *= 2;
+    *ks = (struct keyset){.cap = max, .mask = slots - 1};
+    ks->off = xmalloc(max * sizeof(*ks->off));
+    ks->len = xmalloc(max * sizeof(*ks->len));
+    ks->slot = xcalloc(slots, sizeof(*ks->slot));
 }
 
 static void
-on_admit_cache(void *arg, redisReply *r)
+keyset_free(struct keyset *ks)
 {
-    struct admit_op *op = arg;
-
-    if (!r || admit_parse(op, r, 0, op->a->ntags) != 0) {
-        if (op->status != STORE_UNAVAILABLE)
-            op->status = reply_status(r);
-    }
-    if (--op->pending == 0)
-        admit_finish(op);
+    sbuf_free(&ks->bytes);
+    free(ks->off);
+    free(ks->len);
+    free(ks->slot);
 }
 
-/* Appends the EVALSHA of admit.lua for the distinct limits (when with_limits) and the lookup
- * (when with_cache). */
-static void
-admit_command(struct store_redis *s, struct admit_op *op, bool with_limits, bool with_cache,
-              struct sbuf *b)
+/* Adds the key of `kind` (see resp_key); returns its index in KEYS (from 1). */
+static size_t
+keyset_add(struct keyset *ks, char kind, const struct limiter_rule *id, const char *raw, size_t len)
 {
-    const struct store_admit *a = op->a;
-    size_t nl = with_limits ? op->nu : 0;
-    bool entry = with_cache && a->cache_key;
-    size_t nt = entry ? a->ntags : 0;
-    size_t nkeys = nl + (entry ? 1 : 0) + nt;
-    struct sbuf k = {0};
+    size_t off = ks->bytes.len;
 
-    resp_evalsha(b, SCRIPT_ADMIT, nkeys, 4 + 5 * nl);
-    for (size_t i = 0, u = 0; i < a->nlimits && nl; i++) {
-        if (op->map[i] != u)
-            continue;
-        k.len = 0;
-        limit_key(&k, &op->ids[u], a->limits[i].key, a->limits[i].keylen);
-        resp_arg(b, k.p, k.len);
-        u++;
+    if (kind == 'l')
+        limit_key(&ks->bytes, id, raw, len);
+    else
+        cache_key(&ks->bytes, kind, raw, len);
+    size_t klen = ks->bytes.len - off;
+    const char *k = ks->bytes.p + off;
+    for (uint64_t h = fnv1a(k, klen);; h++) {
+        uint32_t *sl = &ks->slot[h & ks->mask];
+        if (*sl == 0) {
+            ks->off[ks->n] = off;
+            ks->len[ks->n] = klen;
+            *sl = (uint32_t)++ks->n;
+            return ks->n;
+        }
+        size_t i = *sl - 1;
+        if (ks->len[i] == klen && memcmp(ks->bytes.p + ks->off[i], k, klen) == 0) {
+            ks->bytes.len = off; /* known: forget the copy */
+            return i + 1;
+        }
     }
-    if (entry) {
-        k.len = 0;
-        entry_key(&k, a->cache_key, a->cache_keylen);
-        resp_arg(b, k.p, k.len);
+}
+
+/*
+ * Appends the EVALSHA of admit.lua deciding the batch: every request's distinct limits
+ * (when with_limits) and its lookup (when with_cache), in the order of bt->ops.
+ */
+static void
+batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
+{
+    size_t nidx = 0, nargs = 3;
+    bool wl = bt->with_limits, wc = bt->with_cache;
+
+    for (size_t i = 0; i < bt->n; i++) {
+        const struct admit_op *op = bt->ops[i];
+        bool look = wc && op->a->cache_key;
+        size_t nl = wl ? op->nu : 0, nt = look ? op->a->ntags : 0;
+        nidx += nl + nt + 2;
+        nargs += 5 + 6 * nl + nt;
     }
-    for (size_t i = 0; i < nt; i++) {
-        k.len = 0;
-        tag_key(&k, a->tags[i], a->taglens[i]);
-        resp_arg(b, k.p, k.len);
+    /* Keys read first (limits, entries, tags), then the fill leases. */
+    struct keyset ks;
+    size_t *idx = xmalloc(nidx * sizeof(*idx)), at = 0;
+    size_t *lease = xcalloc(bt->n, sizeof(*lease));
+    keyset_init(&ks, nidx);
+    for (size_t i = 0; i < bt->n; i++) {
+        const struct admit_op *op = bt->ops[i];
+        const struct store_admit *a = op->a;
+        for (size_t j = 0, u = 0; wl && j < a->nlimits; j++) {
+            if (op->map[j] != u)
+                continue;
+            idx[at++] = keyset_add(&ks, 'l', &op->ids[u], a->limits[j].key, a->limits[j].keylen);
+            u++;
+        }
+        if (wc && a->cache_key) {
+            idx[at++] = keyset_add(&ks, 'e', NULL, a->cache_key, a->cache_keylen);
+            for (size_t j = 0; j < a->ntags; j++)
+                idx[at++] = keyset_add(&ks, 't', NULL, a->tags[j], a->taglens[j]);
+        }
     }
-    resp_u64(b, nl);
-    resp_u64(b, entry ? 1 : 0);
-    resp_u64(b, nt);
-    resp_u64(b, s->tag_lease_ms);
-    for (size_t u = 0; u < nl; u++) {
-        resp_u64(b, (uint64_t)op->ids[u].algo);
-        resp_u64(b, op->ids[u].limit);
-        resp_u64(b, op->ids[u].window_ms);
-        resp_u64(b, op->ids[u].burst);
-        resp_u64(b, op->costs[u]);
+    size_t nread = ks.n;
+    for (size_t i = 0; i < bt->n; i++) {
+        const struct admit_op *op = bt->ops[i];
+        if (wc && op->a->cache_key && op->lease)
+            lease[i] = keyset_add(&ks, 'f', NULL, op->a->cache_key, op->a->cache_keylen);
     }
-    sbuf_free(&k);
+
+    buf_reserve(b, 128 + ks.bytes.len + 16 * ks.n + 8 * nargs);
+    resp_evalsha(b, SCRIPT_ADMIT, ks.n, 1);
+    for (size_t k = 0; k < ks.n; k++)
+        resp_arg(b, ks.bytes.p + ks.off[k], ks.len[k]);
+    /* The numbers, as doubles (exact: every one is below 2^53). */
+    resp_num(b, '$', 8 * nargs);
+    wr_f64(b, (double)bt->n);
+    wr_f64(b, (double)nread);
+    wr_f64(b, (double)s->tag_lease_ms);
+    size_t r = 0;
+    for (size_t i = 0; i < bt->n; i++) {
+        const struct admit_op *op = bt->ops[i];
+        bool look = wc && op->a->cache_key;
+        size_t nl = wl ? op->nu : 0, nt = look ? op->a->ntags : 0;
+        const size_t *mine = idx + r;
+        r += nl + (look ? 1 + nt : 0);
+        wr_f64(b, (double)nl);
+        wr_f64(b, look ? (double)mine[nl] : 0);
+        wr_f64(b, (double)lease[i]);
+        wr_f64(b, lease[i] ? (double)op->a->lease_ms : 0);
+        wr_f64(b, (double)nt);
+        for (size_t u = 0; u < nl; u++) {
+            wr_f64(b, (double)mine[u]);
+            wr_f64(b, (double)op->ids[u].algo);
+            wr_f64(b, (double)op->ids[u].limit);
+            wr_f64(b, (double)op->ids[u].window_ms);
+            wr_f64(b, (double)op->ids[u].burst);
+            wr_f64(b, (double)op->costs[u]);
+        }
+        for (size_t j = 0; j < nt; j++)
+            wr_f64(b, (double)mine[nl + 1 + j]);
+    }
+    sbuf_add(b, "\r\n", 2);
+    keyset_free(&ks);
+    free(idx);
+    free(lease);
+}
+
+/* Sends the GET of the stored response (the caller counted the reply in op->pending). */
+static void
+admit_value_command(struct store_redis *s, struct admit_op *op)
+{
+    struct sbuf b = {0};
+
+    buf_reserve(&b, op->a->cache_keylen + 96);
+    resp_argc(&b, 2);
+    resp_str(&b, "GET");
+    resp_key(&b, &s->scratch, 'b', NULL, op->a->cache_key, op->a->cache_keylen);
+    conn_send(&s->cache, -1, &b, on_admit_value, op);
+}
+
+/* Sends the turn's batches, each as one command, and behind each the GETs of the responses
+ * its requests have no local copy of: all in the same write. */
+static void
+batch_flush(struct store_redis *s)
+{
+    struct batch *bt = s->turn;
+
+    s->turn = s->turn_tail = NULL;
+    memset(s->open, 0, sizeof(s->open));
+    while (bt) {
+        struct batch *next = bt->next;
+        struct admit_op *gets[MAX_BATCH];
+        size_t ng = 0;
+        for (size_t i = 0; i < bt->n; i++) {
+            struct admit_op *op = bt->ops[i];
+            if (bt->with_cache && op->a->cache_key && !op->near) {
+                op->pending++; /* keeps op alive if the batch fails at once */
+                gets[ng++] = op;
+            }
+        }
+        struct sbuf b = {0};
+        batch_command(s, bt, &b);
+        conn_send(bt->conn, SCRIPT_ADMIT, &b, on_batch, bt); /* bt is the callback's now */
+        for (size_t j = 0; j < ng; j++)
+            admit_value_command(s, gets[j]);
+        bt = next;
+    }
+}
+
+static void
+on_turn(void *arg)
+{
+    batch_flush(arg);
+}
+
+/* The hash tag all of the request's keys share, in tag; 0 when they do not share one. */
+static size_t
+admit_tag(const struct store_admit *a, char *tag)
+{
+    char t[MAX_HASH_TAG + 1];
+    size_t n = 0, m;
+    bool any = false;
+
+#define SAME_TAG(raw, len)                                                                         \
+    do {                                                                                           \
+        m = hash_tag((raw), (len), any ? t : tag);                                                 \
+        if (any && (m != n || memcmp(t, tag, n) != 0))                                             \
+            return 0;                                                                              \
+        n = m;                                                                                     \
+        any = true;                                                                                \
+    } while (0)
+    for (size_t i = 0; i < a->nlimits; i++)
+        SAME_TAG(a->limits[i].key, a->limits[i].keylen);
+    if (a->cache_key) {
+        SAME_TAG(a->cache_key, a->cache_keylen);
+        for (size_t i = 0; i < a->ntags; i++)
+            SAME_TAG(a->tags[i], a->taglens[i]);
+    }
+#undef SAME_TAG
+    return n;
+}
+
+/* Puts op in a batch of this turn (joining an open one under the same tag when taglen > 0),
+ * to be sent on c. */
+static void
+batch_add(struct store_redis *s, struct admit_op *op, struct rconn *c, bool with_limits,
+          bool with_cache, const char *tag, size_t taglen)
+{
+    struct batch *bt = NULL, **chain = NULL;
+
+    if (taglen) {
+        chain = &s->open[fnv1a(tag, taglen) & (BATCH_SLOTS - 1)];
+        for (bt = *chain; bt; bt = bt->chain)
+            if (bt->taglen == taglen && memcmp(bt->tag, tag, taglen) == 0)
+                break;
+    }
+    if (!bt) {
+        bt = xmalloc(sizeof(*bt));
+        bt->next = bt->chain = NULL;
+        bt->conn = c;
+        bt->with_limits = with_limits;
+        bt->with_cache = with_cache;
+        bt->n = 0;
+        bt->taglen = taglen;
+        if (taglen)
+            memcpy(bt->tag, tag, taglen);
+        if (s->turn_tail)
+            s->turn_tail->next = bt;
+        else
+            s->turn = bt;
+        s->turn_tail = bt;
+        if (chain) {
+            bt->chain = *chain;
+            *chain = bt;
+        }
+        turn_activate(&s->turn_ev);
+    }
+    bt->ops[bt->n++] = op;
+    op->pending++;
+    if (bt->n == MAX_BATCH && chain) {
+        /* Full: the next request under this tag opens another. */
+        struct batch **pp = chain;
+        while (*pp != bt)
+            pp = &(*pp)->chain;
+        *pp = bt->chain;
+    }
 }
 
 static void
@@ -1163,17 +1826,18 @@ redis_admit_and_lookup(struct store *st, struct store_admit *a, store_done_fn *d
     struct store_redis *s = (struct store_redis *)st;
     size_t n = a->nlimits;
     /* One allocation: the op, then map, ids, costs and results of up to n distinct limits. */
-    struct admit_op *op = xcalloc(1, sizeof(*op));
-    char *mem = xmalloc(n * (sizeof(size_t) + sizeof(struct limiter_rule) + sizeof(uint64_t) +
-                             sizeof(struct limiter_result)) +
-                        1);
+    struct admit_op *op =
+        xmalloc(sizeof(*op) + n * (sizeof(size_t) + sizeof(struct limiter_rule) + sizeof(uint64_t) +
+                                   sizeof(struct limiter_result)));
 
-    op->s = s;
-    op->a = a;
-    op->done = done;
-    op->arg = arg;
-    op->allowed = true;
-    op->map = (size_t *)mem;
+    *op = (struct admit_op){.s = s,
+                            .a = a,
+                            .done = done,
+                            .arg = arg,
+                            .pending = 1,
+                            .allowed = true,
+                            .lease = a->cache_key && a->lease_ms > 0};
+    op->map = (size_t *)(op + 1);
     op->ids = (struct limiter_rule *)(op->map + n);
     op->costs = (uint64_t *)(op->ids + n);
     op->ures = (struct limiter_result *)(op->costs + n);
@@ -1222,20 +1886,27 @@ redis_admit_and_lookup(struct store *st, struct store_admit *a, store_done_fn *d
         admit_finish(op);
         return;
     }
-    struct sbuf b = {0};
-    if (!s->split || op->nu == 0 || !a->cache_key) {
-        struct rconn *c = s->split && op->nu > 0 ? &s->limits : &s->cache;
-        admit_command(s, op, true, true, &b);
-        conn_send(c, SCRIPT_ADMIT, &b, on_admit_both, op);
+    if (s->closing) {
+        op->status = STORE_UNAVAILABLE;
+        admit_finish(op);
         return;
     }
-    /* Limits and cache in two Redis servers: both asked at once; the lookup of a request
-     * that turns out denied is dropped. */
-    op->pending = 2;
-    admit_command(s, op, true, false, &b);
-    conn_send(&s->limits, SCRIPT_ADMIT, &b, on_admit_limits, op);
-    admit_command(s, op, false, true, &b);
-    conn_send(&s->cache, SCRIPT_ADMIT, &b, on_admit_cache, op);
+    /* The response is read right behind the lookup, unless a local copy may be it. */
+    if (a->cache_key)
+        op->near = near_find(&s->near, a->cache_key, a->cache_keylen) != NULL;
+    if (!s->split) {
+        char tag[MAX_HASH_TAG + 1];
+        size_t taglen = admit_tag(a, tag);
+        batch_add(s, op, &s->cache, true, true, tag, taglen);
+    } else if (op->nu == 0 || !a->cache_key) {
+        batch_add(s, op, op->nu > 0 ? &s->limits : &s->cache, true, true, NULL, 0);
+    } else {
+        /* Limits and cache in two Redis servers: both asked at once; the lookup of a request
+         * that turns out denied is dropped. */
+        batch_add(s, op, &s->limits, true, false, NULL, 0);
+        batch_add(s, op, &s->cache, false, true, NULL, 0);
+    }
+    admit_part_done(op); /* the sender's own count */
 }
 
 /* ---- fill and invalidate ------------------------------------------------------------------ */
@@ -1246,6 +1917,9 @@ struct fill_op {
     uint64_t ttl_ms;
     store_done_fn *done;
     void *arg;
+    unsigned char token[TOKEN_LEN];
+    size_t keylen;
+    char key[]; /* the cache key, for the local copy */
 };
 
 static void
@@ -1265,11 +1939,28 @@ on_fill(void *arg, redisReply *r)
     } else {
         op->s->stats.failed++;
     }
+    if (status == 0 && op->ttl_ms > 0)
+        near_put(&op->s->near, op->key, op->keylen, op->token, op->entry);
+    else
+        near_drop(&op->s->near, op->key, op->keylen);
     store_entry_release(op->entry);
     store_done_fn *done = op->done;
     void *darg = op->arg;
     free(op);
     done(darg, status);
+}
+
+/* A fresh fill token: 64 bits from a per-store random stream (splitmix64). */
+static void
+fill_token(struct store_redis *s, unsigned char out[TOKEN_LEN])
+{
+    uint64_t z = (s->token_state += 0x9e3779b97f4a7c15ull);
+
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    for (int i = 0; i < TOKEN_LEN; i++, z >>= 8)
+        out[i] = (unsigned char)z;
 }
 
 static void
@@ -1278,54 +1969,54 @@ redis_fill(struct store *st, const char *key, size_t keylen, struct store_entry 
            const uint64_t *tag_gens, size_t ntags, store_done_fn *done, void *arg)
 {
     struct store_redis *s = (struct store_redis *)st;
-    struct fill_op *op = xmalloc(sizeof(*op));
-    struct sbuf b = {0}, k = {0}, head = {0}, sec = {0};
-    char gen[24];
+    struct fill_op *op = xmalloc(sizeof(*op) + keylen);
+    struct sbuf b = {0}, k = {0}, meta = {0};
+    unsigned char *token = op->token;
+    size_t ctlen = entry->content_type ? strlen(entry->content_type) : 0;
 
     store_entry_ref(entry);
-    *op = (struct fill_op){.s = s, .entry = entry, .ttl_ms = ttl_ms, .done = done, .arg = arg};
+    *op = (struct fill_op){
+        .s = s, .entry = entry, .ttl_ms = ttl_ms, .done = done, .arg = arg, .keylen = keylen};
+    memcpy(op->key, key, keylen);
+    fill_token(s, token);
 
-    /* head: the tag section (tag keys and the generations recorded), then the status */
+    /* The entry's value: the token, then each tag's key and the generation recorded. */
+    sbuf_add(&meta, token, TOKEN_LEN);
     for (size_t i = 0; i < ntags; i++) {
         k.len = 0;
-        tag_key(&k, tags[i], taglens[i]);
-        wr_u32(&sec, (uint32_t)k.len);
-        sbuf_add(&sec, k.p, k.len);
-        int n = snprintf(gen, sizeof(gen), "%llu", (unsigned long long)tag_gens[i]);
-        wr_u32(&sec, (uint32_t)n);
-        sbuf_add(&sec, gen, (size_t)n);
-    }
-    wr_u32(&head, (uint32_t)sec.len);
-    if (sec.len)
-        sbuf_add(&head, sec.p, sec.len);
-    unsigned char status[2] = {(unsigned char)entry->status, (unsigned char)(entry->status >> 8)};
-    sbuf_add(&head, status, 2);
-
-    resp_evalsha(&b, SCRIPT_FILL, 1 + ntags, 3 + ntags);
-    k.len = 0;
-    entry_key(&k, key, keylen);
-    resp_arg(&b, k.p, k.len);
-    for (size_t i = 0; i < ntags; i++) {
+        cache_key(&k, 't', tags[i], taglens[i]);
+        wr_u32(&meta, (uint32_t)k.len);
+        sbuf_add(&meta, k.p, k.len);
         k.len = 0;
-        tag_key(&k, tags[i], taglens[i]);
-        resp_arg(&b, k.p, k.len);
+        put_u64(&k, tag_gens[i]);
+        wr_u32(&meta, (uint32_t)k.len);
+        sbuf_add(&meta, k.p, k.len);
     }
+
+    buf_reserve(&b, 256 + 3 * keylen + meta.len + entry->body_len + ctlen + 100 * ntags);
+    resp_evalsha(&b, SCRIPT_FILL, 3 + ntags, 4 + ntags);
+    resp_key(&b, &k, 'e', NULL, key, keylen);
+    resp_key(&b, &k, 'b', NULL, key, keylen);
+    resp_key(&b, &k, 'f', NULL, key, keylen);
+    for (size_t i = 0; i < ntags; i++)
+        resp_key(&b, &k, 't', NULL, tags[i], taglens[i]);
     resp_u64(&b, ttl_ms);
-    resp_arg(&b, head.p, head.len);
-    /* tail: content type and body, written straight into the command */
-    size_t ctlen = entry->content_type ? strlen(entry->content_type) : 0;
-    resp_num(&b, '$', 4 + ctlen + entry->body_len);
-    wr_u32(&b, (uint32_t)ctlen);
-    if (ctlen)
-        sbuf_add(&b, entry->content_type, ctlen);
+    resp_arg(&b, meta.p, meta.len);
+    /* The response's head, written straight into the command: body, content type, status. */
+    resp_num(&b, '$', entry->body_len + ctlen + 4 + 2);
     if (entry->body_len)
         sbuf_add(&b, entry->body, entry->body_len);
+    if (ctlen)
+        sbuf_add(&b, entry->content_type, ctlen);
+    wr_u32(&b, (uint32_t)ctlen);
+    unsigned char status[2] = {(unsigned char)entry->status, (unsigned char)(entry->status >> 8)};
+    sbuf_add(&b, status, 2);
     sbuf_add(&b, "\r\n", 2);
+    resp_arg(&b, token, TOKEN_LEN);
     for (size_t i = 0; i < ntags; i++)
         resp_u64(&b, tag_gens[i]);
     sbuf_free(&k);
-    sbuf_free(&sec);
-    sbuf_free(&head);
+    sbuf_free(&meta);
     conn_send(&s->cache, SCRIPT_FILL, &b, on_fill, op);
 }
 
@@ -1365,7 +2056,7 @@ redis_invalidate(struct store *st, const char *const *tags, const size_t *taglen
     resp_evalsha(&b, SCRIPT_INVALIDATE, ntags, 1);
     for (size_t i = 0; i < ntags; i++) {
         k.len = 0;
-        tag_key(&k, tags[i], taglens[i]);
+        cache_key(&k, 't', tags[i], taglens[i]);
         resp_arg(&b, k.p, k.len);
     }
     resp_u64(&b, s->tag_lease_ms);
@@ -1381,8 +2072,12 @@ redis_destroy(struct store *st)
     struct store_redis *s = (struct store_redis *)st;
 
     s->closing = true;
+    batch_flush(s); /* the admits of this turn fail now */
+    turn_free(&s->turn_ev);
     conn_fini(&s->cache);
     conn_fini(&s->limits);
+    sbuf_free(&s->scratch);
+    near_free(&s->near);
     free(s);
 }
 
@@ -1424,6 +2119,10 @@ store_redis_new(struct event_base *base, const struct store_redis_config *cfg, c
     s->split = split;
     s->deadline_us = (cfg->deadline_ms ? cfg->deadline_ms : DEFAULT_DEADLINE_MS) * 1000;
     s->tag_lease_ms = cfg->tag_lease_ms ? cfg->tag_lease_ms : DEFAULT_TAG_LEASE_MS;
+    s->near.max_bytes = cfg->near_bytes ? cfg->near_bytes : DEFAULT_NEAR_BYTES;
+    if (getrandom(&s->token_state, sizeof(s->token_state), GRND_NONBLOCK) != sizeof(s->token_state))
+        s->token_state = mono_us() ^ (uint64_t)(uintptr_t)s;
+    turn_init(&s->turn_ev, base, on_turn, s);
     conn_init(s, &s->cache, split ? "cache" : "store", &cache_ep);
     conn_connect(&s->cache);
     if (split) {

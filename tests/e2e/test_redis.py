@@ -56,6 +56,36 @@ endpoint "GET /strict" {
 '''
 
 
+FILL_POLICY = r'''
+identity { user = header "X-User-Id" }
+
+endpoint "GET /slow" {
+  sql = [[ SELECT origin_hit($1) AS n, 'same for everyone' AS note FROM pg_sleep(0.25) ]],
+  args = { "{user}" },
+  cache = { ttl = "5m", key = "slow:{user}" },
+  limit = { limit = 1000000, window = "1h", key = "slow:{user}" },
+}
+
+endpoint "GET /flaky" {
+  sql = [[ SELECT 1 / (nextval('flaky_calls') - 1) AS n FROM pg_sleep(0.05) ]],
+  cache = { ttl = "5m", key = "flaky:{user}" },
+}
+'''
+
+# Every run of an endpoint's statement counts itself: origin_hit(k) returns how many times
+# the origin was asked for k; /flaky counts with a sequence, which a failed statement does not
+# roll back (its first run fails).
+FILL_SCHEMA = """
+CREATE TABLE origin_hits (k text PRIMARY KEY, n int NOT NULL);
+CREATE FUNCTION origin_hit(key text) RETURNS int LANGUAGE sql AS $$
+  INSERT INTO origin_hits VALUES (key, 1)
+  ON CONFLICT (k) DO UPDATE SET n = origin_hits.n + 1
+  RETURNING n
+$$;
+CREATE SEQUENCE flaky_calls;
+"""
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -338,6 +368,84 @@ class ClockSkew(SluiceTestCase):
             statuses = burst(ports, path, user, 400)
             self.assertEqual(statuses.count(200), 100, path)
             self.assertEqual(statuses.count(429), 300, path)
+
+
+class FillLease(SluiceTestCase):
+    """Concurrent misses on one key: one request reaches the origin, the others wait for its fill."""
+
+    N = 100
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="sluice-fill-")
+        with open(os.path.join(cls.dir, "fill.lua"), "w") as f:
+            f.write(FILL_POLICY)
+        cls.db = "t_fill_%d" % os.getpid()
+        lib.psql("DROP DATABASE IF EXISTS %s" % cls.db)
+        lib.psql("CREATE DATABASE %s" % cls.db)
+        lib.psql(FILL_SCHEMA, db=cls.db)
+        env = {"REDIS_URL": REDIS.url}
+        args = ["--redis-deadline", "2s"]
+        cls.redis = [cls.start(cls.dir, database=cls.db, env=env, args=args) for _ in range(2)]
+        cls.memory = cls.start(cls.dir, database=cls.db, args=["--workers", "4"])
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+        lib.psql("DROP DATABASE IF EXISTS %s" % cls.db, check=False)
+
+    def origin_hits(self, user):
+        return int(lib.psql("SELECT coalesce(max(n), 0) FROM origin_hits WHERE k = '%s'" % user,
+                            db=self.db))
+
+    def stampede(self, ports, user, path="/slow"):
+        """N requests at once for one key, spread over the instances; returns their answers."""
+        start = threading.Barrier(self.N)
+
+        def one(i):
+            import http.client
+            conn = http.client.HTTPConnection("127.0.0.1", ports[i % len(ports)], timeout=30)
+            try:
+                start.wait(10)
+                conn.request("GET", path, headers={"X-User-Id": str(user)})
+                r = conn.getresponse()
+                return r.status, r.getheader("X-Cache"), r.read()
+            finally:
+                conn.close()
+
+        with concurrent.futures.ThreadPoolExecutor(self.N) as ex:
+            return list(ex.map(one, range(self.N)))
+
+    def check_single_flight(self, ports, user):
+        answers = self.stampede(ports, user)
+        self.assertEqual([a for a in answers if a[0] != 200], [])
+        self.assertEqual(self.origin_hits(user), 1)
+        self.assertEqual(len(set(a[2] for a in answers)), 1, "every answer is the one fill")
+        self.assertIn(b'"n":1', answers[0][2])
+        caches = [a[1] for a in answers]
+        self.assertEqual(caches.count("MISS"), 1, caches)
+        self.assertEqual(caches.count("HIT"), self.N - 1, caches)
+        # The limit counted each request once, however often it looked again while waiting.
+        st, h, _ = get(ports[0], "/slow", user)
+        self.assertEqual((st, h["x-cache"]), (200, "HIT"))
+        self.assertEqual(int(h["x-ratelimit-remaining"]), 1000000 - self.N - 1)
+
+    def test_redis_instances_fill_once(self):
+        self.check_single_flight([s.port for s in self.redis], 3001)
+
+    def test_memory_store_workers_fill_once(self):
+        self.check_single_flight([self.memory.port], 3002)
+
+    def test_a_failed_filler_is_taken_over(self):
+        # The first origin answer is an error: nothing is filled and the lease stays until it
+        # runs out; then one waiting request takes it over and fills for the others.
+        answers = self.stampede([s.port for s in self.redis], 3003, path="/flaky")
+        statuses = [a[0] for a in answers]
+        self.assertEqual(statuses.count(200), self.N - 1, statuses)
+        self.assertEqual(lib.psql("SELECT last_value FROM flaky_calls", db=self.db), "2")
+        caches = [a[1] for a in answers if a[0] == 200]
+        self.assertEqual(caches.count("MISS"), 1, caches)
 
 
 class Outage(SluiceTestCase):

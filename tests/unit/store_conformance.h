@@ -101,6 +101,7 @@ struct conf_req {
     const char *tags[CONF_MAX];
     size_t taglens[CONF_MAX];
     size_t ntags;
+    uint64_t lease_ms; /* ask for the fill lease */
     struct limiter_result results[CONF_MAX];
     uint64_t gens[CONF_MAX];
     struct store_admit a;
@@ -148,6 +149,7 @@ conf_admit(struct conf *c, struct conf_req *r)
     r->a.tags = r->tags;
     r->a.taglens = r->taglens;
     r->a.ntags = r->ntags;
+    r->a.lease_ms = r->lease_ms;
     r->a.results = r->results;
     r->a.tag_gens = r->gens;
     r->a.entry = (struct store_entry *)(uintptr_t)1; /* must be overwritten */
@@ -158,6 +160,8 @@ conf_admit(struct conf *c, struct conf_req *r)
         assert_non_null(r->a.entry);
     else
         assert_null(r->a.entry);
+    if (r->a.state == STORE_FILLING)
+        assert_true(r->lease_ms > 0 && r->key);
     if (!r->a.allowed) {
         assert_int_equal(r->a.state, STORE_MISS);
     }
@@ -746,6 +750,150 @@ conf_tags_entry_carries_other_tags(void **state)
     assert_false(conf_hit(c, "shared", look_tags, NULL));
 }
 
+/* ---- fill lease ---------------------------------------------------------- */
+
+#define CONF_LEASE 60000
+
+/* A lookup of key under tags (NULL-terminated) asking for the fill lease; returns its state. */
+static enum store_cache_state
+conf_lease_lookup(struct conf *c, struct conf_req *r, const char *key, const char *const *tags,
+                  uint64_t lease_ms)
+{
+    memset(r, 0, sizeof(*r));
+    r->key = key;
+    r->keylen = strlen(key);
+    for (; tags && *tags; tags++)
+        conf_add_tag(r, *tags, strlen(*tags));
+    r->lease_ms = lease_ms;
+    conf_admit(c, r);
+    assert_true(r->a.allowed);
+    return r->a.state;
+}
+
+static void
+conf_lease_single_filler(void **state)
+{
+    struct conf *c = *state;
+    const char *tags[] = {"crm:5", NULL};
+    struct conf_req first, other;
+
+    assert_int_equal(conf_lease_lookup(c, &first, "lease:k", tags, CONF_LEASE), STORE_MISS);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(conf_lease_lookup(c, &other, "lease:k", tags, CONF_LEASE), STORE_FILLING);
+    /* A lookup that does not ask for the lease is a plain miss; another key is free. */
+    conf_lookup(c, &other, "lease:k", tags);
+    assert_int_equal(other.a.state, STORE_MISS);
+    assert_int_equal(conf_lease_lookup(c, &other, "lease:k2", tags, CONF_LEASE), STORE_MISS);
+    /* The fill lands: a hit for everyone. */
+    struct store_entry *e = conf_entry(200, "text/plain", "filled", 6);
+    assert_int_equal(conf_fill_req(c, &first, e, 60000), 0);
+    store_entry_release(e);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(conf_lease_lookup(c, &other, "lease:k", tags, CONF_LEASE), STORE_HIT);
+        assert_memory_equal(other.a.entry->body, "filled", 6);
+        store_entry_release(other.a.entry);
+    }
+    /* After an invalidation the next miss takes the lease again. */
+    conf_invalidate1(c, "crm:5");
+    assert_int_equal(conf_lease_lookup(c, &first, "lease:k", tags, CONF_LEASE), STORE_MISS);
+    assert_int_equal(conf_lease_lookup(c, &other, "lease:k", tags, CONF_LEASE), STORE_FILLING);
+}
+
+static void
+conf_lease_released_by_any_fill(void **state)
+{
+    struct conf *c = *state;
+    const char *tags[] = {"crm:6", NULL};
+    struct conf_req r, w;
+
+    /* A fill refused (the tag moved) releases the lease too. */
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:r", tags, CONF_LEASE), STORE_MISS);
+    conf_invalidate1(c, "crm:6");
+    struct store_entry *e = conf_entry(200, "text/plain", "stale", 5);
+    assert_int_equal(conf_fill_req(c, &r, e, 60000), -1);
+    store_entry_release(e);
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:r", tags, CONF_LEASE), STORE_MISS);
+    assert_int_equal(conf_lease_lookup(c, &w, "lease:r", tags, CONF_LEASE), STORE_FILLING);
+    /* So does a fill with no TTL, which stores nothing. */
+    e = conf_entry(200, "text/plain", "none", 4);
+    assert_int_equal(conf_fill_req(c, &r, e, 0), 0);
+    store_entry_release(e);
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:r", tags, CONF_LEASE), STORE_MISS);
+    /* A fill by a caller that waited instead is taken as well, and ends the lease. */
+    e = conf_entry(200, "text/plain", "other", 5);
+    assert_int_equal(conf_fill_req(c, &w, e, 60000), 0);
+    store_entry_release(e);
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:r", tags, CONF_LEASE), STORE_HIT);
+    assert_memory_equal(r.a.entry->body, "other", 5);
+    store_entry_release(r.a.entry);
+}
+
+static void
+conf_lease_expires(void **state)
+{
+    struct conf *c = *state;
+    struct conf_req r;
+
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:x", NULL, 200), STORE_MISS);
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:x", NULL, 200), STORE_FILLING);
+    c->h->advance(c->h->ctx, 450);
+    /* The filler did not fill in time: the next miss takes the lease over. */
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:x", NULL, 200), STORE_MISS);
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:x", NULL, 200), STORE_FILLING);
+}
+
+static void
+conf_lease_lookup_only_counts_nothing(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule one = conf_rule(LIMITER_FIXED_WINDOW, 1, HOUR);
+    struct conf_req filler = {0}, waiter = {0}, poll;
+
+    conf_add_limit(&filler, one, "caller:1", 8, 1);
+    filler.key = "lease:l";
+    filler.keylen = 7;
+    filler.lease_ms = CONF_LEASE;
+    conf_admit(c, &filler);
+    assert_true(filler.a.allowed);
+    assert_int_equal(filler.a.state, STORE_MISS);
+    conf_add_limit(&waiter, one, "caller:2", 8, 1);
+    waiter.key = "lease:l";
+    waiter.keylen = 7;
+    waiter.lease_ms = CONF_LEASE;
+    conf_admit(c, &waiter);
+    assert_true(waiter.a.allowed);
+    assert_int_equal(waiter.a.state, STORE_FILLING);
+    /* The waiter looks again, with no limits, as often as it likes. */
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(conf_lease_lookup(c, &poll, "lease:l", NULL, CONF_LEASE), STORE_FILLING);
+    struct store_entry *e = conf_entry(200, "text/plain", "done", 4);
+    assert_int_equal(conf_fill_req(c, &filler, e, 60000), 0);
+    store_entry_release(e);
+    assert_int_equal(conf_lease_lookup(c, &poll, "lease:l", NULL, CONF_LEASE), STORE_HIT);
+    store_entry_release(poll.a.entry);
+    /* Each caller was counted once. */
+    assert_false(conf_limit(c, one, "caller:1", 1).allowed);
+    assert_false(conf_limit(c, one, "caller:2", 1).allowed);
+}
+
+static void
+conf_lease_not_taken_when_denied(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule one = conf_rule(LIMITER_FIXED_WINDOW, 1, HOUR);
+    struct conf_req r = {0};
+
+    assert_true(conf_limit(c, one, "spent", 1).allowed);
+    conf_add_limit(&r, one, "spent", 5, 1);
+    r.key = "lease:d";
+    r.keylen = 7;
+    r.lease_ms = CONF_LEASE;
+    conf_admit(c, &r);
+    assert_false(r.a.allowed);
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:d", NULL, CONF_LEASE), STORE_MISS);
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:d", NULL, CONF_LEASE), STORE_FILLING);
+}
+
 /* ---- the suite ---------------------------------------------------------- */
 
 /* Runs every conformance test against the harness's stores; returns the number of failures. */
@@ -776,6 +924,11 @@ store_conformance_run(const struct store_harness *h)
         CONF_TEST(conf_tags_several_entries),
         CONF_TEST(conf_tags_unrelated),
         CONF_TEST(conf_tags_entry_carries_other_tags),
+        CONF_TEST(conf_lease_single_filler),
+        CONF_TEST(conf_lease_released_by_any_fill),
+        CONF_TEST(conf_lease_expires),
+        CONF_TEST(conf_lease_lookup_only_counts_nothing),
+        CONF_TEST(conf_lease_not_taken_when_denied),
     };
 #undef CONF_TEST
     return cmocka_run_group_tests_name(h->name, tests, NULL, NULL);

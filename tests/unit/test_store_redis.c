@@ -671,6 +671,288 @@ test_pipelined_batch(void **state)
     s->ops->destroy(s);
 }
 
+/*
+ * The limits decide as limiter.c does: random requests (one or two limits, costs up to past
+ * the limit, short windows crossed by random pauses) against Redis and against limiter.c
+ * fed with the time Redis decided at, on states dropped at their expiry as the memory
+ * store drops them. Requests are sent one at a time, or up to 24 at once: those share one
+ * call of the script (their keys share a hash tag) and are decided one after the other.
+ */
+static void
+test_limits_match_limiter(void **state)
+{
+    static const struct limiter_rule rules[] = {
+        {LIMITER_SLIDING_WINDOW, 5, 300, 0}, {LIMITER_SLIDING_WINDOW, 40, 1000, 0},
+        {LIMITER_SLIDING_LOG, 4, 250, 0},    {LIMITER_SLIDING_LOG, 9, 700, 0},
+        {LIMITER_TOKEN_BUCKET, 3, 200, 5},   {LIMITER_TOKEN_BUCKET, 10, 500, 10},
+        {LIMITER_TOKEN_BUCKET, 7, 90, 2},    {LIMITER_FIXED_WINDOW, 6, 200, 0},
+        {LIMITER_FIXED_WINDOW, 2, 1000, 0},
+    };
+    enum { NR = sizeof(rules) / sizeof(rules[0]), STEPS = 400, MAXK = 24 };
+    struct store *s = open_fresh(1000);
+    struct limiter_state local[NR];
+    uint64_t seed = 0x51ce5eedull, last_now = 0;
+    int admitted = 0, denied = 0, batched = 0;
+    struct req {
+        size_t n, idx[2];
+        char keys[2][24];
+        struct store_limit l[2];
+        struct limiter_result res[2];
+        uint32_t cost[2];
+        struct store_admit a;
+        struct op o;
+    } *q = calloc(MAXK, sizeof(*q));
+
+    assert_non_null(q);
+    memset(local, 0, sizeof(local));
+    for (int step = 0; step < STEPS; step++) {
+        uint64_t r0 = xorshift(&seed);
+        size_t k = r0 % 3 == 0 ? 2 + (r0 >> 8) % (MAXK - 1) : 1;
+        for (size_t j = 0; j < k; j++) {
+            struct req *rq = &q[j];
+            uint64_t r = xorshift(&seed);
+            rq->n = 1 + r % 2;
+            rq->idx[0] = (r >> 8) % NR;
+            rq->idx[1] = (r >> 16) % NR;
+            if (rq->n == 2 && rq->idx[0] == rq->idx[1])
+                rq->n = 1;
+            for (size_t i = 0; i < rq->n; i++) {
+                snprintf(rq->keys[i], sizeof(rq->keys[i]), "rule%zu:caller", rq->idx[i]);
+                uint64_t c = (r >> (24 + 4 * i)) % 16;
+                rq->cost[i] = (uint32_t)(c < 10 ? 1 : c < 12 ? 0 : c - 10);
+                rq->l[i] = (struct store_limit){.rule = &rules[rq->idx[i]],
+                                                .key = rq->keys[i],
+                                                .keylen = strlen(rq->keys[i]),
+                                                .cost = rq->cost[i]};
+            }
+            rq->a = (struct store_admit){.limits = rq->l, .nlimits = rq->n, .results = rq->res};
+            rq->o = (struct op){0};
+            store_admit_and_lookup(s, &rq->a, op_done, &rq->o);
+        }
+        batched += k > 1 ? (int)k : 0;
+        for (size_t j = 0; j < k; j++) {
+            struct req *rq = &q[j];
+            assert_true(loop_until(&rq->o.done, 10000));
+            assert_int_equal(rq->o.status, 0);
+            assert_true(rq->a.now_ms >= last_now);
+            last_now = rq->a.now_ms;
+            struct limiter_result want[2];
+            bool all = true;
+            for (size_t i = 0; i < rq->n; i++) {
+                struct limiter_state *st = &local[rq->idx[i]];
+                if (rq->a.now_ms >= limiter_expiry(&rules[rq->idx[i]], st))
+                    limiter_state_clear(st);
+                limiter_check(&rules[rq->idx[i]], st, rq->a.now_ms, rq->cost[i], &want[i]);
+                all = all && want[i].allowed;
+            }
+            assert_int_equal(rq->a.allowed, all);
+            for (size_t i = 0; i < rq->n; i++) {
+                const struct limiter_result *got = &rq->res[i];
+                if (got->allowed != want[i].allowed || got->remaining != want[i].remaining ||
+                    got->reset_ms != want[i].reset_ms ||
+                    got->retry_after_ms != want[i].retry_after_ms)
+                    fail_msg("step %d.%zu, rule %zu, cost %u, at %llu: redis %d/%llu/%llu/%llu, "
+                             "limiter.c %d/%llu/%llu/%llu",
+                             step, j, rq->idx[i], rq->cost[i], (unsigned long long)rq->a.now_ms,
+                             got->allowed, (unsigned long long)got->remaining,
+                             (unsigned long long)got->reset_ms,
+                             (unsigned long long)got->retry_after_ms, want[i].allowed,
+                             (unsigned long long)want[i].remaining,
+                             (unsigned long long)want[i].reset_ms,
+                             (unsigned long long)want[i].retry_after_ms);
+                assert_int_equal(got->limit, rules[rq->idx[i]].limit);
+            }
+            if (all)
+                for (size_t i = 0; i < rq->n; i++)
+                    limiter_commit(&rules[rq->idx[i]], &local[rq->idx[i]], rq->a.now_ms,
+                                   rq->cost[i]);
+            admitted += all;
+            denied += !all;
+        }
+        if ((r0 >> 40) % 4 == 0)
+            loop_for((r0 >> 44) % 60);
+    }
+    print_message(
+        "limits against limiter.c: %d admitted, %d denied (%d in batches), all the same\n",
+        admitted, denied, batched);
+    assert_true(admitted > 100 && denied > 100 && batched > 100);
+    for (size_t i = 0; i < NR; i++)
+        limiter_state_clear(&local[i]);
+    free(q);
+    s->ops->destroy(s);
+    check_ttls();
+}
+
+/* Lookups of one turn share a call: one of them takes the lease, a fill is seen by all. */
+static void
+test_batched_lookups(void **state)
+{
+    enum { K = 20 };
+    struct store *s = open_fresh(1000);
+    struct store_harness h = redis_harness;
+    struct conf c = {.h = &h, .s = s};
+    static struct conf_req r[K];
+    struct op o[K];
+    struct store_redis_stats st0, st1;
+    int miss = 0, filling = 0;
+
+    for (int round = 0; round < 3; round++) {
+        store_redis_stats(s, &st0);
+        for (int i = 0; i < K; i++) {
+            memset(&r[i], 0, sizeof(r[i]));
+            conf_add_limit(&r[i], conf_rule(LIMITER_FIXED_WINDOW, 1000, HOUR), "reads:u7", 8, 1);
+            conf_add_tag(&r[i], "crm:u7", 6);
+            r[i].key = "page:u7";
+            r[i].keylen = 7;
+            r[i].lease_ms = CONF_LEASE;
+            r[i].limits[0].rule = &r[i].rules[0];
+            r[i].a = (struct store_admit){.limits = r[i].limits,
+                                          .nlimits = 1,
+                                          .cache_key = r[i].key,
+                                          .cache_keylen = r[i].keylen,
+                                          .tags = r[i].tags,
+                                          .taglens = r[i].taglens,
+                                          .ntags = 1,
+                                          .lease_ms = CONF_LEASE,
+                                          .results = r[i].results,
+                                          .tag_gens = r[i].gens};
+            o[i] = (struct op){0};
+            store_admit_and_lookup(s, &r[i].a, op_done, &o[i]);
+        }
+        for (int i = 0; i < K; i++) {
+            assert_true(loop_until(&o[i].done, 10000));
+            assert_int_equal(o[i].status, 0);
+            assert_true(r[i].a.allowed);
+            assert_int_equal(r[i].results[0].remaining, 1000 - (uint64_t)(round * K + i) - 1);
+            assert_memory_equal(r[i].gens, r[0].gens, sizeof(uint64_t));
+        }
+        store_redis_stats(s, &st1);
+        /* One call for all; a GET each while there is no local copy (before the fill). */
+        assert_int_equal(st1.commands - st0.commands, 1 + (round == 0 ? K : 0));
+        if (round == 0) {
+            for (int i = 0; i < K; i++) {
+                miss += r[i].a.state == STORE_MISS;
+                filling += r[i].a.state == STORE_FILLING;
+            }
+            assert_int_equal(r[0].a.state, STORE_MISS);
+            assert_int_equal(miss, 1);
+            assert_int_equal(filling, K - 1);
+            struct store_entry *e = conf_entry(200, "text/plain", "batched", 7);
+            assert_int_equal(conf_fill_req(&c, &r[0], e, 60000), 0);
+            store_entry_release(e);
+        } else {
+            for (int i = 0; i < K; i++) {
+                assert_int_equal(r[i].a.state, STORE_HIT);
+                assert_memory_equal(r[i].a.entry->body, "batched", 7);
+                store_entry_release(r[i].a.entry);
+            }
+        }
+    }
+    s->ops->destroy(s);
+    check_ttls();
+}
+
+/* Two instances on one Redis: each keeps local copies of responses, never a stale one. */
+static void
+test_local_copies(void **state)
+{
+    struct store *a = open_fresh(1000), *b = redis_open_cfg(1000);
+    struct store_harness h = redis_harness;
+    struct conf ca = {.h = &h, .s = a}, cb = {.h = &h, .s = b};
+    const char *tags[] = {"crm:9", NULL};
+    struct store_redis_stats sa, sb;
+
+    assert_non_null(b);
+    assert_int_equal(conf_put(&ca, "page:9", tags, "v1", 60000), 0);
+    assert_true(conf_hit(&ca, "page:9", tags, "v1")); /* a: the copy it stored */
+    assert_true(conf_hit(&cb, "page:9", tags, "v1")); /* b: read with the lookup */
+    assert_true(conf_hit(&cb, "page:9", tags, "v1")); /* b: now its copy */
+    store_redis_stats(a, &sa);
+    store_redis_stats(b, &sb);
+    assert_int_equal(sa.local_hits, 1);
+    assert_int_equal(sb.local_hits, 1);
+    /* b stores another response: a's copy is not it, so a reads it after the lookup. */
+    assert_int_equal(conf_put(&cb, "page:9", tags, "v2", 60000), 0);
+    assert_true(conf_hit(&ca, "page:9", tags, "v2"));
+    assert_true(conf_hit(&ca, "page:9", tags, "v2"));
+    store_redis_stats(a, &sa);
+    assert_int_equal(sa.refetches, 1);
+    assert_int_equal(sa.local_hits, 2);
+    /* The same bytes stored again are another fill: still read once, then the copy. */
+    assert_int_equal(conf_put(&cb, "page:9", tags, "v2", 60000), 0);
+    assert_true(conf_hit(&ca, "page:9", tags, "v2"));
+    store_redis_stats(a, &sa);
+    assert_int_equal(sa.refetches, 2);
+    /* An invalidation through b: a's copy is never served again. */
+    conf_invalidate1(&cb, "crm:9");
+    assert_false(conf_hit(&ca, "page:9", tags, NULL));
+    assert_false(conf_hit(&cb, "page:9", tags, NULL));
+    /* An entry that expired in Redis is not served from a copy either. */
+    assert_int_equal(conf_put(&ca, "short:9", NULL, "s", 200), 0);
+    assert_true(conf_hit(&ca, "short:9", NULL, "s"));
+    loop_for(400);
+    assert_false(conf_hit(&ca, "short:9", NULL, NULL));
+    /* A tiny budget keeps nothing, and answers the same. */
+    struct store_redis_config cfg = {.url = R.url, .deadline_ms = 1000, .near_bytes = 1};
+    char err[128];
+    struct store *t = store_redis_new(R.base, &cfg, err, sizeof(err));
+    struct conf ct = {.h = &h, .s = t};
+    assert_non_null(t);
+    assert_int_equal(conf_put(&ct, "tiny", NULL, "t", 60000), 0);
+    for (int i = 0; i < 3; i++)
+        assert_true(conf_hit(&ct, "tiny", NULL, "t"));
+    store_redis_stats(t, &sa);
+    assert_int_equal(sa.local_hits, 0);
+    t->ops->destroy(t);
+    a->ops->destroy(a);
+    b->ops->destroy(b);
+    check_ttls();
+}
+
+/* The fill lease holds across instances; limits kept apart: a denied request gives it back. */
+static void
+test_lease_across_instances(void **state)
+{
+    struct store *a = open_fresh(1000), *b = redis_open_cfg(1000);
+    struct store_harness h = redis_harness;
+    struct conf ca = {.h = &h, .s = a}, cb = {.h = &h, .s = b};
+    struct conf_req ra, rb;
+
+    assert_non_null(b);
+    assert_int_equal(conf_lease_lookup(&ca, &ra, "one", NULL, CONF_LEASE), STORE_MISS);
+    assert_int_equal(conf_lease_lookup(&cb, &rb, "one", NULL, CONF_LEASE), STORE_FILLING);
+    struct store_entry *e = conf_entry(200, "text/plain", "once", 4);
+    assert_int_equal(conf_fill_req(&ca, &ra, e, 60000), 0);
+    store_entry_release(e);
+    assert_int_equal(conf_lease_lookup(&cb, &rb, "one", NULL, CONF_LEASE), STORE_HIT);
+    assert_memory_equal(rb.a.entry->body, "once", 4);
+    store_entry_release(rb.a.entry);
+    a->ops->destroy(a);
+    b->ops->destroy(b);
+
+    char url[64], lurl[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d/1", R.port);
+    snprintf(lurl, sizeof(lurl), "redis://127.0.0.1:%d/2", R.port);
+    struct store_redis_config cfg = {.url = url, .limits_url = lurl, .deadline_ms = 1000};
+    char err[128];
+    struct store *s = store_redis_new(R.base, &cfg, err, sizeof(err));
+    struct conf c = {.h = &h, .s = s};
+    struct limiter_rule one = conf_rule(LIMITER_FIXED_WINDOW, 1, HOUR);
+    struct conf_req r = {0};
+    assert_non_null(s);
+    assert_true(conf_limit(&c, one, "spent", 1).allowed);
+    conf_add_limit(&r, one, "spent", 5, 1);
+    r.key = "split";
+    r.keylen = 5;
+    r.lease_ms = CONF_LEASE;
+    conf_admit(&c, &r);
+    assert_false(r.a.allowed);
+    assert_int_equal(conf_lease_lookup(&c, &r, "split", NULL, CONF_LEASE), STORE_MISS);
+    assert_int_equal(conf_lease_lookup(&c, &r, "split", NULL, CONF_LEASE), STORE_FILLING);
+    s->ops->destroy(s);
+    check_ttls();
+}
+
 /* ---- failover ----------------------------------------------------------------------------- */
 
 /* A primary that answers with `status` and counts its calls. */
@@ -877,6 +1159,10 @@ main(void)
         cmocka_unit_test(test_noscript_retried),
         cmocka_unit_test_teardown(test_deadline_once, cont_server),
         cmocka_unit_test(test_pipelined_batch),
+        cmocka_unit_test(test_limits_match_limiter),
+        cmocka_unit_test(test_batched_lookups),
+        cmocka_unit_test(test_local_copies),
+        cmocka_unit_test(test_lease_across_instances),
         cmocka_unit_test(test_set_after_invalidate_random),
         cmocka_unit_test(test_db_and_password),
         cmocka_unit_test(test_separate_limits_redis),
