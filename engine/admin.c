@@ -43,6 +43,21 @@ reply_json(struct server_request *req, int status, char *body)
     free(body);
 }
 
+/* The reloader's status with the store's health added (a new string). */
+static char *
+status_json(const struct admin_config *cfg)
+{
+    char *text = reloader_status_json(cfg->reloader);
+    if (!cfg->gateway)
+        return text;
+    json_t *o = json_loads(text, 0, NULL);
+    free(text);
+    json_object_set_new(o, "store", gateway_store_status(cfg->gateway));
+    char *s = json_dumps(o, JSON_INDENT(2));
+    json_decref(o);
+    return s;
+}
+
 static int
 path_is(const struct http_request *h, const char *path)
 {
@@ -146,7 +161,7 @@ admin_handle(struct server_request *req, void *state)
             server_respond_problem(req, 405, NULL, NULL, "use GET", "Allow: GET, HEAD\r\n");
             return;
         }
-        reply_json(req, 200, reloader_status_json(cfg->reloader));
+        reply_json(req, 200, status_json(cfg));
         return;
     }
     if (path_is(h, "/reload")) {

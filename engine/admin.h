@@ -5,9 +5,11 @@
 #include "server.h"
 
 struct reloader;
+struct gateway;
 
 struct admin_config {
     struct reloader *reloader; /* borrowed */
+    struct gateway *gateway;   /* borrowed: store health */
     const char *token;         /* bearer token required when set */
 };
 

@@ -25,6 +25,8 @@
 #define KEYS_BYTES 4096
 #define VALS_BYTES 4096
 #define HDRS_BYTES 1536
+#define GATEWAY_MAX_WORKERS 256
+#define HEALTH_PUBLISH_MS 500
 #define FILL_LEASE_MS 500   /* a miss holds its key's fill lease this long at most */
 #define FILL_WAIT_MS 1000   /* a request waits this long at most for another's fill */
 #define FILL_POLL_MS 10     /* its first look again; then doubling up to */
@@ -38,6 +40,10 @@ struct gateway {
     struct policy *policy;
     uint64_t generation; /* atomic: policy->generation, read without the lock */
     struct store_memory *mem;
+    /* The store's health as each worker last published it (guarded by lock). */
+    struct store_health health[GATEWAY_MAX_WORKERS];
+    const char *store_name[GATEWAY_MAX_WORKERS];
+    unsigned nhealth;
 };
 
 struct gw_worker {
@@ -49,6 +55,7 @@ struct gw_worker {
     struct db_pool *db;
     struct tier_cache *tiers;
     struct tenant_runtime *tenants; /* Lua states of tenant hooks, for this worker's generation */
+    struct event *health_timer;     /* publishes the store's health for status output */
 };
 
 struct gw_req {
@@ -1070,6 +1077,48 @@ handle(struct server_request *sr, void *state)
 
 /* ---- workers ------------------------------------------------------------------------------ */
 
+/* Copies this worker's store health where status output can read it. */
+static void
+publish_health(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_worker *wk = arg;
+    struct gateway *g = wk->g;
+    unsigned i = worker_index(wk->w);
+    if (i >= GATEWAY_MAX_WORKERS)
+        return;
+    struct store_health h;
+    store_health(wk->store, &h);
+    pthread_mutex_lock(&g->lock);
+    g->health[i] = h;
+    g->store_name[i] = wk->store->ops->name;
+    if (i + 1 > g->nhealth)
+        g->nhealth = i + 1;
+    pthread_mutex_unlock(&g->lock);
+}
+
+json_t *
+gateway_store_status(struct gateway *g)
+{
+    json_t *workers = json_array();
+    unsigned degraded = 0;
+    pthread_mutex_lock(&g->lock);
+    for (unsigned i = 0; i < g->nhealth; i++) {
+        const struct store_health *h = &g->health[i];
+        if (!g->store_name[i])
+            continue;
+        degraded += h->degraded;
+        json_array_append_new(
+            workers, json_pack("{s:i, s:s, s:s, s:I, s:I, s:I}", "worker", (int)i, "store",
+                               g->store_name[i], "state", h->state ? h->state : "ok", "failures",
+                               (json_int_t)h->failures, "fallbacks", (json_int_t)h->fallbacks,
+                               "degraded_times", (json_int_t)h->transitions));
+    }
+    pthread_mutex_unlock(&g->lock);
+    const char *kind = g->cfg.redis_url && g->cfg.redis_url[0] ? "redis" : "memory";
+    return json_pack("{s:s, s:s, s:o}", "kind", kind, "state", degraded ? "degraded" : "ok",
+                     "workers", workers);
+}
+
 static void *
 worker_init(struct worker *w, void *ctx)
 {
@@ -1104,6 +1153,10 @@ worker_init(struct worker *w, void *ctx)
     if (!wk->db)
         fprintf(stderr, "sluice: worker %u: database: %s\n", worker_index(w), err);
     worker_policy(wk);
+    wk->health_timer = event_new(worker_base(w), -1, EV_PERSIST, publish_health, wk);
+    struct timeval tv = {0, HEALTH_PUBLISH_MS * 1000};
+    event_add(wk->health_timer, &tv);
+    publish_health(-1, 0, wk);
     return wk;
 }
 
@@ -1113,6 +1166,8 @@ worker_fini(void *state)
     struct gw_worker *wk = state;
     if (!wk)
         return;
+    if (wk->health_timer)
+        event_free(wk->health_timer);
     if (wk->db)
         db_pool_free(wk->db);
     tier_cache_free(wk->tiers);

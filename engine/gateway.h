@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "server.h"
 
 struct policy;
@@ -39,6 +41,12 @@ void gateway_set_policy(struct gateway *g, struct policy *policy);
 char *gateway_explain_request(struct policy *policy, const char *line, const char *const *headers,
                               size_t nheaders, const char *body, const char *ip, const char *tier,
                               char *err, size_t errlen);
+
+/*
+ * The store's state for status output, as the workers last published it
+ * (every 500 ms): {"kind", "state": "ok"|"degraded", "workers": [...]}. New reference.
+ */
+json_t *gateway_store_status(struct gateway *g);
 
 /* The server_app that runs the gateway on each worker. */
 struct server_app gateway_app(struct gateway *g);

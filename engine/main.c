@@ -457,7 +457,7 @@ cmd_serve(int argc, char **argv)
     struct server_app app = gateway_app(sc.gw);
     char err[256];
     sc.server = server_new(&cfg, &app, err, sizeof(err));
-    struct admin_config acfg = {.reloader = sc.reloader, .token = token};
+    struct admin_config acfg = {.reloader = sc.reloader, .gateway = sc.gw, .token = token};
     if (sc.server && admin_on) {
         struct server_config admin_cfg = cfg;
         admin_cfg.listen_addr = admin_addr;

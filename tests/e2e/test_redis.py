@@ -3,6 +3,7 @@
 import concurrent.futures
 import email.utils
 import glob
+import json
 import os
 import shutil
 import signal
@@ -511,11 +512,17 @@ class Outage(SluiceTestCase):
         t_fail = time.monotonic()
         try:
             time.sleep(1.5)
+            # The admin status says degraded while Redis is gone ...
+            st = json.loads(self.s.admin("GET", "/status")[2])["store"]
+            self.assertEqual((st["kind"], st["state"]), ("redis", "degraded"), st)
         finally:
             REDIS.start()
         t_back = time.monotonic()
         self.assertTrue(wait_until(self.recovered, 10))
         self.check_outage(load, t_fail, t_back)
+        # ... and ok again once it is back.
+        self.assertTrue(wait_until(
+            lambda: json.loads(self.s.admin("GET", "/status")[2])["store"]["state"] == "ok", 5))
 
     def test_zz_every_key_has_a_ttl(self):
         _, bad = REDIS.keys_without_ttl()

@@ -75,6 +75,8 @@ class Reload(SluiceTestCase):
         self.assertEqual([os.path.basename(f["path"]) for f in st["files"]], ["00-main.lua"])
         self.assertEqual(len(st["files"][0]["hash"]), 16)
         self.assertEqual(st["tenants"], [])
+        self.assertEqual((st["store"]["kind"], st["store"]["state"]), ("memory", "ok"))
+        self.assertEqual(len(st["store"]["workers"]), 2)
         self.assertEqual(st["tenant_errors"], [])
         self.assertEqual(st["last_reload"]["result"], "ok")
 
