@@ -1119,6 +1119,25 @@ gateway_store_status(struct gateway *g)
                      "workers", workers);
 }
 
+struct store *
+gateway_store_new(struct gateway *g, struct event_base *base, const char *name)
+{
+    if (g->cfg.redis_url && g->cfg.redis_url[0]) {
+        /* Redis, with the shared memory store as the fallback while it is unavailable. */
+        char err[256];
+        struct store_redis_config rc = {.url = g->cfg.redis_url,
+                                        .limits_url = g->cfg.redis_limits_url,
+                                        .deadline_ms = g->cfg.redis_deadline_ms};
+        struct store *r = store_redis_new(base, &rc, err, sizeof(err));
+        if (r) {
+            struct store_failover_config fc = {.name = name};
+            return store_failover_new(r, store_memory_handle(g->mem), &fc);
+        }
+        fprintf(stderr, "sluice: %s: redis: %s; using the memory store\n", name, err);
+    }
+    return store_memory_handle(g->mem);
+}
+
 static void *
 worker_init(struct worker *w, void *ctx)
 {
@@ -1127,25 +1146,9 @@ worker_init(struct worker *w, void *ctx)
     wk->g = g;
     wk->w = w;
     char err[256];
-    wk->store = NULL;
-    if (g->cfg.redis_url && g->cfg.redis_url[0]) {
-        /* Redis, with the shared memory store as the fallback while it is unavailable. */
-        struct store_redis_config rc = {.url = g->cfg.redis_url,
-                                        .limits_url = g->cfg.redis_limits_url,
-                                        .deadline_ms = g->cfg.redis_deadline_ms};
-        struct store *r = store_redis_new(worker_base(w), &rc, err, sizeof(err));
-        if (r) {
-            char name[32];
-            snprintf(name, sizeof(name), "worker %u", worker_index(w));
-            struct store_failover_config fc = {.name = name};
-            wk->store = store_failover_new(r, store_memory_handle(g->mem), &fc);
-        } else {
-            fprintf(stderr, "sluice: worker %u: redis: %s; using the memory store\n",
-                    worker_index(w), err);
-        }
-    }
-    if (!wk->store)
-        wk->store = store_memory_handle(g->mem);
+    char name[32];
+    snprintf(name, sizeof(name), "worker %u", worker_index(w));
+    wk->store = gateway_store_new(g, worker_base(w), name);
     wk->tiers = tier_cache_new(100000);
     wk->tenants = tenant_runtime_new();
     wk->db = db_pool_new(worker_base(w), g->cfg.database_url ? g->cfg.database_url : "",

@@ -48,6 +48,16 @@ char *gateway_explain_request(struct policy *policy, const char *line, const cha
  */
 json_t *gateway_store_status(struct gateway *g);
 
+/*
+ * A new handle on the gateway's store for a thread running `base` (borrowed):
+ * the Redis store with the memory store as its fallback when Redis is
+ * configured, else a handle on the shared memory store. `name` labels log
+ * lines. Used by one thread only; freed with ops->destroy.
+ */
+struct event_base;
+struct store;
+struct store *gateway_store_new(struct gateway *g, struct event_base *base, const char *name);
+
 /* The server_app that runs the gateway on each worker. */
 struct server_app gateway_app(struct gateway *g);
 

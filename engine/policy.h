@@ -32,6 +32,42 @@ struct policy_limit {
 
 enum policy_source { SOURCE_SQL, SOURCE_UPSTREAM, SOURCE_STATIC };
 
+/* upstream "NAME" { url = "http://HOST:PORT/PREFIX", timeout = "5s" } */
+struct policy_upstream {
+    char *name;
+    char *url;                   /* as written */
+    char *host;                  /* "127.0.0.1", "::1" or a name */
+    int port;                    /* 80 when the URL gives none */
+    char *prefix;                /* path prefix without a trailing '/', "" for none */
+    char *host_header;           /* "host[:port]" as the URL spells it, for the Host header */
+    uint64_t timeout_ms;         /* response deadline: request sent to complete response */
+    uint64_t connect_timeout_ms; /* connect deadline */
+    char *file;
+    int line;
+};
+
+/* on_change "TABLE" { invalidate = { "crm:{row.owner_id}" } } */
+struct policy_on_change {
+    char *table; /* as written: "contacts" or "schema.contacts" */
+    char *file;
+    int line;
+    struct template **invalidate; /* templates over {row.COLUMN} */
+    size_t ninvalidate;
+    char **columns; /* the row columns the templates use, sorted, unique */
+    size_t ncolumns;
+};
+
+/* Callers to warm an endpoint's cache for: a fixed list, or the rows of a query. */
+struct policy_warm_caller {
+    char *user;   /* NULL: anonymous */
+    char *tenant; /* NULL: none */
+};
+struct policy_warm {
+    struct policy_warm_caller *callers;
+    size_t ncallers;
+    char *sql; /* or: each row's first column is a user, the second (if any) a tenant */
+};
+
 struct policy_endpoint {
     char *name; /* "GET /api/crm?type=contacts" */
     char *file;
@@ -48,7 +84,8 @@ struct policy_endpoint {
     bool returns_rows;
 
     /* upstream */
-    char *upstream;
+    char *upstream;                   /* its name */
+    const struct policy_upstream *up; /* resolved, in the same snapshot */
 
     /* static */
     char *static_body;
@@ -63,6 +100,11 @@ struct policy_endpoint {
     struct template *cache_key;
     struct template **tags;
     size_t ntags;
+    uint64_t swr_ms;          /* stale_while_revalidate: serve a stale entry this long past its TTL
+                                 while one background refresh runs */
+    uint64_t sie_ms;          /* stale_if_error: serve a stale entry this long past its TTL when the
+                                 origin fails */
+    struct policy_warm *warm; /* NULL: not warmed */
 
     struct policy_limit *limits;
     size_t nlimits;
@@ -97,6 +139,10 @@ struct policy {
     struct policy_identity identity;
     struct policy_endpoint *endpoints;
     size_t nendpoints;
+    struct policy_upstream *upstreams;
+    size_t nupstreams;
+    struct policy_on_change *on_change;
+    size_t non_change;
     struct router *router; /* data: struct policy_endpoint * */
     /* The tier counter of a caller: "tier:u:{user}", or "tier:ip:{ip}" when anonymous. */
     struct template *tier_key_user, *tier_key_ip;

@@ -36,6 +36,8 @@ store_entry_release(struct store_entry *e)
     if (__atomic_sub_fetch(&e->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
     free(e->content_type);
+    free(e->headers);
+    free(e->etag);
     free(e->body);
     free(e);
 }

@@ -18,21 +18,37 @@ struct store_limit {
                          checking this limit in-process (store_failover) */
 };
 
+/* Kinds of entry (store_entry.flags). */
+#define STORE_ENTRY_PASS                                                                           \
+    0x01u /* hit-for-miss: the origin's answer was not cacheable; a                                \
+             lookup finding this goes to the origin without a lease */
+#define STORE_ENTRY_VARY                                                                           \
+    0x02u /* the answer varies: body holds the lowercased header names                             \
+             of the origin's Vary, comma-separated; the response itself                            \
+             is under a secondary key built from their values */
+
 /* A cached response. Immutable once filled; shared by reference count. */
 struct store_entry {
     uint32_t refs;       /* atomic; use store_entry_ref/release */
     uint16_t status;     /* HTTP status to replay */
+    uint8_t flags;       /* STORE_ENTRY_* */
     uint64_t stored_ms;  /* store clock at fill, for Age; set by store_fill() */
     uint64_t expires_ms; /* store clock at which it stops being fresh; set by store_fill() */
-    char *content_type;  /* owned, NUL-terminated */
-    char *body;          /* owned */
+    uint64_t stale_ms;   /* kept this long past expires_ms to be served stale (set by the
+                            filler before store_fill(); 0: dropped when it expires) */
+    char *content_type;  /* owned, NUL-terminated, or NULL */
+    char *headers;       /* owned: stored response header lines "Name: value\r\n", or NULL */
+    size_t headers_len;
+    char *etag; /* owned: the entity tag with its quotes ("\"x\"" or W/"x"), or NULL */
+    char *body; /* owned */
     size_t body_len;
 };
 
 enum store_cache_state {
     STORE_MISS = 0,
     STORE_HIT,
-    STORE_STALE,   /* expired or tag-invalidated, but still held (issue: stale serving) */
+    STORE_STALE,   /* expired but within its stale_ms: entry is set (tag-invalidated entries
+                      are never stale: they are gone) */
     STORE_FILLING, /* another caller holds the fill lease */
 };
 
@@ -57,6 +73,8 @@ struct store_admit {
     struct store_entry *entry;      /* new reference on HIT/STALE, else NULL */
     uint64_t *tag_gens;             /* ntags slots: generations seen, passed back to fill */
     uint64_t now_ms;                /* the store's clock at the decision */
+    bool lease_taken;    /* with lease_ms, on MISS or STALE: this lookup took the fill lease (the
+                            caller is expected to fill); false when another caller holds it */
     bool bypassed;       /* the shared store was unavailable: limits were checked in-process,
                             the cache was not consulted, and the answer must not be filled */
     bool refused_closed; /* the shared store was unavailable and a fail-closed limit could
@@ -71,6 +89,8 @@ struct store_admit {
  */
 typedef void store_done_fn(void *arg, int status);
 #define STORE_UNAVAILABLE (-2)
+/* Completion of an operation that also counts what it removed (valid when status is 0). */
+typedef void store_count_fn(void *arg, int status, uint64_t count);
 
 /* A store's state for status output. */
 struct store_health {
@@ -94,6 +114,10 @@ struct store_ops {
                        size_t ntags, store_done_fn *done, void *arg);
     void (*destroy)(struct store *s);
     void (*health)(struct store *s, struct store_health *h); /* NULL: always "ok" */
+    void (*delete_keys)(struct store *s, const char *const *keys, const size_t *lens, size_t n,
+                        store_count_fn *done, void *arg);
+    void (*invalidate_pattern)(struct store *s, const char *glob, size_t globlen,
+                               store_count_fn *done, void *arg);
 };
 
 /* A worker's handle on a store. */
@@ -119,7 +143,15 @@ struct store {
  *
  * `done` may be called before this returns (memory store) or later from the
  * event loop (Redis store), exactly once; `a` and its arrays must stay
- * valid until then. STORE_STALE is not reported by either store yet.
+ * valid until then.
+ *
+ * Stale entries: an entry filled with stale_ms is kept that long past its
+ * expiry; a lookup then reports STORE_STALE with the entry (never for an
+ * entry whose tags were invalidated: that one is a MISS). With lease_ms, a
+ * STALE lookup also tries the key's lease: lease_taken says whether it got it
+ * (then it is expected to refresh), and STALE is reported either way (the
+ * caller decides whether a stale answer serves). A MISS with lease_ms sets
+ * lease_taken true; STORE_FILLING means false.
  */
 static inline void
 store_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done, void *arg)
@@ -155,6 +187,31 @@ store_invalidate(struct store *s, const char *const *tags, const size_t *taglens
     s->ops->invalidate(s, tags, taglens, ntags, done, arg);
 }
 
+/*
+ * Removes the cache entries under these keys (and, for entries with
+ * STORE_ENTRY_VARY, nothing more: their secondary entries expire on their
+ * own and are unreachable once the primary is gone). count: entries removed.
+ */
+static inline void
+store_delete_keys(struct store *s, const char *const *keys, const size_t *lens, size_t n,
+                  store_count_fn *done, void *arg)
+{
+    s->ops->delete_keys(s, keys, lens, n, done, arg);
+}
+
+/*
+ * Removes every cache entry whose key matches `glob` (fnmatch-style without
+ * flags: '*', '?', '[...]', '\\' escapes; matched against the cache key as the
+ * policy expanded it, e.g. "crm:*"). For the admin API: on Redis it runs as
+ * SCAN + UNLINK in batches, never one long command. count: entries removed.
+ */
+static inline void
+store_invalidate_pattern(struct store *s, const char *glob, size_t globlen, store_count_fn *done,
+                         void *arg)
+{
+    s->ops->invalidate_pattern(s, glob, globlen, done, arg);
+}
+
 /* Fills *h with the store's health; a store without a health report is "ok". */
 static inline void
 store_health(struct store *s, struct store_health *h)
@@ -164,7 +221,8 @@ store_health(struct store *s, struct store_health *h)
         s->ops->health(s, h);
 }
 
-/* Returns a new entry with refs 1 taking ownership of body and content_type (malloc'd). */
+/* Returns a new entry with refs 1 taking ownership of body and content_type (malloc'd);
+ * flags, stale_ms, headers and etag start empty and may be set (malloc'd) before the fill. */
 struct store_entry *store_entry_new(uint16_t status, char *content_type, char *body,
                                     size_t body_len);
 /* Takes one more reference; thread-safe. */
