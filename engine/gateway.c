@@ -135,6 +135,16 @@ gateway_set_policy(struct gateway *g, struct policy *policy)
     policy_release(old);
 }
 
+struct policy *
+gateway_policy(struct gateway *g)
+{
+    pthread_mutex_lock(&g->lock);
+    struct policy *p = g->policy;
+    policy_ref(p);
+    pthread_mutex_unlock(&g->lock);
+    return p;
+}
+
 /* The worker's current snapshot, refreshed when a new generation was published. */
 static struct policy *
 worker_policy(struct gw_worker *wk)

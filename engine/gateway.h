@@ -30,6 +30,9 @@ void gateway_free(struct gateway *g);
 /* Publishes a new policy snapshot (a reference is taken); requests in flight keep theirs. */
 void gateway_set_policy(struct gateway *g, struct policy *policy);
 
+/* The snapshot serving now (a new reference). */
+struct policy *gateway_policy(struct gateway *g);
+
 /*
  * Describes as JSON (a new string) what `policy` does with a request given as
  * a request line ("GET /api/crm?type=contacts"), header lines ("Name: value"),
