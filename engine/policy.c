@@ -383,7 +383,8 @@ wrap_sql(const char *sql, bool is_write, bool one, bool *returns_rows)
     while (len > 0 && (sql[len - 1] == ';' || sql[len - 1] == ' ' || sql[len - 1] == '\n' ||
                        sql[len - 1] == '\t' || sql[len - 1] == '\r'))
         len--;
-    const char *agg = one ? "row_to_json(t)::text" : "coalesce(array_to_json(array_agg(t)), '[]'::json)::text";
+    const char *agg =
+        one ? "row_to_json(t)::text" : "coalesce(array_to_json(array_agg(t)), '[]'::json)::text";
     const char *lim = one ? " LIMIT 1" : "";
     *returns_rows = true;
     if (!is_write)
@@ -454,6 +455,99 @@ compile_limits(struct compile *c, struct policy_endpoint *e)
     lua_pop(L, 1);
 }
 
+/* The warm table at the top: { callers = { {user=, tenant=}, ... } } or { sql = "..." }. */
+static struct policy_warm *
+compile_warm(lua_State *L)
+{
+    struct policy_warm *w = xcalloc(1, sizeof(*w));
+    w->sql = field_str(L, "sql");
+    lua_getfield(L, -1, "callers");
+    size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    w->callers = xcalloc(n ? n : 1, sizeof(*w->callers));
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        struct policy_warm_caller *wc = &w->callers[w->ncallers++];
+        wc->user = field_str(L, "user");
+        wc->tenant = field_str(L, "tenant");
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return w;
+}
+
+static void
+warm_free(struct policy_warm *w)
+{
+    if (!w)
+        return;
+    for (size_t i = 0; i < w->ncallers; i++) {
+        free(w->callers[i].user);
+        free(w->callers[i].tenant);
+    }
+    free(w->callers);
+    free(w->sql);
+    free(w);
+}
+
+static void
+compile_upstreams(struct compile *c)
+{
+    lua_State *L = c->L;
+    lua_getfield(L, -1, "upstreams");
+    size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    c->p->upstreams = xcalloc(n ? n : 1, sizeof(*c->p->upstreams));
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        set_location(c);
+        struct policy_upstream *u = &c->p->upstreams[c->p->nupstreams++];
+        u->name = field_str(L, "name");
+        u->url = field_str(L, "url");
+        u->host = field_str(L, "host");
+        u->port = (int)field_int(L, "port", 80);
+        u->prefix = field_str(L, "prefix");
+        u->host_header = field_str(L, "host_header");
+        u->timeout_ms = (uint64_t)field_int(L, "timeout_ms", 5000);
+        u->connect_timeout_ms = (uint64_t)field_int(L, "connect_timeout_ms", 1000);
+        u->file = xstrdup(c->file ? c->file : "?");
+        u->line = c->line;
+        if (!u->name || !u->host || !u->prefix || !u->host_header)
+            cerr(c, "upstream \"%s\": incomplete url", u->name ? u->name : "?");
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+static void
+compile_on_change(struct compile *c)
+{
+    lua_State *L = c->L;
+    lua_getfield(L, -1, "on_change");
+    size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    c->p->on_change = xcalloc(n ? n : 1, sizeof(*c->p->on_change));
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        set_location(c);
+        struct policy_on_change *oc = &c->p->on_change[c->p->non_change++];
+        oc->table = field_str(L, "table");
+        oc->file = xstrdup(c->file ? c->file : "?");
+        oc->line = c->line;
+        oc->invalidate = field_templates(c, "invalidate", TV_BIT(TV_ROW), &oc->ninvalidate);
+        lua_getfield(L, -1, "columns");
+        size_t nc = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+        oc->columns = xcalloc(nc ? nc : 1, sizeof(char *));
+        for (size_t j = 1; j <= nc; j++) {
+            lua_rawgeti(L, -1, (lua_Integer)j);
+            const char *col = lua_tostring(L, -1);
+            if (col)
+                oc->columns[oc->ncolumns++] = xstrdup(col);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 static void
 compile_endpoint(struct compile *c, struct policy_endpoint *e)
 {
@@ -500,6 +594,12 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
     } else if (source && strcmp(source, "upstream") == 0) {
         e->source = SOURCE_UPSTREAM;
         e->upstream = field_str(L, "upstream");
+        for (size_t i = 0; e->upstream && i < c->p->nupstreams; i++)
+            if (strcmp(c->p->upstreams[i].name, e->upstream) == 0)
+                e->up = &c->p->upstreams[i];
+        if (!e->up)
+            cerr(c, "endpoint \"%s\": upstream \"%s\" is not declared", e->name ? e->name : "?",
+                 e->upstream ? e->upstream : "?");
     } else {
         e->source = SOURCE_STATIC;
         e->static_body = field_str(L, "body");
@@ -525,6 +625,12 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
             cerr(c, "endpoint \"%s\": cache has no key", e->name ? e->name : "?");
         free(key);
         e->tags = field_templates(c, "tags", TV_ALL_REQUEST, &e->ntags);
+        e->swr_ms = (uint64_t)field_int(L, "swr_ms", 0);
+        e->sie_ms = (uint64_t)field_int(L, "sie_ms", 0);
+        lua_getfield(L, -1, "warm");
+        if (lua_istable(L, -1))
+            e->warm = compile_warm(L);
+        lua_pop(L, 1);
     }
     lua_pop(L, 1);
     compile_limits(c, e);
@@ -544,6 +650,8 @@ compile_set(struct compile *c)
 
     compile_tiers(c);
     compile_identity(c);
+    compile_upstreams(c);
+    compile_on_change(c);
     lua_getfield(L, -1, "endpoints");
     size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
     p->endpoints = xcalloc(n ? n : 1, sizeof(*p->endpoints));
@@ -706,8 +814,29 @@ policy_release(struct policy *p)
         free_templates(e->tags, e->ntags);
         policy_limits_free(e->limits, e->nlimits);
         free_templates(e->invalidate, e->ninvalidate);
+        warm_free(e->warm);
     }
     free(p->endpoints);
+    for (size_t i = 0; i < p->nupstreams; i++) {
+        struct policy_upstream *u = &p->upstreams[i];
+        free(u->name);
+        free(u->url);
+        free(u->host);
+        free(u->prefix);
+        free(u->host_header);
+        free(u->file);
+    }
+    free(p->upstreams);
+    for (size_t i = 0; i < p->non_change; i++) {
+        struct policy_on_change *oc = &p->on_change[i];
+        free(oc->table);
+        free(oc->file);
+        free_templates(oc->invalidate, oc->ninvalidate);
+        for (size_t j = 0; j < oc->ncolumns; j++)
+            free(oc->columns[j]);
+        free(oc->columns);
+    }
+    free(p->on_change);
     for (size_t i = 0; i < p->ntiers; i++) {
         free(p->tiers[i].name);
         free(p->tiers[i].policy_field);

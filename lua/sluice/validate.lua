@@ -17,6 +17,7 @@ M.ALGORITHMS = { "sliding_window", "sliding_log", "token_bucket", "fixed_window"
 M.DEFAULT_ALGORITHM = "sliding_window"
 M.DEFAULT_TIER_TTL_MS = 60000
 M.DEFAULT_UPSTREAM_TIMEOUT_MS = 5000
+M.DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS = 1000
 M.MAX_PARAMS = 16
 
 local function set_of(list)
@@ -505,11 +506,38 @@ end
 ---------------------------------------------------------------------------
 -- Upstreams
 
-local UPSTREAM_FIELDS = { "url", "timeout" }
+local UPSTREAM_FIELDS = { "url", "timeout", "connect_timeout" }
+
+-- Splits "http://HOST[:PORT][/PREFIX]" into host, port, Host header text and
+-- path prefix (without a trailing '/'); nil and a message when it cannot.
+local function split_url(url)
+  local hostport, path = url:match("^http://([^/]+)(.*)$")
+  if not hostport then return nil, "expected http://HOST[:PORT][/PREFIX]" end
+  local host, port
+  if hostport:sub(1, 1) == "[" then
+    host, port = hostport:match("^%[([%x:.]+)%](.*)$")
+    if not host then return nil, "a bracketed IPv6 address must look like [::1]" end
+  else
+    host, port = hostport:match("^([^:]+)(.*)$")
+  end
+  if port ~= "" then
+    port = port:match("^:(%d+)$")
+    port = port and tonumber(port)
+    if not port or port < 1 or port > 65535 then return nil, "the port must be a number from 1 to 65535" end
+  else
+    port = 80
+  end
+  if not host or host == "" or not host:match("^[%w.:%-]+$") then
+    return nil, "the host may use only letters, digits, '.', '-' (or an IP address)"
+  end
+  path = path:gsub("/+$", "")
+  return { host = host, port = port, host_header = hostport, prefix = path }
+end
 
 local function upstream_decl(c, decl, f)
   c:only(f, UPSTREAM_FIELDS)
   local url = c:string(f.url, "url", true, 'e.g. url = "http://127.0.0.1:3000"')
+  local parts
   if url then
     if url:match("^https://") then
       c:err("url", "https upstreams are not supported; use http:// to a local or trusted network address")
@@ -517,11 +545,19 @@ local function upstream_decl(c, decl, f)
       c:err("url", "expected http://HOST[:PORT][/PREFIX], got " .. quote(url))
     elseif url:find("?", 1, true) then
       c:err("url", "may not hold a query string")
+    else
+      local err
+      parts, err = split_url(url)
+      if not parts then c:err("url", err .. ", got " .. quote(url)) end
     end
   end
   local timeout = c:duration(f.timeout, "timeout", false, false)
+  local connect = c:duration(f.connect_timeout, "connect_timeout", false, false)
+  parts = parts or {}
   return {
     name = decl.name, url = url, timeout_ms = timeout or M.DEFAULT_UPSTREAM_TIMEOUT_MS,
+    connect_timeout_ms = connect or M.DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
+    host = parts.host, port = parts.port, host_header = parts.host_header, prefix = parts.prefix,
     file = decl.file, line = decl.line,
   }
 end
@@ -600,7 +636,9 @@ end
 local ENDPOINT_FIELDS = {
   "sql", "args", "one", "upstream", "body", "status", "content_type", "cache", "limit", "invalidate",
 }
-local CACHE_FIELDS = { "ttl", "key", "tags", "shared" }
+local CACHE_FIELDS = { "ttl", "key", "tags", "shared", "stale_while_revalidate", "stale_if_error", "warm" }
+local WARM_FIELDS = { "user", "tenant" }
+local MAX_WARM = 10000
 local LIMIT_FIELDS = { "limit", "window", "algorithm", "burst", "cost", "fail", "key", "name" }
 
 local function var_text_set(vars)
@@ -764,13 +802,83 @@ local function check_limits(c, v, topts, env)
   return out
 end
 
+-- warm = { { user = "1" }, { user = "2", tenant = "acme" } } | sql("SELECT id FROM users ...")
+local function check_warm(c, v, route, env)
+  local field = "cache.warm"
+  if #route.params > 0 then
+    c:err(field, "needs an endpoint without {path} parameters (the warm callers give no path values)")
+    return nil
+  end
+  local id = env.identity or {}
+  if is_marker(v, "sql") then
+    local q = c:string(v.sql, field .. ".sql", true)
+    if q then
+      local scan, err = sqltext.scan(q)
+      if not scan then
+        c:err(field, err)
+      elseif scan.max > 0 then
+        c:err(field, "the warm query takes no parameters ($" .. scan.max .. ")")
+      elseif scan.statements > 1 then
+        c:err(field, "holds more than one statement")
+      end
+      if scan and scan.max == 0 and v.args and #v.args > 0 then
+        c:err(field, "the warm query takes no arguments")
+      end
+      if env.known and not id.user then
+        c:err(field, "a warm query yields users; declare identity { user = header \"...\" }")
+      end
+    end
+    return { sql = q }
+  end
+  if not is_plain_table(v) or not is_list(v) then
+    c:err(field, 'expected a list of callers { { user = "1" }, ... } or sql("SELECT id FROM users ..."), got '
+      .. describe(v))
+    return nil
+  end
+  if #v > MAX_WARM then
+    c:err(field, "lists " .. #v .. " callers; at most " .. MAX_WARM .. " (use sql(...) for more)")
+    return nil
+  end
+  local callers = {}
+  for i, item in ipairs(v) do
+    local f = field .. "[" .. i .. "]"
+    if c:record(item, f, '{ user = "1" }') then
+      c:only(item, WARM_FIELDS, f)
+      local caller = {}
+      for _, k in ipairs(WARM_FIELDS) do
+        local x = item[k]
+        if math.type(x) == "integer" then x = tostring(x) end
+        if x ~= nil then
+          caller[k] = c:string(x, f .. "." .. k)
+          if env.known and not id[k] then
+            c:err(f .. "." .. k, "needs an identity block that declares a " .. k)
+          end
+        end
+      end
+      callers[#callers + 1] = caller
+    end
+  end
+  return { callers = callers }
+end
+
 local function endpoint_decl(c, decl, f, env)
   local route, err = M.parse_route(decl.name)
   if not route then
     c:err(nil, err)
     return nil
   end
-  c:only(f, ENDPOINT_FIELDS)
+  local misplaced = {}
+  for _, k in ipairs({ "stale_while_revalidate", "stale_if_error", "warm", "ttl", "tags" }) do
+    if f[k] ~= nil then
+      c:err(k, "goes inside cache = { ... } (cache = { ttl = \"5m\", " .. k .. " = ... })")
+      misplaced[k] = true
+    end
+  end
+  local rest = {}
+  for k, v in pairs(f) do
+    if not misplaced[k] then rest[k] = v end
+  end
+  c:only(rest, ENDPOINT_FIELDS)
   local e = {
     name = route.method .. " " .. route.target,
     method = route.method,
@@ -852,6 +960,11 @@ local function endpoint_decl(c, decl, f, env)
         key_vars = template.parse(out.key)
       end
       out.tags = c:template_list(cache.tags, "cache.tags", topts, '{ "crm:{user}" }')
+      out.swr_ms = c:duration(cache.stale_while_revalidate, "cache.stale_while_revalidate", false, true)
+      out.sie_ms = c:duration(cache.stale_if_error, "cache.stale_if_error", false, true)
+      if cache.warm ~= nil then
+        out.warm = check_warm(c, cache.warm, route, env)
+      end
       if out.key and key_vars then
         local in_key = var_text_set(key_vars)
         if env.known and env.identity and not out.shared
@@ -894,7 +1007,17 @@ local function on_change_decl(c, decl, f)
   if f.invalidate == nil then
     c:missing("invalidate", 'e.g. invalidate = { "crm:{row.owner_id}" }')
   end
-  out.invalidate = c:template_list(f.invalidate, "invalidate", topts, '{ "crm:{row.owner_id}" }')
+  local vars
+  out.invalidate, vars = c:template_list(f.invalidate, "invalidate", topts, '{ "crm:{row.owner_id}" }')
+  local cols, seen = {}, {}
+  for _, v in ipairs(vars) do
+    if v.var == "row" and v.name and not seen[v.name] then
+      seen[v.name] = true
+      cols[#cols + 1] = v.name
+    end
+  end
+  table.sort(cols)
+  out.columns = cols
   if f.invalidate ~= nil and is_plain_table(f.invalidate) and #f.invalidate == 0 then
     c:err("invalidate", "is empty")
   end

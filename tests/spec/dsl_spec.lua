@@ -134,9 +134,46 @@ upstream "app" { url = "http://127.0.0.1:3000", timeout = "2s" }
 upstream "legacy" { url = "http://10.0.0.5:8080/v1" }
 ]])
       assert.are.same({
-        { name = "app", url = "http://127.0.0.1:3000", timeout_ms = 2000, file = "t.lua", line = 1 },
-        { name = "legacy", url = "http://10.0.0.5:8080/v1", timeout_ms = 5000, file = "t.lua", line = 2 },
+        { name = "app", url = "http://127.0.0.1:3000", timeout_ms = 2000, connect_timeout_ms = 1000,
+          host = "127.0.0.1", port = 3000, host_header = "127.0.0.1:3000", prefix = "", file = "t.lua", line = 1 },
+        { name = "legacy", url = "http://10.0.0.5:8080/v1", timeout_ms = 5000, connect_timeout_ms = 1000,
+          host = "10.0.0.5", port = 8080, host_header = "10.0.0.5:8080", prefix = "/v1", file = "t.lua", line = 2 },
       }, set.upstreams)
+    end)
+
+    it("an upstream URL without a port, with an IPv6 host, and with a connect timeout", function()
+      local set = set_of([[
+upstream "a" { url = "http://app.internal/" }
+upstream "b" { url = "http://[::1]:8080/api/v2/", connect_timeout = "250ms" }
+]])
+      assert.are.same({ "app.internal", 80, "app.internal", "" },
+        { set.upstreams[1].host, set.upstreams[1].port, set.upstreams[1].host_header, set.upstreams[1].prefix })
+      assert.are.same({ "::1", 8080, "[::1]:8080", "/api/v2", 250 },
+        { set.upstreams[2].host, set.upstreams[2].port, set.upstreams[2].host_header, set.upstreams[2].prefix,
+          set.upstreams[2].connect_timeout_ms })
+    end)
+
+    it("stale serving and warming in cache", function()
+      local e = endpoint_of([[
+endpoint "GET /api/dashboard" {
+  upstream = "app",
+  cache = { ttl = "3m", key = "dash:{user}", stale_while_revalidate = "30s", stale_if_error = "10m",
+            warm = { { user = "1" }, { user = 2 } } },
+}
+]])
+      assert.are.same(30000, e.cache.swr_ms)
+      assert.are.same(600000, e.cache.sie_ms)
+      assert.are.same({ callers = { { user = "1" }, { user = "2" } } }, e.cache.warm)
+    end)
+
+    it("warming from a query", function()
+      local e = endpoint_of([[
+endpoint "GET /api/dashboard" {
+  body = "{}",
+  cache = { ttl = "3m", key = "dash:{user}", warm = sql("SELECT id::text FROM users WHERE plan = 'enterprise'") },
+}
+]])
+      assert.are.same({ sql = "SELECT id::text FROM users WHERE plan = 'enterprise'" }, e.cache.warm)
     end)
 
     it("an sql endpoint with cache, tier limit and pinned query", function()
@@ -304,8 +341,10 @@ on_change "contacts" { invalidate = { "crm:{row.owner_id}" } }
 on_change "public.deals" { invalidate = { "crm:{row.owner_id}", "deal:{row.id}" } }
 ]])
       assert.are.same({
-        { table = "contacts", invalidate = { "crm:{row.owner_id}" }, file = "t.lua", line = 1 },
-        { table = "public.deals", invalidate = { "crm:{row.owner_id}", "deal:{row.id}" }, file = "t.lua", line = 2 },
+        { table = "contacts", invalidate = { "crm:{row.owner_id}" }, columns = { "owner_id" }, file = "t.lua",
+          line = 1 },
+        { table = "public.deals", invalidate = { "crm:{row.owner_id}", "deal:{row.id}" }, columns = { "id", "owner_id" },
+          file = "t.lua", line = 2 },
       }, set.on_change)
     end)
 
@@ -526,6 +565,28 @@ endpoint "GET /x" {
         't.lua:1: endpoint "GET /x": args[1] "{body.name}": {body.name}: GET requests have no body'
         .. ' (only POST, PUT, PATCH and DELETE endpoints can use {body.NAME})')
       assert.is_table(endpoint_of([[endpoint "DELETE /x" { sql = "SELECT $1", args = { "{body.reason}" } }]]))
+    end)
+
+    it("stale and warm fields outside cache, and bad warm lists", function()
+      fails_after_prelude([[endpoint "GET /x" { upstream = "app", stale_if_error = "1m", cache = { ttl = "1m", key = "x:{user}" } }]],
+        't.lua:1: endpoint "GET /x": stale_if_error: goes inside cache = { ... } (cache = { ttl = "5m", stale_if_error = ... })')
+      fails_after_prelude([[endpoint "GET /x/{id}" { upstream = "app", cache = { ttl = "1m", key = "x:{user}:{path.id}", warm = { { user = "1" } } } }]],
+        't.lua:1: endpoint "GET /x/{id}": cache.warm: needs an endpoint without {path} parameters (the warm callers give no path values)')
+      fails_after_prelude([[endpoint "GET /x" { upstream = "app", cache = { ttl = "1m", key = "x:{user}", warm = { { usr = "1" } } } }]],
+        "t.lua:1: endpoint \"GET /x\": cache.warm[1]: unknown field 'usr' (did you mean 'user'?)")
+      fails_after_prelude([[endpoint "GET /x" { upstream = "app", cache = { ttl = "1m", key = "x:{user}", warm = "1" } }]],
+        't.lua:1: endpoint "GET /x": cache.warm: expected a list of callers { { user = "1" }, ... } or sql("SELECT id FROM users ..."), got string "1"')
+      fails_after_prelude([[endpoint "GET /x" { upstream = "app", cache = { ttl = "1m", key = "x:{user}", warm = sql("SELECT id FROM u WHERE p = $1", "x") } }]],
+        't.lua:1: endpoint "GET /x": cache.warm: the warm query takes no parameters ($1)')
+      fails_after_prelude([[endpoint "GET /x" { upstream = "app", cache = { ttl = "1m", key = "x:{user}", stale_while_revalidate = "soon" } }]],
+        't.lua:1: endpoint "GET /x": cache.stale_while_revalidate: ' .. select(2, duration.parse("soon", true)))
+    end)
+
+    it("upstream URLs that cannot be split", function()
+      fails([[upstream "a" { url = "http://[::1/" }]],
+        't.lua:1: upstream "a": url: a bracketed IPv6 address must look like [::1], got "http://[::1/"')
+      fails([[upstream "a" { url = "http://h:99999" }]],
+        't.lua:1: upstream "a": url: the port must be a number from 1 to 65535, got "http://h:99999"')
     end)
 
     it("{row.COLUMN} outside on_change, and request variables inside it", function()
