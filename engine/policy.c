@@ -631,6 +631,17 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
         if (lua_istable(L, -1))
             e->warm = compile_warm(L);
         lua_pop(L, 1);
+        lua_getfield(L, -1, "query");
+        size_t nq = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+        e->cache_query = xcalloc(nq ? nq : 1, sizeof(char *));
+        for (size_t i = 1; i <= nq; i++) {
+            lua_rawgeti(L, -1, (lua_Integer)i);
+            const char *q = lua_tostring(L, -1);
+            if (q)
+                e->cache_query[e->ncache_query++] = xstrdup(q);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
     }
     lua_pop(L, 1);
     compile_limits(c, e);
@@ -815,6 +826,9 @@ policy_release(struct policy *p)
         policy_limits_free(e->limits, e->nlimits);
         free_templates(e->invalidate, e->ninvalidate);
         warm_free(e->warm);
+        for (size_t j = 0; j < e->ncache_query; j++)
+            free(e->cache_query[j]);
+        free(e->cache_query);
     }
     free(p->endpoints);
     for (size_t i = 0; i < p->nupstreams; i++) {

@@ -105,6 +105,9 @@ struct policy_endpoint {
     uint64_t sie_ms;          /* stale_if_error: serve a stale entry this long past its TTL when the
                                  origin fails */
     struct policy_warm *warm; /* NULL: not warmed */
+    char **cache_query;       /* upstream: the query parameters a cacheable request forwards
+                                 (pinned or named in the key); the others are not sent */
+    size_t ncache_query;
 
     struct policy_limit *limits;
     size_t nlimits;

@@ -618,7 +618,7 @@ server_respond(struct server_request *req, const struct server_response *resp)
     const char *date = worker_date_header(w, &datelen);
     const char *reason = http_reason(resp->status);
     size_t ctlen = resp->content_type ? strlen(resp->content_type) : 0;
-    size_t cap = 96 + strlen(reason) + datelen + ctlen + resp->headers_len;
+    size_t cap = 96 + strlen(reason) + datelen + ctlen + resp->headers_len + resp->headers2_len;
     char stackbuf[2048];
     char *buf = cap <= sizeof(stackbuf) ? stackbuf : xmalloc(cap);
     int minor = c->req.http.minor_version;
@@ -640,6 +640,7 @@ server_respond(struct server_request *req, const struct server_response *resp)
         o = put(o, "\r\n", 2);
     }
     o = put(o, resp->headers, resp->headers_len);
+    o = put(o, resp->headers2, resp->headers2_len);
     if (c->closing)
         o = put(o, "Connection: close\r\n", 19);
     else if (minor == 0)

@@ -38,6 +38,8 @@ struct server_response {
     const char *content_type; /* NULL: no Content-Type */
     const char *headers;      /* extra "Name: value\r\n" lines, or NULL */
     size_t headers_len;
+    const char *headers2; /* more such lines (a cached answer's own), or NULL */
+    size_t headers2_len;
     const char *body;
     size_t body_len;
     /* When set, body is borrowed: release(body, body_len, body_arg) is called once it has

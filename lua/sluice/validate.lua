@@ -960,6 +960,18 @@ local function endpoint_decl(c, decl, f, env)
         key_vars = template.parse(out.key)
       end
       out.tags = c:template_list(cache.tags, "cache.tags", topts, '{ "crm:{user}" }')
+      if source == "upstream" then
+        -- The query parameters an upstream sees on a cacheable request: the pinned ones and
+        -- those the key names; any other could change the answer without changing the key.
+        local q, seen = {}, {}
+        for _, pin in ipairs(route.pins) do
+          if not seen[pin.name] then seen[pin.name] = true; q[#q + 1] = pin.name end
+        end
+        for _, v in ipairs(key_vars or {}) do
+          if v.var == "query" and not seen[v.name] then seen[v.name] = true; q[#q + 1] = v.name end
+        end
+        out.query = q
+      end
       out.swr_ms = c:duration(cache.stale_while_revalidate, "cache.stale_while_revalidate", false, true)
       out.sie_ms = c:duration(cache.stale_if_error, "cache.stale_if_error", false, true)
       if cache.warm ~= nil then

@@ -1,0 +1,68 @@
+/* httpcache.h - HTTP caching rules (RFC 9111) for answers of upstream apps. */
+#ifndef SLUICE_HTTPCACHE_H
+#define SLUICE_HTTPCACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "http_parse.h"
+
+struct sbuf;
+
+/* Largest body the cache keeps; larger answers are passed on and not stored. */
+#define HTTPCACHE_MAX_BODY (1024u * 1024u)
+
+/* What the rules say about an origin's answer to a GET. */
+struct httpcache_verdict {
+    bool storable;
+    uint64_t ttl_ms;      /* when storable: the policy's TTL, capped by s-maxage or max-age */
+    const char *why;      /* when not: a short reason (static string), for logs and tests */
+    bool vary;            /* storable under a secondary key: vary_names lists the fields */
+    char vary_names[256]; /* lowercased field names of Vary, comma-separated, no spaces */
+};
+
+/*
+ * Judges an answer with `status` and header fields f[0..n) to a cacheable
+ * request of an endpoint whose TTL is policy_ttl_ms. Not storable: a status
+ * other than 200, 203, 204, 300, 301 and 308 (errors are never cached);
+ * Set-Cookie; Cache-Control no-store, no-cache, private (also with field
+ * names) or s-maxage/max-age of 0; Vary: * (or a Vary list too long to
+ * key); a body larger than HTTPCACHE_MAX_BODY. A malformed Cache-Control
+ * directive is ignored, as RFC 9111 says.
+ */
+void httpcache_judge(int status, const struct http_header *f, size_t n, uint64_t policy_ttl_ms,
+                     size_t body_len, struct httpcache_verdict *v);
+
+/* Whether the request carries credentials (Authorization or Cookie). */
+bool httpcache_has_credentials(const struct http_request *h);
+
+/*
+ * Whether an If-None-Match value (a list of entity tags, or "*") matches
+ * etag by the weak comparison of RFC 9110 section 13.1.2.
+ */
+bool httpcache_etag_matches(const char *inm, size_t len, const char *etag);
+
+/* A strong entity tag computed from the body: a quoted 16-digit hex hash, NUL-terminated. */
+void httpcache_etag_of(const char *body, size_t len, char out[19]);
+
+/*
+ * The secondary key of an answer that varies on the comma-separated field
+ * names `names`: primary, then 0x1f, then for each name its value in the
+ * request (escaped as template values are: '%', ':', '{', '}', bytes below
+ * 0x21 and above 0x7e as %XX; absent as "%-"), separated by ':'. Returns the
+ * length written (NUL-terminated), or -1 when it does not fit in cap.
+ */
+long httpcache_vary_key(const char *primary, size_t plen, const char *names,
+                        const struct http_request *h, char *out, size_t cap);
+
+/*
+ * Appends the fields an answer is replayed with, as "Name: value\r\n"
+ * lines: every field of f but those the gateway writes itself or that do not
+ * belong to a replay (Content-Type, Content-Length, Date, Age, ETag, X-Cache,
+ * the rate-limit fields, hop-by-hop fields). Set-Cookie is kept: an answer
+ * carrying it is passed to its caller but never stored.
+ */
+void httpcache_replay_fields(const struct http_header *f, size_t n, struct sbuf *out);
+
+#endif
