@@ -8,7 +8,7 @@ build_pkgs=(build-essential cmake pkg-config clang clang-format
             libevent-dev libhiredis-dev libpq-dev libjansson-dev liblua5.4-dev lua5.4
             postgresql postgresql-common curl)
 test_pkgs=(libcmocka-dev lua-busted lua-dkjson redis-server python3 libclang-rt-14-dev faketime)
-bench_pkgs=(wrk nginx varnish lua-nginx-redis libnginx-mod-http-lua)
+bench_pkgs=(wrk nginx varnish varnish-modules lua-nginx-redis libnginx-mod-http-lua linux-perf)
 
 pkgs=("${build_pkgs[@]}")
 case "$level" in

@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# Proxy cache-hit path with a rate-limit check, in one run on this machine:
+#   sluice (memory store, one worker) with an upstream source, a cache and a tier limit,
+#   nginx proxy_cache + limit_req (one worker),
+#   Varnish (plain hit), and Varnish with a vsthrottle check per request (varnish-modules),
+# all in front of the same upstream (a separate nginx serving bench/body.json, 1 KB, with
+# Cache-Control: max-age=3600; it is only asked on the first miss of each peer).
+# Each peer runs on one core (CPU 1); wrk runs on the other (CPU 0), as in bench/run.sh.
+#
+#   bench/proxy.sh                          # 3 rounds of 8 s at 50 connections
+#   ROUNDS=5 DURATION=10 CONNECTIONS=100 bench/proxy.sh
+#   PEERS="nginx varnish varnish-vsthrottle" bench/proxy.sh   # leave sluice out
+#   BUILD_DIR=build-pb bench/proxy.sh       # build and run sluice from another build dir
+#   PROFILE=1 bench/proxy.sh                # then perf record -g on sluice for one more run
+#
+# Before measuring, one verification request per peer (after a warming one) must answer
+# 200 with a body identical to the upstream's, from the peer's cache (X-Cache: HIT), and
+# for sluice with a rate-limit check (X-RateLimit-Remaining). A measured run with any
+# non-2xx answer or socket error fails the script.
+# Prints req/s, p50 latency and server CPU time per request (utime + stime of the
+# serving process, all its threads) for every round, the best round of each, and the
+# ratios sluice/nginx and sluice/varnish. Targets: sluice >= nginx, sluice >= 1.5 x Varnish.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+CONNECTIONS=${CONNECTIONS:-50}
+SERVER_CPU=${SERVER_CPU:-1}
+CLIENT_CPU=${CLIENT_CPU:-0}
+BUILD_DIR=${BUILD_DIR:-build-bench}
+PEERS=${PEERS:-sluice nginx varnish varnish-vsthrottle}
+PROFILE=${PROFILE:-0}
+# Varnish on one core: one thread pool; enough threads for every connection at once.
+VARNISH_PARAMS=${VARNISH_PARAMS:--p thread_pools=1 -p thread_pool_min=100 -p thread_pool_max=1000}
+user_id=42
+
+has_peer() { [[ " $PEERS " == *" $1 "* ]]; }
+
+scripts/deps.sh bench
+if has_peer sluice; then
+    cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build "$BUILD_DIR" -j"$(nproc)" --target sluice >/dev/null
+fi
+
+work=$(mktemp -d /tmp/sluice-proxy.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+    local rc=$? f
+    if [ "$rc" -ne 0 ]; then
+        for f in "$work"/*error.log; do
+            [ -s "$f" ] && { echo "$(basename "$f"):"; tail -n 5 "$f"; } >&2
+        done
+    fi
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for f in "$work"/nginx-*.pid; do
+        [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    done
+    sleep 0.5
+    rm -rf "$work"
+}
+trap cleanup EXIT
+die() { echo "proxy bench: $*" >&2; exit 1; }
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_port() { # PORT: until something answers HTTP there (at most 10 s)
+    for _ in $(seq 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+        sleep 0.1
+    done
+    die "nothing answers on port $1"
+}
+
+body="$root/bench/body.json"
+[ "$(wc -c <"$body")" -eq 1024 ] || die "bench/body.json is not 1 KB"
+
+# nginx common settings: nginx at its best for this load (as in bench/run.sh).
+nginx_http_common='
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    sendfile on;
+    tcp_nodelay on;
+    open_file_cache max=1000 inactive=60s;'
+
+# --- the upstream: nginx serving the 1 KB body, on the client core --------------------------
+port_up=$(free_port)
+mkdir -p "$work/www"
+cp "$body" "$work/www/bench"
+cat >"$work/nginx-upstream.conf" <<EOF
+user root;
+worker_processes 1;
+pid $work/nginx-upstream.pid;
+error_log $work/nginx-upstream-error.log warn;
+events { worker_connections 1024; }
+http {
+    $nginx_http_common
+    server {
+        listen 127.0.0.1:$port_up;
+        access_log $work/upstream-access.log;
+        root $work/www;
+        location = /bench {
+            default_type application/json;
+            add_header Cache-Control "max-age=3600" always;
+        }
+    }
+}
+EOF
+taskset -c "$CLIENT_CPU" nginx -c "$work/nginx-upstream.conf"
+wait_port "$port_up"
+
+declare -A pid_of port_of label_of
+label_of[sluice]="sluice memory store (tier + cache)"
+label_of[nginx]="nginx proxy_cache + limit_req"
+label_of[varnish]="varnish 7.1 hit"
+label_of[varnish-vsthrottle]="varnish 7.1 vsthrottle + hit"
+
+# --- nginx: proxy_cache + limit_req keyed by the same header, one worker on CPU 1 ----------
+if has_peer nginx; then
+    port_of[nginx]=$(free_port)
+    mkdir -p "$work/cache"
+    cat >"$work/nginx-proxy.conf" <<EOF
+user root;
+worker_processes 1;
+pid $work/nginx-proxy.pid;
+error_log $work/nginx-proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+    $nginx_http_common
+    # The cache lifetime comes from the upstream's Cache-Control (max-age=3600).
+    proxy_cache_path $work/cache levels=1:2 keys_zone=bench:10m max_size=100m inactive=60m use_temp_path=off;
+    # A per-caller limit that never refuses at this load.
+    limit_req_zone \$http_x_user_id zone=peruser:10m rate=100000000r/s;
+    server {
+        listen 127.0.0.1:${port_of[nginx]};
+        location / {
+            limit_req zone=peruser burst=100000000 nodelay;
+            proxy_cache bench;
+            proxy_cache_key \$uri\$http_x_user_id;
+            proxy_pass http://127.0.0.1:$port_up;
+            add_header X-Cache \$upstream_cache_status;
+        }
+    }
+}
+EOF
+    taskset -c "$SERVER_CPU" nginx -c "$work/nginx-proxy.conf"
+    wait_port "${port_of[nginx]}"
+    pid_of[nginx]=$(pgrep -P "$(cat "$work/nginx-proxy.pid")" | head -n 1)
+fi
+
+# --- Varnish: plain hit, and a vsthrottle check per request, on CPU 1 -----------------------
+start_varnish() { # NAME VCL_RECV_BODY
+    local name=$1 port
+    port=$(free_port)
+    port_of[$name]=$port
+    local import=""
+    [[ "$2" == *vsthrottle* ]] && import="import vsthrottle;"
+    cat >"$work/$name.vcl" <<EOF
+vcl 4.1;
+$import
+backend app { .host = "127.0.0.1"; .port = "$port_up"; }
+sub vcl_recv {
+    $2
+    return (hash);
+}
+sub vcl_hash {
+    hash_data(req.url);
+    hash_data(req.http.X-User-Id);
+    return (lookup);
+}
+sub vcl_deliver {
+    if (obj.hits > 0) { set resp.http.X-Cache = "HIT"; } else { set resp.http.X-Cache = "MISS"; }
+}
+EOF
+    mkdir -p "$work/$name-state"
+    # -F: stays in the foreground (the manager); the cache child serves and is measured.
+    # shellcheck disable=SC2086
+    taskset -c "$SERVER_CPU" varnishd -F -j none -n "$work/$name-state" -a "127.0.0.1:$port" \
+        -T 127.0.0.1:0 -f "$work/$name.vcl" -s malloc,256m $VARNISH_PARAMS \
+        >"$work/$name.out" 2>"$work/$name-error.log" &
+    pids+=("$!")
+    local mgr=$!
+    wait_port "$port"
+    pid_of[$name]=$(pgrep -P "$mgr" -f varnishd | head -n 1)
+    [ -n "${pid_of[$name]}" ] || die "no varnish cache process for $name"
+}
+has_peer varnish && start_varnish varnish ''
+has_peer varnish-vsthrottle && start_varnish varnish-vsthrottle \
+    'if (vsthrottle.is_denied("u:" + req.http.X-User-Id, 100000000, 1h)) { return (synth(429)); }'
+
+# --- sluice: one worker, memory store, the upstream source with a cache and a tier limit ---
+if has_peer sluice; then
+    mkdir -p "$work/policies"
+    cat >"$work/policies/bench.lua" <<EOF
+upstream "app" { url = "http://127.0.0.1:$port_up", timeout = "5s" }
+tier "free" { limit = 100000000, window = "1h" }   -- a limit check on every request that never refuses
+identity { user = header "X-User-Id", default_tier = "free" }
+endpoint "GET /bench" { upstream = "app", cache = { ttl = "1h", key = "bench:{user}" }, limit = "tier" }
+EOF
+    "$BUILD_DIR/sluice" check "$work/policies" >/dev/null
+    port_of[sluice]=$(free_port)
+    env -u REDIS_URL taskset -c "$SERVER_CPU" "$BUILD_DIR/sluice" serve --workers 1 --admin off \
+        --listen "127.0.0.1:${port_of[sluice]}" "$work/policies" \
+        >"$work/sluice.out" 2>"$work/sluice-error.log" &
+    pid_of[sluice]=$!
+    pids+=("$!")
+    for _ in $(seq 100); do
+        grep -q listening "$work/sluice.out" 2>/dev/null && break
+        sleep 0.1
+    done
+    grep -q listening "$work/sluice.out" || die "sluice did not start"
+fi
+
+# --- verification: a warming request, then one that must be a cache hit --------------------
+order=()
+for p in sluice nginx varnish varnish-vsthrottle; do has_peer "$p" && order+=("$p"); done
+[ ${#order[@]} -gt 0 ] || die "no peer in PEERS='$PEERS'"
+for p in "${order[@]}"; do
+    url="http://127.0.0.1:${port_of[$p]}/bench"
+    code=$(curl -sS -o "$work/$p.body0" -w '%{http_code}' -H "X-User-Id: $user_id" "$url")
+    if [ "$code" = 501 ] && [ "$p" = sluice ]; then
+        die "sluice answers 501 for its upstream endpoint: the upstream source is not served by this build (PEERS='nginx varnish varnish-vsthrottle' measures the others)"
+    fi
+    [ "$code" = 200 ] || die "$p: first request answered $code"
+    code=$(curl -sS -D "$work/$p.h" -o "$work/$p.body" -w '%{http_code}' -H "X-User-Id: $user_id" "$url")
+    [ "$code" = 200 ] || die "$p: verification request answered $code"
+    cmp -s "$work/$p.body" "$body" || die "$p: body differs from the upstream's"
+    cmp -s "$work/$p.body0" "$body" || die "$p: body of the first (miss) request differs from the upstream's"
+    grep -qi '^X-Cache: *HIT' "$work/$p.h" || { cat "$work/$p.h" >&2; die "$p: verification request was not a cache hit"; }
+    if [ "$p" = sluice ]; then
+        grep -qi '^X-RateLimit-Remaining' "$work/$p.h" || { cat "$work/$p.h" >&2; die "sluice: no rate-limit check on the hit"; }
+    fi
+done
+echo "verified: 200, X-Cache: HIT, body identical to the upstream's (1024 bytes) for: ${order[*]}"
+if has_peer sluice; then
+    echo "sluice hit headers:"
+    tr -d '\r' <"$work/sluice.h" | sed -n '2,$p' | sed 's/^/    /'
+fi
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+# run PEER -> prints "rps p50 us_per_req"
+run() {
+    local p=$1 pid=${pid_of[$1]} url="http://127.0.0.1:${port_of[$1]}/bench" t0 t1 out rps p50 reqs us
+    t0=$(cpu_ticks "$pid")
+    out=$(taskset -c "$CLIENT_CPU" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+        -H "X-User-Id: $user_id" "$url")
+    t1=$(cpu_ticks "$pid")
+    if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
+        echo "$out" >&2
+        die "$p: errors or non-2xx answers during the run"
+    fi
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    us=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
+    echo "$rps $p50 $us"
+}
+
+declare -A best best_p50 best_us
+for p in "${order[@]}"; do best[$p]=0; done
+echo
+echo "c$CONNECTIONS, ${DURATION}s rounds, server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-34s %5s %12s %9s %12s\n' peer round req/s p50 cpu-us/req
+for r in $(seq "$ROUNDS"); do
+    for p in "${order[@]}"; do
+        read -r rps p50 us < <(run "$p")
+        printf '%-34s %5s %12s %9s %12s\n' "${label_of[$p]}" "$r" "$rps" "$p50" "$us"
+        if awk -v a="${best[$p]}" -v b="$rps" 'BEGIN {exit !(b > a)}'; then
+            best[$p]=$rps best_p50[$p]=$p50 best_us[$p]=$us
+        fi
+    done
+done
+
+echo
+echo "requests for /bench that reached the upstream: $(grep -c 'GET /bench ' "$work/upstream-access.log") (one miss per peer expected: ${#order[@]})"
+echo "best round of each:"
+printf '%-34s %12s %9s %12s\n' peer req/s p50 cpu-us/req
+for p in "${order[@]}"; do
+    printf '%-34s %12s %9s %12s\n' "${label_of[$p]}" "${best[$p]}" "${best_p50[$p]}" "${best_us[$p]}"
+done
+if has_peer sluice; then
+    ratio() { # PEER TARGET
+        has_peer "$1" || return 0
+        awk -v s="${best[sluice]}" -v n="${best[$1]}" -v t="$2" -v l="$1" 'BEGIN {
+            r = s / n
+            printf "sluice/%-20s = %.2f  (target >= %.1f: %s)\n", l, r, t, (r >= t) ? "met" : "NOT met"
+        }'
+    }
+    ratio nginx 1.0
+    ratio varnish 1.5
+    ratio varnish-vsthrottle 1.5
+fi
+
+# --- optional profile of sluice under the same load ---------------------------------------
+if [ "$PROFILE" = 1 ] && has_peer sluice; then
+    prof=${PROFILE_OUT:-$root/bench/proxy-perf.data}
+    echo
+    echo "perf record -g on sluice (pid ${pid_of[sluice]}) during one more ${DURATION}s run -> $prof"
+    perf record -q -g -o "$prof" -p "${pid_of[sluice]}" -- sleep "$DURATION" 2>/dev/null &
+    perf_pid=$!
+    sleep 0.2
+    run sluice >/dev/null
+    wait "$perf_pid" || true
+    perf report -i "$prof" --no-children --percent-limit 1 --stdio 2>/dev/null |
+        grep -v '^$' | grep -E '^ +[0-9]+\.[0-9]+%' | head -n 40
+fi
