@@ -11,6 +11,9 @@
 #   ROUNDS=5 DURATION=10 CONNECTIONS=100 bench/proxy.sh
 #   PEERS="nginx varnish varnish-vsthrottle" bench/proxy.sh   # leave sluice out
 #   BUILD_DIR=build-pb bench/proxy.sh       # build and run sluice from another build dir
+#   SLUICE_BIN=/path/to/sluice bench/proxy.sh   # run that binary, build nothing
+#   PEERS="sluice sluice-body nginx" bench/proxy.sh   # sluice-body: the same cache and limit
+#                                           # on a fixed-body source (the hit path of bench/run.sh)
 #   PROFILE=1 bench/proxy.sh                # then perf record -g on sluice for one more run
 #
 # Before measuring, one verification request per peer (after a warming one) must answer
@@ -38,10 +41,11 @@ user_id=42
 has_peer() { [[ " $PEERS " == *" $1 "* ]]; }
 
 scripts/deps.sh bench
-if has_peer sluice; then
+if { has_peer sluice || has_peer sluice-body; } && [ -z "${SLUICE_BIN:-}" ]; then
     cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
     cmake --build "$BUILD_DIR" -j"$(nproc)" --target sluice >/dev/null
 fi
+sluice_bin=${SLUICE_BIN:-$BUILD_DIR/sluice}
 
 work=$(mktemp -d /tmp/sluice-proxy.XXXXXX)
 chmod 755 "$work"
@@ -106,6 +110,7 @@ http {
             default_type application/json;
             add_header Cache-Control "max-age=3600" always;
         }
+        location / { return 204; }
     }
 }
 EOF
@@ -114,6 +119,7 @@ wait_port "$port_up"
 
 declare -A pid_of port_of label_of
 label_of[sluice]="sluice memory store (tier + cache)"
+label_of[sluice-body]="sluice fixed body (tier + cache)"
 label_of[nginx]="nginx proxy_cache + limit_req"
 label_of[varnish]="varnish 7.1 hit"
 label_of[varnish-vsthrottle]="varnish 7.1 vsthrottle + hit"
@@ -200,9 +206,9 @@ tier "free" { limit = 100000000, window = "1h" }   -- a limit check on every req
 identity { user = header "X-User-Id", default_tier = "free" }
 endpoint "GET /bench" { upstream = "app", cache = { ttl = "1h", key = "bench:{user}" }, limit = "tier" }
 EOF
-    "$BUILD_DIR/sluice" check "$work/policies" >/dev/null
+    "$sluice_bin" check "$work/policies" >/dev/null
     port_of[sluice]=$(free_port)
-    env -u REDIS_URL taskset -c "$SERVER_CPU" "$BUILD_DIR/sluice" serve --workers 1 --admin off \
+    env -u REDIS_URL taskset -c "$SERVER_CPU" "$sluice_bin" serve --workers 1 --admin off \
         --listen "127.0.0.1:${port_of[sluice]}" "$work/policies" \
         >"$work/sluice.out" 2>"$work/sluice-error.log" &
     pid_of[sluice]=$!
@@ -214,9 +220,34 @@ EOF
     grep -q listening "$work/sluice.out" || die "sluice did not start"
 fi
 
+# --- sluice-body (optional): the same tier limit and cache on a fixed-body source --------
+if has_peer sluice-body; then
+    mkdir -p "$work/policies-body"
+    {
+        echo 'tier "free" { limit = 100000000, window = "1h" }'
+        echo 'identity { user = header "X-User-Id", default_tier = "free" }'
+        echo 'endpoint "GET /bench" {'
+        printf '  body = [==[%s]==],\n' "$(cat "$body")"
+        echo '  cache = { ttl = "1h", key = "bench:{user}" },'
+        echo '  limit = "tier",'
+        echo '}'
+    } >"$work/policies-body/bench.lua"
+    port_of[sluice-body]=$(free_port)
+    env -u REDIS_URL taskset -c "$SERVER_CPU" "$sluice_bin" serve --workers 1 --admin off \
+        --listen "127.0.0.1:${port_of[sluice-body]}" "$work/policies-body" \
+        >"$work/sluice-body.out" 2>"$work/sluice-body-error.log" &
+    pid_of[sluice-body]=$!
+    pids+=("$!")
+    for _ in $(seq 100); do
+        grep -q listening "$work/sluice-body.out" 2>/dev/null && break
+        sleep 0.1
+    done
+    grep -q listening "$work/sluice-body.out" || die "sluice (fixed body) did not start"
+fi
+
 # --- verification: a warming request, then one that must be a cache hit --------------------
 order=()
-for p in sluice nginx varnish varnish-vsthrottle; do has_peer "$p" && order+=("$p"); done
+for p in sluice sluice-body nginx varnish varnish-vsthrottle; do has_peer "$p" && order+=("$p"); done
 [ ${#order[@]} -gt 0 ] || die "no peer in PEERS='$PEERS'"
 for p in "${order[@]}"; do
     url="http://127.0.0.1:${port_of[$p]}/bench"
@@ -230,8 +261,8 @@ for p in "${order[@]}"; do
     cmp -s "$work/$p.body" "$body" || die "$p: body differs from the upstream's"
     cmp -s "$work/$p.body0" "$body" || die "$p: body of the first (miss) request differs from the upstream's"
     grep -qi '^X-Cache: *HIT' "$work/$p.h" || { cat "$work/$p.h" >&2; die "$p: verification request was not a cache hit"; }
-    if [ "$p" = sluice ]; then
-        grep -qi '^X-RateLimit-Remaining' "$work/$p.h" || { cat "$work/$p.h" >&2; die "sluice: no rate-limit check on the hit"; }
+    if [[ "$p" == sluice* ]]; then
+        grep -qi '^X-RateLimit-Remaining' "$work/$p.h" || { cat "$work/$p.h" >&2; die "$p: no rate-limit check on the hit"; }
     fi
 done
 echo "verified: 200, X-Cache: HIT, body identical to the upstream's (1024 bytes) for: ${order[*]}"
@@ -277,35 +308,45 @@ for r in $(seq "$ROUNDS"); do
 done
 
 echo
-echo "requests for /bench that reached the upstream: $(grep -c 'GET /bench ' "$work/upstream-access.log") (one miss per peer expected: ${#order[@]})"
+proxied=0
+for p in "${order[@]}"; do [ "$p" = sluice-body ] || proxied=$((proxied + 1)); done
+echo "requests for /bench that reached the upstream: $(grep -c 'GET /bench ' "$work/upstream-access.log") (one miss per proxy expected: $proxied)"
 echo "best round of each:"
 printf '%-34s %12s %9s %12s\n' peer req/s p50 cpu-us/req
 for p in "${order[@]}"; do
     printf '%-34s %12s %9s %12s\n' "${label_of[$p]}" "${best[$p]}" "${best_p50[$p]}" "${best_us[$p]}"
 done
-if has_peer sluice; then
-    ratio() { # PEER TARGET
-        has_peer "$1" || return 0
-        awk -v s="${best[sluice]}" -v n="${best[$1]}" -v t="$2" -v l="$1" 'BEGIN {
-            r = s / n
-            printf "sluice/%-20s = %.2f  (target >= %.1f: %s)\n", l, r, t, (r >= t) ? "met" : "NOT met"
-        }'
-    }
-    ratio nginx 1.0
-    ratio varnish 1.5
-    ratio varnish-vsthrottle 1.5
-fi
+ratio() { # SLUICE_PEER PEER TARGET
+    has_peer "$1" && has_peer "$2" || return 0
+    awk -v s="${best[$1]}" -v n="${best[$2]}" -v t="$3" -v a="$1" -v b="$2" 'BEGIN {
+        r = s / n
+        printf "%-11s / %-18s = %.2f  (target >= %.1f: %s)\n", a, b, r, t, (r >= t) ? "met" : "NOT met"
+    }'
+}
+for s in sluice sluice-body; do
+    ratio "$s" nginx 1.0
+    ratio "$s" varnish 1.5
+    ratio "$s" varnish-vsthrottle 1.5
+done
 
 # --- optional profile of sluice under the same load ---------------------------------------
-if [ "$PROFILE" = 1 ] && has_peer sluice; then
-    prof=${PROFILE_OUT:-$root/bench/proxy-perf.data}
+PROFILE_PEER=${PROFILE_PEER:-sluice}
+if [ "$PROFILE" = 1 ] && has_peer "$PROFILE_PEER"; then
+    prof=${PROFILE_OUT:-/tmp/sluice-proxy-perf.data}
     echo
-    echo "perf record -g on sluice (pid ${pid_of[sluice]}) during one more ${DURATION}s run -> $prof"
-    perf record -q -g -o "$prof" -p "${pid_of[sluice]}" -- sleep "$DURATION" 2>/dev/null &
+    echo "perf record -g on $PROFILE_PEER (pid ${pid_of[$PROFILE_PEER]}) during one more ${DURATION}s run -> $prof"
+    perf record -q -g -o "$prof" -p "${pid_of[$PROFILE_PEER]}" -- sleep "$DURATION" 2>/dev/null &
     perf_pid=$!
     sleep 0.2
-    run sluice >/dev/null
+    run "$PROFILE_PEER" >/dev/null
     wait "$perf_pid" || true
+    echo "by object:"
+    perf report -i "$prof" --no-children --sort dso --stdio 2>/dev/null |
+        grep -E '^ +[0-9]+\.[0-9]+%' | head -n 8
+    echo "by symbol (>= 1%):"
     perf report -i "$prof" --no-children --percent-limit 1 --stdio 2>/dev/null |
-        grep -v '^$' | grep -E '^ +[0-9]+\.[0-9]+%' | head -n 40
+        grep -E '^ +[0-9]+\.[0-9]+%' | head -n 40
+    echo "sluice's own code (top 25):"
+    perf report -i "$prof" --no-children --dsos sluice --stdio 2>/dev/null |
+        grep -E '^ +[0-9]+\.[0-9]+%' | head -n 25
 fi
