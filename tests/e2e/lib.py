@@ -218,3 +218,46 @@ class SluiceTestCase(unittest.TestCase):
 
 def main():
     unittest.main(verbosity=2)
+
+
+def free_port():
+    """A loopback port nobody listens on (at the time of the call)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port; stop() ends it."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = "redis://127.0.0.1:%d" % self.port
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            if self.cli("PING", check=False) == "PONG":
+                return
+            time.sleep(0.025)
+        self.stop()
+        raise RuntimeError("redis-server did not start")
+
+    def cli(self, *args, check=True):
+        r = subprocess.run(["redis-cli", "-p", str(self.port), "--raw"] + list(args),
+                           capture_output=True, text=True, timeout=10)
+        if check and r.returncode != 0:
+            raise RuntimeError("redis-cli %s: %s" % (args, r.stderr))
+        return r.stdout.strip()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""A test upstream for the proxy end-to-end tests (stdlib only).
+
+Run it:   python3 origin.py --port N      (prints "listening on 127.0.0.1:N" when ready)
+Use it:   from origin import Origin        (starts, kills and restarts it, reads its counters)
+
+Every request outside /__* answers a JSON reflection of what the origin received:
+
+  {"n": 3,                     how many requests this path has received (this one included)
+   "method": "GET", "path": "/a/b", "query": "x=1", "target": "/a/b?x=1",
+   "headers": [["host", "127.0.0.1:4000"], ...],   every header, in order, names lower-cased
+   "h": {"host": "...", ...},  the same as a dict (the last value of a repeated name)
+   "auth": true,               whether an Authorization header came
+   "cookie": false,            whether a Cookie header came
+   "user": "42",               X-User-Id, or null
+   "body": "...",              the request body as text
+   "tag": "...",               the tag of the path's configuration, if any
+   "boot": "9f3a..."}          a token of this process's start
+
+What it answers is set per path, out of band (POST /__config), and by the query
+of the request itself (the query wins):
+
+  delay_ms=N        wait N ms before answering
+  status=N          answer status N
+  h=Name:Value      add a response header (repeatable; e.g. h=Cache-Control:no-store)
+  etag=V            ETag: V
+  cc=V              Cache-Control: V
+  vary=V            Vary: V
+  cookie=V          Set-Cookie: V
+  body=TEXT         answer TEXT as text/plain instead of the reflection
+  pad=N             add "pad": N times "x" to the reflection (a large body)
+  chunked=1         send the body with Transfer-Encoding: chunked, in pieces
+  eof=1             send no length: the body ends when the connection closes
+
+Out of band (these never go through the gateway):
+
+  POST /__config {"path": "/a", "method": "GET"?, "delay_ms": 0, "status": 200,
+                  "headers": {"Name": "Value"} or [["Name", "Value"], ...],
+                  "body": null, "tag": null, "pad": 0, "chunked": false, "eof": false}
+                                                  configure a path (method optional)
+  GET  /__count?path=/a        {"count": N, "inflight": N, "max_inflight": N}
+  GET  /__count                {"/a": {...}, ...} every path
+  GET  /__log?path=/a          the reflections of the last requests of that path
+  POST /__reset                forget counters, logs and configuration
+"""
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOG_KEEP = 200
+BOOT = os.urandom(6).hex()  # changes with every start: tells a fresh answer from a kept one
+
+
+class State:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        with self.lock:
+            self.counts = {}
+            self.inflight = {}
+            self.max_inflight = {}
+            self.logs = {}
+            self.config = {}
+
+
+STATE = State()
+
+
+def _config_for(method, path):
+    with STATE.lock:
+        c = STATE.config.get((method, path)) or STATE.config.get((None, path)) or {}
+        return dict(c)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "origin/1"
+
+    def log_message(self, fmt, *args):  # quiet
+        pass
+
+    def _read_body(self):
+        te = (self.headers.get("Transfer-Encoding") or "").lower()
+        if "chunked" in te:
+            out = b""
+            while True:
+                line = self.rfile.readline(65537).strip()
+                size = int(line.split(b";", 1)[0] or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline(3)
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n > 0 else b""
+
+    def _send(self, status, body, ctype="application/json", headers=(), head_only=False,
+              framing="length"):
+        self.send_response(status)
+        names = {k.lower() for k, _ in headers}
+        bodiless = status in (204, 304) or head_only
+        if status in (204, 304):
+            body = b""
+        elif "content-type" not in names:
+            self.send_header("Content-Type", ctype)
+        if framing == "chunked" and not bodiless:
+            self.send_header("Transfer-Encoding", "chunked")
+        elif framing == "eof" and not bodiless:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        elif status != 204:
+            self.send_header("Content-Length", str(len(body)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        if bodiless:
+            return
+        if framing == "chunked":
+            step = max(1, len(body) // 3)
+            for i in range(0, len(body), step):
+                piece = body[i:i + step]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.flush()
+                time.sleep(0.01)
+            self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.wfile.write(body)
+
+    def _json(self, obj, status=200):
+        self._send(status, json.dumps(obj).encode())
+
+    def _control(self, method, path, query, body):
+        q = urllib.parse.parse_qs(query)
+        if path == "/__reset" and method == "POST":
+            STATE.reset()
+            return self._json({"ok": True})
+        if path == "/__config" and method == "POST":
+            c = json.loads(body or b"{}")
+            p = c.pop("path")
+            m = c.pop("method", None)
+            with STATE.lock:
+                STATE.config[(m, p)] = c
+            return self._json({"ok": True})
+        if path == "/__count":
+            with STATE.lock:
+                def one(p):
+                    return {"count": STATE.counts.get(p, 0), "inflight": STATE.inflight.get(p, 0),
+                            "max_inflight": STATE.max_inflight.get(p, 0)}
+                if "path" in q:
+                    return self._json(one(q["path"][0]))
+                return self._json({p: one(p) for p in STATE.counts})
+        if path == "/__log":
+            with STATE.lock:
+                return self._json(list(STATE.logs.get(q.get("path", [""])[0], [])))
+        return self._json({"error": "unknown control path"}, 404)
+
+    def _handle(self):
+        method = self.command
+        target = self.path
+        path, _, query = target.partition("?")
+        body = self._read_body()
+        if path.startswith("/__"):
+            return self._control(method, path, query, body)
+
+        c = _config_for(method, path)
+        headers = []
+        h = c.get("headers") or []
+        headers += list(h.items()) if isinstance(h, dict) else [tuple(x) for x in h]
+        delay_ms = c.get("delay_ms", 0)
+        status = c.get("status", 200)
+        text = c.get("body")
+        pad = c.get("pad", 0)
+        framing = "chunked" if c.get("chunked") else "eof" if c.get("eof") else "length"
+        for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            if k == "delay_ms":
+                delay_ms = int(v)
+            elif k == "status":
+                status = int(v)
+            elif k == "h" and ":" in v:
+                name, _, value = v.partition(":")
+                headers.append((name.strip(), value.strip()))
+            elif k == "etag":
+                headers.append(("ETag", v))
+            elif k == "cc":
+                headers.append(("Cache-Control", v))
+            elif k == "vary":
+                headers.append(("Vary", v))
+            elif k == "cookie":
+                headers.append(("Set-Cookie", v))
+            elif k == "body":
+                text = v
+            elif k == "pad":
+                pad = int(v)
+            elif k == "chunked" and v == "1":
+                framing = "chunked"
+            elif k == "eof" and v == "1":
+                framing = "eof"
+
+        with STATE.lock:
+            n = STATE.counts[path] = STATE.counts.get(path, 0) + 1
+            cur = STATE.inflight[path] = STATE.inflight.get(path, 0) + 1
+            STATE.max_inflight[path] = max(STATE.max_inflight.get(path, 0), cur)
+        try:
+            pairs = [(k.lower(), v) for k, v in self.headers.items()]
+            hd = dict(pairs)
+            reflection = {
+                "n": n, "method": method, "path": path, "query": query, "target": target,
+                "headers": pairs, "h": hd,
+                "auth": "authorization" in hd, "cookie": "cookie" in hd, "user": hd.get("x-user-id"),
+                "body": body.decode("utf-8", "replace"), "tag": c.get("tag"), "boot": BOOT,
+            }
+            with STATE.lock:
+                log = STATE.logs.setdefault(path, [])
+                log.append(reflection)
+                del log[:-LOG_KEEP]
+            if delay_ms:
+                time.sleep(delay_ms / 1000.0)
+            if text is not None:
+                out = text.encode()
+                ctype = "text/plain"
+            else:
+                if pad:
+                    reflection = dict(reflection, pad="x" * pad)
+                out = json.dumps(reflection).encode()
+                ctype = "application/json"
+            self._send(status, out, ctype, headers, head_only=(method == "HEAD"), framing=framing)
+        finally:
+            with STATE.lock:
+                STATE.inflight[path] -= 1
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+
+def serve(port):
+    srv = Server(("127.0.0.1", port), Handler)
+    print("listening on 127.0.0.1:%d" % srv.server_address[1], flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    srv.serve_forever()
+
+
+# ---------------------------------------------------------------------------
+# The client side, for the tests.
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Origin:
+    """An origin.py process on a loopback port; kill() and start() keep the port."""
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.proc = None
+        self.start()
+
+    def start(self):
+        end = time.monotonic() + 10
+        while True:
+            self.proc = subprocess.Popen([sys.executable, "-u", os.path.abspath(__file__),
+                                          "--port", str(self.port)],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            line = self.proc.stdout.readline()
+            if line.startswith(b"listening on"):
+                return self
+            self.proc.wait()
+            if time.monotonic() > end:
+                raise RuntimeError("origin did not start on port %d" % self.port)
+            time.sleep(0.1)  # the port is still held by a closing socket
+
+    def kill(self):
+        """Ends the process at once (connections reset, the port refuses)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc:
+            self.proc.stdout.close()
+
+    stop = kill
+
+    def restart(self):
+        self.kill()
+        return self.start()
+
+    def _call(self, method, path, body=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body),
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            return json.loads(r.read())
+        finally:
+            conn.close()
+
+    def count(self, path):
+        return self._call("GET", "/__count?path=" + urllib.parse.quote(path, safe="/"))["count"]
+
+    def stats(self, path):
+        return self._call("GET", "/__count?path=" + urllib.parse.quote(path, safe="/"))
+
+    def log(self, path):
+        return self._call("GET", "/__log?path=" + urllib.parse.quote(path, safe="/"))
+
+    def reset(self):
+        self._call("POST", "/__reset")
+
+    def config(self, path, method=None, **kw):
+        """Sets what a path answers: delay_ms, status, headers, body, tag."""
+        c = dict(kw, path=path)
+        if method:
+            c["method"] = method
+        self._call("POST", "/__config", c)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="test upstream for sluice's proxy tests")
+    ap.add_argument("--port", type=int, default=0)
+    serve(ap.parse_args().port)
+
+
+if __name__ == "__main__":
+    main()

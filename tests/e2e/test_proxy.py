@@ -1,0 +1,1189 @@
+"""End to end: upstream endpoints, the real binary in front of a real HTTP origin (origin.py).
+
+Every class starts its own origin (tests/e2e/origin.py) on a free port, writes a policy
+naming it, and starts sluice; the origin counts what reaches it per path, which the tests
+read out of band (never through sluice). Timing bounds are wider on a sanitizer build.
+"""
+
+import concurrent.futures
+import http.client
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import lib
+from lib import SluiceTestCase
+from origin import Origin
+
+SAN = lib.SANITIZED
+SLACK = 4.0 if SAN else 1.0  # how much slower a sanitizer build may be
+
+
+def note(msg):
+    """A measurement worth reading in the test log."""
+    sys.stderr.write("    [measured] %s\n" % msg)
+    sys.stderr.flush()
+
+
+class Resp:
+    def __init__(self, status, headers, body, took):
+        self.status, self.headers, self.body, self.took = status, headers, body, took
+
+    @property
+    def cache(self):
+        return self.headers.get("x-cache")
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return "<%s %s %r %.3fs>" % (self.status, self.cache, self.body[:300], self.took)
+
+
+def req(port, method, path, headers=None, body=None, timeout=20):
+    t0 = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+            headers = dict(headers or {}, **{"Content-Type": "application/json"})
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, data, time.monotonic() - t0)
+    finally:
+        conn.close()
+
+
+def get(port, path, user=None, headers=None, **kw):
+    h = dict(headers or {})
+    if user is not None:
+        h["X-User-Id"] = str(user)
+    return req(port, "GET", path, h, **kw)
+
+
+def raw(port, data, timeout=5):
+    """Raw bytes in, everything the server answers until it closes or goes quiet."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+def concurrently(n, fn):
+    """fn(i) for i in range(n), all released at once; returns the results in order."""
+    start = threading.Barrier(n)
+
+    def one(i):
+        start.wait(60)
+        return fn(i)
+
+    with concurrent.futures.ThreadPoolExecutor(n) as ex:
+        return list(ex.map(one, range(n)))
+
+
+def wait_until(pred, timeout=10.0, step=0.02):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def policy_dir(text, **subs):
+    for k, v in subs.items():
+        text = text.replace("@%s@" % k, str(v))
+    d = tempfile.mkdtemp(prefix="sluice-proxy-")
+    with open(os.path.join(d, "proxy.lua"), "w") as f:
+        f.write(text)
+    return d
+
+
+def is_problem(r, status):
+    if r.status != status or r.headers.get("content-type") != "application/problem+json":
+        return False
+    try:
+        return r.json().get("status") == status
+    except ValueError:
+        return False
+
+
+class ProxyCase(SluiceTestCase):
+    """Starts an origin before the class's servers and cleans both up after."""
+
+    POLICY = None
+    ORIGIN_CONFIG = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = Origin()
+        cls.dead_port = lib.free_port()
+        cls.dirs = []
+        for path, c in cls.ORIGIN_CONFIG.items():
+            cls.origin.config(path, **c)
+
+    @classmethod
+    def policy(cls, text=None, **subs):
+        d = policy_dir(text or cls.POLICY, ORIGIN=cls.origin.url, DEAD=cls.dead_port, **subs)
+        cls.dirs.append(d)
+        return d
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.origin.kill()
+            for d in cls.dirs:
+                shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+
+STAMPEDE_POLICY = r'''
+identity { user = header "X-User-Id" }
+upstream "origin" { url = "@ORIGIN@", timeout = "20s" }
+endpoint "GET /stampede/{id}" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "stampede:{path.id}:{user}" },
+}
+'''
+
+
+class Stampede(ProxyCase):
+    """500 concurrent misses on one key reach the origin once: per instance, and across
+    instances sharing Redis."""
+
+    N = 500
+    DELAY_MS = 200
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.redis = lib.RedisServer()
+        d = cls.policy(STAMPEDE_POLICY)
+        cls.memory = cls.start(d, args=["--workers", "4"])
+        env = {"REDIS_URL": cls.redis.url}
+        cls.shared = [cls.start(d, env=env, args=["--redis-deadline", "2s"]) for _ in range(2)]
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.redis.stop()
+
+    def stampede(self, ports, id_):
+        path = "/stampede/" + id_
+        self.origin.config(path, delay_ms=self.DELAY_MS)
+        t0 = time.monotonic()
+        answers = concurrently(self.N, lambda i: get(ports[i % len(ports)], path, user=1))
+        took = time.monotonic() - t0
+        kinds = {}
+        for a in answers:
+            kinds[a.cache] = kinds.get(a.cache, 0) + 1
+        note("%d concurrent misses on %d instance(s): %.2fs, X-Cache %s, origin requests %d"
+             % (self.N, len(ports), took, kinds, self.origin.count(path)))
+        self.assertEqual([a for a in answers if a.status != 200][:3], [])
+        self.assertEqual(self.origin.count(path), 1)
+        self.assertEqual(len({a.body for a in answers}), 1, "every answer is the one fill")
+        self.assertEqual(answers[0].json()["n"], 1)
+        self.assertNotIn("BYPASS", kinds)
+        # And afterwards it is a plain hit.
+        r = get(ports[0], path, user=1)
+        self.assertEqual((r.status, r.cache, r.body), (200, "HIT", answers[0].body))
+        self.assertEqual(self.origin.count(path), 1)
+
+    def test_memory_store_one_origin_request(self):
+        self.stampede([self.memory.port], "mem")
+
+    def test_redis_two_instances_one_origin_request_in_total(self):
+        self.stampede([s.port for s in self.shared], "redis")
+
+
+# ---------------------------------------------------------------------------
+
+STALE_POLICY = r'''
+identity { user = header "X-User-Id" }
+upstream "origin" { url = "@ORIGIN@", timeout = "10s" }
+upstream "short" { url = "@ORIGIN@", timeout = "@SHORT@" }
+endpoint "GET /swr/{id}" {
+  upstream = "origin",
+  cache = { ttl = "@TTL@", key = "swr:{path.id}:{user}", stale_while_revalidate = "30s" },
+}
+endpoint "GET /sie/{id}" {
+  upstream = "origin",
+  cache = { ttl = "@TTL@", key = "sie:{path.id}:{user}", stale_if_error = "10m" },
+}
+endpoint "GET /sie-short/{id}" {
+  upstream = "short",
+  cache = { ttl = "@TTL@", key = "sies:{path.id}:{user}", stale_if_error = "10m" },
+}
+endpoint "GET /plain/{id}" {
+  upstream = "origin",
+  cache = { ttl = "@TTL@", key = "plain:{path.id}:{user}" },
+}
+'''
+
+
+class Stale(ProxyCase):
+    """stale_while_revalidate and stale_if_error."""
+
+    TTL = 2 if SAN else 1
+    DELAY = 1.0 if SAN else 0.3
+    FAST = 0.25 if SAN else 0.05  # a STALE answer does not wait for the origin
+    SHORT_MS = 500
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.s = cls.start(cls.policy(STALE_POLICY, TTL="%ds" % cls.TTL, SHORT="%dms" % cls.SHORT_MS))
+
+    def setUp(self):
+        if self.origin.proc.poll() is not None:
+            self.origin.start()
+
+    def expire(self):
+        time.sleep(self.TTL + 0.3)
+
+    def test_stale_while_revalidate(self):
+        path = "/swr/a"
+        self.origin.config(path, delay_ms=int(self.DELAY * 1000))
+        first = get(self.s.port, path, user=1)
+        self.assertEqual((first.status, first.cache), (200, "MISS"))
+        self.assertEqual(get(self.s.port, path, user=1).cache, "HIT")
+        self.expire()
+        answers = concurrently(20, lambda i: get(self.s.port, path, user=1))
+        took = sorted(a.took for a in answers)
+        note("20 concurrent requests past the ttl: X-Cache %s, latency median %.1f ms, max %.1f ms"
+             % (sorted({str(a.cache) for a in answers}), statistics.median(took) * 1000, took[-1] * 1000))
+        self.assertEqual([a.status for a in answers], [200] * 20)
+        self.assertEqual([a.cache for a in answers], ["STALE"] * 20)
+        self.assertEqual({a.body for a in answers}, {first.body})
+        self.assertLess(took[-1], self.FAST, "a STALE answer waited for the origin")
+        # One background refresh, and only one.
+        self.assertTrue(wait_until(lambda: self.origin.count(path) >= 2, 5), self.origin.count(path))
+        time.sleep(self.DELAY + 0.15)  # the refresh answers and is stored
+        self.assertEqual(self.origin.count(path), 2)
+        r = get(self.s.port, path, user=1)
+        self.assertEqual((r.status, r.cache), (200, "HIT"), r)
+        self.assertEqual(r.json()["n"], 2, "the refreshed content")
+        self.assertEqual(self.origin.count(path), 2)
+
+    def test_stale_if_error_origin_down_then_back(self):
+        path = "/sie/a"
+        first = get(self.s.port, path, user=1)
+        self.assertEqual((first.status, first.cache), (200, "MISS"))
+        self.expire()
+        self.origin.kill()
+        for _ in range(3):
+            r = get(self.s.port, path, user=1)
+            self.assertEqual((r.status, r.cache), (200, "STALE"), r)
+            self.assertEqual(r.body, first.body)
+        self.origin.start()
+        r = get(self.s.port, path, user=1)
+        self.assertEqual((r.status, r.cache), (200, "MISS"), r)
+        self.assertNotEqual(r.json()["boot"], first.json()["boot"], "fresh from the restarted origin")
+        r2 = get(self.s.port, path, user=1)
+        self.assertEqual((r2.status, r2.cache, r2.body), (200, "HIT", r.body))
+
+    def test_stale_if_error_on_5xx(self):
+        path = "/sie/b"
+        first = get(self.s.port, path, user=1)
+        self.assertEqual(first.cache, "MISS")
+        self.expire()
+        self.origin.config(path, status=503)
+        r = get(self.s.port, path, user=1)
+        self.assertEqual((r.status, r.cache, r.body), (200, "STALE", first.body))
+        self.origin.config(path, status=200)
+        r = get(self.s.port, path, user=1)
+        self.assertEqual((r.status, r.cache), (200, "MISS"), r)
+        self.assertEqual(r.json()["n"], 3)
+        self.assertEqual(get(self.s.port, path, user=1).cache, "HIT")
+
+    def test_stale_if_error_on_deadline(self):
+        path = "/sie-short/a"
+        first = get(self.s.port, path, user=1)
+        self.assertEqual(first.cache, "MISS")
+        self.expire()
+        self.origin.config(path, delay_ms=3000)
+        r = get(self.s.port, path, user=1)
+        note("stale_if_error past a %d ms upstream timeout: answered in %.0f ms"
+             % (self.SHORT_MS, r.took * 1000))
+        self.assertEqual((r.status, r.cache, r.body), (200, "STALE", first.body))
+        self.assertLess(r.took, self.SHORT_MS / 1000.0 + 1.0 * SLACK)
+        self.origin.config(path, delay_ms=0)
+
+    def test_without_stale_if_error_an_expired_entry_is_not_served(self):
+        path = "/plain/a"
+        self.assertEqual(get(self.s.port, path, user=1).cache, "MISS")
+        self.expire()
+        self.origin.kill()
+        r = get(self.s.port, path, user=1)
+        self.assertTrue(is_problem(r, 502), r)
+
+
+# ---------------------------------------------------------------------------
+
+SECURITY_POLICY = r'''
+identity { user = header "X-User-Id" }
+upstream "origin" { url = "@ORIGIN@", timeout = "10s" }
+endpoint "GET /priv/{id}" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "priv:{path.id}:{user}" },
+}
+endpoint "GET /shared/{id}" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "shared:{path.id}", shared = true },
+}
+endpoint "GET /nc/{kind}" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "nc:{path.kind}:{user}" },
+}
+endpoint "GET /vary/{id}" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "vary:{path.id}:{user}" },
+}
+endpoint "GET /account/*" { upstream = "origin" }
+endpoint "GET /static/{file}" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "static:{path.file}", shared = true },
+}
+'''
+
+# What the origin answers on /nc/KIND: none of these may be stored.
+UNCACHEABLE = {
+    "cookie": {"headers": {"Set-Cookie": "sid=abc; HttpOnly"}},
+    "private": {"headers": {"Cache-Control": "private, max-age=300"}},
+    "no-store": {"headers": {"Cache-Control": "no-store"}},
+    "no-cache": {"headers": {"Cache-Control": "no-cache"}},
+    "vary-star": {"headers": {"Vary": "*"}},
+    "max-age-0": {"headers": {"Cache-Control": "max-age=0"}},
+    "e500": {"status": 500},
+    "e503": {"status": 503},
+    "e404": {"status": 404},
+    "e403": {"status": 403},
+    "r302": {"status": 302, "headers": {"Location": "/elsewhere"}},
+    "c201": {"status": 201},
+}
+# And these are stored.
+CACHEABLE = {
+    "s200": {},
+    "s203": {"status": 203},
+    "s204": {"status": 204},
+    "s301": {"status": 301, "headers": {"Location": "/moved"}},
+    "s308": {"status": 308, "headers": {"Location": "/moved"}},
+    "public": {"headers": {"Cache-Control": "public, max-age=600"}},
+}
+
+VICTIM = {"X-User-Id": "1", "Authorization": "Bearer victim-token-1",
+          "Cookie": "session=victim-secret-1"}
+VICTIM_MARKS = (b"victim-token-1", b"victim-secret-1")
+
+
+class CacheSecurity(ProxyCase):
+    """Per-user entries stay per user; uncacheable answers are never stored; poisoning and
+    deception attempts never reach another caller."""
+
+    ORIGIN_CONFIG = dict({"/nc/" + k: v for k, v in UNCACHEABLE.items()},
+                         **{"/nc/" + k: v for k, v in CACHEABLE.items()})
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.s = cls.start(cls.policy(SECURITY_POLICY))
+
+    def test_two_users_never_see_each_others_answers(self):
+        path = "/priv/same"
+        users = {1: "Bearer token-of-user-1", 2: "Bearer token-of-user-2"}
+
+        def one(i):
+            u = 1 + i % 2
+            return u, get(self.s.port, path, headers={"X-User-Id": str(u), "Authorization": users[u]})
+
+        crossed, hits = [], 0
+        for _ in range(2):
+            for u, r in concurrently(200, one):
+                self.assertEqual(r.status, 200, r)
+                b = r.json()
+                if b["user"] != str(u) or b["h"].get("authorization") != users[u]:
+                    crossed.append((u, b["user"], b["h"].get("authorization")))
+                hits += r.cache == "HIT"
+        note("400 requests of two users on one URL: %d HIT, %d crossed" % (hits, len(crossed)))
+        self.assertEqual(crossed, [])
+        self.assertEqual(self.origin.count(path), 2, "one fill per user")
+        self.assertGreaterEqual(hits, 398)
+
+    def test_uncacheable_answers_are_never_stored(self):
+        for kind, c in UNCACHEABLE.items():
+            with self.subTest(kind=kind):
+                path = "/nc/" + kind
+                for i in range(4):
+                    r = get(self.s.port, path, user=5)
+                    self.assertEqual(r.status, c.get("status", 200), r)
+                    self.assertNotIn(r.cache, ("HIT", "STALE"), (i, r))
+                self.assertEqual(self.origin.count(path), 4, "every request reached the origin")
+        # The cookie reached the caller, although it was not stored.
+        r = get(self.s.port, "/nc/cookie", user=5)
+        self.assertEqual(r.headers.get("set-cookie"), "sid=abc; HttpOnly")
+
+    def test_cacheable_statuses_are_stored(self):
+        for kind, c in CACHEABLE.items():
+            with self.subTest(kind=kind):
+                path = "/nc/" + kind
+                a = get(self.s.port, path, user=6)
+                b = get(self.s.port, path, user=6)
+                self.assertEqual((a.status, b.status), (c.get("status", 200),) * 2)
+                self.assertEqual((a.cache, b.cache), ("MISS", "HIT"))
+                self.assertEqual(a.body, b.body)
+                self.assertEqual(self.origin.count(path), 1)
+                for h, v in c.get("headers", {}).items():
+                    self.assertEqual(b.headers.get(h.lower()), v, "stored headers are replayed")
+
+    def test_upstream_max_age_caps_the_ttl(self):
+        for kind, cc in (("maxage1", "max-age=1"), ("smaxage1", "max-age=600, s-maxage=1")):
+            with self.subTest(cc=cc):
+                path = "/nc/" + kind
+                self.origin.config(path, headers={"Cache-Control": cc})
+                self.assertEqual(get(self.s.port, path, user=7).cache, "MISS")
+                self.assertEqual(get(self.s.port, path, user=7).cache, "HIT")
+                time.sleep(1.3)
+                self.assertEqual(get(self.s.port, path, user=7).cache, "MISS")
+                self.assertEqual(self.origin.count(path), 2)
+
+    def test_vary_headers_are_part_of_the_key(self):
+        path = "/vary/a"
+        self.origin.config(path, headers={"Vary": "Accept-Language"})
+        seen = {}
+        for lang, want in (("en", "MISS"), ("fr", "MISS"), ("en", "HIT"), ("fr", "HIT")):
+            r = get(self.s.port, path, user=8, headers={"Accept-Language": lang})
+            self.assertEqual(r.cache, want, (lang, r))
+            self.assertEqual(r.json()["h"].get("accept-language"), lang)
+            seen.setdefault(lang, r.body)
+            self.assertEqual(seen[lang], r.body)
+        self.assertEqual(self.origin.count(path), 2)
+
+    def test_credentials_bypass_a_shared_entry(self):
+        path = "/shared/creds"
+        for h in ({"Authorization": "Bearer x"}, {"Cookie": "sid=x"}):
+            for _ in range(2):
+                r = get(self.s.port, path, headers=h)
+                self.assertEqual((r.status, r.cache), (200, "BYPASS"), (h, r))
+        self.assertEqual(self.origin.count(path), 4)
+        plain = [get(self.s.port, path) for _ in range(2)]
+        self.assertEqual([r.cache for r in plain], ["MISS", "HIT"])
+        self.assertFalse(plain[1].json()["auth"])
+        # A caller with credentials is not answered from the shared entry either.
+        r = get(self.s.port, path, headers={"Authorization": "Bearer y"})
+        self.assertEqual(r.cache, "BYPASS")
+        self.assertTrue(r.json()["auth"])
+        self.assertEqual(self.origin.count(path), 6)
+
+    def test_credentials_with_identity_use_the_per_user_entry(self):
+        path = "/priv/creds"
+        h = {"X-User-Id": "9", "Authorization": "Bearer nine"}
+        self.assertEqual([get(self.s.port, path, headers=h).cache for _ in range(2)], ["MISS", "HIT"])
+        # Authorization without the identity the key names: straight to the origin.
+        r = [get(self.s.port, path, headers={"Authorization": "Bearer anon"}) for _ in range(2)]
+        self.assertEqual([x.cache for x in r], ["BYPASS", "BYPASS"])
+        self.assertEqual(self.origin.count(path), 3)
+
+    def attacks(self, base):
+        """(name, request) pairs: each sends a poisoning attempt for base (a path)."""
+        port = self.s.port
+        return [
+            ("x-forwarded-host", lambda h: get(port, base, headers=dict(h, **{
+                "X-Forwarded-Host": "evil.example", "Forwarded": "host=evil.example;proto=https",
+                "X-Forwarded-For": "6.6.6.6"}))),
+            ("unkeyed header", lambda h: get(port, base, headers=dict(h, **{"X-Evil": "evil-header"}))),
+            ("unkeyed query", lambda h: get(port, base + "?utm_content=evil-query&cb=1", headers=h)),
+            ("path parameter", lambda h: get(port, base + ";evil-param", headers=h)),
+            ("fat GET", lambda h: req(port, "GET", base, headers=dict(h, **{"Content-Type": "text/plain"}),
+                                      body="evil-body")),
+        ]
+
+    def test_poisoning_a_per_user_entry_never_reaches_another_user(self):
+        for i, (name, _) in enumerate(self.attacks("/")):
+            with self.subTest(attack=name):
+                base = "/priv/p%d" % i
+                attack = dict(self.attacks(base))[name]
+                a = attack({"X-User-Id": "666"})
+                for _ in range(2):
+                    v = get(self.s.port, base, user=2)
+                    self.assertEqual(v.status, 200, v)
+                    self.assertNotIn(b"evil", v.body, (name, a, v))
+                    self.assertEqual(v.json()["user"], "2")
+
+    def test_poisoning_a_shared_entry_never_reaches_another_caller(self):
+        for i, (name, _) in enumerate(self.attacks("/")):
+            with self.subTest(attack=name):
+                base = "/shared/p%d" % i
+                if name == "unkeyed header":
+                    # The origin's answer depends on X-Evil and says so.
+                    self.origin.config(base, headers={"Vary": "X-Evil"})
+                attack = dict(self.attacks(base))[name]
+                a = attack({})
+                for _ in range(2):
+                    v = get(self.s.port, base)
+                    self.assertEqual(v.status, 200, v)
+                    self.assertNotIn(b"evil", v.body, (name, a, v))
+                    self.assertEqual(v.json()["path"], base)
+
+    def test_forwarded_headers_are_never_passed_on_even_when_cached(self):
+        a = get(self.s.port, "/shared/xfh", headers={"X-Forwarded-Host": "evil.example",
+                                                     "X-Forwarded-For": "6.6.6.6"})
+        self.assertEqual(a.status, 200)
+        got = a.json()["h"]
+        self.assertNotIn("x-forwarded-host", got)
+        self.assertEqual(got.get("x-forwarded-for"), "127.0.0.1")
+
+    def test_deception_paths_never_serve_one_callers_answer_to_another(self):
+        paths = ["/account/x.css", "/account/x.css?v=.css", "/account%2Fx.css", "/account/x%2Fy.css",
+                 "/account/x%00.css", "/account/..%2Fx.css", "/account/x;.css", "/static/x.css",
+                 "/static/..%2Faccount", "/static/%2E%2E%2Faccount", "/static/x%00.css",
+                 "/priv/x.css", "/shared/x.css", "/shared/x%2F..%2Fy.css"]
+        for path in paths:
+            with self.subTest(path=path):
+                victim = [get(self.s.port, path, headers=VICTIM) for _ in range(2)]
+                for v in victim:
+                    if v.status == 200 and not path.startswith("/priv/"):
+                        self.assertNotEqual(v.cache, "HIT", (path, v))
+                for _ in range(2):
+                    a = get(self.s.port, path)
+                    for mark in VICTIM_MARKS:
+                        self.assertNotIn(mark, a.body, (path, a))
+                    if a.status == 200 and a.headers.get("content-type") == "application/json":
+                        self.assertNotEqual(a.json().get("user"), "1", (path, a))
+
+    def test_error_answers_of_the_origin_are_passed_through_and_not_cached(self):
+        for status in (500, 404):
+            with self.subTest(status=status):
+                path = "/priv/err%d" % status
+                self.origin.config(path, status=status)
+                rs = [get(self.s.port, path, user=3) for _ in range(3)]
+                self.assertEqual([r.status for r in rs], [status] * 3)
+                self.assertEqual([r.json()["n"] for r in rs], [1, 2, 3])
+                self.assertNotIn("HIT", [r.cache for r in rs])
+                # Once the origin recovers, its good answer is cached.
+                self.origin.config(path, status=200)
+                self.assertEqual([get(self.s.port, path, user=3).cache for _ in range(2)],
+                                 ["MISS", "HIT"])
+
+
+# ---------------------------------------------------------------------------
+
+COND_POLICY = r'''
+identity { user = header "X-User-Id" }
+upstream "origin" { url = "@ORIGIN@" }
+endpoint "GET /cond/{id}" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "cond:{path.id}:{user}" },
+}
+'''
+
+
+class Conditional(ProxyCase):
+    ORIGIN_CONFIG = {"/cond/own": {"headers": {"ETag": '"v1-from-origin"'}}}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.s = cls.start(cls.policy(COND_POLICY))
+
+    def cached(self, path):
+        self.assertEqual(get(self.s.port, path, user=1).cache, "MISS")
+        r = get(self.s.port, path, user=1)
+        self.assertEqual((r.status, r.cache), (200, "HIT"))
+        self.assertIn("etag", r.headers, "a cached answer carries an ETag")
+        return r
+
+    def check(self, path):
+        r = self.cached(path)
+        etag = r.headers["etag"]
+        c = get(self.s.port, path, user=1, headers={"If-None-Match": etag})
+        self.assertEqual(c.status, 304, c)
+        self.assertEqual(c.body, b"")
+        self.assertEqual(c.headers.get("etag"), etag)
+        c = get(self.s.port, path, user=1, headers={"If-None-Match": '"nope", ' + etag})
+        self.assertEqual(c.status, 304, c)
+        n = get(self.s.port, path, user=1, headers={"If-None-Match": '"nope"'})
+        self.assertEqual((n.status, n.body), (200, r.body))
+        self.assertEqual(self.origin.count(path), 1)
+        return etag
+
+    def test_origin_etag(self):
+        self.assertEqual(self.check("/cond/own"), '"v1-from-origin"')
+
+    def test_computed_etag_is_strong(self):
+        etag = self.check("/cond/computed")
+        self.assertTrue(etag.startswith('"') and etag.endswith('"') and len(etag) > 2, etag)
+
+    def test_if_none_match_uses_weak_comparison(self):
+        # RFC 9110 13.1.2: If-None-Match compares weakly, so W/"x" matches "x".
+        etag = self.cached("/cond/weak").headers["etag"]
+        c = get(self.s.port, "/cond/weak", user=1, headers={"If-None-Match": "W/" + etag})
+        self.assertEqual(c.status, 304, c)
+
+    def test_if_none_match_star(self):
+        self.cached("/cond/star")
+        c = get(self.s.port, "/cond/star", user=1, headers={"If-None-Match": "*"})
+        self.assertEqual(c.status, 304, c)
+
+    def test_another_users_etag_does_not_match(self):
+        etag = self.cached("/cond/other").headers["etag"]
+        c = get(self.s.port, "/cond/other", user=2, headers={"If-None-Match": etag})
+        self.assertEqual(c.status, 200, "user 2 has an answer of their own")
+        self.assertEqual(c.json()["user"], "2")
+
+
+# ---------------------------------------------------------------------------
+
+HFM_POLICY = r'''
+identity { user = header "X-User-Id" }
+upstream "origin" { url = "@ORIGIN@", timeout = "20s" }
+endpoint "GET /hfm/{id}" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "hfm:{path.id}:{user}" },
+}
+'''
+
+
+class HitForMiss(ProxyCase):
+    """An uncacheable slow route: concurrent requests go to the origin side by side."""
+
+    DELAY = 0.3 * (2 if SAN else 1)
+    N = 20
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.s = cls.start(cls.policy(HFM_POLICY))
+
+    def fire(self, path):
+        t0 = time.monotonic()
+        rs = concurrently(self.N, lambda i: get(self.s.port, path, user=1))
+        took = time.monotonic() - t0
+        self.assertEqual([r.status for r in rs], [200] * self.N)
+        self.assertNotIn("HIT", [r.cache for r in rs])
+        st = self.origin.stats(path)
+        note("%d concurrent requests, uncacheable answer, origin delay %d ms: %.0f ms in all, "
+             "origin count %d, at most %d at once, X-Cache %s"
+             % (self.N, self.DELAY * 1000, took * 1000, st["count"], st["max_inflight"],
+                sorted({str(r.cache) for r in rs})))
+        return took, st
+
+    def test_remembered_uncacheable_goes_straight_to_the_origin(self):
+        path = "/hfm/a"
+        self.origin.config(path, delay_ms=int(self.DELAY * 1000), headers={"Cache-Control": "no-store"})
+        self.assertEqual(get(self.s.port, path, user=1).status, 200)  # now remembered as uncacheable
+        self.origin.reset()
+        self.origin.config(path, delay_ms=int(self.DELAY * 1000), headers={"Cache-Control": "no-store"})
+        took, st = self.fire(path)
+        self.assertEqual(st["count"], self.N)
+        self.assertGreaterEqual(st["max_inflight"], self.N // 2, "in parallel, not one by one")
+        self.assertLess(took, self.DELAY * 2.5, "about one origin delay, not %d" % self.N)
+
+    def test_first_wave_waits_at_most_one_fill(self):
+        path = "/hfm/b"
+        self.origin.config(path, delay_ms=int(self.DELAY * 1000), headers={"Set-Cookie": "s=1"})
+        took, st = self.fire(path)
+        self.assertEqual(st["count"], self.N)
+        # The others wait for the first answer (bounded), then go together: never one by one.
+        self.assertLess(took, self.DELAY * 2 + 1.2 * SLACK, "the waiters were serialized")
+
+
+# ---------------------------------------------------------------------------
+
+FORWARD_POLICY = r'''
+identity { user = header "X-User-Id" }
+upstream "origin" { url = "@ORIGIN@", timeout = "5s", connect_timeout = "1s" }
+upstream "prefixed" { url = "@ORIGIN@/base" }
+upstream "down" { url = "http://127.0.0.1:@DEAD@", timeout = "2s", connect_timeout = "500ms" }
+upstream "short" { url = "@ORIGIN@", timeout = "500ms" }
+endpoint "GET /fwd/{id}" { upstream = "origin" }
+endpoint "PUT /fwd/{id}" { upstream = "origin" }
+endpoint "PATCH /fwd/{id}" { upstream = "origin" }
+endpoint "DELETE /fwd/{id}" { upstream = "origin" }
+endpoint "POST /fwd/{id}" { upstream = "origin" }
+endpoint "GET /fwdc/{id}" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "fwdc:{path.id}:{user}" },
+}
+endpoint "GET /fwdq?type=a" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "fwdq:{query.page}:{user}" },
+}
+endpoint "GET /pfx/{id}" { upstream = "prefixed" }
+endpoint "GET /down" { upstream = "down" }
+endpoint "GET /downc" { upstream = "down", cache = { ttl = "5m", key = "downc:{user}" } }
+endpoint "GET /slow" { upstream = "short" }
+'''
+
+HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+              "upgrade", "proxy-authorization", "proxy-authenticate", "x-hop-secret", "http2-settings")
+
+
+class Forwarding(ProxyCase):
+    ORIGIN_CONFIG = {"/fwd/resp": {"headers": [
+        ["X-App", "yes"], ["Connection", "X-Resp-Hop"], ["X-Resp-Hop", "secret"],
+        ["Keep-Alive", "timeout=77"], ["Proxy-Authenticate", "Basic realm=x"],
+        ["Upgrade", "h2c"], ["Cache-Control", "max-age=60"]]}}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.s = cls.start(cls.policy(FORWARD_POLICY))
+
+    def test_request_as_the_origin_sees_it(self):
+        r = get(self.s.port, "/fwd/a?x=1&y=two%20words&x=3", headers={
+            "X-User-Id": "7", "Authorization": "Bearer fwd-token", "X-Custom": "kept",
+            "Accept": "application/json",
+            "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Host": "evil.example",
+            "X-Forwarded-Proto": "https", "Forwarded": "for=6.6.6.6;host=evil.example",
+            "Connection": "keep-alive, X-Hop-Secret", "X-Hop-Secret": "s", "Keep-Alive": "timeout=5",
+            "TE": "trailers", "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+            "Proxy-Connection": "keep-alive"})
+        self.assertEqual(r.status, 200, r)
+        o = r.json()
+        names = [k for k, _ in o["headers"]]
+        self.assertEqual(o["method"], "GET")
+        self.assertEqual(o["path"], "/fwd/a")
+        self.assertEqual(o["query"], "x=1&y=two%20words&x=3")
+        self.assertEqual(o["h"]["host"], "127.0.0.1:%d" % self.origin.port)
+        self.assertEqual(names.count("host"), 1)
+        self.assertEqual(o["h"].get("x-forwarded-for"), "127.0.0.1")
+        self.assertEqual(names.count("x-forwarded-for"), 1)
+        self.assertEqual(o["h"].get("x-forwarded-proto"), "http")
+        self.assertEqual(names.count("x-forwarded-proto"), 1)
+        self.assertNotIn("x-forwarded-host", names)
+        self.assertNotIn("forwarded", names)
+        self.assertEqual(o["user"], "7")
+        self.assertEqual(o["h"].get("authorization"), "Bearer fwd-token")
+        self.assertEqual(o["h"].get("x-custom"), "kept")
+        self.assertEqual(o["h"].get("accept"), "application/json")
+        for h in HOP_BY_HOP:
+            if h == "connection":
+                # A Connection header of the gateway's own is allowed; the client's tokens are not.
+                self.assertNotIn("x-hop-secret", o["h"].get("connection", "").lower())
+            else:
+                self.assertNotIn(h, names, "hop-by-hop %s was forwarded" % h)
+        self.assertEqual(o["body"], "")
+
+    def test_h2c_upgrade_is_not_forwarded(self):
+        r = get(self.s.port, "/fwd/h2c", headers={
+            "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA",
+            "Connection": "Upgrade, HTTP2-Settings"})
+        self.assertIn(r.status, (200, 400), r)
+        self.assertNotEqual(r.status, 101)
+        if r.status == 200:
+            names = [k for k, _ in r.json()["headers"]]
+            self.assertNotIn("upgrade", names)
+            self.assertNotIn("http2-settings", names)
+
+    def test_upstream_path_prefix(self):
+        r = get(self.s.port, "/pfx/a?q=1", user=7)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual((r.json()["path"], r.json()["query"]), ("/base/pfx/a", "q=1"))
+
+    def test_methods_and_bodies(self):
+        for method in ("PUT", "PATCH", "DELETE", "POST"):
+            with self.subTest(method=method):
+                body = json.dumps({"m": method, "text": "héllo"})
+                r = req(self.s.port, method, "/fwd/m1?k=v",
+                        {"X-User-Id": "7", "Content-Type": "application/json"}, body.encode())
+                self.assertEqual(r.status, 200, r)
+                o = r.json()
+                self.assertEqual((o["method"], o["path"], o["query"]), (method, "/fwd/m1", "k=v"))
+                self.assertEqual(o["body"], body)
+                self.assertEqual(o["h"].get("content-type"), "application/json")
+                self.assertEqual(o["h"].get("content-length"), str(len(body.encode())))
+
+    def test_chunked_request_body_is_forwarded(self):
+        body = b'{"chunked": true}'
+        resp = raw(self.s.port, b"POST /fwd/ch HTTP/1.1\r\nHost: x\r\nX-User-Id: 7\r\n"
+                                b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" +
+                   b"%x\r\n%s\r\n" % (5, body[:5]) + b"%x\r\n%s\r\n" % (len(body) - 5, body[5:]) +
+                   b"0\r\n\r\n")
+        self.assertTrue(resp.startswith(b"HTTP/1.1 200"), resp[:300])
+        self.assertIn(b'"body": "{\\"chunked\\": true}"', resp)
+
+    def test_response_headers_without_hop_by_hop(self):
+        r = get(self.s.port, "/fwd/resp", user=7)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers.get("x-app"), "yes")
+        self.assertEqual(r.headers.get("cache-control"), "max-age=60")
+        self.assertNotIn("x-resp-hop", r.headers)
+        self.assertNotIn("proxy-authenticate", r.headers)
+        self.assertNotIn("upgrade", r.headers)
+        self.assertNotEqual(r.headers.get("keep-alive"), "timeout=77")
+
+    def test_origin_status_and_problem_bodies_pass_through(self):
+        self.origin.config("/fwd/e503", status=503, headers={"Retry-After": "7"})
+        r = get(self.s.port, "/fwd/e503", user=7)
+        self.assertEqual(r.status, 503)
+        self.assertEqual(r.headers.get("retry-after"), "7")
+        self.assertEqual(r.json()["path"], "/fwd/e503")
+
+    def test_response_framings_and_large_bodies(self):
+        framings = {"chunked": {"chunked": True}, "eof": {"eof": True},
+                    "bigchunked": {"pad": 300000, "chunked": True}, "bigeof": {"pad": 300000, "eof": True},
+                    "big": {"pad": 900000}}
+        for name, c in framings.items():
+            with self.subTest(framing=name):
+                path = "/fwdc/" + name
+                self.origin.config(path, **c)
+                r = get(self.s.port, path, user=7)
+                self.assertEqual(r.status, 200, r)
+                self.assertEqual(r.json()["path"], path)
+                self.assertEqual(len(r.json().get("pad", "")), c.get("pad", 0))
+                h = get(self.s.port, path, user=7)
+                self.assertEqual((h.cache, h.body), ("HIT", r.body))
+
+    def test_cacheable_request_forwards_only_pinned_and_keyed_query_parameters(self):
+        r = get(self.s.port, "/fwdq?utm=x&type=a&page=2&cb=9", user=7)
+        self.assertEqual(r.status, 200, r)
+        got = sorted(r.json()["query"].split("&"))
+        self.assertEqual(got, ["page=2", "type=a"])
+        # Another unkeyed value: the same entry.
+        r2 = get(self.s.port, "/fwdq?type=a&page=2&utm=other", user=7)
+        self.assertEqual((r2.cache, r2.body), ("HIT", r.body))
+        r3 = get(self.s.port, "/fwdq?type=a&page=3", user=7)
+        self.assertEqual(r3.cache, "MISS")
+
+    def test_upstream_down_is_502_problem(self):
+        for path in ("/down", "/downc"):
+            r = get(self.s.port, path, user=7)
+            self.assertTrue(is_problem(r, 502), r)
+            self.assertLess(r.took, 2.0 * SLACK)
+
+    def test_slow_past_timeout_is_504_problem(self):
+        r = get(self.s.port, "/slow?delay_ms=3000", user=7)
+        note("upstream timeout 500 ms: 504 after %.0f ms" % (r.took * 1000))
+        self.assertTrue(is_problem(r, 504), r)
+        self.assertGreater(r.took, 0.45)
+        self.assertLess(r.took, 0.5 + 1.0 * SLACK)
+
+    def test_keep_alive_client_gets_every_answer(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.s.port, timeout=10)
+        try:
+            for i in range(20):
+                conn.request("GET", "/fwd/ka%d" % (i % 3), headers={"X-User-Id": "7"})
+                r = conn.getresponse()
+                self.assertEqual(r.status, 200)
+                self.assertEqual(json.loads(r.read())["path"], "/fwd/ka%d" % (i % 3))
+        finally:
+            conn.close()
+
+
+# ---------------------------------------------------------------------------
+
+WRITE_POLICY = r'''
+identity { user = header "X-User-Id" }
+upstream "origin" { url = "@ORIGIN@" }
+upstream "down" { url = "http://127.0.0.1:@DEAD@", connect_timeout = "500ms" }
+endpoint "GET /w/items" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "items:{user}", tags = { "items:{user}" } },
+}
+endpoint "POST /w/items" { upstream = "origin", invalidate = { "items:{user}" } }
+endpoint "DELETE /w/items/{id}" { upstream = "origin", invalidate = { "items:{user}" } }
+endpoint "POST /w/down" { upstream = "down", invalidate = { "items:{user}" } }
+'''
+
+
+class WriteInvalidation(ProxyCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.s = cls.start(cls.policy(WRITE_POLICY))
+
+    def cached(self, user):
+        get(self.s.port, "/w/items", user=user)
+        r = get(self.s.port, "/w/items", user=user)
+        self.assertEqual(r.cache, "HIT")
+        return r
+
+    def write(self, user, path, status=None, method="POST"):
+        q = "?status=%d" % status if status else ""
+        return req(self.s.port, method, path + q, {"X-User-Id": str(user)}, {"name": "x"})
+
+    def test_2xx_write_invalidates(self):
+        self.cached(1)
+        self.cached(2)
+        for status in (None, 201, 204):
+            with self.subTest(status=status):
+                self.cached(1)
+                w = self.write(1, "/w/items", status)
+                self.assertEqual(w.status, status or 200, w)
+                r = get(self.s.port, "/w/items", user=1)
+                self.assertEqual(r.cache, "MISS")
+        # Only the writer's entries were dropped.
+        self.assertEqual(get(self.s.port, "/w/items", user=2).cache, "HIT")
+        # And the origin saw the write as sent.
+        o = [x for x in self.origin.log("/w/items") if x["method"] == "POST"][-1]
+        self.assertEqual((o["body"], o["user"]), ('{"name": "x"}', "1"))
+
+    def test_delete_invalidates(self):
+        self.cached(3)
+        w = self.write(3, "/w/items/5", method="DELETE")
+        self.assertEqual(w.status, 200)
+        self.assertEqual(get(self.s.port, "/w/items", user=3).cache, "MISS")
+
+    def test_refused_write_does_not_invalidate(self):
+        for status in (400, 404, 409, 422, 500, 503):
+            with self.subTest(status=status):
+                before = self.cached(4)
+                w = self.write(4, "/w/items", status)
+                self.assertEqual(w.status, status, w)
+                r = get(self.s.port, "/w/items", user=4)
+                self.assertEqual((r.cache, r.body), ("HIT", before.body))
+
+    def test_write_to_a_down_upstream_does_not_invalidate(self):
+        self.cached(5)
+        w = self.write(5, "/w/down")
+        self.assertTrue(is_problem(w, 502), w)
+        self.assertEqual(get(self.s.port, "/w/items", user=5).cache, "HIT")
+
+
+# ---------------------------------------------------------------------------
+
+WARM_POLICY = r'''
+identity { user = header "X-User-Id" }
+upstream "origin" { url = "@ORIGIN@" }
+endpoint "GET /warm/list" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "warm:list:{user}", warm = { { user = "1" }, { user = "2" } } },
+  limit = { limit = 100, window = "1h", key = "wl:{user}" },
+}
+endpoint "GET /warm/sql" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "warm:sql:{user}",
+            warm = sql("SELECT id::text FROM users WHERE plan = 'enterprise' AND id < 60 ORDER BY id") },
+}
+'''
+
+
+class Warming(ProxyCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.db = lib.crm_database()
+        cls.s = cls.start(cls.policy(WARM_POLICY), database=cls.db)
+
+    def users_fetched(self, path):
+        return sorted({x["user"] for x in self.origin.log(path)})
+
+    def test_listed_callers_are_warmed(self):
+        self.assertTrue(wait_until(lambda: self.origin.count("/warm/list") >= 2, 10),
+                        self.origin.count("/warm/list"))
+        self.assertEqual(self.users_fetched("/warm/list"), ["1", "2"])
+        time.sleep(0.2)  # the fills land
+        r = get(self.s.port, "/warm/list", user=1)
+        self.assertEqual((r.status, r.cache), (200, "HIT"), r)
+        self.assertEqual(r.json()["user"], "1")
+        self.assertEqual(r.headers.get("x-ratelimit-remaining"), "99", "warming counted no request")
+        self.assertEqual(get(self.s.port, "/warm/list", user=2).json()["user"], "2")
+        self.assertEqual(get(self.s.port, "/warm/list", user=3).cache, "MISS")
+        self.assertEqual(self.origin.count("/warm/list"), 3)
+
+    def test_query_callers_are_warmed(self):
+        want = ["19", "39", "4", "59"]  # the seed's enterprise users below 60
+        self.assertTrue(wait_until(lambda: self.origin.count("/warm/sql") >= 4, 10),
+                        self.origin.count("/warm/sql"))
+        self.assertEqual(self.users_fetched("/warm/sql"), want)
+        time.sleep(0.2)
+        for u in want:
+            r = get(self.s.port, "/warm/sql", user=u)
+            self.assertEqual((r.cache, r.json()["user"]), ("HIT", u))
+
+    def test_zz_warmed_again_after_a_reload(self):
+        self.assertTrue(wait_until(lambda: self.origin.count("/warm/list") >= 2, 10))
+        st, _, _ = self.s.admin("POST", "/invalidate", body={"keys": ["warm:list:1"]})
+        self.assertEqual(st, 200)
+        before = self.origin.count("/warm/list")
+        st, _, b = self.s.admin("POST", "/reload")
+        self.assertEqual(st, 200, b)
+        self.assertTrue(wait_until(lambda: self.origin.count("/warm/list") > before, 10),
+                        "no warm fill after the reload")
+        time.sleep(0.2)
+        r = get(self.s.port, "/warm/list", user=1)
+        self.assertEqual((r.cache, r.json()["user"]), ("HIT", "1"))
+
+
+# ---------------------------------------------------------------------------
+
+ADMIN_POLICY = r'''
+identity { user = header "X-User-Id" }
+upstream "origin" { url = "@ORIGIN@" }
+endpoint "GET /adm/{id}" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "adm:{path.id}:{user}", tags = { "adm:{user}" } },
+}
+'''
+
+
+class AdminInvalidate(ProxyCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.redis = lib.RedisServer()
+        d = cls.policy(ADMIN_POLICY)
+        cls.stores = {"memory": cls.start(d),
+                      "redis": cls.start(d, env={"REDIS_URL": cls.redis.url},
+                                         args=["--redis-deadline", "2s"])}
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.redis.stop()
+
+    def fill(self, s, entries):
+        for id_, user in entries:
+            get(s.port, "/adm/" + id_, user=user)
+            self.assertEqual(get(s.port, "/adm/" + id_, user=user).cache, "HIT")
+
+    def states(self, s, entries):
+        return {(i, u): get(s.port, "/adm/" + i, user=u).cache for i, u in entries}
+
+    def test_pattern_keys_and_tags(self):
+        for name, s in self.stores.items():
+            with self.subTest(store=name):
+                p = name[0]  # ids of their own per store (one origin)
+                entries = [(p + "a", 1), (p + "a", 2), (p + "b", 1), (p + "ab", 1)]
+                self.fill(s, entries)
+                st, _, b = s.admin("POST", "/invalidate", body={"pattern": "adm:%sa:*" % p})
+                self.assertEqual(st, 200, b)
+                self.assertEqual(self.states(s, entries), {
+                    (p + "a", 1): "MISS", (p + "a", 2): "MISS", (p + "b", 1): "HIT", (p + "ab", 1): "HIT"})
+                st, _, b = s.admin("POST", "/invalidate", body={"keys": ["adm:%sb:1" % p]})
+                self.assertEqual(st, 200, b)
+                self.assertEqual(self.states(s, entries), {
+                    (p + "a", 1): "HIT", (p + "a", 2): "HIT", (p + "b", 1): "MISS", (p + "ab", 1): "HIT"})
+                st, _, b = s.admin("POST", "/invalidate", body={"tags": ["adm:2"]})
+                self.assertEqual(st, 200, b)
+                self.assertEqual(self.states(s, entries), {
+                    (p + "a", 1): "HIT", (p + "a", 2): "MISS", (p + "b", 1): "HIT", (p + "ab", 1): "HIT"})
+
+    def test_bad_bodies_are_400(self):
+        s = self.stores["memory"]
+        for body in ('{"pattern": 5}', "{", '{"nothing": []}', '{"tags": "x"}'):
+            with self.subTest(body=body):
+                st, h, _ = s.admin("POST", "/invalidate", {"Content-Type": "application/json"}, body)
+                self.assertEqual(st, 400)
+
+
+# ---------------------------------------------------------------------------
+
+class ProxyExample(SluiceTestCase):
+    """examples/proxy: the CRM app (app.py, Debian's python3 with psycopg2) behind
+    examples/proxy/policies, on the seeded CRM database."""
+
+    PYTHON = "/usr/bin/python3"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.db = lib.crm_database()
+        cls.app_port = lib.free_port()
+        env = dict(os.environ, DATABASE_URL="dbname=%s" % cls.db)
+        cls.app = subprocess.Popen([cls.PYTHON, os.path.join(lib.ROOT, "examples", "proxy", "app.py"),
+                                    "--port", str(cls.app_port)], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        ok = wait_until(lambda: cls._app_up(), 15, 0.1)
+        if not ok:
+            cls.app.kill()
+            raise RuntimeError("examples/proxy/app.py did not start: %s" % cls.app.stderr.read()[-2000:])
+        cls.dir = lib.copy_policies(os.path.join(lib.ROOT, "examples", "proxy", "policies"))
+        f = os.path.join(cls.dir, "20-upstream.lua")
+        with open(f) as fh:
+            text = fh.read()
+        assert "http://127.0.0.1:3000" in text
+        with open(f, "w") as fh:
+            fh.write(text.replace("http://127.0.0.1:3000", "http://127.0.0.1:%d" % cls.app_port))
+        cls.s = cls.start(cls.dir, database=cls.db)
+
+    @classmethod
+    def _app_up(cls):
+        try:
+            return req(cls.app_port, "GET", "/healthz", timeout=2).status == 200
+        except OSError:
+            return False
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.app.terminate()
+            cls.app.wait(10)
+            cls.app.stderr.close()
+            shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def test_lists_are_cached_per_user_with_the_apps_etag(self):
+        r1 = get(self.s.port, "/api/crm?type=contacts", user=5)
+        r2 = get(self.s.port, "/api/crm?type=contacts", user=5)
+        self.assertEqual((r1.status, r1.cache), (200, "MISS"), r1)
+        self.assertEqual((r2.status, r2.cache, r2.body), (200, "HIT", r1.body))
+        ids = ",".join(str(x["id"]) for x in r1.json())
+        self.assertEqual(lib.psql("SELECT DISTINCT owner_id FROM contacts WHERE id IN (%s)" % ids,
+                                  db=self.db), "5")
+        etag = r2.headers.get("etag")
+        self.assertTrue(etag)
+        c = get(self.s.port, "/api/crm?type=contacts", user=5, headers={"If-None-Match": etag})
+        self.assertEqual((c.status, c.body), (304, b""))
+
+    def test_warmed_users_hit_first(self):
+        time.sleep(3 * SLACK)  # the warm fills at start (16 lists, 40 panels)
+        for path, user in (("/api/crm?type=deals", 2), ("/api/dashboard", 4), ("/api/dashboard/events", 19)):
+            r = get(self.s.port, path, user=user)
+            self.assertEqual((r.status, r.cache), (200, "HIT"), (path, user, r))
+
+    def test_write_through_the_app_invalidates(self):
+        user = 6
+        get(self.s.port, "/api/crm?type=contacts", user=user)
+        self.assertEqual(get(self.s.port, "/api/dashboard", user=user).status, 200)
+        self.assertEqual(get(self.s.port, "/api/dashboard", user=user).cache, "HIT")
+        name = "Ada %d" % time.time_ns()
+        w = req(self.s.port, "POST", "/api/crm/contacts", {"X-User-Id": str(user)},
+                {"name": name, "email": "ada@example.com", "company": "Engines"})
+        self.assertEqual(w.status, 201, w)
+        self.assertEqual(w.json()["owner_id"], user)
+        r = get(self.s.port, "/api/crm?type=contacts", user=user)
+        self.assertEqual(r.cache, "MISS")
+        self.assertIn(name, [x["name"] for x in r.json()])
+        self.assertEqual(get(self.s.port, "/api/dashboard", user=user).cache, "MISS")
+        # A write the app refuses drops nothing.
+        self.assertEqual(get(self.s.port, "/api/crm?type=contacts", user=user).cache, "HIT")
+        bad = req(self.s.port, "POST", "/api/crm/contacts", {"X-User-Id": str(user)}, {"email": "x"})
+        self.assertEqual(bad.status, 400, bad)
+        self.assertEqual(get(self.s.port, "/api/crm?type=contacts", user=user).cache, "HIT")
+
+    def test_tier_limits_apply(self):
+        # User 1 is on the free plan: 100 an hour across the CRM.
+        r = get(self.s.port, "/api/crm?type=projects", user=1)
+        self.assertEqual(r.headers.get("x-ratelimit-limit"), "100")
+        self.assertEqual(r.headers.get("ratelimit-policy"), '"free";q=100;w=3600')
+
+
+if __name__ == "__main__":
+    lib.main()
