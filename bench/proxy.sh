@@ -251,12 +251,14 @@ for p in sluice sluice-body nginx varnish varnish-vsthrottle; do has_peer "$p" &
 [ ${#order[@]} -gt 0 ] || die "no peer in PEERS='$PEERS'"
 for p in "${order[@]}"; do
     url="http://127.0.0.1:${port_of[$p]}/bench"
-    code=$(curl -sS -o "$work/$p.body0" -w '%{http_code}' -H "X-User-Id: $user_id" "$url")
+    code=$(curl -sS -o "$work/$p.body0" -w '%{http_code}' -H "X-User-Id: $user_id" "$url") ||
+        die "$p: first request failed (curl: $?)"
     if [ "$code" = 501 ] && [ "$p" = sluice ]; then
         die "sluice answers 501 for its upstream endpoint: the upstream source is not served by this build (PEERS='nginx varnish varnish-vsthrottle' measures the others)"
     fi
     [ "$code" = 200 ] || die "$p: first request answered $code"
-    code=$(curl -sS -D "$work/$p.h" -o "$work/$p.body" -w '%{http_code}' -H "X-User-Id: $user_id" "$url")
+    code=$(curl -sS -D "$work/$p.h" -o "$work/$p.body" -w '%{http_code}' -H "X-User-Id: $user_id" "$url") ||
+        die "$p: verification request failed (curl: $?)"
     [ "$code" = 200 ] || die "$p: verification request answered $code"
     cmp -s "$work/$p.body" "$body" || die "$p: body differs from the upstream's"
     cmp -s "$work/$p.body0" "$body" || die "$p: body of the first (miss) request differs from the upstream's"
