@@ -167,9 +167,15 @@ class HTTPError(Exception):
 class App:
     def __init__(self, dsn, size):
         self.pool = psycopg2.pool.ThreadedConnectionPool(1, size, dsn)
+        # psycopg2's pool raises when every connection is taken: wait for one instead.
+        self.free = threading.BoundedSemaphore(size)
 
     def query(self, sql, params, write=False):
         """One statement in its own transaction; returns the first column of the first row."""
+        with self.free:
+            return self._query(sql, params, write)
+
+    def _query(self, sql, params, write):
         conn = self.pool.getconn()
         broken = False
         try:
