@@ -1,16 +1,32 @@
-/* admin.c - the admin listener: status, reload, explain. */
+/* admin.c - the admin listener: status, reload, explain, invalidate. */
 #define _GNU_SOURCE
 #include "admin.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gateway.h"
 #include "policy.h"
 #include "reload.h"
+#include "store.h"
 #include "util.h"
+
+/*
+ * Routes: GET /status, POST /reload, GET /explain, POST /invalidate. Every
+ * one needs the bearer token when one is configured. The listener has one
+ * worker; with a gateway it holds its own handle on the gateway's store
+ * (Redis with its fallback, or the shared memory store) for /invalidate.
+ */
+
+#define INVALIDATE_MAX 1000 /* tags or keys in one POST /invalidate */
+
+struct admin_worker {
+    const struct admin_config *cfg;
+    struct store *store; /* NULL without a gateway */
+};
 
 int
 admin_addr_is_loopback(const char *addr)
@@ -27,7 +43,25 @@ admin_addr_is_loopback(const char *addr)
 static void *
 admin_worker_init(struct worker *w, void *ctx)
 {
-    return ctx;
+    const struct admin_config *cfg = ctx;
+    struct admin_worker *aw = xcalloc(1, sizeof(*aw));
+
+    aw->cfg = cfg;
+    if (cfg->gateway)
+        aw->store = gateway_store_new(cfg->gateway, worker_base(w), "admin");
+    return aw;
+}
+
+static void
+admin_worker_fini(void *state)
+{
+    struct admin_worker *aw = state;
+
+    if (!aw)
+        return;
+    if (aw->store)
+        aw->store->ops->destroy(aw->store);
+    free(aw);
 }
 
 static void
@@ -146,10 +180,167 @@ admin_explain(const struct admin_config *cfg, struct server_request *req)
     reply_json(req, 200, json);
 }
 
+/* ---- POST /invalidate ---------------------------------------------------------------------- */
+
+/* One invalidation in flight: the parsed body keeps the strings the store was given. */
+struct invalidate_op {
+    struct server_request *req;
+    json_t *doc;
+    const char **items; /* into doc */
+    size_t *lens;
+    size_t n;
+};
+
+static void
+invalidate_finish(struct invalidate_op *op, int status, const char *member, uint64_t n)
+{
+    if (status == 0) {
+        json_t *o = json_pack("{s:I}", member, (json_int_t)n);
+        char *body = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        reply_json(op->req, 200, body);
+    } else {
+        server_respond_problem(op->req, 503, NULL, NULL,
+                               "the store did not complete the invalidation (it is unavailable "
+                               "or failed; part of it may have happened): retry",
+                               "Retry-After: 1\r\n");
+    }
+    json_decref(op->doc);
+    free(op->items);
+    free(op->lens);
+    free(op);
+}
+
+static void
+on_tags_invalidated(void *arg, int status)
+{
+    struct invalidate_op *op = arg;
+
+    invalidate_finish(op, status, "tags", op->n);
+}
+
+static void
+on_entries_removed(void *arg, int status, uint64_t count)
+{
+    invalidate_finish(arg, status, "deleted", count);
+}
+
+/* Reads the array `name` of doc into op->items; NULL, or a message for a 400 (static or in buf). */
+static const char *
+string_list(struct invalidate_op *op, const char *name, char *buf, size_t buflen)
+{
+    json_t *a = json_object_get(op->doc, name);
+    size_t n = json_is_array(a) ? json_array_size(a) : 0;
+
+    if (!json_is_array(a)) {
+        snprintf(buf, buflen, "\"%s\" must be an array of strings", name);
+        return buf;
+    }
+    if (n == 0) {
+        snprintf(buf, buflen, "\"%s\" is empty: give at least one", name);
+        return buf;
+    }
+    if (n > INVALIDATE_MAX) {
+        snprintf(buf, buflen, "\"%s\" has %zu items; at most %d in one request", name, n,
+                 INVALIDATE_MAX);
+        return buf;
+    }
+    op->items = xmalloc(n * sizeof(*op->items));
+    op->lens = xmalloc(n * sizeof(*op->lens));
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(a, i);
+        if (!json_is_string(v) || json_string_length(v) == 0) {
+            snprintf(buf, buflen, "\"%s\"[%zu] must be a non-empty string", name, i);
+            return buf;
+        }
+        op->items[i] = json_string_value(v);
+        op->lens[i] = json_string_length(v);
+    }
+    op->n = n;
+    return NULL;
+}
+
+/*
+ * POST /invalidate with one of {"tags": [...]}, {"keys": [...]} or {"pattern": "..."}:
+ * bumps the tags' generations, removes the entries under the keys, or removes every entry
+ * whose key matches the glob (store.h says how, secondaries included). 200 {"tags": N} or
+ * {"deleted": N}; 400 for a body that is not exactly one of them; 503 when the store fails.
+ */
+static void
+admin_invalidate(struct admin_worker *aw, struct server_request *req)
+{
+    struct invalidate_op *op = xcalloc(1, sizeof(*op));
+    char buf[320];
+    const char *detail = NULL, *form = NULL;
+    json_error_t jerr;
+
+    op->req = req;
+    op->doc = json_loadb(req->body ? req->body : "", req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!op->doc) {
+        snprintf(buf, sizeof(buf), "malformed JSON: %s (line %d, column %d)", jerr.text, jerr.line,
+                 jerr.column);
+        detail = buf;
+        goto out;
+    }
+    if (!json_is_object(op->doc)) {
+        detail = "the body must be a JSON object: {\"tags\": [...]}, {\"keys\": [...]} or "
+                 "{\"pattern\": \"...\"}";
+        goto out;
+    }
+    const char *name;
+    json_t *v;
+    size_t forms = 0;
+    json_object_foreach(op->doc, name, v)
+    {
+        if (strcmp(name, "tags") != 0 && strcmp(name, "keys") != 0 &&
+            strcmp(name, "pattern") != 0) {
+            detail = "unknown member: give exactly one of \"tags\", \"keys\" or \"pattern\"";
+            goto out;
+        }
+        form = strcmp(name, "tags") == 0 ? "tags" : strcmp(name, "keys") == 0 ? "keys" : "pattern";
+        forms++;
+    }
+    if (forms != 1) {
+        detail = forms ? "give only one of \"tags\", \"keys\" or \"pattern\" per request"
+                       : "give one of \"tags\", \"keys\" or \"pattern\"";
+        goto out;
+    }
+    if (strcmp(form, "pattern") == 0) {
+        v = json_object_get(op->doc, "pattern");
+        if (!json_is_string(v) || json_string_length(v) == 0) {
+            detail = "\"pattern\" must be a non-empty string (a glob such as \"crm:*\")";
+            goto out;
+        }
+    } else if ((detail = string_list(op, form, buf, sizeof(buf)))) {
+        goto out;
+    }
+    if (!aw->store) {
+        server_respond_problem(req, 503, NULL, NULL, "no store to invalidate", NULL);
+        goto out;
+    }
+    /* The store completes now (memory) or later from this worker's loop (Redis). */
+    if (strcmp(form, "tags") == 0)
+        store_invalidate(aw->store, op->items, op->lens, op->n, on_tags_invalidated, op);
+    else if (strcmp(form, "keys") == 0)
+        store_delete_keys(aw->store, op->items, op->lens, op->n, on_entries_removed, op);
+    else
+        store_invalidate_pattern(aw->store, json_string_value(v), json_string_length(v),
+                                 on_entries_removed, op);
+    return;
+out:
+    if (detail)
+        server_respond_problem(req, 400, NULL, NULL, detail, NULL);
+    json_decref(op->doc);
+    free(op->items);
+    free(op->lens);
+    free(op);
+}
+
 static void
 admin_handle(struct server_request *req, void *state)
 {
-    const struct admin_config *cfg = state;
+    struct admin_worker *aw = state;
+    const struct admin_config *cfg = aw->cfg;
     const struct http_request *h = &req->http;
     if (!authorized(cfg, h)) {
         server_respond_problem(req, 401, NULL, NULL, "a valid bearer token is required",
@@ -199,8 +390,17 @@ admin_handle(struct server_request *req, void *state)
         admin_explain(cfg, req);
         return;
     }
-    server_respond_problem(req, 404, NULL, NULL,
-                           "admin endpoints: GET /status, POST /reload, GET /explain", NULL);
+    if (path_is(h, "/invalidate")) {
+        if (h->method != HTTP_POST) {
+            server_respond_problem(req, 405, NULL, NULL, "use POST", "Allow: POST\r\n");
+            return;
+        }
+        admin_invalidate(aw, req);
+        return;
+    }
+    server_respond_problem(
+        req, 404, NULL, NULL,
+        "admin endpoints: GET /status, POST /reload, GET /explain, POST /invalidate", NULL);
 }
 
 struct server_app
@@ -208,6 +408,7 @@ admin_app(const struct admin_config *cfg)
 {
     struct server_app app = {
         .worker_init = admin_worker_init,
+        .worker_fini = admin_worker_fini,
         .handle = admin_handle,
         .ctx = (void *)cfg,
     };

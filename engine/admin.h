@@ -1,4 +1,4 @@
-/* admin.h - the admin listener: status, reload, explain. */
+/* admin.h - the admin listener: status, reload, explain, invalidate. */
 #ifndef SLUICE_ADMIN_H
 #define SLUICE_ADMIN_H
 
@@ -9,7 +9,8 @@ struct gateway;
 
 struct admin_config {
     struct reloader *reloader; /* borrowed */
-    struct gateway *gateway;   /* borrowed: store health */
+    struct gateway *gateway;   /* borrowed: store health, and the store POST /invalidate uses
+                                  (NULL: none, /invalidate answers 503) */
     const char *token;         /* bearer token required when set */
 };
 

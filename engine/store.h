@@ -151,7 +151,9 @@ struct store {
  * STALE lookup also tries the key's lease: lease_taken says whether it got it
  * (then it is expected to refresh), and STALE is reported either way (the
  * caller decides whether a stale answer serves). A MISS with lease_ms sets
- * lease_taken true; STORE_FILLING means false.
+ * lease_taken true; STORE_FILLING means false. (One exception: the Redis
+ * store reports a MISS without the lease when the entry it found vanished
+ * before its response was read; the caller then fills without the lease.)
  */
 static inline void
 store_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done, void *arg)
@@ -188,9 +190,22 @@ store_invalidate(struct store *s, const char *const *tags, const size_t *taglens
 }
 
 /*
- * Removes the cache entries under these keys (and, for entries with
- * STORE_ENTRY_VARY, nothing more: their secondary entries expire on their
- * own and are unreachable once the primary is gone). count: entries removed.
+ * Secondary entries. A cache key holding the byte STORE_KEY_SEP (0x1f) is a
+ * secondary entry of the primary whose key is the text before its first
+ * STORE_KEY_SEP: the gateway keeps the variants of a STORE_ENTRY_VARY answer
+ * under primary + "\x1f" + escaped header values. To the lookup and the fill
+ * a secondary is an ordinary entry; removing a primary, by key or by pattern,
+ * removes its secondaries too (no secondary can be reached again through a
+ * primary filled later).
+ */
+#define STORE_KEY_SEP '\x1f'
+
+/*
+ * Removes the cache entries under these keys, each with its secondary
+ * entries when the key is a primary (see STORE_KEY_SEP). A key with no entry
+ * is not an error. count: entries removed, secondaries included. Like
+ * store_invalidate() it does not refuse fills that looked up before it: a
+ * fill already on its way can store the key again (tags are the barrier).
  */
 static inline void
 store_delete_keys(struct store *s, const char *const *keys, const size_t *lens, size_t n,
@@ -200,10 +215,16 @@ store_delete_keys(struct store *s, const char *const *keys, const size_t *lens, 
 }
 
 /*
- * Removes every cache entry whose key matches `glob` (fnmatch-style without
+ * Removes every cache entry whose key matches `glob` (fnmatch(3) without
  * flags: '*', '?', '[...]', '\\' escapes; matched against the cache key as the
- * policy expanded it, e.g. "crm:*"). For the admin API: on Redis it runs as
- * SCAN + UNLINK in batches, never one long command. count: entries removed.
+ * policy expanded it, e.g. "crm:*"), and the secondaries of every primary
+ * that matches (store_key_matches()). A key holding a NUL byte never matches;
+ * a glob holding one is refused (-1). A glob without wildcards removes that
+ * one key as store_delete_keys() does. For the admin API: the memory store
+ * walks its shards one at a time under their locks; on Redis it runs as
+ * SCAN + UNLINK in batches, never one long command, and fails as a whole
+ * (once) if any of them fails, some entries possibly removed. Entries filled
+ * while it runs may stay. count: entries removed, secondaries included.
  */
 static inline void
 store_invalidate_pattern(struct store *s, const char *glob, size_t globlen, store_count_fn *done,
@@ -221,6 +242,23 @@ store_health(struct store *s, struct store_health *h)
         s->ops->health(s, h);
 }
 
+/* For the stores: the length of key's primary part (up to its first STORE_KEY_SEP). */
+size_t store_key_primary_len(const char *key, size_t keylen);
+
+/*
+ * For the stores: whether key matches the NUL-terminated glob as
+ * store_invalidate_pattern() means it: fnmatch(glob, key) or, for a
+ * secondary, fnmatch(glob, its primary part). A key holding a NUL never matches.
+ */
+bool store_key_matches(const char *glob, const char *key, size_t keylen);
+
+/*
+ * For the stores: when glob (globlen bytes) has no unescaped '*', '?' or '[' (and
+ * no trailing '\\'), writes the one text it matches to out (globlen bytes are
+ * enough), its length to *outlen, and returns true.
+ */
+bool store_glob_literal(const char *glob, size_t globlen, char *out, size_t *outlen);
+
 /* Returns a new entry with refs 1 taking ownership of body and content_type (malloc'd);
  * flags, stale_ms, headers and etag start empty and may be set (malloc'd) before the fill. */
 struct store_entry *store_entry_new(uint16_t status, char *content_type, char *body,
@@ -235,7 +273,7 @@ uint64_t store_now_ms(void);
 
 /*
  * The embedded store: one shared table for the whole process, safe across
- * threads. `max_bytes` bounds body_len + key length summed over the cached
+ * threads. `max_bytes` bounds body_len + headers_len + key length summed over the cached
  * entries (least recently used go first; 0 caches nothing). Expired limits,
  * entries and tags are dropped as the table is used. store_memory_new()
  * creates the shared table; each worker gets a handle from

@@ -29,6 +29,14 @@
  * not reach the primary are kept (at most MAX_REPLAY tags; beyond that the
  * oldest are dropped, and counted) and sent again when it answers: bumping
  * a generation twice is harmless, unlike counting a request twice.
+ *
+ * Removal by key or pattern (the admin API) goes to the primary while the
+ * breaker is closed; a failure there counts like any other. While it is not
+ * closed, the removal is applied to the fallback (which holds no entries
+ * while a primary is configured, but stays consistent should it ever hold
+ * some) and reported failed (-1): the shared cache was not touched, and
+ * nothing is kept to be sent again, unlike tags (a pattern run replayed
+ * later could remove entries filled since; the caller retries instead).
  */
 
 #define MAX_REPLAY 4096
@@ -309,6 +317,67 @@ fo_invalidate(struct store *s, const char *const *tags, const size_t *taglens, s
     store_invalidate(f->primary, tags, taglens, ntags, on_primary_invalidate, op);
 }
 
+/* ---- delete_keys and invalidate_pattern --------------------------------------------------- */
+
+struct count_op {
+    struct failover *f;
+    store_count_fn *done;
+    void *arg;
+};
+
+static void
+on_primary_count(void *arg, int status, uint64_t count)
+{
+    struct count_op *op = arg;
+
+    /* -1 is an error reply: the store answered. */
+    if (status == STORE_UNAVAILABLE)
+        on_failure(op->f);
+    else
+        on_success(op->f);
+    store_count_fn *done = op->done;
+    void *darg = op->arg;
+    free(op);
+    done(darg, status, count);
+}
+
+static void
+on_fallback_count(void *arg, int status, uint64_t count)
+{
+}
+
+static void
+fo_delete_keys(struct store *s, const char *const *keys, const size_t *lens, size_t n,
+               store_count_fn *done, void *arg)
+{
+    struct failover *f = (struct failover *)s;
+
+    if (!use_primary(f, false)) {
+        store_delete_keys(f->fallback, keys, lens, n, on_fallback_count, NULL);
+        done(arg, -1, 0);
+        return;
+    }
+    struct count_op *op = xmalloc(sizeof(*op));
+    *op = (struct count_op){.f = f, .done = done, .arg = arg};
+    store_delete_keys(f->primary, keys, lens, n, on_primary_count, op);
+}
+
+static void
+fo_invalidate_pattern(struct store *s, const char *glob, size_t globlen, store_count_fn *done,
+                      void *arg)
+{
+    struct failover *f = (struct failover *)s;
+
+    if (!use_primary(f, false)) {
+        store_invalidate_pattern(f->fallback, glob, globlen, on_fallback_count, NULL);
+        done(arg, -1, 0);
+        return;
+    }
+    struct count_op *op = xmalloc(sizeof(*op));
+    *op = (struct count_op){.f = f, .done = done, .arg = arg};
+    store_invalidate_pattern(f->primary, glob, globlen, on_primary_count, op);
+}
+
 /* A batch of kept invalidations in flight; its strings are owned here. */
 struct replay_op {
     struct failover *f;
@@ -395,6 +464,8 @@ static const struct store_ops failover_ops = {
     .invalidate = fo_invalidate,
     .destroy = fo_destroy,
     .health = fo_health,
+    .delete_keys = fo_delete_keys,
+    .invalidate_pattern = fo_invalidate_pattern,
 };
 
 struct store *

@@ -1,5 +1,6 @@
 /* store_memory.c - the embedded store: one sharded in-process table of limits, entries and tags. */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,12 @@
  *   limit  key + rule identity (algorithm, limit, window, burst) -> limiter state.
  *          Two rules naming the same key string are two records.
  *   entry  cache key -> a store_entry reference, its expiry, and the tags it
- *          was filled under with the generation each had at the lookup.
+ *          was filled under with the generation each had at the lookup. The
+ *          record lives until the entry's expires_ms + stale_ms; past
+ *          expires_ms a lookup reports it STALE. A secondary entry (its key
+ *          holds STORE_KEY_SEP) lives in its primary's shard: its hash takes
+ *          the shard bits of the primary's, so removing a primary walks that
+ *          one shard for its secondaries (only when the shard holds any).
  *   tag    tag -> generation, and an expiry: the latest expiry of any entry
  *          filled under it, so a tag outlives every entry that depends on it.
  *   lease  cache key -> nothing but an expiry: a caller is filling the key
@@ -54,7 +60,12 @@
  *     tag record cannot vanish while an entry needs it, since it expires no
  *     earlier than the entry (if it did vanish, the entry would miss).
  *
- * Byte budget. Entries are charged body_len + key length against one global
+ * Removal by key or pattern. delete_keys locks one key's shard at a time;
+ * invalidate_pattern walks the shards one after the other, each whole under
+ * its lock (a bounded slice: a 64th of the table), dropping every entry whose
+ * key matches.
+ *
+ * Byte budget. Entries are charged body_len + headers_len + key length against one global
  * counter reserved with compare-and-swap, so the total never passes
  * max_bytes. To make room, a fill evicts least recently used entries of its
  * own shard first (each shard keeps an LRU list), then of the other shards
@@ -100,6 +111,7 @@ struct entry_rec {
     struct entry_rec *lru_prev, *lru_next; /* most recently used at the head */
     struct store_entry *entry;             /* one reference */
     size_t charge;                         /* bytes counted against the budget */
+    bool secondary;                        /* its key holds STORE_KEY_SEP */
     size_t ntags;
     struct tag_ref tags[];
 };
@@ -117,6 +129,7 @@ struct shard {
     size_t sweep_pos;
     size_t sweep_due; /* buckets to sweep before unlocking */
     size_t nentries, nlimits, ntags;
+    size_t nsecondary; /* secondary entries among nentries */
     struct entry_rec *lru_head, *lru_tail;
     uint64_t floors[NFLOORS];
 } __attribute__((aligned(64)));
@@ -245,10 +258,18 @@ limit_hash(const struct store_memory *m, const struct limiter_rule *id, const ch
     return hash_bytes(key, len, s);
 }
 
+#define SHARD_HASH_MASK (~0ull << (64 - SHARD_BITS))
+
+/* A secondary entry's hash carries its primary's shard bits: both live in one shard. */
 static uint64_t
 entry_hash(const struct store_memory *m, const char *key, size_t len)
 {
-    return hash_bytes(key, len, m->seed ^ P2);
+    uint64_t h = hash_bytes(key, len, m->seed ^ P2);
+    size_t plen = store_key_primary_len(key, len);
+
+    if (plen < len)
+        h = (hash_bytes(key, plen, m->seed ^ P2) & SHARD_HASH_MASK) | (h & ~SHARD_HASH_MASK);
+    return h;
 }
 
 static uint64_t
@@ -326,6 +347,8 @@ rec_free(struct store_memory *m, struct shard *sh, struct rec *r)
         store_entry_release(e->entry);
         __atomic_sub_fetch(&m->bytes, e->charge, __ATOMIC_RELAXED);
         sh->nentries--;
+        if (e->secondary)
+            sh->nsecondary--;
         break;
     }
     case REC_TAG: {
@@ -543,12 +566,13 @@ reserve(struct store_memory *m, uint64_t locked, unsigned own, size_t charge)
 
 /* ---- operations --------------------------------------------------------- */
 
-enum lookup { LOOKUP_MISS, LOOKUP_HIT, LOOKUP_WIDER };
+enum lookup { LOOKUP_MISS, LOOKUP_HIT, LOOKUP_STALE, LOOKUP_WIDER };
 
 /*
  * Looks the entry up with the shards in `locked` held. LOOKUP_WIDER with
  * *wider set when some of its tags live in shards not held: the caller
- * retries holding those too. An entry found stale is dropped.
+ * retries holding those too. An entry whose tags moved is dropped; one past
+ * its expires_ms (kept for its stale_ms) is LOOKUP_STALE.
  */
 static enum lookup
 entry_lookup(struct store_memory *m, uint64_t locked, uint64_t hash, const char *key, size_t keylen,
@@ -583,7 +607,7 @@ entry_lookup(struct store_memory *m, uint64_t locked, uint64_t hash, const char 
     }
     store_entry_ref(e->entry);
     *out = e->entry;
-    return LOOKUP_HIT;
+    return now < e->entry->expires_ms ? LOOKUP_HIT : LOOKUP_STALE;
 }
 
 struct limit_slot {
@@ -617,8 +641,8 @@ limit_rec_new(const struct limit_slot *ls, const char *key, size_t keylen)
 }
 
 /*
- * After a miss on key (hash eh, its shard locked): takes the fill lease for lease_ms and
- * returns true, or returns false when another caller holds it.
+ * After a miss or a stale find of key (hash eh, its shard locked): takes the fill lease for
+ * lease_ms and returns true, or returns false when another caller holds it.
  */
 static bool
 lease_take(struct store_memory *m, uint64_t eh, const char *key, size_t keylen, uint64_t now,
@@ -665,7 +689,7 @@ mem_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done
     uint64_t *th = a->ntags <= STACK_TAGS ? th_buf : xmalloc(a->ntags * sizeof(*th));
     uint64_t mask = 0, eh = 0, wider = 0, now;
     enum lookup found = LOOKUP_MISS;
-    bool filling = false;
+    bool leased = false;
 
     for (size_t i = 0; i < a->nlimits; i++) {
         const struct store_limit *l = &a->limits[i];
@@ -687,6 +711,7 @@ mem_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done
     a->now_ms = now;
     a->allowed = true;
     a->entry = NULL;
+    a->lease_taken = false;
 
     /* Check every limit; one naming the same record as an earlier one adds to its cost. */
     for (size_t i = 0; i < a->nlimits; i++) {
@@ -738,8 +763,8 @@ mem_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done
         if (a->cache_key)
             found =
                 entry_lookup(m, mask, eh, a->cache_key, a->cache_keylen, now, &wider, &a->entry);
-        if (found == LOOKUP_MISS && a->cache_key && a->lease_ms)
-            filling = !lease_take(m, eh, a->cache_key, a->cache_keylen, now, a->lease_ms);
+        if ((found == LOOKUP_MISS || found == LOOKUP_STALE) && a->cache_key && a->lease_ms)
+            leased = lease_take(m, eh, a->cache_key, a->cache_keylen, now, a->lease_ms);
     } else {
         for (size_t i = 0; i < a->ntags; i++)
             a->tag_gens[i] = 0;
@@ -755,11 +780,18 @@ mem_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done
         for (size_t i = 0; i < a->ntags; i++)
             a->tag_gens[i] = tag_gen(m, th[i], a->tags[i], a->taglens[i], now, NULL);
         found = entry_lookup(m, mask2, eh, a->cache_key, a->cache_keylen, now, &wider, &a->entry);
-        if (found == LOOKUP_MISS && a->lease_ms)
-            filling = !lease_take(m, eh, a->cache_key, a->cache_keylen, now, a->lease_ms);
+        if ((found == LOOKUP_MISS || found == LOOKUP_STALE) && a->lease_ms)
+            leased = lease_take(m, eh, a->cache_key, a->cache_keylen, now, a->lease_ms);
         unlock_shards(m, mask2, now);
     }
-    a->state = found == LOOKUP_HIT ? STORE_HIT : filling ? STORE_FILLING : STORE_MISS;
+    a->lease_taken = leased;
+    if (found == LOOKUP_HIT)
+        a->state = STORE_HIT;
+    else if (found == LOOKUP_STALE)
+        a->state = STORE_STALE;
+    else
+        a->state =
+            a->cache_key && a->lease_ms && a->allowed && !leased ? STORE_FILLING : STORE_MISS;
 
     if (ls != slots_buf)
         free(ls);
@@ -802,9 +834,10 @@ mem_fill(struct store *s, const char *key, size_t keylen, struct store_entry *en
     struct store_memory *m = h->m;
     uint64_t th_buf[STACK_TAGS];
     uint64_t *th = ntags <= STACK_TAGS ? th_buf : xmalloc(ntags * sizeof(*th));
-    uint64_t eh = entry_hash(m, key, keylen), mask = shard_bit(eh), now, expires;
+    uint64_t eh = entry_hash(m, key, keylen), mask = shard_bit(eh), now;
     struct shard *sh = shard_at(m, eh);
-    size_t charge = entry->body_len + keylen;
+    size_t charge = entry->body_len + entry->headers_len + keylen;
+    uint64_t expires, keep;
     struct entry_rec *e;
     struct rec *old;
     int status = 0;
@@ -832,6 +865,7 @@ mem_fill(struct store *s, const char *key, size_t keylen, struct store_entry *en
     if (ttl_ms == 0 || charge > m->max_bytes)
         goto out;
     expires = sat_add(now, ttl_ms);
+    keep = sat_add(expires, entry->stale_ms);
 
     for (size_t i = 0; i < ntags; i++) {
         struct tag_rec *t;
@@ -848,8 +882,8 @@ mem_fill(struct store *s, const char *key, size_t keylen, struct store_entry *en
             shard_insert(tsh, &t->r);
             tsh->ntags++;
         }
-        if (t->r.expires_ms < expires)
-            t->r.expires_ms = expires;
+        if (t->r.expires_ms < keep)
+            t->r.expires_ms = keep;
     }
 
     e = entry_rec_new(eh, key, keylen, tags, taglens, th, tag_gens, ntags);
@@ -862,10 +896,12 @@ mem_fill(struct store *s, const char *key, size_t keylen, struct store_entry *en
     store_entry_ref(entry);
     e->entry = entry;
     e->charge = charge;
-    e->r.expires_ms = expires;
+    e->r.expires_ms = keep;
+    e->secondary = store_key_primary_len(key, keylen) < keylen;
     shard_insert(sh, &e->r);
     lru_push(sh, e);
     sh->nentries++;
+    sh->nsecondary += e->secondary;
 out:
     unlock_shards(m, mask, now);
     if (th != th_buf)
@@ -908,6 +944,117 @@ mem_invalidate(struct store *s, const char *const *tags, const size_t *taglens, 
     done(arg, 0);
 }
 
+/* Drops every live entry of the (locked) shard for which pred(ctx, key, keylen) holds; returns
+ * how many. */
+static uint64_t
+shard_remove_if(struct store_memory *m, struct shard *sh, uint64_t now,
+                bool (*pred)(const void *ctx, const char *key, size_t keylen), const void *ctx)
+{
+    uint64_t n = 0;
+
+    for (size_t b = 0; b <= sh->mask; b++) {
+        struct rec **pp = &sh->buckets[b];
+        while (*pp) {
+            struct rec *r = *pp;
+            bool expired = now >= r->expires_ms;
+            if (expired || (r->kind == REC_ENTRY && pred(ctx, r->key, r->keylen))) {
+                *pp = r->next;
+                n += !expired;
+                rec_free(m, sh, r);
+            } else {
+                pp = &r->next;
+            }
+        }
+    }
+    return n;
+}
+
+struct prefix {
+    const char *key;
+    size_t len;
+};
+
+/* Whether key is a secondary of the primary p: p's key, STORE_KEY_SEP, anything. */
+static bool
+is_secondary_of(const void *ctx, const char *key, size_t keylen)
+{
+    const struct prefix *p = ctx;
+
+    return keylen > p->len && key[p->len] == STORE_KEY_SEP && memcmp(key, p->key, p->len) == 0;
+}
+
+/* Removes key's entry and, for a primary, its secondaries. Returns how many. */
+static uint64_t
+delete_one(struct store_memory *m, const char *key, size_t keylen)
+{
+    uint64_t eh = entry_hash(m, key, keylen), n = 0;
+    struct shard *sh = shard_at(m, eh);
+
+    pthread_mutex_lock(&sh->lock);
+    uint64_t now = clock_now(m);
+    struct rec *r = shard_find(m, sh, eh, REC_ENTRY, key, keylen, NULL, now);
+    if (r) {
+        rec_unlink(sh, r);
+        rec_free(m, sh, r);
+        n++;
+    }
+    if (sh->nsecondary && store_key_primary_len(key, keylen) == keylen) {
+        struct prefix p = {key, keylen};
+        n += shard_remove_if(m, sh, now, is_secondary_of, &p);
+    }
+    pthread_mutex_unlock(&sh->lock);
+    return n;
+}
+
+static void
+mem_delete_keys(struct store *s, const char *const *keys, const size_t *lens, size_t n,
+                store_count_fn *done, void *arg)
+{
+    struct handle *h = (struct handle *)s;
+    uint64_t count = 0;
+
+    for (size_t i = 0; i < n; i++)
+        count += delete_one(h->m, keys[i], lens[i]);
+    done(arg, 0, count);
+}
+
+static bool
+glob_matches(const void *ctx, const char *key, size_t keylen)
+{
+    return store_key_matches(ctx, key, keylen);
+}
+
+static void
+mem_invalidate_pattern(struct store *s, const char *glob, size_t globlen, store_count_fn *done,
+                       void *arg)
+{
+    struct handle *h = (struct handle *)s;
+    struct store_memory *m = h->m;
+    char *g = xmalloc(globlen + 1);
+    size_t litlen;
+    uint64_t count = 0;
+
+    if (memchr(glob, '\0', globlen)) {
+        free(g);
+        done(arg, -1, 0);
+        return;
+    }
+    if (store_glob_literal(glob, globlen, g, &litlen)) {
+        count = delete_one(m, g, litlen);
+    } else {
+        memcpy(g, glob, globlen);
+        g[globlen] = '\0';
+        for (unsigned i = 0; i < NSHARDS; i++) {
+            struct shard *sh = &m->shards[i];
+            pthread_mutex_lock(&sh->lock);
+            count += shard_remove_if(m, sh, clock_now(m), glob_matches, g);
+            pthread_mutex_unlock(&sh->lock);
+        }
+    }
+    free(g);
+    done(arg, 0, count);
+}
+
 static void
 mem_destroy(struct store *s)
 {
@@ -920,6 +1067,8 @@ static const struct store_ops memory_ops = {
     .fill = mem_fill,
     .invalidate = mem_invalidate,
     .destroy = mem_destroy,
+    .delete_keys = mem_delete_keys,
+    .invalidate_pattern = mem_invalidate_pattern,
 };
 
 /* ---- the table ---------------------------------------------------------- */

@@ -2,6 +2,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fnmatch.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -29,20 +30,31 @@
  *                     same write, unless the handle has a local copy of it
  *   fill              fill.lua: refused when a tag moved since the lookup
  *   invalidate        invalidate.lua: bumps each tag's generation
+ *   delete_keys       delete.lua, one call per key (pipelined): the entry, its
+ *                     response, and the secondaries its variants set names
+ *   invalidate_pattern  SCAN cursor MATCH pattern COUNT 500 over the entry keys,
+ *                     then UNLINK of what matched, batch after batch, each
+ *                     command sent from the previous one's callback
  *
  * Commands of concurrent requests are appended to hiredis's output buffer
  * and leave in one write once the worker's loop has run every callback of
  * the iteration, so they are pipelined; replies come back in order.
  *
- * Keys. "sl:{TAG}:l:ALGO:LIMIT:WINDOW:BURST:KEY" (a limit), "sl:{TAG}:e:KEY"
- * (an entry: its fill token and tags), "sl:{TAG}:b:KEY" (the stored
- * response), "sl:{TAG}:f:KEY" (the fill lease), "sl:{TAG}:t:TAG" (a tag),
+ * Keys. "sl:{TAG}:l:ALGO:LIMIT:WINDOW:BURST:KEY" (a limit), "sl:{TAG}:c:KEY"
+ * (an entry: its fill token, expiry and tags), "sl:{TAG}:r:KEY" (the stored
+ * response), "sl:{TAG}:f:KEY" (the fill lease), "sl:{TAG}:v:KEY" (a primary's
+ * variants: the set of its secondaries' KEYs), "sl:{TAG}:t:TAG" (a tag),
  * KEY being the bytes the gateway gave. TAG, the Redis Cluster hash tag, is
- * the part of KEY after its last ':' (template escaping keeps ':' out of
- * values, so that is the last variable's value: the user in "tier:u:{user}",
- * "crm:contacts:{user}", "crm:{user}"), or a hash of it when it is empty,
- * longer than 40 bytes or holds a brace. All keys of a caller whose
- * templates end in the caller's id share one slot.
+ * the part of KEY's primary part (up to its first STORE_KEY_SEP) after its
+ * last ':' (template escaping keeps ':' out of values, so that is the last
+ * variable's value: the user in "tier:u:{user}", "crm:contacts:{user}",
+ * "crm:{user}"), or a hash of it when it is empty, longer than 40 bytes or
+ * holds a brace. All keys of a caller whose templates end in the caller's id
+ * share one slot, and a secondary entry shares its primary's. (Entries were
+ * "e"/"b" keys in an earlier layout: those are never read, and expire.)
+ *
+ * Stale keep. The entry's and the response's keys live for ttl + stale_ms;
+ * the entry's value holds expires_ms, past which admit.lua reports it stale.
  *
  * Deadlines. hiredis 0.14 has no timeouts: each connection keeps its pending
  * commands in send order with their deadlines and one timer for the earliest.
@@ -66,9 +78,10 @@
 #define TOKEN_LEN 8              /* bytes of a fill token */
 #define DEFAULT_NEAR_BYTES (16u << 20)
 #define MAX_BATCH 64   /* requests decided by one admit.lua call at most */
+#define SCAN_COUNT 500 /* the COUNT of each SCAN of a pattern run */
 #define BATCH_SLOTS 64 /* hash chains of a turn's open batches */
 
-enum { SCRIPT_ADMIT, SCRIPT_FILL, SCRIPT_INVALIDATE, NSCRIPTS };
+enum { SCRIPT_ADMIT, SCRIPT_FILL, SCRIPT_INVALIDATE, SCRIPT_DELETE, NSCRIPTS };
 
 struct script {
     const char *module;
@@ -81,6 +94,7 @@ static struct script scripts[NSCRIPTS] = {
     {.module = "redis.admit"},
     {.module = "redis.fill"},
     {.module = "redis.invalidate"},
+    {.module = "redis.delete"},
 };
 static pthread_once_t scripts_once = PTHREAD_ONCE_INIT;
 
@@ -529,6 +543,7 @@ struct near {
     struct near_entry **buckets;
     size_t mask;
     size_t count;
+    size_t nsecondary; /* copies of secondary entries among count */
     struct near_entry *head, *tail;
     size_t bytes, max_bytes;
 };
@@ -993,7 +1008,7 @@ hash_tag(const char *raw, size_t len, char *out)
 {
     static const char hex[] = "0123456789abcdef";
     const char *seg = raw;
-    size_t n = len;
+    size_t n = len = store_key_primary_len(raw, len);
     const char *colon = len ? memrchr(raw, ':', len) : NULL;
 
     if (colon) {
@@ -1052,8 +1067,9 @@ limit_key(struct sbuf *b, const struct limiter_rule *id, const char *raw, size_t
 }
 
 /*
- * Appends the key of one part of a cache entry or of a tag: 'e' the entry (its fill token
- * and tags), 'b' the stored response, 'f' the fill lease, 't' a tag's generation.
+ * Appends the key of one part of a cache entry or of a tag: 'c' the entry (its fill token,
+ * expiry and tags), 'r' the stored response, 'f' the fill lease, 'v' a primary's variants,
+ * 't' a tag's generation.
  */
 static void
 cache_key(struct sbuf *b, char kind, const char *raw, size_t len)
@@ -1149,14 +1165,70 @@ rd_f64_ms(const unsigned char *p)
     return d > 0 && d < 1.8e19 ? (uint64_t)d : 0;
 }
 
+static uint64_t
+rd_u64(const unsigned char *p)
+{
+    return (uint64_t)rd_u32(p) | (uint64_t)rd_u32(p + 4) << 32;
+}
+
+static void
+wr_u64(struct sbuf *b, uint64_t v)
+{
+    wr_u32(b, (uint32_t)v);
+    wr_u32(b, (uint32_t)(v >> 32));
+}
+
 /*
- * The stored response: [body][content type][u32 content type length][u16 status]
- * [f64 stored_ms][f64 expires_ms][8-byte fill token], the body first so that it is used in
- * place. Returns a new entry that owns v (a malloc'd buffer of len bytes), or NULL, v
+ * The stored response: [body][content type][headers][etag], then the head's trailer
+ * [u32 content type length][u32 headers length][u32 etag length][u64 stale_ms]
+ * [u16 status][u8 flags][u8 which of content type (1), headers (2), etag (4) are set],
+ * written by the gateway, then [f64 stored_ms][f64 expires_ms][8-byte fill token], appended
+ * by fill.lua. The body comes first so that it is used in place.
+ */
+#define HEAD_TRAILER_LEN (4 + 4 + 4 + 8 + 2 + 1 + 1)
+#define TRAILER_LEN (HEAD_TRAILER_LEN + 8 + 8 + TOKEN_LEN)
+#define HAS_CONTENT_TYPE 1u
+#define HAS_HEADERS 2u
+#define HAS_ETAG 4u
+
+/* Appends the head of entry's stored response: everything but what fill.lua appends. */
+static void
+entry_head(struct sbuf *b, const struct store_entry *e)
+{
+    size_t ctlen = e->content_type ? strlen(e->content_type) : 0;
+    size_t etlen = e->etag ? strlen(e->etag) : 0;
+    size_t hlen = e->headers ? e->headers_len : 0;
+    unsigned char tail[4] = {(unsigned char)e->status, (unsigned char)(e->status >> 8), e->flags,
+                             (unsigned char)((e->content_type ? HAS_CONTENT_TYPE : 0) |
+                                             (e->headers ? HAS_HEADERS : 0) |
+                                             (e->etag ? HAS_ETAG : 0))};
+
+    if (e->body_len)
+        sbuf_add(b, e->body, e->body_len);
+    if (ctlen)
+        sbuf_add(b, e->content_type, ctlen);
+    if (hlen)
+        sbuf_add(b, e->headers, hlen);
+    if (etlen)
+        sbuf_add(b, e->etag, etlen);
+    wr_u32(b, (uint32_t)ctlen);
+    wr_u32(b, (uint32_t)hlen);
+    wr_u32(b, (uint32_t)etlen);
+    wr_u64(b, e->stale_ms);
+    sbuf_add(b, tail, 4);
+}
+
+static size_t
+entry_head_len(const struct store_entry *e)
+{
+    return e->body_len + (e->content_type ? strlen(e->content_type) : 0) +
+           (e->headers ? e->headers_len : 0) + (e->etag ? strlen(e->etag) : 0) + HEAD_TRAILER_LEN;
+}
+
+/*
+ * Returns a new entry that owns v (a malloc'd stored response of len bytes), or NULL, v
  * untouched, when the value is malformed.
  */
-#define TRAILER_LEN (4 + 2 + 8 + 8 + TOKEN_LEN)
-
 static struct store_entry *
 entry_from_value(char *v, size_t len)
 {
@@ -1165,13 +1237,29 @@ entry_from_value(char *v, size_t len)
     if (len < TRAILER_LEN)
         return NULL;
     size_t t = len - TRAILER_LEN;
-    size_t ctlen = rd_u32(p + t);
-    if (ctlen > t)
+    uint64_t ctlen = rd_u32(p + t), hlen = rd_u32(p + t + 4), etlen = rd_u32(p + t + 8);
+    if (ctlen + hlen + etlen > t)
         return NULL;
-    uint16_t status = (uint16_t)(p[t + 4] | p[t + 5] << 8);
-    uint64_t stored = rd_f64_ms(p + t + 6), expires = rd_f64_ms(p + t + 14);
-    size_t blen = t - ctlen;
-    struct store_entry *e = store_entry_new(status, xstrndup(v + blen, ctlen), v, blen);
+    uint64_t stale = rd_u64(p + t + 12);
+    uint16_t status = (uint16_t)(p[t + 20] | p[t + 21] << 8);
+    uint8_t flags = p[t + 22], has = p[t + 23];
+    uint64_t stored = rd_f64_ms(p + t + 24), expires = rd_f64_ms(p + t + 32);
+    size_t blen = t - (size_t)(ctlen + hlen + etlen);
+    const char *q = v + blen;
+    char *ct = has & HAS_CONTENT_TYPE ? xstrndup(q, ctlen) : NULL;
+    struct store_entry *e = store_entry_new(status, ct, v, blen);
+    q += ctlen;
+    if (has & HAS_HEADERS) {
+        e->headers = xmalloc(hlen + 1); /* NUL-terminated too, for convenience */
+        memcpy(e->headers, q, hlen);
+        e->headers[hlen] = '\0';
+        e->headers_len = hlen;
+    }
+    q += hlen;
+    if (has & HAS_ETAG)
+        e->etag = xstrndup(q, etlen);
+    e->flags = flags;
+    e->stale_ms = stale;
     e->stored_ms = stored;
     e->expires_ms = expires;
     return e;
@@ -1234,6 +1322,7 @@ near_remove(struct near *n, struct near_entry **pp)
     near_unlist(n, e);
     n->bytes -= e->charge;
     n->count--;
+    n->nsecondary -= store_key_primary_len(e->key, e->keylen) < e->keylen;
     store_entry_release(e->entry);
     free(e);
 }
@@ -1267,7 +1356,7 @@ static void
 near_put(struct near *n, const char *key, size_t keylen, const unsigned char *token,
          struct store_entry *entry)
 {
-    size_t charge = sizeof(struct near_entry) + keylen + entry->body_len + 64;
+    size_t charge = sizeof(struct near_entry) + keylen + entry->body_len + entry->headers_len + 64;
     uint64_t hash = fnv1a(key, keylen);
 
     if (charge > n->max_bytes / 4) {
@@ -1310,6 +1399,23 @@ near_put(struct near *n, const char *key, size_t keylen, const unsigned char *to
     near_push(n, e);
     n->bytes += charge;
     n->count++;
+    n->nsecondary += store_key_primary_len(key, keylen) < keylen;
+}
+
+/* Drops the copies of the secondaries of the primary key p (plen bytes): a walk of them all. */
+static void
+near_drop_secondaries(struct near *n, const char *p, size_t plen)
+{
+    for (size_t b = 0; n->nsecondary && n->buckets && b <= n->mask; b++) {
+        struct near_entry **pp = &n->buckets[b];
+        while (*pp) {
+            struct near_entry *e = *pp;
+            if (e->keylen > plen && e->key[plen] == STORE_KEY_SEP && memcmp(e->key, p, plen) == 0)
+                near_remove(n, pp);
+            else
+                pp = &e->hnext;
+        }
+    }
 }
 
 static void
@@ -1337,9 +1443,10 @@ struct admit_op {
     struct limiter_result *ures; /* nu */
     bool allowed;
     bool lease;     /* the lookup asked for the fill lease */
-    bool fresh;     /* the script found the entry fresh: token holds its fill token */
+    bool found;     /* the script found the entry, fresh or stale: token holds its fill token */
+    bool stale;     /* ... past its expiry, kept for its stale_ms */
+    bool leased;    /* the lookup took the fill lease (on a miss, or with a stale entry) */
     bool filling;   /* another caller holds the fill lease */
-    bool looked_up; /* the lookup's reply arrived */
     bool near;      /* a local copy was found: no GET was sent with the lookup */
     bool refetched; /* the GET was sent after the lookup */
     uint64_t now_ms;
@@ -1351,7 +1458,7 @@ struct admit_op {
 static void admit_value_command(struct store_redis *s, struct admit_op *op);
 static void admit_part_done(struct admit_op *op);
 
-/* The entry found fresh: the response read with it, or the local copy, when it carries the
+/* The entry found: the response read with it, or the local copy, when it carries the
  * same fill token. NULL when there is none (yet). */
 static struct store_entry *
 admit_entry(struct admit_op *op)
@@ -1386,6 +1493,7 @@ admit_finish(struct admit_op *op)
 
     a->entry = NULL;
     a->state = STORE_MISS;
+    a->lease_taken = false;
     if (op->status == 0) {
         a->allowed = op->allowed;
         a->now_ms = op->now_ms;
@@ -1396,7 +1504,7 @@ admit_finish(struct admit_op *op)
         if (!a->allowed) {
             for (size_t i = 0; i < a->ntags; i++)
                 a->tag_gens[i] = 0;
-            if (op->s->split && op->lease && op->looked_up && !op->fresh && !op->filling) {
+            if (op->s->split && op->leased) {
                 /* The lookup ran beside a denied check and took the lease: give it back. */
                 struct sbuf b = {0}, k = {0};
                 resp_argc(&b, 2);
@@ -1405,11 +1513,12 @@ admit_finish(struct admit_op *op)
                 sbuf_free(&k);
                 conn_send(&op->s->cache, -1, &b, on_ignored, NULL);
             }
-        } else if (op->fresh) {
+        } else if (op->found) {
             entry = admit_entry(op);
             if (entry) {
                 a->entry = entry;
-                a->state = STORE_HIT;
+                a->state = op->stale ? STORE_STALE : STORE_HIT;
+                a->lease_taken = op->leased;
             } else if (op->near && !op->refetched) {
                 /* Another response than the local copy: read it now (a second round trip). */
                 op->refetched = true;
@@ -1419,10 +1528,14 @@ admit_finish(struct admit_op *op)
                 admit_part_done(op);
                 return;
             }
+            /* Else the entry vanished since the lookup: a miss (with the lease when it was
+             * stale and the lookup took it). */
+            a->lease_taken = op->leased;
         } else if (a->cache_key) {
             near_drop(&op->s->near, a->cache_key, a->cache_keylen);
             if (op->filling)
                 a->state = STORE_FILLING;
+            a->lease_taken = op->leased;
         }
     } else {
         op->s->stats.failed++;
@@ -1490,16 +1603,19 @@ admit_parse(struct admit_op *op, const redisReply *r, size_t *pos, uint64_t now,
                 return -1;
         const redisReply *e = r->element[p++];
         if (e->type == REDIS_REPLY_STRING) {
-            if (e->len < TOKEN_LEN)
+            if (e->len != TOKEN_LEN && e->len != TOKEN_LEN + 1)
                 return -1;
             memcpy(op->token, e->str, TOKEN_LEN);
-            op->fresh = true;
+            op->found = true;
+            op->stale = e->len > TOKEN_LEN;
+            op->leased = op->stale && e->str[TOKEN_LEN] == 1;
         } else if (e->type == REDIS_REPLY_INTEGER) {
             op->filling = true;
-        } else if (e->type != REDIS_REPLY_NIL) {
+        } else if (e->type == REDIS_REPLY_NIL) {
+            op->leased = op->lease && allowed; /* a miss with the lease asked took it */
+        } else {
             return -1;
         }
-        op->looked_up = true;
     }
     if (nl > 0) {
         op->allowed = allowed != 0;
@@ -1649,7 +1765,7 @@ batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
             u++;
         }
         if (wc && a->cache_key) {
-            idx[at++] = keyset_add(&ks, 'e', NULL, a->cache_key, a->cache_keylen);
+            idx[at++] = keyset_add(&ks, 'c', NULL, a->cache_key, a->cache_keylen);
             for (size_t j = 0; j < a->ntags; j++)
                 idx[at++] = keyset_add(&ks, 't', NULL, a->tags[j], a->taglens[j]);
         }
@@ -1708,7 +1824,7 @@ admit_value_command(struct store_redis *s, struct admit_op *op)
     buf_reserve(&b, op->a->cache_keylen + 96);
     resp_argc(&b, 2);
     resp_str(&b, "GET");
-    resp_key(&b, &s->scratch, 'b', NULL, op->a->cache_key, op->a->cache_keylen);
+    resp_key(&b, &s->scratch, 'r', NULL, op->a->cache_key, op->a->cache_keylen);
     conn_send(&s->cache, -1, &b, on_admit_value, op);
 }
 
@@ -1972,16 +2088,22 @@ redis_fill(struct store *st, const char *key, size_t keylen, struct store_entry 
     struct fill_op *op = xmalloc(sizeof(*op) + keylen);
     struct sbuf b = {0}, k = {0}, meta = {0};
     unsigned char *token = op->token;
-    size_t ctlen = entry->content_type ? strlen(entry->content_type) : 0;
+    size_t headlen = entry_head_len(entry);
+    bool secondary = store_key_primary_len(key, keylen) < keylen;
+    uint64_t keep = ttl_ms + entry->stale_ms < ttl_ms ? UINT64_MAX : ttl_ms + entry->stale_ms;
 
+    if (keep > EXACT_LIMIT)
+        keep = EXACT_LIMIT; /* fill.lua computes with doubles */
     store_entry_ref(entry);
     *op = (struct fill_op){
         .s = s, .entry = entry, .ttl_ms = ttl_ms, .done = done, .arg = arg, .keylen = keylen};
     memcpy(op->key, key, keylen);
     fill_token(s, token);
 
-    /* The entry's value: the token, then each tag's key and the generation recorded. */
+    /* The entry's value: the token, room for expires_ms (written by fill.lua), then each
+     * tag's key and the generation recorded. */
     sbuf_add(&meta, token, TOKEN_LEN);
+    sbuf_add(&meta, "\0\0\0\0\0\0\0\0", 8);
     for (size_t i = 0; i < ntags; i++) {
         k.len = 0;
         cache_key(&k, 't', tags[i], taglens[i]);
@@ -1993,26 +2115,23 @@ redis_fill(struct store *st, const char *key, size_t keylen, struct store_entry 
         sbuf_add(&meta, k.p, k.len);
     }
 
-    buf_reserve(&b, 256 + 3 * keylen + meta.len + entry->body_len + ctlen + 100 * ntags);
-    resp_evalsha(&b, SCRIPT_FILL, 3 + ntags, 4 + ntags);
-    resp_key(&b, &k, 'e', NULL, key, keylen);
-    resp_key(&b, &k, 'b', NULL, key, keylen);
+    buf_reserve(&b, 256 + 5 * keylen + meta.len + headlen + 100 * ntags);
+    resp_evalsha(&b, SCRIPT_FILL, 4 + ntags, 6 + ntags);
+    resp_key(&b, &k, 'c', NULL, key, keylen);
+    resp_key(&b, &k, 'r', NULL, key, keylen);
     resp_key(&b, &k, 'f', NULL, key, keylen);
+    resp_key(&b, &k, 'v', NULL, key, store_key_primary_len(key, keylen));
     for (size_t i = 0; i < ntags; i++)
         resp_key(&b, &k, 't', NULL, tags[i], taglens[i]);
     resp_u64(&b, ttl_ms);
     resp_arg(&b, meta.p, meta.len);
-    /* The response's head, written straight into the command: body, content type, status. */
-    resp_num(&b, '$', entry->body_len + ctlen + 4 + 2);
-    if (entry->body_len)
-        sbuf_add(&b, entry->body, entry->body_len);
-    if (ctlen)
-        sbuf_add(&b, entry->content_type, ctlen);
-    wr_u32(&b, (uint32_t)ctlen);
-    unsigned char status[2] = {(unsigned char)entry->status, (unsigned char)(entry->status >> 8)};
-    sbuf_add(&b, status, 2);
+    /* The response's head, written straight into the command. */
+    resp_num(&b, '$', headlen);
+    entry_head(&b, entry);
     sbuf_add(&b, "\r\n", 2);
     resp_arg(&b, token, TOKEN_LEN);
+    resp_u64(&b, keep);
+    resp_arg(&b, key, secondary ? keylen : 0);
     for (size_t i = 0; i < ntags; i++)
         resp_u64(&b, tag_gens[i]);
     sbuf_free(&k);
@@ -2064,6 +2183,343 @@ redis_invalidate(struct store *st, const char *const *tags, const size_t *taglen
     conn_send(&s->cache, SCRIPT_INVALIDATE, &b, on_invalidate, op);
 }
 
+/* ---- delete_keys and invalidate_pattern --------------------------------------------------- */
+
+/*
+ * An operation made of several commands, completed once when the last reply is in: a
+ * count of what they removed, or the first failure. `pending` counts the replies awaited
+ * and one for the code sending, so that a command failing at once cannot end it early.
+ */
+struct count_op {
+    struct store_redis *s;
+    store_count_fn *done;
+    void *arg;
+    int pending;
+    int status;
+    uint64_t count;
+    /* pattern runs only */
+    char *glob;        /* NUL-terminated */
+    struct sbuf match; /* the SCAN pattern */
+    char cursor[24];   /* the next SCAN's cursor */
+    bool last;         /* the cursor came back 0: no more SCAN */
+    void (*next)(struct count_op *op);
+};
+
+static struct count_op *
+count_op_new(struct store_redis *s, store_count_fn *done, void *arg)
+{
+    struct count_op *op = xcalloc(1, sizeof(*op));
+
+    op->s = s;
+    op->done = done;
+    op->arg = arg;
+    op->pending = 1;
+    return op;
+}
+
+static void
+count_op_fail(struct count_op *op, redisReply *r)
+{
+    if (op->status == 0)
+        op->status = reply_status(r);
+}
+
+/* One reply (or the sender) less; the last one either sends the next step or completes. */
+static void
+count_op_part_done(struct count_op *op)
+{
+    if (--op->pending > 0)
+        return;
+    if (op->status == 0 && op->next && !op->last) {
+        op->pending = 1;
+        op->next(op);
+        return;
+    }
+    if (op->status != 0)
+        op->s->stats.failed++;
+    store_count_fn *done = op->done;
+    void *arg = op->arg;
+    int status = op->status;
+    uint64_t count = status == 0 ? op->count : 0;
+    free(op->glob);
+    sbuf_free(&op->match);
+    free(op);
+    done(arg, status, count);
+}
+
+/* A reply counting removed entries (an integer). */
+static void
+on_count_reply(void *arg, redisReply *r)
+{
+    struct count_op *op = arg;
+    uint64_t n;
+
+    if (r && r->type == REDIS_REPLY_INTEGER && reply_u64(r, &n) == 0)
+        op->count += n;
+    else
+        count_op_fail(op, r);
+    count_op_part_done(op);
+}
+
+/* A reply whose value does not matter, only that it is not an error. */
+static void
+on_plain_reply(void *arg, redisReply *r)
+{
+    struct count_op *op = arg;
+
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        count_op_fail(op, r);
+    count_op_part_done(op);
+}
+
+/* Sends delete.lua for one key (the caller counted it in op->pending). */
+static void
+delete_command(struct count_op *op, const char *key, size_t keylen)
+{
+    struct store_redis *s = op->s;
+    struct sbuf b = {0};
+
+    buf_reserve(&b, 3 * keylen + 200);
+    resp_evalsha(&b, SCRIPT_DELETE, 3, 0);
+    resp_key(&b, &s->scratch, 'c', NULL, key, keylen);
+    resp_key(&b, &s->scratch, 'r', NULL, key, keylen);
+    resp_key(&b, &s->scratch, 'v', NULL, key, keylen);
+    conn_send(&s->cache, SCRIPT_DELETE, &b, on_count_reply, op);
+}
+
+/* Drops the local copies of key and, for a primary, of its secondaries. */
+static void
+near_drop_entry(struct near *n, const char *key, size_t keylen)
+{
+    near_drop(n, key, keylen);
+    if (store_key_primary_len(key, keylen) == keylen)
+        near_drop_secondaries(n, key, keylen);
+}
+
+static void
+redis_delete_keys(struct store *st, const char *const *keys, const size_t *lens, size_t n,
+                  store_count_fn *done, void *arg)
+{
+    struct store_redis *s = (struct store_redis *)st;
+    struct count_op *op = count_op_new(s, done, arg);
+
+    for (size_t i = 0; i < n; i++) {
+        near_drop_entry(&s->near, keys[i], lens[i]);
+        if (op->status != 0)
+            continue; /* the connection refused one: send no more */
+        op->pending++;
+        delete_command(op, keys[i], lens[i]);
+    }
+    count_op_part_done(op);
+}
+
+static bool
+is_alnum(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+/*
+ * Appends the SCAN pattern of a glob: fnmatch's syntax written as Redis's, widened where
+ * it cannot be said exactly (an untranslated bracket becomes '?'), so that it matches at
+ * least the keys fnmatch matches (the process runs in the C locale: a character is a
+ * byte); the keys it returns are filtered with store_key_matches(). A bracket is kept when
+ * it holds only letters, digits and ranges between them; literal bytes are escaped.
+ */
+static void
+glob_to_redis(struct sbuf *b, const char *g, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)g[i];
+        if (c == '*' || c == '?') {
+            sbuf_add(b, &g[i], 1);
+            continue;
+        }
+        if (c == '[') {
+            /* fnmatch: [, optional ! or ^, a ']' first is literal, up to the next ']'. */
+            size_t j = i + 1, start;
+            bool neg = j < len && (g[j] == '!' || g[j] == '^'), simple = true;
+            if (neg)
+                j++;
+            start = j;
+            if (j < len && g[j] == ']')
+                j++;
+            while (j < len && g[j] != ']') {
+                if (g[j] == '[' && j + 1 < len &&
+                    (g[j + 1] == ':' || g[j + 1] == '=' || g[j + 1] == '.')) {
+                    /* a class, equivalence class or collating symbol: skip over it */
+                    const char *close = NULL;
+                    for (size_t k = j + 2; k + 1 < len && !close; k++)
+                        if (g[k] == g[j + 1] && g[k + 1] == ']')
+                            close = &g[k];
+                    if (!close) {
+                        sbuf_add(b, "*", 1); /* unclear to the end: anything wider will do */
+                        return;
+                    }
+                    simple = false;
+                    j = (size_t)(close - g) + 2;
+                    continue;
+                }
+                if (g[j] == '\\' && j + 1 < len)
+                    j++;
+                j++;
+            }
+            if (j >= len) {
+                /* no closing ']': fnmatch takes this '[' literally */
+                sbuf_add(b, "\\[", 2);
+                continue;
+            }
+            /* g[start, j) is the set; check it is letters, digits and ranges "x-y" of them
+             * (x <= y; no '-' next to a range) */
+            for (size_t k = start; k < j && simple; k++) {
+                if (g[k] == '-')
+                    simple = k > start && k + 1 < j && g[k - 1] <= g[k + 1] &&
+                             (k < start + 2 || g[k - 2] != '-') && (k + 2 >= j || g[k + 2] != '-');
+                else
+                    simple = is_alnum((unsigned char)g[k]);
+            }
+            if (simple && j > start) {
+                sbuf_add(b, neg ? "[^" : "[", neg ? 2 : 1);
+                sbuf_add(b, g + start, j - start);
+                sbuf_add(b, "]", 1);
+            } else {
+                sbuf_add(b, "?", 1);
+            }
+            i = j;
+            continue;
+        }
+        if (c == '\\') {
+            if (i + 1 == len) {
+                sbuf_add(b, "*", 1); /* fnmatch matches nothing: anything wider will do */
+                continue;
+            }
+            c = (unsigned char)g[++i];
+        }
+        if (!is_alnum(c))
+            sbuf_add(b, "\\", 1);
+        sbuf_add(b, &c, 1);
+    }
+}
+
+/* The cache key of an entry key ("sl:{TAG}:c:KEY"), or NULL when k is not one. */
+static const char *
+entry_key_raw(const char *k, size_t klen, size_t *rawlen)
+{
+    const char *close = klen > 4 && memcmp(k, "sl:{", 4) == 0 ? memchr(k, '}', klen) : NULL;
+
+    if (!close || (size_t)(k + klen - close) < 4 || memcmp(close, "}:c:", 4) != 0)
+        return NULL;
+    *rawlen = klen - (size_t)(close + 4 - k);
+    return close + 4;
+}
+
+static void pattern_scan(struct count_op *op);
+
+/* A SCAN reply: unlinks the entries whose keys match, with their responses and variants. */
+static void
+on_scan(void *arg, redisReply *r)
+{
+    struct count_op *op = arg;
+    struct store_redis *s = op->s;
+
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len >= sizeof(op->cursor) ||
+        r->element[1]->type != REDIS_REPLY_ARRAY) {
+        count_op_fail(op, r);
+        count_op_part_done(op);
+        return;
+    }
+    memcpy(op->cursor, r->element[0]->str, r->element[0]->len);
+    op->cursor[r->element[0]->len] = '\0';
+    op->last = strcmp(op->cursor, "0") == 0;
+
+    const redisReply *keys = r->element[1];
+    struct sbuf entries = {0}, rest = {0}, k = {0};
+    size_t nentries = 0, nrest = 0;
+    for (size_t i = 0; i < keys->elements; i++) {
+        const redisReply *kr = keys->element[i];
+        size_t rawlen;
+        const char *raw =
+            kr->type == REDIS_REPLY_STRING ? entry_key_raw(kr->str, kr->len, &rawlen) : NULL;
+        if (!raw || !store_key_matches(op->glob, raw, rawlen))
+            continue;
+        near_drop(&s->near, raw, rawlen);
+        resp_arg(&entries, kr->str, kr->len);
+        nentries++;
+        resp_key(&rest, &k, 'r', NULL, raw, rawlen);
+        nrest++;
+        if (store_key_primary_len(raw, rawlen) == rawlen) {
+            resp_key(&rest, &k, 'v', NULL, raw, rawlen);
+            nrest++;
+        }
+    }
+    sbuf_free(&k);
+    if (nentries) {
+        /* The entries first (their count is what was removed), then the rest. */
+        struct sbuf b = {0};
+        resp_argc(&b, 1 + nentries);
+        resp_str(&b, "UNLINK");
+        sbuf_add(&b, entries.p, entries.len);
+        op->pending++;
+        conn_send(&s->cache, -1, &b, on_count_reply, op);
+        resp_argc(&b, 1 + nrest);
+        resp_str(&b, "UNLINK");
+        sbuf_add(&b, rest.p, rest.len);
+        op->pending++;
+        conn_send(&s->cache, -1, &b, on_plain_reply, op);
+    }
+    sbuf_free(&entries);
+    sbuf_free(&rest);
+    count_op_part_done(op); /* this reply: the next SCAN goes once the UNLINKs are answered */
+}
+
+/* Sends the next SCAN of a pattern run (the caller counted it in op->pending). */
+static void
+pattern_scan(struct count_op *op)
+{
+    struct sbuf b = {0};
+
+    resp_argc(&b, 6);
+    resp_str(&b, "SCAN");
+    resp_str(&b, op->cursor);
+    resp_str(&b, "MATCH");
+    resp_arg(&b, op->match.p, op->match.len);
+    resp_str(&b, "COUNT");
+    resp_u64(&b, SCAN_COUNT);
+    conn_send(&op->s->cache, -1, &b, on_scan, op);
+}
+
+static void
+redis_invalidate_pattern(struct store *st, const char *glob, size_t globlen, store_count_fn *done,
+                         void *arg)
+{
+    struct store_redis *s = (struct store_redis *)st;
+    struct count_op *op = count_op_new(s, done, arg);
+    size_t litlen;
+
+    op->glob = xmalloc(globlen + 1);
+    if (memchr(glob, '\0', globlen)) {
+        op->status = -1;
+    } else if (store_glob_literal(glob, globlen, op->glob, &litlen)) {
+        near_drop_entry(&s->near, op->glob, litlen);
+        op->pending++;
+        delete_command(op, op->glob, litlen);
+    } else {
+        memcpy(op->glob, glob, globlen);
+        op->glob[globlen] = '\0';
+        /* Entry keys whose cache key matches the glob, or starts with what does (a secondary
+         * whose primary matches): the hash tag is any. */
+        sbuf_adds(&op->match, "sl:{*}:c:");
+        glob_to_redis(&op->match, glob, globlen);
+        if (op->match.p[op->match.len - 1] != '*' ||
+            (op->match.len >= 2 && op->match.p[op->match.len - 2] == '\\'))
+            sbuf_add(&op->match, "*", 1);
+        memcpy(op->cursor, "0", 2);
+        op->next = pattern_scan;
+    }
+    count_op_part_done(op);
+}
+
 /* ---- the store ---------------------------------------------------------------------------- */
 
 static void
@@ -2098,6 +2554,8 @@ static const struct store_ops redis_ops = {
     .invalidate = redis_invalidate,
     .destroy = redis_destroy,
     .health = redis_health,
+    .delete_keys = redis_delete_keys,
+    .invalidate_pattern = redis_invalidate_pattern,
 };
 
 struct store *

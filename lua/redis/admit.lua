@@ -14,22 +14,25 @@
 --       burst, cost; then nt tag key indexes.
 -- Returns { now_ms, then per request: allowed, for each limit: allowed, remaining,
 --           reset_ms, retry_ms, and with a lookup: for each tag its generation, then the
---           entry's value when it is a hit, 1 when another caller holds the fill lease,
---           or false }.
+--           entry's 8-byte fill token when it is a hit, the token and one byte when it is
+--           stale ("\1": this request took the fill lease, "\0": it did not), 1 when
+--           another caller holds the fill lease, or false }.
 --
 -- A request's limits are all checked first; only when all admit are they committed.
 -- Then, only when admitted, the tags' generations are read (a tag without a key is
 -- created at the current time in microseconds with a lease TTL, so a later invalidation
 -- or expiry can never bring back the value read here) and the entry is looked up: it is
 -- a hit only while every tag it was filled under still holds the generation it
--- recorded; a stale entry is deleted. On a miss with a lease, the request takes the fill
--- lease (SET NX PX lease_ms), or is told that another caller holds it.
+-- recorded; an entry whose tags moved is deleted (a miss, never stale). An entry past its
+-- expiry is stale (its key lives on for the entry's stale_ms). On a miss or a stale entry
+-- with a lease, the request takes the fill lease (SET NX PX lease_ms), or is told that
+-- another caller holds it (a miss is then FILLING; a stale entry stays stale).
 --
--- The entry's key holds [8-byte fill token][per tag: u32 key length, key, u32 generation
--- length, generation]; the response itself is in a key of its own that the gateway
--- reads with a plain GET sent right after this script, and uses only when it carries
--- the same token: the body never passes through Lua (every string entering Lua is
--- hashed byte by byte).
+-- The entry's key holds [8-byte fill token][f64 expires_ms][per tag: u32 key length, key,
+-- u32 generation length, generation]; the response itself is in a key of its own that
+-- the gateway reads with a plain GET sent right after this script, and uses only when it
+-- carries the same token: the body never passes through Lua (every string entering Lua
+-- is hashed byte by byte).
 --
 -- The math is engine/limiter.c's, in integer milliseconds held in doubles: exact while
 -- limit * window_ms and burst * window_ms stay below 2^53 (the store refuses rules
@@ -291,7 +294,7 @@ for r = 1, nreq do
       n = n + nt + 1
       local v = vals[ek]
       if v then
-        local p, stop = 9, #v + 1
+        local p, stop = 17, #v + 1
         while p < stop do
           local kl, gl, tk, g
           kl, p = sunpack('<I4', v, p)
@@ -315,10 +318,11 @@ for r = 1, nreq do
           p = p + gl
         end
       end
-      if v then
-        out[n] = v
+      local fresh = v and real_now < sunpack('<d', v, 9)
+      if fresh then
+        out[n] = string.sub(v, 1, 8)
       elseif lk == 0 then
-        out[n] = false
+        out[n] = v and string.sub(v, 1, 8) .. '\0' or false
       else
         leases = leases or {}
         local holder = leases[lk]
@@ -326,7 +330,9 @@ for r = 1, nreq do
           holder = redis.call('SET', KEYS[lk], '1', 'NX', 'PX', lease_ms) and r or 0
           leases[lk] = holder
         end
-        if holder == r then
+        if v then
+          out[n] = string.sub(v, 1, 8) .. (holder == r and '\1' or '\0')
+        elseif holder == r then
           out[n] = false
         else
           out[n] = 1

@@ -10,6 +10,7 @@
  * clock) and the Redis store (asynchronous, real clock).
  */
 
+#include <fnmatch.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -28,6 +29,8 @@ struct store_harness {
     void (*run_until_done)(void *ctx, const bool *done);
     /* Lets `ms` pass on the store's clock: a test clock moves, a real store sleeps. */
     void (*advance)(void *ctx, uint64_t ms);
+    /* Returns another handle on the store open() returned last (as another worker's). */
+    struct store *(*another)(void *ctx);
     void *ctx;
 };
 
@@ -165,6 +168,13 @@ conf_admit(struct conf *c, struct conf_req *r)
     if (!r->a.allowed) {
         assert_int_equal(r->a.state, STORE_MISS);
     }
+    /* The lease is taken only when asked, never on a hit or while another holds it; a miss
+     * that asked for it got it. */
+    if (!r->lease_ms || !r->key || !r->a.allowed || r->a.state == STORE_HIT ||
+        r->a.state == STORE_FILLING)
+        assert_false(r->a.lease_taken);
+    else if (r->a.state == STORE_MISS)
+        assert_true(r->a.lease_taken);
 }
 
 /* One limit, no cache: the result. */
@@ -196,10 +206,10 @@ static struct store_entry *
 conf_entry(uint16_t status, const char *ctype, const void *body, size_t len)
 {
     char *b = malloc(len ? len : 1);
-    char *ct = strdup(ctype);
+    char *ct = ctype ? strdup(ctype) : NULL;
 
     assert_non_null(b);
-    assert_non_null(ct);
+    assert_true(ct || !ctype);
     memcpy(b, body, len);
     return store_entry_new(status, ct, b, len);
 }
@@ -894,6 +904,522 @@ conf_lease_not_taken_when_denied(void **state)
     assert_int_equal(conf_lease_lookup(c, &r, "lease:d", NULL, CONF_LEASE), STORE_FILLING);
 }
 
+/* ---- entry fields and stale keep ------------------------------------------------ */
+
+/* Looks key up (no tags) and fills e there for ttl_ms; returns the fill status. */
+static int
+conf_put_entry(struct conf *c, const char *key, size_t keylen, struct store_entry *e,
+               uint64_t ttl_ms)
+{
+    struct conf_req r = {0};
+
+    r.key = key;
+    r.keylen = keylen;
+    conf_admit(c, &r);
+    store_entry_release(r.a.entry);
+    return conf_fill_req(c, &r, e, ttl_ms);
+}
+
+/* Looks key up (no tags): its state, and the entry (a new reference) in *out when it has one. */
+static enum store_cache_state
+conf_get(struct conf *c, const char *key, size_t keylen, struct store_entry **out)
+{
+    struct conf_req r = {0};
+
+    r.key = key;
+    r.keylen = keylen;
+    conf_admit(c, &r);
+    if (out)
+        *out = r.a.entry;
+    else
+        store_entry_release(r.a.entry);
+    return r.a.state;
+}
+
+static char *
+conf_bytes(const void *p, size_t len)
+{
+    char *s = malloc(len + 1);
+
+    assert_non_null(s);
+    memcpy(s, p, len);
+    s[len] = '\0';
+    return s;
+}
+
+/* The optional fields of two entries are the same: NULL as NULL, and the same bytes. */
+static void
+conf_same_fields(const struct store_entry *got, const struct store_entry *want)
+{
+    assert_int_equal(got->status, want->status);
+    assert_int_equal(got->flags, want->flags);
+    assert_int_equal(got->stale_ms, want->stale_ms);
+    assert_int_equal(got->body_len, want->body_len);
+    assert_memory_equal(got->body, want->body, want->body_len);
+    if (want->content_type)
+        assert_string_equal(got->content_type, want->content_type);
+    else
+        assert_null(got->content_type);
+    if (want->etag)
+        assert_string_equal(got->etag, want->etag);
+    else
+        assert_null(got->etag);
+    if (want->headers) {
+        assert_non_null(got->headers);
+        assert_int_equal(got->headers_len, want->headers_len);
+        assert_memory_equal(got->headers, want->headers, want->headers_len);
+    } else {
+        assert_null(got->headers);
+        assert_int_equal(got->headers_len, 0);
+    }
+}
+
+static void
+conf_entry_fields_round_trip(void **state)
+{
+    struct conf *c = *state;
+    static const char hdrs[] = "Cache-Control: max-age=60\r\nVary: Accept-Encoding\r\n"
+                               "X-Odd: a\0b\xff\r\n";
+    struct store_entry *e[4], *got;
+
+    /* Everything set. */
+    e[0] = conf_entry(299, "application/json; charset=utf-8", "{\"a\":1}", 7);
+    e[0]->flags = STORE_ENTRY_PASS;
+    e[0]->stale_ms = 30000;
+    e[0]->headers = conf_bytes(hdrs, sizeof(hdrs) - 1);
+    e[0]->headers_len = sizeof(hdrs) - 1;
+    e[0]->etag = strdup("W/\"v-1\"");
+    /* Nothing optional: no content type, headers or ETag; a Vary entry. */
+    e[1] = conf_entry(200, NULL, "accept-encoding,accept-language", 31);
+    e[1]->flags = STORE_ENTRY_VARY;
+    /* Empty strings are not NULL. */
+    e[2] = conf_entry(204, "", "", 0);
+    e[2]->headers = conf_bytes("", 0);
+    e[2]->etag = strdup("\"\"");
+    /* Both flags, a long stale keep. */
+    e[3] = conf_entry(404, "text/plain", "gone", 4);
+    e[3]->flags = STORE_ENTRY_PASS | STORE_ENTRY_VARY;
+    e[3]->stale_ms = 7 * 24 * HOUR;
+    /* Read through another handle (which has no copy of its own of what this one filled),
+     * then again (when it may have one). */
+    struct conf c2 = {.h = c->h, .s = c->h->another(c->h->ctx)};
+    assert_non_null(c2.s);
+    for (int i = 0; i < 4; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "fields:%d", i);
+        assert_int_equal(conf_put_entry(c, key, strlen(key), e[i], 60000), 0);
+        for (int round = 0; round < 2; round++) {
+            assert_int_equal(conf_get(&c2, key, strlen(key), &got), STORE_HIT);
+            conf_same_fields(got, e[i]);
+            assert_true(got->expires_ms - got->stored_ms == 60000);
+            store_entry_release(got);
+        }
+        store_entry_release(e[i]);
+    }
+    c2.s->ops->destroy(c2.s);
+}
+
+static void
+conf_stale_window(void **state)
+{
+    struct conf *c = *state;
+    const char *tags[] = {"st:1", NULL};
+    struct store_entry *e = conf_entry(200, "text/plain", "old", 3), *got;
+    struct conf_req r;
+
+    e->stale_ms = 600;
+    conf_lookup(c, &r, "stale:k", tags);
+    assert_int_equal(conf_fill_req(c, &r, e, 300), 0);
+    store_entry_release(e);
+    assert_true(conf_hit(c, "stale:k", tags, "old"));
+    c->h->advance(c->h->ctx, 450);
+    /* Expired, kept: stale, with the entry, its times telling so. */
+    conf_lookup(c, &r, "stale:k", tags);
+    assert_int_equal(r.a.state, STORE_STALE);
+    got = r.a.entry;
+    assert_memory_equal(got->body, "old", 3);
+    assert_int_equal(got->stale_ms, 600);
+    assert_true(got->expires_ms <= r.a.now_ms);
+    assert_true(got->expires_ms + got->stale_ms > r.a.now_ms);
+    store_entry_release(got);
+    /* An entry without stale_ms next to it is gone. */
+    assert_int_equal(conf_put(c, "stale:none", NULL, "n", 300), 0);
+    c->h->advance(c->h->ctx, 450);
+    assert_int_equal(conf_get(c, "stale:none", 10, NULL), STORE_MISS);
+    /* Past its stale_ms it is gone too. */
+    c->h->advance(c->h->ctx, 300);
+    assert_int_equal(conf_get(c, "stale:k", 7, NULL), STORE_MISS);
+    /* A fill replaces a stale entry: a hit again. */
+    e = conf_entry(200, "text/plain", "new", 3);
+    e->stale_ms = 600;
+    conf_lookup(c, &r, "stale:k", tags);
+    assert_int_equal(conf_fill_req(c, &r, e, 300), 0);
+    store_entry_release(e);
+    c->h->advance(c->h->ctx, 450);
+    assert_int_equal(conf_get(c, "stale:k", 7, NULL), STORE_STALE);
+    e = conf_entry(200, "text/plain", "newer", 5);
+    conf_lookup(c, &r, "stale:k", tags);
+    assert_int_equal(r.a.state, STORE_STALE);
+    store_entry_release(r.a.entry);
+    assert_int_equal(conf_fill_req(c, &r, e, 60000), 0);
+    store_entry_release(e);
+    assert_true(conf_hit(c, "stale:k", tags, "newer"));
+}
+
+static void
+conf_stale_invalidated_is_miss(void **state)
+{
+    struct conf *c = *state;
+    const char *tags[] = {"si:1", NULL};
+    struct store_entry *e;
+    struct conf_req r;
+
+    /* Invalidated while fresh: a miss, never stale, however long its stale_ms. */
+    e = conf_entry(200, "text/plain", "v1", 2);
+    e->stale_ms = HOUR;
+    conf_lookup(c, &r, "si:k", tags);
+    assert_int_equal(conf_fill_req(c, &r, e, 60000), 0);
+    store_entry_release(e);
+    assert_true(conf_hit(c, "si:k", tags, "v1"));
+    conf_invalidate1(c, "si:1");
+    conf_lookup(c, &r, "si:k", tags);
+    assert_int_equal(r.a.state, STORE_MISS);
+    /* Invalidated while stale: a miss as well. */
+    e = conf_entry(200, "text/plain", "v2", 2);
+    e->stale_ms = HOUR;
+    assert_int_equal(conf_fill_req(c, &r, e, 300), 0);
+    store_entry_release(e);
+    c->h->advance(c->h->ctx, 450);
+    conf_lookup(c, &r, "si:k", tags);
+    assert_int_equal(r.a.state, STORE_STALE);
+    store_entry_release(r.a.entry);
+    conf_invalidate1(c, "si:1");
+    conf_lookup(c, &r, "si:k", tags);
+    assert_int_equal(r.a.state, STORE_MISS);
+    /* With a lease asked, too: the miss takes it. */
+    assert_int_equal(conf_lease_lookup(c, &r, "si:k", tags, CONF_LEASE), STORE_MISS);
+    assert_true(r.a.lease_taken);
+}
+
+/* lease_taken across two handles of one store: MISS, FILLING, STALE. */
+static void
+conf_lease_taken(void **state)
+{
+    struct conf *c = *state;
+    struct conf c2 = {.h = c->h, .s = c->h->another(c->h->ctx)};
+    struct conf_req a, b;
+    struct store_entry *e;
+
+    assert_non_null(c2.s);
+    assert_int_equal(conf_lease_lookup(c, &a, "lt:k", NULL, CONF_LEASE), STORE_MISS);
+    assert_true(a.a.lease_taken);
+    assert_int_equal(conf_lease_lookup(&c2, &b, "lt:k", NULL, CONF_LEASE), STORE_FILLING);
+    assert_false(b.a.lease_taken);
+    e = conf_entry(200, "text/plain", "first", 5);
+    e->stale_ms = 60000;
+    assert_int_equal(conf_fill_req(c, &a, e, 300), 0);
+    store_entry_release(e);
+    assert_int_equal(conf_lease_lookup(&c2, &b, "lt:k", NULL, CONF_LEASE), STORE_HIT);
+    assert_false(b.a.lease_taken);
+    store_entry_release(b.a.entry);
+    c->h->advance(c->h->ctx, 450);
+    /* Stale: the first to ask takes the lease, the other is told it did not; both get it. */
+    assert_int_equal(conf_lease_lookup(&c2, &b, "lt:k", NULL, CONF_LEASE), STORE_STALE);
+    assert_true(b.a.lease_taken);
+    assert_memory_equal(b.a.entry->body, "first", 5);
+    store_entry_release(b.a.entry);
+    assert_int_equal(conf_lease_lookup(c, &a, "lt:k", NULL, CONF_LEASE), STORE_STALE);
+    assert_false(a.a.lease_taken);
+    assert_memory_equal(a.a.entry->body, "first", 5);
+    store_entry_release(a.a.entry);
+    assert_int_equal(conf_get(c, "lt:k", 4, NULL), STORE_STALE);
+    /* The refresh releases the lease: a hit for both. */
+    e = conf_entry(200, "text/plain", "second", 6);
+    assert_int_equal(conf_fill_req(&c2, &b, e, 60000), 0);
+    store_entry_release(e);
+    assert_int_equal(conf_lease_lookup(c, &a, "lt:k", NULL, CONF_LEASE), STORE_HIT);
+    assert_memory_equal(a.a.entry->body, "second", 6);
+    store_entry_release(a.a.entry);
+    /* A stale entry whose refresh never came: the lease expires, the next one takes it. */
+    e = conf_entry(200, "text/plain", "third", 5);
+    e->stale_ms = 60000;
+    assert_int_equal(conf_fill_req(c, &a, e, 200), 0);
+    store_entry_release(e);
+    c->h->advance(c->h->ctx, 300);
+    assert_int_equal(conf_lease_lookup(c, &a, "lt:k", NULL, 200), STORE_STALE);
+    assert_true(a.a.lease_taken);
+    store_entry_release(a.a.entry);
+    assert_int_equal(conf_lease_lookup(&c2, &b, "lt:k", NULL, 200), STORE_STALE);
+    assert_false(b.a.lease_taken);
+    store_entry_release(b.a.entry);
+    c->h->advance(c->h->ctx, 400);
+    assert_int_equal(conf_lease_lookup(&c2, &b, "lt:k", NULL, 200), STORE_STALE);
+    assert_true(b.a.lease_taken);
+    store_entry_release(b.a.entry);
+    c2.s->ops->destroy(c2.s);
+}
+
+/* ---- removal by key and by pattern ----------------------------------------------- */
+
+struct conf_count_op {
+    bool done;
+    int calls;
+    int status;
+    uint64_t count;
+};
+
+static void
+conf_count_done(void *arg, int status, uint64_t count)
+{
+    struct conf_count_op *op = arg;
+
+    op->calls++;
+    op->done = true;
+    op->status = status;
+    op->count = count;
+}
+
+static uint64_t
+conf_delete(struct conf *c, const char *const *keys, const size_t *lens, size_t n)
+{
+    struct conf_count_op op = {0};
+
+    store_delete_keys(c->s, keys, lens, n, conf_count_done, &op);
+    c->h->run_until_done(c->h->ctx, &op.done);
+    assert_true(op.done);
+    assert_int_equal(op.calls, 1);
+    assert_int_equal(op.status, 0);
+    return op.count;
+}
+
+static uint64_t
+conf_pattern(struct conf *c, const char *glob)
+{
+    struct conf_count_op op = {0};
+
+    store_invalidate_pattern(c->s, glob, strlen(glob), conf_count_done, &op);
+    c->h->run_until_done(c->h->ctx, &op.done);
+    assert_true(op.done);
+    assert_int_equal(op.calls, 1);
+    assert_int_equal(op.status, 0);
+    return op.count;
+}
+
+static bool
+conf_has(struct conf *c, const char *key)
+{
+    return conf_get(c, key, strlen(key), NULL) == STORE_HIT;
+}
+
+static void
+conf_delete_keys(void **state)
+{
+    struct conf *c = *state;
+    const char *tags[] = {"dk:1", NULL};
+
+    assert_int_equal(conf_put(c, "dk:a", tags, "a", 60000), 0);
+    assert_int_equal(conf_put(c, "dk:b", tags, "b", 60000), 0);
+    assert_int_equal(conf_put(c, "dk:c", NULL, "c", 60000), 0);
+    const char *keys[] = {"dk:a", "dk:c", "dk:nope", "dk:a", "dk"};
+    size_t lens[] = {4, 4, 7, 4, 2};
+    assert_int_equal(conf_delete(c, keys, lens, 5), 2);
+    assert_false(conf_has(c, "dk:a"));
+    assert_false(conf_has(c, "dk:c"));
+    assert_true(conf_hit(c, "dk:b", tags, "b"));
+    assert_int_equal(conf_delete(c, keys, lens, 0), 0);
+    assert_int_equal(conf_delete(c, keys, lens, 2), 0);
+    /* A key that was deleted fills again. */
+    assert_int_equal(conf_put(c, "dk:a", tags, "a2", 60000), 0);
+    assert_true(conf_hit(c, "dk:a", tags, "a2"));
+    /* An entry kept stale counts; one past its stale_ms does not. */
+    struct store_entry *e = conf_entry(200, "text/plain", "s", 1);
+    e->stale_ms = 500;
+    assert_int_equal(conf_put_entry(c, "dk:s", 4, e, 200), 0);
+    assert_int_equal(conf_put_entry(c, "dk:t", 4, e, 200), 0);
+    store_entry_release(e);
+    c->h->advance(c->h->ctx, 350);
+    const char *st[] = {"dk:s"};
+    size_t stl[] = {4};
+    assert_int_equal(conf_delete(c, st, stl, 1), 1);
+    assert_int_equal(conf_get(c, "dk:s", 4, NULL), STORE_MISS);
+    c->h->advance(c->h->ctx, 600);
+    st[0] = "dk:t";
+    assert_int_equal(conf_delete(c, st, stl, 1), 0);
+    /* Odd bytes, and the empty key. */
+    static const char odd[] = "dk:\0{x}*\xff";
+    assert_int_equal(conf_put(c, "", NULL, "empty", 60000), 0);
+    e = conf_entry(200, "text/plain", "odd", 3);
+    assert_int_equal(conf_put_entry(c, odd, sizeof(odd) - 1, e, 60000), 0);
+    store_entry_release(e);
+    const char *ok[] = {odd, "dk:", ""};
+    size_t okl[] = {sizeof(odd) - 1, 3, 0};
+    assert_int_equal(conf_delete(c, ok, okl, 3), 2);
+    assert_int_equal(conf_get(c, odd, sizeof(odd) - 1, NULL), STORE_MISS);
+    assert_int_equal(conf_get(c, "", 0, NULL), STORE_MISS);
+}
+
+#define CONF_SEP "\x1f"
+
+/* Flags round trip; a primary's secondaries go with it, by key or by pattern. */
+static void
+conf_vary_secondaries(void **state)
+{
+    struct conf *c = *state;
+    static const char *const keys[] = {
+        "vary:page:1",  "vary:page:1" CONF_SEP "gzip",  "vary:page:1" CONF_SEP "br",
+        "vary:page:10", "vary:page:10" CONF_SEP "gzip", "vary:page:1x",
+    };
+    struct store_entry *e, *got;
+
+    e = conf_entry(200, NULL, "accept-encoding", 15);
+    e->flags = STORE_ENTRY_VARY;
+    assert_int_equal(conf_put_entry(c, keys[0], strlen(keys[0]), e, 60000), 0);
+    store_entry_release(e);
+    for (size_t i = 1; i < 6; i++)
+        assert_int_equal(conf_put(c, keys[i], NULL, keys[i], 60000), 0);
+    assert_int_equal(conf_get(c, keys[0], strlen(keys[0]), &got), STORE_HIT);
+    assert_int_equal(got->flags, STORE_ENTRY_VARY);
+    assert_null(got->content_type);
+    store_entry_release(got);
+    for (size_t i = 1; i < 6; i++)
+        assert_true(conf_hit(c, keys[i], NULL, keys[i]));
+
+    /* By key: the primary and its two secondaries; not "vary:page:10" nor its own. */
+    size_t len = strlen(keys[0]);
+    assert_int_equal(conf_delete(c, keys, &len, 1), 3);
+    for (size_t i = 0; i < 6; i++)
+        assert_int_equal(conf_has(c, keys[i]), i >= 3);
+    /* The primary filled again does not bring its old secondaries back. */
+    assert_int_equal(conf_put(c, keys[0], NULL, "again", 60000), 0);
+    assert_false(conf_has(c, keys[1]));
+    assert_false(conf_has(c, keys[2]));
+    /* A secondary by key: itself only. */
+    assert_int_equal(conf_put(c, keys[1], NULL, "g", 60000), 0);
+    len = strlen(keys[1]);
+    assert_int_equal(conf_delete(c, &keys[1], &len, 1), 1);
+    assert_true(conf_has(c, keys[0]));
+
+    /* By pattern: a primary that matches takes its secondaries along. */
+    assert_int_equal(conf_pattern(c, "vary:page:1?"), 3); /* 10, 10+gzip, 1x */
+    assert_true(conf_has(c, keys[0]));
+    for (size_t i = 3; i < 6; i++)
+        assert_false(conf_has(c, keys[i]));
+    /* A pattern over the whole key text takes a secondary alone. */
+    assert_int_equal(conf_put(c, keys[1], NULL, "g", 60000), 0);
+    assert_int_equal(conf_put(c, keys[2], NULL, "b", 60000), 0);
+    assert_int_equal(conf_pattern(c, "*" CONF_SEP "gzip"), 1);
+    assert_false(conf_has(c, keys[1]));
+    assert_true(conf_has(c, keys[2]));
+    assert_true(conf_has(c, keys[0]));
+    /* A literal pattern is the key: the primary and its secondary. */
+    assert_int_equal(conf_pattern(c, "vary:page:1"), 2);
+    assert_false(conf_has(c, keys[0]));
+    assert_false(conf_has(c, keys[2]));
+}
+
+/* Fills every key (text bodies: the key itself), runs glob, and checks that exactly the keys
+ * fnmatch matches (or whose primary part it matches) are gone, and the count. */
+static void
+conf_pattern_check(struct conf *c, const char *const *keys, size_t n, bool *gone, const char *glob)
+{
+    uint64_t want = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (gone[i])
+            continue;
+        const char *sep = strchr(keys[i], CONF_SEP[0]);
+        char *primary = conf_bytes(keys[i], sep ? (size_t)(sep - keys[i]) : strlen(keys[i]));
+        if (fnmatch(glob, keys[i], 0) == 0 || fnmatch(glob, primary, 0) == 0) {
+            gone[i] = true;
+            want++;
+        }
+        free(primary);
+    }
+    uint64_t got = conf_pattern(c, glob);
+    if (got != want)
+        fail_msg("pattern \"%s\": %llu removed, %llu match", glob, (unsigned long long)got,
+                 (unsigned long long)want);
+}
+
+static void
+conf_pattern_many(void **state)
+{
+    struct conf *c = *state;
+    static const char *const kinds[] = {"alpha", "beta", "gamma", "delta", "st*r"};
+    enum { NK = 5, NU = 1000, N = NK * NU };
+    static const char *const globs[] = {
+        "k:st\\*r:1*", "k:?eta:*5",      "k:[a-c]*:2??",      "k:delta:*",
+        "*7",          "k:gamma:[!0-4]", "k:[ab]lpha:3[0-9]", "nothing:*",
+    };
+    char **keys = calloc(N, sizeof(*keys));
+    bool *gone = calloc(N, sizeof(*gone));
+
+    assert_non_null(keys);
+    assert_non_null(gone);
+    for (size_t i = 0; i < N; i++) {
+        char k[32];
+        snprintf(k, sizeof(k), "k:%s:%zu", kinds[i % NK], i / NK);
+        keys[i] = strdup(k);
+        assert_int_equal(conf_put(c, k, NULL, "v", 60000), 0);
+    }
+    for (size_t g = 0; g < sizeof(globs) / sizeof(globs[0]); g++)
+        conf_pattern_check(c, (const char *const *)keys, N, gone, globs[g]);
+    size_t left = 0;
+    for (size_t i = 0; i < N; i++) {
+        if (conf_has(c, keys[i]) == gone[i])
+            fail_msg("%s: %s", keys[i], gone[i] ? "still there" : "removed");
+        left += !gone[i];
+    }
+    assert_true(left > 1000 && left < N - 1000);
+    assert_int_equal(conf_pattern(c, "*"), left);
+    for (size_t i = 0; i < N; i += 97)
+        assert_false(conf_has(c, keys[i]));
+    for (size_t i = 0; i < N; i++)
+        free(keys[i]);
+    free(keys);
+    free(gone);
+}
+
+/* Globs at the edges of fnmatch's syntax remove what fnmatch matches, no more, no less. */
+static void
+conf_pattern_syntax(void **state)
+{
+    struct conf *c = *state;
+    static const char *const keys[] = {
+        "o:a]b", "o:a-b", "o:[x]", "o:a\\b", "o:a*b", "o:a?b",      "o:5",    "o:x",
+        "o:-",   "o:^",   "o:!",   "o:{u}",  "o:a:b", "o:\xc3\xa9", "o:\x7f", "o:",
+        "o:ab",  "o:]",   "o:[",   "o:a[",   "o:b",   "o:z",        "o:Z",    "o:a" CONF_SEP "x",
+        "p:a",   "o:a",   "o::",   "o:*",    "o:\\",  "o:%2A",
+    };
+    static const char *const globs[] = {
+        "o:[]a]*",      "o:[!a-c]",       "o:[a-]*",   "o:[[:digit:]]", "o:\\[*",  "o:a\\\\b",
+        "o:*\\**",      "o:[^x]",         "o:[z-a]",   "o:[a\\-z]",     "o:\xc3?", "o:a[",
+        "o:{u}",        "o:a\\",          "o:[a-c-e]", "o:[[]",         "o:[",     "o:*:*",
+        "o:?",          "o:[A-Z]",        "o:a",       "o:[\\a-c]",     "o:%2?",   "o:[[:al",
+        "o:[[:alpha:]", "o:[[:alpha:]]*", "*",
+    };
+    enum { N = sizeof(keys) / sizeof(keys[0]) };
+
+    for (size_t g = 0; g < sizeof(globs) / sizeof(globs[0]); g++) {
+        bool gone[N] = {0};
+        for (size_t i = 0; i < N; i++)
+            assert_int_equal(conf_put(c, keys[i], NULL, "v", 60000), 0);
+        conf_pattern_check(c, keys, N, gone, globs[g]);
+        for (size_t i = 0; i < N; i++)
+            if (conf_has(c, keys[i]) == gone[i])
+                fail_msg("pattern \"%s\", key \"%s\": %s", globs[g], keys[i],
+                         gone[i] ? "still there" : "removed");
+    }
+    /* A glob holding a NUL byte is refused. */
+    assert_int_equal(conf_put(c, "o:a", NULL, "v", 60000), 0);
+    struct conf_count_op op = {0};
+    store_invalidate_pattern(c->s, "o:\0*", 4, conf_count_done, &op);
+    c->h->run_until_done(c->h->ctx, &op.done);
+    assert_int_equal(op.calls, 1);
+    assert_int_equal(op.status, -1);
+    assert_true(conf_has(c, "o:a"));
+}
+
 /* ---- the suite ---------------------------------------------------------- */
 
 /* Runs every conformance test against the harness's stores; returns the number of failures. */
@@ -929,6 +1455,14 @@ store_conformance_run(const struct store_harness *h)
         CONF_TEST(conf_lease_expires),
         CONF_TEST(conf_lease_lookup_only_counts_nothing),
         CONF_TEST(conf_lease_not_taken_when_denied),
+        CONF_TEST(conf_entry_fields_round_trip),
+        CONF_TEST(conf_stale_window),
+        CONF_TEST(conf_stale_invalidated_is_miss),
+        CONF_TEST(conf_lease_taken),
+        CONF_TEST(conf_delete_keys),
+        CONF_TEST(conf_vary_secondaries),
+        CONF_TEST(conf_pattern_many),
+        CONF_TEST(conf_pattern_syntax),
     };
 #undef CONF_TEST
     return cmocka_run_group_tests_name(h->name, tests, NULL, NULL);

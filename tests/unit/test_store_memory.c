@@ -58,6 +58,12 @@ mem_advance(void *ctx, uint64_t ms)
     __atomic_add_fetch(&((struct mem_ctx *)ctx)->now, ms, __ATOMIC_RELAXED);
 }
 
+static struct store *
+mem_another(void *ctx)
+{
+    return store_memory_handle(((struct mem_ctx *)ctx)->m);
+}
+
 static struct mem_ctx conf_ctx = {.max_bytes = 64u << 20};
 
 static const struct store_harness memory_harness = {
@@ -66,6 +72,7 @@ static const struct store_harness memory_harness = {
     .close = mem_close,
     .run_until_done = mem_run_until_done,
     .advance = mem_advance,
+    .another = mem_another,
     .ctx = &conf_ctx,
 };
 

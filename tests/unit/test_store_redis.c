@@ -189,7 +189,8 @@ redis_open(void *ctx)
     return redis_open_cfg(conf_deadline_ms);
 }
 
-/* Every key the store wrote has a TTL: SCAN + PTTL. Returns the number of keys seen. */
+/* Every key the store wrote has a TTL and is of a kind of the current layout (limit, entry,
+ * response, fill lease, variants, tag): SCAN + PTTL. Returns the number of keys seen. */
 static size_t
 check_ttls(void)
 {
@@ -210,6 +211,11 @@ check_ttls(void)
             if (t->integer == -1)
                 fail_msg("key without a TTL: %.*s", (int)k->len, k->str);
             assert_true(memcmp(k->str, "sl:{", 4) == 0);
+            const char *close = memchr(k->str, '}', k->len);
+            assert_non_null(close);
+            assert_true(close + 3 < k->str + k->len && close[1] == ':' && close[3] == ':');
+            if (!strchr("lcrfvt", close[2]))
+                fail_msg("key of an unknown kind: %.*s", (int)k->len, k->str);
             freeReplyObject(t);
             seen++;
         }
@@ -219,6 +225,12 @@ check_ttls(void)
     }
     redisFree(c);
     return seen;
+}
+
+static struct store *
+redis_another(void *ctx)
+{
+    return redis_open_cfg(conf_deadline_ms);
 }
 
 static void
@@ -246,6 +258,7 @@ static const struct store_harness redis_harness = {
     .close = redis_close,
     .run_until_done = redis_run_until_done,
     .advance = redis_advance,
+    .another = redis_another,
 };
 
 /* ---- helpers for the tests below ---------------------------------------------------------- */
@@ -953,13 +966,224 @@ test_lease_across_instances(void **state)
     check_ttls();
 }
 
+/* ---- removal by key and pattern, stale keep ---------------------------------------------- */
+
+struct count {
+    bool done;
+    int calls;
+    int status;
+    uint64_t count;
+    uint64_t at_ms;
+};
+
+static void
+count_done(void *arg, int status, uint64_t n)
+{
+    struct count *c = arg;
+
+    c->calls++;
+    c->done = true;
+    c->status = status;
+    c->count = n;
+    c->at_ms = now_ms();
+}
+
+static uint64_t
+dbsize(void)
+{
+    redisReply *r = cmd("DBSIZE");
+    uint64_t n;
+
+    assert_non_null(r);
+    n = (uint64_t)r->integer;
+    freeReplyObject(r);
+    return n;
+}
+
+static long long
+pttl(const char *key, size_t len)
+{
+    redisReply *r = cmd("PTTL %b", key, len);
+    long long v;
+
+    assert_non_null(r);
+    v = r->integer;
+    freeReplyObject(r);
+    return v;
+}
+
+/* Fills n entries "pat:NNNN" through s, pipelined. */
+static void
+fill_many(struct store *s, int n)
+{
+    struct store_harness h = redis_harness;
+    struct conf c = {.h = &h, .s = s};
+
+    for (int i = 0; i < n; i++) {
+        char k[32];
+        snprintf(k, sizeof(k), "pat:%04d", i);
+        assert_int_equal(conf_put(&c, k, NULL, "v", 60000), 0);
+    }
+}
+
+/* A pattern run goes in several SCAN batches; every entry key, response and variants set goes. */
+static void
+test_pattern_batches(void **state)
+{
+    struct store *s = open_fresh(1000);
+    struct store_harness h = redis_harness;
+    struct conf c = {.h = &h, .s = s};
+    struct store_redis_stats st0, st1;
+    struct count n = {0};
+
+    fill_many(s, 5000);
+    assert_int_equal(conf_put(&c, "pat:0001" CONF_SEP "gzip", NULL, "g", 60000), 0);
+    assert_int_equal(dbsize(), 2 * 5001 + 1);
+    store_redis_stats(s, &st0);
+    store_invalidate_pattern(s, "pat:*", 5, count_done, &n);
+    assert_true(loop_until(&n.done, 10000));
+    loop_for(5);
+    store_redis_stats(s, &st1);
+    assert_int_equal(n.calls, 1);
+    assert_int_equal(n.status, 0);
+    assert_int_equal(n.count, 5001);
+    assert_int_equal(dbsize(), 0);
+    /* 10002 keys, 500 a SCAN: at least 20 of them, each followed by two UNLINKs at most. */
+    print_message("pattern run over 10002 keys: %llu commands\n",
+                  (unsigned long long)(st1.commands - st0.commands));
+    assert_true(st1.commands - st0.commands >= 20);
+    /* A run that finds nothing completes too. */
+    n = (struct count){0};
+    store_invalidate_pattern(s, "pat:*", 5, count_done, &n);
+    assert_true(loop_until(&n.done, 10000));
+    assert_int_equal(n.status, 0);
+    assert_int_equal(n.count, 0);
+    s->ops->destroy(s);
+}
+
+/* A pattern run, and a delete, while Redis does not answer: an error, once, at the deadline. */
+static void
+test_pattern_stopped(void **state)
+{
+    const uint64_t D = 50;
+    struct store *s = open_fresh(D);
+    struct count n = {0}, d = {0};
+    const char *key = "pat:0001";
+    size_t keylen = 8;
+
+    fill_many(s, 3000);
+    kill(R.pid, SIGSTOP);
+    uint64_t t0 = now_ms();
+    store_invalidate_pattern(s, "pat:1*", 6, count_done, &n);
+    store_delete_keys(s, &key, &keylen, 1, count_done, &d);
+    assert_true(loop_until(&n.done, 2000));
+    assert_true(loop_until(&d.done, 2000));
+    loop_for(200);
+    print_message("pattern run while stopped: failed after %llu ms\n",
+                  (unsigned long long)(n.at_ms - t0));
+    assert_int_equal(n.calls, 1);
+    assert_int_equal(n.status, STORE_UNAVAILABLE);
+    assert_true(n.at_ms - t0 <= D + 15);
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(d.status, STORE_UNAVAILABLE);
+    kill(R.pid, SIGCONT);
+
+    /* Stopped in the middle of a run: the SCAN or UNLINK then waiting fails it. */
+    bool ok = false;
+    for (int i = 0; i < 100 && !ok; i++) {
+        struct conf_req r;
+        struct store_harness h = redis_harness;
+        struct conf c = {.h = &h, .s = s};
+        memset(&r, 0, sizeof(r));
+        r.key = "x";
+        r.keylen = 1;
+        struct op o = {0};
+        r.a = (struct store_admit){.cache_key = "x", .cache_keylen = 1, .results = r.results};
+        store_admit_and_lookup(c.s, &r.a, op_done, &o);
+        loop_until(&o.done, 1000);
+        ok = o.status == 0;
+        if (!ok)
+            loop_for(20);
+    }
+    assert_true(ok);
+    struct store_redis_stats st0, st;
+    n = (struct count){0};
+    store_redis_stats(s, &st0);
+    store_invalidate_pattern(s, "pat:*", 5, count_done, &n);
+    do {
+        event_base_loop(R.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        store_redis_stats(s, &st);
+    } while (!n.done && st.commands - st0.commands < 4);
+    assert_false(n.done);
+    kill(R.pid, SIGSTOP);
+    t0 = now_ms();
+    assert_true(loop_until(&n.done, 2000));
+    loop_for(200);
+    kill(R.pid, SIGCONT);
+    assert_int_equal(n.calls, 1);
+    assert_int_equal(n.status, STORE_UNAVAILABLE);
+    assert_true(n.at_ms - t0 <= D + 15);
+    s->ops->destroy(s);
+}
+
+/* Stale keep: the entry's keys live ttl + stale_ms, its tags and variants set at least as long. */
+static void
+test_stale_keep_ttls(void **state)
+{
+    struct store *s = open_fresh(1000);
+    struct store_harness h = redis_harness;
+    struct conf c = {.h = &h, .s = s};
+    const char *tags[] = {"keep:1", NULL};
+    static const char sec[] = "keep:page:1" CONF_SEP "gzip";
+    struct conf_req r;
+
+    conf_lookup(&c, &r, sec, tags);
+    struct store_entry *e = conf_entry(200, "text/plain", "v", 1);
+    e->stale_ms = 30000;
+    assert_int_equal(conf_fill_req(&c, &r, e, 60000), 0);
+    store_entry_release(e);
+    /* The secondary's keys share its primary's hash tag. */
+    static const char ck[] = "sl:{1}:c:keep:page:1" CONF_SEP "gzip";
+    static const char rk[] = "sl:{1}:r:keep:page:1" CONF_SEP "gzip";
+    static const char vk[] = "sl:{1}:v:keep:page:1";
+    static const char tk[] = "sl:{1}:t:keep:1";
+    long long tc = pttl(ck, sizeof(ck) - 1), tr = pttl(rk, sizeof(rk) - 1);
+    long long tv = pttl(vk, sizeof(vk) - 1), tt = pttl(tk, sizeof(tk) - 1);
+    print_message("ttl 60 s, stale 30 s: entry %lld ms, response %lld, variants %lld, tag %lld\n",
+                  tc, tr, tv, tt);
+    assert_true(tc > 85000 && tc <= 90000);
+    assert_true(tr > 85000 && tr <= 90000);
+    assert_true(tv > 85000);
+    assert_true(tt > 85000);
+    redisReply *m = cmd("SMEMBERS %b", vk, sizeof(vk) - 1);
+    assert_non_null(m);
+    assert_int_equal(m->elements, 1);
+    assert_int_equal(m->element[0]->len, sizeof(sec) - 1);
+    assert_memory_equal(m->element[0]->str, sec, sizeof(sec) - 1);
+    freeReplyObject(m);
+    check_ttls();
+    /* Removing the primary removes the secondary and the variants set. */
+    const char *p = "keep:page:1";
+    size_t plen = strlen(p);
+    struct count n = {0};
+    store_delete_keys(s, &p, &plen, 1, count_done, &n);
+    assert_true(loop_until(&n.done, 10000));
+    assert_int_equal(n.status, 0);
+    assert_int_equal(n.count, 1);
+    assert_int_equal(pttl(ck, sizeof(ck) - 1), -2);
+    assert_int_equal(pttl(rk, sizeof(rk) - 1), -2);
+    assert_int_equal(pttl(vk, sizeof(vk) - 1), -2);
+    s->ops->destroy(s);
+    check_ttls();
+}
+
 /* ---- failover ----------------------------------------------------------------------------- */
 
 /* A primary that answers with `status` and counts its calls. */
 struct fake {
     struct store base;
     int status;
-    int admits, fills, invalidates;
+    int admits, fills, invalidates, deletes, patterns;
     size_t tags_invalidated;
 };
 
@@ -1002,6 +1226,26 @@ fake_invalidate(struct store *s, const char *const *tags, const size_t *taglens,
 }
 
 static void
+fake_delete_keys(struct store *s, const char *const *keys, const size_t *lens, size_t n,
+                 store_count_fn *done, void *arg)
+{
+    struct fake *f = (struct fake *)s;
+
+    f->deletes++;
+    done(arg, f->status, f->status == 0 ? n : 0);
+}
+
+static void
+fake_invalidate_pattern(struct store *s, const char *glob, size_t globlen, store_count_fn *done,
+                        void *arg)
+{
+    struct fake *f = (struct fake *)s;
+
+    f->patterns++;
+    done(arg, f->status, f->status == 0 ? 7 : 0);
+}
+
+static void
 fake_destroy(struct store *s)
 {
 }
@@ -1012,7 +1256,81 @@ static const struct store_ops fake_ops = {
     .fill = fake_fill,
     .invalidate = fake_invalidate,
     .destroy = fake_destroy,
+    .delete_keys = fake_delete_keys,
+    .invalidate_pattern = fake_invalidate_pattern,
 };
+
+/*
+ * Removal by key and pattern: to the primary while it answers (its failures count toward
+ * the breaker); while degraded, applied to the fallback and reported failed, not kept.
+ */
+static void
+test_failover_removal(void **state)
+{
+    struct fake fk = {.base = {.ops = &fake_ops}, .status = 0};
+    struct store_memory *m = store_memory_new(1 << 20);
+    struct store_failover_config cfg = {.failures = 2, .cooldown_ms = 100, .name = "test"};
+    struct store *s = store_failover_new(&fk.base, store_memory_handle(m), &cfg);
+    struct store *local = store_memory_handle(m);
+    struct store_harness hh = redis_harness;
+    struct conf lc = {.h = &hh, .s = local};
+    const char *keys[] = {"a", "b"};
+    size_t lens[] = {1, 1};
+    struct limiter_result res;
+    struct store_admit a;
+    struct store_health h;
+    struct count n = {0};
+
+    store_delete_keys(s, keys, lens, 2, count_done, &n);
+    assert_true(n.done);
+    assert_int_equal(n.status, 0);
+    assert_int_equal(n.count, 2);
+    n = (struct count){0};
+    store_invalidate_pattern(s, "a*", 2, count_done, &n);
+    assert_int_equal(n.status, 0);
+    assert_int_equal(n.count, 7);
+    assert_int_equal(fk.deletes, 1);
+    assert_int_equal(fk.patterns, 1);
+    /* Two removals the primary does not answer open the breaker. */
+    fk.status = STORE_UNAVAILABLE;
+    for (int i = 0; i < 2; i++) {
+        n = (struct count){0};
+        store_delete_keys(s, keys, lens, 2, count_done, &n);
+        assert_int_equal(n.calls, 1);
+        assert_int_equal(n.status, STORE_UNAVAILABLE);
+    }
+    store_health(s, &h);
+    assert_true(h.degraded);
+    /* Degraded: the fallback's entries go, the answer is a failure, the primary is not called. */
+    assert_int_equal(conf_put(&lc, "a1", NULL, "x", 60000), 0);
+    assert_int_equal(conf_put(&lc, "b", NULL, "x", 60000), 0);
+    n = (struct count){0};
+    store_invalidate_pattern(s, "a*", 2, count_done, &n);
+    assert_int_equal(n.calls, 1);
+    assert_int_equal(n.status, -1);
+    n = (struct count){0};
+    store_delete_keys(s, keys, lens, 2, count_done, &n);
+    assert_int_equal(n.calls, 1);
+    assert_int_equal(n.status, -1);
+    assert_int_equal(fk.deletes, 3);
+    assert_int_equal(fk.patterns, 1);
+    assert_false(conf_hit(&lc, "a1", NULL, NULL));
+    assert_false(conf_hit(&lc, "b", NULL, NULL));
+    /* Recovered: nothing is sent again; removals go to the primary once more. */
+    fk.status = 0;
+    loop_for(120);
+    assert_int_equal(admit1(s, "fr", 100, false, &res, &a), 0);
+    assert_false(a.bypassed);
+    assert_int_equal(fk.deletes, 3);
+    assert_int_equal(fk.patterns, 1);
+    n = (struct count){0};
+    store_invalidate_pattern(s, "a*", 2, count_done, &n);
+    assert_int_equal(n.status, 0);
+    assert_int_equal(fk.patterns, 2);
+    local->ops->destroy(local);
+    s->ops->destroy(s);
+    store_memory_free(m);
+}
 
 static void
 test_failover_breaker(void **state)
@@ -1163,11 +1481,15 @@ main(void)
         cmocka_unit_test(test_batched_lookups),
         cmocka_unit_test(test_local_copies),
         cmocka_unit_test(test_lease_across_instances),
+        cmocka_unit_test(test_pattern_batches),
+        cmocka_unit_test_teardown(test_pattern_stopped, cont_server),
+        cmocka_unit_test(test_stale_keep_ttls),
         cmocka_unit_test(test_set_after_invalidate_random),
         cmocka_unit_test(test_db_and_password),
         cmocka_unit_test(test_separate_limits_redis),
         cmocka_unit_test(test_reconnect_after_restart),
         cmocka_unit_test(test_failover_breaker),
+        cmocka_unit_test(test_failover_removal),
         cmocka_unit_test(test_failover_limits_in_process),
         cmocka_unit_test(test_failover_recovers),
     };
