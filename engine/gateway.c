@@ -8,14 +8,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "db.h"
+#include "httpcache.h"
 #include "identity.h"
 #include "policy.h"
 #include "router.h"
 #include "store.h"
 #include "template.h"
 #include "tenant.h"
+#include "upstream.h"
 #include "util.h"
 
 #define MAX_LIMITS 8
@@ -31,6 +34,14 @@
 #define FILL_WAIT_MS 1000   /* a request waits this long at most for another's fill */
 #define FILL_POLL_MS 10     /* its first look again; then doubling up to */
 #define FILL_POLL_MAX_MS 50 /* this */
+#define HIT_FOR_MISS_MS                                                                            \
+    30000                    /* an uncacheable answer sends its key's requests straight to         \
+                                the origin this long (at most the endpoint's TTL) */
+#define INFLIGHT_BUCKETS 256 /* fills in progress per worker, by key */
+#define MAX_FIELDS 128       /* header fields of an upstream answer that are looked at */
+#define WARM_TICK_MS 50      /* warming: a batch every tick */
+#define WARM_PER_TICK 10     /* of at most this many requests (200 per second) */
+#define WARM_MAX_INFLIGHT 32 /* with at most this many in flight */
 
 #define QUOTA_TYPE "https://iana.org/assignments/http-problem-types#quota-exceeded"
 
@@ -46,6 +57,30 @@ struct gateway {
     unsigned nhealth;
 };
 
+/* A fill in progress in this worker: requests missing the same key wait on it. */
+struct inflight {
+    struct inflight *next;
+    struct gw_req *filler;
+    struct gw_req *waiters; /* linked through next_waiter */
+    size_t keylen;
+    char key[];
+};
+
+/* Warming of one generation's warm callers, in the background at a bounded rate. */
+struct warm_item {
+    const struct policy_endpoint *ep;
+    char *user, *tenant;
+};
+struct warm_state {
+    struct policy *policy; /* the generation being warmed (a reference), or NULL */
+    struct warm_item *items;
+    size_t nitems, next;
+    size_t queries_pending; /* warm queries (sql) not answered yet */
+    unsigned inflight;
+    uint64_t filled, hits, failed;
+    struct event *timer;
+};
+
 struct gw_worker {
     struct gateway *g;
     struct worker *w;
@@ -56,6 +91,9 @@ struct gw_worker {
     struct tier_cache *tiers;
     struct tenant_runtime *tenants; /* Lua states of tenant hooks, for this worker's generation */
     struct event *health_timer;     /* publishes the store's health for status output */
+    struct upstream_pool *up;       /* keep-alive connections to upstream apps */
+    struct inflight *inflight[INFLIGHT_BUCKETS];
+    struct warm_state warm; /* worker 0 only */
 };
 
 struct gw_req {
@@ -84,11 +122,26 @@ struct gw_req {
     struct store_entry *entry; /* the fill in progress */
     struct event *fill_timer;  /* waiting for another caller's fill: the next look */
     uint64_t fill_waited_ms;   /* how long it has waited for that fill */
-    char *write_body;          /* a write's answer, held until its invalidation lands */
     const char *inv_tags[MAX_TAGS];
     size_t inv_lens[MAX_TAGS];
-    size_t write_len;
-    int write_status;
+
+    bool detached; /* no client: a background refresh or a warming request */
+    bool warm;     /* warming: no limit is counted */
+    bool refresh;  /* a background refresh: the lease is held, the lookup is done */
+    bool bypass;   /* the cache is not used for this request (X-Cache: BYPASS) */
+    char *own_raw; /* a detached request's own bytes, and its parsed form */
+    struct server_request own_sr;
+    char own_ip[48];
+    struct store_entry *stale;  /* an expired entry kept for stale_if_error */
+    struct store_entry *answer; /* the origin's answer, held until a write's invalidation lands
+                                   or shared with the requests waiting on this fill */
+    struct upstream_call *call;
+    struct inflight *inflight;  /* the fill this request leads in its worker */
+    struct gw_req *next_waiter; /* in another request's inflight */
+    const char *primary_key;    /* when the entry varies: the primary key (cache_key is then */
+    size_t primary_len;         /* the secondary one, in vkey) */
+    char vary_names[256];       /* the answer varied on these fields */
+    char vkey[1024];
 
     char hdrs[HDRS_BYTES];
     size_t hdrs_len;
@@ -145,6 +198,8 @@ gateway_policy(struct gateway *g)
     return p;
 }
 
+static void warm_start(struct gw_worker *wk, struct policy *p);
+
 /* The worker's current snapshot, refreshed when a new generation was published. */
 static struct policy *
 worker_policy(struct gw_worker *wk)
@@ -159,22 +214,49 @@ worker_policy(struct gw_worker *wk)
         wk->policy = p;
         wk->generation = p->generation;
         tenant_runtime_reset(wk->tenants, p->generation);
+        if (wk->warm.timer)
+            warm_start(wk, p);
     }
     return wk->policy;
 }
 
 /* ---- per-request helpers ------------------------------------------------------------------ */
 
+static void inflight_finish(struct gw_req *rq);
+
 static void
 req_free(struct gw_req *rq)
 {
-    if (rq->entry)
-        store_entry_release(rq->entry);
+    if (rq->warm)
+        rq->wk->warm.inflight--;
+    if (rq->inflight)
+        inflight_finish(rq);
+    if (rq->call)
+        upstream_cancel(rq->call);
+    if (rq->fill_timer)
+        event_free(rq->fill_timer);
+    store_entry_release(rq->entry);
+    store_entry_release(rq->stale);
+    store_entry_release(rq->answer);
     if (rq->body)
         json_decref(rq->body);
-    free(rq->write_body);
+    free(rq->own_raw);
     policy_release(rq->policy);
     free(rq);
+}
+
+/* Sends a response to the request's client; a detached request has none. */
+static void
+respond(struct gw_req *rq, const struct server_response *resp)
+{
+    if (rq->detached) {
+        if (resp->status >= 400 && rq->warm)
+            fprintf(stderr, "sluice: warming %s failed: %d\n", rq->ep->name, resp->status);
+        if (resp->release)
+            resp->release(resp->body, resp->body_len, resp->body_arg);
+        return;
+    }
+    server_respond(rq->sr, resp);
 }
 
 /* Appends to the response's extra headers, kept NUL-terminated (truncated at HDRS_BYTES, which
@@ -206,7 +288,14 @@ hdr_u64(struct gw_req *rq, uint64_t v)
 static void
 fail(struct gw_req *rq, int status, const char *detail)
 {
-    server_respond_problem(rq->sr, status, NULL, NULL, detail, rq->hdrs_len ? rq->hdrs : NULL);
+    if (rq->detached) {
+        fprintf(stderr, "sluice: %s %s: %d %s\n", rq->warm ? "warming" : "refreshing", rq->ep->name,
+                status, detail);
+        if (rq->warm)
+            rq->wk->warm.failed++;
+    } else {
+        server_respond_problem(rq->sr, status, NULL, NULL, detail, rq->hdrs_len ? rq->hdrs : NULL);
+    }
     req_free(rq);
 }
 
@@ -462,7 +551,7 @@ reply_denied(struct gw_req *rq)
         .body = body,
         .body_len = strlen(body),
     };
-    server_respond(rq->sr, &resp);
+    respond(rq, &resp);
     free(body);
     req_free(rq);
 }
@@ -475,28 +564,62 @@ release_entry(const void *body, size_t len, void *arg)
     store_entry_release(arg);
 }
 
-/* Replies with a cached or just-filled entry; the reply holds its own reference. */
+/* Whether the request's If-None-Match matches the entry: the answer is then 304. */
+static bool
+not_modified(const struct gw_req *rq, const struct store_entry *e)
+{
+    if (!e->etag || e->status != 200)
+        return false;
+    const struct http_str *inm = http_header_get(&rq->sr->http, "if-none-match");
+    return inm && httpcache_etag_matches(inm->p, inm->len, e->etag);
+}
+
+/*
+ * Replies with a cached, just-filled or just-fetched entry (the reply holds
+ * its own reference): X-Cache (unless NULL) and Age, the entity tag, the
+ * stored fields; 304 without a body when If-None-Match matches.
+ */
 static void
 reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uint64_t now_ms)
 {
-    uint64_t age = now_ms > e->stored_ms ? (now_ms - e->stored_ms) / 1000 : 0;
-    hdr_str(rq, "X-Cache: ");
-    hdr_str(rq, xcache);
-    hdr_str(rq, "\r\nAge: ");
-    hdr_u64(rq, age);
-    hdr_str(rq, "\r\n");
-    store_entry_ref(e);
+    if (rq->warm) {
+        if (xcache && strcmp(xcache, "HIT") == 0)
+            rq->wk->warm.hits++;
+        else
+            rq->wk->warm.filled++;
+    }
+    if (xcache) {
+        uint64_t age = now_ms > e->stored_ms ? (now_ms - e->stored_ms) / 1000 : 0;
+        hdr_str(rq, "X-Cache: ");
+        hdr_str(rq, xcache);
+        hdr_str(rq, "\r\nAge: ");
+        hdr_u64(rq, age);
+        hdr_str(rq, "\r\n");
+    }
+    if (e->etag) {
+        hdr_str(rq, "ETag: ");
+        hdr_str(rq, e->etag);
+        hdr_str(rq, "\r\n");
+    }
     struct server_response resp = {
         .status = e->status,
         .content_type = e->content_type,
         .headers = rq->hdrs,
         .headers_len = rq->hdrs_len,
-        .body = e->body,
-        .body_len = e->body_len,
-        .release = release_entry,
-        .body_arg = e,
+        .headers2 = e->headers,
+        .headers2_len = e->headers_len,
     };
-    server_respond(rq->sr, &resp);
+    if (!rq->detached && not_modified(rq, e)) {
+        resp.status = 304;
+        resp.content_type = NULL;
+    } else {
+        store_entry_ref(e);
+        resp.body = e->body;
+        resp.body_len = e->body_len;
+        resp.release = release_entry;
+        resp.body_arg = e;
+    }
+    respond(rq, &resp);
     req_free(rq);
 }
 
@@ -511,7 +634,7 @@ reply_body(struct gw_req *rq, int status, const char *body, size_t len)
         .body = body,
         .body_len = len,
     };
-    server_respond(rq->sr, &resp);
+    respond(rq, &resp);
     req_free(rq);
 }
 
@@ -522,25 +645,224 @@ fill_done(void *arg, int status)
     (void)status; /* refused fills are expected after a concurrent invalidation */
 }
 
-/* A fresh origin answer for a cached endpoint: store it, then reply. */
+/* ---- fills in progress: local coalescing ------------------------------------------------- */
+
+static size_t
+inflight_bucket(const char *key, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)key[i];
+        h *= 1099511628211ULL;
+    }
+    return (size_t)(h % INFLIGHT_BUCKETS);
+}
+
+static struct inflight *
+inflight_find(struct gw_worker *wk, const char *key, size_t len)
+{
+    for (struct inflight *f = wk->inflight[inflight_bucket(key, len)]; f; f = f->next)
+        if (f->keylen == len && memcmp(f->key, key, len) == 0)
+            return f;
+    return NULL;
+}
+
+/* Makes rq the local filler of its cache key (when no other request of this worker is). */
 static void
-fill_and_reply(struct gw_req *rq, int status, char *body, size_t len)
+inflight_lead(struct gw_req *rq)
+{
+    const char *key = rq->admit.cache_key;
+    size_t len = rq->admit.cache_keylen;
+    if (!key || rq->inflight || inflight_find(rq->wk, key, len))
+        return;
+    struct inflight *f = xmalloc(sizeof(*f) + len + 1);
+    memcpy(f->key, key, len);
+    f->key[len] = '\0';
+    f->keylen = len;
+    f->filler = rq;
+    f->waiters = NULL;
+    size_t b = inflight_bucket(key, len);
+    f->next = rq->wk->inflight[b];
+    rq->wk->inflight[b] = f;
+    rq->inflight = f;
+}
+
+/* Whether rq may wait on a fill of its key that another request of this worker leads. */
+static bool
+inflight_wait(struct gw_req *rq)
+{
+    struct inflight *f = inflight_find(rq->wk, rq->admit.cache_key, rq->admit.cache_keylen);
+    if (!f || f->filler == rq)
+        return false;
+    rq->next_waiter = f->waiters;
+    f->waiters = rq;
+    return true;
+}
+
+static void to_origin(struct gw_req *rq);
+static long vary_key(struct gw_req *rq, const char *names);
+
+/*
+ * The leader of a fill is done (answered, failed or gone): each waiting
+ * request gets the stored answer when there is one it may share (the same
+ * secondary key when the answer varies), else goes to the origin itself.
+ */
+static void
+inflight_finish(struct gw_req *rq)
+{
+    struct inflight *f = rq->inflight;
+    rq->inflight = NULL;
+    struct inflight **pp = &rq->wk->inflight[inflight_bucket(f->key, f->keylen)];
+    while (*pp != f)
+        pp = &(*pp)->next;
+    *pp = f->next;
+    struct gw_req *w = f->waiters;
+    free(f);
+    struct store_entry *e =
+        rq->answer && !(rq->answer->flags & STORE_ENTRY_PASS) ? rq->answer : NULL;
+    while (w) {
+        struct gw_req *next = w->next_waiter;
+        w->next_waiter = NULL;
+        bool share = e != NULL;
+        if (share && rq->vary_names[0] && !rq->primary_key) {
+            /* The answer varies: shared only with a waiter sending the same fields. */
+            long n = vary_key(w, rq->vary_names);
+            share = n >= 0 && (size_t)n == strlen(rq->vkey) &&
+                    memcmp(w->vkey, rq->vkey, (size_t)n) == 0;
+        }
+        if (share)
+            reply_entry(w, e, "HIT", e->stored_ms);
+        else
+            to_origin(w);
+        w = next;
+    }
+}
+
+/* ---- filling the cache -------------------------------------------------------------------- */
+
+/* The secondary key of rq when the answer varies on `names`, into rq->vkey. */
+static long
+vary_key(struct gw_req *rq, const char *names)
+{
+    const char *primary = rq->primary_key ? rq->primary_key : rq->admit.cache_key;
+    size_t plen = rq->primary_key ? rq->primary_len : rq->admit.cache_keylen;
+    return httpcache_vary_key(primary, plen, names, &rq->sr->http, rq->vkey, sizeof(rq->vkey));
+}
+
+static void
+fill_key(struct gw_req *rq, const char *key, size_t keylen, struct store_entry *e, uint64_t ttl)
+{
+    store_fill(rq->wk->store, key, keylen, e, ttl, rq->tags, rq->taglens, rq->tag_gens,
+               rq->admit.ntags, fill_done, NULL);
+}
+
+static uint64_t
+stale_keep_ms(const struct policy_endpoint *ep)
+{
+    return ep->swr_ms > ep->sie_ms ? ep->swr_ms : ep->sie_ms;
+}
+
+/*
+ * Stores an origin's answer e under the request's key for ttl_ms (with the
+ * endpoint's stale window), then replies with it. `vary` (or NULL) lists the
+ * request fields the answer varies on: the answer then goes under the
+ * secondary key and a marker naming the fields under the primary one.
+ */
+static void
+store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, const char *vary)
 {
     const struct policy_endpoint *ep = rq->ep;
-    struct store_entry *e = store_entry_new((uint16_t)status, xstrdup(ep->content_type), body, len);
     uint64_t now = store_now_ms();
     e->stored_ms = now;
-    e->expires_ms = now + ep->ttl_ms;
+    e->expires_ms = now + ttl_ms;
+    e->stale_ms = stale_keep_ms(ep);
+    if (!e->etag) {
+        char tag[19];
+        httpcache_etag_of(e->body, e->body_len, tag);
+        e->etag = xstrdup(tag);
+    }
     if (rq->admit.bypassed) {
         /* The shared store is unavailable: the cache was not consulted and is not filled. */
         reply_entry(rq, e, "BYPASS", now);
-        store_entry_release(e);
         return;
     }
-    store_fill(rq->wk->store, rq->admit.cache_key, rq->admit.cache_keylen, e, ep->ttl_ms, rq->tags,
-               rq->taglens, rq->tag_gens, rq->admit.ntags, fill_done, NULL);
+    const char *key = rq->admit.cache_key;
+    size_t keylen = rq->admit.cache_keylen;
+    if (vary && !rq->primary_key) {
+        long n = vary_key(rq, vary);
+        if (n >= 0) {
+            struct store_entry *m = store_entry_new(200, NULL, xstrdup(vary), strlen(vary));
+            m->flags = STORE_ENTRY_VARY;
+            m->stale_ms = e->stale_ms;
+            fill_key(rq, key, keylen, m, ttl_ms);
+            store_entry_release(m);
+            snprintf(rq->vary_names, sizeof(rq->vary_names), "%s", vary);
+            key = rq->vkey;
+            keylen = (size_t)n;
+        } else {
+            key = NULL; /* the fields are too long to key: not stored */
+        }
+    } else if (!vary && rq->primary_key) {
+        /* It no longer varies: the answer replaces the marker. */
+        key = rq->primary_key;
+        keylen = rq->primary_len;
+    }
+    if (key)
+        fill_key(rq, key, keylen, e, ttl_ms);
+    store_entry_ref(e);
+    store_entry_release(rq->answer);
+    rq->answer = e; /* shared with the requests waiting on this fill */
     reply_entry(rq, e, "MISS", now);
+}
+
+/* Remembers briefly that the key's answers are not cacheable (hit-for-miss). */
+static void
+remember_uncacheable(struct gw_req *rq)
+{
+    if (!rq->admit.cache_key || rq->admit.bypassed)
+        return;
+    uint64_t ttl = rq->ep->ttl_ms < HIT_FOR_MISS_MS ? rq->ep->ttl_ms : HIT_FOR_MISS_MS;
+    struct store_entry *m = store_entry_new(200, NULL, xstrdup(""), 0);
+    m->flags = STORE_ENTRY_PASS;
+    uint64_t now = store_now_ms();
+    m->stored_ms = now;
+    m->expires_ms = now + ttl;
+    const char *key = rq->primary_key ? rq->primary_key : rq->admit.cache_key;
+    size_t keylen = rq->primary_key ? rq->primary_len : rq->admit.cache_keylen;
+    fill_key(rq, key, keylen, m, ttl);
+    store_entry_release(m);
+}
+
+/* An answer of the SQL or static source as an entry (body taken). */
+static struct store_entry *
+origin_entry(struct gw_req *rq, int status, char *body, size_t len)
+{
+    return store_entry_new((uint16_t)status, xstrdup(rq->ep->content_type), body, len);
+}
+
+/* A fresh origin answer for a cached endpoint: store it, then reply (body taken). */
+static void
+fill_and_reply(struct gw_req *rq, int status, char *body, size_t len)
+{
+    struct store_entry *e = origin_entry(rq, status, body, len);
+    store_and_reply(rq, e, rq->ep->ttl_ms, NULL);
     store_entry_release(e);
+}
+
+/*
+ * The origin failed: the stale entry when the endpoint's stale_if_error
+ * window still covers it, else the error.
+ */
+static void
+origin_failed(struct gw_req *rq, int status, const char *detail)
+{
+    struct store_entry *e = rq->stale;
+    if (e && store_now_ms() <= e->expires_ms + rq->ep->sie_ms) {
+        fprintf(stderr, "sluice: %s: serving a stale answer: %s\n", rq->ep->name, detail);
+        reply_entry(rq, e, "STALE", store_now_ms());
+        return;
+    }
+    fail(rq, status, detail);
 }
 
 /* The invalidation of a write landed (or failed): now the write is answered. */
@@ -551,42 +873,36 @@ on_invalidated(void *arg, int status)
     if (status != 0)
         fprintf(stderr, "sluice: invalidation after %s failed; entries may stay until their TTL\n",
                 rq->ep->name);
-    char *body = rq->write_body;
-    rq->write_body = NULL;
-    reply_body(rq, rq->write_status, body, rq->write_len);
-    free(body);
+    reply_entry(rq, rq->answer, NULL, 0);
 }
 
 /*
  * After a successful write: bumps the generations of the endpoint's
- * invalidate tags, and answers (body is taken) only once the store has
- * acknowledged, so that the caller's next read, on any instance, sees the
- * write.
+ * invalidate tags, and answers with e (a reference is taken) only once the
+ * store has acknowledged, so that the caller's next read, on any instance,
+ * sees the write.
  */
 static void
-invalidate_then_reply(struct gw_req *rq, int status, char *body, size_t len)
+invalidate_then_reply(struct gw_req *rq, struct store_entry *e)
 {
     const struct policy_endpoint *ep = rq->ep;
     const char **tags = rq->inv_tags; /* the store may hold them until it is done */
     size_t *lens = rq->inv_lens;
     size_t n = 0;
+    store_entry_ref(e);
+    rq->answer = e;
     for (size_t i = 0; i < ep->ninvalidate && n < MAX_TAGS; i++) {
         tags[n] = expand(rq, ep->invalidate[i], &lens[n]);
         if (!tags[n]) {
-            free(body);
             fail(rq, 500, "an invalidation key was too long");
             return;
         }
         n++;
     }
     if (n == 0) {
-        reply_body(rq, status, body, len);
-        free(body);
+        reply_entry(rq, e, NULL, 0);
         return;
     }
-    rq->write_body = body;
-    rq->write_len = len;
-    rq->write_status = status;
     store_invalidate(rq->wk->store, tags, lens, n, on_invalidated, rq);
 }
 
@@ -611,12 +927,12 @@ on_db(void *arg, const struct db_result *res)
         return;
     case DB_ERROR:
         snprintf(detail, sizeof(detail), "the database failed the statement: %s", res->detail);
-        fail(rq, 502, detail);
+        origin_failed(rq, 502, detail);
         return;
     case DB_UNAVAILABLE:
     default:
         snprintf(detail, sizeof(detail), "the database is unavailable: %s", res->detail);
-        fail(rq, 503, detail);
+        origin_failed(rq, 503, detail);
         return;
     }
 
@@ -637,7 +953,9 @@ on_db(void *arg, const struct db_result *res)
     }
 
     if (ep->is_write) {
-        invalidate_then_reply(rq, ep->method == HTTP_POST ? 201 : 200, body, len);
+        struct store_entry *e = origin_entry(rq, ep->method == HTTP_POST ? 201 : 200, body, len);
+        invalidate_then_reply(rq, e);
+        store_entry_release(e);
         return;
     }
     if (ep->cached && rq->admit.cache_key) {
@@ -690,6 +1008,215 @@ run_sql(struct gw_req *rq)
         fail(rq, 503, "the database pool is shutting down");
 }
 
+/* ---- the upstream source ------------------------------------------------------------------ */
+
+static bool
+field_is(const struct upstream_header *f, const char *name)
+{
+    return f->name_len == strlen(name) && strncasecmp(f->name, name, f->name_len) == 0;
+}
+
+/* An upstream's answer as an entry: status, Content-Type, the replayed fields, ETag, body. */
+static struct store_entry *
+upstream_entry(const struct upstream_response *res, const struct http_header *f, size_t n)
+{
+    const char *ct = NULL, *etag = NULL;
+    for (size_t i = 0; i < res->nfields; i++) {
+        if (!ct && field_is(&res->fields[i], "content-type"))
+            ct = res->fields[i].value;
+        else if (!etag && field_is(&res->fields[i], "etag"))
+            etag = res->fields[i].value;
+    }
+    struct store_entry *e = store_entry_new((uint16_t)res->status, ct ? xstrdup(ct) : NULL,
+                                            xstrndup(res->body, res->body_len), res->body_len);
+    struct sbuf h = {0};
+    httpcache_replay_fields(f, n, &h);
+    e->headers = h.p;
+    e->headers_len = h.len;
+    if (etag && etag[0])
+        e->etag = xstrdup(etag);
+    return e;
+}
+
+static void
+on_upstream(void *arg, const struct upstream_response *res)
+{
+    struct gw_req *rq = arg;
+    const struct policy_endpoint *ep = rq->ep;
+    rq->call = NULL;
+    if (res->error != UPSTREAM_OK) {
+        char detail[256];
+        snprintf(detail, sizeof(detail), "upstream \"%s\": %s", ep->up->name, res->detail);
+        origin_failed(rq,
+                      res->error == UPSTREAM_TIMEOUT    ? 504
+                      : res->error == UPSTREAM_SHUTDOWN ? 503
+                                                        : 502,
+                      detail);
+        return;
+    }
+    struct http_header fields[MAX_FIELDS];
+    size_t n = res->nfields < MAX_FIELDS ? res->nfields : MAX_FIELDS;
+    for (size_t i = 0; i < n; i++) {
+        fields[i].name = (struct http_str){res->fields[i].name, res->fields[i].name_len};
+        fields[i].value = (struct http_str){res->fields[i].value, res->fields[i].value_len};
+    }
+    if (res->status >= 500 && rq->stale) {
+        char detail[96];
+        snprintf(detail, sizeof(detail), "upstream \"%s\" answered %d", ep->up->name, res->status);
+        origin_failed(rq, res->status, detail);
+        return;
+    }
+    struct store_entry *e = upstream_entry(res, fields, n);
+    if (ep->is_write) {
+        if (res->status >= 200 && res->status < 300)
+            invalidate_then_reply(rq, e);
+        else
+            reply_entry(rq, e, NULL, 0);
+    } else if (rq->admit.cache_key && !rq->bypass) {
+        struct httpcache_verdict v;
+        httpcache_judge(res->status, fields, n, ep->ttl_ms, res->body_len, &v);
+        if (v.storable) {
+            store_and_reply(rq, e, v.ttl_ms, v.vary ? v.vary_names : NULL);
+        } else {
+            if (res->status < 500)
+                remember_uncacheable(rq);
+            reply_entry(rq, e, "MISS", store_now_ms());
+        }
+    } else {
+        reply_entry(rq, e, rq->bypass ? "BYPASS" : ep->cached ? "MISS" : NULL, store_now_ms());
+    }
+    store_entry_release(e);
+}
+
+static bool
+query_name_in(const struct policy_endpoint *ep, const char *name, size_t len)
+{
+    for (size_t i = 0; i < ep->ncache_query; i++)
+        if (strlen(ep->cache_query[i]) == len && memcmp(ep->cache_query[i], name, len) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * The target sent upstream: the upstream's prefix and the request's path and
+ * query; a cacheable request forwards only the query parameters its key
+ * depends on (pinned or named), so that what the key leaves out cannot change
+ * a stored answer.
+ */
+static void
+upstream_target_text(struct gw_req *rq, struct sbuf *out)
+{
+    const struct http_request *h = &rq->sr->http;
+    sbuf_adds(out, rq->ep->up->prefix);
+    sbuf_add(out, h->path.p, h->path.len);
+    if (!rq->admit.cache_key || rq->bypass) {
+        if (h->query.len) {
+            sbuf_add(out, "?", 1);
+            sbuf_add(out, h->query.p, h->query.len);
+        }
+        return;
+    }
+    const char *q = h->query.p, *end = q + h->query.len;
+    bool first = true;
+    while (q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *stop = amp ? amp : end;
+        const char *eq = memchr(q, '=', (size_t)(stop - q));
+        size_t nlen = (size_t)((eq ? eq : stop) - q);
+        char name[128];
+        size_t dlen;
+        if (nlen < sizeof(name) && http_pct_decode(q, nlen, name, &dlen, 1) == 0 &&
+            query_name_in(rq->ep, name, dlen)) {
+            sbuf_add(out, first ? "?" : "&", 1);
+            sbuf_add(out, q, (size_t)(stop - q));
+            first = false;
+        }
+        q = stop + 1;
+    }
+}
+
+/* Request fields never forwarded: conditionals on a fill (the cache needs the whole answer)
+ * and host-overriding fields that some apps trust. */
+static const char *const fill_dropped[] = {
+    "if-none-match:", "if-modified-since:", "if-match:", "if-unmodified-since:", "if-range:"};
+static const char *const always_dropped[] = {
+    "x-host:",           "x-original-url:",    "x-rewrite-url:", "x-forwarded-server:",
+    "x-forwarded-port:", "x-forwarded-prefix:"};
+
+static bool
+line_starts(const char *line, size_t len, const char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        size_t nl = strlen(names[i]);
+        if (len >= nl && strncasecmp(line, names[i], nl) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Drops from the "Name: value\r\n" lines of b those the request must not forward. */
+static void
+drop_fields(struct sbuf *b, bool filling)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < b->len;) {
+        const char *nl = memchr(b->p + i, '\n', b->len - i);
+        size_t len = nl ? (size_t)(nl - (b->p + i)) + 1 : b->len - i;
+        bool drop = line_starts(b->p + i, len, always_dropped,
+                                sizeof(always_dropped) / sizeof(always_dropped[0])) ||
+                    (filling && line_starts(b->p + i, len, fill_dropped,
+                                            sizeof(fill_dropped) / sizeof(fill_dropped[0])));
+        if (!drop) {
+            memmove(b->p + o, b->p + i, len);
+            o += len;
+        }
+        i += len;
+    }
+    b->len = o;
+}
+
+static void
+run_upstream(struct gw_req *rq)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    const struct http_request *h = &rq->sr->http;
+    if (!ep->up) {
+        fail(rq, 502, "the endpoint's upstream is not declared");
+        return;
+    }
+    bool filling = rq->admit.cache_key && !rq->bypass;
+    struct sbuf target = {0}, headers = {0};
+    upstream_target_text(rq, &target);
+    upstream_forward_headers(h, rq->sr->ip, &headers);
+    drop_fields(&headers, filling);
+    bool safe = h->method == HTTP_GET || h->method == HTTP_HEAD;
+    /* A fill always asks for the whole answer; a GET or HEAD forwards no body. */
+    const char *method = filling ? "GET" : h->method_str.p;
+    size_t method_len = filling ? 3 : h->method_str.len;
+    struct upstream_request req = {
+        .method = method,
+        .method_len = method_len,
+        .target = target.p,
+        .target_len = target.len,
+        .headers = headers.p,
+        .headers_len = headers.len,
+        .body = safe ? NULL : rq->sr->body,
+        .body_len = safe ? 0 : rq->sr->body_len,
+    };
+    struct upstream_target t = {
+        .host = ep->up->host,
+        .port = ep->up->port,
+        .host_header = ep->up->host_header,
+        .connect_timeout_ms = ep->up->connect_timeout_ms,
+        .timeout_ms = ep->up->timeout_ms,
+    };
+    rq->call = upstream_send(rq->wk->up, &t, &req, on_upstream, rq);
+    sbuf_free(&target);
+    sbuf_free(&headers);
+    if (!rq->call)
+        fail(rq, 502, "the request cannot be forwarded to the upstream");
+}
+
 static void
 to_origin(struct gw_req *rq)
 {
@@ -700,8 +1227,10 @@ to_origin(struct gw_req *rq)
         return;
     case SOURCE_STATIC:
         if (ep->is_write) {
-            invalidate_then_reply(rq, ep->static_status, xstrndup(ep->static_body, ep->static_len),
-                                  ep->static_len);
+            struct store_entry *e = origin_entry(
+                rq, ep->static_status, xstrndup(ep->static_body, ep->static_len), ep->static_len);
+            invalidate_then_reply(rq, e);
+            store_entry_release(e);
             return;
         }
         if (ep->cached && rq->admit.cache_key) {
@@ -713,7 +1242,7 @@ to_origin(struct gw_req *rq)
         return;
     case SOURCE_UPSTREAM:
     default:
-        fail(rq, 501, "upstream endpoints are not served yet");
+        run_upstream(rq);
         return;
     }
 }
@@ -729,43 +1258,121 @@ on_fill_timer(evutil_socket_t fd, short what, void *arg)
 }
 
 /*
- * Serves an admitted request from its lookup: a hit from the cache, a miss from the origin.
- * While another caller holds the key's fill lease (STORE_FILLING), the request looks again
- * after FILL_POLL_MS, then at doubling intervals, for FILL_WAIT_MS at most: the fill that
- * lands is a hit; a miss (the lease was released or ran out, and this request took it) or
- * the end of the wait goes to the origin.
+ * Waits for a fill another request leads: on this worker's (answered when it
+ * lands), else by looking again after FILL_POLL_MS, then at doubling
+ * intervals, for FILL_WAIT_MS at most. Returns false when the wait is over:
+ * the caller goes to the origin.
+ */
+static bool
+wait_for_fill(struct gw_req *rq)
+{
+    if (inflight_wait(rq))
+        return true;
+    if (rq->fill_waited_ms >= FILL_WAIT_MS)
+        return false;
+    if (!rq->fill_timer)
+        rq->fill_timer = evtimer_new(worker_base(rq->wk->w), on_fill_timer, rq);
+    uint64_t ms = rq->fill_waited_ms ? rq->fill_waited_ms : FILL_POLL_MS;
+    if (ms > FILL_POLL_MAX_MS)
+        ms = FILL_POLL_MAX_MS;
+    struct timeval tv = {0, (suseconds_t)(ms * 1000)};
+    if (!rq->fill_timer || evtimer_add(rq->fill_timer, &tv) != 0)
+        return false;
+    rq->fill_waited_ms += ms;
+    return true;
+}
+
+static void start_refresh(struct gw_req *rq);
+
+/*
+ * Serves an admitted request from its lookup: a hit from the cache, a miss
+ * from the origin (leading the fill of its key in this worker), a stale entry
+ * while one refresh runs (stale_while_revalidate) or kept in case the origin
+ * fails (stale_if_error). A marker of a varying answer leads to a second
+ * lookup under the secondary key; a hit-for-miss marker straight to the
+ * origin. While another request fills the key, the request waits for that
+ * fill (wait_for_fill).
  */
 static void
 on_looked_up(void *arg, int status)
 {
     struct gw_req *rq = arg;
-    if (status == 0 && rq->admit.state == STORE_FILLING && rq->fill_waited_ms < FILL_WAIT_MS) {
-        if (!rq->fill_timer)
-            rq->fill_timer = evtimer_new(worker_base(rq->wk->w), on_fill_timer, rq);
-        uint64_t ms = rq->fill_waited_ms ? rq->fill_waited_ms : FILL_POLL_MS;
-        if (ms > FILL_POLL_MAX_MS)
-            ms = FILL_POLL_MAX_MS;
-        struct timeval tv = {0, (suseconds_t)(ms * 1000)};
-        if (rq->fill_timer && evtimer_add(rq->fill_timer, &tv) == 0) {
-            rq->fill_waited_ms += ms;
+    struct store_admit *a = &rq->admit;
+    const struct policy_endpoint *ep = rq->ep;
+    struct store_entry *e = a->entry;
+    a->entry = NULL;
+    if (status != 0) {
+        store_entry_release(e);
+        to_origin(rq);
+        return;
+    }
+    if (e && (e->flags & STORE_ENTRY_VARY) && !rq->primary_key) {
+        char names[256];
+        snprintf(names, sizeof(names), "%.*s", (int)e->body_len, e->body);
+        store_entry_release(e);
+        rq->primary_key = a->cache_key;
+        rq->primary_len = a->cache_keylen;
+        long n = vary_key(rq, names);
+        if (n < 0) {
+            rq->bypass = true;
+            to_origin(rq);
             return;
         }
+        a->cache_key = rq->vkey;
+        a->cache_keylen = (size_t)n;
+        a->nlimits = 0;
+        store_admit_and_lookup(rq->wk->store, a, on_looked_up, rq);
+        return;
     }
+    if (e && (e->flags & STORE_ENTRY_PASS)) {
+        store_entry_release(e);
+        to_origin(rq); /* hit-for-miss: nothing to wait for */
+        return;
+    }
+    switch (a->state) {
+    case STORE_HIT:
+        if (e) {
+            rq->entry = e; /* released with the request */
+            reply_entry(rq, e, "HIT", a->now_ms);
+            return;
+        }
+        break;
+    case STORE_STALE:
+        if (!e)
+            break;
+        if (a->now_ms <= e->expires_ms + ep->swr_ms) {
+            if (a->lease_taken)
+                start_refresh(rq);
+            rq->entry = e;
+            reply_entry(rq, e, "STALE", a->now_ms);
+            return;
+        }
+        store_entry_release(rq->stale);
+        rq->stale = e; /* served if the origin fails */
+        e = NULL;
+        if (!a->lease_taken && wait_for_fill(rq))
+            return;
+        break;
+    case STORE_FILLING:
+        store_entry_release(e);
+        e = NULL;
+        if (wait_for_fill(rq))
+            return;
+        break;
+    case STORE_MISS:
+    default:
+        store_entry_release(e);
+        e = NULL;
+        if (inflight_wait(rq))
+            return;
+        break;
+    }
+    store_entry_release(e);
     if (rq->fill_timer) {
         event_free(rq->fill_timer);
         rq->fill_timer = NULL;
     }
-    if (status == 0 && rq->admit.state == STORE_HIT && rq->admit.entry) {
-        struct store_entry *e = rq->admit.entry;
-        rq->admit.entry = NULL;
-        rq->entry = e; /* released with the request */
-        reply_entry(rq, e, "HIT", rq->admit.now_ms);
-        return;
-    }
-    if (rq->admit.entry) {
-        store_entry_release(rq->admit.entry);
-        rq->admit.entry = NULL;
-    }
+    inflight_lead(rq);
     to_origin(rq);
 }
 
@@ -789,6 +1396,10 @@ on_admitted(void *arg, int status)
     }
     rq->fill_timer = NULL;
     rq->fill_waited_ms = 0;
+    if (!rq->admit.cache_key) {
+        to_origin(rq);
+        return;
+    }
     on_looked_up(rq, 0);
 }
 
@@ -871,7 +1482,18 @@ admit(struct gw_req *rq)
     a->tags = rq->tags;
     a->taglens = rq->taglens;
     a->tag_gens = rq->tag_gens;
-    if (ep->cached && (rq->sr->http.method == HTTP_GET || rq->sr->http.method == HTTP_HEAD)) {
+    if (rq->warm)
+        a->nlimits = 0; /* warming counts against nobody's limits */
+    if (ep->cached && !rq->bypass && ep->source == SOURCE_UPSTREAM &&
+        httpcache_has_credentials(&rq->sr->http)) {
+        /* Credentials may shape the answer: cached only under a key holding the caller. */
+        unsigned uses = template_uses(ep->cache_key);
+        bool keyed =
+            ((uses & TV_BIT(TV_USER)) && rq->user) || ((uses & TV_BIT(TV_TENANT)) && rq->tenant);
+        rq->bypass = !keyed;
+    }
+    if (ep->cached && !rq->bypass &&
+        (rq->sr->http.method == HTTP_GET || rq->sr->http.method == HTTP_HEAD)) {
         a->cache_key = expand(rq, ep->cache_key, &a->cache_keylen);
         if (!a->cache_key) {
             fail(rq, 400, "request values too long for a cache key");
@@ -888,6 +1510,24 @@ admit(struct gw_req *rq)
         }
         a->ntags = nt;
         a->lease_ms = FILL_LEASE_MS;
+    }
+    if (rq->refresh) {
+        /* The refresh of a stale entry: its lease is held, its tag generations known. */
+        if (!a->cache_key) {
+            req_free(rq);
+            return;
+        }
+        if (rq->primary_len) {
+            /* The entry varies: the secondary key came with the request. */
+            rq->primary_key = a->cache_key;
+            rq->primary_len = a->cache_keylen;
+            a->cache_key = rq->vkey;
+            a->cache_keylen = strlen(rq->vkey);
+        }
+        a->allowed = true;
+        inflight_lead(rq);
+        to_origin(rq);
+        return;
     }
     store_admit_and_lookup(rq->wk->store, a, on_admitted, rq);
 }
@@ -1011,6 +1651,59 @@ identity_header(struct gw_req *rq, const char *name, const char **val, size_t *l
     return 0;
 }
 
+/* A new request on snapshot p (a reference is taken) for the endpoint m matched. */
+static struct gw_req *
+req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
+        const struct router_match *m)
+{
+    struct gw_req *rq = xmalloc(sizeof(*rq));
+    /* Everything before the scratch arenas starts zeroed; the arenas are used by offset. */
+    memset(rq, 0, offsetof(struct gw_req, vary_names));
+    rq->vary_names[0] = '\0';
+    rq->vkey[0] = '\0';
+    rq->hdrs[0] = '\0';
+    rq->hdrs_len = rq->keys_used = rq->vals_used = 0;
+    rq->wk = wk;
+    rq->sr = sr;
+    policy_ref(p);
+    rq->policy = p;
+    rq->ep = m->data;
+    rq->m = *m;
+    return rq;
+}
+
+/* Reads the caller's identity and body, then goes on to the tier, limits and lookup. */
+static void
+req_begin(struct gw_req *rq)
+{
+    struct server_request *sr = rq->sr;
+    const struct policy *p = rq->policy;
+    if (identity_header(rq, p->identity.user_header, &rq->user, &rq->user_len) != 0 ||
+        identity_header(rq, p->identity.tenant_header, &rq->tenant, &rq->tenant_len) != 0) {
+        fail(rq, 400, "identity header too long");
+        return;
+    }
+    if (sr->body_len > 0 && uses_body(rq->ep)) {
+        json_error_t jerr;
+        rq->body = json_loadb(sr->body, sr->body_len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!rq->body) {
+            char detail[300];
+            snprintf(detail, sizeof(detail), "malformed JSON body: %s (line %d, column %d)",
+                     jerr.text, jerr.line, jerr.column);
+            fail(rq, 400, detail);
+            return;
+        }
+        if (!json_is_object(rq->body)) {
+            fail(rq, 400, "the JSON body must be an object");
+            return;
+        }
+    } else if (uses_body(rq->ep)) {
+        fail(rq, 400, "this endpoint needs a JSON object body");
+        return;
+    }
+    identify_tier(rq);
+}
+
 static void
 handle(struct server_request *sr, void *state)
 {
@@ -1041,48 +1734,255 @@ handle(struct server_request *sr, void *state)
                                allow);
         return;
     }
+    req_begin(req_new(wk, sr, p, &m));
+}
 
-    struct gw_req *rq = xmalloc(sizeof(*rq));
-    rq->wk = wk;
-    rq->sr = sr;
+/*
+ * A request without a client (a refresh, a warming request) from the raw
+ * HTTP/1.1 bytes in raw (taken; head_len bytes of head, then the body), on
+ * snapshot p. Returns it routed, or NULL when it does not parse or route.
+ */
+static struct gw_req *
+detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t head_len,
+             const char *ip)
+{
+    struct server_request sr;
+    memset(&sr, 0, sizeof(sr));
+    struct router_match m;
+    if (http_parse_request(raw->p, raw->len, &sr.http) <= 0 ||
+        router_match(p->router, sr.http.method_str.p, sr.http.method_str.len, sr.http.path.p,
+                     sr.http.path.len, sr.http.query.p, sr.http.query.len, &m) != ROUTER_FOUND) {
+        sbuf_free(raw);
+        return NULL;
+    }
+    struct gw_req *rq = req_new(wk, NULL, p, &m);
+    rq->own_raw = raw->p; /* the parsed strings point into it */
+    rq->own_sr = sr;
+    rq->own_sr.body = raw->len > head_len ? raw->p + head_len : NULL;
+    rq->own_sr.body_len = raw->len - head_len;
+    snprintf(rq->own_ip, sizeof(rq->own_ip), "%s", ip);
+    rq->own_sr.ip = rq->own_ip;
+    rq->own_sr.worker = wk->w;
+    rq->sr = &rq->own_sr;
+    rq->detached = true;
+    *raw = (struct sbuf){0};
+    return rq;
+}
+
+/*
+ * Stale-while-revalidate: the request was answered from a stale entry and
+ * took the key's lease; a copy of it, without a client, fetches the fresh
+ * answer and fills it.
+ */
+static void
+start_refresh(struct gw_req *rq)
+{
+    const struct http_request *h = &rq->sr->http;
+    struct sbuf raw = {0};
+    sbuf_printf(&raw, "%.*s %.*s HTTP/1.1\r\n", (int)h->method_str.len, h->method_str.p,
+                (int)h->target.len, h->target.p);
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const struct http_header *f = &h->headers[i];
+        if ((f->name.len == 14 && strncasecmp(f->name.p, "content-length", 14) == 0) ||
+            (f->name.len == 17 && strncasecmp(f->name.p, "transfer-encoding", 17) == 0))
+            continue;
+        sbuf_printf(&raw, "%.*s: %.*s\r\n", (int)f->name.len, f->name.p, (int)f->value.len,
+                    f->value.p);
+    }
+    sbuf_adds(&raw, "\r\n");
+    size_t head_len = raw.len;
+    struct gw_req *c = detached_new(rq->wk, rq->policy, &raw, head_len, rq->sr->ip);
+    if (!c)
+        return; /* the lease runs out by itself */
+    c->refresh = true;
+    memcpy(c->tag_gens, rq->tag_gens, sizeof(c->tag_gens));
+    if (rq->primary_key) {
+        snprintf(c->vkey, sizeof(c->vkey), "%.*s", (int)rq->admit.cache_keylen,
+                 rq->admit.cache_key);
+        c->primary_len = 1; /* the entry varies: admit() takes the secondary key from vkey */
+    }
+    req_begin(c);
+}
+
+/* ---- warming ------------------------------------------------------------------------------ */
+
+static void
+warm_clear(struct warm_state *ws)
+{
+    for (size_t i = 0; i < ws->nitems; i++) {
+        free(ws->items[i].user);
+        free(ws->items[i].tenant);
+    }
+    free(ws->items);
+    ws->items = NULL;
+    ws->nitems = ws->next = 0;
+    ws->queries_pending = 0;
+    policy_release(ws->policy);
+    ws->policy = NULL;
+}
+
+static void
+warm_add(struct warm_state *ws, const struct policy_endpoint *ep, const char *user, size_t ulen,
+         const char *tenant, size_t tlen)
+{
+    if (ws->nitems % 64 == 0)
+        ws->items = xrealloc(ws->items, (ws->nitems + 64) * sizeof(*ws->items));
+    struct warm_item *it = &ws->items[ws->nitems++];
+    it->ep = ep;
+    it->user = user ? xstrndup(user, ulen) : NULL;
+    it->tenant = tenant ? xstrndup(tenant, tlen) : NULL;
+}
+
+struct warm_query {
+    struct gw_worker *wk;
+    struct policy *policy; /* the generation it was asked for */
+    const struct policy_endpoint *ep;
+};
+
+static void warm_tick(evutil_socket_t fd, short what, void *arg);
+
+static void
+warm_schedule(struct gw_worker *wk)
+{
+    struct timeval tv = {0, WARM_TICK_MS * 1000};
+    evtimer_add(wk->warm.timer, &tv);
+}
+
+/* The rows of a warm query: each row's first column a user, its second (if any) a tenant. */
+static void
+on_warm_rows(void *arg, const struct db_result *res)
+{
+    struct warm_query *q = arg;
+    struct warm_state *ws = &q->wk->warm;
+    if (ws->policy != q->policy) {
+        /* A newer generation is being warmed meanwhile. */
+        policy_release(q->policy);
+        free(q);
+        return;
+    }
+    ws->queries_pending--;
+    json_t *rows =
+        res->status == DB_OK && res->value ? json_loadb(res->value, res->value_len, 0, NULL) : NULL;
+    if (!rows)
+        fprintf(stderr, "sluice: the warm query of %s failed: %s\n", q->ep->name,
+                res->status == DB_OK ? "no rows" : res->detail);
+    size_t i;
+    json_t *row;
+    json_array_foreach(rows, i, row)
+    {
+        const char *col[2] = {NULL, NULL};
+        char num[2][32];
+        int n = 0;
+        const char *k;
+        json_t *v;
+        json_object_foreach(row, k, v)
+        {
+            if (n == 2)
+                break;
+            if (json_is_string(v)) {
+                col[n] = json_string_value(v);
+            } else if (json_is_integer(v)) {
+                snprintf(num[n], sizeof(num[n]), "%lld", (long long)json_integer_value(v));
+                col[n] = num[n];
+            }
+            n++;
+        }
+        if (col[0])
+            warm_add(ws, q->ep, col[0], strlen(col[0]), col[1], col[1] ? strlen(col[1]) : 0);
+    }
+    json_decref(rows);
+    struct gw_worker *wk = q->wk;
+    policy_release(q->policy);
+    free(q);
+    warm_schedule(wk);
+}
+
+/* Starts warming generation p: the fixed callers now, the queried ones as they arrive. */
+static void
+warm_start(struct gw_worker *wk, struct policy *p)
+{
+    struct warm_state *ws = &wk->warm;
+    warm_clear(ws);
+    ws->filled = ws->hits = ws->failed = 0;
+    bool any = false;
+    for (size_t i = 0; i < p->nendpoints; i++)
+        any |= p->endpoints[i].warm != NULL;
+    if (!any)
+        return;
     policy_ref(p);
-    rq->policy = p;
-    rq->ep = m.data;
-    rq->m = m;
-    rq->tier = NULL;
-    rq->tn = NULL;
-    rq->hooked = 0;
-    rq->body = NULL;
-    rq->entry = NULL;
-    rq->write_body = NULL;
-    rq->value_overflow = 0;
-    rq->hdrs_len = rq->keys_used = rq->vals_used = 0;
-    memset(&rq->admit, 0, sizeof(rq->admit));
+    ws->policy = p;
+    for (size_t i = 0; i < p->nendpoints; i++) {
+        const struct policy_endpoint *ep = &p->endpoints[i];
+        const struct policy_warm *w = ep->warm;
+        if (!w)
+            continue;
+        for (size_t j = 0; j < w->ncallers; j++) {
+            const struct policy_warm_caller *c = &w->callers[j];
+            warm_add(ws, ep, c->user, c->user ? strlen(c->user) : 0, c->tenant,
+                     c->tenant ? strlen(c->tenant) : 0);
+        }
+        if (w->sql && wk->db) {
+            char *sql = xasprintf("SELECT coalesce(json_agg(row_to_json(t)), '[]')::text FROM "
+                                  "(%s) t",
+                                  w->sql);
+            struct warm_query *q = xmalloc(sizeof(*q));
+            q->wk = wk;
+            policy_ref(p);
+            q->policy = p;
+            q->ep = ep;
+            if (db_query(wk->db, sql, 0, NULL, on_warm_rows, q) == 0) {
+                ws->queries_pending++;
+            } else {
+                policy_release(p);
+                free(q);
+            }
+            free(sql);
+        }
+    }
+    warm_schedule(wk);
+}
 
-    if (identity_header(rq, p->identity.user_header, &rq->user, &rq->user_len) != 0 ||
-        identity_header(rq, p->identity.tenant_header, &rq->tenant, &rq->tenant_len) != 0) {
-        fail(rq, 400, "identity header too long");
+/* Sends the next few warming requests, at most WARM_PER_TICK per tick and WARM_MAX_INFLIGHT. */
+static void
+warm_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_worker *wk = arg;
+    struct warm_state *ws = &wk->warm;
+    if (!ws->policy)
+        return;
+    unsigned sent = 0;
+    while (ws->next < ws->nitems && sent < WARM_PER_TICK && ws->inflight < WARM_MAX_INFLIGHT) {
+        const struct warm_item *it = &ws->items[ws->next++];
+        const struct policy_identity *id = &ws->policy->identity;
+        const char *target = strchr(it->ep->name, ' ');
+        if (!target || strchr(target, '*'))
+            continue;
+        struct sbuf raw = {0};
+        sbuf_printf(&raw, "GET %s HTTP/1.1\r\nHost: sluice\r\n", target + 1);
+        if (it->user && id->user_header)
+            sbuf_printf(&raw, "%s: %s\r\n", id->user_header, it->user);
+        if (it->tenant && id->tenant_header)
+            sbuf_printf(&raw, "%s: %s\r\n", id->tenant_header, it->tenant);
+        sbuf_adds(&raw, "\r\n");
+        struct gw_req *rq = detached_new(wk, ws->policy, &raw, raw.len, "127.0.0.1");
+        if (!rq) {
+            ws->failed++;
+            continue;
+        }
+        rq->warm = true;
+        ws->inflight++;
+        sent++;
+        req_begin(rq);
+    }
+    if (ws->next < ws->nitems || ws->queries_pending || ws->inflight) {
+        warm_schedule(wk);
         return;
     }
-    if (sr->body_len > 0 && uses_body(rq->ep)) {
-        json_error_t jerr;
-        rq->body = json_loadb(sr->body, sr->body_len, JSON_REJECT_DUPLICATES, &jerr);
-        if (!rq->body) {
-            char detail[300];
-            snprintf(detail, sizeof(detail), "malformed JSON body: %s (line %d, column %d)",
-                     jerr.text, jerr.line, jerr.column);
-            fail(rq, 400, detail);
-            return;
-        }
-        if (!json_is_object(rq->body)) {
-            fail(rq, 400, "the JSON body must be an object");
-            return;
-        }
-    } else if (uses_body(rq->ep)) {
-        fail(rq, 400, "this endpoint needs a JSON object body");
-        return;
-    }
-    identify_tier(rq);
+    fprintf(stderr,
+            "sluice: warmed generation %llu: %llu filled, %llu already cached, %llu failed\n",
+            (unsigned long long)ws->policy->generation, (unsigned long long)ws->filled,
+            (unsigned long long)ws->hits, (unsigned long long)ws->failed);
+    warm_clear(ws);
 }
 
 /* ---- workers ------------------------------------------------------------------------------ */
@@ -1093,6 +1993,8 @@ publish_health(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_worker *wk = arg;
     struct gateway *g = wk->g;
+    if (wk->warm.timer)
+        worker_policy(wk); /* a new generation is warmed without waiting for a request */
     unsigned i = worker_index(wk->w);
     if (i >= GATEWAY_MAX_WORKERS)
         return;
@@ -1165,6 +2067,9 @@ worker_init(struct worker *w, void *ctx)
                          g->cfg.db_pool_size, g->cfg.db_deadline_ms, 1024, err, sizeof(err));
     if (!wk->db)
         fprintf(stderr, "sluice: worker %u: database: %s\n", worker_index(w), err);
+    wk->up = upstream_pool_new(worker_base(w), NULL);
+    if (worker_index(w) == 0) /* one worker warms: the cache is shared */
+        wk->warm.timer = evtimer_new(worker_base(w), warm_tick, wk);
     worker_policy(wk);
     wk->health_timer = event_new(worker_base(w), -1, EV_PERSIST, publish_health, wk);
     struct timeval tv = {0, HEALTH_PUBLISH_MS * 1000};
@@ -1181,6 +2086,12 @@ worker_fini(void *state)
         return;
     if (wk->health_timer)
         event_free(wk->health_timer);
+    if (wk->warm.timer) {
+        event_free(wk->warm.timer);
+        wk->warm.timer = NULL;
+    }
+    warm_clear(&wk->warm);
+    upstream_pool_free(wk->up); /* answers the calls of background requests, which end */
     if (wk->db)
         db_pool_free(wk->db);
     tier_cache_free(wk->tiers);
