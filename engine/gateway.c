@@ -1140,8 +1140,8 @@ upstream_target_text(struct gw_req *rq, struct sbuf *out)
 static const char *const fill_dropped[] = {
     "if-none-match:", "if-modified-since:", "if-match:", "if-unmodified-since:", "if-range:"};
 static const char *const always_dropped[] = {
-    "x-host:",           "x-original-url:",    "x-rewrite-url:", "x-forwarded-server:",
-    "x-forwarded-port:", "x-forwarded-prefix:"};
+    "proxy-connection:",   "x-host:",           "x-original-url:",    "x-rewrite-url:",
+    "x-forwarded-server:", "x-forwarded-port:", "x-forwarded-prefix:"};
 
 static bool
 line_starts(const char *line, size_t len, const char *const *names, size_t n)

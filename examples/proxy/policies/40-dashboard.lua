@@ -23,7 +23,7 @@ local function panel(ttl, key)
     tags = { "dash:{user}" },
     stale_while_revalidate = "30s",
     stale_if_error = "10m",
-    warm = sql("SELECT id::text FROM users WHERE plan = 'enterprise' ORDER BY id LIMIT 10"),
+    warm = sql("SELECT id::text AS user_id FROM users WHERE plan = 'enterprise' ORDER BY users.id LIMIT 10"),
   }
 end
 
