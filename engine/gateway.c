@@ -2239,6 +2239,10 @@ explain(struct policy *p, struct server_request *sr, const char *tier, char *err
                           ep->line, "source", source_names[ep->source]);
     if (ep->source == SOURCE_SQL)
         json_object_set_new(e, "sql", json_string(ep->sql));
+    if (ep->source == SOURCE_UPSTREAM && ep->up)
+        json_object_set_new(e, "upstream",
+                            json_pack("{s:s, s:s, s:f}", "name", ep->up->name, "url", ep->up->url,
+                                      "timeout_seconds", (double)ep->up->timeout_ms / 1000.0));
     json_object_set_new(o, "endpoint", e);
 
     json_t *limits = json_array();
@@ -2256,6 +2260,14 @@ explain(struct policy *p, struct server_request *sr, const char *tier, char *err
                               ep->shared);
         json_object_set_new(c, "key", key ? json_stringn(key, len) : json_string("(too long)"));
         json_object_set_new(c, "tags", expanded_list(rq, ep->tags, ep->ntags));
+        json_object_set_new(c, "stale_while_revalidate_seconds",
+                            json_real((double)ep->swr_ms / 1000.0));
+        json_object_set_new(c, "stale_if_error_seconds", json_real((double)ep->sie_ms / 1000.0));
+        if (ep->warm)
+            json_object_set_new(
+                c, "warm",
+                ep->warm->sql ? json_pack("{s:s}", "sql", ep->warm->sql)
+                              : json_pack("{s:I}", "callers", (json_int_t)ep->warm->ncallers));
         json_object_set_new(o, "cache", c);
     } else {
         json_object_set_new(o, "cache", json_null());
