@@ -1,0 +1,1803 @@
+/* upstream.c - HTTP/1.1 client to upstream applications: answer parser, keep-alive pool, lookups.
+ */
+#include "upstream.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+
+#include "http_parse.h"
+#include "util.h"
+
+#define DEFAULT_MAX_IDLE 32
+#define DEFAULT_MAX_RESPONSE ((size_t)8 << 20)
+#define DEFAULT_IDLE_MS 30000
+#define DEFAULT_CONNECT_MS 5000
+#define DEFAULT_TIMEOUT_MS 30000
+#define READ_CHUNK 16384                                /* least room offered to a read */
+#define KEEP_BUF (UPSTREAM_MAX_HEAD_BYTES + READ_CHUNK) /* larger buffers are freed when idle */
+#define MAX_FIELDS 256                                  /* header fields in one answer head */
+#define MAX_ADDRS 8                                     /* addresses kept per host name */
+#define LOOKUP_TTL_MS 60000                             /* a name's addresses are used this long */
+#define READS_PER_EVENT 16 /* reads per readiness event before others get a turn */
+
+/* ---- small helpers ---- */
+
+static inline unsigned char
+lower(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c;
+}
+
+/* s[0..n) equals the lower-case C string lit, ignoring ASCII case. */
+static int
+eq_nocase(const char *s, size_t n, const char *lit)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (lit[i] == '\0' || lower((unsigned char)s[i]) != (unsigned char)lit[i])
+            return 0;
+    return lit[i] == '\0';
+}
+
+/* RFC 9110 5.6.2 tchar. */
+static int
+is_tchar(unsigned char c)
+{
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        return 1;
+    return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* A byte a field value may not hold: controls other than HTAB, and DEL. */
+static int
+is_ctl(unsigned char c)
+{
+    return (c < 0x20 && c != '\t') || c == 0x7f;
+}
+
+/* The fields a proxy never forwards (RFC 9110 7.6.1), as lower-case names. */
+static int
+is_hop_by_hop(const char *name, size_t len)
+{
+    static const char *const hop[] = {"connection",          "keep-alive", "proxy-authenticate",
+                                      "proxy-authorization", "te",         "trailer",
+                                      "transfer-encoding",   "upgrade"};
+    for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
+        if (eq_nocase(name, len, hop[i]))
+            return 1;
+    return 0;
+}
+
+/* The comma-separated list s[0..n) holds the token name[0..namelen), ignoring case. */
+static int
+list_has(const char *s, size_t n, const char *name, size_t namelen)
+{
+    const char *p = s, *end = s + n;
+
+    while (p < end) {
+        const char *tok = p, *tend = memchr(p, ',', (size_t)(end - p));
+        size_t i;
+        if (tend == NULL)
+            tend = end;
+        p = tend < end ? tend + 1 : end;
+        while (tok < tend && (*tok == ' ' || *tok == '\t'))
+            tok++;
+        while (tend > tok && (tend[-1] == ' ' || tend[-1] == '\t'))
+            tend--;
+        if ((size_t)(tend - tok) != namelen)
+            continue;
+        for (i = 0; i < namelen; i++)
+            if (lower((unsigned char)tok[i]) != lower((unsigned char)name[i]))
+                break;
+        if (i == namelen)
+            return 1;
+    }
+    return 0;
+}
+
+static uint64_t
+now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static struct timeval
+ms_to_tv(uint64_t ms)
+{
+    struct timeval tv;
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+    return tv;
+}
+
+/* ---- the answer parser ---- */
+
+enum { PS_HEAD, PS_LENGTH, PS_CHUNKED, PS_CLOSE, PS_DONE, PS_ERROR };
+
+/* A header field of the head in buf, by offsets (buf moves as it grows). */
+struct field_at {
+    size_t name, name_len, value, value_len;
+    int keep; /* end-to-end: handed to the caller */
+};
+
+struct upstream_parser {
+    int head_request;
+    size_t max_body;
+    int state;
+    int started; /* a byte arrived since the last reset */
+    char *buf;   /* the head, then the body (Content-Length, close) or undecoded chunked bytes */
+    size_t len, cap;
+    size_t scan;     /* PS_HEAD: bytes of buf searched for the end of the head */
+    size_t head_len; /* the final head, at the start of buf */
+    int status, minor_version, keep_alive, trailing;
+    uint64_t content_length;
+    struct field_at *at;
+    size_t nat, at_cap;
+    struct http_chunked chunk;
+    char *body; /* PS_CHUNKED: decoded payload */
+    size_t body_len, body_cap;
+    /* the result */
+    struct upstream_header *fields;
+    size_t nfields, fields_cap;
+    const char *out_body;
+    size_t out_body_len;
+    enum upstream_error error;
+    const char *detail; /* static */
+};
+
+static int
+ps_fail(struct upstream_parser *ps, enum upstream_error error, const char *detail)
+{
+    ps->state = PS_ERROR;
+    ps->error = error;
+    ps->detail = detail;
+    return UPSTREAM_PARSE_ERROR;
+}
+
+/* Room for `more` bytes after len in buf; `exact` grows to just that. */
+static void
+ps_reserve(struct upstream_parser *ps, size_t more, int exact)
+{
+    size_t cap;
+    if (ps->cap - ps->len >= more)
+        return;
+    cap = ps->len + more;
+    if (!exact && cap < 2 * ps->cap)
+        cap = 2 * ps->cap;
+    ps->buf = xrealloc(ps->buf, cap);
+    ps->cap = cap;
+}
+
+struct upstream_parser *
+upstream_parser_new(int head_request, size_t max_body)
+{
+    struct upstream_parser *ps = xcalloc(1, sizeof *ps);
+    ps->max_body = max_body;
+    upstream_parser_reset(ps, head_request);
+    return ps;
+}
+
+void
+upstream_parser_free(struct upstream_parser *ps)
+{
+    if (ps == NULL)
+        return;
+    free(ps->buf);
+    free(ps->at);
+    free(ps->body);
+    free(ps->fields);
+    free(ps);
+}
+
+void
+upstream_parser_reset(struct upstream_parser *ps, int head_request)
+{
+    if (ps->cap > KEEP_BUF) {
+        free(ps->buf);
+        ps->buf = NULL;
+        ps->cap = 0;
+    }
+    if (ps->body_cap > KEEP_BUF) {
+        free(ps->body);
+        ps->body = NULL;
+        ps->body_cap = 0;
+    }
+    ps->head_request = head_request;
+    ps->state = PS_HEAD;
+    ps->started = 0;
+    ps->len = ps->scan = ps->head_len = 0;
+    ps->status = ps->minor_version = ps->keep_alive = ps->trailing = 0;
+    ps->content_length = 0;
+    ps->nat = 0;
+    memset(&ps->chunk, 0, sizeof ps->chunk);
+    ps->body_len = 0;
+    ps->nfields = 0;
+    ps->out_body = NULL;
+    ps->out_body_len = 0;
+    ps->error = UPSTREAM_OK;
+    ps->detail = "";
+}
+
+/*
+ * Looks for the CRLF CRLF ending the head in buf[scan..len). Returns 1 and
+ * sets *end past it, 0 when not there yet, -1 on a bare LF.
+ */
+static int
+find_head_end(struct upstream_parser *ps, size_t *end)
+{
+    const char *b = ps->buf;
+    size_t i = ps->scan;
+
+    while (i < ps->len) {
+        const char *lf = memchr(b + i, '\n', ps->len - i);
+        if (lf == NULL)
+            break;
+        i = (size_t)(lf - b);
+        if (i == 0 || b[i - 1] != '\r')
+            return -1;
+        if (i >= 3 && b[i - 2] == '\n' && b[i - 3] == '\r') {
+            *end = i + 1;
+            return 1;
+        }
+        i++;
+    }
+    ps->scan = ps->len;
+    return 0;
+}
+
+/* A Content-Length value: 1*DIGIT, or a list of equal ones (RFC 9110 8.6). */
+static int
+parse_length(const char *s, size_t n, uint64_t *out)
+{
+    const char *p = s, *end = s + n;
+    int have = 0;
+
+    while (p <= end) {
+        const char *e = memchr(p, ',', (size_t)(end - p));
+        uint64_t v = 0;
+        if (e == NULL)
+            e = end;
+        while (p < e && (*p == ' ' || *p == '\t'))
+            p++;
+        const char *d = p;
+        while (p < e && *p >= '0' && *p <= '9') {
+            if (v > (UINT64_C(1) << 60) / 10)
+                return -1;
+            v = v * 10 + (uint64_t)(*p++ - '0');
+        }
+        if (p == d)
+            return -1;
+        while (p < e && (*p == ' ' || *p == '\t'))
+            p++;
+        if (p != e || (have && v != *out))
+            return -1;
+        *out = v;
+        have = 1;
+        p = e + 1;
+    }
+    return 0;
+}
+
+/* Parses the status line at buf[0..): sets status and version; returns the line's length or -1. */
+static long
+parse_status_line(struct upstream_parser *ps, size_t end)
+{
+    const char *b = ps->buf, *p;
+
+    if (end < 14 || memcmp(b, "HTTP/1.", 7) != 0 || (b[7] != '0' && b[7] != '1') || b[8] != ' ')
+        return -1;
+    for (int i = 9; i < 12; i++)
+        if (b[i] < '0' || b[i] > '9')
+            return -1;
+    ps->minor_version = b[7] - '0';
+    ps->status = (b[9] - '0') * 100 + (b[10] - '0') * 10 + (b[11] - '0');
+    if (ps->status < 100 || ps->status > 599)
+        return -1;
+    p = b + 12;
+    if (*p == ' ') {
+        /* reason-phrase: HTAB, SP, VCHAR, obs-text */
+        for (p++; *p != '\r'; p++)
+            if (is_ctl((unsigned char)*p))
+                return -1;
+    }
+    if (p[0] != '\r' || p[1] != '\n')
+        return -1;
+    return p + 2 - b;
+}
+
+/*
+ * Parses the head buf[0..end) ending in CRLF CRLF: status line, fields and the
+ * framing they give. Field names and values are NUL-terminated in place.
+ * Returns 0 or sets the error.
+ */
+static int
+parse_head(struct upstream_parser *ps, size_t end)
+{
+    char *b = ps->buf, *p;
+    long line = parse_status_line(ps, end);
+    int has_length = 0, chunked = 0, conn_close = 0, conn_keep = 0;
+
+    if (line < 0)
+        return ps_fail(ps, UPSTREAM_PROTOCOL, "malformed status line in the upstream answer");
+    p = b + line;
+    ps->nat = 0;
+    while (!(p[0] == '\r' && p[1] == '\n')) {
+        char *name = p, *v, *vend;
+        struct field_at *f;
+
+        if (*p == ' ' || *p == '\t')
+            return ps_fail(ps, UPSTREAM_PROTOCOL, "obsolete line folding in the upstream answer");
+        while (is_tchar((unsigned char)*p))
+            p++;
+        if (*p != ':' || p == name)
+            return ps_fail(ps, UPSTREAM_PROTOCOL,
+                           *p == ' ' || *p == '\t'
+                               ? "whitespace before a colon in the upstream answer"
+                               : "malformed header field name in the upstream answer");
+        if (ps->nat == MAX_FIELDS)
+            return ps_fail(ps, UPSTREAM_PROTOCOL, "too many header fields in the upstream answer");
+        *p++ = '\0';
+        while (*p == ' ' || *p == '\t')
+            p++;
+        v = p;
+        while (*p != '\r') {
+            if (is_ctl((unsigned char)*p))
+                return ps_fail(ps, UPSTREAM_PROTOCOL,
+                               "control character in a header field of the upstream answer");
+            p++;
+        }
+        if (p[1] != '\n')
+            return ps_fail(ps, UPSTREAM_PROTOCOL, "bare CR in the upstream answer");
+        vend = p;
+        while (vend > v && (vend[-1] == ' ' || vend[-1] == '\t'))
+            vend--;
+        p += 2;
+        if (ps->nat == ps->at_cap) {
+            ps->at_cap = ps->at_cap ? 2 * ps->at_cap : 16;
+            ps->at = xrealloc(ps->at, ps->at_cap * sizeof *ps->at);
+        }
+        f = &ps->at[ps->nat++];
+        f->name = (size_t)(name - b);
+        f->name_len = strlen(name);
+        f->value = (size_t)(v - b);
+        f->value_len = (size_t)(vend - v);
+        *vend = '\0';
+
+        if (eq_nocase(name, f->name_len, "content-length")) {
+            uint64_t cl = 0;
+            if (parse_length(v, f->value_len, &cl) < 0 || (has_length && cl != ps->content_length))
+                return ps_fail(ps, UPSTREAM_PROTOCOL, "bad or conflicting Content-Length");
+            ps->content_length = cl;
+            has_length = 1;
+        } else if (eq_nocase(name, f->name_len, "transfer-encoding")) {
+            if (chunked || !eq_nocase(v, f->value_len, "chunked"))
+                return ps_fail(ps, UPSTREAM_PROTOCOL,
+                               "Transfer-Encoding other than chunked in the upstream answer");
+            chunked = 1;
+        } else if (eq_nocase(name, f->name_len, "connection")) {
+            conn_close |= list_has(v, f->value_len, "close", 5);
+            conn_keep |= list_has(v, f->value_len, "keep-alive", 10);
+        }
+    }
+    if (chunked && has_length)
+        return ps_fail(ps, UPSTREAM_PROTOCOL,
+                       "both Content-Length and Transfer-Encoding in the upstream answer");
+    if (chunked && ps->minor_version == 0)
+        return ps_fail(ps, UPSTREAM_PROTOCOL, "Transfer-Encoding in an HTTP/1.0 answer");
+
+    /* What the caller sees: end-to-end fields, without Content-Length. */
+    for (size_t i = 0; i < ps->nat; i++) {
+        struct field_at *f = &ps->at[i];
+        const char *name = b + f->name;
+        f->keep =
+            !is_hop_by_hop(name, f->name_len) && !eq_nocase(name, f->name_len, "content-length");
+        for (size_t j = 0; j < ps->nat && f->keep; j++)
+            if (eq_nocase(b + ps->at[j].name, ps->at[j].name_len, "connection") &&
+                list_has(b + ps->at[j].value, ps->at[j].value_len, name, f->name_len))
+                f->keep = 0;
+    }
+
+    ps->keep_alive = ps->minor_version == 1 ? !conn_close : conn_keep && !conn_close;
+    if (ps->status < 200)
+        return 0;
+    if (ps->head_request || ps->status == 204 || ps->status == 304) {
+        ps->state = PS_DONE;
+    } else if (chunked) {
+        ps->state = PS_CHUNKED;
+    } else if (has_length) {
+        if (ps->content_length > ps->max_body)
+            return ps_fail(ps, UPSTREAM_TOO_LARGE, "upstream answer larger than the limit");
+        ps->state = PS_LENGTH;
+    } else {
+        ps->state = PS_CLOSE;
+        ps->keep_alive = 0;
+    }
+    return 0;
+}
+
+/* The answer is complete: points the result at fields and body. */
+static int
+ps_done(struct upstream_parser *ps)
+{
+    size_t body_len = ps->len - ps->head_len;
+    char *b;
+
+    if (ps->state == PS_CHUNKED) {
+        if (ps->body_cap <= ps->body_len) {
+            ps->body_cap = ps->body_len + 1;
+            ps->body = xrealloc(ps->body, ps->body_cap);
+        }
+        ps->body[ps->body_len] = '\0';
+        ps->out_body = ps->body;
+        ps->out_body_len = ps->body_len;
+    } else if (ps->state == PS_LENGTH || ps->state == PS_CLOSE) {
+        if (ps->state == PS_LENGTH) {
+            ps->trailing = body_len > ps->content_length;
+            body_len = (size_t)ps->content_length;
+        }
+        if (ps->head_len + body_len + 1 > ps->len)
+            ps_reserve(ps, ps->head_len + body_len + 1 - ps->len, 1);
+        ps->buf[ps->head_len + body_len] = '\0';
+        ps->out_body = ps->buf + ps->head_len;
+        ps->out_body_len = body_len;
+    } else {
+        /* no body */
+        ps->trailing = ps->len > ps->head_len;
+        ps->out_body = "";
+        ps->out_body_len = 0;
+    }
+    ps->state = PS_DONE;
+
+    b = ps->buf;
+    ps->nfields = 0;
+    if (ps->fields_cap < ps->nat) {
+        ps->fields_cap = ps->nat;
+        ps->fields = xrealloc(ps->fields, ps->fields_cap * sizeof *ps->fields);
+    }
+    for (size_t i = 0; i < ps->nat; i++) {
+        const struct field_at *f = &ps->at[i];
+        struct upstream_header *h;
+        if (!f->keep)
+            continue;
+        h = &ps->fields[ps->nfields++];
+        h->name = b + f->name;
+        h->name_len = f->name_len;
+        h->value = b + f->value;
+        h->value_len = f->value_len;
+    }
+    return UPSTREAM_PARSE_DONE;
+}
+
+/* Runs the state machine over the bytes in buf. */
+static int
+ps_advance(struct upstream_parser *ps)
+{
+    for (;;) {
+        switch (ps->state) {
+        case PS_HEAD: {
+            size_t end;
+            int r = find_head_end(ps, &end);
+            if (r < 0)
+                return ps_fail(ps, UPSTREAM_PROTOCOL, "bare LF in the upstream answer's head");
+            if ((r == 0 && ps->len > UPSTREAM_MAX_HEAD_BYTES) ||
+                (r > 0 && end > UPSTREAM_MAX_HEAD_BYTES))
+                return ps_fail(ps, UPSTREAM_PROTOCOL, "upstream answer head over 64 KiB");
+            if (r == 0)
+                return UPSTREAM_PARSE_MORE;
+            if (parse_head(ps, end) < 0)
+                return UPSTREAM_PARSE_ERROR;
+            if (ps->status < 200) {
+                /* 1xx: an interim answer; 101 would switch protocols we never asked for. */
+                if (ps->status == 101)
+                    return ps_fail(ps, UPSTREAM_PROTOCOL, "unexpected 101 from upstream");
+                memmove(ps->buf, ps->buf + end, ps->len - end);
+                ps->len -= end;
+                ps->scan = 0;
+                continue;
+            }
+            ps->head_len = end;
+            break;
+        }
+        case PS_LENGTH:
+            if (ps->len - ps->head_len < ps->content_length)
+                return UPSTREAM_PARSE_MORE;
+            return ps_done(ps);
+        case PS_CLOSE:
+            if (ps->len - ps->head_len > ps->max_body)
+                return ps_fail(ps, UPSTREAM_TOO_LARGE, "upstream answer larger than the limit");
+            return UPSTREAM_PARSE_MORE;
+        case PS_CHUNKED: {
+            size_t in = ps->len - ps->head_len, consumed, produced;
+            int rc;
+            if (in == 0)
+                return UPSTREAM_PARSE_MORE;
+            if (ps->body_cap - ps->body_len < in) {
+                size_t cap = ps->body_len + in;
+                if (cap < 2 * ps->body_cap)
+                    cap = 2 * ps->body_cap;
+                ps->body = xrealloc(ps->body, cap);
+                ps->body_cap = cap;
+            }
+            rc = http_chunked_decode(&ps->chunk, ps->buf + ps->head_len, in, &consumed,
+                                     ps->body + ps->body_len, &produced);
+            ps->body_len += produced;
+            /* Size first: whichever problem comes first in the bytes wins, however they were cut.
+             */
+            if (ps->body_len > ps->max_body)
+                return ps_fail(ps, UPSTREAM_TOO_LARGE, "upstream answer larger than the limit");
+            if (rc < 0)
+                return ps_fail(ps, UPSTREAM_PROTOCOL, "malformed chunked body from upstream");
+            /* Decoded bytes are dropped; the head stays where the fields point. */
+            ps->trailing = consumed < in;
+            ps->len = ps->head_len;
+            if (rc == 0)
+                return UPSTREAM_PARSE_MORE;
+            return ps_done(ps);
+        }
+        case PS_DONE:
+            return ps_done(ps);
+        default:
+            return UPSTREAM_PARSE_ERROR;
+        }
+    }
+}
+
+char *
+upstream_parser_space(struct upstream_parser *ps, size_t *room)
+{
+    assert(ps->state != PS_DONE && ps->state != PS_ERROR);
+    if (ps->state == PS_LENGTH) {
+        /* Exactly the rest of the body, and the byte that terminates it. */
+        size_t rest = ps->head_len + (size_t)ps->content_length - ps->len;
+        ps_reserve(ps, rest + 1, 1);
+        *room = rest;
+    } else {
+        ps_reserve(ps, READ_CHUNK, 0);
+        *room = ps->cap - ps->len;
+    }
+    return ps->buf + ps->len;
+}
+
+int
+upstream_parser_feed(struct upstream_parser *ps, size_t n)
+{
+    if (ps->state == PS_DONE)
+        return UPSTREAM_PARSE_DONE;
+    if (ps->state == PS_ERROR)
+        return UPSTREAM_PARSE_ERROR;
+    assert(n > 0 && n <= ps->cap - ps->len);
+    ps->started = 1;
+    ps->len += n;
+    return ps_advance(ps);
+}
+
+int
+upstream_parser_eof(struct upstream_parser *ps)
+{
+    switch (ps->state) {
+    case PS_DONE:
+        return UPSTREAM_PARSE_DONE;
+    case PS_ERROR:
+        return UPSTREAM_PARSE_ERROR;
+    case PS_CLOSE:
+        return ps_done(ps);
+    case PS_HEAD:
+        if (ps->len == 0 && !ps->started)
+            return ps_fail(ps, UPSTREAM_CONNECT,
+                           "upstream closed the connection without answering");
+        /* fall through */
+    default:
+        return ps_fail(ps, UPSTREAM_PROTOCOL, "upstream closed the connection mid-answer");
+    }
+}
+
+void
+upstream_parser_response(struct upstream_parser *ps, struct upstream_response *res)
+{
+    memset(res, 0, sizeof *res);
+    if (ps->state != PS_DONE) {
+        res->error = ps->state == PS_ERROR ? ps->error : UPSTREAM_PROTOCOL;
+        res->detail = ps->state == PS_ERROR ? ps->detail : "incomplete upstream answer";
+        res->body = "";
+        return;
+    }
+    res->error = UPSTREAM_OK;
+    res->detail = "";
+    res->status = ps->status;
+    res->minor_version = ps->minor_version;
+    res->fields = ps->fields;
+    res->nfields = ps->nfields;
+    res->body = ps->out_body;
+    res->body_len = ps->out_body_len;
+}
+
+int
+upstream_parser_reusable(const struct upstream_parser *ps)
+{
+    return ps->state == PS_DONE && ps->keep_alive && !ps->trailing;
+}
+
+int
+upstream_parser_started(const struct upstream_parser *ps)
+{
+    return ps->started;
+}
+
+const char *
+upstream_response_field(const struct upstream_response *res, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < res->nfields; i++) {
+        const struct upstream_header *h = &res->fields[i];
+        size_t j;
+        if (h->name_len != n)
+            continue;
+        for (j = 0; j < n; j++)
+            if (lower((unsigned char)h->name[j]) != lower((unsigned char)name[j]))
+                break;
+        if (j == n)
+            return h->value;
+    }
+    return NULL;
+}
+
+/* ---- forwarded request headers ---- */
+
+static int
+dropped_on_forward(const char *name, size_t len)
+{
+    static const char *const drop[] = {"host",
+                                       "content-length",
+                                       "expect",
+                                       "x-forwarded-for",
+                                       "x-forwarded-proto",
+                                       "x-forwarded-host",
+                                       "forwarded"};
+    if (is_hop_by_hop(name, len))
+        return 1;
+    for (size_t i = 0; i < sizeof drop / sizeof drop[0]; i++)
+        if (eq_nocase(name, len, drop[i]))
+            return 1;
+    return 0;
+}
+
+void
+upstream_forward_headers(const struct http_request *h, const char *client_ip, struct sbuf *out)
+{
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const struct http_header *f = &h->headers[i];
+        int listed = 0;
+        if (dropped_on_forward(f->name.p, f->name.len))
+            continue;
+        for (size_t j = 0; j < h->nheaders && !listed; j++)
+            listed =
+                eq_nocase(h->headers[j].name.p, h->headers[j].name.len, "connection") &&
+                list_has(h->headers[j].value.p, h->headers[j].value.len, f->name.p, f->name.len);
+        if (listed)
+            continue;
+        sbuf_add(out, f->name.p, f->name.len);
+        sbuf_add(out, ": ", 2);
+        sbuf_add(out, f->value.p, f->value.len);
+        sbuf_add(out, "\r\n", 2);
+    }
+    if (client_ip != NULL && *client_ip != '\0')
+        sbuf_printf(out, "X-Forwarded-For: %s\r\n", client_ip);
+    sbuf_adds(out, "X-Forwarded-Proto: http\r\n");
+}
+
+/* ---- the pool ---- */
+
+/*
+ * A name lookup on a helper thread. The thread and the pool hold one
+ * reference each; the last one out frees it. The thread writes the pool's
+ * eventfd once it is done, unless the pool has gone (efd < 0).
+ */
+struct lookup {
+    pthread_mutex_t mu;
+    int refs;
+    int done;
+    int efd;
+    char *name;
+    int port;
+    struct sockaddr_storage addrs[MAX_ADDRS];
+    socklen_t lens[MAX_ADDRS];
+    unsigned naddrs;
+    char err[128];
+};
+
+/* One (host, port): its addresses and idle connections. */
+struct host {
+    LIST_ENTRY(host) link;
+    struct upstream_pool *pool;
+    char *name; /* without brackets */
+    int port;
+    int literal;
+    struct sockaddr_storage addrs[MAX_ADDRS];
+    socklen_t lens[MAX_ADDRS];
+    unsigned naddrs;
+    unsigned prefer;      /* the address that worked last */
+    uint64_t resolved_ms; /* names: when addrs were looked up */
+    struct lookup *lookup;
+    char lookup_err[160];
+    TAILQ_HEAD(, upstream_call) waiting; /* for the lookup */
+    TAILQ_HEAD(, conn) idle;             /* most recently used first */
+    unsigned nidle;
+};
+
+enum conn_state {
+    CONN_CONNECTING, /* in pool->busy */
+    CONN_ACTIVE,     /* in pool->busy: sending or reading call's answer */
+    CONN_IDLE,       /* in host->idle */
+};
+
+struct conn {
+    TAILQ_ENTRY(conn) link;
+    struct host *host;
+    evutil_socket_t fd;
+    enum conn_state state;
+    struct event rd, wr, idle_timer;
+    int writing;   /* wr is added */
+    int reused;    /* the current request is not its first */
+    unsigned addr; /* index in host->addrs */
+    struct upstream_call *call;
+    size_t sent; /* bytes of the call's request written */
+    struct upstream_parser *ps;
+};
+
+enum call_state {
+    CALL_LOOKUP,     /* in host->waiting */
+    CALL_CONNECTING, /* conn is connecting */
+    CALL_RUNNING,    /* request on conn */
+    CALL_DONE,       /* in pool->done; conn set when the answer is OK */
+};
+
+struct upstream_call {
+    TAILQ_ENTRY(upstream_call) link;
+    struct upstream_pool *pool;
+    struct host *host;
+    enum call_state state;
+    upstream_done_fn *done;
+    void *arg;
+    struct conn *conn;
+    struct event deadline;
+    uint64_t connect_ms, timeout_ms;
+    int idempotent, head;
+    int retried;
+    unsigned tries; /* addresses tried by the current connect */
+    enum upstream_error error;
+    char detail[192];
+    size_t req_len;
+    char req[]; /* the whole request: head and body */
+};
+
+struct upstream_pool {
+    struct event_base *base;
+    unsigned max_idle;
+    size_t max_response;
+    struct timeval idle_tv;
+    const struct timeval *idle_timeout; /* a common timeout when libevent has room */
+    LIST_HEAD(, host) hosts;
+    TAILQ_HEAD(, conn) busy;
+    TAILQ_HEAD(, upstream_call) done; /* answered, callback not yet run */
+    unsigned npending, nconns, nidle;
+    struct event kick;             /* runs `done` from the loop */
+    struct upstream_parser *spare; /* swapped in for a parser whose answer is being delivered */
+    int lookup_fd;                 /* eventfd the lookup threads write; -1 until the first lookup */
+    struct event lookup_ev;
+    int closing, in_flush, free_requested;
+};
+
+static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_idle_cb(evutil_socket_t fd, short what, void *arg);
+static void call_connect(struct upstream_call *c);
+static void conn_open(struct upstream_call *c);
+
+static void
+addr_text(const struct sockaddr_storage *ss, char *out, size_t outlen)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
+        port = ntohs(s4->sin_port);
+        snprintf(out, outlen, "%s:%d", ip, port);
+    } else {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
+        port = ntohs(s6->sin6_port);
+        snprintf(out, outlen, "[%s]:%d", ip, port);
+    }
+}
+
+/* ---- answers ---- */
+
+/* Closes and frees a connection; its call, if any, loses it. */
+static void
+conn_free(struct conn *k)
+{
+    struct upstream_pool *p = k->host->pool;
+
+    if (k->state == CONN_IDLE) {
+        TAILQ_REMOVE(&k->host->idle, k, link);
+        k->host->nidle--;
+        p->nidle--;
+        evtimer_del(&k->idle_timer);
+    } else {
+        TAILQ_REMOVE(&p->busy, k, link);
+    }
+    if (k->call != NULL)
+        k->call->conn = NULL;
+    event_del(&k->rd);
+    event_del(&k->wr);
+    close(k->fd);
+    upstream_parser_free(k->ps);
+    free(k);
+    p->nconns--;
+}
+
+/* Moves c to the answered list; a connection that failed it is closed. */
+static void
+call_finish(struct upstream_call *c, enum upstream_error error, const char *detail)
+{
+    struct upstream_pool *p = c->pool;
+
+    assert(c->state != CALL_DONE);
+    evtimer_del(&c->deadline);
+    c->state = CALL_DONE;
+    c->error = error;
+    snprintf(c->detail, sizeof c->detail, "%s", detail);
+    if (error != UPSTREAM_OK && c->conn != NULL)
+        conn_free(c->conn);
+    TAILQ_INSERT_TAIL(&p->done, c, link);
+}
+
+/*
+ * The connection is done with its call, whose answer was complete (and left
+ * the connection in step when `clean`): keep it idle when it can carry
+ * another request, else close it.
+ */
+static void
+conn_release(struct conn *k, int clean)
+{
+    struct host *h = k->host;
+    struct upstream_pool *p = h->pool;
+    int reusable = clean && k->call != NULL && k->sent == k->call->req_len && !p->closing &&
+                   h->nidle < p->max_idle;
+
+    if (!reusable) {
+        conn_free(k);
+        return;
+    }
+    TAILQ_REMOVE(&p->busy, k, link);
+    k->call->conn = NULL;
+    k->call = NULL;
+    k->state = CONN_IDLE;
+    k->sent = 0;
+    upstream_parser_reset(k->ps, 0);
+    TAILQ_INSERT_HEAD(&h->idle, k, link);
+    h->nidle++;
+    p->nidle++;
+    evtimer_add(&k->idle_timer, p->idle_timeout);
+}
+
+static void
+call_free(struct upstream_call *c)
+{
+    evtimer_del(&c->deadline);
+    free(c);
+}
+
+/* Runs the callback of one answered call and frees it. */
+static void
+deliver(struct upstream_call *c)
+{
+    struct upstream_pool *p = c->pool;
+    struct conn *k = c->conn;
+    struct upstream_parser *ps = NULL;
+    struct upstream_response res;
+
+    if (k != NULL) {
+        /*
+         * The answer stays in its parser; the connection gets the spare one
+         * and is released now, so a request sent from the callback can use it.
+         */
+        assert(c->error == UPSTREAM_OK && k->state == CONN_ACTIVE);
+        ps = k->ps;
+        k->ps = p->spare != NULL ? p->spare : upstream_parser_new(0, p->max_response);
+        p->spare = NULL;
+        conn_release(k, upstream_parser_reusable(ps));
+        upstream_parser_response(ps, &res);
+    } else {
+        memset(&res, 0, sizeof res);
+        res.error = c->error;
+        res.detail = c->detail;
+        res.body = "";
+    }
+    p->npending--;
+    c->done(c->arg, &res);
+    if (ps != NULL) {
+        if (p->spare == NULL) {
+            upstream_parser_reset(ps, 0);
+            p->spare = ps;
+        } else {
+            upstream_parser_free(ps);
+        }
+    }
+    call_free(c);
+}
+
+static void pool_destroy(struct upstream_pool *p);
+
+/*
+ * Runs the callbacks of answered calls. Callbacks may send, cancel and free
+ * the pool; a free requested meanwhile happens once the list is empty, so
+ * callers must not touch the pool after this returns.
+ */
+static void
+flush_answers(struct upstream_pool *p)
+{
+    struct upstream_call *c;
+
+    p->in_flush++;
+    while ((c = TAILQ_FIRST(&p->done)) != NULL) {
+        TAILQ_REMOVE(&p->done, c, link);
+        deliver(c);
+    }
+    p->in_flush--;
+    if (p->in_flush == 0 && p->free_requested)
+        pool_destroy(p);
+}
+
+static void
+kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    flush_answers(arg);
+}
+
+/* ---- connections ---- */
+
+static struct conn *
+conn_new(struct host *h, evutil_socket_t fd, unsigned addr)
+{
+    struct upstream_pool *p = h->pool;
+    struct conn *k = xcalloc(1, sizeof *k);
+
+    k->host = h;
+    k->fd = fd;
+    k->addr = addr;
+    k->ps = upstream_parser_new(0, p->max_response);
+    event_assign(&k->rd, p->base, fd, EV_READ | EV_PERSIST, conn_io_cb, k);
+    event_assign(&k->wr, p->base, fd, EV_WRITE | EV_PERSIST, conn_io_cb, k);
+    evtimer_assign(&k->idle_timer, p->base, conn_idle_cb, k);
+    k->state = CONN_CONNECTING;
+    TAILQ_INSERT_TAIL(&p->busy, k, link);
+    p->nconns++;
+    return k;
+}
+
+/* Binds call and connection and starts the response deadline. */
+static void
+conn_attach(struct conn *k, struct upstream_call *c)
+{
+    struct timeval tv = ms_to_tv(c->timeout_ms);
+
+    k->call = c;
+    k->sent = 0;
+    c->conn = k;
+    c->state = CALL_RUNNING;
+    upstream_parser_reset(k->ps, c->head);
+    evtimer_add(&c->deadline, &tv);
+}
+
+/*
+ * The connection failed before the call's answer was complete: reading or
+ * writing hit EOF or an error (errno_ else 0).
+ */
+static void
+conn_broken(struct conn *k, int errno_)
+{
+    struct upstream_call *c = k->call;
+    int started = upstream_parser_started(k->ps), reused = k->reused;
+    char detail[160];
+
+    if (!started) {
+        conn_free(k);
+        if (reused && c->idempotent && !c->retried) {
+            /* The upstream closed a kept connection meanwhile: once more, on a new one. */
+            c->retried = 1;
+            call_connect(c);
+            return;
+        }
+        snprintf(detail, sizeof detail, "upstream closed the connection before answering%s%s",
+                 errno_ ? ": " : "", errno_ ? strerror(errno_) : "");
+        call_finish(c, UPSTREAM_CONNECT, detail);
+        return;
+    }
+    if (upstream_parser_eof(k->ps) == UPSTREAM_PARSE_DONE && errno_ == 0) {
+        call_finish(c, UPSTREAM_OK, "");
+        return;
+    }
+    call_finish(c, UPSTREAM_PROTOCOL, "upstream closed the connection mid-answer");
+}
+
+/*
+ * Reads what has arrived for the call on k. Returns 0 while its answer is
+ * incomplete, -1 once the call is finished (k may be gone).
+ */
+static int
+conn_read(struct conn *k)
+{
+    struct upstream_call *c = k->call;
+
+    for (int i = 0; i < READS_PER_EVENT; i++) {
+        size_t room;
+        char *space = upstream_parser_space(k->ps, &room);
+        ssize_t n = recv(k->fd, space, room, 0);
+        int rc;
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (n <= 0) {
+            conn_broken(k, n < 0 ? errno : 0);
+            return -1;
+        }
+        rc = upstream_parser_feed(k->ps, (size_t)n);
+        if (rc == UPSTREAM_PARSE_DONE) {
+            call_finish(c, UPSTREAM_OK, "");
+            return -1;
+        }
+        if (rc == UPSTREAM_PARSE_ERROR) {
+            struct upstream_response res;
+            upstream_parser_response(k->ps, &res);
+            call_finish(c, res.error, res.detail);
+            return -1;
+        }
+        if ((size_t)n < room)
+            return 0;
+    }
+    return 0;
+}
+
+/* Writes what the socket takes; returns 0, or -1 once the call is finished (k may be gone). */
+static int
+conn_write(struct conn *k)
+{
+    struct upstream_call *c = k->call;
+    int err;
+
+    while (k->sent < c->req_len) {
+        ssize_t n = send(k->fd, c->req + k->sent, c->req_len - k->sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            k->sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!k->writing) {
+                event_add(&k->wr, NULL);
+                k->writing = 1;
+            }
+            return 0;
+        }
+        err = n < 0 ? errno : EPIPE;
+        if (k->writing) {
+            event_del(&k->wr);
+            k->writing = 0;
+        }
+        /* The upstream may have answered before it stopped reading (a 413, a 401): take it. */
+        if (conn_read(k) == 0)
+            conn_broken(k, err);
+        return -1;
+    }
+    if (k->writing) {
+        event_del(&k->wr);
+        k->writing = 0;
+    }
+    return 0;
+}
+
+static void
+conn_connected(struct conn *k)
+{
+    struct upstream_call *c = k->call;
+
+    k->host->prefer = k->addr;
+    k->state = CONN_ACTIVE;
+    event_add(&k->rd, NULL);
+    conn_attach(k, c);
+    (void)conn_write(k);
+}
+
+/* The connect attempt on k failed with err: try the host's next address, if any. */
+static void
+connect_failed(struct conn *k, int err)
+{
+    struct upstream_call *c = k->call;
+    char where[INET6_ADDRSTRLEN + 16], detail[192];
+
+    addr_text(&k->host->addrs[k->addr], where, sizeof where);
+    conn_free(k);
+    if (c->tries < c->host->naddrs) {
+        conn_open(c);
+        return;
+    }
+    snprintf(detail, sizeof detail, "cannot connect to upstream %s: %s", where, strerror(err));
+    call_finish(c, UPSTREAM_CONNECT, detail);
+}
+
+static void
+conn_io_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *k = arg;
+    struct upstream_pool *p = k->host->pool;
+
+    if (k->state == CONN_IDLE) {
+        /* EOF, an error or stray bytes on an idle connection: it is of no more use. */
+        char b[64];
+        ssize_t n = recv(fd, b, sizeof b, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        conn_free(k);
+        return;
+    }
+    if (k->call == NULL || k->call->state == CALL_DONE)
+        return; /* answered; delivered before the loop runs again */
+    if (k->state == CONN_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+            err = errno;
+        if (err == EINPROGRESS || err == EALREADY)
+            return;
+        event_del(&k->wr);
+        if (err != 0)
+            connect_failed(k, err);
+        else
+            conn_connected(k);
+    } else {
+        if ((what & EV_WRITE) && conn_write(k) < 0) {
+            flush_answers(p);
+            return;
+        }
+        if ((what & EV_READ) && k->call->state == CALL_RUNNING)
+            (void)conn_read(k);
+    }
+    flush_answers(p);
+}
+
+static void
+conn_idle_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_free(arg);
+}
+
+/*
+ * An idle connection to reuse, most recent first, or NULL. For a request
+ * that is not sent twice (`check`), a connection whose FIN has arrived but
+ * not been seen by the loop yet is dropped on the way (one recv with
+ * MSG_PEEK); the others rely on the retry instead of paying that syscall.
+ */
+static struct conn *
+take_idle(struct host *h, int check)
+{
+    struct conn *k;
+
+    while ((k = TAILQ_FIRST(&h->idle)) != NULL) {
+        char b;
+        if (check) {
+            ssize_t n = recv(k->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (!(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
+                conn_free(k);
+                continue;
+            }
+        }
+        TAILQ_REMOVE(&h->idle, k, link);
+        h->nidle--;
+        h->pool->nidle--;
+        evtimer_del(&k->idle_timer);
+        TAILQ_INSERT_TAIL(&h->pool->busy, k, link);
+        k->state = CONN_ACTIVE;
+        k->reused = 1;
+        return k;
+    }
+    return NULL;
+}
+
+/* Opens a connection to the host's next untried address for c. */
+static void
+conn_open(struct upstream_call *c)
+{
+    struct host *h = c->host;
+    char where[INET6_ADDRSTRLEN + 16], detail[192];
+    int err = 0;
+
+    while (c->tries < h->naddrs) {
+        unsigned i = (h->prefer + c->tries++) % h->naddrs;
+        const struct sockaddr_storage *ss = &h->addrs[i];
+        int one = 1;
+        evutil_socket_t fd =
+            socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+        if (fd < 0) {
+            snprintf(detail, sizeof detail, "cannot open a socket: %s", strerror(errno));
+            call_finish(c, UPSTREAM_CONNECT, detail);
+            return;
+        }
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (connect(fd, (const struct sockaddr *)ss, h->lens[i]) == 0 || errno == EINPROGRESS) {
+            struct conn *k = conn_new(h, fd, i);
+            k->call = c;
+            c->conn = k;
+            c->state = CALL_CONNECTING;
+            event_add(&k->wr, NULL);
+            return;
+        }
+        err = errno;
+        addr_text(ss, where, sizeof where);
+        close(fd);
+    }
+    if (err == 0) {
+        snprintf(detail, sizeof detail, "no address for upstream %s", h->name);
+    } else {
+        snprintf(detail, sizeof detail, "cannot connect to upstream %s: %s", where, strerror(err));
+    }
+    call_finish(c, UPSTREAM_CONNECT, detail);
+}
+
+/* ---- name lookups ---- */
+
+static void
+lookup_unref(struct lookup *lk)
+{
+    int last;
+    pthread_mutex_lock(&lk->mu);
+    last = --lk->refs == 0;
+    pthread_mutex_unlock(&lk->mu);
+    if (!last)
+        return;
+    pthread_mutex_destroy(&lk->mu);
+    free(lk->name);
+    free(lk);
+}
+
+static void *
+lookup_main(void *arg)
+{
+    struct lookup *lk = arg;
+    struct addrinfo hints, *res = NULL;
+    char port[8];
+    int rc;
+
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    snprintf(port, sizeof port, "%d", lk->port);
+    rc = getaddrinfo(lk->name, port, &hints, &res);
+
+    pthread_mutex_lock(&lk->mu);
+    if (rc != 0) {
+        snprintf(lk->err, sizeof lk->err, "%s", gai_strerror(rc));
+    } else {
+        for (struct addrinfo *ai = res; ai != NULL && lk->naddrs < MAX_ADDRS; ai = ai->ai_next) {
+            if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+                ai->ai_addrlen > sizeof lk->addrs[0])
+                continue;
+            memcpy(&lk->addrs[lk->naddrs], ai->ai_addr, ai->ai_addrlen);
+            lk->lens[lk->naddrs++] = ai->ai_addrlen;
+        }
+        if (lk->naddrs == 0)
+            snprintf(lk->err, sizeof lk->err, "no IPv4 or IPv6 address");
+    }
+    lk->done = 1;
+    if (lk->efd >= 0) {
+        uint64_t one = 1;
+        ssize_t w = write(lk->efd, &one, sizeof one);
+        (void)w; /* the counter cannot overflow here */
+    }
+    pthread_mutex_unlock(&lk->mu);
+    if (res != NULL)
+        freeaddrinfo(res);
+    lookup_unref(lk);
+    return NULL;
+}
+
+/* A lookup finished: take its addresses and move the calls that waited for them. */
+static void
+host_lookup_done(struct host *h)
+{
+    struct lookup *lk = h->lookup;
+    struct upstream_call *c;
+
+    h->lookup = NULL;
+    if (lk->naddrs > 0) {
+        memcpy(h->addrs, lk->addrs, sizeof h->addrs);
+        memcpy(h->lens, lk->lens, sizeof h->lens);
+        h->naddrs = lk->naddrs;
+        h->prefer = 0;
+        h->resolved_ms = now_ms();
+    } else {
+        /*
+         * A failure is not cached: the next call looks the name up again,
+         * meanwhile using the addresses of the last success, if any.
+         */
+        snprintf(h->lookup_err, sizeof h->lookup_err, "cannot resolve upstream host %s: %s",
+                 h->name, lk->err);
+    }
+    lookup_unref(lk);
+    while ((c = TAILQ_FIRST(&h->waiting)) != NULL) {
+        TAILQ_REMOVE(&h->waiting, c, link);
+        if (h->naddrs == 0) {
+            call_finish(c, UPSTREAM_CONNECT, h->lookup_err);
+        } else {
+            c->tries = 0;
+            conn_open(c);
+        }
+    }
+}
+
+static void
+lookup_ready_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream_pool *p = arg;
+    struct host *h;
+    uint64_t n;
+    ssize_t r = read(fd, &n, sizeof n);
+
+    (void)what;
+    (void)r;
+    LIST_FOREACH(h, &p->hosts, link)
+    {
+        int done;
+        if (h->lookup == NULL)
+            continue;
+        pthread_mutex_lock(&h->lookup->mu);
+        done = h->lookup->done;
+        pthread_mutex_unlock(&h->lookup->mu);
+        if (done)
+            host_lookup_done(h);
+    }
+    flush_answers(p);
+}
+
+/* Starts looking h's name up; returns 0, or -1 with h->lookup_err set. */
+static int
+lookup_start(struct host *h)
+{
+    struct upstream_pool *p = h->pool;
+    struct lookup *lk;
+    pthread_attr_t attr;
+    pthread_t tid;
+    sigset_t all, old;
+    int rc;
+
+    if (p->lookup_fd < 0) {
+        p->lookup_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (p->lookup_fd < 0) {
+            snprintf(h->lookup_err, sizeof h->lookup_err, "cannot resolve upstream host %s: %s",
+                     h->name, strerror(errno));
+            return -1;
+        }
+        event_assign(&p->lookup_ev, p->base, p->lookup_fd, EV_READ | EV_PERSIST, lookup_ready_cb,
+                     p);
+        event_add(&p->lookup_ev, NULL);
+    }
+    lk = xcalloc(1, sizeof *lk);
+    pthread_mutex_init(&lk->mu, NULL);
+    lk->refs = 2;
+    lk->efd = p->lookup_fd;
+    lk->name = xstrdup(h->name);
+    lk->port = h->port;
+
+    /* Signals stay with the threads that handle them. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 512 * 1024);
+    rc = pthread_create(&tid, &attr, lookup_main, lk);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        lk->refs = 1;
+        lookup_unref(lk);
+        snprintf(h->lookup_err, sizeof h->lookup_err, "cannot resolve upstream host %s: %s",
+                 h->name, strerror(rc));
+        return -1;
+    }
+    h->lookup = lk;
+    return 0;
+}
+
+/* The pool forgets a lookup in flight; its thread frees it. */
+static void
+lookup_orphan(struct lookup *lk)
+{
+    pthread_mutex_lock(&lk->mu);
+    lk->efd = -1;
+    pthread_mutex_unlock(&lk->mu);
+    lookup_unref(lk);
+}
+
+/* ---- calls ---- */
+
+static void
+deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream_call *c = arg;
+    struct upstream_pool *p = c->pool;
+    char detail[192];
+
+    (void)fd;
+    (void)what;
+    switch (c->state) {
+    case CALL_LOOKUP:
+        TAILQ_REMOVE(&c->host->waiting, c, link);
+        snprintf(detail, sizeof detail, "looking up upstream host %s took over %llu ms",
+                 c->host->name, (unsigned long long)c->connect_ms);
+        break;
+    case CALL_CONNECTING:
+        snprintf(detail, sizeof detail, "connecting to upstream %s:%d took over %llu ms",
+                 c->host->name, c->host->port, (unsigned long long)c->connect_ms);
+        break;
+    default:
+        snprintf(detail, sizeof detail, "upstream %s:%d did not answer within %llu ms",
+                 c->host->name, c->host->port, (unsigned long long)c->timeout_ms);
+        break;
+    }
+    /* call_finish closes the connection: it is never reused after a deadline. */
+    call_finish(c, UPSTREAM_TIMEOUT, detail);
+    flush_answers(p);
+}
+
+/* Gets c a new connection: from the host's addresses, after a lookup when needed. */
+static void
+call_connect(struct upstream_call *c)
+{
+    struct host *h = c->host;
+    struct timeval tv = ms_to_tv(c->connect_ms);
+    int stale = !h->literal && (h->naddrs == 0 || now_ms() - h->resolved_ms > LOOKUP_TTL_MS);
+
+    evtimer_add(&c->deadline, &tv);
+    c->tries = 0;
+    if (stale && h->lookup == NULL && lookup_start(h) < 0 && h->naddrs == 0) {
+        call_finish(c, UPSTREAM_CONNECT, h->lookup_err);
+        return;
+    }
+    if (h->naddrs == 0) {
+        c->state = CALL_LOOKUP;
+        TAILQ_INSERT_TAIL(&h->waiting, c, link);
+        return;
+    }
+    /* Addresses past their time are used while the new ones are looked up. */
+    conn_open(c);
+}
+
+static struct host *
+host_get(struct upstream_pool *p, const char *name, int port)
+{
+    struct host *h;
+    size_t n = strlen(name);
+    struct sockaddr_in *s4;
+    struct sockaddr_in6 *s6;
+
+    if (n >= 2 && name[0] == '[' && name[n - 1] == ']') {
+        name++;
+        n -= 2;
+    }
+    LIST_FOREACH(h, &p->hosts, link)
+    {
+        if (h->port == port && strlen(h->name) == n && memcmp(h->name, name, n) == 0)
+            return h;
+    }
+    h = xcalloc(1, sizeof *h);
+    h->pool = p;
+    h->name = xstrndup(name, n);
+    h->port = port;
+    TAILQ_INIT(&h->waiting);
+    TAILQ_INIT(&h->idle);
+    s4 = (struct sockaddr_in *)&h->addrs[0];
+    s6 = (struct sockaddr_in6 *)&h->addrs[0];
+    if (inet_pton(AF_INET, h->name, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        h->lens[0] = sizeof *s4;
+        h->naddrs = 1;
+        h->literal = 1;
+    } else if (inet_pton(AF_INET6, h->name, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        h->lens[0] = sizeof *s6;
+        h->naddrs = 1;
+        h->literal = 1;
+    }
+    LIST_INSERT_HEAD(&p->hosts, h, link);
+    return h;
+}
+
+static int
+valid_token(const char *s, size_t n)
+{
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!is_tchar((unsigned char)s[i]))
+            return 0;
+    return 1;
+}
+
+/* Bytes a request target or Host value may hold: VCHAR. */
+static int
+valid_vchars(const char *s, size_t n)
+{
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+            return 0;
+    return 1;
+}
+
+/* Header lines: each "name:value" CRLF, no NUL, CR or LF elsewhere. */
+static int
+valid_header_lines(const char *s, size_t n)
+{
+    size_t line = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '\r') {
+            if (i + 1 >= n || s[i + 1] != '\n' || i == line)
+                return 0;
+            i++;
+            line = i + 1;
+        } else if (ch == '\n' || ch == '\0') {
+            return 0;
+        } else if (i == line && !is_tchar(ch)) {
+            return 0;
+        }
+    }
+    return line == n;
+}
+
+static int
+method_is(const struct upstream_request *r, const char *m)
+{
+    return r->method_len == strlen(m) && memcmp(r->method, m, r->method_len) == 0;
+}
+
+struct upstream_call *
+upstream_send(struct upstream_pool *p, const struct upstream_target *t,
+              const struct upstream_request *req, upstream_done_fn *done, void *arg)
+{
+    char host_buf[300], cl_buf[48];
+    const char *host_header = t->host_header;
+    size_t hh_len, cl_len = 0, need;
+    struct upstream_call *c;
+    struct host *h;
+    struct conn *k;
+    char *w;
+
+    assert(p != NULL && t != NULL && req != NULL && done != NULL);
+    if (p->closing || t->host == NULL || *t->host == '\0' || t->port < 1 || t->port > 65535 ||
+        !valid_token(req->method, req->method_len) || !valid_vchars(req->target, req->target_len) ||
+        (req->headers_len > 0 && !valid_header_lines(req->headers, req->headers_len)))
+        return NULL;
+    if (host_header == NULL) {
+        int v6 = strchr(t->host, ':') != NULL && t->host[0] != '[';
+        if (t->port == 80)
+            snprintf(host_buf, sizeof host_buf, "%s%s%s", v6 ? "[" : "", t->host, v6 ? "]" : "");
+        else
+            snprintf(host_buf, sizeof host_buf, "%s%s%s:%d", v6 ? "[" : "", t->host, v6 ? "]" : "",
+                     t->port);
+        host_header = host_buf;
+    }
+    hh_len = strlen(host_header);
+    if (!valid_vchars(host_header, hh_len))
+        return NULL;
+    if (req->body_len > 0 || method_is(req, "POST") || method_is(req, "PUT") ||
+        method_is(req, "PATCH"))
+        cl_len = (size_t)snprintf(cl_buf, sizeof cl_buf, "Content-Length: %zu\r\n", req->body_len);
+
+    /* One block: the call, then the request as it goes on the wire. */
+    need = req->method_len + 1 + req->target_len + sizeof " HTTP/1.1\r\nHost: " - 1 + hh_len + 2 +
+           req->headers_len + cl_len + 2 + req->body_len;
+    c = xmalloc(sizeof *c + need);
+    memset(c, 0, sizeof *c);
+    w = c->req;
+#define PUT(s, n) (memcpy(w, (s), (n)), w += (n))
+    PUT(req->method, req->method_len);
+    PUT(" ", 1);
+    PUT(req->target, req->target_len);
+    PUT(" HTTP/1.1\r\nHost: ", sizeof " HTTP/1.1\r\nHost: " - 1);
+    PUT(host_header, hh_len);
+    PUT("\r\n", 2);
+    if (req->headers_len > 0)
+        PUT(req->headers, req->headers_len);
+    PUT(cl_buf, cl_len);
+    PUT("\r\n", 2);
+    if (req->body_len > 0)
+        PUT(req->body, req->body_len);
+#undef PUT
+    c->req_len = need;
+    assert((size_t)(w - c->req) == need);
+
+    h = host_get(p, t->host, t->port);
+    c->pool = p;
+    c->host = h;
+    c->done = done;
+    c->arg = arg;
+    c->connect_ms = t->connect_timeout_ms ? t->connect_timeout_ms : DEFAULT_CONNECT_MS;
+    c->timeout_ms = t->timeout_ms ? t->timeout_ms : DEFAULT_TIMEOUT_MS;
+    c->head = method_is(req, "HEAD");
+    c->idempotent = method_is(req, "GET") || c->head || method_is(req, "PUT") ||
+                    method_is(req, "DELETE") || method_is(req, "OPTIONS");
+    evtimer_assign(&c->deadline, p->base, deadline_cb, c);
+    p->npending++;
+
+    if ((k = take_idle(h, !c->idempotent)) != NULL) {
+        conn_attach(k, c);
+        (void)conn_write(k);
+    } else {
+        call_connect(c);
+    }
+    /* Answers are never given before upstream_send returns. */
+    if (!TAILQ_EMPTY(&p->done))
+        event_active(&p->kick, EV_TIMEOUT, 1);
+    return c;
+}
+
+void
+upstream_cancel(struct upstream_call *c)
+{
+    struct upstream_pool *p;
+
+    if (c == NULL)
+        return;
+    p = c->pool;
+    switch (c->state) {
+    case CALL_LOOKUP:
+        TAILQ_REMOVE(&c->host->waiting, c, link);
+        break;
+    case CALL_CONNECTING:
+    case CALL_RUNNING:
+        if (c->conn != NULL)
+            conn_free(c->conn);
+        break;
+    case CALL_DONE:
+        TAILQ_REMOVE(&p->done, c, link);
+        if (c->conn != NULL)
+            /* The answer is complete: the connection may be kept. */
+            conn_release(c->conn, upstream_parser_reusable(c->conn->ps));
+        break;
+    }
+    p->npending--;
+    call_free(c);
+}
+
+/* ---- the pool itself ---- */
+
+struct upstream_pool *
+upstream_pool_new(struct event_base *base, const struct upstream_pool_config *cfg)
+{
+    struct upstream_pool *p = xcalloc(1, sizeof *p);
+    uint64_t idle_ms = cfg && cfg->idle_timeout_ms ? cfg->idle_timeout_ms : DEFAULT_IDLE_MS;
+
+    p->base = base;
+    p->max_idle = cfg && cfg->max_idle ? cfg->max_idle : DEFAULT_MAX_IDLE;
+    p->max_response =
+        cfg && cfg->max_response_bytes ? cfg->max_response_bytes : DEFAULT_MAX_RESPONSE;
+    p->idle_tv = ms_to_tv(idle_ms);
+    /* Every idle connection has the same timeout: an O(1) queue instead of the heap. */
+    p->idle_timeout = event_base_init_common_timeout(base, &p->idle_tv);
+    if (p->idle_timeout == NULL)
+        p->idle_timeout = &p->idle_tv;
+    LIST_INIT(&p->hosts);
+    TAILQ_INIT(&p->busy);
+    TAILQ_INIT(&p->done);
+    p->lookup_fd = -1;
+    event_assign(&p->kick, base, -1, 0, kick_cb, p);
+    return p;
+}
+
+static void
+pool_destroy(struct upstream_pool *p)
+{
+    struct host *h;
+
+    assert(TAILQ_EMPTY(&p->done) && TAILQ_EMPTY(&p->busy) && p->npending == 0);
+    while ((h = LIST_FIRST(&p->hosts)) != NULL) {
+        LIST_REMOVE(h, link);
+        assert(TAILQ_EMPTY(&h->waiting));
+        while (!TAILQ_EMPTY(&h->idle))
+            conn_free(TAILQ_FIRST(&h->idle));
+        if (h->lookup != NULL)
+            lookup_orphan(h->lookup);
+        free(h->name);
+        free(h);
+    }
+    if (p->lookup_fd >= 0) {
+        event_del(&p->lookup_ev);
+        close(p->lookup_fd);
+    }
+    event_del(&p->kick);
+    upstream_parser_free(p->spare);
+    assert(p->nconns == 0);
+    free(p);
+}
+
+void
+upstream_pool_free(struct upstream_pool *p)
+{
+    struct host *h;
+    struct conn *k, *next;
+    struct upstream_call *c;
+
+    if (p == NULL || p->closing)
+        return;
+    p->closing = 1;
+    LIST_FOREACH(h, &p->hosts, link)
+    {
+        while ((c = TAILQ_FIRST(&h->waiting)) != NULL) {
+            TAILQ_REMOVE(&h->waiting, c, link);
+            call_finish(c, UPSTREAM_SHUTDOWN, "the upstream pool is shutting down");
+        }
+        while (!TAILQ_EMPTY(&h->idle))
+            conn_free(TAILQ_FIRST(&h->idle));
+    }
+    for (k = TAILQ_FIRST(&p->busy); k != NULL; k = next) {
+        next = TAILQ_NEXT(k, link);
+        /* A complete answer not yet delivered keeps its connection until it is. */
+        if (k->call != NULL && k->call->state != CALL_DONE)
+            call_finish(k->call, UPSTREAM_SHUTDOWN, "the upstream pool is shutting down");
+        else if (k->call == NULL)
+            conn_free(k);
+    }
+    p->free_requested = 1;
+    if (p->in_flush)
+        return; /* the flush in progress answers the rest and frees the pool */
+    flush_answers(p);
+}
+
+unsigned
+upstream_pool_pending(const struct upstream_pool *p)
+{
+    return p->npending;
+}
+
+unsigned
+upstream_pool_connections(const struct upstream_pool *p)
+{
+    return p->nconns;
+}
+
+unsigned
+upstream_pool_idle(const struct upstream_pool *p)
+{
+    return p->nidle;
+}
