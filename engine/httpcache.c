@@ -9,10 +9,15 @@
 #include "util.h"
 
 static bool
+name_is_n(const struct http_str *name, const char *s, size_t n)
+{
+    return name->len == n && strncasecmp(name->p, s, n) == 0;
+}
+
+static bool
 name_is(const struct http_str *name, const char *s)
 {
-    size_t n = strlen(s);
-    return name->len == n && strncasecmp(name->p, s, n) == 0;
+    return name_is_n(name, s, strlen(s));
 }
 
 static bool
@@ -37,17 +42,19 @@ trim(const char *p, size_t *len)
 /*
  * Calls fn for each element of a comma-separated list (empty ones skipped),
  * honouring quoted strings so that a comma inside quotes does not split.
+ * With escapes, a backslash inside quotes escapes the next byte (a
+ * quoted-string); without, it is an ordinary byte (an entity tag).
  */
 static void
-each_element(const char *v, size_t len, void (*fn)(const char *el, size_t ellen, void *ctx),
-             void *ctx)
+each_element(const char *v, size_t len, bool escapes,
+             void (*fn)(const char *el, size_t ellen, void *ctx), void *ctx)
 {
     size_t start = 0;
     bool quoted = false;
     for (size_t i = 0; i <= len; i++) {
         if (i < len && v[i] == '"')
             quoted = !quoted;
-        else if (i < len && v[i] == '\\' && quoted && i + 1 < len)
+        else if (escapes && i < len && v[i] == '\\' && quoted && i + 1 < len)
             i++;
         if (i == len || (v[i] == ',' && !quoted)) {
             size_t el = i - start;
@@ -64,6 +71,9 @@ struct cc {
     int64_t s_maxage, max_age; /* seconds, -1 absent */
 };
 
+/* Delta-seconds too large to represent count as this (RFC 9111 section 1.2.2). */
+#define DELTA_SECONDS_MAX 2147483648LL
+
 /* A delta-seconds value, or -1 when it is not one (then the directive is ignored). */
 static int64_t
 delta_seconds(const char *p, size_t len)
@@ -72,15 +82,24 @@ delta_seconds(const char *p, size_t len)
         p++;
         len -= 2;
     }
-    if (len == 0 || len > 12)
+    if (len == 0)
         return -1;
     int64_t v = 0;
     for (size_t i = 0; i < len; i++) {
         if (p[i] < '0' || p[i] > '9')
             return -1;
-        v = v * 10 + (p[i] - '0');
+        if (v < DELTA_SECONDS_MAX)
+            v = v * 10 + (p[i] - '0');
     }
-    return v;
+    return v < DELTA_SECONDS_MAX ? v : DELTA_SECONDS_MAX;
+}
+
+/* Keeps the smallest valid value of a directive given more than once; ignores malformed ones. */
+static void
+keep_smallest(int64_t *dst, int64_t v)
+{
+    if (v >= 0 && (*dst < 0 || v < *dst))
+        *dst = v;
 }
 
 static void
@@ -102,9 +121,9 @@ cc_directive(const char *el, size_t len, void *ctx)
     else if (name_is(&name, "private"))
         cc->private_ = true;
     else if (name_is(&name, "s-maxage") && val)
-        cc->s_maxage = delta_seconds(val, vlen);
+        keep_smallest(&cc->s_maxage, delta_seconds(val, vlen));
     else if (name_is(&name, "max-age") && val)
-        cc->max_age = delta_seconds(val, vlen);
+        keep_smallest(&cc->max_age, delta_seconds(val, vlen));
 }
 
 struct vary {
@@ -169,9 +188,9 @@ httpcache_judge(int status, const struct http_header *f, size_t n, uint64_t poli
             return;
         }
         if (name_is(&f[i].name, "cache-control"))
-            each_element(f[i].value.p, f[i].value.len, cc_directive, &cc);
+            each_element(f[i].value.p, f[i].value.len, true, cc_directive, &cc);
         else if (name_is(&f[i].name, "vary"))
-            each_element(f[i].value.p, f[i].value.len, vary_name, &vy);
+            each_element(f[i].value.p, f[i].value.len, true, vary_name, &vy);
     }
     if (cc.no_store || cc.no_cache || cc.private_) {
         v->why = cc.no_store ? "no-store" : cc.private_ ? "private" : "no-cache";
@@ -237,14 +256,14 @@ httpcache_etag_matches(const char *inm, size_t len, const char *etag)
         return false;
     struct inm m = {.etag_len = strlen(etag)};
     m.etag = etag_opaque(etag, &m.etag_len);
-    each_element(inm, len, inm_element, &m);
+    each_element(inm, len, false, inm_element, &m);
     return m.match;
 }
 
 void
 httpcache_etag_of(const char *body, size_t len, char out[19])
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a 64 */
+    uint64_t h = 14695981039346656037ULL; /* FNV-1a 64 */
     for (size_t i = 0; i < len; i++) {
         h ^= (unsigned char)body[i];
         h *= 1099511628211ULL;
@@ -287,24 +306,28 @@ httpcache_vary_key(const char *primary, size_t plen, const char *names,
     while (*p) {
         const char *comma = strchr(p, ',');
         size_t nlen = comma ? (size_t)(comma - p) : strlen(p);
-        char name[128];
-        if (nlen >= sizeof(name))
-            return -1;
-        memcpy(name, p, nlen);
-        name[nlen] = '\0';
         if (!first) {
-            if (o + 2 >= cap)
+            if (o + 2 > cap)
                 return -1;
             out[o++] = ':';
         }
         first = false;
-        const struct http_str *v = http_header_get(h, name);
-        long r = v ? put_escaped(out, cap, o, v->p, v->len) : put_escaped(out, cap, o, "", 0);
-        if (r < 0)
-            return -1;
-        o = (size_t)r;
-        if (!v) {
-            if (o + 3 >= cap)
+        /* Every line of the field, combined as the origin sees them (RFC 9110 section 5.3). */
+        bool found = false;
+        for (size_t i = 0; i < h->nheaders; i++) {
+            if (!name_is_n(&h->headers[i].name, p, nlen))
+                continue;
+            long r = found ? put_escaped(out, cap, o, ", ", 2) : (long)o;
+            if (r >= 0)
+                r = put_escaped(out, cap, (size_t)r, h->headers[i].value.p,
+                                h->headers[i].value.len);
+            if (r < 0)
+                return -1;
+            o = (size_t)r;
+            found = true;
+        }
+        if (!found) {
+            if (o + 3 > cap)
                 return -1;
             out[o++] = '%';
             out[o++] = '-';

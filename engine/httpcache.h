@@ -49,9 +49,10 @@ void httpcache_etag_of(const char *body, size_t len, char out[19]);
 /*
  * The secondary key of an answer that varies on the comma-separated field
  * names `names`: primary, then 0x1f, then for each name its value in the
- * request (escaped as template values are: '%', ':', '{', '}', bytes below
- * 0x21 and above 0x7e as %XX; absent as "%-"), separated by ':'. Returns the
- * length written (NUL-terminated), or -1 when it does not fit in cap.
+ * request (the values of all its lines joined with ", ", escaped as template
+ * values are: '%', ':', '{', '}', bytes below 0x21 and above 0x7e as %XX;
+ * absent as "%-"), separated by ':'. Returns the length written
+ * (NUL-terminated), or -1 when it does not fit in cap.
  */
 long httpcache_vary_key(const char *primary, size_t plen, const char *names,
                         const struct http_request *h, char *out, size_t cap);

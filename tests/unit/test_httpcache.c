@@ -1,0 +1,806 @@
+/* test_httpcache.c - unit tests of the HTTP caching rules for answers of upstream apps. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "http_parse.h"
+#include "httpcache.h"
+#include "util.h"
+
+#define TTL 300000u /* the endpoint's TTL in the judge tests: 300 s */
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+/* Header fields of an answer, from "Name: value" strings (borrowed, so literals only). */
+struct fields {
+    struct http_header f[HTTP_MAX_HEADERS];
+    size_t n;
+};
+
+static void
+fields_from(struct fields *fs, const char *const *lines, size_t n)
+{
+    assert_true(n <= HTTP_MAX_HEADERS);
+    fs->n = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *colon = strchr(lines[i], ':');
+        assert_non_null(colon);
+        const char *v = colon + 1;
+        while (*v == ' ')
+            v++;
+        fs->f[fs->n].name = (struct http_str){lines[i], (size_t)(colon - lines[i])};
+        fs->f[fs->n].value = (struct http_str){v, strlen(v)};
+        fs->n++;
+    }
+}
+
+/* Judges an answer with the given status, body size and "Name: value" fields. */
+static struct httpcache_verdict
+judge_n(int status, uint64_t ttl, size_t body, const char *const *lines, size_t n)
+{
+    struct fields fs;
+    fields_from(&fs, lines, n);
+    struct httpcache_verdict v;
+    memset(&v, 0xa5, sizeof(v));
+    httpcache_judge(status, fs.f, fs.n, ttl, body, &v);
+    return v;
+}
+
+#define JUDGE(status, ...)                                                                         \
+    judge_n(status, TTL, 10, (const char *const[]){__VA_ARGS__},                                   \
+            sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *))
+
+static void
+assert_storable(struct httpcache_verdict v, uint64_t ttl_ms)
+{
+    if (!v.storable)
+        fail_msg("not storable (%s), want storable with a TTL of %llu ms", v.why ? v.why : "?",
+                 (unsigned long long)ttl_ms);
+    assert_int_equal(v.ttl_ms, ttl_ms);
+    assert_null(v.why);
+}
+
+static void
+assert_not_storable(struct httpcache_verdict v, const char *why)
+{
+    if (v.storable)
+        fail_msg("storable (TTL %llu ms), want not storable: %s", (unsigned long long)v.ttl_ms,
+                 why);
+    assert_non_null(v.why);
+    assert_string_equal(v.why, why);
+    assert_false(v.vary);
+}
+
+/* A request parsed from literal text; its strings point into buf. */
+struct req {
+    char buf[4096];
+    struct http_request h;
+};
+
+/* Parses "GET / HTTP/1.1", Host and then the given header lines (each ending in CRLF). */
+static void
+parse_req(struct req *r, const char *lines)
+{
+    int n = snprintf(r->buf, sizeof(r->buf), "GET /p?q=1 HTTP/1.1\r\nHost: h\r\n%s\r\n", lines);
+    assert_true(n > 0 && (size_t)n < sizeof(r->buf));
+    int got = http_parse_request(r->buf, (size_t)n, &r->h);
+    if (got != n)
+        fail_msg("http_parse_request: %d on \"%s\"", got, r->buf);
+}
+
+/* The secondary key of the request with these fields, varying on names (with primary "P"). */
+static long
+vkey(const char *lines, const char *names, char *out, size_t cap)
+{
+    struct req r;
+    parse_req(&r, lines);
+    return httpcache_vary_key("P", 1, names, &r.h, out, cap);
+}
+
+static void
+assert_vkey(const char *lines, const char *names, const char *want)
+{
+    char out[512];
+    memset(out, 'z', sizeof(out));
+    long n = vkey(lines, names, out, sizeof(out));
+    assert_int_equal(n, (long)strlen(want));
+    assert_memory_equal(out, want, strlen(want) + 1);
+}
+
+/* ---- httpcache_judge: statuses, body size ------------------------------------------------- */
+
+static void
+test_judge_storable_statuses(void **state)
+{
+    (void)state;
+    static const int ok[] = {200, 203, 204, 300, 301, 308};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        struct httpcache_verdict v = judge_n(ok[i], TTL, 10, NULL, 0);
+        assert_storable(v, TTL);
+        assert_false(v.vary);
+        assert_string_equal(v.vary_names, "");
+    }
+}
+
+static void
+test_judge_other_statuses(void **state)
+{
+    (void)state;
+    static const int no[] = {0,   100, 201, 202, 205, 206, 302, 303, 304, 307,
+                             400, 401, 403, 404, 410, 429, 500, 502, 503, 504};
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+        assert_not_storable(judge_n(no[i], TTL, 10, NULL, 0), "status");
+    /* Even an explicit freshness lifetime does not make an error storable. */
+    assert_not_storable(JUDGE(404, "Cache-Control: public, max-age=60"), "status");
+    assert_not_storable(JUDGE(500, "Cache-Control: s-maxage=60"), "status");
+}
+
+static void
+test_judge_body_size(void **state)
+{
+    (void)state;
+    assert_storable(judge_n(200, TTL, 0, NULL, 0), TTL);
+    assert_storable(judge_n(200, TTL, HTTPCACHE_MAX_BODY, NULL, 0), TTL);
+    assert_not_storable(judge_n(200, TTL, HTTPCACHE_MAX_BODY + 1, NULL, 0), "body too large");
+    assert_not_storable(judge_n(200, TTL, (size_t)-1, NULL, 0), "body too large");
+}
+
+/* ---- httpcache_judge: Set-Cookie and Cache-Control ---------------------------------------- */
+
+static void
+test_judge_set_cookie(void **state)
+{
+    (void)state;
+    assert_not_storable(JUDGE(200, "Set-Cookie: a=1"), "set-cookie");
+    assert_not_storable(JUDGE(200, "set-cookie: a=1"), "set-cookie");
+    assert_not_storable(JUDGE(200, "SET-COOKIE: a=1"), "set-cookie");
+    assert_not_storable(JUDGE(200, "sEt-CoOkIe: "), "set-cookie");
+    /* Wherever it is, whatever else says the answer may be kept. */
+    assert_not_storable(JUDGE(200, "Cache-Control: public, s-maxage=600", "X-A: 1",
+                              "Set-Cookie: sid=2; HttpOnly", "Vary: Accept"),
+                        "set-cookie");
+    /* Look-alike names are other fields. */
+    assert_storable(JUDGE(200, "Set-Cookie2: a=1", "X-Set-Cookie: a=1", "Set-Cookies: a"), TTL);
+}
+
+static void
+test_judge_cache_control_forbids(void **state)
+{
+    (void)state;
+    assert_not_storable(JUDGE(200, "Cache-Control: no-store"), "no-store");
+    assert_not_storable(JUDGE(200, "Cache-Control: no-cache"), "no-cache");
+    assert_not_storable(JUDGE(200, "Cache-Control: no-cache=\"x\""), "no-cache");
+    assert_not_storable(JUDGE(200, "Cache-Control: no-cache=\"Set-Cookie, X-Id\""), "no-cache");
+    assert_not_storable(JUDGE(200, "Cache-Control: private"), "private");
+    assert_not_storable(JUDGE(200, "Cache-Control: private=\"x\""), "private");
+    assert_not_storable(JUDGE(200, "Cache-Control: private=\"X-A, X-B\", max-age=60"), "private");
+    assert_not_storable(JUDGE(200, "Cache-Control: s-maxage=0"), "max-age=0");
+    assert_not_storable(JUDGE(200, "Cache-Control: max-age=0"), "max-age=0");
+    assert_not_storable(JUDGE(200, "Cache-Control: max-age=000"), "max-age=0");
+    /* s-maxage=0 wins over a max-age that would allow it. */
+    assert_not_storable(JUDGE(200, "Cache-Control: max-age=60, s-maxage=0"), "max-age=0");
+    /* Among several, no-store is named first, then private. */
+    assert_not_storable(JUDGE(200, "Cache-Control: no-cache, private, no-store"), "no-store");
+    assert_not_storable(JUDGE(200, "Cache-Control: no-cache, private"), "private");
+    /* The forbidding directive among others, with spaces and empty elements. */
+    assert_not_storable(JUDGE(200, "Cache-Control: public ,, max-age=60 ,\tno-store ,"),
+                        "no-store");
+    /* A TTL of 0 from the policy is never stored either. */
+    assert_false(judge_n(200, 0, 10, NULL, 0).storable);
+}
+
+static void
+test_judge_names_case_insensitive(void **state)
+{
+    (void)state;
+    assert_not_storable(JUDGE(200, "CACHE-CONTROL: no-store"), "no-store");
+    assert_not_storable(JUDGE(200, "cache-control: No-Store"), "no-store");
+    assert_not_storable(JUDGE(200, "Cache-Control: NO-CACHE"), "no-cache");
+    assert_not_storable(JUDGE(200, "Cache-Control: Private=\"x\""), "private");
+    assert_not_storable(JUDGE(200, "Cache-Control: S-MAXAGE=0"), "max-age=0");
+    assert_storable(JUDGE(200, "Cache-Control: MAX-AGE=60"), 60000);
+    assert_storable(JUDGE(200, "cAcHe-CoNtRoL: Max-Age=60, S-MaxAge=30"), 30000);
+    /* Only exact names count: prefixes and extensions are other directives. */
+    assert_storable(JUDGE(200, "Cache-Control: no-stored, privately, no-cache-x, x-no-store"), TTL);
+    assert_storable(JUDGE(200, "Cache-Control: max-ages=0, xs-maxage=0"), TTL);
+}
+
+static void
+test_judge_ttl(void **state)
+{
+    (void)state;
+    assert_storable(JUDGE(200, "Cache-Control: max-age=60"), 60000);
+    assert_storable(JUDGE(200, "Cache-Control: public, max-age=1"), 1000);
+    assert_storable(JUDGE(200, "Cache-Control: s-maxage=30"), 30000);
+    /* s-maxage wins over max-age, smaller or larger, in either order. */
+    assert_storable(JUDGE(200, "Cache-Control: s-maxage=30, max-age=60"), 30000);
+    assert_storable(JUDGE(200, "Cache-Control: max-age=60, s-maxage=30"), 30000);
+    assert_storable(JUDGE(200, "Cache-Control: max-age=10, s-maxage=120"), 120000);
+    /* A lifetime longer than the policy's TTL keeps the policy's TTL. */
+    assert_storable(JUDGE(200, "Cache-Control: max-age=600"), TTL);
+    assert_storable(JUDGE(200, "Cache-Control: s-maxage=600, max-age=10"), TTL);
+    assert_storable(JUDGE(200, "Cache-Control: max-age=300"), TTL);
+    assert_storable(JUDGE(200, "Cache-Control: max-age=299"), 299000);
+    assert_storable(JUDGE(200, "Cache-Control: max-age=31536000"), TTL);
+    /* No lifetime: the policy's TTL. */
+    assert_storable(JUDGE(200, "Cache-Control: public"), TTL);
+    assert_storable(JUDGE(200, "Cache-Control: "), TTL);
+    assert_storable(JUDGE(200, "Content-Type: text/plain"), TTL);
+}
+
+static void
+test_judge_huge_lifetimes(void **state)
+{
+    (void)state;
+    /* Lifetimes past what fits are a very long time (RFC 9111 1.2.2), not malformed. */
+    assert_storable(JUDGE(200, "Cache-Control: max-age=99999999999999999999999"), TTL);
+    assert_storable(JUDGE(200, "Cache-Control: s-maxage=99999999999999999999999, max-age=10"), TTL);
+    assert_storable(JUDGE(200, "Cache-Control: max-age=10, s-maxage=18446744073709551617"), TTL);
+}
+
+static void
+test_judge_malformed_max_age(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "Cache-Control: max-age=abc", "Cache-Control: max-age=",     "Cache-Control: max-age",
+        "Cache-Control: max-age=-5",  "Cache-Control: max-age=1.5",  "Cache-Control: max-age=+5",
+        "Cache-Control: max-age=5s",  "Cache-Control: max-age=0x10", "Cache-Control: max-age=\"\"",
+        "Cache-Control: max-age=\"5", "Cache-Control: s-maxage=abc", "Cache-Control: s-maxage",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct httpcache_verdict v = judge_n(200, TTL, 10, &bad[i], 1);
+        if (!v.storable || v.ttl_ms != TTL)
+            fail_msg("%s: storable %d, TTL %llu", bad[i], v.storable, (unsigned long long)v.ttl_ms);
+    }
+    /* A malformed directive is ignored: it neither hides a valid one nor is taken as 0. */
+    assert_storable(JUDGE(200, "Cache-Control: max-age=60, max-age=abc"), 60000);
+    assert_storable(JUDGE(200, "Cache-Control: max-age=abc, max-age=60"), 60000);
+    assert_storable(JUDGE(200, "Cache-Control: max-age=60", "Cache-Control: max-age=x"), 60000);
+    assert_storable(JUDGE(200, "Cache-Control: s-maxage=abc, max-age=60"), 60000);
+    assert_storable(JUDGE(200, "Cache-Control: s-maxage=30, s-maxage=-1"), 30000);
+}
+
+static void
+test_judge_quoted_values(void **state)
+{
+    (void)state;
+    assert_storable(JUDGE(200, "Cache-Control: max-age=\"60\""), 60000);
+    assert_storable(JUDGE(200, "Cache-Control: s-maxage=\"30\", max-age=\"60\""), 30000);
+    assert_not_storable(JUDGE(200, "Cache-Control: s-maxage=\"0\""), "max-age=0");
+    /* A comma or a directive inside quotes belongs to the quoted value. */
+    assert_storable(JUDGE(200, "Cache-Control: ext=\"a, max-age=0, no-store\", max-age=60"), 60000);
+    assert_storable(JUDGE(200, "Cache-Control: ext=\"a\\\", no-store\", max-age=60"), 60000);
+    /* The list goes on after a quoted value. */
+    assert_not_storable(JUDGE(200, "Cache-Control: ext=\"x, y\", no-store"), "no-store");
+}
+
+static void
+test_judge_several_fields(void **state)
+{
+    (void)state;
+    assert_storable(JUDGE(200, "Cache-Control: public", "Cache-Control: max-age=60"), 60000);
+    assert_storable(JUDGE(200, "Cache-Control: max-age=60", "X-A: b", "cache-control: s-maxage=20"),
+                    20000);
+    assert_not_storable(JUDGE(200, "Cache-Control: max-age=60", "cache-control: no-store"),
+                        "no-store");
+    assert_not_storable(JUDGE(200, "Cache-Control: max-age=60", "Cache-Control: private"),
+                        "private");
+    assert_not_storable(JUDGE(200, "Cache-Control: no-cache", "Cache-Control: max-age=60"),
+                        "no-cache");
+}
+
+/* ---- httpcache_judge: Vary ---------------------------------------------------------------- */
+
+static void
+test_judge_vary_star(void **state)
+{
+    (void)state;
+    assert_not_storable(JUDGE(200, "Vary: *"), "vary");
+    assert_not_storable(JUDGE(200, "Vary: Accept, *"), "vary");
+    assert_not_storable(JUDGE(200, "Vary: Accept", "vary: *"), "vary");
+    assert_not_storable(JUDGE(200, "Cache-Control: max-age=60", "Vary:  * "), "vary");
+}
+
+static void
+test_judge_vary_list(void **state)
+{
+    (void)state;
+    struct httpcache_verdict v = JUDGE(200, "Vary: Accept-Encoding");
+    assert_storable(v, TTL);
+    assert_true(v.vary);
+    assert_string_equal(v.vary_names, "accept-encoding");
+
+    /* Lowercased, deduplicated ignoring case, empty elements skipped, across fields. */
+    v = JUDGE(200, "Vary: Accept-Encoding, ACCEPT-language ,,", "X-A: 1",
+              "vary: accept-encoding,X-Foo", "VARY: x-foo, Accept-Language,\tAccept");
+    assert_storable(v, TTL);
+    assert_true(v.vary);
+    assert_string_equal(v.vary_names, "accept-encoding,accept-language,x-foo,accept");
+
+    /* With a lifetime: both apply. */
+    v = JUDGE(200, "Vary: Accept", "Cache-Control: max-age=5");
+    assert_storable(v, 5000);
+    assert_true(v.vary);
+    assert_string_equal(v.vary_names, "accept");
+
+    /* An empty Vary varies on nothing. */
+    v = JUDGE(200, "Vary: ", "Vary: , ,");
+    assert_storable(v, TTL);
+    assert_false(v.vary);
+    assert_string_equal(v.vary_names, "");
+}
+
+static void
+test_judge_vary_too_long(void **state)
+{
+    (void)state;
+    /* Two names of 127 bytes fill vary_names exactly (255 bytes and the NUL). */
+    char a[128], b[128], f1[160], f2[300];
+    memset(a, 'a', 127);
+    a[127] = '\0';
+    memset(b, 'b', 127);
+    b[127] = '\0';
+    snprintf(f1, sizeof(f1), "Vary: %s", a);
+    snprintf(f2, sizeof(f2), "Vary: %s, %s", a, b);
+    const char *lines[2] = {f2, "Vary: A"};
+    struct httpcache_verdict v = judge_n(200, TTL, 10, lines, 1);
+    assert_storable(v, TTL);
+    assert_int_equal(strlen(v.vary_names), 255);
+    assert_memory_equal(v.vary_names, a, 127);
+    assert_int_equal(v.vary_names[127], ',');
+    /* A name already listed adds nothing... */
+    const char *again[2] = {f2, f1};
+    assert_storable(judge_n(200, TTL, 10, again, 2), TTL);
+    /* ...one more does not fit. */
+    assert_not_storable(judge_n(200, TTL, 10, lines, 2), "vary");
+
+    /* Many short names. */
+    char many[1024] = "Vary: ";
+    for (int i = 0; i < 60; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "x-field-%02d, ", i);
+    const char *m[1] = {many};
+    assert_not_storable(judge_n(200, TTL, 10, m, 1), "vary");
+
+    /* One long name fits as long as it leaves room for the NUL. */
+    char longname[256], lf[280];
+    memset(longname, 'n', sizeof(longname));
+    longname[254] = '\0';
+    snprintf(lf, sizeof(lf), "Vary: %s", longname);
+    const char *l[1] = {lf};
+    v = judge_n(200, TTL, 10, l, 1);
+    assert_storable(v, TTL);
+    assert_string_equal(v.vary_names, longname);
+    longname[254] = 'n';
+    longname[255] = '\0';
+    snprintf(lf, sizeof(lf), "Vary: %s", longname);
+    assert_not_storable(judge_n(200, TTL, 10, l, 1), "vary");
+}
+
+/* ---- httpcache_has_credentials ------------------------------------------------------------ */
+
+static void
+test_has_credentials(void **state)
+{
+    (void)state;
+    struct req r;
+    parse_req(&r, "");
+    assert_false(httpcache_has_credentials(&r.h));
+    parse_req(&r, "Accept: */*\r\nX-Authorization: x\r\nProxy-Authorization: Basic eA==\r\n"
+                  "Set-Cookie: a=1\r\nCookies: a\r\n");
+    assert_false(httpcache_has_credentials(&r.h));
+    parse_req(&r, "Authorization: Bearer t\r\n");
+    assert_true(httpcache_has_credentials(&r.h));
+    parse_req(&r, "authorization: \r\n");
+    assert_true(httpcache_has_credentials(&r.h));
+    parse_req(&r, "Accept: */*\r\nCookie: sid=1\r\n");
+    assert_true(httpcache_has_credentials(&r.h));
+    parse_req(&r, "COOKIE: a=b\r\nAUTHORIZATION: Basic eDp5\r\n");
+    assert_true(httpcache_has_credentials(&r.h));
+}
+
+/* ---- httpcache_etag_matches --------------------------------------------------------------- */
+
+static bool
+matches(const char *inm, const char *etag)
+{
+    /* A heap copy of the exact length lets ASan see any read past the end. */
+    size_t n = strlen(inm);
+    char *copy = malloc(n ? n : 1);
+    assert_non_null(copy);
+    memcpy(copy, inm, n);
+    bool r = httpcache_etag_matches(copy, n, etag);
+    free(copy);
+    return r;
+}
+
+static void
+test_etag_strong_and_weak(void **state)
+{
+    (void)state;
+    assert_true(matches("\"abc\"", "\"abc\""));
+    assert_true(matches("W/\"abc\"", "\"abc\""));
+    assert_true(matches("\"abc\"", "W/\"abc\""));
+    assert_true(matches("W/\"abc\"", "W/\"abc\""));
+    assert_true(matches("\"\"", "\"\""));
+    assert_false(matches("\"abc\"", "\"abd\""));
+    assert_false(matches("W/\"abc\"", "W/\"ab\""));
+    assert_false(matches("\"ABC\"", "\"abc\""));
+    /* Quotes are part of the tag; w/ is not the weak prefix. */
+    assert_false(matches("abc", "\"abc\""));
+    assert_false(matches("w/\"abc\"", "\"abc\""));
+    assert_false(matches("\"abc\"", NULL));
+    assert_false(matches("*", NULL));
+    assert_false(matches("", "\"abc\""));
+}
+
+static void
+test_etag_lists(void **state)
+{
+    (void)state;
+    assert_true(matches("\"x\", \"abc\"", "\"abc\""));
+    assert_true(matches("\"x\",W/\"abc\",\"y\"", "\"abc\""));
+    assert_true(matches("  \"x\" ,\t W/\"abc\"  , \"y\" ", "W/\"abc\""));
+    assert_true(matches(",,\"abc\",", "\"abc\""));
+    assert_false(matches("\"x\", \"y\", W/\"z\"", "\"abc\""));
+    assert_false(matches(", ,", "\"abc\""));
+    assert_true(matches("*", "\"abc\""));
+    assert_true(matches(" * ", "W/\"abc\""));
+    assert_false(matches("\"*\"", "\"abc\""));
+
+    /* Only the first len bytes are looked at. */
+    const char *s = "\"x\", \"abc\"";
+    assert_false(httpcache_etag_matches(s, 3, "\"abc\""));
+    assert_true(httpcache_etag_matches(s, strlen(s), "\"abc\""));
+}
+
+static void
+test_etag_commas_inside_quotes(void **state)
+{
+    (void)state;
+    assert_true(matches("\"a,b\"", "\"a,b\""));
+    assert_true(matches("\"x\", W/\"a, b\"", "\"a, b\""));
+    assert_false(matches("\"a,b\"", "\"a\""));
+    assert_false(matches("\"a,b\"", "\"b\""));
+    assert_false(matches("\"a\", \"b\"", "\"a,b\""));
+    /* A backslash is an ordinary byte of an entity tag, not an escape. */
+    assert_true(matches("\"a\\\"", "\"a\\\""));
+    assert_true(matches("\"a\\\", \"b\"", "\"b\""));
+    assert_true(matches("W/\"a\\\",W/\"b,c\"", "\"b,c\""));
+}
+
+/* ---- httpcache_etag_of -------------------------------------------------------------------- */
+
+static void
+assert_tag_shape(const char *tag)
+{
+    assert_int_equal(strlen(tag), 18);
+    assert_int_equal(tag[0], '"');
+    assert_int_equal(tag[17], '"');
+    for (int i = 1; i < 17; i++)
+        if (!((tag[i] >= '0' && tag[i] <= '9') || (tag[i] >= 'a' && tag[i] <= 'f')))
+            fail_msg("byte %d of %s is not a lowercase hex digit", i, tag);
+}
+
+static void
+test_etag_of(void **state)
+{
+    (void)state;
+    char a[19], b[19];
+    memset(a, 'x', sizeof(a));
+    httpcache_etag_of("", 0, a);
+    assert_tag_shape(a);
+    assert_string_equal(a, "\"cbf29ce484222325\""); /* FNV-1a 64 of nothing */
+    httpcache_etag_of("a", 1, a);
+    assert_string_equal(a, "\"af63dc4c8601ec8c\"");
+
+    const char body[] = "{\"id\":1,\"name\":\"ada\"}";
+    httpcache_etag_of(body, sizeof(body) - 1, a);
+    httpcache_etag_of(body, sizeof(body) - 1, b);
+    assert_tag_shape(a);
+    assert_string_equal(a, b);
+
+    /* One byte changed anywhere, or one byte fewer, gives another tag. */
+    char copy[sizeof(body)];
+    for (size_t i = 0; i < sizeof(body) - 1; i++) {
+        memcpy(copy, body, sizeof(body));
+        copy[i] ^= 1;
+        httpcache_etag_of(copy, sizeof(body) - 1, b);
+        assert_tag_shape(b);
+        assert_string_not_equal(a, b);
+    }
+    httpcache_etag_of(body, sizeof(body) - 2, b);
+    assert_string_not_equal(a, b);
+
+    /* Bytes past len and NULs inside count as they should. */
+    httpcache_etag_of("ab", 1, b);
+    assert_string_equal(b, "\"af63dc4c8601ec8c\"");
+    httpcache_etag_of("a\0b", 3, a);
+    httpcache_etag_of("a\0c", 3, b);
+    assert_string_not_equal(a, b);
+
+    /* A computed tag matches itself in If-None-Match, strong and weak. */
+    char inm[32];
+    httpcache_etag_of(body, sizeof(body) - 1, a);
+    snprintf(inm, sizeof(inm), "W/%s", a);
+    assert_true(httpcache_etag_matches(inm, strlen(inm), a));
+}
+
+/* ---- httpcache_vary_key ------------------------------------------------------------------- */
+
+static void
+test_vary_key_plain(void **state)
+{
+    (void)state;
+    assert_vkey("Accept: text/html\r\n", "accept", "P\x1ftext/html");
+    /* Names as the judge writes them match fields in any case. */
+    assert_vkey("ACCEPT-ENCODING: gzip\r\n", "accept-encoding", "P\x1fgzip");
+    /* No names: the primary key and the separator. */
+    assert_vkey("Accept: x\r\n", "", "P\x1f");
+}
+
+static void
+test_vary_key_escaping(void **state)
+{
+    (void)state;
+    assert_vkey("X-V: a:b%c{d}e f\r\n", "x-v",
+                "P\x1f"
+                "a%3Ab%25c%7Bd%7De%20f");
+    assert_vkey("X-V: caf\xc3\xa9\t1~\r\n", "x-v",
+                "P\x1f"
+                "caf%C3%A9%091~");
+    assert_vkey("X-V: \xff\x80~!\r\n", "x-v",
+                "P\x1f"
+                "%FF%80~!");
+    assert_vkey("X-V: a\"b\\c,d;e=f\r\n", "x-v",
+                "P\x1f"
+                "a\"b\\c,d;e=f");
+    /* An empty value is empty; an absent field is "%-". */
+    assert_vkey("X-V: \r\n", "x-v", "P\x1f");
+    assert_vkey("", "x-v", "P\x1f%-");
+}
+
+static void
+test_vary_key_several_names(void **state)
+{
+    (void)state;
+    assert_vkey("Accept: a/b\r\nX-V: 1:2\r\nAccept-Language: fr\r\n",
+                "accept-language,x-absent,x-v,accept",
+                "P\x1f"
+                "fr:%-:1%3A2:a/b");
+    assert_vkey("", "a,b,c", "P\x1f%-:%-:%-");
+    assert_vkey("A: \r\nB: \r\n", "a,b", "P\x1f:");
+    /* The primary key is copied as it is, whatever its bytes. */
+    struct req r;
+    parse_req(&r, "X-V: 1\r\n");
+    char out[64];
+    const char primary[] = "k:{a}%\x1f";
+    long n = httpcache_vary_key(primary, sizeof(primary) - 1, "x-v", &r.h, out, sizeof(out));
+    assert_int_equal(n, (long)sizeof(primary) - 1 + 2);
+    assert_memory_equal(out,
+                        "k:{a}%\x1f\x1f"
+                        "1",
+                        (size_t)n + 1);
+}
+
+static void
+test_vary_key_repeated_field(void **state)
+{
+    (void)state;
+    char one[128], two[128], joined[128];
+    /* Every line of a field counts, as the origin sees them: combined with ", ". */
+    assert_vkey("X-V: 1\r\nX-A: z\r\nx-v: 2\r\n", "x-v",
+                "P\x1f"
+                "1,%202");
+    assert_true(vkey("X-V: 1\r\n", "x-v", one, sizeof(one)) > 0);
+    assert_true(vkey("X-V: 1\r\nX-V: 2\r\n", "x-v", two, sizeof(two)) > 0);
+    assert_true(vkey("X-V: 1, 2\r\n", "x-v", joined, sizeof(joined)) > 0);
+    assert_string_not_equal(one, two);
+    assert_string_equal(two, joined);
+    /* An empty line still counts. */
+    assert_vkey("X-V: 1\r\nX-V: \r\n", "x-v",
+                "P\x1f"
+                "1,%20");
+}
+
+static void
+test_vary_key_overflow(void **state)
+{
+    (void)state;
+    struct req r;
+    parse_req(&r, "X-V: ab:\r\nX-W: c\r\n");
+    char out[64];
+    /* "P" 0x1f "ab%3A" ":" "c" ":" "%-" is 12 bytes: fits in 13, not in 12. */
+    const char *want = "P\x1f"
+                       "ab%3A:c:%-";
+    for (size_t cap = 0; cap <= 13; cap++) {
+        memset(out, 'z', sizeof(out));
+        long n = httpcache_vary_key("P", 1, "x-v,x-w,x-absent", &r.h, out, cap);
+        if (cap < 13) {
+            if (n != -1)
+                fail_msg("cap %zu: got %ld, want -1", cap, n);
+            for (size_t i = cap; i < sizeof(out); i++)
+                assert_int_equal(out[i], 'z'); /* nothing written past cap */
+        } else {
+            assert_int_equal(n, 12);
+            assert_memory_equal(out, want, 13);
+        }
+    }
+    /* A value escaped at the very end: its 3 bytes and the NUL, or nothing. */
+    for (size_t cap = 2; cap <= 6; cap++) {
+        memset(out, 'z', sizeof(out));
+        long n = httpcache_vary_key("P", 1, "x-v", &r.h, out, cap + 2);
+        assert_int_equal(n, cap + 2 >= 8 ? 7 : -1);
+    }
+    /* A primary key that does not fit. */
+    assert_int_equal(httpcache_vary_key("PPPP", 4, "", &r.h, out, 5), -1);
+    assert_int_equal(httpcache_vary_key("PPPP", 4, "", &r.h, out, 6), 5);
+    /* A long name is looked up like any other. */
+    char name[255], lines[1200];
+    memset(name, 'n', sizeof(name) - 1);
+    name[sizeof(name) - 1] = '\0';
+    snprintf(lines, sizeof(lines), "%s: v\r\n", name);
+    parse_req(&r, lines);
+    char big[1024];
+    assert_int_equal(httpcache_vary_key("P", 1, name, &r.h, big, sizeof(big)), 3);
+    assert_string_equal(big, "P\x1fv");
+    /* A long value does not fit a small buffer. */
+    strcpy(lines, "X-V: ");
+    memset(lines + 5, 'v', 1000);
+    strcpy(lines + 1005, "\r\n");
+    parse_req(&r, lines);
+    assert_int_equal(httpcache_vary_key("P", 1, "x-v", &r.h, big, sizeof(big)), 1002);
+    assert_int_equal(httpcache_vary_key("P", 1, "x-v", &r.h, out, sizeof(out)), -1);
+}
+
+static void
+test_vary_key_injective(void **state)
+{
+    (void)state;
+    /* Requests whose fields differ never share a secondary key. */
+    static const char *const reqs[] = {
+        "",
+        "X-A: \r\n",
+        "X-B: \r\n",
+        "X-A: \r\nX-B: \r\n",
+        "X-A: %-\r\n",
+        "X-B: %-\r\n",
+        "X-A: %-\r\nX-B: %-\r\n",
+        "X-A: :\r\n",
+        "X-A: :\r\nX-B: \r\n",
+        "X-A: a:\r\nX-B: b\r\n",
+        "X-A: a\r\nX-B: :b\r\n",
+        "X-A: a:b\r\n",
+        "X-A: %3A\r\n",
+        "X-A: %25\r\n",
+        "X-A: %\r\n",
+        "X-A: caf\xc3\xa9\r\n",
+        "X-A: caf%C3%A9\r\n",
+        "X-A: a b\r\n",
+        "X-A: a%20b\r\n",
+        "X-A: {x}\r\n",
+        "X-A: %7Bx%7D\r\n",
+        "X-A: a\r\nX-B: %-\r\n",
+        "X-A: a:%-\r\n",
+        "X-A: 1\r\nX-A: 2\r\n",
+        "X-A: 1\r\n",
+        "X-A: 2\r\n",
+    };
+    enum { N = sizeof(reqs) / sizeof(reqs[0]) };
+    char keys[N][256];
+    for (size_t i = 0; i < N; i++) {
+        long n = vkey(reqs[i], "x-a,x-b", keys[i], sizeof(keys[i]));
+        assert_true(n > 0);
+    }
+    for (size_t i = 0; i < N; i++)
+        for (size_t j = i + 1; j < N; j++)
+            if (strcmp(keys[i], keys[j]) == 0)
+                fail_msg("the same key for [%s] and [%s]", reqs[i], reqs[j]);
+}
+
+/* ---- httpcache_replay_fields -------------------------------------------------------------- */
+
+static void
+test_replay_fields(void **state)
+{
+    (void)state;
+    static const char *const lines[] = {
+        "Content-Type: text/html",
+        "X-First: 1",
+        "content-length: 12",
+        "DATE: Tue, 01 Jan 2030 00:00:00 GMT",
+        "Age: 3",
+        "Set-Cookie: a=1; Path=/",
+        "etag: \"x\"",
+        "X-Cache: HIT",
+        "X-RateLimit-Limit: 10",
+        "x-ratelimit-remaining: 9",
+        "X-RATELIMIT-RESET: 1",
+        "RateLimit: \"a\";r=1;t=1",
+        "RateLimit-Policy: \"a\";q=10;w=1",
+        "Cache-Control: max-age=60",
+        "Connection: close",
+        "Keep-Alive: timeout=5",
+        "Transfer-Encoding: chunked",
+        "TE: trailers",
+        "Trailer: X-T",
+        "Upgrade: h2c",
+        "Proxy-Authenticate: Basic",
+        "Proxy-Connection: keep-alive",
+        "X-Unknown: a, b",
+        "set-cookie: b=2",
+        "Vary: Accept",
+        "Location: /next",
+        "X-Empty: ",
+        "X-Cache-Status: kept",
+        "Content-Type-Options: kept",
+    };
+    struct fields fs;
+    fields_from(&fs, lines, sizeof(lines) / sizeof(lines[0]));
+    struct sbuf out = {0};
+    sbuf_adds(&out, "Before: 0\r\n"); /* appended to what is there */
+    httpcache_replay_fields(fs.f, fs.n, &out);
+    const char *want = "Before: 0\r\n"
+                       "X-First: 1\r\n"
+                       "Set-Cookie: a=1; Path=/\r\n"
+                       "Cache-Control: max-age=60\r\n"
+                       "X-Unknown: a, b\r\n"
+                       "set-cookie: b=2\r\n"
+                       "Vary: Accept\r\n"
+                       "Location: /next\r\n"
+                       "X-Empty: \r\n"
+                       "X-Cache-Status: kept\r\n"
+                       "Content-Type-Options: kept\r\n";
+    assert_int_equal(out.len, strlen(want));
+    assert_memory_equal(out.p, want, out.len);
+    sbuf_free(&out);
+
+    /* Nothing to replay appends nothing. */
+    struct sbuf empty = {0};
+    httpcache_replay_fields(fs.f, 0, &empty);
+    assert_int_equal(empty.len, 0);
+    fields_from(&fs, lines, 5); /* only dropped ones but X-First */
+    httpcache_replay_fields(fs.f + 2, 3, &empty);
+    assert_int_equal(empty.len, 0);
+    sbuf_free(&empty);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_judge_storable_statuses),
+        cmocka_unit_test(test_judge_other_statuses),
+        cmocka_unit_test(test_judge_body_size),
+        cmocka_unit_test(test_judge_set_cookie),
+        cmocka_unit_test(test_judge_cache_control_forbids),
+        cmocka_unit_test(test_judge_names_case_insensitive),
+        cmocka_unit_test(test_judge_ttl),
+        cmocka_unit_test(test_judge_huge_lifetimes),
+        cmocka_unit_test(test_judge_malformed_max_age),
+        cmocka_unit_test(test_judge_quoted_values),
+        cmocka_unit_test(test_judge_several_fields),
+        cmocka_unit_test(test_judge_vary_star),
+        cmocka_unit_test(test_judge_vary_list),
+        cmocka_unit_test(test_judge_vary_too_long),
+        cmocka_unit_test(test_has_credentials),
+        cmocka_unit_test(test_etag_strong_and_weak),
+        cmocka_unit_test(test_etag_lists),
+        cmocka_unit_test(test_etag_commas_inside_quotes),
+        cmocka_unit_test(test_etag_of),
+        cmocka_unit_test(test_vary_key_plain),
+        cmocka_unit_test(test_vary_key_escaping),
+        cmocka_unit_test(test_vary_key_several_names),
+        cmocka_unit_test(test_vary_key_repeated_field),
+        cmocka_unit_test(test_vary_key_overflow),
+        cmocka_unit_test(test_vary_key_injective),
+        cmocka_unit_test(test_replay_fields),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
