@@ -1,4 +1,4 @@
-/* main.c - command line: serve, check, version. */
+/* main.c - command line: serve, check, explain, triggers, version. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
@@ -14,11 +14,13 @@
 #include "admin.h"
 #include "duration.h"
 #include "gateway.h"
+#include "notify.h"
 #include "policy.h"
 #include "reload.h"
 #include "router.h"
 #include "server.h"
 #include "store.h"
+#include "triggers.h"
 #include "util.h"
 
 static const char usage_main[] =
@@ -31,6 +33,7 @@ static const char usage_main[] =
     "  check POLICY_DIR   validate a policy directory (file:line errors, exit 1)\n"
     "  explain POLICY_DIR 'GET /path?query' [-H 'Name: value']...\n"
     "                     show which endpoint, limits, keys and tags a request gets\n"
+    "  triggers POLICY_DIR print the SQL that installs the PostgreSQL triggers of on_change\n"
     "  version            print the version\n"
     "\n"
     "Run 'sluice COMMAND --help' for a command's options.\n";
@@ -64,7 +67,11 @@ static const char usage_serve[] =
     "\n"
     "SIGTERM and SIGINT finish the requests in flight and exit 0. The policy is reloaded\n"
     "when its files change, on SIGHUP and on POST /reload to the admin listener; a set\n"
-    "that fails to load changes nothing.\n";
+    "that fails to load changes nothing.\n"
+    "\n"
+    "While the policy declares on_change, one more PostgreSQL connection LISTENs for the\n"
+    "notifications of the triggers 'sluice triggers' installs, and drops the tags they\n"
+    "name; it reconnects by itself when the connection breaks.\n";
 
 static const char usage_check[] =
     "usage: sluice check POLICY_DIR\n"
@@ -86,6 +93,70 @@ static const char usage_explain[] =
     "  --ip ADDR                    the caller's address (default 127.0.0.1)\n"
     "  --tier NAME                  the tier an SQL lookup would find (default: the\n"
     "                               policy's default tier)\n";
+
+static const char usage_triggers[] =
+    "usage: sluice triggers [--drop] POLICY_DIR\n"
+    "\n"
+    "Prints the SQL that installs, for each on_change table of the policy, a trigger\n"
+    "that sends pg_notify('" TRIGGERS_CHANNEL "', ...) with the changed row's columns\n"
+    "that the on_change templates use; 'sluice serve' listens and drops those tags.\n"
+    "The SQL runs in one transaction, checks that every table and column exists,\n"
+    "and may be run again (it replaces what it installed). Install it with e.g.\n"
+    "\n"
+    "  sluice triggers POLICY_DIR | psql -v ON_ERROR_STOP=1 \"$DATABASE_URL\"\n"
+    "\n"
+    "When the policy is invalid, prints its 'file:line: message' lines to stderr,\n"
+    "as 'sluice check' does, and exits 1.\n"
+    "\n"
+    "options:\n"
+    "  --drop    print the SQL that removes those triggers and their functions instead\n";
+
+static int
+cmd_triggers(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"drop", no_argument, NULL, 'D'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c, drop = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'D':
+            drop = 1;
+            break;
+        case 'h':
+            fputs(usage_triggers, stdout);
+            return 0;
+        default:
+            fputs(usage_triggers, stderr);
+            return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        fputs(usage_triggers, stderr);
+        return 2;
+    }
+    /* Errors go to stderr: stdout is usually piped into psql. */
+    char *errors = NULL;
+    struct policy *p = policy_load(argv[optind], 1, NULL, &errors);
+    if (!p) {
+        fputs(errors ? errors : "policy rejected\n", stderr);
+        free(errors);
+        return 1;
+    }
+    if (p->tenant_errors) {
+        fputs(p->tenant_errors, stderr);
+        policy_release(p);
+        return 1;
+    }
+    char *sql = triggers_sql(p->on_change, p->non_change, drop);
+    policy_release(p);
+    fputs(sql, stdout);
+    free(sql);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
 
 static int
 cmd_explain(int argc, char **argv)
@@ -476,6 +547,17 @@ cmd_serve(int argc, char **argv)
         server_free(sc.server);
         sc.server = NULL;
     }
+    /*
+     * Database-driven invalidation: the listener connects only while the
+     * snapshot serving declares on_change, so it starts with every server and
+     * follows reloads by itself.
+     */
+    struct notifier *notifier = NULL;
+    if (sc.server) {
+        notifier = notify_start(sc.gw, gcfg.database_url, err, sizeof(err));
+        if (!notifier)
+            fprintf(stderr, "sluice serve: database-driven invalidation is off: %s\n", err);
+    }
     if (!sc.server) {
         fprintf(stderr, "sluice serve: %s\n", err);
         reloader_free(sc.reloader);
@@ -507,6 +589,7 @@ cmd_serve(int argc, char **argv)
         pthread_join(at, NULL);
         server_free(sc.admin);
     }
+    notify_stop(notifier);
     server_free(sc.server);
     reloader_free(sc.reloader);
     gateway_free(sc.gw);
@@ -532,6 +615,8 @@ main(int argc, char **argv)
         return cmd_check(argc - 1, argv + 1);
     if (strcmp(cmd, "explain") == 0)
         return cmd_explain(argc - 1, argv + 1);
+    if (strcmp(cmd, "triggers") == 0)
+        return cmd_triggers(argc - 1, argv + 1);
     if (strcmp(cmd, "serve") == 0)
         return cmd_serve(argc - 1, argv + 1);
     fprintf(stderr, "sluice: unknown command '%s'\n\n%s", cmd, usage_main);

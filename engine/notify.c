@@ -1,0 +1,837 @@
+/* notify.c - database-driven invalidation: a LISTEN connection on a thread of its own. */
+#define _GNU_SOURCE
+#include "notify.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <libpq-fe.h>
+
+#include "gateway.h"
+#include "policy.h"
+#include "store.h"
+#include "template.h"
+#include "triggers.h"
+#include "util.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define CONNECT_TIMEOUT_MS 2000 /* to connect and have LISTEN answered, unless conninfo says */
+#define POLICY_CHECK_MS 1000    /* how often the policy is asked whether to listen */
+#define DRAIN_MS 1000           /* on stop, how long invalidations in flight may take */
+#define TAG_MAX 4096            /* a request's whole key arena: a longer tag names no entry */
+#define BATCH_MAX 256           /* tags per store call */
+
+/* ---- notifications to tags (no I/O) ---- */
+
+void
+notify_tags_free(struct notify_tags *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        free(t->tags[i]);
+    free(t->tags);
+    free(t->lens);
+    memset(t, 0, sizeof(*t));
+}
+
+static void
+add_tag(struct notify_tags *t, const char *tag, size_t len)
+{
+    for (size_t i = 0; i < t->n; i++)
+        if (t->lens[i] == len && memcmp(t->tags[i], tag, len) == 0)
+            return;
+    if (t->n == t->cap) {
+        t->cap = t->cap ? t->cap * 2 : 16;
+        t->tags = xrealloc(t->tags, t->cap * sizeof(*t->tags));
+        t->lens = xrealloc(t->lens, t->cap * sizeof(*t->lens));
+    }
+    t->tags[t->n] = xstrndup(tag, len);
+    t->lens[t->n++] = len;
+}
+
+struct row_ctx {
+    json_t *row; /* borrowed */
+    int missing; /* a variable had no column in the row */
+    char num[64];
+};
+
+/* {row.COLUMN} from the row object: see notify_collect() for the rules. */
+static int
+row_lookup(void *vctx, enum template_var var, const char *name, size_t namelen, const char **val,
+           size_t *len)
+{
+    struct row_ctx *c = vctx;
+    json_t *v = var == TV_ROW && name ? json_object_get(c->row, name) : NULL;
+    int n;
+
+    (void)namelen;
+    switch (v ? json_typeof(v) : JSON_OBJECT) {
+    case JSON_NULL:
+        return 0;
+    case JSON_STRING:
+        *val = json_string_value(v);
+        *len = json_string_length(v);
+        return 1;
+    case JSON_INTEGER:
+        n = snprintf(c->num, sizeof(c->num), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        break;
+    case JSON_REAL:
+        n = snprintf(c->num, sizeof(c->num), "%.17g", json_real_value(v));
+        break;
+    case JSON_TRUE:
+        n = snprintf(c->num, sizeof(c->num), "true");
+        break;
+    case JSON_FALSE:
+        n = snprintf(c->num, sizeof(c->num), "false");
+        break;
+    default: /* absent, or an object or array: no text to put in a tag */
+        c->missing = 1;
+        return 0;
+    }
+    *val = c->num;
+    *len = (size_t)n;
+    return 1;
+}
+
+int
+notify_collect(const struct policy *p, const char *payload, size_t len, struct notify_tags *t,
+               char *err, size_t errlen)
+{
+    static const char *const row_names[2] = {"old", "new"};
+    json_error_t je;
+    json_t *root = json_loadb(payload, len, 0, &je);
+    json_t *rows[2];
+    json_t *table;
+    int matched = 0, failed = 0;
+    char *buf = NULL;
+
+    if (!root || !json_is_object(root)) {
+        util_seterr(err, errlen, "notification is not a JSON object%s%s", root ? "" : ": ",
+                    root ? "" : je.text);
+        failed = 1;
+        goto out;
+    }
+    table = json_object_get(root, "table");
+    if (!json_is_string(table)) {
+        util_seterr(err, errlen, "notification without a \"table\" string");
+        failed = 1;
+        goto out;
+    }
+    for (int i = 0; i < 2; i++) {
+        rows[i] = json_object_get(root, row_names[i]);
+        if (json_is_null(rows[i]))
+            rows[i] = NULL;
+        if (rows[i] && !json_is_object(rows[i])) {
+            util_seterr(err, errlen, "notification for \"%s\": \"%s\" is not an object",
+                        json_string_value(table), row_names[i]);
+            failed = 1;
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < p->non_change; i++) {
+        const struct policy_on_change *oc = &p->on_change[i];
+        if (strlen(oc->table) != json_string_length(table) ||
+            strcmp(oc->table, json_string_value(table)) != 0)
+            continue;
+        matched++;
+        if (!rows[0] && !rows[1]) {
+            t->all = true;
+            continue;
+        }
+        if (!buf)
+            buf = xmalloc(TAG_MAX);
+        for (size_t k = 0; k < oc->ninvalidate; k++) {
+            for (int r = 0; r < 2; r++) {
+                struct row_ctx ctx = {.row = rows[r]};
+                if (!rows[r])
+                    continue;
+                long n = template_expand(oc->invalidate[k], row_lookup, &ctx, buf, TAG_MAX);
+                if (ctx.missing)
+                    continue;
+                if (n < 0) {
+                    util_seterr(
+                        err, errlen, "%s:%d: on_change \"%s\": tag \"%s\" is longer than %d bytes",
+                        oc->file, oc->line, oc->table, template_source(oc->invalidate[k]), TAG_MAX);
+                    failed = 1;
+                    continue;
+                }
+                add_tag(t, buf, (size_t)n);
+            }
+        }
+    }
+out:
+    free(buf);
+    json_decref(root);
+    return failed ? -1 : matched;
+}
+
+/* ---- the listener ---- */
+
+enum nstate {
+    N_IDLE,        /* the policy declares no on_change: no connection */
+    N_BACKOFF,     /* the last attempt failed or the connection broke; timer pending */
+    N_CONNECTING,  /* PQconnectPoll in progress */
+    N_LISTEN_SENT, /* connected, LISTEN not yet answered */
+    N_LISTENING,
+    N_STOPPING,
+};
+
+static const char *const state_names[] = {"idle",       "down",      "connecting",
+                                          "connecting", "listening", "stopped"};
+
+struct notifier {
+    struct gateway *g;
+    char **keywords, **values; /* libpq connection parameters, NULL-terminated */
+    struct timeval connect_tv;
+    pthread_t thread;
+    struct event_base *base;
+
+    /* used by the thread only */
+    struct event rd, wr, timer, check, stop;
+    evutil_socket_t fd; /* rd and wr are assigned to it when >= 0 */
+    int writing;
+    PGconn *pg;
+    enum nstate st;
+    unsigned backoff_ms;
+    int listened;    /* LISTEN succeeded since the policy asked for it */
+    int down_logged; /* the current outage was logged */
+    int bad_logged;  /* a malformed notification was logged */
+    struct store *store;
+    struct notify_tags pending; /* tags of the notifications read so far in this pass */
+    unsigned inflight;          /* store operations not yet completed */
+
+    /* status, guarded by lock */
+    pthread_mutex_t lock;
+    enum nstate shown;
+    uint64_t notifications, unmatched, invalidations, drops_all, reconnects, errors;
+    char last_error[256];
+    time_t last_error_at;
+};
+
+static void io_cb(evutil_socket_t fd, short what, void *arg);
+
+static struct timeval
+ms_to_tv(uint64_t ms)
+{
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    return tv;
+}
+
+/* First line of a libpq message without its "FATAL:  " style prefix, into out. */
+static void
+first_line(const char *msg, char *out, size_t cap)
+{
+    static const char *const prefixes[] = {"ERROR:  ", "FATAL:  ", "PANIC:  "};
+    if (!msg || !*msg)
+        msg = "unknown error";
+    for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
+        if (strncmp(msg, prefixes[i], strlen(prefixes[i])) == 0)
+            msg += strlen(prefixes[i]);
+    snprintf(out, cap, "%.*s", (int)strcspn(msg, "\n"), msg);
+}
+
+static void
+ignore_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
+static void
+set_state(struct notifier *n, enum nstate st)
+{
+    n->st = st;
+    pthread_mutex_lock(&n->lock);
+    n->shown = st;
+    pthread_mutex_unlock(&n->lock);
+}
+
+static void set_error(struct notifier *n, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+set_error(struct notifier *n, const char *fmt, ...)
+{
+    va_list ap;
+    pthread_mutex_lock(&n->lock);
+    va_start(ap, fmt);
+    vsnprintf(n->last_error, sizeof(n->last_error), fmt, ap);
+    va_end(ap);
+    n->last_error_at = time(NULL);
+    n->errors++;
+    pthread_mutex_unlock(&n->lock);
+}
+
+static void
+finish_stop_if_drained(struct notifier *n)
+{
+    if (n->st == N_STOPPING && n->inflight == 0)
+        event_base_loopexit(n->base, NULL);
+}
+
+/* ---- invalidation ---- */
+
+struct batch {
+    struct notifier *n;
+    struct notify_tags t;
+};
+
+static void
+invalidated(void *arg, int status)
+{
+    struct batch *b = arg;
+    struct notifier *n = b->n;
+
+    if (status == 0) {
+        pthread_mutex_lock(&n->lock);
+        n->invalidations += b->t.n;
+        pthread_mutex_unlock(&n->lock);
+    } else {
+        set_error(n, "store: invalidating %zu tags failed%s", b->t.n,
+                  status == STORE_UNAVAILABLE ? " (store unavailable)" : "");
+    }
+    notify_tags_free(&b->t);
+    free(b);
+    n->inflight--;
+    finish_stop_if_drained(n);
+}
+
+static void
+dropped(void *arg, int status, uint64_t count)
+{
+    struct notifier *n = arg;
+
+    if (status == 0) {
+        pthread_mutex_lock(&n->lock);
+        n->drops_all++;
+        pthread_mutex_unlock(&n->lock);
+        fprintf(stderr, "sluice: notify: dropped %llu cached entries\n", (unsigned long long)count);
+    } else {
+        set_error(n, "store: dropping every cached entry failed");
+    }
+    n->inflight--;
+    finish_stop_if_drained(n);
+}
+
+static void
+ensure_store(struct notifier *n)
+{
+    if (!n->store)
+        n->store = gateway_store_new(n->g, n->base, "notify");
+}
+
+/* Every cached entry goes: the tags that changes named are unknown. */
+static void
+drop_all(struct notifier *n, const char *why)
+{
+    ensure_store(n);
+    if (!n->store->ops->invalidate_pattern) {
+        fprintf(stderr,
+                "sluice: notify: %s, but the %s store cannot drop every entry: entries live "
+                "until their TTL\n",
+                why, n->store->ops->name);
+        set_error(n, "%s: the store cannot drop every entry", why);
+        return;
+    }
+    fprintf(stderr, "sluice: notify: %s: dropping every cached entry\n", why);
+    n->inflight++;
+    store_invalidate_pattern(n->store, "*", 1, dropped, n);
+}
+
+/* Sends the tags gathered from the notifications read so far. */
+static void
+flush_pending(struct notifier *n)
+{
+    int all = n->pending.all;
+
+    n->pending.all = false;
+    if (n->pending.n > 0) {
+        struct batch *b = xcalloc(1, sizeof(*b));
+        ensure_store(n);
+        b->n = n;
+        b->t = n->pending;
+        memset(&n->pending, 0, sizeof(n->pending));
+        n->inflight++;
+        store_invalidate(n->store, (const char *const *)b->t.tags, b->t.lens, b->t.n, invalidated,
+                         b);
+    }
+    if (all)
+        drop_all(n, "a change came without its rows (TRUNCATE, or a row too large for NOTIFY)");
+}
+
+static void
+handle_notification(struct notifier *n, const char *payload)
+{
+    char err[256];
+    struct policy *p = gateway_policy(n->g);
+    int m = notify_collect(p, payload, strlen(payload), &n->pending, err, sizeof(err));
+
+    policy_release(p);
+    pthread_mutex_lock(&n->lock);
+    n->notifications++;
+    if (m == 0)
+        n->unmatched++;
+    pthread_mutex_unlock(&n->lock);
+    if (m < 0) {
+        set_error(n, "%s", err);
+        if (!n->bad_logged)
+            fprintf(stderr, "sluice: notify: %s (further ones are only counted)\n", err);
+        n->bad_logged = 1;
+    }
+    if (n->pending.n >= BATCH_MAX)
+        flush_pending(n);
+}
+
+/* ---- the connection ---- */
+
+static void
+conn_unwatch(struct notifier *n)
+{
+    if (n->fd >= 0) {
+        event_del(&n->rd);
+        event_del(&n->wr);
+        n->fd = -1;
+    }
+    n->writing = 0;
+}
+
+/* Points rd and wr at the connection's current socket (it changes between hosts). */
+static int
+conn_watch(struct notifier *n)
+{
+    evutil_socket_t fd = PQsocket(n->pg);
+
+    conn_unwatch(n);
+    if (fd < 0)
+        return -1;
+    event_assign(&n->rd, n->base, fd, EV_READ | EV_PERSIST, io_cb, n);
+    event_assign(&n->wr, n->base, fd, EV_WRITE | EV_PERSIST, io_cb, n);
+    n->fd = fd;
+    return 0;
+}
+
+static void
+conn_close(struct notifier *n)
+{
+    conn_unwatch(n);
+    evtimer_del(&n->timer);
+    PQfinish(n->pg);
+    n->pg = NULL;
+}
+
+/* A connect attempt failed or the connection broke: log once per outage, back off. */
+static void
+conn_failed(struct notifier *n, const char *msg)
+{
+    char line[200];
+    struct timeval tv;
+
+    first_line(msg, line, sizeof(line));
+    set_error(n, "database: %s", line);
+    if (n->st == N_LISTENING) {
+        fprintf(stderr, "sluice: notify: lost the connection to PostgreSQL (%s); reconnecting\n",
+                line);
+        n->down_logged = 1;
+        n->backoff_ms = 0;
+    } else if (!n->down_logged) {
+        fprintf(stderr, "sluice: notify: cannot listen for changes yet (%s); retrying\n", line);
+        n->down_logged = 1;
+    }
+    conn_close(n);
+    n->backoff_ms = n->backoff_ms ? n->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (n->backoff_ms > BACKOFF_MAX_MS)
+        n->backoff_ms = BACKOFF_MAX_MS;
+    set_state(n, N_BACKOFF);
+    tv = ms_to_tv(n->backoff_ms);
+    evtimer_add(&n->timer, &tv);
+}
+
+static void
+connect_wait(struct notifier *n, PostgresPollingStatusType st)
+{
+    if (conn_watch(n) < 0) {
+        conn_failed(n, "connection has no socket");
+        return;
+    }
+    event_add(st == PGRES_POLLING_READING ? &n->rd : &n->wr, NULL);
+}
+
+static void
+conn_start(struct notifier *n)
+{
+    ensure_store(n);
+    n->pg =
+        PQconnectStartParams((const char *const *)n->keywords, (const char *const *)n->values, 1);
+    if (!n->pg) {
+        fprintf(stderr, "sluice: out of memory in notify\n");
+        abort();
+    }
+    set_state(n, N_CONNECTING);
+    if (PQstatus(n->pg) == CONNECTION_BAD) {
+        conn_failed(n, PQerrorMessage(n->pg));
+        return;
+    }
+    PQsetNoticeProcessor(n->pg, ignore_notice, NULL);
+    evtimer_add(&n->timer, &n->connect_tv);
+    /* Before the first PQconnectPoll, libpq wants the socket writable. */
+    connect_wait(n, PGRES_POLLING_WRITING);
+}
+
+/* Returns 0, or -1 when the connection broke (already handled). */
+static int
+conn_flush(struct notifier *n)
+{
+    int r = PQflush(n->pg);
+
+    if (r == 0 && n->writing) {
+        event_del(&n->wr);
+        n->writing = 0;
+    } else if (r == 1 && !n->writing) {
+        event_add(&n->wr, NULL);
+        n->writing = 1;
+    } else if (r < 0) {
+        conn_failed(n, PQerrorMessage(n->pg));
+        return -1;
+    }
+    return 0;
+}
+
+static void
+conn_connected(struct notifier *n)
+{
+    if (PQsetnonblocking(n->pg, 1) != 0 || conn_watch(n) < 0 ||
+        !PQsendQuery(n->pg, "LISTEN " TRIGGERS_CHANNEL)) {
+        conn_failed(n, PQerrorMessage(n->pg));
+        return;
+    }
+    set_state(n, N_LISTEN_SENT);
+    event_add(&n->rd, NULL);
+    evtimer_del(&n->timer);
+    evtimer_add(&n->timer, &n->connect_tv); /* LISTEN is answered in time too */
+    conn_flush(n);
+}
+
+static void
+connect_poll(struct notifier *n)
+{
+    switch (PQconnectPoll(n->pg)) {
+    case PGRES_POLLING_READING:
+        connect_wait(n, PGRES_POLLING_READING);
+        break;
+    case PGRES_POLLING_WRITING:
+        connect_wait(n, PGRES_POLLING_WRITING);
+        break;
+    case PGRES_POLLING_OK:
+        conn_connected(n);
+        break;
+    default:
+        conn_failed(n, PQerrorMessage(n->pg));
+        break;
+    }
+}
+
+static void
+listening(struct notifier *n)
+{
+    struct policy *p = gateway_policy(n->g);
+    size_t tables = p->non_change;
+
+    policy_release(p);
+    evtimer_del(&n->timer);
+    n->backoff_ms = 0;
+    n->down_logged = 0;
+    set_state(n, N_LISTENING);
+    if (n->listened) {
+        pthread_mutex_lock(&n->lock);
+        n->reconnects++;
+        pthread_mutex_unlock(&n->lock);
+        fprintf(stderr, "sluice: notify: listening again on " TRIGGERS_CHANNEL "\n");
+        /* Rows changed while the connection was down were not seen. */
+        drop_all(n, "changes made while the connection was down were not seen");
+    } else {
+        fprintf(stderr,
+                "sluice: notify: listening on " TRIGGERS_CHANNEL " for changes to %zu table%s\n",
+                tables, tables == 1 ? "" : "s");
+    }
+    n->listened = 1;
+}
+
+static void
+conn_read(struct notifier *n)
+{
+    PGnotify *nt;
+    PGresult *r;
+    int listen_ok = 0;
+    char listen_err[200] = "";
+
+    if (!PQconsumeInput(n->pg)) {
+        conn_failed(n, PQerrorMessage(n->pg));
+        return;
+    }
+    while (!PQisBusy(n->pg) && (r = PQgetResult(n->pg)) != NULL) {
+        if (n->st == N_LISTEN_SENT) {
+            if (PQresultStatus(r) == PGRES_COMMAND_OK)
+                listen_ok = 1;
+            else
+                first_line(PQresultErrorMessage(r), listen_err, sizeof(listen_err));
+        }
+        PQclear(r);
+    }
+    if (listen_err[0]) {
+        conn_failed(n, listen_err);
+        return;
+    }
+    if (listen_ok)
+        listening(n);
+    while ((nt = PQnotifies(n->pg)) != NULL) {
+        handle_notification(n, nt->extra);
+        PQfreemem(nt);
+    }
+    flush_pending(n);
+    if (PQstatus(n->pg) == CONNECTION_BAD)
+        conn_failed(n, PQerrorMessage(n->pg));
+}
+
+static void
+io_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct notifier *n = arg;
+
+    (void)fd;
+    if (n->st == N_CONNECTING) {
+        connect_poll(n);
+        return;
+    }
+    if (!n->pg)
+        return;
+    if ((what & EV_WRITE) && conn_flush(n) < 0)
+        return;
+    if (what & EV_READ)
+        conn_read(n);
+}
+
+static void
+timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct notifier *n = arg;
+
+    (void)fd;
+    (void)what;
+    switch (n->st) {
+    case N_CONNECTING:
+    case N_LISTEN_SENT:
+        conn_failed(n, "timeout expired while connecting");
+        break;
+    case N_BACKOFF:
+        conn_start(n);
+        break;
+    case N_STOPPING:
+        event_base_loopexit(n->base, NULL); /* invalidations in flight took too long */
+        break;
+    default:
+        break;
+    }
+}
+
+/* Listens while the policy serving now declares on_change, and only then. */
+static void
+check_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct notifier *n = arg;
+    struct policy *p = gateway_policy(n->g);
+    int want = p->non_change > 0;
+
+    (void)fd;
+    (void)what;
+    policy_release(p);
+    if (want && n->st == N_IDLE) {
+        conn_start(n);
+    } else if (!want && n->st != N_IDLE && n->st != N_STOPPING) {
+        if (n->listened)
+            fprintf(stderr,
+                    "sluice: notify: the policy declares no on_change now: not listening\n");
+        conn_close(n);
+        n->listened = 0;
+        n->down_logged = 0;
+        n->backoff_ms = 0;
+        set_state(n, N_IDLE);
+    }
+}
+
+static void
+stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct notifier *n = arg;
+    struct timeval tv = ms_to_tv(DRAIN_MS);
+
+    (void)fd;
+    (void)what;
+    conn_close(n);
+    event_del(&n->check);
+    set_state(n, N_STOPPING);
+    if (n->inflight == 0)
+        event_base_loopexit(n->base, NULL);
+    else
+        evtimer_add(&n->timer, &tv);
+}
+
+static void *
+notify_thread(void *arg)
+{
+    struct notifier *n = arg;
+    struct timeval tv = ms_to_tv(POLICY_CHECK_MS);
+
+    check_cb(-1, 0, n);
+    event_add(&n->check, &tv);
+    event_base_dispatch(n->base);
+    conn_close(n);
+    if (n->store)
+        n->store->ops->destroy(n->store); /* answers what is still in flight */
+    n->store = NULL;
+    notify_tags_free(&n->pending);
+    return NULL;
+}
+
+/* ---- construction ---- */
+
+static void
+free_strv(char **v)
+{
+    if (!v)
+        return;
+    for (size_t i = 0; v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
+/*
+ * Connection parameters: defaults first, then conninfo expanded as "dbname"
+ * (what it sets wins over the defaults). Returns 0, or -1 with a message.
+ */
+static int
+build_params(struct notifier *n, const char *conninfo, char *err, size_t errlen)
+{
+    static const char *const defaults[][2] = {
+        {"fallback_application_name", "sluice notify"},
+        /* A silently dead peer is noticed in about 25 s rather than hours (TCP only). */
+        {"keepalives_idle", "10"},
+        {"keepalives_interval", "5"},
+        {"keepalives_count", "3"},
+    };
+    const size_t nd = sizeof(defaults) / sizeof(defaults[0]);
+    char *msg = NULL;
+    const char *timeout = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &msg);
+    size_t k = 0;
+
+    if (!opts) {
+        char line[200];
+        first_line(msg ? msg : "out of memory", line, sizeof(line));
+        util_seterr(err, errlen, "bad conninfo: %s", line);
+        PQfreemem(msg);
+        return -1;
+    }
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        if (o->val && strcmp(o->keyword, "connect_timeout") == 0)
+            timeout = o->val;
+    if (!timeout)
+        timeout = getenv("PGCONNECT_TIMEOUT");
+    n->connect_tv = ms_to_tv(CONNECT_TIMEOUT_MS);
+    if (timeout && atoi(timeout) > 0)
+        n->connect_tv = ms_to_tv((uint64_t)atoi(timeout) * 1000);
+    PQconninfoFree(opts);
+
+    n->keywords = xcalloc(nd + 2, sizeof(*n->keywords));
+    n->values = xcalloc(nd + 2, sizeof(*n->values));
+    for (size_t i = 0; i < nd; i++) {
+        n->keywords[k] = xstrdup(defaults[i][0]);
+        n->values[k++] = xstrdup(defaults[i][1]);
+    }
+    if (*conninfo) {
+        n->keywords[k] = xstrdup("dbname");
+        n->values[k++] = xstrdup(conninfo);
+    }
+    return 0;
+}
+
+struct notifier *
+notify_start(struct gateway *g, const char *conninfo, char *err, size_t errlen)
+{
+    struct notifier *n = xcalloc(1, sizeof(*n));
+
+    n->g = g;
+    n->fd = -1;
+    pthread_mutex_init(&n->lock, NULL);
+    if (build_params(n, conninfo ? conninfo : "", err, errlen) != 0)
+        goto fail;
+    n->base = event_base_new();
+    if (!n->base) {
+        util_seterr(err, errlen, "cannot create an event base");
+        goto fail;
+    }
+    evtimer_assign(&n->timer, n->base, timer_cb, n);
+    event_assign(&n->check, n->base, -1, EV_PERSIST, check_cb, n);
+    event_assign(&n->stop, n->base, -1, 0, stop_cb, n);
+    if (pthread_create(&n->thread, NULL, notify_thread, n) != 0) {
+        util_seterr(err, errlen, "cannot start the notify thread");
+        goto fail;
+    }
+    return n;
+fail:
+    if (n->base)
+        event_base_free(n->base);
+    free_strv(n->keywords);
+    free_strv(n->values);
+    pthread_mutex_destroy(&n->lock);
+    free(n);
+    return NULL;
+}
+
+void
+notify_stop(struct notifier *n)
+{
+    if (!n)
+        return;
+    event_active(&n->stop, EV_TIMEOUT, 1);
+    pthread_join(n->thread, NULL);
+    if (n->notifications || n->reconnects || n->errors)
+        fprintf(stderr,
+                "sluice: notify: %llu notifications, %llu tags invalidated, %llu reconnects, "
+                "%llu errors\n",
+                (unsigned long long)n->notifications, (unsigned long long)n->invalidations,
+                (unsigned long long)n->reconnects, (unsigned long long)n->errors);
+    event_del(&n->check);
+    event_del(&n->stop);
+    event_base_free(n->base);
+    free_strv(n->keywords);
+    free_strv(n->values);
+    pthread_mutex_destroy(&n->lock);
+    free(n);
+}
+
+json_t *
+notify_status(struct notifier *n)
+{
+    json_t *o;
+
+    pthread_mutex_lock(&n->lock);
+    o = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "state", state_names[n->shown],
+                  "channel", TRIGGERS_CHANNEL, "notifications", (json_int_t)n->notifications,
+                  "unmatched", (json_int_t)n->unmatched, "invalidations",
+                  (json_int_t)n->invalidations, "drops_all", (json_int_t)n->drops_all, "reconnects",
+                  (json_int_t)n->reconnects, "errors", (json_int_t)n->errors);
+    json_t *e = n->last_error[0] ? json_string(n->last_error) : json_null();
+    json_object_set_new(o, "last_error", e ? e : json_string("(not UTF-8)"));
+    json_object_set_new(o, "last_error_at",
+                        n->last_error_at ? json_integer((json_int_t)n->last_error_at)
+                                         : json_null());
+    pthread_mutex_unlock(&n->lock);
+    return o;
+}
