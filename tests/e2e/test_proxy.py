@@ -128,18 +128,42 @@ def is_problem(r, status):
 
 
 class ProxyCase(SluiceTestCase):
-    """Starts an origin before the class's servers and cleans both up after."""
+    """Starts an origin before the class's servers and cleans both up after. With REDIS set,
+    serve() starts its instances on a Redis of the class's own."""
 
     POLICY = None
     ORIGIN_CONFIG = {}
+    REDIS = False
+    INSTANCES = 1  # how many instances serve() starts with REDIS (one without)
 
     @classmethod
     def setUpClass(cls):
         cls.origin = Origin()
         cls.dead_port = lib.free_port()
         cls.dirs = []
+        cls.redis = None
         for path, c in cls.ORIGIN_CONFIG.items():
             cls.origin.config(path, **c)
+
+    @classmethod
+    def restart_origin(cls):
+        """Kills the origin if it runs, starts it on its port, configures it again."""
+        cls.origin.restart()
+        for path, c in cls.ORIGIN_CONFIG.items():
+            cls.origin.config(path, **c)
+
+    @classmethod
+    def serve(cls, d, **kw):
+        """Starts the class's sluice: cls.s, and cls.ports (every instance)."""
+        if cls.REDIS:
+            cls.redis = lib.RedisServer()
+            env = dict(kw.pop("env", {}), REDIS_URL=cls.redis.url)
+            args = list(kw.pop("args", [])) + ["--redis-deadline", "2s"]
+            servers = [cls.start(d, env=env, args=args, **kw) for _ in range(cls.INSTANCES)]
+        else:
+            servers = [cls.start(d, **kw)]
+        cls.s = servers[0]
+        cls.ports = [x.port for x in servers]
 
     @classmethod
     def policy(cls, text=None, **subs):
@@ -153,6 +177,8 @@ class ProxyCase(SluiceTestCase):
             super().tearDownClass()
         finally:
             cls.origin.kill()
+            if cls.redis:
+                cls.redis.stop()
             for d in cls.dirs:
                 shutil.rmtree(d, ignore_errors=True)
 
@@ -249,14 +275,14 @@ class Stale(ProxyCase):
     """stale_while_revalidate and stale_if_error."""
 
     TTL = 2 if SAN else 1
-    DELAY = 1.0 if SAN else 0.3
-    FAST = 0.25 if SAN else 0.05  # a STALE answer does not wait for the origin
+    DELAY = 1.0 if SAN else 0.5
+    FAST = 0.25 if SAN else 0.1  # a STALE answer does not wait for the origin (DELAY)
     SHORT_MS = 500
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.s = cls.start(cls.policy(STALE_POLICY, TTL="%ds" % cls.TTL, SHORT="%dms" % cls.SHORT_MS))
+        cls.serve(cls.policy(STALE_POLICY, TTL="%ds" % cls.TTL, SHORT="%dms" % cls.SHORT_MS))
 
     def setUp(self):
         if self.origin.proc.poll() is not None:
@@ -272,10 +298,11 @@ class Stale(ProxyCase):
         self.assertEqual((first.status, first.cache), (200, "MISS"))
         self.assertEqual(get(self.s.port, path, user=1).cache, "HIT")
         self.expire()
-        answers = concurrently(20, lambda i: get(self.s.port, path, user=1))
+        answers = concurrently(20, lambda i: get(self.ports[i % len(self.ports)], path, user=1))
         took = sorted(a.took for a in answers)
-        note("20 concurrent requests past the ttl: X-Cache %s, latency median %.1f ms, max %.1f ms"
-             % (sorted({str(a.cache) for a in answers}), statistics.median(took) * 1000, took[-1] * 1000))
+        note("20 concurrent requests past the ttl on %d instance(s): X-Cache %s, latency median %.1f ms, "
+             "max %.1f ms" % (len(self.ports), sorted({str(a.cache) for a in answers}),
+                              statistics.median(took) * 1000, took[-1] * 1000))
         self.assertEqual([a.status for a in answers], [200] * 20)
         self.assertEqual([a.cache for a in answers], ["STALE"] * 20)
         self.assertEqual({a.body for a in answers}, {first.body})
@@ -340,6 +367,12 @@ class Stale(ProxyCase):
         self.origin.kill()
         r = get(self.s.port, path, user=1)
         self.assertTrue(is_problem(r, 502), r)
+
+
+class StaleRedis(Stale):
+    """The same on two instances sharing Redis: still one background refresh in all."""
+    REDIS = True
+    INSTANCES = 2
 
 
 # ---------------------------------------------------------------------------
@@ -410,7 +443,7 @@ class CacheSecurity(ProxyCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.s = cls.start(cls.policy(SECURITY_POLICY))
+        cls.serve(cls.policy(SECURITY_POLICY))
 
     def test_two_users_never_see_each_others_answers(self):
         path = "/priv/same"
@@ -469,6 +502,15 @@ class CacheSecurity(ProxyCase):
                 time.sleep(1.3)
                 self.assertEqual(get(self.s.port, path, user=7).cache, "MISS")
                 self.assertEqual(self.origin.count(path), 2)
+
+    def test_age_grows_on_hits(self):
+        path = "/priv/age"
+        self.assertEqual(get(self.s.port, path, user=4).headers.get("age"), "0")
+        time.sleep(1.1)
+        r = get(self.s.port, path, user=4)
+        self.assertEqual(r.cache, "HIT")
+        self.assertGreaterEqual(int(r.headers["age"]), 1)
+        self.assertLessEqual(int(r.headers["age"]), 2)
 
     def test_vary_headers_are_part_of_the_key(self):
         path = "/vary/a"
@@ -589,6 +631,10 @@ class CacheSecurity(ProxyCase):
                                  ["MISS", "HIT"])
 
 
+class CacheSecurityRedis(CacheSecurity):
+    REDIS = True
+
+
 # ---------------------------------------------------------------------------
 
 COND_POLICY = r'''
@@ -607,7 +653,7 @@ class Conditional(ProxyCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.s = cls.start(cls.policy(COND_POLICY))
+        cls.serve(cls.policy(COND_POLICY))
 
     def cached(self, path):
         self.assertEqual(get(self.s.port, path, user=1).cache, "MISS")
@@ -655,6 +701,10 @@ class Conditional(ProxyCase):
         self.assertEqual(c.json()["user"], "2")
 
 
+class ConditionalRedis(Conditional):
+    REDIS = True
+
+
 # ---------------------------------------------------------------------------
 
 HFM_POLICY = r'''
@@ -676,7 +726,7 @@ class HitForMiss(ProxyCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.s = cls.start(cls.policy(HFM_POLICY))
+        cls.serve(cls.policy(HFM_POLICY))
 
     def fire(self, path):
         t0 = time.monotonic()
@@ -709,6 +759,10 @@ class HitForMiss(ProxyCase):
         self.assertEqual(st["count"], self.N)
         # The others wait for the first answer (bounded), then go together: never one by one.
         self.assertLess(took, self.DELAY * 2 + 1.2 * SLACK, "the waiters were serialized")
+
+
+class HitForMissRedis(HitForMiss):
+    REDIS = True
 
 
 # ---------------------------------------------------------------------------
@@ -882,6 +936,44 @@ class Forwarding(ProxyCase):
         self.assertGreater(r.took, 0.45)
         self.assertLess(r.took, 0.5 + 1.0 * SLACK)
 
+    def test_answers_never_go_to_the_wrong_request(self):
+        # Many concurrent requests with random origin delays over the gateway's connection pool:
+        # each answer is the one to its own request.
+        def one(i):
+            return i, get(self.s.port, "/fwd/mix%d?delay_ms=%d&i=%d" % (i % 50, (i * 37) % 60, i),
+                          user=1000 + i)
+
+        wrong = []
+        for i, r in concurrently(300, one):
+            self.assertEqual(r.status, 200, r)
+            o = r.json()
+            if (o["path"], o["user"], o["query"].split("&")[-1]) != ("/fwd/mix%d" % (i % 50),
+                                                                   str(1000 + i), "i=%d" % i):
+                wrong.append((i, o["path"], o["user"], o["query"]))
+        self.assertEqual(wrong, [])
+
+    def test_a_late_answer_is_never_given_to_the_next_request(self):
+        # A request that timed out leaves its connection with an answer still coming: that
+        # connection must not be reused for the next request.
+        for round_ in range(3):
+            r = get(self.s.port, "/slow?delay_ms=800&late=%d" % round_, user=7)
+            self.assertTrue(is_problem(r, 504), r)
+            time.sleep(0.4)  # the late answer arrives on the old connection
+            for i in range(6):
+                n = get(self.s.port, "/slow?next=%d-%d" % (round_, i), user=7)
+                self.assertEqual(n.status, 200, n)
+                self.assertEqual(n.json()["query"], "next=%d-%d" % (round_, i))
+
+    def test_origin_restart_does_not_fail_the_next_requests(self):
+        # The gateway's pooled keep-alive connections die with the origin; the next GETs must
+        # open new ones rather than answer 502.
+        for i in range(8):
+            self.assertEqual(get(self.s.port, "/fwd/pool%d" % i, user=7).status, 200)
+        self.restart_origin()
+        for i in range(8):
+            r = get(self.s.port, "/fwd/pool%d" % i, user=7)
+            self.assertEqual(r.status, 200, (i, r))
+
     def test_keep_alive_client_gets_every_answer(self):
         conn = http.client.HTTPConnection("127.0.0.1", self.s.port, timeout=10)
         try:
@@ -914,7 +1006,7 @@ class WriteInvalidation(ProxyCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.s = cls.start(cls.policy(WRITE_POLICY))
+        cls.serve(cls.policy(WRITE_POLICY))
 
     def cached(self, user):
         get(self.s.port, "/w/items", user=user)
@@ -962,6 +1054,21 @@ class WriteInvalidation(ProxyCase):
         w = self.write(5, "/w/down")
         self.assertTrue(is_problem(w, 502), w)
         self.assertEqual(get(self.s.port, "/w/items", user=5).cache, "HIT")
+
+
+class WriteInvalidationRedis(WriteInvalidation):
+    """Two instances sharing Redis: a write through one drops what the other serves."""
+    REDIS = True
+    INSTANCES = 2
+
+    def test_write_through_one_instance_invalidates_the_other(self):
+        a, b = self.ports
+        get(b, "/w/items", user=6)
+        self.assertEqual(get(b, "/w/items", user=6).cache, "HIT")
+        self.assertEqual(get(a, "/w/items", user=6).cache, "HIT")
+        w = req(a, "POST", "/w/items", {"X-User-Id": "6"}, {"name": "x"})
+        self.assertEqual(w.status, 200)
+        self.assertEqual(get(b, "/w/items", user=6).cache, "MISS")
 
 
 # ---------------------------------------------------------------------------
@@ -1157,7 +1264,8 @@ class ProxyExample(SluiceTestCase):
         wait_until(lambda: "warmed generation 1" in self.s.read_log(), 10 * SLACK, 0.1)
         for path, user in (("/api/crm?type=deals", 2), ("/api/dashboard", 4), ("/api/dashboard/events", 19)):
             r = get(self.s.port, path, user=user)
-            self.assertEqual((r.status, r.cache), (200, "HIT"), (path, user, r))
+            warm_log = [x for x in self.s.read_log().splitlines() if "warm" in x]
+            self.assertEqual((r.status, r.cache), (200, "HIT"), (path, user, r, warm_log))
 
     def test_write_through_the_app_invalidates(self):
         user = 6
