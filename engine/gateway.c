@@ -1,6 +1,6 @@
 /* gateway.c - the request path: route, identify, limit + lookup, origin, fill, invalidate. */
 #define _GNU_SOURCE
-#include "gateway.h"
+#include "gateway_internal.h"
 
 #include <event2/event.h>
 #include <jansson.h>
@@ -20,135 +20,6 @@
 #include "tenant.h"
 #include "upstream.h"
 #include "util.h"
-
-#define MAX_LIMITS 8
-#define MAX_TAGS 16
-#define MAX_ARGS 32
-#define MAX_USER_LEN 256
-#define KEYS_BYTES 4096
-#define VALS_BYTES 4096
-#define HDRS_BYTES 1536
-#define GATEWAY_MAX_WORKERS 256
-#define HEALTH_PUBLISH_MS 500
-#define FILL_LEASE_MS 500   /* a miss holds its key's fill lease this long at most */
-#define FILL_WAIT_MS 1000   /* a request waits this long at most for another's fill */
-#define FILL_POLL_MS 10     /* its first look again; then doubling up to */
-#define FILL_POLL_MAX_MS 50 /* this */
-#define HIT_FOR_MISS_MS                                                                            \
-    30000                    /* an uncacheable answer sends its key's requests straight to         \
-                                the origin this long (at most the endpoint's TTL) */
-#define INFLIGHT_BUCKETS 256 /* fills in progress per worker, by key */
-#define MAX_FIELDS 128       /* header fields of an upstream answer that are looked at */
-#define WARM_TICK_MS 50      /* warming: a batch every tick */
-#define WARM_PER_TICK 10     /* of at most this many requests (200 per second) */
-#define WARM_MAX_INFLIGHT 32 /* with at most this many in flight */
-
-#define QUOTA_TYPE "https://iana.org/assignments/http-problem-types#quota-exceeded"
-
-struct gateway {
-    struct gateway_config cfg;
-    pthread_mutex_t lock; /* guards policy */
-    struct policy *policy;
-    uint64_t generation; /* atomic: policy->generation, read without the lock */
-    struct store_memory *mem;
-    /* The store's health as each worker last published it (guarded by lock). */
-    struct store_health health[GATEWAY_MAX_WORKERS];
-    const char *store_name[GATEWAY_MAX_WORKERS];
-    unsigned nhealth;
-};
-
-/* A fill in progress in this worker: requests missing the same key wait on it. */
-struct inflight {
-    struct inflight *next;
-    struct gw_req *filler;
-    struct gw_req *waiters; /* linked through next_waiter */
-    size_t keylen;
-    char key[];
-};
-
-/* Warming of one generation's warm callers, in the background at a bounded rate. */
-struct warm_item {
-    const struct policy_endpoint *ep;
-    char *user, *tenant;
-};
-struct warm_state {
-    struct policy *policy; /* the generation being warmed (a reference), or NULL */
-    struct warm_item *items;
-    size_t nitems, next;
-    size_t queries_pending; /* warm queries (sql) not answered yet */
-    unsigned inflight;
-    uint64_t filled, hits, failed;
-    struct event *timer;
-};
-
-struct gw_worker {
-    struct gateway *g;
-    struct worker *w;
-    struct policy *policy; /* this worker's reference to the current snapshot */
-    uint64_t generation;
-    struct store *store;
-    struct db_pool *db;
-    struct tier_cache *tiers;
-    struct tenant_runtime *tenants; /* Lua states of tenant hooks, for this worker's generation */
-    struct event *health_timer;     /* publishes the store's health for status output */
-    struct upstream_pool *up;       /* keep-alive connections to upstream apps */
-    struct inflight *inflight[INFLIGHT_BUCKETS];
-    struct warm_state warm; /* worker 0 only */
-};
-
-struct gw_req {
-    struct gw_worker *wk;
-    struct server_request *sr;
-    struct policy *policy; /* reference held for the request's life */
-    const struct policy_endpoint *ep;
-    struct router_match m;
-    const char *user, *tenant;
-    size_t user_len, tenant_len;
-    const struct policy_tier *tier;
-    const struct tenant *tn; /* the caller's tenant file, or NULL */
-    int hooked;              /* dec holds what the tenant's hooks decided */
-    struct tenant_decision dec;
-    struct limiter_rule hook_rules[TENANT_MAX_LIMITS]; /* limits a hook changed */
-    char hook_fields[TENANT_MAX_LIMITS][96];           /* and their RateLimit-Policy items */
-    json_t *body;
-    int value_overflow; /* a decoded value did not fit: the request is refused */
-
-    struct store_limit limits[MAX_LIMITS];
-    struct limiter_result results[MAX_LIMITS];
-    const char *tags[MAX_TAGS];
-    size_t taglens[MAX_TAGS];
-    uint64_t tag_gens[MAX_TAGS];
-    struct store_admit admit;
-    struct store_entry *entry; /* the fill in progress */
-    struct event *fill_timer;  /* waiting for another caller's fill: the next look */
-    uint64_t fill_waited_ms;   /* how long it has waited for that fill */
-    const char *inv_tags[MAX_TAGS];
-    size_t inv_lens[MAX_TAGS];
-
-    bool detached; /* no client: a background refresh or a warming request */
-    bool warm;     /* warming: no limit is counted */
-    bool refresh;  /* a background refresh: the lease is held, the lookup is done */
-    bool bypass;   /* the cache is not used for this request (X-Cache: BYPASS) */
-    char *own_raw; /* a detached request's own bytes, and its parsed form */
-    struct server_request own_sr;
-    char own_ip[48];
-    struct store_entry *stale;  /* an expired entry kept for stale_if_error */
-    struct store_entry *answer; /* the origin's answer, held until a write's invalidation lands
-                                   or shared with the requests waiting on this fill */
-    struct upstream_call *call;
-    struct inflight *inflight;  /* the fill this request leads in its worker */
-    struct gw_req *next_waiter; /* in another request's inflight */
-    const char *primary_key;    /* when the entry varies: the primary key (cache_key is then */
-    size_t primary_len;         /* the secondary one, in vkey) */
-    char vary_names[256];       /* the answer varied on these fields */
-    char vkey[1024];
-
-    char hdrs[HDRS_BYTES];
-    size_t hdrs_len;
-    size_t keys_used, vals_used;
-    char keys[KEYS_BYTES]; /* expanded limit keys, cache key, tags */
-    char vals[VALS_BYTES]; /* decoded path/query values, rendered body fields */
-};
 
 /* ---- policy snapshots --------------------------------------------------------------------- */
 
@@ -198,8 +69,6 @@ gateway_policy(struct gateway *g)
     return p;
 }
 
-static void warm_start(struct gw_worker *wk, struct policy *p);
-
 /* The worker's current snapshot, refreshed when a new generation was published. */
 static struct policy *
 worker_policy(struct gw_worker *wk)
@@ -215,7 +84,7 @@ worker_policy(struct gw_worker *wk)
         wk->generation = p->generation;
         tenant_runtime_reset(wk->tenants, p->generation);
         if (wk->warm.timer)
-            warm_start(wk, p);
+            gw_warm_start(wk, p);
     }
     return wk->policy;
 }
@@ -224,11 +93,29 @@ worker_policy(struct gw_worker *wk)
 
 static void inflight_finish(struct gw_req *rq);
 
-static void
-req_free(struct gw_req *rq)
+void
+gw_req_free(struct gw_req *rq)
 {
-    if (rq->warm)
-        rq->wk->warm.inflight--;
+    struct gw_worker *wk = rq->wk;
+    if (rq->detached) {
+        if (rq->bg_prev)
+            rq->bg_prev->bg_next = rq->bg_next;
+        else if (wk->background == rq)
+            wk->background = rq->bg_next;
+        if (rq->bg_next)
+            rq->bg_next->bg_prev = rq->bg_prev;
+    }
+    if (rq->warm) {
+        wk->warm.inflight--;
+        if (rq->policy == wk->warm.policy) { /* not a request of an older generation's warming */
+            if (rq->warm_outcome == WARM_FILLED)
+                wk->warm.filled++;
+            else if (rq->warm_outcome == WARM_CACHED)
+                wk->warm.hits++;
+            else
+                wk->warm.failed++;
+        }
+    }
     if (rq->inflight)
         inflight_finish(rq);
     if (rq->call)
@@ -285,18 +172,16 @@ hdr_u64(struct gw_req *rq, uint64_t v)
     hdr_add(rq, buf, util_u64(buf, v));
 }
 
-static void
-fail(struct gw_req *rq, int status, const char *detail)
+void
+gw_fail(struct gw_req *rq, int status, const char *detail)
 {
     if (rq->detached) {
         fprintf(stderr, "sluice: %s %s: %d %s\n", rq->warm ? "warming" : "refreshing", rq->ep->name,
                 status, detail);
-        if (rq->warm)
-            rq->wk->warm.failed++;
     } else {
         server_respond_problem(rq->sr, status, NULL, NULL, detail, rq->hdrs_len ? rq->hdrs : NULL);
     }
-    req_free(rq);
+    gw_req_free(rq);
 }
 
 /* Copies len bytes into the request's value scratch; NULL (and refusal) when full. */
@@ -432,8 +317,8 @@ lookup(void *ctx, enum template_var var, const char *name, size_t namelen, const
 }
 
 /* Expands a template into the key arena. Returns the key, or NULL when it does not fit. */
-static const char *
-expand(struct gw_req *rq, const struct template *t, size_t *len)
+const char *
+gw_expand(struct gw_req *rq, const struct template *t, size_t *len)
 {
     long n =
         template_expand(t, lookup, rq, rq->keys + rq->keys_used, sizeof(rq->keys) - rq->keys_used);
@@ -446,10 +331,10 @@ expand(struct gw_req *rq, const struct template *t, size_t *len)
 }
 
 /* The tier counter of the caller: one per user, or per address for anonymous callers. */
-static const char *
-caller_key(struct gw_req *rq, size_t *len)
+const char *
+gw_caller_key(struct gw_req *rq, size_t *len)
 {
-    return expand(rq, rq->user ? rq->policy->tier_key_user : rq->policy->tier_key_ip, len);
+    return gw_expand(rq, rq->user ? rq->policy->tier_key_user : rq->policy->tier_key_ip, len);
 }
 
 /* ---- rate-limit headers ------------------------------------------------------------------- */
@@ -553,7 +438,7 @@ reply_denied(struct gw_req *rq)
     };
     respond(rq, &resp);
     free(body);
-    req_free(rq);
+    gw_req_free(rq);
 }
 
 /* ---- replies from the cache and the origin ------------------------------------------------ */
@@ -579,15 +464,11 @@ not_modified(const struct gw_req *rq, const struct store_entry *e)
  * its own reference): X-Cache (unless NULL) and Age, the entity tag, the
  * stored fields; 304 without a body when If-None-Match matches.
  */
-static void
-reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uint64_t now_ms)
+void
+gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uint64_t now_ms)
 {
-    if (rq->warm) {
-        if (xcache && strcmp(xcache, "HIT") == 0)
-            rq->wk->warm.hits++;
-        else
-            rq->wk->warm.filled++;
-    }
+    if (rq->warm && xcache && strcmp(xcache, "HIT") == 0)
+        rq->warm_outcome = WARM_CACHED;
     if (xcache) {
         uint64_t age = now_ms > e->stored_ms ? (now_ms - e->stored_ms) / 1000 : 0;
         hdr_str(rq, "X-Cache: ");
@@ -620,7 +501,7 @@ reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uint64
         resp.body_arg = e;
     }
     respond(rq, &resp);
-    req_free(rq);
+    gw_req_free(rq);
 }
 
 static void
@@ -635,7 +516,7 @@ reply_body(struct gw_req *rq, int status, const char *body, size_t len)
         .body_len = len,
     };
     respond(rq, &resp);
-    req_free(rq);
+    gw_req_free(rq);
 }
 
 static void
@@ -650,7 +531,7 @@ fill_done(void *arg, int status)
 static size_t
 inflight_bucket(const char *key, size_t len)
 {
-    uint64_t h = 1469598103934665603ULL;
+    uint64_t h = 14695981039346656037ULL;
     for (size_t i = 0; i < len; i++) {
         h ^= (unsigned char)key[i];
         h *= 1099511628211ULL;
@@ -694,6 +575,8 @@ inflight_wait(struct gw_req *rq)
     struct inflight *f = inflight_find(rq->wk, rq->admit.cache_key, rq->admit.cache_keylen);
     if (!f || f->filler == rq)
         return false;
+    if (!rq->wait_start_ms)
+        rq->wait_start_ms = store_now_ms();
     rq->next_waiter = f->waiters;
     f->waiters = rq;
     return true;
@@ -703,9 +586,12 @@ static void to_origin(struct gw_req *rq);
 static long vary_key(struct gw_req *rq, const char *names);
 
 /*
- * The leader of a fill is done (answered, failed or gone): each waiting
- * request gets the stored answer when there is one it may share (the same
- * secondary key when the answer varies), else goes to the origin itself.
+ * The leader of a fill is done. With a stored answer, each waiting request
+ * gets it (when the answer varies, only those sending the same fields; the
+ * others go to the origin). With an answer that may not be stored
+ * (hit-for-miss), every waiter goes to the origin at once. When the leader
+ * failed or went away, the first waiter takes the fill over and the others
+ * keep waiting on it.
  */
 static void
 inflight_finish(struct gw_req *rq)
@@ -718,11 +604,25 @@ inflight_finish(struct gw_req *rq)
     *pp = f->next;
     struct gw_req *w = f->waiters;
     free(f);
-    struct store_entry *e =
-        rq->answer && !(rq->answer->flags & STORE_ENTRY_PASS) ? rq->answer : NULL;
+    struct store_entry *e = rq->answer;
+    if (!e && !rq->uncacheable && w && !rq->wk->closing) {
+        struct gw_req *heir = w;
+        w = w->next_waiter;
+        heir->next_waiter = NULL;
+        inflight_lead(heir);
+        to_origin(heir); /* the others wait on it below, while their wait lasts */
+    }
+    uint64_t now = store_now_ms();
     while (w) {
         struct gw_req *next = w->next_waiter;
         w->next_waiter = NULL;
+        if (!e && !rq->uncacheable && !rq->wk->closing && w->wait_start_ms + FILL_WAIT_MS > now) {
+            /* The fill failed and this one may wait longer: it waits on the heir's fill. */
+            if (inflight_wait(w)) {
+                w = next;
+                continue;
+            }
+        }
         bool share = e != NULL;
         if (share && rq->vary_names[0] && !rq->primary_key) {
             /* The answer varies: shared only with a waiter sending the same fields. */
@@ -731,7 +631,7 @@ inflight_finish(struct gw_req *rq)
                     memcmp(w->vkey, rq->vkey, (size_t)n) == 0;
         }
         if (share)
-            reply_entry(w, e, "HIT", e->stored_ms);
+            gw_reply_entry(w, e, "HIT", e->stored_ms);
         else
             to_origin(w);
         w = next;
@@ -768,8 +668,8 @@ stale_keep_ms(const struct policy_endpoint *ep)
  * request fields the answer varies on: the answer then goes under the
  * secondary key and a marker naming the fields under the primary one.
  */
-static void
-store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, const char *vary)
+void
+gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, const char *vary)
 {
     const struct policy_endpoint *ep = rq->ep;
     uint64_t now = store_now_ms();
@@ -783,11 +683,21 @@ store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, const
     }
     if (rq->admit.bypassed) {
         /* The shared store is unavailable: the cache was not consulted and is not filled. */
-        reply_entry(rq, e, "BYPASS", now);
+        gw_reply_entry(rq, e, "BYPASS", now);
         return;
     }
     const char *key = rq->admit.cache_key;
     size_t keylen = rq->admit.cache_keylen;
+    if (vary && rq->primary_key && strcmp(vary, rq->vary_names) != 0) {
+        /* The answer varies on other fields than the marker says: start over from the primary
+         * key with a new marker. */
+        rq->admit.cache_key = rq->primary_key;
+        rq->admit.cache_keylen = rq->primary_len;
+        key = rq->primary_key;
+        keylen = rq->primary_len;
+        rq->primary_key = NULL;
+        rq->primary_len = 0;
+    }
     if (vary && !rq->primary_key) {
         long n = vary_key(rq, vary);
         if (n >= 0) {
@@ -807,18 +717,22 @@ store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, const
         key = rq->primary_key;
         keylen = rq->primary_len;
     }
-    if (key)
+    if (key) {
         fill_key(rq, key, keylen, e, ttl_ms);
-    store_entry_ref(e);
-    store_entry_release(rq->answer);
-    rq->answer = e; /* shared with the requests waiting on this fill */
-    reply_entry(rq, e, "MISS", now);
+        store_entry_ref(e);
+        store_entry_release(rq->answer);
+        rq->answer = e; /* shared with the requests waiting on this fill */
+        if (rq->warm)
+            rq->warm_outcome = WARM_FILLED;
+    }
+    gw_reply_entry(rq, e, "MISS", now);
 }
 
 /* Remembers briefly that the key's answers are not cacheable (hit-for-miss). */
-static void
-remember_uncacheable(struct gw_req *rq)
+void
+gw_remember_uncacheable(struct gw_req *rq)
 {
+    rq->uncacheable = true;
     if (!rq->admit.cache_key || rq->admit.bypassed)
         return;
     uint64_t ttl = rq->ep->ttl_ms < HIT_FOR_MISS_MS ? rq->ep->ttl_ms : HIT_FOR_MISS_MS;
@@ -845,7 +759,7 @@ static void
 fill_and_reply(struct gw_req *rq, int status, char *body, size_t len)
 {
     struct store_entry *e = origin_entry(rq, status, body, len);
-    store_and_reply(rq, e, rq->ep->ttl_ms, NULL);
+    gw_store_and_reply(rq, e, rq->ep->ttl_ms, NULL);
     store_entry_release(e);
 }
 
@@ -853,16 +767,16 @@ fill_and_reply(struct gw_req *rq, int status, char *body, size_t len)
  * The origin failed: the stale entry when the endpoint's stale_if_error
  * window still covers it, else the error.
  */
-static void
-origin_failed(struct gw_req *rq, int status, const char *detail)
+void
+gw_origin_failed(struct gw_req *rq, int status, const char *detail)
 {
     struct store_entry *e = rq->stale;
     if (e && store_now_ms() <= e->expires_ms + rq->ep->sie_ms) {
         fprintf(stderr, "sluice: %s: serving a stale answer: %s\n", rq->ep->name, detail);
-        reply_entry(rq, e, "STALE", store_now_ms());
+        gw_reply_entry(rq, e, "STALE", store_now_ms());
         return;
     }
-    fail(rq, status, detail);
+    gw_fail(rq, status, detail);
 }
 
 /* The invalidation of a write landed (or failed): now the write is answered. */
@@ -873,7 +787,7 @@ on_invalidated(void *arg, int status)
     if (status != 0)
         fprintf(stderr, "sluice: invalidation after %s failed; entries may stay until their TTL\n",
                 rq->ep->name);
-    reply_entry(rq, rq->answer, NULL, 0);
+    gw_reply_entry(rq, rq->answer, NULL, 0);
 }
 
 /*
@@ -882,8 +796,8 @@ on_invalidated(void *arg, int status)
  * store has acknowledged, so that the caller's next read, on any instance,
  * sees the write.
  */
-static void
-invalidate_then_reply(struct gw_req *rq, struct store_entry *e)
+void
+gw_invalidate_then_reply(struct gw_req *rq, struct store_entry *e)
 {
     const struct policy_endpoint *ep = rq->ep;
     const char **tags = rq->inv_tags; /* the store may hold them until it is done */
@@ -892,15 +806,15 @@ invalidate_then_reply(struct gw_req *rq, struct store_entry *e)
     store_entry_ref(e);
     rq->answer = e;
     for (size_t i = 0; i < ep->ninvalidate && n < MAX_TAGS; i++) {
-        tags[n] = expand(rq, ep->invalidate[i], &lens[n]);
+        tags[n] = gw_expand(rq, ep->invalidate[i], &lens[n]);
         if (!tags[n]) {
-            fail(rq, 500, "an invalidation key was too long");
+            gw_fail(rq, 500, "an invalidation key was too long");
             return;
         }
         n++;
     }
     if (n == 0) {
-        reply_entry(rq, e, NULL, 0);
+        gw_reply_entry(rq, e, NULL, 0);
         return;
     }
     store_invalidate(rq->wk->store, tags, lens, n, on_invalidated, rq);
@@ -923,16 +837,16 @@ on_db(void *arg, const struct db_result *res)
         break;
     case DB_CLIENT_ERROR:
         snprintf(detail, sizeof(detail), "the database refused the input: %s", res->detail);
-        fail(rq, sqlstate_status(res->sqlstate), detail);
+        gw_fail(rq, sqlstate_status(res->sqlstate), detail);
         return;
     case DB_ERROR:
         snprintf(detail, sizeof(detail), "the database failed the statement: %s", res->detail);
-        origin_failed(rq, 502, detail);
+        gw_origin_failed(rq, 502, detail);
         return;
     case DB_UNAVAILABLE:
     default:
         snprintf(detail, sizeof(detail), "the database is unavailable: %s", res->detail);
-        origin_failed(rq, 503, detail);
+        gw_origin_failed(rq, 503, detail);
         return;
     }
 
@@ -945,7 +859,7 @@ on_db(void *arg, const struct db_result *res)
         body = xstrndup(res->value, res->value_len);
         len = res->value_len;
     } else if (ep->one) {
-        fail(rq, 404, "no such record");
+        gw_fail(rq, 404, "no such record");
         return;
     } else {
         body = xstrdup("[]");
@@ -954,7 +868,7 @@ on_db(void *arg, const struct db_result *res)
 
     if (ep->is_write) {
         struct store_entry *e = origin_entry(rq, ep->method == HTTP_POST ? 201 : 200, body, len);
-        invalidate_then_reply(rq, e);
+        gw_invalidate_then_reply(rq, e);
         store_entry_release(e);
         return;
     }
@@ -983,7 +897,7 @@ run_sql(struct gw_req *rq)
             if (var == TV_BODY && (!rq->body || !json_object_get(rq->body, name))) {
                 char detail[192];
                 snprintf(detail, sizeof(detail), "missing field '%s' in the JSON body", name);
-                fail(rq, 400, detail);
+                gw_fail(rq, 400, detail);
                 return;
             }
             if (lookup(rq, var, name, name ? strlen(name) : 0, &val, &len))
@@ -993,233 +907,28 @@ run_sql(struct gw_req *rq)
             else
                 params[i] = NULL;
         } else {
-            params[i] = expand(rq, ep->args[i], &len);
+            params[i] = gw_expand(rq, ep->args[i], &len);
         }
         if (rq->value_overflow) {
-            fail(rq, 400, "request values too long");
+            gw_fail(rq, 400, "request values too long");
             return;
         }
     }
     if (!rq->wk->db) {
-        fail(rq, 503, "no database is configured");
+        gw_fail(rq, 503, "no database is configured");
         return;
     }
     if (db_query(rq->wk->db, ep->sql, (int)n, params, on_db, rq) != 0)
-        fail(rq, 503, "the database pool is shutting down");
-}
-
-/* ---- the upstream source ------------------------------------------------------------------ */
-
-static bool
-field_is(const struct upstream_header *f, const char *name)
-{
-    return f->name_len == strlen(name) && strncasecmp(f->name, name, f->name_len) == 0;
-}
-
-/* An upstream's answer as an entry: status, Content-Type, the replayed fields, ETag, body. */
-static struct store_entry *
-upstream_entry(const struct upstream_response *res, const struct http_header *f, size_t n)
-{
-    const char *ct = NULL, *etag = NULL;
-    for (size_t i = 0; i < res->nfields; i++) {
-        if (!ct && field_is(&res->fields[i], "content-type"))
-            ct = res->fields[i].value;
-        else if (!etag && field_is(&res->fields[i], "etag"))
-            etag = res->fields[i].value;
-    }
-    struct store_entry *e = store_entry_new((uint16_t)res->status, ct ? xstrdup(ct) : NULL,
-                                            xstrndup(res->body, res->body_len), res->body_len);
-    struct sbuf h = {0};
-    httpcache_replay_fields(f, n, &h);
-    e->headers = h.p;
-    e->headers_len = h.len;
-    if (etag && etag[0])
-        e->etag = xstrdup(etag);
-    return e;
-}
-
-static void
-on_upstream(void *arg, const struct upstream_response *res)
-{
-    struct gw_req *rq = arg;
-    const struct policy_endpoint *ep = rq->ep;
-    rq->call = NULL;
-    if (res->error != UPSTREAM_OK) {
-        char detail[256];
-        snprintf(detail, sizeof(detail), "upstream \"%s\": %s", ep->up->name, res->detail);
-        origin_failed(rq,
-                      res->error == UPSTREAM_TIMEOUT    ? 504
-                      : res->error == UPSTREAM_SHUTDOWN ? 503
-                                                        : 502,
-                      detail);
-        return;
-    }
-    struct http_header fields[MAX_FIELDS];
-    size_t n = res->nfields < MAX_FIELDS ? res->nfields : MAX_FIELDS;
-    for (size_t i = 0; i < n; i++) {
-        fields[i].name = (struct http_str){res->fields[i].name, res->fields[i].name_len};
-        fields[i].value = (struct http_str){res->fields[i].value, res->fields[i].value_len};
-    }
-    if (res->status >= 500 && rq->stale) {
-        char detail[96];
-        snprintf(detail, sizeof(detail), "upstream \"%s\" answered %d", ep->up->name, res->status);
-        origin_failed(rq, res->status, detail);
-        return;
-    }
-    struct store_entry *e = upstream_entry(res, fields, n);
-    if (ep->is_write) {
-        if (res->status >= 200 && res->status < 300)
-            invalidate_then_reply(rq, e);
-        else
-            reply_entry(rq, e, NULL, 0);
-    } else if (rq->admit.cache_key && !rq->bypass) {
-        struct httpcache_verdict v;
-        httpcache_judge(res->status, fields, n, ep->ttl_ms, res->body_len, &v);
-        if (v.storable) {
-            store_and_reply(rq, e, v.ttl_ms, v.vary ? v.vary_names : NULL);
-        } else {
-            if (res->status < 500)
-                remember_uncacheable(rq);
-            reply_entry(rq, e, "MISS", store_now_ms());
-        }
-    } else {
-        reply_entry(rq, e, rq->bypass ? "BYPASS" : ep->cached ? "MISS" : NULL, store_now_ms());
-    }
-    store_entry_release(e);
-}
-
-static bool
-query_name_in(const struct policy_endpoint *ep, const char *name, size_t len)
-{
-    for (size_t i = 0; i < ep->ncache_query; i++)
-        if (strlen(ep->cache_query[i]) == len && memcmp(ep->cache_query[i], name, len) == 0)
-            return true;
-    return false;
-}
-
-/*
- * The target sent upstream: the upstream's prefix and the request's path and
- * query; a cacheable request forwards only the query parameters its key
- * depends on (pinned or named), so that what the key leaves out cannot change
- * a stored answer.
- */
-static void
-upstream_target_text(struct gw_req *rq, struct sbuf *out)
-{
-    const struct http_request *h = &rq->sr->http;
-    sbuf_adds(out, rq->ep->up->prefix);
-    sbuf_add(out, h->path.p, h->path.len);
-    if (!rq->admit.cache_key || rq->bypass) {
-        if (h->query.len) {
-            sbuf_add(out, "?", 1);
-            sbuf_add(out, h->query.p, h->query.len);
-        }
-        return;
-    }
-    const char *q = h->query.p, *end = q + h->query.len;
-    bool first = true;
-    while (q < end) {
-        const char *amp = memchr(q, '&', (size_t)(end - q));
-        const char *stop = amp ? amp : end;
-        const char *eq = memchr(q, '=', (size_t)(stop - q));
-        size_t nlen = (size_t)((eq ? eq : stop) - q);
-        char name[128];
-        size_t dlen;
-        if (nlen < sizeof(name) && http_pct_decode(q, nlen, name, &dlen, 1) == 0 &&
-            query_name_in(rq->ep, name, dlen)) {
-            sbuf_add(out, first ? "?" : "&", 1);
-            sbuf_add(out, q, (size_t)(stop - q));
-            first = false;
-        }
-        q = stop + 1;
-    }
-}
-
-/* Request fields never forwarded: conditionals on a fill (the cache needs the whole answer)
- * and host-overriding fields that some apps trust. */
-static const char *const fill_dropped[] = {
-    "if-none-match:", "if-modified-since:", "if-match:", "if-unmodified-since:", "if-range:"};
-static const char *const always_dropped[] = {
-    "proxy-connection:",   "x-host:",           "x-original-url:",    "x-rewrite-url:",
-    "x-forwarded-server:", "x-forwarded-port:", "x-forwarded-prefix:"};
-
-static bool
-line_starts(const char *line, size_t len, const char *const *names, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        size_t nl = strlen(names[i]);
-        if (len >= nl && strncasecmp(line, names[i], nl) == 0)
-            return true;
-    }
-    return false;
-}
-
-/* Drops from the "Name: value\r\n" lines of b those the request must not forward. */
-static void
-drop_fields(struct sbuf *b, bool filling)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < b->len;) {
-        const char *nl = memchr(b->p + i, '\n', b->len - i);
-        size_t len = nl ? (size_t)(nl - (b->p + i)) + 1 : b->len - i;
-        bool drop = line_starts(b->p + i, len, always_dropped,
-                                sizeof(always_dropped) / sizeof(always_dropped[0])) ||
-                    (filling && line_starts(b->p + i, len, fill_dropped,
-                                            sizeof(fill_dropped) / sizeof(fill_dropped[0])));
-        if (!drop) {
-            memmove(b->p + o, b->p + i, len);
-            o += len;
-        }
-        i += len;
-    }
-    b->len = o;
-}
-
-static void
-run_upstream(struct gw_req *rq)
-{
-    const struct policy_endpoint *ep = rq->ep;
-    const struct http_request *h = &rq->sr->http;
-    if (!ep->up) {
-        fail(rq, 502, "the endpoint's upstream is not declared");
-        return;
-    }
-    bool filling = rq->admit.cache_key && !rq->bypass;
-    struct sbuf target = {0}, headers = {0};
-    upstream_target_text(rq, &target);
-    upstream_forward_headers(h, rq->sr->ip, &headers);
-    drop_fields(&headers, filling);
-    bool safe = h->method == HTTP_GET || h->method == HTTP_HEAD;
-    /* A fill always asks for the whole answer; a GET or HEAD forwards no body. */
-    const char *method = filling ? "GET" : h->method_str.p;
-    size_t method_len = filling ? 3 : h->method_str.len;
-    struct upstream_request req = {
-        .method = method,
-        .method_len = method_len,
-        .target = target.p,
-        .target_len = target.len,
-        .headers = headers.p,
-        .headers_len = headers.len,
-        .body = safe ? NULL : rq->sr->body,
-        .body_len = safe ? 0 : rq->sr->body_len,
-    };
-    struct upstream_target t = {
-        .host = ep->up->host,
-        .port = ep->up->port,
-        .host_header = ep->up->host_header,
-        .connect_timeout_ms = ep->up->connect_timeout_ms,
-        .timeout_ms = ep->up->timeout_ms,
-    };
-    rq->call = upstream_send(rq->wk->up, &t, &req, on_upstream, rq);
-    sbuf_free(&target);
-    sbuf_free(&headers);
-    if (!rq->call)
-        fail(rq, 502, "the request cannot be forwarded to the upstream");
+        gw_fail(rq, 503, "the database pool is shutting down");
 }
 
 static void
 to_origin(struct gw_req *rq)
 {
+    if (rq->wk->closing) {
+        gw_fail(rq, 503, "the server is shutting down");
+        return;
+    }
     const struct policy_endpoint *ep = rq->ep;
     switch (ep->source) {
     case SOURCE_SQL:
@@ -1229,7 +938,7 @@ to_origin(struct gw_req *rq)
         if (ep->is_write) {
             struct store_entry *e = origin_entry(
                 rq, ep->static_status, xstrndup(ep->static_body, ep->static_len), ep->static_len);
-            invalidate_then_reply(rq, e);
+            gw_invalidate_then_reply(rq, e);
             store_entry_release(e);
             return;
         }
@@ -1242,7 +951,7 @@ to_origin(struct gw_req *rq)
         return;
     case SOURCE_UPSTREAM:
     default:
-        run_upstream(rq);
+        gw_proxy_run(rq);
         return;
     }
 }
@@ -1253,6 +962,10 @@ static void
 on_fill_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_req *rq = arg;
+    if (rq->wk->closing) {
+        gw_fail(rq, 503, "the server is shutting down");
+        return;
+    }
     rq->admit.nlimits = 0; /* a lookup only: the request's limits were counted once */
     store_admit_and_lookup(rq->wk->store, &rq->admit, on_looked_up, rq);
 }
@@ -1266,6 +979,8 @@ on_fill_timer(evutil_socket_t fd, short what, void *arg)
 static bool
 wait_for_fill(struct gw_req *rq)
 {
+    if (rq->wk->closing)
+        return false;
     if (inflight_wait(rq))
         return true;
     if (rq->fill_waited_ms >= FILL_WAIT_MS)
@@ -1309,6 +1024,7 @@ on_looked_up(void *arg, int status)
     if (e && (e->flags & STORE_ENTRY_VARY) && !rq->primary_key) {
         char names[256];
         snprintf(names, sizeof(names), "%.*s", (int)e->body_len, e->body);
+        snprintf(rq->vary_names, sizeof(rq->vary_names), "%s", names);
         store_entry_release(e);
         rq->primary_key = a->cache_key;
         rq->primary_len = a->cache_keylen;
@@ -1333,7 +1049,7 @@ on_looked_up(void *arg, int status)
     case STORE_HIT:
         if (e) {
             rq->entry = e; /* released with the request */
-            reply_entry(rq, e, "HIT", a->now_ms);
+            gw_reply_entry(rq, e, "HIT", a->now_ms);
             return;
         }
         break;
@@ -1344,7 +1060,7 @@ on_looked_up(void *arg, int status)
             if (a->lease_taken)
                 start_refresh(rq);
             rq->entry = e;
-            reply_entry(rq, e, "STALE", a->now_ms);
+            gw_reply_entry(rq, e, "STALE", a->now_ms);
             return;
         }
         store_entry_release(rq->stale);
@@ -1381,12 +1097,12 @@ on_admitted(void *arg, int status)
 {
     struct gw_req *rq = arg;
     if (status != 0) {
-        fail(rq, 503, "the store is unavailable");
+        gw_fail(rq, 503, "the store is unavailable");
         return;
     }
     if (rq->admit.refused_closed) {
-        fail(rq, 503,
-             "the rate-limit store is unavailable and a limit of this endpoint fails closed");
+        gw_fail(rq, 503,
+                "the rate-limit store is unavailable and a limit of this endpoint fails closed");
         return;
     }
     add_limit_headers(rq);
@@ -1422,7 +1138,7 @@ run_tenant_hooks(struct gw_req *rq)
     tenant_hooks_run(rq->wk->tenants, rq->policy, rq->tn, &call, &rq->dec);
     rq->hooked = 1;
     if (rq->dec.deny_status) {
-        fail(rq, rq->dec.deny_status, rq->dec.deny_message);
+        gw_fail(rq, rq->dec.deny_status, rq->dec.deny_message);
         return -1;
     }
     return 0;
@@ -1461,14 +1177,14 @@ admit(struct gw_req *rq)
         struct store_limit *sl = &rq->limits[nl];
         if (l->is_tier) {
             sl->rule = &rq->tier->rule;
-            sl->key = caller_key(rq, &sl->keylen);
+            sl->key = gw_caller_key(rq, &sl->keylen);
         } else {
             sl->rule = &l->rule;
-            sl->key = expand(rq, l->key, &sl->keylen);
+            sl->key = gw_expand(rq, l->key, &sl->keylen);
         }
         sl->fail_closed = l->fail_closed;
         if (!sl->key) {
-            fail(rq, 400, "request values too long for a limit key");
+            gw_fail(rq, 400, "request values too long for a limit key");
             return;
         }
         sl->cost = l->cost;
@@ -1494,16 +1210,16 @@ admit(struct gw_req *rq)
     }
     if (ep->cached && !rq->bypass &&
         (rq->sr->http.method == HTTP_GET || rq->sr->http.method == HTTP_HEAD)) {
-        a->cache_key = expand(rq, ep->cache_key, &a->cache_keylen);
+        a->cache_key = gw_expand(rq, ep->cache_key, &a->cache_keylen);
         if (!a->cache_key) {
-            fail(rq, 400, "request values too long for a cache key");
+            gw_fail(rq, 400, "request values too long for a cache key");
             return;
         }
         size_t nt = 0;
         for (size_t i = 0; i < ep->ntags && nt < MAX_TAGS; i++) {
-            rq->tags[nt] = expand(rq, ep->tags[i], &rq->taglens[nt]);
+            rq->tags[nt] = gw_expand(rq, ep->tags[i], &rq->taglens[nt]);
             if (!rq->tags[nt]) {
-                fail(rq, 400, "request values too long for a cache tag");
+                gw_fail(rq, 400, "request values too long for a cache tag");
                 return;
             }
             nt++;
@@ -1514,7 +1230,7 @@ admit(struct gw_req *rq)
     if (rq->refresh) {
         /* The refresh of a stale entry: its lease is held, its tag generations known. */
         if (!a->cache_key) {
-            req_free(rq);
+            gw_req_free(rq);
             return;
         }
         if (rq->primary_len) {
@@ -1532,8 +1248,8 @@ admit(struct gw_req *rq)
     store_admit_and_lookup(rq->wk->store, a, on_admitted, rq);
 }
 
-static void
-set_tier(struct gw_req *rq, const char *name, size_t len)
+void
+gw_set_tier(struct gw_req *rq, const char *name, size_t len)
 {
     const struct policy *p = rq->policy;
     rq->tier = len ? policy_tier_find(p, name, len) : NULL;
@@ -1553,11 +1269,11 @@ on_tier(void *arg, const struct db_result *res)
         size_t tl = res->value ? res->value_len : 0;
         tier_cache_put(rq->wk->tiers, rq->user, rq->user_len, t, tl,
                        store_now_ms() + id->tier_ttl_ms);
-        set_tier(rq, t, tl);
+        gw_set_tier(rq, t, tl);
     } else {
         /* The lookup failed: serve under the default tier, and do not remember it. */
         fprintf(stderr, "sluice: tier lookup failed: %s\n", res->detail);
-        set_tier(rq, NULL, 0);
+        gw_set_tier(rq, NULL, 0);
     }
     admit(rq);
 }
@@ -1581,25 +1297,25 @@ identify_tier(struct gw_req *rq)
         rq->ep = tenant_endpoint(rq->tn, rq->ep);
     const struct policy_identity *id = &rq->policy->identity;
     if (!rq->user || !needs_tier(rq->ep)) {
-        set_tier(rq, NULL, 0);
+        gw_set_tier(rq, NULL, 0);
         admit(rq);
         return;
     }
     if (id->tier_header) {
         const struct http_str *v = http_header_get(&rq->sr->http, id->tier_header);
-        set_tier(rq, v ? v->p : NULL, v ? v->len : 0);
+        gw_set_tier(rq, v ? v->p : NULL, v ? v->len : 0);
         admit(rq);
         return;
     }
     if (!id->tier_sql) {
-        set_tier(rq, NULL, 0);
+        gw_set_tier(rq, NULL, 0);
         admit(rq);
         return;
     }
     const char *t;
     size_t tl;
     if (tier_cache_get(rq->wk->tiers, rq->user, rq->user_len, store_now_ms(), &t, &tl)) {
-        set_tier(rq, t, tl);
+        gw_set_tier(rq, t, tl);
         admit(rq);
         return;
     }
@@ -1616,7 +1332,7 @@ identify_tier(struct gw_req *rq)
             params[i] = NULL;
     }
     if (!rq->wk->db || db_query(rq->wk->db, id->tier_sql, (int)n, params, on_tier, rq) != 0) {
-        set_tier(rq, NULL, 0);
+        gw_set_tier(rq, NULL, 0);
         admit(rq);
     }
 }
@@ -1634,8 +1350,8 @@ uses_body(const struct policy_endpoint *ep)
 }
 
 /* Reads a trusted identity header; -1 when it is unusable. */
-static int
-identity_header(struct gw_req *rq, const char *name, const char **val, size_t *len)
+int
+gw_identity_header(struct gw_req *rq, const char *name, const char **val, size_t *len)
 {
     *val = NULL;
     *len = 0;
@@ -1673,14 +1389,14 @@ req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
 }
 
 /* Reads the caller's identity and body, then goes on to the tier, limits and lookup. */
-static void
-req_begin(struct gw_req *rq)
+void
+gw_req_begin(struct gw_req *rq)
 {
     struct server_request *sr = rq->sr;
     const struct policy *p = rq->policy;
-    if (identity_header(rq, p->identity.user_header, &rq->user, &rq->user_len) != 0 ||
-        identity_header(rq, p->identity.tenant_header, &rq->tenant, &rq->tenant_len) != 0) {
-        fail(rq, 400, "identity header too long");
+    if (gw_identity_header(rq, p->identity.user_header, &rq->user, &rq->user_len) != 0 ||
+        gw_identity_header(rq, p->identity.tenant_header, &rq->tenant, &rq->tenant_len) != 0) {
+        gw_fail(rq, 400, "identity header too long");
         return;
     }
     if (sr->body_len > 0 && uses_body(rq->ep)) {
@@ -1690,15 +1406,15 @@ req_begin(struct gw_req *rq)
             char detail[300];
             snprintf(detail, sizeof(detail), "malformed JSON body: %s (line %d, column %d)",
                      jerr.text, jerr.line, jerr.column);
-            fail(rq, 400, detail);
+            gw_fail(rq, 400, detail);
             return;
         }
         if (!json_is_object(rq->body)) {
-            fail(rq, 400, "the JSON body must be an object");
+            gw_fail(rq, 400, "the JSON body must be an object");
             return;
         }
     } else if (uses_body(rq->ep)) {
-        fail(rq, 400, "this endpoint needs a JSON object body");
+        gw_fail(rq, 400, "this endpoint needs a JSON object body");
         return;
     }
     identify_tier(rq);
@@ -1734,7 +1450,7 @@ handle(struct server_request *sr, void *state)
                                allow);
         return;
     }
-    req_begin(req_new(wk, sr, p, &m));
+    gw_req_begin(req_new(wk, sr, p, &m));
 }
 
 /*
@@ -1742,9 +1458,9 @@ handle(struct server_request *sr, void *state)
  * HTTP/1.1 bytes in raw (taken; head_len bytes of head, then the body), on
  * snapshot p. Returns it routed, or NULL when it does not parse or route.
  */
-static struct gw_req *
-detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t head_len,
-             const char *ip)
+struct gw_req *
+gw_detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t head_len,
+                const char *ip)
 {
     struct server_request sr;
     memset(&sr, 0, sizeof(sr));
@@ -1765,6 +1481,10 @@ detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t he
     rq->own_sr.worker = wk->w;
     rq->sr = &rq->own_sr;
     rq->detached = true;
+    rq->bg_next = wk->background;
+    if (wk->background)
+        wk->background->bg_prev = rq;
+    wk->background = rq;
     *raw = (struct sbuf){0};
     return rq;
 }
@@ -1781,6 +1501,8 @@ start_refresh(struct gw_req *rq)
     struct sbuf raw = {0};
     sbuf_printf(&raw, "%.*s %.*s HTTP/1.1\r\n", (int)h->method_str.len, h->method_str.p,
                 (int)h->target.len, h->target.p);
+    if (!h->host.p)
+        sbuf_adds(&raw, "Host: sluice\r\n"); /* an HTTP/1.0 request may have none */
     for (size_t i = 0; i < h->nheaders; i++) {
         const struct http_header *f = &h->headers[i];
         if ((f->name.len == 14 && strncasecmp(f->name.p, "content-length", 14) == 0) ||
@@ -1791,7 +1513,7 @@ start_refresh(struct gw_req *rq)
     }
     sbuf_adds(&raw, "\r\n");
     size_t head_len = raw.len;
-    struct gw_req *c = detached_new(rq->wk, rq->policy, &raw, head_len, rq->sr->ip);
+    struct gw_req *c = gw_detached_new(rq->wk, rq->policy, &raw, head_len, rq->sr->ip);
     if (!c)
         return; /* the lease runs out by itself */
     c->refresh = true;
@@ -1801,188 +1523,7 @@ start_refresh(struct gw_req *rq)
                  rq->admit.cache_key);
         c->primary_len = 1; /* the entry varies: admit() takes the secondary key from vkey */
     }
-    req_begin(c);
-}
-
-/* ---- warming ------------------------------------------------------------------------------ */
-
-static void
-warm_clear(struct warm_state *ws)
-{
-    for (size_t i = 0; i < ws->nitems; i++) {
-        free(ws->items[i].user);
-        free(ws->items[i].tenant);
-    }
-    free(ws->items);
-    ws->items = NULL;
-    ws->nitems = ws->next = 0;
-    ws->queries_pending = 0;
-    policy_release(ws->policy);
-    ws->policy = NULL;
-}
-
-static void
-warm_add(struct warm_state *ws, const struct policy_endpoint *ep, const char *user, size_t ulen,
-         const char *tenant, size_t tlen)
-{
-    if (ws->nitems % 64 == 0)
-        ws->items = xrealloc(ws->items, (ws->nitems + 64) * sizeof(*ws->items));
-    struct warm_item *it = &ws->items[ws->nitems++];
-    it->ep = ep;
-    it->user = user ? xstrndup(user, ulen) : NULL;
-    it->tenant = tenant ? xstrndup(tenant, tlen) : NULL;
-}
-
-struct warm_query {
-    struct gw_worker *wk;
-    struct policy *policy; /* the generation it was asked for */
-    const struct policy_endpoint *ep;
-};
-
-static void warm_tick(evutil_socket_t fd, short what, void *arg);
-
-static void
-warm_schedule(struct gw_worker *wk)
-{
-    struct timeval tv = {0, WARM_TICK_MS * 1000};
-    evtimer_add(wk->warm.timer, &tv);
-}
-
-/* The rows of a warm query: each row's first column a user, its second (if any) a tenant. */
-static void
-on_warm_rows(void *arg, const struct db_result *res)
-{
-    struct warm_query *q = arg;
-    struct warm_state *ws = &q->wk->warm;
-    if (ws->policy != q->policy) {
-        /* A newer generation is being warmed meanwhile. */
-        policy_release(q->policy);
-        free(q);
-        return;
-    }
-    ws->queries_pending--;
-    json_t *rows =
-        res->status == DB_OK && res->value ? json_loadb(res->value, res->value_len, 0, NULL) : NULL;
-    if (!rows)
-        fprintf(stderr, "sluice: the warm query of %s failed: %s\n", q->ep->name,
-                res->status == DB_OK ? "no rows" : res->detail);
-    size_t i;
-    json_t *row;
-    json_array_foreach(rows, i, row)
-    {
-        const char *col[2] = {NULL, NULL};
-        char num[2][32];
-        int n = 0;
-        const char *k;
-        json_t *v;
-        json_object_foreach(row, k, v)
-        {
-            if (n == 2)
-                break;
-            if (json_is_string(v)) {
-                col[n] = json_string_value(v);
-            } else if (json_is_integer(v)) {
-                snprintf(num[n], sizeof(num[n]), "%lld", (long long)json_integer_value(v));
-                col[n] = num[n];
-            }
-            n++;
-        }
-        if (col[0])
-            warm_add(ws, q->ep, col[0], strlen(col[0]), col[1], col[1] ? strlen(col[1]) : 0);
-    }
-    json_decref(rows);
-    struct gw_worker *wk = q->wk;
-    policy_release(q->policy);
-    free(q);
-    warm_schedule(wk);
-}
-
-/* Starts warming generation p: the fixed callers now, the queried ones as they arrive. */
-static void
-warm_start(struct gw_worker *wk, struct policy *p)
-{
-    struct warm_state *ws = &wk->warm;
-    warm_clear(ws);
-    ws->filled = ws->hits = ws->failed = 0;
-    bool any = false;
-    for (size_t i = 0; i < p->nendpoints; i++)
-        any |= p->endpoints[i].warm != NULL;
-    if (!any)
-        return;
-    policy_ref(p);
-    ws->policy = p;
-    for (size_t i = 0; i < p->nendpoints; i++) {
-        const struct policy_endpoint *ep = &p->endpoints[i];
-        const struct policy_warm *w = ep->warm;
-        if (!w)
-            continue;
-        for (size_t j = 0; j < w->ncallers; j++) {
-            const struct policy_warm_caller *c = &w->callers[j];
-            warm_add(ws, ep, c->user, c->user ? strlen(c->user) : 0, c->tenant,
-                     c->tenant ? strlen(c->tenant) : 0);
-        }
-        if (w->sql && wk->db) {
-            char *sql = xasprintf("SELECT coalesce(json_agg(row_to_json(t)), '[]')::text FROM "
-                                  "(%s) t",
-                                  w->sql);
-            struct warm_query *q = xmalloc(sizeof(*q));
-            q->wk = wk;
-            policy_ref(p);
-            q->policy = p;
-            q->ep = ep;
-            if (db_query(wk->db, sql, 0, NULL, on_warm_rows, q) == 0) {
-                ws->queries_pending++;
-            } else {
-                policy_release(p);
-                free(q);
-            }
-            free(sql);
-        }
-    }
-    warm_schedule(wk);
-}
-
-/* Sends the next few warming requests, at most WARM_PER_TICK per tick and WARM_MAX_INFLIGHT. */
-static void
-warm_tick(evutil_socket_t fd, short what, void *arg)
-{
-    struct gw_worker *wk = arg;
-    struct warm_state *ws = &wk->warm;
-    if (!ws->policy)
-        return;
-    unsigned sent = 0;
-    while (ws->next < ws->nitems && sent < WARM_PER_TICK && ws->inflight < WARM_MAX_INFLIGHT) {
-        const struct warm_item *it = &ws->items[ws->next++];
-        const struct policy_identity *id = &ws->policy->identity;
-        const char *target = strchr(it->ep->name, ' ');
-        if (!target || strchr(target, '*'))
-            continue;
-        struct sbuf raw = {0};
-        sbuf_printf(&raw, "GET %s HTTP/1.1\r\nHost: sluice\r\n", target + 1);
-        if (it->user && id->user_header)
-            sbuf_printf(&raw, "%s: %s\r\n", id->user_header, it->user);
-        if (it->tenant && id->tenant_header)
-            sbuf_printf(&raw, "%s: %s\r\n", id->tenant_header, it->tenant);
-        sbuf_adds(&raw, "\r\n");
-        struct gw_req *rq = detached_new(wk, ws->policy, &raw, raw.len, "127.0.0.1");
-        if (!rq) {
-            ws->failed++;
-            continue;
-        }
-        rq->warm = true;
-        ws->inflight++;
-        sent++;
-        req_begin(rq);
-    }
-    if (ws->next < ws->nitems || ws->queries_pending || ws->inflight) {
-        warm_schedule(wk);
-        return;
-    }
-    fprintf(stderr,
-            "sluice: warmed generation %llu: %llu filled, %llu already cached, %llu failed\n",
-            (unsigned long long)ws->policy->generation, (unsigned long long)ws->filled,
-            (unsigned long long)ws->hits, (unsigned long long)ws->failed);
-    warm_clear(ws);
+    gw_req_begin(c);
 }
 
 /* ---- workers ------------------------------------------------------------------------------ */
@@ -2069,7 +1610,7 @@ worker_init(struct worker *w, void *ctx)
         fprintf(stderr, "sluice: worker %u: database: %s\n", worker_index(w), err);
     wk->up = upstream_pool_new(worker_base(w), NULL);
     if (worker_index(w) == 0) /* one worker warms: the cache is shared */
-        wk->warm.timer = evtimer_new(worker_base(w), warm_tick, wk);
+        gw_warm_init(wk);
     worker_policy(wk);
     wk->health_timer = event_new(worker_base(w), -1, EV_PERSIST, publish_health, wk);
     struct timeval tv = {0, HEALTH_PUBLISH_MS * 1000};
@@ -2084,19 +1625,20 @@ worker_fini(void *state)
     struct gw_worker *wk = state;
     if (!wk)
         return;
+    /* Clients are gone; background requests may still be in flight. From here on none goes to
+     * an origin: each pool and the store answer what they hold, and whoever waits fails. */
+    wk->closing = true;
     if (wk->health_timer)
         event_free(wk->health_timer);
-    if (wk->warm.timer) {
-        event_free(wk->warm.timer);
-        wk->warm.timer = NULL;
-    }
-    warm_clear(&wk->warm);
-    upstream_pool_free(wk->up); /* answers the calls of background requests, which end */
+    gw_warm_free(wk);
+    upstream_pool_free(wk->up);
     if (wk->db)
         db_pool_free(wk->db);
+    wk->store->ops->destroy(wk->store);
+    while (wk->background) /* what is left waits on a timer for another's fill */
+        gw_fail(wk->background, 503, "the server is shutting down");
     tier_cache_free(wk->tiers);
     tenant_runtime_free(wk->tenants);
-    wk->store->ops->destroy(wk->store);
     policy_release(wk->policy);
     free(wk);
 }
@@ -2111,211 +1653,4 @@ gateway_app(struct gateway *g)
         .ctx = g,
     };
     return app;
-}
-
-/* ---- explain ------------------------------------------------------------------------------ */
-
-static json_t *
-expanded_list(struct gw_req *rq, struct template *const *t, size_t n)
-{
-    json_t *a = json_array();
-    for (size_t i = 0; i < n; i++) {
-        size_t len;
-        const char *k = expand(rq, t[i], &len);
-        json_array_append_new(a, k ? json_stringn(k, len) : json_string("(too long)"));
-    }
-    return a;
-}
-
-static json_t *
-limit_json(struct gw_req *rq, const struct policy_limit *l)
-{
-    const struct limiter_rule *rule = l->is_tier ? &rq->tier->rule : &l->rule;
-    size_t len;
-    const char *key = l->is_tier ? caller_key(rq, &len) : expand(rq, l->key, &len);
-    json_t *o =
-        json_pack("{s:s, s:s, s:I, s:f, s:I, s:s}", "name", l->is_tier ? rq->tier->name : l->name,
-                  "algorithm", limiter_algo_name(rule->algo), "limit", (json_int_t)rule->limit,
-                  "window_seconds", (double)rule->window_ms / 1000.0, "cost", (json_int_t)l->cost,
-                  "fail", l->fail_closed ? "closed" : "open");
-    json_object_set_new(o, "key", key ? json_stringn(key, len) : json_string("(too long)"));
-    if (rule->algo == LIMITER_TOKEN_BUCKET)
-        json_object_set_new(o, "burst",
-                            json_integer((json_int_t)(rule->burst ? rule->burst : rule->limit)));
-    if (l->is_tier)
-        json_object_set_new(o, "from", json_string("tier"));
-    return o;
-}
-
-static const char *const source_names[] = {"sql", "upstream", "static"};
-
-static char *
-explain(struct policy *p, struct server_request *sr, const char *tier, char *err, size_t errlen)
-{
-    const struct http_request *h = &sr->http;
-    struct router_match m;
-    enum router_result r = router_match(p->router, h->method_str.p, h->method_str.len, h->path.p,
-                                        h->path.len, h->query.p, h->query.len, &m);
-    char *line = xasprintf("%.*s %.*s", (int)h->method_str.len, h->method_str.p, (int)h->target.len,
-                           h->target.p);
-    json_t *o = json_pack("{s:I, s:s}", "generation", (json_int_t)p->generation, "request", line);
-    free(line);
-    if (r != ROUTER_FOUND) {
-        json_object_set_new(o, "status", json_integer(r == ROUTER_NOT_FOUND ? 404 : 405));
-        json_object_set_new(o, "endpoint", json_null());
-        char *s = json_dumps(o, JSON_INDENT(2));
-        json_decref(o);
-        return s;
-    }
-    struct gw_req *rq = xcalloc(1, sizeof(*rq));
-    rq->sr = sr;
-    policy_ref(p);
-    rq->policy = p;
-    rq->ep = m.data;
-    rq->m = m;
-    const struct policy_endpoint *ep = rq->ep;
-    const struct policy_identity *id = &p->identity;
-    char *out = NULL;
-    const struct policy_tier *main_tier = NULL;
-    if (identity_header(rq, id->user_header, &rq->user, &rq->user_len) != 0 ||
-        identity_header(rq, id->tenant_header, &rq->tenant, &rq->tenant_len) != 0) {
-        snprintf(err, errlen, "identity header too long");
-        goto done;
-    }
-    if (sr->body_len > 0) {
-        json_error_t jerr;
-        rq->body = json_loadb(sr->body, sr->body_len, 0, &jerr);
-    }
-    /* The caller's tenant file, as the request path applies it. */
-    rq->tn = tenant_find(p, rq->tenant, rq->tenant_len);
-    if (rq->tn)
-        rq->ep = tenant_endpoint(rq->tn, rq->ep);
-    ep = rq->ep;
-
-    /* The tier: from the header, as given, or the default (explain runs no SQL). */
-    const char *tier_from;
-    if (id->tier_header && rq->user) {
-        const struct http_str *v = http_header_get(h, id->tier_header);
-        set_tier(rq, v ? v->p : NULL, v ? v->len : 0);
-        tier_from = "header";
-    } else if (tier && rq->user) {
-        set_tier(rq, tier, strlen(tier));
-        tier_from = "given";
-    } else {
-        set_tier(rq, NULL, 0);
-        tier_from = !rq->user      ? "default (anonymous caller)"
-                    : id->tier_sql ? "default (explain does not run the SQL lookup)"
-                                   : "default";
-    }
-
-    /* A tenant's tier override carries its main tier's name. */
-    main_tier = rq->tier ? policy_tier_find(p, rq->tier->name, strlen(rq->tier->name)) : NULL;
-    json_t *caller = json_object();
-    json_object_set_new(caller, "user",
-                        rq->user ? json_stringn(rq->user, rq->user_len) : json_null());
-    json_object_set_new(caller, "tenant",
-                        rq->tenant ? json_stringn(rq->tenant, rq->tenant_len) : json_null());
-    json_object_set_new(caller, "ip", json_string(sr->ip));
-    json_object_set_new(caller, "tier", rq->tier ? json_string(rq->tier->name) : json_null());
-    json_object_set_new(caller, "tier_from", json_string(tier_from));
-    json_object_set_new(o, "caller", caller);
-
-    if (rq->tn) {
-        const struct tenant *tn = rq->tn;
-        json_t *hooks = json_array();
-        for (size_t i = 0; i < tn->nhooks; i++)
-            json_array_append_new(hooks, json_string(tn->hooks[i].name));
-        json_t *t = json_pack("{s:s, s:s, s:b, s:b, s:b, s:o, s:s}", "name", tn->name, "file",
-                              tn->file, "last_good_version", tn->last_good, "tier_override",
-                              rq->tier && rq->tier != main_tier, "endpoint_override",
-                              ep != (const struct policy_endpoint *)m.data, "hooks", hooks, "note",
-                              "hooks are not run by explain");
-        json_object_set_new(o, "tenant", t);
-    } else {
-        json_object_set_new(o, "tenant", json_null());
-    }
-
-    json_t *e = json_pack("{s:s, s:s, s:i, s:s}", "name", ep->name, "file", ep->file, "line",
-                          ep->line, "source", source_names[ep->source]);
-    if (ep->source == SOURCE_SQL)
-        json_object_set_new(e, "sql", json_string(ep->sql));
-    if (ep->source == SOURCE_UPSTREAM && ep->up)
-        json_object_set_new(e, "upstream",
-                            json_pack("{s:s, s:s, s:f}", "name", ep->up->name, "url", ep->up->url,
-                                      "timeout_seconds", (double)ep->up->timeout_ms / 1000.0));
-    json_object_set_new(o, "endpoint", e);
-
-    json_t *limits = json_array();
-    for (size_t i = 0; i < ep->nlimits; i++) {
-        if (ep->limits[i].is_tier && !rq->tier)
-            continue;
-        json_array_append_new(limits, limit_json(rq, &ep->limits[i]));
-    }
-    json_object_set_new(o, "limits", limits);
-
-    if (ep->cached) {
-        size_t len;
-        const char *key = expand(rq, ep->cache_key, &len);
-        json_t *c = json_pack("{s:f, s:b}", "ttl_seconds", (double)ep->ttl_ms / 1000.0, "shared",
-                              ep->shared);
-        json_object_set_new(c, "key", key ? json_stringn(key, len) : json_string("(too long)"));
-        json_object_set_new(c, "tags", expanded_list(rq, ep->tags, ep->ntags));
-        json_object_set_new(c, "stale_while_revalidate_seconds",
-                            json_real((double)ep->swr_ms / 1000.0));
-        json_object_set_new(c, "stale_if_error_seconds", json_real((double)ep->sie_ms / 1000.0));
-        if (ep->warm)
-            json_object_set_new(
-                c, "warm",
-                ep->warm->sql ? json_pack("{s:s}", "sql", ep->warm->sql)
-                              : json_pack("{s:I}", "callers", (json_int_t)ep->warm->ncallers));
-        json_object_set_new(o, "cache", c);
-    } else {
-        json_object_set_new(o, "cache", json_null());
-    }
-    json_object_set_new(o, "invalidate", expanded_list(rq, ep->invalidate, ep->ninvalidate));
-    out = json_dumps(o, JSON_INDENT(2));
-done:
-    json_decref(o);
-    if (rq->body)
-        json_decref(rq->body);
-    policy_release(rq->policy);
-    free(rq);
-    return out;
-}
-
-char *
-gateway_explain_request(struct policy *p, const char *line, const char *const *headers,
-                        size_t nheaders, const char *body, const char *ip, const char *tier,
-                        char *err, size_t errlen)
-{
-    struct sbuf raw = {0};
-    const char *sp = strchr(line, ' ');
-    if (!sp || sp == line || sp[1] != '/') {
-        snprintf(err, errlen, "expected a request like 'GET /path?query', got '%s'", line);
-        return NULL;
-    }
-    sbuf_printf(&raw, "%.*s %s HTTP/1.1\r\nHost: explain\r\n", (int)(sp - line), line, sp + 1);
-    for (size_t i = 0; i < nheaders; i++)
-        sbuf_printf(&raw, "%s\r\n", headers[i]);
-    size_t blen = body ? strlen(body) : 0;
-    if (blen)
-        sbuf_printf(&raw, "Content-Length: %zu\r\n", blen);
-    sbuf_adds(&raw, "\r\n");
-    size_t head_len = raw.len;
-    if (blen)
-        sbuf_add(&raw, body, blen);
-    struct server_request sr;
-    memset(&sr, 0, sizeof(sr));
-    int r = http_parse_request(raw.p, raw.len, &sr.http);
-    char *out = NULL;
-    if (r <= 0) {
-        snprintf(err, errlen, "the request line or a header is malformed");
-    } else {
-        sr.body = blen ? raw.p + head_len : NULL;
-        sr.body_len = blen;
-        sr.ip = ip;
-        out = explain(p, &sr, tier, err, errlen);
-    }
-    sbuf_free(&raw);
-    return out;
 }

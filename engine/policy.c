@@ -678,7 +678,7 @@ compile_set(struct compile *c)
 static void
 hash_hex(const char *s, size_t len, char out[17])
 {
-    uint64_t h = 1469598103934665603ULL;
+    uint64_t h = 14695981039346656037ULL;
     for (size_t i = 0; i < len; i++) {
         h ^= (unsigned char)s[i];
         h *= 1099511628211ULL;
