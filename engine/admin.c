@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "notify.h"
 #include "policy.h"
 #include "reload.h"
 #include "store.h"
@@ -87,6 +88,8 @@ status_json(const struct admin_config *cfg)
     json_t *o = json_loads(text, 0, NULL);
     free(text);
     json_object_set_new(o, "store", gateway_store_status(cfg->gateway));
+    if (cfg->notifier)
+        json_object_set_new(o, "notify", notify_status(cfg->notifier));
     char *s = json_dumps(o, JSON_INDENT(2));
     json_decref(o);
     return s;

@@ -6,11 +6,13 @@
 
 struct reloader;
 struct gateway;
+struct notifier;
 
 struct admin_config {
     struct reloader *reloader; /* borrowed */
     struct gateway *gateway;   /* borrowed: store health, and the store POST /invalidate uses
                                   (NULL: none, /invalidate answers 503) */
+    struct notifier *notifier; /* borrowed: database-driven invalidation for /status, or NULL */
     const char *token;         /* bearer token required when set */
 };
 

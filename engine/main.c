@@ -557,6 +557,7 @@ cmd_serve(int argc, char **argv)
         notifier = notify_start(sc.gw, gcfg.database_url, err, sizeof(err));
         if (!notifier)
             fprintf(stderr, "sluice serve: database-driven invalidation is off: %s\n", err);
+        acfg.notifier = notifier; /* the admin thread has not started yet */
     }
     if (!sc.server) {
         fprintf(stderr, "sluice serve: %s\n", err);

@@ -5,6 +5,7 @@ triggers `sluice triggers` generates and the LISTEN connection of `sluice serve`
 This file restarts PostgreSQL, so it runs on a cluster of its own (pg_virtualenv), never on
 one that other tests share."""
 
+import json
 import os
 import statistics
 import subprocess
@@ -256,6 +257,17 @@ class Notify(NotifyCase):
             self.wait_miss("/api/crm?type=contacts", PRO, ch)
             self.assertEqual(self.cache("/api/dashboard", PRO), "MISS")  # dash:{row.owner_id}
             self.assertEqual(self.cache("/api/crm?type=contacts", STARTER), "HIT")
+
+    def test_status_reports_the_listener(self):
+        self.fill("/api/crm?type=contacts", PRO)
+        ch = self.change("UPDATE contacts SET company = 'Status' WHERE owner_id = %d" % PRO)
+        self.wait_miss("/api/crm?type=contacts", PRO, ch)
+        st, _, body = self.s.admin("GET", "/status")
+        self.assertEqual(st, 200)
+        n = json.loads(body)["notify"]
+        self.assertEqual((n["state"], n["channel"]), ("listening", "sluice_changes"))
+        self.assertGreaterEqual(n["notifications"], 1)
+        self.assertGreaterEqual(n["invalidations"], 1)
 
     def test_moving_a_row_invalidates_both_owners(self):
         cid = self.sql.run("SELECT min(id) FROM contacts WHERE owner_id = %d" % STARTER)[0]
