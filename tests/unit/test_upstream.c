@@ -22,6 +22,7 @@
 
 #include "http_parse.h"
 #include "upstream.h"
+#include "upstream_parse.h"
 #include "util.h"
 
 #define LIT(s) s, sizeof(s) - 1

@@ -1,0 +1,147 @@
+/* store_redis_codec.h - the Redis store's data in Redis: key names, hash tags, stored responses. */
+#ifndef SLUICE_STORE_REDIS_CODEC_H
+#define SLUICE_STORE_REDIS_CODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <hiredis/hiredis.h>
+
+#include "limiter.h"
+#include "util.h"
+
+struct store_entry;
+
+#define MAX_HASH_TAG 40          /* bytes of a hash tag taken from a key as it is */
+#define EXACT_LIMIT (1ull << 53) /* the scripts' doubles hold integers exactly below this */
+#define TOKEN_LEN 8              /* bytes of a fill token */
+
+/*
+ * The stored response: [body][content type][headers][etag], then the head's trailer
+ * [u32 content type length][u32 headers length][u32 etag length][u64 stale_ms]
+ * [u16 status][u8 flags][u8 which of content type (1), headers (2), etag (4) are set],
+ * written by the gateway, then [f64 stored_ms][f64 expires_ms][8-byte fill token], appended
+ * by fill.lua. The body comes first so that it is used in place.
+ */
+#define HEAD_TRAILER_LEN (4 + 4 + 4 + 8 + 2 + 1 + 1)
+#define TRAILER_LEN (HEAD_TRAILER_LEN + 8 + 8 + TOKEN_LEN)
+
+/*
+ * Writes the hash tag of the key raw[0..len) (the part store_redis_codec.c's
+ * opening comment calls TAG) to out (room for at least 18 bytes, not
+ * NUL-terminated). Returns its length: at most MAX_HASH_TAG.
+ */
+size_t codec_hash_tag(const char *raw, size_t len, char *out);
+
+/*
+ * Returns the rule as it decides behaviour: what makes two limits one counter
+ * (as in the memory store).
+ */
+struct limiter_rule codec_rule_identity(const struct limiter_rule *r);
+
+/* Returns whether the scripts' doubles compute the rule exactly (every intermediate below 2^53). */
+bool codec_rule_exact(const struct limiter_rule *id);
+
+/* Appends to b the key of a limit: "sl:{TAG}:l:ALGO:LIMIT:WINDOW:BURST:KEY", KEY raw[0..len). */
+void codec_limit_key(struct sbuf *b, const struct limiter_rule *id, const char *raw, size_t len);
+
+/*
+ * Appends to b the key of one part of a cache entry or of a tag: 'c' the entry (its fill token,
+ * expiry and tags), 'r' the stored response, 'f' the fill lease, 'v' a primary's variants,
+ * 't' a tag's generation.
+ */
+void codec_cache_key(struct sbuf *b, char kind, const char *raw, size_t len);
+
+/*
+ * Appends to b one RESP argument whose bytes are a key of `kind` ('l' with id:
+ * codec_limit_key(), else codec_cache_key()), built in scratch (the caller's
+ * buffer, overwritten).
+ */
+void codec_resp_key(struct sbuf *b, struct sbuf *scratch, char kind, const struct limiter_rule *id,
+                    const char *raw, size_t len);
+
+/*
+ * Reads a non-negative integer from an integer reply or a decimal string reply
+ * (r is borrowed). Returns 0 with *out set, or -1.
+ */
+int codec_reply_u64(const redisReply *r, uint64_t *out);
+
+/* Appends to b the head of e's stored response: everything but what fill.lua appends. */
+void codec_entry_head(struct sbuf *b, const struct store_entry *e);
+
+/* Returns the length codec_entry_head() appends for e. */
+size_t codec_entry_head_len(const struct store_entry *e);
+
+/*
+ * Returns a new entry that owns v (a malloc'd stored response of len bytes), or NULL, v
+ * untouched, when the value is malformed.
+ */
+struct store_entry *codec_entry_from_value(char *v, size_t len);
+
+/*
+ * Appends to b the SCAN pattern of the glob g[0..len): fnmatch's syntax written as Redis's,
+ * widened where it cannot be said exactly (an untranslated bracket becomes '?'), so that it
+ * matches at least the keys fnmatch matches (the process runs in the C locale: a character
+ * is a byte); the keys it returns are filtered with store_key_matches(). A bracket is kept
+ * when it holds only letters, digits and ranges between them; literal bytes are escaped.
+ */
+void codec_glob_to_redis(struct sbuf *b, const char *g, size_t len);
+
+/*
+ * Returns the cache key in the entry key k[0..klen) ("sl:{TAG}:c:KEY"), pointing into k,
+ * with its length in *rawlen; NULL when k is not an entry key.
+ */
+const char *codec_entry_key_raw(const char *k, size_t klen, size_t *rawlen);
+
+/* ---- small encoders ----------------------------------------------------------------------- */
+
+/* FNV-1a of p[0..n). */
+static inline uint64_t
+fnv1a(const char *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* Appends v in decimal. */
+static inline void
+put_u64(struct sbuf *b, uint64_t v)
+{
+    char buf[20];
+    size_t i = sizeof(buf);
+
+    do {
+        buf[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    sbuf_add(b, buf + i, sizeof(buf) - i);
+}
+
+/* Appends v as 4 little-endian bytes. */
+static inline void
+wr_u32(struct sbuf *b, uint32_t v)
+{
+    unsigned char p[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 24)};
+    sbuf_add(b, p, 4);
+}
+
+/* Appends v as a little-endian IEEE double, the scripts' struct.unpack('<d'). */
+static inline void
+wr_f64(struct sbuf *b, double v)
+{
+    uint64_t bits;
+    unsigned char p[8];
+
+    memcpy(&bits, &v, sizeof(bits));
+    for (int i = 0; i < 8; i++, bits >>= 8)
+        p[i] = (unsigned char)bits;
+    sbuf_add(b, p, 8);
+}
+
+#endif

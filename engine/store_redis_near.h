@@ -1,0 +1,54 @@
+/* store_redis_near.h - the Redis store's local copies of responses, by cache key and fill token. */
+#ifndef SLUICE_STORE_REDIS_NEAR_H
+#define SLUICE_STORE_REDIS_NEAR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store_redis_codec.h"
+
+struct store_entry;
+
+/* A copy: a reference on the entry stored under key with token. */
+struct near_entry {
+    struct near_entry *hnext;       /* bucket chain */
+    struct near_entry *prev, *next; /* recency list, most recent first */
+    uint64_t hash;
+    unsigned char token[TOKEN_LEN];
+    struct store_entry *entry; /* one reference */
+    size_t charge;
+    size_t keylen;
+    char key[];
+};
+
+/* The copies of one store handle; zeroed with max_bytes set is empty. One thread only. */
+struct near {
+    struct near_entry **buckets;
+    size_t mask;
+    size_t count;
+    size_t nsecondary; /* copies of secondary entries among count */
+    struct near_entry *head, *tail;
+    size_t bytes, max_bytes;
+};
+
+/* Returns the copy of key, made the most recent, or NULL. The copy is borrowed from n. */
+struct near_entry *near_find(struct near *n, const char *key, size_t keylen);
+
+/* Drops the copy of key, if any (its reference on the entry is released). */
+void near_drop(struct near *n, const char *key, size_t keylen);
+
+/*
+ * Keeps a new reference to entry as the copy of key stored with token (TOKEN_LEN bytes,
+ * copied), replacing any other and dropping the least recently used ones over the byte
+ * budget. An entry larger than a quarter of the budget is not kept (the old copy goes).
+ */
+void near_put(struct near *n, const char *key, size_t keylen, const unsigned char *token,
+              struct store_entry *entry);
+
+/* Drops the copies of key and, for a primary, of its secondaries (a walk of them all). */
+void near_drop_entry(struct near *n, const char *key, size_t keylen);
+
+/* Drops every copy and frees the table; n is empty after. */
+void near_free(struct near *n);
+
+#endif

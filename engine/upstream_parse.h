@@ -1,0 +1,127 @@
+/* upstream_parse.h - upstream HTTP/1.1 messages without I/O: answer parser, hop-by-hop rules.
+ */
+#ifndef SLUICE_UPSTREAM_PARSE_H
+#define SLUICE_UPSTREAM_PARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct http_request;
+struct sbuf;
+
+#define UPSTREAM_MAX_HEAD_BYTES (64 * 1024) /* status line and header section of an answer */
+
+enum upstream_error {
+    UPSTREAM_OK = 0,
+    UPSTREAM_CONNECT,   /* refused, unreachable, unknown host, reset before any answer: 502 */
+    UPSTREAM_TIMEOUT,   /* connect or response deadline passed: 504 */
+    UPSTREAM_PROTOCOL,  /* malformed or truncated answer: 502 */
+    UPSTREAM_TOO_LARGE, /* body over max_response_bytes: 502 */
+    UPSTREAM_SHUTDOWN,  /* the pool was freed first: 503 */
+};
+
+/* One header field of an answer; name and value are also NUL-terminated. */
+struct upstream_header {
+    const char *name;
+    size_t name_len;
+    const char *value; /* without surrounding whitespace */
+    size_t value_len;
+};
+
+/* An answer, or why there is none. Everything is borrowed, valid during the callback only. */
+struct upstream_response {
+    enum upstream_error error;
+    const char *detail; /* short human text when error != UPSTREAM_OK, else "" */
+    int status;         /* 200..599 (100..199 are skipped); 0 unless UPSTREAM_OK */
+    int minor_version;  /* of the answer: 0 or 1 */
+    /*
+     * End-to-end fields in the order received. Removed: Connection, Keep-Alive,
+     * Proxy-Authenticate, Proxy-Authorization, TE, Trailer, Transfer-Encoding,
+     * Upgrade, every field named in Connection, and Content-Length.
+     */
+    const struct upstream_header *fields;
+    size_t nfields;
+    const char *body; /* de-chunked; NUL-terminated (not counted in body_len) */
+    size_t body_len;
+};
+
+/*
+ * Appends to `out` the header lines to forward from a client's request:
+ * its end-to-end fields as received, then "X-Forwarded-For: <client_ip>" and
+ * "X-Forwarded-Proto: http". Dropped: Connection, Keep-Alive,
+ * Proxy-Authenticate, Proxy-Authorization, TE, Trailer, Transfer-Encoding,
+ * Upgrade and every field named in Connection (hop-by-hop); Host (the target's
+ * is sent instead), Content-Length and Expect (upstream_send frames the body);
+ * and the client's own X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host
+ * and Forwarded, which anyone can forge.
+ */
+void upstream_forward_headers(const struct http_request *h, const char *client_ip,
+                              struct sbuf *out);
+
+/*
+ * Returns the value (NUL-terminated, borrowed from res) of the first field
+ * named `name` (compared ignoring ASCII case), or NULL. Removed hop-by-hop
+ * fields and Content-Length are never found.
+ */
+const char *upstream_response_field(const struct upstream_response *res, const char *name);
+
+/*
+ * The answer parser, a state machine without I/O (the pool feeds it what it
+ * reads; the fuzz target and tests drive it directly).
+ */
+enum upstream_parse_status {
+    UPSTREAM_PARSE_MORE = 0,  /* needs more bytes */
+    UPSTREAM_PARSE_DONE = 1,  /* a complete answer: see upstream_parser_response() */
+    UPSTREAM_PARSE_ERROR = -1 /* see upstream_parser_response() for the error and detail */
+};
+
+struct upstream_parser;
+
+/*
+ * Returns a new parser for one answer to a request (head_request: the request
+ * was HEAD, so the answer has no body) keeping at most max_body body bytes.
+ */
+struct upstream_parser *upstream_parser_new(int head_request, size_t max_body);
+
+/* Frees ps and the answer it holds (NULL is allowed). */
+void upstream_parser_free(struct upstream_parser *ps);
+
+/* Makes the parser ready for the next answer on the same connection; buffers are kept. */
+void upstream_parser_reset(struct upstream_parser *ps, int head_request);
+
+/*
+ * Returns where the next bytes read go (owned by the parser) and sets *room
+ * (> 0) to how many may be written there. Only valid while the parser has
+ * returned UPSTREAM_PARSE_MORE.
+ */
+char *upstream_parser_space(struct upstream_parser *ps, size_t *room);
+
+/*
+ * Takes n (1..room) bytes just written at upstream_parser_space(). Returns an
+ * enum upstream_parse_status; DONE and ERROR stick.
+ */
+int upstream_parser_feed(struct upstream_parser *ps, size_t n);
+
+/*
+ * The peer closed the connection: ends a body delimited by the close (DONE),
+ * anything else incomplete is an ERROR. Returns an enum upstream_parse_status.
+ */
+int upstream_parser_eof(struct upstream_parser *ps);
+
+/*
+ * Fills *res from a parser that returned DONE or ERROR (error, detail, and on
+ * DONE the status, fields and body, borrowed from the parser until its next
+ * reset or free).
+ */
+void upstream_parser_response(struct upstream_parser *ps, struct upstream_response *res);
+
+/*
+ * Whether the connection can carry another request after this DONE answer:
+ * keep-alive by version and Connection, length known, no bytes beyond it.
+ */
+int upstream_parser_reusable(const struct upstream_parser *ps);
+
+/* Whether any byte of an answer (interim ones included) has been fed since the last reset. */
+int upstream_parser_started(const struct upstream_parser *ps);
+
+#endif
