@@ -17,8 +17,9 @@ Every request outside /__* answers a JSON reflection of what the origin received
    "tag": "...",               the tag of the path's configuration, if any
    "boot": "9f3a..."}          a token of this process's start
 
-What it answers is set per path, out of band (POST /__config), and by the query
-of the request itself (the query wins):
+What it answers is set per path, out of band (POST /__config), by the request
+headers X-Origin-Status: N and X-Origin-Delay-Ms: N, and by the query of the
+request itself (the query wins):
 
   delay_ms=N        wait N ms before answering
   status=N          answer status N
@@ -31,6 +32,8 @@ of the request itself (the query wins):
   pad=N             add "pad": N times "x" to the reflection (a large body)
   chunked=1         send the body with Transfer-Encoding: chunked, in pieces
   eof=1             send no length: the body ends when the connection closes
+  raw (config only) bytes (latin-1 text) written as the whole answer, as they are;
+                    the connection stays open unless "close": true
 
 Out of band (these never go through the gateway):
 
@@ -87,6 +90,12 @@ def _config_for(method, path):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "origin/1"
+
+    def setup(self):
+        super().setup()
+        # Headers and body go out in separate writes: without this, Nagle's algorithm and the
+        # peer's delayed ACK hold the body back for tens of milliseconds.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, fmt, *args):  # quiet
         pass
@@ -184,6 +193,10 @@ class Handler(BaseHTTPRequestHandler):
         text = c.get("body")
         pad = c.get("pad", 0)
         framing = "chunked" if c.get("chunked") else "eof" if c.get("eof") else "length"
+        if self.headers.get("X-Origin-Status"):
+            status = int(self.headers["X-Origin-Status"])
+        if self.headers.get("X-Origin-Delay-Ms"):
+            delay_ms = int(self.headers["X-Origin-Delay-Ms"])
         for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True):
             if k == "delay_ms":
                 delay_ms = int(v)
@@ -228,6 +241,11 @@ class Handler(BaseHTTPRequestHandler):
                 del log[:-LOG_KEEP]
             if delay_ms:
                 time.sleep(delay_ms / 1000.0)
+            if c.get("raw") is not None:
+                self.wfile.write(c["raw"].encode("latin-1"))
+                self.wfile.flush()
+                self.close_connection = bool(c.get("close"))
+                return
             if text is not None:
                 out = text.encode()
                 ctype = "text/plain"
