@@ -76,6 +76,12 @@ class Reload(SluiceTestCase):
         self.assertEqual(len(st["files"][0]["hash"]), 16)
         self.assertEqual(st["tenants"], [])
         self.assertEqual((st["store"]["kind"], st["store"]["state"]), ("memory", "ok"))
+        # Each worker publishes its store's state when it starts, then every 500 ms; the
+        # admin listener may answer before both have started.
+        deadline = time.time() + 5
+        while len(st["store"]["workers"]) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+            st = self.status()
         self.assertEqual(len(st["store"]["workers"]), 2)
         self.assertEqual(st["tenant_errors"], [])
         self.assertEqual(st["last_reload"]["result"], "ok")
