@@ -6,19 +6,15 @@
 # store. Ctrl-C stops both and removes the database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh build
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc)" --target sluice >/dev/null
-build/sluice check examples/proxy/policies
+. scripts/lib.sh
+build_sluice examples/proxy/policies
 
 listen=${SLUICE_LISTEN:-127.0.0.1:8080}
 admin=${SLUICE_ADMIN:-127.0.0.1:8081}
 exec tests/with-pg.sh bash -c '
     set -e
-    echo "loading examples/crm/schema.sql and seed.sql ..."
-    export PGOPTIONS="-c client_min_messages=warning"
-    psql -q -v ON_ERROR_STOP=1 -f examples/crm/schema.sql >/dev/null
-    psql -q -v ON_ERROR_STOP=1 -f examples/crm/seed.sql >/dev/null
+    . scripts/lib.sh
+    load_crm
     unset PGOPTIONS
 
     # The app, on the port examples/proxy/policies/20-upstream.lua names, run by
@@ -50,8 +46,9 @@ front of it on $url (Ctrl-C stops both). Try:
   curl -i -H "X-User-Id: 5" "$url/api/reports/pipeline"         # 10 per minute on top of the tier
   curl -i -X POST -d "{\"pattern\": \"dash:*\"}" "$adm/invalidate"   # empty every dashboard entry
 
-Stop the app (kill $app) and the dashboard keeps answering from the cache
-(X-Cache: STALE) for 10 minutes; uncached routes answer 502.
+Stop the app (kill $app): cached answers keep coming, the dashboard panels even
+past their ttl (X-Cache: STALE, for stale_if_error = 10 minutes); anything else
+answers 502 problem+json.
 
 MSG
     build/sluice serve --listen '"$listen"' --admin '"$admin"' examples/proxy/policies
