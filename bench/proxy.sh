@@ -29,11 +29,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-8}
-CONNECTIONS=${CONNECTIONS:-50}
-SERVER_CPU=${SERVER_CPU:-1}
-CLIENT_CPU=${CLIENT_CPU:-0}
+. bench/lib.sh
 BUILD_DIR=${BUILD_DIR:-build-bench}
 PEERS=${PEERS:-sluice nginx varnish varnish-vsthrottle}
 PROFILE=${PROFILE:-0}
@@ -70,9 +66,6 @@ cleanup() {
 trap cleanup EXIT
 die() { echo "proxy bench: $*" >&2; exit 1; }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 wait_port() { # PORT: until something answers HTTP there (at most 10 s)
     for _ in $(seq 100); do
         curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
@@ -276,8 +269,6 @@ if has_peer sluice; then
     tr -d '\r' <"$work/sluice.h" | sed -n '2,$p' | grep . | sed 's/^/    /'
 fi
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
 # Other work on this machine skews a round. Before each round, wait (at most QUIET_MAX s)
 # for a second in which both cores are at most QUIET_PCT % busy; print what was seen.
 QUIET_PCT=${QUIET_PCT:-10}
@@ -300,24 +291,15 @@ wait_quiet() { # -> prints the busy % of the last second before the round
         fi
     done
 }
-hz=$(getconf CLK_TCK)
 
 # run PEER -> prints "rps p50 us_per_req"
 run() {
-    local p=$1 pid=${pid_of[$1]} url="http://127.0.0.1:${port_of[$1]}/bench" t0 t1 out rps p50 reqs us
-    t0=$(cpu_ticks "$pid")
-    out=$(taskset -c "$CLIENT_CPU" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
-        -H "X-User-Id: $user_id" "$url")
-    t1=$(cpu_ticks "$pid")
-    if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
-        echo "$out" >&2
-        die "$p: errors or non-2xx answers during the run"
+    wrk_measure "${pid_of[$1]}" "http://127.0.0.1:${port_of[$1]}/bench" -H "X-User-Id: $user_id"
+    if grep -qE 'Non-2xx|Socket errors' <<<"$wrk_out"; then
+        echo "$wrk_out" >&2
+        die "$1: errors or non-2xx answers during the run"
     fi
-    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-    p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
-    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-    us=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
-    echo "$rps $p50 $us"
+    echo "$wrk_result"
 }
 
 declare -A best best_p50 best_us

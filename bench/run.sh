@@ -12,11 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-8}
-CONNECTIONS=${CONNECTIONS:-50}
-SERVER_CPU=${SERVER_CPU:-1}
-CLIENT_CPU=${CLIENT_CPU:-0}
+. bench/lib.sh
 CALLERS=${CALLERS:-1}
 wrk_caller=(-H 'X-User-Id: 42') # who the requests come from: one caller, or a rotation
 
@@ -34,10 +30,6 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 body="$root/bench/body.json"
 port_origin=$(free_port)
@@ -112,27 +104,14 @@ curl -fsS -D "$work/h" -o /dev/null -H 'X-User-Id: 42' "http://127.0.0.1:$port_s
 grep -qi '^X-Cache: HIT' "$work/h" || { echo "bench: sluice did not hit its cache" >&2; exit 1; }
 grep -qi '^X-RateLimit-Remaining' "$work/h" || { echo "bench: no rate-limit check" >&2; exit 1; }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
 # run NAME PID URL -> prints "rps p50 us_per_req"
 run() {
-    local pid=$2 url=$3 t0 t1 out rps p50 reqs
-    t0=$(cpu_ticks "$pid")
-    out=$(taskset -c "$CLIENT_CPU" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
-        "${wrk_caller[@]}" "$url")
-    t1=$(cpu_ticks "$pid")
-    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-    p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
-    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-    local hz
-    hz=$(getconf CLK_TCK)
-    local us
-    us=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
-    if grep -q 'Non-2xx' <<<"$out"; then
+    wrk_measure "$2" "$3" "${wrk_caller[@]}"
+    if grep -q 'Non-2xx' <<<"$wrk_out"; then
         echo "bench: $1 answered non-2xx responses:" >&2
-        grep 'Non-2xx' <<<"$out" >&2
+        grep 'Non-2xx' <<<"$wrk_out" >&2
     fi
-    echo "$rps $p50 $us"
+    echo "$wrk_result"
 }
 
 printf '%-34s %5s %12s %9s %12s\n' peer round req/s p50 cpu-us/req

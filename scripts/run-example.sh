@@ -5,18 +5,14 @@
 # embedded store. Ctrl-C stops it and removes the database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh build
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc)" --target sluice >/dev/null
-build/sluice check examples/crm/policies
+. scripts/lib.sh
+build_sluice examples/crm/policies
 
 listen=${SLUICE_LISTEN:-127.0.0.1:8080}
 exec tests/with-pg.sh bash -c '
     set -e
-    echo "loading examples/crm/schema.sql and seed.sql ..."
-    export PGOPTIONS="-c client_min_messages=warning"
-    psql -q -v ON_ERROR_STOP=1 -f examples/crm/schema.sql >/dev/null
-    psql -q -v ON_ERROR_STOP=1 -f examples/crm/seed.sql >/dev/null
+    . scripts/lib.sh
+    load_crm
     echo "installing the on_change triggers (sluice triggers examples/crm/policies | psql) ..."
     build/sluice triggers examples/crm/policies | psql -q -v ON_ERROR_STOP=1 >/dev/null
     url="http://'"$listen"'"
