@@ -230,11 +230,17 @@ def free_port():
 
 
 class RedisServer:
-    """A redis-server of the test's own on a free loopback port; stop() ends it."""
+    """A redis-server of the test's own on a free loopback port. stop() ends it and start()
+    brings it back on the same port; pause() and resume() freeze and thaw it; kill() ends it
+    at once, as a crash would."""
 
     def __init__(self):
         self.port = free_port()
         self.url = "redis://127.0.0.1:%d" % self.port
+        self.proc = None
+        self.start()
+
+    def start(self):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--loglevel", "warning"],
@@ -253,8 +259,29 @@ class RedisServer:
             raise RuntimeError("redis-cli %s: %s" % (args, r.stderr))
         return r.stdout.strip()
 
+    def keys(self, pattern="*"):
+        """The keys matching pattern (SCAN)."""
+        return [k for k in self.cli("--scan", "--pattern", pattern).split("\n") if k]
+
+    def keys_without_ttl(self):
+        """Every key, and those of them without a TTL (SCAN + PTTL)."""
+        keys = self.keys()
+        return keys, [k for k in keys if self.cli("PTTL", k) == "-1"]
+
+    def pause(self):
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.kill()
+        self.proc.wait()
+
     def stop(self):
-        if self.proc.poll() is None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server acts on SIGTERM only once thawed
             self.proc.terminate()
             try:
                 self.proc.wait(10)

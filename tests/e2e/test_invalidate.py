@@ -3,9 +3,6 @@ example CRM policies, with the memory store and with Redis (started here on a fr
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import time
 
 import lib
@@ -18,53 +15,12 @@ USERS = (2, 3, 4)
 KINDS = ("contacts", "projects", "deals")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Redis:
-    """A redis-server of the test's own on a loopback port."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = "redis://127.0.0.1:%d" % self.port
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            if self.cli("PING", check=False) == "PONG":
-                return
-            time.sleep(0.025)
-        raise RuntimeError("redis-server did not start")
-
-    def cli(self, *args, check=True):
-        r = subprocess.run(["redis-cli", "-p", str(self.port), "--raw"] + list(args),
-                           capture_output=True, text=True, timeout=10)
-        if check and r.returncode != 0:
-            raise RuntimeError("redis-cli %s: %s" % (args, r.stderr))
-        return r.stdout.strip()
-
-    def keys(self, pattern="*"):
-        return [k for k in self.cli("--scan", "--pattern", pattern).split("\n") if k]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 REDIS = None
 
 
 def setUpModule():
     global REDIS
-    REDIS = Redis()
+    REDIS = lib.RedisServer()
 
 
 def tearDownModule():
@@ -207,13 +163,13 @@ class InvalidateRedis(InvalidateMemory):
 
     def test_store_failure_is_503(self):
         self.fill()
-        REDIS.proc.send_signal(signal.SIGSTOP)
+        REDIS.pause()
         try:
             t0 = time.monotonic()
             st, h, p = self.invalidate({"pattern": "crm:*"})
             took = time.monotonic() - t0
         finally:
-            REDIS.proc.send_signal(signal.SIGCONT)
+            REDIS.resume()
         self.assertEqual(st, 503, p)
         self.assertEqual(h["content-type"], "application/problem+json")
         self.assertIn("retry", p["detail"])

@@ -6,8 +6,6 @@ import glob
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -87,78 +85,12 @@ CREATE SEQUENCE flaky_calls;
 """
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Redis:
-    """A redis-server of the test's own on a loopback port."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.url = "redis://127.0.0.1:%d" % self.port
-        self.proc = None
-        self.start()
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            if self.cli("PING", check=False) == "PONG":
-                return
-            time.sleep(0.025)
-        raise RuntimeError("redis-server did not start")
-
-    def cli(self, *args, check=True):
-        r = subprocess.run(["redis-cli", "-p", str(self.port), "--raw"] + list(args),
-                           capture_output=True, text=True, timeout=10)
-        if check and r.returncode != 0:
-            raise RuntimeError("redis-cli %s: %s" % (args, r.stderr))
-        return r.stdout.strip()
-
-    def pause(self):
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self):
-        self.proc.send_signal(signal.SIGCONT)
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def keys_without_ttl(self):
-        """Every key, and those of them without a TTL (SCAN + PTTL)."""
-        keys = [k for k in self.cli("--scan").split("\n") if k]
-        bad = []
-        for k in keys:
-            if self.cli("PTTL", k) == "-1":
-                bad.append(k)
-        return keys, bad
-
-
 REDIS = None
 
 
 def setUpModule():
     global REDIS
-    REDIS = Redis()
+    REDIS = lib.RedisServer()
 
 
 def tearDownModule():
