@@ -272,33 +272,41 @@ listen_on(int *port)
     return fd;
 }
 
-/* Starts an origin answering every request with `reply`; set behaviour fields before. */
+/* Serves requests arriving on the listening socket lfd, answering each with `reply`. */
 static void
-origin_start(struct origin *o, const char *reply, size_t reply_len)
+origin_serve(struct origin *o, int lfd, int port, const char *reply, size_t reply_len)
 {
     o->reply = reply;
     o->reply_len = reply_len;
     pthread_mutex_init(&o->mu, NULL);
-    o->lfd = listen_on(&o->port);
+    o->lfd = lfd;
+    o->port = port;
     assert_int_equal(pthread_create(&o->acceptor, NULL, origin_accept_main, o), 0);
+}
+
+/* Starts an origin on IPv4 loopback answering every request with `reply`; set behaviour
+   fields before. */
+static void
+origin_start(struct origin *o, const char *reply, size_t reply_len)
+{
+    int port, lfd = listen_on(&port);
+    origin_serve(o, lfd, port, reply, reply_len);
 }
 
 static void
 origin_stop(struct origin *o)
 {
-    struct sockaddr_in sa;
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof sa;
     int fd;
 
     pthread_mutex_lock(&o->mu);
     o->stopping = 1;
     pthread_mutex_unlock(&o->mu);
-    /* Wake the acceptor with one last connection. */
-    fd = socket(AF_INET, SOCK_STREAM, 0);
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sa.sin_port = htons((uint16_t)o->port);
-    connect(fd, (struct sockaddr *)&sa, sizeof sa);
+    /* Wake the acceptor with one last connection, to the address it listens on. */
+    assert_int_equal(getsockname(o->lfd, (struct sockaddr *)&sa, &len), 0);
+    fd = socket(sa.ss_family, SOCK_STREAM, 0);
+    connect(fd, (struct sockaddr *)&sa, len);
     pthread_join(o->acceptor, NULL);
     close(fd);
     pthread_mutex_lock(&o->mu);
@@ -313,6 +321,15 @@ origin_stop(struct origin *o)
     }
     close(o->lfd);
     pthread_mutex_destroy(&o->mu);
+}
+
+/* Waits up to half a second for the origin to have seen n connections end; returns how many. */
+static int
+origin_wait_closed(struct origin *o, int n)
+{
+    for (int i = 0; i < 100 && origin_get(o, &o->closed) < n; i++)
+        sleep_ms(5);
+    return origin_get(o, &o->closed);
 }
 
 /* ---- the event loop side ---- */
@@ -467,31 +484,97 @@ submit(struct upstream_pool *p, const struct upstream_target *t, const struct up
     return c;
 }
 
-/* Sends one GET to an origin answering `reply`, on a fresh pool; the answer is in *r. */
+/* Frees the answers' bodies: each argument a result, then NULL. */
+static void results_free(struct result *r, ...) __attribute__((sentinel));
+
+static void
+results_free(struct result *r, ...)
+{
+    va_list ap;
+
+    va_start(ap, r);
+    for (; r != NULL; r = va_arg(ap, struct result *))
+        result_free(r);
+    va_end(ap);
+}
+
+/* An origin, an event loop and a pool on it. */
+struct fixture {
+    struct origin o;                        /* set its behaviour fields before it starts */
+    const struct upstream_pool_config *cfg; /* the pool's; NULL: the defaults */
+    int serving;                            /* o runs: fixture_stop stops it */
+    struct loop l;
+    struct upstream_pool *p; /* NULL once freed */
+    struct upstream_target t;
+};
+
+/* The loop and the pool alone, with no origin. */
+static void
+fixture_pool(struct fixture *f)
+{
+    loop_init(&f->l);
+    f->p = upstream_pool_new(f->l.base, f->cfg);
+}
+
+/* With f->o serving: the loop and the pool, and f->t the origin with a timeout_ms deadline. */
+static void
+fixture_on_origin(struct fixture *f, uint64_t timeout_ms)
+{
+    f->serving = 1;
+    fixture_pool(f);
+    f->t = target(f->o.port, timeout_ms);
+}
+
+/* Starts an origin answering every request with `reply`, then the loop and the pool. */
+static void
+fixture_start(struct fixture *f, const char *reply, size_t reply_len, uint64_t timeout_ms)
+{
+    origin_start(&f->o, reply, reply_len);
+    fixture_on_origin(f, timeout_ms);
+}
+
+/* Frees the pool before the test's end: the calls it still holds are answered now. */
+static void
+fixture_free_pool(struct fixture *f)
+{
+    upstream_pool_free(f->p);
+    f->p = NULL;
+}
+
+static void
+fixture_stop(struct fixture *f)
+{
+    if (f->p != NULL)
+        upstream_pool_free(f->p);
+    loop_done(&f->l);
+    if (f->serving)
+        origin_stop(&f->o);
+}
+
+/* Sends req to f->t and runs the loop until it is answered. */
+static void
+call(struct fixture *f, const struct upstream_request *req, struct result *r)
+{
+    submit(f->p, &f->t, req, r, &f->l);
+    loop_run(&f->l, 5000);
+}
+
+/* Sends one request to an origin answering `reply`, on a fresh pool; the answer is in *r. */
 static void
 get_once(const char *reply, size_t reply_len, const char *method, struct result *r,
          const struct upstream_pool_config *cfg, struct origin *o_out)
 {
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {.cfg = cfg};
     struct upstream_request req = request(method, "/x");
 
-    memset(&o, 0, sizeof o);
-    origin_start(&o, reply, reply_len);
-    loop_init(&l);
-    p = upstream_pool_new(l.base, cfg);
-    t = target(o.port, 2000);
-    submit(p, &t, &req, r, &l);
-    loop_run(&l, 5000);
+    fixture_start(&f, reply, reply_len, 2000);
+    call(&f, &req, r);
     assert_int_equal(r->n, 1);
-    upstream_pool_free(p);
+    fixture_free_pool(&f);
     assert_int_equal(r->n, 1);
-    loop_done(&l);
-    origin_stop(&o);
+    fixture_stop(&f);
     if (o_out != NULL)
-        *o_out = o;
+        *o_out = f.o;
 }
 
 /* ---- the parser on its own ---- */
@@ -937,10 +1020,7 @@ test_forward_on_the_wire(void **state)
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     struct http_request h;
     struct sbuf hdrs = {0};
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {0};
     struct upstream_request req = request("PUT", "/items/1?a=b");
     struct result r = {0};
     char want[512];
@@ -948,18 +1028,13 @@ test_forward_on_the_wire(void **state)
 
     assert_true(http_parse_request(s, sizeof s - 1, &h) > 0);
     upstream_forward_headers(&h, "192.0.2.1", &hdrs);
-    memset(&o, 0, sizeof o);
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 2000);
-    t.host_header = "app.internal";
+    fixture_start(&f, LIT(reply), 2000);
+    f.t.host_header = "app.internal";
     req.headers = hdrs.p;
     req.headers_len = hdrs.len;
     req.body = "{}";
     req.body_len = 2;
-    submit(p, &t, &req, &r, &l);
-    loop_run(&l, 5000);
+    call(&f, &req, &r);
     assert_int_equal(r.error, UPSTREAM_OK);
     assert_int_equal(r.status, 200);
     snprintf(want, sizeof want,
@@ -971,12 +1046,10 @@ test_forward_on_the_wire(void **state)
              "Content-Length: 2\r\n"
              "\r\n"
              "{}");
-    pthread_mutex_lock(&o.mu);
-    assert_mem(o.last, o.last_len, want);
-    pthread_mutex_unlock(&o.mu);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
+    pthread_mutex_lock(&f.o.mu);
+    assert_mem(f.o.last, f.o.last_len, want);
+    pthread_mutex_unlock(&f.o.mu);
+    fixture_stop(&f);
     sbuf_free(&hdrs);
     result_free(&r);
 }
@@ -1033,36 +1106,23 @@ test_chunked_answer(void **state)
                                 "3;x=\"y z\"\r\nked\r\n"
                                 "a\r\n body ok!\n\r\n"
                                 "0\r\nX-Trailer: 1\r\n\r\n";
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {.o.piece = 7}; /* the answer arrives in many small reads */
     struct upstream_request req = request("GET", "/c");
     struct result r1 = {0}, r2 = {0};
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.piece = 7; /* the answer arrives in many small reads */
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 3000);
-    submit(p, &t, &req, &r1, &l);
-    loop_run(&l, 5000);
+    fixture_start(&f, LIT(reply), 3000);
+    call(&f, &req, &r1);
     assert_int_equal(r1.error, UPSTREAM_OK);
     assert_mem(r1.body, r1.body_len, "chunked body ok!\n");
     assert_string_equal(r1.fields, "");
     /* The connection is kept after a chunked answer. */
-    submit(p, &t, &req, &r2, &l);
-    loop_run(&l, 5000);
+    call(&f, &req, &r2);
     assert_int_equal(r2.error, UPSTREAM_OK);
     assert_mem(r2.body, r2.body_len, "chunked body ok!\n");
-    assert_int_equal(origin_get(&o, &o.accepted), 1);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
-    result_free(&r1);
-    result_free(&r2);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 1);
+    fixture_stop(&f);
+    results_free(&r1, &r2, NULL);
 }
 
 static void
@@ -1070,35 +1130,22 @@ test_close_delimited(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
                                 "read until the origin closes";
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {.o.close_after = 1};
     struct upstream_request req = request("GET", "/");
     struct result r1 = {0}, r2 = {0};
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.close_after = 1;
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 3000);
-    submit(p, &t, &req, &r1, &l);
-    loop_run(&l, 5000);
+    fixture_start(&f, LIT(reply), 3000);
+    call(&f, &req, &r1);
     assert_int_equal(r1.error, UPSTREAM_OK);
     assert_mem(r1.body, r1.body_len, "read until the origin closes");
-    assert_int_equal(upstream_pool_idle(p), 0);
-    assert_int_equal(upstream_pool_connections(p), 0);
-    submit(p, &t, &req, &r2, &l);
-    loop_run(&l, 5000);
+    assert_int_equal(upstream_pool_idle(f.p), 0);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    call(&f, &req, &r2);
     assert_int_equal(r2.error, UPSTREAM_OK);
-    assert_int_equal(origin_get(&o, &o.accepted), 2);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
-    result_free(&r1);
-    result_free(&r2);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 2);
+    fixture_stop(&f);
+    results_free(&r1, &r2, NULL);
 }
 
 static void
@@ -1108,45 +1155,32 @@ test_no_body_answers(void **state)
         "HTTP/1.1 204 No Content\r\nX-R: 204\r\n\r\n",
         "HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\nContent-Length: 99\r\n\r\n",
     };
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    /* HEAD gets the GET's head: a length, and no body follows. */
+    static const char head_reply[] =
+        "HTTP/1.1 200 OK\r\nContent-Length: 12345\r\nETag: \"h\"\r\n\r\n";
     struct upstream_request get = request("GET", "/"), head = request("HEAD", "/");
     (void)state;
 
     for (size_t i = 0; i < 2; i++) {
         struct result r1 = {0}, r2 = {0}, r3 = {0};
-        memset(&o, 0, sizeof o);
-        /* HEAD gets the GET's head: a length, and no body follows. */
-        o.head_reply = "HTTP/1.1 200 OK\r\nContent-Length: 12345\r\nETag: \"h\"\r\n\r\n";
-        origin_start(&o, replies[i], strlen(replies[i]));
-        loop_init(&l);
-        p = upstream_pool_new(l.base, NULL);
-        t = target(o.port, 3000);
-        submit(p, &t, &get, &r1, &l);
-        loop_run(&l, 5000);
+        struct fixture f = {.o.head_reply = head_reply};
+        fixture_start(&f, replies[i], strlen(replies[i]), 3000);
+        call(&f, &get, &r1);
         assert_int_equal(r1.error, UPSTREAM_OK);
         assert_int_equal(r1.status, i == 0 ? 204 : 304);
         assert_int_equal(r1.body_len, 0);
-        submit(p, &t, &head, &r2, &l);
-        loop_run(&l, 5000);
+        call(&f, &head, &r2);
         assert_int_equal(r2.error, UPSTREAM_OK);
         assert_int_equal(r2.status, 200);
         assert_int_equal(r2.body_len, 0);
         assert_string_equal(r2.etag, "\"h\"");
         /* Each answer ended without a body and the connection is still in step. */
-        submit(p, &t, &get, &r3, &l);
-        loop_run(&l, 5000);
+        call(&f, &get, &r3);
         assert_int_equal(r3.error, UPSTREAM_OK);
         assert_int_equal(r3.status, i == 0 ? 204 : 304);
-        assert_int_equal(origin_get(&o, &o.accepted), 1);
-        upstream_pool_free(p);
-        loop_done(&l);
-        origin_stop(&o);
-        result_free(&r1);
-        result_free(&r2);
-        result_free(&r3);
+        assert_int_equal(origin_get(&f.o, &f.o.accepted), 1);
+        fixture_stop(&f);
+        results_free(&r1, &r2, &r3, NULL);
     }
 }
 
@@ -1154,34 +1188,24 @@ static void
 test_keep_alive_reuse(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {0};
     struct upstream_request req = request("GET", "/k");
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 3000);
+    fixture_start(&f, LIT(reply), 3000);
     for (int i = 0; i < 100; i++) {
         struct result r = {0};
-        submit(p, &t, &req, &r, &l);
-        loop_run(&l, 5000);
+        call(&f, &req, &r);
         assert_int_equal(r.error, UPSTREAM_OK);
         assert_mem(r.body, r.body_len, "abc");
-        assert_int_equal(upstream_pool_pending(p), 0);
-        assert_int_equal(upstream_pool_idle(p), 1);
+        assert_int_equal(upstream_pool_pending(f.p), 0);
+        assert_int_equal(upstream_pool_idle(f.p), 1);
         result_free(&r);
     }
-    assert_int_equal(origin_get(&o, &o.accepted), 1);
-    assert_int_equal(origin_get(&o, &o.requests), 100);
-    assert_int_equal(upstream_pool_connections(p), 1);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 1);
+    assert_int_equal(origin_get(&f.o, &f.o.requests), 100);
+    assert_int_equal(upstream_pool_connections(f.p), 1);
+    fixture_stop(&f);
 }
 
 /* Each answer's callback sends the next request: it goes on the connection that just answered. */
@@ -1211,70 +1235,55 @@ static void
 test_send_from_callback(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
-    struct origin o;
-    struct loop l;
+    struct fixture f = {0};
     struct chain ch;
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
+    fixture_start(&f, LIT(reply), 3000);
     memset(&ch, 0, sizeof ch);
-    ch.pool = upstream_pool_new(l.base, NULL);
-    ch.t = target(o.port, 3000);
+    ch.pool = f.p;
+    ch.t = f.t;
     ch.req = request("GET", "/chain");
     ch.left = 20;
-    ch.loop = &l;
+    ch.loop = &f.l;
     assert_non_null(upstream_send(ch.pool, &ch.t, &ch.req, chain_done, &ch));
-    loop_for(&l, 5000);
+    loop_for(&f.l, 5000);
     assert_int_equal(ch.left, 0);
     assert_int_equal(ch.ok, 20);
-    assert_int_equal(origin_get(&o, &o.accepted), 1);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 1);
     assert_int_equal(upstream_pool_connections(ch.pool), 1);
-    upstream_pool_free(ch.pool);
-    loop_done(&l);
-    origin_stop(&o);
+    fixture_stop(&f);
 }
 
 static void
 test_concurrent(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nconc";
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct upstream_pool_config cfg = {.max_idle = 20};
+    struct fixture f = {.cfg = &cfg};
     struct upstream_request req = request("GET", "/c");
     struct result r[50];
-    struct upstream_pool_config cfg = {0};
     (void)state;
 
     memset(r, 0, sizeof r);
-    memset(&o, 0, sizeof o);
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    cfg.max_idle = 20;
-    p = upstream_pool_new(l.base, &cfg);
-    t = target(o.port, 5000);
+    fixture_start(&f, LIT(reply), 5000);
     for (int i = 0; i < 50; i++)
-        submit(p, &t, &req, &r[i], &l);
-    assert_int_equal(upstream_pool_pending(p), 50);
-    loop_run(&l, 10000);
+        submit(f.p, &f.t, &req, &r[i], &f.l);
+    assert_int_equal(upstream_pool_pending(f.p), 50);
+    loop_run(&f.l, 10000);
     for (int i = 0; i < 50; i++) {
         assert_int_equal(r[i].n, 1);
         assert_int_equal(r[i].error, UPSTREAM_OK);
         assert_mem(r[i].body, r[i].body_len, "conc");
         result_free(&r[i]);
     }
-    assert_int_equal(origin_get(&o, &o.requests), 50);
-    assert_int_equal(origin_get(&o, &o.accepted), 50);
+    assert_int_equal(origin_get(&f.o, &f.o.requests), 50);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 50);
     /* Only max_idle of them are kept. */
-    assert_int_equal(upstream_pool_idle(p), 20);
-    assert_int_equal(upstream_pool_connections(p), 20);
-    assert_int_equal(upstream_pool_pending(p), 0);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
+    assert_int_equal(upstream_pool_idle(f.p), 20);
+    assert_int_equal(upstream_pool_connections(f.p), 20);
+    assert_int_equal(upstream_pool_pending(f.p), 0);
+    fixture_stop(&f);
 }
 
 /* The origin closes a kept connection as the next request arrives: GET is sent again. */
@@ -1282,49 +1291,32 @@ static void
 test_retry_on_stale_connection(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {.o.drop_second = 1};
     struct upstream_request get = request("GET", "/r"), post = request("POST", "/r");
     struct result r1 = {0}, r2 = {0}, r3 = {0}, r4 = {0};
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.drop_second = 1;
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 3000);
-    submit(p, &t, &get, &r1, &l);
-    loop_run(&l, 5000);
+    fixture_start(&f, LIT(reply), 3000);
+    call(&f, &get, &r1);
     assert_int_equal(r1.error, UPSTREAM_OK);
-    assert_int_equal(upstream_pool_idle(p), 1);
-    submit(p, &t, &get, &r2, &l);
-    loop_run(&l, 5000);
+    assert_int_equal(upstream_pool_idle(f.p), 1);
+    call(&f, &get, &r2);
     assert_int_equal(r2.error, UPSTREAM_OK);
     assert_mem(r2.body, r2.body_len, "ok");
-    assert_int_equal(origin_get(&o, &o.accepted), 2);
-    assert_int_equal(origin_get(&o, &o.requests), 3);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 2);
+    assert_int_equal(origin_get(&f.o, &f.o.requests), 3);
 
     /* A POST is not sent twice: the caller learns the connection failed. */
-    submit(p, &t, &post, &r3, &l);
-    loop_run(&l, 5000);
+    call(&f, &post, &r3);
     assert_int_equal(r3.error, UPSTREAM_CONNECT);
     assert_non_null(strstr(r3.detail, "before answering"));
-    assert_int_equal(origin_get(&o, &o.accepted), 2);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 2);
     /* The next request opens a new connection. */
-    submit(p, &t, &post, &r4, &l);
-    loop_run(&l, 5000);
+    call(&f, &post, &r4);
     assert_int_equal(r4.error, UPSTREAM_OK);
-    assert_int_equal(origin_get(&o, &o.accepted), 3);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
-    result_free(&r1);
-    result_free(&r2);
-    result_free(&r3);
-    result_free(&r4);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 3);
+    fixture_stop(&f);
+    results_free(&r1, &r2, &r3, &r4, NULL);
 }
 
 /* The origin closes idle connections: with the loop running they are dropped, and without. */
@@ -1332,91 +1324,61 @@ static void
 test_origin_closes_idle(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {.o.idle_close_ms = 50};
     struct upstream_request req = request("GET", "/i");
     struct result r1 = {0}, r2 = {0}, r3 = {0};
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.idle_close_ms = 50;
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 3000);
-    submit(p, &t, &req, &r1, &l);
-    loop_run(&l, 5000);
+    fixture_start(&f, LIT(reply), 3000);
+    call(&f, &req, &r1);
     assert_int_equal(r1.error, UPSTREAM_OK);
-    assert_int_equal(upstream_pool_idle(p), 1);
-    loop_for(&l, 200); /* the origin's close is seen on the idle connection */
-    assert_int_equal(upstream_pool_idle(p), 0);
-    assert_int_equal(upstream_pool_connections(p), 0);
-    submit(p, &t, &req, &r2, &l);
-    loop_run(&l, 5000);
+    assert_int_equal(upstream_pool_idle(f.p), 1);
+    loop_for(&f.l, 200); /* the origin's close is seen on the idle connection */
+    assert_int_equal(upstream_pool_idle(f.p), 0);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    call(&f, &req, &r2);
     assert_int_equal(r2.error, UPSTREAM_OK);
-    assert_int_equal(origin_get(&o, &o.accepted), 2);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 2);
 
     /* The loop does not run while the origin closes: the next request still succeeds. */
     sleep_ms(200);
-    assert_int_equal(upstream_pool_idle(p), 1);
-    submit(p, &t, &req, &r3, &l);
-    loop_run(&l, 5000);
+    assert_int_equal(upstream_pool_idle(f.p), 1);
+    call(&f, &req, &r3);
     assert_int_equal(r3.error, UPSTREAM_OK);
     assert_mem(r3.body, r3.body_len, "ok");
-    assert_int_equal(origin_get(&o, &o.accepted), 3);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
-    result_free(&r1);
-    result_free(&r2);
-    result_free(&r3);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 3);
+    fixture_stop(&f);
+    results_free(&r1, &r2, &r3, NULL);
 }
 
 static void
 test_idle_timeout(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct upstream_pool_config cfg = {.idle_timeout_ms = 100};
+    struct fixture f = {.cfg = &cfg};
     struct upstream_request req = request("GET", "/");
-    struct upstream_pool_config cfg = {0};
     struct result r = {0};
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    cfg.idle_timeout_ms = 100;
-    p = upstream_pool_new(l.base, &cfg);
-    t = target(o.port, 3000);
-    submit(p, &t, &req, &r, &l);
-    loop_run(&l, 5000);
-    assert_int_equal(upstream_pool_idle(p), 1);
-    loop_for(&l, 50);
-    assert_int_equal(upstream_pool_idle(p), 1);
-    loop_for(&l, 150);
-    assert_int_equal(upstream_pool_idle(p), 0);
-    assert_int_equal(upstream_pool_connections(p), 0);
+    fixture_start(&f, LIT(reply), 3000);
+    call(&f, &req, &r);
+    assert_int_equal(upstream_pool_idle(f.p), 1);
+    loop_for(&f.l, 50);
+    assert_int_equal(upstream_pool_idle(f.p), 1);
+    loop_for(&f.l, 150);
+    assert_int_equal(upstream_pool_idle(f.p), 0);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
     /* The origin sees the close. */
-    for (int i = 0; i < 100 && origin_get(&o, &o.closed) == 0; i++)
-        sleep_ms(5);
-    assert_int_equal(origin_get(&o, &o.closed), 1);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
+    assert_int_equal(origin_wait_closed(&f.o, 1), 1);
+    fixture_stop(&f);
     result_free(&r);
 }
 
 static void
 test_connect_refused(void **state)
 {
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {0};
     struct upstream_request req = request("GET", "/");
     struct result r = {0};
     int port, fd = listen_on(&port);
@@ -1424,54 +1386,38 @@ test_connect_refused(void **state)
     (void)state;
 
     close(fd); /* nothing listens there now */
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(port, 3000);
+    fixture_pool(&f);
+    f.t = target(port, 3000);
     t0 = now_ms();
-    submit(p, &t, &req, &r, &l);
-    loop_run(&l, 5000);
+    call(&f, &req, &r);
     assert_int_equal(r.error, UPSTREAM_CONNECT);
     assert_non_null(strstr(r.detail, "refused"));
     assert_true(r.at_ms - t0 < 200);
-    assert_int_equal(upstream_pool_connections(p), 0);
-    upstream_pool_free(p);
-    loop_done(&l);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    fixture_stop(&f);
     result_free(&r);
 }
 
 static void
 test_silent_origin_timeout(void **state)
 {
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {.o.silent = 1};
     struct upstream_request req = request("GET", "/slow");
     struct result r = {0};
     double t0;
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.silent = 1;
-    origin_start(&o, "", 0);
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 150);
+    fixture_start(&f, "", 0, 150);
     t0 = now_ms();
-    submit(p, &t, &req, &r, &l);
-    loop_run(&l, 5000);
+    call(&f, &req, &r);
     assert_int_equal(r.error, UPSTREAM_TIMEOUT);
     assert_non_null(strstr(r.detail, "150 ms"));
     assert_true(r.at_ms - t0 >= 150);
     assert_true(r.at_ms - t0 < 150 + 40);
     /* The connection is closed, not kept. */
-    assert_int_equal(upstream_pool_connections(p), 0);
-    for (int i = 0; i < 100 && origin_get(&o, &o.closed) == 0; i++)
-        sleep_ms(5);
-    assert_int_equal(origin_get(&o, &o.closed), 1);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    assert_int_equal(origin_wait_closed(&f.o, 1), 1);
+    fixture_stop(&f);
     result_free(&r);
 }
 
@@ -1480,26 +1426,16 @@ static void
 test_stalled_body_timeout(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly some";
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {0};
     struct upstream_request req = request("GET", "/");
     struct result r = {0};
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 100);
-    submit(p, &t, &req, &r, &l);
-    loop_run(&l, 5000);
+    fixture_start(&f, LIT(reply), 100);
+    call(&f, &req, &r);
     assert_int_equal(r.error, UPSTREAM_TIMEOUT);
-    assert_int_equal(upstream_pool_connections(p), 0);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    fixture_stop(&f);
     result_free(&r);
 }
 
@@ -1557,9 +1493,7 @@ test_too_large(void **state)
     assert_int_equal(r3.body[4999], 'c');
     sbuf_free(&plain);
     sbuf_free(&chunked);
-    result_free(&r1);
-    result_free(&r2);
-    result_free(&r3);
+    results_free(&r1, &r2, &r3, NULL);
 }
 
 /* A larger answer arrives through many reads. */
@@ -1585,50 +1519,40 @@ test_large_body(void **state)
 static void
 test_cancel(void **state)
 {
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {.o.silent = 1};
     struct upstream_request req = request("GET", "/");
     struct result r1 = {0}, r2 = {0};
     struct upstream_call *c;
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.silent = 1;
-    origin_start(&o, "", 0);
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 3000);
+    fixture_start(&f, "", 0, 3000);
 
     /* Before the connection is established. */
-    c = upstream_send(p, &t, &req, on_done, &r1);
+    c = upstream_send(f.p, &f.t, &req, on_done, &r1);
     assert_non_null(c);
-    assert_int_equal(upstream_pool_pending(p), 1);
+    assert_int_equal(upstream_pool_pending(f.p), 1);
     upstream_cancel(c);
-    assert_int_equal(upstream_pool_pending(p), 0);
-    assert_int_equal(upstream_pool_connections(p), 0);
-    loop_for(&l, 50);
+    assert_int_equal(upstream_pool_pending(f.p), 0);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    loop_for(&f.l, 50);
     assert_int_equal(r1.n, 0);
 
     /* Connected and sent, waiting for the answer. */
-    c = upstream_send(p, &t, &req, on_done, &r2);
-    loop_for(&l, 100);
-    assert_int_equal(origin_get(&o, &o.requests), 1);
-    assert_int_equal(upstream_pool_connections(p), 1);
+    c = upstream_send(f.p, &f.t, &req, on_done, &r2);
+    loop_for(&f.l, 100);
+    assert_int_equal(origin_get(&f.o, &f.o.requests), 1);
+    assert_int_equal(upstream_pool_connections(f.p), 1);
     upstream_cancel(c);
-    assert_int_equal(upstream_pool_connections(p), 0);
-    assert_int_equal(upstream_pool_pending(p), 0);
-    loop_for(&l, 50);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    assert_int_equal(upstream_pool_pending(f.p), 0);
+    loop_for(&f.l, 50);
     assert_int_equal(r2.n, 0);
     /* The origin sees both connections end. */
-    for (int i = 0; i < 100 && origin_get(&o, &o.closed) < origin_get(&o, &o.accepted); i++)
-        sleep_ms(5);
-    assert_int_equal(origin_get(&o, &o.closed), origin_get(&o, &o.accepted));
-    upstream_pool_free(p);
+    origin_wait_closed(&f.o, origin_get(&f.o, &f.o.accepted));
+    assert_int_equal(origin_get(&f.o, &f.o.closed), origin_get(&f.o, &f.o.accepted));
+    fixture_free_pool(&f);
     assert_int_equal(r1.n + r2.n, 0);
-    loop_done(&l);
-    origin_stop(&o);
+    fixture_stop(&f);
 }
 
 /* A cancelled call whose answer was complete leaves its connection to the pool. */
@@ -1648,10 +1572,7 @@ static void
 test_cancel_complete_answer(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {0};
     struct upstream_request req = request("GET", "/");
     struct result r[2];
     struct cancel_other co[2];
@@ -1664,81 +1585,63 @@ test_cancel_complete_answer(void **state)
      * second after its answer is complete; timing decides, so retry a few times
      * and accept either order of events, checking the invariants each time.
      */
-    memset(&o, 0, sizeof o);
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 3000);
+    fixture_start(&f, LIT(reply), 3000);
     for (int round = 0; round < 5; round++) {
         memset(r, 0, sizeof r);
         for (int i = 0; i < 2; i++) {
             r[i].then = cancel_other_cb;
             r[i].user = &co[i];
-            c[i] = upstream_send(p, &t, &req, on_done, &r[i]);
+            c[i] = upstream_send(f.p, &f.t, &req, on_done, &r[i]);
             assert_non_null(c[i]);
         }
         co[0].other = c[1];
         co[1].other = c[0];
         /* The first answer cancels the other call, whatever its stage. */
         for (int k = 0; k < 200 && r[0].n + r[1].n == 0; k++)
-            loop_for(&l, 5);
+            loop_for(&f.l, 5);
         assert_int_equal(r[0].n + r[1].n, 1);
-        loop_for(&l, 20);
+        loop_for(&f.l, 20);
         assert_int_equal(r[0].n + r[1].n, 1);
         answered++;
-        assert_int_equal(upstream_pool_pending(p), 0);
-        assert_true(upstream_pool_connections(p) <= 2);
-        result_free(&r[0]);
-        result_free(&r[1]);
+        assert_int_equal(upstream_pool_pending(f.p), 0);
+        assert_true(upstream_pool_connections(f.p) <= 2);
+        results_free(&r[0], &r[1], NULL);
     }
     assert_int_equal(answered, 5);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
+    fixture_stop(&f);
 }
 
 static void
 test_pool_free_pending(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-    struct origin silent, fast;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target ts, tf;
+    struct origin silent = {.silent = 1};
+    struct fixture f = {0}; /* its origin answers at once */
+    struct upstream_target ts;
     struct upstream_request req = request("GET", "/");
     struct result running = {0}, connecting = {0}, kept = {0};
     (void)state;
 
-    memset(&silent, 0, sizeof silent);
-    memset(&fast, 0, sizeof fast);
-    silent.silent = 1;
     origin_start(&silent, "", 0);
-    origin_start(&fast, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
+    fixture_start(&f, LIT(reply), 3000);
     ts = target(silent.port, 3000);
-    tf = target(fast.port, 3000);
-    submit(p, &tf, &req, &kept, &l);
-    loop_run(&l, 5000); /* leaves an idle connection */
-    submit(p, &ts, &req, &running, &l);
-    loop_for(&l, 50);
-    submit(p, &ts, &req, &connecting, &l);
-    assert_int_equal(upstream_pool_pending(p), 2);
-    upstream_pool_free(p);
+    call(&f, &req, &kept); /* leaves an idle connection */
+    submit(f.p, &ts, &req, &running, &f.l);
+    loop_for(&f.l, 50);
+    submit(f.p, &ts, &req, &connecting, &f.l);
+    assert_int_equal(upstream_pool_pending(f.p), 2);
+    fixture_free_pool(&f);
     assert_int_equal(running.n, 1);
     assert_int_equal(running.error, UPSTREAM_SHUTDOWN);
     assert_int_equal(connecting.n, 1);
     assert_int_equal(connecting.error, UPSTREAM_SHUTDOWN);
     assert_int_equal(kept.n, 1);
-    loop_for(&l, 50);
+    loop_for(&f.l, 50);
     assert_int_equal(running.n, 1);
     assert_int_equal(connecting.n, 1);
-    loop_done(&l);
+    fixture_stop(&f);
     origin_stop(&silent);
-    origin_stop(&fast);
-    result_free(&running);
-    result_free(&connecting);
-    result_free(&kept);
+    results_free(&running, &connecting, &kept, NULL);
 }
 
 static int resend_rc_null;
@@ -1757,124 +1660,91 @@ static void
 test_pool_free_from_callback(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-    struct origin silent, fast;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target ts, tf;
+    struct origin silent = {.silent = 1};
+    struct fixture f = {0}; /* its origin answers at once */
+    struct upstream_target ts;
     struct upstream_request req = request("GET", "/");
     struct result first = {0}, pending = {0};
     (void)state;
 
-    memset(&silent, 0, sizeof silent);
-    memset(&fast, 0, sizeof fast);
-    silent.silent = 1;
     origin_start(&silent, "", 0);
-    origin_start(&fast, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
+    fixture_start(&f, LIT(reply), 3000);
     ts = target(silent.port, 3000);
-    tf = target(fast.port, 3000);
     first.then = free_then_send_cb;
-    first.pool = p;
-    submit(p, &ts, &req, &pending, &l);
-    submit(p, &tf, &req, &first, &l);
-    loop_run(&l, 5000);
+    first.pool = f.p;
+    submit(f.p, &ts, &req, &pending, &f.l);
+    call(&f, &req, &first);
+    f.p = NULL; /* freed by first's callback */
     assert_int_equal(first.n, 1);
     assert_int_equal(first.error, UPSTREAM_OK);
     assert_mem(first.body, first.body_len, "ok");
     assert_int_equal(pending.n, 1);
     assert_int_equal(pending.error, UPSTREAM_SHUTDOWN);
     assert_true(resend_rc_null);
-    loop_for(&l, 50);
+    loop_for(&f.l, 50);
     assert_int_equal(first.n, 1);
     assert_int_equal(pending.n, 1);
-    loop_done(&l);
+    fixture_stop(&f);
     origin_stop(&silent);
-    origin_stop(&fast);
-    result_free(&first);
-    result_free(&pending);
+    results_free(&first, &pending, NULL);
 }
 
 static void
 test_host_name(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nname";
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {0};
     struct upstream_request req = request("GET", "/n");
     struct result r1 = {0}, r2 = {0};
     char want[128];
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 3000);
-    t.host = "localhost";
-    submit(p, &t, &req, &r1, &l);
-    loop_run(&l, 5000);
+    fixture_start(&f, LIT(reply), 3000);
+    f.t.host = "localhost";
+    call(&f, &req, &r1);
     if (r1.error == UPSTREAM_CONNECT && strstr(r1.detail, "::1") != NULL) {
         /* localhost may resolve to ::1 first; the origin listens on IPv4 only. */
         fail_msg("no fallback to the next address: %s", r1.detail);
     }
     assert_int_equal(r1.error, UPSTREAM_OK);
     assert_mem(r1.body, r1.body_len, "name");
-    snprintf(want, sizeof want, "GET /n HTTP/1.1\r\nHost: localhost:%d\r\n\r\n", o.port);
-    assert_mem(o.last, o.last_len, want);
+    snprintf(want, sizeof want, "GET /n HTTP/1.1\r\nHost: localhost:%d\r\n\r\n", f.o.port);
+    assert_mem(f.o.last, f.o.last_len, want);
     /* The second call reuses the looked-up address and the connection. */
-    submit(p, &t, &req, &r2, &l);
-    loop_run(&l, 5000);
+    call(&f, &req, &r2);
     assert_int_equal(r2.error, UPSTREAM_OK);
-    assert_int_equal(origin_get(&o, &o.accepted), 1);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
-    result_free(&r1);
-    result_free(&r2);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 1);
+    fixture_stop(&f);
+    results_free(&r1, &r2, NULL);
 }
 
 /* The origin resets the connection instead of answering: small and large requests. */
 static void
 test_reset_before_answer(void **state)
 {
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    /* With early, the head only is read: a large body is still being written when the reset
+       comes. */
+    struct fixture f = {.o.reset = 1, .o.early = 1};
     struct upstream_request get = request("GET", "/"), post = request("POST", "/");
     struct result r1 = {0}, r2 = {0};
     size_t n = 16 << 20;
     char *body = calloc(1, n);
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.reset = 1;
-    o.early = 1; /* the head only: a large body is still being written when the reset comes */
-    origin_start(&o, "", 0);
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 5000);
-    submit(p, &t, &get, &r1, &l);
-    loop_run(&l, 5000);
+    fixture_start(&f, "", 0, 5000);
+    call(&f, &get, &r1);
     assert_int_equal(r1.error, UPSTREAM_CONNECT);
     assert_non_null(strstr(r1.detail, "before answering"));
     post.body = body;
     post.body_len = n;
-    submit(p, &t, &post, &r2, &l);
-    loop_run(&l, 5000);
+    call(&f, &post, &r2);
     assert_int_equal(r2.error, UPSTREAM_CONNECT);
     assert_non_null(strstr(r2.detail, "before answering"));
-    assert_int_equal(origin_get(&o, &o.accepted), 2);
-    assert_int_equal(upstream_pool_connections(p), 0);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 2);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    fixture_stop(&f);
     free(body);
-    result_free(&r1);
-    result_free(&r2);
+    results_free(&r1, &r2, NULL);
 }
 
 /* The origin closes before its answer's length is complete. */
@@ -1882,28 +1752,17 @@ static void
 test_truncated_answer(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part";
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {.o.close_after = 1};
     struct upstream_request req = request("GET", "/");
     struct result r = {0};
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.close_after = 1;
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 5000);
-    submit(p, &t, &req, &r, &l);
-    loop_run(&l, 5000);
+    fixture_start(&f, LIT(reply), 5000);
+    call(&f, &req, &r);
     assert_int_equal(r.error, UPSTREAM_PROTOCOL);
     assert_non_null(strstr(r.detail, "mid-answer"));
-    assert_int_equal(upstream_pool_connections(p), 0);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    fixture_stop(&f);
     result_free(&r);
 }
 
@@ -1911,23 +1770,19 @@ test_truncated_answer(void **state)
 static void
 test_immediate_connect_failure(void **state)
 {
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t = {"224.0.0.1", 80, NULL, 1000, 1000};
+    struct fixture f = {.t = {"224.0.0.1", 80, NULL, 1000, 1000}};
     struct upstream_request req = request("GET", "/");
     struct result r = {0};
     (void)state;
 
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    submit(p, &t, &req, &r, &l);
-    loop_run(&l, 1000);
+    fixture_pool(&f);
+    submit(f.p, &f.t, &req, &r, &f.l);
+    loop_run(&f.l, 1000);
     assert_int_equal(r.n, 1);
     assert_int_equal(r.error, UPSTREAM_CONNECT);
     assert_non_null(strstr(r.detail, "224.0.0.1:80"));
-    assert_int_equal(upstream_pool_connections(p), 0);
-    upstream_pool_free(p);
-    loop_done(&l);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    fixture_stop(&f);
     result_free(&r);
 }
 
@@ -1935,68 +1790,60 @@ test_immediate_connect_failure(void **state)
 static void
 test_unknown_host(void **state)
 {
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t = {"no-such-host.invalid", 80, NULL, 300, 1000};
+    struct fixture f = {.t = {"no-such-host.invalid", 80, NULL, 300, 1000}};
     struct upstream_request req = request("GET", "/");
     struct result r = {0};
     double t0;
     (void)state;
 
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
+    fixture_pool(&f);
     t0 = now_ms();
-    submit(p, &t, &req, &r, &l);
-    loop_run(&l, 5000);
+    call(&f, &req, &r);
     assert_true(r.error == UPSTREAM_CONNECT || r.error == UPSTREAM_TIMEOUT);
     assert_non_null(strstr(r.detail, "no-such-host.invalid"));
     assert_true(r.at_ms - t0 < 300 + 50);
     /* Freed with the lookup possibly still running: its thread cleans up after itself. */
-    upstream_pool_free(p);
-    loop_done(&l);
+    fixture_stop(&f);
     result_free(&r);
 }
 
 static void
 test_invalid_requests(void **state)
 {
-    struct loop l;
-    struct upstream_pool *p;
+    struct fixture f = {0};
     struct upstream_target t = target(80, 1000);
     struct upstream_request req;
     struct result r = {0};
     (void)state;
 
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
+    fixture_pool(&f);
     req = request("GE T", "/");
-    assert_null(upstream_send(p, &t, &req, on_done, &r));
+    assert_null(upstream_send(f.p, &t, &req, on_done, &r));
     req = request("GET", "/a b");
-    assert_null(upstream_send(p, &t, &req, on_done, &r));
+    assert_null(upstream_send(f.p, &t, &req, on_done, &r));
     req = request("GET", "/\r\nX: y");
-    assert_null(upstream_send(p, &t, &req, on_done, &r));
+    assert_null(upstream_send(f.p, &t, &req, on_done, &r));
     req = request("GET", "/");
     req.headers = "X-A: 1\r\nX-B: 2";
     req.headers_len = strlen(req.headers);
-    assert_null(upstream_send(p, &t, &req, on_done, &r));
+    assert_null(upstream_send(f.p, &t, &req, on_done, &r));
     req.headers = "X-A: 1\r\n\r\nGET / HTTP/1.1\r\n";
     req.headers_len = strlen(req.headers);
-    assert_null(upstream_send(p, &t, &req, on_done, &r));
+    assert_null(upstream_send(f.p, &t, &req, on_done, &r));
     req.headers = "X-A: 1\nX-B: 2\r\n";
     req.headers_len = strlen(req.headers);
-    assert_null(upstream_send(p, &t, &req, on_done, &r));
+    assert_null(upstream_send(f.p, &t, &req, on_done, &r));
     req.headers = NULL;
     req.headers_len = 0;
     t.host_header = "a\r\nb";
-    assert_null(upstream_send(p, &t, &req, on_done, &r));
+    assert_null(upstream_send(f.p, &t, &req, on_done, &r));
     t.host_header = NULL;
     t.port = 0;
-    assert_null(upstream_send(p, &t, &req, on_done, &r));
-    assert_int_equal(upstream_pool_pending(p), 0);
-    loop_for(&l, 10);
+    assert_null(upstream_send(f.p, &t, &req, on_done, &r));
+    assert_int_equal(upstream_pool_pending(f.p), 0);
+    loop_for(&f.l, 10);
     assert_int_equal(r.n, 0);
-    upstream_pool_free(p);
-    loop_done(&l);
+    fixture_stop(&f);
 }
 
 /* A request body larger than the socket buffers goes out in several writes. */
@@ -2004,10 +1851,7 @@ static void
 test_large_request_body(void **state)
 {
     static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {.o.read_delay_ms = 50}; /* the socket buffers fill first */
     struct upstream_request req = request("POST", "/upload");
     struct result r1 = {0}, r2 = {0};
     size_t n = 8 << 20;
@@ -2015,43 +1859,32 @@ test_large_request_body(void **state)
     (void)state;
 
     memset(body, 'b', n);
-    memset(&o, 0, sizeof o);
-    o.read_delay_ms = 50; /* the socket buffers fill first */
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 10000);
+    fixture_start(&f, LIT(reply), 10000);
     req.body = body;
     req.body_len = n;
-    submit(p, &t, &req, &r1, &l);
-    loop_run(&l, 15000);
+    submit(f.p, &f.t, &req, &r1, &f.l);
+    loop_run(&f.l, 15000);
     assert_int_equal(r1.error, UPSTREAM_OK);
     assert_mem(r1.body, r1.body_len, "ok");
-    pthread_mutex_lock(&o.mu);
-    assert_true(o.last_total > n);
-    assert_non_null(strstr(o.last, "Content-Length: 8388608\r\n"));
-    pthread_mutex_unlock(&o.mu);
+    pthread_mutex_lock(&f.o.mu);
+    assert_true(f.o.last_total > n);
+    assert_non_null(strstr(f.o.last, "Content-Length: 8388608\r\n"));
+    pthread_mutex_unlock(&f.o.mu);
     /* The connection is kept after a fully written request. */
-    submit(p, &t, &req, &r2, &l);
-    loop_run(&l, 15000);
+    submit(f.p, &f.t, &req, &r2, &f.l);
+    loop_run(&f.l, 15000);
     assert_int_equal(r2.error, UPSTREAM_OK);
-    assert_int_equal(origin_get(&o, &o.accepted), 1);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 1);
+    fixture_stop(&f);
     free(body);
-    result_free(&r1);
-    result_free(&r2);
+    results_free(&r1, &r2, NULL);
 }
 
 /* An origin that stops reading: the deadline covers writing the request too. */
 static void
 test_write_stall_timeout(void **state)
 {
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {.o.no_read = 1};
     struct upstream_request req = request("PUT", "/big");
     struct result r = {0};
     size_t n = 32 << 20;
@@ -2059,24 +1892,16 @@ test_write_stall_timeout(void **state)
     double t0;
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.no_read = 1;
-    origin_start(&o, "", 0);
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 200);
+    fixture_start(&f, "", 0, 200);
     req.body = body;
     req.body_len = n;
     t0 = now_ms();
-    submit(p, &t, &req, &r, &l);
-    loop_run(&l, 5000);
+    call(&f, &req, &r);
     assert_int_equal(r.error, UPSTREAM_TIMEOUT);
     if (r.at_ms - t0 < 200 || r.at_ms - t0 >= 200 + 300)
         fail_msg("answered after %.1f ms", r.at_ms - t0);
-    assert_int_equal(upstream_pool_connections(p), 0);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    fixture_stop(&f);
     free(body);
     result_free(&r);
 }
@@ -2087,34 +1912,23 @@ test_early_answer(void **state)
 {
     static const char reply[] = "HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n"
                                 "Connection: close\r\n\r\ntoo big!";
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {.o.early = 1, .o.close_after = 1};
     struct upstream_request req = request("POST", "/upload");
     struct result r = {0};
     size_t n = 16 << 20;
     char *body = calloc(1, n);
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.early = 1;
-    o.close_after = 1;
-    origin_start(&o, LIT(reply));
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 5000);
+    fixture_start(&f, LIT(reply), 5000);
     req.body = body;
     req.body_len = n;
-    submit(p, &t, &req, &r, &l);
-    loop_run(&l, 10000);
+    submit(f.p, &f.t, &req, &r, &f.l);
+    loop_run(&f.l, 10000);
     assert_int_equal(r.error, UPSTREAM_OK);
     assert_int_equal(r.status, 413);
     assert_mem(r.body, r.body_len, "too big!");
-    assert_int_equal(upstream_pool_connections(p), 0);
-    upstream_pool_free(p);
-    loop_done(&l);
-    origin_stop(&o);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    fixture_stop(&f);
     free(body);
     result_free(&r);
 }
@@ -2144,28 +1958,23 @@ black_hole(int *port, int *filler)
 static void
 test_connect_timeout(void **state)
 {
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {0};
     struct upstream_request req = request("GET", "/");
     struct result r = {0};
     int port, filler, fd = black_hole(&port, &filler);
     double t0;
     (void)state;
 
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(port, 5000);
-    t.connect_timeout_ms = 150;
+    fixture_pool(&f);
+    f.t = target(port, 5000);
+    f.t.connect_timeout_ms = 150;
     t0 = now_ms();
-    submit(p, &t, &req, &r, &l);
-    loop_run(&l, 5000);
+    call(&f, &req, &r);
     assert_int_equal(r.error, UPSTREAM_TIMEOUT);
     assert_non_null(strstr(r.detail, "connecting"));
     assert_true(r.at_ms - t0 >= 150 && r.at_ms - t0 < 150 + 40);
-    assert_int_equal(upstream_pool_connections(p), 0);
-    upstream_pool_free(p);
-    loop_done(&l);
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    fixture_stop(&f);
     close(filler);
     close(fd);
     result_free(&r);
@@ -2178,10 +1987,7 @@ test_ipv6_literal(void **state)
     struct sockaddr_in6 sa;
     socklen_t len = sizeof sa;
     int fd = socket(AF_INET6, SOCK_STREAM, 0);
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {0};
     struct upstream_request req = request("GET", "/6");
     struct result r1 = {0}, r2 = {0};
     char want[128];
@@ -2197,55 +2003,23 @@ test_ipv6_literal(void **state)
     }
     assert_int_equal(listen(fd, 16), 0);
     assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    memset(&o, 0, sizeof o);
-    o.reply = reply;
-    o.reply_len = sizeof reply - 1;
-    o.lfd = fd;
-    o.port = ntohs(sa.sin6_port);
-    pthread_mutex_init(&o.mu, NULL);
-    assert_int_equal(pthread_create(&o.acceptor, NULL, origin_accept_main, &o), 0);
-
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 3000);
-    t.host = "::1";
-    submit(p, &t, &req, &r1, &l);
-    loop_run(&l, 5000);
+    origin_serve(&f.o, fd, ntohs(sa.sin6_port), LIT(reply));
+    fixture_on_origin(&f, 3000);
+    f.t.host = "::1";
+    call(&f, &req, &r1);
     assert_int_equal(r1.error, UPSTREAM_OK);
     assert_mem(r1.body, r1.body_len, "v6");
-    snprintf(want, sizeof want, "GET /6 HTTP/1.1\r\nHost: [::1]:%d\r\n\r\n", o.port);
-    pthread_mutex_lock(&o.mu);
-    assert_mem(o.last, o.last_len, want);
-    pthread_mutex_unlock(&o.mu);
+    snprintf(want, sizeof want, "GET /6 HTTP/1.1\r\nHost: [::1]:%d\r\n\r\n", f.o.port);
+    pthread_mutex_lock(&f.o.mu);
+    assert_mem(f.o.last, f.o.last_len, want);
+    pthread_mutex_unlock(&f.o.mu);
     /* The bracketed spelling is the same target: the connection is reused. */
-    t.host = "[::1]";
-    submit(p, &t, &req, &r2, &l);
-    loop_run(&l, 5000);
+    f.t.host = "[::1]";
+    call(&f, &req, &r2);
     assert_int_equal(r2.error, UPSTREAM_OK);
-    assert_int_equal(origin_get(&o, &o.accepted), 1);
-    upstream_pool_free(p);
-    loop_done(&l);
-
-    /* origin_stop wakes the acceptor over IPv4: do it by hand here. */
-    pthread_mutex_lock(&o.mu);
-    o.stopping = 1;
-    pthread_mutex_unlock(&o.mu);
-    {
-        int w = socket(AF_INET6, SOCK_STREAM, 0);
-        connect(w, (struct sockaddr *)&sa, sizeof sa);
-        pthread_join(o.acceptor, NULL);
-        close(w);
-    }
-    for (int i = 0; i < o.nconns; i++)
-        shutdown(o.fds[i], SHUT_RDWR);
-    for (int i = 0; i < o.nconns; i++) {
-        pthread_join(o.tids[i], NULL);
-        close(o.fds[i]);
-    }
-    close(o.lfd);
-    pthread_mutex_destroy(&o.mu);
-    result_free(&r1);
-    result_free(&r2);
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 1);
+    fixture_stop(&f);
+    results_free(&r1, &r2, NULL);
 }
 
 /* Inside a done callback run by upstream_pool_free, another answered call is cancelled. */
@@ -2261,35 +2035,26 @@ cancel_user_cb(struct result *r)
 static void
 test_cancel_answered_call(void **state)
 {
-    struct origin o;
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t;
+    struct fixture f = {.o.silent = 1};
     struct upstream_request req = request("GET", "/");
     struct result r1 = {0}, r2 = {0};
     struct upstream_call *c2;
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.silent = 1;
-    origin_start(&o, "", 0);
-    loop_init(&l);
-    p = upstream_pool_new(l.base, NULL);
-    t = target(o.port, 3000);
+    fixture_start(&f, "", 0, 3000);
     r1.then = cancel_user_cb;
     r1.user = &c2;
-    assert_non_null(upstream_send(p, &t, &req, on_done, &r1));
-    c2 = upstream_send(p, &t, &req, on_done, &r2);
+    assert_non_null(upstream_send(f.p, &f.t, &req, on_done, &r1));
+    c2 = upstream_send(f.p, &f.t, &req, on_done, &r2);
     assert_non_null(c2);
-    loop_for(&l, 50);
+    loop_for(&f.l, 50);
     /* Both are answered SHUTDOWN in one pass; the first one's callback cancels the second. */
-    upstream_pool_free(p);
+    fixture_free_pool(&f);
     assert_int_equal(r1.n, 1);
     assert_int_equal(r1.error, UPSTREAM_SHUTDOWN);
     assert_int_equal(r2.n, 0);
     assert_null(c2);
-    loop_done(&l);
-    origin_stop(&o);
+    fixture_stop(&f);
     result_free(&r1);
 }
 
@@ -2297,9 +2062,7 @@ test_cancel_answered_call(void **state)
 static void
 test_lookup_cancel_and_free(void **state)
 {
-    struct loop l;
-    struct upstream_pool *p;
-    struct upstream_target t = {"localhost", 9, NULL, 2000, 2000};
+    struct fixture f = {.t = {"localhost", 9, NULL, 2000, 2000}};
     struct upstream_request req = request("GET", "/");
     struct result r1 = {0}, r2 = {0};
     struct upstream_call *c;
@@ -2308,21 +2071,19 @@ test_lookup_cancel_and_free(void **state)
     for (int round = 0; round < 20; round++) {
         memset(&r1, 0, sizeof r1);
         memset(&r2, 0, sizeof r2);
-        loop_init(&l);
-        p = upstream_pool_new(l.base, NULL);
-        c = upstream_send(p, &t, &req, on_done, &r1);
+        fixture_pool(&f);
+        c = upstream_send(f.p, &f.t, &req, on_done, &r1);
         assert_non_null(c);
-        assert_non_null(upstream_send(p, &t, &req, on_done, &r2));
+        assert_non_null(upstream_send(f.p, &f.t, &req, on_done, &r2));
         upstream_cancel(c);
-        assert_int_equal(upstream_pool_pending(p), 1);
+        assert_int_equal(upstream_pool_pending(f.p), 1);
         /* The lookup is still running (or just done, unseen): the pool leaves it behind. */
-        upstream_pool_free(p);
+        fixture_free_pool(&f);
         assert_int_equal(r1.n, 0);
         assert_int_equal(r2.n, 1);
         assert_int_equal(r2.error, UPSTREAM_SHUTDOWN);
-        loop_done(&l);
-        result_free(&r1);
-        result_free(&r2);
+        fixture_stop(&f);
+        results_free(&r1, &r2, NULL);
     }
     /* Let the lookup threads finish and free their state before the leak check. */
     sleep_ms(100);
