@@ -138,12 +138,26 @@ class ProxyCase(SluiceTestCase):
 
     @classmethod
     def setUpClass(cls):
+        # Class cleanups run even when setUpClass fails half-way (tearDownClass does not).
         cls.origin = Origin()
+        cls.addClassCleanup(cls.origin.kill)
         cls.dead_port = lib.free_port()
         cls.dirs = []
         cls.redis = None
         for path, c in cls.ORIGIN_CONFIG.items():
             cls.origin.config(path, **c)
+
+    @classmethod
+    def start(cls, *a, **kw):
+        s = super().start(*a, **kw)
+        cls.addClassCleanup(s.stop)
+        return s
+
+    @classmethod
+    def redis_server(cls):
+        r = lib.RedisServer()
+        cls.addClassCleanup(r.stop)
+        return r
 
     @classmethod
     def restart_origin(cls):
@@ -156,7 +170,7 @@ class ProxyCase(SluiceTestCase):
     def serve(cls, d, **kw):
         """Starts the class's sluice: cls.s, and cls.ports (every instance)."""
         if cls.REDIS:
-            cls.redis = lib.RedisServer()
+            cls.redis = cls.redis_server()
             env = dict(kw.pop("env", {}), REDIS_URL=cls.redis.url)
             args = list(kw.pop("args", [])) + ["--redis-deadline", "2s"]
             servers = [cls.start(d, env=env, args=args, **kw) for _ in range(cls.INSTANCES)]
@@ -205,7 +219,7 @@ class Stampede(ProxyCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.redis = lib.RedisServer()
+        cls.redis = cls.redis_server()
         d = cls.policy(STAMPEDE_POLICY)
         cls.memory = cls.start(d, args=["--workers", "4"])
         env = {"REDIS_URL": cls.redis.url}
@@ -1293,7 +1307,7 @@ class AdminInvalidate(ProxyCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.redis = lib.RedisServer()
+        cls.redis = cls.redis_server()
         d = cls.policy(ADMIN_POLICY)
         cls.stores = {"memory": cls.start(d),
                       "redis": cls.start(d, env={"REDIS_URL": cls.redis.url},
@@ -1357,6 +1371,7 @@ class ProxyExample(SluiceTestCase):
         cls.app = subprocess.Popen([cls.PYTHON, os.path.join(lib.ROOT, "examples", "proxy", "app.py"),
                                     "--port", str(cls.app_port)], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cls.addClassCleanup(cls.app.kill)
         ok = wait_until(lambda: cls._app_up(), 15, 0.1)
         if not ok:
             cls.app.kill()
@@ -1369,6 +1384,7 @@ class ProxyExample(SluiceTestCase):
         with open(f, "w") as fh:
             fh.write(text.replace("http://127.0.0.1:3000", "http://127.0.0.1:%d" % cls.app_port))
         cls.s = cls.start(cls.dir, database=cls.db)
+        cls.addClassCleanup(cls.s.stop)
 
     @classmethod
     def _app_up(cls):
