@@ -728,13 +728,28 @@ gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, co
     gw_reply_entry(rq, e, "MISS", now);
 }
 
-/* Remembers briefly that the key's answers are not cacheable (hit-for-miss). */
+/* The hit-for-miss marker is in the store: now the answer goes out. */
+static void
+on_uncacheable_noted(void *arg, int status)
+{
+    struct gw_req *rq = arg;
+    gw_reply_entry(rq, rq->entry, "MISS", store_now_ms()); /* rq->entry is released with rq */
+}
+
+/*
+ * Remembers briefly that the key's answers are not cacheable (hit-for-miss),
+ * then answers with e (a reference is taken) once the store has the marker:
+ * the caller's next request, on any instance, then finds it, and the marker
+ * can never land after a good answer that request fills.
+ */
 void
-gw_remember_uncacheable(struct gw_req *rq)
+gw_remember_uncacheable(struct gw_req *rq, struct store_entry *e)
 {
     rq->uncacheable = true;
-    if (!rq->admit.cache_key || rq->admit.bypassed)
+    if (!rq->admit.cache_key || rq->admit.bypassed) {
+        gw_reply_entry(rq, e, "MISS", store_now_ms());
         return;
+    }
     uint64_t ttl = rq->ep->ttl_ms < HIT_FOR_MISS_MS ? rq->ep->ttl_ms : HIT_FOR_MISS_MS;
     struct store_entry *m = store_entry_new(200, NULL, xstrdup(""), 0);
     m->flags = STORE_ENTRY_PASS;
@@ -743,7 +758,11 @@ gw_remember_uncacheable(struct gw_req *rq)
     m->expires_ms = now + ttl;
     const char *key = rq->primary_key ? rq->primary_key : rq->admit.cache_key;
     size_t keylen = rq->primary_key ? rq->primary_len : rq->admit.cache_keylen;
-    fill_key(rq, key, keylen, m, ttl);
+    store_entry_ref(e);
+    store_entry_release(rq->entry);
+    rq->entry = e;
+    store_fill(rq->wk->store, key, keylen, m, ttl, rq->tags, rq->taglens, rq->tag_gens,
+               rq->admit.ntags, on_uncacheable_noted, rq);
     store_entry_release(m);
 }
 

@@ -181,8 +181,11 @@ void gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache
 void gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms,
                         const char *vary);
 
-/* Remembers briefly that the request's key is not cacheable (hit-for-miss). */
-void gw_remember_uncacheable(struct gw_req *rq);
+/*
+ * Remembers briefly that the request's key is not cacheable (hit-for-miss),
+ * then answers with e (a reference is taken; X-Cache: MISS) and frees the request.
+ */
+void gw_remember_uncacheable(struct gw_req *rq, struct store_entry *e);
 
 /* The origin failed: answers the stale entry within stale_if_error, else the error. */
 void gw_origin_failed(struct gw_req *rq, int status, const char *detail);

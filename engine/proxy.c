@@ -82,8 +82,9 @@ on_upstream(void *arg, const struct upstream_response *res)
             gw_store_and_reply(rq, e, v.ttl_ms, v.vary ? v.vary_names : NULL);
         } else {
             if (res->status < 500)
-                gw_remember_uncacheable(rq);
-            gw_reply_entry(rq, e, "MISS", store_now_ms());
+                gw_remember_uncacheable(rq, e);
+            else
+                gw_reply_entry(rq, e, "MISS", store_now_ms());
         }
     } else {
         gw_reply_entry(rq, e, rq->bypass ? "BYPASS" : ep->cached ? "MISS" : NULL, store_now_ms());
@@ -138,10 +139,13 @@ upstream_target_text(struct gw_req *rq, struct sbuf *out)
     }
 }
 
-/* Request fields never forwarded: conditionals on a fill (the cache needs the whole answer)
- * and host-overriding fields that some apps trust. */
+/* Request fields never forwarded: on a fill, conditionals and ranges (the cache needs the
+ * whole answer) and method overrides (a GET must stay a GET); always, the fields that
+ * override the host or URL in some apps. */
 static const char *const fill_dropped[] = {
-    "if-none-match:", "if-modified-since:", "if-match:", "if-unmodified-since:", "if-range:"};
+    "if-none-match:",          "if-modified-since:", "if-match:",
+    "if-unmodified-since:",    "if-range:",          "range:",
+    "x-http-method-override:", "x-http-method:",     "x-method-override:"};
 static const char *const always_dropped[] = {
     "proxy-connection:",   "x-host:",           "x-original-url:",    "x-rewrite-url:",
     "x-forwarded-server:", "x-forwarded-port:", "x-forwarded-prefix:"};
