@@ -461,8 +461,7 @@ class WithRedis(NotifyCase):
 
     @classmethod
     def setUpClass(cls):
-        import test_redis
-        cls.redis = test_redis.Redis()
+        cls.redis = lib.RedisServer()
         cls.db = lib.crm_database()
         install_triggers(cls.db)
         env = {"REDIS_URL": cls.redis.url}
