@@ -217,6 +217,20 @@ void gw_req_begin(struct gw_req *rq);
 struct gw_req *gw_detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw,
                                size_t head_len, const char *ip);
 
+/* Sends the request to its endpoint's origin (SQL, upstream or fixed answer). */
+void gw_to_origin(struct gw_req *rq);
+
+/* ---- filling the cache (fill.c) ---- */
+
+/* Makes rq the leader of its cache key's fill in its worker, unless another request is. */
+void gw_inflight_lead(struct gw_req *rq);
+/* Puts rq on the waiters of its key's fill in its worker. Returns false when there is none. */
+bool gw_inflight_wait(struct gw_req *rq);
+/* The leader rq is done: its waiters get its stored answer, take the fill over or go on. */
+void gw_inflight_finish(struct gw_req *rq);
+/* The secondary key of rq for an answer varying on `names`, into rq->vkey; -1 if too long. */
+long gw_vary_key(struct gw_req *rq, const char *names);
+
 /* ---- the upstream source (proxy.c) ---- */
 
 /* Sends the request to its endpoint's upstream; the answer is stored and/or replied. */
