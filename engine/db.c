@@ -12,6 +12,8 @@
 #include <event2/event_struct.h>
 #include <libpq-fe.h>
 
+#include "util.h"
+
 #define CONNECT_TIMEOUT_MS 2000 /* when the conninfo sets no connect_timeout */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
@@ -101,15 +103,6 @@ oom(void)
     abort();
 }
 
-static char *
-xstrdup(const char *s)
-{
-    char *d = strdup(s);
-    if (d == NULL)
-        oom();
-    return d;
-}
-
 /* First line of a libpq message, without the "ERROR:  " style prefix; owned. */
 static char *
 first_line(const char *msg)
@@ -128,9 +121,7 @@ first_line(const char *msg)
         }
     }
     n = strcspn(msg, "\n");
-    out = malloc(n + 1);
-    if (out == NULL)
-        oom();
+    out = xmalloc(n + 1);
     memcpy(out, msg, n);
     out[n] = '\0';
     return out;
@@ -154,17 +145,6 @@ ignore_notice(void *arg, const char *message)
 
 /* ---- statement names ---- */
 
-static uint64_t
-fnv1a(const char *s, size_t len)
-{
-    uint64_t h = 14695981039346656037ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 /*
  * Statement id for `sql`, registering it on first sight; -1 when the table is
  * full. Keyed by the text, not the caller's pointer, which may be reused for
@@ -173,7 +153,7 @@ fnv1a(const char *s, size_t len)
 static int
 stmt_id(struct db_pool *p, const char *sql, size_t len, const char **copy)
 {
-    uint64_t h = fnv1a(sql, len);
+    uint64_t h = util_fnv1a(sql, len);
     size_t i = (size_t)h & (STMT_SLOTS - 1);
 
     for (;;) {
@@ -805,10 +785,8 @@ build_params(struct db_pool *p, const char *conninfo, uint64_t deadline_ms, char
     }
     for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
         n++;
-    p->keywords = calloc(n + 3, sizeof *p->keywords);
-    p->values = calloc(n + 3, sizeof *p->values);
-    if (p->keywords == NULL || p->values == NULL)
-        oom();
+    p->keywords = xcalloc(n + 3, sizeof *p->keywords);
+    p->values = xcalloc(n + 3, sizeof *p->values);
     for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
         if (o->val == NULL)
             continue;
@@ -858,9 +836,7 @@ db_pool_new(struct event_base *base, const char *conninfo, unsigned size, uint64
         snprintf(err, errlen, "db pool needs size and max_queue of at least 1");
         return NULL;
     }
-    p = calloc(1, sizeof *p);
-    if (p == NULL)
-        oom();
+    p = xcalloc(1, sizeof *p);
     p->base = base;
     p->size = size;
     p->max_queue = max_queue;
@@ -877,9 +853,7 @@ db_pool_new(struct event_base *base, const char *conninfo, unsigned size, uint64
         if (p->deadline == NULL)
             p->deadline = &p->deadline_tv;
     }
-    p->conns = calloc(size, sizeof *p->conns);
-    if (p->conns == NULL)
-        oom();
+    p->conns = xcalloc(size, sizeof *p->conns);
     for (unsigned i = 0; i < size; i++) {
         struct conn *c = &p->conns[i];
         c->pool = p;
@@ -959,9 +933,7 @@ db_query(struct db_pool *p, const char *sql, int nparams, const char *const *par
         need += sqllen + 1;
 
     /* One block: the query, its parameter pointers, the parameter texts, the SQL if unnamed. */
-    q = malloc(need);
-    if (q == NULL)
-        oom();
+    q = xmalloc(need);
     memset(q, 0, sizeof *q);
     q->pool = p;
     q->cb = cb;

@@ -20,12 +20,7 @@ fill_done(void *arg, int status)
 static size_t
 inflight_bucket(const char *key, size_t len)
 {
-    uint64_t h = 14695981039346656037ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)key[i];
-        h *= 1099511628211ULL;
-    }
-    return (size_t)(h % INFLIGHT_BUCKETS);
+    return (size_t)(util_fnv1a(key, len) % INFLIGHT_BUCKETS);
 }
 
 static struct inflight *
@@ -142,6 +137,14 @@ fill_key(struct gw_req *rq, const char *key, size_t keylen, struct store_entry *
                rq->admit.ntags, fill_done, NULL);
 }
 
+/* The store has the fill (or refused it after an invalidation): now the answer goes out. */
+static void
+on_filled(void *arg, int status)
+{
+    struct gw_req *rq = arg;
+    gw_reply_entry(rq, rq->answer, "MISS", rq->answer->stored_ms);
+}
+
 static uint64_t
 stale_keep_ms(const struct policy_endpoint *ep)
 {
@@ -203,15 +206,18 @@ gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, co
         key = rq->primary_key;
         keylen = rq->primary_len;
     }
-    if (key) {
-        fill_key(rq, key, keylen, e, ttl_ms);
-        store_entry_ref(e);
-        store_entry_release(rq->answer);
-        rq->answer = e; /* shared with the requests waiting on this fill */
-        if (rq->warm)
-            rq->warm_outcome = WARM_FILLED;
+    if (!key) {
+        gw_reply_entry(rq, e, "MISS", now);
+        return;
     }
-    gw_reply_entry(rq, e, "MISS", now);
+    store_entry_ref(e);
+    store_entry_release(rq->answer);
+    rq->answer = e; /* shared with the requests waiting on this fill */
+    if (rq->warm)
+        rq->warm_outcome = WARM_FILLED;
+    /* Answered once the store has it: the caller's next request, on any instance, hits. */
+    store_fill(rq->wk->store, key, keylen, e, ttl_ms, rq->tags, rq->taglens, rq->tag_gens,
+               rq->admit.ntags, on_filled, rq);
 }
 
 /* The hit-for-miss marker is in the store: now the answer goes out. */

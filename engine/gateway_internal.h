@@ -175,8 +175,8 @@ void gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache
 
 /*
  * Stores an origin's answer e (a reference is taken) under the request's key
- * for ttl_ms, under a secondary key when `vary` names request fields, then
- * answers with it.
+ * for ttl_ms, under a secondary key when `vary` names request fields, and
+ * answers with it once the store has acknowledged the fill.
  */
 void gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms,
                         const char *vary);

@@ -263,11 +263,7 @@ httpcache_etag_matches(const char *inm, size_t len, const char *etag)
 void
 httpcache_etag_of(const char *body, size_t len, char out[19])
 {
-    uint64_t h = 14695981039346656037ULL; /* FNV-1a 64 */
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)body[i];
-        h *= 1099511628211ULL;
-    }
+    uint64_t h = util_fnv1a(body, len);
     snprintf(out, 19, "\"%016llx\"", (unsigned long long)h);
 }
 

@@ -23,12 +23,7 @@ struct tier_cache {
 static uint64_t
 hash(const char *s, size_t len)
 {
-    uint64_t h = 14695981039346656037ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
+    return util_fnv1a(s, len);
 }
 
 struct tier_cache *

@@ -678,11 +678,7 @@ compile_set(struct compile *c)
 static void
 hash_hex(const char *s, size_t len, char out[17])
 {
-    uint64_t h = 14695981039346656037ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
-    }
+    uint64_t h = util_fnv1a(s, len);
     snprintf(out, 17, "%016llx", (unsigned long long)h);
 }
 

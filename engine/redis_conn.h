@@ -182,14 +182,8 @@ resp_str(struct sbuf *b, const char *s)
 static inline void
 resp_u64(struct sbuf *b, uint64_t v)
 {
-    char buf[24];
-    size_t i = sizeof(buf);
-
-    do {
-        buf[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    resp_arg(b, buf + i, sizeof(buf) - i);
+    char buf[20];
+    resp_arg(b, buf, util_u64(buf, v));
 }
 
 static inline void

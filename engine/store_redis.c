@@ -392,7 +392,7 @@ keyset_add(struct keyset *ks, char kind, const struct limiter_rule *id, const ch
         codec_cache_key(&ks->bytes, kind, raw, len);
     size_t klen = ks->bytes.len - off;
     const char *k = ks->bytes.p + off;
-    for (uint64_t h = fnv1a(k, klen);; h++) {
+    for (uint64_t h = util_fnv1a(k, klen);; h++) {
         uint32_t *sl = &ks->slot[h & ks->mask];
         if (*sl == 0) {
             ks->off[ks->n] = off;
@@ -575,7 +575,7 @@ batch_add(struct store_redis *s, struct admit_op *op, struct redis_conn *c, bool
     struct batch *bt = NULL, **chain = NULL;
 
     if (taglen) {
-        chain = &s->open[fnv1a(tag, taglen) & (BATCH_SLOTS - 1)];
+        chain = &s->open[util_fnv1a(tag, taglen) & (BATCH_SLOTS - 1)];
         for (bt = *chain; bt; bt = bt->chain)
             if (bt->taglen == taglen && memcmp(bt->tag, tag, taglen) == 0)
                 break;

@@ -40,7 +40,7 @@ codec_hash_tag(const char *raw, size_t len, char *out)
         memcpy(out, seg, n);
         return n;
     }
-    uint64_t v = fnv1a(seg, n);
+    uint64_t v = util_fnv1a(seg, n);
     out[0] = '#';
     for (int i = 16; i >= 1; i--, v >>= 4)
         out[i] = hex[v & 15];

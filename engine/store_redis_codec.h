@@ -97,29 +97,12 @@ const char *codec_entry_key_raw(const char *k, size_t klen, size_t *rawlen);
 
 /* ---- small encoders ----------------------------------------------------------------------- */
 
-/* FNV-1a of p[0..n). */
-static inline uint64_t
-fnv1a(const char *p, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)p[i]) * 0x100000001b3ull;
-    return h;
-}
-
 /* Appends v in decimal. */
 static inline void
 put_u64(struct sbuf *b, uint64_t v)
 {
     char buf[20];
-    size_t i = sizeof(buf);
-
-    do {
-        buf[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    sbuf_add(b, buf + i, sizeof(buf) - i);
+    sbuf_add(b, buf, util_u64(buf, v));
 }
 
 /* Appends v as 4 little-endian bytes. */

@@ -76,7 +76,7 @@ near_find(struct near *n, const char *key, size_t keylen)
 {
     if (!n->buckets)
         return NULL;
-    struct near_entry *e = *near_slot(n, fnv1a(key, keylen), key, keylen);
+    struct near_entry *e = *near_slot(n, util_fnv1a(key, keylen), key, keylen);
     if (e && n->head != e) {
         near_unlist(n, e);
         near_push(n, e);
@@ -89,7 +89,7 @@ near_drop(struct near *n, const char *key, size_t keylen)
 {
     if (!n->buckets)
         return;
-    struct near_entry **pp = near_slot(n, fnv1a(key, keylen), key, keylen);
+    struct near_entry **pp = near_slot(n, util_fnv1a(key, keylen), key, keylen);
     if (*pp)
         near_remove(n, pp);
 }
@@ -99,7 +99,7 @@ near_put(struct near *n, const char *key, size_t keylen, const unsigned char *to
          struct store_entry *entry)
 {
     size_t charge = sizeof(struct near_entry) + keylen + entry->body_len + entry->headers_len + 64;
-    uint64_t hash = fnv1a(key, keylen);
+    uint64_t hash = util_fnv1a(key, keylen);
 
     if (charge > n->max_bytes / 4) {
         near_drop(n, key, keylen);

@@ -84,17 +84,6 @@ add_json_literal(struct sbuf *b, const char *prefix, const char *s, const char *
     sbuf_free(&t);
 }
 
-static uint64_t
-fnv1a(const char *s)
-{
-    uint64_t h = 14695981039346656037ULL;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 /* Appends the trigger function's name for `table`, quoted and schema-qualified as it is. */
 static void
 add_function_name(struct sbuf *b, const char *table)
@@ -107,7 +96,7 @@ add_function_name(struct sbuf *b, const char *table)
         snprintf(fn, sizeof(fn), "%s%s", FUNCTION_PREFIX, name);
     else
         snprintf(fn, sizeof(fn), "%s%.32s_%016llx", FUNCTION_PREFIX, name,
-                 (unsigned long long)fnv1a(table));
+                 (unsigned long long)util_fnv1a(table, strlen(table)));
     if (dot) {
         add_ident(b, table, (size_t)(dot - table));
         sbuf_adds(b, ".");

@@ -128,6 +128,18 @@ util_seterr(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
+uint64_t
+util_fnv1a(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
 size_t
 util_u64(char *out, uint64_t v)
 {

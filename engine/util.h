@@ -20,6 +20,9 @@ void util_seterr(char *err, size_t errlen, const char *fmt, ...)
 /* Writes v in decimal to out (room for 20 bytes), not terminated; returns the length. */
 size_t util_u64(char *out, uint64_t v);
 
+/* FNV-1a 64 of p[0..n): hash tables, statement names, fingerprints. Not for secrets. */
+uint64_t util_fnv1a(const void *p, size_t n);
+
 /* printf into a new string (owned by the caller). */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
