@@ -112,7 +112,7 @@ gw_inflight_finish(struct gw_req *rq)
                     memcmp(w->vkey, rq->vkey, (size_t)n) == 0;
         }
         if (share)
-            gw_reply_entry(w, e, "HIT", e->stored_ms);
+            gw_reply_entry(w, e, rq->admit.bypassed ? "BYPASS" : "HIT", e->stored_ms);
         else
             gw_to_origin(w);
         w = next;
@@ -170,8 +170,18 @@ gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, co
         httpcache_etag_of(e->body, e->body_len, tag);
         e->etag = xstrdup(tag);
     }
+    store_entry_ref(e);
+    store_entry_release(rq->answer);
+    rq->answer = e; /* shared with the requests waiting on this fill */
     if (rq->admit.bypassed) {
-        /* The shared store is unavailable: the cache was not consulted and is not filled. */
+        /* The shared store is unavailable: the cache was not consulted and is not filled;
+         * the waiters of this worker still share the answer (only theirs, when it varies). */
+        if (vary && gw_vary_key(rq, vary) >= 0) {
+            snprintf(rq->vary_names, sizeof(rq->vary_names), "%s", vary);
+        } else if (vary) {
+            store_entry_release(rq->answer);
+            rq->answer = NULL;
+        }
         gw_reply_entry(rq, e, "BYPASS", now);
         return;
     }
@@ -207,12 +217,11 @@ gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, co
         keylen = rq->primary_len;
     }
     if (!key) {
+        store_entry_release(rq->answer); /* not stored: waiters go to the origin themselves */
+        rq->answer = NULL;
         gw_reply_entry(rq, e, "MISS", now);
         return;
     }
-    store_entry_ref(e);
-    store_entry_release(rq->answer);
-    rq->answer = e; /* shared with the requests waiting on this fill */
     if (rq->warm)
         rq->warm_outcome = WARM_FILLED;
     /* Answered once the store has it: the caller's next request, on any instance, hits. */
@@ -245,9 +254,6 @@ gw_remember_uncacheable(struct gw_req *rq, struct store_entry *e)
     uint64_t ttl = rq->ep->ttl_ms < HIT_FOR_MISS_MS ? rq->ep->ttl_ms : HIT_FOR_MISS_MS;
     struct store_entry *m = store_entry_new(200, NULL, xstrdup(""), 0);
     m->flags = STORE_ENTRY_PASS;
-    uint64_t now = store_now_ms();
-    m->stored_ms = now;
-    m->expires_ms = now + ttl;
     const char *key = rq->primary_key ? rq->primary_key : rq->admit.cache_key;
     size_t keylen = rq->primary_key ? rq->primary_len : rq->admit.cache_keylen;
     store_entry_ref(e);

@@ -367,7 +367,7 @@ ceil_sec(uint64_t ms)
 static void
 add_limit_headers(struct gw_req *rq)
 {
-    size_t n = rq->ep->nlimits;
+    size_t n = rq->admit.nlimits; /* the limits counted: none for warming */
     if (n == 0)
         return;
     size_t pick = 0;
@@ -410,7 +410,7 @@ reply_denied(struct gw_req *rq)
 {
     uint64_t retry = 0;
     json_t *violated = json_array();
-    for (size_t i = 0; i < rq->ep->nlimits; i++) {
+    for (size_t i = 0; i < rq->admit.nlimits; i++) {
         if (rq->results[i].allowed)
             continue;
         json_array_append_new(violated, json_string(limit_name(rq, i)));
@@ -537,11 +537,17 @@ fill_and_reply(struct gw_req *rq, int status, char *body, size_t len)
  * The origin failed: the stale entry when the endpoint's stale_if_error
  * window still covers it, else the error.
  */
+bool
+gw_stale_serves(const struct gw_req *rq)
+{
+    return rq->stale && store_now_ms() <= rq->stale->expires_ms + rq->ep->sie_ms;
+}
+
 void
 gw_origin_failed(struct gw_req *rq, int status, const char *detail)
 {
     struct store_entry *e = rq->stale;
-    if (e && store_now_ms() <= e->expires_ms + rq->ep->sie_ms) {
+    if (gw_stale_serves(rq)) {
         fprintf(stderr, "sluice: %s: serving a stale answer: %s\n", rq->ep->name, detail);
         gw_reply_entry(rq, e, "STALE", store_now_ms());
         return;
@@ -792,13 +798,11 @@ on_looked_up(void *arg, int status)
         return;
     }
     if (e && (e->flags & STORE_ENTRY_VARY) && !rq->primary_key) {
-        char names[256];
-        snprintf(names, sizeof(names), "%.*s", (int)e->body_len, e->body);
-        snprintf(rq->vary_names, sizeof(rq->vary_names), "%s", names);
+        snprintf(rq->vary_names, sizeof(rq->vary_names), "%.*s", (int)e->body_len, e->body);
         store_entry_release(e);
         rq->primary_key = a->cache_key;
         rq->primary_len = a->cache_keylen;
-        long n = gw_vary_key(rq, names);
+        long n = gw_vary_key(rq, rq->vary_names);
         if (n < 0) {
             rq->bypass = true;
             gw_to_origin(rq);
@@ -815,17 +819,12 @@ on_looked_up(void *arg, int status)
         gw_to_origin(rq); /* hit-for-miss: nothing to wait for */
         return;
     }
-    switch (a->state) {
-    case STORE_HIT:
-        if (e) {
-            rq->entry = e; /* released with the request */
-            gw_reply_entry(rq, e, "HIT", a->now_ms);
-            return;
-        }
-        break;
-    case STORE_STALE:
-        if (!e)
-            break;
+    if (a->state == STORE_HIT && e) {
+        rq->entry = e; /* released with the request */
+        gw_reply_entry(rq, e, "HIT", a->now_ms);
+        return;
+    }
+    if (a->state == STORE_STALE && e) {
         if (a->now_ms <= e->expires_ms + ep->swr_ms) {
             if (a->lease_taken)
                 start_refresh(rq);
@@ -835,25 +834,13 @@ on_looked_up(void *arg, int status)
         }
         store_entry_release(rq->stale);
         rq->stale = e; /* served if the origin fails */
-        e = NULL;
         if (!a->lease_taken && wait_for_fill(rq))
             return;
-        break;
-    case STORE_FILLING:
-        store_entry_release(e);
-        e = NULL;
-        if (wait_for_fill(rq))
+    } else {
+        store_entry_release(e); /* no entry comes with the other states */
+        if (a->state == STORE_FILLING ? wait_for_fill(rq) : gw_inflight_wait(rq))
             return;
-        break;
-    case STORE_MISS:
-    default:
-        store_entry_release(e);
-        e = NULL;
-        if (gw_inflight_wait(rq))
-            return;
-        break;
     }
-    store_entry_release(e);
     if (rq->fill_timer) {
         event_free(rq->fill_timer);
         rq->fill_timer = NULL;
@@ -1143,8 +1130,7 @@ req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
         const struct router_match *m)
 {
     struct gw_req *rq = xmalloc(sizeof(*rq));
-    /* Everything before the scratch arenas starts zeroed; the arenas are used by offset. */
-    memset(rq, 0, offsetof(struct gw_req, vary_names));
+    memset(rq, 0, offsetof(struct gw_req, dec)); /* the rest is written before it is read */
     rq->vary_names[0] = '\0';
     rq->vkey[0] = '\0';
     rq->hdrs[0] = '\0';

@@ -40,7 +40,6 @@ struct template;
     30000                    /* an uncacheable answer sends its key's requests straight to         \
                                 the origin this long (at most the endpoint's TTL) */
 #define INFLIGHT_BUCKETS 256 /* fills in progress per worker, by key */
-#define MAX_FIELDS 128       /* header fields of an upstream answer that are looked at */
 #define WARM_TICK_MS 50      /* warming: a batch every tick */
 #define WARM_PER_TICK 10     /* of at most this many requests (200 per second) */
 #define WARM_MAX_INFLIGHT 32 /* with at most this many in flight */
@@ -101,6 +100,7 @@ struct gw_worker {
 };
 
 struct gw_req {
+    /* Zeroed by req_new(), up to `dec`. */
     struct gw_worker *wk;
     struct server_request *sr;
     struct policy *policy; /* reference held for the request's life */
@@ -111,35 +111,21 @@ struct gw_req {
     const struct policy_tier *tier;
     const struct tenant *tn; /* the caller's tenant file, or NULL */
     int hooked;              /* dec holds what the tenant's hooks decided */
-    struct tenant_decision dec;
-    struct limiter_rule hook_rules[TENANT_MAX_LIMITS]; /* limits a hook changed */
-    char hook_fields[TENANT_MAX_LIMITS][96];           /* and their RateLimit-Policy items */
     json_t *body;
     int value_overflow; /* a decoded value did not fit: the request is refused */
-
-    struct store_limit limits[MAX_LIMITS];
-    struct limiter_result results[MAX_LIMITS];
-    const char *tags[MAX_TAGS];
-    size_t taglens[MAX_TAGS];
-    uint64_t tag_gens[MAX_TAGS];
     struct store_admit admit;
     struct store_entry *entry; /* the fill in progress */
     struct event *fill_timer;  /* waiting for another caller's fill: the next look */
     uint64_t fill_waited_ms;   /* how long it has waited for that fill */
-    const char *inv_tags[MAX_TAGS];
-    size_t inv_lens[MAX_TAGS];
-
-    bool detached;    /* no client: a background refresh or a warming request */
-    bool warm;        /* warming: no limit is counted */
-    bool refresh;     /* a background refresh: the lease is held, the lookup is done */
-    bool bypass;      /* the cache is not used for this request (X-Cache: BYPASS) */
-    bool uncacheable; /* the origin's answer may not be stored (hit-for-miss) */
+    bool detached;             /* no client: a background refresh or a warming request */
+    bool warm;                 /* warming: no limit is counted */
+    bool refresh;              /* a background refresh: the lease is held, the lookup is done */
+    bool bypass;               /* the cache is not used for this request (X-Cache: BYPASS) */
+    bool uncacheable;          /* the origin's answer may not be stored (hit-for-miss) */
     enum { WARM_FAILED = 0, WARM_FILLED, WARM_CACHED } warm_outcome;
     struct gw_req *bg_prev, *bg_next; /* in wk->background while detached */
-    char *own_raw;                    /* a detached request's own bytes, and its parsed form */
-    struct server_request own_sr;
-    char own_ip[48];
-    struct store_entry *stale;  /* an expired entry kept for stale_if_error */
+    char *own_raw;                    /* a detached request's own bytes, parsed in own_sr */
+    struct store_entry *stale;        /* an expired entry kept for stale_if_error */
     struct store_entry *answer; /* the origin's answer, held until a write's invalidation lands
                                    or shared with the requests waiting on this fill */
     struct upstream_call *call;
@@ -148,9 +134,22 @@ struct gw_req {
     uint64_t wait_start_ms;     /* when it began waiting on another's fill */
     const char *primary_key;    /* when the entry varies: the primary key (cache_key is then */
     size_t primary_len;         /* the secondary one, in vkey) */
-    char vary_names[256];       /* the answer varied on these fields */
-    char vkey[1024];
 
+    /* Not zeroed: each is written before it is read. */
+    struct tenant_decision dec;                        /* read only when hooked */
+    struct limiter_rule hook_rules[TENANT_MAX_LIMITS]; /* limits a hook changed */
+    char hook_fields[TENANT_MAX_LIMITS][96];           /* and their RateLimit-Policy items */
+    struct store_limit limits[MAX_LIMITS];             /* admit.nlimits of them */
+    struct limiter_result results[MAX_LIMITS];
+    const char *tags[MAX_TAGS]; /* admit.ntags of them */
+    size_t taglens[MAX_TAGS];
+    uint64_t tag_gens[MAX_TAGS];
+    const char *inv_tags[MAX_TAGS];
+    size_t inv_lens[MAX_TAGS];
+    struct server_request own_sr; /* a detached request's parsed form (sr points here) */
+    char own_ip[48];
+    char vary_names[256]; /* the answer varied on these fields ("" when not) */
+    char vkey[1024];      /* the secondary key ("" when none) */
     char hdrs[HDRS_BYTES];
     size_t hdrs_len;
     size_t keys_used, vals_used;
@@ -186,6 +185,9 @@ void gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_m
  * then answers with e (a reference is taken; X-Cache: MISS) and frees the request.
  */
 void gw_remember_uncacheable(struct gw_req *rq, struct store_entry *e);
+
+/* Whether the request holds a stale entry its endpoint's stale_if_error still covers. */
+bool gw_stale_serves(const struct gw_req *rq);
 
 /* The origin failed: answers the stale entry within stale_if_error, else the error. */
 void gw_origin_failed(struct gw_req *rq, int status, const char *detail);

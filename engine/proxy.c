@@ -13,23 +13,12 @@
 
 /* ---- the upstream source ------------------------------------------------------------------ */
 
-static bool
-field_is(const struct upstream_header *f, const char *name)
-{
-    return f->name_len == strlen(name) && strncasecmp(f->name, name, f->name_len) == 0;
-}
-
 /* An upstream's answer as an entry: status, Content-Type, the replayed fields, ETag, body. */
 static struct store_entry *
 upstream_entry(const struct upstream_response *res, const struct http_header *f, size_t n)
 {
-    const char *ct = NULL, *etag = NULL;
-    for (size_t i = 0; i < res->nfields; i++) {
-        if (!ct && field_is(&res->fields[i], "content-type"))
-            ct = res->fields[i].value;
-        else if (!etag && field_is(&res->fields[i], "etag"))
-            etag = res->fields[i].value;
-    }
+    const char *ct = upstream_response_field(res, "content-type");
+    const char *etag = upstream_response_field(res, "etag");
     struct store_entry *e = store_entry_new((uint16_t)res->status, ct ? xstrdup(ct) : NULL,
                                             xstrndup(res->body, res->body_len), res->body_len);
     struct sbuf h = {0};
@@ -57,17 +46,18 @@ on_upstream(void *arg, const struct upstream_response *res)
                          detail);
         return;
     }
-    struct http_header fields[MAX_FIELDS];
-    size_t n = res->nfields < MAX_FIELDS ? res->nfields : MAX_FIELDS;
-    for (size_t i = 0; i < n; i++) {
-        fields[i].name = (struct http_str){res->fields[i].name, res->fields[i].name_len};
-        fields[i].value = (struct http_str){res->fields[i].value, res->fields[i].value_len};
-    }
-    if (res->status >= 500 && rq->stale) {
+    if (res->status >= 500 && gw_stale_serves(rq)) {
         char detail[96];
         snprintf(detail, sizeof(detail), "upstream \"%s\" answered %d", ep->up->name, res->status);
         gw_origin_failed(rq, res->status, detail);
         return;
+    }
+    /* Every field is judged and replayed (the parser refuses more than it can hold). */
+    struct http_header fields[UPSTREAM_MAX_FIELDS];
+    size_t n = res->nfields;
+    for (size_t i = 0; i < n; i++) {
+        fields[i].name = (struct http_str){res->fields[i].name, res->fields[i].name_len};
+        fields[i].value = (struct http_str){res->fields[i].value, res->fields[i].value_len};
     }
     struct store_entry *e = upstream_entry(res, fields, n);
     if (ep->is_write) {

@@ -11,7 +11,6 @@
 
 #define READ_CHUNK 16384                                /* least room offered to a read */
 #define KEEP_BUF (UPSTREAM_MAX_HEAD_BYTES + READ_CHUNK) /* larger buffers are freed when idle */
-#define MAX_FIELDS 256                                  /* header fields in one answer head */
 
 /* ---- small helpers ---- */
 
@@ -312,7 +311,7 @@ parse_head(struct upstream_parser *ps, size_t end)
                            *p == ' ' || *p == '\t'
                                ? "whitespace before a colon in the upstream answer"
                                : "malformed header field name in the upstream answer");
-        if (ps->nat == MAX_FIELDS)
+        if (ps->nat == UPSTREAM_MAX_FIELDS)
             return ps_fail(ps, UPSTREAM_PROTOCOL, "too many header fields in the upstream answer");
         *p++ = '\0';
         while (*p == ' ' || *p == '\t')

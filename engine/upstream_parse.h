@@ -10,6 +10,7 @@ struct http_request;
 struct sbuf;
 
 #define UPSTREAM_MAX_HEAD_BYTES (64 * 1024) /* status line and header section of an answer */
+#define UPSTREAM_MAX_FIELDS 256 /* header fields of an answer; more is a malformed answer */
 
 enum upstream_error {
     UPSTREAM_OK = 0,
