@@ -1,5 +1,5 @@
-/* identity.c - who is calling: per-worker cache of each user's tier. */
-#include "identity.h"
+/* tier_cache.c - a per-worker cache of each user's tier, looked up by SQL. */
+#include "tier_cache.h"
 
 #include <stdlib.h>
 #include <string.h>

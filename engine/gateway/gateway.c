@@ -12,7 +12,7 @@
 
 #include "db.h"
 #include "httpcache.h"
-#include "identity.h"
+#include "tier_cache.h"
 #include "policy.h"
 #include "router.h"
 #include "store.h"

@@ -1,6 +1,6 @@
-/* identity.h - who is calling: per-worker cache of each user's tier. */
-#ifndef SLUICE_IDENTITY_H
-#define SLUICE_IDENTITY_H
+/* tier_cache.h - a per-worker cache of each user's tier, looked up by SQL. */
+#ifndef SLUICE_TIER_CACHE_H
+#define SLUICE_TIER_CACHE_H
 
 #include <stddef.h>
 #include <stdint.h>
