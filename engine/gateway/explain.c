@@ -1,42 +1,28 @@
-/* explain.c - what a policy does with a request, as JSON: endpoint, caller, limits, cache key and
- * tags. */
+/* explain.c - what a policy does with a request, as JSON: endpoint, caller, limits, cache key,
+ * tags and invalidations, from the request path's own plan. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway_internal.h"
+#include "gateway.h"
 #include "http_parse.h"
 #include "limiter.h"
-#include "template.h"
+#include "plan.h"
 #include "util.h"
 
-/* ---- explain ------------------------------------------------------------------------------ */
-
+/* One limit as the request path counts it: rq->limits[i] after gw_plan(). */
 static json_t *
-expanded_list(struct gw_req *rq, struct template *const *t, size_t n)
+limit_json(struct gw_req *rq, size_t i)
 {
-    json_t *a = json_array();
-    for (size_t i = 0; i < n; i++) {
-        size_t len;
-        const char *k = gw_expand(rq, t[i], &len);
-        json_array_append_new(a, k ? json_stringn(k, len) : json_string("(too long)"));
-    }
-    return a;
-}
-
-static json_t *
-limit_json(struct gw_req *rq, const struct policy_limit *l)
-{
-    const struct limiter_rule *rule = l->is_tier ? &rq->tier->rule : &l->rule;
-    size_t len;
-    const char *key = l->is_tier ? gw_caller_key(rq, &len) : gw_expand(rq, l->key, &len);
+    const struct policy_limit *l = &rq->ep->limits[i];
+    const struct store_limit *sl = &rq->limits[i];
+    const struct limiter_rule *rule = sl->rule;
     json_t *o =
-        json_pack("{s:s, s:s, s:I, s:f, s:I, s:s}", "name", l->is_tier ? rq->tier->name : l->name,
-                  "algorithm", limiter_algo_name(rule->algo), "limit", (json_int_t)rule->limit,
-                  "window_seconds", (double)rule->window_ms / 1000.0, "cost", (json_int_t)l->cost,
-                  "fail", l->fail_closed ? "closed" : "open");
-    json_object_set_new(o, "key", key ? json_stringn(key, len) : json_string("(too long)"));
+        json_pack("{s:s, s:s, s:I, s:f, s:I, s:s, s:s%}", "name", gw_limit_name(rq, i), "algorithm",
+                  limiter_algo_name(rule->algo), "limit", (json_int_t)rule->limit, "window_seconds",
+                  (double)rule->window_ms / 1000.0, "cost", (json_int_t)sl->cost, "fail",
+                  sl->fail_closed ? "closed" : "open", "key", sl->key, sl->keylen);
     if (rule->algo == LIMITER_TOKEN_BUCKET)
         json_object_set_new(o, "burst",
                             json_integer((json_int_t)(rule->burst ? rule->burst : rule->limit)));
@@ -45,10 +31,123 @@ limit_json(struct gw_req *rq, const struct policy_limit *l)
     return o;
 }
 
+static json_t *
+strings_json(const char *const *s, const size_t *lens, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, json_stringn(s[i], lens[i]));
+    return a;
+}
+
+static const char *
+tier_from_text(enum gw_tier_from from, bool given)
+{
+    switch (from) {
+    case GW_TIER_ANONYMOUS:
+        return "default (anonymous caller)";
+    case GW_TIER_UNUSED:
+        return "default (no limit of this endpoint uses the tier)";
+    case GW_TIER_HEADER:
+        return "header";
+    case GW_TIER_NO_LOOKUP:
+        return "default";
+    case GW_TIER_SQL:
+    default:
+        return given ? "given" : "default (explain does not run the SQL lookup)";
+    }
+}
+
+static json_t *
+caller_json(struct gw_req *rq, const char *tier_from)
+{
+    json_t *c = json_object();
+    json_object_set_new(c, "user", rq->user ? json_stringn(rq->user, rq->user_len) : json_null());
+    json_object_set_new(c, "tenant",
+                        rq->tenant ? json_stringn(rq->tenant, rq->tenant_len) : json_null());
+    json_object_set_new(c, "ip", json_string(rq->sr->ip));
+    json_object_set_new(c, "tier", rq->tier ? json_string(rq->tier->name) : json_null());
+    json_object_set_new(c, "tier_from", json_string(tier_from));
+    return c;
+}
+
+static json_t *
+tenant_json(struct gw_req *rq, const struct policy_endpoint *routed)
+{
+    const struct tenant *tn = rq->tn;
+    if (!tn)
+        return json_null();
+    /* A tenant's tier override carries its main tier's name. */
+    const struct policy_tier *main_tier =
+        rq->tier ? policy_tier_find(rq->policy, rq->tier->name, strlen(rq->tier->name)) : NULL;
+    json_t *hooks = json_array();
+    for (size_t i = 0; i < tn->nhooks; i++)
+        json_array_append_new(hooks, json_string(tn->hooks[i].name));
+    return json_pack("{s:s, s:s, s:b, s:b, s:b, s:o, s:s}", "name", tn->name, "file", tn->file,
+                     "last_good_version", tn->last_good, "tier_override",
+                     rq->tier && rq->tier != main_tier, "endpoint_override", rq->ep != routed,
+                     "hooks", hooks, "note", "hooks are not run by explain");
+}
+
 static const char *const source_names[] = {"sql", "upstream", "static"};
 
+static json_t *
+endpoint_json(const struct policy_endpoint *ep)
+{
+    json_t *e = json_pack("{s:s, s:s, s:i, s:s}", "name", ep->name, "file", ep->file, "line",
+                          ep->line, "source", source_names[ep->source]);
+    if (ep->source == SOURCE_SQL)
+        json_object_set_new(e, "sql", json_string(ep->sql));
+    if (ep->source == SOURCE_UPSTREAM && ep->up)
+        json_object_set_new(e, "upstream",
+                            json_pack("{s:s, s:s, s:f}", "name", ep->up->name, "url", ep->up->url,
+                                      "timeout_seconds", (double)ep->up->timeout_ms / 1000.0));
+    return e;
+}
+
+/* The cache as the request path uses it: the key looked up (null when bypassed or not a read). */
+static json_t *
+cache_json(struct gw_req *rq)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    if (!ep->cached)
+        return json_null();
+    const struct store_admit *a = &rq->admit;
+    json_t *c = json_pack("{s:f, s:b, s:b}", "ttl_seconds", (double)ep->ttl_ms / 1000.0, "shared",
+                          ep->shared, "bypass", rq->bypass);
+    json_object_set_new(c, "key",
+                        a->cache_key ? json_stringn(a->cache_key, a->cache_keylen) : json_null());
+    if (rq->bypass)
+        json_object_set_new(c, "bypass_reason",
+                            json_string("the request carries credentials and the cache key holds "
+                                        "neither {user} nor {tenant} of the caller"));
+    json_object_set_new(c, "tags", strings_json(rq->tags, rq->taglens, a->ntags));
+    json_object_set_new(c, "stale_while_revalidate_seconds",
+                        json_real((double)ep->swr_ms / 1000.0));
+    json_object_set_new(c, "stale_if_error_seconds", json_real((double)ep->sie_ms / 1000.0));
+    if (ep->warm)
+        json_object_set_new(c, "warm",
+                            ep->warm->sql
+                                ? json_pack("{s:s}", "sql", ep->warm->sql)
+                                : json_pack("{s:I}", "callers", (json_int_t)ep->warm->ncallers));
+    return c;
+}
+
+/* Marks the explanation as the request being refused, as the server would refuse it. */
+static void
+refused(json_t *o, int status, const char *detail)
+{
+    json_object_set_new(o, "status", json_integer(status));
+    json_object_set_new(o, "detail", json_string(detail));
+}
+
+/*
+ * Explains the request sr on snapshot p through the request path's own
+ * steps (gw_read_request, gw_identify, gw_plan, gw_plan_invalidations): only
+ * the SQL tier lookup and the tenant hooks are not run. Returns a new string.
+ */
 static char *
-explain(struct policy *p, struct server_request *sr, const char *tier, char *err, size_t errlen)
+explain(struct policy *p, struct server_request *sr, const char *tier)
 {
     const struct http_request *h = &sr->http;
     struct router_match m;
@@ -65,120 +164,39 @@ explain(struct policy *p, struct server_request *sr, const char *tier, char *err
         json_decref(o);
         return s;
     }
-    struct gw_req *rq = xcalloc(1, sizeof(*rq));
-    rq->sr = sr;
-    policy_ref(p);
-    rq->policy = p;
-    rq->ep = m.data;
-    rq->m = m;
-    const struct policy_endpoint *ep = rq->ep;
-    const struct policy_identity *id = &p->identity;
-    char *out = NULL;
-    const struct policy_tier *main_tier = NULL;
-    if (gw_identity_header(rq, id->user_header, &rq->user, &rq->user_len) != 0 ||
-        gw_identity_header(rq, id->tenant_header, &rq->tenant, &rq->tenant_len) != 0) {
-        snprintf(err, errlen, "identity header too long");
-        goto done;
+    struct gw_req *rq = gw_req_new(NULL, sr, p, &m);
+    const struct policy_endpoint *routed = rq->ep;
+    char detail[300];
+    int status = gw_read_request(rq, detail, sizeof(detail));
+    if (status != 0) {
+        refused(o, status, detail);
+        json_object_set_new(o, "endpoint", endpoint_json(routed));
+        goto out;
     }
-    if (sr->body_len > 0) {
-        json_error_t jerr;
-        rq->body = json_loadb(sr->body, sr->body_len, 0, &jerr);
+    enum gw_tier_from from = gw_identify(rq);
+    if (from == GW_TIER_SQL)
+        gw_set_tier(rq, tier, tier ? strlen(tier) : 0);
+    json_object_set_new(o, "caller", caller_json(rq, tier_from_text(from, tier != NULL)));
+    json_object_set_new(o, "tenant", tenant_json(rq, routed));
+    json_object_set_new(o, "endpoint", endpoint_json(rq->ep));
+    status = gw_plan(rq, detail, sizeof(detail));
+    if (status != 0) {
+        refused(o, status, detail);
+        goto out;
     }
-    /* The caller's tenant file, as the request path applies it. */
-    rq->tn = tenant_find(p, rq->tenant, rq->tenant_len);
-    if (rq->tn)
-        rq->ep = tenant_endpoint(rq->tn, rq->ep);
-    ep = rq->ep;
-
-    /* The tier: from the header, as given, or the default (explain runs no SQL). */
-    const char *tier_from;
-    if (id->tier_header && rq->user) {
-        const struct http_str *v = http_header_get(h, id->tier_header);
-        gw_set_tier(rq, v ? v->p : NULL, v ? v->len : 0);
-        tier_from = "header";
-    } else if (tier && rq->user) {
-        gw_set_tier(rq, tier, strlen(tier));
-        tier_from = "given";
-    } else {
-        gw_set_tier(rq, NULL, 0);
-        tier_from = !rq->user      ? "default (anonymous caller)"
-                    : id->tier_sql ? "default (explain does not run the SQL lookup)"
-                                   : "default";
-    }
-
-    /* A tenant's tier override carries its main tier's name. */
-    main_tier = rq->tier ? policy_tier_find(p, rq->tier->name, strlen(rq->tier->name)) : NULL;
-    json_t *caller = json_object();
-    json_object_set_new(caller, "user",
-                        rq->user ? json_stringn(rq->user, rq->user_len) : json_null());
-    json_object_set_new(caller, "tenant",
-                        rq->tenant ? json_stringn(rq->tenant, rq->tenant_len) : json_null());
-    json_object_set_new(caller, "ip", json_string(sr->ip));
-    json_object_set_new(caller, "tier", rq->tier ? json_string(rq->tier->name) : json_null());
-    json_object_set_new(caller, "tier_from", json_string(tier_from));
-    json_object_set_new(o, "caller", caller);
-
-    if (rq->tn) {
-        const struct tenant *tn = rq->tn;
-        json_t *hooks = json_array();
-        for (size_t i = 0; i < tn->nhooks; i++)
-            json_array_append_new(hooks, json_string(tn->hooks[i].name));
-        json_t *t = json_pack("{s:s, s:s, s:b, s:b, s:b, s:o, s:s}", "name", tn->name, "file",
-                              tn->file, "last_good_version", tn->last_good, "tier_override",
-                              rq->tier && rq->tier != main_tier, "endpoint_override",
-                              ep != (const struct policy_endpoint *)m.data, "hooks", hooks, "note",
-                              "hooks are not run by explain");
-        json_object_set_new(o, "tenant", t);
-    } else {
-        json_object_set_new(o, "tenant", json_null());
-    }
-
-    json_t *e = json_pack("{s:s, s:s, s:i, s:s}", "name", ep->name, "file", ep->file, "line",
-                          ep->line, "source", source_names[ep->source]);
-    if (ep->source == SOURCE_SQL)
-        json_object_set_new(e, "sql", json_string(ep->sql));
-    if (ep->source == SOURCE_UPSTREAM && ep->up)
-        json_object_set_new(e, "upstream",
-                            json_pack("{s:s, s:s, s:f}", "name", ep->up->name, "url", ep->up->url,
-                                      "timeout_seconds", (double)ep->up->timeout_ms / 1000.0));
-    json_object_set_new(o, "endpoint", e);
-
     json_t *limits = json_array();
-    for (size_t i = 0; i < ep->nlimits; i++) {
-        if (ep->limits[i].is_tier && !rq->tier)
-            continue;
-        json_array_append_new(limits, limit_json(rq, &ep->limits[i]));
-    }
+    for (size_t i = 0; i < rq->admit.nlimits; i++)
+        json_array_append_new(limits, limit_json(rq, i));
     json_object_set_new(o, "limits", limits);
-
-    if (ep->cached) {
-        size_t len;
-        const char *key = gw_expand(rq, ep->cache_key, &len);
-        json_t *c = json_pack("{s:f, s:b}", "ttl_seconds", (double)ep->ttl_ms / 1000.0, "shared",
-                              ep->shared);
-        json_object_set_new(c, "key", key ? json_stringn(key, len) : json_string("(too long)"));
-        json_object_set_new(c, "tags", expanded_list(rq, ep->tags, ep->ntags));
-        json_object_set_new(c, "stale_while_revalidate_seconds",
-                            json_real((double)ep->swr_ms / 1000.0));
-        json_object_set_new(c, "stale_if_error_seconds", json_real((double)ep->sie_ms / 1000.0));
-        if (ep->warm)
-            json_object_set_new(
-                c, "warm",
-                ep->warm->sql ? json_pack("{s:s}", "sql", ep->warm->sql)
-                              : json_pack("{s:I}", "callers", (json_int_t)ep->warm->ncallers));
-        json_object_set_new(o, "cache", c);
-    } else {
-        json_object_set_new(o, "cache", json_null());
-    }
-    json_object_set_new(o, "invalidate", expanded_list(rq, ep->invalidate, ep->ninvalidate));
-    out = json_dumps(o, JSON_INDENT(2));
-done:
+    json_object_set_new(o, "cache", cache_json(rq));
+    if (gw_plan_invalidations(rq) != 0)
+        refused(o, 500, "an invalidation key was too long");
+    json_object_set_new(o, "invalidate", strings_json(rq->inv_tags, rq->inv_lens, rq->ninv));
+out:;
+    char *s = json_dumps(o, JSON_INDENT(2));
     json_decref(o);
-    if (rq->body)
-        json_decref(rq->body);
-    policy_release(rq->policy);
-    free(rq);
-    return out;
+    gw_req_free(rq);
+    return s;
 }
 
 char *
@@ -212,7 +230,7 @@ gateway_explain_request(struct policy *p, const char *line, const char *const *h
         sr.body = blen ? raw.p + head_len : NULL;
         sr.body_len = blen;
         sr.ip = ip;
-        out = explain(p, &sr, tier, err, errlen);
+        out = explain(p, &sr, tier);
     }
     sbuf_free(&raw);
     return out;

@@ -1,12 +1,19 @@
-/* fill.c - filling the cache from an origin: one fill per key per worker, Vary, hit-for-miss. */
+/* fill.c - what an origin's answer does to the cache: fills (Vary markers), hit-for-miss markers,
+ * and the invalidations of a write. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "gateway_internal.h"
+#include "fill.h"
+
 #include "httpcache.h"
+#include "plan.h"
 #include "util.h"
+
+#define HIT_FOR_MISS_MS                                                                            \
+    30000 /* an uncacheable answer sends its key's requests straight to the                        \
+             origin this long (at most the endpoint's TTL) */
 
 static void
 fill_done(void *arg, int status)
@@ -15,120 +22,7 @@ fill_done(void *arg, int status)
     (void)status; /* refused fills are expected after a concurrent invalidation */
 }
 
-/* ---- fills in progress: local coalescing ------------------------------------------------- */
-
-static size_t
-inflight_bucket(const char *key, size_t len)
-{
-    return (size_t)(util_fnv1a(key, len) % INFLIGHT_BUCKETS);
-}
-
-static struct inflight *
-inflight_find(struct gw_worker *wk, const char *key, size_t len)
-{
-    for (struct inflight *f = wk->inflight[inflight_bucket(key, len)]; f; f = f->next)
-        if (f->keylen == len && memcmp(f->key, key, len) == 0)
-            return f;
-    return NULL;
-}
-
-/* Makes rq the local filler of its cache key (when no other request of this worker is). */
-void
-gw_inflight_lead(struct gw_req *rq)
-{
-    const char *key = rq->admit.cache_key;
-    size_t len = rq->admit.cache_keylen;
-    if (!key || rq->inflight || inflight_find(rq->wk, key, len))
-        return;
-    struct inflight *f = xmalloc(sizeof(*f) + len + 1);
-    memcpy(f->key, key, len);
-    f->key[len] = '\0';
-    f->keylen = len;
-    f->filler = rq;
-    f->waiters = NULL;
-    size_t b = inflight_bucket(key, len);
-    f->next = rq->wk->inflight[b];
-    rq->wk->inflight[b] = f;
-    rq->inflight = f;
-}
-
-/* Whether rq may wait on a fill of its key that another request of this worker leads. */
-bool
-gw_inflight_wait(struct gw_req *rq)
-{
-    struct inflight *f = inflight_find(rq->wk, rq->admit.cache_key, rq->admit.cache_keylen);
-    if (!f || f->filler == rq)
-        return false;
-    if (!rq->wait_start_ms)
-        rq->wait_start_ms = store_now_ms();
-    rq->next_waiter = f->waiters;
-    f->waiters = rq;
-    return true;
-}
-
-/*
- * The leader of a fill is done. With a stored answer, each waiting request
- * gets it (when the answer varies, only those sending the same fields; the
- * others go to the origin). With an answer that may not be stored
- * (hit-for-miss), every waiter goes to the origin at once. When the leader
- * failed or went away, the first waiter takes the fill over and the others
- * keep waiting on it.
- */
-void
-gw_inflight_finish(struct gw_req *rq)
-{
-    struct inflight *f = rq->inflight;
-    rq->inflight = NULL;
-    struct inflight **pp = &rq->wk->inflight[inflight_bucket(f->key, f->keylen)];
-    while (*pp != f)
-        pp = &(*pp)->next;
-    *pp = f->next;
-    struct gw_req *w = f->waiters;
-    free(f);
-    struct store_entry *e = rq->answer;
-    if (!e && !rq->uncacheable && w && !rq->wk->closing) {
-        struct gw_req *heir = w;
-        w = w->next_waiter;
-        heir->next_waiter = NULL;
-        gw_inflight_lead(heir);
-        gw_to_origin(heir); /* the others wait on it below, while their wait lasts */
-    }
-    uint64_t now = store_now_ms();
-    while (w) {
-        struct gw_req *next = w->next_waiter;
-        w->next_waiter = NULL;
-        if (!e && !rq->uncacheable && !rq->wk->closing && w->wait_start_ms + FILL_WAIT_MS > now) {
-            /* The fill failed and this one may wait longer: it waits on the heir's fill. */
-            if (gw_inflight_wait(w)) {
-                w = next;
-                continue;
-            }
-        }
-        bool share = e != NULL;
-        if (share && rq->vary_names[0] && !rq->primary_key) {
-            /* The answer varies: shared only with a waiter sending the same fields. */
-            long n = gw_vary_key(w, rq->vary_names);
-            share = n >= 0 && (size_t)n == strlen(rq->vkey) &&
-                    memcmp(w->vkey, rq->vkey, (size_t)n) == 0;
-        }
-        if (share)
-            gw_reply_entry(w, e, rq->admit.bypassed ? "BYPASS" : "HIT", e->stored_ms);
-        else
-            gw_to_origin(w);
-        w = next;
-    }
-}
-
 /* ---- filling the cache -------------------------------------------------------------------- */
-
-/* The secondary key of rq when the answer varies on `names`, into rq->vkey. */
-long
-gw_vary_key(struct gw_req *rq, const char *names)
-{
-    const char *primary = rq->primary_key ? rq->primary_key : rq->admit.cache_key;
-    size_t plen = rq->primary_key ? rq->primary_len : rq->admit.cache_keylen;
-    return httpcache_vary_key(primary, plen, names, &rq->sr->http, rq->vkey, sizeof(rq->vkey));
-}
 
 static void
 fill_key(struct gw_req *rq, const char *key, size_t keylen, struct store_entry *e, uint64_t ttl)
@@ -262,4 +156,40 @@ gw_remember_uncacheable(struct gw_req *rq, struct store_entry *e)
     store_fill(rq->wk->store, key, keylen, m, ttl, rq->tags, rq->taglens, rq->tag_gens,
                rq->admit.ntags, on_uncacheable_noted, rq);
     store_entry_release(m);
+}
+
+/* ---- the invalidations of a write ------------------------------------------------------- */
+
+/* The invalidation of a write landed (or failed): now the write is answered. */
+static void
+on_invalidated(void *arg, int status)
+{
+    struct gw_req *rq = arg;
+    if (status != 0)
+        fprintf(stderr, "sluice: invalidation after %s failed; entries may stay until their TTL\n",
+                rq->ep->name);
+    gw_reply_entry(rq, rq->answer, NULL, 0);
+}
+
+/*
+ * After a successful write: bumps the generations of the endpoint's
+ * invalidate tags, and answers with e (a reference is taken) only once the
+ * store has acknowledged, so that the caller's next read, on any instance,
+ * sees the write.
+ */
+void
+gw_invalidate_then_reply(struct gw_req *rq, struct store_entry *e)
+{
+    store_entry_ref(e);
+    rq->answer = e;
+    if (gw_plan_invalidations(rq) != 0) {
+        gw_fail(rq, 500, "an invalidation key was too long");
+        return;
+    }
+    if (rq->ninv == 0) {
+        gw_reply_entry(rq, e, NULL, 0);
+        return;
+    }
+    /* The store may hold the tags until it is done: they live in the request. */
+    store_invalidate(rq->wk->store, rq->inv_tags, rq->inv_lens, rq->ninv, on_invalidated, rq);
 }

@@ -5,7 +5,9 @@
 #include <string.h>
 #include <strings.h>
 
-#include "gateway_internal.h"
+#include "proxy.h"
+
+#include "fill.h"
 #include "http_parse.h"
 #include "httpcache.h"
 #include "upstream.h"

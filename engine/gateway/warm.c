@@ -5,13 +5,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "warm.h"
+
 #include "db.h"
-#include "gateway_internal.h"
+#include "path.h"
 #include "util.h"
 
-static void warm_tick(evutil_socket_t fd, short what, void *arg);
+#define WARM_TICK_MS 50      /* a batch every tick */
+#define WARM_PER_TICK 10     /* of at most this many requests (200 per second) */
+#define WARM_MAX_INFLIGHT 32 /* with at most this many in flight */
 
-/* ---- warming ------------------------------------------------------------------------------ */
+static void warm_tick(evutil_socket_t fd, short what, void *arg);
 
 static void
 warm_clear(struct warm_state *ws)

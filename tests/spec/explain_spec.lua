@@ -67,10 +67,27 @@ describe("sluice explain on examples/crm", function()
   end)
 
   it("lists what a write invalidates", function()
-    local e = explain("POST /api/crm/contacts", { "X-User-Id: 42" })
+    local e = explain("POST /api/crm/contacts", { "X-User-Id: 42" },
+      { "-d", '{"name":"Ada","email":"ada@example.com"}' })
     table.sort(e.invalidate)
     assert.are.same({ "crm:42", "dash:42" }, e.invalidate)
     assert.is_nil(next(e.cache or {}))
+  end)
+
+  -- explain runs the request path's own steps: what the server refuses, explain refuses.
+  it("refuses a write without the JSON body the server needs, with the server's 400", function()
+    local e = explain("POST /api/crm/contacts", { "X-User-Id: 42" })
+    assert.are.equal(400, e.status)
+    assert.matches("needs a JSON object body", e.detail)
+    assert.is_nil(e.invalidate)
+  end)
+
+  it("refuses a body with a duplicate key as the server does, and invalidates nothing", function()
+    local e = explain("POST /api/crm/contacts", { "X-User-Id: 42" },
+      { "-d", '{"name":"a","name":"b","email":"c"}' })
+    assert.are.equal(400, e.status)
+    assert.matches("duplicate object key", e.detail)
+    assert.is_nil(e.invalidate)
   end)
 
   it("escapes caller values in every key", function()

@@ -1,0 +1,364 @@
+/* path.c - the steps of the request path: identity and tier, tenant hooks, limits and lookup,
+ * waiting for another's fill, serving stale entries and refreshing them, detached requests. */
+#define _GNU_SOURCE
+#include "path.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "db.h"
+#include "plan.h"
+#include "source.h"
+#include "tier_cache.h"
+#include "util.h"
+
+#define FILL_POLL_MS 10     /* a request waiting for another's fill looks again after this, */
+#define FILL_POLL_MAX_MS 50 /* then at doubling intervals up to this */
+
+/* ---- the lookup and waiting for fills ----------------------------------------------------- */
+
+static void on_looked_up(void *arg, int status);
+
+static void
+on_fill_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_req *rq = arg;
+    if (rq->wk->closing) {
+        gw_fail(rq, 503, "the server is shutting down");
+        return;
+    }
+    rq->admit.nlimits = 0; /* a lookup only: the request's limits were counted once */
+    store_admit_and_lookup(rq->wk->store, &rq->admit, on_looked_up, rq);
+}
+
+/*
+ * Waits for a fill another request leads: on this worker's (answered when it
+ * lands), else by looking again after FILL_POLL_MS, then at doubling
+ * intervals, for FILL_WAIT_MS at most. Returns false when the wait is over:
+ * the caller goes to the origin.
+ */
+static bool
+wait_for_fill(struct gw_req *rq)
+{
+    if (rq->wk->closing)
+        return false;
+    if (gw_inflight_wait(rq))
+        return true;
+    if (rq->fill_waited_ms >= FILL_WAIT_MS)
+        return false;
+    if (!rq->fill_timer)
+        rq->fill_timer = evtimer_new(worker_base(rq->wk->w), on_fill_timer, rq);
+    uint64_t ms = rq->fill_waited_ms ? rq->fill_waited_ms : FILL_POLL_MS;
+    if (ms > FILL_POLL_MAX_MS)
+        ms = FILL_POLL_MAX_MS;
+    struct timeval tv = {0, (suseconds_t)(ms * 1000)};
+    if (!rq->fill_timer || evtimer_add(rq->fill_timer, &tv) != 0)
+        return false;
+    rq->fill_waited_ms += ms;
+    return true;
+}
+
+static void start_refresh(struct gw_req *rq);
+
+/*
+ * Serves an admitted request from its lookup: a hit from the cache, a miss
+ * from the origin (leading the fill of its key in this worker), a stale entry
+ * while one refresh runs (stale_while_revalidate) or kept in case the origin
+ * fails (stale_if_error). A marker of a varying answer leads to a second
+ * lookup under the secondary key; a hit-for-miss marker straight to the
+ * origin. While another request fills the key, the request waits for that
+ * fill (wait_for_fill).
+ */
+static void
+on_looked_up(void *arg, int status)
+{
+    struct gw_req *rq = arg;
+    struct store_admit *a = &rq->admit;
+    const struct policy_endpoint *ep = rq->ep;
+    struct store_entry *e = a->entry;
+    a->entry = NULL;
+    if (status != 0) {
+        store_entry_release(e);
+        gw_to_origin(rq);
+        return;
+    }
+    if (e && (e->flags & STORE_ENTRY_VARY) && !rq->primary_key) {
+        snprintf(rq->vary_names, sizeof(rq->vary_names), "%.*s", (int)e->body_len, e->body);
+        store_entry_release(e);
+        rq->primary_key = a->cache_key;
+        rq->primary_len = a->cache_keylen;
+        long n = gw_vary_key(rq, rq->vary_names);
+        if (n < 0) {
+            rq->bypass = true;
+            gw_to_origin(rq);
+            return;
+        }
+        a->cache_key = rq->vkey;
+        a->cache_keylen = (size_t)n;
+        a->nlimits = 0;
+        store_admit_and_lookup(rq->wk->store, a, on_looked_up, rq);
+        return;
+    }
+    if (e && (e->flags & STORE_ENTRY_PASS)) {
+        store_entry_release(e);
+        gw_to_origin(rq); /* hit-for-miss: nothing to wait for */
+        return;
+    }
+    if (a->state == STORE_HIT && e) {
+        rq->entry = e; /* released with the request */
+        gw_reply_entry(rq, e, "HIT", a->now_ms);
+        return;
+    }
+    if (a->state == STORE_STALE && e) {
+        if (a->now_ms <= e->expires_ms + ep->swr_ms) {
+            if (a->lease_taken)
+                start_refresh(rq);
+            rq->entry = e;
+            gw_reply_entry(rq, e, "STALE", a->now_ms);
+            return;
+        }
+        store_entry_release(rq->stale);
+        rq->stale = e; /* served if the origin fails */
+        if (!a->lease_taken && wait_for_fill(rq))
+            return;
+    } else {
+        store_entry_release(e); /* no entry comes with the other states */
+        if (a->state == STORE_FILLING ? wait_for_fill(rq) : gw_inflight_wait(rq))
+            return;
+    }
+    if (rq->fill_timer) {
+        event_free(rq->fill_timer);
+        rq->fill_timer = NULL;
+    }
+    gw_inflight_lead(rq);
+    gw_to_origin(rq);
+}
+
+static void
+on_admitted(void *arg, int status)
+{
+    struct gw_req *rq = arg;
+    if (status != 0) {
+        gw_fail(rq, 503, "the store is unavailable");
+        return;
+    }
+    if (rq->admit.refused_closed) {
+        gw_fail(rq, 503,
+                "the rate-limit store is unavailable and a limit of this endpoint fails closed");
+        return;
+    }
+    gw_add_limit_headers(rq);
+    if (!rq->admit.allowed) {
+        gw_reply_denied(rq);
+        return;
+    }
+    rq->fill_timer = NULL;
+    rq->fill_waited_ms = 0;
+    if (!rq->admit.cache_key) {
+        gw_to_origin(rq);
+        return;
+    }
+    on_looked_up(rq, 0);
+}
+
+/* ---- identity, hooks, limits ---------------------------------------------------------------- */
+
+/* Runs the hooks of the caller's tenant. Returns 0, or -1 when a hook denied (answered). */
+static int
+run_tenant_hooks(struct gw_req *rq)
+{
+    struct tenant_call call = {
+        .http = &rq->sr->http,
+        .user = rq->user,
+        .user_len = rq->user_len,
+        .tenant = rq->tenant,
+        .tenant_len = rq->tenant_len,
+        .ip = rq->sr->ip,
+        .ep = rq->ep,
+        .tier = rq->tier,
+    };
+    tenant_hooks_run(rq->wk->tenants, rq->policy, rq->tn, &call, &rq->dec);
+    rq->hooked = 1;
+    if (rq->dec.deny_status) {
+        gw_fail(rq, rq->dec.deny_status, rq->dec.deny_message);
+        return -1;
+    }
+    return 0;
+}
+
+/* With the caller known: the tenant's hooks, the plan, then the limits and the lookup. */
+static void
+admit_request(struct gw_req *rq)
+{
+    if (rq->tn && rq->tn->nhooks && run_tenant_hooks(rq) != 0)
+        return;
+    char detail[128];
+    int status = gw_plan(rq, detail, sizeof(detail));
+    if (status != 0) {
+        gw_fail(rq, status, detail);
+        return;
+    }
+    struct store_admit *a = &rq->admit;
+    if (rq->refresh) {
+        /* The refresh of a stale entry: its lease is held, its tag generations known. */
+        if (!a->cache_key) {
+            gw_req_free(rq);
+            return;
+        }
+        if (rq->primary_len) {
+            /* The entry varies: the secondary key came with the request. */
+            rq->primary_key = a->cache_key;
+            rq->primary_len = a->cache_keylen;
+            a->cache_key = rq->vkey;
+            a->cache_keylen = strlen(rq->vkey);
+        }
+        a->allowed = true;
+        gw_inflight_lead(rq);
+        gw_to_origin(rq);
+        return;
+    }
+    store_admit_and_lookup(rq->wk->store, a, on_admitted, rq);
+}
+
+static void
+on_tier(void *arg, const struct db_result *res)
+{
+    struct gw_req *rq = arg;
+    const struct policy_identity *id = &rq->policy->identity;
+    if (res->status == DB_OK) {
+        const char *t = res->value ? res->value : "";
+        size_t tl = res->value ? res->value_len : 0;
+        tier_cache_put(rq->wk->tiers, rq->user, rq->user_len, t, tl,
+                       store_now_ms() + id->tier_ttl_ms);
+        gw_set_tier(rq, t, tl);
+    } else {
+        /* The lookup failed: serve under the default tier, and do not remember it. */
+        fprintf(stderr, "sluice: tier lookup failed: %s\n", res->detail);
+        gw_set_tier(rq, NULL, 0);
+    }
+    admit_request(rq);
+}
+
+/* Finds the caller's tier (header, cache, or an asynchronous SQL lookup), then admits. */
+static void
+identify(struct gw_req *rq)
+{
+    if (gw_identify(rq) != GW_TIER_SQL) {
+        admit_request(rq);
+        return;
+    }
+    const struct policy_identity *id = &rq->policy->identity;
+    const char *t;
+    size_t tl;
+    if (tier_cache_get(rq->wk->tiers, rq->user, rq->user_len, store_now_ms(), &t, &tl)) {
+        gw_set_tier(rq, t, tl);
+        admit_request(rq);
+        return;
+    }
+    const char *params[MAX_ARGS];
+    size_t n = id->ntier_args < MAX_ARGS ? id->ntier_args : MAX_ARGS;
+    for (size_t i = 0; i < n; i++) {
+        enum template_var var;
+        const char *name, *val;
+        size_t len;
+        if (template_single_var(id->tier_args[i], &var, &name) &&
+            gw_lookup(rq, var, name, name ? strlen(name) : 0, &val, &len))
+            params[i] = gw_vals_put(rq, val, len);
+        else
+            params[i] = NULL;
+    }
+    if (!rq->wk->db || db_query(rq->wk->db, id->tier_sql, (int)n, params, on_tier, rq) != 0) {
+        gw_set_tier(rq, NULL, 0);
+        admit_request(rq);
+    }
+}
+
+/* Reads the caller's identity and body, then goes on to the tier, limits and lookup. */
+void
+gw_req_begin(struct gw_req *rq)
+{
+    char detail[300];
+    int status = gw_read_request(rq, detail, sizeof(detail));
+    if (status != 0) {
+        gw_fail(rq, status, detail);
+        return;
+    }
+    identify(rq);
+}
+
+/* ---- detached requests --------------------------------------------------------------------- */
+
+/*
+ * A request without a client (a refresh, a warming request) from the raw
+ * HTTP/1.1 bytes in raw (taken; head_len bytes of head, then the body), on
+ * snapshot p. Returns it routed, or NULL when it does not parse or route.
+ */
+struct gw_req *
+gw_detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t head_len,
+                const char *ip)
+{
+    struct server_request sr;
+    memset(&sr, 0, sizeof(sr));
+    struct router_match m;
+    if (http_parse_request(raw->p, raw->len, &sr.http) <= 0 ||
+        router_match(p->router, sr.http.method_str.p, sr.http.method_str.len, sr.http.path.p,
+                     sr.http.path.len, sr.http.query.p, sr.http.query.len, &m) != ROUTER_FOUND) {
+        sbuf_free(raw);
+        return NULL;
+    }
+    struct gw_req *rq = gw_req_new(wk, NULL, p, &m);
+    rq->own_raw = raw->p; /* the parsed strings point into it */
+    rq->own_sr = sr;
+    rq->own_sr.body = raw->len > head_len ? raw->p + head_len : NULL;
+    rq->own_sr.body_len = raw->len - head_len;
+    snprintf(rq->own_ip, sizeof(rq->own_ip), "%s", ip);
+    rq->own_sr.ip = rq->own_ip;
+    rq->own_sr.worker = wk->w;
+    rq->sr = &rq->own_sr;
+    rq->detached = true;
+    rq->bg_next = wk->background;
+    if (wk->background)
+        wk->background->bg_prev = rq;
+    wk->background = rq;
+    *raw = (struct sbuf){0};
+    return rq;
+}
+
+/*
+ * Stale-while-revalidate: the request was answered from a stale entry and
+ * took the key's lease; a copy of it, without a client, fetches the fresh
+ * answer and fills it.
+ */
+static void
+start_refresh(struct gw_req *rq)
+{
+    const struct http_request *h = &rq->sr->http;
+    struct sbuf raw = {0};
+    sbuf_printf(&raw, "%.*s %.*s HTTP/1.1\r\n", (int)h->method_str.len, h->method_str.p,
+                (int)h->target.len, h->target.p);
+    if (!h->host.p)
+        sbuf_adds(&raw, "Host: sluice\r\n"); /* an HTTP/1.0 request may have none */
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const struct http_header *f = &h->headers[i];
+        if ((f->name.len == 14 && strncasecmp(f->name.p, "content-length", 14) == 0) ||
+            (f->name.len == 17 && strncasecmp(f->name.p, "transfer-encoding", 17) == 0))
+            continue;
+        sbuf_printf(&raw, "%.*s: %.*s\r\n", (int)f->name.len, f->name.p, (int)f->value.len,
+                    f->value.p);
+    }
+    sbuf_adds(&raw, "\r\n");
+    size_t head_len = raw.len;
+    struct gw_req *c = gw_detached_new(rq->wk, rq->policy, &raw, head_len, rq->sr->ip);
+    if (!c)
+        return; /* the lease runs out by itself */
+    c->refresh = true;
+    memcpy(c->tag_gens, rq->tag_gens, sizeof(c->tag_gens));
+    if (rq->primary_key) {
+        snprintf(c->vkey, sizeof(c->vkey), "%.*s", (int)rq->admit.cache_keylen,
+                 rq->admit.cache_key);
+        c->primary_len = 1; /* the entry varies: admit() takes the secondary key from vkey */
+    }
+    gw_req_begin(c);
+}

@@ -1,0 +1,203 @@
+/* plan.c - what a request touches: its caller, body, limit keys, cache key, tags and
+ * invalidations, computed once for the request path and for explain. */
+#define _GNU_SOURCE
+#include "plan.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "httpcache.h"
+#include "template.h"
+#include "tenant.h"
+
+#define FILL_LEASE_MS 500 /* a miss holds its key's fill lease this long at most */
+
+/* Reads a trusted identity header into *val (borrowed). Returns -1 when it is too long. */
+static int
+identity_header(struct gw_req *rq, const char *name, const char **val, size_t *len)
+{
+    *val = NULL;
+    *len = 0;
+    if (!name)
+        return 0;
+    const struct http_str *v = http_header_get(&rq->sr->http, name);
+    if (!v || v->len == 0)
+        return 0;
+    if (v->len > MAX_USER_LEN)
+        return -1;
+    *val = v->p;
+    *len = v->len;
+    return 0;
+}
+
+static bool
+uses_body(const struct policy_endpoint *ep)
+{
+    for (size_t i = 0; i < ep->nargs; i++)
+        if (template_uses(ep->args[i]) & TV_BIT(TV_BODY))
+            return true;
+    for (size_t i = 0; i < ep->ninvalidate; i++)
+        if (template_uses(ep->invalidate[i]) & TV_BIT(TV_BODY))
+            return true;
+    return false;
+}
+
+int
+gw_read_request(struct gw_req *rq, char *detail, size_t detail_len)
+{
+    const struct server_request *sr = rq->sr;
+    const struct policy_identity *id = &rq->policy->identity;
+    if (identity_header(rq, id->user_header, &rq->user, &rq->user_len) != 0 ||
+        identity_header(rq, id->tenant_header, &rq->tenant, &rq->tenant_len) != 0) {
+        snprintf(detail, detail_len, "identity header too long");
+        return 400;
+    }
+    if (!uses_body(rq->ep))
+        return 0;
+    if (sr->body_len == 0) {
+        snprintf(detail, detail_len, "this endpoint needs a JSON object body");
+        return 400;
+    }
+    json_error_t jerr;
+    rq->body = json_loadb(sr->body, sr->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!rq->body) {
+        snprintf(detail, detail_len, "malformed JSON body: %s (line %d, column %d)", jerr.text,
+                 jerr.line, jerr.column);
+        return 400;
+    }
+    if (!json_is_object(rq->body)) {
+        snprintf(detail, detail_len, "the JSON body must be an object");
+        return 400;
+    }
+    return 0;
+}
+
+void
+gw_set_tier(struct gw_req *rq, const char *name, size_t len)
+{
+    const struct policy *p = rq->policy;
+    rq->tier = len ? policy_tier_find(p, name, len) : NULL;
+    if (!rq->tier && p->identity.default_tier >= 0)
+        rq->tier = &p->tiers[p->identity.default_tier];
+    if (rq->tn)
+        rq->tier = tenant_tier(rq->tn, p, rq->tier);
+}
+
+static bool
+needs_tier(const struct policy_endpoint *ep)
+{
+    for (size_t i = 0; i < ep->nlimits; i++)
+        if (ep->limits[i].is_tier)
+            return true;
+    return false;
+}
+
+enum gw_tier_from
+gw_identify(struct gw_req *rq)
+{
+    /* A caller whose tenant has a tenant file gets the tenant's view of the endpoint. */
+    rq->tn = tenant_find(rq->policy, rq->tenant, rq->tenant_len);
+    if (rq->tn)
+        rq->ep = tenant_endpoint(rq->tn, rq->ep);
+    const struct policy_identity *id = &rq->policy->identity;
+    enum gw_tier_from from;
+    if (!rq->user)
+        from = GW_TIER_ANONYMOUS;
+    else if (!needs_tier(rq->ep))
+        from = GW_TIER_UNUSED;
+    else if (id->tier_header)
+        from = GW_TIER_HEADER;
+    else if (!id->tier_sql)
+        from = GW_TIER_NO_LOOKUP;
+    else
+        return GW_TIER_SQL;
+    const struct http_str *v =
+        from == GW_TIER_HEADER ? http_header_get(&rq->sr->http, id->tier_header) : NULL;
+    gw_set_tier(rq, v ? v->p : NULL, v ? v->len : 0);
+    return from;
+}
+
+/* Whether credentials of the request may shape an answer that would be stored under a key
+ * which does not hold the caller: the cache is then not used. */
+static bool
+credentials_unkeyed(const struct gw_req *rq)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    if (ep->source != SOURCE_UPSTREAM || !httpcache_has_credentials(&rq->sr->http))
+        return false;
+    unsigned uses = template_uses(ep->cache_key);
+    bool keyed =
+        ((uses & TV_BIT(TV_USER)) && rq->user) || ((uses & TV_BIT(TV_TENANT)) && rq->tenant);
+    return !keyed;
+}
+
+int
+gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    struct store_admit *a = &rq->admit;
+    assert(ep->nlimits <= MAX_LIMITS && ep->ntags <= MAX_TAGS);
+    for (size_t i = 0; i < ep->nlimits; i++) {
+        const struct policy_limit *l = &ep->limits[i];
+        struct store_limit *sl = &rq->limits[i];
+        if (l->is_tier) {
+            assert(rq->tier); /* a policy with a tier limit declares tiers: there is a default */
+            sl->rule = &rq->tier->rule;
+            sl->key = gw_caller_key(rq, &sl->keylen);
+        } else {
+            sl->rule = &l->rule;
+            sl->key = gw_expand(rq, l->key, &sl->keylen);
+        }
+        if (!sl->key) {
+            snprintf(detail, detail_len, "request values too long for a limit key");
+            return 400;
+        }
+        sl->fail_closed = l->fail_closed;
+        sl->cost = l->cost;
+    }
+    if (rq->hooked)
+        gw_apply_decision(rq, ep->nlimits);
+    a->limits = rq->limits;
+    a->nlimits = rq->warm ? 0 : ep->nlimits; /* warming counts against nobody's limits */
+    a->results = rq->results;
+    a->tags = rq->tags;
+    a->taglens = rq->taglens;
+    a->tag_gens = rq->tag_gens;
+    if (!ep->cached)
+        return 0;
+    if (!rq->bypass && credentials_unkeyed(rq))
+        rq->bypass = true;
+    if (rq->bypass || (rq->sr->http.method != HTTP_GET && rq->sr->http.method != HTTP_HEAD))
+        return 0;
+    a->cache_key = gw_expand(rq, ep->cache_key, &a->cache_keylen);
+    if (!a->cache_key) {
+        snprintf(detail, detail_len, "request values too long for a cache key");
+        return 400;
+    }
+    for (size_t i = 0; i < ep->ntags; i++) {
+        rq->tags[i] = gw_expand(rq, ep->tags[i], &rq->taglens[i]);
+        if (!rq->tags[i]) {
+            snprintf(detail, detail_len, "request values too long for a cache tag");
+            return 400;
+        }
+    }
+    a->ntags = ep->ntags;
+    a->lease_ms = FILL_LEASE_MS;
+    return 0;
+}
+
+int
+gw_plan_invalidations(struct gw_req *rq)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    assert(ep->ninvalidate <= MAX_TAGS);
+    rq->ninv = 0;
+    for (size_t i = 0; i < ep->ninvalidate; i++) {
+        rq->inv_tags[i] = gw_expand(rq, ep->invalidate[i], &rq->inv_lens[i]);
+        if (!rq->inv_tags[i])
+            return -1;
+        rq->ninv = i + 1;
+    }
+    return 0;
+}

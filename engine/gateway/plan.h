@@ -1,0 +1,51 @@
+/* plan.h - what a request touches: its caller, body, limit keys, cache key, tags and
+ * invalidations, computed by one set of functions for the request path and for explain. */
+#ifndef SLUICE_PLAN_H
+#define SLUICE_PLAN_H
+
+#include <stddef.h>
+
+#include "req.h"
+
+/*
+ * Reads the caller's identity headers and, when the endpoint's templates use
+ * it, the JSON body (an object, no duplicate keys). Returns 0, or the HTTP
+ * status the request is refused with and a message in detail.
+ */
+int gw_read_request(struct gw_req *rq, char *detail, size_t detail_len);
+
+/* Where the caller's tier came from. */
+enum gw_tier_from {
+    GW_TIER_ANONYMOUS, /* no user: the default tier, limited by address */
+    GW_TIER_UNUSED,    /* no limit of the endpoint names the tier: the default */
+    GW_TIER_HEADER,    /* the identity's tier header */
+    GW_TIER_NO_LOOKUP, /* the identity has no tier lookup: the default */
+    GW_TIER_SQL,       /* a lookup by SQL is needed: the tier is not set yet */
+};
+
+/*
+ * Applies the caller's tenant file (its view of the endpoint) and sets the
+ * tier where no lookup is needed. Returns where the tier comes from; with
+ * GW_TIER_SQL the caller looks it up and calls gw_set_tier().
+ */
+enum gw_tier_from gw_identify(struct gw_req *rq);
+
+/* Sets the request's tier from a name (the default tier when unknown), with tenant overrides. */
+void gw_set_tier(struct gw_req *rq, const char *name, size_t len);
+
+/*
+ * With the caller known (and the tenant hooks' decision in rq->dec when
+ * rq->hooked): the limits to count with their keys, whether the cache is
+ * bypassed because credentials would reach a key that does not hold the
+ * caller, and the cache key and tags, all into rq->admit. Returns 0, or the
+ * HTTP status the request is refused with and a message in detail.
+ */
+int gw_plan(struct gw_req *rq, char *detail, size_t detail_len);
+
+/*
+ * The endpoint's invalidate tags for this request, into rq->inv_tags and
+ * rq->ninv. Returns 0, or -1 when one does not fit the key arena.
+ */
+int gw_plan_invalidations(struct gw_req *rq);
+
+#endif

@@ -1,0 +1,622 @@
+/* req.c - the request path's request object: its arenas, template values, replies, rate-limit
+ * fields, and the coalescing of fills in a worker. */
+#define _GNU_SOURCE
+#include "req.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "httpcache.h"
+#include "template.h"
+#include "upstream.h"
+#include "util.h"
+
+#define QUOTA_TYPE "https://iana.org/assignments/http-problem-types#quota-exceeded"
+
+/* ---- the request object -------------------------------------------------------------------- */
+
+struct gw_req *
+gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
+           const struct router_match *m)
+{
+    struct gw_req *rq = xmalloc(sizeof(*rq));
+    memset(rq, 0, offsetof(struct gw_req, dec)); /* the rest is written before it is read */
+    rq->vary_names[0] = '\0';
+    rq->vkey[0] = '\0';
+    rq->hdrs[0] = '\0';
+    rq->hdrs_len = rq->keys_used = rq->vals_used = 0;
+    rq->wk = wk;
+    rq->sr = sr;
+    policy_ref(p);
+    rq->policy = p;
+    rq->ep = m->data;
+    rq->m = *m;
+    return rq;
+}
+
+void
+gw_req_free(struct gw_req *rq)
+{
+    struct gw_worker *wk = rq->wk;
+    if (rq->detached) {
+        if (rq->bg_prev)
+            rq->bg_prev->bg_next = rq->bg_next;
+        else if (wk->background == rq)
+            wk->background = rq->bg_next;
+        if (rq->bg_next)
+            rq->bg_next->bg_prev = rq->bg_prev;
+    }
+    if (rq->warm) {
+        wk->warm.inflight--;
+        if (rq->policy == wk->warm.policy) { /* not a request of an older generation's warming */
+            if (rq->warm_outcome == WARM_FILLED)
+                wk->warm.filled++;
+            else if (rq->warm_outcome == WARM_CACHED)
+                wk->warm.hits++;
+            else
+                wk->warm.failed++;
+        }
+    }
+    if (rq->inflight)
+        gw_inflight_finish(rq);
+    if (rq->call)
+        upstream_cancel(rq->call);
+    if (rq->fill_timer)
+        event_free(rq->fill_timer);
+    store_entry_release(rq->entry);
+    store_entry_release(rq->stale);
+    store_entry_release(rq->answer);
+    if (rq->body)
+        json_decref(rq->body);
+    free(rq->own_raw);
+    policy_release(rq->policy);
+    free(rq);
+}
+
+/* Sends a response to the request's client; a detached request has none. */
+static void
+respond(struct gw_req *rq, const struct server_response *resp)
+{
+    if (rq->detached) {
+        if (resp->status >= 400 && rq->warm)
+            fprintf(stderr, "sluice: warming %s failed: %d\n", rq->ep->name, resp->status);
+        if (resp->release)
+            resp->release(resp->body, resp->body_len, resp->body_arg);
+        return;
+    }
+    server_respond(rq->sr, resp);
+}
+
+/* Appends to the response's extra headers, kept NUL-terminated (truncated at HDRS_BYTES, which
+ * the limits on names and counts keep out of reach). */
+static void
+hdr_add(struct gw_req *rq, const char *s, size_t len)
+{
+    size_t room = sizeof(rq->hdrs) - 1 - rq->hdrs_len;
+    if (len > room)
+        len = room;
+    memcpy(rq->hdrs + rq->hdrs_len, s, len);
+    rq->hdrs_len += len;
+    rq->hdrs[rq->hdrs_len] = '\0';
+}
+
+static void
+hdr_str(struct gw_req *rq, const char *s)
+{
+    hdr_add(rq, s, strlen(s));
+}
+
+static void
+hdr_u64(struct gw_req *rq, uint64_t v)
+{
+    char buf[20];
+    hdr_add(rq, buf, util_u64(buf, v));
+}
+
+void
+gw_fail(struct gw_req *rq, int status, const char *detail)
+{
+    if (rq->detached) {
+        fprintf(stderr, "sluice: %s %s: %d %s\n", rq->warm ? "warming" : "refreshing", rq->ep->name,
+                status, detail);
+    } else {
+        server_respond_problem(rq->sr, status, NULL, NULL, detail, rq->hdrs_len ? rq->hdrs : NULL);
+    }
+    gw_req_free(rq);
+}
+
+/* Copies into the value arena; NULL (and the request refused) when full. */
+const char *
+gw_vals_put(struct gw_req *rq, const char *s, size_t len)
+{
+    if (rq->vals_used + len + 1 > sizeof(rq->vals)) {
+        rq->value_overflow = 1;
+        return NULL;
+    }
+    char *p = rq->vals + rq->vals_used;
+    memcpy(p, s, len);
+    p[len] = '\0';
+    rq->vals_used += len + 1;
+    return p;
+}
+
+/* Decodes a percent-encoded value into the scratch. Returns 1, or 0 when it cannot. */
+static int
+decoded_value(struct gw_req *rq, const char *raw, size_t rawlen, int plus, const char **val,
+              size_t *len)
+{
+    if (rq->vals_used + rawlen + 1 > sizeof(rq->vals)) {
+        rq->value_overflow = 1;
+        return 0;
+    }
+    char *out = rq->vals + rq->vals_used;
+    size_t outlen;
+    if (http_pct_decode(raw, rawlen, out, &outlen, plus) != 0)
+        return 0;
+    out[outlen] = '\0';
+    rq->vals_used += outlen + 1;
+    *val = out;
+    *len = outlen;
+    return 1;
+}
+
+/* Renders a JSON body field as text: strings as they are, other scalars in JSON form. */
+static int
+body_value(struct gw_req *rq, const char *name, size_t namelen, const char **val, size_t *len)
+{
+    if (!rq->body || !json_is_object(rq->body))
+        return 0;
+    char key[128];
+    if (namelen >= sizeof(key))
+        return 0;
+    memcpy(key, name, namelen);
+    key[namelen] = '\0';
+    json_t *v = json_object_get(rq->body, key);
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_string(v)) {
+        *val = json_string_value(v);
+        *len = json_string_length(v);
+        return 1;
+    }
+    char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!text)
+        return 0;
+    const char *p = gw_vals_put(rq, text, strlen(text));
+    free(text);
+    if (!p)
+        return 0;
+    *val = p;
+    *len = strlen(p);
+    return 1;
+}
+
+int
+gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t namelen,
+          const char **val, size_t *len)
+{
+    const struct http_request *h = &rq->sr->http;
+    switch (var) {
+    case TV_USER:
+        *val = rq->user;
+        *len = rq->user_len;
+        return rq->user != NULL;
+    case TV_TENANT:
+        *val = rq->tenant;
+        *len = rq->tenant_len;
+        return rq->tenant != NULL;
+    case TV_TIER:
+        if (!rq->tier)
+            return 0;
+        *val = rq->tier->name;
+        *len = strlen(rq->tier->name);
+        return 1;
+    case TV_IP:
+        *val = rq->sr->ip;
+        *len = strlen(rq->sr->ip);
+        return 1;
+    case TV_METHOD:
+        *val = h->method_str.p;
+        *len = h->method_str.len;
+        return 1;
+    case TV_ROUTE:
+        *val = rq->ep->name;
+        *len = strlen(rq->ep->name);
+        return 1;
+    case TV_PATH:
+        for (size_t i = 0; i < rq->m.nparams; i++) {
+            const struct router_param *pp = &rq->m.params[i];
+            if (strlen(pp->name) == namelen && memcmp(pp->name, name, namelen) == 0)
+                return decoded_value(rq, pp->value, pp->len, 0, val, len);
+        }
+        return 0;
+    case TV_QUERY: {
+        struct http_str raw;
+        if (!http_query_find(h->query.p, h->query.len, name, namelen, &raw))
+            return 0;
+        return decoded_value(rq, raw.p, raw.len, 1, val, len);
+    }
+    case TV_HEADER: {
+        char hn[128];
+        if (namelen >= sizeof(hn))
+            return 0;
+        memcpy(hn, name, namelen);
+        hn[namelen] = '\0';
+        const struct http_str *v = http_header_get(h, hn);
+        if (!v)
+            return 0;
+        *val = v->p;
+        *len = v->len;
+        return 1;
+    }
+    case TV_BODY:
+        return body_value(rq, name, namelen, val, len);
+    default:
+        return 0;
+    }
+}
+
+static int
+expand_lookup(void *ctx, enum template_var var, const char *name, size_t namelen, const char **val,
+              size_t *len)
+{
+    return gw_lookup(ctx, var, name, namelen, val, len);
+}
+
+/* Expands a template into the key arena. Returns the key, or NULL when it does not fit. */
+const char *
+gw_expand(struct gw_req *rq, const struct template *t, size_t *len)
+{
+    long n = template_expand(t, expand_lookup, rq, rq->keys + rq->keys_used,
+                             sizeof(rq->keys) - rq->keys_used);
+    if (n < 0 || rq->value_overflow)
+        return NULL;
+    const char *k = rq->keys + rq->keys_used;
+    rq->keys_used += (size_t)n + 1;
+    *len = (size_t)n;
+    return k;
+}
+
+/* The tier counter of the caller: one per user, or per address for anonymous callers. */
+const char *
+gw_caller_key(struct gw_req *rq, size_t *len)
+{
+    return gw_expand(rq, rq->user ? rq->policy->tier_key_user : rq->policy->tier_key_ip, len);
+}
+
+/* ---- rate-limit headers ------------------------------------------------------------------- */
+
+const char *
+gw_limit_name(const struct gw_req *rq, size_t i)
+{
+    const struct policy_limit *l = &rq->ep->limits[i];
+    return l->is_tier ? rq->tier->name : l->name;
+}
+
+static const char *
+limit_field(const struct gw_req *rq, size_t i)
+{
+    const struct policy_limit *l = &rq->ep->limits[i];
+    if (rq->hooked && i < TENANT_MAX_LIMITS && rq->dec.limit[i])
+        return rq->hook_fields[i]; /* a tenant hook changed this limit for this request */
+    return l->is_tier ? rq->tier->policy_field : l->policy_field;
+}
+
+static uint64_t
+ceil_sec(uint64_t ms)
+{
+    return (ms + 999) / 1000;
+}
+
+/*
+ * X-RateLimit-* describe the limit closest to refusing (the refusing one with
+ * the longest wait when denied); RateLimit-Policy and RateLimit (IETF draft-11)
+ * list every limit of the request.
+ */
+void
+gw_add_limit_headers(struct gw_req *rq)
+{
+    size_t n = rq->admit.nlimits; /* the limits counted: none for warming */
+    if (n == 0)
+        return;
+    size_t pick = 0;
+    for (size_t i = 1; i < n; i++) {
+        const struct limiter_result *a = &rq->results[pick], *b = &rq->results[i];
+        if (!rq->admit.allowed) {
+            if (!b->allowed && (a->allowed || b->retry_after_ms > a->retry_after_ms))
+                pick = i;
+        } else if (b->remaining < a->remaining) {
+            pick = i;
+        }
+    }
+    const struct limiter_result *r = &rq->results[pick];
+    hdr_str(rq, "X-RateLimit-Limit: ");
+    hdr_u64(rq, r->limit);
+    hdr_str(rq, "\r\nX-RateLimit-Remaining: ");
+    hdr_u64(rq, r->remaining);
+    hdr_str(rq, "\r\nX-RateLimit-Reset: ");
+    hdr_u64(rq, ceil_sec(r->reset_ms));
+    hdr_str(rq, "\r\nRateLimit-Policy: ");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            hdr_str(rq, ", ");
+        hdr_str(rq, limit_field(rq, i));
+    }
+    hdr_str(rq, "\r\nRateLimit: ");
+    for (size_t i = 0; i < n; i++) {
+        hdr_str(rq, i ? ", \"" : "\"");
+        hdr_str(rq, gw_limit_name(rq, i));
+        hdr_str(rq, "\";r=");
+        hdr_u64(rq, rq->results[i].remaining);
+        hdr_str(rq, ";t=");
+        hdr_u64(rq, ceil_sec(rq->results[i].reset_ms));
+    }
+    hdr_str(rq, "\r\n");
+}
+
+void
+gw_reply_denied(struct gw_req *rq)
+{
+    uint64_t retry = 0;
+    json_t *violated = json_array();
+    for (size_t i = 0; i < rq->admit.nlimits; i++) {
+        if (rq->results[i].allowed)
+            continue;
+        json_array_append_new(violated, json_string(gw_limit_name(rq, i)));
+        if (rq->results[i].retry_after_ms > retry)
+            retry = rq->results[i].retry_after_ms;
+    }
+    hdr_str(rq, "Retry-After: ");
+    hdr_u64(rq, ceil_sec(retry) ? ceil_sec(retry) : 1);
+    hdr_str(rq, "\r\n");
+    json_t *o =
+        json_pack("{s:s, s:s, s:i, s:s, s:o}", "type", QUOTA_TYPE, "title",
+                  "Request cannot be satisfied as assigned quota has been exceeded", "status", 429,
+                  "detail", "rate limit exceeded; retry later", "violated-policies", violated);
+    char *body = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    struct server_response resp = {
+        .status = 429,
+        .content_type = "application/problem+json",
+        .headers = rq->hdrs,
+        .headers_len = rq->hdrs_len,
+        .body = body,
+        .body_len = strlen(body),
+    };
+    respond(rq, &resp);
+    free(body);
+    gw_req_free(rq);
+}
+
+/* Applies the hooks' cost and limit changes to the nl limits of the request. */
+void
+gw_apply_decision(struct gw_req *rq, size_t nl)
+{
+    for (size_t i = 0; i < nl; i++) {
+        struct store_limit *sl = &rq->limits[i];
+        if (i < TENANT_MAX_LIMITS && rq->dec.limit[i]) {
+            rq->hook_rules[i] = *sl->rule;
+            rq->hook_rules[i].limit = rq->dec.limit[i];
+            sl->rule = &rq->hook_rules[i];
+            snprintf(rq->hook_fields[i], sizeof(rq->hook_fields[i]), "\"%s\";q=%llu;w=%llu",
+                     gw_limit_name(rq, i), (unsigned long long)rq->dec.limit[i],
+                     (unsigned long long)ceil_sec(sl->rule->window_ms));
+        }
+        if (rq->dec.cost)
+            sl->cost = rq->dec.cost;
+    }
+}
+
+/* ---- replies from the cache and the origin ------------------------------------------------ */
+
+static void
+release_entry(const void *body, size_t len, void *arg)
+{
+    store_entry_release(arg);
+}
+
+/* Whether the request's If-None-Match matches the entry: the answer is then 304. */
+static bool
+not_modified(const struct gw_req *rq, const struct store_entry *e)
+{
+    if (!e->etag || e->status != 200)
+        return false;
+    const struct http_str *inm = http_header_get(&rq->sr->http, "if-none-match");
+    return inm && httpcache_etag_matches(inm->p, inm->len, e->etag);
+}
+
+/*
+ * Replies with a cached, just-filled or just-fetched entry (the reply holds
+ * its own reference): X-Cache (unless NULL) and Age, the entity tag, the
+ * stored fields; 304 without a body when If-None-Match matches.
+ */
+void
+gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uint64_t now_ms)
+{
+    if (rq->warm && xcache && strcmp(xcache, "HIT") == 0)
+        rq->warm_outcome = WARM_CACHED;
+    if (xcache) {
+        uint64_t age = now_ms > e->stored_ms ? (now_ms - e->stored_ms) / 1000 : 0;
+        hdr_str(rq, "X-Cache: ");
+        hdr_str(rq, xcache);
+        hdr_str(rq, "\r\nAge: ");
+        hdr_u64(rq, age);
+        hdr_str(rq, "\r\n");
+    }
+    if (e->etag) {
+        hdr_str(rq, "ETag: ");
+        hdr_str(rq, e->etag);
+        hdr_str(rq, "\r\n");
+    }
+    struct server_response resp = {
+        .status = e->status,
+        .content_type = e->content_type,
+        .headers = rq->hdrs,
+        .headers_len = rq->hdrs_len,
+        .headers2 = e->headers,
+        .headers2_len = e->headers_len,
+    };
+    if (!rq->detached && not_modified(rq, e)) {
+        resp.status = 304;
+        resp.content_type = NULL;
+    } else {
+        store_entry_ref(e);
+        resp.body = e->body;
+        resp.body_len = e->body_len;
+        resp.release = release_entry;
+        resp.body_arg = e;
+    }
+    respond(rq, &resp);
+    gw_req_free(rq);
+}
+
+void
+gw_reply_body(struct gw_req *rq, int status, const char *body, size_t len)
+{
+    struct server_response resp = {
+        .status = status,
+        .content_type = rq->ep->content_type,
+        .headers = rq->hdrs,
+        .headers_len = rq->hdrs_len,
+        .body = body,
+        .body_len = len,
+    };
+    respond(rq, &resp);
+    gw_req_free(rq);
+}
+
+/*
+ * The origin failed: the stale entry when the endpoint's stale_if_error
+ * window still covers it, else the error.
+ */
+bool
+gw_stale_serves(const struct gw_req *rq)
+{
+    return rq->stale && store_now_ms() <= rq->stale->expires_ms + rq->ep->sie_ms;
+}
+
+void
+gw_origin_failed(struct gw_req *rq, int status, const char *detail)
+{
+    struct store_entry *e = rq->stale;
+    if (gw_stale_serves(rq)) {
+        fprintf(stderr, "sluice: %s: serving a stale answer: %s\n", rq->ep->name, detail);
+        gw_reply_entry(rq, e, "STALE", store_now_ms());
+        return;
+    }
+    gw_fail(rq, status, detail);
+}
+
+/* ---- fills in progress: local coalescing ------------------------------------------------- */
+
+static size_t
+inflight_bucket(const char *key, size_t len)
+{
+    return (size_t)(util_fnv1a(key, len) % INFLIGHT_BUCKETS);
+}
+
+static struct inflight *
+inflight_find(struct gw_worker *wk, const char *key, size_t len)
+{
+    for (struct inflight *f = wk->inflight[inflight_bucket(key, len)]; f; f = f->next)
+        if (f->keylen == len && memcmp(f->key, key, len) == 0)
+            return f;
+    return NULL;
+}
+
+/* Makes rq the local filler of its cache key (when no other request of this worker is). */
+void
+gw_inflight_lead(struct gw_req *rq)
+{
+    const char *key = rq->admit.cache_key;
+    size_t len = rq->admit.cache_keylen;
+    if (!key || rq->inflight || inflight_find(rq->wk, key, len))
+        return;
+    struct inflight *f = xmalloc(sizeof(*f) + len + 1);
+    memcpy(f->key, key, len);
+    f->key[len] = '\0';
+    f->keylen = len;
+    f->filler = rq;
+    f->waiters = NULL;
+    size_t b = inflight_bucket(key, len);
+    f->next = rq->wk->inflight[b];
+    rq->wk->inflight[b] = f;
+    rq->inflight = f;
+}
+
+/* Whether rq may wait on a fill of its key that another request of this worker leads. */
+bool
+gw_inflight_wait(struct gw_req *rq)
+{
+    struct inflight *f = inflight_find(rq->wk, rq->admit.cache_key, rq->admit.cache_keylen);
+    if (!f || f->filler == rq)
+        return false;
+    if (!rq->wait_start_ms)
+        rq->wait_start_ms = store_now_ms();
+    rq->next_waiter = f->waiters;
+    f->waiters = rq;
+    return true;
+}
+
+/*
+ * The leader of a fill is done. With a stored answer, each waiting request
+ * gets it (when the answer varies, only those sending the same fields; the
+ * others go to the origin). With an answer that may not be stored
+ * (hit-for-miss), every waiter goes to the origin at once. When the leader
+ * failed or went away, the first waiter takes the fill over and the others
+ * keep waiting on it.
+ */
+void
+gw_inflight_finish(struct gw_req *rq)
+{
+    struct inflight *f = rq->inflight;
+    rq->inflight = NULL;
+    struct inflight **pp = &rq->wk->inflight[inflight_bucket(f->key, f->keylen)];
+    while (*pp != f)
+        pp = &(*pp)->next;
+    *pp = f->next;
+    struct gw_req *w = f->waiters;
+    free(f);
+    struct store_entry *e = rq->answer;
+    if (!e && !rq->uncacheable && w && !rq->wk->closing) {
+        struct gw_req *heir = w;
+        w = w->next_waiter;
+        heir->next_waiter = NULL;
+        gw_inflight_lead(heir);
+        rq->wk->to_origin(heir); /* the others wait on it below, while their wait lasts */
+    }
+    uint64_t now = store_now_ms();
+    while (w) {
+        struct gw_req *next = w->next_waiter;
+        w->next_waiter = NULL;
+        if (!e && !rq->uncacheable && !rq->wk->closing && w->wait_start_ms + FILL_WAIT_MS > now) {
+            /* The fill failed and this one may wait longer: it waits on the heir's fill. */
+            if (gw_inflight_wait(w)) {
+                w = next;
+                continue;
+            }
+        }
+        bool share = e != NULL;
+        if (share && rq->vary_names[0] && !rq->primary_key) {
+            /* The answer varies: shared only with a waiter sending the same fields. */
+            long n = gw_vary_key(w, rq->vary_names);
+            share = n >= 0 && (size_t)n == strlen(rq->vkey) &&
+                    memcmp(w->vkey, rq->vkey, (size_t)n) == 0;
+        }
+        if (share)
+            gw_reply_entry(w, e, rq->admit.bypassed ? "BYPASS" : "HIT", e->stored_ms);
+        else
+            rq->wk->to_origin(w);
+        w = next;
+    }
+}
+
+/* The secondary key of rq when the answer varies on `names`, into rq->vkey. */
+long
+gw_vary_key(struct gw_req *rq, const char *names)
+{
+    const char *primary = rq->primary_key ? rq->primary_key : rq->admit.cache_key;
+    size_t plen = rq->primary_key ? rq->primary_len : rq->admit.cache_keylen;
+    return httpcache_vary_key(primary, plen, names, &rq->sr->http, rq->vkey, sizeof(rq->vkey));
+}

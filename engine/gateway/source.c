@@ -1,0 +1,166 @@
+/* source.c - the origins of a request: SQL statements, fixed answers, and the dispatch to the
+ * upstream source. */
+#define _GNU_SOURCE
+#include "source.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db.h"
+#include "fill.h"
+#include "proxy.h"
+#include "template.h"
+#include "util.h"
+
+/* An answer of the SQL or static source as an entry (body taken). */
+static struct store_entry *
+origin_entry(struct gw_req *rq, int status, char *body, size_t len)
+{
+    return store_entry_new((uint16_t)status, xstrdup(rq->ep->content_type), body, len);
+}
+
+/* A fresh origin answer for a cached endpoint: store it, then reply (body taken). */
+static void
+fill_and_reply(struct gw_req *rq, int status, char *body, size_t len)
+{
+    struct store_entry *e = origin_entry(rq, status, body, len);
+    gw_store_and_reply(rq, e, rq->ep->ttl_ms, NULL);
+    store_entry_release(e);
+}
+
+static int
+sqlstate_status(const char *sqlstate)
+{
+    return sqlstate && strncmp(sqlstate, "23", 2) == 0 ? 409 : 400;
+}
+
+static void
+on_db(void *arg, const struct db_result *res)
+{
+    struct gw_req *rq = arg;
+    const struct policy_endpoint *ep = rq->ep;
+    char detail[256];
+    switch (res->status) {
+    case DB_OK:
+        break;
+    case DB_CLIENT_ERROR:
+        snprintf(detail, sizeof(detail), "the database refused the input: %s", res->detail);
+        gw_fail(rq, sqlstate_status(res->sqlstate), detail);
+        return;
+    case DB_ERROR:
+        snprintf(detail, sizeof(detail), "the database failed the statement: %s", res->detail);
+        gw_origin_failed(rq, 502, detail);
+        return;
+    case DB_UNAVAILABLE:
+    default:
+        snprintf(detail, sizeof(detail), "the database is unavailable: %s", res->detail);
+        gw_origin_failed(rq, 503, detail);
+        return;
+    }
+
+    char *body;
+    size_t len;
+    if (!ep->returns_rows) {
+        body = xasprintf("{\"affected\":%ld}", res->affected < 0 ? 0 : res->affected);
+        len = strlen(body);
+    } else if (res->value) {
+        body = xstrndup(res->value, res->value_len);
+        len = res->value_len;
+    } else if (ep->one) {
+        gw_fail(rq, 404, "no such record");
+        return;
+    } else {
+        body = xstrdup("[]");
+        len = 2;
+    }
+
+    if (ep->is_write) {
+        struct store_entry *e = origin_entry(rq, ep->method == HTTP_POST ? 201 : 200, body, len);
+        gw_invalidate_then_reply(rq, e);
+        store_entry_release(e);
+        return;
+    }
+    if (ep->cached && rq->admit.cache_key) {
+        fill_and_reply(rq, 200, body, len);
+        return;
+    }
+    gw_reply_body(rq, 200, body, len);
+    free(body);
+}
+
+/* Builds the statement's parameters and sends it. */
+static void
+run_sql(struct gw_req *rq)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    const char *params[MAX_ARGS];
+    size_t n = ep->nargs < MAX_ARGS ? ep->nargs : MAX_ARGS;
+    for (size_t i = 0; i < n; i++) {
+        enum template_var var;
+        const char *name;
+        const char *val;
+        size_t len;
+        if (template_single_var(ep->args[i], &var, &name)) {
+            /* A lone variable is passed as it is: no escaping, absent is NULL. */
+            if (var == TV_BODY && (!rq->body || !json_object_get(rq->body, name))) {
+                char detail[192];
+                snprintf(detail, sizeof(detail), "missing field '%s' in the JSON body", name);
+                gw_fail(rq, 400, detail);
+                return;
+            }
+            if (gw_lookup(rq, var, name, name ? strlen(name) : 0, &val, &len))
+                params[i] = (val >= rq->vals && val < rq->vals + sizeof(rq->vals))
+                                ? val
+                                : gw_vals_put(rq, val, len);
+            else
+                params[i] = NULL;
+        } else {
+            params[i] = gw_expand(rq, ep->args[i], &len);
+        }
+        if (rq->value_overflow) {
+            gw_fail(rq, 400, "request values too long");
+            return;
+        }
+    }
+    if (!rq->wk->db) {
+        gw_fail(rq, 503, "no database is configured");
+        return;
+    }
+    if (db_query(rq->wk->db, ep->sql, (int)n, params, on_db, rq) != 0)
+        gw_fail(rq, 503, "the database pool is shutting down");
+}
+
+void
+gw_to_origin(struct gw_req *rq)
+{
+    if (rq->wk->closing) {
+        gw_fail(rq, 503, "the server is shutting down");
+        return;
+    }
+    const struct policy_endpoint *ep = rq->ep;
+    switch (ep->source) {
+    case SOURCE_SQL:
+        run_sql(rq);
+        return;
+    case SOURCE_STATIC:
+        if (ep->is_write) {
+            struct store_entry *e = origin_entry(
+                rq, ep->static_status, xstrndup(ep->static_body, ep->static_len), ep->static_len);
+            gw_invalidate_then_reply(rq, e);
+            store_entry_release(e);
+            return;
+        }
+        if (ep->cached && rq->admit.cache_key) {
+            fill_and_reply(rq, ep->static_status, xstrndup(ep->static_body, ep->static_len),
+                           ep->static_len);
+            return;
+        }
+        gw_reply_body(rq, ep->static_status, ep->static_body, ep->static_len);
+        return;
+    case SOURCE_UPSTREAM:
+    default:
+        gw_proxy_run(rq);
+        return;
+    }
+}
