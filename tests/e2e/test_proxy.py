@@ -259,6 +259,20 @@ class Stampede(ProxyCase):
     def test_redis_two_instances_one_origin_request_in_total(self):
         self.stampede([s.port for s in self.shared], "redis")
 
+    def test_credentialed_callers_of_one_key_reach_the_origin_once_per_process(self):
+        # Credentials under a key holding the caller use the cache, and coalesce like any miss:
+        # 10 concurrent requests over the workers of one process, nine rounds, one fill each.
+        counts = []
+        for rnd in range(9):
+            path = "/stampede/auth%d" % rnd
+            self.origin.config(path, delay_ms=100)
+            answers = concurrently(10, lambda i: get(self.memory.port, path, user=5,
+                                                     headers={"Authorization": "Bearer t%d" % rnd}))
+            self.assertEqual([a.status for a in answers], [200] * 10)
+            self.assertEqual(len({a.body for a in answers}), 1)
+            counts.append(self.origin.count(path))
+        self.assertEqual(counts, [1] * 9)
+
 
 # ---------------------------------------------------------------------------
 
