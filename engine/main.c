@@ -524,7 +524,7 @@ cmd_serve(int argc, char **argv)
 
     evthread_use_pthreads();
     sc.gw = gateway_new(&gcfg, p);
-    sc.reloader = reloader_new(sc.dir, sc.gw, p);
+    sc.reloader = reloader_new(sc.dir, sc.gw);
     struct server_app app = gateway_app(sc.gw);
     char err[256];
     sc.server = server_new(&cfg, &app, err, sizeof(err));

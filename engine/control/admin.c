@@ -12,6 +12,7 @@
 #include "notify.h"
 #include "policy.h"
 #include "reload.h"
+#include "status.h"
 #include "store.h"
 #include "util.h"
 
@@ -48,8 +49,7 @@ admin_worker_init(struct worker *w, void *ctx)
     struct admin_worker *aw = xcalloc(1, sizeof(*aw));
 
     aw->cfg = cfg;
-    if (cfg->gateway)
-        aw->store = gateway_store_new(cfg->gateway, worker_base(w), "admin");
+    aw->store = gateway_store_new(cfg->gateway, worker_base(w), "admin");
     return aw;
 }
 
@@ -60,8 +60,7 @@ admin_worker_fini(void *state)
 
     if (!aw)
         return;
-    if (aw->store)
-        aw->store->ops->destroy(aw->store);
+    aw->store->ops->destroy(aw->store);
     free(aw);
 }
 
@@ -78,21 +77,12 @@ reply_json(struct server_request *req, int status, char *body)
     free(body);
 }
 
-/* The reloader's status with the store's health added (a new string). */
-static char *
-status_json(const struct admin_config *cfg)
+/* Replies 200 with o (taken) as indented JSON. */
+static void
+reply_object(struct server_request *req, json_t *o)
 {
-    char *text = reloader_status_json(cfg->reloader);
-    if (!cfg->gateway)
-        return text;
-    json_t *o = json_loads(text, 0, NULL);
-    free(text);
-    json_object_set_new(o, "store", gateway_store_status(cfg->gateway));
-    if (cfg->notifier)
-        json_object_set_new(o, "notify", notify_status(cfg->notifier));
-    char *s = json_dumps(o, JSON_INDENT(2));
+    reply_json(req, 200, json_dumps(o, JSON_INDENT(2)));
     json_decref(o);
-    return s;
 }
 
 static int
@@ -170,7 +160,7 @@ admin_explain(const struct admin_config *cfg, struct server_request *req)
         free(buf);
         return;
     }
-    struct policy *p = reloader_current(cfg->reloader);
+    struct policy *p = gateway_policy(cfg->gateway);
     char err[256];
     char *json =
         gateway_explain_request(p, line, headers, nheaders, body, ip, tier, err, sizeof(err));
@@ -317,10 +307,6 @@ admin_invalidate(struct admin_worker *aw, struct server_request *req)
     } else if ((detail = string_list(op, form, buf, sizeof(buf)))) {
         goto out;
     }
-    if (!aw->store) {
-        server_respond_problem(req, 503, NULL, NULL, "no store to invalidate", NULL);
-        goto out;
-    }
     /* The store completes now (memory) or later from this worker's loop (Redis). */
     if (strcmp(form, "tags") == 0)
         store_invalidate(aw->store, op->items, op->lens, op->n, on_tags_invalidated, op);
@@ -355,7 +341,8 @@ admin_handle(struct server_request *req, void *state)
             server_respond_problem(req, 405, NULL, NULL, "use GET", "Allow: GET, HEAD\r\n");
             return;
         }
-        reply_json(req, 200, status_json(cfg));
+        struct status_sources src = {cfg->reloader, cfg->gateway, cfg->notifier};
+        reply_object(req, status_json(&src));
         return;
     }
     if (path_is(h, "/reload")) {
@@ -382,7 +369,7 @@ admin_handle(struct server_request *req, void *state)
             free(body);
             return;
         }
-        reply_json(req, 200, reloader_status_json(cfg->reloader));
+        reply_object(req, reloader_status(cfg->reloader));
         return;
     }
     if (path_is(h, "/explain")) {

@@ -10,8 +10,8 @@ struct notifier;
 
 struct admin_config {
     struct reloader *reloader; /* borrowed */
-    struct gateway *gateway;   /* borrowed: store health, and the store POST /invalidate uses
-                                  (NULL: none, /invalidate answers 503) */
+    struct gateway *gateway;   /* borrowed: the snapshot serving (explain), store health, and
+                                  the store POST /invalidate uses */
     struct notifier *notifier; /* borrowed: database-driven invalidation for /status, or NULL */
     const char *token;         /* bearer token required when set */
 };

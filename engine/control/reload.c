@@ -26,8 +26,8 @@
 struct reloader {
     char *dir;
     struct gateway *g;
-    pthread_mutex_t lock; /* serializes reloads and guards everything below */
-    struct policy *current;
+    pthread_mutex_t lock; /* serializes reloads and guards everything below; the snapshot
+                             serving is the gateway's (gateway_policy) */
     uint64_t reloads, failures;
     time_t last_time;
     char *last_trigger;
@@ -44,14 +44,12 @@ struct reloader {
 };
 
 struct reloader *
-reloader_new(const char *dir, struct gateway *g, struct policy *initial)
+reloader_new(const char *dir, struct gateway *g)
 {
     struct reloader *r = xcalloc(1, sizeof(*r));
     r->dir = xstrdup(dir);
     r->g = g;
     pthread_mutex_init(&r->lock, NULL);
-    policy_ref(initial);
-    r->current = initial;
     r->last_time = time(NULL);
     r->last_trigger = xstrdup("start");
     r->last_ok = 1;
@@ -64,8 +62,9 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
 {
     pthread_mutex_lock(&r->lock);
     char *errs = NULL;
-    uint64_t gen = r->current->generation + 1;
-    struct policy *p = policy_load(r->dir, gen, r->current, &errs);
+    struct policy *cur = gateway_policy(r->g); /* only reloads change it: they are serialized */
+    uint64_t gen = cur->generation + 1;
+    struct policy *p = policy_load(r->dir, gen, cur, &errs);
     r->last_time = time(NULL);
     free(r->last_trigger);
     r->last_trigger = xstrdup(trigger);
@@ -73,8 +72,6 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
     int rc = 0;
     if (p) {
         gateway_set_policy(r->g, p);
-        policy_release(r->current);
-        r->current = p;
         r->last_ok = 1;
         free(r->last_error);
         r->last_error = NULL;
@@ -91,10 +88,12 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
         free(r->last_error);
         r->last_error = xstrdup(errs ? errs : "policy rejected\n");
         fprintf(stderr, "sluice: reload of %s (%s) failed; still serving generation %llu:\n%s",
-                r->dir, trigger, (unsigned long long)r->current->generation, r->last_error);
+                r->dir, trigger, (unsigned long long)cur->generation, r->last_error);
         rc = -1;
     }
     pthread_mutex_unlock(&r->lock);
+    policy_release(p);
+    policy_release(cur);
     if (errors)
         *errors = errs;
     else
@@ -102,21 +101,11 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
     return rc;
 }
 
-struct policy *
-reloader_current(struct reloader *r)
+json_t *
+reloader_status(struct reloader *r)
 {
+    struct policy *p = gateway_policy(r->g);
     pthread_mutex_lock(&r->lock);
-    struct policy *p = r->current;
-    policy_ref(p);
-    pthread_mutex_unlock(&r->lock);
-    return p;
-}
-
-char *
-reloader_status_json(struct reloader *r)
-{
-    pthread_mutex_lock(&r->lock);
-    const struct policy *p = r->current;
     json_t *files = json_array();
     for (size_t i = 0; i < p->nfiles; i++)
         json_array_append_new(
@@ -150,9 +139,8 @@ reloader_status_json(struct reloader *r)
     json_object_set_new(o, "tenant_errors", terr);
     json_object_set_new(o, "hook_stats", tenant_stats_json());
     pthread_mutex_unlock(&r->lock);
-    char *s = json_dumps(o, JSON_INDENT(2));
-    json_decref(o);
-    return s;
+    policy_release(p);
+    return o;
 }
 
 /* ---- watching ---------------------------------------------------------------------------- */
@@ -265,7 +253,6 @@ reloader_free(struct reloader *r)
     }
     if (r->ifd >= 0)
         close(r->ifd);
-    policy_release(r->current);
     free(r->dir);
     free(r->last_trigger);
     free(r->last_error);

@@ -5,16 +5,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 struct gateway;
 struct policy;
 
 struct reloader;
 
 /*
- * Returns a new reloader for `dir`, publishing to `g`, whose current snapshot
- * is `initial` (a reference is taken).
+ * Returns a new reloader for `dir`, publishing each new generation to `g`
+ * (borrowed; it outlives the reloader), which owns the snapshot serving.
  */
-struct reloader *reloader_new(const char *dir, struct gateway *g, struct policy *initial);
+struct reloader *reloader_new(const char *dir, struct gateway *g);
 
 /* Stops the watcher (if started) and frees. */
 void reloader_free(struct reloader *r);
@@ -35,13 +37,11 @@ int reloader_reload(struct reloader *r, const char *trigger, char **errors);
  */
 int reloader_watch(struct reloader *r, uint64_t debounce_ms, char *err, size_t errlen);
 
-/* The current snapshot (a new reference). */
-struct policy *reloader_current(struct reloader *r);
-
 /*
- * Status as a JSON object (a new string): generation, files with content
- * hashes, counts, and the time, trigger, result and error of the last reload.
+ * Status as a JSON object (a new reference): directory, generation, files
+ * with content hashes, counts, the time, trigger, result and error of the
+ * last reload, tenants, tenant errors and hook counts.
  */
-char *reloader_status_json(struct reloader *r);
+json_t *reloader_status(struct reloader *r);
 
 #endif
