@@ -1,4 +1,4 @@
-/* gateway.h - the request path: route, identify, limit + lookup, origin, fill, invalidate. */
+/* gateway.h - the gateway: serving policy snapshots on the server's workers, their stores, explain. */
 #ifndef SLUICE_GATEWAY_H
 #define SLUICE_GATEWAY_H
 
