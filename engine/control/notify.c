@@ -217,13 +217,6 @@ struct notifier {
 
 static void io_cb(evutil_socket_t fd, short what, void *arg);
 
-static struct timeval
-ms_to_tv(uint64_t ms)
-{
-    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
-    return tv;
-}
-
 /* First line of a libpq message without its "FATAL:  " style prefix, into out. */
 static void
 first_line(const char *msg, char *out, size_t cap)
@@ -449,7 +442,7 @@ conn_failed(struct notifier *n, const char *msg)
     if (n->backoff_ms > BACKOFF_MAX_MS)
         n->backoff_ms = BACKOFF_MAX_MS;
     set_state(n, N_BACKOFF);
-    tv = ms_to_tv(n->backoff_ms);
+    tv = util_ms_to_tv(n->backoff_ms);
     evtimer_add(&n->timer, &tv);
 }
 
@@ -669,7 +662,7 @@ static void
 stop_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct notifier *n = arg;
-    struct timeval tv = ms_to_tv(DRAIN_MS);
+    struct timeval tv = util_ms_to_tv(DRAIN_MS);
 
     (void)fd;
     (void)what;
@@ -686,7 +679,7 @@ static void *
 notify_thread(void *arg)
 {
     struct notifier *n = arg;
-    struct timeval tv = ms_to_tv(POLICY_CHECK_MS);
+    struct timeval tv = util_ms_to_tv(POLICY_CHECK_MS);
 
     check_cb(-1, 0, n);
     event_add(&n->check, &tv);
@@ -743,9 +736,9 @@ build_params(struct notifier *n, const char *conninfo, char *err, size_t errlen)
             timeout = o->val;
     if (!timeout)
         timeout = getenv("PGCONNECT_TIMEOUT");
-    n->connect_tv = ms_to_tv(CONNECT_TIMEOUT_MS);
+    n->connect_tv = util_ms_to_tv(CONNECT_TIMEOUT_MS);
     if (timeout && atoi(timeout) > 0)
-        n->connect_tv = ms_to_tv((uint64_t)atoi(timeout) * 1000);
+        n->connect_tv = util_ms_to_tv((uint64_t)atoi(timeout) * 1000);
     PQconninfoFree(opts);
 
     n->keywords = xcalloc(nd + 2, sizeof(*n->keywords));

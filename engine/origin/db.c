@@ -127,15 +127,6 @@ first_line(const char *msg)
     return out;
 }
 
-static struct timeval
-ms_to_tv(uint64_t ms)
-{
-    struct timeval tv;
-    tv.tv_sec = (time_t)(ms / 1000);
-    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
-    return tv;
-}
-
 static void
 ignore_notice(void *arg, const char *message)
 {
@@ -407,7 +398,7 @@ connect_failed(struct conn *c, const char *msg)
     if (c->backoff_ms > BACKOFF_MAX_MS)
         c->backoff_ms = BACKOFF_MAX_MS;
     c->state = C_BACKOFF;
-    tv = ms_to_tv(c->backoff_ms);
+    tv = util_ms_to_tv(c->backoff_ms);
     evtimer_add(&c->timer, &tv);
     if (count_conns(p, MASK(C_READY) | MASK(C_BUSY) | MASK(C_CONNECTING)) == 0)
         fail_queue(p, p->last_err);
@@ -819,9 +810,9 @@ build_params(struct db_pool *p, const char *conninfo, uint64_t deadline_ms, char
     }
     if (timeout == NULL)
         timeout = getenv("PGCONNECT_TIMEOUT");
-    p->connect_tv = ms_to_tv(CONNECT_TIMEOUT_MS);
+    p->connect_tv = util_ms_to_tv(CONNECT_TIMEOUT_MS);
     if (timeout != NULL && atoi(timeout) > 0)
-        p->connect_tv = ms_to_tv((uint64_t)atoi(timeout) * 1000);
+        p->connect_tv = util_ms_to_tv((uint64_t)atoi(timeout) * 1000);
     PQconninfoFree(opts);
     return 0;
 }
@@ -847,7 +838,7 @@ db_pool_new(struct event_base *base, const char *conninfo, unsigned size, uint64
         return NULL;
     }
     if (deadline_ms > 0) {
-        p->deadline_tv = ms_to_tv(deadline_ms);
+        p->deadline_tv = util_ms_to_tv(deadline_ms);
         /* All statements share one duration: an O(1) timeout queue instead of the heap. */
         p->deadline = event_base_init_common_timeout(base, &p->deadline_tv);
         if (p->deadline == NULL)
