@@ -14,7 +14,6 @@
 #include <event2/event_struct.h>
 #include <libpq-fe.h>
 
-#include "gateway.h"
 #include "pg_conn.h"
 #include "policy.h"
 #include "store.h"
@@ -187,7 +186,7 @@ static const char *const state_names[] = {"idle",       "down",      "connecting
                                           "connecting", "listening", "stopped"};
 
 struct notifier {
-    struct gateway *g;
+    struct notify_config cfg;      /* conninfo is not kept */
     struct pg_conn_params *params; /* its connect deadline bounds LISTEN's answer too */
     pthread_t thread;
     struct event_base *base;
@@ -292,7 +291,7 @@ static void
 ensure_store(struct notifier *n)
 {
     if (!n->store)
-        n->store = gateway_store_new(n->g, n->base, "notify");
+        n->store = n->cfg.store_new(n->cfg.ctx, n->base, "notify");
 }
 
 /* Every cached entry goes: the tags that changes named are unknown. */
@@ -338,7 +337,7 @@ static void
 handle_notification(struct notifier *n, const char *payload)
 {
     char err[256];
-    struct policy *p = gateway_policy(n->g);
+    struct policy *p = n->cfg.policy(n->cfg.ctx);
     int m = notify_collect(p, payload, strlen(payload), &n->pending, err, sizeof(err));
 
     policy_release(p);
@@ -418,7 +417,7 @@ conn_flush(struct notifier *n)
 static void
 listening(struct notifier *n)
 {
-    struct policy *p = gateway_policy(n->g);
+    struct policy *p = n->cfg.policy(n->cfg.ctx);
     size_t tables = p->non_change;
 
     policy_release(p);
@@ -546,7 +545,7 @@ static void
 check_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct notifier *n = arg;
-    struct policy *p = gateway_policy(n->g);
+    struct policy *p = n->cfg.policy(n->cfg.ctx);
     int want = p->non_change > 0;
 
     (void)fd;
@@ -612,13 +611,14 @@ static const struct pg_conn_options listener_options = {
 };
 
 struct notifier *
-notify_start(struct gateway *g, const char *conninfo, char *err, size_t errlen)
+notify_start(const struct notify_config *cfg, char *err, size_t errlen)
 {
     struct notifier *n = xcalloc(1, sizeof(*n));
 
-    n->g = g;
+    n->cfg = *cfg;
+    n->cfg.conninfo = NULL;
     pthread_mutex_init(&n->lock, NULL);
-    n->params = pg_conn_params_new(conninfo, &listener_options, err, errlen);
+    n->params = pg_conn_params_new(cfg->conninfo, &listener_options, err, errlen);
     if (!n->params)
         goto fail;
     n->base = event_base_new();

@@ -14,10 +14,16 @@
 
 #include <cmocka.h>
 #include <event2/event.h>
+#include <event2/thread.h>
+#include <jansson.h>
 #include <libpq-fe.h>
 
 #include "db.h"
+#include "notify.h"
 #include "pg_conn.h"
+#include "policy.h"
+#include "store.h"
+#include "triggers.h"
 
 /* What the LISTEN connection of notify.c adds to the conninfo. */
 static const struct pg_conn_options listener_options = {
@@ -553,6 +559,135 @@ test_refused(void **state)
     assert_both_fail("host=127.0.0.1 port=1 connect_timeout=5", 0, 1000, NULL);
 }
 
+/* ---- the listener of notify.c ---- */
+
+static struct policy_on_change watched = {.table = "pgc_watched"};
+static struct policy watching = {.refs = 1, .on_change = &watched, .non_change = 1};
+
+struct listener_ctx {
+    struct store_memory *mem;
+    int stores; /* handles asked for */
+};
+
+static struct policy *
+ctx_policy(void *ctx)
+{
+    (void)ctx;
+    policy_ref(&watching);
+    return &watching;
+}
+
+static struct store *
+ctx_store_new(void *ctx, struct event_base *base, const char *name)
+{
+    struct listener_ctx *c = ctx;
+
+    (void)base;
+    assert_string_equal(name, "notify");
+    c->stores++;
+    return store_memory_handle(c->mem);
+}
+
+/* Rows of `sql` (one text column) on `side`, joined with spaces. */
+static void
+side_query(PGconn *side, const char *sql, char *out, size_t len)
+{
+    PGresult *r = PQexec(side, sql);
+    size_t o = 0;
+
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    out[0] = '\0';
+    for (int i = 0; i < PQntuples(r); i++)
+        o += (size_t)snprintf(out + o, len - o, "%s%s", i ? " " : "", PQgetvalue(r, i, 0));
+    PQclear(r);
+}
+
+#define LISTENERS_SQL                                                                              \
+    "SELECT application_name FROM pg_stat_activity WHERE query = 'LISTEN " TRIGGERS_CHANNEL        \
+    "' AND pid <> pg_backend_pid()"
+
+/* Whether n is listening, waiting up to 5 s for it. */
+static int
+wait_listening(struct notifier *n)
+{
+    for (int i = 0; i < 250; i++) {
+        json_t *st = notify_status(n);
+        int ok = strcmp(json_string_value(json_object_get(st, "state")), "listening") == 0;
+        json_decref(st);
+        if (ok)
+            return 1;
+        usleep(20000);
+    }
+    return 0;
+}
+
+/* Starts a notifier on conninfo; the application_name its LISTEN connection has, owned. */
+static char *
+listener_app_name(const char *conninfo)
+{
+    struct listener_ctx ctx = {.mem = store_memory_new(1 << 20)};
+    struct notify_config cfg = {
+        .conninfo = conninfo, .policy = ctx_policy, .store_new = ctx_store_new, .ctx = &ctx};
+    PGconn *side = PQconnectdb("");
+    char err[256] = "", names[512] = "";
+    struct notifier *n = notify_start(&cfg, err, sizeof err);
+
+    if (n == NULL)
+        fail_msg("notify_start: %s", err);
+    assert_int_equal(PQstatus(side), CONNECTION_OK);
+    assert_true(wait_listening(n));
+    side_query(side, LISTENERS_SQL, names, sizeof names);
+    notify_stop(n);
+    /* The backend goes a moment after the connection closes. */
+    for (int i = 0; i < 100; i++) {
+        char left[512];
+        side_query(side, LISTENERS_SQL, left, sizeof left);
+        if (!*left)
+            break;
+        usleep(20000);
+    }
+    PQfinish(side);
+    store_memory_free(ctx.mem);
+    assert_int_equal(ctx.stores, 1);
+    return strdup(names);
+}
+
+static void
+test_listener(void **state)
+{
+    struct env_saved app = env_set("PGAPPNAME", NULL);
+    struct notify_config cfg = {.policy = ctx_policy, .store_new = ctx_store_new};
+    struct event_base *base = event_base_new();
+    char err[256] = "", pool_err[256] = "", *name, *pool;
+    (void)state;
+
+    /* notify.c's own connection: the settings the pool honours, the name it falls back to. */
+    name = listener_app_name("application_name=pgc_notify_kv");
+    assert_string_equal(name, "pgc_notify_kv");
+    free(name);
+    name = listener_app_name("postgresql://?application_name=pgc_notify_uri");
+    assert_string_equal(name, "pgc_notify_uri");
+    free(name);
+    name = listener_app_name("");
+    assert_string_equal(name, "sluice notify");
+    free(name);
+    setenv("PGAPPNAME", "pgc_notify_env", 1);
+    name = listener_app_name(NULL);
+    pool = pool_query(NULL, "SELECT current_setting('application_name')");
+    assert_string_equal(name, "pgc_notify_env");
+    assert_string_equal(pool, "pgc_notify_env");
+    free(name);
+    free(pool);
+
+    /* What the pool refuses, the listener refuses with the same words. */
+    cfg.conninfo = "mydb";
+    assert_null(notify_start(&cfg, err, sizeof err));
+    assert_null(db_pool_new(base, "mydb", 1, 1000, 1, pool_err, sizeof pool_err));
+    assert_string_equal(err, pool_err);
+    event_base_free(base);
+    env_restore(&app);
+}
+
 int
 main(void)
 {
@@ -560,6 +695,7 @@ main(void)
         cmocka_unit_test(test_bad_conninfo),     cmocka_unit_test(test_params),
         cmocka_unit_test(test_same_settings),    cmocka_unit_test(test_own_defaults),
         cmocka_unit_test(test_connect_deadline), cmocka_unit_test(test_refused),
+        cmocka_unit_test(test_listener),
     };
 
     if (getenv("PGHOST") == NULL || *getenv("PGHOST") == '\0') {
@@ -567,5 +703,6 @@ main(void)
                         "Run them under tests/with-pg.sh (or pg_virtualenv).\n");
         return 1;
     }
+    evthread_use_pthreads(); /* the notifier runs a thread of its own */
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
