@@ -340,6 +340,19 @@ parse_hostport(const char *opt, const char *s, char *addr, size_t cap, int *port
     return 0;
 }
 
+/* The notifier's view of the gateway: the snapshot serving and a store handle. */
+static struct policy *
+notify_policy(void *gw)
+{
+    return gateway_policy(gw);
+}
+
+static struct store *
+notify_store_new(void *gw, struct event_base *base, const char *name)
+{
+    return gateway_store_new(gw, base, name);
+}
+
 static void *
 admin_thread(void *arg)
 {
@@ -554,7 +567,11 @@ cmd_serve(int argc, char **argv)
      */
     struct notifier *notifier = NULL;
     if (sc.server) {
-        notifier = notify_start(sc.gw, gcfg.database_url, err, sizeof(err));
+        struct notify_config ncfg = {.conninfo = gcfg.database_url,
+                                     .policy = notify_policy,
+                                     .store_new = notify_store_new,
+                                     .ctx = sc.gw};
+        notifier = notify_start(&ncfg, err, sizeof(err));
         if (!notifier)
             fprintf(stderr, "sluice serve: database-driven invalidation is off: %s\n", err);
         acfg.notifier = notifier; /* the admin thread has not started yet */

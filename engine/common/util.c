@@ -1,4 +1,4 @@
-/* util.c - allocation that aborts on exhaustion, small string helpers. */
+/* util.c - allocation that aborts on exhaustion, small string and time helpers. */
 #include "util.h"
 
 #include <stdio.h>
@@ -151,4 +151,11 @@ util_u64(char *out, uint64_t v)
     } while (v);
     memcpy(out, tmp + i, sizeof(tmp) - i);
     return sizeof(tmp) - i;
+}
+
+struct timeval
+util_ms_to_tv(uint64_t ms)
+{
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    return tv;
 }

@@ -1,10 +1,11 @@
-/* util.h - allocation that aborts on exhaustion, small string helpers. */
+/* util.h - allocation that aborts on exhaustion, small string and time helpers. */
 #ifndef SLUICE_UTIL_H
 #define SLUICE_UTIL_H
 
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/time.h>
 
 /* Allocators that abort with a message when memory is exhausted; never return NULL. */
 void *xmalloc(size_t n);
@@ -22,6 +23,9 @@ size_t util_u64(char *out, uint64_t v);
 
 /* FNV-1a 64 of p[0..n): hash tables, statement names, fingerprints. Not for secrets. */
 uint64_t util_fnv1a(const void *p, size_t n);
+
+/* ms milliseconds as a struct timeval (for libevent timers). */
+struct timeval util_ms_to_tv(uint64_t ms);
 
 /* printf into a new string (owned by the caller). */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

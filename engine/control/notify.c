@@ -14,7 +14,7 @@
 #include <event2/event_struct.h>
 #include <libpq-fe.h>
 
-#include "gateway.h"
+#include "pg_conn.h"
 #include "policy.h"
 #include "store.h"
 #include "template.h"
@@ -23,11 +23,10 @@
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
-#define CONNECT_TIMEOUT_MS 2000 /* to connect and have LISTEN answered, unless conninfo says */
-#define POLICY_CHECK_MS 1000    /* how often the policy is asked whether to listen */
-#define DRAIN_MS 1000           /* on stop, how long invalidations in flight may take */
-#define TAG_MAX 4096            /* a request's whole key arena: a longer tag names no entry */
-#define BATCH_MAX 256           /* tags per store call */
+#define POLICY_CHECK_MS 1000 /* how often the policy is asked whether to listen */
+#define DRAIN_MS 1000        /* on stop, how long invalidations in flight may take */
+#define TAG_MAX 4096         /* a request's whole key arena: a longer tag names no entry */
+#define BATCH_MAX 256        /* tags per store call */
 
 /* ---- notifications to tags (no I/O) ---- */
 
@@ -187,17 +186,14 @@ static const char *const state_names[] = {"idle",       "down",      "connecting
                                           "connecting", "listening", "stopped"};
 
 struct notifier {
-    struct gateway *g;
-    char **keywords, **values; /* libpq connection parameters, NULL-terminated */
-    struct timeval connect_tv;
+    struct notify_config cfg;      /* conninfo is not kept */
+    struct pg_conn_params *params; /* its connect deadline bounds LISTEN's answer too */
     pthread_t thread;
     struct event_base *base;
 
     /* used by the thread only */
-    struct event rd, wr, timer, check, stop;
-    evutil_socket_t fd; /* rd and wr are assigned to it when >= 0 */
-    int writing;
-    PGconn *pg;
+    struct pg_conn pc;
+    struct event timer, check, stop;
     enum nstate st;
     unsigned backoff_ms;
     int listened;    /* LISTEN succeeded since the policy asked for it */
@@ -214,35 +210,6 @@ struct notifier {
     char last_error[256];
     time_t last_error_at;
 };
-
-static void io_cb(evutil_socket_t fd, short what, void *arg);
-
-static struct timeval
-ms_to_tv(uint64_t ms)
-{
-    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
-    return tv;
-}
-
-/* First line of a libpq message without its "FATAL:  " style prefix, into out. */
-static void
-first_line(const char *msg, char *out, size_t cap)
-{
-    static const char *const prefixes[] = {"ERROR:  ", "FATAL:  ", "PANIC:  "};
-    if (!msg || !*msg)
-        msg = "unknown error";
-    for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
-        if (strncmp(msg, prefixes[i], strlen(prefixes[i])) == 0)
-            msg += strlen(prefixes[i]);
-    snprintf(out, cap, "%.*s", (int)strcspn(msg, "\n"), msg);
-}
-
-static void
-ignore_notice(void *arg, const char *message)
-{
-    (void)arg;
-    (void)message;
-}
 
 static void
 set_state(struct notifier *n, enum nstate st)
@@ -324,7 +291,7 @@ static void
 ensure_store(struct notifier *n)
 {
     if (!n->store)
-        n->store = gateway_store_new(n->g, n->base, "notify");
+        n->store = n->cfg.store_new(n->cfg.ctx, n->base, "notify");
 }
 
 /* Every cached entry goes: the tags that changes named are unknown. */
@@ -370,7 +337,7 @@ static void
 handle_notification(struct notifier *n, const char *payload)
 {
     char err[256];
-    struct policy *p = gateway_policy(n->g);
+    struct policy *p = n->cfg.policy(n->cfg.ctx);
     int m = notify_collect(p, payload, strlen(payload), &n->pending, err, sizeof(err));
 
     policy_release(p);
@@ -392,48 +359,19 @@ handle_notification(struct notifier *n, const char *payload)
 /* ---- the connection ---- */
 
 static void
-conn_unwatch(struct notifier *n)
-{
-    if (n->fd >= 0) {
-        event_del(&n->rd);
-        event_del(&n->wr);
-        n->fd = -1;
-    }
-    n->writing = 0;
-}
-
-/* Points rd and wr at the connection's current socket (it changes between hosts). */
-static int
-conn_watch(struct notifier *n)
-{
-    evutil_socket_t fd = PQsocket(n->pg);
-
-    conn_unwatch(n);
-    if (fd < 0)
-        return -1;
-    event_assign(&n->rd, n->base, fd, EV_READ | EV_PERSIST, io_cb, n);
-    event_assign(&n->wr, n->base, fd, EV_WRITE | EV_PERSIST, io_cb, n);
-    n->fd = fd;
-    return 0;
-}
-
-static void
 conn_close(struct notifier *n)
 {
-    conn_unwatch(n);
+    pg_conn_close(&n->pc);
     evtimer_del(&n->timer);
-    PQfinish(n->pg);
-    n->pg = NULL;
 }
 
 /* A connect attempt failed or the connection broke: log once per outage, back off. */
 static void
 conn_failed(struct notifier *n, const char *msg)
 {
-    char line[200];
+    char *line = pg_conn_first_line(msg);
     struct timeval tv;
 
-    first_line(msg, line, sizeof(line));
     set_error(n, "database: %s", line);
     if (n->st == N_LISTENING) {
         fprintf(stderr, "sluice: notify: lost the connection to PostgreSQL (%s); reconnecting\n",
@@ -444,103 +382,42 @@ conn_failed(struct notifier *n, const char *msg)
         fprintf(stderr, "sluice: notify: cannot listen for changes yet (%s); retrying\n", line);
         n->down_logged = 1;
     }
+    free(line);
     conn_close(n);
     n->backoff_ms = n->backoff_ms ? n->backoff_ms * 2 : BACKOFF_MIN_MS;
     if (n->backoff_ms > BACKOFF_MAX_MS)
         n->backoff_ms = BACKOFF_MAX_MS;
     set_state(n, N_BACKOFF);
-    tv = ms_to_tv(n->backoff_ms);
+    tv = util_ms_to_tv(n->backoff_ms);
     evtimer_add(&n->timer, &tv);
-}
-
-static void
-connect_wait(struct notifier *n, PostgresPollingStatusType st)
-{
-    if (conn_watch(n) < 0) {
-        conn_failed(n, "connection has no socket");
-        return;
-    }
-    event_add(st == PGRES_POLLING_READING ? &n->rd : &n->wr, NULL);
 }
 
 static void
 conn_start(struct notifier *n)
 {
+    char err[512];
+
     ensure_store(n);
-    n->pg =
-        PQconnectStartParams((const char *const *)n->keywords, (const char *const *)n->values, 1);
-    if (!n->pg) {
-        fprintf(stderr, "sluice: out of memory in notify\n");
-        abort();
-    }
     set_state(n, N_CONNECTING);
-    if (PQstatus(n->pg) == CONNECTION_BAD) {
-        conn_failed(n, PQerrorMessage(n->pg));
-        return;
-    }
-    PQsetNoticeProcessor(n->pg, ignore_notice, NULL);
-    evtimer_add(&n->timer, &n->connect_tv);
-    /* Before the first PQconnectPoll, libpq wants the socket writable. */
-    connect_wait(n, PGRES_POLLING_WRITING);
+    if (pg_conn_start(&n->pc, err, sizeof(err)) != 0)
+        conn_failed(n, err);
 }
 
 /* Returns 0, or -1 when the connection broke (already handled). */
 static int
 conn_flush(struct notifier *n)
 {
-    int r = PQflush(n->pg);
-
-    if (r == 0 && n->writing) {
-        event_del(&n->wr);
-        n->writing = 0;
-    } else if (r == 1 && !n->writing) {
-        event_add(&n->wr, NULL);
-        n->writing = 1;
-    } else if (r < 0) {
-        conn_failed(n, PQerrorMessage(n->pg));
+    if (pg_conn_flush(&n->pc) != 0) {
+        conn_failed(n, PQerrorMessage(n->pc.pg));
         return -1;
     }
     return 0;
 }
 
 static void
-conn_connected(struct notifier *n)
-{
-    if (PQsetnonblocking(n->pg, 1) != 0 || conn_watch(n) < 0 ||
-        !PQsendQuery(n->pg, "LISTEN " TRIGGERS_CHANNEL)) {
-        conn_failed(n, PQerrorMessage(n->pg));
-        return;
-    }
-    set_state(n, N_LISTEN_SENT);
-    event_add(&n->rd, NULL);
-    evtimer_del(&n->timer);
-    evtimer_add(&n->timer, &n->connect_tv); /* LISTEN is answered in time too */
-    conn_flush(n);
-}
-
-static void
-connect_poll(struct notifier *n)
-{
-    switch (PQconnectPoll(n->pg)) {
-    case PGRES_POLLING_READING:
-        connect_wait(n, PGRES_POLLING_READING);
-        break;
-    case PGRES_POLLING_WRITING:
-        connect_wait(n, PGRES_POLLING_WRITING);
-        break;
-    case PGRES_POLLING_OK:
-        conn_connected(n);
-        break;
-    default:
-        conn_failed(n, PQerrorMessage(n->pg));
-        break;
-    }
-}
-
-static void
 listening(struct notifier *n)
 {
-    struct policy *p = gateway_policy(n->g);
+    struct policy *p = n->cfg.policy(n->cfg.ctx);
     size_t tables = p->non_change;
 
     policy_release(p);
@@ -566,56 +443,80 @@ listening(struct notifier *n)
 static void
 conn_read(struct notifier *n)
 {
+    PGconn *pg = n->pc.pg;
     PGnotify *nt;
     PGresult *r;
     int listen_ok = 0;
-    char listen_err[200] = "";
+    char *listen_err = NULL;
 
-    if (!PQconsumeInput(n->pg)) {
-        conn_failed(n, PQerrorMessage(n->pg));
+    if (!PQconsumeInput(pg)) {
+        conn_failed(n, PQerrorMessage(pg));
         return;
     }
-    while (!PQisBusy(n->pg) && (r = PQgetResult(n->pg)) != NULL) {
+    while (!PQisBusy(pg) && (r = PQgetResult(pg)) != NULL) {
         if (n->st == N_LISTEN_SENT) {
-            if (PQresultStatus(r) == PGRES_COMMAND_OK)
+            if (PQresultStatus(r) == PGRES_COMMAND_OK) {
                 listen_ok = 1;
-            else
-                first_line(PQresultErrorMessage(r), listen_err, sizeof(listen_err));
+            } else {
+                free(listen_err);
+                listen_err = pg_conn_first_line(PQresultErrorMessage(r));
+            }
         }
         PQclear(r);
     }
-    if (listen_err[0]) {
+    if (listen_err) {
         conn_failed(n, listen_err);
+        free(listen_err);
         return;
     }
     if (listen_ok)
         listening(n);
-    while ((nt = PQnotifies(n->pg)) != NULL) {
+    while ((nt = PQnotifies(pg)) != NULL) {
         handle_notification(n, nt->extra);
         PQfreemem(nt);
     }
     flush_pending(n);
-    if (PQstatus(n->pg) == CONNECTION_BAD)
-        conn_failed(n, PQerrorMessage(n->pg));
+    if (PQstatus(pg) == CONNECTION_BAD)
+        conn_failed(n, PQerrorMessage(pg));
 }
 
+/* pg_conn handlers: connected, the connect attempt failed, the socket is ready. */
 static void
-io_cb(evutil_socket_t fd, short what, void *arg)
+conn_up(void *arg)
 {
     struct notifier *n = arg;
 
-    (void)fd;
-    if (n->st == N_CONNECTING) {
-        connect_poll(n);
+    if (!PQsendQuery(n->pc.pg, "LISTEN " TRIGGERS_CHANNEL)) {
+        conn_failed(n, PQerrorMessage(n->pc.pg));
         return;
     }
-    if (!n->pg)
-        return;
+    set_state(n, N_LISTEN_SENT);
+    evtimer_add(&n->timer, &n->params->connect_tv); /* LISTEN is answered in time too */
+    conn_flush(n);
+}
+
+static void
+conn_connect_failed(void *arg, const char *msg)
+{
+    conn_failed(arg, msg);
+}
+
+static void
+conn_io(void *arg, short what)
+{
+    struct notifier *n = arg;
+
     if ((what & EV_WRITE) && conn_flush(n) < 0)
         return;
     if (what & EV_READ)
         conn_read(n);
 }
+
+static const struct pg_conn_handler conn_handler = {
+    .up = conn_up,
+    .failed = conn_connect_failed,
+    .io = conn_io,
+};
 
 static void
 timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -625,7 +526,6 @@ timer_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     switch (n->st) {
-    case N_CONNECTING:
     case N_LISTEN_SENT:
         conn_failed(n, "timeout expired while connecting");
         break;
@@ -645,7 +545,7 @@ static void
 check_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct notifier *n = arg;
-    struct policy *p = gateway_policy(n->g);
+    struct policy *p = n->cfg.policy(n->cfg.ctx);
     int want = p->non_change > 0;
 
     (void)fd;
@@ -669,7 +569,7 @@ static void
 stop_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct notifier *n = arg;
-    struct timeval tv = ms_to_tv(DRAIN_MS);
+    struct timeval tv = util_ms_to_tv(DRAIN_MS);
 
     (void)fd;
     (void)what;
@@ -686,7 +586,7 @@ static void *
 notify_thread(void *arg)
 {
     struct notifier *n = arg;
-    struct timeval tv = ms_to_tv(POLICY_CHECK_MS);
+    struct timeval tv = util_ms_to_tv(POLICY_CHECK_MS);
 
     check_cb(-1, 0, n);
     event_add(&n->check, &tv);
@@ -701,81 +601,32 @@ notify_thread(void *arg)
 
 /* ---- construction ---- */
 
-static void
-free_strv(char **v)
-{
-    if (!v)
-        return;
-    for (size_t i = 0; v[i]; i++)
-        free(v[i]);
-    free(v);
-}
-
 /*
- * Connection parameters: defaults first, then conninfo expanded as "dbname"
- * (what it sets wins over the defaults). Returns 0, or -1 with a message.
+ * The pool's reading of the conninfo, plus a name of its own and TCP
+ * keepalives: a silently dead peer is noticed in about 25 s rather than hours.
  */
-static int
-build_params(struct notifier *n, const char *conninfo, char *err, size_t errlen)
-{
-    static const char *const defaults[][2] = {
-        {"fallback_application_name", "sluice notify"},
-        /* A silently dead peer is noticed in about 25 s rather than hours (TCP only). */
-        {"keepalives_idle", "10"},
-        {"keepalives_interval", "5"},
-        {"keepalives_count", "3"},
-    };
-    const size_t nd = sizeof(defaults) / sizeof(defaults[0]);
-    char *msg = NULL;
-    const char *timeout = NULL;
-    PQconninfoOption *opts = PQconninfoParse(conninfo, &msg);
-    size_t k = 0;
-
-    if (!opts) {
-        char line[200];
-        first_line(msg ? msg : "out of memory", line, sizeof(line));
-        util_seterr(err, errlen, "bad conninfo: %s", line);
-        PQfreemem(msg);
-        return -1;
-    }
-    for (PQconninfoOption *o = opts; o->keyword; o++)
-        if (o->val && strcmp(o->keyword, "connect_timeout") == 0)
-            timeout = o->val;
-    if (!timeout)
-        timeout = getenv("PGCONNECT_TIMEOUT");
-    n->connect_tv = ms_to_tv(CONNECT_TIMEOUT_MS);
-    if (timeout && atoi(timeout) > 0)
-        n->connect_tv = ms_to_tv((uint64_t)atoi(timeout) * 1000);
-    PQconninfoFree(opts);
-
-    n->keywords = xcalloc(nd + 2, sizeof(*n->keywords));
-    n->values = xcalloc(nd + 2, sizeof(*n->values));
-    for (size_t i = 0; i < nd; i++) {
-        n->keywords[k] = xstrdup(defaults[i][0]);
-        n->values[k++] = xstrdup(defaults[i][1]);
-    }
-    if (*conninfo) {
-        n->keywords[k] = xstrdup("dbname");
-        n->values[k++] = xstrdup(conninfo);
-    }
-    return 0;
-}
+static const struct pg_conn_options listener_options = {
+    .fallback_application_name = "sluice notify",
+    .keepalives = 1,
+};
 
 struct notifier *
-notify_start(struct gateway *g, const char *conninfo, char *err, size_t errlen)
+notify_start(const struct notify_config *cfg, char *err, size_t errlen)
 {
     struct notifier *n = xcalloc(1, sizeof(*n));
 
-    n->g = g;
-    n->fd = -1;
+    n->cfg = *cfg;
+    n->cfg.conninfo = NULL;
     pthread_mutex_init(&n->lock, NULL);
-    if (build_params(n, conninfo ? conninfo : "", err, errlen) != 0)
+    n->params = pg_conn_params_new(cfg->conninfo, &listener_options, err, errlen);
+    if (!n->params)
         goto fail;
     n->base = event_base_new();
     if (!n->base) {
         util_seterr(err, errlen, "cannot create an event base");
         goto fail;
     }
+    pg_conn_init(&n->pc, n->base, n->params, &conn_handler, n);
     evtimer_assign(&n->timer, n->base, timer_cb, n);
     event_assign(&n->check, n->base, -1, EV_PERSIST, check_cb, n);
     event_assign(&n->stop, n->base, -1, 0, stop_cb, n);
@@ -787,8 +638,7 @@ notify_start(struct gateway *g, const char *conninfo, char *err, size_t errlen)
 fail:
     if (n->base)
         event_base_free(n->base);
-    free_strv(n->keywords);
-    free_strv(n->values);
+    pg_conn_params_free(n->params);
     pthread_mutex_destroy(&n->lock);
     free(n);
     return NULL;
@@ -810,8 +660,7 @@ notify_stop(struct notifier *n)
     event_del(&n->check);
     event_del(&n->stop);
     event_base_free(n->base);
-    free_strv(n->keywords);
-    free_strv(n->values);
+    pg_conn_params_free(n->params);
     pthread_mutex_destroy(&n->lock);
     free(n);
 }

@@ -7,25 +7,39 @@
 
 #include <jansson.h>
 
-struct gateway;
+struct event_base;
 struct policy;
+struct store;
 struct notifier;
+
+/* What the listener needs from the process. The callbacks run on the notifier's thread. */
+struct notify_config {
+    /* A conninfo string or URI, read as the workers' pool reads it (pg_conn_params_new);
+       NULL or "": the PG* environment. Read by notify_start only. */
+    const char *conninfo;
+    /* The policy snapshot serving now (a new reference, released with policy_release). */
+    struct policy *(*policy)(void *ctx);
+    /* A new handle on the store to invalidate, for the thread running `base` (borrowed) and
+       used by it alone; freed with ops->destroy. `name` labels log lines. */
+    struct store *(*store_new)(void *ctx, struct event_base *base, const char *name);
+    void *ctx; /* passed to both; borrowed, must outlive the notifier */
+};
 
 /*
  * Starts the listener: a thread of its own with its own event base and one
- * libpq connection to `conninfo` (a conninfo string or URI; NULL or "": the
- * PG* environment, as the workers' pool does). While the policy serving on
- * `g` (borrowed; it must outlive the notifier) declares on_change, the
- * connection is kept open with LISTEN on TRIGGERS_CHANNEL and rebuilt after
- * a failure (backoff 100 ms doubling to 5 s); while it declares none, no
- * connection is held. The policy is looked at once a second and for every
- * notification, so a reload needs nothing more. For each notification the
- * tags of the matching on_change templates, expanded with the old and the
- * new row, are invalidated through a store handle of the gateway's store.
- * Libevent's pthreads support must be on (evthread_use_pthreads()). Returns
- * a new notifier, or NULL with a message in err when conninfo is unusable.
+ * libpq connection to cfg->conninfo. While the policy serving (cfg->policy)
+ * declares on_change, the connection is kept open with LISTEN on
+ * TRIGGERS_CHANNEL and rebuilt after a failure (backoff 100 ms doubling to
+ * 5 s); while it declares none, no connection is held. The policy is looked
+ * at once a second and for every notification, so a reload needs nothing
+ * more. For each notification the tags of the matching on_change templates,
+ * expanded with the old and the new row, are invalidated through one store
+ * handle from cfg->store_new, made when the listener first connects. cfg is
+ * copied. Libevent's pthreads support must be on (evthread_use_pthreads()).
+ * Returns a new notifier, or NULL with a message in err when the conninfo is
+ * unusable.
  */
-struct notifier *notify_start(struct gateway *g, const char *conninfo, char *err, size_t errlen);
+struct notifier *notify_start(const struct notify_config *cfg, char *err, size_t errlen);
 
 /*
  * Stops the thread (joins it), closes the connection, frees the store handle

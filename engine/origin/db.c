@@ -12,9 +12,9 @@
 #include <event2/event_struct.h>
 #include <libpq-fe.h>
 
+#include "pg_conn.h"
 #include "util.h"
 
-#define CONNECT_TIMEOUT_MS 2000 /* when the conninfo sets no connect_timeout */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
 #define MAX_STMTS 256 /* distinct SQL texts prepared per pool; later ones run unnamed */
@@ -52,11 +52,9 @@ struct query {
 
 struct conn {
     struct db_pool *pool;
-    PGconn *pg;
+    struct pg_conn pc;
     enum conn_state state;
-    evutil_socket_t fd; /* rd and wr are assigned to it when >= 0 */
-    struct event rd, wr, timer;
-    int writing;                       /* wr is added: PQflush has output left */
+    struct event timer;                /* backoff */
     unsigned backoff_ms;               /* wait after the next failed attempt / 2 */
     struct query *q;                   /* running statement */
     int preparing;                     /* q's PQsendPrepare is in flight */
@@ -74,13 +72,12 @@ struct stmt {
 
 struct db_pool {
     struct event_base *base;
-    char **keywords, **values; /* libpq connection parameters, NULL-terminated */
+    struct pg_conn_params *params;
     struct conn *conns;
     unsigned size;
     unsigned max_queue;
     const struct timeval *deadline; /* NULL: no deadline */
     struct timeval deadline_tv;
-    struct timeval connect_tv;
     TAILQ_HEAD(, query) queue; /* waiting for a connection */
     TAILQ_HEAD(, query) done;  /* answered, callback not yet called */
     unsigned nqueued;
@@ -93,55 +90,6 @@ struct db_pool {
     int in_flush;
     int free_requested;
 };
-
-static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
-
-static void
-oom(void)
-{
-    fprintf(stderr, "sluice: out of memory in db\n");
-    abort();
-}
-
-/* First line of a libpq message, without the "ERROR:  " style prefix; owned. */
-static char *
-first_line(const char *msg)
-{
-    static const char *const prefixes[] = {"ERROR:  ", "FATAL:  ", "PANIC:  "};
-    size_t n;
-    char *out;
-
-    if (msg == NULL || *msg == '\0')
-        msg = "unknown error";
-    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
-        size_t plen = strlen(prefixes[i]);
-        if (strncmp(msg, prefixes[i], plen) == 0) {
-            msg += plen;
-            break;
-        }
-    }
-    n = strcspn(msg, "\n");
-    out = xmalloc(n + 1);
-    memcpy(out, msg, n);
-    out[n] = '\0';
-    return out;
-}
-
-static struct timeval
-ms_to_tv(uint64_t ms)
-{
-    struct timeval tv;
-    tv.tv_sec = (time_t)(ms / 1000);
-    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
-    return tv;
-}
-
-static void
-ignore_notice(void *arg, const char *message)
-{
-    (void)arg;
-    (void)message;
-}
 
 /* ---- statement names ---- */
 
@@ -245,7 +193,7 @@ query_result(struct query *q, PGresult *res, int conn_bad)
         if (PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) != NULL)
             query_fail(q, q->status, PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY), NULL);
         else
-            query_fail(q, q->status, NULL, first_line(PQresultErrorMessage(res)));
+            query_fail(q, q->status, NULL, pg_conn_first_line(PQresultErrorMessage(res)));
         break;
     case PGRES_EMPTY_QUERY:
         query_fail(q, DB_ERROR, "empty query", NULL);
@@ -336,42 +284,14 @@ find_conn(struct db_pool *p, enum conn_state state)
 
 #define MASK(s) (1u << (s))
 
-static void
-conn_unwatch(struct conn *c)
-{
-    if (c->fd >= 0) {
-        event_del(&c->rd);
-        event_del(&c->wr);
-        c->fd = -1;
-    }
-    c->writing = 0;
-}
-
-/* Points rd and wr at the connection's current socket (it changes between hosts). */
-static int
-conn_watch(struct conn *c)
-{
-    evutil_socket_t fd = PQsocket(c->pg);
-
-    conn_unwatch(c);
-    if (fd < 0)
-        return -1;
-    event_assign(&c->rd, c->pool->base, fd, EV_READ | EV_PERSIST, conn_io_cb, c);
-    event_assign(&c->wr, c->pool->base, fd, EV_WRITE | EV_PERSIST, conn_io_cb, c);
-    c->fd = fd;
-    return 0;
-}
-
 /* Closes the connection, if any, and stops its events; the state is left to the caller. */
 static void
 conn_close(struct conn *c)
 {
-    conn_unwatch(c);
+    pg_conn_close(&c->pc);
     evtimer_del(&c->timer);
     PQclear(c->res);
     c->res = NULL;
-    PQfinish(c->pg);
-    c->pg = NULL;
     c->preparing = 0;
     c->stale = 0;
 }
@@ -397,7 +317,7 @@ static void
 connect_failed(struct conn *c, const char *msg)
 {
     struct db_pool *p = c->pool;
-    char *line = first_line(msg);
+    char *line = pg_conn_first_line(msg);
     struct timeval tv;
 
     snprintf(p->last_err, sizeof p->last_err, "database unavailable: %s", line);
@@ -407,7 +327,7 @@ connect_failed(struct conn *c, const char *msg)
     if (c->backoff_ms > BACKOFF_MAX_MS)
         c->backoff_ms = BACKOFF_MAX_MS;
     c->state = C_BACKOFF;
-    tv = ms_to_tv(c->backoff_ms);
+    tv = util_ms_to_tv(c->backoff_ms);
     evtimer_add(&c->timer, &tv);
     if (count_conns(p, MASK(C_READY) | MASK(C_BUSY) | MASK(C_CONNECTING)) == 0)
         fail_queue(p, p->last_err);
@@ -418,7 +338,7 @@ static void
 conn_lost(struct conn *c, const char *msg)
 {
     struct query *q = c->q;
-    char *line = first_line(msg);
+    char *line = pg_conn_first_line(msg);
 
     c->q = NULL;
     conn_close(c);
@@ -430,83 +350,21 @@ conn_lost(struct conn *c, const char *msg)
 }
 
 static void
-connect_wait(struct conn *c, PostgresPollingStatusType st)
-{
-    if (conn_watch(c) < 0) {
-        connect_failed(c, "connection has no socket");
-        return;
-    }
-    event_add(st == PGRES_POLLING_READING ? &c->rd : &c->wr, NULL);
-}
-
-static void
-conn_connected(struct conn *c)
-{
-    if (PQsetnonblocking(c->pg, 1) != 0 || conn_watch(c) < 0) {
-        connect_failed(c, PQerrorMessage(c->pg));
-        return;
-    }
-    evtimer_del(&c->timer);
-    event_add(&c->rd, NULL);
-    memset(c->prepared, 0, sizeof c->prepared);
-    c->backoff_ms = 0;
-    c->state = C_READY;
-}
-
-static void
 conn_start(struct conn *c)
 {
-    struct db_pool *p = c->pool;
+    char err[512];
 
-    assert(c->state == C_DOWN && c->pg == NULL);
-    c->pg =
-        PQconnectStartParams((const char *const *)p->keywords, (const char *const *)p->values, 0);
-    if (c->pg == NULL)
-        oom();
-    if (PQstatus(c->pg) == CONNECTION_BAD) {
-        connect_failed(c, PQerrorMessage(c->pg));
-        return;
-    }
-    PQsetNoticeProcessor(c->pg, ignore_notice, NULL);
+    assert(c->state == C_DOWN && c->pc.pg == NULL);
     c->state = C_CONNECTING;
-    evtimer_add(&c->timer, &p->connect_tv);
-    /* Before the first PQconnectPoll, libpq wants the socket writable. */
-    connect_wait(c, PGRES_POLLING_WRITING);
-}
-
-static void
-connect_poll(struct conn *c)
-{
-    switch (PQconnectPoll(c->pg)) {
-    case PGRES_POLLING_READING:
-        connect_wait(c, PGRES_POLLING_READING);
-        break;
-    case PGRES_POLLING_WRITING:
-        connect_wait(c, PGRES_POLLING_WRITING);
-        break;
-    case PGRES_POLLING_OK:
-        conn_connected(c);
-        break;
-    default:
-        connect_failed(c, PQerrorMessage(c->pg));
-        break;
-    }
+    if (pg_conn_start(&c->pc, err, sizeof err) < 0)
+        connect_failed(c, err);
 }
 
 static void
 conn_flush(struct conn *c)
 {
-    int r = PQflush(c->pg);
-
-    if (r == 0 && c->writing) {
-        event_del(&c->wr);
-        c->writing = 0;
-    } else if (r == 1 && !c->writing) {
-        event_add(&c->wr, NULL);
-        c->writing = 1;
-    } else if (r < 0) {
-        conn_lost(c, PQerrorMessage(c->pg));
-    }
+    if (pg_conn_flush(&c->pc) < 0)
+        conn_lost(c, PQerrorMessage(c->pc.pg));
 }
 
 /* After a PQsend* call: flush, or answer the statement if it could not be sent. */
@@ -517,14 +375,14 @@ conn_sent(struct conn *c, int ok)
 
     if (ok) {
         conn_flush(c);
-    } else if (PQstatus(c->pg) == CONNECTION_OK) {
+    } else if (PQstatus(c->pc.pg) == CONNECTION_OK) {
         /* Refused before anything was sent (e.g. too many parameters). */
         c->q = NULL;
         c->preparing = 0;
         c->state = C_READY;
-        query_fail(q, DB_ERROR, NULL, first_line(PQerrorMessage(c->pg)));
+        query_fail(q, DB_ERROR, NULL, pg_conn_first_line(PQerrorMessage(c->pc.pg)));
     } else {
-        conn_lost(c, PQerrorMessage(c->pg));
+        conn_lost(c, PQerrorMessage(c->pc.pg));
     }
 }
 
@@ -537,15 +395,15 @@ conn_send(struct conn *c)
 
     if (q->stmt < 0) {
         c->preparing = 0;
-        ok = PQsendQueryParams(c->pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
+        ok = PQsendQueryParams(c->pc.pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
     } else if (!is_prepared(c, q->stmt)) {
         c->preparing = 1;
         stmt_name(name, sizeof name, q->stmt);
-        ok = PQsendPrepare(c->pg, name, q->sql, 0, NULL);
+        ok = PQsendPrepare(c->pc.pg, name, q->sql, 0, NULL);
     } else {
         c->preparing = 0;
         stmt_name(name, sizeof name, q->stmt);
-        ok = PQsendQueryPrepared(c->pg, name, q->nparams, q->params, NULL, NULL, 0);
+        ok = PQsendQueryPrepared(c->pc.pg, name, q->nparams, q->params, NULL, NULL, 0);
     }
     conn_sent(c, ok);
 }
@@ -579,7 +437,7 @@ conn_command_done(struct conn *c)
 {
     struct query *q = c->q;
     PGresult *res = c->res;
-    int bad = PQstatus(c->pg) == CONNECTION_BAD;
+    int bad = PQstatus(c->pc.pg) == CONNECTION_BAD;
     const char *st;
 
     c->res = NULL;
@@ -606,7 +464,7 @@ conn_command_done(struct conn *c)
     c->state = C_READY;
     if (res == NULL)
         query_fail(q, bad ? DB_UNAVAILABLE : DB_ERROR, NULL,
-                   first_line(bad ? PQerrorMessage(c->pg) : "no result from server"));
+                   pg_conn_first_line(bad ? PQerrorMessage(c->pc.pg) : "no result from server"));
     else
         query_result(q, res, bad);
 }
@@ -614,16 +472,16 @@ conn_command_done(struct conn *c)
 static void
 conn_read(struct conn *c)
 {
-    int ok = PQconsumeInput(c->pg);
+    int ok = PQconsumeInput(c->pc.pg);
     PGnotify *n;
 
-    if (ok && c->writing) {
+    if (ok && c->pc.writing) {
         conn_flush(c);
-        if (c->pg == NULL)
+        if (c->pc.pg == NULL)
             return;
     }
-    while (c->state == C_BUSY && !PQisBusy(c->pg)) {
-        PGresult *r = PQgetResult(c->pg);
+    while (c->state == C_BUSY && !PQisBusy(c->pc.pg)) {
+        PGresult *r = PQgetResult(c->pc.pg);
         if (r == NULL) {
             conn_command_done(c);
             continue;
@@ -646,12 +504,12 @@ conn_read(struct conn *c)
             break;
         }
     }
-    if (c->pg == NULL)
+    if (c->pc.pg == NULL)
         return;
-    while ((n = PQnotifies(c->pg)) != NULL)
+    while ((n = PQnotifies(c->pc.pg)) != NULL)
         PQfreemem(n);
-    if (!ok || PQstatus(c->pg) == CONNECTION_BAD) {
-        conn_lost(c, PQerrorMessage(c->pg));
+    if (!ok || PQstatus(c->pc.pg) == CONNECTION_BAD) {
+        conn_lost(c, PQerrorMessage(c->pc.pg));
     } else if (c->stale && c->state == C_READY) {
         conn_close(c);
         c->state = C_DOWN;
@@ -686,35 +544,56 @@ settle(struct db_pool *p)
     flush_answers(p);
 }
 
+/* pg_conn handlers: a connect attempt succeeded or failed, the socket is ready. */
 static void
-conn_io_cb(evutil_socket_t fd, short what, void *arg)
+conn_up(void *arg)
+{
+    struct conn *c = arg;
+
+    memset(c->prepared, 0, sizeof c->prepared);
+    c->backoff_ms = 0;
+    c->state = C_READY;
+    settle(c->pool);
+}
+
+static void
+conn_connect_failed(void *arg, const char *msg)
 {
     struct conn *c = arg;
     struct db_pool *p = c->pool;
 
-    (void)fd;
-    if (c->state == C_CONNECTING) {
-        connect_poll(c);
-    } else if (c->pg != NULL) {
-        if (what & EV_WRITE)
-            conn_flush(c);
-        if ((what & EV_READ) && c->pg != NULL)
-            conn_read(c);
-    }
+    connect_failed(c, msg);
     settle(p);
 }
 
 static void
-conn_timer_cb(evutil_socket_t fd, short what, void *arg)
+conn_io(void *arg, short what)
+{
+    struct conn *c = arg;
+    struct db_pool *p = c->pool;
+
+    if (what & EV_WRITE)
+        conn_flush(c);
+    if ((what & EV_READ) && c->pc.pg != NULL)
+        conn_read(c);
+    settle(p);
+}
+
+static const struct pg_conn_handler conn_handler = {
+    .up = conn_up,
+    .failed = conn_connect_failed,
+    .io = conn_io,
+};
+
+static void
+backoff_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
     struct db_pool *p = c->pool;
 
     (void)fd;
     (void)what;
-    if (c->state == C_CONNECTING)
-        connect_failed(c, "timeout expired while connecting");
-    else if (c->state == C_BACKOFF)
+    if (c->state == C_BACKOFF)
         c->state = C_DOWN;
     settle(p);
 }
@@ -751,85 +630,12 @@ kick_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- construction ---- */
 
-static void
-free_strv(char **v)
-{
-    if (v == NULL)
-        return;
-    for (size_t i = 0; v[i] != NULL; i++)
-        free(v[i]);
-    free(v);
-}
-
-/*
- * Turns conninfo into keyword/value arrays, with statement_timeout appended to
- * any options already given (in conninfo or PGOPTIONS).
- */
-static int
-build_params(struct db_pool *p, const char *conninfo, uint64_t deadline_ms, char *err,
-             size_t errlen)
-{
-    char *msg = NULL;
-    PQconninfoOption *opts = PQconninfoParse(conninfo, &msg);
-    const char *options = NULL, *timeout = NULL;
-    int has_appname = 0;
-    size_t n = 0, k = 0;
-    char buf[1024];
-
-    if (opts == NULL) {
-        char *line = msg ? first_line(msg) : NULL;
-        snprintf(err, errlen, "bad conninfo: %s", line ? line : "out of memory");
-        free(line);
-        PQfreemem(msg);
-        return -1;
-    }
-    for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
-        n++;
-    p->keywords = xcalloc(n + 3, sizeof *p->keywords);
-    p->values = xcalloc(n + 3, sizeof *p->values);
-    for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
-        if (o->val == NULL)
-            continue;
-        if (strcmp(o->keyword, "options") == 0) {
-            options = o->val;
-            continue;
-        }
-        if (strcmp(o->keyword, "connect_timeout") == 0)
-            timeout = o->val;
-        if (strcmp(o->keyword, "fallback_application_name") == 0)
-            has_appname = 1;
-        p->keywords[k] = xstrdup(o->keyword);
-        p->values[k++] = xstrdup(o->val);
-    }
-    if (options == NULL)
-        options = getenv("PGOPTIONS");
-    if (deadline_ms > 0) {
-        unsigned long long ms = deadline_ms > INT_MAX ? INT_MAX : deadline_ms;
-        snprintf(buf, sizeof buf, "%s%s-c statement_timeout=%llu", options ? options : "",
-                 options && *options ? " " : "", ms);
-        options = buf;
-    }
-    if (options != NULL) {
-        p->keywords[k] = xstrdup("options");
-        p->values[k++] = xstrdup(options);
-    }
-    if (!has_appname) {
-        p->keywords[k] = xstrdup("fallback_application_name");
-        p->values[k++] = xstrdup("sluice");
-    }
-    if (timeout == NULL)
-        timeout = getenv("PGCONNECT_TIMEOUT");
-    p->connect_tv = ms_to_tv(CONNECT_TIMEOUT_MS);
-    if (timeout != NULL && atoi(timeout) > 0)
-        p->connect_tv = ms_to_tv((uint64_t)atoi(timeout) * 1000);
-    PQconninfoFree(opts);
-    return 0;
-}
-
 struct db_pool *
 db_pool_new(struct event_base *base, const char *conninfo, unsigned size, uint64_t deadline_ms,
             unsigned max_queue, char *err, size_t errlen)
 {
+    struct pg_conn_options o = {.fallback_application_name = "sluice"};
+    char timeout[64];
     struct db_pool *p;
 
     if (size == 0 || max_queue == 0) {
@@ -842,12 +648,20 @@ db_pool_new(struct event_base *base, const char *conninfo, unsigned size, uint64
     p->max_queue = max_queue;
     TAILQ_INIT(&p->queue);
     TAILQ_INIT(&p->done);
-    if (build_params(p, conninfo ? conninfo : "", deadline_ms, err, errlen) < 0) {
+    if (deadline_ms > 0) {
+        /* The server stops a statement at its deadline too (past INT_MAX ms: at INT_MAX). */
+        snprintf(timeout, sizeof timeout, "-c statement_timeout=%llu",
+                 deadline_ms > INT_MAX ? (unsigned long long)INT_MAX
+                                       : (unsigned long long)deadline_ms);
+        o.server_options = timeout;
+    }
+    p->params = pg_conn_params_new(conninfo, &o, err, errlen);
+    if (p->params == NULL) {
         free(p);
         return NULL;
     }
     if (deadline_ms > 0) {
-        p->deadline_tv = ms_to_tv(deadline_ms);
+        p->deadline_tv = util_ms_to_tv(deadline_ms);
         /* All statements share one duration: an O(1) timeout queue instead of the heap. */
         p->deadline = event_base_init_common_timeout(base, &p->deadline_tv);
         if (p->deadline == NULL)
@@ -857,9 +671,9 @@ db_pool_new(struct event_base *base, const char *conninfo, unsigned size, uint64
     for (unsigned i = 0; i < size; i++) {
         struct conn *c = &p->conns[i];
         c->pool = p;
-        c->fd = -1;
         c->state = C_DOWN;
-        evtimer_assign(&c->timer, base, conn_timer_cb, c);
+        pg_conn_init(&c->pc, base, p->params, &conn_handler, c);
+        evtimer_assign(&c->timer, base, backoff_cb, c);
     }
     event_assign(&p->kick, base, -1, 0, kick_cb, p);
     return p;
@@ -874,8 +688,7 @@ pool_destroy(struct db_pool *p)
     event_del(&p->kick);
     for (unsigned i = 0; i < STMT_SLOTS; i++)
         free(p->stmts[i].sql);
-    free_strv(p->keywords);
-    free_strv(p->values);
+    pg_conn_params_free(p->params);
     free(p->conns);
     free(p);
 }

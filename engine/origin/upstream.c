@@ -52,15 +52,6 @@ now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static struct timeval
-ms_to_tv(uint64_t ms)
-{
-    struct timeval tv;
-    tv.tv_sec = (time_t)(ms / 1000);
-    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
-    return tv;
-}
-
 /* ---- the pool ---- */
 
 /*
@@ -358,7 +349,7 @@ conn_new(struct host *h, evutil_socket_t fd, unsigned addr)
 static void
 conn_attach(struct conn *k, struct upstream_call *c)
 {
-    struct timeval tv = ms_to_tv(c->timeout_ms);
+    struct timeval tv = util_ms_to_tv(c->timeout_ms);
 
     k->call = c;
     k->sent = 0;
@@ -838,7 +829,7 @@ static void
 call_connect(struct upstream_call *c)
 {
     struct host *h = c->host;
-    struct timeval tv = ms_to_tv(c->connect_ms);
+    struct timeval tv = util_ms_to_tv(c->connect_ms);
     int stale = !h->literal && (h->naddrs == 0 || now_ms() - h->resolved_ms > LOOKUP_TTL_MS);
 
     evtimer_add(&c->deadline, &tv);
@@ -1069,7 +1060,7 @@ upstream_pool_new(struct event_base *base, const struct upstream_pool_config *cf
     p->max_idle = cfg && cfg->max_idle ? cfg->max_idle : DEFAULT_MAX_IDLE;
     p->max_response =
         cfg && cfg->max_response_bytes ? cfg->max_response_bytes : DEFAULT_MAX_RESPONSE;
-    p->idle_tv = ms_to_tv(idle_ms);
+    p->idle_tv = util_ms_to_tv(idle_ms);
     /* Every idle connection has the same timeout: an O(1) queue instead of the heap. */
     p->idle_timeout = event_base_init_common_timeout(base, &p->idle_tv);
     if (p->idle_timeout == NULL)
