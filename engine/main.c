@@ -265,30 +265,38 @@ cmd_check(int argc, char **argv)
     return rc;
 }
 
-struct serve_ctx {
-    struct server *server, *admin;
+/* Everything `sluice serve` runs, and what it was told. */
+struct serve {
+    struct server_config cfg;
+    struct gateway_config gcfg;
+    char addr[256], admin_addr[256];
+    int admin_on, admin_port, watch;
+    const char *dir;
+    const char *token; /* SLUICE_ADMIN_TOKEN */
     struct gateway *gw;
     struct reloader *reloader;
-    const char *dir;
+    struct notifier *notifier;
+    struct admin_config acfg; /* complete before the admin listener is created */
+    struct server *server, *admin;
     sigset_t set;
 };
 
 static void *
 signal_thread(void *arg)
 {
-    struct serve_ctx *sc = arg;
+    struct serve *sv = arg;
     for (;;) {
         int sig;
-        if (sigwait(&sc->set, &sig) != 0)
+        if (sigwait(&sv->set, &sig) != 0)
             continue;
         if (sig == SIGHUP) {
-            reloader_reload(sc->reloader, "signal", NULL);
+            reloader_reload(sv->reloader, "signal", NULL);
             continue;
         }
         fprintf(stderr, "sluice: %s: finishing requests in flight\n", strsignal(sig));
-        server_stop(sc->server);
-        if (sc->admin)
-            server_stop(sc->admin);
+        server_stop(sv->server);
+        if (sv->admin)
+            server_stop(sv->admin);
         return NULL;
     }
 }
@@ -363,8 +371,43 @@ admin_thread(void *arg)
     return NULL;
 }
 
+/* The defaults of `sluice serve`, and what the environment gives. */
+static void
+serve_defaults(struct serve *sv)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    sv->cfg = (struct server_config){
+        .listen_addr = "127.0.0.1",
+        .listen_port = 8080,
+        .workers = ncpu > 0 ? (unsigned)ncpu : 1,
+        .max_header_bytes = 16384,
+        .max_body_bytes = 1 << 20,
+        .max_connections = 10000,
+        .header_timeout_ms = 10000,
+        .idle_timeout_ms = 60000,
+    };
+    sv->gcfg = (struct gateway_config){
+        .database_url = getenv("DATABASE_URL"),
+        .db_pool_size = 4,
+        .db_deadline_ms = 5000,
+        .cache_bytes = 256u << 20,
+        .redis_url = getenv("REDIS_URL"),
+        .redis_limits_url = getenv("REDIS_LIMITS_URL"),
+        .redis_deadline_ms = 50,
+    };
+    snprintf(sv->admin_addr, sizeof(sv->admin_addr), "127.0.0.1");
+    sv->admin_on = 1;
+    sv->admin_port = 8081;
+    sv->watch = 1;
+    sv->token = getenv("SLUICE_ADMIN_TOKEN");
+}
+
+/*
+ * Reads the options and the policy directory of `sluice serve` into sv.
+ * Returns 0 to go on, or -1 with the exit status in *rc (0 after --help).
+ */
 static int
-cmd_serve(int argc, char **argv)
+serve_options(struct serve *sv, int argc, char **argv, int *rc)
 {
     static const struct option opts[] = {
         {"listen", required_argument, NULL, 'l'},
@@ -383,140 +426,223 @@ cmd_serve(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    struct server_config cfg = {
-        .listen_addr = "127.0.0.1",
-        .listen_port = 8080,
-        .workers = ncpu > 0 ? (unsigned)ncpu : 1,
-        .max_header_bytes = 16384,
-        .max_body_bytes = 1 << 20,
-        .max_connections = 10000,
-        .header_timeout_ms = 10000,
-        .idle_timeout_ms = 60000,
-    };
-    struct gateway_config gcfg = {
-        .database_url = getenv("DATABASE_URL"),
-        .db_pool_size = 4,
-        .db_deadline_ms = 5000,
-        .cache_bytes = 256u << 20,
-        .redis_url = getenv("REDIS_URL"),
-        .redis_limits_url = getenv("REDIS_LIMITS_URL"),
-        .redis_deadline_ms = 50,
-    };
-    static char addr[256], admin_addr[256] = "127.0.0.1";
-    int admin_on = 1, admin_port = 8081, watch = 1;
+    struct server_config *cfg = &sv->cfg;
+    struct gateway_config *gcfg = &sv->gcfg;
     unsigned long long v;
     int c;
+    *rc = 2;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'l':
-            if (parse_hostport("--listen", optarg, addr, sizeof(addr), &cfg.listen_port) != 0)
-                return 2;
-            cfg.listen_addr = addr;
+            if (parse_hostport("--listen", optarg, sv->addr, sizeof(sv->addr), &cfg->listen_port) !=
+                0)
+                return -1;
+            cfg->listen_addr = sv->addr;
             break;
         case 'a':
             if (strcmp(optarg, "off") == 0) {
-                admin_on = 0;
+                sv->admin_on = 0;
                 break;
             }
-            if (parse_hostport("--admin", optarg, admin_addr, sizeof(admin_addr), &admin_port) != 0)
-                return 2;
-            admin_on = 1;
+            if (parse_hostport("--admin", optarg, sv->admin_addr, sizeof(sv->admin_addr),
+                               &sv->admin_port) != 0)
+                return -1;
+            sv->admin_on = 1;
             break;
         case 'W':
-            watch = 0;
+            sv->watch = 0;
             break;
         case 'w':
             if (parse_count("--workers", optarg, 256, &v) != 0 || v == 0)
-                return 2;
-            cfg.workers = (unsigned)v;
+                return -1;
+            cfg->workers = (unsigned)v;
             break;
         case 'c':
             if (parse_count("--max-connections", optarg, 1000000, &v) != 0 || v == 0)
-                return 2;
-            cfg.max_connections = (unsigned)v;
+                return -1;
+            cfg->max_connections = (unsigned)v;
             break;
         case 'H':
             if (parse_count("--max-header-bytes", optarg, 1 << 20, &v) != 0 || v < 256)
-                return 2;
-            cfg.max_header_bytes = (size_t)v;
+                return -1;
+            cfg->max_header_bytes = (size_t)v;
             break;
         case 'B':
             if (parse_count("--max-body-bytes", optarg, 1ull << 30, &v) != 0)
-                return 2;
-            cfg.max_body_bytes = (size_t)v;
+                return -1;
+            cfg->max_body_bytes = (size_t)v;
             break;
         case 't':
-            if (parse_dur("--header-timeout", optarg, &cfg.header_timeout_ms) != 0)
-                return 2;
+            if (parse_dur("--header-timeout", optarg, &cfg->header_timeout_ms) != 0)
+                return -1;
             break;
         case 'i':
-            if (parse_dur("--idle-timeout", optarg, &cfg.idle_timeout_ms) != 0)
-                return 2;
+            if (parse_dur("--idle-timeout", optarg, &cfg->idle_timeout_ms) != 0)
+                return -1;
             break;
         case 'p':
             if (parse_count("--db-pool", optarg, 256, &v) != 0 || v == 0)
-                return 2;
-            gcfg.db_pool_size = (unsigned)v;
+                return -1;
+            gcfg->db_pool_size = (unsigned)v;
             break;
         case 'd':
-            if (parse_dur("--db-deadline", optarg, &gcfg.db_deadline_ms) != 0)
-                return 2;
+            if (parse_dur("--db-deadline", optarg, &gcfg->db_deadline_ms) != 0)
+                return -1;
             break;
         case 'm':
             if (parse_count("--cache-bytes", optarg, 1ull << 40, &v) != 0)
-                return 2;
-            gcfg.cache_bytes = (size_t)v;
+                return -1;
+            gcfg->cache_bytes = (size_t)v;
             break;
         case 'R':
-            if (parse_dur("--redis-deadline", optarg, &gcfg.redis_deadline_ms) != 0)
-                return 2;
-            if (gcfg.redis_deadline_ms == 0) {
+            if (parse_dur("--redis-deadline", optarg, &gcfg->redis_deadline_ms) != 0)
+                return -1;
+            if (gcfg->redis_deadline_ms == 0) {
                 fprintf(stderr, "sluice serve: --redis-deadline: must be more than 0\n");
-                return 2;
+                return -1;
             }
             break;
         case 'h':
             fputs(usage_serve, stdout);
-            return 0;
+            *rc = 0;
+            return -1;
         default:
             fputs(usage_serve, stderr);
-            return 2;
+            return -1;
         }
     }
     if (optind != argc - 1) {
         fputs(usage_serve, stderr);
-        return 2;
+        return -1;
     }
-    struct serve_ctx sc = {.dir = argv[optind]};
-    const char *redis_urls[2] = {gcfg.redis_url, gcfg.redis_limits_url};
+    sv->dir = argv[optind];
+    return 0;
+}
+
+/* Checks the settings that only make sense together. Returns 0, or -1 with a message printed. */
+static int
+serve_check(const struct serve *sv)
+{
+    const struct gateway_config *g = &sv->gcfg;
+    const char *redis_urls[2] = {g->redis_url, g->redis_limits_url};
     for (int i = 0; i < 2; i++) {
         char rerr[256];
         if (redis_urls[i] && redis_urls[i][0] &&
             store_redis_check_url(redis_urls[i], rerr, sizeof(rerr)) != 0) {
             fprintf(stderr, "sluice serve: %s: %s\n", i ? "REDIS_LIMITS_URL" : "REDIS_URL", rerr);
-            return 2;
+            return -1;
         }
     }
-    if (gcfg.redis_limits_url && gcfg.redis_limits_url[0] &&
-        !(gcfg.redis_url && gcfg.redis_url[0])) {
+    if (g->redis_limits_url && g->redis_limits_url[0] && !(g->redis_url && g->redis_url[0])) {
         fprintf(stderr, "sluice serve: REDIS_LIMITS_URL is set but REDIS_URL is not\n");
-        return 2;
+        return -1;
     }
-    const char *token = getenv("SLUICE_ADMIN_TOKEN");
-    if (admin_on && !admin_addr_is_loopback(admin_addr) && !(token && token[0])) {
+    if (sv->admin_on && !admin_addr_is_loopback(sv->admin_addr) && !(sv->token && sv->token[0])) {
         fprintf(stderr,
                 "sluice serve: --admin %s is not a loopback address: set "
                 "SLUICE_ADMIN_TOKEN to protect it\n",
-                admin_addr);
-        return 2;
+                sv->admin_addr);
+        return -1;
     }
+    return 0;
+}
+
+/* Frees what serve_start() made (any part may be missing). */
+static void
+serve_free(struct serve *sv)
+{
+    notify_stop(sv->notifier);
+    server_free(sv->admin);
+    server_free(sv->server);
+    reloader_free(sv->reloader);
+    gateway_free(sv->gw);
+}
+
+/*
+ * Builds the process around snapshot p (a reference is taken): the gateway,
+ * the reloader, the listener, database-driven invalidation, the admin
+ * listener and the directory watch. Returns 0, or -1 with a message in err
+ * (what was built is freed by serve_free()).
+ */
+static int
+serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
+{
+    sv->gw = gateway_new(&sv->gcfg, p);
+    sv->reloader = reloader_new(sv->dir, sv->gw);
+    struct server_app app = gateway_app(sv->gw);
+    sv->server = server_new(&sv->cfg, &app, err, errlen);
+    if (!sv->server)
+        return -1;
+    /*
+     * Database-driven invalidation: the listener connects only while the
+     * snapshot serving declares on_change, so it starts with every server and
+     * follows reloads by itself.
+     */
+    struct notify_config ncfg = {.conninfo = sv->gcfg.database_url,
+                                 .policy = notify_policy,
+                                 .store_new = notify_store_new,
+                                 .ctx = sv->gw};
+    char nerr[256];
+    sv->notifier = notify_start(&ncfg, nerr, sizeof(nerr));
+    if (!sv->notifier)
+        fprintf(stderr, "sluice serve: database-driven invalidation is off: %s\n", nerr);
+    sv->acfg = (struct admin_config){
+        .reloader = sv->reloader, .gateway = sv->gw, .notifier = sv->notifier, .token = sv->token};
+    if (sv->admin_on) {
+        struct server_config acfg = sv->cfg;
+        acfg.listen_addr = sv->admin_addr;
+        acfg.listen_port = sv->admin_port;
+        acfg.workers = 1;
+        acfg.max_connections = 64;
+        struct server_app aapp = admin_app(&sv->acfg);
+        sv->admin = server_new(&acfg, &aapp, err, errlen);
+        if (!sv->admin)
+            return -1;
+    }
+    if (sv->watch && reloader_watch(sv->reloader, 100, err, errlen) != 0)
+        return -1;
+    return 0;
+}
+
+/* Runs the listeners until a signal stops them. Returns 0, or -1 when the server failed. */
+static int
+serve_run(struct serve *sv)
+{
+    pthread_t st, at;
+    pthread_create(&st, NULL, signal_thread, sv);
+    if (sv->admin)
+        pthread_create(&at, NULL, admin_thread, sv->admin);
+    char err[256];
+    int rc = server_run(sv->server, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "sluice serve: %s\n", err);
+    /* Wake the signal thread if the server ended on its own. */
+    pthread_kill(st, SIGTERM);
+    pthread_join(st, NULL);
+    if (sv->admin) {
+        server_stop(sv->admin);
+        pthread_join(at, NULL);
+    }
+    return rc;
+}
+
+static int
+cmd_serve(int argc, char **argv)
+{
+    struct serve sv;
+    memset(&sv, 0, sizeof(sv));
+    serve_defaults(&sv);
+    int rc;
+    if (serve_options(&sv, argc, argv, &rc) != 0)
+        return rc;
+    if (serve_check(&sv) != 0)
+        return 2;
 
     char *errors = NULL;
-    struct policy *p = policy_load(sc.dir, 1, NULL, &errors);
+    struct policy *p = policy_load(sv.dir, 1, NULL, &errors);
     if (!p) {
-        fprintf(stderr, "sluice serve: the policy in %s is invalid:\n%s", sc.dir,
+        fprintf(stderr, "sluice serve: the policy in %s is invalid:\n%s", sv.dir,
                 errors ? errors : "");
         free(errors);
         return 1;
@@ -529,88 +655,31 @@ cmd_serve(int argc, char **argv)
 
     /* Signals go to the signal thread only: block them before any thread starts. */
     signal(SIGPIPE, SIG_IGN);
-    sigemptyset(&sc.set);
-    sigaddset(&sc.set, SIGTERM);
-    sigaddset(&sc.set, SIGINT);
-    sigaddset(&sc.set, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &sc.set, NULL);
+    sigemptyset(&sv.set);
+    sigaddset(&sv.set, SIGTERM);
+    sigaddset(&sv.set, SIGINT);
+    sigaddset(&sv.set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sv.set, NULL);
 
     evthread_use_pthreads();
-    sc.gw = gateway_new(&gcfg, p);
-    sc.reloader = reloader_new(sc.dir, sc.gw);
-    struct server_app app = gateway_app(sc.gw);
     char err[256];
-    sc.server = server_new(&cfg, &app, err, sizeof(err));
-    struct admin_config acfg = {.reloader = sc.reloader, .gateway = sc.gw, .token = token};
-    if (sc.server && admin_on) {
-        struct server_config admin_cfg = cfg;
-        admin_cfg.listen_addr = admin_addr;
-        admin_cfg.listen_port = admin_port;
-        admin_cfg.workers = 1;
-        admin_cfg.max_connections = 64;
-        struct server_app aapp = admin_app(&acfg);
-        sc.admin = server_new(&admin_cfg, &aapp, err, sizeof(err));
-        if (!sc.admin) {
-            server_free(sc.server);
-            sc.server = NULL;
-        }
-    }
-    if (sc.server && watch && reloader_watch(sc.reloader, 100, err, sizeof(err)) != 0) {
-        server_free(sc.admin);
-        server_free(sc.server);
-        sc.server = NULL;
-    }
-    /*
-     * Database-driven invalidation: the listener connects only while the
-     * snapshot serving declares on_change, so it starts with every server and
-     * follows reloads by itself.
-     */
-    struct notifier *notifier = NULL;
-    if (sc.server) {
-        struct notify_config ncfg = {.conninfo = gcfg.database_url,
-                                     .policy = notify_policy,
-                                     .store_new = notify_store_new,
-                                     .ctx = sc.gw};
-        notifier = notify_start(&ncfg, err, sizeof(err));
-        if (!notifier)
-            fprintf(stderr, "sluice serve: database-driven invalidation is off: %s\n", err);
-        acfg.notifier = notifier; /* the admin thread has not started yet */
-    }
-    if (!sc.server) {
+    if (serve_start(&sv, p, err, sizeof(err)) != 0) {
         fprintf(stderr, "sluice serve: %s\n", err);
-        reloader_free(sc.reloader);
-        gateway_free(sc.gw);
+        serve_free(&sv);
         policy_release(p);
         return 1;
     }
     fprintf(stderr, "sluice %s: %zu endpoints from %s, %u workers, %s store\n", SLUICE_VERSION,
-            p->nendpoints, sc.dir, cfg.workers,
-            gcfg.redis_url && gcfg.redis_url[0] ? "redis" : "memory");
-    if (sc.admin)
-        printf("admin on http://%s:%d\n", admin_addr, server_port(sc.admin));
-    printf("listening on http://%s:%d\n", cfg.listen_addr, server_port(sc.server));
-    fflush(stdout);
+            p->nendpoints, sv.dir, sv.cfg.workers,
+            sv.gcfg.redis_url && sv.gcfg.redis_url[0] ? "redis" : "memory");
     policy_release(p);
+    if (sv.admin)
+        printf("admin on http://%s:%d\n", sv.admin_addr, server_port(sv.admin));
+    printf("listening on http://%s:%d\n", sv.cfg.listen_addr, server_port(sv.server));
+    fflush(stdout);
 
-    pthread_t st, at;
-    pthread_create(&st, NULL, signal_thread, &sc);
-    if (sc.admin)
-        pthread_create(&at, NULL, admin_thread, sc.admin);
-    int rc = server_run(sc.server, err, sizeof(err));
-    if (rc != 0)
-        fprintf(stderr, "sluice serve: %s\n", err);
-    /* Wake the signal thread if the server ended on its own. */
-    pthread_kill(st, SIGTERM);
-    pthread_join(st, NULL);
-    if (sc.admin) {
-        server_stop(sc.admin);
-        pthread_join(at, NULL);
-        server_free(sc.admin);
-    }
-    notify_stop(notifier);
-    server_free(sc.server);
-    reloader_free(sc.reloader);
-    gateway_free(sc.gw);
+    rc = serve_run(&sv);
+    serve_free(&sv);
     fprintf(stderr, "sluice: stopped\n");
     return rc == 0 ? 0 : 1;
 }
