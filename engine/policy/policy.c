@@ -14,6 +14,7 @@
 
 #include "embedded.h"
 #include "http_parse.h"
+#include "lua_sandbox.h"
 #include "router.h"
 #include "template.h"
 #include "tenant.h"
@@ -93,16 +94,6 @@ list_lua(const char *dir, int tenants, struct src_file **files, size_t *nfiles, 
 
 /* ---- the loader's Lua state -------------------------------------------------------------- */
 
-static int
-msghandler(lua_State *L)
-{
-    const char *msg = lua_tostring(L, 1);
-    if (!msg)
-        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-    luaL_traceback(L, L, msg, 1);
-    return 1;
-}
-
 /* Registers the embedded lua/sluice modules in package.preload. */
 static int
 preload_embedded(lua_State *L, struct sbuf *errs)
@@ -130,29 +121,6 @@ preload_embedded(lua_State *L, struct sbuf *errs)
  * allocates, which fails that file. */
 #define LOADER_MEMORY ((size_t)256 << 20)
 
-struct loader_mem {
-    size_t used, cap;
-};
-
-static void *
-loader_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    struct loader_mem *m = ud;
-    size_t old = ptr ? osize : 0;
-    if (nsize == 0) {
-        free(ptr);
-        m->used -= old;
-        return NULL;
-    }
-    if (nsize > old && nsize - old > m->cap - m->used)
-        return NULL;
-    void *n = realloc(ptr, nsize);
-    if (!n)
-        return nsize <= old ? ptr : NULL;
-    m->used = m->used - old + nsize;
-    return n;
-}
-
 static int
 loader_panic(lua_State *L)
 {
@@ -164,9 +132,9 @@ loader_panic(lua_State *L)
 static lua_State *
 loader_state(void)
 {
-    struct loader_mem *mem = xcalloc(1, sizeof(*mem));
+    struct lua_sandbox_mem *mem = xcalloc(1, sizeof(*mem));
     mem->cap = LOADER_MEMORY;
-    lua_State *L = lua_newstate(loader_alloc, mem);
+    lua_State *L = lua_newstate(lua_sandbox_alloc, mem);
     if (!L) {
         fprintf(stderr, "sluice: out of memory (Lua state)\n");
         abort();
@@ -706,7 +674,7 @@ policy_load(const char *dir, uint64_t generation, const struct policy *prev, cha
     L = loader_state();
     if (preload_embedded(L, &errs) != 0)
         goto out;
-    lua_pushcfunction(L, msghandler);
+    lua_pushcfunction(L, lua_sandbox_msghandler);
     int mh = lua_gettop(L);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "sluice.dsl");
