@@ -622,11 +622,6 @@ compile_set(struct compile *c)
     lua_State *L = c->L;
     struct policy *p = c->p;
 
-    lua_getfield(L, -1, "files");
-    size_t nf = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
-    lua_pop(L, 1);
-    (void)nf;
-
     compile_tiers(c);
     compile_identity(c);
     compile_upstreams(c);
