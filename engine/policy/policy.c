@@ -15,6 +15,7 @@
 #include "embedded.h"
 #include "http_parse.h"
 #include "lua_sandbox.h"
+#include "policy_compile.h"
 #include "router.h"
 #include "template.h"
 #include "tenant.h"
@@ -167,114 +168,6 @@ loader_state(void)
 
 /* ---- reading the normalized set ---------------------------------------------------------- */
 
-struct compile {
-    lua_State *L;
-    struct policy *p;
-    struct sbuf *errs;
-    const char *file; /* of the declaration being compiled */
-    int line;
-};
-
-static void cerr(struct compile *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-cerr(struct compile *c, const char *fmt, ...)
-{
-    va_list ap;
-    char msg[512];
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    sbuf_printf(c->errs, "%s:%d: %s\n", c->file ? c->file : "?", c->line, msg);
-}
-
-/* Field helpers: the table is at the top of the stack. */
-static char *
-field_str(lua_State *L, const char *name)
-{
-    lua_getfield(L, -1, name);
-    char *s = NULL;
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        size_t len;
-        const char *v = lua_tolstring(L, -1, &len);
-        s = xstrndup(v, len);
-    }
-    lua_pop(L, 1);
-    return s;
-}
-
-static int64_t
-field_int(lua_State *L, const char *name, int64_t dflt)
-{
-    lua_getfield(L, -1, name);
-    int64_t v = dflt;
-    if (lua_isinteger(L, -1))
-        v = lua_tointeger(L, -1);
-    else if (lua_type(L, -1) == LUA_TNUMBER)
-        v = (int64_t)lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
-static bool
-field_bool(lua_State *L, const char *name)
-{
-    lua_getfield(L, -1, name);
-    bool v = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
-static void
-set_location(struct compile *c)
-{
-    lua_getfield(c->L, -1, "file");
-    c->file = lua_tostring(c->L, -1); /* kept alive by the set table */
-    lua_pop(c->L, 1);
-    c->line = (int)field_int(c->L, "line", 0);
-}
-
-static struct template *
-compile_template(struct compile *c, const char *src, unsigned allowed, const char *what)
-{
-    char err[256];
-    struct template *t = template_compile(src, allowed, err, sizeof(err));
-    if (!t)
-        cerr(c, "%s \"%s\": %s", what, src, err);
-    return t;
-}
-
-/* Compiles the array of template strings in field `name` of the table at the top. */
-static struct template **
-field_templates(struct compile *c, const char *name, unsigned allowed, size_t *n)
-{
-    lua_State *L = c->L;
-    struct template **out = NULL;
-    *n = 0;
-    lua_getfield(L, -1, name);
-    if (lua_istable(L, -1)) {
-        size_t len = lua_rawlen(L, -1);
-        out = xcalloc(len ? len : 1, sizeof(*out));
-        for (size_t i = 1; i <= len; i++) {
-            lua_rawgeti(L, -1, (lua_Integer)i);
-            const char *s = lua_tostring(L, -1);
-            struct template *t = s ? compile_template(c, s, allowed, name) : NULL;
-            if (t)
-                out[(*n)++] = t;
-            lua_pop(L, 1);
-        }
-    }
-    lua_pop(L, 1);
-    return out;
-}
-
-static char *
-policy_field(const char *name, const struct limiter_rule *r)
-{
-    return xasprintf("\"%s\";q=%llu;w=%llu", name, (unsigned long long)r->limit,
-                     (unsigned long long)((r->window_ms + 999) / 1000));
-}
-
 static void
 compile_tiers(struct compile *c)
 {
@@ -379,48 +272,6 @@ method_code(const char *m)
         if (strcmp(m, methods[i].name) == 0)
             return methods[i].code;
     return HTTP_OTHER;
-}
-
-static void
-compile_limits(struct compile *c, struct policy_endpoint *e)
-{
-    lua_State *L = c->L;
-    lua_getfield(L, -1, "limits");
-    size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
-    e->limits = xcalloc(n ? n : 1, sizeof(*e->limits));
-    for (size_t i = 1; i <= n; i++) {
-        lua_rawgeti(L, -1, (lua_Integer)i);
-        struct policy_limit *l = &e->limits[e->nlimits++];
-        l->cost = (uint32_t)field_int(L, "cost", 1);
-        if (field_bool(L, "tier")) {
-            l->is_tier = true;
-            if (c->p->ntiers == 0)
-                cerr(c, "limit \"tier\" needs at least one tier declared");
-        } else {
-            l->name = field_str(L, "name");
-            if (!l->name)
-                l->name = xasprintf("limit%zu", i);
-            char *algo = field_str(L, "algorithm");
-            if (algo && limiter_algo_parse(algo, &l->rule.algo) != 0)
-                cerr(c, "unknown algorithm '%s'", algo);
-            free(algo);
-            l->rule.limit = (uint64_t)field_int(L, "limit", 1);
-            l->rule.window_ms = (uint64_t)field_int(L, "window_ms", 1000);
-            l->rule.burst = (uint64_t)field_int(L, "burst", 0);
-            char *fail = field_str(L, "fail");
-            l->fail_closed = fail && strcmp(fail, "closed") == 0;
-            free(fail);
-            char *key = field_str(L, "key");
-            if (key)
-                l->key = compile_template(c, key, TV_ALL_REQUEST, "limit key");
-            else
-                cerr(c, "limit '%s' has no key", l->name);
-            free(key);
-            l->policy_field = policy_field(l->name, &l->rule);
-        }
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
 }
 
 /* The warm table at the top: { callers = { {user=, tenant=}, ... } } or { sql = "..." }. */
@@ -830,34 +681,4 @@ policy_release(struct policy *p)
     tenant_free_all(p->tenants, p->ntenants);
     free(p->tenant_errors);
     free(p);
-}
-
-const struct policy_tier *
-policy_tier_find(const struct policy *p, const char *name, size_t len)
-{
-    for (size_t i = 0; i < p->ntiers; i++)
-        if (strlen(p->tiers[i].name) == len && memcmp(p->tiers[i].name, name, len) == 0)
-            return &p->tiers[i];
-    return NULL;
-}
-
-int
-policy_compile_limits(lua_State *L, struct policy *p, struct policy_endpoint *e, const char *file,
-                      int line, struct sbuf *errs)
-{
-    struct compile c = {.L = L, .p = p, .errs = errs, .file = file, .line = line};
-    size_t before = errs->len;
-    compile_limits(&c, e);
-    return errs->len == before ? 0 : -1;
-}
-
-void
-policy_limits_free(struct policy_limit *limits, size_t n)
-{
-    for (size_t j = 0; j < n; j++) {
-        free(limits[j].name);
-        template_free(limits[j].key);
-        free(limits[j].policy_field);
-    }
-    free(limits);
 }

@@ -9,51 +9,13 @@
 #include <string.h>
 
 #include "lua_sandbox.h"
+#include "policy_compile.h"
 #include "util.h"
 
 #define REG_HOOKS "sluice.tenant.hooks"
 #define MAX_LOGGED 5 /* hook failures logged per tenant state; the rest are only counted */
 
 /* ---- compiling the normalized tenants ---------------------------------------------------- */
-
-/* Field helpers: the table is at the top of the stack. */
-static char *
-field_str(lua_State *L, const char *name, size_t *len)
-{
-    char *s = NULL;
-    lua_getfield(L, -1, name);
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        size_t n;
-        const char *v = lua_tolstring(L, -1, &n);
-        s = xstrndup(v, n);
-        if (len)
-            *len = n;
-    }
-    lua_pop(L, 1);
-    return s;
-}
-
-static int64_t
-field_int(lua_State *L, const char *name, int64_t dflt)
-{
-    int64_t v = dflt;
-    lua_getfield(L, -1, name);
-    if (lua_isinteger(L, -1))
-        v = lua_tointeger(L, -1);
-    else if (lua_type(L, -1) == LUA_TNUMBER)
-        v = (int64_t)lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
-static int
-field_is(lua_State *L, const char *name, int type)
-{
-    lua_getfield(L, -1, name);
-    int is = lua_type(L, -1) == type;
-    lua_pop(L, 1);
-    return is;
-}
 
 void
 tenant_push_load_options(lua_State *L, const struct policy *prev)
@@ -74,67 +36,72 @@ tenant_push_load_options(lua_State *L, const struct policy *prev)
 
 /* A tier override: the main tier's rule with the normalized fields. */
 static int
-compile_tier(lua_State *L, struct policy *p, struct tenant *t, struct sbuf *errs)
+compile_tier(struct compile *c, struct tenant *t)
 {
-    char *name = field_str(L, "name", NULL);
-    int line = (int)field_int(L, "line", 1);
+    lua_State *L = c->L;
+    struct policy *p = c->p;
+    char *name = field_str(L, "name");
+    c->line = (int)field_int(L, "line", 1);
     const struct policy_tier *main = name ? policy_tier_find(p, name, strlen(name)) : NULL;
     if (!main) {
-        sbuf_printf(errs, "%s:%d: tier \"%s\" is not a tier of the main policy set\n", t->file,
-                    line, name ? name : "?");
+        cerr(c, "tier \"%s\" is not a tier of the main policy set", name ? name : "?");
         free(name);
         return -1;
     }
     struct policy_tier *o = &t->tiers[t->ntiers++];
     o->name = name;
     o->rule = main->rule;
-    char *algo = field_str(L, "algorithm", NULL);
+    char *algo = field_str(L, "algorithm");
     if (algo && limiter_algo_parse(algo, &o->rule.algo) != 0)
-        sbuf_printf(errs, "%s:%d: unknown algorithm '%s'\n", t->file, line, algo);
+        cerr(c, "unknown algorithm '%s'", algo);
     free(algo);
     o->rule.limit = (uint64_t)field_int(L, "limit", (int64_t)main->rule.limit);
     o->rule.window_ms = (uint64_t)field_int(L, "window_ms", (int64_t)main->rule.window_ms);
     o->rule.burst = (uint64_t)field_int(L, "burst", 0);
-    o->policy_field = xasprintf("\"%s\";q=%llu;w=%llu", name, (unsigned long long)o->rule.limit,
-                                (unsigned long long)((o->rule.window_ms + 999) / 1000));
+    o->policy_field = policy_field(name, &o->rule);
     t->tier_for[main - p->tiers] = o;
     return 0;
 }
 
 /* An endpoint override: the main endpoint with the tenant's ttl and limits. */
 static int
-compile_endpoint(lua_State *L, struct policy *p, struct tenant *t, struct sbuf *errs)
+compile_endpoint(struct compile *c, struct tenant *t)
 {
+    lua_State *L = c->L;
+    struct policy *p = c->p;
     int64_t index = field_int(L, "index", 0);
-    int line = (int)field_int(L, "line", 1);
+    c->line = (int)field_int(L, "line", 1);
     if (index < 1 || (uint64_t)index > p->nendpoints) {
-        sbuf_printf(errs, "%s:%d: the endpoint is not in the main policy set\n", t->file, line);
+        cerr(c, "the endpoint is not in the main policy set");
         return -1;
     }
     struct tenant_endpoint *te = &t->endpoints[t->nendpoints++];
     te->main = &p->endpoints[index - 1];
     te->ep = *te->main;
     te->ep.ttl_ms = (uint64_t)field_int(L, "ttl_ms", (int64_t)te->main->ttl_ms);
-    if (field_is(L, "limits", LUA_TTABLE)) {
-        te->ep.limits = NULL;
-        te->ep.nlimits = 0;
-        te->own_limits = true;
-        return policy_compile_limits(L, p, &te->ep, t->file, line, errs);
-    }
-    return 0;
+    lua_getfield(L, -1, "limits");
+    bool own_limits = lua_istable(L, -1);
+    lua_pop(L, 1);
+    if (!own_limits)
+        return 0;
+    te->ep.limits = NULL;
+    te->ep.nlimits = 0;
+    te->own_limits = true;
+    return compile_limits(c, &te->ep);
 }
 
 /* Calls fn for each item of the list field `name` of the table at the top; -1 if any failed. */
 static int
-each_item(lua_State *L, const char *name, struct policy *p, struct tenant *t, struct sbuf *errs,
-          int (*fn)(lua_State *, struct policy *, struct tenant *, struct sbuf *))
+each_item(struct compile *c, const char *name, struct tenant *t,
+          int (*fn)(struct compile *, struct tenant *))
 {
+    lua_State *L = c->L;
     int rc = 0;
     lua_getfield(L, -1, name);
     size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
     for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, (lua_Integer)i);
-        if (fn(L, p, t, errs) != 0)
+        if (fn(c, t) != 0)
             rc = -1;
         lua_pop(L, 1);
     }
@@ -177,11 +144,12 @@ tenant_clear(struct tenant *t)
 static int
 compile_tenant(lua_State *L, struct policy *p, struct tenant *t, struct sbuf *errs)
 {
-    t->name = field_str(L, "name", NULL);
-    t->file = field_str(L, "file", NULL);
-    t->source = field_str(L, "source", &t->source_len);
+    t->name = field_str(L, "name");
+    t->file = field_str(L, "file");
+    t->source = field_lstr(L, "source", &t->source_len);
+    struct compile c = {.L = L, .p = p, .errs = errs, .file = t->file, .line = 1};
     if (!t->name || !t->file || !t->source) {
-        sbuf_printf(errs, "%s:1: incomplete tenant entry\n", t->file ? t->file : "?");
+        cerr(&c, "incomplete tenant entry");
         return -1;
     }
     lua_getfield(L, -1, "last_good");
@@ -193,8 +161,8 @@ compile_tenant(lua_State *L, struct policy *p, struct tenant *t, struct sbuf *er
     t->tier_for = xcalloc(p->ntiers ? p->ntiers : 1, sizeof(*t->tier_for));
     n = list_len(L, "endpoints");
     t->endpoints = xcalloc(n ? n : 1, sizeof(*t->endpoints));
-    int rc = each_item(L, "tiers", p, t, errs, compile_tier);
-    if (each_item(L, "endpoints", p, t, errs, compile_endpoint) != 0)
+    int rc = each_item(&c, "tiers", t, compile_tier);
+    if (each_item(&c, "endpoints", t, compile_endpoint) != 0)
         rc = -1;
 
     n = list_len(L, "hooks");
@@ -202,7 +170,7 @@ compile_tenant(lua_State *L, struct policy *p, struct tenant *t, struct sbuf *er
     lua_getfield(L, -1, "hooks");
     for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, (lua_Integer)i);
-        t->hooks[t->nhooks].name = field_str(L, "name", NULL);
+        t->hooks[t->nhooks].name = field_str(L, "name");
         t->hooks[t->nhooks].line = (int)field_int(L, "line", 0);
         if (t->hooks[t->nhooks].name)
             t->nhooks++;
