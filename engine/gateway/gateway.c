@@ -18,6 +18,7 @@
 #include "store.h"
 #include "template.h"
 #include "tenant.h"
+#include "tenant_hooks.h"
 #include "upstream.h"
 #include "util.h"
 

@@ -15,6 +15,7 @@
 #include "server.h"
 #include "store.h"
 #include "tenant.h"
+#include "tenant_hooks.h"
 
 struct db_pool;
 struct tier_cache;

@@ -15,6 +15,7 @@
 #include "http_parse.h"
 #include "policy.h"
 #include "tenant.h"
+#include "tenant_hooks.h"
 
 static const char MAIN[] =
     "tier 'free' { limit = 100, window = '1h' }\n"
