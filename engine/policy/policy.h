@@ -12,6 +12,9 @@ struct template;
 struct router;
 struct tenant;
 
+/* Limits of one endpoint (or of a tenant's override of one) that a request counts. */
+#define POLICY_MAX_LIMITS 8
+
 struct policy_tier {
     char *name;
     struct limiter_rule rule;

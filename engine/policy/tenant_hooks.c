@@ -376,7 +376,7 @@ push_request(lua_State *L, const struct tenant_call *call)
 static size_t
 nlimits_of(const struct tenant_call *call)
 {
-    return call->ep->nlimits < TENANT_MAX_LIMITS ? call->ep->nlimits : TENANT_MAX_LIMITS;
+    return call->ep->nlimits < POLICY_MAX_LIMITS ? call->ep->nlimits : POLICY_MAX_LIMITS;
 }
 
 /* The rule and name of limit i of the call's endpoint. */

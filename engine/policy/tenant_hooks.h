@@ -16,8 +16,6 @@
 #define TENANT_HOOK_MEMORY (8u << 20)
 /* VM instructions to run a tenant file when its state is built (sluice.tenant.BUDGET). */
 #define TENANT_LOAD_BUDGET 1000000
-/* Limits of one request that a hook can see and change. */
-#define TENANT_MAX_LIMITS 8
 
 /* A request as hooks see it. Everything is borrowed for the call. */
 struct tenant_call {
@@ -32,7 +30,7 @@ struct tenant_call {
 /* What the hooks decided; zero is "nothing changed". */
 struct tenant_decision {
     uint32_t cost;                     /* >0: every limit counts the request this many times */
-    uint64_t limit[TENANT_MAX_LIMITS]; /* >0: the limit of ep->limits[i] for this request */
+    uint64_t limit[POLICY_MAX_LIMITS]; /* >0: the limit of ep->limits[i] for this request */
     int deny_status;                   /* 4xx: answer this instead */
     char deny_message[256];
 };
