@@ -219,7 +219,7 @@ compile_identity(struct compile *c)
         id->tier_sql = field_str(L, "sql");
         id->tier_args = field_templates(
             c, "args", TV_BIT(TV_USER) | TV_BIT(TV_TENANT) | TV_BIT(TV_HEADER) | TV_BIT(TV_IP),
-            &id->ntier_args);
+            POLICY_MAX_ARGS, &id->ntier_args);
     }
     lua_pop(L, 1);
     id->tier_ttl_ms = (uint64_t)field_int(L, "tier_ttl_ms", 60000);
@@ -350,7 +350,9 @@ compile_on_change(struct compile *c)
         oc->table = field_str(L, "table");
         oc->file = xstrdup(c->file ? c->file : "?");
         oc->line = c->line;
-        oc->invalidate = field_templates(c, "invalidate", TV_BIT(TV_ROW), &oc->ninvalidate);
+        /* No cap: notify.c gathers the tags of a change in arrays that grow. */
+        oc->invalidate =
+            field_templates(c, "invalidate", TV_BIT(TV_ROW), SIZE_MAX, &oc->ninvalidate);
         lua_getfield(L, -1, "columns");
         size_t nc = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
         oc->columns = xcalloc(nc ? nc : 1, sizeof(char *));
@@ -409,7 +411,7 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
         char *sql = field_str(L, "sql");
         e->sql = wrap_sql(sql ? sql : "", e->is_write, e->one, &e->returns_rows);
         free(sql);
-        e->args = field_templates(c, "args", TV_ALL_REQUEST, &e->nargs);
+        e->args = field_templates(c, "args", TV_ALL_REQUEST, POLICY_MAX_ARGS, &e->nargs);
     } else if (source && strcmp(source, "upstream") == 0) {
         e->source = SOURCE_UPSTREAM;
         e->upstream = field_str(L, "upstream");
@@ -443,7 +445,7 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
         else
             cerr(c, "endpoint \"%s\": cache has no key", e->name ? e->name : "?");
         free(key);
-        e->tags = field_templates(c, "tags", TV_ALL_REQUEST, &e->ntags);
+        e->tags = field_templates(c, "tags", TV_ALL_REQUEST, POLICY_MAX_TAGS, &e->ntags);
         e->swr_ms = (uint64_t)field_int(L, "swr_ms", 0);
         e->sie_ms = (uint64_t)field_int(L, "sie_ms", 0);
         lua_getfield(L, -1, "warm");
@@ -464,7 +466,8 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
     }
     lua_pop(L, 1);
     compile_limits(c, e);
-    e->invalidate = field_templates(c, "invalidate", TV_ALL_REQUEST, &e->ninvalidate);
+    e->invalidate =
+        field_templates(c, "invalidate", TV_ALL_REQUEST, POLICY_MAX_TAGS, &e->ninvalidate);
 }
 
 static void

@@ -12,8 +12,14 @@ struct template;
 struct router;
 struct tenant;
 
-/* Limits of one endpoint (or of a tenant's override of one) that a request counts. */
-#define POLICY_MAX_LIMITS 8
+/*
+ * What one endpoint may list at most: the request path keeps these in fixed
+ * arrays per request. policy_load refuses a policy that lists more, as
+ * `sluice check` does (lua/sluice/validate.lua, M.MAX_*).
+ */
+#define POLICY_MAX_LIMITS 8 /* limits, in the main set or in a tenant's override */
+#define POLICY_MAX_TAGS 16  /* cache.tags; and, of a write, invalidate templates */
+#define POLICY_MAX_ARGS 32  /* SQL arguments; and those of the identity's tier lookup */
 
 struct policy_tier {
     char *name;

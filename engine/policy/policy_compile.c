@@ -85,7 +85,7 @@ compile_template(struct compile *c, const char *src, unsigned allowed, const cha
 }
 
 struct template **
-field_templates(struct compile *c, const char *name, unsigned allowed, size_t *n)
+field_templates(struct compile *c, const char *name, unsigned allowed, size_t max, size_t *n)
 {
     lua_State *L = c->L;
     struct template **out = NULL;
@@ -93,6 +93,8 @@ field_templates(struct compile *c, const char *name, unsigned allowed, size_t *n
     lua_getfield(L, -1, name);
     if (lua_istable(L, -1)) {
         size_t len = lua_rawlen(L, -1);
+        if (len > max)
+            cerr(c, "%s: lists %zu templates; at most %zu", name, len, max);
         out = xcalloc(len ? len : 1, sizeof(*out));
         for (size_t i = 1; i <= len; i++) {
             lua_rawgeti(L, -1, (lua_Integer)i);
@@ -121,6 +123,9 @@ compile_limits(struct compile *c, struct policy_endpoint *e)
     size_t before = c->errs->len;
     lua_getfield(L, -1, "limits");
     size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    if (n > POLICY_MAX_LIMITS)
+        cerr(c, "endpoint \"%s\": limit: lists %zu limits; an endpoint may have at most %d",
+             e->name ? e->name : "?", n, POLICY_MAX_LIMITS);
     e->limits = xcalloc(n ? n : 1, sizeof(*e->limits));
     for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, (lua_Integer)i);

@@ -49,16 +49,19 @@ struct template *compile_template(struct compile *c, const char *src, unsigned a
 /*
  * Returns the compiled list of template strings in field `name` (new array
  * of new templates, *n of them); a template that does not compile is left
- * out and its error added to c.
+ * out and its error added to c. A list longer than max (SIZE_MAX: no cap)
+ * is an error too.
  */
-struct template **field_templates(struct compile *c, const char *name, unsigned allowed, size_t *n);
+struct template **field_templates(struct compile *c, const char *name, unsigned allowed, size_t max,
+                                  size_t *n);
 
 /* Returns the RateLimit-Policy item of rule r named name: "\"free\";q=100;w=3600" (new). */
 char *policy_field(const char *name, const struct limiter_rule *r);
 
 /*
  * Compiles the field "limits" into e->limits (new, owned by e's owner; free
- * with policy_limits_free). Returns 0, or -1 with errors added to c.
+ * with policy_limits_free); more than POLICY_MAX_LIMITS is an error. Returns
+ * 0, or -1 with errors added to c.
  */
 int compile_limits(struct compile *c, struct policy_endpoint *e);
 
