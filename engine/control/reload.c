@@ -17,6 +17,7 @@
 #include "gateway.h"
 #include "policy.h"
 #include "tenant.h"
+#include "tenant_hooks.h"
 #include "util.h"
 
 #define WATCH_MASK                                                                                 \

@@ -18,6 +18,7 @@
 #include "source.h"
 #include "store.h"
 #include "tenant.h"
+#include "tenant_hooks.h"
 #include "tier_cache.h"
 #include "upstream.h"
 #include "util.h"

@@ -1,4 +1,5 @@
-/* gateway.h - the gateway: serving policy snapshots on the server's workers, their stores, explain. */
+/* gateway.h - the gateway: serving policy snapshots on the server's workers, their stores, explain.
+ */
 #ifndef SLUICE_GATEWAY_H
 #define SLUICE_GATEWAY_H
 

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "path.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,8 +258,9 @@ identify(struct gw_req *rq)
         admit_request(rq);
         return;
     }
-    const char *params[MAX_ARGS];
-    size_t n = id->ntier_args < MAX_ARGS ? id->ntier_args : MAX_ARGS;
+    const char *params[POLICY_MAX_ARGS];
+    size_t n = id->ntier_args;
+    assert(n <= POLICY_MAX_ARGS); /* the policy refuses more */
     for (size_t i = 0; i < n; i++) {
         enum template_var var;
         const char *name, *val;

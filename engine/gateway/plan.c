@@ -137,7 +137,8 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
 {
     const struct policy_endpoint *ep = rq->ep;
     struct store_admit *a = &rq->admit;
-    assert(ep->nlimits <= MAX_LIMITS && ep->ntags <= MAX_TAGS);
+    assert(ep->nlimits <= POLICY_MAX_LIMITS &&
+           ep->ntags <= POLICY_MAX_TAGS); /* refused at compile */
     for (size_t i = 0; i < ep->nlimits; i++) {
         const struct policy_limit *l = &ep->limits[i];
         struct store_limit *sl = &rq->limits[i];
@@ -191,7 +192,7 @@ int
 gw_plan_invalidations(struct gw_req *rq)
 {
     const struct policy_endpoint *ep = rq->ep;
-    assert(ep->ninvalidate <= MAX_TAGS);
+    assert(ep->ninvalidate <= POLICY_MAX_TAGS);
     rq->ninv = 0;
     for (size_t i = 0; i < ep->ninvalidate; i++) {
         rq->inv_tags[i] = gw_expand(rq, ep->invalidate[i], &rq->inv_lens[i]);

@@ -298,7 +298,7 @@ static const char *
 limit_field(const struct gw_req *rq, size_t i)
 {
     const struct policy_limit *l = &rq->ep->limits[i];
-    if (rq->hooked && i < TENANT_MAX_LIMITS && rq->dec.limit[i])
+    if (rq->hooked && rq->dec.limit[i])
         return rq->hook_fields[i]; /* a tenant hook changed this limit for this request */
     return l->is_tier ? rq->tier->policy_field : l->policy_field;
 }
@@ -395,7 +395,7 @@ gw_apply_decision(struct gw_req *rq, size_t nl)
 {
     for (size_t i = 0; i < nl; i++) {
         struct store_limit *sl = &rq->limits[i];
-        if (i < TENANT_MAX_LIMITS && rq->dec.limit[i]) {
+        if (rq->dec.limit[i]) {
             rq->hook_rules[i] = *sl->rule;
             rq->hook_rules[i].limit = rq->dec.limit[i];
             sl->rule = &rq->hook_rules[i];

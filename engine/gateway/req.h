@@ -13,6 +13,7 @@
 #include "store.h"
 #include "template.h"
 #include "tenant.h"
+#include "tenant_hooks.h"
 
 struct db_pool;
 struct gateway;
@@ -21,9 +22,6 @@ struct upstream_pool;
 struct upstream_call;
 struct template;
 
-#define MAX_LIMITS 8
-#define MAX_TAGS 16
-#define MAX_ARGS 32
 #define MAX_USER_LEN 256
 #define KEYS_BYTES 4096
 #define VALS_BYTES 4096
@@ -115,15 +113,15 @@ struct gw_req {
 
     /* Not zeroed: each is written before it is read. */
     struct tenant_decision dec;                        /* read only when hooked */
-    struct limiter_rule hook_rules[TENANT_MAX_LIMITS]; /* limits a hook changed */
-    char hook_fields[TENANT_MAX_LIMITS][96];           /* and their RateLimit-Policy items */
-    struct store_limit limits[MAX_LIMITS];             /* admit.nlimits of them */
-    struct limiter_result results[MAX_LIMITS];
-    const char *tags[MAX_TAGS]; /* admit.ntags of them */
-    size_t taglens[MAX_TAGS];
-    uint64_t tag_gens[MAX_TAGS];
-    const char *inv_tags[MAX_TAGS]; /* ninv of them */
-    size_t inv_lens[MAX_TAGS];
+    struct limiter_rule hook_rules[POLICY_MAX_LIMITS]; /* limits a hook changed */
+    char hook_fields[POLICY_MAX_LIMITS][96];           /* and their RateLimit-Policy items */
+    struct store_limit limits[POLICY_MAX_LIMITS];      /* admit.nlimits of them */
+    struct limiter_result results[POLICY_MAX_LIMITS];
+    const char *tags[POLICY_MAX_TAGS]; /* admit.ntags of them */
+    size_t taglens[POLICY_MAX_TAGS];
+    uint64_t tag_gens[POLICY_MAX_TAGS];
+    const char *inv_tags[POLICY_MAX_TAGS]; /* ninv of them */
+    size_t inv_lens[POLICY_MAX_TAGS];
     struct server_request own_sr; /* a detached request's parsed form (sr points here) */
     char own_ip[48];
     char vary_names[256]; /* the answer varied on these fields ("" when not) */

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "source.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,8 +95,9 @@ static void
 run_sql(struct gw_req *rq)
 {
     const struct policy_endpoint *ep = rq->ep;
-    const char *params[MAX_ARGS];
-    size_t n = ep->nargs < MAX_ARGS ? ep->nargs : MAX_ARGS;
+    const char *params[POLICY_MAX_ARGS];
+    size_t n = ep->nargs;
+    assert(n <= POLICY_MAX_ARGS); /* the policy refuses more */
     for (size_t i = 0; i < n; i++) {
         enum template_var var;
         const char *name;

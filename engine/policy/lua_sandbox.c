@@ -15,25 +15,24 @@
 
 struct lua_sandbox {
     lua_State *L;
-    size_t used, cap;
+    struct lua_sandbox_mem mem;
     uint32_t budget;
     int tripped; /* the budget of the current call is spent */
 };
 
 /* ---- memory ------------------------------------------------------------------------------ */
 
-/* The lua_Alloc of a sandbox: NULL (a Lua memory error) past the cap; shrinking never fails. */
-static void *
-sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+void *
+lua_sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
-    struct lua_sandbox *sb = ud;
+    struct lua_sandbox_mem *m = ud;
     size_t old = ptr ? osize : 0;
     if (nsize == 0) {
         free(ptr);
-        sb->used -= old;
+        m->used -= old;
         return NULL;
     }
-    if (nsize > old && nsize - old > sb->cap - sb->used)
+    if (nsize > old && nsize - old > m->cap - m->used)
         return NULL;
     void *p = realloc(ptr, nsize);
     if (!p) {
@@ -41,7 +40,7 @@ sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
             return ptr; /* keep the larger block: Lua assumes a shrink succeeds */
         return NULL;
     }
-    sb->used = sb->used - old + nsize;
+    m->used = m->used - old + nsize;
     return p;
 }
 
@@ -81,9 +80,8 @@ count_hook(lua_State *L, lua_Debug *ar)
     lua_error(L);
 }
 
-/* The message handler: the message (never running a __tostring) and a traceback. */
-static int
-msghandler(lua_State *L)
+int
+lua_sandbox_msghandler(lua_State *L)
 {
     const char *msg = lua_type(L, 1) == LUA_TSTRING ? lua_tostring(L, 1) : NULL;
     if (!msg)
@@ -118,7 +116,7 @@ lua_sandbox_call(lua_State *L, int nargs, int nresults, char *err, size_t errlen
 {
     struct lua_sandbox *sb = sandbox_of(L);
     int fn = lua_gettop(L) - nargs;
-    lua_pushcfunction(L, msghandler);
+    lua_pushcfunction(L, lua_sandbox_msghandler);
     lua_insert(L, fn);
     sb->tripped = 0;
     lua_sethook(L, count_hook, LUA_MASKCOUNT, (int)sb->budget);
@@ -143,7 +141,7 @@ lua_sandbox_protect(struct lua_sandbox *sb, lua_CFunction fn, void *ud, char *er
     lua_State *L = sb->L;
     int top = lua_gettop(L);
     /* Three slots: the handler, fn and ud fit in the stack Lua always keeps free. */
-    lua_pushcfunction(L, msghandler);
+    lua_pushcfunction(L, lua_sandbox_msghandler);
     lua_pushcfunction(L, fn);
     lua_pushlightuserdata(L, ud);
     int rc = lua_pcall(L, 1, 0, top + 1);
@@ -347,9 +345,9 @@ struct lua_sandbox *
 lua_sandbox_new(size_t mem_cap, uint32_t budget)
 {
     struct lua_sandbox *sb = xcalloc(1, sizeof(*sb));
-    sb->cap = mem_cap;
+    sb->mem.cap = mem_cap;
     lua_sandbox_set_budget(sb, budget);
-    sb->L = lua_newstate(sb_alloc, sb);
+    sb->L = lua_newstate(lua_sandbox_alloc, &sb->mem);
     if (!sb->L) {
         free(sb);
         return NULL;
@@ -389,5 +387,5 @@ lua_sandbox_set_budget(struct lua_sandbox *sb, uint32_t budget)
 size_t
 lua_sandbox_memory(const struct lua_sandbox *sb)
 {
-    return sb->used;
+    return sb->mem.used;
 }

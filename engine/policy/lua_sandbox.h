@@ -26,6 +26,26 @@
  */
 struct lua_sandbox;
 
+/* The bytes a capped allocator has handed out, and its cap. */
+struct lua_sandbox_mem {
+    size_t used, cap;
+};
+
+/*
+ * The lua_Alloc of every Lua state of the engine (the sandboxes and the
+ * policy loader's state); ud is a struct lua_sandbox_mem. Returns NULL, so
+ * that Lua raises a memory error, when growing a block would pass mem->cap;
+ * shrinking never fails.
+ */
+void *lua_sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/*
+ * The message handler of lua_pcall for every Lua state of the engine: returns
+ * the error message (a string error object as it is, never running a
+ * __tostring; any other as "(error object is a T value)") with a traceback.
+ */
+int lua_sandbox_msghandler(lua_State *L);
+
 enum sandbox_status {
     SANDBOX_OK = 0,
     SANDBOX_ERROR,  /* a Lua error; the message and traceback are in err */

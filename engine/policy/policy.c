@@ -14,6 +14,8 @@
 
 #include "embedded.h"
 #include "http_parse.h"
+#include "lua_sandbox.h"
+#include "policy_compile.h"
 #include "router.h"
 #include "template.h"
 #include "tenant.h"
@@ -93,16 +95,6 @@ list_lua(const char *dir, int tenants, struct src_file **files, size_t *nfiles, 
 
 /* ---- the loader's Lua state -------------------------------------------------------------- */
 
-static int
-msghandler(lua_State *L)
-{
-    const char *msg = lua_tostring(L, 1);
-    if (!msg)
-        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-    luaL_traceback(L, L, msg, 1);
-    return 1;
-}
-
 /* Registers the embedded lua/sluice modules in package.preload. */
 static int
 preload_embedded(lua_State *L, struct sbuf *errs)
@@ -130,29 +122,6 @@ preload_embedded(lua_State *L, struct sbuf *errs)
  * allocates, which fails that file. */
 #define LOADER_MEMORY ((size_t)256 << 20)
 
-struct loader_mem {
-    size_t used, cap;
-};
-
-static void *
-loader_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    struct loader_mem *m = ud;
-    size_t old = ptr ? osize : 0;
-    if (nsize == 0) {
-        free(ptr);
-        m->used -= old;
-        return NULL;
-    }
-    if (nsize > old && nsize - old > m->cap - m->used)
-        return NULL;
-    void *n = realloc(ptr, nsize);
-    if (!n)
-        return nsize <= old ? ptr : NULL;
-    m->used = m->used - old + nsize;
-    return n;
-}
-
 static int
 loader_panic(lua_State *L)
 {
@@ -164,9 +133,9 @@ loader_panic(lua_State *L)
 static lua_State *
 loader_state(void)
 {
-    struct loader_mem *mem = xcalloc(1, sizeof(*mem));
+    struct lua_sandbox_mem *mem = xcalloc(1, sizeof(*mem));
     mem->cap = LOADER_MEMORY;
-    lua_State *L = lua_newstate(loader_alloc, mem);
+    lua_State *L = lua_newstate(lua_sandbox_alloc, mem);
     if (!L) {
         fprintf(stderr, "sluice: out of memory (Lua state)\n");
         abort();
@@ -198,114 +167,6 @@ loader_state(void)
 }
 
 /* ---- reading the normalized set ---------------------------------------------------------- */
-
-struct compile {
-    lua_State *L;
-    struct policy *p;
-    struct sbuf *errs;
-    const char *file; /* of the declaration being compiled */
-    int line;
-};
-
-static void cerr(struct compile *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-cerr(struct compile *c, const char *fmt, ...)
-{
-    va_list ap;
-    char msg[512];
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    sbuf_printf(c->errs, "%s:%d: %s\n", c->file ? c->file : "?", c->line, msg);
-}
-
-/* Field helpers: the table is at the top of the stack. */
-static char *
-field_str(lua_State *L, const char *name)
-{
-    lua_getfield(L, -1, name);
-    char *s = NULL;
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        size_t len;
-        const char *v = lua_tolstring(L, -1, &len);
-        s = xstrndup(v, len);
-    }
-    lua_pop(L, 1);
-    return s;
-}
-
-static int64_t
-field_int(lua_State *L, const char *name, int64_t dflt)
-{
-    lua_getfield(L, -1, name);
-    int64_t v = dflt;
-    if (lua_isinteger(L, -1))
-        v = lua_tointeger(L, -1);
-    else if (lua_type(L, -1) == LUA_TNUMBER)
-        v = (int64_t)lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
-static bool
-field_bool(lua_State *L, const char *name)
-{
-    lua_getfield(L, -1, name);
-    bool v = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
-static void
-set_location(struct compile *c)
-{
-    lua_getfield(c->L, -1, "file");
-    c->file = lua_tostring(c->L, -1); /* kept alive by the set table */
-    lua_pop(c->L, 1);
-    c->line = (int)field_int(c->L, "line", 0);
-}
-
-static struct template *
-compile_template(struct compile *c, const char *src, unsigned allowed, const char *what)
-{
-    char err[256];
-    struct template *t = template_compile(src, allowed, err, sizeof(err));
-    if (!t)
-        cerr(c, "%s \"%s\": %s", what, src, err);
-    return t;
-}
-
-/* Compiles the array of template strings in field `name` of the table at the top. */
-static struct template **
-field_templates(struct compile *c, const char *name, unsigned allowed, size_t *n)
-{
-    lua_State *L = c->L;
-    struct template **out = NULL;
-    *n = 0;
-    lua_getfield(L, -1, name);
-    if (lua_istable(L, -1)) {
-        size_t len = lua_rawlen(L, -1);
-        out = xcalloc(len ? len : 1, sizeof(*out));
-        for (size_t i = 1; i <= len; i++) {
-            lua_rawgeti(L, -1, (lua_Integer)i);
-            const char *s = lua_tostring(L, -1);
-            struct template *t = s ? compile_template(c, s, allowed, name) : NULL;
-            if (t)
-                out[(*n)++] = t;
-            lua_pop(L, 1);
-        }
-    }
-    lua_pop(L, 1);
-    return out;
-}
-
-static char *
-policy_field(const char *name, const struct limiter_rule *r)
-{
-    return xasprintf("\"%s\";q=%llu;w=%llu", name, (unsigned long long)r->limit,
-                     (unsigned long long)((r->window_ms + 999) / 1000));
-}
 
 static void
 compile_tiers(struct compile *c)
@@ -358,7 +219,7 @@ compile_identity(struct compile *c)
         id->tier_sql = field_str(L, "sql");
         id->tier_args = field_templates(
             c, "args", TV_BIT(TV_USER) | TV_BIT(TV_TENANT) | TV_BIT(TV_HEADER) | TV_BIT(TV_IP),
-            &id->ntier_args);
+            POLICY_MAX_ARGS, &id->ntier_args);
     }
     lua_pop(L, 1);
     id->tier_ttl_ms = (uint64_t)field_int(L, "tier_ttl_ms", 60000);
@@ -411,48 +272,6 @@ method_code(const char *m)
         if (strcmp(m, methods[i].name) == 0)
             return methods[i].code;
     return HTTP_OTHER;
-}
-
-static void
-compile_limits(struct compile *c, struct policy_endpoint *e)
-{
-    lua_State *L = c->L;
-    lua_getfield(L, -1, "limits");
-    size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
-    e->limits = xcalloc(n ? n : 1, sizeof(*e->limits));
-    for (size_t i = 1; i <= n; i++) {
-        lua_rawgeti(L, -1, (lua_Integer)i);
-        struct policy_limit *l = &e->limits[e->nlimits++];
-        l->cost = (uint32_t)field_int(L, "cost", 1);
-        if (field_bool(L, "tier")) {
-            l->is_tier = true;
-            if (c->p->ntiers == 0)
-                cerr(c, "limit \"tier\" needs at least one tier declared");
-        } else {
-            l->name = field_str(L, "name");
-            if (!l->name)
-                l->name = xasprintf("limit%zu", i);
-            char *algo = field_str(L, "algorithm");
-            if (algo && limiter_algo_parse(algo, &l->rule.algo) != 0)
-                cerr(c, "unknown algorithm '%s'", algo);
-            free(algo);
-            l->rule.limit = (uint64_t)field_int(L, "limit", 1);
-            l->rule.window_ms = (uint64_t)field_int(L, "window_ms", 1000);
-            l->rule.burst = (uint64_t)field_int(L, "burst", 0);
-            char *fail = field_str(L, "fail");
-            l->fail_closed = fail && strcmp(fail, "closed") == 0;
-            free(fail);
-            char *key = field_str(L, "key");
-            if (key)
-                l->key = compile_template(c, key, TV_ALL_REQUEST, "limit key");
-            else
-                cerr(c, "limit '%s' has no key", l->name);
-            free(key);
-            l->policy_field = policy_field(l->name, &l->rule);
-        }
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
 }
 
 /* The warm table at the top: { callers = { {user=, tenant=}, ... } } or { sql = "..." }. */
@@ -531,7 +350,9 @@ compile_on_change(struct compile *c)
         oc->table = field_str(L, "table");
         oc->file = xstrdup(c->file ? c->file : "?");
         oc->line = c->line;
-        oc->invalidate = field_templates(c, "invalidate", TV_BIT(TV_ROW), &oc->ninvalidate);
+        /* No cap: notify.c gathers the tags of a change in arrays that grow. */
+        oc->invalidate =
+            field_templates(c, "invalidate", TV_BIT(TV_ROW), SIZE_MAX, &oc->ninvalidate);
         lua_getfield(L, -1, "columns");
         size_t nc = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
         oc->columns = xcalloc(nc ? nc : 1, sizeof(char *));
@@ -590,7 +411,7 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
         char *sql = field_str(L, "sql");
         e->sql = wrap_sql(sql ? sql : "", e->is_write, e->one, &e->returns_rows);
         free(sql);
-        e->args = field_templates(c, "args", TV_ALL_REQUEST, &e->nargs);
+        e->args = field_templates(c, "args", TV_ALL_REQUEST, POLICY_MAX_ARGS, &e->nargs);
     } else if (source && strcmp(source, "upstream") == 0) {
         e->source = SOURCE_UPSTREAM;
         e->upstream = field_str(L, "upstream");
@@ -624,7 +445,7 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
         else
             cerr(c, "endpoint \"%s\": cache has no key", e->name ? e->name : "?");
         free(key);
-        e->tags = field_templates(c, "tags", TV_ALL_REQUEST, &e->ntags);
+        e->tags = field_templates(c, "tags", TV_ALL_REQUEST, POLICY_MAX_TAGS, &e->ntags);
         e->swr_ms = (uint64_t)field_int(L, "swr_ms", 0);
         e->sie_ms = (uint64_t)field_int(L, "sie_ms", 0);
         lua_getfield(L, -1, "warm");
@@ -645,7 +466,8 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
     }
     lua_pop(L, 1);
     compile_limits(c, e);
-    e->invalidate = field_templates(c, "invalidate", TV_ALL_REQUEST, &e->ninvalidate);
+    e->invalidate =
+        field_templates(c, "invalidate", TV_ALL_REQUEST, POLICY_MAX_TAGS, &e->ninvalidate);
 }
 
 static void
@@ -653,11 +475,6 @@ compile_set(struct compile *c)
 {
     lua_State *L = c->L;
     struct policy *p = c->p;
-
-    lua_getfield(L, -1, "files");
-    size_t nf = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
-    lua_pop(L, 1);
-    (void)nf;
 
     compile_tiers(c);
     compile_identity(c);
@@ -706,7 +523,7 @@ policy_load(const char *dir, uint64_t generation, const struct policy *prev, cha
     L = loader_state();
     if (preload_embedded(L, &errs) != 0)
         goto out;
-    lua_pushcfunction(L, msghandler);
+    lua_pushcfunction(L, lua_sandbox_msghandler);
     int mh = lua_gettop(L);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "sluice.dsl");
@@ -867,34 +684,4 @@ policy_release(struct policy *p)
     tenant_free_all(p->tenants, p->ntenants);
     free(p->tenant_errors);
     free(p);
-}
-
-const struct policy_tier *
-policy_tier_find(const struct policy *p, const char *name, size_t len)
-{
-    for (size_t i = 0; i < p->ntiers; i++)
-        if (strlen(p->tiers[i].name) == len && memcmp(p->tiers[i].name, name, len) == 0)
-            return &p->tiers[i];
-    return NULL;
-}
-
-int
-policy_compile_limits(lua_State *L, struct policy *p, struct policy_endpoint *e, const char *file,
-                      int line, struct sbuf *errs)
-{
-    struct compile c = {.L = L, .p = p, .errs = errs, .file = file, .line = line};
-    size_t before = errs->len;
-    compile_limits(&c, e);
-    return errs->len == before ? 0 : -1;
-}
-
-void
-policy_limits_free(struct policy_limit *limits, size_t n)
-{
-    for (size_t j = 0; j < n; j++) {
-        free(limits[j].name);
-        template_free(limits[j].key);
-        free(limits[j].policy_field);
-    }
-    free(limits);
 }

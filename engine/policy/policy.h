@@ -11,8 +11,15 @@
 struct template;
 struct router;
 struct tenant;
-struct sbuf;
-typedef struct lua_State lua_State;
+
+/*
+ * What one endpoint may list at most: the request path keeps these in fixed
+ * arrays per request. policy_load refuses a policy that lists more, as
+ * `sluice check` does (lua/sluice/validate.lua, M.MAX_*).
+ */
+#define POLICY_MAX_LIMITS 8 /* limits, in the main set or in a tenant's override */
+#define POLICY_MAX_TAGS 16  /* cache.tags; and, of a write, invalidate templates */
+#define POLICY_MAX_ARGS 32  /* SQL arguments; and those of the identity's tier lookup */
 
 struct policy_tier {
     char *name;
@@ -167,21 +174,13 @@ struct policy {
 struct policy *policy_load(const char *dir, uint64_t generation, const struct policy *prev,
                            char **errors);
 
+/* Takes one more reference to p. Thread-safe. */
 void policy_ref(struct policy *p);
+
+/* Drops one reference to p; the last one frees it. NULL is a no-op. Thread-safe. */
 void policy_release(struct policy *p);
 
-/* Returns the tier named `name` (len bytes), or NULL. */
+/* Returns the tier named `name` (len bytes) of p, or NULL; borrowed from p. */
 const struct policy_tier *policy_tier_find(const struct policy *p, const char *name, size_t len);
-
-/*
- * Compiles the "limits" list of the normalized table at the top of L into
- * e->limits (new, owned by e's owner). Returns 0, or -1 with
- * "file:line: message" lines added to errs.
- */
-int policy_compile_limits(lua_State *L, struct policy *p, struct policy_endpoint *e,
-                          const char *file, int line, struct sbuf *errs);
-
-/* Frees n limits and the array. */
-void policy_limits_free(struct policy_limit *limits, size_t n);
 
 #endif

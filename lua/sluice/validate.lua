@@ -19,6 +19,11 @@ M.DEFAULT_TIER_TTL_MS = 60000
 M.DEFAULT_UPSTREAM_TIMEOUT_MS = 5000
 M.DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS = 1000
 M.MAX_PARAMS = 16
+-- What one endpoint may list at most: the request path keeps these in fixed
+-- arrays. The same numbers as POLICY_MAX_* in engine/policy/policy.h.
+M.MAX_LIMITS = 8 -- limits (in the main set and in a tenant's override)
+M.MAX_TAGS = 16 -- cache.tags, and invalidate templates
+M.MAX_ARGS = 32 -- SQL arguments (args, and tier.args of the identity block)
 
 local function set_of(list)
   local s = {}
@@ -257,6 +262,13 @@ function Check:template_list(v, field, opts, example)
   return out, vars
 end
 
+-- Reports a list at `field` longer than max: "lists 9 limits; an endpoint may have at most 8".
+local function check_count(c, list, field, max, noun, holder)
+  if is_plain_table(list) and #list > max then
+    c:err(field, "lists " .. #list .. " " .. noun .. "; " .. holder .. " may have at most " .. max)
+  end
+end
+
 ---------------------------------------------------------------------------
 -- Names and routes
 
@@ -421,6 +433,7 @@ local function check_sql(c, sql, args, fsql, fargs, topts)
     args = nil
   end
   args = args or {}
+  check_count(c, args, fargs, M.MAX_ARGS, "values", "a statement")
   for i, a in ipairs(args) do
     local f = fargs .. "[" .. i .. "]"
     if math.type(a) == "integer" then
@@ -775,6 +788,7 @@ local function check_limits(c, v, topts, env)
       c:err("limit", "mixes a list with fields; write a list of \"tier\" and tables, or one table")
       return out
     end
+    check_count(c, v, "limit", M.MAX_LIMITS, "limits", "an endpoint")
     local tier_seen = false
     for i, item in ipairs(v) do
       local l = one(item, "limit[" .. i .. "]", i)
@@ -960,6 +974,7 @@ local function endpoint_decl(c, decl, f, env)
         key_vars = template.parse(out.key)
       end
       out.tags = c:template_list(cache.tags, "cache.tags", topts, '{ "crm:{user}" }')
+      check_count(c, cache.tags, "cache.tags", M.MAX_TAGS, "tags", "an endpoint")
       if source == "upstream" then
         -- The query parameters an upstream sees on a cacheable request: the pinned ones and
         -- those the key names; any other could change the answer without changing the key.
@@ -999,6 +1014,7 @@ local function endpoint_decl(c, decl, f, env)
 
   e.limits = check_limits(c, f.limit, topts, env)
   e.invalidate = c:template_list(f.invalidate, "invalidate", topts, '{ "crm:{user}", "dash:{user}" }')
+  check_count(c, f.invalidate, "invalidate", M.MAX_TAGS, "tags", "an endpoint")
   return e, route
 end
 

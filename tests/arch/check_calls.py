@@ -2,7 +2,7 @@
 """check_calls.py - fails when the object files of engine/ call each other in a circle,
 or when a lower layer uses a symbol defined in a higher one.
 
-Usage: check_calls.py [--nm NM] [--known FILE] OBJECT...
+Usage: check_calls.py [--nm NM] OBJECT...
 
 The objects are those of the layer libraries (ctest passes $<TARGET_OBJECTS:sluice_LAYER>
 of every layer). For each object, `nm -P` gives the symbols it defines (T, D, B, R: global
@@ -11,8 +11,7 @@ does not define (U; what `nm -u` lists). Object A "uses" object B when A has a U
 that B defines. Two checks run on that file-to-file graph:
 
   * cycles: every elementary cycle of the graph, printed as `a.c -> b.c -> a.c` with the
-    symbols on each edge. A cycle listed in the --known file is reported as a note and
-    does not fail the check; any other cycle does.
+    symbols on each edge, fails the check.
   * layers: an edge from a file to a file of a layer it may not use (LAYERS below) fails
     the check, cycle or not. A file's layer is the first folder under engine/
     (engine/store/redis/ is store); an object outside engine/ takes the layer of the
@@ -179,22 +178,9 @@ def show_edges(graph, cycle):
         print(f"    {a} -> {b}: {', '.join(graph[a][b])}")
 
 
-def read_known(path):
-    known = []
-    if not path:
-        return known
-    with open(path) as f:
-        for line in f:
-            line = line.split("#", 1)[0].strip()
-            if line:
-                known.append(" -> ".join(x.strip() for x in line.split("->")))
-    return known
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nm", default="nm", help="the nm to run (default: nm)")
-    ap.add_argument("--known", help="file of known cycles, one per line as printed")
     ap.add_argument("objects", nargs="+")
     args = ap.parse_args()
 
@@ -230,35 +216,23 @@ def main():
                 violations += 1
 
     # Cycles.
-    known = read_known(args.known)
     found = []
     for comp in strongly_connected(graph):
         if len(comp) > 1:
             found += elementary_cycles(graph, comp)
     found.sort()
-    new_cycles = 0
     for cycle in found:
-        text = " -> ".join(cycle)
-        if text in known:
-            print(f"note: known cycle still present: {text}")
-        else:
-            print(f"cycle: {text}")
-            new_cycles += 1
+        print(f"cycle: {' -> '.join(cycle)}")
         show_edges(graph, cycle)
     if len(found) >= MAX_CYCLES:
         print(f"(listing stopped after {MAX_CYCLES} cycles)")
-    found_text = {" -> ".join(c) for c in found}
-    for k in known:
-        if k not in found_text:
-            print(f"note: known cycle gone, remove it from {args.known}: {k}")
 
     edges = sum(len(e) for e in graph.values())
-    print(f"{len(objs)} objects, {edges} file-to-file edges, {len(found)} cycles "
-          f"({len(found) - new_cycles} known)")
-    if violations or new_cycles:
-        print(f"FAILED: {violations} layer violations, {new_cycles} new cycles")
+    print(f"{len(objs)} objects, {edges} file-to-file edges, {len(found)} cycles")
+    if violations or found:
+        print(f"FAILED: {violations} layer violations, {len(found)} cycles")
         return 1
-    print("ok: no layer violation, no new cycle")
+    print("ok: no layer violation, no cycle")
     return 0
 
 

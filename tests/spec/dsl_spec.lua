@@ -36,6 +36,20 @@ local function endpoint_of(src)
   return must_load(load_with_prelude(src)).endpoints[1]
 end
 
+-- item(1), ..., item(n), joined with ", ".
+local function joined(n, item)
+  local items = {}
+  for i = 1, n do
+    items[i] = item(i)
+  end
+  return table.concat(items, ", ")
+end
+
+-- Policy text for a list of n items: { item(1), ..., item(n) }.
+local function list_of(n, item)
+  return "{ " .. joined(n, item) .. " }"
+end
+
 -- Loads and returns the errors, which must be there.
 local function errors_of(set, errs)
   assert.is_nil(set)
@@ -675,6 +689,51 @@ endpoint "GET /b" { body = "x", limit = { limit = 20, window = "1m", key = "expe
     it("limit = \"tier\" without any tier", function()
       fails([[endpoint "GET /x" { body = "x", limit = "tier" }]],
         't.lua:1: endpoint "GET /x": limit: "tier" needs at least one tier declared (tier "free" { limit = 100, window = "1h" })')
+    end)
+
+    it("more than 8 limits on an endpoint, which the request path would not count", function()
+      local function limits(n)
+        return list_of(n, function(i) return '{ limit = 10, window = "1m", key = "a' .. i .. '" }' end)
+      end
+      fails('\nendpoint "GET /x" { body = "{}", limit = ' .. limits(9) .. " }",
+        't.lua:2: endpoint "GET /x": limit: lists 9 limits; an endpoint may have at most 8')
+      local e = set_of('endpoint "GET /x" { body = "{}", limit = ' .. limits(8) .. " }").endpoints[1]
+      assert.are.equal(8, #e.limits)
+      assert.are.equal("a8", e.limits[8].name)
+    end)
+
+    it("more than 16 cache tags or invalidate templates on an endpoint", function()
+      local function tags(n)
+        return list_of(n, function(i) return '"t' .. i .. ':{path.id}"' end)
+      end
+      fails('\n\nendpoint "GET /x/{id}" { body = "{}", cache = { ttl = "1m", key = "x:{path.id}", tags = '
+        .. tags(17) .. " } }",
+        't.lua:3: endpoint "GET /x/{id}": cache.tags: lists 17 tags; an endpoint may have at most 16')
+      fails('endpoint "POST /x/{id}" { body = "{}", invalidate = ' .. tags(17) .. " }",
+        't.lua:1: endpoint "POST /x/{id}": invalidate: lists 17 tags; an endpoint may have at most 16')
+      local set = set_of('endpoint "GET /x/{id}" { body = "{}", cache = { ttl = "1m", key = "x:{path.id}", tags = '
+        .. tags(16) .. ' } }\nendpoint "POST /x/{id}" { body = "{}", invalidate = ' .. tags(16) .. " }")
+      assert.are.equal(16, #set.endpoints[1].cache.tags)
+      assert.are.equal(16, #set.endpoints[2].invalidate)
+    end)
+
+    it("more than 32 SQL arguments", function()
+      local function stmt(n)
+        return '"SELECT ' .. joined(n, function(i) return "$" .. i end) .. '"'
+      end
+      local function args(n)
+        return list_of(n, function(i) return '"{query.q' .. i .. '}"' end)
+      end
+      fails('endpoint "GET /x" { sql = ' .. stmt(33) .. ", args = " .. args(33) .. " }",
+        't.lua:1: endpoint "GET /x": args: lists 33 values; a statement may have at most 32')
+      local e = set_of('endpoint "GET /x" { sql = ' .. stmt(32) .. ", args = " .. args(32) .. " }").endpoints[1]
+      assert.are.equal(32, #e.args)
+      local function tier(n)
+        return 'identity { user = header "U", tier = sql(' .. stmt(n) .. ", "
+          .. list_of(n, function() return '"{user}"' end) .. ") }"
+      end
+      fails(tier(33), "t.lua:1: identity: tier.args: lists 33 values; a statement may have at most 32")
+      assert.are.equal(32, #set_of(tier(32)).identity.tier.args)
     end)
 
     it("a default_tier that is not a declared tier", function()

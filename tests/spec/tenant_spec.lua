@@ -181,6 +181,19 @@ hook("b", { when = function(req) return true end, adjust = function(req, d) end 
           .. ' { limit = 10, window = "1m" }, got "tear"')
     end)
 
+    it("more than 8 limits in an endpoint override", function()
+      local function limits(n)
+        local items = {}
+        for i = 1, n do
+          items[i] = '{ limit = 10, window = "1m", key = "a' .. i .. ':{user}" }'
+        end
+        return "{ " .. table.concat(items, ", ") .. " }"
+      end
+      fails('\nendpoint "GET /reports/{name}" { limit = ' .. limits(9) .. " }",
+        'p/tenants/acme.lua:2: endpoint "GET /reports/{name}": limit: lists 9 limits; an endpoint may have at most 8')
+      assert.are.equal(8, #acme('endpoint "GET /reports/{name}" { limit = ' .. limits(8) .. " }").endpoints[1].limits)
+    end)
+
     it("hooks without adjust, with fields that are not functions, or twice", function()
       fails('hook "h" { when = function() return true end }',
         'p/tenants/acme.lua:1: hook "h": adjust is required (adjust = function(req, decision) ... end)')

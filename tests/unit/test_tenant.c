@@ -1,5 +1,5 @@
-/* test_tenant.c - unit tests of tenant overrides in snapshots, hook decisions and last good
- * versions. */
+/* test_tenant.c - unit tests of tenant overrides in snapshots, hook decisions, last good
+ * versions and the cap on limits. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -15,6 +15,7 @@
 #include "http_parse.h"
 #include "policy.h"
 #include "tenant.h"
+#include "tenant_hooks.h"
 
 static const char MAIN[] =
     "tier 'free' { limit = 100, window = '1h' }\n"
@@ -336,6 +337,46 @@ test_memory_bomb_while_loading(void **state)
     policy_release(p);
 }
 
+/* The list of n limits { limit = 10, window = '1m', key = 'aI:{user}' } as policy text. */
+static void
+limits_text(char *buf, size_t len, int n)
+{
+    size_t off = (size_t)snprintf(buf, len, "{ ");
+    for (int i = 1; i <= n; i++)
+        off += (size_t)snprintf(buf + off, len - off,
+                                "{ limit = 10, window = '1m', key = 'a%d:{user}' }, ", i);
+    snprintf(buf + off, len - off, "}");
+}
+
+/* More limits than a request counts are refused with file:line, in the main set or a tenant. */
+static void
+test_limits_capped(void **state)
+{
+    char limits[1024], text[1200];
+    limits_text(limits, sizeof(limits), POLICY_MAX_LIMITS);
+    snprintf(text, sizeof(text), "endpoint 'GET /wide' { body = '{}', limit = %s }\n", limits);
+    write_file("01-wide.lua", text);
+    limits_text(limits, sizeof(limits), POLICY_MAX_LIMITS + 1);
+    snprintf(text, sizeof(text), "\nendpoint 'GET /wide' { limit = %s }\n", limits);
+    write_file("tenants/acme.lua", text);
+    struct policy *p = load(1, NULL);
+    assert_int_equal(endpoint(p, "GET /wide")->nlimits, POLICY_MAX_LIMITS);
+    assert_null(tenant_find(p, "acme", 4));
+    assert_non_null(p->tenant_errors);
+    assert_non_null(strstr(p->tenant_errors, "tenants/acme.lua:2: endpoint \"GET /wide\": limit: "
+                                             "lists 9 limits; an endpoint may have at most 8\n"));
+    policy_release(p);
+
+    snprintf(text, sizeof(text), "endpoint 'GET /wide' { body = '{}', limit = %s }\n", limits);
+    write_file("01-wide.lua", text);
+    char *errors = NULL;
+    assert_null(policy_load(dir, 2, NULL, &errors));
+    assert_non_null(errors);
+    assert_non_null(strstr(errors, "01-wide.lua:1: endpoint \"GET /wide\": limit: lists 9 limits; "
+                                   "an endpoint may have at most 8\n"));
+    free(errors);
+}
+
 int
 main(void)
 {
@@ -344,6 +385,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_hooks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_last_good, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_bomb_while_loading, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_limits_capped, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

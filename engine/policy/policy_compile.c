@@ -1,0 +1,184 @@
+/* policy_compile.c - reading the normalized set's Lua tables into a snapshot; for policy/ only. */
+#define _GNU_SOURCE
+#include "policy_compile.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "template.h"
+#include "util.h"
+
+void
+cerr(struct compile *c, const char *fmt, ...)
+{
+    va_list ap;
+    char msg[512];
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    sbuf_printf(c->errs, "%s:%d: %s\n", c->file ? c->file : "?", c->line, msg);
+}
+
+char *
+field_lstr(lua_State *L, const char *name, size_t *len)
+{
+    lua_getfield(L, -1, name);
+    char *s = NULL;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        size_t n;
+        const char *v = lua_tolstring(L, -1, &n);
+        s = xstrndup(v, n);
+        if (len)
+            *len = n;
+    }
+    lua_pop(L, 1);
+    return s;
+}
+
+char *
+field_str(lua_State *L, const char *name)
+{
+    return field_lstr(L, name, NULL);
+}
+
+int64_t
+field_int(lua_State *L, const char *name, int64_t dflt)
+{
+    lua_getfield(L, -1, name);
+    int64_t v = dflt;
+    if (lua_isinteger(L, -1))
+        v = lua_tointeger(L, -1);
+    else if (lua_type(L, -1) == LUA_TNUMBER)
+        v = (int64_t)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+bool
+field_bool(lua_State *L, const char *name)
+{
+    lua_getfield(L, -1, name);
+    bool v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+void
+set_location(struct compile *c)
+{
+    lua_getfield(c->L, -1, "file");
+    c->file = lua_tostring(c->L, -1); /* kept alive by the set table */
+    lua_pop(c->L, 1);
+    c->line = (int)field_int(c->L, "line", 0);
+}
+
+struct template *
+compile_template(struct compile *c, const char *src, unsigned allowed, const char *what)
+{
+    char err[256];
+    struct template *t = template_compile(src, allowed, err, sizeof(err));
+    if (!t)
+        cerr(c, "%s \"%s\": %s", what, src, err);
+    return t;
+}
+
+struct template **
+field_templates(struct compile *c, const char *name, unsigned allowed, size_t max, size_t *n)
+{
+    lua_State *L = c->L;
+    struct template **out = NULL;
+    *n = 0;
+    lua_getfield(L, -1, name);
+    if (lua_istable(L, -1)) {
+        size_t len = lua_rawlen(L, -1);
+        if (len > max)
+            cerr(c, "%s: lists %zu templates; at most %zu", name, len, max);
+        out = xcalloc(len ? len : 1, sizeof(*out));
+        for (size_t i = 1; i <= len; i++) {
+            lua_rawgeti(L, -1, (lua_Integer)i);
+            const char *s = lua_tostring(L, -1);
+            struct template *t = s ? compile_template(c, s, allowed, name) : NULL;
+            if (t)
+                out[(*n)++] = t;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return out;
+}
+
+char *
+policy_field(const char *name, const struct limiter_rule *r)
+{
+    return xasprintf("\"%s\";q=%llu;w=%llu", name, (unsigned long long)r->limit,
+                     (unsigned long long)((r->window_ms + 999) / 1000));
+}
+
+int
+compile_limits(struct compile *c, struct policy_endpoint *e)
+{
+    lua_State *L = c->L;
+    size_t before = c->errs->len;
+    lua_getfield(L, -1, "limits");
+    size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    if (n > POLICY_MAX_LIMITS)
+        cerr(c, "endpoint \"%s\": limit: lists %zu limits; an endpoint may have at most %d",
+             e->name ? e->name : "?", n, POLICY_MAX_LIMITS);
+    e->limits = xcalloc(n ? n : 1, sizeof(*e->limits));
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        struct policy_limit *l = &e->limits[e->nlimits++];
+        l->cost = (uint32_t)field_int(L, "cost", 1);
+        if (field_bool(L, "tier")) {
+            l->is_tier = true;
+            if (c->p->ntiers == 0)
+                cerr(c, "limit \"tier\" needs at least one tier declared");
+        } else {
+            l->name = field_str(L, "name");
+            if (!l->name)
+                l->name = xasprintf("limit%zu", i);
+            char *algo = field_str(L, "algorithm");
+            if (algo && limiter_algo_parse(algo, &l->rule.algo) != 0)
+                cerr(c, "unknown algorithm '%s'", algo);
+            free(algo);
+            l->rule.limit = (uint64_t)field_int(L, "limit", 1);
+            l->rule.window_ms = (uint64_t)field_int(L, "window_ms", 1000);
+            l->rule.burst = (uint64_t)field_int(L, "burst", 0);
+            char *fail = field_str(L, "fail");
+            l->fail_closed = fail && strcmp(fail, "closed") == 0;
+            free(fail);
+            char *key = field_str(L, "key");
+            if (key)
+                l->key = compile_template(c, key, TV_ALL_REQUEST, "limit key");
+            else
+                cerr(c, "limit '%s' has no key", l->name);
+            free(key);
+            l->policy_field = policy_field(l->name, &l->rule);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return c->errs->len == before ? 0 : -1;
+}
+
+void
+policy_limits_free(struct policy_limit *limits, size_t n)
+{
+    for (size_t j = 0; j < n; j++) {
+        free(limits[j].name);
+        template_free(limits[j].key);
+        free(limits[j].policy_field);
+    }
+    free(limits);
+}
+
+const struct policy_tier *
+policy_tier_find(const struct policy *p, const char *name, size_t len)
+{
+    for (size_t i = 0; i < p->ntiers; i++)
+        if (strlen(p->tiers[i].name) == len && memcmp(p->tiers[i].name, name, len) == 0)
+            return &p->tiers[i];
+    return NULL;
+}

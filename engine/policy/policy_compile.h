@@ -1,0 +1,71 @@
+/* policy_compile.h - reading the normalized set's Lua tables into a snapshot; for policy/ only. */
+#ifndef SLUICE_POLICY_COMPILE_H
+#define SLUICE_POLICY_COMPILE_H
+
+#include <lua.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "policy.h"
+
+struct sbuf;
+struct template;
+
+/*
+ * One compilation into p. Every reader below works on the table at the top
+ * of L and leaves the stack as it found it.
+ */
+struct compile {
+    lua_State *L;      /* the loader's state */
+    struct policy *p;  /* the snapshot being compiled */
+    struct sbuf *errs; /* "file:line: message" lines */
+    const char *file;  /* of the declaration being compiled (borrowed), NULL: "?" */
+    int line;
+};
+
+/* Adds "file:line: message" of the current declaration to c->errs. */
+void cerr(struct compile *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Returns the string field `name` (new; *len gets its length when len is not NULL), or NULL. */
+char *field_lstr(lua_State *L, const char *name, size_t *len);
+
+/* Returns the string field `name` (new), or NULL. */
+char *field_str(lua_State *L, const char *name);
+
+/* Returns the number field `name` as an integer, or dflt. */
+int64_t field_int(lua_State *L, const char *name, int64_t dflt);
+
+/* Returns the truth of field `name` (nil and false are false). */
+bool field_bool(lua_State *L, const char *name);
+
+/* Takes c->file and c->line from the fields file and line of the table at the top. */
+void set_location(struct compile *c);
+
+/* Returns the compiled template src (new), or NULL with an error naming `what` added to c. */
+struct template *compile_template(struct compile *c, const char *src, unsigned allowed,
+                                  const char *what);
+
+/*
+ * Returns the compiled list of template strings in field `name` (new array
+ * of new templates, *n of them); a template that does not compile is left
+ * out and its error added to c. A list longer than max (SIZE_MAX: no cap)
+ * is an error too.
+ */
+struct template **field_templates(struct compile *c, const char *name, unsigned allowed, size_t max,
+                                  size_t *n);
+
+/* Returns the RateLimit-Policy item of rule r named name: "\"free\";q=100;w=3600" (new). */
+char *policy_field(const char *name, const struct limiter_rule *r);
+
+/*
+ * Compiles the field "limits" into e->limits (new, owned by e's owner; free
+ * with policy_limits_free); more than POLICY_MAX_LIMITS is an error. Returns
+ * 0, or -1 with errors added to c.
+ */
+int compile_limits(struct compile *c, struct policy_endpoint *e);
+
+/* Frees n limits and the array. */
+void policy_limits_free(struct policy_limit *limits, size_t n);
+
+#endif
