@@ -99,19 +99,19 @@ copy_message(lua_State *L, int idx, char *err, size_t errlen)
     snprintf(err, errlen, "%s", m ? m : "(no error message)");
 }
 
-static enum sandbox_status
+static enum lua_sandbox_status
 status_of(struct lua_sandbox *sb, int rc)
 {
     if (rc == LUA_OK)
-        return SANDBOX_OK;
+        return LUA_SANDBOX_OK;
     if (sb->tripped)
-        return SANDBOX_BUDGET;
+        return LUA_SANDBOX_BUDGET;
     if (rc == LUA_ERRMEM)
-        return SANDBOX_MEMORY;
-    return SANDBOX_ERROR;
+        return LUA_SANDBOX_MEMORY;
+    return LUA_SANDBOX_ERROR;
 }
 
-enum sandbox_status
+enum lua_sandbox_status
 lua_sandbox_call(lua_State *L, int nargs, int nresults, char *err, size_t errlen)
 {
     struct lua_sandbox *sb = sandbox_of(L);
@@ -122,20 +122,20 @@ lua_sandbox_call(lua_State *L, int nargs, int nresults, char *err, size_t errlen
     lua_sethook(L, count_hook, LUA_MASKCOUNT, (int)sb->budget);
     int rc = lua_pcall(L, nargs, nresults, fn);
     lua_sethook(L, NULL, 0, 0);
-    enum sandbox_status st = status_of(sb, rc);
+    enum lua_sandbox_status st = status_of(sb, rc);
     sb->tripped = 0;
-    if (st != SANDBOX_OK) {
+    if (st != LUA_SANDBOX_OK) {
         copy_message(L, -1, err, errlen);
         lua_pop(L, 2); /* the message and the handler */
-        if (st == SANDBOX_MEMORY)
+        if (st == LUA_SANDBOX_MEMORY)
             lua_gc(L, LUA_GCCOLLECT);
         return st;
     }
     lua_remove(L, fn);
-    return SANDBOX_OK;
+    return LUA_SANDBOX_OK;
 }
 
-enum sandbox_status
+enum lua_sandbox_status
 lua_sandbox_protect(struct lua_sandbox *sb, lua_CFunction fn, void *ud, char *err, size_t errlen)
 {
     lua_State *L = sb->L;
@@ -147,13 +147,13 @@ lua_sandbox_protect(struct lua_sandbox *sb, lua_CFunction fn, void *ud, char *er
     int rc = lua_pcall(L, 1, 0, top + 1);
     sb->tripped = 0;
     lua_sethook(L, NULL, 0, 0);
-    enum sandbox_status st = rc == LUA_OK       ? SANDBOX_OK
-                             : rc == LUA_ERRMEM ? SANDBOX_MEMORY
-                                                : SANDBOX_ERROR;
-    if (st != SANDBOX_OK)
+    enum lua_sandbox_status st = rc == LUA_OK       ? LUA_SANDBOX_OK
+                                 : rc == LUA_ERRMEM ? LUA_SANDBOX_MEMORY
+                                                    : LUA_SANDBOX_ERROR;
+    if (st != LUA_SANDBOX_OK)
         copy_message(L, -1, err, errlen);
     lua_settop(L, top);
-    if (st == SANDBOX_MEMORY)
+    if (st == LUA_SANDBOX_MEMORY)
         lua_gc(L, LUA_GCCOLLECT);
     return st;
 }
@@ -258,7 +258,7 @@ lua_sandbox_push_env(lua_State *L)
     lua_setmetatable(L, env);
 }
 
-enum sandbox_status
+enum lua_sandbox_status
 lua_sandbox_load(lua_State *L, const char *src, size_t len, const char *chunkname, int env_idx,
                  char *err, size_t errlen)
 {
@@ -267,12 +267,12 @@ lua_sandbox_load(lua_State *L, const char *src, size_t len, const char *chunknam
     if (rc != LUA_OK) {
         copy_message(L, -1, err, errlen);
         lua_pop(L, 1);
-        return rc == LUA_ERRMEM ? SANDBOX_MEMORY : SANDBOX_ERROR;
+        return rc == LUA_ERRMEM ? LUA_SANDBOX_MEMORY : LUA_SANDBOX_ERROR;
     }
     lua_pushvalue(L, env_idx);
     if (!lua_setupvalue(L, -2, 1))
         lua_pop(L, 1);
-    return SANDBOX_OK;
+    return LUA_SANDBOX_OK;
 }
 
 /* ---- opening a state --------------------------------------------------------------------- */

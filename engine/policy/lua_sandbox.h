@@ -46,11 +46,11 @@ void *lua_sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
  */
 int lua_sandbox_msghandler(lua_State *L);
 
-enum sandbox_status {
-    SANDBOX_OK = 0,
-    SANDBOX_ERROR,  /* a Lua error; the message and traceback are in err */
-    SANDBOX_BUDGET, /* the call ran past its instruction budget */
-    SANDBOX_MEMORY, /* the state reached its memory cap */
+enum lua_sandbox_status {
+    LUA_SANDBOX_OK = 0,
+    LUA_SANDBOX_ERROR,  /* a Lua error; the message and traceback are in err */
+    LUA_SANDBOX_BUDGET, /* the call ran past its instruction budget */
+    LUA_SANDBOX_MEMORY, /* the state reached its memory cap */
 };
 
 /*
@@ -79,11 +79,11 @@ size_t lua_sandbox_memory(const struct lua_sandbox *sb);
  * Runs fn(L) protected, with `ud` as its only argument (a light userdata)
  * and a traceback message handler; fn's results are dropped. No instruction
  * budget applies to fn itself (it is C): Lua code it runs goes through
- * lua_sandbox_call(). Returns SANDBOX_OK, or the failure with its message in
+ * lua_sandbox_call(). Returns LUA_SANDBOX_OK, or the failure with its message in
  * err (errlen bytes, may be 0).
  */
-enum sandbox_status lua_sandbox_protect(struct lua_sandbox *sb, lua_CFunction fn, void *ud,
-                                        char *err, size_t errlen);
+enum lua_sandbox_status lua_sandbox_protect(struct lua_sandbox *sb, lua_CFunction fn, void *ud,
+                                            char *err, size_t errlen);
 
 /*
  * Pushes a new environment table: assert error ipairs next pairs pcall
@@ -103,20 +103,21 @@ void lua_sandbox_push_readonly(lua_State *L, int idx, const char *name);
 /*
  * Compiles `src` (len bytes) as a text chunk named chunkname ("@tenants/a.lua")
  * with the table at env_idx as its _ENV, and pushes the function; binary
- * chunks are refused. Returns SANDBOX_OK, or the failure with the message in
+ * chunks are refused. Returns LUA_SANDBOX_OK, or the failure with the message in
  * err and nothing pushed.
  */
-enum sandbox_status lua_sandbox_load(lua_State *L, const char *src, size_t len,
-                                     const char *chunkname, int env_idx, char *err, size_t errlen);
+enum lua_sandbox_status lua_sandbox_load(lua_State *L, const char *src, size_t len,
+                                         const char *chunkname, int env_idx, char *err,
+                                         size_t errlen);
 
 /*
  * Calls the function below its nargs arguments like lua_pcall, under the
  * sandbox's instruction budget and with a traceback message handler. On
- * SANDBOX_OK the nresults results are pushed; otherwise nothing is, and the
+ * LUA_SANDBOX_OK the nresults results are pushed; otherwise nothing is, and the
  * message (with traceback) is in err. Call it from inside
  * lua_sandbox_protect().
  */
-enum sandbox_status lua_sandbox_call(lua_State *L, int nargs, int nresults, char *err,
-                                     size_t errlen);
+enum lua_sandbox_status lua_sandbox_call(lua_State *L, int nargs, int nresults, char *err,
+                                         size_t errlen);
 
 #endif

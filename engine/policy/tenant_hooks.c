@@ -137,26 +137,26 @@ log_failure(struct hook_state *hs, const struct tenant *t, const char *hook, con
 }
 
 static void
-hook_failed(struct hook_state *hs, const struct tenant *t, const char *hook, enum sandbox_status st,
-            const char *msg)
+hook_failed(struct hook_state *hs, const struct tenant *t, const char *hook,
+            enum lua_sandbox_status st, const char *msg)
 {
     struct tenant_counters *c = hs->stats;
     bump(&c->failures);
     const char *what = "error";
     switch (st) {
-    case SANDBOX_BUDGET:
+    case LUA_SANDBOX_BUDGET:
         bump(&c->budget);
         what = "instruction budget exceeded";
         break;
-    case SANDBOX_MEMORY:
+    case LUA_SANDBOX_MEMORY:
         bump(&c->memory);
         what = "memory cap reached";
         break;
-    case SANDBOX_OK:
+    case LUA_SANDBOX_OK:
         bump(&c->invalid);
         what = "invalid decision";
         break;
-    case SANDBOX_ERROR:
+    case LUA_SANDBOX_ERROR:
     default:
         bump(&c->errors);
         break;
@@ -215,7 +215,7 @@ hook_decl(lua_State *L)
 
 struct build_ctx {
     const struct tenant *t;
-    enum sandbox_status st;
+    enum lua_sandbox_status st;
     char err[512];
 };
 
@@ -245,7 +245,7 @@ build_protected(lua_State *L)
     const char *chunk = lua_tostring(L, -1);
     bc->st =
         lua_sandbox_load(L, bc->t->source, bc->t->source_len, chunk, env, bc->err, sizeof(bc->err));
-    if (bc->st != SANDBOX_OK)
+    if (bc->st != LUA_SANDBOX_OK)
         return 0;
     struct lua_sandbox *sb = lua_sandbox_of(L);
     lua_sandbox_set_budget(sb, TENANT_LOAD_BUDGET);
@@ -263,14 +263,14 @@ state_build(struct hook_state *hs, const struct tenant *t)
     hs->sb = lua_sandbox_new(TENANT_HOOK_MEMORY, TENANT_HOOK_BUDGET);
     if (!hs->sb) {
         snprintf(bc.err, sizeof(bc.err), "cannot open a Lua state within the memory cap");
-        bc.st = SANDBOX_MEMORY;
+        bc.st = LUA_SANDBOX_MEMORY;
     } else {
-        enum sandbox_status st =
+        enum lua_sandbox_status st =
             lua_sandbox_protect(hs->sb, build_protected, &bc, bc.err, sizeof(bc.err));
-        if (st != SANDBOX_OK)
+        if (st != LUA_SANDBOX_OK)
             bc.st = st;
     }
-    if (bc.st != SANDBOX_OK) {
+    if (bc.st != LUA_SANDBOX_OK) {
         bump(&hs->stats->load_failures);
         log_failure(hs, t, NULL, "the tenant file did not load", bc.err);
         lua_sandbox_free(hs->sb);
@@ -539,12 +539,12 @@ run_protected(lua_State *L)
         int h = lua_gettop(L);
         lua_getfield(L, h, "name");
         const char *name = lua_tostring(L, -1);
-        enum sandbox_status st;
+        enum lua_sandbox_status st;
         if (lua_getfield(L, h, "when") == LUA_TFUNCTION) {
             lua_pushvalue(L, req);
             bump(&hs->stats->calls);
             st = lua_sandbox_call(L, 1, 1, rc->err, sizeof(rc->err));
-            if (st != SANDBOX_OK) {
+            if (st != LUA_SANDBOX_OK) {
                 hook_failed(hs, rc->t, name, st, rc->err);
                 continue;
             }
@@ -554,20 +554,20 @@ run_protected(lua_State *L)
         push_decision(L, rc->call, rc->d);
         int dec = lua_gettop(L);
         if (lua_getfield(L, h, "adjust") != LUA_TFUNCTION) {
-            hook_failed(hs, rc->t, name, SANDBOX_OK, "adjust is not a function");
+            hook_failed(hs, rc->t, name, LUA_SANDBOX_OK, "adjust is not a function");
             continue;
         }
         lua_pushvalue(L, req);
         lua_pushvalue(L, dec);
         bump(&hs->stats->calls);
         st = lua_sandbox_call(L, 2, 0, rc->err, sizeof(rc->err));
-        if (st != SANDBOX_OK) {
+        if (st != LUA_SANDBOX_OK) {
             hook_failed(hs, rc->t, name, st, rc->err);
             continue;
         }
         struct tenant_decision nd = *rc->d;
         if (read_decision(L, dec, rc->call, &nd, rc->err, sizeof(rc->err)) != 0) {
-            hook_failed(hs, rc->t, name, SANDBOX_OK, rc->err);
+            hook_failed(hs, rc->t, name, LUA_SANDBOX_OK, rc->err);
             continue;
         }
         *rc->d = nd;
@@ -600,9 +600,9 @@ tenant_hooks_run(struct tenant_runtime *rt, const struct policy *p, const struct
         bump(&hs->stats->failures);
     } else {
         struct run_ctx rc = {.hs = hs, .t = t, .call = call, .d = d};
-        enum sandbox_status st =
+        enum lua_sandbox_status st =
             lua_sandbox_protect(hs->sb, run_protected, &rc, rc.err, sizeof(rc.err));
-        if (st != SANDBOX_OK)
+        if (st != LUA_SANDBOX_OK)
             hook_failed(hs, t, NULL, st, rc.err);
     }
     if (hs == &once)

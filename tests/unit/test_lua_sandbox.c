@@ -23,7 +23,7 @@ struct run {
     const char *code;
     size_t len;          /* 0: strlen(code) */
     int give_metatables; /* put the real getmetatable and setmetatable in the environment */
-    enum sandbox_status st;
+    enum lua_sandbox_status st;
     char err[2048];
     char result[256]; /* tostring of the first result */
 };
@@ -49,10 +49,10 @@ run_protected(lua_State *L)
     }
     r->st = lua_sandbox_load(L, r->code, r->len ? r->len : strlen(r->code), "=t", env, r->err,
                              sizeof(r->err));
-    if (r->st != SANDBOX_OK)
+    if (r->st != LUA_SANDBOX_OK)
         return 0;
     r->st = lua_sandbox_call(L, 0, 1, r->err, sizeof(r->err));
-    if (r->st == SANDBOX_OK)
+    if (r->st == LUA_SANDBOX_OK)
         snprintf(r->result, sizeof(r->result), "%s", luaL_tolstring(L, -1, NULL));
     return 0;
 }
@@ -62,14 +62,14 @@ run(struct lua_sandbox *sb, const char *code)
 {
     struct run r = {.code = code};
     char err[256];
-    enum sandbox_status st = lua_sandbox_protect(sb, run_protected, &r, err, sizeof(err));
-    assert_int_equal(st, SANDBOX_OK);
+    enum lua_sandbox_status st = lua_sandbox_protect(sb, run_protected, &r, err, sizeof(err));
+    assert_int_equal(st, LUA_SANDBOX_OK);
     return r;
 }
 
 /* The chunk must fail with status st and a message containing `want`. */
 static void
-fails(struct lua_sandbox *sb, const char *code, enum sandbox_status st, const char *want)
+fails(struct lua_sandbox *sb, const char *code, enum lua_sandbox_status st, const char *want)
 {
     struct run r = run(sb, code);
     if (r.st != st || !strstr(r.err, want))
@@ -82,7 +82,7 @@ static void
 gives(struct lua_sandbox *sb, const char *code, const char *want)
 {
     struct run r = run(sb, code);
-    if (r.st != SANDBOX_OK)
+    if (r.st != LUA_SANDBOX_OK)
         fail_msg("%s\n  failed (%d): %s", code, r.st, r.err);
     assert_string_equal(r.result, want);
 }
@@ -116,7 +116,7 @@ test_runaway_loop(void **state)
 {
     struct lua_sandbox *sb = *state;
     double t0 = now_s();
-    fails(sb, "while true do end", SANDBOX_BUDGET, "t:1: instruction budget exceeded");
+    fails(sb, "while true do end", LUA_SANDBOX_BUDGET, "t:1: instruction budget exceeded");
     assert_true(now_s() - t0 < 1.0);
     gives(sb, "return 1 + 1", "2"); /* the state is still usable */
 }
@@ -125,19 +125,19 @@ static void
 test_runaway_inside_pcall(void **state)
 {
     struct lua_sandbox *sb = *state;
-    fails(sb, "pcall(function() while true do end end)\nreturn 'escaped'", SANDBOX_BUDGET,
+    fails(sb, "pcall(function() while true do end end)\nreturn 'escaped'", LUA_SANDBOX_BUDGET,
           "instruction budget exceeded");
     fails(sb, "local ok, e = pcall(function() while true do end end)\nwhile true do end",
-          SANDBOX_BUDGET, "instruction budget exceeded");
-    fails(sb, "while true do pcall(function() while true do end end) end", SANDBOX_BUDGET,
+          LUA_SANDBOX_BUDGET, "instruction budget exceeded");
+    fails(sb, "while true do pcall(function() while true do end end) end", LUA_SANDBOX_BUDGET,
           "instruction budget exceeded");
-    fails(sb, "local function f() return pcall(f) end while true do pcall(f) end", SANDBOX_BUDGET,
+    fails(sb, "local function f() return pcall(f) end while true do pcall(f) end",
+          LUA_SANDBOX_BUDGET, "instruction budget exceeded");
+    fails(sb, "for i = 1, 10 do pcall(error, 'x') end while true do end", LUA_SANDBOX_BUDGET,
           "instruction budget exceeded");
-    fails(sb, "for i = 1, 10 do pcall(error, 'x') end while true do end", SANDBOX_BUDGET,
+    fails(sb, "table.sort({ 3, 2, 1 }, function() while true do end end)", LUA_SANDBOX_BUDGET,
           "instruction budget exceeded");
-    fails(sb, "table.sort({ 3, 2, 1 }, function() while true do end end)", SANDBOX_BUDGET,
-          "instruction budget exceeded");
-    fails(sb, "local function f() return f() end return f()", SANDBOX_BUDGET,
+    fails(sb, "local function f() return f() end return f()", LUA_SANDBOX_BUDGET,
           "instruction budget exceeded");
     gives(sb, "return 'alive'", "alive");
 }
@@ -150,7 +150,7 @@ test_budget_is_per_call(void **state)
     for (int i = 0; i < 20; i++)
         gives(sb, "local n = 0 for i = 1, 10000 do n = n + i end return n", "50005000");
     lua_sandbox_set_budget(sb, 1000);
-    fails(sb, "local n = 0 for i = 1, 10000 do n = n + i end return n", SANDBOX_BUDGET,
+    fails(sb, "local n = 0 for i = 1, 10000 do n = n + i end return n", LUA_SANDBOX_BUDGET,
           "instruction budget exceeded");
     lua_sandbox_set_budget(sb, BUDGET);
 }
@@ -164,12 +164,13 @@ test_memory_bomb(void **state)
     lua_sandbox_set_budget(sb, 100000000);
     size_t before = lua_sandbox_memory(sb);
     double t0 = now_s();
-    fails(sb, "local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1000) end", SANDBOX_MEMORY,
+    fails(sb, "local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1000) end", LUA_SANDBOX_MEMORY,
           "not enough memory");
     assert_true(now_s() - t0 < 5.0);
     assert_true(lua_sandbox_memory(sb) <= CAP);
-    fails(sb, "return string.rep('x', 1e9)", SANDBOX_MEMORY, "not enough memory");
-    fails(sb, "local s = 'x' while true do s = s .. s end", SANDBOX_MEMORY, "not enough memory");
+    fails(sb, "return string.rep('x', 1e9)", LUA_SANDBOX_MEMORY, "not enough memory");
+    fails(sb, "local s = 'x' while true do s = s .. s end", LUA_SANDBOX_MEMORY,
+          "not enough memory");
     /* Caught by the code's own pcall, a memory error is just an error value. */
     gives(sb, "return select(2, pcall(string.rep, 'x', 1e9))", "not enough memory");
     lua_sandbox_set_budget(sb, BUDGET);
@@ -185,7 +186,8 @@ test_tiny_cap(void **state)
     assert_null(lua_sandbox_new(1024, BUDGET)); /* not even a state fits */
     struct lua_sandbox *sb = lua_sandbox_new(256 * 1024, BUDGET);
     assert_non_null(sb);
-    fails(sb, "local t = {} for i = 1, 1e6 do t[i] = {} end", SANDBOX_MEMORY, "not enough memory");
+    fails(sb, "local t = {} for i = 1, 1e6 do t[i] = {} end", LUA_SANDBOX_MEMORY,
+          "not enough memory");
     gives(sb, "return 'ok'", "ok");
     lua_sandbox_free(sb);
 }
@@ -197,32 +199,34 @@ test_no_io_os_package_debug(void **state)
 {
     struct lua_sandbox *sb = *state;
     unlink("/tmp/sluice-sandbox-escape");
-    fails(sb, "os.execute('touch /tmp/sluice-sandbox-escape')", SANDBOX_ERROR, "unknown name 'os'");
+    fails(sb, "os.execute('touch /tmp/sluice-sandbox-escape')", LUA_SANDBOX_ERROR,
+          "unknown name 'os'");
     assert_int_not_equal(access("/tmp/sluice-sandbox-escape", F_OK), 0);
-    fails(sb, "return io.open('/etc/passwd')", SANDBOX_ERROR, "unknown name 'io'");
-    fails(sb, "return require('os')", SANDBOX_ERROR, "unknown name 'require'");
-    fails(sb, "return package.loaded", SANDBOX_ERROR, "unknown name 'package'");
-    fails(sb, "return debug.getregistry()", SANDBOX_ERROR, "unknown name 'debug'");
-    fails(sb, "return dofile('/etc/passwd')", SANDBOX_ERROR, "unknown name 'dofile'");
-    fails(sb, "return loadfile('/etc/passwd')", SANDBOX_ERROR, "unknown name 'loadfile'");
-    fails(sb, "return collectgarbage('count')", SANDBOX_ERROR, "unknown name 'collectgarbage'");
-    fails(sb, "return coroutine.create(print)", SANDBOX_ERROR, "unknown name 'coroutine'");
-    fails(sb, "return _G", SANDBOX_ERROR, "unknown name '_G'");
-    fails(sb, "return print", SANDBOX_ERROR, "unknown name 'print'");
-    fails(sb, "return xpcall", SANDBOX_ERROR, "unknown name 'xpcall'");
-    fails(sb, "return _ENV.os", SANDBOX_ERROR, "unknown name 'os'");
+    fails(sb, "return io.open('/etc/passwd')", LUA_SANDBOX_ERROR, "unknown name 'io'");
+    fails(sb, "return require('os')", LUA_SANDBOX_ERROR, "unknown name 'require'");
+    fails(sb, "return package.loaded", LUA_SANDBOX_ERROR, "unknown name 'package'");
+    fails(sb, "return debug.getregistry()", LUA_SANDBOX_ERROR, "unknown name 'debug'");
+    fails(sb, "return dofile('/etc/passwd')", LUA_SANDBOX_ERROR, "unknown name 'dofile'");
+    fails(sb, "return loadfile('/etc/passwd')", LUA_SANDBOX_ERROR, "unknown name 'loadfile'");
+    fails(sb, "return collectgarbage('count')", LUA_SANDBOX_ERROR, "unknown name 'collectgarbage'");
+    fails(sb, "return coroutine.create(print)", LUA_SANDBOX_ERROR, "unknown name 'coroutine'");
+    fails(sb, "return _G", LUA_SANDBOX_ERROR, "unknown name '_G'");
+    fails(sb, "return print", LUA_SANDBOX_ERROR, "unknown name 'print'");
+    fails(sb, "return xpcall", LUA_SANDBOX_ERROR, "unknown name 'xpcall'");
+    fails(sb, "return _ENV.os", LUA_SANDBOX_ERROR, "unknown name 'os'");
 }
 
 static void
 test_no_load(void **state)
 {
     struct lua_sandbox *sb = *state;
-    fails(sb, "return load('return 1')()", SANDBOX_ERROR, "unknown name 'load'");
-    fails(sb, "return loadstring('return 1')()", SANDBOX_ERROR, "unknown name 'loadstring'");
+    fails(sb, "return load('return 1')()", LUA_SANDBOX_ERROR, "unknown name 'load'");
+    fails(sb, "return loadstring('return 1')()", LUA_SANDBOX_ERROR, "unknown name 'loadstring'");
     /* No string.dump to make bytecode with, through the library or the string metatable. */
-    fails(sb, "return string.dump(function() end)", SANDBOX_ERROR, "a nil value (field 'dump')");
+    fails(sb, "return string.dump(function() end)", LUA_SANDBOX_ERROR,
+          "a nil value (field 'dump')");
     gives(sb, "return tostring(('').dump)", "nil");
-    fails(sb, "return rawget(string, 'dump')", SANDBOX_ERROR, "unknown name 'rawget'");
+    fails(sb, "return rawget(string, 'dump')", LUA_SANDBOX_ERROR, "unknown name 'rawget'");
 
     /* Bytecode made elsewhere is refused by the loader itself. */
     lua_State *L = luaL_newstate();
@@ -232,8 +236,8 @@ test_no_load(void **state)
     const char *bc = lua_tolstring(L, -1, &len);
     struct run r = {.code = bc, .len = len};
     char err[256];
-    assert_int_equal(lua_sandbox_protect(sb, run_protected, &r, err, sizeof(err)), SANDBOX_OK);
-    assert_int_equal(r.st, SANDBOX_ERROR);
+    assert_int_equal(lua_sandbox_protect(sb, run_protected, &r, err, sizeof(err)), LUA_SANDBOX_OK);
+    assert_int_equal(r.st, LUA_SANDBOX_ERROR);
     assert_non_null(strstr(r.err, "attempt to load a binary chunk"));
     lua_close(L);
 }
@@ -242,15 +246,16 @@ static void
 test_shared_tables_read_only(void **state)
 {
     struct lua_sandbox *sb = *state;
-    fails(sb, "string.upper = nil", SANDBOX_ERROR, "string is read-only (cannot set string.upper)");
-    fails(sb, "string.upper = function() return 'pwned' end", SANDBOX_ERROR, "read-only");
-    fails(sb, "table.insert = nil", SANDBOX_ERROR, "table is read-only");
-    fails(sb, "math.pi = 3", SANDBOX_ERROR, "math is read-only");
-    fails(sb, "utf8.char = nil", SANDBOX_ERROR, "utf8 is read-only");
-    fails(sb, "rawset(string, 'upper', nil)", SANDBOX_ERROR, "unknown name 'rawset'");
-    fails(sb, "setmetatable(string, {})", SANDBOX_ERROR, "unknown name 'setmetatable'");
-    fails(sb, "getmetatable('').__index = {}", SANDBOX_ERROR, "unknown name 'getmetatable'");
-    fails(sb, "('x').upper = 1", SANDBOX_ERROR, "attempt to index a string value");
+    fails(sb, "string.upper = nil", LUA_SANDBOX_ERROR,
+          "string is read-only (cannot set string.upper)");
+    fails(sb, "string.upper = function() return 'pwned' end", LUA_SANDBOX_ERROR, "read-only");
+    fails(sb, "table.insert = nil", LUA_SANDBOX_ERROR, "table is read-only");
+    fails(sb, "math.pi = 3", LUA_SANDBOX_ERROR, "math is read-only");
+    fails(sb, "utf8.char = nil", LUA_SANDBOX_ERROR, "utf8 is read-only");
+    fails(sb, "rawset(string, 'upper', nil)", LUA_SANDBOX_ERROR, "unknown name 'rawset'");
+    fails(sb, "setmetatable(string, {})", LUA_SANDBOX_ERROR, "unknown name 'setmetatable'");
+    fails(sb, "getmetatable('').__index = {}", LUA_SANDBOX_ERROR, "unknown name 'getmetatable'");
+    fails(sb, "('x').upper = 1", LUA_SANDBOX_ERROR, "attempt to index a string value");
     gives(sb, "return ('ok'):upper() .. string.upper('!') .. math.floor(math.pi)", "OK!3");
     gives(sb, "local n = 0 for k in pairs(string) do n = n + 1 end return n > 10", "true");
     gives(sb, "return #table", "0");
@@ -273,8 +278,9 @@ test_metatables_protected(void **state)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct run r = {.code = cases[i][0], .give_metatables = 1};
         char err[256];
-        assert_int_equal(lua_sandbox_protect(sb, run_protected, &r, err, sizeof(err)), SANDBOX_OK);
-        const char *got = r.st == SANDBOX_OK ? r.result : r.err;
+        assert_int_equal(lua_sandbox_protect(sb, run_protected, &r, err, sizeof(err)),
+                         LUA_SANDBOX_OK);
+        const char *got = r.st == LUA_SANDBOX_OK ? r.result : r.err;
         if (!strstr(got, cases[i][1]))
             fail_msg("%s: got %s, want %s", cases[i][0], got, cases[i][1]);
     }
@@ -287,7 +293,8 @@ test_tenants_do_not_share_globals(void **state)
     struct lua_sandbox *a = lua_sandbox_new(CAP, BUDGET), *b = lua_sandbox_new(CAP, BUDGET);
     gives(a, "secret = 'of a' return secret", "of a");
     gives(a, "return secret", "of a"); /* a keeps its own globals ... */
-    fails(b, "return secret", SANDBOX_ERROR, "unknown name 'secret'"); /* ... b cannot see them */
+    fails(b, "return secret", LUA_SANDBOX_ERROR,
+          "unknown name 'secret'"); /* ... b cannot see them */
     gives(b, "secret = 'of b' return secret", "of b");
     gives(a, "return secret", "of a");
     lua_sandbox_free(a);
@@ -298,10 +305,11 @@ static void
 test_errors_with_traceback(void **state)
 {
     struct lua_sandbox *sb = *state;
-    fails(sb, "\nlocal x = nil\nreturn x.y", SANDBOX_ERROR, "t:3: attempt to index a nil value");
-    fails(sb, "error({})", SANDBOX_ERROR, "(error object is a table value)");
-    fails(sb, "error('boom')", SANDBOX_ERROR, "stack traceback:");
-    fails(sb, "return nope", SANDBOX_ERROR, "unknown name 'nope'");
+    fails(sb, "\nlocal x = nil\nreturn x.y", LUA_SANDBOX_ERROR,
+          "t:3: attempt to index a nil value");
+    fails(sb, "error({})", LUA_SANDBOX_ERROR, "(error object is a table value)");
+    fails(sb, "error('boom')", LUA_SANDBOX_ERROR, "stack traceback:");
+    fails(sb, "return nope", LUA_SANDBOX_ERROR, "unknown name 'nope'");
 }
 
 int
