@@ -9,7 +9,8 @@ struct event_base;
 
 enum db_status {
     DB_OK = 0,
-    DB_CLIENT_ERROR, /* the statement failed because of its input (SQLSTATE class 22 or 23): 400/409 */
+    DB_CLIENT_ERROR, /* the statement failed because of its input (SQLSTATE class 22 or 23): 400/409
+                      */
     DB_ERROR,        /* the statement failed otherwise: 502 */
     DB_UNAVAILABLE,  /* no connection, connection lost, deadline passed, queue full: 503 */
 };
@@ -19,8 +20,8 @@ struct db_result {
     const char *value; /* first column of the first row as text, NULL if no row or SQL NULL;
                           borrowed, valid during the callback only */
     size_t value_len;
-    long nrows;        /* rows returned */
-    long affected;     /* PQcmdTuples, or -1 */
+    long nrows;           /* rows returned */
+    long affected;        /* PQcmdTuples, or -1 */
     const char *sqlstate; /* "23505" ... or "" */
     const char *detail;   /* short human message, never NULL */
 };
@@ -60,8 +61,8 @@ void db_pool_free(struct db_pool *p);
  * before db_query returns). Returns 0, or -1 when the pool is shutting down
  * (cb is not called then).
  */
-int db_query(struct db_pool *p, const char *sql, int nparams, const char *const *params,
-             db_cb *cb, void *arg);
+int db_query(struct db_pool *p, const char *sql, int nparams, const char *const *params, db_cb *cb,
+             void *arg);
 
 /* Statements waiting or running, for status output. */
 unsigned db_pool_pending(const struct db_pool *p);
