@@ -45,12 +45,6 @@ stale_keep_ms(const struct policy_endpoint *ep)
     return ep->swr_ms > ep->sie_ms ? ep->swr_ms : ep->sie_ms;
 }
 
-/*
- * Stores an origin's answer e under the request's key for ttl_ms (with the
- * endpoint's stale window), then replies with it. `vary` (or NULL) lists the
- * request fields the answer varies on: the answer then goes under the
- * secondary key and a marker naming the fields under the primary one.
- */
 void
 gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, const char *vary)
 {
@@ -131,12 +125,6 @@ on_uncacheable_noted(void *arg, int status)
     gw_reply_entry(rq, rq->entry, "MISS", store_now_ms()); /* rq->entry is released with rq */
 }
 
-/*
- * Remembers briefly that the key's answers are not cacheable (hit-for-miss),
- * then answers with e (a reference is taken) once the store has the marker:
- * the caller's next request, on any instance, then finds it, and the marker
- * can never land after a good answer that request fills.
- */
 void
 gw_remember_uncacheable(struct gw_req *rq, struct store_entry *e)
 {
@@ -171,12 +159,6 @@ on_invalidated(void *arg, int status)
     gw_reply_entry(rq, rq->answer, NULL, 0);
 }
 
-/*
- * After a successful write: bumps the generations of the endpoint's
- * invalidate tags, and answers with e (a reference is taken) only once the
- * store has acknowledged, so that the caller's next read, on any instance,
- * sees the write.
- */
 void
 gw_invalidate_then_reply(struct gw_req *rq, struct store_entry *e)
 {

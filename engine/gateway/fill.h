@@ -19,7 +19,8 @@ void gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_m
 /*
  * Remembers briefly that the request's key is not cacheable (hit-for-miss),
  * then answers with e (a reference is taken; X-Cache: MISS) once the store
- * has the marker.
+ * has the marker: the caller's next request, on any instance, then finds it,
+ * and the marker can never land after a good answer that request fills.
  */
 void gw_remember_uncacheable(struct gw_req *rq, struct store_entry *e);
 

@@ -277,7 +277,6 @@ identify(struct gw_req *rq)
     }
 }
 
-/* Reads the caller's identity and body, then goes on to the tier, limits and lookup. */
 void
 gw_req_begin(struct gw_req *rq)
 {
@@ -292,11 +291,6 @@ gw_req_begin(struct gw_req *rq)
 
 /* ---- detached requests --------------------------------------------------------------------- */
 
-/*
- * A request without a client (a refresh, a warming request) from the raw
- * HTTP/1.1 bytes in raw (taken; head_len bytes of head, then the body), on
- * snapshot p. Returns it routed, or NULL when it does not parse or route.
- */
 struct gw_req *
 gw_detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t head_len,
                 const char *ip)

@@ -126,7 +126,6 @@ gw_fail(struct gw_req *rq, int status, const char *detail)
     gw_req_free(rq);
 }
 
-/* Copies into the value arena; NULL (and the request refused) when full. */
 const char *
 gw_vals_put(struct gw_req *rq, const char *s, size_t len)
 {
@@ -264,7 +263,6 @@ expand_lookup(void *ctx, enum template_var var, const char *name, size_t namelen
     return gw_lookup(ctx, var, name, namelen, val, len);
 }
 
-/* Expands a template into the key arena. Returns the key, or NULL when it does not fit. */
 const char *
 gw_expand(struct gw_req *rq, const struct template *t, size_t *len)
 {
@@ -278,7 +276,6 @@ gw_expand(struct gw_req *rq, const struct template *t, size_t *len)
     return k;
 }
 
-/* The tier counter of the caller: one per user, or per address for anonymous callers. */
 const char *
 gw_caller_key(struct gw_req *rq, size_t *len)
 {
@@ -389,7 +386,6 @@ gw_reply_denied(struct gw_req *rq)
     gw_req_free(rq);
 }
 
-/* Applies the hooks' cost and limit changes to the nl limits of the request. */
 void
 gw_apply_decision(struct gw_req *rq, size_t nl)
 {
@@ -426,11 +422,6 @@ not_modified(const struct gw_req *rq, const struct store_entry *e)
     return inm && httpcache_etag_matches(inm->p, inm->len, e->etag);
 }
 
-/*
- * Replies with a cached, just-filled or just-fetched entry (the reply holds
- * its own reference): X-Cache (unless NULL) and Age, the entity tag, the
- * stored fields; 304 without a body when If-None-Match matches.
- */
 void
 gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uint64_t now_ms)
 {
@@ -486,10 +477,6 @@ gw_reply_body(struct gw_req *rq, int status, const char *body, size_t len)
     gw_req_free(rq);
 }
 
-/*
- * The origin failed: the stale entry when the endpoint's stale_if_error
- * window still covers it, else the error.
- */
 bool
 gw_stale_serves(const struct gw_req *rq)
 {
@@ -525,7 +512,6 @@ inflight_find(struct gw_worker *wk, const char *key, size_t len)
     return NULL;
 }
 
-/* Makes rq the local filler of its cache key (when no other request of this worker is). */
 void
 gw_inflight_lead(struct gw_req *rq)
 {
@@ -545,7 +531,6 @@ gw_inflight_lead(struct gw_req *rq)
     rq->inflight = f;
 }
 
-/* Whether rq may wait on a fill of its key that another request of this worker leads. */
 bool
 gw_inflight_wait(struct gw_req *rq)
 {
@@ -559,14 +544,6 @@ gw_inflight_wait(struct gw_req *rq)
     return true;
 }
 
-/*
- * The leader of a fill is done. With a stored answer, each waiting request
- * gets it (when the answer varies, only those sending the same fields; the
- * others go to the origin). With an answer that may not be stored
- * (hit-for-miss), every waiter goes to the origin at once. When the leader
- * failed or went away, the first waiter takes the fill over and the others
- * keep waiting on it.
- */
 void
 gw_inflight_finish(struct gw_req *rq)
 {
@@ -612,7 +589,6 @@ gw_inflight_finish(struct gw_req *rq)
     }
 }
 
-/* The secondary key of rq when the answer varies on `names`, into rq->vkey. */
 long
 gw_vary_key(struct gw_req *rq, const char *names)
 {
