@@ -39,14 +39,8 @@ void
 gw_req_free(struct gw_req *rq)
 {
     struct gw_worker *wk = rq->wk;
-    if (rq->detached) {
-        if (rq->bg_prev)
-            rq->bg_prev->bg_next = rq->bg_next;
-        else if (wk->background == rq)
-            wk->background = rq->bg_next;
-        if (rq->bg_next)
-            rq->bg_next->bg_prev = rq->bg_prev;
-    }
+    if (rq->detached)
+        LIST_REMOVE(rq, bg_link);
     if (rq->warm) {
         wk->warm.inflight--;
         if (rq->policy == wk->warm.policy) { /* not a request of an older generation's warming */
