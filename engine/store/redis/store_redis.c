@@ -1145,7 +1145,7 @@ store_redis_new(struct event_base *base, const struct store_redis_config *cfg, c
     s->split = split;
     s->env.deadline_us = (cfg->deadline_ms ? cfg->deadline_ms : DEFAULT_DEADLINE_MS) * 1000;
     s->tag_lease_ms = cfg->tag_lease_ms ? cfg->tag_lease_ms : DEFAULT_TAG_LEASE_MS;
-    s->near.max_bytes = cfg->near_bytes ? cfg->near_bytes : DEFAULT_NEAR_BYTES;
+    near_init(&s->near, cfg->near_bytes ? cfg->near_bytes : DEFAULT_NEAR_BYTES);
     if (getrandom(&s->token_state, sizeof(s->token_state), GRND_NONBLOCK) != sizeof(s->token_state))
         s->token_state = mono_us() ^ (uint64_t)(uintptr_t)s;
     redis_conn_turn_init(&s->turn_ev, base, on_turn, s);

@@ -31,31 +31,6 @@ near_slot(struct near *n, uint64_t hash, const char *key, size_t keylen)
     return pp;
 }
 
-static void
-near_unlist(struct near *n, struct near_entry *e)
-{
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        n->head = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    else
-        n->tail = e->prev;
-}
-
-static void
-near_push(struct near *n, struct near_entry *e)
-{
-    e->prev = NULL;
-    e->next = n->head;
-    if (n->head)
-        n->head->prev = e;
-    else
-        n->tail = e;
-    n->head = e;
-}
-
 /* Unlinks the copy at *pp and frees it. */
 static void
 near_remove(struct near *n, struct near_entry **pp)
@@ -63,12 +38,19 @@ near_remove(struct near *n, struct near_entry **pp)
     struct near_entry *e = *pp;
 
     *pp = e->hnext;
-    near_unlist(n, e);
+    TAILQ_REMOVE(&n->lru, e, lru);
     n->bytes -= e->charge;
     n->count--;
     n->nsecondary -= store_key_primary_len(e->key, e->keylen) < e->keylen;
     store_entry_release(e->entry);
     free(e);
+}
+
+void
+near_init(struct near *n, size_t max_bytes)
+{
+    *n = (struct near){.max_bytes = max_bytes};
+    TAILQ_INIT(&n->lru);
 }
 
 struct near_entry *
@@ -77,9 +59,9 @@ near_find(struct near *n, const char *key, size_t keylen)
     if (!n->buckets)
         return NULL;
     struct near_entry *e = *near_slot(n, util_fnv1a(key, keylen), key, keylen);
-    if (e && n->head != e) {
-        near_unlist(n, e);
-        near_push(n, e);
+    if (e && TAILQ_FIRST(&n->lru) != e) {
+        TAILQ_REMOVE(&n->lru, e, lru);
+        TAILQ_INSERT_HEAD(&n->lru, e, lru);
     }
     return e;
 }
@@ -112,8 +94,9 @@ near_put(struct near *n, const char *key, size_t keylen, const unsigned char *to
     struct near_entry **pp = near_slot(n, hash, key, keylen);
     if (*pp)
         near_remove(n, pp);
-    while (n->bytes + charge > n->max_bytes && n->tail)
-        near_remove(n, near_slot(n, n->tail->hash, n->tail->key, n->tail->keylen));
+    struct near_entry *old;
+    while (n->bytes + charge > n->max_bytes && (old = TAILQ_LAST(&n->lru, near_lru)))
+        near_remove(n, near_slot(n, old->hash, old->key, old->keylen));
     if (n->count >= n->mask + 1) {
         size_t nb = (n->mask + 1) * 2;
         struct near_entry **b = xcalloc(nb, sizeof(*b));
@@ -138,7 +121,7 @@ near_put(struct near *n, const char *key, size_t keylen, const unsigned char *to
     memcpy(e->key, key, keylen);
     e->hnext = n->buckets[hash & n->mask];
     n->buckets[hash & n->mask] = e;
-    near_push(n, e);
+    TAILQ_INSERT_HEAD(&n->lru, e, lru);
     n->bytes += charge;
     n->count++;
     n->nsecondary += store_key_primary_len(key, keylen) < keylen;
@@ -163,8 +146,9 @@ near_drop_secondaries(struct near *n, const char *p, size_t plen)
 void
 near_free(struct near *n)
 {
-    while (n->tail)
-        near_remove(n, near_slot(n, n->tail->hash, n->tail->key, n->tail->keylen));
+    struct near_entry *e;
+    while ((e = TAILQ_LAST(&n->lru, near_lru)))
+        near_remove(n, near_slot(n, e->hash, e->key, e->keylen));
     free(n->buckets);
     n->buckets = NULL;
 }

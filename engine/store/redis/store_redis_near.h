@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/queue.h>
 
 #include "store_redis_codec.h"
 
@@ -11,8 +12,8 @@ struct store_entry;
 
 /* A copy: a reference on the entry stored under key with token. */
 struct near_entry {
-    struct near_entry *hnext;       /* bucket chain */
-    struct near_entry *prev, *next; /* recency list, most recent first */
+    struct near_entry *hnext;    /* bucket chain */
+    TAILQ_ENTRY(near_entry) lru; /* in the recency list */
     uint64_t hash;
     unsigned char token[TOKEN_LEN];
     struct store_entry *entry; /* one reference */
@@ -21,15 +22,18 @@ struct near_entry {
     char key[];
 };
 
-/* The copies of one store handle; zeroed with max_bytes set is empty. One thread only. */
+/* The copies of one store handle (set up with near_init()). One thread only. */
 struct near {
     struct near_entry **buckets;
     size_t mask;
     size_t count;
-    size_t nsecondary; /* copies of secondary entries among count */
-    struct near_entry *head, *tail;
+    size_t nsecondary;                    /* copies of secondary entries among count */
+    TAILQ_HEAD(near_lru, near_entry) lru; /* most recently used first */
     size_t bytes, max_bytes;
 };
+
+/* Sets up n, empty, to keep copies within max_bytes. */
+void near_init(struct near *n, size_t max_bytes);
 
 /* Returns the copy of key, made the most recent, or NULL. The copy is borrowed from n. */
 struct near_entry *near_find(struct near *n, const char *key, size_t keylen);
