@@ -6,15 +6,15 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
+#include "hmap.h"
 #include "store_redis_codec.h"
 
 struct store_entry;
 
 /* A copy: a reference on the entry stored under key with token. */
 struct near_entry {
-    struct near_entry *hnext;    /* bucket chain */
+    struct hmap_node node;       /* in the table, by key */
     TAILQ_ENTRY(near_entry) lru; /* in the recency list */
-    uint64_t hash;
     unsigned char token[TOKEN_LEN];
     struct store_entry *entry; /* one reference */
     size_t charge;
@@ -24,10 +24,8 @@ struct near_entry {
 
 /* The copies of one store handle (set up with near_init()). One thread only. */
 struct near {
-    struct near_entry **buckets;
-    size_t mask;
-    size_t count;
-    size_t nsecondary;                    /* copies of secondary entries among count */
+    struct hmap map;                      /* by key */
+    size_t nsecondary;                    /* copies of secondary entries among them */
     TAILQ_HEAD(near_lru, near_entry) lru; /* most recently used first */
     size_t bytes, max_bytes;
 };
