@@ -249,6 +249,7 @@ worker_fini(void *state)
     wk->store->ops->destroy(wk->store);
     while (!LIST_EMPTY(&wk->background)) /* what is left waits on a timer for another's fill */
         gw_fail(LIST_FIRST(&wk->background), 503, "the server is shutting down");
+    hmap_free(&wk->inflight); /* every fill has ended */
     tier_cache_free(wk->tiers);
     tenant_runtime_free(wk->tenants);
     policy_release(wk->policy);
