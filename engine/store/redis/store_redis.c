@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -68,6 +69,7 @@ store_redis_check_url(const char *url, char *err, size_t errlen)
 }
 
 struct batch;
+STAILQ_HEAD(batch_list, batch);
 
 struct store_redis {
     struct store base;
@@ -78,7 +80,7 @@ struct store_redis {
     uint64_t token_state;            /* the fill tokens' random stream */
     struct near near;                /* local copies of responses */
     struct redis_turn turn_ev;       /* runs once the loop's turn has run its other callbacks */
-    struct batch *turn, *turn_tail;  /* the admits of this turn, by batch */
+    struct batch_list turn;          /* the admits of this turn, by batch */
     struct batch *open[BATCH_SLOTS]; /* the batches still open, by hash of their tag */
     struct sbuf scratch;             /* for building keys */
     struct store_redis_stats stats;
@@ -315,8 +317,8 @@ reply_status(const redisReply *r)
  */
 
 struct batch {
-    struct batch *next;  /* the turn's batches, in order */
-    struct batch *chain; /* the open batches of one hash chain */
+    STAILQ_ENTRY(batch) link; /* in the turn */
+    struct batch *chain;      /* the open batches of one hash chain */
     struct redis_conn *conn;
     bool with_limits, with_cache;
     size_t n;
@@ -508,12 +510,13 @@ admit_value_command(struct store_redis *s, struct admit_op *op)
 static void
 batch_flush(struct store_redis *s)
 {
-    struct batch *bt = s->turn;
+    struct batch_list turn = STAILQ_HEAD_INITIALIZER(turn);
+    struct batch *bt;
 
-    s->turn = s->turn_tail = NULL;
+    STAILQ_CONCAT(&turn, &s->turn); /* batches made from here on are the next turn's */
     memset(s->open, 0, sizeof(s->open));
-    while (bt) {
-        struct batch *next = bt->next;
+    while ((bt = STAILQ_FIRST(&turn))) {
+        STAILQ_REMOVE_HEAD(&turn, link);
         struct admit_op *gets[MAX_BATCH];
         size_t ng = 0;
         for (size_t i = 0; i < bt->n; i++) {
@@ -529,7 +532,6 @@ batch_flush(struct store_redis *s)
         redis_conn_send(bt->conn, REDIS_SCRIPT_ADMIT, &b, on_batch, bt);
         for (size_t j = 0; j < ng; j++)
             admit_value_command(s, gets[j]);
-        bt = next;
     }
 }
 
@@ -582,7 +584,7 @@ batch_add(struct store_redis *s, struct admit_op *op, struct redis_conn *c, bool
     }
     if (!bt) {
         bt = xmalloc(sizeof(*bt));
-        bt->next = bt->chain = NULL;
+        bt->chain = NULL;
         bt->conn = c;
         bt->with_limits = with_limits;
         bt->with_cache = with_cache;
@@ -590,11 +592,7 @@ batch_add(struct store_redis *s, struct admit_op *op, struct redis_conn *c, bool
         bt->taglen = taglen;
         if (taglen)
             memcpy(bt->tag, tag, taglen);
-        if (s->turn_tail)
-            s->turn_tail->next = bt;
-        else
-            s->turn = bt;
-        s->turn_tail = bt;
+        STAILQ_INSERT_TAIL(&s->turn, bt, link);
         if (chain) {
             bt->chain = *chain;
             *chain = bt;
@@ -1143,6 +1141,7 @@ store_redis_new(struct event_base *base, const struct store_redis_config *cfg, c
     s->env.base = base;
     s->env.stats = &s->stats;
     s->split = split;
+    STAILQ_INIT(&s->turn);
     s->env.deadline_us = (cfg->deadline_ms ? cfg->deadline_ms : DEFAULT_DEADLINE_MS) * 1000;
     s->tag_lease_ms = cfg->tag_lease_ms ? cfg->tag_lease_ms : DEFAULT_TAG_LEASE_MS;
     near_init(&s->near, cfg->near_bytes ? cfg->near_bytes : DEFAULT_NEAR_BYTES);
