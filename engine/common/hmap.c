@@ -91,6 +91,14 @@ hmap_next(const struct hmap *m, const struct hmap_node *n)
 }
 
 void
+hmap_clear(struct hmap *m)
+{
+    if (m->count)
+        memset(m->buckets, 0, (m->mask + 1) * sizeof(*m->buckets));
+    m->count = 0;
+}
+
+void
 hmap_free(struct hmap *m)
 {
     free(m->buckets);

@@ -59,6 +59,9 @@ void hmap_remove(struct hmap *m, struct hmap_node *n);
 struct hmap_node *hmap_first(const struct hmap *m);
 struct hmap_node *hmap_next(const struct hmap *m, const struct hmap_node *n);
 
+/* Empties m at once, keeping its buckets; the nodes (the caller's) are not touched. */
+void hmap_clear(struct hmap *m);
+
 /* Frees the bucket array (not the nodes, which are the caller's); m is empty after. */
 void hmap_free(struct hmap *m);
 

@@ -199,6 +199,43 @@ test_iteration(void **state)
     assert_int_equal(m.mask, 0);
 }
 
+/* Clearing forgets every node at once and keeps the buckets; the nodes can go in again. */
+static void
+test_clear(void **state)
+{
+    struct hmap m = {0};
+    static struct item *items[100];
+    char key[24];
+
+    hmap_clear(&m); /* empty, nothing allocated: a no-op */
+    assert_null(m.buckets);
+    for (int i = 0; i < 100; i++) {
+        int n = snprintf(key, sizeof(key), "c%d", i);
+        items[i] = item_new(&m, key, (size_t)n, i);
+    }
+    struct hmap_node **buckets = m.buckets;
+    size_t mask = m.mask;
+    hmap_clear(&m);
+    assert_int_equal(m.count, 0);
+    assert_ptr_equal(m.buckets, buckets);
+    assert_int_equal(m.mask, mask);
+    assert_null(hmap_first(&m));
+    for (int i = 0; i < 100; i++)
+        assert_null(find(&m, items[i]->key, items[i]->len));
+    for (int i = 0; i < 100; i += 2)
+        hmap_insert(&m, &items[i]->node, items[i]->key, items[i]->len);
+    assert_int_equal(m.count, 50);
+    for (int i = 0; i < 100; i++) {
+        if (i % 2)
+            assert_null(find(&m, items[i]->key, items[i]->len));
+        else
+            assert_ptr_equal(find(&m, items[i]->key, items[i]->len), items[i]);
+    }
+    hmap_free(&m);
+    for (int i = 0; i < 100; i++)
+        free(items[i]);
+}
+
 int
 main(void)
 {
@@ -207,6 +244,7 @@ main(void)
         cmocka_unit_test(test_insert_find_remove),
         cmocka_unit_test(test_growth_and_removal),
         cmocka_unit_test(test_iteration),
+        cmocka_unit_test(test_clear),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
