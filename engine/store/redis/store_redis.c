@@ -10,6 +10,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include "hmap.h"
 #include "redis_conn.h"
 #include "store.h"
 #include "store_redis_codec.h"
@@ -49,7 +50,6 @@
 #define DEFAULT_NEAR_BYTES (16u << 20)
 #define MAX_BATCH 64   /* requests decided by one admit.lua call at most */
 #define SCAN_COUNT 500 /* the COUNT of each SCAN of a pattern run */
-#define BATCH_SLOTS 64 /* hash chains of a turn's open batches */
 
 static uint64_t
 mono_us(void)
@@ -77,12 +77,12 @@ struct store_redis {
     struct redis_conn cache, limits;
     bool split; /* limits live in their own Redis */
     uint64_t tag_lease_ms;
-    uint64_t token_state;            /* the fill tokens' random stream */
-    struct near near;                /* local copies of responses */
-    struct redis_turn turn_ev;       /* runs once the loop's turn has run its other callbacks */
-    struct batch_list turn;          /* the admits of this turn, by batch */
-    struct batch *open[BATCH_SLOTS]; /* the batches still open, by hash of their tag */
-    struct sbuf scratch;             /* for building keys */
+    uint64_t token_state;      /* the fill tokens' random stream */
+    struct near near;          /* local copies of responses */
+    struct redis_turn turn_ev; /* runs once the loop's turn has run its other callbacks */
+    struct batch_list turn;    /* the admits of this turn, by batch */
+    struct hmap open;          /* the turn's batches still taking requests, by tag */
+    struct sbuf scratch;       /* for building keys */
     struct store_redis_stats stats;
 };
 
@@ -318,12 +318,11 @@ reply_status(const redisReply *r)
 
 struct batch {
     STAILQ_ENTRY(batch) link; /* in the turn */
-    struct batch *chain;      /* the open batches of one hash chain */
+    struct hmap_node node;    /* in open by tag, while it takes requests (tagged ones only) */
     struct redis_conn *conn;
     bool with_limits, with_cache;
     size_t n;
-    size_t taglen; /* 0: not joinable */
-    char tag[MAX_HASH_TAG + 1];
+    char tag[MAX_HASH_TAG + 1]; /* the hash tag its admits share, when it has one */
     struct admit_op *ops[MAX_BATCH];
 };
 
@@ -514,7 +513,7 @@ batch_flush(struct store_redis *s)
     struct batch *bt;
 
     STAILQ_CONCAT(&turn, &s->turn); /* batches made from here on are the next turn's */
-    memset(s->open, 0, sizeof(s->open));
+    hmap_clear(&s->open);
     while ((bt = STAILQ_FIRST(&turn))) {
         STAILQ_REMOVE_HEAD(&turn, link);
         struct admit_op *gets[MAX_BATCH];
@@ -574,40 +573,29 @@ static void
 batch_add(struct store_redis *s, struct admit_op *op, struct redis_conn *c, bool with_limits,
           bool with_cache, const char *tag, size_t taglen)
 {
-    struct batch *bt = NULL, **chain = NULL;
+    struct batch *bt = NULL;
 
     if (taglen) {
-        chain = &s->open[util_fnv1a(tag, taglen) & (BATCH_SLOTS - 1)];
-        for (bt = *chain; bt; bt = bt->chain)
-            if (bt->taglen == taglen && memcmp(bt->tag, tag, taglen) == 0)
-                break;
+        struct hmap_node *n = hmap_find(&s->open, tag, taglen);
+        bt = HMAP_ENTRY(n, struct batch, node);
     }
     if (!bt) {
         bt = xmalloc(sizeof(*bt));
-        bt->chain = NULL;
         bt->conn = c;
         bt->with_limits = with_limits;
         bt->with_cache = with_cache;
         bt->n = 0;
-        bt->taglen = taglen;
-        if (taglen)
-            memcpy(bt->tag, tag, taglen);
         STAILQ_INSERT_TAIL(&s->turn, bt, link);
-        if (chain) {
-            bt->chain = *chain;
-            *chain = bt;
+        if (taglen) {
+            memcpy(bt->tag, tag, taglen);
+            hmap_insert(&s->open, &bt->node, bt->tag, taglen);
         }
         redis_conn_turn_activate(&s->turn_ev);
     }
     bt->ops[bt->n++] = op;
     op->pending++;
-    if (bt->n == MAX_BATCH && chain) {
-        /* Full: the next request under this tag opens another. */
-        struct batch **pp = chain;
-        while (*pp != bt)
-            pp = &(*pp)->chain;
-        *pp = bt->chain;
-    }
+    if (bt->n == MAX_BATCH && taglen)
+        hmap_remove(&s->open, &bt->node); /* full: the next request under this tag opens another */
 }
 
 static void
@@ -1099,6 +1087,7 @@ redis_destroy(struct store *st)
     redis_conn_fini(&s->limits);
     sbuf_free(&s->scratch);
     near_free(&s->near);
+    hmap_free(&s->open);
     free(s);
 }
 
