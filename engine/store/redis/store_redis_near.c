@@ -48,9 +48,9 @@ struct near_entry *
 near_find(struct near *n, const char *key, size_t keylen)
 {
     struct near_entry *e = near_lookup(n, key, keylen);
-    if (e && TAILQ_FIRST(&n->lru) != e) {
+    if (e && TAILQ_NEXT(e, lru)) { /* not the most recently used yet */
         TAILQ_REMOVE(&n->lru, e, lru);
-        TAILQ_INSERT_HEAD(&n->lru, e, lru);
+        TAILQ_INSERT_TAIL(&n->lru, e, lru);
     }
     return e;
 }
@@ -73,7 +73,7 @@ near_put(struct near *n, const char *key, size_t keylen, const unsigned char *to
     if (charge > n->max_bytes / 4)
         return;
     struct near_entry *old;
-    while (n->bytes + charge > n->max_bytes && (old = TAILQ_LAST(&n->lru, near_lru)))
+    while (n->bytes + charge > n->max_bytes && (old = TAILQ_FIRST(&n->lru)))
         near_remove(n, old);
     struct near_entry *e = xmalloc(sizeof(*e) + keylen);
     memcpy(e->token, token, TOKEN_LEN);
@@ -83,7 +83,7 @@ near_put(struct near *n, const char *key, size_t keylen, const unsigned char *to
     e->keylen = keylen;
     memcpy(e->key, key, keylen);
     hmap_insert(&n->map, &e->node, e->key, keylen);
-    TAILQ_INSERT_HEAD(&n->lru, e, lru);
+    TAILQ_INSERT_TAIL(&n->lru, e, lru);
     n->bytes += charge;
     n->nsecondary += store_key_primary_len(key, keylen) < keylen;
 }
@@ -106,7 +106,7 @@ void
 near_free(struct near *n)
 {
     struct near_entry *e;
-    while ((e = TAILQ_LAST(&n->lru, near_lru)))
+    while ((e = TAILQ_FIRST(&n->lru)))
         near_remove(n, e);
     hmap_free(&n->map);
 }

@@ -24,9 +24,9 @@ struct near_entry {
 
 /* The copies of one store handle (set up with near_init()). One thread only. */
 struct near {
-    struct hmap map;                      /* by key */
-    size_t nsecondary;                    /* copies of secondary entries among them */
-    TAILQ_HEAD(near_lru, near_entry) lru; /* most recently used first */
+    struct hmap map;              /* by key */
+    size_t nsecondary;            /* copies of secondary entries among them */
+    TAILQ_HEAD(, near_entry) lru; /* least recently used first */
     size_t bytes, max_bytes;
 };
 
