@@ -209,6 +209,7 @@ worker_init(struct worker *w, void *ctx)
     struct gw_worker *wk = xcalloc(1, sizeof(*wk));
     wk->g = g;
     wk->w = w;
+    LIST_INIT(&wk->background);
     char err[256];
     char name[32];
     snprintf(name, sizeof(name), "worker %u", worker_index(w));
@@ -247,8 +248,9 @@ worker_fini(void *state)
     if (wk->db)
         db_pool_free(wk->db);
     wk->store->ops->destroy(wk->store);
-    while (wk->background) /* what is left waits on a timer for another's fill */
-        gw_fail(wk->background, 503, "the server is shutting down");
+    while (!LIST_EMPTY(&wk->background)) /* what is left waits on a timer for another's fill */
+        gw_fail(LIST_FIRST(&wk->background), 503, "the server is shutting down");
+    hmap_free(&wk->inflight); /* every fill has ended */
     tier_cache_free(wk->tiers);
     tenant_runtime_free(wk->tenants);
     policy_release(wk->policy);

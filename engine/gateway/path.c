@@ -314,10 +314,7 @@ gw_detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t
     rq->own_sr.worker = wk->w;
     rq->sr = &rq->own_sr;
     rq->detached = true;
-    rq->bg_next = wk->background;
-    if (wk->background)
-        wk->background->bg_prev = rq;
-    wk->background = rq;
+    LIST_INSERT_HEAD(&wk->background, rq, bg_link);
     *raw = (struct sbuf){0};
     return rq;
 }

@@ -39,14 +39,8 @@ void
 gw_req_free(struct gw_req *rq)
 {
     struct gw_worker *wk = rq->wk;
-    if (rq->detached) {
-        if (rq->bg_prev)
-            rq->bg_prev->bg_next = rq->bg_next;
-        else if (wk->background == rq)
-            wk->background = rq->bg_next;
-        if (rq->bg_next)
-            rq->bg_next->bg_prev = rq->bg_prev;
-    }
+    if (rq->detached)
+        LIST_REMOVE(rq, bg_link);
     if (rq->warm) {
         wk->warm.inflight--;
         if (rq->policy == wk->warm.policy) { /* not a request of an older generation's warming */
@@ -497,19 +491,11 @@ gw_origin_failed(struct gw_req *rq, int status, const char *detail)
 
 /* ---- fills in progress: local coalescing ------------------------------------------------- */
 
-static size_t
-inflight_bucket(const char *key, size_t len)
-{
-    return (size_t)(util_fnv1a(key, len) % INFLIGHT_BUCKETS);
-}
-
 static struct inflight *
 inflight_find(struct gw_worker *wk, const char *key, size_t len)
 {
-    for (struct inflight *f = wk->inflight[inflight_bucket(key, len)]; f; f = f->next)
-        if (f->keylen == len && memcmp(f->key, key, len) == 0)
-            return f;
-    return NULL;
+    struct hmap_node *n = hmap_find(&wk->inflight, key, len);
+    return HMAP_ENTRY(n, struct inflight, node);
 }
 
 void
@@ -519,15 +505,11 @@ gw_inflight_lead(struct gw_req *rq)
     size_t len = rq->admit.cache_keylen;
     if (!key || rq->inflight || inflight_find(rq->wk, key, len))
         return;
-    struct inflight *f = xmalloc(sizeof(*f) + len + 1);
+    struct inflight *f = xmalloc(sizeof(*f) + len);
     memcpy(f->key, key, len);
-    f->key[len] = '\0';
-    f->keylen = len;
     f->filler = rq;
     f->waiters = NULL;
-    size_t b = inflight_bucket(key, len);
-    f->next = rq->wk->inflight[b];
-    rq->wk->inflight[b] = f;
+    hmap_insert(&rq->wk->inflight, &f->node, f->key, len);
     rq->inflight = f;
 }
 
@@ -549,10 +531,7 @@ gw_inflight_finish(struct gw_req *rq)
 {
     struct inflight *f = rq->inflight;
     rq->inflight = NULL;
-    struct inflight **pp = &rq->wk->inflight[inflight_bucket(f->key, f->keylen)];
-    while (*pp != f)
-        pp = &(*pp)->next;
-    *pp = f->next;
+    hmap_remove(&rq->wk->inflight, &f->node);
     struct gw_req *w = f->waiters;
     free(f);
     struct store_entry *e = rq->answer;

@@ -6,7 +6,9 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/queue.h>
 
+#include "hmap.h"
 #include "policy.h"
 #include "router.h"
 #include "server.h"
@@ -26,15 +28,13 @@ struct template;
 #define KEYS_BYTES 4096
 #define VALS_BYTES 4096
 #define HDRS_BYTES 1536
-#define FILL_WAIT_MS 1000    /* a request waits this long at most for another's fill */
-#define INFLIGHT_BUCKETS 256 /* fills in progress per worker, by key */
+#define FILL_WAIT_MS 1000 /* a request waits this long at most for another's fill */
 
 /* A fill in progress in this worker: requests missing the same key wait on it. */
 struct inflight {
-    struct inflight *next;
+    struct hmap_node node; /* in its worker's inflight, by key */
     struct gw_req *filler;
     struct gw_req *waiters; /* linked through next_waiter */
-    size_t keylen;
     char key[];
 };
 
@@ -68,10 +68,10 @@ struct gw_worker {
     struct event *health_timer;     /* publishes the store's health for status output */
     struct upstream_pool *up;       /* keep-alive connections to upstream apps */
     gw_origin_fn *to_origin;        /* a waiter whose fill failed goes on to the origin here */
-    struct inflight *inflight[INFLIGHT_BUCKETS];
-    struct warm_state warm;    /* worker 0 only */
-    struct gw_req *background; /* detached requests (refreshes, warming) in progress */
-    bool closing;              /* worker_fini has begun: no request goes on to an origin */
+    struct hmap inflight;           /* fills in progress (struct inflight), by key */
+    struct warm_state warm;         /* worker 0 only */
+    LIST_HEAD(, gw_req) background; /* detached requests (refreshes, warming) in progress */
+    bool closing;                   /* worker_fini has begun: no request goes on to an origin */
 };
 
 struct gw_req {
@@ -98,9 +98,9 @@ struct gw_req {
     bool bypass;               /* the cache is not used for this request (X-Cache: BYPASS) */
     bool uncacheable;          /* the origin's answer may not be stored (hit-for-miss) */
     enum { WARM_FAILED = 0, WARM_FILLED, WARM_CACHED } warm_outcome;
-    struct gw_req *bg_prev, *bg_next; /* in wk->background while detached */
-    char *own_raw;                    /* a detached request's own bytes, parsed in own_sr */
-    struct store_entry *stale;        /* an expired entry kept for stale_if_error */
+    LIST_ENTRY(gw_req) bg_link; /* in wk->background while detached */
+    char *own_raw;              /* a detached request's own bytes, parsed in own_sr */
+    struct store_entry *stale;  /* an expired entry kept for stale_if_error */
     struct store_entry *answer; /* the origin's answer, held until a write's invalidation lands
                                    or shared with the requests waiting on this fill */
     struct upstream_call *call;

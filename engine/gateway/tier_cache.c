@@ -4,48 +4,38 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hmap.h"
 #include "util.h"
 
-struct tier_slot {
-    char *user; /* NULL: empty slot */
-    size_t len;
+struct tier_entry {
+    struct hmap_node node; /* in users, by user */
     char tier[32];
     size_t tier_len;
     uint64_t expires_ms;
+    char user[];
 };
 
 struct tier_cache {
-    struct tier_slot *slots;
-    size_t cap; /* power of two, twice max */
-    size_t used, max;
+    struct hmap users;
+    size_t max;
 };
-
-static uint64_t
-hash(const char *s, size_t len)
-{
-    return util_fnv1a(s, len);
-}
 
 struct tier_cache *
 tier_cache_new(size_t max)
 {
     struct tier_cache *tc = xcalloc(1, sizeof(*tc));
     tc->max = max ? max : 1;
-    tc->cap = 2;
-    while (tc->cap < tc->max * 2)
-        tc->cap *= 2;
-    tc->slots = xcalloc(tc->cap, sizeof(*tc->slots));
     return tc;
 }
 
 static void
 clear(struct tier_cache *tc)
 {
-    for (size_t i = 0; i < tc->cap; i++) {
-        free(tc->slots[i].user);
-        tc->slots[i].user = NULL;
+    for (struct hmap_node *n = hmap_first(&tc->users), *next; n; n = next) {
+        next = hmap_next(&tc->users, n);
+        hmap_remove(&tc->users, n);
+        free(HMAP_ENTRY(n, struct tier_entry, node));
     }
-    tc->used = 0;
 }
 
 void
@@ -54,30 +44,26 @@ tier_cache_free(struct tier_cache *tc)
     if (!tc)
         return;
     clear(tc);
-    free(tc->slots);
+    hmap_free(&tc->users);
     free(tc);
 }
 
-static struct tier_slot *
+static struct tier_entry *
 find(struct tier_cache *tc, const char *user, size_t len)
 {
-    size_t mask = tc->cap - 1;
-    for (size_t i = hash(user, len) & mask;; i = (i + 1) & mask) {
-        struct tier_slot *s = &tc->slots[i];
-        if (!s->user || (s->len == len && memcmp(s->user, user, len) == 0))
-            return s;
-    }
+    struct hmap_node *n = hmap_find(&tc->users, user, len);
+    return HMAP_ENTRY(n, struct tier_entry, node);
 }
 
 int
 tier_cache_get(struct tier_cache *tc, const char *user, size_t len, uint64_t now_ms,
                const char **tier, size_t *tier_len)
 {
-    struct tier_slot *s = find(tc, user, len);
-    if (!s->user || s->expires_ms <= now_ms)
+    struct tier_entry *e = find(tc, user, len);
+    if (!e || e->expires_ms <= now_ms)
         return 0;
-    *tier = s->tier;
-    *tier_len = s->tier_len;
+    *tier = e->tier;
+    *tier_len = e->tier_len;
     return 1;
 }
 
@@ -85,21 +71,18 @@ void
 tier_cache_put(struct tier_cache *tc, const char *user, size_t len, const char *tier,
                size_t tier_len, uint64_t expires_ms)
 {
-    if (tier_len >= sizeof(((struct tier_slot *)0)->tier))
+    if (tier_len >= sizeof(((struct tier_entry *)0)->tier))
         return; /* not a tier name any policy could declare usefully; do not cache */
-    struct tier_slot *s = find(tc, user, len);
-    if (!s->user) {
-        if (tc->used >= tc->max) {
-            /* Full: start over. Entries are cheap to look up again. */
-            clear(tc);
-            s = find(tc, user, len);
-        }
-        s->user = xstrndup(user, len);
-        s->len = len;
-        tc->used++;
+    struct tier_entry *e = find(tc, user, len);
+    if (!e) {
+        if (tc->users.count >= tc->max)
+            clear(tc); /* Full: start over. Entries are cheap to look up again. */
+        e = xmalloc(sizeof(*e) + len);
+        memcpy(e->user, user, len);
+        hmap_insert(&tc->users, &e->node, e->user, len);
     }
-    memcpy(s->tier, tier, tier_len);
-    s->tier[tier_len] = '\0';
-    s->tier_len = tier_len;
-    s->expires_ms = expires_ms;
+    memcpy(e->tier, tier, tier_len);
+    e->tier[tier_len] = '\0';
+    e->tier_len = tier_len;
+    e->expires_ms = expires_ms;
 }

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -60,7 +61,7 @@ struct conn {
     size_t head_scanned; /* bytes of an incomplete head already given to the parser */
     struct server_request req;
     char ip[INET6_ADDRSTRLEN];
-    struct conn *prev, *next;
+    LIST_ENTRY(conn) link; /* in its worker's conns */
 };
 
 struct worker {
@@ -71,7 +72,7 @@ struct worker {
     int listen_fd;
     struct event *ev_listen, *ev_stop;
     void *app_state;
-    struct conn *conns; /* list of open connections */
+    LIST_HEAD(, conn) conns; /* open connections */
     unsigned nconns;
     int draining;
     time_t date_sec;
@@ -186,12 +187,7 @@ static void
 conn_free(struct conn *c)
 {
     struct worker *w = c->w;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        w->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    LIST_REMOVE(c, link);
     w->nconns--;
     atomic_fetch_sub(&w->s->nconns, 1);
     event_free(c->ev_read);
@@ -732,10 +728,7 @@ conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss)
     c->ev_read = event_new(w->base, fd, EV_READ | EV_PERSIST, on_read, c);
     c->ev_write = event_new(w->base, fd, EV_WRITE | EV_PERSIST, on_write, c);
     c->ev_timer = evtimer_new(w->base, on_timer, c);
-    c->next = w->conns;
-    if (w->conns)
-        w->conns->prev = c;
-    w->conns = c;
+    LIST_INSERT_HEAD(&w->conns, c, link);
     w->nconns++;
     event_add(c->ev_read, NULL);
     conn_set_timer(c, TIMER_IDLE);
@@ -780,9 +773,8 @@ on_stop(evutil_socket_t fd, short what, void *arg)
         event_free(w->ev_listen);
         w->ev_listen = NULL;
     }
-    struct conn *c = w->conns;
-    while (c) {
-        struct conn *next = c->next;
+    for (struct conn *c = LIST_FIRST(&w->conns), *next; c; c = next) {
+        next = LIST_NEXT(c, link);
         /* Idle connections go now (or once their output is written); a connection with a
          * request in progress answers it with "Connection: close"; a lingering one ends
          * when its peer closes (or LINGER_MS). */
@@ -792,7 +784,6 @@ on_stop(evutil_socket_t fd, short what, void *arg)
             else
                 c->closing = 1;
         }
-        c = next;
     }
     if (w->nconns == 0)
         event_base_loopexit(w->base, NULL);
@@ -812,8 +803,8 @@ worker_main(void *arg)
     /* The application answers what it still holds, then connections left are closed. */
     if (w->s->app.worker_fini)
         w->s->app.worker_fini(w->app_state);
-    while (w->conns)
-        conn_close(w->conns);
+    while (!LIST_EMPTY(&w->conns))
+        conn_close(LIST_FIRST(&w->conns));
     return NULL;
 }
 
@@ -871,6 +862,7 @@ server_new(const struct server_config *cfg, const struct server_app *app, char *
         struct worker *w = &s->workers[i];
         w->s = s;
         w->index = i;
+        LIST_INIT(&w->conns);
         w->listen_fd = listen_socket(cfg->listen_addr, port, err, errlen, &port);
         if (w->listen_fd < 0)
             goto fail;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/random.h>
 
 #include "store.h"
@@ -108,10 +109,10 @@ struct tag_ref {
 
 struct entry_rec {
     struct rec r;
-    struct entry_rec *lru_prev, *lru_next; /* most recently used at the head */
-    struct store_entry *entry;             /* one reference */
-    size_t charge;                         /* bytes counted against the budget */
-    bool secondary;                        /* its key holds STORE_KEY_SEP */
+    TAILQ_ENTRY(entry_rec) lru; /* in its shard's lru */
+    struct store_entry *entry;  /* one reference */
+    size_t charge;              /* bytes counted against the budget */
+    bool secondary;             /* its key holds STORE_KEY_SEP */
     size_t ntags;
     struct tag_ref tags[];
 };
@@ -129,8 +130,8 @@ struct shard {
     size_t sweep_pos;
     size_t sweep_due; /* buckets to sweep before unlocking */
     size_t nentries, nlimits, ntags;
-    size_t nsecondary; /* secondary entries among nentries */
-    struct entry_rec *lru_head, *lru_tail;
+    size_t nsecondary;           /* secondary entries among nentries */
+    TAILQ_HEAD(, entry_rec) lru; /* entries, least recently used first */
     uint64_t floors[NFLOORS];
 } __attribute__((aligned(64)));
 
@@ -304,32 +305,6 @@ floor_of(struct shard *sh, uint64_t hash)
 
 /* ---- records ------------------------------------------------------------ */
 
-static void
-lru_unlink(struct shard *sh, struct entry_rec *e)
-{
-    if (e->lru_prev)
-        e->lru_prev->lru_next = e->lru_next;
-    else
-        sh->lru_head = e->lru_next;
-    if (e->lru_next)
-        e->lru_next->lru_prev = e->lru_prev;
-    else
-        sh->lru_tail = e->lru_prev;
-    e->lru_prev = e->lru_next = NULL;
-}
-
-static void
-lru_push(struct shard *sh, struct entry_rec *e)
-{
-    e->lru_prev = NULL;
-    e->lru_next = sh->lru_head;
-    if (sh->lru_head)
-        sh->lru_head->lru_prev = e;
-    else
-        sh->lru_tail = e;
-    sh->lru_head = e;
-}
-
 /* Frees a record already unlinked from its bucket, and what it owns. */
 static void
 rec_free(struct store_memory *m, struct shard *sh, struct rec *r)
@@ -343,7 +318,7 @@ rec_free(struct store_memory *m, struct shard *sh, struct rec *r)
     }
     case REC_ENTRY: {
         struct entry_rec *e = (struct entry_rec *)r;
-        lru_unlink(sh, e);
+        TAILQ_REMOVE(&sh->lru, e, lru);
         store_entry_release(e->entry);
         __atomic_sub_fetch(&m->bytes, e->charge, __ATOMIC_RELAXED);
         sh->nentries--;
@@ -512,7 +487,7 @@ tag_gen(struct store_memory *m, uint64_t hash, const char *key, size_t len, uint
 static bool
 evict_lru(struct store_memory *m, struct shard *sh)
 {
-    struct entry_rec *e = sh->lru_tail;
+    struct entry_rec *e = TAILQ_FIRST(&sh->lru);
 
     if (!e)
         return false;
@@ -601,9 +576,9 @@ entry_lookup(struct store_memory *m, uint64_t locked, uint64_t hash, const char 
             return LOOKUP_MISS;
         }
     }
-    if (sh->lru_head != e) {
-        lru_unlink(sh, e);
-        lru_push(sh, e);
+    if (TAILQ_NEXT(e, lru)) { /* not the most recently used yet */
+        TAILQ_REMOVE(&sh->lru, e, lru);
+        TAILQ_INSERT_TAIL(&sh->lru, e, lru);
     }
     store_entry_ref(e->entry);
     *out = e->entry;
@@ -899,7 +874,7 @@ mem_fill(struct store *s, const char *key, size_t keylen, struct store_entry *en
     e->r.expires_ms = keep;
     e->secondary = store_key_primary_len(key, keylen) < keylen;
     shard_insert(sh, &e->r);
-    lru_push(sh, e);
+    TAILQ_INSERT_TAIL(&sh->lru, e, lru);
     sh->nentries++;
     sh->nsecondary += e->secondary;
 out:
@@ -1089,6 +1064,7 @@ store_memory_new(size_t max_bytes)
     for (unsigned i = 0; i < NSHARDS; i++) {
         struct shard *sh = &m->shards[i];
         pthread_mutex_init(&sh->lock, NULL);
+        TAILQ_INIT(&sh->lru);
         sh->buckets = calloc(MIN_BUCKETS, sizeof(*sh->buckets));
         if (!sh->buckets) {
             fprintf(stderr, "sluice: out of memory (memory store)\n");

@@ -430,7 +430,7 @@ bad_userinfo:
 /* ---- connections and commands ------------------------------------------------------------ */
 
 struct redis_cmd {
-    struct redis_cmd *prev, *next; /* the connection's pending list, in send order */
+    TAILQ_ENTRY(redis_cmd) link; /* in its connection's pending */
     struct redis_conn *conn;
     int script;      /* REDIS_SCRIPT_*, or -1: never resent */
     struct sbuf cmd; /* the command as sent, for a resend after NOSCRIPT */
@@ -440,32 +440,6 @@ struct redis_cmd {
     redis_reply_fn *fn;
     void *arg;
 };
-
-static void
-fifo_push(struct redis_conn *c, struct redis_cmd *rc)
-{
-    rc->next = NULL;
-    rc->prev = c->tail;
-    if (c->tail)
-        c->tail->next = rc;
-    else
-        c->head = rc;
-    c->tail = rc;
-}
-
-static void
-fifo_unlink(struct redis_conn *c, struct redis_cmd *rc)
-{
-    if (rc->prev)
-        rc->prev->next = rc->next;
-    else
-        c->head = rc->next;
-    if (rc->next)
-        rc->next->prev = rc->prev;
-    else
-        c->tail = rc->prev;
-    rc->prev = rc->next = NULL;
-}
 
 static void
 rcmd_free(struct redis_cmd *rc)
@@ -533,7 +507,7 @@ on_deadline(void *arg)
     uint64_t now = mono_us(), next = UINT64_MAX;
 
     c->deadline_at = 0;
-    for (struct redis_cmd *rc = c->head; rc; rc = rc->next) {
+    for (struct redis_cmd *rc = TAILQ_FIRST(&c->pending); rc; rc = TAILQ_NEXT(rc, link)) {
         if (rc->deadline_us <= now) {
             c->env->stats->deadlines++;
             conn_drop(c, "a command passed its deadline");
@@ -567,9 +541,9 @@ conn_write(struct redis_conn *c, struct redis_cmd *rc)
     if (!c->ac || c->env->closing)
         return -1;
     rc->seq = ++c->seq;
-    fifo_push(c, rc);
+    TAILQ_INSERT_TAIL(&c->pending, rc, link);
     if (redisAsyncFormattedCommand(c->ac, on_reply, rc, rc->cmd.p, rc->cmd.len) != REDIS_OK) {
-        fifo_unlink(c, rc);
+        TAILQ_REMOVE(&c->pending, rc, link);
         return -1;
     }
     c->env->stats->commands++;
@@ -610,7 +584,7 @@ on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     struct redis_conn *c = rc->conn;
     redisReply *r = reply;
 
-    fifo_unlink(c, rc);
+    TAILQ_REMOVE(&c->pending, rc, link);
     if (r && is_noscript(r) && rc->script >= 0 && !rc->resent && c->ac == ac) {
         /* The script did not run: load it (unless a load was sent after this command) and
          * send the command again, with its original deadline. */
@@ -748,6 +722,7 @@ redis_conn_init(struct redis_conn *c, struct redis_conn_env *env, const char *ro
     c->env = env;
     c->role = role;
     c->ep = *ep;
+    TAILQ_INIT(&c->pending);
     c->backoff_us = BACKOFF_MIN_US;
     timer_init(&c->deadline, env->base, on_deadline, c);
     timer_init(&c->retry, env->base, on_retry, c);

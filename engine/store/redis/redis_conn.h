@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/queue.h>
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -96,11 +97,11 @@ struct redis_conn {
     struct redis_conn_env *env;
     const char *role; /* "cache", "limits", for logs */
     struct redis_endpoint ep;
-    redisAsyncContext *ac; /* NULL while down */
-    struct redis_cmd *head, *tail;
-    struct redis_timer deadline; /* for the earliest deadline among pending commands */
-    uint64_t deadline_at;        /* when it fires (monotonic us), 0 when not armed */
-    struct redis_timer retry;    /* reconnect */
+    redisAsyncContext *ac;           /* NULL while down */
+    TAILQ_HEAD(, redis_cmd) pending; /* sent and not answered yet, in send order */
+    struct redis_timer deadline;     /* for the earliest deadline among pending commands */
+    uint64_t deadline_at;            /* when it fires (monotonic us), 0 when not armed */
+    struct redis_timer retry;        /* reconnect */
     uint64_t backoff_us;
     uint64_t seq;                       /* commands sent on this connection */
     uint64_t loaded_at[REDIS_NSCRIPTS]; /* seq of each script's last SCRIPT LOAD on it */

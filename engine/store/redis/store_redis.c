@@ -4,11 +4,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/random.h>
 #include <time.h>
 
 #include <hiredis/hiredis.h>
 
+#include "hmap.h"
 #include "redis_conn.h"
 #include "store.h"
 #include "store_redis_codec.h"
@@ -48,7 +50,6 @@
 #define DEFAULT_NEAR_BYTES (16u << 20)
 #define MAX_BATCH 64   /* requests decided by one admit.lua call at most */
 #define SCAN_COUNT 500 /* the COUNT of each SCAN of a pattern run */
-#define BATCH_SLOTS 64 /* hash chains of a turn's open batches */
 
 static uint64_t
 mono_us(void)
@@ -68,6 +69,7 @@ store_redis_check_url(const char *url, char *err, size_t errlen)
 }
 
 struct batch;
+STAILQ_HEAD(batch_list, batch);
 
 struct store_redis {
     struct store base;
@@ -75,12 +77,12 @@ struct store_redis {
     struct redis_conn cache, limits;
     bool split; /* limits live in their own Redis */
     uint64_t tag_lease_ms;
-    uint64_t token_state;            /* the fill tokens' random stream */
-    struct near near;                /* local copies of responses */
-    struct redis_turn turn_ev;       /* runs once the loop's turn has run its other callbacks */
-    struct batch *turn, *turn_tail;  /* the admits of this turn, by batch */
-    struct batch *open[BATCH_SLOTS]; /* the batches still open, by hash of their tag */
-    struct sbuf scratch;             /* for building keys */
+    uint64_t token_state;      /* the fill tokens' random stream */
+    struct near near;          /* local copies of responses */
+    struct redis_turn turn_ev; /* runs once the loop's turn has run its other callbacks */
+    struct batch_list turn;    /* the admits of this turn, by batch */
+    struct hmap open;          /* the turn's batches still taking requests, by tag */
+    struct sbuf scratch;       /* for building keys */
     struct store_redis_stats stats;
 };
 
@@ -315,13 +317,12 @@ reply_status(const redisReply *r)
  */
 
 struct batch {
-    struct batch *next;  /* the turn's batches, in order */
-    struct batch *chain; /* the open batches of one hash chain */
+    STAILQ_ENTRY(batch) link; /* in the turn */
+    struct hmap_node node;    /* in open by tag, while it takes requests (tagged ones only) */
     struct redis_conn *conn;
     bool with_limits, with_cache;
     size_t n;
-    size_t taglen; /* 0: not joinable */
-    char tag[MAX_HASH_TAG + 1];
+    char tag[MAX_HASH_TAG + 1]; /* the hash tag its admits share, when it has one */
     struct admit_op *ops[MAX_BATCH];
 };
 
@@ -508,12 +509,13 @@ admit_value_command(struct store_redis *s, struct admit_op *op)
 static void
 batch_flush(struct store_redis *s)
 {
-    struct batch *bt = s->turn;
+    struct batch_list turn = STAILQ_HEAD_INITIALIZER(turn);
+    struct batch *bt;
 
-    s->turn = s->turn_tail = NULL;
-    memset(s->open, 0, sizeof(s->open));
-    while (bt) {
-        struct batch *next = bt->next;
+    STAILQ_CONCAT(&turn, &s->turn); /* batches made from here on are the next turn's */
+    hmap_clear(&s->open);
+    while ((bt = STAILQ_FIRST(&turn))) {
+        STAILQ_REMOVE_HEAD(&turn, link);
         struct admit_op *gets[MAX_BATCH];
         size_t ng = 0;
         for (size_t i = 0; i < bt->n; i++) {
@@ -529,7 +531,6 @@ batch_flush(struct store_redis *s)
         redis_conn_send(bt->conn, REDIS_SCRIPT_ADMIT, &b, on_batch, bt);
         for (size_t j = 0; j < ng; j++)
             admit_value_command(s, gets[j]);
-        bt = next;
     }
 }
 
@@ -572,44 +573,29 @@ static void
 batch_add(struct store_redis *s, struct admit_op *op, struct redis_conn *c, bool with_limits,
           bool with_cache, const char *tag, size_t taglen)
 {
-    struct batch *bt = NULL, **chain = NULL;
+    struct batch *bt = NULL;
 
     if (taglen) {
-        chain = &s->open[util_fnv1a(tag, taglen) & (BATCH_SLOTS - 1)];
-        for (bt = *chain; bt; bt = bt->chain)
-            if (bt->taglen == taglen && memcmp(bt->tag, tag, taglen) == 0)
-                break;
+        struct hmap_node *n = hmap_find(&s->open, tag, taglen);
+        bt = HMAP_ENTRY(n, struct batch, node);
     }
     if (!bt) {
         bt = xmalloc(sizeof(*bt));
-        bt->next = bt->chain = NULL;
         bt->conn = c;
         bt->with_limits = with_limits;
         bt->with_cache = with_cache;
         bt->n = 0;
-        bt->taglen = taglen;
-        if (taglen)
+        STAILQ_INSERT_TAIL(&s->turn, bt, link);
+        if (taglen) {
             memcpy(bt->tag, tag, taglen);
-        if (s->turn_tail)
-            s->turn_tail->next = bt;
-        else
-            s->turn = bt;
-        s->turn_tail = bt;
-        if (chain) {
-            bt->chain = *chain;
-            *chain = bt;
+            hmap_insert(&s->open, &bt->node, bt->tag, taglen);
         }
         redis_conn_turn_activate(&s->turn_ev);
     }
     bt->ops[bt->n++] = op;
     op->pending++;
-    if (bt->n == MAX_BATCH && chain) {
-        /* Full: the next request under this tag opens another. */
-        struct batch **pp = chain;
-        while (*pp != bt)
-            pp = &(*pp)->chain;
-        *pp = bt->chain;
-    }
+    if (bt->n == MAX_BATCH && taglen)
+        hmap_remove(&s->open, &bt->node); /* full: the next request under this tag opens another */
 }
 
 static void
@@ -1101,6 +1087,7 @@ redis_destroy(struct store *st)
     redis_conn_fini(&s->limits);
     sbuf_free(&s->scratch);
     near_free(&s->near);
+    hmap_free(&s->open);
     free(s);
 }
 
@@ -1143,9 +1130,10 @@ store_redis_new(struct event_base *base, const struct store_redis_config *cfg, c
     s->env.base = base;
     s->env.stats = &s->stats;
     s->split = split;
+    STAILQ_INIT(&s->turn);
     s->env.deadline_us = (cfg->deadline_ms ? cfg->deadline_ms : DEFAULT_DEADLINE_MS) * 1000;
     s->tag_lease_ms = cfg->tag_lease_ms ? cfg->tag_lease_ms : DEFAULT_TAG_LEASE_MS;
-    s->near.max_bytes = cfg->near_bytes ? cfg->near_bytes : DEFAULT_NEAR_BYTES;
+    near_init(&s->near, cfg->near_bytes ? cfg->near_bytes : DEFAULT_NEAR_BYTES);
     if (getrandom(&s->token_state, sizeof(s->token_state), GRND_NONBLOCK) != sizeof(s->token_state))
         s->token_state = mono_us() ^ (uint64_t)(uintptr_t)s;
     redis_conn_turn_init(&s->turn_ev, base, on_turn, s);

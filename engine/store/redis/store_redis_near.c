@@ -8,8 +8,6 @@
 #include "store_redis_codec.h"
 #include "util.h"
 
-#define NEAR_MIN_BUCKETS 64
-
 /*
  * Each handle keeps copies of the responses it read or stored lately, under
  * their cache key with the fill token they were stored with, within a byte
@@ -20,66 +18,39 @@
  * drops the copy. Every hit is still decided in Redis, with the limits.
  */
 
-static struct near_entry **
-near_slot(struct near *n, uint64_t hash, const char *key, size_t keylen)
+static struct near_entry *
+near_lookup(struct near *n, const char *key, size_t keylen)
 {
-    struct near_entry **pp = &n->buckets[hash & n->mask];
-
-    while (*pp && !((*pp)->hash == hash && (*pp)->keylen == keylen &&
-                    memcmp((*pp)->key, key, keylen) == 0))
-        pp = &(*pp)->hnext;
-    return pp;
+    struct hmap_node *hn = hmap_find(&n->map, key, keylen);
+    return HMAP_ENTRY(hn, struct near_entry, node);
 }
 
+/* Unlinks the copy e and frees it. */
 static void
-near_unlist(struct near *n, struct near_entry *e)
+near_remove(struct near *n, struct near_entry *e)
 {
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        n->head = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    else
-        n->tail = e->prev;
-}
-
-static void
-near_push(struct near *n, struct near_entry *e)
-{
-    e->prev = NULL;
-    e->next = n->head;
-    if (n->head)
-        n->head->prev = e;
-    else
-        n->tail = e;
-    n->head = e;
-}
-
-/* Unlinks the copy at *pp and frees it. */
-static void
-near_remove(struct near *n, struct near_entry **pp)
-{
-    struct near_entry *e = *pp;
-
-    *pp = e->hnext;
-    near_unlist(n, e);
+    hmap_remove(&n->map, &e->node);
+    TAILQ_REMOVE(&n->lru, e, lru);
     n->bytes -= e->charge;
-    n->count--;
     n->nsecondary -= store_key_primary_len(e->key, e->keylen) < e->keylen;
     store_entry_release(e->entry);
     free(e);
 }
 
+void
+near_init(struct near *n, size_t max_bytes)
+{
+    *n = (struct near){.max_bytes = max_bytes};
+    TAILQ_INIT(&n->lru);
+}
+
 struct near_entry *
 near_find(struct near *n, const char *key, size_t keylen)
 {
-    if (!n->buckets)
-        return NULL;
-    struct near_entry *e = *near_slot(n, util_fnv1a(key, keylen), key, keylen);
-    if (e && n->head != e) {
-        near_unlist(n, e);
-        near_push(n, e);
+    struct near_entry *e = near_lookup(n, key, keylen);
+    if (e && TAILQ_NEXT(e, lru)) { /* not the most recently used yet */
+        TAILQ_REMOVE(&n->lru, e, lru);
+        TAILQ_INSERT_TAIL(&n->lru, e, lru);
     }
     return e;
 }
@@ -87,11 +58,9 @@ near_find(struct near *n, const char *key, size_t keylen)
 void
 near_drop(struct near *n, const char *key, size_t keylen)
 {
-    if (!n->buckets)
-        return;
-    struct near_entry **pp = near_slot(n, util_fnv1a(key, keylen), key, keylen);
-    if (*pp)
-        near_remove(n, pp);
+    struct near_entry *e = near_lookup(n, key, keylen);
+    if (e)
+        near_remove(n, e);
 }
 
 void
@@ -99,48 +68,23 @@ near_put(struct near *n, const char *key, size_t keylen, const unsigned char *to
          struct store_entry *entry)
 {
     size_t charge = sizeof(struct near_entry) + keylen + entry->body_len + entry->headers_len + 64;
-    uint64_t hash = util_fnv1a(key, keylen);
 
-    if (charge > n->max_bytes / 4) {
-        near_drop(n, key, keylen);
+    near_drop(n, key, keylen);
+    if (charge > n->max_bytes / 4)
         return;
-    }
-    if (!n->buckets) {
-        n->buckets = xcalloc(NEAR_MIN_BUCKETS, sizeof(*n->buckets));
-        n->mask = NEAR_MIN_BUCKETS - 1;
-    }
-    struct near_entry **pp = near_slot(n, hash, key, keylen);
-    if (*pp)
-        near_remove(n, pp);
-    while (n->bytes + charge > n->max_bytes && n->tail)
-        near_remove(n, near_slot(n, n->tail->hash, n->tail->key, n->tail->keylen));
-    if (n->count >= n->mask + 1) {
-        size_t nb = (n->mask + 1) * 2;
-        struct near_entry **b = xcalloc(nb, sizeof(*b));
-        for (size_t i = 0; i <= n->mask; i++) {
-            for (struct near_entry *e = n->buckets[i], *next; e; e = next) {
-                next = e->hnext;
-                e->hnext = b[e->hash & (nb - 1)];
-                b[e->hash & (nb - 1)] = e;
-            }
-        }
-        free(n->buckets);
-        n->buckets = b;
-        n->mask = nb - 1;
-    }
+    struct near_entry *old;
+    while (n->bytes + charge > n->max_bytes && (old = TAILQ_FIRST(&n->lru)))
+        near_remove(n, old);
     struct near_entry *e = xmalloc(sizeof(*e) + keylen);
-    e->hash = hash;
     memcpy(e->token, token, TOKEN_LEN);
     store_entry_ref(entry);
     e->entry = entry;
     e->charge = charge;
     e->keylen = keylen;
     memcpy(e->key, key, keylen);
-    e->hnext = n->buckets[hash & n->mask];
-    n->buckets[hash & n->mask] = e;
-    near_push(n, e);
+    hmap_insert(&n->map, &e->node, e->key, keylen);
+    TAILQ_INSERT_TAIL(&n->lru, e, lru);
     n->bytes += charge;
-    n->count++;
     n->nsecondary += store_key_primary_len(key, keylen) < keylen;
 }
 
@@ -148,25 +92,23 @@ near_put(struct near *n, const char *key, size_t keylen, const unsigned char *to
 static void
 near_drop_secondaries(struct near *n, const char *p, size_t plen)
 {
-    for (size_t b = 0; n->nsecondary && n->buckets && b <= n->mask; b++) {
-        struct near_entry **pp = &n->buckets[b];
-        while (*pp) {
-            struct near_entry *e = *pp;
-            if (e->keylen > plen && e->key[plen] == STORE_KEY_SEP && memcmp(e->key, p, plen) == 0)
-                near_remove(n, pp);
-            else
-                pp = &e->hnext;
-        }
+    if (!n->nsecondary)
+        return;
+    for (struct hmap_node *hn = hmap_first(&n->map), *next; hn && n->nsecondary; hn = next) {
+        next = hmap_next(&n->map, hn);
+        struct near_entry *e = HMAP_ENTRY(hn, struct near_entry, node);
+        if (e->keylen > plen && e->key[plen] == STORE_KEY_SEP && memcmp(e->key, p, plen) == 0)
+            near_remove(n, e);
     }
 }
 
 void
 near_free(struct near *n)
 {
-    while (n->tail)
-        near_remove(n, near_slot(n, n->tail->hash, n->tail->key, n->tail->keylen));
-    free(n->buckets);
-    n->buckets = NULL;
+    struct near_entry *e;
+    while ((e = TAILQ_FIRST(&n->lru)))
+        near_remove(n, e);
+    hmap_free(&n->map);
 }
 
 void

@@ -4,16 +4,17 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/queue.h>
 
+#include "hmap.h"
 #include "store_redis_codec.h"
 
 struct store_entry;
 
 /* A copy: a reference on the entry stored under key with token. */
 struct near_entry {
-    struct near_entry *hnext;       /* bucket chain */
-    struct near_entry *prev, *next; /* recency list, most recent first */
-    uint64_t hash;
+    struct hmap_node node;       /* in the table, by key */
+    TAILQ_ENTRY(near_entry) lru; /* in the recency list */
     unsigned char token[TOKEN_LEN];
     struct store_entry *entry; /* one reference */
     size_t charge;
@@ -21,15 +22,16 @@ struct near_entry {
     char key[];
 };
 
-/* The copies of one store handle; zeroed with max_bytes set is empty. One thread only. */
+/* The copies of one store handle (set up with near_init()). One thread only. */
 struct near {
-    struct near_entry **buckets;
-    size_t mask;
-    size_t count;
-    size_t nsecondary; /* copies of secondary entries among count */
-    struct near_entry *head, *tail;
+    struct hmap map;              /* by key */
+    size_t nsecondary;            /* copies of secondary entries among them */
+    TAILQ_HEAD(, near_entry) lru; /* least recently used first */
     size_t bytes, max_bytes;
 };
+
+/* Sets up n, empty, to keep copies within max_bytes. */
+void near_init(struct near *n, size_t max_bytes);
 
 /* Returns the copy of key, made the most recent, or NULL. The copy is borrowed from n. */
 struct near_entry *near_find(struct near *n, const char *key, size_t keylen);
