@@ -20,6 +20,7 @@
 #include "router.h"
 #include "server.h"
 #include "store.h"
+#include "store_redis.h"
 #include "triggers.h"
 #include "util.h"
 

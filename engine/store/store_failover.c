@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "store.h"
+#include "store_failover.h"
 #include "util.h"
 
 /*

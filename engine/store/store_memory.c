@@ -8,6 +8,7 @@
 #include <sys/random.h>
 
 #include "store.h"
+#include "store_memory.h"
 #include "util.h"
 
 /*

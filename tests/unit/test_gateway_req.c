@@ -16,6 +16,8 @@
  * stubs of server_respond() and server_respond_problem() below instead of a connection. */
 #include "../../engine/gateway/req.c"
 
+#include "store_memory.h"
+
 /* ---- stubs: the server's replies, the origin ------------------------------------------------ */
 
 struct answer {

@@ -23,6 +23,7 @@
 #include "pg_conn.h"
 #include "policy.h"
 #include "store.h"
+#include "store_memory.h"
 #include "triggers.h"
 
 /* What the LISTEN connection of notify.c adds to the conninfo. */

@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include "store.h"
+#include "store_memory.h"
 #include "store_conformance.h"
 
 #define T0 1700000000000ull /* test clock start, ms */

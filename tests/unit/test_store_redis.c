@@ -22,6 +22,9 @@
 #include <hiredis/hiredis.h>
 
 #include "store.h"
+#include "store_failover.h"
+#include "store_memory.h"
+#include "store_redis.h"
 #include "store_conformance.h"
 
 /*

@@ -17,6 +17,7 @@
 #include "embedded.h"
 #include "sha1.h"
 #include "store.h"
+#include "store_redis.h"
 #include "util.h"
 
 /*

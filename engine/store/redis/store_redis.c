@@ -13,6 +13,7 @@
 #include "hmap.h"
 #include "redis_conn.h"
 #include "store.h"
+#include "store_redis.h"
 #include "store_redis_codec.h"
 #include "store_redis_near.h"
 #include "util.h"
