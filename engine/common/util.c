@@ -96,6 +96,13 @@ sbuf_adds(struct sbuf *b, const char *s)
 }
 
 void
+sbuf_add_u64(struct sbuf *b, uint64_t v)
+{
+    char buf[20];
+    sbuf_add(b, buf, util_u64(buf, v));
+}
+
+void
 sbuf_printf(struct sbuf *b, const char *fmt, ...)
 {
     va_list ap;

@@ -37,6 +37,8 @@ struct sbuf {
 };
 void sbuf_add(struct sbuf *b, const void *data, size_t len);
 void sbuf_adds(struct sbuf *b, const char *s);
+/* Appends v in decimal. */
+void sbuf_add_u64(struct sbuf *b, uint64_t v);
 void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sbuf_free(struct sbuf *b);
 

@@ -578,7 +578,7 @@ put(char *o, const char *s, size_t n)
 }
 
 static char *
-put_u64(char *o, uint64_t v)
+write_u64(char *o, uint64_t v)
 {
     return o + util_u64(o, v);
 }
@@ -620,7 +620,7 @@ server_respond(struct server_request *req, const struct server_response *resp)
     int minor = c->req.http.minor_version;
     char *o = buf;
     o = put(o, minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ", 9);
-    o = put_u64(o, (uint64_t)resp->status);
+    o = write_u64(o, (uint64_t)resp->status);
     *o++ = ' ';
     o = put(o, reason, strlen(reason));
     o = put(o, "\r\n", 2);
@@ -632,7 +632,7 @@ server_respond(struct server_request *req, const struct server_response *resp)
     }
     if (resp->status >= 200 && resp->status != 204 && resp->status != 304) {
         o = put(o, "Content-Length: ", 16);
-        o = put_u64(o, resp->body_len);
+        o = write_u64(o, resp->body_len);
         o = put(o, "\r\n", 2);
     }
     o = put(o, resp->headers, resp->headers_len);

@@ -460,9 +460,9 @@ batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
         resp_arg(b, ks.bytes.p + ks.off[k], ks.len[k]);
     /* The numbers, as doubles (exact: every one is below 2^53). */
     resp_num(b, '$', 8 * nargs);
-    wr_f64(b, (double)bt->n);
-    wr_f64(b, (double)nread);
-    wr_f64(b, (double)s->tag_lease_ms);
+    codec_put_f64(b, (double)bt->n);
+    codec_put_f64(b, (double)nread);
+    codec_put_f64(b, (double)s->tag_lease_ms);
     size_t r = 0;
     for (size_t i = 0; i < bt->n; i++) {
         const struct admit_op *op = bt->ops[i];
@@ -470,21 +470,21 @@ batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
         size_t nl = wl ? op->nu : 0, nt = look ? op->a->ntags : 0;
         const size_t *mine = idx + r;
         r += nl + (look ? 1 + nt : 0);
-        wr_f64(b, (double)nl);
-        wr_f64(b, look ? (double)mine[nl] : 0);
-        wr_f64(b, (double)lease[i]);
-        wr_f64(b, lease[i] ? (double)op->a->lease_ms : 0);
-        wr_f64(b, (double)nt);
+        codec_put_f64(b, (double)nl);
+        codec_put_f64(b, look ? (double)mine[nl] : 0);
+        codec_put_f64(b, (double)lease[i]);
+        codec_put_f64(b, lease[i] ? (double)op->a->lease_ms : 0);
+        codec_put_f64(b, (double)nt);
         for (size_t u = 0; u < nl; u++) {
-            wr_f64(b, (double)mine[u]);
-            wr_f64(b, (double)op->ids[u].algo);
-            wr_f64(b, (double)op->ids[u].limit);
-            wr_f64(b, (double)op->ids[u].window_ms);
-            wr_f64(b, (double)op->ids[u].burst);
-            wr_f64(b, (double)op->costs[u]);
+            codec_put_f64(b, (double)mine[u]);
+            codec_put_f64(b, (double)op->ids[u].algo);
+            codec_put_f64(b, (double)op->ids[u].limit);
+            codec_put_f64(b, (double)op->ids[u].window_ms);
+            codec_put_f64(b, (double)op->ids[u].burst);
+            codec_put_f64(b, (double)op->costs[u]);
         }
         for (size_t j = 0; j < nt; j++)
-            wr_f64(b, (double)mine[nl + 1 + j]);
+            codec_put_f64(b, (double)mine[nl + 1 + j]);
     }
     sbuf_add(b, "\r\n", 2);
     keyset_free(&ks);
@@ -770,11 +770,11 @@ redis_fill(struct store *st, const char *key, size_t keylen, struct store_entry 
     for (size_t i = 0; i < ntags; i++) {
         k.len = 0;
         codec_cache_key(&k, 't', tags[i], taglens[i]);
-        wr_u32(&meta, (uint32_t)k.len);
+        codec_put_u32(&meta, (uint32_t)k.len);
         sbuf_add(&meta, k.p, k.len);
         k.len = 0;
-        put_u64(&k, tag_gens[i]);
-        wr_u32(&meta, (uint32_t)k.len);
+        sbuf_add_u64(&k, tag_gens[i]);
+        codec_put_u32(&meta, (uint32_t)k.len);
         sbuf_add(&meta, k.p, k.len);
     }
 

@@ -74,13 +74,13 @@ void
 codec_limit_key(struct sbuf *b, const struct limiter_rule *id, const char *raw, size_t len)
 {
     key_prefix(b, 'l', raw, len);
-    put_u64(b, (uint64_t)id->algo);
+    sbuf_add_u64(b, (uint64_t)id->algo);
     sbuf_add(b, ":", 1);
-    put_u64(b, id->limit);
+    sbuf_add_u64(b, id->limit);
     sbuf_add(b, ":", 1);
-    put_u64(b, id->window_ms);
+    sbuf_add_u64(b, id->window_ms);
     sbuf_add(b, ":", 1);
-    put_u64(b, id->burst);
+    sbuf_add_u64(b, id->burst);
     sbuf_add(b, ":", 1);
     sbuf_add(b, raw, len);
 }
@@ -163,8 +163,8 @@ rd_u64(const unsigned char *p)
 static void
 wr_u64(struct sbuf *b, uint64_t v)
 {
-    wr_u32(b, (uint32_t)v);
-    wr_u32(b, (uint32_t)(v >> 32));
+    codec_put_u32(b, (uint32_t)v);
+    codec_put_u32(b, (uint32_t)(v >> 32));
 }
 
 /* The parts a stored response holds, in the last byte of its head (see store_redis_codec.h). */
@@ -191,9 +191,9 @@ codec_entry_head(struct sbuf *b, const struct store_entry *e)
         sbuf_add(b, e->headers, hlen);
     if (etlen)
         sbuf_add(b, e->etag, etlen);
-    wr_u32(b, (uint32_t)ctlen);
-    wr_u32(b, (uint32_t)hlen);
-    wr_u32(b, (uint32_t)etlen);
+    codec_put_u32(b, (uint32_t)ctlen);
+    codec_put_u32(b, (uint32_t)hlen);
+    codec_put_u32(b, (uint32_t)etlen);
     wr_u64(b, e->stale_ms);
     sbuf_add(b, tail, 4);
 }

@@ -97,17 +97,9 @@ const char *codec_entry_key_raw(const char *k, size_t klen, size_t *rawlen);
 
 /* ---- small encoders ----------------------------------------------------------------------- */
 
-/* Appends v in decimal. */
-static inline void
-put_u64(struct sbuf *b, uint64_t v)
-{
-    char buf[20];
-    sbuf_add(b, buf, util_u64(buf, v));
-}
-
 /* Appends v as 4 little-endian bytes. */
 static inline void
-wr_u32(struct sbuf *b, uint32_t v)
+codec_put_u32(struct sbuf *b, uint32_t v)
 {
     unsigned char p[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
                           (unsigned char)(v >> 24)};
@@ -116,7 +108,7 @@ wr_u32(struct sbuf *b, uint32_t v)
 
 /* Appends v as a little-endian IEEE double, the scripts' struct.unpack('<d'). */
 static inline void
-wr_f64(struct sbuf *b, double v)
+codec_put_f64(struct sbuf *b, double v)
 {
     uint64_t bits;
     unsigned char p[8];
