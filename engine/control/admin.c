@@ -49,7 +49,7 @@ admin_worker_init(struct worker *w, void *ctx)
     struct admin_worker *aw = xcalloc(1, sizeof(*aw));
 
     aw->cfg = cfg;
-    aw->store = gateway_store_new(cfg->gateway, worker_base(w), "admin");
+    aw->store = gateway_store_new(cfg->gateway, server_worker_base(w), "admin");
     return aw;
 }
 

@@ -150,7 +150,7 @@ publish_health(evutil_socket_t fd, short what, void *arg)
     struct gateway *g = wk->g;
     if (wk->warm.timer)
         worker_policy(wk); /* a new generation is warmed without waiting for a request */
-    unsigned i = worker_index(wk->w);
+    unsigned i = server_worker_index(wk->w);
     if (i >= GATEWAY_MAX_WORKERS)
         return;
     struct store_health h;
@@ -215,20 +215,20 @@ worker_init(struct worker *w, void *ctx)
     LIST_INIT(&wk->background);
     char err[256];
     char name[32];
-    snprintf(name, sizeof(name), "worker %u", worker_index(w));
-    wk->store = gateway_store_new(g, worker_base(w), name);
+    snprintf(name, sizeof(name), "worker %u", server_worker_index(w));
+    wk->store = gateway_store_new(g, server_worker_base(w), name);
     wk->tiers = tier_cache_new(100000);
     wk->tenants = tenant_runtime_new();
-    wk->db = db_pool_new(worker_base(w), g->cfg.database_url ? g->cfg.database_url : "",
+    wk->db = db_pool_new(server_worker_base(w), g->cfg.database_url ? g->cfg.database_url : "",
                          g->cfg.db_pool_size, g->cfg.db_deadline_ms, 1024, err, sizeof(err));
     if (!wk->db)
-        fprintf(stderr, "sluice: worker %u: database: %s\n", worker_index(w), err);
-    wk->up = upstream_pool_new(worker_base(w), NULL);
+        fprintf(stderr, "sluice: worker %u: database: %s\n", server_worker_index(w), err);
+    wk->up = upstream_pool_new(server_worker_base(w), NULL);
     wk->to_origin = gw_to_origin;
-    if (worker_index(w) == 0) /* one worker warms: the cache is shared */
+    if (server_worker_index(w) == 0) /* one worker warms: the cache is shared */
         gw_warm_init(wk);
     worker_policy(wk);
-    wk->health_timer = event_new(worker_base(w), -1, EV_PERSIST, publish_health, wk);
+    wk->health_timer = event_new(server_worker_base(w), -1, EV_PERSIST, publish_health, wk);
     struct timeval tv = {0, HEALTH_PUBLISH_MS * 1000};
     event_add(wk->health_timer, &tv);
     publish_health(-1, 0, wk);

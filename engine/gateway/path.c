@@ -50,7 +50,7 @@ wait_for_fill(struct gw_req *rq)
     if (rq->fill_waited_ms >= FILL_WAIT_MS)
         return false;
     if (!rq->fill_timer)
-        rq->fill_timer = evtimer_new(worker_base(rq->wk->w), on_fill_timer, rq);
+        rq->fill_timer = evtimer_new(server_worker_base(rq->wk->w), on_fill_timer, rq);
     uint64_t ms = rq->fill_waited_ms ? rq->fill_waited_ms : FILL_POLL_MS;
     if (ms > FILL_POLL_MAX_MS)
         ms = FILL_POLL_MAX_MS;

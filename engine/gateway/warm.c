@@ -197,7 +197,7 @@ warm_tick(evutil_socket_t fd, short what, void *arg)
 void
 gw_warm_init(struct gw_worker *wk)
 {
-    wk->warm.timer = evtimer_new(worker_base(wk->w), warm_tick, wk);
+    wk->warm.timer = evtimer_new(server_worker_base(wk->w), warm_tick, wk);
 }
 
 void

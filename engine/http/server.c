@@ -95,7 +95,7 @@ static void conn_process(struct conn *c);
 static int conn_flush(struct conn *c);
 
 const char *
-http_reason(int status)
+server_reason_phrase(int status)
 {
     switch (status) {
     case 100:
@@ -154,19 +154,19 @@ http_reason(int status)
 }
 
 struct event_base *
-worker_base(struct worker *w)
+server_worker_base(struct worker *w)
 {
     return w->base;
 }
 
 unsigned
-worker_index(const struct worker *w)
+server_worker_index(const struct worker *w)
 {
     return w->index;
 }
 
 const char *
-worker_date_header(struct worker *w, size_t *len)
+server_worker_date_header(struct worker *w, size_t *len)
 {
     struct timeval tv;
     event_base_gettimeofday_cached(w->base, &tv);
@@ -409,7 +409,7 @@ conn_fail(struct conn *c, int status, const char *detail)
     c->closing = 1;
     c->req.worker = c->w;
     event_del(c->ev_read);
-    server_respond_problem(&c->req, status, NULL, http_reason(status), detail, NULL);
+    server_respond_problem(&c->req, status, NULL, server_reason_phrase(status), detail, NULL);
 }
 
 static int
@@ -611,8 +611,8 @@ server_respond(struct server_request *req, const struct server_response *resp)
         c->closing = 1;
 
     size_t datelen;
-    const char *date = worker_date_header(w, &datelen);
-    const char *reason = http_reason(resp->status);
+    const char *date = server_worker_date_header(w, &datelen);
+    const char *reason = server_reason_phrase(resp->status);
     size_t ctlen = resp->content_type ? strlen(resp->content_type) : 0;
     size_t cap = 96 + strlen(reason) + datelen + ctlen + resp->headers_len + resp->headers2_len;
     char stackbuf[2048];
@@ -684,7 +684,7 @@ server_respond_problem(struct server_request *req, int status, const char *type,
 {
     json_t *o = json_object();
     json_object_set_new(o, "type", json_string(type ? type : "about:blank"));
-    json_object_set_new(o, "title", json_string(title ? title : http_reason(status)));
+    json_object_set_new(o, "title", json_string(title ? title : server_reason_phrase(status)));
     json_object_set_new(o, "status", json_integer(status));
     if (detail)
         json_object_set_new(o, "detail", json_string(detail));

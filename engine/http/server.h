@@ -86,11 +86,11 @@ void server_respond_problem(struct server_request *req, int status, const char *
                             const char *title, const char *detail, const char *extra_headers);
 
 /* The worker's event base, index and cached "Date: ...\r\n" header line. */
-struct event_base *worker_base(struct worker *w);
-unsigned worker_index(const struct worker *w);
-const char *worker_date_header(struct worker *w, size_t *len);
+struct event_base *server_worker_base(struct worker *w);
+unsigned server_worker_index(const struct worker *w);
+const char *server_worker_date_header(struct worker *w, size_t *len);
 
 /* The reason phrase for a status code. */
-const char *http_reason(int status);
+const char *server_reason_phrase(int status);
 
 #endif
