@@ -68,4 +68,20 @@ int compile_limits(struct compile *c, struct policy_endpoint *e);
 /* Frees n limits and the array. */
 void policy_limits_free(struct policy_limit *limits, size_t n);
 
+/* ---- tenant files (tenant.c), compiled with the main set by policy.c ---- */
+
+/*
+ * Pushes the options table sluice.dsl.load takes, holding the last good
+ * source of each tenant of `prev` (NULL: none). Raises on memory exhaustion.
+ */
+void tenant_push_load_options(lua_State *L, const struct policy *prev);
+
+/*
+ * Compiles set.tenants and set.tenant_errors of the normalized set at the
+ * top of L into p->tenants (sorted by name) and p->tenant_errors (one
+ * "file:line: message" line each, NULL when there are none). A tenant that
+ * fails here is left out and its problem added to the tenant errors.
+ */
+void tenant_compile(lua_State *L, struct policy *p);
+
 #endif

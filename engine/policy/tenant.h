@@ -2,7 +2,6 @@
 #ifndef SLUICE_TENANT_H
 #define SLUICE_TENANT_H
 
-#include <lua.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -38,20 +37,6 @@ struct tenant {
     struct tenant_hook *hooks;
     size_t nhooks;
 };
-
-/*
- * Pushes the options table sluice.dsl.load takes, holding the last good
- * source of each tenant of `prev` (NULL: none). Raises on memory exhaustion.
- */
-void tenant_push_load_options(lua_State *L, const struct policy *prev);
-
-/*
- * Compiles set.tenants and set.tenant_errors of the normalized set at the
- * top of L into p->tenants (sorted by name) and p->tenant_errors (one
- * "file:line: message" line each, NULL when there are none). A tenant that
- * fails here is left out and its problem added to the tenant errors.
- */
-void tenant_compile(lua_State *L, struct policy *p);
 
 /* Frees the n tenants of a snapshot and the array. */
 void tenant_free_all(struct tenant *t, size_t n);
