@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "net_helpers.h"
 #include <event2/event.h>
 #include <libpq-fe.h>
 
@@ -572,25 +574,6 @@ test_multi_host_failover(void **state)
     call_free(&c);
 }
 
-/* A listening socket nobody accepts from: connects complete, the server never speaks. */
-static int
-black_hole(int *port)
-{
-    struct sockaddr_in sa;
-    socklen_t len = sizeof sa;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    assert_true(fd >= 0);
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(listen(fd, 16), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    *port = ntohs(sa.sin_port);
-    return fd;
-}
-
 static void
 test_connect_deadline(void **state)
 {
@@ -598,7 +581,7 @@ test_connect_deadline(void **state)
     struct db_pool *p;
     struct call c = {0};
     char conninfo[128];
-    int port, fd = black_hole(&port);
+    int port, fd = test_listen_loopback(16, &port);
     double t0;
     (void)state;
 

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "net_helpers.h"
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <jansson.h>
@@ -476,25 +478,6 @@ test_own_defaults(void **state)
 
 /* ---- failing to connect ---- */
 
-/* A listening socket nobody accepts from: connects complete, the server never speaks. */
-static int
-black_hole(int *port)
-{
-    struct sockaddr_in sa;
-    socklen_t len = sizeof sa;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    assert_true(fd >= 0);
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(listen(fd, 16), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    *port = ntohs(sa.sin_port);
-    return fd;
-}
-
 /* Connects a listener and a pool to conninfo at once; both must fail in [lo, hi) ms. */
 static void
 assert_both_fail(const char *conninfo, double lo, double hi, const char *why)
@@ -535,7 +518,7 @@ test_connect_deadline(void **state)
 {
     struct env_saved ct = env_set("PGCONNECT_TIMEOUT", NULL);
     char conninfo[128];
-    int port, fd = black_hole(&port);
+    int port, fd = test_listen_loopback(16, &port);
     (void)state;
 
     /* PQconnectPoll applies no timeout itself: pg_conn's deadline ends the attempt. */

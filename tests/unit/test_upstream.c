@@ -18,6 +18,8 @@
 #include <sys/socket.h>
 
 #include <cmocka.h>
+
+#include "net_helpers.h"
 #include <event2/event.h>
 
 #include "http_parse.h"
@@ -256,20 +258,7 @@ origin_accept_main(void *arg)
 static int
 listen_on(int *port)
 {
-    struct sockaddr_in sa;
-    socklen_t len = sizeof sa;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-
-    assert_true(fd >= 0);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(listen(fd, 128), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    *port = ntohs(sa.sin_port);
-    return fd;
+    return test_listen_loopback(128, port);
 }
 
 /* Serves requests arriving on the listening socket lfd, answering each with `reply`. */
@@ -1958,18 +1947,10 @@ test_early_answer(void **state)
 static int
 black_hole(int *port, int *filler)
 {
-    struct sockaddr_in sa;
-    socklen_t len = sizeof sa;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    assert_true(fd >= 0);
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    assert_int_equal(listen(fd, 0), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    *port = ntohs(sa.sin_port);
+    int fd = test_listen_loopback(0, port);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)*port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     *filler = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     connect(*filler, (struct sockaddr *)&sa, sizeof sa);
     sleep_ms(20);
