@@ -58,11 +58,11 @@ struct template
 static const struct {
     const char *name;
     enum template_var var;
-    int dotted; /* 1: needs ".NAME", 0: takes none */
+    int dotted; /* 1: needs ".NAME", 2: takes one or stands alone, 0: takes none */
 } vars[] = {
     {"user", TV_USER, 0}, {"tenant", TV_TENANT, 0}, {"tier", TV_TIER, 0},
     {"ip", TV_IP, 0},     {"method", TV_METHOD, 0}, {"route", TV_ROUTE, 0},
-    {"path", TV_PATH, 1}, {"query", TV_QUERY, 1},   {"header", TV_HEADER, 1},
+    {"path", TV_PATH, 2}, {"query", TV_QUERY, 2},   {"header", TV_HEADER, 1},
     {"body", TV_BODY, 1}, {"row", TV_ROW, 1},
 };
 
@@ -161,7 +161,7 @@ template_compile(const char *src, unsigned allowed, char *err, size_t errlen)
         }
         const char *name = dot ? dot + 1 : NULL;
         size_t nlen = dot ? blen - klen - 1 : 0;
-        if (vars[k].dotted && nlen == 0) {
+        if ((vars[k].dotted == 1 || (vars[k].dotted && dot)) && nlen == 0) {
             util_seterr(err, errlen, "{%.*s} at offset %zu needs a name, as in {%s.NAME}",
                         (int)blen, body, open, vars[k].name);
             goto fail;

@@ -11,8 +11,8 @@ enum template_var {
     TV_IP,
     TV_METHOD,
     TV_ROUTE,
-    TV_PATH,   /* {path.NAME} */
-    TV_QUERY,  /* {query.NAME} */
+    TV_PATH,   /* {path.NAME}, or {path}: the whole path */
+    TV_QUERY,  /* {query.NAME}, or {query}: the whole query, canonical (http/query.h) */
     TV_HEADER, /* {header.NAME} */
     TV_BODY,   /* {body.NAME} */
     TV_ROW,    /* {row.COLUMN}, on_change only */
@@ -29,7 +29,7 @@ struct template;
  * variable has a value (possibly empty), returns 0 when it has none
  * (anonymous caller, absent header or field). `name` is the part after the
  * dot ("id" in {path.id}; lowercased for {header.*}), NUL-terminated, or NULL
- * with namelen 0 for variables without one.
+ * with namelen 0 for variables without one ({path} and {query} alone among them).
  */
 typedef int (*template_lookup_fn)(void *ctx, enum template_var var, const char *name,
                                   size_t namelen, const char **val, size_t *len);
@@ -37,7 +37,8 @@ typedef int (*template_lookup_fn)(void *ctx, enum template_var var, const char *
 /*
  * Compiles `src`. Variables outside `allowed` (a mask of TV_BIT()s) are
  * errors, as are unknown names, an unclosed or empty "{}", a stray "}" (there
- * are no literal braces), a dotted variable without a name, a name outside
+ * are no literal braces), a dotted variable without a name (but {path} and
+ * {query}, which stand alone too), "{path.}", a name outside
  * [A-Za-z0-9_-], a name on a variable that takes none ("{user.x}"), and two
  * variables with no ':' (or other byte that escaping never writes: space,
  * control, non-ASCII) between them ("{user}{tenant}", "{user}-{tenant}"),

@@ -189,7 +189,7 @@ explain(struct policy *p, struct server_request *sr, const char *tier)
         json_array_append_new(limits, limit_json(rq, i));
     json_object_set_new(o, "limits", limits);
     json_object_set_new(o, "cache", cache_json(rq));
-    if (gw_plan_invalidations(rq) != 0)
+    if (gw_writes(rq) && gw_plan_invalidations(rq, NULL, 0) != 0)
         refused(o, 500, "an invalidation key was too long");
     json_object_set_new(o, "invalidate", strings_json(rq->inv_tags, rq->inv_lens, rq->ninv));
 out:;

@@ -160,11 +160,12 @@ on_invalidated(void *arg, int status)
 }
 
 void
-gw_invalidate_then_reply(struct gw_req *rq, struct store_entry *e)
+gw_invalidate_then_reply(struct gw_req *rq, struct store_entry *e, const struct http_header *f,
+                         size_t n)
 {
     store_entry_ref(e);
     rq->answer = e;
-    if (gw_plan_invalidations(rq) != 0) {
+    if (gw_plan_invalidations(rq, f, n) != 0) {
         gw_fail(rq, 500, "an invalidation key was too long");
         return;
     }

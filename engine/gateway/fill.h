@@ -25,10 +25,12 @@ void gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_m
 void gw_remember_uncacheable(struct gw_req *rq, struct store_entry *e);
 
 /*
- * After a successful write: bumps the endpoint's invalidate tags, and answers
- * with e (a reference is taken) only once the store has acknowledged, so that
- * the caller's next read, on any instance, sees the write.
+ * After a successful write: bumps the tags gw_plan_invalidations() names for
+ * it (an upstream's answer has fields f[0..n)), and answers with e (a reference is taken)
+ * only once the store has acknowledged, so that the caller's next read, on
+ * any instance, sees the write.
  */
-void gw_invalidate_then_reply(struct gw_req *rq, struct store_entry *e);
+void gw_invalidate_then_reply(struct gw_req *rq, struct store_entry *e, const struct http_header *f,
+                              size_t n);
 
 #endif

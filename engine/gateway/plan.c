@@ -6,8 +6,10 @@
 #include <assert.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "httpcache.h"
+#include "query.h"
 #include "template.h"
 #include "tenant.h"
 
@@ -132,6 +134,52 @@ credentials_unkeyed(const struct gw_req *rq)
     return !keyed;
 }
 
+/*
+ * The tag of the stored answers of a URL: "url:", its path as it is, and "?"
+ * and its canonical query when it has one (so ?a=1&b=2 and ?b=2&a=1 are one
+ * URL), into the key arena. Returns it (borrowed), or NULL when the query is
+ * malformed (rq->refusal set) or the arena is full.
+ */
+static const char *
+url_tag(struct gw_req *rq, const char *path, size_t plen, const char *query, size_t qlen,
+        size_t *len)
+{
+    char *out = rq->keys + rq->keys_used;
+    size_t cap = sizeof(rq->keys) - rq->keys_used;
+    if (4 + plen + 2 > cap)
+        return NULL;
+    memcpy(out, "url:", 4);
+    memcpy(out + 4, path, plen);
+    size_t o = 4 + plen;
+    if (qlen) {
+        struct http_query q;
+        char buf[2048];
+        if (http_query_parse(query, qlen, buf, sizeof(buf), &q) != HTTP_QUERY_OK) {
+            rq->refusal = "malformed query string";
+            return NULL;
+        }
+        out[o++] = '?';
+        long n = http_query_encode(&q, NULL, 0, out + o, cap - o);
+        if (n < 0)
+            return NULL;
+        o += (size_t)n;
+        if (n == 0)
+            o--; /* "?" with no parameter is the URL without a query */
+    }
+    out[o] = '\0';
+    rq->keys_used += o + 1;
+    *len = o;
+    return out;
+}
+
+/* A key could not be expanded: 400, with why a value could not be used, else `what`. */
+static int
+refused(const struct gw_req *rq, char *detail, size_t detail_len, const char *what)
+{
+    snprintf(detail, detail_len, "%s", rq->refusal ? rq->refusal : what);
+    return 400;
+}
+
 int
 gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
 {
@@ -150,10 +198,8 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
             sl->rule = &l->rule;
             sl->key = gw_expand(rq, l->key, &sl->keylen);
         }
-        if (!sl->key) {
-            snprintf(detail, detail_len, "request values too long for a limit key");
-            return 400;
-        }
+        if (!sl->key)
+            return refused(rq, detail, detail_len, "request values too long for a limit key");
         sl->fail_closed = l->fail_closed;
         sl->cost = l->cost;
     }
@@ -172,28 +218,118 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
     if (rq->bypass || (rq->sr->http.method != HTTP_GET && rq->sr->http.method != HTTP_HEAD))
         return 0;
     a->cache_key = gw_expand(rq, ep->cache_key, &a->cache_keylen);
-    if (!a->cache_key) {
-        snprintf(detail, detail_len, "request values too long for a cache key");
-        return 400;
-    }
+    if (!a->cache_key)
+        return refused(rq, detail, detail_len, "request values too long for a cache key");
     for (size_t i = 0; i < ep->ntags; i++) {
         rq->tags[i] = gw_expand(rq, ep->tags[i], &rq->taglens[i]);
-        if (!rq->tags[i]) {
-            snprintf(detail, detail_len, "request values too long for a cache tag");
-            return 400;
-        }
+        if (!rq->tags[i])
+            return refused(rq, detail, detail_len, "request values too long for a cache tag");
     }
     a->ntags = ep->ntags;
+    if (ep->source == SOURCE_UPSTREAM) {
+        /* The entry of an upstream's answer also carries its URL, which a write to that URL
+         * (or naming it in Location or Content-Location) invalidates (RFC 9111 section 4.4). */
+        const struct http_request *h = &rq->sr->http;
+        const char *tag =
+            url_tag(rq, h->path.p, h->path.len, h->query.p, h->query.len, &rq->taglens[a->ntags]);
+        if (!tag)
+            return refused(rq, detail, detail_len, "request values too long for a cache tag");
+        rq->tags[a->ntags++] = tag;
+    }
     a->lease_ms = FILL_LEASE_MS;
     return 0;
 }
 
+/* The Host of the request (its authority), for telling a same-origin URL. */
+static bool
+same_authority(const struct gw_req *rq, const char *auth, size_t len)
+{
+    const struct http_str *host = &rq->sr->http.host;
+    return host->p && host->len == len && strncasecmp(host->p, auth, len) == 0;
+}
+
+/* Adds the URL tag of a URI reference in a write's answer (Location, Content-Location) when
+ * it names a URL of this origin: an absolute path, an absolute URL with the request's host, or
+ * a path relative to the target's. */
+static void
+add_reference(struct gw_req *rq, const char *ref, size_t len)
+{
+    char path[2048];
+    size_t plen = 0;
+    const char *scheme_end = len > 3 ? memmem(ref, len, "://", 3) : NULL;
+    if (scheme_end || (len > 1 && ref[0] == '/' && ref[1] == '/')) {
+        const char *auth = scheme_end ? scheme_end + 3 : ref + 2;
+        const char *end = ref + len;
+        const char *slash = memchr(auth, '/', (size_t)(end - auth));
+        const char *auth_end = slash ? slash : end;
+        const char *qm = memchr(auth, '?', (size_t)(end - auth));
+        if (qm && qm < auth_end)
+            auth_end = qm;
+        if (!same_authority(rq, auth, (size_t)(auth_end - auth)))
+            return; /* another origin: not ours to invalidate */
+        ref = auth_end;
+        len = (size_t)(end - auth_end);
+        if (len == 0 || ref[0] != '/') {
+            ref = "/";
+            len = 1;
+        }
+    } else if (len == 0 || ref[0] != '/') {
+        /* Relative to the target's directory (RFC 3986 section 5.2.3; dot segments are kept
+         * as they are: such a URL is simply not found). */
+        const struct http_str *tp = &rq->sr->http.path;
+        const char *last = tp->len ? memrchr(tp->p, '/', tp->len) : NULL;
+        plen = last ? (size_t)(last - tp->p) + 1 : 0;
+        if (plen + len > sizeof(path))
+            return;
+        memcpy(path, tp->p, plen);
+    }
+    if (plen + len > sizeof(path))
+        return;
+    memcpy(path + plen, ref, len);
+    plen += len;
+    const char *hash = memchr(path, '#', plen);
+    if (hash)
+        plen = (size_t)(hash - path);
+    const char *qm = memchr(path, '?', plen);
+    size_t pathlen = qm ? (size_t)(qm - path) : plen;
+    const char *tag = url_tag(rq, path, pathlen, qm ? qm + 1 : NULL, qm ? plen - pathlen - 1 : 0,
+                              &rq->inv_lens[rq->ninv]);
+    if (tag)
+        rq->inv_tags[rq->ninv++] = tag;
+}
+
+/* The URL tags of a write to an upstream: its target, Location and Content-Location. */
+static int
+plan_url_invalidations(struct gw_req *rq, const struct http_header *f, size_t n)
+{
+    const struct http_request *h = &rq->sr->http;
+    const char *tag =
+        url_tag(rq, h->path.p, h->path.len, h->query.p, h->query.len, &rq->inv_lens[rq->ninv]);
+    if (!tag)
+        return -1;
+    rq->inv_tags[rq->ninv++] = tag;
+    bool loc = false, cloc = false;
+    for (size_t i = 0; i < n; i++) {
+        const struct http_str *name = &f[i].name;
+        if (!loc && name->len == 8 && strncasecmp(name->p, "location", 8) == 0) {
+            loc = true;
+            add_reference(rq, f[i].value.p, f[i].value.len);
+        } else if (!cloc && name->len == 16 && strncasecmp(name->p, "content-location", 16) == 0) {
+            cloc = true;
+            add_reference(rq, f[i].value.p, f[i].value.len);
+        }
+    }
+    return 0;
+}
+
 int
-gw_plan_invalidations(struct gw_req *rq)
+gw_plan_invalidations(struct gw_req *rq, const struct http_header *f, size_t n)
 {
     const struct policy_endpoint *ep = rq->ep;
     assert(ep->ninvalidate <= POLICY_MAX_TAGS);
     rq->ninv = 0;
+    if (ep->ninvalidate == 0)
+        return ep->source == SOURCE_UPSTREAM ? plan_url_invalidations(rq, f, n) : 0;
     for (size_t i = 0; i < ep->ninvalidate; i++) {
         rq->inv_tags[i] = gw_expand(rq, ep->invalidate[i], &rq->inv_lens[i]);
         if (!rq->inv_tags[i])

@@ -43,9 +43,15 @@ void gw_set_tier(struct gw_req *rq, const char *name, size_t len);
 int gw_plan(struct gw_req *rq, char *detail, size_t detail_len);
 
 /*
- * The endpoint's invalidate tags for this request, into rq->inv_tags and
- * rq->ninv. Returns 0, or -1 when one does not fit the key arena.
+ * What a successful write makes stale, into rq->inv_tags and rq->ninv: the
+ * endpoint's invalidate list when it declares one (the policy says exactly
+ * what a write changes); else, for a write to an upstream whose non-error
+ * answer has fields f[0..n) (NULL, 0: none yet), the tags of the stored
+ * answers of its target URL and of the URLs its Location and Content-Location
+ * name on this origin (a path, or an absolute URL with the request's Host),
+ * as RFC 9111 section 4.4 asks. Returns 0, or -1 when a tag does not fit the
+ * key arena (rq->refusal set when a query is malformed).
  */
-int gw_plan_invalidations(struct gw_req *rq);
+int gw_plan_invalidations(struct gw_req *rq, const struct http_header *f, size_t n);
 
 #endif

@@ -1,5 +1,6 @@
 /* proxy.c - the upstream source: a request forwarded to an app, its answer cached by HTTP rules. */
 #define _GNU_SOURCE
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include "proxy.h"
 
 #include "fill.h"
+#include "query.h"
 #include "http_parse.h"
 #include "httpcache.h"
 #include "upstream.h"
@@ -62,9 +64,10 @@ on_upstream(void *arg, const struct upstream_response *res)
         fields[i].value = (struct http_str){res->fields[i].value, res->fields[i].value_len};
     }
     struct store_entry *e = upstream_entry(res, fields, n);
-    if (ep->is_write) {
-        if (res->status >= 200 && res->status < 300)
-            gw_invalidate_then_reply(rq, e);
+    if (gw_writes(rq)) {
+        /* A non-error answer to a write makes stored answers stale (RFC 9111 section 4.4). */
+        if (res->status >= 200 && res->status < 400)
+            gw_invalidate_then_reply(rq, e, fields, n);
         else
             gw_reply_entry(rq, e, NULL, 0);
     } else if (rq->admit.cache_key && !rq->bypass) {
@@ -79,56 +82,55 @@ on_upstream(void *arg, const struct upstream_response *res)
                 gw_reply_entry(rq, e, "MISS", store_now_ms());
         }
     } else {
-        gw_reply_entry(rq, e, rq->bypass ? "BYPASS" : ep->cached ? "MISS" : NULL, store_now_ms());
+        gw_reply_entry(rq, e, rq->bypass ? "BYPASS" : NULL, store_now_ms());
     }
     store_entry_release(e);
 }
 
-static bool
-query_name_in(const struct policy_endpoint *ep, const char *name, size_t len)
-{
-    for (size_t i = 0; i < ep->ncache_query; i++)
-        if (strlen(ep->cache_query[i]) == len && memcmp(ep->cache_query[i], name, len) == 0)
-            return true;
-    return false;
-}
-
 /*
  * The target sent upstream: the upstream's prefix and the request's path and
- * query; a cacheable request forwards only the query parameters its key
- * depends on (pinned or named), so that what the key leaves out cannot change
- * a stored answer.
+ * query. A cacheable request forwards its query as the key saw it: the
+ * canonical encoding (http/query.h) of every parameter when the key holds
+ * {query}, else of those its key and route depend on (pinned or named); what
+ * the key leaves out is not sent, so it cannot change a stored answer, and a
+ * parameter the key depends on given twice is refused. Returns 0, or -1 with
+ * rq->refusal set.
  */
-static void
+static int
 upstream_target_text(struct gw_req *rq, struct sbuf *out)
 {
     const struct http_request *h = &rq->sr->http;
-    sbuf_adds(out, rq->ep->up->prefix);
+    const struct policy_endpoint *ep = rq->ep;
+    sbuf_adds(out, ep->up->prefix);
     sbuf_add(out, h->path.p, h->path.len);
     if (!rq->admit.cache_key || rq->bypass) {
         if (h->query.len) {
             sbuf_add(out, "?", 1);
             sbuf_add(out, h->query.p, h->query.len);
         }
-        return;
+        return 0;
     }
-    const char *q = h->query.p, *end = q + h->query.len;
-    bool first = true;
-    while (q < end) {
-        const char *amp = memchr(q, '&', (size_t)(end - q));
-        const char *stop = amp ? amp : end;
-        const char *eq = memchr(q, '=', (size_t)(stop - q));
-        size_t nlen = (size_t)((eq ? eq : stop) - q);
-        char name[128];
-        size_t dlen;
-        if (nlen < sizeof(name) && http_pct_decode(q, nlen, name, &dlen, 1) == 0 &&
-            query_name_in(rq->ep, name, dlen)) {
-            sbuf_add(out, first ? "?" : "&", 1);
-            sbuf_add(out, q, (size_t)(stop - q));
-            first = false;
+    const struct http_query *qr = gw_query(rq);
+    if (!qr)
+        return -1;
+    const char *const *names = ep->cache_query_all ? NULL : (const char *const *)ep->cache_query;
+    for (size_t i = 0; names && i < ep->ncache_query; i++) {
+        const struct http_query_param *first;
+        if (http_query_count(qr, names[i], strlen(names[i]), &first) > 1) {
+            rq->refusal = "a query parameter the key depends on is given more than once";
+            return -1;
         }
-        q = stop + 1;
     }
+    size_t cap = 3 * h->query.len + 2; /* each decoded byte encodes to 3 at most */
+    char *q = xmalloc(cap);
+    long n = http_query_encode(qr, names, ep->cache_query_all ? 0 : ep->ncache_query, q, cap);
+    assert(n >= 0);
+    if (n > 0) {
+        sbuf_add(out, "?", 1);
+        sbuf_add(out, q, (size_t)n);
+    }
+    free(q);
+    return 0;
 }
 
 /* Request fields never forwarded: on a fill, conditionals and ranges (the cache needs the
@@ -185,7 +187,11 @@ gw_proxy_run(struct gw_req *rq)
     }
     bool filling = rq->admit.cache_key && !rq->bypass;
     struct sbuf target = {0}, headers = {0};
-    upstream_target_text(rq, &target);
+    if (upstream_target_text(rq, &target) != 0) {
+        sbuf_free(&target);
+        gw_fail(rq, 400, rq->refusal);
+        return;
+    }
     upstream_forward_headers(h, rq->sr->ip, &headers);
     drop_fields(&headers, filling);
     bool safe = h->method == HTTP_GET || h->method == HTTP_HEAD;

@@ -185,6 +185,59 @@ body_value(struct gw_req *rq, const char *name, size_t namelen, const char **val
     return 1;
 }
 
+const struct http_query *
+gw_query(struct gw_req *rq)
+{
+    if (rq->query_state)
+        return rq->query_state > 0 ? &rq->query : NULL;
+    const struct http_str *q = &rq->sr->http.query;
+    enum http_query_status st = http_query_parse(q->p, q->len, rq->vals + rq->vals_used,
+                                                 sizeof(rq->vals) - rq->vals_used, &rq->query);
+    if (st != HTTP_QUERY_OK) {
+        rq->query_state = -1;
+        rq->refusal = st == HTTP_QUERY_MALFORMED  ? "malformed query string"
+                      : st == HTTP_QUERY_TOO_MANY ? "too many query parameters"
+                                                  : "query string too long";
+        return NULL;
+    }
+    rq->vals_used += rq->query.used;
+    rq->query_state = 1;
+    return &rq->query;
+}
+
+/* {query} (name NULL: the whole query, canonical) or {query.NAME} (its one value). */
+static int
+query_value(struct gw_req *rq, const char *name, size_t namelen, const char **val, size_t *len)
+{
+    const struct http_query *qr = gw_query(rq);
+    if (!qr)
+        return 0;
+    if (!name) {
+        long n = http_query_encode(qr, NULL, 0, rq->vals + rq->vals_used,
+                                   sizeof(rq->vals) - rq->vals_used);
+        if (n < 0) {
+            rq->value_overflow = 1;
+            return 0;
+        }
+        *val = rq->vals + rq->vals_used;
+        *len = (size_t)n;
+        rq->vals_used += (size_t)n + 1;
+        return 1;
+    }
+    const struct http_query_param *p;
+    size_t count = http_query_count(qr, name, namelen, &p);
+    if (count > 1) {
+        /* One key, several values: which one would the upstream read? Refused. */
+        rq->refusal = "a query parameter the key depends on is given more than once";
+        return 0;
+    }
+    if (count == 0)
+        return 0;
+    *val = p->value;
+    *len = p->vlen;
+    return 1;
+}
+
 int
 gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t namelen,
           const char **val, size_t *len)
@@ -210,6 +263,11 @@ gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t nam
         *len = strlen(rq->sr->ip);
         return 1;
     case TV_METHOD:
+        if (h->method == HTTP_HEAD) { /* HEAD is answered from GET's entries */
+            *val = "GET";
+            *len = 3;
+            return 1;
+        }
         *val = h->method_str.p;
         *len = h->method_str.len;
         return 1;
@@ -218,18 +276,19 @@ gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t nam
         *len = strlen(rq->ep->name);
         return 1;
     case TV_PATH:
+        if (!name) { /* the whole path, as it is forwarded */
+            *val = h->path.p;
+            *len = h->path.len;
+            return 1;
+        }
         for (size_t i = 0; i < rq->m.nparams; i++) {
             const struct router_param *pp = &rq->m.params[i];
             if (strlen(pp->name) == namelen && memcmp(pp->name, name, namelen) == 0)
                 return decoded_value(rq, pp->value, pp->len, 0, val, len);
         }
         return 0;
-    case TV_QUERY: {
-        struct http_str raw;
-        if (!http_query_find(h->query.p, h->query.len, name, namelen, &raw))
-            return 0;
-        return decoded_value(rq, raw.p, raw.len, 1, val, len);
-    }
+    case TV_QUERY:
+        return query_value(rq, name, namelen, val, len);
     case TV_HEADER: {
         char hn[128];
         if (namelen >= sizeof(hn))
@@ -262,7 +321,7 @@ gw_expand(struct gw_req *rq, const struct template *t, size_t *len)
 {
     long n = template_expand(t, expand_lookup, rq, rq->keys + rq->keys_used,
                              sizeof(rq->keys) - rq->keys_used);
-    if (n < 0 || rq->value_overflow)
+    if (n < 0 || rq->value_overflow || rq->refusal)
         return NULL;
     const char *k = rq->keys + rq->keys_used;
     rq->keys_used += (size_t)n + 1;

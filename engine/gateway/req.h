@@ -6,10 +6,12 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/queue.h>
 
 #include "hmap.h"
 #include "policy.h"
+#include "query.h"
 #include "router.h"
 #include "server.h"
 #include "store.h"
@@ -24,6 +26,10 @@ struct upstream_pool;
 struct upstream_call;
 struct template;
 
+#define GW_MAX_TAGS (POLICY_MAX_TAGS + 1) /* an entry's tags: the policy's, and its URL's */
+#define GW_MAX_INVALIDATE                                                                          \
+    (POLICY_MAX_TAGS + 3) /* a write's: the policy's, its target URL,                              \
+                             Location and Content-Location */
 #define MAX_USER_LEN 256
 #define KEYS_BYTES 4096
 #define VALS_BYTES 4096
@@ -87,7 +93,10 @@ struct gw_req {
     const struct tenant *tn; /* the caller's tenant file, or NULL */
     int hooked;              /* dec holds what the tenant's hooks decided */
     json_t *body;
-    int value_overflow; /* a decoded value did not fit: the request is refused */
+    int value_overflow;  /* a decoded value did not fit: the request is refused */
+    const char *refusal; /* why a value cannot be used (static text), e.g. a keyed query
+                            parameter given twice: the request is refused with 400 */
+    int query_state;     /* 0: query not parsed yet, 1: parsed into `query` */
     struct store_admit admit;
     struct store_entry *entry; /* the fill in progress */
     struct event *fill_timer;  /* waiting for another caller's fill: the next look */
@@ -117,11 +126,12 @@ struct gw_req {
     char hook_fields[POLICY_MAX_LIMITS][96];           /* and their RateLimit-Policy items */
     struct store_limit limits[POLICY_MAX_LIMITS];      /* admit.nlimits of them */
     struct limiter_result results[POLICY_MAX_LIMITS];
-    const char *tags[POLICY_MAX_TAGS]; /* admit.ntags of them */
-    size_t taglens[POLICY_MAX_TAGS];
-    uint64_t tag_gens[POLICY_MAX_TAGS];
-    const char *inv_tags[POLICY_MAX_TAGS]; /* ninv of them */
-    size_t inv_lens[POLICY_MAX_TAGS];
+    const char *tags[GW_MAX_TAGS]; /* admit.ntags of them */
+    size_t taglens[GW_MAX_TAGS];
+    uint64_t tag_gens[GW_MAX_TAGS];
+    const char *inv_tags[GW_MAX_INVALIDATE]; /* ninv of them */
+    size_t inv_lens[GW_MAX_INVALIDATE];
+    struct http_query query;      /* the canonical parse of the query, once query_state is 1 */
     struct server_request own_sr; /* a detached request's parsed form (sr points here) */
     char own_ip[48];
     char vary_names[256]; /* the answer varied on these fields ("" when not) */
@@ -132,6 +142,21 @@ struct gw_req {
     char keys[KEYS_BYTES]; /* expanded limit keys, cache key, tags */
     char vals[VALS_BYTES]; /* decoded path/query values, rendered body fields */
 };
+
+/*
+ * Whether the request writes: an endpoint declared with a writing method, or
+ * through a "*" route a method that is not safe (RFC 9110 section 9.2.1:
+ * all but GET, HEAD, OPTIONS and TRACE; unknown methods write).
+ */
+static inline bool
+gw_writes(const struct gw_req *rq)
+{
+    if (!rq->ep->any_method)
+        return rq->ep->is_write;
+    const struct http_request *h = &rq->sr->http;
+    return h->method != HTTP_GET && h->method != HTTP_HEAD && h->method != HTTP_OPTIONS &&
+           !(h->method_str.len == 5 && memcmp(h->method_str.p, "TRACE", 5) == 0);
+}
 
 /* ---- the request object -------------------------------------------------------------------- */
 
@@ -159,6 +184,13 @@ const char *gw_caller_key(struct gw_req *rq, size_t *len);
  */
 int gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t namelen,
               const char **val, size_t *len);
+
+/*
+ * The request's query parsed once, canonically (http/query.h), with its text
+ * in the value arena. Returns it (borrowed), or NULL with rq->refusal set
+ * when it is malformed, has too many parameters or does not fit.
+ */
+const struct http_query *gw_query(struct gw_req *rq);
 
 /* Copies len bytes into the request's value arena. Returns the copy, or NULL when full. */
 const char *gw_vals_put(struct gw_req *rq, const char *s, size_t len);

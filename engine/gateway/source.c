@@ -78,7 +78,7 @@ on_db(void *arg, const struct db_result *res)
 
     if (ep->is_write) {
         struct store_entry *e = origin_entry(rq, ep->method == HTTP_POST ? 201 : 200, body, len);
-        gw_invalidate_then_reply(rq, e);
+        gw_invalidate_then_reply(rq, e, NULL, 0);
         store_entry_release(e);
         return;
     }
@@ -120,8 +120,8 @@ run_sql(struct gw_req *rq)
         } else {
             params[i] = gw_expand(rq, ep->args[i], &len);
         }
-        if (rq->value_overflow) {
-            gw_fail(rq, 400, "request values too long");
+        if (rq->value_overflow || rq->refusal) {
+            gw_fail(rq, 400, rq->refusal ? rq->refusal : "request values too long");
             return;
         }
     }
@@ -149,7 +149,7 @@ gw_to_origin(struct gw_req *rq)
         if (ep->is_write) {
             struct store_entry *e = origin_entry(
                 rq, ep->static_status, xstrndup(ep->static_body, ep->static_len), ep->static_len);
-            gw_invalidate_then_reply(rq, e);
+            gw_invalidate_then_reply(rq, e, NULL, 0);
             store_entry_release(e);
             return;
         }

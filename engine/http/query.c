@@ -36,7 +36,7 @@ enum http_query_status
 http_query_parse(const char *q, size_t qlen, char *buf, size_t cap, struct http_query *out)
 {
     size_t used = 0;
-    out->n = 0;
+    out->n = out->used = 0;
     for (size_t pos = 0; pos < qlen;) {
         const char *p = q + pos;
         const char *amp = memchr(p, '&', qlen - pos);
@@ -65,6 +65,7 @@ http_query_parse(const char *q, size_t qlen, char *buf, size_t cap, struct http_
         }
         out->params[i] = cur;
         out->n++;
+        out->used = used;
     }
     return HTTP_QUERY_OK;
 }

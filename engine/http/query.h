@@ -20,6 +20,7 @@ struct http_query_param {
 struct http_query {
     struct http_query_param params[HTTP_QUERY_MAX_PARAMS];
     size_t n;
+    size_t used; /* bytes of the caller's buffer the decoded text takes */
 };
 
 enum http_query_status {

@@ -380,6 +380,7 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
     char *method = field_str(L, "method");
     char *path = field_str(L, "path");
     e->method = method ? method_code(method) : HTTP_OTHER;
+    e->any_method = method && strcmp(method, "*") == 0;
     e->is_write = e->method == HTTP_POST || e->method == HTTP_PUT || e->method == HTTP_PATCH ||
                   e->method == HTTP_DELETE;
 
@@ -452,6 +453,7 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
         if (lua_istable(L, -1))
             e->warm = compile_warm(L);
         lua_pop(L, 1);
+        e->cache_query_all = field_bool(L, "query_all");
         lua_getfield(L, -1, "query");
         size_t nq = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
         e->cache_query = xcalloc(nq ? nq : 1, sizeof(char *));

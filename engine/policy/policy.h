@@ -79,8 +79,10 @@ struct policy_endpoint {
     char *name; /* "GET /api/crm?type=contacts" */
     char *file;
     int line;
-    int method;    /* enum http_method */
-    bool is_write; /* POST PUT PATCH DELETE */
+    int method;      /* enum http_method (HTTP_OTHER with any_method) */
+    bool any_method; /* "* /path": every method, known or not; a request's own method says
+                        whether it reads (GET, HEAD: the cache applies) or writes (gw_writes) */
+    bool is_write;   /* POST PUT PATCH DELETE (false with any_method) */
     enum policy_source source;
 
     /* sql */
@@ -115,6 +117,8 @@ struct policy_endpoint {
     char **cache_query;       /* upstream: the query parameters a cacheable request forwards
                                  (pinned or named in the key); the others are not sent */
     size_t ncache_query;
+    bool cache_query_all; /* upstream: the key holds {query}: the whole (canonical) query
+                             is forwarded */
 
     struct policy_limit *limits;
     size_t nlimits;

@@ -60,7 +60,7 @@ struct router {
     size_t n, cap;
 };
 
-enum { M_GET = 0, M_HEAD = 1 };
+enum { M_ANY = -2, M_GET = 0, M_HEAD = 1 }; /* M_ANY: a "*" route, every method */
 
 const char *const router_methods[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
 const size_t router_nmethods = sizeof(router_methods) / sizeof(router_methods[0]);
@@ -401,10 +401,11 @@ router_add(struct router *r, const char *method, const char *pattern, void *data
     size_t plen = strlen(pattern);
 
     memset(&rt, 0, sizeof(rt));
-    rt.method = method_index(method, strlen(method));
-    if (rt.method < 0) {
+    rt.method = strcmp(method, "*") == 0 ? M_ANY : method_index(method, strlen(method));
+    if (rt.method == -1) {
         util_seterr(err, errlen,
-                    "unknown method \"%s\" (use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS)",
+                    "unknown method \"%s\" (use GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS "
+                    "or *)",
                     method);
         return -1;
     }
@@ -519,6 +520,22 @@ pins_match(const struct route *rt, const char *q, size_t qlen)
     return 1;
 }
 
+/* How closely a route's method fits a request's (method index mi): its own method, a GET
+ * route for HEAD, a "*" route. */
+static int
+method_fit(const struct route *rt, int mi)
+{
+    return rt->method == M_ANY ? 0 : rt->method == mi ? 2 : 1;
+}
+
+/* Whether the route takes a request with method index mi (-1: a method outside the list). */
+static int
+method_takes(const struct route *rt, int mi)
+{
+    return rt->method == M_ANY ||
+           (mi >= 0 && (rt->method == mi || (mi == M_HEAD && rt->method == M_GET)));
+}
+
 /* Returns 1 when route a beats route b for a request with method index mi. */
 static int
 more_specific(const struct route *a, const struct route *b, int mi)
@@ -532,7 +549,7 @@ more_specific(const struct route *a, const struct route *b, int mi)
         return a->nsegs > b->nsegs;
     if (a->npins != b->npins)
         return a->npins > b->npins;
-    return a->method == mi && b->method != mi; /* HEAD route over GET route for HEAD */
+    return method_fit(a, mi) > method_fit(b, mi); /* own method, then GET for HEAD, then * */
 }
 
 static void
@@ -583,10 +600,13 @@ router_match(const struct router *r, const char *method, size_t mlen, const char
             continue;
         if (!path_matches(rt, path, plen) || !pins_match(rt, query, qlen))
             continue;
-        m->allow |= 1u << rt->method;
+        if (rt->method == M_ANY)
+            m->allow |= (1u << router_nmethods) - 1;
+        else
+            m->allow |= 1u << rt->method;
         if (rt->method == M_GET)
             m->allow |= 1u << M_HEAD;
-        if (rt->method != mi && !(mi == M_HEAD && rt->method == M_GET))
+        if (!method_takes(rt, mi))
             continue;
         if (best == NULL || more_specific(rt, best, mi))
             best = rt;

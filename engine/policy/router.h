@@ -37,7 +37,8 @@ struct router *router_new(void);
 void router_free(struct router *r);
 
 /*
- * Adds a route. `method` is "GET", "POST", ... (GET also answers HEAD);
+ * Adds a route. `method` is "GET", "POST", ... (GET also answers HEAD), or
+ * "*" for every method, those outside router_methods too;
  * `pattern` is a path with literal segments, "{name}" segments and a final
  * "*", optionally followed by "?k=v&k2=v2" pinned query parameters that must
  * be present with exactly these (decoded) values. `data` is borrowed.
@@ -62,7 +63,8 @@ int router_add(struct router *r, const char *method, const char *pattern, void *
  * ('+' as space) of the first occurrence of its parameter. Among the routes
  * that match, the most specific wins: literal before {param} before *,
  * segment by segment from the left, then the route with more pinned query
- * parameters, then, for HEAD, a HEAD route over a GET route. A path not
+ * parameters, then the route of the request's own method over a GET route
+ * (for HEAD) over a "*" route. A path not
  * starting with '/' matches nothing. Allocates nothing; fills *m (params
  * point into `path`, names into the router).
  */

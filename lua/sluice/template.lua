@@ -13,6 +13,9 @@ local M = {}
 -- {header.X-Api-Key}, {body.email}, {row.owner_id}.
 M.VARIABLES = { "user", "tenant", "tier", "ip", "method", "route", "path", "query", "header", "body", "row" }
 M.DOTTED = { path = true, query = true, header = true, body = true, row = true }
+-- Dotted ones that also stand alone: {path} is the whole path, {query} the whole query
+-- (canonical: parameters decoded, sorted by name, encoded one way).
+M.WHOLE = { path = true, query = true }
 local KNOWN = {}
 for _, v in ipairs(M.VARIABLES) do
   KNOWN[v] = true
@@ -69,7 +72,7 @@ function M.parse(src)
       if not KNOWN[kind] then
         return nil, "unknown variable " .. text .. suggest.hint(kind, M.VARIABLES, "{", "}")
       end
-      if M.DOTTED[kind] and (name == nil or name == "") then
+      if M.DOTTED[kind] and (name == "" or (name == nil and not M.WHOLE[kind])) then
         return nil, text .. " needs a name, as in {" .. kind .. ".NAME}"
       end
       if not M.DOTTED[kind] and name then
@@ -116,7 +119,7 @@ function M.check(src, opts)
       local why = opts.refuse and opts.refuse(v.var)
       return nil, v.text .. " " .. (why or "is not available here")
     end
-    if v.var == "path" and opts.params and not opts.params[v.name] then
+    if v.var == "path" and v.name and opts.params and not opts.params[v.name] then
       local names = {}
       for p in pairs(opts.params) do
         names[#names + 1] = p

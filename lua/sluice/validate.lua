@@ -299,11 +299,11 @@ function M.parse_route(name)
   if not method then
     return nil, 'expected "METHOD /path", as in "GET /api/users/{id}"'
   end
-  if not METHOD_SET[method] then
+  if method ~= "*" and not METHOD_SET[method] then
     if METHOD_SET[method:upper()] then
       return nil, "unknown method " .. quote(method) .. " (methods are upper case: " .. method:upper() .. ")"
     end
-    return nil, "unknown method " .. quote(method) .. " (use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS)"
+    return nil, "unknown method " .. quote(method) .. " (use GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, or * for any method)"
   end
   local path, query = target:match("^([^?]*)%?(.*)$")
   path = path or target
@@ -700,9 +700,16 @@ local function caller_parts(env)
   return parts
 end
 
-local function default_cache_key(route, arg_vars, shared, env)
+local function default_cache_key(route, arg_vars, shared, env, source)
   local parts = { "{method}", "{route}" }
   local seen = { ["{method}"] = true, ["{route}"] = true }
+  if source == "upstream" then
+    -- An upstream's answer may depend on anything in the URL: the whole path and the whole
+    -- query (canonical: the upstream receives exactly the query the key holds).
+    parts[#parts + 1] = "{path}"
+    parts[#parts + 1] = "{query}"
+    seen["{path}"] = true
+  end
   local function add(text)
     if not seen[text] then
       seen[text] = true
@@ -915,6 +922,9 @@ local function endpoint_decl(c, decl, f, env)
     c:err(nil, "has more than one source (" .. table.concat(sources, " and ") .. "); keep one")
   end
   local source = #sources == 1 and sources[1] or nil
+  if route.method == "*" and source and source ~= "upstream" then
+    c:err(nil, "\"*\" (any method) only goes with upstream = \"NAME\": it forwards every method as it came")
+  end
   local arg_vars = {}
   if source ~= "sql" then
     if f.args ~= nil then c:err("args", "only goes with sql = \"...\"") end
@@ -959,7 +969,7 @@ local function endpoint_decl(c, decl, f, env)
   if f.cache ~= nil then
     local cache = c:record(f.cache, "cache", '{ ttl = "5m", key = "...", tags = { ... } }')
     if cache then
-      if not CACHEABLE[route.method] then
+      if not CACHEABLE[route.method] and route.method ~= "*" then
         c:err("cache", "only GET and HEAD endpoints can be cached (a " .. route.method .. " answer is never reused)")
       end
       c:only(cache, CACHE_FIELDS, "cache")
@@ -970,7 +980,7 @@ local function endpoint_decl(c, decl, f, env)
       if cache.key ~= nil then
         out.key, key_vars = c:template(cache.key, "cache.key", topts)
       else
-        out.key = default_cache_key(route, arg_vars, out.shared, env)
+        out.key = default_cache_key(route, arg_vars, out.shared, env, source)
         key_vars = template.parse(out.key)
       end
       out.tags = c:template_list(cache.tags, "cache.tags", topts, '{ "crm:{user}" }')
@@ -983,7 +993,8 @@ local function endpoint_decl(c, decl, f, env)
           if not seen[pin.name] then seen[pin.name] = true; q[#q + 1] = pin.name end
         end
         for _, v in ipairs(key_vars or {}) do
-          if v.var == "query" and not seen[v.name] then seen[v.name] = true; q[#q + 1] = v.name end
+          if v.var == "query" and v.name and not seen[v.name] then seen[v.name] = true; q[#q + 1] = v.name end
+          if v.var == "query" and not v.name then out.query_all = true end
         end
         out.query = q
       end
@@ -998,6 +1009,20 @@ local function endpoint_decl(c, decl, f, env)
           and not in_key["{user}"] and not in_key["{tenant}"] then
           c:err(nil, "cache key " .. quote(out.key)
             .. " is shared between callers; add {user} or {tenant}, or say shared = true")
+        end
+        if source == "upstream" and not in_key["{path}"] then
+          -- The upstream receives the whole path: a key must tell apart every path it serves.
+          if route.shape:find("*", 1, true) then
+            c:err("cache.key", "cache key " .. quote(out.key) .. " leaves out the path that '*' matches;"
+              .. " different paths would share one cached answer: add {path}")
+          end
+          for _, p in ipairs(route.params) do
+            if not in_key["{path." .. p .. "}"] then
+              c:err("cache.key", "cache key " .. quote(out.key) .. " leaves out {path." .. p .. "};"
+                .. " requests for different " .. p .. " values would share one cached answer: add {path."
+                .. p .. "} (or {path})")
+            end
+          end
         end
         local reported = {}
         for _, v in ipairs(arg_vars) do

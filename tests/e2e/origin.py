@@ -261,6 +261,11 @@ class Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
 
+    def __getattr__(self, name):  # any other method (FOO, PURGE, ...) is handled the same way
+        if name.startswith("do_"):
+            return self._handle
+        raise AttributeError(name)
+
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True

@@ -831,6 +831,105 @@ class HitForMissRedis(HitForMiss):
 
 # ---------------------------------------------------------------------------
 
+CATCHALL_POLICY = r'''
+upstream "origin" { url = "@ORIGIN@", timeout = "5s" }
+endpoint "* /c/*" { upstream = "origin", cache = { ttl = "5m" } }
+endpoint "GET /assets/*" { upstream = "origin", cache = { ttl = "5m" } }
+endpoint "GET /search" { upstream = "origin", cache = { ttl = "5m", key = "search:{query.q}", shared = true } }
+'''
+
+
+class CatchAll(ProxyCase):
+    """Catch-all routes ("* /*", "GET /*") as a plain shared cache: the default key holds the
+    method, the whole path and the canonical query; any method is forwarded; a write
+    invalidates the stored answers of its URL, Location and Content-Location (RFC 9111 4.4);
+    the query an upstream receives is the one the key holds."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.serve(cls.policy(CATCHALL_POLICY))
+
+    def get2(self, path, **kw):
+        a, b = get(self.s.port, path, **kw), get(self.s.port, path, **kw)
+        return a, b
+
+    def test_rfc9111_2_default_key_of_a_wildcard_route_holds_the_whole_path(self):
+        a, b = self.get2("/assets/app.js")
+        c, d = self.get2("/assets/private/x.css")
+        self.assertEqual([x.cache for x in (a, b, c, d)], ["MISS", "HIT", "MISS", "HIT"])
+        self.assertEqual(a.json()["path"], "/assets/app.js")
+        self.assertEqual(d.json()["path"], "/assets/private/x.css")
+        self.assertEqual(b.body, a.body)
+
+    def test_rfc9111_2_query_order_does_not_split_an_entry_but_values_do(self):
+        a = get(self.s.port, "/c/q?b=2&a=1")
+        b = get(self.s.port, "/c/q?a=1&b=2")
+        c = get(self.s.port, "/c/q?a=1&b=3")
+        d = get(self.s.port, "/c/q?a=1&b=%32")  # the same parameters, spelled another way
+        self.assertEqual([x.cache for x in (a, b, c, d)], ["MISS", "HIT", "MISS", "HIT"])
+        self.assertEqual(a.json()["query"], "a=1&b=2")  # the canonical query is what is sent
+        self.assertEqual(d.body, b.body)
+        self.assertEqual(self.origin.count("/c/q"), 2)
+
+    def test_rfc9110_9_3_head_is_answered_from_the_get_entry(self):
+        a = get(self.s.port, "/c/h")
+        h = req(self.s.port, "HEAD", "/c/h")
+        self.assertEqual((a.cache, h.cache, h.status, h.body), ("MISS", "HIT", 200, b""))
+        self.assertEqual(self.origin.count("/c/h"), 1)
+
+    def test_rfc9110_9_1_any_method_is_forwarded_as_it_came(self):
+        for m in ("FOO", "PUT", "OPTIONS", "DELETE"):
+            r = req(self.s.port, m, "/c/m?x=1", body="payload" if m in ("FOO", "PUT") else None)
+            self.assertEqual(r.status, 200, (m, r))
+            self.assertIsNone(r.cache, m)
+            j = r.json()
+            self.assertEqual((j["method"], j["query"]), (m, "x=1"))
+        self.assertEqual(self.origin.log("/c/m")[0]["body"], "payload")
+
+    def test_rfc9111_4_4_a_write_invalidates_its_target_url(self):
+        a, b = self.get2("/c/item?v=1")
+        self.assertEqual((a.cache, b.cache), ("MISS", "HIT"))
+        w = req(self.s.port, "POST", "/c/item?v=1", body="x")
+        self.assertEqual(w.status, 200)
+        self.assertEqual(get(self.s.port, "/c/item?v=1").cache, "MISS")
+        # An unknown method invalidates too; an error answer does not.
+        self.assertEqual(get(self.s.port, "/c/item?v=1").cache, "HIT")
+        req(self.s.port, "FOO", "/c/item?v=1")
+        self.assertEqual(get(self.s.port, "/c/item?v=1").cache, "MISS")
+        req(self.s.port, "POST", "/c/item?v=1&status=500")
+        req(self.s.port, "DELETE", "/c/item?status=404&v=1")
+        self.assertEqual(get(self.s.port, "/c/item?v=1").cache, "HIT")
+
+    def test_rfc9111_4_4_location_and_content_location_of_this_origin(self):
+        host = "127.0.0.1:%d" % self.s.port
+        for p in ("/c/loc/a", "/c/loc/b", "/c/loc/c", "/c/loc/d"):
+            self.get2(p)
+        req(self.s.port, "POST", "/c/loc/new?h=Location:/c/loc/a&h=Content-Location:b")
+        req(self.s.port, "POST", "/c/loc/new?h=Location:http://%s/c/loc/c" % host)
+        req(self.s.port, "POST", "/c/loc/new?h=Location:http://elsewhere.example/c/loc/d")
+        got = {p: get(self.s.port, p).cache for p in ("/c/loc/a", "/c/loc/b", "/c/loc/c",
+                                                       "/c/loc/d")}
+        self.assertEqual(got, {"/c/loc/a": "MISS", "/c/loc/b": "MISS", "/c/loc/c": "MISS",
+                               "/c/loc/d": "HIT"})
+
+    def test_query_spelled_two_ways_or_repeated_is_refused_where_keyed(self):
+        # The poisoning shapes: what the upstream reads must be what the key holds.
+        for q in ("%71=ATTACKER&q=shoes", "q=shoes&q=ATTACKER", "q=a&%71=b"):
+            r = get(self.s.port, "/search?" + q)
+            self.assertTrue(is_problem(r, 400), (q, r))
+        self.assertEqual(self.origin.count("/search"), 0)
+        r = get(self.s.port, "/search?utm=1&q=shoes")
+        self.assertEqual((r.status, r.json()["query"]), (200, "q=shoes"))
+        r2 = get(self.s.port, "/search?q=sh%6Fes&utm=2")
+        self.assertEqual((r2.cache, r2.body), ("HIT", r.body))
+
+    def test_malformed_query_on_a_cacheable_request_is_400(self):
+        r = get(self.s.port, "/c/bad?a=%zz")
+        self.assertTrue(is_problem(r, 400), r)
+        self.assertEqual(self.origin.count("/c/bad"), 0)
+
+
 FORWARD_POLICY = r'''
 identity { user = header "X-User-Id" }
 upstream "origin" { url = "@ORIGIN@", timeout = "5s", connect_timeout = "1s" }

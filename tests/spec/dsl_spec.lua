@@ -167,6 +167,18 @@ upstream "b" { url = "http://[::1]:8080/api/v2/", connect_timeout = "250ms" }
           set.upstreams[2].connect_timeout_ms })
     end)
 
+    it("a catch-all route: any method, and a default key of the whole path and query", function()
+      local set = set_of([[
+upstream "app" { url = "http://127.0.0.1:3000" }
+endpoint "* /*" { upstream = "app", cache = { ttl = "5m" } }
+endpoint "GET /files/*" { upstream = "app", cache = { ttl = "5m", key = "f:{path}:{query}" } }
+]])
+      local any, files = set.endpoints[1], set.endpoints[2]
+      assert.are.same({ "*", "{method}:{route}:{path}:{query}", true },
+        { any.method, any.cache.key, any.cache.query_all })
+      assert.are.same({ "f:{path}:{query}", true }, { files.cache.key, files.cache.query_all })
+    end)
+
     it("stale serving and warming in cache", function()
       local e = endpoint_of([[
 endpoint "GET /api/dashboard" {
@@ -436,7 +448,7 @@ endpoint "GET /x" {
 
     it("an unknown method", function()
       fails([[endpoint "FETCH /x" { body = "x" }]],
-        't.lua:1: endpoint "FETCH /x": unknown method "FETCH" (use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS)')
+        't.lua:1: endpoint "FETCH /x": unknown method "FETCH" (use GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, or * for any method)')
       fails([[endpoint "get /x" { body = "x" }]],
         't.lua:1: endpoint "get /x": unknown method "get" (methods are upper case: GET)')
       fails([[endpoint "/x" { body = "x" }]],
@@ -552,11 +564,26 @@ endpoint "GET /x" {
         't.lua:1: endpoint "GET /x": cache.key "x:{}:{user}": empty \'{}\'')
     end)
 
+    it("an upstream cache key that leaves out part of the path it forwards", function()
+      local up = 'upstream "app" { url = "http://127.0.0.1:3000" }\n'
+      fails(up .. [[endpoint "GET /items/{id}" { upstream = "app", cache = { ttl = "1m", key = "items" } }]],
+        't.lua:2: endpoint "GET /items/{id}": cache.key: cache key "items" leaves out {path.id}; requests for'
+        .. ' different id values would share one cached answer: add {path.id} (or {path})')
+      fails(up .. [[endpoint "GET /assets/*" { upstream = "app", cache = { ttl = "1m", key = "a:{query}" } }]],
+        't.lua:2: endpoint "GET /assets/*": cache.key: cache key "a:{query}" leaves out the path that \'*\''
+        .. ' matches; different paths would share one cached answer: add {path}')
+      assert.is_table(load_one(up .. [[endpoint "GET /items/{id}" { upstream = "app", cache = { ttl = "1m", key = "i:{path}" } }]]))
+      fails([[endpoint "* /x" { body = "{}" }]],
+        't.lua:1: endpoint "* /x": "*" (any method) only goes with upstream = "NAME": it forwards every method as it came')
+    end)
+
     it("unknown template variables, with a suggestion", function()
       fails_after_prelude([[endpoint "GET /x" { body = "x", cache = { ttl = "1m", key = "x:{usr}" } }]],
         't.lua:1: endpoint "GET /x": cache.key "x:{usr}": unknown variable {usr} (did you mean {user}?)')
-      fails_after_prelude([[endpoint "GET /x" { body = "x", invalidate = { "x:{query}" } }]],
-        't.lua:1: endpoint "GET /x": invalidate[1] "x:{query}": {query} needs a name, as in {query.NAME}')
+      fails_after_prelude([[endpoint "GET /x" { body = "x", invalidate = { "x:{header}" } }]],
+        't.lua:1: endpoint "GET /x": invalidate[1] "x:{header}": {header} needs a name, as in {header.NAME}')
+      fails_after_prelude([[endpoint "GET /x" { body = "x", invalidate = { "x:{query.}" } }]],
+        't.lua:1: endpoint "GET /x": invalidate[1] "x:{query.}": {query.} needs a name, as in {query.NAME}')
       fails_after_prelude([[endpoint "GET /x" { body = "x", invalidate = { "x:{user.id}" } }]],
         't.lua:1: endpoint "GET /x": invalidate[1] "x:{user.id}": {user.id}: {user} takes no name')
       fails_after_prelude([[endpoint "GET /x" { body = "x", invalidate = { "x:{header.X Y}" } }]],

@@ -144,7 +144,7 @@ hook("b", { when = function(req) return true end, adjust = function(req, d) end 
           .. ' (did you mean "GET /items?kind=a&sort=new"?)')
       fails('endpoint "FETCH /items" { cache = { ttl = "1m" } }',
         'p/tenants/acme.lua:1: endpoint "FETCH /items": unknown method "FETCH" (use GET, HEAD, POST, PUT, PATCH,'
-          .. ' DELETE or OPTIONS)')
+          .. ' DELETE, OPTIONS, or * for any method)')
     end)
 
     it("fields of an endpoint a tenant cannot change", function()

@@ -427,6 +427,43 @@ test_head(void **state)
     router_free(r);
 }
 
+/* A "*" route takes every method, those outside the list too; a route of the request's own
+ * method, then a GET route for HEAD, beat it on the same path. */
+static void
+test_any_method(void **state)
+{
+    struct router *r = router_new();
+    struct router_match m;
+
+    (void)state;
+    add_ok(r, "*", "/*", &d[0]);
+    add_ok(r, "GET", "/x", &d[1]);
+    add_ok(r, "*", "/x", &d[2]);
+    add_ok(r, "POST", "/x", &d[3]);
+    add_fails(r, "*", "/x", "duplicate route \"* /x\": same as \"* /x\"");
+
+    assert_int_equal(which(r, "FOO", "/anything/at/all"), 0);
+    assert_int_equal(which(r, "DELETE", "/"), 0);
+    assert_int_equal(match(r, "GET", "/a/b?c=1", &m), ROUTER_FOUND);
+    assert_ptr_equal(m.data, &d[0]);
+    assert_int_equal(m.nparams, 1);
+    assert_memory_equal(m.params[0].value, "a/b", 3);
+    assert_int_equal(which(r, "GET", "/x"), 1);
+    assert_int_equal(which(r, "HEAD", "/x"), 1); /* GET for HEAD before * */
+    assert_int_equal(which(r, "POST", "/x"), 3);
+    assert_int_equal(which(r, "PUT", "/x"), 2);
+    assert_int_equal(which(r, "FOO", "/x"), 2);
+    router_free(r);
+
+    /* With a "*" route on a path, no method is refused there. */
+    r = router_new();
+    add_ok(r, "*", "/only", &d[4]);
+    assert_int_equal(match(r, "OPTIONS", "/only", &m), ROUTER_FOUND);
+    assert_int_equal(m.allow, (1u << router_nmethods) - 1);
+    assert_int_equal(which(r, "GET", "/other"), -ROUTER_NOT_FOUND);
+    router_free(r);
+}
+
 static void
 test_too_many_params(void **state)
 {
@@ -466,9 +503,9 @@ test_add_errors(void **state)
 
     (void)state;
     add_fails(r, "FOO", "/a",
-              "unknown method \"FOO\" (use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS)");
+              "unknown method \"FOO\" (use GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS or *)");
     add_fails(r, "get", "/a",
-              "unknown method \"get\" (use GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS)");
+              "unknown method \"get\" (use GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS or *)");
     add_fails(r, "GET", "api", "pattern \"api\" must start with '/'");
     add_fails(r, "GET", "", "pattern \"\" must start with '/'");
     add_fails(r, "GET", "/a//b", "empty segment (\"//\"): only a trailing '/' may be empty");
@@ -593,6 +630,7 @@ main(void)
         cmocka_unit_test(test_pins),
         cmocka_unit_test(test_404_405),
         cmocka_unit_test(test_head),
+        cmocka_unit_test(test_any_method),
         cmocka_unit_test(test_too_many_params),
         cmocka_unit_test(test_add_errors),
         cmocka_unit_test(test_duplicates),

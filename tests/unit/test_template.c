@@ -102,6 +102,30 @@ test_basic(void **state)
     expands_to("\xd0\xba:{user}", e, 1, "\xd0\xba:42");
 }
 
+/* {path} and {query} stand alone too: the whole path, the whole (canonical) query. */
+static void
+test_whole_path_and_query(void **state)
+{
+    const struct entry e[] = {
+        {TV_PATH, NULL, "/a/b%2Fc", 0},
+        {TV_QUERY, NULL, "a=1&b=x+y", 0},
+        {TV_PATH, "id", "7", 0},
+    };
+    (void)state;
+    expands_to("{method}:{path}:{query}", e, 3, "%-:/a/b%252Fc:a=1&b=x+y");
+    expands_to("p:{path.id}:{path}", e, 3, "p:7:/a/b%252Fc");
+    struct template *t = compile_ok("{path}:{query}", TV_ALL_REQUEST);
+    enum template_var var;
+    const char *name = "x";
+    assert_int_equal(template_single_var(t, &var, &name), 0);
+    template_free(t);
+    t = compile_ok("{query}", TV_ALL_REQUEST);
+    assert_int_equal(template_single_var(t, &var, &name), 1);
+    assert_int_equal(var, TV_QUERY);
+    assert_null(name);
+    template_free(t);
+}
+
 static void
 test_all_variables(void **state)
 {
@@ -375,7 +399,6 @@ test_compile_errors(void **state)
     compile_fails("k:{User}", all, "unknown variable {User} at offset 2");
     compile_fails("{ user}", all, "unknown variable { user} at offset 0");
     compile_fails("{.id}", all, "unknown variable {.id} at offset 0");
-    compile_fails("{path}", all, "{path} at offset 0 needs a name, as in {path.NAME}");
     compile_fails("{path.}", all, "{path.} at offset 0 needs a name, as in {path.NAME}");
     compile_fails("{header}", all, "{header} at offset 0 needs a name, as in {header.NAME}");
     compile_fails("{user.id}", all, "{user.id} at offset 0: {user} takes no name");
@@ -466,6 +489,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_basic),
         cmocka_unit_test(test_all_variables),
+        cmocka_unit_test(test_whole_path_and_query),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_absent_empty),
