@@ -440,6 +440,25 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
         e->cached = true;
         e->shared = field_bool(L, "shared");
         e->ttl_ms = (uint64_t)field_int(L, "ttl_ms", 0);
+        e->ttl_origin = field_bool(L, "ttl_origin");
+        e->override = field_bool(L, "override");
+        e->keep_ms = (uint64_t)field_int(L, "keep_ms", 0);
+        lua_getfield(L, -1, "targeted");
+        size_t nt = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+        e->targeted = xcalloc(nt ? nt : 1, sizeof(char *));
+        for (size_t i = 1; i <= nt; i++) {
+            lua_rawgeti(L, -1, (lua_Integer)i);
+            const char *name = lua_tostring(L, -1);
+            if (name) {
+                char *low = xstrdup(name);
+                for (char *q = low; *q; q++)
+                    if (*q >= 'A' && *q <= 'Z')
+                        *q = (char)(*q - 'A' + 'a');
+                e->targeted[e->ntargeted++] = low;
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
         char *key = field_str(L, "key");
         if (key)
             e->cache_key = compile_template(c, key, TV_ALL_REQUEST, "cache key");
@@ -644,6 +663,9 @@ policy_release(struct policy *p)
         for (size_t j = 0; j < e->ncache_query; j++)
             free(e->cache_query[j]);
         free(e->cache_query);
+        for (size_t j = 0; j < e->ntargeted; j++)
+            free(e->targeted[j]);
+        free(e->targeted);
     }
     free(p->endpoints);
     for (size_t i = 0; i < p->nupstreams; i++) {

@@ -105,7 +105,13 @@ struct policy_endpoint {
     /* cache */
     bool cached;
     bool shared;
-    uint64_t ttl_ms;
+    uint64_t ttl_ms;  /* the policy's TTL; 0 with ttl_origin */
+    bool ttl_origin;  /* ttl = "origin": freshness only from the upstream's answer */
+    bool override;    /* override = true: ttl_ms whatever the answer says */
+    uint64_t keep_ms; /* an upstream's answer with a validator is kept this long past its
+                         freshness, to be revalidated instead of fetched again */
+    char **targeted;  /* RFC 9213 targeted fields read before Cache-Control, lowercased */
+    size_t ntargeted;
     struct template *cache_key;
     struct template **tags;
     size_t ntags;

@@ -26,6 +26,12 @@ struct store_limit {
     0x02u /* the answer varies: body holds the lowercased header names                             \
              of the origin's Vary, comma-separated; the response itself                            \
              is under a secondary key built from their values */
+#define STORE_ENTRY_VALIDATE                                                                       \
+    0x04u /* every use is validated with the origin first (a response no-cache): a lookup          \
+             reports it as usual, the gateway treats a hit as stale */
+#define STORE_ENTRY_ORIGIN_ETAG                                                                    \
+    0x08u /* etag is the origin's own (not a hash of the body), so it may be sent upstream in      \
+             If-None-Match to revalidate */
 
 /* A cached response. Immutable once filled; shared by reference count. */
 struct store_entry {
@@ -34,8 +40,12 @@ struct store_entry {
     uint8_t flags;       /* STORE_ENTRY_* */
     uint64_t stored_ms;  /* store clock at fill, for Age; set by store_fill() */
     uint64_t expires_ms; /* store clock at which it stops being fresh; set by store_fill() */
-    uint64_t stale_ms;   /* kept this long past expires_ms to be served stale (set by the
-                            filler before store_fill(); 0: dropped when it expires) */
+    uint64_t stale_ms;   /* kept this long past expires_ms to be served stale or revalidated
+                            (set by the filler before store_fill(); 0: dropped when it expires) */
+    uint64_t age_ms;     /* the answer's age when it was stored (RFC 9111 section 4.2.3's
+                            corrected initial age): its Age is age_ms + now - stored_ms */
+    uint64_t swr_ms;     /* served stale this long past expires_ms while one refresh runs */
+    uint64_t sie_ms;     /* served stale this long past expires_ms when the origin fails */
     char *content_type;  /* owned, NUL-terminated, or NULL */
     char *headers;       /* owned: stored response header lines "Name: value\r\n", or NULL */
     size_t headers_len;
@@ -170,8 +180,10 @@ store_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *do
  * the same tags. Status -1 (refused, nothing stored) when any tag's
  * generation is no longer the one in tag_gens: an invalidation happened
  * after the lookup, so the entry may already be stale. Status 0 also when
- * the entry was not kept: ttl_ms 0, or larger than the whole byte budget
- * (the old entry under key is dropped then).
+ * the entry was not kept: ttl_ms 0 with no stale_ms, or larger than the
+ * whole byte budget (the old entry under key is dropped then). ttl_ms 0
+ * with a stale_ms stores the entry already expired: lookups find it STALE
+ * for stale_ms (an answer that must be revalidated before any use).
  */
 static inline void
 store_fill(struct store *s, const char *key, size_t keylen, struct store_entry *entry,

@@ -838,7 +838,7 @@ mem_fill(struct store *s, const char *key, size_t keylen, struct store_entry *en
         rec_unlink(sh, old);
         rec_free(m, sh, old);
     }
-    if (ttl_ms == 0 || charge > m->max_bytes)
+    if ((ttl_ms == 0 && entry->stale_ms == 0) || charge > m->max_bytes)
         goto out;
     expires = sat_add(now, ttl_ms);
     keep = sat_add(expires, entry->stale_ms);

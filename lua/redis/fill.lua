@@ -9,7 +9,7 @@
 --       both keys live), the cache key when it is a secondary entry (else ""), then
 --       the generation each tag had at the lookup. The response's key gets head ..
 --       stored_ms .. expires_ms (two little-endian doubles, from TIME) .. token.
--- Returns { 1, now_ms } when stored (or, with ttl_ms 0, when the old entry was
+-- Returns { 1, now_ms } when stored (or, with keep_ms 0, when the old entry was
 -- dropped), { 0, now_ms } when refused: a tag's generation is not the one read
 -- at the lookup, or its key is gone (expired or evicted: it may have moved).
 -- Either way the fill lease is released.
@@ -23,6 +23,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
+local keep = tonumber(ARGV[5])
 
 redis.call('DEL', KEYS[3])
 for i = 5, #KEYS do
@@ -30,11 +31,10 @@ for i = 5, #KEYS do
     return { 0, now }
   end
 end
-if ttl <= 0 then
+if keep <= 0 then
   redis.call('DEL', KEYS[1], KEYS[2])
   return { 1, now }
 end
-local keep = tonumber(ARGV[5])
 for i = 5, #KEYS do
   if redis.call('PTTL', KEYS[i]) < keep then
     redis.call('PEXPIRE', KEYS[i], ARGV[5])

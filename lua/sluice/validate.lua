@@ -649,7 +649,10 @@ end
 local ENDPOINT_FIELDS = {
   "sql", "args", "one", "upstream", "body", "status", "content_type", "cache", "limit", "invalidate",
 }
-local CACHE_FIELDS = { "ttl", "key", "tags", "shared", "stale_while_revalidate", "stale_if_error", "warm" }
+local CACHE_FIELDS = { "ttl", "key", "tags", "shared", "stale_while_revalidate", "stale_if_error", "warm",
+  "override", "keep", "targeted" }
+M.DEFAULT_KEEP_MS = 3600000 -- how long past its freshness an entry with a validator is kept to revalidate
+M.DEFAULT_TARGETED = { "CDN-Cache-Control" } -- RFC 9213 targeted fields the cache reads, in order
 local WARM_FIELDS = { "user", "tenant" }
 local MAX_WARM = 10000
 local LIMIT_FIELDS = { "limit", "window", "algorithm", "burst", "cost", "fail", "key", "name" }
@@ -974,7 +977,44 @@ local function endpoint_decl(c, decl, f, env)
       end
       c:only(cache, CACHE_FIELDS, "cache")
       local out = {}
-      out.ttl_ms = c:duration(cache.ttl, "cache.ttl", true, false, 'e.g. ttl = "5m"')
+      if cache.ttl == "origin" then
+        if source ~= "upstream" then
+          c:err("cache.ttl", '"origin" takes freshness from an upstream\'s answer; this endpoint has no upstream'
+            .. ' (give a duration, e.g. ttl = "5m")')
+        end
+        out.ttl_origin = true
+        out.ttl_ms = 0
+      else
+        out.ttl_ms = c:duration(cache.ttl, "cache.ttl", true, false, 'e.g. ttl = "5m", or ttl = "origin"')
+      end
+      out.override = c:boolean(cache.override, "cache.override", false)
+      if out.override and out.ttl_origin then
+        c:err("cache.override", 'needs a duration to impose: ttl = "origin" takes the answer\'s own freshness')
+      end
+      out.keep_ms = M.DEFAULT_KEEP_MS
+      if cache.keep ~= nil then
+        out.keep_ms = c:duration(cache.keep, "cache.keep", false, true) or M.DEFAULT_KEEP_MS
+      end
+      out.targeted = M.DEFAULT_TARGETED
+      if cache.targeted ~= nil then
+        if not is_plain_table(cache.targeted) or not is_list(cache.targeted) then
+          c:err("cache.targeted", 'expected a list of field names, as in { "CDN-Cache-Control" }, got '
+            .. describe(cache.targeted))
+        else
+          local names = {}
+          for i, n in ipairs(cache.targeted) do
+            if type(n) ~= "string" or not n:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
+              c:err("cache.targeted[" .. i .. "]", "expected a header field name, got " .. describe(n))
+            else
+              names[#names + 1] = n
+            end
+          end
+          out.targeted = names
+        end
+      end
+      if (out.override or cache.keep ~= nil or cache.targeted ~= nil) and source ~= "upstream" then
+        c:err("cache", "override, keep and targeted read an upstream's answer; this endpoint has no upstream")
+      end
       out.shared = c:boolean(cache.shared, "cache.shared", false)
       local key_vars
       if cache.key ~= nil then

@@ -954,6 +954,9 @@ conf_same_fields(const struct store_entry *got, const struct store_entry *want)
     assert_int_equal(got->status, want->status);
     assert_int_equal(got->flags, want->flags);
     assert_int_equal(got->stale_ms, want->stale_ms);
+    assert_int_equal(got->age_ms, want->age_ms);
+    assert_int_equal(got->swr_ms, want->swr_ms);
+    assert_int_equal(got->sie_ms, want->sie_ms);
     assert_int_equal(got->body_len, want->body_len);
     assert_memory_equal(got->body, want->body, want->body_len);
     if (want->content_type)
@@ -989,6 +992,9 @@ conf_entry_fields_round_trip(void **state)
     e[0]->headers = conf_bytes(hdrs, sizeof(hdrs) - 1);
     e[0]->headers_len = sizeof(hdrs) - 1;
     e[0]->etag = strdup("W/\"v-1\"");
+    e[0]->age_ms = 50000; /* the answer arrived 50 s old */
+    e[0]->swr_ms = 30000;
+    e[0]->sie_ms = 7 * 24 * HOUR;
     /* Nothing optional: no content type, headers or ETag; a Vary entry. */
     e[1] = conf_entry(200, NULL, "accept-encoding,accept-language", 31);
     e[1]->flags = STORE_ENTRY_VARY;
@@ -998,7 +1004,8 @@ conf_entry_fields_round_trip(void **state)
     e[2]->etag = strdup("\"\"");
     /* Both flags, a long stale keep. */
     e[3] = conf_entry(404, "text/plain", "gone", 4);
-    e[3]->flags = STORE_ENTRY_PASS | STORE_ENTRY_VARY;
+    e[3]->flags =
+        STORE_ENTRY_PASS | STORE_ENTRY_VARY | STORE_ENTRY_VALIDATE | STORE_ENTRY_ORIGIN_ETAG;
     e[3]->stale_ms = 7 * 24 * HOUR;
     /* Read through another handle (which has no copy of its own of what this one filled),
      * then again (when it may have one). */
@@ -1064,6 +1071,36 @@ conf_stale_window(void **state)
     assert_int_equal(conf_fill_req(c, &r, e, 60000), 0);
     store_entry_release(e);
     assert_true(conf_hit(c, "stale:k", tags, "newer"));
+}
+
+/* ttl 0 with a stale keep: stored already expired, found STALE at once (an answer that must be
+ * revalidated before any use); ttl 0 without one is not kept. */
+static void
+conf_stored_stale(void **state)
+{
+    struct conf *c = *state;
+    const char *tags[] = {"ss:1", NULL};
+    struct store_entry *e = conf_entry(200, "text/plain", "validate me", 11), *got;
+    struct conf_req r;
+
+    e->stale_ms = 5000;
+    conf_lookup(c, &r, "ss:k", tags);
+    assert_int_equal(conf_fill_req(c, &r, e, 0), 0);
+    store_entry_release(e);
+    conf_lookup(c, &r, "ss:k", tags);
+    assert_int_equal(r.a.state, STORE_STALE);
+    got = r.a.entry;
+    assert_non_null(got);
+    assert_memory_equal(got->body, "validate me", 11);
+    assert_true(got->expires_ms <= r.a.now_ms);
+    store_entry_release(got);
+    c->h->advance(c->h->ctx, 5100);
+    assert_int_equal(conf_get(c, "ss:k", 4, NULL), STORE_MISS);
+
+    e = conf_entry(200, "text/plain", "gone", 4);
+    assert_int_equal(conf_put_entry(c, "ss:none", 7, e, 0), 0);
+    store_entry_release(e);
+    assert_int_equal(conf_get(c, "ss:none", 7, NULL), STORE_MISS);
 }
 
 static void
@@ -1457,6 +1494,7 @@ store_conformance_run(const struct store_harness *h)
         CONF_TEST(conf_lease_not_taken_when_denied),
         CONF_TEST(conf_entry_fields_round_trip),
         CONF_TEST(conf_stale_window),
+        CONF_TEST(conf_stored_stale),
         CONF_TEST(conf_stale_invalidated_is_miss),
         CONF_TEST(conf_lease_taken),
         CONF_TEST(conf_delete_keys),

@@ -25,6 +25,7 @@
 #include "store_failover.h"
 #include "store_memory.h"
 #include "store_redis.h"
+#include "store_redis_codec.h"
 #include "store_conformance.h"
 
 /*
@@ -1472,6 +1473,68 @@ test_failover_recovers(void **state)
     store_memory_free(m);
 }
 
+/* A stored response written before the ages were part of its trailer still reads, with
+ * zero ages; one written now reads back with them. */
+static void
+test_codec_reads_values_without_ages(void **state)
+{
+    (void)state;
+    unsigned char v[64];
+    size_t n = 0;
+    memcpy(v, "abc", 3);
+    n = 3;
+    memset(v + n, 0, 12); /* content type, headers and etag lengths */
+    n += 12;
+    uint64_t stale = 7000;
+    for (int i = 0; i < 8; i++)
+        v[n++] = (unsigned char)(stale >> (8 * i));
+    v[n++] = 200 & 0xff;
+    v[n++] = 0;
+    v[n++] = STORE_ENTRY_PASS; /* flags */
+    v[n++] = 0;                /* nothing optional, and no ages */
+    double stored = 1000.0, expires = 2000.0;
+    memcpy(v + n, &stored, 8);
+    memcpy(v + n + 8, &expires, 8);
+    n += 16;
+    memset(v + n, 'T', TOKEN_LEN);
+    n += TOKEN_LEN;
+    char *copy = malloc(n);
+    memcpy(copy, v, n);
+    struct store_entry *e = codec_entry_from_value(copy, n);
+    assert_non_null(e);
+    assert_int_equal(e->body_len, 3);
+    assert_memory_equal(e->body, "abc", 3);
+    assert_int_equal(e->stale_ms, 7000);
+    assert_int_equal(e->flags, STORE_ENTRY_PASS);
+    assert_int_equal(e->status, 200);
+    assert_int_equal(e->stored_ms, 1000);
+    assert_int_equal(e->expires_ms, 2000);
+    assert_int_equal(e->age_ms + e->swr_ms + e->sie_ms, 0);
+    store_entry_release(e);
+
+    /* Today's layout round-trips the ages. */
+    e = store_entry_new(203, NULL, strdup("xy"), 2);
+    e->age_ms = 12000;
+    e->swr_ms = 34000;
+    e->sie_ms = 56000;
+    struct sbuf b = {0};
+    codec_entry_head(&b, e);
+    assert_int_equal(b.len, codec_entry_head_len(e));
+    sbuf_add(&b, &stored, 8);
+    sbuf_add(&b, &expires, 8);
+    sbuf_add(&b, "TTTTTTTT", TOKEN_LEN);
+    store_entry_release(e);
+    e = codec_entry_from_value(b.p, b.len);
+    assert_non_null(e);
+    assert_int_equal(e->status, 203);
+    assert_memory_equal(e->body, "xy", 2);
+    assert_int_equal(e->body_len, 2);
+    assert_int_equal(e->age_ms, 12000);
+    assert_int_equal(e->swr_ms, 34000);
+    assert_int_equal(e->sie_ms, 56000);
+    store_entry_release(e);
+}
+
 int
 main(void)
 {
@@ -1495,6 +1558,7 @@ main(void)
         cmocka_unit_test(test_failover_removal),
         cmocka_unit_test(test_failover_limits_in_process),
         cmocka_unit_test(test_failover_recovers),
+        cmocka_unit_test(test_codec_reads_values_without_ages),
     };
     int failed;
 

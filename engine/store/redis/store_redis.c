@@ -145,7 +145,7 @@ admit_entry(struct admit_op *op)
     struct store_entry *e;
 
     if (op->value) {
-        if (op->value_len < TRAILER_LEN ||
+        if (op->value_len < TRAILER_LEN - AGES_LEN ||
             memcmp(op->value + op->value_len - TOKEN_LEN, op->token, TOKEN_LEN) != 0)
             return NULL;
         e = codec_entry_from_value(op->value, op->value_len);
@@ -718,7 +718,7 @@ on_fill(void *arg, redisReply *r)
     } else {
         op->s->stats.failed++;
     }
-    if (status == 0 && op->ttl_ms > 0)
+    if (status == 0 && (op->ttl_ms > 0 || op->entry->stale_ms > 0))
         near_put(&op->s->near, op->key, op->keylen, op->token, op->entry);
     else
         near_drop(&op->s->near, op->key, op->keylen);

@@ -171,6 +171,7 @@ wr_u64(struct sbuf *b, uint64_t v)
 #define HAS_CONTENT_TYPE 1u
 #define HAS_HEADERS 2u
 #define HAS_ETAG 4u
+#define HAS_AGES 8u /* the layout with age_ms, swr_ms and sie_ms */
 
 void
 codec_entry_head(struct sbuf *b, const struct store_entry *e)
@@ -181,7 +182,7 @@ codec_entry_head(struct sbuf *b, const struct store_entry *e)
     unsigned char tail[4] = {(unsigned char)e->status, (unsigned char)(e->status >> 8), e->flags,
                              (unsigned char)((e->content_type ? HAS_CONTENT_TYPE : 0) |
                                              (e->headers ? HAS_HEADERS : 0) |
-                                             (e->etag ? HAS_ETAG : 0))};
+                                             (e->etag ? HAS_ETAG : 0) | HAS_AGES)};
 
     if (e->body_len)
         sbuf_add(b, e->body, e->body_len);
@@ -191,6 +192,9 @@ codec_entry_head(struct sbuf *b, const struct store_entry *e)
         sbuf_add(b, e->headers, hlen);
     if (etlen)
         sbuf_add(b, e->etag, etlen);
+    wr_u64(b, e->age_ms);
+    wr_u64(b, e->swr_ms);
+    wr_u64(b, e->sie_ms);
     codec_put_u32(b, (uint32_t)ctlen);
     codec_put_u32(b, (uint32_t)hlen);
     codec_put_u32(b, (uint32_t)etlen);
@@ -210,16 +214,24 @@ codec_entry_from_value(char *v, size_t len)
 {
     const unsigned char *p = (const unsigned char *)v;
 
-    if (len < TRAILER_LEN)
+    if (len < TRAILER_LEN - AGES_LEN)
         return NULL;
-    size_t t = len - TRAILER_LEN;
+    size_t t = len - (TRAILER_LEN - AGES_LEN); /* the trailer after the ages */
     uint64_t ctlen = rd_u32(p + t), hlen = rd_u32(p + t + 4), etlen = rd_u32(p + t + 8);
-    if (ctlen + hlen + etlen > t)
-        return NULL;
     uint64_t stale = rd_u64(p + t + 12);
     uint16_t status = (uint16_t)(p[t + 20] | p[t + 21] << 8);
     uint8_t flags = p[t + 22], has = p[t + 23];
     uint64_t stored = rd_f64_ms(p + t + 24), expires = rd_f64_ms(p + t + 32);
+    uint64_t ages[3] = {0, 0, 0};
+    if (has & HAS_AGES) {
+        if (t < AGES_LEN)
+            return NULL;
+        t -= AGES_LEN;
+        for (int i = 0; i < 3; i++)
+            ages[i] = rd_u64(p + t + 8 * i);
+    }
+    if (ctlen + hlen + etlen > t)
+        return NULL;
     size_t blen = t - (size_t)(ctlen + hlen + etlen);
     const char *q = v + blen;
     char *ct = has & HAS_CONTENT_TYPE ? xstrndup(q, ctlen) : NULL;
@@ -236,6 +248,9 @@ codec_entry_from_value(char *v, size_t len)
         e->etag = xstrndup(q, etlen);
     e->flags = flags;
     e->stale_ms = stale;
+    e->age_ms = ages[0];
+    e->swr_ms = ages[1];
+    e->sie_ms = ages[2];
     e->stored_ms = stored;
     e->expires_ms = expires;
     return e;

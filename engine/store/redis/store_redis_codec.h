@@ -20,12 +20,17 @@ struct store_entry;
 
 /*
  * The stored response: [body][content type][headers][etag], then the head's trailer
+ * [u64 age_ms][u64 swr_ms][u64 sie_ms]
  * [u32 content type length][u32 headers length][u32 etag length][u64 stale_ms]
- * [u16 status][u8 flags][u8 which of content type (1), headers (2), etag (4) are set],
- * written by the gateway, then [f64 stored_ms][f64 expires_ms][8-byte fill token], appended
- * by fill.lua. The body comes first so that it is used in place.
+ * [u16 status][u8 flags][u8 which of content type (1), headers (2), etag (4) are set, and
+ * 8 for this layout], written by the gateway, then [f64 stored_ms][f64 expires_ms][8-byte
+ * fill token], appended by fill.lua. The body comes first so that it is used in place. A
+ * value without the 8 bit (written before the three u64 of ages existed) has no ages: they
+ * read as 0, and the whole value before the older trailer is body, content type, headers and
+ * etag.
  */
-#define HEAD_TRAILER_LEN (4 + 4 + 4 + 8 + 2 + 1 + 1)
+#define AGES_LEN (8 + 8 + 8)
+#define HEAD_TRAILER_LEN (AGES_LEN + 4 + 4 + 4 + 8 + 2 + 1 + 1)
 #define TRAILER_LEN (HEAD_TRAILER_LEN + 8 + 8 + TOKEN_LEN)
 
 /*
