@@ -81,6 +81,19 @@ void server_free(struct server *s);
 /* Sends the response and ends the request. */
 void server_respond(struct server_request *req, const struct server_response *resp);
 
+/*
+ * Sends an interim answer (status 100..199 but 101, reason phrase from
+ * server_reason_phrase) with `headers` ("Name: value\r\n" lines, len bytes,
+ * copied; NULL when len is 0) on a request before its server_respond(). It
+ * is written at once, ahead of the final answer (from the application's own
+ * handle() it leaves with that turn's batch). Dropped silently when the
+ * request is HTTP/1.0 (RFC 9110 15.2), when the client has gone, and when
+ * over 1 MiB already waits for the client to read it. Calling it after
+ * server_respond() for the request is a bug (the request is gone).
+ */
+void server_respond_interim(struct server_request *req, int status, const char *headers,
+                            size_t len);
+
 /* Convenience: an application/problem+json error with this status, title and detail. */
 void server_respond_problem(struct server_request *req, int status, const char *type,
                             const char *title, const char *detail, const char *extra_headers);
