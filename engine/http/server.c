@@ -612,7 +612,7 @@ server_respond(struct server_request *req, const struct server_response *resp)
         conn_free(c);
         return;
     }
-    if (resp->close || w->draining)
+    if (resp->close || resp->close_delimited || w->draining)
         c->closing = 1;
 
     size_t datelen;
@@ -635,7 +635,8 @@ server_respond(struct server_request *req, const struct server_response *resp)
         o = put(o, resp->content_type, ctlen);
         o = put(o, "\r\n", 2);
     }
-    if (resp->status >= 200 && resp->status != 204 && resp->status != 304) {
+    if (resp->status >= 200 && resp->status != 204 && resp->status != 304 &&
+        !resp->close_delimited) {
         o = put(o, "Content-Length: ", 16);
         o = write_u64(o, resp->body_len);
         o = put(o, "\r\n", 2);

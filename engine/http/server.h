@@ -47,6 +47,12 @@ struct server_response {
     void (*release)(const void *body, size_t body_len, void *body_arg);
     void *body_arg;
     int close; /* close the connection after this response */
+    /* The body ends where the connection does (RFC 9112 6.3 item 7): no Content-Length is
+     * written, "Connection: close" is, and the connection is closed once the body is out.
+     * For a body in a transfer coding the application passes on undecoded (its
+     * Transfer-Encoding line in headers or headers2); HTTP/1.0 requests get no
+     * Transfer-Encoding (RFC 9112 6.1), which is the application's to ensure. */
+    int close_delimited;
 };
 
 /*
