@@ -89,7 +89,7 @@ list_has(const char *s, size_t n, const char *name, size_t namelen)
 
 /* ---- the answer parser ---- */
 
-enum { PS_HEAD, PS_LENGTH, PS_CHUNKED, PS_CLOSE, PS_DONE, PS_ERROR };
+enum { PS_HEAD, PS_INTERIM, PS_LENGTH, PS_CHUNKED, PS_CLOSE, PS_DONE, PS_ERROR };
 
 /* A header field of the head in buf, by offsets (buf moves as it grows). */
 struct field_at {
@@ -105,7 +105,7 @@ struct upstream_parser {
     char *buf;   /* the head, then the body (Content-Length, close) or undecoded chunked bytes */
     size_t len, cap;
     size_t scan;     /* PS_HEAD: bytes of buf searched for the end of the head */
-    size_t head_len; /* the final head, at the start of buf */
+    size_t head_len; /* the final head (or PS_INTERIM: the interim head), at the start of buf */
     int status, minor_version, keep_alive, trailing;
     uint64_t content_length;
     struct field_at *at;
@@ -392,12 +392,35 @@ parse_head(struct upstream_parser *ps, size_t end)
     return 0;
 }
 
+/* Points the result's fields at the kept fields of the head at the start of buf. */
+static void
+ps_fields(struct upstream_parser *ps)
+{
+    char *b = ps->buf;
+
+    ps->nfields = 0;
+    if (ps->fields_cap < ps->nat) {
+        ps->fields_cap = ps->nat;
+        ps->fields = xrealloc(ps->fields, ps->fields_cap * sizeof *ps->fields);
+    }
+    for (size_t i = 0; i < ps->nat; i++) {
+        const struct field_at *f = &ps->at[i];
+        struct upstream_header *h;
+        if (!f->keep)
+            continue;
+        h = &ps->fields[ps->nfields++];
+        h->name = b + f->name;
+        h->name_len = f->name_len;
+        h->value = b + f->value;
+        h->value_len = f->value_len;
+    }
+}
+
 /* The answer is complete: points the result at fields and body. */
 static int
 ps_done(struct upstream_parser *ps)
 {
     size_t body_len = ps->len - ps->head_len;
-    char *b;
 
     if (ps->state == PS_CHUNKED) {
         if (ps->body_cap <= ps->body_len) {
@@ -424,24 +447,7 @@ ps_done(struct upstream_parser *ps)
         ps->out_body_len = 0;
     }
     ps->state = PS_DONE;
-
-    b = ps->buf;
-    ps->nfields = 0;
-    if (ps->fields_cap < ps->nat) {
-        ps->fields_cap = ps->nat;
-        ps->fields = xrealloc(ps->fields, ps->fields_cap * sizeof *ps->fields);
-    }
-    for (size_t i = 0; i < ps->nat; i++) {
-        const struct field_at *f = &ps->at[i];
-        struct upstream_header *h;
-        if (!f->keep)
-            continue;
-        h = &ps->fields[ps->nfields++];
-        h->name = b + f->name;
-        h->name_len = f->name_len;
-        h->value = b + f->value;
-        h->value_len = f->value_len;
-    }
+    ps_fields(ps);
     return UPSTREAM_PARSE_DONE;
 }
 
@@ -463,16 +469,17 @@ ps_advance(struct upstream_parser *ps)
                 return UPSTREAM_PARSE_MORE;
             if (parse_head(ps, end) < 0)
                 return UPSTREAM_PARSE_ERROR;
+            ps->head_len = end;
             if (ps->status < 200) {
                 /* 1xx: an interim answer; 101 would switch protocols we never asked for. */
                 if (ps->status == 101)
                     return ps_fail(ps, UPSTREAM_PROTOCOL, "unexpected 101 from upstream");
-                memmove(ps->buf, ps->buf + end, ps->len - end);
-                ps->len -= end;
-                ps->scan = 0;
-                continue;
+                ps->state = PS_INTERIM;
+                ps->out_body = "";
+                ps->out_body_len = 0;
+                ps_fields(ps);
+                return UPSTREAM_PARSE_INTERIM;
             }
-            ps->head_len = end;
             break;
         }
         case PS_LENGTH:
@@ -513,6 +520,8 @@ ps_advance(struct upstream_parser *ps)
         }
         case PS_DONE:
             return ps_done(ps);
+        case PS_INTERIM:
+            return UPSTREAM_PARSE_INTERIM;
         default:
             return UPSTREAM_PARSE_ERROR;
         }
@@ -522,7 +531,7 @@ ps_advance(struct upstream_parser *ps)
 char *
 upstream_parser_space(struct upstream_parser *ps, size_t *room)
 {
-    assert(ps->state != PS_DONE && ps->state != PS_ERROR);
+    assert(ps->state != PS_DONE && ps->state != PS_ERROR && ps->state != PS_INTERIM);
     if (ps->state == PS_LENGTH) {
         /* Exactly the rest of the body, and the byte that terminates it. */
         size_t rest = ps->head_len + (size_t)ps->content_length - ps->len;
@@ -542,9 +551,21 @@ upstream_parser_feed(struct upstream_parser *ps, size_t n)
         return UPSTREAM_PARSE_DONE;
     if (ps->state == PS_ERROR)
         return UPSTREAM_PARSE_ERROR;
-    assert(n > 0 && n <= ps->cap - ps->len);
+    assert(ps->state != PS_INTERIM && n > 0 && n <= ps->cap - ps->len);
     ps->started = 1;
     ps->len += n;
+    return ps_advance(ps);
+}
+
+int
+upstream_parser_resume(struct upstream_parser *ps)
+{
+    assert(ps->state == PS_INTERIM);
+    memmove(ps->buf, ps->buf + ps->head_len, ps->len - ps->head_len);
+    ps->len -= ps->head_len;
+    ps->head_len = ps->scan = 0;
+    ps->nfields = 0;
+    ps->state = PS_HEAD;
     return ps_advance(ps);
 }
 
@@ -572,7 +593,7 @@ void
 upstream_parser_response(struct upstream_parser *ps, struct upstream_response *res)
 {
     memset(res, 0, sizeof *res);
-    if (ps->state != PS_DONE) {
+    if (ps->state != PS_DONE && ps->state != PS_INTERIM) {
         res->error = ps->state == PS_ERROR ? ps->error : UPSTREAM_PROTOCOL;
         res->detail = ps->state == PS_ERROR ? ps->detail : "incomplete upstream answer";
         res->body = "";
