@@ -32,6 +32,27 @@ upstream_entry(const struct upstream_response *res, const struct http_header *f,
     return e;
 }
 
+/*
+ * An interim answer of the upstream goes on to the client at once (RFC 9110 15.2: the proxy
+ * never asks for one, it sends no Expect); its hop-by-hop fields are already gone.
+ */
+static void
+on_interim(void *arg, const struct upstream_response *res)
+{
+    struct gw_req *rq = arg;
+    struct sbuf h = {0};
+    if (rq->detached)
+        return;
+    for (size_t i = 0; i < res->nfields; i++) {
+        sbuf_add(&h, res->fields[i].name, res->fields[i].name_len);
+        sbuf_add(&h, ": ", 2);
+        sbuf_add(&h, res->fields[i].value, res->fields[i].value_len);
+        sbuf_add(&h, "\r\n", 2);
+    }
+    server_respond_interim(rq->sr, res->status, h.p, h.len);
+    sbuf_free(&h);
+}
+
 static void
 on_upstream(void *arg, const struct upstream_response *res)
 {
@@ -201,6 +222,7 @@ gw_proxy_run(struct gw_req *rq)
         .headers_len = headers.len,
         .body = safe ? NULL : rq->sr->body,
         .body_len = safe ? 0 : rq->sr->body_len,
+        .interim = on_interim,
     };
     struct upstream_target t = {
         .host = ep->up->host,

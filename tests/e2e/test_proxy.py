@@ -1119,6 +1119,144 @@ class UpstreamAnswers(ProxyCase):
                 self.assertEqual(n.json()["path"], "/u/next%d-%d" % (i, j))
 
 
+def exchange(port, data, timeout=5):
+    """Raw bytes in; (everything the server answers, whether it closed the connection)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                return out, False
+            if not chunk:
+                return out, True
+            out += chunk
+    finally:
+        s.close()
+
+
+def get11(port, path, extra=b""):
+    """A raw HTTP/1.1 GET of path as user 1 (extra: more header lines); like exchange()."""
+    return exchange(port, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nX-User-Id: 1\r\n" +
+                    extra + b"\r\n")
+
+
+def answers(data):
+    """The answers in data: [(status, status line, {lower-cased name: [values]}, body)], the
+    interim ones with an empty body, the final one with every byte after its head."""
+    out = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            fields.setdefault(name.strip().lower(), []).append(value.strip())
+        status = int(lines[0].split(" ")[1])
+        if 100 <= status < 200:
+            out.append((status, lines[0], fields, b""))
+            continue
+        out.append((status, lines[0], fields, data))
+        break
+    return out
+
+
+PASS_ON_POLICY = r'''
+identity { user = header "X-User-Id" }
+upstream "origin" { url = "@ORIGIN@", timeout = "5s" }
+endpoint "GET /ic/{id}" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "ic:{path.id}:{user}", tags = { "ic:{user}" } },
+}
+endpoint "POST /ic/{id}" { upstream = "origin", invalidate = { "ic:{user}" } }
+endpoint "GET /iu/{id}" { upstream = "origin" }
+'''
+
+HINT = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+FINAL = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+
+
+class InterimAnswers(ProxyCase):
+    """RFC 9110 15.2: interim (1xx) answers of the origin go on to HTTP/1.1 clients at once,
+    never to HTTP/1.0 ones; 101 is never passed on."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.serve(cls.policy(PASS_ON_POLICY))
+
+    def test_rfc9110_15_2_proxy_forwards_103(self):
+        for path in ("/iu/hints", "/ic/hints"):
+            with self.subTest(path=path):
+                self.origin.config(path, raw=HINT + FINAL)
+                out, _ = get11(self.s.port, path, b"Connection: close\r\n")
+                self.assertTrue(out.startswith(
+                    b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                    b"HTTP/1.1 200 OK\r\n"), out)
+                a = answers(out)
+                self.assertEqual([x[0] for x in a], [103, 200])
+                self.assertEqual(a[1][3], b"hello")
+                self.assertNotIn("link", a[1][2])
+        # A hit is answered from the cache: no interim answer then.
+        out, _ = get11(self.s.port, "/ic/hints", b"Connection: close\r\n")
+        a = answers(out)
+        self.assertEqual([x[0] for x in a], [200], out)
+        self.assertEqual(a[0][2]["x-cache"], ["HIT"])
+
+    def test_rfc9110_15_2_proxy_forwards_103_before_the_final_answer_exists(self):
+        self.origin.config("/iu/slowhints", raw=[HINT, 800, FINAL])
+        s = socket.create_connection(("127.0.0.1", self.s.port), timeout=10)
+        try:
+            s.sendall(b"GET /iu/slowhints HTTP/1.1\r\nHost: x\r\nX-User-Id: 1\r\n"
+                      b"Connection: close\r\n\r\n")
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            hint_at = time.monotonic()
+            self.assertTrue(buf.startswith(b"HTTP/1.1 103 Early Hints\r\n"), buf)
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+            final_at = time.monotonic()
+        finally:
+            s.close()
+        note("103 went out %.0f ms before the final answer" % ((final_at - hint_at) * 1000))
+        self.assertGreater(final_at - hint_at, 0.5)
+        self.assertEqual([x[0] for x in answers(buf)], [103, 200])
+
+    def test_rfc9110_15_2_http10_client_gets_no_interim_answer(self):
+        self.origin.config("/iu/hints10", raw=HINT + FINAL)
+        out, closed = exchange(self.s.port, b"GET /iu/hints10 HTTP/1.0\r\nX-User-Id: 1\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.0 200 OK\r\n"), out)
+        self.assertNotIn(b" 103 ", out)
+        self.assertTrue(out.endswith(b"\r\n\r\nhello"), out)
+        self.assertTrue(closed)
+
+    def test_rfc9110_15_2_proxy_forwards_100_102_and_unknown_1xx_without_hop_by_hop_fields(self):
+        self.origin.config("/iu/many", raw="HTTP/1.1 100 Continue\r\n\r\n"
+                                           "HTTP/1.1 102 Processing\r\n\r\n"
+                                           "HTTP/1.1 199 Odd\r\nX-A: 1\r\nConnection: X-H\r\n"
+                                           "X-H: 2\r\nKeep-Alive: timeout=9\r\n\r\n" + FINAL)
+        out, _ = get11(self.s.port, "/iu/many", b"Connection: close\r\n")
+        a = answers(out)
+        self.assertEqual([x[0] for x in a], [100, 102, 199, 200], out)
+        self.assertEqual(a[2][2], {"x-a": ["1"]})
+        self.assertEqual(a[3][3], b"hello")
+
+    def test_rfc9110_15_2_upstream_101_is_a_bad_gateway(self):
+        self.origin.config("/iu/switch", raw="HTTP/1.1 101 Switching Protocols\r\n"
+                                             "Upgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+        r = get(self.s.port, "/iu/switch", user=1)
+        self.assertTrue(is_problem(r, 502), r)
+        self.origin.config("/iu/hintswitch", raw=HINT + "HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        out, _ = get11(self.s.port, "/iu/hintswitch", b"Connection: close\r\n")
+        self.assertEqual([x[0] for x in answers(out)], [103, 502], out)
+
+
 # ---------------------------------------------------------------------------
 
 WRITE_POLICY = r'''
