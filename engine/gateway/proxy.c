@@ -15,7 +15,10 @@
 
 /* ---- the upstream source ------------------------------------------------------------------ */
 
-/* An upstream's answer as an entry: status, Content-Type, the replayed fields, ETag, body. */
+/*
+ * An upstream's answer as an entry: status, Content-Type, the replayed fields, ETag, body; the
+ * answer's transfer codings, when its body is still in them, as a Transfer-Encoding field.
+ */
 static struct store_entry *
 upstream_entry(const struct upstream_response *res, const struct http_header *f, size_t n)
 {
@@ -25,6 +28,8 @@ upstream_entry(const struct upstream_response *res, const struct http_header *f,
                                             xstrndup(res->body, res->body_len), res->body_len);
     struct sbuf h = {0};
     httpcache_replay_fields(f, n, &h);
+    if (res->transfer_encoding)
+        sbuf_printf(&h, "Transfer-Encoding: %s\r\n", res->transfer_encoding);
     e->headers = h.p;
     e->headers_len = h.len;
     if (etag && etag[0])
@@ -83,12 +88,18 @@ on_upstream(void *arg, const struct upstream_response *res)
         fields[i].value = (struct http_str){res->fields[i].value, res->fields[i].value_len};
     }
     struct store_entry *e = upstream_entry(res, fields, n);
+    if (res->transfer_encoding) {
+        /* A coding sluice does not decode: passed on as received, never stored (and no
+         * hit-for-miss marker); this worker's waiters on the key go to the origin themselves. */
+        rq->coded = true;
+        rq->uncacheable = true;
+    }
     if (ep->is_write) {
         if (res->status >= 200 && res->status < 300)
             gw_invalidate_then_reply(rq, e);
         else
             gw_reply_entry(rq, e, NULL, 0);
-    } else if (rq->admit.cache_key && !rq->bypass) {
+    } else if (rq->admit.cache_key && !rq->bypass && !rq->coded) {
         struct httpcache_verdict v;
         httpcache_judge(res->status, fields, n, ep->ttl_ms, res->body_len, &v);
         if (v.storable) {

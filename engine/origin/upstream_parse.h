@@ -48,6 +48,15 @@ struct upstream_response {
     size_t nfields;
     const char *body; /* de-chunked; NUL-terminated (not counted in body_len) */
     size_t body_len;
+    /*
+     * NULL, or the transfer codings other than chunked that the answer's
+     * Transfer-Encoding applied to its body ("gzip", "x-foo, br"; a final
+     * chunked is removed and decoded): the body is then as received, still in
+     * those codings, which the parser does not decode. Without a final
+     * chunked the body is every byte until the connection closed (RFC 9112
+     * 6.3). Set only for a final answer with a body (not for HEAD, 204, 304).
+     */
+    const char *transfer_encoding;
 };
 
 /*
@@ -125,7 +134,7 @@ int upstream_parser_eof(struct upstream_parser *ps);
 
 /*
  * Fills *res from a parser that returned DONE, INTERIM or ERROR (error,
- * detail, and on DONE the status, fields and body, on
+ * detail, and on DONE the status, fields, body and transfer codings, on
  * INTERIM the status and fields with an empty body), borrowed from the parser
  * until its next reset, resume or free.
  */

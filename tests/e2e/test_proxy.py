@@ -6,6 +6,7 @@ read out of band (never through sluice). Timing bounds are wider on a sanitizer 
 """
 
 import concurrent.futures
+import gzip
 import http.client
 import json
 import os
@@ -1069,7 +1070,11 @@ MALFORMED = {
     "obs-fold": "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: a\r\n b\r\n\r\nhello",
     "negative-length": "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nhello",
     "huge-length": "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\nhello",
-    "unknown-coding": "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "chunked-not-last": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+                        "5\r\nhello\r\n0\r\n\r\n",
+    "chunked-twice": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"
+                     "5\r\nhello\r\n0\r\n\r\n",
+    "coding-and-length": "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 5\r\n\r\nhello",
     "status-999": "HTTP/1.1 999 Odd\r\nContent-Length: 5\r\n\r\nhello",
     "body-short-of-length": "HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nhello",
 }
@@ -1176,6 +1181,12 @@ endpoint "GET /iu/{id}" { upstream = "origin" }
 
 HINT = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
 FINAL = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+CODED = gzip.compress(b"hello, coded world\n" * 20)
+
+
+def coded_answer(coding="gzip"):
+    return ("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-App: 1\r\n"
+            "Transfer-Encoding: %s\r\n\r\n" % coding) + CODED.decode("latin-1")
 
 
 class InterimAnswers(ProxyCase):
@@ -1255,6 +1266,77 @@ class InterimAnswers(ProxyCase):
         self.origin.config("/iu/hintswitch", raw=HINT + "HTTP/1.1 101 Switching Protocols\r\n\r\n")
         out, _ = get11(self.s.port, "/iu/hintswitch", b"Connection: close\r\n")
         self.assertEqual([x[0] for x in answers(out)], [103, 502], out)
+
+
+class TransferCodings(ProxyCase):
+    """RFC 9112 6.1 and 6.3: an answer in a transfer coding the gateway does not decode goes on
+    as it came, delimited by closing the connection, and is never stored; never to HTTP/1.0."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.serve(cls.policy(PASS_ON_POLICY))
+
+    def check_coded(self, out, closed, body=CODED):
+        a = answers(out)
+        self.assertEqual(len(a), 1, out)
+        status, _, f, got = a[0]
+        self.assertEqual(status, 200, out)
+        self.assertEqual(f.get("transfer-encoding"), ["gzip"])
+        self.assertNotIn("content-length", f)
+        self.assertEqual(f.get("connection"), ["close"])
+        self.assertEqual(f.get("x-app"), ["1"])
+        self.assertEqual(got, body)  # byte for byte
+        self.assertTrue(closed, "the connection is closed after the body")
+        return f
+
+    def test_rfc9112_6_3_unknown_coding_passed_on_until_close_and_never_stored(self):
+        for path, xcache in (("/ic/coded", ["MISS"]), ("/iu/coded", None)):
+            with self.subTest(path=path):
+                self.origin.config(path, raw=coded_answer(), close=True)
+                for i in range(2):
+                    out, closed = get11(self.s.port, path)  # a keep-alive request
+                    f = self.check_coded(out, closed)
+                    self.assertEqual(f.get("x-cache"), xcache)
+                self.assertEqual(gzip.decompress(CODED), b"hello, coded world\n" * 20)
+                self.assertEqual(self.origin.count(path), 2, "never stored")
+
+    def test_rfc9112_6_1_gzip_chunked_is_dechunked_and_passed_on_as_gzip(self):
+        chunked = ("HTTP/1.1 200 OK\r\nX-App: 1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                   "%x\r\n%s\r\n0\r\n\r\n" % (len(CODED), CODED.decode("latin-1")))
+        self.origin.config("/ic/gzchunked", raw=chunked)
+        for i in range(2):
+            out, closed = get11(self.s.port, "/ic/gzchunked")
+            self.check_coded(out, closed)
+        self.assertEqual(self.origin.count("/ic/gzchunked"), 2, "never stored")
+
+    def test_rfc9112_6_1_http10_client_never_gets_a_transfer_coding(self):
+        self.origin.config("/iu/coded10", raw=coded_answer(), close=True)
+        out, closed = exchange(self.s.port, b"GET /iu/coded10 HTTP/1.0\r\nX-User-Id: 1\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.0 502 "), out)
+        self.assertNotIn(b"transfer-encoding", out.lower())
+        self.assertNotIn(CODED, out)
+        self.assertTrue(closed)
+
+    def test_rfc9112_6_1_a_coded_write_answer_still_invalidates(self):
+        self.origin.config("/ic/w", method="GET", body="v1")
+        self.assertEqual(get(self.s.port, "/ic/w", user=1).cache, "MISS")
+        self.assertEqual(get(self.s.port, "/ic/w", user=1).cache, "HIT")
+        self.origin.config("/ic/w", method="POST", raw=coded_answer(), close=True)
+        out, closed = exchange(self.s.port, b"POST /ic/w HTTP/1.1\r\nHost: x\r\nX-User-Id: 1\r\n"
+                                            b"Content-Type: application/json\r\n"
+                                            b"Content-Length: 2\r\n\r\n{}")
+        self.check_coded(out, closed)
+        self.assertEqual(get(self.s.port, "/ic/w", user=1).cache, "MISS")
+        self.assertEqual(self.origin.count("/ic/w"), 3)
+
+    def test_rfc9112_6_1_request_in_an_unknown_coding_is_501(self):
+        before = self.origin.count("/ic/w501")
+        out, closed = exchange(self.s.port, b"POST /ic/w501 HTTP/1.1\r\nHost: x\r\nX-User-Id: 1\r\n"
+                                            b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 501 "), out)
+        self.assertTrue(closed)
+        self.assertEqual(self.origin.count("/ic/w501"), before)
 
 
 # ---------------------------------------------------------------------------

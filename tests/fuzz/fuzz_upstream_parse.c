@@ -56,6 +56,7 @@ struct outcome {
     size_t fields_len;
     char *body;
     size_t body_len;
+    char *te;      /* transfer_encoding, or NULL */
     char *interim; /* each interim answer: "status\0" then "name\0value\0" each, then "\n" */
     size_t interim_len;
 };
@@ -96,7 +97,7 @@ check_response(const struct upstream_response *res, int rc, size_t max_body)
         CHECK(res->error == UPSTREAM_PROTOCOL || res->error == UPSTREAM_TOO_LARGE ||
               res->error == UPSTREAM_CONNECT);
         CHECK(res->detail[0] != '\0');
-        CHECK(res->nfields == 0 && res->body_len == 0);
+        CHECK(res->nfields == 0 && res->body_len == 0 && res->transfer_encoding == NULL);
         return;
     }
     CHECK(res->error == UPSTREAM_OK);
@@ -104,6 +105,16 @@ check_response(const struct upstream_response *res, int rc, size_t max_body)
     CHECK(res->minor_version == 0 || res->minor_version == 1);
     CHECK(res->body_len <= max_body);
     CHECK(res->body[res->body_len] == '\0');
+    if (res->transfer_encoding != NULL) {
+        /* Codings of an HTTP/1.1 answer with a body, none of them chunked. */
+        const char *te = res->transfer_encoding;
+        size_t n = strlen(te);
+        CHECK(n > 0 && res->minor_version == 1 && res->status != 204 && res->status != 304);
+        CHECK(te[0] != ' ' && te[0] != ',' && te[n - 1] != ' ' && te[n - 1] != ',');
+        for (size_t i = 0; i < n; i++)
+            CHECK(te[i] == '\t' || ((unsigned char)te[i] >= 0x20 && te[i] != 0x7f));
+        CHECK(!eq_nocase(te, "chunked") && !(n >= 9 && eq_nocase(te + n - 9, ", chunked")));
+    }
     check_fields(res);
 }
 
@@ -117,7 +128,7 @@ check_interim(struct upstream_parser *ps, struct sbuf *log)
     upstream_parser_response(ps, &res);
     CHECK(res.error == UPSTREAM_OK && res.detail != NULL && res.detail[0] == '\0');
     CHECK(res.status >= 100 && res.status <= 199 && res.status != 101);
-    CHECK(res.body != NULL && res.body_len == 0);
+    CHECK(res.body != NULL && res.body_len == 0 && res.transfer_encoding == NULL);
     CHECK(!upstream_parser_reusable(ps));
     check_fields(&res);
     snprintf(status, sizeof status, "%d", res.status);
@@ -186,6 +197,10 @@ run(struct upstream_parser *ps, const char *in, size_t n, uint64_t *rng, int eof
     CHECK(o->body != NULL);
     memcpy(o->body, res.body, res.body_len);
     o->body_len = res.body_len;
+    if (res.transfer_encoding != NULL) {
+        o->te = strdup(res.transfer_encoding);
+        CHECK(o->te != NULL);
+    }
     o->interim = log.p;
     o->interim_len = log.len;
 }
@@ -198,6 +213,7 @@ same(const struct outcome *a, const struct outcome *b)
     CHECK(a->nfields == b->nfields && a->fields_len == b->fields_len);
     CHECK(memcmp(a->fields, b->fields, a->fields_len) == 0);
     CHECK(a->body_len == b->body_len && memcmp(a->body, b->body, a->body_len) == 0);
+    CHECK((a->te == NULL) == (b->te == NULL) && (a->te == NULL || strcmp(a->te, b->te) == 0));
     CHECK(a->interim_len == b->interim_len &&
           (a->interim_len == 0 || memcmp(a->interim, b->interim, a->interim_len) == 0));
 }
@@ -207,6 +223,7 @@ outcome_free(struct outcome *o)
 {
     free(o->fields);
     free(o->body);
+    free(o->te);
     free(o->interim);
 }
 
