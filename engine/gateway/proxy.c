@@ -26,6 +26,7 @@ upstream_entry(const struct upstream_response *res, const struct http_header *f,
     const char *etag = upstream_response_field(res, "etag");
     struct store_entry *e = store_entry_new((uint16_t)res->status, ct ? xstrdup(ct) : NULL,
                                             xstrndup(res->body, res->body_len), res->body_len);
+    e->stored_ms = store_now_ms(); /* a fresh answer: Age 0 also when it is not stored */
     struct sbuf h = {0};
     httpcache_replay_fields(f, n, &h);
     if (res->transfer_encoding)

@@ -521,6 +521,7 @@ class CacheSecurity(ProxyCase):
                     r = get(self.s.port, path, user=5)
                     self.assertEqual(r.status, c.get("status", 200), r)
                     self.assertNotIn(r.cache, ("HIT", "STALE"), (i, r))
+                    self.assertLessEqual(int(r.headers.get("age", "0")), 1, "a fresh answer")
                 self.assertEqual(self.origin.count(path), 4, "every request reached the origin")
         # The cookie reached the caller, although it was not stored.
         r = get(self.s.port, "/nc/cookie", user=5)
@@ -1298,6 +1299,7 @@ class TransferCodings(ProxyCase):
                     out, closed = get11(self.s.port, path)  # a keep-alive request
                     f = self.check_coded(out, closed)
                     self.assertEqual(f.get("x-cache"), xcache)
+                    self.assertEqual(f.get("age"), xcache and ["0"])
                 self.assertEqual(gzip.decompress(CODED), b"hello, coded world\n" * 20)
                 self.assertEqual(self.origin.count(path), 2, "never stored")
 
