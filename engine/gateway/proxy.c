@@ -17,7 +17,10 @@
 
 /* ---- the upstream source ------------------------------------------------------------------ */
 
-/* An upstream's answer as an entry: status, Content-Type, the replayed fields, ETag, body. */
+/*
+ * An upstream's answer as an entry: status, Content-Type, the replayed fields, ETag, body; the
+ * answer's transfer codings, when its body is still in them, as a Transfer-Encoding field.
+ */
 static struct store_entry *
 upstream_entry(const struct upstream_response *res, const struct http_header *f, size_t n)
 {
@@ -25,13 +28,37 @@ upstream_entry(const struct upstream_response *res, const struct http_header *f,
     const char *etag = upstream_response_field(res, "etag");
     struct store_entry *e = store_entry_new((uint16_t)res->status, ct ? xstrdup(ct) : NULL,
                                             xstrndup(res->body, res->body_len), res->body_len);
+    e->stored_ms = store_now_ms(); /* a fresh answer: Age 0 also when it is not stored */
     struct sbuf h = {0};
     httpcache_replay_fields(f, n, &h);
+    if (res->transfer_encoding)
+        sbuf_printf(&h, "Transfer-Encoding: %s\r\n", res->transfer_encoding);
     e->headers = h.p;
     e->headers_len = h.len;
     if (etag && etag[0])
         e->etag = xstrdup(etag);
     return e;
+}
+
+/*
+ * An interim answer of the upstream goes on to the client at once (RFC 9110 15.2: the proxy
+ * never asks for one, it sends no Expect); its hop-by-hop fields are already gone.
+ */
+static void
+on_interim(void *arg, const struct upstream_response *res)
+{
+    struct gw_req *rq = arg;
+    struct sbuf h = {0};
+    if (rq->detached)
+        return;
+    for (size_t i = 0; i < res->nfields; i++) {
+        sbuf_add(&h, res->fields[i].name, res->fields[i].name_len);
+        sbuf_add(&h, ": ", 2);
+        sbuf_add(&h, res->fields[i].value, res->fields[i].value_len);
+        sbuf_add(&h, "\r\n", 2);
+    }
+    server_respond_interim(rq->sr, res->status, h.p, h.len);
+    sbuf_free(&h);
 }
 
 static void
@@ -64,13 +91,19 @@ on_upstream(void *arg, const struct upstream_response *res)
         fields[i].value = (struct http_str){res->fields[i].value, res->fields[i].value_len};
     }
     struct store_entry *e = upstream_entry(res, fields, n);
+    if (res->transfer_encoding) {
+        /* A coding sluice does not decode: passed on as received, never stored (and no
+         * hit-for-miss marker); this worker's waiters on the key go to the origin themselves. */
+        rq->coded = true;
+        rq->uncacheable = true;
+    }
     if (gw_writes(rq)) {
         /* A non-error answer to a write makes stored answers stale (RFC 9111 section 4.4). */
         if (res->status >= 200 && res->status < 400)
             gw_invalidate_then_reply(rq, e, fields, n);
         else
             gw_reply_entry(rq, e, NULL, 0);
-    } else if (rq->admit.cache_key && !rq->bypass) {
+    } else if (rq->admit.cache_key && !rq->bypass && !rq->coded) {
         struct httpcache_verdict v;
         httpcache_judge(res->status, fields, n, ep->ttl_ms, res->body_len, &v);
         if (v.storable) {
@@ -207,6 +240,7 @@ gw_proxy_run(struct gw_req *rq)
         .headers_len = headers.len,
         .body = safe ? NULL : rq->sr->body,
         .body_len = safe ? 0 : rq->sr->body_len,
+        .interim = on_interim,
     };
     struct upstream_target t = {
         .host = ep->up->host,

@@ -478,6 +478,13 @@ not_modified(const struct gw_req *rq, const struct store_entry *e)
 void
 gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uint64_t now_ms)
 {
+    if (rq->coded && !rq->detached && rq->sr->http.minor_version == 0) {
+        /* RFC 9112 6.1: no Transfer-Encoding to an HTTP/1.0 client, and the body is coded. */
+        gw_fail(rq, 502,
+                "the upstream's answer is in a transfer coding an HTTP/1.0 client "
+                "cannot receive");
+        return;
+    }
     if (rq->warm && xcache && strcmp(xcache, "HIT") == 0)
         rq->warm_outcome = WARM_CACHED;
     if (xcache) {
@@ -510,6 +517,7 @@ gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uin
         resp.body_len = e->body_len;
         resp.release = release_entry;
         resp.body_arg = e;
+        resp.close_delimited = rq->coded;
     }
     respond(rq, &resp);
     gw_req_free(rq);

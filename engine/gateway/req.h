@@ -106,6 +106,9 @@ struct gw_req {
     bool refresh;              /* a background refresh: the lease is held, the lookup is done */
     bool bypass;               /* the cache is not used for this request (X-Cache: BYPASS) */
     bool uncacheable;          /* the origin's answer may not be stored (hit-for-miss) */
+    bool coded;                /* the origin's answer is in a transfer coding passed on undecoded
+                                  (its Transfer-Encoding line in the entry's fields): replied
+                                  delimited by closing the connection, never to HTTP/1.0 */
     enum { WARM_FAILED = 0, WARM_FILLED, WARM_CACHED } warm_outcome;
     LIST_ENTRY(gw_req) bg_link; /* in wk->background while detached */
     char *own_raw;              /* a detached request's own bytes, parsed in own_sr */

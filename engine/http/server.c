@@ -3,6 +3,7 @@
 #include "server.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -100,6 +101,10 @@ server_reason_phrase(int status)
     switch (status) {
     case 100:
         return "Continue";
+    case 102:
+        return "Processing";
+    case 103:
+        return "Early Hints";
     case 200:
         return "OK";
     case 201:
@@ -607,7 +612,7 @@ server_respond(struct server_request *req, const struct server_response *resp)
         conn_free(c);
         return;
     }
-    if (resp->close || w->draining)
+    if (resp->close || resp->close_delimited || w->draining)
         c->closing = 1;
 
     size_t datelen;
@@ -630,7 +635,8 @@ server_respond(struct server_request *req, const struct server_response *resp)
         o = put(o, resp->content_type, ctlen);
         o = put(o, "\r\n", 2);
     }
-    if (resp->status >= 200 && resp->status != 204 && resp->status != 304) {
+    if (resp->status >= 200 && resp->status != 204 && resp->status != 304 &&
+        !resp->close_delimited) {
         o = put(o, "Content-Length: ", 16);
         o = write_u64(o, resp->body_len);
         o = put(o, "\r\n", 2);
@@ -676,6 +682,32 @@ server_respond(struct server_request *req, const struct server_response *resp)
     if (!c->paused)
         event_add(c->ev_read, NULL);
     conn_process(c);
+}
+
+void
+server_respond_interim(struct server_request *req, int status, const char *headers, size_t len)
+{
+    struct conn *c = req_conn(req);
+    const char *reason = server_reason_phrase(status);
+    char head[64];
+    int n;
+
+    assert(status >= 100 && status < 200 && status != 101);
+    if (c->state != CONN_HANDLING) {
+        fprintf(stderr, "sluice: internal error: interim response to a finished request\n");
+        abort();
+    }
+    if (c->dead || c->req.http.minor_version == 0 || evbuffer_get_length(c->out) >= OUT_HIGH_WATER)
+        return;
+    n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\n", status, reason);
+    evbuffer_add(c->out, head, (size_t)n);
+    if (len > 0)
+        evbuffer_add(c->out, headers, len);
+    evbuffer_add(c->out, "\r\n", 2);
+    if (c->in_process)
+        return; /* conn_process() writes the batch */
+    /* While the application holds the request a failed write only marks the connection dead. */
+    (void)conn_flush(c);
 }
 
 void

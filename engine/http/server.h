@@ -47,6 +47,12 @@ struct server_response {
     void (*release)(const void *body, size_t body_len, void *body_arg);
     void *body_arg;
     int close; /* close the connection after this response */
+    /* The body ends where the connection does (RFC 9112 6.3 item 7): no Content-Length is
+     * written, "Connection: close" is, and the connection is closed once the body is out.
+     * For a body in a transfer coding the application passes on undecoded (its
+     * Transfer-Encoding line in headers or headers2); HTTP/1.0 requests get no
+     * Transfer-Encoding (RFC 9112 6.1), which is the application's to ensure. */
+    int close_delimited;
 };
 
 /*
@@ -80,6 +86,19 @@ void server_free(struct server *s);
 
 /* Sends the response and ends the request. */
 void server_respond(struct server_request *req, const struct server_response *resp);
+
+/*
+ * Sends an interim answer (status 100..199 but 101, reason phrase from
+ * server_reason_phrase) with `headers` ("Name: value\r\n" lines, len bytes,
+ * copied; NULL when len is 0) on a request before its server_respond(). It
+ * is written at once, ahead of the final answer (from the application's own
+ * handle() it leaves with that turn's batch). Dropped silently when the
+ * request is HTTP/1.0 (RFC 9110 15.2), when the client has gone, and when
+ * over 1 MiB already waits for the client to read it. Calling it after
+ * server_respond() for the request is a bug (the request is gone).
+ */
+void server_respond_interim(struct server_request *req, int status, const char *headers,
+                            size_t len);
 
 /* Convenience: an application/problem+json error with this status, title and detail. */
 void server_respond_problem(struct server_request *req, int status, const char *type,

@@ -124,6 +124,7 @@ struct upstream_call {
     struct host *host;
     enum call_state state;
     upstream_done_fn *done;
+    upstream_interim_fn *interim;
     void *arg;
     struct conn *conn;
     struct event deadline;
@@ -414,6 +415,14 @@ conn_read(struct conn *k)
             return -1;
         }
         rc = upstream_parser_feed(k->ps, (size_t)n);
+        while (rc == UPSTREAM_PARSE_INTERIM) {
+            if (c->interim != NULL) {
+                struct upstream_response res;
+                upstream_parser_response(k->ps, &res);
+                c->interim(c->arg, &res);
+            }
+            rc = upstream_parser_resume(k->ps);
+        }
         if (rc == UPSTREAM_PARSE_DONE) {
             call_finish(c, UPSTREAM_OK, "");
             return -1;
@@ -999,6 +1008,7 @@ upstream_send(struct upstream_pool *p, const struct upstream_target *t,
     c->pool = p;
     c->host = h;
     c->done = done;
+    c->interim = req->interim;
     c->arg = arg;
     c->connect_ms = t->connect_timeout_ms ? t->connect_timeout_ms : DEFAULT_CONNECT_MS;
     c->timeout_ms = t->timeout_ms ? t->timeout_ms : DEFAULT_TIMEOUT_MS;

@@ -26,7 +26,15 @@ struct upstream_target {
     uint64_t timeout_ms;         /* from writing the request to the complete answer; 0: 30 s */
 };
 
-/* One request. Everything is copied by upstream_send(). */
+/*
+ * Called for each interim answer (status 100..199 but 101) that arrives
+ * before the final one, in order, from the event loop; res (error
+ * UPSTREAM_OK, status, fields, an empty body) is valid during the call only.
+ * It must not cancel its own call nor free the pool; it may send requests.
+ */
+typedef void upstream_interim_fn(void *arg, const struct upstream_response *res);
+
+/* One request. Everything is copied by upstream_send() (the callback pointer too). */
 struct upstream_request {
     const char *method; /* a token: "GET", "POST", ... */
     size_t method_len;
@@ -37,6 +45,8 @@ struct upstream_request {
     const char *body; /* sent with Content-Length when body_len > 0 or the method is
                          POST, PUT or PATCH */
     size_t body_len;
+    upstream_interim_fn *interim; /* NULL: interim answers are skipped; else called with the
+                                     `arg` given to upstream_send() */
 };
 
 /* Called exactly once per upstream_send() unless cancelled; res is valid during the call only. */
@@ -71,7 +81,9 @@ void upstream_pool_free(struct upstream_pool *p);
 /*
  * Sends req to t. Target and request are copied. `done` is called exactly
  * once, always from the event loop (never before this returns), unless the
- * call is cancelled first. A request that failed on a reused connection
+ * call is cancelled first; req->interim, when set, before it for each
+ * interim answer. The request never carries Expect, so no interim answer is
+ * one the pool asked for. A request that failed on a reused connection
  * before any byte of its answer arrived is sent again once on a fresh
  * connection when its method is GET, HEAD, PUT, DELETE or OPTIONS. Returns
  * a handle valid until `done` runs or upstream_cancel(), or NULL (done is not

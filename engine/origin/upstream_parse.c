@@ -89,7 +89,7 @@ list_has(const char *s, size_t n, const char *name, size_t namelen)
 
 /* ---- the answer parser ---- */
 
-enum { PS_HEAD, PS_LENGTH, PS_CHUNKED, PS_CLOSE, PS_DONE, PS_ERROR };
+enum { PS_HEAD, PS_INTERIM, PS_LENGTH, PS_CHUNKED, PS_CLOSE, PS_DONE, PS_ERROR };
 
 /* A header field of the head in buf, by offsets (buf moves as it grows). */
 struct field_at {
@@ -105,8 +105,11 @@ struct upstream_parser {
     char *buf;   /* the head, then the body (Content-Length, close) or undecoded chunked bytes */
     size_t len, cap;
     size_t scan;     /* PS_HEAD: bytes of buf searched for the end of the head */
-    size_t head_len; /* the final head, at the start of buf */
+    size_t head_len; /* the final head (or PS_INTERIM: the interim head), at the start of buf */
     int status, minor_version, keep_alive, trailing;
+    char *te; /* the transfer codings but chunked of the head's Transfer-Encoding, ", " between */
+    size_t te_len, te_cap;
+    int body_coded; /* the body is still in the codings of te */
     uint64_t content_length;
     struct field_at *at;
     size_t nat, at_cap;
@@ -163,6 +166,7 @@ upstream_parser_free(struct upstream_parser *ps)
     free(ps->at);
     free(ps->body);
     free(ps->fields);
+    free(ps->te);
     free(ps);
 }
 
@@ -185,6 +189,8 @@ upstream_parser_reset(struct upstream_parser *ps, int head_request)
     ps->len = ps->scan = ps->head_len = 0;
     ps->status = ps->minor_version = ps->keep_alive = ps->trailing = 0;
     ps->content_length = 0;
+    ps->te_len = 0;
+    ps->body_coded = 0;
     ps->nat = 0;
     memset(&ps->chunk, 0, sizeof ps->chunk);
     ps->body_len = 0;
@@ -255,6 +261,103 @@ parse_length(const char *s, size_t n, uint64_t *out)
     return 0;
 }
 
+static void
+te_add(struct upstream_parser *ps, const char *s, size_t n)
+{
+    if (ps->te_cap - ps->te_len < n + 1) {
+        ps->te_cap = 2 * (ps->te_len + n + 1);
+        ps->te = xrealloc(ps->te, ps->te_cap);
+    }
+    memcpy(ps->te + ps->te_len, s, n);
+    ps->te_len += n;
+    ps->te[ps->te_len] = '\0';
+}
+
+static const char *
+skip_ows(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    return p;
+}
+
+static const char *
+skip_token(const char *p, const char *end)
+{
+    while (p < end && is_tchar((unsigned char)*p))
+        p++;
+    return p;
+}
+
+/*
+ * Reads one Transfer-Encoding value v[0..n), a list of transfer codings
+ * (RFC 9112 7: token *( OWS ";" OWS token BWS "=" BWS ( token / quoted-string ) )),
+ * empty elements allowed. Codings other than chunked are appended to ps->te;
+ * *nchunked counts chunked. Returns 0, or -1 when the value is not such a
+ * list, names no coding, gives chunked parameters, or names a coding after
+ * chunked (here or in an earlier field: *nchunked is already set).
+ */
+static int
+add_codings(struct upstream_parser *ps, const char *v, size_t n, int *nchunked)
+{
+    const char *p = v, *end = v + n;
+    int any = 0;
+
+    for (;;) {
+        const char *name, *name_end, *q;
+        int params = 0;
+
+        while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+            p++;
+        if (p == end)
+            break;
+        name = p;
+        p = name_end = skip_token(p, end);
+        if (p == name)
+            return -1;
+        for (;;) {
+            q = skip_ows(p, end);
+            if (q == end || *q != ';')
+                break;
+            q = skip_ows(q + 1, end);
+            if ((p = skip_token(q, end)) == q)
+                return -1;
+            q = skip_ows(p, end);
+            if (q == end || *q != '=')
+                return -1;
+            q = skip_ows(q + 1, end);
+            if (q < end && *q == '"') {
+                for (q++; q < end && *q != '"'; q++)
+                    if (*q == '\\' && ++q == end)
+                        return -1;
+                if (q == end)
+                    return -1;
+                p = q + 1;
+            } else if ((p = skip_token(q, end)) == q) {
+                return -1;
+            }
+            params = 1;
+        }
+        q = skip_ows(p, end);
+        if (q < end && *q != ',')
+            return -1;
+        any = 1;
+        if (*nchunked > 0)
+            return -1; /* chunked is applied last, and once */
+        if (eq_nocase(name, (size_t)(name_end - name), "chunked")) {
+            if (params)
+                return -1;
+            (*nchunked)++;
+        } else {
+            if (ps->te_len > 0)
+                te_add(ps, ", ", 2);
+            te_add(ps, name, (size_t)(p - name));
+        }
+        p = q;
+    }
+    return any ? 0 : -1;
+}
+
 /* Parses the status line at buf[0..): sets status and version; returns the line's length or -1. */
 static long
 parse_status_line(struct upstream_parser *ps, size_t end)
@@ -292,12 +395,14 @@ parse_head(struct upstream_parser *ps, size_t end)
 {
     char *b = ps->buf, *p;
     long line = parse_status_line(ps, end);
-    int has_length = 0, chunked = 0, conn_close = 0, conn_keep = 0;
+    int has_length = 0, has_te = 0, chunked = 0, conn_close = 0, conn_keep = 0;
 
     if (line < 0)
         return ps_fail(ps, UPSTREAM_PROTOCOL, "malformed status line in the upstream answer");
     p = b + line;
     ps->nat = 0;
+    ps->te_len = 0;
+    ps->body_coded = 0;
     while (!(p[0] == '\r' && p[1] == '\n')) {
         char *name = p, *v, *vend;
         struct field_at *f;
@@ -347,19 +452,21 @@ parse_head(struct upstream_parser *ps, size_t end)
             ps->content_length = cl;
             has_length = 1;
         } else if (eq_nocase(name, f->name_len, "transfer-encoding")) {
-            if (chunked || !eq_nocase(v, f->value_len, "chunked"))
+            /* Several fields are one list (RFC 9110 5.3). */
+            if (add_codings(ps, v, f->value_len, &chunked) < 0)
                 return ps_fail(ps, UPSTREAM_PROTOCOL,
-                               "Transfer-Encoding other than chunked in the upstream answer");
-            chunked = 1;
+                               "malformed Transfer-Encoding in the upstream answer (chunked must "
+                               "come last, once, without parameters)");
+            has_te = 1;
         } else if (eq_nocase(name, f->name_len, "connection")) {
             conn_close |= list_has(v, f->value_len, "close", 5);
             conn_keep |= list_has(v, f->value_len, "keep-alive", 10);
         }
     }
-    if (chunked && has_length)
+    if (has_te && has_length)
         return ps_fail(ps, UPSTREAM_PROTOCOL,
                        "both Content-Length and Transfer-Encoding in the upstream answer");
-    if (chunked && ps->minor_version == 0)
+    if (has_te && ps->minor_version == 0)
         return ps_fail(ps, UPSTREAM_PROTOCOL, "Transfer-Encoding in an HTTP/1.0 answer");
 
     /* What the caller sees: end-to-end fields, without Content-Length. */
@@ -381,6 +488,12 @@ parse_head(struct upstream_parser *ps, size_t end)
         ps->state = PS_DONE;
     } else if (chunked) {
         ps->state = PS_CHUNKED;
+        ps->body_coded = ps->te_len > 0;
+    } else if (has_te) {
+        /* Codings without a final chunked: the body ends when the connection closes. */
+        ps->state = PS_CLOSE;
+        ps->keep_alive = 0;
+        ps->body_coded = 1;
     } else if (has_length) {
         if (ps->content_length > ps->max_body)
             return ps_fail(ps, UPSTREAM_TOO_LARGE, "upstream answer larger than the limit");
@@ -392,12 +505,35 @@ parse_head(struct upstream_parser *ps, size_t end)
     return 0;
 }
 
+/* Points the result's fields at the kept fields of the head at the start of buf. */
+static void
+ps_fields(struct upstream_parser *ps)
+{
+    char *b = ps->buf;
+
+    ps->nfields = 0;
+    if (ps->fields_cap < ps->nat) {
+        ps->fields_cap = ps->nat;
+        ps->fields = xrealloc(ps->fields, ps->fields_cap * sizeof *ps->fields);
+    }
+    for (size_t i = 0; i < ps->nat; i++) {
+        const struct field_at *f = &ps->at[i];
+        struct upstream_header *h;
+        if (!f->keep)
+            continue;
+        h = &ps->fields[ps->nfields++];
+        h->name = b + f->name;
+        h->name_len = f->name_len;
+        h->value = b + f->value;
+        h->value_len = f->value_len;
+    }
+}
+
 /* The answer is complete: points the result at fields and body. */
 static int
 ps_done(struct upstream_parser *ps)
 {
     size_t body_len = ps->len - ps->head_len;
-    char *b;
 
     if (ps->state == PS_CHUNKED) {
         if (ps->body_cap <= ps->body_len) {
@@ -424,24 +560,7 @@ ps_done(struct upstream_parser *ps)
         ps->out_body_len = 0;
     }
     ps->state = PS_DONE;
-
-    b = ps->buf;
-    ps->nfields = 0;
-    if (ps->fields_cap < ps->nat) {
-        ps->fields_cap = ps->nat;
-        ps->fields = xrealloc(ps->fields, ps->fields_cap * sizeof *ps->fields);
-    }
-    for (size_t i = 0; i < ps->nat; i++) {
-        const struct field_at *f = &ps->at[i];
-        struct upstream_header *h;
-        if (!f->keep)
-            continue;
-        h = &ps->fields[ps->nfields++];
-        h->name = b + f->name;
-        h->name_len = f->name_len;
-        h->value = b + f->value;
-        h->value_len = f->value_len;
-    }
+    ps_fields(ps);
     return UPSTREAM_PARSE_DONE;
 }
 
@@ -463,16 +582,17 @@ ps_advance(struct upstream_parser *ps)
                 return UPSTREAM_PARSE_MORE;
             if (parse_head(ps, end) < 0)
                 return UPSTREAM_PARSE_ERROR;
+            ps->head_len = end;
             if (ps->status < 200) {
                 /* 1xx: an interim answer; 101 would switch protocols we never asked for. */
                 if (ps->status == 101)
                     return ps_fail(ps, UPSTREAM_PROTOCOL, "unexpected 101 from upstream");
-                memmove(ps->buf, ps->buf + end, ps->len - end);
-                ps->len -= end;
-                ps->scan = 0;
-                continue;
+                ps->state = PS_INTERIM;
+                ps->out_body = "";
+                ps->out_body_len = 0;
+                ps_fields(ps);
+                return UPSTREAM_PARSE_INTERIM;
             }
-            ps->head_len = end;
             break;
         }
         case PS_LENGTH:
@@ -513,6 +633,8 @@ ps_advance(struct upstream_parser *ps)
         }
         case PS_DONE:
             return ps_done(ps);
+        case PS_INTERIM:
+            return UPSTREAM_PARSE_INTERIM;
         default:
             return UPSTREAM_PARSE_ERROR;
         }
@@ -522,7 +644,7 @@ ps_advance(struct upstream_parser *ps)
 char *
 upstream_parser_space(struct upstream_parser *ps, size_t *room)
 {
-    assert(ps->state != PS_DONE && ps->state != PS_ERROR);
+    assert(ps->state != PS_DONE && ps->state != PS_ERROR && ps->state != PS_INTERIM);
     if (ps->state == PS_LENGTH) {
         /* Exactly the rest of the body, and the byte that terminates it. */
         size_t rest = ps->head_len + (size_t)ps->content_length - ps->len;
@@ -542,9 +664,21 @@ upstream_parser_feed(struct upstream_parser *ps, size_t n)
         return UPSTREAM_PARSE_DONE;
     if (ps->state == PS_ERROR)
         return UPSTREAM_PARSE_ERROR;
-    assert(n > 0 && n <= ps->cap - ps->len);
+    assert(ps->state != PS_INTERIM && n > 0 && n <= ps->cap - ps->len);
     ps->started = 1;
     ps->len += n;
+    return ps_advance(ps);
+}
+
+int
+upstream_parser_resume(struct upstream_parser *ps)
+{
+    assert(ps->state == PS_INTERIM);
+    memmove(ps->buf, ps->buf + ps->head_len, ps->len - ps->head_len);
+    ps->len -= ps->head_len;
+    ps->head_len = ps->scan = 0;
+    ps->nfields = 0;
+    ps->state = PS_HEAD;
     return ps_advance(ps);
 }
 
@@ -572,7 +706,7 @@ void
 upstream_parser_response(struct upstream_parser *ps, struct upstream_response *res)
 {
     memset(res, 0, sizeof *res);
-    if (ps->state != PS_DONE) {
+    if (ps->state != PS_DONE && ps->state != PS_INTERIM) {
         res->error = ps->state == PS_ERROR ? ps->error : UPSTREAM_PROTOCOL;
         res->detail = ps->state == PS_ERROR ? ps->detail : "incomplete upstream answer";
         res->body = "";
@@ -586,6 +720,7 @@ upstream_parser_response(struct upstream_parser *ps, struct upstream_response *r
     res->nfields = ps->nfields;
     res->body = ps->out_body;
     res->body_len = ps->out_body_len;
+    res->transfer_encoding = ps->state == PS_DONE && ps->body_coded ? ps->te : NULL;
 }
 
 int

@@ -29,11 +29,15 @@ struct upstream_header {
     size_t value_len;
 };
 
-/* An answer, or why there is none. Everything is borrowed, valid during the callback only. */
+/*
+ * An answer, or why there is none: a final answer (status 200..599), or an
+ * interim one (100..199 but 101, no body) where the parser or the pool says
+ * so. Everything is borrowed, valid during the callback only.
+ */
 struct upstream_response {
     enum upstream_error error;
     const char *detail; /* short human text when error != UPSTREAM_OK, else "" */
-    int status;         /* 200..599 (100..199 are skipped); 0 unless UPSTREAM_OK */
+    int status;         /* 100..599; 0 unless UPSTREAM_OK */
     int minor_version;  /* of the answer: 0 or 1 */
     /*
      * End-to-end fields in the order received. Removed: Connection, Keep-Alive,
@@ -44,6 +48,15 @@ struct upstream_response {
     size_t nfields;
     const char *body; /* de-chunked; NUL-terminated (not counted in body_len) */
     size_t body_len;
+    /*
+     * NULL, or the transfer codings other than chunked that the answer's
+     * Transfer-Encoding applied to its body ("gzip", "x-foo, br"; a final
+     * chunked is removed and decoded): the body is then as received, still in
+     * those codings, which the parser does not decode. Without a final
+     * chunked the body is every byte until the connection closed (RFC 9112
+     * 6.3). Set only for a final answer with a body (not for HEAD, 204, 304).
+     */
+    const char *transfer_encoding;
 };
 
 /*
@@ -71,9 +84,11 @@ const char *upstream_response_field(const struct upstream_response *res, const c
  * reads; the fuzz target and tests drive it directly).
  */
 enum upstream_parse_status {
-    UPSTREAM_PARSE_MORE = 0,  /* needs more bytes */
-    UPSTREAM_PARSE_DONE = 1,  /* a complete answer: see upstream_parser_response() */
-    UPSTREAM_PARSE_ERROR = -1 /* see upstream_parser_response() for the error and detail */
+    UPSTREAM_PARSE_MORE = 0,    /* needs more bytes */
+    UPSTREAM_PARSE_DONE = 1,    /* a complete answer: see upstream_parser_response() */
+    UPSTREAM_PARSE_INTERIM = 2, /* a complete interim (1xx) answer: see upstream_parser_response(),
+                                   then upstream_parser_resume() */
+    UPSTREAM_PARSE_ERROR = -1   /* see upstream_parser_response() for the error and detail */
 };
 
 struct upstream_parser;
@@ -99,9 +114,17 @@ char *upstream_parser_space(struct upstream_parser *ps, size_t *room);
 
 /*
  * Takes n (1..room) bytes just written at upstream_parser_space(). Returns an
- * enum upstream_parse_status; DONE and ERROR stick.
+ * enum upstream_parse_status; DONE and ERROR stick. After INTERIM, call
+ * upstream_parser_resume() before feeding again.
  */
 int upstream_parser_feed(struct upstream_parser *ps, size_t n);
+
+/*
+ * Goes on after an INTERIM result: drops that interim answer (its fields are
+ * then gone) and parses the bytes already fed after it. Returns an enum
+ * upstream_parse_status, INTERIM again when the next answer is interim too.
+ */
+int upstream_parser_resume(struct upstream_parser *ps);
 
 /*
  * The peer closed the connection: ends a body delimited by the close (DONE),
@@ -110,9 +133,10 @@ int upstream_parser_feed(struct upstream_parser *ps, size_t n);
 int upstream_parser_eof(struct upstream_parser *ps);
 
 /*
- * Fills *res from a parser that returned DONE or ERROR (error, detail, and on
- * DONE the status, fields and body, borrowed from the parser until its next
- * reset or free).
+ * Fills *res from a parser that returned DONE, INTERIM or ERROR (error,
+ * detail, and on DONE the status, fields, body and transfer codings, on
+ * INTERIM the status and fields with an empty body), borrowed from the parser
+ * until its next reset, resume or free.
  */
 void upstream_parser_response(struct upstream_parser *ps, struct upstream_response *res);
 

@@ -985,34 +985,37 @@ local function endpoint_decl(c, decl, f, env)
         out.ttl_origin = true
         out.ttl_ms = 0
       else
-        out.ttl_ms = c:duration(cache.ttl, "cache.ttl", true, false, 'e.g. ttl = "5m", or ttl = "origin"')
+        out.ttl_ms = c:duration(cache.ttl, "cache.ttl", true, false,
+          source == "upstream" and 'e.g. ttl = "5m", or ttl = "origin"' or 'e.g. ttl = "5m"')
       end
-      out.override = c:boolean(cache.override, "cache.override", false)
-      if out.override and out.ttl_origin then
-        c:err("cache.override", 'needs a duration to impose: ttl = "origin" takes the answer\'s own freshness')
-      end
-      out.keep_ms = M.DEFAULT_KEEP_MS
-      if cache.keep ~= nil then
-        out.keep_ms = c:duration(cache.keep, "cache.keep", false, true) or M.DEFAULT_KEEP_MS
-      end
-      out.targeted = M.DEFAULT_TARGETED
-      if cache.targeted ~= nil then
-        if not is_plain_table(cache.targeted) or not is_list(cache.targeted) then
-          c:err("cache.targeted", 'expected a list of field names, as in { "CDN-Cache-Control" }, got '
-            .. describe(cache.targeted))
-        else
-          local names = {}
-          for i, n in ipairs(cache.targeted) do
-            if type(n) ~= "string" or not n:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
-              c:err("cache.targeted[" .. i .. "]", "expected a header field name, got " .. describe(n))
-            else
-              names[#names + 1] = n
+      if source == "upstream" then
+        out.override = c:boolean(cache.override, "cache.override", false)
+        if out.override and out.ttl_origin then
+          c:err("cache.override", 'needs a duration to impose: ttl = "origin" takes the answer\'s own freshness')
+        end
+        out.keep_ms = M.DEFAULT_KEEP_MS
+        if cache.keep ~= nil then
+          out.keep_ms = c:duration(cache.keep, "cache.keep", false, true) or M.DEFAULT_KEEP_MS
+        end
+        out.targeted = M.DEFAULT_TARGETED
+        if cache.targeted ~= nil then
+          if not is_plain_table(cache.targeted) or not is_list(cache.targeted) then
+            c:err("cache.targeted", 'expected a list of field names, as in { "CDN-Cache-Control" }, got '
+              .. describe(cache.targeted))
+          else
+            local names = {}
+            for i, n in ipairs(cache.targeted) do
+              if type(n) ~= "string" or not n:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
+                c:err("cache.targeted[" .. i .. "]", "expected a header field name, got " .. describe(n))
+              else
+                names[#names + 1] = n
+              end
             end
+            out.targeted = names
           end
-          out.targeted = names
         end
       end
-      if (out.override or cache.keep ~= nil or cache.targeted ~= nil) and source ~= "upstream" then
+      if (cache.override ~= nil or cache.keep ~= nil or cache.targeted ~= nil) and source ~= "upstream" then
         c:err("cache", "override, keep and targeted read an upstream's answer; this endpoint has no upstream")
       end
       out.shared = c:boolean(cache.shared, "cache.shared", false)

@@ -32,7 +32,8 @@ request itself (the query wins):
   pad=N             add "pad": N times "x" to the reflection (a large body)
   chunked=1         send the body with Transfer-Encoding: chunked, in pieces
   eof=1             send no length: the body ends when the connection closes
-  raw (config only) bytes (latin-1 text) written as the whole answer, as they are;
+  raw (config only) bytes (latin-1 text) written as the whole answer, as they are, or a
+                    list of such texts and pauses (numbers, in ms) written in turn;
                     the connection stays open unless "close": true
 
 Out of band (these never go through the gateway):
@@ -242,8 +243,13 @@ class Handler(BaseHTTPRequestHandler):
             if delay_ms:
                 time.sleep(delay_ms / 1000.0)
             if c.get("raw") is not None:
-                self.wfile.write(c["raw"].encode("latin-1"))
-                self.wfile.flush()
+                pieces = c["raw"] if isinstance(c["raw"], list) else [c["raw"]]
+                for piece in pieces:
+                    if isinstance(piece, (int, float)):
+                        time.sleep(piece / 1000.0)
+                        continue
+                    self.wfile.write(piece.encode("latin-1"))
+                    self.wfile.flush()
                 self.close_connection = bool(c.get("close"))
                 return
             if text is not None:

@@ -6,6 +6,7 @@ read out of band (never through sluice). Timing bounds are wider on a sanitizer 
 """
 
 import concurrent.futures
+import gzip
 import http.client
 import json
 import os
@@ -520,6 +521,7 @@ class CacheSecurity(ProxyCase):
                     r = get(self.s.port, path, user=5)
                     self.assertEqual(r.status, c.get("status", 200), r)
                     self.assertNotIn(r.cache, ("HIT", "STALE"), (i, r))
+                    self.assertLessEqual(int(r.headers.get("age", "0")), 1, "a fresh answer")
                 self.assertEqual(self.origin.count(path), 4, "every request reached the origin")
         # The cookie reached the caller, although it was not stored.
         r = get(self.s.port, "/nc/cookie", user=5)
@@ -1168,7 +1170,11 @@ MALFORMED = {
     "obs-fold": "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: a\r\n b\r\n\r\nhello",
     "negative-length": "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nhello",
     "huge-length": "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\nhello",
-    "unknown-coding": "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "chunked-not-last": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+                        "5\r\nhello\r\n0\r\n\r\n",
+    "chunked-twice": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"
+                     "5\r\nhello\r\n0\r\n\r\n",
+    "coding-and-length": "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 5\r\n\r\nhello",
     "status-999": "HTTP/1.1 999 Odd\r\nContent-Length: 5\r\n\r\nhello",
     "body-short-of-length": "HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nhello",
 }
@@ -1216,6 +1222,222 @@ class UpstreamAnswers(ProxyCase):
                 self.assertEqual(n.status, 200, n)
                 self.assertNotIn("x-evil", n.headers)
                 self.assertEqual(n.json()["path"], "/u/next%d-%d" % (i, j))
+
+
+def exchange(port, data, timeout=5):
+    """Raw bytes in; (everything the server answers, whether it closed the connection)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                return out, False
+            if not chunk:
+                return out, True
+            out += chunk
+    finally:
+        s.close()
+
+
+def get11(port, path, extra=b""):
+    """A raw HTTP/1.1 GET of path as user 1 (extra: more header lines); like exchange()."""
+    return exchange(port, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nX-User-Id: 1\r\n" +
+                    extra + b"\r\n")
+
+
+def answers(data):
+    """The answers in data: [(status, status line, {lower-cased name: [values]}, body)], the
+    interim ones with an empty body, the final one with every byte after its head."""
+    out = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            fields.setdefault(name.strip().lower(), []).append(value.strip())
+        status = int(lines[0].split(" ")[1])
+        if 100 <= status < 200:
+            out.append((status, lines[0], fields, b""))
+            continue
+        out.append((status, lines[0], fields, data))
+        break
+    return out
+
+
+PASS_ON_POLICY = r'''
+identity { user = header "X-User-Id" }
+upstream "origin" { url = "@ORIGIN@", timeout = "5s" }
+endpoint "GET /ic/{id}" {
+  upstream = "origin",
+  cache = { ttl = "5m", key = "ic:{path.id}:{user}", tags = { "ic:{user}" } },
+}
+endpoint "POST /ic/{id}" { upstream = "origin", invalidate = { "ic:{user}" } }
+endpoint "GET /iu/{id}" { upstream = "origin" }
+'''
+
+HINT = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+FINAL = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+CODED = gzip.compress(b"hello, coded world\n" * 20)
+
+
+def coded_answer(coding="gzip"):
+    return ("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-App: 1\r\n"
+            "Transfer-Encoding: %s\r\n\r\n" % coding) + CODED.decode("latin-1")
+
+
+class InterimAnswers(ProxyCase):
+    """RFC 9110 15.2: interim (1xx) answers of the origin go on to HTTP/1.1 clients at once,
+    never to HTTP/1.0 ones; 101 is never passed on."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.serve(cls.policy(PASS_ON_POLICY))
+
+    def test_rfc9110_15_2_proxy_forwards_103(self):
+        for path in ("/iu/hints", "/ic/hints"):
+            with self.subTest(path=path):
+                self.origin.config(path, raw=HINT + FINAL)
+                out, _ = get11(self.s.port, path, b"Connection: close\r\n")
+                self.assertTrue(out.startswith(
+                    b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                    b"HTTP/1.1 200 OK\r\n"), out)
+                a = answers(out)
+                self.assertEqual([x[0] for x in a], [103, 200])
+                self.assertEqual(a[1][3], b"hello")
+                self.assertNotIn("link", a[1][2])
+        # A hit is answered from the cache: no interim answer then.
+        out, _ = get11(self.s.port, "/ic/hints", b"Connection: close\r\n")
+        a = answers(out)
+        self.assertEqual([x[0] for x in a], [200], out)
+        self.assertEqual(a[0][2]["x-cache"], ["HIT"])
+
+    def test_rfc9110_15_2_proxy_forwards_103_before_the_final_answer_exists(self):
+        self.origin.config("/iu/slowhints", raw=[HINT, 800, FINAL])
+        s = socket.create_connection(("127.0.0.1", self.s.port), timeout=10)
+        try:
+            s.sendall(b"GET /iu/slowhints HTTP/1.1\r\nHost: x\r\nX-User-Id: 1\r\n"
+                      b"Connection: close\r\n\r\n")
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            hint_at = time.monotonic()
+            self.assertTrue(buf.startswith(b"HTTP/1.1 103 Early Hints\r\n"), buf)
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+            final_at = time.monotonic()
+        finally:
+            s.close()
+        note("103 went out %.0f ms before the final answer" % ((final_at - hint_at) * 1000))
+        self.assertGreater(final_at - hint_at, 0.5)
+        self.assertEqual([x[0] for x in answers(buf)], [103, 200])
+
+    def test_rfc9110_15_2_http10_client_gets_no_interim_answer(self):
+        self.origin.config("/iu/hints10", raw=HINT + FINAL)
+        out, closed = exchange(self.s.port, b"GET /iu/hints10 HTTP/1.0\r\nX-User-Id: 1\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.0 200 OK\r\n"), out)
+        self.assertNotIn(b" 103 ", out)
+        self.assertTrue(out.endswith(b"\r\n\r\nhello"), out)
+        self.assertTrue(closed)
+
+    def test_rfc9110_15_2_proxy_forwards_100_102_and_unknown_1xx_without_hop_by_hop_fields(self):
+        self.origin.config("/iu/many", raw="HTTP/1.1 100 Continue\r\n\r\n"
+                                           "HTTP/1.1 102 Processing\r\n\r\n"
+                                           "HTTP/1.1 199 Odd\r\nX-A: 1\r\nConnection: X-H\r\n"
+                                           "X-H: 2\r\nKeep-Alive: timeout=9\r\n\r\n" + FINAL)
+        out, _ = get11(self.s.port, "/iu/many", b"Connection: close\r\n")
+        a = answers(out)
+        self.assertEqual([x[0] for x in a], [100, 102, 199, 200], out)
+        self.assertEqual(a[2][2], {"x-a": ["1"]})
+        self.assertEqual(a[3][3], b"hello")
+
+    def test_rfc9110_15_2_upstream_101_is_a_bad_gateway(self):
+        self.origin.config("/iu/switch", raw="HTTP/1.1 101 Switching Protocols\r\n"
+                                             "Upgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+        r = get(self.s.port, "/iu/switch", user=1)
+        self.assertTrue(is_problem(r, 502), r)
+        self.origin.config("/iu/hintswitch", raw=HINT + "HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        out, _ = get11(self.s.port, "/iu/hintswitch", b"Connection: close\r\n")
+        self.assertEqual([x[0] for x in answers(out)], [103, 502], out)
+
+
+class TransferCodings(ProxyCase):
+    """RFC 9112 6.1 and 6.3: an answer in a transfer coding the gateway does not decode goes on
+    as it came, delimited by closing the connection, and is never stored; never to HTTP/1.0."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.serve(cls.policy(PASS_ON_POLICY))
+
+    def check_coded(self, out, closed, body=CODED):
+        a = answers(out)
+        self.assertEqual(len(a), 1, out)
+        status, _, f, got = a[0]
+        self.assertEqual(status, 200, out)
+        self.assertEqual(f.get("transfer-encoding"), ["gzip"])
+        self.assertNotIn("content-length", f)
+        self.assertEqual(f.get("connection"), ["close"])
+        self.assertEqual(f.get("x-app"), ["1"])
+        self.assertEqual(got, body)  # byte for byte
+        self.assertTrue(closed, "the connection is closed after the body")
+        return f
+
+    def test_rfc9112_6_3_unknown_coding_passed_on_until_close_and_never_stored(self):
+        for path, xcache in (("/ic/coded", ["MISS"]), ("/iu/coded", None)):
+            with self.subTest(path=path):
+                self.origin.config(path, raw=coded_answer(), close=True)
+                for i in range(2):
+                    out, closed = get11(self.s.port, path)  # a keep-alive request
+                    f = self.check_coded(out, closed)
+                    self.assertEqual(f.get("x-cache"), xcache)
+                    self.assertEqual(f.get("age"), xcache and ["0"])
+                self.assertEqual(gzip.decompress(CODED), b"hello, coded world\n" * 20)
+                self.assertEqual(self.origin.count(path), 2, "never stored")
+
+    def test_rfc9112_6_1_gzip_chunked_is_dechunked_and_passed_on_as_gzip(self):
+        chunked = ("HTTP/1.1 200 OK\r\nX-App: 1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                   "%x\r\n%s\r\n0\r\n\r\n" % (len(CODED), CODED.decode("latin-1")))
+        self.origin.config("/ic/gzchunked", raw=chunked)
+        for i in range(2):
+            out, closed = get11(self.s.port, "/ic/gzchunked")
+            self.check_coded(out, closed)
+        self.assertEqual(self.origin.count("/ic/gzchunked"), 2, "never stored")
+
+    def test_rfc9112_6_1_http10_client_never_gets_a_transfer_coding(self):
+        self.origin.config("/iu/coded10", raw=coded_answer(), close=True)
+        out, closed = exchange(self.s.port, b"GET /iu/coded10 HTTP/1.0\r\nX-User-Id: 1\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.0 502 "), out)
+        self.assertNotIn(b"transfer-encoding", out.lower())
+        self.assertNotIn(CODED, out)
+        self.assertTrue(closed)
+
+    def test_rfc9112_6_1_a_coded_write_answer_still_invalidates(self):
+        self.origin.config("/ic/w", method="GET", body="v1")
+        self.assertEqual(get(self.s.port, "/ic/w", user=1).cache, "MISS")
+        self.assertEqual(get(self.s.port, "/ic/w", user=1).cache, "HIT")
+        self.origin.config("/ic/w", method="POST", raw=coded_answer(), close=True)
+        out, closed = exchange(self.s.port, b"POST /ic/w HTTP/1.1\r\nHost: x\r\nX-User-Id: 1\r\n"
+                                            b"Content-Type: application/json\r\n"
+                                            b"Content-Length: 2\r\n\r\n{}")
+        self.check_coded(out, closed)
+        self.assertEqual(get(self.s.port, "/ic/w", user=1).cache, "MISS")
+        self.assertEqual(self.origin.count("/ic/w"), 3)
+
+    def test_rfc9112_6_1_request_in_an_unknown_coding_is_501(self):
+        before = self.origin.count("/ic/w501")
+        out, closed = exchange(self.s.port, b"POST /ic/w501 HTTP/1.1\r\nHost: x\r\nX-User-Id: 1\r\n"
+                                            b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 501 "), out)
+        self.assertTrue(closed)
+        self.assertEqual(self.origin.count("/ic/w501"), before)
 
 
 # ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "upstream_parse.h"
+#include "util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -55,28 +56,19 @@ struct outcome {
     size_t fields_len;
     char *body;
     size_t body_len;
+    char *te;      /* transfer_encoding, or NULL */
+    char *interim; /* each interim answer: "status\0" then "name\0value\0" each, then "\n" */
+    size_t interim_len;
 };
 
+/* Token field names, values without control bytes or outer whitespace, no hop-by-hop field. */
 static void
-check_response(const struct upstream_response *res, int rc, size_t max_body)
+check_fields(const struct upstream_response *res)
 {
     static const char *const hidden[] = {"connection",          "keep-alive", "proxy-authenticate",
                                          "proxy-authorization", "te",         "trailer",
                                          "transfer-encoding",   "upgrade",    "content-length"};
 
-    CHECK(res->detail != NULL && res->body != NULL);
-    if (rc != UPSTREAM_PARSE_DONE) {
-        CHECK(res->error == UPSTREAM_PROTOCOL || res->error == UPSTREAM_TOO_LARGE ||
-              res->error == UPSTREAM_CONNECT);
-        CHECK(res->detail[0] != '\0');
-        CHECK(res->nfields == 0 && res->body_len == 0);
-        return;
-    }
-    CHECK(res->error == UPSTREAM_OK);
-    CHECK(res->status >= 200 && res->status <= 599);
-    CHECK(res->minor_version == 0 || res->minor_version == 1);
-    CHECK(res->body_len <= max_body);
-    CHECK(res->body[res->body_len] == '\0');
     for (size_t i = 0; i < res->nfields; i++) {
         const struct upstream_header *h = &res->fields[i];
         CHECK(h->name_len > 0 && strlen(h->name) == h->name_len);
@@ -97,12 +89,64 @@ check_response(const struct upstream_response *res, int rc, size_t max_body)
     }
 }
 
+static void
+check_response(const struct upstream_response *res, int rc, size_t max_body)
+{
+    CHECK(res->detail != NULL && res->body != NULL);
+    if (rc != UPSTREAM_PARSE_DONE) {
+        CHECK(res->error == UPSTREAM_PROTOCOL || res->error == UPSTREAM_TOO_LARGE ||
+              res->error == UPSTREAM_CONNECT);
+        CHECK(res->detail[0] != '\0');
+        CHECK(res->nfields == 0 && res->body_len == 0 && res->transfer_encoding == NULL);
+        return;
+    }
+    CHECK(res->error == UPSTREAM_OK);
+    CHECK(res->status >= 200 && res->status <= 599);
+    CHECK(res->minor_version == 0 || res->minor_version == 1);
+    CHECK(res->body_len <= max_body);
+    CHECK(res->body[res->body_len] == '\0');
+    if (res->transfer_encoding != NULL) {
+        /* Codings of an HTTP/1.1 answer with a body, none of them chunked. */
+        const char *te = res->transfer_encoding;
+        size_t n = strlen(te);
+        CHECK(n > 0 && res->minor_version == 1 && res->status != 204 && res->status != 304);
+        CHECK(te[0] != ' ' && te[0] != ',' && te[n - 1] != ' ' && te[n - 1] != ',');
+        for (size_t i = 0; i < n; i++)
+            CHECK(te[i] == '\t' || ((unsigned char)te[i] >= 0x20 && te[i] != 0x7f));
+        CHECK(!eq_nocase(te, "chunked") && !(n >= 9 && eq_nocase(te + n - 9, ", chunked")));
+    }
+    check_fields(res);
+}
+
+/* An interim answer: a 1xx but 101, fields checked like a final answer's, no body. */
+static void
+check_interim(struct upstream_parser *ps, struct sbuf *log)
+{
+    struct upstream_response res;
+    char status[8];
+
+    upstream_parser_response(ps, &res);
+    CHECK(res.error == UPSTREAM_OK && res.detail != NULL && res.detail[0] == '\0');
+    CHECK(res.status >= 100 && res.status <= 199 && res.status != 101);
+    CHECK(res.body != NULL && res.body_len == 0 && res.transfer_encoding == NULL);
+    CHECK(!upstream_parser_reusable(ps));
+    check_fields(&res);
+    snprintf(status, sizeof status, "%d", res.status);
+    sbuf_add(log, status, strlen(status) + 1);
+    for (size_t i = 0; i < res.nfields; i++) {
+        sbuf_add(log, res.fields[i].name, res.fields[i].name_len + 1);
+        sbuf_add(log, res.fields[i].value, res.fields[i].value_len + 1);
+    }
+    sbuf_add(log, "\n", 1);
+}
+
 /* Feeds in[0..n) in pieces cut by rng (whole when rng is NULL), then EOF when eof. */
 static void
 run(struct upstream_parser *ps, const char *in, size_t n, uint64_t *rng, int eof, size_t max_body,
     struct outcome *o)
 {
     struct upstream_response res;
+    struct sbuf log = {0};
     size_t off = 0, pos = 0;
     int rc = UPSTREAM_PARSE_MORE;
 
@@ -117,6 +161,10 @@ run(struct upstream_parser *ps, const char *in, size_t n, uint64_t *rng, int eof
         memcpy(space, in + off, k);
         off += k;
         rc = upstream_parser_feed(ps, k);
+        while (rc == UPSTREAM_PARSE_INTERIM) {
+            check_interim(ps, &log);
+            rc = upstream_parser_resume(ps);
+        }
         CHECK(rc >= UPSTREAM_PARSE_ERROR && rc <= UPSTREAM_PARSE_DONE);
     }
     if (rc == UPSTREAM_PARSE_MORE && eof)
@@ -149,6 +197,12 @@ run(struct upstream_parser *ps, const char *in, size_t n, uint64_t *rng, int eof
     CHECK(o->body != NULL);
     memcpy(o->body, res.body, res.body_len);
     o->body_len = res.body_len;
+    if (res.transfer_encoding != NULL) {
+        o->te = strdup(res.transfer_encoding);
+        CHECK(o->te != NULL);
+    }
+    o->interim = log.p;
+    o->interim_len = log.len;
 }
 
 static void
@@ -159,6 +213,9 @@ same(const struct outcome *a, const struct outcome *b)
     CHECK(a->nfields == b->nfields && a->fields_len == b->fields_len);
     CHECK(memcmp(a->fields, b->fields, a->fields_len) == 0);
     CHECK(a->body_len == b->body_len && memcmp(a->body, b->body, a->body_len) == 0);
+    CHECK((a->te == NULL) == (b->te == NULL) && (a->te == NULL || strcmp(a->te, b->te) == 0));
+    CHECK(a->interim_len == b->interim_len &&
+          (a->interim_len == 0 || memcmp(a->interim, b->interim, a->interim_len) == 0));
 }
 
 static void
@@ -166,6 +223,8 @@ outcome_free(struct outcome *o)
 {
     free(o->fields);
     free(o->body);
+    free(o->te);
+    free(o->interim);
 }
 
 /*

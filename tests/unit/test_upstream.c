@@ -340,6 +340,8 @@ struct result {
     char fields[2048]; /* "name: value\n" each */
     size_t nfields;
     char etag[64]; /* via upstream_response_field */
+    char te[64];   /* transfer_encoding, "" when NULL */
+    char log[512]; /* "interim STATUS\n" for each interim answer, then "done\n" */
     double at_ms;
     /* optional action inside the callback */
     void (*then)(struct result *);
@@ -377,10 +379,32 @@ on_done(void *arg, const struct upstream_response *res)
     }
     etag = upstream_response_field(res, "etag");
     snprintf(r->etag, sizeof r->etag, "%s", etag ? etag : "");
+    snprintf(r->te, sizeof r->te, "%s", res->transfer_encoding ? res->transfer_encoding : "");
+    off = strlen(r->log);
+    snprintf(r->log + off, sizeof r->log - off, "done\n");
     if (r->then != NULL)
         r->then(r);
     if (r->loop != NULL && --r->loop->remaining == 0)
         event_base_loopbreak(r->loop->base);
+}
+
+/* An interim answer: logged with its fields, in the order it came. */
+static void
+on_interim(void *arg, const struct upstream_response *res)
+{
+    struct result *r = arg;
+    size_t off = strlen(r->log);
+
+    assert_int_equal(res->error, UPSTREAM_OK);
+    assert_true(res->status >= 100 && res->status < 200 && res->status != 101);
+    assert_int_equal(res->body_len, 0);
+    assert_null(res->transfer_encoding);
+    assert_int_equal(r->n, 0); /* never after the final answer */
+    off += (size_t)snprintf(r->log + off, sizeof r->log - off, "interim %d", res->status);
+    for (size_t i = 0; i < res->nfields; i++)
+        off += (size_t)snprintf(r->log + off, sizeof r->log - off, " %s: %s", res->fields[i].name,
+                                res->fields[i].value);
+    snprintf(r->log + off, sizeof r->log - off, "\n");
 }
 
 static void
@@ -572,9 +596,32 @@ struct parsed {
     int rc;
     struct upstream_response res;
     int reusable;
+    char interim[512]; /* "STATUS[ name: value]...\n" for each interim answer */
 };
 
-/* Feeds s to a new parser in pieces of `piece` bytes (0: all at once), then EOF when eof. */
+/* Logs the interim answer ps holds into out, and goes on. Returns what resuming gave. */
+static int
+take_interim(struct upstream_parser *ps, struct parsed *out)
+{
+    struct upstream_response res;
+    size_t off = strlen(out->interim);
+
+    upstream_parser_response(ps, &res);
+    assert_int_equal(res.error, UPSTREAM_OK);
+    assert_int_equal(res.body_len, 0);
+    assert_null(res.transfer_encoding);
+    off += (size_t)snprintf(out->interim + off, sizeof out->interim - off, "%d", res.status);
+    for (size_t i = 0; i < res.nfields; i++)
+        off += (size_t)snprintf(out->interim + off, sizeof out->interim - off, " %s: %s",
+                                res.fields[i].name, res.fields[i].value);
+    snprintf(out->interim + off, sizeof out->interim - off, "\n");
+    return upstream_parser_resume(ps);
+}
+
+/*
+ * Feeds s to a new parser in pieces of `piece` bytes (0: all at once), then EOF when eof;
+ * interim answers are logged in out->interim.
+ */
 static struct upstream_parser *
 parse(const char *s, size_t n, size_t piece, int head, size_t max, int eof, struct parsed *out)
 {
@@ -582,6 +629,7 @@ parse(const char *s, size_t n, size_t piece, int head, size_t max, int eof, stru
     size_t off = 0;
     int rc = UPSTREAM_PARSE_MORE;
 
+    out->interim[0] = '\0';
     while (off < n && rc == UPSTREAM_PARSE_MORE) {
         size_t room, k;
         char *space = upstream_parser_space(ps, &room);
@@ -594,6 +642,8 @@ parse(const char *s, size_t n, size_t piece, int head, size_t max, int eof, stru
         memcpy(space, s + off, k);
         off += k;
         rc = upstream_parser_feed(ps, k);
+        while (rc == UPSTREAM_PARSE_INTERIM)
+            rc = take_interim(ps, out);
     }
     if (rc == UPSTREAM_PARSE_MORE && eof)
         rc = upstream_parser_eof(ps);
@@ -698,28 +748,194 @@ test_parser_no_body(void **state)
     upstream_parser_free(ps);
 }
 
+/* RFC 9110 15.2: each interim answer is reported, with its end-to-end fields, before the final. */
 static void
-test_parser_interim(void **state)
+test_rfc9110_15_2_parser_reports_103_then_200(void **state)
 {
-    struct parsed r;
-    struct upstream_parser *ps;
+    static const char s[] = "HTTP/1.1 103 Early Hints\r\n"
+                            "Link: </a.css>; rel=preload\r\n"
+                            "Link: </b.js>; rel=preload; as=script\r\n"
+                            "\r\n"
+                            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Final: 1\r\n\r\nok";
+    (void)state;
+
+    for (size_t piece = 0; piece <= 3; piece++) {
+        struct parsed r;
+        struct upstream_parser *ps = parse(s, sizeof s - 1, piece, 0, 1024, 0, &r);
+        assert_int_equal(r.rc, UPSTREAM_PARSE_DONE);
+        assert_string_equal(r.interim, "103 Link: </a.css>; rel=preload"
+                                       " Link: </b.js>; rel=preload; as=script\n");
+        assert_int_equal(r.res.status, 200);
+        assert_int_equal(r.res.nfields, 1); /* the final answer's own fields only */
+        assert_string_equal(r.res.fields[0].name, "X-Final");
+        assert_null(upstream_response_field(&r.res, "link"));
+        assert_mem(r.res.body, r.res.body_len, "ok");
+        assert_true(r.reusable);
+        upstream_parser_free(ps);
+    }
+}
+
+static void
+test_rfc9110_15_2_parser_reports_100_then_103_then_200(void **state)
+{
     static const char s[] = "HTTP/1.1 100 Continue\r\n\r\n"
                             "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
                             "HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok";
     (void)state;
 
     for (size_t piece = 0; piece <= 2; piece++) {
-        ps = parse(s, sizeof s - 1, piece, 0, 1024, 0, &r);
+        struct parsed r;
+        struct upstream_parser *ps = parse(s, sizeof s - 1, piece, 0, 1024, 0, &r);
         assert_int_equal(r.rc, UPSTREAM_PARSE_DONE);
+        assert_string_equal(r.interim, "100\n103 Link: </a.css>; rel=preload\n");
         assert_int_equal(r.res.status, 201);
-        assert_int_equal(r.res.nfields, 0); /* the interim answers' Link is not kept */
+        assert_int_equal(r.res.nfields, 0);
         assert_mem(r.res.body, r.res.body_len, "ok");
         upstream_parser_free(ps);
     }
-    ps = parse(LIT("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"), 0, 0, 1024, 0, &r);
-    assert_int_equal(r.rc, UPSTREAM_PARSE_ERROR);
-    assert_int_equal(r.res.error, UPSTREAM_PROTOCOL);
+}
+
+/* 102 and codes nobody registered are interim answers too; their hop-by-hop fields go. */
+static void
+test_rfc9110_15_2_parser_reports_102_and_unknown_1xx(void **state)
+{
+    static const char s[] = "HTTP/1.1 102 Processing\r\n\r\n"
+                            "HTTP/1.1 199 Whatever\r\n"
+                            "Connection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=1\r\n"
+                            "X-Kept: 2\r\nContent-Length: 0\r\n\r\n"
+                            "HTTP/1.1 204 No Content\r\n\r\n";
+    struct parsed r;
+    struct upstream_parser *ps;
+    (void)state;
+
+    ps = parse(s, sizeof s - 1, 0, 0, 1024, 0, &r);
+    assert_int_equal(r.rc, UPSTREAM_PARSE_DONE);
+    assert_string_equal(r.interim, "102\n199 X-Kept: 2\n");
+    assert_int_equal(r.res.status, 204);
+    assert_true(r.reusable);
     upstream_parser_free(ps);
+
+    /* An interim answer alone, then nothing: more is needed; EOF is a truncated answer. */
+    ps = parse(LIT("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"), 0, 0, 1024, 0, &r);
+    assert_int_equal(r.rc, UPSTREAM_PARSE_MORE);
+    assert_string_equal(r.interim, "103 Link: </a>\n");
+    assert_int_equal(upstream_parser_eof(ps), UPSTREAM_PARSE_ERROR);
+    upstream_parser_free(ps);
+}
+
+/* 101 switches protocols, which a request without Upgrade never asked for: malformed. */
+static void
+test_rfc9110_15_2_parser_refuses_101(void **state)
+{
+    static const char *const answers[] = {
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+        "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\r\n",
+    };
+    (void)state;
+
+    for (size_t i = 0; i < 2; i++) {
+        struct parsed r;
+        struct upstream_parser *ps = parse(answers[i], strlen(answers[i]), 0, 0, 1024, 0, &r);
+        assert_int_equal(r.rc, UPSTREAM_PARSE_ERROR);
+        assert_int_equal(r.res.error, UPSTREAM_PROTOCOL);
+        assert_non_null(strstr(r.res.detail, "101"));
+        upstream_parser_free(ps);
+    }
+}
+
+/*
+ * RFC 9112 6.3 item 4 and 7: a Transfer-Encoding not ending in chunked makes a body that ends
+ * when the connection closes; the codings are reported and the bytes kept as they are.
+ */
+static void
+test_rfc9112_6_3_parser_unknown_coding_until_close(void **state)
+{
+    static const char s[] = "HTTP/1.1 200 OK\r\n"
+                            "Content-Type: text/plain\r\n"
+                            "Transfer-Encoding: gzip\r\n"
+                            "\r\n"
+                            "\x1f\x8b\x08\0"
+                            "5\r\nhello\r\n0\r\n\r\n";
+    struct parsed r;
+    struct upstream_parser *ps;
+    struct sbuf b = {0};
+    (void)state;
+
+    for (size_t piece = 0; piece <= 3; piece++) {
+        ps = parse(s, sizeof s - 1, piece, 0, 1024, 0, &r);
+        assert_int_equal(r.rc, UPSTREAM_PARSE_MORE); /* until the close */
+        assert_int_equal(upstream_parser_eof(ps), UPSTREAM_PARSE_DONE);
+        upstream_parser_response(ps, &r.res);
+        assert_int_equal(r.res.status, 200);
+        assert_int_equal(r.res.body_len, 4 + 15);
+        assert_memory_equal(r.res.body,
+                            "\x1f\x8b\x08\0"
+                            "5\r\nhello\r\n0\r\n\r\n",
+                            r.res.body_len);
+        assert_string_equal(r.res.transfer_encoding, "gzip");
+        assert_int_equal(r.res.nfields, 1); /* Content-Type; Transfer-Encoding is hop-by-hop */
+        assert_null(upstream_response_field(&r.res, "transfer-encoding"));
+        assert_false(upstream_parser_reusable(ps));
+        upstream_parser_free(ps);
+    }
+
+    /* Several fields are one list; parameters (a comma in a quoted string) are kept. */
+    ps = parse(LIT("HTTP/1.1 200 OK\r\nTransfer-Encoding: x-foo;q=\"a,b\" , , br\r\n"
+                   "Transfer-Encoding: Identity\r\n\r\nxyz"),
+               0, 0, 1024, 1, &r);
+    assert_int_equal(r.rc, UPSTREAM_PARSE_DONE);
+    assert_string_equal(r.res.transfer_encoding, "x-foo;q=\"a,b\", br, Identity");
+    assert_mem(r.res.body, r.res.body_len, "xyz");
+    upstream_parser_free(ps);
+
+    /* The body cap holds as for any close-delimited body. */
+    sbuf_adds(&b, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+    for (int i = 0; i < 2000; i++)
+        sbuf_add(&b, "z", 1);
+    ps = parse(b.p, b.len, 0, 0, 1024, 1, &r);
+    assert_int_equal(r.rc, UPSTREAM_PARSE_ERROR);
+    assert_int_equal(r.res.error, UPSTREAM_TOO_LARGE);
+    upstream_parser_free(ps);
+    sbuf_free(&b);
+
+    /* No body (HEAD, 204, 304): nothing to decode, nothing reported, the connection kept. */
+    ps = parse(LIT("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"), 0, 1, 1024, 0, &r);
+    assert_int_equal(r.rc, UPSTREAM_PARSE_DONE);
+    assert_null(r.res.transfer_encoding);
+    assert_true(r.reusable);
+    upstream_parser_free(ps);
+    ps = parse(LIT("HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip\r\n\r\n"), 0, 0, 1024, 0,
+               &r);
+    assert_int_equal(r.rc, UPSTREAM_PARSE_DONE);
+    assert_null(r.res.transfer_encoding);
+    assert_true(r.reusable);
+    upstream_parser_free(ps);
+}
+
+/* RFC 9112 6.1: a final chunked is decoded; the codings before it stay on the body. */
+static void
+test_rfc9112_6_1_parser_gzip_chunked(void **state)
+{
+    static const char *const answers[] = {
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        "3\r\n\x1f\x8b\x08\r\n2\r\nzz\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: CHUNKED\r\n\r\n"
+        "3\r\n\x1f\x8b\x08\r\n2\r\nzz\r\n0\r\n\r\n",
+    };
+    (void)state;
+
+    for (size_t i = 0; i < 2; i++) {
+        for (size_t piece = 0; piece <= 2; piece++) {
+            struct parsed r;
+            struct upstream_parser *ps =
+                parse(answers[i], strlen(answers[i]), piece, 0, 1024, 0, &r);
+            assert_int_equal(r.rc, UPSTREAM_PARSE_DONE);
+            assert_mem(r.res.body, r.res.body_len, "\x1f\x8b\x08zz");
+            assert_string_equal(r.res.transfer_encoding, "gzip");
+            assert_true(r.reusable); /* chunked delimits it: the connection is kept */
+            upstream_parser_free(ps);
+        }
+    }
 }
 
 static void
@@ -826,8 +1042,19 @@ test_parser_malformed(void **state)
         "HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
         "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
         "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\nhello",
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip;q\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip;q=\"a\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip chunked\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked;x=1\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: , \r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: g/zip\r\n\r\nhello",
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip\r\n\r\nhello",
+        "HTTP/1.0 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello",
         "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloX\r\n0\r\n\r\n",
@@ -1134,6 +1361,71 @@ test_close_delimited(void **state)
     assert_int_equal(r2.error, UPSTREAM_OK);
     assert_int_equal(origin_get(&f.o, &f.o.accepted), 2);
     fixture_stop(&f);
+    results_free(&r1, &r2, NULL);
+}
+
+/* RFC 9110 15.2: the pool reports each interim answer, in order, before the final one. */
+static void
+test_rfc9110_15_2_client_reports_interim_answers_in_order(void **state)
+{
+    static const char reply[] = "HTTP/1.1 100 Continue\r\n\r\n"
+                                "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    struct fixture f = {.o.piece = 5}; /* in many reads: interim answers come one by one */
+    struct upstream_request req = request("GET", "/i");
+    struct result r1 = {0}, r2 = {0}, r3 = {0};
+    (void)state;
+
+    fixture_start(&f, LIT(reply), 3000);
+    req.interim = on_interim;
+    call(&f, &req, &r1);
+    assert_int_equal(r1.error, UPSTREAM_OK);
+    assert_string_equal(r1.log, "interim 100\ninterim 103 Link: </a.css>; rel=preload\ndone\n");
+    assert_mem(r1.body, r1.body_len, "ok");
+    /* Without the callback they are skipped. */
+    req.interim = NULL;
+    call(&f, &req, &r2);
+    assert_int_equal(r2.error, UPSTREAM_OK);
+    assert_string_equal(r2.log, "done\n");
+    /* All in one read, on the same kept connection. */
+    f.o.piece = 0;
+    req.interim = on_interim;
+    call(&f, &req, &r3);
+    assert_string_equal(r3.log, "interim 100\ninterim 103 Link: </a.css>; rel=preload\ndone\n");
+    assert_int_equal(origin_get(&f.o, &f.o.accepted), 1);
+    fixture_stop(&f);
+    results_free(&r1, &r2, &r3, NULL);
+}
+
+/* RFC 9112 6.3: an answer in a coding the pool does not decode is read until the close. */
+static void
+test_rfc9112_6_3_client_unknown_coding_until_close(void **state)
+{
+    static const char reply[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"
+                                "\x1f\x8b coded 0\r\n\r\n";
+    static const char chunked[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                                  "8\r\n\x1f\x8b coded\r\n0\r\n\r\n";
+    struct fixture f = {.o.close_after = 1};
+    struct fixture g = {0};
+    struct upstream_request req = request("GET", "/");
+    struct result r1 = {0}, r2 = {0};
+    (void)state;
+
+    fixture_start(&f, LIT(reply), 3000);
+    call(&f, &req, &r1);
+    assert_int_equal(r1.error, UPSTREAM_OK);
+    assert_string_equal(r1.te, "gzip");
+    assert_mem(r1.body, r1.body_len, "\x1f\x8b coded 0\r\n\r\n");
+    assert_int_equal(upstream_pool_connections(f.p), 0);
+    fixture_stop(&f);
+
+    fixture_start(&g, LIT(chunked), 3000);
+    call(&g, &req, &r2);
+    assert_int_equal(r2.error, UPSTREAM_OK);
+    assert_string_equal(r2.te, "gzip");
+    assert_mem(r2.body, r2.body_len, "\x1f\x8b coded");
+    assert_int_equal(upstream_pool_idle(g.p), 1);
+    fixture_stop(&g);
     results_free(&r1, &r2, NULL);
 }
 
@@ -2098,7 +2390,12 @@ main(void)
         cmocka_unit_test(test_parser_content_length),
         cmocka_unit_test(test_parser_chunked),
         cmocka_unit_test(test_parser_no_body),
-        cmocka_unit_test(test_parser_interim),
+        cmocka_unit_test(test_rfc9110_15_2_parser_reports_103_then_200),
+        cmocka_unit_test(test_rfc9110_15_2_parser_reports_100_then_103_then_200),
+        cmocka_unit_test(test_rfc9110_15_2_parser_reports_102_and_unknown_1xx),
+        cmocka_unit_test(test_rfc9110_15_2_parser_refuses_101),
+        cmocka_unit_test(test_rfc9112_6_3_parser_unknown_coding_until_close),
+        cmocka_unit_test(test_rfc9112_6_1_parser_gzip_chunked),
         cmocka_unit_test(test_parser_close_delimited),
         cmocka_unit_test(test_parser_hop_by_hop),
         cmocka_unit_test(test_parser_malformed),
@@ -2111,6 +2408,8 @@ main(void)
         cmocka_unit_test(test_post_empty_body),
         cmocka_unit_test(test_chunked_answer),
         cmocka_unit_test(test_close_delimited),
+        cmocka_unit_test(test_rfc9110_15_2_client_reports_interim_answers_in_order),
+        cmocka_unit_test(test_rfc9112_6_3_client_unknown_coding_until_close),
         cmocka_unit_test(test_no_body_answers),
         cmocka_unit_test(test_keep_alive_reuse),
         cmocka_unit_test(test_send_from_callback),
