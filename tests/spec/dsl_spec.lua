@@ -524,7 +524,7 @@ endpoint "POST /x" {
 
     it("a cache without a ttl", function()
       fails_after_prelude([[endpoint "GET /x" { upstream = "app", cache = { key = "x:{user}" } }]],
-        't.lua:1: endpoint "GET /x": cache.ttl is required (e.g. ttl = "5m")')
+        't.lua:1: endpoint "GET /x": cache.ttl is required (e.g. ttl = "5m", or ttl = "origin")')
     end)
 
     it("a cache key shared between identified callers", function()
