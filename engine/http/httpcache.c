@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "util.h"
 
@@ -64,6 +65,214 @@ each_element(const char *v, size_t len, bool escapes,
             start = i + 1;
         }
     }
+}
+
+/* ---- HTTP-dates (RFC 9110 section 5.6.7) ------------------------------------------------ */
+
+static const char *const day_names[] = {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};
+static const char *const day_names_long[] = {"Monday", "Tuesday",  "Wednesday", "Thursday",
+                                             "Friday", "Saturday", "Sunday"};
+static const char *const month_names[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                          "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+
+/* Days from 1970-01-01 to y-m-d of the proleptic Gregorian calendar (any m and d). */
+static int64_t
+days_from_civil(int64_t y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/* The inverse of days_from_civil(). */
+static void
+civil_from_days(int64_t z, int64_t *y, int *m, int *d)
+{
+    z += 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *y = yoe + era * 400 + (*m <= 2);
+}
+
+static bool
+is_leap(int64_t y)
+{
+    return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
+
+static int
+days_in_month(int64_t y, int m)
+{
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    return m == 2 && is_leap(y) ? 29 : days[m - 1];
+}
+
+/* n decimal digits at p, or -1. */
+static int
+digits(const char *p, size_t n)
+{
+    int v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    return v;
+}
+
+/* The index of the name at p[0..len) in names[0..n) (exact case), or -1. */
+static int
+name_index(const char *p, size_t len, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (strlen(names[i]) == len && memcmp(p, names[i], len) == 0)
+            return i;
+    return -1;
+}
+
+/* A broken-down date; -1 in a field that did not parse. */
+struct civil {
+    int64_t year;
+    int month, day, hour, min, sec;
+};
+
+/* time-of-day = hour ":" minute ":" second, 8 bytes (RFC 9110 section 5.6.7). */
+static bool
+time_of_day(const char *p, struct civil *c)
+{
+    if (p[2] != ':' || p[5] != ':')
+        return false;
+    c->hour = digits(p, 2);
+    c->min = digits(p + 3, 2);
+    c->sec = digits(p + 6, 2);
+    return c->hour >= 0 && c->hour <= 23 && c->min >= 0 && c->min <= 59 && c->sec >= 0 &&
+           c->sec <= 60;
+}
+
+static int64_t
+civil_seconds(const struct civil *c)
+{
+    return days_from_civil(c->year, c->month, c->day) * 86400 + c->hour * 3600 + c->min * 60 +
+           c->sec;
+}
+
+/*
+ * Sets the year of an RFC 850 date with two-digit year yy: the one whose
+ * date is at most 50 years after now and less than 100 years before that
+ * (RFC 9110 section 5.6.7).
+ */
+static void
+rfc850_year(struct civil *c, int yy, int64_t now_s)
+{
+    int64_t days = (now_s >= 0 ? now_s : now_s - 86399) / 86400, ny;
+    int nm, nd;
+    civil_from_days(days, &ny, &nm, &nd);
+    int64_t limit = days_from_civil(ny + 50, nm, nd) * 86400 + (now_s - days * 86400);
+    c->year = ny - (ny % 100 + 100) % 100 + yy;
+    if (civil_seconds(c) > limit) {
+        c->year -= 100;
+    } else {
+        c->year += 100;
+        if (civil_seconds(c) > limit)
+            c->year -= 100;
+    }
+}
+
+/* httpcache_parse_date() with the wall clock given (for RFC 850 years). */
+static int
+parse_date_at(const char *s, size_t len, int64_t now_s, int64_t *epoch_s)
+{
+    struct civil c = {0};
+    if (len == 29 && s[3] == ',') {
+        /* IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT */
+        if (name_index(s, 3, day_names, 7) < 0 || s[4] != ' ' || s[7] != ' ' || s[11] != ' ' ||
+            s[16] != ' ' || s[25] != ' ' || memcmp(s + 26, "GMT", 3) != 0)
+            return -1;
+        c.day = digits(s + 5, 2);
+        c.month = name_index(s + 8, 3, month_names, 12) + 1;
+        c.year = digits(s + 12, 4);
+        if (!time_of_day(s + 17, &c))
+            return -1;
+    } else if (len == 24 && s[3] == ' ') {
+        /* asctime-date: Sun Nov  6 08:49:37 1994 */
+        if (name_index(s, 3, day_names, 7) < 0 || s[7] != ' ' || s[10] != ' ' || s[19] != ' ')
+            return -1;
+        c.month = name_index(s + 4, 3, month_names, 12) + 1;
+        c.day = s[8] == ' ' ? digits(s + 9, 1) : digits(s + 8, 2);
+        c.year = digits(s + 20, 4);
+        if (!time_of_day(s + 11, &c))
+            return -1;
+    } else {
+        /* rfc850-date: Sunday, 06-Nov-94 08:49:37 GMT */
+        const char *comma = memchr(s, ',', len);
+        if (!comma)
+            return -1;
+        size_t wl = (size_t)(comma - s);
+        if (name_index(s, wl, day_names_long, 7) < 0 || len - wl != 24)
+            return -1;
+        const char *p = comma;
+        if (p[1] != ' ' || p[4] != '-' || p[8] != '-' || p[11] != ' ' || p[20] != ' ' ||
+            memcmp(p + 21, "GMT", 3) != 0)
+            return -1;
+        c.day = digits(p + 2, 2);
+        c.month = name_index(p + 5, 3, month_names, 12) + 1;
+        int yy = digits(p + 9, 2);
+        if (yy < 0 || c.month < 1 || !time_of_day(p + 12, &c))
+            return -1;
+        rfc850_year(&c, yy, now_s);
+    }
+    if (c.year < 0 || c.month < 1 || c.day < 1 || c.day > days_in_month(c.year, c.month))
+        return -1;
+    *epoch_s = civil_seconds(&c);
+    return 0;
+}
+
+int
+httpcache_parse_date(const char *s, size_t len, int64_t *epoch_s)
+{
+    return parse_date_at(s, len, (int64_t)time(NULL), epoch_s);
+}
+
+static void
+put_digits(char *p, int64_t v, int n)
+{
+    while (n-- > 0) {
+        p[n] = (char)('0' + v % 10);
+        v /= 10;
+    }
+}
+
+void
+httpcache_format_date(int64_t epoch_s, char out[30])
+{
+    const int64_t lo = days_from_civil(0, 1, 1) * 86400;
+    const int64_t hi = days_from_civil(9999, 12, 31) * 86400 + 86399;
+    if (epoch_s < lo)
+        epoch_s = lo;
+    if (epoch_s > hi)
+        epoch_s = hi;
+    int64_t days = (epoch_s >= 0 ? epoch_s : epoch_s - 86399) / 86400;
+    int64_t sod = epoch_s - days * 86400;
+    int64_t y;
+    int m, d;
+    civil_from_days(days, &y, &m, &d);
+    int wd = (int)(((days + 3) % 7 + 7) % 7); /* 1970-01-01 was a Thursday: index 3 */
+    memcpy(out, "Sun, 00 Jan 0000 00:00:00 GMT", 30);
+    memcpy(out, day_names[wd], 3);
+    put_digits(out + 5, d, 2);
+    memcpy(out + 8, month_names[m - 1], 3);
+    put_digits(out + 12, y, 4);
+    put_digits(out + 17, sod / 3600, 2);
+    put_digits(out + 20, sod / 60 % 60, 2);
+    put_digits(out + 23, sod % 60, 2);
 }
 
 struct cc {

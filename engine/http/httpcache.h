@@ -34,6 +34,24 @@ struct httpcache_verdict {
 void httpcache_judge(int status, const struct http_header *f, size_t n, uint64_t policy_ttl_ms,
                      size_t body_len, struct httpcache_verdict *v);
 
+/* ---- dates and conditionals ----------------------------------------------------------------- */
+
+/*
+ * Parses an HTTP-date (RFC 9110 section 5.6.7: IMF-fixdate, and the obsolete
+ * RFC 850 and asctime forms) into seconds since the epoch. Strict: exactly
+ * the grammar (names in their case, no whitespace around or extra), a day
+ * that exists in its month and year, hours 00-23, minutes 00-59, seconds
+ * 00-60 (60: a leap second, read as the next minute's 00). The day name is
+ * not checked against the date. An RFC 850 two-digit year more than 50 years
+ * in the future by the wall clock is in the previous century. Returns 0, or
+ * -1 when it is not one (*epoch_s untouched).
+ */
+int httpcache_parse_date(const char *s, size_t len, int64_t *epoch_s);
+
+/* Formats seconds since the epoch as an IMF-fixdate (29 bytes and a NUL); times before year
+ * 0000 or after 9999 are written as the first or last second of that range. */
+void httpcache_format_date(int64_t epoch_s, char out[30]);
+
 /* Whether the request carries credentials (Authorization or Cookie). */
 bool httpcache_has_credentials(const struct http_request *h);
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -14,6 +15,15 @@
 #include "util.h"
 
 #define TTL 300000u /* the endpoint's TTL in the judge tests: 300 s */
+
+/* The clock of the judge tests: the answer arrives at NOW_MS, which Date can say as NOW. */
+#define NOW_MS 1700000000000ull
+#define NOW "Tue, 14 Nov 2023 22:13:20 GMT"
+#define NOW_MINUS_600S "Tue, 14 Nov 2023 22:03:20 GMT"
+#define NOW_PLUS_60S "Tue, 14 Nov 2023 22:14:20 GMT"
+#define NOW_MINUS_2H "Tue, 14 Nov 2023 20:13:20 GMT"
+#define NOW_MINUS_1D "Mon, 13 Nov 2023 22:13:20 GMT"
+#define NOW_MINUS_30D "Sun, 15 Oct 2023 22:13:20 GMT"
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
@@ -381,6 +391,270 @@ test_judge_vary_too_long(void **state)
     longname[255] = '\0';
     snprintf(lf, sizeof(lf), "Vary: %s", longname);
     assert_not_storable(judge_n(200, TTL, 10, l, 1), "vary");
+}
+
+/* ---- httpcache_parse_date, httpcache_format_date (RFC 9110 section 5.6.7) ----------------- */
+
+static int64_t
+date_of(const char *s)
+{
+    /* A heap copy of the exact length lets ASan see any read past the end. */
+    size_t n = strlen(s);
+    char *copy = malloc(n ? n : 1);
+    assert_non_null(copy);
+    memcpy(copy, s, n);
+    int64_t t = 12345;
+    int r = httpcache_parse_date(copy, n, &t);
+    free(copy);
+    if (r < 0) {
+        assert_int_equal(t, 12345); /* untouched */
+        return INT64_MIN;
+    }
+    assert_int_equal(r, 0);
+    return t;
+}
+
+static void
+assert_not_date(const char *s)
+{
+    if (date_of(s) != INT64_MIN)
+        fail_msg("\"%s\" parsed as %lld", s, (long long)date_of(s));
+}
+
+/* RFC 9110 section 5.6.7: the preferred format, IMF-fixdate. */
+static void
+test_rfc9110_5_6_7_imf_fixdate(void **state)
+{
+    (void)state;
+    assert_int_equal(date_of("Sun, 06 Nov 1994 08:49:37 GMT"), 784111777);
+    assert_int_equal(date_of("Thu, 01 Jan 1970 00:00:00 GMT"), 0);
+    assert_int_equal(date_of(NOW), 1700000000);
+    assert_int_equal(date_of("Fri, 31 Dec 9999 23:59:59 GMT"), 253402300799);
+    assert_int_equal(date_of("Wed, 31 Dec 1969 23:59:59 GMT"), -1);
+    assert_int_equal(date_of("Sat, 01 Jan 0000 00:00:00 GMT"), -62167219200);
+    /* Every month. */
+    static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    for (int m = 0; m < 12; m++) {
+        char s[40];
+        snprintf(s, sizeof(s), "Mon, 01 %s 2024 00:00:00 GMT", months[m]);
+        struct tm tm = {.tm_year = 124, .tm_mon = m, .tm_mday = 1};
+        assert_int_equal(date_of(s), (int64_t)timegm(&tm));
+    }
+    /* The day name is not checked against the date (06 Nov 1994 was a Sunday). */
+    assert_int_equal(date_of("Mon, 06 Nov 1994 08:49:37 GMT"), 784111777);
+}
+
+/* RFC 9110 section 5.6.7: the obsolete RFC 850 form. */
+static void
+test_rfc9110_5_6_7_rfc850_date(void **state)
+{
+    (void)state;
+    assert_int_equal(date_of("Sunday, 06-Nov-94 08:49:37 GMT"), 784111777);
+    assert_int_equal(date_of("Thursday, 01-Jan-98 00:00:00 GMT"), 883612800);
+    assert_int_equal(date_of("Wednesday, 29-Feb-00 00:00:00 GMT"), 951782400);
+    assert_not_date("Sun, 06-Nov-94 08:49:37 GMT");
+    assert_not_date("sunday, 06-Nov-94 08:49:37 GMT");
+    assert_not_date("Sunday, 06-Nov-1994 08:49:37 GMT");
+    assert_not_date("Sunday, 06 Nov 94 08:49:37 GMT");
+    assert_not_date("Sunday,06-Nov-94 08:49:37 GMT");
+    assert_not_date("Sunday, 06-Nov-94 08:49:37 UTC");
+    assert_not_date("Sunday, 06-nov-94 08:49:37 GMT");
+    assert_not_date("Sunday, 31-Nov-94 08:49:37 GMT");
+    assert_not_date("Sunday, 6-Nov-94 08:49:37 GMT");
+    assert_not_date("Funday, 06-Nov-94 08:49:37 GMT");
+    assert_not_date("Sunday, 06-Nov-9x 08:49:37 GMT");
+    assert_not_date("Sunday, 06-Nov-94 08:49:37 GMT ");
+    assert_not_date(", 06-Nov-94 08:49:37 GMT");
+}
+
+/*
+ * RFC 9110 section 5.6.7: a two-digit year "that appears to be more than 50 years in the
+ * future" is "the most recent year in the past that had the same last two digits".
+ */
+static void
+test_rfc9110_5_6_7_rfc850_two_digit_year(void **state)
+{
+    (void)state;
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    int year = tm.tm_year + 1900;
+    char s[64];
+    /* 49 years ahead: that year; 51 ahead: a century earlier, 49 years ago. */
+    int cases[][2] = {{49, year + 49},  {51, year + 51 - 100}, {0, year},      {-1, year - 1},
+                      {-30, year - 30}, {-49, year - 49},      {30, year + 30}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int y = year + cases[i][0];
+        snprintf(s, sizeof(s), "Monday, 01-Jan-%02d 00:00:00 GMT", y % 100);
+        struct tm want = {.tm_year = cases[i][1] - 1900, .tm_mon = 0, .tm_mday = 1};
+        if (date_of(s) != (int64_t)timegm(&want))
+            fail_msg("%s: %lld, want 01 Jan %d", s, (long long)date_of(s), cases[i][1]);
+    }
+    /* 29 Feb of a year 00 exists only in a century divisible by 400: checked in the year chosen. */
+    int y00 = year + 100 - year % 100; /* the next year 00 */
+    snprintf(s, sizeof(s), "Tuesday, 29-Feb-00 00:00:00 GMT");
+    int64_t t = date_of(s);
+    int chosen = y00 - year > 50 ? y00 - 100 : y00;
+    if ((chosen % 400 == 0) != (t != INT64_MIN))
+        fail_msg("29-Feb-00 read in %d: %lld", chosen, (long long)t);
+}
+
+/* RFC 9110 section 5.6.7: the obsolete asctime form. */
+static void
+test_rfc9110_5_6_7_asctime_date(void **state)
+{
+    (void)state;
+    assert_int_equal(date_of("Sun Nov  6 08:49:37 1994"), 784111777);
+    assert_int_equal(date_of("Sun Nov 06 08:49:37 1994"), 784111777);
+    assert_int_equal(date_of("Thu Jan  1 00:00:00 1970"), 0);
+    assert_int_equal(date_of("Tue Feb 29 00:00:00 2000"), 951782400);
+    assert_int_equal(date_of("Mon Nov 16 08:49:37 1994"), 784111777 + 10 * 86400);
+    assert_not_date("Sun Nov 6 08:49:37 1994");
+    assert_not_date("Sun Nov  6 08:49:37 1994 GMT");
+    assert_not_date("Sun Nov  6 08:49:37 94");
+    assert_not_date("Sun, Nov  6 08:49:37 1994");
+    assert_not_date("Sun Nov   6 8:49:37 1994");
+    assert_not_date("Sunday Nov  6 08:49:37 1994");
+    assert_not_date("Sun Nov  0 08:49:37 1994");
+    assert_not_date("Sun Nov 6  08:49:37 1994");
+}
+
+/* RFC 9110 section 5.6.7: a day that exists in its month and year (proleptic Gregorian). */
+static void
+test_rfc9110_5_6_7_leap_years(void **state)
+{
+    (void)state;
+    assert_int_equal(date_of("Tue, 29 Feb 2000 00:00:00 GMT"), 951782400);
+    assert_true(date_of("Thu, 29 Feb 2024 12:00:00 GMT") != INT64_MIN);
+    assert_true(date_of("Sat, 29 Feb 2400 00:00:00 GMT") != INT64_MIN);
+    assert_true(date_of("Tue, 29 Feb 1916 00:00:00 GMT") != INT64_MIN);
+    assert_not_date("Mon, 29 Feb 2100 00:00:00 GMT");
+    assert_not_date("Thu, 29 Feb 1900 00:00:00 GMT");
+    assert_not_date("Wed, 29 Feb 2023 00:00:00 GMT");
+    assert_not_date("Wed, 30 Feb 2024 00:00:00 GMT");
+    assert_int_equal(date_of("Sun, 28 Feb 2100 23:59:59 GMT") + 1,
+                     date_of("Mon, 01 Mar 2100 00:00:00 GMT"));
+    assert_int_equal(date_of("Thu, 29 Feb 2024 23:59:59 GMT") + 1,
+                     date_of("Fri, 01 Mar 2024 00:00:00 GMT"));
+    /* Months of 30 and 31 days. */
+    static const char *const last[] = {"31 Jan", "28 Feb", "31 Mar", "30 Apr", "31 May", "30 Jun",
+                                       "31 Jul", "31 Aug", "30 Sep", "31 Oct", "30 Nov", "31 Dec"};
+    static const char *const over[] = {"32 Jan", "29 Feb", "32 Mar", "31 Apr", "32 May", "31 Jun",
+                                       "32 Jul", "32 Aug", "31 Sep", "32 Oct", "31 Nov", "32 Dec"};
+    for (int m = 0; m < 12; m++) {
+        char s[40];
+        snprintf(s, sizeof(s), "Mon, %s 2023 00:00:00 GMT", last[m]);
+        assert_true(date_of(s) != INT64_MIN);
+        snprintf(s, sizeof(s), "Mon, %s 2023 00:00:00 GMT", over[m]);
+        assert_not_date(s);
+    }
+}
+
+/* RFC 9110 section 5.6.7: hour 00-23, minute 00-59, second 00-60 (a leap second). */
+static void
+test_rfc9110_5_6_7_out_of_range_fields(void **state)
+{
+    (void)state;
+    assert_not_date("Sun, 00 Nov 1994 08:49:37 GMT");
+    assert_not_date("Sun, 06 Nov 1994 24:00:00 GMT");
+    assert_not_date("Sun, 06 Nov 1994 08:60:37 GMT");
+    assert_not_date("Sun, 06 Nov 1994 08:49:61 GMT");
+    assert_not_date("Sun, 06 Nov 1994 99:99:99 GMT");
+    assert_int_equal(date_of("Sun, 06 Nov 1994 23:59:59 GMT"), 784166399);
+    /* A leap second is the next minute's 00. */
+    assert_int_equal(date_of("Sat, 31 Dec 2016 23:59:60 GMT"),
+                     date_of("Sun, 01 Jan 2017 00:00:00 GMT"));
+}
+
+/* RFC 9110 section 5.6.7: only the grammar; names are case-sensitive (%s"..."). */
+static void
+test_rfc9110_5_6_7_strict_syntax(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "",
+        "0",
+        "-1",
+        "784111777",
+        "Sun, 06 Nov 1994 08:49:37 GMT ",
+        " Sun, 06 Nov 1994 08:49:37 GMT",
+        "Sun, 06 Nov 1994 08:49:37 gmt",
+        "Sun, 06 Nov 1994 08:49:37 UTC",
+        "Sun, 06 Nov 1994 08:49:37 +0000",
+        "SUN, 06 Nov 1994 08:49:37 GMT",
+        "sun, 06 Nov 1994 08:49:37 GMT",
+        "Sun, 06 NOV 1994 08:49:37 GMT",
+        "Sun, 06 nov 1994 08:49:37 GMT",
+        "Sun, 6 Nov 1994 08:49:37 GMT",
+        "Sun, 06 Nov 94 08:49:37 GMT",
+        "Sun, 06 Nov 1994 8:49:37 GMT",
+        "Sun, 06 Nov 1994 08:49 GMT",
+        "Sun, 06-Nov-1994 08:49:37 GMT",
+        "Sun,  06 Nov 1994 08:49:37 GMT",
+        "Sun 06 Nov 1994 08:49:37 GMT",
+        "Sun, 06 Nov 1994 08.49.37 GMT",
+        "Sun, 06 Nov 1994 08:49:37GMT ",
+        "Sun, 0x Nov 1994 08:49:37 GMT",
+        "Sun, 06 Nov 19x4 08:49:37 GMT",
+        "Sun, 06 Nov -994 08:49:37 GMT",
+        "Sun, 06 Nov 1994 08:49:3x GMT",
+        "Sun, 06 Nov 1994 08:49:37 GMT\r",
+        "Xyz, 06 Nov 1994 08:49:37 GMT",
+        "Sun, 06 Foo 1994 08:49:37 GMT",
+        "Sun,\t06 Nov 1994 08:49:37 GMT",
+        "Sun, 06 Nov 1994 08:49:37 GMX",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_not_date(bad[i]);
+    /* Only the first len bytes are looked at. */
+    int64_t t;
+    assert_int_equal(httpcache_parse_date("Sun, 06 Nov 1994 08:49:37 GMTxyz", 29, &t), 0);
+    assert_int_equal(t, 784111777);
+    assert_int_equal(httpcache_parse_date("Sun, 06 Nov 1994 08:49:37 GMT", 28, &t), -1);
+}
+
+/* RFC 9110 section 5.6.7: a sender generates IMF-fixdate. */
+static void
+test_rfc9110_5_6_7_format_date(void **state)
+{
+    (void)state;
+    char out[30];
+    memset(out, 'x', sizeof(out));
+    httpcache_format_date(784111777, out);
+    assert_string_equal(out, "Sun, 06 Nov 1994 08:49:37 GMT");
+    httpcache_format_date(0, out);
+    assert_string_equal(out, "Thu, 01 Jan 1970 00:00:00 GMT");
+    httpcache_format_date(1700000000, out);
+    assert_string_equal(out, NOW);
+    httpcache_format_date(951782400, out);
+    assert_string_equal(out, "Tue, 29 Feb 2000 00:00:00 GMT");
+    httpcache_format_date(-1, out);
+    assert_string_equal(out, "Wed, 31 Dec 1969 23:59:59 GMT");
+    httpcache_format_date(253402300799, out);
+    assert_string_equal(out, "Fri, 31 Dec 9999 23:59:59 GMT");
+    httpcache_format_date(-62167219200, out);
+    assert_string_equal(out, "Sat, 01 Jan 0000 00:00:00 GMT");
+    /* Out of the 4-digit years: clamped. */
+    httpcache_format_date(253402300800, out);
+    assert_string_equal(out, "Fri, 31 Dec 9999 23:59:59 GMT");
+    httpcache_format_date(INT64_MAX, out);
+    assert_string_equal(out, "Fri, 31 Dec 9999 23:59:59 GMT");
+    httpcache_format_date(INT64_MIN, out);
+    assert_string_equal(out, "Sat, 01 Jan 0000 00:00:00 GMT");
+
+    /* It agrees with the C library and parses back, across ~ 3 centuries. */
+    for (int64_t t = -2208988800LL; t < 7258118400LL; t += 86400 * 7 + 3607) {
+        httpcache_format_date(t, out);
+        assert_int_equal(strlen(out), 29);
+        time_t tt = (time_t)t;
+        struct tm tm;
+        char want[64];
+        gmtime_r(&tt, &tm);
+        strftime(want, sizeof(want), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        assert_string_equal(out, want);
+        assert_int_equal(date_of(out), t);
+    }
 }
 
 /* ---- httpcache_has_credentials ------------------------------------------------------------ */
@@ -789,6 +1063,14 @@ main(void)
         cmocka_unit_test(test_judge_vary_star),
         cmocka_unit_test(test_judge_vary_list),
         cmocka_unit_test(test_judge_vary_too_long),
+        cmocka_unit_test(test_rfc9110_5_6_7_imf_fixdate),
+        cmocka_unit_test(test_rfc9110_5_6_7_rfc850_date),
+        cmocka_unit_test(test_rfc9110_5_6_7_rfc850_two_digit_year),
+        cmocka_unit_test(test_rfc9110_5_6_7_asctime_date),
+        cmocka_unit_test(test_rfc9110_5_6_7_leap_years),
+        cmocka_unit_test(test_rfc9110_5_6_7_out_of_range_fields),
+        cmocka_unit_test(test_rfc9110_5_6_7_strict_syntax),
+        cmocka_unit_test(test_rfc9110_5_6_7_format_date),
         cmocka_unit_test(test_has_credentials),
         cmocka_unit_test(test_etag_strong_and_weak),
         cmocka_unit_test(test_etag_lists),
