@@ -67,6 +67,21 @@ each_element(const char *v, size_t len, bool escapes,
     }
 }
 
+/* Splits a list element "name[=value]" around its '=', trimming both parts. */
+static void
+split_directive(const char *el, size_t len, struct http_str *name, struct http_str *val,
+                bool *has_val)
+{
+    const char *eq = memchr(el, '=', len);
+    name->p = el;
+    name->len = eq ? (size_t)(eq - el) : len;
+    name->p = trim(name->p, &name->len);
+    *has_val = eq != NULL;
+    val->p = eq ? eq + 1 : el + len;
+    val->len = eq ? len - (size_t)(eq - el) - 1 : 0;
+    val->p = trim(val->p, &val->len);
+}
+
 /* ---- HTTP-dates (RFC 9110 section 5.6.7) ------------------------------------------------ */
 
 static const char *const day_names[] = {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};
@@ -420,6 +435,64 @@ httpcache_judge(int status, const struct http_header *f, size_t n, uint64_t poli
     v->storable = true;
     v->ttl_ms = ttl;
     v->vary = vy.len > 0;
+}
+
+/* ---- request directives ------------------------------------------------------------------ */
+
+static void
+request_directive(const char *el, size_t len, void *ctx)
+{
+    struct httpcache_request *r = ctx;
+    struct http_str name, val;
+    bool has_val;
+    split_directive(el, len, &name, &val, &has_val);
+    int64_t delta = has_val ? delta_seconds(val.p, val.len) : -1;
+    if (name_is(&name, "no-cache")) {
+        r->no_cache = true;
+    } else if (name_is(&name, "no-store")) {
+        r->no_store = true;
+    } else if (name_is(&name, "only-if-cached")) {
+        r->only_if_cached = true;
+    } else if (name_is(&name, "max-age")) {
+        if (r->max_age < 0)
+            r->max_age = delta >= 0 ? delta * 1000 : 0;
+    } else if (name_is(&name, "max-stale")) {
+        if (r->max_stale < 0 && !has_val)
+            r->max_stale = INT64_MAX;
+        else if (r->max_stale < 0 && delta >= 0)
+            r->max_stale = delta * 1000;
+    } else if (name_is(&name, "min-fresh")) {
+        if (r->min_fresh < 0 && delta >= 0)
+            r->min_fresh = delta * 1000;
+    }
+}
+
+static void
+pragma_directive(const char *el, size_t len, void *ctx)
+{
+    struct http_str name, val;
+    bool has_val;
+    split_directive(el, len, &name, &val, &has_val);
+    if (name_is(&name, "no-cache"))
+        *(bool *)ctx = true;
+}
+
+void
+httpcache_request_directives(const struct http_request *h, struct httpcache_request *r)
+{
+    *r = (struct httpcache_request){.max_age = -1, .max_stale = -1, .min_fresh = -1};
+    bool cc = false, pragma_no_cache = false;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const struct http_header *f = &h->headers[i];
+        if (name_is(&f->name, "cache-control")) {
+            cc = true;
+            each_element(f->value.p, f->value.len, true, request_directive, r);
+        } else if (name_is(&f->name, "pragma")) {
+            each_element(f->value.p, f->value.len, true, pragma_directive, &pragma_no_cache);
+        }
+    }
+    if (!cc && pragma_no_cache)
+        r->no_cache = true;
 }
 
 bool

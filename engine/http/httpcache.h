@@ -34,6 +34,26 @@ struct httpcache_verdict {
 void httpcache_judge(int status, const struct http_header *f, size_t n, uint64_t policy_ttl_ms,
                      size_t body_len, struct httpcache_verdict *v);
 
+/* ---- request directives (RFC 9111 section 5.2.1) -------------------------------------------- */
+
+struct httpcache_request {
+    bool no_cache;       /* no-cache, or Pragma: no-cache without Cache-Control (section 5.4) */
+    bool no_store;       /* no-store */
+    bool only_if_cached; /* only-if-cached: a stored answer or 504 */
+    int64_t max_age;     /* ms, -1 absent; max-age=0 is a validation every time */
+    int64_t max_stale;   /* ms, -1 absent; INT64_MAX for max-stale without a value */
+    int64_t min_fresh;   /* ms, -1 absent */
+};
+
+/*
+ * Reads the request's Cache-Control (and Pragma) directives into *r. Names
+ * are compared ignoring case; a directive given twice keeps its first value;
+ * quoted arguments are accepted; a delta-seconds past 2^31 is 2^31. An
+ * invalid argument is read the strict way: max-age as 0, max-stale and
+ * min-fresh as absent.
+ */
+void httpcache_request_directives(const struct http_request *h, struct httpcache_request *r);
+
 /* ---- dates and conditionals ----------------------------------------------------------------- */
 
 /*

@@ -393,6 +393,103 @@ test_judge_vary_too_long(void **state)
     assert_not_storable(judge_n(200, TTL, 10, l, 1), "vary");
 }
 
+/* ---- httpcache_request_directives (RFC 9111 section 5.2.1) -------------------------------- */
+
+static struct httpcache_request
+request_dirs(const char *lines)
+{
+    struct req r;
+    parse_req(&r, lines);
+    struct httpcache_request d;
+    memset(&d, 0xa5, sizeof(d));
+    httpcache_request_directives(&r.h, &d);
+    return d;
+}
+
+static void
+assert_request(struct httpcache_request d, bool no_cache, bool no_store, bool only_if_cached,
+               int64_t max_age, int64_t max_stale, int64_t min_fresh)
+{
+    assert_int_equal(d.no_cache, no_cache);
+    assert_int_equal(d.no_store, no_store);
+    assert_int_equal(d.only_if_cached, only_if_cached);
+    assert_int_equal(d.max_age, max_age);
+    assert_int_equal(d.max_stale, max_stale);
+    assert_int_equal(d.min_fresh, min_fresh);
+}
+
+/* RFC 9111 section 5.2.1: the request directives a cache acts on. */
+static void
+test_rfc9111_5_2_1_request_directives(void **state)
+{
+    (void)state;
+    assert_request(request_dirs(""), false, false, false, -1, -1, -1);
+    assert_request(request_dirs("Cache-Control: no-cache\r\n"), true, false, false, -1, -1, -1);
+    assert_request(request_dirs("Cache-Control: no-store\r\n"), false, true, false, -1, -1, -1);
+    assert_request(request_dirs("Cache-Control: only-if-cached\r\n"), false, false, true, -1, -1,
+                   -1);
+    assert_request(request_dirs("Cache-Control: max-age=0\r\n"), false, false, false, 0, -1, -1);
+    assert_request(request_dirs("Cache-Control: max-age=60\r\n"), false, false, false, 60000, -1,
+                   -1);
+    assert_request(request_dirs("Cache-Control: max-stale\r\n"), false, false, false, -1, INT64_MAX,
+                   -1);
+    assert_request(request_dirs("Cache-Control: max-stale=30\r\n"), false, false, false, -1, 30000,
+                   -1);
+    assert_request(request_dirs("Cache-Control: min-fresh=5\r\n"), false, false, false, -1, -1,
+                   5000);
+    /* All at once, on several lines, in any case, quoted (section 5.2), with unknown ones. */
+    assert_request(request_dirs("Cache-Control: No-Cache, x-ext=\"a, b\", MAX-AGE=\"10\"\r\n"
+                                "X-A: 1\r\ncache-control: max-stale=\"20\", no-store, "
+                                "Only-If-Cached, min-fresh=3, no-transform\r\n"),
+                   true, true, true, 10000, 20000, 3000);
+    /* First occurrence (section 4.2.1 by analogy). */
+    assert_request(request_dirs("Cache-Control: max-age=1, max-age=2\r\nCache-Control: max-age=3, "
+                                "min-fresh=4, min-fresh=5, max-stale=6, max-stale\r\n"),
+                   false, false, false, 1000, 6000, 4000);
+    /* Past 2^31 (section 1.2.2). */
+    assert_request(request_dirs("Cache-Control: max-age=99999999999, min-fresh=2147483649\r\n"),
+                   false, false, false, 2147483648000, -1, 2147483648000);
+    /* Response directives mean nothing here. */
+    assert_request(request_dirs("Cache-Control: private, public, s-maxage=5, must-revalidate\r\n"),
+                   false, false, false, -1, -1, -1);
+}
+
+/* RFC 9111 section 5.2.1: invalid arguments, read the strict way. */
+static void
+test_rfc9111_5_2_1_request_invalid_arguments(void **state)
+{
+    (void)state;
+    /* max-age: validated as 0. */
+    assert_request(request_dirs("Cache-Control: max-age=abc\r\n"), false, false, false, 0, -1, -1);
+    assert_request(request_dirs("Cache-Control: max-age\r\n"), false, false, false, 0, -1, -1);
+    assert_request(request_dirs("Cache-Control: max-age=-1\r\n"), false, false, false, 0, -1, -1);
+    assert_request(request_dirs("Cache-Control: max-age=x, max-age=60\r\n"), false, false, false, 0,
+                   -1, -1);
+    /* max-stale and min-fresh: as if absent. */
+    assert_request(request_dirs("Cache-Control: max-stale=abc, min-fresh=-3, min-fresh\r\n"), false,
+                   false, false, -1, -1, -1);
+    assert_request(request_dirs("Cache-Control: max-stale=\"\"\r\n"), false, false, false, -1, -1,
+                   -1);
+}
+
+/* RFC 9111 section 5.4: Pragma: no-cache counts only when Cache-Control is absent. */
+static void
+test_rfc9111_5_4_pragma_only_without_cache_control(void **state)
+{
+    (void)state;
+    assert_request(request_dirs("Pragma: no-cache\r\n"), true, false, false, -1, -1, -1);
+    assert_request(request_dirs("Pragma: NO-CACHE\r\n"), true, false, false, -1, -1, -1);
+    assert_request(request_dirs("Pragma: x-y, no-cache\r\n"), true, false, false, -1, -1, -1);
+    assert_request(request_dirs("Pragma: no-cachex\r\n"), false, false, false, -1, -1, -1);
+    assert_request(request_dirs("Pragma: x\r\nPragma: no-cache\r\n"), true, false, false, -1, -1,
+                   -1);
+    /* With Cache-Control, Pragma is ignored, whatever Cache-Control says. */
+    assert_request(request_dirs("Pragma: no-cache\r\nCache-Control: max-age=5\r\n"), false, false,
+                   false, 5000, -1, -1);
+    assert_request(request_dirs("Cache-Control: \r\nPragma: no-cache\r\n"), false, false, false, -1,
+                   -1, -1);
+}
+
 /* ---- httpcache_parse_date, httpcache_format_date (RFC 9110 section 5.6.7) ----------------- */
 
 static int64_t
@@ -1063,6 +1160,9 @@ main(void)
         cmocka_unit_test(test_judge_vary_star),
         cmocka_unit_test(test_judge_vary_list),
         cmocka_unit_test(test_judge_vary_too_long),
+        cmocka_unit_test(test_rfc9111_5_2_1_request_directives),
+        cmocka_unit_test(test_rfc9111_5_2_1_request_invalid_arguments),
+        cmocka_unit_test(test_rfc9111_5_4_pragma_only_without_cache_control),
         cmocka_unit_test(test_rfc9110_5_6_7_imf_fixdate),
         cmocka_unit_test(test_rfc9110_5_6_7_rfc850_date),
         cmocka_unit_test(test_rfc9110_5_6_7_rfc850_two_digit_year),
