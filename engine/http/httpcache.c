@@ -653,3 +653,120 @@ httpcache_replay_fields(const struct http_header *f, size_t n, struct sbuf *out)
         sbuf_add(out, "\r\n", 2);
     }
 }
+
+/* ---- conditionals and 304 updates ------------------------------------------------------- */
+
+struct inm_star {
+    bool star;
+};
+
+static void
+star_element(const char *el, size_t len, void *ctx)
+{
+    if (len == 1 && el[0] == '*')
+        ((struct inm_star *)ctx)->star = true;
+}
+
+bool
+httpcache_not_modified(const struct http_request *h, const char *etag, const char *last_modified)
+{
+    if (h->method != HTTP_GET && h->method != HTTP_HEAD)
+        return false;
+    bool inm = false, match = false;
+    const struct http_str *ims = NULL;
+    size_t nims = 0;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const struct http_header *f = &h->headers[i];
+        if (name_is(&f->name, "if-none-match")) {
+            struct inm_star s = {false};
+            each_element(f->value.p, f->value.len, false, star_element, &s);
+            inm = true;
+            match |= s.star || httpcache_etag_matches(f->value.p, f->value.len, etag);
+        } else if (name_is(&f->name, "if-modified-since") && nims++ == 0) {
+            ims = &f->value;
+        }
+    }
+    if (inm)
+        return match;
+    /* Section 13.1.3: ignored unless one HTTP-date and a modification date to compare. */
+    int64_t since, modified;
+    if (nims != 1 || !last_modified || httpcache_parse_date(ims->p, ims->len, &since) < 0 ||
+        httpcache_parse_date(last_modified, strlen(last_modified), &modified) < 0)
+        return false;
+    return modified <= since;
+}
+
+/* Whether a field of the 304 goes into the stored fields: replayed, and not Set-Cookie. */
+static bool
+updates(const struct http_str *name)
+{
+    if (name_is(name, "set-cookie"))
+        return false;
+    for (size_t j = 0; j < sizeof(not_replayed) / sizeof(not_replayed[0]); j++)
+        if (name_is(name, not_replayed[j]))
+            return false;
+    return true;
+}
+
+void
+httpcache_update_fields(const char *stored, size_t len, const struct http_header *f, size_t n,
+                        struct sbuf *out)
+{
+    for (size_t i = 0; i < len;) {
+        const char *nl = memchr(stored + i, '\n', len - i);
+        size_t end = nl ? (size_t)(nl - stored) + 1 : len;
+        const char *line = stored + i;
+        size_t llen = end - i;
+        const char *colon = memchr(line, ':', llen);
+        bool replaced = false;
+        if (colon) {
+            struct http_str name = {line, (size_t)(colon - line)};
+            for (size_t j = 0; j < n && !replaced; j++)
+                replaced = name_is_n(&f[j].name, name.p, name.len) && updates(&f[j].name);
+        }
+        if (!replaced) {
+            sbuf_add(out, line, llen);
+            if (!nl)
+                sbuf_add(out, "\r\n", 2);
+        }
+        i = end;
+    }
+    for (size_t j = 0; j < n; j++) {
+        if (!updates(&f[j].name))
+            continue;
+        sbuf_add(out, f[j].name.p, f[j].name.len);
+        sbuf_add(out, ": ", 2);
+        sbuf_add(out, f[j].value.p, f[j].value.len);
+        sbuf_add(out, "\r\n", 2);
+    }
+}
+
+long
+httpcache_field_in_lines(const char *lines, size_t len, const char *name, char *out, size_t cap)
+{
+    for (size_t i = 0; i < len;) {
+        const char *nl = memchr(lines + i, '\n', len - i);
+        size_t end = nl ? (size_t)(nl - lines) + 1 : len;
+        const char *line = lines + i;
+        size_t llen = end - i;
+        i = end;
+        if (llen && line[llen - 1] == '\n')
+            llen--;
+        if (llen && line[llen - 1] == '\r')
+            llen--;
+        const char *colon = memchr(line, ':', llen);
+        if (!colon)
+            continue;
+        struct http_str n = {line, (size_t)(colon - line)};
+        if (!name_is(&n, name))
+            continue;
+        size_t vlen = llen - n.len - 1;
+        const char *v = trim(colon + 1, &vlen);
+        if (vlen + 1 > cap)
+            return -1;
+        memcpy(out, v, vlen);
+        out[vlen] = '\0';
+        return (long)vlen;
+    }
+    return -1;
+}

@@ -72,6 +72,40 @@ int httpcache_parse_date(const char *s, size_t len, int64_t *epoch_s);
  * 0000 or after 9999 are written as the first or last second of that range. */
 void httpcache_format_date(int64_t epoch_s, char out[30]);
 
+/*
+ * Whether a stored answer with entity tag `etag` (or NULL) and Last-Modified
+ * `last_modified` (an HTTP-date, or NULL) satisfies the conditionals of a GET
+ * or HEAD request, so that 304 is the answer (RFC 9110 section 13.2.2): when
+ * If-None-Match is present (on one line or more) only it is evaluated (weak
+ * comparison; "*" matches any stored answer); else If-Modified-Since, when
+ * it is one HTTP-date (a date in the future counts as it is) and the answer
+ * has a Last-Modified that parses and is no later than it. False for other
+ * methods. If-Match and If-Unmodified-Since (412) are the caller's.
+ */
+bool httpcache_not_modified(const struct http_request *h, const char *etag,
+                            const char *last_modified);
+
+/*
+ * The stored header lines after a 304 (RFC 9111 section 3.2, 4.3.4): each
+ * line of stored[0..len) ("Name: value\r\n") whose name none of the 304's
+ * replayed fields carries, then the 304's own fields f[0..n) as
+ * httpcache_replay_fields() would replay them (Content-Length and the other
+ * fields a replay never carries are left out, and neither replace nor
+ * remove a stored line), but Set-Cookie, which is never stored. A last
+ * stored line without its CRLF gets one. Appended to out.
+ */
+void httpcache_update_fields(const char *stored, size_t len, const struct http_header *f, size_t n,
+                             struct sbuf *out);
+
+/*
+ * The value of field `name` (lowercase; names in the lines in any case) in
+ * header lines ("Name: value\r\n"): that of its first line, without the
+ * whitespace around it, into out (NUL-terminated, cap bytes). Returns its
+ * length, or -1 when the lines do not carry it or it does not fit.
+ */
+long httpcache_field_in_lines(const char *lines, size_t len, const char *name, char *out,
+                              size_t cap);
+
 /* Whether the request carries credentials (Authorization or Cookie). */
 bool httpcache_has_credentials(const struct http_request *h);
 

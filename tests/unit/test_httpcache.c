@@ -87,6 +87,11 @@ assert_not_storable(struct httpcache_verdict v, const char *why)
     assert_false(v.vary);
 }
 
+/* A literal list of "Name: value" lines, and its count: two arguments. */
+#define LINES(...)                                                                                 \
+    (const char *const[]){__VA_ARGS__},                                                            \
+        sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *)
+
 /* A request parsed from literal text; its strings point into buf. */
 struct req {
     char buf[4096];
@@ -754,6 +759,238 @@ test_rfc9110_5_6_7_format_date(void **state)
     }
 }
 
+/* ---- httpcache_not_modified (RFC 9110 section 13) ----------------------------------------- */
+
+static bool
+not_modified(const char *lines, const char *etag, const char *lm)
+{
+    struct req r;
+    parse_req(&r, lines);
+    return httpcache_not_modified(&r.h, etag, lm);
+}
+
+/* RFC 9110 section 13.1.2: If-None-Match with the weak comparison. */
+static void
+test_rfc9110_13_1_2_if_none_match(void **state)
+{
+    (void)state;
+    assert_true(not_modified("If-None-Match: \"a\"\r\n", "\"a\"", NULL));
+    assert_true(not_modified("If-None-Match: W/\"a\"\r\n", "\"a\"", NULL));
+    assert_true(not_modified("If-None-Match: \"a\"\r\n", "W/\"a\"", NULL));
+    assert_true(not_modified("If-None-Match: \"x\", W/\"a\"\r\n", "\"a\"", NULL));
+    assert_false(not_modified("If-None-Match: \"b\"\r\n", "\"a\"", NULL));
+    assert_false(not_modified("If-None-Match: \"a\"\r\n", NULL, NULL));
+    /* Its lines are one list. */
+    assert_true(not_modified("If-None-Match: \"x\"\r\nIf-None-Match: \"a\"\r\n", "\"a\"", NULL));
+    assert_false(not_modified("If-None-Match: \"x\"\r\nIf-None-Match: \"y\"\r\n", "\"a\"", NULL));
+    /* No conditional: not a 304. */
+    assert_false(not_modified("", "\"a\"", NOW));
+}
+
+/* RFC 9110 section 13.1.2: "*" matches any current representation, with or without a tag. */
+static void
+test_rfc9110_13_1_2_if_none_match_star(void **state)
+{
+    (void)state;
+    assert_true(not_modified("If-None-Match: *\r\n", "\"a\"", NULL));
+    assert_true(not_modified("If-None-Match: *\r\n", NULL, NULL));
+    assert_true(not_modified("If-None-Match: *\r\n", NULL, NOW));
+    assert_false(not_modified("If-None-Match: \"*\"\r\n", NULL, NULL));
+}
+
+/* RFC 9110 section 13.2.2: with If-None-Match, If-Modified-Since is not evaluated. */
+static void
+test_rfc9110_13_2_2_if_none_match_before_if_modified_since(void **state)
+{
+    (void)state;
+    const char *both = "If-None-Match: \"b\"\r\nIf-Modified-Since: " NOW "\r\n";
+    assert_false(not_modified(both, "\"a\"", NOW_MINUS_1D));
+    assert_false(not_modified(both, NULL, NOW_MINUS_1D));
+    assert_true(not_modified(both, "\"b\"", NOW_PLUS_60S));
+    assert_false(
+        not_modified("If-None-Match: \r\nIf-Modified-Since: " NOW "\r\n", "\"a\"", NOW_MINUS_1D));
+}
+
+/* RFC 9110 section 13.1.3: If-Modified-Since: 304 when not modified after the date. */
+static void
+test_rfc9110_13_1_3_if_modified_since(void **state)
+{
+    (void)state;
+    assert_true(not_modified("If-Modified-Since: " NOW "\r\n", "\"a\"", NOW));
+    assert_true(not_modified("If-Modified-Since: " NOW "\r\n", NULL, NOW_MINUS_1D));
+    assert_false(not_modified("If-Modified-Since: " NOW "\r\n", NULL, NOW_PLUS_60S));
+    /* Any of the three forms, on either side. */
+    assert_true(not_modified("If-Modified-Since: Tuesday, 14-Nov-23 22:13:20 GMT\r\n", NULL,
+                             "Tue Nov 14 22:13:20 2023"));
+    assert_false(not_modified("If-Modified-Since: Tue Nov 14 22:13:19 2023\r\n", NULL, NOW));
+    /* "MUST ignore ... if the resource does not have a modification date available". */
+    assert_false(not_modified("If-Modified-Since: " NOW "\r\n", "\"a\"", NULL));
+    assert_false(not_modified("If-Modified-Since: " NOW "\r\n", "\"a\"", "yesterday"));
+    /* A date in the future is a valid HTTP-date (RFC 9110 does not ask to ignore it). */
+    assert_true(not_modified("If-Modified-Since: Fri, 31 Dec 9999 23:59:59 GMT\r\n", NULL, NOW));
+}
+
+/* RFC 9110 section 13.1.3: "MUST ignore" an invalid date or a value with several members. */
+static void
+test_rfc9110_13_1_3_invalid_if_modified_since_ignored(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "If-Modified-Since: 0\r\n",
+        "If-Modified-Since: yesterday\r\n",
+        "If-Modified-Since: Tue, 14 Nov 2023 22:13:20\r\n",
+        "If-Modified-Since: Tue, 14 Nov 2023 22:13:20 GMT, Tue, 14 Nov 2023 22:13:20 GMT\r\n",
+        "If-Modified-Since: " NOW "\r\nIf-Modified-Since: " NOW "\r\n",
+        "If-Modified-Since: \r\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (not_modified(bad[i], NULL, NOW_MINUS_1D))
+            fail_msg("304 for %s", bad[i]);
+}
+
+/* RFC 9110 section 13.1.2, 13.1.3: only GET and HEAD. */
+static void
+test_rfc9110_13_1_3_only_get_and_head(void **state)
+{
+    (void)state;
+    static const char *const heads[] = {
+        "HEAD / HTTP/1.1\r\nHost: h\r\nIf-None-Match: \"a\"\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nIf-None-Match: \"a\"\r\n\r\n",
+        "PUT / HTTP/1.1\r\nHost: h\r\nIf-Modified-Since: " NOW "\r\n\r\n",
+        "DELETE / HTTP/1.1\r\nHost: h\r\nIf-None-Match: *\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
+        struct http_request h;
+        assert_true(http_parse_request(heads[i], strlen(heads[i]), &h) > 0);
+        assert_int_equal(httpcache_not_modified(&h, "\"a\"", NOW_MINUS_1D), i == 0);
+    }
+}
+
+/* ---- httpcache_update_fields, httpcache_field_in_lines (RFC 9111 section 3.2) ------------- */
+
+static void
+assert_updated(const char *stored, const char *const *lines, size_t n, const char *want)
+{
+    struct fields fs;
+    fields_from(&fs, lines, n);
+    struct sbuf out = {0};
+    sbuf_adds(&out, "Before: 0\r\n"); /* appended to what is there */
+    httpcache_update_fields(stored, strlen(stored), fs.f, fs.n, &out);
+    if (out.len != strlen(want) + 11 || memcmp(out.p + 11, want, strlen(want)) != 0)
+        fail_msg("got:\n%s\nwant:\n%s", out.p + 11, want);
+    sbuf_free(&out);
+}
+
+/* RFC 9111 section 3.2: the 304's fields replace the stored ones of the same name. */
+static void
+test_rfc9111_3_2_update_fields_replaces(void **state)
+{
+    (void)state;
+    const char *stored = "Cache-Control: max-age=60\r\n"
+                         "X-A: 1\r\n"
+                         "Link: <a>\r\n"
+                         "link: <b>\r\n"
+                         "X-B: 2\r\n";
+    /* Every line of a replaced name goes, and the 304's lines come after the kept ones. */
+    assert_updated(stored, LINES("CACHE-CONTROL: max-age=120", "Link: <c>"),
+                   "X-A: 1\r\n"
+                   "X-B: 2\r\n"
+                   "CACHE-CONTROL: max-age=120\r\n"
+                   "Link: <c>\r\n");
+    /* Several lines of the 304 all stay. */
+    assert_updated(stored, LINES("X-B: 3", "x-b: 4"),
+                   "Cache-Control: max-age=60\r\n"
+                   "X-A: 1\r\n"
+                   "Link: <a>\r\n"
+                   "link: <b>\r\n"
+                   "X-B: 3\r\n"
+                   "x-b: 4\r\n");
+    /* A 304 without fields keeps everything. */
+    assert_updated(stored, NULL, 0, stored);
+    /* An empty value replaces too. */
+    assert_updated("X-A: 1\r\n", LINES("X-A: "), "X-A: \r\n");
+    /* Nothing stored. */
+    assert_updated("", LINES("X-A: 1"), "X-A: 1\r\n");
+    /* A name is the whole name: X-A does not replace X-AB. */
+    assert_updated("X-AB: 1\r\nX-: 2\r\n", LINES("X-A: 3"), "X-AB: 1\r\nX-: 2\r\nX-A: 3\r\n");
+}
+
+/*
+ * RFC 9111 section 3.2: except Content-Length and the fields the cache handles itself
+ * (Date, Age, ETag, Content-Type, hop-by-hop ... : those a replay never carries), which
+ * neither replace nor add; Set-Cookie is never stored.
+ */
+static void
+test_rfc9111_3_2_update_fields_exceptions(void **state)
+{
+    (void)state;
+    const char *stored = "X-A: 1\r\nContent-Length: 5\r\nSet-Cookie: s=1\r\n";
+    assert_updated(stored,
+                   LINES("Content-Length: 0", "Date: " NOW, "Age: 4", "ETag: \"b\"",
+                         "Content-Type: text/plain", "Connection: close", "Transfer-Encoding: x",
+                         "Keep-Alive: 5", "X-Cache: HIT", "RateLimit: x", "Set-Cookie: s=2",
+                         "X-C: 3"),
+                   "X-A: 1\r\nContent-Length: 5\r\nSet-Cookie: s=1\r\nX-C: 3\r\n");
+    /* A stored line without its CRLF gets one; a line without a colon is kept as it is. */
+    assert_updated("X-A: 1\r\nodd line\r\nX-B: 2", LINES("X-C: 3"),
+                   "X-A: 1\r\nodd line\r\nX-B: 2\r\nX-C: 3\r\n");
+    /* Only the first len bytes are read. */
+    struct fields fs;
+    fields_from(&fs, LINES("X-C: 3"));
+    struct sbuf out = {0};
+    httpcache_update_fields("X-A: 1\r\nX-B: 2\r\n", 8, fs.f, fs.n, &out);
+    assert_string_equal(out.p, "X-A: 1\r\nX-C: 3\r\n");
+    sbuf_free(&out);
+}
+
+static long
+field_in(const char *lines, const char *name, char *out, size_t cap)
+{
+    memset(out, 'z', cap);
+    return httpcache_field_in_lines(lines, strlen(lines), name, out, cap);
+}
+
+/* The stored value of a field (the ETag and Last-Modified of a stored answer). */
+static void
+test_field_in_lines(void **state)
+{
+    (void)state;
+    const char *lines = "X-A: 1\r\n"
+                        "ETag:  \"abc\" \r\n"
+                        "last-modified: " NOW "\r\n"
+                        "X-Empty:\r\n"
+                        "X-Two: a\r\n"
+                        "x-two: b\r\n"
+                        "X-Last: end";
+    char out[64];
+    assert_int_equal(field_in(lines, "etag", out, sizeof(out)), 5);
+    assert_string_equal(out, "\"abc\"");
+    assert_int_equal(field_in(lines, "last-modified", out, sizeof(out)), 29);
+    assert_string_equal(out, NOW);
+    assert_int_equal(field_in(lines, "x-a", out, sizeof(out)), 1);
+    assert_string_equal(out, "1");
+    assert_int_equal(field_in(lines, "x-empty", out, sizeof(out)), 0);
+    assert_string_equal(out, "");
+    assert_int_equal(field_in(lines, "x-two", out, sizeof(out)), 1);
+    assert_string_equal(out, "a");
+    assert_int_equal(field_in(lines, "x-last", out, sizeof(out)), 3);
+    assert_string_equal(out, "end");
+    assert_int_equal(field_in(lines, "x-absent", out, sizeof(out)), -1);
+    assert_int_equal(field_in(lines, "x", out, sizeof(out)), -1);
+    assert_int_equal(field_in(lines, "x-a:", out, sizeof(out)), -1);
+    assert_int_equal(field_in("", "x-a", out, sizeof(out)), -1);
+    /* It fits with its NUL, or it is -1 and nothing past cap is written. */
+    assert_int_equal(field_in(lines, "etag", out, 6), 5);
+    memset(out, 'z', sizeof(out));
+    assert_int_equal(httpcache_field_in_lines(lines, strlen(lines), "etag", out, 5), -1);
+    assert_int_equal(out[5], 'z');
+    assert_int_equal(field_in(lines, "x-empty", out, 1), 0);
+    assert_int_equal(field_in(lines, "x-a", out, 0), -1);
+    /* Only the first len bytes are read. */
+    assert_int_equal(httpcache_field_in_lines("X-A: 12\r\n", 6, "x-a", out, sizeof(out)), 1);
+    assert_string_equal(out, "1");
+}
+
 /* ---- httpcache_has_credentials ------------------------------------------------------------ */
 
 static void
@@ -1171,6 +1408,15 @@ main(void)
         cmocka_unit_test(test_rfc9110_5_6_7_out_of_range_fields),
         cmocka_unit_test(test_rfc9110_5_6_7_strict_syntax),
         cmocka_unit_test(test_rfc9110_5_6_7_format_date),
+        cmocka_unit_test(test_rfc9110_13_1_2_if_none_match),
+        cmocka_unit_test(test_rfc9110_13_1_2_if_none_match_star),
+        cmocka_unit_test(test_rfc9110_13_2_2_if_none_match_before_if_modified_since),
+        cmocka_unit_test(test_rfc9110_13_1_3_if_modified_since),
+        cmocka_unit_test(test_rfc9110_13_1_3_invalid_if_modified_since_ignored),
+        cmocka_unit_test(test_rfc9110_13_1_3_only_get_and_head),
+        cmocka_unit_test(test_rfc9111_3_2_update_fields_replaces),
+        cmocka_unit_test(test_rfc9111_3_2_update_fields_exceptions),
+        cmocka_unit_test(test_field_in_lines),
         cmocka_unit_test(test_has_credentials),
         cmocka_unit_test(test_etag_strong_and_weak),
         cmocka_unit_test(test_etag_lists),
