@@ -68,10 +68,19 @@ on_upstream(void *arg, const struct upstream_response *res)
         else
             gw_reply_entry(rq, e, NULL, 0);
     } else if (rq->admit.cache_key && !rq->bypass) {
+        struct httpcache_answer ans = {.status = res->status,
+                                       .f = fields,
+                                       .n = n,
+                                       .body_len = res->body_len,
+                                       .request_ms = store_now_ms()};
+        ans.response_ms = ans.request_ms;
+        struct httpcache_policy pol = {.ttl_ms = ep->ttl_ms};
         struct httpcache_verdict v;
-        httpcache_judge(res->status, fields, n, ep->ttl_ms, res->body_len, &v);
-        if (v.storable) {
-            gw_store_and_reply(rq, e, v.ttl_ms, v.vary ? v.vary_names : NULL);
+        httpcache_judge(&ans, &pol, &v);
+        /* Fresh for 0 ms, or to be validated on every use: not stored, as before. */
+        uint64_t ttl = v.lifetime_ms > v.initial_age_ms ? v.lifetime_ms - v.initial_age_ms : 0;
+        if (v.storable && ttl > 0 && !v.no_cache) {
+            gw_store_and_reply(rq, e, ttl, v.vary ? v.vary_names : NULL);
         } else {
             if (res->status < 500)
                 gw_remember_uncacheable(rq, e);

@@ -7,6 +7,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "sf.h"
 #include "util.h"
 
 static bool
@@ -290,22 +291,15 @@ httpcache_format_date(int64_t epoch_s, char out[30])
     put_digits(out + 23, sod % 60, 2);
 }
 
-struct cc {
-    bool no_store, no_cache, private_, zero;
-    int64_t s_maxage, max_age; /* seconds, -1 absent */
-};
+/* ---- delta-seconds (RFC 9111 section 1.2.2) ----------------------------------------------- */
 
 /* Delta-seconds too large to represent count as this (RFC 9111 section 1.2.2). */
 #define DELTA_SECONDS_MAX 2147483648LL
 
-/* A delta-seconds value, or -1 when it is not one (then the directive is ignored). */
+/* 1*DIGIT as delta-seconds (capped at 2^31), or -1 when it is not one. */
 static int64_t
-delta_seconds(const char *p, size_t len)
+delta_digits(const char *p, size_t len)
 {
-    if (len >= 2 && p[0] == '"' && p[len - 1] == '"') {
-        p++;
-        len -= 2;
-    }
     if (len == 0)
         return -1;
     int64_t v = 0;
@@ -318,37 +312,152 @@ delta_seconds(const char *p, size_t len)
     return v < DELTA_SECONDS_MAX ? v : DELTA_SECONDS_MAX;
 }
 
-/* Keeps the smallest valid value of a directive given more than once; ignores malformed ones. */
-static void
-keep_smallest(int64_t *dst, int64_t v)
+/* A directive's delta-seconds argument, as a token or a quoted-string (section 5.2), or -1. */
+static int64_t
+delta_seconds(const char *p, size_t len)
 {
-    if (v >= 0 && (*dst < 0 || v < *dst))
-        *dst = v;
+    if (len >= 2 && p[0] == '"' && p[len - 1] == '"') {
+        p++;
+        len -= 2;
+    }
+    return delta_digits(p, len);
+}
+
+/* ---- the directives of an answer --------------------------------------------------------- */
+
+#define ABSENT (-1)  /* a delta-seconds directive not given */
+#define INVALID (-2) /* given with an argument that is not a delta-seconds */
+
+struct directives {
+    bool no_store, private_, no_cache, no_cache_names, must_revalidate;
+    int64_t s_maxage, max_age, swr, sie; /* seconds, ABSENT or INVALID */
+    bool last_wins;                      /* a Dictionary: a later member replaces an earlier one */
+};
+
+/* A directive's argument, read from Cache-Control or from a Dictionary. */
+enum arg_kind {
+    ARG_NONE,  /* no argument (a Dictionary's Boolean true) */
+    ARG_FALSE, /* a Dictionary's Boolean false: as if not given */
+    ARG_DELTA, /* a valid delta-seconds */
+    ARG_OTHER, /* anything else */
+};
+
+static void
+set_flag(const struct directives *d, bool *flag, bool on)
+{
+    if (d->last_wins)
+        *flag = on;
+    else
+        *flag |= on;
+}
+
+static void
+set_delta(const struct directives *d, int64_t *dst, enum arg_kind k, int64_t delta)
+{
+    if (d->last_wins || *dst == ABSENT)
+        *dst = k == ARG_DELTA ? delta : INVALID;
+}
+
+static void
+directive(struct directives *d, const char *name, size_t len, enum arg_kind k, int64_t delta)
+{
+    struct http_str n = {name, len};
+    bool on = k != ARG_FALSE;
+    if (name_is(&n, "no-store")) {
+        set_flag(d, &d->no_store, on);
+    } else if (name_is(&n, "private")) {
+        set_flag(d, &d->private_, on);
+    } else if (name_is(&n, "no-cache")) {
+        set_flag(d, &d->no_cache, k == ARG_NONE);
+        set_flag(d, &d->no_cache_names, k == ARG_DELTA || k == ARG_OTHER);
+    } else if (name_is(&n, "must-revalidate") || name_is(&n, "proxy-revalidate")) {
+        set_flag(d, &d->must_revalidate, on);
+    } else if (name_is(&n, "s-maxage")) {
+        set_delta(d, &d->s_maxage, k, delta);
+    } else if (name_is(&n, "max-age")) {
+        set_delta(d, &d->max_age, k, delta);
+    } else if (name_is(&n, "stale-while-revalidate")) {
+        set_delta(d, &d->swr, k, delta);
+    } else if (name_is(&n, "stale-if-error")) {
+        set_delta(d, &d->sie, k, delta);
+    }
 }
 
 static void
 cc_directive(const char *el, size_t len, void *ctx)
 {
-    struct cc *cc = ctx;
-    const char *eq = memchr(el, '=', len);
-    size_t nlen = eq ? (size_t)(eq - el) : len;
-    const char *val = eq ? eq + 1 : NULL;
-    size_t vlen = eq ? len - nlen - 1 : 0;
-    struct http_str name = {el, nlen};
-    name.p = trim(name.p, &name.len);
-    if (val)
-        val = trim(val, &vlen);
-    if (name_is(&name, "no-store"))
-        cc->no_store = true;
-    else if (name_is(&name, "no-cache"))
-        cc->no_cache = true; /* with or without field names: revalidation is not done here */
-    else if (name_is(&name, "private"))
-        cc->private_ = true;
-    else if (name_is(&name, "s-maxage") && val)
-        keep_smallest(&cc->s_maxage, delta_seconds(val, vlen));
-    else if (name_is(&name, "max-age") && val)
-        keep_smallest(&cc->max_age, delta_seconds(val, vlen));
+    struct http_str name, val;
+    bool has_val;
+    split_directive(el, len, &name, &val, &has_val);
+    int64_t delta = has_val ? delta_seconds(val.p, val.len) : -1;
+    directive(ctx, name.p, name.len,
+              !has_val     ? ARG_NONE
+              : delta >= 0 ? ARG_DELTA
+                           : ARG_OTHER,
+              delta);
 }
+
+static void
+sf_directive(const struct sf_member *m, void *ctx)
+{
+    enum arg_kind k = ARG_OTHER;
+    int64_t delta = -1;
+    if (m->type == SF_BOOLEAN) {
+        k = m->num ? ARG_NONE : ARG_FALSE;
+    } else if (m->type == SF_INTEGER && m->num >= 0) {
+        k = ARG_DELTA;
+        delta = m->num < DELTA_SECONDS_MAX ? m->num : DELTA_SECONDS_MAX;
+    }
+    directive(ctx, m->key, m->key_len, k, delta);
+}
+
+static void
+directives_init(struct directives *d, bool last_wins)
+{
+    *d = (struct directives){.s_maxage = ABSENT,
+                             .max_age = ABSENT,
+                             .swr = ABSENT,
+                             .sie = ABSENT,
+                             .last_wins = last_wins};
+}
+
+/*
+ * Reads the directives of targeted field `name` (RFC 9213 section 2.2): its
+ * lines joined with ", " as one Dictionary. Returns false, *d untouched,
+ * when the answer does not carry it or it is not a valid, non-empty one.
+ */
+static bool
+targeted_directives(const struct httpcache_answer *a, const char *name, struct directives *d)
+{
+    struct sbuf joined = {0};
+    const struct http_str *one = NULL;
+    size_t lines = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        if (!name_is(&a->f[i].name, name))
+            continue;
+        if (lines == 1)
+            sbuf_add(&joined, one->p, one->len);
+        if (lines >= 1) {
+            sbuf_add(&joined, ", ", 2);
+            sbuf_add(&joined, a->f[i].value.p, a->f[i].value.len);
+        }
+        one = &a->f[i].value;
+        lines++;
+    }
+    if (lines == 0)
+        return false;
+    struct directives t;
+    directives_init(&t, true);
+    long members = lines == 1 ? sf_parse_dictionary(one->p, one->len, sf_directive, &t)
+                              : sf_parse_dictionary(joined.p, joined.len, sf_directive, &t);
+    sbuf_free(&joined);
+    if (members <= 0)
+        return false;
+    *d = t;
+    return true;
+}
+
+/* ---- httpcache_judge ----------------------------------------------------------------------- */
 
 struct vary {
     char *out;
@@ -388,52 +497,193 @@ vary_name(const char *el, size_t len, void *ctx)
 
 static const int storable_status[] = {200, 203, 204, 300, 301, 308};
 
-void
-httpcache_judge(int status, const struct http_header *f, size_t n, uint64_t policy_ttl_ms,
-                size_t body_len, struct httpcache_verdict *v)
+/* Heuristically cacheable statuses (RFC 9110 section 15.1). */
+static const int heuristic_status[] = {200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501};
+
+static bool
+status_in(int status, const int *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (status == list[i])
+            return true;
+    return false;
+}
+
+/* The value of the first field named `name`, or NULL. */
+static const struct http_str *
+field(const struct httpcache_answer *a, const char *name)
+{
+    for (size_t i = 0; i < a->n; i++)
+        if (name_is(&a->f[i].name, name))
+            return &a->f[i].value;
+    return NULL;
+}
+
+/* The first field `name` as an HTTP-date in ms since the epoch; false when absent or invalid. */
+static bool
+date_field_ms(const struct httpcache_answer *a, const char *name, int64_t *ms)
+{
+    const struct http_str *v = field(a, name);
+    int64_t s;
+    if (!v || httpcache_parse_date(v->p, v->len, &s) < 0)
+        return false;
+    *ms = s * 1000;
+    return true;
+}
+
+/* entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE (RFC 9110 section 8.8.3). */
+static bool
+is_entity_tag(const char *p, size_t len)
+{
+    if (len >= 2 && p[0] == 'W' && p[1] == '/') {
+        p += 2;
+        len -= 2;
+    }
+    if (len < 2 || p[0] != '"' || p[len - 1] != '"')
+        return false;
+    for (size_t i = 1; i + 1 < len; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c < 0x21 || c == '"' || c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+static void
+first_element(const char *el, size_t len, void *ctx)
+{
+    struct http_str *first = ctx;
+    if (!first->p)
+        *first = (struct http_str){el, len};
+}
+
+/* Age's value in seconds: its first member when it is a delta-seconds, else 0 (section 5.1). */
+static int64_t
+age_value(const struct httpcache_answer *a)
+{
+    const struct http_str *v = field(a, "age");
+    struct http_str first = {NULL, 0};
+    if (v)
+        each_element(v->p, v->len, false, first_element, &first);
+    int64_t age = first.p ? delta_digits(first.p, first.len) : -1;
+    return age < 0 ? 0 : age;
+}
+
+/* A clock reading as a signed count, far enough from the limits to subtract dates from it. */
+static int64_t
+clock_ms(uint64_t ms)
+{
+    return ms > (uint64_t)INT64_MAX / 2 ? INT64_MAX / 2 : (int64_t)ms;
+}
+
+static void
+refuse(struct httpcache_verdict *v, const char *why)
 {
     memset(v, 0, sizeof(*v));
-    bool ok_status = false;
-    for (size_t i = 0; i < sizeof(storable_status) / sizeof(storable_status[0]); i++)
-        ok_status |= status == storable_status[i];
-    if (!ok_status) {
+    v->why = why;
+    v->swr_ms = v->sie_ms = -1;
+}
+
+void
+httpcache_judge(const struct httpcache_answer *a, const struct httpcache_policy *p,
+                struct httpcache_verdict *v)
+{
+    refuse(v, NULL);
+    if (!status_in(a->status, storable_status, sizeof(storable_status) / sizeof(int))) {
         v->why = "status";
         return;
     }
-    if (body_len > HTTPCACHE_MAX_BODY) {
+    if (a->body_len > HTTPCACHE_MAX_BODY) {
         v->why = "body too large";
         return;
     }
-    struct cc cc = {.s_maxage = -1, .max_age = -1};
     struct vary vy = {.out = v->vary_names, .cap = sizeof(v->vary_names)};
-    for (size_t i = 0; i < n; i++) {
-        if (name_is(&f[i].name, "set-cookie")) {
-            v->why = "set-cookie";
+    for (size_t i = 0; i < a->n; i++) {
+        if (name_is(&a->f[i].name, "set-cookie")) {
+            refuse(v, "set-cookie");
             return;
         }
-        if (name_is(&f[i].name, "cache-control"))
-            each_element(f[i].value.p, f[i].value.len, true, cc_directive, &cc);
-        else if (name_is(&f[i].name, "vary"))
-            each_element(f[i].value.p, f[i].value.len, true, vary_name, &vy);
+        if (name_is(&a->f[i].name, "vary"))
+            each_element(a->f[i].value.p, a->f[i].value.len, true, vary_name, &vy);
     }
-    if (cc.no_store || cc.no_cache || cc.private_) {
-        v->why = cc.no_store ? "no-store" : cc.private_ ? "private" : "no-cache";
+
+    struct directives d;
+    bool targeted = false;
+    for (size_t i = 0; p->targeted && i < p->ntargeted && !targeted; i++)
+        targeted = targeted_directives(a, p->targeted[i], &d);
+    if (!targeted) {
+        directives_init(&d, false);
+        for (size_t i = 0; i < a->n; i++)
+            if (name_is(&a->f[i].name, "cache-control"))
+                each_element(a->f[i].value.p, a->f[i].value.len, true, cc_directive, &d);
+    }
+    const char *why = d.no_store               ? "no-store"
+                      : d.private_             ? "private"
+                      : d.no_cache_names       ? "no-cache"
+                      : vy.star || vy.overflow ? "vary"
+                                               : NULL;
+    if (why) {
+        refuse(v, why);
         return;
     }
-    if (vy.star || vy.overflow) {
-        v->why = "vary";
-        return;
+
+    /* The times of section 4.2.3, in ms of the store's clock. */
+    int64_t response_ms = clock_ms(a->response_ms), request_ms = clock_ms(a->request_ms);
+    int64_t date_ms;
+    if (!date_field_ms(a, "date", &date_ms))
+        date_ms = response_ms;
+    int64_t apparent_age = response_ms > date_ms ? response_ms - date_ms : 0;
+    int64_t response_delay = response_ms > request_ms ? response_ms - request_ms : 0;
+    int64_t corrected_age_value = age_value(a) * 1000 + response_delay;
+    int64_t initial_age = apparent_age > corrected_age_value ? apparent_age : corrected_age_value;
+
+    /* The lifetime the answer gives (section 4.2.1), -1 when none. */
+    int64_t explicit_ms = -1, expires_ms;
+    int64_t delta = d.s_maxage != ABSENT ? d.s_maxage : d.max_age;
+    if (delta == INVALID)
+        explicit_ms = 0;
+    else if (delta >= 0)
+        explicit_ms = delta * 1000;
+    else if (!targeted && field(a, "expires"))
+        explicit_ms = !date_field_ms(a, "expires", &expires_ms) ? 0
+                      : expires_ms > date_ms                    ? expires_ms - date_ms
+                                                                : 0;
+
+    uint64_t lifetime = 0;
+    int64_t last_modified_ms;
+    if (p->ttl_origin) {
+        if (explicit_ms >= 0) {
+            lifetime = (uint64_t)explicit_ms;
+        } else if (status_in(a->status, heuristic_status, sizeof(heuristic_status) / sizeof(int)) &&
+                   date_field_ms(a, "last-modified", &last_modified_ms) &&
+                   last_modified_ms <= date_ms) {
+            /* Section 4.2.2: a fraction of the time since the last modification. */
+            int64_t h = (date_ms - last_modified_ms) / 10;
+            lifetime = (uint64_t)(h < 86400000 ? h : 86400000);
+            v->heuristic = true;
+        }
+    } else if (p->override || explicit_ms < 0 || (uint64_t)explicit_ms > p->ttl_ms) {
+        lifetime = p->ttl_ms;
+    } else {
+        lifetime = (uint64_t)explicit_ms;
     }
-    int64_t age = cc.s_maxage >= 0 ? cc.s_maxage : cc.max_age;
-    uint64_t ttl = policy_ttl_ms;
-    if (age >= 0 && (uint64_t)age * 1000 < ttl)
-        ttl = (uint64_t)age * 1000;
-    if (ttl == 0) {
-        v->why = "max-age=0";
+
+    const struct http_str *etag = field(a, "etag");
+    int64_t unused;
+    v->has_validator =
+        (etag && is_entity_tag(etag->p, etag->len)) || date_field_ms(a, "last-modified", &unused);
+    bool usable = !d.no_cache && lifetime > (uint64_t)initial_age;
+    if (!usable && !v->has_validator) {
+        refuse(v, d.no_cache ? "no-cache" : "no freshness");
         return;
     }
     v->storable = true;
-    v->ttl_ms = ttl;
+    v->lifetime_ms = lifetime;
+    v->initial_age_ms = (uint64_t)initial_age;
+    v->no_cache = d.no_cache;
+    v->must_revalidate = d.must_revalidate || d.no_cache || d.s_maxage != ABSENT;
+    v->swr_ms = d.swr >= 0 ? d.swr * 1000 : -1;
+    v->sie_ms = d.sie >= 0 ? d.sie * 1000 : -1;
     v->vary = vy.len > 0;
 }
 
