@@ -462,8 +462,16 @@ targeted_directives(const struct httpcache_answer *a, const char *name, struct d
 struct vary {
     char *out;
     size_t cap, len;
-    bool star, overflow;
+    bool star, overflow, bad;
 };
+
+/* tchar of RFC 9110 section 5.6.2: a field name is a token. */
+static bool
+is_tchar(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
 
 static void
 vary_name(const char *el, size_t len, void *ctx)
@@ -472,6 +480,13 @@ vary_name(const char *el, size_t len, void *ctx)
     if (len == 1 && el[0] == '*') {
         v->star = true;
         return;
+    }
+    /* Not a field name: what it varies on cannot be matched (RFC 9110 section 12.5.5). */
+    for (size_t i = 0; i < len; i++) {
+        if (!is_tchar(el[i])) {
+            v->bad = true;
+            return;
+        }
     }
     /* Skip a name already listed (case-insensitively). */
     for (size_t i = 0; i < v->len;) {
@@ -617,11 +632,11 @@ httpcache_judge(const struct httpcache_answer *a, const struct httpcache_policy 
             if (name_is(&a->f[i].name, "cache-control"))
                 each_element(a->f[i].value.p, a->f[i].value.len, true, cc_directive, &d);
     }
-    const char *why = d.no_store               ? "no-store"
-                      : d.private_             ? "private"
-                      : d.no_cache_names       ? "no-cache"
-                      : vy.star || vy.overflow ? "vary"
-                                               : NULL;
+    const char *why = d.no_store                         ? "no-store"
+                      : d.private_                       ? "private"
+                      : d.no_cache_names                 ? "no-cache"
+                      : vy.star || vy.bad || vy.overflow ? "vary"
+                                                         : NULL;
     if (why) {
         refuse(v, why);
         return;

@@ -70,8 +70,9 @@ struct httpcache_verdict {
  * ("status": errors are never cached); a body larger than HTTPCACHE_MAX_BODY
  * ("body too large"); Set-Cookie ("set-cookie"); no-store ("no-store");
  * private, also with field names ("private"); no-cache with field names
- * ("no-cache": the fields are not stripped, the answer is not kept); Vary: *
- * or a Vary list too long to key ("vary"); no usable freshness (fresh for
+ * ("no-cache": the fields are not stripped, the answer is not kept); Vary: *,
+ * a Vary element that is not a field name, or a Vary list too long to key
+ * ("vary"); no usable freshness (fresh for
  * 0 ms after its initial age, or no-cache) and no validator: nothing could
  * ever reuse it ("no-cache" when no-cache, else "no freshness"). When not
  * storable, the other fields are 0 and swr_ms and sie_ms -1.

@@ -406,6 +406,28 @@ test_rfc9111_4_1_vary_star(void **state)
     assert_not_storable(JUDGE(200, "Cache-Control: max-age=60", "Vary:  * "), "vary");
 }
 
+/*
+ * RFC 9110 section 12.5.5: Vary = #( "*" / field-name ). An element that is not a
+ * field name cannot be matched: not stored, as with "*" (and it never reaches vary_names,
+ * whose commas separate names).
+ */
+static void
+test_rfc9110_12_5_5_vary_element_not_a_field_name(void **state)
+{
+    (void)state;
+    assert_not_storable(JUDGE(200, "Vary: Accept-Eary: Accept-Encoding"), "vary");
+    assert_not_storable(JUDGE(200, "Vary: Accept Encoding"), "vary");
+    assert_not_storable(JUDGE(200, "Vary: Accept,\"a,b\""), "vary");
+    assert_not_storable(JUDGE(200, "Vary: \"accept\""), "vary");
+    assert_not_storable(JUDGE(200, "Vary: accept;q=1"), "vary");
+    assert_not_storable(JUDGE(200, "Vary: x-a", "Vary: caf\xc3\xa9"), "vary");
+    assert_not_storable(JUDGE(200, "Vary: a/b"), "vary");
+    /* Every tchar is fine. */
+    struct httpcache_verdict v = JUDGE(200, "Vary: !#$%&'*+-.^_`|~09AZaz");
+    assert_storable(v, TTL);
+    assert_string_equal(v.vary_names, "!#$%&'*+-.^_`|~09azaz");
+}
+
 /* RFC 9111 section 4.1: the fields a secondary key is made of. */
 static void
 test_rfc9111_4_1_vary_list(void **state)
@@ -2159,6 +2181,7 @@ main(void)
         cmocka_unit_test(test_rfc9111_5_2_2_2_must_and_proxy_revalidate),
         cmocka_unit_test(test_rfc9111_5_2_2_10_s_maxage_implies_proxy_revalidate),
         cmocka_unit_test(test_rfc9111_4_1_vary_star),
+        cmocka_unit_test(test_rfc9110_12_5_5_vary_element_not_a_field_name),
         cmocka_unit_test(test_rfc9111_4_1_vary_list),
         cmocka_unit_test(test_rfc9111_4_1_vary_too_long),
         cmocka_unit_test(test_rfc9111_4_2_1_precedence),
