@@ -36,23 +36,26 @@ static void
 on_filled(void *arg, int status)
 {
     struct gw_req *rq = arg;
-    gw_reply_entry(rq, rq->answer, "MISS", rq->answer->stored_ms);
-}
-
-static uint64_t
-stale_keep_ms(const struct policy_endpoint *ep)
-{
-    return ep->swr_ms > ep->sie_ms ? ep->swr_ms : ep->sie_ms;
+    gw_reply_entry(rq, rq->answer, rq->fill_xcache, rq->answer->stored_ms);
 }
 
 void
-gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, const char *vary)
+gw_entry_windows(struct store_entry *e, uint64_t swr_ms, uint64_t sie_ms, uint64_t keep_ms)
 {
-    const struct policy_endpoint *ep = rq->ep;
+    e->swr_ms = swr_ms;
+    e->sie_ms = sie_ms;
+    uint64_t m = swr_ms > sie_ms ? swr_ms : sie_ms;
+    e->stale_ms = m > keep_ms ? m : keep_ms;
+}
+
+void
+gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, const char *vary,
+                   const char *xcache)
+{
     uint64_t now = store_now_ms();
+    rq->fill_xcache = xcache;
     e->stored_ms = now;
     e->expires_ms = now + ttl_ms;
-    e->stale_ms = stale_keep_ms(ep);
     if (!e->etag) {
         char tag[19];
         httpcache_etag_of(e->body, e->body_len, tag);
@@ -107,7 +110,7 @@ gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, co
     if (!key) {
         store_entry_release(rq->answer); /* not stored: waiters go to the origin themselves */
         rq->answer = NULL;
-        gw_reply_entry(rq, e, "MISS", now);
+        gw_reply_entry(rq, e, xcache, now);
         return;
     }
     if (rq->warm)
@@ -122,18 +125,20 @@ static void
 on_uncacheable_noted(void *arg, int status)
 {
     struct gw_req *rq = arg;
-    gw_reply_entry(rq, rq->entry, "MISS", store_now_ms()); /* rq->entry is released with rq */
+    gw_reply_entry(rq, rq->entry, rq->fill_xcache, store_now_ms()); /* released with rq */
 }
 
 void
-gw_remember_uncacheable(struct gw_req *rq, struct store_entry *e)
+gw_remember_uncacheable(struct gw_req *rq, struct store_entry *e, const char *xcache)
 {
     rq->uncacheable = true;
+    rq->fill_xcache = xcache;
     if (!rq->admit.cache_key || rq->admit.bypassed) {
-        gw_reply_entry(rq, e, "MISS", store_now_ms());
+        gw_reply_entry(rq, e, xcache, store_now_ms());
         return;
     }
-    uint64_t ttl = rq->ep->ttl_ms < HIT_FOR_MISS_MS ? rq->ep->ttl_ms : HIT_FOR_MISS_MS;
+    const struct policy_endpoint *ep = rq->ep;
+    uint64_t ttl = !ep->ttl_origin && ep->ttl_ms < HIT_FOR_MISS_MS ? ep->ttl_ms : HIT_FOR_MISS_MS;
     struct store_entry *m = store_entry_new(200, NULL, xstrdup(""), 0);
     m->flags = STORE_ENTRY_PASS;
     const char *key = rq->primary_key ? rq->primary_key : rq->admit.cache_key;

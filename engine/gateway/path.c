@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "db.h"
+#include "httpcache.h"
 #include "plan.h"
 #include "source.h"
 #include "tier_cache.h"
@@ -61,28 +62,68 @@ wait_for_fill(struct gw_req *rq)
     return true;
 }
 
-static void start_refresh(struct gw_req *rq);
+static void start_refresh(struct gw_req *rq, struct store_entry *stale);
+
+/*
+ * Whether a fresh entry may not be used as it is for this request: it must be
+ * validated on every use (a response no-cache), or the request asks for a
+ * fresher one (no-cache, max-age, min-fresh; RFC 9111 section 5.2.1).
+ */
+static bool
+hit_needs_validation(const struct gw_req *rq, const struct store_entry *e, uint64_t now)
+{
+    if (e->flags & STORE_ENTRY_VALIDATE)
+        return true;
+    if (!rq->has_directives)
+        return false;
+    const struct httpcache_request *d = &rq->directives;
+    uint64_t age = e->age_ms + (now > e->stored_ms ? now - e->stored_ms : 0);
+    return d->no_cache || d->max_age == 0 || (d->max_age > 0 && age > (uint64_t)d->max_age) ||
+           (d->min_fresh >= 0 && e->expires_ms < now + (uint64_t)d->min_fresh);
+}
+
+/* Whether the request's max-stale lets it take a stale entry as it is (section 5.2.1.2). */
+static bool
+max_stale_takes(const struct gw_req *rq, const struct store_entry *e, uint64_t now)
+{
+    if (!rq->has_directives || rq->directives.max_stale < 0 || rq->directives.no_cache ||
+        (e->flags & (STORE_ENTRY_MUST_REVALIDATE | STORE_ENTRY_VALIDATE)))
+        return false;
+    return now - e->expires_ms <= (uint64_t)rq->directives.max_stale;
+}
+
+/* only-if-cached and no stored answer it may take: 504 without asking the origin
+ * (section 5.2.1.7). Returns true when the request was answered so. */
+static bool
+only_if_cached(struct gw_req *rq)
+{
+    if (!rq->has_directives || !rq->directives.only_if_cached)
+        return false;
+    gw_fail(rq, 504, "only-if-cached: no stored answer for this request");
+    return true;
+}
 
 /*
  * Serves an admitted request from its lookup: a hit from the cache, a miss
  * from the origin (leading the fill of its key in this worker), a stale entry
  * while one refresh runs (stale_while_revalidate) or kept in case the origin
- * fails (stale_if_error). A marker of a varying answer leads to a second
- * lookup under the secondary key; a hit-for-miss marker straight to the
- * origin. While another request fills the key, the request waits for that
- * fill (wait_for_fill).
+ * fails (stale_if_error). A stale entry with validators goes to the origin
+ * with them (proxy.c), and a 304 freshens it. A marker of a varying answer
+ * leads to a second lookup under the secondary key; a hit-for-miss marker
+ * straight to the origin. While another request fills the key, the request
+ * waits for that fill (wait_for_fill).
  */
 static void
 on_looked_up(void *arg, int status)
 {
     struct gw_req *rq = arg;
     struct store_admit *a = &rq->admit;
-    const struct policy_endpoint *ep = rq->ep;
     struct store_entry *e = a->entry;
     a->entry = NULL;
     if (status != 0) {
         store_entry_release(e);
-        gw_to_origin(rq);
+        if (!only_if_cached(rq))
+            gw_to_origin(rq);
         return;
     }
     if (e && (e->flags & STORE_ENTRY_VARY) && !rq->primary_key) {
@@ -93,7 +134,8 @@ on_looked_up(void *arg, int status)
         long n = gw_vary_key(rq, rq->vary_names);
         if (n < 0) {
             rq->bypass = true;
-            gw_to_origin(rq);
+            if (!only_if_cached(rq))
+                gw_to_origin(rq);
             return;
         }
         a->cache_key = rq->vkey;
@@ -104,36 +146,58 @@ on_looked_up(void *arg, int status)
     }
     if (e && (e->flags & STORE_ENTRY_PASS)) {
         store_entry_release(e);
-        gw_to_origin(rq); /* hit-for-miss: nothing to wait for */
+        if (!only_if_cached(rq))
+            gw_to_origin(rq); /* hit-for-miss: nothing to wait for */
         return;
     }
+    bool validate = false; /* a stored answer to revalidate, held in rq->stale */
     if (a->state == STORE_HIT && e) {
-        rq->entry = e; /* released with the request */
-        gw_reply_entry(rq, e, "HIT", a->now_ms);
-        return;
-    }
-    if (a->state == STORE_STALE && e) {
-        if (a->now_ms <= e->expires_ms + ep->swr_ms) {
+        if (!hit_needs_validation(rq, e, a->now_ms)) {
+            rq->entry = e; /* released with the request */
+            gw_reply_entry(rq, e, "HIT", a->now_ms);
+            return;
+        }
+        validate = true;
+    } else if (a->state == STORE_STALE && e) {
+        bool may_serve =
+            !(e->flags & STORE_ENTRY_VALIDATE) && !(rq->has_directives && rq->directives.no_cache);
+        if (may_serve && a->now_ms <= e->expires_ms + e->swr_ms) {
             if (a->lease_taken)
-                start_refresh(rq);
+                start_refresh(rq, e);
             rq->entry = e;
             gw_reply_entry(rq, e, "STALE", a->now_ms);
             return;
         }
-        store_entry_release(rq->stale);
-        rq->stale = e; /* served if the origin fails */
-        if (!a->lease_taken && wait_for_fill(rq))
+        if (max_stale_takes(rq, e, a->now_ms)) {
+            rq->entry = e;
+            gw_reply_entry(rq, e, "STALE", a->now_ms);
             return;
+        }
+        validate = true;
     } else {
         store_entry_release(e); /* no entry comes with the other states */
-        if (a->state == STORE_FILLING ? wait_for_fill(rq) : gw_inflight_wait(rq))
+        e = NULL;
+    }
+    if (only_if_cached(rq)) {
+        store_entry_release(e);
+        return;
+    }
+    if (validate) {
+        store_entry_release(rq->stale);
+        rq->stale = e; /* revalidated, and served if the origin fails while it may be */
+        if (a->state == STORE_STALE && !a->lease_taken && wait_for_fill(rq))
             return;
+        if (a->state == STORE_HIT && gw_inflight_wait(rq))
+            return;
+    } else if (a->state == STORE_FILLING ? wait_for_fill(rq) : gw_inflight_wait(rq)) {
+        return;
     }
     if (rq->fill_timer) {
         event_free(rq->fill_timer);
         rq->fill_timer = NULL;
     }
-    gw_inflight_lead(rq);
+    if (!rq->no_store)
+        gw_inflight_lead(rq);
     gw_to_origin(rq);
 }
 
@@ -325,7 +389,7 @@ gw_detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t
  * answer and fills it.
  */
 static void
-start_refresh(struct gw_req *rq)
+start_refresh(struct gw_req *rq, struct store_entry *stale)
 {
     const struct http_request *h = &rq->sr->http;
     struct sbuf raw = {0};
@@ -347,6 +411,8 @@ start_refresh(struct gw_req *rq)
     if (!c)
         return; /* the lease runs out by itself */
     c->refresh = true;
+    store_entry_ref(stale);
+    c->stale = stale; /* revalidated with its validators */
     memcpy(c->tag_gens, rq->tag_gens, sizeof(c->tag_gens));
     if (rq->primary_key) {
         snprintf(c->vkey, sizeof(c->vkey), "%.*s", (int)rq->admit.cache_keylen,

@@ -236,7 +236,14 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
             return refused(rq, detail, detail_len, "request values too long for a cache tag");
         rq->tags[a->ntags++] = tag;
     }
-    a->lease_ms = FILL_LEASE_MS;
+    if (ep->source == SOURCE_UPSTREAM) {
+        /* What the request asks of a cache (RFC 9111 section 5.2.1): an upstream's answers
+         * are HTTP's; the SQL and fixed sources' are the gateway's own. */
+        httpcache_request_directives(&rq->sr->http, &rq->directives);
+        rq->has_directives = true;
+        rq->no_store = rq->directives.no_store;
+    }
+    a->lease_ms = rq->no_store ? 0 : FILL_LEASE_MS;
     return 0;
 }
 

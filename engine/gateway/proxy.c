@@ -35,8 +35,10 @@ upstream_entry(const struct upstream_response *res, const struct http_header *f,
         sbuf_printf(&h, "Transfer-Encoding: %s\r\n", res->transfer_encoding);
     e->headers = h.p;
     e->headers_len = h.len;
-    if (etag && etag[0])
+    if (etag && etag[0]) {
         e->etag = xstrdup(etag);
+        e->flags |= STORE_ENTRY_ORIGIN_ETAG;
+    }
     return e;
 }
 
@@ -61,11 +63,119 @@ on_interim(void *arg, const struct upstream_response *res)
     sbuf_free(&h);
 }
 
+/*
+ * Stores an upstream's answer e (its fields f[0..n), status `status`, received
+ * at response_ms) as HTTP caching allows (RFC 9111 section 3, 4.2; RFC 5861;
+ * RFC 9213) and answers with it (X-Cache: xcache); what may not be stored is
+ * answered and remembered for a while (hit-for-miss).
+ */
+static void
+store_answer(struct gw_req *rq, struct store_entry *e, int status, const struct http_header *f,
+             size_t n, uint64_t response_ms, const char *xcache)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    struct httpcache_answer ans = {.status = status,
+                                   .f = f,
+                                   .n = n,
+                                   .body_len = e->body_len,
+                                   .request_ms = rq->sent_ms,
+                                   .response_ms = response_ms};
+    struct httpcache_policy pol = {.ttl_ms = ep->ttl_ms,
+                                   .ttl_origin = ep->ttl_origin,
+                                   .override = ep->override,
+                                   .targeted = (const char *const *)ep->targeted,
+                                   .ntargeted = ep->ntargeted};
+    struct httpcache_verdict v;
+    httpcache_judge(&ans, &pol, &v);
+    if (!v.storable || rq->no_store) {
+        if (status < 500 && !rq->no_store)
+            gw_remember_uncacheable(rq, e, xcache);
+        else
+            gw_reply_entry(rq, e, xcache, store_now_ms());
+        return;
+    }
+    /* Fresh for what is left of its lifetime past the age it arrived with; stale on arrival
+     * (0) it is stored only to be revalidated. Its stale windows are the answer's own, else
+     * the policy's, and none when it must be revalidated (section 5.2.2.2). */
+    uint64_t ttl = v.lifetime_ms > v.initial_age_ms ? v.lifetime_ms - v.initial_age_ms : 0;
+    uint64_t swr = v.must_revalidate ? 0 : v.swr_ms >= 0 ? (uint64_t)v.swr_ms : ep->swr_ms;
+    uint64_t sie = v.must_revalidate ? 0 : v.sie_ms >= 0 ? (uint64_t)v.sie_ms : ep->sie_ms;
+    e->age_ms = v.initial_age_ms;
+    if (v.no_cache)
+        e->flags |= STORE_ENTRY_VALIDATE;
+    if (v.must_revalidate)
+        e->flags |= STORE_ENTRY_MUST_REVALIDATE;
+    gw_entry_windows(e, swr, sie, v.has_validator ? ep->keep_ms : 0);
+    gw_store_and_reply(rq, e, ttl, v.vary ? v.vary_names : NULL, xcache);
+}
+
+/* Reads "Name: value\r\n" lines into fields (at most cap); returns how many. */
+static size_t
+fields_of_lines(const char *p, size_t len, struct http_header *f, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len && n < cap;) {
+        const char *nl = memchr(p + i, '\n', len - i);
+        size_t end = nl ? (size_t)(nl - p) : len;
+        const char *colon = memchr(p + i, ':', end - i);
+        if (colon) {
+            size_t vs = (size_t)(colon - p) + 1;
+            while (vs < end && (p[vs] == ' ' || p[vs] == '\t'))
+                vs++;
+            size_t ve = end;
+            while (ve > vs && (p[ve - 1] == '\r' || p[ve - 1] == ' ' || p[ve - 1] == '\t'))
+                ve--;
+            f[n].name = (struct http_str){p + i, (size_t)(colon - (p + i))};
+            f[n].value = (struct http_str){p + vs, ve - vs};
+            n++;
+        }
+        i = end + 1;
+    }
+    return n;
+}
+
+/*
+ * A 304 to the revalidation of the stale entry rq->stale: the stored answer,
+ * its fields updated by the 304's (RFC 9111 section 3.2, 4.3.4), is stored
+ * again and answered (X-Cache: REVALIDATED), its freshness judged anew from
+ * the updated fields.
+ */
+static void
+freshen(struct gw_req *rq, const struct upstream_response *res, const struct http_header *f,
+        size_t n, uint64_t response_ms)
+{
+    const struct store_entry *old = rq->stale;
+    char *body = xmalloc(old->body_len + 1);
+    memcpy(body, old->body, old->body_len);
+    struct store_entry *e = store_entry_new(
+        old->status, old->content_type ? xstrdup(old->content_type) : NULL, body, old->body_len);
+    struct sbuf h = {0};
+    httpcache_update_fields(old->headers ? old->headers : "", old->headers_len, f, n, &h);
+    e->headers = h.p;
+    e->headers_len = h.len;
+    const char *etag = upstream_response_field(res, "etag");
+    if (etag && etag[0]) {
+        e->etag = xstrdup(etag);
+        e->flags |= STORE_ENTRY_ORIGIN_ETAG;
+    } else if (old->etag) {
+        e->etag = xstrdup(old->etag);
+        e->flags |= old->flags & STORE_ENTRY_ORIGIN_ETAG;
+    }
+    /* The answer as it now stands: its stored fields (with the 304's), its ETag. */
+    struct http_header mf[UPSTREAM_MAX_FIELDS + 2];
+    size_t mn = h.len ? fields_of_lines(h.p, h.len, mf, UPSTREAM_MAX_FIELDS) : 0;
+    if (e->etag && (e->flags & STORE_ENTRY_ORIGIN_ETAG))
+        mf[mn++] = (struct http_header){{"ETag", 4}, {e->etag, strlen(e->etag)}};
+    store_answer(rq, e, e->status, mf, mn, response_ms, "REVALIDATED");
+    store_entry_release(e);
+}
+
 static void
 on_upstream(void *arg, const struct upstream_response *res)
 {
     struct gw_req *rq = arg;
     const struct policy_endpoint *ep = rq->ep;
+    uint64_t response_ms = store_now_ms();
     rq->call = NULL;
     if (res->error != UPSTREAM_OK) {
         char detail[256];
@@ -90,6 +200,10 @@ on_upstream(void *arg, const struct upstream_response *res)
         fields[i].name = (struct http_str){res->fields[i].name, res->fields[i].name_len};
         fields[i].value = (struct http_str){res->fields[i].value, res->fields[i].value_len};
     }
+    if (res->status == 304 && rq->validating) {
+        freshen(rq, res, fields, n, response_ms);
+        return;
+    }
     struct store_entry *e = upstream_entry(res, fields, n);
     if (res->transfer_encoding) {
         /* A coding sluice does not decode: passed on as received, never stored (and no
@@ -104,18 +218,10 @@ on_upstream(void *arg, const struct upstream_response *res)
         else
             gw_reply_entry(rq, e, NULL, 0);
     } else if (rq->admit.cache_key && !rq->bypass && !rq->coded) {
-        struct httpcache_verdict v;
-        httpcache_judge(res->status, fields, n, ep->ttl_ms, res->body_len, &v);
-        if (v.storable) {
-            gw_store_and_reply(rq, e, v.ttl_ms, v.vary ? v.vary_names : NULL);
-        } else {
-            if (res->status < 500)
-                gw_remember_uncacheable(rq, e);
-            else
-                gw_reply_entry(rq, e, "MISS", store_now_ms());
-        }
+        store_answer(rq, e, res->status, fields, n, response_ms, "MISS");
     } else {
-        gw_reply_entry(rq, e, rq->bypass ? "BYPASS" : NULL, store_now_ms());
+        gw_reply_entry(rq, e, rq->bypass ? "BYPASS" : rq->admit.cache_key ? "MISS" : NULL,
+                       store_now_ms());
     }
     store_entry_release(e);
 }
@@ -209,6 +315,30 @@ drop_fields(struct sbuf *b, bool filling)
     b->len = o;
 }
 
+/*
+ * A fill of a key whose stale entry has validators asks the upstream for it
+ * conditionally (RFC 9111 section 4.3.1): the origin's own ETag in
+ * If-None-Match, its Last-Modified in If-Modified-Since; a 304 then freshens
+ * the entry instead of fetching it again.
+ */
+static void
+add_validators(struct gw_req *rq, struct sbuf *headers)
+{
+    const struct store_entry *e = rq->stale;
+    if (!e)
+        return;
+    if ((e->flags & STORE_ENTRY_ORIGIN_ETAG) && e->etag) {
+        sbuf_printf(headers, "If-None-Match: %s\r\n", e->etag);
+        rq->validating = true;
+    }
+    char lm[64];
+    if (e->headers &&
+        httpcache_field_in_lines(e->headers, e->headers_len, "last-modified", lm, sizeof(lm)) > 0) {
+        sbuf_printf(headers, "If-Modified-Since: %s\r\n", lm);
+        rq->validating = true;
+    }
+}
+
 void
 gw_proxy_run(struct gw_req *rq)
 {
@@ -227,6 +357,8 @@ gw_proxy_run(struct gw_req *rq)
     }
     upstream_forward_headers(h, rq->sr->ip, &headers);
     drop_fields(&headers, filling);
+    if (filling)
+        add_validators(rq, &headers);
     bool safe = h->method == HTTP_GET || h->method == HTTP_HEAD;
     /* A fill always asks for the whole answer; a GET or HEAD forwards no body. */
     const char *method = filling ? "GET" : h->method_str.p;
@@ -249,6 +381,7 @@ gw_proxy_run(struct gw_req *rq)
         .connect_timeout_ms = ep->up->connect_timeout_ms,
         .timeout_ms = ep->up->timeout_ms,
     };
+    rq->sent_ms = store_now_ms(); /* request_time (RFC 9111 section 4.2.3) */
     rq->call = upstream_send(rq->wk->up, &t, &req, on_upstream, rq);
     sbuf_free(&target);
     sbuf_free(&headers);

@@ -465,14 +465,18 @@ release_entry(const void *body, size_t len, void *arg)
     store_entry_release(arg);
 }
 
-/* Whether the request's If-None-Match matches the entry: the answer is then 304. */
+/* Whether the conditionals of a GET or HEAD (If-None-Match, else If-Modified-Since) hold
+ * for the entry: the answer is then 304 (RFC 9110 section 13.2.2). */
 static bool
 not_modified(const struct gw_req *rq, const struct store_entry *e)
 {
-    if (!e->etag || e->status != 200)
+    const struct http_request *h = &rq->sr->http;
+    if (e->status != 200 || (h->method != HTTP_GET && h->method != HTTP_HEAD))
         return false;
-    const struct http_str *inm = http_header_get(&rq->sr->http, "if-none-match");
-    return inm && httpcache_etag_matches(inm->p, inm->len, e->etag);
+    char lm[64];
+    bool has_lm = e->headers && httpcache_field_in_lines(e->headers, e->headers_len,
+                                                         "last-modified", lm, sizeof(lm)) > 0;
+    return httpcache_not_modified(h, e->etag, has_lm ? lm : NULL);
 }
 
 void
@@ -488,7 +492,8 @@ gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uin
     if (rq->warm && xcache && strcmp(xcache, "HIT") == 0)
         rq->warm_outcome = WARM_CACHED;
     if (xcache) {
-        uint64_t age = now_ms > e->stored_ms ? (now_ms - e->stored_ms) / 1000 : 0;
+        /* current_age (RFC 9111 section 4.2.3): its age when stored, plus its time here. */
+        uint64_t age = (e->age_ms + (now_ms > e->stored_ms ? now_ms - e->stored_ms : 0)) / 1000;
         hdr_str(rq, "X-Cache: ");
         hdr_str(rq, xcache);
         hdr_str(rq, "\r\nAge: ");
@@ -541,7 +546,7 @@ gw_reply_body(struct gw_req *rq, int status, const char *body, size_t len)
 bool
 gw_stale_serves(const struct gw_req *rq)
 {
-    return rq->stale && store_now_ms() <= rq->stale->expires_ms + rq->ep->sie_ms;
+    return rq->stale && store_now_ms() <= rq->stale->expires_ms + rq->stale->sie_ms;
 }
 
 void

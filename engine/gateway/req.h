@@ -10,6 +10,7 @@
 #include <sys/queue.h>
 
 #include "hmap.h"
+#include "httpcache.h"
 #include "policy.h"
 #include "query.h"
 #include "router.h"
@@ -119,6 +120,11 @@ struct gw_req {
     struct inflight *inflight;  /* the fill this request leads in its worker */
     struct gw_req *next_waiter; /* in another request's inflight */
     uint64_t wait_start_ms;     /* when it began waiting on another's fill */
+    const char *fill_xcache;    /* what X-Cache says of the answer this request fills */
+    uint64_t sent_ms;           /* when it was sent upstream (request_time, RFC 9111 4.2.3) */
+    bool validating;            /* the upstream was asked conditionally for rq->stale's answer */
+    bool no_store;              /* the request says no-store: its answer is not stored */
+    bool has_directives;        /* `directives` holds the request's Cache-Control */
     const char *primary_key;    /* when the entry varies: the primary key (cache_key is then */
     size_t primary_len;         /* the secondary one, in vkey) */
     size_t ninv;                /* invalidate tags expanded into inv_tags */
@@ -134,8 +140,9 @@ struct gw_req {
     uint64_t tag_gens[GW_MAX_TAGS];
     const char *inv_tags[GW_MAX_INVALIDATE]; /* ninv of them */
     size_t inv_lens[GW_MAX_INVALIDATE];
-    struct http_query query;      /* the canonical parse of the query, once query_state is 1 */
-    struct server_request own_sr; /* a detached request's parsed form (sr points here) */
+    struct http_query query; /* the canonical parse of the query, once query_state is 1 */
+    struct httpcache_request directives; /* read when has_directives */
+    struct server_request own_sr;        /* a detached request's parsed form (sr points here) */
     char own_ip[48];
     char vary_names[256]; /* the answer varied on these fields ("" when not) */
     char vkey[1024];      /* the secondary key ("" when none) */

@@ -25,8 +25,10 @@ origin_entry(struct gw_req *rq, int status, char *body, size_t len)
 static void
 fill_and_reply(struct gw_req *rq, int status, char *body, size_t len)
 {
+    const struct policy_endpoint *ep = rq->ep;
     struct store_entry *e = origin_entry(rq, status, body, len);
-    gw_store_and_reply(rq, e, rq->ep->ttl_ms, NULL);
+    gw_entry_windows(e, ep->swr_ms, ep->sie_ms, 0);
+    gw_store_and_reply(rq, e, ep->ttl_ms, NULL, "MISS");
     store_entry_release(e);
 }
 

@@ -29,6 +29,9 @@ struct store_limit {
 #define STORE_ENTRY_VALIDATE                                                                       \
     0x04u /* every use is validated with the origin first (a response no-cache): a lookup          \
              reports it as usual, the gateway treats a hit as stale */
+#define STORE_ENTRY_MUST_REVALIDATE                                                                \
+    0x10u /* once stale it is never served without validation (must-revalidate and its             \
+             kin, RFC 9111 section 5.2.2.2): not even to a request's max-stale */
 #define STORE_ENTRY_ORIGIN_ETAG                                                                    \
     0x08u /* etag is the origin's own (not a hash of the body), so it may be sent upstream in      \
              If-None-Match to revalidate */
