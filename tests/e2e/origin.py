@@ -4,7 +4,8 @@
 Run it:   python3 origin.py --port N      (prints "listening on 127.0.0.1:N" when ready)
 Use it:   from origin import Origin        (starts, kills and restarts it, reads its counters)
 
-Every request outside /__* answers a JSON reflection of what the origin received:
+Every request outside /__*, of any method (unknown ones like FOO too), answers a JSON
+reflection of what the origin received:
 
   {"n": 3,                     how many requests this path has received (this one included)
    "method": "GET", "path": "/a/b", "query": "x=1", "target": "/a/b?x=1",
@@ -338,6 +339,12 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.inflight[path] -= 1
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
+
+    def __getattr__(self, name):
+        # Any other method (FOO) is handled as well, rather than answered 501.
+        if name.startswith("do_"):
+            return self._handle
+        raise AttributeError(name)
 
 
 class Server(ThreadingHTTPServer):
