@@ -4,7 +4,8 @@
 Run it:   python3 origin.py --port N      (prints "listening on 127.0.0.1:N" when ready)
 Use it:   from origin import Origin        (starts, kills and restarts it, reads its counters)
 
-Every request outside /__* answers a JSON reflection of what the origin received:
+Every request outside /__*, of any method (unknown ones like FOO too), answers a JSON
+reflection of what the origin received:
 
   {"n": 3,                     how many requests this path has received (this one included)
    "method": "GET", "path": "/a/b", "query": "x=1", "target": "/a/b?x=1",
@@ -36,11 +37,28 @@ request itself (the query wins):
                     list of such texts and pauses (numbers, in ms) written in turn;
                     the connection stays open unless "close": true
 
+For the HTTP caching tests (config only):
+
+  date_offset=N     send Date: now + N seconds (default: now)
+  date=false        send no Date at all
+  expires_in=N      send Expires: the Date it sends + N seconds (now + N without a Date)
+  conditional=true  answer 304 (no body) to a request whose If-None-Match matches the
+                    answer's ETag (weak comparison; "*" matches any ETag), or, without
+                    If-None-Match, whose If-Modified-Since is not earlier than the answer's
+                    Last-Modified; the 304 carries the answer's header fields (not its
+                    Content-Type), changed by "headers_304": {"Name": "Value" or null}
+                    (null drops the field)
+
+A 304 never carries Content-Length: a 304's length would have to be the one of
+the 200 it stands for.
+
 Out of band (these never go through the gateway):
 
   POST /__config {"path": "/a", "method": "GET"?, "delay_ms": 0, "status": 200,
                   "headers": {"Name": "Value"} or [["Name", "Value"], ...],
-                  "body": null, "tag": null, "pad": 0, "chunked": false, "eof": false}
+                  "body": null, "tag": null, "pad": 0, "chunked": false, "eof": false,
+                  "date_offset": 0, "date": true, "expires_in": null,
+                  "conditional": false, "headers_304": {}}
                                                   configure a path (method optional)
   GET  /__count?path=/a        {"count": N, "inflight": N, "max_inflight": N}
   GET  /__count                {"/a": {...}, ...} every path
@@ -49,9 +67,11 @@ Out of band (these never go through the gateway):
 """
 
 import argparse
+import email.utils
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -80,6 +100,45 @@ class State:
 
 
 STATE = State()
+
+
+def _httpdate(t):
+    return email.utils.formatdate(t, usegmt=True)
+
+
+def _parse_httpdate(text):
+    """Seconds since the epoch of an HTTP date, or None when it is not one."""
+    try:
+        d = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return d.timestamp() if d is not None and d.tzinfo is not None else None
+
+
+def _etag_matches(inm, etag):
+    """If-None-Match's weak comparison (RFC 9110 13.1.2) of a list of tags with etag."""
+    if etag is None:
+        return False
+    if inm.strip() == "*":
+        return True
+
+    def opaque(t):
+        return t[2:] if t.startswith("W/") else t
+    return any(opaque(t) == opaque(etag.strip()) for t in re.findall(r'(?:W/)?"[^"]*"', inm))
+
+
+def _not_modified(request_headers, headers):
+    """Whether a conditional GET/HEAD with these request headers gets a 304 for an answer with
+    these header fields (If-None-Match first; If-Modified-Since only without it)."""
+    names = {k.lower(): v for k, v in headers}
+    inm = request_headers.get("If-None-Match")
+    if inm is not None:
+        return _etag_matches(inm, names.get("etag"))
+    ims = request_headers.get("If-Modified-Since")
+    if ims is not None and "last-modified" in names:
+        since, modified = _parse_httpdate(ims), _parse_httpdate(names["last-modified"])
+        return since is not None and modified is not None and since >= modified
+    return False
 
 
 def _config_for(method, path):
@@ -118,8 +177,15 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n) if n > 0 else b""
 
     def _send(self, status, body, ctype="application/json", headers=(), head_only=False,
-              framing="length"):
-        self.send_response(status)
+              framing="length", date=True):
+        """date: True sends the current Date, a string sends that, None sends none."""
+        self.log_request(status)
+        self.send_response_only(status)
+        self.send_header("Server", self.version_string())
+        if date is True:
+            self.send_header("Date", self.date_time_string())
+        elif date:
+            self.send_header("Date", date)
         names = {k.lower() for k, _ in headers}
         bodiless = status in (204, 304) or head_only
         if status in (204, 304):
@@ -131,7 +197,7 @@ class Handler(BaseHTTPRequestHandler):
         elif framing == "eof" and not bodiless:
             self.send_header("Connection", "close")
             self.close_connection = True
-        elif status != 204:
+        elif status not in (204, 304):
             self.send_header("Content-Length", str(len(body)))
         for k, v in headers:
             self.send_header(k, v)
@@ -242,6 +308,18 @@ class Handler(BaseHTTPRequestHandler):
                 del log[:-LOG_KEEP]
             if delay_ms:
                 time.sleep(delay_ms / 1000.0)
+            now = time.time() + c.get("date_offset", 0)
+            date = _httpdate(now) if c.get("date", True) else None
+            if c.get("expires_in") is not None:
+                headers.append(("Expires", _httpdate(now + c["expires_in"])))
+            if c.get("conditional") and 200 <= status < 300 and method in ("GET", "HEAD") and \
+                    _not_modified(self.headers, headers):
+                change = c.get("headers_304") or {}
+                lower = {k.lower() for k in change}
+                kept = [(k, v) for k, v in headers
+                        if k.lower() not in lower and k.lower() != "content-type"]
+                kept += [(k, v) for k, v in change.items() if v is not None]
+                return self._send(304, b"", headers=kept, date=date)
             if c.get("raw") is not None:
                 pieces = c["raw"] if isinstance(c["raw"], list) else [c["raw"]]
                 for piece in pieces:
@@ -260,14 +338,16 @@ class Handler(BaseHTTPRequestHandler):
                     reflection = dict(reflection, pad="x" * pad)
                 out = json.dumps(reflection).encode()
                 ctype = "application/json"
-            self._send(status, out, ctype, headers, head_only=(method == "HEAD"), framing=framing)
+            self._send(status, out, ctype, headers, head_only=(method == "HEAD"), framing=framing,
+                       date=date)
         finally:
             with STATE.lock:
                 STATE.inflight[path] -= 1
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
 
-    def __getattr__(self, name):  # any other method (FOO, PURGE, ...) is handled the same way
+    def __getattr__(self, name):
+        # Any other method (FOO) is handled as well, rather than answered 501.
         if name.startswith("do_"):
             return self._handle
         raise AttributeError(name)
@@ -357,7 +437,8 @@ class Origin:
         self._call("POST", "/__reset")
 
     def config(self, path, method=None, **kw):
-        """Sets what a path answers: delay_ms, status, headers, body, tag."""
+        """Sets what a path answers: delay_ms, status, headers, body, tag, and the other keys
+        of POST /__config (date_offset, date, expires_in, conditional, headers_304, ...)."""
         c = dict(kw, path=path)
         if method:
             c["method"] = method
