@@ -116,6 +116,7 @@ gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, co
     if (rq->warm)
         rq->warm_outcome = WARM_FILLED;
     /* Answered once the store has it: the caller's next request, on any instance, hits. */
+    rq->filled = true;
     store_fill(rq->wk->store, key, keylen, e, ttl_ms, rq->tags, rq->taglens, rq->tag_gens,
                rq->admit.ntags, on_filled, rq);
 }
@@ -146,6 +147,7 @@ gw_remember_uncacheable(struct gw_req *rq, struct store_entry *e, const char *xc
     store_entry_ref(e);
     store_entry_release(rq->entry);
     rq->entry = e;
+    rq->filled = true;
     store_fill(rq->wk->store, key, keylen, m, ttl, rq->tags, rq->taglens, rq->tag_gens,
                rq->admit.ntags, on_uncacheable_noted, rq);
     store_entry_release(m);

@@ -161,9 +161,11 @@ on_looked_up(void *arg, int status)
     } else if (a->state == STORE_STALE && e) {
         bool may_serve =
             !(e->flags & STORE_ENTRY_VALIDATE) && !(rq->has_directives && rq->directives.no_cache);
-        if (may_serve && a->now_ms <= e->expires_ms + e->swr_ms) {
-            if (a->lease_taken)
+        if (may_serve && a->now_ms < e->expires_ms + e->swr_ms) {
+            if (a->lease_taken && !gw_inflight_busy(rq)) {
                 start_refresh(rq, e);
+                a->lease_taken = false; /* the refresh holds it now */
+            }
             rq->entry = e;
             gw_reply_entry(rq, e, "STALE", a->now_ms);
             return;
@@ -411,6 +413,7 @@ start_refresh(struct gw_req *rq, struct store_entry *stale)
     if (!c)
         return; /* the lease runs out by itself */
     c->refresh = true;
+    c->admit.lease_taken = true; /* the lease of the lookup that found it stale */
     store_entry_ref(stale);
     c->stale = stale; /* revalidated with its validators */
     memcpy(c->tag_gens, rq->tag_gens, sizeof(c->tag_gens));

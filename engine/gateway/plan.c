@@ -13,7 +13,9 @@
 #include "template.h"
 #include "tenant.h"
 
-#define FILL_LEASE_MS 500 /* a miss holds its key's fill lease this long at most */
+#define FILL_LEASE_MS                                                                              \
+    500 /* a miss holds its key's fill lease this long at most, or, filled by                      \
+           an upstream, as long as the upstream may take to answer */
 
 /* Reads a trusted identity header into *val (borrowed). Returns -1 when it is too long. */
 static int
@@ -243,7 +245,9 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
         rq->has_directives = true;
         rq->no_store = rq->directives.no_store;
     }
-    a->lease_ms = rq->no_store ? 0 : FILL_LEASE_MS;
+    uint64_t lease =
+        ep->up && ep->up->timeout_ms > FILL_LEASE_MS ? ep->up->timeout_ms : FILL_LEASE_MS;
+    a->lease_ms = rq->no_store ? 0 : lease;
     return 0;
 }
 

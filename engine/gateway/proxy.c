@@ -220,7 +220,10 @@ on_upstream(void *arg, const struct upstream_response *res)
     } else if (rq->admit.cache_key && !rq->bypass && !rq->coded) {
         store_answer(rq, e, res->status, fields, n, response_ms, "MISS");
     } else {
-        gw_reply_entry(rq, e, rq->bypass ? "BYPASS" : rq->admit.cache_key ? "MISS" : NULL,
+        gw_reply_entry(rq, e,
+                       rq->bypass            ? "BYPASS"
+                       : rq->admit.cache_key ? "MISS"
+                                             : NULL,
                        store_now_ms());
     }
     store_entry_release(e);

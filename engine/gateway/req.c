@@ -54,6 +54,10 @@ gw_req_free(struct gw_req *rq)
     }
     if (rq->inflight)
         gw_inflight_finish(rq);
+    if (rq->admit.lease_taken && !rq->filled && !wk->closing)
+        /* It took its key's fill lease and filled nothing (the origin failed, the answer was
+         * not stored): the next caller need not wait for the lease to run out. */
+        store_release_lease(wk->store, rq->admit.cache_key, rq->admit.cache_keylen);
     if (rq->call)
         upstream_cancel(rq->call);
     if (rq->fill_timer)
@@ -546,7 +550,7 @@ gw_reply_body(struct gw_req *rq, int status, const char *body, size_t len)
 bool
 gw_stale_serves(const struct gw_req *rq)
 {
-    return rq->stale && store_now_ms() <= rq->stale->expires_ms + rq->stale->sie_ms;
+    return rq->stale && store_now_ms() < rq->stale->expires_ms + rq->stale->sie_ms;
 }
 
 void
@@ -586,6 +590,12 @@ gw_inflight_lead(struct gw_req *rq)
 }
 
 bool
+gw_inflight_busy(struct gw_req *rq)
+{
+    return inflight_find(rq->wk, rq->admit.cache_key, rq->admit.cache_keylen) != NULL;
+}
+
+bool
 gw_inflight_wait(struct gw_req *rq)
 {
     struct inflight *f = inflight_find(rq->wk, rq->admit.cache_key, rq->admit.cache_keylen);
@@ -611,6 +621,11 @@ gw_inflight_finish(struct gw_req *rq)
         struct gw_req *heir = w;
         w = w->next_waiter;
         heir->next_waiter = NULL;
+        if (rq->admit.lease_taken && !rq->filled) {
+            /* The fill lease goes with the fill: the heir gives it back if it fails too. */
+            heir->admit.lease_taken = true;
+            rq->admit.lease_taken = false;
+        }
         gw_inflight_lead(heir);
         rq->wk->to_origin(heir); /* the others wait on it below, while their wait lasts */
     }

@@ -123,6 +123,7 @@ struct gw_req {
     const char *fill_xcache;    /* what X-Cache says of the answer this request fills */
     uint64_t sent_ms;           /* when it was sent upstream (request_time, RFC 9111 4.2.3) */
     bool validating;            /* the upstream was asked conditionally for rq->stale's answer */
+    bool filled;                /* it filled its key (which gives the fill lease back) */
     bool no_store;              /* the request says no-store: its answer is not stored */
     bool has_directives;        /* `directives` holds the request's Cache-Control */
     const char *primary_key;    /* when the entry varies: the primary key (cache_key is then */
@@ -241,6 +242,9 @@ void gw_origin_failed(struct gw_req *rq, int status, const char *detail);
 
 /* Makes rq the leader of its cache key's fill in its worker, unless another request is. */
 void gw_inflight_lead(struct gw_req *rq);
+
+/* Whether a fill of rq's key is in progress in its worker. */
+bool gw_inflight_busy(struct gw_req *rq);
 
 /* Puts rq on the waiters of its key's fill in its worker. Returns false when there is none. */
 bool gw_inflight_wait(struct gw_req *rq);

@@ -647,7 +647,10 @@ httpcache_judge(const struct httpcache_answer *a, const struct httpcache_policy 
     int64_t date_ms;
     if (!date_field_ms(a, "date", &date_ms))
         date_ms = response_ms;
-    int64_t apparent_age = response_ms > date_ms ? response_ms - date_ms : 0;
+    /* Date has a resolution of one second: the response time is compared at that resolution
+     * too, or every answer would look up to 999 ms old. */
+    int64_t response_s_ms = response_ms - response_ms % 1000;
+    int64_t apparent_age = response_s_ms > date_ms ? response_s_ms - date_ms : 0;
     int64_t response_delay = response_ms > request_ms ? response_ms - request_ms : 0;
     int64_t corrected_age_value = age_value(a) * 1000 + response_delay;
     int64_t initial_age = apparent_age > corrected_age_value ? apparent_age : corrected_age_value;

@@ -131,6 +131,7 @@ struct store_ops {
                         store_count_fn *done, void *arg);
     void (*invalidate_pattern)(struct store *s, const char *glob, size_t globlen,
                                store_count_fn *done, void *arg);
+    void (*release_lease)(struct store *s, const char *key, size_t keylen);
 };
 
 /* A worker's handle on a store. */
@@ -194,6 +195,18 @@ store_fill(struct store *s, const char *key, size_t keylen, struct store_entry *
            const uint64_t *tag_gens, size_t ntags, store_done_fn *done, void *arg)
 {
     s->ops->fill(s, key, keylen, entry, ttl_ms, tags, taglens, tag_gens, ntags, done, arg);
+}
+
+/*
+ * Gives back key's fill lease, taken by a lookup with lease_ms, without
+ * filling: a filler whose origin failed lets the next caller try at once
+ * instead of after the lease's time. Best effort, with no completion: when
+ * the store cannot be reached the lease runs out by itself.
+ */
+static inline void
+store_release_lease(struct store *s, const char *key, size_t keylen)
+{
+    s->ops->release_lease(s, key, keylen);
 }
 
 /* Bumps each tag's generation: every entry filled under an older one is gone. */

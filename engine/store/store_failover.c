@@ -458,6 +458,15 @@ fo_health(struct store *s, struct store_health *h)
     h->state = state_name(f->state);
 }
 
+static void
+fo_release_lease(struct store *s, const char *key, size_t keylen)
+{
+    struct failover *f = (struct failover *)s;
+
+    if (use_primary(f, false))
+        store_release_lease(f->primary, key, keylen);
+}
+
 static const struct store_ops failover_ops = {
     .name = "failover",
     .admit_and_lookup = fo_admit_and_lookup,
@@ -467,6 +476,7 @@ static const struct store_ops failover_ops = {
     .health = fo_health,
     .delete_keys = fo_delete_keys,
     .invalidate_pattern = fo_invalidate_pattern,
+    .release_lease = fo_release_lease,
 };
 
 struct store *

@@ -1037,6 +1037,18 @@ mem_destroy(struct store *s)
     free(s);
 }
 
+static void
+mem_release_lease(struct store *s, const char *key, size_t keylen)
+{
+    struct store_memory *m = ((struct handle *)s)->m;
+    uint64_t eh = entry_hash(m, key, keylen);
+
+    lock_shards(m, shard_bit(eh));
+    uint64_t now = clock_now(m);
+    lease_release(m, eh, key, keylen, now);
+    unlock_shards(m, shard_bit(eh), now);
+}
+
 static const struct store_ops memory_ops = {
     .name = "memory",
     .admit_and_lookup = mem_admit_and_lookup,
@@ -1045,6 +1057,7 @@ static const struct store_ops memory_ops = {
     .destroy = mem_destroy,
     .delete_keys = mem_delete_keys,
     .invalidate_pattern = mem_invalidate_pattern,
+    .release_lease = mem_release_lease,
 };
 
 /* ---- the table ---------------------------------------------------------- */

@@ -1073,6 +1073,38 @@ conf_stale_window(void **state)
     assert_true(conf_hit(c, "stale:k", tags, "newer"));
 }
 
+/* A filler whose origin failed gives the lease back: the next lookup takes it at once, and a
+ * stale entry the lease was taken on stays. */
+static void
+conf_lease_released_without_fill(void **state)
+{
+    struct conf *c = *state;
+    struct conf_req r;
+
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:g", NULL, CONF_LEASE), STORE_MISS);
+    assert_true(r.a.lease_taken);
+    store_release_lease(c->s, "lease:g", 7);
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:g", NULL, CONF_LEASE), STORE_MISS);
+    assert_true(r.a.lease_taken);
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:g", NULL, CONF_LEASE), STORE_FILLING);
+    /* Releasing a lease nobody holds does nothing. */
+    store_release_lease(c->s, "lease:none", 10);
+
+    struct store_entry *e = conf_entry(200, "text/plain", "kept", 4);
+    e->stale_ms = 60000;
+    assert_int_equal(conf_put_entry(c, "lease:s", 7, e, 100), 0);
+    store_entry_release(e);
+    c->h->advance(c->h->ctx, 200);
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:s", NULL, CONF_LEASE), STORE_STALE);
+    assert_true(r.a.lease_taken);
+    store_entry_release(r.a.entry);
+    store_release_lease(c->s, "lease:s", 7);
+    assert_int_equal(conf_lease_lookup(c, &r, "lease:s", NULL, CONF_LEASE), STORE_STALE);
+    assert_true(r.a.lease_taken);
+    assert_memory_equal(r.a.entry->body, "kept", 4);
+    store_entry_release(r.a.entry);
+}
+
 /* ttl 0 with a stale keep: stored already expired, found STALE at once (an answer that must be
  * revalidated before any use); ttl 0 without one is not kept. */
 static void
@@ -1490,6 +1522,7 @@ store_conformance_run(const struct store_harness *h)
         CONF_TEST(conf_lease_single_filler),
         CONF_TEST(conf_lease_released_by_any_fill),
         CONF_TEST(conf_lease_expires),
+        CONF_TEST(conf_lease_released_without_fill),
         CONF_TEST(conf_lease_lookup_only_counts_nothing),
         CONF_TEST(conf_lease_not_taken_when_denied),
         CONF_TEST(conf_entry_fields_round_trip),

@@ -230,6 +230,7 @@ test_an_heir_takes_a_failed_fill_over(void **state)
     gw_inflight_lead(a);
     assert_true(gw_inflight_wait(b));
     assert_true(gw_inflight_wait(c));
+    a->admit.lease_taken = true; /* the leader holds its key's fill lease */
     gw_fail(a, 502, "the origin failed");
     assert_int_equal(answer_to(0)->status, 502);
     /* One waiter (the last to come) goes to the origin and leads; the other waits on it. */
@@ -237,6 +238,8 @@ test_an_heir_takes_a_failed_fill_over(void **state)
     struct gw_req *heir = sent[0], *other = heir == c ? b : c;
     assert_ptr_equal(heir, c);
     assert_non_null(heir->inflight);
+    assert_true(heir->admit.lease_taken); /* the lease went with the fill */
+    assert_false(other->admit.lease_taken);
     assert_ptr_equal(heir->inflight->waiters, other);
     assert_int_equal(nanswers, 1);
     struct store_entry *e = answer_entry("{\"second\":1}");

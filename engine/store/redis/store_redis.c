@@ -1102,6 +1102,18 @@ redis_health(struct store *st, struct store_health *h)
     h->failures = s->stats.failed;
 }
 
+static void
+redis_release_lease(struct store *st, const char *key, size_t keylen)
+{
+    struct store_redis *s = (struct store_redis *)st;
+    struct sbuf b = {0};
+
+    resp_argc(&b, 2);
+    resp_str(&b, "DEL");
+    codec_resp_key(&b, &s->scratch, 'f', NULL, key, keylen);
+    redis_conn_send(&s->cache, -1, &b, on_ignored, NULL);
+}
+
 static const struct store_ops redis_ops = {
     .name = "redis",
     .admit_and_lookup = redis_admit_and_lookup,
@@ -1111,6 +1123,7 @@ static const struct store_ops redis_ops = {
     .health = redis_health,
     .delete_keys = redis_delete_keys,
     .invalidate_pattern = redis_invalidate_pattern,
+    .release_lease = redis_release_lease,
 };
 
 struct store *
