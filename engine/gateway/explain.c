@@ -115,6 +115,18 @@ cache_json(struct gw_req *rq)
     const struct store_admit *a = &rq->admit;
     json_t *c = json_pack("{s:f, s:b, s:b}", "ttl_seconds", (double)ep->ttl_ms / 1000.0, "shared",
                           ep->shared, "bypass", rq->bypass);
+    if (ep->source == SOURCE_UPSTREAM) {
+        /* Freshness as the upstream's answers decide it, within the policy's bounds. */
+        json_object_set_new(c, "ttl",
+                            json_string(ep->ttl_origin ? "origin"
+                                        : ep->override ? "policy (override)"
+                                                       : "origin, at most the policy's"));
+        json_object_set_new(c, "keep_seconds", json_real((double)ep->keep_ms / 1000.0));
+        json_t *t = json_array();
+        for (size_t i = 0; i < ep->ntargeted; i++)
+            json_array_append_new(t, json_string(ep->targeted[i]));
+        json_object_set_new(c, "targeted", t);
+    }
     json_object_set_new(c, "key",
                         a->cache_key ? json_stringn(a->cache_key, a->cache_keylen) : json_null());
     if (rq->bypass)
