@@ -838,6 +838,11 @@ upstream "origin" { url = "@ORIGIN@", timeout = "5s" }
 endpoint "* /c/*" { upstream = "origin", cache = { ttl = "5m" } }
 endpoint "GET /assets/*" { upstream = "origin", cache = { ttl = "5m" } }
 endpoint "GET /search" { upstream = "origin", cache = { ttl = "5m", key = "search:{query.q}", shared = true } }
+endpoint "* /lim/*" {
+  upstream = "origin",
+  cache = { ttl = "origin", tags = { "lim-all" } },
+  limit = { { limit = 3, window = "1m", key = "lim:{ip}" } },
+}
 '''
 
 
@@ -925,6 +930,19 @@ class CatchAll(ProxyCase):
         self.assertEqual((r.status, r.json()["query"]), (200, "q=shoes"))
         r2 = get(self.s.port, "/search?q=sh%6Fes&utm=2")
         self.assertEqual((r2.cache, r2.body), ("HIT", r.body))
+
+    def test_limits_and_tags_work_the_same_on_a_catch_all_route(self):
+        a = get(self.s.port, "/lim/a?cc=max-age%3D60")
+        b = get(self.s.port, "/lim/a?cc=max-age%3D60")
+        self.assertEqual((a.cache, b.cache), ("MISS", "HIT"))
+        self.assertEqual(b.headers["x-ratelimit-remaining"], "1")
+        st, _, body = self.s.admin("POST", "/invalidate", body={"tags": ["lim-all"]})
+        self.assertEqual(st, 200, body)
+        c = get(self.s.port, "/lim/a?cc=max-age%3D60")
+        self.assertEqual(c.cache, "MISS")
+        d = req(self.s.port, "POST", "/lim/b")
+        self.assertTrue(is_problem(d, 429), d)
+        self.assertIn("retry-after", d.headers)
 
     def test_malformed_query_on_a_cacheable_request_is_400(self):
         r = get(self.s.port, "/c/bad?a=%zz")
