@@ -138,13 +138,12 @@ credentials_unkeyed(const struct gw_req *rq)
 
 /*
  * The tag of the stored answers of a URL: "url:", its path as it is, and "?"
- * and its canonical query when it has one (so ?a=1&b=2 and ?b=2&a=1 are one
- * URL), into the key arena. Returns it (borrowed), or NULL when the query is
- * malformed (rq->refusal set) or the arena is full.
+ * and the canonical encoding of its parsed query q when that has parameters
+ * (so ?a=1&b=2 and ?b=2&a=1 are one URL), into the key arena. Returns it
+ * (borrowed), or NULL when the arena is full.
  */
 static const char *
-url_tag(struct gw_req *rq, const char *path, size_t plen, const char *query, size_t qlen,
-        size_t *len)
+url_tag(struct gw_req *rq, const char *path, size_t plen, const struct http_query *q, size_t *len)
 {
     char *out = rq->keys + rq->keys_used;
     size_t cap = sizeof(rq->keys) - rq->keys_used;
@@ -153,25 +152,27 @@ url_tag(struct gw_req *rq, const char *path, size_t plen, const char *query, siz
     memcpy(out, "url:", 4);
     memcpy(out + 4, path, plen);
     size_t o = 4 + plen;
-    if (qlen) {
-        struct http_query q;
-        char buf[2048];
-        if (http_query_parse(query, qlen, buf, sizeof(buf), &q) != HTTP_QUERY_OK) {
-            rq->refusal = "malformed query string";
-            return NULL;
-        }
+    if (q && q->n) {
         out[o++] = '?';
-        long n = http_query_encode(&q, NULL, 0, out + o, cap - o);
+        long n = http_query_encode(q, NULL, 0, out + o, cap - o);
         if (n < 0)
             return NULL;
         o += (size_t)n;
-        if (n == 0)
-            o--; /* "?" with no parameter is the URL without a query */
     }
     out[o] = '\0';
     rq->keys_used += o + 1;
     *len = o;
     return out;
+}
+
+/* The tag of the request's own URL; NULL with rq->refusal set when its query is malformed. */
+static const char *
+target_tag(struct gw_req *rq, size_t *len)
+{
+    const struct http_query *q = gw_query(rq);
+    if (!q)
+        return NULL;
+    return url_tag(rq, rq->sr->http.path.p, rq->sr->http.path.len, q, len);
 }
 
 /* A key could not be expanded: 400, with why a value could not be used, else `what`. */
@@ -231,9 +232,7 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
     if (ep->source == SOURCE_UPSTREAM) {
         /* The entry of an upstream's answer also carries its URL, which a write to that URL
          * (or naming it in Location or Content-Location) invalidates (RFC 9111 section 4.4). */
-        const struct http_request *h = &rq->sr->http;
-        const char *tag =
-            url_tag(rq, h->path.p, h->path.len, h->query.p, h->query.len, &rq->taglens[a->ntags]);
+        const char *tag = target_tag(rq, &rq->taglens[a->ntags]);
         if (!tag)
             return refused(rq, detail, detail_len, "request values too long for a cache tag");
         rq->tags[a->ntags++] = tag;
@@ -303,8 +302,11 @@ add_reference(struct gw_req *rq, const char *ref, size_t len)
         plen = (size_t)(hash - path);
     const char *qm = memchr(path, '?', plen);
     size_t pathlen = qm ? (size_t)(qm - path) : plen;
-    const char *tag = url_tag(rq, path, pathlen, qm ? qm + 1 : NULL, qm ? plen - pathlen - 1 : 0,
-                              &rq->inv_lens[rq->ninv]);
+    struct http_query q;
+    char buf[2048];
+    if (qm && http_query_parse(qm + 1, plen - pathlen - 1, buf, sizeof(buf), &q) != HTTP_QUERY_OK)
+        return; /* not a URL anything could have been stored under */
+    const char *tag = url_tag(rq, path, pathlen, qm ? &q : NULL, &rq->inv_lens[rq->ninv]);
     if (tag)
         rq->inv_tags[rq->ninv++] = tag;
 }
@@ -313,9 +315,7 @@ add_reference(struct gw_req *rq, const char *ref, size_t len)
 static int
 plan_url_invalidations(struct gw_req *rq, const struct http_header *f, size_t n)
 {
-    const struct http_request *h = &rq->sr->http;
-    const char *tag =
-        url_tag(rq, h->path.p, h->path.len, h->query.p, h->query.len, &rq->inv_lens[rq->ninv]);
+    const char *tag = target_tag(rq, &rq->inv_lens[rq->ninv]);
     if (!tag)
         return -1;
     rq->inv_tags[rq->ninv++] = tag;

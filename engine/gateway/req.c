@@ -24,6 +24,8 @@ gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
     memset(rq, 0, offsetof(struct gw_req, dec)); /* the rest is written before it is read */
     rq->vary_names[0] = '\0';
     rq->vkey[0] = '\0';
+    rq->hdrs = rq->hdrs_inline;
+    rq->hdrs_cap = sizeof(rq->hdrs_inline);
     rq->hdrs[0] = '\0';
     rq->hdrs_len = rq->keys_used = rq->vals_used = 0;
     rq->wk = wk;
@@ -68,6 +70,8 @@ gw_req_free(struct gw_req *rq)
     if (rq->body)
         json_decref(rq->body);
     free(rq->own_raw);
+    if (rq->hdrs != rq->hdrs_inline)
+        free(rq->hdrs);
     policy_release(rq->policy);
     free(rq);
 }
@@ -86,14 +90,21 @@ respond(struct gw_req *rq, const struct server_response *resp)
     server_respond(rq->sr, resp);
 }
 
-/* Appends to the response's extra headers, kept NUL-terminated (truncated at HDRS_BYTES, which
- * the limits on names and counts keep out of reach). */
+/* Appends to the response's extra headers, kept NUL-terminated. They start in the request's
+ * own buffer and move to the heap when a field (an upstream's long ETag) needs more: a head
+ * is never cut short. */
 static void
 hdr_add(struct gw_req *rq, const char *s, size_t len)
 {
-    size_t room = sizeof(rq->hdrs) - 1 - rq->hdrs_len;
-    if (len > room)
-        len = room;
+    if (len >= rq->hdrs_cap - rq->hdrs_len) {
+        size_t cap = 2 * (rq->hdrs_len + len + 1);
+        char *p = xmalloc(cap);
+        memcpy(p, rq->hdrs, rq->hdrs_len);
+        if (rq->hdrs != rq->hdrs_inline)
+            free(rq->hdrs);
+        rq->hdrs = p;
+        rq->hdrs_cap = cap;
+    }
     memcpy(rq->hdrs + rq->hdrs_len, s, len);
     rq->hdrs_len += len;
     rq->hdrs[rq->hdrs_len] = '\0';

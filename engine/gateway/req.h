@@ -147,8 +147,9 @@ struct gw_req {
     char own_ip[48];
     char vary_names[256]; /* the answer varied on these fields ("" when not) */
     char vkey[1024];      /* the secondary key ("" when none) */
-    char hdrs[HDRS_BYTES];
-    size_t hdrs_len;
+    char *hdrs; /* the response's extra header lines: hdrs_inline, or the heap when longer */
+    size_t hdrs_len, hdrs_cap;
+    char hdrs_inline[HDRS_BYTES];
     size_t keys_used, vals_used;
     char keys[KEYS_BYTES]; /* expanded limit keys, cache key, tags */
     char vals[VALS_BYTES]; /* decoded path/query values, rendered body fields */

@@ -944,6 +944,21 @@ class CatchAll(ProxyCase):
         self.assertTrue(is_problem(d, 429), d)
         self.assertIn("retry-after", d.headers)
 
+    def test_a_long_upstream_etag_never_cuts_the_head(self):
+        # An ETag longer than the request's own header buffer: the head grows, it is never cut
+        # (a cut head would put the body in the header section and the next answer after it).
+        etag = '"' + "e" * 3000 + '"'
+        self.origin.config("/c/longtag", headers={"ETag": etag, "Cache-Control": "max-age=60"})
+        one = b"GET /c/longtag HTTP/1.1\r\nHost: x\r\n\r\n"
+        out = raw(self.s.port, one + one + one, timeout=1)
+        heads = [p for p in out.split(b"HTTP/1.1 ")[1:]]
+        self.assertEqual(len(heads), 3, out[:300])
+        for h in heads:
+            head, _, body = h.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"200"), head[:100])
+            self.assertIn(b"\r\nETag: " + etag.encode() + b"\r\n", head + b"\r\n")
+            self.assertTrue(body.startswith(b"{"), body[:40])
+
     def test_malformed_query_on_a_cacheable_request_is_400(self):
         r = get(self.s.port, "/c/bad?a=%zz")
         self.assertTrue(is_problem(r, 400), r)
