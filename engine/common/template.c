@@ -171,6 +171,11 @@ template_compile(const char *src, unsigned allowed, char *err, size_t errlen)
                         open, vars[k].name);
             goto fail;
         }
+        if (nlen > TEMPLATE_MAX_NAME) {
+            util_seterr(err, errlen, "the name in {%.*s} at offset %zu is longer than %d bytes",
+                        (int)blen, body, open, TEMPLATE_MAX_NAME);
+            goto fail;
+        }
         for (size_t c = 0; c < nlen; c++) {
             if (!is_name_char((unsigned char)name[c])) {
                 util_seterr(

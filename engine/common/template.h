@@ -24,6 +24,8 @@ enum template_var {
 
 struct template;
 
+#define TEMPLATE_MAX_NAME 64 /* bytes of a variable's NAME ({header.NAME}, {body.NAME}, ...) */
+
 /*
  * Value lookup for expansion. Sets *val and *len and returns 1 when the
  * variable has a value (possibly empty), returns 0 when it has none
@@ -38,7 +40,8 @@ typedef int (*template_lookup_fn)(void *ctx, enum template_var var, const char *
  * Compiles `src`. Variables outside `allowed` (a mask of TV_BIT()s) are
  * errors, as are unknown names, an unclosed or empty "{}", a stray "}" (there
  * are no literal braces), a dotted variable without a name (but {path} and
- * {query}, which stand alone too), "{path.}", a name outside
+ * {query}, which stand alone too), "{path.}", a name longer than
+ * TEMPLATE_MAX_NAME, a name outside
  * [A-Za-z0-9_-], a name on a variable that takes none ("{user.x}"), and two
  * variables with no ':' (or other byte that escaping never writes: space,
  * control, non-ASCII) between them ("{user}{tenant}", "{user}-{tenant}"),

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "req.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,9 +176,8 @@ body_value(struct gw_req *rq, const char *name, size_t namelen, const char **val
 {
     if (!rq->body || !json_is_object(rq->body))
         return 0;
-    char key[128];
-    if (namelen >= sizeof(key))
-        return 0;
+    char key[TEMPLATE_MAX_NAME + 1];
+    assert(namelen < sizeof(key)); /* template names are at most TEMPLATE_MAX_NAME */
     memcpy(key, name, namelen);
     key[namelen] = '\0';
     json_t *v = json_object_get(rq->body, key);
@@ -305,9 +305,8 @@ gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t nam
     case TV_QUERY:
         return query_value(rq, name, namelen, val, len);
     case TV_HEADER: {
-        char hn[128];
-        if (namelen >= sizeof(hn))
-            return 0;
+        char hn[TEMPLATE_MAX_NAME + 1];
+        assert(namelen < sizeof(hn)); /* template names are at most TEMPLATE_MAX_NAME */
         memcpy(hn, name, namelen);
         hn[namelen] = '\0';
         const struct http_str *v = http_header_get(h, hn);
@@ -359,19 +358,28 @@ gw_limit_name(const struct gw_req *rq, size_t i)
     return l->is_tier ? rq->tier->name : l->name;
 }
 
-static const char *
-limit_field(const struct gw_req *rq, size_t i)
-{
-    const struct policy_limit *l = &rq->ep->limits[i];
-    if (rq->hooked && rq->dec.limit[i])
-        return rq->hook_fields[i]; /* a tenant hook changed this limit for this request */
-    return l->is_tier ? rq->tier->policy_field : l->policy_field;
-}
-
 static uint64_t
 ceil_sec(uint64_t ms)
 {
     return (ms + 999) / 1000;
+}
+
+/* Limit i's item of RateLimit-Policy: the policy's text, or for a limit a tenant hook changed
+ * for this request, its rule as the hook left it. */
+static void
+hdr_limit_field(struct gw_req *rq, size_t i)
+{
+    const struct policy_limit *l = &rq->ep->limits[i];
+    if (!(rq->hooked && rq->dec.limit[i])) {
+        hdr_str(rq, l->is_tier ? rq->tier->policy_field : l->policy_field);
+        return;
+    }
+    hdr_str(rq, "\"");
+    hdr_str(rq, gw_limit_name(rq, i));
+    hdr_str(rq, "\";q=");
+    hdr_u64(rq, rq->limits[i].rule->limit);
+    hdr_str(rq, ";w=");
+    hdr_u64(rq, ceil_sec(rq->limits[i].rule->window_ms));
 }
 
 /*
@@ -406,7 +414,7 @@ gw_add_limit_headers(struct gw_req *rq)
     for (size_t i = 0; i < n; i++) {
         if (i)
             hdr_str(rq, ", ");
-        hdr_str(rq, limit_field(rq, i));
+        hdr_limit_field(rq, i);
     }
     hdr_str(rq, "\r\nRateLimit: ");
     for (size_t i = 0; i < n; i++) {
@@ -463,9 +471,6 @@ gw_apply_decision(struct gw_req *rq, size_t nl)
             rq->hook_rules[i] = *sl->rule;
             rq->hook_rules[i].limit = rq->dec.limit[i];
             sl->rule = &rq->hook_rules[i];
-            snprintf(rq->hook_fields[i], sizeof(rq->hook_fields[i]), "\"%s\";q=%llu;w=%llu",
-                     gw_limit_name(rq, i), (unsigned long long)rq->dec.limit[i],
-                     (unsigned long long)ceil_sec(sl->rule->window_ms));
         }
         if (rq->dec.cost)
             sl->cost = rq->dec.cost;

@@ -133,7 +133,6 @@ struct gw_req {
     /* Not zeroed: each is written before it is read. */
     struct tenant_decision dec;                        /* read only when hooked */
     struct limiter_rule hook_rules[POLICY_MAX_LIMITS]; /* limits a hook changed */
-    char hook_fields[POLICY_MAX_LIMITS][96];           /* and their RateLimit-Policy items */
     struct store_limit limits[POLICY_MAX_LIMITS];      /* admit.nlimits of them */
     struct limiter_result results[POLICY_MAX_LIMITS];
     const char *tags[GW_MAX_TAGS]; /* admit.ntags of them */

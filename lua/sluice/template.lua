@@ -16,6 +16,8 @@ M.DOTTED = { path = true, query = true, header = true, body = true, row = true }
 -- Dotted ones that also stand alone: {path} is the whole path, {query} the whole query
 -- (canonical: parameters decoded, sorted by name, encoded one way).
 M.WHOLE = { path = true, query = true }
+-- Bytes a variable's NAME may have (TEMPLATE_MAX_NAME in engine/common/template.h).
+M.MAX_NAME = 64
 local KNOWN = {}
 for _, v in ipairs(M.VARIABLES) do
   KNOWN[v] = true
@@ -77,6 +79,9 @@ function M.parse(src)
       end
       if not M.DOTTED[kind] and name then
         return nil, text .. ": {" .. kind .. "} takes no name"
+      end
+      if name and #name > M.MAX_NAME then
+        return nil, "the name in " .. text .. " is longer than " .. M.MAX_NAME .. " bytes"
       end
       if name and not name:match("^[%w_%-]+$") then
         return nil, "bad name in " .. text .. ": names use letters, digits, '_' and '-'"

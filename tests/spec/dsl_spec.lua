@@ -584,6 +584,9 @@ endpoint "GET /x" {
         't.lua:1: endpoint "GET /x": invalidate[1] "x:{header}": {header} needs a name, as in {header.NAME}')
       fails_after_prelude([[endpoint "GET /x" { body = "x", invalidate = { "x:{query.}" } }]],
         't.lua:1: endpoint "GET /x": invalidate[1] "x:{query.}": {query.} needs a name, as in {query.NAME}')
+      fails_after_prelude('endpoint "GET /x" { body = "x", invalidate = { "x:{header.' .. ("h"):rep(65) .. '}" } }',
+        't.lua:1: endpoint "GET /x": invalidate[1] "x:{header.' .. ("h"):rep(65) .. '}": the name in {header.'
+        .. ("h"):rep(65) .. '} is longer than 64 bytes')
       fails_after_prelude([[endpoint "GET /x" { body = "x", invalidate = { "x:{user.id}" } }]],
         't.lua:1: endpoint "GET /x": invalidate[1] "x:{user.id}": {user.id}: {user} takes no name')
       fails_after_prelude([[endpoint "GET /x" { body = "x", invalidate = { "x:{header.X Y}" } }]],

@@ -402,6 +402,15 @@ test_compile_errors(void **state)
     compile_fails("{path.}", all, "{path.} at offset 0 needs a name, as in {path.NAME}");
     compile_fails("{header}", all, "{header} at offset 0 needs a name, as in {header.NAME}");
     compile_fails("{user.id}", all, "{user.id} at offset 0: {user} takes no name");
+    {
+        char src[128], want[256];
+        snprintf(src, sizeof(src), "{header.%0*d}", TEMPLATE_MAX_NAME + 1, 0);
+        snprintf(want, sizeof(want), "the name in %s at offset 0 is longer than %d bytes", src,
+                 TEMPLATE_MAX_NAME);
+        compile_fails(src, all, want);
+        snprintf(src, sizeof(src), "{header.%0*d}", TEMPLATE_MAX_NAME, 0);
+        template_free(compile_ok(src, all));
+    }
     compile_fails("{ip.}", all, "{ip.} at offset 0: {ip} takes no name");
     compile_fails("{query.a b}", all,
                   "bad name in {query.a b} at offset 0: names use letters, digits, '_' and '-'");
