@@ -31,3 +31,26 @@ wrk_measure() {
     # shellcheck disable=SC2034 # read by the scripts that source this file
     wrk_result="$rps $p50 $us"
 }
+
+# Other work on this machine skews a round. Before each round, wait (at most QUIET_MAX s)
+# for a second in which both cores are at most QUIET_PCT % busy; print what was seen.
+QUIET_PCT=${QUIET_PCT:-10}
+QUIET_MAX=${QUIET_MAX:-15}
+busy_pct() { # over one second, all cores
+    local a b
+    a=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN {split(a, x); split(b, y); u = y[1] - x[1]; i = y[2] - x[2];
+        printf "%.0f", (u + i > 0) ? 100 * u / (u + i) : 0}'
+}
+wait_quiet() { # -> prints the busy % of the last second before the round
+    local t0=$SECONDS b
+    while :; do
+        b=$(busy_pct)
+        if [ "$b" -le "$QUIET_PCT" ] || [ $((SECONDS - t0)) -ge "$QUIET_MAX" ]; then
+            echo "$b"
+            return
+        fi
+    done
+}
