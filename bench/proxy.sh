@@ -11,6 +11,7 @@
 #   bench/proxy.sh                          # 3 rounds of 8 s at 50 connections
 #   ROUNDS=5 DURATION=10 CONNECTIONS=100 bench/proxy.sh
 #   PEERS="nginx varnish varnish-vsthrottle" bench/proxy.sh   # leave sluice out
+#   CHART=1 bench/proxy.sh                  # also write docs/bench/proxy.dat and proxy.png
 #   BUILD_DIR=build-pb bench/proxy.sh       # build and run sluice from another build dir
 #   SLUICE_BIN=/path/to/sluice bench/proxy.sh   # run that binary, build nothing
 #   PEERS="sluice sluice-body nginx" bench/proxy.sh   # sluice-body: the same cache and limit
@@ -23,10 +24,11 @@
 # run with any non-2xx answer or socket error fails the script.
 # Prints req/s, p50 latency and server CPU time per request (utime + stime of the
 # serving process, all its threads) for every round, the best round of each, and the
-# ratios of each sluice peer to nginx and Varnish (and sluice-catchall / sluice). Before
-# each round the script waits (at most QUIET_MAX=15 s) for both cores to be nearly idle,
-# and prints how busy they were (pre-busy): a busy machine skews req/s more than CPU time
-# per request.
+# ratios of each sluice peer to nginx and Varnish (and sluice-catchall / sluice). With
+# CHART=1 the best rounds go to $CHART_DIR/proxy.dat (default docs/bench) and a bar chart
+# of req/s, CPU per request and p50 to proxy.png. Before each round the script waits (at
+# most QUIET_MAX=15 s) for both cores to be nearly idle, and prints how busy they were
+# (pre-busy): a busy machine skews req/s more than CPU time per request.
 # Targets: sluice >= nginx, sluice >= 1.5 x Varnish.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -334,6 +336,26 @@ if has_peer sluice-catchall && has_peer sluice; then
         -v cu="${best_us[sluice-catchall]}" -v su="${best_us[sluice]}" 'BEGIN {
         printf "sluice-catchall / sluice = %.2f (req/s); server CPU per request: %.2fx\n", c / s, cu / su
     }'
+fi
+
+# --- CHART=1: the best round of each peer as data, and a bar chart ---------------------------
+if [ "$CHART" = 1 ]; then
+    mkdir -p "$CHART_DIR"
+    dat="$CHART_DIR/proxy.dat"
+    {
+        echo "# bench/proxy.sh, $(date -u '+%Y-%m-%d %H:%M UTC'): best of $ROUNDS rounds of ${DURATION}s at c$CONNECTIONS,"
+        echo "# server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU; PEERS=\"$PEERS\""
+        printf '# peer\treq/s\tp50 (us)\tserver CPU us/req\n'
+        for p in "${order[@]}"; do
+            printf '%s\t%s\t%s\t%s\n' "$p" "${best[$p]}" "$(lat_us "${best_p50[$p]}")" "${best_us[$p]}"
+        done
+    } >"$dat"
+    chart_bars "$dat" "$CHART_DIR/proxy.png" \
+        "bench/proxy.sh $(date -u +%Y-%m-%d): 1 KB cache hit, c$CONNECTIONS, best of $ROUNDS x ${DURATION}s, server on one core" \
+        "2|req/s (higher is better)|requests per second|%.0f" \
+        "4|server CPU per request (lower is better)|CPU µs per request|%.1f" \
+        "3|median latency (lower is better)|p50 (µs)|%.0f"
+    echo "chart: $dat, $CHART_DIR/proxy.png"
 fi
 
 # --- optional profile of sluice under the same load ---------------------------------------
