@@ -71,10 +71,11 @@ wait_quiet() { # -> prints the busy % of the last second before the round
 
 # chart_bars DAT PNG TITLE PANEL...: a PNG with one bar chart per PANEL, side by side, from
 # the tab-separated DAT (first column: the bar's name; lines starting with # are comments).
-# PANEL is "COLUMN|panel title|y-axis label|printf format of the value over each bar".
+# PANEL is "COLUMN|panel title|y-axis label|printf format of the value over each bar";
+# COLUMN is a column number or a gnuplot expression in parentheses, e.g. ($2/1000).
 # Bars whose name starts with "sluice" are blue, the others grey.
 chart_bars() {
-    local dat=$1 png=$2 title=$3 n panel col ptitle ylabel fmt gp
+    local dat=$1 png=$2 title=$3 n panel col ptitle ylabel fmt gp expr
     shift 3
     n=$#
     gp="set terminal pngcairo size $((440 * n + 80)),560 font 'DejaVu Sans,11'
@@ -92,12 +93,13 @@ set bmargin 7
 set multiplot layout 1,$n title '$title' font ',13'"
     for panel in "$@"; do
         IFS='|' read -r col ptitle ylabel fmt <<<"$panel"
+        if [[ "$col" == "("* ]]; then expr=$col; else expr="column($col)"; fi
         gp+="
 set title '$ptitle'
 set ylabel '$ylabel'
-plot '$dat' using 0:$col:(strstrt(strcol(1), 'sluice') == 1 ? 0x4477aa : 0xaaaaaa):xtic(1) \\
+plot '$dat' using 0:($expr):(strstrt(strcol(1), 'sluice') == 1 ? 0x4477aa : 0xaaaaaa):xtic(1) \\
         with boxes lc rgb variable notitle, \\
-     '' using 0:$col:(sprintf('$fmt', column($col))) with labels offset 0,0.9 notitle"
+     '' using 0:($expr):(sprintf('$fmt', $expr)) with labels offset 0,0.9 notitle"
     done
     gp+="
 unset multiplot"

@@ -352,7 +352,7 @@ if [ "$CHART" = 1 ]; then
     } >"$dat"
     chart_bars "$dat" "$CHART_DIR/proxy.png" \
         "bench/proxy.sh $(date -u +%Y-%m-%d): 1 KB cache hit, c$CONNECTIONS, best of $ROUNDS x ${DURATION}s, server on one core" \
-        "2|req/s (higher is better)|requests per second|%.0f" \
+        "(\$2/1000)|req/s (higher is better)|thousand requests per second|%.1fk" \
         "4|server CPU per request (lower is better)|CPU µs per request|%.1f" \
         "3|median latency (lower is better)|p50 (µs)|%.0f"
     echo "chart: $dat, $CHART_DIR/proxy.png"

@@ -303,7 +303,7 @@ if [ "$CHART" = 1 ]; then
     chart_bars "$dat" "$CHART_DIR/revalidate.png" \
         "bench/revalidate.sh $(date -u +%Y-%m-%d): stale 100 KB entry, c$CONNECTIONS, best of $ROUNDS x ${DURATION}s, sluice on one core" \
         "4|sluice CPU per request (lower is better)|CPU µs per request|%.1f" \
-        "2|req/s (higher is better)|requests per second|%.0f" \
+        "(\$2/1000)|req/s (higher is better)|thousand requests per second|%.1fk" \
         "3|median latency (lower is better)|p50 (µs)|%.0f"
     echo "chart: $dat, $CHART_DIR/revalidate.png"
 fi

@@ -300,7 +300,7 @@ if [ "$CHART" = 1 ]; then
     } >"$dat"
     chart_bars "$dat" "$CHART_DIR/run.png" \
         "bench/run.sh $(date -u +%Y-%m-%d): 1 KB cache hit + limit check, c$CONNECTIONS, best of $ROUNDS x ${DURATION}s" \
-        "2|req/s (higher is better)|requests per second|%.0f" \
+        "(\$2/1000)|req/s (higher is better)|thousand requests per second|%.1fk" \
         "4|server CPU per request (lower is better)|CPU µs per request|%.1f"
     echo "chart: $dat, $CHART_DIR/run.png"
 fi
