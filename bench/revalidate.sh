@@ -2,21 +2,24 @@
 # What serving a stale entry costs sluice: revalidation (the upstream answers 304 to
 # If-None-Match, the stored 100 KB answer is served, X-Cache: REVALIDATED) against a full
 # refill of the same 100 KB answer (the upstream answers 200 with the body every time,
-# X-Cache: MISS), with a plain hit of a fresh 100 KB entry as the baseline.
+# X-Cache: MISS), the same refill of an answer without an ETag (sluice then makes one from
+# the body at every fill), and a plain hit of a fresh 100 KB entry as the baseline.
 #
 # sluice (one worker, memory store) is the plain shared cache of docs/policies.md,
 #   upstream "origin" { url = ... }
 #   endpoint "* /*" { upstream = "origin", cache = { ttl = "origin" } }
-# in front of an nginx serving one 100 KB file (bench/body.json 100 times) under three
+# in front of an nginx serving one 100 KB file (bench/body.json 100 times) under four
 # prefixes, each answer with Last-Modified:
 #   /revalidate/N  Cache-Control: max-age=0 and nginx's ETag: every request finds the entry
 #                  stale, sluice asks with If-None-Match (and If-Modified-Since), nginx
 #                  answers 304, sluice serves the stored body;
-#   /refill/N      Cache-Control: max-age=0, no ETag (etag off), conditionals ignored
-#                  (if_modified_since off): every request finds the entry stale (it has a
-#                  validator, Last-Modified, so it is kept), sluice asks with
-#                  If-Modified-Since, nginx answers 200 with the 100 KB body, sluice
-#                  stores it again and serves it;
+#   /refill/N      Cache-Control: max-age=0 and an ETag, but nginx ignores the conditionals
+#                  (etag off and if_modified_since off, the ETag added after nginx's check):
+#                  every request finds the entry stale, sluice asks as above, nginx answers
+#                  200 with the 100 KB body, sluice stores it again and serves it;
+#   /refill-noetag/N  the same without an ETag: the entry's validator is Last-Modified,
+#                  sluice asks with If-Modified-Since only, and makes the stored answer's
+#                  ETag from the body at each fill;
 #   /hit/N         Cache-Control: max-age=3600: a fresh entry, served without the upstream.
 # Each wrk thread rotates over its own share of KEYS URLs of a mode (default 1000), so
 # no two requests in flight ask for the same entry: concurrent requests of one key would
@@ -25,28 +28,28 @@
 #
 #   bench/revalidate.sh                     # 3 rounds of 8 s at 50 connections per mode
 #   ROUNDS=5 DURATION=10 CONNECTIONS=100 bench/revalidate.sh
-#   MODES="revalidate refill" bench/revalidate.sh   # leave the hit baseline out
+#   MODES="revalidate refill" bench/revalidate.sh   # leave refill-noetag and the hit baseline out
 #   KEYS=2000 bench/revalidate.sh           # URLs per mode
 #   BUILD_DIR=build-pb bench/revalidate.sh  # build and run sluice from another build dir
 #   SLUICE_BIN=/path/to/sluice bench/revalidate.sh   # run that binary, build nothing
 #   CHART=1 bench/revalidate.sh             # also write docs/bench/revalidate.dat and .png
 #
 # Before measuring, every URL is requested during a warming run, then one curl per mode
-# must get 200, the upstream's body, the mode's X-Cache (REVALIDATED, MISS, HIT) and the
-# mode's upstream answer (a 304 to a request with If-None-Match, a 200 of 102400 bytes to
-# one with If-Modified-Since, none). In each measured run every request must have been
-# answered 2xx, and for revalidate and refill at least 98% of them must have gone to the
-# upstream with the mode's answer (304, or 200 with the body); the script fails otherwise.
+# must get 200, the upstream's body, the mode's X-Cache (REVALIDATED, MISS, MISS, HIT) and
+# the mode's upstream answer (a 304 to a request with If-None-Match; a 200 of 102400 bytes
+# to one with If-None-Match, or with If-Modified-Since only; none). In each measured run
+# every request must have been answered 2xx, and but for hit at least 98% of them must
+# have gone to the upstream with the mode's answer; the script fails otherwise.
 # Prints, for every round and for the best round (most req/s) of each mode: req/s, p50,
 # sluice CPU time per request (utime + stime of the process, from /proc, as bench/run.sh),
 # the upstream nginx's CPU time per request and upstream answers per request; then the
-# ratios refill / revalidate. With CHART=1 the best rounds go to
+# ratios of the refills to revalidation. With CHART=1 the best rounds go to
 # $CHART_DIR/revalidate.dat (default docs/bench) and a bar chart to revalidate.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 BUILD_DIR=${BUILD_DIR:-build-bench}
-MODES=${MODES:-revalidate refill hit}
+MODES=${MODES:-revalidate refill refill-noetag hit}
 KEYS=${KEYS:-1000}
 WARMUP=${WARMUP:-3}
 
@@ -77,7 +80,7 @@ die() { echo "revalidate bench: $*" >&2; exit 1; }
 
 has_mode() { [[ " $MODES " == *" $1 "* ]]; }
 for m in $MODES; do
-    case "$m" in revalidate | refill | hit) ;; *) die "unknown mode '$m' in MODES='$MODES'" ;; esac
+    case "$m" in revalidate | refill | refill-noetag | hit) ;; *) die "unknown mode '$m' in MODES='$MODES'" ;; esac
 done
 [ "$KEYS" -ge 200 ] || die "KEYS=$KEYS: at least 200, so that requests in flight never share a key"
 
@@ -110,7 +113,16 @@ http {
             rewrite ^ /body100k break;
             add_header Cache-Control "max-age=0" always;
         }
+        # nginx checks conditionals before add_header runs: with its own ETag off and
+        # if_modified_since off, nothing matches, and the answer still carries an ETag.
         location /refill/ {
+            rewrite ^ /body100k break;
+            etag off;
+            if_modified_since off;
+            add_header ETag '"body100k"';
+            add_header Cache-Control "max-age=0" always;
+        }
+        location /refill-noetag/ {
             rewrite ^ /body100k break;
             etag off;
             if_modified_since off;
@@ -141,7 +153,7 @@ EOF
 "$sluice_bin" check "$work/policies" >/dev/null
 port_s=$(free_port)
 # Room for every entry of every mode (100 KB each) and more.
-cache_bytes=$(((3 * KEYS * 128 + 65536) * 1024))
+cache_bytes=$(((4 * KEYS * 128 + 65536) * 1024))
 env -u REDIS_URL taskset -c "$SERVER_CPU" "$sluice_bin" serve --workers 1 --admin off \
     --cache-bytes "$cache_bytes" --listen "127.0.0.1:$port_s" "$work/policies" \
     >"$work/sluice.out" 2>"$work/sluice-error.log" &
@@ -188,7 +200,7 @@ for m in $MODES; do
 done
 
 # --- verification: one request per mode, its X-Cache and what the upstream answered --------
-declare -A xcache=([revalidate]=REVALIDATED [refill]=MISS [hit]=HIT)
+declare -A xcache=([revalidate]=REVALIDATED [refill]=MISS [refill-noetag]=MISS [hit]=HIT)
 for m in $MODES; do
     before=$(log_lines)
     code=$(curl -sS -D "$work/$m.h" -o "$work/$m.body" -w '%{http_code}' "http://127.0.0.1:$port_s/$m/0") ||
@@ -202,8 +214,10 @@ for m in $MODES; do
     case "$m" in
     revalidate) [[ "$asked" =~ ^304\ 0\ inm=[^-] ]] ||
         die "$m: the upstream was not asked with If-None-Match and did not answer 304: '$asked'" ;;
-    refill) [[ "$asked" =~ ^200\ 102400\ inm=-\ ims=[A-Z] ]] ||
-        die "$m: the upstream was not asked with If-Modified-Since and did not answer 200 with the body: '$asked'" ;;
+    refill) [[ "$asked" =~ ^200\ 102400\ inm=[^-] ]] && grep -qi '^ETag: "body100k"' "$work/$m.h" ||
+        die "$m: the upstream was not asked with If-None-Match and did not answer 200 with the body and its ETag: '$asked'" ;;
+    refill-noetag) [[ "$asked" =~ ^200\ 102400\ inm=-\ ims=[A-Z] ]] && grep -qiE '^ETag: "[0-9a-f]{16}"' "$work/$m.h" ||
+        die "$m: the upstream was not asked with If-Modified-Since and did not answer 200 with the body, or sluice made no ETag: '$asked'" ;;
     hit) [ -z "$asked" ] || die "$m: the upstream was asked: '$asked'" ;;
     esac
     echo "verified $m: 200, X-Cache: ${xcache[$m]}, body identical to the upstream's (102400 bytes); upstream: ${asked:-not asked}"
@@ -229,7 +243,8 @@ run() {
     reqs=$(awk '/requests in/ {print $1}' <<<"$wrk_out")
     case "$m" in
     revalidate) good=$(sed -n "$((before + 1)),${after}p" "$work/upstream-access.log" | grep -c '^304 0 inm=[^-]' || true) ;;
-    refill) good=$(sed -n "$((before + 1)),${after}p" "$work/upstream-access.log" | grep -c '^200 102400 inm=- ims=[A-Z]' || true) ;;
+    refill) good=$(sed -n "$((before + 1)),${after}p" "$work/upstream-access.log" | grep -c '^200 102400 inm=[^-]' || true) ;;
+    refill-noetag) good=$(sed -n "$((before + 1)),${after}p" "$work/upstream-access.log" | grep -c '^200 102400 inm=- ims=[A-Z]' || true) ;;
     hit) good=$((after - before)) ;;
     esac
     if [ "$m" != hit ] && [ $((good * 100)) -lt $((reqs * 98)) ]; then
@@ -244,6 +259,7 @@ run() {
 declare -A label_of=(
     [revalidate]="304 revalidation (REVALIDATED)"
     [refill]="200 refill, 100 KB (MISS)"
+    [refill-noetag]="200 refill, no ETag (MISS)"
     [hit]="fresh hit, 100 KB (HIT)"
 )
 declare -A best best_p50 best_us best_up best_ask
@@ -269,16 +285,22 @@ for m in $MODES; do
     printf '%-32s %10s %9s %11s %11s %9s\n' "${label_of[$m]}" "${best[$m]}" "${best_p50[$m]}" \
         "${best_us[$m]}" "${best_up[$m]}" "${best_ask[$m]}"
 done
-if has_mode revalidate && has_mode refill; then
-    awk -v vr="${best[revalidate]}" -v fr="${best[refill]}" -v vu="${best_us[revalidate]}" \
-        -v fu="${best_us[refill]}" -v vp="$(lat_us "${best_p50[revalidate]}")" \
-        -v fp="$(lat_us "${best_p50[refill]}")" 'BEGIN {
-        printf "refill / revalidate: sluice CPU per request %.2fx, p50 %.2fx; req/s revalidate / refill = %.2f\n",
-            fu / vu, fp / vp, vr / fr
+for m in refill refill-noetag; do
+    has_mode revalidate && has_mode "$m" || continue
+    awk -v m="$m" -v vr="${best[revalidate]}" -v fr="${best[$m]}" -v vu="${best_us[revalidate]}" \
+        -v fu="${best_us[$m]}" -v vp="$(lat_us "${best_p50[revalidate]}")" \
+        -v fp="$(lat_us "${best_p50[$m]}")" 'BEGIN {
+        printf "%s / revalidate: sluice CPU per request %.2fx, p50 %.2fx; req/s revalidate / %s = %.2f\n",
+            m, fu / vu, fp / vp, m, vr / fr
+    }'
+done
+if has_mode refill && has_mode refill-noetag; then
+    awk -v a="${best_us[refill-noetag]}" -v b="${best_us[refill]}" 'BEGIN {
+        printf "refill without an ETag over refill with one: %.1f us of sluice CPU per request more\n", a - b
     }'
 fi
 if has_mode hit; then
-    for m in revalidate refill; do
+    for m in revalidate refill refill-noetag; do
         has_mode "$m" || continue
         awk -v m="$m" -v u="${best_us[$m]}" -v h="${best_us[hit]}" 'BEGIN {
             printf "%s over a fresh hit: %.1f us of sluice CPU per request more (%.2fx)\n", m, u - h, u / h
@@ -290,7 +312,8 @@ fi
 if [ "$CHART" = 1 ]; then
     mkdir -p "$CHART_DIR"
     dat="$CHART_DIR/revalidate.dat"
-    declare -A name_of=([revalidate]="sluice 304 revalidation" [refill]="sluice 200 refill" [hit]="baseline: sluice fresh hit")
+    declare -A name_of=([revalidate]="sluice 304 revalidation" [refill]="sluice 200 refill"
+        [refill-noetag]="sluice 200 refill, no ETag" [hit]="baseline: sluice fresh hit")
     {
         echo "# bench/revalidate.sh, $(date -u '+%Y-%m-%d %H:%M UTC'): best of $ROUNDS rounds of ${DURATION}s at c$CONNECTIONS,"
         echo "# 100 KB answer, $KEYS URLs per mode; sluice on CPU $SERVER_CPU, wrk and the upstream on CPU $CLIENT_CPU"
