@@ -78,14 +78,14 @@ chart_bars() {
     local dat=$1 png=$2 title=$3 n panel col ptitle ylabel fmt gp expr
     shift 3
     n=$#
-    gp="set terminal pngcairo size $((440 * n + 80)),560 font 'DejaVu Sans,11'
+    gp="set terminal pngcairo size $((500 * n + 80)),580 font 'DejaVu Sans,11'
 set output '$png'
 set datafile separator tab
 set style fill solid 0.85 border lc rgb '#333333'
 set boxwidth 0.6
 set yrange [0:*]
 set offsets 0.6, 0.6, graph 0.12, 0
-set xtics nomirror rotate by -30 left offset -1,0
+set xtics nomirror rotate by -35 left offset -1,0
 set ytics nomirror
 set border 3
 set grid ytics lc rgb '#dddddd'
