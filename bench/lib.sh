@@ -1,11 +1,16 @@
 # shellcheck shell=bash
-# Sourced by bench/run.sh and bench/proxy.sh, from the repository's root: the settings
-# they share (from the environment) and the helpers that measure a server with wrk.
+# Sourced by bench/run.sh, bench/proxy.sh and bench/revalidate.sh, from the repository's
+# root: the settings they share (from the environment), the helpers that measure a server
+# with wrk, and the chart a run draws with CHART=1.
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-50}
 SERVER_CPU=${SERVER_CPU:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
+# CHART=1: the script writes its best figures to $CHART_DIR/NAME.dat and draws
+# $CHART_DIR/NAME.png with gnuplot; without it a run writes nothing into the tree.
+CHART=${CHART:-0}
+CHART_DIR=${CHART_DIR:-docs/bench}
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -30,4 +35,73 @@ wrk_measure() {
     us=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
     # shellcheck disable=SC2034 # read by the scripts that source this file
     wrk_result="$rps $p50 $us"
+}
+
+# lat_us LATENCY: wrk's latency ("512.00us", "1.23ms", "1.01s") in microseconds.
+lat_us() {
+    awk -v l="$1" 'BEGIN {
+        v = l + 0
+        if (l ~ /us$/) f = 1; else if (l ~ /ms$/) f = 1e3; else if (l ~ /m$/) f = 60e6; else f = 1e6
+        printf "%.0f", v * f
+    }'
+}
+
+# Other work on this machine skews a round. Before each round, wait (at most QUIET_MAX s)
+# for a second in which both cores are at most QUIET_PCT % busy; print what was seen.
+QUIET_PCT=${QUIET_PCT:-10}
+QUIET_MAX=${QUIET_MAX:-15}
+busy_pct() { # over one second, all cores
+    local a b
+    a=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN {split(a, x); split(b, y); u = y[1] - x[1]; i = y[2] - x[2];
+        printf "%.0f", (u + i > 0) ? 100 * u / (u + i) : 0}'
+}
+wait_quiet() { # -> prints the busy % of the last second before the round
+    local t0=$SECONDS b
+    while :; do
+        b=$(busy_pct)
+        if [ "$b" -le "$QUIET_PCT" ] || [ $((SECONDS - t0)) -ge "$QUIET_MAX" ]; then
+            echo "$b"
+            return
+        fi
+    done
+}
+
+# chart_bars DAT PNG TITLE PANEL...: a PNG with one bar chart per PANEL, side by side, from
+# the tab-separated DAT (first column: the bar's name; lines starting with # are comments).
+# PANEL is "COLUMN|panel title|y-axis label|printf format of the value over each bar";
+# COLUMN is a column number or a gnuplot expression in parentheses, e.g. ($2/1000).
+# Bars whose name starts with "sluice" are blue, the others grey.
+chart_bars() {
+    local dat=$1 png=$2 title=$3 n panel col ptitle ylabel fmt gp expr
+    shift 3
+    n=$#
+    gp="set terminal pngcairo size $((500 * n + 80)),580 font 'DejaVu Sans,11'
+set output '$png'
+set datafile separator tab
+set style fill solid 0.85 border lc rgb '#333333'
+set boxwidth 0.6
+set yrange [0:*]
+set offsets 0.6, 0.6, graph 0.12, 0
+set xtics nomirror rotate by -35 left offset -1,0
+set ytics nomirror
+set border 3
+set grid ytics lc rgb '#dddddd'
+set bmargin 7
+set multiplot layout 1,$n title '$title' font ',13'"
+    for panel in "$@"; do
+        IFS='|' read -r col ptitle ylabel fmt <<<"$panel"
+        if [[ "$col" == "("* ]]; then expr=$col; else expr="column($col)"; fi
+        gp+="
+set title '$ptitle'
+set ylabel '$ylabel'
+plot '$dat' using 0:($expr):(strstrt(strcol(1), 'sluice') == 1 ? 0x4477aa : 0xaaaaaa):xtic(1) \\
+        with boxes lc rgb variable notitle, \\
+     '' using 0:($expr):(sprintf('$fmt', $expr)) with labels offset 0,0.9 notitle"
+    done
+    gp+="
+unset multiplot"
+    gnuplot <<<"$gp"
 }

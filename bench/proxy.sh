@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Proxy cache-hit path with a rate-limit check, in one run on this machine:
 #   sluice (memory store, one worker) with an upstream source, a cache and a tier limit,
+#   sluice-catchall: sluice as a plain shared cache (endpoint "* /*", ttl = "origin", no limit),
 #   nginx proxy_cache + limit_req (one worker),
 #   Varnish (plain hit), and Varnish with a vsthrottle check per request (varnish-modules),
 # all in front of the same upstream (a separate nginx serving bench/body.json, 1 KB, with
@@ -10,6 +11,7 @@
 #   bench/proxy.sh                          # 3 rounds of 8 s at 50 connections
 #   ROUNDS=5 DURATION=10 CONNECTIONS=100 bench/proxy.sh
 #   PEERS="nginx varnish varnish-vsthrottle" bench/proxy.sh   # leave sluice out
+#   CHART=1 bench/proxy.sh                  # also write docs/bench/proxy.dat and proxy.png
 #   BUILD_DIR=build-pb bench/proxy.sh       # build and run sluice from another build dir
 #   SLUICE_BIN=/path/to/sluice bench/proxy.sh   # run that binary, build nothing
 #   PEERS="sluice sluice-body nginx" bench/proxy.sh   # sluice-body: the same cache and limit
@@ -18,12 +20,14 @@
 #
 # Before measuring, one verification request per peer (after a warming one) must answer
 # 200 with a body identical to the upstream's, from the peer's cache (X-Cache: HIT), and
-# for sluice with a rate-limit check (X-RateLimit-Remaining). A measured run with any
-# non-2xx answer or socket error fails the script.
+# for sluice and sluice-body with a rate-limit check (X-RateLimit-Remaining). A measured
+# run with any non-2xx answer or socket error fails the script.
 # Prints req/s, p50 latency and server CPU time per request (utime + stime of the
 # serving process, all its threads) for every round, the best round of each, and the
-# ratios sluice/nginx and sluice/varnish. Before each round the script waits (at most
-# QUIET_MAX=15 s) for both cores to be nearly idle, and prints how busy they were
+# ratios of each sluice peer to nginx and Varnish (and sluice-catchall / sluice). With
+# CHART=1 the best rounds go to $CHART_DIR/proxy.dat (default docs/bench) and a bar chart
+# of req/s, CPU per request and p50 to proxy.png. Before each round the script waits (at
+# most QUIET_MAX=15 s) for both cores to be nearly idle, and prints how busy they were
 # (pre-busy): a busy machine skews req/s more than CPU time per request.
 # Targets: sluice >= nginx, sluice >= 1.5 x Varnish.
 set -euo pipefail
@@ -31,7 +35,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 . bench/lib.sh
 BUILD_DIR=${BUILD_DIR:-build-bench}
-PEERS=${PEERS:-sluice nginx varnish varnish-vsthrottle}
+PEERS=${PEERS:-sluice sluice-catchall nginx varnish varnish-vsthrottle}
 PROFILE=${PROFILE:-0}
 # Varnish on one core: one thread pool; enough threads for every connection at once.
 VARNISH_PARAMS=${VARNISH_PARAMS:--p thread_pools=1 -p thread_pool_min=100 -p thread_pool_max=1000}
@@ -40,7 +44,7 @@ user_id=42
 has_peer() { [[ " $PEERS " == *" $1 "* ]]; }
 
 scripts/deps.sh bench
-if { has_peer sluice || has_peer sluice-body; } && [ -z "${SLUICE_BIN:-}" ]; then
+if { has_peer sluice || has_peer sluice-body || has_peer sluice-catchall; } && [ -z "${SLUICE_BIN:-}" ]; then
     cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
     cmake --build "$BUILD_DIR" -j"$(nproc)" --target sluice >/dev/null
 fi
@@ -116,6 +120,7 @@ wait_port "$port_up"
 declare -A pid_of port_of label_of
 label_of[sluice]="sluice memory store (tier + cache)"
 label_of[sluice-body]="sluice fixed body (tier + cache)"
+label_of[sluice-catchall]="sluice catch-all (* /*, no limit)"
 label_of[nginx]="nginx proxy_cache + limit_req"
 label_of[varnish]="varnish 7.1 hit"
 label_of[varnish-vsthrottle]="varnish 7.1 vsthrottle + hit"
@@ -193,6 +198,22 @@ has_peer varnish && start_varnish varnish ''
 has_peer varnish-vsthrottle && start_varnish varnish-vsthrottle \
     'if (vsthrottle.is_denied("u:" + req.http.X-User-Id, 100000000, 1h)) { return (synth(429)); }'
 
+start_sluice() { # NAME POLICY_DIR: one worker on CPU 1, memory store, no admin listener
+    local name=$1 dir=$2
+    "$sluice_bin" check "$dir" >/dev/null
+    port_of[$name]=$(free_port)
+    env -u REDIS_URL taskset -c "$SERVER_CPU" "$sluice_bin" serve --workers 1 --admin off \
+        --listen "127.0.0.1:${port_of[$name]}" "$dir" \
+        >"$work/$name.out" 2>"$work/$name-error.log" &
+    pid_of[$name]=$!
+    pids+=("$!")
+    for _ in $(seq 100); do
+        grep -q listening "$work/$name.out" 2>/dev/null && break
+        sleep 0.1
+    done
+    grep -q listening "$work/$name.out" || die "$name did not start"
+}
+
 # --- sluice: one worker, memory store, the upstream source with a cache and a tier limit ---
 if has_peer sluice; then
     mkdir -p "$work/policies"
@@ -202,18 +223,7 @@ tier "free" { limit = 100000000, window = "1h" }   -- a limit check on every req
 identity { user = header "X-User-Id", default_tier = "free" }
 endpoint "GET /bench" { upstream = "app", cache = { ttl = "1h", key = "bench:{user}" }, limit = "tier" }
 EOF
-    "$sluice_bin" check "$work/policies" >/dev/null
-    port_of[sluice]=$(free_port)
-    env -u REDIS_URL taskset -c "$SERVER_CPU" "$sluice_bin" serve --workers 1 --admin off \
-        --listen "127.0.0.1:${port_of[sluice]}" "$work/policies" \
-        >"$work/sluice.out" 2>"$work/sluice-error.log" &
-    pid_of[sluice]=$!
-    pids+=("$!")
-    for _ in $(seq 100); do
-        grep -q listening "$work/sluice.out" 2>/dev/null && break
-        sleep 0.1
-    done
-    grep -q listening "$work/sluice.out" || die "sluice did not start"
+    start_sluice sluice "$work/policies"
 fi
 
 # --- sluice-body (optional): the same tier limit and cache on a fixed-body source --------
@@ -228,22 +238,24 @@ if has_peer sluice-body; then
         echo '  limit = "tier",'
         echo '}'
     } >"$work/policies-body/bench.lua"
-    port_of[sluice-body]=$(free_port)
-    env -u REDIS_URL taskset -c "$SERVER_CPU" "$sluice_bin" serve --workers 1 --admin off \
-        --listen "127.0.0.1:${port_of[sluice-body]}" "$work/policies-body" \
-        >"$work/sluice-body.out" 2>"$work/sluice-body-error.log" &
-    pid_of[sluice-body]=$!
-    pids+=("$!")
-    for _ in $(seq 100); do
-        grep -q listening "$work/sluice-body.out" 2>/dev/null && break
-        sleep 0.1
-    done
-    grep -q listening "$work/sluice-body.out" || die "sluice (fixed body) did not start"
+    start_sluice sluice-body "$work/policies-body"
+fi
+
+# --- sluice-catchall: the plain shared cache of docs/policies.md in front of the upstream ---
+# Every method and path forwarded; what is stored and for how long is the upstream's word
+# (Cache-Control: max-age=3600 on /bench); no identity, no limit.
+if has_peer sluice-catchall; then
+    mkdir -p "$work/policies-catchall"
+    cat >"$work/policies-catchall/bench.lua" <<EOF
+upstream "origin" { url = "http://127.0.0.1:$port_up" }
+endpoint "* /*" { upstream = "origin", cache = { ttl = "origin" } }
+EOF
+    start_sluice sluice-catchall "$work/policies-catchall"
 fi
 
 # --- verification: a warming request, then one that must be a cache hit --------------------
 order=()
-for p in sluice sluice-body nginx varnish varnish-vsthrottle; do has_peer "$p" && order+=("$p"); done
+for p in sluice sluice-catchall sluice-body nginx varnish varnish-vsthrottle; do has_peer "$p" && order+=("$p"); done
 [ ${#order[@]} -gt 0 ] || die "no peer in PEERS='$PEERS'"
 for p in "${order[@]}"; do
     url="http://127.0.0.1:${port_of[$p]}/bench"
@@ -259,38 +271,16 @@ for p in "${order[@]}"; do
     cmp -s "$work/$p.body" "$body" || die "$p: body differs from the upstream's"
     cmp -s "$work/$p.body0" "$body" || die "$p: body of the first (miss) request differs from the upstream's"
     grep -qi '^X-Cache: *HIT' "$work/$p.h" || { cat "$work/$p.h" >&2; die "$p: verification request was not a cache hit"; }
-    if [[ "$p" == sluice* ]]; then
+    if [ "$p" = sluice ] || [ "$p" = sluice-body ]; then
         grep -qi '^X-RateLimit-Remaining' "$work/$p.h" || { cat "$work/$p.h" >&2; die "$p: no rate-limit check on the hit"; }
     fi
 done
 echo "verified: 200, X-Cache: HIT, body identical to the upstream's (1024 bytes) for: ${order[*]}"
-if has_peer sluice; then
-    echo "sluice hit headers:"
-    tr -d '\r' <"$work/sluice.h" | sed -n '2,$p' | grep . | sed 's/^/    /'
-fi
-
-# Other work on this machine skews a round. Before each round, wait (at most QUIET_MAX s)
-# for a second in which both cores are at most QUIET_PCT % busy; print what was seen.
-QUIET_PCT=${QUIET_PCT:-10}
-QUIET_MAX=${QUIET_MAX:-15}
-busy_pct() { # over one second, all cores
-    local a b
-    a=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN {split(a, x); split(b, y); u = y[1] - x[1]; i = y[2] - x[2];
-        printf "%.0f", (u + i > 0) ? 100 * u / (u + i) : 0}'
-}
-wait_quiet() { # -> prints the busy % of the last second before the round
-    local t0=$SECONDS b
-    while :; do
-        b=$(busy_pct)
-        if [ "$b" -le "$QUIET_PCT" ] || [ $((SECONDS - t0)) -ge "$QUIET_MAX" ]; then
-            echo "$b"
-            return
-        fi
-    done
-}
+for p in sluice sluice-catchall; do
+    has_peer "$p" || continue
+    echo "$p hit headers:"
+    tr -d '\r' <"$work/$p.h" | sed -n '2,$p' | grep . | sed 's/^/    /'
+done
 
 # run PEER -> prints "rps p50 us_per_req"
 run() {
@@ -332,15 +322,41 @@ ratio() { # SLUICE_PEER PEER TARGET
     awk -v s="${best[$1]}" -v n="${best[$2]}" -v t="$3" -v a="$1" -v b="$2" \
         -v su="${best_us[$1]}" -v nu="${best_us[$2]}" 'BEGIN {
         r = s / n
-        printf "%-11s / %-18s = %.2f  (target >= %.1f: %s); server CPU per request %.2fx less\n",
+        printf "%-15s / %-18s = %.2f  (target >= %.1f: %s); server CPU per request %.2fx less\n",
             a, b, r, t, (r >= t) ? "met" : "NOT met", nu / su
     }'
 }
-for s in sluice sluice-body; do
+for s in sluice sluice-catchall sluice-body; do
     ratio "$s" nginx 1.0
     ratio "$s" varnish 1.5
     ratio "$s" varnish-vsthrottle 1.5
 done
+if has_peer sluice-catchall && has_peer sluice; then
+    awk -v c="${best[sluice-catchall]}" -v s="${best[sluice]}" \
+        -v cu="${best_us[sluice-catchall]}" -v su="${best_us[sluice]}" 'BEGIN {
+        printf "sluice-catchall / sluice = %.2f (req/s); server CPU per request: %.2fx\n", c / s, cu / su
+    }'
+fi
+
+# --- CHART=1: the best round of each peer as data, and a bar chart ---------------------------
+if [ "$CHART" = 1 ]; then
+    mkdir -p "$CHART_DIR"
+    dat="$CHART_DIR/proxy.dat"
+    {
+        echo "# bench/proxy.sh, $(date -u '+%Y-%m-%d %H:%M UTC'): best of $ROUNDS rounds of ${DURATION}s at c$CONNECTIONS,"
+        echo "# server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU; PEERS=\"$PEERS\""
+        printf '# peer\treq/s\tp50 (us)\tserver CPU us/req\n'
+        for p in "${order[@]}"; do
+            printf '%s\t%s\t%s\t%s\n' "$p" "${best[$p]}" "$(lat_us "${best_p50[$p]}")" "${best_us[$p]}"
+        done
+    } >"$dat"
+    chart_bars "$dat" "$CHART_DIR/proxy.png" \
+        "bench/proxy.sh $(date -u +%Y-%m-%d): 1 KB cache hit, c$CONNECTIONS, best of $ROUNDS x ${DURATION}s, server on one core" \
+        "(\$2/1000)|req/s (higher is better)|thousand requests per second|%.1fk" \
+        "4|server CPU per request (lower is better)|CPU µs per request|%.1f" \
+        "3|median latency (lower is better)|p50 (µs)|%.0f"
+    echo "chart: $dat, $CHART_DIR/proxy.png"
+fi
 
 # --- optional profile of sluice under the same load ---------------------------------------
 PROFILE_PEER=${PROFILE_PEER:-sluice}

@@ -6,9 +6,11 @@
 #   bench/run.sh                 # 3 rounds of 8 s at 50 connections
 #   ROUNDS=5 DURATION=10 CONNECTIONS=100 bench/run.sh
 #   CALLERS=1000 bench/run.sh    # the Redis part with requests spread over 1000 callers
+#   CHART=1 bench/run.sh         # also write docs/bench/run.dat and run.png
 #
 # Prints req/s, p50 latency and server CPU time per request for each peer, and
-# the ratio sluice / nginx of the best round of each.
+# the ratio sluice / nginx of the best round of each. With CHART=1 the best round of
+# each peer goes to $CHART_DIR/run.dat (default docs/bench), drawn as bars in run.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -114,19 +116,30 @@ run() {
     echo "$wrk_result"
 }
 
+# keep_best PEER RPS P50 US: remember the round of PEER with the most req/s.
+declare -A best best_p50 best_us
+peers=()
+keep_best() {
+    if [ -z "${best[$1]:-}" ]; then
+        peers+=("$1")
+        best[$1]=0
+    fi
+    if awk -v a="${best[$1]}" -v b="$2" 'BEGIN {exit !(b > a)}'; then
+        best[$1]=$2 best_p50[$1]=$3 best_us[$1]=$4
+    fi
+}
+
 printf '%-34s %5s %12s %9s %12s\n' peer round req/s p50 cpu-us/req
-best_s=0
-best_n=0
 for r in $(seq "$ROUNDS"); do
     read -r rps p50 us < <(run nginx "$nginx_pid" "http://127.0.0.1:$port_nginx/api/bench")
     printf '%-34s %5s %12s %9s %12s\n' "nginx proxy_cache + limit_req" "$r" "$rps" "$p50" "$us"
-    best_n=$(awk -v a="$best_n" -v b="$rps" 'BEGIN {print (b > a) ? b : a}')
+    keep_best nginx "$rps" "$p50" "$us"
     read -r rps p50 us < <(run sluice "$sluice_pid" "http://127.0.0.1:$port_sluice/api/bench")
     printf '%-34s %5s %12s %9s %12s\n' "sluice memory store (tier + cache)" "$r" "$rps" "$p50" "$us"
-    best_s=$(awk -v a="$best_s" -v b="$rps" 'BEGIN {print (b > a) ? b : a}')
+    keep_best sluice "$rps" "$p50" "$us"
 done
 echo
-awk -v s="$best_s" -v n="$best_n" 'BEGIN {
+awk -v s="${best[sluice]}" -v n="${best[nginx]}" 'BEGIN {
     printf "best of each: sluice %.0f req/s, nginx %.0f req/s: ratio sluice/nginx = %.2f\n", s, n, s / n
 }'
 
@@ -258,19 +271,36 @@ EOF
     echo
     echo "redis part: requests from $CALLERS caller(s)"
     printf '%-34s %5s %12s %9s %12s\n' peer round req/s p50 cpu-us/req
-    best_sr=0
-    best_nl=0
     for r in $(seq "$ROUNDS"); do
         read -r rps p50 us < <(run nginx-lua "$nginx_lua_pid" "http://127.0.0.1:$port_nginx_lua/api/bench")
         printf '%-34s %5s %12s %9s %12s\n' "nginx+lua redis limit + proxy_cache" "$r" "$rps" "$p50" "$us"
-        best_nl=$(awk -v a="$best_nl" -v b="$rps" 'BEGIN {print (b > a) ? b : a}')
+        keep_best nginx-lua-redis "$rps" "$p50" "$us"
         read -r rps p50 us < <(run sluice-redis "$sluice_redis_pid" "http://127.0.0.1:$port_sluice_redis/api/bench")
         printf '%-34s %5s %12s %9s %12s\n' "sluice redis store (tier + cache)" "$r" "$rps" "$p50" "$us"
-        best_sr=$(awk -v a="$best_sr" -v b="$rps" 'BEGIN {print (b > a) ? b : a}')
+        keep_best sluice-redis "$rps" "$p50" "$us"
     done
     grep -q degraded "$work/sluice-redis.err" && echo "bench: sluice fell back from Redis during the run" >&2
     echo
-    awk -v s="$best_sr" -v n="$best_nl" 'BEGIN {
+    awk -v s="${best[sluice-redis]}" -v n="${best[nginx-lua-redis]}" 'BEGIN {
         printf "redis, best of each: sluice %.0f req/s, nginx+lua %.0f req/s: ratio sluice/nginx+lua = %.2f\n", s, n, s / n
     }'
+fi
+
+# --- CHART=1: the best round of each peer as data, and a bar chart ---------------------------
+if [ "$CHART" = 1 ]; then
+    mkdir -p "$CHART_DIR"
+    dat="$CHART_DIR/run.dat"
+    {
+        echo "# bench/run.sh, $(date -u '+%Y-%m-%d %H:%M UTC'): best of $ROUNDS rounds of ${DURATION}s at c$CONNECTIONS,"
+        echo "# server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU; redis part from $CALLERS caller(s)"
+        printf '# peer\treq/s\tp50 (us)\tserver CPU us/req\n'
+        for p in "${peers[@]}"; do
+            printf '%s\t%s\t%s\t%s\n' "$p" "${best[$p]}" "$(lat_us "${best_p50[$p]}")" "${best_us[$p]}"
+        done
+    } >"$dat"
+    chart_bars "$dat" "$CHART_DIR/run.png" \
+        "bench/run.sh $(date -u +%Y-%m-%d): 1 KB cache hit + limit check, c$CONNECTIONS, best of $ROUNDS x ${DURATION}s" \
+        "(\$2/1000)|req/s (higher is better)|thousand requests per second|%.1fk" \
+        "4|server CPU per request (lower is better)|CPU µs per request|%.1f"
+    echo "chart: $dat, $CHART_DIR/run.png"
 fi

@@ -9,7 +9,8 @@ build_pkgs=(build-essential cmake pkg-config clang clang-format
             postgresql postgresql-common curl
             python3-psycopg2)  # examples/proxy/app.py (scripts/run-proxy-example.sh, e2e)
 test_pkgs=(libcmocka-dev lua-busted lua-dkjson redis-server python3 libclang-rt-14-dev faketime)
-bench_pkgs=(wrk nginx varnish varnish-modules lua-nginx-redis libnginx-mod-http-lua linux-perf)
+bench_pkgs=(wrk nginx varnish varnish-modules lua-nginx-redis libnginx-mod-http-lua linux-perf
+            gnuplot-nox)  # the charts of bench/*.sh with CHART=1
 
 pkgs=("${build_pkgs[@]}")
 case "$level" in
