@@ -393,6 +393,17 @@ gw_add_limit_headers(struct gw_req *rq)
     size_t n = rq->admit.nlimits; /* the limits counted: none for warming */
     if (n == 0)
         return;
+    if (!rq->admit.allowed) {
+        /* Refused: no limit counted this request, not even those that would have admitted it,
+         * whose results tell what was left after it. */
+        for (size_t i = 0; i < n; i++) {
+            struct limiter_result *r = &rq->results[i];
+            if (r->allowed)
+                r->remaining = r->remaining + rq->limits[i].cost < r->limit
+                                   ? r->remaining + rq->limits[i].cost
+                                   : r->limit;
+        }
+    }
     size_t pick = 0;
     for (size_t i = 1; i < n; i++) {
         const struct limiter_result *a = &rq->results[pick], *b = &rq->results[i];

@@ -38,6 +38,13 @@ endpoint "GET /eight" {
 }
 """
 
+TWO_LIMITS = """
+endpoint "GET /two" {
+  body = '{}',
+  limit = { { limit = 10, window = "1m", key = "ten:{ip}" }, { limit = 1, window = "1m", key = "one:{ip}" } },
+}
+"""
+
 EIGHT = ",\n".join('    { limit = %d, window = "1m", key = "l%d:{ip}" }' % (100 + i, i)
                    for i in range(1, 9))
 
@@ -50,6 +57,7 @@ class ExplainAgreesWithServer(SluiceTestCase):
         cls.dir = tempfile.mkdtemp(prefix="sluice-explain-")
         with open(os.path.join(cls.dir, "10-main.lua"), "w") as f:
             f.write(POLICY % {"port": cls.origin.port, "limits": EIGHT})
+            f.write(TWO_LIMITS)
         cls.s = cls.start(cls.dir)
 
     def explain(self, request, headers=(), body=None):
@@ -113,6 +121,17 @@ class ExplainAgreesWithServer(SluiceTestCase):
         # The remaining budget of each limit moved by the one request just sent.
         remaining = [int(item.split("r=")[1].split(";")[0]) for item in h["ratelimit"].split(",")]
         self.assertEqual(remaining, [l["limit"] - 1 for l in e["limits"]])
+
+    def test_an_uncharged_limit_keeps_its_remaining_count(self):
+        # When one limit refuses, no limit counts the request: the RateLimit field of a limit
+        # that would have admitted it shows what is left without it.
+        def remaining(h):
+            return [int(item.split("r=")[1].split(";")[0]) for item in h["ratelimit"].split(",")]
+        st, h, _ = self.s.request("GET", "/two")
+        self.assertEqual((st, remaining(h)), (200, [9, 0]))
+        for _ in range(2):
+            st, h, _ = self.s.request("GET", "/two")
+            self.assertEqual((st, remaining(h)), (429, [9, 0]))
 
 
 if __name__ == "__main__":
