@@ -1,6 +1,8 @@
 /* util.c - allocation that aborts on exhaustion, small string and time helpers. */
 #include "util.h"
 
+#include <endian.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,6 +146,37 @@ util_fnv1a(const void *p, size_t n)
         h ^= b[i];
         h *= 1099511628211ULL;
     }
+    return h;
+}
+
+static uint64_t
+load_le64(const unsigned char *p, size_t n)
+{
+    uint64_t w = 0;
+    for (size_t i = 0; i < n; i++)
+        w |= (uint64_t)p[i] << (8 * i);
+    return w;
+}
+
+uint64_t
+util_hash64(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    const uint64_t m1 = 0xff51afd7ed558ccdULL, m2 = 0xc4ceb9fe1a85ec53ULL;
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (n * m2);
+    for (; n >= 8; b += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, b, 8);
+        w = le64toh(w) * m1;
+        h ^= (w << 31) | (w >> 33);
+        h = ((h << 27) | (h >> 37)) * m2 + 0x52dce729;
+    }
+    h ^= load_le64(b, n) * m1;
+    h ^= h >> 33;
+    h *= m1;
+    h ^= h >> 33;
+    h *= m2;
+    h ^= h >> 33;
     return h;
 }
 

@@ -24,6 +24,14 @@ size_t util_u64(char *out, uint64_t v);
 /* FNV-1a 64 of p[0..n): hash tables, statement names, fingerprints. Not for secrets. */
 uint64_t util_fnv1a(const void *p, size_t n);
 
+/*
+ * A 64-bit hash of n bytes read eight at a time (little-endian words, a
+ * multiply-rotate mix and a final avalanche): about ten times as fast as
+ * util_fnv1a on long input, the same on every host. For hashing bodies
+ * (entity tags); not for security.
+ */
+uint64_t util_hash64(const void *p, size_t n);
+
 /* ms milliseconds as a struct timeval (for libevent timers). */
 struct timeval util_ms_to_tv(uint64_t ms);
 

@@ -813,7 +813,7 @@ httpcache_etag_matches(const char *inm, size_t len, const char *etag)
 void
 httpcache_etag_of(const char *body, size_t len, char out[19])
 {
-    uint64_t h = util_fnv1a(body, len);
+    uint64_t h = util_hash64(body, len);
     snprintf(out, 19, "\"%016llx\"", (unsigned long long)h);
 }
 
