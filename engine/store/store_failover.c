@@ -15,9 +15,17 @@
  *   - the cache is bypassed: no lookup, and a->bypassed tells the gateway
  *     not to fill (X-Cache: BYPASS);
  *   - the limits are checked by the fallback, the in-process memory store,
- *     so each instance counts alone: N instances admit at most N x limit
- *     (fail open);
+ *     so each instance counts alone (fail open);
  *   - a request with a fail-closed limit is refused (a->refused_closed; 503).
+ *
+ * Shadow counts. Every request the primary admits is counted by the
+ * fallback too, and refused should the fallback's own count refuse it. So
+ * the fallback never starts from zero: an instance that used 60 of a
+ * 100/h limit before Redis went away admits 40 more while it is away, and
+ * the same after a Redis that restarted empty. Bound: each instance admits
+ * at most the limit per window by its own count, so N instances at most
+ * N x limit in all, whatever Redis does; while Redis answers, the limit
+ * (one count for everyone).
  *
  * Breaker. After `failures` consecutive failures it opens: the primary is
  * not called for cooldown_ms, so requests do not wait for a dead server's
@@ -123,10 +131,21 @@ use_primary(struct failover *f, bool may_probe)
 struct admit_op {
     struct failover *f;
     struct store_admit *a;
-    struct store_admit local; /* the fallback's view: limits only */
+    struct store_admit local;        /* the fallback's view: limits only */
+    struct limiter_result *shadowed; /* the fallback's results of a request Redis admitted */
     store_done_fn *done;
     void *arg;
 };
+
+static void
+admit_op_done(struct admit_op *op, int status)
+{
+    store_done_fn *done = op->done;
+    void *darg = op->arg;
+    free(op->shadowed);
+    free(op);
+    done(darg, status);
+}
 
 static void
 on_fallback(void *arg, int status)
@@ -139,10 +158,7 @@ on_fallback(void *arg, int status)
     a->state = STORE_MISS;
     a->entry = NULL;
     a->bypassed = true;
-    store_done_fn *done = op->done;
-    void *darg = op->arg;
-    free(op);
-    done(darg, status);
+    admit_op_done(op, status);
 }
 
 static void
@@ -164,10 +180,7 @@ fallback(struct admit_op *op)
             a->refused_closed = true;
             a->bypassed = true;
             a->now_ms = store_now_ms();
-            store_done_fn *done = op->done;
-            void *darg = op->arg;
-            free(op);
-            done(darg, 0);
+            admit_op_done(op, 0);
             return;
         }
     }
@@ -179,17 +192,52 @@ fallback(struct admit_op *op)
     store_admit_and_lookup(f->fallback, &op->local, on_fallback, op);
 }
 
+/*
+ * The fallback's count of a request the primary admitted. Should the local
+ * count refuse it (this instance alone already used the whole limit: the
+ * primary lost its counts, a restarted Redis starts empty), the request is
+ * refused after all; the primary counted it, which errs on the safe side.
+ */
+static void
+on_shadowed(void *arg, int status)
+{
+    struct admit_op *op = arg;
+    struct store_admit *a = op->a;
+
+    if (status == 0 && !op->local.allowed) {
+        memcpy(a->results, op->shadowed, a->nlimits * sizeof(*a->results));
+        a->allowed = false;
+        store_entry_release(a->entry);
+        a->entry = NULL;
+        a->state = STORE_MISS;
+        if (a->lease_taken)
+            store_release_lease(op->f->primary, a->cache_key, a->cache_keylen);
+        a->lease_taken = false;
+    }
+    admit_op_done(op, 0);
+}
+
 static void
 on_primary_admit(void *arg, int status)
 {
     struct admit_op *op = arg;
+    struct store_admit *a = op->a;
 
     if (status == 0) {
         on_success(op->f);
-        store_done_fn *done = op->done;
-        void *darg = op->arg;
-        free(op);
-        done(darg, 0);
+        if (!a->allowed || a->nlimits == 0) {
+            admit_op_done(op, 0);
+            return;
+        }
+        /* Admitted by the shared count: counted in-process too, so that the fallback starts
+         * from what this instance used when Redis goes away (or comes back empty). */
+        op->shadowed = xcalloc(a->nlimits, sizeof(*op->shadowed));
+        op->local = (struct store_admit){
+            .limits = a->limits,
+            .nlimits = a->nlimits,
+            .results = op->shadowed,
+        };
+        store_admit_and_lookup(op->f->fallback, &op->local, on_shadowed, op);
         return;
     }
     on_failure(op->f);

@@ -1473,6 +1473,48 @@ test_failover_recovers(void **state)
     store_memory_free(m);
 }
 
+/* The fallback counts what Redis admits: it goes on from this instance's count when Redis goes
+ * away, and refuses past the limit when a Redis that restarted empty would admit again. */
+static void
+test_failover_shadow_counts(void **state)
+{
+    struct store *r = open_fresh(50);
+    struct store_memory *m = store_memory_new(1 << 20);
+    struct store_failover_config cfg = {.failures = 1, .cooldown_ms = 50, .name = "test"};
+    struct store *s = store_failover_new(r, store_memory_handle(m), &cfg);
+    struct limiter_result res;
+    struct store_admit a;
+    int admitted = 0;
+
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(admit1(s, "shadow", 5, false, &res, &a), 0);
+        assert_false(a.bypassed);
+        admitted += a.allowed;
+    }
+    assert_int_equal(admitted, 3);
+    server_kill(SIGKILL);
+    admitted = 0;
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(admit1(s, "shadow", 5, false, &res, &a), 0);
+        assert_true(a.bypassed);
+        admitted += a.allowed;
+    }
+    assert_int_equal(admitted, 2);       /* 5 in all, not 3 + 5 */
+    assert_int_equal(server_start(), 0); /* an empty Redis */
+    bool back = false;
+    for (int i = 0; i < 200 && !back; i++) {
+        assert_int_equal(admit1(s, "shadow", 5, false, &res, &a), 0);
+        back = !a.bypassed;
+        if (!back)
+            loop_for(20);
+    }
+    assert_true(back);
+    assert_false(a.allowed); /* Redis counted 1 of 5, this instance is at 5 of 5 */
+    assert_int_equal(res.remaining, 0);
+    s->ops->destroy(s);
+    store_memory_free(m);
+}
+
 /* A stored response written before the ages were part of its trailer still reads, with
  * zero ages; one written now reads back with them. */
 static void
@@ -1558,6 +1600,7 @@ main(void)
         cmocka_unit_test(test_failover_removal),
         cmocka_unit_test(test_failover_limits_in_process),
         cmocka_unit_test(test_failover_recovers),
+        cmocka_unit_test(test_failover_shadow_counts),
         cmocka_unit_test(test_codec_reads_values_without_ages),
     };
     int failed;
