@@ -297,25 +297,53 @@ line_starts(const char *line, size_t len, const char *const *names, size_t n)
     return false;
 }
 
-/* Drops from the "Name: value\r\n" lines of b those the request must not forward. */
-static void
-drop_fields(struct sbuf *b, bool filling)
+/* Whether the "Name: value" line at line[0..len) is the field `name` (ignoring case). */
+static bool
+line_is(const char *line, size_t len, const char *name)
 {
+    size_t nl = name ? strlen(name) : 0;
+    return nl && len > nl && line[nl] == ':' && strncasecmp(line, name, nl) == 0;
+}
+
+/*
+ * Drops from the client's "Name: value\r\n" lines in b those the request must not forward,
+ * and the identity headers, which add_identity() writes again.
+ */
+static void
+drop_fields(struct gw_req *rq, struct sbuf *b, bool filling)
+{
+    const struct policy_identity *id = &rq->policy->identity;
     size_t o = 0;
     for (size_t i = 0; i < b->len;) {
         const char *nl = memchr(b->p + i, '\n', b->len - i);
         size_t len = nl ? (size_t)(nl - (b->p + i)) + 1 : b->len - i;
-        bool drop = line_starts(b->p + i, len, always_dropped,
+        const char *line = b->p + i;
+        bool drop = line_starts(line, len, always_dropped,
                                 sizeof(always_dropped) / sizeof(always_dropped[0])) ||
-                    (filling && line_starts(b->p + i, len, fill_dropped,
-                                            sizeof(fill_dropped) / sizeof(fill_dropped[0])));
+                    (filling && line_starts(line, len, fill_dropped,
+                                            sizeof(fill_dropped) / sizeof(fill_dropped[0]))) ||
+                    line_is(line, len, id->user_header) || line_is(line, len, id->tenant_header);
         if (!drop) {
-            memmove(b->p + o, b->p + i, len);
+            memmove(b->p + o, line, len);
             o += len;
         }
         i += len;
     }
     b->len = o;
+}
+
+/*
+ * The caller's identity as the upstream receives it: each identity header once, with the value
+ * the keys and limits used (the canonical form of a typed value), or not at all when absent.
+ */
+static void
+add_identity(const struct gw_req *rq, struct sbuf *b)
+{
+    const struct policy_identity *id = &rq->policy->identity;
+    if (rq->user)
+        sbuf_printf(b, "%s: %.*s\r\n", id->user_header, (int)rq->user_len, rq->user);
+    if (rq->tenant)
+        sbuf_printf(b, "%s: %.*s\r\n", id->tenant_header, (int)rq->tenant_len, rq->tenant);
 }
 
 /*
@@ -359,7 +387,8 @@ gw_proxy_run(struct gw_req *rq)
         return;
     }
     upstream_forward_headers(h, rq->sr->ip, &headers);
-    drop_fields(&headers, filling);
+    drop_fields(rq, &headers, filling);
+    add_identity(rq, &headers);
     if (filling)
         add_validators(rq, &headers);
     bool safe = h->method == HTTP_GET || h->method == HTTP_HEAD;

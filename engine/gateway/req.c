@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "httpcache.h"
 #include "template.h"
@@ -309,6 +310,12 @@ gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t nam
         assert(namelen < sizeof(hn)); /* template names are at most TEMPLATE_MAX_NAME */
         memcpy(hn, name, namelen);
         hn[namelen] = '\0';
+        /* An identity header reads as the caller's value: its canonical form. */
+        const struct policy_identity *id = &rq->policy->identity;
+        if (id->user_header && strcasecmp(hn, id->user_header) == 0)
+            return gw_lookup(rq, TV_USER, NULL, 0, val, len);
+        if (id->tenant_header && strcasecmp(hn, id->tenant_header) == 0)
+            return gw_lookup(rq, TV_TENANT, NULL, 0, val, len);
         const struct http_str *v = http_header_get(h, hn);
         if (!v)
             return 0;

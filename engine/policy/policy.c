@@ -193,6 +193,26 @@ compile_tiers(struct compile *c)
     lua_pop(L, 1);
 }
 
+/* The type of an identity header's values ({ header = ..., integer | uuid | pattern }, at the
+ * top) into *chk; a pattern that does not compile is an error of the identity block. */
+static void
+compile_identity_check(struct compile *c, const char *field, struct identity_check *chk)
+{
+    lua_State *L = c->L;
+    enum identity_type type = IDENTITY_TEXT;
+    char *pattern = field_str(L, "pattern");
+    if (field_bool(L, "integer"))
+        type = IDENTITY_INTEGER;
+    else if (field_bool(L, "uuid"))
+        type = IDENTITY_UUID;
+    else if (pattern)
+        type = IDENTITY_PATTERN;
+    char err[256];
+    if (identity_check_init(chk, type, pattern, err, sizeof(err)) != 0)
+        cerr(c, "identity: %s: %s", field, err);
+    free(pattern);
+}
+
 static void
 compile_identity(struct compile *c)
 {
@@ -206,12 +226,16 @@ compile_identity(struct compile *c)
     }
     set_location(c);
     lua_getfield(L, -1, "user");
-    if (lua_istable(L, -1))
+    if (lua_istable(L, -1)) {
         id->user_header = field_str(L, "header");
+        compile_identity_check(c, "user", &id->user_check);
+    }
     lua_pop(L, 1);
     lua_getfield(L, -1, "tenant");
-    if (lua_istable(L, -1))
+    if (lua_istable(L, -1)) {
         id->tenant_header = field_str(L, "header");
+        compile_identity_check(c, "tenant", &id->tenant_check);
+    }
     lua_pop(L, 1);
     lua_getfield(L, -1, "tier");
     if (lua_istable(L, -1)) {
@@ -695,6 +719,8 @@ policy_release(struct policy *p)
     free(p->tiers);
     free(p->identity.user_header);
     free(p->identity.tenant_header);
+    identity_check_fini(&p->identity.user_check);
+    identity_check_fini(&p->identity.tenant_check);
     free(p->identity.tier_header);
     free(p->identity.tier_sql);
     free_templates(p->identity.tier_args, p->identity.ntier_args);

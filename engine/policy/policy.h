@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "identity.h"
 #include "limiter.h"
 
 struct template;
@@ -134,8 +135,10 @@ struct policy_endpoint {
 };
 
 struct policy_identity {
-    char *user_header;           /* NULL: everyone is anonymous */
-    char *tenant_header;         /* NULL: no tenants */
+    char *user_header;                /* NULL: everyone is anonymous */
+    char *tenant_header;              /* NULL: no tenants */
+    struct identity_check user_check; /* what the user's value must be, and its canonical form */
+    struct identity_check tenant_check;
     char *tier_header;           /* tier taken from a trusted header, or */
     char *tier_sql;              /* looked up with this statement ... */
     struct template **tier_args; /* ... and these arguments */

@@ -40,12 +40,13 @@ local EXAMPLES = {
 -- keyed here to the data the validator sees.
 local markers = setmetatable({}, { __mode = "k" })
 
-local function marker(data, view)
+local function marker(data, view, call)
   local proxy = setmetatable({}, {
     __index = view,
     __newindex = function()
       error(view.kind .. "(...) values are read-only", 2)
     end,
+    __call = call,
     __metatable = false,
   })
   markers[proxy] = data
@@ -138,8 +139,21 @@ local function file_functions(ctx)
     declare("identity", nil, line).fields = copy(f)
   end
 
-  local function header(name)
-    return marker({ [MARK] = "header", name = name }, { kind = "header", name = name })
+  -- header "X-User-Id", header("X-User-Id", { integer = true }), or the same options
+  -- written header "X-User-Id" { integer = true }.
+  local function header(name, ...)
+    local data = { [MARK] = "header", name = name }
+    if select("#", ...) > 0 then
+      data.opts = copy((...))
+      data.has_opts = true
+    end
+    local call
+    if not data.has_opts then
+      call = function(_, opts)
+        return header(name, opts)
+      end
+    end
+    return marker(data, { kind = "header", name = name }, call)
   end
 
   -- sql("SELECT ... $1", "{user}", ...) or sql("...", { "{user}", ... })

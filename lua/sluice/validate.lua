@@ -581,7 +581,45 @@ end
 local IDENTITY_FIELDS = { "user", "tenant", "tier", "tier_ttl", "default_tier" }
 local TIER_ARG_VARS = { user = true, tenant = true, ip = true, header = true }
 
-local function header_source(c, v, field)
+-- What an identity header's value must be: header("X-User-Id", { integer = true }).
+local HEADER_OPTIONS = { "integer", "uuid", "pattern" }
+local HEADER_OPTIONS_EXAMPLE = '{ integer = true }, { uuid = true } or { pattern = "[a-z0-9-]{1,64}" }'
+
+-- Checks the options of an identity header into src (integer, uuid or pattern).
+local function header_options(c, opts, field, src)
+  if opts == nil then return end
+  if not is_plain_table(opts) then
+    c:err(field, "expected options " .. HEADER_OPTIONS_EXAMPLE .. " after the header name, got " .. describe(opts))
+    return
+  end
+  c:only(opts, HEADER_OPTIONS, field)
+  local given = {}
+  for _, k in ipairs({ "integer", "uuid" }) do
+    if opts[k] ~= nil and c:boolean(opts[k], field .. "." .. k, false) then
+      src[k] = true
+      given[#given + 1] = k
+    end
+  end
+  if opts.pattern ~= nil then
+    local p = c:string(opts.pattern, field .. ".pattern")
+    if p == "" then
+      c:err(field .. ".pattern", "is empty")
+    elseif p and p:find("\0", 1, true) then
+      c:err(field .. ".pattern", "may not hold a NUL byte")
+    elseif p then
+      -- A POSIX extended regular expression (as grep -E reads it); the engine compiles it
+      -- and reports one that does not compile. It must match the whole value.
+      src.pattern = p
+      given[#given + 1] = "pattern"
+    end
+  end
+  if #given > 1 then
+    c:err(field, table.concat(given, " and ") .. " exclude each other; give one")
+  end
+end
+
+-- header "NAME", with options when allow_options (the user and tenant headers).
+local function header_source(c, v, field, allow_options)
   if v == nil then return nil end
   if not is_marker(v, "header") then
     local hint = type(v) == "string" and (" (write " .. field .. " = header " .. quote(v) .. ")") or ""
@@ -593,16 +631,25 @@ local function header_source(c, v, field)
       .. describe(v.name))
     return nil
   end
-  return { header = v.name }
+  local src = { header = v.name }
+  if v.opts ~= nil and not allow_options then
+    c:err(field, "takes no options: its value is matched against the declared tier names")
+  elseif allow_options then
+    header_options(c, v.opts, field, src)
+  end
+  return src
 end
 
 local function identity_decl(c, decl, f)
   c:only(f, IDENTITY_FIELDS)
   local id = { file = decl.file, line = decl.line }
-  id.user = header_source(c, f.user, "user")
-  id.tenant = header_source(c, f.tenant, "tenant")
+  id.user = header_source(c, f.user, "user", true)
+  id.tenant = header_source(c, f.tenant, "tenant", true)
   if f.user == nil and f.tenant == nil then
     c:err(nil, 'declares neither user nor tenant (e.g. user = header "X-User-Id")')
+  end
+  if id.user and id.tenant and id.user.header:lower() == id.tenant.header:lower() then
+    c:err("tenant", "reads header " .. quote(id.tenant.header) .. " as user does; give each its own header")
   end
   local tier = f.tier
   if tier ~= nil then

@@ -134,6 +134,23 @@ identity { user = header "X-User-Id", tier = header "X-Plan" }
       }, set.identity)
     end)
 
+    it("identity headers declared with a type or a pattern", function()
+      local set = set_of([[
+identity {
+  user   = header("X-User-Id", { integer = true }),
+  tenant = header "X-Tenant-Id" { pattern = "[a-z0-9-]{1,64}" },
+}
+]])
+      assert.are.same({ header = "X-User-Id", integer = true }, set.identity.user)
+      assert.are.same({ header = "X-Tenant-Id", pattern = "[a-z0-9-]{1,64}" }, set.identity.tenant)
+      set = set_of([[identity { user = header("X-User-Id", { uuid = true }), tenant = header("T", {}) }]])
+      assert.are.same({ header = "X-User-Id", uuid = true }, set.identity.user)
+      assert.are.same({ header = "T" }, set.identity.tenant)
+      -- false is the same as leaving the option out
+      set = set_of([[identity { user = header("U", { integer = false }) }]])
+      assert.are.same({ header = "U" }, set.identity.user)
+    end)
+
     it("sql(...) with its arguments as one list", function()
       local set = set_of([[
 identity { user = header "U", tenant = header "T", tier = sql("SELECT p FROM u WHERE id = $1 AND t = $2", { "{user}", "{tenant}" }) }
@@ -884,6 +901,32 @@ endpoint "GET /x?kind=b" { body = "y" }
         't.lua:1: identity: tier.sql: uses $2 but tier.args has 1 value',
         't.lua:1: identity: tier.args[1]: "{user}" is not used: the SQL has no $1',
       })
+    end)
+
+    it("identity header options that are unknown, of the wrong type, or exclude each other", function()
+      fails([[identity { user = header("U", { integr = true }) }]],
+        "t.lua:1: identity: user: unknown field 'integr' (did you mean 'integer'?)")
+      fails([[identity { user = header("U", { integer = "yes" }) }]],
+        't.lua:1: identity: user.integer: expected true or false, got string "yes"')
+      fails([[identity { user = header("U", { integer = true, uuid = true }) }]],
+        "t.lua:1: identity: user: integer and uuid exclude each other; give one")
+      fails([[identity { tenant = header("T", { uuid = true, pattern = "[a-f0-9-]+" }) }]],
+        "t.lua:1: identity: tenant: uuid and pattern exclude each other; give one")
+      fails([[identity { user = header("U", { pattern = "" }) }]],
+        "t.lua:1: identity: user.pattern: is empty")
+      fails([[identity { user = header("U", { pattern = 5 }) }]],
+        "t.lua:1: identity: user.pattern: expected a string, got number 5")
+      fails([[identity { user = header("U", "integer") }]],
+        't.lua:1: identity: user: expected options { integer = true }, { uuid = true } or'
+        .. ' { pattern = "[a-z0-9-]{1,64}" } after the header name, got string "integer"')
+      fails([[identity { user = header("U", { "integer" }) }]],
+        't.lua:1: identity: user: unexpected list item string "integer" (fields are written name = value)')
+      fails([[
+tier "free" { limit = 1, window = "1h" }
+identity { user = header "U", tier = header("P", { pattern = "[a-z]+" }) }
+]], "t.lua:2: identity: tier: takes no options: its value is matched against the declared tier names")
+      fails([[identity { user = header "X-Id", tenant = header "x-id" }]],
+        't.lua:1: identity: tenant: reads header "x-id" as user does; give each its own header')
     end)
 
     it("a tenant file's errors as the tenant's, without rejecting the set", function()

@@ -1,0 +1,198 @@
+"""End to end: one caller has one identity, the upstream never sees a caller posing as a
+proxy, and error answers keep the gateway's internals to its log.
+
+The origin (tests/e2e/origin.py) reflects every request it receives, so each test reads
+what the upstream saw; the database classes run against real PostgreSQL.
+"""
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+
+import lib
+from lib import SluiceTestCase
+from origin import Origin
+
+POLICY = r'''
+tier "free" { limit = 4, window = "1h" }
+identity {
+  user   = header("X-User-Id", { integer = true }),
+  tenant = header "X-Tenant-Id" { pattern = "[a-z0-9-]{1,16}" },
+  default_tier = "free",
+}
+upstream "app" { url = "@ORIGIN@" }
+endpoint "GET /who" { upstream = "app", cache = { ttl = "5m", key = "who:{user}" }, limit = "tier" }
+endpoint "GET /echo" { upstream = "app" }
+endpoint "GET /tenant" { upstream = "app", cache = { ttl = "5m", key = "t:{tenant}" } }
+'''
+
+
+def policy_dir(text, **subs):
+    for k, v in subs.items():
+        text = text.replace("@%s@" % k, str(v))
+    d = tempfile.mkdtemp(prefix="sluice-ident-")
+    with open(os.path.join(d, "policy.lua"), "w") as f:
+        f.write(text)
+    return d
+
+
+def raw_request(port, head, timeout=5):
+    """Sends one request head as bytes (repeated fields as written); returns (status, headers
+    with lower-case names, body)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(head.encode("latin-1"))
+        out = b""
+        while b"\r\n\r\n" not in out:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        top, _, body = out.partition(b"\r\n\r\n")
+        lines = top.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = int(headers.get("content-length", "0"))
+        while len(body) < n:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return int(lines[0].split(" ")[1]), headers, body
+    finally:
+        s.close()
+
+
+class UpstreamCase(SluiceTestCase):
+    """An origin and a sluice in front of it, on POLICY (or the class's own)."""
+
+    POLICY = POLICY
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = Origin()
+        cls.addClassCleanup(cls.origin.kill)
+        cls.dead_port = lib.free_port()
+        cls.dir = policy_dir(cls.POLICY, ORIGIN=cls.origin.url, DEAD=cls.dead_port)
+        cls.addClassCleanup(shutil.rmtree, cls.dir, True)
+        cls.s = cls.start(cls.dir)
+
+    def setUp(self):
+        self.origin.reset()  # counts and logs are per test
+
+    def get(self, path, headers=None):
+        return self.s.request("GET", path, headers or {})
+
+    def problem(self, resp, status):
+        st, h, b = resp
+        self.assertEqual(st, status, b)
+        self.assertEqual(h.get("content-type"), "application/problem+json", (h, b))
+        p = json.loads(b)
+        self.assertEqual(p["status"], status)
+        return p
+
+
+class OneIdentityPerCaller(UpstreamCase):
+    def test_two_user_id_lines_are_refused_with_400(self):
+        for second in ("X-User-Id: 2", "x-user-id: 1", "X-USER-ID: 1"):
+            st, h, b = raw_request(self.s.port, "GET /who HTTP/1.1\r\nHost: x\r\nX-User-Id: 1\r\n"
+                                   + second + "\r\n\r\n")
+            self.assertEqual(st, 400, (second, b))
+            self.assertEqual(h.get("content-type"), "application/problem+json")
+            self.assertIn("more than once", json.loads(b)["detail"])
+        self.assertEqual(self.origin.count("/who"), 0)
+
+    def test_a_comma_joined_user_id_line_is_refused_with_400(self):
+        p = self.problem(self.get("/echo", {"X-User-Id": "1, 2"}), 400)
+        self.assertIn("holds a list", p["detail"])
+        self.assertEqual(self.origin.count("/echo"), 0)
+
+    def test_two_tenant_lines_are_refused_with_400(self):
+        st, _, b = raw_request(self.s.port, "GET /tenant HTTP/1.1\r\nHost: x\r\n"
+                               "X-Tenant-Id: acme\r\nX-Tenant-Id: beta\r\n\r\n")
+        self.assertEqual(st, 400, b)
+        self.assertEqual(self.origin.count("/tenant"), 0)
+
+    def test_spellings_of_one_user_share_one_budget_and_one_entry(self):
+        seen = []
+        for u in ("5", "05", "005", "+5"):
+            st, h, b = self.get("/who", {"X-User-Id": u})
+            self.assertEqual(st, 200, b)
+            seen.append((h["x-cache"], h["x-ratelimit-remaining"], json.loads(b)["user"]))
+        # One entry (filled once, under the canonical value) and one counter of 4.
+        self.assertEqual(seen, [("MISS", "3", "5"), ("HIT", "2", "5"), ("HIT", "1", "5"),
+                                ("HIT", "0", "5")])
+        self.assertEqual(self.origin.count("/who"), 1)
+        self.problem(self.get("/who", {"X-User-Id": "0005"}), 429)
+        # Another user has a budget of their own.
+        st, h, _ = self.get("/who", {"X-User-Id": "6"})
+        self.assertEqual((st, h["x-ratelimit-remaining"]), (200, "3"))
+
+    def test_the_upstream_receives_the_canonical_value_once(self):
+        st, _, b = self.get("/echo", {"X-User-Id": "+0042"})
+        self.assertEqual(st, 200, b)
+        o = json.loads(b)
+        self.assertEqual([v for k, v in o["headers"] if k == "x-user-id"], ["42"])
+
+    def test_values_not_of_the_declared_type_are_refused_with_400(self):
+        for u in ("abc", "1.0", "1e3", "0x10", "99999999999999999999"):
+            p = self.problem(self.get("/echo", {"X-User-Id": u}), 400)
+            self.assertIn("not a whole number", p["detail"])
+        for t in ("Acme", "acme!", "a" * 17):
+            p = self.problem(self.get("/tenant", {"X-Tenant-Id": t}), 400)
+            self.assertIn("pattern", p["detail"])
+        self.assertEqual(self.origin.count("/echo") + self.origin.count("/tenant"), 0)
+        st, _, b = self.get("/tenant", {"X-Tenant-Id": "acme-1"})
+        self.assertEqual(st, 200, b)
+
+    def test_explain_shows_the_canonical_value(self):
+        import urllib.parse
+        q = urllib.parse.urlencode([("request", "GET /who"), ("header", "X-User-Id: 007")])
+        st, _, b = self.s.admin("GET", "/explain?" + q)
+        self.assertEqual(st, 200, b)
+        e = json.loads(b)
+        self.assertEqual((e["caller"]["user"], e["cache"]["key"]), ("7", "who:7"))
+
+
+class OneIdentityInTheDatabase(SluiceTestCase):
+    """The CRM example declares its user an integer: "01", "001" and "+1" are user 1 in
+    PostgreSQL, and now in the cache and the limits too."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.db = lib.crm_database()
+        cls.s = cls.start(os.path.join(lib.CRM, "policies"), database=cls.db)
+
+    def test_spellings_of_user_1_share_its_entry_and_a_write_by_1_invalidates_it(self):
+        path = "/api/crm?type=contacts"
+        st, h, first = self.s.get(path, user="1")
+        self.assertEqual((st, h["x-cache"]), (200, "MISS"), first)
+        remaining = int(h["x-ratelimit-remaining"])
+        for i, u in enumerate(("01", "001", "+1"), 1):
+            st, h, b = self.s.get(path, user=u)
+            self.assertEqual((st, h["x-cache"], b), (200, "HIT", first), u)
+            self.assertEqual(int(h["x-ratelimit-remaining"]), remaining - i, u)
+        name = "Written by one %d" % time.time_ns()
+        st, _, b = self.s.request("POST", "/api/crm/contacts", {"X-User-Id": "1"},
+                                  {"name": name, "email": "one@example.com", "company": "One"})
+        self.assertEqual(st, 201, b)
+        for u in ("+1", "001"):
+            st, h, b = self.s.get(path, user=u)
+            self.assertEqual(st, 200, b)
+            self.assertIn(name, [r["name"] for r in json.loads(b)], u)
+        self.assertEqual(h["x-cache"], "HIT")  # "+1" filled it again, "001" reads that fill
+
+    def test_spellings_of_a_user_get_the_plan_the_database_holds_for_it(self):
+        # User 4 is on the enterprise plan; its tier lookup casts $1::bigint, as the keys now do.
+        st, h, b = self.s.get("/api/crm?type=projects", user="+004")
+        self.assertEqual(st, 200, b)
+        self.assertTrue(h["ratelimit-policy"].startswith('"enterprise"'), h)
+
+
+if __name__ == "__main__":
+    lib.main()
