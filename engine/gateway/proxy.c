@@ -275,27 +275,12 @@ upstream_target_text(struct gw_req *rq, struct sbuf *out)
     return 0;
 }
 
-/* Request fields never forwarded: on a fill, conditionals and ranges (the cache needs the
- * whole answer) and method overrides (a GET must stay a GET); always, the fields that
- * override the host or URL in some apps. */
+/* Request fields a fill never forwards: conditionals and ranges (the cache needs the whole
+ * answer) and method overrides (a GET must stay a GET). The fields no request forwards are
+ * upstream_forward_headers()'s. */
 static const char *const fill_dropped[] = {
-    "if-none-match:",          "if-modified-since:", "if-match:",
-    "if-unmodified-since:",    "if-range:",          "range:",
-    "x-http-method-override:", "x-http-method:",     "x-method-override:"};
-static const char *const always_dropped[] = {
-    "proxy-connection:",   "x-host:",           "x-original-url:",    "x-rewrite-url:",
-    "x-forwarded-server:", "x-forwarded-port:", "x-forwarded-prefix:"};
-
-static bool
-line_starts(const char *line, size_t len, const char *const *names, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        size_t nl = strlen(names[i]);
-        if (len >= nl && strncasecmp(line, names[i], nl) == 0)
-            return true;
-    }
-    return false;
-}
+    "if-none-match", "if-modified-since",      "if-match",      "if-unmodified-since", "if-range",
+    "range",         "x-http-method-override", "x-http-method", "x-method-override"};
 
 /* Whether the "Name: value" line at line[0..len) is the field `name` (ignoring case). */
 static bool
@@ -303,6 +288,15 @@ line_is(const char *line, size_t len, const char *name)
 {
     size_t nl = name ? strlen(name) : 0;
     return nl && len > nl && line[nl] == ':' && strncasecmp(line, name, nl) == 0;
+}
+
+static bool
+line_in(const char *line, size_t len, const char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (line_is(line, len, names[i]))
+            return true;
+    return false;
 }
 
 /*
@@ -318,10 +312,8 @@ drop_fields(struct gw_req *rq, struct sbuf *b, bool filling)
         const char *nl = memchr(b->p + i, '\n', b->len - i);
         size_t len = nl ? (size_t)(nl - (b->p + i)) + 1 : b->len - i;
         const char *line = b->p + i;
-        bool drop = line_starts(line, len, always_dropped,
-                                sizeof(always_dropped) / sizeof(always_dropped[0])) ||
-                    (filling && line_starts(line, len, fill_dropped,
-                                            sizeof(fill_dropped) / sizeof(fill_dropped[0]))) ||
+        bool drop = (filling && line_in(line, len, fill_dropped,
+                                        sizeof(fill_dropped) / sizeof(fill_dropped[0]))) ||
                     line_is(line, len, id->user_header) || line_is(line, len, id->tenant_header);
         if (!drop) {
             memmove(b->p + o, line, len);
@@ -386,11 +378,12 @@ gw_proxy_run(struct gw_req *rq)
         gw_fail(rq, 400, rq->refusal);
         return;
     }
-    upstream_forward_headers(h, rq->sr->ip, &headers);
+    upstream_forward_headers(h, &headers);
     drop_fields(rq, &headers, filling);
     add_identity(rq, &headers);
     if (filling)
         add_validators(rq, &headers);
+    upstream_proxy_fields(rq->sr->ip, h->minor_version, &headers);
     bool safe = h->method == HTTP_GET || h->method == HTTP_HEAD;
     /* A fill always asks for the whole answer; a GET or HEAD forwards no body. */
     const char *method = filling ? "GET" : h->method_str.p;

@@ -27,7 +27,18 @@ upstream "app" { url = "@ORIGIN@" }
 endpoint "GET /who" { upstream = "app", cache = { ttl = "5m", key = "who:{user}" }, limit = "tier" }
 endpoint "GET /echo" { upstream = "app" }
 endpoint "GET /tenant" { upstream = "app", cache = { ttl = "5m", key = "t:{tenant}" } }
+endpoint "GET /shared/*" { upstream = "app", cache = { ttl = "5m", key = "s:{path}", shared = true } }
 '''
+
+# Fields a caller could pose as a proxy with: the app would read them as the scheme, the
+# client's address or the host, and its answer is stored for everyone.
+POSING = {
+    "X-Forwarded-Scheme": "https", "X-Forwarded-SSL": "on", "Front-End-Https": "on",
+    "X-Url-Scheme": "https", "X-Real-IP": "6.6.6.6", "X-Original-Host": "evil.example",
+    "Via": "1.1 evil-proxy", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example",
+    "X-Forwarded-Port": "8443", "X-Client-IP": "6.6.6.6", "True-Client-IP": "6.6.6.6",
+    "Forwarded": "for=6.6.6.6;proto=https",
+}
 
 
 def policy_dir(text, **subs):
@@ -157,6 +168,39 @@ class OneIdentityPerCaller(UpstreamCase):
         self.assertEqual(st, 200, b)
         e = json.loads(b)
         self.assertEqual((e["caller"]["user"], e["cache"]["key"]), ("7", "who:7"))
+
+
+class NoCallerPosesAsAProxy(UpstreamCase):
+    def test_each_posing_header_is_not_seen_by_the_origin(self):
+        for name, value in POSING.items():
+            path = "/shared/" + name.lower()
+            st, h, b = self.get(path, {name: value})
+            self.assertEqual((st, h.get("x-cache")), (200, "MISS"), (name, b))
+            seen = json.loads(b)["h"]
+            self.assertNotEqual(seen.get(name.lower()), value, name)
+            # Another caller is answered the stored reflection: it never held the value.
+            st, h, b = self.get(path)
+            self.assertEqual(h.get("x-cache"), "HIT", name)
+            self.assertNotIn(value, [v for _, v in json.loads(b)["headers"]], name)
+        self.assertEqual(self.origin.count("/shared/via"), 1)
+
+    def test_the_origin_sees_the_proxy_fields_of_sluice_only(self):
+        st, _, b = self.get("/echo", dict(POSING, **{"X-User-Id": "3"}))
+        self.assertEqual(st, 200, b)
+        pairs = json.loads(b)["headers"]
+        names = [k for k, _ in pairs]
+        for name in POSING:
+            if name.lower() not in ("via", "x-forwarded-proto"):
+                self.assertNotIn(name.lower(), names)
+        self.assertEqual([v for k, v in pairs if k == "via"], ["1.1 sluice"])
+        self.assertEqual([v for k, v in pairs if k == "x-forwarded-proto"], ["http"])
+        self.assertEqual([v for k, v in pairs if k == "x-forwarded-for"], ["127.0.0.1"])
+
+    def test_an_http10_request_is_received_as_10_in_via(self):
+        st, _, b = raw_request(self.s.port, "GET /echo HTTP/1.0\r\nVia: 1.0 evil\r\n\r\n")
+        self.assertEqual(st, 200, b)
+        pairs = json.loads(b)["headers"]
+        self.assertEqual([v for k, v in pairs if k == "via"], ["1.0 sluice"])
 
 
 class OneIdentityInTheDatabase(SluiceTestCase):
