@@ -299,14 +299,40 @@ line_in(const char *line, size_t len, const char *const *names, size_t n)
     return false;
 }
 
+/* The fields that describe a forwarded body: they go with it, listed or not. */
+static const char *const body_fields[] = {"content-type", "content-encoding"};
+
+/* Whether the upstream's forward_headers, when it has them, let field `name` through. */
+static bool
+listed(const struct policy_upstream *up, const char *name)
+{
+    if (!up->forward_listed)
+        return true;
+    for (size_t i = 0; i < up->nforward_headers; i++)
+        if (strcasecmp(up->forward_headers[i], name) == 0)
+            return true;
+    return false;
+}
+
+/* Whether the line at line[0..len) is one of the upstream's forward_headers (or it has none). */
+static bool
+line_listed(const struct policy_upstream *up, const char *line, size_t len)
+{
+    return !up->forward_listed ||
+           line_in(line, len, (const char *const *)up->forward_headers, up->nforward_headers);
+}
+
 /*
- * Drops from the client's "Name: value\r\n" lines in b those the request must not forward,
- * and the identity headers, which add_identity() writes again.
+ * Drops from the client's "Name: value\r\n" lines in b those the request must not forward:
+ * on a fill, conditionals, ranges and method overrides; the fields the upstream's
+ * forward_headers leave out (but Content-Type and Content-Encoding with a body); and the
+ * identity headers, which add_identity() writes again.
  */
 static void
-drop_fields(struct gw_req *rq, struct sbuf *b, bool filling)
+drop_fields(struct gw_req *rq, struct sbuf *b, bool filling, bool with_body)
 {
     const struct policy_identity *id = &rq->policy->identity;
+    const struct policy_upstream *up = rq->ep->up;
     size_t o = 0;
     for (size_t i = 0; i < b->len;) {
         const char *nl = memchr(b->p + i, '\n', b->len - i);
@@ -314,7 +340,10 @@ drop_fields(struct gw_req *rq, struct sbuf *b, bool filling)
         const char *line = b->p + i;
         bool drop = (filling && line_in(line, len, fill_dropped,
                                         sizeof(fill_dropped) / sizeof(fill_dropped[0]))) ||
-                    line_is(line, len, id->user_header) || line_is(line, len, id->tenant_header);
+                    line_is(line, len, id->user_header) || line_is(line, len, id->tenant_header) ||
+                    (!line_listed(up, line, len) &&
+                     !(with_body && line_in(line, len, body_fields,
+                                            sizeof(body_fields) / sizeof(body_fields[0]))));
         if (!drop) {
             memmove(b->p + o, line, len);
             o += len;
@@ -326,15 +355,16 @@ drop_fields(struct gw_req *rq, struct sbuf *b, bool filling)
 
 /*
  * The caller's identity as the upstream receives it: each identity header once, with the value
- * the keys and limits used (the canonical form of a typed value), or not at all when absent.
+ * the keys and limits used (the canonical form of a typed value), or not at all when absent or
+ * left out of the upstream's forward_headers.
  */
 static void
 add_identity(const struct gw_req *rq, struct sbuf *b)
 {
     const struct policy_identity *id = &rq->policy->identity;
-    if (rq->user)
+    if (rq->user && listed(rq->ep->up, id->user_header))
         sbuf_printf(b, "%s: %.*s\r\n", id->user_header, (int)rq->user_len, rq->user);
-    if (rq->tenant)
+    if (rq->tenant && listed(rq->ep->up, id->tenant_header))
         sbuf_printf(b, "%s: %.*s\r\n", id->tenant_header, (int)rq->tenant_len, rq->tenant);
 }
 
@@ -378,13 +408,13 @@ gw_proxy_run(struct gw_req *rq)
         gw_fail(rq, 400, rq->refusal);
         return;
     }
+    bool safe = h->method == HTTP_GET || h->method == HTTP_HEAD;
     upstream_forward_headers(h, &headers);
-    drop_fields(rq, &headers, filling);
+    drop_fields(rq, &headers, filling, !safe);
     add_identity(rq, &headers);
     if (filling)
         add_validators(rq, &headers);
     upstream_proxy_fields(rq->sr->ip, h->minor_version, &headers);
-    bool safe = h->method == HTTP_GET || h->method == HTTP_HEAD;
     /* A fill always asks for the whole answer; a GET or HEAD forwards no body. */
     const char *method = filling ? "GET" : h->method_str.p;
     size_t method_len = filling ? 3 : h->method_str.len;

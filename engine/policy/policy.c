@@ -332,6 +332,17 @@ warm_free(struct policy_warm *w)
     free(w);
 }
 
+/* Returns a lowercased copy of s (new). */
+static char *
+lowercase_dup(const char *s)
+{
+    char *low = xstrdup(s);
+    for (char *q = low; *q; q++)
+        if (*q >= 'A' && *q <= 'Z')
+            *q = (char)(*q - 'A' + 'a');
+    return low;
+}
+
 static void
 compile_upstreams(struct compile *c)
 {
@@ -351,6 +362,20 @@ compile_upstreams(struct compile *c)
         u->host_header = field_str(L, "host_header");
         u->timeout_ms = (uint64_t)field_int(L, "timeout_ms", 5000);
         u->connect_timeout_ms = (uint64_t)field_int(L, "connect_timeout_ms", 1000);
+        lua_getfield(L, -1, "forward_headers");
+        if (lua_istable(L, -1)) {
+            size_t nf = lua_rawlen(L, -1);
+            u->forward_listed = true;
+            u->forward_headers = xcalloc(nf ? nf : 1, sizeof(char *));
+            for (size_t j = 1; j <= nf; j++) {
+                lua_rawgeti(L, -1, (lua_Integer)j);
+                const char *name = lua_tostring(L, -1);
+                if (name)
+                    u->forward_headers[u->nforward_headers++] = lowercase_dup(name);
+                lua_pop(L, 1);
+            }
+        }
+        lua_pop(L, 1);
         u->file = xstrdup(c->file ? c->file : "?");
         u->line = c->line;
         if (!u->name || !u->host || !u->prefix || !u->host_header)
@@ -473,13 +498,8 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
         for (size_t i = 1; i <= nt; i++) {
             lua_rawgeti(L, -1, (lua_Integer)i);
             const char *name = lua_tostring(L, -1);
-            if (name) {
-                char *low = xstrdup(name);
-                for (char *q = low; *q; q++)
-                    if (*q >= 'A' && *q <= 'Z')
-                        *q = (char)(*q - 'A' + 'a');
-                e->targeted[e->ntargeted++] = low;
-            }
+            if (name)
+                e->targeted[e->ntargeted++] = lowercase_dup(name);
             lua_pop(L, 1);
         }
         lua_pop(L, 1);
@@ -699,6 +719,9 @@ policy_release(struct policy *p)
         free(u->host);
         free(u->prefix);
         free(u->host_header);
+        for (size_t j = 0; j < u->nforward_headers; j++)
+            free(u->forward_headers[j]);
+        free(u->forward_headers);
         free(u->file);
     }
     free(p->upstreams);

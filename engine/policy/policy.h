@@ -40,7 +40,7 @@ struct policy_limit {
 
 enum policy_source { SOURCE_SQL, SOURCE_UPSTREAM, SOURCE_STATIC };
 
-/* upstream "NAME" { url = "http://HOST:PORT/PREFIX", timeout = "5s" } */
+/* upstream "NAME" { url = "http://HOST:PORT/PREFIX", timeout = "5s", forward_headers = {...} } */
 struct policy_upstream {
     char *name;
     char *url;                   /* as written */
@@ -50,6 +50,9 @@ struct policy_upstream {
     char *host_header;           /* "host[:port]" as the URL spells it, for the Host header */
     uint64_t timeout_ms;         /* response deadline: request sent to complete response */
     uint64_t connect_timeout_ms; /* connect deadline */
+    bool forward_listed;         /* forward_headers = {...}: only these request fields go on */
+    char **forward_headers;      /* ... their names, lowercased */
+    size_t nforward_headers;
     char *file;
     int line;
 };

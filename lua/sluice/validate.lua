@@ -519,7 +519,58 @@ end
 ---------------------------------------------------------------------------
 -- Upstreams
 
-local UPSTREAM_FIELDS = { "url", "timeout", "connect_timeout" }
+local UPSTREAM_FIELDS = { "url", "timeout", "connect_timeout", "forward_headers" }
+M.MAX_FORWARD_HEADERS = 64 -- a request has at most 64 fields (HTTP_MAX_HEADERS)
+
+-- Fields forward_headers may not name, and why: a client's is never forwarded (the lists of
+-- engine/origin/upstream_parse.c, dropped_on_forward, and engine/gateway/proxy.c).
+local NOT_FORWARDABLE = {}
+for _, n in ipairs({ "host", "content-length", "x-forwarded-for", "x-forwarded-proto", "via" }) do
+  NOT_FORWARDABLE[n] = "is set by sluice itself"
+end
+for _, n in ipairs({ "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+  "trailer", "transfer-encoding", "upgrade", "proxy-connection" }) do
+  NOT_FORWARDABLE[n] = "is hop-by-hop (RFC 9110 section 7.6.1) and never forwarded"
+end
+NOT_FORWARDABLE["expect"] = "is never forwarded (sluice reads the body before it forwards it)"
+for _, n in ipairs({ "forwarded", "x-real-ip", "x-client-ip", "client-ip", "true-client-ip",
+  "x-cluster-client-ip", "front-end-https", "x-url-scheme", "x-original-host", "x-host",
+  "x-original-url", "x-rewrite-url" }) do
+  NOT_FORWARDABLE[n] = "is never forwarded from a client (a caller could pose as a proxy with it)"
+end
+
+local FIELD_NAME = "^[!#$%%&'*+%-.^_`|~%w]+$"
+
+-- forward_headers = { "Accept", "Authorization", ... }: the request fields an upstream gets.
+local function check_forward_headers(c, v)
+  if v == nil then return nil end
+  local field = "forward_headers"
+  if not is_plain_table(v) or not is_list(v) then
+    c:err(field, 'expected a list of header names, as in { "Accept", "Authorization" }, got ' .. describe(v))
+    return nil
+  end
+  check_count(c, v, field, M.MAX_FORWARD_HEADERS, "fields", "an upstream")
+  local out, seen = {}, {}
+  for i, n in ipairs(v) do
+    local f = field .. "[" .. i .. "]"
+    if type(n) ~= "string" or not n:match(FIELD_NAME) then
+      c:err(f, "expected a header field name, got " .. describe(n))
+    else
+      local low = n:lower()
+      local why = NOT_FORWARDABLE[low]
+        or (low:sub(1, 12) == "x-forwarded-" and NOT_FORWARDABLE["forwarded"])
+      if why then
+        c:err(f, quote(n) .. " " .. why)
+      elseif seen[low] then
+        c:err(f, quote(n) .. " is listed twice (at [" .. seen[low] .. "] too)")
+      else
+        seen[low] = i
+        out[#out + 1] = n
+      end
+    end
+  end
+  return out
+end
 
 -- Splits "http://HOST[:PORT][/PREFIX]" into host, port, Host header text and
 -- path prefix (without a trailing '/'); nil and a message when it cannot.
@@ -571,6 +622,7 @@ local function upstream_decl(c, decl, f)
     name = decl.name, url = url, timeout_ms = timeout or M.DEFAULT_UPSTREAM_TIMEOUT_MS,
     connect_timeout_ms = connect or M.DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
     host = parts.host, port = parts.port, host_header = parts.host_header, prefix = parts.prefix,
+    forward_headers = check_forward_headers(c, f.forward_headers),
     file = decl.file, line = decl.line,
   }
 end

@@ -203,6 +203,51 @@ class NoCallerPosesAsAProxy(UpstreamCase):
         self.assertEqual([v for k, v in pairs if k == "via"], ["1.0 sluice"])
 
 
+ALLOW_POLICY = r'''
+identity { user = header("X-User-Id", { integer = true }) }
+upstream "listed" { url = "@ORIGIN@", forward_headers = { "Accept", "authorization", "X-User-Id" } }
+upstream "bare" { url = "@ORIGIN@", forward_headers = {} }
+endpoint "* /listed/*" { upstream = "listed" }
+endpoint "* /bare/*" { upstream = "bare" }
+'''
+
+
+class ForwardHeadersAllowList(UpstreamCase):
+    POLICY = ALLOW_POLICY
+    SENT = {"Accept": "application/json", "Authorization": "Bearer t", "X-User-Id": "012",
+            "Accept-Language": "fr", "Cookie": "session=s", "X-Custom": "c",
+            "X-Forwarded-Scheme": "https"}
+
+    def seen(self, method, path, body=None, headers=None):
+        st, _, b = self.s.request(method, path, dict(self.SENT, **(headers or {})), body)
+        self.assertEqual(st, 200, b)
+        return json.loads(b)["headers"]
+
+    def test_only_listed_fields_and_those_sluice_sets_reach_the_upstream(self):
+        pairs = self.seen("GET", "/listed/a")
+        names = sorted(k for k, _ in pairs)
+        self.assertEqual(names, ["accept", "authorization", "host", "via", "x-forwarded-for",
+                                 "x-forwarded-proto", "x-user-id"])
+        self.assertIn(["x-user-id", "12"], pairs)  # the canonical value
+        self.assertIn(["authorization", "Bearer t"], pairs)
+
+    def test_an_empty_list_forwards_only_what_sluice_sets(self):
+        names = sorted(k for k, _ in self.seen("GET", "/bare/a"))
+        self.assertEqual(names, ["host", "via", "x-forwarded-for", "x-forwarded-proto"])
+
+    def test_a_forwarded_body_keeps_the_fields_that_describe_it(self):
+        pairs = self.seen("POST", "/bare/w", body='{"a": 1}',
+                          headers={"Content-Type": "application/json", "Content-Encoding": "identity"})
+        names = [k for k, _ in pairs]
+        self.assertIn(["content-type", "application/json"], pairs)
+        self.assertIn(["content-encoding", "identity"], pairs)
+        self.assertNotIn("cookie", names)
+        self.assertNotIn("x-user-id", names)
+        # Without a body, they are fields like any other.
+        names = [k for k, _ in self.seen("GET", "/bare/r", headers={"Content-Type": "text/plain"})]
+        self.assertNotIn("content-type", names)
+
+
 class OneIdentityInTheDatabase(SluiceTestCase):
     """The CRM example declares its user an integer: "01", "001" and "+1" are user 1 in
     PostgreSQL, and now in the cache and the limits too."""

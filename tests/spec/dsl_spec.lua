@@ -184,6 +184,17 @@ upstream "b" { url = "http://[::1]:8080/api/v2/", connect_timeout = "250ms" }
           set.upstreams[2].connect_timeout_ms })
     end)
 
+    it("an upstream's forward_headers, as written (none: every field a client may send)", function()
+      local set = set_of([[
+upstream "a" { url = "http://127.0.0.1:3000", forward_headers = { "Accept", "authorization", "X-User-Id" } }
+upstream "b" { url = "http://127.0.0.1:3001", forward_headers = {} }
+upstream "c" { url = "http://127.0.0.1:3002" }
+]])
+      assert.are.same({ "Accept", "authorization", "X-User-Id" }, set.upstreams[1].forward_headers)
+      assert.are.same({}, set.upstreams[2].forward_headers)
+      assert.is_nil(set.upstreams[3].forward_headers)
+    end)
+
     it("a catch-all route: any method, and a default key of the whole path and query", function()
       local set = set_of([[
 upstream "app" { url = "http://127.0.0.1:3000" }
@@ -641,6 +652,33 @@ endpoint "GET /x" {
         't.lua:1: endpoint "GET /x": cache.warm: the warm query takes no parameters ($1)')
       fails_after_prelude([[endpoint "GET /x" { upstream = "app", cache = { ttl = "1m", key = "x:{user}", stale_while_revalidate = "soon" } }]],
         't.lua:1: endpoint "GET /x": cache.stale_while_revalidate: ' .. select(2, duration.parse("soon", true)))
+    end)
+
+    it("forward_headers that name what sluice sets, never forwards, or twice", function()
+      local up = 'upstream "a" { url = "http://127.0.0.1:3000", forward_headers = %s }'
+      fails(up:format('{ "Accept", "Host", "via" }'), {
+        't.lua:1: upstream "a": forward_headers[2]: "Host" is set by sluice itself',
+        't.lua:1: upstream "a": forward_headers[3]: "via" is set by sluice itself',
+      })
+      fails(up:format('{ "X-Forwarded-Scheme", "X-Real-IP", "Connection" }'), {
+        't.lua:1: upstream "a": forward_headers[1]: "X-Forwarded-Scheme" is never forwarded from a client'
+          .. ' (a caller could pose as a proxy with it)',
+        't.lua:1: upstream "a": forward_headers[2]: "X-Real-IP" is never forwarded from a client'
+          .. ' (a caller could pose as a proxy with it)',
+        't.lua:1: upstream "a": forward_headers[3]: "Connection" is hop-by-hop (RFC 9110 section 7.6.1)'
+          .. ' and never forwarded',
+      })
+      fails(up:format('{ "Accept", "accept" }'),
+        't.lua:1: upstream "a": forward_headers[2]: "accept" is listed twice (at [1] too)')
+      fails(up:format('{ "Bad Name", 7 }'), {
+        't.lua:1: upstream "a": forward_headers[1]: expected a header field name, got string "Bad Name"',
+        't.lua:1: upstream "a": forward_headers[2]: expected a header field name, got number 7',
+      })
+      fails(up:format('"Accept"'),
+        't.lua:1: upstream "a": forward_headers: expected a list of header names, as in { "Accept", "Authorization" },'
+        .. ' got string "Accept"')
+      fails(up:format(list_of(65, function(i) return '"X-H' .. i .. '"' end)),
+        't.lua:1: upstream "a": forward_headers: lists 65 fields; an upstream may have at most 64')
     end)
 
     it("upstream URLs that cannot be split", function()
