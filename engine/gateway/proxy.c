@@ -177,20 +177,32 @@ on_upstream(void *arg, const struct upstream_response *res)
     const struct policy_endpoint *ep = rq->ep;
     uint64_t response_ms = store_now_ms();
     rq->call = NULL;
+    char internal[320];
     if (res->error != UPSTREAM_OK) {
-        char detail[256];
-        snprintf(detail, sizeof(detail), "upstream \"%s\": %s", ep->up->name, res->detail);
-        gw_origin_failed(rq,
-                         res->error == UPSTREAM_TIMEOUT    ? 504
-                         : res->error == UPSTREAM_SHUTDOWN ? 503
-                                                           : 502,
-                         detail);
-        return;
+        /* The upstream's name and address, and why it failed, are for the log. */
+        snprintf(internal, sizeof(internal), "upstream \"%s\" (%s:%d): %s", ep->up->name,
+                 ep->up->host, ep->up->port, res->detail);
+        switch (res->error) {
+        case UPSTREAM_TIMEOUT:
+            gw_origin_failed(rq, 504, "the upstream did not answer in time", internal);
+            return;
+        case UPSTREAM_SHUTDOWN:
+            gw_origin_failed(rq, 503, "the server is shutting down", internal);
+            return;
+        case UPSTREAM_PROTOCOL:
+        case UPSTREAM_TOO_LARGE:
+            gw_origin_failed(rq, 502, "the upstream's answer could not be used", internal);
+            return;
+        case UPSTREAM_CONNECT:
+        default:
+            gw_origin_failed(rq, 502, "the upstream is unavailable", internal);
+            return;
+        }
     }
     if (res->status >= 500 && gw_stale_serves(rq)) {
-        char detail[96];
-        snprintf(detail, sizeof(detail), "upstream \"%s\" answered %d", ep->up->name, res->status);
-        gw_origin_failed(rq, res->status, detail);
+        snprintf(internal, sizeof(internal), "upstream \"%s\" answered %d", ep->up->name,
+                 res->status);
+        gw_origin_failed(rq, res->status, "the upstream failed", internal);
         return;
     }
     /* Every field is judged and replayed (the parser refuses more than it can hold). */
@@ -326,7 +338,7 @@ line_listed(const struct policy_upstream *up, const char *line, size_t len)
  * Drops from the client's "Name: value\r\n" lines in b those the request must not forward:
  * on a fill, conditionals, ranges and method overrides; the fields the upstream's
  * forward_headers leave out (but Content-Type and Content-Encoding with a body); and the
- * identity headers, which add_identity() writes again.
+ * identity headers and X-Request-Id, which gw_proxy_run() writes again.
  */
 static void
 drop_fields(struct gw_req *rq, struct sbuf *b, bool filling, bool with_body)
@@ -341,6 +353,7 @@ drop_fields(struct gw_req *rq, struct sbuf *b, bool filling, bool with_body)
         bool drop = (filling && line_in(line, len, fill_dropped,
                                         sizeof(fill_dropped) / sizeof(fill_dropped[0]))) ||
                     line_is(line, len, id->user_header) || line_is(line, len, id->tenant_header) ||
+                    line_is(line, len, "x-request-id") ||
                     (!line_listed(up, line, len) &&
                      !(with_body && line_in(line, len, body_fields,
                                             sizeof(body_fields) / sizeof(body_fields[0]))));
@@ -412,6 +425,8 @@ gw_proxy_run(struct gw_req *rq)
     upstream_forward_headers(h, &headers);
     drop_fields(rq, &headers, filling, !safe);
     add_identity(rq, &headers);
+    /* The id the log and an error answer would quote: the client's (a safe token), or ours. */
+    sbuf_printf(&headers, "X-Request-Id: %s\r\n", gw_request_id(rq));
     if (filling)
         add_validators(rq, &headers);
     upstream_proxy_fields(rq->sr->ip, h->minor_version, &headers);
@@ -441,5 +456,6 @@ gw_proxy_run(struct gw_req *rq)
     sbuf_free(&target);
     sbuf_free(&headers);
     if (!rq->call)
-        gw_fail(rq, 502, "the request cannot be forwarded to the upstream");
+        gw_fail_internal(rq, 502, "the upstream is unavailable",
+                         "upstream_send refused the request");
 }

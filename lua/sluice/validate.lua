@@ -525,7 +525,7 @@ M.MAX_FORWARD_HEADERS = 64 -- a request has at most 64 fields (HTTP_MAX_HEADERS)
 -- Fields forward_headers may not name, and why: a client's is never forwarded (the lists of
 -- engine/origin/upstream_parse.c, dropped_on_forward, and engine/gateway/proxy.c).
 local NOT_FORWARDABLE = {}
-for _, n in ipairs({ "host", "content-length", "x-forwarded-for", "x-forwarded-proto", "via" }) do
+for _, n in ipairs({ "host", "content-length", "x-forwarded-for", "x-forwarded-proto", "via", "x-request-id" }) do
   NOT_FORWARDABLE[n] = "is set by sluice itself"
 end
 for _, n in ipairs({ "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",

@@ -7,6 +7,7 @@ what the upstream saw; the database classes run against real PostgreSQL.
 
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -227,13 +228,14 @@ class ForwardHeadersAllowList(UpstreamCase):
         pairs = self.seen("GET", "/listed/a")
         names = sorted(k for k, _ in pairs)
         self.assertEqual(names, ["accept", "authorization", "host", "via", "x-forwarded-for",
-                                 "x-forwarded-proto", "x-user-id"])
+                                 "x-forwarded-proto", "x-request-id", "x-user-id"])
         self.assertIn(["x-user-id", "12"], pairs)  # the canonical value
         self.assertIn(["authorization", "Bearer t"], pairs)
 
     def test_an_empty_list_forwards_only_what_sluice_sets(self):
         names = sorted(k for k, _ in self.seen("GET", "/bare/a"))
-        self.assertEqual(names, ["host", "via", "x-forwarded-for", "x-forwarded-proto"])
+        self.assertEqual(names, ["host", "via", "x-forwarded-for", "x-forwarded-proto",
+                                 "x-request-id"])
 
     def test_a_forwarded_body_keeps_the_fields_that_describe_it(self):
         pairs = self.seen("POST", "/bare/w", body='{"a": 1}',
@@ -246,6 +248,124 @@ class ForwardHeadersAllowList(UpstreamCase):
         # Without a body, they are fields like any other.
         names = [k for k, _ in self.seen("GET", "/bare/r", headers={"Content-Type": "text/plain"})]
         self.assertNotIn("content-type", names)
+
+
+ERRORS_POLICY = r'''
+identity { user = header "X-User-Id" }
+upstream "down" { url = "http://127.0.0.1:@DEAD@" }
+upstream "slow" { url = "@ORIGIN@", timeout = "300ms" }
+upstream "app" { url = "@ORIGIN@" }
+endpoint "GET /broken" { sql = "SELECT secret_column FROM no_such_table_x" }
+endpoint "GET /cast" { sql = "SELECT $1::bigint AS v", args = { "{user}" } }
+endpoint "POST /dup" {
+  sql = "INSERT INTO users (id, name, email) VALUES (1, 'x', 'dup-secret@example.com')",
+}
+endpoint "POST /needs" { sql = "SELECT $1::text AS v", args = { "{body.name}" } }
+endpoint "GET /down" { upstream = "down" }
+endpoint "GET /slow" { upstream = "slow" }
+endpoint "GET /app" { upstream = "app" }
+'''
+
+HEX_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+class ErrorsKeepInternalsInTheLog(SluiceTestCase):
+    """A database's error text, its SQLSTATE and an upstream's address go to the log with the
+    request id; the client gets a generic detail and that id."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = Origin()
+        cls.addClassCleanup(cls.origin.kill)
+        cls.dead_port = lib.free_port()
+        cls.db = lib.crm_database()
+        cls.dir = policy_dir(ERRORS_POLICY, ORIGIN=cls.origin.url, DEAD=cls.dead_port)
+        cls.addClassCleanup(shutil.rmtree, cls.dir, True)
+        cls.s = cls.start(cls.dir, database=cls.db)
+
+    def failed(self, method, path, status, detail, leaks, headers=None, body=None):
+        """The answer: the status, exactly `detail`, a request id in the body and header that
+        the log quotes next to what the client must not see (`leaks`)."""
+        st, h, b = self.s.request(method, path, headers, body)
+        self.assertEqual(st, status, b)
+        self.assertEqual(h.get("content-type"), "application/problem+json")
+        p = json.loads(b)
+        self.assertEqual(p["detail"], detail)
+        rid = p["request_id"]
+        self.assertEqual(h.get("x-request-id"), rid)
+        for leak in leaks:
+            self.assertNotIn(leak.encode(), b)
+            self.assertNotIn(leak, json.dumps(h))
+        line = self.log_line(rid)
+        for leak in leaks:
+            self.assertIn(leak, line)
+        return rid
+
+    def log_line(self, rid, timeout=5.0):
+        end = time.monotonic() + timeout
+        while True:
+            for line in self.s.read_log().splitlines():
+                if ("request %s:" % rid) in line:
+                    return line
+            if time.monotonic() > end:
+                self.fail("no log line has request %s:\n%s" % (rid, self.s.read_log()[-2000:]))
+            time.sleep(0.02)
+
+    def test_a_failed_statement_is_502_without_the_database_text(self):
+        rid = self.failed("GET", "/broken", 502, "the database failed the statement",
+                          ["no_such_table_x", "42P01"])
+        self.assertRegex(rid, HEX_ID)
+
+    def test_a_value_the_database_refuses_is_400_without_its_text(self):
+        self.failed("GET", "/cast", 400, "the database refused a value of the request",
+                    ["invalid input syntax", "22P02"], headers={"X-User-Id": "abc"})
+
+    def test_a_conflict_is_409_without_the_constraint_or_the_row(self):
+        self.failed("POST", "/dup", 409, "the request conflicts with data the database holds",
+                    ["users_pkey", "23505"], body={})
+
+    def test_an_upstream_down_is_502_without_its_name_or_address(self):
+        rid = self.failed("GET", "/down", 502, "the upstream is unavailable",
+                          ["127.0.0.1:%d" % self.dead_port, '"down"'])
+        self.assertRegex(rid, HEX_ID)
+
+    def test_an_upstream_past_its_timeout_is_504_without_its_address(self):
+        self.failed("GET", "/slow?delay_ms=2000", 504, "the upstream did not answer in time",
+                    [":%d" % self.origin.port, '"slow"'])
+
+    def test_a_missing_body_field_still_names_the_field(self):
+        st, h, b = self.s.request("POST", "/needs", {}, {"other": 1})
+        self.assertEqual(st, 400, b)
+        p = json.loads(b)
+        self.assertEqual(p["detail"], "missing field 'name' in the JSON body")
+        self.assertRegex(p["request_id"], HEX_ID)
+
+    def test_each_error_has_its_own_id(self):
+        ids = {json.loads(self.s.request("GET", "/down")[2])["request_id"] for _ in range(5)}
+        self.assertEqual(len(ids), 5)
+
+    def test_a_safe_client_request_id_is_used_and_passed_on(self):
+        rid = "client-id_1.2:3"
+        st, h, b = self.s.request("GET", "/down", {"X-Request-Id": rid})
+        self.assertEqual((st, json.loads(b)["request_id"], h.get("x-request-id")), (502, rid, rid))
+        self.assertIn("upstream", self.log_line(rid))
+        st, _, b = self.s.request("GET", "/app", {"X-Request-Id": rid})
+        self.assertEqual(st, 200, b)
+        self.assertEqual([v for k, v in json.loads(b)["headers"] if k == "x-request-id"], [rid])
+
+    def test_an_unsafe_or_repeated_client_request_id_is_replaced(self):
+        for bad in ("has space", "a\"b", "x" * 129, "semi;colon"):
+            st, h, b = self.s.request("GET", "/down", {"X-Request-Id": bad})
+            rid = json.loads(b)["request_id"]
+            self.assertRegex(rid, HEX_ID, bad)
+            self.assertEqual(h.get("x-request-id"), rid)
+            self.assertNotIn(bad, self.s.read_log())
+        st, _, b = raw_request(self.s.port, "GET /app HTTP/1.1\r\nHost: x\r\n"
+                               "X-Request-Id: one\r\nX-Request-Id: two\r\n\r\n")
+        self.assertEqual(st, 200, b)
+        sent = [v for k, v in json.loads(b)["headers"] if k == "x-request-id"]
+        self.assertEqual(len(sent), 1)
+        self.assertRegex(sent[0], HEX_ID)
 
 
 class OneIdentityInTheDatabase(SluiceTestCase):

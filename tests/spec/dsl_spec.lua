@@ -656,9 +656,10 @@ endpoint "GET /x" {
 
     it("forward_headers that name what sluice sets, never forwards, or twice", function()
       local up = 'upstream "a" { url = "http://127.0.0.1:3000", forward_headers = %s }'
-      fails(up:format('{ "Accept", "Host", "via" }'), {
+      fails(up:format('{ "Accept", "Host", "via", "X-Request-Id" }'), {
         't.lua:1: upstream "a": forward_headers[2]: "Host" is set by sluice itself',
         't.lua:1: upstream "a": forward_headers[3]: "via" is set by sluice itself',
+        't.lua:1: upstream "a": forward_headers[4]: "X-Request-Id" is set by sluice itself',
       })
       fails(up:format('{ "X-Forwarded-Scheme", "X-Real-IP", "Connection" }'), {
         't.lua:1: upstream "a": forward_headers[1]: "X-Forwarded-Scheme" is never forwarded from a client'
