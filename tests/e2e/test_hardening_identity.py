@@ -396,11 +396,15 @@ class OneIdentityInTheDatabase(SluiceTestCase):
             self.assertIn(name, [r["name"] for r in json.loads(b)], u)
         self.assertEqual(h["x-cache"], "HIT")  # "+1" filled it again, "001" reads that fill
 
-    def test_spellings_of_a_user_get_the_plan_the_database_holds_for_it(self):
-        # User 4 is on the enterprise plan; its tier lookup casts $1::bigint, as the keys now do.
-        st, h, b = self.s.get("/api/crm?type=projects", user="+004")
-        self.assertEqual(st, 200, b)
-        self.assertTrue(h["ratelimit-policy"].startswith('"enterprise"'), h)
+    def test_spellings_of_a_user_get_its_plan_and_one_counter_of_it(self):
+        # User 4 is on the enterprise plan; the tier lookup casts $1::bigint, as the keys now do.
+        left = []
+        for u in ("+004", "4", "0004"):
+            st, h, b = self.s.get("/api/crm?type=projects", user=u)
+            self.assertEqual(st, 200, b)
+            self.assertTrue(h["ratelimit-policy"].startswith('"enterprise"'), h)
+            left.append(int(h["x-ratelimit-remaining"]))
+        self.assertEqual(left, [left[0], left[0] - 1, left[0] - 2])
 
 
 if __name__ == "__main__":
