@@ -11,7 +11,8 @@
 --   upstream "app" { url = "http://127.0.0.1:3000" }      -- an HTTP origin
 --   endpoint "GET /api/x" { sql = "...", cache = {...} }  -- what a route does
 --   on_change "contacts" { invalidate = { ... } }         -- PostgreSQL NOTIFY
---   header "X-User-Id", sql("SELECT ...", "{user}")       -- identity sources
+--   header "X-User-Id", sql("SELECT ...", "{user}")       -- identity sources;
+--   header("X-User-Id", { integer = true })               -- a typed one (uuid, pattern)
 --
 -- Files declare, they do not act: the declarations are collected, then
 -- checked together (sluice.validate), so the order of declarations across
