@@ -17,21 +17,70 @@
     500 /* a miss holds its key's fill lease this long at most, or, filled by                      \
            an upstream, as long as the upstream may take to answer */
 
-/* Reads a trusted identity header into *val (borrowed). Returns -1 when it is too long. */
+/*
+ * The one field line of the request named `name` (ignoring case) into *v, NULL when there is
+ * none. Returns how many lines have that name.
+ */
+static size_t
+field_lines(const struct http_request *h, const char *name, const struct http_str **v)
+{
+    size_t n = 0, len = strlen(name);
+    *v = NULL;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const struct http_str *f = &h->headers[i].name;
+        if (f->len == len && strncasecmp(f->p, name, len) == 0 && n++ == 0)
+            *v = &h->headers[i].value;
+    }
+    return n;
+}
+
+/*
+ * Reads a trusted identity header `name` (NULL: not declared) into *val and *len: absent or
+ * empty is NULL; a value of a declared type (chk) is its canonical form, in the value arena.
+ * A header given twice (in any case), holding a list (a comma: lines an intermediary may have
+ * joined, RFC 9110 section 5.3), too long or not of its type refuses the request: returns 400
+ * with a message in detail, else 0.
+ */
 static int
-identity_header(struct gw_req *rq, const char *name, const char **val, size_t *len)
+identity_header(struct gw_req *rq, const char *name, const struct identity_check *chk,
+                const char **val, size_t *len, char *detail, size_t detail_len)
 {
     *val = NULL;
     *len = 0;
     if (!name)
         return 0;
-    const struct http_str *v = http_header_get(&rq->sr->http, name);
+    const struct http_str *v;
+    size_t n = field_lines(&rq->sr->http, name, &v);
+    if (n > 1) {
+        snprintf(detail, detail_len, "the identity header %s is given more than once", name);
+        return 400;
+    }
     if (!v || v->len == 0)
         return 0;
-    if (v->len > MAX_USER_LEN)
-        return -1;
-    *val = v->p;
-    *len = v->len;
+    if (v->len > MAX_USER_LEN) {
+        snprintf(detail, detail_len, "identity header too long");
+        return 400;
+    }
+    if (memchr(v->p, ',', v->len)) {
+        snprintf(detail, detail_len, "the identity header %s holds a list; it takes one value",
+                 name);
+        return 400;
+    }
+    if (!chk || chk->type == IDENTITY_TEXT) {
+        *val = v->p;
+        *len = v->len;
+        return 0;
+    }
+    char canon[MAX_USER_LEN + IDENTITY_CANONICAL_EXTRA + 1];
+    size_t clen;
+    if (identity_canonical(chk, v->p, v->len, canon, sizeof(canon), &clen) != 0) {
+        snprintf(detail, detail_len, "the identity header %s is not %s", name,
+                 identity_type_text(chk));
+        return 400;
+    }
+    *val = gw_vals_put(rq, canon, clen);
+    assert(*val); /* the first values of the request: the arena has room */
+    *len = clen;
     return 0;
 }
 
@@ -52,11 +101,17 @@ gw_read_request(struct gw_req *rq, char *detail, size_t detail_len)
 {
     const struct server_request *sr = rq->sr;
     const struct policy_identity *id = &rq->policy->identity;
-    if (identity_header(rq, id->user_header, &rq->user, &rq->user_len) != 0 ||
-        identity_header(rq, id->tenant_header, &rq->tenant, &rq->tenant_len) != 0) {
-        snprintf(detail, detail_len, "identity header too long");
-        return 400;
-    }
+    const char *tier;
+    size_t tier_len;
+    int status = identity_header(rq, id->user_header, &id->user_check, &rq->user, &rq->user_len,
+                                 detail, detail_len);
+    if (!status)
+        status = identity_header(rq, id->tenant_header, &id->tenant_check, &rq->tenant,
+                                 &rq->tenant_len, detail, detail_len);
+    if (!status) /* read again by gw_identify(), which takes its first line */
+        status = identity_header(rq, id->tier_header, NULL, &tier, &tier_len, detail, detail_len);
+    if (status)
+        return status;
     if (!uses_body(rq->ep))
         return 0;
     if (sr->body_len == 0) {

@@ -8,9 +8,13 @@
 #include "req.h"
 
 /*
- * Reads the caller's identity headers and, when the endpoint's templates use
- * it, the JSON body (an object, no duplicate keys). Returns 0, or the HTTP
- * status the request is refused with and a message in detail.
+ * Reads the caller's identity headers into rq->user and rq->tenant (borrowed
+ * from the request, or the canonical form of a typed value in its value
+ * arena) and, when the endpoint's templates use it, the JSON body (an
+ * object, no duplicate keys). An identity header (user, tenant, tier) given
+ * twice or holding a comma, and a value not of its declared type, are
+ * refused. Returns 0, or the HTTP status the request is refused with and a
+ * message in detail.
  */
 int gw_read_request(struct gw_req *rq, char *detail, size_t detail_len);
 

@@ -177,20 +177,32 @@ on_upstream(void *arg, const struct upstream_response *res)
     const struct policy_endpoint *ep = rq->ep;
     uint64_t response_ms = store_now_ms();
     rq->call = NULL;
+    char internal[320];
     if (res->error != UPSTREAM_OK) {
-        char detail[256];
-        snprintf(detail, sizeof(detail), "upstream \"%s\": %s", ep->up->name, res->detail);
-        gw_origin_failed(rq,
-                         res->error == UPSTREAM_TIMEOUT    ? 504
-                         : res->error == UPSTREAM_SHUTDOWN ? 503
-                                                           : 502,
-                         detail);
-        return;
+        /* The upstream's name and address, and why it failed, are for the log. */
+        snprintf(internal, sizeof(internal), "upstream \"%s\" (%s:%d): %s", ep->up->name,
+                 ep->up->host, ep->up->port, res->detail);
+        switch (res->error) {
+        case UPSTREAM_TIMEOUT:
+            gw_origin_failed(rq, 504, "the upstream did not answer in time", internal);
+            return;
+        case UPSTREAM_SHUTDOWN:
+            gw_origin_failed(rq, 503, "the server is shutting down", internal);
+            return;
+        case UPSTREAM_PROTOCOL:
+        case UPSTREAM_TOO_LARGE:
+            gw_origin_failed(rq, 502, "the upstream's answer could not be used", internal);
+            return;
+        case UPSTREAM_CONNECT:
+        default:
+            gw_origin_failed(rq, 502, "the upstream is unavailable", internal);
+            return;
+        }
     }
     if (res->status >= 500 && gw_stale_serves(rq)) {
-        char detail[96];
-        snprintf(detail, sizeof(detail), "upstream \"%s\" answered %d", ep->up->name, res->status);
-        gw_origin_failed(rq, res->status, detail);
+        snprintf(internal, sizeof(internal), "upstream \"%s\" answered %d", ep->up->name,
+                 res->status);
+        gw_origin_failed(rq, res->status, "the upstream failed", internal);
         return;
     }
     /* Every field is judged and replayed (the parser refuses more than it can hold). */
@@ -275,47 +287,98 @@ upstream_target_text(struct gw_req *rq, struct sbuf *out)
     return 0;
 }
 
-/* Request fields never forwarded: on a fill, conditionals and ranges (the cache needs the
- * whole answer) and method overrides (a GET must stay a GET); always, the fields that
- * override the host or URL in some apps. */
+/* Request fields a fill never forwards: conditionals and ranges (the cache needs the whole
+ * answer) and method overrides (a GET must stay a GET). The fields no request forwards are
+ * upstream_forward_headers()'s. */
 static const char *const fill_dropped[] = {
-    "if-none-match:",          "if-modified-since:", "if-match:",
-    "if-unmodified-since:",    "if-range:",          "range:",
-    "x-http-method-override:", "x-http-method:",     "x-method-override:"};
-static const char *const always_dropped[] = {
-    "proxy-connection:",   "x-host:",           "x-original-url:",    "x-rewrite-url:",
-    "x-forwarded-server:", "x-forwarded-port:", "x-forwarded-prefix:"};
+    "if-none-match", "if-modified-since",      "if-match",      "if-unmodified-since", "if-range",
+    "range",         "x-http-method-override", "x-http-method", "x-method-override"};
+
+/* Whether the "Name: value" line at line[0..len) is the field `name` (ignoring case). */
+static bool
+line_is(const char *line, size_t len, const char *name)
+{
+    size_t nl = name ? strlen(name) : 0;
+    return nl && len > nl && line[nl] == ':' && strncasecmp(line, name, nl) == 0;
+}
 
 static bool
-line_starts(const char *line, size_t len, const char *const *names, size_t n)
+line_in(const char *line, size_t len, const char *const *names, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        size_t nl = strlen(names[i]);
-        if (len >= nl && strncasecmp(line, names[i], nl) == 0)
+    for (size_t i = 0; i < n; i++)
+        if (line_is(line, len, names[i]))
             return true;
-    }
     return false;
 }
 
-/* Drops from the "Name: value\r\n" lines of b those the request must not forward. */
-static void
-drop_fields(struct sbuf *b, bool filling)
+/* The fields that describe a forwarded body: they go with it, listed or not. */
+static const char *const body_fields[] = {"content-type", "content-encoding"};
+
+/* Whether the upstream's forward_headers, when it has them, let field `name` through. */
+static bool
+listed(const struct policy_upstream *up, const char *name)
 {
+    if (!up->forward_listed)
+        return true;
+    for (size_t i = 0; i < up->nforward_headers; i++)
+        if (strcasecmp(up->forward_headers[i], name) == 0)
+            return true;
+    return false;
+}
+
+/* Whether the line at line[0..len) is one of the upstream's forward_headers (or it has none). */
+static bool
+line_listed(const struct policy_upstream *up, const char *line, size_t len)
+{
+    return !up->forward_listed ||
+           line_in(line, len, (const char *const *)up->forward_headers, up->nforward_headers);
+}
+
+/*
+ * Drops from the client's "Name: value\r\n" lines in b those the request must not forward:
+ * on a fill, conditionals, ranges and method overrides; the fields the upstream's
+ * forward_headers leave out (but Content-Type and Content-Encoding with a body); and the
+ * identity headers and X-Request-Id, which gw_proxy_run() writes again.
+ */
+static void
+drop_fields(struct gw_req *rq, struct sbuf *b, bool filling, bool with_body)
+{
+    const struct policy_identity *id = &rq->policy->identity;
+    const struct policy_upstream *up = rq->ep->up;
     size_t o = 0;
     for (size_t i = 0; i < b->len;) {
         const char *nl = memchr(b->p + i, '\n', b->len - i);
         size_t len = nl ? (size_t)(nl - (b->p + i)) + 1 : b->len - i;
-        bool drop = line_starts(b->p + i, len, always_dropped,
-                                sizeof(always_dropped) / sizeof(always_dropped[0])) ||
-                    (filling && line_starts(b->p + i, len, fill_dropped,
-                                            sizeof(fill_dropped) / sizeof(fill_dropped[0])));
+        const char *line = b->p + i;
+        bool drop = (filling && line_in(line, len, fill_dropped,
+                                        sizeof(fill_dropped) / sizeof(fill_dropped[0]))) ||
+                    line_is(line, len, id->user_header) || line_is(line, len, id->tenant_header) ||
+                    line_is(line, len, "x-request-id") ||
+                    (!line_listed(up, line, len) &&
+                     !(with_body && line_in(line, len, body_fields,
+                                            sizeof(body_fields) / sizeof(body_fields[0]))));
         if (!drop) {
-            memmove(b->p + o, b->p + i, len);
+            memmove(b->p + o, line, len);
             o += len;
         }
         i += len;
     }
     b->len = o;
+}
+
+/*
+ * The caller's identity as the upstream receives it: each identity header once, with the value
+ * the keys and limits used (the canonical form of a typed value), or not at all when absent or
+ * left out of the upstream's forward_headers.
+ */
+static void
+add_identity(const struct gw_req *rq, struct sbuf *b)
+{
+    const struct policy_identity *id = &rq->policy->identity;
+    if (rq->user && listed(rq->ep->up, id->user_header))
+        sbuf_printf(b, "%s: %.*s\r\n", id->user_header, (int)rq->user_len, rq->user);
+    if (rq->tenant && listed(rq->ep->up, id->tenant_header))
+        sbuf_printf(b, "%s: %.*s\r\n", id->tenant_header, (int)rq->tenant_len, rq->tenant);
 }
 
 /*
@@ -358,11 +421,15 @@ gw_proxy_run(struct gw_req *rq)
         gw_fail(rq, 400, rq->refusal);
         return;
     }
-    upstream_forward_headers(h, rq->sr->ip, &headers);
-    drop_fields(&headers, filling);
+    bool safe = h->method == HTTP_GET || h->method == HTTP_HEAD;
+    upstream_forward_headers(h, &headers);
+    drop_fields(rq, &headers, filling, !safe);
+    add_identity(rq, &headers);
+    /* The id the log and an error answer would quote: the client's (a safe token), or ours. */
+    sbuf_printf(&headers, "X-Request-Id: %s\r\n", gw_request_id(rq));
     if (filling)
         add_validators(rq, &headers);
-    bool safe = h->method == HTTP_GET || h->method == HTTP_HEAD;
+    upstream_proxy_fields(rq->sr->ip, h->minor_version, &headers);
     /* A fill always asks for the whole answer; a GET or HEAD forwards no body. */
     const char *method = filling ? "GET" : h->method_str.p;
     size_t method_len = filling ? 3 : h->method_str.len;
@@ -389,5 +456,6 @@ gw_proxy_run(struct gw_req *rq)
     sbuf_free(&target);
     sbuf_free(&headers);
     if (!rq->call)
-        gw_fail(rq, 502, "the request cannot be forwarded to the upstream");
+        gw_fail_internal(rq, 502, "the upstream is unavailable",
+                         "upstream_send refused the request");
 }

@@ -4,9 +4,14 @@
 #include "req.h"
 
 #include <assert.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "httpcache.h"
 #include "template.h"
@@ -24,6 +29,7 @@ gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
     struct gw_req *rq = xmalloc(sizeof(*rq));
     memset(rq, 0, offsetof(struct gw_req, dec)); /* the rest is written before it is read */
     rq->vary_names[0] = '\0';
+    rq->request_id[0] = '\0';
     rq->vkey[0] = '\0';
     rq->hdrs = rq->hdrs_inline;
     rq->hdrs_cap = sizeof(rq->hdrs_inline);
@@ -124,16 +130,92 @@ hdr_u64(struct gw_req *rq, uint64_t v)
     hdr_add(rq, buf, util_u64(buf, v));
 }
 
+/* ---- request ids ---------------------------------------------------------------------------- */
+
+static pthread_once_t id_once = PTHREAD_ONCE_INIT;
+static uint64_t id_base; /* random, drawn once per process */
+static uint64_t id_next; /* atomic */
+
+static void
+id_init(void)
+{
+    if (getrandom(&id_base, sizeof(id_base), GRND_NONBLOCK) != sizeof(id_base))
+        id_base = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL ^ (uint64_t)getpid();
+}
+
+/* splitmix64's finalizer: a bijection of 64-bit numbers, so distinct counts give distinct ids
+ * that do not show how many requests came between two of them. */
+static uint64_t
+id_mix(uint64_t x)
+{
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* A client's X-Request-Id is taken only as a token that is safe in a log line, a header and
+ * a JSON string: 1 to GW_REQUEST_ID_MAX letters, digits and "-_.:+/=". */
+static bool
+safe_request_id(const char *s, size_t len)
+{
+    if (len == 0 || len > GW_REQUEST_ID_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              strchr("-_.:+/=", c)))
+            return false;
+    }
+    return true;
+}
+
+const char *
+gw_request_id(struct gw_req *rq)
+{
+    if (rq->request_id[0])
+        return rq->request_id;
+    const struct http_request *h = &rq->sr->http;
+    const struct http_str *given = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < h->nheaders; i++)
+        if (h->headers[i].name.len == 12 &&
+            strncasecmp(h->headers[i].name.p, "x-request-id", 12) == 0 && n++ == 0)
+            given = &h->headers[i].value;
+    if (n == 1 && safe_request_id(given->p, given->len)) {
+        memcpy(rq->request_id, given->p, given->len);
+        rq->request_id[given->len] = '\0';
+        return rq->request_id;
+    }
+    pthread_once(&id_once, id_init);
+    uint64_t id = id_mix(id_base + __atomic_fetch_add(&id_next, 1, __ATOMIC_RELAXED));
+    snprintf(rq->request_id, sizeof(rq->request_id), "%016llx", (unsigned long long)id);
+    return rq->request_id;
+}
+
 void
 gw_fail(struct gw_req *rq, int status, const char *detail)
 {
+    const char *id = gw_request_id(rq);
     if (rq->detached) {
-        fprintf(stderr, "sluice: %s %s: %d %s\n", rq->warm ? "warming" : "refreshing", rq->ep->name,
-                status, detail);
+        fprintf(stderr, "sluice: request %s: %s %s: %d %s\n", id,
+                rq->warm ? "warming" : "refreshing", rq->ep->name, status, detail);
     } else {
-        server_respond_problem(rq->sr, status, NULL, NULL, detail, rq->hdrs_len ? rq->hdrs : NULL);
+        hdr_str(rq, "X-Request-Id: ");
+        hdr_str(rq, id);
+        hdr_str(rq, "\r\n");
+        json_t *ext = json_pack("{s:s}", "request_id", id);
+        server_respond_problem_ext(rq->sr, status, NULL, NULL, detail, ext, rq->hdrs);
+        json_decref(ext);
     }
     gw_req_free(rq);
+}
+
+void
+gw_fail_internal(struct gw_req *rq, int status, const char *detail, const char *internal)
+{
+    fprintf(stderr, "sluice: request %s: %s: %d %s: %s\n", gw_request_id(rq), rq->ep->name, status,
+            detail, internal);
+    gw_fail(rq, status, detail);
 }
 
 const char *
@@ -309,6 +391,12 @@ gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t nam
         assert(namelen < sizeof(hn)); /* template names are at most TEMPLATE_MAX_NAME */
         memcpy(hn, name, namelen);
         hn[namelen] = '\0';
+        /* An identity header reads as the caller's value: its canonical form. */
+        const struct policy_identity *id = &rq->policy->identity;
+        if (id->user_header && strcasecmp(hn, id->user_header) == 0)
+            return gw_lookup(rq, TV_USER, NULL, 0, val, len);
+        if (id->tenant_header && strcasecmp(hn, id->tenant_header) == 0)
+            return gw_lookup(rq, TV_TENANT, NULL, 0, val, len);
         const struct http_str *v = http_header_get(h, hn);
         if (!v)
             return 0;
@@ -451,13 +539,16 @@ gw_reply_denied(struct gw_req *rq)
         if (rq->results[i].retry_after_ms > retry)
             retry = rq->results[i].retry_after_ms;
     }
+    const char *id = gw_request_id(rq);
     hdr_str(rq, "Retry-After: ");
     hdr_u64(rq, ceil_sec(retry) ? ceil_sec(retry) : 1);
+    hdr_str(rq, "\r\nX-Request-Id: ");
+    hdr_str(rq, id);
     hdr_str(rq, "\r\n");
-    json_t *o =
-        json_pack("{s:s, s:s, s:i, s:s, s:o}", "type", QUOTA_TYPE, "title",
-                  "Request cannot be satisfied as assigned quota has been exceeded", "status", 429,
-                  "detail", "rate limit exceeded; retry later", "violated-policies", violated);
+    json_t *o = json_pack("{s:s, s:s, s:i, s:s, s:o, s:s}", "type", QUOTA_TYPE, "title",
+                          "Request cannot be satisfied as assigned quota has been exceeded",
+                          "status", 429, "detail", "rate limit exceeded; retry later",
+                          "violated-policies", violated, "request_id", id);
     char *body = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     struct server_response resp = {
@@ -581,15 +672,16 @@ gw_stale_serves(const struct gw_req *rq)
 }
 
 void
-gw_origin_failed(struct gw_req *rq, int status, const char *detail)
+gw_origin_failed(struct gw_req *rq, int status, const char *detail, const char *internal)
 {
     struct store_entry *e = rq->stale;
     if (gw_stale_serves(rq)) {
-        fprintf(stderr, "sluice: %s: serving a stale answer: %s\n", rq->ep->name, detail);
+        fprintf(stderr, "sluice: request %s: %s: serving a stale answer: %s: %s\n",
+                gw_request_id(rq), rq->ep->name, detail, internal);
         gw_reply_entry(rq, e, "STALE", store_now_ms());
         return;
     }
-    gw_fail(rq, status, detail);
+    gw_fail_internal(rq, status, detail, internal);
 }
 
 /* ---- fills in progress: local coalescing ------------------------------------------------- */

@@ -35,7 +35,8 @@ struct template;
 #define KEYS_BYTES 4096
 #define VALS_BYTES 4096
 #define HDRS_BYTES 1536
-#define FILL_WAIT_MS 1000 /* a request waits this long at most for another's fill */
+#define FILL_WAIT_MS 1000     /* a request waits this long at most for another's fill */
+#define GW_REQUEST_ID_MAX 128 /* a client's X-Request-Id longer than this is replaced */
 
 /* A fill in progress in this worker: requests missing the same key wait on it. */
 struct inflight {
@@ -144,8 +145,9 @@ struct gw_req {
     struct httpcache_request directives; /* read when has_directives */
     struct server_request own_sr;        /* a detached request's parsed form (sr points here) */
     char own_ip[48];
-    char vary_names[256]; /* the answer varied on these fields ("" when not) */
-    char vkey[1024];      /* the secondary key ("" when none) */
+    char request_id[GW_REQUEST_ID_MAX + 1]; /* "" until gw_request_id() */
+    char vary_names[256];                   /* the answer varied on these fields ("" when not) */
+    char vkey[1024];                        /* the secondary key ("" when none) */
     char *hdrs; /* the response's extra header lines: hdrs_inline, or the heap when longer */
     size_t hdrs_len, hdrs_cap;
     char hdrs_inline[HDRS_BYTES];
@@ -206,10 +208,31 @@ const struct http_query *gw_query(struct gw_req *rq);
 /* Copies len bytes into the request's value arena. Returns the copy, or NULL when full. */
 const char *gw_vals_put(struct gw_req *rq, const char *s, size_t len);
 
+/*
+ * The request's id, for the log and the client: the client's X-Request-Id
+ * when it sent exactly one that is a safe token (1 to GW_REQUEST_ID_MAX
+ * letters, digits and "-_.:+/="), else a new one (16 hex digits, unique in
+ * the process, not telling how many came before). Returns it (borrowed,
+ * valid for the request's life); the same one on every call.
+ */
+const char *gw_request_id(struct gw_req *rq);
+
 /* ---- replies: each answers the request and frees it ---------------------------------------- */
 
-/* Answers a problem+json error (a detached request logs it). */
+/*
+ * Answers a problem+json error with `detail`, the request id as its
+ * extension member request_id and as X-Request-Id (a detached request logs
+ * it). detail is for the client: it says what was wrong with the request,
+ * never how the gateway or an origin failed inside (gw_fail_internal).
+ */
 void gw_fail(struct gw_req *rq, int status, const char *detail);
+
+/*
+ * Answers as gw_fail with the generic `detail`, after logging `internal`
+ * (what failed: a database's error text, an upstream's address) with the
+ * request id, which the client gets to quote.
+ */
+void gw_fail_internal(struct gw_req *rq, int status, const char *detail, const char *internal);
 
 /*
  * Answers with entry e (the reply takes its own reference): X-Cache (unless
@@ -235,8 +258,11 @@ void gw_apply_decision(struct gw_req *rq, size_t nl);
 /* Whether the request holds a stale entry its endpoint's stale_if_error still covers. */
 bool gw_stale_serves(const struct gw_req *rq);
 
-/* The origin failed: answers the stale entry within stale_if_error, else the error. */
-void gw_origin_failed(struct gw_req *rq, int status, const char *detail);
+/*
+ * The origin failed: answers the stale entry within stale_if_error, else the
+ * error as gw_fail_internal (detail for the client, internal to the log).
+ */
+void gw_origin_failed(struct gw_req *rq, int status, const char *detail, const char *internal);
 
 /* ---- fills in progress: one per key per worker ---------------------------------------------- */
 

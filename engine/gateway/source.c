@@ -32,33 +32,37 @@ fill_and_reply(struct gw_req *rq, int status, char *body, size_t len)
     store_entry_release(e);
 }
 
-static int
-sqlstate_status(const char *sqlstate)
-{
-    return sqlstate && strncmp(sqlstate, "23", 2) == 0 ? 409 : 400;
-}
-
+/*
+ * The database's own words (its message, SQLSTATE) name tables, columns, constraints and the
+ * values of other rows: they go to the log with the request id, and the client gets a generic
+ * detail that says which side was at fault.
+ */
 static void
 on_db(void *arg, const struct db_result *res)
 {
     struct gw_req *rq = arg;
     const struct policy_endpoint *ep = rq->ep;
-    char detail[256];
+    char internal[320];
+    snprintf(internal, sizeof(internal), "database: %s (SQLSTATE %s)", res->detail,
+             res->sqlstate && res->sqlstate[0] ? res->sqlstate : "none");
     switch (res->status) {
     case DB_OK:
         break;
     case DB_CLIENT_ERROR:
-        snprintf(detail, sizeof(detail), "the database refused the input: %s", res->detail);
-        gw_fail(rq, sqlstate_status(res->sqlstate), detail);
+        /* Class 23, integrity: the data conflicts with rows the database holds; class 22: a
+         * value of the request is not what the statement takes. */
+        if (res->sqlstate && strncmp(res->sqlstate, "23", 2) == 0)
+            gw_fail_internal(rq, 409, "the request conflicts with data the database holds",
+                             internal);
+        else
+            gw_fail_internal(rq, 400, "the database refused a value of the request", internal);
         return;
     case DB_ERROR:
-        snprintf(detail, sizeof(detail), "the database failed the statement: %s", res->detail);
-        gw_origin_failed(rq, 502, detail);
+        gw_origin_failed(rq, 502, "the database failed the statement", internal);
         return;
     case DB_UNAVAILABLE:
     default:
-        snprintf(detail, sizeof(detail), "the database is unavailable: %s", res->detail);
-        gw_origin_failed(rq, 503, detail);
+        gw_origin_failed(rq, 503, "the database is unavailable", internal);
         return;
     }
 
@@ -128,11 +132,12 @@ run_sql(struct gw_req *rq)
         }
     }
     if (!rq->wk->db) {
-        gw_fail(rq, 503, "no database is configured");
+        gw_fail_internal(rq, 503, "the database is unavailable", "no database is configured");
         return;
     }
     if (db_query(rq->wk->db, ep->sql, (int)n, params, on_db, rq) != 0)
-        gw_fail(rq, 503, "the database pool is shutting down");
+        gw_fail_internal(rq, 503, "the database is unavailable",
+                         "the database pool is shutting down");
 }
 
 void

@@ -714,12 +714,22 @@ void
 server_respond_problem(struct server_request *req, int status, const char *type, const char *title,
                        const char *detail, const char *extra_headers)
 {
+    server_respond_problem_ext(req, status, type, title, detail, NULL, extra_headers);
+}
+
+void
+server_respond_problem_ext(struct server_request *req, int status, const char *type,
+                           const char *title, const char *detail, json_t *ext,
+                           const char *extra_headers)
+{
     json_t *o = json_object();
     json_object_set_new(o, "type", json_string(type ? type : "about:blank"));
     json_object_set_new(o, "title", json_string(title ? title : server_reason_phrase(status)));
     json_object_set_new(o, "status", json_integer(status));
     if (detail)
         json_object_set_new(o, "detail", json_string(detail));
+    if (ext)
+        json_object_update_missing(o, ext);
     char *body = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     struct server_response resp = {

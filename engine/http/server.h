@@ -8,6 +8,7 @@
 #include "http_parse.h"
 
 struct event_base;
+struct json_t;
 struct server;
 struct worker;
 
@@ -103,6 +104,15 @@ void server_respond_interim(struct server_request *req, int status, const char *
 /* Convenience: an application/problem+json error with this status, title and detail. */
 void server_respond_problem(struct server_request *req, int status, const char *type,
                             const char *title, const char *detail, const char *extra_headers);
+
+/*
+ * As server_respond_problem, with the members of the JSON object `ext`
+ * (borrowed; NULL: none) added to the problem as extension members (RFC 9457
+ * section 3.2), after those this function sets, which they do not replace.
+ */
+void server_respond_problem_ext(struct server_request *req, int status, const char *type,
+                                const char *title, const char *detail, struct json_t *ext,
+                                const char *extra_headers);
 
 /* The worker's event base, index and cached "Date: ...\r\n" header line. */
 struct event_base *server_worker_base(struct worker *w);

@@ -755,18 +755,43 @@ upstream_response_field(const struct upstream_response *res, const char *name)
 
 /* ---- forwarded request headers ---- */
 
+/*
+ * Request fields the proxy never passes on from a client: hop-by-hop ones; those the proxy
+ * sets itself (Host, Content-Length, Expect: upstream_send frames the request; X-Forwarded-*,
+ * Via: upstream_proxy_fields); and those a caller could pose as a proxy with, which apps and
+ * frameworks read as the client's address, the scheme, the host or the URL.
+ */
 static int
 dropped_on_forward(const char *name, size_t len)
 {
     static const char *const drop[] = {"host",
                                        "content-length",
                                        "expect",
-                                       "x-forwarded-for",
-                                       "x-forwarded-proto",
-                                       "x-forwarded-host",
-                                       "forwarded"};
+                                       "forwarded",
+                                       "via",
+                                       "x-real-ip",
+                                       "x-client-ip",
+                                       "client-ip",
+                                       "true-client-ip",
+                                       "x-cluster-client-ip",
+                                       "front-end-https",
+                                       "x-url-scheme",
+                                       "x-original-host",
+                                       "x-host",
+                                       "x-original-url",
+                                       "x-rewrite-url",
+                                       "proxy-connection"};
+    static const char prefix[] = "x-forwarded-";
+    size_t plen = sizeof(prefix) - 1;
     if (is_hop_by_hop(name, len))
         return 1;
+    if (len > plen) {
+        size_t i = 0;
+        while (i < plen && (name[i] | 0x20) == prefix[i])
+            i++;
+        if (i == plen)
+            return 1;
+    }
     for (size_t i = 0; i < sizeof drop / sizeof drop[0]; i++)
         if (eq_nocase(name, len, drop[i]))
             return 1;
@@ -774,7 +799,7 @@ dropped_on_forward(const char *name, size_t len)
 }
 
 void
-upstream_forward_headers(const struct http_request *h, const char *client_ip, struct sbuf *out)
+upstream_forward_headers(const struct http_request *h, struct sbuf *out)
 {
     for (size_t i = 0; i < h->nheaders; i++) {
         const struct http_header *f = &h->headers[i];
@@ -792,7 +817,13 @@ upstream_forward_headers(const struct http_request *h, const char *client_ip, st
         sbuf_add(out, f->value.p, f->value.len);
         sbuf_add(out, "\r\n", 2);
     }
+}
+
+void
+upstream_proxy_fields(const char *client_ip, int minor_version, struct sbuf *out)
+{
     if (client_ip != NULL && *client_ip != '\0')
         sbuf_printf(out, "X-Forwarded-For: %s\r\n", client_ip);
     sbuf_adds(out, "X-Forwarded-Proto: http\r\n");
+    sbuf_printf(out, "Via: 1.%d sluice\r\n", minor_version == 0 ? 0 : 1);
 }

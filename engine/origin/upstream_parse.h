@@ -60,17 +60,26 @@ struct upstream_response {
 };
 
 /*
- * Appends to `out` the header lines to forward from a client's request:
- * its end-to-end fields as received, then "X-Forwarded-For: <client_ip>" and
- * "X-Forwarded-Proto: http". Dropped: Connection, Keep-Alive,
- * Proxy-Authenticate, Proxy-Authorization, TE, Trailer, Transfer-Encoding,
- * Upgrade and every field named in Connection (hop-by-hop); Host (the target's
- * is sent instead), Content-Length and Expect (upstream_send frames the body);
- * and the client's own X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host
- * and Forwarded, which anyone can forge.
+ * Appends to `out` the header lines to forward from a client's request: its
+ * end-to-end fields as received ("Name: value\r\n"), but for these, dropped:
+ * hop-by-hop (Connection, Keep-Alive, Proxy-Authenticate,
+ * Proxy-Authorization, TE, Trailer, Transfer-Encoding, Upgrade, every field
+ * named in Connection, and Proxy-Connection); those the proxy sets itself
+ * (Host, Content-Length and Expect: upstream_send frames the body; every
+ * X-Forwarded-* and Via: upstream_proxy_fields); and those anyone could forge
+ * to pose as a proxy in front of the app (Forwarded, X-Real-IP, X-Client-IP,
+ * Client-IP, True-Client-IP, X-Cluster-Client-IP, Front-End-Https,
+ * X-Url-Scheme, X-Original-Host, X-Host, X-Original-URL, X-Rewrite-URL).
  */
-void upstream_forward_headers(const struct http_request *h, const char *client_ip,
-                              struct sbuf *out);
+void upstream_forward_headers(const struct http_request *h, struct sbuf *out);
+
+/*
+ * Appends the fields the proxy itself sets on a forwarded request:
+ * "X-Forwarded-For: <client_ip>" (unless NULL or empty), "X-Forwarded-Proto:
+ * http" and "Via: 1.<minor_version> sluice" (RFC 9110 section 7.6.3: the
+ * protocol the request was received with, and the proxy's pseudonym).
+ */
+void upstream_proxy_fields(const char *client_ip, int minor_version, struct sbuf *out);
 
 /*
  * Returns the value (NUL-terminated, borrowed from res) of the first field

@@ -193,6 +193,26 @@ compile_tiers(struct compile *c)
     lua_pop(L, 1);
 }
 
+/* The type of an identity header's values ({ header = ..., integer | uuid | pattern }, at the
+ * top) into *chk; a pattern that does not compile is an error of the identity block. */
+static void
+compile_identity_check(struct compile *c, const char *field, struct identity_check *chk)
+{
+    lua_State *L = c->L;
+    enum identity_type type = IDENTITY_TEXT;
+    char *pattern = field_str(L, "pattern");
+    if (field_bool(L, "integer"))
+        type = IDENTITY_INTEGER;
+    else if (field_bool(L, "uuid"))
+        type = IDENTITY_UUID;
+    else if (pattern)
+        type = IDENTITY_PATTERN;
+    char err[256];
+    if (identity_check_init(chk, type, pattern, err, sizeof(err)) != 0)
+        cerr(c, "identity: %s: %s", field, err);
+    free(pattern);
+}
+
 static void
 compile_identity(struct compile *c)
 {
@@ -206,12 +226,16 @@ compile_identity(struct compile *c)
     }
     set_location(c);
     lua_getfield(L, -1, "user");
-    if (lua_istable(L, -1))
+    if (lua_istable(L, -1)) {
         id->user_header = field_str(L, "header");
+        compile_identity_check(c, "user", &id->user_check);
+    }
     lua_pop(L, 1);
     lua_getfield(L, -1, "tenant");
-    if (lua_istable(L, -1))
+    if (lua_istable(L, -1)) {
         id->tenant_header = field_str(L, "header");
+        compile_identity_check(c, "tenant", &id->tenant_check);
+    }
     lua_pop(L, 1);
     lua_getfield(L, -1, "tier");
     if (lua_istable(L, -1)) {
@@ -308,6 +332,17 @@ warm_free(struct policy_warm *w)
     free(w);
 }
 
+/* Returns a lowercased copy of s (new). */
+static char *
+lowercase_dup(const char *s)
+{
+    char *low = xstrdup(s);
+    for (char *q = low; *q; q++)
+        if (*q >= 'A' && *q <= 'Z')
+            *q = (char)(*q - 'A' + 'a');
+    return low;
+}
+
 static void
 compile_upstreams(struct compile *c)
 {
@@ -327,6 +362,20 @@ compile_upstreams(struct compile *c)
         u->host_header = field_str(L, "host_header");
         u->timeout_ms = (uint64_t)field_int(L, "timeout_ms", 5000);
         u->connect_timeout_ms = (uint64_t)field_int(L, "connect_timeout_ms", 1000);
+        lua_getfield(L, -1, "forward_headers");
+        if (lua_istable(L, -1)) {
+            size_t nf = lua_rawlen(L, -1);
+            u->forward_listed = true;
+            u->forward_headers = xcalloc(nf ? nf : 1, sizeof(char *));
+            for (size_t j = 1; j <= nf; j++) {
+                lua_rawgeti(L, -1, (lua_Integer)j);
+                const char *name = lua_tostring(L, -1);
+                if (name)
+                    u->forward_headers[u->nforward_headers++] = lowercase_dup(name);
+                lua_pop(L, 1);
+            }
+        }
+        lua_pop(L, 1);
         u->file = xstrdup(c->file ? c->file : "?");
         u->line = c->line;
         if (!u->name || !u->host || !u->prefix || !u->host_header)
@@ -449,13 +498,8 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
         for (size_t i = 1; i <= nt; i++) {
             lua_rawgeti(L, -1, (lua_Integer)i);
             const char *name = lua_tostring(L, -1);
-            if (name) {
-                char *low = xstrdup(name);
-                for (char *q = low; *q; q++)
-                    if (*q >= 'A' && *q <= 'Z')
-                        *q = (char)(*q - 'A' + 'a');
-                e->targeted[e->ntargeted++] = low;
-            }
+            if (name)
+                e->targeted[e->ntargeted++] = lowercase_dup(name);
             lua_pop(L, 1);
         }
         lua_pop(L, 1);
@@ -675,6 +719,9 @@ policy_release(struct policy *p)
         free(u->host);
         free(u->prefix);
         free(u->host_header);
+        for (size_t j = 0; j < u->nforward_headers; j++)
+            free(u->forward_headers[j]);
+        free(u->forward_headers);
         free(u->file);
     }
     free(p->upstreams);
@@ -695,6 +742,8 @@ policy_release(struct policy *p)
     free(p->tiers);
     free(p->identity.user_header);
     free(p->identity.tenant_header);
+    identity_check_fini(&p->identity.user_check);
+    identity_check_fini(&p->identity.tenant_check);
     free(p->identity.tier_header);
     free(p->identity.tier_sql);
     free_templates(p->identity.tier_args, p->identity.ntier_args);

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "identity.h"
 #include "limiter.h"
 
 struct template;
@@ -39,7 +40,7 @@ struct policy_limit {
 
 enum policy_source { SOURCE_SQL, SOURCE_UPSTREAM, SOURCE_STATIC };
 
-/* upstream "NAME" { url = "http://HOST:PORT/PREFIX", timeout = "5s" } */
+/* upstream "NAME" { url = "http://HOST:PORT/PREFIX", timeout = "5s", forward_headers = {...} } */
 struct policy_upstream {
     char *name;
     char *url;                   /* as written */
@@ -49,6 +50,9 @@ struct policy_upstream {
     char *host_header;           /* "host[:port]" as the URL spells it, for the Host header */
     uint64_t timeout_ms;         /* response deadline: request sent to complete response */
     uint64_t connect_timeout_ms; /* connect deadline */
+    bool forward_listed;         /* forward_headers = {...}: only these request fields go on */
+    char **forward_headers;      /* ... their names, lowercased */
+    size_t nforward_headers;
     char *file;
     int line;
 };
@@ -134,8 +138,10 @@ struct policy_endpoint {
 };
 
 struct policy_identity {
-    char *user_header;           /* NULL: everyone is anonymous */
-    char *tenant_header;         /* NULL: no tenants */
+    char *user_header;                /* NULL: everyone is anonymous */
+    char *tenant_header;              /* NULL: no tenants */
+    struct identity_check user_check; /* what the user's value must be, and its canonical form */
+    struct identity_check tenant_check;
     char *tier_header;           /* tier taken from a trusted header, or */
     char *tier_sql;              /* looked up with this statement ... */
     struct template **tier_args; /* ... and these arguments */

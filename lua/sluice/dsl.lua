@@ -11,7 +11,8 @@
 --   upstream "app" { url = "http://127.0.0.1:3000" }      -- an HTTP origin
 --   endpoint "GET /api/x" { sql = "...", cache = {...} }  -- what a route does
 --   on_change "contacts" { invalidate = { ... } }         -- PostgreSQL NOTIFY
---   header "X-User-Id", sql("SELECT ...", "{user}")       -- identity sources
+--   header "X-User-Id", sql("SELECT ...", "{user}")       -- identity sources;
+--   header("X-User-Id", { integer = true })               -- a typed one (uuid, pattern)
 --
 -- Files declare, they do not act: the declarations are collected, then
 -- checked together (sluice.validate), so the order of declarations across
@@ -40,12 +41,13 @@ local EXAMPLES = {
 -- keyed here to the data the validator sees.
 local markers = setmetatable({}, { __mode = "k" })
 
-local function marker(data, view)
+local function marker(data, view, call)
   local proxy = setmetatable({}, {
     __index = view,
     __newindex = function()
       error(view.kind .. "(...) values are read-only", 2)
     end,
+    __call = call,
     __metatable = false,
   })
   markers[proxy] = data
@@ -138,8 +140,21 @@ local function file_functions(ctx)
     declare("identity", nil, line).fields = copy(f)
   end
 
-  local function header(name)
-    return marker({ [MARK] = "header", name = name }, { kind = "header", name = name })
+  -- header "X-User-Id", header("X-User-Id", { integer = true }), or the same options
+  -- written header "X-User-Id" { integer = true }.
+  local function header(name, ...)
+    local data = { [MARK] = "header", name = name }
+    if select("#", ...) > 0 then
+      data.opts = copy((...))
+      data.has_opts = true
+    end
+    local call
+    if not data.has_opts then
+      call = function(_, opts)
+        return header(name, opts)
+      end
+    end
+    return marker(data, { kind = "header", name = name }, call)
   end
 
   -- sql("SELECT ... $1", "{user}", ...) or sql("...", { "{user}", ... })

@@ -519,7 +519,58 @@ end
 ---------------------------------------------------------------------------
 -- Upstreams
 
-local UPSTREAM_FIELDS = { "url", "timeout", "connect_timeout" }
+local UPSTREAM_FIELDS = { "url", "timeout", "connect_timeout", "forward_headers" }
+M.MAX_FORWARD_HEADERS = 64 -- a request has at most 64 fields (HTTP_MAX_HEADERS)
+
+-- Fields forward_headers may not name, and why: a client's is never forwarded (the lists of
+-- engine/origin/upstream_parse.c, dropped_on_forward, and engine/gateway/proxy.c).
+local NOT_FORWARDABLE = {}
+for _, n in ipairs({ "host", "content-length", "x-forwarded-for", "x-forwarded-proto", "via", "x-request-id" }) do
+  NOT_FORWARDABLE[n] = "is set by sluice itself"
+end
+for _, n in ipairs({ "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+  "trailer", "transfer-encoding", "upgrade", "proxy-connection" }) do
+  NOT_FORWARDABLE[n] = "is hop-by-hop (RFC 9110 section 7.6.1) and never forwarded"
+end
+NOT_FORWARDABLE["expect"] = "is never forwarded (sluice reads the body before it forwards it)"
+for _, n in ipairs({ "forwarded", "x-real-ip", "x-client-ip", "client-ip", "true-client-ip",
+  "x-cluster-client-ip", "front-end-https", "x-url-scheme", "x-original-host", "x-host",
+  "x-original-url", "x-rewrite-url" }) do
+  NOT_FORWARDABLE[n] = "is never forwarded from a client (a caller could pose as a proxy with it)"
+end
+
+local FIELD_NAME = "^[!#$%%&'*+%-.^_`|~%w]+$"
+
+-- forward_headers = { "Accept", "Authorization", ... }: the request fields an upstream gets.
+local function check_forward_headers(c, v)
+  if v == nil then return nil end
+  local field = "forward_headers"
+  if not is_plain_table(v) or not is_list(v) then
+    c:err(field, 'expected a list of header names, as in { "Accept", "Authorization" }, got ' .. describe(v))
+    return nil
+  end
+  check_count(c, v, field, M.MAX_FORWARD_HEADERS, "fields", "an upstream")
+  local out, seen = {}, {}
+  for i, n in ipairs(v) do
+    local f = field .. "[" .. i .. "]"
+    if type(n) ~= "string" or not n:match(FIELD_NAME) then
+      c:err(f, "expected a header field name, got " .. describe(n))
+    else
+      local low = n:lower()
+      local why = NOT_FORWARDABLE[low]
+        or (low:sub(1, 12) == "x-forwarded-" and NOT_FORWARDABLE["forwarded"])
+      if why then
+        c:err(f, quote(n) .. " " .. why)
+      elseif seen[low] then
+        c:err(f, quote(n) .. " is listed twice (at [" .. seen[low] .. "] too)")
+      else
+        seen[low] = i
+        out[#out + 1] = n
+      end
+    end
+  end
+  return out
+end
 
 -- Splits "http://HOST[:PORT][/PREFIX]" into host, port, Host header text and
 -- path prefix (without a trailing '/'); nil and a message when it cannot.
@@ -571,6 +622,7 @@ local function upstream_decl(c, decl, f)
     name = decl.name, url = url, timeout_ms = timeout or M.DEFAULT_UPSTREAM_TIMEOUT_MS,
     connect_timeout_ms = connect or M.DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
     host = parts.host, port = parts.port, host_header = parts.host_header, prefix = parts.prefix,
+    forward_headers = check_forward_headers(c, f.forward_headers),
     file = decl.file, line = decl.line,
   }
 end
@@ -581,7 +633,45 @@ end
 local IDENTITY_FIELDS = { "user", "tenant", "tier", "tier_ttl", "default_tier" }
 local TIER_ARG_VARS = { user = true, tenant = true, ip = true, header = true }
 
-local function header_source(c, v, field)
+-- What an identity header's value must be: header("X-User-Id", { integer = true }).
+local HEADER_OPTIONS = { "integer", "uuid", "pattern" }
+local HEADER_OPTIONS_EXAMPLE = '{ integer = true }, { uuid = true } or { pattern = "[a-z0-9-]{1,64}" }'
+
+-- Checks the options of an identity header into src (integer, uuid or pattern).
+local function header_options(c, opts, field, src)
+  if opts == nil then return end
+  if not is_plain_table(opts) then
+    c:err(field, "expected options " .. HEADER_OPTIONS_EXAMPLE .. " after the header name, got " .. describe(opts))
+    return
+  end
+  c:only(opts, HEADER_OPTIONS, field)
+  local given = {}
+  for _, k in ipairs({ "integer", "uuid" }) do
+    if opts[k] ~= nil and c:boolean(opts[k], field .. "." .. k, false) then
+      src[k] = true
+      given[#given + 1] = k
+    end
+  end
+  if opts.pattern ~= nil then
+    local p = c:string(opts.pattern, field .. ".pattern")
+    if p == "" then
+      c:err(field .. ".pattern", "is empty")
+    elseif p and p:find("\0", 1, true) then
+      c:err(field .. ".pattern", "may not hold a NUL byte")
+    elseif p then
+      -- A POSIX extended regular expression (as grep -E reads it); the engine compiles it
+      -- and reports one that does not compile. It must match the whole value.
+      src.pattern = p
+      given[#given + 1] = "pattern"
+    end
+  end
+  if #given > 1 then
+    c:err(field, table.concat(given, " and ") .. " exclude each other; give one")
+  end
+end
+
+-- header "NAME", with options when allow_options (the user and tenant headers).
+local function header_source(c, v, field, allow_options)
   if v == nil then return nil end
   if not is_marker(v, "header") then
     local hint = type(v) == "string" and (" (write " .. field .. " = header " .. quote(v) .. ")") or ""
@@ -593,16 +683,25 @@ local function header_source(c, v, field)
       .. describe(v.name))
     return nil
   end
-  return { header = v.name }
+  local src = { header = v.name }
+  if v.opts ~= nil and not allow_options then
+    c:err(field, "takes no options: its value is matched against the declared tier names")
+  elseif allow_options then
+    header_options(c, v.opts, field, src)
+  end
+  return src
 end
 
 local function identity_decl(c, decl, f)
   c:only(f, IDENTITY_FIELDS)
   local id = { file = decl.file, line = decl.line }
-  id.user = header_source(c, f.user, "user")
-  id.tenant = header_source(c, f.tenant, "tenant")
+  id.user = header_source(c, f.user, "user", true)
+  id.tenant = header_source(c, f.tenant, "tenant", true)
   if f.user == nil and f.tenant == nil then
     c:err(nil, 'declares neither user nor tenant (e.g. user = header "X-User-Id")')
+  end
+  if id.user and id.tenant and id.user.header:lower() == id.tenant.header:lower() then
+    c:err("tenant", "reads header " .. quote(id.tenant.header) .. " as user does; give each its own header")
   end
   local tier = f.tier
   if tier ~= nil then

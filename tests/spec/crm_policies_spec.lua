@@ -77,7 +77,7 @@ describe("examples/crm/policies", function()
 
   it("identifies users by X-User-Id and reads their plan from users.plan for a minute", function()
     local id = set.identity
-    assert.are.same({ header = "X-User-Id" }, id.user)
+    assert.are.same({ header = "X-User-Id", integer = true }, id.user)
     assert.are.same({ header = "X-Tenant-Id" }, id.tenant)
     assert.matches("^SELECT plan FROM users WHERE id = %$1::bigint$", id.tier.sql)
     assert.are.same({ "{user}" }, id.tier.args)

@@ -134,6 +134,23 @@ identity { user = header "X-User-Id", tier = header "X-Plan" }
       }, set.identity)
     end)
 
+    it("identity headers declared with a type or a pattern", function()
+      local set = set_of([[
+identity {
+  user   = header("X-User-Id", { integer = true }),
+  tenant = header "X-Tenant-Id" { pattern = "[a-z0-9-]{1,64}" },
+}
+]])
+      assert.are.same({ header = "X-User-Id", integer = true }, set.identity.user)
+      assert.are.same({ header = "X-Tenant-Id", pattern = "[a-z0-9-]{1,64}" }, set.identity.tenant)
+      set = set_of([[identity { user = header("X-User-Id", { uuid = true }), tenant = header("T", {}) }]])
+      assert.are.same({ header = "X-User-Id", uuid = true }, set.identity.user)
+      assert.are.same({ header = "T" }, set.identity.tenant)
+      -- false is the same as leaving the option out
+      set = set_of([[identity { user = header("U", { integer = false }) }]])
+      assert.are.same({ header = "U" }, set.identity.user)
+    end)
+
     it("sql(...) with its arguments as one list", function()
       local set = set_of([[
 identity { user = header "U", tenant = header "T", tier = sql("SELECT p FROM u WHERE id = $1 AND t = $2", { "{user}", "{tenant}" }) }
@@ -165,6 +182,17 @@ upstream "b" { url = "http://[::1]:8080/api/v2/", connect_timeout = "250ms" }
       assert.are.same({ "::1", 8080, "[::1]:8080", "/api/v2", 250 },
         { set.upstreams[2].host, set.upstreams[2].port, set.upstreams[2].host_header, set.upstreams[2].prefix,
           set.upstreams[2].connect_timeout_ms })
+    end)
+
+    it("an upstream's forward_headers, as written (none: every field a client may send)", function()
+      local set = set_of([[
+upstream "a" { url = "http://127.0.0.1:3000", forward_headers = { "Accept", "authorization", "X-User-Id" } }
+upstream "b" { url = "http://127.0.0.1:3001", forward_headers = {} }
+upstream "c" { url = "http://127.0.0.1:3002" }
+]])
+      assert.are.same({ "Accept", "authorization", "X-User-Id" }, set.upstreams[1].forward_headers)
+      assert.are.same({}, set.upstreams[2].forward_headers)
+      assert.is_nil(set.upstreams[3].forward_headers)
     end)
 
     it("a catch-all route: any method, and a default key of the whole path and query", function()
@@ -626,6 +654,34 @@ endpoint "GET /x" {
         't.lua:1: endpoint "GET /x": cache.stale_while_revalidate: ' .. select(2, duration.parse("soon", true)))
     end)
 
+    it("forward_headers that name what sluice sets, never forwards, or twice", function()
+      local up = 'upstream "a" { url = "http://127.0.0.1:3000", forward_headers = %s }'
+      fails(up:format('{ "Accept", "Host", "via", "X-Request-Id" }'), {
+        't.lua:1: upstream "a": forward_headers[2]: "Host" is set by sluice itself',
+        't.lua:1: upstream "a": forward_headers[3]: "via" is set by sluice itself',
+        't.lua:1: upstream "a": forward_headers[4]: "X-Request-Id" is set by sluice itself',
+      })
+      fails(up:format('{ "X-Forwarded-Scheme", "X-Real-IP", "Connection" }'), {
+        't.lua:1: upstream "a": forward_headers[1]: "X-Forwarded-Scheme" is never forwarded from a client'
+          .. ' (a caller could pose as a proxy with it)',
+        't.lua:1: upstream "a": forward_headers[2]: "X-Real-IP" is never forwarded from a client'
+          .. ' (a caller could pose as a proxy with it)',
+        't.lua:1: upstream "a": forward_headers[3]: "Connection" is hop-by-hop (RFC 9110 section 7.6.1)'
+          .. ' and never forwarded',
+      })
+      fails(up:format('{ "Accept", "accept" }'),
+        't.lua:1: upstream "a": forward_headers[2]: "accept" is listed twice (at [1] too)')
+      fails(up:format('{ "Bad Name", 7 }'), {
+        't.lua:1: upstream "a": forward_headers[1]: expected a header field name, got string "Bad Name"',
+        't.lua:1: upstream "a": forward_headers[2]: expected a header field name, got number 7',
+      })
+      fails(up:format('"Accept"'),
+        't.lua:1: upstream "a": forward_headers: expected a list of header names, as in { "Accept", "Authorization" },'
+        .. ' got string "Accept"')
+      fails(up:format(list_of(65, function(i) return '"X-H' .. i .. '"' end)),
+        't.lua:1: upstream "a": forward_headers: lists 65 fields; an upstream may have at most 64')
+    end)
+
     it("upstream URLs that cannot be split", function()
       fails([[upstream "a" { url = "http://[::1/" }]],
         't.lua:1: upstream "a": url: a bracketed IPv6 address must look like [::1], got "http://[::1/"')
@@ -884,6 +940,32 @@ endpoint "GET /x?kind=b" { body = "y" }
         't.lua:1: identity: tier.sql: uses $2 but tier.args has 1 value',
         't.lua:1: identity: tier.args[1]: "{user}" is not used: the SQL has no $1',
       })
+    end)
+
+    it("identity header options that are unknown, of the wrong type, or exclude each other", function()
+      fails([[identity { user = header("U", { integr = true }) }]],
+        "t.lua:1: identity: user: unknown field 'integr' (did you mean 'integer'?)")
+      fails([[identity { user = header("U", { integer = "yes" }) }]],
+        't.lua:1: identity: user.integer: expected true or false, got string "yes"')
+      fails([[identity { user = header("U", { integer = true, uuid = true }) }]],
+        "t.lua:1: identity: user: integer and uuid exclude each other; give one")
+      fails([[identity { tenant = header("T", { uuid = true, pattern = "[a-f0-9-]+" }) }]],
+        "t.lua:1: identity: tenant: uuid and pattern exclude each other; give one")
+      fails([[identity { user = header("U", { pattern = "" }) }]],
+        "t.lua:1: identity: user.pattern: is empty")
+      fails([[identity { user = header("U", { pattern = 5 }) }]],
+        "t.lua:1: identity: user.pattern: expected a string, got number 5")
+      fails([[identity { user = header("U", "integer") }]],
+        't.lua:1: identity: user: expected options { integer = true }, { uuid = true } or'
+        .. ' { pattern = "[a-z0-9-]{1,64}" } after the header name, got string "integer"')
+      fails([[identity { user = header("U", { "integer" }) }]],
+        't.lua:1: identity: user: unexpected list item string "integer" (fields are written name = value)')
+      fails([[
+tier "free" { limit = 1, window = "1h" }
+identity { user = header "U", tier = header("P", { pattern = "[a-z]+" }) }
+]], "t.lua:2: identity: tier: takes no options: its value is matched against the declared tier names")
+      fails([[identity { user = header "X-Id", tenant = header "x-id" }]],
+        't.lua:1: identity: tenant: reads header "x-id" as user does; give each its own header')
     end)
 
     it("a tenant file's errors as the tenant's, without rejecting the set", function()

@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 /* The file under test, with its static functions (h2o's t/00unit style). Its replies reach the
- * stubs of server_respond() and server_respond_problem() below instead of a connection. */
+ * stubs of server_respond() and server_respond_problem_ext() below instead of a connection. */
 #include "../../engine/gateway/req.c"
 
 #include "store_memory.h"
@@ -49,8 +49,9 @@ server_respond(struct server_request *req, const struct server_response *resp)
 }
 
 void
-server_respond_problem(struct server_request *req, int status, const char *type, const char *title,
-                       const char *detail, const char *extra_headers)
+server_respond_problem_ext(struct server_request *req, int status, const char *type,
+                           const char *title, const char *detail, json_t *ext,
+                           const char *extra_headers)
 {
     struct server_response resp = {.status = status};
     server_respond(req, &resp);

@@ -1207,17 +1207,39 @@ test_forward_headers(void **state)
                             "Content-Length: 2\r\n"
                             "Expect: 100-continue\r\n"
                             "Authorization: Bearer t\r\n"
+                            "X-Forwarded-Scheme: https\r\n"
+                            "X-Forwarded-SSL: on\r\n"
+                            "x-forwarded-port: 443\r\n"
+                            "Front-End-Https: on\r\n"
+                            "X-Url-Scheme: https\r\n"
+                            "X-Real-IP: 6.6.6.6\r\n"
+                            "X-Client-IP: 6.6.6.6\r\n"
+                            "True-Client-IP: 6.6.6.6\r\n"
+                            "X-Original-Host: evil\r\n"
+                            "X-Host: evil\r\n"
+                            "X-Original-URL: /admin\r\n"
+                            "Via: 1.1 evil-proxy\r\n"
+                            "Proxy-Connection: keep-alive\r\n"
+                            "X-Forwarded: kept\r\n"
                             "\r\n";
     struct http_request h;
     struct sbuf out = {0};
     (void)state;
 
     assert_int_equal(http_parse_request(s, sizeof s - 1, &h), (int)(sizeof s - 1));
-    upstream_forward_headers(&h, "10.0.0.7", &out);
+    upstream_forward_headers(&h, &out);
     assert_string_equal(out.p, "Accept: */*\r\n"
                                "Authorization: Bearer t\r\n"
-                               "X-Forwarded-For: 10.0.0.7\r\n"
-                               "X-Forwarded-Proto: http\r\n");
+                               "X-Forwarded: kept\r\n");
+    sbuf_free(&out);
+    upstream_proxy_fields("10.0.0.7", 1, &out);
+    assert_string_equal(out.p, "X-Forwarded-For: 10.0.0.7\r\n"
+                               "X-Forwarded-Proto: http\r\n"
+                               "Via: 1.1 sluice\r\n");
+    sbuf_free(&out);
+    upstream_proxy_fields(NULL, 0, &out);
+    assert_string_equal(out.p, "X-Forwarded-Proto: http\r\n"
+                               "Via: 1.0 sluice\r\n");
     sbuf_free(&out);
 }
 
@@ -1243,7 +1265,8 @@ test_forward_on_the_wire(void **state)
     (void)state;
 
     assert_true(http_parse_request(s, sizeof s - 1, &h) > 0);
-    upstream_forward_headers(&h, "192.0.2.1", &hdrs);
+    upstream_forward_headers(&h, &hdrs);
+    upstream_proxy_fields("192.0.2.1", h.minor_version, &hdrs);
     fixture_start(&f, LIT(reply), 2000);
     f.t.host_header = "app.internal";
     req.headers = hdrs.p;
@@ -1259,6 +1282,7 @@ test_forward_on_the_wire(void **state)
              "Content-Type: application/json\r\n"
              "X-Forwarded-For: 192.0.2.1\r\n"
              "X-Forwarded-Proto: http\r\n"
+             "Via: 1.1 sluice\r\n"
              "Content-Length: 2\r\n"
              "\r\n"
              "{}");

@@ -9,7 +9,9 @@
 -- counted by its IP address.
 
 identity {
-  user   = header "X-User-Id",     -- users.id of the signed-in user
+  -- users.id of the signed-in user: a whole number, so "01" and "+1" are
+  -- user 1 (one budget, one cache entry), and "abc" is refused with 400.
+  user   = header("X-User-Id", { integer = true }),
   tenant = header "X-Tenant-Id",   -- the workspace, when the auth layer sends one
 
   -- The tier is the user's plan, read from PostgreSQL. The answer is kept

@@ -4,7 +4,7 @@
 -- PostgreSQL (scripts/run-proxy-example.sh starts it on port 3000). Every
 -- endpoint in the files after this one says `upstream = "app"`: sluice
 -- forwards the request (same method, path, query and end-to-end headers,
--- X-User-Id included, plus X-Forwarded-For and X-Forwarded-Proto) and caches,
+-- X-User-Id included, plus X-Forwarded-For, X-Forwarded-Proto and Via) and caches,
 -- limits and invalidates around it, so the app keeps no cache of its own.
 --
 --   url              where the app listens; a path here would prefix every path
