@@ -53,7 +53,7 @@ gateway_new(const struct gateway_config *cfg, struct policy *policy)
     policy_ref(policy);
     g->policy = policy;
     g->generation = policy->generation;
-    g->mem = store_memory_new(cfg->cache_bytes);
+    g->mem = store_memory_new(cfg->cache_bytes, cfg->limit_bytes);
     return g;
 }
 

@@ -136,6 +136,15 @@ gw_fail(struct gw_req *rq, int status, const char *detail)
     gw_req_free(rq);
 }
 
+void
+gw_fail_retry(struct gw_req *rq, int status, uint64_t retry_s, const char *detail)
+{
+    hdr_str(rq, "Retry-After: ");
+    hdr_u64(rq, retry_s);
+    hdr_str(rq, "\r\n");
+    gw_fail(rq, status, detail);
+}
+
 const char *
 gw_vals_put(struct gw_req *rq, const char *s, size_t len)
 {

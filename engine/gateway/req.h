@@ -210,6 +210,8 @@ const char *gw_vals_put(struct gw_req *rq, const char *s, size_t len);
 
 /* Answers a problem+json error (a detached request logs it). */
 void gw_fail(struct gw_req *rq, int status, const char *detail);
+/* As gw_fail(), the answer saying Retry-After: retry_s. */
+void gw_fail_retry(struct gw_req *rq, int status, uint64_t retry_s, const char *detail);
 
 /*
  * Answers with entry e (the reply takes its own reference): X-Cache (unless

@@ -17,7 +17,8 @@
  *   - the limits are checked by the fallback, the in-process memory store,
  *     so each instance counts alone: N instances admit at most N x limit
  *     (fail open);
- *   - a request with a fail-closed limit is refused (a->refused_closed; 503).
+ *   - a request with a fail-closed limit is refused (a->refused_closed; 503);
+ *     one the fallback has no room to count is refused too (a->refused_full).
  *
  * Breaker. After `failures` consecutive failures it opens: the primary is
  * not called for cooldown_ms, so requests do not wait for a dead server's
@@ -135,6 +136,7 @@ on_fallback(void *arg, int status)
     struct store_admit *a = op->a;
 
     a->allowed = op->local.allowed;
+    a->refused_full = op->local.refused_full;
     a->now_ms = op->local.now_ms;
     a->state = STORE_MISS;
     a->entry = NULL;
@@ -203,7 +205,7 @@ fo_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done,
     struct admit_op *op = xmalloc(sizeof(*op));
 
     *op = (struct admit_op){.f = f, .a = a, .done = done, .arg = arg};
-    a->bypassed = a->refused_closed = false;
+    a->bypassed = a->refused_closed = a->refused_full = false;
     if (use_primary(f, true))
         store_admit_and_lookup(f->primary, a, on_primary_admit, op);
     else
