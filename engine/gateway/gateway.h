@@ -49,7 +49,8 @@ char *gateway_explain_request(struct policy *policy, const char *line, const cha
 
 /*
  * The store's state for status output, as the workers last published it
- * (every 500 ms): {"kind", "state": "ok"|"degraded", "workers": [...]}. New reference.
+ * (every 500 ms): {"kind", "state": "ok"|"degraded", "workers": [...]}, and the
+ * memory store's budgets and counts as they are now ("memory": {...}). New reference.
  */
 json_t *gateway_store_status(struct gateway *g);
 
