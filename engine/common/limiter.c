@@ -219,10 +219,17 @@ log_at(struct limiter_log *l, size_t i)
     return &l->e[(l->head + i) & (l->cap - 1)];
 }
 
+/* The bytes a ring of cap entries is allocated with. */
+static size_t
+log_size(size_t cap)
+{
+    return sizeof(struct limiter_log) + cap * sizeof(struct log_entry);
+}
+
 static struct limiter_log *
 log_resize(struct limiter_log *l, size_t cap)
 {
-    struct limiter_log *n = malloc(sizeof(*n) + cap * sizeof(n->e[0]));
+    struct limiter_log *n = malloc(log_size(cap));
     if (!n) {
         fprintf(stderr, "sluice: out of memory (sliding log of %zu entries)\n", cap);
         abort();
@@ -464,6 +471,44 @@ limiter_expiry(const struct limiter_rule *rule, const struct limiter_state *st)
     default:
         return sat_add(window_start(st->a, w), sat_add(w, w));
     }
+}
+
+size_t
+limiter_state_bytes(const struct limiter_state *st)
+{
+    return st->log ? log_size(st->log->cap) : 0;
+}
+
+size_t
+limiter_commit_bytes(const struct limiter_rule *rule, const struct limiter_state *st,
+                     uint64_t now_ms, uint32_t cost)
+{
+    struct limiter_log *l = st->log;
+    size_t len = 0, cap = 0;
+    uint64_t newest = 0;
+
+    if (rule->algo != LIMITER_SLIDING_LOG)
+        return limiter_state_bytes(st);
+    now_ms = clamp_now(rule, st, now_ms);
+    /* What sl_commit() does: log_prune() (which may halve the ring once more), then append. */
+    if (l) {
+        size_t gone = 0;
+        while (gone < l->len && now_ms - log_at(l, gone)->ts >= rule->window_ms)
+            gone++;
+        len = l->len - gone;
+        cap = len == 0 ? 0 : l->cap;
+        if (cap > LOG_MIN_CAP && len * 4 <= cap)
+            cap /= 2;
+        if (len)
+            newest = log_at(l, l->len - 1)->ts;
+    }
+    if (cost > 0 && !(len > 0 && newest == now_ms)) {
+        if (cap == 0)
+            cap = LOG_MIN_CAP;
+        else if (len == cap)
+            cap *= 2;
+    }
+    return cap ? log_size(cap) : 0;
 }
 
 void

@@ -3,6 +3,7 @@
 #define SLUICE_LIMITER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum limiter_algo {
@@ -77,6 +78,20 @@ void limiter_commit(const struct limiter_rule *rule, struct limiter_state *st, u
  * and may be dropped (a dropped state forgets the clock-step guard).
  */
 uint64_t limiter_expiry(const struct limiter_rule *rule, const struct limiter_state *st);
+
+/*
+ * Returns the bytes the state owns outside itself, as requested from malloc: the size of a
+ * sliding log's one allocation, else 0.
+ */
+size_t limiter_state_bytes(const struct limiter_state *st);
+
+/*
+ * Returns what limiter_state_bytes() will be after limiter_commit(rule, st, now_ms, cost),
+ * when called right after limiter_check() at the same now_ms: a caller counting memory
+ * can refuse a commit it has no room for before making it.
+ */
+size_t limiter_commit_bytes(const struct limiter_rule *rule, const struct limiter_state *st,
+                            uint64_t now_ms, uint32_t cost);
 
 /* Frees what the state owns and zeroes it. */
 void limiter_state_clear(struct limiter_state *st);

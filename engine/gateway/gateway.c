@@ -53,7 +53,7 @@ gateway_new(const struct gateway_config *cfg, struct policy *policy)
     policy_ref(policy);
     g->policy = policy;
     g->generation = policy->generation;
-    g->mem = store_memory_new(cfg->cache_bytes);
+    g->mem = store_memory_new(cfg->cache_bytes, cfg->limit_bytes);
     return g;
 }
 
@@ -163,6 +163,37 @@ publish_health(evutil_socket_t fd, short what, void *arg)
     pthread_mutex_unlock(&g->lock);
 }
 
+/* The memory store's budgets, what it holds and what its bounds did, as JSON (new). */
+static json_t *
+memory_status(struct store_memory *m)
+{
+    struct store_memory_stats st;
+    store_memory_stats(m, &st);
+    const struct {
+        const char *name;
+        uint64_t value;
+    } fields[] = {
+        {"cache_bytes", st.cache_bytes},
+        {"cache_max", st.cache_max},
+        {"limit_bytes", st.limit_bytes},
+        {"limit_max", st.limit_max},
+        {"entries", st.entries},
+        {"tags", st.tags},
+        {"limits", st.limits},
+        {"leases", st.leases},
+        {"evicted_entries", st.evicted_entries},
+        {"evicted_tags", st.evicted_tags},
+        {"not_stored", st.not_stored},
+        {"limit_reclaimed", st.limit_reclaimed},
+        {"limit_refused", st.limit_refused},
+        {"leases_unrecorded", st.leases_unrecorded},
+    };
+    json_t *o = json_object();
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        json_object_set_new(o, fields[i].name, json_integer((json_int_t)fields[i].value));
+    return o;
+}
+
 json_t *
 gateway_store_status(struct gateway *g)
 {
@@ -182,8 +213,8 @@ gateway_store_status(struct gateway *g)
     }
     pthread_mutex_unlock(&g->lock);
     const char *kind = g->cfg.redis_url && g->cfg.redis_url[0] ? "redis" : "memory";
-    return json_pack("{s:s, s:s, s:o}", "kind", kind, "state", degraded ? "degraded" : "ok",
-                     "workers", workers);
+    return json_pack("{s:s, s:s, s:o, s:o}", "kind", kind, "state", degraded ? "degraded" : "ok",
+                     "workers", workers, "memory", memory_status(g->mem));
 }
 
 struct store *

@@ -17,7 +17,8 @@ struct gateway_config {
     const char *database_url;     /* libpq conninfo; NULL or "": from the PG* environment */
     unsigned db_pool_size;        /* connections per worker */
     uint64_t db_deadline_ms;      /* per statement */
-    size_t cache_bytes;           /* memory store budget */
+    size_t cache_bytes;           /* memory store budget: entries, markers, tags */
+    size_t limit_bytes;           /* memory store budget: limit states, fill leases */
     const char *redis_url;        /* NULL or "": the memory store; else each worker uses Redis,
                                      falling back to the memory store while it is unavailable */
     const char *redis_limits_url; /* NULL or "": limits in redis_url's Redis; else their own */
@@ -48,7 +49,8 @@ char *gateway_explain_request(struct policy *policy, const char *line, const cha
 
 /*
  * The store's state for status output, as the workers last published it
- * (every 500 ms): {"kind", "state": "ok"|"degraded", "workers": [...]}. New reference.
+ * (every 500 ms): {"kind", "state": "ok"|"degraded", "workers": [...]}, and the
+ * memory store's budgets and counts as they are now ("memory": {...}). New reference.
  */
 json_t *gateway_store_status(struct gateway *g);
 

@@ -216,6 +216,11 @@ on_admitted(void *arg, int status)
                 "the rate-limit store is unavailable and a limit of this endpoint fails closed");
         return;
     }
+    if (rq->admit.refused_full) {
+        /* Counting this caller would mean forgetting another's state: refused, counted nowhere. */
+        gw_fail_retry(rq, 503, 1, "the rate-limit store is full: no room to count this request");
+        return;
+    }
     gw_add_limit_headers(rq);
     if (!rq->admit.allowed) {
         gw_reply_denied(rq);

@@ -218,6 +218,15 @@ gw_fail_internal(struct gw_req *rq, int status, const char *detail, const char *
     gw_fail(rq, status, detail);
 }
 
+void
+gw_fail_retry(struct gw_req *rq, int status, uint64_t retry_s, const char *detail)
+{
+    hdr_str(rq, "Retry-After: ");
+    hdr_u64(rq, retry_s);
+    hdr_str(rq, "\r\n");
+    gw_fail(rq, status, detail);
+}
+
 const char *
 gw_vals_put(struct gw_req *rq, const char *s, size_t len)
 {

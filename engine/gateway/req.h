@@ -226,6 +226,8 @@ const char *gw_request_id(struct gw_req *rq);
  * never how the gateway or an origin failed inside (gw_fail_internal).
  */
 void gw_fail(struct gw_req *rq, int status, const char *detail);
+/* As gw_fail(), the answer saying Retry-After: retry_s. */
+void gw_fail_retry(struct gw_req *rq, int status, uint64_t retry_s, const char *detail);
 
 /*
  * Answers as gw_fail with the generic `detail`, after logging `internal`

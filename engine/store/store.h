@@ -92,6 +92,10 @@ struct store_admit {
                             the cache was not consulted, and the answer must not be filled */
     bool refused_closed; /* the shared store was unavailable and a fail-closed limit could
                             not be checked: the request must fail (503); allowed is false */
+    bool refused_full;   /* the limits admitted the request but the store has no room for
+                            their state (the memory store's limit budget is full of live
+                            states): the request must fail (503), as forgetting a state would
+                            give its caller a fresh budget; allowed is false, nothing counted */
 };
 
 /*

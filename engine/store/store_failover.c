@@ -16,7 +16,8 @@
  *     not to fill (X-Cache: BYPASS);
  *   - the limits are checked by the fallback, the in-process memory store,
  *     so each instance counts alone (fail open);
- *   - a request with a fail-closed limit is refused (a->refused_closed; 503).
+ *   - a request with a fail-closed limit is refused (a->refused_closed; 503);
+ *     one the fallback has no room to count is refused too (a->refused_full).
  *
  * Shadow counts. Every request the primary admits is counted by the
  * fallback too, and refused should the fallback's own count refuse it. So
@@ -154,6 +155,7 @@ on_fallback(void *arg, int status)
     struct store_admit *a = op->a;
 
     a->allowed = op->local.allowed;
+    a->refused_full = op->local.refused_full;
     a->now_ms = op->local.now_ms;
     a->state = STORE_MISS;
     a->entry = NULL;
@@ -204,7 +206,8 @@ on_shadowed(void *arg, int status)
     struct admit_op *op = arg;
     struct store_admit *a = op->a;
 
-    if (status == 0 && !op->local.allowed) {
+    /* No room in the fallback to count it is not a reason to refuse what Redis admitted. */
+    if (status == 0 && !op->local.allowed && !op->local.refused_full) {
         memcpy(a->results, op->shadowed, a->nlimits * sizeof(*a->results));
         a->allowed = false;
         store_entry_release(a->entry);
@@ -251,7 +254,7 @@ fo_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done,
     struct admit_op *op = xmalloc(sizeof(*op));
 
     *op = (struct admit_op){.f = f, .a = a, .done = done, .arg = arg};
-    a->bypassed = a->refused_closed = false;
+    a->bypassed = a->refused_closed = a->refused_full = false;
     if (use_primary(f, true))
         store_admit_and_lookup(f->primary, a, on_primary_admit, op);
     else

@@ -288,3 +288,100 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def rss_kib(pid):
+    """The resident set of process pid (VmRSS of /proc/PID/status), in KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS for %d" % pid)
+
+
+def pipelined(port, paths, conns=4, depth=32, timeout=60, on_batch=None, record=None):
+    """Sends GET requests for every path of the iterable `paths` over `conns` keep-alive
+    connections, up to `depth` in flight on each, and reads every answer. Returns a dict
+    {status: count}. on_batch(), when given, is called after every 1000 answers (to sample
+    the server while it works); record, a list, gets every status as it comes (in the order
+    of `paths` when conns is 1). Fails when an answer does not come within `timeout` s."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    it = iter(paths)
+    counts = {}
+    done = 0
+    state = []
+    for _ in range(conns):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setblocking(False)
+        st = {"sock": s, "inflight": 0, "buf": b"", "out": b""}
+        state.append(st)
+        sel.register(s, selectors.EVENT_READ, st)
+    exhausted = False
+
+    def refill(st):
+        nonlocal exhausted
+        reqs = []
+        while not exhausted and st["inflight"] + len(reqs) < depth:
+            p = next(it, None)
+            if p is None:
+                exhausted = True
+                break
+            reqs.append(b"GET " + p.encode() + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        st["inflight"] += len(reqs)
+        st["out"] += b"".join(reqs)
+
+    def parse(st):
+        nonlocal done
+        buf = st["buf"]
+        pos = 0
+        while True:
+            end = buf.find(b"\r\n\r\n", pos)
+            if end < 0:
+                break
+            head = buf[pos:end]
+            length = 0
+            i = head.lower().find(b"\r\ncontent-length:")
+            if i >= 0:
+                j = head.find(b"\r\n", i + 2)
+                length = int(head[i + 17:j if j >= 0 else len(head)])
+            if len(buf) < end + 4 + length:
+                break
+            code = int(head[9:12])
+            counts[code] = counts.get(code, 0) + 1
+            if record is not None:
+                record.append(code)
+            pos = end + 4 + length
+            st["inflight"] -= 1
+            done += 1
+            if on_batch and done % 1000 == 0:
+                on_batch()
+        st["buf"] = buf[pos:]
+
+    deadline = time.time() + timeout
+    try:
+        for st in state:
+            refill(st)
+        while any(st["inflight"] for st in state):
+            if time.time() > deadline:
+                raise AssertionError("answers did not come within %d s" % timeout)
+            for st in state:
+                if st["out"]:
+                    try:
+                        n = st["sock"].send(st["out"])
+                        st["out"] = st["out"][n:]
+                    except BlockingIOError:
+                        pass
+            for key, _ in sel.select(1):
+                st = key.data
+                data = st["sock"].recv(1 << 20)
+                if not data:
+                    raise AssertionError("the server closed a connection")
+                st["buf"] += data
+                parse(st)
+                refill(st)
+    finally:
+        for st in state:
+            sel.unregister(st["sock"])
+            st["sock"].close()
+    return counts

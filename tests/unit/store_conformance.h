@@ -168,6 +168,8 @@ conf_admit(struct conf *c, struct conf_req *r)
     if (!r->a.allowed) {
         assert_int_equal(r->a.state, STORE_MISS);
     }
+    if (r->a.refused_full) /* no room for the limits' state: refused, whatever they said */
+        assert_false(r->a.allowed);
     /* The lease is taken only when asked, never on a hit or while another holds it; a miss
      * that asked for it got it. */
     if (!r->lease_ms || !r->key || !r->a.allowed || r->a.state == STORE_HIT ||
@@ -410,6 +412,34 @@ conf_limit_keys_isolated(void **state)
     assert_true(conf_limit(c, conf_rule(LIMITER_FIXED_WINDOW, 2, HOUR), "u:1", 1).allowed);
     assert_true(conf_limit(c, conf_rule(LIMITER_FIXED_WINDOW, 1, 2 * HOUR), "u:1", 1).allowed);
     assert_false(conf_limit(c, one, "u:1", 1).allowed);
+}
+
+/*
+ * A store with room refuses no caller for want of it: thousands of callers,
+ * and a long sliding log, are each counted (refused_full is for a store whose
+ * limit budget is full of live states).
+ */
+static void
+conf_limit_room_for_many(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule log = conf_rule(LIMITER_SLIDING_LOG, 100000, HOUR);
+    char key[32];
+
+    for (int i = 0; i < 3000; i++) {
+        struct conf_req r = {0};
+        snprintf(key, sizeof(key), "caller:%d", i);
+        conf_add_limit(&r, conf_rule(LIMITER_SLIDING_WINDOW, 5, HOUR), key, strlen(key), 1);
+        conf_admit(c, &r);
+        assert_true(r.a.allowed);
+        assert_false(r.a.refused_full);
+    }
+    for (int i = 0; i < 300; i++) {
+        struct limiter_result res = conf_limit(c, log, "long-log", 1);
+        assert_true(res.allowed);
+        assert_int_equal(res.remaining, 100000 - 1 - i);
+        c->h->advance(c->h->ctx, 1);
+    }
 }
 
 static void
@@ -1505,6 +1535,7 @@ store_conformance_run(const struct store_harness *h)
         CONF_TEST(conf_limit_all_or_nothing),
         CONF_TEST(conf_limit_keys_isolated),
         CONF_TEST(conf_limit_window_passes),
+        CONF_TEST(conf_limit_room_for_many),
         CONF_TEST(conf_cache_miss_fill_hit),
         CONF_TEST(conf_cache_large_body),
         CONF_TEST(conf_cache_no_key),

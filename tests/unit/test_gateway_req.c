@@ -100,7 +100,7 @@ setup(void **state)
     assert_non_null(policy);
     unlink(path);
     rmdir(dir);
-    mem = store_memory_new(1 << 20);
+    mem = store_memory_new(1 << 20, 1 << 20);
     return 0;
 }
 

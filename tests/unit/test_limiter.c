@@ -591,6 +591,64 @@ test_large_values(void **state)
     assert_false(peek(&tb, &b, t + 19256283195ull, cost).allowed);
 }
 
+/*
+ * limiter_commit_bytes() foretells what a commit leaves the state owning: on random traffic of
+ * sliding logs (growing, shrinking, emptied, the clock stepping back) and of the other
+ * algorithms (which own nothing).
+ */
+static void
+test_commit_bytes_foretold(void **state)
+{
+    uint64_t seed = 0x2545f4914f6cdd1dull;
+
+    for (int algo = 0; algo < 4; algo++) {
+        struct limiter_rule r = rule((enum limiter_algo)algo, 300, 1000, 0);
+        struct limiter_state st = {0};
+        uint64_t now = 1000000, grew = 0, shrank = 0;
+        size_t most = 0;
+
+        for (int i = 0; i < 200000; i++) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            /* bursts at one instant, steps of a few ms, now and then a pause that empties
+             * most of the window or all of it, or a step back */
+            unsigned k = seed % 1000;
+            if (k < 600)
+                now += seed >> 32 & 3;
+            else if (k < 994)
+                now += seed >> 32 & 31;
+            else if (k < 997)
+                now += 900 + (seed >> 32 & 63);
+            else if (k < 998)
+                now += 1500;
+            else
+                now -= 50;
+            uint32_t cost = (uint32_t)(seed >> 40) % 4;
+            struct limiter_result res;
+            size_t before = limiter_state_bytes(&st);
+            limiter_check(&r, &st, now, cost, &res);
+            shrank += limiter_state_bytes(&st) < before;
+            if (!res.allowed)
+                continue;
+            size_t want = limiter_commit_bytes(&r, &st, now, cost);
+            size_t was = limiter_state_bytes(&st);
+            limiter_commit(&r, &st, now, cost);
+            assert_int_equal(limiter_state_bytes(&st), want);
+            grew += want > was;
+            if (want > most)
+                most = want;
+        }
+        if (algo == LIMITER_SLIDING_LOG) {
+            assert_true(grew > 10 && shrank > 10); /* the ring did grow and shrink */
+            assert_true(most >= 64 * 16);
+        } else {
+            assert_int_equal(most, 0);
+        }
+        limiter_state_clear(&st);
+    }
+}
+
 int
 main(void)
 {
@@ -618,6 +676,7 @@ main(void)
         cmocka_unit_test(test_all_zero_state_expiry),
         cmocka_unit_test(test_all_properties),
         cmocka_unit_test(test_large_values),
+        cmocka_unit_test(test_commit_bytes_foretold),
     };
     return cmocka_run_group_tests_name("limiter", tests, NULL, NULL);
 }

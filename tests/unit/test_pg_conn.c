@@ -609,7 +609,7 @@ wait_listening(struct notifier *n)
 static char *
 listener_app_name(const char *conninfo)
 {
-    struct listener_ctx ctx = {.mem = store_memory_new(1 << 20)};
+    struct listener_ctx ctx = {.mem = store_memory_new(1 << 20, 1 << 20)};
     struct notify_config cfg = {
         .conninfo = conninfo, .policy = ctx_policy, .store_new = ctx_store_new, .ctx = &ctx};
     PGconn *side = PQconnectdb("");

@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <inttypes.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 
@@ -18,6 +20,7 @@ struct mem_ctx {
     struct store_memory *m;
     uint64_t now; /* atomic: the table's clock */
     size_t max_bytes;
+    size_t limit_bytes; /* 0: 64 MiB */
 };
 
 static uint64_t
@@ -31,7 +34,7 @@ mem_open(void *ctx)
 {
     struct mem_ctx *mc = ctx;
 
-    mc->m = store_memory_new(mc->max_bytes);
+    mc->m = store_memory_new(mc->max_bytes, mc->limit_bytes ? mc->limit_bytes : 64u << 20);
     mc->now = T0;
     store_memory_set_clock(mc->m, clock_read, mc);
     return store_memory_handle(mc->m);
@@ -87,17 +90,24 @@ struct fixture {
 };
 
 static struct fixture *
-fixture_new(size_t max_bytes)
+fixture_new2(size_t max_bytes, size_t limit_bytes)
 {
     struct fixture *f = calloc(1, sizeof(*f));
 
     assert_non_null(f);
     f->mc.max_bytes = max_bytes;
+    f->mc.limit_bytes = limit_bytes;
     f->h = memory_harness;
     f->h.ctx = &f->mc;
     f->c.h = &f->h;
     f->c.s = mem_open(&f->mc);
     return f;
+}
+
+static struct fixture *
+fixture_new(size_t max_bytes)
+{
+    return fixture_new2(max_bytes, 0);
 }
 
 static void
@@ -107,16 +117,12 @@ fixture_free(struct fixture *f)
     free(f);
 }
 
-struct stats {
-    size_t entries, limits, tags, bytes;
-};
-
-static struct stats
+static struct store_memory_stats
 stats(struct fixture *f)
 {
-    struct stats s;
+    struct store_memory_stats s;
 
-    store_memory_stats(f->mc.m, &s.entries, &s.limits, &s.tags, &s.bytes);
+    store_memory_stats(f->mc.m, &s);
     return s;
 }
 
@@ -131,13 +137,18 @@ test_budget_eviction(void **state)
     for (int i = 0; i < 200; i++) {
         snprintf(key, sizeof(key), "page:%03d", i); /* 8 bytes + 999 */
         assert_int_equal(conf_put(&f->c, key, NULL, body, 60000), 0);
-        struct stats s = stats(f);
-        assert_true(s.bytes <= 64 * 1024);
-        assert_int_equal(s.bytes, s.entries * (8 + 999));
+        struct store_memory_stats s = stats(f);
+        assert_true(s.cache_bytes <= 64 * 1024);
+        /* An entry costs its body, key and structure, not body and key alone. */
+        assert_true(s.cache_bytes >= s.entries * (8 + 999 + 200));
+        assert_true(s.cache_bytes <= s.entries * (8 + 999 + 400));
         assert_true(conf_hit(&f->c, key, NULL, body)); /* the newest stays */
     }
-    struct stats s = stats(f);
-    assert_true(s.entries >= 60 && s.entries <= 64 * 1024 / 1007);
+    struct store_memory_stats s = stats(f);
+    print_message("an entry of 1007 bytes of body and key is charged %zu\n",
+                  s.cache_bytes / s.entries);
+    assert_true(s.entries >= 40 && s.entries <= 64 * 1024 / 1207);
+    assert_int_equal(s.evicted_entries, 200 - s.entries);
     fixture_free(f);
 }
 
@@ -150,32 +161,35 @@ test_budget_lru(void **state)
 
     memset(body, 'y', sizeof(body) - 1);
     body[100] = '\0';
-    /* 9000 entries of 109 bytes fit in 1 MiB; 4000 more push about 3400 out. */
-    for (int i = 0; i < 13000; i++) {
-        if (i == 9000)
-            for (int j = 0; j < 1000; j++) {
+    /* About 2900 entries of 109 bytes (and their structure) fit in 1 MiB: 2500, then 1500
+     * more push about 1100 out. */
+    for (int i = 0; i < 4000; i++) {
+        if (i == 2500) {
+            assert_int_equal(stats(f).evicted_entries, 0);
+            for (int j = 0; j < 500; j++) {
                 snprintf(key, sizeof(key), "key:%05d", j);
                 assert_true(conf_hit(&f->c, key, NULL, body));
             }
+        }
         snprintf(key, sizeof(key), "key:%05d", i);
         assert_int_equal(conf_put(&f->c, key, NULL, body, 600000), 0);
     }
-    for (int i = 0; i < 13000; i++) {
+    for (int i = 0; i < 4000; i++) {
         snprintf(key, sizeof(key), "key:%05d", i);
         bool hit = conf_hit(&f->c, key, NULL, NULL);
-        if (i < 1000)
+        if (i < 500)
             touched += hit;
-        else if (i < 9000)
+        else if (i < 2500)
             untouched += hit;
         else
             fresh += hit;
     }
-    print_message("lru: %d/1000 recently used, %d/8000 old, %d/4000 new kept\n", touched, untouched,
+    print_message("lru: %d/500 recently used, %d/2000 old, %d/1500 new kept\n", touched, untouched,
                   fresh);
-    assert_true(stats(f).bytes <= 1 << 20);
-    assert_true(touched >= 990);
-    assert_true(fresh >= 3900);
-    assert_true(untouched <= 5000);
+    assert_true(stats(f).cache_bytes <= 1 << 20);
+    assert_true(touched >= 490);
+    assert_true(fresh >= 1450);
+    assert_true(untouched <= 1200);
     fixture_free(f);
 }
 
@@ -191,7 +205,8 @@ test_too_big_or_no_ttl(void **state)
     assert_true(conf_hit(&f->c, "k", NULL, "small"));
     assert_int_equal(conf_put(&f->c, "k", NULL, big, 60000), 0);
     assert_false(conf_hit(&f->c, "k", NULL, NULL)); /* replaced by nothing */
-    assert_int_equal(stats(f).bytes, 0);
+    assert_int_equal(stats(f).cache_bytes, 0);
+    assert_int_equal(stats(f).not_stored, 1);
     assert_int_equal(conf_put(&f->c, "k", NULL, "small", 60000), 0);
     assert_int_equal(conf_put(&f->c, "k", NULL, "again", 0), 0);
     assert_false(conf_hit(&f->c, "k", NULL, NULL));
@@ -200,6 +215,7 @@ test_too_big_or_no_ttl(void **state)
     f = fixture_new(0); /* caches nothing */
     assert_int_equal(conf_put(&f->c, "k", NULL, "", 60000), 0);
     assert_false(conf_hit(&f->c, "k", NULL, NULL));
+    assert_int_equal(stats(f).tags, 0);
     fixture_free(f);
 }
 
@@ -216,12 +232,32 @@ churn_until(struct fixture *f, size_t entries, size_t limits, size_t tags)
     struct limiter_rule r = conf_rule(LIMITER_FIXED_WINDOW, 1000000000, HOUR);
 
     for (long n = 0; n <= 1000000; n += 1000) {
-        struct stats s = stats(f);
+        struct store_memory_stats s = stats(f);
         if ((entries == ANY || s.entries == entries) && (limits == ANY || s.limits == limits) &&
             (tags == ANY || s.tags == tags))
             return n;
         for (int i = 0; i < 1000; i++)
             conf_limit(&f->c, r, "busy", 1);
+    }
+    return -1;
+}
+
+/*
+ * Runs lookups that insert nothing (so only the handles' rotating sweep
+ * cleans) until nothing is charged to either budget, for at most a million
+ * operations. Returns the operations it took, or -1.
+ */
+static long
+settle(struct fixture *f)
+{
+    for (long n = 0; n <= 1000000; n += 1000) {
+        struct store_memory_stats s = stats(f);
+        if (s.cache_bytes == 0 && s.limit_bytes == 0)
+            return n;
+        for (int i = 0; i < 1000; i++) {
+            struct conf_req r;
+            conf_lookup(&f->c, &r, "absent", NULL);
+        }
     }
     return -1;
 }
@@ -280,13 +316,14 @@ test_sweep_entries_and_tags(void **state)
         snprintf(tag, sizeof(tag), "t:%d", i);
         assert_int_equal(conf_put(&f->c, key, (const char *[]){tag, "common", NULL}, key, 50), 0);
     }
-    struct stats s = stats(f);
+    struct store_memory_stats s = stats(f);
     assert_int_equal(s.entries, 5000);
     assert_int_equal(s.tags, 5001);
-    assert_true(s.bytes > 0);
+    assert_true(s.cache_bytes > 0);
     mem_advance(&f->mc, 50);
     assert_true(churn_until(f, 0, ANY, 0) >= 0);
-    assert_int_equal(stats(f).bytes, 0);
+    mem_advance(&f->mc, 2 * HOUR); /* and the churn's own limit state */
+    assert_true(settle(f) >= 0);   /* the bucket arrays shrank back too */
     fixture_free(f);
 }
 
@@ -445,6 +482,276 @@ test_clock_backwards(void **state)
     fixture_free(f);
 }
 
+/* ---- budgets: what is charged ------------------------------------------ */
+
+/* Fills `n` entries of a 100-byte body, each under two tags of its own and one shared. */
+static void
+fill_tagged(struct fixture *f, int from, int n, const char *prefix)
+{
+    char key[64], t1[64], t2[64], body[101];
+
+    memset(body, 'b', 100);
+    body[100] = '\0';
+    for (int i = from; i < from + n; i++) {
+        snprintf(key, sizeof(key), "%s:entry:%d", prefix, i);
+        snprintf(t1, sizeof(t1), "%s:tag-one-of-some-length:%d", prefix, i);
+        snprintf(t2, sizeof(t2), "%s:tag-two-of-some-length:%d", prefix, i);
+        assert_int_equal(conf_put(&f->c, key, (const char *[]){t1, t2, "shared", NULL}, body, HOUR),
+                         0);
+    }
+}
+
+/* Makes `n` limit states (sliding logs of `per` requests each when per > 1) and n leases. */
+static void
+fill_limits(struct fixture *f, int n, int per)
+{
+    char key[64], page[64];
+
+    for (int i = 0; i < n; i++) {
+        snprintf(key, sizeof(key), "caller-of-some-length:%d", i);
+        snprintf(page, sizeof(page), "page-of-some-length:%d:%d", per, i);
+        for (int j = 0; j < per; j++) {
+            struct limiter_rule r =
+                conf_rule(per > 1 ? LIMITER_SLIDING_LOG : LIMITER_SLIDING_WINDOW, 1000, HOUR);
+            assert_true(conf_limit(&f->c, r, key, 1).allowed);
+            if (per > 1)
+                mem_advance(&f->mc, 1); /* one log entry per request */
+        }
+        struct conf_req q = {.key = page, .keylen = strlen(page), .lease_ms = HOUR};
+        conf_admit(&f->c, &q);
+        assert_true(q.a.lease_taken);
+    }
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define OWN_ALLOCATOR 1 /* a sanitizer's allocator, which keeps its own books */
+#endif
+
+#ifndef OWN_ALLOCATOR
+/* Heap bytes in use, as the allocator counts them (its chunks, headers included). */
+static size_t
+heap_in_use(void)
+{
+    struct mallinfo2 mi = mallinfo2();
+
+    return mi.uordblks + mi.hblkhd;
+}
+#endif
+
+/* Each budget is charged what the allocator holds for what it keeps: the heap grows by it. */
+static void
+test_charges_are_the_heap(void **state)
+{
+#ifdef OWN_ALLOCATOR
+    skip();
+#else
+    struct fixture *f = fixture_new(256u << 20);
+    struct store_memory_stats s0 = stats(f), s1, s2;
+    size_t h0 = heap_in_use(), h1, h2;
+
+    fill_tagged(f, 0, 20000, "x");
+    h1 = heap_in_use();
+    s1 = stats(f);
+    fill_limits(f, 5000, 1);
+    fill_limits(f, 5000, 20); /* the same callers again: their sliding logs */
+    h2 = heap_in_use();
+    s2 = stats(f);
+    assert_int_equal(s1.entries, 20000);
+    assert_int_equal(s1.tags, 40001);
+    assert_int_equal(s2.limits, 10000);
+    assert_int_equal(s2.leases, 10000);
+    double cache = (double)(s1.cache_bytes - s0.cache_bytes) / (double)(h1 - h0);
+    double lim = (double)(s2.limit_bytes - s1.limit_bytes) / (double)(h2 - h1);
+    print_message("charged / heap: cache %.3f (%zu bytes), limits %.3f (%zu bytes)\n", cache,
+                  s1.cache_bytes, lim, s2.limit_bytes);
+    assert_true(cache > 0.97 && cache < 1.03);
+    assert_true(lim > 0.97 && lim < 1.03);
+    fixture_free(f);
+#endif
+}
+
+/* Whatever way a record goes (replaced, deleted, invalidated, evicted, expired), its charge
+ * goes with it: once everything is gone nothing is left charged. */
+static void
+test_charges_given_back(void **state)
+{
+    struct fixture *f = fixture_new2(512 * 1024, 256 * 1024);
+    const char *keys[] = {"x:entry:1", "x:entry:2"};
+    size_t lens[] = {9, 9};
+
+    fill_tagged(f, 0, 3000, "x"); /* evicts, and drops idle tags */
+    fill_tagged(f, 0, 100, "x");  /* replaces */
+    assert_true(stats(f).evicted_entries > 0);
+    assert_int_equal(conf_delete(&f->c, keys, lens, 2), 2);
+    assert_int_equal(conf_put(&f->c, "v", NULL, "x", HOUR), 0);
+    assert_int_equal(conf_put(&f->c, "w", (const char *[]){"shared", NULL}, "x", HOUR), 0);
+    conf_invalidate1(&f->c, "shared"); /* every x:entry and w are dead, found or not */
+    assert_false(conf_hit(&f->c, "w", NULL, NULL));
+    size_t live = stats(f).entries;
+    assert_int_equal(conf_pattern(&f->c, "x:*") + conf_pattern(&f->c, "v"), live);
+    fill_limits(f, 300, 1);
+    fill_limits(f, 300, 10);
+    struct store_memory_stats s = stats(f);
+    assert_true(s.cache_bytes > 0 && s.limit_bytes > 0);
+    assert_true(s.cache_bytes <= s.cache_max && s.limit_bytes <= s.limit_max);
+    mem_advance(&f->mc, 3 * HOUR);
+    long ops = settle(f);
+    print_message("everything gone, nothing charged after %ld operations\n", ops);
+    assert_true(ops >= 0);
+    s = stats(f);
+    assert_int_equal(s.entries + s.tags + s.limits + s.leases, 0);
+    fixture_free(f);
+}
+
+/* Client-chosen tags cannot grow the table past its budget: tag records no entry holds go
+ * first, and what an entry holds is charged with it. */
+static void
+test_tag_flood_stays_in_budget(void **state)
+{
+    struct fixture *f = fixture_new(256 * 1024);
+    char key[32], tags[4][240];
+    const char *tv[5] = {tags[0], tags[1], tags[2], tags[3], NULL};
+
+    for (int i = 0; i < 20000; i++) {
+        snprintf(key, sizeof(key), "k:%d", i);
+        for (int t = 0; t < 4; t++) {
+            memset(tags[t], 'a' + t, 200);
+            snprintf(tags[t] + 200, 40, ":%d", i);
+        }
+        assert_int_equal(conf_put(&f->c, key, tv, "x", HOUR), 0);
+        if (i % 500 == 0)
+            assert_true(stats(f).cache_bytes <= 256 * 1024);
+    }
+    struct store_memory_stats s = stats(f);
+    print_message("after 80000 distinct tags: %zu entries, %zu tags, %zu bytes, %" PRIu64
+                  " tags evicted\n",
+                  s.entries, s.tags, s.cache_bytes, s.evicted_tags);
+    assert_true(s.cache_bytes <= 256 * 1024);
+    assert_true(s.entries > 100);
+    assert_true(s.tags <= 4 * s.entries + 64);                    /* hardly any idle tag is left */
+    assert_true(s.cache_bytes >= s.tags * 200 + s.entries * 100); /* the tags are charged */
+    assert_true(s.evicted_tags > 70000);
+    assert_true(conf_hit(&f->c, "k:19999", tv, "x"));
+    fixture_free(f);
+}
+
+/* At the limit budget a caller with no state is refused rather than admitted with a fresh
+ * budget, and callers with a state keep being counted; expired states make room again. */
+static void
+test_limit_budget_refuses_not_forgets(void **state)
+{
+    struct fixture *f = fixture_new2(1 << 20, 16 * 1024);
+    struct limiter_rule three = conf_rule(LIMITER_FIXED_WINDOW, 3, HOUR);
+    char key[32];
+    int n;
+
+    for (int i = 0; i < 3; i++)
+        assert_true(conf_limit(&f->c, three, "spent", 1).allowed);
+    assert_true(conf_limit(&f->c, three, "some", 1).allowed);
+    for (n = 0; n < 100000; n++) {
+        struct conf_req r = {0};
+        snprintf(key, sizeof(key), "new:%d", n);
+        conf_add_limit(&r, three, key, strlen(key), 1);
+        conf_admit(&f->c, &r);
+        if (r.a.refused_full) {
+            assert_false(r.a.allowed);
+            break;
+        }
+        assert_true(r.a.allowed);
+    }
+    struct store_memory_stats s = stats(f);
+    print_message("%d states fit in 16 KiB\n", n);
+    assert_true(n > 20 && n < 100000);
+    assert_int_equal(s.limit_refused, 1);
+    assert_true(s.limit_bytes <= 16 * 1024);
+    /* Still full: a new caller is refused, and nothing was counted for it. */
+    struct conf_req r = {0};
+    conf_add_limit(&r, three, "newer", 5, 1);
+    conf_add_limit(&r, three, "some", 4, 1);
+    conf_admit(&f->c, &r);
+    assert_true(r.a.refused_full);
+    assert_false(r.a.allowed);
+    /* The spent caller is not forgotten (refused by its limit, not by the budget)... */
+    r = (struct conf_req){0};
+    conf_add_limit(&r, three, "spent", 5, 1);
+    conf_admit(&f->c, &r);
+    assert_false(r.a.allowed);
+    assert_false(r.a.refused_full);
+    /* ...and the other keeps its count: two more, not three (its refused request counted
+     * nothing). */
+    assert_true(conf_limit(&f->c, three, "some", 1).allowed);
+    assert_true(conf_limit(&f->c, three, "some", 1).allowed);
+    assert_false(conf_limit(&f->c, three, "some", 1).allowed);
+    assert_int_equal(stats(f).limit_refused, 2);
+    /* The window ends: the states are empty, and make room for new callers. */
+    mem_advance(&f->mc, HOUR);
+    for (int i = 0; i < n; i++) {
+        snprintf(key, sizeof(key), "nxt:%d", i); /* as long as "new:%d": as large */
+        assert_true(conf_limit(&f->c, three, key, 1).allowed);
+    }
+    assert_true(stats(f).limit_reclaimed > 0);
+    assert_int_equal(stats(f).limit_refused, 2);
+    fixture_free(f);
+}
+
+/* A sliding log that would outgrow the budget refuses the request and keeps what it holds. */
+static void
+test_sliding_log_growth_refused(void **state)
+{
+    struct fixture *f = fixture_new2(1 << 20, 4096);
+    struct limiter_rule many = conf_rule(LIMITER_SLIDING_LOG, 1000000, HOUR);
+    int admitted = 0;
+
+    for (int i = 0; i < 10000; i++) {
+        struct conf_req r = {0};
+        conf_add_limit(&r, many, "log", 3, 1);
+        conf_admit(&f->c, &r);
+        if (r.a.refused_full)
+            break;
+        assert_true(r.a.allowed);
+        admitted++;
+        mem_advance(&f->mc, 1); /* a log entry per request */
+    }
+    print_message("%d log entries fit in 4 KiB\n", admitted);
+    assert_true(admitted > 64 && admitted < 10000);
+    assert_true(stats(f).limit_bytes <= 4096);
+    /* Nothing was lost: the log still counts every admitted request. */
+    struct limiter_result res =
+        conf_limit(&f->c, conf_rule(LIMITER_SLIDING_LOG, 1000000, HOUR), "log", 0);
+    assert_int_equal(res.remaining, 1000000 - admitted);
+    fixture_free(f);
+}
+
+/* With the limit budget full of live states, a fill lease is handed out unrecorded. */
+static void
+test_lease_unrecorded_when_full(void **state)
+{
+    struct fixture *f = fixture_new2(1 << 20, 4096);
+    struct limiter_rule r = conf_rule(LIMITER_FIXED_WINDOW, 10, HOUR);
+    char key[32];
+
+    bool full = false;
+
+    for (int i = 0; i < 10000 && !full; i++) {
+        snprintf(key, sizeof(key), "caller:%d", i);
+        struct conf_req q = {0};
+        conf_add_limit(&q, r, key, strlen(key), 1);
+        conf_admit(&f->c, &q);
+        full = q.a.refused_full;
+    }
+    assert_true(full);
+    for (int i = 0; i < 2; i++) {
+        struct conf_req q = {.key = "page", .keylen = 4, .lease_ms = 1000};
+        conf_admit(&f->c, &q);
+        assert_int_equal(q.a.state, STORE_MISS);
+        assert_true(q.a.lease_taken); /* the second as well: nobody waits on an unrecorded one */
+    }
+    struct store_memory_stats s = stats(f);
+    assert_int_equal(s.leases, 0);
+    assert_int_equal(s.leases_unrecorded, 2);
+    fixture_free(f);
+}
+
 /* ---- threads ------------------------------------------------------------ */
 
 struct hammer {
@@ -577,9 +884,9 @@ hammer_mixed(void *arg)
                    &done);
         store_entry_release(e);
         if (i % 256 == 0) {
-            size_t bytes;
-            store_memory_stats(hm->f->mc.m, NULL, NULL, NULL, &bytes);
-            if (bytes > hm->f->mc.max_bytes)
+            struct store_memory_stats st;
+            store_memory_stats(hm->f->mc.m, &st);
+            if (st.cache_bytes > hm->f->mc.max_bytes)
                 hm->over_budget = true;
         }
     }
@@ -603,7 +910,7 @@ test_threads_mixed(void **state)
         assert_false(hm[i].over_budget);
         assert_false(hm[i].corrupt);
     }
-    assert_true(stats(f).bytes <= 8 * 1024);
+    assert_true(stats(f).cache_bytes <= 8 * 1024);
     /* Invalidate every tag: nothing may hit afterwards. */
     for (int i = 0; i < NTAGS; i++) {
         char tag[16];
@@ -615,9 +922,70 @@ test_threads_mixed(void **state)
         snprintf(key, sizeof(key), "key:%d", k);
         assert_false(conf_hit(&f->c, key, NULL, NULL));
     }
-    struct stats s = stats(f);
+    struct store_memory_stats s = stats(f);
     assert_int_equal(s.entries, 0);
-    assert_int_equal(s.bytes, 0);
+    /* The tags outlive their entries a little; then nothing is left charged. */
+    mem_advance(&f->mc, 1000);
+    assert_true(settle(f) >= 0);
+    fixture_free(f);
+}
+
+static void *
+hammer_new_callers(void *arg)
+{
+    struct hammer *hm = arg;
+    struct store *s = store_memory_handle(hm->f->mc.m);
+    char key[32];
+
+    for (int i = 0; i < hm->tries; i++) {
+        snprintf(key, sizeof(key), "t%d:caller:%d", hm->id, i);
+        struct store_limit l = {&hm->rule, key, strlen(key), 1, false};
+        struct limiter_result res;
+        struct store_admit a = {.limits = &l, .nlimits = 1, .results = &res};
+        int done = 0;
+        store_admit_and_lookup(s, &a, hammer_done, &done);
+        if (a.allowed)
+            hm->admitted++;
+        else if (!a.refused_full)
+            hm->corrupt = true; /* a new caller is refused only for want of room */
+        if (i % 64 == 0) {
+            struct store_memory_stats st;
+            store_memory_stats(hm->f->mc.m, &st);
+            if (st.limit_bytes > st.limit_max)
+                hm->over_budget = true;
+        }
+    }
+    s->ops->destroy(s);
+    return NULL;
+}
+
+/* Threads making new callers at once never pass the limit budget; every caller admitted has
+ * its state, every other one was refused for want of room. */
+static void
+test_threads_limit_budget(void **state)
+{
+    struct fixture *f = fixture_new2(1 << 20, 64 * 1024);
+    struct hammer hm[4];
+    pthread_t t[4];
+    int admitted = 0;
+
+    for (int i = 0; i < 4; i++) {
+        hm[i] = (struct hammer){
+            .f = f, .rule = conf_rule(LIMITER_SLIDING_WINDOW, 3, HOUR), .tries = 5000, .id = i};
+        assert_int_equal(pthread_create(&t[i], NULL, hammer_new_callers, &hm[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        assert_false(hm[i].over_budget);
+        assert_false(hm[i].corrupt);
+        admitted += hm[i].admitted;
+    }
+    struct store_memory_stats s = stats(f);
+    print_message("%d of 20000 new callers admitted in 64 KiB\n", admitted);
+    assert_true(admitted > 100);
+    assert_int_equal(s.limits, (size_t)admitted);
+    assert_int_equal(s.limit_refused, 20000 - (uint64_t)admitted);
+    assert_true(s.limit_bytes <= 64 * 1024);
     fixture_free(f);
 }
 
@@ -639,6 +1007,13 @@ main(void)
         cmocka_unit_test(test_clock_backwards),
         cmocka_unit_test(test_threads_limit_exact),
         cmocka_unit_test(test_threads_mixed),
+        cmocka_unit_test(test_threads_limit_budget),
+        cmocka_unit_test(test_charges_are_the_heap),
+        cmocka_unit_test(test_charges_given_back),
+        cmocka_unit_test(test_tag_flood_stays_in_budget),
+        cmocka_unit_test(test_limit_budget_refuses_not_forgets),
+        cmocka_unit_test(test_sliding_log_growth_refused),
+        cmocka_unit_test(test_lease_unrecorded_when_full),
     };
     int failed = store_conformance_run(&memory_harness);
 

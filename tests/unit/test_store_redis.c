@@ -1272,7 +1272,7 @@ static void
 test_failover_removal(void **state)
 {
     struct fake fk = {.base = {.ops = &fake_ops}, .status = 0};
-    struct store_memory *m = store_memory_new(1 << 20);
+    struct store_memory *m = store_memory_new(1 << 20, 1 << 20);
     struct store_failover_config cfg = {.failures = 2, .cooldown_ms = 100, .name = "test"};
     struct store *s = store_failover_new(&fk.base, store_memory_handle(m), &cfg);
     struct store *local = store_memory_handle(m);
@@ -1340,7 +1340,7 @@ static void
 test_failover_breaker(void **state)
 {
     struct fake fk = {.base = {.ops = &fake_ops}, .status = STORE_UNAVAILABLE};
-    struct store_memory *m = store_memory_new(1 << 20);
+    struct store_memory *m = store_memory_new(1 << 20, 1 << 20);
     struct store_failover_config cfg = {.failures = 3, .cooldown_ms = 100, .name = "test"};
     struct store *s = store_failover_new(&fk.base, store_memory_handle(m), &cfg);
     struct limiter_result res;
@@ -1410,7 +1410,7 @@ test_failover_limits_in_process(void **state)
     struct store_redis_config rc = {.url = url, .deadline_ms = 50};
     char err[128];
     struct store *r = store_redis_new(R.base, &rc, err, sizeof(err));
-    struct store_memory *m = store_memory_new(1 << 20);
+    struct store_memory *m = store_memory_new(1 << 20, 1 << 20);
     struct store_failover_config cfg = {.failures = 2, .cooldown_ms = 50, .name = "test"};
     struct store *s = store_failover_new(r, store_memory_handle(m), &cfg);
     struct limiter_result res;
@@ -1438,11 +1438,43 @@ test_failover_limits_in_process(void **state)
     store_memory_free(m);
 }
 
+/* With the primary down, a fallback with no room for a new limit state refuses the request. */
+static void
+test_failover_fallback_full_refuses(void **state)
+{
+    struct fake fk = {.base = {.ops = &fake_ops}, .status = STORE_UNAVAILABLE};
+    struct store_memory *m = store_memory_new(1 << 20, 8192);
+    struct store_failover_config cfg = {.failures = 1, .cooldown_ms = 60000, .name = "test"};
+    struct store *s = store_failover_new(&fk.base, store_memory_handle(m), &cfg);
+    struct limiter_result res;
+    struct store_admit a;
+    char key[32];
+    int i;
+
+    for (i = 0; i < 1000; i++) {
+        snprintf(key, sizeof(key), "caller:%d", i);
+        assert_int_equal(admit1(s, key, 5, false, &res, &a), 0);
+        assert_true(a.bypassed);
+        if (a.refused_full)
+            break;
+        assert_true(a.allowed);
+    }
+    assert_true(i > 10 && i < 1000);
+    assert_false(a.allowed);
+    assert_false(a.refused_closed);
+    /* A caller with a state is still counted. */
+    assert_int_equal(admit1(s, "caller:0", 5, false, &res, &a), 0);
+    assert_true(a.allowed);
+    assert_false(a.refused_full);
+    s->ops->destroy(s);
+    store_memory_free(m);
+}
+
 static void
 test_failover_recovers(void **state)
 {
     struct store *r = open_fresh(50);
-    struct store_memory *m = store_memory_new(1 << 20);
+    struct store_memory *m = store_memory_new(1 << 20, 1 << 20);
     struct store_failover_config cfg = {.failures = 2, .cooldown_ms = 50, .name = "test"};
     struct store *s = store_failover_new(r, store_memory_handle(m), &cfg);
     struct limiter_result res;
@@ -1479,7 +1511,7 @@ static void
 test_failover_shadow_counts(void **state)
 {
     struct store *r = open_fresh(50);
-    struct store_memory *m = store_memory_new(1 << 20);
+    struct store_memory *m = store_memory_new(1 << 20, 1 << 20);
     struct store_failover_config cfg = {.failures = 1, .cooldown_ms = 50, .name = "test"};
     struct store *s = store_failover_new(r, store_memory_handle(m), &cfg);
     struct limiter_result res;
@@ -1599,6 +1631,7 @@ main(void)
         cmocka_unit_test(test_failover_breaker),
         cmocka_unit_test(test_failover_removal),
         cmocka_unit_test(test_failover_limits_in_process),
+        cmocka_unit_test(test_failover_fallback_full_refuses),
         cmocka_unit_test(test_failover_recovers),
         cmocka_unit_test(test_failover_shadow_counts),
         cmocka_unit_test(test_codec_reads_values_without_ages),
