@@ -12,8 +12,11 @@ hist_add(struct hist *h, uint64_t us)
     size_t i = 0;
     while (i < HIST_BUCKETS && us > hist_bounds_us[i])
         i++;
-    __atomic_fetch_add(&h->counts[i], 1, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&h->sum_us, us, __ATOMIC_RELAXED);
+    /* One writer: relaxed loads and stores, no locked instruction; readers see each whole. */
+    __atomic_store_n(&h->counts[i], __atomic_load_n(&h->counts[i], __ATOMIC_RELAXED) + 1,
+                     __ATOMIC_RELAXED);
+    __atomic_store_n(&h->sum_us, __atomic_load_n(&h->sum_us, __ATOMIC_RELAXED) + us,
+                     __ATOMIC_RELAXED);
 }
 
 void

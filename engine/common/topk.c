@@ -1,6 +1,7 @@
 /* topk.c - the heaviest keys of a stream in fixed memory (space-saving), mergeable. */
 #include "topk.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,7 +74,8 @@ sift_up(struct topk *t, size_t i)
 
 /* Counts weight (and extra) for key, which may already have an over-estimate `error`. */
 static void
-add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra, uint64_t error)
+add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra, uint64_t error,
+    uint64_t last, bool merging)
 {
     if (len > TOPK_KEY_MAX)
         len = TOPK_KEY_MAX;
@@ -83,6 +85,7 @@ add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra
         it->count += weight;
         it->extra += extra;
         it->error += error;
+        it->last = merging && it->last < last ? it->last : last;
         sift_down(t, it->heap); /* counts only grow: it can only move away from the root */
         return;
     }
@@ -104,6 +107,7 @@ add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra
     it->count += weight;
     it->error += error;
     it->extra += extra;
+    it->last = last;
     if (it->heap == 0 && t->n == t->cap)
         sift_down(t, 0);
     else
@@ -111,9 +115,10 @@ add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra
 }
 
 void
-topk_add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra)
+topk_add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra,
+         uint64_t last)
 {
-    add(t, key, len, weight, extra, 0);
+    add(t, key, len, weight, extra, 0, last, false);
 }
 
 void
@@ -122,7 +127,7 @@ topk_merge(struct topk *dst, const struct topk *src)
     uint64_t other_total = src->total;
     for (size_t i = 0; i < src->n; i++) {
         const struct topk_item *it = &src->items[i];
-        add(dst, it->key, it->keylen, it->count, it->extra, it->error);
+        add(dst, it->key, it->keylen, it->count, it->extra, it->error, it->last, true);
         other_total -= it->count < other_total ? it->count : other_total;
     }
     dst->total += other_total; /* what src counted but no longer names */

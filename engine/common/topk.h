@@ -7,8 +7,9 @@
 
 #include "hmap.h"
 
-#define TOPK_KEY_MAX 96 /* bytes of a key kept; longer keys are cut (and counted as the cut key)   \
-                         */
+#define TOPK_KEY_MAX                                                                               \
+    96 /* bytes of a key kept; longer keys are cut (and counted as the cut key)                    \
+        */
 
 /*
  * One counted key. `count` over-estimates the key's true count by at most
@@ -20,7 +21,9 @@ struct topk_item {
     char key[TOPK_KEY_MAX];
     size_t keylen;
     uint64_t count, error, extra;
-    size_t heap; /* its place in the min-heap by count */
+    uint64_t last; /* a value the key carries along (e.g. a remaining count): the last one added;
+                      merged, the smallest */
+    size_t heap;   /* its place in the min-heap by count */
 };
 
 /*
@@ -45,8 +48,9 @@ void topk_free(struct topk *t);
 /* Forgets every key (a new window), keeping the memory. */
 void topk_clear(struct topk *t);
 
-/* Counts `weight` events of key, and `extra` of its second kind. */
-void topk_add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra);
+/* Counts `weight` events of key, and `extra` of its second kind; `last` is its value now. */
+void topk_add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra,
+              uint64_t last);
 
 /*
  * Adds every key of src into dst (dst's cap bounds the result; the error

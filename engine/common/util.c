@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void
 oom(size_t n)
@@ -178,6 +179,14 @@ util_hash64(const void *p, size_t n)
     h *= m2;
     h ^= h >> 33;
     return h;
+}
+
+uint64_t
+util_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
 size_t

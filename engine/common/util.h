@@ -32,6 +32,9 @@ uint64_t util_fnv1a(const void *p, size_t n);
  */
 uint64_t util_hash64(const void *p, size_t n);
 
+/* Microseconds on the monotonic clock (for durations). */
+uint64_t util_mono_us(void);
+
 /* ms milliseconds as a struct timeval (for libevent timers). */
 struct timeval util_ms_to_tv(uint64_t ms);
 

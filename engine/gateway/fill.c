@@ -180,6 +180,7 @@ gw_invalidate_then_reply(struct gw_req *rq, struct store_entry *e, const struct 
         gw_reply_entry(rq, e, NULL, 0);
         return;
     }
+    gw_stats_invalidations(&rq->wk->stats, rq->ninv);
     /* The store may hold the tags until it is done: they live in the request. */
     store_invalidate(rq->wk->store, rq->inv_tags, rq->inv_lens, rq->ninv, on_invalidated, rq);
 }

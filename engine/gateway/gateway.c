@@ -40,6 +40,7 @@ struct gateway {
     struct store_health health[GATEWAY_MAX_WORKERS];
     const char *store_name[GATEWAY_MAX_WORKERS];
     unsigned nhealth;
+    struct gw_worker *workers[GATEWAY_MAX_WORKERS]; /* their stats are read under lock */
 };
 
 /* ---- policy snapshots --------------------------------------------------------------------- */
@@ -155,6 +156,7 @@ publish_health(evutil_socket_t fd, short what, void *arg)
         return;
     struct store_health h;
     store_health(wk->store, &h);
+    gw_stats_publish(&wk->stats);
     pthread_mutex_lock(&g->lock);
     g->health[i] = h;
     g->store_name[i] = wk->store->ops->name;
@@ -243,6 +245,13 @@ worker_init(struct worker *w, void *ctx)
     struct gw_worker *wk = xcalloc(1, sizeof(*wk));
     wk->g = g;
     wk->w = w;
+    gw_stats_init(&wk->stats);
+    unsigned idx = server_worker_index(w);
+    if (idx < GATEWAY_MAX_WORKERS) {
+        pthread_mutex_lock(&g->lock);
+        g->workers[idx] = wk;
+        pthread_mutex_unlock(&g->lock);
+    }
     LIST_INIT(&wk->background);
     char err[256];
     char name[32];
@@ -288,7 +297,27 @@ worker_fini(void *state)
     tier_cache_free(wk->tiers);
     tenant_runtime_free(wk->tenants);
     policy_release(wk->policy);
+    struct gateway *g = wk->g;
+    unsigned idx = server_worker_index(wk->w);
+    if (idx < GATEWAY_MAX_WORKERS) {
+        pthread_mutex_lock(&g->lock);
+        g->workers[idx] = NULL;
+        pthread_mutex_unlock(&g->lock);
+    }
+    gw_stats_free(&wk->stats);
     free(wk);
+}
+
+void
+gateway_stats(struct gateway *g, struct gw_stats_view *v, size_t callers_per_policy)
+{
+    gw_stats_view_init(v, store_now_ms());
+    pthread_mutex_lock(&g->lock);
+    for (unsigned i = 0; i < GATEWAY_MAX_WORKERS; i++)
+        if (g->workers[i])
+            gw_stats_merge(v, &g->workers[i]->stats);
+    pthread_mutex_unlock(&g->lock);
+    gw_stats_view_finish(v, callers_per_policy);
 }
 
 struct server_app

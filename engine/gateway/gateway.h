@@ -64,6 +64,14 @@ struct event_base;
 struct store;
 struct store *gateway_store_new(struct gateway *g, struct event_base *base, const char *name);
 
+/*
+ * What every worker counted (requests, latencies, limit decisions, origins,
+ * callers: stats.h), merged into *v (freed with gw_stats_view_free()), with
+ * at most callers_per_policy callers per limit policy, heaviest first.
+ */
+struct gw_stats_view;
+void gateway_stats(struct gateway *g, struct gw_stats_view *v, size_t callers_per_policy);
+
 /* The server_app that runs the gateway on each worker. */
 struct server_app gateway_app(struct gateway *g);
 

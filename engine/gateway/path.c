@@ -203,6 +203,22 @@ on_looked_up(void *arg, int status)
     gw_to_origin(rq);
 }
 
+/* Counts each limit's decision, and the caller under each limit (its key: the counter it
+ * is), for metrics and /callers. */
+static void
+count_decisions(struct gw_req *rq)
+{
+    struct gw_stats *st = &rq->wk->stats;
+    const char *tier = rq->tier ? rq->tier->name : NULL;
+    for (size_t i = 0; i < rq->admit.nlimits; i++) {
+        const struct limiter_result *r = &rq->results[i];
+        const char *name = gw_limit_name(rq, i);
+        gw_stats_decision(st, name, tier, r->allowed ? GW_ALLOWED : GW_DENIED);
+        gw_stats_caller(st, name, rq->limits[i].key, rq->limits[i].keylen, !r->allowed,
+                        r->remaining, rq->admit.now_ms);
+    }
+}
+
 static void
 on_admitted(void *arg, int status)
 {
@@ -222,6 +238,7 @@ on_admitted(void *arg, int status)
         return;
     }
     gw_add_limit_headers(rq);
+    count_decisions(rq);
     if (!rq->admit.allowed) {
         gw_reply_denied(rq);
         return;

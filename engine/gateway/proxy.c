@@ -178,7 +178,9 @@ on_upstream(void *arg, const struct upstream_response *res)
     uint64_t response_ms = store_now_ms();
     rq->call = NULL;
     char internal[320];
+    struct gw_stats *st = &rq->wk->stats;
     if (res->error != UPSTREAM_OK) {
+        gw_stats_origin_error(st, GW_ORIGIN_UPSTREAM, upstream_error_word(res->error));
         /* The upstream's name and address, and why it failed, are for the log. */
         snprintf(internal, sizeof(internal), "upstream \"%s\" (%s:%d): %s", ep->up->name,
                  ep->up->host, ep->up->port, res->detail);
@@ -199,6 +201,7 @@ on_upstream(void *arg, const struct upstream_response *res)
             return;
         }
     }
+    gw_stats_origin(st, GW_ORIGIN_UPSTREAM, util_mono_us() - rq->origin_us, response_ms);
     if (res->status >= 500 && gw_stale_serves(rq)) {
         snprintf(internal, sizeof(internal), "upstream \"%s\" answered %d", ep->up->name,
                  res->status);
@@ -452,6 +455,7 @@ gw_proxy_run(struct gw_req *rq)
         .timeout_ms = ep->up->timeout_ms,
     };
     rq->sent_ms = store_now_ms(); /* request_time (RFC 9111 section 4.2.3) */
+    rq->origin_us = util_mono_us();
     rq->call = upstream_send(rq->wk->up, &t, &req, on_upstream, rq);
     sbuf_free(&target);
     sbuf_free(&headers);

@@ -22,6 +22,27 @@
 
 /* ---- the request object -------------------------------------------------------------------- */
 
+enum gw_cache_kind
+gw_cache_kind_of(const char *xcache)
+{
+    if (!xcache)
+        return GW_CACHE_NONE;
+    switch (xcache[0]) {
+    case 'H':
+        return GW_CACHE_HIT;
+    case 'M':
+        return GW_CACHE_MISS;
+    case 'S':
+        return GW_CACHE_STALE;
+    case 'R':
+        return GW_CACHE_REVALIDATED;
+    case 'B':
+        return GW_CACHE_BYPASS;
+    default:
+        return GW_CACHE_NONE;
+    }
+}
+
 struct gw_req *
 gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
            const struct router_match *m)
@@ -36,6 +57,7 @@ gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
     rq->hdrs[0] = '\0';
     rq->hdrs_len = rq->keys_used = rq->vals_used = 0;
     rq->wk = wk;
+    rq->start_us = util_mono_us();
     rq->sr = sr;
     policy_ref(p);
     rq->policy = p;
@@ -48,6 +70,11 @@ void
 gw_req_free(struct gw_req *rq)
 {
     struct gw_worker *wk = rq->wk;
+    if (wk && !rq->detached && rq->status) {
+        const struct http_str *m = &rq->sr->http.method_str;
+        gw_stats_request(&wk->stats, rq->ep->name, m->p, m->len, rq->status, rq->cache_kind,
+                         util_mono_us() - rq->start_us, store_now_ms());
+    }
     if (rq->detached)
         LIST_REMOVE(rq, bg_link);
     if (rq->warm) {
@@ -87,6 +114,7 @@ gw_req_free(struct gw_req *rq)
 static void
 respond(struct gw_req *rq, const struct server_response *resp)
 {
+    rq->status = resp->status;
     if (rq->detached) {
         if (resp->status >= 400 && rq->warm)
             fprintf(stderr, "sluice: warming %s failed: %d\n", rq->ep->name, resp->status);
@@ -196,6 +224,7 @@ void
 gw_fail(struct gw_req *rq, int status, const char *detail)
 {
     const char *id = gw_request_id(rq);
+    rq->status = status;
     if (rq->detached) {
         fprintf(stderr, "sluice: request %s: %s %s: %d %s\n", id,
                 rq->warm ? "warming" : "refreshing", rq->ep->name, status, detail);
@@ -622,6 +651,7 @@ gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uin
     }
     if (rq->warm && xcache && strcmp(xcache, "HIT") == 0)
         rq->warm_outcome = WARM_CACHED;
+    rq->cache_kind = gw_cache_kind_of(xcache);
     if (xcache) {
         /* current_age (RFC 9111 section 4.2.3): its age when stored, plus its time here. */
         uint64_t age = (e->age_ms + (now_ms > e->stored_ms ? now_ms - e->stored_ms : 0)) / 1000;

@@ -15,6 +15,7 @@
 #include "query.h"
 #include "router.h"
 #include "server.h"
+#include "stats.h"
 #include "store.h"
 #include "template.h"
 #include "tenant.h"
@@ -80,6 +81,7 @@ struct gw_worker {
     struct warm_state warm;         /* worker 0 only */
     LIST_HEAD(, gw_req) background; /* detached requests (refreshes, warming) in progress */
     bool closing;                   /* worker_fini has begun: no request goes on to an origin */
+    struct gw_stats stats;          /* what it served: metrics, the status page, /callers */
 };
 
 struct gw_req {
@@ -118,18 +120,22 @@ struct gw_req {
     struct store_entry *answer; /* the origin's answer, held until a write's invalidation lands
                                    or shared with the requests waiting on this fill */
     struct upstream_call *call;
-    struct inflight *inflight;  /* the fill this request leads in its worker */
-    struct gw_req *next_waiter; /* in another request's inflight */
-    uint64_t wait_start_ms;     /* when it began waiting on another's fill */
-    const char *fill_xcache;    /* what X-Cache says of the answer this request fills */
-    uint64_t sent_ms;           /* when it was sent upstream (request_time, RFC 9111 4.2.3) */
-    bool validating;            /* the upstream was asked conditionally for rq->stale's answer */
-    bool filled;                /* it filled its key (which gives the fill lease back) */
-    bool no_store;              /* the request says no-store: its answer is not stored */
-    bool has_directives;        /* `directives` holds the request's Cache-Control */
-    const char *primary_key;    /* when the entry varies: the primary key (cache_key is then */
-    size_t primary_len;         /* the secondary one, in vkey) */
-    size_t ninv;                /* invalidate tags expanded into inv_tags */
+    struct inflight *inflight;     /* the fill this request leads in its worker */
+    struct gw_req *next_waiter;    /* in another request's inflight */
+    uint64_t wait_start_ms;        /* when it began waiting on another's fill */
+    const char *fill_xcache;       /* what X-Cache says of the answer this request fills */
+    uint64_t start_us;             /* when it began (monotonic), for its duration */
+    int status;                    /* the status it was answered with (0: not yet) */
+    enum gw_cache_kind cache_kind; /* what X-Cache said of it */
+    uint64_t sent_ms;              /* when it was sent upstream (request_time, RFC 9111 4.2.3) */
+    uint64_t origin_us;            /* when it was sent to its origin (monotonic), for its time */
+    bool validating;               /* the upstream was asked conditionally for rq->stale's answer */
+    bool filled;                   /* it filled its key (which gives the fill lease back) */
+    bool no_store;                 /* the request says no-store: its answer is not stored */
+    bool has_directives;           /* `directives` holds the request's Cache-Control */
+    const char *primary_key;       /* when the entry varies: the primary key (cache_key is then */
+    size_t primary_len;            /* the secondary one, in vkey) */
+    size_t ninv;                   /* invalidate tags expanded into inv_tags */
 
     /* Not zeroed: each is written before it is read. */
     struct tenant_decision dec;                        /* read only when hooked */
@@ -182,7 +188,11 @@ gw_writes(const struct gw_req *rq)
 struct gw_req *gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
                           const struct router_match *m);
 
-/* Frees a request: answers the requests waiting on its fill, drops its references. */
+/* What X-Cache text ("HIT", "MISS", ...; NULL: none) counts as. */
+enum gw_cache_kind gw_cache_kind_of(const char *xcache);
+
+/* Frees a request: answers the requests waiting on its fill, drops its references, and counts
+ * what it was answered (its worker's stats; not for detached requests). */
 void gw_req_free(struct gw_req *rq);
 
 /* Expands t into the request's key arena. Returns the text (borrowed), or NULL when full. */

@@ -43,6 +43,11 @@ on_db(void *arg, const struct db_result *res)
     struct gw_req *rq = arg;
     const struct policy_endpoint *ep = rq->ep;
     char internal[320];
+    struct gw_stats *st = &rq->wk->stats;
+    if (res->status == DB_OK)
+        gw_stats_origin(st, GW_ORIGIN_SQL, util_mono_us() - rq->origin_us, store_now_ms());
+    else
+        gw_stats_origin_error(st, GW_ORIGIN_SQL, db_status_word(res->status));
     snprintf(internal, sizeof(internal), "database: %s (SQLSTATE %s)", res->detail,
              res->sqlstate && res->sqlstate[0] ? res->sqlstate : "none");
     switch (res->status) {
@@ -135,6 +140,7 @@ run_sql(struct gw_req *rq)
         gw_fail_internal(rq, 503, "the database is unavailable", "no database is configured");
         return;
     }
+    rq->origin_us = util_mono_us();
     if (db_query(rq->wk->db, ep->sql, (int)n, params, on_db, rq) != 0)
         gw_fail_internal(rq, 503, "the database is unavailable",
                          "the database pool is shutting down");

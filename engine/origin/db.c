@@ -91,6 +91,22 @@ struct db_pool {
     int free_requested;
 };
 
+const char *
+db_status_word(enum db_status s)
+{
+    switch (s) {
+    case DB_OK:
+        return "ok";
+    case DB_CLIENT_ERROR:
+        return "client_error";
+    case DB_ERROR:
+        return "error";
+    case DB_UNAVAILABLE:
+        return "unavailable";
+    }
+    return "unknown";
+}
+
 /* ---- statement names ---- */
 
 /*

@@ -15,6 +15,9 @@ enum db_status {
     DB_UNAVAILABLE,  /* no connection, connection lost, deadline passed, queue full: 503 */
 };
 
+/* A word for s, for labels and logs: "ok", "client_error", "error", "unavailable". */
+const char *db_status_word(enum db_status s);
+
 struct db_result {
     enum db_status status;
     const char *value; /* first column of the first row as text, NULL if no row or SQL NULL;

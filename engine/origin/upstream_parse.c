@@ -14,6 +14,26 @@
 
 /* ---- small helpers ---- */
 
+const char *
+upstream_error_word(enum upstream_error e)
+{
+    switch (e) {
+    case UPSTREAM_OK:
+        return "ok";
+    case UPSTREAM_CONNECT:
+        return "connect";
+    case UPSTREAM_TIMEOUT:
+        return "timeout";
+    case UPSTREAM_PROTOCOL:
+        return "protocol";
+    case UPSTREAM_TOO_LARGE:
+        return "too_large";
+    case UPSTREAM_SHUTDOWN:
+        return "shutdown";
+    }
+    return "unknown";
+}
+
 static inline unsigned char
 lower(unsigned char c)
 {

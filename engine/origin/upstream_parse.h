@@ -21,6 +21,10 @@ enum upstream_error {
     UPSTREAM_SHUTDOWN,  /* the pool was freed first: 503 */
 };
 
+/* A word for e, for labels and logs: "ok", "connect", "timeout", "protocol", "too_large",
+ * "shutdown". */
+const char *upstream_error_word(enum upstream_error e);
+
 /* One header field of an answer; name and value are also NUL-terminated. */
 struct upstream_header {
     const char *name;

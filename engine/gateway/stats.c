@@ -1,0 +1,443 @@
+/* stats.c - what each worker counts of the requests it serves (requests, latencies, limit
+ * decisions, origins, callers), read by the control plane without a lock on the request path. */
+#include "stats.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+const char *const gw_cache_kind_names[GW_CACHE_KINDS] = {"none",  "hit",         "miss",
+                                                         "stale", "revalidated", "bypass"};
+const char *const gw_origin_names[GW_ORIGINS] = {"sql", "upstream"};
+const char *const gw_decision_names[GW_DECISIONS] = {"allowed", "denied", "shadow_denied"};
+
+#define MINUTE_MS 60000u
+#define HOUR_MS 3600000u
+
+/* One writer: a relaxed load and store (no locked instruction), which readers on other threads
+ * see whole. */
+static void
+bump(uint64_t *c, uint64_t n)
+{
+    __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+}
+
+static void
+bump32(uint32_t *c, uint32_t n)
+{
+    __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+}
+
+static uint64_t
+load(const uint64_t *c)
+{
+    return __atomic_load_n(c, __ATOMIC_RELAXED);
+}
+
+void
+gw_stats_init(struct gw_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    pthread_mutex_init(&st->lock, NULL);
+}
+
+static void
+free_table(struct hmap *m, size_t offset)
+{
+    for (struct hmap_node *n = hmap_first(m), *next; n; n = next) {
+        next = hmap_next(m, n);
+        free((char *)n - offset);
+    }
+    hmap_free(m);
+}
+
+void
+gw_stats_free(struct gw_stats *st)
+{
+    free_table(&st->requests, offsetof(struct gw_counter, node));
+    free_table(&st->decisions, offsetof(struct gw_counter, node));
+    free_table(&st->origin_errors, offsetof(struct gw_counter, node));
+    free_table(&st->routes, offsetof(struct gw_route_stat, node));
+    for (struct hmap_node *n = hmap_first(&st->callers); n; n = hmap_next(&st->callers, n)) {
+        struct gw_callers *c = HMAP_ENTRY(n, struct gw_callers, node);
+        topk_free(&c->live);
+        topk_free(&c->published);
+    }
+    free_table(&st->callers, offsetof(struct gw_callers, node));
+    pthread_mutex_destroy(&st->lock);
+}
+
+/*
+ * The node of key in m, made (zeroed but for its key, of `size` bytes with the key at
+ * key_offset and its length at len_offset) under the lock when it is new: readers walk the
+ * tables under that lock, so only the worker's own inserts need it.
+ */
+static struct hmap_node *
+find_or_make(struct gw_stats *st, struct hmap *m, const char *key, size_t keylen, size_t size,
+             size_t node_offset, size_t key_offset, size_t len_offset)
+{
+    struct hmap_node *n = hmap_find(m, key, keylen);
+    if (n)
+        return n;
+    char *p = xcalloc(1, size + keylen + 1);
+    memcpy(p + key_offset, key, keylen);
+    memcpy(p + len_offset, &keylen, sizeof(keylen));
+    n = (struct hmap_node *)(void *)(p + node_offset);
+    pthread_mutex_lock(&st->lock);
+    hmap_insert(m, n, p + key_offset, keylen);
+    pthread_mutex_unlock(&st->lock);
+    return n;
+}
+
+static struct gw_counter *
+counter(struct gw_stats *st, struct hmap *m, const char *key, size_t keylen)
+{
+    struct hmap_node *n = find_or_make(
+        st, m, key, keylen, sizeof(struct gw_counter), offsetof(struct gw_counter, node),
+        offsetof(struct gw_counter, key), offsetof(struct gw_counter, keylen));
+    return HMAP_ENTRY(n, struct gw_counter, node);
+}
+
+/* Joins label values into buf with GW_STATS_KEY_SEP; returns the length (values are cut to
+ * fit, which only merges counters of absurdly long labels). */
+static size_t
+join(char *buf, size_t cap, const char *const *vals, const size_t *lens, size_t n)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i && o < cap)
+            buf[o++] = GW_STATS_KEY_SEP;
+        size_t len = lens[i] < cap - o ? lens[i] : cap - o;
+        memcpy(buf + o, vals[i], len);
+        o += len;
+    }
+    return o;
+}
+
+/* The slot of the minute now_ms falls in, emptied (under the lock) when it held another. */
+static struct gw_minute *
+minute_slot(struct gw_stats *st, uint64_t now_ms)
+{
+    uint64_t minute = now_ms / MINUTE_MS;
+    struct gw_minute *m = &st->minutes[minute % GW_STATS_MINUTES];
+    if (load(&m->minute) != minute) {
+        pthread_mutex_lock(&st->lock);
+        memset(m, 0, sizeof(*m));
+        __atomic_store_n(&m->minute, minute, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&st->lock);
+    }
+    return m;
+}
+
+void
+gw_stats_request(struct gw_stats *st, const char *route, const char *method, size_t mlen,
+                 int status, enum gw_cache_kind cache, uint64_t duration_us, uint64_t now_ms)
+{
+    char key[512], code[8];
+    int clen = snprintf(code, sizeof(code), "%d", status);
+    const char *vals[] = {route, method, code, gw_cache_kind_names[cache]};
+    size_t lens[] = {strlen(route), mlen, (size_t)clen, strlen(gw_cache_kind_names[cache])};
+    bump(&counter(st, &st->requests, key, join(key, sizeof(key), vals, lens, 4))->n, 1);
+
+    bool hit = cache == GW_CACHE_HIT || cache == GW_CACHE_STALE || cache == GW_CACHE_REVALIDATED;
+    bool denied = status == 429;
+    struct hmap_node *n =
+        find_or_make(st, &st->routes, route, lens[0], sizeof(struct gw_route_stat),
+                     offsetof(struct gw_route_stat, node), offsetof(struct gw_route_stat, key),
+                     offsetof(struct gw_route_stat, keylen));
+    struct gw_route_stat *r = HMAP_ENTRY(n, struct gw_route_stat, node);
+    hist_add(&r->duration, duration_us);
+    bump(&r->requests, 1);
+    bump(&r->hits, hit);
+    bump(&r->denied, denied);
+    uint64_t minute = now_ms / MINUTE_MS;
+    size_t slot = minute % GW_STATS_MINUTES;
+    if (__atomic_load_n(&r->minutes[slot].minute, __ATOMIC_RELAXED) != minute) {
+        pthread_mutex_lock(&st->lock);
+        r->minutes[slot].requests = r->minutes[slot].hits = r->minutes[slot].denied = 0;
+        __atomic_store_n(&r->minutes[slot].minute, minute, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&st->lock);
+    }
+    bump32(&r->minutes[slot].requests, 1);
+    bump32(&r->minutes[slot].hits, hit);
+    bump32(&r->minutes[slot].denied, denied);
+
+    struct gw_minute *m = minute_slot(st, now_ms);
+    bump(&m->requests, 1);
+    bump(&m->hits, hit);
+    bump(&m->misses, cache == GW_CACHE_MISS);
+    bump(&m->denied, denied);
+    bump(&m->errors, status >= 500);
+    hist_add(&m->duration, duration_us);
+}
+
+void
+gw_stats_decision(struct gw_stats *st, const char *policy, const char *tier, enum gw_decision d)
+{
+    char key[256];
+    const char *t = tier ? tier : "";
+    const char *vals[] = {policy, t, gw_decision_names[d]};
+    size_t lens[] = {strlen(policy), strlen(t), strlen(gw_decision_names[d])};
+    bump(&counter(st, &st->decisions, key, join(key, sizeof(key), vals, lens, 3))->n, 1);
+}
+
+void
+gw_stats_invalidations(struct gw_stats *st, size_t n)
+{
+    bump(&st->invalidations_write, n);
+}
+
+void
+gw_stats_origin(struct gw_stats *st, enum gw_origin_kind o, uint64_t duration_us, uint64_t now_ms)
+{
+    hist_add(&st->origin[o], duration_us);
+    hist_add(&minute_slot(st, now_ms)->origin, duration_us);
+}
+
+void
+gw_stats_origin_error(struct gw_stats *st, enum gw_origin_kind o, const char *reason)
+{
+    char key[128];
+    const char *vals[] = {gw_origin_names[o], reason};
+    size_t lens[] = {strlen(gw_origin_names[o]), strlen(reason)};
+    bump(&counter(st, &st->origin_errors, key, join(key, sizeof(key), vals, lens, 2))->n, 1);
+}
+
+void
+gw_stats_caller(struct gw_stats *st, const char *policy, const char *caller, size_t len,
+                bool denied, uint64_t remaining, uint64_t now_ms)
+{
+    size_t plen = strlen(policy);
+    struct hmap_node *n = hmap_find(&st->callers, policy, plen);
+    if (!n) {
+        struct gw_callers *c = xcalloc(1, sizeof(*c) + plen + 1);
+        memcpy(c->key, policy, plen);
+        c->keylen = plen;
+        topk_init(&c->live, GW_STATS_CALLERS);
+        topk_init(&c->published, GW_STATS_CALLERS);
+        pthread_mutex_lock(&st->lock);
+        hmap_insert(&st->callers, &c->node, c->key, plen);
+        pthread_mutex_unlock(&st->lock);
+        n = &c->node;
+    }
+    struct gw_callers *c = HMAP_ENTRY(n, struct gw_callers, node);
+    uint64_t window = now_ms / HOUR_MS;
+    if (c->window != window) { /* a new hour: the live count starts over */
+        topk_clear(&c->live);
+        c->window = window;
+    }
+    topk_add(&c->live, caller, len, 1, denied, remaining);
+}
+
+void
+gw_stats_publish(struct gw_stats *st)
+{
+    pthread_mutex_lock(&st->lock);
+    for (struct hmap_node *n = hmap_first(&st->callers); n; n = hmap_next(&st->callers, n)) {
+        struct gw_callers *c = HMAP_ENTRY(n, struct gw_callers, node);
+        topk_clear(&c->published);
+        topk_merge(&c->published, &c->live);
+    }
+    pthread_mutex_unlock(&st->lock);
+}
+
+/* ---- reading ------------------------------------------------------------------------------- */
+
+void
+gw_stats_view_init(struct gw_stats_view *v, uint64_t now_ms)
+{
+    memset(v, 0, sizeof(*v));
+    v->now_minute = now_ms / MINUTE_MS;
+}
+
+/* Adds a table of counters into the view's items (equal keys added up at finish). */
+static void
+merge_counters(struct gw_stat_item **items, size_t *n, const struct hmap *m)
+{
+    for (struct hmap_node *x = hmap_first(m); x; x = hmap_next(m, x)) {
+        const struct gw_counter *c = HMAP_ENTRY(x, struct gw_counter, node);
+        if (*n % 64 == 0)
+            *items = xrealloc(*items, (*n + 64) * sizeof(**items));
+        (*items)[*n] = (struct gw_stat_item){
+            .key = xstrndup(c->key, c->keylen), .keylen = c->keylen, .n = load(&c->n)};
+        (*n)++;
+    }
+}
+
+static struct gw_stat_route *
+view_route(struct gw_stats_view *v, const char *route, size_t len)
+{
+    for (size_t i = 0; i < v->nroutes; i++)
+        if (strlen(v->routes[i].route) == len && memcmp(v->routes[i].route, route, len) == 0)
+            return &v->routes[i];
+    if (v->nroutes % 16 == 0)
+        v->routes = xrealloc(v->routes, (v->nroutes + 16) * sizeof(*v->routes));
+    struct gw_stat_route *r = &v->routes[v->nroutes++];
+    memset(r, 0, sizeof(*r));
+    r->route = xstrndup(route, len);
+    return r;
+}
+
+/* Whether a minute slot of the last hour is `minute`; its place in the view (oldest first). */
+static bool
+minute_place(const struct gw_stats_view *v, uint64_t minute, size_t *at)
+{
+    if (minute == 0 || minute > v->now_minute || v->now_minute - minute >= GW_STATS_MINUTES)
+        return false;
+    *at = GW_STATS_MINUTES - 1 - (size_t)(v->now_minute - minute);
+    return true;
+}
+
+struct merging_callers {
+    struct hmap_node node;
+    struct topk all;
+    char *policy;
+};
+
+void
+gw_stats_merge(struct gw_stats_view *v, struct gw_stats *st)
+{
+    pthread_mutex_lock(&st->lock);
+    merge_counters(&v->requests, &v->nrequests, &st->requests);
+    merge_counters(&v->decisions, &v->ndecisions, &st->decisions);
+    merge_counters(&v->origin_errors, &v->norigin_errors, &st->origin_errors);
+    for (struct hmap_node *x = hmap_first(&st->routes); x; x = hmap_next(&st->routes, x)) {
+        const struct gw_route_stat *r = HMAP_ENTRY(x, struct gw_route_stat, node);
+        struct gw_stat_route *vr = view_route(v, r->key, r->keylen);
+        hist_merge(&vr->duration, &r->duration);
+        vr->requests += load(&r->requests);
+        vr->hits += load(&r->hits);
+        vr->denied += load(&r->denied);
+        for (size_t i = 0; i < GW_STATS_MINUTES; i++) {
+            size_t at;
+            if (!minute_place(v, load(&r->minutes[i].minute), &at))
+                continue;
+            vr->minute_requests[at] += __atomic_load_n(&r->minutes[i].requests, __ATOMIC_RELAXED);
+            vr->minute_hits[at] += __atomic_load_n(&r->minutes[i].hits, __ATOMIC_RELAXED);
+            vr->minute_denied[at] += __atomic_load_n(&r->minutes[i].denied, __ATOMIC_RELAXED);
+        }
+    }
+    for (size_t o = 0; o < GW_ORIGINS; o++)
+        hist_merge(&v->origin[o], &st->origin[o]);
+    v->invalidations_write += load(&st->invalidations_write);
+    for (size_t i = 0; i < GW_STATS_MINUTES; i++) {
+        const struct gw_minute *m = &st->minutes[i];
+        size_t at;
+        if (!minute_place(v, load(&m->minute), &at))
+            continue;
+        struct gw_minute *d = &v->minutes[at];
+        d->minute = load(&m->minute);
+        d->requests += load(&m->requests);
+        d->hits += load(&m->hits);
+        d->misses += load(&m->misses);
+        d->denied += load(&m->denied);
+        d->errors += load(&m->errors);
+        hist_merge(&d->duration, &m->duration);
+        hist_merge(&d->origin, &m->origin);
+    }
+    for (struct hmap_node *x = hmap_first(&st->callers); x; x = hmap_next(&st->callers, x)) {
+        const struct gw_callers *c = HMAP_ENTRY(x, struct gw_callers, node);
+        struct merging_callers *mc =
+            HMAP_ENTRY(hmap_find(&v->merging, c->key, c->keylen), struct merging_callers, node);
+        if (!mc) {
+            mc = xcalloc(1, sizeof(*mc));
+            mc->policy = xstrndup(c->key, c->keylen);
+            topk_init(&mc->all, 4 * GW_STATS_CALLERS);
+            hmap_insert(&v->merging, &mc->node, mc->policy, c->keylen);
+        }
+        topk_merge(&mc->all, &c->published);
+    }
+    pthread_mutex_unlock(&st->lock);
+}
+
+static int
+item_cmp(const void *a, const void *b)
+{
+    const struct gw_stat_item *x = a, *y = b;
+    size_t n = x->keylen < y->keylen ? x->keylen : y->keylen;
+    int c = memcmp(x->key, y->key, n);
+    return c ? c : (x->keylen > y->keylen) - (x->keylen < y->keylen);
+}
+
+/* Sorts items by key and adds up those with equal keys (one per worker). */
+static void
+fold(struct gw_stat_item *items, size_t *n)
+{
+    qsort(items, *n, sizeof(*items), item_cmp);
+    size_t o = 0;
+    for (size_t i = 0; i < *n; i++) {
+        if (o && item_cmp(&items[o - 1], &items[i]) == 0) {
+            items[o - 1].n += items[i].n;
+            free(items[i].key);
+        } else {
+            items[o++] = items[i];
+        }
+    }
+    *n = o;
+}
+
+static int
+route_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct gw_stat_route *)a)->route,
+                  ((const struct gw_stat_route *)b)->route);
+}
+
+void
+gw_stats_view_finish(struct gw_stats_view *v, size_t callers_per_policy)
+{
+    fold(v->requests, &v->nrequests);
+    fold(v->decisions, &v->ndecisions);
+    fold(v->origin_errors, &v->norigin_errors);
+    qsort(v->routes, v->nroutes, sizeof(*v->routes), route_cmp);
+    for (size_t i = 0; i < GW_STATS_MINUTES; i++)
+        if (!v->minutes[i].minute)
+            v->minutes[i].minute = v->now_minute - (GW_STATS_MINUTES - 1 - i);
+    const struct topk_item **top = xcalloc(callers_per_policy + 1, sizeof(*top));
+    for (struct hmap_node *x = hmap_first(&v->merging), *next; x; x = next) {
+        next = hmap_next(&v->merging, x);
+        struct merging_callers *mc = HMAP_ENTRY(x, struct merging_callers, node);
+        size_t n = topk_top(&mc->all, top, callers_per_policy);
+        v->callers = xrealloc(v->callers, (v->ncallers + n + 1) * sizeof(*v->callers));
+        for (size_t i = 0; i < n; i++)
+            v->callers[v->ncallers++] = (struct gw_stat_caller){
+                .policy = xstrdup(mc->policy),
+                .caller = xstrndup(top[i]->key, top[i]->keylen),
+                .requests = top[i]->count,
+                .denied = top[i]->extra,
+                .error = top[i]->error,
+                .remaining = top[i]->last,
+            };
+        hmap_remove(&v->merging, x);
+        topk_free(&mc->all);
+        free(mc->policy);
+        free(mc);
+    }
+    hmap_free(&v->merging);
+    free(top);
+}
+
+void
+gw_stats_view_free(struct gw_stats_view *v)
+{
+    for (size_t i = 0; i < v->nrequests; i++)
+        free(v->requests[i].key);
+    for (size_t i = 0; i < v->ndecisions; i++)
+        free(v->decisions[i].key);
+    for (size_t i = 0; i < v->norigin_errors; i++)
+        free(v->origin_errors[i].key);
+    for (size_t i = 0; i < v->nroutes; i++)
+        free(v->routes[i].route);
+    for (size_t i = 0; i < v->ncallers; i++) {
+        free(v->callers[i].policy);
+        free(v->callers[i].caller);
+    }
+    free(v->requests);
+    free(v->decisions);
+    free(v->origin_errors);
+    free(v->routes);
+    free(v->callers);
+    memset(v, 0, sizeof(*v));
+}
