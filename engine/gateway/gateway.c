@@ -119,11 +119,15 @@ handle(struct server_request *sr, void *state)
     enum router_result r = router_match(p->router, h->method_str.p, h->method_str.len, h->path.p,
                                         h->path.len, h->query.p, h->query.len, &m);
     if (r == ROUTER_NOT_FOUND) {
-        server_respond_problem(sr, 404, NULL, NULL, "no endpoint matches this path", NULL);
+        char id[GW_REQUEST_ID_MAX + 1];
+        char hdrs[GW_REQUEST_ID_MAX + 20];
+        snprintf(hdrs, sizeof(hdrs), "X-Request-Id: %s\r\n", gw_request_id_for(h, id));
+        server_respond_problem(sr, 404, NULL, NULL, "no endpoint matches this path", hdrs);
         return;
     }
     if (r == ROUTER_METHOD_NOT_ALLOWED) {
-        char allow[160] = "Allow: ";
+        char id[GW_REQUEST_ID_MAX + 1];
+        char allow[160 + GW_REQUEST_ID_MAX + 20] = "Allow: ";
         size_t len = strlen(allow);
         int first = 1;
         for (size_t i = 0; i < router_nmethods; i++) {
@@ -133,7 +137,8 @@ handle(struct server_request *sr, void *state)
                                     router_methods[i]);
             first = 0;
         }
-        snprintf(allow + len, sizeof(allow) - len, "\r\n");
+        snprintf(allow + len, sizeof(allow) - len, "\r\nX-Request-Id: %s\r\n",
+                 gw_request_id_for(h, id));
         server_respond_problem(sr, 405, NULL, NULL, "this endpoint does not take this method",
                                allow);
         return;

@@ -161,8 +161,10 @@ hdr_u64(struct gw_req *rq, uint64_t v)
 /* ---- request ids ---------------------------------------------------------------------------- */
 
 static pthread_once_t id_once = PTHREAD_ONCE_INIT;
-static uint64_t id_base; /* random, drawn once per process */
-static uint64_t id_next; /* atomic */
+static uint64_t id_base;   /* random, drawn once per process */
+static uint64_t id_blocks; /* atomic: the first count of the next thread's block */
+#define ID_BLOCK (1ull << 32)
+static __thread uint64_t id_next, id_end; /* this thread's block: no counter shared per id */
 
 static void
 id_init(void)
@@ -179,6 +181,18 @@ id_mix(uint64_t x)
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
     x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
     return x ^ (x >> 31);
+}
+
+/* A count no other call of the process has had: each thread counts through a block of its
+ * own, taken from the shared counter once per 2^32 ids. */
+static uint64_t
+id_count(void)
+{
+    if (id_next == id_end) {
+        id_next = __atomic_fetch_add(&id_blocks, ID_BLOCK, __ATOMIC_RELAXED);
+        id_end = id_next + ID_BLOCK;
+    }
+    return id_next++;
 }
 
 /* A client's X-Request-Id is taken only as a token that is safe in a log line, a header and
@@ -198,11 +212,9 @@ safe_request_id(const char *s, size_t len)
 }
 
 const char *
-gw_request_id(struct gw_req *rq)
+gw_request_id_for(const struct http_request *h, char *out)
 {
-    if (rq->request_id[0])
-        return rq->request_id;
-    const struct http_request *h = &rq->sr->http;
+    static const char hex[] = "0123456789abcdef";
     const struct http_str *given = NULL;
     size_t n = 0;
     for (size_t i = 0; i < h->nheaders; i++)
@@ -210,14 +222,36 @@ gw_request_id(struct gw_req *rq)
             strncasecmp(h->headers[i].name.p, "x-request-id", 12) == 0 && n++ == 0)
             given = &h->headers[i].value;
     if (n == 1 && safe_request_id(given->p, given->len)) {
-        memcpy(rq->request_id, given->p, given->len);
-        rq->request_id[given->len] = '\0';
-        return rq->request_id;
+        memcpy(out, given->p, given->len);
+        out[given->len] = '\0';
+        return out;
     }
     pthread_once(&id_once, id_init);
-    uint64_t id = id_mix(id_base + __atomic_fetch_add(&id_next, 1, __ATOMIC_RELAXED));
-    snprintf(rq->request_id, sizeof(rq->request_id), "%016llx", (unsigned long long)id);
+    uint64_t id = id_mix(id_base + id_count());
+    for (int i = 15; i >= 0; i--, id >>= 4)
+        out[i] = hex[id & 15];
+    out[16] = '\0';
+    return out;
+}
+
+const char *
+gw_request_id(struct gw_req *rq)
+{
+    if (!rq->request_id[0])
+        gw_request_id_for(&rq->sr->http, rq->request_id);
     return rq->request_id;
+}
+
+/* Adds X-Request-Id to the answer's fields, once. */
+static void
+hdr_request_id(struct gw_req *rq)
+{
+    if (rq->id_sent)
+        return;
+    rq->id_sent = true;
+    hdr_str(rq, "X-Request-Id: ");
+    hdr_str(rq, gw_request_id(rq));
+    hdr_str(rq, "\r\n");
 }
 
 void
@@ -229,9 +263,7 @@ gw_fail(struct gw_req *rq, int status, const char *detail)
         fprintf(stderr, "sluice: request %s: %s %s: %d %s\n", id,
                 rq->warm ? "warming" : "refreshing", rq->ep->name, status, detail);
     } else {
-        hdr_str(rq, "X-Request-Id: ");
-        hdr_str(rq, id);
-        hdr_str(rq, "\r\n");
+        hdr_request_id(rq);
         json_t *ext = json_pack("{s:s}", "request_id", id);
         server_respond_problem_ext(rq->sr, status, NULL, NULL, detail, ext, rq->hdrs);
         json_decref(ext);
@@ -580,9 +612,8 @@ gw_reply_denied(struct gw_req *rq)
     const char *id = gw_request_id(rq);
     hdr_str(rq, "Retry-After: ");
     hdr_u64(rq, ceil_sec(retry) ? ceil_sec(retry) : 1);
-    hdr_str(rq, "\r\nX-Request-Id: ");
-    hdr_str(rq, id);
     hdr_str(rq, "\r\n");
+    hdr_request_id(rq);
     json_t *o = json_pack("{s:s, s:s, s:i, s:s, s:o, s:s}", "type", QUOTA_TYPE, "title",
                           "Request cannot be satisfied as assigned quota has been exceeded",
                           "status", 429, "detail", "rate limit exceeded; retry later",
@@ -661,6 +692,8 @@ gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uin
         hdr_u64(rq, age);
         hdr_str(rq, "\r\n");
     }
+    if (!rq->detached)
+        hdr_request_id(rq);
     if (e->etag) {
         hdr_str(rq, "ETag: ");
         hdr_str(rq, e->etag);
@@ -692,6 +725,8 @@ gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uin
 void
 gw_reply_body(struct gw_req *rq, int status, const char *body, size_t len)
 {
+    if (!rq->detached)
+        hdr_request_id(rq);
     struct server_response resp = {
         .status = status,
         .content_type = rq->ep->content_type,

@@ -133,6 +133,7 @@ struct gw_req {
     bool filled;                   /* it filled its key (which gives the fill lease back) */
     bool no_store;                 /* the request says no-store: its answer is not stored */
     bool has_directives;           /* `directives` holds the request's Cache-Control */
+    bool id_sent;                  /* X-Request-Id is in the answer's fields */
     const char *primary_key;       /* when the entry varies: the primary key (cache_key is then */
     size_t primary_len;            /* the secondary one, in vkey) */
     size_t ninv;                   /* invalidate tags expanded into inv_tags */
@@ -226,6 +227,13 @@ const char *gw_vals_put(struct gw_req *rq, const char *s, size_t len);
  * valid for the request's life); the same one on every call.
  */
 const char *gw_request_id(struct gw_req *rq);
+
+/*
+ * gw_request_id()'s choice for the request h, written to out
+ * (GW_REQUEST_ID_MAX + 1 bytes) with a NUL; returns out. For answers given
+ * before a request object exists (no route matched).
+ */
+const char *gw_request_id_for(const struct http_request *h, char *out);
 
 /* ---- replies: each answers the request and frees it ---------------------------------------- */
 
