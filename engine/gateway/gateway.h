@@ -8,7 +8,9 @@
 
 #include <jansson.h>
 
+#include "hist.h"
 #include "server.h"
+#include "store_memory.h"
 
 struct policy;
 struct gateway;
@@ -53,6 +55,31 @@ char *gateway_explain_request(struct policy *policy, const char *line, const cha
  * memory store's budgets and counts as they are now ("memory": {...}). New reference.
  */
 json_t *gateway_store_status(struct gateway *g);
+
+/*
+ * The database pools of every worker as JSON: {"state": "connected"|"idle"|"unreachable",
+ * "pool_size", "connections", "pending", "last_error": null | {"time", "error"}}. New reference.
+ */
+json_t *gateway_db_status(struct gateway *g);
+
+/* The health of the stores and database pools, as the workers last published it. */
+struct gateway_health {
+    const char *store_kind;           /* "redis" or "memory" */
+    unsigned workers;                 /* workers that published */
+    unsigned store_degraded;          /* workers answering without the shared store */
+    uint64_t store_failures;          /* shared store operations that failed */
+    uint64_t store_fallbacks;         /* requests answered by the fallback */
+    uint64_t store_transitions;       /* times a worker's store became degraded */
+    struct hist store_latency;        /* the shared store's round trips */
+    unsigned db_size;                 /* connection slots of every pool */
+    unsigned db_connections;          /* established */
+    unsigned db_pending;              /* statements waiting or running */
+    unsigned db_unreachable;          /* pools whose every slot is backing off after failures */
+    char db_last_error[256];          /* the latest failed connect or lost connection */
+    uint64_t db_last_error_ms;        /* when (ms since the epoch); 0: never */
+    struct store_memory_stats memory; /* the memory store now */
+};
+void gateway_health(struct gateway *g, struct gateway_health *out);
 
 /*
  * A new handle on the gateway's store for a thread running `base` (borrowed):

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hist.h"
+
 #include "limiter.h"
 
 /* One limit to check for a request. */
@@ -116,6 +118,8 @@ struct store_health {
     uint64_t failures;    /* operations of the shared store that failed, since start */
     uint64_t fallbacks;   /* requests answered by the in-process fallback, since start */
     uint64_t transitions; /* times the store became degraded, since start */
+    struct hist latency;  /* round trips of the shared store's commands, since start (empty for
+                             the memory store) */
 };
 
 struct store;

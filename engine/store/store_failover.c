@@ -504,7 +504,10 @@ fo_health(struct store *s, struct store_health *h)
 {
     struct failover *f = (struct failover *)s;
 
+    struct store_health primary;
+    store_health(f->primary, &primary);
     *h = f->h;
+    h->latency = primary.latency;
     h->degraded = f->state != BR_CLOSED;
     h->state = state_name(f->state);
 }

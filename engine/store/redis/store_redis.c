@@ -52,15 +52,6 @@
 #define MAX_BATCH 64   /* requests decided by one admit.lua call at most */
 #define SCAN_COUNT 500 /* the COUNT of each SCAN of a pattern run */
 
-static uint64_t
-mono_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
 int
 store_redis_check_url(const char *url, char *err, size_t errlen)
 {
@@ -1100,6 +1091,7 @@ redis_health(struct store *st, struct store_health *h)
     h->degraded = !s->cache.ac || (s->split && !s->limits.ac);
     h->state = h->degraded ? "degraded" : "ok";
     h->failures = s->stats.failed;
+    h->latency = s->stats.latency;
 }
 
 static void
@@ -1149,7 +1141,7 @@ store_redis_new(struct event_base *base, const struct store_redis_config *cfg, c
     s->tag_lease_ms = cfg->tag_lease_ms ? cfg->tag_lease_ms : DEFAULT_TAG_LEASE_MS;
     near_init(&s->near, cfg->near_bytes ? cfg->near_bytes : DEFAULT_NEAR_BYTES);
     if (getrandom(&s->token_state, sizeof(s->token_state), GRND_NONBLOCK) != sizeof(s->token_state))
-        s->token_state = mono_us() ^ (uint64_t)(uintptr_t)s;
+        s->token_state = util_mono_us() ^ (uint64_t)(uintptr_t)s;
     redis_conn_turn_init(&s->turn_ev, base, on_turn, s);
     redis_conn_init(&s->cache, &s->env, split ? "cache" : "store", &cache_ep);
     redis_conn_connect(&s->cache);
