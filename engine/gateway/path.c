@@ -214,7 +214,7 @@ count_decisions(struct gw_req *rq)
         const struct limiter_result *r = &rq->results[i];
         const char *name = gw_limit_name(rq, i);
         gw_stats_decision(st, name, tier, r->allowed ? GW_ALLOWED : GW_DENIED);
-        gw_stats_caller(st, name, rq->limits[i].key, rq->limits[i].keylen, !r->allowed,
+        gw_stats_caller(st, name, tier, rq->limits[i].key, rq->limits[i].keylen, !r->allowed,
                         r->remaining, rq->admit.now_ms);
     }
 }

@@ -206,8 +206,8 @@ gw_stats_origin_error(struct gw_stats *st, enum gw_origin_kind o, const char *re
 }
 
 void
-gw_stats_caller(struct gw_stats *st, const char *policy, const char *caller, size_t len,
-                bool denied, uint64_t remaining, uint64_t now_ms)
+gw_stats_caller(struct gw_stats *st, const char *policy, const char *tier, const char *caller,
+                size_t len, bool denied, uint64_t remaining, uint64_t now_ms)
 {
     size_t plen = strlen(policy);
     struct hmap_node *n = hmap_find(&st->callers, policy, plen);
@@ -228,7 +228,7 @@ gw_stats_caller(struct gw_stats *st, const char *policy, const char *caller, siz
         topk_clear(&c->live);
         c->window = window;
     }
-    topk_add(&c->live, caller, len, 1, denied, remaining);
+    topk_add(&c->live, caller, len, 1, denied, remaining, tier);
 }
 
 void
@@ -410,6 +410,8 @@ gw_stats_view_finish(struct gw_stats_view *v, size_t callers_per_policy)
                 .error = top[i]->error,
                 .remaining = top[i]->last,
             };
+        for (size_t i = 0; i < n; i++)
+            memcpy(v->callers[v->ncallers - n + i].tier, top[i]->note, TOPK_NOTE_MAX);
         hmap_remove(&v->merging, x);
         topk_free(&mc->all);
         free(mc->policy);

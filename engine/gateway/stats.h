@@ -112,10 +112,10 @@ void gw_stats_origin(struct gw_stats *st, enum gw_origin_kind o, uint64_t durati
                      uint64_t now_ms);
 void gw_stats_origin_error(struct gw_stats *st, enum gw_origin_kind o, const char *reason);
 
-/* One request of the caller `caller` (len bytes: its limit key) under limit `policy`; denied
- * or not, and what the limit has left for it. */
-void gw_stats_caller(struct gw_stats *st, const char *policy, const char *caller, size_t len,
-                     bool denied, uint64_t remaining, uint64_t now_ms);
+/* One request of the caller `caller` (len bytes: its limit key) of `tier` (or NULL) under
+ * limit `policy`; denied or not, and what the limit has left for it. */
+void gw_stats_caller(struct gw_stats *st, const char *policy, const char *tier, const char *caller,
+                     size_t len, bool denied, uint64_t remaining, uint64_t now_ms);
 
 /* Publishes the callers counted so far for readers (the worker calls it every second). */
 void gw_stats_publish(struct gw_stats *st);
@@ -138,7 +138,8 @@ struct gw_stat_route {
 };
 
 struct gw_stat_caller {
-    char *policy, *caller; /* owned */
+    char *policy, *caller;    /* owned */
+    char tier[TOPK_NOTE_MAX]; /* the caller's tier when last seen; "" when none */
     uint64_t requests, denied, error, remaining;
 };
 
