@@ -14,6 +14,7 @@
 
 #include "embedded.h"
 #include "http_parse.h"
+#include "lua_limits.h"
 #include "lua_sandbox.h"
 #include "policy_compile.h"
 #include "router.h"
@@ -129,13 +130,12 @@ loader_panic(lua_State *L)
     abort();
 }
 
-/* A new loader state; lua_close() it, then free its allocator's state (lua_getallocf). */
+/* A new loader state; lua_close() it, then free its limits (lua_limits_of). */
 static lua_State *
 loader_state(void)
 {
-    struct lua_sandbox_mem *mem = xcalloc(1, sizeof(*mem));
-    mem->cap = LOADER_MEMORY;
-    lua_State *L = lua_newstate(lua_sandbox_alloc, mem);
+    struct lua_limits *lim = xcalloc(1, sizeof(*lim));
+    lua_State *L = lua_limits_newstate(lim, LOADER_MEMORY);
     if (!L) {
         fprintf(stderr, "sluice: out of memory (Lua state)\n");
         abort();
@@ -608,10 +608,9 @@ policy_load(const char *dir, uint64_t generation, const struct policy *prev, cha
 
 out:
     if (L) {
-        void *mem;
-        lua_getallocf(L, &mem);
+        struct lua_limits *lim = lua_limits_of(L);
         lua_close(L);
-        free(mem);
+        free(lim);
     }
     for (size_t i = 0; i < nfiles; i++) {
         free(files[i].path);

@@ -18,7 +18,7 @@
 
 struct tenant_counters {
     char *name;
-    uint64_t calls, failures, errors, budget, memory, invalid, load_failures, denied;
+    uint64_t calls, failures, errors, budget, time, memory, invalid, load_failures, denied;
     struct tenant_counters *next;
 };
 
@@ -60,13 +60,13 @@ tenant_stats_json(void)
     json_t *o = json_object();
     pthread_mutex_lock(&stats_lock);
     for (struct tenant_counters *c = stats_head; c; c = c->next)
-        json_object_set_new(o, c->name,
-                            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "hook_calls",
-                                      get(&c->calls), "hook_failures", get(&c->failures), "errors",
-                                      get(&c->errors), "budget_exceeded", get(&c->budget),
-                                      "memory_exceeded", get(&c->memory), "invalid_decisions",
-                                      get(&c->invalid), "load_failures", get(&c->load_failures),
-                                      "denied", get(&c->denied)));
+        json_object_set_new(
+            o, c->name,
+            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "hook_calls", get(&c->calls),
+                      "hook_failures", get(&c->failures), "errors", get(&c->errors),
+                      "budget_exceeded", get(&c->budget), "time_exceeded", get(&c->time),
+                      "memory_exceeded", get(&c->memory), "invalid_decisions", get(&c->invalid),
+                      "load_failures", get(&c->load_failures), "denied", get(&c->denied)));
     pthread_mutex_unlock(&stats_lock);
     return o;
 }
@@ -147,6 +147,10 @@ hook_failed(struct hook_state *hs, const struct tenant *t, const char *hook,
     case LUA_SANDBOX_BUDGET:
         bump(&c->budget);
         what = "instruction budget exceeded";
+        break;
+    case LUA_SANDBOX_TIME:
+        bump(&c->time);
+        what = "time budget exceeded";
         break;
     case LUA_SANDBOX_MEMORY:
         bump(&c->memory);
@@ -260,7 +264,7 @@ state_build(struct hook_state *hs, const struct tenant *t)
     hs->built = 1;
     hs->stats = counters_for(t->name);
     struct build_ctx bc = {.t = t};
-    hs->sb = lua_sandbox_new(TENANT_HOOK_MEMORY, TENANT_HOOK_BUDGET);
+    hs->sb = lua_sandbox_new(TENANT_HOOK_MEMORY, TENANT_HOOK_BUDGET, TENANT_HOOK_MS * 1000u);
     if (!hs->sb) {
         snprintf(bc.err, sizeof(bc.err), "cannot open a Lua state within the memory cap");
         bc.st = LUA_SANDBOX_MEMORY;

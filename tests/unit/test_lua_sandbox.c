@@ -1,5 +1,5 @@
-/* test_lua_sandbox.c - unit tests of the hook sandbox: budget, memory cap, and escapes that fail.
- */
+/* test_lua_sandbox.c - unit tests of the hook sandbox: instruction and time budgets, memory cap,
+ * and escapes that fail. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -17,6 +17,8 @@
 
 #define CAP (8u << 20)
 #define BUDGET 100000
+#define MS 20
+#define US (MS * 1000)
 
 /* One chunk run in a sandbox, in an environment kept in the registry across runs. */
 struct run {
@@ -98,7 +100,7 @@ now_s(void)
 static int
 setup(void **state)
 {
-    *state = lua_sandbox_new(CAP, BUDGET);
+    *state = lua_sandbox_new(CAP, BUDGET, US);
     return *state ? 0 : -1;
 }
 
@@ -155,6 +157,32 @@ test_budget_is_per_call(void **state)
     lua_sandbox_set_budget(sb, BUDGET);
 }
 
+/* ---- the time budget --------------------------------------------------------------------- */
+
+/* Each call has its own time budget. */
+static void
+test_time_budget_is_per_call(void **state)
+{
+    struct lua_sandbox *sb = *state;
+    static const char count[] = "local n = 0 for i = 1, 100000 do n = n + 1 end return n";
+    lua_sandbox_set_budget(sb, 2000000000);
+    lua_sandbox_set_time(sb, 5000);
+    double t0 = now_s();
+    fails(sb, "while true do end", LUA_SANDBOX_TIME, "t:1: time budget exceeded (5 ms)");
+    double ms = (now_s() - t0) * 1e3;
+    assert_true(ms >= 5 && ms < 100);
+    /* 20 calls that each take a tenth of the budget: twice the budget together. */
+    lua_sandbox_set_time(sb, 10000000);
+    t0 = now_s();
+    gives(sb, count, "100000");
+    double call_us = (now_s() - t0) * 1e6;
+    lua_sandbox_set_time(sb, (uint32_t)(call_us * 10 > 5000 ? call_us * 10 : 5000));
+    for (int i = 0; i < 20; i++)
+        gives(sb, count, "100000");
+    lua_sandbox_set_budget(sb, BUDGET);
+    lua_sandbox_set_time(sb, US);
+}
+
 /* ---- the memory cap ---------------------------------------------------------------------- */
 
 static void
@@ -162,6 +190,7 @@ test_memory_bomb(void **state)
 {
     struct lua_sandbox *sb = *state;
     lua_sandbox_set_budget(sb, 100000000);
+    lua_sandbox_set_time(sb, 10000000);
     size_t before = lua_sandbox_memory(sb);
     double t0 = now_s();
     fails(sb, "local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1000) end", LUA_SANDBOX_MEMORY,
@@ -174,6 +203,7 @@ test_memory_bomb(void **state)
     /* Caught by the code's own pcall, a memory error is just an error value. */
     gives(sb, "return select(2, pcall(string.rep, 'x', 1e9))", "not enough memory");
     lua_sandbox_set_budget(sb, BUDGET);
+    lua_sandbox_set_time(sb, US);
     /* The garbage was collected and the state still works. */
     assert_true(lua_sandbox_memory(sb) < before + (1u << 20));
     gives(sb, "local t = {} for i = 1, 100 do t[i] = i end return #t", "100");
@@ -183,8 +213,8 @@ static void
 test_tiny_cap(void **state)
 {
     (void)state;
-    assert_null(lua_sandbox_new(1024, BUDGET)); /* not even a state fits */
-    struct lua_sandbox *sb = lua_sandbox_new(256 * 1024, BUDGET);
+    assert_null(lua_sandbox_new(1024, BUDGET, US)); /* not even a state fits */
+    struct lua_sandbox *sb = lua_sandbox_new(256 * 1024, BUDGET, US);
     assert_non_null(sb);
     fails(sb, "local t = {} for i = 1, 1e6 do t[i] = {} end", LUA_SANDBOX_MEMORY,
           "not enough memory");
@@ -290,7 +320,7 @@ static void
 test_tenants_do_not_share_globals(void **state)
 {
     (void)state;
-    struct lua_sandbox *a = lua_sandbox_new(CAP, BUDGET), *b = lua_sandbox_new(CAP, BUDGET);
+    struct lua_sandbox *a = lua_sandbox_new(CAP, BUDGET, US), *b = lua_sandbox_new(CAP, BUDGET, US);
     gives(a, "secret = 'of a' return secret", "of a");
     gives(a, "return secret", "of a"); /* a keeps its own globals ... */
     fails(b, "return secret", LUA_SANDBOX_ERROR,
@@ -319,6 +349,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_runaway_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_runaway_inside_pcall, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_is_per_call, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_time_budget_is_per_call, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_bomb, setup, teardown),
         cmocka_unit_test(test_tiny_cap),
         cmocka_unit_test_setup_teardown(test_no_io_os_package_debug, setup, teardown),
