@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lua_bounded.h"
 #include "util.h"
 
 #define REG_BASICS "sluice.sandbox.basics"
@@ -248,6 +249,7 @@ setup(lua_State *L)
         luaL_requiref(L, l->name, l->func, 1);
         lua_pop(L, 1);
     }
+    lua_bounded_open(L);
     for (size_t i = 0; i < sizeof(removed) / sizeof(removed[0]); i++) {
         lua_pushnil(L);
         lua_setglobal(L, removed[i]);

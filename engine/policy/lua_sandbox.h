@@ -16,6 +16,8 @@
  *   - only the base, string, table, math and utf8 libraries, opened with
  *     luaL_requiref; load, dofile, loadfile, require, collectgarbage and rawset
  *     are removed from the globals and string.dump from the string library;
+ *     the functions that could run long inside C are replaced by bounded ones
+ *     (lua_bounded.h: patterns with a step budget, string.rep capped);
  *   - text chunks only (mode "t"), each with the environment it is given;
  *   - read-only views of the shared library tables, and a protected string
  *     metatable (getmetatable("") is false);

@@ -14,6 +14,7 @@
 
 #include "embedded.h"
 #include "http_parse.h"
+#include "lua_bounded.h"
 #include "lua_limits.h"
 #include "lua_sandbox.h"
 #include "policy_compile.h"
@@ -130,7 +131,10 @@ loader_panic(lua_State *L)
     abort();
 }
 
-/* A new loader state; lua_close() it, then free its limits (lua_limits_of). */
+/*
+ * A new loader state; lua_close() it, then free its limits (lua_limits_of).
+ * Its string, table and utf8 functions are the bounded ones (lua_bounded.h).
+ */
 static lua_State *
 loader_state(void)
 {
@@ -156,6 +160,7 @@ loader_state(void)
         luaL_requiref(L, l->name, l->func, 1);
         lua_pop(L, 1);
     }
+    lua_bounded_open(L);
     /* Only the embedded modules may be required: no file system search path. */
     lua_getglobal(L, "package");
     lua_pushliteral(L, "");
