@@ -133,7 +133,9 @@ loader_panic(lua_State *L)
 
 /*
  * A new loader state; lua_close() it, then free its limits (lua_limits_of).
- * Its string, table and utf8 functions are the bounded ones (lua_bounded.h).
+ * Its string, table and utf8 functions are the bounded ones (lua_bounded.h)
+ * and sluice.sandbox runs files with the limits of sluice.limits, so a
+ * tenant file that runs long, in Lua or in C, fails alone.
  */
 static lua_State *
 loader_state(void)
@@ -167,7 +169,10 @@ loader_state(void)
     lua_setfield(L, -2, "path");
     lua_pushliteral(L, "");
     lua_setfield(L, -2, "cpath");
-    lua_pop(L, 1);
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, lua_limits_open);
+    lua_setfield(L, -2, "sluice.limits");
+    lua_pop(L, 2);
     return L;
 }
 

@@ -1,5 +1,5 @@
 /* test_tenant.c - unit tests of tenant overrides in snapshots, hook decisions, last good
- * versions and the cap on limits. */
+ * versions, the cap on limits, and tenant files that run long. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "http_parse.h"
@@ -327,15 +328,101 @@ test_last_good(void **state)
 static void
 test_memory_bomb_while_loading(void **state)
 {
-    write_file("tenants/bomb.lua",
-               "local s = ('x'):rep(1 << 20)\nlocal t = {}\nfor i = 1, 1000 do t[i] = s .. i end\n");
+    write_file(
+        "tenants/bomb.lua",
+        "local s = ('x'):rep(1 << 20)\nlocal t = {}\nfor i = 1, 1000 do t[i] = s .. i end\n");
     struct policy *p = load(1, NULL);
     assert_non_null(p->tenant_errors);
-    assert_non_null(strstr(p->tenant_errors, "tenants/bomb.lua:3: not enough memory"));
+    /* 256 MiB of 1 MiB strings: the memory cap, or the time budget on a slow machine */
+    assert_true(strstr(p->tenant_errors, "tenants/bomb.lua:3: not enough memory") ||
+                strstr(p->tenant_errors,
+                       "tenants/bomb.lua:3: policy file exceeded its time budget (200 ms)"));
     assert_null(tenant_find(p, "bomb", 4));
     assert_non_null(tenant_find(p, "acme", 4));
     assert_int_equal(p->nendpoints, 3);
     policy_release(p);
+}
+
+static double
+now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/*
+ * Tenant files whose top level runs long, in Lua or inside C functions, fail alone within their
+ * time budget (200 ms each): the main set and the other tenants load. Before, the spin in C held
+ * the loader for minutes and the one backtracking match for 5 s.
+ */
+static void
+test_attacks_while_loading_fail_alone(void **state)
+{
+    static const struct {
+        const char *file, *text, *error;
+    } attacks[] = {
+        {"tenants/spin.lua",
+         "local s = string.rep('x', 1 << 20)\ns = s .. s\nfor i = 1, 1e9 do s:upper() end\n",
+         "tenants/spin.lua:3: policy file exceeded its time budget (200 ms)"},
+        {"tenants/commas.lua",
+         "local q = string.rep('a,', 300)\nlocal a = q:match('^(.-),(.-),(.-),(.-)=')\n",
+         "tenants/commas.lua:2: pattern matching exceeded its step budget (109600 steps)"},
+        {"tenants/find.lua",
+         "tier 'free' { limit = 5 }\nlocal s = string.rep('a', 600)\n"
+         "for i = 1, 1e9 do pcall(s.find, s, '.-.-.-b') end\n",
+         "tenants/find.lua:3: policy file exceeded its time budget (200 ms)"},
+        {"tenants/rep.lua", "local s = ('x'):rep(1e9)\n",
+         "tenants/rep.lua:1: resulting string too large (1000000000 bytes; string.rep makes at "
+         "most 1048576)"},
+        {"tenants/empty.lua", "local s = (''):rep(1 << 62)\ntier 'nope' { limit = 1 }\n",
+         "tenants/empty.lua:2: tier \"nope\": is not a tier of the main policy set"},
+        /* The checks of what a file declares count too: a misspelt name of a megabyte. */
+        {"tenants/name.lua",
+         "local n = string.rep('f', 1 << 20)\nfor i = 1, 50 do tier(n .. i) { limit = 1 } end\n",
+         "tenants/name.lua:2: tier \"fff"},
+    };
+    for (size_t i = 0; i < sizeof(attacks) / sizeof(attacks[0]); i++)
+        write_file(attacks[i].file, attacks[i].text);
+    double t0 = now_ms();
+    struct policy *p = load(1, NULL);
+    double ms = now_ms() - t0;
+    printf("  policy_load with %zu attacking tenant files: %.0f ms\n",
+           sizeof(attacks) / sizeof(attacks[0]), ms);
+    assert_true(ms < 2000);
+    assert_int_equal(p->nendpoints, 3);
+    assert_non_null(tenant_find(p, "acme", 4));
+    assert_non_null(tenant_find(p, "plain", 5));
+    for (size_t i = 0; i < sizeof(attacks) / sizeof(attacks[0]); i++) {
+        if (!strstr(p->tenant_errors, attacks[i].error))
+            fail_msg("no \"%s\" in:\n%s", attacks[i].error, p->tenant_errors);
+        const char *name = strchr(attacks[i].file, '/') + 1;
+        assert_null(tenant_find(p, name, strlen(name) - 4));
+    }
+    policy_release(p);
+}
+
+/* A tenant that turns into an attack keeps its last good version, and the reload stays fast. */
+static void
+test_attack_keeps_the_last_good_version(void **state)
+{
+    struct policy *p1 = load(1, NULL);
+    write_file("tenants/acme.lua", "local s = string.rep('x', 1 << 20)\ns = s .. s\n"
+                                   "while true do pcall(s.upper, s) end\n");
+    double t0 = now_ms();
+    struct policy *p2 = load(2, p1);
+    double ms = now_ms() - t0;
+    printf("  reload with acme spinning in C: %.0f ms\n", ms);
+    assert_true(ms < 1000);
+    assert_non_null(strstr(p2->tenant_errors,
+                           "tenants/acme.lua:3: policy file exceeded its time budget (200 ms)"));
+    const struct tenant *t = tenant_find(p2, "acme", 4);
+    assert_non_null(t);
+    assert_true(t->last_good);
+    assert_int_equal(t->nhooks, 8);
+    assert_non_null(tenant_find(p2, "plain", 5));
+    policy_release(p1);
+    policy_release(p2);
 }
 
 /* The list of n limits { limit = 10, window = '1m', key = 'aI:{user}' } as policy text. */
@@ -386,6 +473,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_hooks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_last_good, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_bomb_while_loading, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attacks_while_loading_fail_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attack_keeps_the_last_good_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits_capped, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
