@@ -17,9 +17,19 @@
 /* VM instructions to run a tenant file when its state is built (sluice.tenant.BUDGET). */
 #define TENANT_LOAD_BUDGET 1000000
 
-/* Wall-clock time of one call of a hook, and of running the tenant file when a worker builds
- * the tenant's state, time spent inside C functions included. */
+/*
+ * Wall-clock time of one call of a hook (and of running the tenant file when
+ * a worker builds the tenant's state): every call may take
+ * TENANT_HOOK_BASE_US; time past that comes out of an allowance each tenant
+ * has in each worker, which refills at TENANT_HOOK_EXTRA_MS_PER_S and holds
+ * at most what takes a call to TENANT_HOOK_MS, the most any call may take.
+ * So the hooks of one tenant that keep running long take a few percent of a
+ * worker besides the base of each call, while calls that end within the base
+ * never notice.
+ */
 #define TENANT_HOOK_MS 20
+#define TENANT_HOOK_BASE_US 500
+#define TENANT_HOOK_EXTRA_MS_PER_S 20
 
 /* A request as hooks see it. Everything is borrowed for the call. */
 struct tenant_call {

@@ -1,5 +1,5 @@
 /* test_tenant.c - unit tests of tenant overrides in snapshots, hook decisions, last good
- * versions, the cap on limits, and tenant files that run long. */
+ * versions, the cap on limits, and tenant files and hooks that run long. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -425,6 +425,82 @@ test_attack_keeps_the_last_good_version(void **state)
     policy_release(p2);
 }
 
+static const char EVIL[] =
+    "hook 'tags' { when = function(req) return req.query.tags ~= nil end,\n"
+    "  adjust = function(req, d) if req.query.tags:match('^(.-),(.-),(.-),(.-)=') then\n"
+    "    d.cost = 9 end end }\n"
+    "hook 'spin' { when = function(req) return req.query.spin ~= nil end,\n"
+    "  adjust = function(req, d) local s = ('x'):rep(1 << 20) s = s .. s\n"
+    "    for i = 1, 1e9 do pcall(s.upper, s) end end }\n"
+    "hook 'find' { when = function(req) return req.query.find ~= nil end,\n"
+    "  adjust = function(req, d) return (('a'):rep(600)):find('.-.-.-b') end }\n"
+    "hook 'rep' { when = function(req) return req.query.rep ~= nil end,\n"
+    "  adjust = function(req, d) return ('x'):rep(1e9) end }\n"
+    "hook 'after' { adjust = function(req, d) d.cost = 3 end }\n";
+
+/* Runs the hooks of tenant t on a GET of target; returns the ms it took. */
+static double
+run_hooks(struct tenant_runtime *rt, const struct policy *p, const struct tenant *t,
+          const char *target, struct tenant_decision *d)
+{
+    static char text[2048];
+    snprintf(text, sizeof(text), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", target);
+    struct call c;
+    make_call(&c, p, t, text, "GET /items");
+    double t0 = now_ms();
+    tenant_hooks_run(rt, p, t, &c.c, d);
+    return now_ms() - t0;
+}
+
+/*
+ * Hooks attacked through the request (4 lazy captures over 300 commas: 5 s in Lua's own matcher)
+ * or running long by themselves are stopped and skipped; a tenant whose calls keep running long
+ * gets the base time of a call only, once its allowance is spent.
+ */
+static void
+test_hook_attacks_are_stopped(void **state)
+{
+    write_file("tenants/evil.lua", EVIL);
+    struct policy *p = load(1, NULL);
+    const struct tenant *t = tenant_find(p, "evil", 4);
+    assert_non_null(t);
+    struct tenant_runtime *rt = tenant_runtime_new();
+    tenant_runtime_reset(rt, p->generation);
+    struct tenant_decision d;
+    run_hooks(rt, p, t, "/items", &d); /* builds the state */
+    assert_int_equal(d.cost, 3);
+
+    char target[1024] = "/items?tags=";
+    for (int i = 0; i < 300; i++)
+        strcat(target, "a,");
+    json_int_t errors = stat_of("evil", "errors"), timed = stat_of("evil", "time_exceeded");
+    double ms = run_hooks(rt, p, t, target, &d);
+    printf("  the 300 commas: %.2f ms\n", ms);
+    assert_true(ms < 20);
+    assert_int_equal(d.cost, 3); /* 'tags' failed, 'after' ran */
+    ms = run_hooks(rt, p, t, "/items?find=1", &d);
+    printf("  the backtracking find: %.2f ms\n", ms);
+    assert_true(ms < 20);
+    ms = run_hooks(rt, p, t, "/items?rep=1", &d);
+    assert_true(ms < 20);
+    assert_int_equal(stat_of("evil", "errors"), errors + 3);
+
+    /* The first call runs on the allowance (less what the calls above took past the base)... */
+    ms = run_hooks(rt, p, t, "/items?spin=1", &d);
+    printf("  the spin in C, first call: %.1f ms\n", ms);
+    assert_true(ms >= TENANT_HOOK_MS / 2 && ms < 10 * TENANT_HOOK_MS);
+    assert_int_equal(d.cost, 3);
+    /* ... which it spends: the next ones get the base, and the C work that was running. */
+    double later = 0;
+    for (int i = 0; i < 10; i++)
+        later += run_hooks(rt, p, t, "/items?spin=1", &d);
+    printf("  the spin in C, 10 calls more: %.1f ms\n", later);
+    assert_true(later < 7.5 * TENANT_HOOK_MS); /* at least 10 x TENANT_HOOK_MS without it */
+    assert_int_equal(stat_of("evil", "time_exceeded"), timed + 11);
+    tenant_runtime_free(rt);
+    policy_release(p);
+}
+
 /* The list of n limits { limit = 10, window = '1m', key = 'aI:{user}' } as policy text. */
 static void
 limits_text(char *buf, size_t len, int n)
@@ -475,6 +551,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_memory_bomb_while_loading, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attacks_while_loading_fail_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attack_keeps_the_last_good_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hook_attacks_are_stopped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits_capped, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
