@@ -25,6 +25,11 @@ local M = {}
 -- loads the file again with the same budget to collect its hooks.
 M.BUDGET = 1000000
 
+-- Milliseconds one tenant file may take to load, its checks included (in the
+-- engine: time inside C functions counts). A file that takes longer fails
+-- alone, like a file with errors: the main set and the other tenants load.
+M.TIME_BUDGET_MS = 200
+
 -- Tenant names are file names: tenants/acme.lua holds the tenant "acme".
 M.NAME_PATTERN = "^[%w_.%-]+$"
 

@@ -251,6 +251,21 @@ hook("b", { when = function(req) return true end, adjust = function(req, d) end 
         'p/tenants/acme.lua:3: hook "h": adjust is required (adjust = function(req, decision) ... end)',
       })
     end)
+
+    it("at most 20 messages, each cut at 400 bytes between characters", function()
+      local set = load_acme('for i = 1, 30 do tier("g" .. i) { limit = 1 } end\n'
+        .. 'tier(("\u{e9}"):rep(300)) { limit = 1 }')
+      local errs = set.tenant_errors.acme
+      assert.are.equal(21, #errs)
+      assert.are.equal('p/tenants/acme.lua:1: tier "g1": is not a tier of the main policy set; a tenant'
+        .. " file can only change the tiers the main set declares", errs[1])
+      assert.are.equal("p/tenants/acme.lua:1: 11 more messages left out", errs[21])
+      local set2 = load_acme('tier("x" .. ("\u{e9}"):rep(300)) { limit = 1 }')
+      local long = set2.tenant_errors.acme[1]
+      assert.are.equal(402, #long) -- byte 400 starts an é: cut before it, then "..."
+      assert.are.equal('p/tenants/acme.lua:1: tier "', long:sub(1, 28))
+      assert.are.equal("\u{e9}...", long:sub(-5))
+    end)
   end)
 
   describe("isolation", function()
