@@ -72,8 +72,8 @@ gw_req_free(struct gw_req *rq)
     struct gw_worker *wk = rq->wk;
     if (wk && !rq->detached && rq->status) {
         const struct http_str *m = &rq->sr->http.method_str;
-        gw_stats_request(&wk->stats, rq->ep->name, m->p, m->len, rq->status, rq->cache_kind,
-                         util_mono_us() - rq->start_us, store_now_ms());
+        gw_stats_request(&wk->stats, rq->ep->name, rq->tier ? rq->tier->name : NULL, m->p, m->len,
+                         rq->status, rq->cache_kind, util_mono_us() - rq->start_us, store_now_ms());
     }
     if (rq->detached)
         LIST_REMOVE(rq, bg_link);

@@ -59,6 +59,7 @@ gw_stats_free(struct gw_stats *st)
     free_table(&st->requests, offsetof(struct gw_counter, node));
     free_table(&st->decisions, offsetof(struct gw_counter, node));
     free_table(&st->origin_errors, offsetof(struct gw_counter, node));
+    free_table(&st->refused_tiers, offsetof(struct gw_counter, node));
     free_table(&st->routes, offsetof(struct gw_route_stat, node));
     for (struct hmap_node *n = hmap_first(&st->callers); n; n = hmap_next(&st->callers, n)) {
         struct gw_callers *c = HMAP_ENTRY(n, struct gw_callers, node);
@@ -132,8 +133,9 @@ minute_slot(struct gw_stats *st, uint64_t now_ms)
 }
 
 void
-gw_stats_request(struct gw_stats *st, const char *route, const char *method, size_t mlen,
-                 int status, enum gw_cache_kind cache, uint64_t duration_us, uint64_t now_ms)
+gw_stats_request(struct gw_stats *st, const char *route, const char *tier, const char *method,
+                 size_t mlen, int status, enum gw_cache_kind cache, uint64_t duration_us,
+                 uint64_t now_ms)
 {
     char key[512], code[8];
     int clen = snprintf(code, sizeof(code), "%d", status);
@@ -143,6 +145,10 @@ gw_stats_request(struct gw_stats *st, const char *route, const char *method, siz
 
     bool hit = cache == GW_CACHE_HIT || cache == GW_CACHE_STALE || cache == GW_CACHE_REVALIDATED;
     bool denied = status == 429;
+    if (denied) {
+        const char *t = tier ? tier : "";
+        bump(&counter(st, &st->refused_tiers, t, strlen(t))->n, 1);
+    }
     struct hmap_node *n =
         find_or_make(st, &st->routes, route, lens[0], sizeof(struct gw_route_stat),
                      offsetof(struct gw_route_stat, node), offsetof(struct gw_route_stat, key),
@@ -303,6 +309,7 @@ gw_stats_merge(struct gw_stats_view *v, struct gw_stats *st)
     merge_counters(&v->requests, &v->nrequests, &st->requests);
     merge_counters(&v->decisions, &v->ndecisions, &st->decisions);
     merge_counters(&v->origin_errors, &v->norigin_errors, &st->origin_errors);
+    merge_counters(&v->refused_tiers, &v->nrefused_tiers, &st->refused_tiers);
     for (struct hmap_node *x = hmap_first(&st->routes); x; x = hmap_next(&st->routes, x)) {
         const struct gw_route_stat *r = HMAP_ENTRY(x, struct gw_route_stat, node);
         struct gw_stat_route *vr = view_route(v, r->key, r->keylen);
@@ -391,6 +398,7 @@ gw_stats_view_finish(struct gw_stats_view *v, size_t callers_per_policy)
     fold(v->requests, &v->nrequests);
     fold(v->decisions, &v->ndecisions);
     fold(v->origin_errors, &v->norigin_errors);
+    fold(v->refused_tiers, &v->nrefused_tiers);
     qsort(v->routes, v->nroutes, sizeof(*v->routes), route_cmp);
     for (size_t i = 0; i < GW_STATS_MINUTES; i++)
         if (!v->minutes[i].minute)
@@ -430,6 +438,8 @@ gw_stats_view_free(struct gw_stats_view *v)
         free(v->decisions[i].key);
     for (size_t i = 0; i < v->norigin_errors; i++)
         free(v->origin_errors[i].key);
+    for (size_t i = 0; i < v->nrefused_tiers; i++)
+        free(v->refused_tiers[i].key);
     for (size_t i = 0; i < v->nroutes; i++)
         free(v->routes[i].route);
     for (size_t i = 0; i < v->ncallers; i++) {
@@ -439,6 +449,7 @@ gw_stats_view_free(struct gw_stats_view *v)
     free(v->requests);
     free(v->decisions);
     free(v->origin_errors);
+    free(v->refused_tiers);
     free(v->routes);
     free(v->callers);
     memset(v, 0, sizeof(*v));

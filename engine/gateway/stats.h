@@ -83,6 +83,7 @@ struct gw_stats {
     struct hmap requests;      /* route, method, status, cache -> gw_counter */
     struct hmap decisions;     /* limit policy, tier, decision -> gw_counter */
     struct hmap origin_errors; /* source, reason -> gw_counter */
+    struct hmap refused_tiers; /* tier -> gw_counter: answers 429 by the caller's tier */
     struct hmap routes;        /* route -> gw_route_stat */
     struct hmap callers;       /* limit policy -> gw_callers */
     struct hist origin[GW_ORIGINS];
@@ -96,9 +97,11 @@ void gw_stats_init(struct gw_stats *st);
 /* Frees what st holds. */
 void gw_stats_free(struct gw_stats *st);
 
-/* One answered request of `route` (borrowed text): its status, X-Cache, time in the gateway. */
-void gw_stats_request(struct gw_stats *st, const char *route, const char *method, size_t mlen,
-                      int status, enum gw_cache_kind cache, uint64_t duration_us, uint64_t now_ms);
+/* One answered request of `route` (borrowed text) from a caller of `tier` (NULL: none): its
+ * status, X-Cache, time in the gateway. */
+void gw_stats_request(struct gw_stats *st, const char *route, const char *tier, const char *method,
+                      size_t mlen, int status, enum gw_cache_kind cache, uint64_t duration_us,
+                      uint64_t now_ms);
 
 /* n invalidations (tags or keys) planned by a write. */
 void gw_stats_invalidations(struct gw_stats *st, size_t n);
@@ -146,8 +149,8 @@ struct gw_stat_caller {
 /* Every worker's counts added up; built by gw_stats_merge(), freed by gw_stats_view_free(). */
 struct gw_stats_view {
     uint64_t now_minute;
-    struct gw_stat_item *requests, *decisions, *origin_errors;
-    size_t nrequests, ndecisions, norigin_errors;
+    struct gw_stat_item *requests, *decisions, *origin_errors, *refused_tiers;
+    size_t nrequests, ndecisions, norigin_errors, nrefused_tiers;
     struct gw_stat_route *routes;
     size_t nroutes;
     struct gw_stat_caller *callers; /* per policy, heaviest first */
