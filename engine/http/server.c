@@ -37,7 +37,7 @@ enum conn_state {
     CONN_LINGER,   /* answered and half-closed: draining the peer's input until it closes */
 };
 
-enum timer_mode { TIMER_NONE, TIMER_IDLE, TIMER_REQUEST };
+enum timer_mode { TIMER_NONE, TIMER_IDLE, TIMER_REQUEST, TIMER_LINGER };
 
 struct conn {
     struct worker *w;
@@ -59,6 +59,7 @@ struct conn {
     int in_process;      /* inside conn_process(): responses do not flush by themselves */
     int paused;          /* not reading: too much output is waiting for the peer */
     int dead;            /* closed while the application held its request: freed on answer */
+    int served;          /* a request was answered: the idle timeout applies between requests */
     size_t head_scanned; /* bytes of an incomplete head already given to the parser */
     struct server_request req;
     char ip[INET6_ADDRSTRLEN];
@@ -231,6 +232,7 @@ conn_close(struct conn *c)
 static void
 conn_set_timer(struct conn *c, enum timer_mode mode)
 {
+    const struct server_config *cfg = &c->w->s->cfg;
     if (c->timer_mode == mode)
         return;
     c->timer_mode = mode;
@@ -238,9 +240,10 @@ conn_set_timer(struct conn *c, enum timer_mode mode)
         evtimer_del(c->ev_timer);
         return;
     }
-    uint64_t ms =
-        mode == TIMER_IDLE ? c->w->s->cfg.idle_timeout_ms : c->w->s->cfg.header_timeout_ms;
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    uint64_t ms = mode == TIMER_IDLE      ? cfg->idle_timeout_ms
+                  : mode == TIMER_REQUEST ? cfg->header_timeout_ms
+                                          : LINGER_MS;
+    struct timeval tv = util_ms_to_tv(ms);
     evtimer_add(c->ev_timer, &tv);
 }
 
@@ -249,10 +252,6 @@ on_linger_read(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
     char buf[4096];
-    if (what & EV_TIMEOUT) {
-        conn_close(c);
-        return;
-    }
     for (;;) {
         ssize_t n = read(fd, buf, sizeof(buf));
         if (n > 0) {
@@ -271,9 +270,10 @@ on_linger_read(evutil_socket_t fd, short what, void *arg)
 
 /*
  * Ends a connection whose last response is written: half-closes, then reads
- * and drops what the peer still sends until it closes (at most LINGER_MS), so
- * that unread input cannot make the kernel reset the connection and destroy
- * the response before the peer has read it.
+ * and drops what the peer still sends until it closes (at most LINGER_MS from
+ * now, however the peer trickles), so that unread input cannot make the
+ * kernel reset the connection and destroy the response before the peer has
+ * read it.
  */
 static void
 conn_linger(struct conn *c)
@@ -281,11 +281,9 @@ conn_linger(struct conn *c)
     shutdown(c->fd, SHUT_WR);
     event_free(c->ev_read);
     c->ev_read = event_new(c->w->base, c->fd, EV_READ | EV_PERSIST, on_linger_read, c);
-    evtimer_del(c->ev_timer);
-    c->timer_mode = TIMER_NONE;
-    struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
-    event_add(c->ev_read, &tv);
+    event_add(c->ev_read, NULL);
     c->state = CONN_LINGER;
+    conn_set_timer(c, TIMER_LINGER);
     c->in_len = c->in_off = 0; /* counts the bytes drained */
 }
 
@@ -343,6 +341,12 @@ on_timer(evutil_socket_t fd, short what, void *arg)
     c->timer_mode = TIMER_NONE;
     if (c->state == CONN_HANDLING)
         return; /* the application's own deadlines apply */
+    if (c->state == CONN_LINGER) {
+        conn_close(c);
+        return;
+    }
+    /* A connection that sent no byte of a request in time (a new one within the
+     * header timeout, a keep-alive one within the idle timeout) is closed silently. */
     if (mode == TIMER_REQUEST && c->in_len > c->in_off) {
         /* A request started and did not complete in time. */
         c->state = CONN_HANDLING;
@@ -447,14 +451,16 @@ conn_process(struct conn *c)
 
     c->in_process = 1;
     while (c->state == CONN_READ && !c->closing && evbuffer_get_length(c->out) < OUT_HIGH_WATER) {
-        const char *p = c->in + c->in_off;
         size_t avail = c->in_len - c->in_off;
         if (avail == 0) {
-            conn_set_timer(c, c->w->draining ? TIMER_REQUEST : TIMER_IDLE);
+            /* Between requests: the idle timeout. Until one request has been answered
+             * the header timeout from the accept goes on instead. */
+            conn_set_timer(c, c->w->draining || !c->served ? TIMER_REQUEST : TIMER_IDLE);
             if (c->w->draining)
                 c->closing = 1;
             break;
         }
+        const char *p = c->in + c->in_off;
         conn_set_timer(c, TIMER_REQUEST);
         struct http_request *h = &c->req.http;
         /* The parser starts over on every call: while the head is incomplete, call it again
@@ -665,6 +671,7 @@ server_respond(struct server_request *req, const struct server_response *resp)
     }
 
     /* The request is over: drop its bytes and go back to reading. */
+    c->served = 1;
     c->in_off += c->consumed;
     c->consumed = 0;
     c->head_scanned = 0;
@@ -763,7 +770,8 @@ conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss)
     LIST_INSERT_HEAD(&w->conns, c, link);
     w->nconns++;
     event_add(c->ev_read, NULL);
-    conn_set_timer(c, TIMER_IDLE);
+    /* The first request's head is due within the header timeout from now. */
+    conn_set_timer(c, TIMER_REQUEST);
 }
 
 static void

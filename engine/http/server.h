@@ -14,12 +14,15 @@ struct worker;
 struct server_config {
     const char *listen_addr; /* "127.0.0.1" */
     int listen_port;
-    unsigned workers;           /* >= 1 */
-    size_t max_header_bytes;    /* request line + headers; larger: 431 */
-    size_t max_body_bytes;      /* larger: 413 */
-    unsigned max_connections;   /* per process; beyond it new connections are closed */
-    uint64_t header_timeout_ms; /* from a request's first byte to its complete head and body */
-    uint64_t idle_timeout_ms;   /* keep-alive connection with no request */
+    unsigned workers;         /* >= 1 */
+    size_t max_header_bytes;  /* request line + headers; larger: 431 */
+    size_t max_body_bytes;    /* larger: 413 */
+    unsigned max_connections; /* per process; beyond it new connections are closed */
+    /* From the accept (or, after the first request, from a request's first byte) to the
+     * request's complete head and body: past it a started request gets 408, a connection
+     * that sent nothing is closed. */
+    uint64_t header_timeout_ms;
+    uint64_t idle_timeout_ms; /* between the requests of a keep-alive connection */
 };
 
 /* A request handed to the application; valid until server_respond(). */

@@ -1,0 +1,264 @@
+"""End to end: connection exhaustion and the listeners' own hardening, on the real binary.
+
+Each class is one attack or one limit. The floods use small --header-timeout values to
+stay fast; attack sockets come from 127.0.0.1 and the fresh clients from 127.0.0.2 unless
+said.
+"""
+
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import lib
+from lib import SluiceTestCase
+from origin import Origin
+
+SAN = lib.SANITIZED
+SLACK = 4.0 if SAN else 1.0  # how much slower a sanitizer build may be
+POLICIES = os.path.join(lib.ROOT, "policies")  # GET /healthz answers a fixed body
+
+SLOW_POLICY = r'''
+upstream "origin" { url = "@ORIGIN@", timeout = "20s" }
+endpoint "GET /slow" { upstream = "origin" }
+endpoint "GET /healthz" { body = '{"status":"ok"}' }
+'''
+
+
+def _raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+NOFILE = _raise_nofile()
+
+
+def need_fds(n):
+    if NOFILE < n + 200:
+        raise unittest.SkipTest("needs %d descriptors, the limit is %d" % (n + 200, NOFILE))
+
+
+def note(msg):
+    """A measurement worth reading in the test log."""
+    sys.stderr.write("    [measured] %s\n" % msg)
+    sys.stderr.flush()
+
+
+def connect(port, source="127.0.0.1", timeout=5):
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                    source_address=(source, 0))
+
+
+def open_many(port, n, source="127.0.0.1", send=b""):
+    socks = []
+    try:
+        for _ in range(n):
+            s = connect(port, source)
+            if send:
+                s.sendall(send)
+            socks.append(s)
+    except BaseException:
+        close_all(socks)
+        raise
+    return socks
+
+
+def close_all(socks):
+    for s in socks:
+        try:
+            s.close()
+        except OSError:
+            pass
+
+
+def read_answer(s):
+    """One HTTP answer from s: (status, head bytes, body bytes); (None, b"", data) when the
+    connection ended (or was reset) before a whole head."""
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                return None, b"", data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(body) < length:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    except ConnectionResetError:
+        return None, b"", b"<reset after %d bytes>" % len(data)
+    return lib.status_of(data), head, body
+
+
+def ask(s, path=b"/healthz"):
+    """A keep-alive GET on an open connection: (status, head, body)."""
+    s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    return read_answer(s)
+
+
+def fresh(port, path=b"/healthz", source="127.0.0.2", timeout=5):
+    """A GET on a new connection: (status, seconds, head, body)."""
+    t0 = time.monotonic()
+    s = connect(port, source, timeout)
+    try:
+        s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, head, body = read_answer(s)
+    finally:
+        s.close()
+    return status, time.monotonic() - t0, head, body
+
+
+def closed_by_server(s, timeout):
+    """Whether the server closes s (EOF or reset, with no answer) within timeout seconds."""
+    s.settimeout(timeout)
+    try:
+        return s.recv(1) == b""
+    except socket.timeout:
+        return False
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def fds(server):
+    return len(os.listdir("/proc/%d/fd" % server.proc.pid))
+
+
+def settled_fds(server):
+    """The server's descriptors once two readings 100 ms apart agree (connections that
+    just answered may still be closing)."""
+    last = fds(server)
+    for _ in range(50):
+        time.sleep(0.1)
+        now = fds(server)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def rss_kb(server):
+    with open("/proc/%d/status" % server.proc.pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def wait_for(pred, timeout, step=0.05):
+    """Seconds until pred() held, or None when it did not within timeout."""
+    t0 = time.monotonic()
+    while True:
+        if pred():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            return None
+        time.sleep(step)
+
+
+class Trickler(threading.Thread):
+    """Sends the next byte of `data` on every socket once a second (a slowloris)."""
+
+    def __init__(self, socks, data):
+        super().__init__(daemon=True)
+        self.socks, self.data, self.stop = socks, data, threading.Event()
+        self.sent = 0
+
+    def tick(self):
+        b = self.data[self.sent % len(self.data):][:1]
+        for s in self.socks:
+            try:
+                s.send(b)
+            except OSError:
+                pass
+        self.sent += 1
+
+    def run(self):
+        while not self.stop.wait(1.0):
+            self.tick()
+
+
+class FirstRequest(SluiceTestCase):
+    """A new connection has the header timeout for its first request, not the idle one."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = cls.start(POLICIES, args=["--header-timeout", "1s", "--idle-timeout", "30s"])
+
+    def test_connection_that_sends_nothing_is_closed_at_the_header_timeout(self):
+        s = connect(self.s.port)
+        try:
+            t0 = time.monotonic()
+            self.assertTrue(closed_by_server(s, 5), "still open after 5 s (30 s idle timeout?)")
+            took = time.monotonic() - t0
+        finally:
+            s.close()
+        note("a connection that sent nothing was closed after %.2f s (header timeout 1 s)" % took)
+        self.assertGreater(took, 0.8)
+        self.assertLess(took, 1.0 + 1.0 * SLACK)
+
+    def test_request_begun_on_a_new_connection_gets_408_at_the_header_timeout(self):
+        s = connect(self.s.port)
+        try:
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+            t0 = time.monotonic()
+            status, _, body = read_answer(s)
+            took = time.monotonic() - t0
+        finally:
+            s.close()
+        self.assertEqual(status, 408)
+        self.assertEqual(json.loads(body)["status"], 408)
+        self.assertLess(took, 1.0 + 1.0 * SLACK)
+
+    def test_answered_connection_lingers_at_most_2s_however_the_peer_trickles(self):
+        base = settled_fds(self.s)
+        s = connect(self.s.port)
+        try:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            self.assertEqual(read_answer(s)[0], 200)
+            # The server has half-closed and drains what the peer still sends, which here
+            # never stops: it lets go 2 s after the answer all the same.
+            t0 = time.monotonic()
+            gone = None
+            while time.monotonic() - t0 < 2.0 + 2.0 * SLACK and gone is None:
+                try:
+                    s.send(b"x")
+                except OSError:
+                    pass
+                if fds(self.s) <= base:
+                    gone = time.monotonic() - t0
+                time.sleep(0.2)
+        finally:
+            s.close()
+        self.assertIsNotNone(gone, "the server still holds the connection")
+        note("an answered connection whose peer trickles on was closed after %.2f s" % gone)
+
+    def test_keep_alive_connection_has_the_idle_timeout_between_requests(self):
+        s = connect(self.s.port)
+        try:
+            self.assertEqual(ask(s)[0], 200)
+            time.sleep(1.5)  # past the header timeout, well within the idle one
+            self.assertEqual(ask(s)[0], 200)
+        finally:
+            s.close()
+
+
+if __name__ == "__main__":
+    lib.main()
