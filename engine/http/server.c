@@ -9,6 +9,9 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <jansson.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -22,14 +25,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "slab.h"
 #include "util.h"
 
 #define IN_BUF_INITIAL 8192
+#define IN_BUF_POOL 16 /* input buffers of IN_BUF_INITIAL bytes a worker keeps for reuse */
 #define ACCEPT_BATCH 64
 #define OUT_HIGH_WATER (1u << 20) /* stop reading a connection whose peer does not read */
 #define OUT_LOW_WATER (64u << 10)
 #define LINGER_MS 2000
 #define LINGER_MAX_BYTES (256u << 10)
+#define TRIM_MIN_PEAK 256 /* connections after which a fall to a quarter returns memory */
+#define SLAB_CELLS 64     /* connections in one mapping */
 
 enum conn_state {
     CONN_READ,     /* reading a request head or body */
@@ -76,6 +83,15 @@ struct worker {
     void *app_state;
     LIST_HEAD(, conn) conns; /* open connections */
     unsigned nconns;
+    unsigned peak;    /* most connections open since memory was last returned */
+    int trim_at_zero; /* return memory again when the last connection closes */
+    /* Connections live in cells mapped apart from the heap: libevent keeps a small record
+     * per descriptor number for good, and between such records the memory of closed
+     * connections could not go back to the system after a burst. A cell is a struct conn
+     * followed by its three events. */
+    struct slab_pool cells;
+    char *inbufs[IN_BUF_POOL];
+    unsigned ninbufs;
     int draining;
     time_t date_sec;
     char date[64];
@@ -88,6 +104,7 @@ struct server {
     struct worker *workers;
     unsigned nworkers;
     atomic_uint nconns;
+    size_t event_offset, event_bytes; /* in a connection's cell */
     atomic_int stopping;
     pthread_t main_thread;
     int port;
@@ -189,6 +206,56 @@ server_worker_date_header(struct worker *w, size_t *len)
 
 /* ---- connections ---------------------------------------------------------------------- */
 
+/* Gives c an input buffer (from the worker's spares when it has one). */
+static void
+inbuf_take(struct conn *c)
+{
+    struct worker *w = c->w;
+    c->in = w->ninbufs ? w->inbufs[--w->ninbufs] : xmalloc(IN_BUF_INITIAL);
+    c->in_cap = IN_BUF_INITIAL;
+}
+
+/*
+ * Drops c's input buffer and chunked-body buffer (nothing may point into
+ * them): a connection without a request in progress holds neither. Buffers
+ * of the initial size go back to the worker's spares, larger ones are freed.
+ */
+static void
+inbuf_release(struct conn *c)
+{
+    struct worker *w = c->w;
+    if (c->in && c->in_cap == IN_BUF_INITIAL && w->ninbufs < IN_BUF_POOL)
+        w->inbufs[w->ninbufs++] = c->in;
+    else
+        free(c->in);
+    c->in = NULL;
+    c->in_cap = c->in_len = c->in_off = 0;
+    c->head_scanned = 0;
+    if (c->body) {
+        free(c->body);
+        c->body = NULL;
+        c->body_cap = 0;
+    }
+}
+
+static size_t
+round_up(size_t n, size_t to)
+{
+    return (n + to - 1) / to * to;
+}
+
+/* A zeroed connection of worker w with the storage of its events. */
+static struct conn *
+conn_alloc(struct worker *w)
+{
+    const struct server *s = w->s;
+    struct conn *c = slab_alloc(&w->cells);
+    c->ev_read = (struct event *)((char *)c + s->event_offset);
+    c->ev_write = (struct event *)((char *)c + s->event_offset + s->event_bytes);
+    c->ev_timer = (struct event *)((char *)c + s->event_offset + 2 * s->event_bytes);
+    return c;
+}
+
 static void
 conn_free(struct conn *c)
 {
@@ -196,15 +263,25 @@ conn_free(struct conn *c)
     LIST_REMOVE(c, link);
     w->nconns--;
     atomic_fetch_sub(&w->s->nconns, 1);
-    event_free(c->ev_read);
-    event_free(c->ev_write);
-    event_free(c->ev_timer);
+    event_del(c->ev_read);
+    event_del(c->ev_write);
+    event_del(c->ev_timer);
     evbuffer_free(c->out); /* runs the release callbacks of borrowed bodies */
     if (c->fd >= 0)
         close(c->fd);
-    free(c->in);
-    free(c->body);
-    free(c);
+    inbuf_release(c);
+    slab_free(&w->cells, c);
+#ifdef __GLIBC__
+    /* After a burst (a flood of connections) give the freed memory back: each time the
+     * connections fall to a quarter of their peak, and once more when none is left. glibc
+     * returns the top of its heaps by itself, not what lies between live allocations. */
+    if ((w->peak >= TRIM_MIN_PEAK && w->nconns <= w->peak / 4) ||
+        (w->trim_at_zero && w->nconns == 0)) {
+        w->trim_at_zero = w->nconns > 0;
+        w->peak = w->nconns;
+        malloc_trim(0);
+    }
+#endif
     if (w->draining && w->nconns == 0)
         event_base_loopexit(w->base, NULL);
 }
@@ -279,8 +356,9 @@ static void
 conn_linger(struct conn *c)
 {
     shutdown(c->fd, SHUT_WR);
-    event_free(c->ev_read);
-    c->ev_read = event_new(c->w->base, c->fd, EV_READ | EV_PERSIST, on_linger_read, c);
+    inbuf_release(c);
+    event_del(c->ev_read);
+    event_assign(c->ev_read, c->w->base, c->fd, EV_READ | EV_PERSIST, on_linger_read, c);
     event_add(c->ev_read, NULL);
     c->state = CONN_LINGER;
     conn_set_timer(c, TIMER_LINGER);
@@ -372,6 +450,8 @@ on_read(evutil_socket_t fd, short what, void *arg)
     if (c->in_off > 0 && c->in_off == c->in_len) {
         c->in_off = c->in_len = 0;
     }
+    if (!c->in)
+        inbuf_take(c);
     if (c->in_cap - c->in_len < 2048) {
         if (c->in_off > 0) {
             memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
@@ -396,8 +476,11 @@ on_read(evutil_socket_t fd, short what, void *arg)
     }
     ssize_t n = read(c->fd, c->in + c->in_len, c->in_cap - c->in_len);
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            if (c->in_len == c->in_off)
+                inbuf_release(c);
             return;
+        }
         conn_close(c);
         return;
     }
@@ -453,8 +536,9 @@ conn_process(struct conn *c)
     while (c->state == CONN_READ && !c->closing && evbuffer_get_length(c->out) < OUT_HIGH_WATER) {
         size_t avail = c->in_len - c->in_off;
         if (avail == 0) {
-            /* Between requests: the idle timeout. Until one request has been answered
-             * the header timeout from the accept goes on instead. */
+            /* Between requests: the idle timeout, and no buffer held. Until one request
+             * has been answered the header timeout from the accept goes on instead. */
+            inbuf_release(c);
             conn_set_timer(c, c->w->draining || !c->served ? TIMER_REQUEST : TIMER_IDLE);
             if (c->w->draining)
                 c->closing = 1;
@@ -748,12 +832,10 @@ server_respond_problem(struct server_request *req, int status, const char *type,
 static void
 conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss)
 {
-    struct conn *c = xcalloc(1, sizeof(*c));
+    struct conn *c = conn_alloc(w);
     c->w = w;
     c->fd = fd;
-    c->in_cap = IN_BUF_INITIAL;
-    c->in = xmalloc(c->in_cap);
-    c->out = evbuffer_new();
+    c->out = evbuffer_new(); /* the input buffer comes with the first byte (inbuf_take) */
     if (!c->out) {
         fprintf(stderr, "sluice: out of memory (evbuffer)\n");
         abort();
@@ -764,11 +846,13 @@ conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, c->ip, sizeof(c->ip));
     else
         strcpy(c->ip, "unknown");
-    c->ev_read = event_new(w->base, fd, EV_READ | EV_PERSIST, on_read, c);
-    c->ev_write = event_new(w->base, fd, EV_WRITE | EV_PERSIST, on_write, c);
-    c->ev_timer = evtimer_new(w->base, on_timer, c);
+    event_assign(c->ev_read, w->base, fd, EV_READ | EV_PERSIST, on_read, c);
+    event_assign(c->ev_write, w->base, fd, EV_WRITE | EV_PERSIST, on_write, c);
+    evtimer_assign(c->ev_timer, w->base, on_timer, c);
     LIST_INSERT_HEAD(&w->conns, c, link);
     w->nconns++;
+    if (w->nconns > w->peak)
+        w->peak = w->nconns;
     event_add(c->ev_read, NULL);
     /* The first request's head is due within the header timeout from now. */
     conn_set_timer(c, TIMER_REQUEST);
@@ -897,12 +981,15 @@ server_new(const struct server_config *cfg, const struct server_app *app, char *
     s->app = *app;
     s->nworkers = cfg->workers ? cfg->workers : 1;
     s->workers = xcalloc(s->nworkers, sizeof(*s->workers));
+    s->event_offset = round_up(sizeof(struct conn), 16);
+    s->event_bytes = round_up(event_get_struct_event_size(), 16);
     int port = cfg->listen_port;
     for (unsigned i = 0; i < s->nworkers; i++) {
         struct worker *w = &s->workers[i];
         w->s = s;
         w->index = i;
         LIST_INIT(&w->conns);
+        slab_pool_init(&w->cells, s->event_offset + 3 * s->event_bytes, SLAB_CELLS);
         w->listen_fd = listen_socket(cfg->listen_addr, port, err, errlen, &port);
         if (w->listen_fd < 0)
             goto fail;
@@ -970,6 +1057,9 @@ server_free(struct server *s)
             event_base_free(w->base);
         if (w->listen_fd > 0)
             close(w->listen_fd);
+        for (unsigned k = 0; k < w->ninbufs; k++)
+            free(w->inbufs[k]);
+        slab_pool_destroy(&w->cells); /* every connection is closed */
     }
     free(s->workers);
     free(s);

@@ -260,5 +260,35 @@ class FirstRequest(SluiceTestCase):
             s.close()
 
 
+class Memory(SluiceTestCase):
+    """The memory of 2,000 connections (each with a request begun) goes back once they close."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = cls.start(POLICIES)
+
+    @unittest.skipIf(SAN, "a sanitizer's allocator keeps freed memory on purpose")
+    def test_memory_of_a_burst_goes_back_to_the_system(self):
+        need_fds(2000)
+        for _ in range(3):
+            self.assertEqual(fresh(self.s.port)[0], 200)
+        base_fds = settled_fds(self.s)
+        before = rss_kb(self.s)
+        socks = open_many(self.s.port, 2000, send=b"GET /healthz HTTP/1.1\r\n")
+        try:
+            self.assertIsNotNone(wait_for(lambda: fds(self.s) >= base_fds + 2000, 5))
+            time.sleep(0.3)
+            during = rss_kb(self.s)
+        finally:
+            close_all(socks)
+        self.assertIsNotNone(wait_for(lambda: fds(self.s) <= base_fds, 5))
+        time.sleep(0.3)
+        after = rss_kb(self.s)
+        note("RSS before %d KB, with 2000 connections %d KB, after they closed %d KB"
+             % (before, during, after))
+        self.assertGreater(during - before, 8 * 1024)  # the burst did cost memory
+        self.assertLess(after - before, (during - before) // 4)
+
+
 if __name__ == "__main__":
     lib.main()
