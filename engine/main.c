@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <event2/thread.h>
@@ -47,7 +48,9 @@ static const char usage_serve[] =
     "  --admin ADDR:PORT|off     admin listener: /status, /reload (default 127.0.0.1:8081)\n"
     "  --no-watch                do not reload when files in POLICY_DIR change\n"
     "  --workers N               worker threads (default: number of cores)\n"
-    "  --max-connections N       open connections before new ones are refused (default 10000)\n"
+    "  --max-connections N       open connections (default 10000); at the cap a new one\n"
+    "                            closes an idle or unfinished one, and is refused (503)\n"
+    "                            only when every one is busy\n"
     "  --max-header-bytes N      request line and headers, else 431 (default 16384)\n"
     "  --max-body-bytes N        request body, else 413 (default 1048576)\n"
     "  --header-timeout DUR      to receive a whole request, else 408; a new connection's\n"
@@ -550,6 +553,28 @@ serve_check(const struct serve *sv)
     return 0;
 }
 
+/*
+ * Raises the soft limit on open files to what the connection caps need (each
+ * connection is a descriptor, and so are the listeners and the pools); warns
+ * when the hard limit is lower: accepting then pauses on EMFILE.
+ */
+static void
+serve_raise_nofile(const struct serve *sv)
+{
+    struct rlimit rl;
+    rlim_t need = (rlim_t)sv->cfg.max_connections + 64 /* admin */ +
+                  (rlim_t)sv->cfg.workers * (sv->gcfg.db_pool_size + 16) + 256;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= need)
+        return;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < need)
+        fprintf(stderr,
+                "sluice serve: the open-file limit (%llu) is below the %llu descriptors that "
+                "--max-connections %u needs: raise it (ulimit -n) or lower --max-connections\n",
+                (unsigned long long)rl.rlim_cur, (unsigned long long)need, sv->cfg.max_connections);
+}
+
 /* Frees what serve_start() made (any part may be missing). */
 static void
 serve_free(struct serve *sv)
@@ -664,6 +689,7 @@ cmd_serve(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sv.set, NULL);
 
     evthread_use_pthreads();
+    serve_raise_nofile(&sv);
     char err[256];
     if (serve_start(&sv, p, err, sizeof(err)) != 0) {
         fprintf(stderr, "sluice serve: %s\n", err);

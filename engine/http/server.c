@@ -35,8 +35,12 @@
 #define OUT_LOW_WATER (64u << 10)
 #define LINGER_MS 2000
 #define LINGER_MAX_BYTES (256u << 10)
-#define TRIM_MIN_PEAK 256 /* connections after which a fall to a quarter returns memory */
-#define SLAB_CELLS 64     /* connections in one mapping */
+#define EVICT_GRACE_MS 1000   /* at the cap, connections younger than this go last */
+#define HANDOFF_MAX 64        /* new connections waiting for another worker to make room */
+#define ACCEPT_PAUSE_MS 100   /* out of descriptors: accepting waits this long */
+#define PRESSURE_LOG_MS 10000 /* at most one line per worker this often about the caps */
+#define TRIM_MIN_PEAK 256     /* connections after which a fall to a quarter returns memory */
+#define SLAB_CELLS 64         /* connections in one mapping */
 
 enum conn_state {
     CONN_READ,     /* reading a request head or body */
@@ -45,6 +49,15 @@ enum conn_state {
 };
 
 enum timer_mode { TIMER_NONE, TIMER_IDLE, TIMER_REQUEST, TIMER_LINGER };
+
+/*
+ * The connections a worker may close to make room for a new one at the
+ * connection cap, in its two queues: idle (no byte of a request yet: new, or
+ * between keep-alive requests; least recently active first) and partial (a
+ * request begun and not complete; oldest first). A connection the application
+ * holds, one with output waiting for its peer, and one closing are in none.
+ */
+enum conn_queue { QUEUE_NONE, QUEUE_IDLE, QUEUE_PARTIAL };
 
 struct conn {
     struct worker *w;
@@ -70,7 +83,16 @@ struct conn {
     size_t head_scanned; /* bytes of an incomplete head already given to the parser */
     struct server_request req;
     char ip[INET6_ADDRSTRLEN];
-    LIST_ENTRY(conn) link; /* in its worker's conns */
+    enum conn_queue queue;
+    uint64_t queued_ms;      /* when it entered its queue (idle: its last activity) */
+    TAILQ_ENTRY(conn) qlink; /* in its worker's idle or partial queue */
+    LIST_ENTRY(conn) link;   /* in its worker's conns */
+};
+
+/* A new connection given to another worker, which closes one of its own for it. */
+struct handoff {
+    int fd;
+    struct sockaddr_storage ss;
 };
 
 struct worker {
@@ -90,8 +112,17 @@ struct worker {
      * connections could not go back to the system after a burst. A cell is a struct conn
      * followed by its three events. */
     struct slab_pool cells;
+    TAILQ_HEAD(, conn) idle, partial;
+    unsigned nidle, npartial;
+    atomic_uint nevictable; /* nidle + npartial, read by the other workers */
     char *inbufs[IN_BUF_POOL];
     unsigned ninbufs;
+    struct event *ev_handoff, *ev_resume;
+    pthread_mutex_t handoff_lock;
+    struct handoff handoffs[HANDOFF_MAX]; /* under handoff_lock */
+    unsigned nhandoffs;
+    unsigned long evicted, refused; /* since the last line about the cap */
+    uint64_t pressure_logged_ms;
     int draining;
     time_t date_sec;
     char date[64];
@@ -206,6 +237,15 @@ server_worker_date_header(struct worker *w, size_t *len)
 
 /* ---- connections ---------------------------------------------------------------------- */
 
+/* A monotonic clock in ms, coarse (a few ms) and cheap: it orders connections for closing. */
+static uint64_t
+now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 /* Gives c an input buffer (from the worker's spares when it has one). */
 static void
 inbuf_take(struct conn *c)
@@ -238,6 +278,83 @@ inbuf_release(struct conn *c)
     }
 }
 
+static void
+publish_evictable(struct worker *w)
+{
+    atomic_store_explicit(&w->nevictable, w->nidle + w->npartial, memory_order_relaxed);
+}
+
+static void
+queue_remove(struct conn *c)
+{
+    struct worker *w = c->w;
+    if (c->queue == QUEUE_NONE)
+        return;
+    if (c->queue == QUEUE_IDLE) {
+        TAILQ_REMOVE(&w->idle, c, qlink);
+        w->nidle--;
+    } else {
+        TAILQ_REMOVE(&w->partial, c, qlink);
+        w->npartial--;
+    }
+    c->queue = QUEUE_NONE;
+    publish_evictable(w);
+}
+
+/*
+ * Puts c in the queue its state calls for: at the tail when it changes queue,
+ * and when it is idle at every call, so that the idle queue is in the order
+ * of last activity while the partial one stays in the order requests began.
+ */
+static void
+conn_requeue(struct conn *c)
+{
+    struct worker *w = c->w;
+    enum conn_queue q = QUEUE_NONE;
+
+    if (c->state == CONN_READ && !c->closing && !c->dead && evbuffer_get_length(c->out) == 0)
+        q = c->in_len > c->in_off ? QUEUE_PARTIAL : QUEUE_IDLE;
+    if (q == c->queue) {
+        if (q == QUEUE_IDLE) { /* active again: the most recently active */
+            c->queued_ms = now_ms();
+            if (TAILQ_NEXT(c, qlink)) {
+                TAILQ_REMOVE(&w->idle, c, qlink);
+                TAILQ_INSERT_TAIL(&w->idle, c, qlink);
+            }
+        }
+        return;
+    }
+    queue_remove(c);
+    c->queue = q;
+    c->queued_ms = now_ms();
+    if (q == QUEUE_IDLE) {
+        TAILQ_INSERT_TAIL(&w->idle, c, qlink);
+        w->nidle++;
+    } else if (q == QUEUE_PARTIAL) {
+        TAILQ_INSERT_TAIL(&w->partial, c, qlink);
+        w->npartial++;
+    }
+    publish_evictable(w);
+}
+
+/*
+ * The connection to close for a new one at the cap, or NULL when every one
+ * is busy: the least recently active idle one, else the partial one whose
+ * request began first; either only when it has been so for EVICT_GRACE_MS,
+ * unless no connection has.
+ */
+static struct conn *
+conn_victim(struct worker *w)
+{
+    uint64_t now = now_ms();
+    struct conn *i = TAILQ_FIRST(&w->idle), *p = TAILQ_FIRST(&w->partial);
+    if (i && now - i->queued_ms >= EVICT_GRACE_MS)
+        return i;
+    if (p && now - p->queued_ms >= EVICT_GRACE_MS)
+        return p;
+    return i ? i : p;
+}
+
 static size_t
 round_up(size_t n, size_t to)
 {
@@ -260,6 +377,7 @@ static void
 conn_free(struct conn *c)
 {
     struct worker *w = c->w;
+    queue_remove(c);
     LIST_REMOVE(c, link);
     w->nconns--;
     atomic_fetch_sub(&w->s->nconns, 1);
@@ -299,6 +417,7 @@ conn_close(struct conn *c)
         return;
     }
     c->dead = 1;
+    queue_remove(c);
     event_del(c->ev_read);
     event_del(c->ev_write);
     evtimer_del(c->ev_timer);
@@ -356,6 +475,7 @@ static void
 conn_linger(struct conn *c)
 {
     shutdown(c->fd, SHUT_WR);
+    queue_remove(c);
     inbuf_release(c);
     event_del(c->ev_read);
     event_assign(c->ev_read, c->w->base, c->fd, EV_READ | EV_PERSIST, on_linger_read, c);
@@ -388,6 +508,7 @@ conn_flush(struct conn *c)
         /* A peer that stops reading is given the idle timeout, not forever. */
         if (c->state != CONN_HANDLING)
             conn_set_timer(c, TIMER_IDLE);
+        conn_requeue(c);
         return 0;
     }
     event_del(c->ev_write);
@@ -395,6 +516,7 @@ conn_flush(struct conn *c)
         conn_linger(c);
         return -1;
     }
+    conn_requeue(c);
     return 0;
 }
 
@@ -856,6 +978,134 @@ conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss)
     event_add(c->ev_read, NULL);
     /* The first request's head is due within the header timeout from now. */
     conn_set_timer(c, TIMER_REQUEST);
+    conn_requeue(c);
+}
+
+/* At most one line per worker every PRESSURE_LOG_MS about connections closed or refused. */
+static void
+pressure_log(struct worker *w)
+{
+    const struct server_config *cfg = &w->s->cfg;
+    uint64_t now = now_ms();
+    if (w->pressure_logged_ms && now - w->pressure_logged_ms < PRESSURE_LOG_MS)
+        return;
+    w->pressure_logged_ms = now;
+    fprintf(stderr,
+            "sluice: %s:%d worker %u: %lu idle or unfinished connections closed for new ones, "
+            "%lu new ones refused at the connection cap (%u)\n",
+            cfg->listen_addr, w->s->port, w->index, w->evicted, w->refused, cfg->max_connections);
+    w->evicted = w->refused = 0;
+}
+
+/*
+ * Answers a connection that is not taken 503 problem+json and closes it. The
+ * answer is written once, without waiting: a peer that sent its request
+ * already may see a reset instead.
+ */
+static void
+refuse(struct worker *w, int fd, const char *detail)
+{
+    char body[256], head[512];
+    size_t datelen;
+    const char *date = server_worker_date_header(w, &datelen);
+    int blen = snprintf(body, sizeof(body),
+                        "{\"type\":\"about:blank\",\"title\":\"Service Unavailable\","
+                        "\"status\":503,\"detail\":\"%s\"}",
+                        detail);
+    int hlen = snprintf(head, sizeof(head),
+                        "HTTP/1.1 503 Service Unavailable\r\n%.*s"
+                        "Content-Type: application/problem+json\r\nContent-Length: %d\r\n"
+                        "Retry-After: 1\r\nConnection: close\r\n\r\n",
+                        (int)datelen, date, blen);
+    struct iovec iov[2] = {{head, (size_t)hlen}, {body, (size_t)blen}};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
+    (void)sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    close(fd);
+}
+
+/*
+ * Gives a new connection, counted already, to another worker that has an
+ * idle or partial connection to close for it. Returns 0 when one took it
+ * (it owns fd now), -1 when none can.
+ */
+static int
+handoff(struct worker *w, int fd, const struct sockaddr_storage *ss)
+{
+    struct server *s = w->s;
+    if (atomic_load(&s->stopping))
+        return -1;
+    for (unsigned k = 1; k < s->nworkers; k++) {
+        struct worker *o = &s->workers[(w->index + k) % s->nworkers];
+        if (atomic_load_explicit(&o->nevictable, memory_order_relaxed) == 0)
+            continue;
+        pthread_mutex_lock(&o->handoff_lock);
+        int taken = o->nhandoffs < HANDOFF_MAX;
+        if (taken)
+            o->handoffs[o->nhandoffs++] = (struct handoff){.fd = fd, .ss = *ss};
+        pthread_mutex_unlock(&o->handoff_lock);
+        if (taken) {
+            event_active(o->ev_handoff, EV_READ, 0);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/*
+ * Takes a new connection, already counted in the server's connections.
+ * Over the connection cap it closes this worker's conn_victim() for it, else
+ * hands it to another worker that has one (not when `handed`: it came from
+ * one), else refuses it.
+ */
+static void
+admit(struct worker *w, int fd, const struct sockaddr_storage *ss, int handed)
+{
+    struct server *s = w->s;
+    if (w->draining) {
+        atomic_fetch_sub(&s->nconns, 1);
+        refuse(w, fd, "the server is stopping");
+        return;
+    }
+    if (atomic_load(&s->nconns) > s->cfg.max_connections) {
+        struct conn *v = conn_victim(w);
+        if (v) {
+            conn_close(v);
+            w->evicted++;
+            pressure_log(w);
+        } else if (!handed && handoff(w, fd, ss) == 0) {
+            return;
+        } else {
+            atomic_fetch_sub(&s->nconns, 1);
+            refuse(w, fd, "every connection is busy: try again");
+            w->refused++;
+            pressure_log(w);
+            return;
+        }
+    }
+    conn_new(w, fd, ss);
+}
+
+/* Takes the connections other workers handed to this one. */
+static void
+on_handoff(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct handoff batch[HANDOFF_MAX];
+    pthread_mutex_lock(&w->handoff_lock);
+    unsigned n = w->nhandoffs;
+    memcpy(batch, w->handoffs, n * sizeof(*batch));
+    w->nhandoffs = 0;
+    pthread_mutex_unlock(&w->handoff_lock);
+    for (unsigned i = 0; i < n; i++)
+        admit(w, batch[i].fd, &batch[i].ss, 1);
+}
+
+static void
+on_resume(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    if (w->ev_listen)
+        event_add(w->ev_listen, NULL);
 }
 
 static void
@@ -870,18 +1120,25 @@ on_accept(evutil_socket_t fd, short what, void *arg)
         if (cfd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
-            if (errno == EMFILE || errno == ENFILE)
-                fprintf(stderr, "sluice: accept: %s\n", strerror(errno));
+            if (errno == EMFILE || errno == ENFILE) {
+                /* Out of descriptors: the listener stays readable, so accepting would spin.
+                 * Wait a moment (connections closing give descriptors back). */
+                uint64_t now = now_ms();
+                if (!w->pressure_logged_ms || now - w->pressure_logged_ms >= PRESSURE_LOG_MS) {
+                    w->pressure_logged_ms = now;
+                    fprintf(stderr, "sluice: accept: %s (raise the open-file limit, ulimit -n)\n",
+                            strerror(errno));
+                }
+                event_del(w->ev_listen);
+                struct timeval tv = util_ms_to_tv(ACCEPT_PAUSE_MS);
+                evtimer_add(w->ev_resume, &tv);
+            }
             return;
-        }
-        if (atomic_fetch_add(&s->nconns, 1) >= s->cfg.max_connections) {
-            atomic_fetch_sub(&s->nconns, 1);
-            close(cfd); /* over the connection limit */
-            continue;
         }
         int one = 1;
         setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        conn_new(w, cfd, &ss);
+        atomic_fetch_add(&s->nconns, 1);
+        admit(w, cfd, &ss, 0);
     }
 }
 
@@ -897,6 +1154,7 @@ on_stop(evutil_socket_t fd, short what, void *arg)
         event_free(w->ev_listen);
         w->ev_listen = NULL;
     }
+    evtimer_del(w->ev_resume);
     for (struct conn *c = LIST_FIRST(&w->conns), *next; c; c = next) {
         next = LIST_NEXT(c, link);
         /* Idle connections go now (or once their output is written); a connection with a
@@ -990,6 +1248,9 @@ server_new(const struct server_config *cfg, const struct server_app *app, char *
         w->index = i;
         LIST_INIT(&w->conns);
         slab_pool_init(&w->cells, s->event_offset + 3 * s->event_bytes, SLAB_CELLS);
+        TAILQ_INIT(&w->idle);
+        TAILQ_INIT(&w->partial);
+        pthread_mutex_init(&w->handoff_lock, NULL);
         w->listen_fd = listen_socket(cfg->listen_addr, port, err, errlen, &port);
         if (w->listen_fd < 0)
             goto fail;
@@ -1000,6 +1261,8 @@ server_new(const struct server_config *cfg, const struct server_app *app, char *
         }
         w->ev_listen = event_new(w->base, w->listen_fd, EV_READ | EV_PERSIST, on_accept, w);
         w->ev_stop = event_new(w->base, -1, 0, on_stop, w);
+        w->ev_handoff = event_new(w->base, -1, 0, on_handoff, w);
+        w->ev_resume = evtimer_new(w->base, on_resume, w);
         event_add(w->ev_listen, NULL);
     }
     s->port = port;
@@ -1053,13 +1316,21 @@ server_free(struct server *s)
             event_free(w->ev_listen);
         if (w->ev_stop)
             event_free(w->ev_stop);
+        if (w->ev_handoff)
+            event_free(w->ev_handoff);
+        if (w->ev_resume)
+            event_free(w->ev_resume);
         if (w->base)
             event_base_free(w->base);
         if (w->listen_fd > 0)
             close(w->listen_fd);
+        /* Connections handed to a worker that had stopped already. */
+        for (unsigned k = 0; k < w->nhandoffs; k++)
+            close(w->handoffs[k].fd);
         for (unsigned k = 0; k < w->ninbufs; k++)
             free(w->inbufs[k]);
         slab_pool_destroy(&w->cells); /* every connection is closed */
+        pthread_mutex_destroy(&w->handoff_lock);
     }
     free(s->workers);
     free(s);

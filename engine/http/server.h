@@ -14,10 +14,14 @@ struct worker;
 struct server_config {
     const char *listen_addr; /* "127.0.0.1" */
     int listen_port;
-    unsigned workers;         /* >= 1 */
-    size_t max_header_bytes;  /* request line + headers; larger: 431 */
-    size_t max_body_bytes;    /* larger: 413 */
-    unsigned max_connections; /* per process; beyond it new connections are closed */
+    unsigned workers;        /* >= 1 */
+    size_t max_header_bytes; /* request line + headers; larger: 431 */
+    size_t max_body_bytes;   /* larger: 413 */
+    /* Open connections of the server. At the cap a new connection closes an idle one
+     * (none of a request yet: least recently active first) or else the one whose
+     * unfinished request began first; only when every one is busy (the application
+     * holds its request, or its answer is being written) is it refused with a 503. */
+    unsigned max_connections;
     /* From the accept (or, after the first request, from a request's first byte) to the
      * request's complete head and body: past it a started request gets 408, a connection
      * that sent nothing is closed. */

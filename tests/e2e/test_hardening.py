@@ -260,6 +260,157 @@ class FirstRequest(SluiceTestCase):
             s.close()
 
 
+class IdleFlood(SluiceTestCase):
+    """2,000 sockets that send nothing against a cap of 500: a fresh client is answered,
+    and the server lets go of them at the header timeout."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = cls.start(POLICIES, args=["--max-connections", "500", "--header-timeout", "1s"])
+
+    def test_fresh_client_is_answered_while_idle_sockets_fill_the_cap(self):
+        need_fds(2000)
+        self.assertEqual(fresh(self.s.port)[0], 200)
+        base = settled_fds(self.s)
+        t0 = time.monotonic()
+        socks = open_many(self.s.port, 2000)
+        try:
+            held = fds(self.s) - base
+            status, took, _, body = fresh(self.s.port)
+            note("2000 idle sockets, cap 500 (server holds %d): fresh client %s in %.3f s"
+                 % (held, status, took))
+            self.assertEqual(status, 200, body)
+            self.assertLess(took, 1.0)
+            # (plus the few just accepted in the instant before those they replace close)
+            self.assertLessEqual(held, 500 + 4)
+            # The sockets stay open on this side; the server closes its ends at the deadline.
+            back = wait_for(lambda: fds(self.s) <= base, 1.0 + 2.0 * SLACK)
+            self.assertIsNotNone(back, "server still holds %d descriptors over its baseline"
+                                 % (fds(self.s) - base))
+            note("server descriptors back to baseline %.2f s after the flood began"
+                 % (time.monotonic() - t0))
+        finally:
+            close_all(socks)
+
+
+class Slowloris(SluiceTestCase):
+    """300 connections sending one header byte a second against a cap of 200."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = cls.start(POLICIES, args=["--max-connections", "200", "--header-timeout", "3s"])
+
+    def test_fresh_client_is_answered_and_the_trickles_end_at_the_deadline(self):
+        need_fds(300)
+        self.assertEqual(fresh(self.s.port)[0], 200)
+        base = settled_fds(self.s)
+        t0 = time.monotonic()
+        socks = open_many(self.s.port, 300)
+        trickle = Trickler(socks, b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"a" * 1000)
+        trickle.tick()
+        trickle.start()
+        try:
+            time.sleep(1.2)  # every request begun for over a second
+            status, took, _, body = fresh(self.s.port)
+            note("slowloris of 300 connections, cap 200: fresh client %s in %.3f s"
+                 % (status, took))
+            self.assertEqual(status, 200, body)
+            self.assertLess(took, 1.0)
+            # 408 at 3 s from the first byte, then at most 2 s of lingering however the
+            # peer trickles on: every descriptor is back by 5 s and a little.
+            back = wait_for(lambda: fds(self.s) <= base, 5.0 + 2.0 * SLACK - 1.2)
+            self.assertIsNotNone(back, "server still holds %d descriptors over its baseline "
+                                 "while the trickle goes on" % (fds(self.s) - base))
+            note("server descriptors back to baseline %.2f s after the slowloris began"
+                 % (time.monotonic() - t0))
+        finally:
+            trickle.stop.set()
+            trickle.join()
+            close_all(socks)
+
+
+class ConnectionCap(SluiceTestCase):
+    """At --max-connections an idle connection makes room for a new one; only when every
+    connection is busy is the new one refused (503)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = Origin()
+        cls.dir = tempfile.mkdtemp(prefix="sluice-hard-")
+        with open(os.path.join(cls.dir, "policy.lua"), "w") as f:
+            f.write(SLOW_POLICY.replace("@ORIGIN@", cls.origin.url))
+        cls.one = cls.start(cls.dir, args=["--max-connections", "4", "--workers", "1"])
+        cls.two = cls.start(cls.dir, args=["--max-connections", "6", "--workers", "2"])
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            cls.origin.kill()
+            shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def busy(self, port, n, delay_ms):
+        """n connections, each with a request the origin holds for delay_ms."""
+        socks = open_many(port, n, send=b"GET /slow?delay_ms=%d HTTP/1.1\r\nHost: x\r\n\r\n"
+                          % delay_ms)
+        self.assertIsNotNone(wait_for(lambda: self.origin_inflight() >= n, 5))
+        return socks
+
+    def origin_inflight(self):
+        return self.origin.stats("/slow")["inflight"]
+
+    def test_least_recently_used_idle_connection_makes_room(self):
+        port = self.one.port
+        conns = open_many(port, 4)
+        try:
+            for c in conns:
+                self.assertEqual(ask(c)[0], 200)
+            self.assertEqual(ask(conns[0])[0], 200)  # conns[1] is now the least recently used
+            status, took, _, _ = fresh(port)
+            self.assertEqual(status, 200)
+            self.assertLess(took, 1.0)
+            self.assertTrue(closed_by_server(conns[1], 2))
+            for c in (conns[0], conns[2], conns[3]):
+                self.assertEqual(ask(c)[0], 200)
+        finally:
+            close_all(conns)
+
+    def test_new_connection_is_refused_only_when_every_one_is_busy(self):
+        port = self.one.port
+        socks = self.busy(port, 4, 2000)
+        try:
+            status, took, head, body = fresh(port)
+            self.assertEqual(status, 503)
+            self.assertIn(b"application/problem+json", head)
+            self.assertIn("busy", json.loads(body)["detail"])
+            for s in socks:
+                self.assertEqual(read_answer(s)[0], 200)  # the held requests complete
+            self.assertEqual(fresh(port)[0], 200)
+        finally:
+            close_all(socks)
+
+    def test_idle_connection_of_either_worker_makes_room(self):
+        # Five connections busy for 8 s and one idle, at a cap of 6 over two workers: each
+        # new connection lands on either worker (the kernel's choice); wherever the idle one
+        # is, it is closed for the new one, which is answered and is the idle one next.
+        port = self.two.port
+        socks = self.busy(port, 5, 8000)
+        idle = connect(port, "127.0.0.2")
+        try:
+            self.assertEqual(ask(idle)[0], 200)
+            for round_ in range(8):
+                new = connect(port, "127.0.0.2")
+                status = ask(new)[0]
+                self.assertEqual(status, 200, "round %d: the new connection was refused" % round_)
+                self.assertTrue(closed_by_server(idle, 2), "round %d" % round_)
+                idle.close()
+                idle = new
+        finally:
+            idle.close()
+            close_all(socks)
+
+
 class Memory(SluiceTestCase):
     """The memory of 2,000 connections (each with a request begun) goes back once they close."""
 
