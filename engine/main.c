@@ -51,6 +51,9 @@ static const char usage_serve[] =
     "  --max-connections N       open connections (default 10000); at the cap a new one\n"
     "                            closes an idle or unfinished one, and is refused (503)\n"
     "                            only when every one is busy\n"
+    "  --max-connections-per-ip N\n"
+    "                            open connections from one address, an IPv6 /64 (default\n"
+    "                            256; 0: no cap); behind a proxy all share its address\n"
     "  --max-header-bytes N      request line and headers, else 431 (default 16384)\n"
     "  --max-body-bytes N        request body, else 413 (default 1048576)\n"
     "  --header-timeout DUR      to receive a whole request, else 408; a new connection's\n"
@@ -388,6 +391,7 @@ serve_defaults(struct serve *sv)
         .max_header_bytes = 16384,
         .max_body_bytes = 1 << 20,
         .max_connections = 10000,
+        .max_connections_per_ip = 256,
         .header_timeout_ms = 10000,
         .idle_timeout_ms = 60000,
     };
@@ -420,6 +424,7 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"no-watch", no_argument, NULL, 'W'},
         {"workers", required_argument, NULL, 'w'},
         {"max-connections", required_argument, NULL, 'c'},
+        {"max-connections-per-ip", required_argument, NULL, 'P'},
         {"max-header-bytes", required_argument, NULL, 'H'},
         {"max-body-bytes", required_argument, NULL, 'B'},
         {"header-timeout", required_argument, NULL, 't'},
@@ -467,6 +472,11 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
             if (parse_count("--max-connections", optarg, 1000000, &v) != 0 || v == 0)
                 return -1;
             cfg->max_connections = (unsigned)v;
+            break;
+        case 'P':
+            if (parse_count("--max-connections-per-ip", optarg, 1000000, &v) != 0)
+                return -1;
+            cfg->max_connections_per_ip = (unsigned)v;
             break;
         case 'H':
             if (parse_count("--max-header-bytes", optarg, 1 << 20, &v) != 0 || v < 256)

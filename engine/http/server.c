@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "addr_count.h"
 #include "slab.h"
 #include "util.h"
 
@@ -83,6 +84,7 @@ struct conn {
     size_t head_scanned; /* bytes of an incomplete head already given to the parser */
     struct server_request req;
     char ip[INET6_ADDRSTRLEN];
+    uint32_t addr_slot; /* its address's slot in the server's addr_count, or ADDR_COUNT_NONE */
     enum conn_queue queue;
     uint64_t queued_ms;      /* when it entered its queue (idle: its last activity) */
     TAILQ_ENTRY(conn) qlink; /* in its worker's idle or partial queue */
@@ -92,6 +94,7 @@ struct conn {
 /* A new connection given to another worker, which closes one of its own for it. */
 struct handoff {
     int fd;
+    uint32_t addr_slot;
     struct sockaddr_storage ss;
 };
 
@@ -121,7 +124,7 @@ struct worker {
     pthread_mutex_t handoff_lock;
     struct handoff handoffs[HANDOFF_MAX]; /* under handoff_lock */
     unsigned nhandoffs;
-    unsigned long evicted, refused; /* since the last line about the cap */
+    unsigned long evicted, refused, refused_ip; /* since the last line about the caps */
     uint64_t pressure_logged_ms;
     int draining;
     time_t date_sec;
@@ -136,6 +139,7 @@ struct server {
     unsigned nworkers;
     atomic_uint nconns;
     size_t event_offset, event_bytes; /* in a connection's cell */
+    struct addr_count *addr_count;    /* NULL without a per-address cap */
     atomic_int stopping;
     pthread_t main_thread;
     int port;
@@ -355,6 +359,14 @@ conn_victim(struct worker *w)
     return i ? i : p;
 }
 
+/* Counts a connection less from the address in slot (when the server counts them). */
+static void
+addr_release(struct server *s, uint32_t slot)
+{
+    if (s->addr_count)
+        addr_count_release(s->addr_count, slot);
+}
+
 static size_t
 round_up(size_t n, size_t to)
 {
@@ -381,6 +393,7 @@ conn_free(struct conn *c)
     LIST_REMOVE(c, link);
     w->nconns--;
     atomic_fetch_sub(&w->s->nconns, 1);
+    addr_release(w->s, c->addr_slot);
     event_del(c->ev_read);
     event_del(c->ev_write);
     event_del(c->ev_timer);
@@ -952,11 +965,12 @@ server_respond_problem(struct server_request *req, int status, const char *type,
 /* ---- accepting --------------------------------------------------------------------------- */
 
 static void
-conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss)
+conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss, uint32_t slot)
 {
     struct conn *c = conn_alloc(w);
     c->w = w;
     c->fd = fd;
+    c->addr_slot = slot;
     c->out = evbuffer_new(); /* the input buffer comes with the first byte (inbuf_take) */
     if (!c->out) {
         fprintf(stderr, "sluice: out of memory (evbuffer)\n");
@@ -992,9 +1006,10 @@ pressure_log(struct worker *w)
     w->pressure_logged_ms = now;
     fprintf(stderr,
             "sluice: %s:%d worker %u: %lu idle or unfinished connections closed for new ones, "
-            "%lu new ones refused at the connection cap (%u)\n",
-            cfg->listen_addr, w->s->port, w->index, w->evicted, w->refused, cfg->max_connections);
-    w->evicted = w->refused = 0;
+            "%lu new ones refused at the connection cap (%u), %lu at the per-address cap (%u)\n",
+            cfg->listen_addr, w->s->port, w->index, w->evicted, w->refused, cfg->max_connections,
+            w->refused_ip, cfg->max_connections_per_ip);
+    w->evicted = w->refused = w->refused_ip = 0;
 }
 
 /*
@@ -1029,7 +1044,7 @@ refuse(struct worker *w, int fd, const char *detail)
  * (it owns fd now), -1 when none can.
  */
 static int
-handoff(struct worker *w, int fd, const struct sockaddr_storage *ss)
+handoff(struct worker *w, int fd, const struct sockaddr_storage *ss, uint32_t slot)
 {
     struct server *s = w->s;
     if (atomic_load(&s->stopping))
@@ -1041,7 +1056,7 @@ handoff(struct worker *w, int fd, const struct sockaddr_storage *ss)
         pthread_mutex_lock(&o->handoff_lock);
         int taken = o->nhandoffs < HANDOFF_MAX;
         if (taken)
-            o->handoffs[o->nhandoffs++] = (struct handoff){.fd = fd, .ss = *ss};
+            o->handoffs[o->nhandoffs++] = (struct handoff){.fd = fd, .addr_slot = slot, .ss = *ss};
         pthread_mutex_unlock(&o->handoff_lock);
         if (taken) {
             event_active(o->ev_handoff, EV_READ, 0);
@@ -1052,17 +1067,18 @@ handoff(struct worker *w, int fd, const struct sockaddr_storage *ss)
 }
 
 /*
- * Takes a new connection, already counted in the server's connections.
- * Over the connection cap it closes this worker's conn_victim() for it, else
- * hands it to another worker that has one (not when `handed`: it came from
- * one), else refuses it.
+ * Takes a new connection, already counted in the server's connections and
+ * its address's counter. Over the connection cap it closes this worker's
+ * conn_victim() for it, else hands it to another worker that has one (not
+ * when `handed`: it came from one), else refuses it.
  */
 static void
-admit(struct worker *w, int fd, const struct sockaddr_storage *ss, int handed)
+admit(struct worker *w, int fd, const struct sockaddr_storage *ss, uint32_t slot, int handed)
 {
     struct server *s = w->s;
     if (w->draining) {
         atomic_fetch_sub(&s->nconns, 1);
+        addr_release(s, slot);
         refuse(w, fd, "the server is stopping");
         return;
     }
@@ -1072,17 +1088,18 @@ admit(struct worker *w, int fd, const struct sockaddr_storage *ss, int handed)
             conn_close(v);
             w->evicted++;
             pressure_log(w);
-        } else if (!handed && handoff(w, fd, ss) == 0) {
+        } else if (!handed && handoff(w, fd, ss, slot) == 0) {
             return;
         } else {
             atomic_fetch_sub(&s->nconns, 1);
+            addr_release(s, slot);
             refuse(w, fd, "every connection is busy: try again");
             w->refused++;
             pressure_log(w);
             return;
         }
     }
-    conn_new(w, fd, ss);
+    conn_new(w, fd, ss, slot);
 }
 
 /* Takes the connections other workers handed to this one. */
@@ -1097,7 +1114,7 @@ on_handoff(evutil_socket_t fd, short what, void *arg)
     w->nhandoffs = 0;
     pthread_mutex_unlock(&w->handoff_lock);
     for (unsigned i = 0; i < n; i++)
-        admit(w, batch[i].fd, &batch[i].ss, 1);
+        admit(w, batch[i].fd, &batch[i].ss, batch[i].addr_slot, 1);
 }
 
 static void
@@ -1135,10 +1152,20 @@ on_accept(evutil_socket_t fd, short what, void *arg)
             }
             return;
         }
+        uint32_t slot = ADDR_COUNT_NONE;
+        if (s->addr_count) {
+            slot = addr_count_slot(s->addr_count, (const struct sockaddr *)&ss);
+            if (addr_count_take(s->addr_count, slot) != 0) {
+                refuse(w, cfd, "too many connections from this address");
+                w->refused_ip++;
+                pressure_log(w);
+                continue;
+            }
+        }
         int one = 1;
         setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         atomic_fetch_add(&s->nconns, 1);
-        admit(w, cfd, &ss, 0);
+        admit(w, cfd, &ss, slot, 0);
     }
 }
 
@@ -1241,6 +1268,8 @@ server_new(const struct server_config *cfg, const struct server_app *app, char *
     s->workers = xcalloc(s->nworkers, sizeof(*s->workers));
     s->event_offset = round_up(sizeof(struct conn), 16);
     s->event_bytes = round_up(event_get_struct_event_size(), 16);
+    if (cfg->max_connections_per_ip > 0)
+        s->addr_count = addr_count_new(cfg->max_connections_per_ip, cfg->max_connections);
     int port = cfg->listen_port;
     for (unsigned i = 0; i < s->nworkers; i++) {
         struct worker *w = &s->workers[i];
@@ -1332,6 +1361,8 @@ server_free(struct server *s)
         slab_pool_destroy(&w->cells); /* every connection is closed */
         pthread_mutex_destroy(&w->handoff_lock);
     }
+    if (s->addr_count)
+        addr_count_free(s->addr_count);
     free(s->workers);
     free(s);
 }

@@ -22,6 +22,9 @@ struct server_config {
      * unfinished request began first; only when every one is busy (the application
      * holds its request, or its answer is being written) is it refused with a 503. */
     unsigned max_connections;
+    /* Open connections from one address (IPv6: one /64); beyond it new ones get a 503.
+     * 0: no such cap. */
+    unsigned max_connections_per_ip;
     /* From the accept (or, after the first request, from a request's first byte) to the
      * request's complete head and body: past it a started request gets 408, a connection
      * that sent nothing is closed. */

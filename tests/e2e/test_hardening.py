@@ -329,6 +329,47 @@ class Slowloris(SluiceTestCase):
             close_all(socks)
 
 
+class PerAddressCap(SluiceTestCase):
+    """--max-connections-per-ip: the connection beyond it gets 503; other addresses are served."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = cls.start(POLICIES, args=["--max-connections-per-ip", "8"])
+        cls.default = cls.start(POLICIES, per_ip_cap=True)  # the binary's default
+
+    def test_connection_beyond_the_cap_of_its_address_gets_503(self):
+        base = settled_fds(self.s)
+        socks = open_many(self.s.port, 8)
+        try:
+            self.assertIsNotNone(wait_for(lambda: fds(self.s) >= base + 8, 2))
+            s = connect(self.s.port)
+            try:
+                status, head, body = read_answer(s)
+            finally:
+                s.close()
+            self.assertEqual(status, 503)
+            self.assertIn(b"application/problem+json", head)
+            self.assertEqual(json.loads(body)["detail"], "too many connections from this address")
+            self.assertEqual(fresh(self.s.port, source="127.0.0.2")[0], 200)
+            # One closed: the address has room again.
+            socks.pop().close()
+            self.assertIsNotNone(wait_for(lambda: fds(self.s) <= base + 7, 2))
+            self.assertEqual(fresh(self.s.port, source="127.0.0.1")[0], 200)
+        finally:
+            close_all(socks)
+
+    def test_default_cap_is_256_connections_per_address(self):
+        need_fds(260)
+        base = settled_fds(self.default)
+        socks = open_many(self.default.port, 256, source="127.0.0.3")
+        try:
+            self.assertIsNotNone(wait_for(lambda: fds(self.default) >= base + 256, 3))
+            self.assertEqual(fresh(self.default.port, source="127.0.0.3")[0], 503)
+            self.assertEqual(fresh(self.default.port, source="127.0.0.2")[0], 200)
+        finally:
+            close_all(socks)
+
+
 class ConnectionCap(SluiceTestCase):
     """At --max-connections an idle connection makes room for a new one; only when every
     connection is busy is the new one refused (503)."""
