@@ -59,6 +59,9 @@ static const char usage_serve[] =
     "  --header-timeout DUR      to receive a whole request, else 408; a new connection's\n"
     "                            first one counts from the accept (default 10s)\n"
     "  --idle-timeout DUR        between requests of a keep-alive connection (default 60s)\n"
+    "  --reuse-port              share the listen address with a running sluice (a handover:\n"
+    "                            start the new one with another --admin, then SIGTERM the\n"
+    "                            old one); without it an address in use is refused\n"
     "  --db-pool N               PostgreSQL connections per worker (default 4)\n"
     "  --db-deadline DUR         per statement, else 503 (default 5s)\n"
     "  --cache-bytes N           memory store budget for cached bodies (default 268435456)\n"
@@ -425,6 +428,7 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"workers", required_argument, NULL, 'w'},
         {"max-connections", required_argument, NULL, 'c'},
         {"max-connections-per-ip", required_argument, NULL, 'P'},
+        {"reuse-port", no_argument, NULL, 'r'},
         {"max-header-bytes", required_argument, NULL, 'H'},
         {"max-body-bytes", required_argument, NULL, 'B'},
         {"header-timeout", required_argument, NULL, 't'},
@@ -477,6 +481,9 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
             if (parse_count("--max-connections-per-ip", optarg, 1000000, &v) != 0)
                 return -1;
             cfg->max_connections_per_ip = (unsigned)v;
+            break;
+        case 'r':
+            cfg->reuse_port = 1;
             break;
         case 'H':
             if (parse_count("--max-header-bytes", optarg, 1 << 20, &v) != 0 || v < 256)

@@ -42,6 +42,7 @@
 #define PRESSURE_LOG_MS 10000 /* at most one line per worker this often about the caps */
 #define TRIM_MIN_PEAK 256     /* connections after which a fall to a quarter returns memory */
 #define SLAB_CELLS 64         /* connections in one mapping */
+#define STOP_GRACE_MS 1000    /* on stopping, for a new connection's first request to arrive */
 
 enum conn_state {
     CONN_READ,     /* reading a request head or body */
@@ -1125,15 +1126,16 @@ on_resume(evutil_socket_t fd, short what, void *arg)
         event_add(w->ev_listen, NULL);
 }
 
-static void
-on_accept(evutil_socket_t fd, short what, void *arg)
+/* Takes up to ACCEPT_BATCH connections off the listener's queue; returns how many it took. */
+static int
+accept_batch(struct worker *w)
 {
-    struct worker *w = arg;
     struct server *s = w->s;
+    int taken = 0;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
-        int cfd = accept4(fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int cfd = accept4(w->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
@@ -1150,8 +1152,9 @@ on_accept(evutil_socket_t fd, short what, void *arg)
                 struct timeval tv = util_ms_to_tv(ACCEPT_PAUSE_MS);
                 evtimer_add(w->ev_resume, &tv);
             }
-            return;
+            return taken;
         }
+        taken++;
         uint32_t slot = ADDR_COUNT_NONE;
         if (s->addr_count) {
             slot = addr_count_slot(s->addr_count, (const struct sockaddr *)&ss);
@@ -1167,31 +1170,55 @@ on_accept(evutil_socket_t fd, short what, void *arg)
         atomic_fetch_add(&s->nconns, 1);
         admit(w, cfd, &ss, slot, 0);
     }
+    return taken;
 }
 
-/* Stop accepting; close idle connections; the others close after their current request. */
+static void
+on_accept(evutil_socket_t fd, short what, void *arg)
+{
+    accept_batch(arg);
+}
+
+/*
+ * Stop accepting: take what waits in the listener's queue and close the
+ * listener (the kernel would reset what a closed listener leaves in its
+ * queue; with another instance on the port, new connections go to it from
+ * now on). Close idle connections; the others close after their current
+ * request.
+ */
 static void
 on_stop(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
     if (w->draining)
         return;
-    w->draining = 1;
     if (w->ev_listen) {
+        while (accept_batch(w) == ACCEPT_BATCH)
+            ;
         event_free(w->ev_listen);
         w->ev_listen = NULL;
+        close(w->listen_fd);
+        w->listen_fd = -1;
     }
+    w->draining = 1;
     evtimer_del(w->ev_resume);
     for (struct conn *c = LIST_FIRST(&w->conns), *next; c; c = next) {
         next = LIST_NEXT(c, link);
-        /* Idle connections go now (or once their output is written); a connection with a
-         * request in progress answers it with "Connection: close"; a lingering one ends
-         * when its peer closes (or LINGER_MS). */
+        /* Idle connections go now (or once their output is written); a new one that has
+         * not sent its first request yet (it may be on its way) has STOP_GRACE_MS for it; a
+         * connection with a request in progress answers it with "Connection: close"; a
+         * lingering one ends when its peer closes (or LINGER_MS). */
         if (c->state == CONN_READ && c->in_len == c->in_off) {
-            if (evbuffer_get_length(c->out) == 0)
-                conn_close(c);
-            else
+            if (evbuffer_get_length(c->out) > 0) {
                 c->closing = 1;
+            } else if (c->served) {
+                conn_close(c);
+            } else {
+                uint64_t ms = w->s->cfg.header_timeout_ms;
+                struct timeval tv = util_ms_to_tv(ms < STOP_GRACE_MS ? ms : STOP_GRACE_MS);
+                c->timer_mode = TIMER_REQUEST; /* past it: closed without an answer */
+                evtimer_add(c->ev_timer, &tv);
+            }
         }
     }
     if (w->nconns == 0)
@@ -1217,9 +1244,36 @@ worker_main(void *arg)
     return NULL;
 }
 
+/*
+ * Whether another socket listens on the address in ss (its port set): a
+ * socket without SO_REUSEPORT cannot bind beside a listener, while our own
+ * socket, bound and not listening yet, does not stand in its way.
+ */
 static int
-listen_socket(const char *addr, int port, char *err, size_t errlen, int *bound_port)
+port_taken(const struct sockaddr_storage *ss, socklen_t sl)
 {
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1, taken;
+
+    if (fd < 0)
+        return 0; /* cannot tell: the bind of our own socket has succeeded */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    taken = bind(fd, (const struct sockaddr *)ss, sl) < 0 && errno == EADDRINUSE;
+    close(fd);
+    return taken;
+}
+
+/*
+ * A listening socket on cfg's address and `port` (0: one the system picks,
+ * returned in *bound_port). Unless cfg says exclusive it has SO_REUSEPORT so
+ * that the workers share the port; with `first` and without cfg->reuse_port,
+ * a port another process listens on already is refused.
+ */
+static int
+listen_socket(const struct server_config *cfg, int port, int first, char *err, size_t errlen,
+              int *bound_port)
+{
+    const char *addr = cfg->listen_addr;
     struct sockaddr_storage ss;
     socklen_t sl;
     memset(&ss, 0, sizeof(ss));
@@ -1244,14 +1298,29 @@ listen_socket(const char *addr, int port, char *err, size_t errlen, int *bound_p
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 1024) < 0) {
+    if (!cfg->exclusive)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, sl) < 0) {
         snprintf(err, errlen, "cannot listen on %s:%d: %s", addr, port, strerror(errno));
         close(fd);
         return -1;
     }
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
-        *bound_port = ntohs(ss.ss_family == AF_INET ? sin->sin_port : sin6->sin6_port);
+        port = ntohs(ss.ss_family == AF_INET ? sin->sin_port : sin6->sin6_port);
+    if (first && !cfg->exclusive && !cfg->reuse_port && port_taken(&ss, sl)) {
+        snprintf(err, errlen,
+                 "cannot listen on %s:%d: another process listens on it (a second sluice "
+                 "serve?); to share the port on purpose, for a handover, pass --reuse-port",
+                 addr, port);
+        close(fd);
+        return -1;
+    }
+    if (listen(fd, 1024) < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", addr, port, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    *bound_port = port;
     return fd;
 }
 
@@ -1265,6 +1334,7 @@ server_new(const struct server_config *cfg, const struct server_app *app, char *
     s->cfg = *cfg;
     s->app = *app;
     s->nworkers = cfg->workers ? cfg->workers : 1;
+    assert(!cfg->exclusive || s->nworkers == 1);
     s->workers = xcalloc(s->nworkers, sizeof(*s->workers));
     s->event_offset = round_up(sizeof(struct conn), 16);
     s->event_bytes = round_up(event_get_struct_event_size(), 16);
@@ -1280,7 +1350,7 @@ server_new(const struct server_config *cfg, const struct server_app *app, char *
         TAILQ_INIT(&w->idle);
         TAILQ_INIT(&w->partial);
         pthread_mutex_init(&w->handoff_lock, NULL);
-        w->listen_fd = listen_socket(cfg->listen_addr, port, err, errlen, &port);
+        w->listen_fd = listen_socket(cfg, port, i == 0, err, errlen, &port);
         if (w->listen_fd < 0)
             goto fail;
         w->base = event_base_new();

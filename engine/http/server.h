@@ -30,6 +30,11 @@ struct server_config {
      * that sent nothing is closed. */
     uint64_t header_timeout_ms;
     uint64_t idle_timeout_ms; /* between the requests of a keep-alive connection */
+    /* 0: refuse to start when another process listens on the address already (a second
+     * instance); 1: share the port with it (SO_REUSEPORT; both must run as one user). */
+    int reuse_port;
+    /* 1: no other socket may share the port at all (one worker only). */
+    int exclusive;
 };
 
 /* A request handed to the application; valid until server_respond(). */
@@ -77,7 +82,11 @@ struct server_app {
     void *ctx;
 };
 
-/* Returns a new server with listeners bound, or NULL with a message in err. */
+/*
+ * Returns a new server with listeners bound, or NULL with a message in err
+ * (among others when another process listens on the address and
+ * cfg->reuse_port is not set). cfg is copied; listen_addr must outlive the server.
+ */
 struct server *server_new(const struct server_config *cfg, const struct server_app *app, char *err,
                           size_t errlen);
 

@@ -482,5 +482,53 @@ class Memory(SluiceTestCase):
         self.assertLess(after - before, (during - before) // 4)
 
 
+class SecondInstance(SluiceTestCase):
+    """A second `sluice serve` on an address in use is refused, unless --reuse-port."""
+
+    def test_second_instance_on_the_same_address_exits_with_a_message(self):
+        port = lib.free_port()
+        self.start(POLICIES, args=["--listen", "127.0.0.1:%d" % port])
+        r = subprocess.run([lib.BIN, "serve", "--listen", "127.0.0.1:%d" % port, "--admin", "off",
+                            "--no-watch", POLICIES], capture_output=True, text=True, timeout=20)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("127.0.0.1:%d: another process listens on it" % port, r.stderr)
+        self.assertIn("--reuse-port", r.stderr)
+        self.assertNotIn("listening on", r.stdout)
+        self.assertEqual(fresh(port)[0], 200)
+
+    def test_with_reuse_port_both_run_and_a_handover_loses_no_request(self):
+        port = lib.free_port()
+        old = self.start(POLICIES, args=["--listen", "127.0.0.1:%d" % port])
+        new = self.start(POLICIES, args=["--listen", "127.0.0.1:%d" % port, "--reuse-port"])
+        self.assertEqual(new.port, port)
+        self.assertIsNone(old.proc.poll())
+        self.assertIsNone(new.proc.poll())
+        results = []
+        done = threading.Event()
+
+        def client():
+            while not done.is_set():
+                try:
+                    status, _, _, body = fresh(port, timeout=2)
+                    results.append(status or body or b"<closed without an answer>")
+                except OSError as e:
+                    results.append(repr(e))
+
+        t = threading.Thread(target=client)
+        t.start()
+        try:
+            time.sleep(0.5)
+            self.assertEqual(old.stop(), 0)  # SIGTERM: the handover
+            time.sleep(0.5)
+        finally:
+            done.set()
+            t.join()
+        self.assertIsNone(new.proc.poll())
+        failures = [r for r in results if r != 200]
+        note("handover with --reuse-port: %d requests, failures %s" % (len(results), failures[:5]))
+        self.assertGreater(len(results), 50)
+        self.assertEqual(failures, [])
+
+
 if __name__ == "__main__":
     lib.main()
