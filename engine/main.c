@@ -634,11 +634,7 @@ serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
     sv->acfg = (struct admin_config){
         .reloader = sv->reloader, .gateway = sv->gw, .notifier = sv->notifier, .token = sv->token};
     if (sv->admin_on) {
-        struct server_config acfg = sv->cfg;
-        acfg.listen_addr = sv->admin_addr;
-        acfg.listen_port = sv->admin_port;
-        acfg.workers = 1;
-        acfg.max_connections = 64;
+        struct server_config acfg = admin_server_config(&sv->cfg, sv->admin_addr, sv->admin_port);
         struct server_app aapp = admin_app(&sv->acfg);
         sv->admin = server_new(&acfg, &aapp, err, errlen);
         if (!sv->admin)

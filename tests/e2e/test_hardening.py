@@ -452,6 +452,65 @@ class ConnectionCap(SluiceTestCase):
             close_all(socks)
 
 
+class AdminListener(SluiceTestCase):
+    """Idle or unauthenticated sockets do not lock the operator out of the admin listener."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = cls.start(POLICIES, env={"SLUICE_ADMIN_TOKEN": "t0ken"})
+
+    def status(self):
+        t0 = time.monotonic()
+        s = connect(self.s.admin_port, "127.0.0.1")
+        try:
+            s.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n"
+                      b"Connection: close\r\n\r\n")
+            status = read_answer(s)[0]
+        finally:
+            s.close()
+        return status, time.monotonic() - t0
+
+    def settle(self, base):
+        self.assertIsNotNone(wait_for(lambda: fds(self.s) <= base, 5))
+
+    def test_status_answers_while_100_idle_sockets_are_open(self):
+        base = settled_fds(self.s)
+        socks = open_many(self.s.admin_port, 100)
+        try:
+            status, took = self.status()
+            note("GET /status with 100 idle sockets on the admin listener (cap 64): %s in %.3f s"
+                 % (status, took))
+            self.assertEqual(status, 200)
+            self.assertLess(took, 1.0)
+        finally:
+            close_all(socks)
+        self.settle(base)
+
+    def test_status_answers_while_unauthenticated_requests_hang(self):
+        base = settled_fds(self.s)
+        socks = open_many(self.s.admin_port, 80, send=b"GET /status HTTP/1.1\r\nHost: x\r\n")
+        try:
+            time.sleep(0.2)
+            status, took = self.status()
+            self.assertEqual(status, 200)
+            self.assertLess(took, 1.0)
+        finally:
+            close_all(socks)
+        self.settle(base)
+
+    def test_admin_listener_closes_silent_sockets_within_2s(self):
+        # The data listener's --header-timeout is 10 s here; the admin listener's is 2 s.
+        base = settled_fds(self.s)
+        socks = open_many(self.s.admin_port, 20)
+        try:
+            t0 = time.monotonic()
+            self.assertTrue(closed_by_server(socks[0], 2.0 + 1.0 * SLACK))
+            self.assertLess(time.monotonic() - t0, 2.0 + 1.0 * SLACK)
+            self.assertIsNotNone(wait_for(lambda: fds(self.s) <= base, 1.0 * SLACK))
+        finally:
+            close_all(socks)
+
+
 class Memory(SluiceTestCase):
     """The memory of 2,000 connections (each with a request begun) goes back once they close."""
 
