@@ -8,6 +8,22 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+/* Free cells are poisoned under AddressSanitizer, which does not see inside our mappings: a
+ * use of a freed connection is still reported. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SLAB_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SLAB_ASAN 1
+#endif
+#endif
+#ifdef SLAB_ASAN
+#include <sanitizer/asan_interface.h>
+#else
+#define ASAN_POISON_MEMORY_REGION(p, n) ((void)(p), (void)(n))
+#define ASAN_UNPOISON_MEMORY_REGION(p, n) ((void)(p), (void)(n))
+#endif
+
 #define CELL_HEAD 16 /* before each cell: its slab (keeps the cell 16-byte aligned) */
 
 struct slab {
@@ -54,6 +70,7 @@ slab_map(struct slab_pool *p)
         char *head = m + slab_head() + i * p->cell_bytes;
         *(void **)head = sl->free;
         sl->free = head;
+        ASAN_POISON_MEMORY_REGION(head + CELL_HEAD, p->cell_bytes - CELL_HEAD);
     }
     LIST_INSERT_HEAD(&p->open, sl, link);
     p->nslabs++;
@@ -73,6 +90,7 @@ slab_alloc(struct slab_pool *p)
     sl->free = *(void **)head;
     if (--sl->nfree == 0)
         LIST_REMOVE(sl, link);
+    ASAN_UNPOISON_MEMORY_REGION(head + CELL_HEAD, p->cell_bytes - CELL_HEAD);
     memset(head, 0, p->cell_bytes);
     *(struct slab **)head = sl;
     return head + CELL_HEAD;
@@ -85,6 +103,7 @@ slab_free(struct slab_pool *p, void *cell)
         return;
     char *head = (char *)cell - CELL_HEAD;
     struct slab *sl = *(struct slab **)head;
+    ASAN_POISON_MEMORY_REGION(cell, p->cell_bytes - CELL_HEAD);
     if (sl->nfree == 0)
         LIST_INSERT_HEAD(&p->open, sl, link);
     *(void **)head = sl->free;
@@ -97,6 +116,7 @@ slab_free(struct slab_pool *p, void *cell)
     }
     LIST_REMOVE(sl, link);
     p->nslabs--;
+    ASAN_UNPOISON_MEMORY_REGION(sl, p->slab_bytes); /* the range may be mapped again */
     munmap(sl, p->slab_bytes);
 }
 
@@ -108,6 +128,7 @@ slab_pool_destroy(struct slab_pool *p)
         struct slab *sl = LIST_FIRST(&p->open);
         LIST_REMOVE(sl, link);
         p->nslabs--;
+        ASAN_UNPOISON_MEMORY_REGION(sl, p->slab_bytes);
         munmap(sl, p->slab_bytes);
     }
     p->nempty = 0;
