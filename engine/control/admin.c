@@ -24,6 +24,9 @@
  */
 
 #define INVALIDATE_MAX 1000 /* tags or keys in one POST /invalidate */
+#define ADMIN_MAX_CONNECTIONS 64
+#define ADMIN_HEADER_TIMEOUT_MS 2000 /* a request to the admin listener is small */
+#define ADMIN_IDLE_TIMEOUT_MS 10000
 
 struct admin_worker {
     const struct admin_config *cfg;
@@ -40,6 +43,25 @@ admin_addr_is_loopback(const char *addr)
     if (inet_pton(AF_INET6, addr, &a6) == 1)
         return IN6_IS_ADDR_LOOPBACK(&a6);
     return 0;
+}
+
+struct server_config
+admin_server_config(const struct server_config *data, const char *addr, int port)
+{
+    struct server_config cfg = *data;
+
+    cfg.listen_addr = addr;
+    cfg.listen_port = port;
+    cfg.workers = 1;
+    cfg.max_connections = ADMIN_MAX_CONNECTIONS;
+    cfg.max_connections_per_ip = 0; /* the operator's own host holds them all */
+    if (cfg.header_timeout_ms > ADMIN_HEADER_TIMEOUT_MS)
+        cfg.header_timeout_ms = ADMIN_HEADER_TIMEOUT_MS;
+    if (cfg.idle_timeout_ms > ADMIN_IDLE_TIMEOUT_MS)
+        cfg.idle_timeout_ms = ADMIN_IDLE_TIMEOUT_MS;
+    cfg.reuse_port = 0;
+    cfg.exclusive = 1;
+    return cfg;
 }
 
 static void *

@@ -16,6 +16,17 @@ struct admin_config {
     const char *token;         /* bearer token required when set */
 };
 
+/*
+ * The settings of the admin listener on addr:port, from the data listener's
+ * `data`: one worker; at most 64 connections, of which idle and unfinished
+ * ones are closed for a new one (so idle or unauthenticated sockets cannot
+ * lock the operator out); no per-address cap; at most 2 s for a request and
+ * 10 s between keep-alive requests; a port no other process may share.
+ * addr is borrowed and must outlive the server.
+ */
+struct server_config admin_server_config(const struct server_config *data, const char *addr,
+                                         int port);
+
 /* The server_app answering admin requests. `cfg` must outlive the server. */
 struct server_app admin_app(const struct admin_config *cfg);
 

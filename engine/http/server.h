@@ -15,12 +15,27 @@ struct worker;
 struct server_config {
     const char *listen_addr; /* "127.0.0.1" */
     int listen_port;
-    unsigned workers;           /* >= 1 */
-    size_t max_header_bytes;    /* request line + headers; larger: 431 */
-    size_t max_body_bytes;      /* larger: 413 */
-    unsigned max_connections;   /* per process; beyond it new connections are closed */
-    uint64_t header_timeout_ms; /* from a request's first byte to its complete head and body */
-    uint64_t idle_timeout_ms;   /* keep-alive connection with no request */
+    unsigned workers;        /* >= 1 */
+    size_t max_header_bytes; /* request line + headers; larger: 431 */
+    size_t max_body_bytes;   /* larger: 413 */
+    /* Open connections of the server. At the cap a new connection closes an idle one
+     * (none of a request yet: least recently active first) or else the one whose
+     * unfinished request began first; only when every one is busy (the application
+     * holds its request, or its answer is being written) is it refused with a 503. */
+    unsigned max_connections;
+    /* Open connections from one address (IPv6: one /64); beyond it new ones get a 503.
+     * 0: no such cap. */
+    unsigned max_connections_per_ip;
+    /* From the accept (or, after the first request, from a request's first byte) to the
+     * request's complete head and body: past it a started request gets 408, a connection
+     * that sent nothing is closed. */
+    uint64_t header_timeout_ms;
+    uint64_t idle_timeout_ms; /* between the requests of a keep-alive connection */
+    /* 0: refuse to start when another process listens on the address already (a second
+     * instance); 1: share the port with it (SO_REUSEPORT; both must run as one user). */
+    int reuse_port;
+    /* 1: no other socket may share the port at all (one worker only). */
+    int exclusive;
 };
 
 /* A request handed to the application; valid until server_respond(). */
@@ -68,7 +83,11 @@ struct server_app {
     void *ctx;
 };
 
-/* Returns a new server with listeners bound, or NULL with a message in err. */
+/*
+ * Returns a new server with listeners bound, or NULL with a message in err
+ * (among others when another process listens on the address and
+ * cfg->reuse_port is not set). cfg is copied; listen_addr must outlive the server.
+ */
 struct server *server_new(const struct server_config *cfg, const struct server_app *app, char *err,
                           size_t errlen);
 
