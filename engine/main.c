@@ -648,8 +648,11 @@ serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
     sv->notifier = notify_start(&ncfg, nerr, sizeof(nerr));
     if (!sv->notifier)
         fprintf(stderr, "sluice serve: database-driven invalidation is off: %s\n", nerr);
-    sv->acfg = (struct admin_config){
-        .reloader = sv->reloader, .gateway = sv->gw, .notifier = sv->notifier, .token = sv->token};
+    sv->acfg = (struct admin_config){.reloader = sv->reloader,
+                                     .gateway = sv->gw,
+                                     .notifier = sv->notifier,
+                                     .server = sv->server,
+                                     .token = sv->token};
     if (sv->admin_on) {
         struct server_config acfg = admin_server_config(&sv->cfg, sv->admin_addr, sv->admin_port);
         struct server_app aapp = admin_app(&sv->acfg);

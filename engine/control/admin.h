@@ -9,11 +9,13 @@ struct gateway;
 struct notifier;
 
 struct admin_config {
-    struct reloader *reloader; /* borrowed */
-    struct gateway *gateway;   /* borrowed: the snapshot serving (explain), store health, and
-                                  the store POST /invalidate uses */
-    struct notifier *notifier; /* borrowed: database-driven invalidation for /status, or NULL */
-    const char *token;         /* bearer token required when set */
+    struct reloader *reloader;   /* borrowed */
+    struct gateway *gateway;     /* borrowed: the snapshot serving (explain), store health, and
+                                    the store POST /invalidate uses */
+    struct notifier *notifier;   /* borrowed: database-driven invalidation for /status, or NULL */
+    const struct server *server; /* borrowed: the gateway's listener, for its connections in
+                                    /metrics, or NULL */
+    const char *token;           /* bearer token required when set */
 };
 
 /*

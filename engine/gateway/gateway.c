@@ -113,6 +113,7 @@ static void
 handle(struct server_request *sr, void *state)
 {
     struct gw_worker *wk = state;
+    uint64_t start_us = util_mono_us();
     struct policy *p = worker_policy(wk);
     const struct http_request *h = &sr->http;
 
@@ -121,6 +122,7 @@ handle(struct server_request *sr, void *state)
                                         h->path.len, h->query.p, h->query.len, &m);
     if (r == ROUTER_NOT_FOUND) {
         server_respond_problem(sr, 404, NULL, NULL, "no endpoint matches this path", NULL);
+        gw_stats_answered(wk, h, GW_ROUTE_UNMATCHED, NULL, 404, GW_CACHE_NONE, start_us);
         return;
     }
     if (r == ROUTER_METHOD_NOT_ALLOWED) {
@@ -137,6 +139,7 @@ handle(struct server_request *sr, void *state)
         snprintf(allow + len, sizeof(allow) - len, "\r\n");
         server_respond_problem(sr, 405, NULL, NULL, "this endpoint does not take this method",
                                allow);
+        gw_stats_answered(wk, h, GW_ROUTE_UNMATCHED, NULL, 405, GW_CACHE_NONE, start_us);
         return;
     }
     gw_req_begin(gw_req_new(wk, sr, p, &m));

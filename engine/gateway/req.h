@@ -191,6 +191,13 @@ struct gw_req *gw_req_new(struct gw_worker *wk, struct server_request *sr, struc
 /* What X-Cache text ("HIT", "MISS", ...; NULL: none) counts as. */
 enum gw_cache_kind gw_cache_kind_of(const char *xcache);
 
+/* Counts an answered request of `route` (GW_ROUTE_UNMATCHED when none matched) in wk's stats:
+ * its method (OTHER for one no route names), caller tier (or NULL), status, X-Cache, and its
+ * time since start_us (util_mono_us()). */
+#define GW_ROUTE_UNMATCHED "(unmatched)"
+void gw_stats_answered(struct gw_worker *wk, const struct http_request *h, const char *route,
+                       const char *tier, int status, enum gw_cache_kind cache, uint64_t start_us);
+
 /* Frees a request: answers the requests waiting on its fill, drops its references, and counts
  * what it was answered (its worker's stats; not for detached requests). */
 void gw_req_free(struct gw_req *rq);

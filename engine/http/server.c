@@ -212,6 +212,21 @@ server_reason_phrase(int status)
     }
 }
 
+void
+server_connection_counts(const struct server *s, struct server_conn_counts *out)
+{
+    *out = (struct server_conn_counts){0};
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        const struct worker *w = &s->workers[i];
+        unsigned n = __atomic_load_n(&w->nconns, __ATOMIC_RELAXED);
+        unsigned idle = __atomic_load_n(&w->nidle, __ATOMIC_RELAXED);
+        unsigned partial = __atomic_load_n(&w->npartial, __ATOMIC_RELAXED);
+        out->idle += idle;
+        out->reading += partial;
+        out->active += n > idle + partial ? n - idle - partial : 0;
+    }
+}
+
 struct event_base *
 server_worker_base(struct worker *w)
 {

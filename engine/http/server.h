@@ -134,6 +134,17 @@ void server_respond_problem_ext(struct server_request *req, int status, const ch
                                 const char *extra_headers);
 
 /* The worker's event base, index and cached "Date: ...\r\n" header line. */
+/* The open connections of every worker, by what they are doing. */
+struct server_conn_counts {
+    uint64_t idle;    /* no byte of a request yet: new, or between keep-alive requests */
+    uint64_t reading; /* a request begun and not complete */
+    uint64_t active;  /* a request with the application, its answer being written, or closing */
+};
+
+/* Fills *out; callable from any thread while the server runs (each count is read whole, the
+ * sum is not one instant's). */
+void server_connection_counts(const struct server *s, struct server_conn_counts *out);
+
 struct event_base *server_worker_base(struct worker *w);
 unsigned server_worker_index(const struct worker *w);
 const char *server_worker_date_header(struct worker *w, size_t *len);
