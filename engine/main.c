@@ -73,6 +73,9 @@ static const char usage_serve[] =
     "                            503 (default 67108864)\n"
     "  --redis-deadline DUR      per Redis command, else the request goes on without Redis\n"
     "                            (cache bypassed, limits in-process) (default 50ms)\n"
+    "  --no-stats                do not count requests by route, limit decisions, origins\n"
+    "                            and callers (/metrics keeps the store, database, policy\n"
+    "                            and process; /callers and /stats are empty)\n"
     "\n"
     "environment:\n"
     "  DATABASE_URL              libpq connection string or URI (default: PG* variables)\n"
@@ -445,6 +448,7 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"cache-bytes", required_argument, NULL, 'm'},
         {"limit-bytes", required_argument, NULL, 'L'},
         {"redis-deadline", required_argument, NULL, 'R'},
+        {"no-stats", no_argument, NULL, 'S'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -541,6 +545,9 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
                 fprintf(stderr, "sluice serve: --redis-deadline: must be more than 0\n");
                 return -1;
             }
+            break;
+        case 'S':
+            gcfg->no_stats = true;
             break;
         case 'h':
             fputs(usage_serve, stdout);

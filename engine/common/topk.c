@@ -13,8 +13,26 @@ topk_init(struct topk *t, size_t cap)
 {
     memset(t, 0, sizeof(*t));
     t->cap = cap ? cap : 1;
-    t->items = xcalloc(t->cap, sizeof(*t->items));
-    t->heap = xcalloc(t->cap, sizeof(*t->heap));
+}
+
+/* Room for one more item (t->n < t->cap): the arrays double, and the index and the heap,
+ * which point into items, are pointed at its new place. */
+static void
+grow(struct topk *t)
+{
+    if (t->n < t->allocated)
+        return;
+    size_t want = t->allocated ? 2 * t->allocated : 4;
+    if (want > t->cap)
+        want = t->cap;
+    t->items = xrealloc(t->items, want * sizeof(*t->items));
+    t->heap = xrealloc(t->heap, want * sizeof(*t->heap));
+    t->allocated = want;
+    hmap_clear(&t->index);
+    for (size_t i = 0; i < t->n; i++) { /* each item knows its place in the heap */
+        t->heap[t->items[i].heap] = &t->items[i];
+        hmap_insert(&t->index, &t->items[i].node, t->items[i].key, t->items[i].keylen);
+    }
 }
 
 void
@@ -93,6 +111,7 @@ add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra
         return;
     }
     if (t->n < t->cap) {
+        grow(t);
         it = &t->items[t->n];
         heap_set(t, t->n, it);
         t->n++;

@@ -40,10 +40,12 @@ struct topk {
     struct topk_item *items;
     struct topk_item **heap; /* min-heap by count */
     size_t n, cap;
+    size_t allocated; /* items allocated: grows with n up to cap */
     uint64_t total;
 };
 
-/* Sets t up for at most cap keys (cap >= 1). Its memory is fixed from here on. */
+/* Sets t up for at most cap keys (cap >= 1). Its memory grows with the keys it holds, up to
+ * cap of them, and no further. */
 void topk_init(struct topk *t, size_t cap);
 
 /* Frees what t holds (t itself is the caller's). */

@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,48 +70,78 @@ one_label(struct sbuf *out, const char *name, const char *value)
     sbuf_adds(out, "\"");
 }
 
+/* name{labels} (or name alone when labels is NULL or ""), then a space. */
+static void
+sample_name(struct sbuf *out, const char *name, const char *suffix, const char *labels)
+{
+    sbuf_adds(out, name);
+    sbuf_adds(out, suffix);
+    if (labels && labels[0]) {
+        sbuf_add(out, "{", 1);
+        sbuf_adds(out, labels);
+        sbuf_add(out, "}", 1);
+    }
+    sbuf_add(out, " ", 1);
+}
+
 static void
 sample_u64(struct sbuf *out, const char *name, const char *labels, uint64_t v)
 {
-    sbuf_adds(out, name);
-    if (labels && labels[0])
-        sbuf_printf(out, "{%s}", labels);
-    sbuf_adds(out, " ");
+    sample_name(out, name, "", labels);
     sbuf_add_u64(out, v);
-    sbuf_adds(out, "\n");
+    sbuf_add(out, "\n", 1);
 }
 
 static void
 sample_f(struct sbuf *out, const char *name, const char *labels, double v)
 {
-    sbuf_adds(out, name);
-    if (labels && labels[0])
-        sbuf_printf(out, "{%s}", labels);
-    sbuf_printf(out, " %.17g\n", v);
+    sample_name(out, name, "", labels);
+    sbuf_printf(out, "%.17g\n", v);
+}
+
+/* The le label of each bucket (seconds), "+Inf" for the last: `le="0.0001"} `. */
+static char le_text[HIST_BUCKETS + 1][32];
+static pthread_once_t le_once = PTHREAD_ONCE_INIT;
+
+static void
+le_init(void)
+{
+    for (size_t i = 0; i < HIST_BUCKETS; i++)
+        snprintf(le_text[i], sizeof(le_text[i]), "le=\"%g\"} ", (double)hist_bounds_us[i] / 1e6);
+    snprintf(le_text[HIST_BUCKETS], sizeof(le_text[HIST_BUCKETS]), "le=\"+Inf\"} ");
 }
 
 /* A histogram's _bucket (cumulative, le in seconds), _sum (seconds) and _count samples;
- * labels (may be "") go before le. */
+ * labels (may be "") go before le. One metric with a thousand routes is a few thousand
+ * lines: they are put together without printf. */
 static void
 histogram(struct sbuf *out, const char *name, const char *labels, const struct hist *h)
 {
+    pthread_once(&le_once, le_init);
     uint64_t cum = 0;
-    const char *comma = labels[0] ? "," : "";
+    size_t nlen = strlen(name), llen = strlen(labels);
     for (size_t i = 0; i <= HIST_BUCKETS; i++) {
         cum += h->counts[i];
-        if (i < HIST_BUCKETS)
-            sbuf_printf(out, "%s_bucket{%s%sle=\"%g\"} ", name, labels, comma,
-                        (double)hist_bounds_us[i] / 1e6);
-        else
-            sbuf_printf(out, "%s_bucket{%s%sle=\"+Inf\"} ", name, labels, comma);
+        sbuf_add(out, name, nlen);
+        sbuf_add(out, "_bucket{", 8);
+        if (llen) {
+            sbuf_add(out, labels, llen);
+            sbuf_add(out, ",", 1);
+        }
+        sbuf_adds(out, le_text[i]);
         sbuf_add_u64(out, cum);
-        sbuf_adds(out, "\n");
+        sbuf_add(out, "\n", 1);
     }
-    sbuf_printf(out, "%s_sum%s%s%s %.6f\n", name, labels[0] ? "{" : "", labels,
-                labels[0] ? "}" : "", (double)h->sum_us / 1e6);
-    sbuf_printf(out, "%s_count%s%s%s ", name, labels[0] ? "{" : "", labels, labels[0] ? "}" : "");
+    /* The sum in seconds from microseconds, exactly: whole seconds, then six decimals. */
+    sample_name(out, name, "_sum", labels);
+    sbuf_add_u64(out, h->sum_us / 1000000);
+    char frac[8];
+    snprintf(frac, sizeof(frac), ".%06u", (unsigned)(h->sum_us % 1000000));
+    sbuf_adds(out, frac);
+    sbuf_add(out, "\n", 1);
+    sample_name(out, name, "_count", labels);
     sbuf_add_u64(out, cum);
-    sbuf_adds(out, "\n");
+    sbuf_add(out, "\n", 1);
 }
 
 /* Every item of a merged table as one sample each, labelled from its key. */

@@ -327,6 +327,7 @@ worker_init(struct worker *w, void *ctx)
     wk->g = g;
     wk->w = w;
     gw_stats_init(&wk->stats);
+    wk->stats.off = g->cfg.no_stats;
     unsigned idx = server_worker_index(w);
     if (idx < GATEWAY_MAX_WORKERS) {
         pthread_mutex_lock(&g->lock);
@@ -392,13 +393,13 @@ worker_fini(void *state)
 void
 gateway_stats(struct gateway *g, struct gw_stats_view *v, size_t callers_per_policy)
 {
-    gw_stats_view_init(v, store_now_ms());
+    gw_stats_view_init(v, store_now_ms(), callers_per_policy);
     pthread_mutex_lock(&g->lock);
     for (unsigned i = 0; i < GATEWAY_MAX_WORKERS; i++)
         if (g->workers[i])
             gw_stats_merge(v, &g->workers[i]->stats);
     pthread_mutex_unlock(&g->lock);
-    gw_stats_view_finish(v, callers_per_policy);
+    gw_stats_view_finish(v);
 }
 
 struct server_app

@@ -3,6 +3,7 @@
 #ifndef SLUICE_GATEWAY_H
 #define SLUICE_GATEWAY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,6 +26,7 @@ struct gateway_config {
                                      falling back to the memory store while it is unavailable */
     const char *redis_limits_url; /* NULL or "": limits in redis_url's Redis; else their own */
     uint64_t redis_deadline_ms;   /* per Redis command; 0: 50 */
+    bool no_stats;                /* the workers count nothing of what they serve (stats.h) */
 };
 
 /* Returns a new gateway serving `policy` (a reference is taken). */

@@ -63,10 +63,14 @@ struct gw_route_stat {
     char key[]; /* the route text */
 };
 
-/* The callers of one limit policy: counted live by the worker, published every second. */
+/* The callers of one limit policy: counted live by the worker, a copy published for readers
+ * every HEALTH_PUBLISH_MS. */
 struct gw_callers {
     struct hmap_node node;
-    struct topk live, published;
+    struct topk live;
+    struct topk_item *published; /* copies of live's items when last published (their hmap
+                                    nodes unused) */
+    size_t npublished;
     uint64_t window; /* the hour (since the epoch) both count */
     size_t keylen;
     char key[]; /* the policy name */
@@ -79,6 +83,7 @@ struct gw_callers {
  * every counter whole.
  */
 struct gw_stats {
+    bool off; /* count nothing: every gw_stats_* call returns at once */
     pthread_mutex_t lock;
     struct hmap requests;      /* route, method, status, cache -> gw_counter */
     struct hmap decisions;     /* limit policy, tier, decision -> gw_counter */
@@ -158,18 +163,20 @@ struct gw_stats_view {
     struct hist origin[GW_ORIGINS];
     uint64_t invalidations_write;
     struct gw_minute minutes[GW_STATS_MINUTES]; /* oldest first, ending with the current one */
-    struct hmap merging; /* while merging: per policy, the callers of every worker (internal) */
+    size_t callers_max;                         /* callers kept per policy (0: none gathered) */
+    struct hmap route_at; /* while merging: route -> its place in routes (internal) */
 };
 
-/* Starts an empty view for the minute now_ms falls in. */
-void gw_stats_view_init(struct gw_stats_view *v, uint64_t now_ms);
+/* Starts an empty view for the minute now_ms falls in, that keeps at most callers_per_policy
+ * callers of each limit policy (0: gathers none). */
+void gw_stats_view_init(struct gw_stats_view *v, uint64_t now_ms, size_t callers_per_policy);
 
 /* Adds worker st's counts into v (under st's lock). */
 void gw_stats_merge(struct gw_stats_view *v, struct gw_stats *st);
 
 /* Orders what gw_stats_merge() gathered: items by key, routes by name, callers by policy
- * then requests (heaviest first, at most `callers_per_policy` each). */
-void gw_stats_view_finish(struct gw_stats_view *v, size_t callers_per_policy);
+ * then requests (heaviest first, at most callers_per_policy each). */
+void gw_stats_view_finish(struct gw_stats_view *v);
 
 void gw_stats_view_free(struct gw_stats_view *v);
 
