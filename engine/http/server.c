@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "addr_count.h"
+#include "head.h"
 #include "slab.h"
 #include "util.h"
 
@@ -148,69 +149,6 @@ struct server {
 
 static void conn_process(struct conn *c);
 static int conn_flush(struct conn *c);
-
-const char *
-server_reason_phrase(int status)
-{
-    switch (status) {
-    case 100:
-        return "Continue";
-    case 102:
-        return "Processing";
-    case 103:
-        return "Early Hints";
-    case 200:
-        return "OK";
-    case 201:
-        return "Created";
-    case 204:
-        return "No Content";
-    case 304:
-        return "Not Modified";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 408:
-        return "Request Timeout";
-    case 409:
-        return "Conflict";
-    case 411:
-        return "Length Required";
-    case 413:
-        return "Content Too Large";
-    case 414:
-        return "URI Too Long";
-    case 415:
-        return "Unsupported Media Type";
-    case 422:
-        return "Unprocessable Content";
-    case 429:
-        return "Too Many Requests";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 500:
-        return "Internal Server Error";
-    case 501:
-        return "Not Implemented";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    case 505:
-        return "HTTP Version Not Supported";
-    default:
-        return "Unknown";
-    }
-}
 
 void
 server_connection_counts(const struct server *s, struct server_conn_counts *out)
@@ -652,7 +590,7 @@ conn_fail(struct conn *c, int status, const char *detail)
     c->closing = 1;
     c->req.worker = c->w;
     event_del(c->ev_read);
-    server_respond_problem(&c->req, status, NULL, server_reason_phrase(status), detail, NULL);
+    server_respond_problem(&c->req, status, NULL, http_reason_phrase(status), detail, NULL);
 }
 
 static int
@@ -815,20 +753,6 @@ conn_process(struct conn *c)
     }
 }
 
-static char *
-put(char *o, const char *s, size_t n)
-{
-    if (n)
-        memcpy(o, s, n);
-    return o + n;
-}
-
-static char *
-write_u64(char *o, uint64_t v)
-{
-    return o + util_u64(o, v);
-}
-
 static struct conn *
 req_conn(struct server_request *req)
 {
@@ -856,41 +780,27 @@ server_respond(struct server_request *req, const struct server_response *resp)
     if (resp->close || resp->close_delimited || w->draining)
         c->closing = 1;
 
-    size_t datelen;
-    const char *date = server_worker_date_header(w, &datelen);
-    const char *reason = server_reason_phrase(resp->status);
-    size_t ctlen = resp->content_type ? strlen(resp->content_type) : 0;
-    size_t cap = 96 + strlen(reason) + datelen + ctlen + resp->headers_len + resp->headers2_len;
+    struct http_head head = {
+        .status = resp->status,
+        .minor_version = c->req.http.minor_version,
+        .content_type = resp->content_type,
+        /* RFC 9110 8.6: none for 1xx, 204 and 304; none when the close delimits the body. */
+        .content_length = resp->status >= 200 && resp->status != 204 && resp->status != 304 &&
+                          !resp->close_delimited,
+        .body_len = resp->body_len,
+        .headers = resp->headers,
+        .headers_len = resp->headers_len,
+        .headers2 = resp->headers2,
+        .headers2_len = resp->headers2_len,
+        .connection = c->closing                       ? HTTP_HEAD_CONN_CLOSE
+                      : c->req.http.minor_version == 0 ? HTTP_HEAD_CONN_KEEP_ALIVE
+                                                       : HTTP_HEAD_CONN_NONE,
+    };
+    head.date = server_worker_date_header(w, &head.date_len);
+    size_t cap = http_head_size(&head);
     char stackbuf[2048];
     char *buf = cap <= sizeof(stackbuf) ? stackbuf : xmalloc(cap);
-    int minor = c->req.http.minor_version;
-    char *o = buf;
-    o = put(o, minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ", 9);
-    o = write_u64(o, (uint64_t)resp->status);
-    *o++ = ' ';
-    o = put(o, reason, strlen(reason));
-    o = put(o, "\r\n", 2);
-    o = put(o, date, datelen);
-    if (resp->content_type) {
-        o = put(o, "Content-Type: ", 14);
-        o = put(o, resp->content_type, ctlen);
-        o = put(o, "\r\n", 2);
-    }
-    if (resp->status >= 200 && resp->status != 204 && resp->status != 304 &&
-        !resp->close_delimited) {
-        o = put(o, "Content-Length: ", 16);
-        o = write_u64(o, resp->body_len);
-        o = put(o, "\r\n", 2);
-    }
-    o = put(o, resp->headers, resp->headers_len);
-    o = put(o, resp->headers2, resp->headers2_len);
-    if (c->closing)
-        o = put(o, "Connection: close\r\n", 19);
-    else if (minor == 0)
-        o = put(o, "Connection: keep-alive\r\n", 24);
-    o = put(o, "\r\n", 2);
-    size_t len = (size_t)(o - buf);
-    evbuffer_add(c->out, buf, len);
+    evbuffer_add(c->out, buf, http_head_write(buf, &head));
     if (buf != stackbuf)
         free(buf);
 
@@ -930,7 +840,7 @@ void
 server_respond_interim(struct server_request *req, int status, const char *headers, size_t len)
 {
     struct conn *c = req_conn(req);
-    const char *reason = server_reason_phrase(status);
+    const char *reason = http_reason_phrase(status);
     char head[64];
     int n;
 
@@ -966,7 +876,7 @@ server_respond_problem_ext(struct server_request *req, int status, const char *t
 {
     json_t *o = json_object();
     json_object_set_new(o, "type", json_string(type ? type : "about:blank"));
-    json_object_set_new(o, "title", json_string(title ? title : server_reason_phrase(status)));
+    json_object_set_new(o, "title", json_string(title ? title : http_reason_phrase(status)));
     json_object_set_new(o, "status", json_integer(status));
     if (detail)
         json_object_set_new(o, "detail", json_string(detail));

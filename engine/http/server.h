@@ -109,7 +109,7 @@ void server_respond(struct server_request *req, const struct server_response *re
 
 /*
  * Sends an interim answer (status 100..199 but 101, reason phrase from
- * server_reason_phrase) with `headers` ("Name: value\r\n" lines, len bytes,
+ * http_reason_phrase in head.h) with `headers` ("Name: value\r\n" lines, len bytes,
  * copied; NULL when len is 0) on a request before its server_respond(). It
  * is written at once, ahead of the final answer (from the application's own
  * handle() it leaves with that turn's batch). Dropped silently when the
@@ -148,8 +148,5 @@ void server_connection_counts(const struct server *s, struct server_conn_counts 
 struct event_base *server_worker_base(struct worker *w);
 unsigned server_worker_index(const struct worker *w);
 const char *server_worker_date_header(struct worker *w, size_t *len);
-
-/* The reason phrase for a status code. */
-const char *server_reason_phrase(int status);
 
 #endif
