@@ -124,6 +124,8 @@ struct limit_slot {
     size_t first;          /* the first limit naming the same record */
     struct limit_rec *rec; /* NULL until created at commit */
     size_t log_after;      /* the log's charge once committed */
+    bool shadow;           /* every limit naming the record is a shadow limit */
+    bool charge;           /* committed when the request is admitted */
 };
 
 static bool
@@ -190,16 +192,20 @@ lease_release(struct store_memory *m, uint64_t eh, const char *key, size_t keyle
 
 /*
  * Checks every limit of a (its shards locked) into a->results and
- * a->allowed; when all admit, records them, creating the records they lack
- * once the limit budget has room for those and for the logs' growth.
- * Returns false, having recorded nothing (a->allowed true), when it has no
- * room. One limit naming the same record as an earlier one adds to its cost.
+ * a->allowed; when all the enforced ones admit, records them and the shadow
+ * limits that admit too, creating the records they lack once the limit
+ * budget has room for those and for the logs' growth. Returns false, having
+ * recorded nothing (a->allowed true), when it has no room for them; on the
+ * `last` try, a request the budget has room for without its shadow limits
+ * is recorded without them (a shadow limit never refuses). One limit naming
+ * the same record as an earlier one adds to its cost; that record is a
+ * shadow one only when every limit naming it is.
  */
 static bool
 check_and_commit(struct store_memory *m, uint64_t locked, struct store_admit *a,
-                 struct limit_slot *ls, uint64_t now)
+                 struct limit_slot *ls, uint64_t now, bool last)
 {
-    size_t need = 0;
+    size_t need = 0, need_shadow = 0;
 
     a->allowed = true;
     for (size_t i = 0; i < a->nlimits; i++) {
@@ -207,10 +213,12 @@ check_and_commit(struct store_memory *m, uint64_t locked, struct store_admit *a,
         ls[i].first = i;
         ls[i].cost = l->cost;
         ls[i].rec = NULL;
+        ls[i].shadow = l->shadow;
         for (size_t j = 0; j < i; j++) {
             if (ls[j].first == j && same_limit(&ls[j], &a->limits[j], &ls[i], l)) {
                 ls[i].first = j;
                 ls[j].cost += l->cost;
+                ls[j].shadow = ls[j].shadow && l->shadow;
                 break;
             }
         }
@@ -229,7 +237,10 @@ check_and_commit(struct store_memory *m, uint64_t locked, struct store_admit *a,
         limiter_check(&ls[i].id, st, now, (uint32_t)ls[i].cost, &a->results[i]);
         if (log_charge(st) < was) /* the check dropped what left the window */
             budget_give(&m->lim, was - log_charge(st));
-        a->allowed = a->allowed && a->results[i].allowed;
+        /* A shadow limit that would refuse is not charged, as an enforced refusal is not. */
+        ls[i].charge = a->results[i].allowed;
+        if (!ls[i].shadow)
+            a->allowed = a->allowed && a->results[i].allowed;
     }
     for (size_t i = 0; i < a->nlimits; i++)
         if (ls[i].first != i)
@@ -238,24 +249,35 @@ check_and_commit(struct store_memory *m, uint64_t locked, struct store_admit *a,
         return true;
 
     for (size_t i = 0; i < a->nlimits; i++) {
-        if (ls[i].first != i)
+        if (ls[i].first != i || !ls[i].charge)
             continue;
         struct limiter_state empty = {0};
         struct limiter_state *st = ls[i].rec ? &ls[i].rec->st : &empty;
         size_t n = limiter_commit_bytes(&ls[i].id, st, now, (uint32_t)ls[i].cost);
+        size_t *to = ls[i].shadow ? &need_shadow : &need;
         ls[i].log_after = n ? chunk(n) : 0;
         if (ls[i].log_after > log_charge(st))
-            need += ls[i].log_after - log_charge(st);
+            *to += ls[i].log_after - log_charge(st);
         if (!ls[i].rec) {
-            if (a->limits[i].keylen > UINT32_MAX)
+            if (a->limits[i].keylen > UINT32_MAX) {
+                if (ls[i].shadow) {
+                    ls[i].charge = false;
+                    continue;
+                }
                 return false;
-            need += chunk(limit_size(a->limits[i].keylen));
+            }
+            *to += chunk(limit_size(a->limits[i].keylen));
         }
     }
-    if (!mt_reserve_limit(m, locked, need, now))
-        return false;
+    if (!mt_reserve_limit(m, locked, need + need_shadow, now)) {
+        if (!last || need_shadow == 0 || !mt_reserve_limit(m, locked, need, now))
+            return false;
+        for (size_t i = 0; i < a->nlimits; i++)
+            if (ls[i].shadow)
+                ls[i].charge = false;
+    }
     for (size_t i = 0; i < a->nlimits; i++) {
-        if (ls[i].first != i)
+        if (ls[i].first != i || !ls[i].charge)
             continue;
         struct limit_rec *r = ls[i].rec;
         struct shard *sh = shard_at(m, ls[i].hash);
@@ -309,13 +331,14 @@ mem_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done
     a->refused_full = false;
     a->entry = NULL;
     a->lease_taken = false;
-    if (!check_and_commit(m, mask, a, ls, now)) {
-        /* No room: drop what expired in every shard, then try once more. */
+    if (!check_and_commit(m, mask, a, ls, now, false)) {
+        /* No room: drop what expired in every shard, then try once more (the last try may
+         * leave shadow limits uncounted). */
         mt_unlock_shards(m, mask, now);
-        bool freed = mt_reclaim_all(m, now);
+        mt_reclaim_all(m, now);
         lock_shards(m, mask);
         now = clock_now(m);
-        if (!freed || !check_and_commit(m, mask, a, ls, now)) {
+        if (!check_and_commit(m, mask, a, ls, now, true)) {
             a->allowed = false;
             a->refused_full = true;
             tally(&m->limit_refused);

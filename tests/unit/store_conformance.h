@@ -126,6 +126,14 @@ conf_add_limit(struct conf_req *r, struct limiter_rule rule, const char *key, si
     r->nlimits++;
 }
 
+/* As conf_add_limit(), a shadow-mode limit. */
+static void
+conf_add_shadow(struct conf_req *r, struct limiter_rule rule, const char *key, uint32_t cost)
+{
+    conf_add_limit(r, rule, key, strlen(key), cost);
+    r->limits[r->nlimits - 1].shadow = true;
+}
+
 static void
 conf_add_tag(struct conf_req *r, const char *tag, size_t len)
 {
@@ -455,6 +463,111 @@ conf_limit_window_passes(void **state)
     assert_true(res.retry_after_ms > 0 && res.retry_after_ms <= 200);
     c->h->advance(c->h->ctx, 450);
     assert_true(conf_limit(c, rule, "short", 1).allowed);
+}
+
+/* ---- shadow-mode limits ------------------------------------------------- */
+
+/*
+ * A shadow limit at its limit reports the refusal but does not refuse the request; an enforced
+ * limit beside it still refuses, and then the shadow limit is not charged either.
+ */
+static void
+conf_shadow_never_refuses(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule two = conf_rule(LIMITER_SLIDING_WINDOW, 2, HOUR);
+    struct limiter_rule four = conf_rule(LIMITER_SLIDING_WINDOW, 4, HOUR);
+
+    for (int i = 0; i < 6; i++) {
+        struct conf_req r = {0};
+        conf_add_shadow(&r, two, "sh", 1);
+        conf_add_limit(&r, four, "en", 2, 1);
+        conf_admit(c, &r);
+        assert_int_equal(r.a.allowed, i < 4);          /* the enforced limit decides */
+        assert_int_equal(r.results[0].allowed, i < 2); /* the shadow one says what it would do */
+        assert_int_equal(r.results[0].remaining, i < 2 ? 1 - i : 0);
+        assert_int_equal(r.results[0].limit, 2);
+        if (i >= 2)
+            assert_true(r.results[0].retry_after_ms > 0);
+        assert_int_equal(r.results[1].allowed, i < 4);
+    }
+    /* Alone, a shadow limit far past its limit still admits. */
+    for (int i = 0; i < 3; i++) {
+        struct conf_req r = {0};
+        conf_add_shadow(&r, two, "sh", 1);
+        conf_admit(c, &r);
+        assert_true(r.a.allowed);
+        assert_false(r.results[0].allowed);
+    }
+}
+
+/*
+ * A shadow limit is the same counter as its enforced twin (same key and rule): what it
+ * admitted is charged, what it would have refused is not, in every algorithm. Cost 2 of 3:
+ * the first is charged, the second would refuse (4 > 3) and is not charged, so the enforced
+ * twin still has exactly 1 left.
+ */
+static void
+conf_shadow_charged_only_when_admitting(void **state)
+{
+    struct conf *c = *state;
+    static const enum limiter_algo algos[] = {LIMITER_SLIDING_WINDOW, LIMITER_SLIDING_LOG,
+                                              LIMITER_TOKEN_BUCKET, LIMITER_FIXED_WINDOW};
+
+    for (size_t i = 0; i < 4; i++) {
+        struct limiter_rule rule = conf_rule(algos[i], 3, HOUR);
+        char key[32];
+        snprintf(key, sizeof(key), "twin:%zu", i);
+        struct conf_req r = {0};
+        conf_add_shadow(&r, rule, key, 2);
+        conf_admit(c, &r);
+        assert_true(r.a.allowed);
+        assert_true(r.results[0].allowed);
+        assert_int_equal(r.results[0].remaining, 1);
+        memset(&r, 0, sizeof(r));
+        conf_add_shadow(&r, rule, key, 2);
+        conf_admit(c, &r);
+        assert_true(r.a.allowed);
+        assert_false(r.results[0].allowed);
+        struct limiter_result res = conf_limit(c, rule, key, 1); /* enforced from here on */
+        assert_true(res.allowed);
+        assert_int_equal(res.remaining, 0);
+        assert_false(conf_limit(c, rule, key, 1).allowed);
+    }
+}
+
+/* A request an enforced limit refuses is charged to none of its limits, shadow ones included. */
+static void
+conf_shadow_not_charged_when_refused(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule one = conf_rule(LIMITER_FIXED_WINDOW, 1, HOUR);
+    struct limiter_rule five = conf_rule(LIMITER_FIXED_WINDOW, 5, HOUR);
+
+    for (int i = 0; i < 3; i++) {
+        struct conf_req r = {0};
+        conf_add_limit(&r, one, "strict", 6, 1);
+        conf_add_shadow(&r, five, "trial", 1);
+        conf_admit(c, &r);
+        assert_int_equal(r.a.allowed, i == 0);
+        assert_true(r.results[1].allowed);
+    }
+    assert_int_equal(conf_limit(c, five, "trial", 1).remaining, 3); /* 1 counted, then this */
+}
+
+/* One counter named by an enforced and a shadow limit of a request is enforced. */
+static void
+conf_shadow_shared_with_enforced(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule one = conf_rule(LIMITER_FIXED_WINDOW, 1, HOUR);
+    struct conf_req r = {0};
+
+    conf_add_limit(&r, one, "both", 4, 1);
+    conf_add_shadow(&r, one, "both", 1);
+    conf_admit(c, &r);
+    assert_false(r.a.allowed); /* 1 + 1 > 1 */
+    assert_true(conf_limit(c, one, "both", 1).allowed);
 }
 
 /* ---- cache -------------------------------------------------------------- */
@@ -1536,6 +1649,10 @@ store_conformance_run(const struct store_harness *h)
         CONF_TEST(conf_limit_keys_isolated),
         CONF_TEST(conf_limit_window_passes),
         CONF_TEST(conf_limit_room_for_many),
+        CONF_TEST(conf_shadow_never_refuses),
+        CONF_TEST(conf_shadow_charged_only_when_admitting),
+        CONF_TEST(conf_shadow_not_charged_when_refused),
+        CONF_TEST(conf_shadow_shared_with_enforced),
         CONF_TEST(conf_cache_miss_fill_hit),
         CONF_TEST(conf_cache_large_body),
         CONF_TEST(conf_cache_no_key),

@@ -110,6 +110,7 @@ struct admit_op {
     struct limiter_rule *ids;    /* nu */
     uint64_t *costs;             /* nu */
     struct limiter_result *ures; /* nu */
+    bool *shadow;                /* nu: every limit counting in it is a shadow limit */
     bool allowed;
     bool lease;     /* the lookup asked for the fill lease */
     bool found;     /* the script found the entry, fresh or stale: token holds its fill token */
@@ -416,7 +417,7 @@ batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
         bool look = wc && op->a->cache_key;
         size_t nl = wl ? op->nu : 0, nt = look ? op->a->ntags : 0;
         nidx += nl + nt + 2;
-        nargs += 5 + 6 * nl + nt;
+        nargs += 5 + 7 * nl + nt;
     }
     /* Keys read first (limits, entries, tags), then the fill leases. */
     struct keyset ks;
@@ -473,6 +474,7 @@ batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
             codec_put_f64(b, (double)op->ids[u].window_ms);
             codec_put_f64(b, (double)op->ids[u].burst);
             codec_put_f64(b, (double)op->costs[u]);
+            codec_put_f64(b, op->shadow[u] ? 1 : 0);
         }
         for (size_t j = 0; j < nt; j++)
             codec_put_f64(b, (double)mine[nl + 1 + j]);
@@ -595,10 +597,11 @@ redis_admit_and_lookup(struct store *st, struct store_admit *a, store_done_fn *d
 {
     struct store_redis *s = (struct store_redis *)st;
     size_t n = a->nlimits;
-    /* One allocation: the op, then map, ids, costs and results of up to n distinct limits. */
+    /* One allocation: the op, then map, ids, costs, results and modes of up to n distinct
+     * limits. */
     struct admit_op *op =
         xmalloc(sizeof(*op) + n * (sizeof(size_t) + sizeof(struct limiter_rule) + sizeof(uint64_t) +
-                                   sizeof(struct limiter_result)));
+                                   sizeof(struct limiter_result) + sizeof(bool)));
 
     *op = (struct admit_op){.s = s,
                             .a = a,
@@ -611,6 +614,7 @@ redis_admit_and_lookup(struct store *st, struct store_admit *a, store_done_fn *d
     op->ids = (struct limiter_rule *)(op->map + n);
     op->costs = (uint64_t *)(op->ids + n);
     op->ures = (struct limiter_result *)(op->costs + n);
+    op->shadow = (bool *)(op->ures + n);
     a->entry = NULL;
     a->state = STORE_MISS;
     a->bypassed = a->refused_closed = false;
@@ -643,9 +647,11 @@ redis_admit_and_lookup(struct store *st, struct store_admit *a, store_done_fn *d
             }
             op->ids[u] = id;
             op->costs[u] = 0;
+            op->shadow[u] = true;
             op->nu++;
         }
         op->map[i] = u;
+        op->shadow[u] = op->shadow[u] && l->shadow; /* enforced if any of its limits is */
         op->costs[u] += l->cost;
         if (op->costs[u] > UINT32_MAX)
             op->costs[u] = UINT32_MAX;
