@@ -84,6 +84,8 @@ struct store_admit {
     uint64_t lease_ms; /* 0, or on a miss take the fill lease of cache_key for this long:
                           a miss then means "you fill", and while the lease is held other
                           lookups asking for it get STORE_FILLING; store_fill() releases it */
+    bool peek;         /* check the limits only: results and allowed say what the request
+                          would get, and nothing is counted (no cache_key, no tags) */
 
     /* out */
     struct limiter_result *results; /* nlimits slots, filled (shadow limits' too) */

@@ -199,6 +199,7 @@ fallback(struct admit_op *op)
         .limits = a->limits,
         .nlimits = a->nlimits,
         .results = a->results,
+        .peek = a->peek,
     };
     store_admit_and_lookup(f->fallback, &op->local, on_fallback, op);
 }
@@ -238,7 +239,7 @@ on_primary_admit(void *arg, int status)
 
     if (status == 0) {
         on_success(op->f);
-        if (!a->allowed || a->nlimits == 0) {
+        if (!a->allowed || a->nlimits == 0 || a->peek) {
             admit_op_done(op, 0);
             return;
         }

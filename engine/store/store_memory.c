@@ -245,7 +245,7 @@ check_and_commit(struct store_memory *m, uint64_t locked, struct store_admit *a,
     for (size_t i = 0; i < a->nlimits; i++)
         if (ls[i].first != i)
             a->results[i] = a->results[ls[i].first];
-    if (!a->allowed)
+    if (!a->allowed || a->peek)
         return true;
 
     for (size_t i = 0; i < a->nlimits; i++) {

@@ -9,7 +9,7 @@
 --       fill lease keys.
 -- ARGV  [1] the numbers, as little-endian doubles: nreq, nread (the keys read),
 --       tag_lease_ms, then per request: nl, entry (index in KEYS, 0: no lookup), lease
---       (index, 0: none), lease_ms, nt, then nl times: key index, algorithm (0
+--       (index, 0: none), lease_ms, nt, peek (1: check only, commit nothing), then nl times: key index, algorithm (0
 --       sliding_window, 1 sliding_log, 2 token_bucket, 3 fixed_window), limit, window_ms,
 --       burst, cost, shadow (1: a shadow limit, 0: enforced); then nt tag key indexes.
 -- Returns { now_ms, then per request: allowed, for each limit: allowed, remaining,
@@ -70,8 +70,8 @@ local out = { real_now }
 local n = 1
 
 for r = 1, nreq do
-  local nl, ek, lk, lease_ms, nt
-  nl, ek, lk, lease_ms, nt, pos = sunpack('<ddddd', spec, pos)
+  local nl, ek, lk, lease_ms, nt, peek
+  nl, ek, lk, lease_ms, nt, peek, pos = sunpack('<dddddd', spec, pos)
   local first = pos
   local allowed = true
   local at = n + 1
@@ -219,7 +219,7 @@ for r = 1, nreq do
 
   local tags = pos
   pos = pos + 8 * nt
-  if allowed then
+  if allowed and peek == 0 then
     -- Commit: what each check proposed, but for a shadow limit that refused.
     local p = first
     for i = 1, nl do

@@ -143,9 +143,9 @@ conf_add_tag(struct conf_req *r, const char *tag, size_t len)
     r->ntags++;
 }
 
-/* Runs the request; the caller releases r->a.entry. */
+/* Runs the request (a peek when peek); the caller releases r->a.entry. */
 static void
-conf_admit(struct conf *c, struct conf_req *r)
+conf_admit_mode(struct conf *c, struct conf_req *r, bool peek)
 {
     struct conf_op op = {0};
 
@@ -163,6 +163,7 @@ conf_admit(struct conf *c, struct conf_req *r)
     r->a.lease_ms = r->lease_ms;
     r->a.results = r->results;
     r->a.tag_gens = r->gens;
+    r->a.peek = peek;
     r->a.entry = (struct store_entry *)(uintptr_t)1; /* must be overwritten */
     store_admit_and_lookup(c->s, &r->a, conf_done, &op);
     assert_int_equal(conf_wait(c, &op), 0);
@@ -185,6 +186,19 @@ conf_admit(struct conf *c, struct conf_req *r)
         assert_false(r->a.lease_taken);
     else if (r->a.state == STORE_MISS)
         assert_true(r->a.lease_taken);
+}
+
+static void
+conf_admit(struct conf *c, struct conf_req *r)
+{
+    conf_admit_mode(c, r, false);
+}
+
+/* Checks r's limits without counting them (no cache key). */
+static void
+conf_admit_peek(struct conf *c, struct conf_req *r)
+{
+    conf_admit_mode(c, r, true);
 }
 
 /* One limit, no cache: the result. */
@@ -568,6 +582,31 @@ conf_shadow_shared_with_enforced(void **state)
     conf_admit(c, &r);
     assert_false(r.a.allowed); /* 1 + 1 > 1 */
     assert_true(conf_limit(c, one, "both", 1).allowed);
+}
+
+/* A peek says what a request would get and counts nothing, shadow limits included. */
+static void
+conf_limit_peek_counts_nothing(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule two = conf_rule(LIMITER_SLIDING_LOG, 2, HOUR);
+
+    for (int round = 0; round < 4; round++) {
+        struct conf_req r = {0};
+        conf_add_limit(&r, two, "peek", 4, 1);
+        conf_add_shadow(&r, two, "peek:sh", 1);
+        conf_admit_peek(c, &r);
+        assert_int_equal(r.a.allowed, round < 2);
+        assert_int_equal(r.results[0].remaining, round < 2 ? 1 - round : 0);
+        assert_int_equal(r.results[1].allowed, round < 2);
+        if (round < 2) { /* then counted once, by a request that is not a peek */
+            assert_true(conf_limit(c, two, "peek", 1).allowed);
+            memset(&r, 0, sizeof(r));
+            conf_add_shadow(&r, two, "peek:sh", 1);
+            conf_admit(c, &r);
+            assert_true(r.a.allowed);
+        }
+    }
 }
 
 /* ---- cache -------------------------------------------------------------- */
@@ -1653,6 +1692,7 @@ store_conformance_run(const struct store_harness *h)
         CONF_TEST(conf_shadow_charged_only_when_admitting),
         CONF_TEST(conf_shadow_not_charged_when_refused),
         CONF_TEST(conf_shadow_shared_with_enforced),
+        CONF_TEST(conf_limit_peek_counts_nothing),
         CONF_TEST(conf_cache_miss_fill_hit),
         CONF_TEST(conf_cache_large_body),
         CONF_TEST(conf_cache_no_key),

@@ -417,7 +417,7 @@ batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
         bool look = wc && op->a->cache_key;
         size_t nl = wl ? op->nu : 0, nt = look ? op->a->ntags : 0;
         nidx += nl + nt + 2;
-        nargs += 5 + 7 * nl + nt;
+        nargs += 6 + 7 * nl + nt;
     }
     /* Keys read first (limits, entries, tags), then the fill leases. */
     struct keyset ks;
@@ -467,6 +467,7 @@ batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
         codec_put_f64(b, (double)lease[i]);
         codec_put_f64(b, lease[i] ? (double)op->a->lease_ms : 0);
         codec_put_f64(b, (double)nt);
+        codec_put_f64(b, op->a->peek ? 1 : 0);
         for (size_t u = 0; u < nl; u++) {
             codec_put_f64(b, (double)mine[u]);
             codec_put_f64(b, (double)op->ids[u].algo);
