@@ -518,16 +518,15 @@ hdr_limit_field(struct gw_req *rq, size_t i)
 }
 
 /*
- * X-RateLimit-* describe the limit closest to refusing (the refusing one with
- * the longest wait when denied); RateLimit-Policy and RateLimit (IETF draft-11)
- * list every limit of the request.
+ * X-RateLimit-* describe the enforced limit closest to refusing (the refusing
+ * one with the longest wait when denied); RateLimit-Policy and RateLimit (IETF
+ * draft-11) list every enforced limit of the request. Shadow limits are never
+ * shown: the caller sees what it would see without them.
  */
 void
 gw_add_limit_headers(struct gw_req *rq)
 {
     size_t n = rq->admit.nlimits; /* the limits counted: none for warming */
-    if (n == 0)
-        return;
     if (!rq->admit.allowed) {
         /* Refused: no limit counted this request, not even those that would have admitted it,
          * whose results tell what was left after it. */
@@ -540,7 +539,13 @@ gw_add_limit_headers(struct gw_req *rq)
         }
     }
     size_t pick = 0;
-    for (size_t i = 1; i < n; i++) {
+    while (pick < n && rq->limits[pick].shadow)
+        pick++;
+    if (pick == n)
+        return; /* no limit, or only shadow ones */
+    for (size_t i = pick + 1; i < n; i++) {
+        if (rq->limits[i].shadow)
+            continue;
         const struct limiter_result *a = &rq->results[pick], *b = &rq->results[i];
         if (!rq->admit.allowed) {
             if (!b->allowed && (a->allowed || b->retry_after_ms > a->retry_after_ms))
@@ -557,14 +562,22 @@ gw_add_limit_headers(struct gw_req *rq)
     hdr_str(rq, "\r\nX-RateLimit-Reset: ");
     hdr_u64(rq, ceil_sec(r->reset_ms));
     hdr_str(rq, "\r\nRateLimit-Policy: ");
+    bool first = true;
     for (size_t i = 0; i < n; i++) {
-        if (i)
+        if (rq->limits[i].shadow)
+            continue;
+        if (!first)
             hdr_str(rq, ", ");
+        first = false;
         hdr_limit_field(rq, i);
     }
     hdr_str(rq, "\r\nRateLimit: ");
+    first = true;
     for (size_t i = 0; i < n; i++) {
-        hdr_str(rq, i ? ", \"" : "\"");
+        if (rq->limits[i].shadow)
+            continue;
+        hdr_str(rq, first ? "\"" : ", \"");
+        first = false;
         hdr_str(rq, gw_limit_name(rq, i));
         hdr_str(rq, "\";r=");
         hdr_u64(rq, rq->results[i].remaining);
@@ -580,7 +593,7 @@ gw_reply_denied(struct gw_req *rq)
     uint64_t retry = 0;
     json_t *violated = json_array();
     for (size_t i = 0; i < rq->admit.nlimits; i++) {
-        if (rq->results[i].allowed)
+        if (rq->results[i].allowed || rq->limits[i].shadow)
             continue;
         json_array_append_new(violated, json_string(gw_limit_name(rq, i)));
         if (rq->results[i].retry_after_ms > retry)

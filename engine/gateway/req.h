@@ -140,7 +140,10 @@ struct gw_req {
     /* Not zeroed: each is written before it is read. */
     struct tenant_decision dec;                        /* read only when hooked */
     struct limiter_rule hook_rules[POLICY_MAX_LIMITS]; /* limits a hook changed */
-    struct store_limit limits[POLICY_MAX_LIMITS];      /* admit.nlimits of them */
+    /* Limit i of the request (i < admit.nlimits), once the store answered: its policy name is
+     * gw_limit_name(rq, i), its mode limits[i].shadow (true: it refused nothing, whatever
+     * results[i] says), its decision results[i].allowed and .remaining. */
+    struct store_limit limits[POLICY_MAX_LIMITS];
     struct limiter_result results[POLICY_MAX_LIMITS];
     const char *tags[GW_MAX_TAGS]; /* admit.ntags of them */
     size_t taglens[GW_MAX_TAGS];

@@ -197,6 +197,7 @@ compile_tiers(struct compile *c)
         t->rule.limit = (uint64_t)field_int(L, "limit", 1);
         t->rule.window_ms = (uint64_t)field_int(L, "window_ms", 1000);
         t->rule.burst = (uint64_t)field_int(L, "burst", 0);
+        t->shadow = field_shadow(c, false);
         t->policy_field = policy_field(t->name ? t->name : "", &t->rule);
         lua_pop(L, 1);
     }

@@ -449,6 +449,14 @@ limit_rule(const struct tenant_call *call, size_t i, const char **name)
     return &l->rule;
 }
 
+/* Whether limit i of the call's endpoint is in shadow mode (a tier limit: its tier's mode). */
+static bool
+limit_shadow(const struct tenant_call *call, size_t i)
+{
+    const struct policy_limit *l = &call->ep->limits[i];
+    return l->is_tier ? call->tier && call->tier->shadow : l->shadow;
+}
+
 static uint32_t
 shown_cost(const struct tenant_decision *d)
 {
@@ -473,7 +481,7 @@ push_decision(lua_State *L, const struct tenant_call *call, const struct tenant_
     for (size_t i = 0; i < n; i++) {
         const char *name;
         const struct limiter_rule *r = limit_rule(call, i, &name);
-        lua_createtable(L, 0, 4);
+        lua_createtable(L, 0, 5);
         lua_pushstring(L, name);
         lua_setfield(L, -2, "name");
         lua_pushinteger(L, (lua_Integer)shown_limit(d, r, i));
@@ -486,6 +494,8 @@ push_decision(lua_State *L, const struct tenant_call *call, const struct tenant_
         lua_setfield(L, -2, "window");
         lua_pushstring(L, r ? limiter_algo_name(r->algo) : "none");
         lua_setfield(L, -2, "algorithm");
+        lua_pushstring(L, limit_shadow(call, i) ? "shadow" : "enforce");
+        lua_setfield(L, -2, "mode");
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     lua_setfield(L, -2, "limits");

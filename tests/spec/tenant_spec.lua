@@ -49,15 +49,34 @@ describe("tenant files", function()
     it("tier overrides as whole rules, the main tier's fields kept", function()
       local t = acme('tier "free" { limit = 500 }\ntier "pro" { window = "1m", burst = 5 }')
       assert.are.same({
-        { name = "free", limit = 500, window_ms = 3600000, algorithm = "sliding_window", file = "p/tenants/acme.lua", line = 1 },
-        { name = "pro", limit = 1000, window_ms = 60000, algorithm = "token_bucket", burst = 5, file = "p/tenants/acme.lua", line = 2 },
+        { name = "free", limit = 500, window_ms = 3600000, algorithm = "sliding_window", mode = "enforce", file = "p/tenants/acme.lua", line = 1 },
+        { name = "pro", limit = 1000, window_ms = 60000, algorithm = "token_bucket", burst = 5, mode = "enforce", file = "p/tenants/acme.lua", line = 2 },
       }, t.tiers)
+    end)
+
+    it("a tier's mode, kept from the main tier unless the override sets it", function()
+      local t = acme('tier "free" { mode = "shadow" }\ntier "pro" { limit = 5 }')
+      assert.are.same({ "shadow", "enforce" }, { t.tiers[1].mode, t.tiers[2].mode })
+      fails('\ntier "free" { mode = "dry-run" }',
+        'p/tenants/acme.lua:2: tier "free": mode: unknown mode "dry-run" (use "enforce" or "shadow")')
+    end)
+
+    it("an endpoint override's limit in shadow mode", function()
+      local t = acme([[
+endpoint "GET /reports/{name}" {
+  limit = { "tier", { limit = 5, window = "1m", key = "t:{user}", mode = "shadow" } },
+}
+]])
+      assert.are.equal("shadow", t.endpoints[1].limits[2].mode)
+      fails('endpoint "GET /reports/{name}" { limit = { limit = 5, window = "1m", mode = "shadows" } }',
+        'p/tenants/acme.lua:1: endpoint "GET /reports/{name}": limit.mode: unknown mode "shadows"'
+          .. " (did you mean 'shadow'?) (use \"enforce\" or \"shadow\")")
     end)
 
     it("a new algorithm, which drops the main tier's burst", function()
       local t = acme('tier "pro" { algorithm = "sliding_log" }')
       assert.are.same({
-        { name = "pro", limit = 1000, window_ms = 3600000, algorithm = "sliding_log", file = "p/tenants/acme.lua", line = 1 },
+        { name = "pro", limit = 1000, window_ms = 3600000, algorithm = "sliding_log", mode = "enforce", file = "p/tenants/acme.lua", line = 1 },
       }, t.tiers)
     end)
 
@@ -76,7 +95,7 @@ endpoint "GET /reports/{name}" {
             { tier = true },
             {
               name = "t", limit = 5, window_ms = 60000, algorithm = "sliding_window", cost = 1,
-              fail = "open", key = "t:{user}:{path.name}",
+              fail = "open", mode = "enforce", key = "t:{user}:{path.name}",
             },
           },
         },
@@ -121,7 +140,7 @@ hook("b", { when = function(req) return true end, adjust = function(req, d) end 
     end)
 
     it("a tier that changes nothing, or with bad fields", function()
-      fails('tier "free" {}', 'p/tenants/acme.lua:1: tier "free": changes nothing; set limit, window, algorithm or burst')
+      fails('tier "free" {}', 'p/tenants/acme.lua:1: tier "free": changes nothing; set limit, window, algorithm, burst or mode')
       fails('\n\ntier "free" { limit = 0 }',
         'p/tenants/acme.lua:3: tier "free": limit: expected a positive whole number, got number 0')
       fails('tier "free" { limt = 5 }', {

@@ -19,7 +19,7 @@
 #include "tenant_hooks.h"
 
 static const char MAIN[] =
-    "tier 'free' { limit = 100, window = '1h' }\n"
+    "tier 'free' { limit = 100, window = '1h', mode = 'shadow' }\n"
     "tier 'pro' { limit = 1000, window = '1h', algorithm = 'token_bucket', burst = 50 }\n"
     "identity { user = header 'X-User-Id', tenant = header 'X-Tenant-Id', tier = header 'X-Plan' "
     "}\n"
@@ -47,7 +47,8 @@ static const char ACME[] =
     "hook 'fields' { when = function(req) return req.query.echo ~= nil end,\n"
     "  adjust = function(req, d) d.deny = { status = 418, message = table.concat({ req.method,\n"
     "  req.path, req.query.echo, req.headers['x-user-id'], req.user, req.tenant, req.tier,\n"
-    "  req.ip, req.endpoint, d.limits[1].name, d.limits[1].window, d.cost }, '|') } end }\n"
+    "  req.ip, req.endpoint, d.limits[1].name, d.limits[1].window, d.limits[1].mode,\n"
+    "  d.cost }, '|') } end }\n"
     "hook 'long' { when = function(req) return req.query.long ~= nil end,\n"
     "  adjust = function(req, d) d.deny = { status = 429, message = ('\\u{e9}'):rep(200) } end }\n"
     "hook 'write' { when = function(req) return req.query.write ~= nil end,\n"
@@ -139,6 +140,8 @@ test_overrides(void **state)
     const struct policy_tier *o = tenant_tier(t, p, free_);
     assert_ptr_not_equal(o, free_);
     assert_int_equal(o->rule.limit, 500);
+    assert_true(o->shadow); /* the main tier's mode, which the override leaves alone */
+    assert_false(pro->shadow);
     assert_int_equal(o->rule.window_ms, 3600000);
     assert_string_equal(o->name, "free");
     assert_string_equal(o->policy_field, "\"free\";q=500;w=3600");
@@ -243,7 +246,7 @@ test_hooks(void **state)
     tenant_hooks_run(rt, p, t, &c.c, &d);
     assert_int_equal(d.deny_status, 418);
     assert_string_equal(d.deny_message,
-                        "GET|/items|a b|42|42|acme|free|127.0.0.1|GET /items|free|3600|1");
+                        "GET|/items|a b|42|42|acme|free|127.0.0.1|GET /items|free|3600|shadow|1");
 
     /* failures: each hook skipped as if absent, and counted */
     json_int_t failures = stat_of("acme", "hook_failures");
