@@ -135,12 +135,25 @@ authorized(const struct admin_config *cfg, const struct http_request *h)
 
 #define EXPLAIN_MAX_HEADERS 32
 
+/* The explanation is ready: the one reply. */
+static void
+on_explained(void *arg, char *json, const char *err)
+{
+    struct server_request *req = arg;
+
+    if (!json)
+        server_respond_problem(req, 400, NULL, NULL, err, NULL);
+    else
+        reply_json(req, 200, json);
+}
+
 /*
  * GET /explain?request=GET%20/api/x&header=X-User-Id:%2042&tier=pro&ip=10.0.0.1&body=...
- * explains against the snapshot now serving.
+ * explains against the snapshot now serving, with what each limit would decide now by the
+ * counts of the store (checked without counting).
  */
 static void
-admin_explain(const struct admin_config *cfg, struct server_request *req)
+admin_explain(struct admin_worker *aw, struct server_request *req)
 {
     const struct http_str *q = &req->http.query;
     char *buf = xmalloc(q->len + 1); /* decoded values, NUL-separated */
@@ -186,17 +199,12 @@ admin_explain(const struct admin_config *cfg, struct server_request *req)
         free(buf);
         return;
     }
-    struct policy *p = gateway_policy(cfg->gateway);
-    char err[256];
-    char *json =
-        gateway_explain_request(p, line, headers, nheaders, body, ip, tier, err, sizeof(err));
+    struct policy *p = gateway_policy(aw->cfg->gateway);
+    /* The policy and buf may go once the request is planned: explain keeps what it needs. */
+    gateway_explain_request_now(p, aw->store, line, headers, nheaders, body, ip, tier, on_explained,
+                                req);
     policy_release(p);
     free(buf);
-    if (!json) {
-        server_respond_problem(req, 400, NULL, NULL, err, NULL);
-        return;
-    }
-    reply_json(req, 200, json);
 }
 
 /* ---- POST /invalidate ---------------------------------------------------------------------- */
@@ -499,7 +507,7 @@ admin_handle(struct server_request *req, void *state)
     }
     if (path_is(h, "/explain")) {
         if (!not_get(req))
-            admin_explain(cfg, req);
+            admin_explain(aw, req);
         return;
     }
     if (path_is(h, "/invalidate")) {

@@ -51,6 +51,25 @@ char *gateway_explain_request(struct policy *policy, const char *line, const cha
                               size_t nheaders, const char *body, const char *ip, const char *tier,
                               char *err, size_t errlen);
 
+/* Completion of gateway_explain_request_now(): json (new, the callee frees it), or NULL and err
+ * (borrowed for the call). */
+typedef void gateway_explain_fn(void *arg, char *json, const char *err);
+
+/*
+ * As gateway_explain_request(), with the counts of store s (NULL: none, as
+ * gateway_explain_request()): each limit also says what it would decide for
+ * the request now ("decision": "admit", "refuse", or for a shadow limit
+ * "shadow: would refuse", and its "remaining"), checked without counting
+ * (store_admit.peek), and "verdict" says what the request would get
+ * ("admitted", "refused (429)"; a shadow limit never refuses). Calls done
+ * exactly once, before returning or later from s's event loop.
+ */
+struct store;
+void gateway_explain_request_now(struct policy *policy, struct store *s, const char *line,
+                                 const char *const *headers, size_t nheaders, const char *body,
+                                 const char *ip, const char *tier, gateway_explain_fn *done,
+                                 void *arg);
+
 /*
  * The store's state for status output, as the workers last published it
  * (every 500 ms): {"kind", "state": "ok"|"degraded", "workers": [...]}, and the
