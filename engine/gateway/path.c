@@ -214,10 +214,7 @@ count_decisions(struct gw_req *rq)
     for (size_t i = 0; i < rq->admit.nlimits; i++) {
         const struct limiter_result *r = &rq->results[i];
         const char *name = gw_limit_name(rq, i);
-        enum gw_decision d = r->allowed             ? GW_ALLOWED
-                             : rq->limits[i].shadow ? GW_SHADOW_DENIED
-                                                    : GW_DENIED;
-        gw_stats_decision(st, name, tier, d);
+        gw_stats_decision(st, name, tier, gw_limit_decision(rq, i));
         gw_stats_caller(st, name, tier, rq->limits[i].key, rq->limits[i].keylen, !r->allowed,
                         r->remaining, rq->admit.now_ms);
     }

@@ -493,6 +493,14 @@ gw_limit_name(const struct gw_req *rq, size_t i)
     return l->is_tier ? rq->tier->name : l->name;
 }
 
+enum gw_decision
+gw_limit_decision(const struct gw_req *rq, size_t i)
+{
+    if (rq->results[i].allowed)
+        return GW_ALLOWED;
+    return rq->limits[i].shadow ? GW_SHADOW_DENIED : GW_DENIED;
+}
+
 static uint64_t
 ceil_sec(uint64_t ms)
 {

@@ -274,6 +274,10 @@ void gw_add_limit_headers(struct gw_req *rq);
 /* The name limit i of the request goes by in RateLimit fields: its own, or the tier's. */
 const char *gw_limit_name(const struct gw_req *rq, size_t i);
 
+/* What limit i of an answered request decided, for the stats: GW_SHADOW_DENIED for a shadow
+ * limit that would have refused (it refused nothing). */
+enum gw_decision gw_limit_decision(const struct gw_req *rq, size_t i);
+
 /* Applies the tenant hooks' cost and limit changes (rq->dec) to the request's nl limits. */
 void gw_apply_decision(struct gw_req *rq, size_t nl);
 
