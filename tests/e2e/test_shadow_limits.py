@@ -7,8 +7,10 @@ is the enforced limit's count, so a hot reload that switches it to "enforce" goe
 
 import json
 import os
+import re
 import subprocess
 import tempfile
+import time
 import urllib.parse
 
 import lib
@@ -26,6 +28,14 @@ endpoint "GET /try" {
 endpoint "GET /only" {
   body = '{}',
   limit = { limit = 3, window = "1m", key = "only:{ip}", algorithm = "sliding_log", mode = "shadow" },
+}
+"""
+
+# Only for test_4's counts of decisions and callers.
+MAIN += """
+endpoint "GET /seen" {
+  body = '{}',
+  limit = { limit = 1, window = "1m", key = "seen:{ip}", name = "seen", algorithm = "sliding_log", mode = "shadow" },
 }
 """
 
@@ -130,6 +140,30 @@ class ShadowLimits(SluiceTestCase):
         self.assertIn("retry-after", h)
 
 
+    def test_4_metrics_and_callers_count_would_be_refusals_apart(self):
+        for _ in range(3):
+            self.assertEqual(self.s.request("GET", "/seen")[0], 200)
+        st, _, b = self.s.admin("GET", "/metrics")
+        self.assertEqual(st, 200)
+        counts = dict(re.findall(r'^sluice_ratelimit_decisions_total\{policy="seen",tier="",'
+                                 r'decision="(\w+)"\} (\d+)$', b.decode(), re.M))
+        self.assertEqual(counts, {"allowed": "1", "shadow_denied": "2"})
+        # The workers publish their callers every 500 ms.
+        caller = None
+        deadline = time.time() + 5
+        while time.time() < deadline and not caller:
+            st, _, b = self.s.admin("GET", "/callers?policy=seen")
+            self.assertEqual(st, 200, b)
+            policies = json.loads(b)["policies"]
+            caller = policies[0]["most_denied"][0] if policies and policies[0]["most_denied"] else None
+            if not caller or caller["requests"] < 3:
+                caller = None
+                time.sleep(0.1)
+        self.assertIsNotNone(caller, "no caller under the shadow limit")
+        self.assertEqual((caller["caller"], caller["requests"], caller["denied"]),
+                         ("seen:127.0.0.1", 3, 2))
+
+
 class ShadowLimitsMemory(ShadowLimits):
     pass
 
@@ -137,7 +171,7 @@ class ShadowLimitsMemory(ShadowLimits):
 class ShadowLimitsRedis(ShadowLimits):
     env = staticmethod(lambda: {"REDIS_URL": REDIS.url})
 
-    def test_4_redis_holds_the_shadow_count_and_not_the_would_be_refusals(self):
+    def test_5_redis_holds_the_shadow_count_and_not_the_would_be_refusals(self):
         for _ in range(5):
             self.assertEqual(self.s.request("GET", "/only")[0], 200)
         keys = REDIS.keys("*:only:*")
