@@ -203,7 +203,7 @@ start_sluice() { # NAME POLICY_DIR: one worker on CPU 1, memory store, no admin 
     "$sluice_bin" check "$dir" >/dev/null
     port_of[$name]=$(free_port)
     env -u REDIS_URL taskset -c "$SERVER_CPU" "$sluice_bin" serve --workers 1 --admin off \
-        --listen "127.0.0.1:${port_of[$name]}" "$dir" \
+        --max-connections-per-ip 0 --listen "127.0.0.1:${port_of[$name]}" "$dir" \
         >"$work/$name.out" 2>"$work/$name-error.log" &
     pid_of[$name]=$!
     pids+=("$!")

@@ -37,7 +37,7 @@ mkdir -p "$work/policies"
 write_policy 1000000000
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 taskset -c 1 build-bench/sluice serve --workers 1 --listen "127.0.0.1:$port" --admin off \
-    "$work/policies" >"$work/out" 2>"$work/err" &
+    --max-connections-per-ip 0 "$work/policies" >"$work/out" 2>"$work/err" &
 for _ in $(seq 50); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.1; done
 url="http://127.0.0.1:$port/api/bench"
 

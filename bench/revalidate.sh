@@ -155,7 +155,7 @@ port_s=$(free_port)
 # Room for every entry of every mode (100 KB each) and more.
 cache_bytes=$(((4 * KEYS * 128 + 65536) * 1024))
 env -u REDIS_URL taskset -c "$SERVER_CPU" "$sluice_bin" serve --workers 1 --admin off \
-    --cache-bytes "$cache_bytes" --listen "127.0.0.1:$port_s" "$work/policies" \
+    --max-connections-per-ip 0 --cache-bytes "$cache_bytes" --listen "127.0.0.1:$port_s" "$work/policies" \
     >"$work/sluice.out" 2>"$work/sluice-error.log" &
 sluice_pid=$!
 pids+=("$sluice_pid")

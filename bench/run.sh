@@ -89,7 +89,7 @@ mkdir -p "$work/policies"
 build-bench/sluice check "$work/policies"
 port_sluice=$(free_port)
 taskset -c "$SERVER_CPU" build-bench/sluice serve --workers 1 --listen "127.0.0.1:$port_sluice" \
-    "$work/policies" >"$work/sluice.out" 2>"$work/sluice.err" &
+    --max-connections-per-ip 0 "$work/policies" >"$work/sluice.out" 2>"$work/sluice.err" &
 sluice_pid=$!
 pids+=("$sluice_pid")
 for _ in $(seq 50); do
@@ -236,7 +236,8 @@ EOF
     # --- sluice with the Redis store: the same policy (tier limit + cache) --------------------
     port_sluice_redis=$(free_port)
     REDIS_URL="redis://127.0.0.1:$port_redis" taskset -c "$SERVER_CPU" build-bench/sluice serve \
-        --workers 1 --admin off --listen "127.0.0.1:$port_sluice_redis" "$work/policies" \
+        --workers 1 --admin off --max-connections-per-ip 0 \
+        --listen "127.0.0.1:$port_sluice_redis" "$work/policies" \
         >"$work/sluice-redis.out" 2>"$work/sluice-redis.err" &
     sluice_redis_pid=$!
     pids+=("$sluice_redis_pid")

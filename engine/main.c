@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <event2/thread.h>
@@ -48,11 +49,20 @@ static const char usage_serve[] =
     "  --admin ADDR:PORT|off     admin listener: /status, /reload (default 127.0.0.1:8081)\n"
     "  --no-watch                do not reload when files in POLICY_DIR change\n"
     "  --workers N               worker threads (default: number of cores)\n"
-    "  --max-connections N       open connections before new ones are refused (default 10000)\n"
+    "  --max-connections N       open connections (default 10000); at the cap a new one\n"
+    "                            closes an idle or unfinished one, and is refused (503)\n"
+    "                            only when every one is busy\n"
+    "  --max-connections-per-ip N\n"
+    "                            open connections from one address, an IPv6 /64 (default\n"
+    "                            256; 0: no cap); behind a proxy all share its address\n"
     "  --max-header-bytes N      request line and headers, else 431 (default 16384)\n"
     "  --max-body-bytes N        request body, else 413 (default 1048576)\n"
-    "  --header-timeout DUR      to receive a whole request, else 408 (default 10s)\n"
-    "  --idle-timeout DUR        keep-alive connection without a request (default 60s)\n"
+    "  --header-timeout DUR      to receive a whole request, else 408; a new connection's\n"
+    "                            first one counts from the accept (default 10s)\n"
+    "  --idle-timeout DUR        between requests of a keep-alive connection (default 60s)\n"
+    "  --reuse-port              share the listen address with a running sluice (a handover:\n"
+    "                            start the new one with another --admin, then SIGTERM the\n"
+    "                            old one); without it an address in use is refused\n"
     "  --db-pool N               PostgreSQL connections per worker (default 4)\n"
     "  --db-deadline DUR         per statement, else 503 (default 5s)\n"
     "  --cache-bytes N           memory store budget for cached answers, with their keys,\n"
@@ -63,6 +73,9 @@ static const char usage_serve[] =
     "                            503 (default 67108864)\n"
     "  --redis-deadline DUR      per Redis command, else the request goes on without Redis\n"
     "                            (cache bypassed, limits in-process) (default 50ms)\n"
+    "  --no-stats                do not count requests by route, limit decisions, origins\n"
+    "                            and callers (/metrics keeps the store, database, policy\n"
+    "                            and process; /callers and /stats are empty)\n"
     "\n"
     "environment:\n"
     "  DATABASE_URL              libpq connection string or URI (default: PG* variables)\n"
@@ -390,6 +403,7 @@ serve_defaults(struct serve *sv)
         .max_header_bytes = 16384,
         .max_body_bytes = 1 << 20,
         .max_connections = 10000,
+        .max_connections_per_ip = 256,
         .header_timeout_ms = 10000,
         .idle_timeout_ms = 60000,
     };
@@ -423,6 +437,8 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"no-watch", no_argument, NULL, 'W'},
         {"workers", required_argument, NULL, 'w'},
         {"max-connections", required_argument, NULL, 'c'},
+        {"max-connections-per-ip", required_argument, NULL, 'P'},
+        {"reuse-port", no_argument, NULL, 'r'},
         {"max-header-bytes", required_argument, NULL, 'H'},
         {"max-body-bytes", required_argument, NULL, 'B'},
         {"header-timeout", required_argument, NULL, 't'},
@@ -432,6 +448,7 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"cache-bytes", required_argument, NULL, 'm'},
         {"limit-bytes", required_argument, NULL, 'L'},
         {"redis-deadline", required_argument, NULL, 'R'},
+        {"no-stats", no_argument, NULL, 'S'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -471,6 +488,14 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
             if (parse_count("--max-connections", optarg, 1000000, &v) != 0 || v == 0)
                 return -1;
             cfg->max_connections = (unsigned)v;
+            break;
+        case 'P':
+            if (parse_count("--max-connections-per-ip", optarg, 1000000, &v) != 0)
+                return -1;
+            cfg->max_connections_per_ip = (unsigned)v;
+            break;
+        case 'r':
+            cfg->reuse_port = 1;
             break;
         case 'H':
             if (parse_count("--max-header-bytes", optarg, 1 << 20, &v) != 0 || v < 256)
@@ -521,6 +546,9 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
                 return -1;
             }
             break;
+        case 'S':
+            gcfg->no_stats = true;
+            break;
         case 'h':
             fputs(usage_serve, stdout);
             *rc = 0;
@@ -566,6 +594,28 @@ serve_check(const struct serve *sv)
     return 0;
 }
 
+/*
+ * Raises the soft limit on open files to what the connection caps need (each
+ * connection is a descriptor, and so are the listeners and the pools); warns
+ * when the hard limit is lower: accepting then pauses on EMFILE.
+ */
+static void
+serve_raise_nofile(const struct serve *sv)
+{
+    struct rlimit rl;
+    rlim_t need = (rlim_t)sv->cfg.max_connections + 64 /* admin */ +
+                  (rlim_t)sv->cfg.workers * (sv->gcfg.db_pool_size + 16) + 256;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= need)
+        return;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < need)
+        fprintf(stderr,
+                "sluice serve: the open-file limit (%llu) is below the %llu descriptors that "
+                "--max-connections %u needs: raise it (ulimit -n) or lower --max-connections\n",
+                (unsigned long long)rl.rlim_cur, (unsigned long long)need, sv->cfg.max_connections);
+}
+
 /* Frees what serve_start() made (any part may be missing). */
 static void
 serve_free(struct serve *sv)
@@ -605,14 +655,13 @@ serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
     sv->notifier = notify_start(&ncfg, nerr, sizeof(nerr));
     if (!sv->notifier)
         fprintf(stderr, "sluice serve: database-driven invalidation is off: %s\n", nerr);
-    sv->acfg = (struct admin_config){
-        .reloader = sv->reloader, .gateway = sv->gw, .notifier = sv->notifier, .token = sv->token};
+    sv->acfg = (struct admin_config){.reloader = sv->reloader,
+                                     .gateway = sv->gw,
+                                     .notifier = sv->notifier,
+                                     .server = sv->server,
+                                     .token = sv->token};
     if (sv->admin_on) {
-        struct server_config acfg = sv->cfg;
-        acfg.listen_addr = sv->admin_addr;
-        acfg.listen_port = sv->admin_port;
-        acfg.workers = 1;
-        acfg.max_connections = 64;
+        struct server_config acfg = admin_server_config(&sv->cfg, sv->admin_addr, sv->admin_port);
         struct server_app aapp = admin_app(&sv->acfg);
         sv->admin = server_new(&acfg, &aapp, err, errlen);
         if (!sv->admin)
@@ -688,6 +737,7 @@ cmd_serve(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sv.set, NULL);
 
     evthread_use_pthreads();
+    serve_raise_nofile(&sv);
     char err[256];
     if (serve_start(&sv, p, err, sizeof(err)) != 0) {
         fprintf(stderr, "sluice serve: %s\n", err);

@@ -10,6 +10,11 @@
 --   algorithm  optional: sliding_window (default, a close estimate in O(1)
 --              memory), sliding_log (exact), token_bucket (with burst = N,
 --              the most a caller may send at once) or fixed_window
+--   mode       optional: "enforce" (default) or "shadow": a shadow tier is
+--              counted and decided exactly as an enforced one, but never
+--              refuses and never shows in RateLimit headers; its would-be
+--              refusals show in GET /callers and the limit metrics. Switch
+--              it to "enforce" later and it goes on from the same counts.
 --
 -- An endpoint that says `limit = "tier"` spends from the caller's tier
 -- budget: one counter per caller, shared by every such endpoint. Answers

@@ -24,7 +24,10 @@
 --       the route and the caller) says what is counted; its name in
 --       RateLimit headers defaults to the key's text before the first ':'.
 --       Also: algorithm, burst, cost = N (a request counts N), fail =
---       "closed" (answer 503 rather than admit when the store is down).
+--       "closed" (answer 503 rather than admit when the store is down),
+--       mode = "shadow" (counted and decided as usual, but never refuses
+--       and never shows in RateLimit headers: try a limit out on live
+--       traffic, then say mode = "enforce", the default, to apply it).
 --   invalidate = { "tag:{user}", ... }   after a successful write, drop every
 --       cached answer carrying one of these tags.
 --

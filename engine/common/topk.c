@@ -2,6 +2,7 @@
 #include "topk.h"
 
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,8 +13,26 @@ topk_init(struct topk *t, size_t cap)
 {
     memset(t, 0, sizeof(*t));
     t->cap = cap ? cap : 1;
-    t->items = xcalloc(t->cap, sizeof(*t->items));
-    t->heap = xcalloc(t->cap, sizeof(*t->heap));
+}
+
+/* Room for one more item (t->n < t->cap): the arrays double, and the index and the heap,
+ * which point into items, are pointed at its new place. */
+static void
+grow(struct topk *t)
+{
+    if (t->n < t->allocated)
+        return;
+    size_t want = t->allocated ? 2 * t->allocated : 4;
+    if (want > t->cap)
+        want = t->cap;
+    t->items = xrealloc(t->items, want * sizeof(*t->items));
+    t->heap = xrealloc(t->heap, want * sizeof(*t->heap));
+    t->allocated = want;
+    hmap_clear(&t->index);
+    for (size_t i = 0; i < t->n; i++) { /* each item knows its place in the heap */
+        t->heap[t->items[i].heap] = &t->items[i];
+        hmap_insert(&t->index, &t->items[i].node, t->items[i].key, t->items[i].keylen);
+    }
 }
 
 void
@@ -75,7 +94,7 @@ sift_up(struct topk *t, size_t i)
 /* Counts weight (and extra) for key, which may already have an over-estimate `error`. */
 static void
 add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra, uint64_t error,
-    uint64_t last, bool merging)
+    uint64_t last, const char *note, bool merging)
 {
     if (len > TOPK_KEY_MAX)
         len = TOPK_KEY_MAX;
@@ -86,10 +105,13 @@ add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra
         it->extra += extra;
         it->error += error;
         it->last = merging && it->last < last ? it->last : last;
+        if (note && note[0])
+            snprintf(it->note, sizeof(it->note), "%s", note);
         sift_down(t, it->heap); /* counts only grow: it can only move away from the root */
         return;
     }
     if (t->n < t->cap) {
+        grow(t);
         it = &t->items[t->n];
         heap_set(t, t->n, it);
         t->n++;
@@ -108,6 +130,7 @@ add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra
     it->error += error;
     it->extra += extra;
     it->last = last;
+    snprintf(it->note, sizeof(it->note), "%s", note ? note : "");
     if (it->heap == 0 && t->n == t->cap)
         sift_down(t, 0);
     else
@@ -116,9 +139,9 @@ add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra
 
 void
 topk_add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra,
-         uint64_t last)
+         uint64_t last, const char *note)
 {
-    add(t, key, len, weight, extra, 0, last, false);
+    add(t, key, len, weight, extra, 0, last, note, false);
 }
 
 void
@@ -127,7 +150,7 @@ topk_merge(struct topk *dst, const struct topk *src)
     uint64_t other_total = src->total;
     for (size_t i = 0; i < src->n; i++) {
         const struct topk_item *it = &src->items[i];
-        add(dst, it->key, it->keylen, it->count, it->extra, it->error, it->last, true);
+        add(dst, it->key, it->keylen, it->count, it->extra, it->error, it->last, it->note, true);
         other_total -= it->count < other_total ? it->count : other_total;
     }
     dst->total += other_total; /* what src counted but no longer names */

@@ -189,6 +189,25 @@ util_mono_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+uint64_t
+util_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+size_t
+util_rfc3339_ms(char out[UTIL_RFC3339_LEN], uint64_t ms)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    size_t n = strftime(out, UTIL_RFC3339_LEN, "%Y-%m-%dT%H:%M:%S", &tm);
+    n += (size_t)snprintf(out + n, UTIL_RFC3339_LEN - n, ".%03uZ", (unsigned)(ms % 1000));
+    return n;
+}
+
 size_t
 util_u64(char *out, uint64_t v)
 {

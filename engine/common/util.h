@@ -35,6 +35,14 @@ uint64_t util_hash64(const void *p, size_t n);
 /* Microseconds on the monotonic clock (for durations). */
 uint64_t util_mono_us(void);
 
+/* Wall clock (CLOCK_REALTIME) in ms since the epoch. */
+uint64_t util_now_ms(void);
+
+/* Writes ms (since the epoch) as RFC 3339 UTC with milliseconds, "2026-12-07T01:02:03.456Z",
+ * NUL-terminated; returns its length (24). */
+#define UTIL_RFC3339_LEN 32
+size_t util_rfc3339_ms(char out[UTIL_RFC3339_LEN], uint64_t ms);
+
 /* ms milliseconds as a struct timeval (for libevent timers). */
 struct timeval util_ms_to_tv(uint64_t ms);
 

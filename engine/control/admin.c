@@ -1,4 +1,4 @@
-/* admin.c - the admin listener: status, reload, explain, invalidate. */
+/* admin.c - the admin listener: status, metrics, callers, reload, explain, invalidate. */
 #define _GNU_SOURCE
 #include "admin.h"
 
@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "insight.h"
+#include "metrics.h"
 #include "notify.h"
 #include "policy.h"
 #include "reload.h"
@@ -17,17 +19,22 @@
 #include "util.h"
 
 /*
- * Routes: GET /status, POST /reload, GET /explain, POST /invalidate. Every
- * one needs the bearer token when one is configured. The listener has one
- * worker; with a gateway it holds its own handle on the gateway's store
- * (Redis with its fallback, or the shared memory store) for /invalidate.
+ * Routes: GET /status, /metrics, /callers, /stats, POST /reload, GET /explain,
+ * POST /invalidate. Every one needs the bearer token when one is configured.
+ * The listener has one worker; with a gateway it holds its own handle on the
+ * gateway's store (Redis with its fallback, or the shared memory store) for
+ * /invalidate.
  */
 
 #define INVALIDATE_MAX 1000 /* tags or keys in one POST /invalidate */
+#define ADMIN_MAX_CONNECTIONS 64
+#define ADMIN_HEADER_TIMEOUT_MS 2000 /* a request to the admin listener is small */
+#define ADMIN_IDLE_TIMEOUT_MS 10000
 
 struct admin_worker {
     const struct admin_config *cfg;
     struct store *store; /* NULL without a gateway */
+    struct metrics_counters counters;
 };
 
 int
@@ -40,6 +47,25 @@ admin_addr_is_loopback(const char *addr)
     if (inet_pton(AF_INET6, addr, &a6) == 1)
         return IN6_IS_ADDR_LOOPBACK(&a6);
     return 0;
+}
+
+struct server_config
+admin_server_config(const struct server_config *data, const char *addr, int port)
+{
+    struct server_config cfg = *data;
+
+    cfg.listen_addr = addr;
+    cfg.listen_port = port;
+    cfg.workers = 1;
+    cfg.max_connections = ADMIN_MAX_CONNECTIONS;
+    cfg.max_connections_per_ip = 0; /* the operator's own host holds them all */
+    if (cfg.header_timeout_ms > ADMIN_HEADER_TIMEOUT_MS)
+        cfg.header_timeout_ms = ADMIN_HEADER_TIMEOUT_MS;
+    if (cfg.idle_timeout_ms > ADMIN_IDLE_TIMEOUT_MS)
+        cfg.idle_timeout_ms = ADMIN_IDLE_TIMEOUT_MS;
+    cfg.reuse_port = 0;
+    cfg.exclusive = 1;
+    return cfg;
 }
 
 static void *
@@ -109,12 +135,25 @@ authorized(const struct admin_config *cfg, const struct http_request *h)
 
 #define EXPLAIN_MAX_HEADERS 32
 
+/* The explanation is ready: the one reply. */
+static void
+on_explained(void *arg, char *json, const char *err)
+{
+    struct server_request *req = arg;
+
+    if (!json)
+        server_respond_problem(req, 400, NULL, NULL, err, NULL);
+    else
+        reply_json(req, 200, json);
+}
+
 /*
  * GET /explain?request=GET%20/api/x&header=X-User-Id:%2042&tier=pro&ip=10.0.0.1&body=...
- * explains against the snapshot now serving.
+ * explains against the snapshot now serving, with what each limit would decide now by the
+ * counts of the store (checked without counting).
  */
 static void
-admin_explain(const struct admin_config *cfg, struct server_request *req)
+admin_explain(struct admin_worker *aw, struct server_request *req)
 {
     const struct http_str *q = &req->http.query;
     char *buf = xmalloc(q->len + 1); /* decoded values, NUL-separated */
@@ -160,23 +199,19 @@ admin_explain(const struct admin_config *cfg, struct server_request *req)
         free(buf);
         return;
     }
-    struct policy *p = gateway_policy(cfg->gateway);
-    char err[256];
-    char *json =
-        gateway_explain_request(p, line, headers, nheaders, body, ip, tier, err, sizeof(err));
+    struct policy *p = gateway_policy(aw->cfg->gateway);
+    /* The policy and buf may go once the request is planned: explain keeps what it needs. */
+    gateway_explain_request_now(p, aw->store, line, headers, nheaders, body, ip, tier, on_explained,
+                                req);
     policy_release(p);
     free(buf);
-    if (!json) {
-        server_respond_problem(req, 400, NULL, NULL, err, NULL);
-        return;
-    }
-    reply_json(req, 200, json);
 }
 
 /* ---- POST /invalidate ---------------------------------------------------------------------- */
 
 /* One invalidation in flight: the parsed body keeps the strings the store was given. */
 struct invalidate_op {
+    struct admin_worker *aw;
     struct server_request *req;
     json_t *doc;
     const char **items; /* into doc */
@@ -188,6 +223,8 @@ static void
 invalidate_finish(struct invalidate_op *op, int status, const char *member, uint64_t n)
 {
     if (status == 0) {
+        /* Counted as asked for: each tag or key, or the pattern. */
+        op->aw->counters.invalidations_admin += op->n ? op->n : 1;
         json_t *o = json_pack("{s:I}", member, (json_int_t)n);
         char *body = json_dumps(o, JSON_COMPACT);
         json_decref(o);
@@ -267,6 +304,7 @@ admin_invalidate(struct admin_worker *aw, struct server_request *req)
     const char *detail = NULL, *form = NULL;
     json_error_t jerr;
 
+    op->aw = aw;
     op->req = req;
     op->doc = json_loadb(req->body ? req->body : "", req->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!op->doc) {
@@ -325,6 +363,89 @@ out:
     free(op);
 }
 
+/* ---- GET /metrics, /callers, /stats -------------------------------------------------------- */
+
+static void
+admin_metrics(struct admin_worker *aw, struct server_request *req)
+{
+    const struct admin_config *cfg = aw->cfg;
+    struct server_conn_counts cc;
+    struct metrics_connections conns;
+    struct metrics_sources src = {
+        .gateway = cfg->gateway,
+        .reloader = cfg->reloader,
+        .notifier = cfg->notifier,
+        .counters = &aw->counters,
+    };
+    if (cfg->server) {
+        server_connection_counts(cfg->server, &cc);
+        conns = (struct metrics_connections){
+            .reading = cc.reading, .active = cc.active, .idle = cc.idle};
+        src.connections = &conns;
+    }
+    struct sbuf out = {0};
+    metrics_render(&src, &out);
+    struct server_response resp = {
+        .status = 200,
+        .content_type = "text/plain; version=0.0.4; charset=utf-8",
+        .body = out.p,
+        .body_len = out.len,
+    };
+    server_respond(req, &resp);
+    sbuf_free(&out);
+}
+
+/* GET /callers?top=N&policy=NAME: N (1..64, default 10) callers per limit policy. */
+static void
+admin_callers(const struct admin_config *cfg, struct server_request *req)
+{
+    const struct http_str *q = &req->http.query;
+    struct http_str v;
+    size_t top = 10;
+    char policy[256];
+    const char *only = NULL;
+    if (http_query_find(q->p, q->len, "top", 3, &v)) {
+        char num[8];
+        size_t n = v.len < sizeof(num) - 1 ? v.len : sizeof(num) - 1;
+        memcpy(num, v.p, n);
+        num[n] = '\0';
+        char *end;
+        long t = strtol(num, &end, 10);
+        if (v.len == 0 || v.len >= sizeof(num) || *end || t < 1 || t > INSIGHT_TOP_MAX) {
+            char detail[96];
+            snprintf(detail, sizeof(detail), "top must be a number from 1 to %d", INSIGHT_TOP_MAX);
+            server_respond_problem(req, 400, NULL, NULL, detail, NULL);
+            return;
+        }
+        top = (size_t)t;
+    }
+    if (http_query_find(q->p, q->len, "policy", 6, &v)) {
+        size_t n;
+        if (v.len >= sizeof(policy) || http_pct_decode(v.p, v.len, policy, &n, 1) != 0) {
+            server_respond_problem(req, 400, NULL, NULL, "policy must be a limit policy's name",
+                                   NULL);
+            return;
+        }
+        policy[n] = '\0';
+        only = policy;
+    }
+    if (!cfg->gateway) {
+        server_respond_problem(req, 404, NULL, NULL, "no gateway runs here", NULL);
+        return;
+    }
+    reply_object(req, insight_callers(cfg->gateway, top, only));
+}
+
+/* Answers 405 unless the method is GET or HEAD; returns whether it did. */
+static bool
+not_get(struct server_request *req)
+{
+    if (req->http.method == HTTP_GET || req->http.method == HTTP_HEAD)
+        return false;
+    server_respond_problem(req, 405, NULL, NULL, "use GET", "Allow: GET, HEAD\r\n");
+    return true;
+}
+
 static void
 admin_handle(struct server_request *req, void *state)
 {
@@ -336,13 +457,25 @@ admin_handle(struct server_request *req, void *state)
                                "WWW-Authenticate: Bearer realm=\"sluice-admin\"\r\n");
         return;
     }
+    struct status_sources src = {cfg->reloader, cfg->gateway, cfg->notifier};
     if (path_is(h, "/status")) {
-        if (h->method != HTTP_GET && h->method != HTTP_HEAD) {
-            server_respond_problem(req, 405, NULL, NULL, "use GET", "Allow: GET, HEAD\r\n");
-            return;
-        }
-        struct status_sources src = {cfg->reloader, cfg->gateway, cfg->notifier};
-        reply_object(req, status_json(&src));
+        if (!not_get(req))
+            reply_object(req, status_json(&src));
+        return;
+    }
+    if (path_is(h, "/metrics")) {
+        if (!not_get(req))
+            admin_metrics(aw, req);
+        return;
+    }
+    if (path_is(h, "/callers")) {
+        if (!not_get(req))
+            admin_callers(cfg, req);
+        return;
+    }
+    if (path_is(h, "/stats")) {
+        if (!not_get(req))
+            reply_object(req, insight_stats(&src));
         return;
     }
     if (path_is(h, "/reload")) {
@@ -373,11 +506,8 @@ admin_handle(struct server_request *req, void *state)
         return;
     }
     if (path_is(h, "/explain")) {
-        if (h->method != HTTP_GET && h->method != HTTP_HEAD) {
-            server_respond_problem(req, 405, NULL, NULL, "use GET", "Allow: GET, HEAD\r\n");
-            return;
-        }
-        admin_explain(cfg, req);
+        if (!not_get(req))
+            admin_explain(aw, req);
         return;
     }
     if (path_is(h, "/invalidate")) {
@@ -390,7 +520,9 @@ admin_handle(struct server_request *req, void *state)
     }
     server_respond_problem(
         req, 404, NULL, NULL,
-        "admin endpoints: GET /status, POST /reload, GET /explain, POST /invalidate", NULL);
+        "admin endpoints: GET /status, /metrics, /callers, /stats, /explain; POST /reload, "
+        "/invalidate",
+        NULL);
 }
 
 struct server_app

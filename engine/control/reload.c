@@ -27,8 +27,9 @@
 struct reloader {
     char *dir;
     struct gateway *g;
-    pthread_mutex_t lock; /* serializes reloads and guards everything below; the snapshot
-                             serving is the gateway's (gateway_policy) */
+    pthread_mutex_t load_lock; /* serializes reloads: held while a directory loads */
+    pthread_mutex_t lock;      /* guards everything below, never held while a directory loads;
+                                  the snapshot serving is the gateway's (gateway_policy) */
     uint64_t reloads, failures;
     time_t last_time;
     char *last_trigger;
@@ -50,6 +51,7 @@ reloader_new(const char *dir, struct gateway *g)
     struct reloader *r = xcalloc(1, sizeof(*r));
     r->dir = xstrdup(dir);
     r->g = g;
+    pthread_mutex_init(&r->load_lock, NULL);
     pthread_mutex_init(&r->lock, NULL);
     r->last_time = time(NULL);
     r->last_trigger = xstrdup("start");
@@ -61,11 +63,13 @@ reloader_new(const char *dir, struct gateway *g)
 int
 reloader_reload(struct reloader *r, const char *trigger, char **errors)
 {
-    pthread_mutex_lock(&r->lock);
+    pthread_mutex_lock(&r->load_lock);
     char *errs = NULL;
     struct policy *cur = gateway_policy(r->g); /* only reloads change it: they are serialized */
     uint64_t gen = cur->generation + 1;
     struct policy *p = policy_load(r->dir, gen, cur, &errs);
+    /* Status waits for the publication and its record, never for the load. */
+    pthread_mutex_lock(&r->lock);
     r->last_time = time(NULL);
     free(r->last_trigger);
     r->last_trigger = xstrdup(trigger);
@@ -93,6 +97,7 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
         rc = -1;
     }
     pthread_mutex_unlock(&r->lock);
+    pthread_mutex_unlock(&r->load_lock);
     policy_release(p);
     policy_release(cur);
     if (errors)
@@ -105,8 +110,8 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
 json_t *
 reloader_status(struct reloader *r)
 {
-    struct policy *p = gateway_policy(r->g);
     pthread_mutex_lock(&r->lock);
+    struct policy *p = gateway_policy(r->g); /* published under the lock, with its record */
     json_t *files = json_array();
     for (size_t i = 0; i < p->nfiles; i++)
         json_array_append_new(
@@ -258,5 +263,6 @@ reloader_free(struct reloader *r)
     free(r->last_trigger);
     free(r->last_error);
     pthread_mutex_destroy(&r->lock);
+    pthread_mutex_destroy(&r->load_lock);
     free(r);
 }

@@ -12,6 +12,8 @@ status_json(const struct status_sources *src)
     json_t *o = src->reloader ? reloader_status(src->reloader) : json_object();
     if (src->gateway)
         json_object_set_new(o, "store", gateway_store_status(src->gateway));
+    if (src->gateway)
+        json_object_set_new(o, "database", gateway_db_status(src->gateway));
     if (src->notifier)
         json_object_set_new(o, "notify", notify_status(src->notifier));
     return o;

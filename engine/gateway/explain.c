@@ -19,8 +19,9 @@ limit_json(struct gw_req *rq, size_t i)
     const struct store_limit *sl = &rq->limits[i];
     const struct limiter_rule *rule = sl->rule;
     json_t *o =
-        json_pack("{s:s, s:s, s:I, s:f, s:I, s:s, s:s%}", "name", gw_limit_name(rq, i), "algorithm",
-                  limiter_algo_name(rule->algo), "limit", (json_int_t)rule->limit, "window_seconds",
+        json_pack("{s:s, s:s, s:s, s:I, s:f, s:I, s:s, s:s%}", "name", gw_limit_name(rq, i), "mode",
+                  sl->shadow ? "shadow" : "enforce", "algorithm", limiter_algo_name(rule->algo),
+                  "limit", (json_int_t)rule->limit, "window_seconds",
                   (double)rule->window_ms / 1000.0, "cost", (json_int_t)sl->cost, "fail",
                   sl->fail_closed ? "closed" : "open", "key", sl->key, sl->keylen);
     if (rule->algo == LIMITER_TOKEN_BUCKET)
@@ -156,11 +157,14 @@ refused(json_t *o, int status, const char *detail)
 /*
  * Explains the request sr on snapshot p through the request path's own
  * steps (gw_read_request, gw_identify, gw_plan, gw_plan_invalidations): only
- * the SQL tier lookup and the tenant hooks are not run. Returns a new string.
+ * the SQL tier lookup and the tenant hooks are not run. Returns a new JSON
+ * object; *planned gets the request when it was planned and has limits to
+ * check (the caller frees it), else NULL.
  */
-static char *
-explain(struct policy *p, struct server_request *sr, const char *tier)
+static json_t *
+explain(struct policy *p, struct server_request *sr, const char *tier, struct gw_req **planned)
 {
+    *planned = NULL;
     const struct http_request *h = &sr->http;
     struct router_match m;
     enum router_result r = router_match(p->router, h->method_str.p, h->method_str.len, h->path.p,
@@ -172,9 +176,7 @@ explain(struct policy *p, struct server_request *sr, const char *tier)
     if (r != ROUTER_FOUND) {
         json_object_set_new(o, "status", json_integer(r == ROUTER_NOT_FOUND ? 404 : 405));
         json_object_set_new(o, "endpoint", json_null());
-        char *s = json_dumps(o, JSON_INDENT(2));
-        json_decref(o);
-        return s;
+        return o;
     }
     struct gw_req *rq = gw_req_new(NULL, sr, p, &m);
     const struct policy_endpoint *routed = rq->ep;
@@ -201,14 +203,113 @@ explain(struct policy *p, struct server_request *sr, const char *tier)
         json_array_append_new(limits, limit_json(rq, i));
     json_object_set_new(o, "limits", limits);
     json_object_set_new(o, "cache", cache_json(rq));
-    if (gw_writes(rq) && gw_plan_invalidations(rq, NULL, 0) != 0)
+    if (gw_writes(rq) && gw_plan_invalidations(rq, NULL, 0) != 0) {
         refused(o, 500, "an invalidation key was too long");
+        goto out;
+    }
     json_object_set_new(o, "invalidate", strings_json(rq->inv_tags, rq->inv_lens, rq->ninv));
-out:;
+    if (rq->admit.nlimits > 0) {
+        *planned = rq;
+        return o;
+    }
+out:
+    gw_req_free(rq);
+    return o;
+}
+
+static char *
+dump(json_t *o)
+{
     char *s = json_dumps(o, JSON_INDENT(2));
     json_decref(o);
-    gw_req_free(rq);
     return s;
+}
+
+/* ---- with the store: what each limit would decide now ------------------------------------ */
+
+struct explain_op {
+    json_t *o;
+    struct gw_req *rq;
+    struct sbuf raw; /* the request's bytes: rq's parsed strings point into them */
+    struct server_request sr;
+    char ip[64]; /* the caller's address as given (sr.ip) */
+    struct store_admit a;
+    struct limiter_result results[POLICY_MAX_LIMITS];
+    gateway_explain_fn *done;
+    void *arg;
+};
+
+/*
+ * The store's answer to the peek: each limit's decision and what it has left, and the
+ * verdict. A shadow limit that would refuse says so and refuses nothing.
+ */
+static void
+on_peeked(void *arg, int status)
+{
+    struct explain_op *op = arg;
+    struct gw_req *rq = op->rq;
+    json_t *limits = json_object_get(op->o, "limits");
+    const char *verdict;
+
+    if (status != 0) {
+        verdict = "unknown: the store is unavailable";
+    } else if (op->a.refused_closed) {
+        verdict = "refused (503): the store is unavailable and a limit fails closed";
+    } else {
+        for (size_t i = 0; i < op->a.nlimits; i++) {
+            const struct limiter_result *r = &op->results[i];
+            json_t *l = json_array_get(limits, i);
+            const char *d = r->allowed             ? "admit"
+                            : rq->limits[i].shadow ? "shadow: would refuse"
+                                                   : "refuse";
+            json_object_set_new(l, "decision", json_string(d));
+            json_object_set_new(l, "remaining", json_integer((json_int_t)r->remaining));
+        }
+        verdict = op->a.allowed ? "admitted" : "refused (429)";
+    }
+    json_object_set_new(op->o, "verdict", json_string(verdict));
+    gw_req_free(rq);
+    sbuf_free(&op->raw);
+    gateway_explain_fn *done = op->done;
+    void *darg = op->arg;
+    char *s = dump(op->o);
+    free(op);
+    done(darg, s, NULL);
+}
+
+/*
+ * Builds the request of gateway_explain_request() into *raw and *sr (its parsed strings point
+ * into raw). Returns 0, or -1 with a message in err.
+ */
+static int
+build_request(struct sbuf *raw, struct server_request *sr, const char *line,
+              const char *const *headers, size_t nheaders, const char *body, const char *ip,
+              char *err, size_t errlen)
+{
+    const char *sp = strchr(line, ' ');
+    if (!sp || sp == line || sp[1] != '/') {
+        snprintf(err, errlen, "expected a request like 'GET /path?query', got '%s'", line);
+        return -1;
+    }
+    sbuf_printf(raw, "%.*s %s HTTP/1.1\r\nHost: explain\r\n", (int)(sp - line), line, sp + 1);
+    for (size_t i = 0; i < nheaders; i++)
+        sbuf_printf(raw, "%s\r\n", headers[i]);
+    size_t blen = body ? strlen(body) : 0;
+    if (blen)
+        sbuf_printf(raw, "Content-Length: %zu\r\n", blen);
+    sbuf_adds(raw, "\r\n");
+    size_t head_len = raw->len;
+    if (blen)
+        sbuf_add(raw, body, blen);
+    memset(sr, 0, sizeof(*sr));
+    if (http_parse_request(raw->p, raw->len, &sr->http) <= 0) {
+        snprintf(err, errlen, "the request line or a header is malformed");
+        return -1;
+    }
+    sr->body = blen ? raw->p + head_len : NULL;
+    sr->body_len = blen;
+    sr->ip = ip;
+    return 0;
 }
 
 char *
@@ -217,33 +318,51 @@ gateway_explain_request(struct policy *p, const char *line, const char *const *h
                         char *err, size_t errlen)
 {
     struct sbuf raw = {0};
-    const char *sp = strchr(line, ' ');
-    if (!sp || sp == line || sp[1] != '/') {
-        snprintf(err, errlen, "expected a request like 'GET /path?query', got '%s'", line);
-        return NULL;
-    }
-    sbuf_printf(&raw, "%.*s %s HTTP/1.1\r\nHost: explain\r\n", (int)(sp - line), line, sp + 1);
-    for (size_t i = 0; i < nheaders; i++)
-        sbuf_printf(&raw, "%s\r\n", headers[i]);
-    size_t blen = body ? strlen(body) : 0;
-    if (blen)
-        sbuf_printf(&raw, "Content-Length: %zu\r\n", blen);
-    sbuf_adds(&raw, "\r\n");
-    size_t head_len = raw.len;
-    if (blen)
-        sbuf_add(&raw, body, blen);
     struct server_request sr;
-    memset(&sr, 0, sizeof(sr));
-    int r = http_parse_request(raw.p, raw.len, &sr.http);
     char *out = NULL;
-    if (r <= 0) {
-        snprintf(err, errlen, "the request line or a header is malformed");
-    } else {
-        sr.body = blen ? raw.p + head_len : NULL;
-        sr.body_len = blen;
-        sr.ip = ip;
-        out = explain(p, &sr, tier);
+    if (build_request(&raw, &sr, line, headers, nheaders, body, ip, err, errlen) == 0) {
+        struct gw_req *rq;
+        json_t *o = explain(p, &sr, tier, &rq);
+        if (rq)
+            gw_req_free(rq);
+        out = dump(o);
     }
     sbuf_free(&raw);
     return out;
+}
+
+void
+gateway_explain_request_now(struct policy *p, struct store *s, const char *line,
+                            const char *const *headers, size_t nheaders, const char *body,
+                            const char *ip, const char *tier, gateway_explain_fn *done, void *arg)
+{
+    struct explain_op *op = xcalloc(1, sizeof(*op));
+    char err[256];
+    snprintf(op->ip, sizeof(op->ip), "%s", ip);
+    if (build_request(&op->raw, &op->sr, line, headers, nheaders, body, op->ip, err, sizeof(err)) !=
+        0) {
+        sbuf_free(&op->raw);
+        free(op);
+        done(arg, NULL, err);
+        return;
+    }
+    op->o = explain(p, &op->sr, tier, &op->rq);
+    op->done = done;
+    op->arg = arg;
+    if (!op->rq || !s) {
+        if (op->rq)
+            gw_req_free(op->rq);
+        if (s && !json_object_get(op->o, "status")) /* planned, with no limit to refuse it */
+            json_object_set_new(op->o, "verdict", json_string("admitted"));
+        sbuf_free(&op->raw);
+        char *out = dump(op->o);
+        free(op);
+        done(arg, out, NULL);
+        return;
+    }
+    op->a = (struct store_admit){.limits = op->rq->limits,
+                                 .nlimits = op->rq->admit.nlimits,
+                                 .results = op->results,
+                                 .peek = true};
+    store_admit_and_lookup(s, &op->a, on_peeked, op);
 }

@@ -39,6 +39,7 @@ struct gateway {
     /* The store's health as each worker last published it. */
     struct store_health health[GATEWAY_MAX_WORKERS];
     const char *store_name[GATEWAY_MAX_WORKERS];
+    struct db_health db[GATEWAY_MAX_WORKERS]; /* each worker's database pool */
     unsigned nhealth;
     struct gw_worker *workers[GATEWAY_MAX_WORKERS]; /* their stats are read under lock */
 };
@@ -112,6 +113,7 @@ static void
 handle(struct server_request *sr, void *state)
 {
     struct gw_worker *wk = state;
+    uint64_t start_us = util_mono_us();
     struct policy *p = worker_policy(wk);
     const struct http_request *h = &sr->http;
 
@@ -123,6 +125,7 @@ handle(struct server_request *sr, void *state)
         char hdrs[GW_REQUEST_ID_MAX + 20];
         snprintf(hdrs, sizeof(hdrs), "X-Request-Id: %s\r\n", gw_request_id_for(h, id));
         server_respond_problem(sr, 404, NULL, NULL, "no endpoint matches this path", hdrs);
+        gw_stats_answered(wk, h, GW_ROUTE_UNMATCHED, NULL, 404, GW_CACHE_NONE, start_us);
         return;
     }
     if (r == ROUTER_METHOD_NOT_ALLOWED) {
@@ -141,6 +144,7 @@ handle(struct server_request *sr, void *state)
                  gw_request_id_for(h, id));
         server_respond_problem(sr, 405, NULL, NULL, "this endpoint does not take this method",
                                allow);
+        gw_stats_answered(wk, h, GW_ROUTE_UNMATCHED, NULL, 405, GW_CACHE_NONE, start_us);
         return;
     }
     gw_req_begin(gw_req_new(wk, sr, p, &m));
@@ -161,39 +165,72 @@ publish_health(evutil_socket_t fd, short what, void *arg)
         return;
     struct store_health h;
     store_health(wk->store, &h);
+    struct db_health db = {0};
+    if (wk->db)
+        db_pool_health(wk->db, &db);
     gw_stats_publish(&wk->stats);
     pthread_mutex_lock(&g->lock);
     g->health[i] = h;
+    g->db[i] = db;
     g->store_name[i] = wk->store->ops->name;
     if (i + 1 > g->nhealth)
         g->nhealth = i + 1;
     pthread_mutex_unlock(&g->lock);
 }
 
+void
+gateway_health(struct gateway *g, struct gateway_health *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->store_kind = g->cfg.redis_url && g->cfg.redis_url[0] ? "redis" : "memory";
+    pthread_mutex_lock(&g->lock);
+    for (unsigned i = 0; i < g->nhealth; i++) {
+        if (!g->store_name[i])
+            continue;
+        const struct store_health *h = &g->health[i];
+        const struct db_health *d = &g->db[i];
+        out->workers++;
+        out->store_degraded += h->degraded;
+        out->store_failures += h->failures;
+        out->store_fallbacks += h->fallbacks;
+        out->store_transitions += h->transitions;
+        hist_merge(&out->store_latency, &h->latency);
+        out->db_size += d->size;
+        out->db_connections += d->connections;
+        out->db_pending += d->pending;
+        if (d->size && d->backing_off == d->size)
+            out->db_unreachable++;
+        if (d->last_error_ms > out->db_last_error_ms) {
+            out->db_last_error_ms = d->last_error_ms;
+            memcpy(out->db_last_error, d->last_error, sizeof(out->db_last_error));
+        }
+    }
+    pthread_mutex_unlock(&g->lock);
+    store_memory_stats(g->mem, &out->memory);
+}
+
 /* The memory store's budgets, what it holds and what its bounds did, as JSON (new). */
 static json_t *
-memory_status(struct store_memory *m)
+memory_status(const struct store_memory_stats *st)
 {
-    struct store_memory_stats st;
-    store_memory_stats(m, &st);
     const struct {
         const char *name;
         uint64_t value;
     } fields[] = {
-        {"cache_bytes", st.cache_bytes},
-        {"cache_max", st.cache_max},
-        {"limit_bytes", st.limit_bytes},
-        {"limit_max", st.limit_max},
-        {"entries", st.entries},
-        {"tags", st.tags},
-        {"limits", st.limits},
-        {"leases", st.leases},
-        {"evicted_entries", st.evicted_entries},
-        {"evicted_tags", st.evicted_tags},
-        {"not_stored", st.not_stored},
-        {"limit_reclaimed", st.limit_reclaimed},
-        {"limit_refused", st.limit_refused},
-        {"leases_unrecorded", st.leases_unrecorded},
+        {"cache_bytes", st->cache_bytes},
+        {"cache_max", st->cache_max},
+        {"limit_bytes", st->limit_bytes},
+        {"limit_max", st->limit_max},
+        {"entries", st->entries},
+        {"tags", st->tags},
+        {"limits", st->limits},
+        {"leases", st->leases},
+        {"evicted_entries", st->evicted_entries},
+        {"evicted_tags", st->evicted_tags},
+        {"not_stored", st->not_stored},
+        {"limit_reclaimed", st->limit_reclaimed},
+        {"limit_refused", st->limit_refused},
+        {"leases_unrecorded", st->leases_unrecorded},
     };
     json_t *o = json_object();
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
@@ -201,27 +238,71 @@ memory_status(struct store_memory *m)
     return o;
 }
 
+/* A latency histogram as {"count", "p50_ms", "p99_ms"} (new). */
+static json_t *
+latency_json(const struct hist *h)
+{
+    return json_pack("{s:I, s:f, s:f}", "count", (json_int_t)hist_count(h), "p50_ms",
+                     (double)hist_quantile(h, 0.5) / 1000.0, "p99_ms",
+                     (double)hist_quantile(h, 0.99) / 1000.0);
+}
+
+/* When ms (since the epoch) was, as RFC 3339 text, or null when it is 0 (new). */
+static json_t *
+time_json(uint64_t ms)
+{
+    char when[UTIL_RFC3339_LEN];
+    if (!ms)
+        return json_null();
+    util_rfc3339_ms(when, ms);
+    return json_string(when);
+}
+
 json_t *
 gateway_store_status(struct gateway *g)
 {
+    struct gateway_health gh;
+    gateway_health(g, &gh);
     json_t *workers = json_array();
-    unsigned degraded = 0;
     pthread_mutex_lock(&g->lock);
     for (unsigned i = 0; i < g->nhealth; i++) {
         const struct store_health *h = &g->health[i];
         if (!g->store_name[i])
             continue;
-        degraded += h->degraded;
-        json_array_append_new(
-            workers, json_pack("{s:i, s:s, s:s, s:I, s:I, s:I}", "worker", (int)i, "store",
-                               g->store_name[i], "state", h->state ? h->state : "ok", "failures",
-                               (json_int_t)h->failures, "fallbacks", (json_int_t)h->fallbacks,
-                               "degraded_times", (json_int_t)h->transitions));
+        json_t *w = json_pack("{s:i, s:s, s:s, s:I, s:I, s:I}", "worker", (int)i, "store",
+                              g->store_name[i], "state", h->state ? h->state : "ok", "failures",
+                              (json_int_t)h->failures, "fallbacks", (json_int_t)h->fallbacks,
+                              "degraded_times", (json_int_t)h->transitions);
+        if (hist_count(&h->latency))
+            json_object_set_new(w, "latency", latency_json(&h->latency));
+        json_array_append_new(workers, w);
     }
     pthread_mutex_unlock(&g->lock);
-    const char *kind = g->cfg.redis_url && g->cfg.redis_url[0] ? "redis" : "memory";
-    return json_pack("{s:s, s:s, s:o, s:o}", "kind", kind, "state", degraded ? "degraded" : "ok",
-                     "workers", workers, "memory", memory_status(g->mem));
+    json_t *o = json_pack("{s:s, s:s, s:o, s:o}", "kind", gh.store_kind, "state",
+                          gh.store_degraded ? "degraded" : "ok", "workers", workers, "memory",
+                          memory_status(&gh.memory));
+    if (strcmp(gh.store_kind, "redis") == 0)
+        json_object_set_new(o, "latency", latency_json(&gh.store_latency));
+    return o;
+}
+
+json_t *
+gateway_db_status(struct gateway *g)
+{
+    struct gateway_health gh;
+    gateway_health(g, &gh);
+    const char *state = gh.db_unreachable       ? "unreachable"
+                        : gh.db_connections > 0 ? "connected"
+                                                : "idle";
+    json_t *o = json_pack("{s:s, s:I, s:I, s:I}", "state", state, "pool_size",
+                          (json_int_t)gh.db_size, "connections", (json_int_t)gh.db_connections,
+                          "pending", (json_int_t)gh.db_pending);
+    json_t *last = json_null();
+    if (gh.db_last_error_ms)
+        last = json_pack("{s:o, s:s}", "time", time_json(gh.db_last_error_ms), "error",
+                         gh.db_last_error);
+    json_object_set_new(o, "last_error", last);
+    return o;
 }
 
 struct store *
@@ -251,6 +332,7 @@ worker_init(struct worker *w, void *ctx)
     wk->g = g;
     wk->w = w;
     gw_stats_init(&wk->stats);
+    wk->stats.off = g->cfg.no_stats;
     unsigned idx = server_worker_index(w);
     if (idx < GATEWAY_MAX_WORKERS) {
         pthread_mutex_lock(&g->lock);
@@ -316,13 +398,13 @@ worker_fini(void *state)
 void
 gateway_stats(struct gateway *g, struct gw_stats_view *v, size_t callers_per_policy)
 {
-    gw_stats_view_init(v, store_now_ms());
+    gw_stats_view_init(v, store_now_ms(), callers_per_policy);
     pthread_mutex_lock(&g->lock);
     for (unsigned i = 0; i < GATEWAY_MAX_WORKERS; i++)
         if (g->workers[i])
             gw_stats_merge(v, &g->workers[i]->stats);
     pthread_mutex_unlock(&g->lock);
-    gw_stats_view_finish(v, callers_per_policy);
+    gw_stats_view_finish(v);
 }
 
 struct server_app

@@ -3,12 +3,15 @@
 #ifndef SLUICE_GATEWAY_H
 #define SLUICE_GATEWAY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include <jansson.h>
 
+#include "hist.h"
 #include "server.h"
+#include "store_memory.h"
 
 struct policy;
 struct gateway;
@@ -23,6 +26,7 @@ struct gateway_config {
                                      falling back to the memory store while it is unavailable */
     const char *redis_limits_url; /* NULL or "": limits in redis_url's Redis; else their own */
     uint64_t redis_deadline_ms;   /* per Redis command; 0: 50 */
+    bool no_stats;                /* the workers count nothing of what they serve (stats.h) */
 };
 
 /* Returns a new gateway serving `policy` (a reference is taken). */
@@ -47,12 +51,56 @@ char *gateway_explain_request(struct policy *policy, const char *line, const cha
                               size_t nheaders, const char *body, const char *ip, const char *tier,
                               char *err, size_t errlen);
 
+/* Completion of gateway_explain_request_now(): json (new, the callee frees it), or NULL and err
+ * (borrowed for the call). */
+typedef void gateway_explain_fn(void *arg, char *json, const char *err);
+
+/*
+ * As gateway_explain_request(), with the counts of store s (NULL: none, as
+ * gateway_explain_request()): each limit also says what it would decide for
+ * the request now ("decision": "admit", "refuse", or for a shadow limit
+ * "shadow: would refuse", and its "remaining"), checked without counting
+ * (store_admit.peek), and "verdict" says what the request would get
+ * ("admitted", "refused (429)"; a shadow limit never refuses). Calls done
+ * exactly once, before returning or later from s's event loop.
+ */
+struct store;
+void gateway_explain_request_now(struct policy *policy, struct store *s, const char *line,
+                                 const char *const *headers, size_t nheaders, const char *body,
+                                 const char *ip, const char *tier, gateway_explain_fn *done,
+                                 void *arg);
+
 /*
  * The store's state for status output, as the workers last published it
  * (every 500 ms): {"kind", "state": "ok"|"degraded", "workers": [...]}, and the
  * memory store's budgets and counts as they are now ("memory": {...}). New reference.
  */
 json_t *gateway_store_status(struct gateway *g);
+
+/*
+ * The database pools of every worker as JSON: {"state": "connected"|"idle"|"unreachable",
+ * "pool_size", "connections", "pending", "last_error": null | {"time", "error"}}. New reference.
+ */
+json_t *gateway_db_status(struct gateway *g);
+
+/* The health of the stores and database pools, as the workers last published it. */
+struct gateway_health {
+    const char *store_kind;           /* "redis" or "memory" */
+    unsigned workers;                 /* workers that published */
+    unsigned store_degraded;          /* workers answering without the shared store */
+    uint64_t store_failures;          /* shared store operations that failed */
+    uint64_t store_fallbacks;         /* requests answered by the fallback */
+    uint64_t store_transitions;       /* times a worker's store became degraded */
+    struct hist store_latency;        /* the shared store's round trips */
+    unsigned db_size;                 /* connection slots of every pool */
+    unsigned db_connections;          /* established */
+    unsigned db_pending;              /* statements waiting or running */
+    unsigned db_unreachable;          /* pools whose every slot is backing off after failures */
+    char db_last_error[256];          /* the latest failed connect or lost connection */
+    uint64_t db_last_error_ms;        /* when (ms since the epoch); 0: never */
+    struct store_memory_stats memory; /* the memory store now */
+};
+void gateway_health(struct gateway *g, struct gateway_health *out);
 
 /*
  * A new handle on the gateway's store for a thread running `base` (borrowed):

@@ -203,8 +203,9 @@ on_looked_up(void *arg, int status)
     gw_to_origin(rq);
 }
 
-/* Counts each limit's decision, and the caller under each limit (its key: the counter it
- * is), for metrics and /callers. */
+/* Counts each limit's decision (a shadow limit's refusal as GW_SHADOW_DENIED: it refused
+ * nothing), and the caller under each limit (its key: the counter it is), denied when the limit
+ * refused or would have, for metrics and /callers. */
 static void
 count_decisions(struct gw_req *rq)
 {
@@ -213,8 +214,8 @@ count_decisions(struct gw_req *rq)
     for (size_t i = 0; i < rq->admit.nlimits; i++) {
         const struct limiter_result *r = &rq->results[i];
         const char *name = gw_limit_name(rq, i);
-        gw_stats_decision(st, name, tier, r->allowed ? GW_ALLOWED : GW_DENIED);
-        gw_stats_caller(st, name, rq->limits[i].key, rq->limits[i].keylen, !r->allowed,
+        gw_stats_decision(st, name, tier, gw_limit_decision(rq, i));
+        gw_stats_caller(st, name, tier, rq->limits[i].key, rq->limits[i].keylen, !r->allowed,
                         r->remaining, rq->admit.now_ms);
     }
 }

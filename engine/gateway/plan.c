@@ -259,6 +259,7 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
         if (!sl->key)
             return refused(rq, detail, detail_len, "request values too long for a limit key");
         sl->fail_closed = l->fail_closed;
+        sl->shadow = l->is_tier ? rq->tier->shadow : l->shadow;
         sl->cost = l->cost;
     }
     if (rq->hooked)

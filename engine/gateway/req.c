@@ -43,6 +43,17 @@ gw_cache_kind_of(const char *xcache)
     }
 }
 
+void
+gw_stats_answered(struct gw_worker *wk, const struct http_request *h, const char *route,
+                  const char *tier, int status, enum gw_cache_kind cache, uint64_t start_us)
+{
+    /* A method no route names is any token the client likes: one label for all of them. */
+    const char *m = h->method == HTTP_OTHER ? "OTHER" : h->method_str.p;
+    size_t mlen = h->method == HTTP_OTHER ? 5 : h->method_str.len;
+    gw_stats_request(&wk->stats, route, tier, m, mlen, status, cache, util_mono_us() - start_us,
+                     store_now_ms());
+}
+
 struct gw_req *
 gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
            const struct router_match *m)
@@ -70,11 +81,9 @@ void
 gw_req_free(struct gw_req *rq)
 {
     struct gw_worker *wk = rq->wk;
-    if (wk && !rq->detached && rq->status) {
-        const struct http_str *m = &rq->sr->http.method_str;
-        gw_stats_request(&wk->stats, rq->ep->name, m->p, m->len, rq->status, rq->cache_kind,
-                         util_mono_us() - rq->start_us, store_now_ms());
-    }
+    if (wk && !rq->detached && rq->status)
+        gw_stats_answered(wk, &rq->sr->http, rq->ep->name, rq->tier ? rq->tier->name : NULL,
+                          rq->status, rq->cache_kind, rq->start_us);
     if (rq->detached)
         LIST_REMOVE(rq, bg_link);
     if (rq->warm) {
@@ -516,6 +525,14 @@ gw_limit_name(const struct gw_req *rq, size_t i)
     return l->is_tier ? rq->tier->name : l->name;
 }
 
+enum gw_decision
+gw_limit_decision(const struct gw_req *rq, size_t i)
+{
+    if (rq->results[i].allowed)
+        return GW_ALLOWED;
+    return rq->limits[i].shadow ? GW_SHADOW_DENIED : GW_DENIED;
+}
+
 static uint64_t
 ceil_sec(uint64_t ms)
 {
@@ -541,16 +558,15 @@ hdr_limit_field(struct gw_req *rq, size_t i)
 }
 
 /*
- * X-RateLimit-* describe the limit closest to refusing (the refusing one with
- * the longest wait when denied); RateLimit-Policy and RateLimit (IETF draft-11)
- * list every limit of the request.
+ * X-RateLimit-* describe the enforced limit closest to refusing (the refusing
+ * one with the longest wait when denied); RateLimit-Policy and RateLimit (IETF
+ * draft-11) list every enforced limit of the request. Shadow limits are never
+ * shown: the caller sees what it would see without them.
  */
 void
 gw_add_limit_headers(struct gw_req *rq)
 {
     size_t n = rq->admit.nlimits; /* the limits counted: none for warming */
-    if (n == 0)
-        return;
     if (!rq->admit.allowed) {
         /* Refused: no limit counted this request, not even those that would have admitted it,
          * whose results tell what was left after it. */
@@ -563,7 +579,13 @@ gw_add_limit_headers(struct gw_req *rq)
         }
     }
     size_t pick = 0;
-    for (size_t i = 1; i < n; i++) {
+    while (pick < n && rq->limits[pick].shadow)
+        pick++;
+    if (pick == n)
+        return; /* no limit, or only shadow ones */
+    for (size_t i = pick + 1; i < n; i++) {
+        if (rq->limits[i].shadow)
+            continue;
         const struct limiter_result *a = &rq->results[pick], *b = &rq->results[i];
         if (!rq->admit.allowed) {
             if (!b->allowed && (a->allowed || b->retry_after_ms > a->retry_after_ms))
@@ -580,14 +602,22 @@ gw_add_limit_headers(struct gw_req *rq)
     hdr_str(rq, "\r\nX-RateLimit-Reset: ");
     hdr_u64(rq, ceil_sec(r->reset_ms));
     hdr_str(rq, "\r\nRateLimit-Policy: ");
+    bool first = true;
     for (size_t i = 0; i < n; i++) {
-        if (i)
+        if (rq->limits[i].shadow)
+            continue;
+        if (!first)
             hdr_str(rq, ", ");
+        first = false;
         hdr_limit_field(rq, i);
     }
     hdr_str(rq, "\r\nRateLimit: ");
+    first = true;
     for (size_t i = 0; i < n; i++) {
-        hdr_str(rq, i ? ", \"" : "\"");
+        if (rq->limits[i].shadow)
+            continue;
+        hdr_str(rq, first ? "\"" : ", \"");
+        first = false;
         hdr_str(rq, gw_limit_name(rq, i));
         hdr_str(rq, "\";r=");
         hdr_u64(rq, rq->results[i].remaining);
@@ -603,7 +633,7 @@ gw_reply_denied(struct gw_req *rq)
     uint64_t retry = 0;
     json_t *violated = json_array();
     for (size_t i = 0; i < rq->admit.nlimits; i++) {
-        if (rq->results[i].allowed)
+        if (rq->results[i].allowed || rq->limits[i].shadow)
             continue;
         json_array_append_new(violated, json_string(gw_limit_name(rq, i)));
         if (rq->results[i].retry_after_ms > retry)

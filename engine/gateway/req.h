@@ -141,7 +141,10 @@ struct gw_req {
     /* Not zeroed: each is written before it is read. */
     struct tenant_decision dec;                        /* read only when hooked */
     struct limiter_rule hook_rules[POLICY_MAX_LIMITS]; /* limits a hook changed */
-    struct store_limit limits[POLICY_MAX_LIMITS];      /* admit.nlimits of them */
+    /* Limit i of the request (i < admit.nlimits), once the store answered: its policy name is
+     * gw_limit_name(rq, i), its mode limits[i].shadow (true: it refused nothing, whatever
+     * results[i] says), its decision results[i].allowed and .remaining. */
+    struct store_limit limits[POLICY_MAX_LIMITS];
     struct limiter_result results[POLICY_MAX_LIMITS];
     const char *tags[GW_MAX_TAGS]; /* admit.ntags of them */
     size_t taglens[GW_MAX_TAGS];
@@ -191,6 +194,13 @@ struct gw_req *gw_req_new(struct gw_worker *wk, struct server_request *sr, struc
 
 /* What X-Cache text ("HIT", "MISS", ...; NULL: none) counts as. */
 enum gw_cache_kind gw_cache_kind_of(const char *xcache);
+
+/* Counts an answered request of `route` (GW_ROUTE_UNMATCHED when none matched) in wk's stats:
+ * its method (OTHER for one no route names), caller tier (or NULL), status, X-Cache, and its
+ * time since start_us (util_mono_us()). */
+#define GW_ROUTE_UNMATCHED "(unmatched)"
+void gw_stats_answered(struct gw_worker *wk, const struct http_request *h, const char *route,
+                       const char *tier, int status, enum gw_cache_kind cache, uint64_t start_us);
 
 /* Frees a request: answers the requests waiting on its fill, drops its references, and counts
  * what it was answered (its worker's stats; not for detached requests). */
@@ -271,6 +281,10 @@ void gw_add_limit_headers(struct gw_req *rq);
 
 /* The name limit i of the request goes by in RateLimit fields: its own, or the tier's. */
 const char *gw_limit_name(const struct gw_req *rq, size_t i);
+
+/* What limit i of an answered request decided, for the stats: GW_SHADOW_DENIED for a shadow
+ * limit that would have refused (it refused nothing). */
+enum gw_decision gw_limit_decision(const struct gw_req *rq, size_t i);
 
 /* Applies the tenant hooks' cost and limit changes (rq->dec) to the request's nl limits. */
 void gw_apply_decision(struct gw_req *rq, size_t nl);

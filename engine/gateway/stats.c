@@ -59,11 +59,12 @@ gw_stats_free(struct gw_stats *st)
     free_table(&st->requests, offsetof(struct gw_counter, node));
     free_table(&st->decisions, offsetof(struct gw_counter, node));
     free_table(&st->origin_errors, offsetof(struct gw_counter, node));
+    free_table(&st->refused_tiers, offsetof(struct gw_counter, node));
     free_table(&st->routes, offsetof(struct gw_route_stat, node));
     for (struct hmap_node *n = hmap_first(&st->callers); n; n = hmap_next(&st->callers, n)) {
         struct gw_callers *c = HMAP_ENTRY(n, struct gw_callers, node);
         topk_free(&c->live);
-        topk_free(&c->published);
+        free(c->published);
     }
     free_table(&st->callers, offsetof(struct gw_callers, node));
     pthread_mutex_destroy(&st->lock);
@@ -132,9 +133,12 @@ minute_slot(struct gw_stats *st, uint64_t now_ms)
 }
 
 void
-gw_stats_request(struct gw_stats *st, const char *route, const char *method, size_t mlen,
-                 int status, enum gw_cache_kind cache, uint64_t duration_us, uint64_t now_ms)
+gw_stats_request(struct gw_stats *st, const char *route, const char *tier, const char *method,
+                 size_t mlen, int status, enum gw_cache_kind cache, uint64_t duration_us,
+                 uint64_t now_ms)
 {
+    if (st->off)
+        return;
     char key[512], code[8];
     int clen = snprintf(code, sizeof(code), "%d", status);
     const char *vals[] = {route, method, code, gw_cache_kind_names[cache]};
@@ -143,6 +147,10 @@ gw_stats_request(struct gw_stats *st, const char *route, const char *method, siz
 
     bool hit = cache == GW_CACHE_HIT || cache == GW_CACHE_STALE || cache == GW_CACHE_REVALIDATED;
     bool denied = status == 429;
+    if (denied) {
+        const char *t = tier ? tier : "";
+        bump(&counter(st, &st->refused_tiers, t, strlen(t))->n, 1);
+    }
     struct hmap_node *n =
         find_or_make(st, &st->routes, route, lens[0], sizeof(struct gw_route_stat),
                      offsetof(struct gw_route_stat, node), offsetof(struct gw_route_stat, key),
@@ -176,6 +184,8 @@ gw_stats_request(struct gw_stats *st, const char *route, const char *method, siz
 void
 gw_stats_decision(struct gw_stats *st, const char *policy, const char *tier, enum gw_decision d)
 {
+    if (st->off)
+        return;
     char key[256];
     const char *t = tier ? tier : "";
     const char *vals[] = {policy, t, gw_decision_names[d]};
@@ -186,12 +196,16 @@ gw_stats_decision(struct gw_stats *st, const char *policy, const char *tier, enu
 void
 gw_stats_invalidations(struct gw_stats *st, size_t n)
 {
+    if (st->off)
+        return;
     bump(&st->invalidations_write, n);
 }
 
 void
 gw_stats_origin(struct gw_stats *st, enum gw_origin_kind o, uint64_t duration_us, uint64_t now_ms)
 {
+    if (st->off)
+        return;
     hist_add(&st->origin[o], duration_us);
     hist_add(&minute_slot(st, now_ms)->origin, duration_us);
 }
@@ -199,6 +213,8 @@ gw_stats_origin(struct gw_stats *st, enum gw_origin_kind o, uint64_t duration_us
 void
 gw_stats_origin_error(struct gw_stats *st, enum gw_origin_kind o, const char *reason)
 {
+    if (st->off)
+        return;
     char key[128];
     const char *vals[] = {gw_origin_names[o], reason};
     size_t lens[] = {strlen(gw_origin_names[o]), strlen(reason)};
@@ -206,9 +222,11 @@ gw_stats_origin_error(struct gw_stats *st, enum gw_origin_kind o, const char *re
 }
 
 void
-gw_stats_caller(struct gw_stats *st, const char *policy, const char *caller, size_t len,
-                bool denied, uint64_t remaining, uint64_t now_ms)
+gw_stats_caller(struct gw_stats *st, const char *policy, const char *tier, const char *caller,
+                size_t len, bool denied, uint64_t remaining, uint64_t now_ms)
 {
+    if (st->off)
+        return;
     size_t plen = strlen(policy);
     struct hmap_node *n = hmap_find(&st->callers, policy, plen);
     if (!n) {
@@ -216,7 +234,6 @@ gw_stats_caller(struct gw_stats *st, const char *policy, const char *caller, siz
         memcpy(c->key, policy, plen);
         c->keylen = plen;
         topk_init(&c->live, GW_STATS_CALLERS);
-        topk_init(&c->published, GW_STATS_CALLERS);
         pthread_mutex_lock(&st->lock);
         hmap_insert(&st->callers, &c->node, c->key, plen);
         pthread_mutex_unlock(&st->lock);
@@ -228,7 +245,7 @@ gw_stats_caller(struct gw_stats *st, const char *policy, const char *caller, siz
         topk_clear(&c->live);
         c->window = window;
     }
-    topk_add(&c->live, caller, len, 1, denied, remaining);
+    topk_add(&c->live, caller, len, 1, denied, remaining, tier);
 }
 
 void
@@ -237,8 +254,9 @@ gw_stats_publish(struct gw_stats *st)
     pthread_mutex_lock(&st->lock);
     for (struct hmap_node *n = hmap_first(&st->callers); n; n = hmap_next(&st->callers, n)) {
         struct gw_callers *c = HMAP_ENTRY(n, struct gw_callers, node);
-        topk_clear(&c->published);
-        topk_merge(&c->published, &c->live);
+        c->published = xrealloc(c->published, (c->live.n + 1) * sizeof(*c->published));
+        memcpy(c->published, c->live.items, c->live.n * sizeof(*c->published));
+        c->npublished = c->live.n;
     }
     pthread_mutex_unlock(&st->lock);
 }
@@ -246,10 +264,11 @@ gw_stats_publish(struct gw_stats *st)
 /* ---- reading ------------------------------------------------------------------------------- */
 
 void
-gw_stats_view_init(struct gw_stats_view *v, uint64_t now_ms)
+gw_stats_view_init(struct gw_stats_view *v, uint64_t now_ms, size_t callers_per_policy)
 {
     memset(v, 0, sizeof(*v));
     v->now_minute = now_ms / MINUTE_MS;
+    v->callers_max = callers_per_policy;
 }
 
 /* Adds a table of counters into the view's items (equal keys added up at finish). */
@@ -266,17 +285,26 @@ merge_counters(struct gw_stat_item **items, size_t *n, const struct hmap *m)
     }
 }
 
+/* A route's place in the view's array (which moves as it grows), by its text. */
+struct route_at {
+    struct hmap_node node;
+    size_t at;
+};
+
 static struct gw_stat_route *
 view_route(struct gw_stats_view *v, const char *route, size_t len)
 {
-    for (size_t i = 0; i < v->nroutes; i++)
-        if (strlen(v->routes[i].route) == len && memcmp(v->routes[i].route, route, len) == 0)
-            return &v->routes[i];
-    if (v->nroutes % 16 == 0)
-        v->routes = xrealloc(v->routes, (v->nroutes + 16) * sizeof(*v->routes));
-    struct gw_stat_route *r = &v->routes[v->nroutes++];
+    struct route_at *ra = HMAP_ENTRY(hmap_find(&v->route_at, route, len), struct route_at, node);
+    if (ra)
+        return &v->routes[ra->at];
+    if (v->nroutes % 64 == 0)
+        v->routes = xrealloc(v->routes, (v->nroutes + 64) * sizeof(*v->routes));
+    struct gw_stat_route *r = &v->routes[v->nroutes];
     memset(r, 0, sizeof(*r));
     r->route = xstrndup(route, len);
+    ra = xcalloc(1, sizeof(*ra));
+    ra->at = v->nroutes++;
+    hmap_insert(&v->route_at, &ra->node, r->route, len);
     return r;
 }
 
@@ -290,12 +318,6 @@ minute_place(const struct gw_stats_view *v, uint64_t minute, size_t *at)
     return true;
 }
 
-struct merging_callers {
-    struct hmap_node node;
-    struct topk all;
-    char *policy;
-};
-
 void
 gw_stats_merge(struct gw_stats_view *v, struct gw_stats *st)
 {
@@ -303,6 +325,7 @@ gw_stats_merge(struct gw_stats_view *v, struct gw_stats *st)
     merge_counters(&v->requests, &v->nrequests, &st->requests);
     merge_counters(&v->decisions, &v->ndecisions, &st->decisions);
     merge_counters(&v->origin_errors, &v->norigin_errors, &st->origin_errors);
+    merge_counters(&v->refused_tiers, &v->nrefused_tiers, &st->refused_tiers);
     for (struct hmap_node *x = hmap_first(&st->routes); x; x = hmap_next(&st->routes, x)) {
         const struct gw_route_stat *r = HMAP_ENTRY(x, struct gw_route_stat, node);
         struct gw_stat_route *vr = view_route(v, r->key, r->keylen);
@@ -337,17 +360,26 @@ gw_stats_merge(struct gw_stats_view *v, struct gw_stats *st)
         hist_merge(&d->duration, &m->duration);
         hist_merge(&d->origin, &m->origin);
     }
-    for (struct hmap_node *x = hmap_first(&st->callers); x; x = hmap_next(&st->callers, x)) {
+    /* Every caller each worker published, as it is: finish() adds up those of equal keys. A
+     * summary's keys are distinct, so a caller appears at most once per worker; its counts
+     * and their error bounds add up across workers, as a space-saving merge would. */
+    for (struct hmap_node *x = hmap_first(&st->callers); v->callers_max && x;
+         x = hmap_next(&st->callers, x)) {
         const struct gw_callers *c = HMAP_ENTRY(x, struct gw_callers, node);
-        struct merging_callers *mc =
-            HMAP_ENTRY(hmap_find(&v->merging, c->key, c->keylen), struct merging_callers, node);
-        if (!mc) {
-            mc = xcalloc(1, sizeof(*mc));
-            mc->policy = xstrndup(c->key, c->keylen);
-            topk_init(&mc->all, 4 * GW_STATS_CALLERS);
-            hmap_insert(&v->merging, &mc->node, mc->policy, c->keylen);
+        v->callers = xrealloc(v->callers, (v->ncallers + c->npublished + 1) * sizeof(*v->callers));
+        for (size_t i = 0; i < c->npublished; i++) {
+            const struct topk_item *it = &c->published[i];
+            struct gw_stat_caller *vc = &v->callers[v->ncallers++];
+            *vc = (struct gw_stat_caller){
+                .policy = xstrndup(c->key, c->keylen),
+                .caller = xstrndup(it->key, it->keylen),
+                .requests = it->count,
+                .denied = it->extra,
+                .error = it->error,
+                .remaining = it->last,
+            };
+            memcpy(vc->tier, it->note, TOPK_NOTE_MAX);
         }
-        topk_merge(&mc->all, &c->published);
     }
     pthread_mutex_unlock(&st->lock);
 }
@@ -385,38 +417,92 @@ route_cmp(const void *a, const void *b)
                   ((const struct gw_stat_route *)b)->route);
 }
 
+static int
+caller_key_cmp(const void *a, const void *b)
+{
+    const struct gw_stat_caller *x = a, *y = b;
+    int c = strcmp(x->policy, y->policy);
+    return c ? c : strcmp(x->caller, y->caller);
+}
+
+static int
+caller_weight_cmp(const void *a, const void *b)
+{
+    const struct gw_stat_caller *x = a, *y = b;
+    int c = strcmp(x->policy, y->policy);
+    if (c)
+        return c;
+    if (x->requests != y->requests)
+        return x->requests < y->requests ? 1 : -1;
+    return strcmp(x->caller, y->caller);
+}
+
+static void
+caller_free(struct gw_stat_caller *c)
+{
+    free(c->policy);
+    free(c->caller);
+}
+
+/* Adds up the callers of equal policy and key (one per worker), orders each policy's by
+ * requests, heaviest first, and keeps callers_max of each. */
+static void
+fold_callers(struct gw_stats_view *v)
+{
+    size_t n = v->ncallers, o = 0;
+    qsort(v->callers, n, sizeof(*v->callers), caller_key_cmp);
+    for (size_t i = 0; i < n; i++) {
+        struct gw_stat_caller *c = &v->callers[i];
+        struct gw_stat_caller *last = o ? &v->callers[o - 1] : NULL;
+        if (last && caller_key_cmp(last, c) == 0) {
+            last->requests += c->requests;
+            last->denied += c->denied;
+            last->error += c->error;
+            if (c->remaining < last->remaining)
+                last->remaining = c->remaining;
+            if (!last->tier[0])
+                memcpy(last->tier, c->tier, sizeof(last->tier));
+            caller_free(c);
+        } else {
+            v->callers[o++] = *c;
+        }
+    }
+    qsort(v->callers, o, sizeof(*v->callers), caller_weight_cmp);
+    n = o;
+    bool *keep = xcalloc(n ? n : 1, sizeof(*keep));
+    for (size_t i = 0, rank = 0; i < n; i++) {
+        rank = i && strcmp(v->callers[i].policy, v->callers[i - 1].policy) == 0 ? rank + 1 : 0;
+        keep[i] = rank < v->callers_max;
+    }
+    o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (keep[i])
+            v->callers[o++] = v->callers[i];
+        else
+            caller_free(&v->callers[i]);
+    }
+    free(keep);
+    v->ncallers = o;
+}
+
 void
-gw_stats_view_finish(struct gw_stats_view *v, size_t callers_per_policy)
+gw_stats_view_finish(struct gw_stats_view *v)
 {
     fold(v->requests, &v->nrequests);
     fold(v->decisions, &v->ndecisions);
     fold(v->origin_errors, &v->norigin_errors);
+    fold(v->refused_tiers, &v->nrefused_tiers);
+    for (struct hmap_node *x = hmap_first(&v->route_at), *next; x; x = next) {
+        next = hmap_next(&v->route_at, x);
+        hmap_remove(&v->route_at, x);
+        free(HMAP_ENTRY(x, struct route_at, node));
+    }
+    hmap_free(&v->route_at);
     qsort(v->routes, v->nroutes, sizeof(*v->routes), route_cmp);
     for (size_t i = 0; i < GW_STATS_MINUTES; i++)
         if (!v->minutes[i].minute)
             v->minutes[i].minute = v->now_minute - (GW_STATS_MINUTES - 1 - i);
-    const struct topk_item **top = xcalloc(callers_per_policy + 1, sizeof(*top));
-    for (struct hmap_node *x = hmap_first(&v->merging), *next; x; x = next) {
-        next = hmap_next(&v->merging, x);
-        struct merging_callers *mc = HMAP_ENTRY(x, struct merging_callers, node);
-        size_t n = topk_top(&mc->all, top, callers_per_policy);
-        v->callers = xrealloc(v->callers, (v->ncallers + n + 1) * sizeof(*v->callers));
-        for (size_t i = 0; i < n; i++)
-            v->callers[v->ncallers++] = (struct gw_stat_caller){
-                .policy = xstrdup(mc->policy),
-                .caller = xstrndup(top[i]->key, top[i]->keylen),
-                .requests = top[i]->count,
-                .denied = top[i]->extra,
-                .error = top[i]->error,
-                .remaining = top[i]->last,
-            };
-        hmap_remove(&v->merging, x);
-        topk_free(&mc->all);
-        free(mc->policy);
-        free(mc);
-    }
-    hmap_free(&v->merging);
-    free(top);
+    fold_callers(v);
 }
 
 void
@@ -428,6 +514,8 @@ gw_stats_view_free(struct gw_stats_view *v)
         free(v->decisions[i].key);
     for (size_t i = 0; i < v->norigin_errors; i++)
         free(v->origin_errors[i].key);
+    for (size_t i = 0; i < v->nrefused_tiers; i++)
+        free(v->refused_tiers[i].key);
     for (size_t i = 0; i < v->nroutes; i++)
         free(v->routes[i].route);
     for (size_t i = 0; i < v->ncallers; i++) {
@@ -437,6 +525,7 @@ gw_stats_view_free(struct gw_stats_view *v)
     free(v->requests);
     free(v->decisions);
     free(v->origin_errors);
+    free(v->refused_tiers);
     free(v->routes);
     free(v->callers);
     memset(v, 0, sizeof(*v));

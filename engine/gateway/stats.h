@@ -63,10 +63,14 @@ struct gw_route_stat {
     char key[]; /* the route text */
 };
 
-/* The callers of one limit policy: counted live by the worker, published every second. */
+/* The callers of one limit policy: counted live by the worker, a copy published for readers
+ * every HEALTH_PUBLISH_MS. */
 struct gw_callers {
     struct hmap_node node;
-    struct topk live, published;
+    struct topk live;
+    struct topk_item *published; /* copies of live's items when last published (their hmap
+                                    nodes unused) */
+    size_t npublished;
     uint64_t window; /* the hour (since the epoch) both count */
     size_t keylen;
     char key[]; /* the policy name */
@@ -79,10 +83,12 @@ struct gw_callers {
  * every counter whole.
  */
 struct gw_stats {
+    bool off; /* count nothing: every gw_stats_* call returns at once */
     pthread_mutex_t lock;
     struct hmap requests;      /* route, method, status, cache -> gw_counter */
     struct hmap decisions;     /* limit policy, tier, decision -> gw_counter */
     struct hmap origin_errors; /* source, reason -> gw_counter */
+    struct hmap refused_tiers; /* tier -> gw_counter: answers 429 by the caller's tier */
     struct hmap routes;        /* route -> gw_route_stat */
     struct hmap callers;       /* limit policy -> gw_callers */
     struct hist origin[GW_ORIGINS];
@@ -96,9 +102,11 @@ void gw_stats_init(struct gw_stats *st);
 /* Frees what st holds. */
 void gw_stats_free(struct gw_stats *st);
 
-/* One answered request of `route` (borrowed text): its status, X-Cache, time in the gateway. */
-void gw_stats_request(struct gw_stats *st, const char *route, const char *method, size_t mlen,
-                      int status, enum gw_cache_kind cache, uint64_t duration_us, uint64_t now_ms);
+/* One answered request of `route` (borrowed text) from a caller of `tier` (NULL: none): its
+ * status, X-Cache, time in the gateway. */
+void gw_stats_request(struct gw_stats *st, const char *route, const char *tier, const char *method,
+                      size_t mlen, int status, enum gw_cache_kind cache, uint64_t duration_us,
+                      uint64_t now_ms);
 
 /* n invalidations (tags or keys) planned by a write. */
 void gw_stats_invalidations(struct gw_stats *st, size_t n);
@@ -112,10 +120,10 @@ void gw_stats_origin(struct gw_stats *st, enum gw_origin_kind o, uint64_t durati
                      uint64_t now_ms);
 void gw_stats_origin_error(struct gw_stats *st, enum gw_origin_kind o, const char *reason);
 
-/* One request of the caller `caller` (len bytes: its limit key) under limit `policy`; denied
- * or not, and what the limit has left for it. */
-void gw_stats_caller(struct gw_stats *st, const char *policy, const char *caller, size_t len,
-                     bool denied, uint64_t remaining, uint64_t now_ms);
+/* One request of the caller `caller` (len bytes: its limit key) of `tier` (or NULL) under
+ * limit `policy`; denied or not, and what the limit has left for it. */
+void gw_stats_caller(struct gw_stats *st, const char *policy, const char *tier, const char *caller,
+                     size_t len, bool denied, uint64_t remaining, uint64_t now_ms);
 
 /* Publishes the callers counted so far for readers (the worker calls it every second). */
 void gw_stats_publish(struct gw_stats *st);
@@ -138,15 +146,16 @@ struct gw_stat_route {
 };
 
 struct gw_stat_caller {
-    char *policy, *caller; /* owned */
+    char *policy, *caller;    /* owned */
+    char tier[TOPK_NOTE_MAX]; /* the caller's tier when last seen; "" when none */
     uint64_t requests, denied, error, remaining;
 };
 
 /* Every worker's counts added up; built by gw_stats_merge(), freed by gw_stats_view_free(). */
 struct gw_stats_view {
     uint64_t now_minute;
-    struct gw_stat_item *requests, *decisions, *origin_errors;
-    size_t nrequests, ndecisions, norigin_errors;
+    struct gw_stat_item *requests, *decisions, *origin_errors, *refused_tiers;
+    size_t nrequests, ndecisions, norigin_errors, nrefused_tiers;
     struct gw_stat_route *routes;
     size_t nroutes;
     struct gw_stat_caller *callers; /* per policy, heaviest first */
@@ -154,18 +163,20 @@ struct gw_stats_view {
     struct hist origin[GW_ORIGINS];
     uint64_t invalidations_write;
     struct gw_minute minutes[GW_STATS_MINUTES]; /* oldest first, ending with the current one */
-    struct hmap merging; /* while merging: per policy, the callers of every worker (internal) */
+    size_t callers_max;                         /* callers kept per policy (0: none gathered) */
+    struct hmap route_at; /* while merging: route -> its place in routes (internal) */
 };
 
-/* Starts an empty view for the minute now_ms falls in. */
-void gw_stats_view_init(struct gw_stats_view *v, uint64_t now_ms);
+/* Starts an empty view for the minute now_ms falls in, that keeps at most callers_per_policy
+ * callers of each limit policy (0: gathers none). */
+void gw_stats_view_init(struct gw_stats_view *v, uint64_t now_ms, size_t callers_per_policy);
 
 /* Adds worker st's counts into v (under st's lock). */
 void gw_stats_merge(struct gw_stats_view *v, struct gw_stats *st);
 
 /* Orders what gw_stats_merge() gathered: items by key, routes by name, callers by policy
- * then requests (heaviest first, at most `callers_per_policy` each). */
-void gw_stats_view_finish(struct gw_stats_view *v, size_t callers_per_policy);
+ * then requests (heaviest first, at most callers_per_policy each). */
+void gw_stats_view_finish(struct gw_stats_view *v);
 
 void gw_stats_view_free(struct gw_stats_view *v);
 

@@ -9,6 +9,9 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <jansson.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -22,14 +25,25 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "addr_count.h"
+#include "head.h"
+#include "slab.h"
 #include "util.h"
 
 #define IN_BUF_INITIAL 8192
+#define IN_BUF_POOL 16 /* input buffers of IN_BUF_INITIAL bytes a worker keeps for reuse */
 #define ACCEPT_BATCH 64
 #define OUT_HIGH_WATER (1u << 20) /* stop reading a connection whose peer does not read */
 #define OUT_LOW_WATER (64u << 10)
 #define LINGER_MS 2000
 #define LINGER_MAX_BYTES (256u << 10)
+#define EVICT_GRACE_MS 1000   /* at the cap, connections younger than this go last */
+#define HANDOFF_MAX 64        /* new connections waiting for another worker to make room */
+#define ACCEPT_PAUSE_MS 100   /* out of descriptors: accepting waits this long */
+#define PRESSURE_LOG_MS 10000 /* at most one line per worker this often about the caps */
+#define TRIM_MIN_PEAK 256     /* connections after which a fall to a quarter returns memory */
+#define SLAB_CELLS 64         /* connections in one mapping */
+#define STOP_GRACE_MS 1000    /* on stopping, for a new connection's first request to arrive */
 
 enum conn_state {
     CONN_READ,     /* reading a request head or body */
@@ -37,7 +51,16 @@ enum conn_state {
     CONN_LINGER,   /* answered and half-closed: draining the peer's input until it closes */
 };
 
-enum timer_mode { TIMER_NONE, TIMER_IDLE, TIMER_REQUEST };
+enum timer_mode { TIMER_NONE, TIMER_IDLE, TIMER_REQUEST, TIMER_LINGER };
+
+/*
+ * The connections a worker may close to make room for a new one at the
+ * connection cap, in its two queues: idle (no byte of a request yet: new, or
+ * between keep-alive requests; least recently active first) and partial (a
+ * request begun and not complete; oldest first). A connection the application
+ * holds, one with output waiting for its peer, and one closing are in none.
+ */
+enum conn_queue { QUEUE_NONE, QUEUE_IDLE, QUEUE_PARTIAL };
 
 struct conn {
     struct worker *w;
@@ -59,10 +82,22 @@ struct conn {
     int in_process;      /* inside conn_process(): responses do not flush by themselves */
     int paused;          /* not reading: too much output is waiting for the peer */
     int dead;            /* closed while the application held its request: freed on answer */
+    int served;          /* a request was answered: the idle timeout applies between requests */
     size_t head_scanned; /* bytes of an incomplete head already given to the parser */
     struct server_request req;
     char ip[INET6_ADDRSTRLEN];
-    LIST_ENTRY(conn) link; /* in its worker's conns */
+    uint32_t addr_slot; /* its address's slot in the server's addr_count, or ADDR_COUNT_NONE */
+    enum conn_queue queue;
+    uint64_t queued_ms;      /* when it entered its queue (idle: its last activity) */
+    TAILQ_ENTRY(conn) qlink; /* in its worker's idle or partial queue */
+    LIST_ENTRY(conn) link;   /* in its worker's conns */
+};
+
+/* A new connection given to another worker, which closes one of its own for it. */
+struct handoff {
+    int fd;
+    uint32_t addr_slot;
+    struct sockaddr_storage ss;
 };
 
 struct worker {
@@ -75,6 +110,24 @@ struct worker {
     void *app_state;
     LIST_HEAD(, conn) conns; /* open connections */
     unsigned nconns;
+    unsigned peak;    /* most connections open since memory was last returned */
+    int trim_at_zero; /* return memory again when the last connection closes */
+    /* Connections live in cells mapped apart from the heap: libevent keeps a small record
+     * per descriptor number for good, and between such records the memory of closed
+     * connections could not go back to the system after a burst. A cell is a struct conn
+     * followed by its three events. */
+    struct slab_pool cells;
+    TAILQ_HEAD(, conn) idle, partial;
+    unsigned nidle, npartial;
+    atomic_uint nevictable; /* nidle + npartial, read by the other workers */
+    char *inbufs[IN_BUF_POOL];
+    unsigned ninbufs;
+    struct event *ev_handoff, *ev_resume;
+    pthread_mutex_t handoff_lock;
+    struct handoff handoffs[HANDOFF_MAX]; /* under handoff_lock */
+    unsigned nhandoffs;
+    unsigned long evicted, refused, refused_ip; /* since the last line about the caps */
+    uint64_t pressure_logged_ms;
     int draining;
     time_t date_sec;
     char date[64];
@@ -87,6 +140,8 @@ struct server {
     struct worker *workers;
     unsigned nworkers;
     atomic_uint nconns;
+    size_t event_offset, event_bytes; /* in a connection's cell */
+    struct addr_count *addr_count;    /* NULL without a per-address cap */
     atomic_int stopping;
     pthread_t main_thread;
     int port;
@@ -95,66 +150,18 @@ struct server {
 static void conn_process(struct conn *c);
 static int conn_flush(struct conn *c);
 
-const char *
-server_reason_phrase(int status)
+void
+server_connection_counts(const struct server *s, struct server_conn_counts *out)
 {
-    switch (status) {
-    case 100:
-        return "Continue";
-    case 102:
-        return "Processing";
-    case 103:
-        return "Early Hints";
-    case 200:
-        return "OK";
-    case 201:
-        return "Created";
-    case 204:
-        return "No Content";
-    case 304:
-        return "Not Modified";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 408:
-        return "Request Timeout";
-    case 409:
-        return "Conflict";
-    case 411:
-        return "Length Required";
-    case 413:
-        return "Content Too Large";
-    case 414:
-        return "URI Too Long";
-    case 415:
-        return "Unsupported Media Type";
-    case 422:
-        return "Unprocessable Content";
-    case 429:
-        return "Too Many Requests";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 500:
-        return "Internal Server Error";
-    case 501:
-        return "Not Implemented";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    case 505:
-        return "HTTP Version Not Supported";
-    default:
-        return "Unknown";
+    *out = (struct server_conn_counts){0};
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        const struct worker *w = &s->workers[i];
+        unsigned n = __atomic_load_n(&w->nconns, __ATOMIC_RELAXED);
+        unsigned idle = __atomic_load_n(&w->nidle, __ATOMIC_RELAXED);
+        unsigned partial = __atomic_load_n(&w->npartial, __ATOMIC_RELAXED);
+        out->idle += idle;
+        out->reading += partial;
+        out->active += n > idle + partial ? n - idle - partial : 0;
     }
 }
 
@@ -188,22 +195,178 @@ server_worker_date_header(struct worker *w, size_t *len)
 
 /* ---- connections ---------------------------------------------------------------------- */
 
+/* A monotonic clock in ms, coarse (a few ms) and cheap: it orders connections for closing. */
+static uint64_t
+now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Gives c an input buffer (from the worker's spares when it has one). */
+static void
+inbuf_take(struct conn *c)
+{
+    struct worker *w = c->w;
+    c->in = w->ninbufs ? w->inbufs[--w->ninbufs] : xmalloc(IN_BUF_INITIAL);
+    c->in_cap = IN_BUF_INITIAL;
+}
+
+/*
+ * Drops c's input buffer and chunked-body buffer (nothing may point into
+ * them): a connection without a request in progress holds neither. Buffers
+ * of the initial size go back to the worker's spares, larger ones are freed.
+ */
+static void
+inbuf_release(struct conn *c)
+{
+    struct worker *w = c->w;
+    if (c->in && c->in_cap == IN_BUF_INITIAL && w->ninbufs < IN_BUF_POOL)
+        w->inbufs[w->ninbufs++] = c->in;
+    else
+        free(c->in);
+    c->in = NULL;
+    c->in_cap = c->in_len = c->in_off = 0;
+    c->head_scanned = 0;
+    if (c->body) {
+        free(c->body);
+        c->body = NULL;
+        c->body_cap = 0;
+    }
+}
+
+static void
+publish_evictable(struct worker *w)
+{
+    atomic_store_explicit(&w->nevictable, w->nidle + w->npartial, memory_order_relaxed);
+}
+
+static void
+queue_remove(struct conn *c)
+{
+    struct worker *w = c->w;
+    if (c->queue == QUEUE_NONE)
+        return;
+    if (c->queue == QUEUE_IDLE) {
+        TAILQ_REMOVE(&w->idle, c, qlink);
+        w->nidle--;
+    } else {
+        TAILQ_REMOVE(&w->partial, c, qlink);
+        w->npartial--;
+    }
+    c->queue = QUEUE_NONE;
+    publish_evictable(w);
+}
+
+/*
+ * Puts c in the queue its state calls for: at the tail when it changes queue,
+ * and when it is idle at every call, so that the idle queue is in the order
+ * of last activity while the partial one stays in the order requests began.
+ */
+static void
+conn_requeue(struct conn *c)
+{
+    struct worker *w = c->w;
+    enum conn_queue q = QUEUE_NONE;
+
+    if (c->state == CONN_READ && !c->closing && !c->dead && evbuffer_get_length(c->out) == 0)
+        q = c->in_len > c->in_off ? QUEUE_PARTIAL : QUEUE_IDLE;
+    if (q == c->queue) {
+        if (q == QUEUE_IDLE) { /* active again: the most recently active */
+            c->queued_ms = now_ms();
+            if (TAILQ_NEXT(c, qlink)) {
+                TAILQ_REMOVE(&w->idle, c, qlink);
+                TAILQ_INSERT_TAIL(&w->idle, c, qlink);
+            }
+        }
+        return;
+    }
+    queue_remove(c);
+    c->queue = q;
+    c->queued_ms = now_ms();
+    if (q == QUEUE_IDLE) {
+        TAILQ_INSERT_TAIL(&w->idle, c, qlink);
+        w->nidle++;
+    } else if (q == QUEUE_PARTIAL) {
+        TAILQ_INSERT_TAIL(&w->partial, c, qlink);
+        w->npartial++;
+    }
+    publish_evictable(w);
+}
+
+/*
+ * The connection to close for a new one at the cap, or NULL when every one
+ * is busy: the least recently active idle one, else the partial one whose
+ * request began first; either only when it has been so for EVICT_GRACE_MS,
+ * unless no connection has.
+ */
+static struct conn *
+conn_victim(struct worker *w)
+{
+    uint64_t now = now_ms();
+    struct conn *i = TAILQ_FIRST(&w->idle), *p = TAILQ_FIRST(&w->partial);
+    if (i && now - i->queued_ms >= EVICT_GRACE_MS)
+        return i;
+    if (p && now - p->queued_ms >= EVICT_GRACE_MS)
+        return p;
+    return i ? i : p;
+}
+
+/* Counts a connection less from the address in slot (when the server counts them). */
+static void
+addr_release(struct server *s, uint32_t slot)
+{
+    if (s->addr_count)
+        addr_count_release(s->addr_count, slot);
+}
+
+static size_t
+round_up(size_t n, size_t to)
+{
+    return (n + to - 1) / to * to;
+}
+
+/* A zeroed connection of worker w with the storage of its events. */
+static struct conn *
+conn_alloc(struct worker *w)
+{
+    const struct server *s = w->s;
+    struct conn *c = slab_alloc(&w->cells);
+    c->ev_read = (struct event *)((char *)c + s->event_offset);
+    c->ev_write = (struct event *)((char *)c + s->event_offset + s->event_bytes);
+    c->ev_timer = (struct event *)((char *)c + s->event_offset + 2 * s->event_bytes);
+    return c;
+}
+
 static void
 conn_free(struct conn *c)
 {
     struct worker *w = c->w;
+    queue_remove(c);
     LIST_REMOVE(c, link);
     w->nconns--;
     atomic_fetch_sub(&w->s->nconns, 1);
-    event_free(c->ev_read);
-    event_free(c->ev_write);
-    event_free(c->ev_timer);
+    addr_release(w->s, c->addr_slot);
+    event_del(c->ev_read);
+    event_del(c->ev_write);
+    event_del(c->ev_timer);
     evbuffer_free(c->out); /* runs the release callbacks of borrowed bodies */
     if (c->fd >= 0)
         close(c->fd);
-    free(c->in);
-    free(c->body);
-    free(c);
+    inbuf_release(c);
+    slab_free(&w->cells, c);
+#ifdef __GLIBC__
+    /* After a burst (a flood of connections) give the freed memory back: each time the
+     * connections fall to a quarter of their peak, and once more when none is left. glibc
+     * returns the top of its heaps by itself, not what lies between live allocations. */
+    if ((w->peak >= TRIM_MIN_PEAK && w->nconns <= w->peak / 4) ||
+        (w->trim_at_zero && w->nconns == 0)) {
+        w->trim_at_zero = w->nconns > 0;
+        w->peak = w->nconns;
+        malloc_trim(0);
+    }
+#endif
     if (w->draining && w->nconns == 0)
         event_base_loopexit(w->base, NULL);
 }
@@ -221,6 +384,7 @@ conn_close(struct conn *c)
         return;
     }
     c->dead = 1;
+    queue_remove(c);
     event_del(c->ev_read);
     event_del(c->ev_write);
     evtimer_del(c->ev_timer);
@@ -231,6 +395,7 @@ conn_close(struct conn *c)
 static void
 conn_set_timer(struct conn *c, enum timer_mode mode)
 {
+    const struct server_config *cfg = &c->w->s->cfg;
     if (c->timer_mode == mode)
         return;
     c->timer_mode = mode;
@@ -238,9 +403,10 @@ conn_set_timer(struct conn *c, enum timer_mode mode)
         evtimer_del(c->ev_timer);
         return;
     }
-    uint64_t ms =
-        mode == TIMER_IDLE ? c->w->s->cfg.idle_timeout_ms : c->w->s->cfg.header_timeout_ms;
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    uint64_t ms = mode == TIMER_IDLE      ? cfg->idle_timeout_ms
+                  : mode == TIMER_REQUEST ? cfg->header_timeout_ms
+                                          : LINGER_MS;
+    struct timeval tv = util_ms_to_tv(ms);
     evtimer_add(c->ev_timer, &tv);
 }
 
@@ -249,10 +415,6 @@ on_linger_read(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
     char buf[4096];
-    if (what & EV_TIMEOUT) {
-        conn_close(c);
-        return;
-    }
     for (;;) {
         ssize_t n = read(fd, buf, sizeof(buf));
         if (n > 0) {
@@ -271,21 +433,22 @@ on_linger_read(evutil_socket_t fd, short what, void *arg)
 
 /*
  * Ends a connection whose last response is written: half-closes, then reads
- * and drops what the peer still sends until it closes (at most LINGER_MS), so
- * that unread input cannot make the kernel reset the connection and destroy
- * the response before the peer has read it.
+ * and drops what the peer still sends until it closes (at most LINGER_MS from
+ * now, however the peer trickles), so that unread input cannot make the
+ * kernel reset the connection and destroy the response before the peer has
+ * read it.
  */
 static void
 conn_linger(struct conn *c)
 {
     shutdown(c->fd, SHUT_WR);
-    event_free(c->ev_read);
-    c->ev_read = event_new(c->w->base, c->fd, EV_READ | EV_PERSIST, on_linger_read, c);
-    evtimer_del(c->ev_timer);
-    c->timer_mode = TIMER_NONE;
-    struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
-    event_add(c->ev_read, &tv);
+    queue_remove(c);
+    inbuf_release(c);
+    event_del(c->ev_read);
+    event_assign(c->ev_read, c->w->base, c->fd, EV_READ | EV_PERSIST, on_linger_read, c);
+    event_add(c->ev_read, NULL);
     c->state = CONN_LINGER;
+    conn_set_timer(c, TIMER_LINGER);
     c->in_len = c->in_off = 0; /* counts the bytes drained */
 }
 
@@ -312,6 +475,7 @@ conn_flush(struct conn *c)
         /* A peer that stops reading is given the idle timeout, not forever. */
         if (c->state != CONN_HANDLING)
             conn_set_timer(c, TIMER_IDLE);
+        conn_requeue(c);
         return 0;
     }
     event_del(c->ev_write);
@@ -319,6 +483,7 @@ conn_flush(struct conn *c)
         conn_linger(c);
         return -1;
     }
+    conn_requeue(c);
     return 0;
 }
 
@@ -343,6 +508,12 @@ on_timer(evutil_socket_t fd, short what, void *arg)
     c->timer_mode = TIMER_NONE;
     if (c->state == CONN_HANDLING)
         return; /* the application's own deadlines apply */
+    if (c->state == CONN_LINGER) {
+        conn_close(c);
+        return;
+    }
+    /* A connection that sent no byte of a request in time (a new one within the
+     * header timeout, a keep-alive one within the idle timeout) is closed silently. */
     if (mode == TIMER_REQUEST && c->in_len > c->in_off) {
         /* A request started and did not complete in time. */
         c->state = CONN_HANDLING;
@@ -368,6 +539,8 @@ on_read(evutil_socket_t fd, short what, void *arg)
     if (c->in_off > 0 && c->in_off == c->in_len) {
         c->in_off = c->in_len = 0;
     }
+    if (!c->in)
+        inbuf_take(c);
     if (c->in_cap - c->in_len < 2048) {
         if (c->in_off > 0) {
             memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
@@ -392,8 +565,11 @@ on_read(evutil_socket_t fd, short what, void *arg)
     }
     ssize_t n = read(c->fd, c->in + c->in_len, c->in_cap - c->in_len);
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            if (c->in_len == c->in_off)
+                inbuf_release(c);
             return;
+        }
         conn_close(c);
         return;
     }
@@ -414,7 +590,7 @@ conn_fail(struct conn *c, int status, const char *detail)
     c->closing = 1;
     c->req.worker = c->w;
     event_del(c->ev_read);
-    server_respond_problem(&c->req, status, NULL, server_reason_phrase(status), detail, NULL);
+    server_respond_problem(&c->req, status, NULL, http_reason_phrase(status), detail, NULL);
 }
 
 static int
@@ -447,14 +623,17 @@ conn_process(struct conn *c)
 
     c->in_process = 1;
     while (c->state == CONN_READ && !c->closing && evbuffer_get_length(c->out) < OUT_HIGH_WATER) {
-        const char *p = c->in + c->in_off;
         size_t avail = c->in_len - c->in_off;
         if (avail == 0) {
-            conn_set_timer(c, c->w->draining ? TIMER_REQUEST : TIMER_IDLE);
+            /* Between requests: the idle timeout, and no buffer held. Until one request
+             * has been answered the header timeout from the accept goes on instead. */
+            inbuf_release(c);
+            conn_set_timer(c, c->w->draining || !c->served ? TIMER_REQUEST : TIMER_IDLE);
             if (c->w->draining)
                 c->closing = 1;
             break;
         }
+        const char *p = c->in + c->in_off;
         conn_set_timer(c, TIMER_REQUEST);
         struct http_request *h = &c->req.http;
         /* The parser starts over on every call: while the head is incomplete, call it again
@@ -574,20 +753,6 @@ conn_process(struct conn *c)
     }
 }
 
-static char *
-put(char *o, const char *s, size_t n)
-{
-    if (n)
-        memcpy(o, s, n);
-    return o + n;
-}
-
-static char *
-write_u64(char *o, uint64_t v)
-{
-    return o + util_u64(o, v);
-}
-
 static struct conn *
 req_conn(struct server_request *req)
 {
@@ -615,41 +780,27 @@ server_respond(struct server_request *req, const struct server_response *resp)
     if (resp->close || resp->close_delimited || w->draining)
         c->closing = 1;
 
-    size_t datelen;
-    const char *date = server_worker_date_header(w, &datelen);
-    const char *reason = server_reason_phrase(resp->status);
-    size_t ctlen = resp->content_type ? strlen(resp->content_type) : 0;
-    size_t cap = 96 + strlen(reason) + datelen + ctlen + resp->headers_len + resp->headers2_len;
+    struct http_head head = {
+        .status = resp->status,
+        .minor_version = c->req.http.minor_version,
+        .content_type = resp->content_type,
+        /* RFC 9110 8.6: none for 1xx, 204 and 304; none when the close delimits the body. */
+        .content_length = resp->status >= 200 && resp->status != 204 && resp->status != 304 &&
+                          !resp->close_delimited,
+        .body_len = resp->body_len,
+        .headers = resp->headers,
+        .headers_len = resp->headers_len,
+        .headers2 = resp->headers2,
+        .headers2_len = resp->headers2_len,
+        .connection = c->closing                       ? HTTP_HEAD_CONN_CLOSE
+                      : c->req.http.minor_version == 0 ? HTTP_HEAD_CONN_KEEP_ALIVE
+                                                       : HTTP_HEAD_CONN_NONE,
+    };
+    head.date = server_worker_date_header(w, &head.date_len);
+    size_t cap = http_head_size(&head);
     char stackbuf[2048];
     char *buf = cap <= sizeof(stackbuf) ? stackbuf : xmalloc(cap);
-    int minor = c->req.http.minor_version;
-    char *o = buf;
-    o = put(o, minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ", 9);
-    o = write_u64(o, (uint64_t)resp->status);
-    *o++ = ' ';
-    o = put(o, reason, strlen(reason));
-    o = put(o, "\r\n", 2);
-    o = put(o, date, datelen);
-    if (resp->content_type) {
-        o = put(o, "Content-Type: ", 14);
-        o = put(o, resp->content_type, ctlen);
-        o = put(o, "\r\n", 2);
-    }
-    if (resp->status >= 200 && resp->status != 204 && resp->status != 304 &&
-        !resp->close_delimited) {
-        o = put(o, "Content-Length: ", 16);
-        o = write_u64(o, resp->body_len);
-        o = put(o, "\r\n", 2);
-    }
-    o = put(o, resp->headers, resp->headers_len);
-    o = put(o, resp->headers2, resp->headers2_len);
-    if (c->closing)
-        o = put(o, "Connection: close\r\n", 19);
-    else if (minor == 0)
-        o = put(o, "Connection: keep-alive\r\n", 24);
-    o = put(o, "\r\n", 2);
-    size_t len = (size_t)(o - buf);
-    evbuffer_add(c->out, buf, len);
+    evbuffer_add(c->out, buf, http_head_write(buf, &head));
     if (buf != stackbuf)
         free(buf);
 
@@ -665,6 +816,7 @@ server_respond(struct server_request *req, const struct server_response *resp)
     }
 
     /* The request is over: drop its bytes and go back to reading. */
+    c->served = 1;
     c->in_off += c->consumed;
     c->consumed = 0;
     c->head_scanned = 0;
@@ -688,7 +840,7 @@ void
 server_respond_interim(struct server_request *req, int status, const char *headers, size_t len)
 {
     struct conn *c = req_conn(req);
-    const char *reason = server_reason_phrase(status);
+    const char *reason = http_reason_phrase(status);
     char head[64];
     int n;
 
@@ -724,7 +876,7 @@ server_respond_problem_ext(struct server_request *req, int status, const char *t
 {
     json_t *o = json_object();
     json_object_set_new(o, "type", json_string(type ? type : "about:blank"));
-    json_object_set_new(o, "title", json_string(title ? title : server_reason_phrase(status)));
+    json_object_set_new(o, "title", json_string(title ? title : http_reason_phrase(status)));
     json_object_set_new(o, "status", json_integer(status));
     if (detail)
         json_object_set_new(o, "detail", json_string(detail));
@@ -749,14 +901,13 @@ server_respond_problem_ext(struct server_request *req, int status, const char *t
 /* ---- accepting --------------------------------------------------------------------------- */
 
 static void
-conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss)
+conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss, uint32_t slot)
 {
-    struct conn *c = xcalloc(1, sizeof(*c));
+    struct conn *c = conn_alloc(w);
     c->w = w;
     c->fd = fd;
-    c->in_cap = IN_BUF_INITIAL;
-    c->in = xmalloc(c->in_cap);
-    c->out = evbuffer_new();
+    c->addr_slot = slot;
+    c->out = evbuffer_new(); /* the input buffer comes with the first byte (inbuf_take) */
     if (!c->out) {
         fprintf(stderr, "sluice: out of memory (evbuffer)\n");
         abort();
@@ -767,64 +918,242 @@ conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, c->ip, sizeof(c->ip));
     else
         strcpy(c->ip, "unknown");
-    c->ev_read = event_new(w->base, fd, EV_READ | EV_PERSIST, on_read, c);
-    c->ev_write = event_new(w->base, fd, EV_WRITE | EV_PERSIST, on_write, c);
-    c->ev_timer = evtimer_new(w->base, on_timer, c);
+    event_assign(c->ev_read, w->base, fd, EV_READ | EV_PERSIST, on_read, c);
+    event_assign(c->ev_write, w->base, fd, EV_WRITE | EV_PERSIST, on_write, c);
+    evtimer_assign(c->ev_timer, w->base, on_timer, c);
     LIST_INSERT_HEAD(&w->conns, c, link);
     w->nconns++;
+    if (w->nconns > w->peak)
+        w->peak = w->nconns;
     event_add(c->ev_read, NULL);
-    conn_set_timer(c, TIMER_IDLE);
+    /* The first request's head is due within the header timeout from now. */
+    conn_set_timer(c, TIMER_REQUEST);
+    conn_requeue(c);
+}
+
+/* At most one line per worker every PRESSURE_LOG_MS about connections closed or refused. */
+static void
+pressure_log(struct worker *w)
+{
+    const struct server_config *cfg = &w->s->cfg;
+    uint64_t now = now_ms();
+    if (w->pressure_logged_ms && now - w->pressure_logged_ms < PRESSURE_LOG_MS)
+        return;
+    w->pressure_logged_ms = now;
+    fprintf(stderr,
+            "sluice: %s:%d worker %u: %lu idle or unfinished connections closed for new ones, "
+            "%lu new ones refused at the connection cap (%u), %lu at the per-address cap (%u)\n",
+            cfg->listen_addr, w->s->port, w->index, w->evicted, w->refused, cfg->max_connections,
+            w->refused_ip, cfg->max_connections_per_ip);
+    w->evicted = w->refused = w->refused_ip = 0;
+}
+
+/*
+ * Answers a connection that is not taken 503 problem+json and closes it. The
+ * answer is written once, without waiting: a peer that sent its request
+ * already may see a reset instead.
+ */
+static void
+refuse(struct worker *w, int fd, const char *detail)
+{
+    char body[256], head[512];
+    size_t datelen;
+    const char *date = server_worker_date_header(w, &datelen);
+    int blen = snprintf(body, sizeof(body),
+                        "{\"type\":\"about:blank\",\"title\":\"Service Unavailable\","
+                        "\"status\":503,\"detail\":\"%s\"}",
+                        detail);
+    int hlen = snprintf(head, sizeof(head),
+                        "HTTP/1.1 503 Service Unavailable\r\n%.*s"
+                        "Content-Type: application/problem+json\r\nContent-Length: %d\r\n"
+                        "Retry-After: 1\r\nConnection: close\r\n\r\n",
+                        (int)datelen, date, blen);
+    struct iovec iov[2] = {{head, (size_t)hlen}, {body, (size_t)blen}};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
+    (void)sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    close(fd);
+}
+
+/*
+ * Gives a new connection, counted already, to another worker that has an
+ * idle or partial connection to close for it. Returns 0 when one took it
+ * (it owns fd now), -1 when none can.
+ */
+static int
+handoff(struct worker *w, int fd, const struct sockaddr_storage *ss, uint32_t slot)
+{
+    struct server *s = w->s;
+    if (atomic_load(&s->stopping))
+        return -1;
+    for (unsigned k = 1; k < s->nworkers; k++) {
+        struct worker *o = &s->workers[(w->index + k) % s->nworkers];
+        if (atomic_load_explicit(&o->nevictable, memory_order_relaxed) == 0)
+            continue;
+        pthread_mutex_lock(&o->handoff_lock);
+        int taken = o->nhandoffs < HANDOFF_MAX;
+        if (taken)
+            o->handoffs[o->nhandoffs++] = (struct handoff){.fd = fd, .addr_slot = slot, .ss = *ss};
+        pthread_mutex_unlock(&o->handoff_lock);
+        if (taken) {
+            event_active(o->ev_handoff, EV_READ, 0);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/*
+ * Takes a new connection, already counted in the server's connections and
+ * its address's counter. Over the connection cap it closes this worker's
+ * conn_victim() for it, else hands it to another worker that has one (not
+ * when `handed`: it came from one), else refuses it.
+ */
+static void
+admit(struct worker *w, int fd, const struct sockaddr_storage *ss, uint32_t slot, int handed)
+{
+    struct server *s = w->s;
+    if (w->draining) {
+        atomic_fetch_sub(&s->nconns, 1);
+        addr_release(s, slot);
+        refuse(w, fd, "the server is stopping");
+        return;
+    }
+    if (atomic_load(&s->nconns) > s->cfg.max_connections) {
+        struct conn *v = conn_victim(w);
+        if (v) {
+            conn_close(v);
+            w->evicted++;
+            pressure_log(w);
+        } else if (!handed && handoff(w, fd, ss, slot) == 0) {
+            return;
+        } else {
+            atomic_fetch_sub(&s->nconns, 1);
+            addr_release(s, slot);
+            refuse(w, fd, "every connection is busy: try again");
+            w->refused++;
+            pressure_log(w);
+            return;
+        }
+    }
+    conn_new(w, fd, ss, slot);
+}
+
+/* Takes the connections other workers handed to this one. */
+static void
+on_handoff(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct handoff batch[HANDOFF_MAX];
+    pthread_mutex_lock(&w->handoff_lock);
+    unsigned n = w->nhandoffs;
+    memcpy(batch, w->handoffs, n * sizeof(*batch));
+    w->nhandoffs = 0;
+    pthread_mutex_unlock(&w->handoff_lock);
+    for (unsigned i = 0; i < n; i++)
+        admit(w, batch[i].fd, &batch[i].ss, batch[i].addr_slot, 1);
+}
+
+static void
+on_resume(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    if (w->ev_listen)
+        event_add(w->ev_listen, NULL);
+}
+
+/* Takes up to ACCEPT_BATCH connections off the listener's queue; returns how many it took. */
+static int
+accept_batch(struct worker *w)
+{
+    struct server *s = w->s;
+    int taken = 0;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int cfd = accept4(w->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE) {
+                /* Out of descriptors: the listener stays readable, so accepting would spin.
+                 * Wait a moment (connections closing give descriptors back). */
+                uint64_t now = now_ms();
+                if (!w->pressure_logged_ms || now - w->pressure_logged_ms >= PRESSURE_LOG_MS) {
+                    w->pressure_logged_ms = now;
+                    fprintf(stderr, "sluice: accept: %s (raise the open-file limit, ulimit -n)\n",
+                            strerror(errno));
+                }
+                event_del(w->ev_listen);
+                struct timeval tv = util_ms_to_tv(ACCEPT_PAUSE_MS);
+                evtimer_add(w->ev_resume, &tv);
+            }
+            return taken;
+        }
+        taken++;
+        uint32_t slot = ADDR_COUNT_NONE;
+        if (s->addr_count) {
+            slot = addr_count_slot(s->addr_count, (const struct sockaddr *)&ss);
+            if (addr_count_take(s->addr_count, slot) != 0) {
+                refuse(w, cfd, "too many connections from this address");
+                w->refused_ip++;
+                pressure_log(w);
+                continue;
+            }
+        }
+        int one = 1;
+        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        atomic_fetch_add(&s->nconns, 1);
+        admit(w, cfd, &ss, slot, 0);
+    }
+    return taken;
 }
 
 static void
 on_accept(evutil_socket_t fd, short what, void *arg)
 {
-    struct worker *w = arg;
-    struct server *s = w->s;
-    for (int i = 0; i < ACCEPT_BATCH; i++) {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof(ss);
-        int cfd = accept4(fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (cfd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue;
-            if (errno == EMFILE || errno == ENFILE)
-                fprintf(stderr, "sluice: accept: %s\n", strerror(errno));
-            return;
-        }
-        if (atomic_fetch_add(&s->nconns, 1) >= s->cfg.max_connections) {
-            atomic_fetch_sub(&s->nconns, 1);
-            close(cfd); /* over the connection limit */
-            continue;
-        }
-        int one = 1;
-        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        conn_new(w, cfd, &ss);
-    }
+    accept_batch(arg);
 }
 
-/* Stop accepting; close idle connections; the others close after their current request. */
+/*
+ * Stop accepting: take what waits in the listener's queue and close the
+ * listener (the kernel would reset what a closed listener leaves in its
+ * queue; with another instance on the port, new connections go to it from
+ * now on). Close idle connections; the others close after their current
+ * request.
+ */
 static void
 on_stop(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
     if (w->draining)
         return;
-    w->draining = 1;
     if (w->ev_listen) {
+        while (accept_batch(w) == ACCEPT_BATCH)
+            ;
         event_free(w->ev_listen);
         w->ev_listen = NULL;
+        close(w->listen_fd);
+        w->listen_fd = -1;
     }
+    w->draining = 1;
+    evtimer_del(w->ev_resume);
     for (struct conn *c = LIST_FIRST(&w->conns), *next; c; c = next) {
         next = LIST_NEXT(c, link);
-        /* Idle connections go now (or once their output is written); a connection with a
-         * request in progress answers it with "Connection: close"; a lingering one ends
-         * when its peer closes (or LINGER_MS). */
+        /* Idle connections go now (or once their output is written); a new one that has
+         * not sent its first request yet (it may be on its way) has STOP_GRACE_MS for it; a
+         * connection with a request in progress answers it with "Connection: close"; a
+         * lingering one ends when its peer closes (or LINGER_MS). */
         if (c->state == CONN_READ && c->in_len == c->in_off) {
-            if (evbuffer_get_length(c->out) == 0)
-                conn_close(c);
-            else
+            if (evbuffer_get_length(c->out) > 0) {
                 c->closing = 1;
+            } else if (c->served) {
+                conn_close(c);
+            } else {
+                uint64_t ms = w->s->cfg.header_timeout_ms;
+                struct timeval tv = util_ms_to_tv(ms < STOP_GRACE_MS ? ms : STOP_GRACE_MS);
+                c->timer_mode = TIMER_REQUEST; /* past it: closed without an answer */
+                evtimer_add(c->ev_timer, &tv);
+            }
         }
     }
     if (w->nconns == 0)
@@ -850,9 +1179,36 @@ worker_main(void *arg)
     return NULL;
 }
 
+/*
+ * Whether another socket listens on the address in ss (its port set): a
+ * socket without SO_REUSEPORT cannot bind beside a listener, while our own
+ * socket, bound and not listening yet, does not stand in its way.
+ */
 static int
-listen_socket(const char *addr, int port, char *err, size_t errlen, int *bound_port)
+port_taken(const struct sockaddr_storage *ss, socklen_t sl)
 {
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1, taken;
+
+    if (fd < 0)
+        return 0; /* cannot tell: the bind of our own socket has succeeded */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    taken = bind(fd, (const struct sockaddr *)ss, sl) < 0 && errno == EADDRINUSE;
+    close(fd);
+    return taken;
+}
+
+/*
+ * A listening socket on cfg's address and `port` (0: one the system picks,
+ * returned in *bound_port). Unless cfg says exclusive it has SO_REUSEPORT so
+ * that the workers share the port; with `first` and without cfg->reuse_port,
+ * a port another process listens on already is refused.
+ */
+static int
+listen_socket(const struct server_config *cfg, int port, int first, char *err, size_t errlen,
+              int *bound_port)
+{
+    const char *addr = cfg->listen_addr;
     struct sockaddr_storage ss;
     socklen_t sl;
     memset(&ss, 0, sizeof(ss));
@@ -877,14 +1233,29 @@ listen_socket(const char *addr, int port, char *err, size_t errlen, int *bound_p
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 1024) < 0) {
+    if (!cfg->exclusive)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, sl) < 0) {
         snprintf(err, errlen, "cannot listen on %s:%d: %s", addr, port, strerror(errno));
         close(fd);
         return -1;
     }
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
-        *bound_port = ntohs(ss.ss_family == AF_INET ? sin->sin_port : sin6->sin6_port);
+        port = ntohs(ss.ss_family == AF_INET ? sin->sin_port : sin6->sin6_port);
+    if (first && !cfg->exclusive && !cfg->reuse_port && port_taken(&ss, sl)) {
+        snprintf(err, errlen,
+                 "cannot listen on %s:%d: another process listens on it (a second sluice "
+                 "serve?); to share the port on purpose, for a handover, pass --reuse-port",
+                 addr, port);
+        close(fd);
+        return -1;
+    }
+    if (listen(fd, 1024) < 0) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", addr, port, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    *bound_port = port;
     return fd;
 }
 
@@ -898,14 +1269,23 @@ server_new(const struct server_config *cfg, const struct server_app *app, char *
     s->cfg = *cfg;
     s->app = *app;
     s->nworkers = cfg->workers ? cfg->workers : 1;
+    assert(!cfg->exclusive || s->nworkers == 1);
     s->workers = xcalloc(s->nworkers, sizeof(*s->workers));
+    s->event_offset = round_up(sizeof(struct conn), 16);
+    s->event_bytes = round_up(event_get_struct_event_size(), 16);
+    if (cfg->max_connections_per_ip > 0)
+        s->addr_count = addr_count_new(cfg->max_connections_per_ip, cfg->max_connections);
     int port = cfg->listen_port;
     for (unsigned i = 0; i < s->nworkers; i++) {
         struct worker *w = &s->workers[i];
         w->s = s;
         w->index = i;
         LIST_INIT(&w->conns);
-        w->listen_fd = listen_socket(cfg->listen_addr, port, err, errlen, &port);
+        slab_pool_init(&w->cells, s->event_offset + 3 * s->event_bytes, SLAB_CELLS);
+        TAILQ_INIT(&w->idle);
+        TAILQ_INIT(&w->partial);
+        pthread_mutex_init(&w->handoff_lock, NULL);
+        w->listen_fd = listen_socket(cfg, port, i == 0, err, errlen, &port);
         if (w->listen_fd < 0)
             goto fail;
         w->base = event_base_new();
@@ -915,6 +1295,8 @@ server_new(const struct server_config *cfg, const struct server_app *app, char *
         }
         w->ev_listen = event_new(w->base, w->listen_fd, EV_READ | EV_PERSIST, on_accept, w);
         w->ev_stop = event_new(w->base, -1, 0, on_stop, w);
+        w->ev_handoff = event_new(w->base, -1, 0, on_handoff, w);
+        w->ev_resume = evtimer_new(w->base, on_resume, w);
         event_add(w->ev_listen, NULL);
     }
     s->port = port;
@@ -968,11 +1350,24 @@ server_free(struct server *s)
             event_free(w->ev_listen);
         if (w->ev_stop)
             event_free(w->ev_stop);
+        if (w->ev_handoff)
+            event_free(w->ev_handoff);
+        if (w->ev_resume)
+            event_free(w->ev_resume);
         if (w->base)
             event_base_free(w->base);
         if (w->listen_fd > 0)
             close(w->listen_fd);
+        /* Connections handed to a worker that had stopped already. */
+        for (unsigned k = 0; k < w->nhandoffs; k++)
+            close(w->handoffs[k].fd);
+        for (unsigned k = 0; k < w->ninbufs; k++)
+            free(w->inbufs[k]);
+        slab_pool_destroy(&w->cells); /* every connection is closed */
+        pthread_mutex_destroy(&w->handoff_lock);
     }
+    if (s->addr_count)
+        addr_count_free(s->addr_count);
     free(s->workers);
     free(s);
 }

@@ -15,12 +15,27 @@ struct worker;
 struct server_config {
     const char *listen_addr; /* "127.0.0.1" */
     int listen_port;
-    unsigned workers;           /* >= 1 */
-    size_t max_header_bytes;    /* request line + headers; larger: 431 */
-    size_t max_body_bytes;      /* larger: 413 */
-    unsigned max_connections;   /* per process; beyond it new connections are closed */
-    uint64_t header_timeout_ms; /* from a request's first byte to its complete head and body */
-    uint64_t idle_timeout_ms;   /* keep-alive connection with no request */
+    unsigned workers;        /* >= 1 */
+    size_t max_header_bytes; /* request line + headers; larger: 431 */
+    size_t max_body_bytes;   /* larger: 413 */
+    /* Open connections of the server. At the cap a new connection closes an idle one
+     * (none of a request yet: least recently active first) or else the one whose
+     * unfinished request began first; only when every one is busy (the application
+     * holds its request, or its answer is being written) is it refused with a 503. */
+    unsigned max_connections;
+    /* Open connections from one address (IPv6: one /64); beyond it new ones get a 503.
+     * 0: no such cap. */
+    unsigned max_connections_per_ip;
+    /* From the accept (or, after the first request, from a request's first byte) to the
+     * request's complete head and body: past it a started request gets 408, a connection
+     * that sent nothing is closed. */
+    uint64_t header_timeout_ms;
+    uint64_t idle_timeout_ms; /* between the requests of a keep-alive connection */
+    /* 0: refuse to start when another process listens on the address already (a second
+     * instance); 1: share the port with it (SO_REUSEPORT; both must run as one user). */
+    int reuse_port;
+    /* 1: no other socket may share the port at all (one worker only). */
+    int exclusive;
 };
 
 /* A request handed to the application; valid until server_respond(). */
@@ -68,7 +83,11 @@ struct server_app {
     void *ctx;
 };
 
-/* Returns a new server with listeners bound, or NULL with a message in err. */
+/*
+ * Returns a new server with listeners bound, or NULL with a message in err
+ * (among others when another process listens on the address and
+ * cfg->reuse_port is not set). cfg is copied; listen_addr must outlive the server.
+ */
 struct server *server_new(const struct server_config *cfg, const struct server_app *app, char *err,
                           size_t errlen);
 
@@ -90,7 +109,7 @@ void server_respond(struct server_request *req, const struct server_response *re
 
 /*
  * Sends an interim answer (status 100..199 but 101, reason phrase from
- * server_reason_phrase) with `headers` ("Name: value\r\n" lines, len bytes,
+ * http_reason_phrase in head.h) with `headers` ("Name: value\r\n" lines, len bytes,
  * copied; NULL when len is 0) on a request before its server_respond(). It
  * is written at once, ahead of the final answer (from the application's own
  * handle() it leaves with that turn's batch). Dropped silently when the
@@ -115,11 +134,19 @@ void server_respond_problem_ext(struct server_request *req, int status, const ch
                                 const char *extra_headers);
 
 /* The worker's event base, index and cached "Date: ...\r\n" header line. */
+/* The open connections of every worker, by what they are doing. */
+struct server_conn_counts {
+    uint64_t idle;    /* no byte of a request yet: new, or between keep-alive requests */
+    uint64_t reading; /* a request begun and not complete */
+    uint64_t active;  /* a request with the application, its answer being written, or closing */
+};
+
+/* Fills *out; callable from any thread while the server runs (each count is read whole, the
+ * sum is not one instant's). */
+void server_connection_counts(const struct server *s, struct server_conn_counts *out);
+
 struct event_base *server_worker_base(struct worker *w);
 unsigned server_worker_index(const struct worker *w);
 const char *server_worker_date_header(struct worker *w, size_t *len);
-
-/* The reason phrase for a status code. */
-const char *server_reason_phrase(int status);
 
 #endif

@@ -85,7 +85,9 @@ struct db_pool {
     struct event kick; /* answers `done` from the event loop */
     struct stmt stmts[STMT_SLOTS];
     unsigned nstmts;
-    char last_err[256]; /* last connect failure */
+    char last_err[256];       /* last connect failure */
+    char last_problem[256];   /* last connect failure or lost connection, for status output */
+    uint64_t last_problem_ms; /* when (ms since the epoch); 0: none yet */
     int closing;
     int in_flush;
     int free_requested;
@@ -324,6 +326,14 @@ fail_queue(struct db_pool *p, const char *detail)
     }
 }
 
+/* Remembers what went wrong with the server last, and when, for status output. */
+static void
+note_problem(struct db_pool *p, const char *what)
+{
+    snprintf(p->last_problem, sizeof p->last_problem, "%s", what);
+    p->last_problem_ms = util_now_ms();
+}
+
 /*
  * A connect attempt failed: back off. When nothing else can serve the queue,
  * the server is taken to be unreachable and waiting statements are failed now
@@ -337,6 +347,7 @@ connect_failed(struct conn *c, const char *msg)
     struct timeval tv;
 
     snprintf(p->last_err, sizeof p->last_err, "database unavailable: %s", line);
+    note_problem(p, p->last_err);
     free(line);
     conn_close(c);
     c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : BACKOFF_MIN_MS;
@@ -357,6 +368,7 @@ conn_lost(struct conn *c, const char *msg)
     char *line = pg_conn_first_line(msg);
 
     c->q = NULL;
+    note_problem(c->pool, line);
     conn_close(c);
     c->state = C_DOWN;
     if (q != NULL)
@@ -821,4 +833,15 @@ unsigned
 db_pool_connections(const struct db_pool *p)
 {
     return count_conns(p, MASK(C_READY) | MASK(C_BUSY));
+}
+
+void
+db_pool_health(const struct db_pool *p, struct db_health *h)
+{
+    h->size = p->size;
+    h->connections = count_conns(p, MASK(C_READY) | MASK(C_BUSY));
+    h->backing_off = count_conns(p, MASK(C_BACKOFF));
+    h->pending = p->npending;
+    snprintf(h->last_error, sizeof h->last_error, "%s", p->last_problem);
+    h->last_error_ms = p->last_problem_ms;
 }

@@ -73,4 +73,17 @@ unsigned db_pool_pending(const struct db_pool *p);
 /* Connections currently established (idle or running a statement). */
 unsigned db_pool_connections(const struct db_pool *p);
 
+/* A pool's state, for status output and metrics. */
+struct db_health {
+    unsigned size;          /* connection slots */
+    unsigned connections;   /* established (idle or running a statement) */
+    unsigned backing_off;   /* slots waiting to retry after a failed connect */
+    unsigned pending;       /* statements waiting or running */
+    char last_error[256];   /* the last failed connect or lost connection; "" if none */
+    uint64_t last_error_ms; /* when it happened (ms since the epoch); 0 if never */
+};
+
+/* Fills *h with p's state now. */
+void db_pool_health(const struct db_pool *p, struct db_health *h);
+
 #endif

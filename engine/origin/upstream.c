@@ -47,9 +47,7 @@ is_tchar(unsigned char c)
 static uint64_t
 now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    return util_mono_us() / 1000;
 }
 
 /* ---- the pool ---- */

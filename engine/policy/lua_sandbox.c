@@ -1,4 +1,4 @@
-/* lua_sandbox.c - a Lua state for untrusted code: capped memory, instruction budget, no I/O. */
+/* lua_sandbox.c - a Lua state for untrusted code: capped memory, instruction and time budgets. */
 #include "lua_sandbox.h"
 
 #include <lauxlib.h>
@@ -8,76 +8,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lua_bounded.h"
 #include "util.h"
 
 #define REG_BASICS "sluice.sandbox.basics"
 #define REG_LIBS "sluice.sandbox.libs"
 
 struct lua_sandbox {
+    struct lua_limits lim; /* first: the state's extra space points here */
     lua_State *L;
-    struct lua_sandbox_mem mem;
-    uint32_t budget;
-    int tripped; /* the budget of the current call is spent */
+    uint32_t budget, us;
 };
-
-/* ---- memory ------------------------------------------------------------------------------ */
-
-void *
-lua_sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    struct lua_sandbox_mem *m = ud;
-    size_t old = ptr ? osize : 0;
-    if (nsize == 0) {
-        free(ptr);
-        m->used -= old;
-        return NULL;
-    }
-    if (nsize > old && nsize - old > m->cap - m->used)
-        return NULL;
-    void *p = realloc(ptr, nsize);
-    if (!p) {
-        if (nsize <= old)
-            return ptr; /* keep the larger block: Lua assumes a shrink succeeds */
-        return NULL;
-    }
-    m->used = m->used - old + nsize;
-    return p;
-}
-
-/* ---- the budget -------------------------------------------------------------------------- */
-
-static struct lua_sandbox *
-sandbox_of(lua_State *L)
-{
-    return *(struct lua_sandbox **)lua_getextraspace(L);
-}
 
 struct lua_sandbox *
 lua_sandbox_of(lua_State *L)
 {
-    return sandbox_of(L);
-}
-
-/*
- * The count hook: the budget is spent. From now on it fires on every
- * instruction, so an error caught by the code's own pcall is raised again at
- * the next instruction, until the call returns to lua_sandbox_call().
- */
-static void
-count_hook(lua_State *L, lua_Debug *ar)
-{
-    struct lua_sandbox *sb = sandbox_of(L);
-    (void)ar;
-    if (!sb->tripped) {
-        sb->tripped = 1;
-        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
-    }
-    lua_Debug d;
-    if (lua_getstack(L, 0, &d) && lua_getinfo(L, "Sl", &d) && d.currentline > 0)
-        lua_pushfstring(L, "%s:%d: instruction budget exceeded", d.short_src, d.currentline);
-    else
-        lua_pushliteral(L, "instruction budget exceeded");
-    lua_error(L);
+    return (struct lua_sandbox *)lua_limits_of(L);
 }
 
 int
@@ -99,40 +45,43 @@ copy_message(lua_State *L, int idx, char *err, size_t errlen)
     snprintf(err, errlen, "%s", m ? m : "(no error message)");
 }
 
-static enum lua_sandbox_status
-status_of(struct lua_sandbox *sb, int rc)
-{
-    if (rc == LUA_OK)
-        return LUA_SANDBOX_OK;
-    if (sb->tripped)
-        return LUA_SANDBOX_BUDGET;
-    if (rc == LUA_ERRMEM)
-        return LUA_SANDBOX_MEMORY;
-    return LUA_SANDBOX_ERROR;
-}
-
 enum lua_sandbox_status
 lua_sandbox_call(lua_State *L, int nargs, int nresults, char *err, size_t errlen)
 {
-    struct lua_sandbox *sb = sandbox_of(L);
+    struct lua_sandbox *sb = lua_sandbox_of(L);
     int fn = lua_gettop(L) - nargs;
     lua_pushcfunction(L, lua_sandbox_msghandler);
     lua_insert(L, fn);
-    sb->tripped = 0;
-    lua_sethook(L, count_hook, LUA_MASKCOUNT, (int)sb->budget);
+    struct lua_limits_frame outer;
+    char ms[32];
+    lua_limits_begin(L, sb->budget, sb->us, NULL, &outer);
     int rc = lua_pcall(L, nargs, nresults, fn);
-    lua_sethook(L, NULL, 0, 0);
-    enum lua_sandbox_status st = status_of(sb, rc);
-    sb->tripped = 0;
-    if (st != LUA_SANDBOX_OK) {
-        copy_message(L, -1, err, errlen);
+    enum lua_limits_trip trip = lua_limits_end(L, &outer, NULL);
+    enum lua_sandbox_status st = trip == LUA_LIMITS_INSTRUCTIONS ? LUA_SANDBOX_BUDGET
+                                 : trip == LUA_LIMITS_TIME       ? LUA_SANDBOX_TIME
+                                 : rc == LUA_OK                  ? LUA_SANDBOX_OK
+                                 : rc == LUA_ERRMEM              ? LUA_SANDBOX_MEMORY
+                                                                 : LUA_SANDBOX_ERROR;
+    if (rc != LUA_OK) {
+        if (rc == LUA_ERRMEM &&
+            st == LUA_SANDBOX_TIME) /* a large block refused past the deadline */
+            snprintf(err, errlen, "time budget exceeded (%s ms)", lua_limits_ms(sb->us, ms));
+        else
+            copy_message(L, -1, err, errlen);
         lua_pop(L, 2); /* the message and the handler */
-        if (st == LUA_SANDBOX_MEMORY)
+        if (rc == LUA_ERRMEM)
             lua_gc(L, LUA_GCCOLLECT);
-        return st;
+        return st == LUA_SANDBOX_OK ? LUA_SANDBOX_ERROR : st;
     }
     lua_remove(L, fn);
-    return LUA_SANDBOX_OK;
+    if (st != LUA_SANDBOX_OK) { /* tripped in C, and no instruction ran after: still too long */
+        lua_settop(L, fn - 1);
+        if (st == LUA_SANDBOX_TIME)
+            snprintf(err, errlen, "time budget exceeded (%s ms)", lua_limits_ms(sb->us, ms));
+        else
+            snprintf(err, errlen, "instruction budget exceeded");
+    }
+    return st;
 }
 
 enum lua_sandbox_status
@@ -145,8 +94,6 @@ lua_sandbox_protect(struct lua_sandbox *sb, lua_CFunction fn, void *ud, char *er
     lua_pushcfunction(L, fn);
     lua_pushlightuserdata(L, ud);
     int rc = lua_pcall(L, 1, 0, top + 1);
-    sb->tripped = 0;
-    lua_sethook(L, NULL, 0, 0);
     enum lua_sandbox_status st = rc == LUA_OK       ? LUA_SANDBOX_OK
                                  : rc == LUA_ERRMEM ? LUA_SANDBOX_MEMORY
                                                     : LUA_SANDBOX_ERROR;
@@ -302,6 +249,7 @@ setup(lua_State *L)
         luaL_requiref(L, l->name, l->func, 1);
         lua_pop(L, 1);
     }
+    lua_bounded_open(L);
     for (size_t i = 0; i < sizeof(removed) / sizeof(removed[0]); i++) {
         lua_pushnil(L);
         lua_setglobal(L, removed[i]);
@@ -342,17 +290,16 @@ setup(lua_State *L)
 }
 
 struct lua_sandbox *
-lua_sandbox_new(size_t mem_cap, uint32_t budget)
+lua_sandbox_new(size_t mem_cap, uint32_t budget, uint32_t us)
 {
     struct lua_sandbox *sb = xcalloc(1, sizeof(*sb));
-    sb->mem.cap = mem_cap;
-    lua_sandbox_set_budget(sb, budget);
-    sb->L = lua_newstate(lua_sandbox_alloc, &sb->mem);
+    sb->L = lua_limits_newstate(&sb->lim, mem_cap);
     if (!sb->L) {
         free(sb);
         return NULL;
     }
-    *(struct lua_sandbox **)lua_getextraspace(sb->L) = sb;
+    lua_sandbox_set_budget(sb, budget);
+    lua_sandbox_set_time(sb, us);
     lua_State *L = sb->L;
     lua_pushcfunction(L, setup);
     if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
@@ -381,11 +328,17 @@ lua_sandbox_state(struct lua_sandbox *sb)
 void
 lua_sandbox_set_budget(struct lua_sandbox *sb, uint32_t budget)
 {
-    sb->budget = budget == 0 ? 1 : budget > INT_MAX ? INT_MAX : budget;
+    sb->budget = budget == 0 ? 1 : budget;
+}
+
+void
+lua_sandbox_set_time(struct lua_sandbox *sb, uint32_t us)
+{
+    sb->us = us == 0 ? 1 : us;
 }
 
 size_t
 lua_sandbox_memory(const struct lua_sandbox *sb)
 {
-    return sb->mem.used;
+    return sb->lim.used;
 }

@@ -1,10 +1,12 @@
-/* lua_sandbox.h - a Lua state for untrusted code: capped memory, instruction budget, no I/O. */
+/* lua_sandbox.h - a Lua state for untrusted code: capped memory, instruction and time budgets. */
 #ifndef SLUICE_LUA_SANDBOX_H
 #define SLUICE_LUA_SANDBOX_H
 
 #include <lua.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "lua_limits.h"
 
 /*
  * A sandbox is one lua_State with:
@@ -14,30 +16,19 @@
  *   - only the base, string, table, math and utf8 libraries, opened with
  *     luaL_requiref; load, dofile, loadfile, require, collectgarbage and rawset
  *     are removed from the globals and string.dump from the string library;
+ *     the functions that could run long inside C are replaced by bounded ones
+ *     (lua_bounded.h: patterns with a step budget, string.rep capped);
  *   - text chunks only (mode "t"), each with the environment it is given;
  *   - read-only views of the shared library tables, and a protected string
  *     metatable (getmetatable("") is false);
- *   - an instruction budget per call: a count hook raises an error when it is
- *     spent and, once tripped, on every instruction after, so the code's own
- *     pcall can catch the error but never run on.
+ *   - an instruction budget and a time budget per call (lua_limits.h): once
+ *     either is spent, a count hook raises an error on every instruction, so
+ *     the code's own pcall can catch the error but never run on.
  *
  * Every function that allocates in the state can raise a Lua memory error:
  * run such code inside lua_sandbox_protect(), never bare.
  */
 struct lua_sandbox;
-
-/* The bytes a capped allocator has handed out, and its cap. */
-struct lua_sandbox_mem {
-    size_t used, cap;
-};
-
-/*
- * The lua_Alloc of every Lua state of the engine (the sandboxes and the
- * policy loader's state); ud is a struct lua_sandbox_mem. Returns NULL, so
- * that Lua raises a memory error, when growing a block would pass mem->cap;
- * shrinking never fails.
- */
-void *lua_sandbox_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 
 /*
  * The message handler of lua_pcall for every Lua state of the engine: returns
@@ -51,14 +42,16 @@ enum lua_sandbox_status {
     LUA_SANDBOX_ERROR,  /* a Lua error; the message and traceback are in err */
     LUA_SANDBOX_BUDGET, /* the call ran past its instruction budget */
     LUA_SANDBOX_MEMORY, /* the state reached its memory cap */
+    LUA_SANDBOX_TIME,   /* the call ran past its time budget */
 };
 
 /*
  * Returns a new sandbox whose allocations total at most mem_cap bytes and
- * whose lua_sandbox_call() calls may run `budget` VM instructions each, or
- * NULL when mem_cap is too small to open it. Free with lua_sandbox_free().
+ * whose lua_sandbox_call() calls may run `budget` VM instructions and `us`
+ * microseconds each, or NULL when mem_cap is too small to open it. Free with
+ * lua_sandbox_free().
  */
-struct lua_sandbox *lua_sandbox_new(size_t mem_cap, uint32_t budget);
+struct lua_sandbox *lua_sandbox_new(size_t mem_cap, uint32_t budget, uint32_t us);
 
 /* Closes the state and frees the sandbox. NULL is a no-op. */
 void lua_sandbox_free(struct lua_sandbox *sb);
@@ -69,8 +62,11 @@ lua_State *lua_sandbox_state(struct lua_sandbox *sb);
 /* The sandbox a state belongs to (borrowed), from inside a protected function. */
 struct lua_sandbox *lua_sandbox_of(lua_State *L);
 
-/* Sets the instruction budget of each later lua_sandbox_call(). */
+/* Sets the instruction budget of each later lua_sandbox_call() (at least 1). */
 void lua_sandbox_set_budget(struct lua_sandbox *sb, uint32_t budget);
+
+/* Sets the time budget of each later lua_sandbox_call(), in microseconds (at least 1). */
+void lua_sandbox_set_time(struct lua_sandbox *sb, uint32_t us);
 
 /* Bytes the state holds now. */
 size_t lua_sandbox_memory(const struct lua_sandbox *sb);
@@ -112,7 +108,8 @@ enum lua_sandbox_status lua_sandbox_load(lua_State *L, const char *src, size_t l
 
 /*
  * Calls the function below its nargs arguments like lua_pcall, under the
- * sandbox's instruction budget and with a traceback message handler. On
+ * sandbox's instruction and time budgets and with a traceback message
+ * handler. On
  * LUA_SANDBOX_OK the nresults results are pushed; otherwise nothing is, and the
  * message (with traceback) is in err. Call it from inside
  * lua_sandbox_protect().

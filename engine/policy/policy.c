@@ -14,6 +14,8 @@
 
 #include "embedded.h"
 #include "http_parse.h"
+#include "lua_bounded.h"
+#include "lua_limits.h"
 #include "lua_sandbox.h"
 #include "policy_compile.h"
 #include "router.h"
@@ -129,13 +131,17 @@ loader_panic(lua_State *L)
     abort();
 }
 
-/* A new loader state; lua_close() it, then free its allocator's state (lua_getallocf). */
+/*
+ * A new loader state; lua_close() it, then free its limits (lua_limits_of).
+ * Its string, table and utf8 functions are the bounded ones (lua_bounded.h)
+ * and sluice.sandbox runs files with the limits of sluice.limits, so a
+ * tenant file that runs long, in Lua or in C, fails alone.
+ */
 static lua_State *
 loader_state(void)
 {
-    struct lua_sandbox_mem *mem = xcalloc(1, sizeof(*mem));
-    mem->cap = LOADER_MEMORY;
-    lua_State *L = lua_newstate(lua_sandbox_alloc, mem);
+    struct lua_limits *lim = xcalloc(1, sizeof(*lim));
+    lua_State *L = lua_limits_newstate(lim, LOADER_MEMORY);
     if (!L) {
         fprintf(stderr, "sluice: out of memory (Lua state)\n");
         abort();
@@ -156,13 +162,17 @@ loader_state(void)
         luaL_requiref(L, l->name, l->func, 1);
         lua_pop(L, 1);
     }
+    lua_bounded_open(L);
     /* Only the embedded modules may be required: no file system search path. */
     lua_getglobal(L, "package");
     lua_pushliteral(L, "");
     lua_setfield(L, -2, "path");
     lua_pushliteral(L, "");
     lua_setfield(L, -2, "cpath");
-    lua_pop(L, 1);
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, lua_limits_open);
+    lua_setfield(L, -2, "sluice.limits");
+    lua_pop(L, 2);
     return L;
 }
 
@@ -187,6 +197,7 @@ compile_tiers(struct compile *c)
         t->rule.limit = (uint64_t)field_int(L, "limit", 1);
         t->rule.window_ms = (uint64_t)field_int(L, "window_ms", 1000);
         t->rule.burst = (uint64_t)field_int(L, "burst", 0);
+        t->shadow = field_shadow(c, false);
         t->policy_field = policy_field(t->name ? t->name : "", &t->rule);
         lua_pop(L, 1);
     }
@@ -652,10 +663,9 @@ policy_load(const char *dir, uint64_t generation, const struct policy *prev, cha
 
 out:
     if (L) {
-        void *mem;
-        lua_getallocf(L, &mem);
+        struct lua_limits *lim = lua_limits_of(L);
         lua_close(L);
-        free(mem);
+        free(lim);
     }
     for (size_t i = 0; i < nfiles; i++) {
         free(files[i].path);

@@ -25,6 +25,7 @@ struct tenant;
 struct policy_tier {
     char *name;
     struct limiter_rule rule;
+    bool shadow;        /* mode = "shadow": counted and decided, never refuses, never shown */
     char *policy_field; /* "\"free\";q=100;w=3600", for RateLimit-Policy */
 };
 
@@ -35,6 +36,9 @@ struct policy_limit {
     struct template *key;     /* unless is_tier (the tier key is per caller) */
     uint32_t cost;
     bool fail_closed;
+    bool shadow;        /* unless is_tier (the tier's own mode applies): mode = "shadow",
+                           counted and decided as if enforced, but it never refuses a request
+                           and never shows in the caller's RateLimit headers */
     char *policy_field; /* unless is_tier */
 };
 

@@ -65,6 +65,21 @@ field_bool(lua_State *L, const char *name)
     return v;
 }
 
+bool
+field_shadow(struct compile *c, bool dflt)
+{
+    char *mode = field_str(c->L, "mode");
+    bool shadow = dflt;
+    if (mode && strcmp(mode, "shadow") == 0)
+        shadow = true;
+    else if (mode && strcmp(mode, "enforce") == 0)
+        shadow = false;
+    else if (mode)
+        cerr(c, "unknown mode '%s' (use \"enforce\" or \"shadow\")", mode);
+    free(mode);
+    return shadow;
+}
+
 void
 set_location(struct compile *c)
 {
@@ -149,6 +164,7 @@ compile_limits(struct compile *c, struct policy_endpoint *e)
             char *fail = field_str(L, "fail");
             l->fail_closed = fail && strcmp(fail, "closed") == 0;
             free(fail);
+            l->shadow = field_shadow(c, false);
             char *key = field_str(L, "key");
             if (key)
                 l->key = compile_template(c, key, TV_ALL_REQUEST, "limit key");

@@ -39,6 +39,12 @@ int64_t field_int(lua_State *L, const char *name, int64_t dflt);
 /* Returns the truth of field `name` (nil and false are false). */
 bool field_bool(lua_State *L, const char *name);
 
+/*
+ * Returns the field "mode" of the limit or tier at the top: true for "shadow", false for
+ * "enforce", dflt when absent; another value is an error added to c (and dflt returned).
+ */
+bool field_shadow(struct compile *c, bool dflt);
+
 /* Takes c->file and c->line from the fields file and line of the table at the top. */
 void set_location(struct compile *c);
 

@@ -51,6 +51,7 @@ compile_tier(struct compile *c, struct tenant *t)
     o->rule.limit = (uint64_t)field_int(L, "limit", (int64_t)main->rule.limit);
     o->rule.window_ms = (uint64_t)field_int(L, "window_ms", (int64_t)main->rule.window_ms);
     o->rule.burst = (uint64_t)field_int(L, "burst", 0);
+    o->shadow = field_shadow(c, main->shadow);
     o->policy_field = policy_field(name, &o->rule);
     t->tier_for[main - p->tiers] = o;
     return 0;

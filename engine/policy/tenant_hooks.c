@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lua_sandbox.h"
 #include "util.h"
@@ -18,7 +19,7 @@
 
 struct tenant_counters {
     char *name;
-    uint64_t calls, failures, errors, budget, memory, invalid, load_failures, denied;
+    uint64_t calls, failures, errors, budget, time, memory, invalid, load_failures, denied;
     struct tenant_counters *next;
 };
 
@@ -60,15 +61,28 @@ tenant_stats_json(void)
     json_t *o = json_object();
     pthread_mutex_lock(&stats_lock);
     for (struct tenant_counters *c = stats_head; c; c = c->next)
-        json_object_set_new(o, c->name,
-                            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "hook_calls",
-                                      get(&c->calls), "hook_failures", get(&c->failures), "errors",
-                                      get(&c->errors), "budget_exceeded", get(&c->budget),
-                                      "memory_exceeded", get(&c->memory), "invalid_decisions",
-                                      get(&c->invalid), "load_failures", get(&c->load_failures),
-                                      "denied", get(&c->denied)));
+        json_object_set_new(
+            o, c->name,
+            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "hook_calls", get(&c->calls),
+                      "hook_failures", get(&c->failures), "errors", get(&c->errors),
+                      "budget_exceeded", get(&c->budget), "time_exceeded", get(&c->time),
+                      "memory_exceeded", get(&c->memory), "invalid_decisions", get(&c->invalid),
+                      "load_failures", get(&c->load_failures), "denied", get(&c->denied)));
     pthread_mutex_unlock(&stats_lock);
     return o;
+}
+
+/* ---- time ------------------------------------------------------------------------------ */
+
+#define BASE_NS ((uint64_t)TENANT_HOOK_BASE_US * 1000u)
+#define EXTRA_MAX_NS ((uint64_t)TENANT_HOOK_MS * 1000000u - BASE_NS)
+
+static uint64_t
+now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* ---- per-worker states ------------------------------------------------------------------- */
@@ -79,6 +93,7 @@ struct hook_state {
     int built;
     unsigned logged;
     struct tenant_counters *stats;
+    uint64_t extra_ns, extra_at; /* the time allowance past the base, and when it was counted */
 };
 
 struct tenant_runtime {
@@ -148,6 +163,10 @@ hook_failed(struct hook_state *hs, const struct tenant *t, const char *hook,
         bump(&c->budget);
         what = "instruction budget exceeded";
         break;
+    case LUA_SANDBOX_TIME:
+        bump(&c->time);
+        what = "time budget exceeded";
+        break;
     case LUA_SANDBOX_MEMORY:
         bump(&c->memory);
         what = "memory cap reached";
@@ -162,6 +181,43 @@ hook_failed(struct hook_state *hs, const struct tenant *t, const char *hook,
         break;
     }
     log_failure(hs, t, hook, what, msg);
+}
+
+/*
+ * Sets the time budget of the next call of hs's state: the base, and as much
+ * of the allowance as there is, refilled for the time since it was counted.
+ */
+static void
+time_allow(struct hook_state *hs, uint64_t now)
+{
+    if (!hs->extra_at) {
+        hs->extra_ns = EXTRA_MAX_NS;
+    } else if (now > hs->extra_at) {
+        uint64_t refill = (now - hs->extra_at) / 1000u * TENANT_HOOK_EXTRA_MS_PER_S;
+        hs->extra_ns = refill >= EXTRA_MAX_NS - hs->extra_ns ? EXTRA_MAX_NS : hs->extra_ns + refill;
+    }
+    hs->extra_at = now;
+    lua_sandbox_set_time(hs->sb, (uint32_t)((BASE_NS + hs->extra_ns) / 1000u));
+}
+
+/* A call of hs's state that began at `since` has ended: its time past the base is spent. */
+static void
+time_spent(struct hook_state *hs, uint64_t since)
+{
+    uint64_t now = now_ns(), took = now > since ? now - since : 0;
+    uint64_t past = took > BASE_NS ? took - BASE_NS : 0;
+    hs->extra_ns = past >= hs->extra_ns ? 0 : hs->extra_ns - past;
+}
+
+/* Calls the function below its nargs arguments in hs's state, within its budgets. */
+static enum lua_sandbox_status
+timed_call(struct hook_state *hs, lua_State *L, int nargs, int nresults, char *err, size_t errlen)
+{
+    uint64_t t0 = now_ns();
+    time_allow(hs, t0);
+    enum lua_sandbox_status st = lua_sandbox_call(L, nargs, nresults, err, errlen);
+    time_spent(hs, t0);
+    return st;
 }
 
 /* The tenant file at runtime: `hook` records, every other declaration does nothing. */
@@ -214,6 +270,7 @@ hook_decl(lua_State *L)
 }
 
 struct build_ctx {
+    struct hook_state *hs;
     const struct tenant *t;
     enum lua_sandbox_status st;
     char err[512];
@@ -249,7 +306,7 @@ build_protected(lua_State *L)
         return 0;
     struct lua_sandbox *sb = lua_sandbox_of(L);
     lua_sandbox_set_budget(sb, TENANT_LOAD_BUDGET);
-    bc->st = lua_sandbox_call(L, 0, 0, bc->err, sizeof(bc->err));
+    bc->st = timed_call(bc->hs, L, 0, 0, bc->err, sizeof(bc->err));
     lua_sandbox_set_budget(sb, TENANT_HOOK_BUDGET);
     return 0;
 }
@@ -259,8 +316,8 @@ state_build(struct hook_state *hs, const struct tenant *t)
 {
     hs->built = 1;
     hs->stats = counters_for(t->name);
-    struct build_ctx bc = {.t = t};
-    hs->sb = lua_sandbox_new(TENANT_HOOK_MEMORY, TENANT_HOOK_BUDGET);
+    struct build_ctx bc = {.hs = hs, .t = t};
+    hs->sb = lua_sandbox_new(TENANT_HOOK_MEMORY, TENANT_HOOK_BUDGET, TENANT_HOOK_MS * 1000u);
     if (!hs->sb) {
         snprintf(bc.err, sizeof(bc.err), "cannot open a Lua state within the memory cap");
         bc.st = LUA_SANDBOX_MEMORY;
@@ -392,6 +449,14 @@ limit_rule(const struct tenant_call *call, size_t i, const char **name)
     return &l->rule;
 }
 
+/* Whether limit i of the call's endpoint is in shadow mode (a tier limit: its tier's mode). */
+static bool
+limit_shadow(const struct tenant_call *call, size_t i)
+{
+    const struct policy_limit *l = &call->ep->limits[i];
+    return l->is_tier ? call->tier && call->tier->shadow : l->shadow;
+}
+
 static uint32_t
 shown_cost(const struct tenant_decision *d)
 {
@@ -416,7 +481,7 @@ push_decision(lua_State *L, const struct tenant_call *call, const struct tenant_
     for (size_t i = 0; i < n; i++) {
         const char *name;
         const struct limiter_rule *r = limit_rule(call, i, &name);
-        lua_createtable(L, 0, 4);
+        lua_createtable(L, 0, 5);
         lua_pushstring(L, name);
         lua_setfield(L, -2, "name");
         lua_pushinteger(L, (lua_Integer)shown_limit(d, r, i));
@@ -429,6 +494,8 @@ push_decision(lua_State *L, const struct tenant_call *call, const struct tenant_
         lua_setfield(L, -2, "window");
         lua_pushstring(L, r ? limiter_algo_name(r->algo) : "none");
         lua_setfield(L, -2, "algorithm");
+        lua_pushstring(L, limit_shadow(call, i) ? "shadow" : "enforce");
+        lua_setfield(L, -2, "mode");
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     lua_setfield(L, -2, "limits");
@@ -543,7 +610,7 @@ run_protected(lua_State *L)
         if (lua_getfield(L, h, "when") == LUA_TFUNCTION) {
             lua_pushvalue(L, req);
             bump(&hs->stats->calls);
-            st = lua_sandbox_call(L, 1, 1, rc->err, sizeof(rc->err));
+            st = timed_call(hs, L, 1, 1, rc->err, sizeof(rc->err));
             if (st != LUA_SANDBOX_OK) {
                 hook_failed(hs, rc->t, name, st, rc->err);
                 continue;
@@ -560,7 +627,7 @@ run_protected(lua_State *L)
         lua_pushvalue(L, req);
         lua_pushvalue(L, dec);
         bump(&hs->stats->calls);
-        st = lua_sandbox_call(L, 2, 0, rc->err, sizeof(rc->err));
+        st = timed_call(hs, L, 2, 0, rc->err, sizeof(rc->err));
         if (st != LUA_SANDBOX_OK) {
             hook_failed(hs, rc->t, name, st, rc->err);
             continue;

@@ -17,6 +17,20 @@
 /* VM instructions to run a tenant file when its state is built (sluice.tenant.BUDGET). */
 #define TENANT_LOAD_BUDGET 1000000
 
+/*
+ * Wall-clock time of one call of a hook (and of running the tenant file when
+ * a worker builds the tenant's state): every call may take
+ * TENANT_HOOK_BASE_US; time past that comes out of an allowance each tenant
+ * has in each worker, which refills at TENANT_HOOK_EXTRA_MS_PER_S and holds
+ * at most what takes a call to TENANT_HOOK_MS, the most any call may take.
+ * So the hooks of one tenant that keep running long take a few percent of a
+ * worker besides the base of each call, while calls that end within the base
+ * never notice.
+ */
+#define TENANT_HOOK_MS 20
+#define TENANT_HOOK_BASE_US 500
+#define TENANT_HOOK_EXTRA_MS_PER_S 20
+
 /* A request as hooks see it. Everything is borrowed for the call. */
 struct tenant_call {
     const struct http_request *http;
@@ -52,7 +66,7 @@ void tenant_runtime_reset(struct tenant_runtime *rt, uint64_t generation);
  * order: each hook whose when(req) is true (or that has no when) runs
  * adjust(req, decision), and what it leaves in decision is checked and
  * kept in *d, which starts zeroed here. A hook that raises an error, runs
- * out of instructions or memory, or leaves an invalid decision is skipped
+ * out of instructions, time or memory, or leaves an invalid decision is skipped
  * for this request, as if it were absent, and counted as a failure of its
  * tenant; the first hook that denies ends the run. The state of t is built
  * on first use in this worker for p's generation (for an older one, a
@@ -64,8 +78,8 @@ void tenant_hooks_run(struct tenant_runtime *rt, const struct policy *p, const s
 /*
  * Returns a new JSON object: for each tenant whose hooks ran since the
  * process started, its counts of hook calls, failures (and of those: errors,
- * budget_exceeded, memory_exceeded, invalid_decisions, load_failures) and
- * denials. Thread-safe.
+ * budget_exceeded, time_exceeded, memory_exceeded, invalid_decisions,
+ * load_failures) and denials. Thread-safe.
  */
 json_t *tenant_stats_json(void);
 

@@ -48,10 +48,7 @@ store_entry_release(struct store_entry *e)
 uint64_t
 store_now_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    return util_now_ms();
 }
 
 size_t

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hist.h"
+
 #include "limiter.h"
 
 /* One limit to check for a request. */
@@ -15,7 +17,11 @@ struct store_limit {
     size_t keylen;
     uint32_t cost;
     bool fail_closed; /* when the store is unavailable: refuse the request instead of
-                         checking this limit in-process (store_failover) */
+                         checking this limit in-process (store_failover); not for a shadow one */
+    bool shadow;      /* shadow mode: checked and counted exactly as an enforced limit (same
+                         counter, same math), but its refusal does not refuse the request:
+                         store_admit.allowed ignores it. Charged only when the request is
+                         admitted and it admits too; its result is reported as any other's */
 };
 
 /* Kinds of entry (store_entry.flags). */
@@ -78,14 +84,17 @@ struct store_admit {
     uint64_t lease_ms; /* 0, or on a miss take the fill lease of cache_key for this long:
                           a miss then means "you fill", and while the lease is held other
                           lookups asking for it get STORE_FILLING; store_fill() releases it */
+    bool peek;         /* check the limits only: results and allowed say what the request
+                          would get, and nothing is counted (no cache_key, no tags) */
 
     /* out */
-    struct limiter_result *results; /* nlimits slots, filled */
-    bool allowed;                   /* every limit admitted; only then did counters move */
-    enum store_cache_state state;   /* only looked up when allowed; FILLING only with lease_ms */
-    struct store_entry *entry;      /* new reference on HIT/STALE, else NULL */
-    uint64_t *tag_gens;             /* ntags slots: generations seen, passed back to fill */
-    uint64_t now_ms;                /* the store's clock at the decision */
+    struct limiter_result *results; /* nlimits slots, filled (shadow limits' too) */
+    bool allowed; /* every enforced limit admitted; only then did counters move: those of the
+                     enforced limits and of the shadow limits that admitted */
+    enum store_cache_state state; /* only looked up when allowed; FILLING only with lease_ms */
+    struct store_entry *entry;    /* new reference on HIT/STALE, else NULL */
+    uint64_t *tag_gens;           /* ntags slots: generations seen, passed back to fill */
+    uint64_t now_ms;              /* the store's clock at the decision */
     bool lease_taken;    /* with lease_ms, on MISS or STALE: this lookup took the fill lease (the
                             caller is expected to fill); false when another caller holds it */
     bool bypassed;       /* the shared store was unavailable: limits were checked in-process,
@@ -116,6 +125,8 @@ struct store_health {
     uint64_t failures;    /* operations of the shared store that failed, since start */
     uint64_t fallbacks;   /* requests answered by the in-process fallback, since start */
     uint64_t transitions; /* times the store became degraded, since start */
+    struct hist latency;  /* round trips of the shared store's commands, since start (empty for
+                             the memory store) */
 };
 
 struct store;
@@ -144,8 +155,13 @@ struct store {
 };
 
 /*
- * Checks every limit, and only if all admit, records them; then, when a
+ * Checks every limit, and only if all the enforced ones admit, records them
+ * and the shadow limits that admitted (a shadow limit that would refuse is
+ * not charged, as no limit is when the request is refused); then, when a
  * cache key is given, looks the entry up and reads the tags' generations.
+ * A record named by an enforced and a shadow limit of one request is
+ * enforced. A store short of room for a shadow limit's state counts the
+ * request without it rather than refuse it (refused_full).
  * A limit is one counter per (key, algorithm, limit, window, burst): two
  * rules that share a key string count separately; the same one named twice
  * in a request counts both costs. An entry is a HIT while it is unexpired

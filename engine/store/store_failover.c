@@ -28,6 +28,13 @@
  * N x limit in all, whatever Redis does; while Redis answers, the limit
  * (one count for everyone).
  *
+ * Shadow-mode limits (store_limit.shadow, unrelated to the shadow counts)
+ * go through both paths as their enforced twins would, refusing nothing:
+ * the fallback checks and charges them like any other; the shadow count of
+ * an admitted request charges those Redis admitted and leaves out those
+ * Redis would have refused (an enforced limit that refused would have kept
+ * the whole request from being counted). A shadow limit is never fail-closed.
+ *
  * Breaker. After `failures` consecutive failures it opens: the primary is
  * not called for cooldown_ms, so requests do not wait for a dead server's
  * deadline. Then the next request probes it (the others keep falling back
@@ -133,7 +140,9 @@ struct admit_op {
     struct failover *f;
     struct store_admit *a;
     struct store_admit local;        /* the fallback's view: limits only */
-    struct limiter_result *shadowed; /* the fallback's results of a request Redis admitted */
+    struct limiter_result *shadowed; /* the fallback's results of a request Redis admitted ... */
+    struct store_limit *counted;     /* ... for these of its limits (one allocation with it) */
+    size_t *counted_at;              /* ... the index of each in a->limits */
     store_done_fn *done;
     void *arg;
 };
@@ -175,7 +184,7 @@ fallback(struct admit_op *op)
     for (size_t i = 0; i < a->ntags; i++)
         a->tag_gens[i] = 0;
     for (size_t i = 0; i < a->nlimits; i++) {
-        if (a->limits[i].fail_closed) {
+        if (a->limits[i].fail_closed && !a->limits[i].shadow) {
             for (size_t j = 0; j < a->nlimits; j++)
                 a->results[j] = (struct limiter_result){.limit = a->limits[j].rule->limit};
             a->allowed = false;
@@ -190,6 +199,7 @@ fallback(struct admit_op *op)
         .limits = a->limits,
         .nlimits = a->nlimits,
         .results = a->results,
+        .peek = a->peek,
     };
     store_admit_and_lookup(f->fallback, &op->local, on_fallback, op);
 }
@@ -208,7 +218,8 @@ on_shadowed(void *arg, int status)
 
     /* No room in the fallback to count it is not a reason to refuse what Redis admitted. */
     if (status == 0 && !op->local.allowed && !op->local.refused_full) {
-        memcpy(a->results, op->shadowed, a->nlimits * sizeof(*a->results));
+        for (size_t j = 0; j < op->local.nlimits; j++)
+            a->results[op->counted_at[j]] = op->shadowed[j];
         a->allowed = false;
         store_entry_release(a->entry);
         a->entry = NULL;
@@ -228,16 +239,30 @@ on_primary_admit(void *arg, int status)
 
     if (status == 0) {
         on_success(op->f);
-        if (!a->allowed || a->nlimits == 0) {
+        if (!a->allowed || a->nlimits == 0 || a->peek) {
             admit_op_done(op, 0);
             return;
         }
         /* Admitted by the shared count: counted in-process too, so that the fallback starts
-         * from what this instance used when Redis goes away (or comes back empty). */
-        op->shadowed = xcalloc(a->nlimits, sizeof(*op->shadowed));
+         * from what this instance used when Redis goes away (or comes back empty); all but
+         * the shadow-mode limits Redis would have refused, which it did not charge. */
+        size_t n = a->nlimits, nc = 0;
+        op->shadowed = xcalloc(n, sizeof(*op->shadowed) + sizeof(*op->counted) + sizeof(size_t));
+        op->counted = (struct store_limit *)(op->shadowed + n);
+        op->counted_at = (size_t *)(op->counted + n);
+        for (size_t i = 0; i < n; i++) {
+            if (a->limits[i].shadow && !a->results[i].allowed)
+                continue;
+            op->counted[nc] = a->limits[i];
+            op->counted_at[nc++] = i;
+        }
+        if (nc == 0) {
+            admit_op_done(op, 0);
+            return;
+        }
         op->local = (struct store_admit){
-            .limits = a->limits,
-            .nlimits = a->nlimits,
+            .limits = op->counted,
+            .nlimits = nc,
             .results = op->shadowed,
         };
         store_admit_and_lookup(op->f->fallback, &op->local, on_shadowed, op);
@@ -504,7 +529,10 @@ fo_health(struct store *s, struct store_health *h)
 {
     struct failover *f = (struct failover *)s;
 
+    struct store_health primary;
+    store_health(f->primary, &primary);
     *h = f->h;
+    h->latency = primary.latency;
     h->degraded = f->state != BR_CLOSED;
     h->state = state_name(f->state);
 }

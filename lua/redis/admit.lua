@@ -9,16 +9,18 @@
 --       fill lease keys.
 -- ARGV  [1] the numbers, as little-endian doubles: nreq, nread (the keys read),
 --       tag_lease_ms, then per request: nl, entry (index in KEYS, 0: no lookup), lease
---       (index, 0: none), lease_ms, nt, then nl times: key index, algorithm (0
+--       (index, 0: none), lease_ms, nt, peek (1: check only, commit nothing), then nl times: key index, algorithm (0
 --       sliding_window, 1 sliding_log, 2 token_bucket, 3 fixed_window), limit, window_ms,
---       burst, cost; then nt tag key indexes.
+--       burst, cost, shadow (1: a shadow limit, 0: enforced); then nt tag key indexes.
 -- Returns { now_ms, then per request: allowed, for each limit: allowed, remaining,
 --           reset_ms, retry_ms, and with a lookup: for each tag its generation, then the
 --           entry's 8-byte fill token when it is a hit, the token and one byte when it is
 --           stale ("\1": this request took the fill lease, "\0": it did not), 1 when
 --           another caller holds the fill lease, or false }.
 --
--- A request's limits are all checked first; only when all admit are they committed.
+-- A request's limits are all checked first; only when all the enforced ones admit are
+-- they committed: the enforced ones, and the shadow ones that admit (a shadow limit is
+-- decided like any other and its result returned, but its refusal refuses nothing).
 -- Then, only when admitted, the tags' generations are read (a tag without a key is
 -- created at the current time in microseconds with a lease TTL, so a later invalidation
 -- or expiry can never bring back the value read here) and the entry is looked up: it is
@@ -68,15 +70,15 @@ local out = { real_now }
 local n = 1
 
 for r = 1, nreq do
-  local nl, ek, lk, lease_ms, nt
-  nl, ek, lk, lease_ms, nt, pos = sunpack('<ddddd', spec, pos)
+  local nl, ek, lk, lease_ms, nt, peek
+  nl, ek, lk, lease_ms, nt, peek, pos = sunpack('<dddddd', spec, pos)
   local first = pos
   local allowed = true
   local at = n + 1
   n = at
   for i = 1, nl do
-    local k, algo, limit, w, burst, cost
-    k, algo, limit, w, burst, cost, pos = sunpack('<dddddd', spec, pos)
+    local k, algo, limit, w, burst, cost, shadow
+    k, algo, limit, w, burst, cost, shadow, pos = sunpack('<ddddddd', spec, pos)
     local ok, rem, reset, retry
     if algo == 1 then
       -- Sliding log: a sorted set, one member "<ms>.<n>" per admitted unit of cost scored
@@ -209,7 +211,7 @@ for r = 1, nreq do
         end
       end
     end
-    allowed = allowed and ok
+    allowed = allowed and (ok or shadow == 1)
     out[n + 1], out[n + 2], out[n + 3], out[n + 4] = ok and 1 or 0, rem, reset, retry
     n = n + 4
   end
@@ -217,14 +219,16 @@ for r = 1, nreq do
 
   local tags = pos
   pos = pos + 8 * nt
-  if allowed then
-    -- Commit: what each check proposed.
+  if allowed and peek == 0 then
+    -- Commit: what each check proposed, but for a shadow limit that refused.
     local p = first
     for i = 1, nl do
-      local k, algo
+      local k, algo, shadow
       k, algo, p = sunpack('<dd', spec, p)
-      p = p + 32
-      if algo ~= 1 then
+      shadow, p = sunpack('<d', spec, p + 32)
+      if shadow == 1 and out[at + 4 * i - 3] == 0 then
+        -- not charged, as a refusal is not
+      elseif algo ~= 1 then
         local s = S[k]
         s[1], s[2], s[3] = s[9], s[10], s[11]
         if not s[8] then

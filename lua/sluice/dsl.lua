@@ -230,15 +230,17 @@ local function run_main_file(i, path, source, decls, report, opts)
   return true
 end
 
--- Loads one tenant file against `main` (nil: the main set did not load).
--- Returns the normalized tenant, or nil and its messages.
-local function load_tenant(name, path, source, main, opts)
-  local report = validate.report()
+-- Runs and checks one tenant file into `report`; returns the normalized tenant,
+-- and whether the file's own run ran out of time.
+local function check_tenant(name, path, source, main, opts, report, ms)
   local ctx = { path = path, chunkname = "@" .. path, fidx = 1, decls = {}, mine = {}, report = report }
   local env = sandbox.env(tenant_functions(ctx))
-  local ok, msg = sandbox.run(path, source, env, opts.tenant_budget or tenant.BUDGET)
+  local ok, msg = sandbox.run(path, source, env, opts.tenant_budget or tenant.BUDGET, ms)
   if not ok then
     report:raw(1, line_of(msg, path), msg)
+    if msg:find("exceeded its time budget", 1, true) then
+      return nil, true
+    end
   else
     for _, d in ipairs(ctx.mine) do
       if d.fields == nil then
@@ -247,9 +249,56 @@ local function load_tenant(name, path, source, main, opts)
       end
     end
   end
-  local t = tenant.build(name, path, source, ctx.decls, main, report)
+  return tenant.build(name, path, source, ctx.decls, main, report), false
+end
+
+-- At most this many messages of at most this many bytes for one tenant file:
+-- a file can declare many things with long names, and its messages are
+-- logged at every reload.
+local MAX_TENANT_MESSAGES, MAX_MESSAGE_BYTES = 20, 400
+
+-- The messages of tenant file `path` within those bounds (cut between UTF-8
+-- characters).
+local function bounded(path, list)
+  local out = {}
+  for i, msg in ipairs(list) do
+    if i > MAX_TENANT_MESSAGES then
+      out[#out + 1] = path .. ":1: " .. (#list - MAX_TENANT_MESSAGES) .. " more messages left out"
+      break
+    end
+    if #msg > MAX_MESSAGE_BYTES then
+      local n = MAX_MESSAGE_BYTES
+      while n > 0 and msg:byte(n + 1) >= 0x80 and msg:byte(n + 1) < 0xC0 do
+        n = n - 1
+      end
+      msg = msg:sub(1, n) .. "..."
+    end
+    out[i] = msg
+  end
+  return out
+end
+
+-- Loads one tenant file against `main` (nil: the main set did not load).
+-- Returns the normalized tenant, or nil and its messages. Running the file
+-- and checking what it declares take at most opts.tenant_ms milliseconds
+-- (sluice.tenant.TIME_BUDGET_MS) together; running out of time, or an error
+-- while checking, fails this tenant only.
+local function load_tenant(name, path, source, main, opts)
+  local report = validate.report()
+  local ms = opts.tenant_ms or tenant.TIME_BUDGET_MS
+  local t, file_timed_out
+  local ok, why = sandbox.within(ms, function()
+    t, file_timed_out = check_tenant(name, path, source, main, opts, report, ms)
+  end)
+  if not ok and why == "time" then
+    if not file_timed_out then
+      report:add(1, path, 1, "tenant file exceeded its time budget (" .. ms .. " ms) while it was checked")
+    end
+  elseif not ok then
+    report:add(1, path, 1, "tenant file could not be checked: " .. tostring(why))
+  end
   if report:count() > 0 then
-    return nil, report:list()
+    return nil, bounded(path, report:list())
   end
   return t
 end
@@ -273,7 +322,9 @@ checked again and, if it still loads, it is the tenant's entry, marked
 last_good = true.
 
 opts.budget overrides the instruction budget of each main file,
-opts.tenant_budget that of each tenant file (sluice.tenant.BUDGET).
+opts.tenant_budget that of each tenant file (sluice.tenant.BUDGET),
+opts.tenant_ms the time budget of each tenant file
+(sluice.tenant.TIME_BUDGET_MS; kept in the engine only).
 ]]
 function M.load(files, opts)
   opts = opts or {}
@@ -355,8 +406,8 @@ Runs a tenant file the way the engine does to collect its hooks: every
 declaration but hook does nothing. Returns
   { { name = "...", when = function | nil, adjust = function }, ... }
 in declaration order, or nil and a message. For specs and tools: in the
-engine, hooks run in a sandbox of their own (engine/lua_sandbox.c), with an
-instruction budget per call and a memory cap.
+engine, hooks run in a sandbox of their own (engine/policy/lua_sandbox.c),
+with an instruction and a time budget per call and a memory cap.
 ]]
 function M.tenant_hooks(path, source)
   local hooks = {}
@@ -380,7 +431,7 @@ function M.tenant_hooks(path, source)
     tier = decl, endpoint = decl, identity = decl, upstream = decl, on_change = decl,
     header = function() end, sql = function() end, hook = hook,
   })
-  local ok, msg = sandbox.run(path, source, env, tenant.BUDGET)
+  local ok, msg = sandbox.run(path, source, env, tenant.BUDGET, tenant.TIME_BUDGET_MS)
   if not ok then
     return nil, msg
   end

@@ -1,5 +1,5 @@
 -- sluice.sandbox: runs one policy file in a private environment with an
--- instruction budget.
+-- instruction budget and, in the engine, a time budget.
 --
 -- A policy file sees only the DSL functions it is given and a few safe
 -- basics; the string, math, table and utf8 libraries are read-only views, and
@@ -8,6 +8,12 @@
 -- typos of a DSL function). Each file gets a fresh environment, so a global a
 -- file sets is private to that file.
 local suggest = require "sluice.suggest"
+
+-- In the engine the loader preloads sluice.limits (engine/policy/lua_limits.c):
+-- files then run with a time budget too, which also sees time spent inside C
+-- functions, and the string functions are the engine's bounded ones. Under
+-- plain Lua (busted) a debug hook counts instructions only.
+local limits = package and package.preload["sluice.limits"] and require "sluice.limits"
 
 local M = {}
 
@@ -112,20 +118,14 @@ local function full_path(msg, path)
   return nil
 end
 
--- Compiles and runs `source` as file `path` in `env`. Returns true, or nil
--- and one message "path:line: text". `budget` is the instruction budget
--- (default M.BUDGET).
-function M.run(path, source, env, budget)
-  local chunkname = "@" .. path
-  local fn, err = load(source, chunkname, "t", env)
-  if not fn then
-    return nil, full_path(err, path) or (path .. ":1: " .. tostring(err))
-  end
-  local co = coroutine.create(fn)
-  local tripped, trip_line = false, nil
+-- Resumes `co` once under an instruction budget with a debug hook; returns
+-- what coroutine.resume does, then "instructions" when the budget ran out
+-- and the line of `chunkname` that ran then.
+local function resume_counted(co, chunkname, budget)
+  local tripped, trip_line = nil, nil
   local function hook()
     if not tripped then
-      tripped = true
+      tripped = "instructions"
       trip_line = M.line(chunkname, nil, 2)
       -- From now on every instruction fails, so a pcall in the policy can
       -- catch the error but never run past it.
@@ -133,12 +133,35 @@ function M.run(path, source, env, budget)
     end
     error("policy file exceeded its instruction budget", 0)
   end
-  debug.sethook(co, hook, "", budget or M.BUDGET)
+  debug.sethook(co, hook, "", budget)
   local ok, e = coroutine.resume(co)
-  local line = not ok and M.line(chunkname, co, 0)
   debug.sethook(co)
-  if tripped then
+  return ok, e, tripped, trip_line
+end
+
+-- Compiles and runs `source` as file `path` in `env`. Returns true, or nil
+-- and one message "path:line: text". `budget` is the instruction budget
+-- (default M.BUDGET); `ms`, when given, a time budget in milliseconds (in the
+-- engine only).
+function M.run(path, source, env, budget, ms)
+  local chunkname = "@" .. path
+  local fn, err = load(source, chunkname, "t", env)
+  if not fn then
+    return nil, full_path(err, path) or (path .. ":1: " .. tostring(err))
+  end
+  local co = coroutine.create(fn)
+  local ok, e, tripped, trip_line
+  if limits then
+    ok, e, tripped, trip_line = limits.run(co, chunkname, budget or M.BUDGET, ms)
+  else
+    ok, e, tripped, trip_line = resume_counted(co, chunkname, budget or M.BUDGET)
+  end
+  local line = not ok and M.line(chunkname, co, 0)
+  if tripped == "instructions" then
     return nil, path .. ":" .. (trip_line or line or 1) .. ": policy file exceeded its instruction budget"
+  elseif tripped == "time" then
+    return nil, path .. ":" .. (trip_line or line or 1) .. ": policy file exceeded its time budget ("
+      .. tostring(ms) .. " ms)"
   end
   if ok then
     if coroutine.status(co) ~= "dead" then
@@ -152,6 +175,24 @@ function M.run(path, source, env, budget)
     return nil, path .. ":" .. (line or 1) .. ": " .. e
   end
   return nil, path .. ":" .. (line or 1) .. ": error object is a " .. type(e) .. " value"
+end
+
+-- Calls fn() so that it ends within `ms` milliseconds, time inside C
+-- functions included. Returns true; or nil and "time" when it ran out of
+-- time, or nil and the error it raised. Under plain Lua it only calls fn,
+-- and errors go on up.
+function M.within(ms, fn)
+  if not limits then
+    fn()
+    return true
+  end
+  local ok, e, tripped = limits.run(coroutine.create(fn), nil, nil, ms)
+  if tripped then
+    return nil, tripped
+  elseif not ok then
+    return nil, e
+  end
+  return true
 end
 
 return M

@@ -38,7 +38,9 @@ function M.closest(word, candidates)
   local lower = word:lower()
   local best, best_d
   for _, c in ipairs(candidates) do
-    local d = M.distance(lower, c:lower())
+    -- Lengths apart by more than 2 are more than 2 edits apart: not worth
+    -- the quadratic distance (a name can be long).
+    local d = math.abs(#word - #c) <= 2 and M.distance(lower, c:lower()) or 3
     if d <= 2 and d < #word and (not best_d or d < best_d) then
       best, best_d = c, d
     end

@@ -25,6 +25,11 @@ local M = {}
 -- loads the file again with the same budget to collect its hooks.
 M.BUDGET = 1000000
 
+-- Milliseconds one tenant file may take to load, its checks included (in the
+-- engine: time inside C functions counts). A file that takes longer fails
+-- alone, like a file with errors: the main set and the other tenants load.
+M.TIME_BUDGET_MS = 200
+
 -- Tenant names are file names: tenants/acme.lua holds the tenant "acme".
 M.NAME_PATTERN = "^[%w_.%-]+$"
 
@@ -62,12 +67,13 @@ end
 local function tier_override(c, d, f, base)
   c:only(f, validate.TIER_FIELDS)
   if next(f) == nil then
-    c:err(nil, "changes nothing; set limit, window, algorithm or burst")
+    c:err(nil, "changes nothing; set limit, window, algorithm, burst or mode")
   end
   local t = {
     name = d.name, limit = base.limit, window_ms = base.window_ms, algorithm = base.algorithm,
-    burst = base.burst, file = d.file, line = d.line,
+    burst = base.burst, mode = base.mode or validate.DEFAULT_MODE, file = d.file, line = d.line,
   }
+  t.mode = validate.check_mode(c, f.mode, "mode", t.mode)
   if f.limit ~= nil then
     t.limit = c:positive_int(f.limit, "limit") or t.limit
   end
@@ -187,7 +193,7 @@ Builds the normalized tenant NAME from the declarations of its file (path,
 source) into `report`. `main` is the normalized main set, or nil when it did
 not load: then only what the file says on its own is checked. Returns
   { name, file, source,
-    tiers = { { name, limit, window_ms, algorithm, burst, file, line } },   -- whole rules
+    tiers = { { name, limit, window_ms, algorithm, burst, mode, file, line } },   -- whole rules
     endpoints = { { name, index, file, line, ttl_ms = nil | ms, limits = nil | {...} } },
     hooks = { { name, line } } }
 where an endpoint's `index` is its position in main.endpoints and `limits`

@@ -15,6 +15,10 @@ local M = {}
 M.METHODS = { "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" }
 M.ALGORITHMS = { "sliding_window", "sliding_log", "token_bucket", "fixed_window" }
 M.DEFAULT_ALGORITHM = "sliding_window"
+-- A limit's mode: "enforce" refuses past the limit; "shadow" counts and decides the same way
+-- but never refuses and never shows in the caller's RateLimit headers.
+M.MODES = { "enforce", "shadow" }
+M.DEFAULT_MODE = "enforce"
 M.DEFAULT_TIER_TTL_MS = 60000
 M.DEFAULT_UPSTREAM_TIMEOUT_MS = 5000
 M.DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS = 1000
@@ -480,7 +484,20 @@ end
 ---------------------------------------------------------------------------
 -- Tiers
 
-local TIER_FIELDS = { "limit", "window", "algorithm", "burst" }
+local TIER_FIELDS = { "limit", "window", "algorithm", "burst", "mode" }
+
+-- Checks the mode of a limit-like table at field `field`; returns "enforce" or "shadow",
+-- or `default` when the table has none or names another.
+local function check_mode(c, v, field, default)
+  if v == nil then return default end
+  local m = c:string(v, field)
+  if m == "enforce" or m == "shadow" then return m end
+  if m then
+    c:err(field, "unknown mode " .. quote(m) .. suggest.hint(m, M.MODES)
+      .. " (use \"enforce\" or \"shadow\")")
+  end
+  return default
+end
 
 -- Checks algorithm and burst of a limit-like table; returns both.
 local function check_algorithm(c, t, prefix)
@@ -512,7 +529,7 @@ local function tier_decl(c, decl, f)
   local algorithm, burst = check_algorithm(c, f, "")
   return {
     name = decl.name, limit = limit, window_ms = window, algorithm = algorithm, burst = burst,
-    file = decl.file, line = decl.line,
+    mode = check_mode(c, f.mode, "mode", M.DEFAULT_MODE), file = decl.file, line = decl.line,
   }
 end
 
@@ -754,7 +771,7 @@ M.DEFAULT_KEEP_MS = 3600000 -- how long past its freshness an entry with a valid
 M.DEFAULT_TARGETED = { "CDN-Cache-Control" } -- RFC 9213 targeted fields the cache reads, in order
 local WARM_FIELDS = { "user", "tenant" }
 local MAX_WARM = 10000
-local LIMIT_FIELDS = { "limit", "window", "algorithm", "burst", "cost", "fail", "key", "name" }
+local LIMIT_FIELDS = { "limit", "window", "algorithm", "burst", "cost", "fail", "key", "name", "mode" }
 
 local function var_text_set(vars)
   local s = {}
@@ -852,6 +869,7 @@ local function check_limit_table(c, t, prefix, index, topts, env)
       c:err(p .. "fail", "expected \"open\" or \"closed\", got " .. quote(f))
     end
   end
+  l.mode = check_mode(c, t.mode, p .. "mode", M.DEFAULT_MODE)
   if t.key ~= nil then
     l.key = c:template(t.key, p .. "key", topts)
   else
@@ -1382,6 +1400,7 @@ M.sorted_keys = sorted_keys
 M.set_of = set_of
 M.checker = checker
 M.check_algorithm = check_algorithm
+M.check_mode = check_mode
 M.check_limits = check_limits
 M.request_opts = request_opts
 M.same_pins = same_pins

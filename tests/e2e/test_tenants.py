@@ -3,8 +3,10 @@
 import http.client
 import json
 import os
+import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -65,12 +67,14 @@ hook "spin_in_pcall" {
 hook "cost_after_all" { adjust = function(req, decision) decision.cost = 2 end }
 '''
 
-# A tenant whose hook allocates without end: stopped by the memory cap of its Lua state.
+# A tenant whose hook allocates without end: stopped by the memory cap of its Lua state (in
+# megabytes, so that the cap comes well before the time budget).
 BOMB = '''
 hook "bomb" {
   adjust = function(req, decision)
     decision.cost = 50
-    local t = {} for i = 1, 1e9 do t[i] = string.rep("x", 1000) end
+    local s = string.rep("x", 1048576)
+    local t = {} for i = 1, 1e9 do t[i] = s .. i end
   end,
 }
 hook "cost_after_all" { adjust = function(req, decision) decision.cost = 3 end }
@@ -271,6 +275,163 @@ class RunawayHooks(SluiceTestCase):
         self.assertEqual(errors, [])
         self.assertGreater(spun[0], 0)
         self.assertLess(loaded, 20.0)
+
+
+# A tenant whose hooks are attacked: a benign-looking hook that any client of the tenant can
+# make backtrack (four lazy captures over a query of 300 commas: 3-5 s in Lua's own matcher),
+# and a hook that spins inside a C function (s:upper() of 2 MiB, a millisecond per call, which
+# the instruction budget alone let run for 30 s).
+EVIL = '''
+hook "tags" {
+  when = function(req) return req.query.tags ~= nil end,
+  adjust = function(req, decision)
+    if req.query.tags:match("^(.-),(.-),(.-),(.-)=") then decision.cost = 2 end
+  end,
+}
+hook "spin_in_c" {
+  when = function(req) return req.query.spin ~= nil end,
+  adjust = function(req, decision)
+    local s = string.rep("x", 1048576) s = s .. s
+    for i = 1, 1e9 do s:upper() end
+  end,
+}
+'''
+
+# Tenant files whose top level runs long while they load: inside C, and backtracking in a loop
+# that swallows each step-budget error.
+SPIN_FILE = '''
+local s = string.rep("x", 1048576) s = s .. s
+for i = 1, 1e9 do s:upper() end
+'''
+BACKTRACK_FILE = '''
+local q = string.rep("a,", 300)
+for i = 1, 1e9 do pcall(q.match, q, "^(.-),(.-),(.-),(.-)=") end
+'''
+
+# Sends requests on `clients` keep-alive connections for `seconds`; prints "sent failed". A process
+# of its own, so that the measuring test does not share a GIL with it.
+ATTACKER = r'''
+import http.client, sys, threading, time
+port, target, seconds, clients = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+counts = [0, 0]
+def run(k):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    end, i = time.time() + seconds, 0
+    while time.time() < end:
+        conn.request("GET", target, headers={"X-User-Id": "a%d-%d" % (k, i), "X-Tenant-Id": "evil"})
+        r = conn.getresponse()
+        r.read()
+        counts[0] += 1
+        counts[1] += r.status != 200
+        i += 1
+threads = [threading.Thread(target=run, args=(k,)) for k in range(clients)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(counts[0], counts[1])
+'''
+
+
+def admin_ms(s, n):
+    """The p50 and max time in ms of n GET /status on the admin listener."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        st, _, _ = s.admin("GET", "/status")
+        times.append((time.perf_counter() - t0) * 1000)
+        assert st == 200, st
+    return statistics.median(times), max(times)
+
+
+class AttackedHooks(SluiceTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = policy_dir()
+        write(cls.dir, "tenants/evil.lua", EVIL)
+        cls.s = cls.start(cls.dir)
+
+    def attacked(self, target, p50_limit_ms):
+        """Tenant B's p50 and the admin listener's while 4 clients send `target` as tenant evil."""
+        p50_ms(self.s.port, "beta", 50, "warm")
+        quiet, _ = p50_ms(self.s.port, "beta", 200, "quiet")
+        attacker = subprocess.Popen([sys.executable, "-c", ATTACKER, str(self.s.port), target,
+                                     "3", "4"], stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(0.5)
+            loaded, loaded_max = p50_ms(self.s.port, "beta", 200, "loaded")
+            admin, admin_max = admin_ms(self.s, 20)
+        finally:
+            out, _ = attacker.communicate(timeout=30)
+        sent, failed = (int(x) for x in out.split())
+        print("\n  %s: tenant B p50 %.2f ms alone, %.2f ms (max %.1f) while 4 clients sent %d "
+              "requests of tenant evil in 3 s; admin /status p50 %.2f ms (max %.1f)"
+              % (target[:24], quiet, loaded, loaded_max, sent, admin, admin_max))
+        self.assertEqual(failed, 0)  # each attacked hook is skipped, the request answered
+        self.assertGreater(sent, 0)
+        self.assertLess(loaded, p50_limit_ms)
+        self.assertLess(admin, 5.0)
+        return sent
+
+    def test_backtracking_query_keeps_other_tenants_fast(self):
+        sent = self.attacked("/ping?tags=" + "a," * 300, 5.0)
+        self.assertGreater(sent, 300)  # each attacked request took about a millisecond
+        self.assertIn("hook tags skipped (error): ", self.s.read_log())
+        self.assertIn("pattern matching exceeded its step budget", self.s.read_log())
+
+    def test_spin_in_c_keeps_other_tenants_fast(self):
+        # Each call may do a millisecond or two of work in C before the clock stops it (here:
+        # build a 2 MiB string): tenant B waits behind that when it shares a worker.
+        self.attacked("/ping?spin=1", 20.0)
+        st, _, b = self.s.admin("GET", "/status")
+        stats = json.loads(b)["hook_stats"]["evil"]
+        self.assertGreater(stats["time_exceeded"], 0)
+
+
+class AttackingTenantFiles(SluiceTestCase):
+    """Tenant files that run long while they load delay neither start, nor reload, nor check."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = policy_dir()
+        write(cls.dir, "tenants/spin_file.lua", SPIN_FILE)
+        write(cls.dir, "tenants/backtrack_file.lua", BACKTRACK_FILE)
+        t0 = time.perf_counter()
+        cls.s = cls.start(cls.dir)
+        cls.start_s = time.perf_counter() - t0
+
+    def test_start_reload_and_check_stay_fast(self):
+        t0 = time.perf_counter()
+        r = subprocess.run([lib.BIN, "check", self.dir], capture_output=True, text=True)
+        check_s = time.perf_counter() - t0
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("tenants/spin_file.lua:3: policy file exceeded its time budget (200 ms)",
+                      r.stdout)
+        self.assertIn("tenants/backtrack_file.lua:3: policy file exceeded its time budget "
+                      "(200 ms)", r.stdout)
+        t0 = time.perf_counter()
+        st, _, b = self.s.admin("POST", "/reload")
+        reload_s = time.perf_counter() - t0
+        self.assertEqual(st, 200, b)
+        print("\n  with two attacking tenant files: start %.2f s, POST /reload %.2f s, "
+              "check %.2f s" % (self.start_s, reload_s, check_s))
+        for took in (self.start_s, reload_s, check_s):
+            self.assertLess(took, 2.0)  # two files of 200 ms; before: minutes
+        st, h, _ = self.s.request("GET", "/ping", headers("f1", "beta"))
+        self.assertEqual((st, int(h["x-ratelimit-limit"])), (200, 200))
+        st, h, _ = self.s.request("GET", "/ping", headers("f1", "spin_file"))
+        self.assertEqual((st, int(h["x-ratelimit-limit"])), (200, 100))
+
+    def test_status_answers_while_a_reload_runs_the_files(self):
+        reloads = lambda: json.loads(self.s.admin("GET", "/status")[2])["reloads"]
+        before = reloads()
+        self.s.proc.send_signal(signal.SIGHUP)  # a reload on the signal thread: 400 ms
+        time.sleep(0.05)
+        t0 = time.perf_counter()
+        st, _, _ = self.s.admin("GET", "/status")
+        took = time.perf_counter() - t0
+        self.assertEqual(st, 200)
+        self.assertTrue(wait_for(lambda: reloads() > before))
+        print("\n  GET /status during a reload: %.1f ms" % (took * 1000))
+        self.assertLess(took, 0.1)
 
 
 class LastGoodVersion(SluiceTestCase):

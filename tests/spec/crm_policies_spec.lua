@@ -181,7 +181,7 @@ describe("examples/crm/policies", function()
     assert.are.same({
       { tier = true },
       { name = "expensive", limit = 10, window_ms = 60000, key = "expensive:{user}",
-        algorithm = "sliding_log", cost = 1, fail = "open" },
+        algorithm = "sliding_log", cost = 1, fail = "open", mode = "enforce" },
     }, e.limits)
     assert.are.same({ "crm:{user}" }, e.cache.tags)
   end)

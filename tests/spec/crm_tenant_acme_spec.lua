@@ -56,7 +56,7 @@ describe("examples/crm/policies/tenants/acme.lua", function()
 
   it("gives acme's free users 500 requests an hour", function()
     assert.are.same({
-      { name = "free", limit = 500, window_ms = 3600000, algorithm = "sliding_window", file = FILE, line = 11 },
+      { name = "free", limit = 500, window_ms = 3600000, algorithm = "sliding_window", mode = "enforce", file = FILE, line = 11 },
     }, acme.tiers)
   end)
 

@@ -78,9 +78,9 @@ tier "burst" { limit = 10, window = "1s", algorithm = "token_bucket", burst = 50
 tier "exact" { limit = 5, window = 60, algorithm = "sliding_log" }
 ]])
       assert.are.same({
-        { name = "free", limit = 100, window_ms = 3600000, algorithm = "sliding_window", file = "t.lua", line = 1 },
-        { name = "burst", limit = 10, window_ms = 1000, algorithm = "token_bucket", burst = 50, file = "t.lua", line = 2 },
-        { name = "exact", limit = 5, window_ms = 60000, algorithm = "sliding_log", file = "t.lua", line = 3 },
+        { name = "free", limit = 100, window_ms = 3600000, algorithm = "sliding_window", mode = "enforce", file = "t.lua", line = 1 },
+        { name = "burst", limit = 10, window_ms = 1000, algorithm = "token_bucket", burst = 50, mode = "enforce", file = "t.lua", line = 2 },
+        { name = "exact", limit = 5, window_ms = 60000, algorithm = "sliding_log", mode = "enforce", file = "t.lua", line = 3 },
       }, set.tiers)
       assert.are.same({ { path = "t.lua" } }, set.files)
       assert.are.same({}, set.endpoints)
@@ -91,7 +91,7 @@ tier "exact" { limit = 5, window = 60, algorithm = "sliding_log" }
 
     it("the call form tier(name, fields) like tier name { fields }", function()
       local set = set_of([[tier("free", { limit = 1, window = "1m" })]])
-      assert.are.same({ name = "free", limit = 1, window_ms = 60000, algorithm = "sliding_window", file = "t.lua", line = 1 },
+      assert.are.same({ name = "free", limit = 1, window_ms = 60000, algorithm = "sliding_window", mode = "enforce", file = "t.lua", line = 1 },
         set.tiers[1])
     end)
 
@@ -302,7 +302,7 @@ endpoint "POST /api/ai/{op}" {
         limits = {
           { tier = true },
           { name = "expensive", limit = 10, window_ms = 60000, key = "expensive:{user}",
-            algorithm = "sliding_log", cost = 1, fail = "open" },
+            algorithm = "sliding_log", cost = 1, fail = "open", mode = "enforce" },
         },
         invalidate = {},
       }, e)
@@ -333,15 +333,31 @@ endpoint "GET /x" {
 ]])
       assert.are.same({ {
         name = "bulk", limit = 5, window_ms = 10000, key = "bulk:{user}", algorithm = "token_bucket",
-        burst = 20, cost = 2, fail = "closed",
+        burst = 20, cost = 2, fail = "closed", mode = "enforce",
       } }, e.limits)
+    end)
+
+    it("mode = \"shadow\" on a limit table, in a list of limits, and on a tier", function()
+      local set = must_load(load_one([[
+tier "free" { limit = 100, window = "1h", mode = "shadow" }
+tier "pro" { limit = 1000, window = "1h", mode = "enforce" }
+endpoint "GET /x" { body = "x", limit = { limit = 5, window = "1m", key = "x:{ip}", mode = "shadow" } }
+endpoint "GET /y" {
+  body = "y",
+  limit = { "tier", { limit = 5, window = "1m", key = "y:{ip}", mode = "shadow" }, { limit = 9, window = "1m", key = "z:{ip}" } },
+}
+]]))
+      assert.are.same({ "shadow", "enforce" }, { set.tiers[1].mode, set.tiers[2].mode })
+      assert.are.equal("shadow", set.endpoints[1].limits[1].mode)
+      local y = set.endpoints[2].limits
+      assert.are.same({ true, "shadow", "enforce" }, { y[1].tier, y[2].mode, y[3].mode })
     end)
 
     it("the default limit key (route and caller) and name", function()
       local e = endpoint_of([[endpoint "GET /x" { body = "x", limit = { limit = 5, window = "1m" } }]])
       assert.are.same({ {
         name = "limit1", limit = 5, window_ms = 60000, key = "{route}:{tenant}:{user}",
-        algorithm = "sliding_window", cost = 1, fail = "open",
+        algorithm = "sliding_window", cost = 1, fail = "open", mode = "enforce",
       } }, e.limits)
       local anon = set_of([[endpoint "GET /x" { body = "x", limit = { limit = 5, window = "1m" } }]])
       assert.are.equal("{route}:{ip}", anon.endpoints[1].limits[1].key)
@@ -748,6 +764,21 @@ endpoint "GET /x" { body = "x", cache = { ttl = "1m", key = "x:{user}:{tenant}" 
     it("fail other than open or closed", function()
       fails_after_prelude([[endpoint "GET /x" { body = "x", limit = { limit = 10, window = "1m", fail = "shut" } }]],
         't.lua:1: endpoint "GET /x": limit.fail: expected "open" or "closed", got "shut"')
+    end)
+
+    it("a mode other than enforce or shadow, with the line and a suggestion", function()
+      fails_after_prelude([[
+
+endpoint "GET /x" { body = "x", limit = { limit = 10, window = "1m", mode = "shadw" } }]],
+        't.lua:2: endpoint "GET /x": limit.mode: unknown mode "shadw" (did you mean \'shadow\'?)'
+          .. ' (use "enforce" or "shadow")')
+      fails_after_prelude([[endpoint "GET /x" { body = "x", limit = { "tier", { limit = 10, window = "1m", mode = "log" } } }]],
+        't.lua:1: endpoint "GET /x": limit[2].mode: unknown mode "log" (use "enforce" or "shadow")')
+      fails_after_prelude([[endpoint "GET /x" { body = "x", limit = { limit = 10, window = "1m", mode = true } }]],
+        't.lua:1: endpoint "GET /x": limit.mode: expected a string, got boolean true')
+      fails([[
+tier "free" { limit = 1, window = "1m", mode = "enforced" }]],
+        't.lua:1: tier "free": mode: unknown mode "enforced" (did you mean \'enforce\'?) (use "enforce" or "shadow")')
     end)
 
     it("two limits of one endpoint with the same name", function()

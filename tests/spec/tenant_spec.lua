@@ -49,15 +49,34 @@ describe("tenant files", function()
     it("tier overrides as whole rules, the main tier's fields kept", function()
       local t = acme('tier "free" { limit = 500 }\ntier "pro" { window = "1m", burst = 5 }')
       assert.are.same({
-        { name = "free", limit = 500, window_ms = 3600000, algorithm = "sliding_window", file = "p/tenants/acme.lua", line = 1 },
-        { name = "pro", limit = 1000, window_ms = 60000, algorithm = "token_bucket", burst = 5, file = "p/tenants/acme.lua", line = 2 },
+        { name = "free", limit = 500, window_ms = 3600000, algorithm = "sliding_window", mode = "enforce", file = "p/tenants/acme.lua", line = 1 },
+        { name = "pro", limit = 1000, window_ms = 60000, algorithm = "token_bucket", burst = 5, mode = "enforce", file = "p/tenants/acme.lua", line = 2 },
       }, t.tiers)
+    end)
+
+    it("a tier's mode, kept from the main tier unless the override sets it", function()
+      local t = acme('tier "free" { mode = "shadow" }\ntier "pro" { limit = 5 }')
+      assert.are.same({ "shadow", "enforce" }, { t.tiers[1].mode, t.tiers[2].mode })
+      fails('\ntier "free" { mode = "dry-run" }',
+        'p/tenants/acme.lua:2: tier "free": mode: unknown mode "dry-run" (use "enforce" or "shadow")')
+    end)
+
+    it("an endpoint override's limit in shadow mode", function()
+      local t = acme([[
+endpoint "GET /reports/{name}" {
+  limit = { "tier", { limit = 5, window = "1m", key = "t:{user}", mode = "shadow" } },
+}
+]])
+      assert.are.equal("shadow", t.endpoints[1].limits[2].mode)
+      fails('endpoint "GET /reports/{name}" { limit = { limit = 5, window = "1m", mode = "shadows" } }',
+        'p/tenants/acme.lua:1: endpoint "GET /reports/{name}": limit.mode: unknown mode "shadows"'
+          .. " (did you mean 'shadow'?) (use \"enforce\" or \"shadow\")")
     end)
 
     it("a new algorithm, which drops the main tier's burst", function()
       local t = acme('tier "pro" { algorithm = "sliding_log" }')
       assert.are.same({
-        { name = "pro", limit = 1000, window_ms = 3600000, algorithm = "sliding_log", file = "p/tenants/acme.lua", line = 1 },
+        { name = "pro", limit = 1000, window_ms = 3600000, algorithm = "sliding_log", mode = "enforce", file = "p/tenants/acme.lua", line = 1 },
       }, t.tiers)
     end)
 
@@ -76,7 +95,7 @@ endpoint "GET /reports/{name}" {
             { tier = true },
             {
               name = "t", limit = 5, window_ms = 60000, algorithm = "sliding_window", cost = 1,
-              fail = "open", key = "t:{user}:{path.name}",
+              fail = "open", mode = "enforce", key = "t:{user}:{path.name}",
             },
           },
         },
@@ -121,7 +140,7 @@ hook("b", { when = function(req) return true end, adjust = function(req, d) end 
     end)
 
     it("a tier that changes nothing, or with bad fields", function()
-      fails('tier "free" {}', 'p/tenants/acme.lua:1: tier "free": changes nothing; set limit, window, algorithm or burst')
+      fails('tier "free" {}', 'p/tenants/acme.lua:1: tier "free": changes nothing; set limit, window, algorithm, burst or mode')
       fails('\n\ntier "free" { limit = 0 }',
         'p/tenants/acme.lua:3: tier "free": limit: expected a positive whole number, got number 0')
       fails('tier "free" { limt = 5 }', {
@@ -250,6 +269,21 @@ hook("b", { when = function(req) return true end, adjust = function(req, d) end 
           .. " change the tiers the main set declares",
         'p/tenants/acme.lua:3: hook "h": adjust is required (adjust = function(req, decision) ... end)',
       })
+    end)
+
+    it("at most 20 messages, each cut at 400 bytes between characters", function()
+      local set = load_acme('for i = 1, 30 do tier("g" .. i) { limit = 1 } end\n'
+        .. 'tier(("\u{e9}"):rep(300)) { limit = 1 }')
+      local errs = set.tenant_errors.acme
+      assert.are.equal(21, #errs)
+      assert.are.equal('p/tenants/acme.lua:1: tier "g1": is not a tier of the main policy set; a tenant'
+        .. " file can only change the tiers the main set declares", errs[1])
+      assert.are.equal("p/tenants/acme.lua:1: 11 more messages left out", errs[21])
+      local set2 = load_acme('tier("x" .. ("\u{e9}"):rep(300)) { limit = 1 }')
+      local long = set2.tenant_errors.acme[1]
+      assert.are.equal(402, #long) -- byte 400 starts an é: cut before it, then "..."
+      assert.are.equal('p/tenants/acme.lua:1: tier "', long:sub(1, 28))
+      assert.are.equal("\u{e9}...", long:sub(-5))
     end)
   end)
 

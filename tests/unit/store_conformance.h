@@ -126,6 +126,14 @@ conf_add_limit(struct conf_req *r, struct limiter_rule rule, const char *key, si
     r->nlimits++;
 }
 
+/* As conf_add_limit(), a shadow-mode limit. */
+static void
+conf_add_shadow(struct conf_req *r, struct limiter_rule rule, const char *key, uint32_t cost)
+{
+    conf_add_limit(r, rule, key, strlen(key), cost);
+    r->limits[r->nlimits - 1].shadow = true;
+}
+
 static void
 conf_add_tag(struct conf_req *r, const char *tag, size_t len)
 {
@@ -135,9 +143,9 @@ conf_add_tag(struct conf_req *r, const char *tag, size_t len)
     r->ntags++;
 }
 
-/* Runs the request; the caller releases r->a.entry. */
+/* Runs the request (a peek when peek); the caller releases r->a.entry. */
 static void
-conf_admit(struct conf *c, struct conf_req *r)
+conf_admit_mode(struct conf *c, struct conf_req *r, bool peek)
 {
     struct conf_op op = {0};
 
@@ -155,6 +163,7 @@ conf_admit(struct conf *c, struct conf_req *r)
     r->a.lease_ms = r->lease_ms;
     r->a.results = r->results;
     r->a.tag_gens = r->gens;
+    r->a.peek = peek;
     r->a.entry = (struct store_entry *)(uintptr_t)1; /* must be overwritten */
     store_admit_and_lookup(c->s, &r->a, conf_done, &op);
     assert_int_equal(conf_wait(c, &op), 0);
@@ -177,6 +186,19 @@ conf_admit(struct conf *c, struct conf_req *r)
         assert_false(r->a.lease_taken);
     else if (r->a.state == STORE_MISS)
         assert_true(r->a.lease_taken);
+}
+
+static void
+conf_admit(struct conf *c, struct conf_req *r)
+{
+    conf_admit_mode(c, r, false);
+}
+
+/* Checks r's limits without counting them (no cache key). */
+static void
+conf_admit_peek(struct conf *c, struct conf_req *r)
+{
+    conf_admit_mode(c, r, true);
 }
 
 /* One limit, no cache: the result. */
@@ -455,6 +477,136 @@ conf_limit_window_passes(void **state)
     assert_true(res.retry_after_ms > 0 && res.retry_after_ms <= 200);
     c->h->advance(c->h->ctx, 450);
     assert_true(conf_limit(c, rule, "short", 1).allowed);
+}
+
+/* ---- shadow-mode limits ------------------------------------------------- */
+
+/*
+ * A shadow limit at its limit reports the refusal but does not refuse the request; an enforced
+ * limit beside it still refuses, and then the shadow limit is not charged either.
+ */
+static void
+conf_shadow_never_refuses(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule two = conf_rule(LIMITER_SLIDING_WINDOW, 2, HOUR);
+    struct limiter_rule four = conf_rule(LIMITER_SLIDING_WINDOW, 4, HOUR);
+
+    for (int i = 0; i < 6; i++) {
+        struct conf_req r = {0};
+        conf_add_shadow(&r, two, "sh", 1);
+        conf_add_limit(&r, four, "en", 2, 1);
+        conf_admit(c, &r);
+        assert_int_equal(r.a.allowed, i < 4);          /* the enforced limit decides */
+        assert_int_equal(r.results[0].allowed, i < 2); /* the shadow one says what it would do */
+        assert_int_equal(r.results[0].remaining, i < 2 ? 1 - i : 0);
+        assert_int_equal(r.results[0].limit, 2);
+        if (i >= 2)
+            assert_true(r.results[0].retry_after_ms > 0);
+        assert_int_equal(r.results[1].allowed, i < 4);
+    }
+    /* Alone, a shadow limit far past its limit still admits. */
+    for (int i = 0; i < 3; i++) {
+        struct conf_req r = {0};
+        conf_add_shadow(&r, two, "sh", 1);
+        conf_admit(c, &r);
+        assert_true(r.a.allowed);
+        assert_false(r.results[0].allowed);
+    }
+}
+
+/*
+ * A shadow limit is the same counter as its enforced twin (same key and rule): what it
+ * admitted is charged, what it would have refused is not, in every algorithm. Cost 2 of 3:
+ * the first is charged, the second would refuse (4 > 3) and is not charged, so the enforced
+ * twin still has exactly 1 left.
+ */
+static void
+conf_shadow_charged_only_when_admitting(void **state)
+{
+    struct conf *c = *state;
+    static const enum limiter_algo algos[] = {LIMITER_SLIDING_WINDOW, LIMITER_SLIDING_LOG,
+                                              LIMITER_TOKEN_BUCKET, LIMITER_FIXED_WINDOW};
+
+    for (size_t i = 0; i < 4; i++) {
+        struct limiter_rule rule = conf_rule(algos[i], 3, HOUR);
+        char key[32];
+        snprintf(key, sizeof(key), "twin:%zu", i);
+        struct conf_req r = {0};
+        conf_add_shadow(&r, rule, key, 2);
+        conf_admit(c, &r);
+        assert_true(r.a.allowed);
+        assert_true(r.results[0].allowed);
+        assert_int_equal(r.results[0].remaining, 1);
+        memset(&r, 0, sizeof(r));
+        conf_add_shadow(&r, rule, key, 2);
+        conf_admit(c, &r);
+        assert_true(r.a.allowed);
+        assert_false(r.results[0].allowed);
+        struct limiter_result res = conf_limit(c, rule, key, 1); /* enforced from here on */
+        assert_true(res.allowed);
+        assert_int_equal(res.remaining, 0);
+        assert_false(conf_limit(c, rule, key, 1).allowed);
+    }
+}
+
+/* A request an enforced limit refuses is charged to none of its limits, shadow ones included. */
+static void
+conf_shadow_not_charged_when_refused(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule one = conf_rule(LIMITER_FIXED_WINDOW, 1, HOUR);
+    struct limiter_rule five = conf_rule(LIMITER_FIXED_WINDOW, 5, HOUR);
+
+    for (int i = 0; i < 3; i++) {
+        struct conf_req r = {0};
+        conf_add_limit(&r, one, "strict", 6, 1);
+        conf_add_shadow(&r, five, "trial", 1);
+        conf_admit(c, &r);
+        assert_int_equal(r.a.allowed, i == 0);
+        assert_true(r.results[1].allowed);
+    }
+    assert_int_equal(conf_limit(c, five, "trial", 1).remaining, 3); /* 1 counted, then this */
+}
+
+/* One counter named by an enforced and a shadow limit of a request is enforced. */
+static void
+conf_shadow_shared_with_enforced(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule one = conf_rule(LIMITER_FIXED_WINDOW, 1, HOUR);
+    struct conf_req r = {0};
+
+    conf_add_limit(&r, one, "both", 4, 1);
+    conf_add_shadow(&r, one, "both", 1);
+    conf_admit(c, &r);
+    assert_false(r.a.allowed); /* 1 + 1 > 1 */
+    assert_true(conf_limit(c, one, "both", 1).allowed);
+}
+
+/* A peek says what a request would get and counts nothing, shadow limits included. */
+static void
+conf_limit_peek_counts_nothing(void **state)
+{
+    struct conf *c = *state;
+    struct limiter_rule two = conf_rule(LIMITER_SLIDING_LOG, 2, HOUR);
+
+    for (int round = 0; round < 4; round++) {
+        struct conf_req r = {0};
+        conf_add_limit(&r, two, "peek", 4, 1);
+        conf_add_shadow(&r, two, "peek:sh", 1);
+        conf_admit_peek(c, &r);
+        assert_int_equal(r.a.allowed, round < 2);
+        assert_int_equal(r.results[0].remaining, round < 2 ? 1 - round : 0);
+        assert_int_equal(r.results[1].allowed, round < 2);
+        if (round < 2) { /* then counted once, by a request that is not a peek */
+            assert_true(conf_limit(c, two, "peek", 1).allowed);
+            memset(&r, 0, sizeof(r));
+            conf_add_shadow(&r, two, "peek:sh", 1);
+            conf_admit(c, &r);
+            assert_true(r.a.allowed);
+        }
+    }
 }
 
 /* ---- cache -------------------------------------------------------------- */
@@ -1536,6 +1688,11 @@ store_conformance_run(const struct store_harness *h)
         CONF_TEST(conf_limit_keys_isolated),
         CONF_TEST(conf_limit_window_passes),
         CONF_TEST(conf_limit_room_for_many),
+        CONF_TEST(conf_shadow_never_refuses),
+        CONF_TEST(conf_shadow_charged_only_when_admitting),
+        CONF_TEST(conf_shadow_not_charged_when_refused),
+        CONF_TEST(conf_shadow_shared_with_enforced),
+        CONF_TEST(conf_limit_peek_counts_nothing),
         CONF_TEST(conf_cache_miss_fill_hit),
         CONF_TEST(conf_cache_large_body),
         CONF_TEST(conf_cache_no_key),

@@ -16,6 +16,7 @@
  * stubs of server_respond() and server_respond_problem_ext() below instead of a connection. */
 #include "../../engine/gateway/req.c"
 
+#include "plan.h"
 #include "store_memory.h"
 
 /* ---- stubs: the server's replies, the origin ------------------------------------------------ */
@@ -24,7 +25,7 @@ struct answer {
     const struct server_request *sr;
     int status;
     char xcache[16];
-    char body[64];
+    char body[512];
 };
 static struct answer answers[32];
 static size_t nanswers;
@@ -69,7 +70,10 @@ stub_to_origin(struct gw_req *rq)
 static const char POLICY[] =
     "upstream 'app' { url = 'http://127.0.0.1:9' }\n"
     "endpoint 'GET /x' { upstream = 'app', cache = { ttl = '1m', key = 'x', shared = true } }\n"
-    "endpoint 'GET /y' { upstream = 'app', cache = { ttl = '1m', key = 'y', shared = true } }\n";
+    "endpoint 'GET /y' { upstream = 'app', cache = { ttl = '1m', key = 'y', shared = true } }\n"
+    "endpoint 'GET /l' { body = '{}', limit = {\n"
+    "  { limit = 1, window = '1m', key = 'sh', name = 'sh', mode = 'shadow' },\n"
+    "  { limit = 2, window = '1m', key = 'en', name = 'en' } } }\n";
 
 static char dir[64];
 static struct policy *policy;
@@ -182,6 +186,65 @@ answer_to(size_t c)
 }
 
 /* ---- tests ---------------------------------------------------------------------------------- */
+
+static void
+admitted(void *arg, int status)
+{
+    assert_int_equal(status, 0);
+    *(bool *)arg = true;
+}
+
+/* GET /l counted by the memory store; its rate-limit fields in rq->hdrs. */
+static struct gw_req *
+limited_request(void)
+{
+    struct client *c = &clients[nclients++];
+    memset(c, 0, sizeof(*c));
+    int n = snprintf(c->raw, sizeof(c->raw), "GET /l HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_true(http_parse_request(c->raw, (size_t)n, &c->sr.http) > 0);
+    c->sr.ip = "127.0.0.1";
+    struct router_match m;
+    assert_int_equal(router_match(policy->router, "GET", 3, "/l", 2, "", 0, &m), ROUTER_FOUND);
+    struct gw_req *rq = gw_req_new(&wk, &c->sr, policy, &m);
+    char detail[128];
+    assert_int_equal(gw_plan(rq, detail, sizeof(detail)), 0);
+    assert_int_equal(rq->admit.nlimits, 2);
+    bool done = false;
+    store_admit_and_lookup(wk.store, &rq->admit, admitted, &done);
+    assert_true(done);
+    gw_add_limit_headers(rq);
+    return rq;
+}
+
+/*
+ * A shadow limit is counted beside an enforced one but never shows: the rate-limit fields name
+ * only the enforced limit, a would-be refusal is GW_SHADOW_DENIED, and only the enforced limit
+ * refuses (429 naming it alone).
+ */
+static void
+test_shadow_limits_stay_out_of_the_answer(void **state)
+{
+    for (int i = 0; i < 3; i++) {
+        struct gw_req *rq = limited_request();
+        char *h = xasprintf("%.*s", (int)rq->hdrs_len, rq->hdrs);
+        assert_null(strstr(h, "\"sh\""));
+        assert_non_null(strstr(h, "RateLimit-Policy: \"en\";q=2;w=60\r\n"));
+        assert_non_null(strstr(h, "X-RateLimit-Limit: 2\r\n"));
+        assert_int_equal(gw_limit_decision(rq, 0), i == 0 ? GW_ALLOWED : GW_SHADOW_DENIED);
+        assert_int_equal(gw_limit_decision(rq, 1), i < 2 ? GW_ALLOWED : GW_DENIED);
+        assert_true(rq->limits[0].shadow);
+        assert_false(rq->limits[1].shadow);
+        free(h);
+        if (i < 2) {
+            assert_true(rq->admit.allowed); /* the shadow limit refused nothing */
+            gw_req_free(rq);
+            continue;
+        }
+        gw_reply_denied(rq); /* answers and frees */
+        assert_int_equal(answers[nanswers - 1].status, 429);
+        assert_non_null(strstr(answers[nanswers - 1].body, "\"violated-policies\":[\"en\"]"));
+    }
+}
 
 static void
 test_one_fill_per_key_per_worker(void **state)
@@ -331,6 +394,8 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_one_fill_per_key_per_worker, reset, check_empty),
+        cmocka_unit_test_setup_teardown(test_shadow_limits_stay_out_of_the_answer, reset,
+                                        check_empty),
         cmocka_unit_test_setup_teardown(test_waiters_share_the_leaders_answer, reset, check_empty),
         cmocka_unit_test_setup_teardown(test_an_heir_takes_a_failed_fill_over, reset, check_empty),
         cmocka_unit_test_setup_teardown(test_a_waiter_past_its_wait_goes_to_the_origin, reset,

@@ -1,5 +1,5 @@
-/* test_lua_sandbox.c - unit tests of the hook sandbox: budget, memory cap, and escapes that fail.
- */
+/* test_lua_sandbox.c - unit tests of the hook sandbox: instruction and time budgets, work inside C
+ * functions, memory cap, and escapes that fail. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -17,6 +17,8 @@
 
 #define CAP (8u << 20)
 #define BUDGET 100000
+#define MS 20
+#define US (MS * 1000)
 
 /* One chunk run in a sandbox, in an environment kept in the registry across runs. */
 struct run {
@@ -98,7 +100,7 @@ now_s(void)
 static int
 setup(void **state)
 {
-    *state = lua_sandbox_new(CAP, BUDGET);
+    *state = lua_sandbox_new(CAP, BUDGET, US);
     return *state ? 0 : -1;
 }
 
@@ -155,6 +157,123 @@ test_budget_is_per_call(void **state)
     lua_sandbox_set_budget(sb, BUDGET);
 }
 
+/* ---- the time budget --------------------------------------------------------------------- */
+
+/* Runs code that must stop at the time budget MS: returns the ms it took. */
+static double
+stops_in_time(struct lua_sandbox *sb, const char *code)
+{
+    double t0 = now_s();
+    fails(sb, code, LUA_SANDBOX_TIME, "time budget exceeded (20 ms)");
+    double ms = (now_s() - t0) * 1e3;
+    const char *last = strrchr(code, '\n');
+    printf("  %6.1f ms  %.70s\n", ms, last ? last + 1 : code);
+    assert_true(ms >= MS);
+    assert_true(ms < 10 * MS); /* one C call past the deadline at most, even under sanitizers */
+    return ms;
+}
+
+/*
+ * Work inside C functions: s:upper() of a 2 MiB string takes a millisecond and 4 instructions,
+ * so the instruction budget alone let a hook run 25,000 of them (30 s). The allocator and the
+ * functions that work without allocating read the clock, and the call stops at its time budget,
+ * its own pcall or not.
+ */
+static void
+test_spin_in_c_stops_at_the_time_budget(void **state)
+{
+    struct lua_sandbox *sb = *state;
+    static const char *const spins[] = {
+        "local s = string.rep('x', 1 << 20) s = s .. s\nfor i = 1, 1e9 do s:upper() end",
+        "local s = string.rep('x', 1 << 20) s = s .. s\nfor i = 1, 1e9 do pcall(s.upper, s) end",
+        "local s = string.rep('x', 1 << 20) s = s .. s\n"
+        "while true do pcall(function() for i = 1, 1e9 do s:lower() end end) end",
+        "local s = string.rep('a', 1 << 20) local n = string.rep('a', 1 << 19) .. 'b'\n"
+        "for i = 1, 1e9 do s:find(n, 1, true) end",
+        "local s = string.rep('\\u{e9}', 1 << 19)\nfor i = 1, 1e9 do utf8.len(s) end",
+        "local s = string.rep('\\u{e9}', 1 << 19)\nfor i = 1, 1e9 do utf8.offset(s, 1 << 18) end",
+        "local s = string.rep('1', 1 << 20)\nfor i = 1, 1e9 do tonumber(s) end",
+        "local t = { utf8.codepoint(string.rep('a', 100000), 1, -1) }\n"
+        "for i = 1, 1e9 do table.insert(t, 1, 0) table.remove(t, 1) end",
+        "local t = { utf8.codepoint(string.rep('a', 100000), 1, -1) }\n"
+        "for i = 1, 1e9 do table.sort(t) end",
+        "return table.move({}, 1, 1e12, 2)",
+        "local s = string.rep('x', 1 << 20) local t = {}\n"
+        "for i = 1, 1e9 do t[i % 2] = s .. i end",
+    };
+    for (size_t i = 0; i < sizeof(spins) / sizeof(spins[0]); i++)
+        stops_in_time(sb, spins[i]);
+    gives(sb, "return ('alive'):upper()", "ALIVE");
+    fails(sb, "return table.insert({}, 5, 1)", LUA_SANDBOX_ERROR,
+          "t:1: bad argument #2 to 'insert' (position out of bounds)");
+    fails(sb, "return utf8.len('abc', 9)", LUA_SANDBOX_ERROR,
+          "t:1: bad argument #2 to 'len' (initial position out of bounds)");
+    fails(sb, "return tonumber('z', 99)", LUA_SANDBOX_ERROR,
+          "t:1: bad argument #2 to 'tonumber' (base out of range)");
+    gives(sb, "local t = { 3, 1, 2 } table.sort(t) return table.concat(t, ',')", "1,2,3");
+    gives(sb, "return table.concat(table.move({ 1, 2, 3 }, 1, 3, 2), ',')", "1,1,2,3");
+}
+
+/* Backtracking patterns stop at their step budget at once; in a loop, at the time budget. */
+static void
+test_backtracking_patterns_stop(void **state)
+{
+    struct lua_sandbox *sb = *state;
+    static const char *const attacks[] = {
+        "return (string.rep('a', 600)):find('.-.-.-b')", /* Lua's own: 29 s */
+        "local q = string.rep('a,', 300) return q:match('^(.-),(.-),(.-),(.-)=')", /* 5 s */
+        "return (string.rep('a', 5000)):gsub('a*a*a*b', '')",
+        "for w in (string.rep('a,', 300)):gmatch('(.-),(.-),(.-),(.-)=') do end",
+    };
+    for (size_t i = 0; i < sizeof(attacks) / sizeof(attacks[0]); i++) {
+        double t0 = now_s();
+        fails(sb, attacks[i], LUA_SANDBOX_ERROR, "pattern matching exceeded its step budget");
+        assert_true(now_s() - t0 < 0.05);
+    }
+    stops_in_time(sb, "local q = string.rep('a,', 300)\n"
+                      "for i = 1, 1e9 do pcall(q.match, q, '^(.-),(.-),(.-),(.-)=') end");
+    gives(sb, "return ('a=1&b=2'):gsub('(%w+)=(%w+)', '%2=%1')", "1=a&2=b");
+}
+
+static void
+test_rep_is_capped(void **state)
+{
+    struct lua_sandbox *sb = *state;
+    fails(sb, "return string.rep('x', 1e9)", LUA_SANDBOX_ERROR,
+          "resulting string too large (1000000000 bytes; string.rep makes at most 1048576)");
+    fails(sb, "return ('ab'):rep(1 << 19, ',')", LUA_SANDBOX_ERROR, "resulting string too large");
+    gives(sb, "return #string.rep('x', 1 << 20)", "1048576");
+    gives(sb, "return ('ab'):rep(3, ',')", "ab,ab,ab");
+    /* Nothing, many times over: Lua's own rep loops 2^62 times. */
+    double t0 = now_s();
+    gives(sb, "return #string.rep('', 1 << 62) + #string.rep('', 1 << 62, '')", "0");
+    assert_true(now_s() - t0 < 0.05);
+}
+
+/* Each call has its own time budget. */
+static void
+test_time_budget_is_per_call(void **state)
+{
+    struct lua_sandbox *sb = *state;
+    static const char count[] = "local n = 0 for i = 1, 100000 do n = n + 1 end return n";
+    lua_sandbox_set_budget(sb, 2000000000);
+    lua_sandbox_set_time(sb, 5000);
+    double t0 = now_s();
+    fails(sb, "while true do end", LUA_SANDBOX_TIME, "t:1: time budget exceeded (5 ms)");
+    double ms = (now_s() - t0) * 1e3;
+    assert_true(ms >= 5 && ms < 100);
+    /* 20 calls that each take a tenth of the budget: twice the budget together. */
+    lua_sandbox_set_time(sb, 10000000);
+    t0 = now_s();
+    gives(sb, count, "100000");
+    double call_us = (now_s() - t0) * 1e6;
+    lua_sandbox_set_time(sb, (uint32_t)(call_us * 10 > 5000 ? call_us * 10 : 5000));
+    for (int i = 0; i < 20; i++)
+        gives(sb, count, "100000");
+    lua_sandbox_set_budget(sb, BUDGET);
+    lua_sandbox_set_time(sb, US);
+}
+
 /* ---- the memory cap ---------------------------------------------------------------------- */
 
 static void
@@ -162,18 +281,24 @@ test_memory_bomb(void **state)
 {
     struct lua_sandbox *sb = *state;
     lua_sandbox_set_budget(sb, 100000000);
+    lua_sandbox_set_time(sb, 10000000);
     size_t before = lua_sandbox_memory(sb);
     double t0 = now_s();
     fails(sb, "local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1000) end", LUA_SANDBOX_MEMORY,
           "not enough memory");
     assert_true(now_s() - t0 < 5.0);
     assert_true(lua_sandbox_memory(sb) <= CAP);
-    fails(sb, "return string.rep('x', 1e9)", LUA_SANDBOX_MEMORY, "not enough memory");
+    fails(sb, "local s = string.rep('x', 1 << 20) return s .. s .. s .. s .. s .. s .. s .. s",
+          LUA_SANDBOX_MEMORY, "not enough memory");
+    /* Caught by the code's own pcall, a memory error is just an error value. */
+    gives(sb,
+          "local s = string.rep('x', 1 << 20)\n"
+          "return select(2, pcall(function() local t = {} for i = 1, 9 do t[i] = s .. i end end))",
+          "not enough memory");
     fails(sb, "local s = 'x' while true do s = s .. s end", LUA_SANDBOX_MEMORY,
           "not enough memory");
-    /* Caught by the code's own pcall, a memory error is just an error value. */
-    gives(sb, "return select(2, pcall(string.rep, 'x', 1e9))", "not enough memory");
     lua_sandbox_set_budget(sb, BUDGET);
+    lua_sandbox_set_time(sb, US);
     /* The garbage was collected and the state still works. */
     assert_true(lua_sandbox_memory(sb) < before + (1u << 20));
     gives(sb, "local t = {} for i = 1, 100 do t[i] = i end return #t", "100");
@@ -183,8 +308,8 @@ static void
 test_tiny_cap(void **state)
 {
     (void)state;
-    assert_null(lua_sandbox_new(1024, BUDGET)); /* not even a state fits */
-    struct lua_sandbox *sb = lua_sandbox_new(256 * 1024, BUDGET);
+    assert_null(lua_sandbox_new(1024, BUDGET, US)); /* not even a state fits */
+    struct lua_sandbox *sb = lua_sandbox_new(256 * 1024, BUDGET, US);
     assert_non_null(sb);
     fails(sb, "local t = {} for i = 1, 1e6 do t[i] = {} end", LUA_SANDBOX_MEMORY,
           "not enough memory");
@@ -290,7 +415,7 @@ static void
 test_tenants_do_not_share_globals(void **state)
 {
     (void)state;
-    struct lua_sandbox *a = lua_sandbox_new(CAP, BUDGET), *b = lua_sandbox_new(CAP, BUDGET);
+    struct lua_sandbox *a = lua_sandbox_new(CAP, BUDGET, US), *b = lua_sandbox_new(CAP, BUDGET, US);
     gives(a, "secret = 'of a' return secret", "of a");
     gives(a, "return secret", "of a"); /* a keeps its own globals ... */
     fails(b, "return secret", LUA_SANDBOX_ERROR,
@@ -319,6 +444,10 @@ main(void)
         cmocka_unit_test_setup_teardown(test_runaway_loop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_runaway_inside_pcall, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_is_per_call, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spin_in_c_stops_at_the_time_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backtracking_patterns_stop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rep_is_capped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_time_budget_is_per_call, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_bomb, setup, teardown),
         cmocka_unit_test(test_tiny_cap),
         cmocka_unit_test_setup_teardown(test_no_io_os_package_debug, setup, teardown),

@@ -123,6 +123,45 @@ test_templates(void **state)
     }
 }
 
+/* A limit's mode: "shadow" sets its flag, "enforce" and no mode leave it clear, another is an
+ * error at the declaration's line. */
+static void
+test_limit_modes(void **state)
+{
+    struct fixture *f = fixture_new(0);
+    lua_pop(f->L, 1);
+    assert_int_equal(luaL_dostring(f->L, "return { name = 'GET /x', limits = {"
+                                         "{ name = 'a', key = 'a', limit = 1, window_ms = 1000,"
+                                         "  mode = 'shadow' },"
+                                         "{ name = 'b', key = 'b', limit = 1, window_ms = 1000,"
+                                         "  mode = 'enforce' },"
+                                         "{ name = 'c', key = 'c', limit = 1, window_ms = 1000 },"
+                                         "{ tier = true } } }"),
+                     LUA_OK);
+    f->p.ntiers = 1; /* "tier" needs a tier: its mode is the tier's own */
+    struct policy_endpoint e = {.name = "GET /x"};
+    assert_int_equal(compile_limits(&f->c, &e), 0);
+    assert_int_equal(e.nlimits, 4);
+    assert_true(e.limits[0].shadow);
+    assert_false(e.limits[1].shadow);
+    assert_false(e.limits[2].shadow);
+    assert_false(e.limits[3].shadow);
+    policy_limits_free(e.limits, e.nlimits);
+    fixture_free(f);
+
+    f = fixture_new(0);
+    lua_pop(f->L, 1);
+    assert_int_equal(luaL_dostring(f->L, "return { name = 'GET /x', limits = {"
+                                         "{ name = 'a', key = 'a', limit = 1, window_ms = 1000,"
+                                         "  mode = 'dry' } } }"),
+                     LUA_OK);
+    e = (struct policy_endpoint){.name = "GET /x"};
+    assert_int_equal(compile_limits(&f->c, &e), -1);
+    assert_string_equal(f->errs.p, "t.lua:3: unknown mode 'dry' (use \"enforce\" or \"shadow\")\n");
+    policy_limits_free(e.limits, e.nlimits);
+    fixture_free(f);
+}
+
 /* sluice check (validate.lua) refuses at the same numbers as the compiler. */
 static void
 test_same_caps_as_validate(void **state)
@@ -160,6 +199,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_templates),
+        cmocka_unit_test(test_limit_modes),
         cmocka_unit_test(test_same_caps_as_validate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -423,7 +423,7 @@ test_many_limits_and_tags(void **state)
 
     for (int i = 0; i < NL; i++) {
         snprintf(lkeys[i], sizeof(lkeys[i]), "l%d", i);
-        limits[i] = (struct store_limit){&rule, lkeys[i], strlen(lkeys[i]), 1, false};
+        limits[i] = (struct store_limit){&rule, lkeys[i], strlen(lkeys[i]), 1, false, false};
     }
     for (int i = 0; i < NT; i++) {
         snprintf(tkeys[i], sizeof(tkeys[i]), "t%d", i);
@@ -694,6 +694,48 @@ test_limit_budget_refuses_not_forgets(void **state)
     fixture_free(f);
 }
 
+/* With the limit budget full, a shadow limit that needs a new state is left uncounted: the
+ * request is admitted and counted by its enforced limit, never refused for the shadow one. */
+static void
+test_limit_budget_full_skips_shadow(void **state)
+{
+    struct fixture *f = fixture_new2(1 << 20, 16 * 1024);
+    struct limiter_rule three = conf_rule(LIMITER_FIXED_WINDOW, 3, HOUR);
+    char key[32];
+
+    assert_true(conf_limit(&f->c, three, "some", 1).allowed);
+    struct conf_req r = {0};
+    for (int n = 0; n < 100000 && !r.a.refused_full; n++) {
+        r = (struct conf_req){0};
+        snprintf(key, sizeof(key), "new:%d", n);
+        conf_add_limit(&r, three, key, strlen(key), 1);
+        conf_admit(&f->c, &r);
+    }
+    /* Full: an enforced limit needing a new state refuses, as ever. */
+    r = (struct conf_req){0};
+    conf_add_limit(&r, three, "newer", 5, 1);
+    conf_admit(&f->c, &r);
+    assert_true(r.a.refused_full);
+    /* A shadow one beside an enforced one with a state does not. */
+    r = (struct conf_req){0};
+    conf_add_shadow(&r, three, "shadow:new", 1);
+    conf_add_limit(&r, three, "some", 4, 1);
+    conf_admit(&f->c, &r);
+    assert_true(r.a.allowed);
+    assert_false(r.a.refused_full);
+    assert_true(r.results[0].allowed);
+    /* The enforced one counted it (1 + 1 of 3), the shadow one could not: it still sees a
+     * fresh budget, and alone is admitted and left uncounted again. */
+    assert_int_equal(conf_limit(&f->c, three, "some", 1).remaining, 0);
+    r = (struct conf_req){0};
+    conf_add_shadow(&r, three, "shadow:new", 1);
+    conf_admit(&f->c, &r);
+    assert_true(r.a.allowed);
+    assert_false(r.a.refused_full);
+    assert_int_equal(r.results[0].remaining, 2);
+    fixture_free(f);
+}
+
 /* A sliding log that would outgrow the budget refuses the request and keeps what it holds. */
 static void
 test_sliding_log_growth_refused(void **state)
@@ -780,8 +822,8 @@ hammer_limit(void *arg)
 
     snprintf(okey, sizeof(okey), "thread:%d", hm->id);
     for (int i = 0; i < hm->tries; i++) {
-        struct store_limit limits[2] = {{&hm->rule, "hot", 3, 1, false},
-                                        {&own, okey, strlen(okey), 1, false}};
+        struct store_limit limits[2] = {{&hm->rule, "hot", 3, 1, false, false},
+                                        {&own, okey, strlen(okey), 1, false, false}};
         struct limiter_result res[2];
         struct store_admit a = {.limits = limits, .nlimits = 2, .results = res};
         int done = 0;
@@ -939,7 +981,7 @@ hammer_new_callers(void *arg)
 
     for (int i = 0; i < hm->tries; i++) {
         snprintf(key, sizeof(key), "t%d:caller:%d", hm->id, i);
-        struct store_limit l = {&hm->rule, key, strlen(key), 1, false};
+        struct store_limit l = {&hm->rule, key, strlen(key), 1, false, false};
         struct limiter_result res;
         struct store_admit a = {.limits = &l, .nlimits = 1, .results = &res};
         int done = 0;
@@ -1012,6 +1054,7 @@ main(void)
         cmocka_unit_test(test_charges_given_back),
         cmocka_unit_test(test_tag_flood_stays_in_budget),
         cmocka_unit_test(test_limit_budget_refuses_not_forgets),
+        cmocka_unit_test(test_limit_budget_full_skips_shadow),
         cmocka_unit_test(test_sliding_log_growth_refused),
         cmocka_unit_test(test_lease_unrecorded_when_full),
     };

@@ -286,13 +286,18 @@ op_done(void *arg, int status)
 }
 
 /* One admit of a fixed-window limit of `limit` per hour on key; returns status, fills *res. */
+/* One limit of `limit` an hour under key, enforced or in shadow mode: the store's status. */
 static int
-admit1(struct store *s, const char *key, uint64_t limit, bool fail_closed,
-       struct limiter_result *res, struct store_admit *out)
+admit_mode(struct store *s, const char *key, uint64_t limit, bool fail_closed, bool shadow,
+           struct limiter_result *res, struct store_admit *out)
 {
     struct limiter_rule rule = {.algo = LIMITER_FIXED_WINDOW, .limit = limit, .window_ms = HOUR};
-    struct store_limit l = {
-        .rule = &rule, .key = key, .keylen = strlen(key), .cost = 1, .fail_closed = fail_closed};
+    struct store_limit l = {.rule = &rule,
+                            .key = key,
+                            .keylen = strlen(key),
+                            .cost = 1,
+                            .fail_closed = fail_closed,
+                            .shadow = shadow};
     struct store_admit a = {.limits = &l, .nlimits = 1, .results = res};
     struct op o = {0};
 
@@ -303,6 +308,13 @@ admit1(struct store *s, const char *key, uint64_t limit, bool fail_closed,
     if (out)
         *out = a;
     return o.status;
+}
+
+static int
+admit1(struct store *s, const char *key, uint64_t limit, bool fail_closed,
+       struct limiter_result *res, struct store_admit *out)
+{
+    return admit_mode(s, key, limit, fail_closed, false, res, out);
 }
 
 static struct store *
@@ -1547,6 +1559,53 @@ test_failover_shadow_counts(void **state)
     store_memory_free(m);
 }
 
+/*
+ * Shadow-mode limits through the failover store: one Redis refused (the budget spent by
+ * another instance) is not charged to this instance's shadow count either, so while Redis is
+ * away this instance still has its whole budget; a fail-closed shadow limit is checked
+ * in-process rather than refuse.
+ */
+static void
+test_failover_shadow_mode(void **state)
+{
+    struct store *r = open_fresh(50);
+    struct store *other = redis_open_cfg(50);
+    struct store_memory *m = store_memory_new(1 << 20, 1 << 20);
+    struct store_failover_config cfg = {.failures = 1, .cooldown_ms = 50, .name = "test"};
+    struct store *s = store_failover_new(r, store_memory_handle(m), &cfg);
+    struct limiter_result res;
+    struct store_admit a;
+    int admitted = 0;
+
+    assert_non_null(other);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(admit1(other, "sm", 3, false, &res, NULL), 0);
+        assert_true(res.allowed);
+    }
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(admit_mode(s, "sm", 3, false, true, &res, &a), 0);
+        assert_false(a.bypassed);
+        assert_true(a.allowed);    /* a shadow limit refuses nothing */
+        assert_false(res.allowed); /* but says it would have */
+    }
+    server_kill(SIGKILL);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(admit1(s, "sm", 3, false, &res, &a), 0);
+        assert_true(a.bypassed);
+        admitted += a.allowed;
+    }
+    assert_int_equal(admitted, 3);
+    assert_int_equal(admit_mode(s, "fc", 3, true, true, &res, &a), 0);
+    assert_true(a.bypassed);
+    assert_false(a.refused_closed);
+    assert_true(a.allowed);
+    assert_int_equal(res.remaining, 2); /* counted in-process */
+    assert_int_equal(server_start(), 0);
+    other->ops->destroy(other);
+    s->ops->destroy(s);
+    store_memory_free(m);
+}
+
 /* A stored response written before the ages were part of its trailer still reads, with
  * zero ages; one written now reads back with them. */
 static void
@@ -1634,6 +1693,7 @@ main(void)
         cmocka_unit_test(test_failover_fallback_full_refuses),
         cmocka_unit_test(test_failover_recovers),
         cmocka_unit_test(test_failover_shadow_counts),
+        cmocka_unit_test(test_failover_shadow_mode),
         cmocka_unit_test(test_codec_reads_values_without_ages),
     };
     int failed;

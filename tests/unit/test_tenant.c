@@ -1,5 +1,5 @@
 /* test_tenant.c - unit tests of tenant overrides in snapshots, hook decisions, last good
- * versions and the cap on limits. */
+ * versions, the cap on limits, and tenant files and hooks that run long. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "http_parse.h"
@@ -18,7 +19,7 @@
 #include "tenant_hooks.h"
 
 static const char MAIN[] =
-    "tier 'free' { limit = 100, window = '1h' }\n"
+    "tier 'free' { limit = 100, window = '1h', mode = 'shadow' }\n"
     "tier 'pro' { limit = 1000, window = '1h', algorithm = 'token_bucket', burst = 50 }\n"
     "identity { user = header 'X-User-Id', tenant = header 'X-Tenant-Id', tier = header 'X-Plan' "
     "}\n"
@@ -46,7 +47,8 @@ static const char ACME[] =
     "hook 'fields' { when = function(req) return req.query.echo ~= nil end,\n"
     "  adjust = function(req, d) d.deny = { status = 418, message = table.concat({ req.method,\n"
     "  req.path, req.query.echo, req.headers['x-user-id'], req.user, req.tenant, req.tier,\n"
-    "  req.ip, req.endpoint, d.limits[1].name, d.limits[1].window, d.cost }, '|') } end }\n"
+    "  req.ip, req.endpoint, d.limits[1].name, d.limits[1].window, d.limits[1].mode,\n"
+    "  d.cost }, '|') } end }\n"
     "hook 'long' { when = function(req) return req.query.long ~= nil end,\n"
     "  adjust = function(req, d) d.deny = { status = 429, message = ('\\u{e9}'):rep(200) } end }\n"
     "hook 'write' { when = function(req) return req.query.write ~= nil end,\n"
@@ -138,6 +140,8 @@ test_overrides(void **state)
     const struct policy_tier *o = tenant_tier(t, p, free_);
     assert_ptr_not_equal(o, free_);
     assert_int_equal(o->rule.limit, 500);
+    assert_true(o->shadow); /* the main tier's mode, which the override leaves alone */
+    assert_false(pro->shadow);
     assert_int_equal(o->rule.window_ms, 3600000);
     assert_string_equal(o->name, "free");
     assert_string_equal(o->policy_field, "\"free\";q=500;w=3600");
@@ -242,7 +246,7 @@ test_hooks(void **state)
     tenant_hooks_run(rt, p, t, &c.c, &d);
     assert_int_equal(d.deny_status, 418);
     assert_string_equal(d.deny_message,
-                        "GET|/items|a b|42|42|acme|free|127.0.0.1|GET /items|free|3600|1");
+                        "GET|/items|a b|42|42|acme|free|127.0.0.1|GET /items|free|3600|shadow|1");
 
     /* failures: each hook skipped as if absent, and counted */
     json_int_t failures = stat_of("acme", "hook_failures");
@@ -327,13 +331,176 @@ test_last_good(void **state)
 static void
 test_memory_bomb_while_loading(void **state)
 {
-    write_file("tenants/bomb.lua", "local t = {}\nfor i = 1, 1000 do t[i] = ('x'):rep(1e8) end\n");
+    write_file(
+        "tenants/bomb.lua",
+        "local s = ('x'):rep(1 << 20)\nlocal t = {}\nfor i = 1, 1000 do t[i] = s .. i end\n");
     struct policy *p = load(1, NULL);
     assert_non_null(p->tenant_errors);
-    assert_non_null(strstr(p->tenant_errors, "tenants/bomb.lua:2: not enough memory"));
+    /* 256 MiB of 1 MiB strings: the memory cap, or the time budget on a slow machine */
+    assert_true(strstr(p->tenant_errors, "tenants/bomb.lua:3: not enough memory") ||
+                strstr(p->tenant_errors,
+                       "tenants/bomb.lua:3: policy file exceeded its time budget (200 ms)"));
     assert_null(tenant_find(p, "bomb", 4));
     assert_non_null(tenant_find(p, "acme", 4));
     assert_int_equal(p->nendpoints, 3);
+    policy_release(p);
+}
+
+static double
+now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/*
+ * Tenant files whose top level runs long, in Lua or inside C functions, fail alone within their
+ * time budget (200 ms each): the main set and the other tenants load. Before, the spin in C held
+ * the loader for minutes and the one backtracking match for 5 s.
+ */
+static void
+test_attacks_while_loading_fail_alone(void **state)
+{
+    static const struct {
+        const char *file, *text, *error;
+    } attacks[] = {
+        {"tenants/spin.lua",
+         "local s = string.rep('x', 1 << 20)\ns = s .. s\nfor i = 1, 1e9 do s:upper() end\n",
+         "tenants/spin.lua:3: policy file exceeded its time budget (200 ms)"},
+        {"tenants/commas.lua",
+         "local q = string.rep('a,', 300)\nlocal a = q:match('^(.-),(.-),(.-),(.-)=')\n",
+         "tenants/commas.lua:2: pattern matching exceeded its step budget (109600 steps)"},
+        {"tenants/find.lua",
+         "tier 'free' { limit = 5 }\nlocal s = string.rep('a', 600)\n"
+         "for i = 1, 1e9 do pcall(s.find, s, '.-.-.-b') end\n",
+         "tenants/find.lua:3: policy file exceeded its time budget (200 ms)"},
+        {"tenants/rep.lua", "local s = ('x'):rep(1e9)\n",
+         "tenants/rep.lua:1: resulting string too large (1000000000 bytes; string.rep makes at "
+         "most 1048576)"},
+        {"tenants/empty.lua", "local s = (''):rep(1 << 62)\ntier 'nope' { limit = 1 }\n",
+         "tenants/empty.lua:2: tier \"nope\": is not a tier of the main policy set"},
+        /* The checks of what a file declares count too: a misspelt name of a megabyte. */
+        {"tenants/name.lua",
+         "local n = string.rep('f', 1 << 20)\nfor i = 1, 50 do tier(n .. i) { limit = 1 } end\n",
+         "tenants/name.lua:2: tier \"fff"},
+    };
+    for (size_t i = 0; i < sizeof(attacks) / sizeof(attacks[0]); i++)
+        write_file(attacks[i].file, attacks[i].text);
+    double t0 = now_ms();
+    struct policy *p = load(1, NULL);
+    double ms = now_ms() - t0;
+    printf("  policy_load with %zu attacking tenant files: %.0f ms\n",
+           sizeof(attacks) / sizeof(attacks[0]), ms);
+    assert_true(ms < 2000);
+    assert_int_equal(p->nendpoints, 3);
+    assert_non_null(tenant_find(p, "acme", 4));
+    assert_non_null(tenant_find(p, "plain", 5));
+    for (size_t i = 0; i < sizeof(attacks) / sizeof(attacks[0]); i++) {
+        if (!strstr(p->tenant_errors, attacks[i].error))
+            fail_msg("no \"%s\" in:\n%s", attacks[i].error, p->tenant_errors);
+        const char *name = strchr(attacks[i].file, '/') + 1;
+        assert_null(tenant_find(p, name, strlen(name) - 4));
+    }
+    policy_release(p);
+}
+
+/* A tenant that turns into an attack keeps its last good version, and the reload stays fast. */
+static void
+test_attack_keeps_the_last_good_version(void **state)
+{
+    struct policy *p1 = load(1, NULL);
+    write_file("tenants/acme.lua", "local s = string.rep('x', 1 << 20)\ns = s .. s\n"
+                                   "while true do pcall(s.upper, s) end\n");
+    double t0 = now_ms();
+    struct policy *p2 = load(2, p1);
+    double ms = now_ms() - t0;
+    printf("  reload with acme spinning in C: %.0f ms\n", ms);
+    assert_true(ms < 1000);
+    assert_non_null(strstr(p2->tenant_errors,
+                           "tenants/acme.lua:3: policy file exceeded its time budget (200 ms)"));
+    const struct tenant *t = tenant_find(p2, "acme", 4);
+    assert_non_null(t);
+    assert_true(t->last_good);
+    assert_int_equal(t->nhooks, 8);
+    assert_non_null(tenant_find(p2, "plain", 5));
+    policy_release(p1);
+    policy_release(p2);
+}
+
+static const char EVIL[] =
+    "hook 'tags' { when = function(req) return req.query.tags ~= nil end,\n"
+    "  adjust = function(req, d) if req.query.tags:match('^(.-),(.-),(.-),(.-)=') then\n"
+    "    d.cost = 9 end end }\n"
+    "hook 'spin' { when = function(req) return req.query.spin ~= nil end,\n"
+    "  adjust = function(req, d) local s = ('x'):rep(1 << 20) s = s .. s\n"
+    "    for i = 1, 1e9 do pcall(s.upper, s) end end }\n"
+    "hook 'find' { when = function(req) return req.query.find ~= nil end,\n"
+    "  adjust = function(req, d) return (('a'):rep(600)):find('.-.-.-b') end }\n"
+    "hook 'rep' { when = function(req) return req.query.rep ~= nil end,\n"
+    "  adjust = function(req, d) return ('x'):rep(1e9) end }\n"
+    "hook 'after' { adjust = function(req, d) d.cost = 3 end }\n";
+
+/* Runs the hooks of tenant t on a GET of target; returns the ms it took. */
+static double
+run_hooks(struct tenant_runtime *rt, const struct policy *p, const struct tenant *t,
+          const char *target, struct tenant_decision *d)
+{
+    static char text[2048];
+    snprintf(text, sizeof(text), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", target);
+    struct call c;
+    make_call(&c, p, t, text, "GET /items");
+    double t0 = now_ms();
+    tenant_hooks_run(rt, p, t, &c.c, d);
+    return now_ms() - t0;
+}
+
+/*
+ * Hooks attacked through the request (4 lazy captures over 300 commas: 5 s in Lua's own matcher)
+ * or running long by themselves are stopped and skipped; a tenant whose calls keep running long
+ * gets the base time of a call only, once its allowance is spent.
+ */
+static void
+test_hook_attacks_are_stopped(void **state)
+{
+    write_file("tenants/evil.lua", EVIL);
+    struct policy *p = load(1, NULL);
+    const struct tenant *t = tenant_find(p, "evil", 4);
+    assert_non_null(t);
+    struct tenant_runtime *rt = tenant_runtime_new();
+    tenant_runtime_reset(rt, p->generation);
+    struct tenant_decision d;
+    run_hooks(rt, p, t, "/items", &d); /* builds the state */
+    assert_int_equal(d.cost, 3);
+
+    char target[1024] = "/items?tags=";
+    for (int i = 0; i < 300; i++)
+        strcat(target, "a,");
+    json_int_t errors = stat_of("evil", "errors"), timed = stat_of("evil", "time_exceeded");
+    double ms = run_hooks(rt, p, t, target, &d);
+    printf("  the 300 commas: %.2f ms\n", ms);
+    assert_true(ms < 20);
+    assert_int_equal(d.cost, 3); /* 'tags' failed, 'after' ran */
+    ms = run_hooks(rt, p, t, "/items?find=1", &d);
+    printf("  the backtracking find: %.2f ms\n", ms);
+    assert_true(ms < 20);
+    ms = run_hooks(rt, p, t, "/items?rep=1", &d);
+    assert_true(ms < 20);
+    assert_int_equal(stat_of("evil", "errors"), errors + 3);
+
+    /* The first call runs on the allowance (less what the calls above took past the base)... */
+    ms = run_hooks(rt, p, t, "/items?spin=1", &d);
+    printf("  the spin in C, first call: %.1f ms\n", ms);
+    assert_true(ms >= TENANT_HOOK_MS / 2 && ms < 10 * TENANT_HOOK_MS);
+    assert_int_equal(d.cost, 3);
+    /* ... which it spends: the next ones get the base, and the C work that was running. */
+    double later = 0;
+    for (int i = 0; i < 10; i++)
+        later += run_hooks(rt, p, t, "/items?spin=1", &d);
+    printf("  the spin in C, 10 calls more: %.1f ms\n", later);
+    assert_true(later < 7.5 * TENANT_HOOK_MS); /* at least 10 x TENANT_HOOK_MS without it */
+    assert_int_equal(stat_of("evil", "time_exceeded"), timed + 11);
+    tenant_runtime_free(rt);
     policy_release(p);
 }
 
@@ -385,6 +552,9 @@ main(void)
         cmocka_unit_test_setup_teardown(test_hooks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_last_good, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_bomb_while_loading, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attacks_while_loading_fail_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attack_keeps_the_last_good_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hook_attacks_are_stopped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits_capped, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

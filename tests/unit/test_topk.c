@@ -16,7 +16,7 @@
 static void
 add_str(struct topk *t, const char *k, uint64_t w, uint64_t extra)
 {
-    topk_add(t, k, strlen(k), w, extra, w);
+    topk_add(t, k, strlen(k), w, extra, w, NULL);
 }
 
 static void
@@ -63,7 +63,7 @@ test_heavy_keys_found_with_bounded_error(void **state)
         int k = rand() % 10 < 6 ? rand() % 5 : rand() % KEYS; /* 60% on keys 0..4 */
         char key[16];
         int n = snprintf(key, sizeof(key), "u%d", k);
-        topk_add(&t, key, (size_t)n, 1, 0, 0);
+        topk_add(&t, key, (size_t)n, 1, 0, 0, NULL);
         truth[k]++;
         total++;
     }
@@ -139,8 +139,8 @@ test_long_keys_are_cut(void **state)
     b[199] = 'z'; /* differs past the kept part */
     struct topk t;
     topk_init(&t, 4);
-    topk_add(&t, a, sizeof(a), 1, 0, 0);
-    topk_add(&t, b, sizeof(b), 1, 0, 0);
+    topk_add(&t, a, sizeof(a), 1, 0, 0, NULL);
+    topk_add(&t, b, sizeof(b), 1, 0, 0, NULL);
     const struct topk_item *top[4];
     assert_int_equal(topk_top(&t, top, 4), 1);
     assert_int_equal(top[0]->keylen, TOPK_KEY_MAX);

@@ -85,15 +85,6 @@ redis_conn_script_sha(int script)
     return scripts[script].sha;
 }
 
-static uint64_t
-mono_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
 /* ---- libevent adapter: every libevent call of the Redis store is in this section ---------- */
 
 /*
@@ -437,6 +428,7 @@ struct redis_cmd {
     struct sbuf cmd; /* the command as sent, for a resend after NOSCRIPT */
     uint64_t seq;    /* its number on the connection when last sent */
     uint64_t deadline_us;
+    uint64_t sent_us; /* when last sent */
     bool resent;
     redis_reply_fn *fn;
     void *arg;
@@ -505,7 +497,7 @@ static void
 on_deadline(void *arg)
 {
     struct redis_conn *c = arg;
-    uint64_t now = mono_us(), next = UINT64_MAX;
+    uint64_t now = util_mono_us(), next = UINT64_MAX;
 
     c->deadline_at = 0;
     for (struct redis_cmd *rc = TAILQ_FIRST(&c->pending); rc; rc = TAILQ_NEXT(rc, link)) {
@@ -527,7 +519,7 @@ static void
 deadline_watch(struct redis_conn *c, uint64_t deadline_us)
 {
     if (c->deadline_at == 0 || deadline_us < c->deadline_at) {
-        uint64_t now = mono_us();
+        uint64_t now = util_mono_us();
         c->deadline_at = deadline_us;
         timer_arm(&c->deadline, deadline_us > now ? deadline_us - now : 0);
     }
@@ -542,6 +534,7 @@ conn_write(struct redis_conn *c, struct redis_cmd *rc)
     if (!c->ac || c->env->closing)
         return -1;
     rc->seq = ++c->seq;
+    rc->sent_us = util_mono_us();
     TAILQ_INSERT_TAIL(&c->pending, rc, link);
     if (redisAsyncFormattedCommand(c->ac, on_reply, rc, rc->cmd.p, rc->cmd.len) != REDIS_OK) {
         TAILQ_REMOVE(&c->pending, rc, link);
@@ -561,7 +554,7 @@ redis_conn_send(struct redis_conn *c, int script, struct sbuf *cmd, redis_reply_
     rc->script = script;
     rc->cmd = *cmd;
     *cmd = (struct sbuf){0};
-    rc->deadline_us = mono_us() + c->env->deadline_us;
+    rc->deadline_us = util_mono_us() + c->env->deadline_us;
     rc->fn = fn;
     rc->arg = arg;
     if (conn_write(c, rc) != 0) {
@@ -598,13 +591,14 @@ on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         r = NULL;
     }
     if (r) {
+        hist_add(&c->env->stats->latency, util_mono_us() - rc->sent_us);
         c->backoff_us = BACKOFF_MIN_US;
         if (c->down_logged) {
             c->down_logged = false;
             conn_log(c, "answering again", NULL);
         }
         if (r->type == REDIS_REPLY_ERROR) {
-            uint64_t now = mono_us();
+            uint64_t now = util_mono_us();
             if (now - c->last_error_log_us >= 1000000 || c->last_error_log_us == 0) {
                 c->last_error_log_us = now;
                 conn_log(c, "error reply", r->str);

@@ -52,15 +52,6 @@
 #define MAX_BATCH 64   /* requests decided by one admit.lua call at most */
 #define SCAN_COUNT 500 /* the COUNT of each SCAN of a pattern run */
 
-static uint64_t
-mono_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
 int
 store_redis_check_url(const char *url, char *err, size_t errlen)
 {
@@ -119,6 +110,7 @@ struct admit_op {
     struct limiter_rule *ids;    /* nu */
     uint64_t *costs;             /* nu */
     struct limiter_result *ures; /* nu */
+    bool *shadow;                /* nu: every limit counting in it is a shadow limit */
     bool allowed;
     bool lease;     /* the lookup asked for the fill lease */
     bool found;     /* the script found the entry, fresh or stale: token holds its fill token */
@@ -425,7 +417,7 @@ batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
         bool look = wc && op->a->cache_key;
         size_t nl = wl ? op->nu : 0, nt = look ? op->a->ntags : 0;
         nidx += nl + nt + 2;
-        nargs += 5 + 6 * nl + nt;
+        nargs += 6 + 7 * nl + nt;
     }
     /* Keys read first (limits, entries, tags), then the fill leases. */
     struct keyset ks;
@@ -475,6 +467,7 @@ batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
         codec_put_f64(b, (double)lease[i]);
         codec_put_f64(b, lease[i] ? (double)op->a->lease_ms : 0);
         codec_put_f64(b, (double)nt);
+        codec_put_f64(b, op->a->peek ? 1 : 0);
         for (size_t u = 0; u < nl; u++) {
             codec_put_f64(b, (double)mine[u]);
             codec_put_f64(b, (double)op->ids[u].algo);
@@ -482,6 +475,7 @@ batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
             codec_put_f64(b, (double)op->ids[u].window_ms);
             codec_put_f64(b, (double)op->ids[u].burst);
             codec_put_f64(b, (double)op->costs[u]);
+            codec_put_f64(b, op->shadow[u] ? 1 : 0);
         }
         for (size_t j = 0; j < nt; j++)
             codec_put_f64(b, (double)mine[nl + 1 + j]);
@@ -604,10 +598,11 @@ redis_admit_and_lookup(struct store *st, struct store_admit *a, store_done_fn *d
 {
     struct store_redis *s = (struct store_redis *)st;
     size_t n = a->nlimits;
-    /* One allocation: the op, then map, ids, costs and results of up to n distinct limits. */
+    /* One allocation: the op, then map, ids, costs, results and modes of up to n distinct
+     * limits. */
     struct admit_op *op =
         xmalloc(sizeof(*op) + n * (sizeof(size_t) + sizeof(struct limiter_rule) + sizeof(uint64_t) +
-                                   sizeof(struct limiter_result)));
+                                   sizeof(struct limiter_result) + sizeof(bool)));
 
     *op = (struct admit_op){.s = s,
                             .a = a,
@@ -620,6 +615,7 @@ redis_admit_and_lookup(struct store *st, struct store_admit *a, store_done_fn *d
     op->ids = (struct limiter_rule *)(op->map + n);
     op->costs = (uint64_t *)(op->ids + n);
     op->ures = (struct limiter_result *)(op->costs + n);
+    op->shadow = (bool *)(op->ures + n);
     a->entry = NULL;
     a->state = STORE_MISS;
     a->bypassed = a->refused_closed = false;
@@ -652,9 +648,11 @@ redis_admit_and_lookup(struct store *st, struct store_admit *a, store_done_fn *d
             }
             op->ids[u] = id;
             op->costs[u] = 0;
+            op->shadow[u] = true;
             op->nu++;
         }
         op->map[i] = u;
+        op->shadow[u] = op->shadow[u] && l->shadow; /* enforced if any of its limits is */
         op->costs[u] += l->cost;
         if (op->costs[u] > UINT32_MAX)
             op->costs[u] = UINT32_MAX;
@@ -1100,6 +1098,7 @@ redis_health(struct store *st, struct store_health *h)
     h->degraded = !s->cache.ac || (s->split && !s->limits.ac);
     h->state = h->degraded ? "degraded" : "ok";
     h->failures = s->stats.failed;
+    h->latency = s->stats.latency;
 }
 
 static void
@@ -1149,7 +1148,7 @@ store_redis_new(struct event_base *base, const struct store_redis_config *cfg, c
     s->tag_lease_ms = cfg->tag_lease_ms ? cfg->tag_lease_ms : DEFAULT_TAG_LEASE_MS;
     near_init(&s->near, cfg->near_bytes ? cfg->near_bytes : DEFAULT_NEAR_BYTES);
     if (getrandom(&s->token_state, sizeof(s->token_state), GRND_NONBLOCK) != sizeof(s->token_state))
-        s->token_state = mono_us() ^ (uint64_t)(uintptr_t)s;
+        s->token_state = util_mono_us() ^ (uint64_t)(uintptr_t)s;
     redis_conn_turn_init(&s->turn_ev, base, on_turn, s);
     redis_conn_init(&s->cache, &s->env, split ? "cache" : "store", &cache_ep);
     redis_conn_connect(&s->cache);

@@ -45,6 +45,7 @@ struct store_redis_stats {
     uint64_t failed;     /* operations completed with an error */
     uint64_t local_hits; /* hits answered with the handle's local copy of the response */
     uint64_t refetches;  /* hits whose response was read after the lookup (not the local copy) */
+    struct hist latency; /* from sending a command to its reply, replies that came only */
 };
 /* Fills *st; `s` must come from store_redis_new(). */
 void store_redis_stats(struct store *s, struct store_redis_stats *st);

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# What watching sluice costs: the cache-hit path (with a rate-limit check, as bench/run.sh)
+# with the per-route counters off (--no-stats), on (the default: what /metrics, /callers and
+# /stats read), and on with the JSON access log written to a file (--access-log, when the
+# binary has it), in the same run; nginx with its access log off and on beside them for
+# reference. Then how long GET /metrics takes with 1,000 routes that have served traffic.
+#
+#   bench/observability.sh                 # 3 rounds of 8 s at 50 connections per peer
+#   ROUNDS=5 DURATION=10 bench/observability.sh
+#   ROUTES=2000 bench/observability.sh     # routes in the /metrics part
+#   CHART=1 bench/observability.sh         # also write docs/bench/observability.dat and .png
+#
+# Every server runs on CPU 1 (sluice with one worker), wrk on CPU 0; the peers are taken in
+# turn in each round and the best round of each is compared. Prints req/s, p50 and CPU time
+# per request of every round, the best of each peer, and the ratios to the peer with
+# everything off (the target: metrics and access log on cost at most 3%). Every measured
+# request must be a 2xx hit; the script fails otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+. bench/lib.sh
+ROUTES=${ROUTES:-1000}
+
+scripts/deps.sh bench
+cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build-bench -j"$(nproc)" --target sluice >/dev/null
+bin=build-bench/sluice
+
+work=$(mktemp -d /tmp/sluice-observability.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for f in "$work"/nginx-*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
+    sleep 0.5
+    rm -rf "$work"
+}
+trap cleanup EXIT
+die() { echo "observability bench: $*" >&2; exit 1; }
+
+body="$root/bench/body.json"
+mkdir -p "$work/policies"
+{
+    echo 'tier "bench" { limit = 1000000000, window = "1h" }'
+    echo 'identity { user = header "X-User-Id", default_tier = "bench" }'
+    echo 'endpoint "GET /api/bench" {'
+    printf '  body = [==[%s]==],\n' "$(cat "$body")"
+    echo '  cache = { ttl = "5m", key = "bench:{user}" },'
+    echo '  limit = "tier",'
+    echo '}'
+} >"$work/policies/bench.lua"
+$bin check "$work/policies" >/dev/null
+
+has_access_log=0
+$bin serve --help | grep -q -- '--access-log' && has_access_log=1
+
+# start_sluice NAME ARGS...: sluice on CPU $SERVER_CPU, one worker; sets port_NAME, pid_NAME.
+start_sluice() {
+    local name=$1 port
+    shift
+    port=$(free_port)
+    taskset -c "$SERVER_CPU" $bin serve --workers 1 --listen "127.0.0.1:$port" --admin off \
+        --max-connections-per-ip 0 "$@" "$work/policies" >"$work/$name.out" 2>"$work/$name.err" &
+    pids+=("$!")
+    printf -v "pid_$name" '%s' "$!"
+    printf -v "port_$name" '%s' "$port"
+    for _ in $(seq 50); do
+        grep -q listening "$work/$name.out" 2>/dev/null && return
+        sleep 0.1
+    done
+    die "$name did not start: $(cat "$work/$name.err")"
+}
+
+# start_nginx NAME ACCESS_LOG: nginx proxy_cache + limit_req (as bench/run.sh) with its access
+# log off or to a file (buffered, as a busy site would run it).
+start_nginx() {
+    local name=$1 log=$2 port_origin port
+    port_origin=$(free_port)
+    port=$(free_port)
+    mkdir -p "$work/cache-$name"
+    cat >"$work/$name.conf" <<EOF
+user root;
+worker_processes 1;
+pid $work/nginx-$name.pid;
+error_log $work/$name-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    sendfile on;
+    tcp_nodelay on;
+    open_file_cache max=1000 inactive=60s;
+    proxy_cache_path $work/cache-$name levels=1:2 keys_zone=$name:10m max_size=100m inactive=60m use_temp_path=off;
+    limit_req_zone \$http_x_user_id zone=lim_$name:10m rate=1000000r/s;
+    server {
+        listen 127.0.0.1:$port_origin;
+        location = /api/bench { default_type application/json; alias $body; }
+    }
+    server {
+        listen 127.0.0.1:$port;
+        $log
+        location / {
+            limit_req zone=lim_$name burst=1000000 nodelay;
+            proxy_cache $name;
+            proxy_cache_valid 200 5m;
+            proxy_cache_key \$uri\$http_x_user_id;
+            proxy_pass http://127.0.0.1:$port_origin;
+        }
+    }
+}
+EOF
+    taskset -c "$SERVER_CPU" nginx -c "$work/$name.conf"
+    sleep 0.5
+    printf -v "pid_$name" '%s' "$(pgrep -P "$(cat "$work/nginx-$name.pid")" | head -n 1)"
+    printf -v "port_$name" '%s' "$port"
+}
+
+peers=(off stats)
+start_sluice off --no-stats
+start_sluice stats
+if [ "$has_access_log" = 1 ]; then
+    start_sluice stats_log --access-log "$work/access.log"
+    peers+=(stats_log)
+fi
+start_nginx nginx_nolog "access_log off;"
+start_nginx nginx_log "access_log $work/nginx-access.log combined buffer=64k flush=1s;"
+peers+=(nginx_nolog nginx_log)
+declare -A label=(
+    [off]="sluice, stats off"
+    [stats]="sluice, stats on"
+    [stats_log]="sluice, stats + access log"
+    [nginx_nolog]="nginx, access log off"
+    [nginx_log]="nginx, access log on"
+)
+
+# Every peer answers the same 1 KB body, from its cache.
+for p in "${peers[@]}"; do
+    port_var=port_$p
+    for _ in 1 2; do
+        curl -fsS -o "$work/body-$p" -D "$work/h-$p" -H 'X-User-Id: 42' \
+            "http://127.0.0.1:${!port_var}/api/bench"
+    done
+    cmp -s "$work/body-$p" "$body" || die "$p did not answer the body"
+done
+for p in "${peers[@]}"; do
+    case $p in nginx_*) continue ;; esac
+    grep -qi '^X-Cache: HIT' "$work/h-$p" || die "$p did not hit its cache"
+done
+
+declare -A best best_p50 best_us
+printf '%-30s %5s %12s %9s %12s\n' peer round req/s p50 cpu-us/req
+for r in $(seq "$ROUNDS"); do
+    for p in "${peers[@]}"; do
+        pid_var=pid_$p
+        port_var=port_$p
+        wait_quiet >/dev/null
+        wrk_measure "${!pid_var}" "http://127.0.0.1:${!port_var}/api/bench" -H 'X-User-Id: 42'
+        grep -q 'Non-2xx' <<<"$wrk_out" && die "$p answered non-2xx: $(grep Non-2xx <<<"$wrk_out")"
+        read -r rps p50 us <<<"$wrk_result"
+        printf '%-30s %5s %12s %9s %12s\n' "${label[$p]}" "$r" "$rps" "$p50" "$us"
+        if awk -v a="${best[$p]:-0}" -v b="$rps" 'BEGIN {exit !(b > a)}'; then
+            best[$p]=$rps best_p50[$p]=$p50 best_us[$p]=$us
+        fi
+    done
+done
+
+echo
+echo "best round of each (req/s; ratio to the same server with everything off):"
+for p in "${peers[@]}"; do
+    base=${best[off]}
+    case $p in nginx_*) base=${best[nginx_nolog]} ;; esac
+    awk -v n="${label[$p]}" -v r="${best[$p]}" -v b="$base" -v u="${best_us[$p]}" \
+        'BEGIN {printf "  %-30s %10.0f req/s  %6.1f us/req  ratio %.3f\n", n, r, u, r / b}'
+done
+if [ "$has_access_log" = 1 ]; then
+    lines=$(wc -l <"$work/access.log")
+    echo "  (the access log holds $lines lines)"
+fi
+
+# --- GET /metrics with $ROUTES routes -----------------------------------------------------
+mkdir -p "$work/routes"
+for i in $(seq "$ROUTES"); do
+    printf 'endpoint "GET /r/%d" { body = "{}", limit = { limit = 1000, window = "1m", key = "r%d:{ip}" } }\n' "$i" "$i"
+done >"$work/routes/routes.lua"
+port_r=$(free_port)
+port_ra=$(free_port)
+$bin serve --workers 2 --listen "127.0.0.1:$port_r" --admin "127.0.0.1:$port_ra" \
+    --max-connections-per-ip 0 "$work/routes" >"$work/routes.out" 2>"$work/routes.err" &
+pids+=("$!")
+for _ in $(seq 100); do
+    grep -q listening "$work/routes.out" 2>/dev/null && break
+    sleep 0.1
+done
+# Each route answers 200 and 404 (an unknown query does not matter: two statuses each).
+python3 - "$port_r" "$ROUTES" <<'EOF'
+import http.client, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+for i in range(1, n + 1):
+    for m in ("GET", "HEAD"):
+        c.request(m, "/r/%d" % i)
+        c.getresponse().read()
+EOF
+sleep 1
+curl -fsS -o "$work/metrics.txt" "http://127.0.0.1:$port_ra/metrics"
+series=$(grep -vc '^#' "$work/metrics.txt")
+routes_seen=$(grep -c '^sluice_request_duration_seconds_count{route="GET /r/' "$work/metrics.txt")
+[ "$routes_seen" -eq "$ROUTES" ] || die "/metrics shows $routes_seen routes, not $ROUTES"
+times=()
+for _ in $(seq 21); do
+    times+=("$(curl -fsS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$port_ra/metrics")")
+done
+read -r med worst < <(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR] = $1} END {
+    printf "%.1f %.1f\n", a[int((NR + 1) / 2)] * 1000, a[NR] * 1000}')
+bytes=$(stat -c %s "$work/metrics.txt")
+echo
+echo "GET /metrics with $ROUTES routes: $series samples, $bytes bytes; 21 scrapes: median $med ms, slowest $worst ms"
+
+if [ "$CHART" = 1 ]; then
+    mkdir -p "$CHART_DIR"
+    dat="$CHART_DIR/observability.dat"
+    {
+        echo "# bench/observability.sh: best of $ROUNDS rounds of ${DURATION}s at $CONNECTIONS connections"
+        echo "# peer	req/s	ratio to the same server with everything off"
+        for p in "${peers[@]}"; do
+            base=${best[off]}
+            case $p in nginx_*) base=${best[nginx_nolog]} ;; esac
+            name=${label[$p]}
+            awk -v n="$name" -v r="${best[$p]}" -v b="$base" 'BEGIN {printf "%s\t%.0f\t%.3f\n", n, r, r / b}'
+        done
+    } >"$dat"
+    chart_bars "$dat" "$CHART_DIR/observability.png" \
+        "Hit path with metrics and access log (1 worker, CPU 1; wrk on CPU 0)" \
+        "2|throughput|req/s|%.0f" "3|ratio to everything off|ratio|%.3f"
+    echo "wrote $dat and $CHART_DIR/observability.png"
+fi
