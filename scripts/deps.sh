@@ -8,7 +8,8 @@ build_pkgs=(build-essential cmake pkg-config clang clang-format
             libevent-dev libhiredis-dev libpq-dev libjansson-dev liblua5.4-dev lua5.4
             postgresql postgresql-common curl
             python3-psycopg2)  # examples/proxy/app.py (scripts/run-proxy-example.sh, e2e)
-test_pkgs=(libcmocka-dev lua-busted lua-dkjson redis-server python3 libclang-rt-14-dev faketime)
+test_pkgs=(libcmocka-dev lua-busted lua-dkjson redis-server python3 libclang-rt-14-dev faketime
+           chromium)  # e2e test_status_page.py renders the admin listener's page
 bench_pkgs=(wrk nginx varnish varnish-modules lua-nginx-redis libnginx-mod-http-lua linux-perf
             gnuplot-nox)  # the charts of bench/*.sh with CHART=1
 

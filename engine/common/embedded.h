@@ -1,4 +1,5 @@
-/* embedded.h - files compiled into the binary: the lua/ sources (see cmake/embed.cmake). */
+/* embedded.h - files compiled into the binary: the lua/ sources and the admin listener's status
+ * page (see cmake/embed.cmake). */
 #ifndef SLUICE_EMBEDDED_H
 #define SLUICE_EMBEDDED_H
 
@@ -15,5 +16,8 @@ struct embedded_file {
 
 /* lua/: Lua modules by name. Terminated by an entry whose module is NULL. */
 extern const struct embedded_file embedded_lua[];
+
+/* engine/control/page/: the admin listener's pages. Terminated as embedded_lua. */
+extern const struct embedded_file embedded_page[];
 
 #endif
