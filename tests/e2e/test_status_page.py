@@ -44,13 +44,16 @@ endpoint "GET /items/{id}" {
   upstream = "app", limit = "tier",
   cache = { ttl = "5m", key = "item:{path.id}", shared = true },
 }
-endpoint "GET /keyed" { body = '{}', limit = { limit = 3, window = "1h", key = "k:{header.X-Key}" } }
+endpoint "GET /keyed" {
+  body = '{}', limit = { limit = 3, window = "1h", key = "k:{header.X-Key}" },
+}
 endpoint "GET /health" { body = '{"ok":true}' }
 """
 
 # A caller key that is markup if the page ever inserts it as HTML (no space, no colon: the
 # key template would escape those).
-MARKUP_KEY = "<script>document.title='pwned'</script><img/src='x'onerror='document.title=\"pwned\"'>"
+MARKUP_KEY = ("<script>document.title='pwned'</script>"
+              "<img/src='x'onerror='document.title=\"pwned\"'>")
 
 
 def chromium(url, *args, timeout=30):
