@@ -1,13 +1,16 @@
-/* admin.c - the admin listener: status, metrics, callers, reload, explain, invalidate. */
+/* admin.c - the admin listener: the status page, status, metrics, callers, reload, explain,
+ * invalidate. */
 #define _GNU_SOURCE
 #include "admin.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "embedded.h"
 #include "gateway.h"
 #include "insight.h"
 #include "metrics.h"
@@ -19,8 +22,9 @@
 #include "util.h"
 
 /*
- * Routes: GET /status, /metrics, /callers, /stats, POST /reload, GET /explain,
- * POST /invalidate. Every one needs the bearer token when one is configured.
+ * Routes: GET / (the status page), GET /status, /metrics, /callers, /stats,
+ * POST /reload, GET /explain, POST /invalidate. Every one but the page needs
+ * the bearer token when one is configured.
  * The listener has one worker; with a gateway it holds its own handle on the
  * gateway's store (Redis with its fallback, or the shared memory store) for
  * /invalidate.
@@ -446,12 +450,65 @@ not_get(struct server_request *req)
     return true;
 }
 
+/* ---- GET /: the status page ---------------------------------------------------------------- */
+
+static void
+static_body(const void *body, size_t len, void *arg)
+{
+    /* The page is the binary's own data: nothing to release. */
+}
+
+/*
+ * GET / (and HEAD): engine/control/page/status.html as built in. The page holds
+ * no data: its script fetches /stats, with the token the operator gives it, so
+ * it is served without one. Its Content-Security-Policy lets nothing run but
+ * the page's own inline script (by its hash) and lets it fetch only from this
+ * listener; the answer is never stored and never sniffed as anything but HTML.
+ */
+static void
+admin_page(struct server_request *req)
+{
+    const struct embedded_file *f = embedded_page;
+    while (f->module && strcmp(f->module, "status.html") != 0)
+        f++;
+    if (!f->module || !f->script_hash) {
+        server_respond_problem(req, 404, NULL, NULL, "no status page is built into this binary",
+                               NULL);
+        return;
+    }
+    char headers[512];
+    int n = snprintf(headers, sizeof(headers),
+                     "Cache-Control: no-store\r\n"
+                     "Content-Security-Policy: default-src 'none'; script-src %s; "
+                     "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
+                     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n"
+                     "X-Content-Type-Options: nosniff\r\n"
+                     "Referrer-Policy: no-referrer\r\n",
+                     f->script_hash);
+    assert(n > 0 && (size_t)n < sizeof(headers));
+    struct server_response resp = {
+        .status = 200,
+        .content_type = "text/html; charset=utf-8",
+        .headers = headers,
+        .headers_len = (size_t)n,
+        .body = f->source,
+        .body_len = f->len,
+        .release = static_body,
+    };
+    server_respond(req, &resp);
+}
+
 static void
 admin_handle(struct server_request *req, void *state)
 {
     struct admin_worker *aw = state;
     const struct admin_config *cfg = aw->cfg;
     const struct http_request *h = &req->http;
+    if (path_is(h, "/")) { /* the page: no data, no token */
+        if (!not_get(req))
+            admin_page(req);
+        return;
+    }
     if (!authorized(cfg, h)) {
         server_respond_problem(req, 401, NULL, NULL, "a valid bearer token is required",
                                "WWW-Authenticate: Bearer realm=\"sluice-admin\"\r\n");
@@ -520,8 +577,8 @@ admin_handle(struct server_request *req, void *state)
     }
     server_respond_problem(
         req, 404, NULL, NULL,
-        "admin endpoints: GET /status, /metrics, /callers, /stats, /explain; POST /reload, "
-        "/invalidate",
+        "admin endpoints: GET / (the status page), /status, /metrics, /callers, /stats, "
+        "/explain; POST /reload, /invalidate",
         NULL);
 }
 

@@ -1,4 +1,4 @@
-/* admin.h - the admin listener: status, reload, explain, invalidate. */
+/* admin.h - the admin listener: the status page, status, reload, explain, invalidate. */
 #ifndef SLUICE_ADMIN_H
 #define SLUICE_ADMIN_H
 
