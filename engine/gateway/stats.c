@@ -384,6 +384,14 @@ gw_stats_merge(struct gw_stats_view *v, struct gw_stats *st)
     pthread_mutex_unlock(&st->lock);
 }
 
+/* qsort() of n elements at base, which is NULL when nothing was gathered. */
+static void
+sort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *))
+{
+    if (n > 1)
+        qsort(base, n, size, cmp);
+}
+
 static int
 item_cmp(const void *a, const void *b)
 {
@@ -397,7 +405,7 @@ item_cmp(const void *a, const void *b)
 static void
 fold(struct gw_stat_item *items, size_t *n)
 {
-    qsort(items, *n, sizeof(*items), item_cmp);
+    sort(items, *n, sizeof(*items), item_cmp);
     size_t o = 0;
     for (size_t i = 0; i < *n; i++) {
         if (o && item_cmp(&items[o - 1], &items[i]) == 0) {
@@ -450,7 +458,7 @@ static void
 fold_callers(struct gw_stats_view *v)
 {
     size_t n = v->ncallers, o = 0;
-    qsort(v->callers, n, sizeof(*v->callers), caller_key_cmp);
+    sort(v->callers, n, sizeof(*v->callers), caller_key_cmp);
     for (size_t i = 0; i < n; i++) {
         struct gw_stat_caller *c = &v->callers[i];
         struct gw_stat_caller *last = o ? &v->callers[o - 1] : NULL;
@@ -467,7 +475,7 @@ fold_callers(struct gw_stats_view *v)
             v->callers[o++] = *c;
         }
     }
-    qsort(v->callers, o, sizeof(*v->callers), caller_weight_cmp);
+    sort(v->callers, o, sizeof(*v->callers), caller_weight_cmp);
     n = o;
     bool *keep = xcalloc(n ? n : 1, sizeof(*keep));
     for (size_t i = 0, rank = 0; i < n; i++) {
@@ -498,7 +506,7 @@ gw_stats_view_finish(struct gw_stats_view *v)
         free(HMAP_ENTRY(x, struct route_at, node));
     }
     hmap_free(&v->route_at);
-    qsort(v->routes, v->nroutes, sizeof(*v->routes), route_cmp);
+    sort(v->routes, v->nroutes, sizeof(*v->routes), route_cmp);
     for (size_t i = 0; i < GW_STATS_MINUTES; i++)
         if (!v->minutes[i].minute)
             v->minutes[i].minute = v->now_minute - (GW_STATS_MINUTES - 1 - i);

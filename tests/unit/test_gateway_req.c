@@ -120,6 +120,7 @@ static int
 reset(void **state)
 {
     memset(&wk, 0, sizeof(wk));
+    gw_stats_init(&wk.stats);
     wk.store = store_memory_handle(mem);
     wk.to_origin = stub_to_origin;
     nanswers = nsent = nclients = 0;
@@ -132,6 +133,7 @@ check_empty(void **state)
     assert_int_equal(wk.inflight.count, 0); /* every fill ended */
     hmap_free(&wk.inflight);
     wk.store->ops->destroy(wk.store);
+    gw_stats_free(&wk.stats);
     return 0;
 }
 
