@@ -869,10 +869,9 @@ server_respond_problem(struct server_request *req, int status, const char *type,
     server_respond_problem_ext(req, status, type, title, detail, NULL, extra_headers);
 }
 
-void
-server_respond_problem_ext(struct server_request *req, int status, const char *type,
-                           const char *title, const char *detail, json_t *ext,
-                           const char *extra_headers)
+char *
+server_problem_body(int status, const char *type, const char *title, const char *detail,
+                    json_t *ext, size_t *len)
 {
     json_t *o = json_object();
     json_object_set_new(o, "type", json_string(type ? type : "about:blank"));
@@ -884,17 +883,39 @@ server_respond_problem_ext(struct server_request *req, int status, const char *t
         json_object_update_missing(o, ext);
     char *body = json_dumps(o, JSON_COMPACT);
     json_decref(o);
+    if (!body) {
+        fprintf(stderr, "sluice: out of memory (problem body)\n");
+        abort();
+    }
+    *len = strlen(body);
+    return body;
+}
+
+void
+server_respond_problem_body(struct server_request *req, int status, const char *body, size_t len,
+                            const char *extra_headers)
+{
     struct server_response resp = {
         .status = status,
         .content_type = "application/problem+json",
         .headers = extra_headers,
         .headers_len = extra_headers ? strlen(extra_headers) : 0,
         .body = body,
-        .body_len = strlen(body),
+        .body_len = len,
         .close = status == 400 || status == 408 || status == 413 || status == 431 ||
                  status == 501 || status == 505,
     };
     server_respond(req, &resp);
+}
+
+void
+server_respond_problem_ext(struct server_request *req, int status, const char *type,
+                           const char *title, const char *detail, json_t *ext,
+                           const char *extra_headers)
+{
+    size_t len;
+    char *body = server_problem_body(status, type, title, detail, ext, &len);
+    server_respond_problem_body(req, status, body, len, extra_headers);
     free(body);
 }
 
