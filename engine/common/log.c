@@ -3,9 +3,12 @@
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +55,49 @@ void
 log_set_fd(int fd)
 {
     __atomic_store_n(&cur_fd, fd, __ATOMIC_RELAXED);
+}
+
+static char *file_path; /* the regular file cur_fd writes to, set once by log_follow_file() */
+
+bool
+log_follow_file(void)
+{
+    int fd = __atomic_load_n(&cur_fd, __ATOMIC_RELAXED);
+    free(file_path);
+    file_path = NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink == 0)
+        return false;
+    char link[32], buf[PATH_MAX];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, buf, sizeof(buf) - 1);
+    if (n <= 0 || buf[0] != '/')
+        return false;
+    buf[n] = '\0';
+    file_path = xstrdup(buf);
+    return true;
+}
+
+int
+log_reopen(void)
+{
+    if (!file_path)
+        return 1;
+    int fd = open(file_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -1;
+    /* dup2 swaps the file under the same descriptor at once: every write goes to one file. */
+    int rc = dup2(fd, __atomic_load_n(&cur_fd, __ATOMIC_RELAXED)) < 0 ? -1 : 0;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
+const char *
+log_file_path(void)
+{
+    return file_path;
 }
 
 bool

@@ -33,6 +33,24 @@ void log_configure(enum log_level lv, enum log_format fmt);
 /* Writes to fd (default 2, stderr) from now on; for tests. */
 void log_set_fd(int fd);
 
+/*
+ * Remembers the path of the file the log writes to when it is a regular file
+ * (standard error redirected to one), for log_reopen(); forgets it when it
+ * is not. Returns whether it is one. Call at start, before other threads log.
+ */
+bool log_follow_file(void);
+
+/*
+ * Opens the remembered path again in place of the log's descriptor, after a
+ * rotation renamed the file: lines written meanwhile go to one file or the
+ * other, whole. Returns 0, 1 when no file is remembered (nothing to do), or
+ * -1 with errno set (the old file stays).
+ */
+int log_reopen(void);
+
+/* The remembered path (borrowed), or NULL. */
+const char *log_file_path(void);
+
 /* Whether a message of level lv is written (to skip building one that is not). */
 bool log_enabled(enum log_level lv);
 

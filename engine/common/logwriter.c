@@ -184,9 +184,12 @@ writer_main(void *arg)
             if (read(lw->efd, &v, sizeof(v)) < 0 && errno != EAGAIN && errno != EINTR)
                 log_error("access log: eventfd: %s", strerror(errno));
         }
+        /* Both requests are taken before the drain: what was put before either was asked
+         * is written (to the old file) before it is done. */
         bool stop = __atomic_load_n(&lw->stop, __ATOMIC_ACQUIRE);
+        bool reopening = __atomic_exchange_n(&lw->reopen, 0, __ATOMIC_ACQ_REL);
         drain(lw);
-        if (__atomic_exchange_n(&lw->reopen, 0, __ATOMIC_ACQ_REL))
+        if (reopening)
             reopen(lw);
         if (stop)
             return NULL;

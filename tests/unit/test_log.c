@@ -249,6 +249,63 @@ test_lines_of_threads_never_interleave(void **state)
     release();
 }
 
+/* The whole of a file, NUL-terminated, into logbuf. */
+static const char *
+file_text(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    ssize_t n = read(fd, logbuf, sizeof(logbuf) - 1);
+    assert_true(n >= 0);
+    logbuf[n] = '\0';
+    close(fd);
+    return logbuf;
+}
+
+/* A log that is a file is followed by its path: after a rename, a reopen writes the next
+ * lines to a new file under the old name, the earlier ones stay in the renamed one. A log
+ * that is no regular file (a pipe) is not followed, and a reopen does nothing. */
+static void
+test_a_log_file_is_reopened_under_its_path(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/sluice-test-log-XXXXXX", path[64], rotated[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/error.log", dir);
+    snprintf(rotated, sizeof(rotated), "%s/error.log.1", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    assert_true(fd >= 0);
+    log_set_fd(fd);
+    assert_true(log_follow_file());
+    assert_string_equal(log_file_path(), path);
+    log_info("before");
+    assert_int_equal(rename(path, rotated), 0);
+    log_info("still before"); /* the descriptor follows the renamed file until the reopen */
+    assert_int_equal(log_reopen(), 0);
+    log_info("after");
+    log_set_fd(2);
+    close(fd); /* the reopened file went onto the same descriptor */
+    file_text(rotated);
+    assert_non_null(strstr(logbuf, "info sluice: before\n"));
+    assert_non_null(strstr(logbuf, "info sluice: still before\n"));
+    assert_null(strstr(logbuf, "sluice: after"));
+    assert_non_null(strstr(file_text(path), "info sluice: after\n"));
+    assert_null(strstr(logbuf, "before"));
+    unlink(path);
+    unlink(rotated);
+    rmdir(dir);
+
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    log_set_fd(p[1]);
+    assert_false(log_follow_file());
+    assert_null(log_file_path());
+    assert_int_equal(log_reopen(), 1);
+    log_set_fd(2);
+    close(p[0]);
+    close(p[1]);
+}
+
 int
 main(void)
 {
@@ -261,6 +318,7 @@ main(void)
         cmocka_unit_test(test_json_lines_are_objects_with_their_fields),
         cmocka_unit_test(test_a_long_message_is_written_whole),
         cmocka_unit_test(test_lines_of_threads_never_interleave),
+        cmocka_unit_test(test_a_log_file_is_reopened_under_its_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
