@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -16,6 +17,8 @@
 #include "admin.h"
 #include "duration.h"
 #include "gateway.h"
+#include "log.h"
+#include "logwriter.h"
 #include "notify.h"
 #include "policy.h"
 #include "reload.h"
@@ -76,6 +79,16 @@ static const char usage_serve[] =
     "  --no-stats                do not count requests by route, limit decisions, origins\n"
     "                            and callers (/metrics keeps the store, database, policy\n"
     "                            and process; /callers and /stats are empty)\n"
+    "  --access-log PATH         a JSON line per answered request, appended to PATH ('-':\n"
+    "                            standard output); written by a thread of its own, lines\n"
+    "                            that find its buffers full are dropped and counted\n"
+    "                            (default: off)\n"
+    "  --access-log-sample R     keep this fraction (0 < R <= 1) of the lines of 2xx and\n"
+    "                            3xx answers, chosen by request id; every other line is\n"
+    "                            kept (default 1)\n"
+    "  --log-level LEVEL         error, warn, info or debug: the least severe message the\n"
+    "                            error log (standard error) writes (default info)\n"
+    "  --log-format FORMAT       text or json: one line per message (default text)\n"
     "\n"
     "environment:\n"
     "  DATABASE_URL              libpq connection string or URI (default: PG* variables)\n"
@@ -87,7 +100,8 @@ static const char usage_serve[] =
     "\n"
     "SIGTERM and SIGINT finish the requests in flight and exit 0. The policy is reloaded\n"
     "when its files change, on SIGHUP and on POST /reload to the admin listener; a set\n"
-    "that fails to load changes nothing.\n"
+    "that fails to load changes nothing. SIGUSR1 reopens the access log, and the error\n"
+    "log when standard error is a file, after a rotation renamed them.\n"
     "\n"
     "While the policy declares on_change, one more PostgreSQL connection LISTENs for the\n"
     "notifications of the triggers 'sluice triggers' installs, and drops the tags they\n"
@@ -298,8 +312,28 @@ struct serve {
     struct notifier *notifier;
     struct admin_config acfg; /* complete before the admin listener is created */
     struct server *server, *admin;
+    const char *access_path; /* --access-log, or NULL */
+    struct logwriter *access;
+    enum log_level log_level;
+    enum log_format log_format;
+    bool sample_given;
     sigset_t set;
 };
+
+/* SIGUSR1: the logs are opened again under their paths (a rotation renamed the files). */
+static void
+reopen_logs(struct serve *sv)
+{
+    if (sv->access)
+        logwriter_reopen(sv->access); /* the writing thread writes what it holds first */
+    int rc = log_reopen();
+    if (rc < 0)
+        log_error("reopening the error log %s: %s; still writing to the old file", log_file_path(),
+                  strerror(errno));
+    else
+        log_info("SIGUSR1: reopened %s%s%s", sv->access ? "the access log" : "",
+                 sv->access && rc == 0 ? " and " : "", rc == 0 ? "the error log" : "");
+}
 
 static void *
 signal_thread(void *arg)
@@ -311,6 +345,10 @@ signal_thread(void *arg)
             continue;
         if (sig == SIGHUP) {
             reloader_reload(sv->reloader, "signal", NULL);
+            continue;
+        }
+        if (sig == SIGUSR1) {
+            reopen_logs(sv);
             continue;
         }
         fprintf(stderr, "sluice: %s: finishing requests in flight\n", strsignal(sig));
@@ -422,6 +460,8 @@ serve_defaults(struct serve *sv)
     sv->admin_port = 8081;
     sv->watch = 1;
     sv->token = getenv("SLUICE_ADMIN_TOKEN");
+    sv->log_level = LOGL_INFO;
+    sv->log_format = LOG_TEXT;
 }
 
 /*
@@ -449,6 +489,10 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"limit-bytes", required_argument, NULL, 'L'},
         {"redis-deadline", required_argument, NULL, 'R'},
         {"no-stats", no_argument, NULL, 'S'},
+        {"access-log", required_argument, NULL, 'A'},
+        {"access-log-sample", required_argument, NULL, 's'},
+        {"log-level", required_argument, NULL, 'v'},
+        {"log-format", required_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -549,6 +593,42 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         case 'S':
             gcfg->no_stats = true;
             break;
+        case 'A':
+            if (!optarg[0]) {
+                fprintf(stderr, "sluice serve: --access-log: expected a path or '-'\n");
+                return -1;
+            }
+            sv->access_path = optarg;
+            break;
+        case 's': {
+            char *end;
+            errno = 0;
+            double r = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !isfinite(r) || !(r > 0) || r > 1) {
+                fprintf(stderr,
+                        "sluice serve: --access-log-sample: '%s' is not a number above 0 and "
+                        "up to 1\n",
+                        optarg);
+                return -1;
+            }
+            gcfg->access_sample = r;
+            sv->sample_given = true;
+            break;
+        }
+        case 'v':
+            if (log_parse_level(optarg, &sv->log_level) != 0) {
+                fprintf(stderr,
+                        "sluice serve: --log-level: '%s' is not error, warn, info or debug\n",
+                        optarg);
+                return -1;
+            }
+            break;
+        case 'f':
+            if (log_parse_format(optarg, &sv->log_format) != 0) {
+                fprintf(stderr, "sluice serve: --log-format: '%s' is not text or json\n", optarg);
+                return -1;
+            }
+            break;
         case 'h':
             fputs(usage_serve, stdout);
             *rc = 0;
@@ -560,6 +640,10 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
     }
     if (optind != argc - 1) {
         fputs(usage_serve, stderr);
+        return -1;
+    }
+    if (sv->sample_given && !sv->access_path) {
+        fprintf(stderr, "sluice serve: --access-log-sample needs --access-log\n");
         return -1;
     }
     sv->dir = argv[optind];
@@ -625,6 +709,8 @@ serve_free(struct serve *sv)
     server_free(sv->server);
     reloader_free(sv->reloader);
     gateway_free(sv->gw);
+    logwriter_close(sv->access); /* the workers are gone: it writes what they left */
+    sv->access = NULL;
 }
 
 /*
@@ -636,6 +722,16 @@ serve_free(struct serve *sv)
 static int
 serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
 {
+    if (sv->access_path) {
+        struct logwriter_config lc = {.path = sv->access_path, .producers = sv->cfg.workers};
+        char lerr[256];
+        sv->access = logwriter_open(&lc, lerr, sizeof(lerr));
+        if (!sv->access) {
+            util_seterr(err, errlen, "--access-log: %s", lerr);
+            return -1;
+        }
+        sv->gcfg.access_log = sv->access;
+    }
     sv->gw = gateway_new(&sv->gcfg, p);
     sv->reloader = reloader_new(sv->dir, sv->gw);
     struct server_app app = gateway_app(sv->gw);
@@ -713,6 +809,8 @@ cmd_serve(int argc, char **argv)
         return rc;
     if (serve_check(&sv) != 0)
         return 2;
+    log_configure(sv.log_level, sv.log_format);
+    log_follow_file();
 
     char *errors = NULL;
     struct policy *p = policy_load(sv.dir, 1, NULL, &errors);
@@ -734,6 +832,7 @@ cmd_serve(int argc, char **argv)
     sigaddset(&sv.set, SIGTERM);
     sigaddset(&sv.set, SIGINT);
     sigaddset(&sv.set, SIGHUP);
+    sigaddset(&sv.set, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &sv.set, NULL);
 
     evthread_use_pthreads();

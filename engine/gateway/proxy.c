@@ -177,6 +177,7 @@ on_upstream(void *arg, const struct upstream_response *res)
     const struct policy_endpoint *ep = rq->ep;
     uint64_t response_ms = store_now_ms();
     rq->call = NULL;
+    gw_origin_done(rq);
     char internal[320];
     struct gw_stats *st = &rq->wk->stats;
     if (res->error != UPSTREAM_OK) {
@@ -201,7 +202,7 @@ on_upstream(void *arg, const struct upstream_response *res)
             return;
         }
     }
-    gw_stats_origin(st, GW_ORIGIN_UPSTREAM, util_mono_us() - rq->origin_us, response_ms);
+    gw_stats_origin(st, GW_ORIGIN_UPSTREAM, rq->origin_time_us, response_ms);
     if (res->status >= 500 && gw_stale_serves(rq)) {
         snprintf(internal, sizeof(internal), "upstream \"%s\" answered %d", ep->up->name,
                  res->status);

@@ -5,6 +5,7 @@
 
 #include <assert.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include "httpcache.h"
+#include "log.h"
 #include "template.h"
 #include "upstream.h"
 #include "util.h"
@@ -43,9 +45,11 @@ gw_cache_kind_of(const char *xcache)
     }
 }
 
-void
-gw_stats_answered(struct gw_worker *wk, const struct http_request *h, const char *route,
-                  const char *tier, int status, enum gw_cache_kind cache, uint64_t start_us)
+/* Counts an answered request of `route` in wk's stats: its method (OTHER for one no route
+ * names), caller tier (or NULL), status, X-Cache, and its time since start_us. */
+static void
+count_answer(struct gw_worker *wk, const struct http_request *h, const char *route,
+             const char *tier, int status, enum gw_cache_kind cache, uint64_t start_us)
 {
     /* A method no route names is any token the client likes: one label for all of them. */
     const char *m = h->method == HTTP_OTHER ? "OTHER" : h->method_str.p;
@@ -81,9 +85,6 @@ void
 gw_req_free(struct gw_req *rq)
 {
     struct gw_worker *wk = rq->wk;
-    if (wk && !rq->detached && rq->status)
-        gw_stats_answered(wk, &rq->sr->http, rq->ep->name, rq->tier ? rq->tier->name : NULL,
-                          rq->status, rq->cache_kind, rq->start_us);
     if (rq->detached)
         LIST_REMOVE(rq, bg_link);
     if (rq->warm) {
@@ -119,18 +120,111 @@ gw_req_free(struct gw_req *rq)
     free(rq);
 }
 
+uint64_t
+gw_origin_done(struct gw_req *rq)
+{
+    rq->origin_time_us = util_mono_us() - rq->origin_us;
+    rq->origin_timed = true;
+    return rq->origin_time_us;
+}
+
+/* ---- the error log and the access log ------------------------------------------------------ */
+
+void
+gw_log(struct gw_req *rq, enum log_level lv, int status, const char *fmt, ...)
+{
+    rq->logged = true;
+    if (!log_enabled(lv))
+        return;
+    char msg[1024], flat[2048], st[16];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    /* What an origin said may quote the request's own bytes: one line whatever it holds. */
+    size_t n = 0;
+    for (const char *p = msg; *p && n + 2 < sizeof(flat); p++) {
+        if (*p == '\n' || *p == '\r') {
+            flat[n++] = '\\';
+            flat[n++] = *p == '\n' ? 'n' : 'r';
+        } else {
+            flat[n++] = *p;
+        }
+    }
+    flat[n] = '\0';
+    const char *id = gw_request_id(rq);
+    struct log_field f[3] = {{"request_id", id}, {"route", rq->ep->name}, {"status", st}};
+    snprintf(st, sizeof(st), "%d", status);
+    log_fields(lv, f, status ? 3 : 2, "request %s: %s: %s", id, rq->ep->name, flat);
+}
+
+/* The access log's record of request rq, answered rq->status with body_len bytes of body. */
+static void
+access_record(const struct gw_req *rq, uint64_t body_len, uint64_t now_us,
+              struct gw_access_record *r)
+{
+    *r = (struct gw_access_record){
+        .duration_us = now_us - rq->start_us,
+        .request_id = rq->request_id,
+        .http = &rq->sr->http,
+        .route = rq->ep->name,
+        .status = rq->status,
+        .cache = rq->cache_kind,
+        .user = rq->user,
+        .user_len = rq->user_len,
+        .tenant = rq->tenant,
+        .tenant_len = rq->tenant_len,
+        .tier = rq->tier ? rq->tier->name : NULL,
+        .limit = rq->deciding_limit,
+        .limit_remaining = rq->deciding_remaining,
+        .limit_shadow = rq->deciding_shadow,
+        .shadow_denied = rq->shadow_denied,
+        .nshadow_denied = rq->nshadow_denied,
+        .origin = rq->origin_timed,
+        .origin_us = rq->origin_time_us,
+        .client = rq->sr->ip,
+        .bytes = rq->sr->http.method == HTTP_HEAD ? 0 : body_len,
+    };
+}
+
+/* The client is answered rq->status with body_len bytes of body, and the server is about to
+ * have the answer (after which the request's strings are gone): counts it in the worker's
+ * stats and puts its line in the worker's access log. */
+static void
+answered(struct gw_req *rq, uint64_t body_len)
+{
+    struct gw_worker *wk = rq->wk;
+    if (!wk)
+        return;
+    count_answer(wk, &rq->sr->http, rq->ep->name, rq->tier ? rq->tier->name : NULL, rq->status,
+                 rq->cache_kind, rq->start_us);
+    if (!gw_access_on(&wk->access))
+        return;
+    gw_request_id(rq);
+    struct gw_access_record r;
+    access_record(rq, body_len, util_mono_us(), &r);
+    gw_access_log(&wk->access, &r);
+}
+
 /* Sends a response to the request's client; a detached request has none. */
 static void
 respond(struct gw_req *rq, const struct server_response *resp)
 {
     rq->status = resp->status;
     if (rq->detached) {
-        if (resp->status >= 400 && rq->warm)
-            fprintf(stderr, "sluice: warming %s failed: %d\n", rq->ep->name, resp->status);
+        if (resp->status >= 400 && rq->warm && !rq->logged)
+            gw_log(rq, LOGL_WARN, resp->status, "warming failed: the origin answered %d",
+                   resp->status);
         if (resp->release)
             resp->release(resp->body, resp->body_len, resp->body_arg);
         return;
     }
+    if (resp->status >= 500 && !rq->logged)
+        /* Not the gateway's failure: an origin's own answer, passed on or from the cache. */
+        gw_log(rq, LOGL_WARN, resp->status, "%d: %s", resp->status,
+               rq->cache_kind == GW_CACHE_HIT ? "the cached answer of the origin"
+                                              : "the origin's own answer");
+    answered(rq, resp->body_len);
     server_respond(rq->sr, resp);
 }
 
@@ -269,13 +363,22 @@ gw_fail(struct gw_req *rq, int status, const char *detail)
     const char *id = gw_request_id(rq);
     rq->status = status;
     if (rq->detached) {
-        fprintf(stderr, "sluice: request %s: %s %s: %d %s\n", id,
-                rq->warm ? "warming" : "refreshing", rq->ep->name, status, detail);
+        if (!rq->logged)
+            gw_log(rq, LOGL_WARN, status, "%s: %d %s", rq->warm ? "warming" : "refreshing", status,
+                   detail);
     } else {
+        if (status >= 500 && !rq->logged)
+            /* A server that is shutting down fails what is left by design. */
+            gw_log(rq, rq->wk && rq->wk->closing ? LOGL_WARN : LOGL_ERROR, status, "%d %s", status,
+                   detail);
         hdr_request_id(rq);
         json_t *ext = json_pack("{s:s}", "request_id", id);
-        server_respond_problem_ext(rq->sr, status, NULL, NULL, detail, ext, rq->hdrs);
+        size_t len;
+        char *body = server_problem_body(status, NULL, NULL, detail, ext, &len);
         json_decref(ext);
+        answered(rq, len);
+        server_respond_problem_body(rq->sr, status, body, len, rq->hdrs);
+        free(body);
     }
     gw_req_free(rq);
 }
@@ -283,9 +386,44 @@ gw_fail(struct gw_req *rq, int status, const char *detail)
 void
 gw_fail_internal(struct gw_req *rq, int status, const char *detail, const char *internal)
 {
-    fprintf(stderr, "sluice: request %s: %s: %d %s: %s\n", gw_request_id(rq), rq->ep->name, status,
-            detail, internal);
+    /* A 4xx here is the request's fault, told to the client in general words: a warning. */
+    gw_log(rq, status >= 500 ? LOGL_ERROR : LOGL_WARN, status, "%d %s: %s", status, detail,
+           internal);
     gw_fail(rq, status, detail);
+}
+
+void
+gw_reply_unrouted(struct gw_worker *wk, struct server_request *sr, int status, const char *detail,
+                  const char *extra_headers, uint64_t start_us)
+{
+    const struct http_request *h = &sr->http;
+    char id[GW_REQUEST_ID_MAX + 1];
+    struct sbuf hdrs = {0};
+    gw_request_id_for(h, id);
+    if (extra_headers)
+        sbuf_adds(&hdrs, extra_headers);
+    sbuf_printf(&hdrs, "X-Request-Id: %s\r\n", id);
+    json_t *ext = json_pack("{s:s}", "request_id", id);
+    size_t len;
+    char *body = server_problem_body(status, NULL, NULL, detail, ext, &len);
+    json_decref(ext);
+    count_answer(wk, h, GW_ROUTE_UNMATCHED, NULL, status, GW_CACHE_NONE, start_us);
+    if (gw_access_on(&wk->access)) {
+        struct gw_access_record r = {
+            .duration_us = util_mono_us() - start_us,
+            .request_id = id,
+            .http = h,
+            .route = GW_ROUTE_UNMATCHED,
+            .status = status,
+            .cache = GW_CACHE_NONE,
+            .client = sr->ip,
+            .bytes = h->method == HTTP_HEAD ? 0 : len,
+        };
+        gw_access_log(&wk->access, &r);
+    }
+    server_respond_problem_body(sr, status, body, len, hdrs.p);
+    free(body);
+    sbuf_free(&hdrs);
 }
 
 void
@@ -578,15 +716,22 @@ gw_add_limit_headers(struct gw_req *rq)
                                    : r->limit;
         }
     }
-    size_t pick = 0;
-    while (pick < n && rq->limits[pick].shadow)
-        pick++;
-    if (pick == n)
-        return; /* no limit, or only shadow ones */
-    for (size_t i = pick + 1; i < n; i++) {
-        if (rq->limits[i].shadow)
+    size_t pick = n, least_shadow = n;
+    rq->nshadow_denied = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct limiter_result *b = &rq->results[i];
+        if (rq->limits[i].shadow) {
+            if (!b->allowed)
+                rq->shadow_denied[rq->nshadow_denied++] = gw_limit_name(rq, i);
+            if (least_shadow == n || b->remaining < rq->results[least_shadow].remaining)
+                least_shadow = i;
             continue;
-        const struct limiter_result *a = &rq->results[pick], *b = &rq->results[i];
+        }
+        if (pick == n) {
+            pick = i;
+            continue;
+        }
+        const struct limiter_result *a = &rq->results[pick];
         if (!rq->admit.allowed) {
             if (!b->allowed && (a->allowed || b->retry_after_ms > a->retry_after_ms))
                 pick = i;
@@ -594,6 +739,16 @@ gw_add_limit_headers(struct gw_req *rq)
             pick = i;
         }
     }
+    /* The access log names the limit the fields describe; with only shadow limits, the one
+     * closest to refusing. */
+    size_t decider = pick < n ? pick : least_shadow;
+    if (decider < n) {
+        rq->deciding_limit = gw_limit_name(rq, decider);
+        rq->deciding_remaining = rq->results[decider].remaining;
+        rq->deciding_shadow = rq->limits[decider].shadow;
+    }
+    if (pick == n)
+        return; /* no limit, or only shadow ones */
     const struct limiter_result *r = &rq->results[pick];
     hdr_str(rq, "X-RateLimit-Limit: ");
     hdr_u64(rq, r->limit);
@@ -780,8 +935,8 @@ gw_origin_failed(struct gw_req *rq, int status, const char *detail, const char *
 {
     struct store_entry *e = rq->stale;
     if (gw_stale_serves(rq)) {
-        fprintf(stderr, "sluice: request %s: %s: serving a stale answer: %s: %s\n",
-                gw_request_id(rq), rq->ep->name, detail, internal);
+        gw_log(rq, LOGL_WARN, status, "serving a stale answer instead of %d %s: %s", status, detail,
+               internal);
         gw_reply_entry(rq, e, "STALE", store_now_ms());
         return;
     }
