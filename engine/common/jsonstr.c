@@ -6,7 +6,7 @@
 #include <string.h>
 
 /* Bytes that go out as they are: printable ASCII but `"` and `\`. */
-static bool
+static inline bool
 plain(unsigned char c)
 {
     return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
@@ -54,74 +54,80 @@ utf8_seq(const unsigned char *s, size_t n, size_t *bad)
     return 0;
 }
 
-void
-jsonstr_add(struct sbuf *b, const char *s, size_t len)
+size_t
+jsonstr_write(char *out, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)s;
-    sbuf_add(b, "\"", 1);
+    char *o = out;
+    *o++ = '"';
     size_t i = 0;
     while (i < len) {
-        size_t run = i;
-        while (run < len && plain(p[run]))
-            run++;
-        if (run > i) {
-            sbuf_add(b, p + i, run - i);
-            i = run;
+        unsigned char c = p[i];
+        if (plain(c)) {
+            *o++ = (char)c;
+            i++;
             continue;
         }
-        unsigned char c = p[i];
         if (c < 0x80) {
-            char esc[6] = {'\\', 0, 0, 0, 0, 0};
-            size_t n = 2;
+            *o++ = '\\';
             switch (c) {
             case '"':
-                esc[1] = '"';
-                break;
             case '\\':
-                esc[1] = '\\';
+                *o++ = (char)c;
                 break;
             case '\n':
-                esc[1] = 'n';
+                *o++ = 'n';
                 break;
             case '\r':
-                esc[1] = 'r';
+                *o++ = 'r';
                 break;
             case '\t':
-                esc[1] = 't';
+                *o++ = 't';
                 break;
             case '\b':
-                esc[1] = 'b';
+                *o++ = 'b';
                 break;
             case '\f':
-                esc[1] = 'f';
+                *o++ = 'f';
                 break;
             default: /* other controls and DEL */
-                memcpy(esc + 1, "u00", 3);
-                esc[4] = hex[c >> 4];
-                esc[5] = hex[c & 15];
-                n = 6;
+                memcpy(o, "u00", 3);
+                o[3] = hex[c >> 4];
+                o[4] = hex[c & 15];
+                o += 5;
                 break;
             }
-            sbuf_add(b, esc, n);
             i++;
             continue;
         }
         size_t bad = 0;
         size_t n = utf8_seq(p + i, len - i, &bad);
         if (n == 0) {
-            sbuf_add(b, "\\ufffd", 6);
+            memcpy(o, "\\ufffd", 6);
+            o += 6;
             i += bad;
-        } else if (n == 3 && p[i] == 0xe2 && p[i + 1] == 0x80 &&
+        } else if (n == 3 && c == 0xe2 && p[i + 1] == 0x80 &&
                    (p[i + 2] == 0xa8 || p[i + 2] == 0xa9)) {
-            sbuf_add(b, p[i + 2] == 0xa8 ? "\\u2028" : "\\u2029", 6);
+            memcpy(o, p[i + 2] == 0xa8 ? "\\u2028" : "\\u2029", 6);
+            o += 6;
             i += 3;
         } else {
-            sbuf_add(b, p + i, n);
+            memcpy(o, p + i, n);
+            o += n;
             i += n;
         }
     }
-    sbuf_add(b, "\"", 1);
+    *o++ = '"';
+    return (size_t)(o - out);
+}
+
+void
+jsonstr_add(struct sbuf *b, const char *s, size_t len)
+{
+    sbuf_reserve(b, JSONSTR_MAX(len));
+    b->len += jsonstr_write(b->p + b->len, s, len);
+    b->p[b->len] = '\0';
 }
 
 void

@@ -19,6 +19,17 @@
  */
 void jsonstr_add(struct sbuf *b, const char *s, size_t len);
 
+/* The most bytes jsonstr_write() writes for len bytes: each byte at most six ("\u00XX",
+ * "\ufffd"), and the quotes. */
+#define JSONSTR_MAX(len) (6 * (size_t)(len) + 2)
+
+/*
+ * As jsonstr_add(), into out, which has room for JSONSTR_MAX(len) bytes (not
+ * terminated). Returns the length written. For formatters that size their
+ * buffer once for a whole line.
+ */
+size_t jsonstr_write(char *out, const char *s, size_t len);
+
 /* As jsonstr_add() for a NUL-terminated s; NULL appends the JSON literal null. */
 void jsonstr_adds(struct sbuf *b, const char *s);
 

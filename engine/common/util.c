@@ -71,7 +71,7 @@ xasprintf(const char *fmt, ...)
     return p;
 }
 
-static void
+void
 sbuf_reserve(struct sbuf *b, size_t more)
 {
     if (b->cap - b->len > more)

@@ -54,6 +54,8 @@ struct sbuf {
     char *p;
     size_t len, cap;
 };
+/* Makes room for `more` bytes and a NUL after b->len (aborts when memory is exhausted). */
+void sbuf_reserve(struct sbuf *b, size_t more);
 void sbuf_add(struct sbuf *b, const void *data, size_t len);
 void sbuf_adds(struct sbuf *b, const char *s);
 /* Appends v in decimal. */

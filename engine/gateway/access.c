@@ -44,98 +44,140 @@ gw_access_sampled(const char *id, size_t len, double sample)
     return id_hash(id, len) < (uint64_t)(sample * 18446744073709551616.0);
 }
 
-/* Appends ,"name": */
-static void
-key(struct sbuf *b, const char *name)
+/*
+ * The line is written straight into a buffer sized once for its worst case:
+ * no call per token, and every string through jsonstr_write(). Fixed text of
+ * a line (names, numbers, the time, the cache kind) stays below LINE_FIXED.
+ */
+#define LINE_FIXED 640
+
+static char *
+put(char *o, const char *s, size_t n)
 {
-    sbuf_add(b, ",\"", 2);
-    sbuf_adds(b, name);
-    sbuf_add(b, "\":", 2);
+    memcpy(o, s, n);
+    return o + n;
 }
 
-/* Appends us as milliseconds with three decimals ("12.345"). */
-static void
-add_ms(struct sbuf *b, uint64_t us)
+#define PUT(o, lit) put(o, lit, sizeof(lit) - 1)
+
+/* A string, or null. */
+static char *
+put_str(char *o, const char *s, size_t n)
 {
-    char frac[4] = {'.', (char)('0' + us % 1000 / 100), (char)('0' + us % 100 / 10),
-                    (char)('0' + us % 10)};
-    sbuf_add_u64(b, us / 1000);
-    sbuf_add(b, frac, 4);
+    return s ? o + jsonstr_write(o, s, n) : PUT(o, "null");
 }
 
-static void
-add_str(struct sbuf *b, const char *s, size_t len)
+static char *
+put_strz(char *o, const char *s)
 {
-    if (s)
-        jsonstr_add(b, s, len);
-    else
-        sbuf_add(b, "null", 4);
+    return put_str(o, s, s ? strlen(s) : 0);
+}
+
+static char *
+put_u64(char *o, uint64_t v)
+{
+    return o + util_u64(o, v);
+}
+
+/* us as milliseconds with three decimals ("12.345"). */
+static char *
+put_ms(char *o, uint64_t us)
+{
+    o = put_u64(o, us / 1000);
+    o[0] = '.';
+    o[1] = (char)('0' + us % 1000 / 100);
+    o[2] = (char)('0' + us % 100 / 10);
+    o[3] = (char)('0' + us % 10);
+    return o + 4;
+}
+
+/* The time ms as RFC 3339: its second formatted once per second and thread. */
+static char *
+put_time(char *o, uint64_t ms)
+{
+    static __thread uint64_t cached_sec = UINT64_MAX;
+    static __thread char cached[LOG_TIME_LEN + 1];
+    if (ms / 1000 != cached_sec) {
+        cached_sec = ms / 1000;
+        log_time_rfc3339(cached_sec * 1000, cached); /* "...T01:02:03.000Z" */
+    }
+    o = put(o, cached, LOG_TIME_LEN - 4);
+    unsigned m = (unsigned)(ms % 1000);
+    o[0] = (char)('0' + m / 100);
+    o[1] = (char)('0' + m / 10 % 10);
+    o[2] = (char)('0' + m % 10);
+    o[3] = 'Z';
+    return o + 4;
 }
 
 void
 gw_access_format(struct sbuf *b, const struct gw_access_record *r, uint64_t now_ms)
 {
     const struct http_request *h = r->http;
-    char ts[LOG_TIME_LEN + 1];
+    size_t route_len = strlen(r->route), tier_len = r->tier ? strlen(r->tier) : 0;
+    size_t limit_len = r->limit ? strlen(r->limit) : 0, shadow_len = 0;
+    size_t id_len = strlen(r->request_id), client_len = r->client ? strlen(r->client) : 0;
+    for (size_t i = 0; i < r->nshadow_denied; i++)
+        shadow_len += JSONSTR_MAX(strlen(r->shadow_denied[i])) + 1;
+    sbuf_reserve(b, LINE_FIXED + shadow_len +
+                        JSONSTR_MAX(h->method_str.len + h->path.len + h->query.len + route_len +
+                                    r->user_len + tier_len + r->tenant_len + limit_len + id_len +
+                                    client_len));
+    char *start = b->p + b->len, *o = start;
     uint64_t ms = r->duration_us / 1000;
-    log_time_rfc3339(now_ms > ms ? now_ms - ms : 0, ts);
-    sbuf_add(b, "{\"ts\":\"", 7);
-    sbuf_add(b, ts, LOG_TIME_LEN);
-    sbuf_add(b, "\"", 1);
-    key(b, "request_id");
-    jsonstr_adds(b, r->request_id);
-    key(b, "method");
-    jsonstr_add(b, h->method_str.p, h->method_str.len);
-    key(b, "path");
-    jsonstr_add(b, h->path.p, h->path.len);
-    key(b, "query");
+    o = PUT(o, "{\"ts\":\"");
+    o = put_time(o, now_ms > ms ? now_ms - ms : 0);
+    o = PUT(o, "\",\"request_id\":");
+    o = put_str(o, r->request_id, id_len);
+    o = PUT(o, ",\"method\":");
+    o = put_str(o, h->method_str.p, h->method_str.len);
+    o = PUT(o, ",\"path\":");
+    o = put_str(o, h->path.p, h->path.len);
+    o = PUT(o, ",\"query\":");
     /* "/a?" has an empty query; "/a" none. */
     if (h->query.len || (h->target.len > h->path.len && h->target.p[h->path.len] == '?'))
-        jsonstr_add(b, h->query.p, h->query.len);
+        o = o + jsonstr_write(o, h->query.p, h->query.len);
     else
-        sbuf_add(b, "null", 4);
-    key(b, "route");
-    jsonstr_adds(b, r->route);
-    key(b, "status");
-    sbuf_add_u64(b, (uint64_t)r->status);
-    key(b, "cache");
-    jsonstr_adds(b, gw_cache_kind_names[r->cache]);
-    key(b, "user");
-    add_str(b, r->user, r->user_len);
-    key(b, "tier");
-    jsonstr_adds(b, r->tier);
-    key(b, "tenant");
-    add_str(b, r->tenant, r->tenant_len);
-    key(b, "limit");
+        o = PUT(o, "null");
+    o = PUT(o, ",\"route\":");
+    o = put_str(o, r->route, route_len);
+    o = PUT(o, ",\"status\":");
+    o = put_u64(o, (uint64_t)r->status);
+    o = PUT(o, ",\"cache\":");
+    o = put_strz(o, gw_cache_kind_names[r->cache]);
+    o = PUT(o, ",\"user\":");
+    o = put_str(o, r->user, r->user_len);
+    o = PUT(o, ",\"tier\":");
+    o = put_str(o, r->tier, tier_len);
+    o = PUT(o, ",\"tenant\":");
+    o = put_str(o, r->tenant, r->tenant_len);
+    o = PUT(o, ",\"limit\":");
     if (r->limit) {
-        sbuf_add(b, "{\"policy\":", 10);
-        jsonstr_adds(b, r->limit);
-        sbuf_add(b, ",\"remaining\":", 13);
-        sbuf_add_u64(b, r->limit_remaining);
-        sbuf_adds(b, r->limit_shadow ? ",\"mode\":\"shadow\"}" : ",\"mode\":\"enforce\"}");
+        o = PUT(o, "{\"policy\":");
+        o = put_str(o, r->limit, limit_len);
+        o = PUT(o, ",\"remaining\":");
+        o = put_u64(o, r->limit_remaining);
+        o = r->limit_shadow ? PUT(o, ",\"mode\":\"shadow\"}") : PUT(o, ",\"mode\":\"enforce\"}");
     } else {
-        sbuf_add(b, "null", 4);
+        o = PUT(o, "null");
     }
-    key(b, "shadow_denied");
-    sbuf_add(b, "[", 1);
+    o = PUT(o, ",\"shadow_denied\":[");
     for (size_t i = 0; i < r->nshadow_denied; i++) {
         if (i)
-            sbuf_add(b, ",", 1);
-        jsonstr_adds(b, r->shadow_denied[i]);
+            *o++ = ',';
+        o = put_strz(o, r->shadow_denied[i]);
     }
-    sbuf_add(b, "]", 1);
-    key(b, "duration_ms");
-    add_ms(b, r->duration_us);
-    key(b, "origin_ms");
-    if (r->origin)
-        add_ms(b, r->origin_us);
-    else
-        sbuf_add(b, "null", 4);
-    key(b, "bytes");
-    sbuf_add_u64(b, r->bytes);
-    key(b, "client");
-    jsonstr_adds(b, r->client);
-    sbuf_add(b, "}\n", 2);
+    o = PUT(o, "],\"duration_ms\":");
+    o = put_ms(o, r->duration_us);
+    o = PUT(o, ",\"origin_ms\":");
+    o = r->origin ? put_ms(o, r->origin_us) : PUT(o, "null");
+    o = PUT(o, ",\"bytes\":");
+    o = put_u64(o, r->bytes);
+    o = PUT(o, ",\"client\":");
+    o = put_str(o, r->client, client_len);
+    o = PUT(o, "}\n");
+    b->len += (size_t)(o - start);
+    b->p[b->len] = '\0';
 }
 
 void

@@ -46,16 +46,15 @@ gw_cache_kind_of(const char *xcache)
 }
 
 /* Counts an answered request of `route` in wk's stats: its method (OTHER for one no route
- * names), caller tier (or NULL), status, X-Cache, and its time since start_us. */
+ * names), caller tier (or NULL), status, X-Cache, and its time in the gateway. */
 static void
 count_answer(struct gw_worker *wk, const struct http_request *h, const char *route,
-             const char *tier, int status, enum gw_cache_kind cache, uint64_t start_us)
+             const char *tier, int status, enum gw_cache_kind cache, uint64_t duration_us)
 {
     /* A method no route names is any token the client likes: one label for all of them. */
     const char *m = h->method == HTTP_OTHER ? "OTHER" : h->method_str.p;
     size_t mlen = h->method == HTTP_OTHER ? 5 : h->method_str.len;
-    gw_stats_request(&wk->stats, route, tier, m, mlen, status, cache, util_mono_us() - start_us,
-                     store_now_ms());
+    gw_stats_request(&wk->stats, route, tier, m, mlen, status, cache, duration_us, store_now_ms());
 }
 
 struct gw_req *
@@ -196,13 +195,14 @@ answered(struct gw_req *rq, uint64_t body_len)
     struct gw_worker *wk = rq->wk;
     if (!wk)
         return;
+    uint64_t now_us = util_mono_us();
     count_answer(wk, &rq->sr->http, rq->ep->name, rq->tier ? rq->tier->name : NULL, rq->status,
-                 rq->cache_kind, rq->start_us);
+                 rq->cache_kind, now_us - rq->start_us);
     if (!gw_access_on(&wk->access))
         return;
     gw_request_id(rq);
     struct gw_access_record r;
-    access_record(rq, body_len, util_mono_us(), &r);
+    access_record(rq, body_len, now_us, &r);
     gw_access_log(&wk->access, &r);
 }
 
@@ -407,10 +407,11 @@ gw_reply_unrouted(struct gw_worker *wk, struct server_request *sr, int status, c
     size_t len;
     char *body = server_problem_body(status, NULL, NULL, detail, ext, &len);
     json_decref(ext);
-    count_answer(wk, h, GW_ROUTE_UNMATCHED, NULL, status, GW_CACHE_NONE, start_us);
+    uint64_t duration_us = util_mono_us() - start_us;
+    count_answer(wk, h, GW_ROUTE_UNMATCHED, NULL, status, GW_CACHE_NONE, duration_us);
     if (gw_access_on(&wk->access)) {
         struct gw_access_record r = {
-            .duration_us = util_mono_us() - start_us,
+            .duration_us = duration_us,
             .request_id = id,
             .http = h,
             .route = GW_ROUTE_UNMATCHED,
