@@ -187,25 +187,26 @@ store_list_set_times(struct store_list_entry *e, uint64_t stored_ms, uint64_t ex
     e->sie_left_ms = window_left(expires_ms, sie_ms, now);
 }
 
-static void
-entry_free(struct store_list_entry *e)
+void
+store_list_entry_free(struct store_list_entry *e)
 {
     for (size_t i = 0; i < e->ntags; i++)
         free(e->tags[i]);
     for (size_t i = 0; i < e->nvariants; i++)
-        entry_free(&e->variants[i]);
+        store_list_entry_free(&e->variants[i]);
     free(e->tags);
     free(e->taglens);
     free(e->variants);
     free(e->vary);
     free(e->key);
+    *e = (struct store_list_entry){0};
 }
 
 void
 store_listing_free(struct store_listing *l)
 {
     for (size_t i = 0; i < l->n; i++)
-        entry_free(&l->entries[i]);
+        store_list_entry_free(&l->entries[i]);
     free(l->entries);
     l->entries = NULL;
     l->n = 0;

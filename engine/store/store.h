@@ -363,6 +363,9 @@ void store_list_add_tag(struct store_list_entry *e, const char *tag, size_t len)
 void store_list_set_times(struct store_list_entry *e, uint64_t stored_ms, uint64_t expires_ms,
                           uint64_t age_ms, uint64_t swr_ms, uint64_t sie_ms, uint64_t now);
 
+/* For the stores: frees what e holds (not e itself: an item of an array) and zeroes it. */
+void store_list_entry_free(struct store_list_entry *e);
+
 /* For the stores: frees what l holds (not l itself) and empties it. */
 void store_listing_free(struct store_listing *l);
 
