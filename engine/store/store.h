@@ -153,8 +153,8 @@ struct store_list_entry {
     struct store_list_entry *variants; /* owned: the first nvariants found */
     size_t nvariants;                  /* at most STORE_LIST_VARIANTS */
     size_t variant_count;              /* every one found */
-    bool variants_partial;             /* not every member of a large variant set was looked at
-                                          (Redis): variant_count is a lower bound */
+    bool variants_partial;             /* not every variant was looked at (Redis reads at most
+                                          STORE_LIST_VARIANTS): variant_count is a lower bound */
 };
 
 /* What store_list() found. Owned by the store until the completion returns. */
@@ -166,7 +166,7 @@ struct store_listing {
                          bound on the work of one call): more entries may match */
     uint64_t scanned; /* what the walk looked at: the memory store's records, Redis's keys that
                          SCAN returned */
-    uint64_t now_ms;  /* the store's clock */
+    uint64_t now_ms;  /* the store's clock (Redis: 0 when it read no entry) */
 };
 
 /* Completion of store_list(): status 0 with the listing (borrowed), else -1 or STORE_UNAVAILABLE

@@ -1960,6 +1960,38 @@ conf_list_variants(void **state)
     store_listing_free(&l);
 }
 
+/* A primary with more variants than are listed: STORE_LIST_VARIANTS of them, and a count of
+ * all (a lower bound, said so, where the store reads no more than it lists). */
+static void
+conf_list_many_variants(void **state)
+{
+    struct conf *c = *state;
+    struct store_listing l;
+    struct store_entry *e;
+    enum { N = STORE_LIST_VARIANTS + 6 };
+
+    e = conf_entry(200, NULL, "accept", 6);
+    e->flags = STORE_ENTRY_VARY;
+    assert_int_equal(conf_put_entry(c, "mv:1", 4, e, 60000), 0);
+    store_entry_release(e);
+    for (int i = 0; i < N; i++) {
+        char k[32];
+        snprintf(k, sizeof(k), "mv:1" CONF_SEP "v%d", i);
+        assert_int_equal(conf_put(c, k, NULL, "x", 60000), 0);
+    }
+    assert_int_equal(conf_list(c, "mv:*", 10, &l), 0);
+    assert_int_equal(l.n, 1);
+    const struct store_list_entry *p = &l.entries[0];
+    assert_int_equal(p->nvariants, STORE_LIST_VARIANTS);
+    if (p->variants_partial)
+        assert_int_equal(p->variant_count, STORE_LIST_VARIANTS);
+    else
+        assert_int_equal(p->variant_count, N);
+    for (size_t i = 0; i < p->nvariants; i++)
+        assert_memory_equal(p->variants[i].key, "mv:1" CONF_SEP "v", 6);
+    store_listing_free(&l);
+}
+
 /* What a lookup cannot find is not listed: expired entries, invalidated ones. Entries kept
  * stale are, with no time to live left. */
 static void
@@ -2000,9 +2032,8 @@ store_conformance_list_run(const struct store_harness *h)
     void *hs = (void *)h;
 #define CONF_TEST(f) cmocka_unit_test_prestate_setup_teardown(f, conf_setup, conf_teardown, hs)
     const struct CMUnitTest tests[] = {
-        CONF_TEST(conf_list_fields),
-        CONF_TEST(conf_list_limit),
-        CONF_TEST(conf_list_variants),
+        CONF_TEST(conf_list_fields),    CONF_TEST(conf_list_limit),
+        CONF_TEST(conf_list_variants),  CONF_TEST(conf_list_many_variants),
         CONF_TEST(conf_list_only_live),
     };
 #undef CONF_TEST

@@ -33,9 +33,11 @@
  * one primary: no SCAN.
  */
 
-#define SCAN_COUNT 500      /* the COUNT of each SCAN */
-#define LIST_PER_CALL 16    /* primaries read by one list.lua call */
-#define VARIANTS_LOOKED 256 /* members of one primary's variants set read at most */
+#define SCAN_COUNT 500 /* the COUNT of each SCAN */
+/* Primaries read by one list.lua call, and members of one's variants set read at most: a call
+ * makes a few thousand commands inside Redis at worst (a few ms, well within a deadline). */
+#define LIST_PER_CALL 8
+#define VARIANTS_LOOKED STORE_LIST_VARIANTS
 
 /* A primary found: queued, then asked for. */
 struct cand {
