@@ -1749,10 +1749,12 @@ conf_list_n(struct conf *c, const char *glob, size_t globlen, size_t limit,
     c->h->run_until_done(c->h->ctx, &op.done);
     assert_true(op.done);
     assert_int_equal(op.calls, 1);
-    qsort(op.got.entries, op.got.n, sizeof(*op.got.entries), conf_entry_key_cmp);
+    if (op.got.n > 1)
+        qsort(op.got.entries, op.got.n, sizeof(*op.got.entries), conf_entry_key_cmp);
     for (size_t i = 0; i < op.got.n; i++)
-        qsort(op.got.entries[i].variants, op.got.entries[i].nvariants,
-              sizeof(*op.got.entries[i].variants), conf_entry_key_cmp);
+        if (op.got.entries[i].nvariants > 1)
+            qsort(op.got.entries[i].variants, op.got.entries[i].nvariants,
+                  sizeof(*op.got.entries[i].variants), conf_entry_key_cmp);
     *out = op.got;
     return op.status;
 }
