@@ -46,15 +46,16 @@ gw_cache_kind_of(const char *xcache)
 }
 
 /* Counts an answered request of `route` in wk's stats: its method (OTHER for one no route
- * names), caller tier (or NULL), status, X-Cache, and its time in the gateway. */
+ * names), caller tier (or NULL), status, X-Cache, and its time in the gateway. It reads
+ * nothing of the request's head: counted as the answer leaves or later, all the same. */
 static void
-count_answer(struct gw_worker *wk, const struct http_request *h, const char *route,
-             const char *tier, int status, enum gw_cache_kind cache, uint64_t duration_us)
+count_answer(struct gw_worker *wk, enum http_method method, const char *route, const char *tier,
+             int status, enum gw_cache_kind cache, uint64_t duration_us)
 {
     /* A method no route names is any token the client likes: one label for all of them. */
-    const char *m = h->method == HTTP_OTHER ? "OTHER" : h->method_str.p;
-    size_t mlen = h->method == HTTP_OTHER ? 5 : h->method_str.len;
-    gw_stats_request(&wk->stats, route, tier, m, mlen, status, cache, duration_us, store_now_ms());
+    const char *m = http_method_name(method);
+    gw_stats_request(&wk->stats, route, tier, m, strlen(m), status, cache, duration_us,
+                     store_now_ms());
 }
 
 struct gw_req *
@@ -73,6 +74,7 @@ gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
     rq->wk = wk;
     rq->start_us = util_mono_us();
     rq->sr = sr;
+    rq->method = sr ? sr->http.method : HTTP_OTHER; /* a detached one is never counted */
     policy_ref(p);
     rq->policy = p;
     rq->ep = m->data;
@@ -196,7 +198,7 @@ answered(struct gw_req *rq, uint64_t body_len)
     if (!wk)
         return;
     uint64_t now_us = util_mono_us();
-    count_answer(wk, &rq->sr->http, rq->ep->name, rq->tier ? rq->tier->name : NULL, rq->status,
+    count_answer(wk, rq->method, rq->ep->name, rq->tier ? rq->tier->name : NULL, rq->status,
                  rq->cache_kind, now_us - rq->start_us);
     if (!gw_access_on(&wk->access))
         return;
@@ -408,7 +410,7 @@ gw_reply_unrouted(struct gw_worker *wk, struct server_request *sr, int status, c
     char *body = server_problem_body(status, NULL, NULL, detail, ext, &len);
     json_decref(ext);
     uint64_t duration_us = util_mono_us() - start_us;
-    count_answer(wk, h, GW_ROUTE_UNMATCHED, NULL, status, GW_CACHE_NONE, duration_us);
+    count_answer(wk, h->method, GW_ROUTE_UNMATCHED, NULL, status, GW_CACHE_NONE, duration_us);
     if (gw_access_on(&wk->access)) {
         struct gw_access_record r = {
             .duration_us = duration_us,

@@ -128,6 +128,8 @@ struct gw_req {
     uint64_t wait_start_ms;        /* when it began waiting on another's fill */
     const char *fill_xcache;       /* what X-Cache says of the answer this request fills */
     uint64_t start_us;             /* when it began (monotonic), for its duration */
+    enum http_method method;       /* its method, kept for the stats: rq->sr is gone once a
+                                      request whose client left is answered */
     int status;                    /* the status it was answered with (0: not yet) */
     enum gw_cache_kind cache_kind; /* what X-Cache said of it */
     uint64_t sent_ms;              /* when it was sent upstream (request_time, RFC 9111 4.2.3) */

@@ -104,3 +104,110 @@ store_glob_literal(const char *glob, size_t globlen, char *out, size_t *outlen)
     *outlen = o;
     return true;
 }
+
+/* ---- listings ----------------------------------------------------------------------------- */
+
+static void
+entry_init(struct store_list_entry *e, const char *key, size_t keylen)
+{
+    *e = (struct store_list_entry){.keylen = keylen};
+    e->key = xmalloc(keylen + 1);
+    memcpy(e->key, key, keylen);
+    e->key[keylen] = '\0';
+}
+
+/* Makes room for item n + 1 of an array of `size`-byte items holding n, which grows from 8 by
+ * doubling. Returns the array. */
+static void *
+grow(void *a, size_t n, size_t size)
+{
+    if (n == 0 || (n >= 8 && (n & (n - 1)) == 0))
+        a = xrealloc(a, (n ? 2 * n : 8) * size);
+    return a;
+}
+
+struct store_list_entry *
+store_listing_add(struct store_listing *l, const char *key, size_t keylen)
+{
+    l->entries = grow(l->entries, l->n, sizeof(*l->entries));
+    struct store_list_entry *e = &l->entries[l->n++];
+    entry_init(e, key, keylen);
+    return e;
+}
+
+struct store_list_entry *
+store_list_add_variant(struct store_list_entry *p, const char *key, size_t keylen)
+{
+    p->variant_count++;
+    if (p->nvariants == STORE_LIST_VARIANTS)
+        return NULL;
+    p->variants = grow(p->variants, p->nvariants, sizeof(*p->variants));
+    struct store_list_entry *e = &p->variants[p->nvariants++];
+    entry_init(e, key, keylen);
+    return e;
+}
+
+void
+store_list_add_tag(struct store_list_entry *e, const char *tag, size_t len)
+{
+    e->tags = grow(e->tags, e->ntags, sizeof(*e->tags));
+    e->taglens = grow(e->taglens, e->ntags, sizeof(*e->taglens));
+    char *t = xmalloc(len + 1);
+    memcpy(t, tag, len);
+    t[len] = '\0';
+    e->tags[e->ntags] = t;
+    e->taglens[e->ntags++] = len;
+}
+
+/* How long from now until `end` (0 when it has passed). */
+static uint64_t
+left(uint64_t end, uint64_t now)
+{
+    return end > now ? end - now : 0;
+}
+
+/* How long from now until the window of w ms from `from` ends (0: none, or over). */
+static uint64_t
+window_left(uint64_t from, uint64_t w, uint64_t now)
+{
+    if (!w)
+        return 0;
+    return left(from + w < from ? UINT64_MAX : from + w, now);
+}
+
+void
+store_list_set_times(struct store_list_entry *e, uint64_t stored_ms, uint64_t expires_ms,
+                     uint64_t age_ms, uint64_t swr_ms, uint64_t sie_ms, uint64_t now)
+{
+    e->age_ms = age_ms + (now > stored_ms ? now - stored_ms : 0);
+    e->ttl_ms = left(expires_ms, now);
+    e->swr_ms = swr_ms;
+    e->sie_ms = sie_ms;
+    e->swr_left_ms = window_left(expires_ms, swr_ms, now);
+    e->sie_left_ms = window_left(expires_ms, sie_ms, now);
+}
+
+void
+store_list_entry_free(struct store_list_entry *e)
+{
+    for (size_t i = 0; i < e->ntags; i++)
+        free(e->tags[i]);
+    for (size_t i = 0; i < e->nvariants; i++)
+        store_list_entry_free(&e->variants[i]);
+    free(e->tags);
+    free(e->taglens);
+    free(e->variants);
+    free(e->vary);
+    free(e->key);
+    *e = (struct store_list_entry){0};
+}
+
+void
+store_listing_free(struct store_listing *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        store_list_entry_free(&l->entries[i]);
+    free(l->entries);
+    l->entries = NULL;
+    l->n = 0;
+}

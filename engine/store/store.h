@@ -129,6 +129,50 @@ struct store_health {
                              the memory store) */
 };
 
+/* ---- listing cache entries (the admin API) ------------------------------------------------ */
+
+#define STORE_LIST_VARIANTS 64 /* variants of one primary listed at most (all are counted) */
+
+/* One cache entry as store_list() reports it; times are the store's clock at now_ms. */
+struct store_list_entry {
+    char *key; /* owned by the listing: keylen bytes and a NUL */
+    size_t keylen;
+    uint16_t status;
+    uint8_t flags;           /* STORE_ENTRY_* */
+    uint64_t age_ms;         /* current age: its age_ms + now - stored_ms (Age, in ms) */
+    uint64_t ttl_ms;         /* fresh this much longer (0: stale) */
+    uint64_t swr_ms, sie_ms; /* its stale windows (0: none) */
+    uint64_t swr_left_ms,
+        sie_left_ms; /* until each window ends: expires + window - now (0: over) */
+    uint64_t bytes;  /* body, content type, header lines and ETag */
+    char **tags;     /* owned: ntags tags, each taglens[i] bytes and a NUL */
+    size_t *taglens;
+    size_t ntags;
+    char *vary; /* owned: a Vary marker's field names (its body) and a NUL, or NULL */
+    /* a primary's variants (secondary entries, see STORE_KEY_SEP) that the glob matches */
+    struct store_list_entry *variants; /* owned: the first nvariants found */
+    size_t nvariants;                  /* at most STORE_LIST_VARIANTS */
+    size_t variant_count;              /* every one found */
+    bool variants_partial;             /* not every variant was looked at (Redis reads at most
+                                          STORE_LIST_VARIANTS): variant_count is a lower bound */
+};
+
+/* What store_list() found. Owned by the store until the completion returns. */
+struct store_listing {
+    const char *store;                /* the store that answered: "memory" or "redis" (static) */
+    struct store_list_entry *entries; /* n primaries, in the store's order */
+    size_t n;
+    bool truncated;   /* the walk stopped before the end (the limit reached, or the store's
+                         bound on the work of one call): more entries may match */
+    uint64_t scanned; /* what the walk looked at: the memory store's records, Redis's keys that
+                         SCAN returned */
+    uint64_t now_ms;  /* the store's clock (Redis: 0 when it read no entry) */
+};
+
+/* Completion of store_list(): status 0 with the listing (borrowed), else -1 or STORE_UNAVAILABLE
+ * with NULL. */
+typedef void store_list_fn(void *arg, int status, const struct store_listing *l);
+
 struct store;
 
 struct store_ops {
@@ -147,6 +191,8 @@ struct store_ops {
     void (*invalidate_pattern)(struct store *s, const char *glob, size_t globlen,
                                store_count_fn *done, void *arg);
     void (*release_lease)(struct store *s, const char *key, size_t keylen);
+    void (*list)(struct store *s, const char *glob, size_t globlen, size_t limit,
+                 store_list_fn *done, void *arg);
 };
 
 /* A worker's handle on a store. */
@@ -280,6 +326,48 @@ store_invalidate_pattern(struct store *s, const char *glob, size_t globlen, stor
 {
     s->ops->invalidate_pattern(s, glob, globlen, done, arg);
 }
+
+/*
+ * Lists the cache entries whose keys match `glob` as store_invalidate_pattern()
+ * means it (store_key_matches(); a glob holding a NUL is refused, -1): each
+ * primary key once, with its fields, and its variants that match (all of
+ * them when the primary does). Expired entries (past their stale keep) and
+ * entries whose tags were invalidated are not listed. The walk stops once
+ * `limit` primaries are listed (1 or more), and each store bounds the work
+ * of one call even when few keys match (the memory store: records walked,
+ * one shard at a time under its lock; Redis: SCAN rounds, on the handle's
+ * own connection, each entry's metadata read without its body); either
+ * way the listing says truncated. For the admin API: `done` is called
+ * once, now (memory) or from the event loop (Redis).
+ */
+static inline void
+store_list(struct store *s, const char *glob, size_t globlen, size_t limit, store_list_fn *done,
+           void *arg)
+{
+    s->ops->list(s, glob, globlen, limit, done, arg);
+}
+
+/* For the stores: appends a primary to l with its key copied; returns it (zeroed otherwise),
+ * valid until the next append. */
+struct store_list_entry *store_listing_add(struct store_listing *l, const char *key, size_t keylen);
+
+/* For the stores: counts a variant of p and, while fewer than STORE_LIST_VARIANTS are listed,
+ * appends it with its key copied and returns it (zeroed otherwise); NULL when not listed. */
+struct store_list_entry *store_list_add_variant(struct store_list_entry *p, const char *key,
+                                                size_t keylen);
+
+/* For the stores: appends a copy of a tag to e's tags. */
+void store_list_add_tag(struct store_list_entry *e, const char *tag, size_t len);
+
+/* For the stores: e's times at now from an entry's stamps (store_entry's fields of those names). */
+void store_list_set_times(struct store_list_entry *e, uint64_t stored_ms, uint64_t expires_ms,
+                          uint64_t age_ms, uint64_t swr_ms, uint64_t sie_ms, uint64_t now);
+
+/* For the stores: frees what e holds (not e itself: an item of an array) and zeroes it. */
+void store_list_entry_free(struct store_list_entry *e);
+
+/* For the stores: frees what l holds (not l itself) and empties it. */
+void store_listing_free(struct store_listing *l);
 
 /* Fills *h with the store's health; a store without a health report is "ok". */
 static inline void

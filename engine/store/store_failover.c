@@ -54,6 +54,10 @@
  * some) and reported failed (-1): the shared cache was not touched, and
  * nothing is kept to be sent again, unlike tags (a pattern run replayed
  * later could remove entries filled since; the caller retries instead).
+ *
+ * A listing goes to the primary while the breaker is closed; when it is not,
+ * or when the primary does not answer (which counts as a failure), the
+ * fallback lists its own entries, and the listing says which store answered.
  */
 
 #define MAX_REPLAY 4096
@@ -455,6 +459,49 @@ fo_invalidate_pattern(struct store *s, const char *glob, size_t globlen, store_c
     store_invalidate_pattern(f->primary, glob, globlen, on_primary_count, op);
 }
 
+/* ---- list ---------------------------------------------------------------------------------- */
+
+struct list_op {
+    struct failover *f;
+    store_list_fn *done;
+    void *arg;
+    size_t limit;
+    size_t globlen;
+    char glob[];
+};
+
+static void
+on_primary_list(void *arg, int status, const struct store_listing *l)
+{
+    struct list_op *op = arg;
+    struct failover *f = op->f;
+
+    if (status == STORE_UNAVAILABLE) {
+        on_failure(f);
+        store_list(f->fallback, op->glob, op->globlen, op->limit, op->done, op->arg);
+    } else {
+        on_success(f); /* -1 is an error reply: the store answered */
+        op->done(op->arg, status, l);
+    }
+    free(op);
+}
+
+static void
+fo_list(struct store *s, const char *glob, size_t globlen, size_t limit, store_list_fn *done,
+        void *arg)
+{
+    struct failover *f = (struct failover *)s;
+
+    if (!use_primary(f, false)) {
+        store_list(f->fallback, glob, globlen, limit, done, arg);
+        return;
+    }
+    struct list_op *op = xmalloc(sizeof(*op) + globlen);
+    *op = (struct list_op){.f = f, .done = done, .arg = arg, .limit = limit, .globlen = globlen};
+    memcpy(op->glob, glob, globlen);
+    store_list(f->primary, glob, globlen, limit, on_primary_list, op);
+}
+
 /* A batch of kept invalidations in flight; its strings are owned here. */
 struct replay_op {
     struct failover *f;
@@ -556,6 +603,7 @@ static const struct store_ops failover_ops = {
     .delete_keys = fo_delete_keys,
     .invalidate_pattern = fo_invalidate_pattern,
     .release_lease = fo_release_lease,
+    .list = fo_list,
 };
 
 struct store *

@@ -11,6 +11,7 @@
 
 #include "store.h"
 #include "store_memory.h"
+#include "store_memory_list.h"
 #include "store_memory_table.h"
 #include "util.h"
 
@@ -562,8 +563,8 @@ mem_invalidate(struct store *s, const char *const *tags, const size_t *taglens, 
         for (size_t i = 0; i < ntags; i++) {
             struct tag_rec *t;
             tag_gen(m, th[i], tags[i], taglens[i], now, &t);
-            if (t)
-                t->gen = gen;
+            if (t) /* atomic: a listing reads it holding only the entry's shard */
+                __atomic_store_n(&t->gen, gen, __ATOMIC_RELAXED);
             else
                 *floor_of(shard_at(m, th[i]), th[i]) = gen;
         }
@@ -678,6 +679,17 @@ mem_release_lease(struct store *s, const char *key, size_t keylen)
     mt_unlock_shards(m, shard_bit(eh), now);
 }
 
+static void
+mem_list(struct store *s, const char *glob, size_t globlen, size_t limit, store_list_fn *done,
+         void *arg)
+{
+    struct store_listing l = {.store = "memory"};
+    int status = mt_list(((struct handle *)s)->m, glob, globlen, limit, &l);
+
+    done(arg, status, status == 0 ? &l : NULL);
+    store_listing_free(&l);
+}
+
 static const struct store_ops memory_ops = {
     .name = "memory",
     .admit_and_lookup = mem_admit_and_lookup,
@@ -687,6 +699,7 @@ static const struct store_ops memory_ops = {
     .delete_keys = mem_delete_keys,
     .invalidate_pattern = mem_invalidate_pattern,
     .release_lease = mem_release_lease,
+    .list = mem_list,
 };
 
 /* ---- the store: its table, handles and stats ---------------------------- */
@@ -738,6 +751,12 @@ store_memory_set_clock(struct store_memory *m, uint64_t (*now)(void *ctx), void 
 {
     m->now = now;
     m->now_ctx = ctx;
+}
+
+void
+store_memory_set_list_budget(struct store_memory *m, size_t records)
+{
+    m->list_budget = records;
 }
 
 void

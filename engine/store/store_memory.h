@@ -47,6 +47,13 @@ struct store *store_memory_handle(struct store_memory *m);
  */
 void store_memory_set_clock(struct store_memory *m, uint64_t (*now)(void *ctx), void *ctx);
 
+/*
+ * For tests: a store_list() call walks at most `records` records of the
+ * table (and the rest of the shard it is in) instead of 200,000 (0: that
+ * default). Set it before any handle is used.
+ */
+void store_memory_set_list_budget(struct store_memory *m, size_t records);
+
 /* What the table holds, and what its budgets did since it was made. */
 struct store_memory_stats {
     size_t entries;                /* live cache entries, markers included */

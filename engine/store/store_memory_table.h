@@ -107,6 +107,7 @@ struct store_memory {
     uint64_t seed;
     uint64_t (*now)(void *ctx);
     void *now_ctx;
+    size_t list_budget; /* records one listing walks at most (0: store_memory_list.h's default) */
 };
 
 /* Adds one to an atomic counter of the table. */

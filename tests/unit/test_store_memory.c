@@ -1031,6 +1031,101 @@ test_threads_limit_budget(void **state)
     fixture_free(f);
 }
 
+/* One listing walks at most its budget of records (and the rest of the shard it is in), and
+ * says it stopped; without a budget it walks the whole table. */
+static void
+test_list_work_bound(void **state)
+{
+    struct fixture *f = fixture_new(64u << 20);
+    struct store_listing l;
+    enum { N = 6400, BUDGET = 500 };
+
+    store_memory_set_list_budget(f->mc.m, BUDGET);
+    for (int i = 0; i < N; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "wb:%d", i);
+        assert_int_equal(conf_put(&f->c, key, NULL, "v", 60000), 0);
+    }
+    /* Few keys match: the budget ends the walk, not the limit. A shard holds about N / 64. */
+    assert_int_equal(conf_list(&f->c, "none:*", 1000, &l), 0);
+    print_message("budget %d: %llu records walked\n", BUDGET, (unsigned long long)l.scanned);
+    assert_int_equal(l.n, 0);
+    assert_true(l.truncated);
+    assert_true(l.scanned >= BUDGET && l.scanned < BUDGET + 3 * N / 64);
+    store_listing_free(&l);
+    /* Every key matches: it lists what it walked. */
+    assert_int_equal(conf_list(&f->c, "wb:*", 1000, &l), 0);
+    assert_true(l.truncated);
+    assert_true(l.n >= BUDGET && l.n < BUDGET + 3 * N / 64);
+    store_listing_free(&l);
+    /* The default budget walks all of it. */
+    store_memory_set_list_budget(f->mc.m, 0);
+    assert_int_equal(conf_list(&f->c, "none:*", 1000, &l), 0);
+    assert_false(l.truncated);
+    assert_true(l.scanned >= N);
+    store_listing_free(&l);
+    fixture_free(f);
+}
+
+/* Listings while other threads fill, evict and invalidate: every entry listed is whole. */
+static void *
+hammer_then_say(void *arg)
+{
+    struct hammer *hm = arg;
+
+    hammer_mixed(hm);
+    __atomic_store_n(&hm->admitted, 1, __ATOMIC_RELEASE); /* finished */
+    return NULL;
+}
+
+static void
+check_listed(const struct store_listing *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        const struct store_list_entry *e = &l->entries[i];
+        assert_memory_equal(e->key, "key:", 4);
+        assert_true(e->bytes >= 64 + strlen("text/plain"));
+        assert_int_equal(e->ntags, 2);
+        assert_memory_equal(e->tags[0], "tag:", 4);
+        assert_memory_equal(e->tags[1], "tag:", 4);
+    }
+}
+
+static void
+test_threads_list(void **state)
+{
+    struct fixture *f = fixture_new(8 * 1024);
+    struct hammer hm[2];
+    pthread_t t[2];
+    size_t listed = 0, rounds = 0;
+    struct store_listing l;
+
+    for (int i = 0; i < 2; i++) {
+        hm[i] = (struct hammer){.f = f, .tries = 100000, .id = i};
+        assert_int_equal(pthread_create(&t[i], NULL, hammer_then_say, &hm[i]), 0);
+    }
+    while (!__atomic_load_n(&hm[0].admitted, __ATOMIC_ACQUIRE) ||
+           !__atomic_load_n(&hm[1].admitted, __ATOMIC_ACQUIRE)) {
+        assert_int_equal(conf_list(&f->c, "key:*", 1000, &l), 0);
+        check_listed(&l);
+        listed += l.n;
+        rounds++;
+        store_listing_free(&l);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+        assert_false(hm[i].corrupt);
+    }
+    print_message("%zu entries listed in %zu listings while filling\n", listed, rounds);
+    assert_true(rounds > 10);
+    /* Once still, it lists what is there. */
+    assert_int_equal(conf_list(&f->c, "key:*", 1000, &l), 0);
+    check_listed(&l);
+    assert_true(l.n > 0 && l.n <= stats(f).entries);
+    store_listing_free(&l);
+    fixture_free(f);
+}
+
 int
 main(void)
 {
@@ -1057,8 +1152,12 @@ main(void)
         cmocka_unit_test(test_limit_budget_full_skips_shadow),
         cmocka_unit_test(test_sliding_log_growth_refused),
         cmocka_unit_test(test_lease_unrecorded_when_full),
+        cmocka_unit_test(test_list_work_bound),
+        cmocka_unit_test(test_threads_list),
     };
     int failed = store_conformance_run(&memory_harness);
+
+    failed += store_conformance_list_run(&memory_harness);
 
     failed += cmocka_run_group_tests_name("store_memory", tests, NULL, NULL);
     return failed;

@@ -48,10 +48,8 @@ struct script {
 };
 
 static struct script scripts[REDIS_NSCRIPTS] = {
-    {.module = "redis.admit"},
-    {.module = "redis.fill"},
-    {.module = "redis.invalidate"},
-    {.module = "redis.delete"},
+    {.module = "redis.admit"},  {.module = "redis.fill"}, {.module = "redis.invalidate"},
+    {.module = "redis.delete"}, {.module = "redis.list"},
 };
 static pthread_once_t scripts_once = PTHREAD_ONCE_INIT;
 
