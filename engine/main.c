@@ -351,7 +351,7 @@ signal_thread(void *arg)
             reopen_logs(sv);
             continue;
         }
-        fprintf(stderr, "sluice: %s: finishing requests in flight\n", strsignal(sig));
+        log_info("%s: finishing requests in flight", strsignal(sig));
         server_stop(sv->server);
         if (sv->admin)
             server_stop(sv->admin);
@@ -425,7 +425,7 @@ admin_thread(void *arg)
     struct server *admin = arg;
     char err[256];
     if (server_run(admin, err, sizeof(err)) != 0)
-        fprintf(stderr, "sluice: admin listener: %s\n", err);
+        log_error("admin listener: %s", err);
     return NULL;
 }
 
@@ -694,10 +694,10 @@ serve_raise_nofile(const struct serve *sv)
         return;
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < need)
-        fprintf(stderr,
-                "sluice serve: the open-file limit (%llu) is below the %llu descriptors that "
-                "--max-connections %u needs: raise it (ulimit -n) or lower --max-connections\n",
-                (unsigned long long)rl.rlim_cur, (unsigned long long)need, sv->cfg.max_connections);
+        log_warn("the open-file limit (%llu) is below the %llu descriptors that "
+                 "--max-connections %u needs: raise it (ulimit -n) or lower --max-connections",
+                 (unsigned long long)rl.rlim_cur, (unsigned long long)need,
+                 sv->cfg.max_connections);
 }
 
 /* Frees what serve_start() made (any part may be missing). */
@@ -750,7 +750,7 @@ serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
     char nerr[256];
     sv->notifier = notify_start(&ncfg, nerr, sizeof(nerr));
     if (!sv->notifier)
-        fprintf(stderr, "sluice serve: database-driven invalidation is off: %s\n", nerr);
+        log_warn("database-driven invalidation is off: %s", nerr);
     sv->acfg = (struct admin_config){.reloader = sv->reloader,
                                      .gateway = sv->gw,
                                      .notifier = sv->notifier,
@@ -779,7 +779,7 @@ serve_run(struct serve *sv)
     char err[256];
     int rc = server_run(sv->server, err, sizeof(err));
     if (rc != 0)
-        fprintf(stderr, "sluice serve: %s\n", err);
+        log_error("%s", err);
     /* Wake the signal thread if the server ended on its own. */
     pthread_kill(st, SIGTERM);
     pthread_join(st, NULL);
@@ -815,16 +815,14 @@ cmd_serve(int argc, char **argv)
     char *errors = NULL;
     struct policy *p = policy_load(sv.dir, 1, NULL, &errors);
     if (!p) {
-        fprintf(stderr, "sluice serve: the policy in %s is invalid:\n%s", sv.dir,
-                errors ? errors : "");
+        log_error("the policy in %s is invalid:\n%s", sv.dir, errors ? errors : "");
         free(errors);
         return 1;
     }
     if (p->tenant_errors)
-        fprintf(stderr,
-                "sluice serve: these tenant files did not load; their tenants get no "
-                "overrides:\n%s",
-                p->tenant_errors);
+        log_warn("these tenant files did not load; their tenants get no "
+                 "overrides:\n%s",
+                 p->tenant_errors);
 
     /* Signals go to the signal thread only: block them before any thread starts. */
     signal(SIGPIPE, SIG_IGN);
@@ -839,14 +837,14 @@ cmd_serve(int argc, char **argv)
     serve_raise_nofile(&sv);
     char err[256];
     if (serve_start(&sv, p, err, sizeof(err)) != 0) {
-        fprintf(stderr, "sluice serve: %s\n", err);
+        log_error("%s", err);
         serve_free(&sv);
         policy_release(p);
         return 1;
     }
-    fprintf(stderr, "sluice %s: %zu endpoints from %s, %u workers, %s store\n", SLUICE_VERSION,
-            p->nendpoints, sv.dir, sv.cfg.workers,
-            sv.gcfg.redis_url && sv.gcfg.redis_url[0] ? "redis" : "memory");
+    log_info("version %s: %zu endpoints from %s, %u workers, %s store", SLUICE_VERSION,
+             p->nendpoints, sv.dir, sv.cfg.workers,
+             sv.gcfg.redis_url && sv.gcfg.redis_url[0] ? "redis" : "memory");
     policy_release(p);
     if (sv.admin)
         printf("admin on http://%s:%d\n", sv.admin_addr, server_port(sv.admin));
@@ -855,7 +853,7 @@ cmd_serve(int argc, char **argv)
 
     rc = serve_run(&sv);
     serve_free(&sv);
-    fprintf(stderr, "sluice: stopped\n");
+    log_info("stopped");
     return rc == 0 ? 0 : 1;
 }
 

@@ -44,9 +44,19 @@ log_parse_format(const char *s, enum log_format *fmt)
     return -1;
 }
 
+static void fatal_message(const char *msg) __attribute__((noreturn));
+
+/* util.c's allocation failures, in the log's format. */
+static void
+fatal_message(const char *msg)
+{
+    log_abort("%s", msg);
+}
+
 void
 log_configure(enum log_level lv, enum log_format fmt)
 {
+    util_fatal = fatal_message;
     __atomic_store_n(&cur_level, (int)lv, __ATOMIC_RELAXED);
     __atomic_store_n(&cur_format, (int)fmt, __ATOMIC_RELAXED);
 }
@@ -271,6 +281,34 @@ log_fields(enum log_level lv, const struct log_field *f, size_t nf, const char *
     va_start(ap, fmt);
     log_vfields(lv, f, nf, fmt, ap);
     va_end(ap);
+}
+
+void
+log_abort(const char *fmt, ...)
+{
+    char msg[513], line[LOG_TIME_LEN + 64 + JSONSTR_MAX(512)], ts[LOG_TIME_LEN + 1];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1;
+    log_time_rfc3339(log_now_ms(), ts);
+    size_t o = 0;
+    if (__atomic_load_n(&cur_format, __ATOMIC_RELAXED) == LOG_JSON) {
+        o +=
+            (size_t)snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"error\",\"msg\":", ts);
+        o += jsonstr_write(line + o, msg, len);
+        line[o++] = '}';
+    } else {
+        o += (size_t)snprintf(line, sizeof(line), "%s error sluice: ", ts);
+        for (size_t i = 0; i < len; i++) {
+            unsigned char c = (unsigned char)msg[i];
+            line[o++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+        }
+    }
+    line[o++] = '\n';
+    write_all(__atomic_load_n(&cur_fd, __ATOMIC_RELAXED), line, o);
+    abort();
 }
 
 #define LOG_AT(name, lv)                                                                           \

@@ -26,8 +26,9 @@ int log_parse_level(const char *s, enum log_level *lv);
 /* The format named s ("text", "json") into *fmt. Returns 0, or -1. */
 int log_parse_format(const char *s, enum log_format *fmt);
 
-/* Sets the least severe level written (default LOGL_INFO) and the format (default LOG_TEXT).
- * Safe from any thread; lines being written meanwhile use either setting. */
+/* Sets the least severe level written (default LOGL_INFO) and the format (default LOG_TEXT),
+ * and has util.c's allocation failures reported in that format (util_fatal). Safe from any
+ * thread; lines being written meanwhile use either setting. */
 void log_configure(enum log_level lv, enum log_format fmt);
 
 /* Writes to fd (default 2, stderr) from now on; for tests. */
@@ -73,6 +74,13 @@ void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/*
+ * Writes an error message (printf-formatted, cut at 512 bytes) in the
+ * configured format without allocating, then aborts: for out of memory and
+ * broken invariants, where the heap cannot be trusted.
+ */
+void log_abort(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
 /* Milliseconds since the epoch (CLOCK_REALTIME). */
 uint64_t log_now_ms(void);

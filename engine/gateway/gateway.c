@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "db.h"
+#include "log.h"
 #include "path.h"
 #include "policy.h"
 #include "req.h"
@@ -311,7 +312,7 @@ gateway_store_new(struct gateway *g, struct event_base *base, const char *name)
             struct store_failover_config fc = {.name = name};
             return store_failover_new(r, store_memory_handle(g->mem), &fc);
         }
-        fprintf(stderr, "sluice: %s: redis: %s; using the memory store\n", name, err);
+        log_warn("%s: redis: %s; using the memory store", name, err);
     }
     return store_memory_handle(g->mem);
 }
@@ -344,7 +345,7 @@ worker_init(struct worker *w, void *ctx)
     wk->db = db_pool_new(server_worker_base(w), g->cfg.database_url ? g->cfg.database_url : "",
                          g->cfg.db_pool_size, g->cfg.db_deadline_ms, 1024, err, sizeof(err));
     if (!wk->db)
-        fprintf(stderr, "sluice: worker %u: database: %s\n", server_worker_index(w), err);
+        log_error("worker %u: database: %s", server_worker_index(w), err);
     wk->up = upstream_pool_new(server_worker_base(w), NULL);
     wk->to_origin = gw_to_origin;
     if (server_worker_index(w) == 0) /* one worker warms: the cache is shared */
