@@ -14,10 +14,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "util.h"
 
 static void
 test_rfc3339_known_instants(void **state)
@@ -306,6 +309,78 @@ test_a_log_file_is_reopened_under_its_path(void **state)
     close(p[1]);
 }
 
+/* Runs fn in a child whose log goes to a pipe; returns what it wrote (in logbuf) and checks
+ * that it died of SIGABRT. */
+static const char *
+in_aborting_child(void (*fn)(void))
+{
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(p[0]);
+        log_set_fd(p[1]);
+        fn();
+        _exit(0); /* not reached */
+    }
+    close(p[1]);
+    size_t n = 0;
+    ssize_t r;
+    while ((r = read(p[0], logbuf + n, sizeof(logbuf) - 1 - n)) > 0)
+        n += (size_t)r;
+    close(p[0]);
+    logbuf[n] = '\0';
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFSIGNALED(st));
+    assert_int_equal(WTERMSIG(st), SIGABRT);
+    return logbuf;
+}
+
+static void
+abort_json(void)
+{
+    log_configure(LOGL_ERROR, LOG_JSON);
+    log_abort("internal error: %s \"%d\"\n", "x", 42);
+}
+
+static void
+oom_text(void)
+{
+    log_configure(LOGL_ERROR, LOG_TEXT);
+    /* What util.c's oom() calls (a real failed malloc would be the sanitizers' to report). */
+    assert_non_null(util_fatal);
+    util_fatal("out of memory (allocating 12345 bytes)");
+}
+
+/* log_abort writes one line in the configured format, then aborts; util.c's allocation
+ * failures go through it once the log is configured. */
+static void
+test_log_abort_writes_one_line_then_aborts(void **state)
+{
+    (void)state;
+    const char *out = in_aborting_child(abort_json);
+    json_error_t e;
+    json_t *o = json_loads(out, 0, &e);
+    assert_non_null(o);
+    assert_string_equal(json_string_value(json_object_get(o, "level")), "error");
+    assert_string_equal(json_string_value(json_object_get(o, "msg")), "internal error: x \"42\"\n");
+    json_decref(o);
+    assert_int_equal(strchr(out, '\n') - out, (long)strlen(out) - 1);
+
+    out = in_aborting_child(oom_text);
+    regex_t re;
+    assert_int_equal(regcomp(&re,
+                             "^[0-9-]{10}T[0-9:]{8}\\.[0-9]{3}Z error sluice: out of memory "
+                             "\\(allocating [0-9]+ bytes\\)\n$",
+                             REG_EXTENDED),
+                     0);
+    if (regexec(&re, out, 0, NULL, 0) != 0)
+        fail_msg("not a log line: %s", out);
+    regfree(&re);
+}
+
 int
 main(void)
 {
@@ -319,6 +394,7 @@ main(void)
         cmocka_unit_test(test_a_long_message_is_written_whole),
         cmocka_unit_test(test_lines_of_threads_never_interleave),
         cmocka_unit_test(test_a_log_file_is_reopened_under_its_path),
+        cmocka_unit_test(test_log_abort_writes_one_line_then_aborts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
