@@ -184,8 +184,8 @@ if [ "$has_access_log" = 1 ]; then
         "(req/s), %+.2f us/req of CPU\n", r / b, u - v}'
     sleep 0.5 # the writer flushes every 200 ms
     lines=$(wc -l <"$work/access.log")
-    echo "  (the access log holds $lines lines of the ${sent[stats_log]} requests answered;" \
-        "the rest were dropped at a full ring)"
+    echo "  (the access log holds $lines lines; wrk counted ${sent[stats_log]} answers, those" \
+        "in flight at the end of a round not included; fewer lines would be drops at a full ring)"
 fi
 
 # --- GET /metrics with $ROUTES routes -----------------------------------------------------

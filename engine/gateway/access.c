@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "jsonstr.h"
 #include "log.h"
@@ -180,6 +181,22 @@ gw_access_format(struct sbuf *b, const struct gw_access_record *r, uint64_t now_
     b->p[b->len] = '\0';
 }
 
+/* The wall clock (ms since the epoch) at monotonic time mono_us: the offset between the two
+ * clocks is read once a second per thread, not for every line. */
+static uint64_t
+wall_ms(uint64_t mono_us)
+{
+    static __thread uint64_t offset_us, read_at_us;
+    if (!read_at_us || mono_us - read_at_us >= 1000000) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t wall_us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+        read_at_us = util_mono_us();
+        offset_us = wall_us - read_at_us;
+    }
+    return (mono_us + offset_us) / 1000;
+}
+
 void
 gw_access_log(struct gw_access *a, const struct gw_access_record *r)
 {
@@ -192,6 +209,6 @@ gw_access_log(struct gw_access *a, const struct gw_access_record *r)
         return;
     }
     a->line.len = 0;
-    gw_access_format(&a->line, r, log_now_ms());
+    gw_access_format(&a->line, r, wall_ms(r->now_us));
     logwriter_put(a->lw, a->ring, a->line.p, a->line.len);
 }

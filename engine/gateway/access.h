@@ -25,6 +25,7 @@ struct gw_access {
 
 /* What one line says of an answered request; strings borrowed, NULL written as null. */
 struct gw_access_record {
+    uint64_t now_us;      /* util_mono_us() as it was answered */
     uint64_t duration_us; /* time in the gateway: ts is the time now less this */
     const char *request_id;
     const struct http_request *http; /* method, path and query */
@@ -73,7 +74,9 @@ bool gw_access_sampled(const char *id, size_t len, double sample);
  * but 2xx and 3xx always, a 2xx or 3xx line as the sample says (one not kept
  * is counted in sampled_out). Called on the worker's thread before the answer
  * goes to the server, which may free what r points into. Never blocks: a line
- * that finds its ring full is dropped and counted by the writer.
+ * that finds its ring full is dropped and counted by the writer. The time of
+ * day comes from r->now_us and the thread's offset to the wall clock, read
+ * again once a second.
  */
 void gw_access_log(struct gw_access *a, const struct gw_access_record *r);
 

@@ -165,6 +165,7 @@ access_record(const struct gw_req *rq, uint64_t body_len, uint64_t now_us,
               struct gw_access_record *r)
 {
     *r = (struct gw_access_record){
+        .now_us = now_us,
         .duration_us = now_us - rq->start_us,
         .request_id = rq->request_id,
         .http = &rq->sr->http,
@@ -409,10 +410,11 @@ gw_reply_unrouted(struct gw_worker *wk, struct server_request *sr, int status, c
     size_t len;
     char *body = server_problem_body(status, NULL, NULL, detail, ext, &len);
     json_decref(ext);
-    uint64_t duration_us = util_mono_us() - start_us;
+    uint64_t now_us = util_mono_us(), duration_us = now_us - start_us;
     count_answer(wk, h->method, GW_ROUTE_UNMATCHED, NULL, status, GW_CACHE_NONE, duration_us);
     if (gw_access_on(&wk->access)) {
         struct gw_access_record r = {
+            .now_us = now_us,
             .duration_us = duration_us,
             .request_id = id,
             .http = h,

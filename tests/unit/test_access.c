@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "access.h"
@@ -243,8 +244,12 @@ test_the_sample_keeps_every_error_and_counts_the_rest(void **state)
         expect += keep;
         expect_out += !keep;
         expect_errors += status >= 400;
-        struct gw_access_record r = {
-            .request_id = id, .http = &h, .route = "GET /x", .status = status, .client = "c"};
+        struct gw_access_record r = {.now_us = util_mono_us(),
+                                     .request_id = id,
+                                     .http = &h,
+                                     .route = "GET /x",
+                                     .status = status,
+                                     .client = "c"};
         gw_access_log(&a, &r);
     }
     assert_int_equal(a.sampled_out, expect_out);
@@ -263,6 +268,17 @@ test_the_sample_keeps_every_error_and_counts_the_rest(void **state)
         unsigned i;
         assert_int_equal(sscanf(rid, "req-%u", &i), 1);
         int status = (int)json_integer_value(json_object_get(o, "status"));
+        if (lines == 0) { /* the time of day, from the monotonic clock and its offset */
+            struct tm tm = {0};
+            int msec;
+            assert_int_equal(sscanf(str(o, "ts"), "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon,
+                                    &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &msec),
+                             7);
+            tm.tm_year -= 1900;
+            tm.tm_mon -= 1;
+            long ago = (long)time(NULL) - (long)timegm(&tm);
+            assert_in_range(ago, 0, 5);
+        }
         assert_int_equal(status, statuses[i % ns]);
         if (status < 400)
             assert_true(gw_access_sampled(rid, strlen(rid), 0.3));
