@@ -328,11 +328,14 @@ reopen_logs(struct serve *sv)
         logwriter_reopen(sv->access); /* the writing thread writes what it holds first */
     int rc = log_reopen();
     if (rc < 0)
-        log_error("reopening the error log %s: %s; still writing to the old file", log_file_path(),
-                  strerror(errno));
+        log_error("SIGUSR1: reopening the error log %s: %s; still writing to the old file",
+                  log_file_path(), strerror(errno));
+    else if (rc == 0 || sv->access)
+        log_info("SIGUSR1: %s%s%s", rc == 0 ? "reopened the error log" : "",
+                 rc == 0 && sv->access ? "; " : "",
+                 sv->access ? "the access log is reopened once what it holds is written" : "");
     else
-        log_info("SIGUSR1: reopened %s%s%s", sv->access ? "the access log" : "",
-                 sv->access && rc == 0 ? " and " : "", rc == 0 ? "the error log" : "");
+        log_info("SIGUSR1: no log file to reopen (standard error is no file, no --access-log)");
 }
 
 static void *

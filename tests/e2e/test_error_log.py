@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -133,6 +134,28 @@ class UnreachableDatabase(ErrorLogCase):
         self.assertIn(": GET /one: 503 the database is unavailable: ", line)
         # Again: each request its own line, not one for the outage.
         self.one_line("/one", 503)
+
+
+class Rotation(ErrorLogCase):
+    """Standard error is a file here (the harness's): SIGUSR1 opens its path again."""
+    DATABASE = False
+
+    def test_after_a_rename_and_sigusr1_lines_go_to_a_new_file_at_the_path(self):
+        before = self.one_line("/app/x?status=502", 502)
+        path = self.s.log.name
+        os.rename(path, path + ".1")
+        self.addCleanup(os.unlink, path + ".1")
+        os.kill(self.s.proc.pid, signal.SIGUSR1)
+        end = time.monotonic() + 5
+        while not os.path.exists(path):
+            self.assertLess(time.monotonic(), end, "no new file")
+            time.sleep(0.02)
+        after = self.one_line("/app/x?status=503", 503)  # read from the new file
+        with open(path + ".1") as f:
+            old = f.read()
+        self.assertIn(before, old)
+        self.assertNotIn(after, old)
+        self.assertIn("SIGUSR1: reopened the error log", self.s.read_log())
 
 
 class JsonLines(ErrorLogCase):
