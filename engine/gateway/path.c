@@ -402,6 +402,7 @@ gw_detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t
     rq->own_sr.ip = rq->own_ip;
     rq->own_sr.worker = wk->w;
     rq->sr = &rq->own_sr;
+    rq->method = sr.http.method;
     rq->detached = true;
     LIST_INSERT_HEAD(&wk->background, rq, bg_link);
     *raw = (struct sbuf){0};
