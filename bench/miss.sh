@@ -108,9 +108,11 @@ function response(status, headers)
 end
 EOF
 
-# pgbench: the same statement, prepared, ids as the misses draw them; per-transaction log.
+# pgbench: the same statement, prepared, ids drawn at random; a log line per transaction.
 echo "\\set id random(1, $ROWS)" >"$work/pg.sql"
-echo "SELECT id, name, qty FROM items WHERE id = :id;" >>"$work/pg.sql"
+# sluice sends the statement wrapped so that PostgreSQL answers JSON; so does the baseline.
+echo "SELECT row_to_json(t)::text FROM (SELECT id, name, qty FROM items WHERE id = :id) t LIMIT 1;" \
+    >>"$work/pg.sql"
 pg_latency() { # -> "tps p50_us p99_us"
     rm -f "$work"/pgbench_log.*
     (cd "$work" && taskset -c "$CLIENT_CPU" pgbench -n -M prepared -c1 -T"$DURATION" -l \
