@@ -15,6 +15,7 @@
 
 #include "admin.h"
 #include "duration.h"
+#include "envopt.h"
 #include "gateway.h"
 #include "notify.h"
 #include "policy.h"
@@ -84,6 +85,10 @@ static const char usage_serve[] =
     "  REDIS_LIMITS_URL          a separate Redis for the limits (default: REDIS_URL's)\n"
     "  SLUICE_ADMIN_TOKEN        bearer token the admin listener requires (needed when the\n"
     "                            admin address is not a loopback address)\n"
+    "  SLUICE_<OPTION>           any option above: --max-body-bytes N is also\n"
+    "                            SLUICE_MAX_BODY_BYTES=N, a switch such as --no-watch is\n"
+    "                            SLUICE_NO_WATCH=1 (or true, yes, on); a flag wins over\n"
+    "                            its variable\n"
     "\n"
     "SIGTERM and SIGINT finish the requests in flight and exit 0. The policy is reloaded\n"
     "when its files change, on SIGHUP and on POST /reload to the admin listener; a set\n"
@@ -299,6 +304,7 @@ struct serve {
     struct admin_config acfg; /* complete before the admin listener is created */
     struct server *server, *admin;
     sigset_t set;
+    struct envopt env; /* the command line with the options of SLUICE_* variables */
 };
 
 static void *
@@ -457,6 +463,13 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
     unsigned long long v;
     int c;
     *rc = 2;
+    char eerr[256];
+    if (envopt_merge(&sv->env, opts, "SLUICE_", argc, argv, eerr, sizeof(eerr)) != 0) {
+        fprintf(stderr, "sluice serve: %s\n", eerr);
+        return -1;
+    }
+    argc = sv->env.argc;
+    argv = sv->env.argv;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -709,10 +722,17 @@ cmd_serve(int argc, char **argv)
     memset(&sv, 0, sizeof(sv));
     serve_defaults(&sv);
     int rc;
-    if (serve_options(&sv, argc, argv, &rc) != 0)
+    if (serve_options(&sv, argc, argv, &rc) != 0) {
+        const char *var = envopt_source(&sv.env, optind - 1);
+        if (rc != 0 && var)
+            fprintf(stderr, "sluice serve: that value comes from %s\n", var);
+        envopt_free(&sv.env);
         return rc;
-    if (serve_check(&sv) != 0)
+    }
+    if (serve_check(&sv) != 0) {
+        envopt_free(&sv.env);
         return 2;
+    }
 
     char *errors = NULL;
     struct policy *p = policy_load(sv.dir, 1, NULL, &errors);
@@ -720,6 +740,7 @@ cmd_serve(int argc, char **argv)
         fprintf(stderr, "sluice serve: the policy in %s is invalid:\n%s", sv.dir,
                 errors ? errors : "");
         free(errors);
+        envopt_free(&sv.env);
         return 1;
     }
     if (p->tenant_errors)
@@ -743,6 +764,7 @@ cmd_serve(int argc, char **argv)
         fprintf(stderr, "sluice serve: %s\n", err);
         serve_free(&sv);
         policy_release(p);
+        envopt_free(&sv.env);
         return 1;
     }
     fprintf(stderr, "sluice %s: %zu endpoints from %s, %u workers, %s store\n", SLUICE_VERSION,
@@ -756,6 +778,7 @@ cmd_serve(int argc, char **argv)
 
     rc = serve_run(&sv);
     serve_free(&sv);
+    envopt_free(&sv.env);
     fprintf(stderr, "sluice: stopped\n");
     return rc == 0 ? 0 : 1;
 }
