@@ -181,6 +181,28 @@ class Notify(SluiceTestCase):
             notify.close()
 
 
+class Drain(unittest.TestCase):
+    """SIGTERM waits for the requests in flight, but not past --drain-timeout."""
+
+    def test_a_stop_waiting_past_drain_timeout_exits_1_saying_so(self):
+        s = lib.Sluice(POLICIES, args=["--drain-timeout", "1s", "--header-timeout", "30s"])
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+        try:
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a request begun, never ended
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            rc = s.stop(timeout=20)
+            took = time.monotonic() - t0
+        finally:
+            c.close()
+        rc, log = s.close()
+        note("stop with a request in flight and --drain-timeout 1s: exited after %.2f s" % took)
+        self.assertEqual(rc, 1, log)
+        self.assertGreater(took, 0.9)
+        self.assertLess(took, 5)
+        self.assertIn("requests still in flight after --drain-timeout (1 connections open)", log)
+
+
 def listener():
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
