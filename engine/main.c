@@ -330,6 +330,7 @@ struct serve {
     struct listenfd inherited[LISTENFD_MAX]; /* sockets from systemd or an upgrading parent */
     int ninherited, nlisten;
     int listen_fds[LISTENFD_MAX], admin_fd; /* the server's inherited ones; the admin's or -1 */
+    int ready_fd; /* an upgrading parent's pipe (upgrade.h), or -1 */
     char exe[2 * PATH_MAX + 2];             /* what SIGUSR2 starts */
     uint64_t drain_ms;                      /* --drain-timeout */
     uint64_t drain_deadline_us;             /* 0: not stopping, or no deadline */
@@ -579,6 +580,7 @@ serve_defaults(struct serve *sv)
     sv->token = getenv("SLUICE_ADMIN_TOKEN");
     sv->drain_ms = 30000;
     sv->admin_fd = -1;
+    sv->ready_fd = -1;
 }
 
 /*
@@ -801,6 +803,7 @@ serve_inherit(struct serve *sv)
         return -1;
     }
     sv->ninherited = n;
+    sv->ready_fd = upgrade_ready_fd(); /* read now: it unsets its variable, before any thread */
     for (int i = 0; i < n; i++) {
         const struct listenfd *l = &sv->inherited[i];
         if (!l->admin)
@@ -837,6 +840,9 @@ serve_close_inherited(struct serve *sv)
         close(sv->inherited[i].fd);
     sv->ninherited = sv->nlisten = 0;
     sv->admin_fd = -1;
+    if (sv->ready_fd >= 0)
+        close(sv->ready_fd);
+    sv->ready_fd = -1;
 }
 
 /* Frees what serve_start() made (any part may be missing). */
@@ -866,7 +872,8 @@ serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
     sv->reloader = reloader_new(sv->dir, sv->gw);
     /* Each worker stamps a heartbeat (readiness, the watchdog) around the gateway. */
     sv->svc = service_new(sv->cfg.workers);
-    service_set_ready_fd(sv->svc, upgrade_ready_fd());
+    service_set_ready_fd(sv->svc, sv->ready_fd);
+    sv->ready_fd = -1; /* the service's now */
     struct server_app gapp = gateway_app(sv->gw);
     struct server_app app = service_wrap(sv->svc, &gapp);
     sv->server = server_new(&sv->cfg, &app, err, errlen);
