@@ -121,8 +121,8 @@ handle(struct server_request *sr, void *state)
     enum router_result r = router_match(p->router, h->method_str.p, h->method_str.len, h->path.p,
                                         h->path.len, h->query.p, h->query.len, &m);
     if (r == ROUTER_NOT_FOUND) {
+        gw_stats_answered(wk, h->method, GW_ROUTE_UNMATCHED, NULL, 404, GW_CACHE_NONE, start_us);
         server_respond_problem(sr, 404, NULL, NULL, "no endpoint matches this path", NULL);
-        gw_stats_answered(wk, h, GW_ROUTE_UNMATCHED, NULL, 404, GW_CACHE_NONE, start_us);
         return;
     }
     if (r == ROUTER_METHOD_NOT_ALLOWED) {
@@ -137,9 +137,9 @@ handle(struct server_request *sr, void *state)
             first = 0;
         }
         snprintf(allow + len, sizeof(allow) - len, "\r\n");
+        gw_stats_answered(wk, h->method, GW_ROUTE_UNMATCHED, NULL, 405, GW_CACHE_NONE, start_us);
         server_respond_problem(sr, 405, NULL, NULL, "this endpoint does not take this method",
                                allow);
-        gw_stats_answered(wk, h, GW_ROUTE_UNMATCHED, NULL, 405, GW_CACHE_NONE, start_us);
         return;
     }
     gw_req_begin(gw_req_new(wk, sr, p, &m));
@@ -193,6 +193,7 @@ gateway_health(struct gateway *g, struct gateway_health *out)
         out->db_size += d->size;
         out->db_connections += d->connections;
         out->db_pending += d->pending;
+        out->db_pipelined += d->pipelined;
         if (d->size && d->backing_off == d->size)
             out->db_unreachable++;
         if (d->last_error_ms > out->db_last_error_ms) {

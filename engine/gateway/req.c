@@ -44,14 +44,13 @@ gw_cache_kind_of(const char *xcache)
 }
 
 void
-gw_stats_answered(struct gw_worker *wk, const struct http_request *h, const char *route,
+gw_stats_answered(struct gw_worker *wk, enum http_method method, const char *route,
                   const char *tier, int status, enum gw_cache_kind cache, uint64_t start_us)
 {
     /* A method no route names is any token the client likes: one label for all of them. */
-    const char *m = h->method == HTTP_OTHER ? "OTHER" : h->method_str.p;
-    size_t mlen = h->method == HTTP_OTHER ? 5 : h->method_str.len;
-    gw_stats_request(&wk->stats, route, tier, m, mlen, status, cache, util_mono_us() - start_us,
-                     store_now_ms());
+    const char *m = http_method_name(method);
+    gw_stats_request(&wk->stats, route, tier, m, strlen(m), status, cache,
+                     util_mono_us() - start_us, store_now_ms());
 }
 
 struct gw_req *
@@ -70,6 +69,7 @@ gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
     rq->wk = wk;
     rq->start_us = util_mono_us();
     rq->sr = sr;
+    rq->method = sr ? sr->http.method : HTTP_OTHER; /* a detached request sets its own */
     policy_ref(p);
     rq->policy = p;
     rq->ep = m->data;
@@ -82,7 +82,7 @@ gw_req_free(struct gw_req *rq)
 {
     struct gw_worker *wk = rq->wk;
     if (wk && !rq->detached && rq->status)
-        gw_stats_answered(wk, &rq->sr->http, rq->ep->name, rq->tier ? rq->tier->name : NULL,
+        gw_stats_answered(wk, rq->method, rq->ep->name, rq->tier ? rq->tier->name : NULL,
                           rq->status, rq->cache_kind, rq->start_us);
     if (rq->detached)
         LIST_REMOVE(rq, bg_link);

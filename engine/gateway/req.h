@@ -125,6 +125,8 @@ struct gw_req {
     uint64_t wait_start_ms;        /* when it began waiting on another's fill */
     const char *fill_xcache;       /* what X-Cache says of the answer this request fills */
     uint64_t start_us;             /* when it began (monotonic), for its duration */
+    enum http_method method;       /* its method, kept for the stats: rq->sr is gone once a
+                                      request whose client left is answered */
     int status;                    /* the status it was answered with (0: not yet) */
     enum gw_cache_kind cache_kind; /* what X-Cache said of it */
     uint64_t sent_ms;              /* when it was sent upstream (request_time, RFC 9111 4.2.3) */
@@ -196,9 +198,10 @@ enum gw_cache_kind gw_cache_kind_of(const char *xcache);
 
 /* Counts an answered request of `route` (GW_ROUTE_UNMATCHED when none matched) in wk's stats:
  * its method (OTHER for one no route names), caller tier (or NULL), status, X-Cache, and its
- * time since start_us (util_mono_us()). */
+ * time since start_us (util_mono_us()). It reads nothing of the request itself: once
+ * answered, a request whose client has gone is freed by the server. */
 #define GW_ROUTE_UNMATCHED "(unmatched)"
-void gw_stats_answered(struct gw_worker *wk, const struct http_request *h, const char *route,
+void gw_stats_answered(struct gw_worker *wk, enum http_method method, const char *route,
                        const char *tier, int status, enum gw_cache_kind cache, uint64_t start_us);
 
 /* Frees a request: answers the requests waiting on its fill, drops its references, and counts
