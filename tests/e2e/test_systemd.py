@@ -5,6 +5,7 @@ runs and none while one is stuck (the test builds' SLUICE_TEST_STALL_FILE), STOP
 SIGTERM; sockets handed over as systemd does (LISTEN_FDS) are served on; and
 `systemd-analyze verify` accepts the units of packaging/systemd/."""
 
+import fcntl
 import os
 import shutil
 import signal
@@ -218,8 +219,12 @@ class SocketActivation(unittest.TestCase):
         http, admin = listener(), listener()
 
         def to_3_and_4():
-            os.dup2(http.fileno(), 3)
-            os.dup2(admin.fileno(), 4)
+            # Out of the way first: either socket may be fd 3 or 4 already.
+            hi = [fcntl.fcntl(f.fileno(), fcntl.F_DUPFD, 50) for f in (http, admin)]
+            os.dup2(hi[0], 3)
+            os.dup2(hi[1], 4)
+            for f in hi:
+                os.close(f)
 
         env = dict(os.environ, LISTEN_FDS="2", LISTEN_FDNAMES="http:admin")
         # LISTEN_PID must be the pid of sluice itself: the shell sets it and execs.
@@ -228,9 +233,14 @@ class SocketActivation(unittest.TestCase):
                "--no-watch", POLICIES]
         log = tempfile.TemporaryFile()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log,
-                                preexec_fn=to_3_and_4, pass_fds=(http.fileno(), admin.fileno()))
+                                preexec_fn=to_3_and_4,
+                                pass_fds=(http.fileno(), admin.fileno(), 3, 4))
         try:
             lines = [proc.stdout.readline() for _ in range(2)]
+            if b"" in lines:
+                proc.wait(10)
+                log.seek(0)
+                self.fail("sluice did not start: %s" % log.read().decode(errors="replace"))
             self.assertIn(b"admin on http://127.0.0.1:%d\n" % admin.getsockname()[1], lines)
             self.assertIn(b"listening on http://127.0.0.1:%d\n" % http.getsockname()[1], lines)
             http.close()  # only sluice holds the sockets now
@@ -257,13 +267,15 @@ class SocketActivation(unittest.TestCase):
         r, w = os.pipe()
 
         def to_3():
-            os.dup2(r, 3)
+            hi = fcntl.fcntl(r, fcntl.F_DUPFD, 50)
+            os.dup2(hi, 3)
+            os.close(hi)
 
         env = dict(os.environ, LISTEN_FDS="1")
         cmd = ["/bin/sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"', lib.BIN, "serve",
                "--admin", "off", POLICIES]
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=20,
-                           preexec_fn=to_3, pass_fds=(r,))
+                           preexec_fn=to_3, pass_fds=(r, 3))
         os.close(r)
         os.close(w)
         self.assertEqual(p.returncode, 1, p.stderr)
