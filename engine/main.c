@@ -330,7 +330,7 @@ struct serve {
     struct listenfd inherited[LISTENFD_MAX]; /* sockets from systemd or an upgrading parent */
     int ninherited, nlisten;
     int listen_fds[LISTENFD_MAX], admin_fd; /* the server's inherited ones; the admin's or -1 */
-    int ready_fd; /* an upgrading parent's pipe (upgrade.h), or -1 */
+    int ready_fd;                           /* an upgrading parent's pipe (upgrade.h), or -1 */
     char exe[2 * PATH_MAX + 2];             /* what SIGUSR2 starts */
     uint64_t drain_ms;                      /* --drain-timeout */
     uint64_t drain_deadline_us;             /* 0: not stopping, or no deadline */
