@@ -7,6 +7,7 @@ SIGTERM; sockets handed over as systemd does (LISTEN_FDS) are served on; and
 
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -151,6 +152,24 @@ class Notify(SluiceTestCase):
         self.assertEqual(during, [], "pings while worker 0 was stuck")
         self.assertIsNotNone(resumed, "no ping once the worker ran again")
         self.assertIn("worker 0's event loop has not run", self.s.read_log())
+
+    def test_status_says_the_request_rate_every_5_s(self):
+        self.assertIsNotNone(self.notify.wait_for("READY", "1"))
+        since = time.monotonic()
+        for _ in range(50):
+            self.assertEqual(self.s.request("GET", "/healthz")[0], 200)
+        got = None
+        end = time.monotonic() + 7
+        while time.monotonic() < end and got is None:
+            # The first line counting some of the requests (one may come before them).
+            got = next((f["STATUS"] for _, f in self.notify.with_field("STATUS", since=since)
+                        if re.match(r"serving: generation \d+, (?!0\.0 )", f["STATUS"])), None)
+            time.sleep(0.1)
+        self.assertIsNotNone(got, "no STATUS= with a request rate within 7 s")
+        rate = float(got.split(", ")[1].split()[0])
+        note("STATUS=%s after 50 requests" % got)
+        self.assertGreater(rate, 0)
+        self.assertRegex(got, r"^serving: generation \d+, \d+\.\d requests/s, 2 workers$")
 
     def test_sigterm_sends_stopping_and_exits_0(self):
         notify = NotifySocket()
