@@ -61,8 +61,11 @@ class Client:
         self.thread.start()
 
     def _run(self):
+        self.slowest = 0.0
         while not self.done.is_set():
+            t0 = time.monotonic()
             self.results.append(fresh(self.port))
+            self.slowest = max(self.slowest, time.monotonic() - t0)
 
     def stop(self):
         self.done.set()
@@ -162,6 +165,35 @@ class Upgrade(unittest.TestCase):
         log = self.s.read_log()
         self.assertNotIn("runtime error:", log)
         self.assertNotIn("Sanitizer", log)
+
+    def test_the_old_one_accepts_until_the_new_one_is_ready(self):
+        # A new binary that takes 1.5 s to start: meanwhile every request is answered at
+        # once, so the old process still accepts; it exits only once the new one serves.
+        shutil.move(self.bin, self.bin + ".real")
+        with open(self.bin, "w") as f:
+            f.write('#!/bin/sh\nsleep 1.5\nexec "$0.real" "$@"\n')
+        os.chmod(self.bin, 0o755)
+        client = Client(self.s.port)
+        try:
+            time.sleep(0.2)
+            t0 = time.monotonic()
+            self.s.proc.send_signal(signal.SIGUSR2)
+            pid = wait_for(self.new_pid, 20)
+            ready_after = time.monotonic() - t0
+            self.assertIsNotNone(pid, self.s.read_log())
+            self.extra.append(pid)
+            self.assertEqual(self.s.proc.wait(20), 0, self.s.read_log())
+        finally:
+            failures = client.stop()
+        note("new binary ready after %.2f s; %d requests meanwhile, slowest %.3f s, failures %s"
+             % (ready_after, len(client.results), client.slowest, failures[:5]))
+        self.assertGreater(ready_after, 1.4)
+        self.assertEqual(failures, [])
+        self.assertLess(client.slowest, 0.5)
+        self.assertEqual(fresh(self.s.port), 200)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0, self.s.read_log())
 
     def test_a_new_binary_that_fails_leaves_the_old_one_serving(self):
         with open(self.bin + ".new", "w") as f:
