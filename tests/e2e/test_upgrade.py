@@ -117,8 +117,12 @@ class Upgrade(unittest.TestCase):
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-        self.s.close()
+        rc, log = self.s.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        # The old process (and the new ones, which log to the same file) ended cleanly.
+        self.assertEqual(rc, 0, log[-4000:])
+        for bad in ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer"):
+            self.assertNotIn(bad, log)
 
     def new_pid(self):
         for line in self.s.read_log().splitlines():
