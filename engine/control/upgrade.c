@@ -62,7 +62,11 @@ upgrade_start(const char *path, char *const argv[], const int *fds, unsigned nfd
     while (environ[nenv])
         nenv++;
     char **envp = xcalloc(nenv + 4, sizeof(*envp));
-    char *inherit = listenfd_format(fds, nfds, admin_fd), *vars[3] = {NULL, NULL, NULL};
+    /* In the new process the sockets are 3, 4, ... and the pipe follows them; every other
+     * descriptor is closed there (a connection to Redis, say, has no business in it). */
+    unsigned nsrc = nfds + (admin_fd >= 0) + 1;
+    int *src = xcalloc(nsrc, sizeof(*src)), *dst = xcalloc(nsrc, sizeof(*dst));
+    char *inherit = NULL, *vars[3] = {NULL, NULL, NULL};
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
     posix_spawn_file_actions_init(&fa);
@@ -74,22 +78,35 @@ upgrade_start(const char *path, char *const argv[], const int *fds, unsigned nfd
     }
     /* The write end blocks as usual in the new process, which writes one byte. */
     fcntl(p[1], F_SETFL, fcntl(p[1], F_GETFL) & ~O_NONBLOCK);
+    unsigned m = 0;
+    for (unsigned i = 0; i < nfds; i++)
+        src[m++] = fds[i];
+    if (admin_fd >= 0)
+        src[m++] = admin_fd;
+    src[m++] = p[1];
+    int high = 2;
+    for (unsigned i = 0; i < nsrc; i++) {
+        high = src[i] > high ? src[i] : high;
+        dst[i] = 3 + (int)i;
+    }
+    inherit = listenfd_format(dst, nfds, admin_fd >= 0 ? dst[nfds] : -1);
     size_t k = 0;
     for (size_t i = 0; i < nenv; i++)
         if (!replaced(environ[i]))
             envp[k++] = environ[i];
     envp[k++] = vars[0] = xasprintf("%s=%s", LISTENFD_ENV, inherit);
-    envp[k++] = vars[1] = xasprintf("%s=%d", UPGRADE_READY_ENV, p[1]);
+    envp[k++] = vars[1] = xasprintf("%s=%d", UPGRADE_READY_ENV, dst[nsrc - 1]);
     if (watchdog_usec)
         envp[k++] = vars[2] = xasprintf("WATCHDOG_USEC=%llu", (unsigned long long)watchdog_usec);
     envp[k] = NULL;
 
-    /* dup2 of a descriptor onto itself clears its close-on-exec flag in the child only. */
-    for (unsigned i = 0; i < nfds; i++)
-        posix_spawn_file_actions_adddup2(&fa, fds[i], fds[i]);
-    if (admin_fd >= 0)
-        posix_spawn_file_actions_adddup2(&fa, admin_fd, admin_fd);
-    posix_spawn_file_actions_adddup2(&fa, p[1], p[1]);
+    /* Above every source first, so that no move overwrites a source not moved yet; a
+     * descriptor dup2 makes has no close-on-exec flag. */
+    for (unsigned i = 0; i < nsrc; i++)
+        posix_spawn_file_actions_adddup2(&fa, src[i], high + 1 + (int)i);
+    for (unsigned i = 0; i < nsrc; i++)
+        posix_spawn_file_actions_adddup2(&fa, high + 1 + (int)i, dst[i]);
+    posix_spawn_file_actions_addclosefrom_np(&fa, 3 + (int)nsrc);
     sigset_t none, dfl;
     sigemptyset(&none);
     sigemptyset(&dfl);
@@ -122,6 +139,8 @@ out:
         free(vars[i]);
     free(inherit);
     free(envp);
+    free(src);
+    free(dst);
     return u;
 }
 

@@ -29,6 +29,7 @@ enum upgrade_state {
  * (nfds of them) and admin_fd (-1: none) are named in LISTENFD_ENV, a pipe in
  * UPGRADE_READY_ENV, WATCHDOG_USEC is watchdog_usec (0: unset) and
  * WATCHDOG_PID unset, with default signal dispositions and no signal blocked.
+ * The new process has those as descriptors 3, 4, ... and no other but 0-2.
  * Returns the upgrade under way (free with upgrade_free()), or NULL with a
  * message in err when the program could not be started.
  */

@@ -92,6 +92,30 @@ def alive(pid):
         return False
 
 
+def fd_targets(pid):
+    """What each descriptor of process pid but 0-2 refers to ("socket:[123]", a path, ...)."""
+    out = {}
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        if int(fd) > 2:
+            try:
+                out[int(fd)] = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            except OSError:
+                pass
+    return out
+
+
+def listening_inodes(pid):
+    """The sockets of process pid that listen (TCP, state 0A), as "socket:[INODE]"."""
+    inodes = set()
+    for table in ("/proc/%d/net/tcp" % pid, "/proc/%d/net/tcp6" % pid):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A":
+                    inodes.add("socket:[%s]" % cols[9])
+    return {t for t in fd_targets(pid).values() if t in inodes}
+
+
 class Upgrade(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -198,6 +222,34 @@ class Upgrade(unittest.TestCase):
         os.kill(pid, signal.SIGTERM)
         _, status = os.waitpid(pid, 0)
         self.assertEqual(os.waitstatus_to_exitcode(status), 0, self.s.read_log())
+
+    def test_the_new_process_holds_no_descriptor_of_the_old_but_its_listening_sockets(self):
+        # With Redis the old process holds connections of its own (hiredis does not mark
+        # them close-on-exec): the new one must not inherit them, upgrade after upgrade.
+        redis = lib.RedisServer()
+        try:
+            self.s.close()
+            self.s = lib.Sluice(POLICIES, binary=self.bin, args=["--no-watch"],
+                                env={"REDIS_URL": redis.url})
+            self.assertEqual(fresh(self.s.port), 200)
+            old = self.s.proc.pid
+            listening = listening_inodes(old)
+            theirs = {t for t in fd_targets(old).values() if t.startswith("socket:")} - listening
+            self.assertTrue(theirs, "the old process holds no socket but its listeners")
+            self.s.proc.send_signal(signal.SIGUSR2)
+            pid = wait_for(self.new_pid, 20)
+            self.assertIsNotNone(pid, self.s.read_log())
+            self.extra.append(pid)
+            self.assertEqual(self.s.proc.wait(20), 0, self.s.read_log())
+            self.assertEqual(fresh(self.s.port), 200)
+            mine = fd_targets(pid)
+            self.assertEqual({t for t in mine.values() if t in theirs}, set())
+            self.assertTrue(listening <= set(mine.values()), (listening, mine))
+            os.kill(pid, signal.SIGTERM)
+            _, status = os.waitpid(pid, 0)
+            self.assertEqual(os.waitstatus_to_exitcode(status), 0, self.s.read_log())
+        finally:
+            redis.stop()
 
     def test_a_new_binary_that_fails_leaves_the_old_one_serving(self):
         with open(self.bin + ".new", "w") as f:
