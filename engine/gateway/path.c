@@ -362,7 +362,7 @@ identify(struct gw_req *rq)
         else
             params[i] = NULL;
     }
-    if (!rq->wk->db || db_query(rq->wk->db, id->tier_sql, (int)n, params, on_tier, rq) != 0) {
+    if (!rq->wk->db || db_query(rq->wk->db, id->tier_sql, (int)n, params, DB_READ, on_tier, rq) != 0) {
         gw_set_tier(rq, NULL, 0);
         admit_request(rq);
     }
@@ -404,6 +404,7 @@ gw_detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t
     rq->own_sr.ip = rq->own_ip;
     rq->own_sr.worker = wk->w;
     rq->sr = &rq->own_sr;
+    rq->method = sr.http.method;
     rq->detached = true;
     LIST_INSERT_HEAD(&wk->background, rq, bg_link);
     *raw = (struct sbuf){0};
