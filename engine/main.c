@@ -396,7 +396,7 @@ serve_stop(struct serve *sv, const char *why, int notify)
     sv->stopping = 1;
     if (notify)
         service_stopping(sv->svc);
-    fprintf(stderr, "sluice: %s: finishing requests in flight\n", why);
+    log_info("%s: finishing requests in flight", why);
     upgrade_free(sv->upgrade); /* a new binary not ready yet is not left running */
     sv->upgrade = NULL;
     if (sv->drain_ms)
@@ -414,13 +414,13 @@ serve_upgrade(struct serve *sv)
                           : sv->upgrade ? "an upgrade is under way already"
                                         : NULL;
     if (!refused && !service_is_ready(sv->svc)) {
-        fprintf(stderr, "sluice: upgrade: waiting until the server serves\n");
+        log_info("upgrade: waiting until the server serves");
         sv->upgrade_wanted = 1;
         return;
     }
     sv->upgrade_wanted = 0;
     if (refused) {
-        fprintf(stderr, "sluice: upgrade not started: %s\n", refused);
+        log_warn("upgrade not started: %s", refused);
         return;
     }
     int fds[LISTENFD_MAX], admin_fd = -1;
@@ -431,11 +431,11 @@ serve_upgrade(struct serve *sv)
     sv->upgrade = upgrade_start(sv->exe, main_argv, fds, n, admin_fd, sdnotify_watchdog_usec(),
                                 UPGRADE_TIMEOUT_MS, err, sizeof(err));
     if (!sv->upgrade) {
-        fprintf(stderr, "sluice: upgrade failed: %s; still serving\n", err);
+        log_error("upgrade failed: %s; still serving", err);
         return;
     }
-    fprintf(stderr, "sluice: upgrade: started %s as process %d; serving until it is ready\n",
-            sv->exe, (int)upgrade_pid(sv->upgrade));
+    log_info("upgrade: started %s as process %d; serving until it is ready", sv->exe,
+             (int)upgrade_pid(sv->upgrade));
 }
 
 /*
@@ -457,7 +457,7 @@ serve_tick(struct serve *sv)
             break;
         case UPGRADE_READY: {
             int pid = (int)upgrade_pid(sv->upgrade);
-            fprintf(stderr, "sluice: upgrade: new process %d serves\n", pid);
+            log_info("upgrade: new process %d serves", pid);
             sdnotify_printf("MAINPID=%d", pid); /* before this process exits */
             upgrade_free(sv->upgrade);
             sv->upgrade = NULL;
@@ -465,7 +465,7 @@ serve_tick(struct serve *sv)
             break;
         }
         case UPGRADE_FAILED:
-            fprintf(stderr, "sluice: upgrade failed: %s; still serving\n", err);
+            log_error("upgrade failed: %s; still serving", err);
             upgrade_free(sv->upgrade);
             sv->upgrade = NULL;
             break;
@@ -476,10 +476,9 @@ serve_tick(struct serve *sv)
         if (now >= sv->drain_deadline_us) {
             struct server_conn_counts cc;
             server_connection_counts(sv->server, &cc);
-            fprintf(stderr,
-                    "sluice: requests still in flight after --drain-timeout (%llu connections "
-                    "open): exiting\n",
-                    (unsigned long long)(cc.idle + cc.reading + cc.active));
+            log_error("requests still in flight after --drain-timeout (%llu connections "
+                      "open): exiting",
+                      (unsigned long long)(cc.idle + cc.reading + cc.active));
             _exit(1);
         }
         uint64_t left = (sv->drain_deadline_us - now + 999) / 1000;
@@ -887,7 +886,7 @@ serve_inherit(struct serve *sv)
     char err[256];
     int n = listenfd_take(sv->inherited, LISTENFD_MAX, err, sizeof(err));
     if (n < 0) {
-        fprintf(stderr, "sluice serve: %s\n", err);
+        log_error("%s", err);
         return -1;
     }
     sv->ninherited = n;
@@ -899,7 +898,7 @@ serve_inherit(struct serve *sv)
         else if (sv->admin_on && sv->admin_fd < 0)
             sv->admin_fd = l->fd;
         else
-            fprintf(stderr, "sluice serve: inherited admin socket %d left unused\n", l->fd);
+            log_warn("inherited admin socket %d left unused", l->fd);
     }
     if (sv->nlisten) {
         if (listenfd_address(sv->listen_fds[0], sv->addr, sizeof(sv->addr), &sv->cfg.listen_port) !=
@@ -909,8 +908,7 @@ serve_inherit(struct serve *sv)
         sv->cfg.fds = sv->listen_fds;
         sv->cfg.nfds = (unsigned)sv->nlisten;
         if ((unsigned)sv->nlisten > sv->cfg.workers) {
-            fprintf(stderr, "sluice serve: %d inherited listening sockets: %d workers\n",
-                    sv->nlisten, sv->nlisten);
+            log_info("%d inherited listening sockets: %d workers", sv->nlisten, sv->nlisten);
             sv->cfg.workers = (unsigned)sv->nlisten;
         }
     }
