@@ -362,7 +362,8 @@ identify(struct gw_req *rq)
         else
             params[i] = NULL;
     }
-    if (!rq->wk->db || db_query(rq->wk->db, id->tier_sql, (int)n, params, DB_READ, on_tier, rq) != 0) {
+    if (!rq->wk->db ||
+        db_query(rq->wk->db, id->tier_sql, (int)n, params, DB_READ, on_tier, rq) != 0) {
         gw_set_tier(rq, NULL, 0);
         admit_request(rq);
     }
