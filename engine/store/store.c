@@ -26,13 +26,6 @@ store_entry_new(uint16_t status, char *content_type, char *body, size_t body_len
     return e;
 }
 
-/* Rounds n up to the alignment of any record a store keeps in an entry's room. */
-static size_t
-room_aligned(size_t n)
-{
-    return (n + 7) & ~(size_t)7;
-}
-
 /* Copies p[0..n) and a NUL to *at, moves *at past them, and returns the copy; NULL: none. */
 static char *
 put_field(char **at, const void *p, size_t n)
@@ -53,7 +46,7 @@ store_entry_make(uint16_t status, const char *content_type, const char *headers,
                  const char *etag, const void *body, size_t body_len, size_t room)
 {
     size_t ctlen = content_type ? strlen(content_type) : 0, etaglen = etag ? strlen(etag) : 0;
-    size_t size = sizeof(struct store_entry) + room_aligned(room);
+    size_t size = sizeof(struct store_entry) + room; /* the room starts aligned, at e + 1 */
     struct store_entry *e;
     char *at;
 
@@ -61,7 +54,7 @@ store_entry_make(uint16_t status, const char *content_type, const char *headers,
     size += (content_type ? ctlen + 1 : 0) + (headers ? headers_len + 1 : 0) +
             (etag ? etaglen + 1 : 0) + (body ? body_len + 1 : 0);
     e = xmalloc(size);
-    *e = (struct store_entry){.refs = 1, .status = status, .room = (uint32_t)room_aligned(room)};
+    *e = (struct store_entry){.refs = 1, .status = status, .room = (uint32_t)room};
     at = (char *)(e + 1) + e->room;
     e->content_type = put_field(&at, content_type, ctlen);
     e->headers = put_field(&at, headers, headers_len);

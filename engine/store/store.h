@@ -431,7 +431,10 @@ struct store_entry *store_entry_new(uint16_t status, char *content_type, char *b
                                     size_t body_len);
 /*
  * Returns a new entry with refs 1 in one allocation: the entry, `room` bytes
- * for a store's record (store_record_room(); aligned for it), then copies of
+ * for a store's record (store_record_room(); they start aligned for any
+ * record, and are not rounded up: an entry's size follows its key's length
+ * byte by byte, so that entries of nearly equal sizes fit each other's
+ * blocks once freed), then copies of
  * the content type (NUL-terminated), header lines (headers_len bytes), ETag
  * (NUL-terminated) and body (body_len bytes), each followed by a NUL; a NULL
  * argument leaves its field NULL. Nothing is taken: the caller keeps what it
