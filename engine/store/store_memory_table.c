@@ -265,6 +265,14 @@ rec_unlink(struct shard *sh, struct rec *r)
     *pp = r->next;
 }
 
+/* Whether a record already lives in the entry's room (read without writing: the entry may be
+ * another record's, read by other threads). */
+static bool
+room_taken(const struct store_entry *e)
+{
+    return __atomic_load_n(&e->packed, __ATOMIC_ACQUIRE) & STORE_PACKED_ROOM_TAKEN;
+}
+
 struct entry_rec *
 mt_entry_new(struct store_entry *entry, uint64_t hash, const char *key, size_t keylen, size_t ntags,
              size_t *charge)
@@ -275,7 +283,7 @@ mt_entry_new(struct store_entry *entry, uint64_t hash, const char *key, size_t k
 
     assert(keylen <= UINT32_MAX && ntags <= UINT16_MAX);
     store_entry_ref(entry);
-    if (entry->room >= need &&
+    if (entry->room >= need && !room_taken(entry) &&
         !(__atomic_fetch_or(&entry->packed, STORE_PACKED_ROOM_TAKEN, __ATOMIC_ACQ_REL) &
           STORE_PACKED_ROOM_TAKEN)) {
         e = (struct entry_rec *)(entry + 1);

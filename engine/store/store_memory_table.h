@@ -309,10 +309,13 @@ rec_entry(const struct entry_rec *e)
 static inline size_t
 store_entry_held(const struct store_entry *e)
 {
-    return held(e) + (e->packed & STORE_PACKED_CONTENT_TYPE ? 0 : held(e->content_type)) +
-           (e->packed & STORE_PACKED_HEADERS ? 0 : held(e->headers)) +
-           (e->packed & STORE_PACKED_ETAG ? 0 : held(e->etag)) +
-           (e->packed & STORE_PACKED_BODY ? 0 : held(e->body));
+    uint8_t in =
+        __atomic_load_n(&e->packed, __ATOMIC_RELAXED); /* a filler may set the room's bit */
+
+    return held(e) + (in & STORE_PACKED_CONTENT_TYPE ? 0 : held(e->content_type)) +
+           (in & STORE_PACKED_HEADERS ? 0 : held(e->headers)) +
+           (in & STORE_PACKED_ETAG ? 0 : held(e->etag)) +
+           (in & STORE_PACKED_BODY ? 0 : held(e->body));
 }
 
 /*
