@@ -15,7 +15,7 @@
 # charged each (its own count: what the allocator holds for it), the RSS grown per entry
 # ((peak - baseline) / entries, VmRSS sampled every 1000 answers) and the RSS grown over the
 # cache budget. BASE=REF builds REF's tree from `git archive` in a temporary directory
-# (Release) and measures it first, with the same budgets. Each server runs alone; the 2 KiB
+# (Release) and measures it first, with the same budgets (grey bars in the chart). Each server runs alone; the 2 KiB
 # run needs about 2.5 GB of memory at the default ENTRIES. With CHART=1 the figures go to
 # $CHART_DIR/entry_memory.dat (default docs/bench) and a bar chart to entry_memory.png.
 set -euo pipefail
@@ -42,13 +42,14 @@ if [ -n "$BASE" ]; then
     cmake -S "$tmp/base" -B "$tmp/base/build" -DCMAKE_BUILD_TYPE=Release >/dev/null
     cmake --build "$tmp/base/build" -j"$(nproc)" --target sluice >/dev/null
     bins+=("$tmp/base/build/sluice")
-    labels+=("sluice $BASE ($(git rev-parse --short "$BASE"))")
+    labels+=("$BASE $(git rev-parse --short "$BASE")") # not "sluice ...": a grey bar
 fi
 if [ -z "${SLUICE_BIN:-}" ]; then
     cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
     cmake --build "$BUILD_DIR" -j"$(nproc)" --target sluice >/dev/null
     bins+=("$BUILD_DIR/sluice")
-    labels+=("sluice $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- engine || echo +)")
+    # named by the last commit that changed the engine (+: changed since)
+    labels+=("sluice $(git log -1 --format=%h -- engine)$(git diff --quiet HEAD -- engine || echo +)")
 else
     bins+=("$SLUICE_BIN")
     labels+=("sluice ${SLUICE_LABEL:-$SLUICE_BIN}")
