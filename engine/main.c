@@ -19,6 +19,7 @@
 #include "admin.h"
 #include "duration.h"
 #include "envopt.h"
+#include "evmem.h"
 #include "gateway.h"
 #include "listenfd.h"
 #include "log.h"
@@ -1063,6 +1064,9 @@ cmd_serve(int argc, char **argv)
      * of 1.16 x (bench/memory.py phases). */
     mallopt(M_ARENA_MAX, 1);
 #endif
+    /* libevent's buffers recycled per thread: bursts of them, freed, would otherwise become
+     * holes among the cache's entries (evmem.h). */
+    evmem_install();
     struct serve sv;
     memset(&sv, 0, sizeof(sv));
     serve_defaults(&sv);

@@ -22,23 +22,23 @@
  * answer's transfer codings, when its body is still in them, as a Transfer-Encoding field.
  */
 static struct store_entry *
-upstream_entry(const struct upstream_response *res, const struct http_header *f, size_t n)
+upstream_entry(const struct gw_req *rq, const struct upstream_response *res,
+               const struct http_header *f, size_t n)
 {
     const char *ct = upstream_response_field(res, "content-type");
     const char *etag = upstream_response_field(res, "etag");
-    struct store_entry *e = store_entry_new((uint16_t)res->status, ct ? xstrdup(ct) : NULL,
-                                            xstrndup(res->body, res->body_len), res->body_len);
-    e->stored_ms = store_now_ms(); /* a fresh answer: Age 0 also when it is not stored */
     struct sbuf h = {0};
     httpcache_replay_fields(f, n, &h);
     if (res->transfer_encoding)
         sbuf_printf(&h, "Transfer-Encoding: %s\r\n", res->transfer_encoding);
-    e->headers = h.p;
-    e->headers_len = h.len;
-    if (etag && etag[0]) {
-        e->etag = xstrdup(etag);
+    if (etag && !etag[0])
+        etag = NULL;
+    struct store_entry *e = gw_entry_new(rq, (uint16_t)res->status, ct, h.p, h.len, etag,
+                                         res->body ? res->body : "", res->body_len);
+    sbuf_free(&h);
+    e->stored_ms = store_now_ms(); /* a fresh answer: Age 0 also when it is not stored */
+    if (etag)
         e->flags |= STORE_ENTRY_ORIGIN_ETAG;
-    }
     return e;
 }
 
@@ -145,25 +145,23 @@ freshen(struct gw_req *rq, const struct upstream_response *res, const struct htt
         size_t n, uint64_t response_ms)
 {
     const struct store_entry *old = rq->stale;
-    char *body = xmalloc(old->body_len + 1);
-    memcpy(body, old->body, old->body_len);
-    struct store_entry *e = store_entry_new(
-        old->status, old->content_type ? xstrdup(old->content_type) : NULL, body, old->body_len);
     struct sbuf h = {0};
     httpcache_update_fields(old->headers ? old->headers : "", old->headers_len, f, n, &h);
-    e->headers = h.p;
-    e->headers_len = h.len;
     const char *etag = upstream_response_field(res, "etag");
-    if (etag && etag[0]) {
-        e->etag = xstrdup(etag);
-        e->flags |= STORE_ENTRY_ORIGIN_ETAG;
-    } else if (old->etag) {
-        e->etag = xstrdup(old->etag);
-        e->flags |= old->flags & STORE_ENTRY_ORIGIN_ETAG;
+    uint8_t origin_etag = STORE_ENTRY_ORIGIN_ETAG;
+    if (!etag || !etag[0]) {
+        etag = old->etag;
+        origin_etag = old->flags & STORE_ENTRY_ORIGIN_ETAG;
     }
+    struct store_entry *e = gw_entry_new(rq, old->status, old->content_type, h.p, h.len, etag,
+                                         old->body ? old->body : "", old->body_len);
+    sbuf_free(&h);
+    if (etag)
+        e->flags |= origin_etag;
     /* The answer as it now stands: its stored fields (with the 304's), its ETag. */
     struct http_header mf[UPSTREAM_MAX_FIELDS + 2];
-    size_t mn = h.len ? fields_of_lines(h.p, h.len, mf, UPSTREAM_MAX_FIELDS) : 0;
+    size_t mn =
+        e->headers_len ? fields_of_lines(e->headers, e->headers_len, mf, UPSTREAM_MAX_FIELDS) : 0;
     if (e->etag && (e->flags & STORE_ENTRY_ORIGIN_ETAG))
         mf[mn++] = (struct http_header){{"ETag", 4}, {e->etag, strlen(e->etag)}};
     store_answer(rq, e, e->status, mf, mn, response_ms, "REVALIDATED");
@@ -220,7 +218,7 @@ on_upstream(void *arg, const struct upstream_response *res)
         freshen(rq, res, fields, n, response_ms);
         return;
     }
-    struct store_entry *e = upstream_entry(res, fields, n);
+    struct store_entry *e = upstream_entry(rq, res, fields, n);
     if (res->transfer_encoding) {
         /* A coding sluice does not decode: passed on as received, never stored (and no
          * hit-for-miss marker); this worker's waiters on the key go to the origin themselves. */

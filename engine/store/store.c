@@ -1,4 +1,5 @@
 /* store.c - what both stores share: cache entries, the store clock, and key patterns. */
+#include <assert.h>
 #include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,48 @@ store_entry_new(uint16_t status, char *content_type, char *body, size_t body_len
     return e;
 }
 
+/* Copies p[0..n) and a NUL to *at, moves *at past them, and returns the copy; NULL: none. */
+static char *
+put_field(char **at, const void *p, size_t n)
+{
+    char *to = *at;
+
+    if (!p)
+        return NULL;
+    if (n)
+        memcpy(to, p, n);
+    to[n] = '\0';
+    *at = to + n + 1;
+    return to;
+}
+
+struct store_entry *
+store_entry_make(uint16_t status, const char *content_type, const char *headers, size_t headers_len,
+                 const char *etag, const void *body, size_t body_len, size_t room)
+{
+    size_t ctlen = content_type ? strlen(content_type) : 0, etaglen = etag ? strlen(etag) : 0;
+    size_t size = sizeof(struct store_entry) + room; /* the room starts aligned, at e + 1 */
+    struct store_entry *e;
+    char *at;
+
+    assert(headers_len <= UINT32_MAX && room <= UINT32_MAX);
+    size += (content_type ? ctlen + 1 : 0) + (headers ? headers_len + 1 : 0) +
+            (etag ? etaglen + 1 : 0) + (body ? body_len + 1 : 0);
+    e = xmalloc(size);
+    *e = (struct store_entry){.refs = 1, .status = status, .room = (uint32_t)room};
+    at = (char *)(e + 1) + e->room;
+    e->content_type = put_field(&at, content_type, ctlen);
+    e->headers = put_field(&at, headers, headers_len);
+    e->headers_len = headers ? (uint32_t)headers_len : 0;
+    e->etag = put_field(&at, etag, etaglen);
+    e->body = put_field(&at, body, body_len);
+    e->body_len = body ? body_len : 0;
+    e->packed = (content_type ? STORE_PACKED_CONTENT_TYPE : 0) |
+                (headers ? STORE_PACKED_HEADERS : 0) | (etag ? STORE_PACKED_ETAG : 0) |
+                (body ? STORE_PACKED_BODY : 0);
+    return e;
+}
+
 void
 store_entry_ref(struct store_entry *e)
 {
@@ -38,10 +81,14 @@ store_entry_release(struct store_entry *e)
         return;
     if (__atomic_sub_fetch(&e->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
-    free(e->content_type);
-    free(e->headers);
-    free(e->etag);
-    free(e->body);
+    if (!(e->packed & STORE_PACKED_CONTENT_TYPE))
+        free(e->content_type);
+    if (!(e->packed & STORE_PACKED_HEADERS))
+        free(e->headers);
+    if (!(e->packed & STORE_PACKED_ETAG))
+        free(e->etag);
+    if (!(e->packed & STORE_PACKED_BODY))
+        free(e->body);
     free(e);
 }
 

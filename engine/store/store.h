@@ -42,11 +42,25 @@ struct store_limit {
     0x08u /* etag is the origin's own (not a hash of the body), so it may be sent upstream in      \
              If-None-Match to revalidate */
 
-/* A cached response. Immutable once filled; shared by reference count. */
+/* Which owned fields of an entry live in its own block (store_entry.packed). */
+#define STORE_PACKED_CONTENT_TYPE 0x01u
+#define STORE_PACKED_HEADERS 0x02u
+#define STORE_PACKED_ETAG 0x04u
+#define STORE_PACKED_BODY 0x08u
+#define STORE_PACKED_ROOM_TAKEN 0x10u /* a store keeps its record in the entry's room */
+
+/*
+ * A cached response. Immutable once filled; shared by reference count. Its
+ * content type, header lines, ETag and body are each either a separate
+ * allocation it owns (store_entry_new(), or assigned later) or bytes of its
+ * own block (store_entry_make(): one allocation for all, and room for a
+ * store's record of it).
+ */
 struct store_entry {
     uint32_t refs;       /* atomic; use store_entry_ref/release */
     uint16_t status;     /* HTTP status to replay */
     uint8_t flags;       /* STORE_ENTRY_* */
+    uint8_t packed;      /* STORE_PACKED_*: the fields in the entry's block; the room's use */
     uint64_t stored_ms;  /* store clock at fill, for Age; set by store_fill() */
     uint64_t expires_ms; /* store clock at which it stops being fresh; set by store_fill() */
     uint64_t stale_ms;   /* kept this long past expires_ms to be served stale or revalidated
@@ -57,9 +71,11 @@ struct store_entry {
     uint64_t sie_ms;     /* served stale this long past expires_ms when the origin fails */
     char *content_type;  /* owned, NUL-terminated, or NULL */
     char *headers;       /* owned: stored response header lines "Name: value\r\n", or NULL */
-    size_t headers_len;
-    char *etag; /* owned: the entity tag with its quotes ("\"x\"" or W/"x"), or NULL */
-    char *body; /* owned */
+    uint32_t headers_len;
+    uint32_t room; /* bytes right after the entry a store may keep its record in (see
+                      store_entry_make(), store_record_room()); 0 for store_entry_new() */
+    char *etag;    /* owned: the entity tag with its quotes ("\"x\"" or W/"x"), or NULL */
+    char *body;    /* owned */
     size_t body_len;
 };
 
@@ -193,6 +209,7 @@ struct store_ops {
     void (*release_lease)(struct store *s, const char *key, size_t keylen);
     void (*list)(struct store *s, const char *glob, size_t globlen, size_t limit,
                  store_list_fn *done, void *arg);
+    size_t (*record_room)(struct store *s, size_t keylen, size_t ntags); /* NULL: 0 */
 };
 
 /* A worker's handle on a store. */
@@ -273,6 +290,19 @@ static inline void
 store_release_lease(struct store *s, const char *key, size_t keylen)
 {
     s->ops->release_lease(s, key, keylen);
+}
+
+/*
+ * The room (bytes) a fill under a key of keylen bytes with ntags tags can
+ * use in an entry made by store_entry_make(): a store that keeps a record of
+ * its entries in process (the memory store) puts it there, so that the
+ * record, key, fields and body are one allocation; with less room it
+ * allocates the record apart. 0 for a store that keeps none.
+ */
+static inline size_t
+store_record_room(struct store *s, size_t keylen, size_t ntags)
+{
+    return s->ops->record_room ? s->ops->record_room(s, keylen, ntags) : 0;
 }
 
 /* Bumps each tag's generation: every entry filled under an older one is gone. */
@@ -399,9 +429,26 @@ bool store_glob_literal(const char *glob, size_t globlen, char *out, size_t *out
  * flags, stale_ms, headers and etag start empty and may be set (malloc'd) before the fill. */
 struct store_entry *store_entry_new(uint16_t status, char *content_type, char *body,
                                     size_t body_len);
+/*
+ * Returns a new entry with refs 1 in one allocation: the entry, `room` bytes
+ * for a store's record (store_record_room(); they start aligned for any
+ * record, and are not rounded up: an entry's size follows its key's length
+ * byte by byte, so that entries of nearly equal sizes fit each other's
+ * blocks once freed), then copies of
+ * the content type (NUL-terminated), header lines (headers_len bytes), ETag
+ * (NUL-terminated) and body (body_len bytes), each followed by a NUL; a NULL
+ * argument leaves its field NULL. Nothing is taken: the caller keeps what it
+ * passed. Times, flags and windows start at 0 and may be set before the
+ * fill, as may an absent ETag (malloc'd, then freed on its own); a field
+ * given here is never replaced. Aborts when memory is exhausted.
+ */
+struct store_entry *store_entry_make(uint16_t status, const char *content_type, const char *headers,
+                                     size_t headers_len, const char *etag, const void *body,
+                                     size_t body_len, size_t room);
 /* Takes one more reference; thread-safe. */
 void store_entry_ref(struct store_entry *e);
-/* Drops one reference; the last frees the entry, body and content type. NULL is a no-op. */
+/* Drops one reference; the last frees the entry and what it owns (its fields, its block).
+ * NULL is a no-op. */
 void store_entry_release(struct store_entry *e);
 
 /* Wall clock (CLOCK_REALTIME) in ms since the epoch. */

@@ -13,8 +13,10 @@
  * of two byte budgets that the totals never pass:
  *
  *   cache_bytes  cache entries (the record, key, store_entry, body, content
- *                type, header lines, ETag), Vary and hit-for-miss markers, tag
- *                records, and the cache's hash buckets. When full, tag records
+ *                type, header lines, ETag: one block for an entry made with
+ *                room for its record, store_record_room()), Vary and
+ *                hit-for-miss markers, tag records, and the cache's hash
+ *                buckets. When full, tag records
  *                no entry holds are dropped, then the least recently used
  *                entries; an entry that still does not fit is not stored
  *                (0 caches nothing).

@@ -46,7 +46,7 @@ struct walk {
 static bool
 tags_current(const struct entry_rec *e)
 {
-    for (uint32_t i = 0; i < e->ntags; i++)
+    for (uint32_t i = 0; i < e->r.ntags; i++)
         if (__atomic_load_n(&e->tags[i].tag->gen, __ATOMIC_RELAXED) != e->tags[i].gen)
             return false;
     return true;
@@ -73,7 +73,7 @@ peek(struct store_memory *m, struct shard *sh, const char *key, size_t keylen, u
 static void
 describe(struct store_list_entry *li, const struct entry_rec *e, uint64_t now)
 {
-    const struct store_entry *se = e->entry;
+    const struct store_entry *se = rec_entry(e);
 
     li->status = se->status;
     li->flags = se->flags;
@@ -81,7 +81,7 @@ describe(struct store_list_entry *li, const struct entry_rec *e, uint64_t now)
                          now);
     li->bytes = se->body_len + se->headers_len + (se->content_type ? strlen(se->content_type) : 0) +
                 (se->etag ? strlen(se->etag) : 0);
-    for (uint32_t i = 0; i < e->ntags; i++) {
+    for (uint32_t i = 0; i < e->r.ntags; i++) {
         const struct tag_rec *t = e->tags[i].tag;
         store_list_add_tag(li, rec_key(&t->r), t->r.keylen);
     }

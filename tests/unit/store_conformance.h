@@ -238,6 +238,16 @@ conf_entry(uint16_t status, const char *ctype, const void *body, size_t len)
     return store_entry_new(status, ct, b, len);
 }
 
+/* An entry as the gateway makes one for the key r looked up: one block with room for the
+ * store's record of it (store_entry_make(), store_record_room()). */
+static struct store_entry *
+conf_entry_for(struct conf *c, const struct conf_req *r, uint16_t status, const char *ctype,
+               const void *body, size_t len)
+{
+    return store_entry_make(status, ctype, NULL, 0, NULL, body, len,
+                            store_record_room(c->s, r->keylen, r->ntags));
+}
+
 /* Fills the key the request looked up, with its tags and the generations it read. */
 static int
 conf_fill_req(struct conf *c, const struct conf_req *r, struct store_entry *e, uint64_t ttl_ms)
@@ -255,10 +265,10 @@ conf_put(struct conf *c, const char *key, const char *const *tags, const char *b
          uint64_t ttl_ms)
 {
     struct conf_req r;
-    struct store_entry *e = conf_entry(200, "text/plain", body, strlen(body));
 
     conf_lookup(c, &r, key, tags);
     store_entry_release(r.a.entry);
+    struct store_entry *e = conf_entry_for(c, &r, 200, "text/plain", body, strlen(body));
     int status = conf_fill_req(c, &r, e, ttl_ms);
     store_entry_release(e);
     return status;

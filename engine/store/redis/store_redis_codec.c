@@ -241,7 +241,7 @@ codec_entry_from_value(char *v, size_t len)
         e->headers = xmalloc(hlen + 1); /* NUL-terminated too, for convenience */
         memcpy(e->headers, q, hlen);
         e->headers[hlen] = '\0';
-        e->headers_len = hlen;
+        e->headers_len = (uint32_t)hlen;
     }
     q += hlen;
     if (has & HAS_ETAG)
