@@ -390,7 +390,9 @@ class Outage(SluiceTestCase):
     def setUpClass(cls):
         cls.dir = policy_dir()
         cls.s = cls.start(cls.dir, env={"REDIS_URL": REDIS.url})
-        cls.margin = 0.100 if sanitized() else 0.010
+        # What the test proves is that a paused Redis costs a request its store deadline, not
+        # the 2 s pause; the margin is the scheduler's on a busy machine.
+        cls.margin = 0.100 if sanitized() else 0.040
 
     @classmethod
     def tearDownClass(cls):
