@@ -6,11 +6,13 @@ level=${1:-build}
 
 build_pkgs=(build-essential cmake pkg-config clang clang-format
             libevent-dev libhiredis-dev libpq-dev libjansson-dev liblua5.4-dev lua5.4
+            libssl-dev  # OpenSSL 3: JWT signatures, digests, HMAC
             postgresql postgresql-common curl
             python3-psycopg2)  # examples/proxy/app.py (scripts/run-proxy-example.sh, e2e)
 test_pkgs=(libcmocka-dev lua-busted lua-dkjson redis-server python3 libclang-rt-14-dev faketime
            prometheus   # promtool and a real scrape (tests/e2e/test_metrics.py)
-           chromium)    # the status page rendered headless (tests/e2e/test_status_page.py)
+           chromium     # the status page rendered headless (tests/e2e/test_status_page.py)
+           python3-jwt python3-cryptography)  # tokens minted by tests/e2e/test_jwt.py
 bench_pkgs=(wrk nginx varnish varnish-modules lua-nginx-redis libnginx-mod-http-lua linux-perf
             gnuplot-nox)  # the charts of bench/*.sh with CHART=1
 
