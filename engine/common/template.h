@@ -15,6 +15,7 @@ enum template_var {
     TV_QUERY,  /* {query.NAME}, or {query}: the whole query, canonical (http/query.h) */
     TV_HEADER, /* {header.NAME} */
     TV_BODY,   /* {body.NAME} */
+    TV_CLAIM,  /* {claim.NAME}: a claim of the caller's verified credential */
     TV_ROW,    /* {row.COLUMN}, on_change only */
     TV_COUNT
 };

@@ -51,6 +51,8 @@ tier_from_text(enum gw_tier_from from, bool given)
         return "default (no limit of this endpoint uses the tier)";
     case GW_TIER_HEADER:
         return "header";
+    case GW_TIER_CLAIM:
+        return "claim";
     case GW_TIER_NO_LOOKUP:
         return "default";
     case GW_TIER_SQL:

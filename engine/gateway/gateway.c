@@ -22,6 +22,8 @@
 #include "store_failover.h"
 #include "tenant.h"
 #include "tenant_hooks.h"
+#include "cred_cache.h"
+#include "credential.h"
 #include "tier_cache.h"
 #include "upstream.h"
 #include "util.h"
@@ -340,6 +342,7 @@ worker_init(struct worker *w, void *ctx)
     snprintf(name, sizeof(name), "worker %u", server_worker_index(w));
     wk->store = gateway_store_new(g, server_worker_base(w), name);
     wk->tiers = tier_cache_new(100000);
+    wk->creds = cred_cache_new(GW_CRED_CACHE_ENTRIES, GW_CRED_CACHE_BYTES);
     wk->tenants = tenant_runtime_new();
     wk->db = db_pool_new(server_worker_base(w), g->cfg.database_url ? g->cfg.database_url : "",
                          g->cfg.db_pool_size, g->cfg.db_deadline_ms, 1024, err, sizeof(err));
@@ -377,6 +380,7 @@ worker_fini(void *state)
         gw_fail(LIST_FIRST(&wk->background), 503, "the server is shutting down");
     hmap_free(&wk->inflight); /* every fill has ended */
     tier_cache_free(wk->tiers);
+    cred_cache_free(wk->creds);
     tenant_runtime_free(wk->tenants);
     policy_release(wk->policy);
     struct gateway *g = wk->g;

@@ -372,7 +372,10 @@ gw_req_begin(struct gw_req *rq)
     char detail[300];
     int status = gw_read_request(rq, detail, sizeof(detail));
     if (status != 0) {
-        gw_fail(rq, status, detail);
+        if (rq->challenge)
+            gw_fail_auth(rq, status, rq->challenge, detail);
+        else
+            gw_fail(rq, status, detail);
         return;
     }
     identify(rq);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "credential.h"
 #include "httpcache.h"
 #include "query.h"
 #include "template.h"
@@ -35,7 +36,8 @@ field_lines(const struct http_request *h, const char *name, const struct http_st
 }
 
 /*
- * Reads a trusted identity header `name` (NULL: not declared) into *val and *len: absent or
+ * Reads a trusted identity header `name` (NULL: not declared, *val left as it is) into *val
+ * and *len: absent or
  * empty is NULL; a value of a declared type (chk) is its canonical form, in the value arena.
  * A header given twice (in any case), holding a list (a comma: lines an intermediary may have
  * joined, RFC 9110 section 5.3), too long or not of its type refuses the request: returns 400
@@ -45,10 +47,10 @@ static int
 identity_header(struct gw_req *rq, const char *name, const struct identity_check *chk,
                 const char **val, size_t *len, char *detail, size_t detail_len)
 {
+    if (!name)
+        return 0; /* not declared: *val stays as it is (a claim's value, or NULL) */
     *val = NULL;
     *len = 0;
-    if (!name)
-        return 0;
     const struct http_str *v;
     size_t n = field_lines(&rq->sr->http, name, &v);
     if (n > 1) {
@@ -101,9 +103,13 @@ gw_read_request(struct gw_req *rq, char *detail, size_t detail_len)
 {
     const struct server_request *sr = rq->sr;
     const struct policy_identity *id = &rq->policy->identity;
-    const char *tier;
-    size_t tier_len;
-    int status = identity_header(rq, id->user_header, &id->user_check, &rq->user, &rq->user_len,
+    const char *tier = NULL;
+    size_t tier_len = 0;
+    int status = gw_credential_read(rq, detail, detail_len);
+    if (!status)
+        status = gw_caller_from_claims(rq, detail, detail_len);
+    if (!status)
+        status = identity_header(rq, id->user_header, &id->user_check, &rq->user, &rq->user_len,
                                  detail, detail_len);
     if (!status)
         status = identity_header(rq, id->tenant_header, &id->tenant_check, &rq->tenant,
@@ -112,6 +118,8 @@ gw_read_request(struct gw_req *rq, char *detail, size_t detail_len)
         status = identity_header(rq, id->tier_header, NULL, &tier, &tier_len, detail, detail_len);
     if (status)
         return status;
+    if (!rq->id_source && (rq->user || rq->tenant))
+        rq->id_source = GW_ID_HEADER;
     if (!uses_body(rq->ep))
         return 0;
     if (sr->body_len == 0) {
@@ -165,12 +173,22 @@ gw_identify(struct gw_req *rq)
         from = GW_TIER_ANONYMOUS;
     else if (!needs_tier(rq->ep))
         from = GW_TIER_UNUSED;
+    else if (id->tier_claim)
+        from = GW_TIER_CLAIM;
     else if (id->tier_header)
         from = GW_TIER_HEADER;
     else if (!id->tier_sql)
         from = GW_TIER_NO_LOOKUP;
     else
         return GW_TIER_SQL;
+    if (from == GW_TIER_CLAIM) {
+        const char *t;
+        size_t tl;
+        if (!gw_claim_value(rq, id->tier_claim, strlen(id->tier_claim), &t, &tl))
+            t = NULL, tl = 0;
+        gw_set_tier(rq, t, tl);
+        return from;
+    }
     const struct http_str *v =
         from == GW_TIER_HEADER ? http_header_get(&rq->sr->http, id->tier_header) : NULL;
     gw_set_tier(rq, v ? v->p : NULL, v ? v->len : 0);

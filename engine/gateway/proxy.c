@@ -378,9 +378,9 @@ static void
 add_identity(const struct gw_req *rq, struct sbuf *b)
 {
     const struct policy_identity *id = &rq->policy->identity;
-    if (rq->user && listed(rq->ep->up, id->user_header))
+    if (rq->user && id->user_header && listed(rq->ep->up, id->user_header))
         sbuf_printf(b, "%s: %.*s\r\n", id->user_header, (int)rq->user_len, rq->user);
-    if (rq->tenant && listed(rq->ep->up, id->tenant_header))
+    if (rq->tenant && id->tenant_header && listed(rq->ep->up, id->tenant_header))
         sbuf_printf(b, "%s: %.*s\r\n", id->tenant_header, (int)rq->tenant_len, rq->tenant);
 }
 

@@ -112,6 +112,7 @@ gw_req_free(struct gw_req *rq)
     store_entry_release(rq->answer);
     if (rq->body)
         json_decref(rq->body);
+    json_decref(rq->claims);
     free(rq->own_raw);
     if (rq->hdrs != rq->hdrs_inline)
         free(rq->hdrs);
@@ -257,6 +258,15 @@ gw_fail_internal(struct gw_req *rq, int status, const char *detail, const char *
 }
 
 void
+gw_fail_auth(struct gw_req *rq, int status, const char *challenge, const char *detail)
+{
+    hdr_str(rq, "WWW-Authenticate: ");
+    hdr_str(rq, challenge);
+    hdr_str(rq, "\r\n");
+    gw_fail(rq, status, detail);
+}
+
+void
 gw_fail_retry(struct gw_req *rq, int status, uint64_t retry_s, const char *detail)
 {
     hdr_str(rq, "Retry-After: ");
@@ -383,6 +393,43 @@ query_value(struct gw_req *rq, const char *name, size_t namelen, const char **va
 }
 
 int
+gw_claim_value(struct gw_req *rq, const char *name, size_t namelen, const char **val, size_t *len)
+{
+    if (!rq->claims)
+        return 0;
+    json_t *c = json_object_getn(rq->claims, name, namelen);
+    char buf[64];
+    int n;
+    switch (json_typeof(c)) {
+    case JSON_STRING:
+        *val = json_string_value(c);
+        *len = json_string_length(c);
+        return 1;
+    case JSON_INTEGER:
+        n = snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, json_integer_value(c));
+        break;
+    case JSON_REAL:
+        n = snprintf(buf, sizeof(buf), "%.17g", json_real_value(c));
+        break;
+    case JSON_TRUE:
+        n = snprintf(buf, sizeof(buf), "true");
+        break;
+    case JSON_FALSE:
+        n = snprintf(buf, sizeof(buf), "false");
+        break;
+    default:
+        return 0;
+    }
+    *val = gw_vals_put(rq, buf, (size_t)n);
+    if (!*val) {
+        rq->value_overflow = 1;
+        return 0;
+    }
+    *len = (size_t)n;
+    return 1;
+}
+
+int
 gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t namelen,
           const char **val, size_t *len)
 {
@@ -453,6 +500,8 @@ gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t nam
     }
     case TV_BODY:
         return body_value(rq, name, namelen, val, len);
+    case TV_CLAIM:
+        return gw_claim_value(rq, name, namelen, val, len);
     default:
         return 0;
     }

@@ -21,6 +21,7 @@
 #include "tenant.h"
 #include "tenant_hooks.h"
 
+struct cred_cache;
 struct db_pool;
 struct gateway;
 struct tier_cache;
@@ -62,6 +63,15 @@ struct warm_state {
     struct event *timer;
 };
 
+/* What identified a request's caller. */
+enum gw_id_source {
+    GW_ID_ANONYMOUS = 0, /* nothing: limited by address */
+    GW_ID_HEADER,        /* trusted identity headers */
+    GW_ID_JWT,           /* a verified bearer token */
+    GW_ID_API_KEY,       /* an API key looked up */
+};
+extern const char *const gw_id_source_names[]; /* "anonymous", "header", "jwt", "api_key" */
+
 /* Sends a request on to its endpoint's origin (the source's dispatch, set by the layer above). */
 typedef void gw_origin_fn(struct gw_req *rq);
 
@@ -73,6 +83,7 @@ struct gw_worker {
     struct store *store;
     struct db_pool *db;
     struct tier_cache *tiers;
+    struct cred_cache *creds;       /* verified tokens and looked-up API keys */
     struct tenant_runtime *tenants; /* Lua states of tenant hooks, for this worker's generation */
     struct event *health_timer;     /* publishes the store's health for status output */
     struct upstream_pool *up;       /* keep-alive connections to upstream apps */
@@ -93,6 +104,11 @@ struct gw_req {
     struct router_match m;
     const char *user, *tenant;
     size_t user_len, tenant_len;
+    enum gw_id_source id_source; /* what identified the caller (credential.h) */
+    json_t *claims;              /* the verified credential's claims (a reference), or NULL */
+    bool id_cached;              /* the credential was remembered: no signature was verified */
+    const char *id_refusal;      /* why the credential was refused (a metrics word), or NULL */
+    const char *challenge;       /* WWW-Authenticate of the 401 (or 400) refusing it, or NULL */
     const struct policy_tier *tier;
     const struct tenant *tn; /* the caller's tenant file, or NULL */
     int hooked;              /* dec holds what the tenant's hooks decided */
@@ -222,6 +238,15 @@ int gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t
               const char **val, size_t *len);
 
 /*
+ * The claim `name` (namelen bytes) of the caller's credential as text: a
+ * string as is, a number or a boolean as JSON writes it (in rq's value
+ * arena). Returns 1 with *val (valid for the request's life) and *len, 0 when
+ * the caller has no such claim (or it is null, an object or an array).
+ */
+int gw_claim_value(struct gw_req *rq, const char *name, size_t namelen, const char **val,
+                   size_t *len);
+
+/*
  * The request's query parsed once, canonically (http/query.h), with its text
  * in the value arena. Returns it (borrowed), or NULL with rq->refusal set
  * when it is malformed, has too many parameters or does not fit.
@@ -249,6 +274,8 @@ const char *gw_request_id(struct gw_req *rq);
  * never how the gateway or an origin failed inside (gw_fail_internal).
  */
 void gw_fail(struct gw_req *rq, int status, const char *detail);
+/* As gw_fail(), the answer saying WWW-Authenticate: challenge (RFC 9110 section 11.6.1). */
+void gw_fail_auth(struct gw_req *rq, int status, const char *challenge, const char *detail);
 /* As gw_fail(), the answer saying Retry-After: retry_s. */
 void gw_fail_retry(struct gw_req *rq, int status, uint64_t retry_s, const char *detail);
 

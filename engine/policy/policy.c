@@ -236,21 +236,25 @@ compile_identity(struct compile *c)
         return;
     }
     set_location(c);
+    compile_jwt(c);
     lua_getfield(L, -1, "user");
     if (lua_istable(L, -1)) {
         id->user_header = field_str(L, "header");
+        id->user_claim = field_str(L, "claim");
         compile_identity_check(c, "user", &id->user_check);
     }
     lua_pop(L, 1);
     lua_getfield(L, -1, "tenant");
     if (lua_istable(L, -1)) {
         id->tenant_header = field_str(L, "header");
+        id->tenant_claim = field_str(L, "claim");
         compile_identity_check(c, "tenant", &id->tenant_check);
     }
     lua_pop(L, 1);
     lua_getfield(L, -1, "tier");
     if (lua_istable(L, -1)) {
         id->tier_header = field_str(L, "header");
+        id->tier_claim = field_str(L, "claim");
         id->tier_sql = field_str(L, "sql");
         id->tier_args = field_templates(
             c, "args", TV_BIT(TV_USER) | TV_BIT(TV_TENANT) | TV_BIT(TV_HEADER) | TV_BIT(TV_IP),
@@ -652,7 +656,7 @@ policy_load(const char *dir, uint64_t generation, const struct policy *prev, cha
         p->files[i].path = xstrdup(files[i].path);
         hash_hex(files[i].text, files[i].len, p->files[i].hash);
     }
-    struct compile c = {.L = L, .p = p, .errs = &errs};
+    struct compile c = {.L = L, .p = p, .errs = &errs, .dir = dir};
     compile_set(&c);
     if (!errs.len)
         tenant_compile(L, p);
@@ -752,6 +756,10 @@ policy_release(struct policy *p)
     free(p->tiers);
     free(p->identity.user_header);
     free(p->identity.tenant_header);
+    free(p->identity.user_claim);
+    free(p->identity.tenant_claim);
+    free(p->identity.tier_claim);
+    policy_jwt_free(p->identity.jwt);
     identity_check_fini(&p->identity.user_check);
     identity_check_fini(&p->identity.tenant_check);
     free(p->identity.tier_header);

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "identity.h"
+#include "jwt.h"
 #include "limiter.h"
 
 struct template;
@@ -141,9 +142,20 @@ struct policy_endpoint {
     size_t ninvalidate;
 };
 
+/* identity { jwt = { keys = "jwks.json", issuer = ..., audience = ..., leeway = "30s" } } */
+struct policy_jwt {
+    struct jwk_set keys;     /* read from the policy directory (or the environment) at load */
+    struct jwt_rules rules;  /* rules.keys is &keys; issuer and audience point below */
+    char *issuer, *audience; /* NULL: not configured */
+    bool required;           /* a request without a credential is refused (401) */
+};
+
 struct policy_identity {
-    char *user_header;                /* NULL: everyone is anonymous */
-    char *tenant_header;              /* NULL: no tenants */
+    char *user_header;                /* NULL: everyone is anonymous (unless user_claim) */
+    char *tenant_header;              /* NULL: no tenants (unless tenant_claim) */
+    char *user_claim, *tenant_claim;  /* claim "NAME" of a verified credential, or NULL */
+    char *tier_claim;                 /* the tier from a claim, or NULL */
+    struct policy_jwt *jwt;           /* bearer tokens; NULL: none */
     struct identity_check user_check; /* what the user's value must be, and its canonical form */
     struct identity_check tenant_check;
     char *tier_header;           /* tier taken from a trusted header, or */
@@ -155,14 +167,14 @@ struct policy_identity {
 };
 
 struct policy_file {
-    char *path;
+    char *path;    /* "DIR/NAME": a policy file, or a file the policy reads (a key file) */
     char hash[17]; /* FNV-1a 64 of the content, hex */
 };
 
 struct policy {
     uint32_t refs; /* atomic */
     uint64_t generation;
-    struct policy_file *files;
+    struct policy_file *files; /* the *.lua files, then the key files the identity reads */
     size_t nfiles;
     struct policy_tier *tiers;
     size_t ntiers;
@@ -184,7 +196,8 @@ struct policy {
 
 /*
  * Loads every *.lua of `dir` (in name order, then tenants/ *.lua) through the
- * Lua DSL and compiles the result. Returns a new snapshot with one reference,
+ * Lua DSL and compiles the result, reading the key files the identity block
+ * names (paths relative to dir; they join p->files). Returns a new snapshot with one reference,
  * or NULL with every problem as "file:line: message" lines in *errors (a new
  * string the caller frees). A tenant file that fails does not fail the load:
  * its messages go to p->tenant_errors, and the tenant keeps the version it

@@ -52,6 +52,8 @@ end
 local function describe(v)
   if type(v) == "table" and v[M.MARK] == "header" then
     return "header " .. quote(v.name)
+  elseif type(v) == "table" and v[M.MARK] == "claim" then
+    return "claim " .. quote(v.name)
   elseif type(v) == "table" and v[M.MARK] == "sql" then
     return "sql(...)"
   elseif type(v) == "string" then
@@ -647,18 +649,27 @@ end
 ---------------------------------------------------------------------------
 -- Identity
 
-local IDENTITY_FIELDS = { "user", "tenant", "tier", "tier_ttl", "default_tier" }
+local IDENTITY_FIELDS = { "user", "tenant", "tier", "tier_ttl", "default_tier", "jwt" }
 local TIER_ARG_VARS = { user = true, tenant = true, ip = true, header = true }
 
--- What an identity header's value must be: header("X-User-Id", { integer = true }).
+-- What an identity value must be: header("X-User-Id", { integer = true }), claim("sub", {...}).
 local HEADER_OPTIONS = { "integer", "uuid", "pattern" }
 local HEADER_OPTIONS_EXAMPLE = '{ integer = true }, { uuid = true } or { pattern = "[a-z0-9-]{1,64}" }'
 
--- Checks the options of an identity header into src (integer, uuid or pattern).
-local function header_options(c, opts, field, src)
+local JWT_FIELDS = { "keys", "issuer", "audience", "leeway", "required" }
+local JWT_KEY_FIELDS = { "jwks", "pem", "secret_file", "secret_env", "kid", "alg" }
+local JWT_KEY_SOURCES = { "jwks", "pem", "secret_file", "secret_env" }
+M.JWT_ALGS = { "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA", "HS256" }
+M.DEFAULT_JWT_LEEWAY_MS = 30000
+M.MAX_JWT_KEYS = 64 -- key sources of one jwt block (JWK_MAX_KEYS in engine/policy/jwk.h)
+M.MAX_CLAIM_NAME = 256 -- bytes of a claim's name in claim "NAME"
+
+-- Checks the options of an identity header or claim into src (integer, uuid or pattern).
+local function header_options(c, opts, field, src, noun)
   if opts == nil then return end
   if not is_plain_table(opts) then
-    c:err(field, "expected options " .. HEADER_OPTIONS_EXAMPLE .. " after the header name, got " .. describe(opts))
+    c:err(field, "expected options " .. HEADER_OPTIONS_EXAMPLE .. " after the " .. noun .. " name, got "
+      .. describe(opts))
     return
   end
   c:only(opts, HEADER_OPTIONS, field)
@@ -687,12 +698,34 @@ local function header_options(c, opts, field, src)
   end
 end
 
--- header "NAME", with options when allow_options (the user and tenant headers).
-local function header_source(c, v, field, allow_options)
+-- header "NAME" or claim "NAME", with options when allow_options (the user and tenant).
+-- `verified` is true when the identity block has a credential (jwt): then a caller's user and
+-- tenant come from it, never from a header the caller could set.
+local function identity_source(c, v, field, allow_options, verified)
   if v == nil then return nil end
+  if is_marker(v, "claim") then
+    if not verified then
+      c:err(field, "claim " .. quote(tostring(v.name)) .. " needs a credential to read it from:"
+        .. " declare jwt = { keys = \"jwks.json\", ... } in this identity block")
+      return nil
+    end
+    if type(v.name) ~= "string" or v.name == "" or #v.name > M.MAX_CLAIM_NAME or v.name:find("\0", 1, true) then
+      c:err(field, "claim name must be a non-empty string of at most " .. M.MAX_CLAIM_NAME
+        .. " bytes, as in claim \"sub\", got " .. describe(v.name))
+      return nil
+    end
+    local src = { claim = v.name }
+    if v.opts ~= nil and not allow_options then
+      c:err(field, "takes no options: its value is matched against the declared tier names")
+    elseif allow_options then
+      header_options(c, v.opts, field, src, "claim")
+    end
+    return src
+  end
   if not is_marker(v, "header") then
     local hint = type(v) == "string" and (" (write " .. field .. " = header " .. quote(v) .. ")") or ""
-    c:err(field, "expected header \"NAME\", got " .. describe(v) .. hint)
+    c:err(field, "expected header \"NAME\"" .. (verified and " or claim \"NAME\"" or "") .. ", got "
+      .. describe(v) .. hint)
     return nil
   end
   if type(v.name) ~= "string" or not v.name:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
@@ -700,30 +733,154 @@ local function header_source(c, v, field, allow_options)
       .. describe(v.name))
     return nil
   end
+  if verified and field ~= "tier" then
+    c:err(field, "header " .. quote(v.name) .. " would let any caller name itself past the token:"
+      .. " with jwt, the " .. field .. " comes from a claim (" .. field .. " = claim \"...\")")
+    return nil
+  end
   local src = { header = v.name }
   if v.opts ~= nil and not allow_options then
     c:err(field, "takes no options: its value is matched against the declared tier names")
   elseif allow_options then
-    header_options(c, v.opts, field, src)
+    header_options(c, v.opts, field, src, "header")
   end
   return src
+end
+
+-- A key file's path: relative to the policy directory, inside it.
+local function key_path(c, v, field)
+  local path = c:string(v, field, true)
+  if not path then return nil end
+  if path == "" or path:find("\0", 1, true) then
+    c:err(field, "expected a file name, got " .. describe(path))
+    return nil
+  end
+  if path:sub(1, 1) == "/" then
+    c:err(field, quote(path) .. " is absolute; name a file inside the policy directory (a change to it"
+      .. " reloads the policy)")
+    return nil
+  end
+  local parts = {}
+  for part in path:gmatch("[^/]+") do
+    if part == ".." then
+      c:err(field, quote(path) .. " leaves the policy directory; name a file inside it")
+      return nil
+    elseif part ~= "." then
+      parts[#parts + 1] = part
+    end
+  end
+  if #parts == 0 then
+    c:err(field, "expected a file name, got " .. describe(path))
+    return nil
+  end
+  return table.concat(parts, "/") -- one spelling: the watcher compares it with the files it sees
+end
+
+-- jwt = { keys = "jwks.json" | { { jwks = ... } | { pem = ..., kid, alg } | { secret_file | secret_env = ..., kid }, ... },
+--         issuer = "...", audience = "...", leeway = "30s", required = true }
+local function jwt_decl(c, v)
+  local jwt = c:record(v, "jwt", '{ keys = "jwks.json", issuer = "https://auth.example.com" }')
+  if not jwt then return nil end
+  c:only(jwt, JWT_FIELDS, "jwt")
+  local out = { keys = {} }
+  local keys = jwt.keys
+  if keys == nil then
+    c:missing("jwt.keys", 'e.g. keys = "jwks.json" (a JWK set file in the policy directory)')
+  elseif type(keys) == "string" then
+    local path = key_path(c, keys, "jwt.keys")
+    if path then out.keys[1] = { jwks = path } end
+  elseif is_plain_table(keys) and is_list(keys) and #keys > 0 then
+    if #keys > M.MAX_JWT_KEYS then
+      c:err("jwt.keys", "lists " .. #keys .. " keys; at most " .. M.MAX_JWT_KEYS)
+    end
+    for i, k in ipairs(keys) do
+      local f = "jwt.keys[" .. i .. "]"
+      if c:record(k, f, '{ pem = "key.pem", kid = "k1", alg = "RS256" }') then
+        c:only(k, JWT_KEY_FIELDS, f)
+        local given = {}
+        for _, s in ipairs(JWT_KEY_SOURCES) do
+          if k[s] ~= nil then given[#given + 1] = s end
+        end
+        if #given ~= 1 then
+          c:err(f, "needs exactly one of jwks, pem, secret_file and secret_env, got "
+            .. (#given == 0 and "none" or table.concat(given, " and ")))
+        else
+          local src = given[1]
+          local key = {}
+          if src == "secret_env" then
+            local name = c:string(k.secret_env, f .. ".secret_env", true)
+            if name and not name:match("^[%a_][%w_]*$") then
+              c:err(f .. ".secret_env", "expected an environment variable's name, got " .. quote(name))
+            end
+            key.secret_env = name
+          else
+            key[src] = key_path(c, k[src], f .. "." .. src)
+          end
+          if k.kid ~= nil then
+            if src == "jwks" then
+              c:err(f .. ".kid", "a JWK set names its own keys' ids")
+            else
+              key.kid = c:string(k.kid, f .. ".kid")
+              if key.kid == "" then c:err(f .. ".kid", "is empty") end
+            end
+          end
+          if k.alg ~= nil then
+            local alg = c:string(k.alg, f .. ".alg")
+            if src == "jwks" then
+              c:err(f .. ".alg", "a JWK set's keys say their own alg")
+            elseif alg and not set_of(M.JWT_ALGS)[alg] then
+              c:err(f .. ".alg", quote(alg) .. " is not an algorithm sluice verifies ("
+                .. table.concat(M.JWT_ALGS, ", ") .. ")")
+            elseif alg and (src == "secret_file" or src == "secret_env") ~= (alg == "HS256") then
+              c:err(f .. ".alg", src == "pem" and "HS256 takes a secret (secret_file or secret_env), not a public key"
+                or "a secret verifies HS256 only")
+            end
+            key.alg = alg
+          end
+          out.keys[#out.keys + 1] = key
+        end
+      end
+    end
+  else
+    c:err("jwt.keys", 'expected a JWK set file ("jwks.json") or a list of keys'
+      .. ' { { pem = "key.pem", alg = "RS256" }, { secret_env = "JWT_SECRET" } }, got ' .. describe(keys))
+  end
+  if jwt.issuer ~= nil then
+    out.issuer = c:string(jwt.issuer, "jwt.issuer")
+    if out.issuer == "" then c:err("jwt.issuer", "is empty") end
+  end
+  if jwt.audience ~= nil then
+    out.audience = c:string(jwt.audience, "jwt.audience")
+    if out.audience == "" then c:err("jwt.audience", "is empty") end
+  end
+  out.leeway_ms = M.DEFAULT_JWT_LEEWAY_MS
+  if jwt.leeway ~= nil then
+    out.leeway_ms = c:duration(jwt.leeway, "jwt.leeway", false, true) or M.DEFAULT_JWT_LEEWAY_MS
+  end
+  out.required = c:boolean(jwt.required, "jwt.required", false)
+  return out
 end
 
 local function identity_decl(c, decl, f)
   c:only(f, IDENTITY_FIELDS)
   local id = { file = decl.file, line = decl.line }
-  id.user = header_source(c, f.user, "user", true)
-  id.tenant = header_source(c, f.tenant, "tenant", true)
+  if f.jwt ~= nil then
+    id.jwt = jwt_decl(c, f.jwt)
+  end
+  local verified = f.jwt ~= nil
+  id.user = identity_source(c, f.user, "user", true, verified)
+  id.tenant = identity_source(c, f.tenant, "tenant", true, verified)
   if f.user == nil and f.tenant == nil then
     c:err(nil, 'declares neither user nor tenant (e.g. user = header "X-User-Id")')
   end
-  if id.user and id.tenant and id.user.header:lower() == id.tenant.header:lower() then
+  if id.user and id.tenant and id.user.header and id.tenant.header
+    and id.user.header:lower() == id.tenant.header:lower() then
     c:err("tenant", "reads header " .. quote(id.tenant.header) .. " as user does; give each its own header")
   end
   local tier = f.tier
   if tier ~= nil then
-    if is_marker(tier, "header") then
-      id.tier = header_source(c, tier, "tier")
+    if is_marker(tier, "header") or is_marker(tier, "claim") then
+      id.tier = identity_source(c, tier, "tier", false, verified)
     elseif is_marker(tier, "sql") then
       local allowed = {}
       for k in pairs(TIER_ARG_VARS) do
@@ -744,8 +901,8 @@ local function identity_decl(c, decl, f)
       local args = check_sql(c, q, tier.args, "tier.sql", "tier.args", topts)
       id.tier = { sql = q, args = args }
     else
-      c:err("tier", "expected sql(\"SELECT plan FROM users WHERE id = $1\", \"{user}\") or header \"X-Plan\", got "
-        .. describe(tier))
+      c:err("tier", "expected sql(\"SELECT plan FROM users WHERE id = $1\", \"{user}\"), header \"X-Plan\""
+        .. (verified and " or claim \"plan\"" or "") .. ", got " .. describe(tier))
     end
   end
   id.tier_ttl_ms = M.DEFAULT_TIER_TTL_MS
@@ -790,6 +947,7 @@ local function request_opts(env, route)
   if env.known then
     if not (env.identity and env.identity.user) then allowed.user = nil end
     if not (env.identity and env.identity.tenant) then allowed.tenant = nil end
+    if not (env.identity and env.identity.jwt) then allowed.claim = nil end
   end
   return {
     allowed = allowed,
@@ -802,6 +960,8 @@ local function request_opts(env, route)
         return "needs an identity block that declares a user (identity { user = header \"X-User-Id\" })"
       elseif kind == "tenant" then
         return "needs an identity block that declares a tenant (identity { tenant = header \"X-Tenant-Id\" })"
+      elseif kind == "claim" then
+        return "needs an identity block with a credential (identity { jwt = { keys = \"jwks.json\" }, ... })"
       end
       return nil
     end,

@@ -999,6 +999,61 @@ identity { user = header "U", tier = header("P", { pattern = "[a-z]+" }) }
         't.lua:1: identity: tenant: reads header "x-id" as user does; give each its own header')
     end)
 
+    it("jwt blocks: key sources, paths inside the directory, algorithms, claims", function()
+      local id = set_of([[
+identity {
+  jwt = { keys = "./keys//jwks.json", issuer = "https://auth.example.com", audience = "crm",
+          leeway = "10s", required = true },
+  user = claim("sub", { integer = true }), tenant = claim "org", tier = claim "plan",
+}
+]]).identity
+      assert.are.same({ keys = { { jwks = "keys/jwks.json" } }, issuer = "https://auth.example.com",
+        audience = "crm", leeway_ms = 10000, required = true }, id.jwt)
+      assert.are.same({ claim = "sub", integer = true }, id.user)
+      assert.are.same({ claim = "org" }, id.tenant)
+      assert.are.same({ claim = "plan" }, id.tier)
+      id = set_of([[
+identity {
+  jwt = { keys = { { pem = "rsa.pem", kid = "r", alg = "PS256" }, { secret_env = "JWT_SECRET" },
+                   { secret_file = "hs.key", kid = "h" } } },
+  user = claim "sub",
+}
+]]).identity
+      assert.are.same({ { pem = "rsa.pem", kid = "r", alg = "PS256" }, { secret_env = "JWT_SECRET" },
+        { secret_file = "hs.key", kid = "h" } }, id.jwt.keys)
+      assert.are.equal(30000, id.jwt.leeway_ms)
+      assert.is_false(id.jwt.required)
+      fails([[identity { jwt = { keys = "/etc/jwks.json" }, user = claim "sub" }]],
+        't.lua:1: identity: jwt.keys: "/etc/jwks.json" is absolute; name a file inside the policy'
+        .. ' directory (a change to it reloads the policy)')
+      fails([[identity { jwt = { keys = "../jwks.json" }, user = claim "sub" }]],
+        't.lua:1: identity: jwt.keys: "../jwks.json" leaves the policy directory; name a file inside it')
+      fails([[identity { jwt = { keys = { { pem = "k.pem", alg = "HS256" } } }, user = claim "sub" }]],
+        "t.lua:1: identity: jwt.keys[1].alg: HS256 takes a secret (secret_file or secret_env), not a public key")
+      fails([[identity { jwt = { keys = { { secret_env = "S", alg = "RS256" } } }, user = claim "sub" }]],
+        "t.lua:1: identity: jwt.keys[1].alg: a secret verifies HS256 only")
+      fails([[identity { jwt = { keys = { { pem = "k.pem", alg = "none" } } }, user = claim "sub" }]],
+        't.lua:1: identity: jwt.keys[1].alg: "none" is not an algorithm sluice verifies'
+        .. " (RS256, RS384, RS512, PS256, ES256, ES384, EdDSA, HS256)")
+      fails([[identity { jwt = { keys = { { pem = "k.pem", jwks = "j.json" } } }, user = claim "sub" }]],
+        "t.lua:1: identity: jwt.keys[1]: needs exactly one of jwks, pem, secret_file and secret_env,"
+        .. " got jwks and pem")
+      fails([[identity { jwt = { keys = "jwks.json" }, user = header "X-User-Id" }]],
+        't.lua:1: identity: user: header "X-User-Id" would let any caller name itself past the token:'
+        .. ' with jwt, the user comes from a claim (user = claim "...")')
+      fails([[identity { user = claim "sub" }]],
+        't.lua:1: identity: user: claim "sub" needs a credential to read it from: declare'
+        .. ' jwt = { keys = "jwks.json", ... } in this identity block')
+      fails([[identity { jwt = { issuer = "x" }, user = claim "sub" }]],
+        't.lua:1: identity: jwt.keys is required (e.g. keys = "jwks.json" (a JWK set file in the policy directory))')
+    end)
+
+    it("{claim.NAME} only with a credential", function()
+      fails_after_prelude([[endpoint "GET /x" { body = "{}", cache = { ttl = "1m", key = "x:{user}:{claim.plan}" } }]],
+        't.lua:1: endpoint "GET /x": cache.key "x:{user}:{claim.plan}": {claim.plan} needs an identity block with a credential'
+        .. ' (identity { jwt = { keys = "jwks.json" }, ... })')
+    end)
+
     it("a tenant file's errors as the tenant's, without rejecting the set", function()
       local set = must_load(dsl.load({
         { path = "p/10-tiers.lua", source = 'tier "free" { limit = 1, window = "1h" }' },

@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""End-to-end: callers identified by JWT bearer tokens (RFC 7519, RFC 6750) verified with keys
+from a JWK set file (RFC 7517), minted by the test with PyJWT and cryptography.
+
+Run with /usr/bin/python3 (Debian's python3-jwt and python3-cryptography)."""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib  # noqa: E402
+from lib import SluiceTestCase  # noqa: E402
+from origin import Origin  # noqa: E402
+
+import jwt  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # noqa: E402
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm  # noqa: E402
+
+ISS = "https://auth.example.com"
+AUD = "crm"
+
+POLICY = """
+tier "free" { limit = 100,  window = "1h" }
+tier "pro"  { limit = 1000, window = "1h" }
+identity {
+  jwt = { keys = "keys/jwks.json", issuer = "%(iss)s", audience = "%(aud)s", leeway = "30s",
+          required = %(required)s },
+  user = claim "sub", tier = claim "plan", tenant = claim "org", default_tier = "free",
+}
+upstream "app" { url = "%(origin)s" }
+endpoint "GET /me" {
+  upstream = "app",
+  cache = { ttl = "1m", key = "me:{path}:{user}" },
+  limit = { "tier", { limit = 50, window = "1m", key = "me:{user}", name = "me" } },
+}
+"""
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def public_jwk(key, kid, alg):
+    if isinstance(key, rsa.RSAPrivateKey):
+        j = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        j = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+    else:
+        j = json.loads(OKPAlgorithm.to_jwk(key.public_key()))
+    j.update(kid=kid, alg=alg, use="sig")
+    return j
+
+
+class Keys:
+    """The test's signing keys: one per algorithm, each with its kid."""
+
+    def __init__(self):
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ec = ec.generate_private_key(ec.SECP256R1())
+        self.ed = ed25519.Ed25519PrivateKey.generate()
+        self.by_alg = {"RS256": (self.rsa, "rsa1"), "ES256": (self.ec, "ec1"),
+                       "EdDSA": (self.ed, "ed1")}
+
+    def jwks(self):
+        return {"keys": [public_jwk(k, kid, alg) for alg, (k, kid) in self.by_alg.items()]}
+
+
+def claims(sub, **kw):
+    now = int(time.time())
+    c = {"sub": sub, "iss": ISS, "aud": AUD, "iat": now, "exp": now + 600, "plan": "pro"}
+    c.update(kw)
+    return {k: v for k, v in c.items() if v is not None}
+
+
+def write_jwks(d, doc):
+    """Replaces keys/jwks.json at once (a rename), as a key rotation does."""
+    os.makedirs(os.path.join(d, "keys"), exist_ok=True)
+    tmp = os.path.join(d, "keys", ".jwks.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+    os.replace(tmp, os.path.join(d, "keys", "jwks.json"))
+
+
+def rate_remaining(headers, name):
+    """r of the policy `name` in the RateLimit field, or None."""
+    m = re.search(r'"%s";r=(\d+)' % re.escape(name), headers.get("ratelimit", ""))
+    return int(m.group(1)) if m else None
+
+
+class JwtCase(SluiceTestCase):
+    REQUIRED = "true"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.origin = Origin()
+        cls.addClassCleanup(cls.origin.kill)
+        cls.keys = Keys()
+        cls.dir = tempfile.mkdtemp(prefix="sluice-jwt-")
+        cls.addClassCleanup(shutil.rmtree, cls.dir, True)
+        with open(os.path.join(cls.dir, "10-policy.lua"), "w") as f:
+            f.write(POLICY % {"iss": ISS, "aud": AUD, "origin": cls.origin.url,
+                              "required": cls.REQUIRED})
+        write_jwks(cls.dir, cls.keys.jwks())
+        cls.s = cls.start(cls.dir)
+
+    def token(self, sub, alg="RS256", headers=None, **kw):
+        key, kid = self.keys.by_alg[alg]
+        h = {"kid": kid}
+        h.update(headers or {})
+        return jwt.encode(claims(sub, **kw), key, algorithm=alg, headers=h)
+
+    def get(self, token=None, path="/me", headers=None):
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = "Bearer " + token
+        return self.s.request("GET", path, h)
+
+
+class VerifiedTokens(JwtCase):
+    def test_rs256_es256_and_eddsa_tokens_pass_and_each_sub_has_its_own_entry(self):
+        """RFC 7518 sections 3.3 and 3.4, RFC 8037: tokens of each key verify; the cache key
+        holds the verified sub, so each caller has its own entry."""
+        for alg in ("RS256", "ES256", "EdDSA"):
+            with self.subTest(alg=alg):
+                a, b = "a-" + alg, "b-" + alg
+                ta, tb = self.token(a, alg), self.token(b, alg)
+                st, h, body = self.get(ta, "/me?" + alg)
+                self.assertEqual(st, 200, body)
+                self.assertEqual(h.get("x-cache"), "MISS")
+                self.assertEqual(json.loads(body)["h"]["authorization"], "Bearer " + ta)
+                st, h, body = self.get(ta, "/me?" + alg)
+                self.assertEqual((st, h.get("x-cache")), (200, "HIT"))
+                st, h, body = self.get(tb, "/me?" + alg)
+                self.assertEqual((st, h.get("x-cache")), (200, "MISS"))
+                self.assertEqual(json.loads(body)["h"]["authorization"], "Bearer " + tb)
+                # The tier comes from the plan claim.
+                self.assertIn('"pro"', h.get("ratelimit-policy", ""))
+
+    def test_no_token_is_401_with_a_bare_bearer_challenge(self):
+        """RFC 6750 section 3.1: a request without credentials gets a challenge with no error."""
+        st, h, body = self.get()
+        self.assertEqual(st, 401)
+        self.assertEqual(h.get("www-authenticate"), "Bearer")
+        self.assertEqual(h.get("content-type"), "application/problem+json")
+        st, h, body = self.get(headers={"Authorization": "Basic dXNlcjpwdw=="})
+        self.assertEqual((st, h.get("www-authenticate")), (401, "Bearer"))
+
+    def test_two_authorization_fields_are_400_invalid_request(self):
+        """RFC 6750 section 3.1: invalid_request for a repeated parameter."""
+        t = self.token("dup")
+        raw = ("GET /me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+               "Authorization: Bearer %s\r\nConnection: close\r\n\r\n" % (t, t)).encode()
+        out = self.s.raw(raw)
+        self.assertEqual(lib.status_of(out), 400)
+        self.assertIn(b'WWW-Authenticate: Bearer error="invalid_request"', out)
+
+    def refused_tokens(self):
+        """(name, token, description part) of every token the server must refuse."""
+        now = int(time.time())
+        key, kid = self.keys.by_alg["RS256"]
+        pub_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+        victim = claims("victim")
+        good = self.token("victim")
+        h, p, s = good.split(".")
+        # HS256 keyed with the RSA public key's PEM: the algorithm confusion attack.
+        hs_head = b64(json.dumps({"alg": "HS256", "kid": kid}).encode())
+        hs_input = (hs_head + "." + p).encode()
+        hs = hs_input.decode() + "." + b64(hmac.new(pub_pem, hs_input, hashlib.sha256).digest())
+        none = b64(json.dumps({"alg": "none", "kid": kid}).encode()) + "." + p + "."
+        tampered = h + "." + b64(json.dumps(dict(victim, sub="victim", plan="enterprise",
+                                                 exp=now + 9999)).encode()) + "." + s
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return [
+            ("expired", self.token("victim", exp=now - 31, iat=now - 700), "expired"),
+            ("not yet valid", self.token("victim", nbf=now + 120), "not valid yet"),
+            ("issued in the future", self.token("victim", iat=now + 120), "future"),
+            ("wrong issuer", self.token("victim", iss="https://evil.example.com"), "issuer"),
+            ("wrong audience", self.token("victim", aud="billing"), "audience"),
+            ("no audience", self.token("victim", aud=None), "audience"),
+            ("no exp", self.token("victim", exp=None), "no exp"),
+            ("alg none", none, "algorithm"),
+            ("HS256 with the RSA public key", hs, "algorithm"),
+            ("tampered payload", tampered, "signature"),
+            ("another key under a known kid", jwt.encode(victim, other, algorithm="RS256",
+                                                         headers={"kid": kid}), "signature"),
+            ("unknown kid", jwt.encode(victim, other, algorithm="RS256",
+                                       headers={"kid": "gone"}), "key is not known"),
+            ("jku header", self.token("victim", headers={"jku": "https://evil.example/k"}),
+             "header jku"),
+            ("jwk header", self.token("victim", headers={"jwk": public_jwk(other, "x", "RS256")}),
+             "header jwk"),
+            ("crit header", self.token("victim", headers={"crit": ["exp"]}), "header crit"),
+            ("oversized", self.token("victim", pad="x" * 9000), "too long"),
+            ("garbage", "not-a-token", "not a signed JWT"),
+            ("four parts", good + ".x", "not a signed JWT"),
+            ("bad base64", "%%%." + p + "." + s, "malformed"),
+        ]
+
+    def test_refused_tokens_are_401_invalid_token_never_served_nor_counted(self):
+        """RFC 7519 section 4.1, RFC 8725 sections 3.1 and 3.10, RFC 6750 section 3: every
+        refused token gets 401 with an invalid_token challenge saying why, is never served a
+        stored answer, and counts against nobody's limit, the sub it names included."""
+        good = self.token("victim")
+        st, h, _ = self.get(good, "/me?refused")
+        self.assertEqual((st, h.get("x-cache")), (200, "MISS"))
+        before = rate_remaining(h, "me")
+        for name, tok, why in self.refused_tokens():
+            with self.subTest(name):
+                st, h, body = self.get(tok, "/me?refused")
+                self.assertEqual(st, 401, body)
+                challenge = h.get("www-authenticate", "")
+                self.assertTrue(challenge.startswith('Bearer error="invalid_token", '
+                                                     'error_description="'), challenge)
+                self.assertIn(why, challenge)
+                self.assertNotIn("x-cache", h)
+                self.assertEqual(h.get("content-type"), "application/problem+json")
+                problem = json.loads(body)
+                self.assertEqual(problem["status"], 401)
+                self.assertNotIn(tok[:40], challenge + body.decode())
+        st, h, _ = self.get(good, "/me?refused")
+        self.assertEqual((st, h.get("x-cache")), (200, "HIT"))
+        self.assertEqual(rate_remaining(h, "me"), before - 1)
+
+    def test_rotating_the_jwks_file_accepts_new_keys_and_refuses_removed_ones(self):
+        """RFC 7517 section 5: the key set is a file of the policy; replacing it reloads the
+        policy, so a rotation takes effect without a restart."""
+        new = ec.generate_private_key(ec.SECP256R1())
+        old_token = self.token("rotor")
+        new_token = jwt.encode(claims("rotor"), new, algorithm="ES256", headers={"kid": "ec2"})
+        self.assertEqual(self.get(new_token, "/me?rot")[0], 401)
+        self.assertEqual(self.get(old_token, "/me?rot")[0], 200)
+        doc = self.keys.jwks()
+        doc["keys"] = [k for k in doc["keys"] if k["kid"] != "rsa1"] + \
+            [public_jwk(new, "ec2", "ES256")]
+        try:
+            write_jwks(self.dir, doc)
+            deadline = time.time() + 5
+            while self.get(new_token, "/me?rot")[0] != 200:
+                self.assertLess(time.time(), deadline, "the new key was never accepted")
+                time.sleep(0.05)
+            st, h, _ = self.get(old_token, "/me?rot")
+            self.assertEqual(st, 401)
+            self.assertIn("key is not known", h.get("www-authenticate", ""))
+            status = json.loads(self.s.admin("GET", "/status")[2])
+            paths = [f["path"] for f in status["files"]]
+            self.assertTrue(any(p.endswith("keys/jwks.json") for p in paths), paths)
+        finally:
+            write_jwks(self.dir, self.keys.jwks())
+            deadline = time.time() + 5
+            while self.get(old_token, "/me?rot")[0] != 200:
+                self.assertLess(time.time(), deadline, "the restored key was never accepted")
+                time.sleep(0.05)
+
+    def test_a_broken_jwks_file_keeps_the_keys_serving(self):
+        """A key set that does not load is a policy that does not load: the last one serves."""
+        t = self.token("broken")
+        self.assertEqual(self.get(t, "/me?broken")[0], 200)
+        status = json.loads(self.s.admin("GET", "/status")[2])
+        gen = status["generation"]
+        try:
+            write_jwks(self.dir, {"keys": "nope"})
+            deadline = time.time() + 5
+            while json.loads(self.s.admin("GET", "/status")[2])["reload_failures"] == \
+                    status["reload_failures"]:
+                self.assertLess(time.time(), deadline, "the broken file was never read")
+                time.sleep(0.05)
+            after = json.loads(self.s.admin("GET", "/status")[2])
+            self.assertEqual(after["generation"], gen)
+            self.assertIn("keys/jwks.json", after["last_reload"]["error"])
+            self.assertEqual(self.get(t, "/me?broken")[0], 200)
+        finally:
+            write_jwks(self.dir, self.keys.jwks())
+            deadline = time.time() + 5
+            while json.loads(self.s.admin("GET", "/status")[2])["generation"] == gen:
+                self.assertLess(time.time(), deadline)
+                time.sleep(0.05)
+
+
+class OptionalTokens(JwtCase):
+    REQUIRED = "false"
+
+    def test_without_a_token_the_caller_is_anonymous_and_limited_by_address(self):
+        """Not required: no token is an anonymous caller (the default tier, by address)."""
+        st, h, _ = self.get(path="/me?anon")
+        self.assertEqual(st, 200)
+        self.assertIn('"free"', h.get("ratelimit-policy", ""))
+
+    def test_an_invalid_token_is_401_not_anonymous(self):
+        """A present but invalid token is refused, never taken as no token."""
+        st, h, _ = self.get("garbage", "/me?anon")
+        self.assertEqual(st, 401)
+        self.assertTrue(h["www-authenticate"].startswith('Bearer error="invalid_token"'))
+
+
+if __name__ == "__main__":
+    lib.main()
