@@ -381,6 +381,12 @@ notify_store_new(void *gw, struct event_base *base, const char *name)
     return gateway_store_new(gw, base, name);
 }
 
+static void
+notify_forget_credentials(void *gw)
+{
+    gateway_forget_api_keys(gw);
+}
+
 static void *
 admin_thread(void *arg)
 {
@@ -650,6 +656,7 @@ serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
     struct notify_config ncfg = {.conninfo = sv->gcfg.database_url,
                                  .policy = notify_policy,
                                  .store_new = notify_store_new,
+                                 .forget_credentials = notify_forget_credentials,
                                  .ctx = sv->gw};
     char nerr[256];
     sv->notifier = notify_start(&ncfg, nerr, sizeof(nerr));

@@ -111,29 +111,172 @@ verify_token(struct gw_req *rq, const char *tok, size_t len, char *detail, size_
     return 0;
 }
 
+/* The challenge naming where an API key goes: ApiKey header="X-API-Key" (or query="..."). */
+static const char *
+api_key_challenge(struct gw_req *rq, const char *error, const char *description)
+{
+    const struct policy_api_key *k = rq->policy->identity.api_key;
+    char c[400], d[200];
+    int n;
+    if (error) {
+        describe(d, sizeof(d), description);
+        n = snprintf(c, sizeof(c), "ApiKey %s=\"%s\", error=\"%s\", error_description=\"%s\"",
+                     k->header ? "header" : "query", k->header ? k->header : k->query, error, d);
+    } else {
+        n = snprintf(c, sizeof(c), "%sApiKey %s=\"%s\"", rq->policy->identity.jwt ? "Bearer, " : "",
+                     k->header ? "header" : "query", k->header ? k->header : k->query);
+    }
+    const char *v = gw_vals_put(rq, c, (size_t)n);
+    return v ? v : "ApiKey";
+}
+
+/* Refuses the request's API key: 401 with the reason for metrics. */
+static int
+invalid_key(struct gw_req *rq, const char *reason, const char *description, char *detail,
+            size_t detail_len)
+{
+    snprintf(detail, detail_len, "%s", description);
+    rq->challenge = api_key_challenge(rq, "invalid_key", description);
+    rq->id_refusal = reason;
+    return 401;
+}
+
+/* The API key's one field or query parameter into *v (NULL: none). Returns how many there
+ * are, or -1 when the query is malformed. */
+static long
+api_key_value(struct gw_req *rq, const char **v, size_t *len)
+{
+    const struct policy_api_key *k = rq->policy->identity.api_key;
+    *v = NULL;
+    *len = 0;
+    if (k->query) {
+        if (!gw_query(rq))
+            return -1;
+        *v = rq->api_key_param;
+        *len = rq->api_key_param_len;
+        return (long)rq->api_key_params;
+    }
+    size_t n = 0, hl = strlen(k->header);
+    const struct http_request *h = &rq->sr->http;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const struct http_str *f = &h->headers[i].name;
+        if (f->len == hl && strncasecmp(f->p, k->header, hl) == 0 && n++ == 0) {
+            *v = h->headers[i].value.p;
+            *len = h->headers[i].value.len;
+        }
+    }
+    return (long)n;
+}
+
+/* This worker's remembered API keys, forgotten when a change of their table was notified. */
+static struct cred_cache *
+api_key_cache(struct gw_req *rq)
+{
+    struct gw_worker *wk = rq->wk;
+    if (!wk)
+        return NULL;
+    uint64_t epoch = wk->forget_epoch ? __atomic_load_n(wk->forget_epoch, __ATOMIC_ACQUIRE) : 0;
+    if (epoch != wk->forgot_epoch) {
+        cred_cache_clear(wk->creds, CRED_API_KEY);
+        wk->forgot_epoch = epoch;
+    }
+    return wk->creds;
+}
+
+/* An API key: remembered by this worker, else left for gw_req_begin to look up. */
+static int
+read_api_key(struct gw_req *rq, const char *key, size_t len, char *detail, size_t detail_len)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (len > GW_API_KEY_MAX)
+        return invalid_key(rq, "too_long", "the API key is too long", detail, detail_len);
+    rq->id_source = GW_ID_API_KEY;
+    cred_digest(key, len, rq->api_key_digest);
+    for (size_t i = 0; i < CRED_DIGEST_LEN; i++) {
+        rq->api_key_hex[2 * i] = hex[rq->api_key_digest[i] >> 4];
+        rq->api_key_hex[2 * i + 1] = hex[rq->api_key_digest[i] & 15];
+    }
+    rq->api_key_hex[2 * CRED_DIGEST_LEN] = '\0';
+    struct cred_cache *cache = api_key_cache(rq);
+    json_t *claims;
+    if (cache && cred_cache_get(cache, CRED_API_KEY, rq->api_key_digest, rq->policy->generation,
+                                util_now_ms(), &claims)) {
+        rq->id_cached = true;
+        if (!claims)
+            return invalid_key(rq, "unknown_key", "the API key is not known", detail, detail_len);
+        rq->claims = json_incref(claims);
+        return 0;
+    }
+    rq->api_key_pending = true;
+    return 0;
+}
+
+int
+gw_api_key_answer(struct gw_req *rq, const char *row, size_t len, char *detail, size_t detail_len)
+{
+    const struct policy_api_key *k = rq->policy->identity.api_key;
+    rq->api_key_pending = false;
+    json_t *claims = row ? json_loadb(row, len, 0, NULL) : NULL;
+    if (claims && !json_is_object(claims)) {
+        json_decref(claims);
+        claims = NULL;
+    }
+    struct cred_cache *cache = api_key_cache(rq);
+    if (cache)
+        cred_cache_put(cache, CRED_API_KEY, rq->api_key_digest, rq->policy->generation, claims,
+                       util_now_ms() + k->ttl_ms, row ? len : 0);
+    if (!claims)
+        return invalid_key(rq, "unknown_key", "the API key is not known", detail, detail_len);
+    rq->claims = claims;
+    return gw_caller_from_claims(rq, detail, detail_len);
+}
+
 int
 gw_credential_read(struct gw_req *rq, char *detail, size_t detail_len)
 {
     const struct policy_identity *id = &rq->policy->identity;
-    if (!id->jwt)
+    if (!id->jwt && !id->api_key)
         return 0;
-    const struct http_str *v;
-    size_t n = authorization(&rq->sr->http, &v);
-    if (n > 1) {
-        snprintf(detail, detail_len, "the Authorization field is given more than once");
-        rq->challenge = "Bearer error=\"invalid_request\", error_description=\"the Authorization "
-                        "field is given more than once\"";
-        rq->id_refusal = "malformed";
-        return 400;
+    if (id->jwt) {
+        /* The first credential present decides: a bearer token, then an API key. */
+        const struct http_str *v;
+        size_t n = authorization(&rq->sr->http, &v);
+        if (n > 1) {
+            snprintf(detail, detail_len, "the Authorization field is given more than once");
+            rq->challenge = "Bearer error=\"invalid_request\", error_description=\"the "
+                            "Authorization field is given more than once\"";
+            rq->id_refusal = "malformed";
+            return 400;
+        }
+        size_t len;
+        const char *tok = v ? bearer_token(v, &len) : NULL;
+        if (tok)
+            return verify_token(rq, tok, len, detail, detail_len);
     }
-    size_t len;
-    const char *tok = v ? bearer_token(v, &len) : NULL;
-    if (tok)
-        return verify_token(rq, tok, len, detail, detail_len);
-    if (id->jwt->required) {
-        /* No credential: a challenge without an error code (RFC 6750 section 3.1). */
-        snprintf(detail, detail_len, "this endpoint needs a bearer token");
-        rq->challenge = "Bearer";
+    if (id->api_key) {
+        const char *key;
+        size_t len;
+        long n = api_key_value(rq, &key, &len);
+        if (n < 0) {
+            snprintf(detail, detail_len, "%s", rq->refusal ? rq->refusal : "malformed query");
+            return 400;
+        }
+        if (n > 1) {
+            snprintf(detail, detail_len, "the API key is given more than once");
+            rq->challenge = api_key_challenge(rq, "invalid_request", detail);
+            rq->id_refusal = "malformed";
+            return 400;
+        }
+        if (key && len)
+            return read_api_key(rq, key, len, detail, detail_len);
+    }
+    if ((id->jwt && id->jwt->required) || (id->api_key && id->api_key->required)) {
+        /* No credential: challenges without an error code (RFC 6750 section 3.1). */
+        snprintf(detail, detail_len, "this endpoint needs %s",
+                 id->jwt && id->api_key ? "a bearer token or an API key"
+                 : id->jwt              ? "a bearer token"
+                                        : "an API key");
+        rq->challenge = id->api_key ? api_key_challenge(rq, NULL, NULL) : "Bearer";
         rq->id_refusal = "missing";
         return 401;
     }

@@ -356,6 +356,24 @@ gw_query(struct gw_req *rq)
     }
     rq->vals_used += rq->query.used;
     rq->query_state = 1;
+    const struct policy_api_key *k = rq->policy->identity.api_key;
+    if (k && k->query) {
+        /* The API key's parameter is the caller's secret: kept aside for credential.c, and
+         * out of {query}, {query.NAME} and the query a cacheable request forwards. */
+        size_t o = 0, klen = strlen(k->query);
+        for (size_t i = 0; i < rq->query.n; i++) {
+            const struct http_query_param *qp = &rq->query.params[i];
+            if (qp->nlen == klen && memcmp(qp->name, k->query, klen) == 0) {
+                if (rq->api_key_params++ == 0) {
+                    rq->api_key_param = qp->value;
+                    rq->api_key_param_len = qp->vlen;
+                }
+                continue;
+            }
+            rq->query.params[o++] = *qp;
+        }
+        rq->query.n = o;
+    }
     return &rq->query;
 }
 

@@ -84,6 +84,8 @@ struct gw_worker {
     struct db_pool *db;
     struct tier_cache *tiers;
     struct cred_cache *creds;       /* verified tokens and looked-up API keys */
+    const uint64_t *forget_epoch;   /* the gateway's count of notified API key changes (atomic) */
+    uint64_t forgot_epoch;          /* ... when this worker last forgot its API keys */
     struct tenant_runtime *tenants; /* Lua states of tenant hooks, for this worker's generation */
     struct event *health_timer;     /* publishes the store's health for status output */
     struct upstream_pool *up;       /* keep-alive connections to upstream apps */
@@ -109,6 +111,9 @@ struct gw_req {
     bool id_cached;              /* the credential was remembered: no signature was verified */
     const char *id_refusal;      /* why the credential was refused (a metrics word), or NULL */
     const char *challenge;       /* WWW-Authenticate of the 401 (or 400) refusing it, or NULL */
+    bool api_key_pending;        /* an API key to look up (api_key_digest) before identifying */
+    const char *api_key_param;   /* the API key's query parameter (first value), set by gw_query */
+    size_t api_key_param_len, api_key_params;
     const struct policy_tier *tier;
     const struct tenant *tn; /* the caller's tenant file, or NULL */
     int hooked;              /* dec holds what the tenant's hooks decided */
@@ -156,7 +161,9 @@ struct gw_req {
     size_t ninv;                   /* invalidate tags expanded into inv_tags */
 
     /* Not zeroed: each is written before it is read. */
-    struct tenant_decision dec;                        /* read only when hooked */
+    unsigned char api_key_digest[32]; /* SHA-256 of the API key, when api_key_pending */
+    char api_key_hex[65];             /* ... in hex: the lookup's $1 */
+    struct tenant_decision dec;       /* read only when hooked */
     struct limiter_rule hook_rules[POLICY_MAX_LIMITS]; /* limits a hook changed */
     /* Limit i of the request (i < admit.nlimits), once the store answered: its policy name is
      * gw_limit_name(rq, i), its mode limits[i].shadow (true: it refused nothing, whatever

@@ -237,6 +237,7 @@ compile_identity(struct compile *c)
     }
     set_location(c);
     compile_jwt(c);
+    compile_api_key(c);
     lua_getfield(L, -1, "user");
     if (lua_istable(L, -1)) {
         id->user_header = field_str(L, "header");
@@ -414,6 +415,7 @@ compile_on_change(struct compile *c)
         oc->table = field_str(L, "table");
         oc->file = xstrdup(c->file ? c->file : "?");
         oc->line = c->line;
+        oc->credentials = field_bool(L, "credentials");
         /* No cap: notify.c gathers the tags of a change in arrays that grow. */
         oc->invalidate =
             field_templates(c, "invalidate", TV_BIT(TV_ROW), SIZE_MAX, &oc->ninvalidate);
@@ -760,6 +762,7 @@ policy_release(struct policy *p)
     free(p->identity.tenant_claim);
     free(p->identity.tier_claim);
     policy_jwt_free(p->identity.jwt);
+    policy_api_key_free(p->identity.api_key);
     identity_check_fini(&p->identity.user_check);
     identity_check_fini(&p->identity.tenant_check);
     free(p->identity.tier_header);

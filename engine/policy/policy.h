@@ -71,6 +71,8 @@ struct policy_on_change {
     size_t ninvalidate;
     char **columns; /* the row columns the templates use, sorted, unique */
     size_t ncolumns;
+    bool credentials; /* credentials = true: a change forgets every API key the workers looked
+                         up (the table holds them) */
 };
 
 /* Callers to warm an endpoint's cache for: a fixed list, or the rows of a query. */
@@ -150,12 +152,24 @@ struct policy_jwt {
     bool required;           /* a request without a credential is refused (401) */
 };
 
+/* identity { api_key = { header = "X-API-Key" | query = "api_key", sql = "...$1...", ttl } } */
+struct policy_api_key {
+    char *header;    /* the field callers send the key in, or NULL */
+    char *query;     /* or the query parameter */
+    char *sql;       /* the lookup, wrapped to answer its first row as a JSON object (the
+                        caller's claims); $1 is the hex SHA-256 of the key, never the key */
+    uint64_t ttl_ms; /* how long a worker reuses a lookup's answer (a NOTIFY of an on_change
+                        with credentials = true ends it at once) */
+    bool required;   /* a request without a credential is refused (401) */
+};
+
 struct policy_identity {
     char *user_header;                /* NULL: everyone is anonymous (unless user_claim) */
     char *tenant_header;              /* NULL: no tenants (unless tenant_claim) */
     char *user_claim, *tenant_claim;  /* claim "NAME" of a verified credential, or NULL */
     char *tier_claim;                 /* the tier from a claim, or NULL */
     struct policy_jwt *jwt;           /* bearer tokens; NULL: none */
+    struct policy_api_key *api_key;   /* API keys; NULL: none */
     struct identity_check user_check; /* what the user's value must be, and its canonical form */
     struct identity_check tenant_check;
     char *tier_header;           /* tier taken from a trusted header, or */

@@ -75,7 +75,7 @@ int compile_limits(struct compile *c, struct policy_endpoint *e);
 /* Frees n limits and the array. */
 void policy_limits_free(struct policy_limit *limits, size_t n);
 
-/* ---- the identity's credentials (policy_jwt.c) ---- */
+/* ---- the identity's credentials (policy_credentials.c) ---- */
 
 /*
  * Compiles the field "jwt" of the identity table at the top (absent: nothing)
@@ -87,6 +87,13 @@ void compile_jwt(struct compile *c);
 
 /* Frees a jwt block (NULL is a no-op). */
 void policy_jwt_free(struct policy_jwt *j);
+
+/* Compiles the field "api_key" of the identity table at the top (absent: nothing) into
+ * c->p->identity.api_key; errors are added to c. */
+void compile_api_key(struct compile *c);
+
+/* Frees an api_key block (NULL is a no-op). */
+void policy_api_key_free(struct policy_api_key *k);
 
 /*
  * Reads the file `rel` of c->dir (at most max bytes) into a new buffer

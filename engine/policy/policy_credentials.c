@@ -1,5 +1,6 @@
-/* policy_jwt.c - the identity's jwt block compiled: its keys read from the policy directory
- * (JWK sets, PEM keys, HMAC secrets from a file or the environment) into a key set. */
+/* policy_credentials.c - the identity's credentials compiled: the jwt block's keys read from the
+ * policy directory (JWK sets, PEM keys, HMAC secrets from a file or the environment) into a key
+ * set, and the api_key block's lookup. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <lauxlib.h>
@@ -154,4 +155,45 @@ policy_jwt_free(struct policy_jwt *j)
     free(j->issuer);
     free(j->audience);
     free(j);
+}
+
+void
+compile_api_key(struct compile *c)
+{
+    lua_State *L = c->L;
+    lua_getfield(L, -1, "api_key");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    struct policy_api_key *k = xcalloc(1, sizeof(*k));
+    c->p->identity.api_key = k;
+    k->header = field_str(L, "header");
+    k->query = field_str(L, "query");
+    k->required = field_bool(L, "required");
+    k->ttl_ms = (uint64_t)field_int(L, "ttl_ms", 60000);
+    size_t len = 0;
+    char *sql = field_lstr(L, "sql", &len);
+    if (!sql || (!k->header && !k->query)) {
+        cerr(c, "identity: api_key: incomplete");
+    } else {
+        /* The row, if any, as one JSON object: its columns are the caller's claims. */
+        while (len > 0 && (sql[len - 1] == ';' || sql[len - 1] == ' ' || sql[len - 1] == '\n' ||
+                           sql[len - 1] == '\t' || sql[len - 1] == '\r'))
+            len--;
+        k->sql = xasprintf("SELECT row_to_json(t)::text FROM (%.*s) t LIMIT 1", (int)len, sql);
+    }
+    free(sql);
+    lua_pop(L, 1);
+}
+
+void
+policy_api_key_free(struct policy_api_key *k)
+{
+    if (!k)
+        return;
+    free(k->header);
+    free(k->query);
+    free(k->sql);
+    free(k);
 }

@@ -112,6 +112,8 @@ M.BODY_METHODS = BODY_METHODS
 --   opts.refuse   function(kind) returning the reason a kind is refused
 --   opts.params   set of the route's {name} parameters, for {path.NAME}
 --   opts.method   the endpoint's method, for {body.NAME}
+--   opts.secrets  { header = { [lowercased name] = what }, query = { [name] = what } }: request
+--                 values that carry a credential, refused
 -- Returns the variables (as M.parse), or nil and a reason.
 function M.check(src, opts)
   opts = opts or {}
@@ -137,6 +139,12 @@ function M.check(src, opts)
       table.sort(names)
       return nil, v.text .. ": the route has no {" .. v.name .. "} parameter"
         .. suggest.hint(v.name, names, "{path.", "}")
+    end
+    local secret = opts.secrets and v.name and opts.secrets[v.var]
+      and opts.secrets[v.var][v.var == "header" and v.name:lower() or v.name]
+    if secret then
+      return nil, v.text .. " is " .. secret .. ": a template would put it in clear in a key,"
+        .. " a tag or an SQL argument (use {user} or {claim.NAME})"
     end
     if v.var == "body" and opts.method and not BODY_METHODS[opts.method] then
       return nil, v.text .. ": " .. opts.method

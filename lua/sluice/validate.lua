@@ -649,7 +649,7 @@ end
 ---------------------------------------------------------------------------
 -- Identity
 
-local IDENTITY_FIELDS = { "user", "tenant", "tier", "tier_ttl", "default_tier", "jwt" }
+local IDENTITY_FIELDS = { "user", "tenant", "tier", "tier_ttl", "default_tier", "jwt", "api_key" }
 local TIER_ARG_VARS = { user = true, tenant = true, ip = true, header = true }
 
 -- What an identity value must be: header("X-User-Id", { integer = true }), claim("sub", {...}).
@@ -663,6 +663,8 @@ M.JWT_ALGS = { "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA", "H
 M.DEFAULT_JWT_LEEWAY_MS = 30000
 M.MAX_JWT_KEYS = 64 -- key sources of one jwt block (JWK_MAX_KEYS in engine/policy/jwk.h)
 M.MAX_CLAIM_NAME = 256 -- bytes of a claim's name in claim "NAME"
+local API_KEY_FIELDS = { "header", "query", "sql", "hash", "ttl", "required" }
+M.DEFAULT_API_KEY_TTL_MS = 60000
 
 -- Checks the options of an identity header or claim into src (integer, uuid or pattern).
 local function header_options(c, opts, field, src, noun)
@@ -706,7 +708,7 @@ local function identity_source(c, v, field, allow_options, verified)
   if is_marker(v, "claim") then
     if not verified then
       c:err(field, "claim " .. quote(tostring(v.name)) .. " needs a credential to read it from:"
-        .. " declare jwt = { keys = \"jwks.json\", ... } in this identity block")
+        .. " declare jwt = { keys = \"jwks.json\", ... } or api_key = { ... } in this identity block")
       return nil
     end
     if type(v.name) ~= "string" or v.name == "" or #v.name > M.MAX_CLAIM_NAME or v.name:find("\0", 1, true) then
@@ -734,8 +736,8 @@ local function identity_source(c, v, field, allow_options, verified)
     return nil
   end
   if verified and field ~= "tier" then
-    c:err(field, "header " .. quote(v.name) .. " would let any caller name itself past the token:"
-      .. " with jwt, the " .. field .. " comes from a claim (" .. field .. " = claim \"...\")")
+    c:err(field, "header " .. quote(v.name) .. " would let any caller name itself past the credential:"
+      .. " with jwt or api_key, the " .. field .. " comes from a claim (" .. field .. " = claim \"...\")")
     return nil
   end
   local src = { header = v.name }
@@ -861,13 +863,68 @@ local function jwt_decl(c, v)
   return out
 end
 
+-- api_key = { header = "X-API-Key" | query = "api_key", sql = [[... WHERE key_hash = $1 ...]],
+--             hash = "sha256", ttl = "1m", required = false }
+local function api_key_decl(c, v)
+  local k = c:record(v, "api_key", '{ header = "X-API-Key", sql = "SELECT ... WHERE key_hash = $1" }')
+  if not k then return nil end
+  c:only(k, API_KEY_FIELDS, "api_key")
+  local out = {}
+  if (k.header == nil) == (k.query == nil) then
+    c:err("api_key", "needs one of header = \"X-API-Key\" and query = \"api_key\", where callers send the key")
+  elseif k.header ~= nil then
+    out.header = c:string(k.header, "api_key.header")
+    if out.header and not out.header:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
+      c:err("api_key.header", "expected a header name of token characters, got " .. quote(out.header))
+    elseif out.header and out.header:lower() == "authorization" then
+      c:err("api_key.header", "Authorization carries bearer tokens (jwt); name a header of its own")
+    end
+  else
+    out.query = c:string(k.query, "api_key.query")
+    if out.query and not out.query:match("^[%w_%-%.~]+$") then
+      c:err("api_key.query", "expected a query parameter name (letters, digits, '-', '_', '.', '~'), got "
+        .. quote(out.query))
+    end
+  end
+  local q = c:string(k.sql, "api_key.sql", true)
+  if q then
+    local scan, err = sqltext.scan(q)
+    if q:match("^%s*$") then
+      c:err("api_key.sql", "is empty")
+    elseif not scan then
+      c:err("api_key.sql", err)
+    elseif scan.statements > 1 then
+      c:err("api_key.sql", "holds more than one statement")
+    elseif scan.max ~= 1 or not scan.used[1] then
+      c:err("api_key.sql", "takes exactly one parameter, $1: the key's hash (never the key itself)")
+    end
+  end
+  out.sql = q
+  if k.hash ~= nil then
+    local h = c:string(k.hash, "api_key.hash")
+    if h and h ~= "sha256" then
+      c:err("api_key.hash", "expected \"sha256\" (the hex SHA-256 of the key), got " .. quote(h))
+    end
+  end
+  out.hash = "sha256"
+  out.ttl_ms = M.DEFAULT_API_KEY_TTL_MS
+  if k.ttl ~= nil then
+    out.ttl_ms = c:duration(k.ttl, "api_key.ttl", false, true) or M.DEFAULT_API_KEY_TTL_MS
+  end
+  out.required = c:boolean(k.required, "api_key.required", false)
+  return out
+end
+
 local function identity_decl(c, decl, f)
   c:only(f, IDENTITY_FIELDS)
   local id = { file = decl.file, line = decl.line }
   if f.jwt ~= nil then
     id.jwt = jwt_decl(c, f.jwt)
   end
-  local verified = f.jwt ~= nil
+  if f.api_key ~= nil then
+    id.api_key = api_key_decl(c, f.api_key)
+  end
+  local verified = f.jwt ~= nil or f.api_key ~= nil
   id.user = identity_source(c, f.user, "user", true, verified)
   id.tenant = identity_source(c, f.tenant, "tenant", true, verified)
   if f.user == nil and f.tenant == nil then
@@ -938,6 +995,16 @@ local function var_text_set(vars)
   return s
 end
 
+-- The request values that carry a credential: a template may not copy them into a key, a tag
+-- or an SQL argument, where they would be stored, logged or sent in clear.
+function M.secret_fields(id)
+  local out = { header = {}, query = {} }
+  if id.jwt then out.header.authorization = "the bearer token" end
+  if id.api_key and id.api_key.header then out.header[id.api_key.header:lower()] = "the API key" end
+  if id.api_key and id.api_key.query then out.query[id.api_key.query] = "the API key" end
+  return out
+end
+
 -- The template options for request templates of an endpoint.
 local function request_opts(env, route)
   local allowed = {}
@@ -947,7 +1014,7 @@ local function request_opts(env, route)
   if env.known then
     if not (env.identity and env.identity.user) then allowed.user = nil end
     if not (env.identity and env.identity.tenant) then allowed.tenant = nil end
-    if not (env.identity and env.identity.jwt) then allowed.claim = nil end
+    if not (env.identity and (env.identity.jwt or env.identity.api_key)) then allowed.claim = nil end
   end
   return {
     allowed = allowed,
@@ -965,6 +1032,7 @@ local function request_opts(env, route)
       end
       return nil
     end,
+    secrets = env.identity and M.secret_fields(env.identity),
   }
 end
 
@@ -1366,19 +1434,23 @@ end
 ---------------------------------------------------------------------------
 -- on_change
 
-local ON_CHANGE_FIELDS = { "invalidate" }
+local ON_CHANGE_FIELDS = { "invalidate", "credentials" }
 
-local function on_change_decl(c, decl, f)
+local function on_change_decl(c, decl, f, identity, complete)
   c:only(f, ON_CHANGE_FIELDS)
   local out = { table = decl.name, file = decl.file, line = decl.line }
+  out.credentials = c:boolean(f.credentials, "credentials", false) or nil
+  if out.credentials and complete and not (identity and identity.api_key) then
+    c:err("credentials", "forgets the API keys the workers looked up, but the identity declares no api_key")
+  end
   local topts = {
     allowed = { row = true },
     refuse = function()
       return "is not available in on_change, which runs for a changed row, not a request (use {row.COLUMN})"
     end,
   }
-  if f.invalidate == nil then
-    c:missing("invalidate", 'e.g. invalidate = { "crm:{row.owner_id}" }')
+  if f.invalidate == nil and not out.credentials then
+    c:missing("invalidate", 'e.g. invalidate = { "crm:{row.owner_id}" } (or credentials = true)')
   end
   local vars
   out.invalidate, vars = c:template_list(f.invalidate, "invalidate", topts, '{ "crm:{row.owner_id}" }')
@@ -1546,7 +1618,7 @@ function M.build(files, decls, report, complete)
     else
       tables[d.name] = d
     end
-    set.on_change[#set.on_change + 1] = on_change_decl(c, d, d.fields)
+    set.on_change[#set.on_change + 1] = on_change_decl(c, d, d.fields, set.identity, complete)
   end
   return set
 end

@@ -1039,13 +1039,51 @@ identity {
         "t.lua:1: identity: jwt.keys[1]: needs exactly one of jwks, pem, secret_file and secret_env,"
         .. " got jwks and pem")
       fails([[identity { jwt = { keys = "jwks.json" }, user = header "X-User-Id" }]],
-        't.lua:1: identity: user: header "X-User-Id" would let any caller name itself past the token:'
-        .. ' with jwt, the user comes from a claim (user = claim "...")')
+        't.lua:1: identity: user: header "X-User-Id" would let any caller name itself past the credential:'
+        .. ' with jwt or api_key, the user comes from a claim (user = claim "...")')
       fails([[identity { user = claim "sub" }]],
         't.lua:1: identity: user: claim "sub" needs a credential to read it from: declare'
-        .. ' jwt = { keys = "jwks.json", ... } in this identity block')
+        .. ' jwt = { keys = "jwks.json", ... } or api_key = { ... } in this identity block')
       fails([[identity { jwt = { issuer = "x" }, user = claim "sub" }]],
         't.lua:1: identity: jwt.keys is required (e.g. keys = "jwks.json" (a JWK set file in the policy directory))')
+    end)
+
+    it("api_key blocks: where the key comes, one $1 (its hash), credentials kept out of templates", function()
+      local set = set_of([[
+identity {
+  api_key = { header = "X-API-Key", sql = "SELECT user_id AS sub FROM api_keys WHERE key_hash = $1",
+              ttl = "30s", required = true },
+  user = claim "sub",
+}
+on_change "api_keys" { credentials = true }
+]])
+      assert.are.same({ header = "X-API-Key", sql = "SELECT user_id AS sub FROM api_keys WHERE key_hash = $1",
+        hash = "sha256", ttl_ms = 30000, required = true }, set.identity.api_key)
+      assert.is_true(set.on_change[1].credentials)
+      assert.are.same({}, set.on_change[1].invalidate)
+      fails([[identity { api_key = { sql = "SELECT 1 WHERE $1 = 'x'" }, user = claim "sub" }]],
+        't.lua:1: identity: api_key: needs one of header = "X-API-Key" and query = "api_key", where callers send the key')
+      fails([[identity { api_key = { header = "X-K", sql = "SELECT $1, $2" }, user = claim "sub" }]],
+        "t.lua:1: identity: api_key.sql: takes exactly one parameter, $1: the key's hash (never the key itself)")
+      fails([[identity { api_key = { header = "X-K", sql = "SELECT $1", hash = "md5" }, user = claim "sub" }]],
+        't.lua:1: identity: api_key.hash: expected "sha256" (the hex SHA-256 of the key), got "md5"')
+      fails([[identity { api_key = { header = "Authorization", sql = "SELECT $1" }, user = claim "sub" }]],
+        "t.lua:1: identity: api_key.header: Authorization carries bearer tokens (jwt); name a header of its own")
+      fails([[
+identity { api_key = { query = "k", sql = "SELECT $1" }, user = claim "sub" }
+endpoint "GET /x" { body = "{}", cache = { ttl = "1m", key = "x:{user}:{query.k}" } }
+]], 't.lua:2: endpoint "GET /x": cache.key "x:{user}:{query.k}": {query.k} is the API key: a template would'
+        .. " put it in clear in a key, a tag or an SQL argument (use {user} or {claim.NAME})")
+      fails([[
+identity { jwt = { keys = "j.json" }, user = claim "sub" }
+endpoint "GET /x" { sql = "SELECT $1", args = { "{header.Authorization}" } }
+]], 't.lua:2: endpoint "GET /x": args[1] "{header.Authorization}": {header.Authorization} is the bearer token:'
+        .. " a template would put it in clear in a key, a tag or an SQL argument (use {user} or {claim.NAME})")
+      fails([[
+identity { user = header "X-User-Id" }
+on_change "api_keys" { credentials = true }
+]], "t.lua:2: on_change \"api_keys\": credentials: forgets the API keys the workers looked up, but the identity"
+        .. " declares no api_key")
     end)
 
     it("{claim.NAME} only with a credential", function()
