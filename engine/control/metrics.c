@@ -255,6 +255,9 @@ stores(struct sbuf *out, const struct gateway_health *h)
     sample_u64(out, "sluice_db_connections", NULL, h->db_connections);
     family(out, "sluice_db_pending", "gauge", "Statements waiting for or running on a connection.");
     sample_u64(out, "sluice_db_pending", NULL, h->db_pending);
+    family(out, "sluice_db_pipelined_total", "counter",
+           "Statements sent behind another on a busy connection (pipeline mode).");
+    sample_u64(out, "sluice_db_pipelined_total", NULL, h->db_pipelined);
 }
 
 /* ---- the control plane ------------------------------------------------------------------- */

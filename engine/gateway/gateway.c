@@ -202,6 +202,7 @@ gateway_health(struct gateway *g, struct gateway_health *out)
         out->db_size += d->size;
         out->db_connections += d->connections;
         out->db_pending += d->pending;
+        out->db_pipelined += d->pipelined;
         if (d->size && d->backing_off == d->size)
             out->db_unreachable++;
         if (d->last_error_ms > out->db_last_error_ms) {

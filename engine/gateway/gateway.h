@@ -95,6 +95,7 @@ struct gateway_health {
     unsigned db_size;                 /* connection slots of every pool */
     unsigned db_connections;          /* established */
     unsigned db_pending;              /* statements waiting or running */
+    uint64_t db_pipelined;            /* statements sent behind another on a busy connection */
     unsigned db_unreachable;          /* pools whose every slot is backing off after failures */
     char db_last_error[256];          /* the latest failed connect or lost connection */
     uint64_t db_last_error_ms;        /* when (ms since the epoch); 0: never */

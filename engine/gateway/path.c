@@ -361,7 +361,8 @@ identify(struct gw_req *rq)
         else
             params[i] = NULL;
     }
-    if (!rq->wk->db || db_query(rq->wk->db, id->tier_sql, (int)n, params, on_tier, rq) != 0) {
+    if (!rq->wk->db ||
+        db_query(rq->wk->db, id->tier_sql, (int)n, params, DB_READ, on_tier, rq) != 0) {
         gw_set_tier(rq, NULL, 0);
         admit_request(rq);
     }
@@ -411,7 +412,7 @@ gw_req_begin(struct gw_req *rq)
         /* $1 is the key's SHA-256 in hex: the key itself never reaches the database. */
         const char *params[1] = {rq->api_key_hex};
         if (!rq->wk->db || db_query(rq->wk->db, rq->policy->identity.api_key->sql, 1, params,
-                                    on_api_key, rq) != 0) {
+                                    DB_READ, on_api_key, rq) != 0) {
             rq->id_refusal = "lookup_failed";
             gw_fail_internal(rq, 503, "the API key could not be checked",
                              "no database to look API keys up in");
@@ -445,6 +446,7 @@ gw_detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t
     rq->own_sr.ip = rq->own_ip;
     rq->own_sr.worker = wk->w;
     rq->sr = &rq->own_sr;
+    rq->method = sr.http.method;
     rq->detached = true;
     LIST_INSERT_HEAD(&wk->background, rq, bg_link);
     *raw = (struct sbuf){0};

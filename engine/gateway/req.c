@@ -69,7 +69,7 @@ gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
     rq->wk = wk;
     rq->start_us = util_mono_us();
     rq->sr = sr;
-    rq->method = sr->http.method;
+    rq->method = sr ? sr->http.method : HTTP_OTHER; /* a detached request sets its own */
     policy_ref(p);
     rq->policy = p;
     rq->ep = m->data;

@@ -141,7 +141,7 @@ run_sql(struct gw_req *rq)
         return;
     }
     rq->origin_us = util_mono_us();
-    if (db_query(rq->wk->db, ep->sql, (int)n, params, on_db, rq) != 0)
+    if (db_query(rq->wk->db, ep->sql, (int)n, params, ep->is_write ? 0 : DB_READ, on_db, rq) != 0)
         gw_fail_internal(rq, 503, "the database is unavailable",
                          "the database pool is shutting down");
 }

@@ -139,7 +139,7 @@ gw_warm_start(struct gw_worker *wk, struct policy *p)
             policy_ref(p);
             q->policy = p;
             q->ep = ep;
-            if (db_query(wk->db, sql, 0, NULL, on_warm_rows, q) == 0) {
+            if (db_query(wk->db, sql, 0, NULL, DB_READ, on_warm_rows, q) == 0) {
                 ws->queries_pending++;
             } else {
                 policy_release(p);

@@ -172,6 +172,8 @@ class MetricsCountWhatWasSent(SluiceTestCase):
         self.assertEqual(value(s, "sluice_store_breaker_open", store="memory"), 0)
         self.assertEqual(value(s, "sluice_db_up"), 1)
         self.assertGreaterEqual(value(s, "sluice_db_connections"), 1)
+        # The traffic sent one statement at a time: none waited behind another.
+        self.assertEqual(value(s, "sluice_db_pipelined_total"), 0)
         self.assertEqual(value(s, "sluice_policy_generation"), 1)
         self.assertEqual(value(s, "sluice_reloads_total", result="ok"), 0)
         self.assertEqual(value(s, "sluice_cache_entries"), 1)  # the one answer of GET /items
