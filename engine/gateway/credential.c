@@ -11,8 +11,6 @@
 #include "cred_cache.h"
 #include "util.h"
 
-const char *const gw_id_source_names[] = {"anonymous", "header", "jwt", "api_key"};
-
 /* An error_description (RFC 6750 section 3): printable ASCII without '"' and '\'. */
 static void
 describe(char *out, size_t cap, const char *text)
@@ -79,6 +77,7 @@ verify_token(struct gw_req *rq, const char *tok, size_t len, char *detail, size_
 {
     const struct policy_jwt *j = rq->policy->identity.jwt;
     struct cred_cache *cache = rq->wk ? rq->wk->creds : NULL;
+    rq->id_source = GW_ID_JWT;
     uint64_t now_ms = util_now_ms();
     unsigned char digest[CRED_DIGEST_LEN];
     if (len > JWT_MAX_BYTES) {
@@ -102,7 +101,8 @@ verify_token(struct gw_req *rq, const char *tok, size_t len, char *detail, size_
     if (st != JWT_OK)
         return invalid_token(rq, jwt_status_name(st), detail, detail_len);
     rq->claims = t.claims;
-    rq->id_source = GW_ID_JWT;
+    rq->id_key = t.key;
+    rq->id_exp = t.exp;
     if (cache) {
         double until = (t.exp + j->rules.leeway_s) * 1000.0;
         cred_cache_put(cache, CRED_JWT, digest, rq->policy->generation, t.claims,

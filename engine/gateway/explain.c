@@ -61,9 +61,45 @@ tier_from_text(enum gw_tier_from from, bool given)
     }
 }
 
+/* Where an identity value came from: "claim NAME", "header NAME", or null when it is absent. */
+static json_t *
+value_from(const char *value, const char *claim, const char *header)
+{
+    if (!value)
+        return json_null();
+    return claim ? json_sprintf("claim %s", claim) : json_sprintf("header %s", header);
+}
+
+/* The caller's credential: what it is, and how it was checked (never the credential itself). */
+static json_t *
+credential_json(struct gw_req *rq)
+{
+    const struct policy_identity *id = &rq->policy->identity;
+    json_t *c = json_pack("{s:s}", "source", gw_id_source_names[rq->id_source]);
+    if (rq->id_refusal) {
+        json_object_set_new(c, "refused", json_string(rq->id_refusal));
+        if (rq->challenge)
+            json_object_set_new(c, "challenge", json_string(rq->challenge));
+    } else if (rq->id_source == GW_ID_JWT && rq->id_key) {
+        json_object_set_new(c, "verified", json_true());
+        json_object_set_new(c, "key", rq->id_key->kid ? json_string(rq->id_key->kid) : json_null());
+        json_object_set_new(c, "key_from", json_string(rq->id_key->source));
+        json_object_set_new(c, "expires", json_integer((json_int_t)rq->id_exp));
+    } else if (rq->id_source == GW_ID_API_KEY) {
+        json_object_set_new(c, "sha256", json_string(rq->api_key_hex));
+        json_object_set_new(c, "lookup", json_string(id->api_key->sql));
+        if (rq->api_key_pending)
+            json_object_set_new(c, "note",
+                                json_string("explain does not look API keys up: the caller is "
+                                            "shown as it is before the lookup"));
+    }
+    return c;
+}
+
 static json_t *
 caller_json(struct gw_req *rq, const char *tier_from)
 {
+    const struct policy_identity *id = &rq->policy->identity;
     json_t *c = json_object();
     json_object_set_new(c, "user", rq->user ? json_stringn(rq->user, rq->user_len) : json_null());
     json_object_set_new(c, "tenant",
@@ -71,6 +107,13 @@ caller_json(struct gw_req *rq, const char *tier_from)
     json_object_set_new(c, "ip", json_string(rq->sr->ip));
     json_object_set_new(c, "tier", rq->tier ? json_string(rq->tier->name) : json_null());
     json_object_set_new(c, "tier_from", json_string(tier_from));
+    json_object_set_new(c, "source", json_string(gw_id_source_names[rq->id_source]));
+    json_object_set_new(c, "from",
+                        json_pack("{s:o, s:o}", "user",
+                                  value_from(rq->user, id->user_claim, id->user_header), "tenant",
+                                  value_from(rq->tenant, id->tenant_claim, id->tenant_header)));
+    if (id->jwt || id->api_key)
+        json_object_set_new(c, "credential", credential_json(rq));
     return c;
 }
 
@@ -186,6 +229,9 @@ explain(struct policy *p, struct server_request *sr, const char *tier, struct gw
     int status = gw_read_request(rq, detail, sizeof(detail));
     if (status != 0) {
         refused(o, status, detail);
+        const struct policy_identity *id = &rq->policy->identity;
+        if (id->jwt || id->api_key)
+            json_object_set_new(o, "credential", credential_json(rq));
         json_object_set_new(o, "endpoint", endpoint_json(routed));
         goto out;
     }

@@ -77,10 +77,33 @@ gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
     return rq;
 }
 
+const char *const gw_id_source_names[] = {"anonymous", "header", "jwt", "api_key"};
+
+/* Counts how the answered request's caller was identified, or why its credential was refused. */
+static void
+count_identity(struct gw_req *rq)
+{
+    static const char *const results[][2] = {
+        [GW_ID_ANONYMOUS] = {"none", "none"},
+        [GW_ID_HEADER] = {"trusted", "trusted"},
+        [GW_ID_JWT] = {"verified", "cached"},
+        [GW_ID_API_KEY] = {"looked_up", "cached"},
+    };
+    const char *source = gw_id_source_names[rq->id_source];
+    if (rq->id_refusal)
+        gw_stats_id_refusal(&rq->wk->stats,
+                            strcmp(rq->id_refusal, "missing") == 0 ? "none" : source,
+                            rq->id_refusal);
+    else
+        gw_stats_identity(&rq->wk->stats, source, results[rq->id_source][rq->id_cached]);
+}
+
 void
 gw_req_free(struct gw_req *rq)
 {
     struct gw_worker *wk = rq->wk;
+    if (wk && !rq->detached && rq->status)
+        count_identity(rq);
     if (wk && !rq->detached && rq->status)
         gw_stats_answered(wk, rq->method, rq->ep->name, rq->tier ? rq->tier->name : NULL,
                           rq->status, rq->cache_kind, rq->start_us);

@@ -109,6 +109,8 @@ struct gw_req {
     enum gw_id_source id_source; /* what identified the caller (credential.h) */
     json_t *claims;              /* the verified credential's claims (a reference), or NULL */
     bool id_cached;              /* the credential was remembered: no signature was verified */
+    const struct jwk *id_key;    /* the key that verified the token (not when remembered) */
+    double id_exp;               /* the verified token's exp */
     const char *id_refusal;      /* why the credential was refused (a metrics word), or NULL */
     const char *challenge;       /* WWW-Authenticate of the 401 (or 400) refusing it, or NULL */
     bool api_key_pending;        /* an API key to look up (api_key_digest) before identifying */

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -285,6 +286,65 @@ class VerifiedTokens(JwtCase):
             while json.loads(self.s.admin("GET", "/status")[2])["generation"] == gen:
                 self.assertLess(time.time(), deadline)
                 time.sleep(0.05)
+
+
+class ExplainAndMetrics(JwtCase):
+    def explain(self, token):
+        r = subprocess.run([lib.BIN, "explain", "-H", "Authorization: Bearer " + token, self.dir,
+                            "GET /me"], capture_output=True, text=True, timeout=20)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout, json.loads(r.stdout)
+
+    def test_explain_says_which_source_identified_the_caller_and_why_a_token_was_refused(self):
+        """sluice explain shows the source, the key that verified the token and where each
+        identity value came from; for a refused token the reason, never the token."""
+        good = self.token("ex1", "ES256")
+        text, o = self.explain(good)
+        c = o["caller"]
+        self.assertEqual((c["user"], c["source"], c["tier"], c["tier_from"]),
+                         ("ex1", "jwt", "pro", "claim"))
+        self.assertEqual(c["from"], {"user": "claim sub", "tenant": None})
+        self.assertEqual(c["credential"]["key"], "ec1")
+        self.assertTrue(c["credential"]["key_from"].endswith("keys/jwks.json"))
+        self.assertNotIn(good.split(".")[2], text)
+        expired = self.token("ex1", exp=int(time.time()) - 100)
+        text, o = self.explain(expired)
+        self.assertEqual(o["status"], 401)
+        self.assertEqual(o["credential"]["refused"], "expired")
+        self.assertIn('error="invalid_token"', o["credential"]["challenge"])
+        for part in expired.split("."):
+            self.assertNotIn(part, text)
+
+    def test_metrics_count_verified_remembered_and_refused_tokens(self):
+        """/metrics: sluice_identity_total by source and result, and
+        sluice_identity_refusals_total by reason."""
+        def metric(name, labels):
+            text = self.s.admin("GET", "/metrics")[2].decode()
+            m = re.search(r"^%s\{%s\} (\d+)" % (re.escape(name), re.escape(labels)), text,
+                          re.M)
+            return int(m.group(1)) if m else 0
+        expired0 = metric("sluice_identity_refusals_total", 'source="jwt",reason="expired"')
+        missing0 = metric("sluice_identity_refusals_total", 'source="none",reason="missing"')
+        ok0 = metric("sluice_identity_total", 'source="jwt",result="verified"') + \
+            metric("sluice_identity_total", 'source="jwt",result="cached"')
+        cached0 = metric("sluice_identity_total", 'source="jwt",result="cached"')
+        expired = self.token("m1", exp=int(time.time()) - 100)
+        for _ in range(3):
+            self.assertEqual(self.get(expired, "/me?metrics")[0], 401)
+        self.assertEqual(self.get(None, "/me?metrics")[0], 401)
+        t = self.token("m2")
+        for _ in range(6):
+            self.assertEqual(self.get(t, "/me?metrics")[0], 200)
+        self.assertEqual(metric("sluice_identity_refusals_total",
+                                'source="jwt",reason="expired"') - expired0, 3)
+        self.assertEqual(metric("sluice_identity_refusals_total",
+                                'source="none",reason="missing"') - missing0, 1)
+        ok = metric("sluice_identity_total", 'source="jwt",result="verified"') + \
+            metric("sluice_identity_total", 'source="jwt",result="cached"')
+        self.assertEqual(ok - ok0, 6)
+        # Two workers: each verifies the token once at most, then remembers it.
+        self.assertGreaterEqual(metric("sluice_identity_total", 'source="jwt",result="cached"') -
+                                cached0, 4)
 
 
 class OptionalTokens(JwtCase):
