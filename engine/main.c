@@ -277,6 +277,8 @@ cmd_check(int argc, char **argv)
         free(errors);
         return 1;
     }
+    if (p->notes)
+        fputs(p->notes, stdout);
     /* A broken tenant file does not stop a server, but it fails the check. */
     int rc = p->tenant_errors ? 1 : 0;
     if (p->tenant_errors)

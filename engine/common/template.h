@@ -21,6 +21,8 @@ enum template_var {
 };
 
 #define TV_BIT(v) (1u << (v))
+/* The variables that name a caller: a key holding one is used only for callers who have it. */
+#define TV_CALLER (TV_BIT(TV_USER) | TV_BIT(TV_TENANT) | TV_BIT(TV_CLAIM))
 #define TV_ALL_REQUEST (TV_BIT(TV_ROW) - 1u) /* every variable but {row.*} */
 
 struct template;

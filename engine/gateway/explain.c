@@ -9,6 +9,7 @@
 #include "http_parse.h"
 #include "limiter.h"
 #include "plan.h"
+#include "template.h"
 #include "util.h"
 
 /* One limit as the request path counts it: rq->limits[i] after gw_plan(). */
@@ -29,6 +30,13 @@ limit_json(struct gw_req *rq, size_t i)
                             json_integer((json_int_t)(rule->burst ? rule->burst : rule->limit)));
     if (l->is_tier)
         json_object_set_new(o, "from", json_string("tier"));
+    if (!l->is_tier && (template_uses(l->key) & TV_CALLER)) {
+        /* A key naming a caller: those who lack it are counted by address, or share it. */
+        json_object_set_new(o, "anonymous", json_string(l->anonymous_share ? "share" : "ip"));
+        if (rq->by_ip & (1u << i))
+            json_object_set_new(o, "keyed_by",
+                                json_string("ip: the caller lacks what the key names"));
+    }
     return o;
 }
 
@@ -108,10 +116,18 @@ caller_json(struct gw_req *rq, const char *tier_from)
     json_object_set_new(c, "tier", rq->tier ? json_string(rq->tier->name) : json_null());
     json_object_set_new(c, "tier_from", json_string(tier_from));
     json_object_set_new(c, "source", json_string(gw_id_source_names[rq->id_source]));
-    json_object_set_new(c, "from",
-                        json_pack("{s:o, s:o}", "user",
-                                  value_from(rq->user, id->user_claim, id->user_header), "tenant",
-                                  value_from(rq->tenant, id->tenant_claim, id->tenant_header)));
+    json_t *from =
+        json_pack("{s:o, s:o}", "user", value_from(rq->user, id->user_claim, id->user_header),
+                  "tenant", value_from(rq->tenant, id->tenant_claim, id->tenant_header));
+    if (id->tier_claim)
+        json_object_set_new(from, "tier", json_sprintf("claim %s", id->tier_claim));
+    else if (id->tier_header)
+        json_object_set_new(
+            from, "tier",
+            json_sprintf("header %s%s", id->tier_header, id->tier_trusted ? " (trusted)" : ""));
+    else if (id->tier_sql)
+        json_object_set_new(from, "tier", json_string("sql"));
+    json_object_set_new(c, "from", from);
     if (id->jwt || id->api_key)
         json_object_set_new(c, "credential", credential_json(rq));
     return c;
@@ -175,7 +191,15 @@ cache_json(struct gw_req *rq)
     }
     json_object_set_new(c, "key",
                         a->cache_key ? json_stringn(a->cache_key, a->cache_keylen) : json_null());
-    if (rq->bypass)
+    if (template_uses(ep->cache_key) & TV_CALLER)
+        json_object_set_new(c, "anonymous", json_string(ep->anonymous_share ? "share" : "bypass"));
+    if (rq->bypass_anonymous)
+        json_object_set_new(
+            c, "bypass_reason",
+            json_string("the cache key names a caller ({user}, {tenant} or a claim) this request "
+                        "lacks: such entries are never shared by the callers who lack it "
+                        "(cache.anonymous = \"share\" shares them)"));
+    else if (rq->bypass)
         json_object_set_new(c, "bypass_reason",
                             json_string("the request carries credentials and the cache key holds "
                                         "neither {user} nor {tenant} of the caller"));

@@ -272,7 +272,15 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
             sl->key = gw_caller_key(rq, &sl->keylen);
         } else {
             sl->rule = &l->rule;
-            sl->key = gw_expand(rq, l->key, &sl->keylen);
+            size_t mark = rq->keys_used;
+            bool lacks;
+            sl->key = gw_expand_caller(rq, l->key, &sl->keylen, &lacks);
+            if (sl->key && lacks && l->key_ip) {
+                /* A key naming a caller is never one counter for all who lack it. */
+                rq->keys_used = mark;
+                sl->key = gw_expand(rq, l->key_ip, &sl->keylen);
+                rq->by_ip |= (uint8_t)(1u << i);
+            }
         }
         if (!sl->key)
             return refused(rq, detail, detail_len, "request values too long for a limit key");
@@ -294,9 +302,17 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
         rq->bypass = true;
     if (rq->bypass || (rq->sr->http.method != HTTP_GET && rq->sr->http.method != HTTP_HEAD))
         return 0;
-    a->cache_key = gw_expand(rq, ep->cache_key, &a->cache_keylen);
+    bool lacks;
+    a->cache_key = gw_expand_caller(rq, ep->cache_key, &a->cache_keylen, &lacks);
     if (!a->cache_key)
         return refused(rq, detail, detail_len, "request values too long for a cache key");
+    if (lacks && !ep->anonymous_share) {
+        /* An entry keyed by a caller is never shared by the callers who lack that caller. */
+        a->cache_key = NULL;
+        a->cache_keylen = 0;
+        rq->bypass = rq->bypass_anonymous = true;
+        return 0;
+    }
     for (size_t i = 0; i < ep->ntags; i++) {
         rq->tags[i] = gw_expand(rq, ep->tags[i], &rq->taglens[i]);
         if (!rq->tags[i])

@@ -568,6 +568,45 @@ gw_expand(struct gw_req *rq, const struct template *t, size_t *len)
     return k;
 }
 
+/* What an expansion saw of the variables naming the caller. */
+struct caller_probe {
+    struct gw_req *rq;
+    bool user_seen, user_absent, other_absent;
+};
+
+static int
+probe_lookup(void *ctx, enum template_var var, const char *name, size_t namelen, const char **val,
+             size_t *len)
+{
+    struct caller_probe *p = ctx;
+    int found = gw_lookup(p->rq, var, name, namelen, val, len);
+    if (var == TV_USER) {
+        p->user_seen = true;
+        p->user_absent = !found;
+    } else if ((var == TV_TENANT || var == TV_CLAIM) && !found) {
+        p->other_absent = true;
+    }
+    return found;
+}
+
+const char *
+gw_expand_caller(struct gw_req *rq, const struct template *t, size_t *len, bool *lacks)
+{
+    struct caller_probe p = {.rq = rq};
+    *lacks = false;
+    long n = template_expand(t, probe_lookup, &p, rq->keys + rq->keys_used,
+                             sizeof(rq->keys) - rq->keys_used);
+    if (n < 0 || rq->value_overflow || rq->refusal)
+        return NULL;
+    /* {user} names one caller whatever else the key holds; without it, every caller variable
+     * of the key must be the caller's. */
+    *lacks = p.user_seen ? p.user_absent : p.other_absent;
+    const char *k = rq->keys + rq->keys_used;
+    rq->keys_used += (size_t)n + 1;
+    *len = (size_t)n;
+    return k;
+}
+
 const char *
 gw_caller_key(struct gw_req *rq, size_t *len)
 {

@@ -132,6 +132,9 @@ struct gw_req {
     bool warm;                 /* warming: no limit is counted */
     bool refresh;              /* a background refresh: the lease is held, the lookup is done */
     bool bypass;               /* the cache is not used for this request (X-Cache: BYPASS) */
+    bool bypass_anonymous;     /* ... because the caller lacks what the cache key names */
+    uint8_t by_ip;             /* limit i is counted by address: the caller lacks what its key
+                                  names (bit i) */
     bool uncacheable;          /* the origin's answer may not be stored (hit-for-miss) */
     bool coded;                /* the origin's answer is in a transfer coding passed on undecoded
                                   (its Transfer-Encoding line in the entry's fields): replied
@@ -235,6 +238,14 @@ void gw_req_free(struct gw_req *rq);
 
 /* Expands t into the request's key arena. Returns the text (borrowed), or NULL when full. */
 const char *gw_expand(struct gw_req *rq, const struct template *t, size_t *len);
+
+/*
+ * Expands t like gw_expand() and says in *lacks whether the request's caller
+ * lacks what the key names: the user when t holds {user}, else any of its
+ * {tenant} and {claim.NAME}. Such a key is never used for that caller as it
+ * expands (the callers who lack the same values would share it).
+ */
+const char *gw_expand_caller(struct gw_req *rq, const struct template *t, size_t *len, bool *lacks);
 
 /* The caller's tier counter key (per user, or per address), expanded like gw_expand(). */
 const char *gw_caller_key(struct gw_req *rq, size_t *len);

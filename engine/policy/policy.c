@@ -256,6 +256,7 @@ compile_identity(struct compile *c)
     if (lua_istable(L, -1)) {
         id->tier_header = field_str(L, "header");
         id->tier_claim = field_str(L, "claim");
+        id->tier_trusted = field_bool(L, "trusted");
         id->tier_sql = field_str(L, "sql");
         id->tier_args = field_templates(
             c, "args", TV_BIT(TV_USER) | TV_BIT(TV_TENANT) | TV_BIT(TV_HEADER) | TV_BIT(TV_IP),
@@ -505,6 +506,9 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
     if (lua_istable(L, -1)) {
         e->cached = true;
         e->shared = field_bool(L, "shared");
+        char *anon = field_str(L, "anonymous");
+        e->anonymous_share = anon && strcmp(anon, "share") == 0;
+        free(anon);
         e->ttl_ms = (uint64_t)field_int(L, "ttl_ms", 0);
         e->ttl_origin = field_bool(L, "ttl_origin");
         e->override = field_bool(L, "override");
@@ -558,6 +562,18 @@ compile_set(struct compile *c)
     lua_State *L = c->L;
     struct policy *p = c->p;
 
+    lua_getfield(L, -1, "notes");
+    size_t nn = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    struct sbuf notes = {0};
+    for (size_t i = 1; i <= nn; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        const char *line = lua_tostring(L, -1);
+        if (line)
+            sbuf_printf(&notes, "%s\n", line);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    p->notes = notes.p;
     compile_tiers(c);
     compile_identity(c);
     compile_upstreams(c);
@@ -777,5 +793,6 @@ policy_release(struct policy *p)
     template_free(p->tier_key_ip);
     tenant_free_all(p->tenants, p->ntenants);
     free(p->tenant_errors);
+    free(p->notes);
     free(p);
 }

@@ -35,6 +35,10 @@ struct policy_limit {
     bool is_tier;             /* the caller's tier: rule and name come from the tier */
     struct limiter_rule rule; /* unless is_tier */
     struct template *key;     /* unless is_tier (the tier key is per caller) */
+    struct template *key_ip;  /* a key naming a caller ({user}, {tenant}, {claim.NAME}): the
+                                 key of callers who lack it, "KEY:ip:{ip}"; NULL when the key
+                                 names no caller, or with anonymous = "share" (they share KEY) */
+    bool anonymous_share;     /* anonymous = "share" */
     uint32_t cost;
     bool fail_closed;
     bool shadow;        /* unless is_tier (the tier's own mode applies): mode = "shadow",
@@ -116,12 +120,15 @@ struct policy_endpoint {
     /* cache */
     bool cached;
     bool shared;
-    uint64_t ttl_ms;  /* the policy's TTL; 0 with ttl_origin */
-    bool ttl_origin;  /* ttl = "origin": freshness only from the upstream's answer */
-    bool override;    /* override = true: ttl_ms whatever the answer says */
-    uint64_t keep_ms; /* an upstream's answer with a validator is kept this long past its
-                         freshness, to be revalidated instead of fetched again */
-    char **targeted;  /* RFC 9213 targeted fields read before Cache-Control, lowercased */
+    bool anonymous_share; /* cache.anonymous = "share": a caller who lacks a caller variable of
+                             the key uses the entry the key expands to without it; by default
+                             such a request bypasses the cache */
+    uint64_t ttl_ms;      /* the policy's TTL; 0 with ttl_origin */
+    bool ttl_origin;      /* ttl = "origin": freshness only from the upstream's answer */
+    bool override;        /* override = true: ttl_ms whatever the answer says */
+    uint64_t keep_ms;     /* an upstream's answer with a validator is kept this long past its
+                             freshness, to be revalidated instead of fetched again */
+    char **targeted;      /* RFC 9213 targeted fields read before Cache-Control, lowercased */
     size_t ntargeted;
     struct template *cache_key;
     struct template **tags;
@@ -168,6 +175,7 @@ struct policy_identity {
     char *tenant_header;              /* NULL: no tenants (unless tenant_claim) */
     char *user_claim, *tenant_claim;  /* claim "NAME" of a verified credential, or NULL */
     char *tier_claim;                 /* the tier from a claim, or NULL */
+    bool tier_trusted;                /* the tier header is marked { trusted = true } */
     struct policy_jwt *jwt;           /* bearer tokens; NULL: none */
     struct policy_api_key *api_key;   /* API keys; NULL: none */
     struct identity_check user_check; /* what the user's value must be, and its canonical form */
@@ -206,6 +214,8 @@ struct policy {
     struct tenant *tenants;
     size_t ntenants;
     char *tenant_errors; /* "file:line: message" lines of the tenant files that failed, or NULL */
+    char *notes;         /* "file:line: note: ..." lines sluice check prints (keys that callers
+                            who lack what they name share), or NULL */
 };
 
 /*

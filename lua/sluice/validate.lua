@@ -653,7 +653,7 @@ local IDENTITY_FIELDS = { "user", "tenant", "tier", "tier_ttl", "default_tier", 
 local TIER_ARG_VARS = { user = true, tenant = true, ip = true, header = true }
 
 -- What an identity value must be: header("X-User-Id", { integer = true }), claim("sub", {...}).
-local HEADER_OPTIONS = { "integer", "uuid", "pattern" }
+local HEADER_OPTIONS = { "integer", "uuid", "pattern", "trusted" }
 local HEADER_OPTIONS_EXAMPLE = '{ integer = true }, { uuid = true } or { pattern = "[a-z0-9-]{1,64}" }'
 
 local JWT_FIELDS = { "keys", "issuer", "audience", "leeway", "required" }
@@ -675,6 +675,11 @@ local function header_options(c, opts, field, src, noun)
     return
   end
   c:only(opts, HEADER_OPTIONS, field)
+  if opts.trusted ~= nil and noun == "header" then
+    src.trusted = c:boolean(opts.trusted, field .. ".trusted", false) or nil
+  elseif opts.trusted ~= nil then
+    c:err(field .. ".trusted", "a claim of a verified credential needs no trust mark")
+  end
   local given = {}
   for _, k in ipairs({ "integer", "uuid" }) do
     if opts[k] ~= nil and c:boolean(opts[k], field .. "." .. k, false) then
@@ -741,10 +746,22 @@ local function identity_source(c, v, field, allow_options, verified)
     return nil
   end
   local src = { header = v.name }
-  if v.opts ~= nil and not allow_options then
-    c:err(field, "takes no options: its value is matched against the declared tier names")
-  elseif allow_options then
+  if allow_options then
     header_options(c, v.opts, field, src, "header")
+  elseif v.opts ~= nil then
+    -- The tier: its value is matched against the tier names; only trusted = true applies.
+    if is_plain_table(v.opts) and next(v.opts) == "trusted" and next(v.opts, "trusted") == nil then
+      src.trusted = c:boolean(v.opts.trusted, field .. ".trusted", false) or nil
+    else
+      c:err(field, "takes only { trusted = true }: its value is matched against the declared tier names")
+      src.trusted = is_plain_table(v.opts) and v.opts.trusted == true or nil
+    end
+  end
+  if field == "tier" and not src.trusted then
+    -- A caller that sets its own tier picks its own budget.
+    c:err(field, "header " .. quote(v.name) .. " comes from the client, which could pick its own tier;"
+      .. " when a layer in front sets it (and drops the client's), say so: header(" .. quote(v.name)
+      .. ", { trusted = true })")
   end
   return src
 end
@@ -980,12 +997,40 @@ local ENDPOINT_FIELDS = {
   "sql", "args", "one", "upstream", "body", "status", "content_type", "cache", "limit", "invalidate",
 }
 local CACHE_FIELDS = { "ttl", "key", "tags", "shared", "stale_while_revalidate", "stale_if_error", "warm",
-  "override", "keep", "targeted" }
+  "override", "keep", "targeted", "anonymous" }
 M.DEFAULT_KEEP_MS = 3600000 -- how long past its freshness an entry with a validator is kept to revalidate
 M.DEFAULT_TARGETED = { "CDN-Cache-Control" } -- RFC 9213 targeted fields the cache reads, in order
 local WARM_FIELDS = { "user", "tenant" }
 local MAX_WARM = 10000
-local LIMIT_FIELDS = { "limit", "window", "algorithm", "burst", "cost", "fail", "key", "name", "mode" }
+local LIMIT_FIELDS = { "limit", "window", "algorithm", "burst", "cost", "fail", "key", "name", "mode",
+  "anonymous" }
+
+-- Whether a key's variables name a caller ({user}, {tenant}, {claim.NAME}): such a key is used
+-- only for callers who have them (see docs/policies.md, "Keys that name a caller").
+local function names_caller(vars)
+  for _, v in ipairs(vars or {}) do
+    if template.CALLER[v.var] then return true end
+  end
+  return false
+end
+M.names_caller = names_caller
+
+-- anonymous = "share" | the default, for a key (its variables) at `field`. Returns "share", or
+-- nil for the default (normalized sets leave it out).
+local function check_anonymous(c, v, field, default, vars)
+  if v == nil then return nil end
+  local a = c:string(v, field)
+  if a ~= "share" and a ~= default then
+    if a then
+      c:err(field, "expected \"" .. default .. "\" (the default) or \"share\", got " .. quote(a))
+    end
+    return nil
+  end
+  if a == "share" and vars and not names_caller(vars) then
+    c:err(field, "\"share\" does nothing here: the key names no caller ({user}, {tenant}, {claim.NAME})")
+  end
+  return a == "share" and a or nil
+end
 
 local function var_text_set(vars)
   local s = {}
@@ -1098,11 +1143,14 @@ local function check_limit_table(c, t, prefix, index, topts, env)
     end
   end
   l.mode = check_mode(c, t.mode, p .. "mode", M.DEFAULT_MODE)
+  local key_vars
   if t.key ~= nil then
-    l.key = c:template(t.key, p .. "key", topts)
+    l.key, key_vars = c:template(t.key, p .. "key", topts)
   else
     l.key = "{route}:" .. table.concat(caller_parts(env), ":")
+    key_vars = template.parse(l.key)
   end
+  l.anonymous = check_anonymous(c, t.anonymous, p .. "anonymous", "ip", key_vars)
   if t.name ~= nil then
     local n = c:string(t.name, p .. "name")
     if n and not n:match(NAME_PATTERN) then
@@ -1371,6 +1419,7 @@ local function endpoint_decl(c, decl, f, env)
         out.key = default_cache_key(route, arg_vars, out.shared, env, source)
         key_vars = template.parse(out.key)
       end
+      out.anonymous = check_anonymous(c, cache.anonymous, "cache.anonymous", "bypass", key_vars)
       out.tags = c:template_list(cache.tags, "cache.tags", topts, '{ "crm:{user}" }')
       check_count(c, cache.tags, "cache.tags", M.MAX_TAGS, "tags", "an endpoint")
       if source == "upstream" then
@@ -1393,8 +1442,7 @@ local function endpoint_decl(c, decl, f, env)
       end
       if out.key and key_vars then
         local in_key = var_text_set(key_vars)
-        if env.known and env.identity and not out.shared
-          and not in_key["{user}"] and not in_key["{tenant}"] then
+        if env.known and env.identity and not out.shared and not names_caller(key_vars) then
           c:err(nil, "cache key " .. quote(out.key)
             .. " is shared between callers; add {user} or {tenant}, or say shared = true")
         end
@@ -1492,7 +1540,8 @@ end
 -- other declarations, the identity block) are left out, since the
 -- declaration they look for may be in the file that failed.
 function M.build(files, decls, report, complete)
-  local set = { files = {}, tiers = {}, identity = nil, upstreams = {}, endpoints = {}, on_change = {} }
+  local set = { files = {}, tiers = {}, identity = nil, upstreams = {}, endpoints = {}, on_change = {},
+    notes = {} }
   for i, f in ipairs(files) do
     if type(f) == "table" then
       set.files[i] = { path = f.path, tenant = f.tenant }
@@ -1605,6 +1654,18 @@ function M.build(files, decls, report, complete)
         end
       end
       set.endpoints[#set.endpoints + 1] = e
+      -- What sluice check says of keys that callers who lack what they name share.
+      local where_e = e.file .. ":" .. e.line .. ": note: endpoint " .. quote(e.name) .. ": "
+      if e.cache and e.cache.anonymous == "share" then
+        set.notes[#set.notes + 1] = where_e .. "callers who lack what cache key " .. quote(e.cache.key)
+          .. " names share one entry (cache.anonymous = \"share\")"
+      end
+      for _, l in ipairs(e.limits) do
+        if l.anonymous == "share" then
+          set.notes[#set.notes + 1] = where_e .. "callers who lack what limit key " .. quote(l.key)
+            .. " names share one counter (anonymous = \"share\")"
+        end
+      end
     end
   end
 

@@ -44,6 +44,11 @@ endpoint "GET /me" {
   cache = { ttl = "1m", key = "me:{path}:{user}" },
   limit = { "tier", { limit = 50, window = "1m", key = "me:{user}", name = "me" } },
 }
+endpoint "GET /anon-share" {
+  upstream = "app",
+  cache = { ttl = "1m", key = "as:{path}:{user}", anonymous = "share" },
+  limit = { { limit = 50, window = "1m", key = "as:{user}", name = "as", anonymous = "share" } },
+}
 """
 
 
@@ -303,7 +308,7 @@ class ExplainAndMetrics(JwtCase):
         c = o["caller"]
         self.assertEqual((c["user"], c["source"], c["tier"], c["tier_from"]),
                          ("ex1", "jwt", "pro", "claim"))
-        self.assertEqual(c["from"], {"user": "claim sub", "tenant": None})
+        self.assertEqual(c["from"], {"user": "claim sub", "tenant": None, "tier": "claim plan"})
         self.assertEqual(c["credential"]["key"], "ec1")
         self.assertTrue(c["credential"]["key_from"].endswith("keys/jwks.json"))
         self.assertNotIn(good.split(".")[2], text)
@@ -355,6 +360,52 @@ class OptionalTokens(JwtCase):
         st, h, _ = self.get(path="/me?anon")
         self.assertEqual(st, 200)
         self.assertIn('"free"', h.get("ratelimit-policy", ""))
+
+    def test_a_key_naming_the_user_is_never_shared_by_anonymous_callers(self):
+        """An anonymous caller bypasses a cache whose key holds {user} (no shared "no user"
+        entry) and is counted by its address under a limit whose key holds {user}."""
+        before = self.origin.count("/me")
+        for _ in range(2):
+            st, h, b = self.get(path="/me?nobody")
+            self.assertEqual((st, h.get("x-cache")), (200, "BYPASS"))
+        self.assertEqual(self.origin.count("/me") - before, 2)
+        # A user's own entry is still a HIT for that user, and never for the anonymous.
+        t = self.token("someone")
+        self.assertEqual(self.get(t, "/me?nobody")[1].get("x-cache"), "MISS")
+        self.assertEqual(self.get(t, "/me?nobody")[1].get("x-cache"), "HIT")
+        st, h, b = self.get(path="/me?nobody")
+        self.assertEqual(h.get("x-cache"), "BYPASS")
+        self.assertNotIn("Bearer", json.dumps(json.loads(b)["h"]))
+        r = subprocess.run([lib.BIN, "explain", self.dir, "GET /me?nobody"], capture_output=True,
+                           text=True, timeout=20)
+        o = json.loads(r.stdout)
+        self.assertIsNone(o["cache"]["key"])
+        self.assertEqual(o["cache"]["anonymous"], "bypass")
+        self.assertIn("lacks", o["cache"]["bypass_reason"])
+        me = [l for l in o["limits"] if l["name"] == "me"][0]
+        self.assertEqual(me["key"], "me:%-:ip:127.0.0.1")
+        self.assertEqual(me["anonymous"], "ip")
+        self.assertIn("ip", me["keyed_by"])
+
+    def test_anonymous_share_is_explicit_and_check_says_so(self):
+        """anonymous = "share": the callers who lack the user share one entry and one counter;
+        sluice check names every such key."""
+        st, h, _ = self.get(path="/anon-share?x")
+        self.assertEqual((st, h.get("x-cache")), (200, "MISS"))
+        st, h, _ = self.get(path="/anon-share?x")
+        self.assertEqual((st, h.get("x-cache")), (200, "HIT"))
+        r = subprocess.run([lib.BIN, "check", self.dir], capture_output=True, text=True,
+                           timeout=20)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn('note: endpoint "GET /anon-share": callers who lack what cache key '
+                      '"as:{path}:{user}" names share one entry', r.stdout)
+        self.assertIn('callers who lack what limit key "as:{user}" names share one counter',
+                      r.stdout)
+        o = json.loads(subprocess.run([lib.BIN, "explain", self.dir, "GET /anon-share?x"],
+                                      capture_output=True, text=True, timeout=20).stdout)
+        self.assertEqual((o["cache"]["key"], o["cache"]["anonymous"]),
+                         ("as:/anon-share:%-", "share"))
+        self.assertEqual(o["limits"][0]["key"], "as:%-")
 
     def test_an_invalid_token_is_401_not_anonymous(self):
         """A present but invalid token is refused, never taken as no token."""

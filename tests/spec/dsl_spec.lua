@@ -122,11 +122,11 @@ identity {
     it("an identity block with a tier header, the default tier_ttl and the first tier as default", function()
       local set = set_of([[
 tier "free" { limit = 100, window = "1h" }
-identity { user = header "X-User-Id", tier = header "X-Plan" }
+identity { user = header "X-User-Id", tier = header("X-Plan", { trusted = true }) }
 ]])
       assert.are.same({
         user = { header = "X-User-Id" },
-        tier = { header = "X-Plan" },
+        tier = { header = "X-Plan", trusted = true },
         tier_ttl_ms = 60000,
         default_tier = "free",
         file = "t.lua",
@@ -962,7 +962,7 @@ endpoint "GET /x?kind=b" { body = "y" }
         't.lua:1: identity: declares neither user nor tenant (e.g. user = header "X-User-Id")',
         't.lua:1: identity: default_tier: "free" is not a declared tier',
       })
-      fails([[identity { user = header "U", tier = header "P", tier_ttl = "1m" }]],
+      fails([[identity { user = header "U", tier = header("P", { trusted = true }), tier_ttl = "1m" }]],
         't.lua:1: identity: tier_ttl: only applies when the tier is looked up with sql(...)')
       fails([[identity { user = header "U", tier = sql("SELECT p FROM u WHERE id = $1", "{path.id}") }]],
         't.lua:1: identity: tier.args[1] "{path.id}": {path.id} is not available here'
@@ -993,8 +993,14 @@ endpoint "GET /x?kind=b" { body = "y" }
         't.lua:1: identity: user: unexpected list item string "integer" (fields are written name = value)')
       fails([[
 tier "free" { limit = 1, window = "1h" }
-identity { user = header "U", tier = header("P", { pattern = "[a-z]+" }) }
-]], "t.lua:2: identity: tier: takes no options: its value is matched against the declared tier names")
+identity { user = header "U", tier = header("P", { pattern = "[a-z]+", trusted = true }) }
+]], "t.lua:2: identity: tier: takes only { trusted = true }: its value is matched against the declared tier names")
+      -- A tier the client could set is the client's choice of budget.
+      fails([[
+tier "free" { limit = 1, window = "1h" }
+identity { user = header "U", tier = header "X-Plan" }
+]], 't.lua:2: identity: tier: header "X-Plan" comes from the client, which could pick its own tier; when a'
+        .. ' layer in front sets it (and drops the client\'s), say so: header("X-Plan", { trusted = true })')
       fails([[identity { user = header "X-Id", tenant = header "x-id" }]],
         't.lua:1: identity: tenant: reads header "x-id" as user does; give each its own header')
     end)
