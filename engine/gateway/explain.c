@@ -201,8 +201,14 @@ cache_json(struct gw_req *rq)
                         "(cache.anonymous = \"share\" shares them)"));
     else if (rq->bypass)
         json_object_set_new(c, "bypass_reason",
-                            json_string("the request carries credentials and the cache key holds "
+                            json_string("the request carries a Cookie and the cache key holds "
                                         "neither {user} nor {tenant} of the caller"));
+    if (rq->authorized_only)
+        json_object_set_new(c, "authorization",
+                            json_string("the request carries Authorization and the key does not "
+                                        "name its caller: only answers that said public, s-maxage "
+                                        "or must-revalidate serve it or are stored from it (RFC "
+                                        "9111 section 3.5)"));
     json_object_set_new(c, "tags", strings_json(rq->tags, rq->taglens, a->ntags));
     json_object_set_new(c, "stale_while_revalidate_seconds",
                         json_real((double)ep->swr_ms / 1000.0));

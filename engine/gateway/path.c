@@ -145,6 +145,16 @@ on_looked_up(void *arg, int status)
         store_admit_and_lookup(rq->wk->store, a, on_looked_up, rq);
         return;
     }
+    if (rq->authorized_only && e && !(e->flags & (STORE_ENTRY_PASS | STORE_ENTRY_VARY)) &&
+        !(e->flags & STORE_ENTRY_AUTHORIZED)) {
+        /* A stored answer that did not allow reuse for requests with Authorization (RFC 9111
+         * section 3.5): the origin answers this one, and its answer is not stored. */
+        store_entry_release(e);
+        rq->bypass = true;
+        if (!only_if_cached(rq))
+            gw_to_origin(rq);
+        return;
+    }
     if (e && (e->flags & STORE_ENTRY_PASS)) {
         store_entry_release(e);
         if (!only_if_cached(rq))

@@ -195,18 +195,27 @@ gw_identify(struct gw_req *rq)
     return from;
 }
 
-/* Whether credentials of the request may shape an answer that would be stored under a key
- * which does not hold the caller: the cache is then not used. */
-static bool
+/* What credentials of the request mean for a cache key which does not hold the caller. */
+enum unkeyed {
+    KEYED,      /* no credentials, or the key holds the caller: the cache as usual */
+    UNKEYED,    /* a Cookie may shape the answer: the cache is not used */
+    AUTHORIZED, /* Authorization: only answers that allow it serve the request, and its answer
+                   is stored only when it allows it (RFC 9111 section 3.5) */
+};
+
+static enum unkeyed
 credentials_unkeyed(const struct gw_req *rq)
 {
     const struct policy_endpoint *ep = rq->ep;
-    if (ep->source != SOURCE_UPSTREAM || !httpcache_has_credentials(&rq->sr->http))
-        return false;
+    const struct http_request *h = &rq->sr->http;
+    if (ep->source != SOURCE_UPSTREAM || !httpcache_has_credentials(h))
+        return KEYED;
     unsigned uses = template_uses(ep->cache_key);
     bool keyed =
         ((uses & TV_BIT(TV_USER)) && rq->user) || ((uses & TV_BIT(TV_TENANT)) && rq->tenant);
-    return !keyed;
+    if (keyed)
+        return KEYED;
+    return http_header_get(h, "cookie") ? UNKEYED : AUTHORIZED;
 }
 
 /*
@@ -298,8 +307,11 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
     a->tag_gens = rq->tag_gens;
     if (!ep->cached)
         return 0;
-    if (!rq->bypass && credentials_unkeyed(rq))
-        rq->bypass = true;
+    if (!rq->bypass) {
+        enum unkeyed u = credentials_unkeyed(rq);
+        rq->bypass = u == UNKEYED;
+        rq->authorized_only = u == AUTHORIZED;
+    }
     if (rq->bypass || (rq->sr->http.method != HTTP_GET && rq->sr->http.method != HTTP_HEAD))
         return 0;
     bool lacks;

@@ -916,8 +916,8 @@ bool
 gw_inflight_wait(struct gw_req *rq)
 {
     struct inflight *f = inflight_find(rq->wk, rq->admit.cache_key, rq->admit.cache_keylen);
-    if (!f || f->filler == rq)
-        return false;
+    if (!f || f->filler == rq || rq->authorized_only)
+        return false; /* an authorized request takes no answer another's fill lands unchecked */
     if (!rq->wait_start_ms)
         rq->wait_start_ms = store_now_ms();
     rq->next_waiter = f->waiters;

@@ -133,6 +133,9 @@ struct gw_req {
     bool refresh;              /* a background refresh: the lease is held, the lookup is done */
     bool bypass;               /* the cache is not used for this request (X-Cache: BYPASS) */
     bool bypass_anonymous;     /* ... because the caller lacks what the cache key names */
+    bool authorized_only;      /* a request with Authorization under a key not naming the caller:
+                                  only entries STORE_ENTRY_AUTHORIZED serve it, its answer is stored
+                                  only when authorized, and it waits on no other's fill */
     uint8_t by_ip;             /* limit i is counted by address: the caller lacks what its key
                                   names (bit i) */
     bool uncacheable;          /* the origin's answer may not be stored (hit-for-miss) */

@@ -44,6 +44,11 @@ endpoint "GET /me" {
   cache = { ttl = "1m", key = "me:{path}:{user}" },
   limit = { "tier", { limit = 50, window = "1m", key = "me:{user}", name = "me" } },
 }
+endpoint "GET /pub/*" {
+  upstream = "app",
+  cache = { ttl = "origin", key = "pub:{path}", shared = true },
+  limit = { { limit = 50, window = "1m", key = "pub:{user}", name = "pub" } },
+}
 endpoint "GET /anon-share" {
   upstream = "app",
   cache = { ttl = "1m", key = "as:{path}:{user}", anonymous = "share" },
@@ -406,6 +411,46 @@ class OptionalTokens(JwtCase):
         self.assertEqual((o["cache"]["key"], o["cache"]["anonymous"]),
                          ("as:/anon-share:%-", "share"))
         self.assertEqual(o["limits"][0]["key"], "as:%-")
+
+    def test_a_shared_public_entry_is_a_hit_for_a_caller_with_a_valid_token(self):
+        """RFC 9111 section 3.5: an answer saying public may serve requests with Authorization
+        from a shared entry; each caller's limit still counts its own requests."""
+        self.origin.config("/pub/a", headers={"Cache-Control": "public, max-age=60"})
+        ta, tb = self.token("pa"), self.token("pb")
+        st, h, _ = self.get(ta, "/pub/a")
+        self.assertEqual((st, h.get("x-cache")), (200, "MISS"))
+        st, h, _ = self.get(tb, "/pub/a")
+        self.assertEqual((st, h.get("x-cache")), (200, "HIT"))
+        self.assertEqual(rate_remaining(h, "pub"), 49)
+        st, h, _ = self.get(ta, "/pub/a")
+        self.assertEqual((h.get("x-cache"), rate_remaining(h, "pub")), ("HIT", 48))
+        self.assertEqual(self.get(None, "/pub/a")[1].get("x-cache"), "HIT")
+        self.assertEqual(self.origin.count("/pub/a"), 1)
+        for cc in ("s-maxage=60", "max-age=60, must-revalidate"):
+            path = "/pub/" + cc.replace(" ", "").replace(",", "-").replace("=", "")
+            self.origin.config(path, headers={"Cache-Control": cc})
+            self.assertEqual(self.get(ta, path)[1].get("x-cache"), "MISS", cc)
+            self.assertEqual(self.get(tb, path)[1].get("x-cache"), "HIT", cc)
+
+    def test_an_entry_that_does_not_allow_it_never_serves_a_request_with_authorization(self):
+        """RFC 9111 section 3.5: without public, s-maxage or must-revalidate, a stored answer
+        does not serve a request with Authorization, and such a request's answer is not stored
+        (nor remembered as uncacheable for the others)."""
+        self.origin.config("/pub/b", headers={"Cache-Control": "max-age=60"})
+        t = self.token("pc")
+        self.assertEqual(self.get(None, "/pub/b")[1].get("x-cache"), "MISS")
+        self.assertEqual(self.get(None, "/pub/b")[1].get("x-cache"), "HIT")
+        for _ in range(2):
+            st, h, b = self.get(t, "/pub/b")
+            self.assertEqual((st, h.get("x-cache")), (200, "BYPASS"))
+            self.assertEqual(json.loads(b)["h"]["authorization"], "Bearer " + t)
+        self.assertEqual(self.origin.count("/pub/b"), 3)
+        self.assertEqual(self.get(None, "/pub/b")[1].get("x-cache"), "HIT")
+        # First asked with a token: answered, not stored; the next anonymous request misses.
+        self.origin.config("/pub/c", headers={"Cache-Control": "max-age=60"})
+        self.assertEqual(self.get(t, "/pub/c")[1].get("x-cache"), "BYPASS")
+        self.assertEqual(self.get(None, "/pub/c")[1].get("x-cache"), "MISS")
+        self.assertEqual(self.get(None, "/pub/c")[1].get("x-cache"), "HIT")
 
     def test_an_invalid_token_is_401_not_anonymous(self):
         """A present but invalid token is refused, never taken as no token."""
