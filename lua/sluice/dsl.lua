@@ -466,7 +466,7 @@ end
 -- order, then dir/tenants/*.lua. Returns the array, or nil and a message.
 function M.read_dir(dir)
   dir = dir:gsub("(.)/+$", "%1")
-  local p = io.popen("find " .. shell_quote(dir) .. " -maxdepth 2 -name '*.lua' -type f 2>/dev/null")
+  local p = io.popen("find -L " .. shell_quote(dir) .. " -maxdepth 2 -name '*.lua' -type f 2>/dev/null")
   if not p then
     return nil, dir .. ": cannot list the directory"
   end

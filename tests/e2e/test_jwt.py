@@ -459,5 +459,52 @@ class OptionalTokens(JwtCase):
         self.assertTrue(h["www-authenticate"].startswith('Bearer error="invalid_token"'))
 
 
+class CrmJwtExample(SluiceTestCase):
+    """examples/crm/jwt: the CRM served to callers with tokens that its tokens.py mints."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="sluice-crm-jwt-")
+        cls.addClassCleanup(shutil.rmtree, cls.tmp, True)
+        cls.dir = os.path.join(cls.tmp, "policies")
+        # The example's links resolved: a copy the test may write jwks.json into.
+        shutil.copytree(os.path.join(lib.ROOT, "examples", "crm", "jwt", "policies"), cls.dir,
+                        symlinks=False, ignore=shutil.ignore_patterns("jwks.json"))
+        cls.tool = [sys.executable, os.path.join(lib.ROOT, "examples", "crm", "jwt", "tokens.py"),
+                    "--policies", cls.dir, "--private", os.path.join(cls.tmp, "private")]
+        subprocess.run(cls.tool + ["keys"], check=True, timeout=30)
+        cls.s = cls.start(cls.dir, database=lib.crm_database())
+
+    def mint(self, *args):
+        return subprocess.run(self.tool + ["mint"] + list(args), check=True, capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+
+    def test_a_minted_token_reads_its_users_contacts_and_only_theirs(self):
+        one, three = self.mint("1", "free"), self.mint("3", "professional")
+        st, h, b = self.s.request("GET", "/api/crm?type=contacts",
+                                  {"Authorization": "Bearer " + one})
+        self.assertEqual(st, 200, b)
+        self.assertIn('"free"', h["ratelimit-policy"])
+        st, h, b3 = self.s.request("GET", "/api/crm?type=contacts",
+                                   {"Authorization": "Bearer " + three})
+        self.assertEqual(st, 200, b3)
+        self.assertIn('"professional"', h["ratelimit-policy"])
+        self.assertNotEqual(b, b3)
+        # A header naming a user is no identity here: the token is required.
+        st, h, _ = self.s.request("GET", "/api/crm?type=contacts", {"X-User-Id": "1"})
+        self.assertEqual((st, h["www-authenticate"]), (401, "Bearer"))
+
+    def test_rotate_keeps_the_previous_key_for_one_rotation(self):
+        old = self.mint("2", "starter")
+        subprocess.run(self.tool + ["rotate"], check=True, timeout=30)
+        new = self.mint("2", "starter")
+        deadline = time.time() + 5
+        while self.s.request("GET", "/api/dashboard", {"Authorization": "Bearer " + new})[0] != 200:
+            self.assertLess(time.time(), deadline, "the rotated key was never accepted")
+            time.sleep(0.05)
+        self.assertEqual(self.s.request("GET", "/api/dashboard",
+                                        {"Authorization": "Bearer " + old})[0], 200)
+
+
 if __name__ == "__main__":
     lib.main()
