@@ -96,9 +96,11 @@ static const char usage_serve[] =
 static const char usage_check[] =
     "usage: sluice check POLICY_DIR\n"
     "\n"
-    "Loads and validates every policy file as 'sluice serve' would. Prints nothing and\n"
-    "exits 0 when the set and every tenant file (tenants/*.lua) are valid; prints one\n"
-    "'file:line: message' line per problem and exits 1 otherwise.\n";
+    "Loads and validates every policy file as 'sluice serve' would (and the key files\n"
+    "its identity reads). Exits 0 when the set and every tenant file (tenants/*.lua) are\n"
+    "valid, printing only a 'file:line: note: ...' line for each key that callers who lack\n"
+    "what it names share (anonymous = \"share\"); prints one 'file:line: message' line per\n"
+    "problem and exits 1 otherwise.\n";
 
 static const char usage_explain[] =
     "usage: sluice explain [OPTIONS] POLICY_DIR 'METHOD /path?query'\n"
