@@ -237,6 +237,8 @@ gw_credential_read(struct gw_req *rq, char *detail, size_t detail_len)
     const struct policy_identity *id = &rq->policy->identity;
     if (!id->jwt && !id->api_key)
         return 0;
+    if (rq->warm && rq->claims)
+        return 0; /* warming: the policy's warm caller, given as claims (warm.c) */
     if (id->jwt) {
         /* The first credential present decides: a bearer token, then an API key. */
         const struct http_str *v;

@@ -49,6 +49,10 @@ endpoint "GET /pub/*" {
   cache = { ttl = "origin", key = "pub:{path}", shared = true },
   limit = { { limit = 50, window = "1m", key = "pub:{user}", name = "pub" } },
 }
+endpoint "GET /warm" {
+  upstream = "app",
+  cache = { ttl = "1h", key = "warm:{path}:{user}", warm = { { user = "w1" } } },
+}
 endpoint "GET /anon-share" {
   upstream = "app",
   cache = { ttl = "1m", key = "as:{path}:{user}", anonymous = "share" },
@@ -156,6 +160,17 @@ class VerifiedTokens(JwtCase):
                 self.assertEqual(json.loads(body)["h"]["authorization"], "Bearer " + tb)
                 # The tier comes from the plan claim.
                 self.assertIn('"pro"', h.get("ratelimit-policy", ""))
+
+    def test_warming_fills_the_entry_of_a_caller_named_by_claims(self):
+        """cache.warm names users; with a verified identity the warming request carries them
+        as the claims their token would, so the entry of sub w1 is there before w1 asks."""
+        deadline = time.time() + 10
+        while "warmed generation" not in self.s.read_log():
+            self.assertLess(time.time(), deadline, "never warmed")
+            time.sleep(0.05)
+        st, h, _ = self.get(self.token("w1"), "/warm")
+        self.assertEqual((st, h.get("x-cache")), (200, "HIT"))
+        self.assertEqual(self.get(self.token("w2"), "/warm")[1].get("x-cache"), "MISS")
 
     def test_no_token_is_401_with_a_bare_bearer_challenge(self):
         """RFC 6750 section 3.1: a request without credentials gets a challenge with no error."""
