@@ -72,6 +72,8 @@ admin_server_config(const struct server_config *data, const char *addr, int port
         cfg.idle_timeout_ms = ADMIN_IDLE_TIMEOUT_MS;
     cfg.reuse_port = 0;
     cfg.exclusive = 1;
+    cfg.fds = NULL; /* the server's sockets are not the admin listener's */
+    cfg.nfds = 0;
     return cfg;
 }
 

@@ -8,6 +8,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/thread.h>
+#include <fcntl.h>
 #include <jansson.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -1259,6 +1260,24 @@ listen_socket(const struct server_config *cfg, int port, int first, char *err, s
     return fd;
 }
 
+/* A worker's own descriptor for an inherited listening socket, and the port it listens on. */
+static int
+inherited_socket(int fd, char *err, size_t errlen, int *bound_port)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (own < 0 || getsockname(own, (struct sockaddr *)&ss, &sl) != 0) {
+        snprintf(err, errlen, "inherited listening socket %d: %s", fd, strerror(errno));
+        if (own >= 0)
+            close(own);
+        return -1;
+    }
+    *bound_port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                                : ((struct sockaddr_in6 *)&ss)->sin6_port);
+    return own;
+}
+
 struct server *
 server_new(const struct server_config *cfg, const struct server_app *app, char *err, size_t errlen)
 {
@@ -1285,7 +1304,8 @@ server_new(const struct server_config *cfg, const struct server_app *app, char *
         TAILQ_INIT(&w->idle);
         TAILQ_INIT(&w->partial);
         pthread_mutex_init(&w->handoff_lock, NULL);
-        w->listen_fd = listen_socket(cfg, port, i == 0, err, errlen, &port);
+        w->listen_fd = cfg->nfds ? inherited_socket(cfg->fds[i % cfg->nfds], err, errlen, &port)
+                                 : listen_socket(cfg, port, i == 0, err, errlen, &port);
         if (w->listen_fd < 0)
             goto fail;
         w->base = event_base_new();
@@ -1310,6 +1330,15 @@ int
 server_port(const struct server *s)
 {
     return s->port;
+}
+
+unsigned
+server_listen_fds(const struct server *s, int *fds, unsigned cap)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < s->nworkers && n < cap; i++)
+        fds[n++] = s->workers[i].listen_fd;
+    return n;
 }
 
 int

@@ -36,6 +36,11 @@ struct server_config {
     int reuse_port;
     /* 1: no other socket may share the port at all (one worker only). */
     int exclusive;
+    /* Listening sockets to serve on instead of binding listen_addr:listen_port (borrowed; the
+     * caller closes its own): worker i accepts on a duplicate of fds[i % nfds], so there should
+     * be as many workers as sockets at least. NULL: bind. */
+    const int *fds;
+    unsigned nfds;
 };
 
 /* A request handed to the application; valid until server_respond(). */
@@ -93,6 +98,13 @@ struct server *server_new(const struct server_config *cfg, const struct server_a
 
 /* The port listened on (the one the system chose when the configuration said 0). */
 int server_port(const struct server *s);
+
+/*
+ * Writes the listening socket of each worker into fds (cap entries) and
+ * returns how many there are (the number of workers). Borrowed: valid until
+ * server_stop(), when each worker closes its own.
+ */
+unsigned server_listen_fds(const struct server *s, int *fds, unsigned cap);
 
 /*
  * Runs the workers until server_stop(); returns 0 after every in-flight
