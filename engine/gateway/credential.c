@@ -4,6 +4,7 @@
 #include "credential.h"
 
 #include <assert.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -104,9 +105,10 @@ verify_token(struct gw_req *rq, const char *tok, size_t len, char *detail, size_
     rq->id_key = t.key;
     rq->id_exp = t.exp;
     if (cache) {
+        /* Remembered until its exp plus the leeway (a far exp: as long as the cache keeps it). */
         double until = (t.exp + j->rules.leeway_s) * 1000.0;
-        cred_cache_put(cache, CRED_JWT, digest, rq->policy->generation, t.claims,
-                       until > 0 ? (uint64_t)until : 0, len);
+        uint64_t expires = until >= 1.8e19 ? UINT64_MAX : until > 0 ? (uint64_t)until : 0;
+        cred_cache_put(cache, CRED_JWT, digest, rq->policy->generation, t.claims, expires, len);
     }
     return 0;
 }

@@ -172,6 +172,14 @@ class VerifiedTokens(JwtCase):
         self.assertEqual((st, h.get("x-cache")), (200, "HIT"))
         self.assertEqual(self.get(self.token("w2"), "/warm")[1].get("x-cache"), "MISS")
 
+    def test_a_token_expiring_in_a_far_future_is_accepted_and_remembered(self):
+        """RFC 7519 section 2: a NumericDate may be any number; a far exp (1e300) verifies and
+        is remembered as long as the cache keeps it."""
+        t = self.token("far", exp=1e300)
+        for _ in range(3):
+            st, h, _ = self.get(t, "/me?far")
+            self.assertEqual(st, 200)
+
     def test_no_token_is_401_with_a_bare_bearer_challenge(self):
         """RFC 6750 section 3.1: a request without credentials gets a challenge with no error."""
         st, h, body = self.get()
