@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <getopt.h>
+#include <math.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -20,6 +21,8 @@
 #include "envopt.h"
 #include "gateway.h"
 #include "listenfd.h"
+#include "log.h"
+#include "logwriter.h"
 #include "notify.h"
 #include "policy.h"
 #include "reload.h"
@@ -91,6 +94,16 @@ static const char usage_serve[] =
     "  --drain-timeout DUR       on SIGTERM or after an upgrade, the longest wait for the\n"
     "                            requests in flight before exiting anyway with status 1\n"
     "                            (default 30s; 0: no limit)\n"
+    "  --access-log PATH         a JSON line per answered request, appended to PATH ('-':\n"
+    "                            standard output); written by a thread of its own, lines\n"
+    "                            that find its buffers full are dropped and counted\n"
+    "                            (default: off)\n"
+    "  --access-log-sample R     keep this fraction (0 < R <= 1) of the lines of 2xx and\n"
+    "                            3xx answers, chosen by request id; every other line is\n"
+    "                            kept (default 1)\n"
+    "  --log-level LEVEL         error, warn, info or debug: the least severe message the\n"
+    "                            error log (standard error) writes (default info)\n"
+    "  --log-format FORMAT       text or json: one line per message (default text)\n"
     "\n"
     "environment:\n"
     "  DATABASE_URL              libpq connection string or URI (default: PG* variables)\n"
@@ -106,9 +119,11 @@ static const char usage_serve[] =
     "\n"
     "SIGTERM and SIGINT finish the requests in flight and exit 0. The policy is reloaded\n"
     "when its files change, on SIGHUP and on POST /reload to the admin listener; a set\n"
-    "that fails to load changes nothing. SIGUSR2 starts the binary again (same path and\n"
-    "arguments) on the same listening sockets; once it serves, this process finishes its\n"
-    "requests in flight and exits, and if it fails this one serves on.\n"
+    "that fails to load changes nothing. SIGUSR1 reopens the access log, and the error\n"
+    "log when standard error is a file, after a rotation renamed them. SIGUSR2 starts\n"
+    "the binary again (same path and arguments) on the same listening sockets; once it\n"
+    "serves, this process finishes its requests in flight and exits, and if it fails\n"
+    "this one serves on.\n"
     "\n"
     "Under systemd (NOTIFY_SOCKET) it reports READY=1, RELOADING=1, STOPPING=1, STATUS=\n"
     "and, with WatchdogSec=, WATCHDOG=1 while every worker's event loop runs; it serves\n"
@@ -328,6 +343,11 @@ struct serve {
     struct notifier *notifier;
     struct admin_config acfg; /* complete before the admin listener is created */
     struct server *server, *admin;
+    const char *access_path; /* --access-log, or NULL */
+    struct logwriter *access;
+    enum log_level log_level;
+    enum log_format log_format;
+    bool sample_given;
     sigset_t set;
     struct envopt env; /* the command line with the options of SLUICE_* variables */
     struct service *svc;
@@ -343,6 +363,24 @@ struct serve {
     int upgrade_wanted;      /* SIGUSR2 came before the server served: upgrade once it does */
     atomic_int ended;        /* the servers have returned */
 };
+
+/* SIGUSR1: the logs are opened again under their paths (a rotation renamed the files). */
+static void
+reopen_logs(struct serve *sv)
+{
+    if (sv->access)
+        logwriter_reopen(sv->access); /* the writing thread writes what it holds first */
+    int rc = log_reopen();
+    if (rc < 0)
+        log_error("SIGUSR1: reopening the error log %s: %s; still writing to the old file",
+                  log_file_path(), strerror(errno));
+    else if (rc == 0 || sv->access)
+        log_info("SIGUSR1: %s%s%s", rc == 0 ? "reopened the error log" : "",
+                 rc == 0 && sv->access ? "; " : "",
+                 sv->access ? "the access log is reopened once what it holds is written" : "");
+    else
+        log_info("SIGUSR1: no log file to reopen (standard error is no file, no --access-log)");
+}
 
 static uint64_t
 serve_generation(struct serve *sv)
@@ -362,7 +400,7 @@ serve_stop(struct serve *sv, const char *why, int notify)
     sv->stopping = 1;
     if (notify)
         service_stopping(sv->svc);
-    fprintf(stderr, "sluice: %s: finishing requests in flight\n", why);
+    log_info("%s: finishing requests in flight", why);
     upgrade_free(sv->upgrade); /* a new binary not ready yet is not left running */
     sv->upgrade = NULL;
     if (sv->drain_ms)
@@ -380,13 +418,13 @@ serve_upgrade(struct serve *sv)
                           : sv->upgrade ? "an upgrade is under way already"
                                         : NULL;
     if (!refused && !service_is_ready(sv->svc)) {
-        fprintf(stderr, "sluice: upgrade: waiting until the server serves\n");
+        log_info("upgrade: waiting until the server serves");
         sv->upgrade_wanted = 1;
         return;
     }
     sv->upgrade_wanted = 0;
     if (refused) {
-        fprintf(stderr, "sluice: upgrade not started: %s\n", refused);
+        log_warn("upgrade not started: %s", refused);
         return;
     }
     int fds[LISTENFD_MAX], admin_fd = -1;
@@ -397,11 +435,11 @@ serve_upgrade(struct serve *sv)
     sv->upgrade = upgrade_start(sv->exe, main_argv, fds, n, admin_fd, sdnotify_watchdog_usec(),
                                 UPGRADE_TIMEOUT_MS, err, sizeof(err));
     if (!sv->upgrade) {
-        fprintf(stderr, "sluice: upgrade failed: %s; still serving\n", err);
+        log_error("upgrade failed: %s; still serving", err);
         return;
     }
-    fprintf(stderr, "sluice: upgrade: started %s as process %d; serving until it is ready\n",
-            sv->exe, (int)upgrade_pid(sv->upgrade));
+    log_info("upgrade: started %s as process %d; serving until it is ready", sv->exe,
+             (int)upgrade_pid(sv->upgrade));
 }
 
 /*
@@ -423,7 +461,7 @@ serve_tick(struct serve *sv)
             break;
         case UPGRADE_READY: {
             int pid = (int)upgrade_pid(sv->upgrade);
-            fprintf(stderr, "sluice: upgrade: new process %d serves\n", pid);
+            log_info("upgrade: new process %d serves", pid);
             sdnotify_printf("MAINPID=%d", pid); /* before this process exits */
             upgrade_free(sv->upgrade);
             sv->upgrade = NULL;
@@ -431,7 +469,7 @@ serve_tick(struct serve *sv)
             break;
         }
         case UPGRADE_FAILED:
-            fprintf(stderr, "sluice: upgrade failed: %s; still serving\n", err);
+            log_error("upgrade failed: %s; still serving", err);
             upgrade_free(sv->upgrade);
             sv->upgrade = NULL;
             break;
@@ -442,10 +480,9 @@ serve_tick(struct serve *sv)
         if (now >= sv->drain_deadline_us) {
             struct server_conn_counts cc;
             server_connection_counts(sv->server, &cc);
-            fprintf(stderr,
-                    "sluice: requests still in flight after --drain-timeout (%llu connections "
-                    "open): exiting\n",
-                    (unsigned long long)(cc.idle + cc.reading + cc.active));
+            log_error("requests still in flight after --drain-timeout (%llu connections "
+                      "open): exiting",
+                      (unsigned long long)(cc.idle + cc.reading + cc.active));
             _exit(1);
         }
         uint64_t left = (sv->drain_deadline_us - now + 999) / 1000;
@@ -471,6 +508,10 @@ signal_thread(void *arg)
             service_reloading(sv->svc);
             int ok = reloader_reload(sv->reloader, "signal", NULL) == 0;
             service_reloaded(sv->svc, serve_generation(sv), ok);
+            continue;
+        }
+        if (sig == SIGUSR1) {
+            reopen_logs(sv);
             continue;
         }
         if (sig == SIGUSR2) {
@@ -553,7 +594,7 @@ admin_thread(void *arg)
     struct server *admin = arg;
     char err[256];
     if (server_run(admin, err, sizeof(err)) != 0)
-        fprintf(stderr, "sluice: admin listener: %s\n", err);
+        log_error("admin listener: %s", err);
     return NULL;
 }
 
@@ -588,6 +629,8 @@ serve_defaults(struct serve *sv)
     sv->admin_port = 8081;
     sv->watch = 1;
     sv->token = getenv("SLUICE_ADMIN_TOKEN");
+    sv->log_level = LOGL_INFO;
+    sv->log_format = LOG_TEXT;
     sv->drain_ms = 30000;
     sv->admin_fd = -1;
     sv->ready_fd = -1;
@@ -618,6 +661,10 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"limit-bytes", required_argument, NULL, 'L'},
         {"redis-deadline", required_argument, NULL, 'R'},
         {"no-stats", no_argument, NULL, 'S'},
+        {"access-log", required_argument, NULL, 'A'},
+        {"access-log-sample", required_argument, NULL, 's'},
+        {"log-level", required_argument, NULL, 'v'},
+        {"log-format", required_argument, NULL, 'f'},
         {"drain-timeout", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -726,6 +773,42 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         case 'S':
             gcfg->no_stats = true;
             break;
+        case 'A':
+            if (!optarg[0]) {
+                fprintf(stderr, "sluice serve: --access-log: expected a path or '-'\n");
+                return -1;
+            }
+            sv->access_path = optarg;
+            break;
+        case 's': {
+            char *end;
+            errno = 0;
+            double r = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !isfinite(r) || !(r > 0) || r > 1) {
+                fprintf(stderr,
+                        "sluice serve: --access-log-sample: '%s' is not a number above 0 and "
+                        "up to 1\n",
+                        optarg);
+                return -1;
+            }
+            gcfg->access_sample = r;
+            sv->sample_given = true;
+            break;
+        }
+        case 'v':
+            if (log_parse_level(optarg, &sv->log_level) != 0) {
+                fprintf(stderr,
+                        "sluice serve: --log-level: '%s' is not error, warn, info or debug\n",
+                        optarg);
+                return -1;
+            }
+            break;
+        case 'f':
+            if (log_parse_format(optarg, &sv->log_format) != 0) {
+                fprintf(stderr, "sluice serve: --log-format: '%s' is not text or json\n", optarg);
+                return -1;
+            }
+            break;
         case 'T':
             if (parse_dur("--drain-timeout", optarg, &sv->drain_ms) != 0)
                 return -1;
@@ -741,6 +824,10 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
     }
     if (optind != argc - 1) {
         fputs(usage_serve, stderr);
+        return -1;
+    }
+    if (sv->sample_given && !sv->access_path) {
+        fprintf(stderr, "sluice serve: --access-log-sample needs --access-log\n");
         return -1;
     }
     sv->dir = argv[optind];
@@ -791,10 +878,10 @@ serve_raise_nofile(const struct serve *sv)
         return;
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < need)
-        fprintf(stderr,
-                "sluice serve: the open-file limit (%llu) is below the %llu descriptors that "
-                "--max-connections %u needs: raise it (ulimit -n) or lower --max-connections\n",
-                (unsigned long long)rl.rlim_cur, (unsigned long long)need, sv->cfg.max_connections);
+        log_warn("the open-file limit (%llu) is below the %llu descriptors that "
+                 "--max-connections %u needs: raise it (ulimit -n) or lower --max-connections",
+                 (unsigned long long)rl.rlim_cur, (unsigned long long)need,
+                 sv->cfg.max_connections);
 }
 
 /*
@@ -809,7 +896,7 @@ serve_inherit(struct serve *sv)
     char err[256];
     int n = listenfd_take(sv->inherited, LISTENFD_MAX, err, sizeof(err));
     if (n < 0) {
-        fprintf(stderr, "sluice serve: %s\n", err);
+        log_error("%s", err);
         return -1;
     }
     sv->ninherited = n;
@@ -821,7 +908,7 @@ serve_inherit(struct serve *sv)
         else if (sv->admin_on && sv->admin_fd < 0)
             sv->admin_fd = l->fd;
         else
-            fprintf(stderr, "sluice serve: inherited admin socket %d left unused\n", l->fd);
+            log_warn("inherited admin socket %d left unused", l->fd);
     }
     if (sv->nlisten) {
         if (listenfd_address(sv->listen_fds[0], sv->addr, sizeof(sv->addr), &sv->cfg.listen_port) !=
@@ -831,8 +918,7 @@ serve_inherit(struct serve *sv)
         sv->cfg.fds = sv->listen_fds;
         sv->cfg.nfds = (unsigned)sv->nlisten;
         if ((unsigned)sv->nlisten > sv->cfg.workers) {
-            fprintf(stderr, "sluice serve: %d inherited listening sockets: %d workers\n",
-                    sv->nlisten, sv->nlisten);
+            log_info("%d inherited listening sockets: %d workers", sv->nlisten, sv->nlisten);
             sv->cfg.workers = (unsigned)sv->nlisten;
         }
     }
@@ -867,6 +953,8 @@ serve_free(struct serve *sv)
     serve_close_inherited(sv);
     reloader_free(sv->reloader);
     gateway_free(sv->gw);
+    logwriter_close(sv->access); /* the workers are gone: it writes what they left */
+    sv->access = NULL;
 }
 
 /*
@@ -878,6 +966,20 @@ serve_free(struct serve *sv)
 static int
 serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
 {
+    if (sv->access_path) {
+        /* 256 KiB a worker: some 700 lines, drained from a quarter full. A ring of 1 MiB is a
+         * whole L2 cache of many cores, which the worker would sweep through once per MiB of
+         * lines, at the expense of the hit path's own data. */
+        struct logwriter_config lc = {
+            .path = sv->access_path, .producers = sv->cfg.workers, .ring_bytes = 256u << 10};
+        char lerr[256];
+        sv->access = logwriter_open(&lc, lerr, sizeof(lerr));
+        if (!sv->access) {
+            util_seterr(err, errlen, "--access-log: %s", lerr);
+            return -1;
+        }
+        sv->gcfg.access_log = sv->access;
+    }
     sv->gw = gateway_new(&sv->gcfg, p);
     sv->reloader = reloader_new(sv->dir, sv->gw);
     /* Each worker stamps a heartbeat (readiness, the watchdog) around the gateway. */
@@ -902,7 +1004,7 @@ serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
     char nerr[256];
     sv->notifier = notify_start(&ncfg, nerr, sizeof(nerr));
     if (!sv->notifier)
-        fprintf(stderr, "sluice serve: database-driven invalidation is off: %s\n", nerr);
+        log_warn("database-driven invalidation is off: %s", nerr);
     sv->acfg = (struct admin_config){.reloader = sv->reloader,
                                      .gateway = sv->gw,
                                      .notifier = sv->notifier,
@@ -936,7 +1038,7 @@ serve_run(struct serve *sv)
     char err[256];
     int rc = server_run(sv->server, err, sizeof(err));
     if (rc != 0)
-        fprintf(stderr, "sluice serve: %s\n", err);
+        log_error("%s", err);
     /* Wake the signal thread: its work is done. */
     atomic_store(&sv->ended, 1);
     pthread_kill(st, SIGTERM);
@@ -987,6 +1089,8 @@ cmd_serve(int argc, char **argv)
         envopt_free(&sv.env);
         return 2;
     }
+    log_configure(sv.log_level, sv.log_format);
+    log_follow_file();
     if (serve_inherit(&sv) != 0) {
         envopt_free(&sv.env);
         return 1;
@@ -996,18 +1100,16 @@ cmd_serve(int argc, char **argv)
     char *errors = NULL;
     struct policy *p = policy_load(sv.dir, 1, NULL, &errors);
     if (!p) {
-        fprintf(stderr, "sluice serve: the policy in %s is invalid:\n%s", sv.dir,
-                errors ? errors : "");
+        log_error("the policy in %s is invalid:\n%s", sv.dir, errors ? errors : "");
         free(errors);
         serve_close_inherited(&sv);
         envopt_free(&sv.env);
         return 1;
     }
     if (p->tenant_errors)
-        fprintf(stderr,
-                "sluice serve: these tenant files did not load; their tenants get no "
-                "overrides:\n%s",
-                p->tenant_errors);
+        log_warn("these tenant files did not load; their tenants get no "
+                 "overrides:\n%s",
+                 p->tenant_errors);
 
     /* Signals go to the signal thread only: block them before any thread starts. */
     signal(SIGPIPE, SIG_IGN);
@@ -1015,6 +1117,7 @@ cmd_serve(int argc, char **argv)
     sigaddset(&sv.set, SIGTERM);
     sigaddset(&sv.set, SIGINT);
     sigaddset(&sv.set, SIGHUP);
+    sigaddset(&sv.set, SIGUSR1);
     sigaddset(&sv.set, SIGUSR2);
     pthread_sigmask(SIG_BLOCK, &sv.set, NULL);
 
@@ -1022,15 +1125,15 @@ cmd_serve(int argc, char **argv)
     serve_raise_nofile(&sv);
     char err[256];
     if (serve_start(&sv, p, err, sizeof(err)) != 0) {
-        fprintf(stderr, "sluice serve: %s\n", err);
+        log_error("%s", err);
         serve_free(&sv);
         policy_release(p);
         envopt_free(&sv.env);
         return 1;
     }
-    fprintf(stderr, "sluice %s: %zu endpoints from %s, %u workers, %s store\n", SLUICE_VERSION,
-            p->nendpoints, sv.dir, sv.cfg.workers,
-            sv.gcfg.redis_url && sv.gcfg.redis_url[0] ? "redis" : "memory");
+    log_info("version %s: %zu endpoints from %s, %u workers, %s store", SLUICE_VERSION,
+             p->nendpoints, sv.dir, sv.cfg.workers,
+             sv.gcfg.redis_url && sv.gcfg.redis_url[0] ? "redis" : "memory");
     policy_release(p);
     if (sv.admin)
         printf("admin on http://%s:%d\n", sv.admin_addr, server_port(sv.admin));
@@ -1040,7 +1143,7 @@ cmd_serve(int argc, char **argv)
     rc = serve_run(&sv);
     serve_free(&sv);
     envopt_free(&sv.env);
-    fprintf(stderr, "sluice: stopped\n");
+    log_info("stopped");
     return rc == 0 ? 0 : 1;
 }
 

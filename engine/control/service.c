@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "sdnotify.h"
 #include "util.h"
 
@@ -108,8 +109,7 @@ service_new(unsigned workers)
     svc->nworkers = workers ? workers : 1;
     svc->beats = aligned_alloc(64, sizeof(struct beat) * svc->nworkers);
     if (!svc->beats) {
-        fprintf(stderr, "sluice: out of memory\n");
-        abort();
+        log_abort("out of memory");
     }
     memset(svc->beats, 0, sizeof(struct beat) * svc->nworkers);
     svc->watchdog_us = sdnotify_watchdog_usec();
@@ -222,15 +222,14 @@ service_tick(struct service *svc, uint64_t generation)
                 sdnotify_send("WATCHDOG=1");
                 svc->next_ping_us = now + half;
                 if (svc->stuck_logged)
-                    fprintf(stderr, "sluice: every worker's loop runs again: watchdog pings "
-                                    "go on\n");
+                    log_info("every worker's loop runs again: watchdog pings "
+                             "go on");
                 svc->stuck_logged = 0;
             } else {
                 if (svc->stuck_logged != (unsigned)stuck + 1)
-                    fprintf(stderr,
-                            "sluice: worker %d's event loop has not run for %" PRIu64
-                            " ms: no watchdog ping while it is stuck\n",
-                            stuck, half / 1000);
+                    log_warn("worker %d's event loop has not run for %" PRIu64
+                             " ms: no watchdog ping while it is stuck",
+                             stuck, half / 1000);
                 svc->stuck_logged = (unsigned)stuck + 1;
                 svc->next_ping_us = now + svc->beat_ms * 1000ull;
             }

@@ -11,6 +11,7 @@
 #include <sys/queue.h>
 
 #include "hmap.h"
+#include "log.h"
 #include "util.h"
 
 struct cred_entry {
@@ -36,10 +37,8 @@ static void
 fetch_sha256(void)
 {
     sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
-    if (!sha256) {
-        fprintf(stderr, "sluice: OpenSSL has no SHA-256\n");
-        abort();
-    }
+    if (!sha256)
+        log_abort("OpenSSL has no SHA-256");
 }
 
 void
@@ -47,10 +46,8 @@ cred_digest(const void *p, size_t n, unsigned char out[CRED_DIGEST_LEN])
 {
     pthread_once(&sha256_once, fetch_sha256);
     unsigned int len = 0;
-    if (EVP_Digest(p, n, out, &len, sha256, NULL) != 1 || len != CRED_DIGEST_LEN) {
-        fprintf(stderr, "sluice: SHA-256 failed\n");
-        abort();
-    }
+    if (EVP_Digest(p, n, out, &len, sha256, NULL) != 1 || len != CRED_DIGEST_LEN)
+        log_abort("SHA-256 failed");
 }
 
 struct cred_cache *

@@ -161,8 +161,9 @@ on_invalidated(void *arg, int status)
 {
     struct gw_req *rq = arg;
     if (status != 0)
-        fprintf(stderr, "sluice: invalidation after %s failed; entries may stay until their TTL\n",
-                rq->ep->name);
+        gw_log(rq, LOGL_WARN, 0,
+               "the invalidation after the write failed; entries may stay "
+               "until their TTL");
     gw_reply_entry(rq, rq->answer, NULL, 0);
 }
 

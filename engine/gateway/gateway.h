@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "hist.h"
+#include "logwriter.h"
 #include "server.h"
 #include "store_memory.h"
 
@@ -27,6 +28,8 @@ struct gateway_config {
     const char *redis_limits_url; /* NULL or "": limits in redis_url's Redis; else their own */
     uint64_t redis_deadline_ms;   /* per Redis command; 0: 50 */
     bool no_stats;                /* the workers count nothing of what they serve (stats.h) */
+    struct logwriter *access_log; /* borrowed, one producer per worker; NULL: no access log */
+    double access_sample;         /* 2xx/3xx access log lines kept (0 < x <= 1); 0: all */
 };
 
 /* Returns a new gateway serving `policy` (a reference is taken). */
@@ -124,6 +127,25 @@ struct store *gateway_store_new(struct gateway *g, struct event_base *base, cons
  */
 struct gw_stats_view;
 void gateway_stats(struct gateway *g, struct gw_stats_view *v, size_t callers_per_policy);
+
+/* The access log as status output sees it. */
+struct gateway_access_stats {
+    bool on;                  /* false: no access log (the rest is zero) */
+    const char *path;         /* its file, or "-" (borrowed from the writer) */
+    double sample;            /* the fraction of 2xx/3xx lines kept */
+    struct logwriter_stats w; /* lines put, dropped, bytes written, reopens, write errors */
+    uint64_t sampled_out;     /* 2xx/3xx lines the sampling left out */
+};
+
+/* Fills *out from the writer and every worker's sampling count. */
+void gateway_access_stats(struct gateway *g, struct gateway_access_stats *out);
+
+/*
+ * The access log as JSON for /status: null when it is off, else {"path",
+ * "sample", "lines", "dropped", "sampled_out", "bytes", "reopens",
+ * "write_errors"}. New reference.
+ */
+json_t *gateway_access_status(struct gateway *g);
 
 /* The server_app that runs the gateway on each worker. */
 struct server_app gateway_app(struct gateway *g);

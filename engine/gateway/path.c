@@ -100,6 +100,7 @@ only_if_cached(struct gw_req *rq)
 {
     if (!rq->has_directives || !rq->directives.only_if_cached)
         return false;
+    gw_log(rq, LOGL_WARN, 504, "504 only-if-cached: no stored answer");
     gw_fail(rq, 504, "only-if-cached: no stored answer for this request");
     return true;
 }
@@ -336,7 +337,8 @@ on_tier(void *arg, const struct db_result *res)
         gw_set_tier(rq, t, tl);
     } else {
         /* The lookup failed: serve under the default tier, and do not remember it. */
-        fprintf(stderr, "sluice: tier lookup failed: %s\n", res->detail);
+        /* Not tied to the request: its answer may still fail on its own, in one line. */
+        log_warn("tier lookup failed (%s); the default tier serves meanwhile", res->detail);
         gw_set_tier(rq, NULL, 0);
     }
     admit_request(rq);

@@ -187,6 +187,7 @@ on_upstream(void *arg, const struct upstream_response *res)
     const struct policy_endpoint *ep = rq->ep;
     uint64_t response_ms = store_now_ms();
     rq->call = NULL;
+    gw_origin_done(rq);
     char internal[320];
     struct gw_stats *st = &rq->wk->stats;
     if (res->error != UPSTREAM_OK) {
@@ -211,7 +212,7 @@ on_upstream(void *arg, const struct upstream_response *res)
             return;
         }
     }
-    gw_stats_origin(st, GW_ORIGIN_UPSTREAM, util_mono_us() - rq->origin_us, response_ms);
+    gw_stats_origin(st, GW_ORIGIN_UPSTREAM, rq->origin_time_us, response_ms);
     if (res->status >= 500 && gw_stale_serves(rq)) {
         snprintf(internal, sizeof(internal), "upstream \"%s\" answered %d", ep->up->name,
                  res->status);
@@ -327,6 +328,10 @@ line_in(const char *line, size_t len, const char *const *names, size_t n)
 /* The fields that describe a forwarded body: they go with it, listed or not. */
 static const char *const body_fields[] = {"content-type", "content-encoding"};
 
+/* The trace context goes on listed or not; upstream_forward_headers() kept it only when it is
+ * well formed. */
+static const char *const trace_fields[] = {"traceparent", "tracestate"};
+
 /* Whether the upstream's forward_headers, when it has them, let field `name` through. */
 static bool
 listed(const struct policy_upstream *up, const char *name)
@@ -350,8 +355,8 @@ line_listed(const struct policy_upstream *up, const char *line, size_t len)
 /*
  * Drops from the client's "Name: value\r\n" lines in b those the request must not forward:
  * on a fill, conditionals, ranges and method overrides; the fields the upstream's
- * forward_headers leave out (but Content-Type and Content-Encoding with a body); and the
- * identity headers and X-Request-Id, which gw_proxy_run() writes again.
+ * forward_headers leave out (but Content-Type and Content-Encoding with a body, and the trace
+ * context); and the identity headers and X-Request-Id, which gw_proxy_run() writes again.
  */
 static void
 drop_fields(struct gw_req *rq, struct sbuf *b, bool filling, bool with_body)
@@ -363,13 +368,15 @@ drop_fields(struct gw_req *rq, struct sbuf *b, bool filling, bool with_body)
         const char *nl = memchr(b->p + i, '\n', b->len - i);
         size_t len = nl ? (size_t)(nl - (b->p + i)) + 1 : b->len - i;
         const char *line = b->p + i;
-        bool drop = (filling && line_in(line, len, fill_dropped,
-                                        sizeof(fill_dropped) / sizeof(fill_dropped[0]))) ||
-                    line_is(line, len, id->user_header) || line_is(line, len, id->tenant_header) ||
-                    line_is(line, len, "x-request-id") ||
-                    (!line_listed(up, line, len) &&
-                     !(with_body && line_in(line, len, body_fields,
-                                            sizeof(body_fields) / sizeof(body_fields[0]))));
+        bool drop =
+            (filling &&
+             line_in(line, len, fill_dropped, sizeof(fill_dropped) / sizeof(fill_dropped[0]))) ||
+            line_is(line, len, id->user_header) || line_is(line, len, id->tenant_header) ||
+            line_is(line, len, "x-request-id") ||
+            (!line_listed(up, line, len) &&
+             !(with_body &&
+               line_in(line, len, body_fields, sizeof(body_fields) / sizeof(body_fields[0]))) &&
+             !line_in(line, len, trace_fields, sizeof(trace_fields) / sizeof(trace_fields[0])));
         if (!drop) {
             memmove(b->p + o, line, len);
             o += len;

@@ -56,8 +56,9 @@ on_db(void *arg, const struct db_result *res)
     const struct policy_endpoint *ep = rq->ep;
     char internal[320];
     struct gw_stats *st = &rq->wk->stats;
+    uint64_t took_us = gw_origin_done(rq);
     if (res->status == DB_OK)
-        gw_stats_origin(st, GW_ORIGIN_SQL, util_mono_us() - rq->origin_us, store_now_ms());
+        gw_stats_origin(st, GW_ORIGIN_SQL, took_us, store_now_ms());
     else
         gw_stats_origin_error(st, GW_ORIGIN_SQL, db_status_word(res->status));
     snprintf(internal, sizeof(internal), "database: %s (SQLSTATE %s)", res->detail,

@@ -28,6 +28,7 @@
 
 #include "addr_count.h"
 #include "head.h"
+#include "log.h"
 #include "slab.h"
 #include "util.h"
 
@@ -767,8 +768,7 @@ server_respond(struct server_request *req, const struct server_response *resp)
     struct worker *w = c->w;
     if (c->state != CONN_HANDLING) {
         /* A second answer to one request is a bug in the caller. */
-        fprintf(stderr, "sluice: internal error: response to a finished request\n");
-        abort();
+        log_abort("internal error: response to a finished request");
     }
     if (c->dead) {
         /* The peer is gone: nothing to send; the connection ends here. */
@@ -847,8 +847,7 @@ server_respond_interim(struct server_request *req, int status, const char *heade
 
     assert(status >= 100 && status < 200 && status != 101);
     if (c->state != CONN_HANDLING) {
-        fprintf(stderr, "sluice: internal error: interim response to a finished request\n");
-        abort();
+        log_abort("internal error: interim response to a finished request");
     }
     if (c->dead || c->req.http.minor_version == 0 || evbuffer_get_length(c->out) >= OUT_HIGH_WATER)
         return;
@@ -870,10 +869,9 @@ server_respond_problem(struct server_request *req, int status, const char *type,
     server_respond_problem_ext(req, status, type, title, detail, NULL, extra_headers);
 }
 
-void
-server_respond_problem_ext(struct server_request *req, int status, const char *type,
-                           const char *title, const char *detail, json_t *ext,
-                           const char *extra_headers)
+char *
+server_problem_body(int status, const char *type, const char *title, const char *detail,
+                    json_t *ext, size_t *len)
 {
     json_t *o = json_object();
     json_object_set_new(o, "type", json_string(type ? type : "about:blank"));
@@ -885,17 +883,38 @@ server_respond_problem_ext(struct server_request *req, int status, const char *t
         json_object_update_missing(o, ext);
     char *body = json_dumps(o, JSON_COMPACT);
     json_decref(o);
+    if (!body) {
+        log_abort("out of memory (problem body)");
+    }
+    *len = strlen(body);
+    return body;
+}
+
+void
+server_respond_problem_body(struct server_request *req, int status, const char *body, size_t len,
+                            const char *extra_headers)
+{
     struct server_response resp = {
         .status = status,
         .content_type = "application/problem+json",
         .headers = extra_headers,
         .headers_len = extra_headers ? strlen(extra_headers) : 0,
         .body = body,
-        .body_len = strlen(body),
+        .body_len = len,
         .close = status == 400 || status == 408 || status == 413 || status == 431 ||
                  status == 501 || status == 505,
     };
     server_respond(req, &resp);
+}
+
+void
+server_respond_problem_ext(struct server_request *req, int status, const char *type,
+                           const char *title, const char *detail, json_t *ext,
+                           const char *extra_headers)
+{
+    size_t len;
+    char *body = server_problem_body(status, type, title, detail, ext, &len);
+    server_respond_problem_body(req, status, body, len, extra_headers);
     free(body);
 }
 
@@ -910,8 +929,7 @@ conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss, uint32_t s
     c->addr_slot = slot;
     c->out = evbuffer_new(); /* the input buffer comes with the first byte (inbuf_take) */
     if (!c->out) {
-        fprintf(stderr, "sluice: out of memory (evbuffer)\n");
-        abort();
+        log_abort("out of memory (evbuffer)");
     }
     if (ss->ss_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, c->ip, sizeof(c->ip));
@@ -941,11 +959,10 @@ pressure_log(struct worker *w)
     if (w->pressure_logged_ms && now - w->pressure_logged_ms < PRESSURE_LOG_MS)
         return;
     w->pressure_logged_ms = now;
-    fprintf(stderr,
-            "sluice: %s:%d worker %u: %lu idle or unfinished connections closed for new ones, "
-            "%lu new ones refused at the connection cap (%u), %lu at the per-address cap (%u)\n",
-            cfg->listen_addr, w->s->port, w->index, w->evicted, w->refused, cfg->max_connections,
-            w->refused_ip, cfg->max_connections_per_ip);
+    log_warn("%s:%d worker %u: %lu idle or unfinished connections closed for new ones, "
+             "%lu new ones refused at the connection cap (%u), %lu at the per-address cap (%u)",
+             cfg->listen_addr, w->s->port, w->index, w->evicted, w->refused, cfg->max_connections,
+             w->refused_ip, cfg->max_connections_per_ip);
     w->evicted = w->refused = w->refused_ip = 0;
 }
 
@@ -1081,8 +1098,7 @@ accept_batch(struct worker *w)
                 uint64_t now = now_ms();
                 if (!w->pressure_logged_ms || now - w->pressure_logged_ms >= PRESSURE_LOG_MS) {
                     w->pressure_logged_ms = now;
-                    fprintf(stderr, "sluice: accept: %s (raise the open-file limit, ulimit -n)\n",
-                            strerror(errno));
+                    log_error("accept: %s (raise the open-file limit, ulimit -n)", strerror(errno));
                 }
                 event_del(w->ev_listen);
                 struct timeval tv = util_ms_to_tv(ACCEPT_PAUSE_MS);
@@ -1167,7 +1183,7 @@ worker_main(void *arg)
     struct worker *w = arg;
     w->app_state = w->s->app.worker_init ? w->s->app.worker_init(w, w->s->app.ctx) : NULL;
     if (w->s->app.worker_init && !w->app_state) {
-        fprintf(stderr, "sluice: worker %u failed to start\n", w->index);
+        log_error("worker %u failed to start", w->index);
         server_stop(w->s);
         return NULL;
     }

@@ -145,6 +145,26 @@ void server_respond_problem_ext(struct server_request *req, int status, const ch
                                 const char *title, const char *detail, struct json_t *ext,
                                 const char *extra_headers);
 
+/*
+ * The body server_respond_problem_ext() sends: the problem+json object of
+ * this status, type (NULL: about:blank), title (NULL: the reason phrase),
+ * detail (NULL: none) and the members of `ext` (borrowed; NULL: none).
+ * Returns it (new: the caller frees it), its length in *len. For an
+ * application that must know what it sends before it sends it.
+ */
+char *server_problem_body(int status, const char *type, const char *title, const char *detail,
+                          struct json_t *ext, size_t *len);
+
+/*
+ * Sends body[0..len) (borrowed, copied) as an application/problem+json answer
+ * with this status and extra_headers (NULL: none), as
+ * server_respond_problem_ext() does with the body it builds: the connection
+ * is closed after it for the statuses that end one (400, 408, 413, 431, 501,
+ * 505).
+ */
+void server_respond_problem_body(struct server_request *req, int status, const char *body,
+                                 size_t len, const char *extra_headers);
+
 /* The worker's event base, index and cached "Date: ...\r\n" header line. */
 /* The open connections of every worker, by what they are doing. */
 struct server_conn_counts {

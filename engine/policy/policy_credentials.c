@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "policy_compile.h"
 #include "util.h"
 
@@ -72,9 +73,10 @@ compile_key(struct compile *c, struct policy_jwt *j, size_t index)
         char *notes = NULL;
         if (text && jwk_set_add_jwks(&j->keys, text, len, jwks, &notes, err, sizeof(err)) != 0)
             cerr(c, "identity: jwt.keys: %s", err);
-        if (notes)
-            fprintf(stderr, "sluice: %s:%d: identity: jwt.keys: %s", c->file ? c->file : "?",
-                    c->line, notes);
+        /* Keys the set holds that sluice does not verify with: left out, each said. */
+        for (const char *l = notes; l && *l; l += strcspn(l, "\n") + (l[strcspn(l, "\n")] != 0))
+            log_warn("%s:%d: identity: jwt.keys: %.*s", c->file ? c->file : "?", c->line,
+                     (int)strcspn(l, "\n"), l);
         free(notes);
         free(text);
     } else if (pem) {

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "store.h"
+#include "log.h"
 #include "util.h"
 
 struct store_entry *
@@ -14,8 +15,7 @@ store_entry_new(uint16_t status, char *content_type, char *body, size_t body_len
     struct store_entry *e = calloc(1, sizeof(*e));
 
     if (!e) {
-        fprintf(stderr, "sluice: out of memory (cache entry)\n");
-        abort();
+        log_abort("out of memory (cache entry)");
     }
     e->refs = 1;
     e->status = status;

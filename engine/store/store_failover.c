@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "store.h"
+#include "log.h"
 #include "store_failover.h"
 #include "util.h"
 
@@ -97,8 +98,7 @@ on_success(struct failover *f)
     f->fails = 0;
     if (f->state != BR_CLOSED) {
         f->state = BR_CLOSED;
-        fprintf(stderr, "sluice: %s: redis store recovered: cache and shared limits in use again\n",
-                f->name);
+        log_info("%s: redis store recovered: cache and shared limits in use again", f->name);
     }
     if (f->replay_n && !f->replaying && !f->closing)
         replay_flush(f);
@@ -112,11 +112,10 @@ on_failure(struct failover *f)
     if (f->state == BR_PROBING || (f->state == BR_CLOSED && f->fails >= f->threshold)) {
         if (f->state == BR_CLOSED) {
             f->h.transitions++;
-            fprintf(stderr,
-                    "sluice: %s: redis store degraded after %u failures: cache bypassed, limits "
-                    "checked in-process (fail open), fail-closed limits refused; retrying in "
-                    "%llu ms\n",
-                    f->name, f->fails, (unsigned long long)f->cooldown_ms);
+            log_warn("%s: redis store degraded after %u failures: cache bypassed, limits "
+                     "checked in-process (fail open), fail-closed limits refused; retrying in "
+                     "%llu ms",
+                     f->name, f->fails, (unsigned long long)f->cooldown_ms);
         }
         f->state = BR_OPEN;
         f->open_until = store_now_ms() + f->cooldown_ms;
@@ -345,10 +344,9 @@ replay_add(struct failover *f, const char *tag, size_t len)
         f->replay_n--;
         f->replay_dropped++;
         if (f->replay_dropped == 1)
-            fprintf(stderr,
-                    "sluice: %s: more than %d invalidations wait for the redis store; the "
-                    "oldest are dropped\n",
-                    f->name, MAX_REPLAY);
+            log_warn("%s: more than %d invalidations wait for the redis store; the "
+                     "oldest are dropped",
+                     f->name, MAX_REPLAY);
     }
     size_t i = (f->replay_head + f->replay_n) % MAX_REPLAY;
     f->replay[i] = xmalloc(len ? len : 1);

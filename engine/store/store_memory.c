@@ -10,6 +10,7 @@
 #include <sys/random.h>
 
 #include "store.h"
+#include "log.h"
 #include "store_memory.h"
 #include "store_memory_list.h"
 #include "store_memory_table.h"
@@ -710,8 +711,7 @@ store_memory_new(size_t cache_bytes, size_t limit_bytes)
     struct store_memory *m = aligned_alloc(64, sizeof(*m));
 
     if (!m) {
-        fprintf(stderr, "sluice: out of memory (memory store)\n");
-        abort();
+        log_abort("out of memory (memory store)");
     }
     memset(m, 0, sizeof(*m));
     m->cache.max = cache_bytes;

@@ -8,6 +8,7 @@
 #include <sys/queue.h>
 
 #include "store.h"
+#include "log.h"
 #include "store_memory_table.h"
 
 /*
@@ -574,8 +575,7 @@ table_init(struct table *t)
 {
     t->buckets = calloc(MIN_BUCKETS, sizeof(*t->buckets));
     if (!t->buckets) {
-        fprintf(stderr, "sluice: out of memory (memory store)\n");
-        abort();
+        log_abort("out of memory (memory store)");
     }
     t->mask = MIN_BUCKETS - 1;
 }

@@ -11,6 +11,7 @@
 #include <hiredis/hiredis.h>
 
 #include "hmap.h"
+#include "log.h"
 #include "redis_conn.h"
 #include "store.h"
 #include "store_redis.h"
@@ -641,10 +642,9 @@ redis_admit_and_lookup(struct store *st, struct store_admit *a, store_done_fn *d
             if (!codec_rule_exact(&id)) {
                 static bool warned;
                 if (!warned)
-                    fprintf(stderr,
-                            "sluice: redis store: a limit of %llu per %llu ms is beyond what "
-                            "it computes exactly (limit x window < 2^53); requests refused\n",
-                            (unsigned long long)id.limit, (unsigned long long)id.window_ms);
+                    log_error("redis store: a limit of %llu per %llu ms is beyond what "
+                              "it computes exactly (limit x window < 2^53); requests refused",
+                              (unsigned long long)id.limit, (unsigned long long)id.window_ms);
                 warned = true;
                 op->status = -1;
                 admit_finish(op);
