@@ -138,9 +138,11 @@ static const char usage_serve[] =
 static const char usage_check[] =
     "usage: sluice check POLICY_DIR\n"
     "\n"
-    "Loads and validates every policy file as 'sluice serve' would. Prints nothing and\n"
-    "exits 0 when the set and every tenant file (tenants/*.lua) are valid; prints one\n"
-    "'file:line: message' line per problem and exits 1 otherwise.\n";
+    "Loads and validates every policy file as 'sluice serve' would (and the key files\n"
+    "its identity reads). Exits 0 when the set and every tenant file (tenants/*.lua) are\n"
+    "valid, printing only a 'file:line: note: ...' line for each key that callers who lack\n"
+    "what it names share (anonymous = \"share\"); prints one 'file:line: message' line per\n"
+    "problem and exits 1 otherwise.\n";
 
 static const char usage_explain[] =
     "usage: sluice explain [OPTIONS] POLICY_DIR 'METHOD /path?query'\n"
@@ -319,6 +321,8 @@ cmd_check(int argc, char **argv)
         free(errors);
         return 1;
     }
+    if (p->notes)
+        fputs(p->notes, stdout);
     /* A broken tenant file does not stop a server, but it fails the check. */
     int rc = p->tenant_errors ? 1 : 0;
     if (p->tenant_errors)
@@ -577,6 +581,12 @@ static struct store *
 notify_store_new(void *gw, struct event_base *base, const char *name)
 {
     return gateway_store_new(gw, base, name);
+}
+
+static void
+notify_forget_credentials(void *gw)
+{
+    gateway_forget_api_keys(gw);
 }
 
 static void *
@@ -990,6 +1000,7 @@ serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
     struct notify_config ncfg = {.conninfo = sv->gcfg.database_url,
                                  .policy = notify_policy,
                                  .store_new = notify_store_new,
+                                 .forget_credentials = notify_forget_credentials,
                                  .ctx = sv->gw};
     char nerr[256];
     sv->notifier = notify_start(&ncfg, nerr, sizeof(nerr));

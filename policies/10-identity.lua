@@ -13,11 +13,13 @@ identity {
   user   = header "X-User-Id",
   tenant = header "X-Tenant-Id",   -- optional: leave out if you have no tenants
 
-  -- The caller's tier, here from a header the auth layer sets. To read it
-  -- from your database instead, with the answer kept for tier_ttl:
+  -- The caller's tier, here from a header the auth layer sets (and strips
+  -- from what clients send: a client that could set it would pick its own
+  -- budget, so sluice check wants it marked trusted). To read it from your
+  -- database instead, with the answer kept for tier_ttl:
   --   tier     = sql("SELECT plan FROM users WHERE id = $1::bigint", "{user}"),
   --   tier_ttl = "1m",
-  tier = header "X-User-Plan",
+  tier = header("X-User-Plan", { trusted = true }),
 
   -- The tier of anonymous callers, and of callers whose tier names none of
   -- the tiers in 00-tiers.lua.

@@ -65,7 +65,7 @@ static const struct {
     {"user", TV_USER, 0}, {"tenant", TV_TENANT, 0}, {"tier", TV_TIER, 0},
     {"ip", TV_IP, 0},     {"method", TV_METHOD, 0}, {"route", TV_ROUTE, 0},
     {"path", TV_PATH, 2}, {"query", TV_QUERY, 2},   {"header", TV_HEADER, 1},
-    {"body", TV_BODY, 1}, {"row", TV_ROW, 1},
+    {"body", TV_BODY, 1}, {"claim", TV_CLAIM, 1},   {"row", TV_ROW, 1},
 };
 
 static int

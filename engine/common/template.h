@@ -15,11 +15,14 @@ enum template_var {
     TV_QUERY,  /* {query.NAME}, or {query}: the whole query, canonical (http/query.h) */
     TV_HEADER, /* {header.NAME} */
     TV_BODY,   /* {body.NAME} */
+    TV_CLAIM,  /* {claim.NAME}: a claim of the caller's verified credential */
     TV_ROW,    /* {row.COLUMN}, on_change only */
     TV_COUNT
 };
 
 #define TV_BIT(v) (1u << (v))
+/* The variables that name a caller: a key holding one is used only for callers who have it. */
+#define TV_CALLER (TV_BIT(TV_USER) | TV_BIT(TV_TENANT) | TV_BIT(TV_CLAIM))
 #define TV_ALL_REQUEST (TV_BIT(TV_ROW) - 1u) /* every variable but {row.*} */
 
 struct template;

@@ -200,6 +200,19 @@ requests(struct sbuf *out, const struct gw_stats_view *v)
            "Origin calls that failed, by source and reason.");
     items(out, "sluice_origin_errors_total", err_labels, 2, v->origin_errors, v->norigin_errors);
 
+    static const char *const id_labels[] = {"source", "result"};
+    family(out, "sluice_identity_total", "counter",
+           "Requests by what identified the caller (jwt, api_key, header, anonymous) and how: "
+           "verified (a signature checked), cached (a credential remembered), looked_up (an API "
+           "key read from the database), trusted (identity headers), none (anonymous).");
+    items(out, "sluice_identity_total", id_labels, 2, v->identity, v->nidentity);
+    static const char *const refusal_labels[] = {"source", "reason"};
+    family(out, "sluice_identity_refusals_total", "counter",
+           "Requests refused for their credential, by source (jwt, api_key, or none for a "
+           "missing one) and reason (expired, signature, unknown_key, missing, ...).");
+    items(out, "sluice_identity_refusals_total", refusal_labels, 2, v->id_refusals,
+          v->nid_refusals);
+
     static const char *const dec_labels[] = {"policy", "tier", "decision"};
     family(out, "sluice_ratelimit_decisions_total", "counter",
            "Rate limit decisions, by limit policy, caller tier and decision "

@@ -141,8 +141,11 @@ notify_collect(const struct policy *p, const char *payload, size_t len, struct n
             strcmp(oc->table, json_string_value(table)) != 0)
             continue;
         matched++;
+        if (oc->credentials)
+            t->credentials = true;
         if (!rows[0] && !rows[1]) {
-            t->all = true;
+            if (oc->ninvalidate)
+                t->all = true;
             continue;
         }
         if (!buf)
@@ -341,6 +344,11 @@ handle_notification(struct notifier *n, const char *payload)
     int m = notify_collect(p, payload, strlen(payload), &n->pending, err, sizeof(err));
 
     policy_release(p);
+    if (n->pending.credentials) {
+        n->pending.credentials = false;
+        if (n->cfg.forget_credentials)
+            n->cfg.forget_credentials(n->cfg.ctx);
+    }
     pthread_mutex_lock(&n->lock);
     n->notifications++;
     if (m == 0)
@@ -431,6 +439,8 @@ listening(struct notifier *n)
         log_info("notify: listening again on " TRIGGERS_CHANNEL "");
         /* Rows changed while the connection was down were not seen. */
         drop_all(n, "changes made while the connection was down were not seen");
+        if (n->cfg.forget_credentials)
+            n->cfg.forget_credentials(n->cfg.ctx);
     } else {
         log_info("notify: listening on " TRIGGERS_CHANNEL " for changes to %zu table%s", tables,
                  tables == 1 ? "" : "s");

@@ -22,7 +22,10 @@ struct notify_config {
     /* A new handle on the store to invalidate, for the thread running `base` (borrowed) and
        used by it alone; freed with ops->destroy. `name` labels log lines. */
     struct store *(*store_new)(void *ctx, struct event_base *base, const char *name);
-    void *ctx; /* passed to both; borrowed, must outlive the notifier */
+    /* A change of a table whose on_change says credentials = true was notified (or changes may
+       have been missed): the API keys the workers remember must be forgotten. NULL: none. */
+    void (*forget_credentials)(void *ctx);
+    void *ctx; /* passed to the callbacks; borrowed, must outlive the notifier */
 };
 
 /*
@@ -69,6 +72,7 @@ struct notify_tags {
     size_t *lens;
     size_t n, cap;
     bool all;
+    bool credentials; /* an on_change with credentials = true matched */
 };
 
 /* Frees the tags and empties t. */
@@ -81,6 +85,9 @@ void notify_tags_free(struct notify_tags *t);
  * {row.COLUMN} is the row's value of COLUMN (a JSON string as is; null is an
  * absent value, written "%-"; numbers and booleans as JSON spells them). A
  * template naming a column the row lacks is skipped for that row. Returns
+ * t->credentials is set when a matching on_change says credentials = true, and
+ * a notification without rows sets t->all only for declarations that
+ * invalidate tags. Returns
  * the number of on_change declarations that matched (0: a table the policy
  * does not watch), or -1 with a message in err when the payload is not such
  * JSON or a tag is too long to expand (tags found before are kept).

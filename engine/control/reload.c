@@ -7,6 +7,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,8 +40,13 @@ struct reloader {
 
     /* watcher */
     int ifd, wd_dir, wd_tenants;
+    struct key_dir {
+        int wd;
+        char *path; /* a directory holding a file the policy reads (a key file) */
+    } * key_dirs;   /* the watcher thread's own */
+    size_t nkey_dirs;
     struct event_base *base;
-    struct event *ev_inotify, *ev_debounce, *ev_stop;
+    struct event *ev_inotify, *ev_debounce, *ev_stop, *ev_refresh;
     struct timeval debounce;
     pthread_t thread;
     int watching;
@@ -98,6 +104,8 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
     }
     pthread_mutex_unlock(&r->lock);
     pthread_mutex_unlock(&r->load_lock);
+    if (p && r->watching)
+        event_active(r->ev_refresh, EV_TIMEOUT, 0); /* its key files may be in new directories */
     policy_release(p);
     policy_release(cur);
     if (errors)
@@ -161,11 +169,97 @@ watch_tenants(struct reloader *r)
     free(t);
 }
 
+/* The directory (a new string) of a file path, or NULL when it has none. */
+static char *
+dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? xstrndup(path, (size_t)(slash - path)) : NULL;
+}
+
+/* Watches the directories of the files the policy serving reads besides its *.lua files (key
+ * files, which may sit in a subdirectory), so that replacing one reloads the policy. */
+static void
+watch_key_dirs(struct reloader *r)
+{
+    struct policy *p = gateway_policy(r->g);
+    char *tenants = xasprintf("%s/tenants", r->dir);
+    for (size_t i = 0; i < p->nfiles; i++) {
+        size_t len = strlen(p->files[i].path);
+        if (len > 4 && strcmp(p->files[i].path + len - 4, ".lua") == 0)
+            continue;
+        char *d = dir_of(p->files[i].path);
+        bool known = !d || strcmp(d, r->dir) == 0 || strcmp(d, tenants) == 0;
+        for (size_t k = 0; !known && k < r->nkey_dirs; k++)
+            known = strcmp(r->key_dirs[k].path, d) == 0;
+        int wd = known ? -1 : inotify_add_watch(r->ifd, d, WATCH_MASK);
+        if (wd >= 0) {
+            r->key_dirs = xrealloc(r->key_dirs, (r->nkey_dirs + 1) * sizeof(*r->key_dirs));
+            r->key_dirs[r->nkey_dirs].wd = wd;
+            r->key_dirs[r->nkey_dirs++].path = d;
+            d = NULL;
+        }
+        free(d);
+    }
+    free(tenants);
+    policy_release(p);
+}
+
+static void
+on_refresh(evutil_socket_t fd, short what, void *arg)
+{
+    watch_key_dirs(arg);
+}
+
 static void
 on_debounce(evutil_socket_t fd, short what, void *arg)
 {
     struct reloader *r = arg;
     reloader_reload(r, "inotify", NULL);
+}
+
+/* Whether dir/name (name len bytes) is a file the policy serving reads besides its *.lua. */
+static bool
+is_read_file(struct reloader *r, const char *dir, const char *name)
+{
+    struct policy *p = gateway_policy(r->g);
+    size_t dlen = strlen(dir), nlen = strlen(name);
+    bool hit = false;
+    for (size_t i = 0; i < p->nfiles && !hit; i++) {
+        const char *f = p->files[i].path;
+        hit = strlen(f) == dlen + 1 + nlen && memcmp(f, dir, dlen) == 0 && f[dlen] == '/' &&
+              memcmp(f + dlen + 1, name, nlen) == 0;
+    }
+    policy_release(p);
+    return hit;
+}
+
+/* The directory path of watch wd (borrowed; tenants_buf for the tenants directory), or NULL. */
+static const char *
+watched_dir(struct reloader *r, int wd, char *tenants_buf, size_t len)
+{
+    if (wd == r->wd_dir)
+        return r->dir;
+    if (wd == r->wd_tenants) {
+        snprintf(tenants_buf, len, "%s/tenants", r->dir);
+        return tenants_buf;
+    }
+    for (size_t k = 0; k < r->nkey_dirs; k++)
+        if (r->key_dirs[k].wd == wd)
+            return r->key_dirs[k].path;
+    return NULL;
+}
+
+/* Forgets the key directory of watch wd (its directory went away). */
+static void
+forget_key_dir(struct reloader *r, int wd)
+{
+    for (size_t k = 0; k < r->nkey_dirs; k++)
+        if (r->key_dirs[k].wd == wd) {
+            free(r->key_dirs[k].path);
+            r->key_dirs[k] = r->key_dirs[--r->nkey_dirs];
+            return;
+        }
 }
 
 static void
@@ -185,10 +279,17 @@ on_inotify(evutil_socket_t fd, short what, void *arg)
                 r->wd_tenants = -1;
             if (ev->wd == r->wd_dir && ev->len && strcmp(ev->name, "tenants") == 0)
                 watch_tenants(r);
-            /* Editors write temporary files: only *.lua names (or the tenants dir) matter. */
+            if (ev->mask & IN_IGNORED)
+                forget_key_dir(r, ev->wd);
+            /* Editors write temporary files: only *.lua names (or the tenants dir) matter, and
+             * the files the policy reads (key files). */
             size_t len = ev->len ? strlen(ev->name) : 0;
-            if ((len > 4 && strcmp(ev->name + len - 4, ".lua") == 0) ||
-                (ev->len && strcmp(ev->name, "tenants") == 0) || (ev->mask & IN_DELETE_SELF))
+            char tbuf[PATH_MAX];
+            const char *dir = len ? watched_dir(r, ev->wd, tbuf, sizeof(tbuf)) : NULL;
+            if ((len > 4 && strcmp(ev->name + len - 4, ".lua") == 0 &&
+                 (ev->wd == r->wd_dir || ev->wd == r->wd_tenants)) ||
+                (ev->len && strcmp(ev->name, "tenants") == 0) || (ev->mask & IN_DELETE_SELF) ||
+                (dir && is_read_file(r, dir, ev->name)))
                 relevant = 1;
         }
     }
@@ -233,7 +334,9 @@ reloader_watch(struct reloader *r, uint64_t debounce_ms, char *err, size_t errle
     r->ev_inotify = event_new(r->base, r->ifd, EV_READ | EV_PERSIST, on_inotify, r);
     r->ev_debounce = evtimer_new(r->base, on_debounce, r);
     r->ev_stop = event_new(r->base, -1, 0, on_stop, r);
+    r->ev_refresh = event_new(r->base, -1, 0, on_refresh, r);
     event_add(r->ev_inotify, NULL);
+    watch_key_dirs(r);
     if (pthread_create(&r->thread, NULL, watch_main, r) != 0) {
         snprintf(err, errlen, "cannot start the watcher thread");
         return -1;
@@ -255,10 +358,14 @@ reloader_free(struct reloader *r)
         event_free(r->ev_inotify);
         event_free(r->ev_debounce);
         event_free(r->ev_stop);
+        event_free(r->ev_refresh);
         event_base_free(r->base);
     }
     if (r->ifd >= 0)
         close(r->ifd);
+    for (size_t k = 0; k < r->nkey_dirs; k++)
+        free(r->key_dirs[k].path);
+    free(r->key_dirs);
     free(r->dir);
     free(r->last_trigger);
     free(r->last_error);

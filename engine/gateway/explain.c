@@ -9,6 +9,7 @@
 #include "http_parse.h"
 #include "limiter.h"
 #include "plan.h"
+#include "template.h"
 #include "util.h"
 
 /* One limit as the request path counts it: rq->limits[i] after gw_plan(). */
@@ -29,6 +30,13 @@ limit_json(struct gw_req *rq, size_t i)
                             json_integer((json_int_t)(rule->burst ? rule->burst : rule->limit)));
     if (l->is_tier)
         json_object_set_new(o, "from", json_string("tier"));
+    if (!l->is_tier && (template_uses(l->key) & TV_CALLER)) {
+        /* A key naming a caller: those who lack it are counted by address, or share it. */
+        json_object_set_new(o, "anonymous", json_string(l->anonymous_share ? "share" : "ip"));
+        if (rq->by_ip & (1u << i))
+            json_object_set_new(o, "keyed_by",
+                                json_string("ip: the caller lacks what the key names"));
+    }
     return o;
 }
 
@@ -51,6 +59,8 @@ tier_from_text(enum gw_tier_from from, bool given)
         return "default (no limit of this endpoint uses the tier)";
     case GW_TIER_HEADER:
         return "header";
+    case GW_TIER_CLAIM:
+        return "claim";
     case GW_TIER_NO_LOOKUP:
         return "default";
     case GW_TIER_SQL:
@@ -59,9 +69,45 @@ tier_from_text(enum gw_tier_from from, bool given)
     }
 }
 
+/* Where an identity value came from: "claim NAME", "header NAME", or null when it is absent. */
+static json_t *
+value_from(const char *value, const char *claim, const char *header)
+{
+    if (!value)
+        return json_null();
+    return claim ? json_sprintf("claim %s", claim) : json_sprintf("header %s", header);
+}
+
+/* The caller's credential: what it is, and how it was checked (never the credential itself). */
+static json_t *
+credential_json(struct gw_req *rq)
+{
+    const struct policy_identity *id = &rq->policy->identity;
+    json_t *c = json_pack("{s:s}", "source", gw_id_source_names[rq->id_source]);
+    if (rq->id_refusal) {
+        json_object_set_new(c, "refused", json_string(rq->id_refusal));
+        if (rq->challenge)
+            json_object_set_new(c, "challenge", json_string(rq->challenge));
+    } else if (rq->id_source == GW_ID_JWT && rq->id_key) {
+        json_object_set_new(c, "verified", json_true());
+        json_object_set_new(c, "key", rq->id_key->kid ? json_string(rq->id_key->kid) : json_null());
+        json_object_set_new(c, "key_from", json_string(rq->id_key->source));
+        json_object_set_new(c, "expires", json_integer((json_int_t)rq->id_exp));
+    } else if (rq->id_source == GW_ID_API_KEY) {
+        json_object_set_new(c, "sha256", json_string(rq->api_key_hex));
+        json_object_set_new(c, "lookup", json_string(id->api_key->sql));
+        if (rq->api_key_pending)
+            json_object_set_new(c, "note",
+                                json_string("explain does not look API keys up: the caller is "
+                                            "shown as it is before the lookup"));
+    }
+    return c;
+}
+
 static json_t *
 caller_json(struct gw_req *rq, const char *tier_from)
 {
+    const struct policy_identity *id = &rq->policy->identity;
     json_t *c = json_object();
     json_object_set_new(c, "user", rq->user ? json_stringn(rq->user, rq->user_len) : json_null());
     json_object_set_new(c, "tenant",
@@ -69,6 +115,21 @@ caller_json(struct gw_req *rq, const char *tier_from)
     json_object_set_new(c, "ip", json_string(rq->sr->ip));
     json_object_set_new(c, "tier", rq->tier ? json_string(rq->tier->name) : json_null());
     json_object_set_new(c, "tier_from", json_string(tier_from));
+    json_object_set_new(c, "source", json_string(gw_id_source_names[rq->id_source]));
+    json_t *from =
+        json_pack("{s:o, s:o}", "user", value_from(rq->user, id->user_claim, id->user_header),
+                  "tenant", value_from(rq->tenant, id->tenant_claim, id->tenant_header));
+    if (id->tier_claim)
+        json_object_set_new(from, "tier", json_sprintf("claim %s", id->tier_claim));
+    else if (id->tier_header)
+        json_object_set_new(
+            from, "tier",
+            json_sprintf("header %s%s", id->tier_header, id->tier_trusted ? " (trusted)" : ""));
+    else if (id->tier_sql)
+        json_object_set_new(from, "tier", json_string("sql"));
+    json_object_set_new(c, "from", from);
+    if (id->jwt || id->api_key)
+        json_object_set_new(c, "credential", credential_json(rq));
     return c;
 }
 
@@ -130,10 +191,24 @@ cache_json(struct gw_req *rq)
     }
     json_object_set_new(c, "key",
                         a->cache_key ? json_stringn(a->cache_key, a->cache_keylen) : json_null());
-    if (rq->bypass)
+    if (template_uses(ep->cache_key) & TV_CALLER)
+        json_object_set_new(c, "anonymous", json_string(ep->anonymous_share ? "share" : "bypass"));
+    if (rq->bypass_anonymous)
+        json_object_set_new(
+            c, "bypass_reason",
+            json_string("the cache key names a caller ({user}, {tenant} or a claim) this request "
+                        "lacks: such entries are never shared by the callers who lack it "
+                        "(cache.anonymous = \"share\" shares them)"));
+    else if (rq->bypass)
         json_object_set_new(c, "bypass_reason",
-                            json_string("the request carries credentials and the cache key holds "
+                            json_string("the request carries a Cookie and the cache key holds "
                                         "neither {user} nor {tenant} of the caller"));
+    if (rq->authorized_only)
+        json_object_set_new(c, "authorization",
+                            json_string("the request carries Authorization and the key does not "
+                                        "name its caller: only answers that said public, s-maxage "
+                                        "or must-revalidate serve it or are stored from it (RFC "
+                                        "9111 section 3.5)"));
     json_object_set_new(c, "tags", strings_json(rq->tags, rq->taglens, a->ntags));
     json_object_set_new(c, "stale_while_revalidate_seconds",
                         json_real((double)ep->swr_ms / 1000.0));
@@ -184,6 +259,9 @@ explain(struct policy *p, struct server_request *sr, const char *tier, struct gw
     int status = gw_read_request(rq, detail, sizeof(detail));
     if (status != 0) {
         refused(o, status, detail);
+        const struct policy_identity *id = &rq->policy->identity;
+        if (id->jwt || id->api_key)
+            json_object_set_new(o, "credential", credential_json(rq));
         json_object_set_new(o, "endpoint", endpoint_json(routed));
         goto out;
     }

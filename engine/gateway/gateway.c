@@ -23,6 +23,8 @@
 #include "store_failover.h"
 #include "tenant.h"
 #include "tenant_hooks.h"
+#include "cred_cache.h"
+#include "credential.h"
 #include "tier_cache.h"
 #include "upstream.h"
 #include "util.h"
@@ -43,9 +45,16 @@ struct gateway {
     struct db_health db[GATEWAY_MAX_WORKERS]; /* each worker's database pool */
     unsigned nhealth;
     struct gw_worker *workers[GATEWAY_MAX_WORKERS]; /* their stats are read under lock */
+    uint64_t forget_epoch; /* atomic: bumped when the API keys the workers remember go stale */
 };
 
 /* ---- policy snapshots --------------------------------------------------------------------- */
+
+void
+gateway_forget_api_keys(struct gateway *g)
+{
+    __atomic_add_fetch(&g->forget_epoch, 1, __ATOMIC_RELEASE);
+}
 
 struct gateway *
 gateway_new(const struct gateway_config *cfg, struct policy *policy)
@@ -342,6 +351,8 @@ worker_init(struct worker *w, void *ctx)
     snprintf(name, sizeof(name), "worker %u", server_worker_index(w));
     wk->store = gateway_store_new(g, server_worker_base(w), name);
     wk->tiers = tier_cache_new(100000);
+    wk->creds = cred_cache_new(GW_CRED_CACHE_ENTRIES, GW_CRED_CACHE_BYTES);
+    wk->forget_epoch = &g->forget_epoch;
     wk->tenants = tenant_runtime_new();
     wk->db = db_pool_new(server_worker_base(w), g->cfg.database_url ? g->cfg.database_url : "",
                          g->cfg.db_pool_size, g->cfg.db_deadline_ms, 1024, err, sizeof(err));
@@ -379,6 +390,7 @@ worker_fini(void *state)
         gw_fail(LIST_FIRST(&wk->background), 503, "the server is shutting down");
     hmap_free(&wk->inflight); /* every fill has ended */
     tier_cache_free(wk->tiers);
+    cred_cache_free(wk->creds);
     tenant_runtime_free(wk->tenants);
     policy_release(wk->policy);
     struct gateway *g = wk->g;

@@ -106,6 +106,10 @@ struct gateway_health {
 };
 void gateway_health(struct gateway *g, struct gateway_health *out);
 
+/* Makes every worker forget the API keys it looked up (a change of their table was notified):
+ * each does before its next API key lookup. Thread-safe. */
+void gateway_forget_api_keys(struct gateway *g);
+
 /*
  * A new handle on the gateway's store for a thread running `base` (borrowed):
  * the Redis store with the memory store as its fallback when Redis is

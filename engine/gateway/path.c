@@ -11,6 +11,7 @@
 
 #include "db.h"
 #include "httpcache.h"
+#include "credential.h"
 #include "plan.h"
 #include "source.h"
 #include "tier_cache.h"
@@ -143,6 +144,16 @@ on_looked_up(void *arg, int status)
         a->cache_keylen = (size_t)n;
         a->nlimits = 0;
         store_admit_and_lookup(rq->wk->store, a, on_looked_up, rq);
+        return;
+    }
+    if (rq->authorized_only && e && !(e->flags & (STORE_ENTRY_PASS | STORE_ENTRY_VARY)) &&
+        !(e->flags & STORE_ENTRY_AUTHORIZED)) {
+        /* A stored answer that did not allow reuse for requests with Authorization (RFC 9111
+         * section 3.5): the origin answers this one, and its answer is not stored. */
+        store_entry_release(e);
+        rq->bypass = true;
+        if (!only_if_cached(rq))
+            gw_to_origin(rq);
         return;
     }
     if (e && (e->flags & STORE_ENTRY_PASS)) {
@@ -369,13 +380,55 @@ identify(struct gw_req *rq)
     }
 }
 
+/* Answers a request refused before it was identified: with its challenge when a credential
+ * was refused. */
+static void
+refuse(struct gw_req *rq, int status, const char *detail)
+{
+    if (rq->challenge)
+        gw_fail_auth(rq, status, rq->challenge, detail);
+    else
+        gw_fail(rq, status, detail);
+}
+
+static void
+on_api_key(void *arg, const struct db_result *res)
+{
+    struct gw_req *rq = arg;
+    char detail[300];
+    if (res->status != DB_OK) {
+        /* Not known either way: nothing is remembered, the caller may try again. */
+        rq->id_refusal = "lookup_failed";
+        gw_fail_internal(rq, 503, "the API key could not be checked", res->detail);
+        return;
+    }
+    int status =
+        gw_api_key_answer(rq, res->value, res->value ? res->value_len : 0, detail, sizeof(detail));
+    if (status != 0) {
+        refuse(rq, status, detail);
+        return;
+    }
+    identify(rq);
+}
+
 void
 gw_req_begin(struct gw_req *rq)
 {
     char detail[300];
     int status = gw_read_request(rq, detail, sizeof(detail));
     if (status != 0) {
-        gw_fail(rq, status, detail);
+        refuse(rq, status, detail);
+        return;
+    }
+    if (rq->api_key_pending) {
+        /* $1 is the key's SHA-256 in hex: the key itself never reaches the database. */
+        const char *params[1] = {rq->api_key_hex};
+        if (!rq->wk->db || db_query(rq->wk->db, rq->policy->identity.api_key->sql, 1, params,
+                                    DB_READ, on_api_key, rq) != 0) {
+            rq->id_refusal = "lookup_failed";
+            gw_fail_internal(rq, 503, "the API key could not be checked",
+                             "no database to look API keys up in");
+        }
         return;
     }
     identify(rq);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "credential.h"
 #include "httpcache.h"
 #include "query.h"
 #include "template.h"
@@ -35,7 +36,8 @@ field_lines(const struct http_request *h, const char *name, const struct http_st
 }
 
 /*
- * Reads a trusted identity header `name` (NULL: not declared) into *val and *len: absent or
+ * Reads a trusted identity header `name` (NULL: not declared, *val left as it is) into *val
+ * and *len: absent or
  * empty is NULL; a value of a declared type (chk) is its canonical form, in the value arena.
  * A header given twice (in any case), holding a list (a comma: lines an intermediary may have
  * joined, RFC 9110 section 5.3), too long or not of its type refuses the request: returns 400
@@ -45,10 +47,10 @@ static int
 identity_header(struct gw_req *rq, const char *name, const struct identity_check *chk,
                 const char **val, size_t *len, char *detail, size_t detail_len)
 {
+    if (!name)
+        return 0; /* not declared: *val stays as it is (a claim's value, or NULL) */
     *val = NULL;
     *len = 0;
-    if (!name)
-        return 0;
     const struct http_str *v;
     size_t n = field_lines(&rq->sr->http, name, &v);
     if (n > 1) {
@@ -101,9 +103,13 @@ gw_read_request(struct gw_req *rq, char *detail, size_t detail_len)
 {
     const struct server_request *sr = rq->sr;
     const struct policy_identity *id = &rq->policy->identity;
-    const char *tier;
-    size_t tier_len;
-    int status = identity_header(rq, id->user_header, &id->user_check, &rq->user, &rq->user_len,
+    const char *tier = NULL;
+    size_t tier_len = 0;
+    int status = gw_credential_read(rq, detail, detail_len);
+    if (!status)
+        status = gw_caller_from_claims(rq, detail, detail_len);
+    if (!status)
+        status = identity_header(rq, id->user_header, &id->user_check, &rq->user, &rq->user_len,
                                  detail, detail_len);
     if (!status)
         status = identity_header(rq, id->tenant_header, &id->tenant_check, &rq->tenant,
@@ -112,6 +118,8 @@ gw_read_request(struct gw_req *rq, char *detail, size_t detail_len)
         status = identity_header(rq, id->tier_header, NULL, &tier, &tier_len, detail, detail_len);
     if (status)
         return status;
+    if (!rq->id_source && (rq->user || rq->tenant))
+        rq->id_source = GW_ID_HEADER;
     if (!uses_body(rq->ep))
         return 0;
     if (sr->body_len == 0) {
@@ -165,30 +173,49 @@ gw_identify(struct gw_req *rq)
         from = GW_TIER_ANONYMOUS;
     else if (!needs_tier(rq->ep))
         from = GW_TIER_UNUSED;
+    else if (id->tier_claim)
+        from = GW_TIER_CLAIM;
     else if (id->tier_header)
         from = GW_TIER_HEADER;
     else if (!id->tier_sql)
         from = GW_TIER_NO_LOOKUP;
     else
         return GW_TIER_SQL;
+    if (from == GW_TIER_CLAIM) {
+        const char *t;
+        size_t tl;
+        if (!gw_claim_value(rq, id->tier_claim, strlen(id->tier_claim), &t, &tl))
+            t = NULL, tl = 0;
+        gw_set_tier(rq, t, tl);
+        return from;
+    }
     const struct http_str *v =
         from == GW_TIER_HEADER ? http_header_get(&rq->sr->http, id->tier_header) : NULL;
     gw_set_tier(rq, v ? v->p : NULL, v ? v->len : 0);
     return from;
 }
 
-/* Whether credentials of the request may shape an answer that would be stored under a key
- * which does not hold the caller: the cache is then not used. */
-static bool
+/* What credentials of the request mean for a cache key which does not hold the caller. */
+enum unkeyed {
+    KEYED,      /* no credentials, or the key holds the caller: the cache as usual */
+    UNKEYED,    /* a Cookie may shape the answer: the cache is not used */
+    AUTHORIZED, /* Authorization: only answers that allow it serve the request, and its answer
+                   is stored only when it allows it (RFC 9111 section 3.5) */
+};
+
+static enum unkeyed
 credentials_unkeyed(const struct gw_req *rq)
 {
     const struct policy_endpoint *ep = rq->ep;
-    if (ep->source != SOURCE_UPSTREAM || !httpcache_has_credentials(&rq->sr->http))
-        return false;
+    const struct http_request *h = &rq->sr->http;
+    if (ep->source != SOURCE_UPSTREAM || !httpcache_has_credentials(h))
+        return KEYED;
     unsigned uses = template_uses(ep->cache_key);
     bool keyed =
         ((uses & TV_BIT(TV_USER)) && rq->user) || ((uses & TV_BIT(TV_TENANT)) && rq->tenant);
-    return !keyed;
+    if (keyed)
+        return KEYED;
+    return http_header_get(h, "cookie") ? UNKEYED : AUTHORIZED;
 }
 
 /*
@@ -254,7 +281,15 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
             sl->key = gw_caller_key(rq, &sl->keylen);
         } else {
             sl->rule = &l->rule;
-            sl->key = gw_expand(rq, l->key, &sl->keylen);
+            size_t mark = rq->keys_used;
+            bool lacks;
+            sl->key = gw_expand_caller(rq, l->key, &sl->keylen, &lacks);
+            if (sl->key && lacks && l->key_ip) {
+                /* A key naming a caller is never one counter for all who lack it. */
+                rq->keys_used = mark;
+                sl->key = gw_expand(rq, l->key_ip, &sl->keylen);
+                rq->by_ip |= (uint8_t)(1u << i);
+            }
         }
         if (!sl->key)
             return refused(rq, detail, detail_len, "request values too long for a limit key");
@@ -272,13 +307,24 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
     a->tag_gens = rq->tag_gens;
     if (!ep->cached)
         return 0;
-    if (!rq->bypass && credentials_unkeyed(rq))
-        rq->bypass = true;
+    if (!rq->bypass) {
+        enum unkeyed u = credentials_unkeyed(rq);
+        rq->bypass = u == UNKEYED;
+        rq->authorized_only = u == AUTHORIZED;
+    }
     if (rq->bypass || (rq->sr->http.method != HTTP_GET && rq->sr->http.method != HTTP_HEAD))
         return 0;
-    a->cache_key = gw_expand(rq, ep->cache_key, &a->cache_keylen);
+    bool lacks;
+    a->cache_key = gw_expand_caller(rq, ep->cache_key, &a->cache_keylen, &lacks);
     if (!a->cache_key)
         return refused(rq, detail, detail_len, "request values too long for a cache key");
+    if (lacks && !ep->anonymous_share) {
+        /* An entry keyed by a caller is never shared by the callers who lack that caller. */
+        a->cache_key = NULL;
+        a->cache_keylen = 0;
+        rq->bypass = rq->bypass_anonymous = true;
+        return 0;
+    }
     for (size_t i = 0; i < ep->ntags; i++) {
         rq->tags[i] = gw_expand(rq, ep->tags[i], &rq->taglens[i]);
         if (!rq->tags[i])

@@ -8,13 +8,15 @@
 #include "req.h"
 
 /*
- * Reads the caller's identity headers into rq->user and rq->tenant (borrowed
- * from the request, or the canonical form of a typed value in its value
- * arena) and, when the endpoint's templates use it, the JSON body (an
- * object, no duplicate keys). An identity header (user, tenant, tier) given
- * twice or holding a comma, and a value not of its declared type, are
- * refused. Returns 0, or the HTTP status the request is refused with and a
- * message in detail.
+ * Reads the caller's credential (a bearer token, verified: credential.h) and
+ * identity into rq->user and rq->tenant (from its claims, or from identity
+ * headers: borrowed from the request, or the canonical form of a typed value
+ * in its value arena) and, when the endpoint's templates use it, the JSON
+ * body (an object, no duplicate keys). An identity header (user, tenant,
+ * tier) given twice or holding a comma, and a value not of its declared
+ * type, are refused. Returns 0, or the HTTP status the request is refused
+ * with and a message in detail (a refused credential: 401 with
+ * rq->challenge set).
  */
 int gw_read_request(struct gw_req *rq, char *detail, size_t detail_len);
 
@@ -23,6 +25,7 @@ enum gw_tier_from {
     GW_TIER_ANONYMOUS, /* no user: the default tier, limited by address */
     GW_TIER_UNUSED,    /* no limit of the endpoint names the tier: the default */
     GW_TIER_HEADER,    /* the identity's tier header */
+    GW_TIER_CLAIM,     /* a claim of the caller's verified credential */
     GW_TIER_NO_LOOKUP, /* the identity has no tier lookup: the default */
     GW_TIER_SQL,       /* a lookup by SQL is needed: the tier is not set yet */
 };

@@ -87,6 +87,16 @@ store_answer(struct gw_req *rq, struct store_entry *e, int status, const struct 
                                    .ntargeted = ep->ntargeted};
     struct httpcache_verdict v;
     httpcache_judge(&ans, &pol, &v);
+    if (rq->authorized_only && !v.authorized) {
+        /* The answer to a request with Authorization, under a key not naming the caller, that
+         * does not allow a shared cache to reuse it: answered only, and leaves no marker for the
+         * others (RFC 9111 section 3.5); this worker's waiters on the key ask the origin. */
+        rq->uncacheable = true;
+        gw_reply_entry(rq, e, "BYPASS", store_now_ms());
+        return;
+    }
+    if (v.authorized)
+        e->flags |= STORE_ENTRY_AUTHORIZED;
     if (!v.storable || rq->no_store) {
         if (status < 500 && !rq->no_store)
             gw_remember_uncacheable(rq, e, xcache);
@@ -383,9 +393,9 @@ static void
 add_identity(const struct gw_req *rq, struct sbuf *b)
 {
     const struct policy_identity *id = &rq->policy->identity;
-    if (rq->user && listed(rq->ep->up, id->user_header))
+    if (rq->user && id->user_header && listed(rq->ep->up, id->user_header))
         sbuf_printf(b, "%s: %.*s\r\n", id->user_header, (int)rq->user_len, rq->user);
-    if (rq->tenant && listed(rq->ep->up, id->tenant_header))
+    if (rq->tenant && id->tenant_header && listed(rq->ep->up, id->tenant_header))
         sbuf_printf(b, "%s: %.*s\r\n", id->tenant_header, (int)rq->tenant_len, rq->tenant);
 }
 

@@ -82,6 +82,27 @@ gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
     return rq;
 }
 
+const char *const gw_id_source_names[] = {"anonymous", "header", "jwt", "api_key"};
+
+/* Counts how the answered request's caller was identified, or why its credential was refused. */
+static void
+count_identity(struct gw_req *rq)
+{
+    static const char *const results[][2] = {
+        [GW_ID_ANONYMOUS] = {"none", "none"},
+        [GW_ID_HEADER] = {"trusted", "trusted"},
+        [GW_ID_JWT] = {"verified", "cached"},
+        [GW_ID_API_KEY] = {"looked_up", "cached"},
+    };
+    const char *source = gw_id_source_names[rq->id_source];
+    if (rq->id_refusal)
+        gw_stats_id_refusal(&rq->wk->stats,
+                            strcmp(rq->id_refusal, "missing") == 0 ? "none" : source,
+                            rq->id_refusal);
+    else
+        gw_stats_identity(&rq->wk->stats, source, results[rq->id_source][rq->id_cached]);
+}
+
 void
 gw_req_free(struct gw_req *rq)
 {
@@ -114,6 +135,7 @@ gw_req_free(struct gw_req *rq)
     store_entry_release(rq->answer);
     if (rq->body)
         json_decref(rq->body);
+    json_decref(rq->claims);
     free(rq->own_raw);
     if (rq->hdrs != rq->hdrs_inline)
         free(rq->hdrs);
@@ -201,6 +223,7 @@ answered(struct gw_req *rq, uint64_t body_len)
     uint64_t now_us = util_mono_us();
     count_answer(wk, rq->method, rq->ep->name, rq->tier ? rq->tier->name : NULL, rq->status,
                  rq->cache_kind, now_us - rq->start_us);
+    count_identity(rq);
     if (!gw_access_on(&wk->access))
         return;
     gw_request_id(rq);
@@ -396,6 +419,15 @@ gw_fail_internal(struct gw_req *rq, int status, const char *detail, const char *
 }
 
 void
+gw_fail_auth(struct gw_req *rq, int status, const char *challenge, const char *detail)
+{
+    hdr_str(rq, "WWW-Authenticate: ");
+    hdr_str(rq, challenge);
+    hdr_str(rq, "\r\n");
+    gw_fail(rq, status, detail);
+}
+
+void
 gw_reply_unrouted(struct gw_worker *wk, struct server_request *sr, int status, const char *detail,
                   const char *extra_headers, uint64_t start_us)
 {
@@ -521,6 +553,24 @@ gw_query(struct gw_req *rq)
     }
     rq->vals_used += rq->query.used;
     rq->query_state = 1;
+    const struct policy_api_key *k = rq->policy->identity.api_key;
+    if (k && k->query) {
+        /* The API key's parameter is the caller's secret: kept aside for credential.c, and
+         * out of {query}, {query.NAME} and the query a cacheable request forwards. */
+        size_t o = 0, klen = strlen(k->query);
+        for (size_t i = 0; i < rq->query.n; i++) {
+            const struct http_query_param *qp = &rq->query.params[i];
+            if (qp->nlen == klen && memcmp(qp->name, k->query, klen) == 0) {
+                if (rq->api_key_params++ == 0) {
+                    rq->api_key_param = qp->value;
+                    rq->api_key_param_len = qp->vlen;
+                }
+                continue;
+            }
+            rq->query.params[o++] = *qp;
+        }
+        rq->query.n = o;
+    }
     return &rq->query;
 }
 
@@ -554,6 +604,43 @@ query_value(struct gw_req *rq, const char *name, size_t namelen, const char **va
         return 0;
     *val = p->value;
     *len = p->vlen;
+    return 1;
+}
+
+int
+gw_claim_value(struct gw_req *rq, const char *name, size_t namelen, const char **val, size_t *len)
+{
+    if (!rq->claims)
+        return 0;
+    json_t *c = json_object_getn(rq->claims, name, namelen);
+    char buf[64];
+    int n;
+    switch (json_typeof(c)) {
+    case JSON_STRING:
+        *val = json_string_value(c);
+        *len = json_string_length(c);
+        return 1;
+    case JSON_INTEGER:
+        n = snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, json_integer_value(c));
+        break;
+    case JSON_REAL:
+        n = snprintf(buf, sizeof(buf), "%.17g", json_real_value(c));
+        break;
+    case JSON_TRUE:
+        n = snprintf(buf, sizeof(buf), "true");
+        break;
+    case JSON_FALSE:
+        n = snprintf(buf, sizeof(buf), "false");
+        break;
+    default:
+        return 0;
+    }
+    *val = gw_vals_put(rq, buf, (size_t)n);
+    if (!*val) {
+        rq->value_overflow = 1;
+        return 0;
+    }
+    *len = (size_t)n;
     return 1;
 }
 
@@ -628,6 +715,8 @@ gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t nam
     }
     case TV_BODY:
         return body_value(rq, name, namelen, val, len);
+    case TV_CLAIM:
+        return gw_claim_value(rq, name, namelen, val, len);
     default:
         return 0;
     }
@@ -647,6 +736,45 @@ gw_expand(struct gw_req *rq, const struct template *t, size_t *len)
                              sizeof(rq->keys) - rq->keys_used);
     if (n < 0 || rq->value_overflow || rq->refusal)
         return NULL;
+    const char *k = rq->keys + rq->keys_used;
+    rq->keys_used += (size_t)n + 1;
+    *len = (size_t)n;
+    return k;
+}
+
+/* What an expansion saw of the variables naming the caller. */
+struct caller_probe {
+    struct gw_req *rq;
+    bool user_seen, user_absent, other_absent;
+};
+
+static int
+probe_lookup(void *ctx, enum template_var var, const char *name, size_t namelen, const char **val,
+             size_t *len)
+{
+    struct caller_probe *p = ctx;
+    int found = gw_lookup(p->rq, var, name, namelen, val, len);
+    if (var == TV_USER) {
+        p->user_seen = true;
+        p->user_absent = !found;
+    } else if ((var == TV_TENANT || var == TV_CLAIM) && !found) {
+        p->other_absent = true;
+    }
+    return found;
+}
+
+const char *
+gw_expand_caller(struct gw_req *rq, const struct template *t, size_t *len, bool *lacks)
+{
+    struct caller_probe p = {.rq = rq};
+    *lacks = false;
+    long n = template_expand(t, probe_lookup, &p, rq->keys + rq->keys_used,
+                             sizeof(rq->keys) - rq->keys_used);
+    if (n < 0 || rq->value_overflow || rq->refusal)
+        return NULL;
+    /* {user} names one caller whatever else the key holds; without it, every caller variable
+     * of the key must be the caller's. */
+    *lacks = p.user_seen ? p.user_absent : p.other_absent;
     const char *k = rq->keys + rq->keys_used;
     rq->keys_used += (size_t)n + 1;
     *len = (size_t)n;
@@ -982,8 +1110,8 @@ bool
 gw_inflight_wait(struct gw_req *rq)
 {
     struct inflight *f = inflight_find(rq->wk, rq->admit.cache_key, rq->admit.cache_keylen);
-    if (!f || f->filler == rq)
-        return false;
+    if (!f || f->filler == rq || rq->authorized_only)
+        return false; /* an authorized request takes no answer another's fill lands unchecked */
     if (!rq->wait_start_ms)
         rq->wait_start_ms = store_now_ms();
     rq->next_waiter = f->waiters;

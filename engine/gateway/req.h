@@ -23,6 +23,7 @@
 #include "tenant.h"
 #include "tenant_hooks.h"
 
+struct cred_cache;
 struct db_pool;
 struct gateway;
 struct tier_cache;
@@ -64,6 +65,15 @@ struct warm_state {
     struct event *timer;
 };
 
+/* What identified a request's caller. */
+enum gw_id_source {
+    GW_ID_ANONYMOUS = 0, /* nothing: limited by address */
+    GW_ID_HEADER,        /* trusted identity headers */
+    GW_ID_JWT,           /* a verified bearer token */
+    GW_ID_API_KEY,       /* an API key looked up */
+};
+extern const char *const gw_id_source_names[]; /* "anonymous", "header", "jwt", "api_key" */
+
 /* Sends a request on to its endpoint's origin (the source's dispatch, set by the layer above). */
 typedef void gw_origin_fn(struct gw_req *rq);
 
@@ -75,6 +85,9 @@ struct gw_worker {
     struct store *store;
     struct db_pool *db;
     struct tier_cache *tiers;
+    struct cred_cache *creds;       /* verified tokens and looked-up API keys */
+    const uint64_t *forget_epoch;   /* the gateway's count of notified API key changes (atomic) */
+    uint64_t forgot_epoch;          /* ... when this worker last forgot its API keys */
     struct tenant_runtime *tenants; /* Lua states of tenant hooks, for this worker's generation */
     struct event *health_timer;     /* publishes the store's health for status output */
     struct upstream_pool *up;       /* keep-alive connections to upstream apps */
@@ -96,6 +109,16 @@ struct gw_req {
     struct router_match m;
     const char *user, *tenant;
     size_t user_len, tenant_len;
+    enum gw_id_source id_source; /* what identified the caller (credential.h) */
+    json_t *claims;              /* the verified credential's claims (a reference), or NULL */
+    bool id_cached;              /* the credential was remembered: no signature was verified */
+    const struct jwk *id_key;    /* the key that verified the token (not when remembered) */
+    double id_exp;               /* the verified token's exp */
+    const char *id_refusal;      /* why the credential was refused (a metrics word), or NULL */
+    const char *challenge;       /* WWW-Authenticate of the 401 (or 400) refusing it, or NULL */
+    bool api_key_pending;        /* an API key to look up (api_key_digest) before identifying */
+    const char *api_key_param;   /* the API key's query parameter (first value), set by gw_query */
+    size_t api_key_param_len, api_key_params;
     const struct policy_tier *tier;
     const struct tenant *tn; /* the caller's tenant file, or NULL */
     int hooked;              /* dec holds what the tenant's hooks decided */
@@ -112,6 +135,12 @@ struct gw_req {
     bool warm;                 /* warming: no limit is counted */
     bool refresh;              /* a background refresh: the lease is held, the lookup is done */
     bool bypass;               /* the cache is not used for this request (X-Cache: BYPASS) */
+    bool bypass_anonymous;     /* ... because the caller lacks what the cache key names */
+    bool authorized_only;      /* a request with Authorization under a key not naming the caller:
+                                  only entries STORE_ENTRY_AUTHORIZED serve it, its answer is stored
+                                  only when authorized, and it waits on no other's fill */
+    uint8_t by_ip;             /* limit i is counted by address: the caller lacks what its key
+                                  names (bit i) */
     bool uncacheable;          /* the origin's answer may not be stored (hit-for-miss) */
     bool coded;                /* the origin's answer is in a transfer coding passed on undecoded
                                   (its Transfer-Encoding line in the entry's fields): replied
@@ -151,7 +180,9 @@ struct gw_req {
     size_t ninv;                   /* invalidate tags expanded into inv_tags */
 
     /* Not zeroed: each is written before it is read. */
-    struct tenant_decision dec;                        /* read only when hooked */
+    unsigned char api_key_digest[32]; /* SHA-256 of the API key, when api_key_pending */
+    char api_key_hex[65];             /* ... in hex: the lookup's $1 */
+    struct tenant_decision dec;       /* read only when hooked */
     struct limiter_rule hook_rules[POLICY_MAX_LIMITS]; /* limits a hook changed */
     /* Limit i of the request (i < admit.nlimits), once the store answered: its policy name is
      * gw_limit_name(rq, i), its mode limits[i].shadow (true: it refused nothing, whatever
@@ -224,6 +255,14 @@ uint64_t gw_origin_done(struct gw_req *rq);
 /* Expands t into the request's key arena. Returns the text (borrowed), or NULL when full. */
 const char *gw_expand(struct gw_req *rq, const struct template *t, size_t *len);
 
+/*
+ * Expands t like gw_expand() and says in *lacks whether the request's caller
+ * lacks what the key names: the user when t holds {user}, else any of its
+ * {tenant} and {claim.NAME}. Such a key is never used for that caller as it
+ * expands (the callers who lack the same values would share it).
+ */
+const char *gw_expand_caller(struct gw_req *rq, const struct template *t, size_t *len, bool *lacks);
+
 /* The caller's tier counter key (per user, or per address), expanded like gw_expand(). */
 const char *gw_caller_key(struct gw_req *rq, size_t *len);
 
@@ -233,6 +272,15 @@ const char *gw_caller_key(struct gw_req *rq, size_t *len);
  */
 int gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t namelen,
               const char **val, size_t *len);
+
+/*
+ * The claim `name` (namelen bytes) of the caller's credential as text: a
+ * string as is, a number or a boolean as JSON writes it (in rq's value
+ * arena). Returns 1 with *val (valid for the request's life) and *len, 0 when
+ * the caller has no such claim (or it is null, an object or an array).
+ */
+int gw_claim_value(struct gw_req *rq, const char *name, size_t namelen, const char **val,
+                   size_t *len);
 
 /*
  * The request's query parsed once, canonically (http/query.h), with its text
@@ -296,6 +344,8 @@ void gw_reply_unrouted(struct gw_worker *wk, struct server_request *sr, int stat
  * never how the gateway or an origin failed inside (gw_fail_internal).
  */
 void gw_fail(struct gw_req *rq, int status, const char *detail);
+/* As gw_fail(), the answer saying WWW-Authenticate: challenge (RFC 9110 section 11.6.1). */
+void gw_fail_auth(struct gw_req *rq, int status, const char *challenge, const char *detail);
 /* As gw_fail(), the answer saying Retry-After: retry_s. */
 void gw_fail_retry(struct gw_req *rq, int status, uint64_t retry_s, const char *detail);
 

@@ -39,6 +39,18 @@ fill_and_reply(struct gw_req *rq, int status, const char *body, size_t len)
     store_entry_release(e);
 }
 
+/* An answer of a cached endpoint whose cache the request bypasses: replied, not stored, with
+ * X-Cache: BYPASS (body taken). */
+static void
+bypass_reply(struct gw_req *rq, int status, char *body, size_t len)
+{
+    struct store_entry *e = origin_entry(rq, status, body, len);
+    uint64_t now = store_now_ms();
+    e->stored_ms = now; /* Age: 0 */
+    gw_reply_entry(rq, e, "BYPASS", now);
+    store_entry_release(e);
+}
+
 /*
  * The database's own words (its message, SQLSTATE) name tables, columns, constraints and the
  * values of other rows: they go to the log with the request id, and the client gets a generic
@@ -106,6 +118,10 @@ on_db(void *arg, const struct db_result *res)
     }
     if (ep->cached && rq->admit.cache_key) {
         fill_and_reply(rq, 200, body, len);
+        return;
+    }
+    if (ep->cached && rq->bypass) {
+        bypass_reply(rq, 200, body, len);
         return;
     }
     gw_reply_body(rq, 200, body, len);
@@ -178,6 +194,11 @@ gw_to_origin(struct gw_req *rq)
         }
         if (ep->cached && rq->admit.cache_key) {
             fill_and_reply(rq, ep->static_status, ep->static_body, ep->static_len);
+            return;
+        }
+        if (ep->cached && rq->bypass) {
+            bypass_reply(rq, ep->static_status, xstrndup(ep->static_body, ep->static_len),
+                         ep->static_len);
             return;
         }
         gw_reply_body(rq, ep->static_status, ep->static_body, ep->static_len);

@@ -60,6 +60,8 @@ gw_stats_free(struct gw_stats *st)
     free_table(&st->decisions, offsetof(struct gw_counter, node));
     free_table(&st->origin_errors, offsetof(struct gw_counter, node));
     free_table(&st->refused_tiers, offsetof(struct gw_counter, node));
+    free_table(&st->identity, offsetof(struct gw_counter, node));
+    free_table(&st->id_refusals, offsetof(struct gw_counter, node));
     free_table(&st->routes, offsetof(struct gw_route_stat, node));
     for (struct hmap_node *n = hmap_first(&st->callers); n; n = hmap_next(&st->callers, n)) {
         struct gw_callers *c = HMAP_ENTRY(n, struct gw_callers, node);
@@ -210,6 +212,30 @@ gw_stats_origin(struct gw_stats *st, enum gw_origin_kind o, uint64_t duration_us
     hist_add(&minute_slot(st, now_ms)->origin, duration_us);
 }
 
+/* Counts one (a, b) in table t. */
+static void
+count_pair(struct gw_stats *st, struct hmap *t, const char *a, const char *b)
+{
+    if (st->off)
+        return;
+    char key[128];
+    const char *vals[] = {a, b};
+    size_t lens[] = {strlen(a), strlen(b)};
+    bump(&counter(st, t, key, join(key, sizeof(key), vals, lens, 2))->n, 1);
+}
+
+void
+gw_stats_identity(struct gw_stats *st, const char *source, const char *result)
+{
+    count_pair(st, &st->identity, source, result);
+}
+
+void
+gw_stats_id_refusal(struct gw_stats *st, const char *source, const char *reason)
+{
+    count_pair(st, &st->id_refusals, source, reason);
+}
+
 void
 gw_stats_origin_error(struct gw_stats *st, enum gw_origin_kind o, const char *reason)
 {
@@ -326,6 +352,8 @@ gw_stats_merge(struct gw_stats_view *v, struct gw_stats *st)
     merge_counters(&v->decisions, &v->ndecisions, &st->decisions);
     merge_counters(&v->origin_errors, &v->norigin_errors, &st->origin_errors);
     merge_counters(&v->refused_tiers, &v->nrefused_tiers, &st->refused_tiers);
+    merge_counters(&v->identity, &v->nidentity, &st->identity);
+    merge_counters(&v->id_refusals, &v->nid_refusals, &st->id_refusals);
     for (struct hmap_node *x = hmap_first(&st->routes); x; x = hmap_next(&st->routes, x)) {
         const struct gw_route_stat *r = HMAP_ENTRY(x, struct gw_route_stat, node);
         struct gw_stat_route *vr = view_route(v, r->key, r->keylen);
@@ -500,6 +528,8 @@ gw_stats_view_finish(struct gw_stats_view *v)
     fold(v->decisions, &v->ndecisions);
     fold(v->origin_errors, &v->norigin_errors);
     fold(v->refused_tiers, &v->nrefused_tiers);
+    fold(v->identity, &v->nidentity);
+    fold(v->id_refusals, &v->nid_refusals);
     for (struct hmap_node *x = hmap_first(&v->route_at), *next; x; x = next) {
         next = hmap_next(&v->route_at, x);
         hmap_remove(&v->route_at, x);
@@ -524,6 +554,10 @@ gw_stats_view_free(struct gw_stats_view *v)
         free(v->origin_errors[i].key);
     for (size_t i = 0; i < v->nrefused_tiers; i++)
         free(v->refused_tiers[i].key);
+    for (size_t i = 0; i < v->nidentity; i++)
+        free(v->identity[i].key);
+    for (size_t i = 0; i < v->nid_refusals; i++)
+        free(v->id_refusals[i].key);
     for (size_t i = 0; i < v->nroutes; i++)
         free(v->routes[i].route);
     for (size_t i = 0; i < v->ncallers; i++) {
@@ -534,6 +568,8 @@ gw_stats_view_free(struct gw_stats_view *v)
     free(v->decisions);
     free(v->origin_errors);
     free(v->refused_tiers);
+    free(v->identity);
+    free(v->id_refusals);
     free(v->routes);
     free(v->callers);
     memset(v, 0, sizeof(*v));

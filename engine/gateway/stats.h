@@ -89,6 +89,8 @@ struct gw_stats {
     struct hmap decisions;     /* limit policy, tier, decision -> gw_counter */
     struct hmap origin_errors; /* source, reason -> gw_counter */
     struct hmap refused_tiers; /* tier -> gw_counter: answers 429 by the caller's tier */
+    struct hmap identity;      /* source, result -> gw_counter: how callers were identified */
+    struct hmap id_refusals;   /* source, reason -> gw_counter: credentials refused */
     struct hmap routes;        /* route -> gw_route_stat */
     struct hmap callers;       /* limit policy -> gw_callers */
     struct hist origin[GW_ORIGINS];
@@ -119,6 +121,14 @@ void gw_stats_decision(struct gw_stats *st, const char *policy, const char *tier
 void gw_stats_origin(struct gw_stats *st, enum gw_origin_kind o, uint64_t duration_us,
                      uint64_t now_ms);
 void gw_stats_origin_error(struct gw_stats *st, enum gw_origin_kind o, const char *reason);
+
+/* One request whose caller was identified by `source` ("jwt", "api_key", "header",
+ * "anonymous") with `result` ("verified", "cached", "looked_up", "trusted", "none"). */
+void gw_stats_identity(struct gw_stats *st, const char *source, const char *result);
+
+/* One request refused (401, 400, 503) because of its credential: its source and the reason
+ * ("expired", "signature", "unknown_key", "missing", ...). */
+void gw_stats_id_refusal(struct gw_stats *st, const char *source, const char *reason);
 
 /* One request of the caller `caller` (len bytes: its limit key) of `tier` (or NULL) under
  * limit `policy`; denied or not, and what the limit has left for it. */
@@ -154,8 +164,9 @@ struct gw_stat_caller {
 /* Every worker's counts added up; built by gw_stats_merge(), freed by gw_stats_view_free(). */
 struct gw_stats_view {
     uint64_t now_minute;
-    struct gw_stat_item *requests, *decisions, *origin_errors, *refused_tiers;
-    size_t nrequests, ndecisions, norigin_errors, nrefused_tiers;
+    struct gw_stat_item *requests, *decisions, *origin_errors, *refused_tiers, *identity,
+        *id_refusals;
+    size_t nrequests, ndecisions, norigin_errors, nrefused_tiers, nidentity, nid_refusals;
     struct gw_stat_route *routes;
     size_t nroutes;
     struct gw_stat_caller *callers; /* per policy, heaviest first */

@@ -180,6 +180,15 @@ warm_tick(evutil_socket_t fd, short what, void *arg)
             continue;
         }
         rq->warm = true;
+        if (id->user_claim || id->tenant_claim) {
+            /* A verified identity: the warm caller is given as the claims its credential would
+             * carry (warming sends no credential, and counts against no limit). */
+            rq->claims = json_object();
+            if (it->user && id->user_claim)
+                json_object_set_new(rq->claims, id->user_claim, json_string(it->user));
+            if (it->tenant && id->tenant_claim)
+                json_object_set_new(rq->claims, id->tenant_claim, json_string(it->tenant));
+        }
         ws->inflight++;
         sent++;
         gw_req_begin(rq);

@@ -330,6 +330,7 @@ delta_seconds(const char *p, size_t len)
 
 struct directives {
     bool no_store, private_, no_cache, no_cache_names, must_revalidate;
+    bool public_, must_revalidate_only;  /* public; must-revalidate itself (not proxy-) */
     int64_t s_maxage, max_age, swr, sie; /* seconds, ABSENT or INVALID */
     bool last_wins;                      /* a Dictionary: a later member replaces an earlier one */
 };
@@ -372,6 +373,10 @@ directive(struct directives *d, const char *name, size_t len, enum arg_kind k, i
         set_flag(d, &d->no_cache_names, k == ARG_DELTA || k == ARG_OTHER);
     } else if (name_is(&n, "must-revalidate") || name_is(&n, "proxy-revalidate")) {
         set_flag(d, &d->must_revalidate, on);
+        if (name_is(&n, "must-revalidate"))
+            set_flag(d, &d->must_revalidate_only, on);
+    } else if (name_is(&n, "public")) {
+        set_flag(d, &d->public_, on);
     } else if (name_is(&n, "s-maxage")) {
         set_delta(d, &d->s_maxage, k, delta);
     } else if (name_is(&n, "max-age")) {
@@ -700,6 +705,7 @@ httpcache_judge(const struct httpcache_answer *a, const struct httpcache_policy 
     v->initial_age_ms = (uint64_t)initial_age;
     v->no_cache = d.no_cache;
     v->must_revalidate = d.must_revalidate || d.no_cache || d.s_maxage != ABSENT;
+    v->authorized = d.public_ || d.must_revalidate_only || d.s_maxage >= 0;
     v->swr_ms = d.swr >= 0 ? d.swr * 1000 : -1;
     v->sie_ms = d.sie >= 0 ? d.sie * 1000 : -1;
     v->vary = vy.len > 0;

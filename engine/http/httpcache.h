@@ -60,6 +60,8 @@ struct httpcache_verdict {
     int64_t sie_ms;          /* the answer's stale-if-error (RFC 5861), -1 absent or invalid */
     bool has_validator;      /* the answer has a valid ETag (an entity-tag) or a Last-Modified
                                 that is an HTTP-date: it can be revalidated */
+    bool authorized;         /* public, must-revalidate or s-maxage: a shared cache may reuse it
+                                for a request with Authorization (RFC 9111 section 3.5) */
     bool vary;               /* storable under a secondary key: vary_names lists the fields */
     char vary_names[256];    /* lowercased field names of Vary, comma-separated, no spaces */
 };

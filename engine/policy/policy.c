@@ -235,21 +235,27 @@ compile_identity(struct compile *c)
         return;
     }
     set_location(c);
+    compile_jwt(c);
+    compile_api_key(c);
     lua_getfield(L, -1, "user");
     if (lua_istable(L, -1)) {
         id->user_header = field_str(L, "header");
+        id->user_claim = field_str(L, "claim");
         compile_identity_check(c, "user", &id->user_check);
     }
     lua_pop(L, 1);
     lua_getfield(L, -1, "tenant");
     if (lua_istable(L, -1)) {
         id->tenant_header = field_str(L, "header");
+        id->tenant_claim = field_str(L, "claim");
         compile_identity_check(c, "tenant", &id->tenant_check);
     }
     lua_pop(L, 1);
     lua_getfield(L, -1, "tier");
     if (lua_istable(L, -1)) {
         id->tier_header = field_str(L, "header");
+        id->tier_claim = field_str(L, "claim");
+        id->tier_trusted = field_bool(L, "trusted");
         id->tier_sql = field_str(L, "sql");
         id->tier_args = field_templates(
             c, "args", TV_BIT(TV_USER) | TV_BIT(TV_TENANT) | TV_BIT(TV_HEADER) | TV_BIT(TV_IP),
@@ -409,6 +415,7 @@ compile_on_change(struct compile *c)
         oc->table = field_str(L, "table");
         oc->file = xstrdup(c->file ? c->file : "?");
         oc->line = c->line;
+        oc->credentials = field_bool(L, "credentials");
         /* No cap: notify.c gathers the tags of a change in arrays that grow. */
         oc->invalidate =
             field_templates(c, "invalidate", TV_BIT(TV_ROW), SIZE_MAX, &oc->ninvalidate);
@@ -498,6 +505,9 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
     if (lua_istable(L, -1)) {
         e->cached = true;
         e->shared = field_bool(L, "shared");
+        char *anon = field_str(L, "anonymous");
+        e->anonymous_share = anon && strcmp(anon, "share") == 0;
+        free(anon);
         e->ttl_ms = (uint64_t)field_int(L, "ttl_ms", 0);
         e->ttl_origin = field_bool(L, "ttl_origin");
         e->override = field_bool(L, "override");
@@ -551,6 +561,18 @@ compile_set(struct compile *c)
     lua_State *L = c->L;
     struct policy *p = c->p;
 
+    lua_getfield(L, -1, "notes");
+    size_t nn = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    struct sbuf notes = {0};
+    for (size_t i = 1; i <= nn; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        const char *line = lua_tostring(L, -1);
+        if (line)
+            sbuf_printf(&notes, "%s\n", line);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    p->notes = notes.p;
     compile_tiers(c);
     compile_identity(c);
     compile_upstreams(c);
@@ -651,7 +673,7 @@ policy_load(const char *dir, uint64_t generation, const struct policy *prev, cha
         p->files[i].path = xstrdup(files[i].path);
         hash_hex(files[i].text, files[i].len, p->files[i].hash);
     }
-    struct compile c = {.L = L, .p = p, .errs = &errs};
+    struct compile c = {.L = L, .p = p, .errs = &errs, .dir = dir};
     compile_set(&c);
     if (!errs.len)
         tenant_compile(L, p);
@@ -751,6 +773,11 @@ policy_release(struct policy *p)
     free(p->tiers);
     free(p->identity.user_header);
     free(p->identity.tenant_header);
+    free(p->identity.user_claim);
+    free(p->identity.tenant_claim);
+    free(p->identity.tier_claim);
+    policy_jwt_free(p->identity.jwt);
+    policy_api_key_free(p->identity.api_key);
     identity_check_fini(&p->identity.user_check);
     identity_check_fini(&p->identity.tenant_check);
     free(p->identity.tier_header);
@@ -765,5 +792,6 @@ policy_release(struct policy *p)
     template_free(p->tier_key_ip);
     tenant_free_all(p->tenants, p->ntenants);
     free(p->tenant_errors);
+    free(p->notes);
     free(p);
 }

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "identity.h"
+#include "jwt.h"
 #include "limiter.h"
 
 struct template;
@@ -34,6 +35,10 @@ struct policy_limit {
     bool is_tier;             /* the caller's tier: rule and name come from the tier */
     struct limiter_rule rule; /* unless is_tier */
     struct template *key;     /* unless is_tier (the tier key is per caller) */
+    struct template *key_ip;  /* a key naming a caller ({user}, {tenant}, {claim.NAME}): the
+                                 key of callers who lack it, "KEY:ip:{ip}"; NULL when the key
+                                 names no caller, or with anonymous = "share" (they share KEY) */
+    bool anonymous_share;     /* anonymous = "share" */
     uint32_t cost;
     bool fail_closed;
     bool shadow;        /* unless is_tier (the tier's own mode applies): mode = "shadow",
@@ -70,6 +75,8 @@ struct policy_on_change {
     size_t ninvalidate;
     char **columns; /* the row columns the templates use, sorted, unique */
     size_t ncolumns;
+    bool credentials; /* credentials = true: a change forgets every API key the workers looked
+                         up (the table holds them) */
 };
 
 /* Callers to warm an endpoint's cache for: a fixed list, or the rows of a query. */
@@ -113,12 +120,15 @@ struct policy_endpoint {
     /* cache */
     bool cached;
     bool shared;
-    uint64_t ttl_ms;  /* the policy's TTL; 0 with ttl_origin */
-    bool ttl_origin;  /* ttl = "origin": freshness only from the upstream's answer */
-    bool override;    /* override = true: ttl_ms whatever the answer says */
-    uint64_t keep_ms; /* an upstream's answer with a validator is kept this long past its
-                         freshness, to be revalidated instead of fetched again */
-    char **targeted;  /* RFC 9213 targeted fields read before Cache-Control, lowercased */
+    bool anonymous_share; /* cache.anonymous = "share": a caller who lacks a caller variable of
+                             the key uses the entry the key expands to without it; by default
+                             such a request bypasses the cache */
+    uint64_t ttl_ms;      /* the policy's TTL; 0 with ttl_origin */
+    bool ttl_origin;      /* ttl = "origin": freshness only from the upstream's answer */
+    bool override;        /* override = true: ttl_ms whatever the answer says */
+    uint64_t keep_ms;     /* an upstream's answer with a validator is kept this long past its
+                             freshness, to be revalidated instead of fetched again */
+    char **targeted;      /* RFC 9213 targeted fields read before Cache-Control, lowercased */
     size_t ntargeted;
     struct template *cache_key;
     struct template **tags;
@@ -141,9 +151,33 @@ struct policy_endpoint {
     size_t ninvalidate;
 };
 
+/* identity { jwt = { keys = "jwks.json", issuer = ..., audience = ..., leeway = "30s" } } */
+struct policy_jwt {
+    struct jwk_set keys;     /* read from the policy directory (or the environment) at load */
+    struct jwt_rules rules;  /* rules.keys is &keys; issuer and audience point below */
+    char *issuer, *audience; /* NULL: not configured */
+    bool required;           /* a request without a credential is refused (401) */
+};
+
+/* identity { api_key = { header = "X-API-Key" | query = "api_key", sql = "...$1...", ttl } } */
+struct policy_api_key {
+    char *header;    /* the field callers send the key in, or NULL */
+    char *query;     /* or the query parameter */
+    char *sql;       /* the lookup, wrapped to answer its first row as a JSON object (the
+                        caller's claims); $1 is the hex SHA-256 of the key, never the key */
+    uint64_t ttl_ms; /* how long a worker reuses a lookup's answer (a NOTIFY of an on_change
+                        with credentials = true ends it at once) */
+    bool required;   /* a request without a credential is refused (401) */
+};
+
 struct policy_identity {
-    char *user_header;                /* NULL: everyone is anonymous */
-    char *tenant_header;              /* NULL: no tenants */
+    char *user_header;                /* NULL: everyone is anonymous (unless user_claim) */
+    char *tenant_header;              /* NULL: no tenants (unless tenant_claim) */
+    char *user_claim, *tenant_claim;  /* claim "NAME" of a verified credential, or NULL */
+    char *tier_claim;                 /* the tier from a claim, or NULL */
+    bool tier_trusted;                /* the tier header is marked { trusted = true } */
+    struct policy_jwt *jwt;           /* bearer tokens; NULL: none */
+    struct policy_api_key *api_key;   /* API keys; NULL: none */
     struct identity_check user_check; /* what the user's value must be, and its canonical form */
     struct identity_check tenant_check;
     char *tier_header;           /* tier taken from a trusted header, or */
@@ -155,14 +189,14 @@ struct policy_identity {
 };
 
 struct policy_file {
-    char *path;
+    char *path;    /* "DIR/NAME": a policy file, or a file the policy reads (a key file) */
     char hash[17]; /* FNV-1a 64 of the content, hex */
 };
 
 struct policy {
     uint32_t refs; /* atomic */
     uint64_t generation;
-    struct policy_file *files;
+    struct policy_file *files; /* the *.lua files, then the key files the identity reads */
     size_t nfiles;
     struct policy_tier *tiers;
     size_t ntiers;
@@ -180,11 +214,14 @@ struct policy {
     struct tenant *tenants;
     size_t ntenants;
     char *tenant_errors; /* "file:line: message" lines of the tenant files that failed, or NULL */
+    char *notes;         /* "file:line: note: ..." lines sluice check prints (keys that callers
+                            who lack what they name share), or NULL */
 };
 
 /*
  * Loads every *.lua of `dir` (in name order, then tenants/ *.lua) through the
- * Lua DSL and compiles the result. Returns a new snapshot with one reference,
+ * Lua DSL and compiles the result, reading the key files the identity block
+ * names (paths relative to dir; they join p->files). Returns a new snapshot with one reference,
  * or NULL with every problem as "file:line: message" lines in *errors (a new
  * string the caller frees). A tenant file that fails does not fail the load:
  * its messages go to p->tenant_errors, and the tenant keeps the version it

@@ -166,10 +166,19 @@ compile_limits(struct compile *c, struct policy_endpoint *e)
             free(fail);
             l->shadow = field_shadow(c, false);
             char *key = field_str(L, "key");
+            char *anon = field_str(L, "anonymous");
+            l->anonymous_share = anon && strcmp(anon, "share") == 0;
+            free(anon);
             if (key)
                 l->key = compile_template(c, key, TV_ALL_REQUEST, "limit key");
             else
                 cerr(c, "limit '%s' has no key", l->name);
+            if (l->key && (template_uses(l->key) & TV_CALLER) && !l->anonymous_share) {
+                /* Callers who lack what the key names are counted by their address. */
+                char *by_ip = xasprintf("%s:ip:{ip}", key);
+                l->key_ip = compile_template(c, by_ip, TV_ALL_REQUEST, "limit key");
+                free(by_ip);
+            }
             free(key);
             l->policy_field = policy_field(l->name, &l->rule);
         }
@@ -185,6 +194,7 @@ policy_limits_free(struct policy_limit *limits, size_t n)
     for (size_t j = 0; j < n; j++) {
         free(limits[j].name);
         template_free(limits[j].key);
+        template_free(limits[j].key_ip);
         free(limits[j].policy_field);
     }
     free(limits);

@@ -22,6 +22,7 @@ struct compile {
     struct sbuf *errs; /* "file:line: message" lines */
     const char *file;  /* of the declaration being compiled (borrowed), NULL: "?" */
     int line;
+    const char *dir; /* the policy directory (borrowed): files the policy names are in it */
 };
 
 /* Adds "file:line: message" of the current declaration to c->errs. */
@@ -73,6 +74,34 @@ int compile_limits(struct compile *c, struct policy_endpoint *e);
 
 /* Frees n limits and the array. */
 void policy_limits_free(struct policy_limit *limits, size_t n);
+
+/* ---- the identity's credentials (policy_credentials.c) ---- */
+
+/*
+ * Compiles the field "jwt" of the identity table at the top (absent: nothing)
+ * into c->p->identity.jwt, reading its key files from c->dir and adding each
+ * to c->p->files with its hash. Keys a JWK set holds that sluice does not
+ * verify with are reported on stderr. Errors are added to c.
+ */
+void compile_jwt(struct compile *c);
+
+/* Frees a jwt block (NULL is a no-op). */
+void policy_jwt_free(struct policy_jwt *j);
+
+/* Compiles the field "api_key" of the identity table at the top (absent: nothing) into
+ * c->p->identity.api_key; errors are added to c. */
+void compile_api_key(struct compile *c);
+
+/* Frees an api_key block (NULL is a no-op). */
+void policy_api_key_free(struct policy_api_key *k);
+
+/*
+ * Reads the file `rel` of c->dir (at most max bytes) into a new buffer
+ * (NUL-terminated, *len its length) and adds it to c->p->files. Returns it,
+ * or NULL with an error naming `what` added to c.
+ */
+char *policy_read_file(struct compile *c, const char *rel, size_t max, size_t *len,
+                       const char *what);
 
 /* ---- tenant files (tenant.c), compiled with the main set by policy.c ---- */
 

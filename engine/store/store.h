@@ -38,6 +38,9 @@ struct store_limit {
 #define STORE_ENTRY_MUST_REVALIDATE                                                                \
     0x10u /* once stale it is never served without validation (must-revalidate and its             \
              kin, RFC 9111 section 5.2.2.2): not even to a request's max-stale */
+#define STORE_ENTRY_AUTHORIZED                                                                     \
+    0x20u /* the answer said public, must-revalidate or s-maxage: it may serve a request with      \
+             Authorization under a key that does not name the caller (RFC 9111 section 3.5) */
 #define STORE_ENTRY_ORIGIN_ETAG                                                                    \
     0x08u /* etag is the origin's own (not a hash of the body), so it may be sent upstream in      \
              If-None-Match to revalidate */

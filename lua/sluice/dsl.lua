@@ -13,6 +13,7 @@
 --   on_change "contacts" { invalidate = { ... } }         -- PostgreSQL NOTIFY
 --   header "X-User-Id", sql("SELECT ...", "{user}")       -- identity sources;
 --   header("X-User-Id", { integer = true })               -- a typed one (uuid, pattern)
+--   claim "sub", claim("sub", { integer = true })         -- a verified credential's claim
 --
 -- Files declare, they do not act: the declarations are collected, then
 -- checked together (sluice.validate), so the order of declarations across
@@ -37,7 +38,7 @@ local EXAMPLES = {
   hook = 'hook "name" { when = function(req) ... end, adjust = function(req, decision) ... end }',
 }
 
--- The values header "..." and sql(...) return to a policy: read-only views,
+-- The values header "...", claim "..." and sql(...) return to a policy: read-only views,
 -- keyed here to the data the validator sees.
 local markers = setmetatable({}, { __mode = "k" })
 
@@ -157,6 +158,23 @@ local function file_functions(ctx)
     return marker(data, { kind = "header", name = name }, call)
   end
 
+  -- claim "sub", claim("sub", { integer = true }), or claim "sub" { integer = true }: a claim
+  -- of the caller's verified token (or a column of its API key's row).
+  local function claim(name, ...)
+    local data = { [MARK] = "claim", name = name }
+    if select("#", ...) > 0 then
+      data.opts = copy((...))
+      data.has_opts = true
+    end
+    local call
+    if not data.has_opts then
+      call = function(_, opts)
+        return claim(name, opts)
+      end
+    end
+    return marker(data, { kind = "claim", name = name }, call)
+  end
+
   -- sql("SELECT ... $1", "{user}", ...) or sql("...", { "{user}", ... })
   local function sql(query, ...)
     local args
@@ -175,6 +193,7 @@ local function file_functions(ctx)
     on_change = named("on_change"),
     identity = identity,
     header = header,
+    claim = claim,
     sql = sql,
   }
 end
@@ -200,6 +219,7 @@ local function tenant_functions(ctx)
     upstream = refuse("upstream", true),
     on_change = refuse("on_change", true),
     header = refuse("header"),
+    claim = refuse("claim"),
     sql = refuse("sql"),
   }
 end
@@ -429,7 +449,7 @@ function M.tenant_hooks(path, source)
   end
   local env = sandbox.env({
     tier = decl, endpoint = decl, identity = decl, upstream = decl, on_change = decl,
-    header = function() end, sql = function() end, hook = hook,
+    header = function() end, claim = function() end, sql = function() end, hook = hook,
   })
   local ok, msg = sandbox.run(path, source, env, tenant.BUDGET, tenant.TIME_BUDGET_MS)
   if not ok then
@@ -446,7 +466,7 @@ end
 -- order, then dir/tenants/*.lua. Returns the array, or nil and a message.
 function M.read_dir(dir)
   dir = dir:gsub("(.)/+$", "%1")
-  local p = io.popen("find " .. shell_quote(dir) .. " -maxdepth 2 -name '*.lua' -type f 2>/dev/null")
+  local p = io.popen("find -L " .. shell_quote(dir) .. " -maxdepth 2 -name '*.lua' -type f 2>/dev/null")
   if not p then
     return nil, dir .. ": cannot list the directory"
   end

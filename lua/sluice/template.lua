@@ -10,9 +10,10 @@ local suggest = require "sluice.suggest"
 local M = {}
 
 -- Every template variable. Dotted ones take a name: {path.id}, {query.type},
--- {header.X-Api-Key}, {body.email}, {row.owner_id}.
-M.VARIABLES = { "user", "tenant", "tier", "ip", "method", "route", "path", "query", "header", "body", "row" }
-M.DOTTED = { path = true, query = true, header = true, body = true, row = true }
+-- {header.X-Api-Key}, {body.email}, {claim.plan}, {row.owner_id}.
+M.VARIABLES = { "user", "tenant", "tier", "ip", "method", "route", "path", "query", "header", "body", "claim",
+  "row" }
+M.DOTTED = { path = true, query = true, header = true, body = true, claim = true, row = true }
 -- Dotted ones that also stand alone: {path} is the whole path, {query} the whole query
 -- (canonical: parameters decoded, sorted by name, encoded one way).
 M.WHOLE = { path = true, query = true }
@@ -24,9 +25,10 @@ for _, v in ipairs(M.VARIABLES) do
 end
 
 -- Variables whose value depends on the request (everything but {row.*}).
+-- {user}, {tenant} and {claim.NAME} name the caller (M.CALLER).
 M.REQUEST = {
   user = true, tenant = true, tier = true, ip = true, method = true, route = true,
-  path = true, query = true, header = true, body = true,
+  path = true, query = true, header = true, body = true, claim = true,
 }
 
 -- Bytes no expanded value can contain (values are %XX-escaped there), so a
@@ -99,6 +101,9 @@ function M.parse(src)
   return vars
 end
 
+-- The variables that name a caller: a key holding one is used only for callers who have it.
+M.CALLER = { user = true, tenant = true, claim = true }
+
 local BODY_METHODS = { POST = true, PUT = true, PATCH = true, DELETE = true }
 M.BODY_METHODS = BODY_METHODS
 
@@ -107,6 +112,8 @@ M.BODY_METHODS = BODY_METHODS
 --   opts.refuse   function(kind) returning the reason a kind is refused
 --   opts.params   set of the route's {name} parameters, for {path.NAME}
 --   opts.method   the endpoint's method, for {body.NAME}
+--   opts.secrets  { header = { [lowercased name] = what }, query = { [name] = what } }: request
+--                 values that carry a credential, refused
 -- Returns the variables (as M.parse), or nil and a reason.
 function M.check(src, opts)
   opts = opts or {}
@@ -132,6 +139,12 @@ function M.check(src, opts)
       table.sort(names)
       return nil, v.text .. ": the route has no {" .. v.name .. "} parameter"
         .. suggest.hint(v.name, names, "{path.", "}")
+    end
+    local secret = opts.secrets and v.name and opts.secrets[v.var]
+      and opts.secrets[v.var][v.var == "header" and v.name:lower() or v.name]
+    if secret then
+      return nil, v.text .. " is " .. secret .. ": a template would put it in clear in a key,"
+        .. " a tag or an SQL argument (use {user} or {claim.NAME})"
     end
     if v.var == "body" and opts.method and not BODY_METHODS[opts.method] then
       return nil, v.text .. ": " .. opts.method

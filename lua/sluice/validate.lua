@@ -52,6 +52,8 @@ end
 local function describe(v)
   if type(v) == "table" and v[M.MARK] == "header" then
     return "header " .. quote(v.name)
+  elseif type(v) == "table" and v[M.MARK] == "claim" then
+    return "claim " .. quote(v.name)
   elseif type(v) == "table" and v[M.MARK] == "sql" then
     return "sql(...)"
   elseif type(v) == "string" then
@@ -647,21 +649,37 @@ end
 ---------------------------------------------------------------------------
 -- Identity
 
-local IDENTITY_FIELDS = { "user", "tenant", "tier", "tier_ttl", "default_tier" }
+local IDENTITY_FIELDS = { "user", "tenant", "tier", "tier_ttl", "default_tier", "jwt", "api_key" }
 local TIER_ARG_VARS = { user = true, tenant = true, ip = true, header = true }
 
--- What an identity header's value must be: header("X-User-Id", { integer = true }).
-local HEADER_OPTIONS = { "integer", "uuid", "pattern" }
+-- What an identity value must be: header("X-User-Id", { integer = true }), claim("sub", {...}).
+local HEADER_OPTIONS = { "integer", "uuid", "pattern", "trusted" }
 local HEADER_OPTIONS_EXAMPLE = '{ integer = true }, { uuid = true } or { pattern = "[a-z0-9-]{1,64}" }'
 
--- Checks the options of an identity header into src (integer, uuid or pattern).
-local function header_options(c, opts, field, src)
+local JWT_FIELDS = { "keys", "issuer", "audience", "leeway", "required" }
+local JWT_KEY_FIELDS = { "jwks", "pem", "secret_file", "secret_env", "kid", "alg" }
+local JWT_KEY_SOURCES = { "jwks", "pem", "secret_file", "secret_env" }
+M.JWT_ALGS = { "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA", "HS256" }
+M.DEFAULT_JWT_LEEWAY_MS = 30000
+M.MAX_JWT_KEYS = 64 -- key sources of one jwt block (JWK_MAX_KEYS in engine/policy/jwk.h)
+M.MAX_CLAIM_NAME = 256 -- bytes of a claim's name in claim "NAME"
+local API_KEY_FIELDS = { "header", "query", "sql", "hash", "ttl", "required" }
+M.DEFAULT_API_KEY_TTL_MS = 60000
+
+-- Checks the options of an identity header or claim into src (integer, uuid or pattern).
+local function header_options(c, opts, field, src, noun)
   if opts == nil then return end
   if not is_plain_table(opts) then
-    c:err(field, "expected options " .. HEADER_OPTIONS_EXAMPLE .. " after the header name, got " .. describe(opts))
+    c:err(field, "expected options " .. HEADER_OPTIONS_EXAMPLE .. " after the " .. noun .. " name, got "
+      .. describe(opts))
     return
   end
   c:only(opts, HEADER_OPTIONS, field)
+  if opts.trusted ~= nil and noun == "header" then
+    src.trusted = c:boolean(opts.trusted, field .. ".trusted", false) or nil
+  elseif opts.trusted ~= nil then
+    c:err(field .. ".trusted", "a claim of a verified credential needs no trust mark")
+  end
   local given = {}
   for _, k in ipairs({ "integer", "uuid" }) do
     if opts[k] ~= nil and c:boolean(opts[k], field .. "." .. k, false) then
@@ -687,12 +705,34 @@ local function header_options(c, opts, field, src)
   end
 end
 
--- header "NAME", with options when allow_options (the user and tenant headers).
-local function header_source(c, v, field, allow_options)
+-- header "NAME" or claim "NAME", with options when allow_options (the user and tenant).
+-- `verified` is true when the identity block has a credential (jwt): then a caller's user and
+-- tenant come from it, never from a header the caller could set.
+local function identity_source(c, v, field, allow_options, verified)
   if v == nil then return nil end
+  if is_marker(v, "claim") then
+    if not verified then
+      c:err(field, "claim " .. quote(tostring(v.name)) .. " needs a credential to read it from:"
+        .. " declare jwt = { keys = \"jwks.json\", ... } or api_key = { ... } in this identity block")
+      return nil
+    end
+    if type(v.name) ~= "string" or v.name == "" or #v.name > M.MAX_CLAIM_NAME or v.name:find("\0", 1, true) then
+      c:err(field, "claim name must be a non-empty string of at most " .. M.MAX_CLAIM_NAME
+        .. " bytes, as in claim \"sub\", got " .. describe(v.name))
+      return nil
+    end
+    local src = { claim = v.name }
+    if v.opts ~= nil and not allow_options then
+      c:err(field, "takes no options: its value is matched against the declared tier names")
+    elseif allow_options then
+      header_options(c, v.opts, field, src, "claim")
+    end
+    return src
+  end
   if not is_marker(v, "header") then
     local hint = type(v) == "string" and (" (write " .. field .. " = header " .. quote(v) .. ")") or ""
-    c:err(field, "expected header \"NAME\", got " .. describe(v) .. hint)
+    c:err(field, "expected header \"NAME\"" .. (verified and " or claim \"NAME\"" or "") .. ", got "
+      .. describe(v) .. hint)
     return nil
   end
   if type(v.name) ~= "string" or not v.name:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
@@ -700,30 +740,221 @@ local function header_source(c, v, field, allow_options)
       .. describe(v.name))
     return nil
   end
+  if verified and field ~= "tier" then
+    c:err(field, "header " .. quote(v.name) .. " would let any caller name itself past the credential:"
+      .. " with jwt or api_key, the " .. field .. " comes from a claim (" .. field .. " = claim \"...\")")
+    return nil
+  end
   local src = { header = v.name }
-  if v.opts ~= nil and not allow_options then
-    c:err(field, "takes no options: its value is matched against the declared tier names")
-  elseif allow_options then
-    header_options(c, v.opts, field, src)
+  if allow_options then
+    header_options(c, v.opts, field, src, "header")
+  elseif v.opts ~= nil then
+    -- The tier: its value is matched against the tier names; only trusted = true applies.
+    if is_plain_table(v.opts) and next(v.opts) == "trusted" and next(v.opts, "trusted") == nil then
+      src.trusted = c:boolean(v.opts.trusted, field .. ".trusted", false) or nil
+    else
+      c:err(field, "takes only { trusted = true }: its value is matched against the declared tier names")
+      src.trusted = is_plain_table(v.opts) and v.opts.trusted == true or nil
+    end
+  end
+  if field == "tier" and not src.trusted then
+    -- A caller that sets its own tier picks its own budget.
+    c:err(field, "header " .. quote(v.name) .. " comes from the client, which could pick its own tier;"
+      .. " when a layer in front sets it (and drops the client's), say so: header(" .. quote(v.name)
+      .. ", { trusted = true })")
   end
   return src
+end
+
+-- A key file's path: relative to the policy directory, inside it.
+local function key_path(c, v, field)
+  local path = c:string(v, field, true)
+  if not path then return nil end
+  if path == "" or path:find("\0", 1, true) then
+    c:err(field, "expected a file name, got " .. describe(path))
+    return nil
+  end
+  if path:sub(1, 1) == "/" then
+    c:err(field, quote(path) .. " is absolute; name a file inside the policy directory (a change to it"
+      .. " reloads the policy)")
+    return nil
+  end
+  local parts = {}
+  for part in path:gmatch("[^/]+") do
+    if part == ".." then
+      c:err(field, quote(path) .. " leaves the policy directory; name a file inside it")
+      return nil
+    elseif part ~= "." then
+      parts[#parts + 1] = part
+    end
+  end
+  if #parts == 0 then
+    c:err(field, "expected a file name, got " .. describe(path))
+    return nil
+  end
+  return table.concat(parts, "/") -- one spelling: the watcher compares it with the files it sees
+end
+
+-- jwt = { keys = "jwks.json" | { { jwks = ... } | { pem = ..., kid, alg } | { secret_file | secret_env = ..., kid }, ... },
+--         issuer = "...", audience = "...", leeway = "30s", required = true }
+local function jwt_decl(c, v)
+  local jwt = c:record(v, "jwt", '{ keys = "jwks.json", issuer = "https://auth.example.com" }')
+  if not jwt then return nil end
+  c:only(jwt, JWT_FIELDS, "jwt")
+  local out = { keys = {} }
+  local keys = jwt.keys
+  if keys == nil then
+    c:missing("jwt.keys", 'e.g. keys = "jwks.json" (a JWK set file in the policy directory)')
+  elseif type(keys) == "string" then
+    local path = key_path(c, keys, "jwt.keys")
+    if path then out.keys[1] = { jwks = path } end
+  elseif is_plain_table(keys) and is_list(keys) and #keys > 0 then
+    if #keys > M.MAX_JWT_KEYS then
+      c:err("jwt.keys", "lists " .. #keys .. " keys; at most " .. M.MAX_JWT_KEYS)
+    end
+    for i, k in ipairs(keys) do
+      local f = "jwt.keys[" .. i .. "]"
+      if c:record(k, f, '{ pem = "key.pem", kid = "k1", alg = "RS256" }') then
+        c:only(k, JWT_KEY_FIELDS, f)
+        local given = {}
+        for _, s in ipairs(JWT_KEY_SOURCES) do
+          if k[s] ~= nil then given[#given + 1] = s end
+        end
+        if #given ~= 1 then
+          c:err(f, "needs exactly one of jwks, pem, secret_file and secret_env, got "
+            .. (#given == 0 and "none" or table.concat(given, " and ")))
+        else
+          local src = given[1]
+          local key = {}
+          if src == "secret_env" then
+            local name = c:string(k.secret_env, f .. ".secret_env", true)
+            if name and not name:match("^[%a_][%w_]*$") then
+              c:err(f .. ".secret_env", "expected an environment variable's name, got " .. quote(name))
+            end
+            key.secret_env = name
+          else
+            key[src] = key_path(c, k[src], f .. "." .. src)
+          end
+          if k.kid ~= nil then
+            if src == "jwks" then
+              c:err(f .. ".kid", "a JWK set names its own keys' ids")
+            else
+              key.kid = c:string(k.kid, f .. ".kid")
+              if key.kid == "" then c:err(f .. ".kid", "is empty") end
+            end
+          end
+          if k.alg ~= nil then
+            local alg = c:string(k.alg, f .. ".alg")
+            if src == "jwks" then
+              c:err(f .. ".alg", "a JWK set's keys say their own alg")
+            elseif alg and not set_of(M.JWT_ALGS)[alg] then
+              c:err(f .. ".alg", quote(alg) .. " is not an algorithm sluice verifies ("
+                .. table.concat(M.JWT_ALGS, ", ") .. ")")
+            elseif alg and (src == "secret_file" or src == "secret_env") ~= (alg == "HS256") then
+              c:err(f .. ".alg", src == "pem" and "HS256 takes a secret (secret_file or secret_env), not a public key"
+                or "a secret verifies HS256 only")
+            end
+            key.alg = alg
+          end
+          out.keys[#out.keys + 1] = key
+        end
+      end
+    end
+  else
+    c:err("jwt.keys", 'expected a JWK set file ("jwks.json") or a list of keys'
+      .. ' { { pem = "key.pem", alg = "RS256" }, { secret_env = "JWT_SECRET" } }, got ' .. describe(keys))
+  end
+  if jwt.issuer ~= nil then
+    out.issuer = c:string(jwt.issuer, "jwt.issuer")
+    if out.issuer == "" then c:err("jwt.issuer", "is empty") end
+  end
+  if jwt.audience ~= nil then
+    out.audience = c:string(jwt.audience, "jwt.audience")
+    if out.audience == "" then c:err("jwt.audience", "is empty") end
+  end
+  out.leeway_ms = M.DEFAULT_JWT_LEEWAY_MS
+  if jwt.leeway ~= nil then
+    out.leeway_ms = c:duration(jwt.leeway, "jwt.leeway", false, true) or M.DEFAULT_JWT_LEEWAY_MS
+  end
+  out.required = c:boolean(jwt.required, "jwt.required", false)
+  return out
+end
+
+-- api_key = { header = "X-API-Key" | query = "api_key", sql = [[... WHERE key_hash = $1 ...]],
+--             hash = "sha256", ttl = "1m", required = false }
+local function api_key_decl(c, v)
+  local k = c:record(v, "api_key", '{ header = "X-API-Key", sql = "SELECT ... WHERE key_hash = $1" }')
+  if not k then return nil end
+  c:only(k, API_KEY_FIELDS, "api_key")
+  local out = {}
+  if (k.header == nil) == (k.query == nil) then
+    c:err("api_key", "needs one of header = \"X-API-Key\" and query = \"api_key\", where callers send the key")
+  elseif k.header ~= nil then
+    out.header = c:string(k.header, "api_key.header")
+    if out.header and not out.header:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
+      c:err("api_key.header", "expected a header name of token characters, got " .. quote(out.header))
+    elseif out.header and out.header:lower() == "authorization" then
+      c:err("api_key.header", "Authorization carries bearer tokens (jwt); name a header of its own")
+    end
+  else
+    out.query = c:string(k.query, "api_key.query")
+    if out.query and not out.query:match("^[%w_%-%.~]+$") then
+      c:err("api_key.query", "expected a query parameter name (letters, digits, '-', '_', '.', '~'), got "
+        .. quote(out.query))
+    end
+  end
+  local q = c:string(k.sql, "api_key.sql", true)
+  if q then
+    local scan, err = sqltext.scan(q)
+    if q:match("^%s*$") then
+      c:err("api_key.sql", "is empty")
+    elseif not scan then
+      c:err("api_key.sql", err)
+    elseif scan.statements > 1 then
+      c:err("api_key.sql", "holds more than one statement")
+    elseif scan.max ~= 1 or not scan.used[1] then
+      c:err("api_key.sql", "takes exactly one parameter, $1: the key's hash (never the key itself)")
+    end
+  end
+  out.sql = q
+  if k.hash ~= nil then
+    local h = c:string(k.hash, "api_key.hash")
+    if h and h ~= "sha256" then
+      c:err("api_key.hash", "expected \"sha256\" (the hex SHA-256 of the key), got " .. quote(h))
+    end
+  end
+  out.hash = "sha256"
+  out.ttl_ms = M.DEFAULT_API_KEY_TTL_MS
+  if k.ttl ~= nil then
+    out.ttl_ms = c:duration(k.ttl, "api_key.ttl", false, true) or M.DEFAULT_API_KEY_TTL_MS
+  end
+  out.required = c:boolean(k.required, "api_key.required", false)
+  return out
 end
 
 local function identity_decl(c, decl, f)
   c:only(f, IDENTITY_FIELDS)
   local id = { file = decl.file, line = decl.line }
-  id.user = header_source(c, f.user, "user", true)
-  id.tenant = header_source(c, f.tenant, "tenant", true)
+  if f.jwt ~= nil then
+    id.jwt = jwt_decl(c, f.jwt)
+  end
+  if f.api_key ~= nil then
+    id.api_key = api_key_decl(c, f.api_key)
+  end
+  local verified = f.jwt ~= nil or f.api_key ~= nil
+  id.user = identity_source(c, f.user, "user", true, verified)
+  id.tenant = identity_source(c, f.tenant, "tenant", true, verified)
   if f.user == nil and f.tenant == nil then
     c:err(nil, 'declares neither user nor tenant (e.g. user = header "X-User-Id")')
   end
-  if id.user and id.tenant and id.user.header:lower() == id.tenant.header:lower() then
+  if id.user and id.tenant and id.user.header and id.tenant.header
+    and id.user.header:lower() == id.tenant.header:lower() then
     c:err("tenant", "reads header " .. quote(id.tenant.header) .. " as user does; give each its own header")
   end
   local tier = f.tier
   if tier ~= nil then
-    if is_marker(tier, "header") then
-      id.tier = header_source(c, tier, "tier")
+    if is_marker(tier, "header") or is_marker(tier, "claim") then
+      id.tier = identity_source(c, tier, "tier", false, verified)
     elseif is_marker(tier, "sql") then
       local allowed = {}
       for k in pairs(TIER_ARG_VARS) do
@@ -744,8 +975,8 @@ local function identity_decl(c, decl, f)
       local args = check_sql(c, q, tier.args, "tier.sql", "tier.args", topts)
       id.tier = { sql = q, args = args }
     else
-      c:err("tier", "expected sql(\"SELECT plan FROM users WHERE id = $1\", \"{user}\") or header \"X-Plan\", got "
-        .. describe(tier))
+      c:err("tier", "expected sql(\"SELECT plan FROM users WHERE id = $1\", \"{user}\"), header \"X-Plan\""
+        .. (verified and " or claim \"plan\"" or "") .. ", got " .. describe(tier))
     end
   end
   id.tier_ttl_ms = M.DEFAULT_TIER_TTL_MS
@@ -766,12 +997,40 @@ local ENDPOINT_FIELDS = {
   "sql", "args", "one", "upstream", "body", "status", "content_type", "cache", "limit", "invalidate",
 }
 local CACHE_FIELDS = { "ttl", "key", "tags", "shared", "stale_while_revalidate", "stale_if_error", "warm",
-  "override", "keep", "targeted" }
+  "override", "keep", "targeted", "anonymous" }
 M.DEFAULT_KEEP_MS = 3600000 -- how long past its freshness an entry with a validator is kept to revalidate
 M.DEFAULT_TARGETED = { "CDN-Cache-Control" } -- RFC 9213 targeted fields the cache reads, in order
 local WARM_FIELDS = { "user", "tenant" }
 local MAX_WARM = 10000
-local LIMIT_FIELDS = { "limit", "window", "algorithm", "burst", "cost", "fail", "key", "name", "mode" }
+local LIMIT_FIELDS = { "limit", "window", "algorithm", "burst", "cost", "fail", "key", "name", "mode",
+  "anonymous" }
+
+-- Whether a key's variables name a caller ({user}, {tenant}, {claim.NAME}): such a key is used
+-- only for callers who have them (see docs/policies.md, "Keys that name a caller").
+local function names_caller(vars)
+  for _, v in ipairs(vars or {}) do
+    if template.CALLER[v.var] then return true end
+  end
+  return false
+end
+M.names_caller = names_caller
+
+-- anonymous = "share" | the default, for a key (its variables) at `field`. Returns "share", or
+-- nil for the default (normalized sets leave it out).
+local function check_anonymous(c, v, field, default, vars)
+  if v == nil then return nil end
+  local a = c:string(v, field)
+  if a ~= "share" and a ~= default then
+    if a then
+      c:err(field, "expected \"" .. default .. "\" (the default) or \"share\", got " .. quote(a))
+    end
+    return nil
+  end
+  if a == "share" and vars and not names_caller(vars) then
+    c:err(field, "\"share\" does nothing here: the key names no caller ({user}, {tenant}, {claim.NAME})")
+  end
+  return a == "share" and a or nil
+end
 
 local function var_text_set(vars)
   local s = {}
@@ -779,6 +1038,16 @@ local function var_text_set(vars)
     s[v.text] = true
   end
   return s
+end
+
+-- The request values that carry a credential: a template may not copy them into a key, a tag
+-- or an SQL argument, where they would be stored, logged or sent in clear.
+function M.secret_fields(id)
+  local out = { header = {}, query = {} }
+  if id.jwt then out.header.authorization = "the bearer token" end
+  if id.api_key and id.api_key.header then out.header[id.api_key.header:lower()] = "the API key" end
+  if id.api_key and id.api_key.query then out.query[id.api_key.query] = "the API key" end
+  return out
 end
 
 -- The template options for request templates of an endpoint.
@@ -790,6 +1059,7 @@ local function request_opts(env, route)
   if env.known then
     if not (env.identity and env.identity.user) then allowed.user = nil end
     if not (env.identity and env.identity.tenant) then allowed.tenant = nil end
+    if not (env.identity and (env.identity.jwt or env.identity.api_key)) then allowed.claim = nil end
   end
   return {
     allowed = allowed,
@@ -802,9 +1072,12 @@ local function request_opts(env, route)
         return "needs an identity block that declares a user (identity { user = header \"X-User-Id\" })"
       elseif kind == "tenant" then
         return "needs an identity block that declares a tenant (identity { tenant = header \"X-Tenant-Id\" })"
+      elseif kind == "claim" then
+        return "needs an identity block with a credential (identity { jwt = { keys = \"jwks.json\" }, ... })"
       end
       return nil
     end,
+    secrets = env.identity and M.secret_fields(env.identity),
   }
 end
 
@@ -870,11 +1143,14 @@ local function check_limit_table(c, t, prefix, index, topts, env)
     end
   end
   l.mode = check_mode(c, t.mode, p .. "mode", M.DEFAULT_MODE)
+  local key_vars
   if t.key ~= nil then
-    l.key = c:template(t.key, p .. "key", topts)
+    l.key, key_vars = c:template(t.key, p .. "key", topts)
   else
     l.key = "{route}:" .. table.concat(caller_parts(env), ":")
+    key_vars = template.parse(l.key)
   end
+  l.anonymous = check_anonymous(c, t.anonymous, p .. "anonymous", "ip", key_vars)
   if t.name ~= nil then
     local n = c:string(t.name, p .. "name")
     if n and not n:match(NAME_PATTERN) then
@@ -1143,6 +1419,7 @@ local function endpoint_decl(c, decl, f, env)
         out.key = default_cache_key(route, arg_vars, out.shared, env, source)
         key_vars = template.parse(out.key)
       end
+      out.anonymous = check_anonymous(c, cache.anonymous, "cache.anonymous", "bypass", key_vars)
       out.tags = c:template_list(cache.tags, "cache.tags", topts, '{ "crm:{user}" }')
       check_count(c, cache.tags, "cache.tags", M.MAX_TAGS, "tags", "an endpoint")
       if source == "upstream" then
@@ -1165,8 +1442,7 @@ local function endpoint_decl(c, decl, f, env)
       end
       if out.key and key_vars then
         local in_key = var_text_set(key_vars)
-        if env.known and env.identity and not out.shared
-          and not in_key["{user}"] and not in_key["{tenant}"] then
+        if env.known and env.identity and not out.shared and not names_caller(key_vars) then
           c:err(nil, "cache key " .. quote(out.key)
             .. " is shared between callers; add {user} or {tenant}, or say shared = true")
         end
@@ -1206,19 +1482,23 @@ end
 ---------------------------------------------------------------------------
 -- on_change
 
-local ON_CHANGE_FIELDS = { "invalidate" }
+local ON_CHANGE_FIELDS = { "invalidate", "credentials" }
 
-local function on_change_decl(c, decl, f)
+local function on_change_decl(c, decl, f, identity, complete)
   c:only(f, ON_CHANGE_FIELDS)
   local out = { table = decl.name, file = decl.file, line = decl.line }
+  out.credentials = c:boolean(f.credentials, "credentials", false) or nil
+  if out.credentials and complete and not (identity and identity.api_key) then
+    c:err("credentials", "forgets the API keys the workers looked up, but the identity declares no api_key")
+  end
   local topts = {
     allowed = { row = true },
     refuse = function()
       return "is not available in on_change, which runs for a changed row, not a request (use {row.COLUMN})"
     end,
   }
-  if f.invalidate == nil then
-    c:missing("invalidate", 'e.g. invalidate = { "crm:{row.owner_id}" }')
+  if f.invalidate == nil and not out.credentials then
+    c:missing("invalidate", 'e.g. invalidate = { "crm:{row.owner_id}" } (or credentials = true)')
   end
   local vars
   out.invalidate, vars = c:template_list(f.invalidate, "invalidate", topts, '{ "crm:{row.owner_id}" }')
@@ -1260,7 +1540,8 @@ end
 -- other declarations, the identity block) are left out, since the
 -- declaration they look for may be in the file that failed.
 function M.build(files, decls, report, complete)
-  local set = { files = {}, tiers = {}, identity = nil, upstreams = {}, endpoints = {}, on_change = {} }
+  local set = { files = {}, tiers = {}, identity = nil, upstreams = {}, endpoints = {}, on_change = {},
+    notes = {} }
   for i, f in ipairs(files) do
     if type(f) == "table" then
       set.files[i] = { path = f.path, tenant = f.tenant }
@@ -1373,6 +1654,18 @@ function M.build(files, decls, report, complete)
         end
       end
       set.endpoints[#set.endpoints + 1] = e
+      -- What sluice check says of keys that callers who lack what they name share.
+      local where_e = e.file .. ":" .. e.line .. ": note: endpoint " .. quote(e.name) .. ": "
+      if e.cache and e.cache.anonymous == "share" then
+        set.notes[#set.notes + 1] = where_e .. "callers who lack what cache key " .. quote(e.cache.key)
+          .. " names share one entry (cache.anonymous = \"share\")"
+      end
+      for _, l in ipairs(e.limits) do
+        if l.anonymous == "share" then
+          set.notes[#set.notes + 1] = where_e .. "callers who lack what limit key " .. quote(l.key)
+            .. " names share one counter (anonymous = \"share\")"
+        end
+      end
     end
   end
 
@@ -1386,7 +1679,7 @@ function M.build(files, decls, report, complete)
     else
       tables[d.name] = d
     end
-    set.on_change[#set.on_change + 1] = on_change_decl(c, d, d.fields)
+    set.on_change[#set.on_change + 1] = on_change_decl(c, d, d.fields, set.identity, complete)
   end
   return set
 end

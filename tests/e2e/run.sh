@@ -5,4 +5,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export SLUICE_BIN=$1
 export SLUICE_ROOT=$(cd "$here/../.." && pwd)
-exec "$here/../with-pg.sh" python3 -u "$2"
+# Debian's python3 (/usr/bin): the packages of scripts/deps.sh (psycopg2, jwt, cryptography)
+# are installed for it, whichever python3 comes first on PATH.
+py=/usr/bin/python3
+[ -x "$py" ] || py=python3
+exec "$here/../with-pg.sh" "$py" -u "$2"

@@ -20,7 +20,8 @@ tier "free" { limit = 1000, window = "1h" }
 identity { user = header "X-User-Id", default_tier = "free" }
 upstream "app" { url = "http://127.0.0.1:%(port)d", timeout = "5s" }
 
--- shared, keyed by nothing of the caller: credentialed requests bypass the cache
+-- shared, keyed by nothing of the caller: a Cookie bypasses the cache, Authorization takes only
+-- answers that allow it
 endpoint "GET /p" { upstream = "app", cache = { ttl = "5m", key = "p", shared = true } }
 -- keyed by the caller: credentialed requests use the cache
 endpoint "GET /mine" { upstream = "app", cache = { ttl = "5m", key = "mine:{user}" } }
@@ -69,10 +70,18 @@ class ExplainAgreesWithServer(SluiceTestCase):
         return json.loads(b)
 
     def test_11_credentials_bypass_a_key_without_the_caller_in_both(self):
-        auth = ["Authorization: Bearer x"]
-        e = self.explain("GET /p", auth)
+        e = self.explain("GET /p", ["Cookie: sid=x"])
         self.assertTrue(e["cache"]["bypass"], e)
         self.assertIsNone(e["cache"]["key"], e)
+        for _ in range(2):
+            st, h, _ = self.s.request("GET", "/p", {"Cookie": "sid=x"})
+            self.assertEqual((st, h.get("x-cache")), (200, "BYPASS"))
+        # Authorization: the key is looked up, but only an answer that allows it (RFC 9111
+        # section 3.5: public, s-maxage, must-revalidate) serves it; the origin's says none.
+        e = self.explain("GET /p", ["Authorization: Bearer x"])
+        self.assertFalse(e["cache"]["bypass"], e)
+        self.assertEqual(e["cache"]["key"], "p")
+        self.assertIn("section 3.5", e["cache"]["authorization"])
         for _ in range(2):
             st, h, _ = self.s.request("GET", "/p", {"Authorization": "Bearer x"})
             self.assertEqual((st, h.get("x-cache")), (200, "BYPASS"))

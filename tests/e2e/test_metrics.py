@@ -25,7 +25,7 @@ from origin import Origin
 POLICY = """
 tier "free" { limit = 1000, window = "1h" }
 tier "pro"  { limit = 5000, window = "1h" }
-identity { user = header "X-User-Id", tier = header "X-Tier", default_tier = "free" }
+identity { user = header "X-User-Id", tier = header("X-Tier", { trusted = true }), default_tier = "free" }
 upstream "app" { url = "http://127.0.0.1:%(port)d", timeout = "300ms" }
 
 endpoint "GET /items" { upstream = "app", cache = { ttl = "5m", key = "items", shared = true } }

@@ -241,9 +241,12 @@ class Storing(RfcCase):
         self.assertNotIn("x-hop", rs[1].headers)
         self.assertEqual(rs[1].headers.get("x-app"), "kept")
 
-    def test_rfc9111_3_5_requests_with_credentials_are_not_answered_from_the_cache(self):
+    def test_rfc9111_3_5_requests_with_credentials_are_answered_only_by_answers_that_allow_it(self):
+        """Section 3.5: a stored answer serves a request with Authorization only when it says
+        public, s-maxage or must-revalidate; a request with a Cookie is never served from a
+        key that does not name its caller."""
         path = self.path()
-        plain = self.assertStored(path, cc("public, max-age=60"))
+        plain = self.assertStored(path, cc("max-age=60"))
         for h in ({"Authorization": "Bearer t-1"}, {"Cookie": "sid=c-1"}):
             with self.subTest(header=sorted(h)[0]):
                 r = self.get(path, h)
@@ -253,15 +256,28 @@ class Storing(RfcCase):
         # The answers to those requests replaced nothing.
         r = self.get(path)
         self.assertEqual((r.cache, r.body), ("HIT", plain[0].body))
+        public = self.path("/public")
+        self.assertStored(public, cc("public, max-age=60"))
+        r = self.get(public, {"Authorization": "Bearer t-1"})
+        self.assertEqual((r.status, r.cache), (200, "HIT"), r)
+        r = self.get(public, {"Cookie": "sid=c-1"})
+        self.assertEqual((r.status, r.cache), (200, "BYPASS"), r)
 
-    def test_rfc9111_3_5_answer_to_a_request_with_authorization_is_not_stored_for_others(self):
+    def test_rfc9111_3_5_answer_to_a_request_with_authorization_is_stored_only_when_allowed(self):
         path = self.path()
-        self.origin.config(path, **cc("public, max-age=60"))
+        self.origin.config(path, **cc("max-age=60"))
         r = self.get(path, {"Authorization": "Bearer t-2"})
         self.assertEqual((r.status, r.cache), (200, "BYPASS"), r)
         r = self.get(path)
         self.assertEqual(r.cache, "MISS", r)
         self.assertFalse(r.json()["auth"])
+        # public: the origin allows a shared cache to keep it, whoever asked.
+        path = self.path("/public")
+        self.origin.config(path, **cc("public, max-age=60"))
+        r = self.get(path, {"Authorization": "Bearer t-2"})
+        self.assertEqual((r.status, r.cache), (200, "MISS"), r)
+        r = self.get(path)
+        self.assertEqual(r.cache, "HIT", r)
 
     def test_rfc9111_5_2_2_5_no_store_answer_is_not_stored(self):
         self.assertNotStored(self.path(), cc("max-age=60, no-store"))

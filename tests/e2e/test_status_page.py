@@ -37,7 +37,7 @@ WINDOW = (1400, 1800)
 POLICY = """
 tier "free" { limit = 10, window = "1h" }
 tier "pro"  { limit = 1000, window = "1h" }
-identity { user = header "X-User-Id", tier = header "X-Plan", default_tier = "free" }
+identity { user = header "X-User-Id", tier = header("X-Plan", { trusted = true }), default_tier = "free" }
 upstream "app" { url = "http://127.0.0.1:%(port)d", timeout = "5s" }
 
 endpoint "GET /items/{id}" {

@@ -19,7 +19,7 @@ tier "free" { limit = 100, window = "1h" }
 tier "pro"  { limit = 1000, window = "1h" }
 identity {
   user = header "X-User-Id", tenant = header "X-Tenant-Id",
-  tier = header "X-Plan", default_tier = "free",
+  tier = header("X-Plan", { trusted = true }), default_tier = "free",
 }
 endpoint "GET /items" {
   body = '[1,2,3]',

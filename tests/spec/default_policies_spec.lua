@@ -53,7 +53,7 @@ describe("policies/", function()
     assert.are.same({
       user = { header = "X-User-Id" },
       tenant = { header = "X-Tenant-Id" },
-      tier = { header = "X-User-Plan" },
+      tier = { header = "X-User-Plan", trusted = true },
       tier_ttl_ms = 60000,
       default_tier = "free",
       file = DIR .. "/10-identity.lua",

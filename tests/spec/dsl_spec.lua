@@ -122,11 +122,11 @@ identity {
     it("an identity block with a tier header, the default tier_ttl and the first tier as default", function()
       local set = set_of([[
 tier "free" { limit = 100, window = "1h" }
-identity { user = header "X-User-Id", tier = header "X-Plan" }
+identity { user = header "X-User-Id", tier = header("X-Plan", { trusted = true }) }
 ]])
       assert.are.same({
         user = { header = "X-User-Id" },
-        tier = { header = "X-Plan" },
+        tier = { header = "X-Plan", trusted = true },
         tier_ttl_ms = 60000,
         default_tier = "free",
         file = "t.lua",
@@ -962,7 +962,7 @@ endpoint "GET /x?kind=b" { body = "y" }
         't.lua:1: identity: declares neither user nor tenant (e.g. user = header "X-User-Id")',
         't.lua:1: identity: default_tier: "free" is not a declared tier',
       })
-      fails([[identity { user = header "U", tier = header "P", tier_ttl = "1m" }]],
+      fails([[identity { user = header "U", tier = header("P", { trusted = true }), tier_ttl = "1m" }]],
         't.lua:1: identity: tier_ttl: only applies when the tier is looked up with sql(...)')
       fails([[identity { user = header "U", tier = sql("SELECT p FROM u WHERE id = $1", "{path.id}") }]],
         't.lua:1: identity: tier.args[1] "{path.id}": {path.id} is not available here'
@@ -993,10 +993,109 @@ endpoint "GET /x?kind=b" { body = "y" }
         't.lua:1: identity: user: unexpected list item string "integer" (fields are written name = value)')
       fails([[
 tier "free" { limit = 1, window = "1h" }
-identity { user = header "U", tier = header("P", { pattern = "[a-z]+" }) }
-]], "t.lua:2: identity: tier: takes no options: its value is matched against the declared tier names")
+identity { user = header "U", tier = header("P", { pattern = "[a-z]+", trusted = true }) }
+]], "t.lua:2: identity: tier: takes only { trusted = true }: its value is matched against the declared tier names")
+      -- A tier the client could set is the client's choice of budget.
+      fails([[
+tier "free" { limit = 1, window = "1h" }
+identity { user = header "U", tier = header "X-Plan" }
+]], 't.lua:2: identity: tier: header "X-Plan" comes from the client, which could pick its own tier; when a'
+        .. ' layer in front sets it (and drops the client\'s), say so: header("X-Plan", { trusted = true })')
       fails([[identity { user = header "X-Id", tenant = header "x-id" }]],
         't.lua:1: identity: tenant: reads header "x-id" as user does; give each its own header')
+    end)
+
+    it("jwt blocks: key sources, paths inside the directory, algorithms, claims", function()
+      local id = set_of([[
+identity {
+  jwt = { keys = "./keys//jwks.json", issuer = "https://auth.example.com", audience = "crm",
+          leeway = "10s", required = true },
+  user = claim("sub", { integer = true }), tenant = claim "org", tier = claim "plan",
+}
+]]).identity
+      assert.are.same({ keys = { { jwks = "keys/jwks.json" } }, issuer = "https://auth.example.com",
+        audience = "crm", leeway_ms = 10000, required = true }, id.jwt)
+      assert.are.same({ claim = "sub", integer = true }, id.user)
+      assert.are.same({ claim = "org" }, id.tenant)
+      assert.are.same({ claim = "plan" }, id.tier)
+      id = set_of([[
+identity {
+  jwt = { keys = { { pem = "rsa.pem", kid = "r", alg = "PS256" }, { secret_env = "JWT_SECRET" },
+                   { secret_file = "hs.key", kid = "h" } } },
+  user = claim "sub",
+}
+]]).identity
+      assert.are.same({ { pem = "rsa.pem", kid = "r", alg = "PS256" }, { secret_env = "JWT_SECRET" },
+        { secret_file = "hs.key", kid = "h" } }, id.jwt.keys)
+      assert.are.equal(30000, id.jwt.leeway_ms)
+      assert.is_false(id.jwt.required)
+      fails([[identity { jwt = { keys = "/etc/jwks.json" }, user = claim "sub" }]],
+        't.lua:1: identity: jwt.keys: "/etc/jwks.json" is absolute; name a file inside the policy'
+        .. ' directory (a change to it reloads the policy)')
+      fails([[identity { jwt = { keys = "../jwks.json" }, user = claim "sub" }]],
+        't.lua:1: identity: jwt.keys: "../jwks.json" leaves the policy directory; name a file inside it')
+      fails([[identity { jwt = { keys = { { pem = "k.pem", alg = "HS256" } } }, user = claim "sub" }]],
+        "t.lua:1: identity: jwt.keys[1].alg: HS256 takes a secret (secret_file or secret_env), not a public key")
+      fails([[identity { jwt = { keys = { { secret_env = "S", alg = "RS256" } } }, user = claim "sub" }]],
+        "t.lua:1: identity: jwt.keys[1].alg: a secret verifies HS256 only")
+      fails([[identity { jwt = { keys = { { pem = "k.pem", alg = "none" } } }, user = claim "sub" }]],
+        't.lua:1: identity: jwt.keys[1].alg: "none" is not an algorithm sluice verifies'
+        .. " (RS256, RS384, RS512, PS256, ES256, ES384, EdDSA, HS256)")
+      fails([[identity { jwt = { keys = { { pem = "k.pem", jwks = "j.json" } } }, user = claim "sub" }]],
+        "t.lua:1: identity: jwt.keys[1]: needs exactly one of jwks, pem, secret_file and secret_env,"
+        .. " got jwks and pem")
+      fails([[identity { jwt = { keys = "jwks.json" }, user = header "X-User-Id" }]],
+        't.lua:1: identity: user: header "X-User-Id" would let any caller name itself past the credential:'
+        .. ' with jwt or api_key, the user comes from a claim (user = claim "...")')
+      fails([[identity { user = claim "sub" }]],
+        't.lua:1: identity: user: claim "sub" needs a credential to read it from: declare'
+        .. ' jwt = { keys = "jwks.json", ... } or api_key = { ... } in this identity block')
+      fails([[identity { jwt = { issuer = "x" }, user = claim "sub" }]],
+        't.lua:1: identity: jwt.keys is required (e.g. keys = "jwks.json" (a JWK set file in the policy directory))')
+    end)
+
+    it("api_key blocks: where the key comes, one $1 (its hash), credentials kept out of templates", function()
+      local set = set_of([[
+identity {
+  api_key = { header = "X-API-Key", sql = "SELECT user_id AS sub FROM api_keys WHERE key_hash = $1",
+              ttl = "30s", required = true },
+  user = claim "sub",
+}
+on_change "api_keys" { credentials = true }
+]])
+      assert.are.same({ header = "X-API-Key", sql = "SELECT user_id AS sub FROM api_keys WHERE key_hash = $1",
+        hash = "sha256", ttl_ms = 30000, required = true }, set.identity.api_key)
+      assert.is_true(set.on_change[1].credentials)
+      assert.are.same({}, set.on_change[1].invalidate)
+      fails([[identity { api_key = { sql = "SELECT 1 WHERE $1 = 'x'" }, user = claim "sub" }]],
+        't.lua:1: identity: api_key: needs one of header = "X-API-Key" and query = "api_key", where callers send the key')
+      fails([[identity { api_key = { header = "X-K", sql = "SELECT $1, $2" }, user = claim "sub" }]],
+        "t.lua:1: identity: api_key.sql: takes exactly one parameter, $1: the key's hash (never the key itself)")
+      fails([[identity { api_key = { header = "X-K", sql = "SELECT $1", hash = "md5" }, user = claim "sub" }]],
+        't.lua:1: identity: api_key.hash: expected "sha256" (the hex SHA-256 of the key), got "md5"')
+      fails([[identity { api_key = { header = "Authorization", sql = "SELECT $1" }, user = claim "sub" }]],
+        "t.lua:1: identity: api_key.header: Authorization carries bearer tokens (jwt); name a header of its own")
+      fails([[
+identity { api_key = { query = "k", sql = "SELECT $1" }, user = claim "sub" }
+endpoint "GET /x" { body = "{}", cache = { ttl = "1m", key = "x:{user}:{query.k}" } }
+]], 't.lua:2: endpoint "GET /x": cache.key "x:{user}:{query.k}": {query.k} is the API key: a template would'
+        .. " put it in clear in a key, a tag or an SQL argument (use {user} or {claim.NAME})")
+      fails([[
+identity { jwt = { keys = "j.json" }, user = claim "sub" }
+endpoint "GET /x" { sql = "SELECT $1", args = { "{header.Authorization}" } }
+]], 't.lua:2: endpoint "GET /x": args[1] "{header.Authorization}": {header.Authorization} is the bearer token:'
+        .. " a template would put it in clear in a key, a tag or an SQL argument (use {user} or {claim.NAME})")
+      fails([[
+identity { user = header "X-User-Id" }
+on_change "api_keys" { credentials = true }
+]], "t.lua:2: on_change \"api_keys\": credentials: forgets the API keys the workers looked up, but the identity"
+        .. " declares no api_key")
+    end)
+
+    it("{claim.NAME} only with a credential", function()
+      fails_after_prelude([[endpoint "GET /x" { body = "{}", cache = { ttl = "1m", key = "x:{user}:{claim.plan}" } }]],
+        't.lua:1: endpoint "GET /x": cache.key "x:{user}:{claim.plan}": {claim.plan} needs an identity block with a credential'
+        .. ' (identity { jwt = { keys = "jwks.json" }, ... })')
     end)
 
     it("a tenant file's errors as the tenant's, without rejecting the set", function()

@@ -262,6 +262,32 @@ test_rfc9111_5_2_2_7_private_not_stored(void **state)
 }
 
 /*
+ * RFC 9111 section 3.5: a shared cache may reuse an answer for a request with Authorization
+ * only when the answer says must-revalidate, public or s-maxage (proxy-revalidate, max-age and
+ * the rest do not allow it).
+ */
+static void
+test_rfc9111_3_5_answers_reusable_with_authorization(void **state)
+{
+    (void)state;
+    assert_true(ORIGIN(200, "Cache-Control: public, max-age=60").authorized);
+    assert_true(ORIGIN(200, "Cache-Control: PUBLIC", "Cache-Control: max-age=60").authorized);
+    assert_true(ORIGIN(200, "Cache-Control: s-maxage=60").authorized);
+    assert_true(ORIGIN(200, "Cache-Control: max-age=60, must-revalidate").authorized);
+    assert_false(ORIGIN(200, "Cache-Control: max-age=60").authorized);
+    assert_false(ORIGIN(200, "Cache-Control: max-age=60, proxy-revalidate").authorized);
+    assert_false(ORIGIN(200, "Cache-Control: max-age=60, s-maxage=x").authorized);
+    assert_false(JUDGE(200, "ETag: \"a\"").authorized);
+    /* From a targeted field (RFC 9213) as from Cache-Control. */
+    static const char *const cdn[] = {"cdn-cache-control"};
+    static const struct httpcache_policy targeted = {
+        .ttl_origin = true, .targeted = cdn, .ntargeted = 1};
+    assert_true(JUDGE_P(&targeted, 200, "CDN-Cache-Control: public, max-age=60").authorized);
+    assert_false(JUDGE_P(&targeted, 200, "CDN-Cache-Control: max-age=60", "Cache-Control: public")
+                     .authorized);
+}
+
+/*
  * RFC 9111 section 5.2.2.4: unqualified no-cache may be stored but is validated on
  * every reuse; without a validator nothing could reuse it.
  */
@@ -2176,6 +2202,7 @@ main(void)
         cmocka_unit_test(test_policy_body_size_limit),
         cmocka_unit_test(test_policy_set_cookie_not_stored),
         cmocka_unit_test(test_rfc9111_5_2_2_5_no_store),
+        cmocka_unit_test(test_rfc9111_3_5_answers_reusable_with_authorization),
         cmocka_unit_test(test_rfc9111_5_2_2_7_private_not_stored),
         cmocka_unit_test(test_rfc9111_5_2_2_4_no_cache_revalidated_on_every_use),
         cmocka_unit_test(test_rfc9111_5_2_2_4_no_cache_field_names_not_stored),

@@ -236,6 +236,34 @@ test_tag_too_long(void **state)
     free(payload);
 }
 
+/* on_change "api_keys" { credentials = true }: any change of the table says the API keys
+ * remembered are stale, and without invalidate templates a change without rows (TRUNCATE)
+ * does not drop every cached entry. */
+static void
+test_credentials_tables(void **state)
+{
+    (void)state;
+    add_decl("api_keys", NULL, 0);
+    decls[pol.non_change - 1].credentials = true;
+    struct notify_tags t = {0};
+    assert_int_equal(
+        collect("{\"table\":\"api_keys\",\"op\":\"UPDATE\",\"old\":{},\"new\":{}}", &t), 1);
+    assert_true(t.credentials);
+    assert_int_equal(t.n, 0);
+    assert_false(t.all);
+    notify_tags_free(&t);
+    memset(&t, 0, sizeof(t));
+    assert_int_equal(collect("{\"table\":\"api_keys\",\"op\":\"TRUNCATE\"}", &t), 1);
+    assert_true(t.credentials);
+    assert_false(t.all);
+    notify_tags_free(&t);
+    memset(&t, 0, sizeof(t));
+    assert_int_equal(collect("{\"table\":\"contacts\",\"op\":\"TRUNCATE\"}", &t), 1);
+    assert_false(t.credentials);
+    assert_true(t.all);
+    notify_tags_free(&t);
+}
+
 int
 main(void)
 {
@@ -246,6 +274,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_rows_unknown, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tag_too_long, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_credentials_tables, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

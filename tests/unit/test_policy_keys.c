@@ -112,13 +112,12 @@ test_request_keys_come_back_to_their_endpoint(void **state)
         {"GET /items/7", "42", "GET /items/{id}"},
         {"HEAD /items/7", "42", "GET /items/{id}"},
         {"GET /items/a%3Ab%20c", "u:1", "GET /items/{id}"},
-        {"GET /items/7", NULL, "GET /items/{id}"},
         {"GET /things/7", "42", "GET /things/{id}"},
         {"GET /crm?type=contacts", "42", "GET /crm?type=contacts"},
         {"GET /crm?type=deals", "42", "GET /crm?type=deals"},
         {"GET /dash", "42", "GET /dash"},
         {"GET /app/x/y?b=2&a=1", "42", "GET /app/*"},
-        {"GET /app/", NULL, "GET /app/*"},
+        {"GET /app/", "42", "GET /app/*"},
         {"GET /pub/logo.png", NULL, "GET /pub/{file}"},
         /* One key declared twice: the first endpoint of the policy is named. */
         {"GET /pub2/logo.png", NULL, "GET /pub/{file}"},
@@ -132,6 +131,28 @@ test_request_keys_come_back_to_their_endpoint(void **state)
                      route_of(key), cases[i].want);
         free(key);
     }
+}
+
+/* A key naming the caller ({user}) is never used for a caller without one: explain shows no
+ * key and the cache bypassed; a shared key is used for everyone. */
+static void
+test_anonymous_callers_use_no_key_naming_a_caller(void **state)
+{
+    (void)state;
+    char err[256];
+    char *json = gateway_explain_request(P, "GET /items/7", NULL, 0, NULL, "10.0.0.1", NULL, err,
+                                         sizeof(err));
+    assert_non_null(json);
+    json_t *o = json_loads(json, 0, NULL);
+    free(json);
+    json_t *c = json_object_get(o, "cache");
+    assert_true(json_is_null(json_object_get(c, "key")));
+    assert_true(json_is_true(json_object_get(c, "bypass")));
+    assert_string_equal(json_string_value(json_object_get(c, "anonymous")), "bypass");
+    json_decref(o);
+    char *key = key_of("GET /pub/logo.png", NULL);
+    assert_string_equal(route_of(key), "GET /pub/{file}");
+    free(key);
 }
 
 static void
@@ -165,6 +186,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_request_keys_come_back_to_their_endpoint),
+        cmocka_unit_test(test_anonymous_callers_use_no_key_naming_a_caller),
         cmocka_unit_test(test_other_keys_belong_to_none),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

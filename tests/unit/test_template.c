@@ -136,21 +136,21 @@ test_all_variables(void **state)
         {TV_METHOD, NULL, "GET", 0},       {TV_ROUTE, NULL, "/api/users/{id}", 0},
         {TV_PATH, "id", "7", 0},           {TV_QUERY, "type", "contacts", 0},
         {TV_HEADER, "x-user-id", "99", 0}, {TV_BODY, "name", "Ann", 0},
-        {TV_ROW, "owner_id", "5", 0},
+        {TV_CLAIM, "plan", "pro", 0},      {TV_ROW, "owner_id", "5", 0},
     };
     const char *src = "{user}:{tenant}:{tier}:{ip}:{method}:{route}:{path.id}:{query.type}:"
-                      "{header.X-User-Id}:{body.name}:{row.owner_id}";
+                      "{header.X-User-Id}:{body.name}:{claim.plan}:{row.owner_id}";
     struct template *t = compile_ok(src, TV_ALL_REQUEST | TV_BIT(TV_ROW));
     struct ctx c = {e, sizeof(e) / sizeof(e[0]), ""};
     char out[256];
-    const char *want = "u1:t1:free:10.0.0.1:GET:/api/users/%7Bid%7D:7:contacts:99:Ann:5";
+    const char *want = "u1:t1:free:10.0.0.1:GET:/api/users/%7Bid%7D:7:contacts:99:Ann:pro:5";
 
     (void)state;
     assert_int_equal(template_expand(t, lookup, &c, out, sizeof(out)), (long)strlen(want));
     assert_string_equal(out, want);
     /* One lookup per variable, in order; header names arrive lowercased. */
-    assert_string_equal(c.calls,
-                        "0:-;1:-;2:-;3:-;4:-;5:-;6:id;7:type;8:x-user-id;9:name;10:owner_id;");
+    assert_string_equal(
+        c.calls, "0:-;1:-;2:-;3:-;4:-;5:-;6:id;7:type;8:x-user-id;9:name;10:plan;11:owner_id;");
     assert_int_equal(template_uses(t), TV_ALL_REQUEST | TV_BIT(TV_ROW));
     assert_string_equal(template_source(t), src);
     assert_ptr_not_equal(template_source(t), src); /* a copy */

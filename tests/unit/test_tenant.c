@@ -21,7 +21,8 @@
 static const char MAIN[] =
     "tier 'free' { limit = 100, window = '1h', mode = 'shadow' }\n"
     "tier 'pro' { limit = 1000, window = '1h', algorithm = 'token_bucket', burst = 50 }\n"
-    "identity { user = header 'X-User-Id', tenant = header 'X-Tenant-Id', tier = header 'X-Plan' "
+    "identity { user = header 'X-User-Id', tenant = header 'X-Tenant-Id', tier = header('X-Plan', "
+    "{ trusted = true }) "
     "}\n"
     "endpoint 'GET /items' { body = '[]', cache = { ttl = '1h', key = 'i:{tenant}:{user}' },"
     "  limit = 'tier' }\n"

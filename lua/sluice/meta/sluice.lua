@@ -26,7 +26,8 @@
 ---| "shadow"  # counted and decided, never refuses, never in RateLimit headers
 
 ---A template: text with {user} {tenant} {tier} {ip} {method} {route} {path.NAME} {path}
----{query.NAME} {query} {header.NAME} {body.NAME} (and {row.COLUMN} in on_change).
+---{query.NAME} {query} {header.NAME} {body.NAME} {claim.NAME} (with jwt or api_key), and
+---{row.COLUMN} in on_change.
 ---@alias sluice.Template string
 
 -- ---- tier ---------------------------------------------------------------------------------
@@ -53,6 +54,7 @@ function tier(name) end
 ---@field integer? boolean a 64-bit integer; canonical form without "+" or leading zeros
 ---@field uuid? boolean a UUID; canonical form lower-case 8-4-4-4-12
 ---@field pattern? string a POSIX extended regular expression the whole value must match
+---@field trusted? boolean a layer in front sets it and drops the client's (required of a tier header)
 
 ---A request header as an identity source (read-only). Calling it with options types it:
 ---`header "X-User-Id" { integer = true }`.
@@ -61,15 +63,50 @@ function tier(name) end
 ---@field name string
 ---@overload fun(opts: sluice.HeaderOptions): sluice.Header
 
+---A claim of the caller's verified token, or a column of its API key's row (read-only).
+---Calling it with options types it: `claim "sub" { integer = true }`.
+---@class sluice.Claim
+---@field kind "claim"
+---@field name string
+---@overload fun(opts: sluice.HeaderOptions): sluice.Claim
+
+---A key source of `jwt.keys`: exactly one of jwks, pem, secret_file and secret_env.
+---@class sluice.JwtKey
+---@field jwks? string a JWK set file in the policy directory
+---@field pem? string a PEM public key or certificate file in the policy directory
+---@field secret_file? string an HS256 secret (32 bytes or more) in a file of the policy directory
+---@field secret_env? string an HS256 secret in this environment variable
+---@field kid? string the key id tokens name (not with jwks)
+---@field alg? "RS256"|"RS384"|"RS512"|"PS256"|"ES256"|"ES384"|"EdDSA"|"HS256" the one algorithm it verifies
+
+---Bearer tokens (JWS compact JWTs) verified by sluice.
+---@class sluice.Jwt
+---@field keys string|sluice.JwtKey[] a JWK set file ("jwks.json"), or a list of key sources
+---@field issuer? string iss must be this
+---@field audience? string aud must name this (without it, a token naming an audience is refused)
+---@field leeway? sluice.Duration clock skew allowed on exp, nbf and iat (default "30s")
+---@field required? boolean a request without a credential is refused with 401
+
+---API keys looked up in PostgreSQL by their SHA-256; the row's columns are the claims.
+---@class sluice.ApiKey
+---@field header? string the field callers send the key in ("X-API-Key"), or
+---@field query? string the query parameter
+---@field sql string the lookup; $1 is the hex SHA-256 of the key, never the key
+---@field hash? "sha256"
+---@field ttl? sluice.Duration how long a worker reuses a lookup's answer (default "1m")
+---@field required? boolean a request without a credential is refused with 401
+
 ---An SQL lookup (read-only): the tier of `identity`, or the callers of `cache.warm`.
 ---@class sluice.Sql
 ---@field kind "sql"
 ---@field sql string
 
 ---@class sluice.Identity
----@field user? sluice.Header the caller's user, set by the auth layer in front
----@field tenant? sluice.Header the caller's tenant (tenants/NAME.lua applies to it)
----@field tier? sluice.Header|sluice.Sql the caller's tier name, from a header or a lookup
+---@field user? sluice.Header|sluice.Claim the caller's user: a header the auth layer in front sets, or a claim
+---@field tenant? sluice.Header|sluice.Claim the caller's tenant (tenants/NAME.lua applies to it)
+---@field tier? sluice.Header|sluice.Claim|sluice.Sql the caller's tier name: a trusted header, a claim or a lookup
+---@field jwt? sluice.Jwt bearer tokens verified with these keys
+---@field api_key? sluice.ApiKey API keys looked up by their hash
 ---@field tier_ttl? sluice.Duration how long a looked-up tier is reused
 ---@field default_tier? string the tier of unknown and anonymous callers
 
@@ -83,6 +120,13 @@ function identity(fields) end
 ---@param opts? sluice.HeaderOptions
 ---@return sluice.Header
 function header(name, opts) end
+
+---A claim of the caller's verified credential as an identity source, optionally typed:
+---`claim("sub", { integer = true })`.
+---@param name string
+---@param opts? sluice.HeaderOptions
+---@return sluice.Claim
+function claim(name, opts) end
 
 ---A PostgreSQL statement with its arguments (templates, passed as text):
 ---`sql("SELECT plan FROM users WHERE id = $1::bigint", "{user}")` or with a list of them.
@@ -108,6 +152,7 @@ function sql(query, ...) end
 ---@field override? boolean upstream: the TTL is the freshness whatever the answer says
 ---@field keep? sluice.Duration upstream: kept past freshness for revalidation (default "1h")
 ---@field targeted? string[] upstream: targeted cache-control fields read, first found wins
+---@field anonymous? "bypass"|"share" callers who lack what the key names bypass the cache (default), or share the entry
 
 ---@class sluice.Limit
 ---@field limit integer requests per window
@@ -119,6 +164,7 @@ function sql(query, ...) end
 ---@field cost? integer a request counts this many times
 ---@field fail? "open"|"closed" with the shared store down: admit (default) or answer 503
 ---@field mode? sluice.Mode
+---@field anonymous? "ip"|"share" callers who lack what the key names are counted by address (default), or share it
 
 ---@alias sluice.Limits "tier"|sluice.Limit|("tier"|sluice.Limit)[]
 
@@ -158,7 +204,8 @@ function upstream(name) end
 -- ---- on_change ----------------------------------------------------------------------------
 
 ---@class sluice.OnChange
----@field invalidate sluice.Template[] tags expanded with the changed row ({row.COLUMN})
+---@field invalidate? sluice.Template[] tags expanded with the changed row ({row.COLUMN})
+---@field credentials? boolean the table holds API keys: a change makes every worker forget them
 
 ---Rows of a PostgreSQL table changed by anyone drop these tags (`sluice triggers` installs
 ---the triggers): `on_change "contacts" { invalidate = { "crm:{row.owner_id}" } }`.

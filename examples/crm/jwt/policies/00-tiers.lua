@@ -1,0 +1,1 @@
+../../policies/00-tiers.lua

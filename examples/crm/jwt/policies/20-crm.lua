@@ -1,0 +1,1 @@
+../../policies/20-crm.lua

@@ -1,0 +1,1 @@
+../../policies/30-dashboard.lua

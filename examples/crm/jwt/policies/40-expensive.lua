@@ -1,0 +1,1 @@
+../../policies/40-expensive.lua

@@ -1,0 +1,1 @@
+../../policies/50-changes.lua
