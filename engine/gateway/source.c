@@ -40,11 +40,11 @@ fill_and_reply(struct gw_req *rq, int status, const char *body, size_t len)
 }
 
 /* An answer of a cached endpoint whose cache the request bypasses: replied, not stored, with
- * X-Cache: BYPASS (body taken). */
+ * X-Cache: BYPASS (body copied). */
 static void
-bypass_reply(struct gw_req *rq, int status, char *body, size_t len)
+bypass_reply(struct gw_req *rq, int status, const char *body, size_t len)
 {
-    struct store_entry *e = origin_entry(rq, status, body, len);
+    struct store_entry *e = origin_entry(rq, status, body, len, true);
     uint64_t now = store_now_ms();
     e->stored_ms = now; /* Age: 0 */
     gw_reply_entry(rq, e, "BYPASS", now);
@@ -197,8 +197,7 @@ gw_to_origin(struct gw_req *rq)
             return;
         }
         if (ep->cached && rq->bypass) {
-            bypass_reply(rq, ep->static_status, xstrndup(ep->static_body, ep->static_len),
-                         ep->static_len);
+            bypass_reply(rq, ep->static_status, ep->static_body, ep->static_len);
             return;
         }
         gw_reply_body(rq, ep->static_status, ep->static_body, ep->static_len);

@@ -23,7 +23,7 @@ from origin import Origin
 POLICY = r'''
 tier "free" { limit = 3, window = "1h" }
 tier "gold" { limit = 100, window = "1h" }
-identity { user = header "X-User-Id", tier = header "X-Plan", default_tier = "free" }
+identity { user = header "X-User-Id", tier = header("X-Plan", { trusted = true }), default_tier = "free" }
 upstream "app" { url = "@ORIGIN@" }
 upstream "down" { url = "http://127.0.0.1:@DEAD@" }
 endpoint "GET /item/{id}" {
