@@ -2407,6 +2407,150 @@ test_lookup_cancel_and_free(void **state)
     sleep_ms(100);
 }
 
+/* ---- the parser, streaming ---- */
+
+/*
+ * Feeds s in pieces of `piece` bytes (0: at once) to a parser reporting heads (and more
+ * flags), streaming the body (its keep-whole limit is 16 bytes: streaming has none), taking
+ * the body after every feed into got; then EOF when eof. Returns the last status; *status
+ * gets the head's.
+ */
+static int
+parse_streamed(const char *s, size_t n, size_t piece, unsigned flags, int eof, struct sbuf *got,
+               int *status)
+{
+    struct upstream_parser *ps = upstream_parser_new(0, 16);
+    int rc = UPSTREAM_PARSE_MORE, heads = 0;
+    size_t off = 0, len;
+    const char *b;
+
+    upstream_parser_options(ps, UPSTREAM_PARSER_HEAD | flags);
+    while (off < n && rc == UPSTREAM_PARSE_MORE) {
+        size_t room, k;
+        char *space = upstream_parser_space(ps, &room);
+        assert_true(room > 0 && room <= 65536);
+        k = n - off;
+        if (piece && k > piece)
+            k = piece;
+        if (k > room)
+            k = room;
+        memcpy(space, s + off, k);
+        off += k;
+        rc = upstream_parser_feed(ps, k);
+        if (rc == UPSTREAM_PARSE_HEAD) {
+            struct upstream_response res;
+            upstream_parser_response(ps, &res);
+            assert_int_equal(res.body_len, 0);
+            *status = res.status;
+            heads++;
+            assert_int_equal(upstream_parser_body_mode(ps, 1, 0), 0);
+            rc = upstream_parser_resume(ps);
+        }
+        b = upstream_parser_body(ps, &len);
+        sbuf_add(got, b, len);
+    }
+    if (rc == UPSTREAM_PARSE_MORE && eof) {
+        rc = upstream_parser_eof(ps);
+        b = upstream_parser_body(ps, &len);
+        sbuf_add(got, b, len);
+    }
+    if (rc == UPSTREAM_PARSE_DONE)
+        assert_int_equal(heads, 1);
+    upstream_parser_free(ps);
+    return rc;
+}
+
+static void
+test_parser_streams_bodies_past_the_limit_in_pieces(void **state)
+{
+    struct sbuf a = {0}, c = {0}, body = {0};
+    (void)state;
+    for (size_t i = 0; i < 200000; i++)
+        sbuf_add(&body, &"0123456789abcdefghij"[i % 20], 1);
+    sbuf_printf(&a, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", body.len);
+    sbuf_add(&a, body.p, body.len);
+    sbuf_adds(&c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for (size_t off = 0; off < body.len; off += 7000) {
+        size_t k = body.len - off < 7000 ? body.len - off : 7000;
+        sbuf_printf(&c, "%zx\r\n", k);
+        sbuf_add(&c, body.p + off, k);
+        sbuf_adds(&c, "\r\n");
+    }
+    sbuf_adds(&c, "0\r\n\r\n");
+    for (size_t piece = 0; piece <= 3001; piece += 3001) {
+        for (int framing = 0; framing < 2; framing++) {
+            struct sbuf got = {0};
+            int status = 0;
+            const struct sbuf *in = framing ? &c : &a;
+            assert_int_equal(parse_streamed(in->p, in->len, piece, 0, 0, &got, &status),
+                             UPSTREAM_PARSE_DONE);
+            assert_int_equal(status, 200);
+            assert_int_equal(got.len, body.len);
+            assert_memory_equal(got.p, body.p, body.len);
+            sbuf_free(&got);
+        }
+    }
+    sbuf_free(&a);
+    sbuf_free(&c);
+    sbuf_free(&body);
+}
+
+/* RFC 9110 15.2.2, RFC 6455 4.1: asked for an upgrade, a 101 is the final answer and every
+ * byte after its head, until the close, is the new protocol's. */
+static void
+test_rfc9110_15_2_2_parser_upgrade_101_then_raw_bytes(void **state)
+{
+    static const char s[] = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                            "Connection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\n"
+                            "\x81\x05hello\x81\x03 HTTP/1.1 200 OK\r\n\r\n";
+    struct sbuf got = {0};
+    int status = 0;
+    (void)state;
+    assert_int_equal(parse_streamed(s, sizeof s - 1, 5, UPSTREAM_PARSER_UPGRADE, 1, &got, &status),
+                     UPSTREAM_PARSE_DONE);
+    assert_int_equal(status, 101);
+    assert_mem(got.p, got.len, "\x81\x05hello\x81\x03 HTTP/1.1 200 OK\r\n\r\n");
+    sbuf_free(&got);
+    /* Not asked for: still a malformed answer. */
+    status = 0;
+    assert_int_equal(parse_streamed(s, sizeof s - 1, 0, 0, 1, &got, &status), UPSTREAM_PARSE_ERROR);
+    sbuf_free(&got);
+}
+
+/* After the head, a body may still be kept whole, within its limit. */
+static void
+test_parser_head_then_kept_whole(void **state)
+{
+    static const char s[] = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"e\"\r\n\r\nhello";
+    (void)state;
+    for (size_t max = 4; max <= 5; max++) {
+        struct upstream_parser *ps = upstream_parser_new(0, 1024);
+        struct upstream_response res;
+        size_t room;
+        char *space;
+        int rc;
+        upstream_parser_options(ps, UPSTREAM_PARSER_HEAD);
+        space = upstream_parser_space(ps, &room);
+        memcpy(space, s, sizeof s - 1);
+        assert_int_equal(upstream_parser_feed(ps, sizeof s - 1), UPSTREAM_PARSE_HEAD);
+        upstream_parser_response(ps, &res);
+        assert_int_equal(res.content_length, 5);
+        assert_string_equal(upstream_response_field(&res, "etag"), "\"e\"");
+        rc = upstream_parser_body_mode(ps, 0, max);
+        if (max == 4) {
+            assert_int_equal(rc, UPSTREAM_PARSE_ERROR);
+            upstream_parser_response(ps, &res);
+            assert_int_equal(res.error, UPSTREAM_TOO_LARGE);
+        } else {
+            assert_int_equal(upstream_parser_resume(ps), UPSTREAM_PARSE_DONE);
+            upstream_parser_response(ps, &res);
+            assert_mem(res.body, res.body_len, "hello");
+            assert_true(upstream_parser_reusable(ps));
+        }
+        upstream_parser_free(ps);
+    }
+}
+
 int
 main(void)
 {
@@ -2464,6 +2608,9 @@ main(void)
         cmocka_unit_test(test_ipv6_literal),
         cmocka_unit_test(test_cancel_answered_call),
         cmocka_unit_test(test_lookup_cancel_and_free),
+        cmocka_unit_test(test_parser_streams_bodies_past_the_limit_in_pieces),
+        cmocka_unit_test(test_rfc9110_15_2_2_parser_upgrade_101_then_raw_bytes),
+        cmocka_unit_test(test_parser_head_then_kept_whole),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
