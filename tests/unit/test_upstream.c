@@ -2407,7 +2407,7 @@ test_lookup_cancel_and_free(void **state)
     sleep_ms(100);
 }
 
-/* ---- the parser, streaming ---- */
+/* ---- streamed answers and pushed bodies ---- */
 
 /*
  * Feeds s in pieces of `piece` bytes (0: at once) to a parser reporting heads (and more
@@ -2551,6 +2551,155 @@ test_parser_head_then_kept_whole(void **state)
     }
 }
 
+/* What a streamed call's callbacks saw. */
+struct streamed {
+    struct result r; /* first: on_done takes it */
+    struct sbuf got;
+    int heads, pieces, status;
+    int pause_at_head, pause_every; /* pause there, resumed 20 ms later */
+    struct upstream_call *call;
+    struct event *resume;
+    struct fixture *f;
+    size_t push_left; /* a pushed body still to push */
+    int drains;
+};
+
+static void
+resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct streamed *st = arg;
+    (void)fd;
+    (void)what;
+    upstream_resume(st->call);
+}
+
+static enum upstream_action
+paused_for_a_while(struct streamed *st)
+{
+    struct timeval tv = {0, 20000};
+    if (!st->resume)
+        st->resume = evtimer_new(st->f->l.base, resume_cb, st);
+    evtimer_add(st->resume, &tv);
+    return UPSTREAM_PAUSE;
+}
+
+static enum upstream_action
+st_head(void *arg, const struct upstream_response *res)
+{
+    struct streamed *st = arg;
+    st->heads++;
+    st->status = res->status;
+    return st->pause_at_head ? paused_for_a_while(st) : UPSTREAM_GO;
+}
+
+static enum upstream_action
+st_body(void *arg, const char *data, size_t len)
+{
+    struct streamed *st = arg;
+    assert_true(len > 0 && len <= 65536);
+    sbuf_add(&st->got, data, len);
+    st->pieces++;
+    if (st->pause_every && st->pieces % st->pause_every == 0)
+        return paused_for_a_while(st);
+    return UPSTREAM_GO;
+}
+
+static void
+test_streamed_answer_in_pieces_paused_and_resumed(void **state)
+{
+    struct sbuf reply = {0};
+    size_t n = 2 << 20;
+    struct fixture f = {.o.piece = 256 * 1024};
+    struct streamed st = {.pause_at_head = 1, .pause_every = 3, .f = &f};
+    struct upstream_request req = request("GET", "/s");
+    (void)state;
+
+    sbuf_printf(&reply, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", n);
+    for (size_t i = 0; i < n; i++)
+        sbuf_add(&reply, &"abcdefgh"[i % 8], 1);
+    fixture_start(&f, reply.p, reply.len, 2000);
+    req.head = st_head;
+    req.on_body = st_body;
+    st.r.loop = &f.l;
+    f.l.remaining++;
+    st.call = upstream_send(f.p, &f.t, &req, on_done, &st);
+    assert_non_null(st.call);
+    loop_run(&f.l, 10000);
+    assert_int_equal(st.r.n, 1);
+    assert_int_equal(st.r.error, UPSTREAM_OK);
+    assert_int_equal(st.r.body_len, 0); /* handed out in pieces, none kept */
+    assert_int_equal(st.heads, 1);
+    assert_int_equal(st.status, 200);
+    assert_true(st.pieces > 3);
+    assert_int_equal(st.got.len, n);
+    assert_memory_equal(st.got.p, reply.p + reply.len - n, n);
+    /* The answer was whole: its connection is kept. */
+    assert_int_equal(upstream_pool_idle(f.p), 1);
+    event_free(st.resume);
+    fixture_stop(&f);
+    result_free(&st.r);
+    sbuf_free(&st.got);
+    sbuf_free(&reply);
+}
+
+static void
+push_some(struct streamed *st)
+{
+    static char block[40000];
+    memset(block, 'p', sizeof block);
+    while (st->push_left > 0) {
+        size_t k = st->push_left < sizeof block ? st->push_left : sizeof block;
+        int w = upstream_write_body(st->call, block, k);
+        st->push_left -= k;
+        assert_true(w >= 0);
+        if (w > 0)
+            return; /* over the window: wait for the drain */
+    }
+    upstream_end_body(st->call);
+}
+
+static void
+st_drain(void *arg)
+{
+    struct streamed *st = arg;
+    st->drains++;
+    push_some(st);
+}
+
+static void
+test_pushed_body_waits_for_a_slow_upstream(void **state)
+{
+    static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    size_t n = 3 << 20;
+    struct fixture f = {.o.read_delay_ms = 100};
+    struct streamed st = {.f = &f, .push_left = n};
+    struct upstream_request req = request("PUT", "/up");
+    (void)state;
+
+    fixture_start(&f, LIT(reply), 5000);
+    req.head = st_head;
+    req.on_body = st_body;
+    req.body_stream = 1;
+    req.body_len = n;
+    req.drain = st_drain;
+    st.r.loop = &f.l;
+    f.l.remaining++;
+    st.call = upstream_send(f.p, &f.t, &req, on_done, &st);
+    assert_non_null(st.call);
+    push_some(&st);
+    assert_true(st.push_left > 0); /* the window is full before the upstream reads */
+    loop_run(&f.l, 10000);
+    assert_int_equal(st.r.error, UPSTREAM_OK);
+    assert_int_equal(st.status, 200);
+    assert_mem(st.got.p, st.got.len, "ok");
+    assert_true(st.drains > 0);
+    assert_int_equal(st.push_left, 0);
+    assert_true(f.o.last_total > n); /* its head and the whole body */
+    fixture_stop(&f);
+    result_free(&st.r);
+    sbuf_free(&st.got);
+}
+
 int
 main(void)
 {
@@ -2611,6 +2760,8 @@ main(void)
         cmocka_unit_test(test_parser_streams_bodies_past_the_limit_in_pieces),
         cmocka_unit_test(test_rfc9110_15_2_2_parser_upgrade_101_then_raw_bytes),
         cmocka_unit_test(test_parser_head_then_kept_whole),
+        cmocka_unit_test(test_streamed_answer_in_pieces_paused_and_resumed),
+        cmocka_unit_test(test_pushed_body_waits_for_a_slow_upstream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
