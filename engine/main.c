@@ -68,6 +68,9 @@ static const char usage_serve[] =
     "  --cache-bytes N           memory store budget for cached answers, with their keys,\n"
     "                            fields and tags; least recently used go first\n"
     "                            (default 268435456)\n"
+    "  --cache-max-size SIZE     an upstream's answer larger than this (bytes, or 512k, 1m,\n"
+    "                            ...) is not stored, unless its endpoint's cache.max_size\n"
+    "                            says otherwise (default 1m)\n"
     "  --limit-bytes N           memory store budget for rate-limit states and fill leases;\n"
     "                            when full of live states, requests needing a new one get\n"
     "                            503 (default 67108864)\n"
@@ -335,6 +338,31 @@ parse_count(const char *opt, const char *s, unsigned long long max, unsigned lon
     return 0;
 }
 
+/* A size in bytes, or with a unit of 1024: "512k", "1m", "2g". */
+static int
+parse_size(const char *opt, const char *s, unsigned long long max, unsigned long long *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10), per = 1;
+    if (*end == 'k' || *end == 'K')
+        per = 1ull << 10;
+    else if (*end == 'm' || *end == 'M')
+        per = 1ull << 20;
+    else if (*end == 'g' || *end == 'G')
+        per = 1ull << 30;
+    if (per > 1)
+        end++;
+    if (errno || end == s || *end || s[0] == '-' || v == 0 || v > max / per) {
+        fprintf(stderr,
+                "sluice serve: %s: '%s' is not a size from 1 byte to %llu (e.g. 512k, 1m)\n", opt,
+                s, max);
+        return -1;
+    }
+    *out = v * per;
+    return 0;
+}
+
 static int
 parse_dur(const char *opt, const char *s, uint64_t *ms)
 {
@@ -416,6 +444,7 @@ serve_defaults(struct serve *sv)
         .redis_url = getenv("REDIS_URL"),
         .redis_limits_url = getenv("REDIS_LIMITS_URL"),
         .redis_deadline_ms = 50,
+        .cache_max_size = GATEWAY_CACHE_MAX_SIZE,
     };
     snprintf(sv->admin_addr, sizeof(sv->admin_addr), "127.0.0.1");
     sv->admin_on = 1;
@@ -449,6 +478,7 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"limit-bytes", required_argument, NULL, 'L'},
         {"redis-deadline", required_argument, NULL, 'R'},
         {"no-stats", no_argument, NULL, 'S'},
+        {"cache-max-size", required_argument, NULL, 'M'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -548,6 +578,11 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
             break;
         case 'S':
             gcfg->no_stats = true;
+            break;
+        case 'M':
+            if (parse_size("--cache-max-size", optarg, 1ull << 30, &v) != 0)
+                return -1;
+            gcfg->cache_max_size = (size_t)v;
             break;
         case 'h':
             fputs(usage_serve, stdout);

@@ -346,6 +346,7 @@ worker_init(struct worker *w, void *ctx)
     if (!wk->db)
         fprintf(stderr, "sluice: worker %u: database: %s\n", server_worker_index(w), err);
     wk->up = upstream_pool_new(server_worker_base(w), NULL);
+    wk->cache_max_size = g->cfg.cache_max_size ? g->cfg.cache_max_size : GATEWAY_CACHE_MAX_SIZE;
     wk->to_origin = gw_to_origin;
     if (server_worker_index(w) == 0) /* one worker warms: the cache is shared */
         gw_warm_init(wk);

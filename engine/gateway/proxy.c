@@ -63,6 +63,14 @@ on_interim(void *arg, const struct upstream_response *res)
     sbuf_free(&h);
 }
 
+/* The size past which an answer of rq's endpoint is not stored: its cache.max_size, else the
+ * server's --cache-max-size. */
+static size_t
+max_size(const struct gw_req *rq)
+{
+    return rq->ep->cache_max_size ? rq->ep->cache_max_size : rq->wk->cache_max_size;
+}
+
 /*
  * Stores an upstream's answer e (its fields f[0..n), status `status`, received
  * at response_ms) as HTTP caching allows (RFC 9111 section 3, 4.2; RFC 5861;
@@ -84,7 +92,8 @@ store_answer(struct gw_req *rq, struct store_entry *e, int status, const struct 
                                    .ttl_origin = ep->ttl_origin,
                                    .override = ep->override,
                                    .targeted = (const char *const *)ep->targeted,
-                                   .ntargeted = ep->ntargeted};
+                                   .ntargeted = ep->ntargeted,
+                                   .max_body = max_size(rq)};
     struct httpcache_verdict v;
     httpcache_judge(&ans, &pol, &v);
     if (!v.storable || rq->no_store) {

@@ -82,6 +82,7 @@ struct gw_worker {
     LIST_HEAD(, gw_req) background; /* detached requests (refreshes, warming) in progress */
     bool closing;                   /* worker_fini has begun: no request goes on to an origin */
     struct gw_stats stats;          /* what it served: metrics, the status page, /callers */
+    size_t cache_max_size;          /* an answer larger is not stored (cache.max_size's default) */
 };
 
 struct gw_req {
