@@ -69,13 +69,19 @@ static const char usage_serve[] =
     "                            fields and tags; least recently used go first\n"
     "                            (default 268435456)\n"
     "  --cache-max-size SIZE     an upstream's answer larger than this (bytes, or 512k, 1m,\n"
-    "                            ...) is not stored, unless its endpoint's cache.max_size\n"
-    "                            says otherwise (default 1m)\n"
+    "                            ...) is streamed to its client and not stored, unless its\n"
+    "                            endpoint's cache.max_size says otherwise (default 1m)\n"
     "  --limit-bytes N           memory store budget for rate-limit states and fill leases;\n"
     "                            when full of live states, requests needing a new one get\n"
     "                            503 (default 67108864)\n"
     "  --redis-deadline DUR      per Redis command, else the request goes on without Redis\n"
     "                            (cache bypassed, limits in-process) (default 50ms)\n"
+    "  --websocket-idle-timeout DUR\n"
+    "                            a WebSocket tunnel to an upstream with no byte moving either\n"
+    "                            way this long is closed (default 60s; 0: never)\n"
+    "  --websocket-max-duration DUR\n"
+    "                            a WebSocket tunnel is closed after this long (default 1h;\n"
+    "                            0: never)\n"
     "  --no-stats                do not count requests by route, limit decisions, origins\n"
     "                            and callers (/metrics keeps the store, database, policy\n"
     "                            and process; /callers and /stats are empty)\n"
@@ -445,6 +451,8 @@ serve_defaults(struct serve *sv)
         .redis_limits_url = getenv("REDIS_LIMITS_URL"),
         .redis_deadline_ms = 50,
         .cache_max_size = GATEWAY_CACHE_MAX_SIZE,
+        .ws_idle_ms = 60000,
+        .ws_max_ms = 3600000,
     };
     snprintf(sv->admin_addr, sizeof(sv->admin_addr), "127.0.0.1");
     sv->admin_on = 1;
@@ -479,6 +487,8 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"redis-deadline", required_argument, NULL, 'R'},
         {"no-stats", no_argument, NULL, 'S'},
         {"cache-max-size", required_argument, NULL, 'M'},
+        {"websocket-idle-timeout", required_argument, NULL, 'I'},
+        {"websocket-max-duration", required_argument, NULL, 'X'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -583,6 +593,14 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
             if (parse_size("--cache-max-size", optarg, 1ull << 30, &v) != 0)
                 return -1;
             gcfg->cache_max_size = (size_t)v;
+            break;
+        case 'I':
+            if (parse_dur("--websocket-idle-timeout", optarg, &gcfg->ws_idle_ms) != 0)
+                return -1;
+            break;
+        case 'X':
+            if (parse_dur("--websocket-max-duration", optarg, &gcfg->ws_max_ms) != 0)
+                return -1;
             break;
         case 'h':
             fputs(usage_serve, stdout);
