@@ -77,13 +77,27 @@ gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
     return rq;
 }
 
+/*
+ * Counts an answered client request in its worker's stats, once, while its strings are still
+ * there: before the server has the answer (after it, the connection may read the next request
+ * over them, or be freed).
+ */
+static void
+count_answered(struct gw_req *rq)
+{
+    struct gw_worker *wk = rq->wk;
+    if (!wk || rq->detached || !rq->status || rq->counted)
+        return;
+    rq->counted = true;
+    gw_stats_answered(wk, &rq->sr->http, rq->ep->name, rq->tier ? rq->tier->name : NULL, rq->status,
+                      rq->cache_kind, rq->start_us);
+}
+
 void
 gw_req_free(struct gw_req *rq)
 {
     struct gw_worker *wk = rq->wk;
-    if (wk && !rq->detached && rq->status)
-        gw_stats_answered(wk, &rq->sr->http, rq->ep->name, rq->tier ? rq->tier->name : NULL,
-                          rq->status, rq->cache_kind, rq->start_us);
+    count_answered(rq);
     if (rq->detached)
         LIST_REMOVE(rq, bg_link);
     if (rq->warm) {
@@ -135,6 +149,7 @@ respond(struct gw_req *rq, const struct server_response *resp)
             resp->release(resp->body, resp->body_len, resp->body_arg);
         return;
     }
+    count_answered(rq);
     server_respond(rq->sr, resp);
 }
 
@@ -246,6 +261,7 @@ gw_fail(struct gw_req *rq, int status, const char *detail)
         hdr_str(rq, id);
         hdr_str(rq, "\r\n");
         json_t *ext = json_pack("{s:s}", "request_id", id);
+        count_answered(rq);
         server_respond_problem_ext(rq->sr, status, NULL, NULL, detail, ext, rq->hdrs);
         json_decref(ext);
     }

@@ -154,6 +154,7 @@ struct gw_req {
     size_t primary_len;            /* the secondary one, in vkey) */
     size_t ninv;                   /* invalidate tags expanded into inv_tags */
     bool upgrade;                  /* a WebSocket upgrade (RFC 6455 4.1) to an upstream */
+    bool counted;                  /* its answer is in the worker's stats */
     struct gw_relay *relay;        /* its answer streamed, its body pushed (relay.c), or NULL */
     const struct gw_relay_ops *relay_ops;
     bool *freed; /* while the upstream pool runs a callback of the request: set to true when it is
