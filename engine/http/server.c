@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1203,17 +1204,34 @@ server_stream_write(struct server_request *req, const char *data, size_t len)
     if (c->dead)
         return -1;
     if (len > 0 && c->req.http.method != HTTP_HEAD) {
-        if (c->stream_chunked) {
-            char size[24];
-            int n = snprintf(size, sizeof(size), "%zx\r\n", len);
-            evbuffer_add(c->out, size, (size_t)n);
-            evbuffer_add(c->out, data, len);
-            evbuffer_add(c->out, "\r\n", 2);
-        } else {
-            evbuffer_add(c->out, data, len);
+        char size[24];
+        struct iovec iov[3];
+        int n = 0;
+        if (c->stream_chunked)
+            iov[n++] = (struct iovec){size, (size_t)snprintf(size, sizeof(size), "%zx\r\n", len)};
+        iov[n++] = (struct iovec){(void *)data, len};
+        if (c->stream_chunked)
+            iov[n++] = (struct iovec){"\r\n", 2};
+        if (evbuffer_get_length(c->out) == 0 && !c->in_process) {
+            /* Nothing waits: written from where it is, and only what the socket does not take
+             * now is copied. */
+            ssize_t w = writev(c->fd, iov, n);
+            if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                conn_close(c); /* the client has gone */
+                return -1;
+            }
+            for (int i = 0; i < n && w > 0; i++) {
+                size_t k = (size_t)w < iov[i].iov_len ? (size_t)w : iov[i].iov_len;
+                iov[i].iov_base = (char *)iov[i].iov_base + k;
+                iov[i].iov_len -= k;
+                w -= (ssize_t)k;
+            }
         }
+        for (int i = 0; i < n; i++)
+            if (iov[i].iov_len > 0)
+                evbuffer_add(c->out, iov[i].iov_base, iov[i].iov_len);
     }
-    if (!c->in_process && conn_flush(c) != 0)
+    if (!c->in_process && evbuffer_get_length(c->out) > 0 && conn_flush(c) != 0)
         return -1;
     if (evbuffer_get_length(c->out) >= STREAM_WINDOW) {
         if (!c->stream_blocked && !c->w->draining)
