@@ -529,6 +529,25 @@ class StreamedAnswers(StreamCase):
         # What the kernel's socket buffers hold on both sides, and no more: far from 50 MiB.
         self.assertLess(sent, 24 * MIB, "the upstream was read ahead of the client")
 
+    def test_sixteen_slow_readers_of_an_8_mib_answer_hold_their_windows_not_the_answers(self):
+        # Before answers were streamed, each in-flight pass-through held the body until its
+        # client had read it: 16 slow clients of 8 MiB cost about 120 MiB. Now each holds
+        # its window (256 KiB) and one read (64 KiB).
+        rss = RssSampler(self.s.proc.pid)
+        threads, results = [], []
+        for i in range(16):
+            t = threading.Thread(target=lambda i=i: results.append(read_answer(
+                self.port, "/big?n=%d&seed=%d" % (8 * MIB, 20 + i), rate=65536,
+                limit=128 * 1024, timeout=30)))
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join()
+        grew = rss.stop()
+        note("16 slow readers of 8 MiB: RSS +%d KiB" % grew)
+        self.assertEqual([r[0] for r in results], [200] * 16)
+        self.assertLess(grew, (24 if SAN else 12) * 1024)
+
     def test_rfc9112_8_upstream_failing_midway_resets_the_client_and_is_counted(self):
         # RFC 9112 8: the client must be able to tell an incomplete answer from a whole one.
         before = self.midstream()
