@@ -80,7 +80,7 @@ struct upstream_request {
      * A streamed answer: `head` (set) is called with the final head, then `on_body` with
      * each piece unless the head callback said UPSTREAM_BUFFER, then `done` with an
      * empty body (or the error, also after the head). Nothing is kept but the piece
-     * being read (at most 64 KiB) and there is no size limit.
+     * being read (at most 256 KiB) and there is no size limit.
      */
     upstream_head_fn *head;
     upstream_body_fn *on_body;

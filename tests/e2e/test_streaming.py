@@ -532,7 +532,8 @@ class StreamedAnswers(StreamCase):
     def test_sixteen_slow_readers_of_an_8_mib_answer_hold_their_windows_not_the_answers(self):
         # Before answers were streamed, each in-flight pass-through held the body until its
         # client had read it: 16 slow clients of 8 MiB cost about 120 MiB. Now each holds
-        # its window (256 KiB) and one read (64 KiB).
+        # its window (256 KiB, and the piece that crossed it) and one read (256 KiB): under
+        # 1 MiB each.
         rss = RssSampler(self.s.proc.pid)
         threads, results = [], []
         for i in range(16):
@@ -546,7 +547,7 @@ class StreamedAnswers(StreamCase):
         grew = rss.stop()
         note("16 slow readers of 8 MiB: RSS +%d KiB" % grew)
         self.assertEqual([r[0] for r in results], [200] * 16)
-        self.assertLess(grew, (24 if SAN else 12) * 1024)
+        self.assertLess(grew, (32 if SAN else 16) * 1024)
 
     def test_rfc9112_8_upstream_failing_midway_resets_the_client_and_is_counted(self):
         # RFC 9112 8: the client must be able to tell an incomplete answer from a whole one.

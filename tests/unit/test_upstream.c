@@ -2428,7 +2428,7 @@ parse_streamed(const char *s, size_t n, size_t piece, unsigned flags, int eof, s
     while (off < n && rc == UPSTREAM_PARSE_MORE) {
         size_t room, k;
         char *space = upstream_parser_space(ps, &room);
-        assert_true(room > 0 && room <= 65536);
+        assert_true(room > 0 && room <= 256 * 1024);
         k = n - off;
         if (piece && k > piece)
             k = piece;
@@ -2596,7 +2596,7 @@ static enum upstream_action
 st_body(void *arg, const char *data, size_t len)
 {
     struct streamed *st = arg;
-    assert_true(len > 0 && len <= 65536);
+    assert_true(len > 0 && len <= 256 * 1024);
     sbuf_add(&st->got, data, len);
     st->pieces++;
     if (st->pause_every && st->pieces % st->pause_every == 0)
