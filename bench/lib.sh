@@ -25,7 +25,7 @@ wrk_measure() {
     local pid=$1 url=$2 t0 t1 rps p50 reqs hz us
     shift 2
     t0=$(cpu_ticks "$pid")
-    wrk_out=$(taskset -c "$CLIENT_CPU" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+    wrk_out=$(taskset -c "$CLIENT_CPU" wrk -t"${WRK_THREADS:-2}" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
         "$@" "$url")
     t1=$(cpu_ticks "$pid")
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$wrk_out")

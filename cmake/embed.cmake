@@ -3,7 +3,9 @@
 # embedded tree:
 #
 #   cmake -DROOT=DIR -DOUT=FILE.c -DGLOB=PATTERN -DTABLE=NAME -DPREFIX=SHOWN/
-#         [-DLUA_MODULES=ON] -P embed.cmake
+#         [-DLUA_MODULES=ON] [-DEXCLUDE=REGEX] -P embed.cmake
+#
+# EXCLUDE leaves out the paths under ROOT that it matches.
 #
 # An entry's name is its path under ROOT ("status.html"), or with LUA_MODULES its Lua module
 # name ("sluice/dsl.lua" is "sluice.dsl"); its path is PREFIX followed by its path under ROOT.
@@ -64,6 +66,9 @@ function(script_hash path out)
 endfunction()
 
 file(GLOB_RECURSE files RELATIVE ${ROOT} ${ROOT}/${GLOB})
+if(DEFINED EXCLUDE)
+  list(FILTER files EXCLUDE REGEX "${EXCLUDE}")
+endif()
 list(SORT files)
 set(body "/* ${TABLE}.c - generated from ${PREFIX} by cmake/embed.cmake; do not edit */\n")
 string(APPEND body "#include <stddef.h>\n#include \"embedded.h\"\n\n")

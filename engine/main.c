@@ -1,13 +1,16 @@
 /* main.c - command line: serve, check, explain, triggers, version. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <getopt.h>
+#include <math.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -15,16 +18,29 @@
 
 #include "admin.h"
 #include "duration.h"
+#include "envopt.h"
+#include "evmem.h"
 #include "gateway.h"
+#include "listenfd.h"
+#include "log.h"
+#include "logwriter.h"
 #include "notify.h"
 #include "policy.h"
 #include "reload.h"
 #include "router.h"
+#include "sdnotify.h"
 #include "server.h"
+#include "service.h"
 #include "store.h"
 #include "store_redis.h"
 #include "triggers.h"
+#include "upgrade.h"
 #include "util.h"
+
+/* How long a new binary started by SIGUSR2 has to report that it serves. */
+#define UPGRADE_TIMEOUT_MS 60000
+
+static char **main_argv; /* the command line as given, for SIGUSR2 to run again */
 
 static const char usage_main[] =
     "usage: sluice COMMAND [OPTIONS]\n"
@@ -86,6 +102,19 @@ static const char usage_serve[] =
     "  --no-stats                do not count requests by route, limit decisions, origins\n"
     "                            and callers (/metrics keeps the store, database, policy\n"
     "                            and process; /callers and /stats are empty)\n"
+    "  --drain-timeout DUR       on SIGTERM or after an upgrade, the longest wait for the\n"
+    "                            requests in flight before exiting anyway with status 1\n"
+    "                            (default 30s; 0: no limit)\n"
+    "  --access-log PATH         a JSON line per answered request, appended to PATH ('-':\n"
+    "                            standard output); written by a thread of its own, lines\n"
+    "                            that find its buffers full are dropped and counted\n"
+    "                            (default: off)\n"
+    "  --access-log-sample R     keep this fraction (0 < R <= 1) of the lines of 2xx and\n"
+    "                            3xx answers, chosen by request id; every other line is\n"
+    "                            kept (default 1)\n"
+    "  --log-level LEVEL         error, warn, info or debug: the least severe message the\n"
+    "                            error log (standard error) writes (default info)\n"
+    "  --log-format FORMAT       text or json: one line per message (default text)\n"
     "\n"
     "environment:\n"
     "  DATABASE_URL              libpq connection string or URI (default: PG* variables)\n"
@@ -94,10 +123,23 @@ static const char usage_serve[] =
     "  REDIS_LIMITS_URL          a separate Redis for the limits (default: REDIS_URL's)\n"
     "  SLUICE_ADMIN_TOKEN        bearer token the admin listener requires (needed when the\n"
     "                            admin address is not a loopback address)\n"
+    "  SLUICE_<OPTION>           any option above: --max-body-bytes N is also\n"
+    "                            SLUICE_MAX_BODY_BYTES=N, a switch such as --no-watch is\n"
+    "                            SLUICE_NO_WATCH=1 (or true, yes, on); a flag wins over\n"
+    "                            its variable\n"
     "\n"
     "SIGTERM and SIGINT finish the requests in flight and exit 0. The policy is reloaded\n"
     "when its files change, on SIGHUP and on POST /reload to the admin listener; a set\n"
-    "that fails to load changes nothing.\n"
+    "that fails to load changes nothing. SIGUSR1 reopens the access log, and the error\n"
+    "log when standard error is a file, after a rotation renamed them. SIGUSR2 starts\n"
+    "the binary again (same path and arguments) on the same listening sockets; once it\n"
+    "serves, this process finishes its requests in flight and exits, and if it fails\n"
+    "this one serves on.\n"
+    "\n"
+    "Under systemd (NOTIFY_SOCKET) it reports READY=1, RELOADING=1, STOPPING=1, STATUS=\n"
+    "and, with WatchdogSec=, WATCHDOG=1 while every worker's event loop runs; it serves\n"
+    "on the sockets of a socket unit (LISTEN_FDS; one named \"admin\" is the admin\n"
+    "listener's).\n"
     "\n"
     "While the policy declares on_change, one more PostgreSQL connection LISTENs for the\n"
     "notifications of the triggers 'sluice triggers' installs, and drops the tags they\n"
@@ -308,26 +350,182 @@ struct serve {
     struct notifier *notifier;
     struct admin_config acfg; /* complete before the admin listener is created */
     struct server *server, *admin;
+    const char *access_path; /* --access-log, or NULL */
+    struct logwriter *access;
+    enum log_level log_level;
+    enum log_format log_format;
+    bool sample_given;
     sigset_t set;
+    struct envopt env; /* the command line with the options of SLUICE_* variables */
+    struct service *svc;
+    struct listenfd inherited[LISTENFD_MAX]; /* sockets from systemd or an upgrading parent */
+    int ninherited, nlisten;
+    int listen_fds[LISTENFD_MAX], admin_fd; /* the server's inherited ones; the admin's or -1 */
+    int ready_fd;                           /* an upgrading parent's pipe (upgrade.h), or -1 */
+    char exe[2 * PATH_MAX + 2];             /* what SIGUSR2 starts */
+    uint64_t drain_ms;                      /* --drain-timeout */
+    uint64_t drain_deadline_us;             /* 0: not stopping, or no deadline */
+    int stopping;
+    struct upgrade *upgrade; /* one under way */
+    int upgrade_wanted;      /* SIGUSR2 came before the server served: upgrade once it does */
+    atomic_int ended;        /* the servers have returned */
 };
+
+/* SIGUSR1: the logs are opened again under their paths (a rotation renamed the files). */
+static void
+reopen_logs(struct serve *sv)
+{
+    if (sv->access)
+        logwriter_reopen(sv->access); /* the writing thread writes what it holds first */
+    int rc = log_reopen();
+    if (rc < 0)
+        log_error("SIGUSR1: reopening the error log %s: %s; still writing to the old file",
+                  log_file_path(), strerror(errno));
+    else if (rc == 0 || sv->access)
+        log_info("SIGUSR1: %s%s%s", rc == 0 ? "reopened the error log" : "",
+                 rc == 0 && sv->access ? "; " : "",
+                 sv->access ? "the access log is reopened once what it holds is written" : "");
+    else
+        log_info("SIGUSR1: no log file to reopen (standard error is no file, no --access-log)");
+}
+
+static uint64_t
+serve_generation(struct serve *sv)
+{
+    struct policy *p = gateway_policy(sv->gw);
+    uint64_t gen = p->generation;
+    policy_release(p);
+    return gen;
+}
+
+/* Stops accepting and finishes the requests in flight (STOPPING=1 first when `notify`). */
+static void
+serve_stop(struct serve *sv, const char *why, int notify)
+{
+    if (sv->stopping)
+        return;
+    sv->stopping = 1;
+    if (notify)
+        service_stopping(sv->svc);
+    log_info("%s: finishing requests in flight", why);
+    upgrade_free(sv->upgrade); /* a new binary not ready yet is not left running */
+    sv->upgrade = NULL;
+    if (sv->drain_ms)
+        sv->drain_deadline_us = util_mono_us() + sv->drain_ms * 1000;
+    server_stop(sv->server);
+    if (sv->admin)
+        server_stop(sv->admin);
+}
+
+/* SIGUSR2: starts the binary again on the listening sockets. */
+static void
+serve_upgrade(struct serve *sv)
+{
+    const char *refused = sv->stopping  ? "the server is stopping"
+                          : sv->upgrade ? "an upgrade is under way already"
+                                        : NULL;
+    if (!refused && !service_is_ready(sv->svc)) {
+        log_info("upgrade: waiting until the server serves");
+        sv->upgrade_wanted = 1;
+        return;
+    }
+    sv->upgrade_wanted = 0;
+    if (refused) {
+        log_warn("upgrade not started: %s", refused);
+        return;
+    }
+    int fds[LISTENFD_MAX], admin_fd = -1;
+    unsigned n = server_listen_fds(sv->server, fds, LISTENFD_MAX);
+    if (sv->admin && server_listen_fds(sv->admin, &admin_fd, 1) != 1)
+        admin_fd = -1;
+    char err[256];
+    sv->upgrade = upgrade_start(sv->exe, main_argv, fds, n, admin_fd, sdnotify_watchdog_usec(),
+                                UPGRADE_TIMEOUT_MS, err, sizeof(err));
+    if (!sv->upgrade) {
+        log_error("upgrade failed: %s; still serving", err);
+        return;
+    }
+    log_info("upgrade: started %s as process %d; serving until it is ready", sv->exe,
+             (int)upgrade_pid(sv->upgrade));
+}
+
+/*
+ * The signal thread's periodic work: the service manager's messages, an
+ * upgrade's outcome, the drain deadline. Returns the milliseconds until it is
+ * due again.
+ */
+static uint64_t
+serve_tick(struct serve *sv)
+{
+    uint64_t wait = service_tick(sv->svc, serve_generation(sv));
+    if (sv->upgrade_wanted && service_is_ready(sv->svc))
+        serve_upgrade(sv);
+    if (sv->upgrade) {
+        char err[256];
+        switch (upgrade_poll(sv->upgrade, err, sizeof(err))) {
+        case UPGRADE_PENDING:
+            wait = wait < 20 ? wait : 20;
+            break;
+        case UPGRADE_READY: {
+            int pid = (int)upgrade_pid(sv->upgrade);
+            log_info("upgrade: new process %d serves", pid);
+            sdnotify_printf("MAINPID=%d", pid); /* before this process exits */
+            upgrade_free(sv->upgrade);
+            sv->upgrade = NULL;
+            serve_stop(sv, "upgraded", 0);
+            break;
+        }
+        case UPGRADE_FAILED:
+            log_error("upgrade failed: %s; still serving", err);
+            upgrade_free(sv->upgrade);
+            sv->upgrade = NULL;
+            break;
+        }
+    }
+    if (sv->drain_deadline_us) {
+        uint64_t now = util_mono_us();
+        if (now >= sv->drain_deadline_us) {
+            struct server_conn_counts cc;
+            server_connection_counts(sv->server, &cc);
+            log_error("requests still in flight after --drain-timeout (%llu connections "
+                      "open): exiting",
+                      (unsigned long long)(cc.idle + cc.reading + cc.active));
+            _exit(1);
+        }
+        uint64_t left = (sv->drain_deadline_us - now + 999) / 1000;
+        wait = wait < left ? wait : left;
+    }
+    return wait;
+}
 
 static void *
 signal_thread(void *arg)
 {
     struct serve *sv = arg;
     for (;;) {
-        int sig;
-        if (sigwait(&sv->set, &sig) != 0)
+        uint64_t wait = serve_tick(sv);
+        struct timespec ts = {.tv_sec = (time_t)(wait / 1000),
+                              .tv_nsec = (long)(wait % 1000) * 1000000};
+        int sig = sigtimedwait(&sv->set, NULL, &ts);
+        if (atomic_load(&sv->ended))
+            return NULL;
+        if (sig < 0)
             continue;
         if (sig == SIGHUP) {
-            reloader_reload(sv->reloader, "signal", NULL);
+            service_reloading(sv->svc);
+            int ok = reloader_reload(sv->reloader, "signal", NULL) == 0;
+            service_reloaded(sv->svc, serve_generation(sv), ok);
             continue;
         }
-        fprintf(stderr, "sluice: %s: finishing requests in flight\n", strsignal(sig));
-        server_stop(sv->server);
-        if (sv->admin)
-            server_stop(sv->admin);
-        return NULL;
+        if (sig == SIGUSR1) {
+            reopen_logs(sv);
+            continue;
+        }
+        if (sig == SIGUSR2) {
+            serve_upgrade(sv);
+            continue;
+        }
+        serve_stop(sv, strsignal(sig), 1);
     }
 }
 
@@ -422,7 +620,7 @@ admin_thread(void *arg)
     struct server *admin = arg;
     char err[256];
     if (server_run(admin, err, sizeof(err)) != 0)
-        fprintf(stderr, "sluice: admin listener: %s\n", err);
+        log_error("admin listener: %s", err);
     return NULL;
 }
 
@@ -460,6 +658,11 @@ serve_defaults(struct serve *sv)
     sv->admin_port = 8081;
     sv->watch = 1;
     sv->token = getenv("SLUICE_ADMIN_TOKEN");
+    sv->log_level = LOGL_INFO;
+    sv->log_format = LOG_TEXT;
+    sv->drain_ms = 30000;
+    sv->admin_fd = -1;
+    sv->ready_fd = -1;
 }
 
 /*
@@ -490,6 +693,11 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"cache-max-size", required_argument, NULL, 'M'},
         {"websocket-idle-timeout", required_argument, NULL, 'I'},
         {"websocket-max-duration", required_argument, NULL, 'X'},
+        {"access-log", required_argument, NULL, 'A'},
+        {"access-log-sample", required_argument, NULL, 's'},
+        {"log-level", required_argument, NULL, 'v'},
+        {"log-format", required_argument, NULL, 'f'},
+        {"drain-timeout", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -498,6 +706,13 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
     unsigned long long v;
     int c;
     *rc = 2;
+    char eerr[256];
+    if (envopt_merge(&sv->env, opts, "SLUICE_", argc, argv, eerr, sizeof(eerr)) != 0) {
+        fprintf(stderr, "sluice serve: %s\n", eerr);
+        return -1;
+    }
+    argc = sv->env.argc;
+    argv = sv->env.argv;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -603,6 +818,46 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
             if (parse_dur("--websocket-max-duration", optarg, &gcfg->ws_max_ms) != 0)
                 return -1;
             break;
+        case 'A':
+            if (!optarg[0]) {
+                fprintf(stderr, "sluice serve: --access-log: expected a path or '-'\n");
+                return -1;
+            }
+            sv->access_path = optarg;
+            break;
+        case 's': {
+            char *end;
+            errno = 0;
+            double r = strtod(optarg, &end);
+            if (errno || end == optarg || *end || !isfinite(r) || !(r > 0) || r > 1) {
+                fprintf(stderr,
+                        "sluice serve: --access-log-sample: '%s' is not a number above 0 and "
+                        "up to 1\n",
+                        optarg);
+                return -1;
+            }
+            gcfg->access_sample = r;
+            sv->sample_given = true;
+            break;
+        }
+        case 'v':
+            if (log_parse_level(optarg, &sv->log_level) != 0) {
+                fprintf(stderr,
+                        "sluice serve: --log-level: '%s' is not error, warn, info or debug\n",
+                        optarg);
+                return -1;
+            }
+            break;
+        case 'f':
+            if (log_parse_format(optarg, &sv->log_format) != 0) {
+                fprintf(stderr, "sluice serve: --log-format: '%s' is not text or json\n", optarg);
+                return -1;
+            }
+            break;
+        case 'T':
+            if (parse_dur("--drain-timeout", optarg, &sv->drain_ms) != 0)
+                return -1;
+            break;
         case 'h':
             fputs(usage_serve, stdout);
             *rc = 0;
@@ -614,6 +869,10 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
     }
     if (optind != argc - 1) {
         fputs(usage_serve, stderr);
+        return -1;
+    }
+    if (sv->sample_given && !sv->access_path) {
+        fprintf(stderr, "sluice serve: --access-log-sample needs --access-log\n");
         return -1;
     }
     sv->dir = argv[optind];
@@ -664,21 +923,83 @@ serve_raise_nofile(const struct serve *sv)
         return;
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < need)
-        fprintf(stderr,
-                "sluice serve: the open-file limit (%llu) is below the %llu descriptors that "
-                "--max-connections %u needs: raise it (ulimit -n) or lower --max-connections\n",
-                (unsigned long long)rl.rlim_cur, (unsigned long long)need, sv->cfg.max_connections);
+        log_warn("the open-file limit (%llu) is below the %llu descriptors that "
+                 "--max-connections %u needs: raise it (ulimit -n) or lower --max-connections",
+                 (unsigned long long)rl.rlim_cur, (unsigned long long)need,
+                 sv->cfg.max_connections);
+}
+
+/*
+ * Takes the listening sockets the process was started with (a socket unit's,
+ * or an upgrading parent's): the server serves on them instead of binding
+ * --listen, the admin listener on the one named "admin". Returns 0, or -1
+ * with a message printed.
+ */
+static int
+serve_inherit(struct serve *sv)
+{
+    char err[256];
+    int n = listenfd_take(sv->inherited, LISTENFD_MAX, err, sizeof(err));
+    if (n < 0) {
+        log_error("%s", err);
+        return -1;
+    }
+    sv->ninherited = n;
+    sv->ready_fd = upgrade_ready_fd(); /* read now: it unsets its variable, before any thread */
+    for (int i = 0; i < n; i++) {
+        const struct listenfd *l = &sv->inherited[i];
+        if (!l->admin)
+            sv->listen_fds[sv->nlisten++] = l->fd;
+        else if (sv->admin_on && sv->admin_fd < 0)
+            sv->admin_fd = l->fd;
+        else
+            log_warn("inherited admin socket %d left unused", l->fd);
+    }
+    if (sv->nlisten) {
+        if (listenfd_address(sv->listen_fds[0], sv->addr, sizeof(sv->addr), &sv->cfg.listen_port) !=
+            0)
+            snprintf(sv->addr, sizeof(sv->addr), "inherited");
+        sv->cfg.listen_addr = sv->addr;
+        sv->cfg.fds = sv->listen_fds;
+        sv->cfg.nfds = (unsigned)sv->nlisten;
+        if ((unsigned)sv->nlisten > sv->cfg.workers) {
+            log_info("%d inherited listening sockets: %d workers", sv->nlisten, sv->nlisten);
+            sv->cfg.workers = (unsigned)sv->nlisten;
+        }
+    }
+    if (sv->admin_fd >= 0 && listenfd_address(sv->admin_fd, sv->admin_addr, sizeof(sv->admin_addr),
+                                              &sv->admin_port) != 0)
+        snprintf(sv->admin_addr, sizeof(sv->admin_addr), "inherited");
+    return 0;
+}
+
+/* Closes the inherited sockets: the servers hold their own descriptors of them. */
+static void
+serve_close_inherited(struct serve *sv)
+{
+    for (int i = 0; i < sv->ninherited; i++)
+        close(sv->inherited[i].fd);
+    sv->ninherited = sv->nlisten = 0;
+    sv->admin_fd = -1;
+    if (sv->ready_fd >= 0)
+        close(sv->ready_fd);
+    sv->ready_fd = -1;
 }
 
 /* Frees what serve_start() made (any part may be missing). */
 static void
 serve_free(struct serve *sv)
 {
+    upgrade_free(sv->upgrade);
     notify_stop(sv->notifier);
     server_free(sv->admin);
     server_free(sv->server);
+    service_free(sv->svc);
+    serve_close_inherited(sv);
     reloader_free(sv->reloader);
     gateway_free(sv->gw);
+    logwriter_close(sv->access); /* the workers are gone: it writes what they left */
+    sv->access = NULL;
 }
 
 /*
@@ -690,9 +1011,28 @@ serve_free(struct serve *sv)
 static int
 serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
 {
+    if (sv->access_path) {
+        /* 256 KiB a worker: some 700 lines, drained from a quarter full. A ring of 1 MiB is a
+         * whole L2 cache of many cores, which the worker would sweep through once per MiB of
+         * lines, at the expense of the hit path's own data. */
+        struct logwriter_config lc = {
+            .path = sv->access_path, .producers = sv->cfg.workers, .ring_bytes = 256u << 10};
+        char lerr[256];
+        sv->access = logwriter_open(&lc, lerr, sizeof(lerr));
+        if (!sv->access) {
+            util_seterr(err, errlen, "--access-log: %s", lerr);
+            return -1;
+        }
+        sv->gcfg.access_log = sv->access;
+    }
     sv->gw = gateway_new(&sv->gcfg, p);
     sv->reloader = reloader_new(sv->dir, sv->gw);
-    struct server_app app = gateway_app(sv->gw);
+    /* Each worker stamps a heartbeat (readiness, the watchdog) around the gateway. */
+    sv->svc = service_new(sv->cfg.workers);
+    service_set_ready_fd(sv->svc, sv->ready_fd);
+    sv->ready_fd = -1; /* the service's now */
+    struct server_app gapp = gateway_app(sv->gw);
+    struct server_app app = service_wrap(sv->svc, &gapp);
     sv->server = server_new(&sv->cfg, &app, err, errlen);
     if (!sv->server)
         return -1;
@@ -708,7 +1048,7 @@ serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
     char nerr[256];
     sv->notifier = notify_start(&ncfg, nerr, sizeof(nerr));
     if (!sv->notifier)
-        fprintf(stderr, "sluice serve: database-driven invalidation is off: %s\n", nerr);
+        log_warn("database-driven invalidation is off: %s", nerr);
     sv->acfg = (struct admin_config){.reloader = sv->reloader,
                                      .gateway = sv->gw,
                                      .notifier = sv->notifier,
@@ -716,6 +1056,10 @@ serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
                                      .token = sv->token};
     if (sv->admin_on) {
         struct server_config acfg = admin_server_config(&sv->cfg, sv->admin_addr, sv->admin_port);
+        if (sv->admin_fd >= 0) {
+            acfg.fds = &sv->admin_fd;
+            acfg.nfds = 1;
+        }
         struct server_app aapp = admin_app(&sv->acfg);
         sv->admin = server_new(&acfg, &aapp, err, errlen);
         if (!sv->admin)
@@ -723,6 +1067,7 @@ serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
     }
     if (sv->watch && reloader_watch(sv->reloader, 100, err, errlen) != 0)
         return -1;
+    serve_close_inherited(sv);
     return 0;
 }
 
@@ -737,8 +1082,9 @@ serve_run(struct serve *sv)
     char err[256];
     int rc = server_run(sv->server, err, sizeof(err));
     if (rc != 0)
-        fprintf(stderr, "sluice serve: %s\n", err);
-    /* Wake the signal thread if the server ended on its own. */
+        log_error("%s", err);
+    /* Wake the signal thread: its work is done. */
+    atomic_store(&sv->ended, 1);
     pthread_kill(st, SIGTERM);
     pthread_join(st, NULL);
     if (sv->admin) {
@@ -746,6 +1092,19 @@ serve_run(struct serve *sv)
         pthread_join(at, NULL);
     }
     return rc;
+}
+
+/* What SIGUSR2 starts: the path the process was started by, made absolute (PATH searched
+ * when it holds no '/'), not resolved through links, so a replaced file is what runs. */
+static void
+serve_exe(struct serve *sv)
+{
+    const char *a0 = main_argv[0];
+    char cwd[PATH_MAX];
+    if (a0[0] != '/' && strchr(a0, '/') && getcwd(cwd, sizeof(cwd)))
+        snprintf(sv->exe, sizeof(sv->exe), "%s/%s", cwd, a0);
+    else
+        snprintf(sv->exe, sizeof(sv->exe), "%s", a0);
 }
 
 static int
@@ -759,28 +1118,45 @@ cmd_serve(int argc, char **argv)
      * of 1.16 x (bench/memory.py phases). */
     mallopt(M_ARENA_MAX, 1);
 #endif
+    /* libevent's buffers recycled per thread: bursts of them, freed, would otherwise become
+     * holes among the cache's entries (evmem.h). */
+    evmem_install();
     struct serve sv;
     memset(&sv, 0, sizeof(sv));
     serve_defaults(&sv);
     int rc;
-    if (serve_options(&sv, argc, argv, &rc) != 0)
+    if (serve_options(&sv, argc, argv, &rc) != 0) {
+        const char *var = envopt_source(&sv.env, optind - 1);
+        if (rc != 0 && var)
+            fprintf(stderr, "sluice serve: that value comes from %s\n", var);
+        envopt_free(&sv.env);
         return rc;
-    if (serve_check(&sv) != 0)
+    }
+    if (serve_check(&sv) != 0) {
+        envopt_free(&sv.env);
         return 2;
+    }
+    log_configure(sv.log_level, sv.log_format);
+    log_follow_file();
+    if (serve_inherit(&sv) != 0) {
+        envopt_free(&sv.env);
+        return 1;
+    }
+    serve_exe(&sv);
 
     char *errors = NULL;
     struct policy *p = policy_load(sv.dir, 1, NULL, &errors);
     if (!p) {
-        fprintf(stderr, "sluice serve: the policy in %s is invalid:\n%s", sv.dir,
-                errors ? errors : "");
+        log_error("the policy in %s is invalid:\n%s", sv.dir, errors ? errors : "");
         free(errors);
+        serve_close_inherited(&sv);
+        envopt_free(&sv.env);
         return 1;
     }
     if (p->tenant_errors)
-        fprintf(stderr,
-                "sluice serve: these tenant files did not load; their tenants get no "
-                "overrides:\n%s",
-                p->tenant_errors);
+        log_warn("these tenant files did not load; their tenants get no "
+                 "overrides:\n%s",
+                 p->tenant_errors);
 
     /* Signals go to the signal thread only: block them before any thread starts. */
     signal(SIGPIPE, SIG_IGN);
@@ -788,20 +1164,23 @@ cmd_serve(int argc, char **argv)
     sigaddset(&sv.set, SIGTERM);
     sigaddset(&sv.set, SIGINT);
     sigaddset(&sv.set, SIGHUP);
+    sigaddset(&sv.set, SIGUSR1);
+    sigaddset(&sv.set, SIGUSR2);
     pthread_sigmask(SIG_BLOCK, &sv.set, NULL);
 
     evthread_use_pthreads();
     serve_raise_nofile(&sv);
     char err[256];
     if (serve_start(&sv, p, err, sizeof(err)) != 0) {
-        fprintf(stderr, "sluice serve: %s\n", err);
+        log_error("%s", err);
         serve_free(&sv);
         policy_release(p);
+        envopt_free(&sv.env);
         return 1;
     }
-    fprintf(stderr, "sluice %s: %zu endpoints from %s, %u workers, %s store\n", SLUICE_VERSION,
-            p->nendpoints, sv.dir, sv.cfg.workers,
-            sv.gcfg.redis_url && sv.gcfg.redis_url[0] ? "redis" : "memory");
+    log_info("version %s: %zu endpoints from %s, %u workers, %s store", SLUICE_VERSION,
+             p->nendpoints, sv.dir, sv.cfg.workers,
+             sv.gcfg.redis_url && sv.gcfg.redis_url[0] ? "redis" : "memory");
     policy_release(p);
     if (sv.admin)
         printf("admin on http://%s:%d\n", sv.admin_addr, server_port(sv.admin));
@@ -810,7 +1189,8 @@ cmd_serve(int argc, char **argv)
 
     rc = serve_run(&sv);
     serve_free(&sv);
-    fprintf(stderr, "sluice: stopped\n");
+    envopt_free(&sv.env);
+    log_info("stopped");
     return rc == 0 ? 0 : 1;
 }
 
@@ -821,6 +1201,7 @@ main(int argc, char **argv)
         fputs(usage_main, stderr);
         return 2;
     }
+    main_argv = argv;
     const char *cmd = argv[1];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         fputs(usage_main, stdout);

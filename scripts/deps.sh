@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages sluice needs to build, test and benchmark.
-# Usage: scripts/deps.sh [build|test|bench]   (each level includes the ones before)
+# Usage: scripts/deps.sh [build|test|bench|package]   (each of build, test, bench includes the
+# ones before; package is build plus what scripts/package.sh needs to make the .deb)
 set -euo pipefail
 level=${1:-build}
 
@@ -10,7 +11,11 @@ build_pkgs=(build-essential cmake pkg-config clang clang-format
             python3-psycopg2)  # examples/proxy/app.py (scripts/run-proxy-example.sh, e2e)
 test_pkgs=(libcmocka-dev lua-busted lua-dkjson redis-server python3 libclang-rt-14-dev faketime
            prometheus   # promtool and a real scrape (tests/e2e/test_metrics.py)
-           chromium)    # the status page rendered headless (tests/e2e/test_status_page.py)
+           chromium     # the status page rendered headless (tests/e2e/test_status_page.py)
+           groff-base man-db   # the manual pages rendered with warnings on (ctest man/pages)
+           systemd             # systemd-analyze verify of the units (tests/e2e/test_systemd.py)
+           debhelper dpkg-dev fakeroot lintian)  # scripts/package.sh, ctest package/deb
+package_pkgs=(debhelper dpkg-dev fakeroot lintian)
 bench_pkgs=(wrk nginx varnish varnish-modules lua-nginx-redis libnginx-mod-http-lua linux-perf
             gnuplot-nox)  # the charts of bench/*.sh with CHART=1
 
@@ -19,7 +24,8 @@ case "$level" in
 build) ;;
 test) pkgs+=("${test_pkgs[@]}") ;;
 bench) pkgs+=("${test_pkgs[@]}" "${bench_pkgs[@]}") ;;
-*) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
+package) pkgs+=("${package_pkgs[@]}") ;;
+*) echo "usage: $0 [build|test|bench|package]" >&2; exit 2 ;;
 esac
 
 missing=()

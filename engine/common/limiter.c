@@ -6,6 +6,8 @@
 
 #include "limiter.h"
 
+#include "log.h"
+
 /*
  * Every algorithm works in integer milliseconds; products that could pass
  * 2^64 (counts times window lengths, GCRA's scaled time) are done in 128 bits.
@@ -231,8 +233,7 @@ log_resize(struct limiter_log *l, size_t cap)
 {
     struct limiter_log *n = malloc(log_size(cap));
     if (!n) {
-        fprintf(stderr, "sluice: out of memory (sliding log of %zu entries)\n", cap);
-        abort();
+        log_abort("out of memory (sliding log of %zu entries)", cap);
     }
     n->head = 0;
     n->len = 0;

@@ -1,6 +1,8 @@
 /* slab.c - fixed-size cells in mappings of their own, unmapped once empty. */
 #include "slab.h"
 
+#include "log.h"
+
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,8 +62,7 @@ slab_map(struct slab_pool *p)
 {
     char *m = mmap(NULL, p->slab_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) {
-        fprintf(stderr, "sluice: out of memory (slab of %zu bytes)\n", p->slab_bytes);
-        abort();
+        log_abort("out of memory (slab of %zu bytes)", p->slab_bytes);
     }
     struct slab *sl = (struct slab *)m;
     sl->nfree = p->per_slab;

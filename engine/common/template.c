@@ -5,6 +5,8 @@
 #include <assert.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,4 +318,132 @@ template_expand(const struct template *t, template_lookup_fn lookup, void *ctx, 
 overflow:
     out[0] = '\0';
     return -1;
+}
+
+/* ---- matching a text against a template ---------------------------------------------------- */
+
+/* One piece of fixed text while matching: a literal, or a known value written escaped. */
+struct piece {
+    const char *p;
+    size_t len;
+    bool escaped; /* p is a value: compare its escaped form */
+};
+
+/* Whether text[0..len) starts with the piece (as written); its written length in *used. */
+static bool
+piece_at(const struct piece *pc, const char *text, size_t len, size_t *used)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+
+    if (!pc->escaped) {
+        if (pc->len > len || memcmp(text, pc->p, pc->len) != 0)
+            return false;
+        *used = pc->len;
+        return true;
+    }
+    for (size_t k = 0; k < pc->len; k++) {
+        unsigned char c = (unsigned char)pc->p[k];
+        if (!must_escape(c)) {
+            if (o >= len || (unsigned char)text[o] != c)
+                return false;
+            o++;
+        } else {
+            if (len - o < 3 || text[o] != '%' || text[o + 1] != hex[c >> 4] ||
+                text[o + 2] != hex[c & 15])
+                return false;
+            o += 3;
+        }
+    }
+    *used = o;
+    return true;
+}
+
+/* The written length of the piece, and the offset of its first delimiter in *delim (or none). */
+static size_t
+piece_len(const struct piece *pc, size_t *delim)
+{
+    size_t n = 0;
+
+    *delim = SIZE_MAX;
+    if (!pc->escaped) {
+        for (size_t k = 0; k < pc->len; k++)
+            if (is_delimiter((unsigned char)pc->p[k])) {
+                *delim = k;
+                break;
+            }
+        return pc->len;
+    }
+    for (size_t k = 0; k < pc->len; k++) /* an escaped value holds no delimiter */
+        n += must_escape((unsigned char)pc->p[k]) ? 3 : 1;
+    return n;
+}
+
+/* Segment s of t as a fixed piece: false for a variable whose value is not known. */
+static bool
+segment_piece(const struct template *t, size_t s, template_lookup_fn known, void *ctx,
+              struct piece *pc)
+{
+    const struct segment *seg = &t->segs[s];
+
+    if (seg->var == SEG_LITERAL) {
+        *pc = (struct piece){seg->str, seg->len, false};
+        return true;
+    }
+    const char *val = NULL;
+    size_t len = 0;
+    if (!known || !known(ctx, (enum template_var)seg->var, seg->str, seg->len, &val, &len))
+        return false;
+    *pc = (struct piece){val, len, true};
+    return true;
+}
+
+int
+template_match(const struct template *t, const char *text, size_t len, template_lookup_fn known,
+               void *ctx)
+{
+    size_t pos = 0;
+
+    for (size_t s = 0; s < t->nsegs; s++) {
+        struct piece pc;
+        size_t used;
+        if (segment_piece(t, s, known, ctx, &pc)) {
+            if (!piece_at(&pc, text + pos, len - pos, &used))
+                return 0;
+            pos += used;
+            continue;
+        }
+        /*
+         * A variable of any value. The fixed text after it, up to the next such variable
+         * (or the end), is F; the proof at the top of this file reads its value: when another
+         * variable follows, F holds a delimiter at offset d, and the value ends d bytes before
+         * the first delimiter of the text from here; else it ends |F| bytes before the end.
+         */
+        size_t flen = 0, d = SIZE_MAX, next = s + 1;
+        for (; next < t->nsegs && segment_piece(t, next, known, ctx, &pc); next++) {
+            size_t pd, pl = piece_len(&pc, &pd);
+            if (d == SIZE_MAX && pd != SIZE_MAX)
+                d = flen + pd;
+            flen += pl;
+        }
+        size_t end;
+        if (next == t->nsegs) {
+            if (flen > len - pos)
+                return 0;
+            end = len - flen;
+        } else {
+            assert(d != SIZE_MAX); /* template_compile() puts a delimiter between variables */
+            size_t q = pos;
+            while (q < len && !is_delimiter((unsigned char)text[q]))
+                q++;
+            if (q == len || q - pos < d)
+                return 0;
+            end = q - d;
+        }
+        for (size_t k = pos; k < end; k++)
+            if (is_delimiter((unsigned char)text[k]))
+                return 0;
+        pos = end;
+    }
+    return pos == len;
 }

@@ -82,4 +82,17 @@ int template_single_var(const struct template *t, enum template_var *var, const 
 long template_expand(const struct template *t, template_lookup_fn lookup, void *ctx, char *out,
                      size_t cap);
 
+/*
+ * Returns 1 when text[0..len) is a text template_expand() could write for t,
+ * 0 otherwise: t's literal parts in order, and for each variable the escaped
+ * form of the value `known` gives for it (when known, which may be NULL,
+ * returns 1 for that variable), or else any run of bytes without one that
+ * escaping never writes (':', '{', '}', space, control and non-ASCII bytes;
+ * "%-", an absent value, is such a run). Expansion being injective, there is
+ * only one way to read a text: the work is linear in len per segment.
+ * Allocates nothing.
+ */
+int template_match(const struct template *t, const char *text, size_t len, template_lookup_fn known,
+                   void *ctx);
+
 #endif

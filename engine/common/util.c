@@ -7,11 +7,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+void (*util_fatal)(const char *msg);
 
 static void
 oom(size_t n)
 {
-    fprintf(stderr, "sluice: out of memory (allocating %zu bytes)\n", n);
+    char msg[96];
+    int len = snprintf(msg, sizeof(msg), "out of memory (allocating %zu bytes)", n);
+    if (util_fatal)
+        util_fatal(msg); /* does not return */
+    /* Before the error log is set up: a plain line, written without allocating. */
+    if (write(2, "sluice: ", 8) == 8 && write(2, msg, (size_t)len) == len)
+        (void)!write(2, "\n", 1);
     abort();
 }
 
@@ -71,7 +80,7 @@ xasprintf(const char *fmt, ...)
     return p;
 }
 
-static void
+void
 sbuf_reserve(struct sbuf *b, size_t more)
 {
     if (b->cap - b->len > more)

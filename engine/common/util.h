@@ -18,6 +18,14 @@ char *xstrndup(const char *s, size_t n);
 void util_seterr(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/*
+ * Says why the process aborts when an allocation fails (msg: what failed),
+ * and does not return: set by the error log (common/log.c, which uses this
+ * file and so is not called from it by name) to write the message in its
+ * format. NULL: a plain line on standard error.
+ */
+extern void (*util_fatal)(const char *msg);
+
 /* Writes v in decimal to out (room for 20 bytes), not terminated; returns the length. */
 size_t util_u64(char *out, uint64_t v);
 
@@ -54,6 +62,8 @@ struct sbuf {
     char *p;
     size_t len, cap;
 };
+/* Makes room for `more` bytes and a NUL after b->len (aborts when memory is exhausted). */
+void sbuf_reserve(struct sbuf *b, size_t more);
 void sbuf_add(struct sbuf *b, const void *data, size_t len);
 void sbuf_adds(struct sbuf *b, const char *s);
 /* Appends v in decimal. */

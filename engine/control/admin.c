@@ -1,5 +1,5 @@
 /* admin.c - the admin listener: the status page, status, metrics, callers, reload, explain,
- * invalidate. */
+ * invalidate, cache. */
 #define _GNU_SOURCE
 #include "admin.h"
 
@@ -16,6 +16,7 @@
 #include "metrics.h"
 #include "notify.h"
 #include "policy.h"
+#include "policy_keys.h"
 #include "reload.h"
 #include "status.h"
 #include "store.h"
@@ -23,14 +24,16 @@
 
 /*
  * Routes: GET / (the status page), GET /status, /metrics, /callers, /stats,
- * POST /reload, GET /explain, POST /invalidate. Every one but the page needs
- * the bearer token when one is configured.
- * The listener has one worker; with a gateway it holds its own handle on the
- * gateway's store (Redis with its fallback, or the shared memory store) for
- * /invalidate.
+ * POST /reload, GET /explain, POST /invalidate, GET /cache. Every one but the
+ * page needs the bearer token when one is configured. The listener has one
+ * worker; with a gateway it holds its own handle on the gateway's store (Redis
+ * with its fallback, or the shared memory store) for /invalidate and /cache,
+ * so that neither runs on a gateway worker.
  */
 
-#define INVALIDATE_MAX 1000 /* tags or keys in one POST /invalidate */
+#define INVALIDATE_MAX 1000    /* tags or keys in one POST /invalidate */
+#define CACHE_LIST_DEFAULT 100 /* entries GET /cache lists without a limit */
+#define CACHE_LIST_MAX 1000    /* and at most */
 #define ADMIN_MAX_CONNECTIONS 64
 #define ADMIN_HEADER_TIMEOUT_MS 2000 /* a request to the admin listener is small */
 #define ADMIN_IDLE_TIMEOUT_MS 10000
@@ -69,6 +72,8 @@ admin_server_config(const struct server_config *data, const char *addr, int port
         cfg.idle_timeout_ms = ADMIN_IDLE_TIMEOUT_MS;
     cfg.reuse_port = 0;
     cfg.exclusive = 1;
+    cfg.fds = NULL; /* the server's sockets are not the admin listener's */
+    cfg.nfds = 0;
     return cfg;
 }
 
@@ -367,6 +372,177 @@ out:
     free(op);
 }
 
+/* ---- GET /cache ---------------------------------------------------------------------------- */
+
+/* A listing in flight: the request it answers, and the snapshot that names the routes. */
+struct cache_op {
+    struct server_request *req;
+    struct policy *policy; /* a reference, or NULL */
+};
+
+/* A JSON string of text that may not be UTF-8: bytes of an invalid sequence become "%XX". */
+static json_t *
+json_bytes(const char *p, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    json_t *s = json_stringn(p, len);
+
+    if (s)
+        return s;
+    struct sbuf b = {0};
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c < 0x80) {
+            sbuf_add(&b, &p[i], 1);
+        } else {
+            char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+            sbuf_add(&b, e, 3);
+        }
+    }
+    s = json_stringn(b.p ? b.p : "", b.len);
+    sbuf_free(&b);
+    return s;
+}
+
+/* Seconds of ms rounded up (time left: 0 only once it is over), or null for "none". */
+static json_t *
+seconds_left(uint64_t ms, bool has)
+{
+    return has ? json_integer((json_int_t)((ms + 999) / 1000)) : json_null();
+}
+
+/*
+ * One entry as JSON: key, (a primary's route), kind, status, age, times left, size, tags, and
+ * for a primary its Vary fields and variants. New reference.
+ */
+static json_t *
+cache_entry_json(const struct store_list_entry *e, const struct policy *p, bool primary)
+{
+    const char *kind = e->flags & STORE_ENTRY_VARY   ? "vary"
+                       : e->flags & STORE_ENTRY_PASS ? "pass"
+                                                     : "response";
+    json_t *tags = json_array();
+    for (size_t i = 0; i < e->ntags; i++)
+        json_array_append_new(tags, json_bytes(e->tags[i], e->taglens[i]));
+    json_t *o = json_object();
+    json_object_set_new(o, "key", json_bytes(e->key, e->keylen));
+    if (primary) {
+        const struct policy_endpoint *ep = p ? policy_key_endpoint(p, e->key, e->keylen) : NULL;
+        json_object_set_new(o, "route", ep ? json_string(ep->name) : json_null());
+    }
+    json_object_set_new(o, "kind", json_string(kind));
+    json_object_set_new(o, "status",
+                        strcmp(kind, "response") == 0 ? json_integer(e->status) : json_null());
+    json_object_set_new(o, "age", json_integer((json_int_t)(e->age_ms / 1000)));
+    json_object_set_new(o, "ttl", seconds_left(e->ttl_ms, true));
+    json_object_set_new(o, "stale_while_revalidate", seconds_left(e->swr_left_ms, e->swr_ms > 0));
+    json_object_set_new(o, "stale_if_error", seconds_left(e->sie_left_ms, e->sie_ms > 0));
+    json_object_set_new(o, "bytes", json_integer((json_int_t)e->bytes));
+    json_object_set_new(o, "tags", tags);
+    if (!primary)
+        return o;
+    json_t *variants = json_array();
+    for (size_t j = 0; j < e->nvariants; j++)
+        json_array_append_new(variants, cache_entry_json(&e->variants[j], p, false));
+    json_object_set_new(o, "vary", e->vary ? json_bytes(e->vary, strlen(e->vary)) : json_null());
+    json_object_set_new(o, "variant_count", json_integer((json_int_t)e->variant_count));
+    json_object_set_new(o, "variants", variants);
+    json_object_set_new(o, "variants_partial", json_boolean(e->variants_partial));
+    return o;
+}
+
+static void
+on_cache_listed(void *arg, int status, const struct store_listing *l)
+{
+    struct cache_op *op = arg;
+
+    if (status != 0) {
+        server_respond_problem(op->req, 503, NULL, NULL,
+                               "the store did not complete the listing (it is unavailable or "
+                               "failed): retry",
+                               "Retry-After: 1\r\n");
+        goto out;
+    }
+    json_t *entries = json_array();
+    for (size_t i = 0; i < l->n; i++)
+        json_array_append_new(entries, cache_entry_json(&l->entries[i], op->policy, true));
+    reply_object(op->req, json_pack("{s:s, s:o, s:b, s:I}", "store", l->store, "entries", entries,
+                                    "truncated", l->truncated, "scanned", (json_int_t)l->scanned));
+out:
+    policy_release(op->policy);
+    free(op);
+}
+
+/*
+ * GET /cache?match=GLOB&limit=N: the cache entries whose keys match GLOB (as POST /invalidate's
+ * pattern; default "*"), at most N primaries (default 100, at most 1000), each with the route
+ * whose key template wrote it. 400 for another parameter, one given twice, an empty or
+ * undecodable glob, a bad limit; 503 when the store fails.
+ */
+static void
+admin_cache(struct admin_worker *aw, struct server_request *req)
+{
+    const struct http_str *q = &req->http.query;
+    char *glob = xmalloc(q->len + 2);
+    size_t globlen = 1, limit = CACHE_LIST_DEFAULT;
+    bool seen_match = false, seen_limit = false;
+    char detail[160];
+
+    glob[0] = '*';
+    for (size_t i = 0; i < q->len;) {
+        size_t end = i;
+        while (end < q->len && q->p[end] != '&')
+            end++;
+        const char *name = q->p + i, *eq = memchr(name, '=', end - i);
+        size_t nlen = eq ? (size_t)(eq - name) : end - i;
+        const char *val = eq ? eq + 1 : q->p + end;
+        size_t vlen = (size_t)(q->p + end - val);
+        i = end + 1;
+        if (nlen == 0 && !eq)
+            continue; /* "a=1&&b=2" */
+        if (nlen == 5 && memcmp(name, "match", 5) == 0 && !seen_match) {
+            seen_match = true;
+            if (vlen == 0 || http_pct_decode(val, vlen, glob, &globlen, 1) != 0 || globlen == 0) {
+                snprintf(detail, sizeof(detail),
+                         "match must be a non-empty glob, percent-encoded (no NUL byte)");
+                goto bad;
+            }
+        } else if (nlen == 5 && memcmp(name, "limit", 5) == 0 && !seen_limit) {
+            seen_limit = true;
+            limit = 0;
+            for (size_t k = 0; k < vlen && limit <= CACHE_LIST_MAX; k++)
+                limit = val[k] >= '0' && val[k] <= '9' ? limit * 10 + (size_t)(val[k] - '0')
+                                                       : CACHE_LIST_MAX + 1;
+            if (limit < 1 || limit > CACHE_LIST_MAX) {
+                snprintf(detail, sizeof(detail), "limit must be a number from 1 to %d",
+                         CACHE_LIST_MAX);
+                goto bad;
+            }
+        } else {
+            snprintf(detail, sizeof(detail),
+                     "unknown or repeated query parameter \"%.*s\": give match=GLOB and limit=N "
+                     "once each",
+                     (int)(nlen > 40 ? 40 : nlen), name);
+            goto bad;
+        }
+    }
+    if (!aw->store) {
+        free(glob);
+        server_respond_problem(req, 404, NULL, NULL, "no gateway runs here", NULL);
+        return;
+    }
+    struct cache_op *op = xmalloc(sizeof(*op));
+    op->req = req;
+    op->policy = gateway_policy(aw->cfg->gateway);
+    /* The store completes now (memory) or later from this worker's loop (Redis). */
+    store_list(aw->store, glob, globlen, limit, on_cache_listed, op);
+    free(glob);
+    return;
+bad:
+    free(glob);
+    server_respond_problem(req, 400, NULL, NULL, detail, NULL);
+}
+
 /* ---- GET /metrics, /callers, /stats -------------------------------------------------------- */
 
 static void
@@ -575,10 +751,18 @@ admin_handle(struct server_request *req, void *state)
         admin_invalidate(aw, req);
         return;
     }
+    if (path_is(h, "/cache")) {
+        if (h->method != HTTP_GET) {
+            server_respond_problem(req, 405, NULL, NULL, "use GET", "Allow: GET\r\n");
+            return;
+        }
+        admin_cache(aw, req);
+        return;
+    }
     server_respond_problem(
         req, 404, NULL, NULL,
         "admin endpoints: GET / (the status page), /status, /metrics, /callers, /stats, "
-        "/explain; POST /reload, /invalidate",
+        "/explain, /cache; POST /reload, /invalidate",
         NULL);
 }
 

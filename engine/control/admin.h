@@ -1,4 +1,5 @@
-/* admin.h - the admin listener: the status page, status, reload, explain, invalidate. */
+/* admin.h - the admin listener: the status page, status, reload, explain, invalidate, cache
+ * listings. */
 #ifndef SLUICE_ADMIN_H
 #define SLUICE_ADMIN_H
 
@@ -10,8 +11,9 @@ struct notifier;
 
 struct admin_config {
     struct reloader *reloader;   /* borrowed */
-    struct gateway *gateway;     /* borrowed: the snapshot serving (explain), store health, and
-                                    the store POST /invalidate uses */
+    struct gateway *gateway;     /* borrowed: the snapshot serving (explain, the routes of
+                                    GET /cache), store health, and the store POST /invalidate
+                                    and GET /cache use */
     struct notifier *notifier;   /* borrowed: database-driven invalidation for /status, or NULL */
     const struct server *server; /* borrowed: the gateway's listener, for its connections in
                                     /metrics, or NULL */

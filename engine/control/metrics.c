@@ -255,6 +255,31 @@ stores(struct sbuf *out, const struct gateway_health *h)
     sample_u64(out, "sluice_db_connections", NULL, h->db_connections);
     family(out, "sluice_db_pending", "gauge", "Statements waiting for or running on a connection.");
     sample_u64(out, "sluice_db_pending", NULL, h->db_pending);
+    family(out, "sluice_db_pipelined_total", "counter",
+           "Statements sent behind another on a busy connection (pipeline mode).");
+    sample_u64(out, "sluice_db_pipelined_total", NULL, h->db_pipelined);
+}
+
+/* The access log's counters, when it is on. */
+static void
+access_log(struct sbuf *out, struct gateway *g)
+{
+    struct gateway_access_stats a;
+    gateway_access_stats(g, &a);
+    if (!a.on)
+        return;
+    family(out, "sluice_access_log_lines_total", "counter",
+           "Access log lines handed to the log writer.");
+    sample_u64(out, "sluice_access_log_lines_total", NULL, a.w.lines);
+    family(out, "sluice_access_log_dropped_total", "counter",
+           "Access log lines dropped because their worker's ring was full.");
+    sample_u64(out, "sluice_access_log_dropped_total", NULL, a.w.dropped);
+    family(out, "sluice_access_log_sampled_out_total", "counter",
+           "Access log lines of 2xx and 3xx answers left out by --access-log-sample.");
+    sample_u64(out, "sluice_access_log_sampled_out_total", NULL, a.sampled_out);
+    family(out, "sluice_access_log_write_errors_total", "counter",
+           "Writes to the access log (their lines lost) and reopens that failed.");
+    sample_u64(out, "sluice_access_log_write_errors_total", NULL, a.w.write_errors);
 }
 
 /* ---- the control plane ------------------------------------------------------------------- */
@@ -386,6 +411,7 @@ metrics_render(const struct metrics_sources *src, struct sbuf *out)
         struct gateway_health h;
         gateway_health(src->gateway, &h);
         stores(out, &h);
+        access_log(out, src->gateway);
     }
     family(out, "sluice_invalidations_total", "counter",
            "Cache invalidations (tags, keys or patterns), by what asked for them: a write "

@@ -14,6 +14,7 @@
 #include <event2/event_struct.h>
 #include <libpq-fe.h>
 
+#include "log.h"
 #include "pg_conn.h"
 #include "policy.h"
 #include "store.h"
@@ -279,7 +280,7 @@ dropped(void *arg, int status, uint64_t count)
         pthread_mutex_lock(&n->lock);
         n->drops_all++;
         pthread_mutex_unlock(&n->lock);
-        fprintf(stderr, "sluice: notify: dropped %llu cached entries\n", (unsigned long long)count);
+        log_info("notify: dropped %llu cached entries", (unsigned long long)count);
     } else {
         set_error(n, "store: dropping every cached entry failed");
     }
@@ -300,14 +301,13 @@ drop_all(struct notifier *n, const char *why)
 {
     ensure_store(n);
     if (!n->store->ops->invalidate_pattern) {
-        fprintf(stderr,
-                "sluice: notify: %s, but the %s store cannot drop every entry: entries live "
-                "until their TTL\n",
-                why, n->store->ops->name);
+        log_warn("notify: %s, but the %s store cannot drop every entry: entries live "
+                 "until their TTL",
+                 why, n->store->ops->name);
         set_error(n, "%s: the store cannot drop every entry", why);
         return;
     }
-    fprintf(stderr, "sluice: notify: %s: dropping every cached entry\n", why);
+    log_warn("notify: %s: dropping every cached entry", why);
     n->inflight++;
     store_invalidate_pattern(n->store, "*", 1, dropped, n);
 }
@@ -349,7 +349,7 @@ handle_notification(struct notifier *n, const char *payload)
     if (m < 0) {
         set_error(n, "%s", err);
         if (!n->bad_logged)
-            fprintf(stderr, "sluice: notify: %s (further ones are only counted)\n", err);
+            log_warn("notify: %s (further ones are only counted)", err);
         n->bad_logged = 1;
     }
     if (n->pending.n >= BATCH_MAX)
@@ -374,12 +374,11 @@ conn_failed(struct notifier *n, const char *msg)
 
     set_error(n, "database: %s", line);
     if (n->st == N_LISTENING) {
-        fprintf(stderr, "sluice: notify: lost the connection to PostgreSQL (%s); reconnecting\n",
-                line);
+        log_warn("notify: lost the connection to PostgreSQL (%s); reconnecting", line);
         n->down_logged = 1;
         n->backoff_ms = 0;
     } else if (!n->down_logged) {
-        fprintf(stderr, "sluice: notify: cannot listen for changes yet (%s); retrying\n", line);
+        log_warn("notify: cannot listen for changes yet (%s); retrying", line);
         n->down_logged = 1;
     }
     free(line);
@@ -429,13 +428,12 @@ listening(struct notifier *n)
         pthread_mutex_lock(&n->lock);
         n->reconnects++;
         pthread_mutex_unlock(&n->lock);
-        fprintf(stderr, "sluice: notify: listening again on " TRIGGERS_CHANNEL "\n");
+        log_info("notify: listening again on " TRIGGERS_CHANNEL "");
         /* Rows changed while the connection was down were not seen. */
         drop_all(n, "changes made while the connection was down were not seen");
     } else {
-        fprintf(stderr,
-                "sluice: notify: listening on " TRIGGERS_CHANNEL " for changes to %zu table%s\n",
-                tables, tables == 1 ? "" : "s");
+        log_info("notify: listening on " TRIGGERS_CHANNEL " for changes to %zu table%s", tables,
+                 tables == 1 ? "" : "s");
     }
     n->listened = 1;
 }
@@ -555,8 +553,7 @@ check_cb(evutil_socket_t fd, short what, void *arg)
         conn_start(n);
     } else if (!want && n->st != N_IDLE && n->st != N_STOPPING) {
         if (n->listened)
-            fprintf(stderr,
-                    "sluice: notify: the policy declares no on_change now: not listening\n");
+            log_info("notify: the policy declares no on_change now: not listening");
         conn_close(n);
         n->listened = 0;
         n->down_logged = 0;
@@ -652,11 +649,10 @@ notify_stop(struct notifier *n)
     event_active(&n->stop, EV_TIMEOUT, 1);
     pthread_join(n->thread, NULL);
     if (n->notifications || n->reconnects || n->errors)
-        fprintf(stderr,
-                "sluice: notify: %llu notifications, %llu tags invalidated, %llu reconnects, "
-                "%llu errors\n",
-                (unsigned long long)n->notifications, (unsigned long long)n->invalidations,
-                (unsigned long long)n->reconnects, (unsigned long long)n->errors);
+        log_info("notify: %llu notifications, %llu tags invalidated, %llu reconnects, "
+                 "%llu errors",
+                 (unsigned long long)n->notifications, (unsigned long long)n->invalidations,
+                 (unsigned long long)n->reconnects, (unsigned long long)n->errors);
     event_del(&n->check);
     event_del(&n->stop);
     event_base_free(n->base);

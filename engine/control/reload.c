@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "gateway.h"
+#include "log.h"
 #include "policy.h"
 #include "tenant.h"
 #include "tenant_hooks.h"
@@ -80,20 +81,19 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
         r->last_ok = 1;
         free(r->last_error);
         r->last_error = NULL;
-        fprintf(stderr, "sluice: reloaded %s (%s): generation %llu, %zu endpoints\n", r->dir,
-                trigger, (unsigned long long)gen, p->nendpoints);
+        log_info("reloaded %s (%s): generation %llu, %zu endpoints", r->dir, trigger,
+                 (unsigned long long)gen, p->nendpoints);
         if (p->tenant_errors)
-            fprintf(stderr,
-                    "sluice: tenant files that did not load (each tenant keeps its last "
-                    "good version, if any):\n%s",
-                    p->tenant_errors);
+            log_warn("tenant files that did not load (each tenant keeps its last "
+                     "good version, if any):\n%s",
+                     p->tenant_errors);
     } else {
         r->failures++;
         r->last_ok = 0;
         free(r->last_error);
         r->last_error = xstrdup(errs ? errs : "policy rejected\n");
-        fprintf(stderr, "sluice: reload of %s (%s) failed; still serving generation %llu:\n%s",
-                r->dir, trigger, (unsigned long long)cur->generation, r->last_error);
+        log_error("reload of %s (%s) failed; still serving generation %llu:\n%s", r->dir, trigger,
+                  (unsigned long long)cur->generation, r->last_error);
         rc = -1;
     }
     pthread_mutex_unlock(&r->lock);

@@ -1,5 +1,5 @@
 /* status.c - the state of the process as one JSON object: policy generations and reloads, the
- * store's health, database-driven invalidation. */
+ * store's health, the access log, database-driven invalidation. */
 #include "status.h"
 
 #include "gateway.h"
@@ -14,6 +14,8 @@ status_json(const struct status_sources *src)
         json_object_set_new(o, "store", gateway_store_status(src->gateway));
     if (src->gateway)
         json_object_set_new(o, "database", gateway_db_status(src->gateway));
+    if (src->gateway)
+        json_object_set_new(o, "access_log", gateway_access_status(src->gateway));
     if (src->notifier)
         json_object_set_new(o, "notify", notify_status(src->notifier));
     return o;

@@ -1,5 +1,5 @@
 /* status.h - the state of the process as one JSON object: policy generations and reloads, the
- * store's health, database-driven invalidation. */
+ * store's health, the access log, database-driven invalidation. */
 #ifndef SLUICE_STATUS_H
 #define SLUICE_STATUS_H
 
@@ -16,7 +16,8 @@ struct status_sources {
     struct notifier *notifier; /* the LISTEN connection and its counters */
 };
 
-/* Returns the status (a new reference): the reloader's object with "store" and "notify". */
+/* Returns the status (a new reference): the reloader's object with "store", "database",
+ * "access_log" and "notify". */
 json_t *status_json(const struct status_sources *src);
 
 #endif

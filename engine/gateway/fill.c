@@ -39,6 +39,17 @@ on_filled(void *arg, int status)
     gw_reply_entry(rq, rq->answer, rq->fill_xcache, rq->answer->stored_ms);
 }
 
+struct store_entry *
+gw_entry_new(const struct gw_req *rq, uint16_t status, const char *content_type,
+             const char *headers, size_t headers_len, const char *etag, const void *body,
+             size_t body_len)
+{
+    size_t room = rq->admit.cache_key
+                      ? store_record_room(rq->wk->store, rq->admit.cache_keylen, rq->admit.ntags)
+                      : 0;
+    return store_entry_make(status, content_type, headers, headers_len, etag, body, body_len, room);
+}
+
 void
 gw_entry_windows(struct store_entry *e, uint64_t swr_ms, uint64_t sie_ms, uint64_t keep_ms)
 {
@@ -91,7 +102,7 @@ gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, co
     if (vary && !rq->primary_key) {
         long n = gw_vary_key(rq, vary);
         if (n >= 0) {
-            struct store_entry *m = store_entry_new(200, NULL, xstrdup(vary), strlen(vary));
+            struct store_entry *m = gw_entry_new(rq, 200, NULL, NULL, 0, NULL, vary, strlen(vary));
             m->flags = STORE_ENTRY_VARY;
             m->stale_ms = e->stale_ms;
             fill_key(rq, key, keylen, m, ttl_ms);
@@ -140,7 +151,7 @@ gw_remember_uncacheable(struct gw_req *rq, struct store_entry *e, const char *xc
     }
     const struct policy_endpoint *ep = rq->ep;
     uint64_t ttl = !ep->ttl_origin && ep->ttl_ms < HIT_FOR_MISS_MS ? ep->ttl_ms : HIT_FOR_MISS_MS;
-    struct store_entry *m = store_entry_new(200, NULL, xstrdup(""), 0);
+    struct store_entry *m = gw_entry_new(rq, 200, NULL, NULL, 0, NULL, "", 0);
     m->flags = STORE_ENTRY_PASS;
     const char *key = rq->primary_key ? rq->primary_key : rq->admit.cache_key;
     size_t keylen = rq->primary_key ? rq->primary_len : rq->admit.cache_keylen;
@@ -161,8 +172,9 @@ on_invalidated(void *arg, int status)
 {
     struct gw_req *rq = arg;
     if (status != 0)
-        fprintf(stderr, "sluice: invalidation after %s failed; entries may stay until their TTL\n",
-                rq->ep->name);
+        gw_log(rq, LOGL_WARN, 0,
+               "the invalidation after the write failed; entries may stay "
+               "until their TTL");
     gw_reply_entry(rq, rq->answer, NULL, 0);
 }
 

@@ -8,6 +8,17 @@
 #include "req.h"
 
 /*
+ * Returns a new entry (refs 1) of an answer the request may fill: copies of
+ * the content type, header lines, ETag and body (each may be NULL; nothing
+ * taken) in one allocation with room for the store's record of it under the
+ * request's cache key (store_entry_make(), store_record_room()), so that
+ * what the cache keeps of it is one block.
+ */
+struct store_entry *gw_entry_new(const struct gw_req *rq, uint16_t status, const char *content_type,
+                                 const char *headers, size_t headers_len, const char *etag,
+                                 const void *body, size_t body_len);
+
+/*
  * Sets an entry's stale windows before its fill: served stale for swr_ms past
  * its freshness while one refresh runs, for sie_ms when the origin fails, and
  * kept at least keep_ms past it (to be revalidated).

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "db.h"
+#include "log.h"
 #include "path.h"
 #include "plan.h"
 #include "policy.h"
@@ -122,8 +123,7 @@ handle(struct server_request *sr, void *state)
     enum router_result r = router_match(p->router, h->method_str.p, h->method_str.len, h->path.p,
                                         h->path.len, h->query.p, h->query.len, &m);
     if (r == ROUTER_NOT_FOUND) {
-        server_respond_problem(sr, 404, NULL, NULL, "no endpoint matches this path", NULL);
-        gw_stats_answered(wk, h, GW_ROUTE_UNMATCHED, NULL, 404, GW_CACHE_NONE, start_us);
+        gw_reply_unrouted(wk, sr, 404, "no endpoint matches this path", NULL, start_us);
         return;
     }
     if (r == ROUTER_METHOD_NOT_ALLOWED) {
@@ -138,9 +138,7 @@ handle(struct server_request *sr, void *state)
             first = 0;
         }
         snprintf(allow + len, sizeof(allow) - len, "\r\n");
-        server_respond_problem(sr, 405, NULL, NULL, "this endpoint does not take this method",
-                               allow);
-        gw_stats_answered(wk, h, GW_ROUTE_UNMATCHED, NULL, 405, GW_CACHE_NONE, start_us);
+        gw_reply_unrouted(wk, sr, 405, "this endpoint does not take this method", allow, start_us);
         return;
     }
     gw_req_begin(gw_req_new(wk, sr, p, &m));
@@ -215,6 +213,7 @@ gateway_health(struct gateway *g, struct gateway_health *out)
         out->db_size += d->size;
         out->db_connections += d->connections;
         out->db_pending += d->pending;
+        out->db_pipelined += d->pipelined;
         if (d->size && d->backing_off == d->size)
             out->db_unreachable++;
         if (d->last_error_ms > out->db_last_error_ms) {
@@ -336,7 +335,7 @@ gateway_store_new(struct gateway *g, struct event_base *base, const char *name)
             struct store_failover_config fc = {.name = name};
             return store_failover_new(r, store_memory_handle(g->mem), &fc);
         }
-        fprintf(stderr, "sluice: %s: redis: %s; using the memory store\n", name, err);
+        log_warn("%s: redis: %s; using the memory store", name, err);
     }
     return store_memory_handle(g->mem);
 }
@@ -351,6 +350,9 @@ worker_init(struct worker *w, void *ctx)
     gw_stats_init(&wk->stats);
     wk->stats.off = g->cfg.no_stats;
     unsigned idx = server_worker_index(w);
+    gw_access_init(&wk->access, g->cfg.access_log, idx,
+                   g->cfg.access_sample > 0 ? g->cfg.access_sample : 1.0);
+    /* Registered once set up: status output reads its counts from here on. */
     if (idx < GATEWAY_MAX_WORKERS) {
         pthread_mutex_lock(&g->lock);
         g->workers[idx] = wk;
@@ -366,7 +368,7 @@ worker_init(struct worker *w, void *ctx)
     wk->db = db_pool_new(server_worker_base(w), g->cfg.database_url ? g->cfg.database_url : "",
                          g->cfg.db_pool_size, g->cfg.db_deadline_ms, 1024, err, sizeof(err));
     if (!wk->db)
-        fprintf(stderr, "sluice: worker %u: database: %s\n", server_worker_index(w), err);
+        log_error("worker %u: database: %s", server_worker_index(w), err);
     wk->up = upstream_pool_new(server_worker_base(w), NULL);
     wk->cache_max_size = g->cfg.cache_max_size ? g->cfg.cache_max_size : GATEWAY_CACHE_MAX_SIZE;
     wk->ws_idle_ms = g->cfg.ws_idle_ms;
@@ -412,6 +414,7 @@ worker_fini(void *state)
         pthread_mutex_unlock(&g->lock);
     }
     gw_stats_free(&wk->stats);
+    gw_access_free(&wk->access);
     free(wk);
 }
 
@@ -425,6 +428,38 @@ gateway_stats(struct gateway *g, struct gw_stats_view *v, size_t callers_per_pol
             gw_stats_merge(v, &g->workers[i]->stats);
     pthread_mutex_unlock(&g->lock);
     gw_stats_view_finish(v);
+}
+
+void
+gateway_access_stats(struct gateway *g, struct gateway_access_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!g->cfg.access_log)
+        return;
+    out->on = true;
+    out->path = logwriter_path(g->cfg.access_log);
+    out->sample = g->cfg.access_sample > 0 ? g->cfg.access_sample : 1.0;
+    logwriter_stats(g->cfg.access_log, &out->w);
+    pthread_mutex_lock(&g->lock);
+    for (unsigned i = 0; i < GATEWAY_MAX_WORKERS; i++)
+        if (g->workers[i])
+            out->sampled_out +=
+                __atomic_load_n(&g->workers[i]->access.sampled_out, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&g->lock);
+}
+
+json_t *
+gateway_access_status(struct gateway *g)
+{
+    struct gateway_access_stats a;
+    gateway_access_stats(g, &a);
+    if (!a.on)
+        return json_null();
+    return json_pack("{s:s, s:f, s:I, s:I, s:I, s:I, s:I, s:I}", "path", a.path, "sample", a.sample,
+                     "lines", (json_int_t)a.w.lines, "dropped", (json_int_t)a.w.dropped,
+                     "sampled_out", (json_int_t)a.sampled_out, "bytes", (json_int_t)a.w.bytes,
+                     "reopens", (json_int_t)a.w.reopens, "write_errors",
+                     (json_int_t)a.w.write_errors);
 }
 
 struct server_app

@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "hist.h"
+#include "logwriter.h"
 #include "server.h"
 #include "store_memory.h"
 
@@ -32,6 +33,8 @@ struct gateway_config {
     uint64_t ws_idle_ms;          /* a WebSocket tunnel with nothing moving this long closes;
                                      0: never */
     uint64_t ws_max_ms;           /* a WebSocket tunnel closes after this long; 0: never */
+    struct logwriter *access_log; /* borrowed, one producer per worker; NULL: no access log */
+    double access_sample;         /* 2xx/3xx access log lines kept (0 < x <= 1); 0: all */
 };
 
 #define GATEWAY_CACHE_MAX_SIZE ((size_t)1 << 20) /* --cache-max-size's default */
@@ -102,6 +105,7 @@ struct gateway_health {
     unsigned db_size;                 /* connection slots of every pool */
     unsigned db_connections;          /* established */
     unsigned db_pending;              /* statements waiting or running */
+    uint64_t db_pipelined;            /* statements sent behind another on a busy connection */
     unsigned db_unreachable;          /* pools whose every slot is backing off after failures */
     char db_last_error[256];          /* the latest failed connect or lost connection */
     uint64_t db_last_error_ms;        /* when (ms since the epoch); 0: never */
@@ -126,6 +130,25 @@ struct store *gateway_store_new(struct gateway *g, struct event_base *base, cons
  */
 struct gw_stats_view;
 void gateway_stats(struct gateway *g, struct gw_stats_view *v, size_t callers_per_policy);
+
+/* The access log as status output sees it. */
+struct gateway_access_stats {
+    bool on;                  /* false: no access log (the rest is zero) */
+    const char *path;         /* its file, or "-" (borrowed from the writer) */
+    double sample;            /* the fraction of 2xx/3xx lines kept */
+    struct logwriter_stats w; /* lines put, dropped, bytes written, reopens, write errors */
+    uint64_t sampled_out;     /* 2xx/3xx lines the sampling left out */
+};
+
+/* Fills *out from the writer and every worker's sampling count. */
+void gateway_access_stats(struct gateway *g, struct gateway_access_stats *out);
+
+/*
+ * The access log as JSON for /status: null when it is off, else {"path",
+ * "sample", "lines", "dropped", "sampled_out", "bytes", "reopens",
+ * "write_errors"}. New reference.
+ */
+json_t *gateway_access_status(struct gateway *g);
 
 /* The server_app that runs the gateway on each worker. */
 struct server_app gateway_app(struct gateway *g);

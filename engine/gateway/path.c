@@ -99,6 +99,7 @@ only_if_cached(struct gw_req *rq)
 {
     if (!rq->has_directives || !rq->directives.only_if_cached)
         return false;
+    gw_log(rq, LOGL_WARN, 504, "504 only-if-cached: no stored answer");
     gw_fail(rq, 504, "only-if-cached: no stored answer for this request");
     return true;
 }
@@ -325,7 +326,8 @@ on_tier(void *arg, const struct db_result *res)
         gw_set_tier(rq, t, tl);
     } else {
         /* The lookup failed: serve under the default tier, and do not remember it. */
-        fprintf(stderr, "sluice: tier lookup failed: %s\n", res->detail);
+        /* Not tied to the request: its answer may still fail on its own, in one line. */
+        log_warn("tier lookup failed (%s); the default tier serves meanwhile", res->detail);
         gw_set_tier(rq, NULL, 0);
     }
     admit_request(rq);
@@ -360,7 +362,8 @@ identify(struct gw_req *rq)
         else
             params[i] = NULL;
     }
-    if (!rq->wk->db || db_query(rq->wk->db, id->tier_sql, (int)n, params, on_tier, rq) != 0) {
+    if (!rq->wk->db ||
+        db_query(rq->wk->db, id->tier_sql, (int)n, params, DB_READ, on_tier, rq) != 0) {
         gw_set_tier(rq, NULL, 0);
         admit_request(rq);
     }
@@ -402,6 +405,7 @@ gw_detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t
     rq->own_sr.ip = rq->own_ip;
     rq->own_sr.worker = wk->w;
     rq->sr = &rq->own_sr;
+    rq->method = sr.http.method;
     rq->detached = true;
     LIST_INSERT_HEAD(&wk->background, rq, bg_link);
     *raw = (struct sbuf){0};

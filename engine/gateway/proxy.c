@@ -23,23 +23,23 @@
  * answer's transfer codings, when its body is still in them, as a Transfer-Encoding field.
  */
 static struct store_entry *
-upstream_entry(const struct upstream_response *res, const struct http_header *f, size_t n)
+upstream_entry(const struct gw_req *rq, const struct upstream_response *res,
+               const struct http_header *f, size_t n)
 {
     const char *ct = upstream_response_field(res, "content-type");
     const char *etag = upstream_response_field(res, "etag");
-    struct store_entry *e = store_entry_new((uint16_t)res->status, ct ? xstrdup(ct) : NULL,
-                                            xstrndup(res->body, res->body_len), res->body_len);
-    e->stored_ms = store_now_ms(); /* a fresh answer: Age 0 also when it is not stored */
     struct sbuf h = {0};
     httpcache_replay_fields(f, n, &h);
     if (res->transfer_encoding)
         sbuf_printf(&h, "Transfer-Encoding: %s\r\n", res->transfer_encoding);
-    e->headers = h.p;
-    e->headers_len = h.len;
-    if (etag && etag[0]) {
-        e->etag = xstrdup(etag);
+    if (etag && !etag[0])
+        etag = NULL;
+    struct store_entry *e = gw_entry_new(rq, (uint16_t)res->status, ct, h.p, h.len, etag,
+                                         res->body ? res->body : "", res->body_len);
+    sbuf_free(&h);
+    e->stored_ms = store_now_ms(); /* a fresh answer: Age 0 also when it is not stored */
+    if (etag)
         e->flags |= STORE_ENTRY_ORIGIN_ETAG;
-    }
     return e;
 }
 
@@ -190,25 +190,23 @@ freshen(struct gw_req *rq, const struct upstream_response *res, const struct htt
         size_t n, uint64_t response_ms)
 {
     const struct store_entry *old = rq->stale;
-    char *body = xmalloc(old->body_len + 1);
-    memcpy(body, old->body, old->body_len);
-    struct store_entry *e = store_entry_new(
-        old->status, old->content_type ? xstrdup(old->content_type) : NULL, body, old->body_len);
     struct sbuf h = {0};
     httpcache_update_fields(old->headers ? old->headers : "", old->headers_len, f, n, &h);
-    e->headers = h.p;
-    e->headers_len = h.len;
     const char *etag = upstream_response_field(res, "etag");
-    if (etag && etag[0]) {
-        e->etag = xstrdup(etag);
-        e->flags |= STORE_ENTRY_ORIGIN_ETAG;
-    } else if (old->etag) {
-        e->etag = xstrdup(old->etag);
-        e->flags |= old->flags & STORE_ENTRY_ORIGIN_ETAG;
+    uint8_t origin_etag = STORE_ENTRY_ORIGIN_ETAG;
+    if (!etag || !etag[0]) {
+        etag = old->etag;
+        origin_etag = old->flags & STORE_ENTRY_ORIGIN_ETAG;
     }
+    struct store_entry *e = gw_entry_new(rq, old->status, old->content_type, h.p, h.len, etag,
+                                         old->body ? old->body : "", old->body_len);
+    sbuf_free(&h);
+    if (etag)
+        e->flags |= origin_etag;
     /* The answer as it now stands: its stored fields (with the 304's), its ETag. */
     struct http_header mf[UPSTREAM_MAX_FIELDS + 2];
-    size_t mn = h.len ? fields_of_lines(h.p, h.len, mf, UPSTREAM_MAX_FIELDS) : 0;
+    size_t mn =
+        e->headers_len ? fields_of_lines(e->headers, e->headers_len, mf, UPSTREAM_MAX_FIELDS) : 0;
     if (e->etag && (e->flags & STORE_ENTRY_ORIGIN_ETAG))
         mf[mn++] = (struct http_header){{"ETag", 4}, {e->etag, strlen(e->etag)}};
     store_answer(rq, e, e->status, mf, mn, response_ms, "REVALIDATED");
@@ -260,7 +258,7 @@ stream_answer(struct gw_req *rq, const struct upstream_response *res, uint64_t r
 {
     struct http_header fields[UPSTREAM_MAX_FIELDS];
     size_t n = fields_of(res, fields);
-    struct store_entry *e = upstream_entry(res, fields, n);
+    struct store_entry *e = upstream_entry(rq, res, fields, n);
     struct gw_relay *r = gw_relay_new(rq, e, res->content_length);
     bool sse = event_stream(res);
     if (res->transfer_encoding) {
@@ -347,6 +345,7 @@ on_upstream(void *arg, const struct upstream_response *res)
     const struct policy_endpoint *ep = rq->ep;
     uint64_t response_ms = store_now_ms();
     rq->call = NULL;
+    gw_origin_done(rq);
     char internal[320];
     struct gw_stats *st = &rq->wk->stats;
     if (rq->relay && rq->relay->head) {
@@ -373,7 +372,7 @@ on_upstream(void *arg, const struct upstream_response *res)
         gw_upstream_failed(rq, res->error, res->detail);
         return;
     }
-    gw_stats_origin(st, GW_ORIGIN_UPSTREAM, util_mono_us() - rq->origin_us, response_ms);
+    gw_stats_origin(st, GW_ORIGIN_UPSTREAM, rq->origin_time_us, response_ms);
     if (res->status >= 500 && gw_stale_serves(rq)) {
         snprintf(internal, sizeof(internal), "upstream \"%s\" answered %d", ep->up->name,
                  res->status);
@@ -386,7 +385,7 @@ on_upstream(void *arg, const struct upstream_response *res)
         freshen(rq, res, fields, n, response_ms);
         return;
     }
-    struct store_entry *e = upstream_entry(res, fields, n);
+    struct store_entry *e = upstream_entry(rq, res, fields, n);
     if (res->transfer_encoding) {
         /* A coding sluice does not decode: passed on as received, never stored (and no
          * hit-for-miss marker); this worker's waiters on the key go to the origin themselves. */
@@ -484,6 +483,10 @@ line_in(const char *line, size_t len, const char *const *names, size_t n)
 /* The fields that describe a forwarded body: they go with it, listed or not. */
 static const char *const body_fields[] = {"content-type", "content-encoding"};
 
+/* The trace context goes on listed or not; upstream_forward_headers() kept it only when it is
+ * well formed. */
+static const char *const trace_fields[] = {"traceparent", "tracestate"};
+
 /* Whether the upstream's forward_headers, when it has them, let field `name` through. */
 static bool
 listed(const struct policy_upstream *up, const char *name)
@@ -507,8 +510,8 @@ line_listed(const struct policy_upstream *up, const char *line, size_t len)
 /*
  * Drops from the client's "Name: value\r\n" lines in b those the request must not forward:
  * on a fill, conditionals, ranges and method overrides; the fields the upstream's
- * forward_headers leave out (but Content-Type and Content-Encoding with a body); and the
- * identity headers and X-Request-Id, which gw_proxy_run() writes again.
+ * forward_headers leave out (but Content-Type and Content-Encoding with a body, and the trace
+ * context); and the identity headers and X-Request-Id, which gw_proxy_run() writes again.
  */
 static void
 drop_fields(struct gw_req *rq, struct sbuf *b, bool filling, bool with_body)
@@ -520,13 +523,15 @@ drop_fields(struct gw_req *rq, struct sbuf *b, bool filling, bool with_body)
         const char *nl = memchr(b->p + i, '\n', b->len - i);
         size_t len = nl ? (size_t)(nl - (b->p + i)) + 1 : b->len - i;
         const char *line = b->p + i;
-        bool drop = (filling && line_in(line, len, fill_dropped,
-                                        sizeof(fill_dropped) / sizeof(fill_dropped[0]))) ||
-                    line_is(line, len, id->user_header) || line_is(line, len, id->tenant_header) ||
-                    line_is(line, len, "x-request-id") ||
-                    (!line_listed(up, line, len) &&
-                     !(with_body && line_in(line, len, body_fields,
-                                            sizeof(body_fields) / sizeof(body_fields[0]))));
+        bool drop =
+            (filling &&
+             line_in(line, len, fill_dropped, sizeof(fill_dropped) / sizeof(fill_dropped[0]))) ||
+            line_is(line, len, id->user_header) || line_is(line, len, id->tenant_header) ||
+            line_is(line, len, "x-request-id") ||
+            (!line_listed(up, line, len) &&
+             !(with_body &&
+               line_in(line, len, body_fields, sizeof(body_fields) / sizeof(body_fields[0]))) &&
+             !line_in(line, len, trace_fields, sizeof(trace_fields) / sizeof(trace_fields[0])));
         if (!drop) {
             memmove(b->p + o, line, len);
             o += len;

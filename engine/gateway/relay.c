@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fill.h"
 #include "util.h"
 
 static bool relay_reply(struct gw_req *rq, const struct server_response *resp);
@@ -36,6 +37,8 @@ finish(struct gw_req *rq, bool cut)
 {
     struct server_request *sr = rq->sr;
     bool started = rq->relay->started;
+    if (started)
+        gw_answered(rq, rq->relay->passed);
     rq->relay->started = false; /* relay_free() leaves the stream alone */
     gw_req_free(rq);
     if (cut || !started)
@@ -99,6 +102,9 @@ relay_reply(struct gw_req *rq, const struct server_response *resp)
     if (!r->started) {
         rq->status = resp->status;
         r->started = true;
+        if (resp->status >= 500 && !rq->logged)
+            /* As respond() does: one line for every 5xx, here the origin's own. */
+            gw_log(rq, LOGL_WARN, resp->status, "%d: the origin's own answer", resp->status);
         server_stream_start(rq->sr, resp,
                             resp->close_delimited || r->length < 0 ? SERVER_LENGTH_UNKNOWN
                                                                    : r->length,
@@ -206,9 +212,8 @@ gw_relay_done(struct gw_req *rq, enum upstream_error error, const char *internal
         }
         /* The head is out: no error answer can follow it. A reset tells the client that what
          * it got is not the whole answer. */
-        fprintf(stderr,
-                "sluice: request %s: %s: the upstream failed mid-answer after %llu bytes: %s\n",
-                gw_request_id(rq), rq->ep->name, (unsigned long long)r->passed, internal);
+        gw_log(rq, LOGL_ERROR, rq->status, "the upstream failed mid-answer after %llu bytes: %s",
+               (unsigned long long)r->passed, internal);
         gw_stats_origin_error(&rq->wk->stats, GW_ORIGIN_UPSTREAM, "midstream");
         finish(rq, true);
         return NULL;
@@ -220,17 +225,11 @@ gw_relay_done(struct gw_req *rq, enum upstream_error error, const char *internal
     /* The whole answer for the store; the stream ends when the store has answered. */
     const struct store_entry *h = r->head;
     struct store_entry *e =
-        store_entry_new(h->status, h->content_type ? xstrdup(h->content_type) : NULL,
-                        r->copy.p ? r->copy.p : xstrdup(""), r->copy.len);
-    r->copy = (struct sbuf){0};
+        gw_entry_new(rq, h->status, h->content_type, h->headers, h->headers ? h->headers_len : 0,
+                     h->etag, r->copy.p ? r->copy.p : "", r->copy.len);
+    sbuf_free(&r->copy);
     e->stored_ms = h->stored_ms;
     e->flags = h->flags;
-    if (h->headers) {
-        e->headers = xstrndup(h->headers, h->headers_len);
-        e->headers_len = h->headers_len;
-    }
-    if (h->etag)
-        e->etag = xstrdup(h->etag);
     store_entry_ref(e);
     r->kept = e;
     r->store_pending = true;
@@ -321,8 +320,8 @@ static void
 on_tunnel_total(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_req *rq = arg;
-    fprintf(stderr, "sluice: request %s: %s: WebSocket tunnel closed after %llu ms\n",
-            gw_request_id(rq), rq->ep->name, (unsigned long long)rq->wk->ws_max_ms);
+    gw_log(rq, LOGL_INFO, 101, "WebSocket tunnel closed after %llu ms",
+           (unsigned long long)rq->wk->ws_max_ms);
     finish(rq, false);
 }
 

@@ -5,6 +5,7 @@
 
 #include <assert.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include "httpcache.h"
+#include "log.h"
 #include "template.h"
 #include "upstream.h"
 #include "util.h"
@@ -43,14 +45,16 @@ gw_cache_kind_of(const char *xcache)
     }
 }
 
-void
-gw_stats_answered(struct gw_worker *wk, const struct http_request *h, const char *route,
-                  const char *tier, int status, enum gw_cache_kind cache, uint64_t start_us)
+/* Counts an answered request of `route` in wk's stats: its method (OTHER for one no route
+ * names), caller tier (or NULL), status, X-Cache, and its time in the gateway. It reads
+ * nothing of the request's head: counted as the answer leaves or later, all the same. */
+static void
+count_answer(struct gw_worker *wk, enum http_method method, const char *route, const char *tier,
+             int status, enum gw_cache_kind cache, uint64_t duration_us)
 {
     /* A method no route names is any token the client likes: one label for all of them. */
-    const char *m = h->method == HTTP_OTHER ? "OTHER" : h->method_str.p;
-    size_t mlen = h->method == HTTP_OTHER ? 5 : h->method_str.len;
-    gw_stats_request(&wk->stats, route, tier, m, mlen, status, cache, util_mono_us() - start_us,
+    const char *m = http_method_name(method);
+    gw_stats_request(&wk->stats, route, tier, m, strlen(m), status, cache, duration_us,
                      store_now_ms());
 }
 
@@ -70,6 +74,7 @@ gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
     rq->wk = wk;
     rq->start_us = util_mono_us();
     rq->sr = sr;
+    rq->method = sr ? sr->http.method : HTTP_OTHER; /* a detached request sets its own */
     policy_ref(p);
     rq->policy = p;
     rq->ep = m->data;
@@ -77,27 +82,10 @@ gw_req_new(struct gw_worker *wk, struct server_request *sr, struct policy *p,
     return rq;
 }
 
-/*
- * Counts an answered client request in its worker's stats, once, while its strings are still
- * there: before the server has the answer (after it, the connection may read the next request
- * over them, or be freed).
- */
-static void
-count_answered(struct gw_req *rq)
-{
-    struct gw_worker *wk = rq->wk;
-    if (!wk || rq->detached || !rq->status || rq->counted)
-        return;
-    rq->counted = true;
-    gw_stats_answered(wk, &rq->sr->http, rq->ep->name, rq->tier ? rq->tier->name : NULL, rq->status,
-                      rq->cache_kind, rq->start_us);
-}
-
 void
 gw_req_free(struct gw_req *rq)
 {
     struct gw_worker *wk = rq->wk;
-    count_answered(rq);
     if (rq->detached)
         LIST_REMOVE(rq, bg_link);
     if (rq->warm) {
@@ -137,19 +125,120 @@ gw_req_free(struct gw_req *rq)
     free(rq);
 }
 
+uint64_t
+gw_origin_done(struct gw_req *rq)
+{
+    rq->origin_time_us = util_mono_us() - rq->origin_us;
+    rq->origin_timed = true;
+    return rq->origin_time_us;
+}
+
+/* ---- the error log and the access log ------------------------------------------------------ */
+
+void
+gw_log(struct gw_req *rq, enum log_level lv, int status, const char *fmt, ...)
+{
+    rq->logged = true;
+    if (!log_enabled(lv))
+        return;
+    char msg[1024], flat[2048], st[16];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    /* What an origin said may quote the request's own bytes: one line whatever it holds. */
+    size_t n = 0;
+    for (const char *p = msg; *p && n + 2 < sizeof(flat); p++) {
+        if (*p == '\n' || *p == '\r') {
+            flat[n++] = '\\';
+            flat[n++] = *p == '\n' ? 'n' : 'r';
+        } else {
+            flat[n++] = *p;
+        }
+    }
+    flat[n] = '\0';
+    const char *id = gw_request_id(rq);
+    struct log_field f[3] = {{"request_id", id}, {"route", rq->ep->name}, {"status", st}};
+    snprintf(st, sizeof(st), "%d", status);
+    log_fields(lv, f, status ? 3 : 2, "request %s: %s: %s", id, rq->ep->name, flat);
+}
+
+/* The access log's record of request rq, answered rq->status with body_len bytes of body. */
+static void
+access_record(const struct gw_req *rq, uint64_t body_len, uint64_t now_us,
+              struct gw_access_record *r)
+{
+    *r = (struct gw_access_record){
+        .now_us = now_us,
+        .duration_us = now_us - rq->start_us,
+        .request_id = rq->request_id,
+        .http = &rq->sr->http,
+        .route = rq->ep->name,
+        .status = rq->status,
+        .cache = rq->cache_kind,
+        .user = rq->user,
+        .user_len = rq->user_len,
+        .tenant = rq->tenant,
+        .tenant_len = rq->tenant_len,
+        .tier = rq->tier ? rq->tier->name : NULL,
+        .limit = rq->deciding_limit,
+        .limit_remaining = rq->deciding_remaining,
+        .limit_shadow = rq->deciding_shadow,
+        .shadow_denied = rq->shadow_denied,
+        .nshadow_denied = rq->nshadow_denied,
+        .origin = rq->origin_timed,
+        .origin_us = rq->origin_time_us,
+        .client = rq->sr->ip,
+        .bytes = rq->sr->http.method == HTTP_HEAD ? 0 : body_len,
+    };
+}
+
+/* The client is answered rq->status with body_len bytes of body, and the server is about to
+ * have the answer (after which the request's strings are gone): counts it in the worker's
+ * stats and puts its line in the worker's access log. */
+static void
+answered(struct gw_req *rq, uint64_t body_len)
+{
+    struct gw_worker *wk = rq->wk;
+    if (!wk)
+        return;
+    uint64_t now_us = util_mono_us();
+    count_answer(wk, rq->method, rq->ep->name, rq->tier ? rq->tier->name : NULL, rq->status,
+                 rq->cache_kind, now_us - rq->start_us);
+    if (!gw_access_on(&wk->access))
+        return;
+    gw_request_id(rq);
+    struct gw_access_record r;
+    access_record(rq, body_len, now_us, &r);
+    gw_access_log(&wk->access, &r);
+}
+
+void
+gw_answered(struct gw_req *rq, uint64_t body_len)
+{
+    if (!rq->detached)
+        answered(rq, body_len);
+}
+
 /* Sends a response to the request's client; a detached request has none. */
 static void
 respond(struct gw_req *rq, const struct server_response *resp)
 {
     rq->status = resp->status;
     if (rq->detached) {
-        if (resp->status >= 400 && rq->warm)
-            fprintf(stderr, "sluice: warming %s failed: %d\n", rq->ep->name, resp->status);
+        if (resp->status >= 400 && rq->warm && !rq->logged)
+            gw_log(rq, LOGL_WARN, resp->status, "warming failed: the origin answered %d",
+                   resp->status);
         if (resp->release)
             resp->release(resp->body, resp->body_len, resp->body_arg);
         return;
     }
-    count_answered(rq);
+    if (resp->status >= 500 && !rq->logged)
+        /* Not the gateway's failure: an origin's own answer, passed on or from the cache. */
+        gw_log(rq, LOGL_WARN, resp->status, "%d: %s", resp->status,
+               rq->cache_kind == GW_CACHE_HIT ? "the cached answer of the origin"
+                                              : "the origin's own answer");
+    answered(rq, resp->body_len);
     server_respond(rq->sr, resp);
 }
 
@@ -189,8 +278,10 @@ hdr_u64(struct gw_req *rq, uint64_t v)
 /* ---- request ids ---------------------------------------------------------------------------- */
 
 static pthread_once_t id_once = PTHREAD_ONCE_INIT;
-static uint64_t id_base; /* random, drawn once per process */
-static uint64_t id_next; /* atomic */
+static uint64_t id_base;   /* random, drawn once per process */
+static uint64_t id_blocks; /* atomic: the first count of the next thread's block */
+#define ID_BLOCK (1ull << 32)
+static __thread uint64_t id_next, id_end; /* this thread's block: no counter shared per id */
 
 static void
 id_init(void)
@@ -207,6 +298,18 @@ id_mix(uint64_t x)
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
     x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
     return x ^ (x >> 31);
+}
+
+/* A count no other call of the process has had: each thread counts through a block of its
+ * own, taken from the shared counter once per 2^32 ids. */
+static uint64_t
+id_count(void)
+{
+    if (id_next == id_end) {
+        id_next = __atomic_fetch_add(&id_blocks, ID_BLOCK, __ATOMIC_RELAXED);
+        id_end = id_next + ID_BLOCK;
+    }
+    return id_next++;
 }
 
 /* A client's X-Request-Id is taken only as a token that is safe in a log line, a header and
@@ -226,11 +329,9 @@ safe_request_id(const char *s, size_t len)
 }
 
 const char *
-gw_request_id(struct gw_req *rq)
+gw_request_id_for(const struct http_request *h, char *out)
 {
-    if (rq->request_id[0])
-        return rq->request_id;
-    const struct http_request *h = &rq->sr->http;
+    static const char hex[] = "0123456789abcdef";
     const struct http_str *given = NULL;
     size_t n = 0;
     for (size_t i = 0; i < h->nheaders; i++)
@@ -238,14 +339,36 @@ gw_request_id(struct gw_req *rq)
             strncasecmp(h->headers[i].name.p, "x-request-id", 12) == 0 && n++ == 0)
             given = &h->headers[i].value;
     if (n == 1 && safe_request_id(given->p, given->len)) {
-        memcpy(rq->request_id, given->p, given->len);
-        rq->request_id[given->len] = '\0';
-        return rq->request_id;
+        memcpy(out, given->p, given->len);
+        out[given->len] = '\0';
+        return out;
     }
     pthread_once(&id_once, id_init);
-    uint64_t id = id_mix(id_base + __atomic_fetch_add(&id_next, 1, __ATOMIC_RELAXED));
-    snprintf(rq->request_id, sizeof(rq->request_id), "%016llx", (unsigned long long)id);
+    uint64_t id = id_mix(id_base + id_count());
+    for (int i = 15; i >= 0; i--, id >>= 4)
+        out[i] = hex[id & 15];
+    out[16] = '\0';
+    return out;
+}
+
+const char *
+gw_request_id(struct gw_req *rq)
+{
+    if (!rq->request_id[0])
+        gw_request_id_for(&rq->sr->http, rq->request_id);
     return rq->request_id;
+}
+
+/* Adds X-Request-Id to the answer's fields, once. */
+static void
+hdr_request_id(struct gw_req *rq)
+{
+    if (rq->id_sent)
+        return;
+    rq->id_sent = true;
+    hdr_str(rq, "X-Request-Id: ");
+    hdr_str(rq, gw_request_id(rq));
+    hdr_str(rq, "\r\n");
 }
 
 void
@@ -254,16 +377,22 @@ gw_fail(struct gw_req *rq, int status, const char *detail)
     const char *id = gw_request_id(rq);
     rq->status = status;
     if (rq->detached) {
-        fprintf(stderr, "sluice: request %s: %s %s: %d %s\n", id,
-                rq->warm ? "warming" : "refreshing", rq->ep->name, status, detail);
+        if (!rq->logged)
+            gw_log(rq, LOGL_WARN, status, "%s: %d %s", rq->warm ? "warming" : "refreshing", status,
+                   detail);
     } else {
-        hdr_str(rq, "X-Request-Id: ");
-        hdr_str(rq, id);
-        hdr_str(rq, "\r\n");
+        if (status >= 500 && !rq->logged)
+            /* A server that is shutting down fails what is left by design. */
+            gw_log(rq, rq->wk && rq->wk->closing ? LOGL_WARN : LOGL_ERROR, status, "%d %s", status,
+                   detail);
+        hdr_request_id(rq);
         json_t *ext = json_pack("{s:s}", "request_id", id);
-        count_answered(rq);
-        server_respond_problem_ext(rq->sr, status, NULL, NULL, detail, ext, rq->hdrs);
+        size_t len;
+        char *body = server_problem_body(status, NULL, NULL, detail, ext, &len);
         json_decref(ext);
+        answered(rq, len);
+        server_respond_problem_body(rq->sr, status, body, len, rq->hdrs);
+        free(body);
     }
     gw_req_free(rq);
 }
@@ -271,9 +400,46 @@ gw_fail(struct gw_req *rq, int status, const char *detail)
 void
 gw_fail_internal(struct gw_req *rq, int status, const char *detail, const char *internal)
 {
-    fprintf(stderr, "sluice: request %s: %s: %d %s: %s\n", gw_request_id(rq), rq->ep->name, status,
-            detail, internal);
+    /* A 4xx here is the request's fault, told to the client in general words: a warning. */
+    gw_log(rq, status >= 500 ? LOGL_ERROR : LOGL_WARN, status, "%d %s: %s", status, detail,
+           internal);
     gw_fail(rq, status, detail);
+}
+
+void
+gw_reply_unrouted(struct gw_worker *wk, struct server_request *sr, int status, const char *detail,
+                  const char *extra_headers, uint64_t start_us)
+{
+    const struct http_request *h = &sr->http;
+    char id[GW_REQUEST_ID_MAX + 1];
+    struct sbuf hdrs = {0};
+    gw_request_id_for(h, id);
+    if (extra_headers)
+        sbuf_adds(&hdrs, extra_headers);
+    sbuf_printf(&hdrs, "X-Request-Id: %s\r\n", id);
+    json_t *ext = json_pack("{s:s}", "request_id", id);
+    size_t len;
+    char *body = server_problem_body(status, NULL, NULL, detail, ext, &len);
+    json_decref(ext);
+    uint64_t now_us = util_mono_us(), duration_us = now_us - start_us;
+    count_answer(wk, h->method, GW_ROUTE_UNMATCHED, NULL, status, GW_CACHE_NONE, duration_us);
+    if (gw_access_on(&wk->access)) {
+        struct gw_access_record r = {
+            .now_us = now_us,
+            .duration_us = duration_us,
+            .request_id = id,
+            .http = h,
+            .route = GW_ROUTE_UNMATCHED,
+            .status = status,
+            .cache = GW_CACHE_NONE,
+            .client = sr->ip,
+            .bytes = h->method == HTTP_HEAD ? 0 : len,
+        };
+        gw_access_log(&wk->access, &r);
+    }
+    server_respond_problem_body(sr, status, body, len, hdrs.p);
+    free(body);
+    sbuf_free(&hdrs);
 }
 
 void
@@ -566,15 +732,22 @@ gw_add_limit_headers(struct gw_req *rq)
                                    : r->limit;
         }
     }
-    size_t pick = 0;
-    while (pick < n && rq->limits[pick].shadow)
-        pick++;
-    if (pick == n)
-        return; /* no limit, or only shadow ones */
-    for (size_t i = pick + 1; i < n; i++) {
-        if (rq->limits[i].shadow)
+    size_t pick = n, least_shadow = n;
+    rq->nshadow_denied = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct limiter_result *b = &rq->results[i];
+        if (rq->limits[i].shadow) {
+            if (!b->allowed)
+                rq->shadow_denied[rq->nshadow_denied++] = gw_limit_name(rq, i);
+            if (least_shadow == n || b->remaining < rq->results[least_shadow].remaining)
+                least_shadow = i;
             continue;
-        const struct limiter_result *a = &rq->results[pick], *b = &rq->results[i];
+        }
+        if (pick == n) {
+            pick = i;
+            continue;
+        }
+        const struct limiter_result *a = &rq->results[pick];
         if (!rq->admit.allowed) {
             if (!b->allowed && (a->allowed || b->retry_after_ms > a->retry_after_ms))
                 pick = i;
@@ -582,6 +755,16 @@ gw_add_limit_headers(struct gw_req *rq)
             pick = i;
         }
     }
+    /* The access log names the limit the fields describe; with only shadow limits, the one
+     * closest to refusing. */
+    size_t decider = pick < n ? pick : least_shadow;
+    if (decider < n) {
+        rq->deciding_limit = gw_limit_name(rq, decider);
+        rq->deciding_remaining = rq->results[decider].remaining;
+        rq->deciding_shadow = rq->limits[decider].shadow;
+    }
+    if (pick == n)
+        return; /* no limit, or only shadow ones */
     const struct limiter_result *r = &rq->results[pick];
     hdr_str(rq, "X-RateLimit-Limit: ");
     hdr_u64(rq, r->limit);
@@ -630,9 +813,8 @@ gw_reply_denied(struct gw_req *rq)
     const char *id = gw_request_id(rq);
     hdr_str(rq, "Retry-After: ");
     hdr_u64(rq, ceil_sec(retry) ? ceil_sec(retry) : 1);
-    hdr_str(rq, "\r\nX-Request-Id: ");
-    hdr_str(rq, id);
     hdr_str(rq, "\r\n");
+    hdr_request_id(rq);
     json_t *o = json_pack("{s:s, s:s, s:i, s:s, s:o, s:s}", "type", QUOTA_TYPE, "title",
                           "Request cannot be satisfied as assigned quota has been exceeded",
                           "status", 429, "detail", "rate limit exceeded; retry later",
@@ -711,6 +893,8 @@ gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uin
         hdr_u64(rq, age);
         hdr_str(rq, "\r\n");
     }
+    if (!rq->detached)
+        hdr_request_id(rq);
     if (e->etag) {
         hdr_str(rq, "ETag: ");
         hdr_str(rq, e->etag);
@@ -747,6 +931,8 @@ gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uin
 void
 gw_reply_body(struct gw_req *rq, int status, const char *body, size_t len)
 {
+    if (!rq->detached)
+        hdr_request_id(rq);
     struct server_response resp = {
         .status = status,
         .content_type = rq->ep->content_type,
@@ -770,8 +956,8 @@ gw_origin_failed(struct gw_req *rq, int status, const char *detail, const char *
 {
     struct store_entry *e = rq->stale;
     if (gw_stale_serves(rq)) {
-        fprintf(stderr, "sluice: request %s: %s: serving a stale answer: %s: %s\n",
-                gw_request_id(rq), rq->ep->name, detail, internal);
+        gw_log(rq, LOGL_WARN, status, "serving a stale answer instead of %d %s: %s", status, detail,
+               internal);
         gw_reply_entry(rq, e, "STALE", store_now_ms());
         return;
     }

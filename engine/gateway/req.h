@@ -9,8 +9,10 @@
 #include <string.h>
 #include <sys/queue.h>
 
+#include "access.h"
 #include "hmap.h"
 #include "httpcache.h"
+#include "log.h"
 #include "policy.h"
 #include "query.h"
 #include "router.h"
@@ -99,6 +101,7 @@ struct gw_worker {
     struct gw_stats stats;          /* what it served: metrics, the status page, /callers */
     size_t cache_max_size;          /* an answer larger is not stored (cache.max_size's default) */
     uint64_t ws_idle_ms, ws_max_ms; /* a WebSocket tunnel's idle and total time (0: none) */
+    struct gw_access access;        /* its ring of the access log (off: no writer) */
 };
 
 struct gw_req {
@@ -142,6 +145,8 @@ struct gw_req {
     uint64_t wait_start_ms;        /* when it began waiting on another's fill */
     const char *fill_xcache;       /* what X-Cache says of the answer this request fills */
     uint64_t start_us;             /* when it began (monotonic), for its duration */
+    enum http_method method;       /* its method, kept for the stats: rq->sr is gone once a
+                                      request whose client left is answered */
     int status;                    /* the status it was answered with (0: not yet) */
     enum gw_cache_kind cache_kind; /* what X-Cache said of it */
     uint64_t sent_ms;              /* when it was sent upstream (request_time, RFC 9111 4.2.3) */
@@ -150,11 +155,18 @@ struct gw_req {
     bool filled;                   /* it filled its key (which gives the fill lease back) */
     bool no_store;                 /* the request says no-store: its answer is not stored */
     bool has_directives;           /* `directives` holds the request's Cache-Control */
+    bool id_sent;                  /* X-Request-Id is in the answer's fields */
+    bool logged;                   /* the error log has a line of its failure */
+    bool origin_timed;             /* origin_time_us is its origin's time (gw_origin_done) */
+    uint64_t origin_time_us;       /* from sending to its origin to the answer or failure */
+    const char *deciding_limit;    /* the limit the access log names (gw_add_limit_headers) */
+    uint64_t deciding_remaining;   /* what that limit had left */
+    bool deciding_shadow;          /* that limit is in shadow mode */
+    size_t nshadow_denied;         /* shadow limits that would have refused, in shadow_denied */
     const char *primary_key;       /* when the entry varies: the primary key (cache_key is then */
     size_t primary_len;            /* the secondary one, in vkey) */
     size_t ninv;                   /* invalidate tags expanded into inv_tags */
     bool upgrade;                  /* a WebSocket upgrade (RFC 6455 4.1) to an upstream */
-    bool counted;                  /* its answer is in the worker's stats */
     struct gw_relay *relay;        /* its answer streamed, its body pushed (relay.c), or NULL */
     const struct gw_relay_ops *relay_ops;
     bool *freed; /* while the upstream pool runs a callback of the request: set to true when it is
@@ -171,7 +183,8 @@ struct gw_req {
     const char *tags[GW_MAX_TAGS]; /* admit.ntags of them */
     size_t taglens[GW_MAX_TAGS];
     uint64_t tag_gens[GW_MAX_TAGS];
-    const char *inv_tags[GW_MAX_INVALIDATE]; /* ninv of them */
+    const char *shadow_denied[POLICY_MAX_LIMITS]; /* their names: nshadow_denied of them */
+    const char *inv_tags[GW_MAX_INVALIDATE];      /* ninv of them */
     size_t inv_lens[GW_MAX_INVALIDATE];
     struct http_query query; /* the canonical parse of the query, once query_state is 1 */
     struct httpcache_request directives; /* read when has_directives */
@@ -217,16 +230,18 @@ struct gw_req *gw_req_new(struct gw_worker *wk, struct server_request *sr, struc
 /* What X-Cache text ("HIT", "MISS", ...; NULL: none) counts as. */
 enum gw_cache_kind gw_cache_kind_of(const char *xcache);
 
-/* Counts an answered request of `route` (GW_ROUTE_UNMATCHED when none matched) in wk's stats:
- * its method (OTHER for one no route names), caller tier (or NULL), status, X-Cache, and its
- * time since start_us (util_mono_us()). */
+/* The route text a request no endpoint takes is counted and logged under. */
 #define GW_ROUTE_UNMATCHED "(unmatched)"
-void gw_stats_answered(struct gw_worker *wk, const struct http_request *h, const char *route,
-                       const char *tier, int status, enum gw_cache_kind cache, uint64_t start_us);
 
-/* Frees a request: answers the requests waiting on its fill, drops its references, and counts
- * what it was answered (its worker's stats; not for detached requests). */
+/* Frees a request: answers the requests waiting on its fill and drops its references. (What it
+ * was answered was counted and logged as the answer left: see the replies below.) */
 void gw_req_free(struct gw_req *rq);
+
+/*
+ * The origin rq was sent to at rq->origin_us answered or failed now: notes
+ * its time for the access log. Returns that time in microseconds.
+ */
+uint64_t gw_origin_done(struct gw_req *rq);
 
 /* Expands t into the request's key arena. Returns the text (borrowed), or NULL when full. */
 const char *gw_expand(struct gw_req *rq, const struct template *t, size_t *len);
@@ -260,7 +275,48 @@ const char *gw_vals_put(struct gw_req *rq, const char *s, size_t len);
  */
 const char *gw_request_id(struct gw_req *rq);
 
+/*
+ * gw_request_id()'s choice for the request h, written to out
+ * (GW_REQUEST_ID_MAX + 1 bytes) with a NUL; returns out. For answers given
+ * before a request object exists (no route matched).
+ */
+const char *gw_request_id_for(const struct http_request *h, char *out);
+
+/*
+ * Writes a line about rq to the error log at lv: "request ID: ROUTE: MSG"
+ * (printf-formatted, newlines shown as \n so that it stays one line; in JSON
+ * with request_id, route and, unless 0, status as fields). Marks the request
+ * logged: no reply logs it again.
+ */
+void gw_log(struct gw_req *rq, enum log_level lv, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/*
+ * Counts rq, answered rq->status with body_len bytes of body, as the replies
+ * below do (stats, access log), for an answer that leaves another way: a
+ * streamed one (relay.c), just before the server has its end.
+ */
+void gw_answered(struct gw_req *rq, uint64_t body_len);
+
 /* ---- replies: each answers the request and frees it ---------------------------------------- */
+
+/*
+ * Each reply to a client, just before the server has it, counts the answer in
+ * the worker's stats and puts its line in the worker's access log (not for a
+ * detached request, which has no client). Every 5xx answer leaves one line in
+ * the error log with the request id, the route and its cause: from
+ * gw_fail_internal() or gw_origin_failed() with what failed, else from the
+ * reply itself.
+ */
+
+/*
+ * Answers a request no endpoint takes (status 404 or 405, `detail` for the
+ * client, extra_headers such as Allow: borrowed, NULL: none) as problem+json
+ * with its request id, counted in wk's stats under GW_ROUTE_UNMATCHED and
+ * put in wk's access log; start_us is when it arrived (util_mono_us()).
+ */
+void gw_reply_unrouted(struct gw_worker *wk, struct server_request *sr, int status,
+                       const char *detail, const char *extra_headers, uint64_t start_us);
 
 /*
  * Answers a problem+json error with `detail`, the request id as its
@@ -291,7 +347,13 @@ void gw_reply_body(struct gw_req *rq, int status, const char *body, size_t len);
 /* Answers 429 with Retry-After and the quota-exceeded problem naming the refusing limits. */
 void gw_reply_denied(struct gw_req *rq);
 
-/* Adds the rate-limit fields of the limits the store counted to the reply's headers. */
+/*
+ * Adds the rate-limit fields of the limits the store counted to the reply's
+ * headers, and notes for the access log the deciding limit (the enforced one
+ * the fields describe; with only shadow limits, the one with least left) and
+ * the shadow limits that would have refused. Called once, when the store has
+ * counted the request.
+ */
 void gw_add_limit_headers(struct gw_req *rq);
 
 /* The name limit i of the request goes by in RateLimit fields: its own, or the tier's. */

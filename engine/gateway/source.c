@@ -10,23 +10,30 @@
 
 #include "db.h"
 #include "fill.h"
+#include "httpcache.h"
 #include "proxy.h"
 #include "template.h"
 #include "util.h"
 
-/* An answer of the SQL or static source as an entry (body taken). */
+/* An answer of the SQL or static source as an entry (body copied), with the entity tag of its
+ * body when it is to be cached (as gw_store_and_reply() would make it: one block for all). */
 static struct store_entry *
-origin_entry(struct gw_req *rq, int status, char *body, size_t len)
+origin_entry(struct gw_req *rq, int status, const char *body, size_t len, bool cached)
 {
-    return store_entry_new((uint16_t)status, xstrdup(rq->ep->content_type), body, len);
+    char tag[19];
+
+    if (cached)
+        httpcache_etag_of(body, len, tag);
+    return gw_entry_new(rq, (uint16_t)status, rq->ep->content_type, NULL, 0, cached ? tag : NULL,
+                        body, len);
 }
 
-/* A fresh origin answer for a cached endpoint: store it, then reply (body taken). */
+/* A fresh origin answer for a cached endpoint: store it, then reply (body copied). */
 static void
-fill_and_reply(struct gw_req *rq, int status, char *body, size_t len)
+fill_and_reply(struct gw_req *rq, int status, const char *body, size_t len)
 {
     const struct policy_endpoint *ep = rq->ep;
-    struct store_entry *e = origin_entry(rq, status, body, len);
+    struct store_entry *e = origin_entry(rq, status, body, len, true);
     gw_entry_windows(e, ep->swr_ms, ep->sie_ms, 0);
     gw_store_and_reply(rq, e, ep->ttl_ms, NULL, "MISS");
     store_entry_release(e);
@@ -44,8 +51,9 @@ on_db(void *arg, const struct db_result *res)
     const struct policy_endpoint *ep = rq->ep;
     char internal[320];
     struct gw_stats *st = &rq->wk->stats;
+    uint64_t took_us = gw_origin_done(rq);
     if (res->status == DB_OK)
-        gw_stats_origin(st, GW_ORIGIN_SQL, util_mono_us() - rq->origin_us, store_now_ms());
+        gw_stats_origin(st, GW_ORIGIN_SQL, took_us, store_now_ms());
     else
         gw_stats_origin_error(st, GW_ORIGIN_SQL, db_status_word(res->status));
     snprintf(internal, sizeof(internal), "database: %s (SQLSTATE %s)", res->detail,
@@ -71,24 +79,27 @@ on_db(void *arg, const struct db_result *res)
         return;
     }
 
-    char *body;
+    char affected[40];
+    const char *body;
     size_t len;
     if (!ep->returns_rows) {
-        body = xasprintf("{\"affected\":%ld}", res->affected < 0 ? 0 : res->affected);
-        len = strlen(body);
+        len = (size_t)snprintf(affected, sizeof(affected), "{\"affected\":%ld}",
+                               res->affected < 0 ? 0 : res->affected);
+        body = affected;
     } else if (res->value) {
-        body = xstrndup(res->value, res->value_len);
+        body = res->value;
         len = res->value_len;
     } else if (ep->one) {
         gw_fail(rq, 404, "no such record");
         return;
     } else {
-        body = xstrdup("[]");
+        body = "[]";
         len = 2;
     }
 
     if (ep->is_write) {
-        struct store_entry *e = origin_entry(rq, ep->method == HTTP_POST ? 201 : 200, body, len);
+        struct store_entry *e =
+            origin_entry(rq, ep->method == HTTP_POST ? 201 : 200, body, len, false);
         gw_invalidate_then_reply(rq, e, NULL, 0);
         store_entry_release(e);
         return;
@@ -98,7 +109,6 @@ on_db(void *arg, const struct db_result *res)
         return;
     }
     gw_reply_body(rq, 200, body, len);
-    free(body);
 }
 
 /* Builds the statement's parameters and sends it. */
@@ -141,7 +151,7 @@ run_sql(struct gw_req *rq)
         return;
     }
     rq->origin_us = util_mono_us();
-    if (db_query(rq->wk->db, ep->sql, (int)n, params, on_db, rq) != 0)
+    if (db_query(rq->wk->db, ep->sql, (int)n, params, ep->is_write ? 0 : DB_READ, on_db, rq) != 0)
         gw_fail_internal(rq, 503, "the database is unavailable",
                          "the database pool is shutting down");
 }
@@ -160,15 +170,14 @@ gw_to_origin(struct gw_req *rq)
         return;
     case SOURCE_STATIC:
         if (ep->is_write) {
-            struct store_entry *e = origin_entry(
-                rq, ep->static_status, xstrndup(ep->static_body, ep->static_len), ep->static_len);
+            struct store_entry *e =
+                origin_entry(rq, ep->static_status, ep->static_body, ep->static_len, false);
             gw_invalidate_then_reply(rq, e, NULL, 0);
             store_entry_release(e);
             return;
         }
         if (ep->cached && rq->admit.cache_key) {
-            fill_and_reply(rq, ep->static_status, xstrndup(ep->static_body, ep->static_len),
-                           ep->static_len);
+            fill_and_reply(rq, ep->static_status, ep->static_body, ep->static_len);
             return;
         }
         gw_reply_body(rq, ep->static_status, ep->static_body, ep->static_len);

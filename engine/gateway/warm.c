@@ -8,6 +8,7 @@
 #include "warm.h"
 
 #include "db.h"
+#include "log.h"
 #include "path.h"
 #include "util.h"
 
@@ -73,8 +74,8 @@ on_warm_rows(void *arg, const struct db_result *res)
     json_t *rows =
         res->status == DB_OK && res->value ? json_loadb(res->value, res->value_len, 0, NULL) : NULL;
     if (!rows)
-        fprintf(stderr, "sluice: the warm query of %s failed: %s\n", q->ep->name,
-                res->status == DB_OK ? "no rows" : res->detail);
+        log_warn("the warm query of %s failed: %s", q->ep->name,
+                 res->status == DB_OK ? "no rows" : res->detail);
     size_t i;
     json_t *row;
     json_array_foreach(rows, i, row)
@@ -139,7 +140,7 @@ gw_warm_start(struct gw_worker *wk, struct policy *p)
             policy_ref(p);
             q->policy = p;
             q->ep = ep;
-            if (db_query(wk->db, sql, 0, NULL, on_warm_rows, q) == 0) {
+            if (db_query(wk->db, sql, 0, NULL, DB_READ, on_warm_rows, q) == 0) {
                 ws->queries_pending++;
             } else {
                 policy_release(p);
@@ -187,10 +188,9 @@ warm_tick(evutil_socket_t fd, short what, void *arg)
         warm_schedule(wk);
         return;
     }
-    fprintf(stderr,
-            "sluice: warmed generation %llu: %llu filled, %llu already cached, %llu failed\n",
-            (unsigned long long)ws->policy->generation, (unsigned long long)ws->filled,
-            (unsigned long long)ws->hits, (unsigned long long)ws->failed);
+    log_info("warmed generation %llu: %llu filled, %llu already cached, %llu failed",
+             (unsigned long long)ws->policy->generation, (unsigned long long)ws->filled,
+             (unsigned long long)ws->hits, (unsigned long long)ws->failed);
     warm_clear(ws);
 }
 

@@ -380,6 +380,17 @@ parse_head(const char *buf, size_t len, struct http_request *req)
 }
 
 /* Parses one request head; see http_parse.h. Returns its length or a status. */
+const char *
+http_method_name(enum http_method m)
+{
+    static const char *const names[] = {
+        [HTTP_OTHER] = "OTHER",   [HTTP_GET] = "GET",         [HTTP_HEAD] = "HEAD",
+        [HTTP_POST] = "POST",     [HTTP_PUT] = "PUT",         [HTTP_PATCH] = "PATCH",
+        [HTTP_DELETE] = "DELETE", [HTTP_OPTIONS] = "OPTIONS",
+    };
+    return (size_t)m < sizeof(names) / sizeof(names[0]) ? names[m] : "OTHER";
+}
+
 int
 http_parse_request(const char *buf, size_t len, struct http_request *req)
 {

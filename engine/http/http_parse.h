@@ -84,6 +84,9 @@ struct http_request {
  */
 int http_parse_request(const char *buf, size_t len, struct http_request *req);
 
+/* The name of a routed method ("GET", ...), a static string; "OTHER" for HTTP_OTHER. */
+const char *http_method_name(enum http_method m);
+
 /*
  * Returns the value of the first header named `name` (a C string, compared
  * ignoring ASCII case), or NULL. The result is borrowed from *req.

@@ -8,6 +8,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/thread.h>
+#include <fcntl.h>
 #include <jansson.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -28,6 +29,7 @@
 
 #include "addr_count.h"
 #include "head.h"
+#include "log.h"
 #include "slab.h"
 #include "util.h"
 
@@ -941,8 +943,7 @@ server_respond(struct server_request *req, const struct server_response *resp)
     struct worker *w = c->w;
     if (c->state != CONN_HANDLING || c->streaming) {
         /* A second answer to one request is a bug in the caller. */
-        fprintf(stderr, "sluice: internal error: response to a finished request\n");
-        abort();
+        log_abort("internal error: response to a finished request");
     }
     if (c->dead) {
         /* The peer is gone: nothing to send; the connection ends here. */
@@ -1282,8 +1283,7 @@ server_respond_interim(struct server_request *req, int status, const char *heade
 
     assert(status >= 100 && status < 200 && status != 101);
     if (c->state != CONN_HANDLING) {
-        fprintf(stderr, "sluice: internal error: interim response to a finished request\n");
-        abort();
+        log_abort("internal error: interim response to a finished request");
     }
     if (c->dead || c->req.http.minor_version == 0 || evbuffer_get_length(c->out) >= OUT_HIGH_WATER)
         return;
@@ -1305,10 +1305,9 @@ server_respond_problem(struct server_request *req, int status, const char *type,
     server_respond_problem_ext(req, status, type, title, detail, NULL, extra_headers);
 }
 
-void
-server_respond_problem_ext(struct server_request *req, int status, const char *type,
-                           const char *title, const char *detail, json_t *ext,
-                           const char *extra_headers)
+char *
+server_problem_body(int status, const char *type, const char *title, const char *detail,
+                    json_t *ext, size_t *len)
 {
     json_t *o = json_object();
     json_object_set_new(o, "type", json_string(type ? type : "about:blank"));
@@ -1320,17 +1319,38 @@ server_respond_problem_ext(struct server_request *req, int status, const char *t
         json_object_update_missing(o, ext);
     char *body = json_dumps(o, JSON_COMPACT);
     json_decref(o);
+    if (!body) {
+        log_abort("out of memory (problem body)");
+    }
+    *len = strlen(body);
+    return body;
+}
+
+void
+server_respond_problem_body(struct server_request *req, int status, const char *body, size_t len,
+                            const char *extra_headers)
+{
     struct server_response resp = {
         .status = status,
         .content_type = "application/problem+json",
         .headers = extra_headers,
         .headers_len = extra_headers ? strlen(extra_headers) : 0,
         .body = body,
-        .body_len = strlen(body),
+        .body_len = len,
         .close = status == 400 || status == 408 || status == 413 || status == 431 ||
                  status == 501 || status == 505,
     };
     server_respond(req, &resp);
+}
+
+void
+server_respond_problem_ext(struct server_request *req, int status, const char *type,
+                           const char *title, const char *detail, json_t *ext,
+                           const char *extra_headers)
+{
+    size_t len;
+    char *body = server_problem_body(status, type, title, detail, ext, &len);
+    server_respond_problem_body(req, status, body, len, extra_headers);
     free(body);
 }
 
@@ -1345,8 +1365,7 @@ conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss, uint32_t s
     c->addr_slot = slot;
     c->out = evbuffer_new(); /* the input buffer comes with the first byte (inbuf_take) */
     if (!c->out) {
-        fprintf(stderr, "sluice: out of memory (evbuffer)\n");
-        abort();
+        log_abort("out of memory (evbuffer)");
     }
     if (ss->ss_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, c->ip, sizeof(c->ip));
@@ -1376,11 +1395,10 @@ pressure_log(struct worker *w)
     if (w->pressure_logged_ms && now - w->pressure_logged_ms < PRESSURE_LOG_MS)
         return;
     w->pressure_logged_ms = now;
-    fprintf(stderr,
-            "sluice: %s:%d worker %u: %lu idle or unfinished connections closed for new ones, "
-            "%lu new ones refused at the connection cap (%u), %lu at the per-address cap (%u)\n",
-            cfg->listen_addr, w->s->port, w->index, w->evicted, w->refused, cfg->max_connections,
-            w->refused_ip, cfg->max_connections_per_ip);
+    log_warn("%s:%d worker %u: %lu idle or unfinished connections closed for new ones, "
+             "%lu new ones refused at the connection cap (%u), %lu at the per-address cap (%u)",
+             cfg->listen_addr, w->s->port, w->index, w->evicted, w->refused, cfg->max_connections,
+             w->refused_ip, cfg->max_connections_per_ip);
     w->evicted = w->refused = w->refused_ip = 0;
 }
 
@@ -1516,8 +1534,7 @@ accept_batch(struct worker *w)
                 uint64_t now = now_ms();
                 if (!w->pressure_logged_ms || now - w->pressure_logged_ms >= PRESSURE_LOG_MS) {
                     w->pressure_logged_ms = now;
-                    fprintf(stderr, "sluice: accept: %s (raise the open-file limit, ulimit -n)\n",
-                            strerror(errno));
+                    log_error("accept: %s (raise the open-file limit, ulimit -n)", strerror(errno));
                 }
                 event_del(w->ev_listen);
                 struct timeval tv = util_ms_to_tv(ACCEPT_PAUSE_MS);
@@ -1607,7 +1624,7 @@ worker_main(void *arg)
     struct worker *w = arg;
     w->app_state = w->s->app.worker_init ? w->s->app.worker_init(w, w->s->app.ctx) : NULL;
     if (w->s->app.worker_init && !w->app_state) {
-        fprintf(stderr, "sluice: worker %u failed to start\n", w->index);
+        log_error("worker %u failed to start", w->index);
         server_stop(w->s);
         return NULL;
     }
@@ -1700,6 +1717,24 @@ listen_socket(const struct server_config *cfg, int port, int first, char *err, s
     return fd;
 }
 
+/* A worker's own descriptor for an inherited listening socket, and the port it listens on. */
+static int
+inherited_socket(int fd, char *err, size_t errlen, int *bound_port)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (own < 0 || getsockname(own, (struct sockaddr *)&ss, &sl) != 0) {
+        snprintf(err, errlen, "inherited listening socket %d: %s", fd, strerror(errno));
+        if (own >= 0)
+            close(own);
+        return -1;
+    }
+    *bound_port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                                : ((struct sockaddr_in6 *)&ss)->sin6_port);
+    return own;
+}
+
 struct server *
 server_new(const struct server_config *cfg, const struct server_app *app, char *err, size_t errlen)
 {
@@ -1726,7 +1761,8 @@ server_new(const struct server_config *cfg, const struct server_app *app, char *
         TAILQ_INIT(&w->idle);
         TAILQ_INIT(&w->partial);
         pthread_mutex_init(&w->handoff_lock, NULL);
-        w->listen_fd = listen_socket(cfg, port, i == 0, err, errlen, &port);
+        w->listen_fd = cfg->nfds ? inherited_socket(cfg->fds[i % cfg->nfds], err, errlen, &port)
+                                 : listen_socket(cfg, port, i == 0, err, errlen, &port);
         if (w->listen_fd < 0)
             goto fail;
         w->base = event_base_new();
@@ -1751,6 +1787,15 @@ int
 server_port(const struct server *s)
 {
     return s->port;
+}
+
+unsigned
+server_listen_fds(const struct server *s, int *fds, unsigned cap)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < s->nworkers && n < cap; i++)
+        fds[n++] = s->workers[i].listen_fd;
+    return n;
 }
 
 int

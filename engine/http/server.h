@@ -36,6 +36,11 @@ struct server_config {
     int reuse_port;
     /* 1: no other socket may share the port at all (one worker only). */
     int exclusive;
+    /* Listening sockets to serve on instead of binding listen_addr:listen_port (borrowed; the
+     * caller closes its own): worker i accepts on a duplicate of fds[i % nfds], so there should
+     * be as many workers as sockets at least. NULL: bind. */
+    const int *fds;
+    unsigned nfds;
 };
 
 /* A request handed to the application; valid until server_respond() (or server_stream_end(),
@@ -102,6 +107,13 @@ struct server *server_new(const struct server_config *cfg, const struct server_a
 
 /* The port listened on (the one the system chose when the configuration said 0). */
 int server_port(const struct server *s);
+
+/*
+ * Writes the listening socket of each worker into fds (cap entries) and
+ * returns how many there are (the number of workers). Borrowed: valid until
+ * server_stop(), when each worker closes its own.
+ */
+unsigned server_listen_fds(const struct server *s, int *fds, unsigned cap);
 
 /*
  * Runs the workers until server_stop(); returns 0 after every in-flight
@@ -215,6 +227,26 @@ void server_respond_problem(struct server_request *req, int status, const char *
 void server_respond_problem_ext(struct server_request *req, int status, const char *type,
                                 const char *title, const char *detail, struct json_t *ext,
                                 const char *extra_headers);
+
+/*
+ * The body server_respond_problem_ext() sends: the problem+json object of
+ * this status, type (NULL: about:blank), title (NULL: the reason phrase),
+ * detail (NULL: none) and the members of `ext` (borrowed; NULL: none).
+ * Returns it (new: the caller frees it), its length in *len. For an
+ * application that must know what it sends before it sends it.
+ */
+char *server_problem_body(int status, const char *type, const char *title, const char *detail,
+                          struct json_t *ext, size_t *len);
+
+/*
+ * Sends body[0..len) (borrowed, copied) as an application/problem+json answer
+ * with this status and extra_headers (NULL: none), as
+ * server_respond_problem_ext() does with the body it builds: the connection
+ * is closed after it for the statuses that end one (400, 408, 413, 431, 501,
+ * 505).
+ */
+void server_respond_problem_body(struct server_request *req, int status, const char *body,
+                                 size_t len, const char *extra_headers);
 
 /* The worker's event base, index and cached "Date: ...\r\n" header line. */
 /* The open connections of every worker, by what they are doing. */

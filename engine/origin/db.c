@@ -19,22 +19,34 @@
 #define BACKOFF_MAX_MS 2000
 #define MAX_STMTS 256 /* distinct SQL texts prepared per pool; later ones run unnamed */
 #define STMT_SLOTS (2 * MAX_STMTS)
-#define MAX_PARAMS 65535 /* protocol limit */
+#define MAX_PARAMS 65535       /* protocol limit */
+#define PIPELINE_DEPTH 8       /* statements in flight on one connection, at most */
+#define PIPELINE_STALL_US 5000 /* none queues behind a statement running this long already */
 
 enum conn_state {
     C_DOWN,       /* no connection; may connect when there is work */
     C_BACKOFF,    /* the last connect attempt failed; timer pending */
     C_CONNECTING, /* PQconnectPoll in progress */
     C_READY,      /* connected and idle */
-    C_BUSY,       /* running c->q */
+    C_BUSY,       /* running the statements of c->inflight */
 };
 
 enum query_state { Q_QUEUED, Q_RUNNING, Q_DONE };
 
+/* What keeps a query allocated: its answer not given yet, its place on a connection. */
+#define HOLD_ANSWER 1u
+#define HOLD_CONN 2u
+
 struct query {
-    TAILQ_ENTRY(query) link; /* in pool->queue or pool->done */
+    TAILQ_ENTRY(query) link;  /* in pool->queue or pool->done */
+    TAILQ_ENTRY(query) clink; /* in its connection's inflight while HOLD_CONN */
     struct db_pool *pool;
-    struct conn *conn; /* while Q_RUNNING */
+    struct conn *conn;      /* while Q_RUNNING */
+    unsigned hold;          /* HOLD_* */
+    unsigned read : 1;      /* DB_READ: may queue behind others on a connection, may run again */
+    unsigned preparing : 1; /* its PQsendPrepare goes before it on its connection */
+    unsigned abandoned : 1; /* answered (its deadline) while in flight: its result is dropped */
+    PGresult *acc;          /* the result kept so far while in flight */
     struct event deadline;
     db_cb *cb;
     void *arg;
@@ -50,17 +62,25 @@ struct query {
     char *detail_owned;
 };
 
+/*
+ * A connection runs in libpq's pipeline mode: each statement is sent with its
+ * own sync (so each is its own implicit transaction, as outside a pipeline)
+ * and up to PIPELINE_DEPTH statements that only read may wait in it behind
+ * the one the server runs: under load one wakeup of the server and one read
+ * of its socket serve several statements.
+ */
 struct conn {
     struct db_pool *pool;
     struct pg_conn pc;
     enum conn_state state;
-    struct event timer;                /* backoff */
-    unsigned backoff_ms;               /* wait after the next failed attempt / 2 */
-    struct query *q;                   /* running statement */
-    int preparing;                     /* q's PQsendPrepare is in flight */
-    int stale;                         /* close once idle: prepared statements broke */
-    PGresult *res;                     /* result kept for q so far */
-    uint64_t prepared[MAX_STMTS / 64]; /* statement ids prepared here */
+    struct event timer;                     /* backoff */
+    unsigned backoff_ms;                    /* wait after the next failed attempt / 2 */
+    TAILQ_HEAD(query_list, query) inflight; /* sent, answered in this order */
+    unsigned ninflight;
+    int stage;        /* results of the first in flight: 0 its prepare's, 1 its own */
+    uint64_t head_us; /* when the first in flight became first (util_mono_us) */
+    int stale;        /* close once idle: prepared statements broke */
+    uint64_t prepared[MAX_STMTS / 64]; /* statement ids prepared (or being prepared) here */
 };
 
 struct stmt {
@@ -88,6 +108,7 @@ struct db_pool {
     char last_err[256];       /* last connect failure */
     char last_problem[256];   /* last connect failure or lost connection, for status output */
     uint64_t last_problem_ms; /* when (ms since the epoch); 0: none yet */
+    uint64_t pipelined;       /* statements sent on a busy connection */
     int closing;
     int in_flush;
     int free_requested;
@@ -223,7 +244,18 @@ query_result(struct query *q, PGresult *res, int conn_bad)
     q->res = res;
 }
 
-/* Calls q's callback and frees q. */
+/* Drops one of q's holds; frees q when none is left. */
+static void
+query_release(struct query *q, unsigned hold)
+{
+    q->hold &= ~hold;
+    if (q->hold == 0) {
+        PQclear(q->acc);
+        free(q);
+    }
+}
+
+/* Calls q's callback; frees q unless a connection still holds it. */
 static void
 answer(struct query *q)
 {
@@ -253,8 +285,10 @@ answer(struct query *q)
     q->pool->npending--;
     q->cb(q->arg, &r);
     PQclear(res);
+    q->res = NULL;
     free(q->detail_owned);
-    free(q);
+    q->detail_owned = NULL;
+    query_release(q, HOLD_ANSWER);
 }
 
 static void pool_destroy(struct db_pool *p);
@@ -308,10 +342,60 @@ conn_close(struct conn *c)
 {
     pg_conn_close(&c->pc);
     evtimer_del(&c->timer);
-    PQclear(c->res);
-    c->res = NULL;
-    c->preparing = 0;
     c->stale = 0;
+}
+
+/* Takes q off its connection. */
+static void
+conn_unlink(struct conn *c, struct query *q)
+{
+    TAILQ_REMOVE(&c->inflight, q, clink);
+    c->ninflight--;
+    PQclear(q->acc);
+    q->acc = NULL;
+}
+
+/*
+ * Ends the connection's statements in flight after it was closed: the first,
+ * which the server was running, is answered `status` with `detail` (owned);
+ * those behind it that only read go back to the front of the queue, in order
+ * (the server had not run them, or ran them to no effect); any other is
+ * answered DB_UNAVAILABLE, since it may have run.
+ */
+static void
+conn_drop_inflight(struct conn *c, enum db_status status, char *detail)
+{
+    struct db_pool *p = c->pool;
+    struct query *first = TAILQ_FIRST(&c->inflight), *q;
+
+    while ((q = TAILQ_LAST(&c->inflight, query_list)) != NULL) {
+        PGresult *said = q == first ? q->acc : NULL;
+        if (said != NULL)
+            q->acc = NULL;
+        conn_unlink(c, q);
+        q->conn = NULL;
+        if (q->abandoned) {
+            query_release(q, HOLD_CONN);
+        } else if (said != NULL) {
+            /* What the server said of it (57P01: terminated) says more than `detail`. */
+            q->hold &= ~HOLD_CONN;
+            query_result(q, said, 1);
+        } else if (q == first) {
+            q->hold &= ~HOLD_CONN;
+            query_fail(q, status, NULL, detail);
+            detail = NULL;
+        } else if (q->read) {
+            q->hold &= ~HOLD_CONN;
+            q->state = Q_QUEUED;
+            q->preparing = 0;
+            TAILQ_INSERT_HEAD(&p->queue, q, link);
+            p->nqueued++;
+        } else {
+            q->hold &= ~HOLD_CONN;
+            query_fail(q, DB_UNAVAILABLE, NULL, xstrdup("connection lost"));
+        }
+    }
+    free(detail);
 }
 
 static void
@@ -360,21 +444,17 @@ connect_failed(struct conn *c, const char *msg)
         fail_queue(p, p->last_err);
 }
 
-/* An established connection broke: its statement is answered, the slot may reconnect. */
+/* An established connection broke: its statements are answered or queued again, the slot
+ * may reconnect. */
 static void
 conn_lost(struct conn *c, const char *msg)
 {
-    struct query *q = c->q;
     char *line = pg_conn_first_line(msg);
 
-    c->q = NULL;
     note_problem(c->pool, line);
     conn_close(c);
     c->state = C_DOWN;
-    if (q != NULL)
-        query_fail(q, DB_UNAVAILABLE, NULL, line);
-    else
-        free(line);
+    conn_drop_inflight(c, DB_UNAVAILABLE, line);
 }
 
 static void
@@ -395,106 +475,144 @@ conn_flush(struct conn *c)
         conn_lost(c, PQerrorMessage(c->pc.pg));
 }
 
-/* After a PQsend* call: flush, or answer the statement if it could not be sent. */
-static void
-conn_sent(struct conn *c, int ok)
-{
-    struct query *q = c->q;
-
-    if (ok) {
-        conn_flush(c);
-    } else if (PQstatus(c->pc.pg) == CONNECTION_OK) {
-        /* Refused before anything was sent (e.g. too many parameters). */
-        c->q = NULL;
-        c->preparing = 0;
-        c->state = C_READY;
-        query_fail(q, DB_ERROR, NULL, pg_conn_first_line(PQerrorMessage(c->pc.pg)));
-    } else {
-        conn_lost(c, PQerrorMessage(c->pc.pg));
-    }
-}
-
-static void
-conn_send(struct conn *c)
-{
-    struct query *q = c->q;
-    char name[32];
-    int ok;
-
-    if (q->stmt < 0) {
-        c->preparing = 0;
-        ok = PQsendQueryParams(c->pc.pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
-    } else if (!is_prepared(c, q->stmt)) {
-        c->preparing = 1;
-        stmt_name(name, sizeof name, q->stmt);
-        ok = PQsendPrepare(c->pc.pg, name, q->sql, 0, NULL);
-    } else {
-        c->preparing = 0;
-        stmt_name(name, sizeof name, q->stmt);
-        ok = PQsendQueryPrepared(c->pc.pg, name, q->nparams, q->params, NULL, NULL, 0);
-    }
-    conn_sent(c, ok);
-}
-
+/*
+ * Sends q on c, behind what c has in flight: its prepare first when c has not
+ * prepared (or is not preparing) its text, then the statement, then a sync.
+ * A connection that cannot take it is lost.
+ */
 static void
 conn_run(struct conn *c, struct query *q)
 {
-    assert(c->state == C_READY && c->q == NULL && c->res == NULL);
-    c->q = q;
-    c->state = C_BUSY;
+    PGconn *pg = c->pc.pg;
+    char name[32];
+    int ok;
+
+    assert(c->state == C_READY || c->state == C_BUSY);
+    TAILQ_INSERT_TAIL(&c->inflight, q, clink);
+    c->ninflight++;
+    q->hold |= HOLD_CONN;
     q->conn = c;
     q->state = Q_RUNNING;
-    conn_send(c);
+    q->preparing = q->stmt >= 0 && !is_prepared(c, q->stmt);
+    if (c->state == C_BUSY) {
+        c->pool->pipelined++;
+    } else {
+        c->state = C_BUSY;
+        c->stage = q->preparing ? 0 : 1;
+        c->head_us = util_mono_us();
+    }
+    if (q->stmt < 0) {
+        ok = PQsendQueryParams(pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
+    } else {
+        stmt_name(name, sizeof name, q->stmt);
+        ok = !q->preparing || PQsendPrepare(pg, name, q->sql, 0, NULL);
+        if (q->preparing && ok)
+            set_prepared(c, q->stmt, 1); /* those sent behind it use it */
+        ok = ok && PQsendQueryPrepared(pg, name, q->nparams, q->params, NULL, NULL, 0);
+    }
+    ok = ok && PQpipelineSync(pg);
+    if (ok)
+        conn_flush(c);
+    else
+        conn_lost(c, PQerrorMessage(pg));
 }
 
-/* Keeps the result that answers the statement: the first error, else the last. */
+/* Keeps the result that answers q: the first error, else the last. */
 static void
-conn_keep(struct conn *c, PGresult *r)
+query_keep(struct query *q, PGresult *r)
 {
-    if (c->res != NULL && PQresultStatus(c->res) == PGRES_FATAL_ERROR) {
+    if (q->acc != NULL && PQresultStatus(q->acc) == PGRES_FATAL_ERROR) {
         PQclear(r);
         return;
     }
-    PQclear(c->res);
-    c->res = r;
+    PQclear(q->acc);
+    q->acc = r;
 }
 
-/* PQgetResult returned NULL: the command in flight is over. */
+/* The sync after the first statement in flight arrived: it is over. */
 static void
-conn_command_done(struct conn *c)
+conn_statement_done(struct conn *c)
 {
-    struct query *q = c->q;
-    PGresult *res = c->res;
+    struct query *q = TAILQ_FIRST(&c->inflight), *next;
+    PGresult *res = q->acc;
     int bad = PQstatus(c->pc.pg) == CONNECTION_BAD;
-    const char *st;
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 
-    c->res = NULL;
-    if (c->preparing && res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
-        PQclear(res);
-        res = NULL;
-        set_prepared(c, q->stmt, 1);
-        if (!bad) {
-            conn_send(c);
-            return;
-        }
-    }
     /*
      * A prepared statement the server lost (26000: DISCARD ALL, a pooler) or
      * can no longer run (0A000: its result type changed after ALTER TABLE)
-     * stays broken on this connection: replace the connection.
+     * stays broken on this connection: replace the connection. (One whose
+     * prepare failed here is no longer marked prepared: its errors say nothing
+     * of the connection.)
      */
-    st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    if (!c->preparing && q->stmt >= 0 && st != NULL &&
+    if (q->stmt >= 0 && !q->preparing && is_prepared(c, q->stmt) && st != NULL &&
         (strcmp(st, "26000") == 0 || strcmp(st, "0A000") == 0))
         c->stale = 1;
-    c->q = NULL;
-    c->preparing = 0;
-    c->state = C_READY;
+    q->acc = NULL;
+    TAILQ_REMOVE(&c->inflight, q, clink);
+    c->ninflight--;
+    next = TAILQ_FIRST(&c->inflight);
+    if (next != NULL) {
+        c->stage = next->preparing ? 0 : 1;
+        c->head_us = util_mono_us();
+    } else
+        c->state = C_READY;
+    q->conn = NULL;
+    if (q->abandoned) {
+        PQclear(res);
+        query_release(q, HOLD_CONN);
+        return;
+    }
+    q->hold &= ~HOLD_CONN;
     if (res == NULL)
         query_fail(q, bad ? DB_UNAVAILABLE : DB_ERROR, NULL,
                    pg_conn_first_line(bad ? PQerrorMessage(c->pc.pg) : "no result from server"));
     else
         query_result(q, res, bad);
+}
+
+/* Takes the results that have arrived, statement by statement. Returns -1 when the
+ * connection was dropped. */
+static int
+conn_results(struct conn *c)
+{
+    while (c->ninflight > 0 && !PQisBusy(c->pc.pg)) {
+        struct query *q = TAILQ_FIRST(&c->inflight);
+        PGresult *r = PQgetResult(c->pc.pg);
+        if (r == NULL) {
+            /* The end of a command's results: the prepare's, then its own. Past that a
+             * sync comes, unless the connection broke (the caller sees it). */
+            if (++c->stage > 2 || PQstatus(c->pc.pg) == CONNECTION_BAD)
+                break;
+            continue;
+        }
+        switch (PQresultStatus(r)) {
+        case PGRES_PIPELINE_SYNC:
+            PQclear(r);
+            conn_statement_done(c);
+            break;
+        case PGRES_COPY_IN:
+        case PGRES_COPY_OUT:
+        case PGRES_COPY_BOTH:
+            /* The connection is stuck in COPY mode: answer, then drop it. */
+            PQclear(r);
+            conn_close(c);
+            c->state = C_DOWN;
+            conn_drop_inflight(c, DB_ERROR, xstrdup("COPY is not supported"));
+            return -1;
+        default:
+            if (q->preparing && c->stage == 0) {
+                if (PQresultStatus(r) == PGRES_COMMAND_OK) {
+                    PQclear(r);
+                    break;
+                }
+                set_prepared(c, q->stmt, 0);
+            }
+            query_keep(q, r);
+            break;
+        }
+    }
+    return 0;
 }
 
 static void
@@ -508,31 +626,7 @@ conn_read(struct conn *c)
         if (c->pc.pg == NULL)
             return;
     }
-    while (c->state == C_BUSY && !PQisBusy(c->pc.pg)) {
-        PGresult *r = PQgetResult(c->pc.pg);
-        if (r == NULL) {
-            conn_command_done(c);
-            continue;
-        }
-        switch (PQresultStatus(r)) {
-        case PGRES_COPY_IN:
-        case PGRES_COPY_OUT:
-        case PGRES_COPY_BOTH: {
-            /* The connection is stuck in COPY mode: answer, then drop it. */
-            struct query *q = c->q;
-            c->q = NULL;
-            PQclear(r);
-            conn_close(c);
-            c->state = C_DOWN;
-            query_fail(q, DB_ERROR, "COPY is not supported", NULL);
-            return;
-        }
-        default:
-            conn_keep(c, r);
-            break;
-        }
-    }
-    if (c->pc.pg == NULL)
+    if (conn_results(c) < 0)
         return;
     while ((n = PQnotifies(c->pc.pg)) != NULL)
         PQfreemem(n);
@@ -546,7 +640,39 @@ conn_read(struct conn *c)
 
 /* ---- scheduling ---- */
 
-/* Starts queued statements on idle connections and opens connections for the rest. */
+/*
+ * The busy connection a read may queue on: the one with the fewest statements
+ * in flight, then the most recently started first one; never one whose first
+ * has run PIPELINE_STALL_US already (a slow statement: what queues behind it
+ * waits for all of it). NULL when none fits, or while a connection is being
+ * opened (it will take the queue's head soon).
+ */
+static struct conn *
+least_busy(struct db_pool *p)
+{
+    struct conn *best = NULL;
+    uint64_t now = util_mono_us();
+
+    if (count_conns(p, MASK(C_CONNECTING)) > 0)
+        return NULL;
+    for (unsigned i = 0; i < p->size; i++) {
+        struct conn *c = &p->conns[i];
+        if (c->state != C_BUSY || c->stale || c->ninflight >= PIPELINE_DEPTH ||
+            now - c->head_us > PIPELINE_STALL_US)
+            continue;
+        if (best == NULL || c->ninflight < best->ninflight ||
+            (c->ninflight == best->ninflight && c->head_us > best->head_us))
+            best = c;
+    }
+    return best;
+}
+
+/*
+ * Starts queued statements on idle connections and opens connections for the
+ * rest; then, while the first waiting statement only reads, queues it on the
+ * least busy connection. A write waits for an idle connection, and the reads
+ * behind it wait with it, so that connections drain for it.
+ */
 static void
 pump(struct db_pool *p)
 {
@@ -562,6 +688,11 @@ pump(struct db_pool *p)
     }
     while (p->nqueued > count_conns(p, MASK(C_CONNECTING)) && (c = find_conn(p, C_DOWN)) != NULL)
         conn_start(c);
+    while ((q = TAILQ_FIRST(&p->queue)) != NULL && q->read && (c = least_busy(p)) != NULL) {
+        TAILQ_REMOVE(&p->queue, q, link);
+        p->nqueued--;
+        conn_run(c, q);
+    }
 }
 
 /* End of every event callback: schedule, then answer. The pool may be gone after. */
@@ -580,7 +711,11 @@ conn_up(void *arg)
 
     memset(c->prepared, 0, sizeof c->prepared);
     c->backoff_ms = 0;
-    c->state = C_READY;
+    if (PQenterPipelineMode(c->pc.pg) != 1) {
+        connect_failed(c, "could not enter pipeline mode");
+    } else {
+        c->state = C_READY;
+    }
     settle(c->pool);
 }
 
@@ -635,14 +770,22 @@ deadline_cb(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
+    if (q->state == Q_RUNNING && q == TAILQ_FIRST(&c->inflight)) {
+        /* No PQcancel (it blocks): drop the connection; statement_timeout stops the server. */
+        conn_close(c);
+        c->state = C_DOWN;
+        conn_drop_inflight(c, DB_UNAVAILABLE, xstrdup("statement deadline exceeded"));
+        settle(p);
+        return;
+    }
     if (q->state == Q_QUEUED) {
         TAILQ_REMOVE(&p->queue, q, link);
         p->nqueued--;
     } else if (q->state == Q_RUNNING) {
-        /* No PQcancel (it blocks): drop the connection; statement_timeout stops the server. */
-        c->q = NULL;
-        conn_close(c);
-        c->state = C_DOWN;
+        /* Waiting behind another on its connection: answered now, its result dropped. */
+        q->abandoned = 1;
+        PQclear(q->acc);
+        q->acc = NULL;
     }
     query_fail(q, DB_UNAVAILABLE, "statement deadline exceeded", NULL);
     settle(p);
@@ -700,6 +843,7 @@ db_pool_new(struct event_base *base, const char *conninfo, unsigned size, uint64
         struct conn *c = &p->conns[i];
         c->pool = p;
         c->state = C_DOWN;
+        TAILQ_INIT(&c->inflight);
         pg_conn_init(&c->pc, base, p->params, &conn_handler, c);
         evtimer_assign(&c->timer, base, backoff_cb, c);
     }
@@ -731,12 +875,18 @@ db_pool_free(struct db_pool *p)
     p->closing = 1;
     for (unsigned i = 0; i < p->size; i++) {
         struct conn *c = &p->conns[i];
-        q = c->q;
-        c->q = NULL;
         conn_close(c);
         c->state = C_DOWN;
-        if (q != NULL)
-            query_fail(q, DB_UNAVAILABLE, "database pool closed", NULL);
+        while ((q = TAILQ_FIRST(&c->inflight)) != NULL) {
+            conn_unlink(c, q);
+            q->conn = NULL;
+            if (q->abandoned) {
+                query_release(q, HOLD_CONN);
+            } else {
+                q->hold &= ~HOLD_CONN;
+                query_fail(q, DB_UNAVAILABLE, "database pool closed", NULL);
+            }
+        }
     }
     while ((q = TAILQ_FIRST(&p->queue)) != NULL) {
         TAILQ_REMOVE(&p->queue, q, link);
@@ -750,8 +900,8 @@ db_pool_free(struct db_pool *p)
 }
 
 int
-db_query(struct db_pool *p, const char *sql, int nparams, const char *const *params, db_cb *cb,
-         void *arg)
+db_query(struct db_pool *p, const char *sql, int nparams, const char *const *params, unsigned flags,
+         db_cb *cb, void *arg)
 {
     size_t sqllen, need, off;
     const char *sqlcopy = NULL;
@@ -777,6 +927,8 @@ db_query(struct db_pool *p, const char *sql, int nparams, const char *const *par
     q = xmalloc(need);
     memset(q, 0, sizeof *q);
     q->pool = p;
+    q->hold = HOLD_ANSWER;
+    q->read = (flags & DB_READ) != 0;
     q->cb = cb;
     q->arg = arg;
     q->stmt = id;
@@ -842,6 +994,7 @@ db_pool_health(const struct db_pool *p, struct db_health *h)
     h->connections = count_conns(p, MASK(C_READY) | MASK(C_BUSY));
     h->backing_off = count_conns(p, MASK(C_BACKOFF));
     h->pending = p->npending;
+    h->pipelined = p->pipelined;
     snprintf(h->last_error, sizeof h->last_error, "%s", p->last_problem);
     h->last_error_ms = p->last_problem_ms;
 }

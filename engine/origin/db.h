@@ -56,16 +56,22 @@ struct db_pool *db_pool_new(struct event_base *base, const char *conninfo, unsig
  */
 void db_pool_free(struct db_pool *p);
 
+/* db_query flags. DB_READ: the statement only reads, so it may wait on a busy connection
+ * behind others (at most 8 in flight on one), and run again on another connection when its
+ * own is lost before the server began it. Without it a statement waits for an idle one. */
+#define DB_READ 1u
+
 /*
  * Runs `sql` with text parameters (NULL for SQL NULL); the SQL text and the
  * parameters are copied before this returns. Each distinct SQL text is
  * prepared once per connection (the first 256 per pool; later ones run
- * unprepared). `cb` is called exactly once, always from the event loop (never
- * before db_query returns). Returns 0, or -1 when the pool is shutting down
- * (cb is not called then).
+ * unprepared). Each statement is its own transaction, as outside a pipeline.
+ * `cb` is called exactly once, always from the event loop (never before
+ * db_query returns). Returns 0, or -1 when the pool is shutting down (cb is
+ * not called then).
  */
-int db_query(struct db_pool *p, const char *sql, int nparams, const char *const *params, db_cb *cb,
-             void *arg);
+int db_query(struct db_pool *p, const char *sql, int nparams, const char *const *params,
+             unsigned flags, db_cb *cb, void *arg);
 
 /* Statements waiting or running, for status output. */
 unsigned db_pool_pending(const struct db_pool *p);
@@ -79,6 +85,7 @@ struct db_health {
     unsigned connections;   /* established (idle or running a statement) */
     unsigned backing_off;   /* slots waiting to retry after a failed connect */
     unsigned pending;       /* statements waiting or running */
+    uint64_t pipelined;     /* statements sent behind another on a busy connection, ever */
     char last_error[256];   /* the last failed connect or lost connection; "" if none */
     uint64_t last_error_ms; /* when it happened (ms since the epoch); 0 if never */
 };

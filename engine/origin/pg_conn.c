@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "util.h"
 
 #define CONNECT_TIMEOUT_MS 2000 /* when neither conninfo nor PGCONNECT_TIMEOUT sets one */
@@ -253,8 +254,7 @@ pg_conn_start(struct pg_conn *c, char *err, size_t errlen)
     c->pg = PQconnectStartParams((const char *const *)params->keywords,
                                  (const char *const *)params->values, 0);
     if (c->pg == NULL) {
-        fprintf(stderr, "sluice: out of memory (libpq connection)\n");
-        abort();
+        log_abort("out of memory (libpq connection)");
     }
     if (PQstatus(c->pg) == CONNECTION_BAD) {
         util_seterr(err, errlen, "%s", PQerrorMessage(c->pg));

@@ -23,6 +23,7 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
+#include "log.h"
 #include "util.h"
 
 #define DEFAULT_MAX_IDLE 32
@@ -1215,10 +1216,8 @@ upstream_send(struct upstream_pool *p, const struct upstream_target *t,
     c->arg = arg;
     if (req->body_stream) {
         c->wbody = evbuffer_new();
-        if (c->wbody == NULL) {
-            fprintf(stderr, "sluice: out of memory (evbuffer)\n");
-            abort();
-        }
+        if (c->wbody == NULL)
+            log_abort("out of memory (evbuffer)");
         c->drain_fn = req->drain;
         c->framing = req->body_chunked ? BODY_CHUNKED : BODY_LENGTH;
         c->wleft = req->body_len;

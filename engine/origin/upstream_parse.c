@@ -914,14 +914,78 @@ dropped_on_forward(const char *name, size_t len)
     return 0;
 }
 
+/* Whether s[0..n) is n lower-case hex digits, not all of them zero when nonzero is set. */
+static int
+lower_hex(const char *s, size_t n, int nonzero)
+{
+    int any = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return 0;
+        any |= s[i] != '0';
+    }
+    return any || !nonzero;
+}
+
+int
+upstream_traceparent_valid(const char *v, size_t len)
+{
+    /* version "-" trace-id "-" parent-id "-" flags: 2 + 1 + 32 + 1 + 16 + 1 + 2 = 55 */
+    if (len < 55 || !lower_hex(v, 2, 0) || memcmp(v, "ff", 2) == 0 || v[2] != '-' ||
+        !lower_hex(v + 3, 32, 1) || v[35] != '-' || !lower_hex(v + 36, 16, 1) || v[52] != '-' ||
+        !lower_hex(v + 53, 2, 0))
+        return 0;
+    if (memcmp(v, "00", 2) == 0)
+        return len == 55;
+    return len == 55 || v[55] == '-'; /* a later version: what follows is its own */
+}
+
+int
+upstream_tracestate_valid(const char *v, size_t len)
+{
+    if (len > 512)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)v[i] < 0x20 || (unsigned char)v[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+/* Whether the request's trace context goes on: exactly one traceparent, well formed, and every
+ * tracestate line well formed (W3C Trace Context, section 3). */
+static int
+trace_context_valid(const struct http_request *h)
+{
+    size_t parents = 0;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const struct http_header *f = &h->headers[i];
+        if (eq_nocase(f->name.p, f->name.len, "traceparent")) {
+            if (parents++ || !upstream_traceparent_valid(f->value.p, f->value.len))
+                return 0;
+        } else if (eq_nocase(f->name.p, f->name.len, "tracestate") &&
+                   !upstream_tracestate_valid(f->value.p, f->value.len)) {
+            return 0;
+        }
+    }
+    return parents == 1;
+}
+
 void
 upstream_forward_headers(const struct http_request *h, struct sbuf *out)
 {
+    int trace = -1; /* whether the trace context goes on: found out at its first field */
     for (size_t i = 0; i < h->nheaders; i++) {
         const struct http_header *f = &h->headers[i];
         int listed = 0;
         if (dropped_on_forward(f->name.p, f->name.len))
             continue;
+        if (eq_nocase(f->name.p, f->name.len, "traceparent") ||
+            eq_nocase(f->name.p, f->name.len, "tracestate")) {
+            if (trace < 0)
+                trace = trace_context_valid(h);
+            if (!trace)
+                continue;
+        }
         for (size_t j = 0; j < h->nheaders && !listed; j++)
             listed =
                 eq_nocase(h->headers[j].name.p, h->headers[j].name.len, "connection") &&

@@ -75,8 +75,23 @@ struct upstream_response {
  * to pose as a proxy in front of the app (Forwarded, X-Real-IP, X-Client-IP,
  * Client-IP, True-Client-IP, X-Cluster-Client-IP, Front-End-Https,
  * X-Url-Scheme, X-Original-Host, X-Host, X-Original-URL, X-Rewrite-URL).
+ * The W3C trace context (traceparent, tracestate) goes on unchanged only
+ * when the request has exactly one traceparent, well formed, and every
+ * tracestate is well formed; else none of its fields does.
  */
 void upstream_forward_headers(const struct http_request *h, struct sbuf *out);
+
+/*
+ * Whether v[0..len) is a well-formed W3C traceparent (Trace Context, section
+ * 3.2): a version of 2 lower-case hex digits but "ff", a 32-digit trace id and
+ * a 16-digit parent id that are not all zeros, 2 digits of flags, joined by
+ * "-"; version 00 is exactly that (55 characters), a later version may go on
+ * after a "-". Returns 1 or 0.
+ */
+int upstream_traceparent_valid(const char *v, size_t len);
+
+/* Whether v[0..len) may go on as a tracestate: at most 512 characters, printable ASCII. */
+int upstream_tracestate_valid(const char *v, size_t len);
 
 /*
  * Appends the fields the proxy itself sets on a forwarded request:

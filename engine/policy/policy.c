@@ -14,6 +14,7 @@
 
 #include "embedded.h"
 #include "http_parse.h"
+#include "log.h"
 #include "lua_bounded.h"
 #include "lua_limits.h"
 #include "lua_sandbox.h"
@@ -127,8 +128,7 @@ preload_embedded(lua_State *L, struct sbuf *errs)
 static int
 loader_panic(lua_State *L)
 {
-    fprintf(stderr, "sluice: policy loader: %s\n", lua_tostring(L, -1));
-    abort();
+    log_abort("policy loader: %s", lua_tostring(L, -1));
 }
 
 /*
@@ -143,8 +143,7 @@ loader_state(void)
     struct lua_limits *lim = xcalloc(1, sizeof(*lim));
     lua_State *L = lua_limits_newstate(lim, LOADER_MEMORY);
     if (!L) {
-        fprintf(stderr, "sluice: out of memory (Lua state)\n");
-        abort();
+        log_abort("out of memory (Lua state)");
     }
     lua_atpanic(L, loader_panic);
     static const luaL_Reg libs[] = {

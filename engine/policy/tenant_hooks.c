@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "log.h"
 #include "lua_sandbox.h"
 #include "util.h"
 
@@ -146,9 +147,9 @@ log_failure(struct hook_state *hs, const struct tenant *t, const char *hook, con
     hs->logged++;
     const char *nl = strchr(msg, '\n');
     int len = nl ? (int)(nl - msg) : (int)strlen(msg);
-    fprintf(stderr, "sluice: tenant %s: %s%s skipped (%s): %.*s%s\n", t->name,
-            hook ? "hook " : "hooks", hook ? hook : "", what, len, msg,
-            hs->logged == MAX_LOGGED ? " (further failures in this worker are only counted)" : "");
+    log_warn("tenant %s: %s%s skipped (%s): %.*s%s", t->name, hook ? "hook " : "hooks",
+             hook ? hook : "", what, len, msg,
+             hs->logged == MAX_LOGGED ? " (further failures in this worker are only counted)" : "");
 }
 
 static void

@@ -42,11 +42,25 @@ struct store_limit {
     0x08u /* etag is the origin's own (not a hash of the body), so it may be sent upstream in      \
              If-None-Match to revalidate */
 
-/* A cached response. Immutable once filled; shared by reference count. */
+/* Which owned fields of an entry live in its own block (store_entry.packed). */
+#define STORE_PACKED_CONTENT_TYPE 0x01u
+#define STORE_PACKED_HEADERS 0x02u
+#define STORE_PACKED_ETAG 0x04u
+#define STORE_PACKED_BODY 0x08u
+#define STORE_PACKED_ROOM_TAKEN 0x10u /* a store keeps its record in the entry's room */
+
+/*
+ * A cached response. Immutable once filled; shared by reference count. Its
+ * content type, header lines, ETag and body are each either a separate
+ * allocation it owns (store_entry_new(), or assigned later) or bytes of its
+ * own block (store_entry_make(): one allocation for all, and room for a
+ * store's record of it).
+ */
 struct store_entry {
     uint32_t refs;       /* atomic; use store_entry_ref/release */
     uint16_t status;     /* HTTP status to replay */
     uint8_t flags;       /* STORE_ENTRY_* */
+    uint8_t packed;      /* STORE_PACKED_*: the fields in the entry's block; the room's use */
     uint64_t stored_ms;  /* store clock at fill, for Age; set by store_fill() */
     uint64_t expires_ms; /* store clock at which it stops being fresh; set by store_fill() */
     uint64_t stale_ms;   /* kept this long past expires_ms to be served stale or revalidated
@@ -57,9 +71,11 @@ struct store_entry {
     uint64_t sie_ms;     /* served stale this long past expires_ms when the origin fails */
     char *content_type;  /* owned, NUL-terminated, or NULL */
     char *headers;       /* owned: stored response header lines "Name: value\r\n", or NULL */
-    size_t headers_len;
-    char *etag; /* owned: the entity tag with its quotes ("\"x\"" or W/"x"), or NULL */
-    char *body; /* owned */
+    uint32_t headers_len;
+    uint32_t room; /* bytes right after the entry a store may keep its record in (see
+                      store_entry_make(), store_record_room()); 0 for store_entry_new() */
+    char *etag;    /* owned: the entity tag with its quotes ("\"x\"" or W/"x"), or NULL */
+    char *body;    /* owned */
     size_t body_len;
 };
 
@@ -129,6 +145,50 @@ struct store_health {
                              the memory store) */
 };
 
+/* ---- listing cache entries (the admin API) ------------------------------------------------ */
+
+#define STORE_LIST_VARIANTS 64 /* variants of one primary listed at most (all are counted) */
+
+/* One cache entry as store_list() reports it; times are the store's clock at now_ms. */
+struct store_list_entry {
+    char *key; /* owned by the listing: keylen bytes and a NUL */
+    size_t keylen;
+    uint16_t status;
+    uint8_t flags;           /* STORE_ENTRY_* */
+    uint64_t age_ms;         /* current age: its age_ms + now - stored_ms (Age, in ms) */
+    uint64_t ttl_ms;         /* fresh this much longer (0: stale) */
+    uint64_t swr_ms, sie_ms; /* its stale windows (0: none) */
+    uint64_t swr_left_ms,
+        sie_left_ms; /* until each window ends: expires + window - now (0: over) */
+    uint64_t bytes;  /* body, content type, header lines and ETag */
+    char **tags;     /* owned: ntags tags, each taglens[i] bytes and a NUL */
+    size_t *taglens;
+    size_t ntags;
+    char *vary; /* owned: a Vary marker's field names (its body) and a NUL, or NULL */
+    /* a primary's variants (secondary entries, see STORE_KEY_SEP) that the glob matches */
+    struct store_list_entry *variants; /* owned: the first nvariants found */
+    size_t nvariants;                  /* at most STORE_LIST_VARIANTS */
+    size_t variant_count;              /* every one found */
+    bool variants_partial;             /* not every variant was looked at (Redis reads at most
+                                          STORE_LIST_VARIANTS): variant_count is a lower bound */
+};
+
+/* What store_list() found. Owned by the store until the completion returns. */
+struct store_listing {
+    const char *store;                /* the store that answered: "memory" or "redis" (static) */
+    struct store_list_entry *entries; /* n primaries, in the store's order */
+    size_t n;
+    bool truncated;   /* the walk stopped before the end (the limit reached, or the store's
+                         bound on the work of one call): more entries may match */
+    uint64_t scanned; /* what the walk looked at: the memory store's records, Redis's keys that
+                         SCAN returned */
+    uint64_t now_ms;  /* the store's clock (Redis: 0 when it read no entry) */
+};
+
+/* Completion of store_list(): status 0 with the listing (borrowed), else -1 or STORE_UNAVAILABLE
+ * with NULL. */
+typedef void store_list_fn(void *arg, int status, const struct store_listing *l);
+
 struct store;
 
 struct store_ops {
@@ -147,6 +207,9 @@ struct store_ops {
     void (*invalidate_pattern)(struct store *s, const char *glob, size_t globlen,
                                store_count_fn *done, void *arg);
     void (*release_lease)(struct store *s, const char *key, size_t keylen);
+    void (*list)(struct store *s, const char *glob, size_t globlen, size_t limit,
+                 store_list_fn *done, void *arg);
+    size_t (*record_room)(struct store *s, size_t keylen, size_t ntags); /* NULL: 0 */
 };
 
 /* A worker's handle on a store. */
@@ -229,6 +292,19 @@ store_release_lease(struct store *s, const char *key, size_t keylen)
     s->ops->release_lease(s, key, keylen);
 }
 
+/*
+ * The room (bytes) a fill under a key of keylen bytes with ntags tags can
+ * use in an entry made by store_entry_make(): a store that keeps a record of
+ * its entries in process (the memory store) puts it there, so that the
+ * record, key, fields and body are one allocation; with less room it
+ * allocates the record apart. 0 for a store that keeps none.
+ */
+static inline size_t
+store_record_room(struct store *s, size_t keylen, size_t ntags)
+{
+    return s->ops->record_room ? s->ops->record_room(s, keylen, ntags) : 0;
+}
+
 /* Bumps each tag's generation: every entry filled under an older one is gone. */
 static inline void
 store_invalidate(struct store *s, const char *const *tags, const size_t *taglens, size_t ntags,
@@ -281,6 +357,48 @@ store_invalidate_pattern(struct store *s, const char *glob, size_t globlen, stor
     s->ops->invalidate_pattern(s, glob, globlen, done, arg);
 }
 
+/*
+ * Lists the cache entries whose keys match `glob` as store_invalidate_pattern()
+ * means it (store_key_matches(); a glob holding a NUL is refused, -1): each
+ * primary key once, with its fields, and its variants that match (all of
+ * them when the primary does). Expired entries (past their stale keep) and
+ * entries whose tags were invalidated are not listed. The walk stops once
+ * `limit` primaries are listed (1 or more), and each store bounds the work
+ * of one call even when few keys match (the memory store: records walked,
+ * one shard at a time under its lock; Redis: SCAN rounds, on the handle's
+ * own connection, each entry's metadata read without its body); either
+ * way the listing says truncated. For the admin API: `done` is called
+ * once, now (memory) or from the event loop (Redis).
+ */
+static inline void
+store_list(struct store *s, const char *glob, size_t globlen, size_t limit, store_list_fn *done,
+           void *arg)
+{
+    s->ops->list(s, glob, globlen, limit, done, arg);
+}
+
+/* For the stores: appends a primary to l with its key copied; returns it (zeroed otherwise),
+ * valid until the next append. */
+struct store_list_entry *store_listing_add(struct store_listing *l, const char *key, size_t keylen);
+
+/* For the stores: counts a variant of p and, while fewer than STORE_LIST_VARIANTS are listed,
+ * appends it with its key copied and returns it (zeroed otherwise); NULL when not listed. */
+struct store_list_entry *store_list_add_variant(struct store_list_entry *p, const char *key,
+                                                size_t keylen);
+
+/* For the stores: appends a copy of a tag to e's tags. */
+void store_list_add_tag(struct store_list_entry *e, const char *tag, size_t len);
+
+/* For the stores: e's times at now from an entry's stamps (store_entry's fields of those names). */
+void store_list_set_times(struct store_list_entry *e, uint64_t stored_ms, uint64_t expires_ms,
+                          uint64_t age_ms, uint64_t swr_ms, uint64_t sie_ms, uint64_t now);
+
+/* For the stores: frees what e holds (not e itself: an item of an array) and zeroes it. */
+void store_list_entry_free(struct store_list_entry *e);
+
+/* For the stores: frees what l holds (not l itself) and empties it. */
+void store_listing_free(struct store_listing *l);
+
 /* Fills *h with the store's health; a store without a health report is "ok". */
 static inline void
 store_health(struct store *s, struct store_health *h)
@@ -311,9 +429,26 @@ bool store_glob_literal(const char *glob, size_t globlen, char *out, size_t *out
  * flags, stale_ms, headers and etag start empty and may be set (malloc'd) before the fill. */
 struct store_entry *store_entry_new(uint16_t status, char *content_type, char *body,
                                     size_t body_len);
+/*
+ * Returns a new entry with refs 1 in one allocation: the entry, `room` bytes
+ * for a store's record (store_record_room(); they start aligned for any
+ * record, and are not rounded up: an entry's size follows its key's length
+ * byte by byte, so that entries of nearly equal sizes fit each other's
+ * blocks once freed), then copies of
+ * the content type (NUL-terminated), header lines (headers_len bytes), ETag
+ * (NUL-terminated) and body (body_len bytes), each followed by a NUL; a NULL
+ * argument leaves its field NULL. Nothing is taken: the caller keeps what it
+ * passed. Times, flags and windows start at 0 and may be set before the
+ * fill, as may an absent ETag (malloc'd, then freed on its own); a field
+ * given here is never replaced. Aborts when memory is exhausted.
+ */
+struct store_entry *store_entry_make(uint16_t status, const char *content_type, const char *headers,
+                                     size_t headers_len, const char *etag, const void *body,
+                                     size_t body_len, size_t room);
 /* Takes one more reference; thread-safe. */
 void store_entry_ref(struct store_entry *e);
-/* Drops one reference; the last frees the entry, body and content type. NULL is a no-op. */
+/* Drops one reference; the last frees the entry and what it owns (its fields, its block).
+ * NULL is a no-op. */
 void store_entry_release(struct store_entry *e);
 
 /* Wall clock (CLOCK_REALTIME) in ms since the epoch. */

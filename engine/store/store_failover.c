@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "store.h"
+#include "log.h"
 #include "store_failover.h"
 #include "util.h"
 
@@ -54,6 +55,10 @@
  * some) and reported failed (-1): the shared cache was not touched, and
  * nothing is kept to be sent again, unlike tags (a pattern run replayed
  * later could remove entries filled since; the caller retries instead).
+ *
+ * A listing goes to the primary while the breaker is closed; when it is not,
+ * or when the primary does not answer (which counts as a failure), the
+ * fallback lists its own entries, and the listing says which store answered.
  */
 
 #define MAX_REPLAY 4096
@@ -93,8 +98,7 @@ on_success(struct failover *f)
     f->fails = 0;
     if (f->state != BR_CLOSED) {
         f->state = BR_CLOSED;
-        fprintf(stderr, "sluice: %s: redis store recovered: cache and shared limits in use again\n",
-                f->name);
+        log_info("%s: redis store recovered: cache and shared limits in use again", f->name);
     }
     if (f->replay_n && !f->replaying && !f->closing)
         replay_flush(f);
@@ -108,11 +112,10 @@ on_failure(struct failover *f)
     if (f->state == BR_PROBING || (f->state == BR_CLOSED && f->fails >= f->threshold)) {
         if (f->state == BR_CLOSED) {
             f->h.transitions++;
-            fprintf(stderr,
-                    "sluice: %s: redis store degraded after %u failures: cache bypassed, limits "
-                    "checked in-process (fail open), fail-closed limits refused; retrying in "
-                    "%llu ms\n",
-                    f->name, f->fails, (unsigned long long)f->cooldown_ms);
+            log_warn("%s: redis store degraded after %u failures: cache bypassed, limits "
+                     "checked in-process (fail open), fail-closed limits refused; retrying in "
+                     "%llu ms",
+                     f->name, f->fails, (unsigned long long)f->cooldown_ms);
         }
         f->state = BR_OPEN;
         f->open_until = store_now_ms() + f->cooldown_ms;
@@ -341,10 +344,9 @@ replay_add(struct failover *f, const char *tag, size_t len)
         f->replay_n--;
         f->replay_dropped++;
         if (f->replay_dropped == 1)
-            fprintf(stderr,
-                    "sluice: %s: more than %d invalidations wait for the redis store; the "
-                    "oldest are dropped\n",
-                    f->name, MAX_REPLAY);
+            log_warn("%s: more than %d invalidations wait for the redis store; the "
+                     "oldest are dropped",
+                     f->name, MAX_REPLAY);
     }
     size_t i = (f->replay_head + f->replay_n) % MAX_REPLAY;
     f->replay[i] = xmalloc(len ? len : 1);
@@ -455,6 +457,49 @@ fo_invalidate_pattern(struct store *s, const char *glob, size_t globlen, store_c
     store_invalidate_pattern(f->primary, glob, globlen, on_primary_count, op);
 }
 
+/* ---- list ---------------------------------------------------------------------------------- */
+
+struct list_op {
+    struct failover *f;
+    store_list_fn *done;
+    void *arg;
+    size_t limit;
+    size_t globlen;
+    char glob[];
+};
+
+static void
+on_primary_list(void *arg, int status, const struct store_listing *l)
+{
+    struct list_op *op = arg;
+    struct failover *f = op->f;
+
+    if (status == STORE_UNAVAILABLE) {
+        on_failure(f);
+        store_list(f->fallback, op->glob, op->globlen, op->limit, op->done, op->arg);
+    } else {
+        on_success(f); /* -1 is an error reply: the store answered */
+        op->done(op->arg, status, l);
+    }
+    free(op);
+}
+
+static void
+fo_list(struct store *s, const char *glob, size_t globlen, size_t limit, store_list_fn *done,
+        void *arg)
+{
+    struct failover *f = (struct failover *)s;
+
+    if (!use_primary(f, false)) {
+        store_list(f->fallback, glob, globlen, limit, done, arg);
+        return;
+    }
+    struct list_op *op = xmalloc(sizeof(*op) + globlen);
+    *op = (struct list_op){.f = f, .done = done, .arg = arg, .limit = limit, .globlen = globlen};
+    memcpy(op->glob, glob, globlen);
+    store_list(f->primary, glob, globlen, limit, on_primary_list, op);
+}
+
 /* A batch of kept invalidations in flight; its strings are owned here. */
 struct replay_op {
     struct failover *f;
@@ -556,6 +601,7 @@ static const struct store_ops failover_ops = {
     .delete_keys = fo_delete_keys,
     .invalidate_pattern = fo_invalidate_pattern,
     .release_lease = fo_release_lease,
+    .list = fo_list,
 };
 
 struct store *

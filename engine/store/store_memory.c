@@ -10,7 +10,9 @@
 #include <sys/random.h>
 
 #include "store.h"
+#include "log.h"
 #include "store_memory.h"
+#include "store_memory_list.h"
 #include "store_memory_table.h"
 #include "util.h"
 
@@ -96,13 +98,13 @@ entry_lookup(struct store_memory *m, uint64_t locked, uint64_t hash, const char 
 
     if (!e)
         return LOOKUP_MISS;
-    for (uint32_t i = 0; i < e->ntags; i++) /* a held record stays, its hash never changes */
+    for (uint32_t i = 0; i < e->r.ntags; i++) /* a held record stays, its hash never changes */
         need |= shard_bit(e->tags[i].tag->r.hash);
     if (need & ~locked) {
         *wider = need;
         return LOOKUP_WIDER;
     }
-    for (uint32_t i = 0; i < e->ntags; i++) {
+    for (uint32_t i = 0; i < e->r.ntags; i++) {
         if (e->tags[i].tag->gen != e->tags[i].gen) {
             mt_remove(m, sh, &e->r);
             return LOOKUP_MISS;
@@ -112,9 +114,10 @@ entry_lookup(struct store_memory *m, uint64_t locked, uint64_t hash, const char 
         TAILQ_REMOVE(&sh->lru, e, lru);
         TAILQ_INSERT_TAIL(&sh->lru, e, lru);
     }
-    store_entry_ref(e->entry);
-    *out = e->entry;
-    return now < e->entry->expires_ms ? LOOKUP_HIT : LOOKUP_STALE;
+    struct store_entry *se = rec_entry(e);
+    store_entry_ref(se);
+    *out = se;
+    return now < se->expires_ms ? LOOKUP_HIT : LOOKUP_STALE;
 }
 
 struct limit_slot {
@@ -389,23 +392,6 @@ mem_admit_and_lookup(struct store *s, struct store_admit *a, store_done_fn *done
     done(arg, 0);
 }
 
-static struct entry_rec *
-entry_rec_new(uint64_t hash, const char *key, size_t keylen, struct tag_rec *const *tags,
-              const uint64_t *gens, size_t ntags)
-{
-    struct entry_rec *e = xmalloc(entry_size(ntags, keylen));
-
-    memset(e, 0, sizeof(*e));
-    e->r = (struct rec){.hash = hash, .keylen = (uint32_t)keylen, .kind = REC_ENTRY};
-    e->ntags = (uint32_t)ntags;
-    for (size_t i = 0; i < ntags; i++)
-        e->tags[i] = (struct tag_ref){.tag = tags[i], .gen = gens[i]};
-    memcpy(&e->tags[ntags], key, keylen);
-    if (store_key_primary_len(key, keylen) < keylen)
-        e->r.flags |= REC_SECONDARY;
-    return e;
-}
-
 /*
  * Holds the record of each tag for an entry about to be stored, creating
  * those that have none with the generation in gens; each created record is
@@ -469,9 +455,10 @@ mem_fill(struct store *s, const char *key, size_t keylen, struct store_entry *en
     uint64_t eh = mt_entry_hash(m, key, keylen), mask = shard_bit(eh), now;
     unsigned own = shard_index(eh);
     struct shard *sh = shard_at(m, eh);
-    size_t charge = entry_charge(entry, ntags, keylen), held_tags;
+    bool kept = ttl_ms > 0 || entry->stale_ms > 0;
+    size_t charge = 0, held_tags;
+    struct entry_rec *e = NULL;
     uint64_t expires, keep;
-    struct entry_rec *e;
     struct rec *old;
     bool moved;
     int status = 0;
@@ -480,6 +467,9 @@ mem_fill(struct store *s, const char *key, size_t keylen, struct store_entry *en
         th[i] = tag_hash(m, tags[i], taglens[i]);
         mask |= shard_bit(th[i]);
     }
+    /* The record is made before any lock is taken (in the entry's room when it has one). */
+    if (kept && keylen <= UINT32_MAX && ntags <= UINT16_MAX)
+        e = mt_entry_new(entry, eh, key, keylen, ntags, &charge);
     lock_shards(m, mask);
     now = clock_now(m);
     lease_release(m, eh, key, keylen, now);
@@ -495,9 +485,9 @@ mem_fill(struct store *s, const char *key, size_t keylen, struct store_entry *en
     if (old) {
         mt_remove(m, sh, old);
     }
-    if (ttl_ms == 0 && entry->stale_ms == 0)
+    if (!kept)
         goto out;
-    if (keylen > UINT32_MAX || ntags > UINT32_MAX || charge > m->cache.max) {
+    if (!e || charge > m->cache.max) {
         tally(&m->not_stored);
         goto out;
     }
@@ -517,22 +507,23 @@ mem_fill(struct store *s, const char *key, size_t keylen, struct store_entry *en
             tally(&m->not_stored);
         goto out;
     }
-    for (size_t i = 0; i < ntags; i++)
+    for (size_t i = 0; i < ntags; i++) {
         if (tr[i]->r.expires_ms < keep)
             tr[i]->r.expires_ms = keep; /* a tag outlives the entries that hold it */
-    e = entry_rec_new(eh, key, keylen, tr, tag_gens, ntags);
+        e->tags[i] = (struct tag_ref){.tag = tr[i], .gen = tag_gens[i]};
+    }
     entry->stored_ms = now;
     entry->expires_ms = expires;
-    store_entry_ref(entry);
-    e->entry = entry;
-    e->charge = charge;
     e->r.expires_ms = keep;
     mt_insert(m, sh, &e->r);
     TAILQ_INSERT_TAIL(&sh->lru, e, lru);
     sh->nentries++;
     sh->nsecondary += (e->r.flags & REC_SECONDARY) != 0;
+    e = NULL; /* the table's */
 out:
     mt_unlock_shards(m, mask, now);
+    if (e)
+        mt_entry_free(e, false);
     if (th != th_buf)
         free(th);
     if (tr != tr_buf)
@@ -562,8 +553,8 @@ mem_invalidate(struct store *s, const char *const *tags, const size_t *taglens, 
         for (size_t i = 0; i < ntags; i++) {
             struct tag_rec *t;
             tag_gen(m, th[i], tags[i], taglens[i], now, &t);
-            if (t)
-                t->gen = gen;
+            if (t) /* atomic: a listing reads it holding only the entry's shard */
+                __atomic_store_n(&t->gen, gen, __ATOMIC_RELAXED);
             else
                 *floor_of(shard_at(m, th[i]), th[i]) = gen;
         }
@@ -678,6 +669,23 @@ mem_release_lease(struct store *s, const char *key, size_t keylen)
     mt_unlock_shards(m, shard_bit(eh), now);
 }
 
+static void
+mem_list(struct store *s, const char *glob, size_t globlen, size_t limit, store_list_fn *done,
+         void *arg)
+{
+    struct store_listing l = {.store = "memory"};
+    int status = mt_list(((struct handle *)s)->m, glob, globlen, limit, &l);
+
+    done(arg, status, status == 0 ? &l : NULL);
+    store_listing_free(&l);
+}
+
+static size_t
+mem_record_room(struct store *s, size_t keylen, size_t ntags)
+{
+    return keylen <= UINT32_MAX && ntags <= UINT16_MAX ? entry_size(ntags, keylen) : 0;
+}
+
 static const struct store_ops memory_ops = {
     .name = "memory",
     .admit_and_lookup = mem_admit_and_lookup,
@@ -687,6 +695,8 @@ static const struct store_ops memory_ops = {
     .delete_keys = mem_delete_keys,
     .invalidate_pattern = mem_invalidate_pattern,
     .release_lease = mem_release_lease,
+    .list = mem_list,
+    .record_room = mem_record_room,
 };
 
 /* ---- the store: its table, handles and stats ---------------------------- */
@@ -697,8 +707,7 @@ store_memory_new(size_t cache_bytes, size_t limit_bytes)
     struct store_memory *m = aligned_alloc(64, sizeof(*m));
 
     if (!m) {
-        fprintf(stderr, "sluice: out of memory (memory store)\n");
-        abort();
+        log_abort("out of memory (memory store)");
     }
     memset(m, 0, sizeof(*m));
     m->cache.max = cache_bytes;
@@ -738,6 +747,12 @@ store_memory_set_clock(struct store_memory *m, uint64_t (*now)(void *ctx), void 
 {
     m->now = now;
     m->now_ctx = ctx;
+}
+
+void
+store_memory_set_list_budget(struct store_memory *m, size_t records)
+{
+    m->list_budget = records;
 }
 
 void

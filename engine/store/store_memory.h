@@ -13,8 +13,10 @@
  * of two byte budgets that the totals never pass:
  *
  *   cache_bytes  cache entries (the record, key, store_entry, body, content
- *                type, header lines, ETag), Vary and hit-for-miss markers, tag
- *                records, and the cache's hash buckets. When full, tag records
+ *                type, header lines, ETag: one block for an entry made with
+ *                room for its record, store_record_room()), Vary and
+ *                hit-for-miss markers, tag records, and the cache's hash
+ *                buckets. When full, tag records
  *                no entry holds are dropped, then the least recently used
  *                entries; an entry that still does not fit is not stored
  *                (0 caches nothing).
@@ -46,6 +48,13 @@ struct store *store_memory_handle(struct store_memory *m);
  * shard locks held, from any thread.
  */
 void store_memory_set_clock(struct store_memory *m, uint64_t (*now)(void *ctx), void *ctx);
+
+/*
+ * For tests: a store_list() call walks at most `records` records of the
+ * table (and the rest of the shard it is in) instead of 200,000 (0: that
+ * default). Set it before any handle is used.
+ */
+void store_memory_set_list_budget(struct store_memory *m, size_t records);
 
 /* What the table holds, and what its budgets did since it was made. */
 struct store_memory_stats {

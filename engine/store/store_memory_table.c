@@ -8,7 +8,9 @@
 #include <sys/queue.h>
 
 #include "store.h"
+#include "log.h"
 #include "store_memory_table.h"
+#include "util.h"
 
 /*
  * Layout. The table is split into NSHARDS shards, each behind its own
@@ -25,6 +27,17 @@
  *          holds STORE_KEY_SEP) lives in its primary's shard: its hash takes
  *          the shard bits of the primary's, so removing a primary walks that
  *          one shard for its secondaries (only when the shard holds any).
+ *          The record lives in the entry's own block when the filler made it
+ *          with room for one (store_entry_make(), store_record_room(): the
+ *          gateway's answers), so that an entry is one allocation: the
+ *          store_entry, this record (its header, LRU links, tag references
+ *          and key), then content type, ETag, header lines and body. The
+ *          store keeps the filler's entry rather than a copy of it: a copy
+ *          would cost a memcpy of the body per fill, and the filler's
+ *          short-lived original, freed among long-lived copies, leaves holes
+ *          in the heap. An entry without room (or whose room another record
+ *          took, or too small for the key, as a Vary answer's secondary key
+ *          can be) gets a record block of its own holding a reference.
  *   tag    tag -> generation, and an expiry: the latest expiry of any entry
  *          filled under it. `refs` counts the entries that hold it: a tag
  *          record is never dropped while one does, so an entry keeps a
@@ -56,11 +69,12 @@
  *
  * Byte budgets. Every record is charged what the allocator holds for it
  * (a block of n bytes costs its usable size plus one word of header, as
- * glibc's chunks do): the record with its key, and for an entry the
- * store_entry with its body, content type, header lines and ETag; a limit's
- * sliding log; the bucket arrays of the hash tables beyond their minimum
- * size. Two counters, reserved with compare-and-swap so that neither total
- * ever passes its maximum:
+ * glibc's chunks do; malloc_usable_size() where the block exists): the
+ * record with its key, and for an entry every block it holds (the entry's
+ * one block, or the record's, the store_entry's and each field allocated
+ * apart); a limit's sliding log; the bucket arrays of the hash tables
+ * beyond their minimum size (an entry's slot in them). Two counters, reserved with compare-and-swap
+ * so that neither total ever passes its maximum:
  *
  *   cache  entries (markers included) and tags. To make room a fill first
  *          drops tag records no entry holds, then evicts least recently used
@@ -209,14 +223,15 @@ rec_free(struct store_memory *m, struct shard *sh, struct rec *r)
     case REC_ENTRY: {
         struct entry_rec *e = (struct entry_rec *)r;
         TAILQ_REMOVE(&sh->lru, e, lru);
-        for (uint32_t i = 0; i < e->ntags; i++)
+        for (uint32_t i = 0; i < r->ntags; i++)
             tag_unhold(m, e->tags[i].tag);
-        store_entry_release(e->entry);
-        budget_give(&m->cache, e->charge);
+        budget_give(&m->cache, entry_rec_charge(e));
         sh->nentries--;
         if (r->flags & REC_SECONDARY)
             sh->nsecondary--;
-        break;
+        sh->cache.count--;
+        mt_entry_free(e, true); /* the entry's block stays while lookups hold it */
+        return;
     }
     case REC_TAG: {
         struct tag_rec *t = (struct tag_rec *)r;
@@ -248,6 +263,66 @@ rec_unlink(struct shard *sh, struct rec *r)
     while (*pp != r)
         pp = &(*pp)->next;
     *pp = r->next;
+}
+
+/* Whether a record already lives in the entry's room (read without writing: the entry may be
+ * another record's, read by other threads). */
+static bool
+room_taken(const struct store_entry *e)
+{
+    return __atomic_load_n(&e->packed, __ATOMIC_ACQUIRE) & STORE_PACKED_ROOM_TAKEN;
+}
+
+struct entry_rec *
+mt_entry_new(struct store_entry *entry, uint64_t hash, const char *key, size_t keylen, size_t ntags,
+             size_t *charge)
+{
+    size_t need = entry_size(ntags, keylen);
+    struct entry_rec *e;
+    uint8_t flags = 0;
+
+    assert(keylen <= UINT32_MAX && ntags <= UINT16_MAX);
+    store_entry_ref(entry);
+    if (entry->room >= need && !room_taken(entry) &&
+        !(__atomic_fetch_or(&entry->packed, STORE_PACKED_ROOM_TAKEN, __ATOMIC_ACQ_REL) &
+          STORE_PACKED_ROOM_TAKEN)) {
+        e = (struct entry_rec *)(entry + 1);
+        flags = REC_IN_ENTRY;
+        *charge = store_entry_held(entry);
+    } else {
+        struct entry_held *h = xmalloc(sizeof(*h) + need);
+        h->entry = entry;
+        h->charge = held(h) + store_entry_held(entry);
+        *charge = h->charge;
+        e = (struct entry_rec *)(h + 1);
+    }
+    if (store_key_primary_len(key, keylen) < keylen)
+        flags |= REC_SECONDARY;
+    *e = (struct entry_rec){
+        .r = {.hash = hash,
+              .keylen = (uint32_t)keylen,
+              .kind = REC_ENTRY,
+              .flags = flags,
+              .ntags = (uint16_t)ntags},
+    };
+    if (keylen)
+        memcpy(&e->tags[ntags], key, keylen);
+    return e;
+}
+
+void
+mt_entry_free(struct entry_rec *e, bool inserted)
+{
+    struct store_entry *entry = rec_entry(e);
+
+    if (e->r.flags & REC_IN_ENTRY) {
+        /* A room that held a record stays taken: a later fill of the entry makes its own. */
+        if (!inserted)
+            __atomic_fetch_and(&entry->packed, (uint8_t)~STORE_PACKED_ROOM_TAKEN, __ATOMIC_ACQ_REL);
+    } else {
+        free((struct entry_held *)e - 1);
+    }
+    store_entry_release(entry);
 }
 
 void
@@ -574,8 +649,7 @@ table_init(struct table *t)
 {
     t->buckets = calloc(MIN_BUCKETS, sizeof(*t->buckets));
     if (!t->buckets) {
-        fprintf(stderr, "sluice: out of memory (memory store)\n");
-        abort();
+        log_abort("out of memory (memory store)");
     }
     t->mask = MIN_BUCKETS - 1;
 }

@@ -33,6 +33,7 @@
 enum rec_kind { REC_LIMIT = 1, REC_ENTRY, REC_TAG, REC_LEASE };
 
 #define REC_SECONDARY 0x01u /* an entry whose key holds STORE_KEY_SEP */
+#define REC_IN_ENTRY 0x02u  /* an entry's record in its store_entry's room (below) */
 
 /* A record's header; its key follows the record of its kind (rec_key()). */
 struct rec {
@@ -42,6 +43,7 @@ struct rec {
     uint32_t keylen;
     uint8_t kind;
     uint8_t flags;
+    uint16_t ntags; /* an entry's tag references; 0 for the other kinds */
 };
 
 struct limit_rec {
@@ -62,14 +64,33 @@ struct tag_ref {
     uint64_t gen;        /* at the lookup that led to the fill */
 };
 
+/*
+ * An entry's record, in one of two places (store_memory_table.c tells why):
+ *
+ *   in the entry (REC_IN_ENTRY)  the room of a store_entry_make() entry:
+ *                                [store_entry][entry_rec][tag_ref...][key]...[fields][body],
+ *                                one allocation. The record holds one reference on the
+ *                                entry; the block goes with the last one (a lookup's may
+ *                                outlive the record, whose bytes are then unused).
+ *   held                         a block of its own, [entry_held][entry_rec][tag_ref...][key],
+ *                                holding a reference on the entry (one without room enough).
+ */
 struct entry_rec {
     struct rec r;
     TAILQ_ENTRY(entry_rec) lru; /* in its shard's lru */
-    struct store_entry *entry;  /* one reference */
-    size_t charge;              /* bytes counted against the cache budget */
-    uint32_t ntags;
-    struct tag_ref tags[]; /* then the key */
+    struct tag_ref tags[];      /* r.ntags of them, then the key */
 };
+
+/* What precedes the record of a held entry in its block. */
+struct entry_held {
+    size_t charge;             /* bytes counted against the cache budget */
+    struct store_entry *entry; /* one reference */
+};
+
+_Static_assert(sizeof(struct store_entry) % _Alignof(struct entry_rec) == 0,
+               "a record in an entry's room follows its store_entry without padding");
+_Static_assert(sizeof(struct entry_held) % _Alignof(struct entry_rec) == 0,
+               "a held entry's record follows its entry_held without padding");
 
 struct table {
     struct rec **buckets;
@@ -107,6 +128,7 @@ struct store_memory {
     uint64_t seed;
     uint64_t (*now)(void *ctx);
     void *now_ctx;
+    size_t list_budget; /* records one listing walks at most (0: store_memory_list.h's default) */
 };
 
 /* Adds one to an atomic counter of the table. */
@@ -251,6 +273,7 @@ lease_size(size_t keylen)
     return sizeof(struct rec) + keylen;
 }
 
+/* An entry's record with its tag references and key (without what precedes it in its block). */
 static inline size_t
 entry_size(size_t ntags, size_t keylen)
 {
@@ -273,12 +296,40 @@ held(const void *p)
     return p ? malloc_usable_size((void *)p) + sizeof(size_t) : 0;
 }
 
-/* The charge of an entry: its record, and the store_entry with everything it owns. */
-static inline size_t
-entry_charge(const struct store_entry *e, size_t ntags, size_t keylen)
+/* The response of an entry record (borrowed: the record holds one reference). */
+static inline struct store_entry *
+rec_entry(const struct entry_rec *e)
 {
-    return chunk(entry_size(ntags, keylen)) + held(e) + held(e->body) + held(e->content_type) +
-           held(e->headers) + held(e->etag);
+    if (e->r.flags & REC_IN_ENTRY)
+        return (struct store_entry *)e - 1;
+    return ((const struct entry_held *)e - 1)->entry;
+}
+
+/* What the allocator holds for the store_entry e and every block it owns. */
+static inline size_t
+store_entry_held(const struct store_entry *e)
+{
+    uint8_t in =
+        __atomic_load_n(&e->packed, __ATOMIC_RELAXED); /* a filler may set the room's bit */
+
+    return held(e) + (in & STORE_PACKED_CONTENT_TYPE ? 0 : held(e->content_type)) +
+           (in & STORE_PACKED_HEADERS ? 0 : held(e->headers)) +
+           (in & STORE_PACKED_ETAG ? 0 : held(e->etag)) +
+           (in & STORE_PACKED_BODY ? 0 : held(e->body));
+}
+
+/*
+ * The charge of an entry record: what the allocator holds for the entry
+ * and every block it owns, and for a held entry the record's own block, as
+ * reckoned when it was made. (An entry is immutable once filled, so the
+ * first is the same whenever it is reckoned.)
+ */
+static inline size_t
+entry_rec_charge(const struct entry_rec *e)
+{
+    if (e->r.flags & REC_IN_ENTRY)
+        return store_entry_held(rec_entry(e));
+    return ((const struct entry_held *)e - 1)->charge;
 }
 
 /* Gives back n bytes charged to the budget. */
@@ -301,7 +352,7 @@ rec_key(const struct rec *r)
         return (const char *)((const struct limit_rec *)r + 1);
     case REC_ENTRY: {
         const struct entry_rec *e = (const struct entry_rec *)r;
-        return (const char *)&e->tags[e->ntags];
+        return (const char *)&e->tags[e->r.ntags];
     }
     case REC_TAG:
         return (const char *)((const struct tag_rec *)r + 1);
@@ -356,6 +407,23 @@ void mt_insert(struct store_memory *m, struct shard *sh, struct rec *r);
  */
 struct rec *mt_find(struct store_memory *m, struct shard *sh, uint64_t hash, enum rec_kind kind,
                     const char *key, size_t keylen, const struct limiter_rule *id, uint64_t now);
+
+/*
+ * Returns a new entry record for the response `entry` under key (hash, the
+ * key copied, r.ntags set; tag references, expiry and links for the caller
+ * to set), with no lock held: in the entry's room when it has room enough
+ * and no record there yet, else in a block of its own. Takes a reference on
+ * entry. *charge is what it will cost the cache budget. Freed with
+ * mt_entry_free() until it is inserted.
+ */
+struct entry_rec *mt_entry_new(struct store_entry *entry, uint64_t hash, const char *key,
+                               size_t keylen, size_t ntags, size_t *charge);
+
+/*
+ * Frees an entry record and drops its reference on the entry: one never
+ * inserted (its room, if it was in one, free again), or one unlinked.
+ */
+void mt_entry_free(struct entry_rec *e, bool inserted);
 
 /*
  * Unlinks record r from its table of the (locked) shard sh and frees it with

@@ -70,7 +70,7 @@ def crm_database():
 class Sluice:
     """A running `sluice serve` on a free loopback port."""
 
-    def __init__(self, policy_dir, database=None, args=(), env=None, per_ip_cap=False):
+    def __init__(self, policy_dir, database=None, args=(), env=None, per_ip_cap=False, binary=None):
         self.policy_dir = policy_dir
         e = dict(os.environ)
         if database:
@@ -78,7 +78,7 @@ class Sluice:
         if env:
             e.update(env)
         self.log = tempfile.NamedTemporaryFile(prefix="sluice-e2e-", suffix=".log", delete=False)
-        cmd = [BIN, "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--workers", "2"]
+        cmd = [binary or BIN, "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--workers", "2"]
         if not per_ip_cap:
             # The tests' clients all connect from 127.0.0.1 and stand for many callers: no
             # per-address connection cap unless a test asks for the binary's own (or sets one).

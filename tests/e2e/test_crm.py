@@ -218,7 +218,9 @@ class CacheAndData(SluiceTestCase):
         finally:
             sock.close()
         self.assertEqual(resp.count(b"HTTP/1.1 200 OK\r\n"), n)
-        self.assertTrue(resp.rstrip().endswith(b"no endpoint matches this path\"}"), resp[-200:])
+        last = resp[resp.rindex(b"HTTP/1.1 "):]  # the 404 comes last, with its request id
+        self.assertTrue(last.startswith(b"HTTP/1.1 404"), resp[-300:])
+        self.assertIn(b'"detail":"no endpoint matches this path","request_id":', last)
 
     def test_pipelined_requests_answered_in_order(self):
         raw = b"".join(b"GET /api/crm?type=%s HTTP/1.1\r\nHost: x\r\nX-User-Id: 3\r\n\r\n" % t

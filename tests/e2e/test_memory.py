@@ -4,8 +4,9 @@ The real binary with small budgets (--cache-bytes, --limit-bytes) takes a flood 
 whose cache keys, tags and limit keys the client chooses: RSS (VmRSS) stays under 1.3 x the
 budgets above the process's own baseline, the cache evicts, and once the limit budget is
 full of live states a new caller is refused (503 problem+json, Retry-After), never admitted
-with a fresh budget, while callers with a state keep being counted. No database, no origin:
-the endpoints answer fixed bodies.
+with a fresh budget, while callers with a state keep being counted. Answers of 200 bytes and
+2 KiB fill a 64 MiB budget densely (one block per entry) without holes in the heap. No
+database, no origin: the endpoints answer fixed bodies.
 """
 
 import json
@@ -121,6 +122,70 @@ class MemoryBudgets(SluiceTestCase):
         self.assertGreater(mem["evicted_entries"], 100000)
         self.assertGreater(mem["evicted_tags"], 100000)
         self.assertEqual(mem["limit_refused"], total[503])
+
+
+ANSWERS = r'''
+endpoint "GET /a200" { body = ("x"):rep(200), cache = { ttl = "1h", key = "a:{query.k}" } }
+endpoint "GET /a2k" { body = ("y"):rep(2048), cache = { ttl = "1h", key = "b:{query.k}" } }
+'''
+
+
+class AnswersFillTheBudget(SluiceTestCase):
+    """The cache budget filled twice over with answers of one size under new keys: RSS stays
+    under 1.3 x the budget above the baseline, the budget holds as many entries as one block
+    per entry allows (record, key, fields and body together), and the process grows by little
+    more than that per entry (the heap keeps no holes between entries)."""
+
+    CACHE = 64 * MIB
+
+    def fill(self, path, size, charged, resident, n):
+        """n requests of path under new keys; each entry charged at most `charged` bytes and
+        RSS grown by at most `resident` bytes per entry held."""
+        d = tempfile.mkdtemp(prefix="sluice-mem-")
+        with open(os.path.join(d, "main.lua"), "w") as f:
+            f.write(ANSWERS)
+        s = self.start(d, args=["--no-watch", "--cache-bytes", str(self.CACHE)])
+        self.assertEqual(lib.pipelined(s.port, ("%s?k=w%d" % (path, i) for i in range(50))),
+                         {200: 50})
+        base = lib.rss_kib(s.proc.pid)
+        peak = [base]
+
+        def sample():
+            peak[0] = max(peak[0], lib.rss_kib(s.proc.pid))
+
+        counts = lib.pipelined(s.port, ("%s?k=%d" % (path, i) for i in range(n)),
+                               on_batch=sample, timeout=25)
+        sample()
+        mem = memory_status(s)
+        bound = base + 1.3 * self.CACHE / 1024
+        grown = (peak[0] - base) * 1024.0 / mem["entries"]
+        note("%d-byte answers, %d new keys: RSS peak %.1f MiB (baseline %.1f MiB, bound %.1f "
+             "MiB, (peak - baseline) / budget %.2f); %d entries, %.0f bytes charged and %.0f "
+             "resident each" % (size, n, peak[0] / 1024, base / 1024, bound / 1024,
+                                (peak[0] - base) * 1024 / self.CACHE, mem["entries"],
+                                mem["cache_bytes"] / mem["entries"], grown))
+        self.assertEqual(counts, {200: n})
+        self.assertLessEqual(mem["cache_bytes"], self.CACHE)
+        self.assertGreater(mem["cache_bytes"], 0.95 * self.CACHE)
+        self.assertGreater(mem["evicted_entries"], 0)
+        self.assertGreaterEqual(mem["entries"], self.CACHE // charged)
+        if not lib.SANITIZED:  # ASan's shadow and quarantine are not the store's
+            self.assertLess(peak[0], bound)
+            self.assertLess(grown, resident)
+        # The newest answers are there, whole.
+        for i in range(n - 5, n):
+            status, headers, body = s.get("%s?k=%d" % (path, i))
+            self.assertEqual((status, headers["x-cache"], len(body)), (200, "HIT", size))
+
+    def test_200_byte_answers_dense_and_rss_within_1_3_budget(self):
+        # Charged 513 bytes an entry as five allocations, 429 as one block. The process grew
+        # by 514 and 512 bytes per entry with holes left between entries in the heap, 430
+        # without.
+        self.fill("/a200", 200, 450, 480, 320000)
+
+    def test_2_kib_answers_dense_and_rss_within_1_3_budget(self):
+        # Charged 2347 and 2265 bytes; resident 2574 and 2634 with holes, 2276 without.
+        self.fill("/a2k", 2048, 2300, 2450, 60000)
 
 
 class LimitBudgetFull(SluiceTestCase):

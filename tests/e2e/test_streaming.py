@@ -82,6 +82,7 @@ class Upstream:
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
             allow_reuse_address = True
+            request_queue_size = 128  # 16 connects at once must not wait for a SYN retry
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]

@@ -230,7 +230,13 @@ class RunawayHooks(SluiceTestCase):
             self.assertEqual(st, 200, b)
             # cost 50 of the failed hook is dropped, cost 3 of the next one kept
             self.assertEqual(int(h["x-ratelimit-remaining"]), 100 - 3 * (i + 1))
-        self.assertIn("hook bomb skipped (memory cap reached)", self.s.read_log())
+        log = self.s.read_log()
+        if lib.SANITIZED and "hook bomb skipped (memory cap reached)" not in log:
+            # Under ASan the allocations are slow enough that the time budget may stop the
+            # bomb first: stopped all the same, for another reason.
+            self.assertIn("hook bomb skipped (time budget exceeded)", log)
+        else:
+            self.assertIn("hook bomb skipped (memory cap reached)", log)
 
     def test_other_tenants_keep_their_latency(self):
         p50_ms(self.s.port, "beta", 50, "warm")

@@ -238,6 +238,16 @@ conf_entry(uint16_t status, const char *ctype, const void *body, size_t len)
     return store_entry_new(status, ct, b, len);
 }
 
+/* An entry as the gateway makes one for the key r looked up: one block with room for the
+ * store's record of it (store_entry_make(), store_record_room()). */
+static struct store_entry *
+conf_entry_for(struct conf *c, const struct conf_req *r, uint16_t status, const char *ctype,
+               const void *body, size_t len)
+{
+    return store_entry_make(status, ctype, NULL, 0, NULL, body, len,
+                            store_record_room(c->s, r->keylen, r->ntags));
+}
+
 /* Fills the key the request looked up, with its tags and the generations it read. */
 static int
 conf_fill_req(struct conf *c, const struct conf_req *r, struct store_entry *e, uint64_t ttl_ms)
@@ -255,10 +265,10 @@ conf_put(struct conf *c, const char *key, const char *const *tags, const char *b
          uint64_t ttl_ms)
 {
     struct conf_req r;
-    struct store_entry *e = conf_entry(200, "text/plain", body, strlen(body));
 
     conf_lookup(c, &r, key, tags);
     store_entry_release(r.a.entry);
+    struct store_entry *e = conf_entry_for(c, &r, 200, "text/plain", body, strlen(body));
     int status = conf_fill_req(c, &r, e, ttl_ms);
     store_entry_release(e);
     return status;
@@ -1669,6 +1679,379 @@ conf_pattern_syntax(void **state)
     assert_int_equal(op.calls, 1);
     assert_int_equal(op.status, -1);
     assert_true(conf_has(c, "o:a"));
+}
+
+/* ---- listing entries ------------------------------------------------------------ */
+
+/* A copy of a listing, the test's own, with the completion's status. */
+struct conf_list_op {
+    bool done;
+    int calls;
+    int status;
+    struct store_listing got;
+};
+
+static void
+conf_list_copy_entry(struct store_list_entry *to, const struct store_list_entry *from)
+{
+    char *key = to->key;
+
+    *to = *from;
+    to->key = key;
+    to->tags = NULL;
+    to->taglens = NULL;
+    to->ntags = 0;
+    to->variants = NULL;
+    to->nvariants = 0;
+    to->variant_count = 0;
+    to->vary = from->vary ? strdup(from->vary) : NULL;
+    for (size_t i = 0; i < from->ntags; i++)
+        store_list_add_tag(to, from->tags[i], from->taglens[i]);
+    for (size_t i = 0; i < from->nvariants; i++) {
+        const struct store_list_entry *v = &from->variants[i];
+        conf_list_copy_entry(store_list_add_variant(to, v->key, v->keylen), v);
+    }
+    to->variant_count = from->variant_count;
+}
+
+static void
+conf_list_done(void *arg, int status, const struct store_listing *l)
+{
+    struct conf_list_op *op = arg;
+
+    op->calls++;
+    op->done = true;
+    op->status = status;
+    if (status != 0) {
+        assert_null(l);
+        return;
+    }
+    assert_non_null(l);
+    assert_non_null(l->store);
+    op->got.store = l->store;
+    op->got.truncated = l->truncated;
+    op->got.scanned = l->scanned;
+    op->got.now_ms = l->now_ms;
+    for (size_t i = 0; i < l->n; i++)
+        conf_list_copy_entry(store_listing_add(&op->got, l->entries[i].key, l->entries[i].keylen),
+                             &l->entries[i]);
+}
+
+static int
+conf_entry_key_cmp(const void *a, const void *b)
+{
+    const struct store_list_entry *x = a, *y = b;
+    size_t n = x->keylen < y->keylen ? x->keylen : y->keylen;
+    int c = memcmp(x->key, y->key, n);
+
+    return c ? c : (x->keylen > y->keylen) - (x->keylen < y->keylen);
+}
+
+/* Lists glob (up to limit) into *out, entries and their variants sorted by key; returns the
+ * status. Free with store_listing_free(). */
+static int
+conf_list_n(struct conf *c, const char *glob, size_t globlen, size_t limit,
+            struct store_listing *out)
+{
+    struct conf_list_op op = {0};
+
+    store_list(c->s, glob, globlen, limit, conf_list_done, &op);
+    c->h->run_until_done(c->h->ctx, &op.done);
+    assert_true(op.done);
+    assert_int_equal(op.calls, 1);
+    if (op.got.n > 1)
+        qsort(op.got.entries, op.got.n, sizeof(*op.got.entries), conf_entry_key_cmp);
+    for (size_t i = 0; i < op.got.n; i++)
+        if (op.got.entries[i].nvariants > 1)
+            qsort(op.got.entries[i].variants, op.got.entries[i].nvariants,
+                  sizeof(*op.got.entries[i].variants), conf_entry_key_cmp);
+    *out = op.got;
+    return op.status;
+}
+
+static int
+conf_list(struct conf *c, const char *glob, size_t limit, struct store_listing *out)
+{
+    return conf_list_n(c, glob, strlen(glob), limit, out);
+}
+
+/* Whether ms is within [lo, lo + slack]: a store on a real clock takes time of its own. */
+#define CONF_SLACK_MS 400
+static void
+conf_near(uint64_t ms, uint64_t lo)
+{
+    if (ms < lo || ms > lo + CONF_SLACK_MS)
+        fail_msg("%llu ms, want %llu (+%d)", (unsigned long long)ms, (unsigned long long)lo,
+                 CONF_SLACK_MS);
+}
+
+/* A glob picks the keys; each entry comes with its status, size, tags, age and times left. */
+static void
+conf_list_fields(void **state)
+{
+    struct conf *c = *state;
+    static const char hdrs[] = "X-A: 1\r\nX-B: 22\r\n";
+    const char *tags[] = {"ls:tag:1", "url:/ls/a", NULL};
+    struct store_listing l;
+    struct conf_req r;
+
+    struct store_entry *e = conf_entry(203, "text/plain", "hello", 5);
+    e->headers = conf_bytes(hdrs, sizeof(hdrs) - 1);
+    e->headers_len = sizeof(hdrs) - 1;
+    e->etag = strdup("\"e1\"");
+    e->age_ms = 5000;
+    e->swr_ms = 20000;
+    e->sie_ms = 60000;
+    e->stale_ms = 60000;
+    conf_lookup(c, &r, "ls:a:1", tags);
+    assert_int_equal(conf_fill_req(c, &r, e, 30000), 0);
+    store_entry_release(e);
+    assert_int_equal(conf_put(c, "ls:a:2", NULL, "x", 10000), 0);
+    assert_int_equal(conf_put(c, "ls:b:1", NULL, "y", 10000), 0);
+    assert_int_equal(conf_put(c, "ls:a", NULL, "z", 10000), 0);
+    c->h->advance(c->h->ctx, 1200);
+
+    assert_int_equal(conf_list(c, "ls:a:*", 100, &l), 0);
+    assert_int_equal(l.n, 2);
+    assert_false(l.truncated);
+    assert_true(l.scanned >= 2);
+    const struct store_list_entry *a = &l.entries[0], *b = &l.entries[1];
+    assert_string_equal(a->key, "ls:a:1");
+    assert_int_equal(a->keylen, 6);
+    assert_int_equal(a->status, 203);
+    assert_int_equal(a->flags, 0);
+    assert_int_equal(a->bytes, 5 + strlen("text/plain") + sizeof(hdrs) - 1 + 4);
+    conf_near(a->age_ms, 5000 + 1200);
+    conf_near(a->ttl_ms, 30000 - 1200 - CONF_SLACK_MS);
+    assert_true(a->ttl_ms <= 30000 - 1200);
+    assert_int_equal(a->swr_ms, 20000);
+    assert_int_equal(a->sie_ms, 60000);
+    assert_int_equal(a->swr_left_ms, a->ttl_ms + 20000);
+    assert_int_equal(a->sie_left_ms, a->ttl_ms + 60000);
+    assert_int_equal(a->ntags, 2);
+    char *t0 = conf_bytes(a->tags[0], a->taglens[0]), *t1 = conf_bytes(a->tags[1], a->taglens[1]);
+    assert_true((strcmp(t0, tags[0]) == 0 && strcmp(t1, tags[1]) == 0) ||
+                (strcmp(t0, tags[1]) == 0 && strcmp(t1, tags[0]) == 0));
+    free(t0);
+    free(t1);
+    assert_null(a->vary);
+    assert_int_equal(a->nvariants, 0);
+    assert_int_equal(a->variant_count, 0);
+    assert_string_equal(b->key, "ls:a:2");
+    assert_int_equal(b->status, 200);
+    assert_int_equal(b->bytes, 1 + strlen("text/plain"));
+    conf_near(b->age_ms, 1200);
+    assert_int_equal(b->ntags, 0);
+    assert_int_equal(b->swr_ms + b->sie_ms + b->swr_left_ms + b->sie_left_ms, 0);
+    store_listing_free(&l);
+
+    /* Later: older, less time left. */
+    c->h->advance(c->h->ctx, 1000);
+    assert_int_equal(conf_list(c, "ls:a:1", 100, &l), 0);
+    assert_int_equal(l.n, 1);
+    conf_near(l.entries[0].age_ms, 5000 + 2200);
+    assert_true(l.entries[0].ttl_ms <= 30000 - 2200);
+    store_listing_free(&l);
+
+    /* Every key; a glob matching nothing; a glob holding a NUL is refused. */
+    assert_int_equal(conf_list(c, "ls:*", 100, &l), 0);
+    assert_int_equal(l.n, 4);
+    store_listing_free(&l);
+    assert_int_equal(conf_list(c, "nothing:*", 100, &l), 0);
+    assert_int_equal(l.n, 0);
+    assert_false(l.truncated);
+    store_listing_free(&l);
+    assert_int_equal(conf_list_n(c, "ls:\0*", 5, 100, &l), -1);
+    assert_int_equal(l.n, 0);
+}
+
+/* The walk stops at the limit, and says so. */
+static void
+conf_list_limit(void **state)
+{
+    struct conf *c = *state;
+    struct store_listing l;
+
+    for (int i = 0; i < 30; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "lim:%02d", i);
+        assert_int_equal(conf_put(c, k, NULL, "v", 60000), 0);
+    }
+    assert_int_equal(conf_put(c, "other:1", NULL, "v", 60000), 0);
+    assert_int_equal(conf_list(c, "lim:*", 7, &l), 0);
+    assert_int_equal(l.n, 7);
+    assert_true(l.truncated);
+    for (size_t i = 0; i < l.n; i++)
+        assert_memory_equal(l.entries[i].key, "lim:", 4);
+    store_listing_free(&l);
+    assert_int_equal(conf_list(c, "lim:*", 30, &l), 0);
+    assert_int_equal(l.n, 30);
+    store_listing_free(&l);
+    assert_int_equal(conf_list(c, "lim:*", 1000, &l), 0);
+    assert_int_equal(l.n, 30);
+    assert_false(l.truncated);
+    for (size_t i = 0; i < l.n; i++) {
+        char k[32];
+        snprintf(k, sizeof(k), "lim:%02zu", i);
+        assert_string_equal(l.entries[i].key, k);
+    }
+    store_listing_free(&l);
+    /* A literal glob is one key. */
+    assert_int_equal(conf_list(c, "lim:07", 1, &l), 0);
+    assert_int_equal(l.n, 1);
+    assert_false(l.truncated);
+    assert_string_equal(l.entries[0].key, "lim:07");
+    store_listing_free(&l);
+}
+
+/* A primary comes once, with its variants counted and listed; a glob over a variant's whole
+ * key lists that variant under its primary. */
+static void
+conf_list_variants(void **state)
+{
+    struct conf *c = *state;
+    static const char *const keys[] = {
+        "lv:page:1",  "lv:page:1" CONF_SEP "gzip",  "lv:page:1" CONF_SEP "br",
+        "lv:page:10", "lv:page:10" CONF_SEP "gzip", "lv:page:1" CONF_SEP "zstd",
+    };
+    struct store_listing l;
+    struct store_entry *e;
+
+    e = conf_entry(200, NULL, "accept-encoding", 15);
+    e->flags = STORE_ENTRY_VARY;
+    assert_int_equal(conf_put_entry(c, keys[0], strlen(keys[0]), e, 60000), 0);
+    store_entry_release(e);
+    for (size_t i = 1; i < 6; i++)
+        assert_int_equal(conf_put(c, keys[i], NULL, keys[i], i == 5 ? 300 : 60000), 0);
+
+    assert_int_equal(conf_list(c, "lv:page:1", 100, &l), 0);
+    assert_int_equal(l.n, 1);
+    const struct store_list_entry *p = &l.entries[0];
+    assert_string_equal(p->key, "lv:page:1");
+    assert_int_equal(p->flags, STORE_ENTRY_VARY);
+    assert_string_equal(p->vary, "accept-encoding");
+    assert_int_equal(p->variant_count, 3);
+    assert_int_equal(p->nvariants, 3);
+    assert_false(p->variants_partial);
+    assert_string_equal(p->variants[0].key, keys[2]); /* br, gzip, zstd */
+    assert_string_equal(p->variants[1].key, keys[1]);
+    assert_string_equal(p->variants[2].key, keys[5]);
+    assert_int_equal(p->variants[1].bytes, strlen(keys[1]) + strlen("text/plain"));
+    assert_int_equal(p->variants[1].status, 200);
+    assert_true(p->variants[1].ttl_ms > 50000);
+    assert_true(p->variants[2].ttl_ms <= 300);
+    store_listing_free(&l);
+
+    /* An expired variant is not listed. */
+    c->h->advance(c->h->ctx, 500);
+    assert_int_equal(conf_list(c, "lv:page:1*", 100, &l), 0);
+    assert_int_equal(l.n, 2);
+    assert_string_equal(l.entries[0].key, "lv:page:1");
+    assert_int_equal(l.entries[0].variant_count, 2);
+    assert_string_equal(l.entries[1].key, "lv:page:10");
+    assert_int_equal(l.entries[1].variant_count, 1);
+    assert_int_equal(l.entries[1].flags, 0);
+    store_listing_free(&l);
+
+    /* A glob over the variants' keys: each primary with the variants it matches. */
+    assert_int_equal(conf_list(c, "*" CONF_SEP "gzip", 100, &l), 0);
+    assert_int_equal(l.n, 2);
+    assert_string_equal(l.entries[0].key, "lv:page:1");
+    assert_int_equal(l.entries[0].variant_count, 1);
+    assert_string_equal(l.entries[0].variants[0].key, keys[1]);
+    assert_string_equal(l.entries[1].key, "lv:page:10");
+    assert_int_equal(l.entries[1].variant_count, 1);
+    store_listing_free(&l);
+
+    /* The limit counts primaries, not variants. */
+    assert_int_equal(conf_list(c, "lv:*", 1, &l), 0);
+    assert_int_equal(l.n, 1);
+    assert_true(l.truncated);
+    assert_int_equal(l.entries[0].variant_count,
+                     strcmp(l.entries[0].key, "lv:page:1") == 0 ? 2 : 1);
+    store_listing_free(&l);
+}
+
+/* A primary with more variants than are listed: STORE_LIST_VARIANTS of them, and a count of
+ * all (a lower bound, said so, where the store reads no more than it lists). */
+static void
+conf_list_many_variants(void **state)
+{
+    struct conf *c = *state;
+    struct store_listing l;
+    struct store_entry *e;
+    enum { N = STORE_LIST_VARIANTS + 6 };
+
+    e = conf_entry(200, NULL, "accept", 6);
+    e->flags = STORE_ENTRY_VARY;
+    assert_int_equal(conf_put_entry(c, "mv:1", 4, e, 60000), 0);
+    store_entry_release(e);
+    for (int i = 0; i < N; i++) {
+        char k[32];
+        snprintf(k, sizeof(k), "mv:1" CONF_SEP "v%d", i);
+        assert_int_equal(conf_put(c, k, NULL, "x", 60000), 0);
+    }
+    assert_int_equal(conf_list(c, "mv:*", 10, &l), 0);
+    assert_int_equal(l.n, 1);
+    const struct store_list_entry *p = &l.entries[0];
+    assert_int_equal(p->nvariants, STORE_LIST_VARIANTS);
+    if (p->variants_partial)
+        assert_int_equal(p->variant_count, STORE_LIST_VARIANTS);
+    else
+        assert_int_equal(p->variant_count, N);
+    for (size_t i = 0; i < p->nvariants; i++)
+        assert_memory_equal(p->variants[i].key, "mv:1" CONF_SEP "v", 6);
+    store_listing_free(&l);
+}
+
+/* What a lookup cannot find is not listed: expired entries, invalidated ones. Entries kept
+ * stale are, with no time to live left. */
+static void
+conf_list_only_live(void **state)
+{
+    struct conf *c = *state;
+    const char *tags[] = {"lo:t", NULL};
+    struct store_listing l;
+    struct store_entry *e;
+
+    assert_int_equal(conf_put(c, "lo:short", NULL, "s", 300), 0);
+    assert_int_equal(conf_put(c, "lo:tagged", tags, "t", 60000), 0);
+    assert_int_equal(conf_put(c, "lo:long", NULL, "l", 60000), 0);
+    e = conf_entry(200, "text/plain", "k", 1);
+    e->stale_ms = 5000;
+    e->swr_ms = 2000;
+    assert_int_equal(conf_put_entry(c, "lo:kept", 7, e, 300), 0);
+    store_entry_release(e);
+    assert_int_equal(conf_list(c, "lo:*", 100, &l), 0);
+    assert_int_equal(l.n, 4);
+    store_listing_free(&l);
+
+    c->h->advance(c->h->ctx, 600);
+    conf_invalidate1(c, "lo:t");
+    assert_int_equal(conf_list(c, "lo:*", 100, &l), 0);
+    assert_int_equal(l.n, 2);
+    assert_string_equal(l.entries[0].key, "lo:kept");
+    assert_int_equal(l.entries[0].ttl_ms, 0);
+    assert_true(l.entries[0].swr_left_ms > 0 && l.entries[0].swr_left_ms <= 2000 - 300);
+    assert_string_equal(l.entries[1].key, "lo:long");
+    store_listing_free(&l);
+}
+
+/* Runs the listing tests against the harness's stores; returns the number of failures. */
+static inline int
+store_conformance_list_run(const struct store_harness *h)
+{
+    void *hs = (void *)h;
+#define CONF_TEST(f) cmocka_unit_test_prestate_setup_teardown(f, conf_setup, conf_teardown, hs)
+    const struct CMUnitTest tests[] = {
+        CONF_TEST(conf_list_fields),    CONF_TEST(conf_list_limit),
+        CONF_TEST(conf_list_variants),  CONF_TEST(conf_list_many_variants),
+        CONF_TEST(conf_list_only_live),
+    };
+#undef CONF_TEST
+    char name[128];
+    snprintf(name, sizeof(name), "%s_list", h->name);
+    return cmocka_run_group_tests_name(name, tests, NULL, NULL);
 }
 
 /* ---- the suite ---------------------------------------------------------- */

@@ -149,12 +149,20 @@ pool_new(struct loop *l, const char *conninfo, unsigned size, uint64_t deadline_
 }
 
 static void
-submit(struct db_pool *p, struct call *c, struct loop *l, const char *sql, int nparams,
-       const char *const *params)
+submit_flags(struct db_pool *p, struct call *c, struct loop *l, const char *sql, int nparams,
+             const char *const *params, unsigned flags)
 {
     c->loop = l;
     l->remaining++;
-    assert_int_equal(db_query(p, sql, nparams, params, on_answer, c), 0);
+    assert_int_equal(db_query(p, sql, nparams, params, flags, on_answer, c), 0);
+}
+
+/* A statement that only reads: it may wait behind others on a busy connection. */
+static void
+submit(struct db_pool *p, struct call *c, struct loop *l, const char *sql, int nparams,
+       const char *const *params)
+{
+    submit_flags(p, c, l, sql, nparams, params, DB_READ);
 }
 
 static void
@@ -488,7 +496,8 @@ test_deadline(void **state)
     p = pool_new(&l, CONNINFO, 1, 200, 16);
     t0 = now_ms();
     submit(p, &slow, &l, "SELECT pg_sleep(2)", 0, NULL);
-    submit(p, &queued, &l, "SELECT 2", 0, NULL); /* waits behind it, times out queued */
+    /* A write waits for an idle connection: it times out queued. */
+    submit_flags(p, &queued, &l, "SELECT 2", 0, NULL, 0);
     loop_run(&l, 3000);
     assert_int_equal(slow.n, 1);
     assert_int_equal(slow.status, DB_UNAVAILABLE);
@@ -733,7 +742,7 @@ test_queue_overflow(void **state)
 static void
 requery(struct call *c)
 {
-    c->requery_rc = db_query(c->pool, "SELECT 1", 0, NULL, on_answer, c);
+    c->requery_rc = db_query(c->pool, "SELECT 1", 0, NULL, DB_READ, on_answer, c);
 }
 
 static void
@@ -785,7 +794,7 @@ test_free_from_callback(void **state)
     submit(p, &running, &l, "SELECT pg_sleep(2)", 0, NULL);
     loop_for(&l, 200);
     submit(p, &first, &l, "SELECT 'first'", 0, NULL);
-    submit(p, &queued, &l, "SELECT 'queued'", 0, NULL);
+    submit_flags(p, &queued, &l, "SELECT 'queued'", 0, NULL, 0); /* a write: waits */
     loop_run(&l, 5000);
     assert_int_equal(first.n, 1);
     assert_int_equal(first.status, DB_OK);
@@ -795,6 +804,134 @@ test_free_from_callback(void **state)
     assert_int_equal(queued.status, DB_UNAVAILABLE);
     loop_done(&l);
     call_free(&first);
+}
+
+/* How many statements the pool sent behind another on a busy connection. */
+static uint64_t
+pipelined(const struct db_pool *p)
+{
+    struct db_health h;
+    db_pool_health(p, &h);
+    return h.pipelined;
+}
+
+static void
+test_reads_queue_on_a_busy_connection_and_answer_in_order(void **state)
+{
+    struct loop l;
+    struct db_pool *p;
+    struct call c[8] = {{0}};
+    char text[8][8];
+    const char *params[8][1];
+    (void)state;
+
+    loop_init(&l);
+    p = pool_new(&l, CONNINFO, 1, 5000, 16);
+    for (int i = 0; i < 8; i++) {
+        snprintf(text[i], sizeof text[i], "%d", i);
+        params[i][0] = text[i];
+        submit(p, &c[i], &l, "SELECT $1::int * 10", 1, params[i]);
+    }
+    loop_run(&l, 5000);
+    /* All eight waited for the one connection; once it was up, the first ran on it and
+     * the seven others went behind it at once. */
+    assert_int_equal(pipelined(p), 7);
+    for (int i = 0; i < 8; i++) {
+        char want[8];
+        snprintf(want, sizeof want, "%d", i * 10);
+        assert_int_equal(c[i].n, 1);
+        assert_int_equal(c[i].status, DB_OK);
+        assert_string_equal(c[i].value, want);
+        if (i > 0)
+            assert_true(c[i].at_ms >= c[i - 1].at_ms);
+        call_free(&c[i]);
+    }
+    db_pool_free(p);
+    loop_done(&l);
+}
+
+static void
+test_writes_wait_for_an_idle_connection(void **state)
+{
+    struct loop l;
+    struct db_pool *p;
+    struct call c[4] = {{0}};
+    (void)state;
+
+    loop_init(&l);
+    p = pool_new(&l, CONNINFO, 1, 5000, 16);
+    for (int i = 0; i < 4; i++)
+        submit_flags(p, &c[i], &l, "SELECT 'w'", 0, NULL, 0);
+    loop_run(&l, 5000);
+    assert_int_equal(pipelined(p), 0);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(c[i].status, DB_OK);
+        call_free(&c[i]);
+    }
+    db_pool_free(p);
+    loop_done(&l);
+}
+
+static void
+test_a_read_does_not_queue_behind_a_slow_statement(void **state)
+{
+    struct loop l;
+    struct db_pool *p;
+    struct call slow = {0}, quick = {0};
+    (void)state;
+
+    loop_init(&l);
+    p = pool_new(&l, CONNINFO, 1, 5000, 16);
+    submit(p, &slow, &l, "SELECT pg_sleep(0.3)", 0, NULL);
+    loop_for(&l, 100); /* the slow one has run 100 ms */
+    submit(p, &quick, &l, "SELECT 'quick'", 0, NULL);
+    loop_run(&l, 5000);
+    assert_int_equal(pipelined(p), 0);
+    assert_int_equal(quick.status, DB_OK);
+    assert_true(quick.at_ms >= slow.at_ms);
+    db_pool_free(p);
+    loop_done(&l);
+    call_free(&slow);
+    call_free(&quick);
+}
+
+static void
+test_a_failed_statement_spares_those_behind_it_and_the_connection(void **state)
+{
+    struct loop l;
+    struct db_pool *p;
+    struct call c[6] = {{0}}, pid1 = {0}, pid2 = {0};
+    const char *sql[6] = {"SELECT 1", "SELECT 1/0", "SELEC 2", "SELEC 2", "SELECT 5", "SELECT 6"};
+    (void)state;
+
+    loop_init(&l);
+    p = pool_new(&l, CONNINFO, 1, 5000, 16);
+    submit(p, &pid1, &l, "SELECT pg_backend_pid()", 0, NULL);
+    loop_run(&l, 5000);
+    for (int i = 0; i < 6; i++)
+        submit(p, &c[i], &l, sql[i], 0, NULL);
+    loop_run(&l, 5000);
+    assert_true(pipelined(p) >= 1);
+    assert_int_equal(c[0].status, DB_OK);
+    assert_int_equal(c[1].status, DB_CLIENT_ERROR); /* 22012: division by zero */
+    assert_string_equal(c[1].sqlstate, "22012");
+    assert_int_equal(c[2].status, DB_ERROR); /* 42601: syntax error, in its prepare */
+    assert_string_equal(c[2].sqlstate, "42601");
+    assert_int_equal(c[3].status, DB_ERROR);
+    assert_int_equal(c[4].status, DB_OK);
+    assert_string_equal(c[4].value, "5");
+    assert_int_equal(c[5].status, DB_OK);
+    assert_string_equal(c[5].value, "6");
+    /* Each statement was its own transaction, on the same connection throughout. */
+    submit(p, &pid2, &l, "SELECT pg_backend_pid()", 0, NULL);
+    loop_run(&l, 5000);
+    assert_string_equal(pid1.value, pid2.value);
+    for (int i = 0; i < 6; i++)
+        call_free(&c[i]);
+    call_free(&pid1);
+    call_free(&pid2);
+    db_pool_free(p);
+    loop_done(&l);
 }
 
 int
@@ -817,6 +954,10 @@ main(void)
         cmocka_unit_test(test_queue_overflow),
         cmocka_unit_test(test_free_with_pending),
         cmocka_unit_test(test_free_from_callback),
+        cmocka_unit_test(test_reads_queue_on_a_busy_connection_and_answer_in_order),
+        cmocka_unit_test(test_writes_wait_for_an_idle_connection),
+        cmocka_unit_test(test_a_read_does_not_queue_behind_a_slow_statement),
+        cmocka_unit_test(test_a_failed_statement_spares_those_behind_it_and_the_connection),
     };
 
     if (getenv("PGHOST") == NULL || *getenv("PGHOST") == '\0') {

@@ -13,9 +13,10 @@
 #include <unistd.h>
 
 /* The file under test, with its static functions (h2o's t/00unit style). Its replies reach the
- * stubs of server_respond() and server_respond_problem_ext() below instead of a connection. */
+ * stubs of server_respond() and server_respond_problem_body() below instead of a connection. */
 #include "../../engine/gateway/req.c"
 
+#include "logwriter.h"
 #include "plan.h"
 #include "store_memory.h"
 
@@ -49,12 +50,20 @@ server_respond(struct server_request *req, const struct server_response *resp)
         resp->release(resp->body, resp->body_len, resp->body_arg);
 }
 
-void
-server_respond_problem_ext(struct server_request *req, int status, const char *type,
-                           const char *title, const char *detail, json_t *ext,
-                           const char *extra_headers)
+char *
+server_problem_body(int status, const char *type, const char *title, const char *detail,
+                    json_t *ext, size_t *len)
 {
-    struct server_response resp = {.status = status};
+    char *body = xasprintf("{\"status\":%d,\"detail\":\"%s\"}", status, detail ? detail : "");
+    *len = strlen(body);
+    return body;
+}
+
+void
+server_respond_problem_body(struct server_request *req, int status, const char *body, size_t len,
+                            const char *extra_headers)
+{
+    struct server_response resp = {.status = status, .body = body, .body_len = len};
     server_respond(req, &resp);
 }
 
@@ -248,6 +257,125 @@ test_shadow_limits_stay_out_of_the_answer(void **state)
     }
 }
 
+/* The whole of a file (owned). */
+static char *
+slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    struct sbuf b = {0};
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+        sbuf_add(&b, buf, n);
+    fclose(f);
+    sbuf_add(&b, "", 1);
+    return b.p;
+}
+
+/*
+ * The access log names the limit the rate-limit fields describe, remaining as they say, and
+ * lists the shadow limits that would have refused: 200 with en at 1 and no shadow refusal,
+ * 200 with en at 0 and "sh" refusing in shadow, then 429 by en, "sh" again.
+ */
+static void
+test_access_lines_name_the_deciding_limit_and_shadow_refusals(void **state)
+{
+    char dir2[] = "/tmp/sluice-req-access-XXXXXX", path[80];
+    assert_non_null(mkdtemp(dir2));
+    snprintf(path, sizeof(path), "%s/access.log", dir2);
+    char err[256];
+    struct logwriter_config lc = {.path = path, .producers = 1};
+    struct logwriter *lw = logwriter_open(&lc, err, sizeof(err));
+    assert_non_null(lw);
+    gw_access_init(&wk.access, lw, 0, 1.0);
+    /* Counts of its own: the limits of the other tests are in the shared store. */
+    struct store_memory *own = store_memory_new(1 << 20, 1 << 20);
+    wk.store->ops->destroy(wk.store);
+    wk.store = store_memory_handle(own);
+    for (int i = 0; i < 3; i++) {
+        struct gw_req *rq = limited_request();
+        assert_string_equal(rq->deciding_limit, "en");
+        assert_false(rq->deciding_shadow);
+        if (i < 2)
+            gw_reply_body(rq, 200, "{}", 2);
+        else
+            gw_reply_denied(rq);
+    }
+    wk.store->ops->destroy(wk.store);
+    store_memory_free(own);
+    wk.store = store_memory_handle(mem);
+    gw_access_free(&wk.access);
+    memset(&wk.access, 0, sizeof(wk.access));
+    logwriter_close(lw);
+    char *log = slurp(path);
+    unlink(path);
+    rmdir(dir2);
+    static const char *const want[] = {
+        "\"status\":200,\"cache\":\"none\",\"user\":null,\"tier\":null,\"tenant\":null,"
+        "\"limit\":{\"policy\":\"en\",\"remaining\":1,\"mode\":\"enforce\"},\"shadow_denied\":[]",
+        "\"status\":200,\"cache\":\"none\",\"user\":null,\"tier\":null,\"tenant\":null,"
+        "\"limit\":{\"policy\":\"en\",\"remaining\":0,\"mode\":\"enforce\"},"
+        "\"shadow_denied\":[\"sh\"]",
+        "\"status\":429,\"cache\":\"none\",\"user\":null,\"tier\":null,\"tenant\":null,"
+        "\"limit\":{\"policy\":\"en\",\"remaining\":0,\"mode\":\"enforce\"},"
+        "\"shadow_denied\":[\"sh\"]",
+    };
+    char *save = NULL, *line = strtok_r(log, "\n", &save);
+    for (size_t i = 0; i < 3; i++, line = strtok_r(NULL, "\n", &save)) {
+        assert_non_null(line);
+        if (!strstr(line, want[i]))
+            fail_msg("line %zu: %s", i, line);
+        assert_non_null(strstr(line, "\"route\":\"GET /l\""));
+        assert_non_null(strstr(line, "\"bytes\":2,") || strstr(line, "\"status\":429"));
+    }
+    assert_null(line); /* one line per answer */
+    free(log);
+}
+
+/* Each 5xx leaves one error line with its request id: a plain failure, one whose cause was
+ * logged already (gw_fail_internal), an origin's own 5xx; a 4xx leaves none. */
+static void
+test_each_5xx_leaves_one_error_line(void **state)
+{
+    char path[] = "/tmp/sluice-req-log-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    log_set_fd(fd);
+    struct gw_req *a = request("/x", "X-Request-Id: plain-503\r\n");
+    gw_fail(a, 503, "the store is unavailable");
+    struct gw_req *b = request("/x", "X-Request-Id: internal-502\r\n");
+    gw_fail_internal(b, 502, "the database failed the statement", "column \"nope\"\nDETAIL");
+    struct gw_req *c = request("/x", "X-Request-Id: origin-500\r\n");
+    struct store_entry *e = store_entry_new(500, NULL, xstrdup("x"), 1);
+    gw_reply_entry(c, e, NULL, 0);
+    store_entry_release(e);
+    struct gw_req *d = request("/x", "X-Request-Id: client-400\r\n");
+    gw_fail(d, 400, "bad");
+    log_set_fd(2);
+    close(fd);
+    char *log = slurp(path);
+    unlink(path);
+    static const char *const ids[] = {"plain-503", "internal-502", "origin-500"};
+    for (size_t i = 0; i < 3; i++) {
+        char needle[64];
+        snprintf(needle, sizeof(needle), "request %s: GET /x: ", ids[i]);
+        const char *at = strstr(log, needle);
+        if (!at)
+            fail_msg("no line of %s in:\n%s", ids[i], log);
+        if (strstr(at + strlen(needle), ids[i])) /* once */
+            fail_msg("%s twice in:\n%s", ids[i], log);
+    }
+    assert_null(strstr(log, "client-400"));
+    /* The cause's newline is shown, not written: four lines in all would be a forgery. */
+    assert_non_null(strstr(log, "column \"nope\"\\nDETAIL"));
+    size_t lines = 0;
+    for (const char *p = log; *p; p++)
+        lines += *p == '\n';
+    assert_int_equal(lines, 3);
+    free(log);
+}
+
 static void
 test_one_fill_per_key_per_worker(void **state)
 {
@@ -408,6 +536,9 @@ main(void)
                                         check_empty),
         cmocka_unit_test_setup_teardown(test_a_closing_worker_hands_no_fill_over, reset,
                                         check_empty),
+        cmocka_unit_test_setup_teardown(
+            test_access_lines_name_the_deciding_limit_and_shadow_refusals, reset, check_empty),
+        cmocka_unit_test_setup_teardown(test_each_5xx_leaves_one_error_line, reset, check_empty),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

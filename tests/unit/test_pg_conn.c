@@ -284,7 +284,7 @@ pool_query(const char *conninfo, const char *sql)
     if (pool == NULL)
         fail_msg("db_pool_new: %s", err);
     l.remaining = 1;
-    assert_int_equal(db_query(pool, sql, 0, NULL, on_answer, &a), 0);
+    assert_int_equal(db_query(pool, sql, 0, NULL, DB_READ, on_answer, &a), 0);
     loop_run(&l, 5000);
     if (a.status != DB_OK)
         fail_msg("pool: %s", a.detail);
@@ -495,7 +495,7 @@ assert_both_fail(const char *conninfo, double lo, double hi, const char *why)
     assert_non_null(pool);
     probe_start(&p, &l, params);
     l.remaining++;
-    assert_int_equal(db_query(pool, "SELECT 1", 0, NULL, on_answer, &a), 0);
+    assert_int_equal(db_query(pool, "SELECT 1", 0, NULL, DB_READ, on_answer, &a), 0);
     loop_run(&l, 5000);
     assert_true(p.failed && !p.up);
     assert_int_equal(a.status, DB_UNAVAILABLE);

@@ -12,6 +12,7 @@
 
 #include "store.h"
 #include "store_memory.h"
+#include "store_memory_table.h" /* an entry's record, to weigh what it holds */
 #include "store_conformance.h"
 
 #define T0 1700000000000ull /* test clock start, ms */
@@ -139,15 +140,16 @@ test_budget_eviction(void **state)
         assert_int_equal(conf_put(&f->c, key, NULL, body, 60000), 0);
         struct store_memory_stats s = stats(f);
         assert_true(s.cache_bytes <= 64 * 1024);
-        /* An entry costs its body, key and structure, not body and key alone. */
-        assert_true(s.cache_bytes >= s.entries * (8 + 999 + 200));
-        assert_true(s.cache_bytes <= s.entries * (8 + 999 + 400));
+        /* An entry costs its body, key and structure, not body and key alone: one block of
+         * its store_entry (104 bytes), record (48), key, content type and body. */
+        assert_true(s.cache_bytes >= s.entries * (8 + 999 + 150));
+        assert_true(s.cache_bytes <= s.entries * (8 + 999 + 250));
         assert_true(conf_hit(&f->c, key, NULL, body)); /* the newest stays */
     }
     struct store_memory_stats s = stats(f);
     print_message("an entry of 1007 bytes of body and key is charged %zu\n",
                   s.cache_bytes / s.entries);
-    assert_true(s.entries >= 40 && s.entries <= 64 * 1024 / 1207);
+    assert_true(s.entries >= 40 && s.entries <= 64 * 1024 / 1157);
     assert_int_equal(s.evicted_entries, 200 - s.entries);
     fixture_free(f);
 }
@@ -156,13 +158,13 @@ static void
 test_budget_lru(void **state)
 {
     struct fixture *f = fixture_new(1 << 20);
-    char key[32], body[101];
+    char key[32], body[151];
     int touched = 0, untouched = 0, fresh = 0;
 
     memset(body, 'y', sizeof(body) - 1);
-    body[100] = '\0';
-    /* About 2900 entries of 109 bytes (and their structure) fit in 1 MiB: 2500, then 1500
-     * more push about 1100 out. */
+    body[150] = '\0';
+    /* About 3100 entries of 159 bytes (and their structure) fit in 1 MiB: 2500, then 1500
+     * more push about 900 out. */
     for (int i = 0; i < 4000; i++) {
         if (i == 2500) {
             assert_int_equal(stats(f).evicted_entries, 0);
@@ -1031,6 +1033,397 @@ test_threads_limit_budget(void **state)
     fixture_free(f);
 }
 
+/* One listing walks at most its budget of records (and the rest of the shard it is in), and
+ * says it stopped; without a budget it walks the whole table. */
+static void
+test_list_work_bound(void **state)
+{
+    struct fixture *f = fixture_new(64u << 20);
+    struct store_listing l;
+    enum { N = 6400, BUDGET = 500 };
+
+    store_memory_set_list_budget(f->mc.m, BUDGET);
+    for (int i = 0; i < N; i++) {
+        char key[32];
+        snprintf(key, sizeof(key), "wb:%d", i);
+        assert_int_equal(conf_put(&f->c, key, NULL, "v", 60000), 0);
+    }
+    /* Few keys match: the budget ends the walk, not the limit. A shard holds about N / 64. */
+    assert_int_equal(conf_list(&f->c, "none:*", 1000, &l), 0);
+    print_message("budget %d: %llu records walked\n", BUDGET, (unsigned long long)l.scanned);
+    assert_int_equal(l.n, 0);
+    assert_true(l.truncated);
+    assert_true(l.scanned >= BUDGET && l.scanned < BUDGET + 3 * N / 64);
+    store_listing_free(&l);
+    /* Every key matches: it lists what it walked. */
+    assert_int_equal(conf_list(&f->c, "wb:*", 1000, &l), 0);
+    assert_true(l.truncated);
+    assert_true(l.n >= BUDGET && l.n < BUDGET + 3 * N / 64);
+    store_listing_free(&l);
+    /* The default budget walks all of it. */
+    store_memory_set_list_budget(f->mc.m, 0);
+    assert_int_equal(conf_list(&f->c, "none:*", 1000, &l), 0);
+    assert_false(l.truncated);
+    assert_true(l.scanned >= N);
+    store_listing_free(&l);
+    fixture_free(f);
+}
+
+/* Listings while other threads fill, evict and invalidate: every entry listed is whole. */
+static void *
+hammer_then_say(void *arg)
+{
+    struct hammer *hm = arg;
+
+    hammer_mixed(hm);
+    __atomic_store_n(&hm->admitted, 1, __ATOMIC_RELEASE); /* finished */
+    return NULL;
+}
+
+static void
+check_listed(const struct store_listing *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        const struct store_list_entry *e = &l->entries[i];
+        assert_memory_equal(e->key, "key:", 4);
+        assert_true(e->bytes >= 64 + strlen("text/plain"));
+        assert_int_equal(e->ntags, 2);
+        assert_memory_equal(e->tags[0], "tag:", 4);
+        assert_memory_equal(e->tags[1], "tag:", 4);
+    }
+}
+
+static void
+test_threads_list(void **state)
+{
+    struct fixture *f = fixture_new(8 * 1024);
+    struct hammer hm[2];
+    pthread_t t[2];
+    size_t listed = 0, rounds = 0;
+    struct store_listing l;
+
+    for (int i = 0; i < 2; i++) {
+        hm[i] = (struct hammer){.f = f, .tries = 100000, .id = i};
+        assert_int_equal(pthread_create(&t[i], NULL, hammer_then_say, &hm[i]), 0);
+    }
+    while (!__atomic_load_n(&hm[0].admitted, __ATOMIC_ACQUIRE) ||
+           !__atomic_load_n(&hm[1].admitted, __ATOMIC_ACQUIRE)) {
+        assert_int_equal(conf_list(&f->c, "key:*", 1000, &l), 0);
+        check_listed(&l);
+        listed += l.n;
+        rounds++;
+        store_listing_free(&l);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+        assert_false(hm[i].corrupt);
+    }
+    print_message("%zu entries listed in %zu listings while filling\n", listed, rounds);
+    assert_true(rounds > 10);
+    /* Once still, it lists what is there. */
+    assert_int_equal(conf_list(&f->c, "key:*", 1000, &l), 0);
+    check_listed(&l);
+    assert_true(l.n > 0 && l.n <= stats(f).entries);
+    store_listing_free(&l);
+    fixture_free(f);
+}
+
+/* ---- what an entry holds, and what it is charged ------------------------------------------ */
+
+/* The record of key in the table, or NULL (one thread: its shard is let go before it is read). */
+static struct entry_rec *
+record_of(struct fixture *f, const char *key)
+{
+    struct store_memory *m = f->mc.m;
+    size_t len = strlen(key);
+    uint64_t h = mt_entry_hash(m, key, len);
+    struct shard *sh = shard_at(m, h);
+
+    pthread_mutex_lock(&sh->lock);
+    struct rec *r = mt_find(m, sh, h, REC_ENTRY, key, len, NULL, clock_now(m));
+    pthread_mutex_unlock(&sh->lock);
+    return (struct entry_rec *)r;
+}
+
+/* Every block an entry record holds, each once: the record's own when it has one, the entry's,
+ * each field allocated apart from it, and the tag records it was the first to hold (made by
+ * its fill: `new_tags`). Returns how many; sets *usable to the sum of malloc_usable_size(). */
+static size_t
+record_blocks(const struct entry_rec *e, bool new_tags, size_t *usable)
+{
+    const struct store_entry *se = rec_entry(e);
+    const void *b[8 + 16];
+    size_t n = 0;
+
+    if (!(e->r.flags & REC_IN_ENTRY))
+        b[n++] = (const struct entry_held *)e - 1;
+    b[n++] = se;
+    if (se->content_type && !(se->packed & STORE_PACKED_CONTENT_TYPE))
+        b[n++] = se->content_type;
+    if (se->headers && !(se->packed & STORE_PACKED_HEADERS))
+        b[n++] = se->headers;
+    if (se->etag && !(se->packed & STORE_PACKED_ETAG))
+        b[n++] = se->etag;
+    if (se->body && !(se->packed & STORE_PACKED_BODY))
+        b[n++] = se->body;
+    for (uint32_t i = 0; new_tags && i < e->r.ntags && i < 16; i++)
+        b[n++] = e->tags[i].tag;
+    *usable = 0;
+    for (size_t i = 0; i < n; i++)
+        *usable += malloc_usable_size((void *)b[i]);
+    return n;
+}
+
+/* Whether p[0..n) lies in the block that starts at `block`. */
+static bool
+within(const void *block, const void *p, size_t n)
+{
+    const char *b = block, *q = p;
+
+    return q >= b && q + n <= b + malloc_usable_size((void *)block);
+}
+
+/*
+ * Fills e under key (with tags) into a fresh table and checks that the cache budget was charged
+ * what the entry holds: every block it owns (its record, the entry, fields and body, the tag
+ * records its fill made) at the allocator's usable size plus the allocator's header word, with
+ * at most 15 bytes more per block (a tag record is charged by glibc's rounding, which another
+ * allocator may round less). The record's LRU links and tag references are in its block; its
+ * bucket slot is charged with the bucket array, which does not grow for one entry. Returns how
+ * many blocks; *rec is the record.
+ */
+static size_t
+check_charge(const char *key, const char *const *tags, struct store_entry *e, const char *shape)
+{
+    struct fixture *f = fixture_new(64u << 20);
+    struct conf_req r;
+    size_t before = stats(f).cache_bytes, usable, n;
+
+    conf_lookup(&f->c, &r, key, tags);
+    if (!e)
+        e = conf_entry_for(&f->c, &r, 200, "application/json", "{\"ok\":true}", 11);
+    assert_int_equal(conf_fill_req(&f->c, &r, e, HOUR), 0);
+    size_t charged = stats(f).cache_bytes - before;
+    struct entry_rec *rec = record_of(f, key);
+    assert_non_null(rec);
+    assert_ptr_equal(rec_entry(rec), e);
+    n = record_blocks(rec, true, &usable);
+    print_message("%-34s %zu block(s), %zu usable bytes, charged %zu\n", shape, n, usable, charged);
+    assert_true(charged >= usable + n * sizeof(size_t));
+    assert_true(charged <= usable + n * (sizeof(size_t) + 15));
+    store_entry_release(e);
+    fixture_free(f);
+    return n;
+}
+
+/* An entry is charged what it holds (the brief's bound: at least the usable sizes of its
+ * blocks), and an answer made as the gateway makes it is one block: entry, record, tag
+ * references, key, content type, ETag, header lines and body. */
+static void
+test_entry_charge_is_what_it_holds(void **state)
+{
+    static const char hdrs[] = "Cache-Control: max-age=60\r\nLast-Modified: x\r\n";
+    const char *tags[] = {"crm:42", "crm:list", "user:7", NULL};
+    char body[2048];
+    struct fixture *f = fixture_new(1 << 20); /* for its store's record room */
+    const char *key = "crm:contacts:42";
+    size_t room0 = store_record_room(f->c.s, strlen(key), 0);
+    size_t room3 = store_record_room(f->c.s, strlen(key), 3);
+
+    memset(body, 'b', sizeof(body));
+    assert_true(room0 >= strlen(key) + sizeof(struct entry_rec));
+    assert_int_equal(room3 - room0, 3 * sizeof(struct tag_ref));
+    /* 200 bytes, as an SQL or static answer: one block. */
+    assert_int_equal(check_charge(key, NULL,
+                                  store_entry_make(200, "application/json", NULL, 0,
+                                                   "\"2de95de1f966a89b\"", body, 200, room0),
+                                  "200 B answer, gateway-made"),
+                     1);
+    /* 2 KiB with stored fields and three tags: one block for the entry, one per new tag. */
+    assert_int_equal(check_charge(key, tags,
+                                  store_entry_make(200, "text/html", hdrs, sizeof(hdrs) - 1,
+                                                   "W/\"v1\"", body, sizeof(body), room3),
+                                  "2 KiB answer, fields, 3 new tags"),
+                     1 + 3);
+    /* An ETag set after it was made (an answer without one) is a block of its own. */
+    struct store_entry *late = store_entry_make(200, "text/plain", NULL, 0, NULL, body, 10, room0);
+    late->etag = strdup("\"late\"");
+    assert_int_equal(check_charge(key, NULL, late, "ETag set later"), 2);
+    /* Room for a shorter key than it is filled under (a Vary answer's secondary key): the
+     * record is a block of its own. */
+    assert_int_equal(check_charge(key, NULL,
+                                  store_entry_make(200, NULL, NULL, 0, NULL, body, 200,
+                                                   store_record_room(f->c.s, 3, 0)),
+                                  "room too small"),
+                     2);
+    /* No room at all, every field apart (store_entry_new, as the Redis codec makes them). */
+    struct store_entry *apart = store_entry_new(200, strdup("text/plain"), strdup("xyz"), 3);
+    apart->headers = strdup(hdrs);
+    apart->headers_len = sizeof(hdrs) - 1;
+    apart->etag = strdup("\"e\"");
+    assert_int_equal(check_charge(key, NULL, apart, "no room, fields apart"), 6);
+    fixture_free(f);
+}
+
+/* An entry made with room for its record holds, in its one block, the record, its key and its
+ * fields: what a lookup returns is that entry, and its pieces lie inside it. */
+static void
+test_entry_is_one_block(void **state)
+{
+    struct fixture *f = fixture_new(1 << 20);
+    const char *tags[] = {"a", "b", NULL};
+    struct conf_req r;
+    char body[200];
+
+    memset(body, 'z', sizeof(body));
+    conf_lookup(&f->c, &r, "page:1", tags);
+    struct store_entry *e = store_entry_make(200, "application/json", "X-A: 1\r\n", 8, "\"t\"",
+                                             body, sizeof(body), store_record_room(f->c.s, 6, 2));
+    assert_int_equal(conf_fill_req(&f->c, &r, e, HOUR), 0);
+    struct entry_rec *rec = record_of(f, "page:1");
+    assert_non_null(rec);
+    assert_true(rec->r.flags & REC_IN_ENTRY);
+    assert_true(within(e, rec, entry_size(2, 6)));
+    assert_true(within(e, rec_key(&rec->r), 6));
+    assert_memory_equal(rec_key(&rec->r), "page:1", 6);
+    assert_true(within(e, e->content_type, strlen(e->content_type) + 1));
+    assert_true(within(e, e->headers, e->headers_len + 1));
+    assert_true(within(e, e->etag, strlen(e->etag) + 1));
+    assert_true(within(e, e->body, e->body_len + 1));
+    assert_int_equal(rec->r.ntags, 2);
+    assert_int_equal(entry_rec_charge(rec), malloc_usable_size(e) + sizeof(size_t));
+    store_entry_release(e);
+    conf_lookup(&f->c, &r, "page:1", tags);
+    assert_int_equal(r.a.state, STORE_HIT);
+    assert_ptr_equal(r.a.entry, e); /* the stored entry is the filler's, not a copy */
+    assert_memory_equal(r.a.entry->body, body, sizeof(body));
+    store_entry_release(r.a.entry);
+    fixture_free(f);
+}
+
+/* An entry's room holds one record: the same entry filled under a second key gets a record
+ * of its own, each key hits, and removing one leaves the other whole. */
+static void
+test_entry_room_holds_one_record(void **state)
+{
+    struct fixture *f = fixture_new(1 << 20);
+    struct conf_req r1, r2;
+
+    conf_lookup(&f->c, &r1, "one", NULL);
+    conf_lookup(&f->c, &r2, "two", NULL);
+    struct store_entry *e = conf_entry_for(&f->c, &r1, 200, "text/plain", "shared", 6);
+    assert_int_equal(conf_fill_req(&f->c, &r1, e, HOUR), 0);
+    assert_int_equal(conf_fill_req(&f->c, &r2, e, HOUR), 0);
+    store_entry_release(e);
+    assert_true(record_of(f, "one")->r.flags & REC_IN_ENTRY);
+    assert_false(record_of(f, "two")->r.flags & REC_IN_ENTRY);
+    assert_true(conf_hit(&f->c, "one", NULL, "shared"));
+    assert_true(conf_hit(&f->c, "two", NULL, "shared"));
+    const char *k[] = {"one"};
+    size_t kl[] = {3};
+    assert_int_equal(conf_delete(&f->c, k, kl, 1), 1);
+    assert_true(conf_hit(&f->c, "two", NULL, "shared"));
+    k[0] = "two";
+    assert_int_equal(conf_delete(&f->c, k, kl, 1), 1);
+    assert_int_equal(stats(f).cache_bytes, 0);
+    fixture_free(f);
+}
+
+/* A fill that is refused (a tag moved since the lookup) leaves the entry's room free: the
+ * next fill of the same entry keeps its record there. */
+static void
+test_refused_fill_frees_room(void **state)
+{
+    struct fixture *f = fixture_new(1 << 20);
+    const char *tags[] = {"t", NULL};
+    struct conf_req r;
+
+    conf_lookup(&f->c, &r, "k", tags);
+    struct store_entry *e = conf_entry_for(&f->c, &r, 200, "text/plain", "v", 1);
+    conf_invalidate1(&f->c, "t");
+    assert_int_equal(conf_fill_req(&f->c, &r, e, HOUR), -1);
+    assert_false(e->packed & STORE_PACKED_ROOM_TAKEN);
+    assert_int_equal(stats(f).entries, 0);
+    conf_lookup(&f->c, &r, "k", tags);
+    assert_int_equal(conf_fill_req(&f->c, &r, e, HOUR), 0);
+    assert_true(e->packed & STORE_PACKED_ROOM_TAKEN);
+    assert_true(record_of(f, "k")->r.flags & REC_IN_ENTRY);
+    store_entry_release(e);
+    assert_true(conf_hit(&f->c, "k", tags, "v"));
+    fixture_free(f);
+}
+
+/* A lookup's reference keeps the whole block, the entry's bytes with it, after the record is
+ * gone (deleted, evicted, the table freed); its charge went with the record. */
+static void
+test_entry_outlives_its_record(void **state)
+{
+    struct fixture *f = fixture_new(64 * 1024);
+    char body[1000], key[32];
+    struct conf_req r;
+
+    memset(body, 'q', sizeof(body) - 1);
+    body[sizeof(body) - 1] = '\0';
+    assert_int_equal(conf_put(&f->c, "held", NULL, body, HOUR), 0);
+    conf_lookup(&f->c, &r, "held", NULL);
+    assert_int_equal(r.a.state, STORE_HIT);
+    struct store_entry *got = r.a.entry;
+    for (int i = 0; i < 200; i++) { /* evicts it */
+        snprintf(key, sizeof(key), "push:%d", i);
+        assert_int_equal(conf_put(&f->c, key, NULL, body, HOUR), 0);
+    }
+    assert_null(record_of(f, "held"));
+    assert_true(stats(f).cache_bytes <= 64 * 1024);
+    fixture_free(f);
+    assert_int_equal(got->body_len, sizeof(body) - 1);
+    assert_memory_equal(got->body, body, sizeof(body) - 1);
+    assert_string_equal(got->content_type, "text/plain");
+    store_entry_release(got);
+}
+
+#ifndef OWN_ALLOCATOR
+/* n gateway-made answers of `size` bytes under keys like "shape:123456": what the heap grew
+ * by, against what the cache budget was charged. */
+static void
+heap_per_answer(size_t size, int n)
+{
+    struct fixture *f = fixture_new(1u << 30);
+    char *body = malloc(size), key[32];
+    size_t h0 = heap_in_use(), c0 = stats(f).cache_bytes;
+
+    assert_non_null(body);
+    memset(body, 'h', size);
+    for (int i = 0; i < n; i++) {
+        struct conf_req r;
+        snprintf(key, sizeof(key), "shape:%06d", i);
+        conf_lookup(&f->c, &r, key, NULL);
+        struct store_entry *e = conf_entry_for(&f->c, &r, 200, "application/json", body, size);
+        assert_int_equal(conf_fill_req(&f->c, &r, e, HOUR), 0);
+        store_entry_release(e);
+    }
+    size_t heap = heap_in_use() - h0, charged = stats(f).cache_bytes - c0;
+    double ratio = (double)charged / (double)heap;
+    print_message("%5zu-byte answers: heap %zu B/entry, charged %zu B/entry (%.3f)\n", size,
+                  heap / (size_t)n, charged / (size_t)n, ratio);
+    assert_true(ratio > 0.99 && ratio < 1.01);
+    free(body);
+    fixture_free(f);
+}
+#endif
+
+/* For answers of 200 bytes and 2 KiB made as the gateway makes them, the budget is charged
+ * what the heap grows by (records, entries, buckets), within 1%. */
+static void
+test_answer_charges_are_the_heap(void **state)
+{
+#ifdef OWN_ALLOCATOR
+    skip();
+#else
+    heap_per_answer(200, 50000);
+    heap_per_answer(2048, 20000);
+#endif
+}
+
 int
 main(void)
 {
@@ -1057,8 +1450,18 @@ main(void)
         cmocka_unit_test(test_limit_budget_full_skips_shadow),
         cmocka_unit_test(test_sliding_log_growth_refused),
         cmocka_unit_test(test_lease_unrecorded_when_full),
+        cmocka_unit_test(test_list_work_bound),
+        cmocka_unit_test(test_threads_list),
+        cmocka_unit_test(test_entry_charge_is_what_it_holds),
+        cmocka_unit_test(test_entry_is_one_block),
+        cmocka_unit_test(test_entry_room_holds_one_record),
+        cmocka_unit_test(test_refused_fill_frees_room),
+        cmocka_unit_test(test_entry_outlives_its_record),
+        cmocka_unit_test(test_answer_charges_are_the_heap),
     };
     int failed = store_conformance_run(&memory_harness);
+
+    failed += store_conformance_list_run(&memory_harness);
 
     failed += cmocka_run_group_tests_name("store_memory", tests, NULL, NULL);
     return failed;

@@ -1199,7 +1199,7 @@ test_stale_keep_ttls(void **state)
 struct fake {
     struct store base;
     int status;
-    int admits, fills, invalidates, deletes, patterns;
+    int admits, fills, invalidates, deletes, patterns, lists;
     size_t tags_invalidated;
 };
 
@@ -1262,6 +1262,20 @@ fake_invalidate_pattern(struct store *s, const char *glob, size_t globlen, store
 }
 
 static void
+fake_list(struct store *s, const char *glob, size_t globlen, size_t limit, store_list_fn *done,
+          void *arg)
+{
+    struct fake *f = (struct fake *)s;
+    struct store_listing l = {.store = "fake"};
+
+    f->lists++;
+    if (f->status == 0)
+        store_listing_add(&l, "fake:1", 6);
+    done(arg, f->status, f->status == 0 ? &l : NULL);
+    store_listing_free(&l);
+}
+
+static void
 fake_destroy(struct store *s)
 {
 }
@@ -1274,6 +1288,7 @@ static const struct store_ops fake_ops = {
     .destroy = fake_destroy,
     .delete_keys = fake_delete_keys,
     .invalidate_pattern = fake_invalidate_pattern,
+    .list = fake_list,
 };
 
 /*
@@ -1668,6 +1683,164 @@ test_codec_reads_values_without_ages(void **state)
     store_entry_release(e);
 }
 
+/* ---- listing ------------------------------------------------------------------------------ */
+
+/* A store whose listings make at most `rounds` SCAN rounds. */
+static struct store *
+open_list_rounds(unsigned rounds)
+{
+    struct store_redis_config cfg = {.url = R.url, .deadline_ms = 1000, .list_rounds = rounds};
+    char err[256];
+    struct store *s = store_redis_new(R.base, &cfg, err, sizeof(err));
+
+    assert_non_null(s);
+    return s;
+}
+
+/* A listing's SCAN rounds are bounded (truncated when they run out); a walk within them lists
+ * every match, and never reads a body (a 1 MiB one costs nothing). */
+static void
+test_list_rounds(void **state)
+{
+    struct store *s = open_fresh(1000);
+    struct store_harness h = redis_harness;
+    struct conf c = {.h = &h, .s = s};
+    struct store_redis_stats st0, st1;
+    struct store_listing l;
+    enum { N = 3000 };
+
+    fill_many(s, N);
+    size_t big = 1 << 20;
+    char *body = malloc(big);
+    assert_non_null(body);
+    memset(body, 'b', big);
+    struct store_entry *e = store_entry_new(200, strdup("text/plain"), body, big);
+    assert_int_equal(conf_put_entry(&c, "pat:big", 7, e, 60000), 0);
+    store_entry_release(e);
+    s->ops->destroy(s);
+
+    /* Few keys match: 3 rounds of SCAN, about 3 x 500 keys of 6002, then it stops. */
+    s = open_list_rounds(3);
+    c.s = s;
+    store_redis_stats(s, &st0);
+    assert_int_equal(conf_list(&c, "pat:big*", 1000, &l), 0);
+    store_redis_stats(s, &st1);
+    print_message("3 rounds: %llu keys scanned, %llu commands\n", (unsigned long long)l.scanned,
+                  (unsigned long long)(st1.commands - st0.commands));
+    assert_true(l.truncated);
+    assert_true(l.scanned <= 3 * 600);
+    assert_true(st1.commands - st0.commands <= 3 + 1);
+    store_listing_free(&l);
+    s->ops->destroy(s);
+
+    /* With the default rounds: the whole keyspace, every match, the large body's size. */
+    s = open_list_rounds(0);
+    c.s = s;
+    store_redis_stats(s, &st0);
+    uint64_t t0 = now_ms();
+    assert_int_equal(conf_list(&c, "pat:*", N + 10, &l), 0);
+    uint64_t took = now_ms() - t0;
+    store_redis_stats(s, &st1);
+    print_message("all of 6002 keys: %llu scanned, %zu listed, %llu commands, %llu ms\n",
+                  (unsigned long long)l.scanned, l.n,
+                  (unsigned long long)(st1.commands - st0.commands), (unsigned long long)took);
+    assert_false(l.truncated);
+    assert_int_equal(l.n, N + 1);
+    assert_true(l.scanned >= N + 1);
+    const struct store_list_entry *b = NULL;
+    for (size_t i = 0; i < l.n; i++)
+        if (strcmp(l.entries[i].key, "pat:big") == 0)
+            b = &l.entries[i];
+    assert_non_null(b);
+    assert_int_equal(b->bytes, big + strlen("text/plain"));
+    store_listing_free(&l);
+    /* The limit: the walk ends early. */
+    assert_int_equal(conf_list(&c, "pat:*", 100, &l), 0);
+    assert_int_equal(l.n, 100);
+    assert_true(l.truncated);
+    store_listing_free(&l);
+    s->ops->destroy(s);
+}
+
+/* A listing while Redis does not answer: an error, once, at the deadline. */
+static void
+test_list_stopped(void **state)
+{
+    const uint64_t D = 50;
+    struct store *s = open_fresh(D);
+    struct conf_list_op op = {0};
+
+    fill_many(s, 100);
+    kill(R.pid, SIGSTOP);
+    uint64_t t0 = now_ms();
+    store_list(s, "pat:*", 5, 10, conf_list_done, &op);
+    assert_true(loop_until(&op.done, 2000));
+    uint64_t took = now_ms() - t0;
+    loop_for(100);
+    kill(R.pid, SIGCONT);
+    assert_int_equal(op.calls, 1);
+    assert_int_equal(op.status, STORE_UNAVAILABLE);
+    assert_true(took <= D + 15);
+    s->ops->destroy(s);
+}
+
+/* The failover store lists the primary while it answers, else the fallback, and says which. */
+static void
+test_failover_list(void **state)
+{
+    struct fake fk = {.base = {.ops = &fake_ops}, .status = 0};
+    struct store_memory *m = store_memory_new(1 << 20, 1 << 20);
+    struct store_failover_config cfg = {.failures = 2, .cooldown_ms = 100, .name = "test"};
+    struct store *s = store_failover_new(&fk.base, store_memory_handle(m), &cfg);
+    struct store *local = store_memory_handle(m);
+    struct store_harness hh = redis_harness;
+    struct conf lc = {.h = &hh, .s = local}, fc = {.h = &hh, .s = s};
+    struct store_listing l;
+    struct store_health h;
+    struct limiter_result res;
+    struct store_admit a;
+
+    assert_int_equal(conf_put(&lc, "local:1", NULL, "x", 60000), 0);
+    assert_int_equal(conf_list(&fc, "*", 10, &l), 0);
+    assert_string_equal(l.store, "fake");
+    assert_int_equal(l.n, 1);
+    assert_string_equal(l.entries[0].key, "fake:1");
+    store_listing_free(&l);
+    /* The primary does not answer: the fallback lists its own, and that counts as a failure. */
+    fk.status = STORE_UNAVAILABLE;
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(conf_list(&fc, "*", 10, &l), 0);
+        assert_string_equal(l.store, "memory");
+        assert_int_equal(l.n, 1);
+        assert_string_equal(l.entries[0].key, "local:1");
+        store_listing_free(&l);
+    }
+    assert_int_equal(fk.lists, 3);
+    store_health(s, &h);
+    assert_true(h.degraded);
+    /* Degraded: the primary is not asked. */
+    assert_int_equal(conf_list(&fc, "*", 10, &l), 0);
+    assert_string_equal(l.store, "memory");
+    store_listing_free(&l);
+    assert_int_equal(fk.lists, 3);
+    /* Recovered (a request probed it): the primary again. An error reply is its answer. */
+    fk.status = 0;
+    loop_for(120);
+    assert_int_equal(admit1(s, "fl", 100, false, &res, &a), 0);
+    assert_false(a.bypassed);
+    assert_int_equal(conf_list(&fc, "*", 10, &l), 0);
+    assert_string_equal(l.store, "fake");
+    store_listing_free(&l);
+    fk.status = -1;
+    assert_int_equal(conf_list(&fc, "*", 10, &l), -1);
+    assert_int_equal(fk.lists, 5);
+    store_health(s, &h);
+    assert_false(h.degraded);
+    local->ops->destroy(local);
+    s->ops->destroy(s);
+    store_memory_free(m);
+}
+
 int
 main(void)
 {
@@ -1695,6 +1868,9 @@ main(void)
         cmocka_unit_test(test_failover_shadow_counts),
         cmocka_unit_test(test_failover_shadow_mode),
         cmocka_unit_test(test_codec_reads_values_without_ages),
+        cmocka_unit_test(test_list_rounds),
+        cmocka_unit_test_teardown(test_list_stopped, cont_server),
+        cmocka_unit_test(test_failover_list),
     };
     int failed;
 
@@ -1712,6 +1888,7 @@ main(void)
         return 1;
     }
     failed = store_conformance_run(&redis_harness);
+    failed += store_conformance_list_run(&redis_harness);
     failed += cmocka_run_group_tests_name("store_redis", tests, NULL, NULL);
     server_kill(SIGTERM);
     event_base_free(R.base);

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -492,6 +493,178 @@ test_overflow(void **state)
     template_free(t);
 }
 
+/* ---- template_match ---------------------------------------------------------------------- */
+
+/* Whether text matches src, with the entries (if any) as the known values. */
+static int
+matches(const char *src, const struct entry *e, size_t n, const char *text)
+{
+    struct template *t = compile_ok(src, TV_ALL_REQUEST);
+    struct ctx c = {e, n, ""};
+    int r = template_match(t, text, strlen(text), e ? lookup : NULL, &c);
+    template_free(t);
+    return r;
+}
+
+static void
+test_match_cases(void **state)
+{
+    const struct entry route[] = {{TV_ROUTE, NULL, "GET /a/{id}", 0}, {TV_METHOD, NULL, "GET", 0}};
+    (void)state;
+    assert_true(matches("crm:contacts:{user}", NULL, 0, "crm:contacts:42"));
+    assert_true(matches("crm:contacts:{user}", NULL, 0, "crm:contacts:"));
+    assert_true(matches("crm:contacts:{user}", NULL, 0, "crm:contacts:%-"));
+    assert_false(matches("crm:contacts:{user}", NULL, 0, "crm:contacts:4:2"));
+    assert_false(matches("crm:contacts:{user}", NULL, 0, "crm:deals:42"));
+    assert_false(matches("crm:contacts:{user}", NULL, 0, "crm:contacts"));
+    assert_false(matches("crm:contacts:{user}", NULL, 0, "crm:contacts:4 2"));
+    assert_true(matches("{user}", NULL, 0, "anything-at%3Aall"));
+    assert_false(matches("{user}", NULL, 0, "a{b"));
+    assert_true(matches("static:key", NULL, 0, "static:key"));
+    assert_false(matches("static:key", NULL, 0, "static:key2"));
+    assert_true(matches("", NULL, 0, ""));
+    /* A literal after a variable that starts with bytes a value may hold. */
+    assert_true(matches("{user}x:{tenant}", NULL, 0, "abcx:t"));
+    assert_true(matches("{user}x:{tenant}", NULL, 0, "x:"));
+    assert_false(matches("{user}x:{tenant}", NULL, 0, "abc:t"));
+    assert_true(matches("p:{user}-x::{tenant}:s", NULL, 0, "p:u-x::t:s"));
+    assert_false(matches("p:{user}-x::{tenant}:s", NULL, 0, "p:u-x:t:s"));
+    /* Known values are matched escaped; the others are any value. */
+    assert_true(
+        matches("{method}:{route}:{path.id}:{user}", route, 2, "GET:GET%20/a/%7Bid%7D:7:42"));
+    assert_false(
+        matches("{method}:{route}:{path.id}:{user}", route, 2, "GET:GET%20/b/%7Bid%7D:7:42"));
+    assert_false(
+        matches("{method}:{route}:{path.id}:{user}", route, 2, "PUT:GET%20/a/%7Bid%7D:7:42"));
+    assert_false(matches("{method}:{route}:{path.id}:{user}", route, 2, "GET:GET /a/{id}:7:42"));
+    assert_true(matches("{method}:{route}:{path.id}:{user}", NULL, 0, "PUT:x:7:42"));
+    /* A known value that is absent is still any value. */
+    assert_true(matches("{tier}:{route}", route, 2, "pro:GET%20/a/%7Bid%7D"));
+}
+
+/* A reference: segments matched by backtracking, a variable taking any run of non-delimiters. */
+struct refseg {
+    const char *lit; /* NULL: a variable */
+};
+
+static int
+is_delim(unsigned char c)
+{
+    return c <= 0x20 || c >= 0x7f || c == ':' || c == '{' || c == '}';
+}
+
+static int
+ref_match(const struct refseg *s, size_t n, const char *text, size_t len)
+{
+    if (n == 0)
+        return len == 0;
+    if (s->lit) {
+        size_t l = strlen(s->lit);
+        return l <= len && memcmp(text, s->lit, l) == 0 &&
+               ref_match(s + 1, n - 1, text + l, len - l);
+    }
+    for (size_t k = 0;; k++) {
+        if (ref_match(s + 1, n - 1, text + k, len - k))
+            return 1;
+        if (k == len || is_delim((unsigned char)text[k]))
+            return 0;
+    }
+}
+
+/* Random texts over a small alphabet: template_match agrees with the backtracking reference. */
+static void
+test_match_random(void **state)
+{
+    static const struct {
+        const char *src;
+        struct refseg segs[8];
+        size_t n;
+    } cases[] = {
+        {"a:{user}", {{"a:"}, {NULL}}, 2},
+        {"{user}:{tenant}", {{NULL}, {":"}, {NULL}}, 3},
+        {"{user}a:{tenant}-:{tier}", {{NULL}, {"a:"}, {NULL}, {"-:"}, {NULL}}, 5},
+        {"x{user}:a:{tenant}a", {{"x"}, {NULL}, {":a:"}, {NULL}, {"a"}}, 5},
+        {"{user}::{tenant}", {{NULL}, {"::"}, {NULL}}, 3},
+        {"%{user} {tenant}:", {{"%"}, {NULL}, {" "}, {NULL}, {":"}}, 5},
+    };
+    static const char alpha[] = "a:-% x";
+    uint32_t x = 88172645u;
+
+    (void)state;
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        struct template *t = compile_ok(cases[c].src, TV_ALL_REQUEST);
+        size_t hits = 0;
+        for (int i = 0; i < 20000; i++) {
+            /* Half the texts are random; half follow the template, with random values (that
+             * may hold delimiters) and now and then a literal byte changed. */
+            char text[32];
+            size_t len = 0;
+            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+            bool shaped = x & 1;
+            for (size_t sg = 0; shaped && sg < cases[c].n; sg++) {
+                const char *lit = cases[c].segs[sg].lit;
+                x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+                size_t n = lit ? strlen(lit) : x % 4;
+                for (size_t k = 0; k < n; k++) {
+                    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+                    text[len++] = lit && x % 16 ? lit[k] : alpha[x % (sizeof(alpha) - 1)];
+                }
+            }
+            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+            for (size_t k = 0, n = shaped ? 0 : x % 12; k < n; k++) {
+                x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+                text[len++] = alpha[x % (sizeof(alpha) - 1)];
+            }
+            int want = ref_match(cases[c].segs, cases[c].n, text, len);
+            if (template_match(t, text, len, NULL, NULL) != want)
+                fail_msg("\"%s\" against \"%.*s\": want %d", cases[c].src, (int)len, text, want);
+            hits += want;
+        }
+        if (hits < 20) /* the alphabet reaches matches */
+            fail_msg("\"%s\": %zu matches only", cases[c].src, hits);
+        template_free(t);
+    }
+}
+
+/* Every expansion matches its template, with or without its values known. */
+static void
+test_match_expansions(void **state)
+{
+    static const char alpha[] = ":%-a3A{} \xc3";
+    struct template *t = compile_ok("k:{user}:{tenant}-:{tier}x", TV_ALL_REQUEST);
+    uint32_t x = 2463534242u;
+
+    (void)state;
+    for (int i = 0; i < 20000; i++) {
+        char vals[3][8], text[128];
+        struct entry e[3] = {
+            {TV_USER, NULL, NULL, 0}, {TV_TENANT, NULL, NULL, 0}, {TV_TIER, NULL, NULL, 0}};
+        for (int v = 0; v < 3; v++) {
+            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+            size_t len = x % 7; /* 6: absent */
+            for (size_t k = 0; k < len && len < 6; k++) {
+                x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+                vals[v][k] = alpha[x % (sizeof(alpha) - 1)];
+            }
+            vals[v][len < 6 ? len : 0] = '\0';
+            if (len < 6)
+                e[v].val = vals[v];
+        }
+        struct ctx c = {e, 3, ""};
+        long n = template_expand(t, lookup, &c, text, sizeof(text));
+        assert_true(n >= 0);
+        assert_true(template_match(t, text, (size_t)n, NULL, NULL));
+        assert_true(template_match(t, text, (size_t)n, lookup, &c));
+        /* Another known value for the user: only when it writes the same text. */
+        struct entry other[3] = {e[0], e[1], e[2]};
+        other[0].val = "zz";
+        struct ctx oc = {other, 3, ""};
+        bool same = e[0].val && strcmp(e[0].val, "zz") == 0;
+        assert_int_equal(template_match(t, text, (size_t)n, lookup, &oc), same);
+    }
+    template_free(t);
+}
+
 int
 main(void)
 {
@@ -509,6 +682,9 @@ main(void)
         cmocka_unit_test(test_compile_errors),
         cmocka_unit_test(test_separators_accepted),
         cmocka_unit_test(test_overflow),
+        cmocka_unit_test(test_match_cases),
+        cmocka_unit_test(test_match_random),
+        cmocka_unit_test(test_match_expansions),
     };
     template_free(NULL);
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1243,6 +1243,66 @@ test_forward_headers(void **state)
     sbuf_free(&out);
 }
 
+/* W3C traceparent, version 00 and later (Trace Context, section 3.2). */
+static void
+test_traceparent_forms(void **state)
+{
+    (void)state;
+#define TP(s) upstream_traceparent_valid(s, sizeof(s) - 1)
+    assert_true(TP("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+    assert_true(TP("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"));
+    assert_true(TP("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later"));
+    assert_true(TP("cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-09"));
+    assert_false(TP("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x")); /* 00: 55 */
+    assert_false(TP("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));   /* reserved */
+    assert_false(TP("00-00000000000000000000000000000000-b7ad6b7169203331-01"));   /* zero id */
+    assert_false(TP("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01"));   /* zero id */
+    assert_false(TP("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"));   /* upper */
+    assert_false(TP("00-0af7651916cd43dd8448eb211c80319-b7ad6b7169203331-01"));    /* short */
+    assert_false(TP("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1"));    /* short */
+    assert_false(TP("00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+    assert_false(TP("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x"));
+    assert_false(TP("0g-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+    assert_false(TP(""));
+#undef TP
+    assert_true(upstream_tracestate_valid("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE", 39));
+    assert_false(upstream_tracestate_valid("a=\x01", 3));
+}
+
+/* The trace context goes on whole when it is well formed, and not at all when it is not. */
+static void
+test_forward_trace_context(void **state)
+{
+    (void)state;
+    static const char *const cases[][2] = {
+        {"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+         "tracestate: rojo=1\r\n",
+         "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+         "tracestate: rojo=1\r\n"},
+        {"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1\r\n"
+         "tracestate: rojo=1\r\n",
+         ""},
+        {"tracestate: rojo=1\r\n", ""}, /* no traceparent to go with */
+        {"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+         "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203332-01\r\n",
+         ""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char req[512];
+        snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: h\r\n%sAccept: */*\r\n\r\n",
+                 cases[i][0]);
+        struct http_request h;
+        assert_true(http_parse_request(req, strlen(req), &h) > 0);
+        struct sbuf out = {0};
+        upstream_forward_headers(&h, &out);
+        char want[512];
+        snprintf(want, sizeof(want), "%sAccept: */*\r\n", cases[i][1]);
+        sbuf_add(&out, "", 1);
+        assert_string_equal(out.p, want);
+        sbuf_free(&out);
+    }
+}
+
 /* The forwarded lines and the Host header as the origin receives them. */
 static void
 test_forward_on_the_wire(void **state)
@@ -2721,6 +2781,8 @@ main(void)
         cmocka_unit_test(test_parser_reset),
         cmocka_unit_test(test_forward_headers),
         cmocka_unit_test(test_forward_on_the_wire),
+        cmocka_unit_test(test_traceparent_forms),
+        cmocka_unit_test(test_forward_trace_context),
         cmocka_unit_test(test_get_content_length),
         cmocka_unit_test(test_post_empty_body),
         cmocka_unit_test(test_chunked_answer),

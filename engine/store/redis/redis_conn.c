@@ -15,6 +15,7 @@
 #include <hiredis/hiredis.h>
 
 #include "embedded.h"
+#include "log.h"
 #include "sha1.h"
 #include "store.h"
 #include "store_redis.h"
@@ -48,10 +49,8 @@ struct script {
 };
 
 static struct script scripts[REDIS_NSCRIPTS] = {
-    {.module = "redis.admit"},
-    {.module = "redis.fill"},
-    {.module = "redis.invalidate"},
-    {.module = "redis.delete"},
+    {.module = "redis.admit"},  {.module = "redis.fill"}, {.module = "redis.invalidate"},
+    {.module = "redis.delete"}, {.module = "redis.list"},
 };
 static pthread_once_t scripts_once = PTHREAD_ONCE_INIT;
 
@@ -67,8 +66,7 @@ scripts_init(void)
             }
         }
         if (!scripts[i].src) {
-            fprintf(stderr, "sluice: the script %s is not embedded\n", scripts[i].module);
-            abort();
+            log_abort("the script %s is not embedded", scripts[i].module);
         }
     }
 }
@@ -194,8 +192,7 @@ ev_attach(redisAsyncContext *ac, struct event_base *base)
     e->wev = event_new(base, ac->c.fd, EV_WRITE | EV_PERSIST, ev_on_write, e);
     e->flush = event_new(base, -1, 0, ev_on_flush, e);
     if (!e->rev || !e->wev || !e->flush) {
-        fprintf(stderr, "sluice: out of memory (redis events)\n");
-        abort();
+        log_abort("out of memory (redis events)");
     }
     ac->ev.data = e;
     ac->ev.addRead = ev_add_read;
@@ -222,8 +219,7 @@ timer_init(struct redis_timer *t, struct event_base *base, void (*fn)(void *), v
     t->arg = arg;
     t->ev = evtimer_new(base, timer_fire, t);
     if (!t->ev) {
-        fprintf(stderr, "sluice: out of memory (redis timer)\n");
-        abort();
+        log_abort("out of memory (redis timer)");
     }
 }
 
@@ -273,8 +269,7 @@ redis_conn_turn_init(struct redis_turn *t, struct event_base *base, void (*fn)(v
     t->on = false;
     t->ev = event_new(base, -1, 0, turn_fire, t);
     if (!t->ev) {
-        fprintf(stderr, "sluice: out of memory (redis turn)\n");
-        abort();
+        log_abort("out of memory (redis turn)");
     }
 }
 
@@ -442,10 +437,10 @@ rcmd_free(struct redis_cmd *rc)
 }
 
 static void
-conn_log(struct redis_conn *c, const char *what, const char *detail)
+conn_log(struct redis_conn *c, enum log_level lv, const char *what, const char *detail)
 {
-    fprintf(stderr, "sluice: redis %s %s:%d: %s%s%s\n", c->role, c->ep.host, c->ep.port, what,
-            detail ? ": " : "", detail ? detail : "");
+    log_fields(lv, NULL, 0, "redis %s %s:%d: %s%s%s", c->role, c->ep.host, c->ep.port, what,
+               detail ? ": " : "", detail ? detail : "");
 }
 
 /* Schedules the next connection attempt after the backoff, which then doubles. */
@@ -469,7 +464,7 @@ conn_detach(struct redis_conn *c, const char *why, const char *detail)
     if (!c->down_logged && !c->env->closing) {
         char msg[160];
         snprintf(msg, sizeof(msg), "%s; reconnecting", why);
-        conn_log(c, msg, detail);
+        conn_log(c, LOGL_WARN, msg, detail);
         c->down_logged = true;
     }
     conn_schedule(c);
@@ -595,13 +590,13 @@ on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         c->backoff_us = BACKOFF_MIN_US;
         if (c->down_logged) {
             c->down_logged = false;
-            conn_log(c, "answering again", NULL);
+            conn_log(c, LOGL_INFO, "answering again", NULL);
         }
         if (r->type == REDIS_REPLY_ERROR) {
             uint64_t now = util_mono_us();
             if (now - c->last_error_log_us >= 1000000 || c->last_error_log_us == 0) {
                 c->last_error_log_us = now;
-                conn_log(c, "error reply", r->str);
+                conn_log(c, LOGL_WARN, "error reply", r->str);
             }
         }
     }
@@ -615,7 +610,7 @@ on_setup_reply(void *arg, redisReply *r)
     struct redis_conn *c = arg;
 
     if (r && r->type == REDIS_REPLY_ERROR)
-        conn_log(c, "setting up the connection failed", r->str);
+        conn_log(c, LOGL_WARN, "setting up the connection failed", r->str);
 }
 
 static void
@@ -674,7 +669,7 @@ redis_conn_connect(struct redis_conn *c)
     ac = redisAsyncConnect(c->ep.host, c->ep.port);
     if (!ac || ac->err) {
         if (!c->down_logged) {
-            conn_log(c, "cannot connect; retrying", ac ? ac->errstr : "out of memory");
+            conn_log(c, LOGL_WARN, "cannot connect; retrying", ac ? ac->errstr : "out of memory");
             c->down_logged = true;
         }
         if (ac)

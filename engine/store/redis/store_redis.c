@@ -11,10 +11,12 @@
 #include <hiredis/hiredis.h>
 
 #include "hmap.h"
+#include "log.h"
 #include "redis_conn.h"
 #include "store.h"
 #include "store_redis.h"
 #include "store_redis_codec.h"
+#include "store_redis_list.h"
 #include "store_redis_near.h"
 #include "util.h"
 
@@ -33,6 +35,8 @@
  *   invalidate_pattern  SCAN cursor MATCH pattern COUNT 500 over the entry keys,
  *                     then UNLINK of what matched, batch after batch, each
  *                     command sent from the previous one's callback
+ *   list              SCAN rounds likewise, and list.lua on the primaries that
+ *                     matched (store_redis_list.c)
  *
  * Commands of concurrent requests are appended to hiredis's output buffer
  * and leave in one write once the worker's loop has run every callback of
@@ -75,6 +79,7 @@ struct store_redis {
     struct batch_list turn;    /* the admits of this turn, by batch */
     struct hmap open;          /* the turn's batches still taking requests, by tag */
     struct sbuf scratch;       /* for building keys */
+    unsigned list_rounds;      /* SCAN rounds of one listing (0: the default) */
     struct store_redis_stats stats;
 };
 
@@ -637,10 +642,9 @@ redis_admit_and_lookup(struct store *st, struct store_admit *a, store_done_fn *d
             if (!codec_rule_exact(&id)) {
                 static bool warned;
                 if (!warned)
-                    fprintf(stderr,
-                            "sluice: redis store: a limit of %llu per %llu ms is beyond what "
-                            "it computes exactly (limit x window < 2^53); requests refused\n",
-                            (unsigned long long)id.limit, (unsigned long long)id.window_ms);
+                    log_error("redis store: a limit of %llu per %llu ms is beyond what "
+                              "it computes exactly (limit x window < 2^53); requests refused",
+                              (unsigned long long)id.limit, (unsigned long long)id.window_ms);
                 warned = true;
                 op->status = -1;
                 admit_finish(op);
@@ -1061,11 +1065,7 @@ redis_invalidate_pattern(struct store *st, const char *glob, size_t globlen, sto
         op->glob[globlen] = '\0';
         /* Entry keys whose cache key matches the glob, or starts with what does (a secondary
          * whose primary matches): the hash tag is any. */
-        sbuf_adds(&op->match, "sl:{*}:c:");
-        codec_glob_to_redis(&op->match, glob, globlen);
-        if (op->match.p[op->match.len - 1] != '*' ||
-            (op->match.len >= 2 && op->match.p[op->match.len - 2] == '\\'))
-            sbuf_add(&op->match, "*", 1);
+        codec_scan_match(&op->match, glob, globlen);
         memcpy(op->cursor, "0", 2);
         op->next = pattern_scan;
     }
@@ -1113,6 +1113,15 @@ redis_release_lease(struct store *st, const char *key, size_t keylen)
     redis_conn_send(&s->cache, -1, &b, on_ignored, NULL);
 }
 
+static void
+redis_list_entries(struct store *st, const char *glob, size_t globlen, size_t limit,
+                   store_list_fn *done, void *arg)
+{
+    struct store_redis *s = (struct store_redis *)st;
+
+    redis_list(&s->cache, s->list_rounds, &s->stats.failed, glob, globlen, limit, done, arg);
+}
+
 static const struct store_ops redis_ops = {
     .name = "redis",
     .admit_and_lookup = redis_admit_and_lookup,
@@ -1123,6 +1132,7 @@ static const struct store_ops redis_ops = {
     .delete_keys = redis_delete_keys,
     .invalidate_pattern = redis_invalidate_pattern,
     .release_lease = redis_release_lease,
+    .list = redis_list_entries,
 };
 
 struct store *
@@ -1146,6 +1156,7 @@ store_redis_new(struct event_base *base, const struct store_redis_config *cfg, c
     STAILQ_INIT(&s->turn);
     s->env.deadline_us = (cfg->deadline_ms ? cfg->deadline_ms : DEFAULT_DEADLINE_MS) * 1000;
     s->tag_lease_ms = cfg->tag_lease_ms ? cfg->tag_lease_ms : DEFAULT_TAG_LEASE_MS;
+    s->list_rounds = cfg->list_rounds;
     near_init(&s->near, cfg->near_bytes ? cfg->near_bytes : DEFAULT_NEAR_BYTES);
     if (getrandom(&s->token_state, sizeof(s->token_state), GRND_NONBLOCK) != sizeof(s->token_state))
         s->token_state = util_mono_us() ^ (uint64_t)(uintptr_t)s;

@@ -23,6 +23,7 @@ struct store_redis_config {
     uint64_t deadline_ms;   /* per command; 0: 50 */
     uint64_t tag_lease_ms;  /* least TTL of a tag key; 0: 600000 (10 minutes) */
     size_t near_bytes;      /* budget of the handle's local copies of responses; 0: 16 MiB */
+    unsigned list_rounds;   /* SCAN rounds one store_list() makes at most; 0: 1000 */
 };
 
 /* Returns 0 when url is a usable Redis URL, else -1 with a message in err. */

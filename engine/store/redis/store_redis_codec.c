@@ -241,7 +241,7 @@ codec_entry_from_value(char *v, size_t len)
         e->headers = xmalloc(hlen + 1); /* NUL-terminated too, for convenience */
         memcpy(e->headers, q, hlen);
         e->headers[hlen] = '\0';
-        e->headers_len = hlen;
+        e->headers_len = (uint32_t)hlen;
     }
     q += hlen;
     if (has & HAS_ETAG)
@@ -337,13 +337,100 @@ codec_glob_to_redis(struct sbuf *b, const char *g, size_t len)
     }
 }
 
-const char *
-codec_entry_key_raw(const char *k, size_t klen, size_t *rawlen)
+void
+codec_scan_match(struct sbuf *b, const char *g, size_t len)
+{
+    size_t start = b->len;
+
+    sbuf_adds(b, "sl:{*}:c:");
+    codec_glob_to_redis(b, g, len);
+    size_t n = b->len - start;
+    if (b->p[b->len - 1] != '*' || (n >= 2 && b->p[b->len - 2] == '\\'))
+        sbuf_add(b, "*", 1);
+}
+
+/* The raw part of the key k[0..klen) of `kind` ("sl:{TAG}:KIND:RAW"), or NULL. */
+static const char *
+key_raw(const char *k, size_t klen, char kind, size_t *rawlen)
 {
     const char *close = klen > 4 && memcmp(k, "sl:{", 4) == 0 ? memchr(k, '}', klen) : NULL;
+    const char tail[4] = {'}', ':', kind, ':'};
 
-    if (!close || (size_t)(k + klen - close) < 4 || memcmp(close, "}:c:", 4) != 0)
+    if (!close || (size_t)(k + klen - close) < 4 || memcmp(close, tail, 4) != 0)
         return NULL;
     *rawlen = klen - (size_t)(close + 4 - k);
     return close + 4;
+}
+
+const char *
+codec_entry_key_raw(const char *k, size_t klen, size_t *rawlen)
+{
+    return key_raw(k, klen, 'c', rawlen);
+}
+
+int
+codec_meta_from_tail(const char *tail, size_t taillen, size_t total, struct codec_meta *out)
+{
+    const unsigned char *p = (const unsigned char *)tail;
+    size_t fixed = TRAILER_LEN - AGES_LEN; /* the trailer after the ages */
+
+    if (taillen > total || taillen < fixed)
+        return -1;
+    size_t base = total - taillen; /* where tail starts in the value */
+    size_t t = taillen - fixed;    /* the trailer after the ages, in tail */
+    size_t region = base + t;      /* body, content type, headers and etag, and the ages */
+    uint64_t ctlen = rd_u32(p + t), hlen = rd_u32(p + t + 4), etlen = rd_u32(p + t + 8);
+    unsigned has = p[t + 23];
+
+    *out = (struct codec_meta){
+        .status = (uint16_t)(p[t + 20] | p[t + 21] << 8),
+        .flags = p[t + 22],
+        .stale_ms = rd_u64(p + t + 12),
+        .stored_ms = rd_f64_ms(p + t + 24),
+        .expires_ms = rd_f64_ms(p + t + 32),
+    };
+    if (has & HAS_AGES) {
+        if (t < AGES_LEN)
+            return -1;
+        out->age_ms = rd_u64(p + t - AGES_LEN);
+        out->swr_ms = rd_u64(p + t - AGES_LEN + 8);
+        out->sie_ms = rd_u64(p + t - AGES_LEN + 16);
+        region -= AGES_LEN;
+    }
+    if (ctlen + hlen + etlen > region)
+        return -1;
+    out->bytes = region;
+    out->body_len = region - (size_t)(ctlen + hlen + etlen);
+    return 0;
+}
+
+int
+codec_entry_tags(const char *v, size_t len, void (*fn)(void *ctx, const char *tag, size_t taglen),
+                 void *ctx)
+{
+    const unsigned char *p = (const unsigned char *)v;
+    size_t pos = TOKEN_LEN + 8;
+
+    if (len < pos)
+        return -1;
+    while (pos < len) {
+        if (len - pos < 4)
+            return -1;
+        size_t kl = rd_u32(p + pos);
+        pos += 4;
+        if (len - pos < kl + 4)
+            return -1;
+        size_t rawlen;
+        const char *raw = key_raw(v + pos, kl, 't', &rawlen);
+        if (!raw)
+            return -1;
+        fn(ctx, raw, rawlen);
+        pos += kl;
+        size_t gl = rd_u32(p + pos);
+        pos += 4;
+        if (len - pos < gl)
+            return -1;
+        pos += gl;
+    }
+    return 0;
 }

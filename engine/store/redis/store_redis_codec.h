@@ -95,10 +95,43 @@ struct store_entry *codec_entry_from_value(char *v, size_t len);
 void codec_glob_to_redis(struct sbuf *b, const char *g, size_t len);
 
 /*
+ * Appends to b the SCAN pattern of the entry keys whose cache key the glob
+ * g[0..len) matches, or whose primary part it matches (a variant of a
+ * primary that matches): "sl:{*}:c:", codec_glob_to_redis(), and a final
+ * '*' unless it has one.
+ */
+void codec_scan_match(struct sbuf *b, const char *g, size_t len);
+
+/*
  * Returns the cache key in the entry key k[0..klen) ("sl:{TAG}:c:KEY"), pointing into k,
  * with its length in *rawlen; NULL when k is not an entry key.
  */
 const char *codec_entry_key_raw(const char *k, size_t klen, size_t *rawlen);
+
+/* What a stored response says of itself in its trailer, read without its body. */
+struct codec_meta {
+    uint16_t status;
+    uint8_t flags;
+    uint64_t stored_ms, expires_ms, stale_ms, age_ms, swr_ms, sie_ms;
+    size_t body_len; /* the body alone */
+    size_t bytes;    /* body, content type, header lines and ETag */
+};
+
+/*
+ * Reads the trailer of a stored response of `total` bytes from its last
+ * taillen bytes, tail[0..taillen) (TRAILER_LEN of them are enough). Returns
+ * 0 with *out filled, or -1 when they do not make a trailer.
+ */
+int codec_meta_from_tail(const char *tail, size_t taillen, size_t total, struct codec_meta *out);
+
+/*
+ * Calls fn(ctx, tag, taglen) for each tag recorded in an entry's value
+ * v[0..len) ([fill token][f64 expires_ms], then each tag's key and
+ * generation), the tag as the gateway named it (borrowed from v). Returns 0,
+ * or -1 when the value is malformed (some tags may have been reported).
+ */
+int codec_entry_tags(const char *v, size_t len,
+                     void (*fn)(void *ctx, const char *tag, size_t taglen), void *ctx);
 
 /* ---- small encoders ----------------------------------------------------------------------- */
 

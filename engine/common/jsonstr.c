@@ -1,0 +1,140 @@
+/* jsonstr.c - any bytes as one JSON string: control characters escaped, invalid UTF-8 replaced. */
+#include "jsonstr.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Bytes that go out as they are: printable ASCII but `"` and `\`. */
+static inline bool
+plain(unsigned char c)
+{
+    return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+}
+
+/*
+ * The length of the well-formed UTF-8 sequence that starts s[0..n) (s[0] >=
+ * 0x80), or 0 when it is ill-formed, with *bad set to the length of its
+ * maximal subpart (at least 1): the bytes that start a well-formed sequence
+ * but do not finish one (Unicode 15, section 3.9, table 3-7).
+ */
+static size_t
+utf8_seq(const unsigned char *s, size_t n, size_t *bad)
+{
+    unsigned char c = s[0];
+    size_t need;
+    unsigned char lo = 0x80, hi = 0xbf; /* the range of the second byte */
+    if (c >= 0xc2 && c <= 0xdf) {
+        need = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        need = 3;
+        if (c == 0xe0)
+            lo = 0xa0; /* overlong below */
+        else if (c == 0xed)
+            hi = 0x9f; /* surrogates above */
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        need = 4;
+        if (c == 0xf0)
+            lo = 0x90; /* overlong below */
+        else if (c == 0xf4)
+            hi = 0x8f; /* past U+10FFFF above */
+    } else {
+        *bad = 1; /* a continuation byte, 0xC0, 0xC1, 0xF5..0xFF */
+        return 0;
+    }
+    size_t i = 1;
+    for (; i < need && i < n; i++) {
+        unsigned char x = s[i];
+        if (i == 1 ? (x < lo || x > hi) : (x < 0x80 || x > 0xbf))
+            break;
+    }
+    if (i == need)
+        return need;
+    *bad = i;
+    return 0;
+}
+
+size_t
+jsonstr_write(char *out, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s;
+    char *o = out;
+    *o++ = '"';
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = p[i];
+        if (plain(c)) {
+            *o++ = (char)c;
+            i++;
+            continue;
+        }
+        if (c < 0x80) {
+            *o++ = '\\';
+            switch (c) {
+            case '"':
+            case '\\':
+                *o++ = (char)c;
+                break;
+            case '\n':
+                *o++ = 'n';
+                break;
+            case '\r':
+                *o++ = 'r';
+                break;
+            case '\t':
+                *o++ = 't';
+                break;
+            case '\b':
+                *o++ = 'b';
+                break;
+            case '\f':
+                *o++ = 'f';
+                break;
+            default: /* other controls and DEL */
+                memcpy(o, "u00", 3);
+                o[3] = hex[c >> 4];
+                o[4] = hex[c & 15];
+                o += 5;
+                break;
+            }
+            i++;
+            continue;
+        }
+        size_t bad = 0;
+        size_t n = utf8_seq(p + i, len - i, &bad);
+        if (n == 0) {
+            memcpy(o, "\\ufffd", 6);
+            o += 6;
+            i += bad;
+        } else if (n == 3 && c == 0xe2 && p[i + 1] == 0x80 &&
+                   (p[i + 2] == 0xa8 || p[i + 2] == 0xa9)) {
+            memcpy(o, p[i + 2] == 0xa8 ? "\\u2028" : "\\u2029", 6);
+            o += 6;
+            i += 3;
+        } else {
+            memcpy(o, p + i, n);
+            o += n;
+            i += n;
+        }
+    }
+    *o++ = '"';
+    return (size_t)(o - out);
+}
+
+void
+jsonstr_add(struct sbuf *b, const char *s, size_t len)
+{
+    sbuf_reserve(b, JSONSTR_MAX(len));
+    b->len += jsonstr_write(b->p + b->len, s, len);
+    b->p[b->len] = '\0';
+}
+
+void
+jsonstr_adds(struct sbuf *b, const char *s)
+{
+    if (!s)
+        sbuf_add(b, "null", 4);
+    else
+        jsonstr_add(b, s, strlen(s));
+}

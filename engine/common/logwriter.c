@@ -1,0 +1,286 @@
+/* logwriter.c - a log file fed by many threads, each through a ring of its own, and written by
+ * one thread of its own: at least every flush period, reopened on request, and when a ring is
+ * full its lines are dropped and counted, never waited for. */
+#define _GNU_SOURCE
+#include "logwriter.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "util.h"
+
+#define DEFAULT_RING_BYTES (1u << 20)
+#define DEFAULT_FLUSH_MS 200
+
+/*
+ * One producer's ring: a single producer and a single consumer, no lock. head
+ * and tail count bytes since the start (they never wrap); the bytes of
+ * [tail, head) are lines waiting, at offset % cap. The producer alone writes
+ * head, lines and dropped; the writing thread alone writes tail. Each side
+ * publishes with a release store what the other reads with an acquire load.
+ */
+struct ring {
+    _Alignas(64) uint64_t head;
+    uint64_t lines, dropped;
+    int kicked; /* the producer woke the writer and it has not drained since */
+    _Alignas(64) uint64_t tail;
+    char *buf;
+    size_t cap;
+};
+
+struct logwriter {
+    char *path;
+    int fd;
+    bool to_stdout;
+    int efd; /* eventfd: producers and logwriter_reopen() wake the thread */
+    uint64_t flush_ms;
+    unsigned nrings;
+    struct ring *rings;
+    struct iovec *iov; /* two per ring: the writing thread's */
+    uint64_t *heads;   /* one per ring: the writing thread's */
+    pthread_t thread;
+    int stop, reopen;                      /* atomic requests to the thread */
+    uint64_t bytes, reopens, write_errors; /* written by the thread, read relaxed */
+};
+
+static void
+bump(uint64_t *c, uint64_t n)
+{
+    __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+}
+
+static void
+wake(struct logwriter *lw)
+{
+    uint64_t one = 1;
+    ssize_t n;
+    do
+        n = write(lw->efd, &one, sizeof(one));
+    while (n < 0 && errno == EINTR);
+}
+
+bool
+logwriter_put(struct logwriter *lw, unsigned producer, const char *line, size_t len)
+{
+    struct ring *r = &lw->rings[producer];
+    uint64_t head = r->head;
+    uint64_t tail = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
+    if (len > r->cap - (head - tail)) {
+        bump(&r->dropped, 1);
+        if (!__atomic_exchange_n(&r->kicked, 1, __ATOMIC_ACQ_REL))
+            wake(lw);
+        return false;
+    }
+    size_t off = (size_t)(head % r->cap);
+    size_t first = len < r->cap - off ? len : r->cap - off;
+    memcpy(r->buf + off, line, first);
+    memcpy(r->buf, line + first, len - first);
+    __atomic_store_n(&r->head, head + len, __ATOMIC_RELEASE);
+    bump(&r->lines, 1);
+    if (head + len - tail >= r->cap / 4 && !__atomic_exchange_n(&r->kicked, 1, __ATOMIC_ACQ_REL))
+        wake(lw);
+    return true;
+}
+
+/* Writes iov[0..n) whole to fd, going on after short writes. Returns 0, or -1 (errno). */
+static int
+writev_all(int fd, struct iovec *iov, int n)
+{
+    while (n > 0) {
+        ssize_t w = writev(fd, iov, n > IOV_MAX ? IOV_MAX : n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+/* Writes what every ring holds in one writev (bytes that fail to be written are lost and
+ * counted: a ring is never held for a file that cannot take it). */
+static void
+drain(struct logwriter *lw)
+{
+    int n = 0;
+    uint64_t total = 0;
+    uint64_t *heads = lw->heads;
+    for (unsigned i = 0; i < lw->nrings; i++) {
+        struct ring *r = &lw->rings[i];
+        uint64_t head = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
+        heads[i] = head;
+        uint64_t len = head - r->tail;
+        if (len == 0)
+            continue;
+        size_t off = (size_t)(r->tail % r->cap);
+        size_t first = len < r->cap - off ? (size_t)len : r->cap - off;
+        lw->iov[n++] = (struct iovec){r->buf + off, first};
+        if (len > first)
+            lw->iov[n++] = (struct iovec){r->buf, (size_t)len - first};
+        total += len;
+    }
+    if (n > 0) {
+        if (writev_all(lw->fd, lw->iov, n) == 0)
+            bump(&lw->bytes, total);
+        else
+            bump(&lw->write_errors, 1);
+    }
+    for (unsigned i = 0; i < lw->nrings; i++) {
+        __atomic_store_n(&lw->rings[i].tail, heads[i], __ATOMIC_RELEASE);
+        __atomic_store_n(&lw->rings[i].kicked, 0, __ATOMIC_RELEASE);
+    }
+}
+
+static int
+open_path(const char *path)
+{
+    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+}
+
+/* Opens the path again: what was drained went to the old file, what comes goes to the new. */
+static void
+reopen(struct logwriter *lw)
+{
+    if (lw->to_stdout)
+        return;
+    int fd = open_path(lw->path);
+    if (fd < 0) {
+        log_error("access log: reopening %s: %s; still writing to the old file", lw->path,
+                  strerror(errno));
+        bump(&lw->write_errors, 1);
+        return;
+    }
+    close(lw->fd);
+    lw->fd = fd;
+    bump(&lw->reopens, 1);
+}
+
+static void *
+writer_main(void *arg)
+{
+    struct logwriter *lw = arg;
+    for (;;) {
+        struct pollfd p = {.fd = lw->efd, .events = POLLIN};
+        if (poll(&p, 1, (int)lw->flush_ms) > 0) {
+            uint64_t v;
+            if (read(lw->efd, &v, sizeof(v)) < 0 && errno != EAGAIN && errno != EINTR)
+                log_error("access log: eventfd: %s", strerror(errno));
+        }
+        /* Both requests are taken before the drain: what was put before either was asked
+         * is written (to the old file) before it is done. */
+        bool stop = __atomic_load_n(&lw->stop, __ATOMIC_ACQUIRE);
+        bool reopening = __atomic_exchange_n(&lw->reopen, 0, __ATOMIC_ACQ_REL);
+        drain(lw);
+        if (reopening)
+            reopen(lw);
+        if (stop)
+            return NULL;
+    }
+}
+
+struct logwriter *
+logwriter_open(const struct logwriter_config *cfg, char *err, size_t errlen)
+{
+    struct logwriter *lw = xcalloc(1, sizeof(*lw));
+    lw->path = xstrdup(cfg->path);
+    lw->to_stdout = strcmp(cfg->path, "-") == 0;
+    lw->fd = lw->to_stdout ? STDOUT_FILENO : open_path(cfg->path);
+    lw->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    lw->flush_ms = cfg->flush_ms ? cfg->flush_ms : DEFAULT_FLUSH_MS;
+    lw->nrings = cfg->producers ? cfg->producers : 1;
+    lw->rings = xcalloc(lw->nrings, sizeof(*lw->rings));
+    lw->iov = xcalloc(2 * (size_t)lw->nrings, sizeof(*lw->iov));
+    lw->heads = xcalloc(lw->nrings, sizeof(*lw->heads));
+    size_t cap = cfg->ring_bytes ? cfg->ring_bytes : DEFAULT_RING_BYTES;
+    for (unsigned i = 0; i < lw->nrings; i++) {
+        lw->rings[i].cap = cap;
+        lw->rings[i].buf = xmalloc(cap);
+    }
+    if (lw->fd < 0 || lw->efd < 0) {
+        util_seterr(err, errlen, "%s: %s", cfg->path, strerror(errno));
+        goto fail;
+    }
+    int rc = pthread_create(&lw->thread, NULL, writer_main, lw);
+    if (rc != 0) {
+        util_seterr(err, errlen, "starting the writing thread: %s", strerror(rc));
+        goto fail;
+    }
+    return lw;
+fail:
+    if (lw->fd >= 0 && !lw->to_stdout)
+        close(lw->fd);
+    if (lw->efd >= 0)
+        close(lw->efd);
+    for (unsigned i = 0; i < lw->nrings; i++)
+        free(lw->rings[i].buf);
+    free(lw->rings);
+    free(lw->iov);
+    free(lw->heads);
+    free(lw->path);
+    free(lw);
+    return NULL;
+}
+
+void
+logwriter_reopen(struct logwriter *lw)
+{
+    __atomic_store_n(&lw->reopen, 1, __ATOMIC_RELEASE);
+    wake(lw);
+}
+
+void
+logwriter_stats(struct logwriter *lw, struct logwriter_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    for (unsigned i = 0; i < lw->nrings; i++) {
+        st->lines += __atomic_load_n(&lw->rings[i].lines, __ATOMIC_RELAXED);
+        st->dropped += __atomic_load_n(&lw->rings[i].dropped, __ATOMIC_RELAXED);
+    }
+    st->bytes = __atomic_load_n(&lw->bytes, __ATOMIC_RELAXED);
+    st->reopens = __atomic_load_n(&lw->reopens, __ATOMIC_RELAXED);
+    st->write_errors = __atomic_load_n(&lw->write_errors, __ATOMIC_RELAXED);
+}
+
+const char *
+logwriter_path(const struct logwriter *lw)
+{
+    return lw->path;
+}
+
+void
+logwriter_close(struct logwriter *lw)
+{
+    if (!lw)
+        return;
+    __atomic_store_n(&lw->stop, 1, __ATOMIC_RELEASE);
+    wake(lw);
+    pthread_join(lw->thread, NULL);
+    if (!lw->to_stdout)
+        close(lw->fd);
+    close(lw->efd);
+    for (unsigned i = 0; i < lw->nrings; i++)
+        free(lw->rings[i].buf);
+    free(lw->rings);
+    free(lw->iov);
+    free(lw->heads);
+    free(lw->path);
+    free(lw);
+}

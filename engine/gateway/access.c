@@ -1,0 +1,214 @@
+/* access.c - the access log: one JSON line per answered client request, formatted by the worker
+ * that answered it into its own ring of the log writer (common/logwriter.h). */
+#include "access.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "jsonstr.h"
+#include "log.h"
+#include "logwriter.h"
+
+void
+gw_access_init(struct gw_access *a, struct logwriter *lw, unsigned ring, double sample)
+{
+    memset(a, 0, sizeof(*a));
+    a->lw = lw;
+    a->ring = ring;
+    a->keep_all = !(sample < 1.0);
+    a->keep_below = a->keep_all ? UINT64_MAX : (uint64_t)(sample * 18446744073709551616.0);
+}
+
+void
+gw_access_free(struct gw_access *a)
+{
+    sbuf_free(&a->line);
+}
+
+/* FNV-1a of the id, then splitmix64's finalizer so that every bit of the result depends on
+ * every byte (FNV-1a alone leaves the top bits of short, similar ids alike). */
+static uint64_t
+id_hash(const char *id, size_t len)
+{
+    uint64_t x = util_fnv1a(id, len);
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+bool
+gw_access_sampled(const char *id, size_t len, double sample)
+{
+    if (!(sample < 1.0))
+        return true;
+    return id_hash(id, len) < (uint64_t)(sample * 18446744073709551616.0);
+}
+
+/*
+ * The line is written straight into a buffer sized once for its worst case:
+ * no call per token, and every string through jsonstr_write(). Fixed text of
+ * a line (names, numbers, the time, the cache kind) stays below LINE_FIXED.
+ */
+#define LINE_FIXED 640
+
+static char *
+put(char *o, const char *s, size_t n)
+{
+    memcpy(o, s, n);
+    return o + n;
+}
+
+#define PUT(o, lit) put(o, lit, sizeof(lit) - 1)
+
+/* A string, or null. */
+static char *
+put_str(char *o, const char *s, size_t n)
+{
+    return s ? o + jsonstr_write(o, s, n) : PUT(o, "null");
+}
+
+static char *
+put_strz(char *o, const char *s)
+{
+    return put_str(o, s, s ? strlen(s) : 0);
+}
+
+static char *
+put_u64(char *o, uint64_t v)
+{
+    return o + util_u64(o, v);
+}
+
+/* us as milliseconds with three decimals ("12.345"). */
+static char *
+put_ms(char *o, uint64_t us)
+{
+    o = put_u64(o, us / 1000);
+    o[0] = '.';
+    o[1] = (char)('0' + us % 1000 / 100);
+    o[2] = (char)('0' + us % 100 / 10);
+    o[3] = (char)('0' + us % 10);
+    return o + 4;
+}
+
+/* The time ms as RFC 3339: its second formatted once per second and thread. */
+static char *
+put_time(char *o, uint64_t ms)
+{
+    static __thread uint64_t cached_sec = UINT64_MAX;
+    static __thread char cached[LOG_TIME_LEN + 1];
+    if (ms / 1000 != cached_sec) {
+        cached_sec = ms / 1000;
+        log_time_rfc3339(cached_sec * 1000, cached); /* "...T01:02:03.000Z" */
+    }
+    o = put(o, cached, LOG_TIME_LEN - 4);
+    unsigned m = (unsigned)(ms % 1000);
+    o[0] = (char)('0' + m / 100);
+    o[1] = (char)('0' + m / 10 % 10);
+    o[2] = (char)('0' + m % 10);
+    o[3] = 'Z';
+    return o + 4;
+}
+
+void
+gw_access_format(struct sbuf *b, const struct gw_access_record *r, uint64_t now_ms)
+{
+    const struct http_request *h = r->http;
+    size_t route_len = strlen(r->route), tier_len = r->tier ? strlen(r->tier) : 0;
+    size_t limit_len = r->limit ? strlen(r->limit) : 0, shadow_len = 0;
+    size_t id_len = strlen(r->request_id), client_len = r->client ? strlen(r->client) : 0;
+    for (size_t i = 0; i < r->nshadow_denied; i++)
+        shadow_len += JSONSTR_MAX(strlen(r->shadow_denied[i])) + 1;
+    sbuf_reserve(b, LINE_FIXED + shadow_len +
+                        JSONSTR_MAX(h->method_str.len + h->path.len + h->query.len + route_len +
+                                    r->user_len + tier_len + r->tenant_len + limit_len + id_len +
+                                    client_len));
+    char *start = b->p + b->len, *o = start;
+    uint64_t ms = r->duration_us / 1000;
+    o = PUT(o, "{\"ts\":\"");
+    o = put_time(o, now_ms > ms ? now_ms - ms : 0);
+    o = PUT(o, "\",\"request_id\":");
+    o = put_str(o, r->request_id, id_len);
+    o = PUT(o, ",\"method\":");
+    o = put_str(o, h->method_str.p, h->method_str.len);
+    o = PUT(o, ",\"path\":");
+    o = put_str(o, h->path.p, h->path.len);
+    o = PUT(o, ",\"query\":");
+    /* "/a?" has an empty query; "/a" none. */
+    if (h->query.len || (h->target.len > h->path.len && h->target.p[h->path.len] == '?'))
+        o = o + jsonstr_write(o, h->query.p, h->query.len);
+    else
+        o = PUT(o, "null");
+    o = PUT(o, ",\"route\":");
+    o = put_str(o, r->route, route_len);
+    o = PUT(o, ",\"status\":");
+    o = put_u64(o, (uint64_t)r->status);
+    o = PUT(o, ",\"cache\":");
+    o = put_strz(o, gw_cache_kind_names[r->cache]);
+    o = PUT(o, ",\"user\":");
+    o = put_str(o, r->user, r->user_len);
+    o = PUT(o, ",\"tier\":");
+    o = put_str(o, r->tier, tier_len);
+    o = PUT(o, ",\"tenant\":");
+    o = put_str(o, r->tenant, r->tenant_len);
+    o = PUT(o, ",\"limit\":");
+    if (r->limit) {
+        o = PUT(o, "{\"policy\":");
+        o = put_str(o, r->limit, limit_len);
+        o = PUT(o, ",\"remaining\":");
+        o = put_u64(o, r->limit_remaining);
+        o = r->limit_shadow ? PUT(o, ",\"mode\":\"shadow\"}") : PUT(o, ",\"mode\":\"enforce\"}");
+    } else {
+        o = PUT(o, "null");
+    }
+    o = PUT(o, ",\"shadow_denied\":[");
+    for (size_t i = 0; i < r->nshadow_denied; i++) {
+        if (i)
+            *o++ = ',';
+        o = put_strz(o, r->shadow_denied[i]);
+    }
+    o = PUT(o, "],\"duration_ms\":");
+    o = put_ms(o, r->duration_us);
+    o = PUT(o, ",\"origin_ms\":");
+    o = r->origin ? put_ms(o, r->origin_us) : PUT(o, "null");
+    o = PUT(o, ",\"bytes\":");
+    o = put_u64(o, r->bytes);
+    o = PUT(o, ",\"client\":");
+    o = put_str(o, r->client, client_len);
+    o = PUT(o, "}\n");
+    b->len += (size_t)(o - start);
+    b->p[b->len] = '\0';
+}
+
+/* The wall clock (ms since the epoch) at monotonic time mono_us: the offset between the two
+ * clocks is read once a second per thread, not for every line. */
+static uint64_t
+wall_ms(uint64_t mono_us)
+{
+    static __thread uint64_t offset_us, read_at_us;
+    if (!read_at_us || mono_us - read_at_us >= 1000000) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t wall_us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+        read_at_us = util_mono_us();
+        offset_us = wall_us - read_at_us;
+    }
+    return (mono_us + offset_us) / 1000;
+}
+
+void
+gw_access_log(struct gw_access *a, const struct gw_access_record *r)
+{
+    if (!a->lw)
+        return;
+    if (r->status >= 200 && r->status < 400 && !a->keep_all &&
+        id_hash(r->request_id, strlen(r->request_id)) >= a->keep_below) {
+        __atomic_store_n(&a->sampled_out, __atomic_load_n(&a->sampled_out, __ATOMIC_RELAXED) + 1,
+                         __ATOMIC_RELAXED);
+        return;
+    }
+    a->line.len = 0;
+    gw_access_format(&a->line, r, wall_ms(r->now_us));
+    logwriter_put(a->lw, a->ring, a->line.p, a->line.len);
+}

@@ -1,0 +1,215 @@
+---@meta sluice
+-- sluice/meta/sluice.lua - type annotations of the policy language for the Lua language server
+-- (LuaLS): completion, hover text and checks of the fields of tier, identity, endpoint,
+-- upstream, on_change and, in tenant files, hook. Never run, and not compiled into the
+-- binary. Point LuaLS at its directory with a .luarc.json beside the policies:
+--
+--   { "runtime.version": "Lua 5.4",
+--     "workspace.library": ["/usr/share/sluice/luals"],
+--     "diagnostics.globals": [] }
+--
+-- (from a source tree: "lua/sluice/meta"). docs/policies.md is the full description;
+-- tests/spec/luals_meta_spec.lua checks that every name and field the DSL takes is here.
+
+---A duration: "250ms", "30s", "5m", "1h", "1d", a string of plain seconds ("30") or a number
+---of seconds (1.5). Decimals in strings are refused.
+---@alias sluice.Duration string|number
+
+---@alias sluice.Algorithm
+---| "sliding_window" # default: a two-window weighted counter, O(1) memory
+---| "sliding_log"    # exact: one entry per distinct millisecond of the window
+---| "token_bucket"   # GCRA; `burst` is its capacity (default `limit`)
+---| "fixed_window"
+
+---@alias sluice.Mode
+---| "enforce" # default: refuses past the limit
+---| "shadow"  # counted and decided, never refuses, never in RateLimit headers
+
+---A template: text with {user} {tenant} {tier} {ip} {method} {route} {path.NAME} {path}
+---{query.NAME} {query} {header.NAME} {body.NAME} (and {row.COLUMN} in on_change).
+---@alias sluice.Template string
+
+-- ---- tier ---------------------------------------------------------------------------------
+
+---@class sluice.Tier
+---@field limit integer requests per window
+---@field window sluice.Duration
+---@field algorithm? sluice.Algorithm
+---@field burst? integer the most a caller may send at once (token_bucket)
+---@field mode? sluice.Mode
+
+---A plan and its budget: `tier "free" { limit = 100, window = "1h" }`. Endpoints with
+---`limit = "tier"` count against one counter per caller. In a tenant file: an override of a
+---main tier for the tenant's callers (any of its fields).
+---@param name string
+---@return fun(fields: sluice.Tier)
+---@overload fun(name: string, fields: sluice.Tier)
+function tier(name) end
+
+-- ---- identity -----------------------------------------------------------------------------
+
+---What an identity header's value must be (at most one option).
+---@class sluice.HeaderOptions
+---@field integer? boolean a 64-bit integer; canonical form without "+" or leading zeros
+---@field uuid? boolean a UUID; canonical form lower-case 8-4-4-4-12
+---@field pattern? string a POSIX extended regular expression the whole value must match
+
+---A request header as an identity source (read-only). Calling it with options types it:
+---`header "X-User-Id" { integer = true }`.
+---@class sluice.Header
+---@field kind "header"
+---@field name string
+---@overload fun(opts: sluice.HeaderOptions): sluice.Header
+
+---An SQL lookup (read-only): the tier of `identity`, or the callers of `cache.warm`.
+---@class sluice.Sql
+---@field kind "sql"
+---@field sql string
+
+---@class sluice.Identity
+---@field user? sluice.Header the caller's user, set by the auth layer in front
+---@field tenant? sluice.Header the caller's tenant (tenants/NAME.lua applies to it)
+---@field tier? sluice.Header|sluice.Sql the caller's tier name, from a header or a lookup
+---@field tier_ttl? sluice.Duration how long a looked-up tier is reused
+---@field default_tier? string the tier of unknown and anonymous callers
+
+---Who is calling: `identity { user = header "X-User-Id", default_tier = "free" }`.
+---@param fields sluice.Identity
+function identity(fields) end
+
+---A request header as an identity source, optionally typed:
+---`header("X-User-Id", { integer = true })`.
+---@param name string
+---@param opts? sluice.HeaderOptions
+---@return sluice.Header
+function header(name, opts) end
+
+---A PostgreSQL statement with its arguments (templates, passed as text):
+---`sql("SELECT plan FROM users WHERE id = $1::bigint", "{user}")` or with a list of them.
+---@param query string
+---@param ... sluice.Template|sluice.Template[]
+---@return sluice.Sql
+function sql(query, ...) end
+
+-- ---- endpoint -----------------------------------------------------------------------------
+
+---@class sluice.WarmCaller
+---@field user? string
+---@field tenant? string
+
+---@class sluice.Cache
+---@field ttl sluice.Duration|"origin" how long an answer is fresh ("origin": as the upstream says)
+---@field key? sluice.Template the entry's key; must hold {user} or {tenant} unless shared
+---@field tags? sluice.Template[] what writes and on_change invalidate
+---@field shared? boolean the entry is the same for every caller
+---@field stale_while_revalidate? sluice.Duration answer stale while one request refreshes
+---@field stale_if_error? sluice.Duration answer stale when the origin fails
+---@field warm? sluice.WarmCaller[]|sluice.Sql callers whose entries are filled at start and reload
+---@field override? boolean upstream: the TTL is the freshness whatever the answer says
+---@field keep? sluice.Duration upstream: kept past freshness for revalidation (default "1h")
+---@field targeted? string[] upstream: targeted cache-control fields read, first found wins
+---@field max_size? integer|string upstream: the largest answer stored, bytes or "512k", "1m", "1g" (default --cache-max-size, 1 MiB); larger ones are streamed, not stored
+
+---@class sluice.Limit
+---@field limit integer requests per window
+---@field window sluice.Duration
+---@field key? sluice.Template what is counted (default: the route and the caller)
+---@field algorithm? sluice.Algorithm
+---@field burst? integer
+---@field name? string the policy name in RateLimit headers
+---@field cost? integer a request counts this many times
+---@field fail? "open"|"closed" with the shared store down: admit (default) or answer 503
+---@field mode? sluice.Mode
+
+---@alias sluice.Limits "tier"|sluice.Limit|("tier"|sluice.Limit)[]
+
+---@class sluice.Endpoint
+---@field sql? string a PostgreSQL statement; $1..$n are `args`
+---@field args? sluice.Template[]
+---@field one? boolean answer the first row as an object, or 404
+---@field upstream? string the name of an upstream to forward to
+---@field body? string a fixed answer
+---@field status? integer the fixed answer's status (default 200)
+---@field content_type? string the fixed answer's type (default application/json)
+---@field cache? sluice.Cache GET and HEAD only
+---@field limit? sluice.Limits every limit must admit a request
+---@field invalidate? sluice.Template[] tags dropped after a successful write
+
+---What a route does: `endpoint "GET /api/things/{id}" { sql = "...", args = { "{path.id}" } }`.
+---In a tenant file: an override of `cache.ttl` and `limit` of a main endpoint.
+---@param route string "METHOD /path", segments literal, {param} or a final *, ?name=value pins
+---@return fun(fields: sluice.Endpoint)
+---@overload fun(route: string, fields: sluice.Endpoint)
+function endpoint(route) end
+
+-- ---- upstream -----------------------------------------------------------------------------
+
+---@class sluice.Upstream
+---@field url string http://host:port[/prefix]
+---@field timeout? sluice.Duration request sent to answer complete (default "5s"), else 504
+---@field connect_timeout? sluice.Duration default "1s"
+---@field forward_headers? string[] only these request fields reach the app
+
+---An HTTP/1.1 app endpoints forward to: `upstream "app" { url = "http://127.0.0.1:3000" }`.
+---@param name string
+---@return fun(fields: sluice.Upstream)
+---@overload fun(name: string, fields: sluice.Upstream)
+function upstream(name) end
+
+-- ---- on_change ----------------------------------------------------------------------------
+
+---@class sluice.OnChange
+---@field invalidate sluice.Template[] tags expanded with the changed row ({row.COLUMN})
+
+---Rows of a PostgreSQL table changed by anyone drop these tags (`sluice triggers` installs
+---the triggers): `on_change "contacts" { invalidate = { "crm:{row.owner_id}" } }`.
+---@param table string "TABLE" or "SCHEMA.TABLE"
+---@return fun(fields: sluice.OnChange)
+---@overload fun(table: string, fields: sluice.OnChange)
+function on_change(table) end
+
+-- ---- hook (tenant files) ------------------------------------------------------------------
+
+---A request as a hook reads it (read-only).
+---@class sluice.Request
+---@field method string
+---@field path string as sent
+---@field query table<string, string> decoded, the first value of each name
+---@field headers table<string, string> lower-case names, the first value of each
+---@field user? string
+---@field tenant? string
+---@field tier? string
+---@field ip string
+---@field endpoint string "GET /api/crm?type=contacts"
+
+---@class sluice.DecisionLimit
+---@field name string
+---@field limit integer change it for this request only
+---@field window number seconds
+---@field algorithm sluice.Algorithm
+---@field mode sluice.Mode
+
+---@class sluice.Deny
+---@field status integer 400..499
+---@field message string the problem+json detail
+
+---What the hooks decide for a request.
+---@class sluice.Decision
+---@field cost integer starts at 1: the request counts this many times against every limit
+---@field limits sluice.DecisionLimit[]
+---@field deny? sluice.Deny answer this instead; later hooks do not run
+
+---@class sluice.Hook
+---@field when? fun(req: sluice.Request): boolean true for the requests to adjust
+---@field adjust fun(req: sluice.Request, decision: sluice.Decision)
+
+---Tenant files only: Lua run for each request of the tenant before its limits are checked.
+---@param name string
+---@return fun(fields: sluice.Hook)
+---@overload fun(name: string, fields: sluice.Hook)
+function hook(name) end
+
+-- ---- the sandbox's basics beside Lua's own ------------------------------------------------
+
+---table.unpack, under its Lua 5.1 name.
+unpack = table.unpack
