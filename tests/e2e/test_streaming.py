@@ -786,6 +786,49 @@ class UploadLimit(StreamCase):
         self.assertEqual(len(self.up.seen("/upload")), before)
 
 
+class StreamsInTheAccessLog(StreamCase):
+    """A streamed answer and a tunnel each leave one access log line when they end, with the
+    status of their head and the bytes passed on."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.logdir = tempfile.mkdtemp(prefix="sluice-stream-log-")
+        cls.addClassCleanup(shutil.rmtree, cls.logdir, True)
+        cls.path = os.path.join(cls.logdir, "access.log")
+        cls.ARGS = ("--access-log", cls.path)
+        super().setUpClass()
+
+    def lines(self, n, timeout=5.0):
+        end = time.monotonic() + timeout
+        out = []
+        while time.monotonic() < end:
+            with open(self.path, "rb") as f:
+                out = [json.loads(l) for l in f.read().split(b"\n") if l]
+            if len(out) >= n:
+                break
+            time.sleep(0.05)
+        return out
+
+    def test_a_streamed_answer_and_a_tunnel_are_logged_with_their_bytes(self):
+        n = 3 * MIB + 5
+        status, _, body, _, _ = read_answer(self.port, "/big?n=%d&chunked=1" % n)
+        self.assertEqual((status, len(body)), (200, n))
+        ws, _, s, rd = ws_connect(self.port)
+        self.assertEqual(ws, 101)
+        s.sendall(ws_frame(1, b"hello", mask=os.urandom(4)))
+        self.assertEqual(rd.frame(), (1, b"hello"))
+        s.sendall(ws_frame(8, b"\x03\xe8", mask=os.urandom(4)))
+        self.assertEqual(rd.frame(), (8, b"\x03\xe8"))
+        s.close()
+        lines = self.lines(2)
+        self.assertEqual(len(lines), 2, lines)
+        big = next(l for l in lines if l.get("route") == "GET /big")
+        tunnel = next(l for l in lines if l.get("route") == "GET /ws")
+        self.assertEqual((big["status"], big["bytes"]), (200, n))
+        self.assertEqual(tunnel["status"], 101)
+        self.assertEqual(tunnel["bytes"], 7 + 4)  # the two frames the upstream sent
+
+
 # ---- WebSocket --------------------------------------------------------------------------------
 
 class WebSocketTunnel(StreamCase):
