@@ -75,7 +75,8 @@ static const char usage_serve[] =
     "  --max-body-bytes N        request body, else 413 (default 1048576)\n"
     "  --header-timeout DUR      to receive a whole request, else 408; a new connection's\n"
     "                            first one counts from the accept (default 10s)\n"
-    "  --idle-timeout DUR        between requests of a keep-alive connection (default 60s)\n"
+    "  --idle-timeout DUR        between requests of a keep-alive connection, and for a\n"
+    "                            client that reads nothing of a streamed answer (default 60s)\n"
     "  --reuse-port              share the listen address with a running sluice (a handover:\n"
     "                            start the new one with another --admin, then SIGTERM the\n"
     "                            old one); without it an address in use is refused\n"
@@ -84,11 +85,20 @@ static const char usage_serve[] =
     "  --cache-bytes N           memory store budget for cached answers, with their keys,\n"
     "                            fields and tags; least recently used go first\n"
     "                            (default 268435456)\n"
+    "  --cache-max-size SIZE     an upstream's answer larger than this (bytes, or 512k, 1m,\n"
+    "                            ...) is streamed to its client and not stored, unless its\n"
+    "                            endpoint's cache.max_size says otherwise (default 1m)\n"
     "  --limit-bytes N           memory store budget for rate-limit states and fill leases;\n"
     "                            when full of live states, requests needing a new one get\n"
     "                            503 (default 67108864)\n"
     "  --redis-deadline DUR      per Redis command, else the request goes on without Redis\n"
     "                            (cache bypassed, limits in-process) (default 50ms)\n"
+    "  --websocket-idle-timeout DUR\n"
+    "                            a WebSocket tunnel to an upstream with no byte moving either\n"
+    "                            way this long is closed (default 60s; 0: never)\n"
+    "  --websocket-max-duration DUR\n"
+    "                            a WebSocket tunnel is closed after this long (default 1h;\n"
+    "                            0: never)\n"
     "  --no-stats                do not count requests by route, limit decisions, origins\n"
     "                            and callers (/metrics keeps the store, database, policy\n"
     "                            and process; /callers and /stats are empty)\n"
@@ -537,6 +547,31 @@ parse_count(const char *opt, const char *s, unsigned long long max, unsigned lon
     return 0;
 }
 
+/* A size in bytes, or with a unit of 1024: "512k", "1m", "2g". */
+static int
+parse_size(const char *opt, const char *s, unsigned long long max, unsigned long long *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10), per = 1;
+    if (*end == 'k' || *end == 'K')
+        per = 1ull << 10;
+    else if (*end == 'm' || *end == 'M')
+        per = 1ull << 20;
+    else if (*end == 'g' || *end == 'G')
+        per = 1ull << 30;
+    if (per > 1)
+        end++;
+    if (errno || end == s || *end || s[0] == '-' || v == 0 || v > max / per) {
+        fprintf(stderr,
+                "sluice serve: %s: '%s' is not a size from 1 byte to %llu (e.g. 512k, 1m)\n", opt,
+                s, max);
+        return -1;
+    }
+    *out = v * per;
+    return 0;
+}
+
 static int
 parse_dur(const char *opt, const char *s, uint64_t *ms)
 {
@@ -624,6 +659,9 @@ serve_defaults(struct serve *sv)
         .redis_url = getenv("REDIS_URL"),
         .redis_limits_url = getenv("REDIS_LIMITS_URL"),
         .redis_deadline_ms = 50,
+        .cache_max_size = GATEWAY_CACHE_MAX_SIZE,
+        .ws_idle_ms = 60000,
+        .ws_max_ms = 3600000,
     };
     snprintf(sv->admin_addr, sizeof(sv->admin_addr), "127.0.0.1");
     sv->admin_on = 1;
@@ -662,6 +700,9 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"limit-bytes", required_argument, NULL, 'L'},
         {"redis-deadline", required_argument, NULL, 'R'},
         {"no-stats", no_argument, NULL, 'S'},
+        {"cache-max-size", required_argument, NULL, 'M'},
+        {"websocket-idle-timeout", required_argument, NULL, 'I'},
+        {"websocket-max-duration", required_argument, NULL, 'X'},
         {"access-log", required_argument, NULL, 'A'},
         {"access-log-sample", required_argument, NULL, 's'},
         {"log-level", required_argument, NULL, 'v'},
@@ -773,6 +814,19 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
             break;
         case 'S':
             gcfg->no_stats = true;
+            break;
+        case 'M':
+            if (parse_size("--cache-max-size", optarg, 1ull << 30, &v) != 0)
+                return -1;
+            gcfg->cache_max_size = (size_t)v;
+            break;
+        case 'I':
+            if (parse_dur("--websocket-idle-timeout", optarg, &gcfg->ws_idle_ms) != 0)
+                return -1;
+            break;
+        case 'X':
+            if (parse_dur("--websocket-max-duration", optarg, &gcfg->ws_max_ms) != 0)
+                return -1;
             break;
         case 'A':
             if (!optarg[0]) {

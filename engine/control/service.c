@@ -102,6 +102,14 @@ wrap_handle(struct server_request *req, void *state)
     wr->svc->app.handle(req, wr->inner);
 }
 
+/* Whether the wrapped application reads the body of this request itself (its stream_body). */
+static int
+wrap_stream_body(const struct server_request *req, void *state)
+{
+    struct wrapped *wr = state;
+    return wr->svc->app.stream_body(req, wr->inner);
+}
+
 struct service *
 service_new(unsigned workers)
 {
@@ -143,8 +151,11 @@ struct server_app
 service_wrap(struct service *svc, const struct server_app *app)
 {
     svc->app = *app;
-    return (struct server_app){
-        .worker_init = wrap_init, .worker_fini = wrap_fini, .handle = wrap_handle, .ctx = svc};
+    return (struct server_app){.worker_init = wrap_init,
+                               .worker_fini = wrap_fini,
+                               .handle = wrap_handle,
+                               .stream_body = app->stream_body ? wrap_stream_body : NULL,
+                               .ctx = svc};
 }
 
 void

@@ -13,6 +13,7 @@
 #include "db.h"
 #include "log.h"
 #include "path.h"
+#include "plan.h"
 #include "policy.h"
 #include "req.h"
 #include "router.h"
@@ -150,6 +151,27 @@ handle(struct server_request *sr, void *state)
         return;
     }
     gw_req_begin(gw_req_new(wk, sr, p, &m));
+}
+
+/*
+ * Whether the body of a request (its head complete) is left to the proxy to
+ * push upstream as it arrives: a method with a body to an upstream endpoint
+ * whose templates do not read it. Everything else is read whole first.
+ */
+static int
+stream_body(const struct server_request *sr, void *state)
+{
+    struct gw_worker *wk = state;
+    const struct http_request *h = &sr->http;
+    if (h->method == HTTP_GET || h->method == HTTP_HEAD)
+        return 0;
+    struct policy *p = worker_policy(wk);
+    struct router_match m;
+    if (router_match(p->router, h->method_str.p, h->method_str.len, h->path.p, h->path.len,
+                     h->query.p, h->query.len, &m) != ROUTER_FOUND)
+        return 0;
+    const struct policy_endpoint *ep = m.data;
+    return ep->source == SOURCE_UPSTREAM && !gw_reads_body(ep);
 }
 
 /* ---- workers ------------------------------------------------------------------------------ */
@@ -359,6 +381,9 @@ worker_init(struct worker *w, void *ctx)
     if (!wk->db)
         log_error("worker %u: database: %s", server_worker_index(w), err);
     wk->up = upstream_pool_new(server_worker_base(w), NULL);
+    wk->cache_max_size = g->cfg.cache_max_size ? g->cfg.cache_max_size : GATEWAY_CACHE_MAX_SIZE;
+    wk->ws_idle_ms = g->cfg.ws_idle_ms;
+    wk->ws_max_ms = g->cfg.ws_max_ms;
     wk->to_origin = gw_to_origin;
     if (server_worker_index(w) == 0) /* one worker warms: the cache is shared */
         gw_warm_init(wk);
@@ -456,6 +481,7 @@ gateway_app(struct gateway *g)
         .worker_init = worker_init,
         .worker_fini = worker_fini,
         .handle = handle,
+        .stream_body = stream_body,
         .ctx = g,
     };
     return app;

@@ -28,9 +28,16 @@ struct gateway_config {
     const char *redis_limits_url; /* NULL or "": limits in redis_url's Redis; else their own */
     uint64_t redis_deadline_ms;   /* per Redis command; 0: 50 */
     bool no_stats;                /* the workers count nothing of what they serve (stats.h) */
+    size_t cache_max_size;        /* an upstream's answer larger is streamed and not stored,
+                                     unless its endpoint says (cache.max_size); 0: 1 MiB */
+    uint64_t ws_idle_ms;          /* a WebSocket tunnel with nothing moving this long closes;
+                                     0: never */
+    uint64_t ws_max_ms;           /* a WebSocket tunnel closes after this long; 0: never */
     struct logwriter *access_log; /* borrowed, one producer per worker; NULL: no access log */
     double access_sample;         /* 2xx/3xx access log lines kept (0 < x <= 1); 0: all */
 };
+
+#define GATEWAY_CACHE_MAX_SIZE ((size_t)1 << 20) /* --cache-max-size's default */
 
 /* Returns a new gateway serving `policy` (a reference is taken). */
 struct gateway *gateway_new(const struct gateway_config *cfg, struct policy *policy);

@@ -86,8 +86,8 @@ identity_header(struct gw_req *rq, const char *name, const struct identity_check
     return 0;
 }
 
-static bool
-uses_body(const struct policy_endpoint *ep)
+bool
+gw_reads_body(const struct policy_endpoint *ep)
 {
     for (size_t i = 0; i < ep->nargs; i++)
         if (template_uses(ep->args[i]) & TV_BIT(TV_BODY))
@@ -96,6 +96,42 @@ uses_body(const struct policy_endpoint *ep)
         if (template_uses(ep->invalidate[i]) & TV_BIT(TV_BODY))
             return true;
     return false;
+}
+
+/* Whether a field named `name` of h lists `token` (comma-separated, ignoring case). */
+static bool
+lists_token(const struct http_request *h, const char *name, const char *token)
+{
+    size_t tl = strlen(token);
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const struct http_header *f = &h->headers[i];
+        if (f->name.len != strlen(name) || strncasecmp(f->name.p, name, f->name.len) != 0)
+            continue;
+        const char *p = f->value.p, *end = p + f->value.len;
+        while (p < end) {
+            const char *e = memchr(p, ',', (size_t)(end - p));
+            if (!e)
+                e = end;
+            const char *a = p, *b = e;
+            while (a < b && (*a == ' ' || *a == '\t'))
+                a++;
+            while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+                b--;
+            if ((size_t)(b - a) == tl && strncasecmp(a, token, tl) == 0)
+                return true;
+            p = e + 1;
+        }
+    }
+    return false;
+}
+
+/* An opening handshake of the WebSocket protocol (RFC 6455 section 4.1): an HTTP/1.1 GET with
+ * "Connection: Upgrade" and "Upgrade: websocket". */
+static bool
+websocket_upgrade(const struct http_request *h)
+{
+    return h->method == HTTP_GET && h->minor_version == 1 &&
+           lists_token(h, "connection", "upgrade") && lists_token(h, "upgrade", "websocket");
 }
 
 int
@@ -120,7 +156,8 @@ gw_read_request(struct gw_req *rq, char *detail, size_t detail_len)
         return status;
     if (!rq->id_source && (rq->user || rq->tenant))
         rq->id_source = GW_ID_HEADER;
-    if (!uses_body(rq->ep))
+    rq->upgrade = rq->ep->source == SOURCE_UPSTREAM && websocket_upgrade(&sr->http);
+    if (!gw_reads_body(rq->ep))
         return 0;
     if (sr->body_len == 0) {
         snprintf(detail, detail_len, "this endpoint needs a JSON object body");
@@ -312,8 +349,9 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
         rq->bypass = u == UNKEYED;
         rq->authorized_only = u == AUTHORIZED;
     }
-    if (rq->bypass || (rq->sr->http.method != HTTP_GET && rq->sr->http.method != HTTP_HEAD))
-        return 0;
+    if (rq->bypass || rq->upgrade ||
+        (rq->sr->http.method != HTTP_GET && rq->sr->http.method != HTTP_HEAD))
+        return 0; /* a WebSocket tunnel is never cached: it counts its limits, no more */
     bool lacks;
     a->cache_key = gw_expand_caller(rq, ep->cache_key, &a->cache_keylen, &lacks);
     if (!a->cache_key)

@@ -20,6 +20,9 @@
  */
 int gw_read_request(struct gw_req *rq, char *detail, size_t detail_len);
 
+/* Whether the endpoint's templates read the request's JSON body ({body.NAME}). */
+bool gw_reads_body(const struct policy_endpoint *ep);
+
 /* Where the caller's tier came from. */
 enum gw_tier_from {
     GW_TIER_ANONYMOUS, /* no user: the default tier, limited by address */

@@ -10,6 +10,7 @@
 
 #include "fill.h"
 #include "query.h"
+#include "relay.h"
 #include "http_parse.h"
 #include "httpcache.h"
 #include "upstream.h"
@@ -63,47 +64,61 @@ on_interim(void *arg, const struct upstream_response *res)
     sbuf_free(&h);
 }
 
+/* The size past which an answer of rq's endpoint is not stored: its cache.max_size, else the
+ * server's --cache-max-size. */
+static size_t
+max_size(const struct gw_req *rq)
+{
+    return rq->ep->cache_max_size ? rq->ep->cache_max_size : rq->wk->cache_max_size;
+}
+
+/* Whether the answer is a stream of server-sent events (text/event-stream): never stored, every
+ * piece passed on as it comes. */
+static bool
+event_stream(const struct upstream_response *res)
+{
+    const char *ct = upstream_response_field(res, "content-type");
+    return ct && strncasecmp(ct, "text/event-stream", 17) == 0 &&
+           (ct[17] == '\0' || ct[17] == ';' || ct[17] == ' ' || ct[17] == '\t');
+}
+
 /*
- * Stores an upstream's answer e (its fields f[0..n), status `status`, received
- * at response_ms) as HTTP caching allows (RFC 9111 section 3, 4.2; RFC 5861;
- * RFC 9213) and answers with it (X-Cache: xcache); what may not be stored is
- * answered and remembered for a while (hit-for-miss).
+ * What HTTP caching (RFC 9111 section 3, 4.2; RFC 5861; RFC 9213) says of an
+ * upstream's answer (status, fields f[0..n), a body of body_len bytes,
+ * received at response_ms) to rq, into *v.
  */
 static void
-store_answer(struct gw_req *rq, struct store_entry *e, int status, const struct http_header *f,
-             size_t n, uint64_t response_ms, const char *xcache)
+judge(struct gw_req *rq, int status, const struct http_header *f, size_t n, size_t body_len,
+      uint64_t response_ms, struct httpcache_verdict *v)
 {
     const struct policy_endpoint *ep = rq->ep;
     struct httpcache_answer ans = {.status = status,
                                    .f = f,
                                    .n = n,
-                                   .body_len = e->body_len,
+                                   .body_len = body_len,
                                    .request_ms = rq->sent_ms,
                                    .response_ms = response_ms};
     struct httpcache_policy pol = {.ttl_ms = ep->ttl_ms,
                                    .ttl_origin = ep->ttl_origin,
                                    .override = ep->override,
                                    .targeted = (const char *const *)ep->targeted,
-                                   .ntargeted = ep->ntargeted};
-    struct httpcache_verdict v;
-    httpcache_judge(&ans, &pol, &v);
-    if (rq->authorized_only && !v.authorized) {
-        /* The answer to a request with Authorization, under a key not naming the caller, that
-         * does not allow a shared cache to reuse it: answered only, and leaves no marker for the
-         * others (RFC 9111 section 3.5); this worker's waiters on the key ask the origin. */
-        rq->uncacheable = true;
-        gw_reply_entry(rq, e, "BYPASS", store_now_ms());
-        return;
-    }
+                                   .ntargeted = ep->ntargeted,
+                                   .max_body = max_size(rq)};
+    httpcache_judge(&ans, &pol, v);
+}
+
+/*
+ * Stores the storable answer e as verdict v says, and answers with it (X-Cache: xcache) once
+ * the store has it.
+ */
+static void
+store_judged(struct gw_req *rq, struct store_entry *e, const struct httpcache_verdict *vv,
+             const char *xcache)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    const struct httpcache_verdict v = *vv;
     if (v.authorized)
         e->flags |= STORE_ENTRY_AUTHORIZED;
-    if (!v.storable || rq->no_store) {
-        if (status < 500 && !rq->no_store)
-            gw_remember_uncacheable(rq, e, xcache);
-        else
-            gw_reply_entry(rq, e, xcache, store_now_ms());
-        return;
-    }
     /* Fresh for what is left of its lifetime past the age it arrived with; stale on arrival
      * (0) it is stored only to be revalidated. Its stale windows are the answer's own, else
      * the policy's, and none when it must be revalidated (section 5.2.2.2). */
@@ -116,7 +131,37 @@ store_answer(struct gw_req *rq, struct store_entry *e, int status, const struct 
     if (v.must_revalidate)
         e->flags |= STORE_ENTRY_MUST_REVALIDATE;
     gw_entry_windows(e, swr, sie, v.has_validator ? ep->keep_ms : 0);
-    gw_store_and_reply(rq, e, ttl, v.vary ? v.vary_names : NULL, xcache);
+    gw_store_and_reply(rq, e, ttl, v.vary ? vv->vary_names : NULL, xcache);
+}
+
+/*
+ * Stores an upstream's answer e (its fields f[0..n), status `status`, received
+ * at response_ms) as HTTP caching allows and answers with it (X-Cache:
+ * xcache); what may not be stored is answered and remembered for a while
+ * (hit-for-miss).
+ */
+static void
+store_answer(struct gw_req *rq, struct store_entry *e, int status, const struct http_header *f,
+             size_t n, uint64_t response_ms, const char *xcache)
+{
+    struct httpcache_verdict v;
+    judge(rq, status, f, n, e->body_len, response_ms, &v);
+    if (rq->authorized_only && !v.authorized) {
+        /* The answer to a request with Authorization, under a key not naming the caller, that
+         * does not allow a shared cache to reuse it: answered only, and leaves no marker for the
+         * others (RFC 9111 section 3.5); this worker's waiters on the key ask the origin. */
+        rq->uncacheable = true;
+        gw_reply_entry(rq, e, "BYPASS", store_now_ms());
+        return;
+    }
+    if (!v.storable || rq->no_store) {
+        if (status < 500 && !rq->no_store)
+            gw_remember_uncacheable(rq, e, xcache);
+        else
+            gw_reply_entry(rq, e, xcache, store_now_ms());
+        return;
+    }
+    store_judged(rq, e, &v, xcache);
 }
 
 /* Reads "Name: value\r\n" lines into fields (at most cap); returns how many. */
@@ -178,6 +223,135 @@ freshen(struct gw_req *rq, const struct upstream_response *res, const struct htt
     store_entry_release(e);
 }
 
+/* An answer's fields as the cache reads them (the parser refuses more than it can hold). */
+static size_t
+fields_of(const struct upstream_response *res, struct http_header *fields)
+{
+    for (size_t i = 0; i < res->nfields; i++) {
+        fields[i].name = (struct http_str){res->fields[i].name, res->fields[i].name_len};
+        fields[i].value = (struct http_str){res->fields[i].value, res->fields[i].value_len};
+    }
+    return res->nfields;
+}
+
+/*
+ * Whether the answer whose head is res is read whole before it is answered,
+ * the way every answer was: no body (HEAD, 204, 304), a small one (a known
+ * length within GW_RELAY_SMALL: the whole path of stored answers, validators
+ * and conditionals), a server error a stale entry may replace, and the
+ * answers of detached requests (no client to stream to). Everything else is
+ * streamed as it arrives.
+ */
+static bool
+read_whole(struct gw_req *rq, const struct upstream_response *res)
+{
+    if (rq->upgrade)
+        return res->status != 101 && res->content_length >= 0 &&
+               res->content_length <= GW_RELAY_SMALL;
+    if (event_stream(res))
+        return false;
+    return rq->detached || rq->sr->http.method == HTTP_HEAD || res->status == 204 ||
+           res->status == 304 || (res->status >= 500 && gw_stale_serves(rq)) ||
+           (res->content_length >= 0 && res->content_length <= GW_RELAY_SMALL &&
+            !res->transfer_encoding);
+}
+
+/*
+ * The head of an answer that is streamed: where it goes, as for a whole one
+ * (on_upstream), but its body follows as it arrives. A write's
+ * invalidations and a hit-for-miss marker are acknowledged before the head
+ * goes out (the upstream waits meanwhile); a storable answer goes out at once
+ * with a copy kept for the store, which ends the stream once it has it.
+ */
+static void
+stream_answer(struct gw_req *rq, const struct upstream_response *res, uint64_t response_ms)
+{
+    struct http_header fields[UPSTREAM_MAX_FIELDS];
+    size_t n = fields_of(res, fields);
+    struct store_entry *e = upstream_entry(rq, res, fields, n);
+    struct gw_relay *r = gw_relay_new(rq, e, res->content_length);
+    bool sse = event_stream(res);
+    if (res->transfer_encoding) {
+        rq->coded = true; /* passed on undecoded, delimited by the close, never stored */
+        rq->uncacheable = true;
+    }
+    if (gw_writes(rq)) {
+        if (res->status >= 200 && res->status < 400) {
+            r->store_pending = true;
+            gw_invalidate_then_reply(rq, e, fields, n);
+        } else {
+            gw_reply_entry(rq, e, NULL, 0);
+        }
+    } else if (rq->admit.cache_key && !rq->bypass && !rq->coded) {
+        struct httpcache_verdict v;
+        judge(rq, res->status, fields, n, res->content_length > 0 ? (size_t)res->content_length : 0,
+              response_ms, &v);
+        if (rq->authorized_only && !v.authorized) {
+            /* As store_answer(): answered only, no marker (RFC 9111 section 3.5). */
+            rq->uncacheable = true;
+            gw_reply_entry(rq, e, "BYPASS", store_now_ms());
+        } else if (!v.storable || rq->no_store || sse) {
+            if (res->status < 500 && !rq->no_store) {
+                r->store_pending = true;
+                gw_remember_uncacheable(rq, e, "MISS");
+            } else {
+                gw_reply_entry(rq, e, "MISS", store_now_ms());
+            }
+        } else {
+            gw_relay_keep(rq, max_size(rq), &v);
+            gw_reply_entry(rq, e, "MISS", store_now_ms());
+        }
+    } else {
+        gw_reply_entry(rq, e,
+                       rq->bypass            ? "BYPASS"
+                       : rq->admit.cache_key ? "MISS"
+                                             : NULL,
+                       store_now_ms());
+    }
+    store_entry_release(e);
+}
+
+/* The final head of the upstream's answer: read whole, streamed, or a tunnel opened. */
+static enum upstream_action
+on_head(void *arg, const struct upstream_response *res)
+{
+    struct gw_req *rq = arg;
+    uint64_t response_ms = store_now_ms();
+    if (read_whole(rq, res))
+        return UPSTREAM_BUFFER; /* on_upstream() has it */
+    gw_stats_origin(&rq->wk->stats, GW_ORIGIN_UPSTREAM, util_mono_us() - rq->origin_us,
+                    response_ms);
+    bool freed = false;
+    rq->freed = &freed;
+    if (rq->upgrade && res->status == 101) {
+        enum upstream_action a = gw_relay_tunnel(rq, res);
+        if (!freed)
+            rq->freed = NULL;
+        return freed ? UPSTREAM_ABANDON : a;
+    }
+    stream_answer(rq, res, response_ms);
+    if (freed)
+        return UPSTREAM_ABANDON; /* answered otherwise (an error) */
+    rq->freed = NULL;
+    /* The head is out, or it waits for the store: the upstream waits with it. */
+    return rq->relay->started ? UPSTREAM_GO : UPSTREAM_PAUSE;
+}
+
+static enum upstream_action
+on_body(void *arg, const char *data, size_t len)
+{
+    struct gw_req *rq = arg;
+    bool freed = false;
+    rq->freed = &freed;
+    enum upstream_action a = gw_relay_body(rq, data, len);
+    if (freed)
+        return UPSTREAM_ABANDON;
+    rq->freed = NULL;
+    return a;
+}
+
+/* The upstream's answer is complete (or failed): a whole one judged, stored and answered; a
+ * streamed one ended, its copy stored first. */
 static void
 on_upstream(void *arg, const struct upstream_response *res)
 {
@@ -188,27 +362,29 @@ on_upstream(void *arg, const struct upstream_response *res)
     gw_origin_done(rq);
     char internal[320];
     struct gw_stats *st = &rq->wk->stats;
-    if (res->error != UPSTREAM_OK) {
-        gw_stats_origin_error(st, GW_ORIGIN_UPSTREAM, upstream_error_word(res->error));
-        /* The upstream's name and address, and why it failed, are for the log. */
+    if (rq->relay && rq->relay->head) {
         snprintf(internal, sizeof(internal), "upstream \"%s\" (%s:%d): %s", ep->up->name,
                  ep->up->host, ep->up->port, res->detail);
-        switch (res->error) {
-        case UPSTREAM_TIMEOUT:
-            gw_origin_failed(rq, 504, "the upstream did not answer in time", internal);
-            return;
-        case UPSTREAM_SHUTDOWN:
-            gw_origin_failed(rq, 503, "the server is shutting down", internal);
-            return;
-        case UPSTREAM_PROTOCOL:
-        case UPSTREAM_TOO_LARGE:
-            gw_origin_failed(rq, 502, "the upstream's answer could not be used", internal);
-            return;
-        case UPSTREAM_CONNECT:
-        default:
-            gw_origin_failed(rq, 502, "the upstream is unavailable", internal);
+        struct store_entry *e = gw_relay_done(rq, res->error, internal);
+        if (e) {
+            store_judged(rq, e, &rq->relay->verdict, "MISS");
+            store_entry_release(e);
+        }
+        return;
+    }
+    if (rq->relay && rq->relay->tunnel) {
+        (void)gw_relay_done(rq, res->error, res->detail);
+        return;
+    }
+    if (res->error != UPSTREAM_OK) {
+        if (res->error == UPSTREAM_TIMEOUT && rq->relay && rq->relay->pumping &&
+            !rq->relay->pump_paused) {
+            /* The upstream waited for the rest of the body, which the client did not send. */
+            gw_fail(rq, 408, "the request body was not received in time");
             return;
         }
+        gw_upstream_failed(rq, res->error, res->detail);
+        return;
     }
     gw_stats_origin(st, GW_ORIGIN_UPSTREAM, rq->origin_time_us, response_ms);
     if (res->status >= 500 && gw_stale_serves(rq)) {
@@ -217,13 +393,8 @@ on_upstream(void *arg, const struct upstream_response *res)
         gw_origin_failed(rq, res->status, "the upstream failed", internal);
         return;
     }
-    /* Every field is judged and replayed (the parser refuses more than it can hold). */
     struct http_header fields[UPSTREAM_MAX_FIELDS];
-    size_t n = res->nfields;
-    for (size_t i = 0; i < n; i++) {
-        fields[i].name = (struct http_str){res->fields[i].name, res->fields[i].name_len};
-        fields[i].value = (struct http_str){res->fields[i].value, res->fields[i].value_len};
-    }
+    size_t n = fields_of(res, fields);
     if (res->status == 304 && rq->validating) {
         freshen(rq, res, fields, n, response_ms);
         return;
@@ -448,9 +619,15 @@ gw_proxy_run(struct gw_req *rq)
     if (filling)
         add_validators(rq, &headers);
     upstream_proxy_fields(rq->sr->ip, h->minor_version, &headers);
-    /* A fill always asks for the whole answer; a GET or HEAD forwards no body. */
+    if (rq->upgrade) {
+        /* RFC 6455 4.1: the handshake's own hop-by-hop fields, the only ones passed on. */
+        sbuf_adds(&headers, "Connection: Upgrade\r\nUpgrade: websocket\r\n");
+    }
+    /* A fill always asks for the whole answer; a GET or HEAD forwards no body. A body the
+     * server left unread is pushed as it arrives (relay.c). */
     const char *method = filling ? "GET" : h->method_str.p;
     size_t method_len = filling ? 3 : h->method_str.len;
+    bool pushed = !safe && rq->sr->body_streamed;
     struct upstream_request req = {
         .method = method,
         .method_len = method_len,
@@ -458,9 +635,18 @@ gw_proxy_run(struct gw_req *rq)
         .target_len = target.len,
         .headers = headers.p,
         .headers_len = headers.len,
-        .body = safe ? NULL : rq->sr->body,
-        .body_len = safe ? 0 : rq->sr->body_len,
+        .body = safe || pushed ? NULL : rq->sr->body,
+        .body_len = safe     ? 0
+                    : pushed ? (h->chunked ? 0 : (size_t)h->content_length)
+                             : rq->sr->body_len,
         .interim = on_interim,
+        .head = on_head,
+        .on_body = on_body,
+        .max_body = max_size(rq) > GW_RELAY_SMALL ? max_size(rq) : GW_RELAY_SMALL,
+        .body_stream = pushed || rq->upgrade,
+        .body_chunked = pushed && h->chunked,
+        .drain = gw_relay_drain,
+        .upgrade = rq->upgrade,
     };
     struct upstream_target t = {
         .host = ep->up->host,
@@ -474,7 +660,11 @@ gw_proxy_run(struct gw_req *rq)
     rq->call = upstream_send(rq->wk->up, &t, &req, on_upstream, rq);
     sbuf_free(&target);
     sbuf_free(&headers);
-    if (!rq->call)
+    if (!rq->call) {
         gw_fail_internal(rq, 502, "the upstream is unavailable",
                          "upstream_send refused the request");
+        return;
+    }
+    if (pushed)
+        gw_relay_pump(rq);
 }

@@ -126,7 +126,9 @@ gw_req_free(struct gw_req *rq)
         /* It took its key's fill lease and filled nothing (the origin failed, the answer was
          * not stored): the next caller need not wait for the lease to run out. */
         store_release_lease(wk->store, rq->admit.cache_key, rq->admit.cache_keylen);
-    if (rq->call)
+    if (rq->freed)
+        *rq->freed = true; /* the pool's callback gives the call up itself */
+    else if (rq->call)
         upstream_cancel(rq->call);
     if (rq->fill_timer)
         event_free(rq->fill_timer);
@@ -139,6 +141,8 @@ gw_req_free(struct gw_req *rq)
     free(rq->own_raw);
     if (rq->hdrs != rq->hdrs_inline)
         free(rq->hdrs);
+    if (rq->relay_ops)
+        rq->relay_ops->free(rq);
     policy_release(rq->policy);
     free(rq);
 }
@@ -230,6 +234,13 @@ answered(struct gw_req *rq, uint64_t body_len)
     struct gw_access_record r;
     access_record(rq, body_len, now_us, &r);
     gw_access_log(&wk->access, &r);
+}
+
+void
+gw_answered(struct gw_req *rq, uint64_t body_len)
+{
+    if (!rq->detached)
+        answered(rq, body_len);
 }
 
 /* Sends a response to the request's client; a detached request has none. */
@@ -1024,7 +1035,12 @@ gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uin
         .headers_len = rq->hdrs_len,
         .headers2 = e->headers,
         .headers2_len = e->headers_len,
+        .close_delimited = rq->coded,
     };
+    /* A streamed answer: its head goes out now, its body as it comes (conditionals are not
+     * judged on it); or it ends, its copy stored. */
+    if (rq->relay_ops && rq->relay_ops->reply(rq, &resp))
+        return;
     if (!rq->detached && not_modified(rq, e)) {
         resp.status = 304;
         resp.content_type = NULL;
@@ -1074,6 +1090,33 @@ gw_origin_failed(struct gw_req *rq, int status, const char *detail, const char *
         return;
     }
     gw_fail_internal(rq, status, detail, internal);
+}
+
+void
+gw_upstream_failed(struct gw_req *rq, enum upstream_error error, const char *detail)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    char internal[320];
+    gw_stats_origin_error(&rq->wk->stats, GW_ORIGIN_UPSTREAM, upstream_error_word(error));
+    /* The upstream's name and address, and why it failed, are for the log. */
+    snprintf(internal, sizeof(internal), "upstream \"%s\" (%s:%d): %s", ep->up->name, ep->up->host,
+             ep->up->port, detail);
+    switch (error) {
+    case UPSTREAM_TIMEOUT:
+        gw_origin_failed(rq, 504, "the upstream did not answer in time", internal);
+        return;
+    case UPSTREAM_SHUTDOWN:
+        gw_origin_failed(rq, 503, "the server is shutting down", internal);
+        return;
+    case UPSTREAM_PROTOCOL:
+    case UPSTREAM_TOO_LARGE:
+        gw_origin_failed(rq, 502, "the upstream's answer could not be used", internal);
+        return;
+    case UPSTREAM_CONNECT:
+    default:
+        gw_origin_failed(rq, 502, "the upstream is unavailable", internal);
+        return;
+    }
 }
 
 /* ---- fills in progress: local coalescing ------------------------------------------------- */

@@ -22,6 +22,7 @@
 #include "template.h"
 #include "tenant.h"
 #include "tenant_hooks.h"
+#include "upstream_parse.h"
 
 struct cred_cache;
 struct db_pool;
@@ -77,6 +78,20 @@ extern const char *const gw_id_source_names[]; /* "anonymous", "header", "jwt", 
 /* Sends a request on to its endpoint's origin (the source's dispatch, set by the layer above). */
 typedef void gw_origin_fn(struct gw_req *rq);
 
+/*
+ * The streamed side of a request (relay.c, above this file), reached from
+ * here through these. reply takes the answer gw_reply_entry() built (resp's
+ * body unused): the head of a streamed answer, or the end of one whose copy
+ * the store now holds; it returns true when it took the answer (and ends the
+ * request in its time), false to let it go as usual. free is called by
+ * gw_req_free().
+ */
+struct gw_relay;
+struct gw_relay_ops {
+    bool (*reply)(struct gw_req *rq, const struct server_response *resp);
+    void (*free)(struct gw_req *rq);
+};
+
 struct gw_worker {
     struct gateway *g;
     struct worker *w;
@@ -97,6 +112,8 @@ struct gw_worker {
     LIST_HEAD(, gw_req) background; /* detached requests (refreshes, warming) in progress */
     bool closing;                   /* worker_fini has begun: no request goes on to an origin */
     struct gw_stats stats;          /* what it served: metrics, the status page, /callers */
+    size_t cache_max_size;          /* an answer larger is not stored (cache.max_size's default) */
+    uint64_t ws_idle_ms, ws_max_ms; /* a WebSocket tunnel's idle and total time (0: none) */
     struct gw_access access;        /* its ring of the access log (off: no writer) */
 };
 
@@ -178,6 +195,11 @@ struct gw_req {
     const char *primary_key;       /* when the entry varies: the primary key (cache_key is then */
     size_t primary_len;            /* the secondary one, in vkey) */
     size_t ninv;                   /* invalidate tags expanded into inv_tags */
+    bool upgrade;                  /* a WebSocket upgrade (RFC 6455 4.1) to an upstream */
+    struct gw_relay *relay;        /* its answer streamed, its body pushed (relay.c), or NULL */
+    const struct gw_relay_ops *relay_ops;
+    bool *freed; /* while the upstream pool runs a callback of the request: set to true when it is
+                    freed (the call is then not cancelled: the callback gives it up) */
 
     /* Not zeroed: each is written before it is read. */
     unsigned char api_key_digest[32]; /* SHA-256 of the API key, when api_key_pending */
@@ -317,6 +339,13 @@ const char *gw_request_id_for(const struct http_request *h, char *out);
 void gw_log(struct gw_req *rq, enum log_level lv, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/*
+ * Counts rq, answered rq->status with body_len bytes of body, as the replies
+ * below do (stats, access log), for an answer that leaves another way: a
+ * streamed one (relay.c), just before the server has its end.
+ */
+void gw_answered(struct gw_req *rq, uint64_t body_len);
+
 /* ---- replies: each answers the request and frees it ---------------------------------------- */
 
 /*
@@ -395,6 +424,13 @@ bool gw_stale_serves(const struct gw_req *rq);
  * error as gw_fail_internal (detail for the client, internal to the log).
  */
 void gw_origin_failed(struct gw_req *rq, int status, const char *detail, const char *internal);
+
+/*
+ * The upstream failed (error, detail: what failed, for the log): counted,
+ * then answered as gw_origin_failed() with the status the error calls for
+ * (504 a deadline, 503 shutting down, else 502) and a generic detail.
+ */
+void gw_upstream_failed(struct gw_req *rq, enum upstream_error error, const char *detail);
 
 /* ---- fills in progress: one per key per worker ---------------------------------------------- */
 

@@ -11,6 +11,8 @@ http_reason_phrase(int status)
     switch (status) {
     case 100:
         return "Continue";
+    case 101:
+        return "Switching Protocols";
     case 102:
         return "Processing";
     case 103:
@@ -72,9 +74,10 @@ size_t
 http_head_size(const struct http_head *h)
 {
     /* "HTTP/1.x " 9, a status of up to 3 digits and a space, CRLF; "Content-Type: " and CRLF;
-     * "Content-Length: " 16, 20 digits, CRLF; "Connection: keep-alive\r\n" 24; CRLF. */
+     * "Content-Length: " 16, 20 digits, CRLF, or "Transfer-Encoding: chunked\r\n" 28;
+     * "Connection: keep-alive\r\n" 24; CRLF. */
     size_t ct = h->content_type ? strlen(h->content_type) : 0;
-    return 9 + 4 + strlen(http_reason_phrase(h->status)) + 2 + h->date_len + 14 + ct + 2 + 16 + 20 +
+    return 9 + 4 + strlen(http_reason_phrase(h->status)) + 2 + h->date_len + 14 + ct + 2 + 28 + 20 +
            2 + h->headers_len + h->headers2_len + 24 + 2;
 }
 
@@ -106,6 +109,8 @@ http_head_write(char *out, const struct http_head *h)
         o = put(o, "Content-Length: ", 16);
         o += util_u64(o, h->body_len);
         o = put(o, "\r\n", 2);
+    } else if (h->chunked) {
+        o = put(o, "Transfer-Encoding: chunked\r\n", 28);
     }
     o = put(o, h->headers, h->headers ? h->headers_len : 0);
     o = put(o, h->headers2, h->headers2 ? h->headers2_len : 0);
@@ -113,6 +118,8 @@ http_head_write(char *out, const struct http_head *h)
         o = put(o, "Connection: close\r\n", 19);
     else if (h->connection == HTTP_HEAD_CONN_KEEP_ALIVE)
         o = put(o, "Connection: keep-alive\r\n", 24);
+    else if (h->connection == HTTP_HEAD_CONN_UPGRADE)
+        o = put(o, "Connection: Upgrade\r\n", 21);
     o = put(o, "\r\n", 2);
     return (size_t)(o - out);
 }

@@ -10,6 +10,7 @@ enum http_head_connection {
     HTTP_HEAD_CONN_NONE = 0,   /* no Connection field */
     HTTP_HEAD_CONN_CLOSE,      /* Connection: close */
     HTTP_HEAD_CONN_KEEP_ALIVE, /* Connection: keep-alive (an HTTP/1.0 client kept) */
+    HTTP_HEAD_CONN_UPGRADE,    /* Connection: Upgrade (a 101, RFC 9110 7.8) */
 };
 
 /* An answer's head. Every pointer is borrowed; every field block is "Name: value\r\n" lines
@@ -21,6 +22,7 @@ struct http_head {
     size_t date_len;
     const char *content_type; /* NUL-terminated value, or NULL: no Content-Type */
     bool content_length;      /* write Content-Length: body_len */
+    bool chunked;             /* else write Transfer-Encoding: chunked (RFC 9112 7.1) */
     uint64_t body_len;
     const char *headers, *headers2; /* field lines, or NULL */
     size_t headers_len, headers2_len;

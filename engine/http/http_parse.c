@@ -462,7 +462,7 @@ http_chunked_decode(struct http_chunked *d, const char *in, size_t inlen, size_t
             size_t n = (size_t)(end - p);
             if (n > d->remaining)
                 n = (size_t)d->remaining;
-            memcpy(o, p, n);
+            memmove(o, p, n); /* out may be in itself: decoding in place */
             o += n;
             p += n;
             d->remaining -= n;

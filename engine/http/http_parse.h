@@ -102,7 +102,8 @@ struct http_chunked {
 
 /*
  * Decodes chunked framing from in[0..inlen), appending payload bytes to out
- * (which has room for at least inlen bytes). Sets *consumed and *produced
+ * (which has room for at least inlen bytes; out may be in itself: the payload
+ * is then decoded in place, never past what was consumed). Sets *consumed and *produced
  * (produced <= consumed). Input may be cut anywhere between calls. Returns 1
  * once the last chunk and the trailers are complete, consuming exactly up to
  * the final CRLF (bytes after it are left; later calls return 1 and consume

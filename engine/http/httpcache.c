@@ -613,7 +613,7 @@ httpcache_judge(const struct httpcache_answer *a, const struct httpcache_policy 
         v->why = "status";
         return;
     }
-    if (a->body_len > HTTPCACHE_MAX_BODY) {
+    if (a->body_len > (p->max_body ? p->max_body : HTTPCACHE_MAX_BODY)) {
         v->why = "body too large";
         return;
     }

@@ -27,6 +27,7 @@ struct httpcache_policy {
     const char *const *targeted; /* targeted fields in precedence order (RFC 9213), e.g.
                                     {"CDN-Cache-Control"}; lowercased; NULL: none */
     size_t ntargeted;
+    size_t max_body; /* a larger body is not stored; 0: HTTPCACHE_MAX_BODY */
 };
 
 /* An origin's answer as the cache saw it arrive. Times are the store clock's, in ms. */
@@ -69,7 +70,7 @@ struct httpcache_verdict {
 /*
  * Judges an answer to a cacheable request under policy p. Not storable, with
  * `why` in this order: a status other than 200, 203, 204, 300, 301 and 308
- * ("status": errors are never cached); a body larger than HTTPCACHE_MAX_BODY
+ * ("status": errors are never cached); a body larger than p->max_body
  * ("body too large"); Set-Cookie ("set-cookie"); no-store ("no-store");
  * private, also with field names ("private"); no-cache with field names
  * ("no-cache": the fields are not stripped, the answer is not kept); Vary: *,

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +47,12 @@
 #define TRIM_MIN_PEAK 256     /* connections after which a fall to a quarter returns memory */
 #define SLAB_CELLS 64         /* connections in one mapping */
 #define STOP_GRACE_MS 1000    /* on stopping, for a new connection's first request to arrive */
+#define STREAM_WINDOW                                                                              \
+    (256u << 10)                /* a streamed answer's bytes waiting for the client: the           \
+                                   application waits */
+#define STREAM_LOW (64u << 10)  /* ... until they fall below this */
+#define STREAM_READ (64u << 10) /* a streamed request body is read this much at a time */
+#define STOP_STREAM_MS 10000    /* on stopping, streamed answers still going have this long */
 
 enum conn_state {
     CONN_READ,     /* reading a request head or body */
@@ -53,7 +60,17 @@ enum conn_state {
     CONN_LINGER,   /* answered and half-closed: draining the peer's input until it closes */
 };
 
-enum timer_mode { TIMER_NONE, TIMER_IDLE, TIMER_REQUEST, TIMER_LINGER };
+/* TIMER_STREAM: a streamed answer whose client does not read, or that the server stops. */
+enum timer_mode { TIMER_NONE, TIMER_IDLE, TIMER_REQUEST, TIMER_LINGER, TIMER_STREAM };
+
+/* A request body read by the application (server_body_start). */
+enum body_state {
+    BODY_NONE,    /* none, or read whole before the request was handed over */
+    BODY_PENDING, /* handed over with body_streamed, not read yet */
+    BODY_READING, /* being read: server_body_start() */
+    BODY_ENDED,   /* read to its end */
+    BODY_FAILED,  /* cut short: the connection cannot read another request */
+};
 
 /*
  * The connections a worker may close to make room for a new one at the
@@ -93,6 +110,27 @@ struct conn {
     uint64_t queued_ms;      /* when it entered its queue (idle: its last activity) */
     TAILQ_ENTRY(conn) qlink; /* in its worker's idle or partial queue */
     LIST_ENTRY(conn) link;   /* in its worker's conns */
+
+    /* A streamed answer (server_stream_start), until its request ends. */
+    int streaming;      /* its head is written */
+    int stream_chunked; /* each write is a chunk */
+    int stream_tunnel;  /* a 101: the bytes go raw both ways */
+    int stream_blocked; /* over the window: DRAINED is due */
+    int stream_asked;   /* 0: stream_body not asked yet for this request, 1: no, 2: yes */
+    server_stream_fn *stream_fn;
+    void *stream_arg;
+    /* A streamed request body (server_body_start). */
+    enum body_state bstate;
+    int bpaused;
+    int braw;       /* a tunnel's client bytes, until EOF */
+    int reader;     /* ev_read runs on_body_read */
+    uint64_t bleft; /* Content-Length bytes still to read */
+    uint64_t btotal;
+    char *bbuf; /* STREAM_READ bytes read at a time */
+    char *left; /* bytes read past a chunked body's end: the next request's */
+    size_t left_len;
+    server_body_fn *body_fn;
+    void *body_arg;
 };
 
 /* A new connection given to another worker, which closes one of its own for it. */
@@ -151,6 +189,8 @@ struct server {
 
 static void conn_process(struct conn *c);
 static int conn_flush(struct conn *c);
+static void stream_gone(struct conn *c);
+static void on_read(evutil_socket_t fd, short what, void *arg);
 
 void
 server_connection_counts(const struct server *s, struct server_conn_counts *out)
@@ -357,6 +397,8 @@ conn_free(struct conn *c)
     if (c->fd >= 0)
         close(c->fd);
     inbuf_release(c);
+    free(c->bbuf);
+    free(c->left);
     slab_free(&w->cells, c);
 #ifdef __GLIBC__
     /* After a burst (a flood of connections) give the freed memory back: each time the
@@ -493,8 +535,21 @@ static void
 on_write(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
-    if (conn_flush(c) != 0)
+    int streaming = c->state == CONN_HANDLING && c->streaming;
+    if (conn_flush(c) != 0) {
+        if (streaming)
+            stream_gone(c); /* closed under a streamed answer: the application ends it */
         return;
+    }
+    if (streaming) {
+        if (c->stream_blocked && evbuffer_get_length(c->out) < STREAM_LOW) {
+            c->stream_blocked = 0;
+            if (!c->w->draining)
+                conn_set_timer(c, TIMER_NONE);
+            c->stream_fn(c->stream_arg, SERVER_STREAM_DRAINED);
+        }
+        return;
+    }
     if (c->paused && evbuffer_get_length(c->out) < OUT_LOW_WATER) {
         c->paused = 0;
         event_add(c->ev_read, NULL);
@@ -508,8 +563,16 @@ on_timer(evutil_socket_t fd, short what, void *arg)
     struct conn *c = arg;
     enum timer_mode mode = c->timer_mode;
     c->timer_mode = TIMER_NONE;
-    if (c->state == CONN_HANDLING)
-        return; /* the application's own deadlines apply */
+    if (c->state == CONN_HANDLING) {
+        /* The application's own deadlines apply, but for a streamed answer whose client reads
+         * nothing, or whose time is up as the server stops. */
+        if (mode == TIMER_STREAM) {
+            if (!c->dead)
+                conn_close(c);
+            stream_gone(c);
+        }
+        return;
+    }
     if (c->state == CONN_LINGER) {
         conn_close(c);
         return;
@@ -667,7 +730,23 @@ conn_process(struct conn *c)
         }
         const char *body = NULL;
         size_t body_len = 0;
-        if (h->chunked) {
+        if (c->stream_asked == 0 && (h->chunked || h->content_length > 0) &&
+            c->w->s->app.stream_body) {
+            if (!h->chunked && (uint64_t)h->content_length > cfg->max_body_bytes) {
+                conn_fail(c, 413, "request body too large");
+                break;
+            }
+            c->req.ip = c->ip;
+            c->req.worker = c->w;
+            c->stream_asked = c->w->s->app.stream_body(&c->req, c->w->app_state) ? 2 : 1;
+        }
+        if (c->stream_asked == 2) {
+            /* The application reads the body itself (server_body_start), later. */
+            c->consumed = head;
+            c->bstate = BODY_PENDING;
+            c->bleft = h->chunked ? 0 : (uint64_t)h->content_length;
+            c->btotal = 0;
+        } else if (h->chunked) {
             if (c->body == NULL) {
                 c->body_cap = 4096;
                 c->body = xmalloc(c->body_cap);
@@ -735,6 +814,7 @@ conn_process(struct conn *c)
             c->closing = 1;
         c->req.body = body;
         c->req.body_len = body_len;
+        c->req.body_streamed = c->stream_asked == 2;
         c->req.ip = c->ip;
         c->req.worker = c->w;
         c->req.app = NULL;
@@ -761,12 +841,107 @@ req_conn(struct server_request *req)
     return (struct conn *)((char *)req - offsetof(struct conn, req));
 }
 
+/* Writes the head of c's answer: Content-Length: body_len when content_length, else
+ * Transfer-Encoding: chunked when chunked; Connection: Upgrade for a 101 (upgrade). */
+static void
+put_head(struct conn *c, const struct server_response *resp, bool content_length, uint64_t body_len,
+         bool chunked, bool upgrade)
+{
+    struct http_head head = {
+        .status = resp->status,
+        .minor_version = c->req.http.minor_version,
+        .content_type = resp->content_type,
+        .content_length = content_length,
+        .chunked = chunked,
+        .body_len = body_len,
+        .headers = resp->headers,
+        .headers_len = resp->headers_len,
+        .headers2 = resp->headers2,
+        .headers2_len = resp->headers2_len,
+        .connection = upgrade                          ? HTTP_HEAD_CONN_UPGRADE
+                      : c->closing                     ? HTTP_HEAD_CONN_CLOSE
+                      : c->req.http.minor_version == 0 ? HTTP_HEAD_CONN_KEEP_ALIVE
+                                                       : HTTP_HEAD_CONN_NONE,
+    };
+    head.date = server_worker_date_header(c->w, &head.date_len);
+    size_t cap = http_head_size(&head);
+    char stackbuf[2048];
+    char *buf = cap <= sizeof(stackbuf) ? stackbuf : xmalloc(cap);
+    evbuffer_add(c->out, buf, http_head_write(buf, &head));
+    if (buf != stackbuf)
+        free(buf);
+}
+
+/*
+ * The request is answered: its bytes are dropped (what was read past a
+ * streamed body goes back in front of the next request's) and the connection
+ * goes back to reading. One whose body was not read to its end, or that
+ * switched protocols, closes after the answer.
+ */
+static void
+request_over(struct conn *c)
+{
+    if ((c->bstate != BODY_NONE && c->bstate != BODY_ENDED) || c->stream_tunnel)
+        c->closing = 1;
+    if (c->reader) {
+        event_del(c->ev_read);
+        event_assign(c->ev_read, c->w->base, c->fd, EV_READ | EV_PERSIST, on_read, c);
+        c->reader = 0;
+    }
+    c->served = 1;
+    c->in_off += c->consumed;
+    c->consumed = 0;
+    c->head_scanned = 0;
+    c->body_len = 0;
+    c->chunk_raw = 0;
+    memset(&c->chunk, 0, sizeof(c->chunk));
+    c->sent_continue = 0;
+    c->streaming = c->stream_chunked = c->stream_tunnel = c->stream_blocked = 0;
+    c->stream_asked = 0;
+    c->stream_fn = NULL;
+    c->bstate = BODY_NONE;
+    c->bpaused = c->braw = 0;
+    c->body_fn = NULL;
+    free(c->bbuf);
+    c->bbuf = NULL;
+    if (c->left_len > 0) {
+        if (!c->in)
+            inbuf_take(c);
+        if (c->in_off > 0) {
+            memmove(c->in, c->in + c->in_off, c->in_len - c->in_off);
+            c->in_len -= c->in_off;
+            c->in_off = 0;
+        }
+        if (c->in_cap - c->in_len < c->left_len) {
+            c->in_cap = c->in_len + c->left_len;
+            c->in = xrealloc(c->in, c->in_cap);
+        }
+        memcpy(c->in + c->in_len, c->left, c->left_len);
+        c->in_len += c->left_len;
+        free(c->left);
+        c->left = NULL;
+        c->left_len = 0;
+    }
+    if (c->timer_mode == TIMER_STREAM)
+        conn_set_timer(c, TIMER_NONE);
+    c->state = CONN_READ;
+    if (c->in_process)
+        return; /* conn_process() goes on with pipelined requests and flushes */
+    if (c->closing) {
+        conn_flush(c);
+        return;
+    }
+    if (!c->paused)
+        event_add(c->ev_read, NULL);
+    conn_process(c);
+}
+
 void
 server_respond(struct server_request *req, const struct server_response *resp)
 {
     struct conn *c = req_conn(req);
     struct worker *w = c->w;
-    if (c->state != CONN_HANDLING) {
+    if (c->state != CONN_HANDLING || c->streaming) {
         /* A second answer to one request is a bug in the caller. */
         log_abort("internal error: response to a finished request");
     }
@@ -780,30 +955,15 @@ server_respond(struct server_request *req, const struct server_response *resp)
     }
     if (resp->close || resp->close_delimited || w->draining)
         c->closing = 1;
+    if (c->bstate != BODY_NONE && c->bstate != BODY_ENDED)
+        c->closing = 1; /* Connection: close: the rest of the body is never read */
 
-    struct http_head head = {
-        .status = resp->status,
-        .minor_version = c->req.http.minor_version,
-        .content_type = resp->content_type,
-        /* RFC 9110 8.6: none for 1xx, 204 and 304; none when the close delimits the body. */
-        .content_length = resp->status >= 200 && resp->status != 204 && resp->status != 304 &&
-                          !resp->close_delimited,
-        .body_len = resp->body_len,
-        .headers = resp->headers,
-        .headers_len = resp->headers_len,
-        .headers2 = resp->headers2,
-        .headers2_len = resp->headers2_len,
-        .connection = c->closing                       ? HTTP_HEAD_CONN_CLOSE
-                      : c->req.http.minor_version == 0 ? HTTP_HEAD_CONN_KEEP_ALIVE
-                                                       : HTTP_HEAD_CONN_NONE,
-    };
-    head.date = server_worker_date_header(w, &head.date_len);
-    size_t cap = http_head_size(&head);
-    char stackbuf[2048];
-    char *buf = cap <= sizeof(stackbuf) ? stackbuf : xmalloc(cap);
-    evbuffer_add(c->out, buf, http_head_write(buf, &head));
-    if (buf != stackbuf)
-        free(buf);
+    /* RFC 9110 8.6: no Content-Length for 1xx, 204 and 304; none when the close delimits the
+     * body. */
+    put_head(c, resp,
+             resp->status >= 200 && resp->status != 204 && resp->status != 304 &&
+                 !resp->close_delimited,
+             resp->body_len, false, false);
 
     int send_body = c->req.http.method != HTTP_HEAD && resp->body_len > 0;
     if (resp->release) {
@@ -815,26 +975,302 @@ server_respond(struct server_request *req, const struct server_response *resp)
     } else if (send_body) {
         evbuffer_add(c->out, resp->body, resp->body_len);
     }
+    request_over(c);
+}
 
-    /* The request is over: drop its bytes and go back to reading. */
-    c->served = 1;
-    c->in_off += c->consumed;
-    c->consumed = 0;
-    c->head_scanned = 0;
-    c->body_len = 0;
-    c->chunk_raw = 0;
-    memset(&c->chunk, 0, sizeof(c->chunk));
-    c->sent_continue = 0;
-    c->state = CONN_READ;
-    if (c->in_process)
-        return; /* conn_process() goes on with pipelined requests and flushes */
-    if (c->closing) {
-        conn_flush(c);
+/* ---- streamed answers, request bodies, tunnels -------------------------------------------- */
+
+/* Arms c's timer for a streamed answer: past ms the connection is closed (GONE). */
+static void
+stream_timer(struct conn *c, uint64_t ms)
+{
+    struct timeval tv = util_ms_to_tv(ms);
+    c->timer_mode = TIMER_STREAM;
+    evtimer_add(c->ev_timer, &tv);
+}
+
+/*
+ * Tells the application streaming on c (its answer, else its request body)
+ * that the connection is closed; it ends the request. Told once.
+ */
+static void
+stream_gone(struct conn *c)
+{
+    if (c->streaming && c->stream_fn) {
+        server_stream_fn *fn = c->stream_fn;
+        c->stream_fn = NULL;
+        c->bstate = c->bstate == BODY_READING ? BODY_FAILED : c->bstate;
+        fn(c->stream_arg, SERVER_STREAM_GONE);
+    } else if (c->bstate == BODY_READING && c->body_fn) {
+        c->bstate = BODY_FAILED;
+        c->body_fn(c->body_arg, SERVER_BODY_GONE, NULL, 0);
+    }
+}
+
+/* The body is over (ended or failed): its reader gives ev_read back, not armed while the
+ * application holds the request. */
+static void
+body_reader_off(struct conn *c)
+{
+    if (!c->reader)
+        return;
+    event_del(c->ev_read);
+    event_assign(c->ev_read, c->w->base, c->fd, EV_READ | EV_PERSIST, on_read, c);
+    c->reader = 0;
+}
+
+/* The body's last event: the reader is off first, as the application may end the request. */
+static void
+body_last(struct conn *c, enum body_state st, enum server_body_event ev)
+{
+    c->bstate = st;
+    body_reader_off(c);
+    c->body_fn(c->body_arg, ev, NULL, 0);
+}
+
+/*
+ * Hands the application n bytes of its request body at p (a tunnel's as
+ * they came; chunked ones decoded in place), `from_in` when they lie in c->in
+ * after what the request has consumed. Returns 1 while the body goes on, 0
+ * once its last event was given (c may be gone).
+ */
+static int
+body_deliver(struct conn *c, char *p, size_t n, int from_in)
+{
+    size_t used = n, produced = n;
+    int end = 0;
+
+    if (c->braw) {
+        /* every byte */
+    } else if (!c->req.http.chunked) {
+        if (used > c->bleft)
+            used = produced = (size_t)c->bleft;
+        c->bleft -= used;
+        end = c->bleft == 0;
+    } else {
+        int d = http_chunked_decode(&c->chunk, p, n, &used, p, &produced);
+        if (d < 0) {
+            body_last(c, BODY_FAILED, SERVER_BODY_MALFORMED);
+            return 0;
+        }
+        end = d == 1;
+        if (end && used < n && !from_in) {
+            /* Read past the body: the next request's bytes, kept until this one ends (in
+             * c->in they stay where they are). */
+            c->left = xmalloc(n - used);
+            memcpy(c->left, p + used, n - used);
+            c->left_len = n - used;
+        }
+    }
+    if (from_in)
+        c->consumed += used;
+    c->btotal += produced;
+    if (!c->braw && c->btotal > c->w->s->cfg.max_body_bytes) {
+        body_last(c, BODY_FAILED, SERVER_BODY_TOO_LARGE);
+        return 0;
+    }
+    if (produced > 0)
+        c->body_fn(c->body_arg, SERVER_BODY_DATA, p, produced);
+    if (end) {
+        body_last(c, BODY_ENDED, SERVER_BODY_END);
+        return 0;
+    }
+    return 1;
+}
+
+/* Reads a request body the application streams: what is buffered, then the socket. */
+static void
+on_body_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    if (c->bstate != BODY_READING || c->bpaused)
+        return;
+    if (c->dead) {
+        body_last(c, BODY_FAILED, SERVER_BODY_GONE);
         return;
     }
-    if (!c->paused)
+    size_t avail = c->in ? c->in_len - c->in_off - c->consumed : 0;
+    if (avail > 0 && body_deliver(c, c->in + c->in_off + c->consumed, avail, 1) == 0)
+        return;
+    for (int i = 0; i < 16 && c->bstate == BODY_READING && !c->bpaused; i++) {
+        size_t want = STREAM_READ;
+        if (!c->braw && !c->req.http.chunked && c->bleft < want)
+            want = (size_t)c->bleft;
+        if (!c->bbuf)
+            c->bbuf = xmalloc(STREAM_READ);
+        ssize_t n = read(c->fd, c->bbuf, want);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n == 0 && c->braw) {
+            body_last(c, BODY_ENDED, SERVER_BODY_END); /* the client half-closed its side */
+            return;
+        }
+        if (n <= 0) {
+            body_last(c, BODY_FAILED, SERVER_BODY_GONE);
+            return;
+        }
+        if (body_deliver(c, c->bbuf, (size_t)n, 0) == 0 || (size_t)n < want)
+            return;
+    }
+}
+
+void
+server_body_start(struct server_request *req, server_body_fn *fn, void *arg)
+{
+    struct conn *c = req_conn(req);
+    assert(c->state == CONN_HANDLING && (c->bstate == BODY_PENDING || c->stream_tunnel));
+    c->braw = c->stream_tunnel;
+    c->bstate = BODY_READING;
+    c->body_fn = fn;
+    c->body_arg = arg;
+    if (!c->dead && !c->braw && c->req.http.expect_continue && !c->sent_continue &&
+        c->req.http.minor_version == 1) {
+        /* RFC 9110 10.1.1: the client waits for this before it sends the body. */
+        evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        c->sent_continue = 1;
+        (void)conn_flush(c); /* a failure makes it dead: told from the loop */
+    }
+    event_del(c->ev_read);
+    event_assign(c->ev_read, c->w->base, c->dead ? -1 : c->fd, c->dead ? 0 : EV_READ | EV_PERSIST,
+                 on_body_read, c);
+    c->reader = 1;
+    if (!c->dead && !c->bpaused)
         event_add(c->ev_read, NULL);
-    conn_process(c);
+    event_active(c->ev_read, EV_READ, 0); /* what is buffered goes first, from the loop */
+}
+
+void
+server_body_pause(struct server_request *req)
+{
+    struct conn *c = req_conn(req);
+    c->bpaused = 1;
+    if (c->reader)
+        event_del(c->ev_read);
+}
+
+void
+server_body_resume(struct server_request *req)
+{
+    struct conn *c = req_conn(req);
+    if (!c->bpaused)
+        return;
+    c->bpaused = 0;
+    if (c->bstate == BODY_READING && c->reader) {
+        if (!c->dead)
+            event_add(c->ev_read, NULL);
+        event_active(c->ev_read, EV_READ, 0);
+    }
+}
+
+void
+server_stream_start(struct server_request *req, const struct server_response *resp, int64_t length,
+                    server_stream_fn *fn, void *arg)
+{
+    struct conn *c = req_conn(req);
+    const struct http_request *h = &c->req.http;
+    assert(c->state == CONN_HANDLING && !c->streaming);
+    c->streaming = 1;
+    c->stream_fn = fn;
+    c->stream_arg = arg;
+    c->stream_tunnel = length == SERVER_LENGTH_TUNNEL;
+    if (c->dead) {
+        /* Told from the loop, never from here. */
+        c->timer_mode = TIMER_STREAM;
+        event_active(c->ev_timer, EV_TIMEOUT, 0);
+        return;
+    }
+    c->stream_chunked =
+        length == SERVER_LENGTH_UNKNOWN && !resp->close_delimited && h->minor_version == 1;
+    if ((length == SERVER_LENGTH_UNKNOWN && !c->stream_chunked) || resp->close || c->w->draining)
+        c->closing = 1;
+    if (c->bstate != BODY_NONE && c->bstate != BODY_ENDED && !c->stream_tunnel)
+        c->closing = 1;
+    put_head(c, resp, length >= 0, length >= 0 ? (uint64_t)length : 0, c->stream_chunked,
+             c->stream_tunnel);
+    if (c->w->draining)
+        stream_timer(c, c->stream_tunnel ? 0 : STOP_STREAM_MS);
+    if (!c->in_process && conn_flush(c) != 0) {
+        c->timer_mode = TIMER_STREAM; /* closed: told from the loop */
+        event_active(c->ev_timer, EV_TIMEOUT, 0);
+    }
+}
+
+int
+server_stream_write(struct server_request *req, const char *data, size_t len)
+{
+    struct conn *c = req_conn(req);
+    assert(c->state == CONN_HANDLING && c->streaming);
+    if (c->dead)
+        return -1;
+    if (len > 0 && c->req.http.method != HTTP_HEAD) {
+        char size[24];
+        struct iovec iov[3];
+        int n = 0;
+        if (c->stream_chunked)
+            iov[n++] = (struct iovec){size, (size_t)snprintf(size, sizeof(size), "%zx\r\n", len)};
+        iov[n++] = (struct iovec){(void *)data, len};
+        if (c->stream_chunked)
+            iov[n++] = (struct iovec){"\r\n", 2};
+        if (evbuffer_get_length(c->out) == 0 && !c->in_process) {
+            /* Nothing waits: written from where it is, and only what the socket does not take
+             * now is copied. */
+            ssize_t w = writev(c->fd, iov, n);
+            if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                conn_close(c); /* the client has gone */
+                return -1;
+            }
+            for (int i = 0; i < n && w > 0; i++) {
+                size_t k = (size_t)w < iov[i].iov_len ? (size_t)w : iov[i].iov_len;
+                iov[i].iov_base = (char *)iov[i].iov_base + k;
+                iov[i].iov_len -= k;
+                w -= (ssize_t)k;
+            }
+        }
+        for (int i = 0; i < n; i++)
+            if (iov[i].iov_len > 0)
+                evbuffer_add(c->out, iov[i].iov_base, iov[i].iov_len);
+    }
+    if (!c->in_process && evbuffer_get_length(c->out) > 0 && conn_flush(c) != 0)
+        return -1;
+    if (evbuffer_get_length(c->out) >= STREAM_WINDOW) {
+        if (!c->stream_blocked && !c->w->draining)
+            stream_timer(c, c->w->s->cfg.idle_timeout_ms); /* a client that reads nothing */
+        c->stream_blocked = 1;
+        return 1;
+    }
+    return 0;
+}
+
+void
+server_stream_end(struct server_request *req)
+{
+    struct conn *c = req_conn(req);
+    assert(c->state == CONN_HANDLING && c->streaming);
+    if (c->dead) {
+        c->state = CONN_READ;
+        conn_free(c);
+        return;
+    }
+    if (c->stream_chunked && c->req.http.method != HTTP_HEAD)
+        evbuffer_add(c->out, "0\r\n\r\n", 5);
+    request_over(c);
+}
+
+void
+server_stream_abort(struct server_request *req)
+{
+    struct conn *c = req_conn(req);
+    assert(c->state == CONN_HANDLING);
+    if (!c->dead) {
+        /* A reset, not a FIN: a close-delimited body must not look complete. */
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        conn_close(c);
+    }
+    c->state = CONN_READ;
+    conn_free(c);
 }
 
 void
@@ -1156,6 +1592,11 @@ on_stop(evutil_socket_t fd, short what, void *arg)
     evtimer_del(w->ev_resume);
     for (struct conn *c = LIST_FIRST(&w->conns), *next; c; c = next) {
         next = LIST_NEXT(c, link);
+        if (c->state == CONN_HANDLING && c->streaming && !c->dead) {
+            /* A streamed answer has STOP_STREAM_MS more; a tunnel ends now. */
+            stream_timer(c, c->stream_tunnel ? 0 : STOP_STREAM_MS);
+            continue;
+        }
         /* Idle connections go now (or once their output is written); a new one that has
          * not sent its first request yet (it may be on its way) has STOP_GRACE_MS for it; a
          * connection with a request in progress answers it with "Connection: close"; a

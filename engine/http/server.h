@@ -43,12 +43,14 @@ struct server_config {
     unsigned nfds;
 };
 
-/* A request handed to the application; valid until server_respond(). */
+/* A request handed to the application; valid until server_respond() (or server_stream_end(),
+ * server_stream_abort()). */
 struct server_request {
     struct http_request http; /* strings point into the connection's buffer */
     const char *body;         /* de-chunked body, body_len bytes (not NUL-terminated) */
     size_t body_len;
-    const char *ip; /* peer address, NUL-terminated */
+    int body_streamed; /* the body was not read: server_body_start() reads it (body is NULL) */
+    const char *ip;    /* peer address, NUL-terminated */
     struct worker *worker;
     void *app; /* the application's per-request state, set by it */
 };
@@ -85,6 +87,13 @@ struct server_app {
     void *(*worker_init)(struct worker *w, void *app_ctx); /* per-worker state, or NULL to fail */
     void (*worker_fini)(void *worker_state);
     void (*handle)(struct server_request *req, void *worker_state);
+    /*
+     * Optional: asked once per request with a body, when its head is complete (req's
+     * http, ip and worker set): nonzero to have the request handed over at once with
+     * body_streamed, its body read later through server_body_start(); 0 to have it
+     * read whole first (within max_body_bytes), as without this callback.
+     */
+    int (*stream_body)(const struct server_request *req, void *worker_state);
     void *ctx;
 };
 
@@ -131,6 +140,80 @@ void server_respond(struct server_request *req, const struct server_response *re
  */
 void server_respond_interim(struct server_request *req, int status, const char *headers,
                             size_t len);
+
+/* ---- streamed answers, streamed request bodies, tunnels ---- */
+
+/* What the application hears of a streamed answer or body. */
+enum server_stream_event {
+    SERVER_STREAM_DRAINED, /* the client read what waited: server_stream_write() may go on */
+    SERVER_STREAM_GONE,    /* the connection is closed (the client left, stopped reading for the
+                              idle timeout, or the server stops): end the request, writing
+                              nothing more */
+};
+typedef void server_stream_fn(void *arg, enum server_stream_event ev);
+
+#define SERVER_LENGTH_UNKNOWN (-1) /* chunked to an HTTP/1.1 client, else until the close */
+#define SERVER_LENGTH_TUNNEL (-2)  /* a 101: no framing; the connection ends with the stream */
+
+/*
+ * Starts a streamed answer to req: its head (resp's status, content type and
+ * fields; resp's body and release are not used) is written at once, its body
+ * follows with server_stream_write() and it ends with server_stream_end()
+ * (or server_stream_abort()). `length` is the body's Content-Length (>= 0),
+ * SERVER_LENGTH_UNKNOWN (chunked to HTTP/1.1 unless resp->close_delimited,
+ * else delimited by the close), or SERVER_LENGTH_TUNNEL for a 101 switching
+ * protocols ("Connection: Upgrade" is written; resp's fields hold Upgrade).
+ * fn(arg, ...) hears DRAINED and GONE until the request ends (never from
+ * within a server_* call). Every write is sent at once (the socket has
+ * TCP_NODELAY): nothing waits to be batched.
+ */
+void server_stream_start(struct server_request *req, const struct server_response *resp,
+                         int64_t length, server_stream_fn *fn, void *arg);
+
+/*
+ * Sends len bytes (copied) of a streamed answer's body. Returns 0 when more
+ * may be written, 1 when over the connection's window (256 KiB waiting for
+ * the client): write again after DRAINED (a client that reads nothing for
+ * the idle timeout is closed: GONE), -1 when the connection is closed
+ * (end the request with server_stream_abort()). A HEAD request's body is
+ * dropped.
+ */
+int server_stream_write(struct server_request *req, const char *data, size_t len);
+
+/* Ends a streamed answer (its last chunk; a tunnel or close-delimited body: the close) and the
+ * request. */
+void server_stream_end(struct server_request *req);
+
+/* Ends a streamed answer that cannot be completed (its upstream failed mid-answer): the
+ * connection is reset, so the client cannot take a cut body for a whole one; the request
+ * ends. */
+void server_stream_abort(struct server_request *req);
+
+/* What a streamed request body (or a tunnel's client bytes) brings. */
+enum server_body_event {
+    SERVER_BODY_DATA,      /* data[0..len): the next bytes, de-chunked */
+    SERVER_BODY_END,       /* the body is complete (a tunnel: the client half-closed) */
+    SERVER_BODY_TOO_LARGE, /* over max_body_bytes (chunked): answer 413 */
+    SERVER_BODY_MALFORMED, /* bad chunked framing: answer 400 */
+    SERVER_BODY_GONE,      /* the client left before the end */
+};
+typedef void server_body_fn(void *arg, enum server_body_event ev, const char *data, size_t len);
+
+/*
+ * Reads the body of a request handed over with body_streamed (a 100
+ * Continue goes first when the client expects one), or after
+ * server_stream_start(..., SERVER_LENGTH_TUNNEL) the client's bytes until it
+ * closes. fn(arg, ...) is called from the event loop only, DATA with bytes
+ * borrowed for the call, until one of the other events, which is the last.
+ * From DATA the application may pause or resume, not end the request. A
+ * request answered before its body was read to the end closes its
+ * connection after the answer.
+ */
+void server_body_start(struct server_request *req, server_body_fn *fn, void *arg);
+
+/* Stops reading the body (the kernel's buffers fill and the client waits) until resumed. */
+void server_body_pause(struct server_request *req);
+void server_body_resume(struct server_request *req);
 
 /* Convenience: an application/problem+json error with this status, title and detail. */
 void server_respond_problem(struct server_request *req, int status, const char *type,

@@ -19,9 +19,11 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
+#include "log.h"
 #include "util.h"
 
 #define DEFAULT_MAX_IDLE 32
@@ -29,9 +31,11 @@
 #define DEFAULT_IDLE_MS 30000
 #define DEFAULT_CONNECT_MS 5000
 #define DEFAULT_TIMEOUT_MS 30000
-#define MAX_ADDRS 8         /* addresses kept per host name */
-#define LOOKUP_TTL_MS 60000 /* a name's addresses are used this long */
-#define READS_PER_EVENT 16  /* reads per readiness event before others get a turn */
+#define MAX_ADDRS 8              /* addresses kept per host name */
+#define LOOKUP_TTL_MS 60000      /* a name's addresses are used this long */
+#define READS_PER_EVENT 16       /* reads per readiness event before others get a turn */
+#define BODY_WINDOW (256u << 10) /* pushed request body bytes waiting: the producer waits */
+#define BODY_LOW (64u << 10)     /* ... until they fall below this */
 
 /* ---- small helpers ---- */
 
@@ -107,6 +111,7 @@ struct conn {
     struct upstream_call *call;
     size_t sent; /* bytes of the call's request written */
     struct upstream_parser *ps;
+    int rc; /* what the parser said last of the call's answer (enum upstream_parse_status) */
 };
 
 enum call_state {
@@ -116,6 +121,9 @@ enum call_state {
     CALL_DONE,       /* in pool->done; conn set when the answer is OK */
 };
 
+/* How a pushed request body is framed. */
+enum body_framing { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_RAW };
+
 struct upstream_call {
     TAILQ_ENTRY(upstream_call) link;
     struct upstream_pool *pool;
@@ -123,7 +131,20 @@ struct upstream_call {
     enum call_state state;
     upstream_done_fn *done;
     upstream_interim_fn *interim;
+    upstream_head_fn *head_fn;
+    upstream_body_fn *body_fn;
+    upstream_drain_fn *drain_fn;
     void *arg;
+    size_t max_body;
+    int streaming;          /* the head said to hand the body on in pieces */
+    int paused;             /* UPSTREAM_PAUSE: not reading until upstream_resume() */
+    int upgrade;            /* asked to switch protocols */
+    struct evbuffer *wbody; /* pushed request body bytes not written yet (body_stream) */
+    enum body_framing framing;
+    uint64_t wleft;  /* BODY_LENGTH: bytes still to be pushed */
+    int wended;      /* upstream_end_body() was called */
+    int wblocked;    /* upstream_write_body() said to wait: drain_fn is due */
+    int half_closed; /* BODY_RAW ended: the write side was shut down */
     struct conn *conn;
     struct event deadline;
     uint64_t connect_ms, timeout_ms;
@@ -154,6 +175,7 @@ struct upstream_pool {
 };
 
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
+static int request_sent(const struct conn *k);
 static void conn_idle_cb(evutil_socket_t fd, short what, void *arg);
 static void call_connect(struct upstream_call *c);
 static void conn_open(struct upstream_call *c);
@@ -228,8 +250,8 @@ conn_release(struct conn *k, int clean)
 {
     struct host *h = k->host;
     struct upstream_pool *p = h->pool;
-    int reusable = clean && k->call != NULL && k->sent == k->call->req_len && !p->closing &&
-                   h->nidle < p->max_idle;
+    int reusable =
+        clean && k->call != NULL && request_sent(k) && !p->closing && h->nidle < p->max_idle;
 
     if (!reusable) {
         conn_free(k);
@@ -251,7 +273,36 @@ static void
 call_free(struct upstream_call *c)
 {
     evtimer_del(&c->deadline);
+    if (c->wbody != NULL)
+        evbuffer_free(c->wbody);
     free(c);
+}
+
+/*
+ * (Re)starts a streamed call's timeout on a move: a body pushed to the
+ * upstream, or a streamed answer read or written (until the head of its answer
+ * the deadline counts from the request's last byte written). Not while it is
+ * paused.
+ */
+static void
+arm_idle(struct upstream_call *c)
+{
+    struct timeval tv;
+    if (c->head_fn == NULL || c->paused || c->timeout_ms == 0)
+        return;
+    tv = util_ms_to_tv(c->timeout_ms);
+    evtimer_add(&c->deadline, &tv);
+}
+
+/* Whether everything of the call's request has been written (pushed bodies: ended too). */
+static int
+request_sent(const struct conn *k)
+{
+    const struct upstream_call *c = k->call;
+    if (k->sent != c->req_len)
+        return 0;
+    return c->wbody == NULL ||
+           (c->wended && evbuffer_get_length(c->wbody) == 0 && c->framing != BODY_RAW);
 }
 
 /* Runs the callback of one answered call and frees it. */
@@ -274,8 +325,13 @@ deliver(struct upstream_call *c)
         p->spare = NULL;
         conn_release(k, upstream_parser_reusable(ps));
         upstream_parser_response(ps, &res);
+        if (c->streaming) {
+            res.body = "";
+            res.body_len = 0;
+        }
     } else {
         memset(&res, 0, sizeof res);
+        res.content_length = -1;
         res.error = c->error;
         res.detail = c->detail;
         res.body = "";
@@ -352,10 +408,106 @@ conn_attach(struct conn *k, struct upstream_call *c)
 
     k->call = c;
     k->sent = 0;
+    k->rc = UPSTREAM_PARSE_MORE;
     c->conn = k;
     c->state = CALL_RUNNING;
     upstream_parser_reset(k->ps, c->head);
+    if (c->head_fn != NULL)
+        upstream_parser_options(k->ps,
+                                UPSTREAM_PARSER_HEAD | (c->upgrade ? UPSTREAM_PARSER_UPGRADE : 0u));
     evtimer_add(&c->deadline, &tv);
+}
+
+/* Stops reading a streamed call's answer until upstream_resume(); its timeout waits too. */
+static void
+call_pause(struct upstream_call *c)
+{
+    c->paused = 1;
+    evtimer_del(&c->deadline);
+    if (c->conn != NULL)
+        event_del(&c->conn->rd);
+}
+
+/* The consumer of a streamed call gave it up: it is forgotten, its connection closed. */
+static void
+call_abandon(struct upstream_call *c)
+{
+    struct upstream_pool *p = c->pool;
+
+    if (c->conn != NULL)
+        conn_free(c->conn);
+    p->npending--;
+    call_free(c);
+}
+
+/*
+ * Hands the consumer of a streamed call the body its parser holds, and
+ * finishes the call once its answer is complete. Returns 0 to read on, 1
+ * while paused, -1 once the call is finished or abandoned (k may be gone).
+ */
+static int
+pump(struct conn *k)
+{
+    struct upstream_call *c = k->call;
+
+    if (c->paused)
+        return 1;
+    if (c->streaming) {
+        size_t len;
+        const char *b = upstream_parser_body(k->ps, &len);
+        if (len > 0) {
+            enum upstream_action act = c->body_fn(c->arg, b, len);
+            if (act == UPSTREAM_ABANDON) {
+                call_abandon(c);
+                return -1;
+            }
+            if (act == UPSTREAM_PAUSE)
+                call_pause(c);
+        }
+    }
+    if (k->rc == UPSTREAM_PARSE_DONE && !c->paused) {
+        call_finish(c, UPSTREAM_OK, "");
+        return -1;
+    }
+    return c->paused;
+}
+
+/*
+ * The final head of a streamed call's answer arrived: its consumer says how
+ * the body is read. Returns the parser's next status, or -2 when the call was
+ * abandoned (k is gone).
+ */
+static int
+on_head(struct conn *k)
+{
+    struct upstream_call *c = k->call;
+    struct upstream_response res;
+    enum upstream_action act;
+    int rc;
+
+    /* What came with the head is parsed first: an answer whose body starts malformed is an
+     * error before any of it goes on. */
+    (void)upstream_parser_body_mode(k->ps, 1, 0);
+    rc = upstream_parser_resume(k->ps);
+    if (rc == UPSTREAM_PARSE_ERROR)
+        return rc;
+    upstream_parser_response(k->ps, &res);
+    act = c->head_fn(c->arg, &res);
+    if (act == UPSTREAM_ABANDON) {
+        call_abandon(c);
+        return -2;
+    }
+    c->streaming = act != UPSTREAM_BUFFER;
+    if (c->upgrade && res.status == 101 && c->wbody != NULL)
+        c->framing = BODY_RAW; /* the other protocol's bytes, as they come */
+    if (act == UPSTREAM_PAUSE)
+        call_pause(c);
+    else if (c->streaming)
+        arm_idle(c); /* from the head on: between two moves */
+    if (!c->streaming &&
+        upstream_parser_body_mode(k->ps, 0, c->max_body ? c->max_body : c->pool->max_response) < 0)
+        return UPSTREAM_PARSE_ERROR;
+    return rc;
 }
 
 /*
@@ -382,8 +534,11 @@ conn_broken(struct conn *k, int errno_)
         call_finish(c, UPSTREAM_CONNECT, detail);
         return;
     }
-    if (upstream_parser_eof(k->ps) == UPSTREAM_PARSE_DONE && errno_ == 0) {
-        call_finish(c, UPSTREAM_OK, "");
+    if (errno_ == 0 && upstream_parser_eof(k->ps) == UPSTREAM_PARSE_DONE) {
+        /* The close ended the body: its last piece goes on first (or once resumed). */
+        k->rc = UPSTREAM_PARSE_DONE;
+        event_del(&k->rd);
+        (void)pump(k);
         return;
     }
     call_finish(c, UPSTREAM_PROTOCOL, "upstream closed the connection mid-answer");
@@ -397,7 +552,13 @@ static int
 conn_read(struct conn *k)
 {
     struct upstream_call *c = k->call;
+    int r;
 
+    if (c->paused)
+        return 0;
+    /* What was held while paused, and an answer completed meanwhile, go first. */
+    if ((r = pump(k)) != 0)
+        return r < 0 ? -1 : 0;
     for (int i = 0; i < READS_PER_EVENT; i++) {
         size_t room;
         char *space = upstream_parser_space(k->ps, &room);
@@ -412,6 +573,8 @@ conn_read(struct conn *k)
             conn_broken(k, n < 0 ? errno : 0);
             return -1;
         }
+        if (c->streaming)
+            arm_idle(c);
         rc = upstream_parser_feed(k->ps, (size_t)n);
         while (rc == UPSTREAM_PARSE_INTERIM) {
             if (c->interim != NULL) {
@@ -421,20 +584,34 @@ conn_read(struct conn *k)
             }
             rc = upstream_parser_resume(k->ps);
         }
-        if (rc == UPSTREAM_PARSE_DONE) {
-            call_finish(c, UPSTREAM_OK, "");
+        if (rc == UPSTREAM_PARSE_HEAD && (rc = on_head(k)) == -2)
             return -1;
-        }
+        k->rc = rc;
         if (rc == UPSTREAM_PARSE_ERROR) {
             struct upstream_response res;
             upstream_parser_response(k->ps, &res);
             call_finish(c, res.error, res.detail);
             return -1;
         }
+        if ((r = pump(k)) != 0)
+            return r < 0 ? -1 : 0;
         if ((size_t)n < room)
             return 0;
     }
     return 0;
+}
+
+/* Arms or disarms the write event of k as its call has bytes to write or not. */
+static void
+want_write(struct conn *k, int on)
+{
+    if (on && !k->writing) {
+        event_add(&k->wr, NULL);
+        k->writing = 1;
+    } else if (!on && k->writing) {
+        event_del(&k->wr);
+        k->writing = 0;
+    }
 }
 
 /* Writes what the socket takes; returns 0, or -1 once the call is finished (k may be gone). */
@@ -448,32 +625,51 @@ conn_write(struct conn *k)
         ssize_t n = send(k->fd, c->req + k->sent, c->req_len - k->sent, MSG_NOSIGNAL);
         if (n > 0) {
             k->sent += (size_t)n;
+            if (c->wbody != NULL || c->streaming)
+                arm_idle(c);
             continue;
         }
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!k->writing) {
-                event_add(&k->wr, NULL);
-                k->writing = 1;
-            }
+            want_write(k, 1);
             return 0;
         }
         err = n < 0 ? errno : EPIPE;
-        if (k->writing) {
-            event_del(&k->wr);
-            k->writing = 0;
-        }
-        /* The upstream may have answered before it stopped reading (a 413, a 401): take it. */
-        if (conn_read(k) == 0)
-            conn_broken(k, err);
-        return -1;
+        goto broken;
     }
-    if (k->writing) {
-        event_del(&k->wr);
-        k->writing = 0;
+    while (c->wbody != NULL && evbuffer_get_length(c->wbody) > 0) {
+        int n = evbuffer_write(c->wbody, k->fd);
+        if (n > 0) {
+            arm_idle(c);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            want_write(k, 1);
+            goto drained;
+        }
+        err = n < 0 ? errno : EPIPE;
+        goto broken;
+    }
+    want_write(k, 0);
+    if (c->framing == BODY_RAW && c->wended && !c->half_closed) {
+        c->half_closed = 1;
+        shutdown(k->fd, SHUT_WR);
+    }
+drained:
+    if (c->wblocked && evbuffer_get_length(c->wbody) < BODY_LOW) {
+        c->wblocked = 0;
+        c->drain_fn(c->arg);
     }
     return 0;
+broken:
+    want_write(k, 0);
+    /* The upstream may have answered before it stopped reading (a 413, a 401): take it. */
+    if (conn_read(k) == 0)
+        conn_broken(k, err);
+    return -1;
 }
 
 static void
@@ -952,13 +1148,16 @@ upstream_send(struct upstream_pool *p, const struct upstream_target *t,
 {
     char host_buf[300], cl_buf[48];
     const char *host_header = t->host_header;
-    size_t hh_len, cl_len = 0, need;
+    size_t hh_len, cl_len = 0, need, body_len;
     struct upstream_call *c;
     struct host *h;
     struct conn *k;
     char *w;
 
     assert(p != NULL && t != NULL && req != NULL && done != NULL);
+    assert(req->head == NULL || req->on_body != NULL);
+    assert(!req->body_stream || (req->drain != NULL && !(req->body_chunked && req->body_len)));
+    assert(!req->upgrade || (req->head != NULL && req->body_stream));
     if (p->closing || t->host == NULL || *t->host == '\0' || t->port < 1 || t->port > 65535 ||
         !valid_token(req->method, req->method_len) || !valid_vchars(req->target, req->target_len) ||
         (req->headers_len > 0 && !valid_header_lines(req->headers, req->headers_len)))
@@ -975,13 +1174,16 @@ upstream_send(struct upstream_pool *p, const struct upstream_target *t,
     hh_len = strlen(host_header);
     if (!valid_vchars(host_header, hh_len))
         return NULL;
-    if (req->body_len > 0 || method_is(req, "POST") || method_is(req, "PUT") ||
-        method_is(req, "PATCH"))
+    if (req->body_stream && req->body_chunked)
+        cl_len = (size_t)snprintf(cl_buf, sizeof cl_buf, "Transfer-Encoding: chunked\r\n");
+    else if (req->body_len > 0 || method_is(req, "POST") || method_is(req, "PUT") ||
+             method_is(req, "PATCH"))
         cl_len = (size_t)snprintf(cl_buf, sizeof cl_buf, "Content-Length: %zu\r\n", req->body_len);
 
     /* One block: the call, then the request as it goes on the wire. */
+    body_len = req->body_stream ? 0 : req->body_len; /* a pushed body comes later */
     need = req->method_len + 1 + req->target_len + sizeof " HTTP/1.1\r\nHost: " - 1 + hh_len + 2 +
-           req->headers_len + cl_len + 2 + req->body_len;
+           req->headers_len + cl_len + 2 + body_len;
     c = xmalloc(sizeof *c + need);
     memset(c, 0, sizeof *c);
     w = c->req;
@@ -996,8 +1198,8 @@ upstream_send(struct upstream_pool *p, const struct upstream_target *t,
         PUT(req->headers, req->headers_len);
     PUT(cl_buf, cl_len);
     PUT("\r\n", 2);
-    if (req->body_len > 0)
-        PUT(req->body, req->body_len);
+    if (body_len > 0)
+        PUT(req->body, body_len);
 #undef PUT
     c->req_len = need;
     assert((size_t)(w - c->req) == need);
@@ -1007,7 +1209,20 @@ upstream_send(struct upstream_pool *p, const struct upstream_target *t,
     c->host = h;
     c->done = done;
     c->interim = req->interim;
+    c->head_fn = req->head;
+    c->body_fn = req->on_body;
+    c->max_body = req->max_body;
+    c->upgrade = req->upgrade;
     c->arg = arg;
+    if (req->body_stream) {
+        c->wbody = evbuffer_new();
+        if (c->wbody == NULL)
+            log_abort("out of memory (evbuffer)");
+        c->drain_fn = req->drain;
+        c->framing = req->body_chunked ? BODY_CHUNKED : BODY_LENGTH;
+        c->wleft = req->body_len;
+        c->retried = 1; /* what was pushed is gone: never sent twice */
+    }
     c->connect_ms = t->connect_timeout_ms ? t->connect_timeout_ms : DEFAULT_CONNECT_MS;
     c->timeout_ms = t->timeout_ms ? t->timeout_ms : DEFAULT_TIMEOUT_MS;
     c->head = method_is(req, "HEAD");
@@ -1016,7 +1231,7 @@ upstream_send(struct upstream_pool *p, const struct upstream_target *t,
     evtimer_assign(&c->deadline, p->base, deadline_cb, c);
     p->npending++;
 
-    if ((k = take_idle(h, !c->idempotent)) != NULL) {
+    if ((k = take_idle(h, !c->idempotent || c->wbody != NULL)) != NULL) {
         conn_attach(k, c);
         (void)conn_write(k);
     } else {
@@ -1026,6 +1241,82 @@ upstream_send(struct upstream_pool *p, const struct upstream_target *t,
     if (!TAILQ_EMPTY(&p->done))
         event_active(&p->kick, EV_TIMEOUT, 1);
     return c;
+}
+
+int
+upstream_write_body(struct upstream_call *c, const char *data, size_t len)
+{
+    struct conn *k = c->conn;
+
+    assert(c->wbody != NULL && !c->wended);
+    if (c->state == CALL_DONE)
+        return -1;
+    if (len > 0) {
+        switch (c->framing) {
+        case BODY_LENGTH:
+            assert(len <= c->wleft);
+            c->wleft -= len;
+            evbuffer_add(c->wbody, data, len);
+            break;
+        case BODY_CHUNKED:
+            evbuffer_add_printf(c->wbody, "%zx\r\n", len);
+            evbuffer_add(c->wbody, data, len);
+            evbuffer_add(c->wbody, "\r\n", 2);
+            break;
+        case BODY_RAW:
+            evbuffer_add(c->wbody, data, len);
+            break;
+        case BODY_NONE:
+            assert(0);
+            break;
+        }
+    }
+    /* Written from the loop: no callback can run from here. */
+    if (k != NULL && c->state == CALL_RUNNING)
+        want_write(k, 1);
+    if (evbuffer_get_length(c->wbody) >= BODY_WINDOW) {
+        c->wblocked = 1;
+        return 1;
+    }
+    return 0;
+}
+
+void
+upstream_end_body(struct upstream_call *c)
+{
+    assert(c->wbody != NULL);
+    if (c->wended || c->state == CALL_DONE)
+        return;
+    c->wended = 1;
+    if (c->framing == BODY_CHUNKED)
+        evbuffer_add(c->wbody, "0\r\n\r\n", 5);
+    if (c->conn != NULL && c->state == CALL_RUNNING)
+        want_write(c->conn, 1);
+}
+
+void
+upstream_resume(struct upstream_call *c)
+{
+    struct conn *k = c->conn;
+
+    if (!c->paused || c->state != CALL_RUNNING)
+        return;
+    c->paused = 0;
+    arm_idle(c);
+    if (k != NULL) {
+        event_add(&k->rd, NULL);
+        event_active(&k->rd, EV_READ, 1); /* what it holds goes on from the loop */
+    }
+}
+
+void
+upstream_set_timeout(struct upstream_call *c, uint64_t ms)
+{
+    c->timeout_ms = ms;
+    if (ms == 0)
+        evtimer_del(&c->deadline);
+    else if (c->state == CALL_RUNNING)
+        arm_idle(c);
 }
 
 void

@@ -12,7 +12,7 @@ struct event_base;
 
 struct upstream_pool_config {
     unsigned max_idle;         /* idle keep-alive connections kept per target; 0: 32 */
-    size_t max_response_bytes; /* body bytes buffered per answer; 0: 8 MiB */
+    size_t max_response_bytes; /* body bytes buffered per answer kept whole; 0: 8 MiB */
     uint64_t idle_timeout_ms;  /* an idle connection is closed after this; 0: 30 s */
 };
 
@@ -23,7 +23,10 @@ struct upstream_target {
     const char *host_header;     /* Host value to send; NULL: host[:port] */
     uint64_t connect_timeout_ms; /* from upstream_send to an established connection
                                     (name lookup included); 0: 5 s */
-    uint64_t timeout_ms;         /* from writing the request to the complete answer; 0: 30 s */
+    uint64_t timeout_ms;         /* from writing the request to the complete answer; 0: 30 s.
+                                    A pushed body counts from its last byte written; after
+                                    a streamed answer's head, between two moves (nothing
+                                    read or written for this long) */
 };
 
 /*
@@ -33,6 +36,32 @@ struct upstream_target {
  * It must not cancel its own call nor free the pool; it may send requests.
  */
 typedef void upstream_interim_fn(void *arg, const struct upstream_response *res);
+
+/*
+ * What a streamed call's head or body callback tells the pool to do next.
+ * UPSTREAM_BUFFER is for the head callback only.
+ */
+enum upstream_action {
+    UPSTREAM_GO = 0,  /* hand the body on in pieces as it arrives */
+    UPSTREAM_PAUSE,   /* the same, but read nothing more until upstream_resume() */
+    UPSTREAM_BUFFER,  /* keep the body whole (within upstream_request.max_body): `done` gets it,
+                         as for a call that is not streamed */
+    UPSTREAM_ABANDON, /* forget the call: its connection is closed, `done` is not called */
+};
+
+/*
+ * A streamed call's final answer head (res: status, fields, transfer codings,
+ * an empty body; valid during the call only). May not cancel the call or free
+ * the pool (return UPSTREAM_ABANDON instead); may push body bytes.
+ */
+typedef enum upstream_action upstream_head_fn(void *arg, const struct upstream_response *res);
+
+/* A piece of a streamed body, de-chunked (borrowed for the call). As upstream_head_fn, but
+ * UPSTREAM_BUFFER is UPSTREAM_GO. */
+typedef enum upstream_action upstream_body_fn(void *arg, const char *data, size_t len);
+
+/* The bytes pushed with upstream_write_body() fell below the window after it said to wait. */
+typedef void upstream_drain_fn(void *arg);
 
 /* One request. Everything is copied by upstream_send() (the callback pointer too). */
 struct upstream_request {
@@ -47,6 +76,32 @@ struct upstream_request {
     size_t body_len;
     upstream_interim_fn *interim; /* NULL: interim answers are skipped; else called with the
                                      `arg` given to upstream_send() */
+    /*
+     * A streamed answer: `head` (set) is called with the final head, then `on_body` with
+     * each piece unless the head callback said UPSTREAM_BUFFER, then `done` with an
+     * empty body (or the error, also after the head). Nothing is kept but the piece
+     * being read (at most 256 KiB) and there is no size limit.
+     */
+    upstream_head_fn *head;
+    upstream_body_fn *on_body;
+    size_t max_body; /* after UPSTREAM_BUFFER, the body kept whole is at most this (else
+                        UPSTREAM_TOO_LARGE); 0: the pool's max_response_bytes */
+    /*
+     * A pushed request body: `body` and body_len above are not used (but body_len
+     * for the length); its bytes are given with
+     * upstream_write_body() and ended with upstream_end_body(). Framed with
+     * Content-Length: body_len, or with body_chunked as chunked (RFC 9112 7.1). Such
+     * a call is never sent twice. `drain` (required) says when to push again.
+     */
+    int body_stream;
+    int body_chunked;
+    upstream_drain_fn *drain;
+    /*
+     * Asks to switch protocols (`headers` hold Upgrade and "Connection: Upgrade"; needs
+     * `head` and body_stream): a 101 is the final answer, and after it the bytes pushed
+     * go to the upstream raw and the body is every byte it sends until it closes.
+     */
+    int upgrade;
 };
 
 /* Called exactly once per upstream_send() unless cancelled; res is valid during the call only. */
@@ -95,6 +150,26 @@ void upstream_pool_free(struct upstream_pool *p);
 struct upstream_call *upstream_send(struct upstream_pool *p, const struct upstream_target *t,
                                     const struct upstream_request *req, upstream_done_fn *done,
                                     void *arg);
+
+/*
+ * Pushes len bytes of a call's request body (body_stream; copied). Returns
+ * 0 when more may be pushed at once, 1 when over the window (256 KiB waiting
+ * to be written): push again after `drain`; -1 when the call has been
+ * answered or failed (its done callback is coming: nothing more is sent).
+ * Never calls a callback itself. With a Content-Length, no more than it may
+ * be pushed in all.
+ */
+int upstream_write_body(struct upstream_call *c, const char *data, size_t len);
+
+/* Ends a call's pushed request body (the last chunk; after a 101, a half-close once written). */
+void upstream_end_body(struct upstream_call *c);
+
+/* A streamed call paused by UPSTREAM_PAUSE reads on: what it holds is handed on from the
+ * event loop (never before this returns). */
+void upstream_resume(struct upstream_call *c);
+
+/* Sets a streamed call's timeout between two moves (upstream_target.timeout_ms; 0: none). */
+void upstream_set_timeout(struct upstream_call *c, uint64_t ms);
 
 /*
  * Forgets a call: its done callback will not run. Its connection is closed,

@@ -9,7 +9,8 @@
 #include "http_parse.h"
 #include "util.h"
 
-#define READ_CHUNK 16384                                /* least room offered to a read */
+#define READ_CHUNK 16384   /* least room offered to a read */
+#define STREAM_CHUNK (256 * 1024) /* most room offered to a read of a streamed body */
 #define KEEP_BUF (UPSTREAM_MAX_HEAD_BYTES + READ_CHUNK) /* larger buffers are freed when idle */
 
 /* ---- small helpers ---- */
@@ -119,6 +120,9 @@ struct field_at {
 
 struct upstream_parser {
     int head_request;
+    int upgrade;     /* the request asked to switch protocols: a 101 is its final answer */
+    int report_head; /* feed returns UPSTREAM_PARSE_HEAD once the final head is complete */
+    int stream;      /* the body is handed out in pieces (upstream_parser_body), not kept */
     size_t max_body;
     int state;
     int started; /* a byte arrived since the last reset */
@@ -131,6 +135,9 @@ struct upstream_parser {
     size_t te_len, te_cap;
     int body_coded; /* the body is still in the codings of te */
     uint64_t content_length;
+    uint64_t taken;    /* stream: body bytes handed out so far (PS_LENGTH counts them) */
+    int head_told;     /* stream: UPSTREAM_PARSE_HEAD was returned for the final head */
+    int length_framed; /* the final answer's body is Content-Length bytes */
     struct field_at *at;
     size_t nat, at_cap;
     struct http_chunked chunk;
@@ -204,6 +211,12 @@ upstream_parser_reset(struct upstream_parser *ps, int head_request)
         ps->body_cap = 0;
     }
     ps->head_request = head_request;
+    ps->upgrade = 0;
+    ps->report_head = 0;
+    ps->stream = 0;
+    ps->taken = 0;
+    ps->head_told = 0;
+    ps->length_framed = 0;
     ps->state = PS_HEAD;
     ps->started = 0;
     ps->len = ps->scan = ps->head_len = 0;
@@ -502,6 +515,13 @@ parse_head(struct upstream_parser *ps, size_t end)
     }
 
     ps->keep_alive = ps->minor_version == 1 ? !conn_close : conn_keep && !conn_close;
+    if (ps->status == 101 && ps->upgrade) {
+        /* The protocol switched (RFC 9110 15.2.2): every byte after the head until the close is
+         * the new protocol's, whatever framing fields the head has. */
+        ps->state = PS_CLOSE;
+        ps->keep_alive = 0;
+        return 0;
+    }
     if (ps->status < 200)
         return 0;
     if (ps->head_request || ps->status == 204 || ps->status == 304) {
@@ -515,9 +535,10 @@ parse_head(struct upstream_parser *ps, size_t end)
         ps->keep_alive = 0;
         ps->body_coded = 1;
     } else if (has_length) {
-        if (ps->content_length > ps->max_body)
+        if (!ps->report_head && ps->content_length > ps->max_body)
             return ps_fail(ps, UPSTREAM_TOO_LARGE, "upstream answer larger than the limit");
         ps->state = PS_LENGTH;
+        ps->length_framed = 1;
     } else {
         ps->state = PS_CLOSE;
         ps->keep_alive = 0;
@@ -565,8 +586,9 @@ ps_done(struct upstream_parser *ps)
         ps->out_body_len = ps->body_len;
     } else if (ps->state == PS_LENGTH || ps->state == PS_CLOSE) {
         if (ps->state == PS_LENGTH) {
-            ps->trailing = body_len > ps->content_length;
-            body_len = (size_t)ps->content_length;
+            /* Streamed, what was handed out already is not in buf any more. */
+            ps->trailing = body_len > ps->content_length - ps->taken;
+            body_len = (size_t)(ps->content_length - ps->taken);
         }
         if (ps->head_len + body_len + 1 > ps->len)
             ps_reserve(ps, ps->head_len + body_len + 1 - ps->len, 1);
@@ -603,7 +625,7 @@ ps_advance(struct upstream_parser *ps)
             if (parse_head(ps, end) < 0)
                 return UPSTREAM_PARSE_ERROR;
             ps->head_len = end;
-            if (ps->status < 200) {
+            if (ps->status < 200 && !(ps->status == 101 && ps->upgrade)) {
                 /* 1xx: an interim answer; 101 would switch protocols we never asked for. */
                 if (ps->status == 101)
                     return ps_fail(ps, UPSTREAM_PROTOCOL, "unexpected 101 from upstream");
@@ -613,14 +635,23 @@ ps_advance(struct upstream_parser *ps)
                 ps_fields(ps);
                 return UPSTREAM_PARSE_INTERIM;
             }
+            if (ps->report_head) {
+                /* The caller chooses how the body is read (upstream_parser_body_mode), then
+                 * resumes. */
+                ps->head_told = 1;
+                ps->out_body = "";
+                ps->out_body_len = 0;
+                ps_fields(ps);
+                return UPSTREAM_PARSE_HEAD;
+            }
             break;
         }
         case PS_LENGTH:
-            if (ps->len - ps->head_len < ps->content_length)
+            if (ps->taken + (ps->len - ps->head_len) < ps->content_length)
                 return UPSTREAM_PARSE_MORE;
             return ps_done(ps);
         case PS_CLOSE:
-            if (ps->len - ps->head_len > ps->max_body)
+            if (!ps->stream && ps->len - ps->head_len > ps->max_body)
                 return ps_fail(ps, UPSTREAM_TOO_LARGE, "upstream answer larger than the limit");
             return UPSTREAM_PARSE_MORE;
         case PS_CHUNKED: {
@@ -640,7 +671,7 @@ ps_advance(struct upstream_parser *ps)
             ps->body_len += produced;
             /* Size first: whichever problem comes first in the bytes wins, however they were cut.
              */
-            if (ps->body_len > ps->max_body)
+            if (!ps->stream && ps->body_len > ps->max_body)
                 return ps_fail(ps, UPSTREAM_TOO_LARGE, "upstream answer larger than the limit");
             if (rc < 0)
                 return ps_fail(ps, UPSTREAM_PROTOCOL, "malformed chunked body from upstream");
@@ -666,12 +697,15 @@ upstream_parser_space(struct upstream_parser *ps, size_t *room)
 {
     assert(ps->state != PS_DONE && ps->state != PS_ERROR && ps->state != PS_INTERIM);
     if (ps->state == PS_LENGTH) {
-        /* Exactly the rest of the body, and the byte that terminates it. */
-        size_t rest = ps->head_len + (size_t)ps->content_length - ps->len;
+        /* Exactly the rest of the body (streamed: a piece of it at most), and the byte that
+         * terminates it. */
+        size_t rest = (size_t)(ps->content_length - ps->taken) - (ps->len - ps->head_len);
+        if (ps->stream && rest > STREAM_CHUNK)
+            rest = STREAM_CHUNK;
         ps_reserve(ps, rest + 1, 1);
         *room = rest;
     } else {
-        ps_reserve(ps, READ_CHUNK, 0);
+        ps_reserve(ps, ps->stream ? STREAM_CHUNK : READ_CHUNK, 0);
         *room = ps->cap - ps->len;
     }
     return ps->buf + ps->len;
@@ -693,7 +727,11 @@ upstream_parser_feed(struct upstream_parser *ps, size_t n)
 int
 upstream_parser_resume(struct upstream_parser *ps)
 {
-    assert(ps->state == PS_INTERIM);
+    if (ps->state != PS_INTERIM) {
+        /* After UPSTREAM_PARSE_HEAD: the bytes fed after the head are the body's. */
+        assert(ps->head_told);
+        return ps_advance(ps);
+    }
     memmove(ps->buf, ps->buf + ps->head_len, ps->len - ps->head_len);
     ps->len -= ps->head_len;
     ps->head_len = ps->scan = 0;
@@ -723,24 +761,82 @@ upstream_parser_eof(struct upstream_parser *ps)
 }
 
 void
+upstream_parser_options(struct upstream_parser *ps, unsigned flags)
+{
+    assert(!ps->started);
+    ps->report_head = (flags & UPSTREAM_PARSER_HEAD) != 0;
+    ps->upgrade = (flags & UPSTREAM_PARSER_UPGRADE) != 0;
+}
+
+int
+upstream_parser_body_mode(struct upstream_parser *ps, int stream, size_t max_body)
+{
+    assert(ps->head_told);
+    ps->stream = stream;
+    ps->max_body = max_body;
+    if (!stream && ps->state == PS_LENGTH && ps->content_length > max_body)
+        return ps_fail(ps, UPSTREAM_TOO_LARGE, "upstream answer larger than the limit");
+    return 0;
+}
+
+const char *
+upstream_parser_body(struct upstream_parser *ps, size_t *len)
+{
+    const char *p = "";
+    size_t n = 0;
+
+    if (ps->stream && ps->head_told) {
+        switch (ps->state) {
+        case PS_LENGTH:
+        case PS_CLOSE:
+            p = ps->buf + ps->head_len;
+            n = ps->len - ps->head_len;
+            ps->len = ps->head_len; /* the next read overwrites them */
+            break;
+        case PS_CHUNKED:
+            p = ps->body;
+            n = ps->body_len;
+            ps->body_len = 0;
+            break;
+        case PS_DONE:
+            p = ps->out_body;
+            n = ps->out_body_len;
+            ps->out_body_len = 0;
+            break;
+        default:
+            break;
+        }
+    }
+    ps->taken += n;
+    *len = n;
+    return n ? p : "";
+}
+
+void
 upstream_parser_response(struct upstream_parser *ps, struct upstream_response *res)
 {
     memset(res, 0, sizeof *res);
-    if (ps->state != PS_DONE && ps->state != PS_INTERIM) {
+    res->content_length = -1;
+    if (ps->state == PS_ERROR ||
+        (ps->state != PS_DONE && ps->state != PS_INTERIM && !ps->head_told)) {
         res->error = ps->state == PS_ERROR ? ps->error : UPSTREAM_PROTOCOL;
         res->detail = ps->state == PS_ERROR ? ps->detail : "incomplete upstream answer";
         res->body = "";
         return;
     }
+    if (ps->state != PS_INTERIM)
+        ps_fields(ps); /* buf may have moved since the head was parsed */
     res->error = UPSTREAM_OK;
     res->detail = "";
     res->status = ps->status;
+    res->content_length = ps->length_framed ? (int64_t)ps->content_length : -1;
     res->minor_version = ps->minor_version;
     res->fields = ps->fields;
     res->nfields = ps->nfields;
-    res->body = ps->out_body;
-    res->body_len = ps->out_body_len;
-    res->transfer_encoding = ps->state == PS_DONE && ps->body_coded ? ps->te : NULL;
+    res->body = ps->state == PS_DONE ? ps->out_body : "";
+    res->body_len = ps->state == PS_DONE ? ps->out_body_len : 0;
+    res->transfer_encoding =
+        (ps->state == PS_DONE || ps->head_told) && ps->body_coded ? ps->te : NULL;
 }
 
 int

@@ -52,6 +52,7 @@ struct upstream_response {
     size_t nfields;
     const char *body; /* de-chunked; NUL-terminated (not counted in body_len) */
     size_t body_len;
+    int64_t content_length; /* the body's Content-Length when it has one, else -1 */
     /*
      * NULL, or the transfer codings other than chunked that the answer's
      * Transfer-Encoding applied to its body ("gzip", "x-foo, br"; a final
@@ -116,6 +117,10 @@ enum upstream_parse_status {
     UPSTREAM_PARSE_DONE = 1,    /* a complete answer: see upstream_parser_response() */
     UPSTREAM_PARSE_INTERIM = 2, /* a complete interim (1xx) answer: see upstream_parser_response(),
                                    then upstream_parser_resume() */
+    UPSTREAM_PARSE_HEAD = 3,    /* with UPSTREAM_PARSER_HEAD: the final answer's head is complete:
+                                   see upstream_parser_response(), choose the body's reading
+                                   with upstream_parser_body_mode(), then
+                                   upstream_parser_resume() */
     UPSTREAM_PARSE_ERROR = -1   /* see upstream_parser_response() for the error and detail */
 };
 
@@ -126,6 +131,39 @@ struct upstream_parser;
  * was HEAD, so the answer has no body) keeping at most max_body body bytes.
  */
 struct upstream_parser *upstream_parser_new(int head_request, size_t max_body);
+
+/* Options of upstream_parser_options(). */
+#define UPSTREAM_PARSER_HEAD 1u /* report the final head (UPSTREAM_PARSE_HEAD) before the body */
+#define UPSTREAM_PARSER_UPGRADE                                                                    \
+    2u /* the request asked to switch protocols (Upgrade): a 101 is                                \
+          its final answer, whose body is every byte until the                                     \
+          close (RFC 9110 15.2.2); without it a 101 is an error */
+
+/*
+ * Sets the options (UPSTREAM_PARSER_*) for the answer to come, after
+ * upstream_parser_new() or upstream_parser_reset() (which clear them) and
+ * before the first byte is fed.
+ */
+void upstream_parser_options(struct upstream_parser *ps, unsigned flags);
+
+/*
+ * After UPSTREAM_PARSE_HEAD: how the body is read. stream: handed out in
+ * pieces by upstream_parser_body() as it is fed, never kept whole, without a
+ * size limit; else kept whole within max_body bytes, as without
+ * UPSTREAM_PARSER_HEAD. May be called again, from stream to kept whole, as
+ * long as no piece has been handed out. Returns 0, or UPSTREAM_PARSE_ERROR
+ * (sticking) when kept whole and the Content-Length already exceeds max_body.
+ */
+int upstream_parser_body_mode(struct upstream_parser *ps, int stream, size_t max_body);
+
+/*
+ * In stream mode: the body bytes (de-chunked) fed since the last call,
+ * borrowed until the next upstream_parser_space(), feed, reset or free; sets
+ * *len (0: none yet). Each byte is handed out once; after DONE this gives the
+ * last piece. Call it after every feed (and after resume) so that at most one
+ * read's worth is held.
+ */
+const char *upstream_parser_body(struct upstream_parser *ps, size_t *len);
 
 /* Frees ps and the answer it holds (NULL is allowed). */
 void upstream_parser_free(struct upstream_parser *ps);
@@ -151,6 +189,7 @@ int upstream_parser_feed(struct upstream_parser *ps, size_t n);
  * Goes on after an INTERIM result: drops that interim answer (its fields are
  * then gone) and parses the bytes already fed after it. Returns an enum
  * upstream_parse_status, INTERIM again when the next answer is interim too.
+ * After a HEAD result: parses the bytes fed after the head as the body's.
  */
 int upstream_parser_resume(struct upstream_parser *ps);
 
@@ -161,10 +200,11 @@ int upstream_parser_resume(struct upstream_parser *ps);
 int upstream_parser_eof(struct upstream_parser *ps);
 
 /*
- * Fills *res from a parser that returned DONE, INTERIM or ERROR (error,
+ * Fills *res from a parser that returned DONE, INTERIM, HEAD or ERROR (error,
  * detail, and on DONE the status, fields, body and transfer codings, on
- * INTERIM the status and fields with an empty body), borrowed from the parser
- * until its next reset, resume or free.
+ * INTERIM the status and fields with an empty body, on HEAD and after it the
+ * final answer's status, fields and transfer codings with an empty body),
+ * borrowed from the parser until its next reset, resume, feed or free.
  */
 void upstream_parser_response(struct upstream_parser *ps, struct upstream_response *res);
 

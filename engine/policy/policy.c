@@ -512,6 +512,7 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
         e->ttl_origin = field_bool(L, "ttl_origin");
         e->override = field_bool(L, "override");
         e->keep_ms = (uint64_t)field_int(L, "keep_ms", 0);
+        e->cache_max_size = (size_t)field_int(L, "max_size", 0);
         lua_getfield(L, -1, "targeted");
         size_t nt = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
         e->targeted = xcalloc(nt ? nt : 1, sizeof(char *));

@@ -120,15 +120,17 @@ struct policy_endpoint {
     /* cache */
     bool cached;
     bool shared;
-    bool anonymous_share; /* cache.anonymous = "share": a caller who lacks a caller variable of
-                             the key uses the entry the key expands to without it; by default
-                             such a request bypasses the cache */
-    uint64_t ttl_ms;      /* the policy's TTL; 0 with ttl_origin */
-    bool ttl_origin;      /* ttl = "origin": freshness only from the upstream's answer */
-    bool override;        /* override = true: ttl_ms whatever the answer says */
-    uint64_t keep_ms;     /* an upstream's answer with a validator is kept this long past its
-                             freshness, to be revalidated instead of fetched again */
-    char **targeted;      /* RFC 9213 targeted fields read before Cache-Control, lowercased */
+    bool anonymous_share;  /* cache.anonymous = "share": a caller who lacks a caller variable
+                              of the key uses the entry the key expands to without it; by
+                              default such a request bypasses the cache */
+    uint64_t ttl_ms;       /* the policy's TTL; 0 with ttl_origin */
+    bool ttl_origin;       /* ttl = "origin": freshness only from the upstream's answer */
+    bool override;         /* override = true: ttl_ms whatever the answer says */
+    uint64_t keep_ms;      /* an upstream's answer with a validator is kept this long past its
+                              freshness, to be revalidated instead of fetched again */
+    size_t cache_max_size; /* cache.max_size: an upstream's answer larger is streamed and not
+                              stored; 0: the server's --cache-max-size */
+    char **targeted;       /* RFC 9213 targeted fields read before Cache-Control, lowercased */
     size_t ntargeted;
     struct template *cache_key;
     struct template **tags;

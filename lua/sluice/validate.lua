@@ -28,6 +28,10 @@ M.MAX_PARAMS = 16
 M.MAX_LIMITS = 8 -- limits (in the main set and in a tenant's override)
 M.MAX_TAGS = 16 -- cache.tags, and invalidate templates
 M.MAX_ARGS = 32 -- SQL arguments (args, and tier.args of the identity block)
+-- cache.max_size: sizes as bytes (a whole number) or text with a unit of 1024 ("512k", "1m", "2g").
+M.MAX_CACHE_SIZE = 1024 * 1024 * 1024
+local SIZE_UNITS = { [""] = 1, b = 1, k = 1024, kb = 1024, kib = 1024, m = 1048576, mb = 1048576,
+  mib = 1048576, g = 1073741824, gb = 1073741824, gib = 1073741824 }
 
 local function set_of(list)
   local s = {}
@@ -231,6 +235,31 @@ function Check:duration(v, field, required, allow_zero, example)
     return nil
   end
   return ms
+end
+
+-- Checks a size (bytes, or text such as "512k", "1m"); returns the bytes (1 to MAX_CACHE_SIZE),
+-- or nil.
+function Check:size(v, field)
+  local n
+  if math.type(v) == "integer" then
+    n = v
+  elseif type(v) == "string" then
+    local digits, unit = v:match("^(%d+)%s*(%a*)$")
+    local per = digits and SIZE_UNITS[unit:lower()]
+    if not per or #digits > 12 then
+      self:err(field, "bad size " .. quote(v) .. ' (use e.g. "512k", "1m", or a number of bytes)')
+      return nil
+    end
+    n = math.tointeger(tonumber(digits)) * per
+  else
+    self:err(field, 'expected a size such as "1m", got ' .. describe(v))
+    return nil
+  end
+  if n < 1 or n > M.MAX_CACHE_SIZE then
+    self:err(field, "size " .. (type(v) == "string" and quote(v) or tostring(v)) .. " out of range (1 byte to 1g)")
+    return nil
+  end
+  return n
 end
 
 -- Checks one template; returns its source and its variables, or nil.
@@ -997,7 +1026,7 @@ local ENDPOINT_FIELDS = {
   "sql", "args", "one", "upstream", "body", "status", "content_type", "cache", "limit", "invalidate",
 }
 local CACHE_FIELDS = { "ttl", "key", "tags", "shared", "stale_while_revalidate", "stale_if_error", "warm",
-  "override", "keep", "targeted", "anonymous" }
+  "override", "keep", "targeted", "anonymous", "max_size" }
 M.DEFAULT_KEEP_MS = 3600000 -- how long past its freshness an entry with a validator is kept to revalidate
 M.DEFAULT_TARGETED = { "CDN-Cache-Control" } -- RFC 9213 targeted fields the cache reads, in order
 local WARM_FIELDS = { "user", "tenant" }
@@ -1410,6 +1439,14 @@ local function endpoint_decl(c, decl, f, env)
       end
       if (cache.override ~= nil or cache.keep ~= nil or cache.targeted ~= nil) and source ~= "upstream" then
         c:err("cache", "override, keep and targeted read an upstream's answer; this endpoint has no upstream")
+      end
+      if cache.max_size ~= nil then
+        if source ~= "upstream" then
+          c:err("cache.max_size", "bounds an upstream's answers (larger ones are streamed, not stored);"
+            .. " this endpoint has no upstream")
+        else
+          out.max_size = c:size(cache.max_size, "cache.max_size")
+        end
       end
       out.shared = c:boolean(cache.shared, "cache.shared", false)
       local key_vars

@@ -220,6 +220,20 @@ endpoint "GET /api/dashboard" {
       assert.are.same({ callers = { { user = "1" }, { user = "2" } } }, e.cache.warm)
     end)
 
+    it("cache.max_size in bytes or with a unit of 1024", function()
+      local function size_of(v)
+        return endpoint_of('endpoint "GET /f" { upstream = "app", cache = { ttl = "1m", key = "f:{user}", max_size = '
+          .. v .. ' } }').cache.max_size
+      end
+      assert.are.same(1048576, size_of('"1m"'))
+      assert.are.same(524288, size_of('"512k"'))
+      assert.are.same(2048, size_of('"2KiB"'))
+      assert.are.same(1073741824, size_of('"1g"'))
+      assert.are.same(4096, size_of("4096"))
+      assert.is_nil(endpoint_of('endpoint "GET /f" { upstream = "app", cache = { ttl = "1m", key = "f:{user}" } }')
+        .cache.max_size)
+    end)
+
     it("warming from a query", function()
       local e = endpoint_of([[
 endpoint "GET /api/dashboard" {
@@ -653,6 +667,23 @@ endpoint "GET /x" {
         't.lua:1: endpoint "GET /x": args[1] "{body.name}": {body.name}: GET requests have no body'
         .. ' (only POST, PUT, PATCH and DELETE endpoints can use {body.NAME})')
       assert.is_table(endpoint_of([[endpoint "DELETE /x" { sql = "SELECT $1", args = { "{body.reason}" } }]]))
+    end)
+
+    it("bad cache.max_size, and one on an endpoint without an upstream", function()
+      fails_after_prelude([[endpoint "GET /x" {
+  upstream = "app",
+  cache = { ttl = "1m", key = "x:{user}", max_size = "1 megabyte" },
+}]],
+        't.lua:1: endpoint "GET /x": cache.max_size: bad size "1 megabyte" (use e.g. "512k", "1m", or a number of bytes)')
+      fails_after_prelude([[endpoint "GET /x" { upstream = "app", cache = { ttl = "1m", key = "x:{user}", max_size = "2g" } }]],
+        't.lua:1: endpoint "GET /x": cache.max_size: size "2g" out of range (1 byte to 1g)')
+      fails_after_prelude([[endpoint "GET /x" { upstream = "app", cache = { ttl = "1m", key = "x:{user}", max_size = 0 } }]],
+        't.lua:1: endpoint "GET /x": cache.max_size: size 0 out of range (1 byte to 1g)')
+      fails_after_prelude([[endpoint "GET /x" { upstream = "app", cache = { ttl = "1m", key = "x:{user}", max_size = true } }]],
+        't.lua:1: endpoint "GET /x": cache.max_size: expected a size such as "1m", got boolean true')
+      fails_after_prelude([[endpoint "GET /x" { body = "x", cache = { ttl = "1m", key = "x:{user}", max_size = "1m" } }]],
+        't.lua:1: endpoint "GET /x": cache.max_size: bounds an upstream\'s answers (larger ones are streamed, not stored);'
+        .. ' this endpoint has no upstream')
     end)
 
     it("stale and warm fields outside cache, and bad warm lists", function()

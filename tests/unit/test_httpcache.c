@@ -195,7 +195,7 @@ test_rfc9111_3_other_statuses_not_stored(void **state)
     assert_not_storable(JUDGE(500, "Cache-Control: s-maxage=60"), "status");
 }
 
-/* The gateway's own limit on what it keeps: HTTPCACHE_MAX_BODY. */
+/* The gateway's own limit on what it keeps: HTTPCACHE_MAX_BODY, unless the policy says. */
 static void
 test_policy_body_size_limit(void **state)
 {
@@ -206,6 +206,15 @@ test_policy_body_size_limit(void **state)
         judge_full(&ttl_policy, 200, HTTPCACHE_MAX_BODY + 1, NOW_MS, NOW_MS, NULL, 0),
         "body too large");
     assert_not_storable(judge_full(&ttl_policy, 200, (size_t)-1, NOW_MS, NOW_MS, NULL, 0),
+                        "body too large");
+    /* cache.max_size (or --cache-max-size) sets it, smaller or larger. */
+    struct httpcache_policy small = ttl_policy, large = ttl_policy;
+    small.max_body = 4096;
+    large.max_body = 8u << 20;
+    assert_storable(judge_full(&small, 200, 4096, NOW_MS, NOW_MS, NULL, 0), TTL);
+    assert_not_storable(judge_full(&small, 200, 4097, NOW_MS, NOW_MS, NULL, 0), "body too large");
+    assert_storable(judge_full(&large, 200, HTTPCACHE_MAX_BODY + 1, NOW_MS, NOW_MS, NULL, 0), TTL);
+    assert_not_storable(judge_full(&large, 200, (8u << 20) + 1, NOW_MS, NOW_MS, NULL, 0),
                         "body too large");
 }
 

@@ -2467,6 +2467,299 @@ test_lookup_cancel_and_free(void **state)
     sleep_ms(100);
 }
 
+/* ---- streamed answers and pushed bodies ---- */
+
+/*
+ * Feeds s in pieces of `piece` bytes (0: at once) to a parser reporting heads (and more
+ * flags), streaming the body (its keep-whole limit is 16 bytes: streaming has none), taking
+ * the body after every feed into got; then EOF when eof. Returns the last status; *status
+ * gets the head's.
+ */
+static int
+parse_streamed(const char *s, size_t n, size_t piece, unsigned flags, int eof, struct sbuf *got,
+               int *status)
+{
+    struct upstream_parser *ps = upstream_parser_new(0, 16);
+    int rc = UPSTREAM_PARSE_MORE, heads = 0;
+    size_t off = 0, len;
+    const char *b;
+
+    upstream_parser_options(ps, UPSTREAM_PARSER_HEAD | flags);
+    while (off < n && rc == UPSTREAM_PARSE_MORE) {
+        size_t room, k;
+        char *space = upstream_parser_space(ps, &room);
+        assert_true(room > 0 && room <= 256 * 1024);
+        k = n - off;
+        if (piece && k > piece)
+            k = piece;
+        if (k > room)
+            k = room;
+        memcpy(space, s + off, k);
+        off += k;
+        rc = upstream_parser_feed(ps, k);
+        if (rc == UPSTREAM_PARSE_HEAD) {
+            struct upstream_response res;
+            upstream_parser_response(ps, &res);
+            assert_int_equal(res.body_len, 0);
+            *status = res.status;
+            heads++;
+            assert_int_equal(upstream_parser_body_mode(ps, 1, 0), 0);
+            rc = upstream_parser_resume(ps);
+        }
+        b = upstream_parser_body(ps, &len);
+        sbuf_add(got, b, len);
+    }
+    if (rc == UPSTREAM_PARSE_MORE && eof) {
+        rc = upstream_parser_eof(ps);
+        b = upstream_parser_body(ps, &len);
+        sbuf_add(got, b, len);
+    }
+    if (rc == UPSTREAM_PARSE_DONE)
+        assert_int_equal(heads, 1);
+    upstream_parser_free(ps);
+    return rc;
+}
+
+static void
+test_parser_streams_bodies_past_the_limit_in_pieces(void **state)
+{
+    struct sbuf a = {0}, c = {0}, body = {0};
+    (void)state;
+    for (size_t i = 0; i < 200000; i++)
+        sbuf_add(&body, &"0123456789abcdefghij"[i % 20], 1);
+    sbuf_printf(&a, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", body.len);
+    sbuf_add(&a, body.p, body.len);
+    sbuf_adds(&c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for (size_t off = 0; off < body.len; off += 7000) {
+        size_t k = body.len - off < 7000 ? body.len - off : 7000;
+        sbuf_printf(&c, "%zx\r\n", k);
+        sbuf_add(&c, body.p + off, k);
+        sbuf_adds(&c, "\r\n");
+    }
+    sbuf_adds(&c, "0\r\n\r\n");
+    for (size_t piece = 0; piece <= 3001; piece += 3001) {
+        for (int framing = 0; framing < 2; framing++) {
+            struct sbuf got = {0};
+            int status = 0;
+            const struct sbuf *in = framing ? &c : &a;
+            assert_int_equal(parse_streamed(in->p, in->len, piece, 0, 0, &got, &status),
+                             UPSTREAM_PARSE_DONE);
+            assert_int_equal(status, 200);
+            assert_int_equal(got.len, body.len);
+            assert_memory_equal(got.p, body.p, body.len);
+            sbuf_free(&got);
+        }
+    }
+    sbuf_free(&a);
+    sbuf_free(&c);
+    sbuf_free(&body);
+}
+
+/* RFC 9110 15.2.2, RFC 6455 4.1: asked for an upgrade, a 101 is the final answer and every
+ * byte after its head, until the close, is the new protocol's. */
+static void
+test_rfc9110_15_2_2_parser_upgrade_101_then_raw_bytes(void **state)
+{
+    static const char s[] = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                            "Connection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\n"
+                            "\x81\x05hello\x81\x03 HTTP/1.1 200 OK\r\n\r\n";
+    struct sbuf got = {0};
+    int status = 0;
+    (void)state;
+    assert_int_equal(parse_streamed(s, sizeof s - 1, 5, UPSTREAM_PARSER_UPGRADE, 1, &got, &status),
+                     UPSTREAM_PARSE_DONE);
+    assert_int_equal(status, 101);
+    assert_mem(got.p, got.len, "\x81\x05hello\x81\x03 HTTP/1.1 200 OK\r\n\r\n");
+    sbuf_free(&got);
+    /* Not asked for: still a malformed answer. */
+    status = 0;
+    assert_int_equal(parse_streamed(s, sizeof s - 1, 0, 0, 1, &got, &status), UPSTREAM_PARSE_ERROR);
+    sbuf_free(&got);
+}
+
+/* After the head, a body may still be kept whole, within its limit. */
+static void
+test_parser_head_then_kept_whole(void **state)
+{
+    static const char s[] = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"e\"\r\n\r\nhello";
+    (void)state;
+    for (size_t max = 4; max <= 5; max++) {
+        struct upstream_parser *ps = upstream_parser_new(0, 1024);
+        struct upstream_response res;
+        size_t room;
+        char *space;
+        int rc;
+        upstream_parser_options(ps, UPSTREAM_PARSER_HEAD);
+        space = upstream_parser_space(ps, &room);
+        memcpy(space, s, sizeof s - 1);
+        assert_int_equal(upstream_parser_feed(ps, sizeof s - 1), UPSTREAM_PARSE_HEAD);
+        upstream_parser_response(ps, &res);
+        assert_int_equal(res.content_length, 5);
+        assert_string_equal(upstream_response_field(&res, "etag"), "\"e\"");
+        rc = upstream_parser_body_mode(ps, 0, max);
+        if (max == 4) {
+            assert_int_equal(rc, UPSTREAM_PARSE_ERROR);
+            upstream_parser_response(ps, &res);
+            assert_int_equal(res.error, UPSTREAM_TOO_LARGE);
+        } else {
+            assert_int_equal(upstream_parser_resume(ps), UPSTREAM_PARSE_DONE);
+            upstream_parser_response(ps, &res);
+            assert_mem(res.body, res.body_len, "hello");
+            assert_true(upstream_parser_reusable(ps));
+        }
+        upstream_parser_free(ps);
+    }
+}
+
+/* What a streamed call's callbacks saw. */
+struct streamed {
+    struct result r; /* first: on_done takes it */
+    struct sbuf got;
+    int heads, pieces, status;
+    int pause_at_head, pause_every; /* pause there, resumed 20 ms later */
+    struct upstream_call *call;
+    struct event *resume;
+    struct fixture *f;
+    size_t push_left; /* a pushed body still to push */
+    int drains;
+};
+
+static void
+resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct streamed *st = arg;
+    (void)fd;
+    (void)what;
+    upstream_resume(st->call);
+}
+
+static enum upstream_action
+paused_for_a_while(struct streamed *st)
+{
+    struct timeval tv = {0, 20000};
+    if (!st->resume)
+        st->resume = evtimer_new(st->f->l.base, resume_cb, st);
+    evtimer_add(st->resume, &tv);
+    return UPSTREAM_PAUSE;
+}
+
+static enum upstream_action
+st_head(void *arg, const struct upstream_response *res)
+{
+    struct streamed *st = arg;
+    st->heads++;
+    st->status = res->status;
+    return st->pause_at_head ? paused_for_a_while(st) : UPSTREAM_GO;
+}
+
+static enum upstream_action
+st_body(void *arg, const char *data, size_t len)
+{
+    struct streamed *st = arg;
+    assert_true(len > 0 && len <= 256 * 1024);
+    sbuf_add(&st->got, data, len);
+    st->pieces++;
+    if (st->pause_every && st->pieces % st->pause_every == 0)
+        return paused_for_a_while(st);
+    return UPSTREAM_GO;
+}
+
+static void
+test_streamed_answer_in_pieces_paused_and_resumed(void **state)
+{
+    struct sbuf reply = {0};
+    size_t n = 2 << 20;
+    struct fixture f = {.o.piece = 256 * 1024};
+    struct streamed st = {.pause_at_head = 1, .pause_every = 3, .f = &f};
+    struct upstream_request req = request("GET", "/s");
+    (void)state;
+
+    sbuf_printf(&reply, "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n", n);
+    for (size_t i = 0; i < n; i++)
+        sbuf_add(&reply, &"abcdefgh"[i % 8], 1);
+    fixture_start(&f, reply.p, reply.len, 2000);
+    req.head = st_head;
+    req.on_body = st_body;
+    st.r.loop = &f.l;
+    f.l.remaining++;
+    st.call = upstream_send(f.p, &f.t, &req, on_done, &st);
+    assert_non_null(st.call);
+    loop_run(&f.l, 10000);
+    assert_int_equal(st.r.n, 1);
+    assert_int_equal(st.r.error, UPSTREAM_OK);
+    assert_int_equal(st.r.body_len, 0); /* handed out in pieces, none kept */
+    assert_int_equal(st.heads, 1);
+    assert_int_equal(st.status, 200);
+    assert_true(st.pieces > 3);
+    assert_int_equal(st.got.len, n);
+    assert_memory_equal(st.got.p, reply.p + reply.len - n, n);
+    /* The answer was whole: its connection is kept. */
+    assert_int_equal(upstream_pool_idle(f.p), 1);
+    event_free(st.resume);
+    fixture_stop(&f);
+    result_free(&st.r);
+    sbuf_free(&st.got);
+    sbuf_free(&reply);
+}
+
+static void
+push_some(struct streamed *st)
+{
+    static char block[40000];
+    memset(block, 'p', sizeof block);
+    while (st->push_left > 0) {
+        size_t k = st->push_left < sizeof block ? st->push_left : sizeof block;
+        int w = upstream_write_body(st->call, block, k);
+        st->push_left -= k;
+        assert_true(w >= 0);
+        if (w > 0)
+            return; /* over the window: wait for the drain */
+    }
+    upstream_end_body(st->call);
+}
+
+static void
+st_drain(void *arg)
+{
+    struct streamed *st = arg;
+    st->drains++;
+    push_some(st);
+}
+
+static void
+test_pushed_body_waits_for_a_slow_upstream(void **state)
+{
+    static const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    size_t n = 3 << 20;
+    struct fixture f = {.o.read_delay_ms = 100};
+    struct streamed st = {.f = &f, .push_left = n};
+    struct upstream_request req = request("PUT", "/up");
+    (void)state;
+
+    fixture_start(&f, LIT(reply), 5000);
+    req.head = st_head;
+    req.on_body = st_body;
+    req.body_stream = 1;
+    req.body_len = n;
+    req.drain = st_drain;
+    st.r.loop = &f.l;
+    f.l.remaining++;
+    st.call = upstream_send(f.p, &f.t, &req, on_done, &st);
+    assert_non_null(st.call);
+    push_some(&st);
+    assert_true(st.push_left > 0); /* the window is full before the upstream reads */
+    loop_run(&f.l, 10000);
+    assert_int_equal(st.r.error, UPSTREAM_OK);
+    assert_int_equal(st.status, 200);
+    assert_mem(st.got.p, st.got.len, "ok");
+    assert_true(st.drains > 0);
+    assert_int_equal(st.push_left, 0);
+    assert_true(f.o.last_total > n); /* its head and the whole body */
+    fixture_stop(&f);
+    result_free(&st.r);
+    sbuf_free(&st.got);
+}
+
 int
 main(void)
 {
@@ -2526,6 +2819,11 @@ main(void)
         cmocka_unit_test(test_ipv6_literal),
         cmocka_unit_test(test_cancel_answered_call),
         cmocka_unit_test(test_lookup_cancel_and_free),
+        cmocka_unit_test(test_parser_streams_bodies_past_the_limit_in_pieces),
+        cmocka_unit_test(test_rfc9110_15_2_2_parser_upgrade_101_then_raw_bytes),
+        cmocka_unit_test(test_parser_head_then_kept_whole),
+        cmocka_unit_test(test_streamed_answer_in_pieces_paused_and_resumed),
+        cmocka_unit_test(test_pushed_body_waits_for_a_slow_upstream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -153,6 +153,7 @@ function sql(query, ...) end
 ---@field keep? sluice.Duration upstream: kept past freshness for revalidation (default "1h")
 ---@field targeted? string[] upstream: targeted cache-control fields read, first found wins
 ---@field anonymous? "bypass"|"share" callers who lack what the key names bypass the cache (default), or share the entry
+---@field max_size? integer|string upstream: the largest answer stored, bytes or "512k", "1m", "1g" (default --cache-max-size, 1 MiB); larger ones are streamed, not stored
 
 ---@class sluice.Limit
 ---@field limit integer requests per window
