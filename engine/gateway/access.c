@@ -50,7 +50,7 @@ gw_access_sampled(const char *id, size_t len, double sample)
  * no call per token, and every string through jsonstr_write(). Fixed text of
  * a line (names, numbers, the time, the cache kind) stays below LINE_FIXED.
  */
-#define LINE_FIXED 640
+#define LINE_FIXED 768
 
 static char *
 put(char *o, const char *s, size_t n)
@@ -152,6 +152,11 @@ gw_access_format(struct sbuf *b, const struct gw_access_record *r, uint64_t now_
     o = put_str(o, r->tier, tier_len);
     o = PUT(o, ",\"tenant\":");
     o = put_str(o, r->tenant, r->tenant_len);
+    /* Static words, never a credential: the caller's source, and a refusal's reason. */
+    o = PUT(o, ",\"identity\":");
+    o = r->identity ? put_strz(o, r->identity) : PUT(o, "null");
+    o = PUT(o, ",\"identity_refused\":");
+    o = r->identity_refused ? put_strz(o, r->identity_refused) : PUT(o, "null");
     o = PUT(o, ",\"limit\":");
     if (r->limit) {
         o = PUT(o, "{\"policy\":");

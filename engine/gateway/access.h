@@ -35,6 +35,9 @@ struct gw_access_record {
     const char *user, *tenant; /* user_len and tenant_len bytes */
     size_t user_len, tenant_len;
     const char *tier;
+    const char *identity; /* what identified the caller: "anonymous", "header", "jwt", "api_key"
+                             (static; NULL: not known, e.g. an unmatched path) */
+    const char *identity_refused; /* why its credential was refused (static), or NULL */
     const char *limit; /* the deciding limit's policy name, NULL when none */
     uint64_t limit_remaining;
     bool limit_shadow;                /* that limit is in shadow mode */

@@ -211,6 +211,8 @@ access_record(const struct gw_req *rq, uint64_t body_len, uint64_t now_us,
         .origin = rq->origin_timed,
         .origin_us = rq->origin_time_us,
         .client = rq->sr->ip,
+        .identity = gw_id_source_names[rq->id_source],
+        .identity_refused = rq->id_refusal,
         .bytes = rq->sr->http.method == HTTP_HEAD ? 0 : body_len,
     };
 }

@@ -40,8 +40,8 @@ endpoint "GET /down" { upstream = "down" }
 HEX_ID = re.compile(r"^[0-9a-f]{16}$")
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 FIELDS = {"ts", "request_id", "method", "path", "query", "route", "status", "cache", "user",
-          "tier", "tenant", "limit", "shadow_denied", "duration_ms", "origin_ms", "bytes",
-          "client"}
+          "tier", "tenant", "identity", "identity_refused", "limit", "shadow_denied",
+          "duration_ms", "origin_ms", "bytes", "client"}
 
 
 def policy_dir(**subs):
@@ -158,6 +158,10 @@ class Lines(AccessCase):
                                                     503, 502, 400])
         self.assertEqual([l["user"] for l in L[:7]], ["alice"] * 4 + ["bob", "carol", "carol"])
         self.assertEqual([l["tier"] for l in L[:7]], ["free"] * 4 + ["gold", "free", "free"])
+        # Callers named by the (trusted) headers; paths no route has: no identity at all.
+        self.assertEqual([l["identity"] for l in L[:7]], ["header"] * 7)
+        self.assertEqual([l["identity"] for l in L[7:9]], [None, None])
+        self.assertEqual({l["identity_refused"] for l in L}, {None})
         self.assertEqual([l["limit"] for l in L[:5]], [
             {"policy": "free", "remaining": r, "mode": "enforce"} for r in (2, 1, 0, 0)] + [
             {"policy": "gold", "remaining": 99, "mode": "enforce"}])

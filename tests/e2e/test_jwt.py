@@ -126,7 +126,18 @@ class JwtCase(SluiceTestCase):
             f.write(POLICY % {"iss": ISS, "aud": AUD, "origin": cls.origin.url,
                               "required": cls.REQUIRED})
         write_jwks(cls.dir, cls.keys.jwks())
-        cls.s = cls.start(cls.dir)
+        cls.access = os.path.join(cls.dir, "access.log")
+        cls.s = cls.start(cls.dir, args=["--access-log", cls.access])
+
+    def access_lines(self, request_ids, timeout=5):
+        """The access log's lines of the given request ids (the writer flushes every 200 ms)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.access) as f:
+                by_id = {l["request_id"]: l for l in map(json.loads, f)}
+            if all(i in by_id for i in request_ids) or time.monotonic() > deadline:
+                return [by_id.get(i) for i in request_ids]
+            time.sleep(0.05)
 
     def token(self, sub, alg="RS256", headers=None, **kw):
         key, kid = self.keys.by_alg[alg]
@@ -322,6 +333,22 @@ class VerifiedTokens(JwtCase):
 
 
 class ExplainAndMetrics(JwtCase):
+    def test_the_access_log_names_the_source_and_a_refusals_reason_never_the_token(self):
+        good = self.token("log1", "EdDSA")
+        expired = self.token("log2", exp=int(time.time()) - 3600)
+        ids = []
+        for t in (good, expired, None):
+            st, h, _ = self.get(t)
+            ids.append(h["x-request-id"])
+        lines = self.access_lines(ids)
+        self.assertEqual([(l["status"], l["identity"], l["user"]) for l in lines],
+                         [(200, "jwt", "log1"), (401, "jwt", None), (401, "anonymous", None)])
+        self.assertIsNone(lines[0]["identity_refused"])
+        self.assertIsNotNone(lines[1]["identity_refused"])
+        with open(self.access) as f:
+            text = f.read()
+        for t in (good, expired):
+            self.assertNotIn(t.split(".")[2], text)  # no signature, no token
     def explain(self, token):
         r = subprocess.run([lib.BIN, "explain", "-H", "Authorization: Bearer " + token, self.dir,
                             "GET /me"], capture_output=True, text=True, timeout=20)
