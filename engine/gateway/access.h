@@ -38,7 +38,7 @@ struct gw_access_record {
     const char *identity; /* what identified the caller: "anonymous", "header", "jwt", "api_key"
                              (static; NULL: not known, e.g. an unmatched path) */
     const char *identity_refused; /* why its credential was refused (static), or NULL */
-    const char *limit; /* the deciding limit's policy name, NULL when none */
+    const char *limit;            /* the deciding limit's policy name, NULL when none */
     uint64_t limit_remaining;
     bool limit_shadow;                /* that limit is in shadow mode */
     const char *const *shadow_denied; /* the shadow limits that would have refused */
