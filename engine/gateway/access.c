@@ -152,11 +152,6 @@ gw_access_format(struct sbuf *b, const struct gw_access_record *r, uint64_t now_
     o = put_str(o, r->tier, tier_len);
     o = PUT(o, ",\"tenant\":");
     o = put_str(o, r->tenant, r->tenant_len);
-    /* Static words, never a credential: the caller's source, and a refusal's reason. */
-    o = PUT(o, ",\"identity\":");
-    o = r->identity ? put_strz(o, r->identity) : PUT(o, "null");
-    o = PUT(o, ",\"identity_refused\":");
-    o = r->identity_refused ? put_strz(o, r->identity_refused) : PUT(o, "null");
     o = PUT(o, ",\"limit\":");
     if (r->limit) {
         o = PUT(o, "{\"policy\":");
@@ -173,7 +168,12 @@ gw_access_format(struct sbuf *b, const struct gw_access_record *r, uint64_t now_
             *o++ = ',';
         o = put_strz(o, r->shadow_denied[i]);
     }
-    o = PUT(o, "],\"duration_ms\":");
+    /* Static words, never a credential: the caller's source, and a refusal's reason. */
+    o = PUT(o, "],\"identity\":");
+    o = r->identity ? put_strz(o, r->identity) : PUT(o, "null");
+    o = PUT(o, ",\"identity_refused\":");
+    o = r->identity_refused ? put_strz(o, r->identity_refused) : PUT(o, "null");
+    o = PUT(o, ",\"duration_ms\":");
     o = put_ms(o, r->duration_us);
     o = PUT(o, ",\"origin_ms\":");
     o = r->origin ? put_ms(o, r->origin_us) : PUT(o, "null");

@@ -87,6 +87,8 @@ test_a_line_has_every_field(void **state)
         .origin = true,
         .origin_us = 2001,
         .client = "10.0.0.1",
+        .identity = "jwt",
+        .identity_refused = NULL,
         .bytes = 1024,
     };
     struct sbuf b = {0};
@@ -115,7 +117,9 @@ test_a_line_has_every_field(void **state)
     assert_true(json_real_value(json_object_get(o, "origin_ms")) == 2.001);
     assert_int_equal(json_integer_value(json_object_get(o, "bytes")), 1024);
     assert_string_equal(str(o, "client"), "10.0.0.1");
-    assert_int_equal(json_object_size(o), 17);
+    assert_string_equal(str(o, "identity"), "jwt");
+    assert_true(json_is_null(json_object_get(o, "identity_refused")));
+    assert_int_equal(json_object_size(o), 19);
     json_decref(o);
     sbuf_free(&b);
 }
