@@ -169,9 +169,16 @@ function Check:missing(field, example)
   self.failed = true
 end
 
+-- The set of each list of allowed names, made once per list.
+local allowed_sets = setmetatable({}, { __mode = "k" })
+
 -- Reports every key of t outside `allowed` (an array of names).
 function Check:only(t, allowed, prefix)
-  local ok = set_of(allowed)
+  local ok = allowed_sets[allowed]
+  if not ok then
+    ok = set_of(allowed)
+    allowed_sets[allowed] = ok
+  end
   for _, k in ipairs(sorted_keys(t)) do
     if type(k) ~= "string" then
       self:err(prefix, "unexpected list item " .. describe(t[k]) .. " (fields are written name = value)")
@@ -317,14 +324,10 @@ local function check_name(c, name, what)
   return true
 end
 
+-- The first byte of s a route may not hold (controls, space, '#', DEL and above), or nil.
 local function bad_route_char(s)
-  for i = 1, #s do
-    local b = s:byte(i)
-    if b <= 0x20 or b >= 0x7f or b == 35 --[[ # ]] then
-      return b
-    end
-  end
-  return nil
+  local i = s:find("[%z\1- #\127-\255]")
+  return i and s:byte(i)
 end
 
 -- Parses "GET /api/users/{id}?type=x". Returns { method, path, pins, params
@@ -387,7 +390,7 @@ function M.parse_route(name)
           .. " mixes text with '{', '}' or '*' (parameters are whole segments \"{name}\","
           .. " '*' a whole last segment)"
       end
-      if seg:gsub("%%%x%x", ""):find("%", 1, true) then
+      if seg:find("%", 1, true) and seg:gsub("%%%x%x", ""):find("%", 1, true) then
         return nil, "path " .. quote(path) .. ": bad percent-encoding in segment " .. quote(seg)
       end
       shape[#shape + 1] = seg
