@@ -1169,34 +1169,43 @@ function M.secret_fields(id)
   return out
 end
 
--- The template options for request templates of an endpoint.
-local function request_opts(env, route)
-  local allowed = {}
-  for k in pairs(template.REQUEST) do
-    allowed[k] = true
+-- Why a request template may not use a variable kind, or nil.
+local function refuse_request_var(kind)
+  if kind == "row" then
+    return "is only available in on_change"
+  elseif kind == "user" then
+    return "needs an identity block that declares a user (identity { user = header \"X-User-Id\" })"
+  elseif kind == "tenant" then
+    return "needs an identity block that declares a tenant (identity { tenant = header \"X-Tenant-Id\" })"
+  elseif kind == "claim" then
+    return "needs an identity block with a credential (identity { jwt = { keys = \"jwks.json\" }, ... })"
   end
-  if env.known then
-    if not (env.identity and env.identity.user) then allowed.user = nil end
-    if not (env.identity and env.identity.tenant) then allowed.tenant = nil end
-    if not (env.identity and (env.identity.jwt or env.identity.api_key)) then allowed.claim = nil end
+  return nil
+end
+
+-- The template options for request templates of an endpoint. What they allow and keep out
+-- depends on env only: it is made once per env (env.request_allowed, env.request_secrets).
+local function request_opts(env, route)
+  local allowed = env.request_allowed
+  if not allowed then
+    allowed = {}
+    for k in pairs(template.REQUEST) do
+      allowed[k] = true
+    end
+    if env.known then
+      if not (env.identity and env.identity.user) then allowed.user = nil end
+      if not (env.identity and env.identity.tenant) then allowed.tenant = nil end
+      if not (env.identity and (env.identity.jwt or env.identity.api_key)) then allowed.claim = nil end
+    end
+    env.request_allowed = allowed
+    env.request_secrets = env.identity and M.secret_fields(env.identity) or false
   end
   return {
     allowed = allowed,
     params = route.param_set,
     method = route.method,
-    refuse = function(kind)
-      if kind == "row" then
-        return "is only available in on_change"
-      elseif kind == "user" then
-        return "needs an identity block that declares a user (identity { user = header \"X-User-Id\" })"
-      elseif kind == "tenant" then
-        return "needs an identity block that declares a tenant (identity { tenant = header \"X-Tenant-Id\" })"
-      elseif kind == "claim" then
-        return "needs an identity block with a credential (identity { jwt = { keys = \"jwks.json\" }, ... })"
-      end
-      return nil
-    end,
-    secrets = env.identity and M.secret_fields(env.identity),
+    refuse = refuse_request_var,
+    secrets = env.request_secrets or nil,
   }
 end
 
