@@ -308,6 +308,7 @@ static void *
 watch_main(void *arg)
 {
     struct reloader *r = arg;
+    pthread_setname_np(pthread_self(), "sluice-reload"); /* for top -H, perf, bench/routing.sh */
     event_base_dispatch(r->base);
     return NULL;
 }
