@@ -703,6 +703,15 @@ out:
     return p;
 }
 
+int
+policy_release_if_last(struct policy *p)
+{
+    if (__atomic_load_n(&p->refs, __ATOMIC_ACQUIRE) != 1)
+        return 0;
+    policy_release(p);
+    return 1;
+}
+
 void
 policy_ref(struct policy *p)
 {

@@ -239,6 +239,14 @@ void policy_ref(struct policy *p);
 /* Drops one reference to p; the last one frees it. NULL is a no-op. Thread-safe. */
 void policy_release(struct policy *p);
 
+/*
+ * Drops the caller's reference to p and frees p when it is the last one, returning 1; while
+ * others hold p, does nothing and returns 0 (the caller keeps its reference). Only for a
+ * snapshot nobody can take a new reference to (no longer serving): then 1 means freed here,
+ * on the caller's thread.
+ */
+int policy_release_if_last(struct policy *p);
+
 /* Returns the tier named `name` (len bytes) of p, or NULL; borrowed from p. */
 const struct policy_tier *policy_tier_find(const struct policy *p, const char *name, size_t len);
 
