@@ -343,8 +343,11 @@ function M.parse_route(name)
     end
     return nil, "unknown method " .. quote(method) .. " (use GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, or * for any method)"
   end
-  local path, query = target:match("^([^?]*)%?(.*)$")
-  path = path or target
+  local path, query = target, nil
+  local qmark = target:find("?", 1, true)
+  if qmark then
+    path, query = target:sub(1, qmark - 1), target:sub(qmark + 1)
+  end
   if path:sub(1, 1) ~= "/" then
     return nil, "path " .. quote(path) .. ' must start with "/"'
   end
@@ -367,7 +370,7 @@ function M.parse_route(name)
       end
       shape[#shape + 1] = "*"
     elseif seg:sub(1, 1) == "{" then
-      local p = seg:match("^{(.*)}$")
+      local p = #seg >= 2 and seg:sub(-1) == "}" and seg:sub(2, -2) or nil
       if not p then
         return nil, "path " .. quote(path) .. ": parameter " .. quote(seg) .. " must be a whole segment \"{name}\""
       end
@@ -385,7 +388,7 @@ function M.parse_route(name)
       param_set[p] = true
       shape[#shape + 1] = "{}"
     else
-      if seg:find("[{}*]") then
+      if seg:find("{", 1, true) or seg:find("}", 1, true) or seg:find("*", 1, true) then
         return nil, "path " .. quote(path) .. ": segment " .. quote(seg)
           .. " mixes text with '{', '}' or '*' (parameters are whole segments \"{name}\","
           .. " '*' a whole last segment)"
