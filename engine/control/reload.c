@@ -110,7 +110,8 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
     char *errs = NULL;
     struct policy *cur = gateway_policy(r->g); /* only reloads change it: they are serialized */
     uint64_t gen = cur->generation + 1;
-    struct policy *p = policy_load(r->dir, gen, cur, &errs);
+    struct policy_leftover *rest;
+    struct policy *p = policy_load_then(r->dir, gen, cur, &errs, &rest);
     /* Status waits for the publication and its record, never for the load. */
     pthread_mutex_lock(&r->lock);
     r->last_time = time(NULL);
@@ -146,6 +147,7 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
         event_active(r->ev_refresh, EV_TIMEOUT, 0); /* its key files may be in new directories */
     policy_release(p);
     policy_release(cur);
+    policy_leftover_free(rest); /* once the new generation serves */
     if (errors)
         *errors = errs;
     else

@@ -233,6 +233,20 @@ struct policy {
 struct policy *policy_load(const char *dir, uint64_t generation, const struct policy *prev,
                            char **errors);
 
+struct policy_leftover;
+
+/*
+ * As policy_load, but leaves to the caller what is left to free of the load (the loader's Lua
+ * state: tens of megabytes for thousands of endpoints, the last seventh of the work), so that
+ * the snapshot can be published first. *rest is set to a new object (or NULL) that the caller
+ * passes to policy_leftover_free(), whether the load succeeded or not.
+ */
+struct policy *policy_load_then(const char *dir, uint64_t generation, const struct policy *prev,
+                                char **errors, struct policy_leftover **rest);
+
+/* Frees what policy_load_then() left; NULL is a no-op. */
+void policy_leftover_free(struct policy_leftover *rest);
+
 /* Takes one more reference to p. Thread-safe. */
 void policy_ref(struct policy *p);
 

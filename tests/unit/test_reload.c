@@ -127,12 +127,54 @@ test_release_if_last(void **state)
     rmdir(dir);
 }
 
+/* policy_load_then leaves the loader to its caller, loaded or not, and nothing when nothing
+ * was read (the sanitizer build checks that each is freed once). */
+static void
+test_load_then_leaves_the_loader_to_free(void **state)
+{
+    char *errs = NULL, path[128];
+    struct policy_leftover *rest = NULL;
+
+    (void)state;
+    snprintf(dir, sizeof(dir), "/tmp/sluice-reload-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    write_policy(10);
+    struct policy *p = policy_load_then(dir, 1, NULL, &errs, &rest);
+    assert_non_null(p);
+    assert_null(errs);
+    assert_non_null(rest);
+    policy_release(p);
+    policy_leftover_free(rest);
+
+    snprintf(path, sizeof(path), "%s/00-main.lua", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("endpoint \"GET /x\" {\n", f);
+    fclose(f);
+    p = policy_load_then(dir, 1, NULL, &errs, &rest);
+    assert_null(p);
+    assert_non_null(strstr(errs, "00-main.lua:"));
+    assert_non_null(rest);
+    free(errs);
+    policy_leftover_free(rest);
+
+    unlink(path);
+    rmdir(dir);
+    p = policy_load_then(dir, 1, NULL, &errs, &rest);
+    assert_null(p);
+    assert_non_null(strstr(errs, "cannot open policy directory"));
+    assert_null(rest);
+    free(errs);
+    policy_leftover_free(NULL);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_the_reloader_lets_go_of_old_generations),
         cmocka_unit_test(test_release_if_last),
+        cmocka_unit_test(test_load_then_leaves_the_loader_to_free),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
