@@ -26,6 +26,9 @@
     (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_DELETE_SELF |       \
      IN_ATTRIB)
 
+#define RETIRED_MAX 16
+#define SWEEP_MS 100 /* how often the watcher frees retired snapshots nobody holds any more */
+
 struct reloader {
     char *dir;
     struct gateway *g;
@@ -38,6 +41,13 @@ struct reloader {
     int last_ok;
     char *last_error; /* of the last failed reload; kept until a reload succeeds */
 
+    /* Snapshots that served before, each with a reference of ours, kept until ours is the
+     * last: freeing a snapshot of thousands of endpoints takes as many free() calls, which must
+     * not run on a worker between two requests (nor contend there with a reload that
+     * allocates). Guarded by load_lock. */
+    struct policy *retired[RETIRED_MAX];
+    size_t nretired;
+
     /* watcher */
     int ifd, wd_dir, wd_tenants;
     struct key_dir {
@@ -46,7 +56,7 @@ struct reloader {
     } * key_dirs;   /* the watcher thread's own */
     size_t nkey_dirs;
     struct event_base *base;
-    struct event *ev_inotify, *ev_debounce, *ev_stop, *ev_refresh;
+    struct event *ev_inotify, *ev_debounce, *ev_stop, *ev_refresh, *ev_sweep;
     struct timeval debounce;
     pthread_t thread;
     int watching;
@@ -67,6 +77,32 @@ reloader_new(const char *dir, struct gateway *g)
     return r;
 }
 
+/* Frees the retired snapshots that nobody else holds any more. Called with load_lock held. */
+static void
+sweep_retired(struct reloader *r)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < r->nretired; i++)
+        if (!policy_release_if_last(r->retired[i]))
+            r->retired[kept++] = r->retired[i];
+    r->nretired = kept;
+}
+
+/* Keeps our reference to p, which no longer serves, until it is the last one (sweep_retired).
+ * Called with load_lock held. */
+static void
+retire(struct reloader *r, struct policy *p)
+{
+    if (r->nretired == RETIRED_MAX) {
+        /* Held for long (a request that takes minutes): its last holder frees it. */
+        policy_release(r->retired[0]);
+        memmove(r->retired, r->retired + 1, (RETIRED_MAX - 1) * sizeof(*r->retired));
+        r->nretired--;
+    }
+    r->retired[r->nretired++] = p;
+    sweep_retired(r);
+}
+
 int
 reloader_reload(struct reloader *r, const char *trigger, char **errors)
 {
@@ -74,7 +110,8 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
     char *errs = NULL;
     struct policy *cur = gateway_policy(r->g); /* only reloads change it: they are serialized */
     uint64_t gen = cur->generation + 1;
-    struct policy *p = policy_load(r->dir, gen, cur, &errs);
+    struct policy_leftover *rest;
+    struct policy *p = policy_load_then(r->dir, gen, cur, &errs, &rest);
     /* Status waits for the publication and its record, never for the load. */
     pthread_mutex_lock(&r->lock);
     r->last_time = time(NULL);
@@ -84,6 +121,8 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
     int rc = 0;
     if (p) {
         gateway_set_policy(r->g, p);
+        retire(r, cur);
+        cur = NULL;
         r->last_ok = 1;
         free(r->last_error);
         r->last_error = NULL;
@@ -108,6 +147,7 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
         event_active(r->ev_refresh, EV_TIMEOUT, 0); /* its key files may be in new directories */
     policy_release(p);
     policy_release(cur);
+    policy_leftover_free(rest); /* once the new generation serves */
     if (errors)
         *errors = errs;
     else
@@ -298,6 +338,16 @@ on_inotify(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
+on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    struct reloader *r = arg;
+    if (pthread_mutex_trylock(&r->load_lock) != 0)
+        return; /* a reload runs: it sweeps when it is done */
+    sweep_retired(r);
+    pthread_mutex_unlock(&r->load_lock);
+}
+
+static void
 on_stop(evutil_socket_t fd, short what, void *arg)
 {
     struct reloader *r = arg;
@@ -308,6 +358,7 @@ static void *
 watch_main(void *arg)
 {
     struct reloader *r = arg;
+    pthread_setname_np(pthread_self(), "sluice-reload"); /* for top -H, perf, bench/routing.sh */
     event_base_dispatch(r->base);
     return NULL;
 }
@@ -335,7 +386,10 @@ reloader_watch(struct reloader *r, uint64_t debounce_ms, char *err, size_t errle
     r->ev_debounce = evtimer_new(r->base, on_debounce, r);
     r->ev_stop = event_new(r->base, -1, 0, on_stop, r);
     r->ev_refresh = event_new(r->base, -1, 0, on_refresh, r);
+    r->ev_sweep = event_new(r->base, -1, EV_PERSIST, on_sweep, r);
     event_add(r->ev_inotify, NULL);
+    struct timeval sweep = {0, SWEEP_MS * 1000};
+    event_add(r->ev_sweep, &sweep);
     watch_key_dirs(r);
     if (pthread_create(&r->thread, NULL, watch_main, r) != 0) {
         snprintf(err, errlen, "cannot start the watcher thread");
@@ -359,8 +413,11 @@ reloader_free(struct reloader *r)
         event_free(r->ev_debounce);
         event_free(r->ev_stop);
         event_free(r->ev_refresh);
+        event_free(r->ev_sweep);
         event_base_free(r->base);
     }
+    for (size_t i = 0; i < r->nretired; i++)
+        policy_release(r->retired[i]);
     if (r->ifd >= 0)
         close(r->ifd);
     for (size_t k = 0; k < r->nkey_dirs; k++)

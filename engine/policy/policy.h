@@ -233,11 +233,33 @@ struct policy {
 struct policy *policy_load(const char *dir, uint64_t generation, const struct policy *prev,
                            char **errors);
 
+struct policy_leftover;
+
+/*
+ * As policy_load, but leaves to the caller what is left to free of the load (the loader's Lua
+ * state: tens of megabytes for thousands of endpoints, the last seventh of the work), so that
+ * the snapshot can be published first. *rest is set to a new object (or NULL) that the caller
+ * passes to policy_leftover_free(), whether the load succeeded or not.
+ */
+struct policy *policy_load_then(const char *dir, uint64_t generation, const struct policy *prev,
+                                char **errors, struct policy_leftover **rest);
+
+/* Frees what policy_load_then() left; NULL is a no-op. */
+void policy_leftover_free(struct policy_leftover *rest);
+
 /* Takes one more reference to p. Thread-safe. */
 void policy_ref(struct policy *p);
 
 /* Drops one reference to p; the last one frees it. NULL is a no-op. Thread-safe. */
 void policy_release(struct policy *p);
+
+/*
+ * Drops the caller's reference to p and frees p when it is the last one, returning 1; while
+ * others hold p, does nothing and returns 0 (the caller keeps its reference). Only for a
+ * snapshot nobody can take a new reference to (no longer serving): then 1 means freed here,
+ * on the caller's thread.
+ */
+int policy_release_if_last(struct policy *p);
 
 /* Returns the tier named `name` (len bytes) of p, or NULL; borrowed from p. */
 const struct policy_tier *policy_tier_find(const struct policy *p, const char *name, size_t len);

@@ -86,6 +86,10 @@ function M.env(names)
   })
 end
 
+-- The source of each function seen by M.line: asked once per function, so that a
+-- declaration costs a lookup per level rather than the source and short_src of each.
+local source_of = setmetatable({}, { __mode = "k" })
+
 -- Returns the current line of the innermost running function loaded from
 -- `chunkname` ("@policies/10-tiers.lua") on `co` (or the running thread),
 -- starting the search at `level`; nil when none runs.
@@ -94,12 +98,17 @@ function M.line(chunkname, co, level)
   while true do
     local info
     if co then
-      info = debug.getinfo(co, level, "Sl")
+      info = debug.getinfo(co, level, "fl")
     else
-      info = debug.getinfo(level + 1, "Sl")
+      info = debug.getinfo(level + 1, "fl")
     end
     if not info then return nil end
-    if info.source == chunkname and info.currentline and info.currentline > 0 then
+    local source = source_of[info.func]
+    if source == nil then
+      source = debug.getinfo(info.func, "S").source
+      source_of[info.func] = source
+    end
+    if source == chunkname and info.currentline and info.currentline > 0 then
       return info.currentline
     end
     level = level + 1

@@ -51,16 +51,21 @@ local function names_of(list)
   return names
 end
 
+-- The same text for two routes that differ only in the order of their pins.
+local function pins_key(method, path, pins)
+  local list = {}
+  for _, p in ipairs(pins) do
+    list[#list + 1] = p.name .. "=" .. p.value
+  end
+  table.sort(list)
+  return method .. " " .. path .. "?" .. table.concat(list, "&")
+end
+
 -- The same text for two names of one route ("GET /x?b=2&a=1", "GET /x?a=1&b=2").
 local function route_key(name)
   local route = validate.parse_route(name)
   if not route then return name end
-  local pins = {}
-  for _, p in ipairs(route.pins) do
-    pins[#pins + 1] = p.name .. "=" .. p.value
-  end
-  table.sort(pins)
-  return route.method .. " " .. route.path .. "?" .. table.concat(pins, "&")
+  return pins_key(route.method, route.path, route.pins)
 end
 
 -- tier "free" { limit = 500 }: the main tier with some fields replaced.
@@ -94,12 +99,24 @@ local function tier_override(c, d, f, base)
   return t
 end
 
+-- The index of each endpoint of a main set by its route's key, made once per main set: a
+-- tenant file checked against 10,000 endpoints finds each of its own in one lookup.
+local endpoint_index = setmetatable({}, { __mode = "k" })
+
 -- The endpoint of the main set that `route` names, and its index.
 local function find_endpoint(main, route)
-  for i, e in ipairs(main.endpoints) do
-    if e.method == route.method and e.path == route.path and validate.same_pins(e.pins, route.pins) then
-      return e, i
+  local index = endpoint_index[main]
+  if not index then
+    index = {}
+    for i, e in ipairs(main.endpoints) do
+      local k = pins_key(e.method, e.path, e.pins)
+      index[k] = index[k] or i
     end
+    endpoint_index[main] = index
+  end
+  local i = index[pins_key(route.method, route.path, route.pins)]
+  if i then
+    return main.endpoints[i], i
   end
   return nil
 end

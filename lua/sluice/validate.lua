@@ -169,9 +169,16 @@ function Check:missing(field, example)
   self.failed = true
 end
 
+-- The set of each list of allowed names, made once per list.
+local allowed_sets = setmetatable({}, { __mode = "k" })
+
 -- Reports every key of t outside `allowed` (an array of names).
 function Check:only(t, allowed, prefix)
-  local ok = set_of(allowed)
+  local ok = allowed_sets[allowed]
+  if not ok then
+    ok = set_of(allowed)
+    allowed_sets[allowed] = ok
+  end
   for _, k in ipairs(sorted_keys(t)) do
     if type(k) ~= "string" then
       self:err(prefix, "unexpected list item " .. describe(t[k]) .. " (fields are written name = value)")
@@ -317,14 +324,10 @@ local function check_name(c, name, what)
   return true
 end
 
+-- The first byte of s a route may not hold (controls, space, '#', DEL and above), or nil.
 local function bad_route_char(s)
-  for i = 1, #s do
-    local b = s:byte(i)
-    if b <= 0x20 or b >= 0x7f or b == 35 --[[ # ]] then
-      return b
-    end
-  end
-  return nil
+  local i = s:find("[%z\1- #\127-\255]")
+  return i and s:byte(i)
 end
 
 -- Parses "GET /api/users/{id}?type=x". Returns { method, path, pins, params
@@ -340,8 +343,11 @@ function M.parse_route(name)
     end
     return nil, "unknown method " .. quote(method) .. " (use GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, or * for any method)"
   end
-  local path, query = target:match("^([^?]*)%?(.*)$")
-  path = path or target
+  local path, query = target, nil
+  local qmark = target:find("?", 1, true)
+  if qmark then
+    path, query = target:sub(1, qmark - 1), target:sub(qmark + 1)
+  end
   if path:sub(1, 1) ~= "/" then
     return nil, "path " .. quote(path) .. ' must start with "/"'
   end
@@ -364,7 +370,7 @@ function M.parse_route(name)
       end
       shape[#shape + 1] = "*"
     elseif seg:sub(1, 1) == "{" then
-      local p = seg:match("^{(.*)}$")
+      local p = #seg >= 2 and seg:sub(-1) == "}" and seg:sub(2, -2) or nil
       if not p then
         return nil, "path " .. quote(path) .. ": parameter " .. quote(seg) .. " must be a whole segment \"{name}\""
       end
@@ -382,12 +388,12 @@ function M.parse_route(name)
       param_set[p] = true
       shape[#shape + 1] = "{}"
     else
-      if seg:find("[{}*]") then
+      if seg:find("{", 1, true) or seg:find("}", 1, true) or seg:find("*", 1, true) then
         return nil, "path " .. quote(path) .. ": segment " .. quote(seg)
           .. " mixes text with '{', '}' or '*' (parameters are whole segments \"{name}\","
           .. " '*' a whole last segment)"
       end
-      if seg:gsub("%%%x%x", ""):find("%", 1, true) then
+      if seg:find("%", 1, true) and seg:gsub("%%%x%x", ""):find("%", 1, true) then
         return nil, "path " .. quote(path) .. ": bad percent-encoding in segment " .. quote(seg)
       end
       shape[#shape + 1] = seg
@@ -447,13 +453,100 @@ local function same_pins(a, b)
   return true
 end
 
--- True when one query string could satisfy both pin sets.
-local function pins_compatible(a, b)
-  local m = pin_map(a)
-  for _, p in ipairs(b) do
-    if m[p.name] ~= nil and m[p.name] ~= p.value then return false end
+--[[
+The routes declared so far, indexed to find the first one a new route
+conflicts with: same method, same shape, as many pins, and pins one query
+could satisfy both of (equal pins: a duplicate; others: an ambiguity). Only
+routes in one bucket (method, shape, number of pins) can conflict. In a
+bucket, the routes that pin the same names form a group; two routes of one
+group conflict only when they pin the same values (a lookup), a route of
+another group when it pins the same values on the names both pin, which a
+lookup by those values finds too (an index per group and set of shared
+names, built when first needed and kept up to date). So a route costs a few
+lookups per group of its bucket: groups are few (the distinct sets of pinned
+names on one path and method), and the search stops at groups that begin
+after the earliest conflict found.
+]]
+local function route_index()
+  return {}
+end
+
+-- The values `map` (pin name -> value) holds for `names`, as one key.
+local function values_key(map, names)
+  local vals = {}
+  for i, n in ipairs(names) do
+    vals[i] = map[n]
   end
-  return true
+  return table.concat(vals, "\0") -- names and values hold no byte below 0x21
+end
+
+-- The earliest entry of group g that pins the values `map` holds on the names
+-- g shares with it, or nil.
+local function earliest_compatible(g, map)
+  local shared = {}
+  for _, n in ipairs(g.names) do
+    if map[n] ~= nil then shared[#shared + 1] = n end
+  end
+  if #shared == 0 then
+    return g.entries[1]
+  end
+  local skey = table.concat(shared, "\0")
+  local idx = g.by_shared[skey]
+  if not idx then
+    idx = { names = shared, first = {} }
+    for _, e in ipairs(g.entries) do
+      local k = values_key(e.map, shared)
+      idx.first[k] = idx.first[k] or e
+    end
+    g.by_shared[skey] = idx
+  end
+  return idx.first[values_key(map, shared)]
+end
+
+-- Adds `entry` ({ route = parsed route, order = N, ... }, N growing) to the
+-- index; returns the earliest entry already there that it conflicts with, or nil.
+local function index_route(index, entry)
+  local route = entry.route
+  local map, names = {}, {}
+  for i, p in ipairs(route.pins) do
+    map[p.name] = p.value
+    names[i] = p.name
+  end
+  table.sort(names)
+  entry.map = map
+  local bkey = route.method .. " " .. #names .. " " .. route.shape
+  local bucket = index[bkey]
+  if not bucket then
+    bucket = { groups = {}, list = {} }
+    index[bkey] = bucket
+  end
+  local gkey = table.concat(names, "\0")
+  local vkey = values_key(map, names)
+  local group = bucket.groups[gkey]
+  local best = group and group.by_values[vkey]
+  for _, g in ipairs(bucket.list) do -- in the order of their first entries
+    if best and g.entries[1].order > best.order then
+      break
+    end
+    if g ~= group then
+      local e = earliest_compatible(g, map)
+      if e and (not best or e.order < best.order) then
+        best = e
+      end
+    end
+  end
+  if not group then
+    group = { names = names, entries = {}, by_values = {}, by_shared = {} }
+    bucket.groups[gkey] = group
+    bucket.list[#bucket.list + 1] = group
+  end
+  group.entries[#group.entries + 1] = entry
+  group.by_values[vkey] = group.by_values[vkey] or entry
+  for _, idx in pairs(group.by_shared) do
+    local k = values_key(map, idx.names)
+    idx.first[k] = idx.first[k] or entry
+  end
+  return best
 end
 
 ---------------------------------------------------------------------------
@@ -1079,34 +1172,43 @@ function M.secret_fields(id)
   return out
 end
 
--- The template options for request templates of an endpoint.
-local function request_opts(env, route)
-  local allowed = {}
-  for k in pairs(template.REQUEST) do
-    allowed[k] = true
+-- Why a request template may not use a variable kind, or nil.
+local function refuse_request_var(kind)
+  if kind == "row" then
+    return "is only available in on_change"
+  elseif kind == "user" then
+    return "needs an identity block that declares a user (identity { user = header \"X-User-Id\" })"
+  elseif kind == "tenant" then
+    return "needs an identity block that declares a tenant (identity { tenant = header \"X-Tenant-Id\" })"
+  elseif kind == "claim" then
+    return "needs an identity block with a credential (identity { jwt = { keys = \"jwks.json\" }, ... })"
   end
-  if env.known then
-    if not (env.identity and env.identity.user) then allowed.user = nil end
-    if not (env.identity and env.identity.tenant) then allowed.tenant = nil end
-    if not (env.identity and (env.identity.jwt or env.identity.api_key)) then allowed.claim = nil end
+  return nil
+end
+
+-- The template options for request templates of an endpoint. What they allow and keep out
+-- depends on env only: it is made once per env (env.request_allowed, env.request_secrets).
+local function request_opts(env, route)
+  local allowed = env.request_allowed
+  if not allowed then
+    allowed = {}
+    for k in pairs(template.REQUEST) do
+      allowed[k] = true
+    end
+    if env.known then
+      if not (env.identity and env.identity.user) then allowed.user = nil end
+      if not (env.identity and env.identity.tenant) then allowed.tenant = nil end
+      if not (env.identity and (env.identity.jwt or env.identity.api_key)) then allowed.claim = nil end
+    end
+    env.request_allowed = allowed
+    env.request_secrets = env.identity and M.secret_fields(env.identity) or false
   end
   return {
     allowed = allowed,
     params = route.param_set,
     method = route.method,
-    refuse = function(kind)
-      if kind == "row" then
-        return "is only available in on_change"
-      elseif kind == "user" then
-        return "needs an identity block that declares a user (identity { user = header \"X-User-Id\" })"
-      elseif kind == "tenant" then
-        return "needs an identity block that declares a tenant (identity { tenant = header \"X-Tenant-Id\" })"
-      elseif kind == "claim" then
-        return "needs an identity block with a credential (identity { jwt = { keys = \"jwks.json\" }, ... })"
-      end
-      return nil
-    end,
-    secrets = env.identity and M.secret_fields(env.identity),
+    refuse = refuse_request_var,
+    secrets = env.request_secrets or nil,
   }
 end
 
@@ -1641,26 +1743,21 @@ function M.build(files, decls, report, complete)
   end
 
   local env = { known = complete, identity = set.identity }
-  local routes = {}
+  local routes = route_index()
+  local nroutes = 0
   local limit_keys = {}
   for _, d in ipairs(by_kind.endpoint) do
     local c = checker(report, d, WHAT.endpoint(d))
     local e, route = endpoint_decl(c, d, d.fields, env)
     if e then
-      for _, other in ipairs(routes) do
-        local o = other.route
-        if o.method == route.method and o.shape == route.shape then
-          if same_pins(o.pins, route.pins) then
-            c:err(nil, "is already declared at " .. where(other.decl))
-            break
-          elseif #o.pins == #route.pins and pins_compatible(o.pins, route.pins) then
-            c:err(nil, "is ambiguous with " .. quote(other.name) .. " (" .. where(other.decl)
-              .. "): one request can match both; pin the same query parameters on both")
-            break
-          end
-        end
+      nroutes = nroutes + 1
+      local other = index_route(routes, { route = route, decl = d, name = e.name, order = nroutes })
+      if other and same_pins(other.route.pins, route.pins) then
+        c:err(nil, "is already declared at " .. where(other.decl))
+      elseif other then
+        c:err(nil, "is ambiguous with " .. quote(other.name) .. " (" .. where(other.decl)
+          .. "): one request can match both; pin the same query parameters on both")
       end
-      routes[#routes + 1] = { route = route, decl = d, name = e.name }
       if complete then
         if e.upstream and not upstreams[e.upstream] then
           local names = {}
@@ -1733,7 +1830,6 @@ M.check_algorithm = check_algorithm
 M.check_mode = check_mode
 M.check_limits = check_limits
 M.request_opts = request_opts
-M.same_pins = same_pins
 M.NAME_PATTERN = NAME_PATTERN
 M.TIER_FIELDS = TIER_FIELDS
 M.ENDPOINT_FIELDS = ENDPOINT_FIELDS

@@ -102,6 +102,29 @@ endpoint "GET /reports/{name}" {
       }, t.endpoints)
     end)
 
+    it("overrides of 1,000 endpoints among 10,000, each by its own index", function()
+      local main, mine = { MAIN }, {}
+      for i = 1, 10000 do
+        main[#main + 1] = ('endpoint "GET /r%d/{id}?v=%d&w=x" { body = "{}", limit = "tier" }'):format(i, i % 3)
+      end
+      for i = 10, 10000, 10 do -- pins in the other order
+        mine[#mine + 1] = ('endpoint "GET /r%d/{id}?w=x&v=%d" { limit = { limit = %d, window = "1m" } }')
+          :format(i, i % 3, i)
+      end
+      local set, errs = dsl.load({ main_file(table.concat(main, "\n")),
+        tenant_file("acme", table.concat(mine, "\n")) })
+      assert(set, table.concat(errs or {}, "\n"))
+      assert.are.same({}, set.tenant_errors)
+      local t = set.tenants[1]
+      assert.are.equal(1000, #t.endpoints)
+      for j, o in ipairs(t.endpoints) do
+        local i = j * 10
+        assert.are.equal(3 + i, o.index) -- after MAIN's three endpoints
+        assert.are.equal(set.endpoints[o.index].name, o.name)
+        assert.are.equal(i, o.limits[1].limit)
+      end
+    end)
+
     it("hooks by name and line, and keeps the source", function()
       local src = [[
 hook "a" { adjust = function(req, d) d.cost = 2 end }

@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "router.h"
@@ -617,6 +618,529 @@ test_no_query(void **state)
     router_free(NULL);
 }
 
+/* ---- trie walks: answers a walk that stops at the first leaf it reaches would get wrong --- */
+
+static void
+test_literal_dead_end_falls_back(void **state)
+{
+    struct router *r = router_new();
+    struct router_match m;
+
+    (void)state;
+    add_ok(r, "GET", "/a/b/c", &d[0]);
+    add_ok(r, "GET", "/{x}/b/d", &d[1]);
+    add_ok(r, "GET", "/{x}/*", &d[2]);
+    add_ok(r, "GET", "/k/{y}/c", &d[3]);
+    add_ok(r, "GET", "/k/*", &d[4]);
+    add_ok(r, "GET", "/n/{y}", &d[5]);
+    add_ok(r, "GET", "/n/*", &d[6]);
+
+    /* The literal branch a/b has no "d": back up to {x}, whose b/d matches. */
+    assert_int_equal(match(r, "GET", "/a/b/d", &m), ROUTER_FOUND);
+    assert_ptr_equal(m.data, &d[1]);
+    assert_int_equal(m.nparams, 1);
+    assert_string_equal(m.params[0].name, "x");
+    assert_memory_equal(m.params[0].value, "a", 1);
+    /* Neither a/b/... nor {x}/b/... has "e": the wildcard under {x} answers. */
+    assert_int_equal(match(r, "GET", "/a/b/e", &m), ROUTER_FOUND);
+    assert_ptr_equal(m.data, &d[2]);
+    assert_int_equal(m.nparams, 2);
+    assert_memory_equal(m.params[1].value, "b/e", 3);
+    /* A path longer than a/b/c: only the wildcard covers it. */
+    assert_int_equal(which(r, "GET", "/a/b/c/d"), 2);
+    /* The {param} branch ends without the last segment: the wildcard beside it answers. */
+    assert_int_equal(which(r, "GET", "/k/1/c"), 3);
+    assert_int_equal(which(r, "GET", "/k/1/x"), 4);
+    /* {param} takes no empty segment, "*" does. */
+    assert_int_equal(which(r, "GET", "/n/1"), 5);
+    assert_int_equal(which(r, "GET", "/n/"), 6);
+    /* The literal first segment decides: k and its wildcard over {x}/b/d. */
+    assert_int_equal(which(r, "GET", "/k/b/d"), 4);
+    assert_int_equal(which(r, "GET", "/z/b/c"), 2);
+    assert_int_equal(match(r, "GET", "/z", &m), ROUTER_NOT_FOUND);
+    assert_int_equal(m.allow, 0);
+    router_free(r);
+}
+
+static void
+test_leaf_without_the_method_falls_back(void **state)
+{
+    struct router *r = router_new();
+    struct router_match m;
+    char allow[128];
+
+    (void)state;
+    add_ok(r, "GET", "/a/b", &d[0]);
+    add_ok(r, "POST", "/{x}/b", &d[1]);
+    add_ok(r, "DELETE", "/a/*", &d[2]);
+    add_ok(r, "GET", "/p/q?t=1", &d[3]);
+    add_ok(r, "GET", "/{x}/q", &d[4]);
+    add_ok(r, "*", "/s/t", &d[5]);
+    add_ok(r, "GET", "/{x}/t", &d[6]);
+
+    /* The literal leaf has no POST route: the {param} leaf answers, and allow names every
+     * method of every leaf that matches the path. */
+    assert_int_equal(match(r, "POST", "/a/b", &m), ROUTER_FOUND);
+    assert_ptr_equal(m.data, &d[1]);
+    allow_string(m.allow, allow, sizeof(allow));
+    assert_string_equal(allow, "GET, HEAD, POST, DELETE");
+    assert_int_equal(which(r, "DELETE", "/a/b"), 2);
+    assert_int_equal(match(r, "GET", "/a/b", &m), ROUTER_FOUND);
+    assert_ptr_equal(m.data, &d[0]);
+    allow_string(m.allow, allow, sizeof(allow));
+    assert_string_equal(allow, "GET, HEAD, POST, DELETE");
+    assert_int_equal(match(r, "PUT", "/a/b", &m), ROUTER_METHOD_NOT_ALLOWED);
+    allow_string(m.allow, allow, sizeof(allow));
+    assert_string_equal(allow, "GET, HEAD, POST, DELETE");
+    /* The literal leaf's pins do not hold: the {param} leaf answers. */
+    assert_int_equal(which(r, "GET", "/p/q?t=1"), 3);
+    assert_int_equal(which(r, "GET", "/p/q?t=2"), 4);
+    assert_int_equal(which(r, "GET", "/p/q"), 4);
+    /* A "*" route in the literal leaf beats the method's own route in a {param} leaf. */
+    assert_int_equal(which(r, "GET", "/s/t"), 5);
+    assert_int_equal(which(r, "BREW", "/s/t"), 5);
+    assert_int_equal(which(r, "GET", "/u/t"), 6);
+    router_free(r);
+}
+
+/* Routes that branch on every segment, literal or {param}: the walk enters each node once. */
+static void
+test_every_branch_once(void **state)
+{
+    struct router *r = router_new();
+    char pat[64], path[64];
+    static int data[1 << 10];
+    struct router_match m;
+
+    (void)state;
+    /* Every route of 10 segments, each "a" or {pN}: 1,024 routes, one per mask. */
+    for (int mask = 0; mask < 1 << 10; mask++) {
+        size_t len = 0;
+        for (int i = 0; i < 10; i++)
+            len += (size_t)snprintf(pat + len, sizeof(pat) - len, (mask >> i) & 1 ? "/{p%d}" : "/a",
+                                    i);
+        add_ok(r, "GET", pat, &data[mask]);
+    }
+    /* Every one of them matches "/a/a/.../a"; the all-literal one is the most specific. */
+    assert_int_equal(match(r, "GET", "/a/a/a/a/a/a/a/a/a/a", &m), ROUTER_FOUND);
+    assert_ptr_equal(m.data, &data[0]);
+    assert_int_equal(m.nparams, 0);
+    /* A "b" where a route has "a" leaves only the routes with a {param} there; of those, the
+     * one with literals everywhere else. */
+    for (int i = 0; i < 10; i++) {
+        size_t len = 0;
+        for (int j = 0; j < 10; j++)
+            len += (size_t)snprintf(path + len, sizeof(path) - len, "/%s", j == i ? "b" : "a");
+        assert_int_equal(match(r, "GET", path, &m), ROUTER_FOUND);
+        assert_ptr_equal(m.data, &data[1 << i]);
+        assert_int_equal(m.nparams, 1);
+    }
+    router_free(r);
+}
+
+/* A path of 100,000 segments: the walk goes no deeper than the routes. */
+static void
+test_path_with_many_segments(void **state)
+{
+    struct router *r = router_new();
+    struct router_match m;
+    size_t n = 100000, plen = 2 * n;
+    char *path = malloc(plen + 1);
+
+    (void)state;
+    assert_non_null(path);
+    for (size_t i = 0; i < n; i++)
+        memcpy(path + 2 * i, "/a", 2);
+    path[plen] = '\0';
+    add_ok(r, "GET", "/a/a/{x}", &d[0]);
+    add_ok(r, "GET", "/{x}/{y}/{z}/{w}", &d[1]);
+    assert_int_equal(router_match(r, "GET", 3, path, plen, NULL, 0, &m), ROUTER_NOT_FOUND);
+    add_ok(r, "GET", "/a/{x}/*", &d[2]);
+    assert_int_equal(router_match(r, "GET", 3, path, plen, NULL, 0, &m), ROUTER_FOUND);
+    assert_ptr_equal(m.data, &d[2]);
+    assert_int_equal(m.nparams, 2);
+    assert_int_equal(m.params[1].len, plen - 5);
+    free(path);
+    router_free(r);
+}
+
+/* 10,000 routes: each path finds its own; 2,000 pinned values on one path; conflicts found
+ * among them. */
+static void
+test_ten_thousand_routes(void **state)
+{
+    static int data[10000];
+    struct router *r = router_new();
+    char pat[128], target[128], err[256];
+
+    (void)state;
+    for (int i = 0; i < 10000; i++) {
+        switch (i % 5) {
+        case 0:
+            snprintf(pat, sizeof(pat), "/api/r%d", i);
+            break;
+        case 1:
+            snprintf(pat, sizeof(pat), "/api/r%d/{id}", i);
+            break;
+        case 2:
+            snprintf(pat, sizeof(pat), "/t/{tenant}/r%d/*", i);
+            break;
+        case 3:
+            snprintf(pat, sizeof(pat), "/search?type=t%d", i);
+            break;
+        default:
+            snprintf(pat, sizeof(pat), "/api/r%d/{id}/items", i - 3);
+            break;
+        }
+        add_ok(r, i % 5 == 4 ? "POST" : "GET", pat, &data[i]);
+    }
+    for (int i = 0; i < 10000; i++) {
+        const char *method = i % 5 == 4 ? "POST" : "GET";
+        switch (i % 5) {
+        case 0:
+            snprintf(target, sizeof(target), "/api/r%d", i);
+            break;
+        case 1:
+            snprintf(target, sizeof(target), "/api/r%d/7", i);
+            break;
+        case 2:
+            snprintf(target, sizeof(target), "/t/acme/r%d/x/y", i);
+            break;
+        case 3:
+            snprintf(target, sizeof(target), "/search?q=1&type=t%d", i);
+            break;
+        default:
+            snprintf(target, sizeof(target), "/api/r%d/7/items", i - 3);
+            break;
+        }
+        struct router_match m;
+        if (match(r, method, target, &m) != ROUTER_FOUND || m.data != &data[i])
+            fail_msg("%s %s did not find route %d", method, target, i);
+    }
+    assert_int_equal(which(r, "GET", "/search?type=t4"), -ROUTER_NOT_FOUND);
+    assert_int_equal(which(r, "POST", "/api/r0"), -ROUTER_METHOD_NOT_ALLOWED);
+    assert_int_equal(router_add(r, "GET", "/search?type=t%39993", &d[0], err, sizeof(err)), -1);
+    assert_string_equal(err, "duplicate route \"GET /search?type=t%39993\": same as \"GET "
+                             "/search?type=t9993\"");
+    assert_int_equal(router_add(r, "GET", "/search?kind=k", &d[0], err, sizeof(err)), -1);
+    assert_string_equal(err, "route \"GET /search?kind=k\" is ambiguous with \"GET "
+                             "/search?type=t3\": one request can match both; pin the same "
+                             "parameters on both");
+    add_ok(r, "POST", "/search?kind=k", &d[0]);
+    router_free(r);
+}
+
+/* ---- the rule as the header states it, against random tables ------------------------------ */
+
+/* A route of the model: segments from a small alphabet, pins from a small one. */
+struct mroute {
+    const char *method; /* "GET", "HEAD", "POST" or "*" */
+    int nsegs;
+    char kind[6];        /* 'L', 'P', 'W' */
+    const char *text[6]; /* a literal's text */
+    int npins;
+    const char *pname[3], *pval[3];
+    char pattern[128];
+    int added;
+};
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static unsigned
+rnd(unsigned n)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (unsigned)(rng_state % n);
+}
+
+/* A random route; a dense one has one or two segments and a method of two, so that tables
+ * of them have many conflicts. */
+static void
+random_route(struct mroute *rt, int dense)
+{
+    static const char *methods[] = {"GET", "GET", "HEAD", "POST", "*"};
+    static const char *lits[] = {"a", "b", "a"};
+    static const char *names[] = {"x", "y", "x"};
+    static const char *vals[] = {"1", "2"};
+    size_t len;
+
+    memset(rt, 0, sizeof(*rt));
+    rt->method = dense ? methods[rnd(2) * 4] : methods[rnd(5)];
+    rt->nsegs = 1 + (int)rnd(dense ? 2 : 3);
+    len = 0;
+    for (int i = 0; i < rt->nsegs; i++) {
+        int last = i == rt->nsegs - 1, k = (int)rnd(last ? 8 : 6);
+        if (k < 3) {
+            rt->kind[i] = 'L';
+            rt->text[i] = lits[k];
+        } else if (k < 6) {
+            rt->kind[i] = 'P';
+        } else if (k == 6) {
+            rt->kind[i] = 'W';
+        } else {
+            rt->kind[i] = 'L';
+            rt->text[i] = ""; /* a trailing slash */
+        }
+        if (rt->kind[i] == 'L')
+            len +=
+                (size_t)snprintf(rt->pattern + len, sizeof(rt->pattern) - len, "/%s", rt->text[i]);
+        else if (rt->kind[i] == 'P')
+            len += (size_t)snprintf(rt->pattern + len, sizeof(rt->pattern) - len, "/{p%d}", i);
+        else
+            len += (size_t)snprintf(rt->pattern + len, sizeof(rt->pattern) - len, "/*");
+    }
+    for (int i = 0, n = (int)rnd(3); i < n; i++) {
+        const char *name = names[rnd(3)];
+        int dup = 0;
+        for (int j = 0; j < rt->npins; j++)
+            dup |= strcmp(rt->pname[j], name) == 0;
+        if (dup)
+            continue;
+        rt->pname[rt->npins] = name;
+        rt->pval[rt->npins] = vals[rnd(2)];
+        len += (size_t)snprintf(rt->pattern + len, sizeof(rt->pattern) - len, "%c%s=%s",
+                                rt->npins ? '&' : '?', name, rt->pval[rt->npins]);
+        rt->npins++;
+    }
+}
+
+static const char *
+pin_of(const struct mroute *rt, const char *name)
+{
+    for (int i = 0; i < rt->npins; i++)
+        if (strcmp(rt->pname[i], name) == 0)
+            return rt->pval[i];
+    return NULL;
+}
+
+/* router_add's conflict rule: same method and shape, then equal pins, or as many pins and
+ * none pinned to two values. Returns the first earlier route in conflict, or NULL; *dup says
+ * which kind. */
+static const struct mroute *
+model_conflict(const struct mroute *routes, int n, const struct mroute *rt, int *dup)
+{
+    for (int i = 0; i < n; i++) {
+        const struct mroute *o = &routes[i];
+        int same = o->added && strcmp(o->method, rt->method) == 0 && o->nsegs == rt->nsegs;
+        for (int s = 0; same && s < rt->nsegs; s++)
+            same = o->kind[s] == rt->kind[s] &&
+                   (o->kind[s] != 'L' || strcmp(o->text[s], rt->text[s]) == 0);
+        if (!same || o->npins != rt->npins)
+            continue;
+        int equal = 1, compatible = 1;
+        for (int p = 0; p < rt->npins; p++) {
+            const char *v = pin_of(o, rt->pname[p]);
+            equal &= v != NULL && strcmp(v, rt->pval[p]) == 0;
+            compatible &= v == NULL || strcmp(v, rt->pval[p]) == 0;
+        }
+        if (equal || compatible) {
+            *dup = equal;
+            return o;
+        }
+    }
+    return NULL;
+}
+
+/* A request of the model: decoded segments, and the raw path and query. */
+struct mreq {
+    int nsegs;
+    const char *seg[6]; /* decoded */
+    char path[64], query[64];
+    const char *qname[4], *qval[4];
+    int nq;
+};
+
+static void
+random_request(struct mreq *q)
+{
+    static const char *raw[] = {"a", "b", "c", "", "%61", "zz"};
+    static const char *dec[] = {"a", "b", "c", "", "a", "zz"};
+    static const char *names[] = {"x", "y", "z", "w"};
+    static const char *vals[] = {"1", "2", "3"};
+    size_t len = 0;
+
+    memset(q, 0, sizeof(*q));
+    q->nsegs = 1 + (int)rnd(5);
+    for (int i = 0; i < q->nsegs; i++) {
+        int k = (int)rnd(6);
+        q->seg[i] = dec[k];
+        len += (size_t)snprintf(q->path + len, sizeof(q->path) - len, "/%s", raw[k]);
+    }
+    len = 0;
+    q->nq = (int)rnd(4);
+    for (int i = 0; i < q->nq; i++) {
+        q->qname[i] = names[rnd(4)];
+        q->qval[i] = vals[rnd(3)];
+        len += (size_t)snprintf(q->query + len, sizeof(q->query) - len, "%s%s=%s", i ? "&" : "",
+                                q->qname[i], q->qval[i]);
+    }
+}
+
+static int
+model_matches(const struct mroute *rt, const struct mreq *q)
+{
+    int wild = rt->kind[rt->nsegs - 1] == 'W';
+    if (wild ? q->nsegs < rt->nsegs : q->nsegs != rt->nsegs)
+        return 0;
+    for (int i = 0; i < rt->nsegs; i++) {
+        if (rt->kind[i] == 'L' && strcmp(rt->text[i], q->seg[i]) != 0)
+            return 0;
+        if (rt->kind[i] == 'P' && q->seg[i][0] == '\0')
+            return 0;
+    }
+    for (int p = 0; p < rt->npins; p++) {
+        const char *v = NULL;
+        for (int i = 0; i < q->nq && v == NULL; i++)
+            if (strcmp(q->qname[i], rt->pname[p]) == 0)
+                v = q->qval[i];
+        if (v == NULL || strcmp(v, rt->pval[p]) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+static int
+model_method_index(const char *m)
+{
+    for (size_t i = 0; i < router_nmethods; i++)
+        if (strcmp(router_methods[i], m) == 0)
+            return (int)i;
+    return -1;
+}
+
+static int
+model_fit(const struct mroute *rt, const char *method)
+{
+    if (strcmp(rt->method, "*") == 0)
+        return 0;
+    return strcmp(rt->method, method) == 0 ? 2 : 1;
+}
+
+/* router.h's rule: literal before {param} before *, segment by segment from the left; then
+ * more pins; then the request's own method, GET for HEAD, "*". */
+static int
+model_beats(const struct mroute *a, const struct mroute *b, const char *method)
+{
+    static const char order[] = "LPW";
+    int n = a->nsegs < b->nsegs ? a->nsegs : b->nsegs;
+    for (int i = 0; i < n; i++)
+        if (a->kind[i] != b->kind[i])
+            return strchr(order, a->kind[i]) < strchr(order, b->kind[i]);
+    if (a->nsegs != b->nsegs)
+        return a->nsegs > b->nsegs;
+    if (a->npins != b->npins)
+        return a->npins > b->npins;
+    return model_fit(a, method) > model_fit(b, method);
+}
+
+static void
+test_matches_the_rule_on_random_tables(void **state)
+{
+    static const char *methods[] = {"GET", "HEAD", "POST", "PUT", "BREW"};
+    struct mroute routes[12];
+    int dups = 0, ambiguous = 0, found = 0, refused = 0;
+
+    (void)state;
+    for (int t = 0; t < 5000; t++) {
+        struct router *r = router_new();
+        int n = 1 + (int)rnd(12);
+        for (int i = 0; i < n; i++) {
+            char err[256] = "", want[512];
+            int dup = 0;
+            random_route(&routes[i], t % 2);
+            const struct mroute *o = model_conflict(routes, i, &routes[i], &dup);
+            int rc =
+                router_add(r, routes[i].method, routes[i].pattern, &routes[i], err, sizeof(err));
+            if (o == NULL) {
+                if (rc != 0)
+                    fail_msg("%s %s: %s", routes[i].method, routes[i].pattern, err);
+                routes[i].added = 1;
+                continue;
+            }
+            dups += dup;
+            ambiguous += !dup;
+            if (dup)
+                snprintf(want, sizeof(want), "duplicate route \"%s %s\": same as \"%s %s\"",
+                         routes[i].method, routes[i].pattern, o->method, o->pattern);
+            else
+                snprintf(want, sizeof(want),
+                         "route \"%s %s\" is ambiguous with \"%s %s\": one request can match "
+                         "both; pin the same parameters on both",
+                         routes[i].method, routes[i].pattern, o->method, o->pattern);
+            assert_int_equal(rc, -1);
+            assert_string_equal(err, want);
+        }
+        for (int k = 0; k < 40; k++) {
+            struct mreq q;
+            struct router_match m;
+            const char *method = methods[rnd(5)];
+            int mi = model_method_index(method);
+            const struct mroute *best = NULL;
+            unsigned allow = 0;
+
+            random_request(&q);
+            for (int i = 0; i < n; i++) {
+                const struct mroute *rt = &routes[i];
+                if (!rt->added || !model_matches(rt, &q))
+                    continue;
+                int any = strcmp(rt->method, "*") == 0, ri = model_method_index(rt->method);
+                allow |= any ? (1u << router_nmethods) - 1 : 1u << ri;
+                if (ri == 0)
+                    allow |= 1u << 1;
+                if (!any && !(mi >= 0 && (ri == mi || (mi == 1 && ri == 0))))
+                    continue;
+                if (best == NULL || model_beats(rt, best, method))
+                    best = rt;
+            }
+            enum router_result res = router_match(r, method, strlen(method), q.path, strlen(q.path),
+                                                  q.query, strlen(q.query), &m);
+            if (m.data != best || m.allow != allow)
+                fail_msg("%s %s?%s: got %s (allow %#x), want %s (allow %#x)", method, q.path,
+                         q.query, m.data ? ((struct mroute *)m.data)->pattern : "none", m.allow,
+                         best ? best->pattern : "none", allow);
+            assert_int_equal(res, best    ? ROUTER_FOUND
+                                  : allow ? ROUTER_METHOD_NOT_ALLOWED
+                                          : ROUTER_NOT_FOUND);
+            refused += res == ROUTER_METHOD_NOT_ALLOWED;
+            if (best == NULL)
+                continue;
+            found++;
+            /* The captures: each {param} its raw segment, "*" the rest of the raw path. */
+            size_t np = 0, pos = 1;
+            for (int s = 0; s < best->nsegs; s++) {
+                const char *seg = q.path + pos, *slash = strchr(seg, '/');
+                size_t slen = slash ? (size_t)(slash - seg) : strlen(seg);
+                if (best->kind[s] == 'L') {
+                    pos += slen + 1;
+                    continue;
+                }
+                assert_true(np < m.nparams);
+                if (best->kind[s] == 'W') {
+                    assert_string_equal(m.params[np].name, "*");
+                    assert_int_equal(m.params[np].len, strlen(q.path) - pos);
+                    assert_ptr_equal(m.params[np].value, q.path + pos);
+                } else {
+                    assert_int_equal(m.params[np].len, slen);
+                    assert_ptr_equal(m.params[np].value, seg);
+                }
+                np++;
+                pos += slen + 1;
+            }
+            assert_int_equal(m.nparams, np);
+        }
+        router_free(r);
+    }
+    print_message("%d duplicates, %d ambiguous, %d found, %d refused\n", dups, ambiguous, found,
+                  refused);
+    /* The tables did exercise conflicts and answers. */
+    assert_true(dups > 300);
+    assert_true(ambiguous > 100);
+    assert_true(found > 20000);
+    assert_true(refused > 5000);
+}
+
 int
 main(void)
 {
@@ -635,6 +1159,12 @@ main(void)
         cmocka_unit_test(test_add_errors),
         cmocka_unit_test(test_duplicates),
         cmocka_unit_test(test_no_query),
+        cmocka_unit_test(test_literal_dead_end_falls_back),
+        cmocka_unit_test(test_leaf_without_the_method_falls_back),
+        cmocka_unit_test(test_every_branch_once),
+        cmocka_unit_test(test_path_with_many_segments),
+        cmocka_unit_test(test_ten_thousand_routes),
+        cmocka_unit_test(test_matches_the_rule_on_random_tables),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
