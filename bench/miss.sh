@@ -138,20 +138,20 @@ keep_best() { # NAME RPS US P50 P99
     fi
 }
 printf '%-34s %5s %10s %11s %9s %9s\n' peer round req/s cpu-us/req p50-us p99-us
+# at_50 NAME LABEL URL SCRIPT: one round at $CONNECTIONS connections, printed and kept.
+at_50() {
+    local p50 p99 rps us
+    wait_quiet >/dev/null
+    wrk_measure "$pid" "$3" -s "$4"
+    read -r rps p50 us <<<"$wrk_result"
+    p50=$(lat_us "$p50")
+    p99=$(lat_us "$(awk '$1 == "99%" {print $2}' <<<"$wrk_out")")
+    printf '%-34s %5s %10s %11s %9s %9s\n' "$2" "$r" "$rps" "$us" "$p50" "$p99"
+    keep_best "$1" "$rps" "$us" "$p50" "$p99"
+}
 for r in $(seq "$ROUNDS"); do
-    wait_quiet >/dev/null
-    wrk_measure "$pid" "$base/items/7/0" -s "$work/hit.lua"
-    read -r rps p50 us <<<"$wrk_result"
-    p99=$(lat_us "$(awk '$1 == "99%" {print $2}' <<<"$wrk_out")")
-    printf '%-34s %5s %10s %11s %9s %9s\n' "sluice hit, 50 conn" "$r" "$rps" "$us" "$(lat_us "$p50")" "$p99"
-    keep_best hit50 "$rps" "$us" "$(lat_us "$p50")" "$p99"
-
-    wait_quiet >/dev/null
-    wrk_measure "$pid" "$base/" -s "$work/miss.lua"
-    read -r rps p50 us <<<"$wrk_result"
-    p99=$(lat_us "$(awk '$1 == "99%" {print $2}' <<<"$wrk_out")")
-    printf '%-34s %5s %10s %11s %9s %9s\n' "sluice miss, 50 conn" "$r" "$rps" "$us" "$(lat_us "$p50")" "$p99"
-    keep_best miss50 "$rps" "$us" "$(lat_us "$p50")" "$p99"
+    at_50 hit50 "sluice hit, 50 conn" "$base/items/7/0" "$work/hit.lua"
+    at_50 miss50 "sluice miss, 50 conn" "$base/" "$work/miss.lua"
 
     wait_quiet >/dev/null
     read -r rps p50 p99 us <<<"$(wrk_lat "$base/" "$work/miss.lua")"

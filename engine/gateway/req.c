@@ -742,17 +742,26 @@ expand_lookup(void *ctx, enum template_var var, const char *name, size_t namelen
     return gw_lookup(ctx, var, name, namelen, val, len);
 }
 
-const char *
-gw_expand(struct gw_req *rq, const struct template *t, size_t *len)
+/* Expands t with `lookup` into rq's key arena: the text (NUL-terminated, its length in *len),
+ * or NULL when it does not fit or a value is refused. */
+static const char *
+expand_into_keys(struct gw_req *rq, const struct template *t, template_lookup_fn lookup, void *ctx,
+                 size_t *len)
 {
-    long n = template_expand(t, expand_lookup, rq, rq->keys + rq->keys_used,
-                             sizeof(rq->keys) - rq->keys_used);
+    long n =
+        template_expand(t, lookup, ctx, rq->keys + rq->keys_used, sizeof(rq->keys) - rq->keys_used);
     if (n < 0 || rq->value_overflow || rq->refusal)
         return NULL;
     const char *k = rq->keys + rq->keys_used;
     rq->keys_used += (size_t)n + 1;
     *len = (size_t)n;
     return k;
+}
+
+const char *
+gw_expand(struct gw_req *rq, const struct template *t, size_t *len)
+{
+    return expand_into_keys(rq, t, expand_lookup, rq, len);
 }
 
 /* What an expansion saw of the variables naming the caller. */
@@ -780,17 +789,10 @@ const char *
 gw_expand_caller(struct gw_req *rq, const struct template *t, size_t *len, bool *lacks)
 {
     struct caller_probe p = {.rq = rq};
-    *lacks = false;
-    long n = template_expand(t, probe_lookup, &p, rq->keys + rq->keys_used,
-                             sizeof(rq->keys) - rq->keys_used);
-    if (n < 0 || rq->value_overflow || rq->refusal)
-        return NULL;
+    const char *k = expand_into_keys(rq, t, probe_lookup, &p, len);
     /* {user} names one caller whatever else the key holds; without it, every caller variable
      * of the key must be the caller's. */
-    *lacks = p.user_seen ? p.user_absent : p.other_absent;
-    const char *k = rq->keys + rq->keys_used;
-    rq->keys_used += (size_t)n + 1;
-    *len = (size_t)n;
+    *lacks = k && (p.user_seen ? p.user_absent : p.other_absent);
     return k;
 }
 

@@ -9,7 +9,7 @@
 #include "http_parse.h"
 #include "util.h"
 
-#define READ_CHUNK 16384   /* least room offered to a read */
+#define READ_CHUNK 16384          /* least room offered to a read */
 #define STREAM_CHUNK (256 * 1024) /* most room offered to a read of a streamed body */
 #define KEEP_BUF (UPSTREAM_MAX_HEAD_BYTES + READ_CHUNK) /* larger buffers are freed when idle */
 
