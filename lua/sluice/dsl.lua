@@ -141,39 +141,31 @@ local function file_functions(ctx)
     declare("identity", nil, line).fields = copy(f)
   end
 
-  -- header "X-User-Id", header("X-User-Id", { integer = true }), or the same options
-  -- written header "X-User-Id" { integer = true }.
-  local function header(name, ...)
-    local data = { [MARK] = "header", name = name }
-    if select("#", ...) > 0 then
-      data.opts = copy((...))
-      data.has_opts = true
-    end
-    local call
-    if not data.has_opts then
-      call = function(_, opts)
-        return header(name, opts)
+  -- A value read from the request by name, kind "header" or "claim": `kind "NAME"`,
+  -- `kind("NAME", { integer = true })`, or the options written after: `kind "NAME" { ... }`.
+  local function named_source(kind)
+    local function source(name, ...)
+      local data = { [MARK] = kind, name = name }
+      if select("#", ...) > 0 then
+        data.opts = copy((...))
+        data.has_opts = true
       end
+      local call
+      if not data.has_opts then
+        call = function(_, opts)
+          return source(name, opts)
+        end
+      end
+      return marker(data, { kind = kind, name = name }, call)
     end
-    return marker(data, { kind = "header", name = name }, call)
+    return source
   end
 
-  -- claim "sub", claim("sub", { integer = true }), or claim "sub" { integer = true }: a claim
-  -- of the caller's verified token (or a column of its API key's row).
-  local function claim(name, ...)
-    local data = { [MARK] = "claim", name = name }
-    if select("#", ...) > 0 then
-      data.opts = copy((...))
-      data.has_opts = true
-    end
-    local call
-    if not data.has_opts then
-      call = function(_, opts)
-        return claim(name, opts)
-      end
-    end
-    return marker(data, { kind = "claim", name = name }, call)
-  end
+  -- header "X-User-Id", header("X-User-Id", { integer = true }), header "X-Plan" { ... }.
+  local header = named_source("header")
+  -- claim "sub" (and the same forms): a claim of the caller's verified token (or a column of
+  -- its API key's row).
+  local claim = named_source("claim")
 
   -- sql("SELECT ... $1", "{user}", ...) or sql("...", { "{user}", ... })
   local function sql(query, ...)

@@ -978,18 +978,12 @@ on_scan(void *arg, redisReply *r)
     struct count_op *op = arg;
     struct store_redis *s = op->s;
 
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len >= sizeof(op->cursor) ||
-        r->element[1]->type != REDIS_REPLY_ARRAY) {
+    const redisReply *keys = codec_scan_reply(r, op->cursor, sizeof(op->cursor), &op->last);
+    if (!keys) {
         count_op_fail(op, r);
         count_op_part_done(op);
         return;
     }
-    memcpy(op->cursor, r->element[0]->str, r->element[0]->len);
-    op->cursor[r->element[0]->len] = '\0';
-    op->last = strcmp(op->cursor, "0") == 0;
-
-    const redisReply *keys = r->element[1];
     struct sbuf entries = {0}, rest = {0}, k = {0};
     size_t nentries = 0, nrest = 0;
     for (size_t i = 0; i < keys->elements; i++) {

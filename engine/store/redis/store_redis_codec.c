@@ -337,6 +337,19 @@ codec_glob_to_redis(struct sbuf *b, const char *g, size_t len)
     }
 }
 
+const redisReply *
+codec_scan_reply(const redisReply *r, char *cursor, size_t cap, bool *last)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len >= cap ||
+        r->element[1]->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    memcpy(cursor, r->element[0]->str, r->element[0]->len);
+    cursor[r->element[0]->len] = '\0';
+    *last = strcmp(cursor, "0") == 0;
+    return r->element[1];
+}
+
 void
 codec_scan_match(struct sbuf *b, const char *g, size_t len)
 {

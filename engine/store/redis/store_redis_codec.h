@@ -102,6 +102,10 @@ void codec_glob_to_redis(struct sbuf *b, const char *g, size_t len);
  */
 void codec_scan_match(struct sbuf *b, const char *g, size_t len);
 
+/* Reads a SCAN reply: its cursor copied into cursor[cap] (NUL-terminated), *last set when it
+ * is "0". Returns the reply's keys (borrowed from r), or NULL when r is not a SCAN reply. */
+const redisReply *codec_scan_reply(const redisReply *r, char *cursor, size_t cap, bool *last);
+
 /*
  * Returns the cache key in the entry key k[0..klen) ("sl:{TAG}:c:KEY"), pointing into k,
  * with its length in *rawlen; NULL when k is not an entry key.

@@ -131,17 +131,12 @@ on_scan(void *arg, redisReply *r)
 {
     struct list_op *op = arg;
 
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len >= sizeof(op->cursor) ||
-        r->element[1]->type != REDIS_REPLY_ARRAY) {
+    const redisReply *keys = codec_scan_reply(r, op->cursor, sizeof(op->cursor), &op->last);
+    if (!keys) {
         fail(op, r);
         part_done(op);
         return;
     }
-    memcpy(op->cursor, r->element[0]->str, r->element[0]->len);
-    op->cursor[r->element[0]->len] = '\0';
-    op->last = strcmp(op->cursor, "0") == 0;
-    const redisReply *keys = r->element[1];
     op->l.scanned += keys->elements;
     for (size_t i = 0; i < keys->elements; i++) {
         const redisReply *kr = keys->element[i];
