@@ -64,8 +64,10 @@ def sha256_hex(s):
 
 
 def install_triggers(db, policy_dir):
-    sql = subprocess.run([lib.BIN, "triggers", policy_dir], capture_output=True, text=True,
-                         check=True).stdout
+    r = subprocess.run([lib.BIN, "triggers", policy_dir], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError("sluice triggers exited %d: %s" % (r.returncode, r.stderr))
+    sql = r.stdout
     subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db], input=sql,
                    capture_output=True, text=True, check=True)
 
