@@ -14,7 +14,7 @@ hmap_find(const struct hmap *m, const void *key, size_t keylen)
 {
     if (!m->count)
         return NULL;
-    uint64_t hash = util_fnv1a(key, keylen);
+    uint64_t hash = util_hash64(key, keylen);
     for (struct hmap_node *n = m->buckets[hash & m->mask]; n; n = n->next)
         if (n->hash == hash && n->keylen == keylen && memcmp(n->key, key, keylen) == 0)
             return n;
@@ -45,7 +45,7 @@ hmap_insert(struct hmap *m, struct hmap_node *n, const void *key, size_t keylen)
         resize(m, HMAP_MIN_BUCKETS);
     else if (m->count > m->mask)
         resize(m, (m->mask + 1) * 2);
-    n->hash = util_fnv1a(key, keylen);
+    n->hash = util_hash64(key, keylen);
     n->key = key;
     n->keylen = keylen;
     struct hmap_node **b = &m->buckets[n->hash & m->mask];

@@ -91,6 +91,18 @@ sift_up(struct topk *t, size_t i)
     heap_set(t, i, it);
 }
 
+/* Makes note (NULL: none) item's note, cut to fit; writes only when it differs. */
+static void
+set_note(struct topk_item *it, const char *note)
+{
+    size_t n = note ? strnlen(note, sizeof(it->note) - 1) : 0;
+    if (strncmp(it->note, note ? note : "", sizeof(it->note)) == 0)
+        return;
+    if (n)
+        memcpy(it->note, note, n);
+    it->note[n] = '\0';
+}
+
 /* Counts weight (and extra) for key, which may already have an over-estimate `error`. */
 static void
 add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra, uint64_t error,
@@ -106,7 +118,7 @@ add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra
         it->error += error;
         it->last = merging && it->last < last ? it->last : last;
         if (note && note[0])
-            snprintf(it->note, sizeof(it->note), "%s", note);
+            set_note(it, note);
         sift_down(t, it->heap); /* counts only grow: it can only move away from the root */
         return;
     }
@@ -130,7 +142,7 @@ add(struct topk *t, const char *key, size_t len, uint64_t weight, uint64_t extra
     it->error += error;
     it->extra += extra;
     it->last = last;
-    snprintf(it->note, sizeof(it->note), "%s", note ? note : "");
+    set_note(it, note);
     if (it->heap == 0 && t->n == t->cap)
         sift_down(t, 0);
     else

@@ -119,6 +119,81 @@ join(char *buf, size_t cap, const char *const *vals, const size_t *lens, size_t 
     return o;
 }
 
+/* Whether key (keylen bytes) is the n values joined as join() joins them (uncut). */
+static bool
+key_is(const char *key, size_t keylen, const char *const *vals, const size_t *lens, size_t n)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i && (o >= keylen || key[o++] != GW_STATS_KEY_SEP))
+            return false;
+        if (lens[i] > keylen - o || memcmp(key + o, vals[i], lens[i]) != 0)
+            return false;
+        o += lens[i];
+    }
+    return o == keylen;
+}
+
+/* The slot of memo that (a, b, c) would be remembered in. */
+static struct gw_stats_memo *
+memo_slot(struct gw_stats_memo *memo, const void *a, const void *b, uint32_t c)
+{
+    uint64_t h = ((uintptr_t)a >> 3) * 0x9e3779b97f4a7c15ULL ^ ((uintptr_t)b >> 3) ^ c;
+    return &memo[(h ^ h >> 29) & (GW_STATS_MEMO - 1)];
+}
+
+/* What slot s remembers for (a, b, c) and the label values vals: its node, or NULL. */
+static void *
+memo_find(const struct gw_stats_memo *s, const void *a, const void *b, uint32_t c,
+          const char *const *vals, const size_t *lens, size_t n)
+{
+    if (s->key && s->a == a && s->b == b && s->c == c && key_is(s->key, s->keylen, vals, lens, n))
+        return s->found;
+    return NULL;
+}
+
+static void
+memo_keep(struct gw_stats_memo *s, const void *a, const void *b, uint32_t c, const char *key,
+          size_t keylen, void *found)
+{
+    *s = (struct gw_stats_memo){
+        .a = a, .b = b, .c = c, .key = key, .keylen = keylen, .found = found};
+}
+
+/*
+ * The counter of the n label values vals in table m, through memo: a lookup the worker made
+ * before costs a comparison of the key, not a join, a hash and a probe. (a, b, c) pick the
+ * slot: the caller's own pointers and numbers, the same for the same labels as often as it
+ * can manage.
+ */
+static struct gw_counter *
+counter_of(struct gw_stats *st, struct hmap *m, struct gw_stats_memo *memo, const void *a,
+           const void *b, uint32_t c, const char *const *vals, const size_t *lens, size_t n)
+{
+    struct gw_stats_memo *s = memo_slot(memo, a, b, c);
+    struct gw_counter *ctr = memo_find(s, a, b, c, vals, lens, n);
+    if (ctr)
+        return ctr;
+    char key[512];
+    ctr = counter(st, m, key, join(key, sizeof(key), vals, lens, n));
+    memo_keep(s, a, b, c, ctr->key, ctr->keylen, ctr);
+    return ctr;
+}
+
+/* Writes status in decimal into code (at least 8 bytes); returns its length. */
+static size_t
+status_text(char *code, int status)
+{
+    if (status >= 100 && status <= 999) {
+        code[0] = (char)('0' + status / 100);
+        code[1] = (char)('0' + status / 10 % 10);
+        code[2] = (char)('0' + status % 10);
+        code[3] = '\0';
+        return 3;
+    }
+    return (size_t)snprintf(code, 8, "%d", status);
+}
+
 /* The slot of the minute now_ms falls in, emptied (under the lock) when it held another. */
 static struct gw_minute *
 minute_slot(struct gw_stats *st, uint64_t now_ms)
@@ -141,11 +216,12 @@ gw_stats_request(struct gw_stats *st, const char *route, const char *tier, const
 {
     if (st->off)
         return;
-    char key[512], code[8];
-    int clen = snprintf(code, sizeof(code), "%d", status);
+    char code[8];
+    size_t clen = status_text(code, status);
     const char *vals[] = {route, method, code, gw_cache_kind_names[cache]};
-    size_t lens[] = {strlen(route), mlen, (size_t)clen, strlen(gw_cache_kind_names[cache])};
-    bump(&counter(st, &st->requests, key, join(key, sizeof(key), vals, lens, 4))->n, 1);
+    size_t lens[] = {strlen(route), mlen, clen, strlen(gw_cache_kind_names[cache])};
+    uint32_t sc = (uint32_t)status << 4 | (uint32_t)cache;
+    bump(&counter_of(st, &st->requests, st->memo_requests, route, method, sc, vals, lens, 4)->n, 1);
 
     bool hit = cache == GW_CACHE_HIT || cache == GW_CACHE_STALE || cache == GW_CACHE_REVALIDATED;
     bool denied = status == 429;
@@ -153,11 +229,16 @@ gw_stats_request(struct gw_stats *st, const char *route, const char *tier, const
         const char *t = tier ? tier : "";
         bump(&counter(st, &st->refused_tiers, t, strlen(t))->n, 1);
     }
-    struct hmap_node *n =
-        find_or_make(st, &st->routes, route, lens[0], sizeof(struct gw_route_stat),
-                     offsetof(struct gw_route_stat, node), offsetof(struct gw_route_stat, key),
-                     offsetof(struct gw_route_stat, keylen));
-    struct gw_route_stat *r = HMAP_ENTRY(n, struct gw_route_stat, node);
+    struct gw_stats_memo *s = memo_slot(st->memo_routes, route, NULL, 0);
+    struct gw_route_stat *r = memo_find(s, route, NULL, 0, vals, lens, 1);
+    if (!r) {
+        struct hmap_node *n =
+            find_or_make(st, &st->routes, route, lens[0], sizeof(struct gw_route_stat),
+                         offsetof(struct gw_route_stat, node), offsetof(struct gw_route_stat, key),
+                         offsetof(struct gw_route_stat, keylen));
+        r = HMAP_ENTRY(n, struct gw_route_stat, node);
+        memo_keep(s, route, NULL, 0, r->key, r->keylen, r);
+    }
     hist_add(&r->duration, duration_us);
     bump(&r->requests, 1);
     bump(&r->hits, hit);
@@ -188,11 +269,10 @@ gw_stats_decision(struct gw_stats *st, const char *policy, const char *tier, enu
 {
     if (st->off)
         return;
-    char key[256];
     const char *t = tier ? tier : "";
     const char *vals[] = {policy, t, gw_decision_names[d]};
     size_t lens[] = {strlen(policy), strlen(t), strlen(gw_decision_names[d])};
-    bump(&counter(st, &st->decisions, key, join(key, sizeof(key), vals, lens, 3))->n, 1);
+    bump(&counter_of(st, &st->decisions, st->memo_decisions, policy, t, d, vals, lens, 3)->n, 1);
 }
 
 void
@@ -212,28 +292,27 @@ gw_stats_origin(struct gw_stats *st, enum gw_origin_kind o, uint64_t duration_us
     hist_add(&minute_slot(st, now_ms)->origin, duration_us);
 }
 
-/* Counts one (a, b) in table t. */
+/* Counts one (a, b) in table t, the `which`th of the tables counted this way. */
 static void
-count_pair(struct gw_stats *st, struct hmap *t, const char *a, const char *b)
+count_pair(struct gw_stats *st, struct hmap *t, uint32_t which, const char *a, const char *b)
 {
     if (st->off)
         return;
-    char key[128];
     const char *vals[] = {a, b};
     size_t lens[] = {strlen(a), strlen(b)};
-    bump(&counter(st, t, key, join(key, sizeof(key), vals, lens, 2))->n, 1);
+    bump(&counter_of(st, t, st->memo_pairs, a, b, which, vals, lens, 2)->n, 1);
 }
 
 void
 gw_stats_identity(struct gw_stats *st, const char *source, const char *result)
 {
-    count_pair(st, &st->identity, source, result);
+    count_pair(st, &st->identity, 0, source, result);
 }
 
 void
 gw_stats_id_refusal(struct gw_stats *st, const char *source, const char *reason)
 {
-    count_pair(st, &st->id_refusals, source, reason);
+    count_pair(st, &st->id_refusals, 1, source, reason);
 }
 
 void
@@ -241,10 +320,7 @@ gw_stats_origin_error(struct gw_stats *st, enum gw_origin_kind o, const char *re
 {
     if (st->off)
         return;
-    char key[128];
-    const char *vals[] = {gw_origin_names[o], reason};
-    size_t lens[] = {strlen(gw_origin_names[o]), strlen(reason)};
-    bump(&counter(st, &st->origin_errors, key, join(key, sizeof(key), vals, lens, 2))->n, 1);
+    count_pair(st, &st->origin_errors, 2, gw_origin_names[o], reason);
 }
 
 void
@@ -254,18 +330,23 @@ gw_stats_caller(struct gw_stats *st, const char *policy, const char *tier, const
     if (st->off)
         return;
     size_t plen = strlen(policy);
-    struct hmap_node *n = hmap_find(&st->callers, policy, plen);
-    if (!n) {
-        struct gw_callers *c = xcalloc(1, sizeof(*c) + plen + 1);
-        memcpy(c->key, policy, plen);
-        c->keylen = plen;
-        topk_init(&c->live, GW_STATS_CALLERS);
-        pthread_mutex_lock(&st->lock);
-        hmap_insert(&st->callers, &c->node, c->key, plen);
-        pthread_mutex_unlock(&st->lock);
-        n = &c->node;
+    struct gw_stats_memo *s = memo_slot(st->memo_callers, policy, NULL, 0);
+    struct gw_callers *c = memo_find(s, policy, NULL, 0, &policy, &plen, 1);
+    if (!c) {
+        struct hmap_node *n = hmap_find(&st->callers, policy, plen);
+        if (n) {
+            c = HMAP_ENTRY(n, struct gw_callers, node);
+        } else {
+            c = xcalloc(1, sizeof(*c) + plen + 1);
+            memcpy(c->key, policy, plen);
+            c->keylen = plen;
+            topk_init(&c->live, GW_STATS_CALLERS);
+            pthread_mutex_lock(&st->lock);
+            hmap_insert(&st->callers, &c->node, c->key, plen);
+            pthread_mutex_unlock(&st->lock);
+        }
+        memo_keep(s, policy, NULL, 0, c->key, c->keylen, c);
     }
-    struct gw_callers *c = HMAP_ENTRY(n, struct gw_callers, node);
     uint64_t window = now_ms / HOUR_MS;
     if (c->window != window) { /* a new hour: the live count starts over */
         topk_clear(&c->live);

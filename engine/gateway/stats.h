@@ -34,6 +34,7 @@ extern const char *const gw_decision_names[GW_DECISIONS];
 #define GW_STATS_MINUTES 60     /* the last hour, a slot a minute */
 #define GW_STATS_CALLERS 64     /* callers kept per limit policy, per worker */
 #define GW_STATS_KEY_SEP '\x1f' /* joins label values in a counter's key */
+#define GW_STATS_MEMO 16        /* remembered lookups per table (a power of two) */
 
 /* A counter under a key of label values joined by GW_STATS_KEY_SEP. */
 struct gw_counter {
@@ -77,6 +78,20 @@ struct gw_callers {
 };
 
 /*
+ * A remembered lookup of a table: the texts (a, b) and number c the caller passed, and what
+ * they found, with its key. The pointers only pick a slot and turn away most strangers: a
+ * slot is used only when its key holds the same label values, so a text freed and another
+ * made at the same address is never counted under the old one.
+ */
+struct gw_stats_memo {
+    const void *a, *b;
+    uint32_t c;
+    const char *key; /* the found node's key (keylen bytes); NULL: an empty slot */
+    size_t keylen;
+    void *found;
+};
+
+/*
  * One worker's counts. The worker writes them: counters with relaxed atomic
  * adds and no lock; a new key, a new minute slot or the publication of its
  * callers takes `lock`, which readers take to walk the tables. Readers see
@@ -96,6 +111,9 @@ struct gw_stats {
     struct hist origin[GW_ORIGINS];
     uint64_t invalidations_write;
     struct gw_minute minutes[GW_STATS_MINUTES];
+    /* the worker's own, unlocked: what its last lookups of each table found */
+    struct gw_stats_memo memo_requests[GW_STATS_MEMO], memo_routes[GW_STATS_MEMO],
+        memo_decisions[GW_STATS_MEMO], memo_pairs[GW_STATS_MEMO], memo_callers[GW_STATS_MEMO];
 };
 
 /* Sets st up (empty). */

@@ -191,6 +191,68 @@ test_callers_merge_across_workers_heaviest_first(void **state)
     gw_stats_free(&b);
 }
 
+/* The worker remembers its last lookups by the addresses of the texts it was given; a reload
+ * frees a generation's texts, and the next may put another route's text at the same address:
+ * it is counted under its own name, never under the one that lived there before. */
+static void
+test_a_new_text_at_a_remembered_address_counts_under_its_own_name(void **state)
+{
+    (void)state;
+    struct gw_stats a, b;
+    gw_stats_init(&a);
+    gw_stats_init(&b);
+    char route[32], policy[16], tier[16], result[16];
+    strcpy(route, "GET /old");
+    strcpy(policy, "lim-old");
+    strcpy(tier, "free");
+    strcpy(result, "trusted");
+    for (int i = 0; i < 2; i++) {
+        gw_stats_request(&a, route, tier, "GET", 3, 200, GW_CACHE_HIT, 10, NOW);
+        gw_stats_decision(&a, policy, tier, GW_ALLOWED);
+        gw_stats_caller(&a, policy, tier, "u1", 2, false, 5, NOW);
+        gw_stats_identity(&a, "header", result);
+    }
+    strcpy(route, "GET /new"); /* the same addresses, other texts */
+    strcpy(policy, "lim-new");
+    strcpy(tier, "pro");
+    strcpy(result, "none");
+    gw_stats_request(&a, route, tier, "GET", 3, 200, GW_CACHE_HIT, 10, NOW);
+    gw_stats_decision(&a, policy, tier, GW_ALLOWED);
+    gw_stats_caller(&a, policy, tier, "u2", 2, false, 5, NOW);
+    gw_stats_identity(&a, "header", result);
+
+    struct gw_stats_view v;
+    merged(&a, &b, &v, 8);
+    const char *old_hit[] = {"GET /old", "GET", "200", "hit"};
+    const char *new_hit[] = {"GET /new", "GET", "200", "hit"};
+    assert_int_equal(item(v.requests, v.nrequests, old_hit, 4), 2);
+    assert_int_equal(item(v.requests, v.nrequests, new_hit, 4), 1);
+    const char *old_dec[] = {"lim-old", "free", "allowed"};
+    const char *new_dec[] = {"lim-new", "pro", "allowed"};
+    assert_int_equal(item(v.decisions, v.ndecisions, old_dec, 3), 2);
+    assert_int_equal(item(v.decisions, v.ndecisions, new_dec, 3), 1);
+    const char *old_id[] = {"header", "trusted"};
+    const char *new_id[] = {"header", "none"};
+    assert_int_equal(item(v.identity, v.nidentity, old_id, 2), 2);
+    assert_int_equal(item(v.identity, v.nidentity, new_id, 2), 1);
+    assert_int_equal(v.nroutes, 2);
+    assert_string_equal(v.routes[0].route, "GET /new");
+    assert_int_equal(v.routes[0].requests, 1);
+    assert_int_equal(v.routes[1].requests, 2);
+    size_t callers_new = 0, callers_old = 0;
+    for (size_t i = 0; i < v.ncallers; i++) {
+        if (strcmp(v.callers[i].policy, "lim-new") == 0)
+            callers_new++;
+        if (strcmp(v.callers[i].policy, "lim-old") == 0)
+            callers_old++;
+    }
+    assert_int_equal(callers_new, 1);
+    assert_int_equal(callers_old, 1);
+    gw_stats_view_free(&v);
+    gw_stats_free(&a);
+    gw_stats_free(&b);
+}
+
 static void
 test_a_worker_with_stats_off_counts_nothing(void **state)
 {
@@ -221,6 +283,7 @@ main(void)
         cmocka_unit_test(test_counters_of_two_workers_add_up),
         cmocka_unit_test(test_minutes_of_the_last_hour_land_in_their_slots),
         cmocka_unit_test(test_callers_merge_across_workers_heaviest_first),
+        cmocka_unit_test(test_a_new_text_at_a_remembered_address_counts_under_its_own_name),
         cmocka_unit_test(test_a_worker_with_stats_off_counts_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
