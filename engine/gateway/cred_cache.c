@@ -1,6 +1,6 @@
 /* cred_cache.c - a per-worker cache of verified credentials (bearer tokens, API keys), each
- * under the SHA-256 of its text with the claims it gave, until it expires; bounded in entries
- * and bytes, the least recently used out first. */
+ * under the bytes that name it (a token's text; an API key's SHA-256) with the claims it gave,
+ * until it expires; bounded in entries and bytes, the least recently used out first. */
 #include "cred_cache.h"
 
 #include <openssl/evp.h>
@@ -15,17 +15,19 @@
 #include "util.h"
 
 struct cred_entry {
-    struct hmap_node node;                  /* in the cache's table, by key */
-    TAILQ_ENTRY(cred_entry) lru;            /* most recently used first */
-    unsigned char key[1 + CRED_DIGEST_LEN]; /* kind, then the digest */
+    struct hmap_node node;       /* in the table of its kind, by id */
+    TAILQ_ENTRY(cred_entry) lru; /* most recently used first */
+    enum cred_kind kind;
     uint64_t generation;
     uint64_t expires_ms;
     size_t charge;
     json_t *claims; /* a reference, or NULL: an unknown credential */
+    size_t idlen;
+    unsigned char id[];
 };
 
 struct cred_cache {
-    struct hmap table;
+    struct hmap table[CRED_KINDS];
     TAILQ_HEAD(cred_lru, cred_entry) lru;
     size_t max_entries, max_bytes, bytes;
 };
@@ -63,7 +65,7 @@ cred_cache_new(size_t max_entries, size_t max_bytes)
 static void
 drop(struct cred_cache *cc, struct cred_entry *e)
 {
-    hmap_remove(&cc->table, &e->node);
+    hmap_remove(&cc->table[e->kind], &e->node);
     TAILQ_REMOVE(&cc->lru, e, lru);
     cc->bytes -= e->charge;
     json_decref(e->claims);
@@ -78,24 +80,23 @@ cred_cache_free(struct cred_cache *cc)
     struct cred_entry *e;
     while ((e = TAILQ_FIRST(&cc->lru)))
         drop(cc, e);
-    hmap_free(&cc->table);
+    for (int k = 0; k < CRED_KINDS; k++)
+        hmap_free(&cc->table[k]);
     free(cc);
 }
 
+/* The entry of (kind, id), compared byte for byte: the hash only finds the bucket. */
 static struct cred_entry *
-find(struct cred_cache *cc, enum cred_kind kind, const unsigned char *d)
+find(struct cred_cache *cc, enum cred_kind kind, const void *id, size_t idlen)
 {
-    unsigned char key[1 + CRED_DIGEST_LEN];
-    key[0] = (unsigned char)kind;
-    memcpy(key + 1, d, CRED_DIGEST_LEN);
-    return HMAP_ENTRY(hmap_find(&cc->table, key, sizeof(key)), struct cred_entry, node);
+    return HMAP_ENTRY(hmap_find(&cc->table[kind], id, idlen), struct cred_entry, node);
 }
 
 int
-cred_cache_get(struct cred_cache *cc, enum cred_kind kind, const unsigned char *d,
+cred_cache_get(struct cred_cache *cc, enum cred_kind kind, const void *id, size_t idlen,
                uint64_t generation, uint64_t now_ms, json_t **claims)
 {
-    struct cred_entry *e = find(cc, kind, d);
+    struct cred_entry *e = find(cc, kind, id, idlen);
     if (!e)
         return 0;
     if (e->generation != generation || e->expires_ms <= now_ms) {
@@ -109,27 +110,28 @@ cred_cache_get(struct cred_cache *cc, enum cred_kind kind, const unsigned char *
 }
 
 void
-cred_cache_put(struct cred_cache *cc, enum cred_kind kind, const unsigned char *d,
+cred_cache_put(struct cred_cache *cc, enum cred_kind kind, const void *id, size_t idlen,
                uint64_t generation, json_t *claims, uint64_t expires_ms, size_t charge)
 {
-    struct cred_entry *e = find(cc, kind, d);
+    struct cred_entry *e = find(cc, kind, id, idlen);
     if (e)
         drop(cc, e);
-    charge += sizeof(*e);
+    charge += sizeof(*e) + idlen;
     if (charge > cc->max_bytes)
         return;
     struct cred_entry *last;
-    while ((cc->table.count >= cc->max_entries || cc->bytes + charge > cc->max_bytes) &&
+    while ((cred_cache_count(cc) >= cc->max_entries || cc->bytes + charge > cc->max_bytes) &&
            (last = TAILQ_LAST(&cc->lru, cred_lru)))
         drop(cc, last);
-    e = xcalloc(1, sizeof(*e));
-    e->key[0] = (unsigned char)kind;
-    memcpy(e->key + 1, d, CRED_DIGEST_LEN);
+    e = xcalloc(1, sizeof(*e) + idlen);
+    e->kind = kind;
+    memcpy(e->id, id, idlen);
+    e->idlen = idlen;
     e->generation = generation;
     e->expires_ms = expires_ms;
     e->charge = charge;
     e->claims = claims ? json_incref(claims) : NULL;
-    hmap_insert(&cc->table, &e->node, e->key, sizeof(e->key));
+    hmap_insert(&cc->table[kind], &e->node, e->id, idlen);
     TAILQ_INSERT_HEAD(&cc->lru, e, lru);
     cc->bytes += charge;
 }
@@ -139,7 +141,7 @@ cred_cache_clear(struct cred_cache *cc, enum cred_kind kind)
 {
     for (struct cred_entry *e = TAILQ_FIRST(&cc->lru), *next; e; e = next) {
         next = TAILQ_NEXT(e, lru);
-        if (e->key[0] == (unsigned char)kind)
+        if (e->kind == kind)
             drop(cc, e);
     }
 }
@@ -147,5 +149,8 @@ cred_cache_clear(struct cred_cache *cc, enum cred_kind kind)
 size_t
 cred_cache_count(const struct cred_cache *cc)
 {
-    return cc->table.count;
+    size_t n = 0;
+    for (int k = 0; k < CRED_KINDS; k++)
+        n += cc->table[k].count;
+    return n;
 }

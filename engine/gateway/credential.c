@@ -80,15 +80,15 @@ verify_token(struct gw_req *rq, const char *tok, size_t len, char *detail, size_
     struct cred_cache *cache = rq->wk ? rq->wk->creds : NULL;
     rq->id_source = GW_ID_JWT;
     uint64_t now_ms = util_now_ms();
-    unsigned char digest[CRED_DIGEST_LEN];
     if (len > JWT_MAX_BYTES) {
         snprintf(detail, detail_len, "the token is too long");
         return invalid_token(rq, jwt_status_name(JWT_TOO_LONG), detail, detail_len);
     }
     if (cache) {
+        /* Under its own text: a hash that never runs over the token twice, and no two tokens
+         * can share an entry. Only verified tokens are kept, so nobody can fill the table. */
         json_t *claims;
-        cred_digest(tok, len, digest);
-        if (cred_cache_get(cache, CRED_JWT, digest, rq->policy->generation, now_ms, &claims) &&
+        if (cred_cache_get(cache, CRED_JWT, tok, len, rq->policy->generation, now_ms, &claims) &&
             claims) {
             rq->claims = json_incref(claims);
             rq->id_cached = true;
@@ -108,7 +108,7 @@ verify_token(struct gw_req *rq, const char *tok, size_t len, char *detail, size_
         /* Remembered until its exp plus the leeway (a far exp: as long as the cache keeps it). */
         double until = (t.exp + j->rules.leeway_s) * 1000.0;
         uint64_t expires = until >= 1.8e19 ? UINT64_MAX : until > 0 ? (uint64_t)until : 0;
-        cred_cache_put(cache, CRED_JWT, digest, rq->policy->generation, t.claims, expires, len);
+        cred_cache_put(cache, CRED_JWT, tok, len, rq->policy->generation, t.claims, expires, len);
     }
     return 0;
 }
@@ -201,8 +201,8 @@ read_api_key(struct gw_req *rq, const char *key, size_t len, char *detail, size_
     rq->api_key_hex[2 * CRED_DIGEST_LEN] = '\0';
     struct cred_cache *cache = api_key_cache(rq);
     json_t *claims;
-    if (cache && cred_cache_get(cache, CRED_API_KEY, rq->api_key_digest, rq->policy->generation,
-                                util_now_ms(), &claims)) {
+    if (cache && cred_cache_get(cache, CRED_API_KEY, rq->api_key_digest, CRED_DIGEST_LEN,
+                                rq->policy->generation, util_now_ms(), &claims)) {
         rq->id_cached = true;
         if (!claims)
             return invalid_key(rq, "unknown_key", "the API key is not known", detail, detail_len);
@@ -225,8 +225,8 @@ gw_api_key_answer(struct gw_req *rq, const char *row, size_t len, char *detail, 
     }
     struct cred_cache *cache = api_key_cache(rq);
     if (cache)
-        cred_cache_put(cache, CRED_API_KEY, rq->api_key_digest, rq->policy->generation, claims,
-                       util_now_ms() + k->ttl_ms, row ? len : 0);
+        cred_cache_put(cache, CRED_API_KEY, rq->api_key_digest, CRED_DIGEST_LEN,
+                       rq->policy->generation, claims, util_now_ms() + k->ttl_ms, row ? len : 0);
     if (!claims)
         return invalid_key(rq, "unknown_key", "the API key is not known", detail, detail_len);
     rq->claims = claims;
