@@ -3,11 +3,11 @@
 #   (1) the cache-hit path (a fixed 1 KB body, a tier limit, a per-caller key) with the caller
 #       named by a trusted header (X-User-Id) against the same hit with the caller verified
 #       from an RS256 bearer token (identity { jwt = ... }): after the first request each
-#       worker remembers the token (its SHA-256 in a per-worker cache), so a hit verifies no
+#       worker remembers the token (under its text in a per-worker cache), so a hit verifies no
 #       signature; wrk on CPU 0, sluice (one worker) on CPU 1. Goal: >= 0.9x the header's req/s.
 #   (2) first sight: microseconds to verify a token of each algorithm (a C timing of
 #       jwt_verify() on keys OpenSSL makes, bench/jwt_verify.c), and what a remembered token
-#       costs instead (SHA-256 and a cache hit).
+#       costs instead (a cache hit).
 #
 #   bench/identity.sh                   # 3 rounds of 8 s each way at 50 connections
 #   ROUNDS=5 DURATION=10 bench/identity.sh
