@@ -56,6 +56,13 @@ wait_socket(struct pg_check *c, short events, uint64_t deadline_us, const char *
     }
 }
 
+static void
+ignore_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 /* Connects, within the connect deadline of params and the session's. Returns 0, or -1. */
 static int
 connect_within(struct pg_check *c, const struct pg_conn_params *params, char *err, size_t errlen)
@@ -73,6 +80,7 @@ connect_within(struct pg_check *c, const struct pg_conn_params *params, char *er
         conn_error(c, err, errlen);
         return -1;
     }
+    PQsetNoticeProcessor(c->pg, ignore_notice, NULL); /* libpq would print them on stderr */
     /* Before the first PQconnectPoll, libpq wants the socket writable. */
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;
     while (st != PGRES_POLLING_OK) {
