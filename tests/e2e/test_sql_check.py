@@ -177,6 +177,16 @@ class CheckAgainstTheDatabase(SluiceTestCase):
         self.assertRegex(r.stderr, r"^sluice check: could not verify the SQL against the "
                                    r"database: .*127\.0\.0\.1")
 
+    def test_db_without_database_url_checks_against_the_pg_environment(self):
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        env["PGDATABASE"] = self.db
+        d = policy_dir(tickets=TICKETS.replace("t.subject", "t.subjct"))
+        self.addCleanup(shutil.rmtree, d, True)
+        r = subprocess.run([lib.BIN, "check", "--db", d], capture_output=True, text=True,
+                           env=env, timeout=CHECK_TIMEOUT)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("20-tickets.lua:3: ", r.stdout)
+
     def test_without_database_url_check_warns_and_passes(self):
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         d = policy_dir()
