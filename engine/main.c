@@ -31,6 +31,7 @@
 #include "sdnotify.h"
 #include "server.h"
 #include "service.h"
+#include "sql_check.h"
 #include "store.h"
 #include "store_redis.h"
 #include "triggers.h"
@@ -64,6 +65,8 @@ static const char usage_serve[] =
     "  --listen ADDR:PORT        address to serve on (default 127.0.0.1:8080)\n"
     "  --admin ADDR:PORT|off     admin listener: /status, /reload (default 127.0.0.1:8081)\n"
     "  --no-watch                do not reload when files in POLICY_DIR change\n"
+    "  --no-sql-check            load and reload the policy without checking its SQL\n"
+    "                            against DATABASE_URL's database\n"
     "  --workers N               worker threads (default: number of cores)\n"
     "  --max-connections N       open connections (default 10000); at the cap a new one\n"
     "                            closes an idle or unfinished one, and is refused (503)\n"
@@ -146,13 +149,24 @@ static const char usage_serve[] =
     "name; it reconnects by itself when the connection breaks.\n";
 
 static const char usage_check[] =
-    "usage: sluice check POLICY_DIR\n"
+    "usage: sluice check [--db] POLICY_DIR\n"
     "\n"
     "Loads and validates every policy file as 'sluice serve' would (and the key files\n"
     "its identity reads). Exits 0 when the set and every tenant file (tenants/*.lua) are\n"
     "valid, printing only a 'file:line: note: ...' line for each key that callers who lack\n"
     "what it names share (anonymous = \"share\"); prints one 'file:line: message' line per\n"
-    "problem and exits 1 otherwise.\n";
+    "problem and exits 1 otherwise.\n"
+    "\n"
+    "When DATABASE_URL is set, the set's SQL is checked against that database too, on one\n"
+    "connection within 5 s: every statement is prepared and described (never run), its\n"
+    "parameters counted against its args, the tier lookup's column must be text, and the\n"
+    "on_change tables and columns must exist; what PostgreSQL refuses is a\n"
+    "'file:line: message' line. When the database cannot be reached, a warning on\n"
+    "stderr says the SQL was not verified and the exit status ignores it.\n"
+    "\n"
+    "options:\n"
+    "  --db    check the SQL against the database (DATABASE_URL, else the PG*\n"
+    "          environment) and exit 1 when it cannot be reached\n";
 
 static const char usage_explain[] =
     "usage: sluice explain [OPTIONS] POLICY_DIR 'METHOD /path?query'\n"
@@ -304,28 +318,69 @@ cmd_version(void)
     return 0;
 }
 
+/*
+ * The SQL part of `sluice check`: returns 0 when the database accepts p's SQL or could not be
+ * asked without `required` (a warning on stderr then), 1 otherwise (the database's
+ * "file:line: message" lines on stdout, or the reason on stderr).
+ */
 static int
-wants_help(int argc, char **argv)
+check_sql(const struct policy *p, bool required)
 {
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-            return 1;
+    const char *url = getenv("DATABASE_URL");
+    if (!sql_check_wanted(p))
+        return 0;
+    if (!required && (!url || !url[0])) {
+        fprintf(stderr, "sluice check: warning: the SQL was not verified against a database: "
+                        "DATABASE_URL is not set (--db checks it against the PG* environment's)\n");
+        return 0;
+    }
+    char why[512], *errors = NULL;
+    int rc = sql_check_policy(p, url, SQL_CHECK_BUDGET_MS, &errors, why, sizeof(why));
+    if (rc > 0) {
+        fputs(errors, stdout);
+        free(errors);
+        return 1;
+    }
+    if (rc < 0 && required) {
+        fprintf(stderr, "sluice check: could not verify the SQL against the database: %s\n", why);
+        return 1;
+    }
+    if (rc < 0)
+        fprintf(stderr, "sluice check: warning: the SQL was not verified against a database: %s\n",
+                why);
     return 0;
 }
 
 static int
 cmd_check(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
-        fputs(usage_check, stdout);
-        return 0;
+    static const struct option opts[] = {
+        {"db", no_argument, NULL, 'D'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    bool db = false;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'D':
+            db = true;
+            break;
+        case 'h':
+            fputs(usage_check, stdout);
+            return 0;
+        default:
+            fputs(usage_check, stderr);
+            return 2;
+        }
     }
-    if (argc != 2) {
+    if (optind != argc - 1) {
         fputs(usage_check, stderr);
         return 2;
     }
     char *errors = NULL;
-    struct policy *p = policy_load(argv[1], 1, NULL, &errors);
+    struct policy *p = policy_load(argv[optind], 1, NULL, &errors);
     if (!p) {
         fputs(errors ? errors : "policy rejected\n", stdout);
         free(errors);
@@ -333,10 +388,12 @@ cmd_check(int argc, char **argv)
     }
     if (p->notes)
         fputs(p->notes, stdout);
+    int rc = check_sql(p, db);
     /* A broken tenant file does not stop a server, but it fails the check. */
-    int rc = p->tenant_errors ? 1 : 0;
-    if (p->tenant_errors)
+    if (p->tenant_errors) {
         fputs(p->tenant_errors, stdout);
+        rc = 1;
+    }
     policy_release(p);
     return rc;
 }
@@ -347,6 +404,7 @@ struct serve {
     struct gateway_config gcfg;
     char addr[256], admin_addr[256];
     int admin_on, admin_port, watch;
+    int sql_check; /* -1: --no-sql-check; then 1 when the SQL is checked (DATABASE_URL set) */
     const char *dir;
     const char *token; /* SLUICE_ADMIN_TOKEN */
     struct gateway *gw;
@@ -686,6 +744,7 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"listen", required_argument, NULL, 'l'},
         {"admin", required_argument, NULL, 'a'},
         {"no-watch", no_argument, NULL, 'W'},
+        {"no-sql-check", no_argument, NULL, 'Q'},
         {"workers", required_argument, NULL, 'w'},
         {"max-connections", required_argument, NULL, 'c'},
         {"max-connections-per-ip", required_argument, NULL, 'P'},
@@ -744,6 +803,9 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
             break;
         case 'W':
             sv->watch = 0;
+            break;
+        case 'Q':
+            sv->sql_check = -1;
             break;
         case 'w':
             if (parse_count("--workers", optarg, 256, &v) != 0 || v == 0)
@@ -887,6 +949,30 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
     }
     sv->dir = argv[optind];
     return 0;
+}
+
+/*
+ * With a DATABASE_URL (and without --no-sql-check), checks the SQL of the first generation p
+ * against the database, as reloads will (reloader_check_sql). Returns 0 to serve p (a database
+ * that cannot be reached is a warning), or -1 when the database refused it (logged).
+ */
+static int
+serve_check_sql(struct serve *sv, const struct policy *p)
+{
+    const char *url = sv->gcfg.database_url;
+    sv->sql_check = sv->sql_check >= 0 && url && url[0];
+    if (!sv->sql_check)
+        return 0;
+    char why[512], *errors = NULL;
+    int rc = sql_check_policy(p, url, SQL_CHECK_BUDGET_MS, &errors, why, sizeof(why));
+    if (rc < 0)
+        log_warn("the SQL of the policy in %s was not verified against the database (%s); "
+                 "serving it anyway",
+                 sv->dir, why);
+    if (rc > 0)
+        log_error("the database refuses the policy in %s:\n%s", sv->dir, errors);
+    free(errors);
+    return rc > 0 ? -1 : 0;
 }
 
 /* Checks the settings that only make sense together. Returns 0, or -1 with a message printed. */
@@ -1037,6 +1123,8 @@ serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
     }
     sv->gw = gateway_new(&sv->gcfg, p);
     sv->reloader = reloader_new(sv->dir, sv->gw);
+    if (sv->sql_check)
+        reloader_check_sql(sv->reloader, sv->gcfg.database_url);
     /* Each worker stamps a heartbeat (readiness, the watchdog) around the gateway. */
     sv->svc = service_new(sv->cfg.workers);
     service_set_ready_fd(sv->svc, sv->ready_fd);
@@ -1160,6 +1248,12 @@ cmd_serve(int argc, char **argv)
     if (!p) {
         log_error("the policy in %s is invalid:\n%s", sv.dir, errors ? errors : "");
         free(errors);
+        serve_close_inherited(&sv);
+        envopt_free(&sv.env);
+        return 1;
+    }
+    if (serve_check_sql(&sv, p) != 0) {
+        policy_release(p);
         serve_close_inherited(&sv);
         envopt_free(&sv.env);
         return 1;

@@ -18,6 +18,7 @@
 #include "gateway.h"
 #include "log.h"
 #include "policy.h"
+#include "sql_check.h"
 #include "tenant.h"
 #include "tenant_hooks.h"
 #include "util.h"
@@ -40,6 +41,8 @@ struct reloader {
     char *last_trigger;
     int last_ok;
     char *last_error; /* of the last failed reload; kept until a reload succeeds */
+    bool check_sql;   /* reloads check the new set's SQL against the database ... */
+    char *conninfo;   /* ... at this conninfo (NULL: the PG* environment) */
 
     /* Snapshots that served before, each with a reference of ours, kept until ours is the
      * last: freeing a snapshot of thousands of endpoints takes as many free() calls, which must
@@ -103,6 +106,39 @@ retire(struct reloader *r, struct policy *p)
     sweep_retired(r);
 }
 
+void
+reloader_check_sql(struct reloader *r, const char *conninfo)
+{
+    free(r->conninfo);
+    r->conninfo = conninfo ? xstrdup(conninfo) : NULL;
+    r->check_sql = true;
+}
+
+/*
+ * Checks the SQL of p, a set that loaded, against the database. Returns p, or NULL (p released)
+ * with the database's "file:line: message" lines in *errs when it refused the set. Runs on the
+ * reload's own thread, with load_lock held.
+ */
+static struct policy *
+check_sql(struct reloader *r, struct policy *p, const char *trigger, char **errs)
+{
+    if (!p || !r->check_sql)
+        return p;
+    char why[512];
+    char *refused = NULL;
+    int rc = sql_check_policy(p, r->conninfo, SQL_CHECK_BUDGET_MS, &refused, why, sizeof(why));
+    if (rc < 0)
+        log_warn("reload of %s (%s): its SQL was not verified against the database (%s); "
+                 "loading it anyway",
+                 r->dir, trigger, why);
+    if (rc <= 0)
+        return p;
+    free(*errs);
+    *errs = refused;
+    policy_release(p);
+    return NULL;
+}
+
 int
 reloader_reload(struct reloader *r, const char *trigger, char **errors)
 {
@@ -112,6 +148,7 @@ reloader_reload(struct reloader *r, const char *trigger, char **errors)
     uint64_t gen = cur->generation + 1;
     struct policy_leftover *rest;
     struct policy *p = policy_load_then(r->dir, gen, cur, &errs, &rest);
+    p = check_sql(r, p, trigger, &errs);
     /* Status waits for the publication and its record, never for the load. */
     pthread_mutex_lock(&r->lock);
     r->last_time = time(NULL);
@@ -426,6 +463,7 @@ reloader_free(struct reloader *r)
     free(r->dir);
     free(r->last_trigger);
     free(r->last_error);
+    free(r->conninfo);
     pthread_mutex_destroy(&r->lock);
     pthread_mutex_destroy(&r->load_lock);
     free(r);

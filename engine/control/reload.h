@@ -22,6 +22,17 @@ struct reloader *reloader_new(const char *dir, struct gateway *g);
 void reloader_free(struct reloader *r);
 
 /*
+ * From now on, every reload of r checks the new set's SQL against the
+ * database at `conninfo` (copied; NULL or "": the PG* environment) before it
+ * publishes it (sql_check.h): a set the database refuses is refused like any
+ * set that fails to load; when the database cannot be reached in time, the
+ * set is published and a warning logged that its SQL was not verified. The
+ * check blocks the thread of the reload (never a worker) for at most
+ * SQL_CHECK_BUDGET_MS.
+ */
+void reloader_check_sql(struct reloader *r, const char *conninfo);
+
+/*
  * Loads the directory whole and, if it is valid, publishes it as the next
  * generation. Reloads are serialized. `trigger` ("signal", "inotify",
  * "admin") is recorded for status. Returns 0, or -1 with the

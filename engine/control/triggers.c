@@ -41,6 +41,14 @@ add_table(struct sbuf *b, const char *table)
     add_ident(b, table, strlen(table));
 }
 
+char *
+triggers_table_name(const char *table)
+{
+    struct sbuf b = {0};
+    add_table(&b, table);
+    return b.p;
+}
+
 /* Appends s as a string literal, right whatever standard_conforming_strings says. */
 static void
 add_literal(struct sbuf *b, const char *s)

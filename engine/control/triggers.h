@@ -46,4 +46,11 @@ char *triggers_sql(const struct policy_on_change *oc, size_t n, bool drop);
  */
 long triggers_function_name(const char *table, char *out, size_t cap);
 
+/*
+ * Returns `table` ("contacts" or "schema.contacts") as the triggers name it:
+ * a quoted, possibly schema-qualified identifier ("contacts" or
+ * "schema"."contacts"), as a new string.
+ */
+char *triggers_table_name(const char *table);
+
 #endif

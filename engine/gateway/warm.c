@@ -107,6 +107,12 @@ on_warm_rows(void *arg, const struct db_result *res)
     warm_schedule(wk);
 }
 
+char *
+gw_warm_query_sql(const char *sql)
+{
+    return xasprintf("SELECT coalesce(json_agg(row_to_json(t)), '[]')::text FROM (%s) t", sql);
+}
+
 /* Starts warming generation p: the fixed callers now, the queried ones as they arrive. */
 void
 gw_warm_start(struct gw_worker *wk, struct policy *p)
@@ -132,9 +138,7 @@ gw_warm_start(struct gw_worker *wk, struct policy *p)
                      c->tenant ? strlen(c->tenant) : 0);
         }
         if (w->sql && wk->db) {
-            char *sql = xasprintf("SELECT coalesce(json_agg(row_to_json(t)), '[]')::text FROM "
-                                  "(%s) t",
-                                  w->sql);
+            char *sql = gw_warm_query_sql(w->sql);
             struct warm_query *q = xmalloc(sizeof(*q));
             q->wk = wk;
             policy_ref(p);

@@ -240,6 +240,8 @@ compile_identity(struct compile *c)
         return;
     }
     set_location(c);
+    id->file = xstrdup(c->file ? c->file : "?");
+    id->line = c->line;
     compile_jwt(c);
     compile_api_key(c);
     lua_getfield(L, -1, "user");
@@ -840,6 +842,7 @@ policy_release(struct policy *p)
     identity_check_fini(&p->identity.tenant_check);
     free(p->identity.tier_header);
     free(p->identity.tier_sql);
+    free(p->identity.file);
     free_templates(p->identity.tier_args, p->identity.ntier_args);
     for (size_t i = 0; i < p->nfiles; i++)
         free(p->files[i].path);

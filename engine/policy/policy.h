@@ -188,6 +188,8 @@ struct policy_identity {
     size_t ntier_args;
     uint64_t tier_ttl_ms;
     int default_tier; /* index into tiers, -1 when there are no tiers */
+    char *file;       /* where the identity block is declared (NULL: it is not) */
+    int line;
 };
 
 struct policy_file {
