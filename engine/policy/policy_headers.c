@@ -138,6 +138,10 @@ compile_cors(lua_State *L)
     return c;
 }
 
+/* What a header value may use: no query (a malformed one refuses what expands it) and no body
+ * (it may be streamed to the upstream unread). */
+#define HEADER_VALUE_VARS (TV_ALL_REQUEST & ~(TV_BIT(TV_QUERY) | TV_BIT(TV_BODY)))
+
 /* The rules at field `name` of the table at the top, or NULL when it has none. */
 static struct policy_header_rules *
 compile_rules(struct compile *c, const char *name)
@@ -157,7 +161,7 @@ compile_rules(struct compile *c, const char *name)
             if (rule->name) {
                 rule->name_len = strlen(rule->name);
                 if (value)
-                    rule->value = compile_template(c, value, TV_ALL_REQUEST, name);
+                    rule->value = compile_template(c, value, HEADER_VALUE_VARS, name);
                 r->n++;
             }
             free(value);

@@ -105,6 +105,32 @@ function M.identity_headers(identity)
   return out
 end
 
+-- The template options of header values: those of the request's templates without {query...}
+-- and {body.NAME} (a body may be streamed to the upstream unread, and a query refused).
+local value_opts = setmetatable({}, { __mode = "k" })
+local function header_value_opts(topts)
+  local o = value_opts[topts]
+  if o then return o end
+  o = {}
+  for k, v in pairs(topts) do
+    o[k] = v
+  end
+  local allowed = {}
+  for k in pairs(topts.allowed or {}) do
+    if k ~= "query" and k ~= "body" then allowed[k] = true end
+  end
+  o.allowed = allowed
+  o.refuse = function(kind)
+    if kind == "query" or kind == "body" then
+      return "is not available in a header value (use {user}, {tenant}, {tier}, {ip}, {method}, {route},"
+        .. " {path.NAME}, {header.NAME} or {claim.NAME})"
+    end
+    return topts.refuse and topts.refuse(kind)
+  end
+  value_opts[topts] = o
+  return o
+end
+
 --[[
 Checks header rules at `field` ("request_headers" or "response_headers") with the checker c.
 topts are the template options of the values. Returns the normalized list, or nil when v is nil.
@@ -117,6 +143,7 @@ function M.check_rules(c, v, field, topts, identity)
     return nil
   end
   local ids = M.identity_headers(identity)
+  topts = header_value_opts(topts)
   local out, seen, n = {}, {}, 0
   local names = {}
   for k in pairs(v) do

@@ -163,6 +163,15 @@ endpoint "GET /a" { body = "{}", response_headers = { ["X-Cache"] = false, ["Acc
     })
   end)
 
+  it("refuse {query...} and {body.NAME} in values", function()
+    fails([[endpoint "POST /a" { upstream = "app", request_headers = { ["X-Q"] = "{query.x}", ["X-B"] = "{body.y}" } }]], {
+      't.lua:1: endpoint "POST /a": request_headers["X-B"] "{body.y}": {body.y} is not available in a header value'
+        .. " (use {user}, {tenant}, {tier}, {ip}, {method}, {route}, {path.NAME}, {header.NAME} or {claim.NAME})",
+      't.lua:1: endpoint "POST /a": request_headers["X-Q"] "{query.x}": {query.x} is not available in a header value'
+        .. " (use {user}, {tenant}, {tier}, {ip}, {method}, {route}, {path.NAME}, {header.NAME} or {claim.NAME})",
+    })
+  end)
+
   it("refuse request_headers on an endpoint without an upstream", function()
     fails([[endpoint "GET /a" { sql = "SELECT 1", request_headers = { ["X-A"] = "b" } }]],
       't.lua:1: endpoint "GET /a": request_headers: only goes with upstream = "NAME": no other source sends a request')
