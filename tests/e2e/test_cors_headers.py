@@ -6,6 +6,7 @@ responses", "CORS protocol and HTTP caches") and RFC 9110.
 """
 
 import http.client
+import json
 import os
 import shutil
 import subprocess
@@ -305,6 +306,22 @@ class CheckRefusals(SluiceTestCase):
         ]:
             self.assertTrue(any(l.startswith("%s:%d: " % (f, line)) and text in l
                                 for l in out.splitlines()), (line, text, out))
+
+    def test_explain_shows_a_preflight_answered_by_sluice(self):
+        d = write_policy('cors { origins = { "https://app.example.com" } }\n'
+                         'endpoint "GET /a" { body = "{}" }\n')
+        try:
+            def explain(origin):
+                p = subprocess.run([lib.BIN, "explain", d, "OPTIONS /a", "-H", "Origin: " + origin,
+                                    "-H", "Access-Control-Request-Method: GET"],
+                                   capture_output=True, text=True, timeout=20)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                return json.loads(p.stdout)
+            o = explain(APP)
+            self.assertEqual((o["status"], o["preflight"], o["endpoint"]["name"]), (204, True, "GET /a"))
+            self.assertEqual(explain(EVIL)["status"], 403)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":
