@@ -230,6 +230,33 @@ refused(json_t *o, int status, const char *detail)
 }
 
 /*
+ * A CORS preflight that sluice answers itself (gateway.c, gw_reply_preflight): adds to o its
+ * status (204, or 403 when the origin or method is not allowed), "preflight": true and the
+ * endpoint of the requested method, and returns true; false when h is no such preflight.
+ */
+static bool
+preflight_json(struct policy *p, const struct http_request *h, json_t *o)
+{
+    const struct http_str *method = http_header_get(h, "access-control-request-method");
+    const struct http_str *origin = http_header_get(h, "origin");
+    struct router_match m;
+    if (h->method != HTTP_OPTIONS || !method || !method->len || !origin ||
+        router_match(p->router, method->p, method->len, h->path.p, h->path.len, h->query.p,
+                     h->query.len, &m) != ROUTER_FOUND)
+        return false;
+    const struct policy_endpoint *ep = m.data;
+    const struct policy_cors *c = ep->fields.cors;
+    if (!c)
+        return false;
+    bool ok = policy_cors_allows(c, origin->p, origin->len) &&
+              policy_cors_method(c, method->p, method->len);
+    json_object_set_new(o, "status", json_integer(ok ? 204 : 403));
+    json_object_set_new(o, "preflight", json_true());
+    json_object_set_new(o, "endpoint", endpoint_json(ep));
+    return true;
+}
+
+/*
  * Explains the request sr on snapshot p through the request path's own
  * steps (gw_read_request, gw_identify, gw_plan, gw_plan_invalidations): only
  * the SQL tier lookup and the tenant hooks are not run. Returns a new JSON
@@ -248,6 +275,8 @@ explain(struct policy *p, struct server_request *sr, const char *tier, struct gw
                            h->target.p);
     json_t *o = json_pack("{s:I, s:s}", "generation", (json_int_t)p->generation, "request", line);
     free(line);
+    if (preflight_json(p, h, o))
+        return o;
     if (r != ROUTER_FOUND) {
         json_object_set_new(o, "status", json_integer(r == ROUTER_NOT_FOUND ? 404 : 405));
         json_object_set_new(o, "endpoint", json_null());

@@ -120,6 +120,30 @@ worker_policy(struct gw_worker *wk)
     return wk->policy;
 }
 
+/*
+ * A CORS preflight (Fetch standard, CORS protocol: OPTIONS with Origin and
+ * Access-Control-Request-Method) for a route whose endpoint for the requested method has cors
+ * is answered here, before any identity, limit or origin: returns true when it was. Any other
+ * OPTIONS request is routed as it is.
+ */
+static bool
+preflight(struct gw_worker *wk, struct server_request *sr, struct policy *p, uint64_t start_us)
+{
+    const struct http_request *h = &sr->http;
+    const struct http_str *method = http_header_get(h, "access-control-request-method");
+    if (!method || !method->len || !http_header_get(h, "origin"))
+        return false;
+    struct router_match m;
+    if (router_match(p->router, method->p, method->len, h->path.p, h->path.len, h->query.p,
+                     h->query.len, &m) != ROUTER_FOUND)
+        return false;
+    const struct policy_endpoint *ep = m.data;
+    if (!ep->fields.cors)
+        return false;
+    gw_reply_preflight(wk, sr, ep, start_us);
+    return true;
+}
+
 static void
 handle(struct server_request *sr, void *state)
 {
@@ -129,6 +153,8 @@ handle(struct server_request *sr, void *state)
     const struct http_request *h = &sr->http;
 
     struct router_match m;
+    if (h->method == HTTP_OPTIONS && preflight(wk, sr, p, start_us))
+        return;
     enum router_result r = router_match(p->router, h->method_str.p, h->method_str.len, h->path.p,
                                         h->path.len, h->query.p, h->query.len, &m);
     if (r == ROUTER_NOT_FOUND) {

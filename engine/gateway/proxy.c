@@ -571,6 +571,36 @@ add_identity(const struct gw_req *rq, struct sbuf *b)
 }
 
 /*
+ * The endpoint's request_headers (its upstream's, then its own): the fields they name dropped
+ * from what goes on, the values they set added, expanded for this request (a value that does
+ * not expand is left out).
+ */
+static void
+request_rules(struct gw_req *rq, struct sbuf *b)
+{
+    const struct policy_header_rules *r = rq->ep->fields.request;
+    if (!r)
+        return;
+    size_t o = 0;
+    for (size_t i = 0; i < b->len;) {
+        const char *nl = memchr(b->p + i, '\n', b->len - i);
+        size_t len = nl ? (size_t)(nl - (b->p + i)) + 1 : b->len - i;
+        if (!policy_rules_name(r, b->p + i, len)) {
+            memmove(b->p + o, b->p + i, len);
+            o += len;
+        }
+        i += len;
+    }
+    b->len = o;
+    for (size_t i = 0; i < r->n; i++) {
+        size_t vlen;
+        const char *v = r->rules[i].value ? gw_expand(rq, r->rules[i].value, &vlen) : NULL;
+        if (v)
+            sbuf_printf(b, "%s: %.*s\r\n", r->rules[i].name, (int)vlen, v);
+    }
+}
+
+/*
  * A fill of a key whose stale entry has validators asks the upstream for it
  * conditionally (RFC 9111 section 4.3.1): the origin's own ETag in
  * If-None-Match, its Last-Modified in If-Modified-Since; a 304 then freshens
@@ -614,6 +644,7 @@ gw_proxy_run(struct gw_req *rq)
     upstream_forward_headers(h, &headers);
     drop_fields(rq, &headers, filling, !safe);
     add_identity(rq, &headers);
+    request_rules(rq, &headers);
     /* The id the log and an error answer would quote: the client's (a safe token), or ours. */
     sbuf_printf(&headers, "X-Request-Id: %s\r\n", gw_request_id(rq));
     if (filling)

@@ -396,6 +396,87 @@ hdr_request_id(struct gw_req *rq)
     hdr_str(rq, "\r\n");
 }
 
+/*
+ * The CORS fields of an answer (Fetch standard, CORS protocol, "HTTP responses"): Vary: Origin
+ * when the answer depends on the Origin, and for an allowed origin Access-Control-Allow-Origin
+ * and the endpoint's fixed lines. Added as the answer is written: a cached entry holds none.
+ */
+static void
+cors_fields(struct gw_req *rq)
+{
+    const struct policy_cors *c = rq->ep->fields.cors;
+    if (!c || rq->detached)
+        return;
+    if (c->vary_origin)
+        hdr_str(rq, "Vary: Origin\r\n");
+    const struct http_str *o = http_header_get(&rq->sr->http, "origin");
+    if (!o || !policy_cors_allows(c, o->p, o->len))
+        return;
+    if (c->any_origin) {
+        hdr_str(rq, "Access-Control-Allow-Origin: *\r\n");
+    } else {
+        hdr_str(rq, "Access-Control-Allow-Origin: ");
+        hdr_add(rq, o->p, o->len);
+        hdr_str(rq, "\r\n");
+    }
+    hdr_add(rq, c->actual, c->actual_len);
+}
+
+/* Whether the answer's own field line is left out: a response rule names it, or it is an
+ * upstream's Access-Control-* field on an endpoint whose cors sluice answers. */
+static bool
+replaced(const struct policy_endpoint *ep, const char *line, size_t len)
+{
+    return policy_rules_name(ep->fields.response, line, len) ||
+           (ep->fields.cors && policy_line_is_cors(line, len));
+}
+
+/*
+ * The fields of an answer beside sluice's own: the answer's own lines (*lines, *len: a cached
+ * or upstream answer's, or none) without those the endpoint replaces (then copied into the
+ * request's header lines and *lines set to NULL; left by reference when none is), the values
+ * of its response_headers expanded for this request, then the CORS fields.
+ */
+static void
+answer_fields(struct gw_req *rq, const char **lines, size_t *len)
+{
+    const struct policy_endpoint *ep = rq->ep;
+    if (rq->detached)
+        return;
+    if (*lines && *len && (ep->fields.response || ep->fields.cors)) {
+        bool any = false;
+        for (size_t i = 0; i < *len && !any;) {
+            const char *nl = memchr(*lines + i, '\n', *len - i);
+            size_t n = nl ? (size_t)(nl - (*lines + i)) + 1 : *len - i;
+            any = replaced(ep, *lines + i, n);
+            i += n;
+        }
+        if (any) {
+            for (size_t i = 0; i < *len;) {
+                const char *nl = memchr(*lines + i, '\n', *len - i);
+                size_t n = nl ? (size_t)(nl - (*lines + i)) + 1 : *len - i;
+                if (!replaced(ep, *lines + i, n))
+                    hdr_add(rq, *lines + i, n);
+                i += n;
+            }
+            *lines = NULL;
+            *len = 0;
+        }
+    }
+    const struct policy_header_rules *r = ep->fields.response;
+    for (size_t i = 0; r && i < r->n; i++) {
+        size_t vlen;
+        const char *v = r->rules[i].value ? gw_expand(rq, r->rules[i].value, &vlen) : NULL;
+        if (!v)
+            continue;
+        hdr_add(rq, r->rules[i].name, r->rules[i].name_len);
+        hdr_str(rq, ": ");
+        hdr_add(rq, v, vlen);
+        hdr_str(rq, "\r\n");
+    }
+    cors_fields(rq);
+}
+
 void
 gw_fail(struct gw_req *rq, int status, const char *detail)
 {
@@ -411,6 +492,7 @@ gw_fail(struct gw_req *rq, int status, const char *detail)
             gw_log(rq, rq->wk && rq->wk->closing ? LOGL_WARN : LOGL_ERROR, status, "%d %s", status,
                    detail);
         hdr_request_id(rq);
+        cors_fields(rq);
         json_t *ext = json_pack("{s:s}", "request_id", id);
         size_t len;
         char *body = server_problem_body(status, NULL, NULL, detail, ext, &len);
@@ -440,14 +522,39 @@ gw_fail_auth(struct gw_req *rq, int status, const char *challenge, const char *d
     gw_fail(rq, status, detail);
 }
 
-void
-gw_reply_unrouted(struct gw_worker *wk, struct server_request *sr, int status, const char *detail,
-                  const char *extra_headers, uint64_t start_us)
+/* Counts an answer given before a request object exists (route: the endpoint's name, or
+ * GW_ROUTE_UNMATCHED) and puts it in the access log. */
+static void
+record_early(struct gw_worker *wk, struct server_request *sr, const char *route, int status,
+             const char *id, size_t bytes, uint64_t start_us)
 {
     const struct http_request *h = &sr->http;
+    uint64_t now_us = util_mono_us(), duration_us = now_us - start_us;
+    count_answer(wk, h->method, route, NULL, status, GW_CACHE_NONE, duration_us);
+    if (gw_access_on(&wk->access)) {
+        struct gw_access_record r = {
+            .now_us = now_us,
+            .duration_us = duration_us,
+            .request_id = id,
+            .http = h,
+            .route = route,
+            .status = status,
+            .cache = GW_CACHE_NONE,
+            .client = sr->ip,
+            .bytes = h->method == HTTP_HEAD ? 0 : bytes,
+        };
+        gw_access_log(&wk->access, &r);
+    }
+}
+
+/* An early answer as problem+json: detail for the client, extra_headers borrowed (or NULL). */
+static void
+reply_early_problem(struct gw_worker *wk, struct server_request *sr, const char *route, int status,
+                    const char *detail, const char *extra_headers, uint64_t start_us)
+{
     char id[GW_REQUEST_ID_MAX + 1];
     struct sbuf hdrs = {0};
-    gw_request_id_for(h, id);
+    gw_request_id_for(&sr->http, id);
     if (extra_headers)
         sbuf_adds(&hdrs, extra_headers);
     sbuf_printf(&hdrs, "X-Request-Id: %s\r\n", id);
@@ -455,24 +562,70 @@ gw_reply_unrouted(struct gw_worker *wk, struct server_request *sr, int status, c
     size_t len;
     char *body = server_problem_body(status, NULL, NULL, detail, ext, &len);
     json_decref(ext);
-    uint64_t now_us = util_mono_us(), duration_us = now_us - start_us;
-    count_answer(wk, h->method, GW_ROUTE_UNMATCHED, NULL, status, GW_CACHE_NONE, duration_us);
-    if (gw_access_on(&wk->access)) {
-        struct gw_access_record r = {
-            .now_us = now_us,
-            .duration_us = duration_us,
-            .request_id = id,
-            .http = h,
-            .route = GW_ROUTE_UNMATCHED,
-            .status = status,
-            .cache = GW_CACHE_NONE,
-            .client = sr->ip,
-            .bytes = h->method == HTTP_HEAD ? 0 : len,
-        };
-        gw_access_log(&wk->access, &r);
-    }
+    record_early(wk, sr, route, status, id, len, start_us);
     server_respond_problem_body(sr, status, body, len, hdrs.p);
     free(body);
+    sbuf_free(&hdrs);
+}
+
+void
+gw_reply_unrouted(struct gw_worker *wk, struct server_request *sr, int status, const char *detail,
+                  const char *extra_headers, uint64_t start_us)
+{
+    reply_early_problem(wk, sr, GW_ROUTE_UNMATCHED, status, detail, extra_headers, start_us);
+}
+
+/* A preflight's answer depends on these (Fetch standard, CORS protocol and HTTP caches). */
+#define PREFLIGHT_VARY                                                                             \
+    "Vary: Origin, Access-Control-Request-Method, Access-Control-Request-Headers\r\n"
+
+void
+gw_reply_preflight(struct gw_worker *wk, struct server_request *sr,
+                   const struct policy_endpoint *ep, uint64_t start_us)
+{
+    const struct http_request *h = &sr->http;
+    const struct policy_cors *c = ep->fields.cors;
+    const struct http_str *origin = http_header_get(h, "origin");
+    const struct http_str *method = http_header_get(h, "access-control-request-method");
+    assert(c && origin && method);
+    if (!policy_cors_allows(c, origin->p, origin->len)) {
+        reply_early_problem(wk, sr, ep->name, 403, "this origin may not call this endpoint (cors)",
+                            PREFLIGHT_VARY, start_us);
+        return;
+    }
+    if (!policy_cors_method(c, method->p, method->len)) {
+        reply_early_problem(wk, sr, ep->name, 403,
+                            "this method may not be called from a browser (cors.methods)",
+                            PREFLIGHT_VARY, start_us);
+        return;
+    }
+    char id[GW_REQUEST_ID_MAX + 1];
+    gw_request_id_for(h, id);
+    struct sbuf hdrs = {0};
+    if (c->any_origin) {
+        sbuf_adds(&hdrs, "Access-Control-Allow-Origin: *\r\n");
+    } else {
+        sbuf_adds(&hdrs, "Access-Control-Allow-Origin: ");
+        sbuf_add(&hdrs, origin->p, origin->len);
+        sbuf_adds(&hdrs, "\r\n");
+    }
+    if (!c->methods) {
+        sbuf_adds(&hdrs, "Access-Control-Allow-Methods: ");
+        sbuf_add(&hdrs, method->p, method->len);
+        sbuf_adds(&hdrs, "\r\n");
+    }
+    const struct http_str *asked =
+        c->headers_any ? http_header_get(h, "access-control-request-headers") : NULL;
+    if (asked && asked->len) {
+        sbuf_adds(&hdrs, "Access-Control-Allow-Headers: ");
+        sbuf_add(&hdrs, asked->p, asked->len);
+        sbuf_adds(&hdrs, "\r\n");
+    }
+    sbuf_add(&hdrs, c->preflight, c->preflight_len);
+    sbuf_printf(&hdrs, "X-Request-Id: %s\r\n", id);
+    record_early(wk, sr, ep->name, 204, id, 0, start_us);
+    struct server_response resp = {.status = 204, .headers = hdrs.p, .headers_len = hdrs.len};
+    server_respond(sr, &resp);
     sbuf_free(&hdrs);
 }
 
@@ -947,6 +1100,7 @@ gw_reply_denied(struct gw_req *rq)
     hdr_u64(rq, ceil_sec(retry) ? ceil_sec(retry) : 1);
     hdr_str(rq, "\r\n");
     hdr_request_id(rq);
+    cors_fields(rq);
     json_t *o = json_pack("{s:s, s:s, s:i, s:s, s:o, s:s}", "type", QUOTA_TYPE, "title",
                           "Request cannot be satisfied as assigned quota has been exceeded",
                           "status", 429, "detail", "rate limit exceeded; retry later",
@@ -1032,13 +1186,16 @@ gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uin
         hdr_str(rq, e->etag);
         hdr_str(rq, "\r\n");
     }
+    const char *own = e->headers;
+    size_t own_len = e->headers_len;
+    answer_fields(rq, &own, &own_len);
     struct server_response resp = {
         .status = e->status,
         .content_type = e->content_type,
         .headers = rq->hdrs,
         .headers_len = rq->hdrs_len,
-        .headers2 = e->headers,
-        .headers2_len = e->headers_len,
+        .headers2 = own,
+        .headers2_len = own_len,
         .close_delimited = rq->coded,
     };
     /* A streamed answer: its head goes out now, its body as it comes (conditionals are not
@@ -1065,6 +1222,9 @@ gw_reply_body(struct gw_req *rq, int status, const char *body, size_t len)
 {
     if (!rq->detached)
         hdr_request_id(rq);
+    const char *none = NULL;
+    size_t none_len = 0;
+    answer_fields(rq, &none, &none_len);
     struct server_response resp = {
         .status = status,
         .content_type = rq->ep->content_type,

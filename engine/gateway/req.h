@@ -367,6 +367,17 @@ void gw_reply_unrouted(struct gw_worker *wk, struct server_request *sr, int stat
                        const char *detail, const char *extra_headers, uint64_t start_us);
 
 /*
+ * Answers a CORS preflight (an OPTIONS with Origin and Access-Control-Request-Method; Fetch
+ * standard, CORS protocol, "CORS-preflight request") for endpoint ep, whose cors is set and
+ * which takes the requested method: 204 with the Access-Control-Allow-* fields when ep's cors
+ * allows the origin and the method, else 403 problem+json without them; both with Vary on the
+ * three request fields. Counted under ep's name and put in wk's access log, never against a
+ * limit; nothing is forwarded. start_us is when the request arrived.
+ */
+void gw_reply_preflight(struct gw_worker *wk, struct server_request *sr,
+                        const struct policy_endpoint *ep, uint64_t start_us);
+
+/*
  * Answers a problem+json error with `detail`, the request id as its
  * extension member request_id and as X-Request-Id (a detached request logs
  * it). detail is for the client: it says what was wrong with the request,

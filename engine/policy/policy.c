@@ -561,6 +561,7 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
     compile_limits(c, e);
     e->invalidate =
         field_templates(c, "invalidate", TV_ALL_REQUEST, POLICY_MAX_TAGS, &e->ninvalidate);
+    policy_fields_compile(c, e);
 }
 
 static void
@@ -801,6 +802,7 @@ policy_release(struct policy *p)
         for (size_t j = 0; j < e->ntargeted; j++)
             free(e->targeted[j]);
         free(e->targeted);
+        policy_fields_free(&e->fields);
     }
     free(p->endpoints);
     for (size_t i = 0; i < p->nupstreams; i++) {

@@ -9,6 +9,7 @@
 #include "identity.h"
 #include "jwt.h"
 #include "limiter.h"
+#include "policy_headers.h"
 
 struct template;
 struct router;
@@ -151,6 +152,8 @@ struct policy_endpoint {
 
     struct template **invalidate;
     size_t ninvalidate;
+
+    struct policy_fields fields; /* cors, request_headers, response_headers (policy_headers.h) */
 };
 
 /* identity { jwt = { keys = "jwks.json", issuer = ..., audience = ..., leeway = "30s" } } */

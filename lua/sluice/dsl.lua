@@ -11,6 +11,7 @@
 --   upstream "app" { url = "http://127.0.0.1:3000" }      -- an HTTP origin
 --   endpoint "GET /api/x" { sql = "...", cache = {...} }  -- what a route does
 --   on_change "contacts" { invalidate = { ... } }         -- PostgreSQL NOTIFY
+--   cors { origins = { "https://app.example.com" } }      -- CORS for every endpoint
 --   header "X-User-Id", sql("SELECT ...", "{user}")       -- identity sources;
 --   header("X-User-Id", { integer = true })               -- a typed one (uuid, pattern)
 --   claim "sub", claim("sub", { integer = true })         -- a verified credential's claim
@@ -141,6 +142,18 @@ local function file_functions(ctx)
     declare("identity", nil, line).fields = copy(f)
   end
 
+  -- cors { origins = { ... }, ... }: the CORS every endpoint has unless it says its own
+  -- cors = { ... } or cors = false (sluice.headers).
+  local function cors(f)
+    local line = here()
+    if not is_table_arg(f) then
+      err(line, 'cors: expected a table of fields, as in cors { origins = { "https://app.example.com" } }, got '
+        .. describe(copy(f)))
+      return
+    end
+    declare("cors", nil, line).fields = copy(f)
+  end
+
   -- A value read from the request by name, kind "header" or "claim": `kind "NAME"`,
   -- `kind("NAME", { integer = true })`, or the options written after: `kind "NAME" { ... }`.
   local function named_source(kind)
@@ -184,6 +197,7 @@ local function file_functions(ctx)
     endpoint = named("endpoint"),
     on_change = named("on_change"),
     identity = identity,
+    cors = cors,
     header = header,
     claim = claim,
     sql = sql,
@@ -208,6 +222,7 @@ local function tenant_functions(ctx)
     endpoint = d.named("endpoint"),
     hook = d.named("hook"),
     identity = refuse("identity"),
+    cors = refuse("cors"),
     upstream = refuse("upstream", true),
     on_change = refuse("on_change", true),
     header = refuse("header"),
@@ -440,7 +455,7 @@ function M.tenant_hooks(path, source)
     return take
   end
   local env = sandbox.env({
-    tier = decl, endpoint = decl, identity = decl, upstream = decl, on_change = decl,
+    tier = decl, endpoint = decl, identity = decl, upstream = decl, on_change = decl, cors = decl,
     header = function() end, claim = function() end, sql = function() end, hook = hook,
   })
   local ok, msg = sandbox.run(path, source, env, tenant.BUDGET, tenant.TIME_BUDGET_MS)

@@ -8,6 +8,7 @@
 local duration = require "sluice.duration"
 local template = require "sluice.template"
 local sqltext = require "sluice.sql"
+local headers = require "sluice.headers"
 local suggest = require "sluice.suggest"
 
 local M = {}
@@ -660,7 +661,8 @@ end
 ---------------------------------------------------------------------------
 -- Upstreams
 
-local UPSTREAM_FIELDS = { "url", "timeout", "connect_timeout", "forward_headers" }
+local UPSTREAM_FIELDS = { "url", "timeout", "connect_timeout", "forward_headers",
+  "request_headers", "response_headers" }
 M.MAX_FORWARD_HEADERS = 64 -- a request has at most 64 fields (HTTP_MAX_HEADERS)
 
 -- Fields forward_headers may not name, and why: a client's is never forwarded (the lists of
@@ -1117,6 +1119,7 @@ end
 
 local ENDPOINT_FIELDS = {
   "sql", "args", "one", "upstream", "body", "status", "content_type", "cache", "limit", "invalidate",
+  "cors", "request_headers", "response_headers",
 }
 local CACHE_FIELDS = { "ttl", "key", "tags", "shared", "stale_while_revalidate", "stale_if_error", "warm",
   "override", "keep", "targeted", "anonymous", "max_size" }
@@ -1612,6 +1615,16 @@ local function endpoint_decl(c, decl, f, env)
     end
   end
 
+  -- CORS and header rules (sluice.headers); the set's cors and the upstream's rules are
+  -- joined in by M.build.
+  e.cors = headers.check_cors(c, f.cors, "cors")
+  if f.request_headers ~= nil and source ~= "upstream" then
+    c:err("request_headers", "only goes with upstream = \"NAME\": no other source sends a request")
+  else
+    e.request_headers = headers.check_rules(c, f.request_headers, "request_headers", topts, env.identity)
+  end
+  e.response_headers = headers.check_rules(c, f.response_headers, "response_headers", topts, env.identity)
+
   e.limits = check_limits(c, f.limit, topts, env)
   e.invalidate = c:template_list(f.invalidate, "invalidate", topts, '{ "crm:{user}", "dash:{user}" }')
   check_count(c, f.invalidate, "invalidate", M.MAX_TAGS, "tags", "an endpoint")
@@ -1657,6 +1670,49 @@ local function on_change_decl(c, decl, f, identity, complete)
 end
 
 ---------------------------------------------------------------------------
+-- CORS and header rules set-wide (sluice.headers)
+
+-- Checks the set's cors { ... } and the upstreams' header rules (which need the identity);
+-- returns the set's cors (normalized), or nil.
+function M.build_fields(report, by_kind, set, env)
+  local cors
+  for i, d in ipairs(by_kind.cors) do
+    local c = checker(report, d, "cors")
+    if i > 1 then
+      c:err(nil, "is already declared at " .. d.file .. ":" .. by_kind.cors[1].line
+        .. "; a policy set has one cors block (an endpoint may have its own cors = { ... })")
+    else
+      cors = headers.check_cors(c, d.fields, nil)
+      set.cors = cors
+    end
+  end
+  local topts = request_opts(env, { param_set = {}, method = "GET" })
+  for i, d in ipairs(by_kind.upstream) do
+    local c = checker(report, d, "upstream " .. quote(d.name))
+    local u = set.upstreams[i]
+    u.request_headers = headers.check_rules(c, d.fields.request_headers, "request_headers", topts, set.identity)
+    u.response_headers = headers.check_rules(c, d.fields.response_headers, "response_headers", topts, set.identity)
+  end
+  return cors
+end
+
+-- The endpoint's cors (its own, the set's, or none with cors = false) and its header rules
+-- after its upstream's.
+function M.resolve_fields(e, cors_default, upstreams)
+  if e.cors == false then
+    e.cors = nil
+  elseif e.cors == nil then
+    e.cors = cors_default
+  end
+  for _, u in ipairs(upstreams) do
+    if e.upstream and u.name == e.upstream then
+      e.request_headers = headers.merge(u.request_headers, e.request_headers)
+      e.response_headers = headers.merge(u.response_headers, e.response_headers)
+    end
+  end
+end
+
+---------------------------------------------------------------------------
 -- The whole set
 
 local WHAT = {
@@ -1665,6 +1721,7 @@ local WHAT = {
   endpoint = function(d) return "endpoint " .. quote(d.name) end,
   on_change = function(d) return "on_change " .. quote(d.name) end,
   identity = function() return "identity" end,
+  cors = function() return "cors" end,
   hook = function(d) return "hook " .. quote(d.name) end,
 }
 M.WHAT = WHAT
@@ -1686,7 +1743,7 @@ function M.build(files, decls, report, complete)
       set.files[i] = { path = f.path, tenant = f.tenant }
     end
   end
-  local by_kind = { tier = {}, upstream = {}, identity = {}, endpoint = {}, on_change = {} }
+  local by_kind = { tier = {}, upstream = {}, identity = {}, endpoint = {}, on_change = {}, cors = {} }
   for _, d in ipairs(decls) do
     if d.fields then
       local list = by_kind[d.kind]
@@ -1743,6 +1800,7 @@ function M.build(files, decls, report, complete)
   end
 
   local env = { known = complete, identity = set.identity }
+  local cors_default = M.build_fields(report, by_kind, set, env)
   local routes = route_index()
   local nroutes = 0
   local limit_keys = {}
@@ -1787,6 +1845,7 @@ function M.build(files, decls, report, complete)
           end
         end
       end
+      M.resolve_fields(e, cors_default, set.upstreams)
       set.endpoints[#set.endpoints + 1] = e
       -- What sluice check says of keys that callers who lack what they name share.
       local where_e = e.file .. ":" .. e.line .. ": note: endpoint " .. quote(e.name) .. ": "

@@ -180,6 +180,9 @@ function sql(query, ...) end
 ---@field cache? sluice.Cache GET and HEAD only
 ---@field limit? sluice.Limits every limit must admit a request
 ---@field invalidate? sluice.Template[] tags dropped after a successful write
+---@field cors? sluice.Cors|false this endpoint's CORS (false: none, whatever cors { } says)
+---@field request_headers? sluice.HeaderRules upstream only: fields set (templates) or removed (false)
+---@field response_headers? sluice.HeaderRules fields of the answer set (templates) or removed (false)
 
 ---What a route does: `endpoint "GET /api/things/{id}" { sql = "...", args = { "{path.id}" } }`.
 ---In a tenant file: an override of `cache.ttl` and `limit` of a main endpoint.
@@ -195,12 +198,30 @@ function endpoint(route) end
 ---@field timeout? sluice.Duration request sent to answer complete (default "5s"), else 504
 ---@field connect_timeout? sluice.Duration default "1s"
 ---@field forward_headers? string[] only these request fields reach the app
+---@field request_headers? sluice.HeaderRules set (templates) or removed (false) on each request
+---@field response_headers? sluice.HeaderRules set or removed on each answer (the endpoint's after these)
 
 ---An HTTP/1.1 app endpoints forward to: `upstream "app" { url = "http://127.0.0.1:3000" }`.
 ---@param name string
 ---@return fun(fields: sluice.Upstream)
 ---@overload fun(name: string, fields: sluice.Upstream)
 function upstream(name) end
+
+-- ---- cors and header rules ---------------------------------------------------------------
+
+---@alias sluice.HeaderRules table<string, string|false> field name -> template value, or false: removed
+
+---@class sluice.Cors
+---@field origins string[]|"*" "https://app.example.com" (scheme://host[:port]), or "*"
+---@field methods? string[] Access-Control-Allow-Methods (default: the method asked, as routed)
+---@field headers? string[]|"*" Access-Control-Allow-Headers ("*": those asked; default: none)
+---@field expose? string[] Access-Control-Expose-Headers
+---@field credentials? boolean Access-Control-Allow-Credentials: true (not with origins = "*")
+---@field max_age? sluice.Duration Access-Control-Max-Age
+
+---CORS for every endpoint that does not say its own `cors = { ... }` or `cors = false`.
+---@param fields sluice.Cors
+function cors(fields) end
 
 -- ---- on_change ----------------------------------------------------------------------------
 
