@@ -578,8 +578,10 @@ fo_health(struct store *s, struct store_health *h)
     store_health(f->primary, &primary);
     *h = f->h;
     h->latency = primary.latency;
-    h->degraded = f->state != BR_CLOSED;
-    h->state = state_name(f->state);
+    /* A primary with no connection (none made yet, or no master known) is degraded before any
+     * request has failed on it. */
+    h->degraded = f->state != BR_CLOSED || primary.degraded;
+    h->state = f->state == BR_CLOSED && primary.degraded ? "degraded" : state_name(f->state);
 }
 
 static void

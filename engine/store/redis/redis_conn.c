@@ -252,6 +252,30 @@ timer_free(struct redis_timer *t)
     t->ev = NULL;
 }
 
+void
+redis_conn_attach(redisAsyncContext *ac, struct event_base *base)
+{
+    ev_attach(ac, base);
+}
+
+void
+redis_conn_timer_init(struct redis_timer *t, struct event_base *base, void (*fn)(void *), void *arg)
+{
+    timer_init(t, base, fn, arg);
+}
+
+void
+redis_conn_timer_arm(struct redis_timer *t, uint64_t us)
+{
+    timer_arm(t, us);
+}
+
+void
+redis_conn_timer_free(struct redis_timer *t)
+{
+    timer_free(t);
+}
+
 static void
 turn_fire(evutil_socket_t fd, short what, void *arg)
 {
@@ -468,6 +492,8 @@ conn_detach(struct redis_conn *c, const char *why, const char *detail)
         c->down_logged = true;
     }
     conn_schedule(c);
+    if (c->lost_master && !c->env->closing)
+        c->lost_master(c->lost_arg);
 }
 
 /*
@@ -566,6 +592,12 @@ is_noscript(const redisReply *r)
 
 static void send_script_load(struct redis_conn *c, int script);
 
+static bool
+is_readonly(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_ERROR && r->len >= 8 && memcmp(r->str, "READONLY", 8) == 0;
+}
+
 static void
 on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
@@ -600,8 +632,11 @@ on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             }
         }
     }
+    bool demoted = r && c->check_role && c->ac == ac && is_readonly(r);
     rc->fn(rc->arg, r);
     rcmd_free(rc);
+    if (demoted) /* the master we were told of is a replica now: leave it (and ask again) */
+        conn_drop(c, "the node is read-only (a replica now)");
 }
 
 static void
@@ -611,6 +646,21 @@ on_setup_reply(void *arg, redisReply *r)
 
     if (r && r->type == REDIS_REPLY_ERROR)
         conn_log(c, LOGL_WARN, "setting up the connection failed", r->str);
+}
+
+/* ROLE's reply on a new connection: a node that is not a master is left (and the watcher asks
+ * again where the master is). */
+static void
+on_role_reply(void *arg, redisReply *r)
+{
+    struct redis_conn *c = arg;
+
+    if (!r || !c->ac)
+        return;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+        r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "master") == 0)
+        return;
+    conn_drop(c, r->type == REDIS_REPLY_ERROR ? "ROLE failed" : "the node is not a master (ROLE)");
 }
 
 static void
@@ -664,7 +714,7 @@ redis_conn_connect(struct redis_conn *c)
 {
     redisAsyncContext *ac;
 
-    if (c->ac || c->env->closing)
+    if (c->ac || c->env->closing || !c->ep.host[0])
         return;
     ac = redisAsyncConnect(c->ep.host, c->ep.port);
     if (!ac || ac->err) {
@@ -701,8 +751,29 @@ redis_conn_connect(struct redis_conn *c)
         resp_u64(&b, c->ep.db);
         redis_conn_send(c, -1, &b, on_setup_reply, c);
     }
-    for (int i = 0; i < REDIS_NSCRIPTS && c->ac; i++)
+    if (c->check_role && c->ac) {
+        resp_argc(&b, 1);
+        resp_str(&b, "ROLE");
+        redis_conn_send(c, -1, &b, on_role_reply, c);
+    }
+    for (int i = 0; i < REDIS_NSCRIPTS && c->ac && !c->plain; i++)
         send_script_load(c, i);
+}
+
+void
+redis_conn_set_endpoint(struct redis_conn *c, const struct redis_endpoint *ep)
+{
+    if (strcmp(c->ep.host, ep->host) == 0 && c->ep.port == ep->port)
+        return;
+    if (c->ac) {
+        char msg[320];
+        snprintf(msg, sizeof(msg), "moving to %s:%d", ep->host, ep->port);
+        conn_drop(c, msg);
+    }
+    c->ep = *ep;
+    c->backoff_us = BACKOFF_MIN_US;
+    timer_stop(&c->retry);
+    redis_conn_connect(c);
 }
 
 void
