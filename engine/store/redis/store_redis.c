@@ -14,6 +14,7 @@
 #include "log.h"
 #include "redis_conn.h"
 #include "redis_sentinel.h"
+#include "store_redis_fleet.h"
 #include "store.h"
 #include "store_redis.h"
 #include "store_redis_codec.h"
@@ -1142,6 +1143,15 @@ redis_list_entries(struct store *st, const char *glob, size_t globlen, size_t li
     redis_list(&s->cache, s->list_rounds, &s->stats.failed, glob, globlen, limit, done, arg);
 }
 
+static void
+redis_fleet_op(struct store *st, const struct store_fleet_member *me, uint64_t ttl_ms,
+               store_fleet_fn *done, void *arg)
+{
+    struct store_redis *s = (struct store_redis *)st;
+
+    redis_fleet(&s->cache, &s->stats.failed, me, ttl_ms, done, arg);
+}
+
 static const struct store_ops redis_ops = {
     .name = "redis",
     .admit_and_lookup = redis_admit_and_lookup,
@@ -1153,6 +1163,7 @@ static const struct store_ops redis_ops = {
     .invalidate_pattern = redis_invalidate_pattern,
     .release_lease = redis_release_lease,
     .list = redis_list_entries,
+    .fleet = redis_fleet_op,
 };
 
 struct store *
