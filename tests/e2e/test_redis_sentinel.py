@@ -304,13 +304,14 @@ class SentinelFailover(SluiceTestCase):
             def back():
                 return self.served_by_redis(721) and evalsha_calls(self.replica.port)[0] > c0 \
                     and store_state(self.s) == "ok"
-            self.assertTrue(wait_until(back, 1.0 + (t_switch - time.monotonic()) + 1.0, 0.02),
+            self.assertTrue(wait_until(back, t_switch + 1.0 - time.monotonic(), 0.02),
                             "not back on the new master within a second of the failover")
             t_back = time.monotonic()
         finally:
             results = load.stop()
-        print("\n  failover took %.2f s; sluice back %.0f ms after it; %d requests" %
-              (t_switch - t_kill, (t_back - t_switch) * 1000, len(results)))
+        print("\n  failover took %.2f s; sluice back %.0f ms after it; %d requests, the slowest "
+              "answered in %.1f ms" % (t_switch - t_kill, (t_back - t_switch) * 1000, len(results),
+                                       max(r[3] for r in results) * 1000))
         self.assertLess(t_back - t_switch, 1.0)
         bad = [r for r in results if r[1] != 200]
         self.assertEqual(bad, [])
@@ -368,6 +369,9 @@ class DemotedMaster(SluiceTestCase):
         master it names now, with no restart."""
         self.assertTrue(wait_until(lambda: self.counted(800) and
                                    evalsha_calls(self.a.port)[0] > 0, 10))
+        # the start's questions are over (one more follows each subscription, 100 ms apart at
+        # most): from here on only sluice's own finding makes it ask again
+        time.sleep(0.5)
         asked = self.fake.asked
         self.fake.master_port = self.b.port
         cli(self.a.port, "REPLICAOF", "127.0.0.1", self.b.port)

@@ -460,6 +460,19 @@ rcmd_free(struct redis_cmd *rc)
     free(rc);
 }
 
+/* Completes every command held for ROLE with no reply (the connection went, or is no master). */
+static void
+held_fail(struct redis_conn *c)
+{
+    struct redis_cmd *rc;
+
+    while ((rc = TAILQ_FIRST(&c->held))) {
+        TAILQ_REMOVE(&c->held, rc, link);
+        rc->fn(rc->arg, NULL);
+        rcmd_free(rc);
+    }
+}
+
 static void
 conn_log(struct redis_conn *c, enum log_level lv, const char *what, const char *detail)
 {
@@ -485,6 +498,8 @@ conn_detach(struct redis_conn *c, const char *why, const char *detail)
         return;
     c->ac->data = NULL;
     c->ac = NULL;
+    c->verified = false;
+    held_fail(c);
     if (!c->down_logged && !c->env->closing) {
         char msg[160];
         snprintf(msg, sizeof(msg), "%s; reconnecting", why);
@@ -521,14 +536,17 @@ on_deadline(void *arg)
     uint64_t now = util_mono_us(), next = UINT64_MAX;
 
     c->deadline_at = 0;
-    for (struct redis_cmd *rc = TAILQ_FIRST(&c->pending); rc; rc = TAILQ_NEXT(rc, link)) {
-        if (rc->deadline_us <= now) {
-            c->env->stats->deadlines++;
-            conn_drop(c, "a command passed its deadline");
-            return;
+    for (int held = 0; held < 2; held++) {
+        struct redis_cmd *rc = held ? TAILQ_FIRST(&c->held) : TAILQ_FIRST(&c->pending);
+        for (; rc; rc = TAILQ_NEXT(rc, link)) {
+            if (rc->deadline_us <= now) {
+                c->env->stats->deadlines++;
+                conn_drop(c, "a command passed its deadline");
+                return;
+            }
+            if (rc->deadline_us < next)
+                next = rc->deadline_us;
         }
-        if (rc->deadline_us < next)
-            next = rc->deadline_us;
     }
     if (next != UINT64_MAX) {
         c->deadline_at = next;
@@ -578,6 +596,12 @@ redis_conn_send(struct redis_conn *c, int script, struct sbuf *cmd, redis_reply_
     rc->deadline_us = util_mono_us() + c->env->deadline_us;
     rc->fn = fn;
     rc->arg = arg;
+    if (c->ac && c->check_role && !c->verified && !c->setup && !c->env->closing) {
+        /* not sent to a node that may be a replica: it waits for ROLE's answer */
+        TAILQ_INSERT_TAIL(&c->held, rc, link);
+        deadline_watch(c, rc->deadline_us);
+        return;
+    }
     if (conn_write(c, rc) != 0) {
         fn(arg, NULL);
         rcmd_free(rc);
@@ -658,8 +682,19 @@ on_role_reply(void *arg, redisReply *r)
     if (!r || !c->ac)
         return;
     if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
-        r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "master") == 0)
+        r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "master") == 0) {
+        /* a master: the held commands go, in their order */
+        struct redis_cmd *rc;
+        c->verified = true;
+        while ((rc = TAILQ_FIRST(&c->held))) {
+            TAILQ_REMOVE(&c->held, rc, link);
+            if (conn_write(c, rc) != 0) {
+                rc->fn(rc->arg, NULL);
+                rcmd_free(rc);
+            }
+        }
         return;
+    }
     conn_drop(c, r->type == REDIS_REPLY_ERROR ? "ROLE failed" : "the node is not a master (ROLE)");
 }
 
@@ -733,6 +768,8 @@ redis_conn_connect(struct redis_conn *c)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     c->ac = ac;
     c->seq = 0;
+    c->verified = false;
+    c->setup = true;
     memset(c->loaded_at, 0, sizeof(c->loaded_at));
 
     /* Sent ahead of any request, so that every later command finds them done. */
@@ -758,6 +795,7 @@ redis_conn_connect(struct redis_conn *c)
     }
     for (int i = 0; i < REDIS_NSCRIPTS && c->ac && !c->plain; i++)
         send_script_load(c, i);
+    c->setup = false;
 }
 
 void
@@ -784,6 +822,7 @@ redis_conn_init(struct redis_conn *c, struct redis_conn_env *env, const char *ro
     c->role = role;
     c->ep = *ep;
     TAILQ_INIT(&c->pending);
+    TAILQ_INIT(&c->held);
     c->backoff_us = BACKOFF_MIN_US;
     timer_init(&c->deadline, env->base, on_deadline, c);
     timer_init(&c->retry, env->base, on_retry, c);
@@ -800,6 +839,7 @@ redis_conn_fini(struct redis_conn *c)
         c->ac = NULL;
         redisAsyncFree(ac);
     }
+    held_fail(c);
     timer_free(&c->deadline);
     timer_free(&c->retry);
 }

@@ -111,7 +111,11 @@ struct redis_conn {
     bool plain; /* no scripts are loaded (a Sentinel, not a data node) */
 
     /* Set when a watcher (redis_sentinel.c) says where the master is, else zero: */
-    bool check_role; /* ROLE is asked first on every connection; not a master: left */
+    bool check_role; /* ROLE is asked first on every connection; not a master: left. Until
+                        it answers master, commands wait in `held` (not sent) */
+    bool verified;   /* this connection's ROLE said master */
+    bool setup;      /* redis_conn_connect() is sending its own commands */
+    TAILQ_HEAD(, redis_cmd) held;   /* waiting for ROLE, in send order */
     void (*lost_master)(void *arg); /* the node is gone, or says it is not the master (ROLE, a
                                        READONLY error reply): ask again where the master is */
     void *lost_arg;
