@@ -30,10 +30,13 @@ fleet_script(void)
     log_abort("the script redis.fleet is not embedded");
 }
 
-/* Copies the next tab-separated field of [*p, end) into out (cap bytes with the NUL). */
+/* Copies the next tab-separated field of [*p, end) into out (cap bytes with the NUL); after the
+ * last one *p is NULL, and reading past it fails. */
 static int
 field(const char **p, const char *end, char *out, size_t cap)
 {
+    if (!*p)
+        return -1;
     const char *tab = memchr(*p, '\t', (size_t)(end - *p));
     const char *e = tab ? tab : end;
 
@@ -41,7 +44,7 @@ field(const char **p, const char *end, char *out, size_t cap)
         return -1;
     memcpy(out, *p, (size_t)(e - *p));
     out[e - *p] = '\0';
-    *p = tab ? tab + 1 : end;
+    *p = tab ? tab + 1 : NULL;
     return 0;
 }
 
@@ -69,7 +72,7 @@ redis_fleet_parse(const char *id, size_t idlen, const char *v, size_t len,
     if (field(&p, end, seen, sizeof(seen)) || field(&p, end, m->listen, sizeof(m->listen)) ||
         field(&p, end, m->policy_hash, sizeof(m->policy_hash)) ||
         field(&p, end, gen, sizeof(gen)) || field(&p, end, started, sizeof(started)) ||
-        field(&p, end, sup, sizeof(sup)) || field(&p, end, dup, sizeof(dup)) || p != end)
+        field(&p, end, sup, sizeof(sup)) || field(&p, end, dup, sizeof(dup)) || p)
         return -1;
     if (number(seen, &m->seen_ms) || number(gen, &m->generation) || number(started, &m->started_ms))
         return -1;
