@@ -805,8 +805,11 @@ redis_conn_set_endpoint(struct redis_conn *c, const struct redis_endpoint *ep)
         return;
     if (c->ac) {
         char msg[320];
+        void (*lost)(void *) = c->lost_master;
         snprintf(msg, sizeof(msg), "moving to %s:%d", ep->host, ep->port);
+        c->lost_master = NULL; /* a move, not a loss: the watcher need not ask again */
         conn_drop(c, msg);
+        c->lost_master = lost;
     }
     c->ep = *ep;
     c->backoff_us = BACKOFF_MIN_US;
