@@ -96,6 +96,9 @@ static const char usage_serve[] =
     "                            503 (default 67108864)\n"
     "  --redis-deadline DUR      per Redis command, else the request goes on without Redis\n"
     "                            (cache bypassed, limits in-process) (default 50ms)\n"
+    "  --fleet-ttl DUR           the instances sharing the store publish themselves every\n"
+    "                            DUR/6 (at most 10s); one not heard of for DUR leaves\n"
+    "                            /status's fleet (default 60s)\n"
     "  --websocket-idle-timeout DUR\n"
     "                            a WebSocket tunnel to an upstream with no byte moving either\n"
     "                            way this long is closed (default 60s; 0: never)\n"
@@ -122,7 +125,9 @@ static const char usage_serve[] =
     "environment:\n"
     "  DATABASE_URL              libpq connection string or URI (default: PG* variables)\n"
     "  REDIS_URL                 redis://[[user]:password@]host[:port][/db]: cache and limits\n"
-    "                            shared through Redis (default: the in-process memory store)\n"
+    "                            shared through Redis (default: the in-process memory store);\n"
+    "                            or redis+sentinel://[[user]:password@]host[:port][,...]\n"
+    "                            /MASTER_NAME[/db]: the master the sentinels name\n"
     "  REDIS_LIMITS_URL          a separate Redis for the limits (default: REDIS_URL's)\n"
     "  SLUICE_ADMIN_TOKEN        bearer token the admin listener requires (needed when the\n"
     "                            admin address is not a loopback address)\n"
@@ -758,6 +763,7 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"cache-bytes", required_argument, NULL, 'm'},
         {"limit-bytes", required_argument, NULL, 'L'},
         {"redis-deadline", required_argument, NULL, 'R'},
+        {"fleet-ttl", required_argument, NULL, 'F'},
         {"no-stats", no_argument, NULL, 'S'},
         {"cache-max-size", required_argument, NULL, 'M'},
         {"websocket-idle-timeout", required_argument, NULL, 'I'},
@@ -871,6 +877,14 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
                 return -1;
             if (gcfg->redis_deadline_ms == 0) {
                 fprintf(stderr, "sluice serve: --redis-deadline: must be more than 0\n");
+                return -1;
+            }
+            break;
+        case 'F':
+            if (parse_dur("--fleet-ttl", optarg, &gcfg->fleet_ttl_ms) != 0)
+                return -1;
+            if (gcfg->fleet_ttl_ms < 1000) {
+                fprintf(stderr, "sluice serve: --fleet-ttl: must be 1s or more\n");
                 return -1;
             }
             break;
@@ -1134,6 +1148,9 @@ serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
     sv->server = server_new(&sv->cfg, &app, err, errlen);
     if (!sv->server)
         return -1;
+    char listen[128];
+    snprintf(listen, sizeof(listen), "%s:%d", sv->cfg.listen_addr, server_port(sv->server));
+    gateway_set_listen(sv->gw, listen);
     /*
      * Database-driven invalidation: the listener connects only while the
      * snapshot serving declares on_change, so it starts with every server and

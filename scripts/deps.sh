@@ -10,7 +10,7 @@ build_pkgs=(build-essential cmake pkg-config clang clang-format
             libssl-dev  # OpenSSL 3: JWT signatures, digests, HMAC
             postgresql postgresql-common curl
             python3-psycopg2)  # examples/proxy/app.py (scripts/run-proxy-example.sh, e2e)
-test_pkgs=(libcmocka-dev lua-busted lua-dkjson redis-server python3 libclang-rt-14-dev faketime
+test_pkgs=(libcmocka-dev lua-busted lua-dkjson redis-server redis-sentinel python3 libclang-rt-14-dev faketime
            prometheus   # promtool and a real scrape (tests/e2e/test_metrics.py)
            chromium     # the status page rendered headless (tests/e2e/test_status_page.py)
            groff-base man-db   # the manual pages rendered with warnings on (ctest man/pages)

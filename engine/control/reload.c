@@ -226,6 +226,9 @@ reloader_status(struct reloader *r)
                           (json_int_t)p->generation, "endpoints", (json_int_t)p->nendpoints,
                           "files", files, "reloads", (json_int_t)r->reloads, "reload_failures",
                           (json_int_t)r->failures, "last_reload", last);
+    char hash[17];
+    policy_hash(p, hash);
+    json_object_set_new(o, "hash", json_string(hash));
     json_object_set_new(o, "tenants", tenants);
     json_object_set_new(o, "tenant_errors", terr);
     json_object_set_new(o, "hook_stats", tenant_stats_json());

@@ -16,6 +16,8 @@ status_json(const struct status_sources *src)
         json_object_set_new(o, "database", gateway_db_status(src->gateway));
     if (src->gateway)
         json_object_set_new(o, "access_log", gateway_access_status(src->gateway));
+    if (src->gateway)
+        json_object_set_new(o, "fleet", gateway_fleet_status(src->gateway));
     if (src->notifier)
         json_object_set_new(o, "notify", notify_status(src->notifier));
     return o;

@@ -17,7 +17,7 @@ struct status_sources {
 };
 
 /* Returns the status (a new reference): the reloader's object with "store", "database",
- * "access_log" and "notify". */
+ * "access_log", "fleet" and "notify". */
 json_t *status_json(const struct status_sources *src);
 
 #endif

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "db.h"
+#include "fleet.h"
 #include "log.h"
 #include "path.h"
 #include "plan.h"
@@ -47,6 +48,7 @@ struct gateway {
     unsigned nhealth;
     struct gw_worker *workers[GATEWAY_MAX_WORKERS]; /* their stats are read under lock */
     uint64_t forget_epoch; /* atomic: bumped when the API keys the workers remember go stale */
+    struct gw_fleet fleet; /* the instances sharing the store */
 };
 
 /* ---- policy snapshots --------------------------------------------------------------------- */
@@ -67,6 +69,7 @@ gateway_new(const struct gateway_config *cfg, struct policy *policy)
     g->policy = policy;
     g->generation = policy->generation;
     g->mem = store_memory_new(cfg->cache_bytes, cfg->limit_bytes);
+    gw_fleet_init(&g->fleet, cfg->fleet_ttl_ms);
     return g;
 }
 
@@ -77,6 +80,7 @@ gateway_free(struct gateway *g)
         return;
     policy_release(g->policy);
     store_memory_free(g->mem);
+    gw_fleet_free(&g->fleet);
     pthread_mutex_destroy(&g->lock);
     free(g);
 }
@@ -226,6 +230,36 @@ publish_health(evutil_socket_t fd, short what, void *arg)
     if (i + 1 > g->nhealth)
         g->nhealth = i + 1;
     pthread_mutex_unlock(&g->lock);
+}
+
+/* Worker 0's timer: this instance, as the fleet sees it, through the worker's store. */
+static void
+publish_fleet(evutil_socket_t fd, short what, void *arg)
+{
+    struct gw_worker *wk = arg;
+    struct policy *p = worker_policy(wk);
+    char hash[17];
+    struct store_health h;
+    struct db_health d = {0};
+
+    policy_hash(p, hash);
+    store_health(wk->store, &h);
+    if (wk->db)
+        db_pool_health(wk->db, &d);
+    gw_fleet_publish(&wk->g->fleet, wk->store, hash, p->generation, !h.degraded,
+                     wk->db && !(d.size && d.backing_off == d.size));
+}
+
+void
+gateway_set_listen(struct gateway *g, const char *listen)
+{
+    gw_fleet_set_listen(&g->fleet, listen);
+}
+
+json_t *
+gateway_fleet_status(struct gateway *g)
+{
+    return gw_fleet_json(&g->fleet);
 }
 
 void
@@ -418,6 +452,12 @@ worker_init(struct worker *w, void *ctx)
     struct timeval tv = {0, HEALTH_PUBLISH_MS * 1000};
     event_add(wk->health_timer, &tv);
     publish_health(-1, 0, wk);
+    if (idx == 0) { /* one worker speaks for the instance */
+        wk->fleet_timer = event_new(server_worker_base(w), -1, EV_PERSIST, publish_fleet, wk);
+        struct timeval ftv = util_ms_to_tv(g->fleet.every_ms);
+        event_add(wk->fleet_timer, &ftv);
+        publish_fleet(-1, 0, wk);
+    }
     return wk;
 }
 
@@ -432,6 +472,8 @@ worker_fini(void *state)
     wk->closing = true;
     if (wk->health_timer)
         event_free(wk->health_timer);
+    if (wk->fleet_timer)
+        event_free(wk->fleet_timer);
     gw_warm_free(wk);
     upstream_pool_free(wk->up);
     if (wk->db)

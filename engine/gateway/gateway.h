@@ -35,6 +35,8 @@ struct gateway_config {
     uint64_t ws_max_ms;           /* a WebSocket tunnel closes after this long; 0: never */
     struct logwriter *access_log; /* borrowed, one producer per worker; NULL: no access log */
     double access_sample;         /* 2xx/3xx access log lines kept (0 < x <= 1); 0: all */
+    uint64_t fleet_ttl_ms;        /* an instance of the fleet not heard of this long is gone;
+                                     0: 60 s (fleet.h) */
 };
 
 #define GATEWAY_CACHE_MAX_SIZE ((size_t)1 << 20) /* --cache-max-size's default */
@@ -112,6 +114,17 @@ struct gateway_health {
     struct store_memory_stats memory; /* the memory store now */
 };
 void gateway_health(struct gateway *g, struct gateway_health *out);
+
+/* Records the address the server listens on (copied), which the fleet shows. Thread-safe. */
+void gateway_set_listen(struct gateway *g, const char *listen);
+
+/*
+ * The instances sharing the store, as worker 0 last read them from it
+ * (fleet.h): {"instances": [...], "same_policies", "ttl_ms", "updated",
+ * "shared"}. With the memory store, or while the shared one is down, this
+ * instance alone. New reference.
+ */
+json_t *gateway_fleet_status(struct gateway *g);
 
 /* Makes every worker forget the API keys it looked up (a change of their table was notified):
  * each does before its next API key lookup. Thread-safe. */

@@ -105,6 +105,7 @@ struct gw_worker {
     uint64_t forgot_epoch;          /* ... when this worker last forgot its API keys */
     struct tenant_runtime *tenants; /* Lua states of tenant hooks, for this worker's generation */
     struct event *health_timer;     /* publishes the store's health for status output */
+    struct event *fleet_timer;      /* worker 0: publishes this instance to the fleet */
     struct upstream_pool *up;       /* keep-alive connections to upstream apps */
     gw_origin_fn *to_origin;        /* a waiter whose fill failed goes on to the origin here */
     struct hmap inflight;           /* fills in progress (struct inflight), by key */

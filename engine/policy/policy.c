@@ -605,6 +605,17 @@ hash_hex(const char *s, size_t len, char out[17])
     snprintf(out, 17, "%016llx", (unsigned long long)h);
 }
 
+void
+policy_hash(const struct policy *p, char out[17])
+{
+    struct sbuf b = {0};
+
+    for (size_t i = 0; i < p->nfiles; i++)
+        sbuf_add(&b, p->files[i].hash, strlen(p->files[i].hash));
+    hash_hex(b.p ? b.p : "", b.len, out);
+    sbuf_free(&b);
+}
+
 /* Frees a loader state and its limits. */
 static void
 loader_close(lua_State *L)

@@ -252,6 +252,13 @@ struct policy *policy_load_then(const char *dir, uint64_t generation, const stru
 /* Frees what policy_load_then() left; NULL is a no-op. */
 void policy_leftover_free(struct policy_leftover *rest);
 
+/*
+ * Writes the hash of the policy set p serves to out (16 hex digits and a
+ * NUL): FNV-1a 64 over its files' content hashes, in the files' order. Two
+ * processes that loaded the same files agree, whatever their directories.
+ */
+void policy_hash(const struct policy *p, char out[17]);
+
 /* Takes one more reference to p. Thread-safe. */
 void policy_ref(struct policy *p);
 

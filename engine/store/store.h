@@ -192,6 +192,27 @@ struct store_listing {
  * with NULL. */
 typedef void store_list_fn(void *arg, int status, const struct store_listing *l);
 
+/* ---- the fleet: the instances sharing a store --------------------------------------------- */
+
+/* Wall clock (CLOCK_REALTIME) in ms since the epoch. */
+uint64_t store_now_ms(void);
+
+/* One instance as store_fleet() records and reports it. */
+struct store_fleet_member {
+    char id[128];         /* hostname:pid */
+    char listen[128];     /* its listening address ("127.0.0.1:8080"), or "" */
+    char policy_hash[17]; /* the hash of the policy set it serves (policy_hash()) */
+    uint64_t generation;  /* its policy generation */
+    uint64_t started_ms;  /* when it started (ms since the epoch) */
+    uint64_t seen_ms;     /* out: the store's clock when it last published */
+    bool store_up;        /* its shared store answers */
+    bool db_up;           /* its database answers */
+};
+
+/* Completion of store_fleet(): status 0 with the n members seen (borrowed for the call; `me`
+ * among them), else -1 or STORE_UNAVAILABLE with none. */
+typedef void store_fleet_fn(void *arg, int status, const struct store_fleet_member *m, size_t n);
+
 struct store;
 
 struct store_ops {
@@ -213,6 +234,8 @@ struct store_ops {
     void (*list)(struct store *s, const char *glob, size_t globlen, size_t limit,
                  store_list_fn *done, void *arg);
     size_t (*record_room)(struct store *s, size_t keylen, size_t ntags); /* NULL: 0 */
+    void (*fleet)(struct store *s, const struct store_fleet_member *me, uint64_t ttl_ms,
+                  store_fleet_fn *done, void *arg);
 };
 
 /* A worker's handle on a store. */
@@ -306,6 +329,27 @@ static inline size_t
 store_record_room(struct store *s, size_t keylen, size_t ntags)
 {
     return s->ops->record_room ? s->ops->record_room(s, keylen, ntags) : 0;
+}
+
+/*
+ * Publishes `me` (copied) as one instance of the fleet for ttl_ms, and
+ * reports every instance that published within the last ttl_ms (`me`
+ * included; older ones are forgotten), with the store's clock in seen_ms.
+ * The memory store is one process's: it reports `me` alone. Redis keeps
+ * the fleet in one hash (`sl:{fleet}`) that expires ttl_ms after the last
+ * publication. `done` is called once, now or from the event loop.
+ */
+static inline void
+store_fleet(struct store *s, const struct store_fleet_member *me, uint64_t ttl_ms,
+            store_fleet_fn *done, void *arg)
+{
+    if (!s->ops->fleet) { /* a store of its own: the caller alone */
+        struct store_fleet_member m = *me;
+        m.seen_ms = store_now_ms();
+        done(arg, 0, &m, 1);
+        return;
+    }
+    s->ops->fleet(s, me, ttl_ms, done, arg);
 }
 
 /* Bumps each tag's generation: every entry filled under an older one is gone. */
@@ -453,8 +497,5 @@ void store_entry_ref(struct store_entry *e);
 /* Drops one reference; the last frees the entry and what it owns (its fields, its block).
  * NULL is a no-op. */
 void store_entry_release(struct store_entry *e);
-
-/* Wall clock (CLOCK_REALTIME) in ms since the epoch. */
-uint64_t store_now_ms(void);
 
 #endif

@@ -500,6 +500,48 @@ fo_list(struct store *s, const char *glob, size_t globlen, size_t limit, store_l
     store_list(f->primary, glob, globlen, limit, on_primary_list, op);
 }
 
+/* ---- fleet --------------------------------------------------------------------------------- */
+
+struct fleet_op {
+    struct failover *f;
+    store_fleet_fn *done;
+    void *arg;
+    uint64_t ttl_ms;
+    struct store_fleet_member me;
+};
+
+static void
+on_primary_fleet(void *arg, int status, const struct store_fleet_member *m, size_t n)
+{
+    struct fleet_op *op = arg;
+    struct failover *f = op->f;
+
+    if (status == STORE_UNAVAILABLE) {
+        on_failure(f);
+        store_fleet(f->fallback, &op->me, op->ttl_ms, op->done, op->arg);
+    } else {
+        on_success(f);
+        op->done(op->arg, status, m, n);
+    }
+    free(op);
+}
+
+/* The shared store's fleet; while it is unavailable, the fallback's (this process alone). */
+static void
+fo_fleet(struct store *s, const struct store_fleet_member *me, uint64_t ttl_ms,
+         store_fleet_fn *done, void *arg)
+{
+    struct failover *f = (struct failover *)s;
+
+    if (!use_primary(f, false)) {
+        store_fleet(f->fallback, me, ttl_ms, done, arg);
+        return;
+    }
+    struct fleet_op *op = xmalloc(sizeof(*op));
+    *op = (struct fleet_op){.f = f, .done = done, .arg = arg, .ttl_ms = ttl_ms, .me = *me};
+    store_fleet(f->primary, me, ttl_ms, on_primary_fleet, op);
+}
+
 /* A batch of kept invalidations in flight; its strings are owned here. */
 struct replay_op {
     struct failover *f;
@@ -578,8 +620,10 @@ fo_health(struct store *s, struct store_health *h)
     store_health(f->primary, &primary);
     *h = f->h;
     h->latency = primary.latency;
-    h->degraded = f->state != BR_CLOSED;
-    h->state = state_name(f->state);
+    /* A primary with no connection (none made yet, or no master known) is degraded before any
+     * request has failed on it. */
+    h->degraded = f->state != BR_CLOSED || primary.degraded;
+    h->state = f->state == BR_CLOSED && primary.degraded ? "degraded" : state_name(f->state);
 }
 
 static void
@@ -602,6 +646,7 @@ static const struct store_ops failover_ops = {
     .invalidate_pattern = fo_invalidate_pattern,
     .release_lease = fo_release_lease,
     .list = fo_list,
+    .fleet = fo_fleet,
 };
 
 struct store *

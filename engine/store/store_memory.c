@@ -680,6 +680,17 @@ mem_list(struct store *s, const char *glob, size_t globlen, size_t limit, store_
     store_listing_free(&l);
 }
 
+/* One process's store: the fleet it sees is the caller alone. */
+static void
+mem_fleet(struct store *s, const struct store_fleet_member *me, uint64_t ttl_ms,
+          store_fleet_fn *done, void *arg)
+{
+    struct store_fleet_member m = *me;
+
+    m.seen_ms = store_now_ms();
+    done(arg, 0, &m, 1);
+}
+
 static size_t
 mem_record_room(struct store *s, size_t keylen, size_t ntags)
 {
@@ -697,6 +708,7 @@ static const struct store_ops memory_ops = {
     .release_lease = mem_release_lease,
     .list = mem_list,
     .record_room = mem_record_room,
+    .fleet = mem_fleet,
 };
 
 /* ---- the store: its table, handles and stats ---------------------------- */

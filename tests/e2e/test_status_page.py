@@ -249,6 +249,15 @@ class StatusPageShowsTheTraffic(SluiceTestCase):
         self.assertEqual(self.dom.by_id("generation").text(), "2")
         self.assertEqual(self.dom.by_id("conn").text(), "live")
 
+    def test_page_shows_the_fleet_this_instance_alone_on_the_memory_store(self):
+        fleet = self.stats["status"]["fleet"]
+        self.assertEqual([i["self"] for i in fleet["instances"]], [True])
+        text = self.dom.by_id("fleet").text()
+        self.assertIn("1 (this one alone)", text)
+        self.assertIn("the same", text)
+        self.assertIn("127.0.0.1:%d" % self.s.port, text)
+        self.assertIn("(this one)", text)
+
     def test_a_caller_key_holding_markup_is_shown_as_text(self):
         keys = [td.text() for td in self.dom.all("td", "caller")]
         self.assertIn("k:" + MARKUP_KEY, keys)

@@ -252,6 +252,30 @@ timer_free(struct redis_timer *t)
     t->ev = NULL;
 }
 
+void
+redis_conn_attach(redisAsyncContext *ac, struct event_base *base)
+{
+    ev_attach(ac, base);
+}
+
+void
+redis_conn_timer_init(struct redis_timer *t, struct event_base *base, void (*fn)(void *), void *arg)
+{
+    timer_init(t, base, fn, arg);
+}
+
+void
+redis_conn_timer_arm(struct redis_timer *t, uint64_t us)
+{
+    timer_arm(t, us);
+}
+
+void
+redis_conn_timer_free(struct redis_timer *t)
+{
+    timer_free(t);
+}
+
 static void
 turn_fire(evutil_socket_t fd, short what, void *arg)
 {
@@ -436,6 +460,19 @@ rcmd_free(struct redis_cmd *rc)
     free(rc);
 }
 
+/* Completes every command held for ROLE with no reply (the connection went, or is no master). */
+static void
+held_fail(struct redis_conn *c)
+{
+    struct redis_cmd *rc;
+
+    while ((rc = TAILQ_FIRST(&c->held))) {
+        TAILQ_REMOVE(&c->held, rc, link);
+        rc->fn(rc->arg, NULL);
+        rcmd_free(rc);
+    }
+}
+
 static void
 conn_log(struct redis_conn *c, enum log_level lv, const char *what, const char *detail)
 {
@@ -461,6 +498,8 @@ conn_detach(struct redis_conn *c, const char *why, const char *detail)
         return;
     c->ac->data = NULL;
     c->ac = NULL;
+    c->verified = false;
+    held_fail(c);
     if (!c->down_logged && !c->env->closing) {
         char msg[160];
         snprintf(msg, sizeof(msg), "%s; reconnecting", why);
@@ -468,6 +507,8 @@ conn_detach(struct redis_conn *c, const char *why, const char *detail)
         c->down_logged = true;
     }
     conn_schedule(c);
+    if (c->lost_master && !c->env->closing)
+        c->lost_master(c->lost_arg);
 }
 
 /*
@@ -495,14 +536,17 @@ on_deadline(void *arg)
     uint64_t now = util_mono_us(), next = UINT64_MAX;
 
     c->deadline_at = 0;
-    for (struct redis_cmd *rc = TAILQ_FIRST(&c->pending); rc; rc = TAILQ_NEXT(rc, link)) {
-        if (rc->deadline_us <= now) {
-            c->env->stats->deadlines++;
-            conn_drop(c, "a command passed its deadline");
-            return;
+    for (int held = 0; held < 2; held++) {
+        struct redis_cmd *rc = held ? TAILQ_FIRST(&c->held) : TAILQ_FIRST(&c->pending);
+        for (; rc; rc = TAILQ_NEXT(rc, link)) {
+            if (rc->deadline_us <= now) {
+                c->env->stats->deadlines++;
+                conn_drop(c, "a command passed its deadline");
+                return;
+            }
+            if (rc->deadline_us < next)
+                next = rc->deadline_us;
         }
-        if (rc->deadline_us < next)
-            next = rc->deadline_us;
     }
     if (next != UINT64_MAX) {
         c->deadline_at = next;
@@ -552,6 +596,12 @@ redis_conn_send(struct redis_conn *c, int script, struct sbuf *cmd, redis_reply_
     rc->deadline_us = util_mono_us() + c->env->deadline_us;
     rc->fn = fn;
     rc->arg = arg;
+    if (c->ac && c->check_role && !c->verified && !c->setup && !c->env->closing) {
+        /* not sent to a node that may be a replica: it waits for ROLE's answer */
+        TAILQ_INSERT_TAIL(&c->held, rc, link);
+        deadline_watch(c, rc->deadline_us);
+        return;
+    }
     if (conn_write(c, rc) != 0) {
         fn(arg, NULL);
         rcmd_free(rc);
@@ -565,6 +615,12 @@ is_noscript(const redisReply *r)
 }
 
 static void send_script_load(struct redis_conn *c, int script);
+
+static bool
+is_readonly(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_ERROR && r->len >= 8 && memcmp(r->str, "READONLY", 8) == 0;
+}
 
 static void
 on_reply(redisAsyncContext *ac, void *reply, void *privdata)
@@ -600,8 +656,11 @@ on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             }
         }
     }
+    bool demoted = r && c->check_role && c->ac == ac && is_readonly(r);
     rc->fn(rc->arg, r);
     rcmd_free(rc);
+    if (demoted) /* the master we were told of is a replica now: leave it (and ask again) */
+        conn_drop(c, "the node is read-only (a replica now)");
 }
 
 static void
@@ -611,6 +670,32 @@ on_setup_reply(void *arg, redisReply *r)
 
     if (r && r->type == REDIS_REPLY_ERROR)
         conn_log(c, LOGL_WARN, "setting up the connection failed", r->str);
+}
+
+/* ROLE's reply on a new connection: a node that is not a master is left (and the watcher asks
+ * again where the master is). */
+static void
+on_role_reply(void *arg, redisReply *r)
+{
+    struct redis_conn *c = arg;
+
+    if (!r || !c->ac)
+        return;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+        r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "master") == 0) {
+        /* a master: the held commands go, in their order */
+        struct redis_cmd *rc;
+        c->verified = true;
+        while ((rc = TAILQ_FIRST(&c->held))) {
+            TAILQ_REMOVE(&c->held, rc, link);
+            if (conn_write(c, rc) != 0) {
+                rc->fn(rc->arg, NULL);
+                rcmd_free(rc);
+            }
+        }
+        return;
+    }
+    conn_drop(c, r->type == REDIS_REPLY_ERROR ? "ROLE failed" : "the node is not a master (ROLE)");
 }
 
 static void
@@ -664,7 +749,7 @@ redis_conn_connect(struct redis_conn *c)
 {
     redisAsyncContext *ac;
 
-    if (c->ac || c->env->closing)
+    if (c->ac || c->env->closing || !c->ep.host[0])
         return;
     ac = redisAsyncConnect(c->ep.host, c->ep.port);
     if (!ac || ac->err) {
@@ -683,6 +768,8 @@ redis_conn_connect(struct redis_conn *c)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     c->ac = ac;
     c->seq = 0;
+    c->verified = false;
+    c->setup = true;
     memset(c->loaded_at, 0, sizeof(c->loaded_at));
 
     /* Sent ahead of any request, so that every later command finds them done. */
@@ -701,8 +788,33 @@ redis_conn_connect(struct redis_conn *c)
         resp_u64(&b, c->ep.db);
         redis_conn_send(c, -1, &b, on_setup_reply, c);
     }
-    for (int i = 0; i < REDIS_NSCRIPTS && c->ac; i++)
+    if (c->check_role && c->ac) {
+        resp_argc(&b, 1);
+        resp_str(&b, "ROLE");
+        redis_conn_send(c, -1, &b, on_role_reply, c);
+    }
+    for (int i = 0; i < REDIS_NSCRIPTS && c->ac && !c->plain; i++)
         send_script_load(c, i);
+    c->setup = false;
+}
+
+void
+redis_conn_set_endpoint(struct redis_conn *c, const struct redis_endpoint *ep)
+{
+    if (strcmp(c->ep.host, ep->host) == 0 && c->ep.port == ep->port)
+        return;
+    if (c->ac) {
+        char msg[320];
+        void (*lost)(void *) = c->lost_master;
+        snprintf(msg, sizeof(msg), "moving to %s:%d", ep->host, ep->port);
+        c->lost_master = NULL; /* a move, not a loss: the watcher need not ask again */
+        conn_drop(c, msg);
+        c->lost_master = lost;
+    }
+    c->ep = *ep;
+    c->backoff_us = BACKOFF_MIN_US;
+    timer_stop(&c->retry);
+    redis_conn_connect(c);
 }
 
 void
@@ -713,6 +825,7 @@ redis_conn_init(struct redis_conn *c, struct redis_conn_env *env, const char *ro
     c->role = role;
     c->ep = *ep;
     TAILQ_INIT(&c->pending);
+    TAILQ_INIT(&c->held);
     c->backoff_us = BACKOFF_MIN_US;
     timer_init(&c->deadline, env->base, on_deadline, c);
     timer_init(&c->retry, env->base, on_retry, c);
@@ -729,6 +842,7 @@ redis_conn_fini(struct redis_conn *c)
         c->ac = NULL;
         redisAsyncFree(ac);
     }
+    held_fail(c);
     timer_free(&c->deadline);
     timer_free(&c->retry);
 }

@@ -108,6 +108,17 @@ struct redis_conn {
     uint64_t loaded_at[REDIS_NSCRIPTS]; /* seq of each script's last SCRIPT LOAD on it */
     bool down_logged;                   /* its failure was logged; log the recovery */
     uint64_t last_error_log_us;
+    bool plain; /* no scripts are loaded (a Sentinel, not a data node) */
+
+    /* Set when a watcher (redis_sentinel.c) says where the master is, else zero: */
+    bool check_role; /* ROLE is asked first on every connection; not a master: left. Until
+                        it answers master, commands wait in `held` (not sent) */
+    bool verified;   /* this connection's ROLE said master */
+    bool setup;      /* redis_conn_connect() is sending its own commands */
+    TAILQ_HEAD(, redis_cmd) held;   /* waiting for ROLE, in send order */
+    void (*lost_master)(void *arg); /* the node is gone, or says it is not the master (ROLE, a
+                                       READONLY error reply): ask again where the master is */
+    void *lost_arg;
 };
 
 /*
@@ -138,10 +149,31 @@ void redis_conn_send(struct redis_conn *c, int script, struct sbuf *cmd, redis_r
                      void *arg);
 
 /*
+ * Points c at ep (copied) when it names another host or port: the
+ * connection to the old one is dropped (its pending commands complete with
+ * no reply) and the new one is made at once. Does nothing when ep names the
+ * host and port c already uses. An ep with an empty host leaves c down.
+ */
+void redis_conn_set_endpoint(struct redis_conn *c, const struct redis_endpoint *ep);
+
+/*
  * Closes c, when it is up (every pending command's fn is called with no
  * reply), and frees its timers. Does nothing for a c never set up (zeroed).
  */
 void redis_conn_fini(struct redis_conn *c);
+
+/* ---- the libevent adapter, for the other clients of this folder (redis_sentinel.c) ------ */
+
+/* Lets base drive ac's socket (hiredis's event hooks); freed with ac. Aborts when out of memory. */
+void redis_conn_attach(redisAsyncContext *ac, struct event_base *base);
+
+/* Sets up t (the caller's) to call fn(arg) when armed and due. Aborts when out of memory. */
+void redis_conn_timer_init(struct redis_timer *t, struct event_base *base, void (*fn)(void *),
+                           void *arg);
+/* (Re)arms t to fire once, `us` microseconds from now. */
+void redis_conn_timer_arm(struct redis_timer *t, uint64_t us);
+/* Frees what redis_conn_timer_init() allocated (not t); it will not fire. Idempotent. */
+void redis_conn_timer_free(struct redis_timer *t);
 
 /* ---- RESP: commands built into a buffer for redis_conn_send() ---------------------------- */
 

@@ -13,6 +13,8 @@
 #include "hmap.h"
 #include "log.h"
 #include "redis_conn.h"
+#include "redis_sentinel.h"
+#include "store_redis_fleet.h"
 #include "store.h"
 #include "store_redis.h"
 #include "store_redis_codec.h"
@@ -60,8 +62,30 @@ int
 store_redis_check_url(const char *url, char *err, size_t errlen)
 {
     struct redis_endpoint ep;
+    struct redis_sentinel_url su;
 
+    if (redis_sentinel_is_url(url))
+        return redis_sentinel_parse_url(url, &su, err, errlen);
     return redis_conn_parse_url(url, &ep, err, errlen);
+}
+
+#define SENTINEL_DEADLINE_MS 250 /* of each question to a sentinel */
+
+/*
+ * Reads url into *ep, or for a redis+sentinel:// URL into *su (then ep is
+ * its master's settings with no host yet, and *sentinel is set). 0 or -1.
+ */
+static int
+parse_any_url(const char *url, struct redis_endpoint *ep, struct redis_sentinel_url *su,
+              bool *sentinel, char *err, size_t errlen)
+{
+    *sentinel = redis_sentinel_is_url(url);
+    if (!*sentinel)
+        return redis_conn_parse_url(url, ep, err, errlen);
+    if (redis_sentinel_parse_url(url, su, err, errlen) != 0)
+        return -1;
+    *ep = su->master;
+    return 0;
 }
 
 struct batch;
@@ -71,7 +95,8 @@ struct store_redis {
     struct store base;
     struct redis_conn_env env; /* the loop, the deadline, closing: shared by the connections */
     struct redis_conn cache, limits;
-    bool split; /* limits live in their own Redis */
+    struct redis_sentinel *watch[2]; /* where cache's and limits' masters are (sentinel URLs) */
+    bool split;                      /* limits live in their own Redis */
     uint64_t tag_lease_ms;
     uint64_t token_state;      /* the fill tokens' random stream */
     struct near near;          /* local copies of responses */
@@ -1076,6 +1101,8 @@ redis_destroy(struct store *st)
     s->env.closing = true;
     batch_flush(s); /* the admits of this turn fail now */
     redis_conn_turn_free(&s->turn_ev);
+    redis_sentinel_free(s->watch[0]);
+    redis_sentinel_free(s->watch[1]);
     redis_conn_fini(&s->cache);
     redis_conn_fini(&s->limits);
     sbuf_free(&s->scratch);
@@ -1116,6 +1143,15 @@ redis_list_entries(struct store *st, const char *glob, size_t globlen, size_t li
     redis_list(&s->cache, s->list_rounds, &s->stats.failed, glob, globlen, limit, done, arg);
 }
 
+static void
+redis_fleet_op(struct store *st, const struct store_fleet_member *me, uint64_t ttl_ms,
+               store_fleet_fn *done, void *arg)
+{
+    struct store_redis *s = (struct store_redis *)st;
+
+    redis_fleet(&s->cache, &s->stats.failed, me, ttl_ms, done, arg);
+}
+
 static const struct store_ops redis_ops = {
     .name = "redis",
     .admit_and_lookup = redis_admit_and_lookup,
@@ -1127,6 +1163,7 @@ static const struct store_ops redis_ops = {
     .invalidate_pattern = redis_invalidate_pattern,
     .release_lease = redis_release_lease,
     .list = redis_list_entries,
+    .fleet = redis_fleet_op,
 };
 
 struct store *
@@ -1134,13 +1171,17 @@ store_redis_new(struct event_base *base, const struct store_redis_config *cfg, c
                 size_t errlen)
 {
     struct redis_endpoint cache_ep, limits_ep;
+    struct redis_sentinel_url *su = xcalloc(2, sizeof(*su));
+    bool sentinel[2] = {false, false};
     bool split = cfg->limits_url && cfg->limits_url[0] && strcmp(cfg->limits_url, cfg->url) != 0;
 
     redis_conn_scripts_init();
-    if (redis_conn_parse_url(cfg->url, &cache_ep, err, errlen) != 0)
+    if (parse_any_url(cfg->url, &cache_ep, &su[0], &sentinel[0], err, errlen) != 0 ||
+        (split &&
+         parse_any_url(cfg->limits_url, &limits_ep, &su[1], &sentinel[1], err, errlen) != 0)) {
+        free(su);
         return NULL;
-    if (split && redis_conn_parse_url(cfg->limits_url, &limits_ep, err, errlen) != 0)
-        return NULL;
+    }
 
     struct store_redis *s = xcalloc(1, sizeof(*s));
     s->base.ops = &redis_ops;
@@ -1156,11 +1197,16 @@ store_redis_new(struct event_base *base, const struct store_redis_config *cfg, c
         s->token_state = util_mono_us() ^ (uint64_t)(uintptr_t)s;
     redis_conn_turn_init(&s->turn_ev, base, on_turn, s);
     redis_conn_init(&s->cache, &s->env, split ? "cache" : "store", &cache_ep);
+    if (sentinel[0])
+        s->watch[0] = redis_sentinel_watch(&s->cache, base, &su[0], SENTINEL_DEADLINE_MS);
     redis_conn_connect(&s->cache);
     if (split) {
         redis_conn_init(&s->limits, &s->env, "limits", &limits_ep);
+        if (sentinel[1])
+            s->watch[1] = redis_sentinel_watch(&s->limits, base, &su[1], SENTINEL_DEADLINE_MS);
         redis_conn_connect(&s->limits);
     }
+    free(su);
     return &s->base;
 }
 
