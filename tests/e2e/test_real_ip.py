@@ -266,6 +266,20 @@ class Options(lib.SluiceTestCase):
             self.assertEqual(r.returncode, 2, r.stderr)
             self.assertIn("--ipv6-prefix", r.stderr)
 
+    def test_explain_keys_an_ipv6_caller_by_its_slash_64(self):
+        d = tempfile.mkdtemp(prefix="sluice-realip-explain-")
+        self.addCleanup(shutil.rmtree, d, True)
+        with open(os.path.join(d, "p.lua"), "w") as f:
+            f.write('endpoint "GET /x" { body = "{}", limit = { limit = 5, window = "1m", '
+                    'key = "a:{ip}" } }\n')
+        keys = []
+        for ip in ("2001:db8:1:2::99", "2001:db8:1:2:ffff::1", "192.0.2.8"):
+            r = subprocess.run([lib.BIN, "explain", d, "GET /x", "--ip", ip], capture_output=True,
+                               text=True, timeout=20)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            keys.append(json.loads(r.stdout)["limits"][0]["key"])
+        self.assertEqual(keys, ["a:2001%3Adb8%3A1%3A2%3A%3A/64"] * 2 + ["a:192.0.2.8"])
+
 
 if __name__ == "__main__":
     lib.main()
