@@ -64,6 +64,19 @@ netaddr_from_sockaddr(const struct sockaddr *sa, struct netaddr *out)
 size_t
 netaddr_text(const struct netaddr *a, char *out, size_t cap)
 {
+    if (!a->v6 && cap >= 16) { /* by hand: glibc's inet_ntop formats IPv4 with sprintf */
+        char *o = out;
+        for (int i = 0; i < 4; i++) {
+            unsigned b = a->a[i];
+            if (b >= 100)
+                *o++ = (char)('0' + b / 100);
+            if (b >= 10)
+                *o++ = (char)('0' + b / 10 % 10);
+            *o++ = (char)('0' + b % 10);
+            *o++ = i < 3 ? '.' : '\0';
+        }
+        return (size_t)(o - out - 1);
+    }
     if (!inet_ntop(a->v6 ? AF_INET6 : AF_INET, a->a, out, (socklen_t)cap)) {
         if (cap)
             out[0] = '\0';

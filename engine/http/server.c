@@ -720,8 +720,11 @@ conn_client(struct conn *c)
     struct netaddr a;
     if (realip_walk(&req->http, cfg->trusted_proxies, &c->peer, &a) == REALIP_PEER)
         return;
-    netaddr_text(&a, c->client, sizeof(c->client));
-    netaddr_key(&a, cfg->ipv6_prefix, c->client_key, sizeof(c->client_key));
+    size_t n = netaddr_text(&a, c->client, sizeof(c->client));
+    if (a.v6)
+        netaddr_key(&a, cfg->ipv6_prefix, c->client_key, sizeof(c->client_key));
+    else /* an IPv4 address is its own key */
+        memcpy(c->client_key, c->client, n + 1);
     req->ip = c->client;
     req->ip_key = c->client_key;
 }

@@ -59,6 +59,13 @@ test_parse_is_strict_and_maps_ipv4_in_ipv6(void **state)
     assert_int_equal(a.v6, 0);
     netaddr_text(&a, t, sizeof(t));
     assert_string_equal(t, "10.1.2.3");
+    /* IPv4 text is formatted by hand: every digit count round-trips. */
+    const char *v4[] = {"0.9.10.255", "100.99.1.0", "255.255.255.255", "0.0.0.0", "10.200.30.4"};
+    for (size_t i = 0; i < sizeof(v4) / sizeof(v4[0]); i++) {
+        a = addr(v4[i]);
+        assert_int_equal(netaddr_text(&a, t, sizeof(t)), strlen(v4[i]));
+        assert_string_equal(t, v4[i]);
+    }
     a = addr("2001:DB8:0:0::1");
     netaddr_text(&a, t, sizeof(t));
     assert_string_equal(t, "2001:db8::1");
