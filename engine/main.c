@@ -74,6 +74,17 @@ static const char usage_serve[] =
     "  --max-connections-per-ip N\n"
     "                            open connections from one address, an IPv6 /64 (default\n"
     "                            256; 0: no cap); behind a proxy all share its address\n"
+    "  --trusted-proxies CIDR[,CIDR...]\n"
+    "                            peers (IPv4 or IPv6 ranges) whose X-Forwarded-For, or\n"
+    "                            else Forwarded, names the client: its right-most entry\n"
+    "                            that is not itself trusted is the client's address\n"
+    "                            ({ip}, the access log, the upstream's fields); from\n"
+    "                            other peers those fields are ignored (default: none)\n"
+    "  --proxy-protocol          every connection starts with a PROXY protocol header (v1\n"
+    "                            or v2), whose source address counts as the peer; one\n"
+    "                            without it, or a malformed one, is closed unanswered\n"
+    "  --ipv6-prefix N           {ip} of an IPv6 client is its address cut to N bits,\n"
+    "                            1 to 128 (default 64: one host may hold a whole /64)\n"
     "  --max-header-bytes N      request line and headers, else 431 (default 16384)\n"
     "  --max-body-bytes N        request body, else 413 (default 1048576)\n"
     "  --header-timeout DUR      to receive a whole request, else 408; a new connection's\n"
@@ -423,7 +434,8 @@ struct serve {
     enum log_format log_format;
     bool sample_given;
     sigset_t set;
-    struct envopt env; /* the command line with the options of SLUICE_* variables */
+    struct envopt env;        /* the command line with the options of SLUICE_* variables */
+    struct cidr_list trusted; /* --trusted-proxies (cfg.trusted_proxies points here) */
     struct service *svc;
     struct listenfd inherited[LISTENFD_MAX]; /* sockets from systemd or an upgrading parent */
     int ninherited, nlisten;
@@ -710,6 +722,7 @@ serve_defaults(struct serve *sv)
         .max_body_bytes = 1 << 20,
         .max_connections = 10000,
         .max_connections_per_ip = 256,
+        .ipv6_prefix = 64,
         .header_timeout_ms = 10000,
         .idle_timeout_ms = 60000,
     };
@@ -753,6 +766,9 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"workers", required_argument, NULL, 'w'},
         {"max-connections", required_argument, NULL, 'c'},
         {"max-connections-per-ip", required_argument, NULL, 'P'},
+        {"trusted-proxies", required_argument, NULL, 'x'},
+        {"proxy-protocol", no_argument, NULL, 'y'},
+        {"ipv6-prefix", required_argument, NULL, '6'},
         {"reuse-port", no_argument, NULL, 'r'},
         {"max-header-bytes", required_argument, NULL, 'H'},
         {"max-body-bytes", required_argument, NULL, 'B'},
@@ -830,6 +846,28 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
             break;
         case 'r':
             cfg->reuse_port = 1;
+            break;
+        case 'x': {
+            char cerr[256];
+            cidr_list_free(&sv->trusted);
+            if (cidr_list_parse(optarg, &sv->trusted, cerr, sizeof(cerr)) != 0) {
+                fprintf(stderr, "sluice serve: --trusted-proxies: %s\n", cerr);
+                return -1;
+            }
+            cfg->trusted_proxies = &sv->trusted;
+            break;
+        }
+        case 'y':
+            cfg->proxy_protocol = 1;
+            break;
+        case '6':
+            if (parse_count("--ipv6-prefix", optarg, 128, &v) != 0)
+                return -1;
+            if (v == 0) {
+                fprintf(stderr, "sluice serve: --ipv6-prefix: must be 1 to 128\n");
+                return -1;
+            }
+            cfg->ipv6_prefix = (unsigned)v;
             break;
         case 'H':
             if (parse_count("--max-header-bytes", optarg, 1 << 20, &v) != 0 || v < 256)
@@ -987,6 +1025,14 @@ serve_check_sql(struct serve *sv, const struct policy *p)
         log_error("the database refuses the policy in %s:\n%s", sv->dir, errors);
     free(errors);
     return rc > 0 ? -1 : 0;
+}
+
+/* Frees what serve_options() kept: the merged command line and the trusted proxies. */
+static void
+serve_options_free(struct serve *sv)
+{
+    envopt_free(&sv->env);
+    cidr_list_free(&sv->trusted);
 }
 
 /* Checks the settings that only make sense together. Returns 0, or -1 with a message printed. */
@@ -1245,17 +1291,17 @@ cmd_serve(int argc, char **argv)
         const char *var = envopt_source(&sv.env, optind - 1);
         if (rc != 0 && var)
             fprintf(stderr, "sluice serve: that value comes from %s\n", var);
-        envopt_free(&sv.env);
+        serve_options_free(&sv);
         return rc;
     }
     if (serve_check(&sv) != 0) {
-        envopt_free(&sv.env);
+        serve_options_free(&sv);
         return 2;
     }
     log_configure(sv.log_level, sv.log_format);
     log_follow_file();
     if (serve_inherit(&sv) != 0) {
-        envopt_free(&sv.env);
+        serve_options_free(&sv);
         return 1;
     }
     serve_exe(&sv);
@@ -1266,13 +1312,13 @@ cmd_serve(int argc, char **argv)
         log_error("the policy in %s is invalid:\n%s", sv.dir, errors ? errors : "");
         free(errors);
         serve_close_inherited(&sv);
-        envopt_free(&sv.env);
+        serve_options_free(&sv);
         return 1;
     }
     if (serve_check_sql(&sv, p) != 0) {
         policy_release(p);
         serve_close_inherited(&sv);
-        envopt_free(&sv.env);
+        serve_options_free(&sv);
         return 1;
     }
     if (p->tenant_errors)
@@ -1297,7 +1343,7 @@ cmd_serve(int argc, char **argv)
         log_error("%s", err);
         serve_free(&sv);
         policy_release(p);
-        envopt_free(&sv.env);
+        serve_options_free(&sv);
         return 1;
     }
     log_info("version %s: %zu endpoints from %s, %u workers, %s store", SLUICE_VERSION,
@@ -1311,7 +1357,7 @@ cmd_serve(int argc, char **argv)
 
     rc = serve_run(&sv);
     serve_free(&sv);
-    envopt_free(&sv.env);
+    serve_options_free(&sv);
     log_info("stopped");
     return rc == 0 ? 0 : 1;
 }

@@ -340,6 +340,7 @@ struct explain_op {
     struct sbuf raw; /* the request's bytes: rq's parsed strings point into them */
     struct server_request sr;
     char ip[64]; /* the caller's address as given (sr.ip) */
+    char ip_key[NETADDR_KEY_MAX];
     struct store_admit a;
     struct limiter_result results[POLICY_MAX_LIMITS];
     gateway_explain_fn *done;
@@ -386,12 +387,13 @@ on_peeked(void *arg, int status)
 
 /*
  * Builds the request of gateway_explain_request() into *raw and *sr (its parsed strings point
- * into raw). Returns 0, or -1 with a message in err.
+ * into raw), from client address ip, whose {ip} key (an IPv6 address cut to the default /64)
+ * goes into key[NETADDR_KEY_MAX]. Returns 0, or -1 with a message in err.
  */
 static int
 build_request(struct sbuf *raw, struct server_request *sr, const char *line,
               const char *const *headers, size_t nheaders, const char *body, const char *ip,
-              char *err, size_t errlen)
+              char *key, char *err, size_t errlen)
 {
     const char *sp = strchr(line, ' ');
     if (!sp || sp == line || sp[1] != '/') {
@@ -416,6 +418,11 @@ build_request(struct sbuf *raw, struct server_request *sr, const char *line,
     sr->body = blen ? raw->p + head_len : NULL;
     sr->body_len = blen;
     sr->ip = ip;
+    struct netaddr a;
+    if (netaddr_parse(ip, strlen(ip), &a) == 0) {
+        netaddr_key(&a, 64, key, NETADDR_KEY_MAX);
+        sr->ip_key = key;
+    }
     return 0;
 }
 
@@ -427,7 +434,8 @@ gateway_explain_request(struct policy *p, const char *line, const char *const *h
     struct sbuf raw = {0};
     struct server_request sr;
     char *out = NULL;
-    if (build_request(&raw, &sr, line, headers, nheaders, body, ip, err, errlen) == 0) {
+    char key[NETADDR_KEY_MAX];
+    if (build_request(&raw, &sr, line, headers, nheaders, body, ip, key, err, errlen) == 0) {
         struct gw_req *rq;
         json_t *o = explain(p, &sr, tier, &rq);
         if (rq)
@@ -446,8 +454,8 @@ gateway_explain_request_now(struct policy *p, struct store *s, const char *line,
     struct explain_op *op = xcalloc(1, sizeof(*op));
     char err[256];
     snprintf(op->ip, sizeof(op->ip), "%s", ip);
-    if (build_request(&op->raw, &op->sr, line, headers, nheaders, body, op->ip, err, sizeof(err)) !=
-        0) {
+    if (build_request(&op->raw, &op->sr, line, headers, nheaders, body, op->ip, op->ip_key, err,
+                      sizeof(err)) != 0) {
         sbuf_free(&op->raw);
         free(op);
         done(arg, NULL, err);

@@ -438,7 +438,7 @@ gw_req_begin(struct gw_req *rq)
 
 struct gw_req *
 gw_detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t head_len,
-                const char *ip)
+                const char *ip, const char *ip_key)
 {
     struct server_request sr;
     memset(&sr, 0, sizeof(sr));
@@ -455,7 +455,10 @@ gw_detached_new(struct gw_worker *wk, struct policy *p, struct sbuf *raw, size_t
     rq->own_sr.body = raw->len > head_len ? raw->p + head_len : NULL;
     rq->own_sr.body_len = raw->len - head_len;
     snprintf(rq->own_ip, sizeof(rq->own_ip), "%s", ip);
+    snprintf(rq->own_ip_key, sizeof(rq->own_ip_key), "%s", ip_key);
     rq->own_sr.ip = rq->own_ip;
+    rq->own_sr.ip_key = rq->own_ip_key;
+    rq->own_sr.peer = rq->own_ip;
     rq->own_sr.worker = wk->w;
     rq->sr = &rq->own_sr;
     rq->method = sr.http.method;
@@ -489,7 +492,8 @@ start_refresh(struct gw_req *rq, struct store_entry *stale)
     }
     sbuf_adds(&raw, "\r\n");
     size_t head_len = raw.len;
-    struct gw_req *c = gw_detached_new(rq->wk, rq->policy, &raw, head_len, rq->sr->ip);
+    struct gw_req *c =
+        gw_detached_new(rq->wk, rq->policy, &raw, head_len, rq->sr->ip, gw_ip_key(rq->sr));
     if (!c)
         return; /* the lease runs out by itself */
     c->refresh = true;

@@ -649,7 +649,7 @@ gw_proxy_run(struct gw_req *rq)
     sbuf_printf(&headers, "X-Request-Id: %s\r\n", gw_request_id(rq));
     if (filling)
         add_validators(rq, &headers);
-    upstream_proxy_fields(rq->sr->ip, h->minor_version, &headers);
+    upstream_proxy_fields(h, rq->sr->ip, rq->sr->peer, rq->sr->peer_trusted, &headers);
     if (rq->upgrade) {
         /* RFC 6455 4.1: the handshake's own hop-by-hop fields, the only ones passed on. */
         sbuf_adds(&headers, "Connection: Upgrade\r\nUpgrade: websocket\r\n");

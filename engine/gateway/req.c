@@ -831,8 +831,8 @@ gw_lookup(struct gw_req *rq, enum template_var var, const char *name, size_t nam
         *len = strlen(rq->tier->name);
         return 1;
     case TV_IP:
-        *val = rq->sr->ip;
-        *len = strlen(rq->sr->ip);
+        *val = gw_ip_key(rq->sr);
+        *len = strlen(*val);
         return 1;
     case TV_METHOD:
         if (h->method == HTTP_HEAD) { /* HEAD is answered from GET's entries */

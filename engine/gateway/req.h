@@ -221,7 +221,8 @@ struct gw_req {
     struct http_query query; /* the canonical parse of the query, once query_state is 1 */
     struct httpcache_request directives; /* read when has_directives */
     struct server_request own_sr;        /* a detached request's parsed form (sr points here) */
-    char own_ip[48];
+    char own_ip[NETADDR_TEXT_MAX];
+    char own_ip_key[NETADDR_KEY_MAX];
     char request_id[GW_REQUEST_ID_MAX + 1]; /* "" until gw_request_id() */
     char vary_names[256];                   /* the answer varied on these fields ("" when not) */
     char vkey[1024];                        /* the secondary key ("" when none) */
@@ -246,6 +247,14 @@ gw_writes(const struct gw_req *rq)
     const struct http_request *h = &rq->sr->http;
     return h->method != HTTP_GET && h->method != HTTP_HEAD && h->method != HTTP_OPTIONS &&
            !(h->method_str.len == 5 && memcmp(h->method_str.p, "TRACE", 5) == 0);
+}
+
+/* The value of {ip} for request sr: its client's key (borrowed), or its address as given when
+ * it has none (an explained request). */
+static inline const char *
+gw_ip_key(const struct server_request *sr)
+{
+    return sr->ip_key ? sr->ip_key : sr->ip;
 }
 
 /* ---- the request object -------------------------------------------------------------------- */

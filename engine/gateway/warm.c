@@ -178,7 +178,8 @@ warm_tick(evutil_socket_t fd, short what, void *arg)
         if (it->tenant && id->tenant_header)
             sbuf_printf(&raw, "%s: %s\r\n", id->tenant_header, it->tenant);
         sbuf_adds(&raw, "\r\n");
-        struct gw_req *rq = gw_detached_new(wk, ws->policy, &raw, raw.len, "127.0.0.1");
+        struct gw_req *rq =
+            gw_detached_new(wk, ws->policy, &raw, raw.len, "127.0.0.1", "127.0.0.1");
         if (!rq) {
             ws->failed++;
             continue;

@@ -30,6 +30,8 @@
 #include "addr_count.h"
 #include "head.h"
 #include "log.h"
+#include "proxy_proto.h"
+#include "realip.h"
 #include "slab.h"
 #include "util.h"
 
@@ -53,6 +55,8 @@
 #define STREAM_LOW (64u << 10)  /* ... until they fall below this */
 #define STREAM_READ (64u << 10) /* a streamed request body is read this much at a time */
 #define STOP_STREAM_MS 10000    /* on stopping, streamed answers still going have this long */
+/* A new connection's PROXY header is due within this (or the header timeout when shorter). */
+#define PROXY_HEADER_MS 3000
 
 enum conn_state {
     CONN_READ,     /* reading a request head or body */
@@ -61,7 +65,7 @@ enum conn_state {
 };
 
 /* TIMER_STREAM: a streamed answer whose client does not read, or that the server stops. */
-enum timer_mode { TIMER_NONE, TIMER_IDLE, TIMER_REQUEST, TIMER_LINGER, TIMER_STREAM };
+enum timer_mode { TIMER_NONE, TIMER_IDLE, TIMER_REQUEST, TIMER_LINGER, TIMER_STREAM, TIMER_PROXY };
 
 /* A request body read by the application (server_body_start). */
 enum body_state {
@@ -104,7 +108,14 @@ struct conn {
     int served;          /* a request was answered: the idle timeout applies between requests */
     size_t head_scanned; /* bytes of an incomplete head already given to the parser */
     struct server_request req;
-    char ip[INET6_ADDRSTRLEN];
+    /* The peer: the TCP one, or the PROXY header's source. */
+    int proxy_wait;   /* its PROXY header has not been read yet */
+    int peer_trusted; /* peer is in the trusted proxies */
+    struct netaddr peer;
+    char ip[NETADDR_TEXT_MAX]; /* peer's text, or "unknown" */
+    char peer_key[NETADDR_KEY_MAX];
+    /* The current request's client when a trusted peer's fields name another address. */
+    char client[NETADDR_TEXT_MAX], client_key[NETADDR_KEY_MAX];
     uint32_t addr_slot; /* its address's slot in the server's addr_count, or ADDR_COUNT_NONE */
     enum conn_queue queue;
     uint64_t queued_ms;      /* when it entered its queue (idle: its last activity) */
@@ -191,6 +202,7 @@ static void conn_process(struct conn *c);
 static int conn_flush(struct conn *c);
 static void stream_gone(struct conn *c);
 static void on_read(evutil_socket_t fd, short what, void *arg);
+static int conn_proxy(struct conn *c);
 
 void
 server_connection_counts(const struct server *s, struct server_conn_counts *out)
@@ -447,9 +459,12 @@ conn_set_timer(struct conn *c, enum timer_mode mode)
         evtimer_del(c->ev_timer);
         return;
     }
-    uint64_t ms = mode == TIMER_IDLE      ? cfg->idle_timeout_ms
-                  : mode == TIMER_REQUEST ? cfg->header_timeout_ms
-                                          : LINGER_MS;
+    uint64_t ms =
+        mode == TIMER_IDLE      ? cfg->idle_timeout_ms
+        : mode == TIMER_REQUEST ? cfg->header_timeout_ms
+        : mode == TIMER_PROXY
+            ? (cfg->header_timeout_ms < PROXY_HEADER_MS ? cfg->header_timeout_ms : PROXY_HEADER_MS)
+            : LINGER_MS;
     struct timeval tv = util_ms_to_tv(ms);
     evtimer_add(c->ev_timer, &tv);
 }
@@ -644,7 +659,74 @@ on_read(evutil_socket_t fd, short what, void *arg)
         return;
     }
     c->in_len += (size_t)n;
+    if (c->proxy_wait && conn_proxy(c) != 0)
+        return;
     conn_process(c);
+}
+
+/* Sets the connection's peer: its text, its key and whether it is a trusted proxy. */
+static void
+conn_peer_set(struct conn *c, const struct netaddr *a)
+{
+    const struct server_config *cfg = &c->w->s->cfg;
+    if (!a) {
+        strcpy(c->ip, "unknown");
+        strcpy(c->peer_key, "unknown");
+        c->peer_trusted = 0;
+        return;
+    }
+    c->peer = *a;
+    netaddr_text(a, c->ip, sizeof(c->ip));
+    netaddr_key(a, cfg->ipv6_prefix, c->peer_key, sizeof(c->peer_key));
+    c->peer_trusted = cfg->trusted_proxies && cidr_list_match(cfg->trusted_proxies, a);
+}
+
+/*
+ * Reads the PROXY header at the start of the input. Returns 0 once it is read (the bytes
+ * after it are the first request's), 1 when the connection waits for more or was closed.
+ */
+static int
+conn_proxy(struct conn *c)
+{
+    struct proxy_proto pp;
+    int r = proxy_proto_parse(c->in + c->in_off, c->in_len - c->in_off, &pp);
+    if (r == 0)
+        return 1;
+    if (r < 0) {
+        /* Not a PROXY header: nothing of it is HTTP to answer. */
+        conn_close(c);
+        return 1;
+    }
+    c->proxy_wait = 0;
+    c->in_off += (size_t)r;
+    if (pp.has_addr)
+        conn_peer_set(c, &pp.src);
+    conn_set_timer(c, TIMER_REQUEST);
+    return 0;
+}
+
+/* Sets the request's client address, peer and key, once it has its head. */
+static void
+conn_client(struct conn *c)
+{
+    struct server_request *req = &c->req;
+    const struct server_config *cfg = &c->w->s->cfg;
+    req->ip = c->ip;
+    req->ip_key = c->peer_key;
+    req->peer = c->ip;
+    req->peer_trusted = c->peer_trusted;
+    if (!c->peer_trusted)
+        return;
+    struct netaddr a;
+    if (realip_walk(&req->http, cfg->trusted_proxies, &c->peer, &a) == REALIP_PEER)
+        return;
+    size_t n = netaddr_text(&a, c->client, sizeof(c->client));
+    if (a.v6)
+        netaddr_key(&a, cfg->ipv6_prefix, c->client_key, sizeof(c->client_key));
+    else /* an IPv4 address is its own key */
+        memcpy(c->client_key, c->client, n + 1);
+    req->ip = c->client;
+    req->ip_key = c->client_key;
 }
 
 /* Answers an error found while reading a request, then closes. */
@@ -736,7 +818,7 @@ conn_process(struct conn *c)
                 conn_fail(c, 413, "request body too large");
                 break;
             }
-            c->req.ip = c->ip;
+            conn_client(c);
             c->req.worker = c->w;
             c->stream_asked = c->w->s->app.stream_body(&c->req, c->w->app_state) ? 2 : 1;
         }
@@ -815,7 +897,7 @@ conn_process(struct conn *c)
         c->req.body = body;
         c->req.body_len = body_len;
         c->req.body_streamed = c->stream_asked == 2;
-        c->req.ip = c->ip;
+        conn_client(c);
         c->req.worker = c->w;
         c->req.app = NULL;
         c->w->s->app.handle(&c->req, c->w->app_state);
@@ -1367,12 +1449,8 @@ conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss, uint32_t s
     if (!c->out) {
         log_abort("out of memory (evbuffer)");
     }
-    if (ss->ss_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, c->ip, sizeof(c->ip));
-    else if (ss->ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, c->ip, sizeof(c->ip));
-    else
-        strcpy(c->ip, "unknown");
+    struct netaddr peer;
+    conn_peer_set(c, netaddr_from_sockaddr((const struct sockaddr *)ss, &peer) == 0 ? &peer : NULL);
     event_assign(c->ev_read, w->base, fd, EV_READ | EV_PERSIST, on_read, c);
     event_assign(c->ev_write, w->base, fd, EV_WRITE | EV_PERSIST, on_write, c);
     evtimer_assign(c->ev_timer, w->base, on_timer, c);
@@ -1381,8 +1459,10 @@ conn_new(struct worker *w, int fd, const struct sockaddr_storage *ss, uint32_t s
     if (w->nconns > w->peak)
         w->peak = w->nconns;
     event_add(c->ev_read, NULL);
-    /* The first request's head is due within the header timeout from now. */
-    conn_set_timer(c, TIMER_REQUEST);
+    /* The first request's head is due within the header timeout from now (after the PROXY
+     * header, which has a shorter deadline of its own). */
+    c->proxy_wait = w->s->cfg.proxy_protocol;
+    conn_set_timer(c, c->proxy_wait ? TIMER_PROXY : TIMER_REQUEST);
     conn_requeue(c);
 }
 
@@ -1743,6 +1823,8 @@ server_new(const struct server_config *cfg, const struct server_app *app, char *
 
     struct server *s = xcalloc(1, sizeof(*s));
     s->cfg = *cfg;
+    if (s->cfg.ipv6_prefix == 0 || s->cfg.ipv6_prefix > 128)
+        s->cfg.ipv6_prefix = 64;
     s->app = *app;
     s->nworkers = cfg->workers ? cfg->workers : 1;
     assert(!cfg->exclusive || s->nworkers == 1);

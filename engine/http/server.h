@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "http_parse.h"
+#include "netaddr.h"
 
 struct event_base;
 struct json_t;
@@ -41,6 +42,14 @@ struct server_config {
      * be as many workers as sockets at least. NULL: bind. */
     const int *fds;
     unsigned nfds;
+    /* Peers whose X-Forwarded-For or Forwarded name the client (realip_walk); borrowed, must
+     * outlive the server. NULL or empty: every peer is the client. */
+    const struct cidr_list *trusted_proxies;
+    /* 1: every connection starts with a PROXY protocol header (v1 or v2), whose source
+     * address then stands for the peer; a connection without a valid one is closed unanswered. */
+    int proxy_protocol;
+    /* An IPv6 client's ip_key is its address cut to this many bits (1..128; 0: 64). */
+    unsigned ipv6_prefix;
 };
 
 /* A request handed to the application; valid until server_respond() (or server_stream_end(),
@@ -50,7 +59,13 @@ struct server_request {
     const char *body;         /* de-chunked body, body_len bytes (not NUL-terminated) */
     size_t body_len;
     int body_streamed; /* the body was not read: server_body_start() reads it (body is NULL) */
-    const char *ip;    /* peer address, NUL-terminated */
+    /* The client's address, NUL-terminated: the peer's (the PROXY header's source when
+     * there is one), or when the peer is a trusted proxy the one its X-Forwarded-For or
+     * Forwarded names (realip_walk). Computed once per request; borrowed from the connection. */
+    const char *ip;
+    const char *ip_key; /* ip as a caller's key: an IPv6 address cut to its prefix (netaddr_key) */
+    const char *peer;   /* the peer's address (what sent us the request), NUL-terminated */
+    int peer_trusted;   /* the peer is in trusted_proxies: its forwarding fields are believed */
     struct worker *worker;
     void *app; /* the application's per-request state, set by it */
 };

@@ -1000,10 +1000,26 @@ upstream_forward_headers(const struct http_request *h, struct sbuf *out)
 }
 
 void
-upstream_proxy_fields(const char *client_ip, int minor_version, struct sbuf *out)
+upstream_proxy_fields(const struct http_request *h, const char *client, const char *peer,
+                      int peer_trusted, struct sbuf *out)
 {
-    if (client_ip != NULL && *client_ip != '\0')
-        sbuf_printf(out, "X-Forwarded-For: %s\r\n", client_ip);
+    if (client != NULL && *client != '\0') {
+        if (!peer || !*peer)
+            peer = client;
+        sbuf_adds(out, "X-Forwarded-For: ");
+        for (size_t i = 0; peer_trusted && i < h->nheaders; i++) {
+            const struct http_header *f = &h->headers[i];
+            if (f->value.len && eq_nocase(f->name.p, f->name.len, "x-forwarded-for")) {
+                sbuf_add(out, f->value.p, f->value.len);
+                sbuf_adds(out, ", ");
+            }
+        }
+        sbuf_printf(out, "%s\r\n", peer);
+        if (strchr(client, ':'))
+            sbuf_printf(out, "Forwarded: for=\"[%s]\";proto=http\r\n", client);
+        else
+            sbuf_printf(out, "Forwarded: for=%s;proto=http\r\n", client);
+    }
     sbuf_adds(out, "X-Forwarded-Proto: http\r\n");
-    sbuf_printf(out, "Via: 1.%d sluice\r\n", minor_version == 0 ? 0 : 1);
+    sbuf_printf(out, "Via: 1.%d sluice\r\n", h->minor_version == 0 ? 0 : 1);
 }

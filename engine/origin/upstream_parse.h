@@ -94,12 +94,19 @@ int upstream_traceparent_valid(const char *v, size_t len);
 int upstream_tracestate_valid(const char *v, size_t len);
 
 /*
- * Appends the fields the proxy itself sets on a forwarded request:
- * "X-Forwarded-For: <client_ip>" (unless NULL or empty), "X-Forwarded-Proto:
- * http" and "Via: 1.<minor_version> sluice" (RFC 9110 section 7.6.3: the
- * protocol the request was received with, and the proxy's pseudonym).
+ * Appends the fields the proxy itself sets on a forwarded request h:
+ * "X-Forwarded-For": when peer_trusted, the entries of h's own X-Forwarded-For
+ * lines as received, then `peer` (the address the request came from; the
+ * client's when NULL), else `peer` alone, as every proxy appends the one it
+ * heard from; "Forwarded: for=<client>;proto=http" (RFC 7239 section 4; an
+ * IPv6 address quoted and in brackets, section 6), the one address the
+ * gateway concluded; "X-Forwarded-Proto: http" and "Via: 1.<minor> sluice"
+ * (RFC 9110 section 7.6.3: the protocol the request was received with, and
+ * the proxy's pseudonym). Without client (NULL or empty) neither address
+ * field is set. h is only read.
  */
-void upstream_proxy_fields(const char *client_ip, int minor_version, struct sbuf *out);
+void upstream_proxy_fields(const struct http_request *h, const char *client, const char *peer,
+                           int peer_trusted, struct sbuf *out);
 
 /*
  * Returns the value (NUL-terminated, borrowed from res) of the first field

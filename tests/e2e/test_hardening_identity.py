@@ -191,11 +191,12 @@ class NoCallerPosesAsAProxy(UpstreamCase):
         pairs = json.loads(b)["headers"]
         names = [k for k, _ in pairs]
         for name in POSING:
-            if name.lower() not in ("via", "x-forwarded-proto"):
+            if name.lower() not in ("via", "x-forwarded-proto", "forwarded"):
                 self.assertNotIn(name.lower(), names)
         self.assertEqual([v for k, v in pairs if k == "via"], ["1.1 sluice"])
         self.assertEqual([v for k, v in pairs if k == "x-forwarded-proto"], ["http"])
         self.assertEqual([v for k, v in pairs if k == "x-forwarded-for"], ["127.0.0.1"])
+        self.assertEqual([v for k, v in pairs if k == "forwarded"], ["for=127.0.0.1;proto=http"])
 
     def test_an_http10_request_is_received_as_10_in_via(self):
         st, _, b = raw_request(self.s.port, "GET /echo HTTP/1.0\r\nVia: 1.0 evil\r\n\r\n")
@@ -227,15 +228,16 @@ class ForwardHeadersAllowList(UpstreamCase):
     def test_only_listed_fields_and_those_sluice_sets_reach_the_upstream(self):
         pairs = self.seen("GET", "/listed/a")
         names = sorted(k for k, _ in pairs)
-        self.assertEqual(names, ["accept", "authorization", "host", "via", "x-forwarded-for",
-                                 "x-forwarded-proto", "x-request-id", "x-user-id"])
+        self.assertEqual(names, ["accept", "authorization", "forwarded", "host", "via",
+                                 "x-forwarded-for", "x-forwarded-proto", "x-request-id",
+                                 "x-user-id"])
         self.assertIn(["x-user-id", "12"], pairs)  # the canonical value
         self.assertIn(["authorization", "Bearer t"], pairs)
 
     def test_an_empty_list_forwards_only_what_sluice_sets(self):
         names = sorted(k for k, _ in self.seen("GET", "/bare/a"))
-        self.assertEqual(names, ["host", "via", "x-forwarded-for", "x-forwarded-proto",
-                                 "x-request-id"])
+        self.assertEqual(names, ["forwarded", "host", "via", "x-forwarded-for",
+                                 "x-forwarded-proto", "x-request-id"])
 
     def test_a_forwarded_body_keeps_the_fields_that_describe_it(self):
         pairs = self.seen("POST", "/bare/w", body='{"a": 1}',

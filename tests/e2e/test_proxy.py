@@ -1027,7 +1027,9 @@ class Forwarding(ProxyCase):
         self.assertEqual(o["h"].get("x-forwarded-proto"), "http")
         self.assertEqual(names.count("x-forwarded-proto"), 1)
         self.assertNotIn("x-forwarded-host", names)
-        self.assertNotIn("forwarded", names)
+        # The client's Forwarded is dropped; sluice's own names the peer (RFC 7239 section 4).
+        self.assertEqual(names.count("forwarded"), 1)
+        self.assertEqual(o["h"].get("forwarded"), "for=127.0.0.1;proto=http")
         self.assertEqual(o["user"], "7")
         self.assertEqual(o["h"].get("authorization"), "Bearer fwd-token")
         self.assertEqual(o["h"].get("x-custom"), "kept")

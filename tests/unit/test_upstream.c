@@ -1232,14 +1232,47 @@ test_forward_headers(void **state)
                                "Authorization: Bearer t\r\n"
                                "X-Forwarded: kept\r\n");
     sbuf_free(&out);
-    upstream_proxy_fields("10.0.0.7", 1, &out);
+    /* From a peer that is not trusted, the request's own X-Forwarded-For is replaced. */
+    upstream_proxy_fields(&h, "10.0.0.7", "10.0.0.7", 0, &out);
     assert_string_equal(out.p, "X-Forwarded-For: 10.0.0.7\r\n"
+                               "Forwarded: for=10.0.0.7;proto=http\r\n"
                                "X-Forwarded-Proto: http\r\n"
                                "Via: 1.1 sluice\r\n");
     sbuf_free(&out);
-    upstream_proxy_fields(NULL, 0, &out);
+    h.minor_version = 0;
+    upstream_proxy_fields(&h, NULL, NULL, 0, &out);
     assert_string_equal(out.p, "X-Forwarded-Proto: http\r\n"
                                "Via: 1.0 sluice\r\n");
+    sbuf_free(&out);
+}
+
+/* RFC 7239 section 4 and 6: a trusted peer's chain is kept and the peer appended to it; the
+ * client concluded goes alone in Forwarded, an IPv6 one quoted and in brackets. */
+static void
+test_proxy_fields_rfc7239_s4_trusted_chain_and_ipv6(void **state)
+{
+    static const char s[] = "GET /x HTTP/1.1\r\n"
+                            "Host: a\r\n"
+                            "X-Forwarded-For: 203.0.113.9, 2001:db8::7\r\n"
+                            "x-forwarded-for: 10.1.1.1\r\n"
+                            "\r\n";
+    struct http_request h;
+    struct sbuf out = {0};
+    (void)state;
+
+    assert_int_equal(http_parse_request(s, sizeof s - 1, &h), (int)(sizeof s - 1));
+    upstream_proxy_fields(&h, "2001:db8::7", "127.0.0.1", 1, &out);
+    assert_string_equal(out.p, "X-Forwarded-For: 203.0.113.9, 2001:db8::7, 10.1.1.1, 127.0.0.1\r\n"
+                               "Forwarded: for=\"[2001:db8::7]\";proto=http\r\n"
+                               "X-Forwarded-Proto: http\r\n"
+                               "Via: 1.1 sluice\r\n");
+    sbuf_free(&out);
+    /* The same request from a peer that is not trusted: its chain is not passed on. */
+    upstream_proxy_fields(&h, "127.0.0.1", "127.0.0.1", 0, &out);
+    assert_string_equal(out.p, "X-Forwarded-For: 127.0.0.1\r\n"
+                               "Forwarded: for=127.0.0.1;proto=http\r\n"
+                               "X-Forwarded-Proto: http\r\n"
+                               "Via: 1.1 sluice\r\n");
     sbuf_free(&out);
 }
 
@@ -1326,7 +1359,7 @@ test_forward_on_the_wire(void **state)
 
     assert_true(http_parse_request(s, sizeof s - 1, &h) > 0);
     upstream_forward_headers(&h, &hdrs);
-    upstream_proxy_fields("192.0.2.1", h.minor_version, &hdrs);
+    upstream_proxy_fields(&h, "192.0.2.1", NULL, 0, &hdrs);
     fixture_start(&f, LIT(reply), 2000);
     f.t.host_header = "app.internal";
     req.headers = hdrs.p;
@@ -1341,6 +1374,7 @@ test_forward_on_the_wire(void **state)
              "Host: app.internal\r\n"
              "Content-Type: application/json\r\n"
              "X-Forwarded-For: 192.0.2.1\r\n"
+             "Forwarded: for=192.0.2.1;proto=http\r\n"
              "X-Forwarded-Proto: http\r\n"
              "Via: 1.1 sluice\r\n"
              "Content-Length: 2\r\n"
@@ -2780,6 +2814,7 @@ main(void)
         cmocka_unit_test(test_parser_limits),
         cmocka_unit_test(test_parser_reset),
         cmocka_unit_test(test_forward_headers),
+        cmocka_unit_test(test_proxy_fields_rfc7239_s4_trusted_chain_and_ipv6),
         cmocka_unit_test(test_forward_on_the_wire),
         cmocka_unit_test(test_traceparent_forms),
         cmocka_unit_test(test_forward_trace_context),
