@@ -110,6 +110,11 @@ struct policy_endpoint {
     /* upstream */
     char *upstream;                   /* its name */
     const struct policy_upstream *up; /* resolved, in the same snapshot */
+    uint64_t timeout_ms;              /* the endpoint's timeout, else its upstream's */
+    uint64_t connect_timeout_ms;      /* the endpoint's connect_timeout, else its upstream's */
+
+    /* sql: the statement's deadline (sql_timeout); 0: the server's --db-deadline */
+    uint64_t sql_timeout_ms;
 
     /* static */
     char *static_body;

@@ -1118,6 +1118,32 @@ end
 local ENDPOINT_FIELDS = {
   "sql", "args", "one", "upstream", "body", "status", "content_type", "cache", "limit", "invalidate",
 }
+
+-- An endpoint's own deadlines (endpoint_timeouts): timeout and connect_timeout override its
+-- upstream's; sql_timeout overrides the server's --db-deadline for its statement.
+local ENDPOINT_TIMEOUT_FIELDS = { "timeout", "connect_timeout", "sql_timeout" }
+for _, k in ipairs(ENDPOINT_TIMEOUT_FIELDS) do ENDPOINT_FIELDS[#ENDPOINT_FIELDS + 1] = k end
+
+local function endpoint_timeouts(c, f, e, source)
+  for _, k in ipairs({ "timeout", "connect_timeout" }) do
+    if f[k] ~= nil then
+      if source ~= "upstream" then
+        c:err(k, "bounds an upstream's answer; this endpoint has no upstream"
+          .. (source == "sql" and ' (its statement\'s deadline is sql_timeout = "...")' or ""))
+      else
+        e[k .. "_ms"] = c:duration(f[k], k, false, false)
+      end
+    end
+  end
+  if f.sql_timeout ~= nil then
+    if source ~= "sql" then
+      c:err("sql_timeout", "bounds an SQL statement; this endpoint has no sql"
+        .. (source == "upstream" and ' (an upstream\'s deadline is timeout = "...")' or ""))
+    else
+      e.sql_timeout_ms = c:duration(f.sql_timeout, "sql_timeout", false, false)
+    end
+  end
+end
 local CACHE_FIELDS = { "ttl", "key", "tags", "shared", "stale_while_revalidate", "stale_if_error", "warm",
   "override", "keep", "targeted", "anonymous", "max_size" }
 M.DEFAULT_KEEP_MS = 3600000 -- how long past its freshness an entry with a validator is kept to revalidate
@@ -1491,6 +1517,7 @@ local function endpoint_decl(c, decl, f, env)
       end
     end
   end
+  endpoint_timeouts(c, f, e, source)
 
   -- Cache.
   if f.cache ~= nil then

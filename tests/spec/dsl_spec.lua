@@ -1319,3 +1319,35 @@ endpoint "GET /x" { body = table.concat(parts, ",") .. ("!"):rep(2) }
     end)
   end)
 end)
+
+describe("sluice.dsl endpoint deadlines", function()
+  it("normalizes an endpoint's own timeouts and an SQL endpoint's sql_timeout", function()
+    local set = set_of([[
+upstream "app" { url = "http://127.0.0.1:3000", timeout = "1s" }
+endpoint "GET /slow" { upstream = "app", timeout = "3s", connect_timeout = "200ms" }
+endpoint "GET /fast" { upstream = "app" }
+endpoint "GET /q" { sql = "SELECT 1", sql_timeout = "100ms" }
+]])
+    local by = {}
+    for _, e in ipairs(set.endpoints) do by[e.name] = e end
+    assert.are.same({ 3000, 200 }, { by["GET /slow"].timeout_ms, by["GET /slow"].connect_timeout_ms })
+    assert.is_nil(by["GET /fast"].timeout_ms)
+    assert.are.same(100, by["GET /q"].sql_timeout_ms)
+  end)
+
+  it("reports a deadline on an endpoint it does not bound", function()
+    fails_after_prelude([[
+endpoint "GET /a" { sql = "SELECT 1", timeout = "1s" }
+endpoint "GET /b" { upstream = "app", sql_timeout = "1s" }
+endpoint "GET /c" { body = "x", connect_timeout = "1s" }
+endpoint "GET /d" { upstream = "app", timeout = "soon" }
+]], {
+      't.lua:1: endpoint "GET /a": timeout: bounds an upstream\'s answer; this endpoint has no upstream'
+        .. ' (its statement\'s deadline is sql_timeout = "...")',
+      't.lua:2: endpoint "GET /b": sql_timeout: bounds an SQL statement; this endpoint has no sql'
+        .. ' (an upstream\'s deadline is timeout = "...")',
+      't.lua:3: endpoint "GET /c": connect_timeout: bounds an upstream\'s answer; this endpoint has no upstream',
+      't.lua:4: endpoint "GET /d": timeout: bad duration "soon" (use e.g. "30s", "5m", "1h")',
+    })
+  end)
+end)

@@ -180,6 +180,9 @@ function sql(query, ...) end
 ---@field cache? sluice.Cache GET and HEAD only
 ---@field limit? sluice.Limits every limit must admit a request
 ---@field invalidate? sluice.Template[] tags dropped after a successful write
+---@field timeout? sluice.Duration upstream: overrides the upstream's timeout for this endpoint
+---@field connect_timeout? sluice.Duration upstream: overrides the upstream's connect_timeout
+---@field sql_timeout? sluice.Duration sql: the statement's deadline instead of --db-deadline, else 504
 
 ---What a route does: `endpoint "GET /api/things/{id}" { sql = "...", args = { "{path.id}" } }`.
 ---In a tenant file: an override of `cache.ttl` and `limit` of a main endpoint.
