@@ -399,6 +399,7 @@ compile_upstreams(struct compile *c)
         lua_pop(L, 1);
         u->file = xstrdup(c->file ? c->file : "?");
         u->line = c->line;
+        compile_upstream_tls(c, u);
         if (!u->name || !u->host || !u->prefix || !u->host_header)
             cerr(c, "upstream \"%s\": incomplete url", u->name ? u->name : "?");
         lua_pop(L, 1);
@@ -817,6 +818,7 @@ policy_release(struct policy *p)
         for (size_t j = 0; j < u->nforward_headers; j++)
             free(u->forward_headers[j]);
         free(u->forward_headers);
+        policy_upstream_tls_free(u);
         free(u->file);
     }
     free(p->upstreams);

@@ -194,10 +194,13 @@ function endpoint(route) end
 -- ---- upstream -----------------------------------------------------------------------------
 
 ---@class sluice.Upstream
----@field url string http://host:port[/prefix]
+---@field url string http://host:port[/prefix] or https://host:port[/prefix] (TLS, verified)
 ---@field timeout? sluice.Duration request sent to answer complete (default "5s"), else 504
 ---@field connect_timeout? sluice.Duration default "1s"
 ---@field forward_headers? string[] only these request fields reach the app
+---@field ca_file? string https: CA certificates (PEM, in the policy directory) trusted instead of the system's
+---@field cert_file? string https: a client certificate (PEM) for mutual TLS, with key_file
+---@field key_file? string https: the client certificate's private key (PEM)
 
 ---An HTTP/1.1 app endpoints forward to: `upstream "app" { url = "http://127.0.0.1:3000" }`.
 ---@param name string
