@@ -116,6 +116,7 @@ struct conn {
     int read_wants_write;    /* TLS: a read waits for the socket to take bytes */
     int write_wants_read;    /* TLS: a write waits for bytes to arrive */
     const SSL_SESSION *kept; /* TLS: the session last copied to the host (compared only) */
+    char tls_err[96];        /* TLS: what failed a read or write, for the log */
     enum conn_state state;
     struct event rd, wr, idle_timer;
     int writing;   /* wr is added */
@@ -272,8 +273,13 @@ conn_recv(struct conn *k, char *buf, size_t len)
             errno = ECONNRESET;
         return -1;
     default:
-        errno = ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING ? ECONNRESET
-                                                                                       : EPROTO;
+        if (ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+            snprintf(k->tls_err, sizeof k->tls_err, "closed without TLS close_notify");
+            errno = ECONNRESET;
+        } else {
+            ERR_error_string_n(ERR_peek_last_error(), k->tls_err, sizeof k->tls_err);
+            errno = EPROTO;
+        }
         ERR_clear_error();
         return -1;
     }
@@ -305,6 +311,7 @@ conn_send(struct conn *k, const char *buf, size_t len)
             errno = EPIPE;
         return -1;
     default:
+        ERR_error_string_n(ERR_peek_last_error(), k->tls_err, sizeof k->tls_err);
         ERR_clear_error();
         errno = EPROTO;
         return -1;
@@ -643,8 +650,10 @@ conn_broken(struct conn *k, int errno_)
 {
     struct upstream_call *c = k->call;
     int started = upstream_parser_started(k->ps), reused = k->reused;
-    char detail[160];
+    char detail[160], why[96];
 
+    /* TLS says more than errno: an alert of the upstream (a client certificate it refused). */
+    snprintf(why, sizeof why, "%s", k->tls_err[0] ? k->tls_err : errno_ ? strerror(errno_) : "");
     if (!started) {
         conn_free(k);
         if (reused && c->idempotent && !c->retried) {
@@ -654,7 +663,7 @@ conn_broken(struct conn *k, int errno_)
             return;
         }
         snprintf(detail, sizeof detail, "upstream closed the connection before answering%s%s",
-                 errno_ ? ": " : "", errno_ ? strerror(errno_) : "");
+                 why[0] ? ": " : "", why);
         call_finish(c, UPSTREAM_CONNECT, detail);
         return;
     }
@@ -665,7 +674,9 @@ conn_broken(struct conn *k, int errno_)
         (void)pump(k);
         return;
     }
-    call_finish(c, UPSTREAM_PROTOCOL, "upstream closed the connection mid-answer");
+    snprintf(detail, sizeof detail, "upstream closed the connection mid-answer%s%s",
+             why[0] ? ": " : "", why);
+    call_finish(c, UPSTREAM_PROTOCOL, detail);
 }
 
 /*

@@ -185,6 +185,9 @@ endpoint "GET /nocert/*"    { upstream = "nocert" }
         st, _, b = self.s.get("/nocert/x")
         self.assertEqual(st, 502, b)
         self.assertEqual(self.mtls.count("/nocert/x"), 0)
+        # TLS 1.3: the origin refuses the missing certificate after the handshake, by an
+        # alert, which the log names.
+        self.assertIn("certificate required", self.log_line("GET /nocert/"))
 
     def test_a_large_answer_streams_through_tls(self):
         # 3 MB, chunked: the streaming path (no store) reads TLS records as it reads a socket.
