@@ -151,6 +151,8 @@ compile_upstream_tls(struct compile *c, struct policy_upstream *u)
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     /* The pool writes from its own buffers, which may move between two tries. */
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* Reads take what the socket holds (not a record header, then its body: two syscalls). */
+    SSL_CTX_set_read_ahead(ctx, 1);
     /* Sessions are kept by the pool, per host, for resumption on the next connection. */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
     if (u->ca_file) {
