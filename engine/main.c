@@ -95,7 +95,7 @@ static const char usage_serve[] =
     "                            start the new one with another --admin, then SIGTERM the\n"
     "                            old one); without it an address in use is refused\n"
     "  --db-pool N               PostgreSQL connections per worker (default 4)\n"
-    "  --db-deadline DUR         per statement, else 503 (default 5s)\n"
+    "  --db-deadline DUR         per statement, else 504 (default 5s)\n"
     "  --cache-bytes N           memory store budget for cached answers, with their keys,\n"
     "                            fields and tags; least recently used go first\n"
     "                            (default 268435456)\n"

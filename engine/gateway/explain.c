@@ -163,7 +163,7 @@ endpoint_json(const struct policy_endpoint *ep)
     if (ep->source == SOURCE_UPSTREAM && ep->up)
         json_object_set_new(e, "upstream",
                             json_pack("{s:s, s:s, s:f}", "name", ep->up->name, "url", ep->up->url,
-                                      "timeout_seconds", (double)ep->up->timeout_ms / 1000.0));
+                                      "timeout_seconds", (double)ep->timeout_ms / 1000.0));
     return e;
 }
 

@@ -384,8 +384,7 @@ gw_plan(struct gw_req *rq, char *detail, size_t detail_len)
         rq->has_directives = true;
         rq->no_store = rq->directives.no_store;
     }
-    uint64_t lease =
-        ep->up && ep->up->timeout_ms > FILL_LEASE_MS ? ep->up->timeout_ms : FILL_LEASE_MS;
+    uint64_t lease = ep->up && ep->timeout_ms > FILL_LEASE_MS ? ep->timeout_ms : FILL_LEASE_MS;
     a->lease_ms = rq->no_store ? 0 : lease;
     return 0;
 }

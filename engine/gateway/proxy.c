@@ -683,8 +683,10 @@ gw_proxy_run(struct gw_req *rq)
         .host = ep->up->host,
         .port = ep->up->port,
         .host_header = ep->up->host_header,
-        .connect_timeout_ms = ep->up->connect_timeout_ms,
-        .timeout_ms = ep->up->timeout_ms,
+        .connect_timeout_ms = ep->connect_timeout_ms,
+        .timeout_ms = ep->timeout_ms,
+        .tls = ep->up->ssl_ctx,
+        .tls_generation = rq->policy->generation,
     };
     rq->sent_ms = store_now_ms(); /* request_time (RFC 9111 section 4.2.3) */
     rq->origin_us = util_mono_us();

@@ -85,6 +85,9 @@ on_db(void *arg, const struct db_result *res)
     case DB_ERROR:
         gw_origin_failed(rq, 502, "the database failed the statement", internal);
         return;
+    case DB_TIMEOUT:
+        gw_origin_failed(rq, 504, "the database did not answer in time", internal);
+        return;
     case DB_UNAVAILABLE:
     default:
         gw_origin_failed(rq, 503, "the database is unavailable", internal);
@@ -167,7 +170,8 @@ run_sql(struct gw_req *rq)
         return;
     }
     rq->origin_us = util_mono_us();
-    if (db_query(rq->wk->db, ep->sql, (int)n, params, ep->is_write ? 0 : DB_READ, on_db, rq) != 0)
+    if (db_query_within(rq->wk->db, ep->sql, (int)n, params, ep->is_write ? 0 : DB_READ,
+                        ep->sql_timeout_ms, on_db, rq) != 0)
         gw_fail_internal(rq, 503, "the database is unavailable",
                          "the database pool is shutting down");
 }

@@ -41,12 +41,15 @@ struct query {
     TAILQ_ENTRY(query) link;  /* in pool->queue or pool->done */
     TAILQ_ENTRY(query) clink; /* in its connection's inflight while HOLD_CONN */
     struct db_pool *pool;
-    struct conn *conn;      /* while Q_RUNNING */
-    unsigned hold;          /* HOLD_* */
-    unsigned read : 1;      /* DB_READ: may queue behind others on a connection, may run again */
-    unsigned preparing : 1; /* its PQsendPrepare goes before it on its connection */
-    unsigned abandoned : 1; /* answered (its deadline) while in flight: its result is dropped */
-    PGresult *acc;          /* the result kept so far while in flight */
+    struct conn *conn;        /* while Q_RUNNING */
+    unsigned hold;            /* HOLD_* */
+    unsigned read : 1;        /* DB_READ: may queue behind others on a connection, may run again */
+    unsigned preparing : 1;   /* its PQsendPrepare goes before it on its connection */
+    unsigned abandoned : 1;   /* answered (its deadline) while in flight: its result is dropped */
+    unsigned own_timeout : 1; /* a deadline of its own: SET LOCAL statement_timeout goes first */
+    uint64_t deadline_ms;     /* its own deadline (own_timeout) */
+    struct timeval deadline_tv;
+    PGresult *acc; /* the result kept so far while in flight */
     struct event deadline;
     db_cb *cb;
     void *arg;
@@ -98,6 +101,7 @@ struct db_pool {
     unsigned max_queue;
     const struct timeval *deadline; /* NULL: no deadline */
     struct timeval deadline_tv;
+    uint64_t deadline_ms;      /* 0: none */
     TAILQ_HEAD(, query) queue; /* waiting for a connection */
     TAILQ_HEAD(, query) done;  /* answered, callback not yet called */
     unsigned nqueued;
@@ -126,6 +130,8 @@ db_status_word(enum db_status s)
         return "error";
     case DB_UNAVAILABLE:
         return "unavailable";
+    case DB_TIMEOUT:
+        return "timeout";
     }
     return "unknown";
 }
@@ -224,6 +230,8 @@ query_result(struct query *q, PGresult *res, int conn_bad)
         st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         if (sqlstate_class(st, "22") || sqlstate_class(st, "23"))
             q->status = DB_CLIENT_ERROR;
+        else if (st != NULL && strcmp(st, "57014") == 0)
+            q->status = DB_TIMEOUT; /* statement_timeout: the server's side of the deadline */
         else if (sqlstate_class(st, "08") || sqlstate_class(st, "53") || sqlstate_class(st, "57") ||
                  ((st == NULL || *st == '\0') && conn_bad))
             q->status = DB_UNAVAILABLE;
@@ -480,6 +488,28 @@ conn_flush(struct conn *c)
  * prepared (or is not preparing) its text, then the statement, then a sync.
  * A connection that cannot take it is lost.
  */
+/*
+ * A statement with a deadline of its own is preceded, in the same implicit
+ * transaction (no sync between), by a SET LOCAL of statement_timeout: the
+ * server stops it at its own deadline rather than the pool's, and the
+ * connection's setting is back at the sync. Its result is the first of the
+ * statement's (query_keep keeps the statement's, or the first error).
+ * Returns libpq's answer (1: queued), 1 for a statement without one.
+ */
+static int
+send_own_timeout(PGconn *pg, const struct query *q)
+{
+    char ms[24];
+    const char *param = ms;
+    if (!q->own_timeout)
+        return 1;
+    snprintf(ms, sizeof ms, "%llu",
+             q->deadline_ms > INT_MAX ? (unsigned long long)INT_MAX
+                                      : (unsigned long long)q->deadline_ms);
+    return PQsendQueryParams(pg, "SELECT set_config('statement_timeout', $1, true)", 1, NULL,
+                             &param, NULL, NULL, 0);
+}
+
 static void
 conn_run(struct conn *c, struct query *q)
 {
@@ -502,13 +532,15 @@ conn_run(struct conn *c, struct query *q)
         c->head_us = util_mono_us();
     }
     if (q->stmt < 0) {
-        ok = PQsendQueryParams(pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
+        ok = send_own_timeout(pg, q) &&
+             PQsendQueryParams(pg, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
     } else {
         stmt_name(name, sizeof name, q->stmt);
         ok = !q->preparing || PQsendPrepare(pg, name, q->sql, 0, NULL);
         if (q->preparing && ok)
             set_prepared(c, q->stmt, 1); /* those sent behind it use it */
-        ok = ok && PQsendQueryPrepared(pg, name, q->nparams, q->params, NULL, NULL, 0);
+        ok = ok && send_own_timeout(pg, q) &&
+             PQsendQueryPrepared(pg, name, q->nparams, q->params, NULL, NULL, 0);
     }
     ok = ok && PQpipelineSync(pg);
     if (ok)
@@ -582,7 +614,7 @@ conn_results(struct conn *c)
         if (r == NULL) {
             /* The end of a command's results: the prepare's, then its own. Past that a
              * sync comes, unless the connection broke (the caller sees it). */
-            if (++c->stage > 2 || PQstatus(c->pc.pg) == CONNECTION_BAD)
+            if (++c->stage > 2 + (int)q->own_timeout || PQstatus(c->pc.pg) == CONNECTION_BAD)
                 break;
             continue;
         }
@@ -774,7 +806,7 @@ deadline_cb(evutil_socket_t fd, short what, void *arg)
         /* No PQcancel (it blocks): drop the connection; statement_timeout stops the server. */
         conn_close(c);
         c->state = C_DOWN;
-        conn_drop_inflight(c, DB_UNAVAILABLE, xstrdup("statement deadline exceeded"));
+        conn_drop_inflight(c, DB_TIMEOUT, xstrdup("statement deadline exceeded"));
         settle(p);
         return;
     }
@@ -787,7 +819,7 @@ deadline_cb(evutil_socket_t fd, short what, void *arg)
         PQclear(q->acc);
         q->acc = NULL;
     }
-    query_fail(q, DB_UNAVAILABLE, "statement deadline exceeded", NULL);
+    query_fail(q, DB_TIMEOUT, "statement deadline exceeded", NULL);
     settle(p);
 }
 
@@ -831,6 +863,7 @@ db_pool_new(struct event_base *base, const char *conninfo, unsigned size, uint64
         free(p);
         return NULL;
     }
+    p->deadline_ms = deadline_ms;
     if (deadline_ms > 0) {
         p->deadline_tv = util_ms_to_tv(deadline_ms);
         /* All statements share one duration: an O(1) timeout queue instead of the heap. */
@@ -903,6 +936,13 @@ int
 db_query(struct db_pool *p, const char *sql, int nparams, const char *const *params, unsigned flags,
          db_cb *cb, void *arg)
 {
+    return db_query_within(p, sql, nparams, params, flags, 0, cb, arg);
+}
+
+int
+db_query_within(struct db_pool *p, const char *sql, int nparams, const char *const *params,
+                unsigned flags, uint64_t deadline_ms, db_cb *cb, void *arg)
+{
     size_t sqllen, need, off;
     const char *sqlcopy = NULL;
     struct query *q;
@@ -951,6 +991,11 @@ db_query(struct db_pool *p, const char *sql, int nparams, const char *const *par
         sqlcopy = block + off;
     }
     q->sql = sqlcopy;
+    if (deadline_ms > 0 && deadline_ms != p->deadline_ms) {
+        q->own_timeout = 1;
+        q->deadline_ms = deadline_ms;
+        q->deadline_tv = util_ms_to_tv(deadline_ms);
+    }
     evtimer_assign(&q->deadline, p->base, deadline_cb, q);
     p->npending++;
 
@@ -965,7 +1010,9 @@ db_query(struct db_pool *p, const char *sql, int nparams, const char *const *par
         q->state = Q_QUEUED;
         TAILQ_INSERT_TAIL(&p->queue, q, link);
         p->nqueued++;
-        if (p->deadline != NULL)
+        if (q->own_timeout)
+            evtimer_add(&q->deadline, &q->deadline_tv);
+        else if (p->deadline != NULL)
             evtimer_add(&q->deadline, p->deadline);
         pump(p);
     }

@@ -12,10 +12,11 @@ enum db_status {
     DB_CLIENT_ERROR, /* the statement failed because of its input (SQLSTATE class 22 or 23): 400/409
                       */
     DB_ERROR,        /* the statement failed otherwise: 502 */
-    DB_UNAVAILABLE,  /* no connection, connection lost, deadline passed, queue full: 503 */
+    DB_UNAVAILABLE,  /* no connection, connection lost, queue full: 503 */
+    DB_TIMEOUT,      /* the statement's deadline passed (ours, or its statement_timeout): 504 */
 };
 
-/* A word for s, for labels and logs: "ok", "client_error", "error", "unavailable". */
+/* A word for s, for labels and logs: "ok", "client_error", "error", "unavailable", "timeout". */
 const char *db_status_word(enum db_status s);
 
 struct db_result {
@@ -37,7 +38,7 @@ struct db_pool;
  * Creates a pool of up to `size` connections to `conninfo` on `base`;
  * connections are opened lazily and reopened after failures (with backoff).
  * Every statement has `deadline_ms` from submission to answer (also set as
- * statement_timeout); past it the query is answered DB_UNAVAILABLE and its
+ * statement_timeout); past it the query is answered DB_TIMEOUT and its
  * connection is dropped; 0 means no deadline. At most `max_queue` statements
  * wait for a free connection. While every connection slot is backing off after
  * failed connect attempts, statements are answered DB_UNAVAILABLE at once.
@@ -72,6 +73,16 @@ void db_pool_free(struct db_pool *p);
  */
 int db_query(struct db_pool *p, const char *sql, int nparams, const char *const *params,
              unsigned flags, db_cb *cb, void *arg);
+
+/*
+ * As db_query, with a deadline of its own: `deadline_ms` from submission to
+ * answer instead of the pool's (0: the pool's). The server stops the
+ * statement at it too (a SET LOCAL statement_timeout sent with it, in its
+ * own implicit transaction: no extra round trip), longer or shorter than
+ * the pool's.
+ */
+int db_query_within(struct db_pool *p, const char *sql, int nparams, const char *const *params,
+                    unsigned flags, uint64_t deadline_ms, db_cb *cb, void *arg);
 
 /* Statements waiting or running, for status output. */
 unsigned db_pool_pending(const struct db_pool *p);

@@ -22,6 +22,9 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "log.h"
 #include "util.h"
@@ -74,13 +77,18 @@ struct lookup {
     char err[128];
 };
 
-/* One (host, port): its addresses and idle connections. */
+/* One (host, port) (and TLS context): its addresses and idle connections. */
 struct host {
     LIST_ENTRY(host) link;
     struct upstream_pool *pool;
     char *name; /* without brackets */
     int port;
     int literal;
+    SSL_CTX *tls;         /* a reference, or NULL: plain TCP */
+    uint64_t tls_gen;     /* upstream_target.tls_generation */
+    int retired;          /* a newer generation's context replaced tls: nothing is kept idle */
+    SSL_SESSION *session; /* the last resumable session, for the next connection */
+    unsigned users;       /* calls and connections pointing here */
     struct sockaddr_storage addrs[MAX_ADDRS];
     socklen_t lens[MAX_ADDRS];
     unsigned naddrs;
@@ -103,6 +111,12 @@ struct conn {
     TAILQ_ENTRY(conn) link;
     struct host *host;
     evutil_socket_t fd;
+    SSL *ssl;                /* TLS, or NULL */
+    int handshaking;         /* TLS: connected, the handshake under way (state CONN_CONNECTING) */
+    int read_wants_write;    /* TLS: a read waits for the socket to take bytes */
+    int write_wants_read;    /* TLS: a write waits for bytes to arrive */
+    const SSL_SESSION *kept; /* TLS: the session last copied to the host (compared only) */
+    char tls_err[96];        /* TLS: what failed a read or write, for the log */
     enum conn_state state;
     struct event rd, wr, idle_timer;
     int writing;   /* wr is added */
@@ -176,6 +190,8 @@ struct upstream_pool {
 
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
 static int request_sent(const struct conn *k);
+static void want_write(struct conn *k, int on);
+static void host_unuse(struct host *h);
 static void conn_idle_cb(evutil_socket_t fd, short what, void *arg);
 static void call_connect(struct upstream_call *c);
 static void conn_open(struct upstream_call *c);
@@ -195,6 +211,110 @@ addr_text(const struct sockaddr_storage *ss, char *out, size_t outlen)
         inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
         port = ntohs(s6->sin6_port);
         snprintf(out, outlen, "[%s]:%d", ip, port);
+    }
+}
+
+/* ---- the transport: a socket, or TLS on it ---- */
+
+/*
+ * Keeps a copy of the connection's session for the host's next connection,
+ * when it is a new one that can be resumed (TLS 1.3: once a ticket came). A
+ * copy: OpenSSL marks a connection's own session not resumable when the
+ * connection ends without a close_notify (an upstream that closes after an
+ * answer), which says nothing of the ticket's worth.
+ */
+static void
+tls_keep_session(struct conn *k)
+{
+    struct host *h = k->host;
+    SSL_SESSION *s = SSL_get0_session(k->ssl), *copy;
+
+    if (s == NULL || s == k->kept || !SSL_SESSION_is_resumable(s))
+        return;
+    if ((copy = SSL_SESSION_dup(s)) == NULL)
+        log_abort("out of memory (SSL_SESSION_dup)");
+    k->kept = s;
+    SSL_SESSION_free(h->session);
+    h->session = copy;
+}
+
+/*
+ * Reads up to len bytes as recv() does: the count, 0 at the end (TLS: the
+ * peer's close_notify), or -1 with errno (EAGAIN: nothing now). With TLS, a
+ * close without close_notify is ECONNRESET (the end of a body read to the
+ * close cannot be told from a cut: RFC 9112 section 9.8), any other failure
+ * EPROTO.
+ */
+static ssize_t
+conn_recv(struct conn *k, char *buf, size_t len)
+{
+    size_t n;
+    int r;
+
+    if (k->ssl == NULL)
+        return recv(k->fd, buf, len, 0);
+    ERR_clear_error();
+    r = SSL_read_ex(k->ssl, buf, len, &n);
+    if (r == 1)
+        return (ssize_t)n;
+    switch (SSL_get_error(k->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        k->read_wants_write = 1;
+        want_write(k, 1);
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (errno == 0 || errno == EAGAIN)
+            errno = ECONNRESET;
+        return -1;
+    default:
+        if (ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+            snprintf(k->tls_err, sizeof k->tls_err, "closed without TLS close_notify");
+            errno = ECONNRESET;
+        } else {
+            ERR_error_string_n(ERR_peek_last_error(), k->tls_err, sizeof k->tls_err);
+            errno = EPROTO;
+        }
+        ERR_clear_error();
+        return -1;
+    }
+}
+
+/* Writes up to len bytes as send() does: the count, or -1 with errno (EAGAIN: not now). */
+static ssize_t
+conn_send(struct conn *k, const char *buf, size_t len)
+{
+    size_t n;
+    int r;
+
+    if (k->ssl == NULL)
+        return send(k->fd, buf, len, MSG_NOSIGNAL);
+    ERR_clear_error();
+    r = SSL_write_ex(k->ssl, buf, len, &n);
+    if (r == 1)
+        return (ssize_t)n;
+    switch (SSL_get_error(k->ssl, r)) {
+    case SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_READ:
+        k->write_wants_read = 1;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_SYSCALL:
+        if (errno == 0 || errno == EAGAIN)
+            errno = EPIPE;
+        return -1;
+    default:
+        ERR_error_string_n(ERR_peek_last_error(), k->tls_err, sizeof k->tls_err);
+        ERR_clear_error();
+        errno = EPROTO;
+        return -1;
     }
 }
 
@@ -218,8 +338,15 @@ conn_free(struct conn *k)
         k->call->conn = NULL;
     event_del(&k->rd);
     event_del(&k->wr);
+    if (k->ssl != NULL) {
+        if (k->state == CONN_IDLE)
+            (void)SSL_shutdown(k->ssl); /* close_notify, if the socket takes it */
+        SSL_free(k->ssl);
+        ERR_clear_error();
+    }
     close(k->fd);
     upstream_parser_free(k->ps);
+    host_unuse(k->host);
     free(k);
     p->nconns--;
 }
@@ -250,9 +377,11 @@ conn_release(struct conn *k, int clean)
 {
     struct host *h = k->host;
     struct upstream_pool *p = h->pool;
-    int reusable =
-        clean && k->call != NULL && request_sent(k) && !p->closing && h->nidle < p->max_idle;
+    int reusable = clean && k->call != NULL && request_sent(k) && !p->closing && !h->retired &&
+                   h->nidle < p->max_idle;
 
+    if (k->ssl != NULL)
+        tls_keep_session(k); /* a TLS 1.3 ticket arrives after the handshake */
     if (!reusable) {
         conn_free(k);
         return;
@@ -275,6 +404,7 @@ call_free(struct upstream_call *c)
     evtimer_del(&c->deadline);
     if (c->wbody != NULL)
         evbuffer_free(c->wbody);
+    host_unuse(c->host);
     free(c);
 }
 
@@ -388,6 +518,7 @@ conn_new(struct host *h, evutil_socket_t fd, unsigned addr)
     struct conn *k = xcalloc(1, sizeof *k);
 
     k->host = h;
+    h->users++;
     k->fd = fd;
     k->addr = addr;
     k->ps = upstream_parser_new(0, p->max_response);
@@ -519,8 +650,10 @@ conn_broken(struct conn *k, int errno_)
 {
     struct upstream_call *c = k->call;
     int started = upstream_parser_started(k->ps), reused = k->reused;
-    char detail[160];
+    char detail[160], why[96];
 
+    /* TLS says more than errno: an alert of the upstream (a client certificate it refused). */
+    snprintf(why, sizeof why, "%s", k->tls_err[0] ? k->tls_err : errno_ ? strerror(errno_) : "");
     if (!started) {
         conn_free(k);
         if (reused && c->idempotent && !c->retried) {
@@ -530,7 +663,7 @@ conn_broken(struct conn *k, int errno_)
             return;
         }
         snprintf(detail, sizeof detail, "upstream closed the connection before answering%s%s",
-                 errno_ ? ": " : "", errno_ ? strerror(errno_) : "");
+                 why[0] ? ": " : "", why);
         call_finish(c, UPSTREAM_CONNECT, detail);
         return;
     }
@@ -541,7 +674,9 @@ conn_broken(struct conn *k, int errno_)
         (void)pump(k);
         return;
     }
-    call_finish(c, UPSTREAM_PROTOCOL, "upstream closed the connection mid-answer");
+    snprintf(detail, sizeof detail, "upstream closed the connection mid-answer%s%s",
+             why[0] ? ": " : "", why);
+    call_finish(c, UPSTREAM_PROTOCOL, detail);
 }
 
 /*
@@ -562,7 +697,7 @@ conn_read(struct conn *k)
     for (int i = 0; i < READS_PER_EVENT; i++) {
         size_t room;
         char *space = upstream_parser_space(k->ps, &room);
-        ssize_t n = recv(k->fd, space, room, 0);
+        ssize_t n = conn_recv(k, space, room);
         int rc;
 
         if (n < 0 && errno == EINTR)
@@ -595,9 +730,11 @@ conn_read(struct conn *k)
         }
         if ((r = pump(k)) != 0)
             return r < 0 ? -1 : 0;
-        if ((size_t)n < room)
-            return 0;
+        if ((size_t)n < room && (k->ssl == NULL || !SSL_has_pending(k->ssl)))
+            return 0; /* a TLS read takes one record: what TLS holds is read on */
     }
+    if (k->ssl != NULL && SSL_has_pending(k->ssl))
+        event_active(&k->rd, EV_READ, 1); /* the socket may be empty: no event would come */
     return 0;
 }
 
@@ -622,7 +759,7 @@ conn_write(struct conn *k)
     int err;
 
     while (k->sent < c->req_len) {
-        ssize_t n = send(k->fd, c->req + k->sent, c->req_len - k->sent, MSG_NOSIGNAL);
+        ssize_t n = conn_send(k, c->req + k->sent, c->req_len - k->sent);
         if (n > 0) {
             k->sent += (size_t)n;
             if (c->wbody != NULL || c->streaming)
@@ -632,14 +769,25 @@ conn_write(struct conn *k)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            want_write(k, 1);
+            want_write(k, !k->write_wants_read);
             return 0;
         }
         err = n < 0 ? errno : EPIPE;
         goto broken;
     }
     while (c->wbody != NULL && evbuffer_get_length(c->wbody) > 0) {
-        int n = evbuffer_write(c->wbody, k->fd);
+        int n;
+        if (k->ssl != NULL) {
+            struct evbuffer_iovec v;
+            ssize_t w;
+            evbuffer_peek(c->wbody, -1, NULL, &v, 1);
+            w = conn_send(k, v.iov_base, v.iov_len);
+            if (w > 0)
+                evbuffer_drain(c->wbody, (size_t)w);
+            n = (int)w;
+        } else {
+            n = evbuffer_write(c->wbody, k->fd);
+        }
         if (n > 0) {
             arm_idle(c);
             continue;
@@ -647,7 +795,7 @@ conn_write(struct conn *k)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            want_write(k, 1);
+            want_write(k, !k->write_wants_read);
             goto drained;
         }
         err = n < 0 ? errno : EPIPE;
@@ -656,6 +804,8 @@ conn_write(struct conn *k)
     want_write(k, 0);
     if (c->framing == BODY_RAW && c->wended && !c->half_closed) {
         c->half_closed = 1;
+        if (k->ssl != NULL)
+            (void)SSL_shutdown(k->ssl); /* close_notify: the end of what goes up */
         shutdown(k->fd, SHUT_WR);
     }
 drained:
@@ -684,6 +834,93 @@ conn_connected(struct conn *k)
     (void)conn_write(k);
 }
 
+/* The TLS handshake on k failed (SSL_do_handshake said r): the call fails, saying why. */
+static void
+tls_failed(struct conn *k, int r)
+{
+    struct upstream_call *c = k->call;
+    char why[160], detail[192];
+    int e = SSL_get_error(k->ssl, r), sys = errno;
+    long vr = SSL_get_verify_result(k->ssl);
+
+    if (vr != X509_V_OK)
+        snprintf(why, sizeof why, "certificate verify failed: %s",
+                 X509_verify_cert_error_string(vr));
+    else if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+        snprintf(why, sizeof why, "%s", sys ? strerror(sys) : "the upstream closed the connection");
+    else
+        ERR_error_string_n(ERR_peek_last_error(), why, sizeof why);
+    ERR_clear_error();
+    snprintf(detail, sizeof detail, "TLS handshake with upstream %.40s:%d failed: %.100s",
+             k->host->name, k->host->port, why);
+    call_finish(c, UPSTREAM_CONNECT, detail);
+}
+
+/* Goes on with k's TLS handshake; once done, the connection serves its call. */
+static void
+tls_handshake(struct conn *k)
+{
+    int r;
+
+    ERR_clear_error();
+    errno = 0;
+    r = SSL_do_handshake(k->ssl);
+    if (r == 1) {
+        k->handshaking = 0;
+        event_del(&k->wr);
+        tls_keep_session(k);
+        conn_connected(k);
+        return;
+    }
+    switch (SSL_get_error(k->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        event_del(&k->wr);
+        event_add(&k->rd, NULL);
+        return;
+    case SSL_ERROR_WANT_WRITE:
+        event_add(&k->wr, NULL);
+        return;
+    default:
+        tls_failed(k, r);
+        return;
+    }
+}
+
+/*
+ * k is connected to a TLS host: starts the handshake, with the host's name
+ * as SNI (RFC 6066 section 3: names only, never an address) and as the
+ * name the certificate must hold (RFC 6125; an address literal: an IP
+ * address SAN), and the host's last session to resume.
+ */
+static void
+tls_start(struct conn *k)
+{
+    struct host *h = k->host;
+    SSL *ssl = SSL_new(h->tls);
+    int ok;
+
+    if (ssl == NULL)
+        log_abort("out of memory (SSL_new)");
+    k->ssl = ssl;
+    k->handshaking = 1;
+    SSL_set_connect_state(ssl);
+    ok = SSL_set_fd(ssl, k->fd) == 1;
+    if (h->literal)
+        ok = ok && X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), h->name) == 1;
+    else
+        ok = ok && SSL_set_tlsext_host_name(ssl, h->name) == 1 && SSL_set1_host(ssl, h->name) == 1;
+    if (!ok) {
+        char detail[192];
+        ERR_clear_error();
+        snprintf(detail, sizeof detail, "cannot set up TLS to upstream %s", h->name);
+        call_finish(k->call, UPSTREAM_CONNECT, detail);
+        return;
+    }
+    if (h->session != NULL)
+        (void)SSL_set_session(ssl, h->session);
+    tls_handshake(k);
+}
+
 /* The connect attempt on k failed with err: try the host's next address, if any. */
 static void
 connect_failed(struct conn *k, int err)
@@ -708,9 +945,10 @@ conn_io_cb(evutil_socket_t fd, short what, void *arg)
     struct upstream_pool *p = k->host->pool;
 
     if (k->state == CONN_IDLE) {
-        /* EOF, an error or stray bytes on an idle connection: it is of no more use. */
+        /* EOF, an error or stray bytes on an idle connection: it is of no more use (TLS
+         * messages that carry no bytes, session tickets, leave it be). */
         char b[64];
-        ssize_t n = recv(fd, b, sizeof b, 0);
+        ssize_t n = conn_recv(k, b, sizeof b);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             return;
         conn_free(k);
@@ -718,7 +956,9 @@ conn_io_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (k->call == NULL || k->call->state == CALL_DONE)
         return; /* answered; delivered before the loop runs again */
-    if (k->state == CONN_CONNECTING) {
+    if (k->state == CONN_CONNECTING && k->handshaking) {
+        tls_handshake(k);
+    } else if (k->state == CONN_CONNECTING) {
         int err = 0;
         socklen_t len = sizeof err;
         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
@@ -728,9 +968,20 @@ conn_io_cb(evutil_socket_t fd, short what, void *arg)
         event_del(&k->wr);
         if (err != 0)
             connect_failed(k, err);
+        else if (k->host->tls != NULL)
+            tls_start(k);
         else
             conn_connected(k);
     } else {
+        /* TLS: a read that waited for the socket to take bytes, or a write for bytes. */
+        if (k->read_wants_write && (what & EV_WRITE)) {
+            k->read_wants_write = 0;
+            what |= EV_READ;
+        }
+        if (k->write_wants_read && (what & EV_READ)) {
+            k->write_wants_read = 0;
+            what |= EV_WRITE;
+        }
         if ((what & EV_WRITE) && conn_write(k) < 0) {
             flush_answers(p);
             return;
@@ -1050,13 +1301,51 @@ call_connect(struct upstream_call *c)
     conn_open(c);
 }
 
-static struct host *
-host_get(struct upstream_pool *p, const char *name, int port)
+/* Frees a host entry that nothing uses (no call, no connection). */
+static void
+host_free(struct host *h)
 {
-    struct host *h;
+    assert(h->users == 0 && TAILQ_EMPTY(&h->waiting) && TAILQ_EMPTY(&h->idle));
+    LIST_REMOVE(h, link);
+    if (h->lookup != NULL)
+        lookup_orphan(h->lookup);
+    SSL_SESSION_free(h->session);
+    SSL_CTX_free(h->tls);
+    free(h->name);
+    free(h);
+}
+
+/* A call or a connection of h is gone: a retired entry goes with its last one. */
+static void
+host_unuse(struct host *h)
+{
+    assert(h->users > 0);
+    if (--h->users == 0 && h->retired && !h->pool->closing)
+        host_free(h);
+}
+
+/*
+ * A newer generation's context for h's (host, port) is in use: h keeps no
+ * connection idle from now on, and goes once unused.
+ */
+static void
+host_retire(struct host *h)
+{
+    h->retired = 1;
+    h->users++; /* closing its idle connections must not free it under our feet */
+    while (!TAILQ_EMPTY(&h->idle))
+        conn_free(TAILQ_FIRST(&h->idle));
+    host_unuse(h);
+}
+
+static struct host *
+host_get(struct upstream_pool *p, const char *name, int port, SSL_CTX *tls, uint64_t tls_gen)
+{
+    struct host *h, *other, *next;
     size_t n = strlen(name);
     struct sockaddr_in *s4;
     struct sockaddr_in6 *s6;
+    int older = 0;
 
     if (n >= 2 && name[0] == '[' && name[n - 1] == ']') {
         name++;
@@ -1064,13 +1353,31 @@ host_get(struct upstream_pool *p, const char *name, int port)
     }
     LIST_FOREACH(h, &p->hosts, link)
     {
-        if (h->port == port && strlen(h->name) == n && memcmp(h->name, name, n) == 0)
+        if (h->port == port && h->tls == tls && strlen(h->name) == n &&
+            memcmp(h->name, name, n) == 0)
             return h;
+    }
+    /* Another context of the same (host, port): the older generation's is retired. */
+    for (other = LIST_FIRST(&p->hosts); other != NULL && tls != NULL; other = next) {
+        next = LIST_NEXT(other, link);
+        if (other->tls == NULL || other->port != port || strlen(other->name) != n ||
+            memcmp(other->name, name, n) != 0)
+            continue;
+        if (other->tls_gen > tls_gen)
+            older = 1;
+        else if (other->tls_gen < tls_gen && !other->retired)
+            host_retire(other); /* may free it: `next` was taken first */
     }
     h = xcalloc(1, sizeof *h);
     h->pool = p;
     h->name = xstrndup(name, n);
     h->port = port;
+    if (tls != NULL) {
+        SSL_CTX_up_ref(tls);
+        h->tls = tls;
+        h->tls_gen = tls_gen;
+        h->retired = older;
+    }
     TAILQ_INIT(&h->waiting);
     TAILQ_INIT(&h->idle);
     s4 = (struct sockaddr_in *)&h->addrs[0];
@@ -1204,7 +1511,8 @@ upstream_send(struct upstream_pool *p, const struct upstream_target *t,
     c->req_len = need;
     assert((size_t)(w - c->req) == need);
 
-    h = host_get(p, t->host, t->port);
+    h = host_get(p, t->host, t->port, t->tls, t->tls_generation);
+    h->users++;
     c->pool = p;
     c->host = h;
     c->done = done;
@@ -1379,14 +1687,10 @@ pool_destroy(struct upstream_pool *p)
 
     assert(TAILQ_EMPTY(&p->done) && TAILQ_EMPTY(&p->busy) && p->npending == 0);
     while ((h = LIST_FIRST(&p->hosts)) != NULL) {
-        LIST_REMOVE(h, link);
         assert(TAILQ_EMPTY(&h->waiting));
         while (!TAILQ_EMPTY(&h->idle))
             conn_free(TAILQ_FIRST(&h->idle));
-        if (h->lookup != NULL)
-            lookup_orphan(h->lookup);
-        free(h->name);
-        free(h);
+        host_free(h);
     }
     if (p->lookup_fd >= 0) {
         event_del(&p->lookup_ev);

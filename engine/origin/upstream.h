@@ -9,6 +9,7 @@
 #include "upstream_parse.h"
 
 struct event_base;
+struct ssl_ctx_st;
 
 struct upstream_pool_config {
     unsigned max_idle;         /* idle keep-alive connections kept per target; 0: 32 */
@@ -27,6 +28,20 @@ struct upstream_target {
                                     A pushed body counts from its last byte written; after
                                     a streamed answer's head, between two moves (nothing
                                     read or written for this long) */
+    /*
+     * TLS (https): NULL for plain TCP, else the client context to connect with
+     * (borrowed; the pool takes references for as long as it keeps connections
+     * made with it). The handshake is part of the connect (connect_timeout_ms);
+     * `host` is sent as SNI (names only) and checked against the certificate
+     * (a name, or an IP address literal).
+     */
+    struct ssl_ctx_st *tls;
+    /*
+     * Which of the contexts of one (host, port) is newest (the policy
+     * generation): once a context of a higher one is used, idle connections
+     * of older ones are closed and their busy ones are not kept.
+     */
+    uint64_t tls_generation;
 };
 
 /*
@@ -119,8 +134,11 @@ struct upstream_call;
  * helper thread, answered through an eventfd) and its addresses are kept for
  * 60 s; past that they are still used while a new lookup runs, and when it
  * fails. Addresses are tried in order until one accepts the connection. A
- * small entry per distinct (host, port) is kept for the pool's life. Aborts
- * on out-of-memory; never returns NULL.
+ * small entry per distinct (host, port) is kept for the pool's life (with
+ * TLS, per (host, port, context): those of contexts a newer generation
+ * replaced go once unused). A TLS connection's session is kept for the next
+ * connection to the same entry to resume. Aborts on out-of-memory; never
+ * returns NULL.
  */
 struct upstream_pool *upstream_pool_new(struct event_base *base,
                                         const struct upstream_pool_config *cfg);

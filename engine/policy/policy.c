@@ -401,6 +401,7 @@ compile_upstreams(struct compile *c)
         lua_pop(L, 1);
         u->file = xstrdup(c->file ? c->file : "?");
         u->line = c->line;
+        compile_upstream_tls(c, u);
         if (!u->name || !u->host || !u->prefix || !u->host_header)
             cerr(c, "upstream \"%s\": incomplete url", u->name ? u->name : "?");
         lua_pop(L, 1);
@@ -486,6 +487,7 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
         e->sql = wrap_sql(sql ? sql : "", e->is_write, e->one, &e->returns_rows);
         free(sql);
         e->args = field_templates(c, "args", TV_ALL_REQUEST, POLICY_MAX_ARGS, &e->nargs);
+        e->sql_timeout_ms = (uint64_t)field_int(L, "sql_timeout_ms", 0);
     } else if (source && strcmp(source, "upstream") == 0) {
         e->source = SOURCE_UPSTREAM;
         e->upstream = field_str(L, "upstream");
@@ -495,6 +497,11 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
         if (!e->up)
             cerr(c, "endpoint \"%s\": upstream \"%s\" is not declared", e->name ? e->name : "?",
                  e->upstream ? e->upstream : "?");
+        /* The endpoint's own deadlines, else its upstream's. */
+        e->timeout_ms =
+            (uint64_t)field_int(L, "timeout_ms", e->up ? (int64_t)e->up->timeout_ms : 0);
+        e->connect_timeout_ms = (uint64_t)field_int(L, "connect_timeout_ms",
+                                                    e->up ? (int64_t)e->up->connect_timeout_ms : 0);
     } else {
         e->source = SOURCE_STATIC;
         e->static_body = field_str(L, "body");
@@ -826,6 +833,7 @@ policy_release(struct policy *p)
         for (size_t j = 0; j < u->nforward_headers; j++)
             free(u->forward_headers[j]);
         free(u->forward_headers);
+        policy_upstream_tls_free(u);
         free(u->file);
     }
     free(p->upstreams);

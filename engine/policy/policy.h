@@ -50,6 +50,8 @@ struct policy_limit {
 
 enum policy_source { SOURCE_SQL, SOURCE_UPSTREAM, SOURCE_STATIC };
 
+struct ssl_ctx_st;
+
 /* upstream "NAME" { url = "http://HOST:PORT/PREFIX", timeout = "5s", forward_headers = {...} } */
 struct policy_upstream {
     char *name;
@@ -63,6 +65,11 @@ struct policy_upstream {
     bool forward_listed;         /* forward_headers = {...}: only these request fields go on */
     char **forward_headers;      /* ... their names, lowercased */
     size_t nforward_headers;
+    /* https:// (policy_tls.c): the TLS client context built at load, verifying the chain
+     * (ca_file's CAs, else the system's) and the host; a client certificate when given. */
+    bool tls;
+    char *ca_file, *cert_file, *key_file; /* relative to the policy directory, or NULL */
+    struct ssl_ctx_st *ssl_ctx;           /* owned (one reference); NULL without tls */
     char *file;
     int line;
 };
@@ -111,6 +118,11 @@ struct policy_endpoint {
     /* upstream */
     char *upstream;                   /* its name */
     const struct policy_upstream *up; /* resolved, in the same snapshot */
+    uint64_t timeout_ms;              /* the endpoint's timeout, else its upstream's */
+    uint64_t connect_timeout_ms;      /* the endpoint's connect_timeout, else its upstream's */
+
+    /* sql: the statement's deadline (sql_timeout); 0: the server's --db-deadline */
+    uint64_t sql_timeout_ms;
 
     /* static */
     char *static_body;

@@ -103,6 +103,21 @@ void policy_api_key_free(struct policy_api_key *k);
 char *policy_read_file(struct compile *c, const char *rel, size_t max, size_t *len,
                        const char *what);
 
+/* ---- an https upstream's TLS (policy_tls.c) ---- */
+
+/*
+ * Reads the fields tls, ca_file, cert_file and key_file of the upstream
+ * table at the top into u and, for tls, builds u->ssl_ctx (new): TLS 1.2 or
+ * later, the peer's chain verified against ca_file's certificates (read
+ * from c->dir and added to c->p->files) or else the system's, the client
+ * certificate and key when given. A file that cannot be read or used is an
+ * error added to c (u->ssl_ctx stays NULL).
+ */
+void compile_upstream_tls(struct compile *c, struct policy_upstream *u);
+
+/* Frees what compile_upstream_tls() set in u (the context: one reference). */
+void policy_upstream_tls_free(struct policy_upstream *u);
+
 /* ---- tenant files (tenant.c), compiled with the main set by policy.c ---- */
 
 /*

@@ -21,7 +21,7 @@ policy_read_file(struct compile *c, const char *rel, size_t max, size_t *len, co
     FILE *f = fopen(path, "rb");
     struct sbuf text = {0};
     if (!f) {
-        cerr(c, "identity: %s \"%s\": cannot read %s: %s", what, rel, path, strerror(errno));
+        cerr(c, "%s \"%s\": cannot read %s: %s", what, rel, path, strerror(errno));
         free(path);
         return NULL;
     }
@@ -32,8 +32,7 @@ policy_read_file(struct compile *c, const char *rel, size_t max, size_t *len, co
     int failed = ferror(f);
     fclose(f);
     if (failed || text.len > max) {
-        cerr(c, "identity: %s \"%s\": %s", what, rel,
-             failed ? "cannot read it" : "larger than 1 MiB");
+        cerr(c, "%s \"%s\": %s", what, rel, failed ? "cannot read it" : "larger than 1 MiB");
         sbuf_free(&text);
         free(path);
         return NULL;
@@ -69,7 +68,7 @@ compile_key(struct compile *c, struct policy_jwt *j, size_t index)
     char err[512];
     size_t len;
     if (jwks) {
-        char *text = policy_read_file(c, jwks, KEY_FILE_MAX, &len, "jwt.keys");
+        char *text = policy_read_file(c, jwks, KEY_FILE_MAX, &len, "identity: jwt.keys");
         char *notes = NULL;
         if (text && jwk_set_add_jwks(&j->keys, text, len, jwks, &notes, err, sizeof(err)) != 0)
             cerr(c, "identity: jwt.keys: %s", err);
@@ -80,12 +79,12 @@ compile_key(struct compile *c, struct policy_jwt *j, size_t index)
         free(notes);
         free(text);
     } else if (pem) {
-        char *text = policy_read_file(c, pem, KEY_FILE_MAX, &len, "jwt.keys");
+        char *text = policy_read_file(c, pem, KEY_FILE_MAX, &len, "identity: jwt.keys");
         if (text && jwk_set_add_pem(&j->keys, text, len, kid, alg, pem, err, sizeof(err)) != 0)
             cerr(c, "identity: jwt.keys[%zu]: %s", index, err);
         free(text);
     } else if (sfile) {
-        char *text = policy_read_file(c, sfile, KEY_FILE_MAX, &len, "jwt.keys");
+        char *text = policy_read_file(c, sfile, KEY_FILE_MAX, &len, "identity: jwt.keys");
         if (text) {
             /* The file's bytes, less one final line break. */
             if (len && text[len - 1] == '\n')

@@ -663,6 +663,10 @@ end
 
 local UPSTREAM_FIELDS = { "url", "timeout", "connect_timeout", "forward_headers",
   "request_headers", "response_headers" }
+-- An https:// upstream's TLS files (upstream_tls below): each only with https.
+local UPSTREAM_TLS_FIELDS = { "ca_file", "cert_file", "key_file" }
+for _, k in ipairs(UPSTREAM_TLS_FIELDS) do UPSTREAM_FIELDS[#UPSTREAM_FIELDS + 1] = k end
+local upstream_tls -- defined after key_path
 M.MAX_FORWARD_HEADERS = 64 -- a request has at most 64 fields (HTTP_MAX_HEADERS)
 
 -- Fields forward_headers may not name, and why: a client's is never forwarded (the lists of
@@ -715,11 +719,11 @@ local function check_forward_headers(c, v)
   return out
 end
 
--- Splits "http://HOST[:PORT][/PREFIX]" into host, port, Host header text and
+-- Splits "http[s]://HOST[:PORT][/PREFIX]" into host, port, Host header text and
 -- path prefix (without a trailing '/'); nil and a message when it cannot.
 local function split_url(url)
-  local hostport, path = url:match("^http://([^/]+)(.*)$")
-  if not hostport then return nil, "expected http://HOST[:PORT][/PREFIX]" end
+  local scheme, hostport, path = url:match("^(https?)://([^/]+)(.*)$")
+  if not hostport then return nil, "expected http[s]://HOST[:PORT][/PREFIX]" end
   local host, port
   if hostport:sub(1, 1) == "[" then
     host, port = hostport:match("^%[([%x:.]+)%](.*)$")
@@ -732,13 +736,13 @@ local function split_url(url)
     port = port and tonumber(port)
     if not port or port < 1 or port > 65535 then return nil, "the port must be a number from 1 to 65535" end
   else
-    port = 80
+    port = scheme == "https" and 443 or 80
   end
   if not host or host == "" or not host:match("^[%w.:%-]+$") then
     return nil, "the host may use only letters, digits, '.', '-' (or an IP address)"
   end
   path = path:gsub("/+$", "")
-  return { host = host, port = port, host_header = hostport, prefix = path }
+  return { host = host, port = port, host_header = hostport, prefix = path, tls = scheme == "https" }
 end
 
 local function upstream_decl(c, decl, f)
@@ -746,10 +750,8 @@ local function upstream_decl(c, decl, f)
   local url = c:string(f.url, "url", true, 'e.g. url = "http://127.0.0.1:3000"')
   local parts
   if url then
-    if url:match("^https://") then
-      c:err("url", "https upstreams are not supported; use http:// to a local or trusted network address")
-    elseif not url:match("^http://[^/?#%s]+[^%s#]*$") then
-      c:err("url", "expected http://HOST[:PORT][/PREFIX], got " .. quote(url))
+    if not url:match("^https?://[^/?#%s]+[^%s#]*$") then
+      c:err("url", "expected http[s]://HOST[:PORT][/PREFIX], got " .. quote(url))
     elseif url:find("?", 1, true) then
       c:err("url", "may not hold a query string")
     else
@@ -761,13 +763,15 @@ local function upstream_decl(c, decl, f)
   local timeout = c:duration(f.timeout, "timeout", false, false)
   local connect = c:duration(f.connect_timeout, "connect_timeout", false, false)
   parts = parts or {}
-  return {
+  local u = {
     name = decl.name, url = url, timeout_ms = timeout or M.DEFAULT_UPSTREAM_TIMEOUT_MS,
     connect_timeout_ms = connect or M.DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,
     host = parts.host, port = parts.port, host_header = parts.host_header, prefix = parts.prefix,
     forward_headers = check_forward_headers(c, f.forward_headers),
     file = decl.file, line = decl.line,
   }
+  upstream_tls(c, f, u, parts.tls or (url ~= nil and url:match("^https://") ~= nil))
+  return u
 end
 
 ---------------------------------------------------------------------------
@@ -917,6 +921,26 @@ local function key_path(c, v, field)
     return nil
   end
   return table.concat(parts, "/") -- one spelling: the watcher compares it with the files it sees
+end
+
+-- An upstream's TLS: u.tls for https://, and its files (paths in the policy directory, read and
+-- checked by engine/policy/policy_tls.c): ca_file (the CAs to trust instead of the system's),
+-- cert_file and key_file (a client certificate, together). The files are an https upstream's only.
+upstream_tls = function(c, f, u, tls)
+  u.tls = tls or nil
+  for _, k in ipairs(UPSTREAM_TLS_FIELDS) do
+    if f[k] ~= nil then
+      if not tls then
+        c:err(k, "only goes with an https:// url")
+      else
+        u[k] = key_path(c, f[k], k)
+      end
+    end
+  end
+  if tls and (f.cert_file ~= nil) ~= (f.key_file ~= nil) then
+    c:err(f.cert_file ~= nil and "cert_file" or "key_file",
+      "a client certificate needs both cert_file and key_file")
+  end
 end
 
 -- jwt = { keys = "jwks.json" | { { jwks = ... } | { pem = ..., kid, alg } | { secret_file | secret_env = ..., kid }, ... },
@@ -1121,6 +1145,32 @@ local ENDPOINT_FIELDS = {
   "sql", "args", "one", "upstream", "body", "status", "content_type", "cache", "limit", "invalidate",
   "cors", "request_headers", "response_headers",
 }
+
+-- An endpoint's own deadlines (endpoint_timeouts): timeout and connect_timeout override its
+-- upstream's; sql_timeout overrides the server's --db-deadline for its statement.
+local ENDPOINT_TIMEOUT_FIELDS = { "timeout", "connect_timeout", "sql_timeout" }
+for _, k in ipairs(ENDPOINT_TIMEOUT_FIELDS) do ENDPOINT_FIELDS[#ENDPOINT_FIELDS + 1] = k end
+
+local function endpoint_timeouts(c, f, e, source)
+  for _, k in ipairs({ "timeout", "connect_timeout" }) do
+    if f[k] ~= nil then
+      if source ~= "upstream" then
+        c:err(k, "bounds an upstream's answer; this endpoint has no upstream"
+          .. (source == "sql" and ' (its statement\'s deadline is sql_timeout = "...")' or ""))
+      else
+        e[k .. "_ms"] = c:duration(f[k], k, false, false)
+      end
+    end
+  end
+  if f.sql_timeout ~= nil then
+    if source ~= "sql" then
+      c:err("sql_timeout", "bounds an SQL statement; this endpoint has no sql"
+        .. (source == "upstream" and ' (an upstream\'s deadline is timeout = "...")' or ""))
+    else
+      e.sql_timeout_ms = c:duration(f.sql_timeout, "sql_timeout", false, false)
+    end
+  end
+end
 local CACHE_FIELDS = { "ttl", "key", "tags", "shared", "stale_while_revalidate", "stale_if_error", "warm",
   "override", "keep", "targeted", "anonymous", "max_size" }
 M.DEFAULT_KEEP_MS = 3600000 -- how long past its freshness an entry with a validator is kept to revalidate
@@ -1494,6 +1544,7 @@ local function endpoint_decl(c, decl, f, env)
       end
     end
   end
+  endpoint_timeouts(c, f, e, source)
 
   -- Cache.
   if f.cache ~= nil then

@@ -63,7 +63,13 @@ Out of band (these never go through the gateway):
   GET  /__count?path=/a        {"count": N, "inflight": N, "max_inflight": N}
   GET  /__count                {"/a": {...}, ...} every path
   GET  /__log?path=/a          the reflections of the last requests of that path
+  GET  /__conns                {"proxied": N, "resumed": N, "sni": [...]}: connections that
+                               carried a request outside /__* (with TLS: how many of those
+                               resumed a session, and the SNI names they sent, null for none)
   POST /__reset                forget counters, logs and configuration
+
+With --tls-cert FILE --tls-key FILE it speaks HTTPS (handshakes in the handler threads);
+--tls-client-ca FILE also requires a client certificate issued by that CA.
 """
 
 import argparse
@@ -74,6 +80,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -97,6 +104,7 @@ class State:
             self.max_inflight = {}
             self.logs = {}
             self.config = {}
+            self.conns = {"proxied": 0, "resumed": 0, "sni": []}
 
 
 STATE = State()
@@ -152,6 +160,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "origin/1"
 
     def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # a failure ends this connection only
+        self.counted = False
         super().setup()
         # Headers and body go out in separate writes: without this, Nagle's algorithm and the
         # peer's delayed ACK hold the body back for tens of milliseconds.
@@ -238,6 +249,9 @@ class Handler(BaseHTTPRequestHandler):
                 if "path" in q:
                     return self._json(one(q["path"][0]))
                 return self._json({p: one(p) for p in STATE.counts})
+        if path == "/__conns":
+            with STATE.lock:
+                return self._json(STATE.conns)
         if path == "/__log":
             with STATE.lock:
                 return self._json(list(STATE.logs.get(q.get("path", [""])[0], [])))
@@ -251,6 +265,13 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/__"):
             return self._control(method, path, query, body)
 
+        if not self.counted:
+            self.counted = True
+            with STATE.lock:
+                STATE.conns["proxied"] += 1
+                if isinstance(self.connection, ssl.SSLSocket):
+                    STATE.conns["resumed"] += 1 if self.connection.session_reused else 0
+                    STATE.conns["sni"].append(getattr(self.connection, "sni_name", None))
         c = _config_for(method, path)
         headers = []
         h = c.get("headers") or []
@@ -357,10 +378,31 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 1024
+    tls = None  # an ssl.SSLContext: HTTPS
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
 
 
-def serve(port):
+def tls_context(cert, key, client_ca=None):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(client_ca)
+
+    def on_sni(sock, name, _ctx):
+        sock.sni_name = name
+    ctx.sni_callback = on_sni
+    return ctx
+
+
+def serve(port, tls=None):
     srv = Server(("127.0.0.1", port), Handler)
+    srv.tls = tls
     print("listening on 127.0.0.1:%d" % srv.server_address[1], flush=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     srv.serve_forever()
@@ -380,17 +422,24 @@ def free_port():
 class Origin:
     """An origin.py process on a loopback port; kill() and start() keep the port."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, tls=None):
+        """tls: {"cert": FILE, "key": FILE, "client_ca": FILE (optional)}: HTTPS."""
         self.port = port or free_port()
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.tls = tls
+        self.url = "%s://127.0.0.1:%d" % ("https" if tls else "http", self.port)
         self.proc = None
         self.start()
 
     def start(self):
         end = time.monotonic() + 10
         while True:
+            tls = []
+            if self.tls:
+                tls = ["--tls-cert", self.tls["cert"], "--tls-key", self.tls["key"]]
+                if self.tls.get("client_ca"):
+                    tls += ["--tls-client-ca", self.tls["client_ca"]]
             self.proc = subprocess.Popen([sys.executable, "-u", os.path.abspath(__file__),
-                                          "--port", str(self.port)],
+                                          "--port", str(self.port)] + tls,
                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             line = self.proc.stdout.readline()
             if line.startswith(b"listening on"):
@@ -415,7 +464,17 @@ class Origin:
         return self.start()
 
     def _call(self, method, path, body=None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        if self.tls:
+            # The test talks to its own origin: no verification, and its client certificate
+            # when the origin requires one.
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            if self.tls.get("client_cert"):
+                ctx.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=ctx)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             conn.request(method, path, body=None if body is None else json.dumps(body),
                          headers={"Content-Type": "application/json"})
@@ -433,6 +492,9 @@ class Origin:
     def log(self, path):
         return self._call("GET", "/__log?path=" + urllib.parse.quote(path, safe="/"))
 
+    def conns(self):
+        return self._call("GET", "/__conns")
+
     def reset(self):
         self._call("POST", "/__reset")
 
@@ -448,7 +510,11 @@ class Origin:
 def main():
     ap = argparse.ArgumentParser(description="test upstream for sluice's proxy tests")
     ap.add_argument("--port", type=int, default=0)
-    serve(ap.parse_args().port)
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--tls-client-ca")
+    a = ap.parse_args()
+    serve(a.port, tls_context(a.tls_cert, a.tls_key, a.tls_client_ca) if a.tls_cert else None)
 
 
 if __name__ == "__main__":

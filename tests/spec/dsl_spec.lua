@@ -901,12 +901,12 @@ identity { user = header "U", default_tier = "fre" }
 
     it("bad upstream declarations", function()
       fails([[
-upstream "a" { url = "https://example.com" }
+upstream "a" { url = "https://example.com?x" }
 upstream "b" { url = "ftp://x" }
 upstream "c" { timeout = "1s" }
 ]], {
-        't.lua:1: upstream "a": url: https upstreams are not supported; use http:// to a local or trusted network address',
-        't.lua:2: upstream "b": url: expected http://HOST[:PORT][/PREFIX], got "ftp://x"',
+        't.lua:1: upstream "a": url: may not hold a query string',
+        't.lua:2: upstream "b": url: expected http[s]://HOST[:PORT][/PREFIX], got "ftp://x"',
         't.lua:3: upstream "c": url is required (e.g. url = "http://127.0.0.1:3000")',
       })
     end)
@@ -1154,7 +1154,7 @@ on_change "api_keys" { credentials = true }
         'a.lua:3: endpoint "GET /x": body: expected a string, got number 1',
         'a.lua:4: tier "b": limit: expected a positive whole number, got number 0',
         'b.lua:1: endpoint "GET /y": cache.ttl: bad duration "soon" (use e.g. "30s", "5m", "1h")',
-        'd.lua:2: upstream "u": url: expected http://HOST[:PORT][/PREFIX], got "nope"',
+        'd.lua:2: upstream "u": url: expected http[s]://HOST[:PORT][/PREFIX], got "nope"',
       }, errs)
     end)
 
@@ -1317,5 +1317,63 @@ endpoint "GET /x" { body = table.concat(parts, ",") .. ("!"):rep(2) }
       assert.are.same({ dir .. "/lib/nothing: no *.lua policy files" },
         errors_of(dsl.load_dir(dir .. "/lib/nothing")))
     end)
+  end)
+end)
+
+describe("sluice.dsl https upstreams and endpoint deadlines", function()
+  it("normalizes an https upstream: port 443 by default, its TLS files inside the directory", function()
+    local set = set_of([[
+upstream "a" { url = "https://api.example.com/v1" }
+upstream "b" { url = "https://10.0.0.7:8443", ca_file = "./tls//ca.pem", cert_file = "client.pem",
+               key_file = "client.key" }
+]])
+    local a, b = set.upstreams[1], set.upstreams[2]
+    assert.are.same({ "api.example.com", 443, "api.example.com", "/v1", true },
+      { a.host, a.port, a.host_header, a.prefix, a.tls })
+    assert.is_nil(a.ca_file)
+    assert.are.same({ "10.0.0.7", 8443, true, "tls/ca.pem", "client.pem", "client.key" },
+      { b.host, b.port, b.tls, b.ca_file, b.cert_file, b.key_file })
+  end)
+
+  it("reports TLS files on an http upstream, half a client certificate, paths outside", function()
+    fails([[
+upstream "a" { url = "http://127.0.0.1:1", ca_file = "ca.pem" }
+upstream "b" { url = "https://127.0.0.1:1", cert_file = "c.pem" }
+upstream "c" { url = "https://127.0.0.1:1", ca_file = "../ca.pem" }
+]], {
+      't.lua:1: upstream "a": ca_file: only goes with an https:// url',
+      't.lua:2: upstream "b": cert_file: a client certificate needs both cert_file and key_file',
+      't.lua:3: upstream "c": ca_file: "../ca.pem" leaves the policy directory; name a file inside it',
+    })
+  end)
+
+  it("normalizes an endpoint's own timeouts and an SQL endpoint's sql_timeout", function()
+    local set = set_of([[
+upstream "app" { url = "http://127.0.0.1:3000", timeout = "1s" }
+endpoint "GET /slow" { upstream = "app", timeout = "3s", connect_timeout = "200ms" }
+endpoint "GET /fast" { upstream = "app" }
+endpoint "GET /q" { sql = "SELECT 1", sql_timeout = "100ms" }
+]])
+    local by = {}
+    for _, e in ipairs(set.endpoints) do by[e.name] = e end
+    assert.are.same({ 3000, 200 }, { by["GET /slow"].timeout_ms, by["GET /slow"].connect_timeout_ms })
+    assert.is_nil(by["GET /fast"].timeout_ms)
+    assert.are.same(100, by["GET /q"].sql_timeout_ms)
+  end)
+
+  it("reports a deadline on an endpoint it does not bound", function()
+    fails_after_prelude([[
+endpoint "GET /a" { sql = "SELECT 1", timeout = "1s" }
+endpoint "GET /b" { upstream = "app", sql_timeout = "1s" }
+endpoint "GET /c" { body = "x", connect_timeout = "1s" }
+endpoint "GET /d" { upstream = "app", timeout = "soon" }
+]], {
+      't.lua:1: endpoint "GET /a": timeout: bounds an upstream\'s answer; this endpoint has no upstream'
+        .. ' (its statement\'s deadline is sql_timeout = "...")',
+      't.lua:2: endpoint "GET /b": sql_timeout: bounds an SQL statement; this endpoint has no sql'
+        .. ' (an upstream\'s deadline is timeout = "...")',
+      't.lua:3: endpoint "GET /c": connect_timeout: bounds an upstream\'s answer; this endpoint has no upstream',
+      't.lua:4: endpoint "GET /d": timeout: bad duration "soon" (use e.g. "30s", "5m", "1h")',
+    })
   end)
 end)

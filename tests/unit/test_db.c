@@ -500,12 +500,12 @@ test_deadline(void **state)
     submit_flags(p, &queued, &l, "SELECT 2", 0, NULL, 0);
     loop_run(&l, 3000);
     assert_int_equal(slow.n, 1);
-    assert_int_equal(slow.status, DB_UNAVAILABLE);
+    assert_int_equal(slow.status, DB_TIMEOUT);
     assert_true(strcmp(slow.detail, "statement deadline exceeded") == 0 ||
                 strcmp(slow.sqlstate, "57014") == 0);
     assert_true(slow.at_ms - t0 >= 150 && slow.at_ms - t0 < 1000);
     assert_int_equal(queued.n, 1);
-    assert_int_equal(queued.status, DB_UNAVAILABLE);
+    assert_int_equal(queued.status, DB_TIMEOUT);
     assert_string_equal(queued.detail, "statement deadline exceeded");
     assert_true(queued.at_ms - t0 >= 150 && queued.at_ms - t0 < 1000);
 

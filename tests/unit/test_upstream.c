@@ -468,7 +468,8 @@ loop_done(struct loop *l)
 static struct upstream_target
 target(int port, uint64_t timeout_ms)
 {
-    struct upstream_target t = {"127.0.0.1", port, NULL, 1000, timeout_ms};
+    struct upstream_target t = {
+        .host = "127.0.0.1", .port = port, .connect_timeout_ms = 1000, .timeout_ms = timeout_ms};
     return t;
 }
 

@@ -183,6 +183,9 @@ function sql(query, ...) end
 ---@field cors? sluice.Cors|false this endpoint's CORS (false: none, whatever cors { } says)
 ---@field request_headers? sluice.HeaderRules upstream only: fields set (templates) or removed (false)
 ---@field response_headers? sluice.HeaderRules fields of the answer set (templates) or removed (false)
+---@field timeout? sluice.Duration upstream: overrides the upstream's timeout for this endpoint
+---@field connect_timeout? sluice.Duration upstream: overrides the upstream's connect_timeout
+---@field sql_timeout? sluice.Duration sql: the statement's deadline instead of --db-deadline, else 504
 
 ---What a route does: `endpoint "GET /api/things/{id}" { sql = "...", args = { "{path.id}" } }`.
 ---In a tenant file: an override of `cache.ttl` and `limit` of a main endpoint.
@@ -194,12 +197,15 @@ function endpoint(route) end
 -- ---- upstream -----------------------------------------------------------------------------
 
 ---@class sluice.Upstream
----@field url string http://host:port[/prefix]
+---@field url string http://host:port[/prefix] or https://host:port[/prefix] (TLS, verified)
 ---@field timeout? sluice.Duration request sent to answer complete (default "5s"), else 504
 ---@field connect_timeout? sluice.Duration default "1s"
 ---@field forward_headers? string[] only these request fields reach the app
 ---@field request_headers? sluice.HeaderRules set (templates) or removed (false) on each request
 ---@field response_headers? sluice.HeaderRules set or removed on each answer (the endpoint's after these)
+---@field ca_file? string https: CA certificates (PEM, in the policy directory) trusted instead of the system's
+---@field cert_file? string https: a client certificate (PEM) for mutual TLS, with key_file
+---@field key_file? string https: the client certificate's private key (PEM)
 
 ---An HTTP/1.1 app endpoints forward to: `upstream "app" { url = "http://127.0.0.1:3000" }`.
 ---@param name string
