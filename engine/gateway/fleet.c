@@ -96,9 +96,8 @@ gw_fleet_publish(struct gw_fleet *f, struct store *s, const char *policy_hash, u
     store_fleet(s, &me, ttl, on_fleet, p); /* may complete before it returns */
 }
 
-/* ms since the epoch as RFC 3339 text (new), or null for 0. */
-static json_t *
-time_json(uint64_t ms)
+json_t *
+gw_time_json(uint64_t ms)
 {
     char when[UTIL_RFC3339_LEN];
 
@@ -127,14 +126,14 @@ gw_fleet_json(struct gw_fleet *f)
             same = false;
         json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:o, s:I, s:b, s:b, s:b}", "id", m->id,
                               "listen", m->listen, "policy_hash", m->policy_hash, "generation",
-                              (json_int_t)m->generation, "started", time_json(m->started_ms),
+                              (json_int_t)m->generation, "started", gw_time_json(m->started_ms),
                               "seen_ms_ago", (json_int_t)(ref - m->seen_ms + since), "store_up",
                               m->store_up, "db_up", m->db_up, "self", strcmp(m->id, f->id) == 0);
         json_array_append_new(list, o);
     }
-    json_t *o =
-        json_pack("{s:o, s:b, s:I, s:o, s:b}", "instances", list, "same_policies", same, "ttl_ms",
-                  (json_int_t)f->ttl_ms, "updated", time_json(f->updated_ms), "shared", f->shared);
+    json_t *o = json_pack("{s:o, s:b, s:I, s:o, s:b}", "instances", list, "same_policies", same,
+                          "ttl_ms", (json_int_t)f->ttl_ms, "updated", gw_time_json(f->updated_ms),
+                          "shared", f->shared);
     pthread_mutex_unlock(&f->lock);
     return o;
 }

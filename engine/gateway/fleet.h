@@ -56,4 +56,7 @@ void gw_fleet_publish(struct gw_fleet *f, struct store *s, const char *policy_ha
  */
 json_t *gw_fleet_json(struct gw_fleet *f);
 
+/* When ms (since the epoch) was, as RFC 3339 text, or null when it is 0 (new). */
+json_t *gw_time_json(uint64_t ms);
+
 #endif

@@ -332,17 +332,6 @@ latency_json(const struct hist *h)
                      (double)hist_quantile(h, 0.99) / 1000.0);
 }
 
-/* When ms (since the epoch) was, as RFC 3339 text, or null when it is 0 (new). */
-static json_t *
-time_json(uint64_t ms)
-{
-    char when[UTIL_RFC3339_LEN];
-    if (!ms)
-        return json_null();
-    util_rfc3339_ms(when, ms);
-    return json_string(when);
-}
-
 json_t *
 gateway_store_status(struct gateway *g)
 {
@@ -384,7 +373,7 @@ gateway_db_status(struct gateway *g)
                           "pending", (json_int_t)gh.db_pending);
     json_t *last = json_null();
     if (gh.db_last_error_ms)
-        last = json_pack("{s:o, s:s}", "time", time_json(gh.db_last_error_ms), "error",
+        last = json_pack("{s:o, s:s}", "time", gw_time_json(gh.db_last_error_ms), "error",
                          gh.db_last_error);
     json_object_set_new(o, "last_error", last);
     return o;
