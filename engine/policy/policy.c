@@ -559,6 +559,7 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
     compile_limits(c, e);
     e->invalidate =
         field_templates(c, "invalidate", TV_ALL_REQUEST, POLICY_MAX_TAGS, &e->ninvalidate);
+    compile_compress(c, e);
 }
 
 static void
@@ -792,6 +793,7 @@ policy_release(struct policy *p)
         free_templates(e->tags, e->ntags);
         policy_limits_free(e->limits, e->nlimits);
         free_templates(e->invalidate, e->ninvalidate);
+        policy_compress_free(&e->compress);
         warm_free(e->warm);
         for (size_t j = 0; j < e->ncache_query; j++)
             free(e->cache_query[j]);

@@ -180,6 +180,7 @@ function sql(query, ...) end
 ---@field cache? sluice.Cache GET and HEAD only
 ---@field limit? sluice.Limits every limit must admit a request
 ---@field invalidate? sluice.Template[] tags dropped after a successful write
+---@field compress? boolean|sluice.Compress gzip/br/zstd forms of cached answers (default: the set's compress, else off)
 
 ---What a route does: `endpoint "GET /api/things/{id}" { sql = "...", args = { "{path.id}" } }`.
 ---In a tenant file: an override of `cache.ttl` and `limit` of a main endpoint.
@@ -187,6 +188,18 @@ function sql(query, ...) end
 ---@return fun(fields: sluice.Endpoint)
 ---@overload fun(route: string, fields: sluice.Endpoint)
 function endpoint(route) end
+
+-- ---- compress -----------------------------------------------------------------------------
+
+---@class sluice.Compress
+---@field types? string[] media types compressed: "application/json", "text/*", "application/*+json" (default: text, JSON, XML, JavaScript, SVG)
+---@field min_size? integer|string bodies smaller are left alone (default "1k")
+---@field codings? ("br"|"zstd"|"gzip")[] the forms made (default all three; among equal q values br, then zstd, then gzip)
+
+---The set's default for its cached endpoints (an endpoint's own `compress` wins):
+---`compress(true)` or `compress { types = { "application/json" }, min_size = "2k" }`.
+---@param v boolean|sluice.Compress
+function compress(v) end
 
 -- ---- upstream -----------------------------------------------------------------------------
 
