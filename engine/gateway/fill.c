@@ -130,7 +130,8 @@ gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, co
         httpcache_etag_of(e->body, e->body_len, tag);
         e->etag = xstrdup(tag);
     }
-    code_entry(rq, e);
+    if (!rq->admit.bypassed)
+        code_entry(rq, e); /* not stored while the store is away: not coded per request either */
     store_entry_ref(e);
     store_entry_release(rq->answer);
     rq->answer = e; /* shared with the requests waiting on this fill */

@@ -248,6 +248,38 @@ class RedisStore(MemoryStore):
         return {"REDIS_URL": REDIS.url}
 
 
+class RedisUnavailable(SluiceTestCase):
+    """While the shared store is away nothing is stored (X-Cache: BYPASS), so nothing is
+    coded either: every request would pay for the forms."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="sluice-compress-")
+        with open(os.path.join(cls.dir, "api.lua"), "w") as f:
+            f.write(POLICY % {"origin": "http://127.0.0.1:9", "big": BIG, "small": SMALL})
+        cls.s = cls.start(cls.dir, env={"REDIS_URL": REDIS.url})
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def test_bypassed_answers_are_identity_and_not_coded(self):
+        REDIS.stop()
+        try:
+            before = compressions(self.s)
+            for _ in range(5):
+                status, h, body = self.s.request("GET", "/big", {"Accept-Encoding": "gzip, br"})
+                self.assertEqual((status, h.get("x-cache")), (200, "BYPASS"))
+                self.assertNotIn("content-encoding", h)
+                self.assertEqual(body.decode(), BIG)
+            self.assertEqual(compressions(self.s), before)
+        finally:
+            REDIS.start()
+
+
 REDIS = None
 
 
