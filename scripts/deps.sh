@@ -8,6 +8,7 @@ level=${1:-build}
 build_pkgs=(build-essential cmake pkg-config clang clang-format
             libevent-dev libhiredis-dev libpq-dev libjansson-dev liblua5.4-dev lua5.4
             libssl-dev  # OpenSSL 3: JWT signatures, digests, HMAC; TLS to https upstreams
+            zlib1g-dev libbrotli-dev libzstd-dev  # response compression: gzip, br, zstd
             postgresql postgresql-common curl
             python3-psycopg2)  # examples/proxy/app.py (scripts/run-proxy-example.sh, e2e)
 test_pkgs=(libcmocka-dev lua-busted lua-dkjson redis-server redis-sentinel python3 libclang-rt-14-dev faketime
@@ -17,7 +18,8 @@ test_pkgs=(libcmocka-dev lua-busted lua-dkjson redis-server redis-sentinel pytho
            systemd             # systemd-analyze verify of the units (tests/e2e/test_systemd.py)
            debhelper dpkg-dev fakeroot lintian  # scripts/package.sh, ctest package/deb
            python3-jwt python3-cryptography  # tokens minted by tests/e2e/test_jwt.py
-           openssl)  # the test CA and certificates of tests/e2e/test_https_upstream.py
+           openssl  # the test CA and certificates of tests/e2e/test_https_upstream.py
+           python3-brotli python3-zstandard)  # br and zstd answers decoded (test_compress.py)
 package_pkgs=(debhelper dpkg-dev fakeroot lintian)
 bench_pkgs=(wrk nginx varnish varnish-modules lua-nginx-redis libnginx-mod-http-lua linux-perf
             gnuplot-nox)  # the charts of bench/*.sh with CHART=1

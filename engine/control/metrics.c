@@ -1,5 +1,6 @@
 /* metrics.c - the process's state in the Prometheus text exposition format (0.0.4). */
 #define _GNU_SOURCE
+#include "codec.h"
 #include "metrics.h"
 
 #include <dirent.h>
@@ -409,6 +410,19 @@ process_metrics(struct sbuf *out)
              (double)btime + (double)start / (double)ticks);
 }
 
+/* The coded forms made of cached answers (once per stored entry and coding), by coding. */
+static void
+compressions(struct sbuf *out)
+{
+    family(out, "sluice_compressions_total", "counter",
+           "Coded forms of cached answers made when they were stored (compress), by coding.");
+    for (int c = 0; c < CODEC_N; c++) {
+        char label[32];
+        snprintf(label, sizeof(label), "coding=\"%s\"", codec_name((enum codec)c));
+        sample_u64(out, "sluice_compressions_total", label, codec_count((enum codec)c));
+    }
+}
+
 void
 metrics_render(const struct metrics_sources *src, struct sbuf *out)
 {
@@ -439,6 +453,7 @@ metrics_render(const struct metrics_sources *src, struct sbuf *out)
         json_decref(n);
     }
     sample_u64(out, "sluice_invalidations_total", "via=\"notify\"", notified);
+    compressions(out);
     if (src->reloader)
         policy_metrics(out, src->reloader);
     if (src->connections) {

@@ -7,6 +7,7 @@
 
 #include "fill.h"
 
+#include "codec.h"
 #include "httpcache.h"
 #include "plan.h"
 #include "util.h"
@@ -59,6 +60,63 @@ gw_entry_windows(struct store_entry *e, uint64_t swr_ms, uint64_t sie_ms, uint64
     e->stale_ms = m > keep_ms ? m : keep_ms;
 }
 
+/* ---- compress: the coded forms of an entry, made once before it is stored --------------- */
+
+/* Whether the stored header lines say the body must stay as it is: the origin coded it itself
+ * (Content-Encoding: never coded twice) or forbids transformations (Cache-Control:
+ * no-transform, RFC 9111 section 5.2.2.6). */
+static bool
+keep_as_is(const struct store_entry *e)
+{
+    char v[256];
+    if (!e->headers)
+        return false;
+    if (httpcache_field_in_lines(e->headers, e->headers_len, "content-encoding", v, sizeof(v)) >= 0)
+        return true;
+    return httpcache_field_in_lines(e->headers, e->headers_len, "cache-control", v, sizeof(v)) >
+               0 &&
+           strcasestr(v, "no-transform") != NULL;
+}
+
+/*
+ * Gives e the coded forms its endpoint's compress asks for (RFC 9110 section 8.4): each of
+ * them made here, once per stored entry, never for a hit. Left alone: markers, statuses
+ * without a body to code (204, 206, 304), bodies under min_size, types compress does not
+ * name, bodies the origin coded or marked no-transform, and forms no smaller than the body.
+ */
+static void
+code_entry(const struct gw_req *rq, struct store_entry *e)
+{
+    const struct policy_compress *pc = &rq->ep->compress;
+    char *form[CODEC_N] = {0};
+    size_t len[CODEC_N] = {0}, total = 0;
+
+    if (!pc->codings || e->coded || (e->flags & (STORE_ENTRY_PASS | STORE_ENTRY_VARY)) ||
+        e->status == 204 || e->status == 206 || e->status == 304 ||
+        !policy_compress_applies(pc, e->content_type, e->body_len) || keep_as_is(e))
+        return;
+    for (int c = 0; c < CODEC_N; c++) {
+        if ((pc->codings & CODEC_BIT(c)) &&
+            (form[c] = codec_encode((enum codec)c, e->body, e->body_len, &len[c])))
+            total += len[c];
+    }
+    if (total == 0)
+        return;
+    struct store_coded *coded = xmalloc(sizeof(*coded) + total);
+    char *at = (char *)(coded + 1);
+    for (int c = 0; c < CODEC_N; c++) {
+        coded->body[c] = form[c] ? at : NULL;
+        coded->len[c] = (uint32_t)len[c];
+        if (form[c])
+            memcpy(at, form[c], len[c]);
+        at += len[c];
+        free(form[c]);
+    }
+    e->coded = coded;
+}
+
+/* ---- filling the cache, continued --------------------------------------------------------- */
+
 void
 gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, const char *vary,
                    const char *xcache)
@@ -72,6 +130,8 @@ gw_store_and_reply(struct gw_req *rq, struct store_entry *e, uint64_t ttl_ms, co
         httpcache_etag_of(e->body, e->body_len, tag);
         e->etag = xstrdup(tag);
     }
+    if (!rq->admit.bypassed)
+        code_entry(rq, e); /* not stored while the store is away: not coded per request either */
     store_entry_ref(e);
     store_entry_release(rq->answer);
     rq->answer = e; /* shared with the requests waiting on this fill */

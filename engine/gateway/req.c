@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "coding.h"
 #include "httpcache.h"
 #include "log.h"
 #include "template.h"
@@ -1146,7 +1147,7 @@ release_entry(const void *body, size_t len, void *arg)
 /* Whether the conditionals of a GET or HEAD (If-None-Match, else If-Modified-Since) hold
  * for the entry: the answer is then 304 (RFC 9110 section 13.2.2). */
 static bool
-not_modified(const struct gw_req *rq, const struct store_entry *e)
+not_modified(const struct gw_req *rq, const struct store_entry *e, const char *etag)
 {
     const struct http_request *h = &rq->sr->http;
     if (e->status != 200 || (h->method != HTTP_GET && h->method != HTTP_HEAD))
@@ -1154,7 +1155,26 @@ not_modified(const struct gw_req *rq, const struct store_entry *e)
     char lm[64];
     bool has_lm = e->headers && httpcache_field_in_lines(e->headers, e->headers_len,
                                                          "last-modified", lm, sizeof(lm)) > 0;
-    return httpcache_not_modified(h, e->etag, has_lm ? lm : NULL);
+    return httpcache_not_modified(h, etag, has_lm ? lm : NULL);
+}
+
+/*
+ * The entity tag of the entry's form in coding cd (RFC 9110 section 8.8.3: each coded
+ * representation has its own): the coding's name before the closing quote, "abc" becoming
+ * "abc-gzip" and W/"abc" W/"abc-gzip". Written into buf (cap bytes) when it fits, else into a
+ * new block *owned; NULL when the entry has none.
+ */
+static const char *
+coded_etag(const char *etag, int cd, char *buf, size_t cap, char **owned)
+{
+    size_t len = etag ? strlen(etag) : 0;
+    if (cd < 0 || len < 2 || etag[len - 1] != '"')
+        return etag;
+    const char *name = codec_name((enum codec)cd);
+    size_t need = len + 1 + strlen(name) + 1;
+    char *out = need <= cap ? buf : (*owned = xmalloc(need));
+    snprintf(out, need, "%.*s-%s\"", (int)(len - 1), etag, name);
+    return out;
 }
 
 void
@@ -1181,9 +1201,23 @@ gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uin
     }
     if (!rq->detached)
         hdr_request_id(rq);
-    if (e->etag) {
+    /* An entry with coded forms answers in the coding the client prefers (none for a relayed
+     * answer, whose identity body is streamed), and says that the answer varies. */
+    int cd = -1;
+    char etag_buf[128], *etag_owned = NULL;
+    if (e->coded && !rq->relay) {
+        cd = coding_for_request(&rq->sr->http, store_entry_codings(e));
+        hdr_str(rq, "Vary: Accept-Encoding\r\n");
+        if (cd >= 0) {
+            hdr_str(rq, "Content-Encoding: ");
+            hdr_str(rq, codec_name((enum codec)cd));
+            hdr_str(rq, "\r\n");
+        }
+    }
+    const char *etag = coded_etag(e->etag, cd, etag_buf, sizeof(etag_buf), &etag_owned);
+    if (etag) {
         hdr_str(rq, "ETag: ");
-        hdr_str(rq, e->etag);
+        hdr_str(rq, etag);
         hdr_str(rq, "\r\n");
     }
     const char *own = e->headers;
@@ -1200,19 +1234,22 @@ gw_reply_entry(struct gw_req *rq, struct store_entry *e, const char *xcache, uin
     };
     /* A streamed answer: its head goes out now, its body as it comes (conditionals are not
      * judged on it); or it ends, its copy stored. */
-    if (rq->relay_ops && rq->relay_ops->reply(rq, &resp))
+    if (rq->relay_ops && rq->relay_ops->reply(rq, &resp)) {
+        free(etag_owned);
         return;
-    if (!rq->detached && not_modified(rq, e)) {
+    }
+    if (!rq->detached && not_modified(rq, e, etag)) {
         resp.status = 304;
         resp.content_type = NULL;
     } else {
         store_entry_ref(e);
-        resp.body = e->body;
-        resp.body_len = e->body_len;
+        resp.body = cd >= 0 ? e->coded->body[cd] : e->body;
+        resp.body_len = cd >= 0 ? e->coded->len[cd] : e->body_len;
         resp.release = release_entry;
         resp.body_arg = e;
         resp.close_delimited = rq->coded;
     }
+    free(etag_owned);
     respond(rq, &resp);
     gw_req_free(rq);
 }

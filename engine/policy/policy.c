@@ -569,6 +569,7 @@ compile_endpoint(struct compile *c, struct policy_endpoint *e)
     e->invalidate =
         field_templates(c, "invalidate", TV_ALL_REQUEST, POLICY_MAX_TAGS, &e->ninvalidate);
     policy_fields_compile(c, e);
+    compile_compress(c, e);
 }
 
 static void
@@ -813,6 +814,7 @@ policy_release(struct policy *p)
         free_templates(e->tags, e->ntags);
         policy_limits_free(e->limits, e->nlimits);
         free_templates(e->invalidate, e->ninvalidate);
+        policy_compress_free(&e->compress);
         warm_free(e->warm);
         for (size_t j = 0; j < e->ncache_query; j++)
             free(e->cache_query[j]);

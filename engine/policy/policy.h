@@ -98,6 +98,31 @@ struct policy_warm {
     char *sql; /* or: each row's first column is a user, the second (if any) a tenant */
 };
 
+/*
+ * compress: the coded forms made of an endpoint's cached answers when they are stored
+ * (gateway/fill.c), one of which a hit answers a client's Accept-Encoding with.
+ */
+struct policy_compress {
+    unsigned codings;  /* CODEC_BIT()s to make; 0: compress is off */
+    uint32_t min_size; /* bodies smaller than this are left alone */
+    char **types;      /* the media types compressed, lowercased: "type/subtype", or a star for
+                          the subtype (every one) or before a "+suffix" (every one with that
+                          structured suffix); NULL: POLICY_COMPRESS_TYPES */
+    size_t ntypes;
+};
+
+/* The media types compressed when compress names none. */
+#define POLICY_COMPRESS_TYPES                                                                      \
+    "text/*", "application/json", "application/*+json", "application/javascript",                  \
+        "application/xml", "application/*+xml", "image/svg+xml"
+
+/*
+ * Whether compress `pc` applies to an answer of this content type (its parameters ignored,
+ * compared without case) and body length: on, at least min_size bytes, and a type it names.
+ */
+bool policy_compress_applies(const struct policy_compress *pc, const char *content_type,
+                             size_t body_len);
+
 struct policy_endpoint {
     char *name; /* "GET /api/crm?type=contacts" */
     char *file;
@@ -166,6 +191,7 @@ struct policy_endpoint {
     size_t ninvalidate;
 
     struct policy_fields fields; /* cors, request_headers, response_headers (policy_headers.h) */
+    struct policy_compress compress; /* the endpoint's, else the set's default */
 };
 
 /* identity { jwt = { keys = "jwks.json", issuer = ..., audience = ..., leeway = "30s" } } */

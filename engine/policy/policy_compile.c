@@ -2,11 +2,13 @@
 #define _GNU_SOURCE
 #include "policy_compile.h"
 
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec.h"
 #include "template.h"
 #include "util.h"
 
@@ -207,4 +209,100 @@ policy_tier_find(const struct policy *p, const char *name, size_t len)
         if (strlen(p->tiers[i].name) == len && memcmp(p->tiers[i].name, name, len) == 0)
             return &p->tiers[i];
     return NULL;
+}
+
+/* ---- compress ---------------------------------------------------------------------------- */
+
+void
+compile_compress(struct compile *c, struct policy_endpoint *e)
+{
+    lua_State *L = c->L;
+
+    lua_getfield(L, -1, "compress");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    struct policy_compress *pc = &e->compress;
+    pc->min_size = (uint32_t)field_int(L, "min_size", 1024);
+    lua_getfield(L, -1, "codings");
+    size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, (lua_Integer)i);
+        size_t len;
+        const char *name = lua_tolstring(L, -1, &len);
+        int cd = name ? codec_from_name(name, len) : -1;
+        if (cd < 0)
+            cerr(c, "endpoint \"%s\": compress: unknown coding '%s'", e->name ? e->name : "?",
+                 name ? name : "?");
+        else
+            pc->codings |= CODEC_BIT(cd);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "types");
+    if (lua_istable(L, -1)) {
+        size_t nt = lua_rawlen(L, -1);
+        pc->types = xcalloc(nt ? nt : 1, sizeof(char *));
+        for (size_t i = 1; i <= nt; i++) {
+            lua_rawgeti(L, -1, (lua_Integer)i);
+            const char *t = lua_tostring(L, -1);
+            if (t) {
+                char *d = xstrdup(t);
+                for (char *q = d; *q; q++)
+                    *q = (char)tolower((unsigned char)*q);
+                pc->types[pc->ntypes++] = d;
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 2);
+}
+
+void
+policy_compress_free(struct policy_compress *pc)
+{
+    for (size_t i = 0; i < pc->ntypes; i++)
+        free(pc->types[i]);
+    free(pc->types);
+    *pc = (struct policy_compress){0};
+}
+
+/* Whether the media type t[0..len) (lowercase) matches pattern p: "a/b" exactly, or "a/" and
+ * a star (any subtype), or "a/", a star and "+s" (any subtype ending in "+s"). */
+static bool
+type_matches(const char *p, const char *t, size_t len)
+{
+    const char *star = strstr(p, "/*");
+    if (!star)
+        return strlen(p) == len && memcmp(p, t, len) == 0;
+    size_t plen = (size_t)(star - p) + 1; /* "a/" */
+    if (len <= plen || memcmp(p, t, plen) != 0)
+        return false;
+    const char *suffix = star + 2; /* "" or "+s" */
+    size_t slen = strlen(suffix);
+    return slen == 0 || (len - plen > slen && memcmp(t + len - slen, suffix, slen) == 0);
+}
+
+bool
+policy_compress_applies(const struct policy_compress *pc, const char *content_type, size_t body_len)
+{
+    static const char *const dflt[] = {POLICY_COMPRESS_TYPES};
+    char t[128];
+    size_t len = 0;
+
+    if (!pc->codings || body_len < pc->min_size || !content_type)
+        return false;
+    while (content_type[len] && content_type[len] != ';' && len < sizeof(t) - 1) {
+        t[len] = (char)tolower((unsigned char)content_type[len]);
+        len++;
+    }
+    while (len && (t[len - 1] == ' ' || t[len - 1] == '\t'))
+        len--;
+    const char *const *types = pc->types ? (const char *const *)pc->types : dflt;
+    size_t n = pc->types ? pc->ntypes : sizeof(dflt) / sizeof(dflt[0]);
+    for (size_t i = 0; i < n; i++)
+        if (type_matches(types[i], t, len))
+            return true;
+    return false;
 }

@@ -75,6 +75,15 @@ int compile_limits(struct compile *c, struct policy_endpoint *e);
 /* Frees n limits and the array. */
 void policy_limits_free(struct policy_limit *limits, size_t n);
 
+/* ---- compress ---- */
+
+/* Compiles the field "compress" of the endpoint table at the top (absent: off) into
+ * e->compress; errors are added to c. */
+void compile_compress(struct compile *c, struct policy_endpoint *e);
+
+/* Frees what compile_compress() made and zeroes pc. */
+void policy_compress_free(struct policy_compress *pc);
+
 /* ---- the identity's credentials (policy_credentials.c) ---- */
 
 /*

@@ -89,7 +89,19 @@ store_entry_release(struct store_entry *e)
         free(e->etag);
     if (!(e->packed & STORE_PACKED_BODY))
         free(e->body);
+    free(e->coded);
     free(e);
+}
+
+unsigned
+store_entry_codings(const struct store_entry *e)
+{
+    unsigned set = 0;
+
+    for (int c = 0; e->coded && c < CODEC_N; c++)
+        if (e->coded->len[c])
+            set |= CODEC_BIT(c);
+    return set;
 }
 
 uint64_t

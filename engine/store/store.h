@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "codec.h"
 #include "hist.h"
 
 #include "limiter.h"
@@ -53,6 +54,17 @@ struct store_limit {
 #define STORE_PACKED_ROOM_TAKEN 0x10u /* a store keeps its record in the entry's room */
 
 /*
+ * The coded forms of an entry's body (Content-Encoding; RFC 9110 section 8.4), made once when
+ * the entry is filled: one block, its bodies following it (gateway) or pointing into the block
+ * of the entry's body (the Redis codec). A coding with len 0 is not held (not offered for that
+ * entry, or its form was no smaller than the body).
+ */
+struct store_coded {
+    const char *body[CODEC_N]; /* borrowed from the block or the entry's body's block */
+    uint32_t len[CODEC_N];
+};
+
+/*
  * A cached response. Immutable once filled; shared by reference count. Its
  * content type, header lines, ETag and body are each either a separate
  * allocation it owns (store_entry_new(), or assigned later) or bytes of its
@@ -80,6 +92,9 @@ struct store_entry {
     char *etag;    /* owned: the entity tag with its quotes ("\"x\"" or W/"x"), or NULL */
     char *body;    /* owned */
     size_t body_len;
+    struct store_coded *coded; /* owned, its own block; NULL: served as it is to everyone. When
+                                  set, the answer varies on Accept-Encoding (even for a client
+                                  given the identity body) */
 };
 
 enum store_cache_state {
@@ -497,5 +512,8 @@ void store_entry_ref(struct store_entry *e);
 /* Drops one reference; the last frees the entry and what it owns (its fields, its block).
  * NULL is a no-op. */
 void store_entry_release(struct store_entry *e);
+
+/* The codings whose forms the entry holds (a set of CODEC_BIT()s); 0 when e->coded is NULL. */
+unsigned store_entry_codings(const struct store_entry *e);
 
 #endif

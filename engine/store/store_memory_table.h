@@ -315,7 +315,7 @@ store_entry_held(const struct store_entry *e)
     return held(e) + (in & STORE_PACKED_CONTENT_TYPE ? 0 : held(e->content_type)) +
            (in & STORE_PACKED_HEADERS ? 0 : held(e->headers)) +
            (in & STORE_PACKED_ETAG ? 0 : held(e->etag)) +
-           (in & STORE_PACKED_BODY ? 0 : held(e->body));
+           (in & STORE_PACKED_BODY ? 0 : held(e->body)) + held(e->coded);
 }
 
 /*

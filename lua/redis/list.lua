@@ -65,9 +65,11 @@ for i = 1, #KEYS do
     out[i + 1] = false
   else
     local first = false
-    -- The flags byte sits 26 bytes from the end of every layout; 2 is a Vary marker.
-    if #tr >= 26 and bit.band(string.byte(tr, #tr - 25), 2) ~= 0 and n > #tr then
-      first = redis.call('GETRANGE', head .. ':r:' .. key, 0, math.min(n - #tr, 1024) - 1)
+    -- The flags byte sits 26 bytes from the end of every layout; 2 is a Vary marker. Its
+    -- first bytes are its names (the caller cuts them at the body's length: ARGV[1] may be
+    -- more than the trailer, when it has room for the lengths of coded forms).
+    if #tr >= 26 and bit.band(string.byte(tr, #tr - 25), 2) ~= 0 then
+      first = redis.call('GETRANGE', head .. ':r:' .. key, 0, math.min(n, 1024) - 1)
     end
     local vkey = head .. ':v:' .. key
     local size = redis.call('SCARD', vkey)

@@ -12,6 +12,7 @@
 --   endpoint "GET /api/x" { sql = "...", cache = {...} }  -- what a route does
 --   on_change "contacts" { invalidate = { ... } }         -- PostgreSQL NOTIFY
 --   cors { origins = { "https://app.example.com" } }      -- CORS for every endpoint
+--   compress(true)                                        -- gzip/br/zstd cached answers
 --   header "X-User-Id", sql("SELECT ...", "{user}")       -- identity sources;
 --   header("X-User-Id", { integer = true })               -- a typed one (uuid, pattern)
 --   claim "sub", claim("sub", { integer = true })         -- a verified credential's claim
@@ -191,11 +192,18 @@ local function file_functions(ctx)
     return marker({ [MARK] = "sql", sql = query, args = args }, { kind = "sql", sql = query })
   end
 
+  -- compress(true), compress { types = ..., min_size = ..., codings = ... }: the set's default
+  -- for its cached endpoints (an endpoint's own compress = ... wins).
+  local function compress(v)
+    declare("compress", nil, here()).fields = { value = copy(v) }
+  end
+
   return {
     tier = named("tier"),
     upstream = named("upstream"),
     endpoint = named("endpoint"),
     on_change = named("on_change"),
+    compress = compress,
     identity = identity,
     cors = cors,
     header = header,
@@ -225,6 +233,7 @@ local function tenant_functions(ctx)
     cors = refuse("cors"),
     upstream = refuse("upstream", true),
     on_change = refuse("on_change", true),
+    compress = refuse("compress"),
     header = refuse("header"),
     claim = refuse("claim"),
     sql = refuse("sql"),

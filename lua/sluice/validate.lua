@@ -1462,6 +1462,93 @@ local function check_warm(c, v, route, env)
   return { callers = callers }
 end
 
+---------------------------------------------------------------------------
+-- compress: coded forms of an endpoint's cached answers, made when they are stored
+
+ENDPOINT_FIELDS[#ENDPOINT_FIELDS + 1] = "compress"
+local COMPRESS_FIELDS = { "types", "min_size", "codings" }
+M.COMPRESS_CODINGS = { "br", "zstd", "gzip" } -- every coding, in the server's order of preference
+M.DEFAULT_COMPRESS_MIN = 1024
+local CODING_SET = set_of(M.COMPRESS_CODINGS)
+
+-- Checks a compress value (true, false, or { types, min_size, codings }); returns the
+-- normalized { codings = {...}, min_size = N, types = {...} | nil }, false when off, nil when
+-- absent or wrong.
+local function compress_value(c, v, field)
+  if v == nil then return nil end
+  if v == false then return false end
+  local out = { codings = M.COMPRESS_CODINGS, min_size = M.DEFAULT_COMPRESS_MIN }
+  if v == true then return out end
+  local t = c:record(v, field, '{ types = { "application/json" }, min_size = "1k", codings = { "br", "gzip" } }'
+    .. " (or true)")
+  if not t then return nil end
+  c:only(t, COMPRESS_FIELDS, field)
+  if t.min_size ~= nil then
+    out.min_size = c:size(t.min_size, field .. ".min_size")
+  end
+  if t.codings ~= nil then
+    if not is_plain_table(t.codings) or #t.codings == 0 then
+      c:err(field .. ".codings", 'expected a list such as { "br", "zstd", "gzip" }, got ' .. describe(t.codings))
+    else
+      out.codings = {}
+      for _, name in ipairs(t.codings) do
+        if not CODING_SET[name] then
+          c:err(field .. ".codings", "unknown coding " .. describe(name) .. " (br, zstd or gzip)")
+        else
+          out.codings[#out.codings + 1] = name
+        end
+      end
+    end
+  end
+  if t.types ~= nil then
+    if not is_plain_table(t.types) or #t.types == 0 then
+      c:err(field .. ".types", 'expected a list of media types such as { "application/json", "text/*" }, got '
+        .. describe(t.types))
+    else
+      out.types = {}
+      for _, ty in ipairs(t.types) do
+        if type(ty) ~= "string" or not (ty:match("^[%w!#$&^_.+-]+/[%w!#$&^_.+-]+$")
+            or ty:match("^[%w!#$&^_.+-]+/%*$") or ty:match("^[%w!#$&^_.+-]+/%*%+[%w!#$&^_.-]+$")) then
+          c:err(field .. ".types", "expected a media type such as \"application/json\", \"text/*\" or"
+            .. " \"application/*+json\", got " .. describe(ty))
+        else
+          out.types[#out.types + 1] = ty:lower()
+        end
+      end
+    end
+  end
+  return out
+end
+
+-- The endpoint's compress: its own, else the set's default (cached endpoints only).
+local function endpoint_compress(c, e, f, default)
+  local own = compress_value(c, f.compress, "compress")
+  if own and not e.cache then
+    c:err("compress", "applies to cached answers, and this endpoint has no cache = { ... }")
+    return nil
+  end
+  if own == nil and e.cache then
+    own = default
+  end
+  return own or nil
+end
+
+-- The set's default, from compress(...) declarations: { value } or nil.
+local function set_compress(decls, report)
+  local first
+  for _, d in ipairs(decls) do
+    local c = checker(report, d, "compress")
+    if first then
+      c:err(nil, "is already declared at " .. d.file .. ":" .. first.line
+        .. "; a policy set has one compress default")
+    else
+      first = d
+      d.value = compress_value(c, d.fields.value, "compress")
+    end
+  end
+  return first and first.value or nil
+end
+
 local function endpoint_decl(c, decl, f, env)
   local route, err = M.parse_route(decl.name)
   if not route then
@@ -1773,6 +1860,7 @@ local WHAT = {
   on_change = function(d) return "on_change " .. quote(d.name) end,
   identity = function() return "identity" end,
   cors = function() return "cors" end,
+  compress = function() return "compress" end,
   hook = function(d) return "hook " .. quote(d.name) end,
 }
 M.WHAT = WHAT
@@ -1795,6 +1883,7 @@ function M.build(files, decls, report, complete)
     end
   end
   local by_kind = { tier = {}, upstream = {}, identity = {}, endpoint = {}, on_change = {}, cors = {} }
+  by_kind.compress = {}
   for _, d in ipairs(decls) do
     if d.fields then
       local list = by_kind[d.kind]
@@ -1852,6 +1941,7 @@ function M.build(files, decls, report, complete)
 
   local env = { known = complete, identity = set.identity }
   local cors_default = M.build_fields(report, by_kind, set, env)
+  local compress_default = set_compress(by_kind.compress, report)
   local routes = route_index()
   local nroutes = 0
   local limit_keys = {}
@@ -1859,6 +1949,7 @@ function M.build(files, decls, report, complete)
     local c = checker(report, d, WHAT.endpoint(d))
     local e, route = endpoint_decl(c, d, d.fields, env)
     if e then
+      e.compress = endpoint_compress(c, e, d.fields, compress_default)
       nroutes = nroutes + 1
       local other = index_route(routes, { route = route, decl = d, name = e.name, order = nroutes })
       if other and same_pins(other.route.pins, route.pins) then

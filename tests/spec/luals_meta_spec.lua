@@ -100,7 +100,7 @@ describe("the LuaLS annotations", function()
         IDENTITY_FIELDS = "sluice.Identity", HEADER_OPTIONS = "sluice.HeaderOptions",
         ENDPOINT_FIELDS = "sluice.Endpoint", CACHE_FIELDS = "sluice.Cache",
         WARM_FIELDS = "sluice.WarmCaller", LIMIT_FIELDS = "sluice.Limit",
-        ON_CHANGE_FIELDS = "sluice.OnChange",
+        ON_CHANGE_FIELDS = "sluice.OnChange", COMPRESS_FIELDS = "sluice.Compress",
       },
       ["lua/sluice/tenant.lua"] = { HOOK_FIELDS = "sluice.Hook" },
     }

@@ -1218,6 +1218,46 @@ conf_entry_fields_round_trip(void **state)
     c2.s->ops->destroy(c2.s);
 }
 
+/* An entry's coded forms (compress) come back from the store with the entry, each coding's
+ * bytes as they went in, one not held as not held; an entry without them has none. */
+static void
+conf_entry_coded_forms_round_trip(void **state)
+{
+    struct conf *c = *state;
+    static const char br[] = "br-form\0x", gz[] = "\x1f\x8bgzip-form";
+    struct store_entry *e = conf_entry(200, "application/json", "{\"identity\":true}", 17), *got;
+    struct store_coded *coded = calloc(1, sizeof(*coded));
+
+    assert_non_null(coded);
+    coded->body[CODEC_BR] = br;
+    coded->len[CODEC_BR] = sizeof(br) - 1;
+    coded->body[CODEC_GZIP] = gz;
+    coded->len[CODEC_GZIP] = sizeof(gz) - 1;
+    e->coded = coded;
+    e->etag = strdup("\"abc\"");
+    struct conf c2 = {.h = c->h, .s = c->h->another(c->h->ctx)};
+    assert_non_null(c2.s);
+    assert_int_equal(conf_put_entry(c, "coded:1", 7, e, 60000), 0);
+    for (int round = 0; round < 2; round++) {
+        assert_int_equal(conf_get(&c2, "coded:1", 7, &got), STORE_HIT);
+        conf_same_fields(got, e);
+        assert_int_equal(store_entry_codings(got), CODEC_BIT(CODEC_BR) | CODEC_BIT(CODEC_GZIP));
+        assert_int_equal(got->coded->len[CODEC_BR], sizeof(br) - 1);
+        assert_memory_equal(got->coded->body[CODEC_BR], br, sizeof(br) - 1);
+        assert_int_equal(got->coded->len[CODEC_GZIP], sizeof(gz) - 1);
+        assert_memory_equal(got->coded->body[CODEC_GZIP], gz, sizeof(gz) - 1);
+        assert_int_equal(got->coded->len[CODEC_ZSTD], 0);
+        store_entry_release(got);
+    }
+    store_entry_release(e);
+    assert_int_equal(conf_put(c, "coded:2", NULL, "plain", 60000), 0);
+    assert_int_equal(conf_get(&c2, "coded:2", 7, &got), STORE_HIT);
+    assert_null(got->coded);
+    assert_int_equal(store_entry_codings(got), 0);
+    store_entry_release(got);
+    c2.s->ops->destroy(c2.s);
+}
+
 static void
 conf_stale_window(void **state)
 {
@@ -2097,6 +2137,7 @@ store_conformance_run(const struct store_harness *h)
         CONF_TEST(conf_lease_lookup_only_counts_nothing),
         CONF_TEST(conf_lease_not_taken_when_denied),
         CONF_TEST(conf_entry_fields_round_trip),
+        CONF_TEST(conf_entry_coded_forms_round_trip),
         CONF_TEST(conf_stale_window),
         CONF_TEST(conf_stored_stale),
         CONF_TEST(conf_stale_invalidated_is_miss),

@@ -1683,6 +1683,54 @@ test_codec_reads_values_without_ages(void **state)
     store_entry_release(e);
 }
 
+/* The layout with coded forms (bit 16): they follow the ETag, their lengths before the ages;
+ * the value reads back with them, and its trailer, read without the body, still gives the
+ * identity body's length (a tail too short to hold the lengths is refused, not misread). */
+static void
+test_codec_keeps_coded_forms_after_the_etag(void **state)
+{
+    (void)state;
+    struct store_entry *e = store_entry_new(200, strdup("text/plain"), strdup("identity!"), 9);
+    struct store_coded *coded = calloc(1, sizeof(*coded));
+    coded->body[CODEC_ZSTD] = "zz";
+    coded->len[CODEC_ZSTD] = 2;
+    coded->body[CODEC_GZIP] = "ggg";
+    coded->len[CODEC_GZIP] = 3;
+    e->coded = coded;
+    e->etag = strdup("\"t\"");
+    e->age_ms = 5000;
+    struct sbuf b = {0};
+    codec_entry_head(&b, e);
+    assert_int_equal(b.len, codec_entry_head_len(e));
+    double stored = 1000.0, expires = 2000.0;
+    sbuf_add(&b, &stored, 8);
+    sbuf_add(&b, &expires, 8);
+    sbuf_add(&b, "TTTTTTTT", TOKEN_LEN);
+    store_entry_release(e);
+
+    struct codec_meta meta;
+    size_t tail = TRAILER_LEN + CODED_LEN;
+    assert_int_equal(codec_meta_from_tail(b.p + b.len - tail, tail, b.len, &meta), 0);
+    assert_int_equal(meta.body_len, 9);
+    assert_int_equal(meta.bytes, 9 + 10 + 3 + 2 + 3);
+    assert_int_equal(meta.age_ms, 5000);
+    assert_int_equal(codec_meta_from_tail(b.p + b.len - TRAILER_LEN, TRAILER_LEN, b.len, &meta),
+                     -1);
+
+    e = codec_entry_from_value(b.p, b.len);
+    assert_non_null(e);
+    assert_int_equal(e->body_len, 9);
+    assert_memory_equal(e->body, "identity!", 9);
+    assert_string_equal(e->content_type, "text/plain");
+    assert_string_equal(e->etag, "\"t\"");
+    assert_int_equal(e->age_ms, 5000);
+    assert_int_equal(store_entry_codings(e), CODEC_BIT(CODEC_ZSTD) | CODEC_BIT(CODEC_GZIP));
+    assert_memory_equal(e->coded->body[CODEC_ZSTD], "zz", 2);
+    assert_memory_equal(e->coded->body[CODEC_GZIP], "ggg", 3);
+    assert_null(e->coded->body[CODEC_BR]);
+    store_entry_release(e);
+}
+
 /* ---- listing ------------------------------------------------------------------------------ */
 
 /* A store whose listings make at most `rounds` SCAN rounds. */
@@ -1868,6 +1916,7 @@ main(void)
         cmocka_unit_test(test_failover_shadow_counts),
         cmocka_unit_test(test_failover_shadow_mode),
         cmocka_unit_test(test_codec_reads_values_without_ages),
+        cmocka_unit_test(test_codec_keeps_coded_forms_after_the_etag),
         cmocka_unit_test(test_list_rounds),
         cmocka_unit_test_teardown(test_list_stopped, cont_server),
         cmocka_unit_test(test_failover_list),

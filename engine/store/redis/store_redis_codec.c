@@ -171,7 +171,8 @@ wr_u64(struct sbuf *b, uint64_t v)
 #define HAS_CONTENT_TYPE 1u
 #define HAS_HEADERS 2u
 #define HAS_ETAG 4u
-#define HAS_AGES 8u /* the layout with age_ms, swr_ms and sie_ms */
+#define HAS_AGES 8u   /* the layout with age_ms, swr_ms and sie_ms */
+#define HAS_CODED 16u /* the coded forms of the body and their lengths, before the ages */
 
 void
 codec_entry_head(struct sbuf *b, const struct store_entry *e)
@@ -179,10 +180,10 @@ codec_entry_head(struct sbuf *b, const struct store_entry *e)
     size_t ctlen = e->content_type ? strlen(e->content_type) : 0;
     size_t etlen = e->etag ? strlen(e->etag) : 0;
     size_t hlen = e->headers ? e->headers_len : 0;
-    unsigned char tail[4] = {(unsigned char)e->status, (unsigned char)(e->status >> 8), e->flags,
-                             (unsigned char)((e->content_type ? HAS_CONTENT_TYPE : 0) |
-                                             (e->headers ? HAS_HEADERS : 0) |
-                                             (e->etag ? HAS_ETAG : 0) | HAS_AGES)};
+    unsigned char tail[4] = {
+        (unsigned char)e->status, (unsigned char)(e->status >> 8), e->flags,
+        (unsigned char)((e->content_type ? HAS_CONTENT_TYPE : 0) | (e->headers ? HAS_HEADERS : 0) |
+                        (e->etag ? HAS_ETAG : 0) | (e->coded ? HAS_CODED : 0) | HAS_AGES)};
 
     if (e->body_len)
         sbuf_add(b, e->body, e->body_len);
@@ -192,6 +193,13 @@ codec_entry_head(struct sbuf *b, const struct store_entry *e)
         sbuf_add(b, e->headers, hlen);
     if (etlen)
         sbuf_add(b, e->etag, etlen);
+    if (e->coded) {
+        for (int c = 0; c < CODEC_N; c++)
+            if (e->coded->len[c])
+                sbuf_add(b, e->coded->body[c], e->coded->len[c]);
+        for (int c = 0; c < CODEC_N; c++)
+            codec_put_u32(b, e->coded->len[c]);
+    }
     wr_u64(b, e->age_ms);
     wr_u64(b, e->swr_ms);
     wr_u64(b, e->sie_ms);
@@ -202,10 +210,23 @@ codec_entry_head(struct sbuf *b, const struct store_entry *e)
     sbuf_add(b, tail, 4);
 }
 
+/* The bytes the coded forms take in a stored response (with their lengths). */
+static size_t
+coded_len(const struct store_entry *e)
+{
+    size_t n = 0;
+
+    if (!e->coded)
+        return 0;
+    for (int c = 0; c < CODEC_N; c++)
+        n += e->coded->len[c];
+    return n + CODED_LEN;
+}
+
 size_t
 codec_entry_head_len(const struct store_entry *e)
 {
-    return e->body_len + (e->content_type ? strlen(e->content_type) : 0) +
+    return coded_len(e) + e->body_len + (e->content_type ? strlen(e->content_type) : 0) +
            (e->headers ? e->headers_len : 0) + (e->etag ? strlen(e->etag) : 0) + HEAD_TRAILER_LEN;
 }
 
@@ -230,6 +251,23 @@ codec_entry_from_value(char *v, size_t len)
         for (int i = 0; i < 3; i++)
             ages[i] = rd_u64(p + t + 8 * i);
     }
+    struct store_coded *coded = NULL;
+    if (has & HAS_CODED) {
+        uint64_t sum = 0;
+        if (t < CODED_LEN)
+            return NULL;
+        t -= CODED_LEN;
+        coded = xcalloc(1, sizeof(*coded));
+        for (int c = 0; c < CODEC_N; c++)
+            sum += coded->len[c] = rd_u32(p + t + 4 * c);
+        if (sum + ctlen + hlen + etlen > t) {
+            free(coded);
+            return NULL;
+        }
+        t -= (size_t)sum;
+        for (int c = 0, at = 0; c < CODEC_N; at += (int)coded->len[c], c++)
+            coded->body[c] = coded->len[c] ? v + t + at : NULL;
+    }
     if (ctlen + hlen + etlen > t)
         return NULL;
     size_t blen = t - (size_t)(ctlen + hlen + etlen);
@@ -253,6 +291,7 @@ codec_entry_from_value(char *v, size_t len)
     e->sie_ms = ages[2];
     e->stored_ms = stored;
     e->expires_ms = expires;
+    e->coded = coded;
     return e;
 }
 
@@ -410,10 +449,20 @@ codec_meta_from_tail(const char *tail, size_t taillen, size_t total, struct code
         out->sie_ms = rd_u64(p + t - AGES_LEN + 16);
         region -= AGES_LEN;
     }
-    if (ctlen + hlen + etlen > region)
+    size_t coded = 0;
+    if (has & HAS_CODED) {
+        if (t < AGES_LEN + CODED_LEN)
+            return -1; /* the caller read too few bytes to know */
+        for (int c = 0; c < CODEC_N; c++)
+            coded += rd_u32(p + t - AGES_LEN - CODED_LEN + 4 * c);
+        if (coded + CODED_LEN > region)
+            return -1;
+        region -= CODED_LEN;
+    }
+    if (ctlen + hlen + etlen + coded > region)
         return -1;
     out->bytes = region;
-    out->body_len = region - (size_t)(ctlen + hlen + etlen);
+    out->body_len = region - (size_t)(ctlen + hlen + etlen) - coded;
     return 0;
 }
 

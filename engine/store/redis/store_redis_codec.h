@@ -9,6 +9,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include "codec.h"
 #include "limiter.h"
 #include "util.h"
 
@@ -28,8 +29,14 @@ struct store_entry;
  * value without the 8 bit (written before the three u64 of ages existed) has no ages: they
  * read as 0, and the whole value before the older trailer is body, content type, headers and
  * etag.
+ *
+ * With the 16 bit, the coded forms of the body (store_entry.coded) follow the etag:
+ * [br form][zstd form][gzip form][u32 br length][u32 zstd length][u32 gzip length], before
+ * the ages (a value without it has none). A binary older than this layout would read those
+ * bytes as part of the body: entries of endpoints with compress must not be read by one.
  */
 #define AGES_LEN (8 + 8 + 8)
+#define CODED_LEN (4 * CODEC_N) /* the coded forms' lengths, with the 16 bit */
 #define HEAD_TRAILER_LEN (AGES_LEN + 4 + 4 + 4 + 8 + 2 + 1 + 1)
 #define TRAILER_LEN (HEAD_TRAILER_LEN + 8 + 8 + TOKEN_LEN)
 
@@ -118,12 +125,12 @@ struct codec_meta {
     uint8_t flags;
     uint64_t stored_ms, expires_ms, stale_ms, age_ms, swr_ms, sie_ms;
     size_t body_len; /* the body alone */
-    size_t bytes;    /* body, content type, header lines and ETag */
+    size_t bytes;    /* body, content type, header lines and ETag, and the coded forms */
 };
 
 /*
  * Reads the trailer of a stored response of `total` bytes from its last
- * taillen bytes, tail[0..taillen) (TRAILER_LEN of them are enough). Returns
+ * taillen bytes, tail[0..taillen) (TRAILER_LEN + CODED_LEN of them are enough). Returns
  * 0 with *out filled, or -1 when they do not make a trailer.
  */
 int codec_meta_from_tail(const char *tail, size_t taillen, size_t total, struct codec_meta *out);

@@ -263,7 +263,7 @@ ask(struct list_op *op, size_t n)
             a->cands[i] = c;
             codec_resp_key(&b, &op->scratch, 'c', NULL, c->key, c->len);
         }
-        resp_u64(&b, TRAILER_LEN);
+        resp_u64(&b, TRAILER_LEN + CODED_LEN);
         resp_u64(&b, VARIANTS_LOOKED);
         op->pending++;
         redis_conn_send(op->c, REDIS_SCRIPT_LIST, &b, on_ask, a);

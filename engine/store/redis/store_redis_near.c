@@ -69,6 +69,9 @@ near_put(struct near *n, const char *key, size_t keylen, const unsigned char *to
 {
     size_t charge = sizeof(struct near_entry) + keylen + entry->body_len + entry->headers_len + 64;
 
+    for (int c = 0; entry->coded && c < CODEC_N; c++)
+        charge += entry->coded->len[c];
+
     near_drop(n, key, keylen);
     if (charge > n->max_bytes / 4)
         return;

@@ -186,6 +186,7 @@ function sql(query, ...) end
 ---@field timeout? sluice.Duration upstream: overrides the upstream's timeout for this endpoint
 ---@field connect_timeout? sluice.Duration upstream: overrides the upstream's connect_timeout
 ---@field sql_timeout? sluice.Duration sql: the statement's deadline instead of --db-deadline, else 504
+---@field compress? boolean|sluice.Compress gzip/br/zstd forms of cached answers (default: the set's compress, else off)
 
 ---What a route does: `endpoint "GET /api/things/{id}" { sql = "...", args = { "{path.id}" } }`.
 ---In a tenant file: an override of `cache.ttl` and `limit` of a main endpoint.
@@ -193,6 +194,18 @@ function sql(query, ...) end
 ---@return fun(fields: sluice.Endpoint)
 ---@overload fun(route: string, fields: sluice.Endpoint)
 function endpoint(route) end
+
+-- ---- compress -----------------------------------------------------------------------------
+
+---@class sluice.Compress
+---@field types? string[] media types compressed: "application/json", "text/*", "application/*+json" (default: text, JSON, XML, JavaScript, SVG)
+---@field min_size? integer|string bodies smaller are left alone (default "1k")
+---@field codings? ("br"|"zstd"|"gzip")[] the forms made (default all three; among equal q values br, then zstd, then gzip)
+
+---The set's default for its cached endpoints (an endpoint's own `compress` wins):
+---`compress(true)` or `compress { types = { "application/json" }, min_size = "2k" }`.
+---@param v boolean|sluice.Compress
+function compress(v) end
 
 -- ---- upstream -----------------------------------------------------------------------------
 
