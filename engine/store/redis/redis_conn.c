@@ -50,7 +50,7 @@ struct script {
 
 static struct script scripts[REDIS_NSCRIPTS] = {
     {.module = "redis.admit"},  {.module = "redis.fill"}, {.module = "redis.invalidate"},
-    {.module = "redis.delete"}, {.module = "redis.list"},
+    {.module = "redis.delete"}, {.module = "redis.list"}, {.module = "redis.tags"},
 };
 static pthread_once_t scripts_once = PTHREAD_ONCE_INIT;
 
@@ -250,6 +250,31 @@ timer_free(struct redis_timer *t)
     if (t->ev)
         event_free(t->ev);
     t->ev = NULL;
+}
+
+void
+redis_conn_timer_init(struct redis_timer *t, struct event_base *base, void (*fn)(void *), void *arg)
+{
+    timer_init(t, base, fn, arg);
+}
+
+void
+redis_conn_timer_arm(struct redis_timer *t, uint64_t us)
+{
+    timer_arm(t, us);
+}
+
+void
+redis_conn_timer_stop(struct redis_timer *t)
+{
+    if (t->ev)
+        timer_stop(t);
+}
+
+void
+redis_conn_timer_free(struct redis_timer *t)
+{
+    timer_free(t);
 }
 
 static void
