@@ -120,6 +120,7 @@ static const char usage_serve[] =
     "  DATABASE_URL              libpq connection string or URI (default: PG* variables)\n"
     "  REDIS_URL                 redis://[[user]:password@]host[:port][/db]: cache and limits\n"
     "                            shared through Redis (default: the in-process memory store)\n"
+    "                            or redis+cluster://host:port[,host:port...]: a Redis Cluster\n"
     "  REDIS_LIMITS_URL          a separate Redis for the limits (default: REDIS_URL's)\n"
     "  SLUICE_ADMIN_TOKEN        bearer token the admin listener requires (needed when the\n"
     "                            admin address is not a loopback address)\n"
