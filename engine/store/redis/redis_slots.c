@@ -3,6 +3,7 @@
 #include "redis_slots.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,7 @@
 #include "util.h"
 
 static uint16_t crc_table[256];
-static int crc_ready;
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
 static void
 crc_init(void)
@@ -21,7 +22,6 @@ crc_init(void)
             c = (uint16_t)(c & 0x8000 ? (c << 1) ^ 0x1021 : c << 1);
         crc_table[i] = c;
     }
-    __atomic_store_n(&crc_ready, 1, __ATOMIC_RELEASE);
 }
 
 uint16_t
@@ -30,9 +30,7 @@ redis_slots_crc16(const void *p, size_t len)
     const unsigned char *s = p;
     uint16_t crc = 0;
 
-    /* Racing first callers compute the same table: harmless. */
-    if (!__atomic_load_n(&crc_ready, __ATOMIC_ACQUIRE))
-        crc_init();
+    pthread_once(&crc_once, crc_init);
     for (size_t i = 0; i < len; i++)
         crc = (uint16_t)((crc << 8) ^ crc_table[((crc >> 8) ^ s[i]) & 0xff]);
     return crc;

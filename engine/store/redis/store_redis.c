@@ -1100,13 +1100,14 @@ redis_fill(struct store *st, const char *key, size_t keylen, struct store_entry 
      * only through the generations the entry records (compared at each lookup); their keys
      * are kept alive as long as the entry by tags.lua in their own slots. */
     char own[MAX_HASH_TAG + 1], t[MAX_HASH_TAG + 1];
-    size_t ownlen = codec_hash_tag(key, keylen, own), nlocal = 0;
-    bool *foreign = ntags ? xcalloc(ntags, sizeof(*foreign)) : NULL;
+    size_t ownlen = s->cluster ? codec_hash_tag(key, keylen, own) : 0, nlocal = 0;
+    bool *foreign = s->cluster && ntags ? xcalloc(ntags, sizeof(*foreign)) : NULL;
     for (size_t i = 0; i < ntags; i++) {
-        size_t n = codec_hash_tag(tags[i], taglens[i], t);
-        foreign[i] = s->cluster && (n != ownlen || memcmp(t, own, n) != 0);
-        nlocal += !foreign[i];
-        if (foreign[i] && keep > 0) {
+        size_t n = foreign ? codec_hash_tag(tags[i], taglens[i], t) : 0;
+        if (foreign)
+            foreign[i] = n != ownlen || memcmp(t, own, n) != 0;
+        nlocal += !(foreign && foreign[i]);
+        if (foreign && foreign[i] && keep > 0) {
             struct sbuf tb = {0};
             resp_evalsha(&tb, REDIS_SCRIPT_TAGS, 1, 2);
             codec_resp_key(&tb, &k, 't', NULL, tags[i], taglens[i]);
@@ -1143,7 +1144,7 @@ redis_fill(struct store *st, const char *key, size_t keylen, struct store_entry 
     codec_resp_key(&b, &k, 'f', NULL, key, keylen);
     codec_resp_key(&b, &k, 'v', NULL, key, store_key_primary_len(key, keylen));
     for (size_t i = 0; i < ntags; i++)
-        if (!foreign[i])
+        if (!(foreign && foreign[i]))
             codec_resp_key(&b, &k, 't', NULL, tags[i], taglens[i]);
     resp_u64(&b, ttl_ms);
     resp_arg(&b, meta.p, meta.len);
@@ -1155,7 +1156,7 @@ redis_fill(struct store *st, const char *key, size_t keylen, struct store_entry 
     resp_u64(&b, keep);
     resp_arg(&b, key, secondary ? keylen : 0);
     for (size_t i = 0; i < ntags; i++)
-        if (!foreign[i])
+        if (!(foreign && foreign[i]))
             resp_u64(&b, tag_gens[i]);
     free(foreign);
     sbuf_free(&k);
