@@ -31,9 +31,12 @@
  *                          the map is left as it is;
  *   TRYAGAIN, CLUSTERDOWN  a multi-key command during a migration, or a
  *                          cluster without a quorum of masters (a failover in
- *                          progress): sent again after 2 ms, doubling.
+ *                          progress): sent again after a wait.
  *
- * Each command is sent again at most MAX_REDIRECTS times and never past its
+ * A redirection after the first one, TRYAGAIN and CLUSTERDOWN are followed
+ * after a wait of 2 ms that doubles (while nodes disagree on a slot's owner
+ * during a reshard, MOVED can bounce between them for a moment). Each
+ * command is sent again at most MAX_REDIRECTS times and never past its
  * deadline (the store's per-command deadline, counted from the first send):
  * then its caller gets the last reply, an error, and fails the operation
  * (store_failover.c answers without Redis). A command with no reply (the
@@ -42,7 +45,7 @@
  * how a promoted replica is found after a failover.
  */
 
-#define MAX_REDIRECTS 5
+#define MAX_REDIRECTS 8
 #define REFRESH_US 10000000u    /* the periodic refresh of the slot map */
 #define REFRESH_SOON_US 100000u /* after a command that got no reply */
 #define RETRY_FIRST_US 2000u    /* TRYAGAIN, CLUSTERDOWN */
@@ -319,34 +322,33 @@ on_ccmd_reply(void *arg, redisReply *r)
     if (kind == 1) {
         cl->slots[slot] = node_get(cl, host, port);
         refresh_soon(cl, 0);
-        cc->tries++;
-        ccmd_send(cc);
-        return;
-    }
-    if (kind == 2) {
+    } else if (kind == 2) {
         cc->ask = node_get(cl, host, port);
-        cc->tries++;
+    } else if (is_error(r, "CLUSTERDOWN")) {
+        refresh_soon(cl, REFRESH_SOON_US);
+    } else if (!is_error(r, "TRYAGAIN")) {
+        ccmd_finish(cc, r);
+        return;
+    }
+    /* The first redirection is followed at once; after that (the nodes do not agree yet:
+     * a slot's new owner announced to one before the other), and for TRYAGAIN and
+     * CLUSTERDOWN, after a wait that doubles. */
+    cc->tries++;
+    if ((kind == 1 || kind == 2) && cc->tries == 1) {
         ccmd_send(cc);
         return;
     }
-    if (is_error(r, "TRYAGAIN") || is_error(r, "CLUSTERDOWN")) {
-        uint64_t wait = cc->backoff_us ? cc->backoff_us * 2 : RETRY_FIRST_US;
-        if (now + wait >= cc->deadline_us) {
-            ccmd_finish(cc, r);
-            return;
-        }
-        cc->backoff_us = wait;
-        cc->tries++;
-        if (!cc->timer.ev)
-            redis_conn_timer_init(&cc->timer, cl->env->base, on_retry_timer, cc);
-        cc->next_retry = cl->retrying;
-        cl->retrying = cc;
-        redis_conn_timer_arm(&cc->timer, wait);
-        if (is_error(r, "CLUSTERDOWN"))
-            refresh_soon(cl, REFRESH_SOON_US);
+    uint64_t wait = cc->backoff_us ? cc->backoff_us * 2 : RETRY_FIRST_US;
+    if (now + wait >= cc->deadline_us) {
+        ccmd_finish(cc, r);
         return;
     }
-    ccmd_finish(cc, r);
+    cc->backoff_us = wait;
+    if (!cc->timer.ev)
+        redis_conn_timer_init(&cc->timer, cl->env->base, on_retry_timer, cc);
+    cc->next_retry = cl->retrying;
+    cl->retrying = cc;
+    redis_conn_timer_arm(&cc->timer, wait);
 }
 
 /* Sends cc to its slot's master (or to the node an ASK named, after ASKING). */
