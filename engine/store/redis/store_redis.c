@@ -90,13 +90,15 @@ struct store_redis {
     bool split;                    /* limits live in their own Redis */
     struct redis_cluster *cluster; /* a Redis Cluster (then cache and limits are unused) */
     uint64_t tag_lease_ms;
-    uint64_t token_state;      /* the fill tokens' random stream */
-    struct near near;          /* local copies of responses */
-    struct redis_turn turn_ev; /* runs once the loop's turn has run its other callbacks */
-    struct batch_list turn;    /* the admits of this turn, by batch */
-    struct hmap open;          /* the turn's batches still taking requests, by tag */
-    struct sbuf scratch;       /* for building keys */
-    unsigned list_rounds;      /* SCAN rounds of one listing (0: the default) */
+    uint64_t token_state;        /* the fill tokens' random stream */
+    struct near near;            /* local copies of responses */
+    struct redis_turn turn_ev;   /* runs once the loop's turn has run its other callbacks */
+    struct batch_list turn;      /* the admits of this turn, by batch */
+    struct hmap open;            /* the turn's batches still taking requests, by tag */
+    struct hmap tagq;            /* in a cluster: the turn's reads of foreign tags, by tag key */
+    struct tag_read *tagq_first; /* ... in the order they were asked for */
+    struct sbuf scratch;         /* for building keys */
+    unsigned list_rounds;        /* SCAN rounds of one listing (0: the default) */
     struct store_redis_stats stats;
 };
 
@@ -716,10 +718,13 @@ batch_flush(struct store_redis *s)
     }
 }
 
+static void tags_flush(struct store_redis *s);
+
 static void
 on_turn(void *arg)
 {
     batch_flush(arg);
+    tags_flush(arg);
 }
 
 /* The hash tag all of the request's keys share, in tag; 0 when they do not share one. */
@@ -796,64 +801,100 @@ on_admit_cvalue(void *arg, redisReply *r)
     admit_part_done(op);
 }
 
-/* One tags.lua call of a lookup: the foreign tags (by index in a->tags) of one hash tag. */
-struct tags_read {
+/*
+ * A read of one foreign tag for the lookups of this turn of the loop that name it: one
+ * tags.lua for all of them, sent with the turn's batches (every lookup waiting for it was
+ * asked for before it is sent, so it reads the tag after each one began).
+ */
+struct tag_waiter {
     struct admit_op *op;
-    size_t n;
-    size_t idx[];
+    size_t idx; /* in op->a->tags */
+};
+
+struct tag_read {
+    struct hmap_node node; /* in tagq */
+    struct tag_read *next;
+    size_t n, cap;
+    struct tag_waiter *w;
+    const char *raw; /* the tag as the first lookup named it (borrowed until sent) */
+    size_t rawlen;
+    size_t keylen;
+    char key[]; /* the tag's key */
 };
 
 static void
 on_tags_read(void *arg, redisReply *r)
 {
-    struct tags_read *tr = arg;
-    struct admit_op *op = tr->op;
-    bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == tr->n;
+    struct tag_read *tr = arg;
+    uint64_t gen = 0;
+    bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+              codec_reply_u64(r->element[0], &gen) == 0;
 
-    for (size_t i = 0; ok && i < tr->n; i++)
-        ok = codec_reply_u64(r->element[i], &op->a->tag_gens[tr->idx[i]]) == 0;
-    if (!ok && op->status == 0)
-        op->status = reply_status(r);
+    for (size_t i = 0; i < tr->n; i++) {
+        struct admit_op *op = tr->w[i].op;
+        if (ok)
+            op->a->tag_gens[tr->w[i].idx] = gen;
+        else if (op->status == 0)
+            op->status = reply_status(r);
+        admit_part_done(op);
+    }
+    free(tr->w);
     free(tr);
-    admit_part_done(op);
 }
 
-/*
- * Sends tags.lua for op's foreign tags, one call per hash tag (one slot), creating the ones
- * missing; keep_ms 0. The caller counts nothing: each call is counted in op->pending here.
- */
+/* Asks for op's foreign tags with this turn's reads (one per tag key, shared by the turn's
+ * lookups); each is counted in op->pending here. */
 static void
 foreign_tags_read(struct store_redis *s, struct admit_op *op)
 {
     const struct store_admit *a = op->a;
-    uint64_t left = op->foreign;
-    char t0[MAX_HASH_TAG + 1], t[MAX_HASH_TAG + 1];
-    struct sbuf b = {0}, k = {0};
+    struct sbuf *k = &s->scratch;
 
-    while (left) {
-        size_t first = (size_t)__builtin_ctzll(left), n = 0;
-        size_t n0 = codec_hash_tag(a->tags[first], a->taglens[first], t0);
-        struct tags_read *tr = xmalloc(sizeof(*tr) + 64 * sizeof(size_t));
-        for (size_t i = first; i < a->ntags && i < 64; i++) {
-            if (!(left >> i & 1))
-                continue;
-            size_t m = codec_hash_tag(a->tags[i], a->taglens[i], t);
-            if (m == n0 && memcmp(t, t0, m) == 0) {
-                tr->idx[n++] = i;
-                left &= ~(1ull << i);
-            }
+    for (size_t i = 0; i < a->ntags && i < 64; i++) {
+        if (!is_foreign(op, i))
+            continue;
+        k->len = 0;
+        codec_cache_key(k, 't', a->tags[i], a->taglens[i]);
+        struct hmap_node *n = hmap_find(&s->tagq, k->p, k->len);
+        struct tag_read *tr = HMAP_ENTRY(n, struct tag_read, node);
+        if (!tr) {
+            tr = xcalloc(1, sizeof(*tr) + k->len);
+            memcpy(tr->key, k->p, k->len);
+            tr->keylen = k->len;
+            tr->raw = a->tags[i];
+            tr->rawlen = a->taglens[i];
+            hmap_insert(&s->tagq, &tr->node, tr->key, tr->keylen);
+            tr->next = s->tagq_first;
+            s->tagq_first = tr;
+            redis_conn_turn_activate(&s->turn_ev);
         }
-        tr->op = op;
-        tr->n = n;
-        resp_evalsha(&b, REDIS_SCRIPT_TAGS, n, 2);
-        for (size_t j = 0; j < n; j++)
-            codec_resp_key(&b, &k, 't', NULL, a->tags[tr->idx[j]], a->taglens[tr->idx[j]]);
+        if (tr->n == tr->cap) {
+            tr->cap = tr->cap ? 2 * tr->cap : 4;
+            tr->w = xrealloc(tr->w, tr->cap * sizeof(*tr->w));
+        }
+        tr->w[tr->n++] = (struct tag_waiter){.op = op, .idx = i};
+        op->pending++;
+    }
+}
+
+/* Sends the turn's reads of foreign tags (after its batches). */
+static void
+tags_flush(struct store_redis *s)
+{
+    struct tag_read *tr = s->tagq_first;
+
+    s->tagq_first = NULL;
+    hmap_clear(&s->tagq);
+    while (tr) {
+        struct tag_read *next = tr->next;
+        struct sbuf b = {0};
+        resp_evalsha(&b, REDIS_SCRIPT_TAGS, 1, 2);
+        resp_arg(&b, tr->key, tr->keylen);
         resp_u64(&b, s->tag_lease_ms);
         resp_u64(&b, 0);
-        op->pending++;
-        send_for(s, a->tags[first], a->taglens[first], REDIS_SCRIPT_TAGS, &b, on_tags_read, tr);
+        send_for(s, tr->raw, tr->rawlen, REDIS_SCRIPT_TAGS, &b, on_tags_read, tr);
+        tr = next;
     }
-    sbuf_free(&k);
 }
 
 /*
@@ -1493,6 +1534,7 @@ redis_destroy(struct store *st)
 
     s->env.closing = true;
     batch_flush(s); /* the admits of this turn fail now */
+    tags_flush(s);
     redis_conn_turn_free(&s->turn_ev);
     redis_conn_fini(&s->cache);
     redis_conn_fini(&s->limits);
@@ -1500,6 +1542,7 @@ redis_destroy(struct store *st)
     sbuf_free(&s->scratch);
     near_free(&s->near);
     hmap_free(&s->open);
+    hmap_free(&s->tagq);
     free(s);
 }
 
