@@ -11,6 +11,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include "redis_cluster.h"
 #include "redis_slots.h"
 #include "store_redis_codec.h"
 
@@ -178,6 +179,40 @@ test_moved_and_ask_redirection_parsed(void **state)
     assert_int_equal(redis_slots_redirect(S("ASK x h:1"), &slot, host, sizeof(host), &port), 0);
 }
 
+/* redis+cluster:// names the seed nodes, each with the URL's user and password. */
+static void
+test_cluster_url_names_seed_nodes(void **state)
+{
+    struct redis_endpoint ep[REDIS_CLUSTER_MAX_SEEDS];
+    char err[256];
+
+    assert_true(redis_cluster_is_url("redis+cluster://h:1"));
+    assert_false(redis_cluster_is_url("redis://h:1"));
+    assert_int_equal(redis_cluster_parse_url("redis+cluster://u:p%40ss@10.0.0.1:7000,[::1]:7001,"
+                                             "node-c:7002",
+                                             ep, REDIS_CLUSTER_MAX_SEEDS, err, sizeof(err)),
+                     3);
+    assert_string_equal(ep[0].host, "10.0.0.1");
+    assert_int_equal(ep[0].port, 7000);
+    assert_string_equal(ep[1].host, "::1");
+    assert_int_equal(ep[1].port, 7001);
+    assert_string_equal(ep[2].host, "node-c");
+    for (int i = 0; i < 3; i++) {
+        assert_string_equal(ep[i].user, "u");
+        assert_string_equal(ep[i].password, "p@ss");
+    }
+    assert_int_equal(redis_cluster_parse_url("redis+cluster://h:7000/0", ep, 16, err, sizeof(err)),
+                     1);
+    assert_int_equal(redis_cluster_parse_url("redis+cluster://h:7000/1", ep, 16, err, sizeof(err)),
+                     -1);
+    assert_non_null(strstr(err, "database 0"));
+    assert_int_equal(redis_cluster_parse_url("redis+cluster://", ep, 16, err, sizeof(err)), -1);
+    assert_int_equal(redis_cluster_parse_url("redis+cluster://a:1,b:x", ep, 16, err, sizeof(err)),
+                     -1);
+    assert_int_equal(
+        redis_cluster_parse_url("redis+cluster://a:1,b:2,c:3", ep, 2, err, sizeof(err)), -1);
+}
+
 int
 main(void)
 {
@@ -188,6 +223,7 @@ main(void)
         cmocka_unit_test(test_hash_tags_store_keys_of_one_caller_share_a_slot),
         cmocka_unit_test(test_key_distribution_model_cluster_slots_reply),
         cmocka_unit_test(test_moved_and_ask_redirection_parsed),
+        cmocka_unit_test(test_cluster_url_names_seed_nodes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
