@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The Redis store on a Redis Cluster of 3 masters against one Redis: a cached endpoint with a
-# limit, every request a hit and a counted limit (one EVALSHA and, without a local copy, one
-# GET per request), callers spread over 1,000 users so that the keys cover every master.
+# limit, every request a hit and a counted limit, callers spread over 1,000 users so that the
+# keys cover every master. Two endpoints: /page, a fixed 1 KB body whose cache key, tag and
+# limit all end in the user (one EVALSHA per request, as bench/run.sh's hit), and /up, an
+# upstream answer, which also carries the tag url:/up, in another slot than the user's (on a
+# cluster: a GET of the entry beside the lookup, and a read of the tag per loop turn).
 #
 #   bench/cluster.sh                    # 3 rounds of 8 s per setup
 #   ROUNDS=5 DURATION=10 bench/cluster.sh
@@ -73,22 +76,27 @@ pids+=($!)
 for _ in $(seq 50); do grep -q listening "$work/origin.out" 2>/dev/null && break; sleep 0.1; done
 
 mkdir -p "$work/policies"
-cat >"$work/policies/bench.lua" <<EOF
-identity { user = header "X-User-Id" }
-upstream "origin" { url = "http://127.0.0.1:$oport" }
-endpoint "GET /page" {
-  upstream = "origin",
-  cache = { ttl = "1h", key = "page:{user}", tags = { "pages:{user}" } },
-  limit = { limit = 100000000, window = "1h", key = "reads:{user}" },
-}
-EOF
+{
+    echo 'identity { user = header "X-User-Id" }'
+    echo "upstream \"origin\" { url = \"http://127.0.0.1:$oport\" }"
+    echo 'endpoint "GET /page" {'
+    printf '  body = [==[%s]==],\n' "$(cat bench/body.json)"
+    echo '  cache = { ttl = "1h", key = "page:{user}", tags = { "pages:{user}" } },'
+    echo '  limit = { limit = 100000000, window = "1h", key = "reads:{user}" },'
+    echo '}'
+    echo 'endpoint "GET /up" {'
+    echo '  upstream = "origin",'
+    echo '  cache = { ttl = "1h", key = "up:{user}", tags = { "ups:{user}" } },'
+    echo '  limit = { limit = 100000000, window = "1h", key = "upreads:{user}" },'
+    echo '}'
+} >"$work/policies/bench.lua"
 $bin check "$work/policies" >/dev/null
 
 cat >"$work/hit.lua" <<EOF
 local counter = 0
 request = function()
     counter = counter + 1
-    return wrk.format("GET", "/page", { ["X-User-Id"] = tostring(counter % $USERS) })
+    return wrk.format("GET", wrk.path, { ["X-User-Id"] = tostring(counter % $USERS) })
 end
 response = function(status, headers)
     if status ~= 200 or headers["X-Cache"] ~= "HIT" then
@@ -99,10 +107,12 @@ end
 EOF
 
 sluice_pid=
-start_sluice() { # REDIS_URL
+start_sluice() { # REDIS_URL PATH
     if [ -n "$sluice_pid" ]; then kill "$sluice_pid"; wait "$sluice_pid" 2>/dev/null || true; fi
     port=$(free_port)
+    # A generous deadline: a busy machine must not turn a slow answer into a bypass.
     REDIS_URL=$1 taskset -c "$SERVER_CPU" $bin serve --workers 1 --listen "127.0.0.1:$port" \
+        --redis-deadline 1s \
         --admin off --max-connections-per-ip 0 "$work/policies" >"$work/sluice.out" 2>"$work/sluice.err" &
     sluice_pid=$!
     pids+=("$sluice_pid")
@@ -111,7 +121,7 @@ start_sluice() { # REDIS_URL
     sleep 0.3 # the slot map
     # Fill every user's entry (the misses are not measured).
     for u in $(seq 0 $((USERS - 1))); do
-        curl -fsS -o /dev/null -H "X-User-Id: $u" "http://127.0.0.1:$port/page" || die "warm-up failed"
+        curl -fsS -o /dev/null -H "X-User-Id: $u" "http://127.0.0.1:$port$2" || die "warm-up failed"
     done
     sleep 0.2
 }
@@ -120,14 +130,14 @@ ticks_sum() { local t=0 p; for p in "$@"; do t=$((t + $(cpu_ticks "$p"))); done;
 
 declare -A best_rps best_us best_rus best_p50
 printf '%-22s %5s %10s %11s %17s %8s\n' setup round req/s cpu-us/req redis-cpu-us/req p50
-measure() { # NAME URL REDIS_PID...
-    local name=$1 url=$2 r0 r1 rps p50 us rus reqs hz
-    shift 2
-    start_sluice "$url"
+measure() { # NAME URL PATH REDIS_PID...
+    local name=$1 url=$2 path=$3 r0 r1 rps p50 us rus reqs hz
+    shift 3
+    start_sluice "$url" "$path"
     for r in $(seq "$ROUNDS"); do
         wait_quiet >/dev/null
         r0=$(ticks_sum "$@")
-        wrk_measure "$sluice_pid" "http://127.0.0.1:$port/page" -s "$work/hit.lua"
+        wrk_measure "$sluice_pid" "http://127.0.0.1:$port$path" -s "$work/hit.lua"
         r1=$(ticks_sum "$@")
         read -r rps p50 us <<<"$wrk_result"
         reqs=$(awk '/requests in/ {print $1}' <<<"$wrk_out")
@@ -140,25 +150,34 @@ measure() { # NAME URL REDIS_PID...
     done
 }
 echo "load before: $(uptime | sed 's/.*load average: //')"
-measure "one Redis" "redis://127.0.0.1:$base" "$single_pid"
-measure "cluster, 3 masters" "redis+cluster://127.0.0.1:$((base + 1))" "${cluster_pids[@]}"
+one="one Redis" cl="cluster, 3 masters" upone="upstream, one Redis" upcl="upstream, cluster"
+measure "$one" "redis://127.0.0.1:$base" /page "$single_pid"
+measure "$cl" "redis+cluster://127.0.0.1:$((base + 1))" /page "${cluster_pids[@]}"
+if [ "${UPSTREAM:-1}" = 1 ]; then
+    measure "$upone" "redis://127.0.0.1:$base" /up "$single_pid"
+    measure "$upcl" "redis+cluster://127.0.0.1:$((base + 1))" /up "${cluster_pids[@]}"
+fi
 echo "load after: $(uptime | sed 's/.*load average: //')"
 
 echo
 echo "best round of each:"
-one="one Redis" cl="cluster, 3 masters"
-awk -v r1="${best_rps[$one]}" -v u1="${best_us[$one]}" -v r2="${best_rps[$cl]}" \
-    -v u2="${best_us[$cl]}" -v ru1="${best_rus[$one]}" -v ru2="${best_rus[$cl]}" 'BEGIN {
-    printf "  one Redis:          %8.0f req/s, sluice %5.1f us/req, redis %5.1f us/req\n", r1, u1, ru1
-    printf "  cluster, 3 masters: %8.0f req/s, sluice %5.1f us/req, redis %5.1f us/req\n", r2, u2, ru2
-    printf "  cluster / one Redis: throughput %.2f, sluice CPU per request %.2f\n", r2 / r1, u2 / u1 }'
+ratio() { # LABEL ONE CLUSTER
+    awk -v l="$1" -v r1="${best_rps[$2]}" -v u1="${best_us[$2]}" -v r2="${best_rps[$3]}" \
+        -v u2="${best_us[$3]}" -v ru1="${best_rus[$2]}" -v ru2="${best_rus[$3]}" 'BEGIN {
+        printf "  %s, one Redis: %8.0f req/s, sluice %5.1f us/req, redis %5.1f us/req\n", l, r1, u1, ru1
+        printf "  %s, cluster:   %8.0f req/s, sluice %5.1f us/req, redis %5.1f us/req\n", l, r2, u2, ru2
+        printf "  %s, cluster / one Redis: throughput %.2f, sluice CPU per request %.2f\n", l, r2 / r1, u2 / u1 }'
+}
+ratio "body  " "$one" "$cl"
+[ "${UPSTREAM:-1}" = 1 ] && ratio "upstream" "$upone" "$upcl"
 
 if [ "$CHART" = 1 ]; then
     mkdir -p "$CHART_DIR"
     dat="$CHART_DIR/cluster.dat"
     {
         echo "# bench/cluster.sh: best of $ROUNDS rounds of ${DURATION}s; name, req/s, sluice cpu us/req, redis cpu us/req, p50 us"
-        for n in "$one" "$cl"; do
+        for n in "$one" "$cl" "$upone" "$upcl"; do
+            [ -n "${best_rps[$n]:-}" ] || continue
             printf 'sluice, %s\t%s\t%s\t%s\t%s\n' "$n" "${best_rps[$n]}" "${best_us[$n]}" "${best_rus[$n]}" "${best_p50[$n]}"
         done
     } >"$dat"
