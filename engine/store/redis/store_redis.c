@@ -203,11 +203,12 @@ local_ntags(const struct admit_op *op)
 
 /*
  * In a cluster: whether the entry's value, read after the lookup, is the entry the lookup
- * found (the same fill token) and records for each of its tags outside its hash tag the
- * generation the lookup read for that tag now. Anything else (the value missing, a tag the
- * lookup did not read, another generation) is a miss: never a stale answer.
+ * found (the same fill token: 1 when it records for each of its tags outside its hash tag
+ * the generation the lookup read for that tag now; 0 when it does not, the entry is stale),
+ * or -1 when the value is not that entry's (gone, or another fill's since). Anything but 1
+ * is a miss: never a stale answer.
  */
-static bool
+static int
 foreign_tags_hold(struct admit_op *op)
 {
     const struct store_admit *a = op->a;
@@ -216,8 +217,10 @@ foreign_tags_hold(struct admit_op *op)
     char own[MAX_HASH_TAG + 1], gen[24];
     size_t ownlen = codec_hash_tag(a->cache_key, a->cache_keylen, own);
     struct sbuf k = {0};
-    bool ok = v && len >= 16 && memcmp(v, op->token, TOKEN_LEN) == 0;
+    bool ok = true;
 
+    if (!v || len < 16 || memcmp(v, op->token, TOKEN_LEN) != 0)
+        return -1;
     while (ok && p < len) {
         uint32_t kl, gl;
         if (len - p < 4)
@@ -256,7 +259,7 @@ foreign_tags_hold(struct admit_op *op)
         ok = ok && seen;
     }
     sbuf_free(&k);
-    return ok;
+    return ok ? 1 : 0;
 }
 
 /* The entry found: the response read with it, or the local copy, when it carries the
@@ -291,6 +294,7 @@ admit_finish(struct admit_op *op)
 {
     struct store_admit *a = op->a;
     struct store_entry *entry = NULL;
+    int held;
 
     a->entry = NULL;
     a->state = STORE_MISS;
@@ -314,15 +318,18 @@ admit_finish(struct admit_op *op)
                 sbuf_free(&k);
                 send_for(op->s, a->cache_key, a->cache_keylen, -1, &b, on_ignored, NULL);
             }
-        } else if (op->found && op->foreign && !foreign_tags_hold(op)) {
+        } else if (op->found && op->foreign && (held = foreign_tags_hold(op)) != 1) {
             /* Filled under a generation of a foreign tag that has moved since: a miss, and
-             * the entry goes, so that the next lookups take the lease and fill again. */
-            struct sbuf b = {0}, k = {0};
-            resp_argc(&b, 2);
-            resp_str(&b, "DEL");
-            codec_resp_key(&b, &k, 'c', NULL, a->cache_key, a->cache_keylen);
-            sbuf_free(&k);
-            send_for(op->s, a->cache_key, a->cache_keylen, -1, &b, on_ignored, NULL);
+             * the entry goes, so that the next lookups take the lease and fill again (not
+             * when the entry read was another fill's: that one is left to its lookups). */
+            if (held == 0) {
+                struct sbuf b = {0}, k = {0};
+                resp_argc(&b, 2);
+                resp_str(&b, "DEL");
+                codec_resp_key(&b, &k, 'c', NULL, a->cache_key, a->cache_keylen);
+                sbuf_free(&k);
+                send_for(op->s, a->cache_key, a->cache_keylen, -1, &b, on_ignored, NULL);
+            }
             near_drop(&op->s->near, a->cache_key, a->cache_keylen);
             a->lease_taken = op->leased;
         } else if (op->found) {
