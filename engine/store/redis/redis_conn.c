@@ -617,7 +617,9 @@ on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             c->down_logged = false;
             conn_log(c, LOGL_INFO, "answering again", NULL);
         }
-        if (r->type == REDIS_REPLY_ERROR) {
+        /* A cluster's redirections are followed by redis_cluster.c, not errors. */
+        if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "MOVED ", 6) != 0 &&
+            strncmp(r->str, "ASK ", 4) != 0 && strncmp(r->str, "TRYAGAIN", 8) != 0) {
             uint64_t now = util_mono_us();
             if (now - c->last_error_log_us >= 1000000 || c->last_error_log_us == 0) {
                 c->last_error_log_us = now;
