@@ -23,6 +23,12 @@ from lib import SluiceTestCase
 from origin import Origin
 
 
+def _die_with_parent():
+    """In the child: SIGKILL when the test process dies (a killed run leaves no cluster)."""
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _port_free(port):
     s = socket.socket()
     try:
@@ -74,7 +80,7 @@ class RedisCluster:
              "--cluster-node-timeout", str(node_timeout_ms), "--dir", d, "--save", "",
              "--appendonly", "no", "--loglevel", "warning", "--repl-diskless-sync-delay", "0",
              "--cluster-replica-validity-factor", "0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         for _ in range(200):
             if self.cli(port, "PING", check=False) == "PONG":
                 return
