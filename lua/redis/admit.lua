@@ -8,7 +8,9 @@
 -- KEYS  every key the batch reads, once each (limit states, entries, tags), then the
 --       fill lease keys.
 -- ARGV  [1] the numbers, as little-endian doubles: nreq, nread (the keys read),
---       tag_lease_ms, then per request: nl, entry (index in KEYS, 0: no lookup), lease
+--       tag_lease_ms, local_tags (1 on a Redis Cluster: an entry's recorded tags under
+--       another hash tag than the entry's are not read here; the caller compares them),
+--       then per request: nl, entry (index in KEYS, 0: no lookup), lease
 --       (index, 0: none), lease_ms, nt, peek (1: check only, commit nothing), then nl times: key index, algorithm (0
 --       sliding_window, 1 sliding_log, 2 token_bucket, 3 fixed_window), limit, window_ms,
 --       burst, cost, shadow (1: a shadow limit, 0: enforced); then nt tag key indexes.
@@ -49,7 +51,7 @@
 
 local sunpack, spack = struct.unpack, struct.pack
 local spec = ARGV[1]
-local nreq, nread, tag_lease, pos = sunpack('<ddd', spec)
+local nreq, nread, tag_lease, local_tags, pos = sunpack('<dddd', spec)
 local t = redis.call('TIME')
 local sec, usec = tonumber(t[1]), tonumber(t[2])
 local real_now = sec * 1000 + (usec - usec % 1000) / 1000
@@ -311,7 +313,13 @@ for r = 1, nreq do
             end
           end
           if not g then
-            g = redis.call('GET', tk)
+            if local_tags == 1 and
+                string.sub(tk, 1, string.find(tk, '}', 1, true)) ~=
+                string.sub(KEYS[ek], 1, string.find(KEYS[ek], '}', 1, true)) then
+              g = string.sub(v, p, p + gl - 1) -- in another slot: the caller's to check
+            else
+              g = redis.call('GET', tk)
+            end
           end
           if g ~= string.sub(v, p, p + gl - 1) then
             redis.call('DEL', KEYS[ek])

@@ -2,7 +2,9 @@
 --
 -- KEYS  entry keys of primaries ("sl:{T}:c:KEY").
 -- ARGV  [1] bytes read from the end of a stored response (its trailer: store_redis_codec.h),
---       [2] the most variants of one primary looked at.
+--       [2] the most variants of one primary looked at, [3] "1" on a Redis Cluster: a tag
+--       under another hash tag than the entry's is in another slot, not read here (the
+--       listing may then show an entry a lookup would find invalidated).
 -- Returns { now_ms, then per key: false when the entry is gone or one of its tags moved
 --           (a lookup would miss it), else { entry, trailer, response length, head,
 --           variants set size, { member, entry, trailer, response length, ... } } }.
@@ -20,6 +22,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local tlen = tonumber(ARGV[1])
 local vmax = tonumber(ARGV[2])
+local local_tags = ARGV[3] == '1'
 
 -- The entry's value when every tag still holds the generation it recorded, else false.
 local function current(c)
@@ -33,7 +36,9 @@ local function current(c)
     kl, p = sunpack('<I4', v, p)
     local tk = string.sub(v, p, p + kl - 1)
     gl, p = sunpack('<I4', v, p + kl)
-    if redis.call('GET', tk) ~= string.sub(v, p, p + gl - 1) then
+    if not (local_tags and string.sub(tk, 1, string.find(tk, '}', 1, true)) ~=
+            string.sub(c, 1, string.find(c, '}', 1, true))) and
+        redis.call('GET', tk) ~= string.sub(v, p, p + gl - 1) then
       return false
     end
     p = p + gl

@@ -50,7 +50,7 @@ struct script {
 
 static struct script scripts[REDIS_NSCRIPTS] = {
     {.module = "redis.admit"},  {.module = "redis.fill"}, {.module = "redis.invalidate"},
-    {.module = "redis.delete"}, {.module = "redis.list"},
+    {.module = "redis.delete"}, {.module = "redis.list"}, {.module = "redis.tags"},
 };
 static pthread_once_t scripts_once = PTHREAD_ONCE_INIT;
 
@@ -268,6 +268,13 @@ void
 redis_conn_timer_arm(struct redis_timer *t, uint64_t us)
 {
     timer_arm(t, us);
+}
+
+void
+redis_conn_timer_stop(struct redis_timer *t)
+{
+    if (t->ev)
+        timer_stop(t);
 }
 
 void
@@ -648,7 +655,9 @@ on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             c->down_logged = false;
             conn_log(c, LOGL_INFO, "answering again", NULL);
         }
-        if (r->type == REDIS_REPLY_ERROR) {
+        /* A cluster's redirections are followed by redis_cluster.c, not errors. */
+        if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "MOVED ", 6) != 0 &&
+            strncmp(r->str, "ASK ", 4) != 0 && strncmp(r->str, "TRYAGAIN", 8) != 0) {
             uint64_t now = util_mono_us();
             if (now - c->last_error_log_us >= 1000000 || c->last_error_log_us == 0) {
                 c->last_error_log_us = now;

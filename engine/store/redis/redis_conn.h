@@ -25,6 +25,7 @@ enum {
     REDIS_SCRIPT_INVALIDATE,
     REDIS_SCRIPT_DELETE,
     REDIS_SCRIPT_LIST,
+    REDIS_SCRIPT_TAGS,
     REDIS_NSCRIPTS
 };
 
@@ -79,6 +80,18 @@ void redis_conn_turn_activate(struct redis_turn *t);
 
 /* Frees what redis_conn_turn_init() allocated (not t); the callback will not run. Idempotent. */
 void redis_conn_turn_free(struct redis_turn *t);
+
+/*
+ * A timer on base for code beside the connections (redis_cluster.c, redis_sentinel.c), so that
+ * libevent stays in this file: set up with redis_conn_timer_init() (aborts
+ * when out of memory), armed to fire fn(arg) once `us` from now (re-arming
+ * moves it), stopped, and freed (idempotent; then it never fires).
+ */
+void redis_conn_timer_init(struct redis_timer *t, struct event_base *base, void (*fn)(void *),
+                           void *arg);
+void redis_conn_timer_arm(struct redis_timer *t, uint64_t us);
+void redis_conn_timer_stop(struct redis_timer *t);
+void redis_conn_timer_free(struct redis_timer *t);
 
 /* Called once per command: r is the reply, or NULL when there is none (deadline, connection). */
 typedef void redis_reply_fn(void *arg, redisReply *r);
@@ -166,14 +179,6 @@ void redis_conn_fini(struct redis_conn *c);
 
 /* Lets base drive ac's socket (hiredis's event hooks); freed with ac. Aborts when out of memory. */
 void redis_conn_attach(redisAsyncContext *ac, struct event_base *base);
-
-/* Sets up t (the caller's) to call fn(arg) when armed and due. Aborts when out of memory. */
-void redis_conn_timer_init(struct redis_timer *t, struct event_base *base, void (*fn)(void *),
-                           void *arg);
-/* (Re)arms t to fire once, `us` microseconds from now. */
-void redis_conn_timer_arm(struct redis_timer *t, uint64_t us);
-/* Frees what redis_conn_timer_init() allocated (not t); it will not fire. Idempotent. */
-void redis_conn_timer_free(struct redis_timer *t);
 
 /* ---- RESP: commands built into a buffer for redis_conn_send() ---------------------------- */
 

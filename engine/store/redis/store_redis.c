@@ -12,9 +12,11 @@
 
 #include "hmap.h"
 #include "log.h"
+#include "redis_cluster.h"
 #include "redis_conn.h"
 #include "redis_sentinel.h"
 #include "store_redis_fleet.h"
+#include "redis_slots.h"
 #include "store.h"
 #include "store_redis.h"
 #include "store_redis_codec.h"
@@ -47,6 +49,17 @@
  * Stale keep. The entry's and the response's keys live for ttl + stale_ms;
  * the entry's value holds expires_ms, past which admit.lua reports it stale.
  *
+ * Redis Cluster (REDIS_URL=redis+cluster://...). Every key is named with a
+ * hash tag (store_redis_codec.c), so each command goes to the master of one
+ * slot (redis_cluster.c). A request whose keys share a hash tag is one call,
+ * as on one node. Otherwise (cluster_route()): its limits are decided by one
+ * call per slot, its lookup rides with the limits of its cache key's slot,
+ * and the tags of its lookup under another hash tag are read by tags.lua in
+ * their own slots, compared with the generations the entry recorded (read
+ * with a GET of the entry beside the response's). Invalidation is one
+ * invalidate.lua per tag, in the tag's slot; pattern runs and listings SCAN
+ * every master in turn. docs/redis-cluster.md says what this guarantees.
+ *
  * The connections (deadlines, reconnection, scripts, the libevent adapter) are
  * in redis_conn.c, the layout of keys and values in store_redis_codec.c, the
  * local copies of responses in store_redis_near.c.
@@ -55,18 +68,21 @@
 #define DEFAULT_DEADLINE_MS 50
 #define DEFAULT_TAG_LEASE_MS 600000
 #define DEFAULT_NEAR_BYTES (16u << 20)
-#define MAX_BATCH 64   /* requests decided by one admit.lua call at most */
-#define SCAN_COUNT 500 /* the COUNT of each SCAN of a pattern run */
+#define MAX_BATCH 64         /* requests decided by one admit.lua call at most */
+#define SCAN_COUNT 500       /* the COUNT of each SCAN of a pattern run */
+#define REDIS_MAX_MASTERS 64 /* masters of a cluster a pattern run or a listing covers at most */
 
 int
 store_redis_check_url(const char *url, char *err, size_t errlen)
 {
-    struct redis_endpoint ep;
+    struct redis_endpoint ep[REDIS_CLUSTER_MAX_SEEDS];
     struct redis_sentinel_url su;
 
+    if (redis_cluster_is_url(url))
+        return redis_cluster_parse_url(url, ep, REDIS_CLUSTER_MAX_SEEDS, err, errlen) < 0 ? -1 : 0;
     if (redis_sentinel_is_url(url))
         return redis_sentinel_parse_url(url, &su, err, errlen);
-    return redis_conn_parse_url(url, &ep, err, errlen);
+    return redis_conn_parse_url(url, ep, err, errlen);
 }
 
 #define SENTINEL_DEADLINE_MS 250 /* of each question to a sentinel */
@@ -97,14 +113,17 @@ struct store_redis {
     struct redis_conn cache, limits;
     struct redis_sentinel *watch[2]; /* where cache's and limits' masters are (sentinel URLs) */
     bool split;                      /* limits live in their own Redis */
+    struct redis_cluster *cluster;   /* a Redis Cluster (then cache and limits are unused) */
     uint64_t tag_lease_ms;
-    uint64_t token_state;      /* the fill tokens' random stream */
-    struct near near;          /* local copies of responses */
-    struct redis_turn turn_ev; /* runs once the loop's turn has run its other callbacks */
-    struct batch_list turn;    /* the admits of this turn, by batch */
-    struct hmap open;          /* the turn's batches still taking requests, by tag */
-    struct sbuf scratch;       /* for building keys */
-    unsigned list_rounds;      /* SCAN rounds of one listing (0: the default) */
+    uint64_t token_state;        /* the fill tokens' random stream */
+    struct near near;            /* local copies of responses */
+    struct redis_turn turn_ev;   /* runs once the loop's turn has run its other callbacks */
+    struct batch_list turn;      /* the admits of this turn, by batch */
+    struct hmap open;            /* the turn's batches still taking requests, by tag */
+    struct hmap tagq;            /* in a cluster: the turn's reads of foreign tags, by tag key */
+    struct tag_read *tagq_first; /* ... in the order they were asked for */
+    struct sbuf scratch;         /* for building keys */
+    unsigned list_rounds;        /* SCAN rounds of one listing (0: the default) */
     struct store_redis_stats stats;
 };
 
@@ -124,6 +143,29 @@ buf_reserve(struct sbuf *b, size_t more)
         cap *= 2;
     b->p = xrealloc(b->p, cap);
     b->cap = cap;
+}
+
+/* The cluster slot of every key the store names after raw (codec_hash_tag()). */
+static unsigned
+raw_slot(const char *raw, size_t len)
+{
+    char tag[MAX_HASH_TAG + 1];
+
+    return redis_slots_crc16(tag, codec_hash_tag(raw, len, tag)) & (REDIS_SLOTS - 1);
+}
+
+/*
+ * Sends b (taken) where the keys named after raw live: on the cache's connection, or in a
+ * cluster to the master of their slot. fn(arg, reply) is called once, as redis_conn_send() does.
+ */
+static void
+send_for(struct store_redis *s, const char *raw, size_t len, int script, struct sbuf *b,
+         redis_reply_fn *fn, void *arg)
+{
+    if (s->cluster)
+        redis_cluster_send(s->cluster, raw_slot(raw, len), script, b, fn, arg);
+    else
+        redis_conn_send(&s->cache, script, b, fn, arg);
 }
 
 /* ---- admit_and_lookup --------------------------------------------------------------------- */
@@ -149,14 +191,101 @@ struct admit_op {
     bool filling;   /* another caller holds the fill lease */
     bool near;      /* a local copy was found: no GET was sent with the lookup */
     bool refetched; /* the GET was sent after the lookup */
+    bool split;     /* the limits and the lookup went in separate calls */
     uint64_t now_ms;
     unsigned char token[TOKEN_LEN];
     char *value; /* the stored response read after the script (owned), or NULL */
     size_t value_len;
+    /* In a cluster, the tags of the lookup outside the cache key's hash tag (bits by index in
+     * a->tags): their generations are read by tags.lua in their own slots, and compared with
+     * the ones the entry recorded (its 'c' key, read after the script) here. */
+    uint64_t foreign;
+    char *cvalue; /* the entry's value (owned), or NULL */
+    size_t cvalue_len;
 };
 
 static void admit_value_command(struct store_redis *s, struct admit_op *op);
 static void admit_part_done(struct admit_op *op);
+static void on_admit_cvalue(void *arg, redisReply *r);
+
+/* Whether tag i of the lookup is read in its own call (a cluster's foreign tag). */
+static bool
+is_foreign(const struct admit_op *op, size_t i)
+{
+    return i < 64 && (op->foreign >> i & 1);
+}
+
+/* The tags admit.lua reads for op's lookup. */
+static size_t
+local_ntags(const struct admit_op *op)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < op->a->ntags; i++)
+        n += !is_foreign(op, i);
+    return n;
+}
+
+/*
+ * In a cluster: whether the entry's value, read after the lookup, is the entry the lookup
+ * found (the same fill token: 1 when it records for each of its tags outside its hash tag
+ * the generation the lookup read for that tag now; 0 when it does not, the entry is stale),
+ * or -1 when the value is not that entry's (gone, or another fill's since). Anything but 1
+ * is a miss: never a stale answer.
+ */
+static int
+foreign_tags_hold(struct admit_op *op)
+{
+    const struct store_admit *a = op->a;
+    const unsigned char *v = (const unsigned char *)op->cvalue;
+    size_t len = op->cvalue_len, p = 16;
+    char own[MAX_HASH_TAG + 1], gen[24];
+    size_t ownlen = codec_hash_tag(a->cache_key, a->cache_keylen, own);
+    struct sbuf k = {0};
+    bool ok = true;
+
+    if (!v || len < 16 || memcmp(v, op->token, TOKEN_LEN) != 0)
+        return -1;
+    while (ok && p < len) {
+        uint32_t kl, gl;
+        if (len - p < 4)
+            break;
+        memcpy(&kl, v + p, 4); /* little-endian, as codec_put_u32 wrote it (x86, arm64) */
+        p += 4;
+        if (len - p < (size_t)kl + 4) {
+            ok = false;
+            break;
+        }
+        const char *tk = (const char *)v + p;
+        p += kl;
+        memcpy(&gl, v + p, 4);
+        p += 4;
+        if (len - p < gl) {
+            ok = false;
+            break;
+        }
+        const char *g = (const char *)v + p;
+        p += gl;
+        /* "sl:{TAG}:t:..." under the entry's own hash tag: admit.lua compared it. */
+        if (kl > 4 + ownlen && memcmp(tk + 4, own, ownlen) == 0 && tk[4 + ownlen] == '}')
+            continue;
+        bool seen = false;
+        for (size_t i = 0; i < a->ntags && !seen; i++) {
+            if (!is_foreign(op, i))
+                continue;
+            k.len = 0;
+            codec_cache_key(&k, 't', a->tags[i], a->taglens[i]);
+            if (k.len != kl || memcmp(k.p, tk, kl) != 0)
+                continue;
+            seen = true;
+            size_t n = util_u64(gen, a->tag_gens[i]);
+            ok = n == gl && memcmp(gen, g, gl) == 0;
+        }
+        ok = ok && seen;
+    }
+    sbuf_free(&k);
+    return ok ? 1 : 0;
+}
 
 /* The entry found: the response read with it, or the local copy, when it carries the
  * same fill token. NULL when there is none (yet). */
@@ -190,6 +319,7 @@ admit_finish(struct admit_op *op)
 {
     struct store_admit *a = op->a;
     struct store_entry *entry = NULL;
+    int held;
 
     a->entry = NULL;
     a->state = STORE_MISS;
@@ -204,15 +334,29 @@ admit_finish(struct admit_op *op)
         if (!a->allowed) {
             for (size_t i = 0; i < a->ntags; i++)
                 a->tag_gens[i] = 0;
-            if (op->s->split && op->leased) {
+            if (op->split && op->leased) {
                 /* The lookup ran beside a denied check and took the lease: give it back. */
                 struct sbuf b = {0}, k = {0};
                 resp_argc(&b, 2);
                 resp_str(&b, "DEL");
                 codec_resp_key(&b, &k, 'f', NULL, a->cache_key, a->cache_keylen);
                 sbuf_free(&k);
-                redis_conn_send(&op->s->cache, -1, &b, on_ignored, NULL);
+                send_for(op->s, a->cache_key, a->cache_keylen, -1, &b, on_ignored, NULL);
             }
+        } else if (op->found && op->foreign && (held = foreign_tags_hold(op)) != 1) {
+            /* Filled under a generation of a foreign tag that has moved since: a miss, and
+             * the entry goes, so that the next lookups take the lease and fill again (not
+             * when the entry read was another fill's: that one is left to its lookups). */
+            if (held == 0) {
+                struct sbuf b = {0}, k = {0};
+                resp_argc(&b, 2);
+                resp_str(&b, "DEL");
+                codec_resp_key(&b, &k, 'c', NULL, a->cache_key, a->cache_keylen);
+                sbuf_free(&k);
+                send_for(op->s, a->cache_key, a->cache_keylen, -1, &b, on_ignored, NULL);
+            }
+            near_drop(&op->s->near, a->cache_key, a->cache_keylen);
+            a->lease_taken = op->leased;
         } else if (op->found) {
             entry = admit_entry(op);
             if (entry) {
@@ -244,6 +388,7 @@ admit_finish(struct admit_op *op)
     void *arg = op->arg;
     int status = op->status;
     free(op->value);
+    free(op->cvalue);
     free(op);
     done(arg, status);
 }
@@ -272,14 +417,34 @@ on_admit_value(void *arg, redisReply *r)
     admit_part_done(op);
 }
 
-/* Reads one request's part of an admit.lua reply at *pos: its limits (when with_limits) and
- * its lookup (when with_cache). Returns 0 or -1. */
+#define ALL_LIMITS (~0ull)
+
+/* Whether the distinct limit u is in mask (ALL_LIMITS: every one, however many). */
+static bool
+in_mask(uint64_t mask, size_t u)
+{
+    return mask == ALL_LIMITS || (u < 64 && (mask >> u & 1));
+}
+
+/* How many of op's distinct limits mask holds. */
+static size_t
+mask_count(const struct admit_op *op, uint64_t mask)
+{
+    size_t n = 0;
+
+    for (size_t u = 0; u < op->nu; u++)
+        n += in_mask(mask, u);
+    return n;
+}
+
+/* Reads one request's part of an admit.lua reply at *pos: its limits in mask (when
+ * with_limits) and its lookup (when with_cache). Returns 0 or -1. */
 static int
 admit_parse(struct admit_op *op, const redisReply *r, size_t *pos, uint64_t now, bool with_limits,
-            bool with_cache)
+            bool with_cache, uint64_t mask)
 {
     struct store_admit *a = op->a;
-    size_t nl = with_limits ? op->nu : 0;
+    size_t nl = with_limits ? mask_count(op, mask) : 0;
     bool look = with_cache && a->cache_key;
     size_t nt = look ? a->ntags : 0;
     size_t p = *pos;
@@ -287,7 +452,9 @@ admit_parse(struct admit_op *op, const redisReply *r, size_t *pos, uint64_t now,
 
     if (codec_reply_u64(r->element[p++], &allowed) != 0)
         return -1;
-    for (size_t i = 0; i < nl; i++) {
+    for (size_t i = 0; nl > 0 && i < op->nu; i++) {
+        if (!in_mask(mask, i))
+            continue;
         for (int k = 0; k < 4; k++)
             if (codec_reply_u64(r->element[p++], &v[k]) != 0)
                 return -1;
@@ -298,8 +465,8 @@ admit_parse(struct admit_op *op, const redisReply *r, size_t *pos, uint64_t now,
                                               .retry_after_ms = v[3]};
     }
     if (look) {
-        for (size_t i = 0; i < nt; i++)
-            if (codec_reply_u64(r->element[p++], &a->tag_gens[i]) != 0)
+        for (size_t i = 0; i < nt; i++) /* the foreign ones come from tags.lua */
+            if (!is_foreign(op, i) && codec_reply_u64(r->element[p++], &a->tag_gens[i]) != 0)
                 return -1;
         const redisReply *e = r->element[p++];
         if (e->type == REDIS_REPLY_STRING) {
@@ -318,7 +485,7 @@ admit_parse(struct admit_op *op, const redisReply *r, size_t *pos, uint64_t now,
         }
     }
     if (nl > 0) {
-        op->allowed = allowed != 0;
+        op->allowed = op->allowed && allowed != 0; /* every part of the limits admits */
         op->now_ms = now;
     } else if (op->now_ms == 0) {
         op->now_ms = now;
@@ -343,10 +510,12 @@ struct batch {
     STAILQ_ENTRY(batch) link; /* in the turn */
     struct hmap_node node;    /* in open by tag, while it takes requests (tagged ones only) */
     struct redis_conn *conn;
+    unsigned slot; /* in a cluster: where it goes */
     bool with_limits, with_cache;
     size_t n;
     char tag[MAX_HASH_TAG + 1]; /* the hash tag its admits share, when it has one */
     struct admit_op *ops[MAX_BATCH];
+    uint64_t masks[MAX_BATCH]; /* the distinct limits of each op this batch decides */
 };
 
 static void
@@ -359,13 +528,14 @@ on_batch(void *arg, redisReply *r)
     for (size_t i = 0; i < bt->n; i++) {
         const struct admit_op *op = bt->ops[i];
         bool look = bt->with_cache && op->a->cache_key;
-        want += 1 + 4 * (bt->with_limits ? op->nu : 0) + (look ? op->a->ntags + 1 : 0);
+        want += 1 + 4 * (bt->with_limits ? mask_count(op, bt->masks[i]) : 0) +
+                (look ? local_ntags(op) + 1 : 0);
     }
     bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == want &&
               codec_reply_u64(r->element[0], &now) == 0;
     for (size_t i = 0; i < bt->n; i++) {
         struct admit_op *op = bt->ops[i];
-        if (ok && admit_parse(op, r, &pos, now, bt->with_limits, bt->with_cache) != 0)
+        if (ok && admit_parse(op, r, &pos, now, bt->with_limits, bt->with_cache, bt->masks[i]) != 0)
             ok = false;
         if (!ok && op->status != STORE_UNAVAILABLE)
             op->status = reply_status(r);
@@ -439,13 +609,13 @@ keyset_add(struct keyset *ks, char kind, const struct limiter_rule *id, const ch
 static void
 batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
 {
-    size_t nidx = 0, nargs = 3;
+    size_t nidx = 0, nargs = 4;
     bool wl = bt->with_limits, wc = bt->with_cache;
 
     for (size_t i = 0; i < bt->n; i++) {
         const struct admit_op *op = bt->ops[i];
         bool look = wc && op->a->cache_key;
-        size_t nl = wl ? op->nu : 0, nt = look ? op->a->ntags : 0;
+        size_t nl = wl ? mask_count(op, bt->masks[i]) : 0, nt = look ? local_ntags(op) : 0;
         nidx += nl + nt + 2;
         nargs += 6 + 7 * nl + nt;
     }
@@ -460,13 +630,16 @@ batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
         for (size_t j = 0, u = 0; wl && j < a->nlimits; j++) {
             if (op->map[j] != u)
                 continue;
-            idx[at++] = keyset_add(&ks, 'l', &op->ids[u], a->limits[j].key, a->limits[j].keylen);
+            if (in_mask(bt->masks[i], u))
+                idx[at++] =
+                    keyset_add(&ks, 'l', &op->ids[u], a->limits[j].key, a->limits[j].keylen);
             u++;
         }
         if (wc && a->cache_key) {
             idx[at++] = keyset_add(&ks, 'c', NULL, a->cache_key, a->cache_keylen);
             for (size_t j = 0; j < a->ntags; j++)
-                idx[at++] = keyset_add(&ks, 't', NULL, a->tags[j], a->taglens[j]);
+                if (!is_foreign(op, j))
+                    idx[at++] = keyset_add(&ks, 't', NULL, a->tags[j], a->taglens[j]);
         }
     }
     size_t nread = ks.n;
@@ -485,11 +658,12 @@ batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
     codec_put_f64(b, (double)bt->n);
     codec_put_f64(b, (double)nread);
     codec_put_f64(b, (double)s->tag_lease_ms);
+    codec_put_f64(b, s->cluster ? 1 : 0);
     size_t r = 0;
     for (size_t i = 0; i < bt->n; i++) {
         const struct admit_op *op = bt->ops[i];
         bool look = wc && op->a->cache_key;
-        size_t nl = wl ? op->nu : 0, nt = look ? op->a->ntags : 0;
+        size_t nl = wl ? mask_count(op, bt->masks[i]) : 0, nt = look ? local_ntags(op) : 0;
         const size_t *mine = idx + r;
         r += nl + (look ? 1 + nt : 0);
         codec_put_f64(b, (double)nl);
@@ -498,8 +672,10 @@ batch_command(struct store_redis *s, const struct batch *bt, struct sbuf *b)
         codec_put_f64(b, lease[i] ? (double)op->a->lease_ms : 0);
         codec_put_f64(b, (double)nt);
         codec_put_f64(b, op->a->peek ? 1 : 0);
-        for (size_t u = 0; u < nl; u++) {
-            codec_put_f64(b, (double)mine[u]);
+        for (size_t u = 0, k = 0; k < nl; u++) {
+            if (!in_mask(bt->masks[i], u))
+                continue;
+            codec_put_f64(b, (double)mine[k++]);
             codec_put_f64(b, (double)op->ids[u].algo);
             codec_put_f64(b, (double)op->ids[u].limit);
             codec_put_f64(b, (double)op->ids[u].window_ms);
@@ -526,7 +702,7 @@ admit_value_command(struct store_redis *s, struct admit_op *op)
     resp_argc(&b, 2);
     resp_str(&b, "GET");
     codec_resp_key(&b, &s->scratch, 'r', NULL, op->a->cache_key, op->a->cache_keylen);
-    redis_conn_send(&s->cache, -1, &b, on_admit_value, op);
+    send_for(s, op->a->cache_key, op->a->cache_keylen, -1, &b, on_admit_value, op);
 }
 
 /* Sends the turn's batches, each as one command, and behind each the GETs of the responses
@@ -541,28 +717,46 @@ batch_flush(struct store_redis *s)
     hmap_clear(&s->open);
     while ((bt = STAILQ_FIRST(&turn))) {
         STAILQ_REMOVE_HEAD(&turn, link);
-        struct admit_op *gets[MAX_BATCH];
-        size_t ng = 0;
+        struct admit_op *gets[MAX_BATCH], *cgets[MAX_BATCH];
+        size_t ng = 0, nc = 0;
         for (size_t i = 0; i < bt->n; i++) {
             struct admit_op *op = bt->ops[i];
             if (bt->with_cache && op->a->cache_key && !op->near) {
                 op->pending++; /* keeps op alive if the batch fails at once */
                 gets[ng++] = op;
             }
+            if (bt->with_cache && op->a->cache_key && op->foreign) {
+                op->pending++; /* the entry's value, for its foreign tags */
+                cgets[nc++] = op;
+            }
         }
         struct sbuf b = {0};
         batch_command(s, bt, &b);
         /* bt is the callback's now */
-        redis_conn_send(bt->conn, REDIS_SCRIPT_ADMIT, &b, on_batch, bt);
+        if (s->cluster)
+            redis_cluster_send(s->cluster, bt->slot, REDIS_SCRIPT_ADMIT, &b, on_batch, bt);
+        else
+            redis_conn_send(bt->conn, REDIS_SCRIPT_ADMIT, &b, on_batch, bt);
         for (size_t j = 0; j < ng; j++)
             admit_value_command(s, gets[j]);
+        for (size_t j = 0; j < nc; j++) {
+            struct admit_op *op = cgets[j];
+            struct sbuf c = {0};
+            resp_argc(&c, 2);
+            resp_str(&c, "GET");
+            codec_resp_key(&c, &s->scratch, 'c', NULL, op->a->cache_key, op->a->cache_keylen);
+            send_for(s, op->a->cache_key, op->a->cache_keylen, -1, &c, on_admit_cvalue, op);
+        }
     }
 }
+
+static void tags_flush(struct store_redis *s);
 
 static void
 on_turn(void *arg)
 {
     batch_flush(arg);
+    tags_flush(arg);
 }
 
 /* The hash tag all of the request's keys share, in tag; 0 when they do not share one. */
@@ -593,10 +787,10 @@ admit_tag(const struct store_admit *a, char *tag)
 }
 
 /* Puts op in a batch of this turn (joining an open one under the same tag when taglen > 0),
- * to be sent on c. */
+ * to be sent on c (in a cluster: to slot), deciding the distinct limits in mask. */
 static void
-batch_add(struct store_redis *s, struct admit_op *op, struct redis_conn *c, bool with_limits,
-          bool with_cache, const char *tag, size_t taglen)
+batch_add(struct store_redis *s, struct admit_op *op, struct redis_conn *c, unsigned slot,
+          uint64_t mask, bool with_limits, bool with_cache, const char *tag, size_t taglen)
 {
     struct batch *bt = NULL;
 
@@ -607,6 +801,7 @@ batch_add(struct store_redis *s, struct admit_op *op, struct redis_conn *c, bool
     if (!bt) {
         bt = xmalloc(sizeof(*bt));
         bt->conn = c;
+        bt->slot = slot;
         bt->with_limits = with_limits;
         bt->with_cache = with_cache;
         bt->n = 0;
@@ -617,10 +812,197 @@ batch_add(struct store_redis *s, struct admit_op *op, struct redis_conn *c, bool
         }
         redis_conn_turn_activate(&s->turn_ev);
     }
+    bt->masks[bt->n] = mask;
     bt->ops[bt->n++] = op;
     op->pending++;
     if (bt->n == MAX_BATCH && taglen)
         hmap_remove(&s->open, &bt->node); /* full: the next request under this tag opens another */
+}
+
+static void
+on_admit_cvalue(void *arg, redisReply *r)
+{
+    struct admit_op *op = arg;
+
+    if (r && r->type == REDIS_REPLY_STRING && r->str) {
+        op->cvalue = r->str; /* taken, as on_admit_value does */
+        op->cvalue_len = r->len;
+        r->str = NULL;
+        r->len = 0;
+    }
+    admit_part_done(op);
+}
+
+/*
+ * A read of one foreign tag for the lookups of this turn of the loop that name it: one
+ * tags.lua for all of them, sent with the turn's batches (every lookup waiting for it was
+ * asked for before it is sent, so it reads the tag after each one began).
+ */
+struct tag_waiter {
+    struct admit_op *op;
+    size_t idx; /* in op->a->tags */
+};
+
+struct tag_read {
+    struct hmap_node node; /* in tagq */
+    struct tag_read *next;
+    size_t n, cap;
+    struct tag_waiter *w;
+    const char *raw; /* the tag as the first lookup named it (borrowed until sent) */
+    size_t rawlen;
+    size_t keylen;
+    char key[]; /* the tag's key */
+};
+
+static void
+on_tags_read(void *arg, redisReply *r)
+{
+    struct tag_read *tr = arg;
+    uint64_t gen = 0;
+    bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+              codec_reply_u64(r->element[0], &gen) == 0;
+
+    for (size_t i = 0; i < tr->n; i++) {
+        struct admit_op *op = tr->w[i].op;
+        if (ok)
+            op->a->tag_gens[tr->w[i].idx] = gen;
+        else if (op->status == 0)
+            op->status = reply_status(r);
+        admit_part_done(op);
+    }
+    free(tr->w);
+    free(tr);
+}
+
+/* Asks for op's foreign tags with this turn's reads (one per tag key, shared by the turn's
+ * lookups); each is counted in op->pending here. */
+static void
+foreign_tags_read(struct store_redis *s, struct admit_op *op)
+{
+    const struct store_admit *a = op->a;
+    struct sbuf *k = &s->scratch;
+
+    for (size_t i = 0; i < a->ntags && i < 64; i++) {
+        if (!is_foreign(op, i))
+            continue;
+        k->len = 0;
+        codec_cache_key(k, 't', a->tags[i], a->taglens[i]);
+        struct hmap_node *n = hmap_find(&s->tagq, k->p, k->len);
+        struct tag_read *tr = HMAP_ENTRY(n, struct tag_read, node);
+        if (!tr) {
+            tr = xcalloc(1, sizeof(*tr) + k->len);
+            memcpy(tr->key, k->p, k->len);
+            tr->keylen = k->len;
+            tr->raw = a->tags[i];
+            tr->rawlen = a->taglens[i];
+            hmap_insert(&s->tagq, &tr->node, tr->key, tr->keylen);
+            tr->next = s->tagq_first;
+            s->tagq_first = tr;
+            redis_conn_turn_activate(&s->turn_ev);
+        }
+        if (tr->n == tr->cap) {
+            tr->cap = tr->cap ? 2 * tr->cap : 4;
+            tr->w = xrealloc(tr->w, tr->cap * sizeof(*tr->w));
+        }
+        tr->w[tr->n++] = (struct tag_waiter){.op = op, .idx = i};
+        op->pending++;
+    }
+}
+
+/* Sends the turn's reads of foreign tags (after its batches). */
+static void
+tags_flush(struct store_redis *s)
+{
+    struct tag_read *tr = s->tagq_first;
+
+    s->tagq_first = NULL;
+    hmap_clear(&s->tagq);
+    while (tr) {
+        struct tag_read *next = tr->next;
+        struct sbuf b = {0};
+        resp_evalsha(&b, REDIS_SCRIPT_TAGS, 1, 2);
+        resp_arg(&b, tr->key, tr->keylen);
+        resp_u64(&b, s->tag_lease_ms);
+        resp_u64(&b, 0);
+        send_for(s, tr->raw, tr->rawlen, REDIS_SCRIPT_TAGS, &b, on_tags_read, tr);
+        tr = next;
+    }
+}
+
+/*
+ * In a cluster, one call per slot: a request whose keys share a hash tag (the common case:
+ * templates ending in the caller's id) joins the turn's batch of that tag. Otherwise its
+ * distinct limits are grouped by slot, one call each, the lookup riding with the limits of its
+ * own slot or alone; each call commits its own limits when they admit, so a request refused
+ * by one slot's limits may have been counted in another's (docs/redis-cluster.md). The tags
+ * of a lookup under another hash tag than its cache key's are read by tags.lua in their own
+ * slots, at the same time, and compared with what the entry recorded (foreign_tags_hold()).
+ */
+static void
+cluster_route(struct store_redis *s, struct admit_op *op)
+{
+    struct store_admit *a = op->a;
+    char tag[MAX_HASH_TAG + 1];
+    size_t taglen = admit_tag(a, tag);
+
+    if (taglen) {
+        unsigned slot = redis_slots_crc16(tag, taglen) & (REDIS_SLOTS - 1);
+        batch_add(s, op, NULL, slot, ALL_LIMITS, true, true, tag, taglen);
+        return;
+    }
+    bool look = a->cache_key != NULL;
+    unsigned cslot = look ? raw_slot(a->cache_key, a->cache_keylen) : 0;
+    if (look) {
+        char own[MAX_HASH_TAG + 1], t[MAX_HASH_TAG + 1];
+        size_t ownlen = codec_hash_tag(a->cache_key, a->cache_keylen, own);
+        for (size_t i = 0; i < a->ntags; i++) {
+            size_t n = codec_hash_tag(a->tags[i], a->taglens[i], t);
+            if (n == ownlen && memcmp(t, own, n) == 0)
+                continue;
+            if (i >= 64) {
+                look = false; /* beyond what one lookup can check: not cached */
+                a->bypassed = true;
+                op->foreign = 0;
+                break;
+            }
+            op->foreign |= 1ull << i;
+        }
+    }
+    if (look && op->foreign)
+        foreign_tags_read(s, op);
+    if (op->nu > 64) {
+        op->status = -1; /* more distinct limits than one request can have */
+        return;
+    }
+    /* The slot of each distinct limit, by the first limit naming it. */
+    unsigned lslot[64];
+    for (size_t j = 0, u = 0; j < a->nlimits; j++) {
+        if (op->map[j] == u)
+            lslot[u++] = raw_slot(a->limits[j].key, a->limits[j].keylen);
+    }
+    uint64_t done = 0;
+    bool looked = false;
+    size_t calls = 0;
+    for (size_t u = 0; u < op->nu; u++) {
+        if (done >> u & 1)
+            continue;
+        uint64_t mask = 0;
+        for (size_t v = u; v < op->nu; v++)
+            if (lslot[v] == lslot[u])
+                mask |= 1ull << v;
+        done |= mask;
+        bool here = look && lslot[u] == cslot;
+        looked = looked || here;
+        calls++;
+        batch_add(s, op, NULL, lslot[u], mask, true, here, NULL, 0);
+    }
+    if (look && !looked) {
+        calls++;
+        batch_add(s, op, NULL, cslot, 0, false, true, NULL, 0);
+    }
+    op->split = calls > 1;
+    if (calls == 0)
+        op->now_ms = store_now_ms();
 }
 
 static void
@@ -700,17 +1082,20 @@ redis_admit_and_lookup(struct store *st, struct store_admit *a, store_done_fn *d
     /* The response is read right behind the lookup, unless a local copy may be it. */
     if (a->cache_key)
         op->near = near_find(&s->near, a->cache_key, a->cache_keylen) != NULL;
-    if (!s->split) {
+    if (s->cluster) {
+        cluster_route(s, op);
+    } else if (!s->split) {
         char tag[MAX_HASH_TAG + 1];
         size_t taglen = admit_tag(a, tag);
-        batch_add(s, op, &s->cache, true, true, tag, taglen);
+        batch_add(s, op, &s->cache, 0, ALL_LIMITS, true, true, tag, taglen);
     } else if (op->nu == 0 || !a->cache_key) {
-        batch_add(s, op, op->nu > 0 ? &s->limits : &s->cache, true, true, NULL, 0);
+        batch_add(s, op, op->nu > 0 ? &s->limits : &s->cache, 0, ALL_LIMITS, true, true, NULL, 0);
     } else {
         /* Limits and cache in two Redis servers: both asked at once; the lookup of a request
          * that turns out denied is dropped. */
-        batch_add(s, op, &s->limits, true, false, NULL, 0);
-        batch_add(s, op, &s->cache, false, true, NULL, 0);
+        op->split = true;
+        batch_add(s, op, &s->limits, 0, ALL_LIMITS, true, false, NULL, 0);
+        batch_add(s, op, &s->cache, 0, ALL_LIMITS, false, true, NULL, 0);
     }
     admit_part_done(op); /* the sender's own count */
 }
@@ -784,6 +1169,26 @@ redis_fill(struct store *st, const char *key, size_t keylen, struct store_entry 
 
     if (keep > EXACT_LIMIT)
         keep = EXACT_LIMIT; /* fill.lua computes with doubles */
+    /* In a cluster, the tags under another hash tag than the key's are checked by fill.lua
+     * only through the generations the entry records (compared at each lookup); their keys
+     * are kept alive as long as the entry by tags.lua in their own slots. */
+    char own[MAX_HASH_TAG + 1], t[MAX_HASH_TAG + 1];
+    size_t ownlen = s->cluster ? codec_hash_tag(key, keylen, own) : 0, nlocal = 0;
+    bool *foreign = s->cluster && ntags ? xcalloc(ntags, sizeof(*foreign)) : NULL;
+    for (size_t i = 0; i < ntags; i++) {
+        size_t n = foreign ? codec_hash_tag(tags[i], taglens[i], t) : 0;
+        if (foreign)
+            foreign[i] = n != ownlen || memcmp(t, own, n) != 0;
+        nlocal += !(foreign && foreign[i]);
+        if (foreign && foreign[i] && keep > 0) {
+            struct sbuf tb = {0};
+            resp_evalsha(&tb, REDIS_SCRIPT_TAGS, 1, 2);
+            codec_resp_key(&tb, &k, 't', NULL, tags[i], taglens[i]);
+            resp_u64(&tb, s->tag_lease_ms);
+            resp_u64(&tb, keep);
+            send_for(s, tags[i], taglens[i], REDIS_SCRIPT_TAGS, &tb, on_ignored, NULL);
+        }
+    }
     store_entry_ref(entry);
     *op = (struct fill_op){
         .s = s, .entry = entry, .ttl_ms = ttl_ms, .done = done, .arg = arg, .keylen = keylen};
@@ -806,13 +1211,14 @@ redis_fill(struct store *st, const char *key, size_t keylen, struct store_entry 
     }
 
     buf_reserve(&b, 256 + 5 * keylen + meta.len + headlen + 100 * ntags);
-    resp_evalsha(&b, REDIS_SCRIPT_FILL, 4 + ntags, 6 + ntags);
+    resp_evalsha(&b, REDIS_SCRIPT_FILL, 4 + nlocal, 6 + nlocal);
     codec_resp_key(&b, &k, 'c', NULL, key, keylen);
     codec_resp_key(&b, &k, 'r', NULL, key, keylen);
     codec_resp_key(&b, &k, 'f', NULL, key, keylen);
     codec_resp_key(&b, &k, 'v', NULL, key, store_key_primary_len(key, keylen));
     for (size_t i = 0; i < ntags; i++)
-        codec_resp_key(&b, &k, 't', NULL, tags[i], taglens[i]);
+        if (!(foreign && foreign[i]))
+            codec_resp_key(&b, &k, 't', NULL, tags[i], taglens[i]);
     resp_u64(&b, ttl_ms);
     resp_arg(&b, meta.p, meta.len);
     /* The response's head, written straight into the command. */
@@ -823,30 +1229,46 @@ redis_fill(struct store *st, const char *key, size_t keylen, struct store_entry 
     resp_u64(&b, keep);
     resp_arg(&b, key, secondary ? keylen : 0);
     for (size_t i = 0; i < ntags; i++)
-        resp_u64(&b, tag_gens[i]);
+        if (!(foreign && foreign[i]))
+            resp_u64(&b, tag_gens[i]);
+    free(foreign);
     sbuf_free(&k);
     sbuf_free(&meta);
-    redis_conn_send(&s->cache, REDIS_SCRIPT_FILL, &b, on_fill, op);
+    send_for(s, key, keylen, REDIS_SCRIPT_FILL, &b, on_fill, op);
 }
 
 struct done_op {
     struct store_redis *s;
     store_done_fn *done;
     void *arg;
+    int pending; /* replies awaited (in a cluster, one per slot) and one for the sender */
+    int status;  /* the first failure */
 };
+
+static void
+done_op_part(struct done_op *op)
+{
+    if (--op->pending > 0)
+        return;
+    store_done_fn *done = op->done;
+    void *darg = op->arg;
+    int status = op->status;
+
+    if (status != 0)
+        op->s->stats.failed++;
+    free(op);
+    done(darg, status);
+}
 
 static void
 on_invalidate(void *arg, redisReply *r)
 {
     struct done_op *op = arg;
     int status = r && r->type == REDIS_REPLY_INTEGER ? 0 : reply_status(r);
-    store_done_fn *done = op->done;
-    void *darg = op->arg;
 
-    if (status != 0)
-        op->s->stats.failed++;
-    free(op);
-    done(darg, status);
+    if (status != 0 && op->status == 0)
+        op->status = status;
+    done_op_part(op);
 }
 
 static void
@@ -861,16 +1283,30 @@ redis_invalidate(struct store *st, const char *const *tags, const size_t *taglen
         return;
     }
     struct done_op *op = xmalloc(sizeof(*op));
-    *op = (struct done_op){.s = s, .done = done, .arg = arg};
-    resp_evalsha(&b, REDIS_SCRIPT_INVALIDATE, ntags, 1);
-    for (size_t i = 0; i < ntags; i++) {
-        k.len = 0;
-        codec_cache_key(&k, 't', tags[i], taglens[i]);
-        resp_arg(&b, k.p, k.len);
+    *op = (struct done_op){.s = s, .done = done, .arg = arg, .pending = 1};
+    if (!s->cluster) {
+        op->pending++;
+        resp_evalsha(&b, REDIS_SCRIPT_INVALIDATE, ntags, 1);
+        for (size_t i = 0; i < ntags; i++) {
+            k.len = 0;
+            codec_cache_key(&k, 't', tags[i], taglens[i]);
+            resp_arg(&b, k.p, k.len);
+        }
+        resp_u64(&b, s->tag_lease_ms);
+        redis_conn_send(&s->cache, REDIS_SCRIPT_INVALIDATE, &b, on_invalidate, op);
+    } else {
+        /* A tag's key is in the tag's own slot: one call per tag (they are few), all at once;
+         * done when every one is answered. */
+        for (size_t i = 0; i < ntags; i++) {
+            op->pending++;
+            resp_evalsha(&b, REDIS_SCRIPT_INVALIDATE, 1, 1);
+            codec_resp_key(&b, &k, 't', NULL, tags[i], taglens[i]);
+            resp_u64(&b, s->tag_lease_ms);
+            send_for(s, tags[i], taglens[i], REDIS_SCRIPT_INVALIDATE, &b, on_invalidate, op);
+        }
     }
-    resp_u64(&b, s->tag_lease_ms);
     sbuf_free(&k);
-    redis_conn_send(&s->cache, REDIS_SCRIPT_INVALIDATE, &b, on_invalidate, op);
+    done_op_part(op);
 }
 
 /* ---- delete_keys and invalidate_pattern --------------------------------------------------- */
@@ -888,10 +1324,12 @@ struct count_op {
     int status;
     uint64_t count;
     /* pattern runs only */
-    char *glob;        /* NUL-terminated */
-    struct sbuf match; /* the SCAN pattern */
-    char cursor[24];   /* the next SCAN's cursor */
-    bool last;         /* the cursor came back 0: no more SCAN */
+    char *glob;                                    /* NUL-terminated */
+    struct sbuf match;                             /* the SCAN pattern */
+    char cursor[24];                               /* the next SCAN's cursor */
+    bool last;                                     /* the cursor came back 0: no more SCAN */
+    struct redis_conn *masters[REDIS_MAX_MASTERS]; /* in a cluster: SCAN each in turn */
+    size_t nmasters, at;
     void (*next)(struct count_op *op);
 };
 
@@ -974,7 +1412,7 @@ delete_command(struct count_op *op, const char *key, size_t keylen)
     codec_resp_key(&b, &s->scratch, 'c', NULL, key, keylen);
     codec_resp_key(&b, &s->scratch, 'r', NULL, key, keylen);
     codec_resp_key(&b, &s->scratch, 'v', NULL, key, keylen);
-    redis_conn_send(&s->cache, REDIS_SCRIPT_DELETE, &b, on_count_reply, op);
+    send_for(s, key, keylen, REDIS_SCRIPT_DELETE, &b, on_count_reply, op);
 }
 
 static void
@@ -1006,6 +1444,29 @@ on_scan(void *arg, redisReply *r)
     const redisReply *keys = codec_scan_reply(r, op->cursor, sizeof(op->cursor), &op->last);
     if (!keys) {
         count_op_fail(op, r);
+        count_op_part_done(op);
+        return;
+    }
+    if (s->cluster) {
+        /* Each entry that matches is removed by delete.lua in its own slot (UNLINK of several
+         * keys would cross slots); then the next master, from cursor 0. */
+        for (size_t i = 0; i < keys->elements; i++) {
+            const redisReply *kr = keys->element[i];
+            size_t rawlen;
+            const char *raw = kr->type == REDIS_REPLY_STRING
+                                  ? codec_entry_key_raw(kr->str, kr->len, &rawlen)
+                                  : NULL;
+            if (!raw || !store_key_matches(op->glob, raw, rawlen))
+                continue;
+            near_drop(&s->near, raw, rawlen);
+            op->pending++;
+            delete_command(op, raw, rawlen);
+        }
+        if (op->last && op->at + 1 < op->nmasters) {
+            op->at++;
+            memcpy(op->cursor, "0", 2);
+            op->last = false;
+        }
         count_op_part_done(op);
         return;
     }
@@ -1061,7 +1522,7 @@ pattern_scan(struct count_op *op)
     resp_arg(&b, op->match.p, op->match.len);
     resp_str(&b, "COUNT");
     resp_u64(&b, SCAN_COUNT);
-    redis_conn_send(&op->s->cache, -1, &b, on_scan, op);
+    redis_conn_send(op->s->cluster ? op->masters[op->at] : &op->s->cache, -1, &b, on_scan, op);
 }
 
 static void
@@ -1087,6 +1548,11 @@ redis_invalidate_pattern(struct store *st, const char *glob, size_t globlen, sto
         codec_scan_match(&op->match, glob, globlen);
         memcpy(op->cursor, "0", 2);
         op->next = pattern_scan;
+        if (s->cluster) {
+            op->nmasters = redis_cluster_masters(s->cluster, op->masters, REDIS_MAX_MASTERS);
+            if (op->nmasters > REDIS_MAX_MASTERS)
+                op->status = -1; /* not every master could be scanned */
+        }
     }
     count_op_part_done(op);
 }
@@ -1100,14 +1566,17 @@ redis_destroy(struct store *st)
 
     s->env.closing = true;
     batch_flush(s); /* the admits of this turn fail now */
+    tags_flush(s);
     redis_conn_turn_free(&s->turn_ev);
     redis_sentinel_free(s->watch[0]);
     redis_sentinel_free(s->watch[1]);
     redis_conn_fini(&s->cache);
     redis_conn_fini(&s->limits);
+    redis_cluster_free(s->cluster);
     sbuf_free(&s->scratch);
     near_free(&s->near);
     hmap_free(&s->open);
+    hmap_free(&s->tagq);
     free(s);
 }
 
@@ -1116,7 +1585,10 @@ redis_health(struct store *st, struct store_health *h)
 {
     struct store_redis *s = (struct store_redis *)st;
 
-    h->degraded = !s->cache.ac || (s->split && !s->limits.ac);
+    if (s->cluster)
+        h->degraded = !redis_cluster_healthy(s->cluster);
+    else
+        h->degraded = !s->cache.ac || (s->split && !s->limits.ac);
     h->state = h->degraded ? "degraded" : "ok";
     h->failures = s->stats.failed;
     h->latency = s->stats.latency;
@@ -1131,7 +1603,7 @@ redis_release_lease(struct store *st, const char *key, size_t keylen)
     resp_argc(&b, 2);
     resp_str(&b, "DEL");
     codec_resp_key(&b, &s->scratch, 'f', NULL, key, keylen);
-    redis_conn_send(&s->cache, -1, &b, on_ignored, NULL);
+    send_for(s, key, keylen, -1, &b, on_ignored, NULL);
 }
 
 static void
@@ -1140,7 +1612,26 @@ redis_list_entries(struct store *st, const char *glob, size_t globlen, size_t li
 {
     struct store_redis *s = (struct store_redis *)st;
 
-    redis_list(&s->cache, s->list_rounds, &s->stats.failed, glob, globlen, limit, done, arg);
+    struct redis_conn *conns[REDIS_MAX_MASTERS], *one = &s->cache;
+    size_t n = 1, litlen;
+
+    if (!s->cluster) {
+        redis_list(&one, 1, false, s->list_rounds, &s->stats.failed, glob, globlen, limit, done,
+                   arg);
+        return;
+    }
+    char *lit = xmalloc(globlen + 1);
+    if (store_glob_literal(glob, globlen, lit, &litlen))
+        conns[0] =
+            redis_cluster_conn(s->cluster, raw_slot(lit, store_key_primary_len(lit, litlen)));
+    else
+        n = redis_cluster_masters(s->cluster, conns, REDIS_MAX_MASTERS);
+    free(lit);
+    if (n > REDIS_MAX_MASTERS) {
+        done(arg, -1, NULL);
+        return;
+    }
+    redis_list(conns, n, true, s->list_rounds, &s->stats.failed, glob, globlen, limit, done, arg);
 }
 
 static void
@@ -1148,8 +1639,13 @@ redis_fleet_op(struct store *st, const struct store_fleet_member *me, uint64_t t
                store_fleet_fn *done, void *arg)
 {
     struct store_redis *s = (struct store_redis *)st;
+    /* On a cluster, the one key lives on the master of its slot. */
+    struct redis_conn *c =
+        s->cluster ? redis_cluster_conn(
+                         s->cluster, redis_slots_key_slot(REDIS_FLEET_KEY, strlen(REDIS_FLEET_KEY)))
+                   : &s->cache;
 
-    redis_fleet(&s->cache, &s->stats.failed, me, ttl_ms, done, arg);
+    redis_fleet(c, &s->stats.failed, me, ttl_ms, done, arg);
 }
 
 static const struct store_ops redis_ops = {
@@ -1170,15 +1666,27 @@ struct store *
 store_redis_new(struct event_base *base, const struct store_redis_config *cfg, char *err,
                 size_t errlen)
 {
-    struct redis_endpoint cache_ep, limits_ep;
+    struct redis_endpoint cache_ep, limits_ep, seeds[REDIS_CLUSTER_MAX_SEEDS];
     struct redis_sentinel_url *su = xcalloc(2, sizeof(*su));
     bool sentinel[2] = {false, false};
     bool split = cfg->limits_url && cfg->limits_url[0] && strcmp(cfg->limits_url, cfg->url) != 0;
+    int nseeds = 0;
 
     redis_conn_scripts_init();
-    if (parse_any_url(cfg->url, &cache_ep, &su[0], &sentinel[0], err, errlen) != 0 ||
-        (split &&
-         parse_any_url(cfg->limits_url, &limits_ep, &su[1], &sentinel[1], err, errlen) != 0)) {
+    if (redis_cluster_is_url(cfg->url)) {
+        if (split) {
+            snprintf(err, errlen, "REDIS_LIMITS_URL cannot be used with a cluster");
+            free(su);
+            return NULL;
+        }
+        nseeds = redis_cluster_parse_url(cfg->url, seeds, REDIS_CLUSTER_MAX_SEEDS, err, errlen);
+        if (nseeds < 0) {
+            free(su);
+            return NULL;
+        }
+    } else if (parse_any_url(cfg->url, &cache_ep, &su[0], &sentinel[0], err, errlen) != 0 ||
+               (split && parse_any_url(cfg->limits_url, &limits_ep, &su[1], &sentinel[1], err,
+                                       errlen) != 0)) {
         free(su);
         return NULL;
     }
@@ -1196,6 +1704,11 @@ store_redis_new(struct event_base *base, const struct store_redis_config *cfg, c
     if (getrandom(&s->token_state, sizeof(s->token_state), GRND_NONBLOCK) != sizeof(s->token_state))
         s->token_state = util_mono_us() ^ (uint64_t)(uintptr_t)s;
     redis_conn_turn_init(&s->turn_ev, base, on_turn, s);
+    if (nseeds > 0) {
+        s->cluster = redis_cluster_new(&s->env, seeds, (size_t)nseeds);
+        free(su);
+        return &s->base;
+    }
     redis_conn_init(&s->cache, &s->env, split ? "cache" : "store", &cache_ep);
     if (sentinel[0])
         s->watch[0] = redis_sentinel_watch(&s->cache, base, &su[0], SENTINEL_DEADLINE_MS);

@@ -17,7 +17,9 @@
  */
 struct event_base;
 struct store_redis_config {
-    const char *url;        /* redis://[[user]:password@]host[:port][/db] */
+    const char *url;        /* redis://[[user]:password@]host[:port][/db], or
+                               redis+cluster://[[user]:password@]host:port[,host:port...]
+                               (seed nodes of a Redis Cluster; no limits_url then) */
     const char *limits_url; /* NULL or "": limits live with the cache; else a separate
                                Redis for limits (admit_and_lookup then makes two calls) */
     uint64_t deadline_ms;   /* per command; 0: 50 */

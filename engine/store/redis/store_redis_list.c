@@ -31,6 +31,11 @@
  * queued, or the cursor not back at 0: truncated), when the cursor comes
  * back to 0, or after its rounds (truncated). A glob without wildcards is
  * one primary: no SCAN.
+ *
+ * On a Redis Cluster the listing is given every master: SCAN runs on each in
+ * turn (its cursor from 0; the queue of one is emptied before the next is
+ * scanned), list.lua on the master that returned the keys, one primary per
+ * call (the keys of different primaries are in different slots).
  */
 
 #define SCAN_COUNT 500 /* the COUNT of each SCAN */
@@ -47,7 +52,10 @@ struct cand {
 };
 
 struct list_op {
-    struct redis_conn *c;
+    struct redis_conn **conns; /* the masters; conns[at] is scanned and asked */
+    size_t nconns, at;
+    size_t per_call; /* primaries per list.lua call */
+    bool advance;    /* conns[at] is scanned: the next SCAN goes to the next one, from 0 */
     uint64_t *failed;
     store_list_fn *done;
     void *arg;
@@ -98,6 +106,7 @@ finish(struct list_op *op)
     sbuf_free(&op->scratch);
     free(op->queue);
     free(op->glob);
+    free(op->conns);
     free(op);
 }
 
@@ -136,6 +145,11 @@ on_scan(void *arg, redisReply *r)
         fail(op, r);
         part_done(op);
         return;
+    }
+    if (op->last && op->at + 1 < op->nconns) {
+        /* This master is done: the next one, once the queue (asked here) is emptied. */
+        op->advance = true;
+        op->last = false;
     }
     op->l.scanned += keys->elements;
     for (size_t i = 0; i < keys->elements; i++) {
@@ -255,9 +269,9 @@ ask(struct list_op *op, size_t n)
         struct ask *a = xmalloc(sizeof(*a));
         struct sbuf b = {0};
         a->op = op;
-        a->n = n < LIST_PER_CALL ? n : LIST_PER_CALL;
+        a->n = n < op->per_call ? n : op->per_call;
         n -= a->n;
-        resp_evalsha(&b, REDIS_SCRIPT_LIST, a->n, 2);
+        resp_evalsha(&b, REDIS_SCRIPT_LIST, a->n, 3);
         for (size_t i = 0; i < a->n; i++) {
             struct cand *c = op->queue[op->qhead++];
             a->cands[i] = c;
@@ -265,8 +279,9 @@ ask(struct list_op *op, size_t n)
         }
         resp_u64(&b, TRAILER_LEN + CODED_LEN);
         resp_u64(&b, VARIANTS_LOOKED);
+        resp_u64(&b, op->per_call == 1 ? 1 : 0); /* one per call: a cluster */
         op->pending++;
-        redis_conn_send(op->c, REDIS_SCRIPT_LIST, &b, on_ask, a);
+        redis_conn_send(op->conns[op->at], REDIS_SCRIPT_LIST, &b, on_ask, a);
     }
 }
 
@@ -299,6 +314,11 @@ step(struct list_op *op)
         ask(op, queued < room ? queued : room);
     } else {
         struct sbuf b = {0};
+        if (op->advance) {
+            op->advance = false;
+            op->at++;
+            memcpy(op->cursor, "0", 2);
+        }
         op->rounds++;
         resp_argc(&b, 6);
         resp_str(&b, "SCAN");
@@ -308,20 +328,22 @@ step(struct list_op *op)
         resp_str(&b, "COUNT");
         resp_u64(&b, SCAN_COUNT);
         op->pending++;
-        redis_conn_send(op->c, -1, &b, on_scan, op);
+        redis_conn_send(op->conns[op->at], -1, &b, on_scan, op);
     }
     part_done(op);
 }
 
 void
-redis_list(struct redis_conn *c, unsigned rounds, uint64_t *failed, const char *glob,
-           size_t globlen, size_t limit, store_list_fn *done, void *arg)
+redis_list(struct redis_conn *const *conns, size_t nconns, bool cluster, unsigned rounds,
+           uint64_t *failed, const char *glob, size_t globlen, size_t limit, store_list_fn *done,
+           void *arg)
 {
     struct list_op *op = xcalloc(1, sizeof(*op));
     size_t litlen;
 
-    assert(limit > 0);
-    *op = (struct list_op){.c = c,
+    assert(limit > 0 && nconns > 0);
+    *op = (struct list_op){.nconns = nconns,
+                           .per_call = cluster ? 1 : LIST_PER_CALL,
                            .failed = failed,
                            .done = done,
                            .arg = arg,
@@ -329,6 +351,8 @@ redis_list(struct redis_conn *c, unsigned rounds, uint64_t *failed, const char *
                            .limit = limit,
                            .max_rounds = rounds ? rounds : REDIS_LIST_ROUNDS,
                            .l = {.store = "redis"}};
+    op->conns = xmalloc(nconns * sizeof(*op->conns));
+    memcpy(op->conns, conns, nconns * sizeof(*op->conns));
     op->glob = xmalloc(globlen + 1);
     if (memchr(glob, '\0', globlen)) {
         op->status = -1;
