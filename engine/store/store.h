@@ -251,6 +251,7 @@ struct store_ops {
     size_t (*record_room)(struct store *s, size_t keylen, size_t ntags); /* NULL: 0 */
     void (*fleet)(struct store *s, const struct store_fleet_member *me, uint64_t ttl_ms,
                   store_fleet_fn *done, void *arg);
+    uint64_t (*moves)(struct store *s); /* NULL: the store never moves */
 };
 
 /* A worker's handle on a store. */
@@ -365,6 +366,14 @@ store_fleet(struct store *s, const struct store_fleet_member *me, uint64_t ttl_m
         return;
     }
     s->ops->fleet(s, me, ttl_ms, done, arg);
+}
+
+/* How many times the store's commands have been sent somewhere new (a master the sentinels
+ * named, a cluster's slots with other owners); only its changes mean anything. */
+static inline uint64_t
+store_moves(struct store *s)
+{
+    return s->ops->moves ? s->ops->moves(s) : 0;
 }
 
 /* Bumps each tag's generation: every entry filled under an older one is gone. */

@@ -38,10 +38,11 @@
  *
  * Breaker. After `failures` consecutive failures it opens: the primary is
  * not called for cooldown_ms, so requests do not wait for a dead server's
- * deadline. Then the next request probes it (the others keep falling back
- * meanwhile); a success closes the breaker, a failure opens it again. A
- * success of any operation resets the count. Opening logs "degraded",
- * closing "recovered", one line each.
+ * deadline, or until the primary says it moved (store_moves(): a new master
+ * named by the sentinels or by a cluster's slot map). Then the next request
+ * probes it (the others keep falling back meanwhile); a success closes the breaker, a failure opens
+ * it again. A success of any operation resets the count. Opening logs "degraded", closing
+ * "recovered", one line each.
  *
  * Fills are dropped while the breaker is not closed. Invalidations that do
  * not reach the primary are kept (at most MAX_REPLAY tags; beyond that the
@@ -74,6 +75,7 @@ struct failover {
     enum breaker state;
     unsigned fails; /* consecutive */
     uint64_t open_until;
+    uint64_t open_moves; /* store_moves() of the primary when the breaker opened */
     bool closing;
     struct store_health h;
     /* invalidations to send again: a ring of owned strings */
@@ -119,6 +121,7 @@ on_failure(struct failover *f)
         }
         f->state = BR_OPEN;
         f->open_until = store_now_ms() + f->cooldown_ms;
+        f->open_moves = store_moves(f->primary);
     }
 }
 
@@ -130,7 +133,9 @@ use_primary(struct failover *f, bool may_probe)
         return false;
     if (f->state == BR_CLOSED)
         return true;
-    if (f->state == BR_OPEN && may_probe && store_now_ms() >= f->open_until) {
+    /* A store that moved (a new master) is tried at once, not after the cooldown. */
+    if (f->state == BR_OPEN && may_probe &&
+        (store_now_ms() >= f->open_until || store_moves(f->primary) != f->open_moves)) {
         f->state = BR_PROBING;
         return true;
     }

@@ -184,6 +184,8 @@ on_slots(void *arg, redisReply *r)
     if (!cl->have_map && map.n > 0)
         log_info("redis cluster: %zu slot ranges, from %s:%d", map.n, asked->conn.ep.host,
                  asked->conn.ep.port);
+    struct node **was = xmalloc(sizeof(cl->slots));
+    memcpy(was, cl->slots, sizeof(cl->slots));
     memset(cl->slots, 0, sizeof(cl->slots));
     for (size_t i = 0; i < map.n; i++) {
         const struct redis_slot_range *rg = &map.ranges[i];
@@ -191,9 +193,14 @@ on_slots(void *arg, redisReply *r)
         for (unsigned s = rg->first; s <= rg->last; s++)
             cl->slots[s] = nd;
     }
+    if (cl->have_map && memcmp(was, cl->slots, sizeof(cl->slots)) != 0)
+        cl->env->moves++;
+    free(was);
     cl->have_map = map.n > 0;
     redis_slots_free(&map);
-    refresh_soon(cl, cl->have_map ? REFRESH_US : REFRESH_SOON_US);
+    /* While a master is unreachable the map is asked again soon: its replica's promotion is
+     * found within REFRESH_SOON_US of the cluster announcing it. */
+    refresh_soon(cl, redis_cluster_healthy(cl) ? REFRESH_US : REFRESH_SOON_US);
 }
 
 /* Asks the next connected node (round robin, from the one asked last) for CLUSTER SLOTS. */
@@ -320,7 +327,10 @@ on_ccmd_reply(void *arg, redisReply *r)
     int port;
     int kind = redis_slots_redirect(r->str, r->len, &slot, host, sizeof(host), &port);
     if (kind == 1) {
-        cl->slots[slot] = node_get(cl, host, port);
+        struct node *nd = node_get(cl, host, port);
+        if (cl->slots[slot] != nd)
+            cl->env->moves++;
+        cl->slots[slot] = nd;
         refresh_soon(cl, 0);
     } else if (kind == 2) {
         cc->ask = node_get(cl, host, port);

@@ -822,6 +822,7 @@ redis_conn_set_endpoint(struct redis_conn *c, const struct redis_endpoint *ep)
     }
     c->ep = *ep;
     c->backoff_us = BACKOFF_MIN_US;
+    c->env->moves++;
     timer_stop(&c->retry);
     redis_conn_connect(c);
 }

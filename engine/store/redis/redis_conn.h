@@ -102,6 +102,8 @@ struct redis_conn_env {
     uint64_t deadline_us;            /* of every command, from when it is sent */
     bool closing;                    /* set by the owner: no command is taken, no reconnection */
     struct store_redis_stats *stats; /* commands, noscript, deadlines and connects are counted */
+    uint64_t moves; /* times commands were sent somewhere new: a master the sentinels named, a
+                       slot map with other owners (lets the store's breaker try at once) */
 };
 
 struct redis_cmd;

@@ -1648,6 +1648,12 @@ redis_fleet_op(struct store *st, const struct store_fleet_member *me, uint64_t t
     redis_fleet(c, &s->stats.failed, me, ttl_ms, done, arg);
 }
 
+static uint64_t
+redis_moves(struct store *st)
+{
+    return ((struct store_redis *)st)->env.moves;
+}
+
 static const struct store_ops redis_ops = {
     .name = "redis",
     .admit_and_lookup = redis_admit_and_lookup,
@@ -1660,6 +1666,7 @@ static const struct store_ops redis_ops = {
     .release_lease = redis_release_lease,
     .list = redis_list_entries,
     .fleet = redis_fleet_op,
+    .moves = redis_moves,
 };
 
 struct store *
