@@ -38,7 +38,8 @@ v2(uint8_t *b, uint8_t ver_cmd, uint8_t fam, const uint8_t *addr, size_t alen, s
     size_t len = alen + tlv;
     b[14] = (uint8_t)(len >> 8);
     b[15] = (uint8_t)len;
-    memcpy(b + 16, addr, alen);
+    if (alen)
+        memcpy(b + 16, addr, alen);
     memset(b + 16 + alen, 0xAB, tlv);
     return 16 + len;
 }
