@@ -233,6 +233,21 @@ def burst(ports, path, user, n, workers=32):
         return [f.result()[0] for f in futs]
 
 
+def paced_burst(ports, path, user, n, seconds):
+    """n requests from 4 threads spread over about `seconds`; returns (statuses, seconds)."""
+    t0 = time.monotonic()
+
+    def one(i):
+        delay = seconds * i / n - (time.monotonic() - t0)
+        if delay > 0:
+            time.sleep(delay)
+        return get(ports[i % len(ports)], path, user)[0]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        statuses = list(ex.map(one, range(n)))
+    return statuses, time.monotonic() - t0
+
+
 def users_on_masters(prefix="", n=3):
     """One user id per master: the hash tag of the store's keys of user u is u."""
     found, seen = [], set()
@@ -490,6 +505,61 @@ class MovedAndAskRedirection(ClusterTestCase):
         self.assertEqual(counted.count(429), 200)
         # Every instance answered from the cluster, never from its fallback: the count is
         # shared, and no store was degraded.
+        st, h, _ = get(self.ports[0], "/a/log", user)
+        self.assertEqual((st, h["x-ratelimit-remaining"]), (429, "0"))
+        for s in self.s:
+            self.assertNotIn("degraded", s.read_log())
+
+
+def crc16_slot(key):
+    """The slot of key (no hash tag in it): CRC16-XMODEM mod 16384, the cluster spec's."""
+    crc = 0
+    for byte in key.encode():
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc % 16384
+
+
+class Resharding(ClusterTestCase):
+    """redis-cli --cluster reshard moving slots while traffic runs (its own MIGRATE batches,
+    ASK during a slot's move, MOVED after): no request fails, the limit stays exact."""
+
+    def test_moved_and_ask_redirection_redis_cli_reshard_under_load_limits_exact(self):
+        masters = CLUSTER.masters()
+        src = min(masters, key=lambda p: min(a for a, _ in masters[p]))
+        first = min(a for a, _ in masters[src])
+        # reshard moves a source's slots from its lowest: a caller among the first 60 moves.
+        user = next(u for u in range(8000, 400000) if first <= crc16_slot(str(u)) < first + 60)
+        slot = crc16_slot(str(user))
+        self.assertEqual(slot, CLUSTER.keyslot(str(user)))
+        dst = next(p for p in masters if p != src)
+        load = Load(self.ports, "/load", user)
+        try:
+            time.sleep(0.2)
+            with concurrent.futures.ThreadPoolExecutor(1) as ex:
+                # Paced over about two seconds, so that it runs while the slots move.
+                fut = ex.submit(paced_burst, self.ports, "/a/log", user, 300, 2.0)
+                t0 = time.monotonic()
+                r = subprocess.run(
+                    ["redis-cli", "--cluster", "reshard", "127.0.0.1:%d" % src,
+                     "--cluster-from", CLUSTER.node_id(src), "--cluster-to", CLUSTER.node_id(dst),
+                     "--cluster-slots", "120", "--cluster-yes"],
+                    capture_output=True, text=True, timeout=60)
+                self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr)
+                resharded = time.monotonic() - t0
+                counted, burst_s = fut.result(60)
+            print("\n  120 slots resharded in %.2f s; the 300 requests took %.2f s"
+                  % (resharded, burst_s))
+            self.assertEqual(CLUSTER.master_of(slot), dst)
+            time.sleep(0.2)
+        finally:
+            results = load.stop()
+        self.assertGreater(len(results), 50)
+        self.assertEqual([r for r in results if r[0] != 200], [])
+        self.assertEqual(counted.count(200), 100)
+        self.assertEqual(counted.count(429), 200)
         st, h, _ = get(self.ports[0], "/a/log", user)
         self.assertEqual((st, h["x-ratelimit-remaining"]), (429, "0"))
         for s in self.s:
