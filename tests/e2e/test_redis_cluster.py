@@ -522,7 +522,7 @@ def crc16_slot(key):
     return crc % 16384
 
 
-class Resharding(ClusterTestCase):
+class MovedAndAskReshard(ClusterTestCase):
     """redis-cli --cluster reshard moving slots while traffic runs (its own MIGRATE batches,
     ASK during a slot's move, MOVED after): no request fails, the limit stays exact."""
 
