@@ -110,7 +110,7 @@ for mode in header jwt; do
     grep -qi '^x-ratelimit-remaining:' <<<"$h" || die "$mode: no rate-limit field: $h"
 done
 
-declare -A best best_p50 best_us
+declare -A best best_p50 best_us all_rps all_us
 for mode in header jwt; do best[$mode]=0; done
 for r in $(seq "$ROUNDS"); do
     for mode in header jwt; do
@@ -120,6 +120,7 @@ for r in $(seq "$ROUNDS"); do
         read -r rps p50 us <<<"$wrk_result"
         printf 'round %s %-7s %10s req/s  p50 %8s  sluice CPU %5s us/req  (pre-busy %s%%)\n' \
             "$r" "$mode" "$rps" "$p50" "$us" "$pre"
+        all_rps[$mode]+=" $rps" all_us[$mode]+=" $us"
         if awk -v a="$rps" -v b="${best[$mode]}" 'BEGIN {exit !(a > b)}'; then
             best[$mode]=$rps
             best_p50[$mode]=$p50
@@ -131,6 +132,9 @@ awk -v h="${best[header]}" -v j="${best[jwt]}" -v hu="${best_us[header]}" -v ju=
     printf "best rounds: header %.0f req/s (%.1f us/req), RS256 token %.0f req/s (%.1f us/req): %.2fx the req/s, +%.1f us of sluice CPU per request (goal >= 0.9x)\n",
         h, hu, j, ju, j / h, ju - hu
 }'
+echo "paired rounds (each round's token run against the same round's header run): median" \
+    "$(paired_median "${all_rps[jwt]}" "${all_rps[header]}")x the req/s," \
+    "$(paired_median "${all_us[jwt]}" "${all_us[header]}")x the CPU per request"
 
 echo "first sight, per algorithm (sluice on CPU $SERVER_CPU):"
 wait_quiet >/dev/null

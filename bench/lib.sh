@@ -105,3 +105,16 @@ plot '$dat' using 0:($expr):(strstrt(strcol(1), 'sluice') == 1 ? 0x4477aa : 0xaa
 unset multiplot"
     gnuplot <<<"$gp"
 }
+
+# paired_median A B: the median over rounds of a[i] / b[i], from two space-separated lists of
+# one value per round (two peers measured one after the other in each round). A machine whose
+# speed drifts between rounds moves both sides of a round alike, so this ratio is steadier
+# than best round against best round.
+paired_median() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " ")
+        for (i = 1; i <= n; i++) r[i] = x[i] / y[i]
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+        printf "%.3f", n % 2 ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+    }'
+}

@@ -151,7 +151,7 @@ for p in "${peers[@]}"; do
     grep -qi '^X-Cache: HIT' "$work/h-$p" || die "$p did not hit its cache"
 done
 
-declare -A best best_p50 best_us sent
+declare -A best best_p50 best_us sent all_rps all_us
 printf '%-30s %5s %12s %9s %12s\n' peer round req/s p50 cpu-us/req
 for r in $(seq "$ROUNDS"); do
     for p in "${peers[@]}"; do
@@ -163,6 +163,7 @@ for r in $(seq "$ROUNDS"); do
         read -r rps p50 us <<<"$wrk_result"
         sent[$p]=$((${sent[$p]:-2} + $(awk '/requests in/ {print $1}' <<<"$wrk_out")))
         printf '%-30s %5s %12s %9s %12s\n' "${label[$p]}" "$r" "$rps" "$p50" "$us"
+        all_rps[$p]+=" $rps" all_us[$p]+=" $us"
         if awk -v a="${best[$p]:-0}" -v b="$rps" 'BEGIN {exit !(b > a)}'; then
             best[$p]=$rps best_p50[$p]=$p50 best_us[$p]=$us
         fi
@@ -176,6 +177,14 @@ for p in "${peers[@]}"; do
     case $p in nginx_*) base=${best[nginx_nolog]} ;; esac
     awk -v n="${label[$p]}" -v r="${best[$p]}" -v b="$base" -v u="${best_us[$p]}" \
         'BEGIN {printf "  %-30s %10.0f req/s  %6.1f us/req  ratio %.3f\n", n, r, u, r / b}'
+done
+echo "paired rounds (each against the same round's peer with everything off; median of rounds):"
+for p in "${peers[@]}"; do
+    base=off
+    case $p in nginx_*) base=nginx_nolog ;; esac
+    printf '  %-30s req/s ratio %s, CPU per request ratio %s\n' "${label[$p]}" \
+        "$(paired_median "${all_rps[$p]}" "${all_rps[$base]}")" \
+        "$(paired_median "${all_us[$p]}" "${all_us[$base]}")"
 done
 if [ "$has_access_log" = 1 ]; then
     # The access log's own cost: the same server with stats on, with and without it.
