@@ -321,6 +321,7 @@ dip_measure() {
     reload_s=$(awk -v t=$((r1 - r0)) -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}')
 }
 best_steady=0 best_reloading=0 steady_us=- reloading_us=- reloads_in_best=0
+all_steady="" all_reloading="" all_s_us="" all_r_us=""
 echo
 for r in $(seq "$ROUNDS"); do
     wait_quiet >/dev/null
@@ -336,6 +337,7 @@ for r in $(seq "$ROUNDS"); do
     n_reloads=$(($(grep -c reloaded "$work/dip.err" || true) - before))
     printf 'round %s, %d endpoints: steady %s req/s (%s us/req serving); reloading back to back %s req/s (%s us/req serving; %d reloads, %s s of CPU)\n' \
         "$r" "$DIP_SIZE" "$steady" "$s_us" "$rps" "$serve_us" "$n_reloads" "$reload_s"
+    all_steady+=" $steady" all_reloading+=" $rps" all_s_us+=" $s_us" all_r_us+=" $serve_us"
     if awk -v a="$best_steady" -v b="$steady" 'BEGIN {exit !(b > a)}'; then
         best_steady=$steady steady_us=$s_us
     fi
@@ -347,6 +349,9 @@ stop dip
 dip=$(awk -v q="$best_steady" -v l="$best_reloading" 'BEGIN {printf "%.1f", 100 * (1 - l / q)}')
 printf 'best of each: %.0f req/s steady (%s us/req), %.0f req/s reloading (%s us/req; %d reloads in %s s): dip %s%%\n' \
     "$best_steady" "$steady_us" "$best_reloading" "$reloading_us" "$reloads_in_best" "$DURATION" "$dip"
+paired=$(paired_median "$all_reloading" "$all_steady")
+printf 'paired rounds (each round reloading against the same round steady; median): dip %s%%, CPU per request of the serving threads %sx\n' \
+    "$(awk -v p="$paired" 'BEGIN {printf "%.1f", 100 * (1 - p)}')" "$(paired_median "$all_r_us" "$all_s_us")"
 }
 
 if [ "$CHART" = 1 ] && [ "$PARTS" != "1 2 3 4" ]; then
