@@ -9,6 +9,8 @@
 #   ROUNDS=5 DURATION=10 bench/observability.sh
 #   ROUTES=2000 bench/observability.sh     # routes in the /metrics part
 #   CHART=1 bench/observability.sh         # also write docs/bench/observability.dat and .png
+#   LOG_DIR=/dev/shm bench/observability.sh   # the access logs (sluice's and nginx's) there
+#                                          # (default: the run's directory under /tmp)
 #
 # Every server runs on CPU 1 (sluice with one worker), wrk on CPU 0; the peers are taken in
 # turn in each round and the best round of each is compared. Prints req/s, p50 and CPU time
@@ -28,12 +30,14 @@ bin=build-bench/sluice
 
 work=$(mktemp -d /tmp/sluice-observability.XXXXXX)
 chmod 755 "$work"
+log_dir=$(mktemp -d "${LOG_DIR:-$work}/logs.XXXXXX")
+chmod 755 "$log_dir"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for f in "$work"/nginx-*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
     sleep 0.5
-    rm -rf "$work"
+    rm -rf "$work" "$log_dir"
 }
 trap cleanup EXIT
 die() { echo "observability bench: $*" >&2; exit 1; }
@@ -123,11 +127,11 @@ peers=(off stats)
 start_sluice off --no-stats
 start_sluice stats
 if [ "$has_access_log" = 1 ]; then
-    start_sluice stats_log --access-log "$work/access.log"
+    start_sluice stats_log --access-log "$log_dir/access.log"
     peers+=(stats_log)
 fi
 start_nginx nginx_nolog "access_log off;"
-start_nginx nginx_log "access_log $work/nginx-access.log combined buffer=64k flush=1s;"
+start_nginx nginx_log "access_log $log_dir/nginx-access.log combined buffer=64k flush=1s;"
 peers+=(nginx_nolog nginx_log)
 declare -A label=(
     [off]="sluice, stats off"
@@ -192,7 +196,7 @@ if [ "$has_access_log" = 1 ]; then
         -v v="${best_us[stats]}" 'BEGIN {printf "  access log alone: ratio %.3f to stats on " \
         "(req/s), %+.2f us/req of CPU\n", r / b, u - v}'
     sleep 0.5 # the writer flushes every 200 ms
-    lines=$(wc -l <"$work/access.log")
+    lines=$(wc -l <"$log_dir/access.log")
     echo "  (the access log holds $lines lines; wrk counted ${sent[stats_log]} answers, those" \
         "in flight at the end of a round not included; fewer lines would be drops at a full ring)"
 fi
