@@ -7,6 +7,7 @@ cluster-spec/): "key distribution model", "hash tags", "MOVED redirection", "ASK
 
 import concurrent.futures
 import http.client
+import json
 import os
 import random
 import shutil
@@ -277,7 +278,7 @@ class ClusterTestCase(SluiceTestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = policy_dir()
-        env = {"REDIS_URL": CLUSTER.url}
+        env = {"REDIS_URL": CLUSTER.url, "SLUICE_FLEET_TTL": "3s"}
         cls.s = [cls.start(cls.dir, env=env, args=cls.ARGS) for _ in range(cls.INSTANCES)]
         cls.ports = [s.port for s in cls.s]
         # Each instance has its slot map once it answers a cached read of every master.
@@ -343,6 +344,25 @@ class KeyDistribution(ClusterTestCase):
         self.assertEqual(statuses.count(429), 50)
         st, h, _ = get(self.ports[0], "/a/window", user)
         self.assertEqual(st, 200)
+
+
+class Fleet(ClusterTestCase):
+    """The fleet view on a cluster: its one hash lives on the master of its slot."""
+
+    def test_fleet_three_instances_on_a_cluster_see_each_other(self):
+        def instances(s):
+            return json.loads(s.admin("GET", "/status")[2])["fleet"]
+
+        want = sorted("127.0.0.1:%d" % p for p in self.ports)
+        for s in self.s:
+            self.assertTrue(wait_until(
+                lambda: sorted(i["listen"] for i in instances(s)["instances"]) == want, 5),
+                instances(s))
+        f = instances(self.s[0])
+        self.assertTrue(f["same_policies"])
+        self.assertTrue(f["shared"])
+        slot = CLUSTER.keyslot("sl:{fleet}")
+        self.assertEqual(CLUSTER.cli(CLUSTER.master_of(slot), "EXISTS", "sl:{fleet}"), "1")
 
 
 class Cache(ClusterTestCase):
