@@ -39,13 +39,15 @@ local function is_plain(v)
   return type(v) == "table" and getmetatable(v) == nil
 end
 
-local function is_list(t)
+-- Returns true when t's keys are exactly 1..#t (validate.lua uses it too).
+function M.is_list(t)
   local n = 0
   for _ in pairs(t) do
     n = n + 1
   end
   return n == #t
 end
+local is_list = M.is_list
 
 -- Fields no rule may set or remove, and why (lowercased names).
 local HOP = "is hop-by-hop or framing (RFC 9110 section 7.6.1) and belongs to each connection"

@@ -79,13 +79,7 @@ local function is_plain_table(v)
 end
 
 -- Returns true when t's keys are exactly 1..#t.
-local function is_list(t)
-  local n = 0
-  for _ in pairs(t) do
-    n = n + 1
-  end
-  return n == #t
-end
+local is_list = headers.is_list
 
 local function has_list_part(t)
   return t[1] ~= nil
