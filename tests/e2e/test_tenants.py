@@ -373,8 +373,11 @@ class AttackedHooks(SluiceTestCase):
               % (target[:24], quiet, loaded, loaded_max, sent, admin, admin_max))
         self.assertEqual(failed, 0)  # each attacked hook is skipped, the request answered
         self.assertGreater(sent, 0)
-        self.assertLess(loaded, p50_limit_ms)
-        self.assertLess(admin, 5.0)
+        # A sanitizer build runs every step two to three times slower: the bounds grow alike
+        # (the attacks these tests stop took seconds a request before).
+        slow = 3.0 if lib.SANITIZED else 1.0
+        self.assertLess(loaded, p50_limit_ms * slow)
+        self.assertLess(admin, 5.0 * slow)
         return sent
 
     def test_backtracking_query_keeps_other_tenants_fast(self):
