@@ -189,7 +189,10 @@ test_budget_lru(void **state)
     print_message("lru: %d/500 recently used, %d/2000 old, %d/1500 new kept\n", touched, untouched,
                   fresh);
     assert_true(stats(f).cache_bytes <= 1 << 20);
-    assert_true(touched >= 490);
+    /* The LRU is per shard and a shard evicts its own first: a recently used entry in a shard
+     * that takes more than its share of the new ones can go (the table's hash is seeded per
+     * process; over 1,300 runs 479-500 were kept, against about 46% of the old ones). */
+    assert_true(touched >= 460);
     assert_true(fresh >= 1450);
     assert_true(untouched <= 1200);
     fixture_free(f);
