@@ -15,10 +15,15 @@
 #   CHART=1 BEFORE=old/routing.dat bench/routing.sh   # and draw that run's figures beside
 #
 # Every sluice runs one worker on CPU 1, wrk on CPU 0. In (4) the thread that reloads
-# (sluice-reload) is moved to CPU 0 beside wrk at nice 19, so that the figure is what reloading
-# costs the worker that serves (switching generations, letting go of old ones), not the CPU
-# time of the reloads themselves, which (3) gives, nor what they would take from wrk; (4) also
-# gives the CPU per request of the threads that serve, with and without the reloads. CPU per
+# (sluice-reload) is moved to CPU 0 beside wrk, so that the worker's core serves alone and
+# what falls on it is what reloading costs the worker (switching generations, letting go of
+# old ones). The reloads' own CPU time, which (3) gives, then comes out of wrk's core and so
+# out of the req/s wrk reaches: on two cores there is no third for it. So each round has
+# three runs: steady; with `sluice check` of the same set looping on CPU 0 (the reloads'
+# work without reloading: the control); and reloading back to back. The dip is reloading
+# against the control, the same round's; the fall against steady, and the req/s lost per
+# second of CPU taken beside wrk by each, are printed with it. (4) also gives the CPU per
+# request of the threads that serve (every thread but sluice-reload). CPU per
 # request is the server's utime + stime (/proc/PID/stat) over the wrk run divided by the
 # requests; every measured request must be a 2xx cache hit. The generated endpoints are fixed
 # answers of every route shape: literal, {param}, '*', pinned query, several methods.
@@ -288,23 +293,40 @@ EOF
 done
 
 # --- (4) throughput while reloading back to back -------------------------------------------
-dip=- best_steady=- best_reloading=- reloads_in_best=-
+dip=-
 part 4 && {
 [ -d "$work/p$DIP_SIZE" ] || policies "$DIP_SIZE" >/dev/null
 start dip "$work/p$DIP_SIZE"
 warm dip
 dip_tid=$(reload_tid dip "$work/p$DIP_SIZE")
 taskset -p -c "$CLIENT_CPU" "$dip_tid" >/dev/null
-renice -n 19 -p "$dip_tid" >/dev/null
-# reloader: rewrites the bench file as soon as the reload of the last write was logged.
+# reloader: rewrites the bench file as soon as the reload of the last write was logged. One
+# Python process on CPU $CLIENT_CPU beside wrk that reads the log's new bytes every 10 ms: a
+# shell loop that runs grep 100 times a second would take a good part of a core itself, and
+# its cost would show as a dip that reloading does not cause.
 reloader() {
-    local i=0 seen
-    while :; do
-        i=$((i + 1))
-        seen=$(grep -c reloaded "$work/dip.err" || true)
-        write_bench "$work/p$DIP_SIZE" $((2000000000 + i))
-        while [ "$(grep -c reloaded "$work/dip.err" || true)" -le "$seen" ]; do sleep 0.01; done
-    done
+    exec taskset -c "$CLIENT_CPU" python3 - "$work/p$DIP_SIZE" "$work/dip.err" bench/body.json <<'EOF'
+import os, sys, time
+d, err, body = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
+fd = os.open(err, os.O_RDONLY)
+os.lseek(fd, 0, os.SEEK_END)
+buf, n, i = b"", 0, 0
+while True:
+    i += 1
+    tmp = os.path.join(d, ".00-bench.tmp")
+    with open(tmp, "w") as f:
+        f.write('tier "bench" { limit = ' + str(2000000000 + i) + ', window = "1h" }\n'
+                'identity { user = header "X-User-Id", default_tier = "bench" }\n'
+                'endpoint "GET /api/bench" {\n  body = [==[' + body + ']==],\n'
+                '  cache = { ttl = "5m", key = "bench:{user}" },\n  limit = "tier",\n}\n')
+    os.rename(tmp, os.path.join(d, "00-bench.lua"))
+    want = n + 1
+    while n < want:
+        time.sleep(0.01)
+        lines = (buf + os.read(fd, 1 << 20)).split(b"\n")
+        buf = lines.pop()
+        n += sum(b"reloaded" in line for line in lines)
+EOF
 }
 # dip_measure: wrk_measure, and the CPU per request of the threads that serve (every thread
 # but sluice-reload) in serve_us.
@@ -320,13 +342,29 @@ dip_measure() {
         'BEGIN {printf "%.2f", all - t * 1e6 / hz / n}')
     reload_s=$(awk -v t=$((r1 - r0)) -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}')
 }
-best_steady=0 best_reloading=0 steady_us=- reloading_us=- reloads_in_best=0
-all_steady="" all_reloading="" all_s_us="" all_r_us=""
+# control: what the reloads' CPU alone takes from wrk, without reloading: `sluice check` of the
+# same policy set, over and over on CPU $CLIENT_CPU, with the watcher's 100 ms pause between.
+control() {
+    exec taskset -c "$CLIENT_CPU" bash -c 'while :; do "$1" check "$2" >/dev/null; sleep 0.1; done' \
+        control "$bin" "$work/p$DIP_SIZE"
+}
+children_ticks() { awk '{print $16 + $17}' "/proc/$1/stat"; }
+all_steady="" all_control="" all_reloading="" all_s_us="" all_c_us="" all_r_us="" all_lost_c="" all_lost_r=""
 echo
 for r in $(seq "$ROUNDS"); do
     wait_quiet >/dev/null
     dip_measure
     steady=$rps s_us=$serve_us
+    wait_quiet >/dev/null
+    control &
+    cp=$!
+    c0=$(children_ticks "$cp")
+    dip_measure
+    c1=$(children_ticks "$cp")
+    kill "$cp"
+    wait "$cp" 2>/dev/null || true
+    ctl=$rps c_us=$serve_us
+    ctl_s=$(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}')
     wait_quiet >/dev/null
     before=$(grep -c reloaded "$work/dip.err" || true)
     reloader &
@@ -335,23 +373,27 @@ for r in $(seq "$ROUNDS"); do
     kill "$rp"
     wait "$rp" 2>/dev/null || true
     n_reloads=$(($(grep -c reloaded "$work/dip.err" || true) - before))
-    printf 'round %s, %d endpoints: steady %s req/s (%s us/req serving); reloading back to back %s req/s (%s us/req serving; %d reloads, %s s of CPU)\n' \
-        "$r" "$DIP_SIZE" "$steady" "$s_us" "$rps" "$serve_us" "$n_reloads" "$reload_s"
-    all_steady+=" $steady" all_reloading+=" $rps" all_s_us+=" $s_us" all_r_us+=" $serve_us"
-    if awk -v a="$best_steady" -v b="$steady" 'BEGIN {exit !(b > a)}'; then
-        best_steady=$steady steady_us=$s_us
-    fi
-    if awk -v a="$best_reloading" -v b="$rps" 'BEGIN {exit !(b > a)}'; then
-        best_reloading=$rps reloading_us=$serve_us reloads_in_best=$n_reloads
-    fi
+    printf 'round %s, %d endpoints: steady %s req/s (%s us/req serving); checking beside %s req/s (%s us/req; %s s of CPU checking); reloading back to back %s req/s (%s us/req; %d reloads, %s s of CPU reloading)\n' \
+        "$r" "$DIP_SIZE" "$steady" "$s_us" "$ctl" "$c_us" "$ctl_s" "$rps" "$serve_us" "$n_reloads" "$reload_s"
+    all_steady+=" $steady" all_control+=" $ctl" all_reloading+=" $rps"
+    all_s_us+=" $s_us" all_c_us+=" $c_us" all_r_us+=" $serve_us"
+    all_lost_c+=" $(awk -v a="$steady" -v b="$ctl" -v t="$ctl_s" 'BEGIN {printf "%.0f", (a - b) / t}')"
+    all_lost_r+=" $(awk -v a="$steady" -v b="$rps" -v t="$reload_s" 'BEGIN {printf "%.0f", (a - b) / t}')"
 done
 stop dip
-dip=$(awk -v q="$best_steady" -v l="$best_reloading" 'BEGIN {printf "%.1f", 100 * (1 - l / q)}')
-printf 'best of each: %.0f req/s steady (%s us/req), %.0f req/s reloading (%s us/req; %d reloads in %s s): dip %s%%\n' \
-    "$best_steady" "$steady_us" "$best_reloading" "$reloading_us" "$reloads_in_best" "$DURATION" "$dip"
-paired=$(paired_median "$all_reloading" "$all_steady")
-printf 'paired rounds (each round reloading against the same round steady; median): dip %s%%, CPU per request of the serving threads %sx\n' \
-    "$(awk -v p="$paired" 'BEGIN {printf "%.1f", 100 * (1 - p)}')" "$(paired_median "$all_r_us" "$all_s_us")"
+pct() { awk -v p="$1" 'BEGIN {printf "%.1f", 100 * (1 - p)}'; }
+vs_steady=$(paired_median "$all_reloading" "$all_steady")
+vs_control=$(paired_median "$all_reloading" "$all_control")
+dip=$(pct "$vs_control")
+echo "paired rounds (each round's reloading run against the same round's others; median):"
+printf '  req/s reloading against steady: dip %s%% (the reloads'"'"' CPU taken from wrk included)\n' "$(pct "$vs_steady")"
+printf '  req/s checking against steady: dip %s%% (that CPU alone)\n' "$(pct "$(paired_median "$all_control" "$all_steady")")"
+printf '  req/s reloading against checking: dip %s%% (what reloading costs beyond its CPU)\n' "$dip"
+printf '  CPU per request of the serving threads, reloading against checking: %sx\n' \
+    "$(paired_median "$all_r_us" "$all_c_us")"
+printf '  req/s lost per second of CPU beside wrk: checking %s, reloading %s (median of rounds)\n' \
+    "$(paired_median "$all_lost_c" "$(printf ' 1%.0s' $all_lost_c)" | awk '{printf "%.0f", $1}')" \
+    "$(paired_median "$all_lost_r" "$(printf ' 1%.0s' $all_lost_r)" | awk '{printf "%.0f", $1}')"
 }
 
 if [ "$CHART" = 1 ] && [ "$PARTS" != "1 2 3 4" ]; then
@@ -362,7 +404,7 @@ elif [ "$CHART" = 1 ]; then
     {
         echo "# bench/routing.sh, $(date -u '+%Y-%m-%d %H:%M UTC'): CPU per hit, the least of $ROUNDS rounds of ${DURATION}s at $CONNECTIONS connections;"
         echo "# sluice check: median of $CHECKS runs (wall, and CPU user + sys); edit -> live: median and least of $SAMPLES edits;"
-        echo "# reload dip at $DIP_SIZE endpoints: $dip% ($best_steady req/s steady, $best_reloading reloading back to back, $reloads_in_best reloads in ${DURATION}s)"
+        echo "# reload dip at $DIP_SIZE endpoints: $dip% (median of $ROUNDS paired rounds, req/s reloading back to back against sluice check looping beside)"
         echo "# endpoints	cpu-us/hit	req/s	check-s	check-cpu-s	edit-live-ms	edit-live-min-ms	reload-cpu-ms"
         for n in $(printf '%s\n' $HIT_SIZES $LOAD_SIZES | sort -n -u); do
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "${best_us[$n]:--}" "${best_rps[$n]:--}" \
