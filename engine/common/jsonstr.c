@@ -12,6 +12,29 @@ plain(unsigned char c)
     return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
 }
 
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* Whether one of the eight bytes of w is zero (exact for the word, not for each byte). */
+static inline uint64_t
+has_zero8(uint64_t w)
+{
+    return (w - ONES) & ~w & HIGHS;
+}
+
+/* Whether all eight bytes of w are plain(): none below 0x20 (the high bit of each byte of
+ * w + 0x60 sets at 0x20 and above, when w's own high bit is clear), none at or past 0x7F
+ * (w + 0x01 sets the high bit from 0x7F), none `"` or `\`. */
+static inline bool
+all_plain8(uint64_t w)
+{
+    if (w & HIGHS)
+        return false;
+    uint64_t ge20 = (w + 0x6060606060606060ULL) & HIGHS;
+    uint64_t ge7f = (w + ONES) & HIGHS;
+    return ge20 == HIGHS && !ge7f && !has_zero8(w ^ (ONES * '"')) && !has_zero8(w ^ (ONES * '\\'));
+}
+
 /*
  * The length of the well-formed UTF-8 sequence that starts s[0..n) (s[0] >=
  * 0x80), or 0 when it is ill-formed, with *bad set to the length of its
@@ -63,6 +86,19 @@ jsonstr_write(char *out, const char *s, size_t len)
     *o++ = '"';
     size_t i = 0;
     while (i < len) {
+        /* Eight plain bytes at a time: most strings are all plain, and out has room for six
+         * bytes of each byte of s. */
+        while (len - i >= 8) {
+            uint64_t w;
+            memcpy(&w, p + i, 8);
+            if (!all_plain8(w))
+                break;
+            memcpy(o, &w, 8);
+            o += 8;
+            i += 8;
+        }
+        if (i == len)
+            break;
         unsigned char c = p[i];
         if (plain(c)) {
             *o++ = (char)c;

@@ -140,6 +140,39 @@ valid_utf8(const unsigned char *s, size_t n)
     return 1;
 }
 
+/* Every byte value at every place of a 16-byte run of plain bytes is escaped as it is alone:
+ * the eight-at-a-time path lets no byte past it and leaves every word it cannot take whole
+ * to the byte-at-a-time one. */
+static void
+test_each_byte_in_each_place_of_a_plain_run(void **state)
+{
+    (void)state;
+    for (unsigned c = 0; c < 256; c++) {
+        char one = (char)c;
+        char alone[16];
+        const char *e = esc(&one, 1);
+        size_t elen = strlen(e) - 2; /* its escaped form, without the quotes */
+        assert_true(elen < sizeof(alone));
+        memcpy(alone, e + 1, elen);
+        for (size_t at = 0; at < 16; at++) {
+            char in[16], want[64];
+            memset(in, 'a', sizeof(in));
+            in[at] = one;
+            size_t w = 0;
+            want[w++] = '"';
+            memset(want + w, 'a', at);
+            w += at;
+            memcpy(want + w, alone, elen);
+            w += elen;
+            memset(want + w, 'a', 15 - at);
+            w += 15 - at;
+            want[w++] = '"';
+            want[w] = '\0';
+            assert_string_equal(esc(in, sizeof(in)), want);
+        }
+    }
+}
+
 /* Random bytes, biased towards the troublesome ones, read back by jansson: the output is
  * always one valid JSON string of printable ASCII and UTF-8; when the input was valid UTF-8
  * it reads back as the same bytes; when not, only replacement characters were added. */
@@ -191,6 +224,7 @@ main(void)
         cmocka_unit_test(test_valid_utf8_is_kept_and_line_separators_escaped),
         cmocka_unit_test(test_invalid_utf8_becomes_one_replacement_per_maximal_subpart),
         cmocka_unit_test(test_null_and_nul_terminated_forms),
+        cmocka_unit_test(test_each_byte_in_each_place_of_a_plain_run),
         cmocka_unit_test(test_random_hostile_bytes_read_back_as_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
