@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What watching sluice costs: the cache-hit path (with a rate-limit check, as bench/run.sh)
 # with the per-route counters off (--no-stats), on (the default: what /metrics, /callers and
-# /stats read), and on with the JSON access log written to a file (--access-log, when the
-# binary has it), in the same run; nginx with its access log off and on beside them for
+# /stats read), on with the JSON access log written to /dev/null (the log's own work: the
+# lines formatted, put in the ring, written by the writer thread, but no file system), and on
+# with it written to a file (--access-log, when the binary has it), in the same run; nginx with its access log off and on beside them for
 # reference. Then how long GET /metrics takes with 1,000 routes that have served traffic.
 #
 #   bench/observability.sh                 # 3 rounds of 8 s at 50 connections per peer
@@ -127,8 +128,9 @@ peers=(off stats)
 start_sluice off --no-stats
 start_sluice stats
 if [ "$has_access_log" = 1 ]; then
+    start_sluice stats_null --access-log /dev/null
     start_sluice stats_log --access-log "$log_dir/access.log"
-    peers+=(stats_log)
+    peers+=(stats_null stats_log)
 fi
 start_nginx nginx_nolog "access_log off;"
 start_nginx nginx_log "access_log $log_dir/nginx-access.log combined buffer=64k flush=1s;"
@@ -136,6 +138,7 @@ peers+=(nginx_nolog nginx_log)
 declare -A label=(
     [off]="sluice, stats off"
     [stats]="sluice, stats on"
+    [stats_null]="sluice, stats + log to /dev/null"
     [stats_log]="sluice, stats + access log"
     [nginx_nolog]="nginx, access log off"
     [nginx_log]="nginx, access log on"
@@ -191,10 +194,12 @@ for p in "${peers[@]}"; do
         "$(paired_median "${all_us[$p]}" "${all_us[$base]}")"
 done
 if [ "$has_access_log" = 1 ]; then
-    # The access log's own cost: the same server with stats on, with and without it.
-    awk -v r="${best[stats_log]}" -v b="${best[stats]}" -v u="${best_us[stats_log]}" \
-        -v v="${best_us[stats]}" 'BEGIN {printf "  access log alone: ratio %.3f to stats on " \
-        "(req/s), %+.2f us/req of CPU\n", r / b, u - v}'
+    # The access log's own cost: the same server with stats on, with and without it; and
+    # of that, what the file system takes (the file against /dev/null).
+    printf '  access log alone (paired, against stats on): to /dev/null %s, to the file %s; the file against /dev/null %s\n' \
+        "$(paired_median "${all_rps[stats_null]}" "${all_rps[stats]}")" \
+        "$(paired_median "${all_rps[stats_log]}" "${all_rps[stats]}")" \
+        "$(paired_median "${all_rps[stats_log]}" "${all_rps[stats_null]}")"
     sleep 0.5 # the writer flushes every 200 ms
     lines=$(wc -l <"$log_dir/access.log")
     echo "  (the access log holds $lines lines; wrk counted ${sent[stats_log]} answers, those" \
