@@ -171,7 +171,7 @@ warm() {
 }
 
 # --- (1) CPU per cache hit ----------------------------------------------------------------
-declare -A best_us best_rps
+declare -A best_us best_rps all_hit_us
 part 1 || HIT_SIZES=""
 for n in $HIT_SIZES; do
     start "hit$n" "$(policies "$n")"
@@ -187,6 +187,7 @@ for r in $(seq "$ROUNDS"); do
         grep -q 'Non-2xx' <<<"$wrk_out" && die "$n endpoints: non-2xx answers"
         read -r rps p50 us <<<"$wrk_result"
         printf '%-22s %5s %12s %9s %12s\n' "$n" "$r" "$rps" "$p50" "$us"
+        all_hit_us[$n]+=" $us"
         if awk -v a="${best_us[$n]:-1e9}" -v b="$us" 'BEGIN {exit !(b < a)}'; then
             best_us[$n]=$us best_rps[$n]=$rps
         fi
@@ -200,6 +201,11 @@ if part 1; then
     for n in $HIT_SIZES; do
         awk -v n="$n" -v u="${best_us[$n]}" -v r="${best_rps[$n]}" -v b="${best_us[$first]}" \
             'BEGIN {printf "  %6d endpoints: %6.2f us/req  %8.0f req/s  ratio %.3f\n", n, u, r, u / b}'
+    done
+    echo "paired rounds (each size against the same round's $first endpoints; median of rounds):"
+    for n in $HIT_SIZES; do
+        printf '  %6d endpoints: CPU per hit ratio %s\n' "$n" \
+            "$(paired_median "${all_hit_us[$n]}" "${all_hit_us[$first]}")"
     done
 fi
 
