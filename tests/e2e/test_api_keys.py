@@ -16,12 +16,12 @@ import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jwks  # noqa: E402
 import lib  # noqa: E402
 from lib import SluiceTestCase  # noqa: E402
 
 import jwt  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from jwt.algorithms import ECAlgorithm  # noqa: E402
 
 ISS = "https://auth.example.com"
 
@@ -86,8 +86,7 @@ class ApiKeyCase(SluiceTestCase):
             lib.psql("INSERT INTO api_keys VALUES ('%s', %d, '%s', %s, NULL)" % (
                 sha256_hex(key), uid, plan, "'%s'" % org if org else "NULL"), db=cls.db)
         cls.ec = ec.generate_private_key(ec.SECP256R1())
-        jwk = json.loads(ECAlgorithm.to_jwk(cls.ec.public_key()))
-        jwk.update(kid="e1", alg="ES256")
+        jwk = jwks.public_jwk(cls.ec, kid="e1", alg="ES256")
         cls.dir = tempfile.mkdtemp(prefix="sluice-apikey-")
         cls.addClassCleanup(shutil.rmtree, cls.dir, True)
         with open(os.path.join(cls.dir, "jwks.json"), "w") as f:

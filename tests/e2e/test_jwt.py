@@ -18,6 +18,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jwks  # noqa: E402
 import lib  # noqa: E402
 from lib import SluiceTestCase  # noqa: E402
 from origin import Origin  # noqa: E402
@@ -25,7 +26,6 @@ from origin import Origin  # noqa: E402
 import jwt  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # noqa: E402
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm  # noqa: E402
 
 ISS = "https://auth.example.com"
 AUD = "crm"
@@ -61,19 +61,11 @@ endpoint "GET /anon-share" {
 """
 
 
-def b64(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+b64 = jwks.b64
 
 
 def public_jwk(key, kid, alg):
-    if isinstance(key, rsa.RSAPrivateKey):
-        j = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
-    elif isinstance(key, ec.EllipticCurvePrivateKey):
-        j = json.loads(ECAlgorithm.to_jwk(key.public_key()))
-    else:
-        j = json.loads(OKPAlgorithm.to_jwk(key.public_key()))
-    j.update(kid=kid, alg=alg, use="sig")
-    return j
+    return jwks.public_jwk(key, kid=kid, alg=alg, use="sig")
 
 
 class Keys:
@@ -507,6 +499,39 @@ class OptionalTokens(JwtCase):
         st, h, _ = self.get("garbage", "/me?anon")
         self.assertEqual(st, 401)
         self.assertTrue(h["www-authenticate"].startswith('Bearer error="invalid_token"'))
+
+
+class JwkCoordinates(unittest.TestCase):
+    """RFC 7518 section 6.2.1.2: an EC key's "x" (and "y", 6.2.1.3) is the full size of a
+    coordinate of its curve, so one that starts with a zero byte keeps it."""
+
+    def check(self, jwk):
+        d = tempfile.mkdtemp(prefix="sluice-jwk-")
+        self.addCleanup(shutil.rmtree, d, True)
+        with open(os.path.join(d, "jwks.json"), "w") as f:
+            json.dump({"keys": [jwk]}, f)
+        with open(os.path.join(d, "10-policy.lua"), "w") as f:
+            f.write('identity { jwt = { keys = "jwks.json", issuer = "%s" }, user = claim "sub" }\n'
+                    'endpoint "GET /me" { body = "{}" }\n' % ISS)
+        return subprocess.run([lib.BIN, "check", d], capture_output=True, text=True, timeout=20)
+
+    def test_rfc7518_6_2_1_2_a_coordinate_with_a_leading_zero_byte_is_written_whole(self):
+        # About one P-256 key in 256 has an x below 2^248.
+        for _ in range(20000):
+            key = ec.generate_private_key(ec.SECP256R1())
+            if key.public_key().public_numbers().x < 1 << 248:
+                break
+        else:
+            self.fail("no P-256 key with a leading zero byte in x in 20,000")
+        good = public_jwk(key, "z1", "ES256")
+        self.assertEqual(len(base64.urlsafe_b64decode(good["x"] + "=")), 32)
+        r = self.check(good)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        # What a writer that drops the zero byte makes: 31 bytes, refused with its reason.
+        short = dict(good, x=b64(key.public_key().public_numbers().x.to_bytes(31, "big")))
+        r = self.check(short)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn('"x" and "y" must be 32 bytes each on P-256', r.stdout + r.stderr)
 
 
 class CrmJwtExample(SluiceTestCase):

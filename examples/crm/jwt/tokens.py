@@ -11,6 +11,7 @@
 Needs Debian's python3-jwt and python3-cryptography (scripts/deps.sh test)."""
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -19,7 +20,6 @@ import time
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PRIVATE = os.path.join(HERE, "private")  # --private DIR elsewhere
@@ -51,12 +51,21 @@ def new_key():
     return kid
 
 
+def public_jwk(key, kid):
+    """The P-256 public key's JWK, each coordinate its full 32 bytes (RFC 7518 section
+    6.2.1.2): PyJWT before 2.8 drops a leading zero byte, about one key in 128, and a
+    verifier must refuse that."""
+    n = key.public_key().public_numbers()
+
+    def b64(v):
+        return base64.urlsafe_b64encode(v.to_bytes(32, "big")).rstrip(b"=").decode()
+
+    return {"kty": "EC", "crv": "P-256", "x": b64(n.x), "y": b64(n.y), "kid": kid,
+            "alg": "ES256", "use": "sig"}
+
+
 def write_jwks(policy_dir, names):
-    keys = []
-    for name in names:
-        jwk = json.loads(ECAlgorithm.to_jwk(load(name).public_key()))
-        jwk.update(kid=name[:-4], alg="ES256", use="sig")
-        keys.append(jwk)
+    keys = [public_jwk(load(name), name[:-4]) for name in names]
     tmp = os.path.join(policy_dir, ".jwks.json.tmp")
     with open(tmp, "w") as f:
         json.dump({"keys": keys}, f, indent=2)
