@@ -1169,12 +1169,8 @@ static int
 serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
 {
     if (sv->access_path) {
-        /* 1 MiB a worker: some 2,700 lines, drained from a quarter full, so one write of
-         * 256 KiB per 700 lines. Measured on the hit path (bench/observability.sh): rings
-         * of 256 KiB and 64 KiB, with four and sixteen times the wakeups and writes, cost
-         * more than one of 1 MiB, whose lines sweep through more of the cache. */
-        struct logwriter_config lc = {
-            .path = sv->access_path, .producers = sv->cfg.workers, .ring_bytes = 1u << 20};
+        /* Each worker's ring the writer's default size (common/logwriter.c). */
+        struct logwriter_config lc = {.path = sv->access_path, .producers = sv->cfg.workers};
         char lerr[256];
         sv->access = logwriter_open(&lc, lerr, sizeof(lerr));
         if (!sv->access) {
