@@ -106,15 +106,22 @@ unset multiplot"
     gnuplot <<<"$gp"
 }
 
+# median LIST: the median of a space-separated list of numbers.
+median() {
+    awk -v a="$1" 'BEGIN {
+        n = split(a, r, " ")
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] + 0 < r[i] + 0) { t = r[i]; r[i] = r[j]; r[j] = t }
+        printf "%.3f", n % 2 ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+    }'
+}
+
 # paired_median A B: the median over rounds of a[i] / b[i], from two space-separated lists of
 # one value per round (two peers measured one after the other in each round). A machine whose
 # speed drifts between rounds moves both sides of a round alike, so this ratio is steadier
 # than best round against best round.
 paired_median() {
-    awk -v a="$1" -v b="$2" 'BEGIN {
+    median "$(awk -v a="$1" -v b="$2" 'BEGIN {
         n = split(a, x, " "); split(b, y, " ")
-        for (i = 1; i <= n; i++) r[i] = x[i] / y[i]
-        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
-        printf "%.3f", n % 2 ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
-    }'
+        for (i = 1; i <= n; i++) printf " %.6f", x[i] / y[i]
+    }')"
 }

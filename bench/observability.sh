@@ -3,8 +3,9 @@
 # with the per-route counters off (--no-stats), on (the default: what /metrics, /callers and
 # /stats read), on with the JSON access log written to /dev/null (the log's own work: the
 # lines formatted, put in the ring, written by the writer thread, but no file system), and on
-# with it written to a file (--access-log, when the binary has it), in the same run; nginx with its access log off and on beside them for
-# reference. Then how long GET /metrics takes with 1,000 routes that have served traffic.
+# with it written to a file (--access-log, when the binary has it), in the same run; nginx
+# with its access log off and on beside them for reference. Then how long GET /metrics takes
+# with 1,000 routes that have served traffic.
 #
 #   bench/observability.sh                 # 3 rounds of 8 s at 50 connections per peer
 #   ROUNDS=5 DURATION=10 bench/observability.sh

@@ -311,9 +311,11 @@ taskset -p -c "$CLIENT_CPU" "$dip_tid" >/dev/null
 # shell loop that runs grep 100 times a second would take a good part of a core itself, and
 # its cost would show as a dip that reloading does not cause.
 reloader() {
-    exec taskset -c "$CLIENT_CPU" python3 - "$work/p$DIP_SIZE" "$work/dip.err" bench/body.json <<'EOF'
+    write_bench "$work" __LIMIT__ # the file, its limit left to fill in
+    exec taskset -c "$CLIENT_CPU" python3 - "$work/p$DIP_SIZE" "$work/dip.err" \
+        "$work/00-bench.lua" <<'EOF'
 import os, sys, time
-d, err, body = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
+d, err, template = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
 fd = os.open(err, os.O_RDONLY)
 os.lseek(fd, 0, os.SEEK_END)
 buf, n, i = b"", 0, 0
@@ -321,10 +323,7 @@ while True:
     i += 1
     tmp = os.path.join(d, ".00-bench.tmp")
     with open(tmp, "w") as f:
-        f.write('tier "bench" { limit = ' + str(2000000000 + i) + ', window = "1h" }\n'
-                'identity { user = header "X-User-Id", default_tier = "bench" }\n'
-                'endpoint "GET /api/bench" {\n  body = [==[' + body + ']==],\n'
-                '  cache = { ttl = "5m", key = "bench:{user}" },\n  limit = "tier",\n}\n')
+        f.write(template.replace("__LIMIT__", str(2000000000 + i)))
     os.rename(tmp, os.path.join(d, "00-bench.lua"))
     want = n + 1
     while n < want:
@@ -383,8 +382,8 @@ for r in $(seq "$ROUNDS"); do
         "$r" "$DIP_SIZE" "$steady" "$s_us" "$ctl" "$c_us" "$ctl_s" "$rps" "$serve_us" "$n_reloads" "$reload_s"
     all_steady+=" $steady" all_control+=" $ctl" all_reloading+=" $rps"
     all_s_us+=" $s_us" all_c_us+=" $c_us" all_r_us+=" $serve_us"
-    all_lost_c+=" $(awk -v a="$steady" -v b="$ctl" -v t="$ctl_s" 'BEGIN {printf "%.0f", (a - b) / t}')"
-    all_lost_r+=" $(awk -v a="$steady" -v b="$rps" -v t="$reload_s" 'BEGIN {printf "%.0f", (a - b) / t}')"
+    lost() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN {printf "%.0f", t > 0 ? (a - b) / t : 0}'; }
+    all_lost_c+=" $(lost "$steady" "$ctl" "$ctl_s")" all_lost_r+=" $(lost "$steady" "$rps" "$reload_s")"
 done
 stop dip
 pct() { awk -v p="$1" 'BEGIN {printf "%.1f", 100 * (1 - p)}'; }
@@ -398,8 +397,7 @@ printf '  req/s reloading against checking: dip %s%% (what reloading costs beyon
 printf '  CPU per request of the serving threads, reloading against checking: %sx\n' \
     "$(paired_median "$all_r_us" "$all_c_us")"
 printf '  req/s lost per second of CPU beside wrk: checking %s, reloading %s (median of rounds)\n' \
-    "$(paired_median "$all_lost_c" "$(printf ' 1%.0s' $all_lost_c)" | awk '{printf "%.0f", $1}')" \
-    "$(paired_median "$all_lost_r" "$(printf ' 1%.0s' $all_lost_r)" | awk '{printf "%.0f", $1}')"
+    "$(median "$all_lost_c" | cut -d. -f1)" "$(median "$all_lost_r" | cut -d. -f1)"
 }
 
 if [ "$CHART" = 1 ] && [ "$PARTS" != "1 2 3 4" ]; then

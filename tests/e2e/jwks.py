@@ -8,7 +8,7 @@ so a test that let PyJWT write its key set failed about that often."""
 import base64
 import json
 
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 
 CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
@@ -31,7 +31,7 @@ def public_jwk(key, **members):
     if isinstance(pub, ec.EllipticCurvePublicKey):
         x, y = ec_coordinates(pub)
         j = {"kty": "EC", "crv": CURVES[pub.curve.name], "x": b64(x), "y": b64(y)}
-    elif hasattr(pub, "public_numbers"):
+    elif isinstance(pub, rsa.RSAPublicKey):
         j = json.loads(RSAAlgorithm.to_jwk(pub))
     else:
         j = json.loads(OKPAlgorithm.to_jwk(pub))
