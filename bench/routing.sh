@@ -382,7 +382,7 @@ for r in $(seq "$ROUNDS"); do
         "$r" "$DIP_SIZE" "$steady" "$s_us" "$ctl" "$c_us" "$ctl_s" "$rps" "$serve_us" "$n_reloads" "$reload_s"
     all_steady+=" $steady" all_control+=" $ctl" all_reloading+=" $rps"
     all_s_us+=" $s_us" all_c_us+=" $c_us" all_r_us+=" $serve_us"
-    lost() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN {printf "%.0f", t > 0 ? (a - b) / t : 0}'; }
+    lost() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN {printf "%.0f", (t > 0 ? (a - b) / t : 0)}'; }
     all_lost_c+=" $(lost "$steady" "$ctl" "$ctl_s")" all_lost_r+=" $(lost "$steady" "$rps" "$reload_s")"
 done
 stop dip
