@@ -42,6 +42,18 @@ struct logwriter *logwriter_open(const struct logwriter_config *cfg, char *err, 
 bool logwriter_put(struct logwriter *lw, unsigned producer, const char *line, size_t len);
 
 /*
+ * The place in the ring of `producer` to write a line of at most max bytes
+ * straight into, or NULL when the ring has not that much room in one piece
+ * (then put the line with logwriter_put(), which takes it in two pieces or
+ * drops it). Nothing is put until logwriter_commit(). Producer's thread only.
+ */
+char *logwriter_reserve(struct logwriter *lw, unsigned producer, size_t max);
+
+/* Puts the len bytes (a whole line) written at what logwriter_reserve() returned (len <= its
+ * max), as logwriter_put() would. */
+void logwriter_commit(struct logwriter *lw, unsigned producer, size_t len);
+
+/*
  * Asks the writing thread to reopen the path (after a rotation renamed the
  * file): everything put before the call is written to the old file first.
  * Safe from any thread; not async-signal-safe (call it from a thread that

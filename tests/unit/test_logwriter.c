@@ -1,7 +1,8 @@
 /* test_logwriter.c - unit tests of the log file writer (engine/common/logwriter.c): threads
  * putting lines at once lose none and split none, a reopen after a rename loses nothing, a
- * writer that cannot write makes producers drop and count instead of wait, and lines reach
- * the file within the flush period without any wake-up. */
+ * writer that cannot write makes producers drop and count instead of wait, lines reach the
+ * file within the flush period without any wake-up, lines written in place keep their order
+ * with lines put, and blocks allocated ahead never show in the file. */
 #define _GNU_SOURCE
 #include <stdarg.h>
 #include <stddef.h>
@@ -282,6 +283,98 @@ test_a_lone_line_is_written_within_the_flush_period(void **state)
     logwriter_close(lw);
 }
 
+/* Lines written in place (reserve, commit) and put whole, of lengths that cross the ring's end
+ * at every offset: the file is every line, in order, whole. A reservation never straddles the
+ * end: there it is refused and the line is put in two pieces. */
+static void
+test_lines_written_in_place_and_put_keep_their_order(void **state)
+{
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof(path), "%s/inplace.log", dir);
+    char err[256];
+    struct logwriter_config cfg = {.path = path, .producers = 1, .ring_bytes = 4096};
+    struct logwriter *lw = logwriter_open(&cfg, err, sizeof(err));
+    assert_non_null(lw);
+    struct sbuf want = {0};
+    unsigned in_place = 0, put = 0;
+    for (unsigned i = 0; i < 20000; i++) {
+        char line[200];
+        size_t len = (size_t)snprintf(line, sizeof(line), "%u %.*s\n", i, (int)(i * 7 % 150),
+                                      "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"
+                                      "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"
+                                      "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy");
+        for (;;) { /* a full ring is waited for here, so that no line is dropped */
+            char *o = logwriter_reserve(lw, 0, sizeof(line));
+            if (o) {
+                memcpy(o, line, len);
+                logwriter_commit(lw, 0, len);
+                in_place++;
+                break;
+            }
+            if (logwriter_put(lw, 0, line, len)) {
+                put++;
+                break;
+            }
+            usleep(1000);
+        }
+        sbuf_add(&want, line, len);
+    }
+    struct logwriter_stats st;
+    logwriter_stats(lw, &st);
+    logwriter_close(lw);
+    assert_int_equal(st.lines, 20000);
+    assert_true(in_place > 10000 && put > 0);
+    size_t len;
+    char *got = slurp(path, &len);
+    assert_int_equal(len, want.len);
+    assert_memory_equal(got, want.p, len);
+    free(got);
+    sbuf_free(&want);
+}
+
+/* A regular file's blocks are allocated ahead of what is written, never its size: the file is
+ * exactly the lines, before and after another process truncates it (logrotate's
+ * copytruncate). */
+static void
+test_blocks_ahead_never_change_what_the_file_holds(void **state)
+{
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof(path), "%s/ahead.log", dir);
+    char err[256];
+    struct logwriter_config cfg = {.path = path, .producers = 1, .flush_ms = 20};
+    struct logwriter *lw = logwriter_open(&cfg, err, sizeof(err));
+    assert_non_null(lw);
+    char line[100];
+    memset(line, 'z', sizeof(line) - 1);
+    line[sizeof(line) - 1] = '\n';
+    for (int i = 0; i < 1000; i++)
+        assert_true(logwriter_put(lw, 0, line, sizeof(line)));
+    struct stat st;
+    uint64_t start = now_ms();
+    while (stat(path, &st) == 0 && st.st_size < 100000 && now_ms() - start < 2000)
+        usleep(5000);
+    assert_int_equal(st.st_size, 100000);
+    /* The file system here takes fallocate (ext4, xfs, tmpfs do): more blocks than bytes. */
+    int probe = open(path, O_WRONLY);
+    bool ahead = fallocate(probe, FALLOC_FL_KEEP_SIZE, 0, 1) == 0;
+    close(probe);
+    if (ahead)
+        assert_true((uint64_t)st.st_blocks * 512 >= 100000 + 512 * 1024);
+    assert_int_equal(truncate(path, 0), 0);
+    for (int i = 0; i < 10; i++)
+        assert_true(logwriter_put(lw, 0, line, sizeof(line)));
+    logwriter_close(lw);
+    size_t len;
+    char *got = slurp(path, &len);
+    assert_int_equal(len, 1000);
+    for (size_t i = 0; i < len; i++)
+        if (got[i] != (i % 100 == 99 ? '\n' : 'z'))
+            fail_msg("byte %zu is %d", i, got[i]);
+    free(got);
+}
+
 static void
 test_an_unwritable_path_is_refused_with_a_message(void **state)
 {
@@ -300,6 +393,8 @@ main(void)
         cmocka_unit_test(test_a_reopen_after_rename_loses_no_line),
         cmocka_unit_test(test_a_writer_that_falls_behind_makes_lines_drop_not_wait),
         cmocka_unit_test(test_a_lone_line_is_written_within_the_flush_period),
+        cmocka_unit_test(test_lines_written_in_place_and_put_keep_their_order),
+        cmocka_unit_test(test_blocks_ahead_never_change_what_the_file_holds),
         cmocka_unit_test(test_an_unwritable_path_is_refused_with_a_message),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
