@@ -35,6 +35,80 @@ all_plain8(uint64_t w)
     return ge20 == HIGHS && !ge7f && !has_zero8(w ^ (ONES * '"')) && !has_zero8(w ^ (ONES * '\\'));
 }
 
+static inline uint64_t
+load64(const unsigned char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+static inline uint64_t
+load32(const unsigned char *p)
+{
+    uint32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
+static inline uint64_t
+load16(const unsigned char *p)
+{
+    uint16_t w;
+    memcpy(&w, p, 2);
+    return w;
+}
+
+/*
+ * p[0..len) quoted at out when every byte of it is plain (most strings are):
+ * returns the length written, or 0 when a byte is not (then what it wrote is
+ * to be written over). Words of eight, the last one overlapping the one
+ * before; a string shorter than eight as two overlapping halves, the rest of
+ * the word filled with plain bytes.
+ */
+static size_t
+write_if_plain(char *out, const unsigned char *p, size_t len)
+{
+    static const uint64_t fill = ONES * 'a';
+    char *o = out + 1;
+    out[0] = '"';
+    if (len >= 8) {
+        for (size_t i = 0; i + 8 < len; i += 8) {
+            uint64_t w = load64(p + i);
+            if (!all_plain8(w))
+                return 0;
+            memcpy(o + i, &w, 8);
+        }
+        uint64_t last = load64(p + len - 8);
+        if (!all_plain8(last))
+            return 0;
+        memcpy(o + len - 8, &last, 8);
+        out[len + 1] = '"';
+        return len + 2;
+    }
+    if (len >= 4) {
+        uint64_t a = load32(p), b = load32(p + len - 4);
+        if (!all_plain8(a | b << 32))
+            return 0;
+        uint32_t a32 = (uint32_t)a, b32 = (uint32_t)b;
+        memcpy(o, &a32, 4);
+        memcpy(o + len - 4, &b32, 4);
+    } else if (len >= 2) {
+        uint64_t a = load16(p), b = load16(p + len - 2);
+        if (!all_plain8(a | b << 16 | (fill & ~0xffffffffULL)))
+            return 0;
+        uint16_t a16 = (uint16_t)a, b16 = (uint16_t)b;
+        memcpy(o, &a16, 2);
+        memcpy(o + len - 2, &b16, 2);
+    } else if (len == 1) {
+        if (!plain(p[0]))
+            return 0;
+        o[0] = (char)p[0];
+    }
+    out[len + 1] = '"';
+    return len + 2;
+}
+
 /*
  * The length of the well-formed UTF-8 sequence that starts s[0..n) (s[0] >=
  * 0x80), or 0 when it is ill-formed, with *bad set to the length of its
@@ -77,11 +151,23 @@ utf8_seq(const unsigned char *s, size_t n, size_t *bad)
     return 0;
 }
 
+bool
+jsonstr_plain(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (!plain((unsigned char)s[i]))
+            return false;
+    return true;
+}
+
 size_t
 jsonstr_write(char *out, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)s;
+    size_t plain_len = write_if_plain(out, p, len);
+    if (plain_len)
+        return plain_len;
     char *o = out;
     *o++ = '"';
     size_t i = 0;

@@ -2,6 +2,7 @@
 #ifndef SLUICE_JSONSTR_H
 #define SLUICE_JSONSTR_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "util.h"
@@ -29,6 +30,9 @@ void jsonstr_add(struct sbuf *b, const char *s, size_t len);
  * buffer once for a whole line.
  */
 size_t jsonstr_write(char *out, const char *s, size_t len);
+
+/* Whether s[0..len) goes into a JSON string as it is: printable ASCII but `"` and `\`. */
+bool jsonstr_plain(const char *s, size_t len);
 
 /* As jsonstr_add() for a NUL-terminated s; NULL appends the JSON literal null. */
 void jsonstr_adds(struct sbuf *b, const char *s);

@@ -140,9 +140,11 @@ valid_utf8(const unsigned char *s, size_t n)
     return 1;
 }
 
-/* Every byte value at every place of a 16-byte run of plain bytes is escaped as it is alone:
- * the eight-at-a-time path lets no byte past it and leaves every word it cannot take whole
- * to the byte-at-a-time one. */
+/* Every byte value at every place of a plain run of every length from 1 to 24 is escaped as it
+ * is alone: the paths that take a whole plain string (in words of eight, the last one
+ * overlapping, or two overlapping halves of a short one) and eight plain bytes at a time let
+ * no byte past them, and leave every string and word they cannot take whole to the
+ * byte-at-a-time one. */
 static void
 test_each_byte_in_each_place_of_a_plain_run(void **state)
 {
@@ -154,23 +156,40 @@ test_each_byte_in_each_place_of_a_plain_run(void **state)
         size_t elen = strlen(e) - 2; /* its escaped form, without the quotes */
         assert_true(elen < sizeof(alone));
         memcpy(alone, e + 1, elen);
-        for (size_t at = 0; at < 16; at++) {
-            char in[16], want[64];
-            memset(in, 'a', sizeof(in));
-            in[at] = one;
-            size_t w = 0;
-            want[w++] = '"';
-            memset(want + w, 'a', at);
-            w += at;
-            memcpy(want + w, alone, elen);
-            w += elen;
-            memset(want + w, 'a', 15 - at);
-            w += 15 - at;
-            want[w++] = '"';
-            want[w] = '\0';
-            assert_string_equal(esc(in, sizeof(in)), want);
+        for (size_t n = 1; n <= 24; n++) {
+            for (size_t at = 0; at < n; at++) {
+                char in[24], want[64];
+                memset(in, 'a', sizeof(in));
+                in[at] = one;
+                size_t w = 0;
+                want[w++] = '"';
+                memset(want + w, 'a', at);
+                w += at;
+                memcpy(want + w, alone, elen);
+                w += elen;
+                memset(want + w, 'a', n - 1 - at);
+                w += n - 1 - at;
+                want[w++] = '"';
+                want[w] = '\0';
+                assert_string_equal(esc(in, n), want);
+            }
         }
     }
+}
+
+/* jsonstr_plain() says yes exactly for the bytes that go out as they are. */
+static void
+test_plain_is_exactly_the_bytes_kept_as_they_are(void **state)
+{
+    (void)state;
+    for (unsigned c = 0; c < 256; c++) {
+        char one = (char)c;
+        const char *e = esc(&one, 1);
+        bool same = strlen(e) == 3 && e[1] == one;
+        assert_int_equal(jsonstr_plain(&one, 1), same);
+    }
+    assert_true(jsonstr_plain("GET /a-b_c.d:e", 14));
+    assert_true(jsonstr_plain("", 0));
 }
 
 /* Random bytes, biased towards the troublesome ones, read back by jansson: the output is
@@ -225,6 +244,7 @@ main(void)
         cmocka_unit_test(test_invalid_utf8_becomes_one_replacement_per_maximal_subpart),
         cmocka_unit_test(test_null_and_nul_terminated_forms),
         cmocka_unit_test(test_each_byte_in_each_place_of_a_plain_run),
+        cmocka_unit_test(test_plain_is_exactly_the_bytes_kept_as_they_are),
         cmocka_unit_test(test_random_hostile_bytes_read_back_as_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
