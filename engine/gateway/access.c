@@ -2,6 +2,7 @@
  * that answered it into its own ring of the log writer (common/logwriter.h). */
 #include "access.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -46,9 +47,10 @@ gw_access_sampled(const char *id, size_t len, double sample)
 }
 
 /*
- * The line is written straight into a buffer sized once for its worst case:
- * no call per token, and every string through jsonstr_write(). Fixed text of
- * a line (names, numbers, the time, the cache kind) stays below LINE_FIXED.
+ * The line is written straight into room sized once for its worst case (the
+ * worker's ring, or a buffer): no call per token, and every string through
+ * jsonstr_write(). Fixed text of a line (names, numbers, the time, the cache
+ * kind) stays below LINE_FIXED.
  */
 #define LINE_FIXED 768
 
@@ -72,6 +74,24 @@ static char *
 put_strz(char *o, const char *s)
 {
     return put_str(o, s, s ? strlen(s) : 0);
+}
+
+/* A string that needs no escaping, quoted: what the gateway made or checked to be printable
+ * ASCII without `"` or `\` (a request id, a method token, an address, a static word). */
+static char *
+put_plain(char *o, const char *s, size_t n)
+{
+    assert(jsonstr_plain(s, n));
+    *o++ = '"';
+    o = put(o, s, n);
+    *o++ = '"';
+    return o;
+}
+
+static char *
+put_plainz(char *o, const char *s)
+{
+    return put_plain(o, s, strlen(s));
 }
 
 static char *
@@ -111,68 +131,87 @@ put_time(char *o, uint64_t ms)
     return o + 4;
 }
 
-void
-gw_access_format(struct sbuf *b, const struct gw_access_record *r, uint64_t now_ms)
+/* The lengths of r's strings, and the most bytes its line can take. */
+struct lens {
+    size_t route, tier, limit, id, client, max;
+};
+
+static void
+measure(const struct gw_access_record *r, struct lens *n)
 {
     const struct http_request *h = r->http;
-    size_t route_len = strlen(r->route), tier_len = r->tier ? strlen(r->tier) : 0;
-    size_t limit_len = r->limit ? strlen(r->limit) : 0, shadow_len = 0;
-    size_t id_len = strlen(r->request_id), client_len = r->client ? strlen(r->client) : 0;
+    n->route = strlen(r->route);
+    n->tier = r->tier ? strlen(r->tier) : 0;
+    n->limit = r->limit ? strlen(r->limit) : 0;
+    n->id = strlen(r->request_id);
+    n->client = r->client ? strlen(r->client) : 0;
+    size_t shadow = 0;
     for (size_t i = 0; i < r->nshadow_denied; i++)
-        shadow_len += JSONSTR_MAX(strlen(r->shadow_denied[i])) + 1;
-    sbuf_reserve(b, LINE_FIXED + shadow_len +
-                        JSONSTR_MAX(h->method_str.len + h->path.len + h->query.len + route_len +
-                                    r->user_len + tier_len + r->tenant_len + limit_len + id_len +
-                                    client_len));
-    char *start = b->p + b->len, *o = start;
+        shadow += JSONSTR_MAX(strlen(r->shadow_denied[i])) + 1;
+    n->max = LINE_FIXED + shadow +
+             JSONSTR_MAX(h->method_str.len + h->path.len + h->query.len + n->route + r->user_len +
+                         n->tier + r->tenant_len + n->limit + n->id + n->client);
+}
+
+/* Writes r's line at o (room for n->max bytes); returns its length. Fields that are absent
+ * for most requests (query, shadow_denied, identity_refused) are left out when absent. */
+static size_t
+write_line(char *start, const struct gw_access_record *r, const struct lens *n, uint64_t now_ms)
+{
+    const struct http_request *h = r->http;
+    char *o = start;
     uint64_t ms = r->duration_us / 1000;
     o = PUT(o, "{\"ts\":\"");
     o = put_time(o, now_ms > ms ? now_ms - ms : 0);
     o = PUT(o, "\",\"request_id\":");
-    o = put_str(o, r->request_id, id_len);
+    o = put_plain(o, r->request_id, n->id); /* made, or checked (gw_request_id_for) */
     o = PUT(o, ",\"method\":");
-    o = put_str(o, h->method_str.p, h->method_str.len);
+    o = put_plain(o, h->method_str.p, h->method_str.len); /* a token (RFC 9110 9.1) */
     o = PUT(o, ",\"path\":");
     o = put_str(o, h->path.p, h->path.len);
-    o = PUT(o, ",\"query\":");
     /* "/a?" has an empty query; "/a" none. */
-    if (h->query.len || (h->target.len > h->path.len && h->target.p[h->path.len] == '?'))
+    if (h->query.len || (h->target.len > h->path.len && h->target.p[h->path.len] == '?')) {
+        o = PUT(o, ",\"query\":");
         o = o + jsonstr_write(o, h->query.p, h->query.len);
-    else
-        o = PUT(o, "null");
+    }
     o = PUT(o, ",\"route\":");
-    o = put_str(o, r->route, route_len);
+    o = put_str(o, r->route, n->route);
     o = PUT(o, ",\"status\":");
     o = put_u64(o, (uint64_t)r->status);
     o = PUT(o, ",\"cache\":");
-    o = put_strz(o, gw_cache_kind_names[r->cache]);
+    o = put_plainz(o, gw_cache_kind_names[r->cache]);
     o = PUT(o, ",\"user\":");
     o = put_str(o, r->user, r->user_len);
     o = PUT(o, ",\"tier\":");
-    o = put_str(o, r->tier, tier_len);
+    o = put_str(o, r->tier, n->tier);
     o = PUT(o, ",\"tenant\":");
     o = put_str(o, r->tenant, r->tenant_len);
     o = PUT(o, ",\"limit\":");
     if (r->limit) {
         o = PUT(o, "{\"policy\":");
-        o = put_str(o, r->limit, limit_len);
+        o = put_str(o, r->limit, n->limit);
         o = PUT(o, ",\"remaining\":");
         o = put_u64(o, r->limit_remaining);
         o = r->limit_shadow ? PUT(o, ",\"mode\":\"shadow\"}") : PUT(o, ",\"mode\":\"enforce\"}");
     } else {
         o = PUT(o, "null");
     }
-    o = PUT(o, ",\"shadow_denied\":[");
-    for (size_t i = 0; i < r->nshadow_denied; i++) {
-        if (i)
-            *o++ = ',';
-        o = put_strz(o, r->shadow_denied[i]);
+    if (r->nshadow_denied) {
+        o = PUT(o, ",\"shadow_denied\":[");
+        for (size_t i = 0; i < r->nshadow_denied; i++) {
+            if (i)
+                *o++ = ',';
+            o = put_strz(o, r->shadow_denied[i]);
+        }
+        *o++ = ']';
     }
     /* Static words, never a credential: the caller's source, and a refusal's reason. */
-    o = PUT(o, "],\"identity\":");
-    o = r->identity ? put_strz(o, r->identity) : PUT(o, "null");
-    o = PUT(o, ",\"identity_refused\":");
-    o = r->identity_refused ? put_strz(o, r->identity_refused) : PUT(o, "null");
+    o = PUT(o, ",\"identity\":");
+    o = r->identity ? put_plainz(o, r->identity) : PUT(o, "null");
+    if (r->identity_refused) {
+        o = PUT(o, ",\"identity_refused\":");
+        o = put_plainz(o, r->identity_refused);
+    }
     o = PUT(o, ",\"duration_ms\":");
     o = put_ms(o, r->duration_us);
     o = PUT(o, ",\"origin_ms\":");
@@ -180,9 +219,18 @@ gw_access_format(struct sbuf *b, const struct gw_access_record *r, uint64_t now_
     o = PUT(o, ",\"bytes\":");
     o = put_u64(o, r->bytes);
     o = PUT(o, ",\"client\":");
-    o = put_str(o, r->client, client_len);
+    o = r->client ? put_plain(o, r->client, n->client) : PUT(o, "null"); /* an address */
     o = PUT(o, "}\n");
-    b->len += (size_t)(o - start);
+    return (size_t)(o - start);
+}
+
+void
+gw_access_format(struct sbuf *b, const struct gw_access_record *r, uint64_t now_ms)
+{
+    struct lens n;
+    measure(r, &n);
+    sbuf_reserve(b, n.max);
+    b->len += write_line(b->p + b->len, r, &n, now_ms);
     b->p[b->len] = '\0';
 }
 
@@ -213,7 +261,18 @@ gw_access_log(struct gw_access *a, const struct gw_access_record *r)
                          __ATOMIC_RELAXED);
         return;
     }
+    /* Straight into the ring; through the line buffer when the ring has not the line's
+     * worst case in one piece (at its end, or nearly full). */
+    struct lens n;
+    measure(r, &n);
+    uint64_t now_ms = wall_ms(r->now_us);
+    char *o = logwriter_reserve(a->lw, a->ring, n.max);
+    if (o) {
+        logwriter_commit(a->lw, a->ring, write_line(o, r, &n, now_ms));
+        return;
+    }
     a->line.len = 0;
-    gw_access_format(&a->line, r, wall_ms(r->now_us));
+    sbuf_reserve(&a->line, n.max);
+    a->line.len = write_line(a->line.p, r, &n, now_ms);
     logwriter_put(a->lw, a->ring, a->line.p, a->line.len);
 }

@@ -313,7 +313,7 @@ test_access_lines_name_the_deciding_limit_and_shadow_refusals(void **state)
     rmdir(dir2);
     static const char *const want[] = {
         "\"status\":200,\"cache\":\"none\",\"user\":null,\"tier\":null,\"tenant\":null,"
-        "\"limit\":{\"policy\":\"en\",\"remaining\":1,\"mode\":\"enforce\"},\"shadow_denied\":[]",
+        "\"limit\":{\"policy\":\"en\",\"remaining\":1,\"mode\":\"enforce\"},\"identity\":",
         "\"status\":200,\"cache\":\"none\",\"user\":null,\"tier\":null,\"tenant\":null,"
         "\"limit\":{\"policy\":\"en\",\"remaining\":0,\"mode\":\"enforce\"},"
         "\"shadow_denied\":[\"sh\"]",
