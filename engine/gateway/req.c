@@ -55,8 +55,7 @@ count_answer(struct gw_worker *wk, enum http_method method, const char *route, c
 {
     /* A method no route names is any token the client likes: one label for all of them. */
     const char *m = http_method_name(method);
-    gw_stats_request(&wk->stats, route, tier, m, strlen(m), status, cache, duration_us,
-                     store_now_ms());
+    gw_stats_request(&wk->stats, route, tier, m, status, cache, duration_us, store_now_ms());
 }
 
 struct gw_req *

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "policy.h"
 #include "util.h"
 
 const char *const gw_cache_kind_names[GW_CACHE_KINDS] = {"none",  "hit",         "miss",
@@ -119,21 +120,6 @@ join(char *buf, size_t cap, const char *const *vals, const size_t *lens, size_t 
     return o;
 }
 
-/* Whether key (keylen bytes) is the n values joined as join() joins them (uncut). */
-static bool
-key_is(const char *key, size_t keylen, const char *const *vals, const size_t *lens, size_t n)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (i && (o >= keylen || key[o++] != GW_STATS_KEY_SEP))
-            return false;
-        if (lens[i] > keylen - o || memcmp(key + o, vals[i], lens[i]) != 0)
-            return false;
-        o += lens[i];
-    }
-    return o == keylen;
-}
-
 /* The slot of memo that (a, b, c) would be remembered in. */
 static struct gw_stats_memo *
 memo_slot(struct gw_stats_memo *memo, const void *a, const void *b, uint32_t c)
@@ -142,41 +128,42 @@ memo_slot(struct gw_stats_memo *memo, const void *a, const void *b, uint32_t c)
     return &memo[(h ^ h >> 29) & (GW_STATS_MEMO - 1)];
 }
 
-/* What slot s remembers for (a, b, c) and the label values vals: its node, or NULL. */
+/* What slot s remembers for (a, b, c), when no policy was freed since (frees: policy_frees()
+ * now), or NULL. */
 static void *
-memo_find(const struct gw_stats_memo *s, const void *a, const void *b, uint32_t c,
-          const char *const *vals, const size_t *lens, size_t n)
+memo_find(const struct gw_stats_memo *s, const void *a, const void *b, uint32_t c, uint64_t frees)
 {
-    if (s->key && s->a == a && s->b == b && s->c == c && key_is(s->key, s->keylen, vals, lens, n))
-        return s->found;
-    return NULL;
+    return s->a == a && s->b == b && s->c == c && s->frees == frees ? s->found : NULL;
 }
 
 static void
-memo_keep(struct gw_stats_memo *s, const void *a, const void *b, uint32_t c, const char *key,
-          size_t keylen, void *found)
+memo_keep(struct gw_stats_memo *s, const void *a, const void *b, uint32_t c, uint64_t frees,
+          void *found)
 {
-    *s = (struct gw_stats_memo){
-        .a = a, .b = b, .c = c, .key = key, .keylen = keylen, .found = found};
+    *s = (struct gw_stats_memo){.a = a, .b = b, .c = c, .frees = frees, .found = found};
 }
 
 /*
- * The counter of the n label values vals in table m, through memo: a lookup the worker made
- * before costs a comparison of the key, not a join, a hash and a probe. (a, b, c) pick the
- * slot: the caller's own pointers and numbers, the same for the same labels as often as it
- * can manage.
+ * The counter of the n label values vals (NUL-terminated) in table m, through memo: a lookup
+ * the worker made before costs three comparisons, not a join, a hash and a probe. (a, b, c)
+ * are the caller's own pointers (static, or a policy's strings) and numbers that determine
+ * the values.
  */
 static struct gw_counter *
 counter_of(struct gw_stats *st, struct hmap *m, struct gw_stats_memo *memo, const void *a,
-           const void *b, uint32_t c, const char *const *vals, const size_t *lens, size_t n)
+           const void *b, uint32_t c, const char *const *vals, size_t n)
 {
+    uint64_t frees = policy_frees();
     struct gw_stats_memo *s = memo_slot(memo, a, b, c);
-    struct gw_counter *ctr = memo_find(s, a, b, c, vals, lens, n);
+    struct gw_counter *ctr = memo_find(s, a, b, c, frees);
     if (ctr)
         return ctr;
+    size_t lens[4];
+    for (size_t i = 0; i < n; i++)
+        lens[i] = strlen(vals[i]);
     char key[512];
     ctr = counter(st, m, key, join(key, sizeof(key), vals, lens, n));
-    memo_keep(s, a, b, c, ctr->key, ctr->keylen, ctr);
+    memo_keep(s, a, b, c, frees, ctr);
     return ctr;
 }
 
@@ -211,17 +198,15 @@ minute_slot(struct gw_stats *st, uint64_t now_ms)
 
 void
 gw_stats_request(struct gw_stats *st, const char *route, const char *tier, const char *method,
-                 size_t mlen, int status, enum gw_cache_kind cache, uint64_t duration_us,
-                 uint64_t now_ms)
+                 int status, enum gw_cache_kind cache, uint64_t duration_us, uint64_t now_ms)
 {
     if (st->off)
         return;
     char code[8];
-    size_t clen = status_text(code, status);
+    status_text(code, status);
     const char *vals[] = {route, method, code, gw_cache_kind_names[cache]};
-    size_t lens[] = {strlen(route), mlen, clen, strlen(gw_cache_kind_names[cache])};
     uint32_t sc = (uint32_t)status << 4 | (uint32_t)cache;
-    bump(&counter_of(st, &st->requests, st->memo_requests, route, method, sc, vals, lens, 4)->n, 1);
+    bump(&counter_of(st, &st->requests, st->memo_requests, route, method, sc, vals, 4)->n, 1);
 
     bool hit = cache == GW_CACHE_HIT || cache == GW_CACHE_STALE || cache == GW_CACHE_REVALIDATED;
     bool denied = status == 429;
@@ -229,15 +214,16 @@ gw_stats_request(struct gw_stats *st, const char *route, const char *tier, const
         const char *t = tier ? tier : "";
         bump(&counter(st, &st->refused_tiers, t, strlen(t))->n, 1);
     }
+    uint64_t frees = policy_frees();
     struct gw_stats_memo *s = memo_slot(st->memo_routes, route, NULL, 0);
-    struct gw_route_stat *r = memo_find(s, route, NULL, 0, vals, lens, 1);
+    struct gw_route_stat *r = memo_find(s, route, NULL, 0, frees);
     if (!r) {
         struct hmap_node *n =
-            find_or_make(st, &st->routes, route, lens[0], sizeof(struct gw_route_stat),
+            find_or_make(st, &st->routes, route, strlen(route), sizeof(struct gw_route_stat),
                          offsetof(struct gw_route_stat, node), offsetof(struct gw_route_stat, key),
                          offsetof(struct gw_route_stat, keylen));
         r = HMAP_ENTRY(n, struct gw_route_stat, node);
-        memo_keep(s, route, NULL, 0, r->key, r->keylen, r);
+        memo_keep(s, route, NULL, 0, frees, r);
     }
     hist_add(&r->duration, duration_us);
     bump(&r->requests, 1);
@@ -271,8 +257,7 @@ gw_stats_decision(struct gw_stats *st, const char *policy, const char *tier, enu
         return;
     const char *t = tier ? tier : "";
     const char *vals[] = {policy, t, gw_decision_names[d]};
-    size_t lens[] = {strlen(policy), strlen(t), strlen(gw_decision_names[d])};
-    bump(&counter_of(st, &st->decisions, st->memo_decisions, policy, t, d, vals, lens, 3)->n, 1);
+    bump(&counter_of(st, &st->decisions, st->memo_decisions, policy, t, d, vals, 3)->n, 1);
 }
 
 void
@@ -299,8 +284,7 @@ count_pair(struct gw_stats *st, struct hmap *t, uint32_t which, const char *a, c
     if (st->off)
         return;
     const char *vals[] = {a, b};
-    size_t lens[] = {strlen(a), strlen(b)};
-    bump(&counter_of(st, t, st->memo_pairs, a, b, which, vals, lens, 2)->n, 1);
+    bump(&counter_of(st, t, st->memo_pairs, a, b, which, vals, 2)->n, 1);
 }
 
 void
@@ -329,10 +313,11 @@ gw_stats_caller(struct gw_stats *st, const char *policy, const char *tier, const
 {
     if (st->off)
         return;
-    size_t plen = strlen(policy);
+    uint64_t frees = policy_frees();
     struct gw_stats_memo *s = memo_slot(st->memo_callers, policy, NULL, 0);
-    struct gw_callers *c = memo_find(s, policy, NULL, 0, &policy, &plen, 1);
+    struct gw_callers *c = memo_find(s, policy, NULL, 0, frees);
     if (!c) {
+        size_t plen = strlen(policy);
         struct hmap_node *n = hmap_find(&st->callers, policy, plen);
         if (n) {
             c = HMAP_ENTRY(n, struct gw_callers, node);
@@ -345,7 +330,7 @@ gw_stats_caller(struct gw_stats *st, const char *policy, const char *tier, const
             hmap_insert(&st->callers, &c->node, c->key, plen);
             pthread_mutex_unlock(&st->lock);
         }
-        memo_keep(s, policy, NULL, 0, c->key, c->keylen, c);
+        memo_keep(s, policy, NULL, 0, frees, c);
     }
     uint64_t window = now_ms / HOUR_MS;
     if (c->window != window) { /* a new hour: the live count starts over */

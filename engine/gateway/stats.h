@@ -79,16 +79,16 @@ struct gw_callers {
 
 /*
  * A remembered lookup of a table: the texts (a, b) and number c the caller passed, and what
- * they found, with its key. The pointers only pick a slot and turn away most strangers: a
- * slot is used only when its key holds the same label values, so a text freed and another
- * made at the same address is never counted under the old one.
+ * they found. Label texts are static or a policy's strings, which keep their text at their
+ * address while no policy is freed: a slot is used only when policy_frees() says what it said
+ * when the slot was filled, so a text freed and another made at the same address is never
+ * counted under the old one.
  */
 struct gw_stats_memo {
     const void *a, *b;
     uint32_t c;
-    const char *key; /* the found node's key (keylen bytes); NULL: an empty slot */
-    size_t keylen;
-    void *found;
+    uint64_t frees; /* policy_frees() when it was filled */
+    void *found;    /* NULL: an empty slot */
 };
 
 /*
@@ -122,11 +122,11 @@ void gw_stats_init(struct gw_stats *st);
 /* Frees what st holds. */
 void gw_stats_free(struct gw_stats *st);
 
-/* One answered request of `route` (borrowed text) from a caller of `tier` (NULL: none): its
- * status, X-Cache, time in the gateway. */
+/* One answered request of `route` from a caller of `tier` (NULL: none) with `method` (its
+ * name as http_method_name() gives it): its status, X-Cache, time in the gateway. Every text
+ * given to these functions as a label is static or a policy's (see struct gw_stats_memo). */
 void gw_stats_request(struct gw_stats *st, const char *route, const char *tier, const char *method,
-                      size_t mlen, int status, enum gw_cache_kind cache, uint64_t duration_us,
-                      uint64_t now_ms);
+                      int status, enum gw_cache_kind cache, uint64_t duration_us, uint64_t now_ms);
 
 /* n invalidations (tags or keys) planned by a write. */
 void gw_stats_invalidations(struct gw_stats *st, size_t n);

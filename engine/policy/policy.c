@@ -796,11 +796,14 @@ free_templates(struct template **t, size_t n)
     free(t);
 }
 
+uint64_t policy_frees_;
+
 void
 policy_release(struct policy *p)
 {
     if (!p || __atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
+    __atomic_add_fetch(&policy_frees_, 1, __ATOMIC_SEQ_CST); /* before its strings are freed */
     for (size_t i = 0; i < p->nendpoints; i++) {
         struct policy_endpoint *e = &p->endpoints[i];
         free(e->name);

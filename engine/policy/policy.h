@@ -238,6 +238,21 @@ struct policy_file {
     char hash[17]; /* FNV-1a 64 of the content, hex */
 };
 
+/*
+ * How many policies have been freed since the start (policy_release()). A
+ * policy's strings (endpoint, tier and limit names) keep their address and
+ * text while it lives, so a string read while this said n is still that text
+ * at that address as long as it says n: what gateway/stats.c relies on to
+ * remember its lookups by address. Counted before anything is freed.
+ */
+extern uint64_t policy_frees_;
+
+static inline uint64_t
+policy_frees(void)
+{
+    return __atomic_load_n(&policy_frees_, __ATOMIC_ACQUIRE);
+}
+
 struct policy {
     uint32_t refs; /* atomic */
     uint64_t generation;

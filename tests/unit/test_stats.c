@@ -10,7 +10,9 @@
 
 #include <string.h>
 
+#include "policy.h"
 #include "stats.h"
+#include "util.h"
 
 #define MIN_MS 60000ull
 #define NOW (29000000ull * MIN_MS + 1234) /* some minute, and a bit */
@@ -51,10 +53,10 @@ test_counters_of_two_workers_add_up(void **state)
     gw_stats_init(&a);
     gw_stats_init(&b);
     for (int i = 0; i < 3; i++)
-        gw_stats_request(&a, "GET /x", "free", "GET", 3, 200, GW_CACHE_HIT, 150, NOW);
-    gw_stats_request(&b, "GET /x", "free", "GET", 3, 200, GW_CACHE_HIT, 700, NOW);
-    gw_stats_request(&b, "GET /x", "free", "GET", 3, 200, GW_CACHE_MISS, 30000, NOW);
-    gw_stats_request(&b, "GET /y", "pro", "GET", 3, 429, GW_CACHE_NONE, 50, NOW);
+        gw_stats_request(&a, "GET /x", "free", "GET", 200, GW_CACHE_HIT, 150, NOW);
+    gw_stats_request(&b, "GET /x", "free", "GET", 200, GW_CACHE_HIT, 700, NOW);
+    gw_stats_request(&b, "GET /x", "free", "GET", 200, GW_CACHE_MISS, 30000, NOW);
+    gw_stats_request(&b, "GET /y", "pro", "GET", 429, GW_CACHE_NONE, 50, NOW);
     gw_stats_decision(&a, "lim", "free", GW_ALLOWED);
     gw_stats_decision(&b, "lim", "free", GW_ALLOWED);
     gw_stats_decision(&b, "lim", "pro", GW_SHADOW_DENIED);
@@ -114,10 +116,10 @@ test_minutes_of_the_last_hour_land_in_their_slots(void **state)
     struct gw_stats a, b;
     gw_stats_init(&a);
     gw_stats_init(&b);
-    gw_stats_request(&a, "GET /x", NULL, "GET", 3, 200, GW_CACHE_NONE, 10, NOW - 5 * MIN_MS);
-    gw_stats_request(&b, "GET /x", NULL, "GET", 3, 200, GW_CACHE_NONE, 10, NOW - 5 * MIN_MS);
+    gw_stats_request(&a, "GET /x", NULL, "GET", 200, GW_CACHE_NONE, 10, NOW - 5 * MIN_MS);
+    gw_stats_request(&b, "GET /x", NULL, "GET", 200, GW_CACHE_NONE, 10, NOW - 5 * MIN_MS);
     /* Older than the hour: kept by the worker until its slot is reused, not shown. */
-    gw_stats_request(&a, "GET /x", NULL, "GET", 3, 200, GW_CACHE_NONE, 10, NOW - 61 * MIN_MS);
+    gw_stats_request(&a, "GET /x", NULL, "GET", 200, GW_CACHE_NONE, 10, NOW - 61 * MIN_MS);
     struct gw_stats_view v;
     merged(&a, &b, &v, 0);
     assert_int_equal(v.routes[0].minute_requests[GW_STATS_MINUTES - 6], 2);
@@ -192,8 +194,9 @@ test_callers_merge_across_workers_heaviest_first(void **state)
 }
 
 /* The worker remembers its last lookups by the addresses of the texts it was given; a reload
- * frees a generation's texts, and the next may put another route's text at the same address:
- * it is counted under its own name, never under the one that lived there before. */
+ * frees a generation's texts (policy_release() counts it before), and the next may put another
+ * route's text at the same address: it is counted under its own name, never under the one
+ * that lived there before. */
 static void
 test_a_new_text_at_a_remembered_address_counts_under_its_own_name(void **state)
 {
@@ -207,16 +210,19 @@ test_a_new_text_at_a_remembered_address_counts_under_its_own_name(void **state)
     strcpy(tier, "free");
     strcpy(result, "trusted");
     for (int i = 0; i < 2; i++) {
-        gw_stats_request(&a, route, tier, "GET", 3, 200, GW_CACHE_HIT, 10, NOW);
+        gw_stats_request(&a, route, tier, "GET", 200, GW_CACHE_HIT, 10, NOW);
         gw_stats_decision(&a, policy, tier, GW_ALLOWED);
         gw_stats_caller(&a, policy, tier, "u1", 2, false, 5, NOW);
         gw_stats_identity(&a, "header", result);
     }
+    struct policy *old = xcalloc(1, sizeof(*old)); /* a policy freed: a reload */
+    old->refs = 1;
+    policy_release(old);
     strcpy(route, "GET /new"); /* the same addresses, other texts */
     strcpy(policy, "lim-new");
     strcpy(tier, "pro");
     strcpy(result, "none");
-    gw_stats_request(&a, route, tier, "GET", 3, 200, GW_CACHE_HIT, 10, NOW);
+    gw_stats_request(&a, route, tier, "GET", 200, GW_CACHE_HIT, 10, NOW);
     gw_stats_decision(&a, policy, tier, GW_ALLOWED);
     gw_stats_caller(&a, policy, tier, "u2", 2, false, 5, NOW);
     gw_stats_identity(&a, "header", result);
@@ -261,7 +267,7 @@ test_a_worker_with_stats_off_counts_nothing(void **state)
     gw_stats_init(&a);
     gw_stats_init(&b);
     a.off = true;
-    gw_stats_request(&a, "GET /x", NULL, "GET", 3, 200, GW_CACHE_HIT, 10, NOW);
+    gw_stats_request(&a, "GET /x", NULL, "GET", 200, GW_CACHE_HIT, 10, NOW);
     gw_stats_decision(&a, "lim", NULL, GW_DENIED);
     gw_stats_caller(&a, "lim", NULL, "u", 1, true, 0, NOW);
     gw_stats_origin(&a, GW_ORIGIN_SQL, 10, NOW);
