@@ -220,27 +220,50 @@ util_rfc3339_ms(char out[UTIL_RFC3339_LEN], uint64_t ms)
 size_t
 util_u64(char *out, uint64_t v)
 {
-    /* Two digits a division, from the back. */
+    static const uint64_t pow10[20] = {1ull,
+                                       10ull,
+                                       100ull,
+                                       1000ull,
+                                       10000ull,
+                                       100000ull,
+                                       1000000ull,
+                                       10000000ull,
+                                       100000000ull,
+                                       1000000000ull,
+                                       10000000000ull,
+                                       100000000000ull,
+                                       1000000000000ull,
+                                       10000000000000ull,
+                                       100000000000000ull,
+                                       1000000000000000ull,
+                                       10000000000000000ull,
+                                       100000000000000000ull,
+                                       1000000000000000000ull,
+                                       10000000000000000000ull};
     static const char pairs[201] = "00010203040506070809101112131415161718192021222324"
                                    "25262728293031323334353637383940414243444546474849"
                                    "50515253545556575859606162636465666768697071727374"
                                    "75767778798081828384858687888990919293949596979899";
-    char tmp[20];
-    size_t i = sizeof(tmp);
+    if (v < 10) {
+        out[0] = (char)('0' + v);
+        return 1;
+    }
+    /* Its digits from its bits (log10(2) is about 1233 / 4096, one too many at most), then
+     * written in place two a division, from the back. */
+    unsigned t = (unsigned)(64 - __builtin_clzll(v)) * 1233 >> 12;
+    size_t n = t + 1 - (v < pow10[t]);
+    char *o = out + n;
     while (v >= 100) {
         unsigned d = (unsigned)(v % 100);
         v /= 100;
-        i -= 2;
-        memcpy(tmp + i, pairs + 2 * d, 2);
+        o -= 2;
+        memcpy(o, pairs + 2 * d, 2);
     }
-    if (v >= 10) {
-        i -= 2;
-        memcpy(tmp + i, pairs + 2 * v, 2);
-    } else {
-        tmp[--i] = (char)('0' + v);
-    }
-    memcpy(out, tmp + i, sizeof(tmp) - i);
-    return sizeof(tmp) - i;
+    if (v >= 10)
+        memcpy(o - 2, pairs + 2 * v, 2);
+    else
+        o[-1] = (char)('0' + v);
+    return n;
 }
 
 struct timeval

@@ -89,6 +89,10 @@ test_u64_at_every_power_of_ten(void **state)
             break;
         p *= 10;
     }
+    for (int k = 1; k < 64; k++) { /* the digit count is estimated from the bit count */
+        same_as_printf((1ull << k) - 1);
+        same_as_printf(1ull << k);
+    }
 }
 
 static void
