@@ -27,9 +27,15 @@ struct hmap {
     size_t count;               /* nodes in the table */
 };
 
-/* The struct of `type` holding node (a plain variable, evaluated twice) as `member`, or NULL. */
-#define HMAP_ENTRY(node, type, member)                                                             \
-    ((node) ? (type *)(void *)((char *)(node)-offsetof(type, member)) : (type *)NULL)
+/* The struct of `type` holding node (evaluated once) as `member`, or NULL. */
+#define HMAP_ENTRY(node, type, member) ((type *)hmap_entry_((node), offsetof(type, member)))
+
+/* HMAP_ENTRY's work, in a function so that node, often a lookup, is evaluated once. */
+static inline void *
+hmap_entry_(const struct hmap_node *node, size_t offset)
+{
+    return node ? (void *)((char *)(uintptr_t)node - offset) : NULL;
+}
 
 /* Returns the node of key (keylen bytes), borrowed from m, or NULL. */
 struct hmap_node *hmap_find(const struct hmap *m, const void *key, size_t keylen);
