@@ -10,6 +10,7 @@
 #include "jsonstr.h"
 #include "log.h"
 #include "logwriter.h"
+#include "policy.h"
 
 void
 gw_access_init(struct gw_access *a, struct logwriter *lw, unsigned ring, double sample)
@@ -131,26 +132,75 @@ put_time(char *o, uint64_t ms)
     return o + 4;
 }
 
-/* The lengths of r's strings, and the most bytes its line can take. */
-struct lens {
-    size_t route, tier, limit, id, client, max;
+/* A name of the line (NULL: null): as its JSON text when json is set, else to escape. */
+struct name {
+    const char *s, *json;
+    size_t len; /* of json when set, else of s */
 };
 
+/* The lengths of r's strings, its names, and the most bytes its line can take. */
+struct lens {
+    size_t id, client, max;
+    struct name route, tier, limit;
+};
+
+/* Name s (NULL: none) of a line, from the worker's remembered names (names: NULL, none);
+ * adds the most bytes it takes to *max. */
 static void
-measure(const struct gw_access_record *r, struct lens *n)
+name_of(struct gw_access_name *names, uint64_t frees, const char *s, struct name *n, size_t *max)
+{
+    *n = (struct name){.s = s};
+    if (!s) {
+        *max += 4;
+        return;
+    }
+    if (names) {
+        uintptr_t h = (uintptr_t)s >> 3;
+        struct gw_access_name *slot = &names[(h ^ h >> 7) & (GW_ACCESS_NAMES - 1)];
+        if (slot->s != s || slot->frees != frees) {
+            size_t len = strlen(s);
+            if (JSONSTR_MAX(len) > GW_ACCESS_NAME_JSON) {
+                n->len = len;
+                *max += JSONSTR_MAX(len);
+                return;
+            }
+            slot->len = (uint16_t)jsonstr_write(slot->json, s, len);
+            slot->s = s;
+            slot->frees = frees;
+        }
+        n->json = slot->json;
+        n->len = slot->len;
+        *max += slot->len;
+        return;
+    }
+    n->len = strlen(s);
+    *max += JSONSTR_MAX(n->len);
+}
+
+static char *
+put_name(char *o, const struct name *n)
+{
+    if (n->json)
+        return put(o, n->json, n->len);
+    return put_str(o, n->s, n->len);
+}
+
+static void
+measure(const struct gw_access_record *r, struct gw_access_name *names, struct lens *n)
 {
     const struct http_request *h = r->http;
-    n->route = strlen(r->route);
-    n->tier = r->tier ? strlen(r->tier) : 0;
-    n->limit = r->limit ? strlen(r->limit) : 0;
+    uint64_t frees = names ? policy_frees() : 0;
     n->id = strlen(r->request_id);
     n->client = r->client ? strlen(r->client) : 0;
     size_t shadow = 0;
     for (size_t i = 0; i < r->nshadow_denied; i++)
         shadow += JSONSTR_MAX(strlen(r->shadow_denied[i])) + 1;
     n->max = LINE_FIXED + shadow +
-             JSONSTR_MAX(h->method_str.len + h->path.len + h->query.len + n->route + r->user_len +
-                         n->tier + r->tenant_len + n->limit + n->id + n->client);
+             JSONSTR_MAX(h->method_str.len + h->path.len + h->query.len + r->user_len +
+                         r->tenant_len + n->id + n->client);
+    name_of(names, frees, r->route, &n->route, &n->max);
+    name_of(names, frees, r->tier, &n->tier, &n->max);
+    name_of(names, frees, r->limit, &n->limit, &n->max);
 }
 
 /* Writes r's line at o (room for n->max bytes); returns its length. Fields that are absent
@@ -175,7 +225,7 @@ write_line(char *start, const struct gw_access_record *r, const struct lens *n, 
         o = o + jsonstr_write(o, h->query.p, h->query.len);
     }
     o = PUT(o, ",\"route\":");
-    o = put_str(o, r->route, n->route);
+    o = put_name(o, &n->route);
     o = PUT(o, ",\"status\":");
     o = put_u64(o, (uint64_t)r->status);
     o = PUT(o, ",\"cache\":");
@@ -183,13 +233,13 @@ write_line(char *start, const struct gw_access_record *r, const struct lens *n, 
     o = PUT(o, ",\"user\":");
     o = put_str(o, r->user, r->user_len);
     o = PUT(o, ",\"tier\":");
-    o = put_str(o, r->tier, n->tier);
+    o = put_name(o, &n->tier);
     o = PUT(o, ",\"tenant\":");
     o = put_str(o, r->tenant, r->tenant_len);
     o = PUT(o, ",\"limit\":");
     if (r->limit) {
         o = PUT(o, "{\"policy\":");
-        o = put_str(o, r->limit, n->limit);
+        o = put_name(o, &n->limit);
         o = PUT(o, ",\"remaining\":");
         o = put_u64(o, r->limit_remaining);
         o = r->limit_shadow ? PUT(o, ",\"mode\":\"shadow\"}") : PUT(o, ",\"mode\":\"enforce\"}");
@@ -228,7 +278,7 @@ void
 gw_access_format(struct sbuf *b, const struct gw_access_record *r, uint64_t now_ms)
 {
     struct lens n;
-    measure(r, &n);
+    measure(r, NULL, &n);
     sbuf_reserve(b, n.max);
     b->len += write_line(b->p + b->len, r, &n, now_ms);
     b->p[b->len] = '\0';
@@ -264,7 +314,7 @@ gw_access_log(struct gw_access *a, const struct gw_access_record *r)
     /* Straight into the ring; through the line buffer when the ring has not the line's
      * worst case in one piece (at its end, or nearly full). */
     struct lens n;
-    measure(r, &n);
+    measure(r, a->names, &n);
     uint64_t now_ms = wall_ms(r->now_us);
     char *o = logwriter_reserve(a->lw, a->ring, n.max);
     if (o) {

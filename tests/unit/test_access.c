@@ -1,7 +1,7 @@
 /* test_access.c - unit tests of the access log's lines (engine/gateway/access.c): every field,
  * hostile bytes in the path, query and user still make one valid JSON line, the sampling is
- * a pure function of the request id and keeps every 4xx and 5xx, and the lines reach the
- * file through the writer. */
+ * a pure function of the request id and keeps every 4xx and 5xx, the lines reach the file
+ * through the writer, and names remembered by address are written again after a reload. */
 #define _GNU_SOURCE
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +18,7 @@
 
 #include "access.h"
 #include "logwriter.h"
+#include "policy.h"
 #include "util.h"
 
 #define KNOWN_MASK 0xd2f6u
@@ -319,6 +320,78 @@ test_off_logs_nothing(void **state)
     gw_access_free(&a);
 }
 
+/* The worker remembers its names' JSON by address: a reload frees a generation's names
+ * (policy_release() counts it before), and the next may put another name at the same
+ * address: its line has the new name. A name too long to remember, and one that needs
+ * escaping, are written as they are. */
+static void
+test_a_new_name_at_a_remembered_address_is_written_as_it_is(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/sluice-access-XXXXXX", path[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/access.log", dir);
+    char err[256];
+    struct logwriter_config lc = {.path = path, .producers = 1};
+    struct logwriter *lw = logwriter_open(&lc, err, sizeof(err));
+    assert_non_null(lw);
+    struct gw_access a;
+    gw_access_init(&a, lw, 0, 1.0);
+    struct http_request h = head("GET", "/x", 2);
+    char route[160], tier[16], limit[16];
+    strcpy(route, "GET /old");
+    strcpy(tier, "free");
+    strcpy(limit, "lim-old");
+    struct gw_access_record r = {.now_us = util_mono_us(),
+                                 .request_id = "id",
+                                 .http = &h,
+                                 .route = route,
+                                 .status = 200,
+                                 .tier = tier,
+                                 .limit = limit,
+                                 .client = "c"};
+    gw_access_log(&a, &r);
+    gw_access_log(&a, &r);
+    struct policy *old = xcalloc(1, sizeof(*old)); /* a policy freed: a reload */
+    old->refs = 1;
+    policy_release(old);
+    strcpy(route, "GET /new \"quoted\"");
+    strcpy(tier, "pro");
+    strcpy(limit, "lim-new");
+    gw_access_log(&a, &r);
+    memset(route, 'r', 150); /* past what a slot holds */
+    route[150] = '\0';
+    gw_access_log(&a, &r);
+    gw_access_free(&a);
+    logwriter_close(lw);
+
+    char *text = NULL;
+    size_t cap = 0;
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    static const char *const routes[] = {"GET /old", "GET /old", "GET /new \"quoted\"", NULL};
+    static const char *const tiers[] = {"free", "free", "pro", "pro"};
+    static const char *const limits[] = {"lim-old", "lim-old", "lim-new", "lim-new"};
+    for (int i = 0; i < 4; i++) {
+        ssize_t n = getline(&text, &cap, f);
+        assert_true(n > 0);
+        struct sbuf b = {.p = text, .len = (size_t)n};
+        json_t *o = parse_line(&b);
+        if (routes[i])
+            assert_string_equal(str(o, "route"), routes[i]);
+        else
+            assert_int_equal(strspn(str(o, "route"), "r"), 150);
+        assert_string_equal(str(o, "tier"), tiers[i]);
+        assert_string_equal(str(json_object_get(o, "limit"), "policy"), limits[i]);
+        json_decref(o);
+    }
+    assert_int_equal(getline(&text, &cap, f), -1);
+    fclose(f);
+    free(text);
+    unlink(path);
+    rmdir(dir);
+}
+
 int
 main(void)
 {
@@ -329,6 +402,7 @@ main(void)
         cmocka_unit_test(test_sampling_is_a_function_of_the_id),
         cmocka_unit_test(test_the_sample_keeps_every_error_and_counts_the_rest),
         cmocka_unit_test(test_off_logs_nothing),
+        cmocka_unit_test(test_a_new_name_at_a_remembered_address_is_written_as_it_is),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
