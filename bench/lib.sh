@@ -37,6 +37,45 @@ wrk_measure() {
     wrk_result="$rps $p50 $us"
 }
 
+# cpu_ns PID: the CPU time (ns) all threads of PID have run, from their schedstat.
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f", s}'; }
+
+# side_by_side NAME...: the servers NAME (pid_NAME and url_NAME set) measured at the same
+# time: all run on CPU $SERVER_CPU, each loaded by a wrk of its own on CPU $CLIENT_CPU for
+# $DURATION s at $CONNECTIONS connections (WRK_ARGS: an array of more wrk arguments). Sets
+# sbs_ns[NAME] to the CPU time (ns, every thread) it spent per request meanwhile, and
+# sbs_reqs[NAME] to its requests. The machine's speed, which drifts by up to a fifth between
+# runs of a few seconds here, moves every one of them alike, since they run in the same
+# instants; so a ratio of their costs within one call is steady to a few tenths of a percent,
+# where runs one after the other differ by several percent.
+declare -A sbs_ns sbs_reqs
+side_by_side() {
+    local n url_var pid_var wpids=()
+    declare -A c0
+    for n in "$@"; do
+        pid_var=pid_$n
+        c0[$n]=$(cpu_ns "${!pid_var}")
+    done
+    for n in "$@"; do
+        url_var=url_$n
+        taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "${WRK_ARGS[@]}" \
+            "${!url_var}" >"${SBS_DIR:-/tmp}/sbs-$n.txt" &
+        wpids+=("$!")
+    done
+    wait "${wpids[@]}"
+    for n in "$@"; do
+        pid_var=pid_$n
+        sbs_reqs[$n]=$(awk '/requests in/ {print $1}' "${SBS_DIR:-/tmp}/sbs-$n.txt")
+        if grep -q 'Non-2xx' "${SBS_DIR:-/tmp}/sbs-$n.txt"; then
+            echo "side_by_side: $n answered non-2xx" >&2
+            return 1
+        fi
+        # shellcheck disable=SC2034 # read by the scripts that source this file
+        sbs_ns[$n]=$(awk -v a="${c0[$n]}" -v b="$(cpu_ns "${!pid_var}")" -v q="${sbs_reqs[$n]}" \
+            'BEGIN {printf "%.1f", (b - a) / q}')
+    done
+}
+
 # lat_us LATENCY: wrk's latency ("512.00us", "1.23ms", "1.01s") in microseconds.
 lat_us() {
     awk -v l="$1" 'BEGIN {

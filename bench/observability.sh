@@ -14,11 +14,18 @@
 #   LOG_DIR=/dev/shm bench/observability.sh   # the access logs (sluice's and nginx's) there
 #                                          # (default: the run's directory under /tmp)
 #
-# Every server runs on CPU 1 (sluice with one worker), wrk on CPU 0; the peers are taken in
-# turn in each round and the best round of each is compared. Prints req/s, p50 and CPU time
-# per request of every round, the best of each peer, and the ratios to the peer with
-# everything off (the target: metrics and access log on cost at most 3%). Every measured
-# request must be a 2xx hit; the script fails otherwise.
+# Every server runs on CPU 1 (sluice with one worker), wrk on CPU 0. Each round measures the
+# peers twice:
+# - one after the other, each alone with wrk: req/s, p50 and CPU time per request; the best
+#   round of each and the median of each round's ratio to the peer with everything off;
+# - side by side (bench/lib.sh side_by_side): each peer at once with the same server with
+#   everything off, each with a wrk of its own, the two sharing CPU 1; the CPU time (every
+#   thread) each spent per request, against the other's. This machine's
+#   speed drifts by up to a fifth between runs of a few seconds, which moves runs one after
+#   the other apart by several percent and all the peers of a side-by-side run alike, so
+#   the side-by-side ratio is the one to read: its inverse is the throughput each keeps of
+#   the peer with everything off (the target: metrics and access log on cost at most 3%).
+# Every measured request must be a 2xx hit; the script fails otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -178,6 +185,32 @@ for r in $(seq "$ROUNDS"); do
     done
 done
 
+# Side by side: each peer at once with the same server with everything off (nginx's with
+# nginx's), a pair at a time.
+WRK_ARGS=(-H 'X-User-Id: 42')
+SBS_DIR=$work
+declare -A all_sbs
+for p in "${peers[@]}"; do
+    port_var=port_$p
+    printf -v "url_$p" '%s' "http://127.0.0.1:${!port_var}/api/bench"
+done
+echo
+echo "side by side (each peer at once with the one with everything off, sharing CPU $SERVER_CPU; CPU time per request, every thread):"
+for r in $(seq "$ROUNDS"); do
+    line=$(printf '  round %2s:' "$r")
+    for p in "${peers[@]}"; do
+        base=off
+        case $p in nginx_*) base=nginx_nolog ;; esac
+        [ "$p" = "$base" ] && continue
+        wait_quiet >/dev/null
+        side_by_side "$base" "$p" || die "a side-by-side run answered non-2xx"
+        sent[$p]=$((${sent[$p]} + ${sbs_reqs[$p]})) sent[$base]=$((${sent[$base]} + ${sbs_reqs[$base]}))
+        all_sbs[$p]+=" $(awk -v a="${sbs_ns[$p]}" -v b="${sbs_ns[$base]}" 'BEGIN {printf "%.5f", a / b}')"
+        line+=$(printf ' %s %s/%s ns' "$p" "${sbs_ns[$p]}" "${sbs_ns[$base]}")
+    done
+    echo "$line"
+done
+
 echo
 echo "best round of each (req/s; ratio to the same server with everything off):"
 for p in "${peers[@]}"; do
@@ -193,6 +226,19 @@ for p in "${peers[@]}"; do
     printf '  %-30s req/s ratio %s, CPU per request ratio %s\n' "${label[$p]}" \
         "$(paired_median "${all_rps[$p]}" "${all_rps[$base]}")" \
         "$(paired_median "${all_us[$p]}" "${all_us[$base]}")"
+done
+echo "side by side (each run's CPU per request against the peer with everything off beside it; median of rounds):"
+declare -A sbs_ratio
+for p in "${peers[@]}"; do
+    case $p in off | nginx_nolog)
+        sbs_ratio[$p]=1.000
+        continue
+        ;;
+    esac
+    cost=$(median "${all_sbs[$p]}")
+    sbs_ratio[$p]=$(awk -v c="$cost" 'BEGIN {printf "%.3f", 1 / c}')
+    printf '  %-30s CPU per request ratio %s: keeps %s of the throughput\n' "${label[$p]}" "$cost" \
+        "${sbs_ratio[$p]}"
 done
 if [ "$has_access_log" = 1 ]; then
     # The access log's own cost: the same server with stats on, with and without it; and
@@ -250,17 +296,15 @@ if [ "$CHART" = 1 ]; then
     mkdir -p "$CHART_DIR"
     dat="$CHART_DIR/observability.dat"
     {
-        echo "# bench/observability.sh: best of $ROUNDS rounds of ${DURATION}s at $CONNECTIONS connections"
-        echo "# peer	req/s	ratio to the same server with everything off"
+        echo "# bench/observability.sh: $ROUNDS rounds of ${DURATION}s at $CONNECTIONS connections"
+        echo "# peer	req/s (best round alone)	throughput kept, side by side (median of rounds)"
         for p in "${peers[@]}"; do
-            base=${best[off]}
-            case $p in nginx_*) base=${best[nginx_nolog]} ;; esac
-            name=${label[$p]}
-            awk -v n="$name" -v r="${best[$p]}" -v b="$base" 'BEGIN {printf "%s\t%.0f\t%.3f\n", n, r, r / b}'
+            printf '%s\t%.0f\t%s\n' "${label[$p]}" "${best[$p]}" "${sbs_ratio[$p]}"
         done
     } >"$dat"
     chart_bars "$dat" "$CHART_DIR/observability.png" \
         "Hit path with metrics and access log (1 worker, CPU 1; wrk on CPU 0)" \
-        "2|throughput|req/s|%.0f" "3|ratio to everything off|ratio|%.3f"
+        "2|throughput, best round alone|req/s|%.0f" \
+        "3|throughput kept, side by side|ratio to everything off|%.3f"
     echo "wrote $dat and $CHART_DIR/observability.png"
 fi
