@@ -129,6 +129,8 @@ static const char usage_serve[] =
     "  --access-log-sample R     keep this fraction (0 < R <= 1) of the lines of 2xx and\n"
     "                            3xx answers, chosen by request id; every other line is\n"
     "                            kept (default 1)\n"
+    "  --access-log-buffer SIZE  each worker's buffer of lines waiting for the writing\n"
+    "                            thread (64k to 1g; default 4m, some 12,000 lines)\n"
     "  --log-level LEVEL         error, warn, info or debug: the least severe message the\n"
     "                            error log (standard error) writes (default info)\n"
     "  --log-format FORMAT       text or json: one line per message (default text)\n"
@@ -430,6 +432,7 @@ struct serve {
     struct admin_config acfg; /* complete before the admin listener is created */
     struct server *server, *admin;
     const char *access_path; /* --access-log, or NULL */
+    size_t access_buffer;    /* --access-log-buffer, or 0: the writer's default */
     struct logwriter *access;
     enum log_level log_level;
     enum log_format log_format;
@@ -787,6 +790,7 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
         {"websocket-max-duration", required_argument, NULL, 'X'},
         {"access-log", required_argument, NULL, 'A'},
         {"access-log-sample", required_argument, NULL, 's'},
+        {"access-log-buffer", required_argument, NULL, 'b'},
         {"log-level", required_argument, NULL, 'v'},
         {"log-format", required_argument, NULL, 'f'},
         {"drain-timeout", required_argument, NULL, 'T'},
@@ -965,6 +969,16 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
             sv->sample_given = true;
             break;
         }
+        case 'b':
+            if (parse_size("--access-log-buffer", optarg, 1ull << 30, &v) != 0)
+                return -1;
+            if (v < 64 * 1024) {
+                fprintf(stderr, "sluice serve: --access-log-buffer: '%s' is less than 64k\n",
+                        optarg);
+                return -1;
+            }
+            sv->access_buffer = (size_t)v;
+            break;
         case 'v':
             if (log_parse_level(optarg, &sv->log_level) != 0) {
                 fprintf(stderr,
@@ -998,6 +1012,10 @@ serve_options(struct serve *sv, int argc, char **argv, int *rc)
     }
     if (sv->sample_given && !sv->access_path) {
         fprintf(stderr, "sluice serve: --access-log-sample needs --access-log\n");
+        return -1;
+    }
+    if (sv->access_buffer && !sv->access_path) {
+        fprintf(stderr, "sluice serve: --access-log-buffer needs --access-log\n");
         return -1;
     }
     sv->dir = argv[optind];
@@ -1169,8 +1187,9 @@ static int
 serve_start(struct serve *sv, struct policy *p, char *err, size_t errlen)
 {
     if (sv->access_path) {
-        /* Each worker's ring the writer's default size (common/logwriter.c). */
-        struct logwriter_config lc = {.path = sv->access_path, .producers = sv->cfg.workers};
+        /* Each worker's ring: --access-log-buffer, or the writer's default (0). */
+        struct logwriter_config lc = {
+            .path = sv->access_path, .producers = sv->cfg.workers, .ring_bytes = sv->access_buffer};
         char lerr[256];
         sv->access = logwriter_open(&lc, lerr, sizeof(lerr));
         if (!sv->access) {

@@ -13,7 +13,7 @@ struct logwriter;
 struct logwriter_config {
     const char *path;   /* the file (created, appended to), or "-" for standard output */
     unsigned producers; /* the threads that put lines, each with its index below this */
-    size_t ring_bytes;  /* each producer's ring; 0: 1 MiB */
+    size_t ring_bytes;  /* each producer's ring; 0: 4 MiB */
     uint64_t flush_ms;  /* what a ring holds is written at least this often; 0: 200 */
 };
 

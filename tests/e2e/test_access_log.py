@@ -277,6 +277,35 @@ class Sampling(AccessCase):
         self.assertEqual(a["sampled_out"], len(kinds) - len(want))
 
 
+class Buffer(AccessCase):
+    """--access-log-buffer sets each worker's buffer: at the least, 64k, every line still
+    arrives (drained from a quarter full); sizes out of range and the option without
+    --access-log are refused before anything starts."""
+    ARGS = ("--access-log-buffer", "64k")
+
+    def test_a_small_buffer_loses_no_line(self):
+        start = len(read_lines(self.path))
+        for i in range(600):
+            st, _, _ = self.s.request("GET", "/pass/b%d" % i, {"X-Request-Id": "buf-%d" % i})
+            self.assertEqual(st, 200)
+        lines = wait_lines([self.path], start + 600)[start:]
+        # (Each worker has a buffer of its own: lines of two are not in order.)
+        self.assertEqual(sorted(l["request_id"] for l in lines),
+                         sorted("buf-%d" % i for i in range(600)))
+        self.assertEqual(self.status()["dropped"], 0)
+
+    def test_bad_sizes_are_refused_with_the_reason(self):
+        for args, want in [
+                (("--access-log", "-", "--access-log-buffer", "10k"), "'10k' is less than 64k"),
+                (("--access-log", "-", "--access-log-buffer", "2g"), "is not a size"),
+                (("--access-log", "-", "--access-log-buffer", "lots"), "is not a size"),
+                (("--access-log-buffer", "1m"), "--access-log-buffer needs --access-log")]:
+            r = subprocess.run([lib.BIN, "serve"] + list(args) + [self.dir],
+                               capture_output=True, text=True, timeout=10)
+            self.assertEqual(r.returncode, 2, (args, r.stderr))
+            self.assertIn(want, r.stderr, args)
+
+
 class Stdout(SluiceTestCase):
     """--access-log - writes to standard output, after the start lines."""
 
