@@ -146,8 +146,8 @@ peers+=(nginx_nolog nginx_log)
 declare -A label=(
     [off]="sluice, stats off"
     [stats]="sluice, stats on"
-    [stats_null]="sluice, stats + log to /dev/null"
-    [stats_log]="sluice, stats + access log"
+    [stats_null]="sluice, +log to /dev/null"
+    [stats_log]="sluice, +log to a file"
     [nginx_nolog]="nginx, access log off"
     [nginx_log]="nginx, access log on"
 )
@@ -304,7 +304,7 @@ if [ "$CHART" = 1 ]; then
     } >"$dat"
     chart_bars "$dat" "$CHART_DIR/observability.png" \
         "Hit path with metrics and access log (1 worker, CPU 1; wrk on CPU 0)" \
-        "2|throughput, best round alone|req/s|%.0f" \
+        "(\$2/1000)|throughput, best round alone|thousand req/s|%.1f" \
         "3|throughput kept, side by side|ratio to everything off|%.3f"
     echo "wrote $dat and $CHART_DIR/observability.png"
 fi
