@@ -132,64 +132,61 @@ put_time(char *o, uint64_t ms)
     return o + 4;
 }
 
-/* A name of the line (NULL: null): as its JSON text when json is set, else to escape. */
-struct name {
-    const char *s, *json;
-    size_t len; /* of json when set, else of s */
-};
-
-/* The lengths of r's strings, its names, and the most bytes its line can take. */
+/* The lengths of r's strings, the most bytes its line can take, and policy_frees() when it
+ * was measured. */
 struct lens {
     size_t id, client, max;
-    struct name route, tier, limit;
+    uint64_t frees;
 };
 
-/* Name s (NULL: none) of a line, from the worker's remembered names (names: NULL, none);
- * adds the most bytes it takes to *max. */
-static void
-name_of(struct gw_access_name *names, uint64_t frees, const char *s, struct name *n, size_t *max)
+/* The slot of names that name s is remembered in, when it is. */
+static struct gw_access_name *
+name_slot(struct gw_access_name *names, const char *s)
 {
-    *n = (struct name){.s = s};
-    if (!s) {
-        *max += 4;
-        return;
-    }
-    if (names) {
-        uintptr_t h = (uintptr_t)s >> 3;
-        struct gw_access_name *slot = &names[(h ^ h >> 7) & (GW_ACCESS_NAMES - 1)];
-        if (slot->s != s || slot->frees != frees) {
-            size_t len = strlen(s);
-            if (JSONSTR_MAX(len) > GW_ACCESS_NAME_JSON) {
-                n->len = len;
-                *max += JSONSTR_MAX(len);
-                return;
-            }
-            slot->len = (uint16_t)jsonstr_write(slot->json, s, len);
-            slot->s = s;
-            slot->frees = frees;
-        }
-        n->json = slot->json;
-        n->len = slot->len;
-        *max += slot->len;
-        return;
-    }
-    n->len = strlen(s);
-    *max += JSONSTR_MAX(n->len);
+    uintptr_t h = (uintptr_t)s >> 3;
+    return &names[(h ^ h >> 7) & (GW_ACCESS_NAMES - 1)];
 }
 
-static char *
-put_name(char *o, const struct name *n)
+/* The most bytes name s (NULL: null) of a line takes (names: the worker's, or NULL). */
+static size_t
+name_max(struct gw_access_name *names, uint64_t frees, const char *s)
 {
-    if (n->json)
-        return put(o, n->json, n->len);
-    return put_str(o, n->s, n->len);
+    if (!s)
+        return 4;
+    const struct gw_access_name *slot = names ? name_slot(names, s) : NULL;
+    if (slot && slot->s == s && slot->frees == frees)
+        return slot->len;
+    return JSONSTR_MAX(strlen(s));
+}
+
+/* Writes name s (NULL: null): its JSON from the worker's remembered names when it is there,
+ * else escaped (into the line, which has room for its worst case) and remembered when it
+ * fits. Copied out at once: the next name may take the same slot. */
+static char *
+put_name(char *o, struct gw_access_name *names, uint64_t frees, const char *s)
+{
+    if (!s)
+        return PUT(o, "null");
+    if (!names)
+        return put_strz(o, s);
+    struct gw_access_name *slot = name_slot(names, s);
+    if (slot->s == s && slot->frees == frees)
+        return put(o, slot->json, slot->len);
+    size_t len = jsonstr_write(o, s, strlen(s));
+    if (len <= GW_ACCESS_NAME_JSON) {
+        memcpy(slot->json, o, len);
+        slot->len = (uint16_t)len;
+        slot->s = s;
+        slot->frees = frees;
+    }
+    return o + len;
 }
 
 static void
 measure(const struct gw_access_record *r, struct gw_access_name *names, struct lens *n)
 {
     const struct http_request *h = r->http;
-    uint64_t frees = names ? policy_frees() : 0;
+    n->frees = names ? policy_frees() : 0;
     n->id = strlen(r->request_id);
     n->client = r->client ? strlen(r->client) : 0;
     size_t shadow = 0;
@@ -197,16 +194,16 @@ measure(const struct gw_access_record *r, struct gw_access_name *names, struct l
         shadow += JSONSTR_MAX(strlen(r->shadow_denied[i])) + 1;
     n->max = LINE_FIXED + shadow +
              JSONSTR_MAX(h->method_str.len + h->path.len + h->query.len + r->user_len +
-                         r->tenant_len + n->id + n->client);
-    name_of(names, frees, r->route, &n->route, &n->max);
-    name_of(names, frees, r->tier, &n->tier, &n->max);
-    name_of(names, frees, r->limit, &n->limit, &n->max);
+                         r->tenant_len + n->id + n->client) +
+             name_max(names, n->frees, r->route) + name_max(names, n->frees, r->tier) +
+             name_max(names, n->frees, r->limit);
 }
 
 /* Writes r's line at o (room for n->max bytes); returns its length. Fields that are absent
  * for most requests (query, shadow_denied, identity_refused) are left out when absent. */
 static size_t
-write_line(char *start, const struct gw_access_record *r, const struct lens *n, uint64_t now_ms)
+write_line(char *start, const struct gw_access_record *r, struct gw_access_name *names,
+           const struct lens *n, uint64_t now_ms)
 {
     const struct http_request *h = r->http;
     char *o = start;
@@ -225,7 +222,7 @@ write_line(char *start, const struct gw_access_record *r, const struct lens *n, 
         o = o + jsonstr_write(o, h->query.p, h->query.len);
     }
     o = PUT(o, ",\"route\":");
-    o = put_name(o, &n->route);
+    o = put_name(o, names, n->frees, r->route);
     o = PUT(o, ",\"status\":");
     o = put_u64(o, (uint64_t)r->status);
     o = PUT(o, ",\"cache\":");
@@ -233,13 +230,13 @@ write_line(char *start, const struct gw_access_record *r, const struct lens *n, 
     o = PUT(o, ",\"user\":");
     o = put_str(o, r->user, r->user_len);
     o = PUT(o, ",\"tier\":");
-    o = put_name(o, &n->tier);
+    o = put_name(o, names, n->frees, r->tier);
     o = PUT(o, ",\"tenant\":");
     o = put_str(o, r->tenant, r->tenant_len);
     o = PUT(o, ",\"limit\":");
     if (r->limit) {
         o = PUT(o, "{\"policy\":");
-        o = put_name(o, &n->limit);
+        o = put_name(o, names, n->frees, r->limit);
         o = PUT(o, ",\"remaining\":");
         o = put_u64(o, r->limit_remaining);
         o = r->limit_shadow ? PUT(o, ",\"mode\":\"shadow\"}") : PUT(o, ",\"mode\":\"enforce\"}");
@@ -280,7 +277,7 @@ gw_access_format(struct sbuf *b, const struct gw_access_record *r, uint64_t now_
     struct lens n;
     measure(r, NULL, &n);
     sbuf_reserve(b, n.max);
-    b->len += write_line(b->p + b->len, r, &n, now_ms);
+    b->len += write_line(b->p + b->len, r, NULL, &n, now_ms);
     b->p[b->len] = '\0';
 }
 
@@ -318,11 +315,11 @@ gw_access_log(struct gw_access *a, const struct gw_access_record *r)
     uint64_t now_ms = wall_ms(r->now_us);
     char *o = logwriter_reserve(a->lw, a->ring, n.max);
     if (o) {
-        logwriter_commit(a->lw, a->ring, write_line(o, r, &n, now_ms));
+        logwriter_commit(a->lw, a->ring, write_line(o, r, a->names, &n, now_ms));
         return;
     }
     a->line.len = 0;
     sbuf_reserve(&a->line, n.max);
-    a->line.len = write_line(a->line.p, r, &n, now_ms);
+    a->line.len = write_line(a->line.p, r, a->names, &n, now_ms);
     logwriter_put(a->lw, a->ring, a->line.p, a->line.len);
 }

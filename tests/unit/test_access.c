@@ -338,7 +338,7 @@ test_a_new_name_at_a_remembered_address_is_written_as_it_is(void **state)
     struct gw_access a;
     gw_access_init(&a, lw, 0, 1.0);
     struct http_request h = head("GET", "/x", 2);
-    char route[160], tier[16], limit[16];
+    char route[32], tier[16], limit[16];
     strcpy(route, "GET /old");
     strcpy(tier, "free");
     strcpy(limit, "lim-old");
@@ -359,8 +359,11 @@ test_a_new_name_at_a_remembered_address_is_written_as_it_is(void **state)
     strcpy(tier, "pro");
     strcpy(limit, "lim-new");
     gw_access_log(&a, &r);
-    memset(route, 'r', 150); /* past what a slot holds */
-    route[150] = '\0';
+    char long_route[160]; /* past what a slot holds */
+    memset(long_route, 'r', 150);
+    long_route[150] = '\0';
+    r.route = long_route;
+    gw_access_log(&a, &r);
     gw_access_log(&a, &r);
     gw_access_free(&a);
     logwriter_close(lw);
@@ -369,10 +372,10 @@ test_a_new_name_at_a_remembered_address_is_written_as_it_is(void **state)
     size_t cap = 0;
     FILE *f = fopen(path, "r");
     assert_non_null(f);
-    static const char *const routes[] = {"GET /old", "GET /old", "GET /new \"quoted\"", NULL};
-    static const char *const tiers[] = {"free", "free", "pro", "pro"};
-    static const char *const limits[] = {"lim-old", "lim-old", "lim-new", "lim-new"};
-    for (int i = 0; i < 4; i++) {
+    static const char *const routes[] = {"GET /old", "GET /old", "GET /new \"quoted\"", NULL, NULL};
+    static const char *const tiers[] = {"free", "free", "pro", "pro", "pro"};
+    static const char *const limits[] = {"lim-old", "lim-old", "lim-new", "lim-new", "lim-new"};
+    for (int i = 0; i < 5; i++) {
         ssize_t n = getline(&text, &cap, f);
         assert_true(n > 0);
         struct sbuf b = {.p = text, .len = (size_t)n};
@@ -392,6 +395,60 @@ test_a_new_name_at_a_remembered_address_is_written_as_it_is(void **state)
     rmdir(dir);
 }
 
+/* Names of one line that share a slot of the worker's remembered names (the route and the
+ * limit at addresses that map to the same one): each line still has each name whole. */
+static void
+test_names_of_one_line_in_the_same_slot_stay_whole(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/sluice-access-XXXXXX", path[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/access.log", dir);
+    char err[256];
+    struct logwriter_config lc = {.path = path, .producers = 1};
+    struct logwriter *lw = logwriter_open(&lc, err, sizeof(err));
+    assert_non_null(lw);
+    struct gw_access a;
+    gw_access_init(&a, lw, 0, 1.0);
+    struct http_request h = head("GET", "/x", 2);
+    enum { N = 1024 };
+    static char pool[N * 16];
+    strcpy(pool, "GET /a-longer-route"); /* the first 32 bytes */
+    for (int k = 2; k < N; k++)
+        snprintf(pool + 16 * k, 16, k % 2 ? "lim-%d" : "tier-%d", k);
+    for (int k = 3; k + 1 < N; k += 2) {
+        struct gw_access_record r = {.now_us = util_mono_us(),
+                                     .request_id = "id",
+                                     .http = &h,
+                                     .route = pool,
+                                     .status = 200,
+                                     .limit = pool + 16 * k,
+                                     .tier = pool + 16 * (k + 1),
+                                     .client = "c"};
+        gw_access_log(&a, &r);
+    }
+    gw_access_free(&a);
+    logwriter_close(lw);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char *text = NULL;
+    size_t cap = 0;
+    for (int k = 3; k + 1 < N; k += 2) {
+        ssize_t n = getline(&text, &cap, f);
+        assert_true(n > 0);
+        struct sbuf b = {.p = text, .len = (size_t)n};
+        json_t *o = parse_line(&b);
+        assert_string_equal(str(o, "route"), "GET /a-longer-route");
+        assert_string_equal(str(json_object_get(o, "limit"), "policy"), pool + 16 * k);
+        assert_string_equal(str(o, "tier"), pool + 16 * (k + 1));
+        json_decref(o);
+    }
+    fclose(f);
+    free(text);
+    unlink(path);
+    rmdir(dir);
+}
+
 int
 main(void)
 {
@@ -403,6 +460,7 @@ main(void)
         cmocka_unit_test(test_the_sample_keeps_every_error_and_counts_the_rest),
         cmocka_unit_test(test_off_logs_nothing),
         cmocka_unit_test(test_a_new_name_at_a_remembered_address_is_written_as_it_is),
+        cmocka_unit_test(test_names_of_one_line_in_the_same_slot_stay_whole),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
