@@ -60,7 +60,7 @@ struct logwriter {
     struct iovec *iov; /* two per ring: the writing thread's */
     uint64_t *heads;   /* one per ring: the writing thread's */
     bool prealloc;     /* fd is a regular file that takes fallocate(FALLOC_FL_KEEP_SIZE) */
-    uint64_t end;      /* where the file ends, as the writing thread last knew */
+    uint64_t end;      /* where the file ends, as the writing thread last wrote it */
     uint64_t alloc_to; /* the file has its blocks up to here */
     pthread_t thread;
     int stop, reopen;                      /* atomic requests to the thread */
@@ -158,21 +158,23 @@ writev_all(int fd, struct iovec *iov, int n)
     return 0;
 }
 
-/* The file's blocks for len more bytes at its end, allocated ahead when they are not (an
- * optimisation only: a file that another writer grew or truncated is looked at again). */
+/* The file's blocks for len more bytes at its end, allocated ahead when they are not. Its
+ * size is looked at each time (once a drain): another writer may have grown it, and a
+ * truncation (logrotate's copytruncate) frees the blocks past its new end. An optimisation
+ * only: a write to blocks not allocated ahead allocates them as it goes. */
 static void
 prealloc(struct logwriter *lw, uint64_t len)
 {
-    if (!lw->prealloc || lw->end + len <= lw->alloc_to)
-        return;
     struct stat st;
-    if (fstat(lw->fd, &st) != 0)
+    if (!lw->prealloc || fstat(lw->fd, &st) != 0)
         return;
-    lw->end = (uint64_t)st.st_size;
-    if (lw->end + len <= lw->alloc_to)
+    uint64_t size = (uint64_t)st.st_size;
+    bool shrunk = size < lw->end;
+    lw->end = size;
+    if (!shrunk && size + len <= lw->alloc_to)
         return;
     if (fallocate(lw->fd, FALLOC_FL_KEEP_SIZE, st.st_size, (off_t)(len + PREALLOC_BYTES)) == 0)
-        lw->alloc_to = lw->end + len + PREALLOC_BYTES;
+        lw->alloc_to = size + len + PREALLOC_BYTES;
     else if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)
         lw->prealloc = false; /* the file system has no such thing; ENOSPC: try again later */
 }
