@@ -22,7 +22,7 @@
 /* 4 MiB: some 12,000 access-log lines, drained from a quarter full, so one write of 1 MiB per
  * 3,000 lines. On a core that serves too, each drain sweeps the serving thread's data out of
  * the caches once, whatever its size: measured side by side on the hit path
- * (bench/observability.sh), rings of 4 MiB cost 0.5-0.8% of a hit less than rings of 1 MiB,
+ * (bench/observability.sh), rings of 4 MiB cost 0.3-1.1% of a hit less than rings of 1 MiB,
  * and those 1.2% less than rings of 256 KiB. */
 #define DEFAULT_RING_BYTES (4u << 20)
 #define DEFAULT_FLUSH_MS 200
