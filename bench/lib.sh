@@ -46,8 +46,8 @@ cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {pri
 # sbs_ns[NAME] to the CPU time (ns, every thread) it spent per request meanwhile, and
 # sbs_reqs[NAME] to its requests. The machine's speed, which drifts by up to a fifth between
 # runs of a few seconds here, moves every one of them alike, since they run in the same
-# instants; so a ratio of their costs within one call is steady to a few tenths of a percent,
-# where runs one after the other differ by several percent.
+# instants; so the ratios of their costs over the calls of one run stay within a point or
+# two, where runs one after the other differ by several percent.
 declare -A sbs_ns sbs_reqs
 side_by_side() {
     local n url_var pid_var wpids=()

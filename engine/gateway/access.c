@@ -271,14 +271,22 @@ write_line(char *start, const struct gw_access_record *r, struct gw_access_name 
     return (size_t)(o - start);
 }
 
+/* Appends r's line (measured in n) to b. */
+static void
+append_line(struct sbuf *b, const struct gw_access_record *r, struct gw_access_name *names,
+            const struct lens *n, uint64_t now_ms)
+{
+    sbuf_reserve(b, n->max);
+    b->len += write_line(b->p + b->len, r, names, n, now_ms);
+    b->p[b->len] = '\0';
+}
+
 void
 gw_access_format(struct sbuf *b, const struct gw_access_record *r, uint64_t now_ms)
 {
     struct lens n;
     measure(r, NULL, &n);
-    sbuf_reserve(b, n.max);
-    b->len += write_line(b->p + b->len, r, NULL, &n, now_ms);
-    b->p[b->len] = '\0';
+    append_line(b, r, NULL, &n, now_ms);
 }
 
 /* The wall clock (ms since the epoch) at monotonic time mono_us: the offset between the two
@@ -319,7 +327,6 @@ gw_access_log(struct gw_access *a, const struct gw_access_record *r)
         return;
     }
     a->line.len = 0;
-    sbuf_reserve(&a->line, n.max);
-    a->line.len = write_line(a->line.p, r, a->names, &n, now_ms);
+    append_line(&a->line, r, a->names, &n, now_ms);
     logwriter_put(a->lw, a->ring, a->line.p, a->line.len);
 }

@@ -13,7 +13,6 @@
 
 struct logwriter;
 
-/* One worker's access log: its ring, the sampling, its line buffer. */
 /* A policy's name (a route, a tier, a limit) as a JSON string, remembered by its address
  * while policy_frees() says what it said when it was written (policy/policy.h). */
 #define GW_ACCESS_NAMES 64
@@ -25,6 +24,7 @@ struct gw_access_name {
     char json[GW_ACCESS_NAME_JSON];
 };
 
+/* One worker's access log: its ring, the sampling, its line buffer, its remembered names. */
 struct gw_access {
     struct logwriter *lw; /* borrowed; NULL: the access log is off */
     unsigned ring;        /* this worker's ring (its index) */

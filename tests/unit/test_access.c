@@ -227,6 +227,21 @@ test_sampling_is_a_function_of_the_id(void **state)
     assert_int_equal(mask, KNOWN_MASK);
 }
 
+/* A log writer to dir/access.log (dir a mkdtemp() template, path its 64 bytes) with one
+ * worker's access log a on it at the sample rate `sample`. */
+static struct logwriter *
+open_log(char *dir, char *path, double sample, struct gw_access *a)
+{
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, 64, "%s/access.log", dir);
+    char err[256];
+    struct logwriter_config lc = {.path = path, .producers = 1};
+    struct logwriter *lw = logwriter_open(&lc, err, sizeof(err));
+    assert_non_null(lw);
+    gw_access_init(a, lw, 0, sample);
+    return lw;
+}
+
 /* Through the writer at a rate of 0.3: every 4xx and 5xx line is in the file, and of the 2xx
  * and 3xx lines exactly those gw_access_sampled() keeps; the others are counted. */
 static void
@@ -234,14 +249,8 @@ test_the_sample_keeps_every_error_and_counts_the_rest(void **state)
 {
     (void)state;
     char dir[] = "/tmp/sluice-access-XXXXXX", path[64];
-    assert_non_null(mkdtemp(dir));
-    snprintf(path, sizeof(path), "%s/access.log", dir);
-    char err[256];
-    struct logwriter_config lc = {.path = path, .producers = 1};
-    struct logwriter *lw = logwriter_open(&lc, err, sizeof(err));
-    assert_non_null(lw);
     struct gw_access a;
-    gw_access_init(&a, lw, 0, 0.3);
+    struct logwriter *lw = open_log(dir, path, 0.3, &a);
     static const int statuses[] = {200, 204, 301, 304, 400, 404, 429, 500, 502, 503, 504};
     size_t ns = sizeof(statuses) / sizeof(statuses[0]);
     struct http_request h = head("GET", "/x", 2);
@@ -329,14 +338,8 @@ test_a_new_name_at_a_remembered_address_is_written_as_it_is(void **state)
 {
     (void)state;
     char dir[] = "/tmp/sluice-access-XXXXXX", path[64];
-    assert_non_null(mkdtemp(dir));
-    snprintf(path, sizeof(path), "%s/access.log", dir);
-    char err[256];
-    struct logwriter_config lc = {.path = path, .producers = 1};
-    struct logwriter *lw = logwriter_open(&lc, err, sizeof(err));
-    assert_non_null(lw);
     struct gw_access a;
-    gw_access_init(&a, lw, 0, 1.0);
+    struct logwriter *lw = open_log(dir, path, 1.0, &a);
     struct http_request h = head("GET", "/x", 2);
     char route[32], tier[16], limit[16];
     strcpy(route, "GET /old");
@@ -402,14 +405,8 @@ test_names_of_one_line_in_the_same_slot_stay_whole(void **state)
 {
     (void)state;
     char dir[] = "/tmp/sluice-access-XXXXXX", path[64];
-    assert_non_null(mkdtemp(dir));
-    snprintf(path, sizeof(path), "%s/access.log", dir);
-    char err[256];
-    struct logwriter_config lc = {.path = path, .producers = 1};
-    struct logwriter *lw = logwriter_open(&lc, err, sizeof(err));
-    assert_non_null(lw);
     struct gw_access a;
-    gw_access_init(&a, lw, 0, 1.0);
+    struct logwriter *lw = open_log(dir, path, 1.0, &a);
     struct http_request h = head("GET", "/x", 2);
     enum { N = 1024 };
     static char pool[N * 16];
