@@ -132,78 +132,100 @@ put_time(char *o, uint64_t ms)
     return o + 4;
 }
 
-/* The lengths of r's strings, the most bytes its line can take, and policy_frees() when it
- * was measured. */
+/* What measure() found of a line: its strings' lengths, the most bytes it can take,
+ * policy_frees() then, and the slot its names are remembered in (NULL: none) and whether
+ * that slot holds them. */
 struct lens {
     size_t id, client, max;
     uint64_t frees;
+    struct gw_access_names *slot;
+    bool remembered;
 };
 
-/* The slot of names that name s is remembered in, when it is. */
-static struct gw_access_name *
-name_slot(struct gw_access_name *names, const char *s)
+/* The slot the names (route, tier, limit) are remembered in. */
+static struct gw_access_names *
+names_slot(struct gw_access_names *names, const char *route, const char *tier, const char *limit)
 {
-    uintptr_t h = (uintptr_t)s >> 3;
-    return &names[(h ^ h >> 7) & (GW_ACCESS_NAMES - 1)];
-}
-
-/* The most bytes name s (NULL: null) of a line takes (names: the worker's, or NULL). */
-static size_t
-name_max(struct gw_access_name *names, uint64_t frees, const char *s)
-{
-    if (!s)
-        return 4;
-    const struct gw_access_name *slot = names ? name_slot(names, s) : NULL;
-    if (slot && slot->s == s && slot->frees == frees)
-        return slot->len;
-    return JSONSTR_MAX(strlen(s));
-}
-
-/* Writes name s (NULL: null): its JSON from the worker's remembered names when it is there,
- * else escaped (into the line, which has room for its worst case) and remembered when it
- * fits. Copied out at once: the next name may take the same slot. */
-static char *
-put_name(char *o, struct gw_access_name *names, uint64_t frees, const char *s)
-{
-    if (!s)
-        return PUT(o, "null");
-    if (!names)
-        return put_strz(o, s);
-    struct gw_access_name *slot = name_slot(names, s);
-    if (slot->s == s && slot->frees == frees)
-        return put(o, slot->json, slot->len);
-    size_t len = jsonstr_write(o, s, strlen(s));
-    if (len <= GW_ACCESS_NAME_JSON) {
-        memcpy(slot->json, o, len);
-        slot->len = (uint16_t)len;
-        slot->s = s;
-        slot->frees = frees;
-    }
-    return o + len;
+    uint64_t h = (uintptr_t)route * 0x9e3779b97f4a7c15ULL ^
+                 (uintptr_t)tier * 0xc2b2ae3d27d4eb4fULL ^ (uintptr_t)limit * 0x165667b19e3779f9ULL;
+    return &names[h >> 58 & (GW_ACCESS_NAMES - 1)];
 }
 
 static void
-measure(const struct gw_access_record *r, struct gw_access_name *names, struct lens *n)
+measure(const struct gw_access_record *r, struct gw_access_names *names, struct lens *n)
 {
     const struct http_request *h = r->http;
-    n->frees = names ? policy_frees() : 0;
+    n->frees = 0;
+    n->slot = NULL;
+    n->remembered = false;
+    if (names) {
+        n->frees = policy_frees();
+        n->slot = names_slot(names, r->route, r->tier, r->limit);
+        n->remembered = n->slot->len && n->slot->route == r->route && n->slot->tier == r->tier &&
+                        n->slot->limit == r->limit && n->slot->frees == n->frees;
+    }
     n->id = strlen(r->request_id);
     n->client = r->client ? strlen(r->client) : 0;
     size_t shadow = 0;
     for (size_t i = 0; i < r->nshadow_denied; i++)
         shadow += JSONSTR_MAX(strlen(r->shadow_denied[i])) + 1;
-    n->max = LINE_FIXED + shadow +
+    size_t names_max = n->remembered ? 0
+                                     : JSONSTR_MAX((r->route ? strlen(r->route) : 0) +
+                                                   (r->tier ? strlen(r->tier) : 0) +
+                                                   (r->limit ? strlen(r->limit) : 0));
+    n->max = LINE_FIXED + shadow + names_max +
              JSONSTR_MAX(h->method_str.len + h->path.len + h->query.len + r->user_len +
-                         r->tenant_len + n->id + n->client) +
-             name_max(names, n->frees, r->route) + name_max(names, n->frees, r->tier) +
-             name_max(names, n->frees, r->limit);
+                         r->tenant_len + n->id + n->client);
+}
+
+/* Writes r's names, from `,"route":` to the limit's `"remaining":` (or `"limit":null`): as
+ * remembered in n->slot, or formatted and then remembered there when they fit. */
+static char *
+put_names(char *o, const struct gw_access_record *r, const struct lens *n)
+{
+    struct gw_access_names *slot = n->slot;
+    if (n->remembered)
+        return put(o, slot->json, slot->len);
+    char *start = o;
+    o = PUT(o, ",\"route\":");
+    o = put_strz(o, r->route);
+    o = PUT(o, ",\"tier\":");
+    o = put_strz(o, r->tier);
+    if (r->limit) {
+        o = PUT(o, ",\"limit\":{\"policy\":");
+        o = put_strz(o, r->limit);
+        o = PUT(o, ",\"remaining\":");
+    } else {
+        o = PUT(o, ",\"limit\":null");
+    }
+    size_t len = (size_t)(o - start);
+    if (slot && len <= GW_ACCESS_NAMES_JSON) {
+        memcpy(slot->json, start, len);
+        slot->len = (uint16_t)len;
+        slot->route = r->route;
+        slot->tier = r->tier;
+        slot->limit = r->limit;
+        slot->frees = n->frees;
+    }
+    return o;
+}
+
+/* A status code: three digits, as every one an answer can have is. */
+static char *
+put_status(char *o, int status)
+{
+    if (status < 100 || status > 999)
+        return put_u64(o, (uint64_t)(status < 0 ? 0 : status));
+    o[0] = (char)('0' + status / 100);
+    o[1] = (char)('0' + status / 10 % 10);
+    o[2] = (char)('0' + status % 10);
+    return o + 3;
 }
 
 /* Writes r's line at o (room for n->max bytes); returns its length. Fields that are absent
  * for most requests (query, shadow_denied, identity_refused) are left out when absent. */
 static size_t
-write_line(char *start, const struct gw_access_record *r, struct gw_access_name *names,
-           const struct lens *n, uint64_t now_ms)
+write_line(char *start, const struct gw_access_record *r, const struct lens *n, uint64_t now_ms)
 {
     const struct http_request *h = r->http;
     char *o = start;
@@ -221,28 +243,19 @@ write_line(char *start, const struct gw_access_record *r, struct gw_access_name 
         o = PUT(o, ",\"query\":");
         o = o + jsonstr_write(o, h->query.p, h->query.len);
     }
-    o = PUT(o, ",\"route\":");
-    o = put_name(o, names, n->frees, r->route);
+    o = put_names(o, r, n);
+    if (r->limit) {
+        o = put_u64(o, r->limit_remaining);
+        o = r->limit_shadow ? PUT(o, ",\"mode\":\"shadow\"}") : PUT(o, ",\"mode\":\"enforce\"}");
+    }
     o = PUT(o, ",\"status\":");
-    o = put_u64(o, (uint64_t)r->status);
+    o = put_status(o, r->status);
     o = PUT(o, ",\"cache\":");
     o = put_plainz(o, gw_cache_kind_names[r->cache]);
     o = PUT(o, ",\"user\":");
     o = put_str(o, r->user, r->user_len);
-    o = PUT(o, ",\"tier\":");
-    o = put_name(o, names, n->frees, r->tier);
     o = PUT(o, ",\"tenant\":");
     o = put_str(o, r->tenant, r->tenant_len);
-    o = PUT(o, ",\"limit\":");
-    if (r->limit) {
-        o = PUT(o, "{\"policy\":");
-        o = put_name(o, names, n->frees, r->limit);
-        o = PUT(o, ",\"remaining\":");
-        o = put_u64(o, r->limit_remaining);
-        o = r->limit_shadow ? PUT(o, ",\"mode\":\"shadow\"}") : PUT(o, ",\"mode\":\"enforce\"}");
-    } else {
-        o = PUT(o, "null");
-    }
     if (r->nshadow_denied) {
         o = PUT(o, ",\"shadow_denied\":[");
         for (size_t i = 0; i < r->nshadow_denied; i++) {
@@ -273,11 +286,10 @@ write_line(char *start, const struct gw_access_record *r, struct gw_access_name 
 
 /* Appends r's line (measured in n) to b. */
 static void
-append_line(struct sbuf *b, const struct gw_access_record *r, struct gw_access_name *names,
-            const struct lens *n, uint64_t now_ms)
+append_line(struct sbuf *b, const struct gw_access_record *r, const struct lens *n, uint64_t now_ms)
 {
     sbuf_reserve(b, n->max);
-    b->len += write_line(b->p + b->len, r, names, n, now_ms);
+    b->len += write_line(b->p + b->len, r, n, now_ms);
     b->p[b->len] = '\0';
 }
 
@@ -286,7 +298,7 @@ gw_access_format(struct sbuf *b, const struct gw_access_record *r, uint64_t now_
 {
     struct lens n;
     measure(r, NULL, &n);
-    append_line(b, r, NULL, &n, now_ms);
+    append_line(b, r, &n, now_ms);
 }
 
 /* The wall clock (ms since the epoch) at monotonic time mono_us: the offset between the two
@@ -323,10 +335,10 @@ gw_access_log(struct gw_access *a, const struct gw_access_record *r)
     uint64_t now_ms = wall_ms(r->now_us);
     char *o = logwriter_reserve(a->lw, a->ring, n.max);
     if (o) {
-        logwriter_commit(a->lw, a->ring, write_line(o, r, a->names, &n, now_ms));
+        logwriter_commit(a->lw, a->ring, write_line(o, r, &n, now_ms));
         return;
     }
     a->line.len = 0;
-    append_line(&a->line, r, a->names, &n, now_ms);
+    append_line(&a->line, r, &n, now_ms);
     logwriter_put(a->lw, a->ring, a->line.p, a->line.len);
 }

@@ -13,15 +13,16 @@
 
 struct logwriter;
 
-/* A policy's name (a route, a tier, a limit) as a JSON string, remembered by its address
- * while policy_frees() says what it said when it was written (policy/policy.h). */
+/* The JSON of a line's policy names, from `,"route":` to its deciding limit's `"remaining":`
+ * (or its `"limit":null`), remembered by the names' addresses while policy_frees() says what
+ * it said when it was written (policy/policy.h). */
 #define GW_ACCESS_NAMES 64
-#define GW_ACCESS_NAME_JSON 94
-struct gw_access_name {
-    const char *s; /* NULL: an empty slot */
+#define GW_ACCESS_NAMES_JSON 230
+struct gw_access_names {
+    const char *route, *tier, *limit;
     uint64_t frees;
-    uint16_t len;
-    char json[GW_ACCESS_NAME_JSON];
+    uint16_t len; /* 0: an empty slot */
+    char json[GW_ACCESS_NAMES_JSON];
 };
 
 /* One worker's access log: its ring, the sampling, its line buffer, its remembered names. */
@@ -32,7 +33,7 @@ struct gw_access {
     bool keep_all;        /* rate 1: no hash */
     uint64_t sampled_out; /* 2xx/3xx lines not kept (relaxed atomic: status output reads it) */
     struct sbuf line;     /* reused for every line */
-    struct gw_access_name names[GW_ACCESS_NAMES]; /* the names of its last lines */
+    struct gw_access_names names[GW_ACCESS_NAMES]; /* the names of its last lines */
 };
 
 /* What one line says of an answered request; strings borrowed, NULL written as null. */
