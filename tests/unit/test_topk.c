@@ -148,6 +148,41 @@ test_long_keys_are_cut(void **state)
     topk_free(&t);
 }
 
+/* A key carries the last note it was given (its tier as the caller's plan changes): a note
+ * longer, shorter or other than the one it has replaces it; none leaves it; a long one is cut
+ * to what a note holds, and one that differs only past that is the same. */
+static void
+test_a_key_carries_its_last_note(void **state)
+{
+    (void)state;
+    struct topk t;
+    topk_init(&t, 4);
+    static const struct {
+        const char *given, *kept;
+    } steps[] = {
+        {"free", "free"},
+        {"pro", "pro"},
+        {"professional", "professional"},
+        {"pro", "pro"},
+        {NULL, "pro"},
+        {"", "pro"},
+        {"prO", "prO"},
+        {"enterprise-with-a-name-longer-than-a-note-holds", "enterprise-with-a-name-longer-t"},
+        {"enterprise-with-a-name-longer-than-a-note-holds", "enterprise-with-a-name-longer-t"},
+        {"enterprise-with-a-name-longer-tHAN", "enterprise-with-a-name-longer-t"},
+        {"enterprise", "enterprise"},
+    };
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        topk_add(&t, "u", 1, 1, 0, 0, steps[i].given);
+        assert_int_equal(t.n, 1);
+        assert_string_equal(t.items[0].note, steps[i].kept);
+    }
+    topk_add(&t, "v", 1, 1, 0, 0, NULL); /* a new key without one has none */
+    assert_int_equal(t.n, 2);
+    assert_string_equal(t.items[1].note, "");
+    topk_free(&t);
+}
+
 int
 main(void)
 {
@@ -156,6 +191,7 @@ main(void)
         cmocka_unit_test(test_heavy_keys_found_with_bounded_error),
         cmocka_unit_test(test_merge_of_workers),
         cmocka_unit_test(test_long_keys_are_cut),
+        cmocka_unit_test(test_a_key_carries_its_last_note),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
