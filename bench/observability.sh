@@ -166,7 +166,7 @@ for p in "${peers[@]}"; do
     grep -qi '^X-Cache: HIT' "$work/h-$p" || die "$p did not hit its cache"
 done
 
-declare -A best best_p50 best_us sent all_rps all_us
+declare -A best best_us sent all_rps all_us
 printf '%-30s %5s %12s %9s %12s\n' peer round req/s p50 cpu-us/req
 for r in $(seq "$ROUNDS"); do
     for p in "${peers[@]}"; do
@@ -180,7 +180,7 @@ for r in $(seq "$ROUNDS"); do
         printf '%-30s %5s %12s %9s %12s\n' "${label[$p]}" "$r" "$rps" "$p50" "$us"
         all_rps[$p]+=" $rps" all_us[$p]+=" $us"
         if awk -v a="${best[$p]:-0}" -v b="$rps" 'BEGIN {exit !(b > a)}'; then
-            best[$p]=$rps best_p50[$p]=$p50 best_us[$p]=$us
+            best[$p]=$rps best_us[$p]=$us
         fi
     done
 done
