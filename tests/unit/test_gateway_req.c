@@ -312,13 +312,13 @@ test_access_lines_name_the_deciding_limit_and_shadow_refusals(void **state)
     unlink(path);
     rmdir(dir2);
     static const char *const want[] = {
-        "\"status\":200,\"cache\":\"none\",\"user\":null,\"tier\":null,\"tenant\":null,"
-        "\"limit\":{\"policy\":\"en\",\"remaining\":1,\"mode\":\"enforce\"},\"identity\":",
-        "\"status\":200,\"cache\":\"none\",\"user\":null,\"tier\":null,\"tenant\":null,"
-        "\"limit\":{\"policy\":\"en\",\"remaining\":0,\"mode\":\"enforce\"},"
+        "\"tier\":null,\"limit\":{\"policy\":\"en\",\"remaining\":1,\"mode\":\"enforce\"},"
+        "\"status\":200,\"cache\":\"none\",\"user\":null,\"tenant\":null,\"identity\":",
+        "\"tier\":null,\"limit\":{\"policy\":\"en\",\"remaining\":0,\"mode\":\"enforce\"},"
+        "\"status\":200,\"cache\":\"none\",\"user\":null,\"tenant\":null,"
         "\"shadow_denied\":[\"sh\"]",
-        "\"status\":429,\"cache\":\"none\",\"user\":null,\"tier\":null,\"tenant\":null,"
-        "\"limit\":{\"policy\":\"en\",\"remaining\":0,\"mode\":\"enforce\"},"
+        "\"tier\":null,\"limit\":{\"policy\":\"en\",\"remaining\":0,\"mode\":\"enforce\"},"
+        "\"status\":429,\"cache\":\"none\",\"user\":null,\"tenant\":null,"
         "\"shadow_denied\":[\"sh\"]",
     };
     char *save = NULL, *line = strtok_r(log, "\n", &save);
