@@ -50,7 +50,7 @@ gw_access_sampled(const char *id, size_t len, double sample)
 /*
  * The line is written straight into room sized once for its worst case (the
  * worker's ring, or a buffer): no call per token, and every string through
- * jsonstr_write(). Fixed text of a line (names, numbers, the time, the cache
+ * jsonstr_write(). Fixed text of a line (field names, numbers, the time, the cache
  * kind) stays below LINE_FIXED.
  */
 #define LINE_FIXED 768
@@ -168,6 +168,13 @@ names_slot(struct gw_access_names *names, const char *route, const char *tier, c
     return &names[h >> 58 & (GW_ACCESS_NAMES - 1)];
 }
 
+/* The most bytes name s (NULL: null) takes in a line, beside its key. */
+static size_t
+name_max(const char *s)
+{
+    return s ? JSONSTR_MAX(strlen(s)) : 4;
+}
+
 static void
 measure(const struct gw_access_record *r, struct gw_access_names *names, struct lens *n)
 {
@@ -186,10 +193,8 @@ measure(const struct gw_access_record *r, struct gw_access_names *names, struct 
     size_t shadow = 0;
     for (size_t i = 0; i < r->nshadow_denied; i++)
         shadow += JSONSTR_MAX(strlen(r->shadow_denied[i])) + 1;
-    size_t names_max = n->remembered ? 0
-                                     : JSONSTR_MAX((r->route ? strlen(r->route) : 0) +
-                                                   (r->tier ? strlen(r->tier) : 0) +
-                                                   (r->limit ? strlen(r->limit) : 0));
+    size_t names_max =
+        n->remembered ? n->slot->len : name_max(r->route) + name_max(r->tier) + name_max(r->limit);
     n->max = LINE_FIXED + shadow + names_max +
              JSONSTR_MAX(h->method_str.len + h->path.len + h->query.len + r->user_len +
                          r->tenant_len + n->id + n->client);
