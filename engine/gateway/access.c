@@ -118,16 +118,23 @@ put_u64(char *o, uint64_t v)
     return o + util_u64(o, v);
 }
 
+/* v (below 1000) as three digits, leading zeros kept. */
+static char *
+put_3digits(char *o, unsigned v)
+{
+    o[0] = (char)('0' + v / 100);
+    o[1] = (char)('0' + v / 10 % 10);
+    o[2] = (char)('0' + v % 10);
+    return o + 3;
+}
+
 /* us as milliseconds with three decimals ("12.345"). */
 static char *
 put_ms(char *o, uint64_t us)
 {
     o = put_u64(o, us / 1000);
-    o[0] = '.';
-    o[1] = (char)('0' + us % 1000 / 100);
-    o[2] = (char)('0' + us % 100 / 10);
-    o[3] = (char)('0' + us % 10);
-    return o + 4;
+    *o++ = '.';
+    return put_3digits(o, (unsigned)(us % 1000));
 }
 
 /* The time ms as RFC 3339: its second formatted once per second and thread. */
@@ -141,12 +148,9 @@ put_time(char *o, uint64_t ms)
         log_time_rfc3339(cached_sec * 1000, cached); /* "...T01:02:03.000Z" */
     }
     o = put(o, cached, LOG_TIME_LEN - 4);
-    unsigned m = (unsigned)(ms % 1000);
-    o[0] = (char)('0' + m / 100);
-    o[1] = (char)('0' + m / 10 % 10);
-    o[2] = (char)('0' + m % 10);
-    o[3] = 'Z';
-    return o + 4;
+    o = put_3digits(o, (unsigned)(ms % 1000));
+    *o++ = 'Z';
+    return o;
 }
 
 /* What measure() found of a line: its strings' lengths, the most bytes it can take,
@@ -238,10 +242,7 @@ put_status(char *o, int status)
 {
     if (status < 100 || status > 999)
         return put_u64(o, (uint64_t)(status < 0 ? 0 : status));
-    o[0] = (char)('0' + status / 100);
-    o[1] = (char)('0' + status / 10 % 10);
-    o[2] = (char)('0' + status % 10);
-    return o + 3;
+    return put_3digits(o, (unsigned)status);
 }
 
 /* Writes r's line at o (room for n->max bytes); returns its length. Fields that are absent

@@ -100,8 +100,8 @@ void gw_access_log(struct gw_access *a, const struct gw_access_record *r);
  * Appends r's JSON object and a newline to b: ts (RFC 3339, UTC, milliseconds,
  * when the request arrived: now_ms less its duration), request_id, method,
  * path (the raw target's path), query (raw, without "?"; left out when the
- * target has none), route, status, cache, user, tier, tenant, limit ({policy,
- * remaining, mode} or null), shadow_denied (left out when empty), identity,
+ * target has none), route, tier, limit ({policy, remaining, mode} or null),
+ * status, cache, user, tenant, shadow_denied (left out when empty), identity,
  * identity_refused (left out when none), duration_ms, origin_ms (or null),
  * bytes, client. Every string of the request's bytes goes through jsonstr.
  */

@@ -100,6 +100,18 @@ produce(void *arg)
     return NULL;
 }
 
+/* A writer of cfg to dir/name (written into path) that must open. */
+static struct logwriter *
+open_writer(char path[128], const char *name, struct logwriter_config cfg)
+{
+    snprintf(path, 128, "%s/%s", dir, name);
+    cfg.path = path;
+    char err[256];
+    struct logwriter *lw = logwriter_open(&cfg, err, sizeof(err));
+    assert_non_null(lw);
+    return lw;
+}
+
 /* Checks that buf holds whole lines of the producers, each producer's in order from *next,
  * and advances *next past them. Returns the number of lines. */
 static unsigned
@@ -126,12 +138,10 @@ test_threads_putting_at_once_lose_and_split_no_line(void **state)
 {
     (void)state;
     char path[128];
-    snprintf(path, sizeof(path), "%s/a.log", dir);
-    char err[256];
-    struct logwriter_config cfg = {
-        .path = path, .producers = PRODUCERS, .ring_bytes = 64 * 1024, .flush_ms = 200};
-    struct logwriter *lw = logwriter_open(&cfg, err, sizeof(err));
-    assert_non_null(lw);
+    struct logwriter *lw =
+        open_writer(path, "a.log",
+                    (struct logwriter_config){
+                        .producers = PRODUCERS, .ring_bytes = 64 * 1024, .flush_ms = 200});
     pthread_t th[PRODUCERS];
     struct producer ps[PRODUCERS];
     for (unsigned i = 0; i < PRODUCERS; i++) {
@@ -177,12 +187,9 @@ test_a_reopen_after_rename_loses_no_line(void **state)
 {
     (void)state;
     char path[128], rotated[128];
-    snprintf(path, sizeof(path), "%s/b.log", dir);
     snprintf(rotated, sizeof(rotated), "%s/b.log.1", dir);
-    char err[256];
-    struct logwriter_config cfg = {.path = path, .producers = PRODUCERS, .ring_bytes = 64 * 1024};
-    struct logwriter *lw = logwriter_open(&cfg, err, sizeof(err));
-    assert_non_null(lw);
+    struct logwriter *lw = open_writer(
+        path, "b.log", (struct logwriter_config){.producers = PRODUCERS, .ring_bytes = 64 * 1024});
     pthread_t th[PRODUCERS], rt;
     struct producer ps[PRODUCERS];
     struct rotator r = {path, rotated, lw};
@@ -227,10 +234,8 @@ test_a_writer_that_falls_behind_makes_lines_drop_not_wait(void **state)
     assert_int_equal(mkfifo(path, 0600), 0);
     int rfd = open(path, O_RDONLY | O_NONBLOCK); /* a reader that never reads */
     assert_true(rfd >= 0);
-    char err[256];
-    struct logwriter_config cfg = {.path = path, .producers = 1, .ring_bytes = 16 * 1024};
-    struct logwriter *lw = logwriter_open(&cfg, err, sizeof(err));
-    assert_non_null(lw);
+    struct logwriter *lw = open_writer(
+        path, "fifo", (struct logwriter_config){.producers = 1, .ring_bytes = 16 * 1024});
     char line[100];
     memset(line, 'x', sizeof(line) - 1);
     line[sizeof(line) - 1] = '\n';
@@ -266,11 +271,7 @@ test_a_lone_line_is_written_within_the_flush_period(void **state)
 {
     (void)state;
     char path[128];
-    snprintf(path, sizeof(path), "%s/c.log", dir);
-    char err[256];
-    struct logwriter_config cfg = {.path = path, .producers = 2};
-    struct logwriter *lw = logwriter_open(&cfg, err, sizeof(err));
-    assert_non_null(lw);
+    struct logwriter *lw = open_writer(path, "c.log", (struct logwriter_config){.producers = 2});
     usleep(50000);
     uint64_t start = now_ms();
     assert_true(logwriter_put(lw, 1, "one\n", 4));
@@ -291,11 +292,8 @@ test_lines_written_in_place_and_put_keep_their_order(void **state)
 {
     (void)state;
     char path[128];
-    snprintf(path, sizeof(path), "%s/inplace.log", dir);
-    char err[256];
-    struct logwriter_config cfg = {.path = path, .producers = 1, .ring_bytes = 4096};
-    struct logwriter *lw = logwriter_open(&cfg, err, sizeof(err));
-    assert_non_null(lw);
+    struct logwriter *lw = open_writer(
+        path, "inplace.log", (struct logwriter_config){.producers = 1, .ring_bytes = 4096});
     struct sbuf want = {0};
     unsigned in_place = 0, put = 0;
     for (unsigned i = 0; i < 20000; i++) {
@@ -341,11 +339,8 @@ test_blocks_ahead_never_change_what_the_file_holds(void **state)
 {
     (void)state;
     char path[128];
-    snprintf(path, sizeof(path), "%s/ahead.log", dir);
-    char err[256];
-    struct logwriter_config cfg = {.path = path, .producers = 1, .flush_ms = 20};
-    struct logwriter *lw = logwriter_open(&cfg, err, sizeof(err));
-    assert_non_null(lw);
+    struct logwriter *lw =
+        open_writer(path, "ahead.log", (struct logwriter_config){.producers = 1, .flush_ms = 20});
     char line[100];
     memset(line, 'z', sizeof(line) - 1);
     line[sizeof(line) - 1] = '\n';
